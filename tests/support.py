@@ -1,0 +1,158 @@
+"""
+Helpers for integration tests: backends and clients from the C{websockets}
+library (which wsrelay does not use) on loopback, and a relay started from
+a config text.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Response
+from websockets.sync.client import ClientConnection, connect
+from websockets.sync.server import ServerConnection, serve
+
+from wsrelay.config import loadConfig
+from wsrelay.service import RelayService
+
+TIMEOUT = 10
+
+
+def script(connection: ServerConnection) -> None:
+    """
+    A backend that echoes, and obeys commands sent as text:
+    C{close CODE REASON}, C{vanish}, C{headers} (sends the request's
+    headers back as lines), C{path} (sends the request path), C{flood N
+    SIZE} (sends N binary messages of SIZE bytes).
+    """
+    try:
+        for message in connection:
+            if isinstance(message, str) and message.startswith("close "):
+                _, code, *reason = message.split(" ", 2)
+                connection.close(int(code), reason[0] if reason else "")
+                return
+            if message == "vanish":
+                connection.socket.shutdown(2)
+                connection.socket.close()
+                return
+            if message == "headers":
+                connection.send(
+                    "\n".join(f"{k}: {v}" for k, v in connection.request.headers.raw_items())
+                )
+            elif message == "path":
+                connection.send(connection.request.path)
+            elif isinstance(message, str) and message.startswith("flood "):
+                _, n, size = message.split()
+                for i in range(int(n)):
+                    connection.send(i.to_bytes(4, "big") * (int(size) // 4))
+            else:
+                connection.send(message)
+    except ConnectionClosed:
+        pass
+
+
+class Backend:
+    """
+    A C{websockets} server in a thread.
+
+    @ivar closes: The close frames received, as C{(code, reason)}.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[ServerConnection], None] = script,
+        subprotocols: list[str] | None = None,
+        refuse: tuple[int, list[tuple[str, str]], bytes] | None = None,
+    ) -> None:
+        self.closes: list[tuple[int | None, str | None]] = []
+        self.connections = 0
+        self.refuse = refuse
+
+        def handle(connection: ServerConnection) -> None:
+            self.connections += 1
+            try:
+                handler(connection)
+            finally:
+                rcvd = connection.protocol.close_rcvd
+                if rcvd is not None:
+                    self.closes.append((rcvd.code, rcvd.reason))
+
+        def processRequest(connection: ServerConnection, request: Any) -> Any:
+            if self.refuse is None:
+                return None
+            status, headers, body = self.refuse
+            return Response(status, "Refused", Headers(headers), body)
+
+        self.server = serve(
+            handle,
+            "127.0.0.1",
+            0,
+            subprotocols=subprotocols,  # type: ignore[arg-type]
+            process_request=processRequest,
+            compression=None,
+            max_size=None,
+        )
+        self.port = self.server.socket.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """
+        Stop serving and close its connections.
+        """
+        self.server.shutdown()
+        self._thread.join(TIMEOUT)
+
+
+def startBackend(testCase: Any, **kwargs: Any) -> Backend:
+    """
+    Start a L{Backend} stopped at the end of C{testCase}.
+    """
+    backend = Backend(**kwargs)
+    testCase.addCleanup(backend.stop)
+    return backend
+
+
+async def startRelay(testCase: Any, text: str) -> tuple[RelayService, int]:
+    """
+    Start a relay on a loopback port from a config text (its C{listen}
+    is added), stopped at the end of C{testCase}.
+
+    @return: The service and its port.
+    """
+    directory = tempfile.mkdtemp()
+    path = os.path.join(directory, "relay.ini")
+    with open(path, "w") as f:
+        f.write(text.replace("[relay]", "[relay]\nlisten = tcp:0:interface=127.0.0.1", 1))
+    relay = RelayService(loadConfig(path), reactor)
+    relay.startService()
+    testCase.addCleanup(relay.stopService)
+    (port,) = await relay.whenListening()
+    return relay, port.getHost().port
+
+
+def inThread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """
+    Run a blocking client function in a thread.
+    """
+    return deferToThread(f, *args, **kwargs)
+
+
+def client(port: int, path: str = "/", **kwargs: Any) -> ClientConnection:
+    """
+    Connect a C{websockets} client to the relay.
+    """
+    kwargs.setdefault("open_timeout", TIMEOUT)
+    kwargs.setdefault("compression", None)
+    kwargs.setdefault("max_size", None)
+    return connect(f"ws://127.0.0.1:{port}{path}", **kwargs)

@@ -1,0 +1,219 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The client-facing leg: an Autobahn server protocol that answers the
+opening handshake only once the relay has an upstream for it.
+
+Before Autobahn sees a request, L{FrontendProtocol.processHandshake}
+screens it: head size (431), syntax (400), C{GET /healthz}, the route
+(404) and the upgrade itself (426).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import ISSLTransport
+
+from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
+from wsrelay.legs import RelayLeg
+
+if TYPE_CHECKING:
+    from wsrelay.routing import Route
+    from wsrelay.service import RelayService
+    from wsrelay.session import ProxySession
+
+
+class Refused(ConnectionDeny):  # type: ignore[misc]
+    """
+    The relay refuses a handshake with this status, these headers and
+    this body (relayed from a backend, or its own).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        super().__init__(code, reason)
+        self.headers = headers or []
+        self.body = body
+
+
+class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
+    """
+    One client connection.
+
+    @ivar session: The session that pairs this connection with its
+        upstream, once the request was routed.
+    @ivar head: The parsed request head.
+    @ivar route: The route the request matched.
+    @ivar remainder: The path after the route's prefix.
+    @ivar query: The query string, without C{?}.
+    """
+
+    factory: FrontendFactory
+    session: ProxySession | None = None
+    head: Head | None = None
+    route: Route | None = None
+    remainder = ""
+    query = ""
+    _refusal: Refused | None = None
+    _screened = False
+
+    @property
+    def secure(self) -> bool:
+        """
+        Whether the client connected over TLS.
+        """
+        return ISSLTransport.providedBy(self.transport)
+
+    def processHandshake(self) -> None:
+        """
+        Screen the request, then let Autobahn check the handshake itself.
+        """
+        if self._screened:
+            # onConnect is waiting for a backend; keep what the client sent
+            # meanwhile, within the head limit.
+            if len(self.data) > self.factory.relay.config.maxMessageSize:
+                self.dropConnection(abort=True)
+            return
+        data = self.data
+        end = data.find(b"\r\n\r\n")
+        limit = self.factory.relay.config.maxHeaderSize
+        if end < 0:
+            if len(data) > limit:
+                self.refuse(Refused(431, "Request Header Fields Too Large"))
+            return
+        if end + 4 > limit:
+            self.refuse(Refused(431, "Request Header Fields Too Large"))
+            return
+        try:
+            head = parseHead(data[:end])
+            method, target, version = head.startLine.split(" ")
+            parts = urlsplit(target)
+        except (BadHead, ValueError):
+            self.refuse(Refused(400, "Bad Request"))
+            return
+        if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
+            self.refuse(Refused(505, "HTTP Version Not Supported"))
+            return
+        if parts.path == "/healthz" and method in ("GET", "HEAD"):
+            self.refuse(Refused(200, "OK", body=b"ok\n"))
+            return
+        host = (head.get("host") or "").strip().lower()
+        if host.startswith("["):
+            host = host[: host.find("]") + 1]
+        else:
+            host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        found = self.factory.relay.routes.match(host or None, parts.path or "/")
+        if found is None:
+            self.refuse(Refused(404, "Not Found"))
+            return
+        if "websocket" not in head.tokens("upgrade"):
+            self.refuse(
+                Refused(
+                    426,
+                    "Upgrade Required",
+                    [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+                )
+            )
+            return
+        self.head = head
+        self.route, self.remainder = found
+        self.query = parts.query
+        self._screened = True
+        WebSocketServerProtocol.processHandshake(self)
+
+    def onConnect(self, request: Any) -> Any:
+        """
+        The client's handshake is valid: open the upstream.  The client
+        did its part, so the handshake timer stops; the relay's own budget
+        for reaching a backend (C{handshake_timeout}) starts.
+
+        @return: A L{Deferred} that fires with the subprotocol and the
+            response headers, or fails with L{Refused}.
+        """
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        assert self.route is not None
+        return self.factory.relay.openSession(self, self.route)
+
+    def onOpen(self) -> None:
+        """
+        The 101 went out: start relaying, unless the client left while the
+        upstream was opening (Autobahn still calls this then).
+        """
+        session = self.session
+        if session is None or self.transport is None:
+            self.dropConnection(abort=True)
+            return
+        session.clientOpened()
+
+    def refuse(self, refusal: Refused) -> None:
+        """
+        Answer the request with an HTTP response and close.
+        """
+        self._refusal = refusal
+        self.failHandshake(refusal.reason, refusal.code)
+
+    def sendHttpErrorResponse(
+        self, code: int, reason: str, responseHeaders: Any = None
+    ) -> None:
+        """
+        Write a complete HTTP response: the relayed one when there is one,
+        else one with a short plain-text body.
+        """
+        refusal = self._refusal
+        if refusal is not None and refusal.code == code:
+            self.sendData(
+                buildResponse(code, refusal.reason, refusal.headers, refusal.body)
+            )
+        else:
+            headers = [tuple(h) for h in responseHeaders or ()]
+            body = f"{code} {reason}\n".encode()
+            self.sendData(
+                buildResponse(
+                    code,
+                    None,
+                    [*headers, ("Content-Type", "text/plain; charset=utf-8")],
+                    body,
+                )
+            )
+
+
+class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """
+    Makes L{FrontendProtocol}s for every listener of one relay.
+    """
+
+    protocol = FrontendProtocol
+
+    def __init__(self, relay: RelayService) -> None:
+        super().__init__(server="wsrelay", reactor=relay._reactor)
+        self.relay = relay
+        self.configure()
+
+    def configure(self) -> None:
+        """
+        Apply the relay's configuration to connections made from now on.
+        """
+        config = self.relay.config
+        self.setProtocolOptions(
+            webStatus=False,
+            failByDrop=False,
+            echoCloseCodeReason=True,
+            maxMessagePayloadSize=config.maxMessageSize,
+            maxFramePayloadSize=config.maxFrameSize or config.maxMessageSize,
+            openHandshakeTimeout=config.handshakeTimeout,
+            closeHandshakeTimeout=config.closeTimeout,
+            autoPingInterval=config.pingInterval,
+            autoPingTimeout=config.pingTimeout,
+            autoPingRestartOnAnyTraffic=True,
+            utf8validateIncoming=True,
+        )

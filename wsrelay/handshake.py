@@ -1,0 +1,204 @@
+# -*- test-case-name: tests.test_handshake -*-
+"""
+HTTP/1.1 pieces of the opening handshake that Autobahn does not expose.
+
+Autobahn joins repeated headers with commas and keeps neither the body nor
+the raw header lines of a refused handshake; a relay needs both.  These
+functions parse request and response heads into ordered lists of raw
+C{(name, value)} pairs, decide which headers are end-to-end, and build the
+upstream request and the error responses the relay writes itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+#: Hop-by-hop headers (RFC 9110, 7.6.1) and the handshake's own headers,
+#: which each leg generates for itself and which are never copied.
+NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "server",
+        "date",
+    }
+)
+
+REASONS = {
+    101: "Switching Protocols",
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    426: "Upgrade Required",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+
+class BadHead(ValueError):
+    """
+    An HTTP head that cannot be parsed.
+    """
+
+
+@dataclass(frozen=True)
+class Head:
+    """
+    A parsed HTTP request or response head.
+
+    @ivar startLine: The request line or the status line, without CRLF.
+    @ivar headers: The header fields in the order received, names as sent.
+    """
+
+    startLine: str
+    headers: tuple[tuple[str, str], ...]
+
+    def get(self, name: str) -> str | None:
+        """
+        @return: The values of all fields called C{name} (case-insensitive),
+            joined with C{", "}, or L{None} when there is none.
+        """
+        lname = name.lower()
+        values = [v for (n, v) in self.headers if n.lower() == lname]
+        return ", ".join(values) if values else None
+
+    def tokens(self, name: str) -> set[str]:
+        """
+        @return: The lower-cased comma-separated tokens of header C{name}.
+        """
+        value = self.get(name) or ""
+        return {t.strip().lower() for t in value.split(",") if t.strip()}
+
+
+def parseHead(data: bytes) -> Head:
+    """
+    Parse an HTTP head (start line and header fields, without the blank
+    line that ends it).
+
+    @raise BadHead: When the head is not ISO-8859-1 text made of
+        C{name: value} lines.
+    """
+    try:
+        text = data.decode("iso-8859-1")
+    except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes all
+        raise BadHead(str(e)) from e
+    lines = text.split("\r\n")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":
+            raise BadHead("obsolete header line folding")
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or " " in name:
+            raise BadHead(f"malformed header line {line[:40]!r}")
+        headers.append((name, value.strip()))
+    return Head(lines[0], tuple(headers))
+
+
+def connectionTokens(head: Head) -> set[str]:
+    """
+    @return: The header names listed in C{Connection}, which are hop-by-hop
+        too.
+    """
+    return head.tokens("connection")
+
+
+def endToEnd(head: Head, also: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """
+    @param also: Further lower-case names to leave out.
+    @return: The header fields of C{head} that a proxy forwards.
+    """
+    drop = NOT_FORWARDED | connectionTokens(head) | set(also)
+    return [(n, v) for (n, v) in head.headers if n.lower() not in drop]
+
+
+def buildRequest(
+    resource: str,
+    host: str,
+    key: str,
+    headers: Sequence[tuple[str, str]],
+) -> bytes:
+    """
+    Build a WebSocket opening handshake request.
+
+    @param resource: The request target (path and query).
+    @param host: The C{Host} header value.
+    @param key: The C{Sec-WebSocket-Key}.
+    @param headers: Further fields, each written on its own line.
+    """
+    lines = [
+        f"GET {resource} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    lines.extend(f"{n}: {v}" for (n, v) in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1", "replace")
+
+
+def buildResponse(
+    status: int,
+    reason: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes | None = None,
+    server: str | None = "wsrelay",
+) -> bytes:
+    """
+    Build a complete HTTP/1.1 response that closes the connection.
+
+    @param body: The body; when L{None}, a one-line plain-text body naming
+        the status is made up.
+    """
+    if reason is None:
+        reason = REASONS.get(status, "Error")
+    reason = reason.replace("\r", " ").replace("\n", " ")
+    if body is None:
+        body = f"{status} {reason}\n".encode()
+        headers = [*headers, ("Content-Type", "text/plain; charset=utf-8")]
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    if server:
+        lines.append(f"Server: {server}")
+    lines.extend(f"{n}: {v}" for (n, v) in headers)
+    lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1", "replace")
+    return head + body
+
+
+def parseStatusLine(line: str) -> tuple[str, int, str]:
+    """
+    @return: The version, status code and reason phrase of a status line.
+    @raise BadHead: When it is not one.
+    """
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+        raise BadHead(f"bad status line {line[:60]!r}")
+    return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""

@@ -1,0 +1,277 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+What both legs of a relayed connection share: forwarding data frames
+without reassembling messages, and relaying the close handshake.
+
+Each leg hands every complete data frame it receives to its C{target}
+(the other leg, a reconnect buffer, a fan-out channel...) through
+C{forwardFrame(opcode, payload, fin)}, and is itself such a target.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IPushProducer
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import ITransport
+
+OPEN = WebSocketProtocol.STATE_OPEN
+CLOSING = WebSocketProtocol.STATE_CLOSING
+CLOSED = WebSocketProtocol.STATE_CLOSED
+
+#: Close codes that may appear in a close frame (RFC 6455 7.4 and the IANA
+#: registry): 1004-1006 and 1015 are reserved, 1016-2999 unassigned.
+_SENDABLE = frozenset([1000, 1001, 1002, 1003, *range(1007, 1015)])
+
+
+def sendableCloseCode(code: int) -> bool:
+    """
+    @return: Whether C{code} may be sent in a close frame.
+    """
+    return code in _SENDABLE or 3000 <= code <= 4999
+
+
+class FrameSink(Protocol):
+    """
+    Something data frames can be forwarded to.
+    """
+
+    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """
+        Take one data frame: C{opcode} 1 (text), 2 (binary) or 0
+        (continuation), its unmasked payload and its FIN bit.
+        """
+
+
+class CloseListener(Protocol):
+    """
+    What a leg tells about closing (a session).
+    """
+
+    def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        C{leg}'s peer started a close handshake; C{leg} waits with its reply
+        until L{RelayLeg.replyClose} is called.
+        """
+
+    def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        C{leg}'s peer answered the close frame C{leg} sent.
+        """
+
+    def legClosed(self, leg: Any) -> None:
+        """
+        C{leg}'s connection is gone.
+        """
+
+
+@implementer(IPushProducer)
+class TransportPauser:
+    """
+    Pauses and resumes reading from a transport on behalf of the other leg.
+
+    Registered with the other leg's transport instead of the transport
+    itself, because a transport calls C{stopProducing} on its producer when
+    it loses its connection: that would close this leg too, before the
+    relay could tell it why (or reconnect it).
+    """
+
+    def __init__(self, transport: ITransport) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the transport.
+        """
+        self._transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the transport again.
+        """
+        self._transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        """
+        Nothing: the session decides when the transport closes.
+        """
+
+
+class RelayLeg:
+    """
+    Mixin for an Autobahn protocol that relays frames and closes.
+
+    @ivar target: Where received data frames go.
+    @ivar listener: Told about closing.
+    @ivar messagesIn: Complete messages received.
+    @ivar bytesIn: Payload bytes received in data frames.
+    @ivar messagesOut: Complete messages sent on.
+    @ivar bytesOut: Payload bytes sent on.
+    @ivar receivingFragment: Whether the last data frame received did not
+        end its message.
+    @ivar sendingFragment: Whether the last data frame sent did not end its
+        message.
+    """
+
+    target: FrameSink | None = None
+    listener: CloseListener | None = None
+    messagesIn = 0
+    bytesIn = 0
+    messagesOut = 0
+    bytesOut = 0
+    receivingFragment = False
+    sendingFragment = False
+    closeRelayed = False
+
+    # Autobahn's own attributes used here.
+    state: int
+    failedByMe: bool
+    frame_data: list[bytes] | None
+    current_frame: Any
+    utf8validateIncomingCurrentMessage: bool
+    utf8validateLast: Any
+    message_data_total_length: int
+
+    if TYPE_CHECKING:
+
+        def sendFrame(self, opcode: int, payload: bytes = b"", fin: bool = True) -> None: ...
+        def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None: ...  # noqa: E501
+        def dropConnection(self, abort: bool = False) -> None: ...
+        def _protocol_violation(self, reason: str) -> bool: ...
+        def _invalid_payload(self, reason: str) -> bool: ...
+
+    # Receiving: whole frames, never whole messages.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        """
+        A message starts: only reset the size count Autobahn's limit uses.
+        """
+        self.message_data_total_length = 0
+
+    def onMessageFrameEnd(self) -> None:
+        """
+        A data frame is complete: hand it to the target unless it ends a
+        text message in the middle of a UTF-8 sequence (Autobahn fails the
+        connection with 1007 right after this).
+        """
+        data = self.frame_data
+        self.frame_data = None
+        if self.failedByMe:
+            return
+        frame = self.current_frame
+        fin = frame.fin
+        if (
+            fin
+            and self.utf8validateIncomingCurrentMessage
+            and not self.utf8validateLast[1]
+        ):
+            return
+        if data is None or not data:
+            payload = b""
+        elif len(data) == 1:
+            payload = data[0]
+        else:
+            payload = b"".join(data)
+        self.bytesIn += len(payload)
+        self.receivingFragment = not fin
+        if fin:
+            self.messagesIn += 1
+        target = self.target
+        if target is not None:
+            target.forwardFrame(frame.opcode, payload, fin)
+
+    def onMessageEnd(self) -> None:
+        """
+        Nothing to assemble: frames went on as they came.
+        """
+
+    # Sending.
+
+    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """
+        Send a data frame received on the other side.
+        """
+        if self.state != OPEN:
+            return
+        self.sendFrame(opcode, payload, fin)
+        self.bytesOut += len(payload)
+        self.sendingFragment = not fin
+        if fin:
+            self.messagesOut += 1
+
+    # Closing.
+
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        """
+        A close frame arrived.  Unlike Autobahn, accept every code that may
+        be sent, and do not answer at once when the peer starts the close:
+        the listener forwards it and L{replyClose} answers with what the
+        other side said.
+        """
+        if code is not None and not sendableCloseCode(code):
+            return self._protocol_violation(f"invalid close code {code}")
+        reason = None
+        if reasonRaw is not None:
+            try:
+                reason = reasonRaw.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._invalid_payload("invalid close reason (non-UTF8 payload)")
+        self.remoteCloseCode = code
+        self.remoteCloseReason = reason
+        self.wasClean = True
+        if self.state == CLOSING:
+            if self.closeHandshakeTimeoutCall is not None:
+                self.closeHandshakeTimeoutCall.cancel()
+                self.closeHandshakeTimeoutCall = None
+            self._afterClose()
+            if self.listener is not None:
+                self.listener.closeReplied(self, code, reasonRaw)
+        elif self.state == OPEN:
+            self.closeRelayed = True
+            if self.listener is not None:
+                self.listener.closeReceived(self, code, reasonRaw)
+            else:
+                self.replyClose(code, reasonRaw)
+        return None
+
+    def replyClose(self, code: int | None, reasonRaw: bytes | None) -> None:
+        """
+        Answer the close frame the peer sent.
+        """
+        if self.state != OPEN:
+            return
+        self.sendCloseFrame(code=code, reasonUtf8=reasonRaw, isReply=True)
+        self._afterClose()
+
+    def closeWith(self, code: int | None, reason: bytes | None = None) -> None:
+        """
+        Start a close handshake with any sendable code (Autobahn's
+        C{sendClose} refuses most of them).
+        """
+        if self.state == OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason, isReply=False)
+
+    def _afterClose(self) -> None:
+        """
+        Both close frames went: a server drops the TCP connection at once, a
+        client waits a while for the server to do it.
+        """
+        if self.factory.isServer:
+            self.dropConnection(abort=False)
+        elif self.serverConnectionDropTimeout > 0:
+            self.serverConnectionDropTimeoutCall = txaio.call_later(
+                self.serverConnectionDropTimeout, self.onServerConnectionDropTimeout
+            )
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """
+        The connection is gone.
+        """
+        if self.listener is not None:
+            self.listener.legClosed(self)

@@ -1,0 +1,197 @@
+# -*- test-case-name: tests.test_routing -*-
+"""
+Routes and backends as the relay holds them at run time.
+
+A L{Route} is an immutable value built from a route's configuration and
+swapped whole on reload; open sessions keep the route they started with.
+A L{Backend} carries the mutable state of one backend (open connections,
+state, counters); a reload hands the same object to the new route when the
+backend's URL did not change, so counters and health survive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from zope.interface import implementer
+
+from wsrelay.interfaces import IBackend
+
+if TYPE_CHECKING:
+    from wsrelay.config import BackendConfig, RouteConfig
+    from wsrelay.interfaces import IBalancer
+
+
+UP = "up"
+DOWN = "down"
+DRAINING = "draining"
+DISABLED = "disabled"
+
+
+def endpointDescription(host: str, port: int, secure: bool, timeout: float) -> str:
+    """
+    @return: The Twisted client endpoint string that reaches a backend.
+    """
+    escaped = host.replace("\\", "\\\\").replace(":", "\\:")
+    if secure:
+        return f"tls:{escaped}:{port}:timeout={timeout:g}"
+    return f"tcp:host={escaped}:port={port}:timeout={timeout:g}"
+
+
+@implementer(IBackend)
+class Backend:
+    """
+    One backend of one route, with its run-time state.
+
+    @ivar state: L{UP}, L{DOWN}, L{DRAINING} or L{DISABLED}.
+    @ivar connections: Connections open through the relay now.
+    """
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.url = config.url
+        self.host = config.host
+        self.port = config.port
+        self.weight = config.weight
+        self.state = UP
+        self.connections = 0
+        self.totalConnections = 0
+        self.failures = 0
+
+    @property
+    def available(self) -> bool:
+        """
+        Whether new connections may go to this backend.
+        """
+        return self.state == UP
+
+    def hostHeader(self) -> str:
+        """
+        @return: The C{Host} header for requests to this backend.
+        """
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.config.secure else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} {self.state}>"
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """
+    What the relay knows of a client connection when it picks a backend.
+
+    @ivar peer: The client's address (after C{trusted_proxies}).
+    @ivar path: The request path.
+    @ivar query: The query string, without C{?}.
+    @ivar headers: The request's header fields.
+    """
+
+    peer: str
+    path: str
+    query: str
+    headers: Sequence[tuple[str, str]]
+    cookies: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    One route: its configuration, its backends and its balancer.
+    """
+
+    config: RouteConfig
+    backends: tuple[Backend, ...]
+    balancer: IBalancer
+
+    @property
+    def name(self) -> str:
+        """
+        The route's name.
+        """
+        return self.config.name
+
+    def candidates(self) -> list[Backend]:
+        """
+        @return: The backends that may take a new connection now.
+        """
+        return [b for b in self.backends if b.available]
+
+
+def matchPrefix(prefix: str, path: str) -> str | None:
+    """
+    Match C{path} against a route prefix at a segment boundary.
+
+    @return: The remainder of C{path} after C{prefix} (empty or starting
+        with C{/}), or L{None} when it does not match.
+    """
+    if prefix == "/":
+        return path
+    if path == prefix:
+        return ""
+    if path.startswith(prefix) and path[len(prefix)] == "/":
+        return path[len(prefix) :]
+    return None
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """
+    All routes, looked up by host and path.
+    """
+
+    routes: tuple[Route, ...]
+
+    def match(self, host: str | None, path: str) -> tuple[Route, str] | None:
+        """
+        Find the route for a request: the longest matching prefix among the
+        routes for this host, then among the routes for any host.
+
+        @param host: The request's host, lower case, without port.
+        @return: The route and the path remainder, or L{None}.
+        """
+        best: tuple[int, int, Route, str] | None = None
+        for route in self.routes:
+            rhost = route.config.host
+            if rhost is not None and rhost != host:
+                continue
+            rest = matchPrefix(route.config.path, path)
+            if rest is None:
+                continue
+            rank = (1 if rhost is not None else 0, len(route.config.path))
+            if best is None or rank > best[:2]:
+                best = (rank[0], rank[1], route, rest)
+        return None if best is None else (best[2], best[3])
+
+    def byName(self, name: str) -> Route | None:
+        """
+        @return: The route called C{name}, or L{None}.
+        """
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None
+
+
+def buildBackends(
+    config: RouteConfig, previous: Route | None = None
+) -> tuple[Backend, ...]:
+    """
+    Make the backends of a route, reusing those of C{previous} whose name
+    and URL did not change.
+    """
+    old = {b.name: b for b in previous.backends} if previous else {}
+    result = []
+    for bc in config.backends:
+        b = old.get(bc.name)
+        if b is not None and b.url == bc.url:
+            b.config = bc
+            b.weight = bc.weight
+        else:
+            b = Backend(bc)
+        result.append(b)
+    return tuple(result)

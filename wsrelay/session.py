@@ -1,0 +1,485 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+A proxy session: one client connection paired with one upstream.
+
+The session owns both legs, opens the upstream (trying the route's
+candidates within the handshake budget), relays the close handshake from
+either side to the other, enforces the idle timeout, and with
+C{failover = reconnect} opens a new upstream when the backend vanishes,
+buffering what the client sends meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wsrelay.frontend import Refused
+from wsrelay.legs import OPEN, RelayLeg, TransportPauser
+from wsrelay.routing import Backend, ConnectionInfo, Route
+from wsrelay.upstream import (
+    UpstreamError,
+    UpstreamProtocol,
+    UpstreamRefused,
+    UpstreamTimeout,
+)
+
+if TYPE_CHECKING:
+    from wsrelay.frontend import FrontendProtocol
+    from wsrelay.service import RelayService
+
+#: How many idle checks make up one C{idle_timeout}.
+IDLE_CHECKS = 4
+
+
+def joinPath(base: str, rest: str) -> str:
+    """
+    Append a route remainder to a backend URL path.
+    """
+    if not rest:
+        return base or "/"
+    return base.rstrip("/") + rest
+
+
+class ReconnectBuffer:
+    """
+    Holds client frames while a new upstream opens.
+
+    @ivar skipping: Whether the rest of a message that was partly sent to
+        the lost backend is being dropped (it can never be delivered
+        whole).
+    """
+
+    def __init__(self, session: ProxySession, limit: int, skipping: bool) -> None:
+        self._session = session
+        self._limit = limit
+        self.skipping = skipping
+        self.size = 0
+        self.frames: list[tuple[int, bytes, bool]] = []
+        self.upstream: UpstreamProtocol | None = None
+
+    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """
+        Keep a frame for the new upstream, within the limit.
+        """
+        if self.skipping:
+            if fin:
+                self.skipping = False
+                if self.upstream is not None:
+                    self._session.frontend.target = self.upstream
+            return
+        self.size += len(payload)
+        if self.size > self._limit:
+            self._session.bufferOverflow()
+            return
+        self.frames.append((opcode, payload, fin))
+
+    def attach(self, upstream: UpstreamProtocol) -> None:
+        """
+        Send what was kept to C{upstream}, and the rest straight to it.
+        """
+        for frame in self.frames:
+            upstream.forwardFrame(*frame)
+        self.frames = []
+        self.upstream = upstream
+        if not self.skipping:
+            self._session.frontend.target = upstream
+
+
+class ProxySession:
+    """
+    Pairs a L{FrontendProtocol} with an L{UpstreamProtocol}.
+
+    @ivar backend: The backend of the current upstream.
+    @ivar done: Fires when both legs are closed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, relay: RelayService, route: Route, frontend: FrontendProtocol
+    ) -> None:
+        self.relay = relay
+        self.route = route
+        self.frontend = frontend
+        self.upstream: UpstreamProtocol | None = None
+        self.backend: Backend | None = None
+        self.done: Deferred[None] = Deferred()
+        self.stopping = False
+        self._clock = relay.clock
+        self._opening: Deferred[Any] | None = None
+        self._closeWaiting: RelayLeg | None = None
+        self._buffer: ReconnectBuffer | None = None
+        self._idleCall: Any = None
+        self._idleMark = -1
+        self._idleQuiet = 0
+        self._finished = False
+        self._clientGone = False
+        self.startedAt = self._clock.seconds()
+        frontend.session = self
+        frontend.listener = self
+
+    # Opening.
+
+    def open(self) -> Deferred[tuple[str | None, dict[str, list[str]]]]:
+        """
+        Open the upstream.
+
+        @return: A L{Deferred} that fires with the subprotocol and the
+            headers for the client's 101, or fails with L{Refused}.  It
+            never fires when the client leaves first.
+        """
+        result: Deferred[tuple[str | None, dict[str, list[str]]]] = Deferred()
+
+        def opened(pair: tuple[Backend, UpstreamProtocol]) -> None:
+            up = self._attach(*pair)
+            headers: dict[str, list[str]] = {}
+            for name, value in up.responseHeaders:
+                headers.setdefault(name, []).append(value)
+            result.callback((up.websocket_protocol_in_use, headers))
+
+        def failed(f: Failure) -> None:
+            if not f.check(CancelledError):
+                result.errback(self._refusal(f))
+
+        self._opening = Deferred.fromCoroutine(self._connect(None))
+        self._opening.addCallbacks(opened, failed)
+        return result
+
+    def _refusal(self, f: Failure) -> Refused:
+        """
+        Turn a failure to open the upstream into the client's answer.
+        """
+        e = f.value
+        if isinstance(e, Refused):
+            return e
+        if isinstance(e, UpstreamRefused):
+            return Refused(e.status, e.reason, e.headers, e.body)
+        self.log.failure("opening upstream for route {route}", f, route=self.route.name)
+        return Refused(500, "Internal Server Error")
+
+    def connectionInfo(self) -> ConnectionInfo:
+        """
+        @return: What a balancer may know of this connection.
+        """
+        f = self.frontend
+        assert f.head is not None
+        cookies: dict[str, str] = {}
+        raw = f.head.get("cookie")
+        if raw:
+            try:
+                jar: SimpleCookie = SimpleCookie(raw.replace(", ", "; "))
+                cookies = {k: m.value for k, m in jar.items()}
+            except CookieError:
+                pass
+        return ConnectionInfo(
+            self.relay.clientAddress(f), f.http_request_path, f.query, f.head.headers, cookies
+        )
+
+    def _candidates(self, tried: list[Backend], avoid: Backend | None) -> Iterator[Backend]:
+        """
+        Pick backends one after the other, each at most once.
+        """
+        info = self.connectionInfo()
+        while True:
+            candidates = [b for b in self.route.candidates() if b not in tried]
+            if avoid is not None and len(candidates) > 1 and avoid in candidates:
+                candidates.remove(avoid)
+            if not candidates:
+                return
+            backend = self.route.balancer.pick(candidates, info)
+            if backend is None:
+                return
+            tried.append(backend)
+            yield backend
+
+    async def _connect(
+        self, avoid: Backend | None
+    ) -> tuple[Backend, UpstreamProtocol]:
+        """
+        Try the route's candidates until one accepts, within
+        C{handshake_timeout}.
+
+        @raise Refused: 503 when no backend is available, 502 when none
+            could be reached, 504 when the time ran out; a backend's own
+            refusal is relayed as it came.
+        """
+        relay = self.relay
+        config = relay.config
+        deadline = self._clock.seconds() + config.handshakeTimeout
+        tried: list[Backend] = []
+        timedOut = False
+        for backend in self._candidates(tried, avoid):
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                timedOut = True
+                break
+            try:
+                up = await relay.connectBackend(
+                    self, backend, min(config.connectTimeout, remaining)
+                )
+            except UpstreamRefused as e:
+                relay.backendAnswered(self.route, backend, e.status)
+                raise
+            except UpstreamError as e:
+                timedOut = isinstance(e, UpstreamTimeout)
+                relay.backendFailed(self.route, backend, str(e))
+                continue
+            return backend, up
+        if not tried:
+            raise Refused(503, "Service Unavailable", body=b"no backend available\n")
+        if timedOut:
+            raise Refused(504, "Gateway Timeout", body=b"backend timed out\n")
+        raise Refused(502, "Bad Gateway", body=b"no backend reachable\n")
+
+    def upstreamRequest(self, backend: Backend) -> tuple[str, list[tuple[str, str]]]:
+        """
+        @return: The request target and the header fields for C{backend}.
+        """
+        f = self.frontend
+        head = f.head
+        assert head is not None
+        config = backend.config
+        resource = joinPath(config.path, f.remainder)
+        query = "&".join(q for q in (config.query, f.query) if q)
+        if query:
+            resource += "?" + query
+        headers = self.relay.forwardedHeaders(f, head)
+        protocols = head.get("sec-websocket-protocol")
+        if protocols:
+            headers.append(("Sec-WebSocket-Protocol", protocols))
+        return resource, headers
+
+    def _attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
+        """
+        Make C{up} the upstream of this session.
+        """
+        self.upstream = up
+        self.backend = backend
+        up.listener = self
+        up.target = self.frontend
+        backend.connections += 1
+        backend.totalConnections += 1
+        self.route.balancer.connectionOpened(backend)
+        return up
+
+    def clientOpened(self) -> None:
+        """
+        The client got its 101: data flows both ways now.
+        """
+        self._pair()
+        if self.relay.config.idleTimeout > 0:
+            self._armIdle()
+
+    def _pair(self) -> None:
+        """
+        Send client frames to the upstream, and let each side pause the
+        other when it cannot keep up.
+        """
+        f, up = self.frontend, self.upstream
+        assert up is not None
+        if self._buffer is None:
+            f.target = up
+        f.transport.registerProducer(TransportPauser(up.transport), True)
+        up.transport.registerProducer(TransportPauser(f.transport), True)
+
+    # Closing.
+
+    def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        Forward a close to the other side, and answer C{leg} with what that
+        side answers.
+        """
+        other = self._other(leg)
+        if other is not None and other.state == OPEN:
+            self._closeWaiting = leg
+            other.closeWith(code, reason)
+        else:
+            leg.replyClose(code, reason)
+
+    def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        The other side answered a forwarded close: answer the side that
+        started it the same way.
+        """
+        waiting = self._closeWaiting
+        if waiting is not None and waiting is not leg:
+            self._closeWaiting = None
+            waiting.replyClose(code, reason)
+
+    def legClosed(self, leg: Any) -> None:
+        """
+        One leg's connection is gone.
+        """
+        f = self.frontend
+        if leg is f:
+            self._clientGone = True
+            self._cancelOpening()
+            up = self.upstream
+            if up is not None:
+                if self._closeWaiting is up:
+                    self._closeWaiting = None
+                    up.replyClose(1001, b"client went away")
+                elif up.state == OPEN:
+                    up.closeWith(1001, b"client went away")
+        elif leg is self.upstream:
+            self._detach()
+            waiting = self._closeWaiting
+            if waiting is f:
+                self._closeWaiting = None
+                f.replyClose(f.remoteCloseCode, _encode(f.remoteCloseReason))
+            elif f.state == OPEN and not leg.closeRelayed:
+                self._upstreamLost(leg)
+        self._maybeFinish()
+
+    def _upstreamLost(self, leg: UpstreamProtocol) -> None:
+        """
+        The backend vanished without a close handshake.
+        """
+        f = self.frontend
+        lost = self.backend
+        if lost is not None and not leg.wasClean:
+            self.relay.backendFailed(self.route, lost, "connection lost")
+        if (
+            self.route.config.failover != "reconnect"
+            or self.stopping
+            or f.sendingFragment
+        ):
+            reason = b"backend connection lost"
+            if f.sendingFragment:
+                reason = b"backend lost in the middle of a message"
+            f.closeWith(1014, reason)
+            return
+        self._buffer = ReconnectBuffer(
+            self, self.route.config.failoverBuffer, f.receivingFragment
+        )
+        f.target = self._buffer
+        f.transport.unregisterProducer()
+        f.transport.resumeProducing()
+        self._opening = Deferred.fromCoroutine(self._connect(lost))
+        self._opening.addCallbacks(self._reconnected, self._reconnectFailed)
+
+    def _reconnected(self, pair: tuple[Backend, UpstreamProtocol]) -> None:
+        """
+        A new upstream is open: send it what the client sent meanwhile.
+        """
+        self._opening = None
+        backend, up = pair
+        f = self.frontend
+        buffer = self._buffer
+        assert buffer is not None
+        if f.state != OPEN:
+            up.listener = None
+            up.closeWith(1001, b"client went away")
+            return
+        self._attach(backend, up)
+        if up.websocket_protocol_in_use != f.websocket_protocol_in_use:
+            self.stopping = True
+            up.closeWith(1000, b"subprotocol changed")
+            f.closeWith(1014, b"new backend chose another subprotocol")
+            return
+        self._buffer = None
+        buffer.attach(up)
+        self._pair()
+
+    def _reconnectFailed(self, f: Failure) -> None:
+        """
+        No new upstream: the client cannot stay.
+        """
+        self._opening = None
+        if f.check(CancelledError):
+            return
+        self.frontend.closeWith(1014, b"no backend available")
+
+    def bufferOverflow(self) -> None:
+        """
+        The client sent more than C{failover_buffer} while reconnecting.
+        """
+        self.stopping = True
+        self._cancelOpening()
+        self.frontend.closeWith(1013, b"failover buffer full")
+
+    def shutdown(self, code: int = 1001, reason: bytes = b"relay shutting down") -> None:
+        """
+        Close both legs (the relay stops, or the backend is disabled).
+        """
+        self.stopping = True
+        self._cancelOpening()
+        for leg in (self.frontend, self.upstream):
+            if leg is not None:
+                leg.closeWith(code, reason)
+
+    def _other(self, leg: RelayLeg) -> RelayLeg | None:
+        return self.upstream if leg is self.frontend else self.frontend
+
+    def _cancelOpening(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+
+    def _detach(self) -> None:
+        """
+        Forget the upstream that closed.
+        """
+        up, backend = self.upstream, self.backend
+        self.upstream = None
+        if up is not None:
+            up.listener = None
+            up.target = None
+            if self.frontend.target is up:
+                self.frontend.target = None
+        if backend is not None and up is not None:
+            backend.connections -= 1
+            self.route.balancer.connectionClosed(backend)
+
+    def _maybeFinish(self) -> None:
+        """
+        Fire L{done} once no connection is left.
+        """
+        if self._finished or not self._clientGone or self.upstream is not None:
+            return
+        self._finished = True
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self.relay.sessionEnded(self)
+        self.done.callback(None)
+
+    # Idle timeout.
+
+    def _activity(self) -> int:
+        f = self.frontend
+        return f.bytesIn + f.bytesOut + f.messagesIn + f.messagesOut
+
+    def _armIdle(self) -> None:
+        self._idleMark = self._activity()
+        self._idleQuiet = 0
+        self._idleCall = self._clock.callLater(
+            self.relay.config.idleTimeout / IDLE_CHECKS, self._idleCheck
+        )
+
+    def _idleCheck(self) -> None:
+        """
+        Close both legs with 1001 after C{idle_timeout} without data.
+        """
+        mark = self._activity()
+        if mark != self._idleMark:
+            self._idleMark = mark
+            self._idleQuiet = 0
+        else:
+            self._idleQuiet += 1
+        if self._idleQuiet >= IDLE_CHECKS:
+            self._idleCall = None
+            self.shutdown(1001, b"idle timeout")
+            return
+        self._idleCall = self._clock.callLater(
+            self.relay.config.idleTimeout / IDLE_CHECKS, self._idleCheck
+        )
+
+
+def _encode(reason: str | None) -> bytes | None:
+    return None if reason is None else reason.encode("utf-8")

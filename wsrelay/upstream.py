@@ -1,0 +1,295 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The backend-facing leg: an Autobahn client protocol that sends the
+client's request as the relay rewrote it, and that keeps a refused
+handshake's status, headers and body so they can be relayed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from wsrelay.handshake import BadHead, buildRequest, endToEnd, parseHead, parseStatusLine
+from wsrelay.legs import RelayLeg
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
+
+    from wsrelay.config import RelayConfig
+
+#: How much of a refusal's body is relayed.
+MAX_REFUSAL_BODY = 65536
+
+
+class UpstreamError(Exception):
+    """
+    The backend could not be reached or did not complete the handshake.
+    """
+
+
+class UpstreamTimeout(UpstreamError):
+    """
+    The backend did not complete the handshake in time.
+    """
+
+
+class UpstreamRefused(Exception):
+    """
+    The backend answered the handshake with another status than 101.
+
+    @ivar status: The status code.
+    @ivar reason: The reason phrase.
+    @ivar headers: Its end-to-end header fields.
+    @ivar body: Its body, at most L{MAX_REFUSAL_BODY} bytes.
+    """
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        super().__init__(f"backend answered {status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+
+class _AnySubprotocol:
+    """
+    Stands in for the factory's list of subprotocols: the relay checks the
+    backend's choice against what each client offered, before Autobahn
+    looks.
+    """
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 0
+
+
+class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
+    """
+    One connection to a backend.
+
+    @ivar requestHead: The request to send, without key and version.
+    @ivar offered: The subprotocols the client offered.
+    @ivar opened: Fires with this protocol when the handshake succeeded,
+        fails with L{UpstreamError} or L{UpstreamRefused}.
+    @ivar responseHeaders: The end-to-end fields of the backend's 101.
+    """
+
+    resource: str = "/"
+    hostHeader: str = ""
+    requestHeaders: list[tuple[str, str]]
+    offered: tuple[str, ...] = ()
+    opened: Deferred[UpstreamProtocol]
+    responseHeaders: list[tuple[str, str]]
+    _refused: tuple[int, str, list[tuple[str, str]], int, int | None] | None = None
+
+    def startHandshake(self) -> None:
+        """
+        Send the client's request, rewritten for this backend.
+        """
+        key = base64.b64encode(os.urandom(16))
+        self.websocket_key = key
+        self.http_request_data = buildRequest(
+            self.resource, self.hostHeader, key.decode(), self.requestHeaders
+        )
+        self.sendData(self.http_request_data)
+
+    def processHandshake(self) -> None:
+        """
+        Keep a refusal for relaying; check the subprotocol; let Autobahn
+        check the rest of a 101.
+        """
+        if self._refused is not None:
+            self._collectRefusal(final=False)
+            return
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.data) > 65536:
+                self.failHandshake("response head too large")
+            return
+        try:
+            head = parseHead(self.data[:end])
+            _, status, reason = parseStatusLine(head.startLine)
+        except BadHead as e:
+            self.failHandshake(f"bad response: {e}")
+            return
+        if status != 101:
+            length = head.get("content-length")
+            self._refused = (
+                status,
+                reason,
+                endToEnd(head),
+                end + 4,
+                int(length) if length and length.isdigit() else None,
+            )
+            self._collectRefusal(final=False)
+            return
+        chosen = (head.get("sec-websocket-protocol") or "").strip()
+        if chosen and chosen not in self.offered:
+            self.failHandshake(f"backend chose subprotocol {chosen!r}, not offered")
+            return
+        self.responseHeaders = endToEnd(head)
+        WebSocketClientProtocol.processHandshake(self)
+
+    def _collectRefusal(self, final: bool) -> None:
+        """
+        Relay the refusal once its body is here (by C{Content-Length}, or
+        the connection's end).
+        """
+        assert self._refused is not None
+        status, reason, headers, start, length = self._refused
+        have = len(self.data) - start
+        want = MAX_REFUSAL_BODY if length is None else min(length, MAX_REFUSAL_BODY)
+        if not final and have < want:
+            return
+        body = self.data[start : start + want]
+        if not self.opened.called:
+            self.opened.errback(UpstreamRefused(status, reason, headers, body))
+        self.dropConnection(abort=True)
+
+    def failHandshake(self, reason: str) -> None:
+        """
+        The backend's answer is not a valid handshake.
+        """
+        if not self.opened.called:
+            self.opened.errback(UpstreamError(reason))
+        WebSocketClientProtocol.failHandshake(self, reason)
+
+    def onOpen(self) -> None:
+        """
+        The backend accepted.
+        """
+        if not self.opened.called:
+            self.opened.callback(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """
+        The connection is gone: before the handshake ended, that fails it.
+        """
+        if not self.opened.called:
+            if self._refused is not None:
+                self._collectRefusal(final=True)
+            else:
+                self.opened.errback(
+                    UpstreamError(reason or "connection closed during the handshake")
+                )
+            return
+        RelayLeg.onClose(self, wasClean, code, reason)
+
+
+class UpstreamFactory(WebSocketClientFactory):  # type: ignore[misc]
+    """
+    The Autobahn factory for one backend, shared by all its connections.
+    """
+
+    protocol = UpstreamProtocol
+
+    def __init__(self, url: str, config: RelayConfig, reactor: Any) -> None:
+        super().__init__(url=url, reactor=reactor)
+        self.protocols = _AnySubprotocol()
+        self.setProtocolOptions(
+            failByDrop=False,
+            echoCloseCodeReason=True,
+            maxMessagePayloadSize=config.maxMessageSize,
+            maxFramePayloadSize=config.maxFrameSize or config.maxMessageSize,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=config.closeTimeout,
+            serverConnectionDropTimeout=config.closeTimeout,
+            autoPingInterval=config.pingInterval,
+            autoPingTimeout=config.pingTimeout,
+            autoPingRestartOnAnyTraffic=True,
+            perMessageCompressionOffers=[],
+            utf8validateIncoming=True,
+        )
+
+
+class _Attempt(Factory):
+    """
+    Builds the one protocol of one connection attempt.
+    """
+
+    noisy = False
+
+    def __init__(self, factory: UpstreamFactory, setup: dict[str, Any]) -> None:
+        self._factory = factory
+        self._setup = setup
+        self.protocol: UpstreamProtocol | None = None  # type: ignore[assignment]
+
+    def buildProtocol(self, addr: IAddress) -> UpstreamProtocol:
+        """
+        Make the protocol and give it the request.
+        """
+        p: UpstreamProtocol = self._factory.buildProtocol(addr)
+        p.__dict__.update(self._setup)
+        self.protocol = p
+        return p
+
+
+def connectUpstream(
+    clock: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    factory: UpstreamFactory,
+    resource: str,
+    hostHeader: str,
+    headers: list[tuple[str, str]],
+    offered: tuple[str, ...],
+    timeout: float,
+) -> Deferred[UpstreamProtocol]:
+    """
+    Connect to a backend and complete the opening handshake.
+
+    @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
+        or fails with L{UpstreamError} (including a timeout after
+        C{timeout} seconds) or L{UpstreamRefused}.  Cancelling it closes
+        whatever was opened.
+    """
+
+    def cancel(d: Deferred[UpstreamProtocol]) -> None:
+        connecting.cancel()
+        p = attempt.protocol
+        if p is not None and p.transport is not None:
+            p.transport.abortConnection()
+
+    opened: Deferred[UpstreamProtocol] = Deferred(cancel)
+    attempt = _Attempt(
+        factory,
+        {
+            "resource": resource,
+            "hostHeader": hostHeader,
+            "requestHeaders": headers,
+            "offered": offered,
+            "opened": opened,
+        },
+    )
+    connecting = endpoint.connect(attempt)
+
+    def connectFailed(f: Failure) -> None:
+        if not opened.called:
+            if f.check(CancelledError):
+                return
+            opened.errback(UpstreamError(f"connect failed: {f.getErrorMessage()}"))
+
+    connecting.addErrback(connectFailed)
+
+    opened.addTimeout(timeout, clock)
+    opened.addErrback(_timeoutToError, timeout)
+    return opened
+
+
+def _timeoutToError(f: Failure, timeout: float) -> Failure:
+    """
+    Name a timeout as an upstream error.
+    """
+    if f.check(TimeoutError):
+        return Failure(UpstreamTimeout(f"backend did not answer within {timeout:g}s"))
+    return f
