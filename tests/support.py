@@ -44,6 +44,11 @@ def script(connection: ServerConnection) -> None:
                 connection.socket.shutdown(2)
                 connection.socket.close()
                 return
+            if message == "stall":
+                stall = getattr(connection, "stall", None)
+                if stall is not None:
+                    stall.wait(TIMEOUT)
+                continue
             if message == "headers":
                 connection.send(
                     "\n".join(f"{k}: {v}" for k, v in connection.request.headers.raw_items())
@@ -72,13 +77,17 @@ class Backend:
         handler: Callable[[ServerConnection], None] = script,
         subprotocols: list[str] | None = None,
         refuse: tuple[int, list[tuple[str, str]], bytes] | None = None,
+        gate: threading.Event | None = None,
     ) -> None:
         self.closes: list[tuple[int | None, str | None]] = []
         self.connections = 0
         self.refuse = refuse
 
+        self.stall = threading.Event()
+
         def handle(connection: ServerConnection) -> None:
             self.connections += 1
+            connection.stall = self.stall  # type: ignore[attr-defined]
             try:
                 handler(connection)
             finally:
@@ -87,6 +96,8 @@ class Backend:
                     self.closes.append((rcvd.code, rcvd.reason))
 
         def processRequest(connection: ServerConnection, request: Any) -> Any:
+            if gate is not None:
+                gate.wait(TIMEOUT)
             if self.refuse is None:
                 return None
             status, headers, body = self.refuse

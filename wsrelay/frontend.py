@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import ISSLTransport
+from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
 from wsrelay.legs import RelayLeg
@@ -142,7 +143,17 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             self.openHandshakeTimeoutCall.cancel()
             self.openHandshakeTimeoutCall = None
         assert self.route is not None
-        return self.factory.relay.openSession(self, self.route)
+        d = self.factory.relay.openSession(self, self.route)
+        d.addErrback(self._keepRefusal)
+        return d
+
+    def _keepRefusal(self, f: Failure) -> Failure:
+        """
+        Remember a refusal's headers and body for L{sendHttpErrorResponse}.
+        """
+        if isinstance(f.value, Refused):
+            self._refusal = f.value
+        return f
 
     def onOpen(self) -> None:
         """

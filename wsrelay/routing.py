@@ -11,6 +11,7 @@ backend's URL did not change, so counters and health survive it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,9 +36,10 @@ def endpointDescription(host: str, port: int, secure: bool, timeout: float) -> s
     @return: The Twisted client endpoint string that reaches a backend.
     """
     escaped = host.replace("\\", "\\\\").replace(":", "\\:")
+    seconds = max(1, math.ceil(timeout))
     if secure:
-        return f"tls:{escaped}:{port}:timeout={timeout:g}"
-    return f"tcp:host={escaped}:port={port}:timeout={timeout:g}"
+        return f"tls:{escaped}:{port}:timeout={seconds}"
+    return f"tcp:host={escaped}:port={port}:timeout={seconds}"
 
 
 @implementer(IBackend)

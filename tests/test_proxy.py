@@ -1,0 +1,472 @@
+"""
+Proxy mode over real loopback sockets, with C{websockets} clients and
+backends on both sides of the relay.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from wsrelay.routing import DOWN
+
+
+def closedPort() -> int:
+    """
+    @return: A loopback port nothing listens on.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def closeOf(c: Any) -> tuple[int | None, str | None]:
+    """
+    Wait for the relay to close C{c} and say with what.
+    """
+    try:
+        while True:
+            c.recv(TIMEOUT)
+    except ConnectionClosed:
+        pass
+    rcvd = c.protocol.close_rcvd
+    return (rcvd.code, rcvd.reason) if rcvd else (None, None)
+
+
+def rawRequest(port: int, path: str = "/chat", extra: str = "") -> bytes:
+    """
+    An opening handshake request as bytes.
+    """
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+def rawExchange(port: int, data: bytes) -> bytes:
+    """
+    Send bytes to the relay and read until it closes.
+    """
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+async def waitFor(predicate: Any, timeout: float = TIMEOUT) -> None:
+    """
+    Poll C{predicate} on the reactor until it holds, failing after
+    C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class HandshakeTests(TestCase):
+    """
+    The client's handshake is answered with the backend's.
+    """
+
+    async def test_headersForwarded(self) -> None:
+        """
+        End-to-end headers reach the backend; hop-by-hop ones do not; the
+        C{X-Forwarded-*} fields are added (appended to an existing
+        C{X-Forwarded-For}); C{Host} is the backend's.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+
+        def run() -> str:
+            headers = {
+                "Origin": "https://app.example",
+                "Cookie": "session=abc",
+                "Authorization": "Bearer t0k",
+                "X-Custom": "1",
+                "X-Forwarded-For": "203.0.113.9",
+                "Keep-Alive": "timeout=5",
+            }
+            with client(
+                port, "/chat", additional_headers=headers, user_agent_header="ua/1"
+            ) as c:
+                c.send("headers")
+                return str(c.recv(TIMEOUT))
+
+        lines = (await inThread(run)).split("\n")
+        got = dict(line.split(": ", 1) for line in lines)
+        self.assertEqual(got["Origin"], "https://app.example")
+        self.assertEqual(got["Cookie"], "session=abc")
+        self.assertEqual(got["Authorization"], "Bearer t0k")
+        self.assertEqual(got["User-Agent"], "ua/1")
+        self.assertEqual(got["X-Custom"], "1")
+        self.assertEqual(got["X-Forwarded-For"], "203.0.113.9, 127.0.0.1")
+        self.assertEqual(got["X-Forwarded-Proto"], "http")
+        self.assertEqual(got["X-Forwarded-Host"], f"127.0.0.1:{port}")
+        self.assertEqual(got["Host"], f"127.0.0.1:{b.port}")
+        self.assertNotIn("Keep-Alive", got)
+
+    async def test_pathAndQuery(self) -> None:
+        """
+        The path after the route's prefix and the query go to the backend
+        URL's path; a prefix matches at segment boundaries only.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self,
+            f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}base\n",
+        )
+
+        def run() -> tuple[str, int]:
+            with client(port, "/chat/room/1?x=1&y=2") as c:
+                c.send("path")
+                path = str(c.recv(TIMEOUT))
+            try:
+                client(port, "/chatty")
+            except InvalidStatus as e:
+                return path, e.response.status_code
+            return path, 0
+
+        path, status = await inThread(run)
+        self.assertEqual(path, "/base/room/1?x=1&y=2")
+        self.assertEqual(status, 404)
+
+    async def test_subprotocolFromBackend(self) -> None:
+        """
+        The subprotocol the backend picks is the one the client gets.
+        """
+        b = startBackend(self, subprotocols=["v2", "v3"])
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+
+        def run() -> str | None:
+            with client(port, "/chat", subprotocols=["v1", "v2"]) as c:  # type: ignore[list-item]
+                return c.subprotocol
+
+        self.assertEqual(await inThread(run), "v2")
+
+    async def test_refusalRelayed(self) -> None:
+        """
+        A backend's refusal reaches the client with its status, its
+        end-to-end headers (repeated ones on their own lines) and its body.
+        """
+        b = startBackend(
+            self,
+            refuse=(
+                401,
+                [
+                    ("WWW-Authenticate", 'Bearer realm="chat"'),
+                    ("Set-Cookie", "a=1"),
+                    ("Set-Cookie", "b=2"),
+                    ("Retry-After", "30"),
+                ],
+                b"login first",
+            ),
+        )
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+        raw = await inThread(rawExchange, port, rawRequest(port))
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        self.assertTrue(lines[0].startswith("HTTP/1.1 401 "), lines[0])
+        self.assertIn('WWW-Authenticate: Bearer realm="chat"', lines)
+        self.assertIn("Set-Cookie: a=1", lines)
+        self.assertIn("Set-Cookie: b=2", lines)
+        self.assertIn("Retry-After: 30", lines)
+        self.assertEqual(body, b"login first")
+
+    async def test_unreachableTriesNext(self) -> None:
+        """
+        An unreachable backend is skipped for the next candidate.
+        """
+        b = startBackend(self)
+        dead = closedPort()
+        _, port = await startRelay(
+            self,
+            "[relay]\n[route:chat]\npath = /chat\nbalancer = first\n"
+            f"backends = ws://127.0.0.1:{dead}/ {b.url}\n",
+        )
+
+        def run() -> str:
+            with client(port, "/chat") as c:
+                c.send("hi")
+                return str(c.recv(TIMEOUT))
+
+        self.assertEqual(await inThread(run), "hi")
+
+    async def test_noneReachable502(self) -> None:
+        """
+        With no backend reachable the client gets 502; with none
+        available at all, 503.
+        """
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:chat]\npath = /chat\n"
+            f"backends = ws://127.0.0.1:{closedPort()}/ ws://127.0.0.1:{closedPort()}/\n",
+        )
+        raw = await inThread(rawExchange, port, rawRequest(port))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 502 "), raw[:40])
+        for backend in relay.routes.routes[0].backends:
+            backend.state = DOWN
+        raw = await inThread(rawExchange, port, rawRequest(port))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 503 "), raw[:40])
+
+    async def test_slowBackend504(self) -> None:
+        """
+        A backend that accepts TCP but never answers the handshake: the
+        client gets 504 once the handshake budget is spent, and no 101
+        before.
+        """
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        self.addCleanup(silent.close)
+        _, port = await startRelay(
+            self,
+            "[relay]\nhandshake_timeout = 1\nconnect_timeout = 0.4\n"
+            f"[route:chat]\npath = /chat\nbackends = ws://127.0.0.1:{silent.getsockname()[1]}/\n",
+        )
+        raw = await inThread(rawExchange, port, rawRequest(port))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 504 "), raw[:40])
+
+    async def test_clientGivesUp(self) -> None:
+        """
+        A client that leaves while its upstream is still connecting leaves
+        no upstream connection behind.
+        """
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        self.addCleanup(silent.close)
+        relay, port = await startRelay(
+            self,
+            "[relay]\nhandshake_timeout = 30\nconnect_timeout = 30\n"
+            f"[route:chat]\npath = /chat\nbackends = ws://127.0.0.1:{silent.getsockname()[1]}/\n",
+        )
+
+        def run() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), TIMEOUT) as c:
+                c.sendall(rawRequest(port))
+                silent.settimeout(TIMEOUT)
+                upstream, _ = silent.accept()
+                upstream.settimeout(TIMEOUT)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += upstream.recv(65536)
+            # The client is gone: the relay must close its upstream.
+            with upstream:
+                try:
+                    while chunk := upstream.recv(65536):
+                        data += chunk
+                except ConnectionResetError:
+                    pass
+                return data
+
+        request = await inThread(run)
+        self.assertIn(b"GET / HTTP/1.1", request)
+        await waitFor(lambda: not relay.sessions)
+
+    async def test_plainRequests(self) -> None:
+        """
+        A plain HTTP request gets 426, an unknown path 404, garbage 400,
+        C{/healthz} 200, an oversized head 431; none of them disturbs an
+        open connection.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self,
+            f"[relay]\nmax_header_size = 2048\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+        )
+
+        def run() -> list[bytes]:
+            with client(port, "/chat") as c:
+                answers = [
+                    rawExchange(port, b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
+                    rawExchange(port, rawRequest(port, "/nowhere")),
+                    rawExchange(port, b"\x16\x03\x01garbage\r\n\r\n"),
+                    rawExchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+                    rawExchange(port, rawRequest(port, extra="X-Big: " + "a" * 4000 + "\r\n")),
+                ]
+                c.send("still here")
+                answers.append(c.recv(TIMEOUT).encode())
+                return answers
+
+        answers = await inThread(run)
+        self.assertTrue(answers[0].startswith(b"HTTP/1.1 426 "), answers[0][:40])
+        self.assertIn(b"Upgrade: websocket", answers[0])
+        self.assertTrue(answers[1].startswith(b"HTTP/1.1 404 "), answers[1][:40])
+        self.assertTrue(answers[2].startswith(b"HTTP/1.1 400 "), answers[2][:40])
+        self.assertTrue(answers[3].startswith(b"HTTP/1.1 200 "), answers[3][:40])
+        self.assertTrue(answers[4].startswith(b"HTTP/1.1 431 "), answers[4][:40])
+        self.assertEqual(answers[5], b"still here")
+
+
+class MessageTests(TestCase):
+    """
+    Messages pass unchanged both ways.
+    """
+
+    async def test_sizesAndOrder(self) -> None:
+        """
+        Text and binary messages from 0 bytes to C{max_message_size} come
+        back unchanged and in order, fragmented ones too; UTF-8 stays valid.
+        """
+        b = startBackend(self)
+        size = 1 << 20
+        _, port = await startRelay(
+            self,
+            f"[relay]\nmax_message_size = {size}\n[route:chat]\npath = /chat\n"
+            f"backends = {b.url}\n",
+        )
+        sizes = [0, 1, 125, 126, 65535, 65536, size]
+
+        def run() -> None:
+            with client(port, "/chat") as c:
+                for n in sizes:
+                    data = bytes(i % 251 for i in range(n))
+                    c.send(data)
+                    self.assertEqual(c.recv(TIMEOUT), data)
+                    text = ("é€😀x" * (n // 10 + 1))[: n // 4]
+                    c.send(text)
+                    self.assertEqual(c.recv(TIMEOUT), text)
+                c.send(["frag", "mented ", "ünïcode"])
+                self.assertEqual(c.recv(TIMEOUT), "fragmented ünïcode")
+                for i in range(200):
+                    c.send(str(i))
+                self.assertEqual([c.recv(TIMEOUT) for i in range(200)], [str(i) for i in range(200)])
+
+        await inThread(run)
+
+    async def test_pingPerHop(self) -> None:
+        """
+        The relay answers a client's ping itself.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+
+        def run() -> float:
+            with client(port, "/chat") as c:
+                return float(c.ping(b"p").wait(TIMEOUT) or 0) + 1
+
+        self.assertGreater(await inThread(run), 0)
+
+
+CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999]
+
+
+class CloseTests(TestCase):
+    """
+    Close codes and reasons pass unchanged both ways.
+    """
+
+    async def test_clientCodes(self) -> None:
+        """
+        Every sendable code a client closes with reaches the backend with
+        its reason.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+
+        def run() -> None:
+            for code in CODES:
+                c = client(port, "/chat")
+                c.close(code, f"bye {code}")
+
+        await inThread(run)
+        await waitFor(lambda: len(b.closes) == len(CODES))
+        self.assertEqual(sorted(b.closes), [(c, f"bye {c}") for c in CODES])
+
+    async def test_backendCodes(self) -> None:
+        """
+        Every sendable code a backend closes with reaches the client with
+        its reason.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+
+        def run() -> list[tuple[int | None, str | None]]:
+            result = []
+            for code in CODES:
+                with client(port, "/chat") as c:
+                    c.send(f"close {code} reason {code}")
+                    result.append(closeOf(c))
+            return result
+
+        self.assertEqual(await inThread(run), [(c, f"reason {c}") for c in CODES])
+
+    async def test_backendVanishes(self) -> None:
+        """
+        With C{failover = close}, a backend that drops without a close
+        frame gives the client 1014.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+
+        def run() -> tuple[int | None, str | None]:
+            with client(port, "/chat") as c:
+                c.send("vanish")
+                return closeOf(c)
+
+        code, reason = await inThread(run)
+        self.assertEqual(code, 1014)
+
+    async def test_reconnect(self) -> None:
+        """
+        With C{failover = reconnect}, the client stays connected when its
+        backend vanishes: a new upstream opens to another backend with the
+        same request, and what the client sends meanwhile arrives in order.
+        """
+        b1 = startBackend(self)
+        gate = threading.Event()
+        b2 = startBackend(self, gate=gate)
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:chat]\npath = /chat\nfailover = reconnect\nbalancer = first\n"
+            f"backends = {b1.url} {b2.url}\n",
+        )
+
+        def run() -> list[str]:
+            with client(port, "/chat/x") as c:
+                c.send("one")
+                first = str(c.recv(TIMEOUT))
+                c.send("vanish")
+                # Wait until the relay noticed; b2 holds its handshake
+                # until the messages are sent, so they are buffered.
+                deadline = time.monotonic() + TIMEOUT
+                while not any(s._buffer for s in list(relay.sessions)):
+                    assert time.monotonic() < deadline, "backend loss not noticed"
+                    time.sleep(0.01)
+                for i in range(50):
+                    c.send(f"m{i}")
+                c.send("path")
+                gate.set()
+                return [first] + [str(c.recv(TIMEOUT)) for i in range(51)]
+
+        got = await inThread(run)
+        self.assertEqual(got, ["one"] + [f"m{i}" for i in range(50)] + ["/x"])
+        self.assertEqual((b1.connections, b2.connections), (1, 1))
