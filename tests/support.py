@@ -29,13 +29,31 @@ TIMEOUT = 10
 
 def script(connection: ServerConnection) -> None:
     """
-    A backend that echoes, and obeys commands sent as text:
+    A backend that echoes, and obeys commands sent as text: C{sink} (count
+    messages from then on instead of echoing them), C{count} (send that
+    count), C{stall} (stop reading until the backend's C{stall} event),
     C{close CODE REASON}, C{vanish}, C{headers} (sends the request's
     headers back as lines), C{path} (sends the request path), C{flood N
     SIZE} (sends N binary messages of SIZE bytes).
     """
+    sinking = False
+    received = 0
     try:
         for message in connection:
+            if message == "stall":
+                stall = getattr(connection, "stall", None)
+                if stall is not None:
+                    stall.wait(TIMEOUT)
+                continue
+            if sinking and message != "count":
+                received += 1
+                continue
+            if message == "sink":
+                sinking = True
+                continue
+            if message == "count":
+                connection.send(str(received))
+                continue
             if isinstance(message, str) and message.startswith("close "):
                 _, code, *reason = message.split(" ", 2)
                 connection.close(int(code), reason[0] if reason else "")
@@ -44,11 +62,6 @@ def script(connection: ServerConnection) -> None:
                 connection.socket.shutdown(2)
                 connection.socket.close()
                 return
-            if message == "stall":
-                stall = getattr(connection, "stall", None)
-                if stall is not None:
-                    stall.wait(TIMEOUT)
-                continue
             if message == "headers":
                 connection.send(
                     "\n".join(f"{k}: {v}" for k, v in connection.request.headers.raw_items())

@@ -390,8 +390,8 @@ class CloseTests(TestCase):
 
         def run() -> None:
             for code in CODES:
-                c = client(port, "/chat")
-                c.close(code, f"bye {code}")
+                with client(port, "/chat") as c:
+                    c.close(code, f"bye {code}")
 
         await inThread(run)
         await waitFor(lambda: len(b.closes) == len(CODES))
@@ -470,3 +470,90 @@ class CloseTests(TestCase):
         got = await inThread(run)
         self.assertEqual(got, ["one"] + [f"m{i}" for i in range(50)] + ["/x"])
         self.assertEqual((b1.connections, b2.connections), (1, 1))
+
+
+def buffered(transport: Any) -> int:
+    """
+    @return: The bytes a TCP transport holds that the kernel did not take.
+    """
+    return len(transport.dataBuffer) + transport._tempDataLen  # type: ignore[no-any-return]
+
+
+def paused(transport: Any) -> bool:
+    """
+    @return: Whether the reactor stopped reading from C{transport}.
+    """
+    return transport not in reactor.getReaders()  # type: ignore[attr-defined]
+
+
+class BackpressureTests(TestCase):
+    """
+    A side that reads slowly pauses the other instead of growing buffers.
+    """
+
+    COUNT = 400
+    SIZE = 65536
+    BOUND = 4 * 1024 * 1024
+
+    async def test_slowClient(self) -> None:
+        """
+        While the backend floods a client that does not read, the relay
+        stops reading from the backend and its buffer stays bounded; every
+        message arrives in order once the client reads.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+        c = await inThread(client, port, "/chat", max_queue=4)
+        self.addCleanup(inThread, c.close)
+        await inThread(c.send, f"flood {self.COUNT} {self.SIZE}")
+        await waitFor(lambda: len(relay.sessions) == 1)
+        (session,) = relay.sessions
+        await waitFor(lambda: session.upstream is not None and paused(session.upstream.transport))
+        peak = 0
+        for i in range(20):
+            peak = max(peak, buffered(session.frontend.transport))
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.assertLess(peak, self.BOUND)
+        self.assertLess(session.frontend.messagesOut, self.COUNT)
+
+        def drain() -> list[int]:
+            return [int.from_bytes(c.recv(TIMEOUT)[:4], "big") for i in range(self.COUNT)]
+
+        self.assertEqual(await inThread(drain), list(range(self.COUNT)))
+
+    async def test_slowBackend(self) -> None:
+        """
+        While a client floods a backend that does not read, the relay stops
+        reading from the client and its buffer stays bounded; the backend
+        gets every message once it reads.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+        c = await inThread(client, port, "/chat")
+        self.addCleanup(inThread, c.close)
+        await inThread(c.send, "sink")
+        await inThread(c.send, "stall")
+        payload = b"x" * self.SIZE
+        sending = inThread(lambda: [c.send(payload) for i in range(self.COUNT)])
+        await waitFor(lambda: len(relay.sessions) == 1)
+        (session,) = relay.sessions
+        await waitFor(lambda: paused(session.frontend.transport))
+        peak = 0
+        for i in range(20):
+            assert session.upstream is not None
+            peak = max(peak, buffered(session.upstream.transport))
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.assertLess(peak, self.BOUND)
+        self.assertLess(session.frontend.messagesIn, self.COUNT)
+        b.stall.set()
+        await sending
+
+        def count() -> str:
+            c.send("count")
+            return str(c.recv(TIMEOUT))
+
+        self.assertEqual(await inThread(count), str(self.COUNT))
