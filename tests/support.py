@@ -147,7 +147,9 @@ def startBackend(testCase: Any, **kwargs: Any) -> Backend:
     return backend
 
 
-async def startRelay(testCase: Any, text: str) -> tuple[RelayService, int]:
+async def startRelay(
+    testCase: Any, text: str, clock: Any = None
+) -> tuple[RelayService, int]:
     """
     Start a relay on a loopback port from a config text (its C{listen}
     is added), stopped at the end of C{testCase}.
@@ -158,7 +160,7 @@ async def startRelay(testCase: Any, text: str) -> tuple[RelayService, int]:
     path = os.path.join(directory, "relay.ini")
     with open(path, "w") as f:
         f.write(text.replace("[relay]", "[relay]\nlisten = tcp:0:interface=127.0.0.1", 1))
-    relay = RelayService(loadConfig(path), reactor)
+    relay = RelayService(loadConfig(path), reactor, clock)
     relay.startService()
     testCase.addCleanup(relay.stopService)
     (port,) = await relay.whenListening()

@@ -65,6 +65,40 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     query = ""
     _refusal: Refused | None = None
     _screened = False
+    _handshakeCall: Any = None
+
+    def connectionMade(self) -> None:
+        """
+        Start the clock on the client's handshake.  Autobahn's own timer
+        rounds to whole seconds (txaio's batched timer), so the relay keeps
+        its own, on the relay's clock.
+        """
+        WebSocketServerProtocol.connectionMade(self)
+        relay = self.factory.relay
+        self._handshakeCall = relay.clock.callLater(
+            relay.config.handshakeTimeout, self._handshakeTimedOut
+        )
+
+    def _handshakeTimedOut(self) -> None:
+        """
+        The client did not send a complete request in time: drop it.
+        """
+        self._handshakeCall = None
+        self.wasClean = False
+        self.wasNotCleanReason = "opening handshake timeout"
+        self.dropConnection(abort=True)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Stop the handshake clock.
+        """
+        self._stopHandshakeClock()
+        WebSocketServerProtocol.connectionLost(self, reason)
+
+    def _stopHandshakeClock(self) -> None:
+        call, self._handshakeCall = self._handshakeCall, None
+        if call is not None and call.active():
+            call.cancel()
 
     @property
     def secure(self) -> bool:
@@ -139,9 +173,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         @return: A L{Deferred} that fires with the subprotocol and the
             response headers, or fails with L{Refused}.
         """
-        if self.openHandshakeTimeoutCall is not None:
-            self.openHandshakeTimeoutCall.cancel()
-            self.openHandshakeTimeoutCall = None
+        self._stopHandshakeClock()
         assert self.route is not None
         d = self.factory.relay.openSession(self, self.route)
         d.addErrback(self._keepRefusal)
@@ -221,7 +253,7 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
             echoCloseCodeReason=True,
             maxMessagePayloadSize=config.maxMessageSize,
             maxFramePayloadSize=config.maxFrameSize or config.maxMessageSize,
-            openHandshakeTimeout=config.handshakeTimeout,
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=config.closeTimeout,
             autoPingInterval=config.pingInterval,
             autoPingTimeout=config.pingTimeout,

@@ -91,14 +91,21 @@ class RelayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: RelayConfig, reactor: Any = None) -> None:
+    def __init__(
+        self, config: RelayConfig, reactor: Any = None, clock: Any = None
+    ) -> None:
+        """
+        @param reactor: Listens and connects; the global one by default.
+        @param clock: Times the relay's own timers (idle timeout,
+            handshake budget); the reactor by default.
+        """
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self._reactor = reactor
-        self.clock = reactor
+        self.clock = reactor if clock is None else clock
         self.config = config
         self.sessions: set[ProxySession] = set()
         self._balancers = balancerFactories()

@@ -5,6 +5,7 @@ The C{twistd wsrelay} command line.
 
 from __future__ import annotations
 
+import configparser
 import os
 from typing import Any
 
@@ -24,11 +25,27 @@ def readConfig(path: str) -> RelayConfig:
         key.
     @raise PluginError: When an installed plugin is broken.
     """
-    config = loadConfig(path, {})
-    if config.pluginPath:
-        extendPluginPath(config.pluginPath)
+    extendPluginPath(_pluginPath(path))
     factories = balancerFactories()
     return loadConfig(path, {name: tuple(f.options) for name, f in factories.items()})
+
+
+def _pluginPath(path: str) -> list[str]:
+    """
+    Read only C{plugin_path} from C{[relay]}: the balancers it holds must
+    be known before the whole file can be checked.  Anything wrong with the
+    file is left for L{loadConfig} to report.
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#")
+    )
+    try:
+        parser.read(path, encoding="utf-8")
+        raw = parser.get("relay", "plugin_path", fallback="")
+    except (configparser.Error, UnicodeDecodeError):
+        return []
+    base = os.path.dirname(path)
+    return [os.path.join(base, os.path.expanduser(d)) for d in raw.split()]
 
 
 class Options(usage.Options):

@@ -1,0 +1,90 @@
+# wsrelay developer targets (GNU make).
+#
+#   make run        serve conf/relay.ini in the foreground
+#   make test       every gate: lint, typecheck, pytest
+#   make lint       ruff check + ruff format --check
+#   make typecheck  mypy (settings in pyproject.toml)
+#   make clean      remove the virtualenv, build output and caches
+
+PY ?= python3
+VENV = .venv
+BIN = $(VENV)/bin
+PYTHON = $(BIN)/python
+
+# Folders that exist among these are linted.
+LINT_PATHS = $(wildcard wsrelay tests twisted bench examples)
+
+# Build tools installed into the venv before the project: setup.cfg needs
+# setuptools>=69, and tests/test_packaging.py builds the wheel without
+# isolation, with the venv's own setuptools and wheel.
+BUILD_TOOLS = pip 'setuptools>=69' wheel
+
+.PHONY: all run test lint typecheck pytest clean
+
+all: test
+
+# Create the virtualenv. On a fresh Debian, `python3 -m venv` fails without
+# ensurepip (package python3-venv) and leaves a half-made folder behind: as
+# root, install the package once and try again; otherwise say what is missing.
+$(PYTHON):
+	@if ! $(PY) -m venv $(VENV); then \
+	    rm -rf $(VENV); \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "venv failed: installing python3-venv" >&2; \
+	        apt-get update && apt-get install -y python3-venv && \
+	        $(PY) -m venv $(VENV); \
+	    else \
+	        echo "$(PY) -m venv failed: install python3-venv (as root) and retry" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+# The project is installed editable in setuptools' *compat* mode, which puts
+# the repository itself on sys.path through a .pth file. twistd finds its
+# subcommands by scanning every twisted/plugins/ folder on sys.path, so it
+# then sees this repository's twisted/plugins/wsrelay_plugin.py. The default
+# (strict) editable mode maps only the listed modules through an import hook
+# and hides that dropin folder from twistd.
+#
+# The stamps depend on the packaging files, so a repeated `make test` does
+# not reinstall unless they changed.
+$(VENV)/.stamp-run: setup.cfg pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --upgrade $(BUILD_TOOLS)
+	$(PYTHON) -m pip install -e . --config-settings editable_mode=compat
+	touch $@
+
+$(VENV)/.stamp-test: setup.cfg pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --upgrade $(BUILD_TOOLS)
+	$(PYTHON) -m pip install -e '.[test]' --config-settings editable_mode=compat
+	touch $@ $(VENV)/.stamp-run
+
+run: $(VENV)/.stamp-run
+	$(BIN)/twistd --pidfile= -n wsrelay --config conf/relay.ini
+
+# Every gate runs even when an earlier one fails; the target fails if any did.
+test: $(VENV)/.stamp-test
+	@status=0; \
+	$(MAKE) --no-print-directory lint || status=1; \
+	$(MAKE) --no-print-directory typecheck || status=1; \
+	$(MAKE) --no-print-directory pytest || status=1; \
+	if [ $$status -ne 0 ]; then echo "make test: a gate failed" >&2; fi; \
+	exit $$status
+
+lint: $(VENV)/.stamp-test
+	@status=0; \
+	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	exit $$status
+
+typecheck: $(VENV)/.stamp-test
+	$(BIN)/mypy
+
+pytest: $(VENV)/.stamp-test
+	$(PYTHON) -m pytest -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache \
+	    .pytest_cache .hypothesis _trial_temp* twistd.pid twistd.log
+	rm -f twisted/plugins/dropin.cache
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune \
+	    -exec rm -rf {} +

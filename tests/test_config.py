@@ -1,0 +1,1224 @@
+"""
+Tests for L{wsrelay.config}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from wsrelay.config import (
+    DEFAULT_BALANCERS,
+    KEYS,
+    REQUIRED,
+    SECTION_KEYS,
+    BackendConfig,
+    ConfigError,
+    DemoConfig,
+    RelayConfig,
+    RouteConfig,
+    loadConfig,
+    parseConfig,
+)
+
+FILENAME = "relay.ini"
+
+DOCS = FilePath(__file__).parent().parent().child("docs").child("configuration.md")
+
+SHIPPED = FilePath(__file__).parent().parent().child("conf").child("relay.ini")
+
+MINIMAL = """\
+[relay]
+listen = tcp:8080
+
+[route:echo]
+path = /echo
+backends = ws://127.0.0.1:9001/
+"""
+
+FUZZ = settings(max_examples=200, deadline=None, database=None, derandomize=True)
+
+Sections = Mapping[str, Mapping[str, str]]
+
+
+def ini(sections: Sections) -> str:
+    """
+    @param sections: Section names mapped to their keys and values.
+    @return: The INI text of C{sections}.
+    """
+    lines = []
+    for section, items in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {value}" for key, value in items.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def withKey(kind: str, key: str, value: str) -> dict[str, dict[str, str]]:
+    """
+    @return: The sections of L{MINIMAL} plus a C{[demo]} section, with
+        C{key = value} set in the section of the given kind (C{"relay"},
+        C{"route"} or C{"demo"}).
+    """
+    sections = {
+        "relay": {"listen": "tcp:8080"},
+        "route:echo": {"path": "/echo", "backends": "ws://127.0.0.1:9001/"},
+        "demo": {},
+    }
+    sections["route:echo" if kind == "route" else kind][key] = value
+    return sections
+
+
+def parse(
+    text: str, balancers: Mapping[str, Sequence[str]] | None = None
+) -> RelayConfig:
+    """
+    Parse C{text} as the file L{FILENAME}.
+    """
+    return parseConfig(text, FILENAME, balancers)
+
+
+def iniDefault(default: Any) -> str:
+    """
+    @return: How C{docs/configuration.md} writes a key's default.
+    """
+    if default is REQUIRED:
+        return "required"
+    if default is None or default == ():
+        return "none"
+    if isinstance(default, float):
+        return f"`{default:g}`"
+    return f"`{default}`"
+
+
+def docTables() -> dict[str, dict[str, dict[str, str]]]:
+    """
+    Read the key tables of C{docs/configuration.md}: the first table under
+    each of the headings C{## [relay]}, C{## [route:NAME]} and C{## [demo]}.
+
+    @return: For each kind of section, each documented key (without
+        backticks) mapped to its row, by column name.
+    """
+    headings = {"## [relay]": "relay", "## [route:NAME]": "route", "## [demo]": "demo"}
+    tables: dict[str, dict[str, dict[str, str]]] = {k: {} for k in headings.values()}
+    kind = None
+    header: list[str] | None = None
+    for line in DOCS.getContent().decode("utf-8").splitlines():
+        if line.startswith("#"):
+            kind = headings.get(line.strip())
+            header = None
+            continue
+        if kind is None or not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        if set("".join(cells)) <= set("-: "):
+            continue
+        key = cells[0].strip("`")
+        if key in tables[kind]:
+            raise AssertionError(f"{key} documented twice in [{kind}]")
+        tables[kind][key] = dict(zip(header, cells, strict=True))
+    return tables
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """
+    Tests for L{ConfigError}.
+    """
+
+    def test_fileSectionKey(self) -> None:
+        """
+        The message names the file, the section in brackets and the key.
+        """
+        e = ConfigError("a.ini", "expected x, got 'y'", "relay", "listen")
+        self.assertEqual(str(e), "a.ini: [relay] listen: expected x, got 'y'")
+        self.assertEqual(e.message, str(e))
+        self.assertEqual(
+            (e.filename, e.section, e.key, e.problem),
+            ("a.ini", "relay", "listen", "expected x, got 'y'"),
+        )
+
+    def test_withoutKeyOrSection(self) -> None:
+        """
+        A problem about a section leaves out the key; one about the file
+        leaves out the section too.
+        """
+        self.assertEqual(str(ConfigError("a.ini", "bad", "demo")), "a.ini: [demo] bad")
+        self.assertEqual(str(ConfigError("a.ini", "bad")), "a.ini: bad")
+
+    def test_oneLine(self) -> None:
+        """
+        Line breaks anywhere in the parts become spaces.
+        """
+        e = ConfigError("a.ini", "one\ntwo\r\nthree", "x\x0by", "k\u2028")
+        self.assertEqual(str(e).splitlines(), [str(e)])
+
+    def test_pickle(self) -> None:
+        """
+        A L{ConfigError} survives pickling with all its attributes.
+        """
+        e = pickle.loads(pickle.dumps(ConfigError("a.ini", "bad", "relay", "k")))
+        self.assertEqual(
+            (e.filename, e.problem, e.section, e.key, e.message),
+            ("a.ini", "bad", "relay", "k", "a.ini: [relay] k: bad"),
+        )
+
+
+class GoodConfigTests(SynchronousTestCase):
+    """
+    Files that are right parse to the values they say.
+    """
+
+    def test_minimalDefaults(self) -> None:
+        """
+        A file with only the required keys gets every other key's default.
+        """
+        config = parse(MINIMAL)
+        self.assertEqual(
+            config,
+            RelayConfig(
+                path=os.path.abspath(FILENAME),
+                listen=("tcp:8080",),
+                routes=(
+                    RouteConfig(
+                        name="echo",
+                        path="/echo",
+                        backends=(BackendConfig.fromURL("ws://127.0.0.1:9001/"),),
+                    ),
+                ),
+            ),
+        )
+        self.assertEqual(config.maxMessageSize, 16777216)
+        self.assertEqual(config.maxFrameSize, 0)
+        self.assertEqual(config.maxHeaderSize, 16384)
+        self.assertEqual(config.handshakeTimeout, 10.0)
+        self.assertEqual(config.connectTimeout, 5.0)
+        self.assertEqual(config.idleTimeout, 0.0)
+        self.assertEqual(config.pingInterval, 30.0)
+        self.assertEqual(config.pingTimeout, 10.0)
+        self.assertEqual(config.closeTimeout, 5.0)
+        self.assertEqual(config.trustedProxies, ())
+        self.assertEqual(config.pluginPath, ())
+        self.assertEqual(config.demo, DemoConfig())
+        self.assertEqual((config.demo.echo, config.demo.ticker), (None, None))
+        self.assertEqual(config.demo.tickerInterval, 0.25)
+        [route] = config.routes
+        self.assertEqual(route.host, None)
+        self.assertEqual(route.mode, "proxy")
+        self.assertEqual(route.balancer, "round_robin")
+        self.assertEqual(route.failover, "close")
+        self.assertEqual(route.failoverBuffer, 1048576)
+        self.assertEqual(dict(route.options), {})
+        self.assertEqual(route.section, "route:echo")
+
+    def test_everyKey(self) -> None:
+        """
+        Every key of every section sets its field.
+        """
+        directory = tempDirectory(self)
+        os.mkdir(os.path.join(directory, "plugins"))
+        text = """\
+[relay]
+LISTEN = tcp:8080:interface=127.0.0.1
+    tcp6:8080:interface=\\:\\:1   ; comment
+max_message_size = 1048576
+max_frame_size = 65536
+max_header_size = 1024
+handshake_timeout = 2.5
+connect_timeout = .5
+idle_timeout = 300
+ping_interval = 0
+ping_timeout = 7
+close_timeout = 1.
+trusted_proxies = 10.1.2.3/8, 127.0.0.1
+    ::1
+plugin_path = plugins
+
+[route:chat.v2-x]
+path = /chat/
+host = Chat.Example.COM
+mode = fanout
+backends = ws://a:1/x name=a weight=3
+  wss://b/y?z=1
+balancer = first
+failover = reconnect
+failover_buffer = 0
+
+[demo]
+echo = tcp:9001
+ticker = unix:ticker.sock
+ticker_interval = 1
+"""
+        path = os.path.join(directory, "relay.ini")
+        config = parseConfig(text, path)
+        self.assertEqual(config.path, path)
+        self.assertEqual(
+            config.listen,
+            ("tcp:8080:interface=127.0.0.1", "tcp6:8080:interface=\\:\\:1"),
+        )
+        self.assertEqual(
+            (config.maxMessageSize, config.maxFrameSize, config.maxHeaderSize),
+            (1048576, 65536, 1024),
+        )
+        self.assertEqual(
+            (
+                config.handshakeTimeout,
+                config.connectTimeout,
+                config.idleTimeout,
+                config.pingInterval,
+                config.pingTimeout,
+                config.closeTimeout,
+            ),
+            (2.5, 0.5, 300.0, 0.0, 7.0, 1.0),
+        )
+        self.assertEqual(
+            config.trustedProxies, ("10.0.0.0/8", "127.0.0.1/32", "::1/128")
+        )
+        self.assertEqual(config.pluginPath, (os.path.join(directory, "plugins"),))
+        [route] = config.routes
+        self.assertEqual(route.name, "chat.v2-x")
+        self.assertEqual(route.path, "/chat")
+        self.assertEqual(route.host, "chat.example.com")
+        self.assertEqual(route.mode, "fanout")
+        self.assertEqual(
+            route.backends,
+            (
+                BackendConfig.fromURL("ws://a:1/x", "a", 3),
+                BackendConfig.fromURL("wss://b/y?z=1"),
+            ),
+        )
+        self.assertEqual(route.balancer, "first")
+        self.assertEqual(route.failover, "reconnect")
+        self.assertEqual(route.failoverBuffer, 0)
+        self.assertEqual(
+            config.demo,
+            DemoConfig(echo="tcp:9001", ticker="unix:ticker.sock", tickerInterval=1.0),
+        )
+
+    def test_routesInOrder(self) -> None:
+        """
+        Routes keep the order of the file.
+        """
+        text = MINIMAL + ini(
+            {
+                "route:b": {"path": "/b", "backends": "ws://b/"},
+                "route:a": {"path": "/a", "backends": "ws://a/"},
+            }
+        )
+        self.assertEqual([r.name for r in parse(text).routes], ["echo", "b", "a"])
+
+    def test_hashable(self) -> None:
+        """
+        Configurations are frozen and hashable, balancer options included.
+        """
+        text = MINIMAL.replace(
+            "path = /echo", "path = /echo\nbalancer = consistent_hash\nhash_on = ip"
+        )
+        config = parse(text)
+        self.assertEqual(hash(config), hash(parse(text)))
+        self.assertRaises(
+            dataclasses.FrozenInstanceError, setattr, config, "listen", ()
+        )
+        options = config.routes[0].options
+
+        def mutate() -> None:
+            options["hash_on"] = "x"  # type: ignore[index]
+
+        self.assertRaises(TypeError, mutate)
+
+    def test_byteOrderMark(self) -> None:
+        """
+        A UTF-8 byte-order mark at the start of the file is ignored.
+        """
+        path = os.path.join(tempDirectory(self), "bom.ini")
+        with open(path, "wb") as f:
+            f.write(b"\xef\xbb\xbf" + MINIMAL.encode("utf-8"))
+        self.assertEqual(loadConfig(path).listen, ("tcp:8080",))
+
+    def test_shippedConfig(self) -> None:
+        """
+        The configuration in C{conf/} that C{make run} uses is valid.
+        """
+        config = loadConfig(SHIPPED.path)
+        self.assertTrue(config.routes)
+
+
+class BadValueTests(SynchronousTestCase):
+    """
+    A bad value gives one line naming the file, the section and the key.
+    """
+
+    bad: Mapping[tuple[str, str], Sequence[str]] = {
+        ("relay", "listen"): ["", "tcp:abc", "nosuch:1", "tcp", "tcp:1 tcp:1"],
+        ("relay", "max_message_size"): ["0", "-1", "1.5", "abc", "1e6", "16M", "١"],
+        ("relay", "max_frame_size"): ["-1", "x", " 1_0"],
+        ("relay", "max_header_size"): ["1023", "", "9" * 30],
+        ("relay", "handshake_timeout"): ["0", "-1", "nan", "inf", "1e3", "", "0.0"],
+        ("relay", "connect_timeout"): ["0", "x", "+1", "9" * 400],
+        ("relay", "idle_timeout"): ["-1", "nan", "x"],
+        ("relay", "ping_interval"): ["-0.5", "Infinity"],
+        ("relay", "ping_timeout"): ["0", ".", "1,5"],
+        ("relay", "close_timeout"): ["0.", "1 2"],
+        ("relay", "trusted_proxies"): ["10.0.0.1/33", "example.com", "1.2.3.4 x"],
+        ("relay", "plugin_path"): ["does-not-exist", "relay.ini"],
+        ("route", "path"): ["chat", "", "/a?b", "/a#b", "/ü", "/a b"],
+        ("route", "host"): [
+            "example.com:8080",
+            "exa mple.com",
+            "-bad.com",
+            "a..b",
+            "1.2.3.999",
+            "[::1]:80",
+            "",
+            "ü.example",
+        ],
+        ("route", "mode"): ["Proxy", "broadcast", ""],
+        ("route", "backends"): [
+            "",
+            "http://a/",
+            "ws://",
+            "ws:///x",
+            "ws://a/#f",
+            "ws://u@a/",
+            "ws://a:0/",
+            "ws://a:99999/",
+            "ws://a:x/",
+            "ws://[zz]/",
+            "ws://[1.2.3.4]/",
+            "ws://::1/",
+            "ws://a_b!/",
+            "weight=2 ws://a/",
+            "ws://a/ weight=0",
+            "ws://a/ weight=1001",
+            "ws://a/ weight=x",
+            "ws://a/ weight=",
+            "ws://a/ colour=red",
+            "ws://a/ name=x name=y",
+            "ws://a/ ws://a:80/",
+            "ws://a/ name=a/b",
+            "ws://a/ name=",
+            "ws://a/ b",
+        ],
+        ("route", "balancer"): ["foo", "RoundRobin", ""],
+        ("route", "failover"): ["retry", "Close"],
+        ("route", "failover_buffer"): ["-1", "x", "1.0"],
+        ("demo", "echo"): ["tcp:abc", "tcp:1 tcp:2", ""],
+        ("demo", "ticker"): ["nosuch:", "ssl:443:privateKey=/nonexistent"],
+        ("demo", "ticker_interval"): ["0", "-0.1", "x"],
+    }
+
+    def test_everyKeyCovered(self) -> None:
+        """
+        Every key the parser knows has bad values in L{bad}.
+        """
+        self.assertEqual(
+            {(kind, s.key) for kind, specs in KEYS.items() for s in specs},
+            set(self.bad),
+        )
+
+    def test_badValues(self) -> None:
+        """
+        Each bad value of each key is refused with a one-line L{ConfigError}
+        naming the file, the section and the key.
+        """
+        sectionOf = {"relay": "relay", "route": "route:echo", "demo": "demo"}
+        for (kind, key), values in self.bad.items():
+            for value in values:
+                text = ini(withKey(kind, key, value))
+                try:
+                    parse(text)
+                except ConfigError as e:
+                    where = f"{key} = {value!r}"
+                    self.assertEqual(e.filename, FILENAME, where)
+                    self.assertEqual(e.section, sectionOf[kind], where)
+                    self.assertEqual(e.key, key, where)
+                    self.assertEqual(str(e).splitlines(), [str(e)], where)
+                    self.assertTrue(
+                        str(e).startswith(f"{FILENAME}: [{sectionOf[kind]}] {key}: "),
+                        str(e),
+                    )
+                else:
+                    self.fail(f"{kind} {key} = {value!r} was accepted")
+
+    def assertProblem(self, kind: str, key: str, value: str, problem: str) -> None:
+        """
+        Assert that C{key = value} in the section of C{kind} is refused with
+        exactly C{problem}.
+        """
+        e = self.assertRaises(ConfigError, parse, ini(withKey(kind, key, value)))
+        self.assertEqual(e.problem, problem)
+
+    def test_wholeNumberMessage(self) -> None:
+        """
+        A byte count that is not a whole number says what is expected.
+        """
+        e = self.assertRaises(
+            ConfigError, parse, ini(withKey("relay", "max_message_size", "abc"))
+        )
+        self.assertEqual(
+            str(e),
+            "relay.ini: [relay] max_message_size: "
+            "expected a whole number of bytes >= 1, got 'abc'",
+        )
+        self.assertProblem(
+            "relay",
+            "max_header_size",
+            "100",
+            "expected a whole number of bytes >= 1024, got '100'",
+        )
+
+    def test_secondsMessage(self) -> None:
+        """
+        A duration says whether zero is allowed and what it means.
+        """
+        self.assertProblem(
+            "relay",
+            "ping_timeout",
+            "0",
+            "expected a number of seconds > 0, got '0'",
+        )
+        self.assertProblem(
+            "relay",
+            "idle_timeout",
+            "-1",
+            "expected a number of seconds >= 0 (0 = never), got '-1'",
+        )
+
+    def test_endpointMessage(self) -> None:
+        """
+        An endpoint string Twisted refuses is reported with Twisted's reason.
+        """
+        self.assertProblem(
+            "relay",
+            "listen",
+            "tcp:8080 nosuch:1",
+            "not a valid Twisted server endpoint string: 'nosuch:1' "
+            "(Unknown endpoint type: 'nosuch')",
+        )
+
+    def test_choiceMessage(self) -> None:
+        """
+        A word that is not one of the choices lists them.
+        """
+        self.assertProblem(
+            "route",
+            "failover",
+            "retry",
+            "expected one of 'close', 'reconnect', got 'retry'",
+        )
+
+    def test_unknownBalancerMessage(self) -> None:
+        """
+        An unknown balancer is reported with the installed ones, sorted.
+        """
+        balancers = {
+            "round_robin": (),
+            "random_two": (),
+            "first": (),
+            "least_connections": (),
+        }
+        text = ini(withKey("route", "balancer", "foo")).replace(
+            "route:echo", "route:chat"
+        )
+        e = self.assertRaises(ConfigError, parse, text, balancers)
+        self.assertEqual(
+            str(e),
+            "relay.ini: [route:chat] balancer: unknown balancer 'foo'; "
+            "installed: first, least_connections, random_two, round_robin",
+        )
+
+    def test_defaultBalancerMissing(self) -> None:
+        """
+        A route without C{balancer} needs C{round_robin} to be installed.
+        """
+        e = self.assertRaises(ConfigError, parse, MINIMAL, {"first": ()})
+        self.assertEqual(
+            str(e),
+            "relay.ini: [route:echo] balancer: the default balancer "
+            "'round_robin' is not installed; installed: first",
+        )
+
+
+class SectionTests(SynchronousTestCase):
+    """
+    Sections: which are allowed, required and how syntax errors read.
+    """
+
+    def assertFileError(
+        self, text: str, message: str, section: str | None = None
+    ) -> None:
+        """
+        Assert that C{text} is refused with exactly C{message}.
+        """
+        e = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual(str(e), message)
+        self.assertEqual(e.section, section)
+
+    def test_unknownSection(self) -> None:
+        """
+        A section that is not C{[relay]}, C{[route:NAME]} or C{[demo]} is
+        refused, listing the allowed forms.
+        """
+        self.assertFileError(
+            MINIMAL + "[Relay]\n",
+            "relay.ini: [Relay] unknown section; "
+            "the sections are [relay], [route:NAME] and [demo]",
+            "Relay",
+        )
+
+    def test_defaultSection(self) -> None:
+        """
+        A C{[DEFAULT]} section is not a source of defaults for the other
+        sections but an unknown section, with or without keys.
+        """
+        for text in [
+            "[DEFAULT]\n" + MINIMAL,
+            "[DEFAULT]\nidle_timeout = 1\n" + MINIMAL,
+        ]:
+            e = self.assertRaises(ConfigError, parse, text)
+            self.assertEqual(e.section, "DEFAULT")
+            self.assertIn("unknown section", str(e))
+
+    def test_badRouteName(self) -> None:
+        """
+        A route's name is made of letters, digits, C{_}, C{.} and C{-}.
+        """
+        for name in ["", "a b", "a/b", "ü"]:
+            text = MINIMAL + ini(
+                {f"route:{name}": {"path": "/x", "backends": "ws://a/"}}
+            )
+            e = self.assertRaises(ConfigError, parse, text)
+            self.assertEqual((e.section, e.key), (f"route:{name}", None))
+
+    def test_missingRelay(self) -> None:
+        """
+        The C{[relay]} section is required.
+        """
+        self.assertFileError(
+            MINIMAL.replace("[relay]\nlisten = tcp:8080\n", ""),
+            "relay.ini: missing [relay] section",
+        )
+
+    def test_noRoute(self) -> None:
+        """
+        At least one route is required.
+        """
+        self.assertFileError(
+            "[relay]\nlisten = tcp:8080\n[demo]\n",
+            "relay.ini: no [route:NAME] section; at least one is required",
+        )
+
+    def test_requiredKeys(self) -> None:
+        """
+        A missing required key is named with its section.
+        """
+        for kind, key, section in [
+            ("relay", "listen", "relay"),
+            ("route", "path", "route:echo"),
+            ("route", "backends", "route:echo"),
+        ]:
+            sections = withKey(kind, key, "")
+            del sections[section][key]
+            e = self.assertRaises(ConfigError, parse, ini(sections))
+            self.assertEqual(
+                str(e), f"relay.ini: [{section}] {key}: required key missing"
+            )
+
+    def test_duplicateSection(self) -> None:
+        """
+        A section given twice is an error.
+        """
+        self.assertFileError(
+            MINIMAL + "[relay]\n",
+            "relay.ini: [relay] section given twice (line 7)",
+            "relay",
+        )
+
+    def test_duplicateKey(self) -> None:
+        """
+        A key given twice in a section is an error naming the key, even when
+        written in another case.
+        """
+        e = self.assertRaises(
+            ConfigError, parse, MINIMAL.replace("[relay]", "[relay]\nListen = tcp:1")
+        )
+        self.assertEqual(str(e), "relay.ini: [relay] listen: key given twice (line 3)")
+
+    def test_noSectionHeader(self) -> None:
+        """
+        A key before any section header is an error naming the line.
+        """
+        self.assertFileError(
+            "listen = tcp:8080\n" + MINIMAL,
+            "relay.ini: line 1: expected a section header such as [relay], "
+            "got 'listen = tcp:8080'",
+        )
+
+    def test_syntaxError(self) -> None:
+        """
+        A line that is neither a key, a header nor a comment is an error
+        naming the line.
+        """
+        self.assertFileError(
+            MINIMAL + "what is this\n",
+            "relay.ini: line 7: expected 'key = value', a [section] or a comment, "
+            "got 'what is this'",
+        )
+
+    def test_unknownKeys(self) -> None:
+        """
+        An unknown key is refused with the known keys of its section.
+        """
+        for kind, section in [("relay", "relay"), ("route", "route:echo")]:
+            e = self.assertRaises(
+                ConfigError, parse, ini(withKey(kind, "colour", "red"))
+            )
+            known = ", ".join(sorted(SECTION_KEYS[kind]))
+            self.assertEqual(
+                str(e),
+                f"relay.ini: [{section}] colour: unknown key; known keys: {known}",
+            )
+        e = self.assertRaises(ConfigError, parse, ini(withKey("demo", "port", "1")))
+        self.assertEqual(
+            str(e),
+            "relay.ini: [demo] port: unknown key; "
+            "known keys: echo, ticker, ticker_interval",
+        )
+
+
+class RouteTests(SynchronousTestCase):
+    """
+    Route paths, hosts and duplicates.
+    """
+
+    def route(self, **keys: str) -> RouteConfig:
+        """
+        @return: The route parsed from L{MINIMAL} with C{keys} set.
+        """
+        sections = withKey("route", "path", "/echo")
+        sections["route:echo"].update(keys)
+        return parse(ini(sections)).routes[0]
+
+    def test_path(self) -> None:
+        """
+        Trailing slashes are dropped, except for the root path.
+        """
+        self.assertEqual(self.route(path="/chat//").path, "/chat")
+        self.assertEqual(self.route(path="/a/b").path, "/a/b")
+        self.assertEqual(self.route(path="/").path, "/")
+        self.assertEqual(self.route(path="///").path, "/")
+        self.assertEqual(self.route(path="/%7Euser").path, "/%7Euser")
+
+    def test_host(self) -> None:
+        """
+        Hosts are lower-cased; IPv6 addresses lose their brackets and take
+        their canonical form.
+        """
+        self.assertEqual(self.route(host="Chat.Example.COM").host, "chat.example.com")
+        self.assertEqual(self.route(host="127.0.0.1").host, "127.0.0.1")
+        self.assertEqual(self.route(host="[::1]").host, "::1")
+        self.assertEqual(self.route(host="0:0::1").host, "::1")
+        self.assertEqual(self.route(host="my_service").host, "my_service")
+
+    def test_duplicatePath(self) -> None:
+        """
+        Two routes with the same path and host are an error naming both
+        sections.
+        """
+        text = MINIMAL + ini({"route:two": {"path": "/echo/", "backends": "ws://b/"}})
+        e = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual(
+            str(e),
+            "relay.ini: [route:two] path: duplicate route: "
+            "path '/echo' is also routed by [route:echo]",
+        )
+        sections = {
+            "relay": {"listen": "tcp:1"},
+            "route:a": {"path": "/", "host": "a.example", "backends": "ws://a/"},
+            "route:b": {"path": "/", "host": "A.example", "backends": "ws://a/"},
+        }
+        e = self.assertRaises(ConfigError, parse, ini(sections))
+        self.assertEqual(
+            str(e),
+            "relay.ini: [route:b] path: duplicate route: "
+            "path '/' on host 'a.example' is also routed by [route:a]",
+        )
+
+    def test_samePathOtherHost(self) -> None:
+        """
+        The same path may be routed again for another host, or for a host
+        and for any host.
+        """
+        sections = {
+            "relay": {"listen": "tcp:1"},
+            "route:any": {"path": "/", "backends": "ws://a/"},
+            "route:a": {"path": "/", "host": "a.example", "backends": "ws://a/"},
+            "route:b": {"path": "/", "host": "b.example", "backends": "ws://a/"},
+        }
+        routes = parse(ini(sections)).routes
+        self.assertEqual([r.host for r in routes], [None, "a.example", "b.example"])
+
+
+class BackendTests(SynchronousTestCase):
+    """
+    The C{backends} key and L{BackendConfig.fromURL}.
+    """
+
+    def backends(self, value: str) -> tuple[BackendConfig, ...]:
+        """
+        @return: The backends parsed from C{backends = value}.
+        """
+        return parse(ini(withKey("route", "backends", value))).routes[0].backends
+
+    def test_derivedFields(self) -> None:
+        """
+        Secure, host, port, path and query come from the URL.
+        """
+        [b] = self.backends("ws://Backend.Example:9001/chat/room?x=1&y=2")
+        self.assertEqual(
+            b,
+            BackendConfig(
+                url="ws://Backend.Example:9001/chat/room?x=1&y=2",
+                name="backend.example:9001",
+                weight=1,
+                secure=False,
+                host="backend.example",
+                port=9001,
+                path="/chat/room",
+                query="x=1&y=2",
+            ),
+        )
+
+    def test_defaultPorts(self) -> None:
+        """
+        C{ws://} defaults to port 80 and C{wss://} to port 443; the path
+        defaults to C{/}.
+        """
+        ws, wss = self.backends("ws://a wss://b")
+        self.assertEqual(
+            (ws.secure, ws.port, ws.path, ws.name), (False, 80, "/", "a:80")
+        )
+        self.assertEqual(
+            (wss.secure, wss.port, wss.path, wss.name), (True, 443, "/", "b:443")
+        )
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 host is written in brackets in the URL and the default name,
+        and without them in C{host}.
+        """
+        [b] = self.backends("ws://[::1]:9001/")
+        self.assertEqual((b.host, b.port, b.name), ("::1", 9001, "[::1]:9001"))
+
+    def test_options(self) -> None:
+        """
+        C{name=} and C{weight=} follow their URL, on the same line or the
+        next ones.
+        """
+        backends = self.backends(
+            "ws://a:1/ weight=5 name=first\n  ws://b:1/\n  NAME=b weight=1000\n"
+            "  ws://c:1/ weight=007"
+        )
+        self.assertEqual(
+            [(b.name, b.weight) for b in backends],
+            [("first", 5), ("b", 1000), ("c:1", 7)],
+        )
+
+    def test_queryWithEquals(self) -> None:
+        """
+        A URL whose query holds C{=} is a URL, not an option.
+        """
+        [b] = self.backends("ws://a/?token=x name=a")
+        self.assertEqual((b.query, b.name), ("token=x", "a"))
+
+    def test_duplicateName(self) -> None:
+        """
+        Two backends with the same name are refused, naming it.
+        """
+        e = self.assertRaises(
+            ConfigError, parse, ini(withKey("route", "backends", "ws://a/ ws://a:80/"))
+        )
+        self.assertEqual(
+            e.problem, "two backends are named 'a:80'; give one a name= option"
+        )
+        self.backends("ws://a/ ws://a:80/ name=other")
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown option is refused, naming it and the known ones.
+        """
+        e = self.assertRaises(
+            ConfigError, parse, ini(withKey("route", "backends", "ws://a/ colour=red"))
+        )
+        self.assertEqual(
+            e.problem,
+            "unknown backend option 'colour' after ws://a/; known options: "
+            "name, weight",
+        )
+
+    def test_weightMessage(self) -> None:
+        """
+        A weight out of range says which range and which backend.
+        """
+        e = self.assertRaises(
+            ConfigError, parse, ini(withKey("route", "backends", "ws://a/ weight=0"))
+        )
+        self.assertEqual(
+            e.problem,
+            "expected a whole number between 1 and 1000 as weight of ws://a/, got '0'",
+        )
+
+    def test_fromURL(self) -> None:
+        """
+        L{BackendConfig.fromURL} builds a backend from its parts and raises
+        L{ValueError} for a bad one.
+        """
+        b = BackendConfig.fromURL("wss://[2001:DB8::1]/", "x", 2)
+        self.assertEqual(
+            (b.secure, b.host, b.port, b.name, b.weight),
+            (True, "2001:db8::1", 443, "x", 2),
+        )
+        self.assertRaises(ValueError, BackendConfig.fromURL, "http://a/")
+        self.assertRaises(ValueError, BackendConfig.fromURL, "ws://a/", "a b")
+        self.assertRaises(ValueError, BackendConfig.fromURL, "ws://a/", None, 0)
+
+
+class PluginKeyTests(SynchronousTestCase):
+    """
+    Keys declared by the route's balancer plugin.
+    """
+
+    balancers = {"round_robin": (), "sticky": ("Cookie_Name", "ttl"), "hash": ("ttl",)}
+
+    def test_declaredKeys(self) -> None:
+        """
+        The keys the route's balancer declares are kept, as written, in
+        L{RouteConfig.options}.
+        """
+        sections = withKey("route", "balancer", "sticky")
+        sections["route:echo"]["cookie_name"] = "SESSION"
+        sections["route:echo"]["ttl"] = " 30 "
+        route = parse(ini(sections), self.balancers).routes[0]
+        self.assertEqual(dict(route.options), {"cookie_name": "SESSION", "ttl": "30"})
+
+    def test_otherBalancersKeys(self) -> None:
+        """
+        A key declared by another balancer than the route's is unknown, and
+        the message says which balancers declare it.
+        """
+        e = self.assertRaises(
+            ConfigError, parse, ini(withKey("route", "ttl", "30")), self.balancers
+        )
+        self.assertEqual(e.key, "ttl")
+        self.assertTrue(
+            e.problem.endswith("; ttl is an option of balancer hash, sticky"), e.problem
+        )
+
+    def test_knownKeysIncludeDeclared(self) -> None:
+        """
+        The list of known keys of a route includes its balancer's keys.
+        """
+        sections = withKey("route", "balancer", "hash")
+        sections["route:echo"]["colour"] = "red"
+        e = self.assertRaises(ConfigError, parse, ini(sections), self.balancers)
+        self.assertIn(", ttl", e.problem)
+
+    def test_builtinKeysWin(self) -> None:
+        """
+        A balancer cannot take over a built-in route key.
+        """
+        sections = withKey("route", "balancer", "odd")
+        sections["route:echo"]["path"] = "relative"
+        e = self.assertRaises(
+            ConfigError, parse, ini(sections), {"odd": ("path",), "round_robin": ()}
+        )
+        self.assertEqual(e.key, "path")
+
+    def test_defaultBalancers(self) -> None:
+        """
+        Without a list of installed balancers, the built-in ones are
+        assumed, with C{consistent_hash} declaring C{hash_on}.
+        """
+        self.assertEqual(
+            set(DEFAULT_BALANCERS),
+            {
+                "round_robin",
+                "least_connections",
+                "random_two",
+                "first",
+                "consistent_hash",
+            },
+        )
+        sections = withKey("route", "balancer", "consistent_hash")
+        sections["route:echo"]["hash_on"] = "ip"
+        self.assertEqual(
+            dict(parse(ini(sections)).routes[0].options), {"hash_on": "ip"}
+        )
+
+
+class LoadConfigTests(SynchronousTestCase):
+    """
+    Tests for L{loadConfig}: reading the file.
+    """
+
+    def test_load(self) -> None:
+        """
+        L{loadConfig} reads the file; the configuration records its absolute
+        path and errors name it as given.
+        """
+        directory = tempDirectory(self)
+        path = os.path.join(directory, "relay.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(MINIMAL)
+        self.assertEqual(loadConfig(path).path, path)
+        relative = os.path.relpath(path)
+        self.assertEqual(loadConfig(relative).path, path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("bogus = 1\n")
+        e = self.assertRaises(ConfigError, loadConfig, relative)
+        self.assertEqual(e.filename, relative)
+        self.assertTrue(str(e).startswith(relative + ": [route:echo] bogus: "))
+
+    def test_pluginPathRelativeToFile(self) -> None:
+        """
+        Relative C{plugin_path} entries are relative to the file's directory,
+        not the current one.
+        """
+        directory = tempDirectory(self)
+        os.mkdir(os.path.join(directory, "plugins"))
+        os.mkdir(os.path.join(directory, "conf"))
+        path = os.path.join(directory, "conf", "relay.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(MINIMAL.replace("[relay]", "[relay]\nplugin_path = ../plugins"))
+        self.assertEqual(
+            loadConfig(path).pluginPath, (os.path.join(directory, "plugins"),)
+        )
+
+    def test_pluginPathHome(self) -> None:
+        """
+        C{~} in C{plugin_path} is the home directory.
+        """
+        home = tempDirectory(self)
+        os.mkdir(os.path.join(home, "plugins"))
+        text = MINIMAL.replace("[relay]", "[relay]\nplugin_path = ~/plugins")
+        with mock.patch.dict(os.environ, {"HOME": home}):
+            config = parseConfig(text, "/etc/relay.ini")
+        self.assertEqual(config.pluginPath, (os.path.join(home, "plugins"),))
+
+    def test_missing(self) -> None:
+        """
+        A missing file is a L{ConfigError} naming it.
+        """
+        path = os.path.join(tempDirectory(self), "nope.ini")
+        e = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertEqual(
+            str(e), f"{path}: cannot read the file: No such file or directory"
+        )
+
+    def test_directory(self) -> None:
+        """
+        A directory is not a configuration file.
+        """
+        directory = tempDirectory(self)
+        e = self.assertRaises(ConfigError, loadConfig, directory)
+        self.assertEqual(e.filename, directory)
+        self.assertIsNone(e.section)
+
+    def test_badPath(self) -> None:
+        """
+        A path the operating system refuses is a L{ConfigError}.
+        """
+        e = self.assertRaises(ConfigError, loadConfig, "a\x00b")
+        self.assertEqual(str(e).splitlines(), [str(e)])
+
+    def test_notUTF8(self) -> None:
+        """
+        A file that is not UTF-8 is a L{ConfigError} saying where.
+        """
+        path = os.path.join(tempDirectory(self), "latin1.ini")
+        with open(path, "wb") as f:
+            f.write(b"[relay]\nlisten = tcp:8080 ; caf\xe9\n")
+        e = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertEqual(str(e), f"{path}: not UTF-8 text: byte 0xe9 on line 2")
+
+
+class KeyTableTests(SynchronousTestCase):
+    """
+    The table of keys agrees with the value classes and the documentation.
+    """
+
+    def test_fieldsAndKeys(self) -> None:
+        """
+        Each key sets a field of its section's value class, with that field's
+        default; each field is set by a key, except those the parser fills
+        itself.
+        """
+        classes = {"relay": RelayConfig, "route": RouteConfig, "demo": DemoConfig}
+        derived = {
+            "relay": {"path", "routes", "demo"},
+            "route": {"name", "options"},
+            "demo": set(),
+        }
+        for kind, specs in KEYS.items():
+            fields = {f.name: f for f in dataclasses.fields(classes[kind])}
+            self.assertEqual(
+                {s.attribute for s in specs} | derived[kind], set(fields), kind
+            )
+            for spec in specs:
+                default = fields[spec.attribute].default
+                if default is dataclasses.MISSING:
+                    default = REQUIRED
+                self.assertEqual(spec.default, default, spec.key)
+                self.assertEqual(spec.required, default is REQUIRED, spec.key)
+            self.assertEqual(SECTION_KEYS[kind], {s.key for s in specs})
+
+    def test_documentedKeys(self) -> None:
+        """
+        C{docs/configuration.md} documents exactly the keys the parser
+        knows, in the parser's order, with their type and default.
+        """
+        tables = docTables()
+        for kind, specs in KEYS.items():
+            rows = tables[kind]
+            self.assertEqual(list(rows), [s.key for s in specs], kind)
+            for spec in specs:
+                row = rows[spec.key]
+                self.assertEqual(
+                    list(row), ["key", "type", "default", "meaning", "example"]
+                )
+                self.assertEqual(row["key"], f"`{spec.key}`")
+                self.assertEqual(row["type"], spec.kind, spec.key)
+                self.assertEqual(row["default"], iniDefault(spec.default), spec.key)
+                self.assertTrue(row["meaning"], spec.key)
+
+    def test_documentedTypes(self) -> None:
+        """
+        Every type in the key tables is explained in the table of value
+        types.
+        """
+        text = DOCS.getContent().decode("utf-8")
+        for specs in KEYS.values():
+            for spec in specs:
+                self.assertIn(f"\n| {spec.kind} | ", text, spec.key)
+
+    def test_documentedExamples(self) -> None:
+        """
+        Every example in the key tables is a valid value of its key.
+        """
+        directory = tempDirectory(self)
+        os.mkdir(os.path.join(directory, "plugins"))
+        path = os.path.join(directory, "relay.ini")
+        for kind, rows in docTables().items():
+            for key, row in rows.items():
+                example = row["example"]
+                self.assertTrue(
+                    example.startswith("`") and example.endswith("`"), example
+                )
+                parseConfig(ini(withKey(kind, key, example[1:-1])), path)
+
+    def test_documentedFullExample(self) -> None:
+        """
+        The full example in C{docs/configuration.md} is a valid file.
+        """
+        text = DOCS.getContent().decode("utf-8")
+        example = text.split("```ini\n", 1)[1].split("```", 1)[0]
+        config = parseConfig(example, "example.ini")
+        self.assertEqual([r.name for r in config.routes], ["chat", "prices", "sticky"])
+
+
+class FuzzTests(SynchronousTestCase):
+    """
+    Whatever the text, the parser raises nothing but L{ConfigError}.
+    """
+
+    def assertOnlyConfigError(self, text: str) -> RelayConfig | None:
+        """
+        Parse C{text}; a L{ConfigError} is fine if its message is one line
+        naming the file.
+
+        @return: The configuration, or L{None} after a L{ConfigError}.
+        """
+        try:
+            return parseConfig(text, "fuzz.ini")
+        except ConfigError as e:
+            self.assertEqual(str(e).splitlines(), [str(e)])
+            self.assertTrue(str(e).startswith("fuzz.ini: "), str(e))
+            return None
+
+    @FUZZ
+    @given(st.text())
+    def test_anyText(self, text: str) -> None:
+        """
+        Arbitrary text is parsed or refused with a L{ConfigError}.
+        """
+        self.assertOnlyConfigError(text)
+
+    @FUZZ
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["relay", "route:echo", "demo", "route:x", "DEFAULT"]),
+                st.sampled_from(
+                    sorted({k for keys in SECTION_KEYS.values() for k in keys})
+                    + ["hash_on", "bogus"]
+                ),
+                st.one_of(
+                    st.text(max_size=30),
+                    st.text(alphabet="0123456789.-:/[]=wst ", max_size=20),
+                    st.from_regex(r"\Aws://[a-z:\[\]0-9]{0,8}/[ a-z=]{0,8}\Z"),
+                ),
+            ),
+            max_size=6,
+        )
+    )
+    def test_anyValues(self, changes: list[tuple[str, str, str]]) -> None:
+        """
+        Arbitrary values for known keys of a valid file are parsed or
+        refused with a L{ConfigError}.
+        """
+        sections: dict[str, dict[str, str]] = withKey("route", "path", "/echo")
+        for section, key, value in changes:
+            sections.setdefault(section, {})[key] = value
+        self.assertOnlyConfigError(ini(sections))
+
+    @FUZZ
+    @given(
+        st.integers(min_value=1, max_value=2**63 - 1),
+        st.floats(min_value=0.001, max_value=1e9),
+        st.integers(min_value=1, max_value=1000),
+    )
+    def test_goodNumbers(self, size: int, seconds: float, weight: int) -> None:
+        """
+        Good numbers are read back as written.
+        """
+        sections = withKey("relay", "max_message_size", str(size))
+        sections["relay"]["ping_timeout"] = f"{seconds:f}"
+        sections["route:echo"]["backends"] = f"ws://a/ weight={weight}"
+        config = parseConfig(ini(sections), "fuzz.ini")
+        self.assertEqual(config.maxMessageSize, size)
+        self.assertEqual(config.pingTimeout, float(f"{seconds:f}"))
+        self.assertEqual(config.routes[0].backends[0].weight, weight)
+
+
+def tempDirectory(case: SynchronousTestCase) -> str:
+    """
+    Make a temporary directory removed when C{case} ends.
+
+    @return: Its absolute path, without symbolic links.
+    """
+    directory = os.path.realpath(tempfile.mkdtemp(prefix="wsrelay-config-"))
+    case.addCleanup(shutil.rmtree, directory)
+    return directory

@@ -1,0 +1,915 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Reading and validating wsrelay's INI configuration file.
+
+The file has one C{[relay]} section, one or more C{[route:NAME]} sections
+and an optional C{[demo]} section; C{docs/configuration.md} describes every
+key.  Every key a section knows is one L{KeySpec} row in L{KEYS}: the row
+names the key, the field of the frozen value class it fills, a short type
+for the documentation, the function that parses it and one line saying what
+it means.  The field's default on the value class is the key's default; a
+field without a default is a required key.
+
+L{loadConfig} and L{parseConfig} raise nothing but L{ConfigError}, whose
+message is one line naming the file, and where known the section and key::
+
+    relay.ini: [route:chat] balancer: unknown balancer 'foo'; installed: ...
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+DEFAULT_BALANCERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "round_robin": (),
+        "least_connections": (),
+        "random_two": (),
+        "first": (),
+        "consistent_hash": ("hash_on",),
+    }
+)
+"""
+The balancer names (and the route keys each declares) assumed when
+L{loadConfig} is not told which balancer plugins are installed.
+"""
+
+
+class ConfigError(Exception):
+    """
+    The configuration file cannot be used.
+
+    C{str(error)} is L{message}, one line:
+    C{"<file>: [<section>] <key>: <problem>"}, without the key or the
+    section when the problem is not about one.
+
+    @ivar filename: The path of the file, as the caller gave it.
+    @ivar section: The section's name (C{"route:chat"}), or L{None}.
+    @ivar key: The key, or L{None}.
+    @ivar problem: What is wrong, e.g. C{"expected ..., got '...'"}.
+    @ivar message: The whole one-line message.
+    """
+
+    def __init__(
+        self,
+        filename: str,
+        problem: str,
+        section: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        """
+        @param filename: See L{filename}.
+        @param problem: See L{problem}.
+        @param section: See L{section}.
+        @param key: See L{key}; only used with a section.
+        """
+        self.filename = filename
+        self.problem = problem
+        self.section = section
+        self.key = key
+        if section is None:
+            message = f"{filename}: {problem}"
+        elif key is None:
+            message = f"{filename}: [{section}] {problem}"
+        else:
+            message = f"{filename}: [{section}] {key}: {problem}"
+        self.message = _oneLine(message)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.filename, self.problem, self.section, self.key))
+
+
+class _BadValue(ValueError):
+    """
+    A value is not acceptable; the message is the problem, without file,
+    section or key (the section parser adds those).
+    """
+
+
+def _oneLine(text: str) -> str:
+    """
+    @return: C{text} with every line break replaced by a space.
+    """
+    return " ".join(text.splitlines())
+
+
+def _expected(what: str, value: str) -> str:
+    """
+    @return: The usual problem text: C{"expected <what>, got <repr>"}.
+    """
+    return f"expected {what}, got {value!r}"
+
+
+# Value classes.  kw_only: derived fields without defaults follow fields
+# with defaults, and a keyword call reads better for values this wide.
+
+_BACKEND_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]+\Z")
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+_IPV4_LIKE = re.compile(r"[0-9.]+\Z")
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
+_MAX_WEIGHT = 1000
+_DEFAULT_BALANCER = "round_robin"
+
+
+def _normaliseHost(host: str) -> str | None:
+    """
+    Check a host name or IP address (without brackets or port).
+
+    @param host: Lower-case host text.
+    @return: The host (an IP address in its canonical form), or L{None} when
+        C{host} is neither a host name nor an IP address.
+    """
+    try:
+        if ":" in host:
+            return str(ipaddress.IPv6Address(host))
+        if _IPV4_LIKE.match(host):
+            return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        return None
+    if len(host) > 253:
+        return None
+    if all(_HOST_LABEL.match(label) for label in host.split(".")):
+        return host
+    return None
+
+
+def _weightProblem(url: str, weight: str) -> str:
+    return _expected(
+        f"a whole number between 1 and {_MAX_WEIGHT} as weight of {url}", weight
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    """
+    One backend of a route: a C{ws://} or C{wss://} URL and its options.
+
+    Build one with L{BackendConfig.fromURL}, which fills the derived fields.
+
+    @ivar url: The URL as written.
+    @ivar name: The C{name=} option; by default C{host:port}, with an IPv6
+        host in brackets (C{"[::1]:9001"}).
+    @ivar weight: The C{weight=} option, 1 to 1000.
+    @ivar secure: Whether the URL is C{wss://}.
+    @ivar host: The host name or IP address, without brackets; IP
+        addresses in canonical form.
+    @ivar port: The port; 80 for C{ws://} and 443 for C{wss://} by default.
+    @ivar path: The URL's path, C{"/"} when it has none.
+    @ivar query: The URL's query without C{?}, C{""} when it has none.
+    """
+
+    url: str
+    name: str
+    weight: int = 1
+    secure: bool
+    host: str
+    port: int
+    path: str
+    query: str
+
+    @classmethod
+    def fromURL(
+        cls, url: str, name: str | None = None, weight: int = 1
+    ) -> BackendConfig:
+        """
+        Check a backend URL and its options, and derive the other fields.
+
+        @param url: A C{ws://} or C{wss://} URL with a host, and without
+            user information or fragment.
+        @param name: The backend's name, or L{None} for C{host:port}.
+        @param weight: The backend's weight, 1 to 1000.
+
+        @raise ValueError: When C{url}, C{name} or C{weight} is not
+            acceptable; the message says why, in one line.
+        """
+        what = "a ws:// or wss:// URL with a host"
+        if not _PRINTABLE_ASCII.match(url):
+            raise _BadValue(_expected(what + " (printable ASCII only)", url))
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise _BadValue(_expected(what, url) + f" ({e})") from None
+        if parts.scheme not in ("ws", "wss"):
+            raise _BadValue(_expected(what, url))
+        if "@" in parts.netloc:
+            raise _BadValue(_expected(what + " and no user information", url))
+        if "#" in url:
+            raise _BadValue(_expected(what + " and no fragment", url))
+        host = _normaliseHost(parts.hostname or "")
+        if host is None or (":" in host) != parts.netloc.startswith("["):
+            raise _BadValue(_expected(what + " name or IP address", url))
+        secure = parts.scheme == "wss"
+        if port is None:
+            port = 443 if secure else 80
+        elif port == 0:
+            raise _BadValue(_expected(what + " and a port from 1 to 65535", url))
+        if name is None:
+            name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        elif not _BACKEND_NAME.match(name):
+            raise _BadValue(
+                _expected(f"a name of letters, digits and '_.:[]-' for {url}", name)
+            )
+        if not 1 <= weight <= _MAX_WEIGHT:
+            raise _BadValue(_weightProblem(url, str(weight)))
+        return cls(
+            url=url,
+            name=name,
+            weight=weight,
+            secure=secure,
+            host=host,
+            port=port,
+            path=parts.path or "/",
+            query=parts.query,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteConfig:
+    """
+    One C{[route:NAME]} section: which requests it takes and where they go.
+
+    @ivar name: The part of the section name after C{route:}.
+    @ivar path: The path prefix it matches, starting with C{/}, without a
+        trailing C{/} (except for C{"/"} itself).
+    @ivar host: The host it matches (lower case, no port, IPv6 without
+        brackets), or L{None} for any host.
+    @ivar mode: C{"proxy"} or C{"fanout"}.
+    @ivar backends: The backends, in the order of the file; names unique.
+    @ivar balancer: The name of the balancer plugin.
+    @ivar failover: C{"close"} or C{"reconnect"}.
+    @ivar failoverBuffer: Bytes of client messages buffered while
+        reconnecting to another backend.
+    @ivar options: The values of the keys the balancer plugin declares, as
+        written (read only; not part of the hash).
+    """
+
+    name: str
+    path: str
+    host: str | None = None
+    mode: str = "proxy"
+    backends: tuple[BackendConfig, ...]
+    balancer: str = _DEFAULT_BALANCER
+    failover: str = "close"
+    failoverBuffer: int = 1048576
+    options: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+
+    @property
+    def section(self) -> str:
+        """
+        The name of the section this route came from, for messages.
+        """
+        return "route:" + self.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """
+    The optional C{[demo]} section: demo backends run inside the relay.
+
+    @ivar echo: Server endpoint string of the echo backend, or L{None}.
+    @ivar ticker: Server endpoint string of the ticker, or L{None}.
+    @ivar tickerInterval: Seconds between two ticks.
+    """
+
+    echo: str | None = None
+    ticker: str | None = None
+    tickerInterval: float = 0.25
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayConfig:
+    """
+    The whole configuration file.
+
+    @ivar path: The absolute path of the file.
+    @ivar listen: Server endpoint strings to listen on.
+    @ivar maxMessageSize: Largest message, in bytes.
+    @ivar maxFrameSize: Largest frame, in bytes; 0 for L{maxMessageSize}.
+    @ivar maxHeaderSize: Largest HTTP request head, in bytes.
+    @ivar handshakeTimeout: Seconds a client has to finish its handshake.
+    @ivar connectTimeout: Seconds to connect to a backend.
+    @ivar idleTimeout: Seconds without a message before closing; 0: never.
+    @ivar pingInterval: Seconds between pings; 0: no pings.
+    @ivar pingTimeout: Seconds to wait for a pong.
+    @ivar closeTimeout: Seconds to wait for the peer's close reply.
+    @ivar trustedProxies: Networks whose C{X-Forwarded-For} is believed,
+        normalised (C{"10.0.0.1/32"}).
+    @ivar pluginPath: Absolute directories searched for plugins.
+    @ivar routes: The routes, in the order of the file.
+    @ivar demo: The C{[demo]} section (all unset when absent).
+    """
+
+    path: str
+    listen: tuple[str, ...]
+    maxMessageSize: int = 16777216
+    maxFrameSize: int = 0
+    maxHeaderSize: int = 16384
+    handshakeTimeout: float = 10.0
+    connectTimeout: float = 5.0
+    idleTimeout: float = 0.0
+    pingInterval: float = 30.0
+    pingTimeout: float = 10.0
+    closeTimeout: float = 5.0
+    trustedProxies: tuple[str, ...] = ()
+    pluginPath: tuple[str, ...] = ()
+    routes: tuple[RouteConfig, ...]
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+# Value parsers: each takes the value as written and the context, and
+# returns the field's value or raises _BadValue.
+
+
+@dataclass(frozen=True)
+class _Context:
+    """
+    What value parsers may need besides the value.
+
+    @ivar directory: The directory of the configuration file.
+    @ivar balancers: Installed balancer names and the keys they declare.
+    """
+
+    directory: str
+    balancers: Mapping[str, tuple[str, ...]]
+
+
+_Parser = Callable[[str, _Context], Any]
+_DIGITS = re.compile(r"[0-9]+\Z")
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+_MAX_INT = 2**63 - 1
+
+
+def _wholeNumber(minimum: int, unit: str = "bytes") -> _Parser:
+    """
+    @return: A parser of whole numbers of C{unit} of at least C{minimum}.
+    """
+    what = f"a whole number of {unit} >= {minimum}"
+
+    def parse(value: str, context: _Context) -> int:
+        if not _DIGITS.match(value):
+            raise _BadValue(_expected(what, value))
+        number = int(value) if len(value.lstrip("0")) < 20 else _MAX_INT + 1
+        if number > _MAX_INT:
+            raise _BadValue(_expected(f"{what} and <= {_MAX_INT}", value))
+        if number < minimum:
+            raise _BadValue(_expected(what, value))
+        return number
+
+    return parse
+
+
+def _seconds(zeroAllowed: bool, meaning: str = "") -> _Parser:
+    """
+    @return: A parser of durations in seconds (C{"0.5"}, C{"10"}): positive,
+        or also zero when C{zeroAllowed}; C{meaning} explains zero.
+    """
+    what = "a number of seconds " + (">= 0" if zeroAllowed else "> 0") + meaning
+
+    def parse(value: str, context: _Context) -> float:
+        if not _DECIMAL.match(value):
+            raise _BadValue(_expected(what, value))
+        number = float(value)
+        if not math.isfinite(number) or (number == 0 and not zeroAllowed):
+            raise _BadValue(_expected(what, value))
+        return number
+
+    return parse
+
+
+def _choice(*words: str) -> _Parser:
+    """
+    @return: A parser accepting one of C{words}.
+    """
+    what = "one of " + ", ".join(repr(w) for w in words)
+
+    def parse(value: str, context: _Context) -> str:
+        if value not in words:
+            raise _BadValue(_expected(what, value))
+        return value
+
+    return parse
+
+
+def _checkServerEndpoint(description: str) -> str:
+    """
+    Check a server endpoint string the way C{strports} will parse it.
+
+    @return: C{description}.
+    """
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        reason = str(e) or type(e).__name__
+        raise _BadValue(
+            f"not a valid Twisted server endpoint string: {description!r} ({reason})"
+        ) from None
+    return description
+
+
+def _parseListen(value: str, context: _Context) -> tuple[str, ...]:
+    items = value.split()
+    if not items:
+        raise _BadValue(_expected("one or more server endpoint strings", value))
+    for i, item in enumerate(items):
+        _checkServerEndpoint(item)
+        if item in items[:i]:
+            raise _BadValue(f"endpoint {item!r} is listed twice")
+    return tuple(items)
+
+
+def _parseEndpoint(value: str, context: _Context) -> str:
+    if len(value.split()) != 1:
+        raise _BadValue(_expected("one server endpoint string", value))
+    return _checkServerEndpoint(value)
+
+
+def _parseTrustedProxies(value: str, context: _Context) -> tuple[str, ...]:
+    networks = []
+    for item in re.split(r"[\s,]+", value):
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise _BadValue(_expected("IP addresses or CIDR networks", item)) from None
+        networks.append(str(network))
+    return tuple(networks)
+
+
+def _parsePluginPath(value: str, context: _Context) -> tuple[str, ...]:
+    directories = []
+    for item in value.split():
+        directory = os.path.join(context.directory, os.path.expanduser(item))
+        directory = os.path.abspath(directory)
+        if not os.path.isdir(directory):
+            raise _BadValue(
+                _expected("an existing directory", item) + f" ({directory!r})"
+            )
+        directories.append(directory)
+    return tuple(directories)
+
+
+def _parseRoutePath(value: str, context: _Context) -> str:
+    if (
+        not value.startswith("/")
+        or not _PRINTABLE_ASCII.match(value)
+        or "?" in value
+        or "#" in value
+    ):
+        raise _BadValue(
+            _expected("a path starting with '/' (no query, no fragment)", value)
+        )
+    return value.rstrip("/") or "/"
+
+
+def _parseRouteHost(value: str, context: _Context) -> str:
+    host = value.lower()
+    if host.startswith("[") and host.endswith("]") and ":" in host:
+        host = host[1:-1]
+    normalised = _normaliseHost(host)
+    if normalised is None:
+        raise _BadValue(_expected("a host name or IP address without port", value))
+    return normalised
+
+
+_OPTION_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)\Z", re.DOTALL)
+_BACKEND_OPTIONS = ("name", "weight")
+
+
+def _parseBackends(value: str, context: _Context) -> tuple[BackendConfig, ...]:
+    items: list[tuple[str, dict[str, str]]] = []
+    for token in value.split():
+        option = _OPTION_TOKEN.match(token)
+        if option is None:
+            items.append((token, {}))
+            continue
+        name = option.group(1).lower()
+        if not items:
+            raise _BadValue(f"option {token!r} comes before any backend URL")
+        url, options = items[-1]
+        if name not in _BACKEND_OPTIONS:
+            raise _BadValue(
+                f"unknown backend option {name!r} after {url}; known options: "
+                + ", ".join(_BACKEND_OPTIONS)
+            )
+        if name in options:
+            raise _BadValue(f"option {name!r} given twice for {url}")
+        options[name] = option.group(2)
+    if not items:
+        raise _BadValue(_expected("one or more ws:// or wss:// URLs", value))
+    backends: list[BackendConfig] = []
+    for url, options in items:
+        weight = options.get("weight", "1")
+        if not _DIGITS.match(weight) or len(weight.lstrip("0")) > 4:
+            raise _BadValue(_weightProblem(url, weight))
+        backend = BackendConfig.fromURL(url, options.get("name"), int(weight))
+        if any(b.name == backend.name for b in backends):
+            raise _BadValue(
+                f"two backends are named {backend.name!r}; give one a name= option"
+            )
+        backends.append(backend)
+    return tuple(backends)
+
+
+def _installed(context: _Context) -> str:
+    """
+    @return: C{"; installed: "} and the installed balancers' names.
+    """
+    return "; installed: " + (", ".join(sorted(context.balancers)) or "none")
+
+
+def _parseBalancer(value: str, context: _Context) -> str:
+    if value not in context.balancers:
+        raise _BadValue(f"unknown balancer {value!r}" + _installed(context))
+    return value
+
+
+# The table of keys.
+
+
+class _Required:
+    """
+    The type of L{REQUIRED}.
+    """
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""
+The L{KeySpec.default} of a key that must be given.
+"""
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """
+    One key of a section.
+
+    @ivar key: The key as written in the file.
+    @ivar attribute: The field of the section's value class it fills.
+    @ivar kind: A short type for the documentation (C{"bytes"}).
+    @ivar parse: Parses the value as written, given a private context.
+    @ivar doc: One line saying what the key means.
+    @ivar default: The default (the field's default), or L{REQUIRED}.
+    """
+
+    key: str
+    attribute: str
+    kind: str
+    parse: _Parser
+    doc: str
+    default: Any = REQUIRED
+
+    @property
+    def required(self) -> bool:
+        """
+        Whether the key must be given.
+        """
+        return self.default is REQUIRED
+
+
+def _keys(
+    valueClass: type[Any], rows: Sequence[tuple[str, str, _Parser, str]]
+) -> tuple[KeySpec, ...]:
+    """
+    Make the L{KeySpec}s of a section from rows of key, kind, parser and
+    meaning.  The key C{max_message_size} sets the field C{maxMessageSize}
+    of C{valueClass}, whose default is the key's default.
+    """
+    defaults = {
+        f.name: REQUIRED if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(valueClass)
+    }
+    specs = []
+    for key, kind, parse, doc in rows:
+        attribute = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+        default = defaults[attribute]
+        specs.append(KeySpec(key, attribute, kind, parse, doc, default))
+    return tuple(specs)
+
+
+# fmt: off
+RELAY_KEYS = _keys(RelayConfig, [
+    # key                 kind           parser
+    ("listen",            "endpoints",   _parseListen,
+     "Server endpoint strings to accept clients on, separated by whitespace."),
+    ("max_message_size",  "bytes",       _wholeNumber(1),
+     "Largest message relayed, in bytes; a larger one closes with 1009."),
+    ("max_frame_size",    "bytes",       _wholeNumber(0),
+     "Largest frame, in bytes; 0 means the same as max_message_size."),
+    ("max_header_size",   "bytes",       _wholeNumber(1024),
+     "Largest HTTP request head (request line and headers), in bytes."),
+    ("handshake_timeout", "seconds",     _seconds(False),
+     "Time a client has to complete its opening handshake."),
+    ("connect_timeout",   "seconds",     _seconds(False),
+     "Time to connect to a backend and finish its handshake."),
+    ("idle_timeout",      "seconds",     _seconds(True, " (0 = never)"),
+     "Close a connection after this long without a message; 0: never."),
+    ("ping_interval",     "seconds",     _seconds(True, " (0 = off)"),
+     "Time between pings to an idle client; 0: no pings."),
+    ("ping_timeout",      "seconds",     _seconds(False),
+     "Close the connection when no pong comes within this time."),
+    ("close_timeout",     "seconds",     _seconds(False),
+     "Time to wait for the peer's close reply before dropping."),
+    ("trusted_proxies",   "networks",    _parseTrustedProxies,
+     "Addresses or CIDR networks whose X-Forwarded-For is believed."),
+    ("plugin_path",       "directories", _parsePluginPath,
+     "Existing directories searched for plugins, relative to this file."),
+])
+
+ROUTE_KEYS = _keys(RouteConfig, [
+    ("path",              "path",        _parseRoutePath,
+     "Path prefix matched at a segment boundary; the rest is passed on."),
+    ("host",              "host",        _parseRouteHost,
+     "Match only requests for this host (Host header without port)."),
+    ("mode",              "choice",      _choice("proxy", "fanout"),
+     "proxy: a backend connection per client; fanout: one shared."),
+    ("backends",          "backends",    _parseBackends,
+     "ws:// or wss:// URLs, each followed by name= and weight= options."),
+    ("balancer",          "name",        _parseBalancer,
+     "Balancer plugin picking a backend for each new connection."),
+    ("failover",          "choice",      _choice("close", "reconnect"),
+     "When the backend goes away: close the client, or reconnect."),
+    ("failover_buffer",   "bytes",       _wholeNumber(0),
+     "Client message bytes buffered while reconnecting."),
+])
+
+DEMO_KEYS = _keys(DemoConfig, [
+    ("echo",              "endpoint",    _parseEndpoint,
+     "Server endpoint string of a demo echo backend."),
+    ("ticker",            "endpoint",    _parseEndpoint,
+     "Server endpoint string of a demo ticker source."),
+    ("ticker_interval",   "seconds",     _seconds(False),
+     "Time between two ticks of the demo ticker."),
+])
+# fmt: on
+
+KEYS: Mapping[str, tuple[KeySpec, ...]] = MappingProxyType(
+    {"relay": RELAY_KEYS, "route": ROUTE_KEYS, "demo": DEMO_KEYS}
+)
+"""
+Every key the parser knows, per kind of section (C{"relay"}, C{"route"},
+C{"demo"}), in documentation order.
+"""
+
+SECTION_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {kind: frozenset(s.key for s in specs) for kind, specs in KEYS.items()}
+)
+"""
+The names of the keys in L{KEYS}, per kind of section.
+"""
+
+
+# Reading the file.
+
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_SECTIONS = "[relay], [route:NAME] and [demo]"
+# Never the name of a section: a header is one line.  So [DEFAULT] is an
+# ordinary (and unknown) section instead of defaults for all the others.
+_NO_DEFAULT_SECTION = "\n"
+
+
+def _readINI(text: str, filename: str) -> configparser.ConfigParser:
+    """
+    Parse INI syntax.
+
+    @raise ConfigError: On a syntax error, a duplicate section or key.
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        strict=True,
+        empty_lines_in_values=False,
+        default_section=_NO_DEFAULT_SECTION,
+    )
+    try:
+        parser.read_string(text, source=filename)
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(
+            filename,
+            f"line {e.lineno}: expected a section header such as [relay], "
+            f"got {e.line.strip()!r}",
+        ) from None
+    except configparser.ParsingError as e:
+        lineno = e.errors[0][0]
+        line = text.split("\n")[lineno - 1].strip()
+        raise ConfigError(
+            filename,
+            f"line {lineno}: expected 'key = value', a [section] or a comment, "
+            f"got {line!r}",
+        ) from None
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(
+            filename, f"section given twice (line {e.lineno})", e.section
+        ) from None
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(
+            filename, f"key given twice (line {e.lineno})", e.section, e.option
+        ) from None
+    except configparser.Error as e:
+        raise ConfigError(filename, e.message) from None
+    return parser
+
+
+def _parseSection(
+    filename: str,
+    section: str,
+    specs: tuple[KeySpec, ...],
+    items: list[tuple[str, str]],
+    context: _Context,
+    extraKeys: Sequence[str] = (),
+    hint: Callable[[str], str] = lambda key: "",
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """
+    Parse the keys of one section.
+
+    @param specs: The keys the section knows.
+    @param items: The section's keys and values, in the order of the file.
+    @param extraKeys: Further keys accepted and returned as written.
+    @param hint: Makes a remark on an unknown key (C{"; ..."} or C{""}).
+
+    @return: The field values by attribute, and the extra keys' values.
+    @raise ConfigError: On an unknown key, a bad value or a missing key.
+    """
+    byKey = {s.key: s for s in specs}
+    values: dict[str, Any] = {}
+    extra: dict[str, str] = {}
+    for key, value in items:
+        spec = byKey.get(key)
+        if spec is None:
+            if key in extraKeys:
+                extra[key] = value
+                continue
+            known = ", ".join(sorted({*byKey, *extraKeys}))
+            raise ConfigError(
+                filename, f"unknown key; known keys: {known}{hint(key)}", section, key
+            )
+        try:
+            values[spec.attribute] = spec.parse(value, context)
+        except _BadValue as e:
+            raise ConfigError(filename, str(e), section, key) from None
+    for spec in specs:
+        if spec.required and spec.attribute not in values:
+            raise ConfigError(filename, "required key missing", section, spec.key)
+    return values, extra
+
+
+def _parseRoute(
+    filename: str, section: str, items: list[tuple[str, str]], context: _Context
+) -> RouteConfig:
+    """
+    Parse one C{[route:NAME]} section.
+    """
+    name = section[len("route:") :]
+    if not _ROUTE_NAME.match(name):
+        raise ConfigError(
+            filename,
+            f"unknown section; a route is [route:NAME] with a NAME of letters, "
+            f"digits, '_', '.' and '-', got {name!r}",
+            section,
+        )
+    given = dict(items).get("balancer")
+    chosen = _DEFAULT_BALANCER if given is None else given
+    if chosen not in context.balancers:
+        if given is None:
+            problem = f"the default balancer {chosen!r} is not installed"
+        else:
+            problem = f"unknown balancer {chosen!r}"
+        raise ConfigError(filename, problem + _installed(context), section, "balancer")
+    declared = context.balancers[chosen]
+
+    def hint(key: str) -> str:
+        owners = sorted(n for n, keys in context.balancers.items() if key in keys)
+        if owners:
+            return f"; {key} is an option of balancer {', '.join(owners)}"
+        return ""
+
+    values, options = _parseSection(
+        filename, section, ROUTE_KEYS, items, context, declared, hint
+    )
+    return RouteConfig(name=name, options=MappingProxyType(options), **values)
+
+
+def _installedBalancers(
+    balancers: Mapping[str, Sequence[str]] | None,
+) -> Mapping[str, tuple[str, ...]]:
+    """
+    @return: C{balancers} with each key list as a tuple of lower-case keys
+        (as configparser reads them), or L{DEFAULT_BALANCERS}.
+    """
+    if balancers is None:
+        return DEFAULT_BALANCERS
+    result = {}
+    for name, keys in balancers.items():
+        if isinstance(keys, str):
+            keys = (keys,)
+        result[name] = tuple(k.lower() for k in keys)
+    return result
+
+
+def parseConfig(
+    text: str, path: str, balancers: Mapping[str, Sequence[str]] | None = None
+) -> RelayConfig:
+    """
+    Parse and check a configuration file's text.
+
+    @param text: The text of the file.
+    @param path: The file's path, as the user gave it: errors name it, and
+        relative C{plugin_path} entries are relative to its directory.
+    @param balancers: The installed balancer names and the route keys each
+        declares, or L{None} for L{DEFAULT_BALANCERS}.
+
+    @return: The configuration.
+    @raise ConfigError: When anything is wrong; nothing else is raised.
+    """
+    absolute = os.path.abspath(path)
+    context = _Context(os.path.dirname(absolute), _installedBalancers(balancers))
+    parser = _readINI(text, path)
+    relay: dict[str, Any] | None = None
+    demo: DemoConfig | None = None
+    routes: list[RouteConfig] = []
+    for section in parser.sections():
+        items = parser.items(section, raw=True)
+        if section == "relay":
+            relay = _parseSection(path, section, RELAY_KEYS, items, context)[0]
+        elif section == "demo":
+            values = _parseSection(path, section, DEMO_KEYS, items, context)[0]
+            demo = DemoConfig(**values)
+        elif section.startswith("route:"):
+            route = _parseRoute(path, section, items, context)
+            for other in routes:
+                if (other.host, other.path) == (route.host, route.path):
+                    where = "" if route.host is None else f" on host {route.host!r}"
+                    raise ConfigError(
+                        path,
+                        f"duplicate route: path {route.path!r}{where} is also "
+                        f"routed by [{other.section}]",
+                        section,
+                        "path",
+                    )
+            routes.append(route)
+        else:
+            raise ConfigError(
+                path, f"unknown section; the sections are {_SECTIONS}", section
+            )
+    if relay is None:
+        raise ConfigError(path, "missing [relay] section")
+    if not routes:
+        raise ConfigError(path, "no [route:NAME] section; at least one is required")
+    return RelayConfig(
+        path=absolute,
+        routes=tuple(routes),
+        demo=DemoConfig() if demo is None else demo,
+        **relay,
+    )
+
+
+def loadConfig(
+    path: str, balancers: Mapping[str, Sequence[str]] | None = None
+) -> RelayConfig:
+    """
+    Read, parse and check a configuration file.
+
+    @param path: The file's path, as the user gave it (errors name it this
+        way; L{RelayConfig.path} is made absolute).
+    @param balancers: See L{parseConfig}.
+
+    @return: The configuration.
+    @raise ConfigError: When the file cannot be read (missing, unreadable,
+        not UTF-8) or anything in it is wrong; nothing else is raised.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            path, f"not UTF-8 text: byte {e.object[e.start]:#04x} on line {line}"
+        ) from None
+    except OSError as e:
+        raise ConfigError(path, f"cannot read the file: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(path, f"cannot read the file: {e}") from None
+    return parseConfig(text, path, balancers)
