@@ -64,7 +64,9 @@ def script(connection: ServerConnection) -> None:
                 return
             if message == "headers":
                 connection.send(
-                    "\n".join(f"{k}: {v}" for k, v in connection.request.headers.raw_items())
+                    "\n".join(
+                        f"{k}: {v}" for k, v in connection.request.headers.raw_items()
+                    )
                 )
             elif message == "path":
                 connection.send(connection.request.path)
@@ -159,7 +161,9 @@ async def startRelay(
     directory = tempfile.mkdtemp()
     path = os.path.join(directory, "relay.ini")
     with open(path, "w") as f:
-        f.write(text.replace("[relay]", "[relay]\nlisten = tcp:0:interface=127.0.0.1", 1))
+        f.write(
+            text.replace("[relay]", "[relay]\nlisten = tcp:0:interface=127.0.0.1", 1)
+        )
     relay = RelayService(loadConfig(path), reactor, clock)
     relay.startService()
     testCase.addCleanup(relay.stopService)

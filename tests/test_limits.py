@@ -74,7 +74,8 @@ class MessageSizeTests(TestCase):
         b = startBackend(self)
         _, port = await startRelay(
             self,
-            f"[relay]\nmax_message_size = 1000\n[route:c]\npath = /\nbackends = {b.url}\n",
+            "[relay]\nmax_message_size = 1000\n"
+            f"[route:c]\npath = /\nbackends = {b.url}\n",
         )
 
         def run() -> tuple[int | None, str | None]:
@@ -97,7 +98,8 @@ class MessageSizeTests(TestCase):
         b = startBackend(self)
         _, port = await startRelay(
             self,
-            f"[relay]\nmax_message_size = 1000\n[route:c]\npath = /\nbackends = {b.url}\n",
+            "[relay]\nmax_message_size = 1000\n"
+            f"[route:c]\npath = /\nbackends = {b.url}\n",
         )
 
         def run() -> tuple[int | None, str | None]:
@@ -123,7 +125,8 @@ class TimeoutTests(TestCase):
         b = startBackend(self)
         _, port = await startRelay(
             self,
-            f"[relay]\nhandshake_timeout = 0.5\n[route:c]\npath = /\nbackends = {b.url}\n",
+            "[relay]\nhandshake_timeout = 0.5\n"
+            f"[route:c]\npath = /\nbackends = {b.url}\n",
         )
 
         def run() -> tuple[bytes, str]:
@@ -163,7 +166,7 @@ class TimeoutTests(TestCase):
         self.assertEqual(await inThread(c.recv, TIMEOUT), "ping")
         clock.advance(45)
         self.assertIsNone(c.protocol.close_rcvd)
-        for i in range(5):
+        for _i in range(5):
             clock.advance(15)
         code, reason = await inThread(closeOf, c)
         self.assertEqual((code, reason), (1001, "idle timeout"))
@@ -209,7 +212,7 @@ class TimeoutTests(TestCase):
         def run() -> list[int]:
             seen = []
             with openRaw(port) as s:
-                for i in range(3):
+                for _i in range(3):
                     opcode, payload = readFrame(s)
                     seen.append(opcode)
                     s.sendall(maskedFrame(10, payload))
@@ -222,5 +225,3 @@ class TimeoutTests(TestCase):
                     s.sendall(maskedFrame(10, payload))
 
         self.assertEqual(await inThread(run), [9, 9, 9, 1])
-
-

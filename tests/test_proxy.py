@@ -292,7 +292,8 @@ class HandshakeTests(TestCase):
         b = startBackend(self)
         _, port = await startRelay(
             self,
-            f"[relay]\nmax_header_size = 2048\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+            "[relay]\nmax_header_size = 2048\n"
+            f"[route:chat]\npath = /chat\nbackends = {b.url}\n",
         )
 
         def run() -> list[bytes]:
@@ -302,7 +303,9 @@ class HandshakeTests(TestCase):
                     rawExchange(port, rawRequest(port, "/nowhere")),
                     rawExchange(port, b"\x16\x03\x01garbage\r\n\r\n"),
                     rawExchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
-                    rawExchange(port, rawRequest(port, extra="X-Big: " + "a" * 4000 + "\r\n")),
+                    rawExchange(
+                        port, rawRequest(port, extra="X-Big: " + "a" * 4000 + "\r\n")
+                    ),
                 ]
                 c.send("still here")
                 answers.append(c.recv(TIMEOUT).encode())
@@ -350,7 +353,9 @@ class MessageTests(TestCase):
                 self.assertEqual(c.recv(TIMEOUT), "fragmented ünïcode")
                 for i in range(200):
                     c.send(str(i))
-                self.assertEqual([c.recv(TIMEOUT) for i in range(200)], [str(i) for i in range(200)])
+                self.assertEqual(
+                    [c.recv(TIMEOUT) for i in range(200)], [str(i) for i in range(200)]
+                )
 
         await inThread(run)
 
@@ -370,7 +375,22 @@ class MessageTests(TestCase):
         self.assertGreater(await inThread(run), 0)
 
 
-CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999]
+CODES = [
+    1000,
+    1001,
+    1002,
+    1003,
+    1007,
+    1008,
+    1009,
+    1010,
+    1011,
+    1012,
+    1013,
+    1014,
+    3000,
+    4999,
+]
 
 
 class CloseTests(TestCase):
@@ -446,7 +466,8 @@ class CloseTests(TestCase):
         b2 = startBackend(self, gate=gate)
         relay, port = await startRelay(
             self,
-            "[relay]\n[route:chat]\npath = /chat\nfailover = reconnect\nbalancer = first\n"
+            "[relay]\n[route:chat]\npath = /chat\nfailover = reconnect\n"
+            "balancer = first\n"
             f"backends = {b1.url} {b2.url}\n",
         )
 
@@ -510,16 +531,20 @@ class BackpressureTests(TestCase):
         await inThread(c.send, f"flood {self.COUNT} {self.SIZE}")
         await waitFor(lambda: len(relay.sessions) == 1)
         (session,) = relay.sessions
-        await waitFor(lambda: session.upstream is not None and paused(session.upstream.transport))
+        await waitFor(
+            lambda: session.upstream is not None and paused(session.upstream.transport)
+        )
         peak = 0
-        for i in range(20):
+        for _i in range(20):
             peak = max(peak, buffered(session.frontend.transport))
             await task.deferLater(reactor, 0.01, lambda: None)
         self.assertLess(peak, self.BOUND)
         self.assertLess(session.frontend.messagesOut, self.COUNT)
 
         def drain() -> list[int]:
-            return [int.from_bytes(c.recv(TIMEOUT)[:4], "big") for i in range(self.COUNT)]
+            return [
+                int.from_bytes(c.recv(TIMEOUT)[:4], "big") for i in range(self.COUNT)
+            ]
 
         self.assertEqual(await inThread(drain), list(range(self.COUNT)))
 
@@ -543,7 +568,7 @@ class BackpressureTests(TestCase):
         (session,) = relay.sessions
         await waitFor(lambda: paused(session.frontend.transport))
         peak = 0
-        for i in range(20):
+        for _i in range(20):
             assert session.upstream is not None
             peak = max(peak, buffered(session.upstream.transport))
             await task.deferLater(reactor, 0.01, lambda: None)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
@@ -27,11 +28,14 @@ if TYPE_CHECKING:
     from wsrelay.session import ProxySession
 
 
-class Refused(ConnectionDeny):  # type: ignore[misc]
+class Refused(ConnectionDeny):
     """
     The relay refuses a handshake with this status, these headers and
     this body (relayed from a backend, or its own).
     """
+
+    #: Always given, unlike Autobahn's.
+    reason: str
 
     def __init__(
         self,
@@ -88,7 +92,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         self.wasNotCleanReason = "opening handshake timeout"
         self.dropConnection(abort=True)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
         Stop the handshake clock.
         """
@@ -230,12 +234,14 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             )
 
 
-class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
+class FrontendFactory(WebSocketServerFactory):
     """
     Makes L{FrontendProtocol}s for every listener of one relay.
     """
 
-    protocol = FrontendProtocol
+    # Any: Twisted wants a protocol whose factory is a Factory[Self], and
+    # FrontendProtocol.factory is this (non-generic) class.
+    protocol: Any = FrontendProtocol
 
     def __init__(self, relay: RelayService) -> None:
         super().__init__(server="wsrelay", reactor=relay._reactor)

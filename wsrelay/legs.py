@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
-from zope.interface import implementer
-
 from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport
@@ -137,14 +136,26 @@ class RelayLeg:
     utf8validateIncomingCurrentMessage: bool
     utf8validateLast: Any
     message_data_total_length: int
+    factory: Any
+    serverConnectionDropTimeout: float
+    serverConnectionDropTimeoutCall: Any
+    closeHandshakeTimeoutCall: Any
 
     if TYPE_CHECKING:
 
-        def sendFrame(self, opcode: int, payload: bytes = b"", fin: bool = True) -> None: ...
-        def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None: ...  # noqa: E501
+        def sendFrame(
+            self, opcode: int, payload: bytes = b"", fin: bool = True
+        ) -> None: ...
+        def sendCloseFrame(
+            self,
+            code: int | None = None,
+            reasonUtf8: bytes | None = None,
+            isReply: bool = False,
+        ) -> None: ...  # noqa: E501
         def dropConnection(self, abort: bool = False) -> None: ...
         def _protocol_violation(self, reason: str) -> bool: ...
         def _invalid_payload(self, reason: str) -> bool: ...
+        def onServerConnectionDropTimeout(self) -> None: ...
 
     # Receiving: whole frames, never whole messages.
 
@@ -265,13 +276,24 @@ class RelayLeg:
         if self.factory.isServer:
             self.dropConnection(abort=False)
         elif self.serverConnectionDropTimeout > 0:
-            self.serverConnectionDropTimeoutCall = txaio.call_later(
+            # txaio picks call_later at run time from the loaded framework.
+            self.serverConnectionDropTimeoutCall = txaio.call_later(  # type: ignore[attr-defined]
                 self.serverConnectionDropTimeout, self.onServerConnectionDropTimeout
             )
+
+    def cancelCloseTimer(self) -> None:
+        """
+        Cancel the close handshake timer, which Autobahn leaves running
+        when the connection is lost first.
+        """
+        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if call is not None:
+            call.cancel()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """
         The connection is gone.
         """
+        self.cancelCloseTimer()
         if self.listener is not None:
             self.listener.legClosed(self)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import twisted.plugins
 from twisted.logger import Logger
@@ -54,7 +54,10 @@ def findPlugins(interface: InterfaceClass) -> dict[str, Any]:
         correctly or two plugins share a name.
     """
     found: dict[str, Any] = {}
-    for plugin in getPlugins(interface):
+    # getPlugins is typed for interfaces named statically, not an
+    # InterfaceClass value.
+    plugin: Any
+    for plugin in getPlugins(cast("type[Any]", interface)):
         label = getattr(plugin, "name", None) or repr(plugin)
         try:
             verifyObject(interface, plugin)

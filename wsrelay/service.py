@@ -17,7 +17,13 @@ from twisted.logger import Logger
 from wsrelay.frontend import FrontendFactory, FrontendProtocol
 from wsrelay.handshake import Head, endToEnd
 from wsrelay.plugins import balancerFactories
-from wsrelay.routing import Backend, Route, RouteTable, buildBackends, endpointDescription
+from wsrelay.routing import (
+    Backend,
+    Route,
+    RouteTable,
+    buildBackends,
+    endpointDescription,
+)
 from wsrelay.session import ProxySession
 from wsrelay.upstream import UpstreamFactory, UpstreamProtocol, connectUpstream
 
@@ -110,7 +116,9 @@ class RelayService(MultiService):
         self.sessions: set[ProxySession] = set()
         self._balancers = balancerFactories()
         self._trusted = [ipaddress.ip_network(n) for n in config.trustedProxies]
-        self.routes = RouteTable(tuple(self._buildRoute(rc, None) for rc in config.routes))
+        self.routes = RouteTable(
+            tuple(self._buildRoute(rc, None) for rc in config.routes)
+        )
         self.frontendFactory = FrontendFactory(self)
         self.listeners = [
             Listener(reactor, description, self.frontendFactory)
@@ -165,14 +173,15 @@ class RelayService(MultiService):
         waits = [stopped, *(s.done for s in sessions)]
         d = DeferredList(waits, consumeErrors=True)
         d.addTimeout(self.config.closeTimeout * 2 + 1, self._reactor)
-        d.addBoth(lambda _: None)
-        return d
+        return d.addBoth(lambda _: None)
 
     def whenListening(self) -> Deferred[list[IListeningPort]]:
         """
         @return: A L{Deferred} that fires with every listening port.
         """
-        d = DeferredList([lst.listening for lst in self.listeners], fireOnOneErrback=True)
+        d = DeferredList(
+            [lst.listening for lst in self.listeners], fireOnOneErrback=True
+        )
         return d.addCallback(lambda results: [port for (_, port) in results])
 
     # Sessions.
@@ -236,6 +245,8 @@ class RelayService(MultiService):
         The client's address: the peer's, or the last untrusted one in
         C{X-Forwarded-For} when the peer is a trusted proxy.
         """
+        # The client is connected while its request is handled.
+        assert frontend.transport is not None
         peer = getattr(frontend.transport.getPeer(), "host", None) or "unix"
         if not self._trusted or frontend.head is None:
             return str(peer)
@@ -264,6 +275,8 @@ class RelayService(MultiService):
             ones for an upstream request.
         """
         headers = endToEnd(head)
+        # The client is connected while its request is handled.
+        assert frontend.transport is not None
         peer = getattr(frontend.transport.getPeer(), "host", None) or "unix"
         xff = head.get("x-forwarded-for")
         headers.append(("X-Forwarded-For", f"{xff}, {peer}" if xff else str(peer)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -30,6 +30,8 @@ from wsrelay.upstream import (
 )
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IConsumer, IPushProducer
+
     from wsrelay.frontend import FrontendProtocol
     from wsrelay.service import RelayService
 
@@ -178,10 +180,16 @@ class ProxySession:
             except CookieError:
                 pass
         return ConnectionInfo(
-            self.relay.clientAddress(f), f.http_request_path, f.query, f.head.headers, cookies
+            self.relay.clientAddress(f),
+            f.http_request_path,
+            f.query,
+            f.head.headers,
+            cookies,
         )
 
-    def _candidates(self, tried: list[Backend], avoid: Backend | None) -> Iterator[Backend]:
+    def _candidates(
+        self, tried: list[Backend], avoid: Backend | None
+    ) -> Iterator[Backend]:
         """
         Pick backends one after the other, each at most once.
         """
@@ -198,9 +206,7 @@ class ProxySession:
             tried.append(backend)
             yield backend
 
-    async def _connect(
-        self, avoid: Backend | None
-    ) -> tuple[Backend, UpstreamProtocol]:
+    async def _connect(self, avoid: Backend | None) -> tuple[Backend, UpstreamProtocol]:
         """
         Try the route's candidates until one accepts, within
         C{handshake_timeout}.
@@ -285,8 +291,11 @@ class ProxySession:
         assert up is not None
         if self._buffer is None:
             f.target = up
-        f.transport.registerProducer(TransportPauser(up.transport), True)
-        up.transport.registerProducer(TransportPauser(f.transport), True)
+        ft, ut = f.transport, up.transport
+        # Both legs are connected once paired.
+        assert ft is not None and ut is not None
+        cast("IConsumer", ft).registerProducer(TransportPauser(ut), True)
+        cast("IConsumer", ut).registerProducer(TransportPauser(ft), True)
 
     # Closing.
 
@@ -328,6 +337,7 @@ class ProxySession:
                 elif up.state == OPEN:
                     up.closeWith(1001, b"client went away")
         elif leg is self.upstream:
+            assert leg is not None  # a leg is a protocol, never None
             self._detach()
             waiting = self._closeWaiting
             if waiting is f:
@@ -359,8 +369,11 @@ class ProxySession:
             self, self.route.config.failoverBuffer, f.receivingFragment
         )
         f.target = self._buffer
-        f.transport.unregisterProducer()
-        f.transport.resumeProducing()
+        ft = f.transport
+        # The client is still connected (its state is OPEN).
+        assert ft is not None
+        cast("IConsumer", ft).unregisterProducer()
+        cast("IPushProducer", ft).resumeProducing()
         self._opening = Deferred.fromCoroutine(self._connect(lost))
         self._opening.addCallbacks(self._reconnected, self._reconnectFailed)
 
@@ -404,7 +417,9 @@ class ProxySession:
         self._cancelOpening()
         self.frontend.closeWith(1013, b"failover buffer full")
 
-    def shutdown(self, code: int = 1001, reason: bytes = b"relay shutting down") -> None:
+    def shutdown(
+        self, code: int = 1001, reason: bytes = b"relay shutting down"
+    ) -> None:
         """
         Close both legs (the relay stops, or the backend is disabled).
         """

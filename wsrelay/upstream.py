@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from wsrelay.handshake import BadHead, buildRequest, endToEnd, parseHead, parseStatusLine
+from wsrelay.handshake import (
+    BadHead,
+    buildRequest,
+    endToEnd,
+    parseHead,
+    parseStatusLine,
+)
 from wsrelay.legs import RelayLeg
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
+    from twisted.internet.interfaces import (
+        IAddress,
+        IReactorTime,
+        IStreamClientEndpoint,
+        ITCPTransport,
+    )
 
     from wsrelay.config import RelayConfig
 
@@ -177,6 +188,7 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         The connection is gone: before the handshake ended, that fails it.
         """
         if not self.opened.called:
+            self.cancelCloseTimer()
             if self._refused is not None:
                 self._collectRefusal(final=True)
             else:
@@ -187,7 +199,7 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         RelayLeg.onClose(self, wasClean, code, reason)
 
 
-class UpstreamFactory(WebSocketClientFactory):  # type: ignore[misc]
+class UpstreamFactory(WebSocketClientFactory):
     """
     The Autobahn factory for one backend, shared by all its connections.
     """
@@ -225,11 +237,11 @@ class _Attempt(Factory):
         self._setup = setup
         self.protocol: UpstreamProtocol | None = None  # type: ignore[assignment]
 
-    def buildProtocol(self, addr: IAddress) -> UpstreamProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamProtocol:
         """
         Make the protocol and give it the request.
         """
-        p: UpstreamProtocol = self._factory.buildProtocol(addr)
+        p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
         p.__dict__.update(self._setup)
         self.protocol = p
         return p
@@ -258,7 +270,7 @@ def connectUpstream(
         connecting.cancel()
         p = attempt.protocol
         if p is not None and p.transport is not None:
-            p.transport.abortConnection()
+            cast("ITCPTransport", p.transport).abortConnection()
 
     opened: Deferred[UpstreamProtocol] = Deferred(cancel)
     attempt = _Attempt(

@@ -1,0 +1,115 @@
+"""
+C{twistd wsrelay} as users run it: a subprocess, a config file, signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from twisted.trial.unittest import TestCase
+from websockets.sync.client import unix_connect
+
+from tests.support import TIMEOUT, Backend
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def twistd(*args: str) -> list[str]:
+    """
+    @return: The command line of C{twistd wsrelay} in the foreground.
+    """
+    return [TWISTD, "--pidfile=", "-n", "wsrelay", *args]
+
+
+class CommandLineTests(TestCase):
+    """
+    Errors are one line; the relay serves and stops cleanly.
+    """
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+
+    def write(self, text: str) -> str:
+        path = os.path.join(self.directory, "relay.ini")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_badConfig(self) -> None:
+        """
+        A bad value makes twistd exit non-zero with one last line naming
+        file, section and key, and no traceback.
+        """
+        path = self.write(
+            "[relay]\nlisten = tcp:0\nmax_message_size = lots\n"
+            "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+        )
+        done = subprocess.run(
+            twistd("--config", path), capture_output=True, text=True, timeout=60
+        )
+        output = (done.stdout + done.stderr).strip()
+        self.assertNotEqual(done.returncode, 0)
+        self.assertNotIn("Traceback", output)
+        last = output.splitlines()[-1]
+        self.assertIn(path, last)
+        self.assertIn("[relay] max_message_size:", last)
+
+    def test_missingFile(self) -> None:
+        """
+        A missing file is one line too.
+        """
+        missing = os.path.join(self.directory, "nope.ini")
+        done = subprocess.run(
+            twistd("--config", missing), capture_output=True, text=True, timeout=60
+        )
+        output = (done.stdout + done.stderr).strip()
+        self.assertNotEqual(done.returncode, 0)
+        self.assertNotIn("Traceback", output)
+        self.assertIn("nope.ini", output.splitlines()[-1])
+
+    def test_servesAndStops(self) -> None:
+        """
+        C{twistd -n wsrelay} relays to a backend, and SIGTERM closes the
+        client with 1001 and ends the process.
+        """
+        backend = Backend()
+        self.addCleanup(backend.stop)
+        sock = os.path.join(self.directory, "relay.sock")
+        path = self.write(
+            f"[relay]\nlisten = unix:{sock}\n"
+            f"[route:a]\npath = /\nbackends = {backend.url}\n"
+        )
+        log = open(os.path.join(self.directory, "twistd.log"), "w+")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            twistd("--config", path), stdout=log, stderr=subprocess.STDOUT
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        deadline = time.monotonic() + TIMEOUT * 3
+        while not os.path.exists(sock):
+            self.assertIsNone(process.poll(), "twistd exited early")
+            self.assertLess(time.monotonic(), deadline, "relay never listened")
+            time.sleep(0.05)
+        with unix_connect(sock, "ws://relay/x", open_timeout=TIMEOUT) as c:
+            c.send("hello")
+            self.assertEqual(c.recv(TIMEOUT), "hello")
+            process.send_signal(signal.SIGTERM)
+            try:
+                while True:
+                    c.recv(TIMEOUT)
+            except Exception:
+                pass
+            rcvd = c.protocol.close_rcvd
+        # twistd re-raises SIGTERM at exit (Twisted's own choice); exit
+        # status 0 at SIGTERM belongs to the graceful-stop work (part 4).
+        self.assertIn(process.wait(TIMEOUT * 3), (0, -signal.SIGTERM))
+        self.assertIsNotNone(rcvd)
+        assert rcvd is not None
+        self.assertEqual(rcvd.code, 1001)
+        log.seek(0)
+        self.assertIn("native acceleration", log.read())
