@@ -1,0 +1,174 @@
+"""
+In-memory tests of the relay's pure logic: heads, routes, balancers,
+close codes.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from wsrelay.balancers import first, roundRobin
+from wsrelay.config import BackendConfig, RouteConfig
+from wsrelay.handshake import BadHead, buildResponse, endToEnd, parseHead
+from wsrelay.interfaces import IBalancer, IBalancerFactory
+from wsrelay.legs import sendableCloseCode
+from wsrelay.plugins import balancerFactories
+from wsrelay.routing import Backend, ConnectionInfo, Route, RouteTable, matchPrefix
+from wsrelay.session import joinPath
+
+INFO = ConnectionInfo("127.0.0.1", "/", "", ())
+
+
+def backends(*weights: int) -> list[Backend]:
+    """
+    Backends named a, b, c... with these weights.
+    """
+    return [
+        Backend(BackendConfig.fromURL(f"ws://127.0.0.1:{9000 + i}/", chr(97 + i), w))
+        for i, w in enumerate(weights)
+    ]
+
+
+class HeadTests(SynchronousTestCase):
+    """
+    Parsing heads and choosing what to forward.
+    """
+
+    def test_repeatedKept(self) -> None:
+        """
+        Repeated fields stay separate and in order.
+        """
+        head = parseHead(b"HTTP/1.1 401 No\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2")
+        self.assertEqual(endToEnd(head), [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+
+    def test_hopByHopDropped(self) -> None:
+        """
+        Hop-by-hop fields, and those named in C{Connection}, are dropped.
+        """
+        head = parseHead(
+            b"GET / HTTP/1.1\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\n"
+            b"Keep-Alive: 5\r\nUpgrade: websocket\r\nOrigin: o"
+        )
+        self.assertEqual(endToEnd(head), [("Origin", "o")])
+
+    def test_malformed(self) -> None:
+        """
+        A line without a colon, or folded, is refused.
+        """
+        self.assertRaises(BadHead, parseHead, b"GET / HTTP/1.1\r\nnocolon")
+        self.assertRaises(BadHead, parseHead, b"GET / HTTP/1.1\r\nA: b\r\n c")
+
+    def test_response(self) -> None:
+        """
+        The relay's own responses have a length and close the connection.
+        """
+        raw = buildResponse(503, body=b"none")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertIn(b"Content-Length: 4\r\n", raw)
+        self.assertIn(b"Connection: close\r\n", raw)
+        self.assertTrue(raw.endswith(b"\r\n\r\nnone"))
+
+
+class RoutingTests(SynchronousTestCase):
+    """
+    Prefixes match at segment boundaries; the longest wins.
+    """
+
+    def test_prefix(self) -> None:
+        """
+        C{/chat} matches C{/chat} and C{/chat/x}, not C{/chatty}.
+        """
+        self.assertEqual(matchPrefix("/chat", "/chat"), "")
+        self.assertEqual(matchPrefix("/chat", "/chat/x"), "/x")
+        self.assertIsNone(matchPrefix("/chat", "/chatty"))
+        self.assertEqual(matchPrefix("/", "/any"), "/any")
+
+    def test_longestAndHost(self) -> None:
+        """
+        The longest prefix wins, and a host-specific route before others.
+        """
+
+        def route(name: str, path: str, host: str | None = None) -> Route:
+            config = RouteConfig(
+                name=name,
+                path=path,
+                host=host,
+                backends=(BackendConfig.fromURL("ws://127.0.0.1:1/"),),
+            )
+            return Route(config, (), roundRobin.build((), {}))
+
+        table = RouteTable(
+            (
+                route("root", "/"),
+                route("a", "/a"),
+                route("ab", "/a/b"),
+                route("h", "/", "x"),
+            )
+        )
+        found = table.match(None, "/a/b/c")
+        assert found is not None
+        self.assertEqual((found[0].name, found[1]), ("ab", "/c"))
+        found = table.match("x", "/a")
+        assert found is not None
+        self.assertEqual(found[0].name, "h")
+
+    def test_joinPath(self) -> None:
+        """
+        The remainder is appended to the backend's path.
+        """
+        self.assertEqual(joinPath("/", "/x"), "/x")
+        self.assertEqual(joinPath("/feed", ""), "/feed")
+        self.assertEqual(joinPath("/feed/", "/AAPL"), "/feed/AAPL")
+
+
+class BalancerTests(SynchronousTestCase):
+    """
+    The built-in balancers, found as plugins.
+    """
+
+    def test_discoverable(self) -> None:
+        """
+        The built-in balancers are found as plugins and provide the
+        interfaces.
+        """
+        found = balancerFactories()
+        self.assertIn("round_robin", found)
+        self.assertIn("first", found)
+        for factory in found.values():
+            verifyObject(IBalancerFactory, factory)
+            verifyObject(IBalancer, factory.build(backends(1), {}))
+
+    def test_smoothWeighted(self) -> None:
+        """
+        Weights 5, 1, 1 give nginx's smooth order.
+        """
+        pool = backends(5, 1, 1)
+        balancer = roundRobin.build(pool, {})
+        order = "".join(balancer.pick(pool, INFO).name for _ in range(7))
+        self.assertEqual(order, "aabacaa")
+
+    def test_first(self) -> None:
+        """
+        C{first} always picks the first candidate.
+        """
+        pool = backends(1, 1)
+        balancer = first.build(pool, {})
+        self.assertEqual({balancer.pick(pool, INFO).name for _ in range(5)}, {"a"})
+        self.assertEqual(balancer.pick(pool[1:], INFO).name, "b")
+
+
+class CloseCodeTests(SynchronousTestCase):
+    """
+    Which codes a close frame may carry.
+    """
+
+    def test_sendable(self) -> None:
+        """
+        1000-1003, 1007-1014 and 3000-4999 may be sent; the reserved ones
+        may not.
+        """
+        for code in [1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999]:
+            self.assertTrue(sendableCloseCode(code), code)
+        for code in [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000]:
+            self.assertFalse(sendableCloseCode(code), code)
