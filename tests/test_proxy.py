@@ -42,6 +42,18 @@ def closeOf(c: Any) -> tuple[int | None, str | None]:
     return (rcvd.code, rcvd.reason) if rcvd else (None, None)
 
 
+def silentBackend(testCase: Any) -> socket.socket:
+    """
+    A loopback socket that accepts connections and never answers, closed
+    at the end of C{testCase}.
+    """
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    testCase.addCleanup(silent.close)
+    return silent
+
+
 def rawRequest(port: int, path: str = "/chat", extra: str = "") -> bytes:
     """
     An opening handshake request as bytes.
@@ -234,10 +246,7 @@ class HandshakeTests(TestCase):
         client gets 504 once the handshake budget is spent, and no 101
         before.
         """
-        silent = socket.socket()
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(5)
-        self.addCleanup(silent.close)
+        silent = silentBackend(self)
         _, port = await startRelay(
             self,
             "[relay]\nhandshake_timeout = 1\nconnect_timeout = 0.4\n"
@@ -251,10 +260,7 @@ class HandshakeTests(TestCase):
         A client that leaves while its upstream is still connecting leaves
         no upstream connection behind.
         """
-        silent = socket.socket()
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(5)
-        self.addCleanup(silent.close)
+        silent = silentBackend(self)
         relay, port = await startRelay(
             self,
             "[relay]\nhandshake_timeout = 30\nconnect_timeout = 30\n"
