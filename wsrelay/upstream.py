@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
@@ -287,9 +289,14 @@ def connectUpstream(
 
     def connectFailed(f: Failure) -> None:
         if not opened.called:
-            if f.check(CancelledError):
+            # Twisted's endpoints fail a cancelled attempt with
+            # ConnectingCancelledError: C{opened} is being cancelled then,
+            # and fails by itself (a timeout, or the client went away).
+            if f.check(CancelledError, ConnectingCancelledError):
                 return
-            opened.errback(UpstreamError(f"connect failed: {f.getErrorMessage()}"))
+            # The endpoint's own timeout is a timeout too (504, not 502).
+            kind = UpstreamTimeout if f.check(ConnectTimeoutError) else UpstreamError
+            opened.errback(kind(f"connect failed: {f.getErrorMessage()}"))
 
     connecting.addErrback(connectFailed)
 
