@@ -2,6 +2,12 @@
 wsrelay's built-in balancers, registered as any third-party balancer is.
 """
 
-from wsrelay.balancers import first, roundRobin
+from wsrelay.balancers import (
+    consistentHash,
+    first,
+    leastConnections,
+    randomTwo,
+    roundRobin,
+)
 
-__all__ = ["first", "roundRobin"]
+__all__ = ["consistentHash", "first", "leastConnections", "randomTwo", "roundRobin"]
