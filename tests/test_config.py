@@ -15,6 +15,7 @@ from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,6 +32,8 @@ from wsrelay.config import (
     loadConfig,
     parseConfig,
 )
+from wsrelay.plugins import balancerFactories, healthCheckerFactories
+from wsrelay.service import RelayService
 
 FILENAME = "relay.ini"
 
@@ -415,6 +418,11 @@ class BadValueTests(SynchronousTestCase):
         ("route", "balancer"): ["foo", "RoundRobin", ""],
         ("route", "failover"): ["retry", "Close"],
         ("route", "failover_buffer"): ["-1", "x", "1.0"],
+        ("route", "health"): ["ping", "None", ""],
+        ("route", "health_interval"): ["0", "-1", "x"],
+        ("route", "health_timeout"): ["0", "1s"],
+        ("route", "rise"): ["0", "-1", "1.5"],
+        ("route", "fall"): ["0", "x"],
         ("demo", "echo"): ["tcp:abc", "tcp:1 tcp:2", ""],
         ("demo", "ticker"): ["nosuch:", "ssl:443:privateKey=/nonexistent"],
         ("demo", "ticker_interval"): ["0", "-0.1", "x"],
@@ -1069,7 +1077,7 @@ class KeyTableTests(SynchronousTestCase):
         classes = {"relay": RelayConfig, "route": RouteConfig, "demo": DemoConfig}
         derived = {
             "relay": {"path", "routes", "demo"},
-            "route": {"name", "options"},
+            "route": {"name", "options", "healthOptions"},
             "demo": set(),
         }
         for kind, specs in KEYS.items():
@@ -1104,6 +1112,30 @@ class KeyTableTests(SynchronousTestCase):
                 self.assertEqual(row["default"], iniDefault(spec.default), spec.key)
                 self.assertTrue(row["meaning"], spec.key)
 
+    def test_documentedPluginOptions(self) -> None:
+        """
+        Every key that a built-in balancer or health checker declares is in
+        the table of plugin options, with the plugins that read it.
+        """
+        text = DOCS.getContent().decode("utf-8")
+        table = text.split("### Plugin options", 1)[1].split("\n###", 1)[0]
+        rows = {
+            cells[0].strip("` "): cells[1]
+            for line in table.splitlines()
+            if line.startswith("| `")
+            for cells in [line.strip("|").split("|")]
+        }
+        declared: dict[str, set[str]] = {}
+        plugins = [*balancerFactories().values(), *healthCheckerFactories().values()]
+        for factory in plugins:
+            if factory.__module__.startswith("wsrelay."):
+                for key in factory.options:
+                    declared.setdefault(key, set()).add(factory.name)
+        self.assertEqual(set(rows), set(declared))
+        for key, names in declared.items():
+            for name in names:
+                self.assertIn(f"`{name}`", rows[key], key)
+
     def test_documentedTypes(self) -> None:
         """
         Every type in the key tables is explained in the table of value
@@ -1131,12 +1163,31 @@ class KeyTableTests(SynchronousTestCase):
 
     def test_documentedFullExample(self) -> None:
         """
-        The full example in C{docs/configuration.md} is a valid file.
+        The full example in C{docs/configuration.md} is a valid file, down
+        to the options its plugins check when the relay builds them.
         """
         text = DOCS.getContent().decode("utf-8")
         example = text.split("```ini\n", 1)[1].split("```", 1)[0]
         config = parseConfig(example, "example.ini")
         self.assertEqual([r.name for r in config.routes], ["chat", "prices", "sticky"])
+        relay = RelayService(config, MemoryReactorClock())
+        sticky = relay.routes.byName("sticky")
+        assert sticky is not None
+        self.assertEqual(sticky.config.options["hash_on"], "cookie:session")
+
+    def test_badPluginOption(self) -> None:
+        """
+        An option value a plugin rejects when the relay builds it is a
+        L{ConfigError} naming the file, the route and the plugin's key.
+        """
+        config = parseConfig(
+            "[relay]\nlisten = tcp:0\n[route:r]\npath = /\n"
+            "backends = ws://h:1/\nbalancer = consistent_hash\nhash_on = cookie\n",
+            "r.ini",
+        )
+        e = self.assertRaises(ConfigError, RelayService, config, MemoryReactorClock())
+        self.assertEqual((e.section, e.key), ("route:r", "balancer"))
+        self.assertIn("consistent_hash: expected ip, path", str(e))
 
 
 class FuzzTests(SynchronousTestCase):

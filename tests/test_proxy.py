@@ -15,7 +15,6 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from wsrelay.routing import DOWN
 
 
 def closedPort() -> int:
@@ -236,7 +235,7 @@ class HandshakeTests(TestCase):
         raw = await inThread(rawExchange, port, rawRequest(port))
         self.assertTrue(raw.startswith(b"HTTP/1.1 502 "), raw[:40])
         for backend in relay.routes.routes[0].backends:
-            backend.state = DOWN
+            backend.healthy = False
         raw = await inThread(rawExchange, port, rawRequest(port))
         self.assertTrue(raw.startswith(b"HTTP/1.1 503 "), raw[:40])
 

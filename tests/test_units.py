@@ -5,12 +5,14 @@ close codes.
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from wsrelay.balancers import first, roundRobin
 from wsrelay.config import BackendConfig, RouteConfig
 from wsrelay.handshake import BadHead, buildResponse, endToEnd, parseHead
+from wsrelay.health import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
 from wsrelay.legs import sendableCloseCode
 from wsrelay.plugins import balancerFactories
@@ -96,7 +98,8 @@ class RoutingTests(SynchronousTestCase):
                 host=host,
                 backends=(BackendConfig.fromURL("ws://127.0.0.1:1/"),),
             )
-            return Route(config, (), roundRobin.build((), {}))
+            monitor = HealthMonitor(name, (), None, Clock(), 2, 2, 2, 3)
+            return Route(config, (), roundRobin.build((), {}), monitor)
 
         table = RouteTable(
             (

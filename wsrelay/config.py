@@ -24,7 +24,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -45,6 +45,23 @@ DEFAULT_BALANCERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 """
 The balancer names (and the route keys each declares) assumed when
 L{loadConfig} is not told which balancer plugins are installed.
+"""
+
+DEFAULT_CHECKERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "tcp": (),
+        "websocket": ("health_path",),
+        "http": ("health_path", "health_status"),
+    }
+)
+"""
+The health-checker names (and the route keys each declares) assumed when
+L{loadConfig} is not told which checker plugins are installed.
+"""
+
+NO_HEALTH = "none"
+"""
+The value of C{health} that turns active checks off.
 """
 
 
@@ -259,6 +276,13 @@ class RouteConfig:
         reconnecting to another backend.
     @ivar options: The values of the keys the balancer plugin declares, as
         written (read only; not part of the hash).
+    @ivar health: The name of the health-checker plugin, or L{NO_HEALTH}.
+    @ivar healthInterval: Seconds between two checks of a backend.
+    @ivar healthTimeout: Seconds before a check counts as failed.
+    @ivar rise: Successes in a row that bring a down backend up.
+    @ivar fall: Failures in a row (checks or connections) that take an up
+        backend down.
+    @ivar healthOptions: The values of the keys the checker declares.
     """
 
     name: str
@@ -270,6 +294,14 @@ class RouteConfig:
     failover: str = "close"
     failoverBuffer: int = 1048576
     options: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    health: str = NO_HEALTH
+    healthInterval: float = 2.0
+    healthTimeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    healthOptions: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
 
@@ -347,10 +379,14 @@ class _Context:
 
     @ivar directory: The directory of the configuration file.
     @ivar balancers: Installed balancer names and the keys they declare.
+    @ivar checkers: Installed health-checker names and their keys.
     """
 
     directory: str
     balancers: Mapping[str, tuple[str, ...]]
+    checkers: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: DEFAULT_CHECKERS
+    )
 
 
 _Parser = Callable[[str, _Context], Any]
@@ -531,16 +567,25 @@ def _parseBackends(value: str, context: _Context) -> tuple[BackendConfig, ...]:
     return tuple(backends)
 
 
-def _installed(context: _Context) -> str:
+def _installed(names: Iterable[str]) -> str:
     """
-    @return: C{"; installed: "} and the installed balancers' names.
+    @return: C{"; installed: "} and the installed plugins' names.
     """
-    return "; installed: " + (", ".join(sorted(context.balancers)) or "none")
+    return "; installed: " + (", ".join(sorted(names)) or "none")
 
 
 def _parseBalancer(value: str, context: _Context) -> str:
     if value not in context.balancers:
-        raise _BadValue(f"unknown balancer {value!r}" + _installed(context))
+        raise _BadValue(f"unknown balancer {value!r}" + _installed(context.balancers))
+    return value
+
+
+def _parseHealth(value: str, context: _Context) -> str:
+    if value != NO_HEALTH and value not in context.checkers:
+        raise _BadValue(
+            f"unknown health checker {value!r}; {NO_HEALTH!r} turns checks off"
+            + _installed(context.checkers)
+        )
     return value
 
 
@@ -654,6 +699,16 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "When the backend goes away: close the client, or reconnect."),
     ("failover_buffer",   "bytes",       _wholeNumber(0),
      "Client message bytes buffered while reconnecting."),
+    ("health",            "name",        _parseHealth,
+     "Health-checker plugin (tcp, websocket, http) or none: no checks."),
+    ("health_interval",   "seconds",     _seconds(False),
+     "Time between two active checks of each backend."),
+    ("health_timeout",    "seconds",     _seconds(False),
+     "Time after which a check counts as failed."),
+    ("rise",              "count",       _wholeNumber(1, "checks"),
+     "Successful checks in a row that bring a down backend up."),
+    ("fall",              "count",       _wholeNumber(1, "failures"),
+     "Failed checks or connects in a row that take a backend down."),
 ])
 
 DEMO_KEYS = _keys(DemoConfig, [
@@ -797,32 +852,54 @@ def _parseRoute(
             problem = f"the default balancer {chosen!r} is not installed"
         else:
             problem = f"unknown balancer {chosen!r}"
-        raise ConfigError(filename, problem + _installed(context), section, "balancer")
-    declared = context.balancers[chosen]
+        raise ConfigError(
+            filename, problem + _installed(context.balancers), section, "balancer"
+        )
+    balancerKeys = context.balancers[chosen]
+    health = dict(items).get("health", NO_HEALTH)
+    checkerKeys = context.checkers.get(health, ())
 
     def hint(key: str) -> str:
-        owners = sorted(n for n, keys in context.balancers.items() if key in keys)
-        if owners:
-            return f"; {key} is an option of balancer {', '.join(owners)}"
+        for kind, plugins in (
+            ("balancer", context.balancers),
+            ("health checker", context.checkers),
+        ):
+            owners = sorted(n for n, keys in plugins.items() if key in keys)
+            if owners:
+                return f"; {key} is an option of {kind} {', '.join(owners)}"
         return ""
 
-    values, options = _parseSection(
-        filename, section, ROUTE_KEYS, items, context, declared, hint
+    values, extra = _parseSection(
+        filename,
+        section,
+        ROUTE_KEYS,
+        items,
+        context,
+        (*balancerKeys, *checkerKeys),
+        hint,
     )
-    return RouteConfig(name=name, options=MappingProxyType(options), **values)
+    return RouteConfig(
+        name=name,
+        options=MappingProxyType({k: extra[k] for k in balancerKeys if k in extra}),
+        healthOptions=MappingProxyType(
+            {k: extra[k] for k in checkerKeys if k in extra}
+        ),
+        **values,
+    )
 
 
-def _installedBalancers(
-    balancers: Mapping[str, Sequence[str]] | None,
+def _installedPlugins(
+    plugins: Mapping[str, Sequence[str]] | None,
+    default: Mapping[str, tuple[str, ...]],
 ) -> Mapping[str, tuple[str, ...]]:
     """
-    @return: C{balancers} with each key list as a tuple of lower-case keys
-        (as configparser reads them), or L{DEFAULT_BALANCERS}.
+    @return: C{plugins} with each key list as a tuple of lower-case keys
+        (as configparser reads them), or C{default}.
     """
-    if balancers is None:
-        return DEFAULT_BALANCERS
+    if plugins is None:
+        return default
     result = {}
-    for name, keys in balancers.items():
+    for name, keys in plugins.items():
         if isinstance(keys, str):
             keys = (keys,)
         result[name] = tuple(k.lower() for k in keys)
@@ -830,7 +907,10 @@ def _installedBalancers(
 
 
 def parseConfig(
-    text: str, path: str, balancers: Mapping[str, Sequence[str]] | None = None
+    text: str,
+    path: str,
+    balancers: Mapping[str, Sequence[str]] | None = None,
+    checkers: Mapping[str, Sequence[str]] | None = None,
 ) -> RelayConfig:
     """
     Parse and check a configuration file's text.
@@ -840,12 +920,18 @@ def parseConfig(
         relative C{plugin_path} entries are relative to its directory.
     @param balancers: The installed balancer names and the route keys each
         declares, or L{None} for L{DEFAULT_BALANCERS}.
+    @param checkers: The same for health checkers, or L{None} for
+        L{DEFAULT_CHECKERS}.
 
     @return: The configuration.
     @raise ConfigError: When anything is wrong; nothing else is raised.
     """
     absolute = os.path.abspath(path)
-    context = _Context(os.path.dirname(absolute), _installedBalancers(balancers))
+    context = _Context(
+        os.path.dirname(absolute),
+        _installedPlugins(balancers, DEFAULT_BALANCERS),
+        _installedPlugins(checkers, DEFAULT_CHECKERS),
+    )
     parser = _readINI(text, path)
     relay: dict[str, Any] | None = None
     demo: DemoConfig | None = None
@@ -887,7 +973,9 @@ def parseConfig(
 
 
 def loadConfig(
-    path: str, balancers: Mapping[str, Sequence[str]] | None = None
+    path: str,
+    balancers: Mapping[str, Sequence[str]] | None = None,
+    checkers: Mapping[str, Sequence[str]] | None = None,
 ) -> RelayConfig:
     """
     Read, parse and check a configuration file.
@@ -895,6 +983,7 @@ def loadConfig(
     @param path: The file's path, as the user gave it (errors name it this
         way; L{RelayConfig.path} is made absolute).
     @param balancers: See L{parseConfig}.
+    @param checkers: See L{parseConfig}.
 
     @return: The configuration.
     @raise ConfigError: When the file cannot be read (missing, unreadable,
@@ -912,4 +1001,4 @@ def loadConfig(
         raise ConfigError(path, f"cannot read the file: {e.strerror or e}") from None
     except ValueError as e:
         raise ConfigError(path, f"cannot read the file: {e}") from None
-    return parseConfig(text, path, balancers)
+    return parseConfig(text, path, balancers, checkers)

@@ -22,11 +22,13 @@ from wsrelay.interfaces import IBackend
 
 if TYPE_CHECKING:
     from wsrelay.config import BackendConfig, RouteConfig
+    from wsrelay.health import HealthMonitor
     from wsrelay.interfaces import IBalancer
 
 
 UP = "up"
 DOWN = "down"
+ENABLED = "enabled"
 DRAINING = "draining"
 DISABLED = "disabled"
 
@@ -47,8 +49,16 @@ class Backend:
     """
     One backend of one route, with its run-time state.
 
-    @ivar state: L{UP}, L{DOWN}, L{DRAINING} or L{DISABLED}.
+    Two things decide whether it takes new connections: its health
+    (L{healthy}, kept by L{wsrelay.health.HealthMonitor}) and the
+    operator's choice (L{admin}).
+
+    @ivar healthy: Whether checks (active or passive) say it works.
+    @ivar admin: L{ENABLED}, L{DRAINING} or L{DISABLED}.
     @ivar connections: Connections open through the relay now.
+    @ivar failures: Failed connects, handshakes and checks, ever.
+    @ivar lastCheck: The last active check: its time, result and reason,
+        or L{None} before the first.
     """
 
     def __init__(self, config: BackendConfig) -> None:
@@ -58,17 +68,31 @@ class Backend:
         self.host = config.host
         self.port = config.port
         self.weight = config.weight
-        self.state = UP
+        self.healthy = True
+        self.admin = ENABLED
         self.connections = 0
         self.totalConnections = 0
         self.failures = 0
+        self.lastCheck: tuple[float, bool, str] | None = None
+        self.successesInRow = 0
+        self.failuresInRow = 0
+
+    @property
+    def state(self) -> str:
+        """
+        L{DISABLED} or L{DRAINING} when the operator said so, else L{UP} or
+        L{DOWN}.
+        """
+        if self.admin != ENABLED:
+            return self.admin
+        return UP if self.healthy else DOWN
 
     @property
     def available(self) -> bool:
         """
         Whether new connections may go to this backend.
         """
-        return self.state == UP
+        return self.healthy and self.admin == ENABLED
 
     def hostHeader(self) -> str:
         """
@@ -103,12 +127,14 @@ class ConnectionInfo:
 @dataclass(frozen=True)
 class Route:
     """
-    One route: its configuration, its backends and its balancer.
+    One route: its configuration, its backends, its balancer and the
+    monitor of its backends' health.
     """
 
     config: RouteConfig
     backends: tuple[Backend, ...]
     balancer: IBalancer
+    monitor: HealthMonitor
 
     @property
     def name(self) -> str:

@@ -14,9 +14,11 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
+from wsrelay.config import NO_HEALTH, ConfigError
 from wsrelay.frontend import FrontendFactory, FrontendProtocol
 from wsrelay.handshake import Head, endToEnd
-from wsrelay.plugins import balancerFactories
+from wsrelay.health import HealthMonitor
+from wsrelay.plugins import balancerFactories, healthCheckerFactories
 from wsrelay.routing import (
     Backend,
     Route,
@@ -48,6 +50,7 @@ class Listener(Service):
         self._factory = factory
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
+        self.failed = False
 
     def startService(self) -> None:
         """
@@ -64,14 +67,15 @@ class Listener(Service):
             return port
 
         def failed(f: Any) -> None:
+            self.failed = True
             self.log.critical(
                 "cannot listen on {description}: {error}",
                 description=self.description,
                 error=f.getErrorMessage(),
             )
             self.listening.errback(f)
-            if self._reactor.running:
-                self._reactor.stop()
+            # twistd starts services before the reactor runs.
+            self._reactor.callWhenRunning(self._reactor.stop)
 
         d.addCallbacks(listening, failed)
 
@@ -115,6 +119,7 @@ class RelayService(MultiService):
         self.config = config
         self.sessions: set[ProxySession] = set()
         self._balancers = balancerFactories()
+        self._checkers = healthCheckerFactories()
         self._trusted = [ipaddress.ip_network(n) for n in config.trustedProxies]
         self.routes = RouteTable(
             tuple(self._buildRoute(rc, None) for rc in config.routes)
@@ -145,8 +150,33 @@ class RelayService(MultiService):
                         b.host, b.port, b.config.secure, self.config.connectTimeout
                     ),
                 )
-        balancer = self._balancers[config.balancer].build(backends, config.options)
-        return Route(config, backends, balancer)
+        try:
+            balancer = self._balancers[config.balancer].build(backends, config.options)
+        except ValueError as e:
+            raise ConfigError(
+                self.config.path, f"{config.balancer}: {e}", config.section, "balancer"
+            ) from None
+        checker = None
+        if config.health != NO_HEALTH:
+            try:
+                checker = self._checkers[config.health].build(
+                    config.healthOptions, self._reactor
+                )
+            except ValueError as e:
+                raise ConfigError(
+                    self.config.path, f"{config.health}: {e}", config.section, "health"
+                ) from None
+        monitor = HealthMonitor(
+            config.name,
+            backends,
+            checker,
+            self.clock,
+            config.healthInterval,
+            config.healthTimeout,
+            config.rise,
+            config.fall,
+        )
+        return Route(config, backends, balancer, monitor)
 
     def startService(self) -> None:
         """
@@ -160,6 +190,8 @@ class RelayService(MultiService):
             nvx="on" if USES_NVX else "off",
         )
         super().startService()
+        for route in self.routes.routes:
+            route.monitor.start()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -167,6 +199,8 @@ class RelayService(MultiService):
         close handshakes (each bounded by C{close_timeout}).
         """
         stopped = super().stopService()
+        for route in self.routes.routes:
+            route.monitor.stop()
         sessions = list(self.sessions)
         for session in sessions:
             session.shutdown()
@@ -174,6 +208,13 @@ class RelayService(MultiService):
         d = DeferredList(waits, consumeErrors=True)
         d.addTimeout(self.config.closeTimeout * 2 + 1, self._reactor)
         return d.addBoth(lambda _: None)
+
+    @property
+    def startFailed(self) -> bool:
+        """
+        Whether a listener could not listen (the relay then stops).
+        """
+        return any(listener.failed for listener in self.listeners)
 
     def whenListening(self) -> Deferred[list[IListeningPort]]:
         """
@@ -222,13 +263,19 @@ class RelayService(MultiService):
         """
         A connection to C{backend} failed (passive health).
         """
-        backend.failures += 1
         self.log.warn(
             "route {route}: backend {backend} failed: {reason}",
             route=route.name,
             backend=backend.name,
             reason=reason,
         )
+        route.monitor.failed(backend, reason)
+
+    def backendConnected(self, route: Route, backend: Backend) -> None:
+        """
+        A connection to C{backend} opened (passive health).
+        """
+        route.monitor.succeeded(backend)
 
     def backendAnswered(self, route: Route, backend: Backend, status: int) -> None:
         """

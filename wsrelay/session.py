@@ -236,6 +236,7 @@ class ProxySession:
                 timedOut = isinstance(e, UpstreamTimeout)
                 relay.backendFailed(self.route, backend, str(e))
                 continue
+            relay.backendConnected(self.route, backend)
             return backend, up
         if not tried:
             raise Refused(503, "Service Unavailable", body=b"no backend available\n")

@@ -1,0 +1,476 @@
+# -*- test-case-name: tests.test_health -*-
+"""
+Health checking: the built-in checkers and the monitor that turns check
+results and failed connections into each backend's up or down state.
+
+As in HAProxy, a backend goes down after C{fall} failures in a row and
+comes back up after C{rise} successful checks in a row.  Failed connects
+and handshakes of real clients count as failures too (passive checks), so
+a dead backend stops getting clients before the next check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from wsrelay.interfaces import IBackend, IHealthChecker, IHealthCheckerFactory
+from wsrelay.routing import endpointDescription
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+    from wsrelay.routing import Backend
+
+#: Result of one check: healthy or not, and why.
+Result = tuple[bool, str]
+
+#: A connect of a check gives up after this long, unless cancelled first
+#: by the route's C{health_timeout} (which is what normally happens).
+CONNECT_LIMIT = 60
+
+
+@implementer(IPlugin, IHealthCheckerFactory)
+@dataclass(frozen=True)
+class CheckerFactory:
+    """
+    A health-checker plugin made from a class whose constructor takes the
+    route's options and the reactor.
+    """
+
+    name: str
+    description: str
+    checkerClass: Any
+    options: tuple[str, ...] = ()
+
+    def build(self, options: Mapping[str, str], reactor: Any) -> IHealthChecker:
+        """
+        Make a checker for one route.
+        """
+        checker: IHealthChecker = self.checkerClass(options, reactor)
+        return checker
+
+
+def _passCancel(f: Failure) -> Result:
+    """
+    Turn a failed check into an unhealthy result, but let a cancellation
+    through so that the monitor can report it as a timeout.
+    """
+    if f.check(CancelledError):
+        f.raiseException()
+    return (False, f.getErrorMessage())
+
+
+def _secure(backend: IBackend) -> bool:
+    return str(backend.url).startswith("wss:")
+
+
+def _target(backend: IBackend, options: Mapping[str, str]) -> tuple[str, str]:
+    """
+    @return: The path (with query) a check asks for (C{health_path} or
+        the backend URL's own) and the backend URL's scheme-less netloc.
+    """
+    parts = urlsplit(str(backend.url))
+    path = options.get("health_path")
+    if path is None:
+        path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    elif not path.startswith("/"):
+        raise ValueError(f"health_path must start with '/', got {path!r}")
+    return path, parts.netloc
+
+
+@implementer(IHealthChecker)
+class TCPChecker:
+    """
+    Healthy when a TCP connection to the backend opens.
+    """
+
+    def __init__(self, options: Mapping[str, str], reactor: Any) -> None:
+        self._reactor = reactor
+
+    def check(self, backend: IBackend) -> Deferred[Result]:
+        """
+        Connect, and close at once.
+        """
+        endpoint = clientFromString(
+            self._reactor,
+            endpointDescription(backend.host, backend.port, False, CONNECT_LIMIT),
+        )
+
+        def connected(protocol: Protocol) -> Result:
+            assert protocol.transport is not None
+            protocol.transport.loseConnection()
+            return (True, "connected")
+
+        d: Deferred[Result] = connectProtocol(endpoint, Protocol()).addCallback(
+            connected
+        )
+        return d.addErrback(_passCancel)
+
+
+class _Probe(WebSocketClientProtocol):
+    """
+    Completes an opening handshake, then closes with 1000.
+    """
+
+    factory: _ProbeFactory
+
+    def onOpen(self) -> None:
+        self.factory.opened = True
+        self.sendClose(1000)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        done = self.factory.done
+        if done.called:
+            return
+        if not self.factory.opened:
+            why = self.wasNotCleanReason or "connection closed"
+            done.callback((False, f"handshake failed: {why}"))
+        elif not wasClean:
+            done.callback((False, "opened, but did not close cleanly"))
+        else:
+            done.callback((True, "handshake completed"))
+
+
+class _ProbeFactory(WebSocketClientFactory):
+    protocol = _Probe  # type: ignore[assignment]
+
+    def __init__(self, url: str, done: Deferred[Result]) -> None:
+        super().__init__(url)
+        self.done = done
+        self.opened = False
+        # The monitor times the whole check; Autobahn's own timers use the
+        # global txaio loop, not the monitor's clock.
+        self.setProtocolOptions(
+            openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0
+        )
+
+
+@implementer(IHealthChecker)
+class WebSocketChecker:
+    """
+    Healthy when the backend completes an opening handshake on
+    C{health_path} (the backend URL's path by default) and then a clean
+    close.
+    """
+
+    def __init__(self, options: Mapping[str, str], reactor: Any) -> None:
+        self._reactor = reactor
+        self._options = dict(options)
+        _target(_Example, self._options)
+
+    def check(self, backend: IBackend) -> Deferred[Result]:
+        """
+        Open a WebSocket connection and close it.
+        """
+        path, netloc = _target(backend, self._options)
+        scheme = "wss" if _secure(backend) else "ws"
+        probe: _Probe | None = None
+
+        def cancel(d: Deferred[Result]) -> None:
+            connecting.cancel()
+            if probe is not None and probe.transport is not None:
+                probe.transport.abortConnection()  # type: ignore[attr-defined]
+
+        def connected(p: _Probe) -> None:
+            nonlocal probe
+            probe = p
+
+        def failed(f: Failure) -> None:
+            if not done.called and not f.check(CancelledError):
+                done.callback((False, f"connect failed: {f.getErrorMessage()}"))
+
+        done: Deferred[Result] = Deferred(cancel)
+        factory = _ProbeFactory(f"{scheme}://{netloc}{path}", done)
+        endpoint = clientFromString(
+            self._reactor,
+            endpointDescription(
+                backend.host, backend.port, _secure(backend), CONNECT_LIMIT
+            ),
+        )
+        connecting = endpoint.connect(factory)
+        connecting.addCallbacks(connected, failed)
+        return done
+
+
+def parseStatuses(text: str) -> tuple[tuple[int, int], ...]:
+    """
+    Parse C{health_status}: statuses and ranges, as C{"200"},
+    C{"200-399"} or C{"200 204 301-302"}.
+
+    @return: Inclusive ranges.
+    @raise ValueError: When C{text} is not of that form.
+    """
+    ranges = []
+    for item in text.replace(",", " ").split():
+        m = re.fullmatch(r"([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?", item)
+        if m is None or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise ValueError(
+                "health_status must be HTTP statuses or ranges such as"
+                f" '200' or '200-399', got {text!r}"
+            )
+        ranges.append((int(m.group(1)), int(m.group(2) or m.group(1))))
+    if not ranges:
+        raise ValueError("health_status is empty")
+    return tuple(ranges)
+
+
+@implementer(IHealthChecker)
+class HTTPChecker:
+    """
+    Healthy when a plain C{GET} of C{health_path} answers with a status in
+    C{health_status} (200 by default).
+    """
+
+    def __init__(self, options: Mapping[str, str], reactor: Any) -> None:
+        self._options = dict(options)
+        _target(_Example, self._options)
+        self._statuses = parseStatuses(options.get("health_status", "200"))
+        self._agent = Agent(reactor, connectTimeout=CONNECT_LIMIT)
+
+    def check(self, backend: IBackend) -> Deferred[Result]:
+        """
+        Ask for the health path, and read the whole answer.
+        """
+        path, netloc = _target(backend, self._options)
+        scheme = "https" if _secure(backend) else "http"
+        url = f"{scheme}://{netloc}{path}".encode("ascii")
+        headers = Headers({b"User-Agent": [b"wsrelay-health-check"]})
+        d: Deferred[Any] = self._agent.request(b"GET", url, headers)
+
+        def answered(response: Any) -> Deferred[Result]:
+            ok = any(lo <= response.code <= hi for lo, hi in self._statuses)
+            result = (ok, f"HTTP {response.code}")
+            body = _Discard()
+            response.deliverBody(body)
+            return body.done.addCallback(lambda _: result)
+
+        result: Deferred[Result] = d.addCallback(answered)
+        return result.addErrback(_passCancel)
+
+
+class _Discard(Protocol):
+    """
+    Reads a response body to its end and forgets it.
+
+    @ivar done: Fires when the body has been read; cancelling it closes
+        the connection.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred(lambda d: self._stop())
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class _ExampleBackend:
+    """
+    Stands for a backend when a checker checks its options at build time.
+    """
+
+    url = "ws://example.invalid/"
+
+
+_Example: Any = _ExampleBackend()
+
+
+tcp = CheckerFactory("tcp", "a TCP connection opens", TCPChecker)
+websocket = CheckerFactory(
+    "websocket",
+    "a WebSocket handshake on health_path completes and closes cleanly",
+    WebSocketChecker,
+    ("health_path",),
+)
+http = CheckerFactory(
+    "http",
+    "GET health_path answers with a status in health_status",
+    HTTPChecker,
+    ("health_path", "health_status"),
+)
+
+
+class HealthMonitor:
+    """
+    Keeps the health of one route's backends from active checks and from
+    what real connections show.
+
+    Without a checker (C{health = none}) a backend that fails C{fall}
+    times in a row is taken out for C{health_interval} seconds, then
+    given one more chance, as nginx's C{max_fails} and C{fail_timeout}
+    do.
+
+    @ivar checker: The route's L{IHealthChecker}, or L{None}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        routeName: str,
+        backends: Sequence[Backend],
+        checker: IHealthChecker | None,
+        clock: IReactorTime,
+        interval: float,
+        timeout: float,
+        rise: int,
+        fall: int,
+    ) -> None:
+        self.routeName = routeName
+        self.backends = tuple(backends)
+        self.checker = checker
+        self._clock = clock
+        self._interval = interval
+        self._timeout = timeout
+        self._rise = rise
+        self._fall = fall
+        self._loops: list[LoopingCall] = []
+        self._checking: dict[Backend, Deferred[None]] = {}
+        self._revivals: dict[Backend, IDelayedCall] = {}
+
+    def start(self) -> None:
+        """
+        Check every backend now, and every C{interval} after each check
+        finishes.
+        """
+        if self.checker is None:
+            return
+        for backend in self.backends:
+            loop = LoopingCall(self.check, backend)
+            loop.clock = self._clock
+            self._loops.append(loop)
+            loop.start(self._interval, now=True)
+
+    def stop(self) -> None:
+        """
+        Stop checking, and cancel checks in flight.
+        """
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            if loop.running:
+                loop.stop()
+        for d in list(self._checking.values()):
+            d.cancel()
+        revivals, self._revivals = self._revivals, {}
+        for call in revivals.values():
+            if call.active():
+                call.cancel()
+
+    def check(self, backend: Backend) -> Deferred[None]:
+        """
+        Check one backend once, within C{health_timeout}.
+
+        @return: A L{Deferred} that fires (never fails) when the result is
+            recorded.
+        """
+        assert self.checker is not None
+        try:
+            d: Deferred[Result] = self.checker.check(backend)
+        except Exception as e:
+            d = Deferred()
+            d.callback((False, f"checker raised {e!r}"))
+        d.addTimeout(self._timeout, self._clock)
+
+        def failed(f: Failure) -> Result | None:
+            if f.check(TimeoutError):
+                return (False, f"no answer within {self._timeout:g}s")
+            if f.check(CancelledError):
+                return None
+            return (False, f.getErrorMessage())
+
+        def record(result: Result | None) -> None:
+            self._checking.pop(backend, None)
+            if result is None:
+                # Stopped.
+                return
+            healthy, reason = result
+            backend.lastCheck = (self._clock.seconds(), bool(healthy), str(reason))
+            self._record(backend, bool(healthy), str(reason))
+
+        done = d.addErrback(failed).addCallback(record)
+        if not done.called:
+            self._checking[backend] = done
+        return done
+
+    def failed(self, backend: Backend, reason: str) -> None:
+        """
+        A real connection to C{backend} failed (a passive check).
+        """
+        self._record(backend, False, reason)
+
+    def succeeded(self, backend: Backend) -> None:
+        """
+        A real connection to C{backend} opened: its run of failures ends.
+        """
+        if backend.healthy:
+            backend.failuresInRow = 0
+
+    def _record(self, backend: Backend, healthy: bool, reason: str) -> None:
+        """
+        Count a result, and turn the backend up or down when a run is long
+        enough.
+        """
+        if healthy:
+            backend.failuresInRow = 0
+            backend.successesInRow += 1
+            if not backend.healthy and backend.successesInRow >= self._rise:
+                backend.healthy = True
+                self.log.info(
+                    "route {route}: backend {backend} is up: {reason}",
+                    route=self.routeName,
+                    backend=backend.name,
+                    reason=reason,
+                )
+            return
+        backend.failures += 1
+        backend.successesInRow = 0
+        backend.failuresInRow += 1
+        if backend.healthy and backend.failuresInRow >= self._fall:
+            backend.healthy = False
+            self.log.warn(
+                "route {route}: backend {backend} is down after {count} failures"
+                " in a row: {reason}",
+                route=self.routeName,
+                backend=backend.name,
+                count=backend.failuresInRow,
+                reason=reason,
+            )
+            if self.checker is None:
+                self._revivals[backend] = self._clock.callLater(
+                    self._interval, self._revive, backend
+                )
+
+    def _revive(self, backend: Backend) -> None:
+        """
+        Without active checks: give a backend that was taken out one more
+        chance (one more failure takes it out again).
+        """
+        self._revivals.pop(backend, None)
+        backend.healthy = True
+        backend.successesInRow = 0
+        backend.failuresInRow = self._fall - 1
+        self.log.info(
+            "route {route}: backend {backend} is tried again",
+            route=self.routeName,
+            backend=backend.name,
+        )
