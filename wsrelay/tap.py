@@ -7,13 +7,26 @@ from __future__ import annotations
 
 import configparser
 import os
-from typing import Any
+import signal
+import sys
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from wsrelay.config import ConfigError, RelayConfig, loadConfig
-from wsrelay.plugins import PluginError, balancerFactories, extendPluginPath
+
+if TYPE_CHECKING:
+    from wsrelay.service import RelayService
+
+from wsrelay.plugins import (
+    PluginError,
+    balancerFactories,
+    extendPluginPath,
+    healthCheckerFactories,
+)
 
 
 def readConfig(path: str) -> RelayConfig:
@@ -26,8 +39,11 @@ def readConfig(path: str) -> RelayConfig:
     @raise PluginError: When an installed plugin is broken.
     """
     extendPluginPath(_pluginPath(path))
-    factories = balancerFactories()
-    return loadConfig(path, {name: tuple(f.options) for name, f in factories.items()})
+    return loadConfig(
+        path,
+        {name: tuple(f.options) for name, f in balancerFactories().items()},
+        {name: tuple(f.options) for name, f in healthCheckerFactories().items()},
+    )
 
 
 def _pluginPath(path: str) -> list[str]:
@@ -61,22 +77,66 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Read and check the configuration now, so that an error is one line
-        and twistd exits non-zero before it starts anything.
+        Read and check the configuration now, and build the relay (which
+        builds each route's plugins, checking their options), so that an
+        error is one line and twistd exits non-zero before it starts
+        anything.
         """
+        from wsrelay.service import RelayService
+
         path = os.path.abspath(self["config"])
         try:
             self["relayConfig"] = readConfig(path)
+            self["relay"] = RelayService(self["relayConfig"])
         except (ConfigError, PluginError) as e:
             raise usage.UsageError(str(e)) from None
+
+
+class ProcessControl(Service):
+    """
+    The process's exit status: 0 after SIGTERM, 1 when the relay could
+    not start.
+
+    The reactor stops on SIGTERM either way, and the relay's
+    C{stopService} closes every connection with 1001 first; but twistd then
+    raises the signal again, so the process would die of it (status -15),
+    which service managers report as a failure.  And a listener that cannot
+    listen stops the reactor, after which twistd would exit with 0.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, relay: RelayService) -> None:
+        self._reactor = reactor
+        self._relay = relay
+
+    def startService(self) -> None:
+        """
+        Take over SIGTERM once the reactor has installed its own handlers.
+        """
+        super().startService()
+        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._stop)
+        self._reactor.addSystemEventTrigger("after", "shutdown", self._exit)
+
+    def _stop(self, number: int, frame: FrameType | None) -> None:
+        self.log.info("SIGTERM: closing connections and stopping")
+        self._reactor.callFromThread(self._reactor.stop)
+
+    def _exit(self) -> None:
+        if self._relay.startFailed:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def makeService(options: Any) -> IService:
     """
     Make the relay service for C{twistd}.
     """
-    from wsrelay.service import RelayService
+    from twisted.internet import reactor
 
     top = MultiService()
-    RelayService(options["relayConfig"]).setServiceParent(top)
+    relay = options["relay"]
+    relay.setServiceParent(top)
+    ProcessControl(reactor, relay).setServiceParent(top)
     return top
