@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from wsrelay.config import (
     DEFAULT_BALANCERS,
+    FANOUT_KEYS,
     KEYS,
     REQUIRED,
     SECTION_KEYS,
@@ -80,6 +81,8 @@ def withKey(kind: str, key: str, value: str) -> dict[str, dict[str, str]]:
         "demo": {},
     }
     sections["route:echo" if kind == "route" else kind][key] = value
+    if kind == "route" and key in FANOUT_KEYS:
+        sections["route:echo"]["mode"] = "fanout"
     return sections
 
 
@@ -253,12 +256,34 @@ plugin_path = plugins
 [route:chat.v2-x]
 path = /chat/
 host = Chat.Example.COM
-mode = fanout
+mode = proxy
 backends = ws://a:1/x name=a weight=3
   wss://b/y?z=1
 balancer = first
 failover = reconnect
 failover_buffer = 0
+health = http
+health_interval = 5
+health_timeout = 1.5
+rise = 4
+fall = 1
+health_path = /up
+
+[route:feed]
+path = /feed
+mode = fanout
+backends = ws://f:1/
+channel = path
+replay = 3
+client_messages = forward
+max_client_buffer = 4096
+slow_client = close
+connect = lazy
+linger = 0
+subscribe = {"op": "sub"}
+    hello
+backoff_base = 0.1
+backoff_cap = 2
 
 [demo]
 echo = tcp:9001
@@ -291,11 +316,50 @@ ticker_interval = 1
             config.trustedProxies, ("10.0.0.0/8", "127.0.0.1/32", "::1/128")
         )
         self.assertEqual(config.pluginPath, (os.path.join(directory, "plugins"),))
-        [route] = config.routes
+        route, feed = config.routes
         self.assertEqual(route.name, "chat.v2-x")
         self.assertEqual(route.path, "/chat")
         self.assertEqual(route.host, "chat.example.com")
-        self.assertEqual(route.mode, "fanout")
+        self.assertEqual(route.mode, "proxy")
+        self.assertEqual(
+            (
+                route.health,
+                route.healthInterval,
+                route.healthTimeout,
+                route.rise,
+                route.fall,
+                dict(route.healthOptions),
+            ),
+            ("http", 5.0, 1.5, 4, 1, {"health_path": "/up"}),
+        )
+        self.assertEqual(
+            (
+                feed.mode,
+                feed.channel,
+                feed.replay,
+                feed.clientMessages,
+                feed.maxClientBuffer,
+                feed.slowClient,
+                feed.connect,
+                feed.linger,
+                feed.subscribe,
+                feed.backoffBase,
+                feed.backoffCap,
+            ),
+            (
+                "fanout",
+                "path",
+                3,
+                "forward",
+                4096,
+                "close",
+                "lazy",
+                0.0,
+                ('{"op": "sub"}', "hello"),
+                0.1,
+                2.0,
+            ),
+        )
         self.assertEqual(
             route.backends,
             (
@@ -418,6 +482,16 @@ class BadValueTests(SynchronousTestCase):
         ("route", "balancer"): ["foo", "RoundRobin", ""],
         ("route", "failover"): ["retry", "Close"],
         ("route", "failover_buffer"): ["-1", "x", "1.0"],
+        ("route", "channel"): ["Route", "host", ""],
+        ("route", "replay"): ["-1", "x", "1.5"],
+        ("route", "client_messages"): ["echo", ""],
+        ("route", "max_client_buffer"): ["-1", "1k"],
+        ("route", "slow_client"): ["wait", ""],
+        ("route", "connect"): ["now", ""],
+        ("route", "linger"): ["-1", "x"],
+        ("route", "subscribe"): [],
+        ("route", "backoff_base"): ["0", "x"],
+        ("route", "backoff_cap"): ["0", "-1"],
         ("route", "health"): ["ping", "None", ""],
         ("route", "health_interval"): ["0", "-1", "x"],
         ("route", "health_timeout"): ["0", "1s"],
@@ -954,6 +1028,30 @@ class PluginKeyTests(SynchronousTestCase):
             ConfigError, parse, ini(sections), {"odd": ("path",), "round_robin": ()}
         )
         self.assertEqual(e.key, "path")
+
+    def test_modeKeys(self) -> None:
+        """
+        Fan-out keys in a proxy route, and proxy keys in a fan-out route,
+        are errors naming the key and the mode it belongs to.
+        """
+        sections = withKey("route", "failover", "close")
+        sections["route:echo"]["mode"] = "fanout"
+        e = self.assertRaises(ConfigError, parse, ini(sections))
+        self.assertEqual(e.key, "failover")
+        sections["route:echo"]["mode"] = "proxy"
+        sections["route:echo"]["replay"] = "1"
+        e = self.assertRaises(ConfigError, parse, ini(sections))
+        self.assertEqual(e.key, "replay")
+        self.assertIn("only used with mode = fanout", str(e))
+
+    def test_backoffOrder(self) -> None:
+        """
+        C{backoff_cap} is not less than C{backoff_base}.
+        """
+        sections = withKey("route", "backoff_base", "5")
+        sections["route:echo"]["backoff_cap"] = "1"
+        e = self.assertRaises(ConfigError, parse, ini(sections))
+        self.assertEqual(e.key, "backoff_cap")
 
     def test_defaultBalancers(self) -> None:
         """

@@ -276,6 +276,21 @@ class RouteConfig:
         reconnecting to another backend.
     @ivar options: The values of the keys the balancer plugin declares, as
         written (read only; not part of the hash).
+    @ivar channel: Fan-out: C{"route"} (one upstream for the route) or
+        C{"path"} (one per client path and query under the prefix).
+    @ivar replay: Fan-out: messages sent to a client when it joins.
+    @ivar clientMessages: Fan-out: C{"drop"} or C{"forward"} upstream.
+    @ivar maxClientBuffer: Fan-out: bytes queued for one client before
+        L{slowClient} applies.
+    @ivar slowClient: Fan-out: C{"drop"} (skip messages) or C{"close"}.
+    @ivar connect: Fan-out: C{"eager"} (at start) or C{"lazy"} (at the
+        first client).
+    @ivar linger: Fan-out: seconds a lazy channel's upstream stays open
+        after its last client left.
+    @ivar subscribe: Fan-out: text messages sent upstream on every
+        connect, in order.
+    @ivar backoffBase: Fan-out: the first delay before reconnecting.
+    @ivar backoffCap: Fan-out: the longest delay before reconnecting.
     @ivar health: The name of the health-checker plugin, or L{NO_HEALTH}.
     @ivar healthInterval: Seconds between two checks of a backend.
     @ivar healthTimeout: Seconds before a check counts as failed.
@@ -296,6 +311,16 @@ class RouteConfig:
     options: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    channel: str = "route"
+    replay: int = 0
+    clientMessages: str = "drop"
+    maxClientBuffer: int = 1048576
+    slowClient: str = "drop"
+    connect: str = "eager"
+    linger: float = 30.0
+    subscribe: tuple[str, ...] = ()
+    backoffBase: float = 0.5
+    backoffCap: float = 30.0
     health: str = NO_HEALTH
     healthInterval: float = 2.0
     healthTimeout: float = 2.0
@@ -580,6 +605,10 @@ def _parseBalancer(value: str, context: _Context) -> str:
     return value
 
 
+def _parseLines(value: str, context: _Context) -> tuple[str, ...]:
+    return tuple(line.strip() for line in value.splitlines() if line.strip())
+
+
 def _parseHealth(value: str, context: _Context) -> str:
     if value != NO_HEALTH and value not in context.checkers:
         raise _BadValue(
@@ -699,6 +728,26 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "When the backend goes away: close the client, or reconnect."),
     ("failover_buffer",   "bytes",       _wholeNumber(0),
      "Client message bytes buffered while reconnecting."),
+    ("channel",           "choice",      _choice("route", "path"),
+     "Fan-out: one upstream for the route, or one per client path."),
+    ("replay",            "number",      _wholeNumber(0, "messages"),
+     "Fan-out: the last messages sent to a client as it joins."),
+    ("client_messages",   "choice",      _choice("drop", "forward"),
+     "Fan-out: drop client messages, or forward them to the source."),
+    ("max_client_buffer", "bytes",       _wholeNumber(0),
+     "Fan-out: bytes queued for one slow client before slow_client applies."),
+    ("slow_client",       "choice",      _choice("drop", "close"),
+     "Fan-out: skip messages for a slow client, or close it with 1013."),
+    ("connect",           "choice",      _choice("eager", "lazy"),
+     "Fan-out: connect to the source at start, or at the first client."),
+    ("linger",            "seconds",     _seconds(True),
+     "Fan-out: time a lazy upstream stays open after its last client."),
+    ("subscribe",         "lines",       _parseLines,
+     "Fan-out: text messages sent to the source on every connect."),
+    ("backoff_base",      "seconds",     _seconds(False),
+     "Fan-out: first delay before reconnecting to the source."),
+    ("backoff_cap",       "seconds",     _seconds(False),
+     "Fan-out: longest delay before reconnecting to the source."),
     ("health",            "name",        _parseHealth,
      "Health-checker plugin (tcp, websocket, http) or none: no checks."),
     ("health_interval",   "seconds",     _seconds(False),
@@ -710,6 +759,18 @@ ROUTE_KEYS = _keys(RouteConfig, [
     ("fall",              "count",       _wholeNumber(1, "failures"),
      "Failed checks or connects in a row that take a backend down."),
 ])
+
+FANOUT_KEYS = frozenset(
+    k.key for k in ROUTE_KEYS if k.doc.startswith("Fan-out:")
+)
+"""
+The route keys that only a fan-out route takes.
+"""
+
+PROXY_KEYS = frozenset(("failover", "failover_buffer"))
+"""
+The route keys that only a proxy route takes.
+"""
 
 DEMO_KEYS = _keys(DemoConfig, [
     ("echo",              "endpoint",    _parseEndpoint,
@@ -878,6 +939,18 @@ def _parseRoute(
         (*balancerKeys, *checkerKeys),
         hint,
     )
+    fanout = values.get("mode") == "fanout"
+    for key, _ in items:
+        if key in (PROXY_KEYS if fanout else FANOUT_KEYS):
+            mode = "proxy" if fanout else "fanout"
+            raise ConfigError(filename, f"only used with mode = {mode}", section, key)
+    if values.get("backoffCap", 30.0) < values.get("backoffBase", 0.5):
+        raise ConfigError(
+            filename,
+            "backoff_cap must not be less than backoff_base",
+            section,
+            "backoff_cap",
+        )
     return RouteConfig(
         name=name,
         options=MappingProxyType({k: extra[k] for k in balancerKeys if k in extra}),

@@ -10,7 +10,7 @@ screens it: head size (431), syntax (400), C{GET /healthz}, the route
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -25,7 +25,18 @@ from wsrelay.legs import RelayLeg
 if TYPE_CHECKING:
     from wsrelay.routing import Route
     from wsrelay.service import RelayService
-    from wsrelay.session import ProxySession
+
+
+class ClientSession(Protocol):
+    """
+    What the relay pairs a client connection with: a proxy session or a
+    fan-out channel membership.
+    """
+
+    def clientOpened(self) -> None:
+        """
+        The client got its 101.
+        """
 
 
 class Refused(ConnectionDeny):
@@ -62,7 +73,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     """
 
     factory: FrontendFactory
-    session: ProxySession | None = None
+    session: ClientSession | None = None
     head: Head | None = None
     route: Route | None = None
     remainder = ""

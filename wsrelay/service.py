@@ -7,6 +7,7 @@ them.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
@@ -15,19 +16,28 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from wsrelay.config import NO_HEALTH, ConfigError
-from wsrelay.frontend import FrontendFactory, FrontendProtocol
+from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
+from wsrelay.frontend import FrontendFactory, FrontendProtocol, Refused
 from wsrelay.handshake import Head, endToEnd
 from wsrelay.health import HealthMonitor
 from wsrelay.plugins import balancerFactories, healthCheckerFactories
 from wsrelay.routing import (
     Backend,
+    ConnectionInfo,
     Route,
     RouteTable,
     buildBackends,
     endpointDescription,
 )
 from wsrelay.session import ProxySession
-from wsrelay.upstream import UpstreamFactory, UpstreamProtocol, connectUpstream
+from wsrelay.upstream import (
+    UpstreamError,
+    UpstreamFactory,
+    UpstreamProtocol,
+    UpstreamRefused,
+    UpstreamTimeout,
+    connectUpstream,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
@@ -97,6 +107,7 @@ class RelayService(MultiService):
     @ivar config: The configuration in force.
     @ivar routes: The routes in force.
     @ivar sessions: The sessions now open.
+    @ivar channels: The fan-out channels, by route name and key.
     """
 
     log = Logger()
@@ -117,7 +128,8 @@ class RelayService(MultiService):
         self._reactor = reactor
         self.clock = reactor if clock is None else clock
         self.config = config
-        self.sessions: set[ProxySession] = set()
+        self.sessions: set[ProxySession | FanoutSession] = set()
+        self.channels: dict[tuple[str, str], Channel] = {}
         self._balancers = balancerFactories()
         self._checkers = healthCheckerFactories()
         self._trusted = [ipaddress.ip_network(n) for n in config.trustedProxies]
@@ -192,6 +204,11 @@ class RelayService(MultiService):
         super().startService()
         for route in self.routes.routes:
             route.monitor.start()
+            config = route.config
+            if config.mode == "fanout" and config.channel == "route":
+                channel = self.channel(route, "")
+                if config.connect == "eager" and channel.state == IDLE:
+                    channel.start()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -204,7 +221,9 @@ class RelayService(MultiService):
         sessions = list(self.sessions)
         for session in sessions:
             session.shutdown()
-        waits = [stopped, *(s.done for s in sessions)]
+        channels = list(self.channels.values())
+        self.channels.clear()
+        waits = [stopped, *(s.done for s in sessions), *(c.stop() for c in channels)]
         d = DeferredList(waits, consumeErrors=True)
         d.addTimeout(self.config.closeTimeout * 2 + 1, self._reactor)
         return d.addBoth(lambda _: None)
@@ -231,33 +250,118 @@ class RelayService(MultiService):
         """
         Pair a client whose handshake is valid with an upstream.
         """
-        session = ProxySession(self, route, frontend)
+        session: ProxySession | FanoutSession
+        if route.config.mode == "fanout":
+            key = channelKey(route, frontend.remainder, frontend.query)
+            session = FanoutSession(self, self.channel(route, key), frontend)
+        else:
+            session = ProxySession(self, route, frontend)
         self.sessions.add(session)
         return session.open()
 
-    def sessionEnded(self, session: ProxySession) -> None:
+    def sessionEnded(self, session: ProxySession | FanoutSession) -> None:
         """
         Forget a session whose connections are gone.
         """
         self.sessions.discard(session)
 
-    def connectBackend(
-        self, session: ProxySession, backend: Backend, timeout: float
-    ) -> Deferred[UpstreamProtocol]:
+    def channel(self, route: Route, key: str) -> Channel:
         """
-        Open an upstream to C{backend} for C{session}.
+        @return: The fan-out channel C{key} of C{route}, made if need be.
         """
-        resource, headers = session.upstreamRequest(backend)
-        return connectUpstream(
-            self.clock,
-            backend.endpoint,  # type: ignore[attr-defined]
-            backend.factory,  # type: ignore[attr-defined]
-            resource,
-            backend.hostHeader(),
-            headers,
-            tuple(session.frontend.websocket_protocols),
-            timeout,
-        )
+        channel = self.channels.get((route.name, key))
+        if channel is None:
+            channel = Channel(self, route, key)
+            self.channels[(route.name, key)] = channel
+        return channel
+
+    def channelEnded(self, channel: Channel) -> None:
+        """
+        Forget a channel that closed for want of clients.
+        """
+        if self.channels.get((channel.route.name, channel.key)) is channel:
+            del self.channels[(channel.route.name, channel.key)]
+
+    def _candidates(
+        self,
+        route: Route,
+        info: ConnectionInfo,
+        tried: list[Backend],
+        avoid: Backend | None,
+    ) -> Iterator[Backend]:
+        """
+        Pick backends of C{route} one after the other, each at most once,
+        C{avoid} only when no other is left.
+        """
+        while True:
+            candidates = [b for b in route.candidates() if b not in tried]
+            if avoid is not None and len(candidates) > 1 and avoid in candidates:
+                candidates.remove(avoid)
+            if not candidates:
+                return
+            backend = route.balancer.pick(candidates, info)
+            if backend is None:
+                return
+            tried.append(backend)
+            yield backend
+
+    async def openUpstream(
+        self,
+        route: Route,
+        info: ConnectionInfo,
+        request: Callable[[Backend], tuple[str, list[tuple[str, str]]]],
+        offered: tuple[str, ...],
+        avoid: Backend | None,
+        deadline: float,
+    ) -> tuple[Backend, UpstreamProtocol]:
+        """
+        Open an upstream to a backend of C{route}: try the candidates the
+        balancer picks, each within C{connect_timeout}, until one accepts
+        or C{deadline} (on the relay's clock) passes.
+
+        @param info: What the balancer may know of the connection.
+        @param request: Gives the request target and header fields for a
+            backend.
+        @param offered: The subprotocols offered.
+        @param avoid: A backend to try last (the one just lost).
+
+        @raise Refused: 503 when no backend is available, 502 when none
+            could be reached, 504 when the time ran out; a backend's own
+            refusal is relayed as it came.
+        """
+        tried: list[Backend] = []
+        timedOut = False
+        for backend in self._candidates(route, info, tried, avoid):
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                timedOut = True
+                break
+            resource, headers = request(backend)
+            try:
+                up = await connectUpstream(
+                    self.clock,
+                    backend.endpoint,  # type: ignore[attr-defined]
+                    backend.factory,  # type: ignore[attr-defined]
+                    resource,
+                    backend.hostHeader(),
+                    headers,
+                    offered,
+                    min(self.config.connectTimeout, remaining),
+                )
+            except UpstreamRefused as e:
+                self.backendAnswered(route, backend, e.status)
+                raise
+            except UpstreamError as e:
+                timedOut = isinstance(e, UpstreamTimeout)
+                self.backendFailed(route, backend, str(e))
+                continue
+            route.monitor.succeeded(backend)
+            return backend, up
+        if not tried:
+            raise Refused(503, "Service Unavailable", body=b"no backend available\n")
+        if timedOut:
+            raise Refused(504, "Gateway Timeout", body=b"backend timed out\n")
+        raise Refused(502, "Bad Gateway", body=b"no backend reachable\n")
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
         """
@@ -270,12 +374,6 @@ class RelayService(MultiService):
             reason=reason,
         )
         route.monitor.failed(backend, reason)
-
-    def backendConnected(self, route: Route, backend: Backend) -> None:
-        """
-        A connection to C{backend} opened (passive health).
-        """
-        route.monitor.succeeded(backend)
 
     def backendAnswered(self, route: Route, backend: Backend, status: int) -> None:
         """

@@ -11,7 +11,6 @@ buffering what the client sends meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,12 +21,7 @@ from twisted.python.failure import Failure
 from wsrelay.frontend import Refused
 from wsrelay.legs import OPEN, RelayLeg, TransportPauser
 from wsrelay.routing import Backend, ConnectionInfo, Route
-from wsrelay.upstream import (
-    UpstreamError,
-    UpstreamProtocol,
-    UpstreamRefused,
-    UpstreamTimeout,
-)
+from wsrelay.upstream import UpstreamProtocol, UpstreamRefused
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -187,62 +181,19 @@ class ProxySession:
             cookies,
         )
 
-    def _candidates(
-        self, tried: list[Backend], avoid: Backend | None
-    ) -> Iterator[Backend]:
-        """
-        Pick backends one after the other, each at most once.
-        """
-        info = self.connectionInfo()
-        while True:
-            candidates = [b for b in self.route.candidates() if b not in tried]
-            if avoid is not None and len(candidates) > 1 and avoid in candidates:
-                candidates.remove(avoid)
-            if not candidates:
-                return
-            backend = self.route.balancer.pick(candidates, info)
-            if backend is None:
-                return
-            tried.append(backend)
-            yield backend
-
     async def _connect(self, avoid: Backend | None) -> tuple[Backend, UpstreamProtocol]:
         """
-        Try the route's candidates until one accepts, within
-        C{handshake_timeout}.
-
-        @raise Refused: 503 when no backend is available, 502 when none
-            could be reached, 504 when the time ran out; a backend's own
-            refusal is relayed as it came.
+        Open an upstream within C{handshake_timeout}.
         """
-        relay = self.relay
-        config = relay.config
-        deadline = self._clock.seconds() + config.handshakeTimeout
-        tried: list[Backend] = []
-        timedOut = False
-        for backend in self._candidates(tried, avoid):
-            remaining = deadline - self._clock.seconds()
-            if remaining <= 0:
-                timedOut = True
-                break
-            try:
-                up = await relay.connectBackend(
-                    self, backend, min(config.connectTimeout, remaining)
-                )
-            except UpstreamRefused as e:
-                relay.backendAnswered(self.route, backend, e.status)
-                raise
-            except UpstreamError as e:
-                timedOut = isinstance(e, UpstreamTimeout)
-                relay.backendFailed(self.route, backend, str(e))
-                continue
-            relay.backendConnected(self.route, backend)
-            return backend, up
-        if not tried:
-            raise Refused(503, "Service Unavailable", body=b"no backend available\n")
-        if timedOut:
-            raise Refused(504, "Gateway Timeout", body=b"backend timed out\n")
-        raise Refused(502, "Bad Gateway", body=b"no backend reachable\n")
+        f = self.frontend
+        return await self.relay.openUpstream(
+            self.route,
+            self.connectionInfo(),
+            self.upstreamRequest,
+            tuple(f.websocket_protocols),
+            avoid,
+            self._clock.seconds() + self.relay.config.handshakeTimeout,
+        )
 
     def upstreamRequest(self, backend: Backend) -> tuple[str, list[tuple[str, str]]]:
         """

@@ -1,0 +1,511 @@
+# -*- test-case-name: tests.test_fanout -*-
+"""
+Fan-out: one upstream connection to a source, shared by every client of a
+channel.
+
+A L{Channel} holds the upstream, frames each message from the source once
+and writes the same bytes to every member; a L{FanoutSession} is one
+client's membership, with its own small queue for the time its
+connection cannot keep up.  Payloads are never decoded here.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsrelay.legs import OPEN
+from wsrelay.routing import Backend, ConnectionInfo, Route
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IConsumer, IDelayedCall
+
+    from wsrelay.frontend import FrontendProtocol
+    from wsrelay.service import RelayService
+    from wsrelay.upstream import UpstreamProtocol
+
+TEXT = 1
+BINARY = 2
+
+IDLE = "idle"
+CONNECTING = "connecting"
+UP = "up"
+WAITING = "waiting"
+STOPPED = "stopped"
+
+_SHORT = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """
+    Frame a whole message as a server sends it: one final frame, unmasked.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return _SHORT.pack(0x80 | opcode, 126, n) + payload
+    return _LONG.pack(0x80 | opcode, 127, n) + payload
+
+
+def channelKey(route: Route, remainder: str, query: str) -> str:
+    """
+    @return: The channel a client of C{route} joins: C{""} for the whole
+        route, or its path remainder and query with C{channel = path}.
+    """
+    if route.config.channel == "route":
+        return ""
+    return remainder + ("?" + query if query else "")
+
+
+class Channel:
+    """
+    One shared upstream and the clients that receive what it sends.
+
+    @ivar state: L{IDLE}, L{CONNECTING}, L{UP}, L{WAITING} (to reconnect)
+        or L{STOPPED}.
+    @ivar members: The clients, in the order they joined.
+    @ivar backend: The backend of the current upstream.
+    @ivar messagesIn: Messages received from the source.
+    @ivar framed: Messages framed (once each, whatever the clients).
+    @ivar deliveries: Messages written or queued to a client.
+    @ivar slowDrops: Messages skipped for slow clients.
+    @ivar slowCloses: Clients closed for being slow.
+    @ivar clientDrops: Client messages not forwarded.
+    @ivar connects: Upstream connections opened.
+    """
+
+    log = Logger()
+
+    def __init__(self, relay: RelayService, route: Route, key: str) -> None:
+        self.relay = relay
+        self.route = route
+        self.key = key
+        self.state = IDLE
+        self.members: dict[FanoutSession, None] = {}
+        self.upstream: UpstreamProtocol | None = None
+        self.backend: Backend | None = None
+        self.replay: deque[bytes] = deque(maxlen=route.config.replay)
+        self.messagesIn = 0
+        self.framed = 0
+        self.deliveries = 0
+        self.slowDrops = 0
+        self.slowCloses = 0
+        self.clientDrops = 0
+        self.connects = 0
+        self.random = random.Random()
+        self._clock = relay.clock
+        self._parts: list[bytes] = []
+        self._opcode = TEXT
+        self._failures = 0
+        self._opening: Deferred[Any] | None = None
+        self._timer: IDelayedCall | None = None
+        self._lost: Backend | None = None
+        self._gone: Deferred[None] | None = None
+
+    @property
+    def name(self) -> str:
+        """
+        The route's name and the channel's key, for logs.
+        """
+        return self.route.name + self.key
+
+    # Members.
+
+    def join(self, member: FanoutSession) -> None:
+        """
+        Add a client: it gets the replay now, then every message.
+        """
+        for data in self.replay:
+            member.send(data)
+        self.members[member] = None
+        self._cancelTimer()
+        if self.state == IDLE:
+            self.start()
+
+    def leave(self, member: FanoutSession) -> None:
+        """
+        Remove a client; the last one out of a lazy channel starts the
+        linger time.
+        """
+        self.members.pop(member, None)
+        if not self.members and self._lazy() and self.state != STOPPED:
+            self._cancelTimer()
+            self._timer = self._clock.callLater(
+                self.route.config.linger, self._lingerEnded
+            )
+
+    def _lazy(self) -> bool:
+        config = self.route.config
+        return config.connect == "lazy" or config.channel == "path"
+
+    def _lingerEnded(self) -> None:
+        """
+        No client came back: close the upstream.
+        """
+        self._timer = None
+        if self.members:
+            return
+        self.log.info("channel {channel}: no clients, closing", channel=self.name)
+        self._halt(IDLE, 1000, b"no clients")
+        if self.route.config.channel == "path":
+            self.relay.channelEnded(self)
+
+    # The upstream.
+
+    def start(self) -> None:
+        """
+        Connect to the source.
+        """
+        self._cancelTimer()
+        self.state = CONNECTING
+        route = self.route
+        info = ConnectionInfo("", route.config.path + self.key, "", ())
+        d = Deferred.fromCoroutine(
+            self.relay.openUpstream(
+                route, info, self._request, (), self._lost, float("inf")
+            )
+        )
+        self._opening = d
+        d.addCallbacks(self._opened, self._openFailed)
+
+    def _request(self, backend: Backend) -> tuple[str, list[tuple[str, str]]]:
+        """
+        @return: The request target and header fields for the source.
+        """
+        from wsrelay.session import joinPath
+
+        config = backend.config
+        path, _, query = self.key.partition("?")
+        resource = joinPath(config.path, path)
+        query = "&".join(q for q in (config.query, query) if q)
+        return resource + ("?" + query if query else ""), []
+
+    def _opened(self, pair: tuple[Backend, UpstreamProtocol]) -> None:
+        backend, up = pair
+        self._opening = None
+        self._failures = 0
+        self._lost = None
+        self.state = UP
+        self.upstream = up
+        self.backend = backend
+        self.connects += 1
+        backend.connections += 1
+        backend.totalConnections += 1
+        self.route.balancer.connectionOpened(backend)
+        up.target = self
+        up.listener = self
+        for line in self.route.config.subscribe:
+            up.forwardFrame(TEXT, line.encode("utf-8"), True)
+        self.log.info(
+            "channel {channel}: source {backend} connected",
+            channel=self.name,
+            backend=backend.name,
+        )
+
+    def _openFailed(self, f: Failure) -> None:
+        self._opening = None
+        if f.check(CancelledError):
+            return
+        self.log.warn(
+            "channel {channel}: no source: {error}",
+            channel=self.name,
+            error=f.getErrorMessage(),
+        )
+        self._retry()
+
+    def _retry(self) -> None:
+        """
+        Wait, longer after each failure in a row, then connect again.
+        """
+        config = self.route.config
+        ceiling = min(config.backoffCap, config.backoffBase * 2**self._failures)
+        self._failures += 1
+        delay = ceiling / 2 + self.random.uniform(0, ceiling / 2)
+        self.state = WAITING
+        self._timer = self._clock.callLater(delay, self.start)
+
+    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """
+        A frame from the source: once its message is whole, frame it once
+        and hand the bytes to every member.
+        """
+        if not fin:
+            if opcode:
+                self._opcode = opcode
+            self._parts.append(payload)
+            return
+        if self._parts:
+            self._parts.append(payload)
+            payload = b"".join(self._parts)
+            self._parts = []
+            opcode = self._opcode
+        data = frame(opcode, payload)
+        self.messagesIn += 1
+        self.framed += 1
+        self.replay.append(data)
+        for member in self.members:
+            member.send(data)
+
+    def sendUpstream(self, opcode: int, payload: bytes) -> None:
+        """
+        A client's whole message for the source (C{client_messages =
+        forward}); dropped while the source is not connected.
+        """
+        up = self.upstream
+        if up is None or up.state != OPEN:
+            self.clientDrops += 1
+            return
+        up.forwardFrame(opcode, payload, True)
+
+    # The upstream's close handshake: the relay is its only client.
+
+    def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        The source closes: answer, and treat it as a failure (the clients
+        stay and wait for the next source).
+        """
+        leg.replyClose(code, reason)
+
+    def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        The source answered our close.
+        """
+
+    def legClosed(self, leg: Any) -> None:
+        """
+        The upstream is gone: reconnect unless it was closed on purpose.
+        """
+        if leg is None or leg is not self.upstream:
+            return
+        gone, self._gone = self._gone, None
+        if gone is not None:
+            gone.callback(None)
+        backend = self.backend
+        self.upstream = None
+        self.backend = None
+        self._parts = []
+        if backend is not None:
+            backend.connections -= 1
+            self.route.balancer.connectionClosed(backend)
+        if self.state != UP:
+            return
+        self.log.warn(
+            "channel {channel}: source {backend} lost (close code {code})",
+            channel=self.name,
+            backend=backend.name if backend else None,
+            code=getattr(leg, "remoteCloseCode", None),
+        )
+        if backend is not None and not getattr(leg, "wasClean", False):
+            self.relay.backendFailed(self.route, backend, "connection lost")
+        self._lost = backend
+        self._retry()
+
+    # Stopping.
+
+    def stop(self) -> Deferred[None]:
+        """
+        Close the upstream for good (the relay stops).
+
+        @return: A L{Deferred} that fires when the upstream is gone.
+        """
+        gone: Deferred[None] = Deferred()
+        if self.upstream is None:
+            gone.callback(None)
+        else:
+            self._gone = gone
+        self._halt(STOPPED, 1001, b"relay shutting down")
+        return gone
+
+    def _halt(self, state: str, code: int, reason: bytes) -> None:
+        self.state = state
+        self._cancelTimer()
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+        up = self.upstream
+        if up is not None:
+            up.closeWith(code, reason)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
+@implementer(IPushProducer)
+class FanoutSession:
+    """
+    One client of a channel.
+
+    Registered as the producer of the client's transport, it learns when
+    the transport's buffer is full (C{pauseProducing}) and queues messages
+    itself from then on, up to C{max_client_buffer}; beyond that the
+    route's C{slow_client} policy applies.
+
+    @ivar queued: Bytes in the queue.
+    @ivar dropped: Messages skipped for this client.
+    """
+
+    def __init__(
+        self, relay: RelayService, channel: Channel, frontend: FrontendProtocol
+    ) -> None:
+        self.relay = relay
+        self.channel = channel
+        self.frontend = frontend
+        self.route = channel.route
+        self.done: Deferred[None] = Deferred()
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.dropped = 0
+        self.backend = None
+        self._limit = channel.route.config.maxClientBuffer
+        self._close = channel.route.config.slowClient == "close"
+        self._forward = channel.route.config.clientMessages == "forward"
+        self._paused = False
+        self._joined = False
+        self._write: Any = None
+        self._parts: list[bytes] = []
+        self._opcode = TEXT
+        frontend.session = self
+        frontend.listener = self
+        frontend.target = self
+
+    def open(self) -> Deferred[tuple[str | None, dict[str, list[str]]]]:
+        """
+        Accept the client at once; it waits for the source if need be.
+        """
+        return succeed((None, {}))
+
+    def clientOpened(self) -> None:
+        """
+        The client got its 101: join the channel.
+        """
+        transport = self.frontend.transport
+        assert transport is not None
+        self._write = transport.write
+        cast("IConsumer", transport).registerProducer(self, True)
+        self._joined = True
+        self.channel.join(self)
+
+    def send(self, data: bytes) -> None:
+        """
+        Write one framed message, or queue it while the client is slow.
+        """
+        if not self._paused:
+            self._write(data)
+            self.channel.deliveries += 1
+            return
+        if self.queued + len(data) <= self._limit:
+            self.queue.append(data)
+            self.queued += len(data)
+            self.channel.deliveries += 1
+            return
+        if self._close:
+            self.channel.slowCloses += 1
+            self.queue.clear()
+            self.queued = 0
+            self._paused = False
+            self._write = _discard
+            self.frontend.closeWith(1013, b"client too slow")
+            return
+        self.dropped += 1
+        self.channel.slowDrops += 1
+
+    # IPushProducer, for the client's transport.
+
+    def pauseProducing(self) -> None:
+        """
+        The client's transport holds more than it can send now.
+        """
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport drained: write what was queued, until it fills up
+        again.
+        """
+        self._paused = False
+        queue = self.queue
+        while queue and not self._paused:
+            data = queue.popleft()
+            self.queued -= len(data)
+            self._write(data)
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going: nothing more to write.
+        """
+        self.queue.clear()
+        self.queued = 0
+
+    # Frames from the client.
+
+    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """
+        A frame from the client: forwarded upstream as a whole message with
+        C{client_messages = forward}, else dropped.
+        """
+        if not self._forward:
+            if fin:
+                self.channel.clientDrops += 1
+            return
+        if not fin:
+            if opcode:
+                self._opcode = opcode
+            self._parts.append(payload)
+            return
+        if self._parts:
+            self._parts.append(payload)
+            payload = b"".join(self._parts)
+            self._parts = []
+            opcode = self._opcode
+        self.channel.sendUpstream(opcode, payload)
+
+    # Closing: the relay is the client's peer.
+
+    def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        The client closes: answer it.
+        """
+        leg.replyClose(code, reason)
+
+    def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        The client answered our close.
+        """
+
+    def legClosed(self, leg: Any) -> None:
+        """
+        The client is gone: leave the channel.
+        """
+        self.queue.clear()
+        self.queued = 0
+        if self._joined:
+            self.channel.leave(self)
+        self.relay.sessionEnded(self)
+        if not self.done.called:
+            self.done.callback(None)
+
+    def shutdown(
+        self, code: int = 1001, reason: bytes = b"relay shutting down"
+    ) -> None:
+        """
+        Close the client.
+        """
+        self.frontend.closeWith(code, reason)
+
+
+def _discard(data: bytes) -> None:
+    """
+    Write nowhere: the client is being closed.
+    """
