@@ -132,6 +132,28 @@ class HandshakeTests(TestCase):
         self.assertEqual(got["Host"], f"127.0.0.1:{b.port}")
         self.assertNotIn("Keep-Alive", got)
 
+    async def test_noCompression(self) -> None:
+        """
+        A client offering permessage-deflate gets no extension: the relay
+        negotiates compression on neither leg, and the offer does not reach
+        the backend (see the data-path table in docs/architecture.md).
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+
+        def run() -> tuple[str, Any]:
+            with client(port, "/chat", compression="deflate") as c:
+                c.send("headers")
+                return str(c.recv(TIMEOUT)), c.response.headers.get(
+                    "Sec-WebSocket-Extensions"
+                )
+
+        seen, answered = await inThread(run)
+        self.assertIsNone(answered)
+        self.assertNotIn("sec-websocket-extensions", seen.lower())
+
     async def test_pathAndQuery(self) -> None:
         """
         The path after the route's prefix and the query go to the backend
