@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -110,6 +111,23 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(backend.lastCheck[1:], (False, "no answer within 1s"))
         self.assertTrue(checker.pending[0].called)
         monitor.stop()
+
+    def test_connectTimeout(self) -> None:
+        """
+        A built-in check still connecting when C{health_timeout} passes is
+        reported as a timeout (Twisted fails a cancelled connect with
+        C{ConnectingCancelledError}, not C{CancelledError}).
+        """
+        for factory in (tcp, websocket):
+            reactor = MemoryReactorClock()
+            backend = Backend(BackendConfig.fromURL("ws://10.0.0.1:9/"))
+            monitor = HealthMonitor(
+                "r", (backend,), factory.build({}, reactor), reactor, 2, 1, 2, 1
+            )
+            monitor.start()
+            reactor.advance(1)
+            self.assertEqual(backend.lastCheck, (1.0, False, "no answer within 1s"))
+            monitor.stop()
 
     def test_stopCancels(self) -> None:
         """

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -71,8 +72,8 @@ def _passCancel(f: Failure) -> Result:
     Turn a failed check into an unhealthy result, but let a cancellation
     through so that the monitor can report it as a timeout.
     """
-    if f.check(CancelledError):
-        f.raiseException()
+    if f.check(CancelledError, ConnectingCancelledError):
+        raise CancelledError()
     return (False, f.getErrorMessage())
 
 
@@ -192,7 +193,8 @@ class WebSocketChecker:
             probe = p
 
         def failed(f: Failure) -> None:
-            if not done.called and not f.check(CancelledError):
+            cancelled = f.check(CancelledError, ConnectingCancelledError)
+            if not done.called and not cancelled:
                 done.callback((False, f"connect failed: {f.getErrorMessage()}"))
 
         done: Deferred[Result] = Deferred(cancel)

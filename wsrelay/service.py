@@ -20,7 +20,7 @@ from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.frontend import FrontendFactory, FrontendProtocol, Refused
 from wsrelay.handshake import Head, endToEnd
 from wsrelay.health import HealthMonitor
-from wsrelay.plugins import balancerFactories, healthCheckerFactories
+from wsrelay.plugins import balancerFactories, healthCheckerFactories, logPlugins
 from wsrelay.routing import (
     Backend,
     ConnectionInfo,
@@ -201,6 +201,7 @@ class RelayService(MultiService):
             routes=len(self.routes.routes),
             nvx="on" if USES_NVX else "off",
         )
+        logPlugins()
         super().startService()
         for route in self.routes.routes:
             route.monitor.start()

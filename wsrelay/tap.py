@@ -36,7 +36,6 @@ def readConfig(path: str) -> RelayConfig:
 
     @raise ConfigError: With the one-line message naming file, section and
         key.
-    @raise PluginError: When an installed plugin is broken.
     """
     extendPluginPath(_pluginPath(path))
     return loadConfig(

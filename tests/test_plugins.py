@@ -1,0 +1,420 @@
+"""
+Finding balancer and health-checker plugins: the built-in ones by name, and
+broken third-party dropins reported by name without stopping the others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+import uuid
+
+import twisted.plugins
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from wsrelay import balancers
+from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
+from wsrelay.plugins import (
+    PluginScan,
+    balancerFactories,
+    brokenPlugins,
+    extendPluginPath,
+    findPlugins,
+    healthCheckerFactories,
+    logPlugins,
+    scanPlugins,
+)
+
+BUILTIN_BALANCERS = {
+    "round_robin",
+    "least_connections",
+    "random_two",
+    "first",
+    "consistent_hash",
+}
+BUILTIN_CHECKERS = {"tcp", "websocket", "http"}
+
+GOOD = '''
+"""
+A working balancer plugin.
+"""
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from wsrelay.balancers import BalancerFactory, RoundRobin
+from wsrelay.interfaces import IBalancerFactory
+
+good = BalancerFactory("{name}", "works", RoundRobin)
+
+
+@implementer(IPlugin, IBalancerFactory)
+class Half:
+    """
+    Declares the interface but has no build method.
+    """
+
+    name = "{name}_half"
+    description = "no build"
+    options = ()
+
+
+half = Half()
+'''
+
+
+def temporaryFolder(testCase: SynchronousTestCase) -> str:
+    """
+    @return: A new empty folder, removed at the end of C{testCase}.
+    """
+    folder = tempfile.mkdtemp(prefix="wsrelay-plugins-")
+    testCase.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def addDropins(testCase: SynchronousTestCase, **sources: str) -> dict[str, str]:
+    """
+    Write dropins into a new plugin folder added with L{extendPluginPath},
+    which is taken off C{twisted.plugins.__path__} (and the dropins out of
+    C{sys.modules}) at the end of C{testCase}.
+
+    @param sources: The source of each dropin by a short name; the file
+        names get a unique prefix, so that no two tests share a module.
+    @return: The dropins' full module names by short name.
+    """
+    folder = temporaryFolder(testCase)
+    prefix = f"wsrelay_test_{uuid.uuid4().hex[:8]}_"
+    modules = {}
+    for short, source in sources.items():
+        with open(os.path.join(folder, prefix + short + ".py"), "w") as f:
+            f.write(textwrap.dedent(source))
+        modules[short] = "twisted.plugins." + prefix + short
+
+    def cleanUp() -> None:
+        twisted.plugins.__path__.remove(folder)
+        for name in modules.values():
+            sys.modules.pop(name, None)
+            vars(twisted.plugins).pop(name.rpartition(".")[2], None)
+
+    extendPluginPath([folder])
+    testCase.addCleanup(cleanUp)
+    return modules
+
+
+def captureLog(testCase: SynchronousTestCase) -> list[LogEvent]:
+    """
+    @return: A list that receives every log event until the end of
+        C{testCase}.
+    """
+    events: list[LogEvent] = []
+    observer = events.append
+    globalLogPublisher.addObserver(observer)
+    testCase.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
+
+
+def warnings(events: list[LogEvent]) -> list[str]:
+    """
+    @return: The text of the warnings in C{events}.
+    """
+    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+
+
+class BuiltinTests(SynchronousTestCase):
+    """
+    wsrelay's own plugins are found as any other.
+    """
+
+    def test_balancers(self) -> None:
+        """
+        The built-in balancers are found by name, each providing
+        L{IBalancerFactory}, with nothing reported broken.
+        """
+        found = balancerFactories()
+        self.assertTrue(BUILTIN_BALANCERS <= set(found), sorted(found))
+        self.assertIs(found["round_robin"], balancers.roundRobin)
+        for name, factory in found.items():
+            self.assertEqual(factory.name, name)
+            self.assertTrue(verifyObject(IBalancerFactory, factory))
+        self.assertEqual(brokenPlugins(IBalancerFactory), {})
+
+    def test_healthCheckers(self) -> None:
+        """
+        The built-in health checkers are found by name, each providing
+        L{IHealthCheckerFactory}.
+        """
+        found = healthCheckerFactories()
+        self.assertTrue(BUILTIN_CHECKERS <= set(found), sorted(found))
+        for name, factory in found.items():
+            self.assertEqual(factory.name, name)
+            self.assertTrue(verifyObject(IHealthCheckerFactory, factory))
+        self.assertEqual(brokenPlugins(IHealthCheckerFactory), {})
+
+    def test_scan(self) -> None:
+        """
+        L{scanPlugins} returns what L{findPlugins} finds and remembers it.
+        """
+        scan = scanPlugins(IBalancerFactory)
+        self.assertIsInstance(scan, PluginScan)
+        self.assertIs(scan.interface, IBalancerFactory)
+        self.assertEqual(dict(scan.found), findPlugins(IBalancerFactory))
+        self.assertEqual(dict(scan.broken), brokenPlugins(IBalancerFactory))
+
+
+class ThirdPartyTests(SynchronousTestCase):
+    """
+    Third-party dropins in a folder added with L{extendPluginPath}; a
+    broken one is skipped and reported by name, in one warning line and
+    without a traceback, and the others are still used.
+    """
+
+    def setUp(self) -> None:
+        self.events = captureLog(self)
+        self.name = "good_" + uuid.uuid4().hex[:8]
+
+    def assertOneWarning(self, key: str, *parts: str) -> None:
+        """
+        Exactly one warning was logged about C{key}, on one line, with each
+        of C{parts}; nothing was logged as an error.
+        """
+        about = [w for w in warnings(self.events) if f"plugin {key} skipped" in w]
+        self.assertEqual(len(about), 1, warnings(self.events))
+        self.assertNotIn("\n", about[0])
+        self.assertNotIn("Traceback", about[0])
+        for part in parts:
+            self.assertIn(part, about[0])
+        self.assertEqual([e for e in self.events if e.get("isError")], [])
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+
+    def test_working(self) -> None:
+        """
+        A working dropin's plugin is found next to the built-in ones.
+        """
+        addDropins(self, good=GOOD.format(name=self.name))
+        found = balancerFactories()
+        self.assertIn(self.name, found)
+        self.assertTrue(BUILTIN_BALANCERS <= set(found))
+
+    def test_syntaxError(self) -> None:
+        """
+        A dropin with a syntax error is reported by module name and file,
+        with the exception; the other plugins are found.
+        """
+        modules = addDropins(
+            self, broken="def broken(:\n", good=GOOD.format(name=self.name)
+        )
+        found = balancerFactories()
+        self.assertIn(self.name, found)
+        self.assertIn("round_robin", found)
+        broken = brokenPlugins(IBalancerFactory)
+        reason = broken[modules["broken"]]
+        self.assertIn("SyntaxError", reason)
+        self.assertIn(modules["broken"].rpartition(".")[2] + ".py", reason)
+        self.assertOneWarning(modules["broken"], "SyntaxError")
+
+    def test_importError(self) -> None:
+        """
+        A dropin that fails to import a module is reported by module name
+        with the exception; the other plugins are found.
+        """
+        modules = addDropins(
+            self,
+            broken="import wsrelay_no_such_module\n",
+            good=GOOD.format(name=self.name),
+        )
+        found = balancerFactories()
+        self.assertIn(self.name, found)
+        reason = brokenPlugins(IBalancerFactory)[modules["broken"]]
+        self.assertIn(
+            "ModuleNotFoundError: No module named 'wsrelay_no_such_module'", reason
+        )
+        self.assertOneWarning(modules["broken"], "wsrelay_no_such_module")
+
+    def test_errorInDependency(self) -> None:
+        """
+        An exception raised by a module the dropin imports is blamed on the
+        dropin.
+        """
+        modules = addDropins(self, broken="import json\njson.loads('{')\n")
+        balancerFactories()
+        reason = brokenPlugins(IBalancerFactory)[modules["broken"]]
+        self.assertIn("JSONDecodeError", reason)
+
+    def test_importErrorReportedForEveryInterface(self) -> None:
+        """
+        A dropin that fails to import might have held plugins of any kind:
+        it is reported for health checkers too, and warned about once.
+        """
+        modules = addDropins(self, broken="raise RuntimeError('no config')\n")
+        self.assertTrue(BUILTIN_BALANCERS <= set(balancerFactories()))
+        self.assertTrue(BUILTIN_CHECKERS <= set(healthCheckerFactories()))
+        reason = "RuntimeError: no config"
+        self.assertIn(reason, brokenPlugins(IBalancerFactory)[modules["broken"]])
+        self.assertIn(reason, brokenPlugins(IHealthCheckerFactory)[modules["broken"]])
+        self.assertOneWarning(modules["broken"], reason)
+
+    def test_doesNotVerify(self) -> None:
+        """
+        A plugin that declares L{IBalancerFactory} without implementing it
+        is reported by its name, naming the missing method; the working
+        plugin of the same dropin is found.
+        """
+        modules = addDropins(self, good=GOOD.format(name=self.name))
+        found = balancerFactories()
+        self.assertIn(self.name, found)
+        self.assertNotIn(self.name + "_half", found)
+        reason = brokenPlugins(IBalancerFactory)[self.name + "_half"]
+        self.assertIn(modules["good"] + ".half", reason)
+        self.assertIn("does not provide IBalancerFactory", reason)
+        self.assertIn("build(backends, options)", reason)
+        self.assertOneWarning(self.name + "_half", "build")
+
+    def test_duplicateName(self) -> None:
+        """
+        A plugin named like one found before it (here a built-in) is
+        skipped and reported by its place, naming the one that is used.
+        """
+        modules = addDropins(
+            self,
+            dup="""
+            from wsrelay.balancers import BalancerFactory, First
+
+            dup = BalancerFactory("round_robin", "a second round_robin", First)
+            """,
+        )
+        found = balancerFactories()
+        self.assertIs(found["round_robin"], balancers.roundRobin)
+        where = modules["dup"] + ".dup"
+        reason = brokenPlugins(IBalancerFactory)[where]
+        self.assertIn("'round_robin' is taken by", reason)
+        self.assertIn("twisted.plugins.wsrelay_balancers.roundRobin", reason)
+        self.assertOneWarning(where, "round_robin")
+
+    def test_duplicateThirdParty(self) -> None:
+        """
+        Of two third-party plugins with one name, the first found (by file
+        name within a folder) is used.
+        """
+        source = """
+        from wsrelay.balancers import BalancerFactory, First
+
+        plugin = BalancerFactory("same_name", "{which}", First)
+        """
+        modules = addDropins(
+            self, a=source.format(which="a"), b=source.format(which="b")
+        )
+        found = balancerFactories()
+        self.assertEqual(found["same_name"].description, "a")
+        self.assertIn(modules["b"] + ".plugin", brokenPlugins(IBalancerFactory))
+
+    def test_noName(self) -> None:
+        """
+        A plugin whose C{name} is not a non-empty string is reported by its
+        place.
+        """
+        modules = addDropins(
+            self,
+            unnamed="""
+            from wsrelay.balancers import BalancerFactory, First
+
+            unnamed = BalancerFactory("", "no name", First)
+            """,
+        )
+        balancerFactories()
+        where = modules["unnamed"] + ".unnamed"
+        self.assertIn("name", brokenPlugins(IBalancerFactory)[where])
+
+    def test_warnedOnce(self) -> None:
+        """
+        Finding plugins again (the configuration reader and the service
+        both do) does not repeat a warning.
+        """
+        modules = addDropins(self, broken="def broken(:\n")
+        balancerFactories()
+        balancerFactories()
+        healthCheckerFactories()
+        self.assertIn(modules["broken"], brokenPlugins(IBalancerFactory))
+        self.assertOneWarning(modules["broken"])
+
+    def test_notAPlugin(self) -> None:
+        """
+        A dropin without plugin objects reports nothing.
+        """
+        addDropins(self, empty="x = 1\n")
+        balancerFactories()
+        self.assertEqual(brokenPlugins(IBalancerFactory), {})
+
+    def test_logPlugins(self) -> None:
+        """
+        L{logPlugins} logs one line listing the balancers and health
+        checkers found, and the broken plugins skipped.
+        """
+        modules = addDropins(
+            self, good=GOOD.format(name=self.name), broken="def broken(:\n"
+        )
+        logPlugins()
+        infos = [
+            formatEvent(e)
+            for e in self.events
+            if e.get("log_level") == LogLevel.info
+            and e.get("log_namespace") == "wsrelay.plugins"
+        ]
+        self.assertEqual(len(infos), 1)
+        (line,) = infos
+        for name in (*BUILTIN_BALANCERS, *BUILTIN_CHECKERS, self.name):
+            self.assertIn(name, line)
+        self.assertIn(modules["broken"], line)
+        self.assertIn(self.name + "_half", line)
+
+
+class PluginPathTests(SynchronousTestCase):
+    """
+    L{extendPluginPath} takes a folder of dropins or a folder holding
+    C{twisted/plugins/}.
+    """
+
+    def extend(self, directory: str) -> list[str]:
+        """
+        Extend the plugin path with C{directory}, undone at the end of the
+        test.
+
+        @return: The folders added to C{twisted.plugins.__path__}.
+        """
+        before = list(twisted.plugins.__path__)
+        extendPluginPath([directory])
+        added = [p for p in twisted.plugins.__path__ if p not in before]
+
+        def cleanUp() -> None:
+            for p in added:
+                twisted.plugins.__path__.remove(p)
+
+        self.addCleanup(cleanUp)
+        return added
+
+    def test_flat(self) -> None:
+        """
+        A folder without C{twisted/plugins/} is itself the dropin folder.
+        """
+        folder = temporaryFolder(self)
+        self.assertEqual(self.extend(folder), [folder])
+
+    def test_nested(self) -> None:
+        """
+        A folder holding C{twisted/plugins/} adds that folder.
+        """
+        folder = temporaryFolder(self)
+        nested = os.path.join(folder, "twisted", "plugins")
+        os.makedirs(nested)
+        self.assertEqual(self.extend(folder), [nested])
+
+    def test_once(self) -> None:
+        """
+        A folder already searched is not added again.
+        """
+        folder = temporaryFolder(self)
+        self.extend(folder)
+        self.assertEqual(self.extend(folder), [])
