@@ -236,6 +236,8 @@ class GoodConfigTests(SynchronousTestCase):
         """
         directory = tempDirectory(self)
         os.mkdir(os.path.join(directory, "plugins"))
+        with open(os.path.join(directory, "token"), "w") as f:
+            f.write("secret\n")
         text = """\
 [relay]
 LISTEN = tcp:8080:interface=127.0.0.1
@@ -252,6 +254,11 @@ close_timeout = 1.
 trusted_proxies = 10.1.2.3/8, 127.0.0.1
     ::1
 plugin_path = plugins
+admin = tcp:9090:interface=127.0.0.1
+admin_token_file = token
+drain_timeout = 12
+close_spread = 3
+max_handshakes_per_second = 250.5
 
 [route:chat.v2-x]
 path = /chat/
@@ -262,6 +269,7 @@ backends = ws://a:1/x name=a weight=3
 balancer = first
 failover = reconnect
 failover_buffer = 0
+slowstart = 20
 health = http
 health_interval = 5
 health_timeout = 1.5
@@ -316,6 +324,22 @@ ticker_interval = 1
             config.trustedProxies, ("10.0.0.0/8", "127.0.0.1/32", "::1/128")
         )
         self.assertEqual(config.pluginPath, (os.path.join(directory, "plugins"),))
+        self.assertEqual(
+            (
+                config.admin,
+                config.adminTokenFile,
+                config.drainTimeout,
+                config.closeSpread,
+                config.maxHandshakesPerSecond,
+            ),
+            (
+                "tcp:9090:interface=127.0.0.1",
+                os.path.join(directory, "token"),
+                12.0,
+                3.0,
+                250.5,
+            ),
+        )
         route, feed = config.routes
         self.assertEqual(route.name, "chat.v2-x")
         self.assertEqual(route.path, "/chat")
@@ -332,6 +356,7 @@ ticker_interval = 1
             ),
             ("http", 5.0, 1.5, 4, 1, {"health_path": "/up"}),
         )
+        self.assertEqual(route.slowstart, 20.0)
         self.assertEqual(
             (
                 feed.mode,
@@ -492,11 +517,17 @@ class BadValueTests(SynchronousTestCase):
         ("route", "subscribe"): [],
         ("route", "backoff_base"): ["0", "x"],
         ("route", "backoff_cap"): ["0", "-1"],
+        ("route", "slowstart"): ["-1", "x"],
         ("route", "health"): ["ping", "None", ""],
         ("route", "health_interval"): ["0", "-1", "x"],
         ("route", "health_timeout"): ["0", "1s"],
         ("route", "rise"): ["0", "-1", "1.5"],
         ("route", "fall"): ["0", "x"],
+        ("relay", "admin"): ["tcp:abc", ""],
+        ("relay", "admin_token_file"): ["/nonexistent/token", ""],
+        ("relay", "drain_timeout"): ["0", "x"],
+        ("relay", "close_spread"): ["-1", "x"],
+        ("relay", "max_handshakes_per_second"): ["-1", "x", "1e3"],
         ("demo", "echo"): ["tcp:abc", "tcp:1 tcp:2", ""],
         ("demo", "ticker"): ["nosuch:", "ssl:443:privateKey=/nonexistent"],
         ("demo", "ticker_interval"): ["0", "-0.1", "x"],
@@ -1250,6 +1281,8 @@ class KeyTableTests(SynchronousTestCase):
         """
         directory = tempDirectory(self)
         os.mkdir(os.path.join(directory, "plugins"))
+        with open(os.path.join(directory, "token"), "w") as f:
+            f.write("secret\n")
         path = os.path.join(directory, "relay.ini")
         for kind, rows in docTables().items():
             for key, row in rows.items():

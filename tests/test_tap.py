@@ -27,6 +27,20 @@ def twistd(*args: str) -> list[str]:
     return [TWISTD, "--pidfile=", "-n", "wsrelay", *args]
 
 
+def accepts(path: str) -> bool:
+    """
+    @return: Whether a UNIX socket at C{path} accepts connections.
+    """
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class CommandLineTests(TestCase):
     """
     Errors are one line; the relay serves and stops cleanly.
@@ -116,7 +130,8 @@ class CommandLineTests(TestCase):
         )
         self.addCleanup(lambda: process.poll() is None and process.kill())
         deadline = time.monotonic() + TIMEOUT * 3
-        while not os.path.exists(sock):
+        # The socket file appears at bind(), a moment before listen().
+        while not accepts(sock):
             self.assertIsNone(process.poll(), "twistd exited early")
             self.assertLess(time.monotonic(), deadline, "relay never listened")
             time.sleep(0.05)

@@ -174,17 +174,17 @@ class LeastConnections(_Counting):
 
 
 def _weightedIndex(
-    random: Random, weights: Sequence[int], total: int, skip: int = -1
+    random: Random, weights: Sequence[float], total: float, skip: int = -1
 ) -> int:
     """
     Draw an index with a probability proportional to its weight.
 
-    @param weights: Positive whole numbers.
+    @param weights: Positive numbers (whole, except during slow start).
     @param total: The sum of C{weights}, without the skipped one.
     @param skip: An index never drawn, or C{-1}.
     @return: An index of C{weights}.
     """
-    r = random.randrange(total)
+    r = random.randrange(total) if isinstance(total, int) else random.random() * total
     last = -1
     for i, w in enumerate(weights):
         if i == skip:
@@ -324,7 +324,7 @@ class ConsistentHash(_Counting):
         count = max(1, len(backends))
         ring = []
         for index, b in enumerate(backends):
-            for i in range(VIRTUAL_NODES // 4 * b.weight):
+            for i in range(VIRTUAL_NODES // 4 * max(1, round(b.weight))):
                 for point in _points(f"{b.name}#{i}"):
                     ring.append(point * count + index)
         ring.sort()

@@ -291,6 +291,8 @@ class RouteConfig:
         connect, in order.
     @ivar backoffBase: Fan-out: the first delay before reconnecting.
     @ivar backoffCap: Fan-out: the longest delay before reconnecting.
+    @ivar slowstart: Seconds over which a backend that came up gets its
+        share of new connections back; 0: at once.
     @ivar health: The name of the health-checker plugin, or L{NO_HEALTH}.
     @ivar healthInterval: Seconds between two checks of a backend.
     @ivar healthTimeout: Seconds before a check counts as failed.
@@ -321,6 +323,7 @@ class RouteConfig:
     subscribe: tuple[str, ...] = ()
     backoffBase: float = 0.5
     backoffCap: float = 30.0
+    slowstart: float = 0.0
     health: str = NO_HEALTH
     healthInterval: float = 2.0
     healthTimeout: float = 2.0
@@ -372,6 +375,15 @@ class RelayConfig:
     @ivar trustedProxies: Networks whose C{X-Forwarded-For} is believed,
         normalised (C{"10.0.0.1/32"}).
     @ivar pluginPath: Absolute directories searched for plugins.
+    @ivar admin: Server endpoint string of the admin listener, or L{None}.
+    @ivar adminTokenFile: Absolute path of the file holding the bearer
+        token for the admin API's actions, or L{None} (actions refused).
+    @ivar drainTimeout: Seconds a stopping relay waits for close
+        handshakes.
+    @ivar closeSpread: Seconds over which closes for a drained, disabled
+        or stopping relay's clients are spread; 0: all at once.
+    @ivar maxHandshakesPerSecond: Relay-wide rate of new client handshakes
+        (a token bucket); 0: no limit.
     @ivar routes: The routes, in the order of the file.
     @ivar demo: The C{[demo]} section (all unset when absent).
     """
@@ -389,6 +401,11 @@ class RelayConfig:
     closeTimeout: float = 5.0
     trustedProxies: tuple[str, ...] = ()
     pluginPath: tuple[str, ...] = ()
+    admin: str | None = None
+    adminTokenFile: str | None = None
+    drainTimeout: float = 30.0
+    closeSpread: float = 0.0
+    maxHandshakesPerSecond: float = 0.0
     routes: tuple[RouteConfig, ...]
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -455,6 +472,12 @@ def _seconds(zeroAllowed: bool, meaning: str = "") -> _Parser:
         return number
 
     return parse
+
+
+def _rate(value: str, context: _Context) -> float:
+    if not _DECIMAL.match(value):
+        raise _BadValue(_expected("a number >= 0 (0 = no limit)", value))
+    return float(value)
 
 
 def _choice(*words: str) -> _Parser:
@@ -528,6 +551,13 @@ def _parsePluginPath(value: str, context: _Context) -> tuple[str, ...]:
             )
         directories.append(directory)
     return tuple(directories)
+
+
+def _parseFile(value: str, context: _Context) -> str:
+    path = os.path.abspath(os.path.join(context.directory, os.path.expanduser(value)))
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise _BadValue(_expected("a readable file", value) + f" ({path!r})")
+    return path
 
 
 def _parseRoutePath(value: str, context: _Context) -> str:
@@ -711,6 +741,16 @@ RELAY_KEYS = _keys(RelayConfig, [
      "Addresses or CIDR networks whose X-Forwarded-For is believed."),
     ("plugin_path",       "directories", _parsePluginPath,
      "Existing directories searched for plugins, relative to this file."),
+    ("admin",             "endpoint",    _parseEndpoint,
+     "Server endpoint string of the admin HTTP listener."),
+    ("admin_token_file",  "file",        _parseFile,
+     "File holding the bearer token that admin actions require."),
+    ("drain_timeout",     "seconds",     _seconds(False),
+     "Time a stopping relay waits for its connections to close."),
+    ("close_spread",      "seconds",     _seconds(True, " (0 = at once)"),
+     "Spread closes of drained or stopped connections over this time."),
+    ("max_handshakes_per_second", "rate", _rate,
+     "Relay-wide limit of new client handshakes per second; 0: none."),
 ])
 
 ROUTE_KEYS = _keys(RouteConfig, [
@@ -748,6 +788,8 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "Fan-out: first delay before reconnecting to the source."),
     ("backoff_cap",       "seconds",     _seconds(False),
      "Fan-out: longest delay before reconnecting to the source."),
+    ("slowstart",         "seconds",     _seconds(True, " (0 = off)"),
+     "Ramp a backend that came up to its full share over this time."),
     ("health",            "name",        _parseHealth,
      "Health-checker plugin (tcp, websocket, http) or none: no checks."),
     ("health_interval",   "seconds",     _seconds(False),

@@ -109,8 +109,10 @@ class Channel:
         self._failures = 0
         self._opening: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
+        self._linger: IDelayedCall | None = None
         self._lost: Backend | None = None
         self._gone: Deferred[None] | None = None
+        self.retired = False
 
     @property
     def name(self) -> str:
@@ -127,8 +129,10 @@ class Channel:
         """
         for data in self.replay:
             member.send(data)
+        self.deliveries += len(self.replay)
+        member.mark = self.messagesIn - len(self.replay)
         self.members[member] = None
-        self._cancelTimer()
+        self._cancelLinger()
         if self.state == IDLE:
             self.start()
 
@@ -138,9 +142,12 @@ class Channel:
         linger time.
         """
         self.members.pop(member, None)
+        if not self.members and self.retired:
+            self.retire()
+            return
         if not self.members and self._lazy() and self.state != STOPPED:
-            self._cancelTimer()
-            self._timer = self._clock.callLater(
+            self._cancelLinger()
+            self._linger = self._clock.callLater(
                 self.route.config.linger, self._lingerEnded
             )
 
@@ -152,7 +159,7 @@ class Channel:
         """
         No client came back: close the upstream.
         """
-        self._timer = None
+        self._linger = None
         if self.members:
             return
         self.log.info("channel {channel}: no clients, closing", channel=self.name)
@@ -253,6 +260,7 @@ class Channel:
         self.messagesIn += 1
         self.framed += 1
         self.replay.append(data)
+        self.deliveries += len(self.members)
         for member in self.members:
             member.send(data)
 
@@ -326,9 +334,31 @@ class Channel:
         self._halt(STOPPED, 1001, b"relay shutting down")
         return gone
 
+    def moveOff(self) -> None:
+        """
+        The backend is being disabled: close the upstream with 1012 and
+        connect to another backend; the clients stay.
+        """
+        up = self.upstream
+        if up is not None and self.state == UP:
+            self._lost = self.backend
+            self._failures = 0
+            up.closeWith(1012, b"backend going away")
+
+    def retire(self) -> None:
+        """
+        The route is gone (a reload removed it): serve the clients there
+        are, and close once the last has left.
+        """
+        self.retired = True
+        if not self.members:
+            self._halt(IDLE, 1000, b"route removed")
+            self.relay.channelEnded(self)
+
     def _halt(self, state: str, code: int, reason: bytes) -> None:
         self.state = state
         self._cancelTimer()
+        self._cancelLinger()
         opening, self._opening = self._opening, None
         if opening is not None:
             opening.cancel()
@@ -340,6 +370,11 @@ class Channel:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+    def _cancelLinger(self) -> None:
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.active():
+            linger.cancel()
 
 
 @implementer(IPushProducer)
@@ -356,12 +391,17 @@ class FanoutSession:
     @ivar dropped: Messages skipped for this client.
     """
 
+    log = Logger()
+
     def __init__(
         self, relay: RelayService, channel: Channel, frontend: FrontendProtocol
     ) -> None:
         self.relay = relay
         self.channel = channel
         self.frontend = frontend
+        self.startedAt = relay.clock.seconds()
+        self.openedAt = self.startedAt
+        self.mark = 0
         self.route = channel.route
         self.done: Deferred[None] = Deferred()
         self.queue: deque[bytes] = deque()
@@ -395,6 +435,8 @@ class FanoutSession:
         self._write = transport.write
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
+        self.openedAt = self.relay.clock.seconds()
+        self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
         self.channel.join(self)
 
     def send(self, data: bytes) -> None:
@@ -403,12 +445,10 @@ class FanoutSession:
         """
         if not self._paused:
             self._write(data)
-            self.channel.deliveries += 1
             return
         if self.queued + len(data) <= self._limit:
             self.queue.append(data)
             self.queued += len(data)
-            self.channel.deliveries += 1
             return
         if self._close:
             self.channel.slowCloses += 1
@@ -492,6 +532,21 @@ class FanoutSession:
         self.queued = 0
         if self._joined:
             self.channel.leave(self)
+            f = self.frontend
+            self.log.info(
+                "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"
+                " out {messagesOut} dropped {dropped} close {closeCode}",
+                event="access",
+                client=self.relay.clientAddress(f) if f.transport else None,
+                route=self.route.name,
+                channel=self.channel.key,
+                duration=self.relay.clock.seconds() - self.openedAt,
+                messagesIn=f.messagesIn,
+                bytesIn=f.bytesIn,
+                messagesOut=self.channel.messagesIn - self.mark - self.dropped,
+                dropped=self.dropped,
+                closeCode=f.remoteCloseCode or f.localCloseCode,
+            )
         self.relay.sessionEnded(self)
         if not self.done.called:
             self.done.callback(None)

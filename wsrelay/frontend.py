@@ -173,6 +173,16 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
                 )
             )
             return
+        if not self.factory.relay.admission.take():
+            self.refuse(
+                Refused(
+                    503,
+                    "Service Unavailable",
+                    [("Retry-After", "1")],
+                    b"too many new connections, retry shortly\n",
+                )
+            )
+            return
         self.head = head
         self.route, self.remainder = found
         self.query = parts.query

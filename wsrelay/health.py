@@ -337,8 +337,10 @@ class HealthMonitor:
         timeout: float,
         rise: int,
         fall: int,
+        slowstart: float = 0.0,
     ) -> None:
         self.routeName = routeName
+        self._slowstart = slowstart
         self.backends = tuple(backends)
         self.checker = checker
         self._clock = clock
@@ -407,6 +409,7 @@ class HealthMonitor:
                 return
             healthy, reason = result
             backend.lastCheck = (self._clock.seconds(), bool(healthy), str(reason))
+            backend.checks.append(backend.lastCheck)
             self._record(backend, bool(healthy), str(reason))
 
         done = d.addErrback(failed).addCallback(record)
@@ -437,6 +440,7 @@ class HealthMonitor:
             backend.successesInRow += 1
             if not backend.healthy and backend.successesInRow >= self._rise:
                 backend.healthy = True
+                backend.slowStart(self._clock, self._slowstart)
                 self.log.info(
                     "route {route}: backend {backend} is up: {reason}",
                     route=self.routeName,
@@ -469,6 +473,7 @@ class HealthMonitor:
         """
         self._revivals.pop(backend, None)
         backend.healthy = True
+        backend.slowStart(self._clock, self._slowstart)
         backend.successesInRow = 0
         backend.failuresInRow = self._fall - 1
         self.log.info(

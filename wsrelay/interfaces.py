@@ -25,7 +25,10 @@ class IBackend(Interface):
     url = Attribute("The backend's C{ws://} or C{wss://} URL (C{str}).")
     host = Attribute("The host part of the URL (C{str}, IPv6 without brackets).")
     port = Attribute("The port (C{int}).")
-    weight = Attribute("The configured C{weight=} (C{int}, at least 1).")
+    weight = Attribute(
+        "The configured C{weight=} (a number, at least 1), or during slow start"
+        " a growing part of it (then a C{float}, at least a tenth of it)."
+    )
     connections = Attribute(
         "The number of connections now open to this backend through this route"
         " (C{int}), kept by the relay."

@@ -12,19 +12,25 @@ backend's URL did not change, so counters and health survive it.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
 from wsrelay.interfaces import IBackend
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from wsrelay.config import BackendConfig, RouteConfig
     from wsrelay.health import HealthMonitor
     from wsrelay.interfaces import IBalancer
 
+
+#: How many recent health checks a backend remembers.
+CHECKS_KEPT = 10
 
 UP = "up"
 DOWN = "down"
@@ -59,6 +65,12 @@ class Backend:
     @ivar failures: Failed connects, handshakes and checks, ever.
     @ivar lastCheck: The last active check: its time, result and reason,
         or L{None} before the first.
+    @ivar checks: The last few active checks, oldest first.
+    @ivar sentMessages: Messages sent to it by connections now closed
+        (L{wsrelay.service.RelayService.traffic} adds the open ones).
+    @ivar sentBytes: Payload bytes of those.
+    @ivar receivedMessages: Messages received from it, likewise.
+    @ivar receivedBytes: Payload bytes of those.
     """
 
     def __init__(self, config: BackendConfig) -> None:
@@ -67,8 +79,13 @@ class Backend:
         self.url = config.url
         self.host = config.host
         self.port = config.port
-        self.weight = config.weight
         self.healthy = True
+        self.checks: deque[tuple[float, bool, str]] = deque(maxlen=CHECKS_KEPT)
+        self.sentMessages = 0
+        self.sentBytes = 0
+        self.receivedMessages = 0
+        self.receivedBytes = 0
+        self._ramp: tuple[IReactorTime, float, float] | None = None
         self.admin = ENABLED
         self.connections = 0
         self.totalConnections = 0
@@ -76,6 +93,37 @@ class Backend:
         self.lastCheck: tuple[float, bool, str] | None = None
         self.successesInRow = 0
         self.failuresInRow = 0
+
+    @property
+    def weight(self) -> float:
+        """
+        The configured weight, or during slow start a part of it that grows
+        from a tenth to all of it.
+        """
+        ramp = self._ramp
+        if ramp is None:
+            return self.config.weight
+        clock, start, duration = ramp
+        elapsed = clock.seconds() - start
+        if elapsed >= duration:
+            self._ramp = None
+            return self.config.weight
+        return self.config.weight * max(0.1, elapsed / duration)
+
+    def slowStart(self, clock: IReactorTime, duration: float) -> None:
+        """
+        Ramp this backend's weight up over C{duration} seconds from now.
+        """
+        self._ramp = (clock, clock.seconds(), duration) if duration > 0 else None
+
+    def count(self, leg: Any) -> None:
+        """
+        Add the traffic of a closed upstream leg to this backend's totals.
+        """
+        self.sentMessages += leg.messagesOut
+        self.sentBytes += leg.bytesOut
+        self.receivedMessages += leg.messagesIn
+        self.receivedBytes += leg.bytesIn
 
     @property
     def state(self) -> str:
@@ -218,7 +266,6 @@ def buildBackends(
         b = old.get(bc.name)
         if b is not None and b.url == bc.url:
             b.config = bc
-            b.weight = bc.weight
         else:
             b = Backend(bc)
         result.append(b)

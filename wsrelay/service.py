@@ -7,11 +7,12 @@ them.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator
+import random
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
@@ -20,8 +21,16 @@ from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.frontend import FrontendFactory, FrontendProtocol, Refused
 from wsrelay.handshake import Head, endToEnd
 from wsrelay.health import HealthMonitor
-from wsrelay.plugins import balancerFactories, healthCheckerFactories, logPlugins
+from wsrelay.plugins import (
+    PluginError,
+    balancerFactories,
+    healthCheckerFactories,
+    logPlugins,
+)
 from wsrelay.routing import (
+    DISABLED,
+    DRAINING,
+    ENABLED,
     Backend,
     ConnectionInfo,
     Route,
@@ -30,6 +39,7 @@ from wsrelay.routing import (
     endpointDescription,
 )
 from wsrelay.session import ProxySession
+from wsrelay.stats import LATENCY_BUCKETS, Histogram, TokenBucket
 from wsrelay.upstream import (
     UpstreamError,
     UpstreamFactory,
@@ -40,7 +50,7 @@ from wsrelay.upstream import (
 )
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IListeningPort
+    from twisted.internet.interfaces import IDelayedCall, IListeningPort
 
     from wsrelay.config import RelayConfig, RouteConfig
 
@@ -136,6 +146,11 @@ class RelayService(MultiService):
         self.routes = RouteTable(
             tuple(self._buildRoute(rc, None) for rc in config.routes)
         )
+        self.startedAt = self.clock.seconds()
+        self.handshakeLatency = Histogram(LATENCY_BUCKETS)
+        self.admission = TokenBucket(self.clock, config.maxHandshakesPerSecond)
+        self.random = random.Random()
+        self._draining: dict[Backend, IDelayedCall] = {}
         self.frontendFactory = FrontendFactory(self)
         self.listeners = [
             Listener(reactor, description, self.frontendFactory)
@@ -143,6 +158,11 @@ class RelayService(MultiService):
         ]
         for listener in self.listeners:
             listener.setServiceParent(self)
+        if config.admin is not None:
+            from wsrelay.admin import adminSite
+
+            self.adminListener = Listener(reactor, config.admin, adminSite(self))
+            self.adminListener.setServiceParent(self)
         if config.demo.echo or config.demo.ticker:
             from wsrelay.demo import DemoService
 
@@ -154,14 +174,14 @@ class RelayService(MultiService):
         """
         backends = buildBackends(config, previous)
         for b in backends:
-            if getattr(b, "factory", None) is None:
-                b.factory = UpstreamFactory(b.url, self.config, self._reactor)  # type: ignore[attr-defined]
-                b.endpoint = clientFromString(  # type: ignore[attr-defined]
-                    self._reactor,
-                    endpointDescription(
-                        b.host, b.port, b.config.secure, self.config.connectTimeout
-                    ),
-                )
+            # Made again at each reload: limits apply to new connections.
+            b.factory = UpstreamFactory(b.url, self.config, self._reactor)  # type: ignore[attr-defined]
+            b.endpoint = clientFromString(  # type: ignore[attr-defined]
+                self._reactor,
+                endpointDescription(
+                    b.host, b.port, b.config.secure, self.config.connectTimeout
+                ),
+            )
         try:
             balancer = self._balancers[config.balancer].build(backends, config.options)
         except ValueError as e:
@@ -187,6 +207,7 @@ class RelayService(MultiService):
             config.healthTimeout,
             config.rise,
             config.fall,
+            config.slowstart,
         )
         return Route(config, backends, balancer, monitor)
 
@@ -202,9 +223,17 @@ class RelayService(MultiService):
             nvx="on" if USES_NVX else "off",
         )
         logPlugins()
+        self.startedAt = self.clock.seconds()
         super().startService()
         for route in self.routes.routes:
             route.monitor.start()
+        self._startChannels()
+
+    def _startChannels(self) -> None:
+        """
+        Connect the channels of the fan-out routes with C{connect = eager}.
+        """
+        for route in self.routes.routes:
             config = route.config
             if config.mode == "fanout" and config.channel == "route":
                 channel = self.channel(route, "")
@@ -219,15 +248,207 @@ class RelayService(MultiService):
         stopped = super().stopService()
         for route in self.routes.routes:
             route.monitor.stop()
+        for call in self._draining.values():
+            if call.active():
+                call.cancel()
+        self._draining.clear()
         sessions = list(self.sessions)
-        for session in sessions:
-            session.shutdown()
+        self.spreadCloses(sessions, 1001, b"relay shutting down")
         channels = list(self.channels.values())
         self.channels.clear()
         waits = [stopped, *(s.done for s in sessions), *(c.stop() for c in channels)]
         d = DeferredList(waits, consumeErrors=True)
-        d.addTimeout(self.config.closeTimeout * 2 + 1, self._reactor)
+        d.addTimeout(self.config.drainTimeout, self.clock)
         return d.addBoth(lambda _: None)
+
+    def spreadCloses(
+        self, sessions: Sequence[ProxySession | FanoutSession], code: int, reason: bytes
+    ) -> None:
+        """
+        Close C{sessions} with C{code}, each at a random moment within
+        C{close_spread} seconds (at once when it is 0), so that their
+        clients do not all reconnect in the same instant.
+        """
+        spread = self.config.closeSpread
+        for session in sessions:
+            if spread > 0:
+                delay = self.random.uniform(0, spread)
+                self.clock.callLater(delay, session.shutdown, code, reason)
+            else:
+                session.shutdown(code, reason)
+
+    # Operating: admin actions and reload.
+
+    def traffic(self, route: Route, backend: Backend) -> tuple[int, int, int, int]:
+        """
+        @return: Messages and bytes sent to C{backend} through C{route}, and
+            messages and bytes received from it, by closed and open
+            connections.
+        """
+        sent, sentBytes = backend.sentMessages, backend.sentBytes
+        received, receivedBytes = backend.receivedMessages, backend.receivedBytes
+        legs = [s.upstream for s in self.sessions if s.backend is backend]
+        legs += [c.upstream for c in self.channels.values() if c.backend is backend]
+        for leg in legs:
+            if leg is not None:
+                sent += leg.messagesOut
+                sentBytes += leg.bytesOut
+                received += leg.messagesIn
+                receivedBytes += leg.bytesIn
+        return sent, sentBytes, received, receivedBytes
+
+    def adminToken(self) -> str | None:
+        """
+        @return: The admin API's bearer token (the first line of
+            C{admin_token_file}), or L{None} when there is none.
+        """
+        path = self.config.adminTokenFile
+        if path is None:
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            self.log.error("cannot read admin_token_file: {error}", error=e)
+            return None
+        return token or None
+
+    def setBackendState(self, routeName: str, backendName: str, action: str) -> Backend:
+        """
+        Drain, disable or enable a backend of a route.
+
+        C{drain}: no new connections; open ones may finish, and those left
+        after C{drain_timeout} are closed with 1012.  C{disable}: no new
+        connections, and open ones are closed with 1012 now (spread over
+        C{close_spread}).  C{enable}: back in rotation.
+
+        @raise KeyError: When the route or the backend is unknown.
+        @raise ValueError: When C{action} is not one of those.
+        """
+        route = self.routes.byName(routeName)
+        if route is None:
+            raise KeyError(f"no route {routeName!r}")
+        for backend in route.backends:
+            if backend.name == backendName:
+                break
+        else:
+            raise KeyError(f"route {routeName!r} has no backend {backendName!r}")
+        states = {"drain": DRAINING, "disable": DISABLED, "enable": ENABLED}
+        if action not in states:
+            raise ValueError(f"unknown action {action!r}")
+        self.log.info(
+            "route {route}: backend {backend} {state} (was {previous})",
+            route=routeName,
+            backend=backendName,
+            state=states[action],
+            previous=backend.admin,
+        )
+        backend.admin = states[action]
+        self._cancelDrain(backend)
+        if action == "disable":
+            self._closeBackend(backend)
+        elif action == "drain":
+            self._drainLater(backend)
+        return backend
+
+    def _drainLater(self, backend: Backend) -> None:
+        """
+        Close what is left on a draining backend after C{drain_timeout}.
+        """
+        self._cancelDrain(backend)
+        self._draining[backend] = self.clock.callLater(
+            self.config.drainTimeout, self._drainEnded, backend
+        )
+
+    def _drainEnded(self, backend: Backend) -> None:
+        self._draining.pop(backend, None)
+        self._closeBackend(backend)
+
+    def _cancelDrain(self, backend: Backend) -> None:
+        call = self._draining.pop(backend, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _closeBackend(self, backend: Backend) -> None:
+        """
+        Close every connection to C{backend} with 1012: proxied clients
+        (spread), and fan-out sources (whose channels move to another
+        backend and keep their clients).
+        """
+        sessions = [s for s in self.sessions if s.backend is backend]
+        self.spreadCloses(sessions, 1012, b"backend going away")
+        for channel in list(self.channels.values()):
+            if channel.backend is backend:
+                channel.moveOff()
+
+    def reload(self) -> Deferred[None]:
+        """
+        Read the configuration file again and apply it: new routes and
+        backends take traffic, removed backends are drained, changed
+        settings apply to new connections; no open connection is closed.
+
+        @return: A L{Deferred} that fires when applied, or fails with the
+            L{ConfigError} (the running configuration then stays).
+        """
+        from wsrelay.tap import readConfig
+
+        try:
+            config = readConfig(self.config.path)
+            self._apply(config)
+        except (ConfigError, PluginError) as e:
+            self.log.error("reload rejected, configuration unchanged: {error}", error=e)
+            return fail(e)
+        self.log.info(
+            "reloaded {path}: {routes} routes",
+            path=config.path,
+            routes=len(config.routes),
+        )
+        return succeed(None)
+
+    def _apply(self, config: RelayConfig) -> None:
+        """
+        Make C{config} the configuration in force.
+
+        @raise ConfigError: When a plugin rejects its options; nothing has
+            changed then.
+        """
+        if config.listen != self.config.listen or config.admin != self.config.admin:
+            self.log.warn("listen and admin changes take effect at restart only")
+        previous = self.config
+        self.config = config
+        try:
+            self._balancers = balancerFactories()
+            self._checkers = healthCheckerFactories()
+            routes = tuple(
+                self._buildRoute(rc, self.routes.byName(rc.name))
+                for rc in config.routes
+            )
+        except ConfigError:
+            self.config = previous
+            raise
+        old = self.routes.routes
+        kept = {b for r in routes for b in r.backends}
+        for route in old:
+            route.monitor.stop()
+            for backend in route.backends:
+                if backend not in kept and backend.admin != DRAINING:
+                    backend.admin = DRAINING
+                    self._drainLater(backend)
+        self._trusted = [ipaddress.ip_network(n) for n in config.trustedProxies]
+        self.admission = TokenBucket(self.clock, config.maxHandshakesPerSecond)
+        self.routes = RouteTable(routes)
+        self.frontendFactory.configure()
+        for route in routes:
+            if self.running:
+                route.monitor.start()
+        for channel in list(self.channels.values()):
+            current = self.routes.byName(channel.route.name)
+            if current is not None and current.config.mode == "fanout":
+                channel.route = current
+            else:
+                channel.retire()
+        if self.running:
+            self._startChannels()
 
     @property
     def startFailed(self) -> bool:

@@ -117,6 +117,10 @@ class ProxySession:
         self._finished = False
         self._clientGone = False
         self.startedAt = self._clock.seconds()
+        self.openedAt: float | None = None
+        self.closedBy: str | None = None
+        self.lastBackend: str | None = None
+        self.peer = relay.clientAddress(frontend)
         frontend.session = self
         frontend.listener = self
 
@@ -219,6 +223,7 @@ class ProxySession:
         """
         self.upstream = up
         self.backend = backend
+        self.lastBackend = backend.name
         up.listener = self
         up.target = self.frontend
         backend.connections += 1
@@ -230,6 +235,8 @@ class ProxySession:
         """
         The client got its 101: data flows both ways now.
         """
+        self.openedAt = self._clock.seconds()
+        self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
         self._pair()
         if self.relay.config.idleTimeout > 0:
             self._armIdle()
@@ -256,6 +263,8 @@ class ProxySession:
         Forward a close to the other side, and answer C{leg} with what that
         side answers.
         """
+        if self.closedBy is None:
+            self.closedBy = "client" if leg is self.frontend else "backend"
         other = self._other(leg)
         if other is not None and other.state == OPEN:
             self._closeWaiting = leg
@@ -279,6 +288,8 @@ class ProxySession:
         """
         f = self.frontend
         if leg is f:
+            if self.closedBy is None:
+                self.closedBy = "client"
             self._clientGone = True
             self._cancelOpening()
             up = self.upstream
@@ -312,6 +323,8 @@ class ProxySession:
             or self.stopping
             or f.sendingFragment
         ):
+            if self.closedBy is None:
+                self.closedBy = "backend"
             reason = b"backend connection lost"
             if f.sendingFragment:
                 reason = b"backend lost in the middle of a message"
@@ -366,6 +379,7 @@ class ProxySession:
         The client sent more than C{failover_buffer} while reconnecting.
         """
         self.stopping = True
+        self.closedBy = self.closedBy or "relay"
         self._cancelOpening()
         self.frontend.closeWith(1013, b"failover buffer full")
 
@@ -376,6 +390,8 @@ class ProxySession:
         Close both legs (the relay stops, or the backend is disabled).
         """
         self.stopping = True
+        if self.closedBy is None:
+            self.closedBy = "relay"
         self._cancelOpening()
         for leg in (self.frontend, self.upstream):
             if leg is not None:
@@ -401,6 +417,7 @@ class ProxySession:
             if self.frontend.target is up:
                 self.frontend.target = None
         if backend is not None and up is not None:
+            backend.count(up)
             backend.connections -= 1
             self.route.balancer.connectionClosed(backend)
 
@@ -414,7 +431,33 @@ class ProxySession:
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.cancel()
         self.relay.sessionEnded(self)
+        self._logAccess()
         self.done.callback(None)
+
+    def _logAccess(self) -> None:
+        """
+        One event per connection, when it ends.
+        """
+        f = self.frontend
+        if self.openedAt is None:
+            return
+        code = f.remoteCloseCode if self.closedBy == "client" else f.localCloseCode
+        self.log.info(
+            "{client} {route} {backend} {duration:.3f}s"
+            " in {messagesIn}/{bytesIn} out {messagesOut}/{bytesOut}"
+            " close {closeCode} by {closedBy}",
+            event="access",
+            client=self.peer,
+            route=self.route.name,
+            backend=self.lastBackend,
+            duration=self._clock.seconds() - self.openedAt,
+            messagesIn=f.messagesIn,
+            bytesIn=f.bytesIn,
+            messagesOut=f.messagesOut,
+            bytesOut=f.bytesOut,
+            closeCode=code,
+            closedBy=self.closedBy or "network",
+        )
 
     # Idle timeout.
 

@@ -93,8 +93,9 @@ class Options(usage.Options):
 
 class ProcessControl(Service):
     """
-    The process's exit status: 0 after SIGTERM, 1 when the relay could
-    not start.
+    Signals and the process's exit status: SIGHUP reloads the
+    configuration; SIGTERM stops gracefully and exits with 0; a relay that
+    could not start exits with 1.
 
     The reactor stops on SIGTERM either way, and the relay's
     C{stopService} closes every connection with 1001 first; but twistd then
@@ -114,12 +115,24 @@ class ProcessControl(Service):
         Take over SIGTERM once the reactor has installed its own handlers.
         """
         super().startService()
-        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._stop)
+        self._reactor.callWhenRunning(self._install)
         self._reactor.addSystemEventTrigger("after", "shutdown", self._exit)
+
+    def _install(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGHUP, self._reload)
 
     def _stop(self, number: int, frame: FrameType | None) -> None:
         self.log.info("SIGTERM: closing connections and stopping")
         self._reactor.callFromThread(self._reactor.stop)
+
+    def _reload(self, number: int, frame: FrameType | None) -> None:
+        self.log.info("SIGHUP: reloading the configuration")
+        self._reactor.callFromThread(self._reloadNow)
+
+    def _reloadNow(self) -> None:
+        # A rejected file is logged by the relay; the old one stays.
+        self._relay.reload().addErrback(lambda f: None)
 
     def _exit(self) -> None:
         if self._relay.startFailed:
