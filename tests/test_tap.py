@@ -4,6 +4,7 @@ C{twistd wsrelay} as users run it: a subprocess, a config file, signals.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import tempfile
 import time
 
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import unix_connect
 
 from tests.support import TIMEOUT, Backend
@@ -151,3 +153,61 @@ class CommandLineTests(TestCase):
         self.assertEqual(rcvd.code, 1001)
         log.seek(0)
         self.assertIn("native acceleration", log.read())
+
+    def test_sighupAndJSONLogs(self) -> None:
+        """
+        SIGHUP makes the relay read its file again (a route added then
+        serves), with C{--logger=wsrelay.logs.jsonStdout} every event is a
+        JSON line, and a connection's access event carries its fields.
+        """
+        backend = Backend()
+        self.addCleanup(backend.stop)
+        sock = os.path.join(self.directory, "relay.sock")
+        text = (
+            f"[relay]\nlisten = unix:{sock}\n"
+            f"[route:a]\npath = /a\nbackends = {backend.url}\n"
+        )
+        path = self.write(text)
+        log = open(os.path.join(self.directory, "twistd.log"), "w+")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                "--logger=wsrelay.logs.jsonStdout",
+                "wsrelay",
+                "--config",
+                path,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        deadline = time.monotonic() + TIMEOUT * 3
+        while not accepts(sock):
+            self.assertIsNone(process.poll(), "twistd exited early")
+            self.assertLess(time.monotonic(), deadline, "relay never listened")
+            time.sleep(0.05)
+        self.write(text + f"[route:b]\npath = /b\nbackends = {backend.url}\n")
+        process.send_signal(signal.SIGHUP)
+        while True:
+            try:
+                with unix_connect(sock, "ws://relay/b", open_timeout=TIMEOUT) as c:
+                    c.send("hello")
+                    self.assertEqual(c.recv(TIMEOUT), "hello")
+                    break
+            except InvalidStatus as e:
+                self.assertEqual(e.response.status_code, 404)
+                self.assertLess(time.monotonic(), deadline, "never reloaded")
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(TIMEOUT * 3), 0)
+        log.seek(0)
+        events = [json.loads(line) for line in log.read().splitlines() if line]
+        [access] = [e for e in events if e.get("event") == "access"]
+        self.assertEqual(
+            (access["route"], access["messagesIn"], access["closedBy"]),
+            ("b", 1, "client"),
+        )
+        self.assertTrue(any("reloaded" in e.get("log_format", "") for e in events))
