@@ -103,6 +103,8 @@ def iniDefault(default: Any) -> str:
         return "required"
     if default is None or default == ():
         return "none"
+    if isinstance(default, bool):
+        return "`on`" if default else "`off`"
     if isinstance(default, float):
         return f"`{default:g}`"
     return f"`{default}`"
@@ -518,6 +520,9 @@ class BadValueTests(SynchronousTestCase):
         ("route", "backoff_base"): ["0", "x"],
         ("route", "backoff_cap"): ["0", "-1"],
         ("route", "slowstart"): ["-1", "x"],
+        ("route", "allowed_origins"): ["", "example.com", "ftp://a", "https://a/x"],
+        ("route", "ca_file"): ["/nonexistent/ca.pem", ""],
+        ("route", "verify"): ["yes", "On", ""],
         ("route", "health"): ["ping", "None", ""],
         ("route", "health_interval"): ["0", "-1", "x"],
         ("route", "health_timeout"): ["0", "1s"],
@@ -528,6 +533,11 @@ class BadValueTests(SynchronousTestCase):
         ("relay", "drain_timeout"): ["0", "x"],
         ("relay", "close_spread"): ["-1", "x"],
         ("relay", "max_handshakes_per_second"): ["-1", "x", "1e3"],
+        ("relay", "max_connections"): ["-1", "x"],
+        ("relay", "max_connections_per_ip"): ["-1", "1.5"],
+        ("relay", "handshake_rate_per_ip"): ["-1", "x"],
+        ("relay", "max_messages_per_second"): ["-1", "x"],
+        ("relay", "message_rate_action"): ["kill", ""],
         ("demo", "echo"): ["tcp:abc", "tcp:1 tcp:2", ""],
         ("demo", "ticker"): ["nosuch:", "ssl:443:privateKey=/nonexistent"],
         ("demo", "ticker_interval"): ["0", "-0.1", "x"],
@@ -1281,8 +1291,9 @@ class KeyTableTests(SynchronousTestCase):
         """
         directory = tempDirectory(self)
         os.mkdir(os.path.join(directory, "plugins"))
-        with open(os.path.join(directory, "token"), "w") as f:
-            f.write("secret\n")
+        for name in ("token", "backend-ca.pem"):
+            with open(os.path.join(directory, name), "w") as f:
+                f.write("secret\n")
         path = os.path.join(directory, "relay.ini")
         for kind, rows in docTables().items():
             for key, row in rows.items():

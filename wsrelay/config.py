@@ -293,6 +293,11 @@ class RouteConfig:
     @ivar backoffCap: Fan-out: the longest delay before reconnecting.
     @ivar slowstart: Seconds over which a backend that came up gets its
         share of new connections back; 0: at once.
+    @ivar allowedOrigins: The C{Origin}s whose handshakes are accepted
+        (lower case; C{*.} matches subdomains); empty: any.
+    @ivar caFile: Certificates trusted for C{wss://} backends, or L{None}
+        for the system's.
+    @ivar verify: Whether C{wss://} backends' certificates are verified.
     @ivar health: The name of the health-checker plugin, or L{NO_HEALTH}.
     @ivar healthInterval: Seconds between two checks of a backend.
     @ivar healthTimeout: Seconds before a check counts as failed.
@@ -324,6 +329,9 @@ class RouteConfig:
     backoffBase: float = 0.5
     backoffCap: float = 30.0
     slowstart: float = 0.0
+    allowedOrigins: tuple[str, ...] = ()
+    caFile: str | None = None
+    verify: bool = True
     health: str = NO_HEALTH
     healthInterval: float = 2.0
     healthTimeout: float = 2.0
@@ -384,6 +392,13 @@ class RelayConfig:
         or stopping relay's clients are spread; 0: all at once.
     @ivar maxHandshakesPerSecond: Relay-wide rate of new client handshakes
         (a token bucket); 0: no limit.
+    @ivar maxConnections: Client connections open at once; 0: no limit.
+    @ivar maxConnectionsPerIp: The same per client address.
+    @ivar handshakeRatePerIp: Handshakes per second per client address (a
+        token bucket each); 0: no limit.
+    @ivar maxMessagesPerSecond: Messages per second one client may send;
+        0: no limit.
+    @ivar messageRateAction: C{"close"} (1008) or C{"drop"} beyond it.
     @ivar routes: The routes, in the order of the file.
     @ivar demo: The C{[demo]} section (all unset when absent).
     """
@@ -406,6 +421,11 @@ class RelayConfig:
     drainTimeout: float = 30.0
     closeSpread: float = 0.0
     maxHandshakesPerSecond: float = 0.0
+    maxConnections: int = 0
+    maxConnectionsPerIp: int = 0
+    handshakeRatePerIp: float = 0.0
+    maxMessagesPerSecond: int = 0
+    messageRateAction: str = "close"
     routes: tuple[RouteConfig, ...]
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -558,6 +578,32 @@ def _parseFile(value: str, context: _Context) -> str:
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise _BadValue(_expected("a readable file", value) + f" ({path!r})")
     return path
+
+
+def _parseOrigins(value: str, context: _Context) -> tuple[str, ...]:
+    origins = []
+    for item in re.split(r"[\s,]+", value):
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise _BadValue(_expected("origins such as https://app.example.com", item))
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    if not origins:
+        raise _BadValue(_expected("one or more origins", value))
+    return tuple(origins)
+
+
+def _onOff(value: str, context: _Context) -> bool:
+    if value not in ("on", "off"):
+        raise _BadValue(_expected("on or off", value))
+    return value == "on"
 
 
 def _parseRoutePath(value: str, context: _Context) -> str:
@@ -751,6 +797,16 @@ RELAY_KEYS = _keys(RelayConfig, [
      "Spread closes of drained or stopped connections over this time."),
     ("max_handshakes_per_second", "rate", _rate,
      "Relay-wide limit of new client handshakes per second; 0: none."),
+    ("max_connections",   "number",      _wholeNumber(0, "connections"),
+     "Client connections open at once, relay-wide; 0: no limit."),
+    ("max_connections_per_ip", "number", _wholeNumber(0, "connections"),
+     "Client connections open at once from one address; 0: no limit."),
+    ("handshake_rate_per_ip", "rate",    _rate,
+     "New handshakes per second from one address; 0: no limit."),
+    ("max_messages_per_second", "number", _wholeNumber(0, "messages"),
+     "Messages per second one client may send; 0: no limit."),
+    ("message_rate_action", "choice",    _choice("close", "drop"),
+     "Beyond max_messages_per_second: close with 1008, or drop."),
 ])
 
 ROUTE_KEYS = _keys(RouteConfig, [
@@ -790,6 +846,12 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "Fan-out: longest delay before reconnecting to the source."),
     ("slowstart",         "seconds",     _seconds(True, " (0 = off)"),
      "Ramp a backend that came up to its full share over this time."),
+    ("allowed_origins",   "origins",     _parseOrigins,
+     "Origins whose handshakes are accepted; others get 403."),
+    ("ca_file",           "file",        _parseFile,
+     "PEM certificates trusted for wss:// backends (else the system's)."),
+    ("verify",            "choice",      _onOff,
+     "Verify wss:// backends' certificates: on, or off (tests only)."),
     ("health",            "name",        _parseHealth,
      "Health-checker plugin (tcp, websocket, http) or none: no checks."),
     ("health_interval",   "seconds",     _seconds(False),

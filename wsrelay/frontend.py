@@ -81,6 +81,12 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     _refusal: Refused | None = None
     _screened = False
     _handshakeCall: Any = None
+    #: The client's address as counted by C{max_connections_per_ip}.
+    countedAddress: str | None = None
+    rateLimit = 0
+    rateCount = 0
+    rateWindow = 0.0
+    rateDrops = 0
 
     def connectionMade(self) -> None:
         """
@@ -90,6 +96,9 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         """
         WebSocketServerProtocol.connectionMade(self)
         relay = self.factory.relay
+        relay.clientArrived(self)
+        self.rateLimit = relay.config.maxMessagesPerSecond
+        self.rateWindow = relay.clock.seconds()
         self._handshakeCall = relay.clock.callLater(
             relay.config.handshakeTimeout, self._handshakeTimedOut
         )
@@ -105,10 +114,45 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Stop the handshake clock.
+        Stop the handshake clock, and no longer count this connection.
         """
         self._stopHandshakeClock()
+        self.factory.relay.clientLeft(self)
         WebSocketServerProtocol.connectionLost(self, reason)
+
+    def onMessageFrameEnd(self) -> None:
+        """
+        Count the client's messages against C{max_messages_per_second}
+        (one-second windows; the clock is read only once the count is
+        over), then relay the frame.
+        """
+        limit = self.rateLimit
+        if limit and self.current_frame.fin:
+            self.rateCount += 1
+            if self.rateCount > limit:
+                now = self.factory.relay.clock.seconds()
+                if now - self.rateWindow >= 1:
+                    self.rateWindow = now
+                    self.rateCount = 1
+                elif not self.receivingFragment and self.overRate():
+                    # (The end of a message whose start went on is let
+                    # through: the other side must not get half of one.)
+                    return
+        RelayLeg.onMessageFrameEnd(self)
+
+    def overRate(self) -> bool:
+        """
+        The client sent too many messages this second.
+
+        @return: Whether to drop this frame.
+        """
+        self.rateDrops += 1
+        if self.factory.relay.config.messageRateAction == "close":
+            self.frame_data = None
+            self.closeWith(1008, b"message rate exceeded")
+        else:
+            self.frame_data = None
+        return True
 
     def _stopHandshakeClock(self) -> None:
         call, self._handshakeCall = self._handshakeCall, None
@@ -173,18 +217,13 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
                 )
             )
             return
-        if not self.factory.relay.admission.take():
-            self.refuse(
-                Refused(
-                    503,
-                    "Service Unavailable",
-                    [("Retry-After", "1")],
-                    b"too many new connections, retry shortly\n",
-                )
-            )
-            return
         self.head = head
-        self.route, self.remainder = found
+        route, remainder = found
+        refusal = self.factory.relay.admit(self, route)
+        if refusal is not None:
+            self.refuse(refusal)
+            return
+        self.route, self.remainder = route, remainder
         self.query = parts.query
         self._screened = True
         WebSocketServerProtocol.processHandshake(self)

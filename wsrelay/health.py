@@ -77,6 +77,22 @@ def _passCancel(f: Failure) -> Result:
     return (False, f.getErrorMessage())
 
 
+def _endpoint(reactor: Any, backend: IBackend) -> Any:
+    """
+    @return: The endpoint the relay itself reaches C{backend} with (its TLS
+        settings included), or one made from its address.
+    """
+    endpoint = getattr(backend, "endpoint", None)
+    if endpoint is not None:
+        return endpoint
+    return clientFromString(
+        reactor,
+        endpointDescription(
+            backend.host, backend.port, _secure(backend), CONNECT_LIMIT
+        ),
+    )
+
+
 def _secure(backend: IBackend) -> bool:
     return str(backend.url).startswith("wss:")
 
@@ -108,10 +124,7 @@ class TCPChecker:
         """
         Connect, and close at once.
         """
-        endpoint = clientFromString(
-            self._reactor,
-            endpointDescription(backend.host, backend.port, False, CONNECT_LIMIT),
-        )
+        endpoint = _endpoint(self._reactor, backend)
 
         def connected(protocol: Protocol) -> Result:
             assert protocol.transport is not None
@@ -199,13 +212,7 @@ class WebSocketChecker:
 
         done: Deferred[Result] = Deferred(cancel)
         factory = _ProbeFactory(f"{scheme}://{netloc}{path}", done)
-        endpoint = clientFromString(
-            self._reactor,
-            endpointDescription(
-                backend.host, backend.port, _secure(backend), CONNECT_LIMIT
-            ),
-        )
-        connecting = endpoint.connect(factory)
+        connecting = _endpoint(self._reactor, backend).connect(factory)
         connecting.addCallbacks(connected, failed)
         return done
 

@@ -29,6 +29,10 @@ class IBackend(Interface):
         "The configured C{weight=} (a number, at least 1), or during slow start"
         " a growing part of it (then a C{float}, at least a tenth of it)."
     )
+    endpoint = Attribute(
+        "An L{IStreamClientEndpoint} that reaches the backend as the relay"
+        " does: plain TCP, or TLS with the route's verification settings."
+    )
     connections = Attribute(
         "The number of connections now open to this backend through this route"
         " (C{int}), kept by the relay."

@@ -86,6 +86,9 @@ class Backend:
         self.receivedMessages = 0
         self.receivedBytes = 0
         self._ramp: tuple[IReactorTime, float, float] | None = None
+        # Set by the relay for each configuration.
+        self.endpoint: Any = None
+        self.factory: Any = None
         self.admin = ENABLED
         self.connections = 0
         self.totalConnections = 0

@@ -40,6 +40,7 @@ from wsrelay.routing import (
 )
 from wsrelay.session import ProxySession
 from wsrelay.stats import LATENCY_BUCKETS, Histogram, TokenBucket
+from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
 from wsrelay.upstream import (
     UpstreamError,
     UpstreamFactory,
@@ -53,6 +54,32 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IListeningPort
 
     from wsrelay.config import RelayConfig, RouteConfig
+
+
+#: Per-address handshake buckets kept before idle ones are forgotten.
+MAX_BUCKETS = 10000
+
+
+def _tooMany(code: int, reason: str, body: bytes) -> Refused:
+    return Refused(code, reason, [("Retry-After", "1")], body)
+
+
+def originAllowed(head: Head | None, origins: Sequence[str]) -> bool:
+    """
+    @return: Whether the request's C{Origin} is one of C{origins}, where
+        C{scheme://*.domain} stands for any subdomain of C{domain}.
+    """
+    origin = (head.get("origin") if head is not None else None) or ""
+    origin = origin.strip().lower()
+    if not origin:
+        return False
+    for allowed in origins:
+        if origin == allowed:
+            return True
+        scheme, _, host = allowed.partition("://*.")
+        if host and origin.startswith(scheme + "://") and origin.endswith("." + host):
+            return True
+    return False
 
 
 class Listener(Service):
@@ -149,6 +176,9 @@ class RelayService(MultiService):
         self.startedAt = self.clock.seconds()
         self.handshakeLatency = Histogram(LATENCY_BUCKETS)
         self.admission = TokenBucket(self.clock, config.maxHandshakesPerSecond)
+        self.clientConnections = 0
+        self._perAddress: dict[str, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self.random = random.Random()
         self._draining: dict[Backend, IDelayedCall] = {}
         self.frontendFactory = FrontendFactory(self)
@@ -173,15 +203,39 @@ class RelayService(MultiService):
         Make the run-time route for a route's configuration.
         """
         backends = buildBackends(config, previous)
+        trust = None
+        if config.caFile is not None:
+            try:
+                trust = loadTrust(config.caFile)
+            except (OSError, BadCAFile) as e:
+                raise ConfigError(
+                    self.config.path, str(e), config.section, "ca_file"
+                ) from None
+        if not config.verify and any(b.config.secure for b in backends):
+            self.log.warn(
+                "route {route}: verify = off: wss:// backends' certificates"
+                " are NOT checked",
+                route=config.name,
+            )
         for b in backends:
             # Made again at each reload: limits apply to new connections.
-            b.factory = UpstreamFactory(b.url, self.config, self._reactor)  # type: ignore[attr-defined]
-            b.endpoint = clientFromString(  # type: ignore[attr-defined]
-                self._reactor,
-                endpointDescription(
-                    b.host, b.port, b.config.secure, self.config.connectTimeout
-                ),
-            )
+            b.factory = UpstreamFactory(b.url, self.config, self._reactor)
+            if b.config.secure:
+                b.endpoint = tlsEndpoint(
+                    self._reactor,
+                    b.host,
+                    b.port,
+                    self.config.connectTimeout,
+                    config.verify,
+                    trust,
+                )
+            else:
+                b.endpoint = clientFromString(
+                    self._reactor,
+                    endpointDescription(
+                        b.host, b.port, False, self.config.connectTimeout
+                    ),
+                )
         try:
             balancer = self._balancers[config.balancer].build(backends, config.options)
         except ValueError as e:
@@ -562,8 +616,8 @@ class RelayService(MultiService):
             try:
                 up = await connectUpstream(
                     self.clock,
-                    backend.endpoint,  # type: ignore[attr-defined]
-                    backend.factory,  # type: ignore[attr-defined]
+                    backend.endpoint,
+                    backend.factory,
                     resource,
                     backend.hostHeader(),
                     headers,
@@ -606,6 +660,63 @@ class RelayService(MultiService):
             self.backendFailed(route, backend, f"answered {status}")
 
     # Requests.
+
+    def clientArrived(self, frontend: FrontendProtocol) -> None:
+        """
+        A client connected.
+        """
+        self.clientConnections += 1
+
+    def clientLeft(self, frontend: FrontendProtocol) -> None:
+        """
+        A client's connection is gone.
+        """
+        self.clientConnections -= 1
+        address = frontend.countedAddress
+        if address is not None:
+            frontend.countedAddress = None
+            left = self._perAddress[address] - 1
+            if left:
+                self._perAddress[address] = left
+            else:
+                del self._perAddress[address]
+
+    def admit(self, frontend: FrontendProtocol, route: Route) -> Refused | None:
+        """
+        Apply the abuse limits to a routed, valid upgrade request.
+
+        @return: The refusal to answer with, or L{None} to go on.
+        """
+        config = self.config
+        origins = route.config.allowedOrigins
+        if origins and not originAllowed(frontend.head, origins):
+            return Refused(403, "Forbidden", body=b"origin not allowed\n")
+        address = self.clientAddress(frontend)
+        if config.handshakeRatePerIp > 0:
+            bucket = self._buckets.get(address)
+            if bucket is None:
+                if len(self._buckets) >= MAX_BUCKETS:
+                    self._buckets = {
+                        a: b for a, b in self._buckets.items() if not b.full()
+                    }
+                bucket = TokenBucket(self.clock, config.handshakeRatePerIp)
+                self._buckets[address] = bucket
+            if not bucket.take():
+                return _tooMany(429, "Too Many Requests", b"handshake rate exceeded\n")
+        if config.maxConnections and self.clientConnections > config.maxConnections:
+            return _tooMany(503, "Service Unavailable", b"too many connections\n")
+        count = self._perAddress.get(address, 0)
+        if config.maxConnectionsPerIp and count >= config.maxConnectionsPerIp:
+            return _tooMany(
+                429, "Too Many Requests", b"too many connections from this address\n"
+            )
+        if not self.admission.take():
+            return _tooMany(
+                503, "Service Unavailable", b"too many new connections, retry shortly\n"
+            )
+        self._perAddress[address] = count + 1
+        frontend.countedAddress = address
+        return None
 
     def clientAddress(self, frontend: FrontendProtocol) -> str:
         """

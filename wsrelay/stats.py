@@ -56,6 +56,13 @@ class TokenBucket:
         self._tokens = rate
         self._last = clock.seconds()
 
+    def full(self) -> bool:
+        """
+        @return: Whether the bucket has refilled (its owner is idle).
+        """
+        elapsed = self._clock.seconds() - self._last
+        return self._tokens + elapsed * self.rate >= self.rate
+
     def take(self) -> bool:
         """
         @return: Whether one more event is allowed now.
