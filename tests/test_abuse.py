@@ -265,7 +265,11 @@ class FloodTests(TestCase):
 
         request = rawRequest(port, "/")
 
+        connected = threading.Event()
+
         def floodHandshakes() -> None:
+            # After the message flood's own handshake, which must pass.
+            connected.wait(TIMEOUT)
             while not stop.is_set():
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.2", 0))
@@ -274,11 +278,23 @@ class FloodTests(TestCase):
                     sock.sendall(request)
                     refused.append(int(sock.recv(12)[9:12] or b"0"))
 
+        # A masked 1 KiB text frame (mask 0: the payload is sent as is).
+        frame = b"\x81\xfe\x04\x00" + b"\x00" * 4 + b"x" * 1024
+
         def floodMessages() -> None:
-            with clientFrom("127.0.0.2", port) as c:
-                payload = "x" * 1024
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.2", 0))
+                sock.settimeout(TIMEOUT)
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(request)
+                assert sock.recv(12)[9:12] == b"101"
+                connected.set()
+                sock.settimeout(0.1)
                 while not stop.is_set():
-                    c.send(payload)
+                    try:
+                        sock.sendall(frame * 16)
+                    except TimeoutError:
+                        pass
 
         def legit() -> tuple[list[float], list[int]]:
             times = []
