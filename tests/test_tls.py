@@ -1,0 +1,224 @@
+"""
+TLS on both sides, with certificates made by the test: an C{ssl:}
+listener for clients, and C{wss://} backends verified against a route's
+C{ca_file}, the system's trust store, or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+import tempfile
+import threading
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+from websockets.sync.client import connect
+from websockets.sync.server import ServerConnection, serve
+
+from tests.support import TIMEOUT, inThread
+from tests.test_proxy import rawExchange, rawRequest
+from wsrelay.config import loadConfig
+from wsrelay.service import RelayService
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def makeCertificates(directory: str, hosts: list[str]) -> dict[str, str]:
+    """
+    Write a CA, and a server certificate signed by it for C{hosts} (names
+    or IP addresses), as PEM files in C{directory}.
+
+    @return: Paths by role: C{ca}, C{cert}, C{key}.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("wsrelay test CA"))
+        .issuer_name(_name("wsrelay test CA"))
+        .public_key(caKey.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(caKey, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), False)
+        .sign(caKey, hashes.SHA256())
+    )
+    paths = {r: os.path.join(directory, f"{r}.pem") for r in ("ca", "cert", "key")}
+    with open(paths["ca"], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths["cert"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths["key"], "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return paths
+
+
+class TLSBackend:
+    """
+    A C{websockets} server over TLS in a thread: it answers every message
+    with the request's C{X-Forwarded-Proto} and the SNI it was sent.
+    """
+
+    def __init__(self, certs: dict[str, str]) -> None:
+        self.names: list[str | None] = []
+        self.connections = 0
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certs["cert"], certs["key"])
+
+        def sni(sock: Any, name: str | None, ctx: Any) -> None:
+            self.names.append(name)
+
+        context.sni_callback = sni
+
+        def handle(connection: ServerConnection) -> None:
+            self.connections += 1
+            for _ in connection:
+                proto = connection.request.headers.get("X-Forwarded-Proto")
+                connection.send(f"{proto} {self.names[-1] if self.names else None}")
+
+        self.server = serve(handle, "127.0.0.1", 0, ssl=context, compression=None)
+        self.port = self.server.socket.getsockname()[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """
+        Stop serving.
+        """
+        self.server.shutdown()
+        self._thread.join(TIMEOUT)
+
+
+class TLSTests(TestCase):
+    """
+    TLS towards clients and towards backends.
+    """
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.certs = makeCertificates(self.directory, ["localhost", "127.0.0.1"])
+        self.backend = TLSBackend(self.certs)
+        self.addCleanup(self.backend.stop)
+
+    async def relay(self, text: str) -> tuple[RelayService, int]:
+        """
+        Start a relay from a config text that has its own C{listen}.
+        """
+        path = os.path.join(self.directory, "relay.ini")
+        with open(path, "w") as f:
+            f.write(text)
+        relay = RelayService(loadConfig(path), reactor)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        (port,) = await relay.whenListening()
+        return relay, port.getHost().port
+
+    async def test_sslListenerToVerifiedBackend(self) -> None:
+        """
+        A client connects over TLS to an C{ssl:} listener; the relay
+        reaches a C{wss://} backend it verifies against the route's
+        C{ca_file}, sending SNI from the URL's host; the backend sees
+        C{X-Forwarded-Proto: https}.
+        """
+        c = self.certs
+        _, port = await self.relay(
+            "[relay]\n"
+            f"listen = ssl:0:interface=127.0.0.1:privateKey={c['key']}"
+            f":certKey={c['cert']}\n"
+            f"[route:r]\npath = /\nca_file = {c['ca']}\n"
+            f"backends = wss://localhost:{self.backend.port}/\n"
+        )
+
+        def run() -> str:
+            context = ssl.create_default_context(cafile=c["ca"])
+            with connect(
+                f"wss://localhost:{port}/", ssl=context, open_timeout=TIMEOUT
+            ) as ws:
+                ws.send("hello")
+                return str(ws.recv(TIMEOUT))
+
+        self.assertEqual(await inThread(run), "https localhost")
+
+    async def test_untrustedBackend(self) -> None:
+        """
+        A backend whose certificate the relay does not trust (the system's
+        trust store knows nothing of the test CA) is a failed connect: 502,
+        and counted against the backend.
+        """
+        relay, port = await self.relay(
+            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            f"[route:r]\npath = /\nbackends = wss://localhost:{self.backend.port}/\n"
+        )
+        raw = await inThread(rawExchange, port, rawRequest(port, "/"))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 502 "), raw[:40])
+        [backend] = relay.routes.routes[0].backends
+        self.assertEqual(backend.failures, 1)
+        self.assertEqual(self.backend.connections, 0)
+
+    async def test_wrongHost(self) -> None:
+        """
+        A certificate from the trusted CA but for another host is refused
+        too.
+        """
+        other = makeCertificates(tempfile.mkdtemp(), ["other.example", "127.0.0.2"])
+        impostor = TLSBackend(other)
+        self.addCleanup(impostor.stop)
+        _, port = await self.relay(
+            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            f"[route:r]\npath = /\nca_file = {other['ca']}\n"
+            f"backends = wss://127.0.0.1:{impostor.port}/\n"
+        )
+        raw = await inThread(rawExchange, port, rawRequest(port, "/"))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 502 "), raw[:40])
+
+    async def test_verifyOff(self) -> None:
+        """
+        With C{verify = off} the untrusted backend is accepted, still with
+        SNI.
+        """
+        _, port = await self.relay(
+            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            f"[route:r]\npath = /\nverify = off\n"
+            f"backends = wss://localhost:{self.backend.port}/\n"
+        )
+
+        def run() -> str:
+            with connect(f"ws://127.0.0.1:{port}/", open_timeout=TIMEOUT) as ws:
+                ws.send("hello")
+                return str(ws.recv(TIMEOUT))
+
+        self.assertEqual(await inThread(run), "http localhost")
