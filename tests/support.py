@@ -7,6 +7,7 @@ a config text.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -154,10 +155,15 @@ async def startRelay(
 ) -> tuple[RelayService, int]:
     """
     Start a relay on a loopback port from a config text (its C{listen}
-    is added), stopped at the end of C{testCase}.
+    is added), stopped at the end of C{testCase}.  When C{testCase} has a
+    C{dataPath} attribute, every route gets that C{data_path}.
 
     @return: The service and its port.
     """
+    dataPath = getattr(testCase, "dataPath", None)
+    if dataPath is not None:
+        # Run the test case's proxy routes on another data path.
+        text = re.sub(r"(\[route:[^\]]+\]\n)", rf"\1data_path = {dataPath}\n", text)
     directory = tempfile.mkdtemp()
     path = os.path.join(directory, "relay.ini")
     with open(path, "w") as f:

@@ -509,6 +509,7 @@ class BadValueTests(SynchronousTestCase):
         ("route", "balancer"): ["foo", "RoundRobin", ""],
         ("route", "failover"): ["retry", "Close"],
         ("route", "failover_buffer"): ["-1", "x", "1.0"],
+        ("route", "data_path"): ["raw", "Message", ""],
         ("route", "channel"): ["Route", "host", ""],
         ("route", "replay"): ["-1", "x", "1.5"],
         ("route", "client_messages"): ["echo", ""],
@@ -1084,6 +1085,15 @@ class PluginKeyTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, parse, ini(sections))
         self.assertEqual(e.key, "replay")
         self.assertIn("only used with mode = fanout", str(e))
+
+    def test_passthroughReconnect(self) -> None:
+        """
+        C{data_path = passthrough} cannot go with C{failover = reconnect}.
+        """
+        sections = withKey("route", "data_path", "passthrough")
+        sections["route:echo"]["failover"] = "reconnect"
+        e = self.assertRaises(ConfigError, parse, ini(sections))
+        self.assertEqual(e.key, "data_path")
 
     def test_backoffOrder(self) -> None:
         """

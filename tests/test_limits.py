@@ -153,7 +153,8 @@ class TimeoutTests(TestCase):
         b = startBackend(self)
         relay, port = await startRelay(
             self,
-            f"[relay]\nidle_timeout = 60\n[route:c]\npath = /\nbackends = {b.url}\n",
+            "[relay]\nidle_timeout = 60\nping_interval = 0\n"
+            f"[route:c]\npath = /\nbackends = {b.url}\n",
             clock,
         )
         c = await inThread(client, port)
@@ -225,3 +226,19 @@ class TimeoutTests(TestCase):
                     s.sendall(maskedFrame(10, payload))
 
         self.assertEqual(await inThread(run), [9, 9, 9, 1])
+
+
+class PassthroughMessageSizeTests(MessageSizeTests):
+    """
+    L{MessageSizeTests} with C{data_path = passthrough}.
+    """
+
+    dataPath = "passthrough"
+
+
+class PassthroughTimeoutTests(TimeoutTests):
+    """
+    L{TimeoutTests} with C{data_path = passthrough}.
+    """
+
+    dataPath = "passthrough"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import unittest
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -609,3 +610,41 @@ class BackpressureTests(TestCase):
             return str(c.recv(TIMEOUT))
 
         self.assertEqual(await inThread(count), str(self.COUNT))
+
+
+class PassthroughHandshakeTests(HandshakeTests):
+    """
+    L{HandshakeTests} with C{data_path = passthrough}.
+    """
+
+    dataPath = "passthrough"
+
+
+class PassthroughMessageTests(MessageTests):
+    """
+    L{MessageTests} with C{data_path = passthrough}.
+    """
+
+    dataPath = "passthrough"
+
+
+class PassthroughCloseTests(CloseTests):
+    """
+    L{CloseTests} with C{data_path = passthrough}.
+    """
+
+    dataPath = "passthrough"
+
+    @unittest.skip("failover = reconnect needs data_path = message")
+    async def test_reconnect(self) -> None:
+        """
+        Not on this data path.
+        """
+
+
+class PassthroughBackpressureTests(BackpressureTests):
+    """
+    L{BackpressureTests} with C{data_path = passthrough}.
+    """
+
+    dataPath = "passthrough"

@@ -274,6 +274,7 @@ class RouteConfig:
     @ivar failover: C{"close"} or C{"reconnect"}.
     @ivar failoverBuffer: Bytes of client messages buffered while
         reconnecting to another backend.
+    @ivar dataPath: C{"message"} or C{"passthrough"} (proxy mode).
     @ivar options: The values of the keys the balancer plugin declares, as
         written (read only; not part of the hash).
     @ivar channel: Fan-out: C{"route"} (one upstream for the route) or
@@ -315,6 +316,7 @@ class RouteConfig:
     balancer: str = _DEFAULT_BALANCER
     failover: str = "close"
     failoverBuffer: int = 1048576
+    dataPath: str = "message"
     options: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -824,6 +826,8 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "When the backend goes away: close the client, or reconnect."),
     ("failover_buffer",   "bytes",       _wholeNumber(0),
      "Client message bytes buffered while reconnecting."),
+    ("data_path",         "choice",      _choice("message", "passthrough"),
+     "message: frames parsed and re-framed; passthrough: bytes forwarded."),
     ("channel",           "choice",      _choice("route", "path"),
      "Fan-out: one upstream for the route, or one per client path."),
     ("replay",            "number",      _wholeNumber(0, "messages"),
@@ -871,7 +875,7 @@ FANOUT_KEYS = frozenset(
 The route keys that only a fan-out route takes.
 """
 
-PROXY_KEYS = frozenset(("failover", "failover_buffer"))
+PROXY_KEYS = frozenset(("failover", "failover_buffer", "data_path"))
 """
 The route keys that only a proxy route takes.
 """
@@ -1048,6 +1052,17 @@ def _parseRoute(
         if key in (PROXY_KEYS if fanout else FANOUT_KEYS):
             mode = "proxy" if fanout else "fanout"
             raise ConfigError(filename, f"only used with mode = {mode}", section, key)
+    if (
+        values.get("dataPath") == "passthrough"
+        and values.get("failover") == "reconnect"
+    ):
+        raise ConfigError(
+            filename,
+            "failover = reconnect needs data_path = message (a passthrough"
+            " stream cannot be moved to another backend)",
+            section,
+            "data_path",
+        )
     if values.get("backoffCap", 30.0) < values.get("backoffBase", 0.5):
         raise ConfigError(
             filename,

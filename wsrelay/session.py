@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.frontend import Refused
 from wsrelay.legs import OPEN, RelayLeg, TransportPauser
+from wsrelay.passthrough import Pipe
 from wsrelay.routing import Backend, ConnectionInfo, Route
 from wsrelay.upstream import UpstreamProtocol, UpstreamRefused
 
@@ -121,6 +122,8 @@ class ProxySession:
         self.closedBy: str | None = None
         self.lastBackend: str | None = None
         self.peer = relay.clientAddress(frontend)
+        self.pipe: Pipe | None = None
+        self._pipeCall: Any = None
         frontend.session = self
         frontend.listener = self
 
@@ -237,6 +240,9 @@ class ProxySession:
         """
         self.openedAt = self._clock.seconds()
         self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
+        if self.route.config.dataPath == "passthrough":
+            # Once Autobahn has dealt with what came with the handshakes.
+            self._pipeCall = self.relay._reactor.callLater(0, self._startPipe)
         self._pair()
         if self.relay.config.idleTimeout > 0:
             self._armIdle()
@@ -255,6 +261,34 @@ class ProxySession:
         assert ft is not None and ut is not None
         cast("IConsumer", ft).registerProducer(TransportPauser(ut), True)
         cast("IConsumer", ut).registerProducer(TransportPauser(ft), True)
+
+    def _startPipe(self) -> None:
+        """
+        Switch to the passthrough data path: from now on bytes are
+        forwarded as they come (see L{wsrelay.passthrough}).  A leg in the
+        middle of a frame stays on the message path.
+        """
+        self._pipeCall = None
+        f, up = self.frontend, self.upstream
+        if (
+            up is None
+            or f.state != OPEN
+            or up.state != OPEN
+            or f.current_frame is not None
+            or up.current_frame is not None
+            or self._buffer is not None
+        ):
+            return
+        pipe = self.pipe = Pipe(self, f, up)
+        pipe.fromClient.inMessage = f.receivingFragment
+        pipe.fromBackend.inMessage = up.receivingFragment
+        leftovers = (f.data, up.data)
+        f.data = up.data = b""
+        pipe.start()
+        if leftovers[0]:
+            pipe.fromClient.dataReceived(leftovers[0])
+        if leftovers[1]:
+            pipe.fromBackend.dataReceived(leftovers[1])
 
     # Closing.
 
@@ -287,6 +321,17 @@ class ProxySession:
         One leg's connection is gone.
         """
         f = self.frontend
+        pipe = self.pipe
+        if pipe is not None:
+            pipe.legClosed(leg)
+            if leg is f:
+                self._clientGone = True
+            elif leg is self.upstream:
+                self._detach()
+            self._maybeFinish()
+            if self._finished:
+                pipe.stop()
+            return
         if leg is f:
             if self.closedBy is None:
                 self.closedBy = "client"
@@ -393,6 +438,9 @@ class ProxySession:
         if self.closedBy is None:
             self.closedBy = "relay"
         self._cancelOpening()
+        if self.pipe is not None:
+            self.pipe.shutdown(code, reason)
+            return
         for leg in (self.frontend, self.upstream):
             if leg is not None:
                 leg.closeWith(code, reason)
@@ -430,6 +478,8 @@ class ProxySession:
         self._finished = True
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.cancel()
+        if self._pipeCall is not None and self._pipeCall.active():
+            self._pipeCall.cancel()
         self.relay.sessionEnded(self)
         self._logAccess()
         self.done.callback(None)

@@ -1,0 +1,267 @@
+"""
+The passthrough data path: the frame scanner in memory, and a real
+session switching to it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.test_proxy import closeOf
+from wsrelay.passthrough import PING_PREFIX, Direction, Pipe, closeFrame
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
+    """
+    Frame C{payload} as a client (masked) or a server sends it.
+    """
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class Leg:
+    """
+    Stands for a leg: counters and a transport that keeps what is written.
+    """
+
+    def __init__(self) -> None:
+        self.messagesIn = self.bytesIn = self.messagesOut = self.bytesOut = 0
+        self.written: list[bytes] = []
+        self.transport = self
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class Recorder:
+    """
+    Stands for a L{Pipe}: records what the scanner reports.
+    """
+
+    def __init__(self) -> None:
+        self.pongs: list[bytes] = []
+        self.closes: list[bytes] = []
+        self.failures: list[tuple[int, bytes]] = []
+
+    def ponged(self, direction: Any, payload: bytes) -> None:
+        self.pongs.append(payload)
+
+    def closeSeen(self, direction: Any, payload: bytes) -> None:
+        self.closes.append(payload)
+
+    def failed(self, direction: Any, code: int, reason: bytes) -> None:
+        self.failures.append((code, reason))
+
+
+def scanner(
+    masked: bool = True, maxFrame: int = 1 << 20, maxMessage: int = 1 << 20
+) -> tuple[Direction, Leg, Leg, Recorder]:
+    """
+    A direction between two fake legs.
+    """
+    source, sink, pipe = Leg(), Leg(), Recorder()
+    direction = Direction(pipe, source, sink, masked, maxFrame, maxMessage)  # type: ignore[arg-type]
+    return direction, source, sink, pipe
+
+
+def feed(direction: Direction, data: bytes, cuts: list[int]) -> None:
+    """
+    Feed C{data} in pieces cut at C{cuts}.
+    """
+    last = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if cut > last:
+            direction.dataReceived(data[last:cut])
+            last = cut
+
+
+STREAM = b"".join(
+    [
+        frame(1, b""),
+        frame(2, b"x" * 125),
+        frame(1, b"y" * 126),
+        frame(2, b"z" * 65535),
+        frame(2, b"w" * 65536),
+        frame(1, b"part", fin=False),
+        frame(9, b"ping"),
+        frame(0, b"-two", fin=False),
+        frame(0, b"-end"),
+        frame(10, b"a pong not for the relay"),
+    ]
+)
+
+
+class ScannerTests(SynchronousTestCase):
+    """
+    L{Direction} forwards frames byte for byte, however they are cut.
+    """
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.integers(0, len(STREAM)), max_size=40))
+    def test_anyCuts(self, cuts: list[int]) -> None:
+        """
+        Whatever the chunks, the bytes out are the bytes in, and messages
+        and payload bytes are counted once each.
+        """
+        direction, source, sink, pipe = scanner()
+        feed(direction, STREAM, cuts)
+        self.assertEqual(b"".join(sink.written), STREAM)
+        self.assertEqual((source.messagesIn, sink.messagesOut), (6, 6))
+        self.assertEqual(source.bytesIn, 125 + 126 + 65535 + 65536 + 12)
+        self.assertEqual(pipe.failures, [])
+
+    def test_byteByByte(self) -> None:
+        """
+        One byte at a time works too.
+        """
+        direction, _, sink, _ = scanner()
+        feed(direction, STREAM[:70000], list(range(70000)))
+        self.assertEqual(b"".join(sink.written), STREAM[:70000])
+
+    def test_pongSwallowed(self) -> None:
+        """
+        A pong answering the relay's ping is not forwarded; data around it
+        is.
+        """
+        direction, _, sink, pipe = scanner()
+        data = frame(1, b"a") + frame(10, PING_PREFIX + b"7") + frame(1, b"b")
+        direction.dataReceived(data)
+        self.assertEqual(b"".join(sink.written), frame_wo(data, 1))
+        self.assertEqual(pipe.pongs, [PING_PREFIX + b"7"])
+
+    def test_pingAtBoundary(self) -> None:
+        """
+        A ping due while a frame streams goes out after that frame, never
+        inside it.
+        """
+        direction, _, sink, _ = scanner(masked=False)
+        big = frame(2, b"q" * 1000, mask=False)
+        direction.dataReceived(big[:500])
+        self.assertFalse(direction.atBoundary())
+        direction.ping = PING_PREFIX + b"1"
+        direction.pingDue = True
+        direction.dataReceived(big[500:] + frame(1, b"next", mask=False))
+        out = b"".join(sink.written)
+        ping = bytes([0x89, len(PING_PREFIX) + 1]) + PING_PREFIX + b"1"
+        self.assertEqual(out, big + ping + frame(1, b"next", mask=False))
+
+    def test_close(self) -> None:
+        """
+        A close frame is forwarded and reported; what follows is not
+        forwarded.
+        """
+        direction, _, sink, pipe = scanner(masked=False)
+        close = closeFrame(4001, b"bye", mask=False)
+        direction.dataReceived(close + frame(1, b"late", mask=False))
+        self.assertEqual(b"".join(sink.written), close)
+        self.assertEqual(pipe.closes, [struct.pack("!H", 4001) + b"bye"])
+
+    def test_violations(self) -> None:
+        """
+        Broken frames and limits are reported with the close code they
+        call for, and nothing of the offending frame is forwarded.
+        """
+        cases = [
+            (frame(1, b"x", mask=False), {}, 1002),
+            (bytes([0xC1, 0x80]) + b"\0\0\0\0", {}, 1002),
+            (frame(9, b"p", fin=False), {}, 1002),
+            (frame(9, b"p" * 126), {}, 1002),
+            (frame(0, b"c"), {}, 1002),
+            (frame(3, b"c"), {}, 1002),
+            (frame(1, b"a", fin=False) + frame(1, b"b"), {}, 1002),
+            (frame(2, b"x" * 11), {"maxFrame": 10}, 1009),
+            (
+                frame(2, b"x" * 8, fin=False) + frame(0, b"x" * 8),
+                {"maxMessage": 10},
+                1009,
+            ),
+        ]
+        for data, limits, code in cases:
+            direction, _, sink, pipe = scanner(**limits)
+            direction.dataReceived(data)
+            self.assertEqual([c for c, _ in pipe.failures], [code], data)
+            self.assertTrue(len(b"".join(sink.written)) < len(data), data)
+        direction, _, _, pipe = scanner(masked=False)
+        direction.dataReceived(frame(1, b"x", mask=True))
+        self.assertEqual(pipe.failures[0][0], 1002)
+
+
+def frame_wo(data: bytes, index: int) -> bytes:
+    """
+    C{data} (three small frames) without its frame number C{index}.
+    """
+    frames = []
+    i = 0
+    while i < len(data):
+        n = data[i + 1] & 0x7F
+        frames.append(data[i : i + 2 + 4 + n])
+        i += 2 + 4 + n
+    return b"".join(f for k, f in enumerate(frames) if k != index)
+
+
+class SessionTests(TestCase):
+    """
+    A proxy session with C{data_path = passthrough} really switches.
+    """
+
+    async def test_switches(self) -> None:
+        """
+        Messages of every size go both ways unchanged through the pipe,
+        and the backend's counters follow.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:r]\npath = /\ndata_path = passthrough\n"
+            f"backends = {b.url}\n",
+        )
+        rng = random.Random(5)
+        payloads = [rng.randbytes(n) for n in (0, 1, 125, 126, 70000)]
+
+        def run() -> list[bytes]:
+            with client(port) as c:
+                got = []
+                for p in payloads:
+                    c.send(p)
+                    got.append(bytes(c.recv(TIMEOUT)))
+                return got
+
+        self.assertEqual(await inThread(run), payloads)
+        self.assertEqual(relay.routes.routes[0].backends[0].sentMessages, 5)
+
+    async def test_pipeInPlace(self) -> None:
+        """
+        The open session's data path is the pipe.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:r]\npath = /\ndata_path = passthrough\n"
+            f"backends = {b.url}\n",
+        )
+        c = await inThread(client, port, legacy=True)
+        await inThread(c.send, "hi")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
+        [session] = relay.sessions
+        self.assertIsInstance(session.pipe, Pipe)  # type: ignore[union-attr]
+        session.shutdown(4000, b"bye")
+        self.assertEqual(await inThread(closeOf, c), (4000, "bye"))

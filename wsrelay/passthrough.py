@@ -1,0 +1,445 @@
+# -*- test-case-name: tests.test_passthrough -*-
+"""
+The passthrough data path for proxy mode: once both handshakes are done,
+bytes are forwarded as they arrive, without unmasking or re-framing.
+
+Client frames are already masked as a backend expects them and backend
+frames unmasked as a client expects them, so a L{Pipe} only reads each
+frame's header as bytes go by: to keep the frame and message size limits,
+the per-message counters and the close handshake (whose codes pass
+verbatim, being forwarded as they are), and to insert the relay's own
+keepalive pings at frame boundaries.  It does not validate UTF-8, and with
+no extension negotiated on either leg it refuses frames with RSV bits set.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from wsrelay.frontend import FrontendProtocol
+    from wsrelay.session import ProxySession
+    from wsrelay.upstream import UpstreamProtocol
+
+_CLOSE = 8
+_PING = 9
+_PONG = 10
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+#: Prefix of the relay's own ping payloads; the pongs that answer them are
+#: not forwarded.
+PING_PREFIX = b"wsrelay:"
+
+
+def controlFrame(opcode: int, payload: bytes, mask: bool) -> bytes:
+    """
+    Frame a control message (at most 125 bytes), masked when sent to a
+    backend.
+    """
+    if not mask:
+        return bytes((0x80 | opcode, len(payload))) + payload
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + key + masked
+
+
+def closeFrame(code: int, reason: bytes, mask: bool) -> bytes:
+    """
+    Frame a close message.
+    """
+    return controlFrame(_CLOSE, _U16.pack(code) + reason[:123], mask)
+
+
+def unmask(key: bytes, payload: bytes) -> bytes:
+    """
+    Unmask a (short, control) payload.
+    """
+    if not key:
+        return payload
+    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class Direction:
+    """
+    One direction of a pipe: scans the frames from C{source} and writes
+    their bytes to C{sink}'s transport.
+
+    @ivar closeSeen: Whether a close frame went this way.
+    """
+
+    def __init__(
+        self,
+        pipe: Pipe,
+        source: Any,
+        sink: Any,
+        masked: bool,
+        maxFrame: int,
+        maxMessage: int,
+    ) -> None:
+        self.pipe = pipe
+        self.source = source
+        self.sink = sink
+        self.write = sink.transport.write
+        self.masked = masked
+        self.maxFrame = maxFrame
+        self.maxMessage = maxMessage
+        self.pending = b""
+        self.remaining = 0
+        self.inMessage = False
+        self.messageSize = 0
+        self.closeSeen = False
+        #: The payload of the relay's ping to write into this stream.
+        self.ping: bytes | None = None
+        #: The payload of the pong the relay waits for from this source.
+        self.expected: bytes | None = None
+        self.pingDue = False
+        self.stopped = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Forward C{data}, minus what the relay itself consumes (pongs to its
+        pings, anything after a close frame), checking every frame header.
+        """
+        if self.stopped:
+            return
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        n = len(data)
+        i = 0
+        start = 0
+        source = self.source
+        while i < n:
+            remaining = self.remaining
+            if remaining:
+                take = n - i if n - i < remaining else remaining
+                i += take
+                self.remaining = remaining - take
+                continue
+            if self.pingDue:
+                # At a frame boundary: the relay's ping goes in here.
+                self.write(data[start:i])
+                start = i
+                self.sendPing()
+            if n - i < 2:
+                break
+            b0 = data[i]
+            b1 = data[i + 1]
+            length = b1 & 0x7F
+            header = 2
+            if length == 126:
+                header = 4
+                if n - i < header:
+                    break
+                length = _U16.unpack_from(data, i + 2)[0]
+            elif length == 127:
+                header = 10
+                if n - i < header:
+                    break
+                length = _U64.unpack_from(data, i + 2)[0]
+            if b1 & 0x80:
+                header += 4
+                if not self.masked:
+                    return self.fail(1002, b"masked frame from a backend")
+            elif self.masked:
+                return self.fail(1002, b"unmasked frame from a client")
+            if n - i < header:
+                break
+            if b0 & 0x70:
+                return self.fail(1002, b"reserved bits set")
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            if opcode >= _CLOSE:
+                if opcode > _PONG or not fin or length > 125:
+                    return self.fail(1002, b"bad control frame")
+                end = i + header + length
+                if end > n:
+                    break
+                key = data[i + header - 4 : i + header] if b1 & 0x80 else b""
+                payload = unmask(key, data[i + header : end])
+                if opcode == _PONG and payload.startswith(PING_PREFIX):
+                    self.write(data[start:i])
+                    start = end
+                    i = end
+                    self.pipe.ponged(self, payload)
+                    continue
+                i = end
+                if opcode == _CLOSE:
+                    self.write(data[start:i])
+                    start = i
+                    self.closeReceived(payload)
+                    if self.stopped:
+                        return
+                continue
+            if opcode > 2 or (opcode == 0) != self.inMessage:
+                return self.fail(1002, b"bad opcode or fragmentation")
+            if length > self.maxFrame:
+                return self.fail(1009, b"frame too big")
+            size = self.messageSize + length
+            if size > self.maxMessage:
+                return self.fail(1009, b"message too big")
+            i += header
+            self.remaining = length
+            if fin:
+                self.inMessage = False
+                self.messageSize = 0
+                source.messagesIn += 1
+                self.sink.messagesOut += 1
+            else:
+                self.inMessage = True
+                self.messageSize = size
+            source.bytesIn += length
+            self.sink.bytesOut += length
+        if i < n:
+            self.pending = data[i:]
+        if i > start:
+            self.write(data[start:i])
+
+    def sendPing(self) -> None:
+        """
+        Write the relay's ping now (the stream is at a frame boundary).
+        """
+        self.pingDue = False
+        ping = self.ping
+        if ping is not None:
+            self.write(controlFrame(_PING, ping, self.masked))
+
+    def atBoundary(self) -> bool:
+        """
+        @return: Whether the stream is between frames.
+        """
+        return not self.remaining and not self.pending
+
+    def closeReceived(self, payload: bytes) -> None:
+        """
+        A close frame went this way (forwarded as it was).
+        """
+        self.closeSeen = True
+        self.stopped = True
+        self.pipe.closeSeen(self, payload)
+
+    def fail(self, code: int, reason: bytes) -> None:
+        """
+        The source broke the protocol or a limit: close it with C{code}.
+        """
+        self.stopped = True
+        self.pending = b""
+        self.pipe.failed(self, code, reason)
+
+
+class Pipe:
+    """
+    Both directions of a passthrough session, its keepalive pings and its
+    close handshake.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        session: ProxySession,
+        frontend: FrontendProtocol,
+        upstream: UpstreamProtocol,
+    ) -> None:
+        config = session.relay.config
+        maxMessage = config.maxMessageSize
+        maxFrame = config.maxFrameSize or maxMessage
+        self.session = session
+        self.frontend = frontend
+        self.upstream = upstream
+        self.clock = session.relay.clock
+        self.fromClient = Direction(
+            self, frontend, upstream, True, maxFrame, maxMessage
+        )
+        self.fromBackend = Direction(
+            self, upstream, frontend, False, maxFrame, maxMessage
+        )
+        self.closeTimeout = config.closeTimeout
+        self.pingInterval = config.pingInterval
+        self.pingTimeout = config.pingTimeout
+        self._pingCall: IDelayedCall | None = None
+        self._closeCall: IDelayedCall | None = None
+        self._marks = (-1, -1)
+        self._seq = 0
+
+    def start(self) -> None:
+        """
+        Take over both legs' incoming bytes.
+        """
+        for leg, direction in (
+            (self.frontend, self.fromClient),
+            (self.upstream, self.fromBackend),
+        ):
+            _stopAutobahnPings(leg)
+            leg.dataReceived = direction.dataReceived  # type: ignore[method-assign]
+        if self.pingInterval > 0:
+            self._pingCall = self.clock.callLater(self.pingInterval, self._keepalive)
+
+    # Keepalive.
+
+    def _keepalive(self) -> None:
+        """
+        Ping each side that sent nothing since the last time, at its next
+        frame boundary; close both when a ping went unanswered.
+        """
+        self._pingCall = None
+        f, up = self.frontend, self.upstream
+        marks = (f.bytesIn + f.messagesIn, up.bytesIn + up.messagesIn)
+        for direction, sender, mark, old in (
+            (self.fromBackend, self.fromClient, marks[0], self._marks[0]),
+            (self.fromClient, self.fromBackend, marks[1], self._marks[1]),
+        ):
+            if sender.expected is not None and mark == old:
+                self.shutdown(1001, b"ping timeout")
+                return
+            if mark == old:
+                self._seq += 1
+                # The ping goes into the stream towards the quiet side; its
+                # pong comes back from that side.
+                sender.expected = direction.ping = PING_PREFIX + str(self._seq).encode()
+                if direction.atBoundary():
+                    direction.sendPing()
+                else:
+                    direction.pingDue = True
+        self._marks = marks
+        self._pingCall = self.clock.callLater(
+            self.pingInterval if not self._waiting() else self.pingTimeout,
+            self._keepalive,
+        )
+
+    def _waiting(self) -> bool:
+        return (
+            self.fromClient.expected is not None
+            or self.fromBackend.expected is not None
+        )
+
+    def ponged(self, direction: Direction, payload: bytes) -> None:
+        """
+        A side answered the relay's ping.
+        """
+        if payload == direction.expected:
+            direction.expected = None
+
+    # Closing.
+
+    def closeSeen(self, direction: Direction, payload: bytes) -> None:
+        """
+        A close frame went through.  Once both went, the backend drops its
+        connection (a server does) and the relay then drops the client's;
+        until then, wait at most C{close_timeout}.
+        """
+        if self.fromClient.closeSeen and self.fromBackend.closeSeen:
+            # The backend, a server, drops its TCP connection now.
+            self.upstream.transport.loseConnection()  # type: ignore[union-attr]
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+        session = self.session
+        if session.closedBy is None:
+            session.closedBy = "client" if direction is self.fromClient else "backend"
+        code = _U16.unpack_from(payload)[0] if len(payload) >= 2 else None
+        leg = direction.source
+        leg.remoteCloseCode = code
+        direction.sink.localCloseCode = code
+
+    def failed(self, direction: Direction, code: int, reason: bytes) -> None:
+        """
+        C{direction}'s source broke a rule: close it with C{code} and the
+        other side with 1001.
+        """
+        source, other = direction.source, direction.sink
+        self.session.closedBy = self.session.closedBy or "relay"
+        self._closeTo(source, code, reason)
+        if other is self.frontend:
+            self._closeTo(other, 1014, b"backend broke the protocol")
+        else:
+            self._closeTo(other, 1001, b"client went away")
+        self._drop()
+
+    def shutdown(self, code: int, reason: bytes) -> None:
+        """
+        Close both sides with C{code} (the relay stops, a backend is
+        disabled, the idle timeout).
+        """
+        self.session.closedBy = self.session.closedBy or "relay"
+        for leg in (self.frontend, self.upstream):
+            self._closeTo(leg, code, reason)
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+
+    def _closeTo(self, leg: Any, code: int, reason: bytes) -> None:
+        """
+        Send a close frame to C{leg}'s peer, at a frame boundary: anything
+        still flowing to it is cut off (it is being closed anyway).
+        """
+        toward = self.fromBackend if leg is self.frontend else self.fromClient
+        if toward.closeSeen or leg.transport is None:
+            return
+        if not toward.atBoundary():
+            # Half a frame went out: the peer cannot parse a close frame
+            # after it, so just drop the connection.
+            toward.stopped = True
+            toward.closeSeen = True
+            leg.transport.loseConnection()
+            return
+        toward.stopped = True
+        toward.closeSeen = True
+        leg.localCloseCode = code
+        leg.transport.write(closeFrame(code, reason, leg is self.upstream))
+        if leg is self.upstream:
+            self.fromClient.stopped = True
+
+    def _drop(self) -> None:
+        """
+        Close both connections (the close handshake is over or took too
+        long).
+        """
+        self._closeCall = None
+        for leg in (self.frontend, self.upstream):
+            if leg.transport is not None:
+                leg.transport.loseConnection()
+
+    def legClosed(self, leg: Any) -> None:
+        """
+        One side's connection is gone: tell the other side, then drop it.
+        """
+        other = self.upstream if leg is self.frontend else self.frontend
+        if other.transport is not None:
+            if leg is self.upstream:
+                self.session.closedBy = self.session.closedBy or "backend"
+                self._closeTo(other, 1014, b"backend connection lost")
+            else:
+                self.session.closedBy = self.session.closedBy or "client"
+                self._closeTo(other, 1001, b"client went away")
+            other.transport.loseConnection()
+        if self.frontend.transport is None and self.upstream.transport is None:
+            self.stop()
+
+    def stop(self) -> None:
+        """
+        Cancel the timers.
+        """
+        for name in ("_pingCall", "_closeCall"):
+            call = getattr(self, name)
+            setattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()
+
+
+def _stopAutobahnPings(leg: Any) -> None:
+    """
+    Autobahn's own pings would cut into frames passing through: stop them.
+    """
+    leg.autoPingInterval = 0
+    leg.autoPingTimeout = 0
+    for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
+        call = getattr(leg, name, None)
+        setattr(leg, name, None)
+        if call is not None:
+            call.cancel()
