@@ -1,0 +1,861 @@
+"""
+The admin listener over loopback: C{/status}, C{/metrics}, the dashboard
+in headless Chromium, and the actions that need the bearer token; with
+C{websockets} clients and backends on both sides of the relay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from email.message import Message
+from html.parser import HTMLParser
+from typing import Any, cast
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from websockets.sync.client import ClientConnection
+
+from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.test_proxy import waitFor
+from wsrelay import __version__
+from wsrelay.admin import DASHBOARD, RelayCollector, adminSite
+from wsrelay.config import parseConfig
+from wsrelay.service import RelayService
+
+TOKEN = "s3cret-t0ken"
+
+#: Where Chromium is, if it is installed.
+CHROMIUM = shutil.which("chromium")
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class Answer:
+    """
+    An HTTP response, read whole.
+    """
+
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        """
+        @return: The body, parsed as JSON.
+        """
+        return json.loads(self.body)
+
+
+def fetch(
+    port: int, path: str, method: str = "GET", token: str | None = None
+) -> Answer:
+    """
+    Make one request to the admin listener on C{port} (blocking; run it
+    with L{inThread}).
+
+    @param token: Sent as C{Authorization: Bearer TOKEN} when given.
+    """
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        headers=headers,
+        data=b"" if method == "POST" else None,
+    )
+    try:
+        with _opener.open(request, timeout=TIMEOUT) as r:
+            return Answer(r.status, r.headers, r.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return Answer(e.code, e.headers, e.read())
+
+
+@dataclass
+class Admin:
+    """
+    A running relay and its admin listener.
+
+    @ivar relay: The relay.
+    @ivar port: The relay's client port.
+    @ivar admin: The admin listener's port.
+    @ivar path: The relay's configuration file.
+    """
+
+    relay: RelayService
+    port: int
+    admin: int
+    path: str
+
+    def get(self, path: str) -> Any:
+        """
+        @return: A L{Deferred} that fires with the L{Answer} to C{GET path}.
+        """
+        return inThread(fetch, self.admin, path)
+
+    async def status(self) -> Any:
+        """
+        @return: C{GET /status}, parsed.
+        """
+        answer = await self.get("/status")
+        assert answer.status == 200, answer
+        return answer.json()
+
+    def post(self, path: str, token: str | None = TOKEN) -> Any:
+        """
+        @return: A L{Deferred} that fires with the L{Answer} to C{POST path}.
+        """
+        return inThread(fetch, self.admin, path, "POST", token)
+
+
+async def startAdmin(testCase: TestCase, routes: str, token: bool = True) -> Admin:
+    """
+    Start a relay with C{routes} and serve its admin site on a loopback
+    port, all stopped at the end of C{testCase}.
+
+    @param token: Whether the relay has an C{admin_token_file} (holding
+        L{TOKEN}).
+    """
+    relay = "[relay]\n"
+    if token:
+        directory = tempfile.mkdtemp()
+        testCase.addCleanup(shutil.rmtree, directory, True)
+        tokenFile = os.path.join(directory, "token")
+        with open(tokenFile, "w") as f:
+            f.write(f"  {TOKEN}  \nthe first line only\n")
+        relay += f"admin_token_file = {tokenFile}\n"
+    service, port = await startRelay(testCase, relay + routes)
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    listening = await endpoint.listen(adminSite(service))
+    testCase.addCleanup(listening.stopListening)
+    return Admin(service, port, listening.getHost().port, service.config.path)
+
+
+async def connect(testCase: TestCase, port: int, path: str) -> ClientConnection:
+    """
+    Connect a C{websockets} client to the relay, closed at the end of
+    C{testCase}.
+    """
+    c: ClientConnection = await inThread(client, port, path, legacy=True)
+    testCase.addCleanup(inThread, c.close)
+    return c
+
+
+async def joined(testCase: TestCase, a: Admin, path: str = "/feed") -> ClientConnection:
+    """
+    Connect a client to the fan-out route C{feed} and wait until its
+    channel's upstream is open (what a client sends before is dropped).
+    """
+    c = await connect(testCase, a.port, path)
+
+    def up() -> bool:
+        channel = a.relay.channels.get(("feed", ""))
+        return channel is not None and channel.state == "up"
+
+    await waitFor(up)
+    return c
+
+
+def echo(c: ClientConnection, messages: list[str | bytes]) -> list[str | bytes]:
+    """
+    Send each message and wait for its echo (blocking).
+    """
+    got = []
+    for m in messages:
+        c.send(m)
+        got.append(c.recv(TIMEOUT))
+    return got
+
+
+def backendOf(status: Any, route: str, backend: str) -> Any:
+    """
+    @return: The entry of C{backend} of C{route} in a C{/status} answer.
+    """
+    (r,) = [r for r in status["routes"] if r["name"] == route]
+    (b,) = [b for b in r["backends"] if b["name"] == backend]
+    return b
+
+
+MESSAGES: list[str | bytes] = ["hello", b"\x00\x01\x02", "x" * 300]
+PAYLOAD = 5 + 3 + 300
+
+PROXY = "[route:chat]\npath = /chat\nbackends = {url} name=one\n"
+FANOUT = (
+    "[route:feed]\npath = /feed\nmode = fanout\nclient_messages = forward\n"
+    "replay = 5\nbackends = {url} name=source\n"
+)
+
+
+class StatusTests(TestCase):
+    """
+    C{GET /status} describes the relay, its routes, backends and channels
+    with the relay's own counters.
+    """
+
+    async def test_proxyRoute(self) -> None:
+        """
+        The version, uptime and listeners are given; a route's settings;
+        a backend's state, open and total connections, and the messages
+        and payload bytes each way, which stay counted after the
+        connection closes.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        c = await connect(self, a.port, "/chat")
+        self.assertEqual(await inThread(echo, c, MESSAGES), MESSAGES)
+
+        s = await a.status()
+        self.assertEqual(s["version"], __version__)
+        self.assertGreaterEqual(s["uptime"], 0)
+        self.assertLess(s["uptime"], 60)
+        self.assertEqual(
+            s["listeners"],
+            [{"description": "tcp:0:interface=127.0.0.1", "port": a.port}],
+        )
+        self.assertEqual(s["clients"], 1)
+        self.assertEqual(s["handshakes"]["count"], 1)
+        (route,) = s["routes"]
+        self.assertEqual(
+            {k: route[k] for k in ("name", "mode", "path", "host", "balancer")},
+            {
+                "name": "chat",
+                "mode": "proxy",
+                "path": "/chat",
+                "host": None,
+                "balancer": "round_robin",
+            },
+        )
+        self.assertEqual(route["health"], "none")
+        self.assertEqual(route["channels"], [])
+        one = backendOf(s, "chat", "one")
+        self.assertEqual(one["url"], b.url)
+        self.assertEqual(one["state"], "up")
+        self.assertEqual(one["connections"], 1)
+        self.assertEqual(one["totalConnections"], 1)
+        self.assertEqual(one["toBackend"], {"messages": 3, "bytes": PAYLOAD})
+        self.assertEqual(one["fromBackend"], {"messages": 3, "bytes": PAYLOAD})
+        self.assertEqual(one["failures"], 0)
+        self.assertIsNone(one["lastCheck"])
+        self.assertEqual(one["checks"], [])
+
+        await inThread(c.close)
+        await waitFor(lambda: a.relay.routes.routes[0].backends[0].connections == 0)
+        one = backendOf(await a.status(), "chat", "one")
+        self.assertEqual(one["connections"], 0)
+        self.assertEqual(one["totalConnections"], 1)
+        self.assertEqual(one["toBackend"], {"messages": 3, "bytes": PAYLOAD})
+        self.assertEqual(one["fromBackend"], {"messages": 3, "bytes": PAYLOAD})
+
+    async def test_fanoutChannel(self) -> None:
+        """
+        A fan-out channel shows its key, upstream state and backend, its
+        clients, replay size and counters.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, FANOUT.format(url=b.url))
+        c = await joined(self, a)
+        # Forwarded to the source, which echoes it to the channel.
+        self.assertEqual(await inThread(echo, c, ["tick"]), ["tick"])
+
+        (route,) = (await a.status())["routes"]
+        self.assertEqual(route["mode"], "fanout")
+        (channel,) = route["channels"]
+        self.assertEqual(
+            channel,
+            {
+                "key": "",
+                "state": "up",
+                "backend": "source",
+                "clients": 1,
+                "replay": 1,
+                "messagesIn": 1,
+                "deliveries": 1,
+                "slowDrops": 0,
+                "slowCloses": 0,
+                "clientDrops": 0,
+                "connects": 1,
+            },
+        )
+
+    async def test_healthHistory(self) -> None:
+        """
+        Active health checks are listed, oldest first, with their time
+        (on the relay's clock), result and reason; the last is
+        C{lastCheck}.
+        """
+        b = startBackend(self)
+        a = await startAdmin(
+            self,
+            PROXY.format(url=b.url) + "health = tcp\nhealth_interval = 0.05\n",
+        )
+        await waitFor(lambda: len(a.relay.routes.routes[0].backends[0].checks) >= 2)
+        s = await a.status()
+        one = backendOf(s, "chat", "one")
+        self.assertEqual(s["routes"][0]["health"], "tcp")
+        self.assertGreaterEqual(len(one["checks"]), 2)
+        self.assertTrue(all(check["ok"] for check in one["checks"]))
+        times = [check["time"] for check in one["checks"]]
+        self.assertEqual(times, sorted(times))
+        self.assertEqual(one["lastCheck"], one["checks"][-1])
+        self.assertLessEqual(one["lastCheck"]["time"], s["time"])
+        self.assertIsInstance(one["lastCheck"]["reason"], str)
+
+    async def test_adminListener(self) -> None:
+        """
+        The relay's own C{admin} listener serves the site.
+        """
+        b = startBackend(self)
+        relay, _ = await startRelay(
+            self,
+            "[relay]\nadmin = tcp:0:interface=127.0.0.1\n" + PROXY.format(url=b.url),
+        )
+        port = await relay.adminListener.listening
+        answer = await inThread(fetch, port.getHost().port, "/status")  # type: ignore[attr-defined]
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.json()["routes"][0]["name"], "chat")
+
+    async def test_headers(self) -> None:
+        """
+        Answers name wsrelay as the server, without versions; JSON is
+        labelled as such and not cached; C{HEAD} answers without a body;
+        the dashboard allows no content from elsewhere.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        answer = await a.get("/status")
+        self.assertEqual(answer.headers["Server"], "wsrelay")
+        self.assertEqual(answer.headers["Content-Type"], "application/json")
+        self.assertEqual(answer.headers["Cache-Control"], "no-store")
+        head = await inThread(fetch, a.admin, "/status", "HEAD")
+        self.assertEqual((head.status, head.body), (200, b""))
+        page = await a.get("/")
+        self.assertEqual(page.headers["Content-Type"], "text/html; charset=utf-8")
+        self.assertIn("default-src 'none'", page.headers["Content-Security-Policy"])
+        self.assertEqual(page.body, DASHBOARD)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """
+    Parse a Prometheus text exposition.
+
+    @return: Every sample's value by its name and labels.
+    """
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def labels(**kw: str) -> frozenset[tuple[str, str]]:
+    """
+    @return: Labels as L{samples} keys them.
+    """
+    return frozenset(kw.items())
+
+
+class MetricsTests(TestCase):
+    """
+    C{GET /metrics} is the Prometheus text format, made by
+    C{prometheus_client} from the relay's counters.
+    """
+
+    async def test_labelledSamples(self) -> None:
+        """
+        Backend families are labelled by route and backend (and direction,
+        or state); channel families by route and channel; the handshake
+        latency is a histogram whose count is the handshakes done.
+        """
+        b = startBackend(self)
+        source = startBackend(self)
+        a = await startAdmin(
+            self, PROXY.format(url=b.url) + FANOUT.format(url=source.url)
+        )
+        c = await connect(self, a.port, "/chat")
+        await inThread(echo, c, MESSAGES)
+        f = await joined(self, a)
+        await inThread(echo, f, ["tick"])
+
+        answer = await a.get("/metrics")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.headers["Content-Type"], CONTENT_TYPE_LATEST)
+        got = samples(answer.body.decode("utf-8"))
+        one = labels(route="chat", backend="one")
+        src = labels(route="feed", backend="source")
+
+        def to(d: str, **kw: str) -> frozenset[tuple[str, str]]:
+            return labels(direction=d, **kw)
+
+        expected = {
+            ("wsrelay_build_info", labels(version=__version__)): 1,
+            ("wsrelay_client_connections", labels()): 2,
+            ("wsrelay_backend_open_connections", one): 1,
+            ("wsrelay_backend_connections_total", one): 1,
+            ("wsrelay_backend_open_connections", src): 1,
+            ("wsrelay_backend_messages_total", to("to_backend", **dict(one))): 3,
+            ("wsrelay_backend_messages_total", to("from_backend", **dict(one))): 3,
+            ("wsrelay_backend_bytes_total", to("to_backend", **dict(one))): PAYLOAD,
+            ("wsrelay_backend_bytes_total", to("from_backend", **dict(one))): PAYLOAD,
+            ("wsrelay_backend_failures_total", one): 0,
+            ("wsrelay_backend_up", one): 1,
+            ("wsrelay_backend_state", labels(state="up", **dict(one))): 1,
+            ("wsrelay_backend_state", labels(state="down", **dict(one))): 0,
+            ("wsrelay_backend_state", labels(state="draining", **dict(one))): 0,
+            ("wsrelay_backend_state", labels(state="disabled", **dict(one))): 0,
+            ("wsrelay_channel_clients", labels(route="feed", channel="")): 1,
+            ("wsrelay_channel_up", labels(route="feed", channel="")): 1,
+            ("wsrelay_channel_messages_total", labels(route="feed", channel="")): 1,
+            ("wsrelay_channel_deliveries_total", labels(route="feed", channel="")): 1,
+            ("wsrelay_channel_slow_drops_total", labels(route="feed", channel="")): 0,
+            ("wsrelay_handshake_latency_seconds_count", labels()): 2,
+            ("wsrelay_handshake_latency_seconds_bucket", labels(le="+Inf")): 2,
+        }
+        self.assertEqual({k: got.get(k) for k in expected}, expected)
+        self.assertGreater(got[("wsrelay_uptime_seconds", labels())], 0)
+        self.assertGreater(got[("wsrelay_handshake_latency_seconds_sum", labels())], 0)
+
+
+class HistogramTests(SynchronousTestCase):
+    """
+    The relay's handshake latency histogram (per-bucket counts) becomes a
+    Prometheus histogram (cumulative buckets).
+    """
+
+    def test_cumulative(self) -> None:
+        """
+        Each bucket counts the observations up to its bound; C{+Inf} and
+        C{_count} all of them; C{_sum} is the relay's sum.
+        """
+        config = parseConfig(
+            "[relay]\nlisten = tcp:0\n[route:chat]\npath = /chat\n"
+            "backends = ws://127.0.0.1:1/\n",
+            "t.ini",
+        )
+        relay = RelayService(config, MemoryReactorClock(), Clock())
+        h = relay.handshakeLatency
+        h.buckets = (0.01, 0.1, 1.0)
+        h.counts = [2, 0, 3, 1]
+        h.sum = 4.5
+        h.count = 6
+        (family,) = [
+            m
+            for m in RelayCollector(relay).collect()
+            if m.name == "wsrelay_handshake_latency_seconds"
+        ]
+        self.assertEqual(family.type, "histogram")
+        self.assertEqual(
+            [(s.name, s.labels, s.value) for s in family.samples],
+            [
+                ("wsrelay_handshake_latency_seconds_bucket", {"le": "0.01"}, 2),
+                ("wsrelay_handshake_latency_seconds_bucket", {"le": "0.1"}, 2),
+                ("wsrelay_handshake_latency_seconds_bucket", {"le": "1.0"}, 5),
+                ("wsrelay_handshake_latency_seconds_bucket", {"le": "+Inf"}, 6),
+                ("wsrelay_handshake_latency_seconds_count", {}, 6),
+                ("wsrelay_handshake_latency_seconds_sum", {}, 4.5),
+            ],
+        )
+
+
+class ActionTests(TestCase):
+    """
+    The C{POST} actions need the bearer token, call through to the relay
+    and answer with the new state.
+    """
+
+    async def test_noTokenFile(self) -> None:
+        """
+        Without C{admin_token_file} every action answers 403, whatever
+        token is sent, and changes nothing.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url), token=False)
+        for path in ("/routes/chat/backends/one/drain", "/reload"):
+            for token in (None, TOKEN, ""):
+                answer = await a.post(path, token)
+                self.assertEqual(answer.status, 403, (path, token))
+                self.assertIn("admin_token_file", answer.json()["error"])
+        self.assertEqual(backendOf(await a.status(), "chat", "one")["state"], "up")
+
+    async def test_missingToken(self) -> None:
+        """
+        Without C{Authorization}, or with another scheme, an action
+        answers 401 with C{WWW-Authenticate: Bearer} and changes nothing.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        answer = await a.post("/routes/chat/backends/one/disable", None)
+        self.assertEqual(answer.status, 401)
+        self.assertEqual(answer.headers["WWW-Authenticate"], 'Bearer realm="wsrelay"')
+
+        def basic() -> Answer:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{a.admin}/reload",
+                method="POST",
+                data=b"",
+                headers={"Authorization": f"Basic {TOKEN}"},
+            )
+            try:
+                _opener.open(request, timeout=TIMEOUT)
+            except urllib.error.HTTPError as e:
+                with e:
+                    return Answer(e.code, e.headers, e.read())
+            raise AssertionError("accepted")
+
+        self.assertEqual((await inThread(basic)).status, 401)
+        self.assertEqual(backendOf(await a.status(), "chat", "one")["state"], "up")
+
+    async def test_wrongToken(self) -> None:
+        """
+        A wrong token, or the right one with more after it, answers 401
+        with C{error="invalid_token"} and changes nothing.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        for token in ("nope", TOKEN + "x", TOKEN[:-1], "the first line only"):
+            answer = await a.post("/routes/chat/backends/one/disable", token)
+            self.assertEqual(answer.status, 401, token)
+            self.assertIn('error="invalid_token"', answer.headers["WWW-Authenticate"])
+            self.assertEqual(answer.json(), {"error": "wrong token"})
+        self.assertEqual(backendOf(await a.status(), "chat", "one")["state"], "up")
+
+    async def test_tokenChanged(self) -> None:
+        """
+        The token file is read when an action arrives: once it changes,
+        the new token works and the old one no longer does.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        path = a.relay.config.adminTokenFile
+        assert path is not None
+        with open(path, "w") as f:
+            f.write("n3w-t0ken\n")
+        action = "/routes/chat/backends/one/drain"
+        self.assertEqual((await a.post(action, TOKEN)).status, 401)
+        self.assertEqual((await a.post(action, "n3w-t0ken")).status, 200)
+
+    async def test_drainDisableEnable(self) -> None:
+        """
+        With the right token (the token file's first line, stripped) the
+        actions answer 200 with the backend's new state, which C{/status}
+        and C{/metrics} then show.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        for action, state in [
+            ("drain", "draining"),
+            ("disable", "disabled"),
+            ("enable", "up"),
+        ]:
+            answer = await a.post(f"/routes/chat/backends/one/{action}")
+            self.assertEqual(answer.status, 200, action)
+            body = answer.json()
+            self.assertEqual((body["route"], body["action"]), ("chat", action))
+            self.assertEqual(body["backend"]["name"], "one")
+            self.assertEqual(body["backend"]["state"], state)
+            self.assertEqual(backendOf(await a.status(), "chat", "one")["state"], state)
+            metrics = samples((await a.get("/metrics")).body.decode("utf-8"))
+            key = labels(route="chat", backend="one", state=state)
+            self.assertEqual(metrics[("wsrelay_backend_state", key)], 1)
+
+    async def test_unknown(self) -> None:
+        """
+        An unknown route or backend answers 404 with a JSON error naming
+        it; so does an unknown action or page.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        answer = await a.post("/routes/nope/backends/one/drain")
+        self.assertEqual(answer.status, 404)
+        self.assertIn("'nope'", answer.json()["error"])
+        answer = await a.post("/routes/chat/backends/two/drain")
+        self.assertEqual(answer.status, 404)
+        self.assertIn("'two'", answer.json()["error"])
+        for path in ("/routes/chat/backends/one/reboot", "/nope", "/status/"):
+            answer = await a.post(path)
+            self.assertEqual(answer.status, 404, path)
+            self.assertEqual(answer.json(), {"error": "no such page"})
+            self.assertEqual((await a.get(path)).status, 404, path)
+
+    async def test_wrongMethod(self) -> None:
+        """
+        C{GET} on an action, or C{POST} on a page, answers 405 with the
+        methods it allows.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        for path in ("/routes/chat/backends/one/drain", "/reload"):
+            answer = await a.get(path)
+            self.assertEqual(answer.status, 405, path)
+            self.assertEqual(answer.headers["Allow"], "POST")
+        for path in ("/", "/status", "/metrics"):
+            answer = await a.post(path)
+            self.assertEqual(answer.status, 405, path)
+            self.assertEqual(answer.headers["Allow"], "GET, HEAD")
+        self.assertEqual(backendOf(await a.status(), "chat", "one")["state"], "up")
+
+    async def test_reloadRejected(self) -> None:
+        """
+        A configuration file that no longer parses makes C{POST /reload}
+        answer 400 with its one-line error; the running configuration
+        stays.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        config = a.relay.config
+        with open(a.path, "a") as f:
+            f.write("bogus = 1\n")
+        answer = await a.post("/reload")
+        self.assertEqual(answer.status, 400)
+        error = answer.json()["error"]
+        self.assertIn("bogus", error)
+        self.assertNotIn("\n", error)
+        self.assertIs(a.relay.config, config)
+        self.assertEqual([r["name"] for r in (await a.status())["routes"]], ["chat"])
+
+    async def test_reload(self) -> None:
+        """
+        C{POST /reload} applies the file again and answers with the routes
+        now in force, which C{/status} then lists.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        with open(a.path, "a") as f:
+            f.write("[route:more]\npath = /more\nbackends = " + b.url + "\n")
+        answer = await a.post("/reload")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(
+            answer.json(), {"reloaded": a.path, "routes": ["chat", "more"]}
+        )
+        names = [r["name"] for r in (await a.status())["routes"]]
+        self.assertEqual(names, ["chat", "more"])
+
+
+class LogTests(TestCase):
+    """
+    The admin site logs actions as structured events, and not every read
+    (a dashboard asks each second).
+    """
+
+    async def test_events(self) -> None:
+        """
+        Each request other than C{GET} and C{HEAD} gives one event with the
+        method, path, status and peer, whatever its answer; a read gives
+        none, even a 404.
+        """
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        path = "/routes/chat/backends/one/drain"
+        await a.get("/status")
+        await a.get("/metrics")
+        self.assertEqual((await a.post(path, None)).status, 401)
+        self.assertEqual((await a.post(path)).status, 200)
+        self.assertEqual((await a.get("/nope")).status, 404)
+        self.assertEqual((await a.post("/nope")).status, 404)
+
+        def admin() -> list[tuple[str, str, int, str]]:
+            return [
+                (e["method"], e["path"], e["code"], e["peer"])
+                for e in events
+                if e.get("log_namespace", "").startswith("wsrelay.admin")
+            ]
+
+        await waitFor(lambda: len(admin()) >= 3)
+        self.assertEqual(
+            admin(),
+            [
+                ("POST", path, 401, "127.0.0.1"),
+                ("POST", path, 200, "127.0.0.1"),
+                ("POST", "/nope", 404, "127.0.0.1"),
+            ],
+        )
+
+
+class Dashboard(HTMLParser):
+    """
+    Reads a rendered dashboard: the text of the elements with an id, and
+    of each backend and channel row's cells by their class.
+
+    @ivar ids: Text by element id.
+    @ivar attributes: Attributes by element id.
+    @ivar rows: Cell texts by class, for each row keyed by its kind
+        (C{backend}, C{channel}), route and name.
+    """
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.ids: dict[str, str] = {}
+        self.attributes: dict[str, dict[str, str | None]] = {}
+        self.rows: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._open: list[tuple[str, str | None]] = []
+        self._row: dict[str, str] | None = None
+        self._cell: str | None = None
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """
+        Note elements with an id, and rows and their cells.
+        """
+        a = dict(attrs)
+        ident = a.get("id")
+        if ident is not None:
+            self.ids[ident] = ""
+            self.attributes[ident] = a
+            self._open.append((tag, ident))
+        if tag == "tr":
+            for kind in ("backend", "channel"):
+                name = a.get("data-" + kind)
+                if name is not None:
+                    key = (kind, a.get("data-route") or "", name)
+                    self._row = self.rows.setdefault(key, {})
+        elif tag == "td" and self._row is not None:
+            self._cell = a.get("class") or ""
+            self._row[self._cell] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        """
+        Close what is open.
+        """
+        if self._open and self._open[-1][0] == tag:
+            self._open.pop()
+        if tag == "tr":
+            self._row = None
+        elif tag == "td":
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        """
+        Add text to the open element with an id and the open cell.
+        """
+        if self._open:
+            ident = self._open[-1][1]
+            if ident is not None:
+                self.ids[ident] += data
+        if self._row is not None and self._cell is not None:
+            self._row[self._cell] += data
+
+
+def dumpDOM(url: str) -> str:
+    """
+    Load C{url} in headless Chromium with a fresh profile, let its scripts
+    run for five seconds of virtual time, and return the DOM it rendered
+    (blocking).
+    """
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        done = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-proxy-server",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "HOME": profile},
+        )
+    if done.returncode != 0:
+        raise AssertionError(
+            f"chromium exited with {done.returncode}: {done.stderr.decode()[-2000:]}"
+        )
+    return done.stdout.decode("utf-8")
+
+
+class DashboardTests(TestCase):
+    """
+    C{GET /} is a page that renders the relay's routes, backends and
+    channels from C{/status}, by itself.
+    """
+
+    def test_selfContained(self) -> None:
+        """
+        The page loads nothing from elsewhere: no external scripts, styles,
+        images or links.
+        """
+        self.assertNotRegex(DASHBOARD, rb"(?i)\b(src|href)\s*=|https?://|@import")
+
+    async def test_rendered(self) -> None:
+        """
+        In headless Chromium, once the page's own requests ran, it shows
+        the relay's version, each route, backend and channel, and the
+        counters C{/status} gives.
+        """
+        if CHROMIUM is None:
+            self.skipTest(
+                "chromium is not installed (Debian package chromium): the"
+                " dashboard cannot be rendered"
+            )
+        b = startBackend(self)
+        source = startBackend(self)
+        a = await startAdmin(
+            self, PROXY.format(url=b.url) + FANOUT.format(url=source.url)
+        )
+        c = await connect(self, a.port, "/chat")
+        await inThread(echo, c, MESSAGES)
+        f = await joined(self, a)
+        await inThread(echo, f, ["tick"])
+        await inThread(echo, f, ["tock"])
+        s = await a.status()
+
+        page = Dashboard(await inThread(dumpDOM, f"http://127.0.0.1:{a.admin}/"))
+        self.assertEqual(page.ids["version"], __version__)
+        self.assertEqual(page.ids["clients"], "2")
+        self.assertGreaterEqual(
+            int(page.attributes["updated"]["data-refreshes"] or 0), 1
+        )
+        self.assertTrue(page.attributes["error"].get("hidden") is not None)
+        self.assertIn("route-chat", page.ids)
+        self.assertIn("route-feed", page.ids)
+
+        one = backendOf(s, "chat", "one")
+        self.assertEqual(
+            page.rows[("backend", "chat", "one")],
+            {
+                "name": "one",
+                "state": "up",
+                "connections": "1",
+                "total": "1",
+                "messages-to": "3",
+                "bytes-to": str(PAYLOAD),
+                "messages-from": "3",
+                "bytes-from": str(PAYLOAD),
+                "failures": "0",
+                "check": "none",
+            },
+        )
+        self.assertEqual(one["toBackend"]["bytes"], PAYLOAD)
+        row = page.rows[("channel", "feed", "")]
+        (channel,) = s["routes"][1]["channels"]
+        self.assertEqual(row["clients"], str(channel["clients"]))
+        self.assertEqual(row["deliveries"], str(channel["deliveries"]))
+        self.assertEqual(row["messages-in"], "2")
+        self.assertEqual(row["state"], "up")
+        self.assertEqual(row["backend"], "source")
+        self.assertIn(("backend", "feed", "source"), page.rows)
