@@ -112,6 +112,7 @@ class Channel:
         self._linger: IDelayedCall | None = None
         self._lost: Backend | None = None
         self._gone: Deferred[None] | None = None
+        self._closing: UpstreamProtocol | None = None
         self.retired = False
 
     @property
@@ -293,18 +294,17 @@ class Channel:
         """
         The upstream is gone: reconnect unless it was closed on purpose.
         """
+        if leg is not None and leg is self._closing:
+            # An upstream closed on purpose (see _halt) is gone.
+            self._closing = None
+            gone, self._gone = self._gone, None
+            if gone is not None:
+                gone.callback(None)
+            return
         if leg is None or leg is not self.upstream:
             return
-        gone, self._gone = self._gone, None
-        if gone is not None:
-            gone.callback(None)
         backend = self.backend
-        self.upstream = None
-        self.backend = None
-        self._parts = []
-        if backend is not None:
-            backend.connections -= 1
-            self.route.balancer.connectionClosed(backend)
+        self._release()
         if self.state != UP:
             return
         self.log.warn(
@@ -327,11 +327,11 @@ class Channel:
         @return: A L{Deferred} that fires when the upstream is gone.
         """
         gone: Deferred[None] = Deferred()
-        if self.upstream is None:
+        self._halt(STOPPED, 1001, b"relay shutting down")
+        if self._closing is None:
             gone.callback(None)
         else:
             self._gone = gone
-        self._halt(STOPPED, 1001, b"relay shutting down")
         return gone
 
     def moveOff(self) -> None:
@@ -364,7 +364,24 @@ class Channel:
             opening.cancel()
         up = self.upstream
         if up is not None:
+            # It is no longer this channel's upstream, even while it closes:
+            # a new one may open meanwhile (a lazy channel's next client).
+            self._release()
+            up.target = None
+            self._closing = up
             up.closeWith(code, reason)
+
+    def _release(self) -> None:
+        """
+        Forget the upstream and give its backend's connection back.
+        """
+        backend = self.backend
+        self.upstream = None
+        self.backend = None
+        self._parts = []
+        if backend is not None:
+            backend.connections -= 1
+            self.route.balancer.connectionClosed(backend)
 
     def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None
@@ -413,6 +430,7 @@ class FanoutSession:
         self._forward = channel.route.config.clientMessages == "forward"
         self._paused = False
         self._joined = False
+        self._closing = False
         self._write: Any = None
         self._parts: list[bytes] = []
         self._opcode = TEXT
@@ -452,10 +470,7 @@ class FanoutSession:
             return
         if self._close:
             self.channel.slowCloses += 1
-            self.queue.clear()
-            self.queued = 0
-            self._paused = False
-            self._write = _discard
+            self.closing()
             self.frontend.closeWith(1013, b"client too slow")
             return
         self.dropped += 1
@@ -465,9 +480,11 @@ class FanoutSession:
 
     def pauseProducing(self) -> None:
         """
-        The client's transport holds more than it can send now.
+        The client's transport holds more than it can send now (once the
+        client is being closed, nothing is queued for it any more).
         """
-        self._paused = True
+        if not self._closing:
+            self._paused = True
 
     def resumeProducing(self) -> None:
         """
@@ -515,8 +532,9 @@ class FanoutSession:
 
     def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
         """
-        The client closes: answer it.
+        The client closes: answer it, and send it nothing more.
         """
+        self.closing()
         leg.replyClose(code, reason)
 
     def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
@@ -555,9 +573,22 @@ class FanoutSession:
         self, code: int = 1001, reason: bytes = b"relay shutting down"
     ) -> None:
         """
-        Close the client.
+        Close the client: nothing more is sent after the close frame.
         """
+        self.closing()
         self.frontend.closeWith(code, reason)
+
+    def closing(self) -> None:
+        """
+        A close frame is about to go to the client: no data frame may
+        follow it (RFC 6455, 5.5.1), so what the channel sends from now on
+        goes nowhere, and nothing more is queued.
+        """
+        self._closing = True
+        self.queue.clear()
+        self.queued = 0
+        self._paused = False
+        self._write = _discard
 
 
 def _discard(data: bytes) -> None:

@@ -20,7 +20,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
-from wsrelay.legs import RelayLeg
+from wsrelay.legs import OPEN, RelayLeg
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route
@@ -36,6 +36,11 @@ class ClientSession(Protocol):
     def clientOpened(self) -> None:
         """
         The client got its 101.
+        """
+
+    def closing(self) -> None:
+        """
+        A close frame is about to go to the client: nothing may follow it.
         """
 
 
@@ -119,6 +124,22 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         self._stopHandshakeClock()
         self.factory.relay.clientLeft(self)
         WebSocketServerProtocol.connectionLost(self, reason)
+
+    def sendCloseFrame(
+        self,
+        code: int | None = None,
+        reasonUtf8: bytes | None = None,
+        isReply: bool = False,
+    ) -> None:
+        """
+        Every close frame to the client goes through here, Autobahn's own
+        (a protocol error, 1007...) included: tell the session first, so
+        that it writes no data frame after it.
+        """
+        session = self.session
+        if self.state == OPEN and session is not None:
+            session.closing()
+        WebSocketServerProtocol.sendCloseFrame(self, code, reasonUtf8, isReply)
 
     def onMessageFrameEnd(self) -> None:
         """

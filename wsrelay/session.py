@@ -262,6 +262,12 @@ class ProxySession:
         cast("IConsumer", ft).registerProducer(TransportPauser(ut), True)
         cast("IConsumer", ut).registerProducer(TransportPauser(ft), True)
 
+    def closing(self) -> None:
+        """
+        A close frame goes to the client: the other leg's frames stop at
+        Autobahn, which sends nothing after a close.
+        """
+
     def _startPipe(self) -> None:
         """
         Switch to the passthrough data path: from now on bytes are
