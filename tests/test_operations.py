@@ -121,6 +121,26 @@ class ReloadTests(TestCase):
         self.assertIs(relay.routes, routes)
         self.assertEqual(relay.config.routes[0].balancer, "round_robin")
 
+    async def test_rejectedReloadTouchesNothing(self) -> None:
+        """
+        When a later route of the new file is rejected, the backends of
+        the routes before it keep their settings too.
+        """
+        a = startBackend(self)
+        relay, _ = await startRelay(
+            self, f"[relay]\n[route:r]\npath = /r\nbackends = {a.url} name=a\n"
+        )
+        [backend] = relay.routes.routes[0].backends
+        rewrite(
+            relay,
+            f"[relay]\n[route:r]\npath = /r\nbackends = {a.url} name=a weight=9\n"
+            f"[route:s]\npath = /s\nbackends = {a.url}\n"
+            "balancer = consistent_hash\nhash_on = nothing\n",
+        )
+        error = await relay.reload().addErrback(lambda f: f.value)
+        self.assertIsInstance(error, ConfigError)
+        self.assertEqual((backend.weight, backend.config.weight), (1, 1))
+
 
 class BackendStateTests(TestCase):
     """

@@ -200,17 +200,19 @@ class RelayService(MultiService):
 
     def _buildRoute(self, config: RouteConfig, previous: Route | None) -> Route:
         """
-        Make the run-time route for a route's configuration.
+        Make the run-time route for a route's configuration, reusing the
+        backends of C{previous} that did not change.
+
+        @raise ConfigError: When a plugin rejects its options or the
+            C{ca_file} cannot be used; the backends of C{previous} are
+            untouched then.
         """
+        trust = self._trust(config)
+        if previous is not None:
+            # Check the plugins on stand-in backends first.
+            self._plugins(config, buildBackends(config, None))
         backends = buildBackends(config, previous)
-        trust = None
-        if config.caFile is not None:
-            try:
-                trust = loadTrust(config.caFile)
-            except (OSError, BadCAFile) as e:
-                raise ConfigError(
-                    self.config.path, str(e), config.section, "ca_file"
-                ) from None
+        balancer, checker = self._plugins(config, backends)
         if not config.verify and any(b.config.secure for b in backends):
             self.log.warn(
                 "route {route}: verify = off: wss:// backends' certificates"
@@ -236,6 +238,41 @@ class RelayService(MultiService):
                         b.host, b.port, False, self.config.connectTimeout
                     ),
                 )
+        monitor = HealthMonitor(
+            config.name,
+            backends,
+            checker,
+            self.clock,
+            config.healthInterval,
+            config.healthTimeout,
+            config.rise,
+            config.fall,
+            config.slowstart,
+        )
+        return Route(config, backends, balancer, monitor)
+
+    def _trust(self, config: RouteConfig) -> Any:
+        """
+        @return: The trust root of the route's C{ca_file}, or L{None}.
+        @raise ConfigError: When it cannot be used.
+        """
+        if config.caFile is None:
+            return None
+        try:
+            return loadTrust(config.caFile)
+        except (OSError, BadCAFile) as e:
+            raise ConfigError(
+                self.config.path, str(e), config.section, "ca_file"
+            ) from None
+
+    def _plugins(
+        self, config: RouteConfig, backends: Sequence[Backend]
+    ) -> tuple[Any, Any]:
+        """
+        Build a route's balancer and health checker.
+
+        @raise ConfigError: When one rejects its options.
+        """
         try:
             balancer = self._balancers[config.balancer].build(backends, config.options)
         except ValueError as e:
@@ -252,18 +289,7 @@ class RelayService(MultiService):
                 raise ConfigError(
                     self.config.path, f"{config.health}: {e}", config.section, "health"
                 ) from None
-        monitor = HealthMonitor(
-            config.name,
-            backends,
-            checker,
-            self.clock,
-            config.healthInterval,
-            config.healthTimeout,
-            config.rise,
-            config.fall,
-            config.slowstart,
-        )
-        return Route(config, backends, balancer, monitor)
+        return balancer, checker
 
     def startService(self) -> None:
         """
@@ -470,16 +496,23 @@ class RelayService(MultiService):
             self.log.warn("listen and admin changes take effect at restart only")
         previous = self.config
         self.config = config
+        balancers, checkers = self._balancers, self._checkers
         try:
             self._balancers = balancerFactories()
             self._checkers = healthCheckerFactories()
-            routes = tuple(
-                self._buildRoute(rc, self.routes.byName(rc.name))
-                for rc in config.routes
-            )
+            # Check every route on stand-in backends before the real ones,
+            # which the running routes share, are touched.
+            for rc in config.routes:
+                self._trust(rc)
+                self._plugins(rc, buildBackends(rc, None))
         except ConfigError:
             self.config = previous
+            self._balancers, self._checkers = balancers, checkers
             raise
+        table = self.routes
+        routes = tuple(
+            self._buildRoute(rc, table.byName(rc.name)) for rc in config.routes
+        )
         old = self.routes.routes
         kept = {b for r in routes for b in r.backends}
         for route in old:
