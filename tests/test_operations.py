@@ -408,3 +408,35 @@ class AccessLogTests(TestCase):
         self.assertGreaterEqual(event["duration"], 0)
         route = relay.routes.routes[0]
         self.assertEqual(relay.traffic(route, route.backends[0]), (2, 6, 2, 6))
+
+
+class RefusalLogTests(TestCase):
+    """
+    Connections that never got their 101 are logged too.
+    """
+
+    async def test_refusedLogged(self) -> None:
+        """
+        A handshake the relay refuses (here 404) gives one access event with
+        the status, the path and who closed.
+        """
+        a = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:r]\npath = /r\nbackends = {a.url}\n"
+        )
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("event") == "access":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        raw = await inThread(rawExchange, port, rawRequest(port, "/nowhere"))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:40])
+        await waitFor(lambda: events)
+        [event] = events
+        self.assertEqual(
+            (event["status"], event["path"], event["closedBy"], event["client"]),
+            (404, "/nowhere", "relay", "127.0.0.1"),
+        )

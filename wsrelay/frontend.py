@@ -17,6 +17,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
@@ -42,6 +43,9 @@ class ClientSession(Protocol):
         """
         A close frame is about to go to the client: nothing may follow it.
         """
+
+
+_log = Logger()
 
 
 class Refused(ConnectionDeny):
@@ -88,6 +92,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     _handshakeCall: Any = None
     #: The client's address as counted by C{max_connections_per_ip}.
     countedAddress: str | None = None
+    #: Whether the client got its 101.
+    upgraded = False
     rateLimit = 0
     rateCount = 0
     rateWindow = 0.0
@@ -122,7 +128,20 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         Stop the handshake clock, and no longer count this connection.
         """
         self._stopHandshakeClock()
-        self.factory.relay.clientLeft(self)
+        relay = self.factory.relay
+        relay.clientLeft(self)
+        if not self.upgraded:
+            # Sessions log the connections that got their 101.
+            refusal = self._refusal
+            _log.info(
+                "{client} {route} refused {status}",
+                event="access",
+                client=relay.clientAddress(self) if self.transport else None,
+                route=self.route.name if self.route else None,
+                status=refusal.code if refusal is not None else None,
+                path=self.head.startLine.split(" ")[1] if self.head else None,
+                closedBy="relay" if refusal is not None else "client",
+            )
         WebSocketServerProtocol.connectionLost(self, reason)
 
     def sendCloseFrame(
@@ -214,6 +233,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         except (BadHead, ValueError):
             self.refuse(Refused(400, "Bad Request"))
             return
+        self.head = head
         if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
             self.refuse(Refused(505, "HTTP Version Not Supported"))
             return
@@ -238,7 +258,6 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
                 )
             )
             return
-        self.head = head
         route, remainder = found
         refusal = self.factory.relay.admit(self, route)
         if refusal is not None:
@@ -281,6 +300,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         if session is None or self.transport is None:
             self.dropConnection(abort=True)
             return
+        self.upgraded = True
         session.clientOpened()
 
     def refuse(self, refusal: Refused) -> None:
