@@ -309,6 +309,7 @@ class FloodTests(TestCase):
                         times.append(time.monotonic() - start)
             return times, codes
 
+        baseline, _ = await inThread(legit)
         floods = [inThread(floodHandshakes), inThread(floodMessages)]
         try:
             # Let the floods get going before measuring.
@@ -323,7 +324,8 @@ class FloodTests(TestCase):
                 await d
         self.assertEqual(codes, [101] * 3)
         self.assertEqual(len(times), 30)
-        # Generous: on a busy 2-core machine a round trip through an
-        # unloaded relay takes about a millisecond.
-        self.assertLess(statistics.median(times), 0.25, times)
-        self.assertLess(max(times), 2.0, times)
+        # Generous, against the same client's round trips without the
+        # floods, on the same (shared, noisy) machine a moment before.
+        before = statistics.median(baseline)
+        self.assertLess(statistics.median(times), 20 * before + 0.2, (before, times))
+        self.assertLess(max(times), 3.0, times)
