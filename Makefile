@@ -4,6 +4,7 @@
 #   make test       every gate: lint, typecheck, pytest
 #   make lint       ruff check + ruff format --check
 #   make typecheck  mypy (settings in pyproject.toml)
+#   make bench      the benchmark suite beside nginx and HAProxy (BENCHMARKS.md)
 #   make clean      remove the virtualenv, build output and caches
 
 PY ?= python3
@@ -81,6 +82,28 @@ typecheck: $(VENV)/.stamp-test
 
 pytest: $(VENV)/.stamp-test
 	$(PYTHON) -m pytest -p no:cacheprovider
+
+# The benchmark suite of bench/ (under 10 minutes; BENCH_ARGS=--quick for
+# about 2, --help for the rest). It needs Debian's nginx and haproxy,
+# installed here when missing (through sudo unless root), and picows and
+# uvloop in the venv for its load generators. The stamp keeps a repeated
+# run from reinstalling them.
+BENCH_ARGS ?=
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+BENCH_PROGRAMS = PATH="$$PATH:/usr/sbin:/sbin" command -v
+
+$(VENV)/.stamp-bench: $(VENV)/.stamp-run
+	$(PYTHON) -m pip install picows uvloop
+	touch $@
+
+.PHONY: bench
+bench: $(VENV)/.stamp-bench
+	@if ! $(BENCH_PROGRAMS) nginx >/dev/null || \
+	    ! $(BENCH_PROGRAMS) haproxy >/dev/null; then \
+	    echo "installing nginx and haproxy (Debian packages)" >&2; \
+	    $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx haproxy; \
+	fi
+	$(PYTHON) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache \

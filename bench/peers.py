@@ -1,0 +1,669 @@
+"""
+The benchmark's own WebSocket peers, written with picows so that they are
+not what limits a run: an echo backend, a broadcast source, and the client
+load generators (closed-loop echo, fan-out subscribers, connection storm).
+
+Each runs in its own process, started by L{bench.run} as::
+
+    python -m bench.peers ROLE [OPTIONS]
+
+A peer speaks JSON lines: it prints one object per line on standard output
+(the first says it is ready) and, where it takes commands, reads one object
+per line on standard input.  It exits when standard input closes.
+
+Fan-out messages are ASCII text of C{size} bytes: a round tag (one letter),
+an 11-digit sequence number, the source's C{CLOCK_MONOTONIC} time in
+nanoseconds (20 digits) and padding.  The clock is shared by every process
+on the machine, so a client subtracts it from its own to get the latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from array import array
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    ws_connect,
+    ws_create_server,
+)
+
+from bench.procstat import cpuSeconds, waitSeconds
+
+HEADER = 32
+"""
+Bytes of a fan-out message before its padding: tag, sequence, timestamp.
+"""
+
+_DATA = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION)
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """
+    Print one JSON line for the controlling process.
+    """
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def selfCPU() -> float:
+    """
+    CPU seconds (user + system) used by this process so far.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """
+    The C{q}-th quantile (0 to 1) of sorted values, nearest rank.
+
+    @return: The value, or L{None} for no values.
+    """
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def commands() -> AsyncIterator[dict[str, Any]]:
+    """
+    The JSON commands arriving on standard input, until it closes.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    while line := await reader.readline():
+        if line.strip():
+            yield json.loads(line)
+
+
+async def waitForEOF() -> None:
+    """
+    Return when standard input closes (the controlling process is done).
+    """
+    async for _ in commands():
+        pass
+
+
+def closeFrame(transport: WSTransport, frame: WSFrame) -> None:
+    """
+    Answer a close frame and drop the connection.
+    """
+    transport.send_close(frame.get_close_code())
+    transport.disconnect()
+
+
+# Servers.
+
+
+class EchoListener(WSListener):
+    """
+    Sends every frame back as it came: type, payload and FIN, so that a
+    message a proxy split into frames comes back whole.
+    """
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """
+        Echo a data frame; answer a close.
+        """
+        kind = frame.msg_type
+        if kind in _DATA:
+            transport.send(kind, frame.get_payload_as_bytes(), frame.fin)
+        elif kind is WSMsgType.CLOSE:
+            closeFrame(transport, frame)
+
+
+class SourceListener(WSListener):
+    """
+    One connection to the broadcast source: joins the source's set of
+    peers while open and ignores what the peer sends.
+    """
+
+    def __init__(self, peers: dict[WSTransport, None]) -> None:
+        """
+        @param peers: The source's open connections, in joining order.
+        """
+        self.peers = peers
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        """
+        Join the broadcast.
+        """
+        self.peers[transport] = None
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        """
+        Leave the broadcast.
+        """
+        self.peers.pop(transport, None)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """
+        Answer a close; drop anything else.
+        """
+        if frame.msg_type is WSMsgType.CLOSE:
+            closeFrame(transport, frame)
+
+
+async def serve(factory: Callable[[], WSListener]) -> int:
+    """
+    Listen on an OS-chosen loopback port with a picows server.
+
+    @return: The port.
+    """
+
+    def listener(request: WSUpgradeRequest) -> WSListener:
+        return factory()
+
+    server = await ws_create_server(
+        listener,
+        "127.0.0.1",
+        0,
+        backlog=8192,
+        websocket_handshake_timeout=30,
+        max_frame_size=64 << 20,
+    )
+    port: int = server.sockets[0].getsockname()[1]
+    return port
+
+
+async def echoServer(options: argparse.Namespace) -> None:
+    """
+    The echo backend: prints its port, serves until standard input closes.
+    """
+    emit({"port": await serve(EchoListener)})
+    await waitForEOF()
+
+
+def message(tag: int, seq: int, size: int) -> bytes:
+    """
+    A fan-out message stamped with the current time.
+
+    @param tag: The round's tag, an ASCII letter's code.
+    @param seq: The message's number in its round.
+    @param size: The message's size, at least L{HEADER}.
+    """
+    head = b"%c%011d%020d" % (tag, seq, time.monotonic_ns())
+    return head + b"x" * (size - HEADER)
+
+
+async def broadcast(
+    peers: dict[WSTransport, None],
+    duration: float,
+    rate: float,
+    size: int,
+    tag: int,
+    limit: int,
+) -> dict[str, Any]:
+    """
+    Send messages at C{rate} per second for C{duration} seconds to every
+    open connection.
+
+    Each message is stamped once, then written to each connection in turn,
+    so the time a source spends serving many connections shows in the
+    latency of the last ones.  When behind schedule it sends at once,
+    without skipping, and stops when the duration is over: a source that
+    its own connections slow down sends fewer messages.  A connection with
+    more than C{limit} bytes waiting to be sent skips the message (as
+    wsrelay's C{slow_client = drop}), so that a stalled peer cannot grow
+    the source's memory without bound.
+
+    @return: The round's figures: messages sent and scheduled, connections,
+        messages skipped for slow connections, start and end (monotonic
+        seconds) and the source's own CPU seconds.
+    """
+    cpu = selfCPU()
+    start = time.monotonic()
+    stop = start + duration
+    send = WSTransport.send
+    text = WSMsgType.TEXT
+    connections = len(peers)
+    skipped = 0
+    seq = 0
+    while True:
+        due = start + seq / rate
+        now = time.monotonic()
+        if due >= stop or now >= stop:
+            break
+        # Sleep to the schedule; when behind it, still let the loop flush.
+        await asyncio.sleep(max(due - now, 0))
+        payload = message(tag, seq, size)
+        for transport in list(peers):
+            if transport.underlying_transport.get_write_buffer_size() > limit:
+                skipped += 1
+            else:
+                send(transport, text, payload)
+        seq += 1
+    return {
+        "sent": seq,
+        "scheduled": int(duration * rate),
+        "connections": connections,
+        "skipped": skipped,
+        "start": start,
+        "end": time.monotonic(),
+        "cpu": selfCPU() - cpu,
+    }
+
+
+async def sourceServer(options: argparse.Namespace) -> None:
+    """
+    The broadcast source: every message goes to each of its connections.
+
+    Commands: C{{"cmd": "count"}} answers the number of connections;
+    C{{"cmd": "send", "duration", "rate", "size", "tag", "limit"}} sends a
+    round and answers its figures (see L{broadcast}).
+    """
+    peers: dict[WSTransport, None] = {}
+    emit({"port": await serve(lambda: SourceListener(peers))})
+    async for command in commands():
+        if command["cmd"] == "count":
+            emit({"connections": len(peers)})
+        elif command["cmd"] == "send":
+            emit(
+                await broadcast(
+                    peers,
+                    command["duration"],
+                    command["rate"],
+                    command["size"],
+                    command["tag"],
+                    command["limit"],
+                )
+            )
+
+
+# Clients.
+
+
+async def connectAll(
+    url: str,
+    factories: Sequence[Callable[[], WSListener]],
+    concurrency: int,
+) -> tuple[list[WSTransport], list[str], float]:
+    """
+    Open one connection per factory, at most C{concurrency} handshakes at a
+    time.
+
+    @return: The open transports (in no particular order), the errors of
+        those that failed, and the monotonic time the last one opened.
+    """
+    gate = asyncio.Semaphore(concurrency)
+    opened: list[WSTransport] = []
+    errors: list[str] = []
+    last = time.monotonic()
+
+    async def one(factory: Callable[[], WSListener]) -> None:
+        nonlocal last
+        async with gate:
+            try:
+                transport, _ = await ws_connect(
+                    factory,
+                    url,
+                    websocket_handshake_timeout=30,
+                    max_frame_size=64 << 20,
+                )
+            except Exception as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                return
+        opened.append(transport)
+        last = time.monotonic()
+
+    await asyncio.gather(*(one(factory) for factory in factories))
+    return opened, errors, last
+
+
+async def closeAll(transports: Sequence[WSTransport], timeout: float = 3) -> None:
+    """
+    Close connections with a closing handshake (so that a proxy closes its
+    upstream cleanly too), and drop those that do not finish in time.
+    """
+    for transport in transports:
+        transport.send_close(WSCloseCode.GOING_AWAY)
+    waits = [asyncio.ensure_future(t.wait_disconnected()) for t in transports]
+    if waits:
+        await asyncio.wait(waits, timeout=timeout)
+    for transport in transports:
+        transport.disconnect(False)
+
+
+class EchoStats:
+    """
+    What the closed-loop echo clients count between two marks.
+
+    @ivar messages: Echoes completed.
+    @ivar latencies: Seconds from sending each message to its echo's end.
+    """
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.latencies = array("d")
+
+
+class EchoClient(WSListener):
+    """
+    A closed-loop client: sends a message, waits for its echo, sends again.
+    """
+
+    def __init__(self, stats: EchoStats, kind: WSMsgType, payload: bytes) -> None:
+        """
+        @param stats: Where to count.
+        @param kind: C{TEXT} or C{BINARY}.
+        @param payload: The message sent each time.
+        """
+        self.stats = stats
+        self.kind = kind
+        self.payload = payload
+        self.sentAt = 0.0
+        self.transport: WSTransport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        """
+        Keep the transport until L{go}.
+        """
+        self.transport = transport
+
+    def go(self) -> None:
+        """
+        Send the first message.
+        """
+        assert self.transport is not None
+        self.sentAt = time.perf_counter()
+        self.transport.send(self.kind, self.payload)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """
+        At the end of an echoed message count it and send the next.
+        """
+        if not frame.fin or frame.msg_type not in _DATA:
+            return
+        now = time.perf_counter()
+        stats = self.stats
+        stats.messages += 1
+        stats.latencies.append(now - self.sentAt)
+        self.sentAt = now
+        transport.send(self.kind, self.payload)
+
+
+async def echoLoad(options: argparse.Namespace) -> None:
+    """
+    Drive an echo target in closed loop and print one JSON result.
+
+    After C{warmup} seconds, C{rounds} rounds of C{duration} seconds each
+    count the echoes completed, their latencies, and the CPU seconds of the
+    processes C{--pids} (the proxy) and C{--side-pids} (the backend) read
+    from /proc at the same instants.
+    """
+    stats = EchoStats()
+    kind = WSMsgType.BINARY if options.binary else WSMsgType.TEXT
+    payload = b"x" * options.size
+    clients = [EchoClient(stats, kind, payload) for _ in range(options.connections)]
+    factories = [(lambda c=c: c) for c in clients]
+    transports, errors, _ = await connectAll(options.url, factories, 64)
+    if errors:
+        emit({"error": f"{len(errors)} connections failed: {errors[0]}"})
+        return
+    for client in clients:
+        client.go()
+    await asyncio.sleep(options.warmup)
+    proxy = [int(p) for p in options.pids.split(",") if p]
+    side = [int(p) for p in options.side_pids.split(",") if p]
+    rounds = []
+    load = [*side, os.getpid()]
+    for _ in range(options.rounds):
+        stats.messages = 0
+        stats.latencies = array("d")
+        start = (
+            cpuSeconds(proxy),
+            cpuSeconds(side),
+            selfCPU(),
+            waitSeconds(proxy),
+            waitSeconds(load),
+            time.perf_counter(),
+        )
+        await asyncio.sleep(options.duration)
+        end = (
+            cpuSeconds(proxy),
+            cpuSeconds(side),
+            selfCPU(),
+            waitSeconds(proxy),
+            waitSeconds(load),
+            time.perf_counter(),
+        )
+        latencies = sorted(stats.latencies)
+        rounds.append(
+            {
+                "messages": stats.messages,
+                "seconds": end[5] - start[5],
+                "proxyCPU": end[0] - start[0],
+                "sideCPU": end[1] - start[1],
+                "loadCPU": end[2] - start[2],
+                "proxyWait": end[3] - start[3],
+                "loadWait": end[4] - start[4],
+                "p50": percentile(latencies, 0.50),
+                "p99": percentile(latencies, 0.99),
+            }
+        )
+    emit({"rounds": rounds})
+    await closeAll(transports)
+
+
+class FeedStats:
+    """
+    What the fan-out clients count in one round.
+
+    @ivar tag: The current round's tag; messages of other rounds are late.
+    @ivar frames: Messages of any round received, for the delivery rate.
+    @ivar latencies: Nanoseconds from a message's timestamp to its receipt,
+        at the sampled clients.
+    @ivar last: Monotonic nanoseconds of the current round's latest
+        delivery.
+    """
+
+    def __init__(self) -> None:
+        self.tag = 0
+        self.frames = 0
+        self.latencies = array("q")
+        self.last = 0
+
+
+class FeedClient(WSListener):
+    """
+    A fan-out subscriber: counts the current round's messages; a sampled
+    one also records their latency.
+    """
+
+    def __init__(self, stats: FeedStats, sampled: bool) -> None:
+        """
+        @param stats: The shared round figures.
+        @param sampled: Whether to record latencies.
+        """
+        self.stats = stats
+        self.sampled = sampled
+        self.received = 0
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """
+        Count a message of the current round.
+        """
+        if frame.msg_type is not WSMsgType.TEXT:
+            if frame.msg_type is WSMsgType.CLOSE:
+                closeFrame(transport, frame)
+            return
+        payload = frame.get_payload_as_bytes()
+        stats = self.stats
+        stats.frames += 1
+        if payload[0] != stats.tag:
+            return
+        now = time.monotonic_ns()
+        self.received += 1
+        stats.last = now
+        if self.sampled:
+            stats.latencies.append(now - int(payload[12:HEADER]))
+
+
+async def feedClients(options: argparse.Namespace) -> None:
+    """
+    Hold C{clients} fan-out subscribers and report on each round.
+
+    Commands: C{{"cmd": "arm", "tag"}} starts a round; C{{"cmd": "collect",
+    "expect", "deadline"}} waits until every client has C{expect} messages
+    or the monotonic C{deadline} (seconds) passes, then answers the round's
+    figures.
+    """
+    stats = FeedStats()
+    every = max(1, options.clients // options.sampled)
+    clients = [FeedClient(stats, i % every == 0) for i in range(options.clients)]
+    factories = [(lambda c=c: c) for c in clients]
+    start = time.monotonic()
+    transports, errors, last = await connectAll(
+        options.url, factories, options.concurrency
+    )
+    emit(
+        {
+            "ready": len(transports),
+            "failed": len(errors),
+            "errors": errors[:3],
+            "seconds": last - start,
+        }
+    )
+    expected = len(transports)
+    cpu = selfCPU()
+    async for command in commands():
+        if command["cmd"] == "arm":
+            stats.tag = command["tag"]
+            stats.frames = 0
+            stats.latencies = array("q")
+            stats.last = 0
+            for client in clients:
+                client.received = 0
+            cpu = selfCPU()
+            emit({"armed": True})
+        elif command["cmd"] == "collect":
+            want = command["expect"] * expected
+            while time.monotonic() < command["deadline"]:
+                if sum(c.received for c in clients) >= want:
+                    break
+                await asyncio.sleep(0.01)
+            received = sum(c.received for c in clients)
+            latencies = sorted(stats.latencies)
+            emit(
+                {
+                    "received": received,
+                    "frames": stats.frames,
+                    "now": time.monotonic(),
+                    "expected": want,
+                    "complete": sum(c.received == command["expect"] for c in clients),
+                    "last": stats.last / 1e9,
+                    "p50": _seconds(percentile(latencies, 0.50)),
+                    "p99": _seconds(percentile(latencies, 0.99)),
+                    "samples": len(latencies),
+                    "loadCPU": selfCPU() - cpu,
+                }
+            )
+            stats.tag = 0
+    await closeAll(transports)
+
+
+def _seconds(nanoseconds: float | None) -> float | None:
+    """
+    Nanoseconds to seconds, keeping L{None}.
+    """
+    return None if nanoseconds is None else nanoseconds / 1e9
+
+
+class IdleClient(WSListener):
+    """
+    A connection that is only held open.
+    """
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """
+        Answer a close; ignore anything else.
+        """
+        if frame.msg_type is WSMsgType.CLOSE:
+            closeFrame(transport, frame)
+
+
+async def storm(options: argparse.Namespace) -> None:
+    """
+    Open C{connections} connections as fast as C{concurrency} handshakes in
+    flight allow, report, and hold them until standard input closes.
+    """
+    start = time.monotonic()
+    cpu = selfCPU()
+    transports, errors, last = await connectAll(
+        options.url, [IdleClient] * options.connections, options.concurrency
+    )
+    emit(
+        {
+            "opened": len(transports),
+            "failed": len(errors),
+            "errors": sorted(set(errors))[:3],
+            "seconds": last - start,
+            "loadCPU": selfCPU() - cpu,
+        }
+    )
+    await waitForEOF()
+    await closeAll(transports)
+
+
+ROLES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
+    "echo-server": echoServer,
+    "source": sourceServer,
+    "echo-load": echoLoad,
+    "feed-clients": feedClients,
+    "storm": storm,
+}
+
+
+def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
+    """
+    Parse a peer's command line.
+    """
+    parser = argparse.ArgumentParser(prog="python -m bench.peers")
+    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("--url", default="")
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--sampled", type=int, default=100)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--binary", action="store_true")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=1.0)
+    parser.add_argument("--pids", default="")
+    parser.add_argument("--side-pids", default="")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run one peer, on uvloop when it is installed.
+    """
+    options = parseArguments(sys.argv[1:] if argv is None else argv)
+    coroutine = ROLES[options.role](options)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""
+The results table: one row per scenario and target, in Markdown, each
+comparable figure followed by its ratio to nginx's in the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from bench.scenarios import Cell
+
+SATURATED = 90.0
+"""
+Load-side CPU use (percent of CPU 0) from which a row is marked: there the
+load generators, not the target, may be what limits the rate.
+"""
+
+COLUMNS = (
+    "scenario",
+    "target",
+    "rate",
+    "p50 ms",
+    "p99 ms",
+    "proxy µs/op",
+    "proxy CPU s",
+    "backend/source CPU s",
+    "lost",
+    "proxy KiB/conn",
+    "load CPU %",
+    "wait % proxy/load",
+)
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    """
+    C{" (0.71×)"}: a figure's ratio to nginx's, or nothing.
+    """
+    if value is None or not base:
+        return ""
+    return f" ({value / base:.2f}×)"
+
+
+def _number(value: float) -> str:
+    """
+    Three significant digits, thousands separated.
+    """
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _figure(
+    value: float | None,
+    base: float | None,
+    scale: float = 1.0,
+    suffix: str = "",
+    compare: bool = True,
+) -> str:
+    """
+    A figure scaled for display, with its unit and ratio to nginx's.
+    """
+    if value is None:
+        return "—"
+    text = _number(value * scale) + suffix
+    return text + (_ratio(value, base) if compare else "")
+
+
+def row(cell: Cell, nginx: Cell | None, marks: dict[str, int]) -> list[str]:
+    """
+    One line of the table.
+
+    @param nginx: nginx's cell in the same scenario, for the ratios.
+    @param marks: Footnote numbers by note text, added to as notes appear.
+    """
+    compare = nginx is not None and nginx is not cell and nginx.rate is not None
+
+    def base(get: Callable[[Cell], float | None]) -> float | None:
+        return get(nginx) if compare and nginx is not None else None
+
+    if cell.rate is None:
+        rest = ["—"] * (len(COLUMNS) - 3)
+        return [cell.scenario, cell.target, cell.note or "—", *rest]
+    target = cell.target
+    if cell.note:
+        number = marks.setdefault(cell.note, len(marks) + 1)
+        target += f" [{number}]"
+    lost = "—"
+    if cell.lost is not None and cell.expected:
+        lost = f"{cell.lost:,} ({cell.lost / cell.expected:.1%})"
+    load = _figure(cell.loadPercent, None, compare=False)
+    if cell.loadPercent is not None and cell.loadPercent >= SATURATED:
+        load += " *"
+    wait = "—"
+    if cell.loadWait is not None:
+        proxy = "—" if cell.proxyWait is None else f"{cell.proxyWait:.0f}"
+        wait = f"{proxy}/{cell.loadWait:.0f}"
+    return [
+        cell.scenario,
+        target,
+        _figure(cell.rate, base(lambda c: c.rate), suffix=" " + cell.unit),
+        _figure(cell.p50, None, 1e3),
+        _figure(cell.p99, base(lambda c: c.p99), 1e3),
+        _figure(cell.cpuPerOp, base(lambda c: c.cpuPerOp)),
+        _figure(cell.proxyCPU, None),
+        _figure(cell.sideCPU, base(lambda c: c.sideCPU)),
+        lost,
+        _figure(cell.memPerConn, base(lambda c: c.memPerConn), 1 / 1024),
+        load,
+        wait,
+    ]
+
+
+def table(cells: Sequence[Cell]) -> str:
+    """
+    The whole table in Markdown, followed by its numbered notes.
+    """
+    byKey = {(c.scenario, c.target): c for c in cells}
+    marks: dict[str, int] = {}
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for cell in cells:
+        nginx = byKey.get((cell.scenario, "nginx"))
+        lines.append("| " + " | ".join(row(cell, nginx, marks)) + " |")
+    lines.append(
+        "\nwait % proxy/load: time the proxy, and the load-side processes summed, "
+        "were ready to run but waited for a CPU held by other processes (schedstat)."
+    )
+    for note, number in marks.items():
+        lines.append(f"\n[{number}] {note}")
+    if any(c.loadPercent is not None and c.loadPercent >= SATURATED for c in cells):
+        lines.append(
+            f"\n\\* load side at {SATURATED:.0f}% of its CPU or more: the load "
+            "generators may limit this row's rate."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""
+The benchmark suite's command line: runs the chosen scenarios against the
+chosen targets and prints one table.
+
+    python -m bench                  # everything, under 10 minutes
+    python -m bench --quick          # short rounds, fewer clients: 1-2 minutes
+    python -m bench --target wsrelay,nginx --scenario echo-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import targets
+from bench.control import ROOT
+from bench.report import table
+from bench.scenarios import PRESETS, SCENARIOS, Bench, Cell
+
+PROXY_CPU = 1
+LOAD_CPU = 0
+
+
+def _choices(
+    values: Sequence[str] | None, known: Sequence[str], what: str
+) -> list[str]:
+    """
+    Expand repeated or comma-separated choices, in the table's order.
+
+    @raise SystemExit: On an unknown name.
+    """
+    if not values:
+        return list(known)
+    chosen = {v.strip() for value in values for v in value.split(",") if v.strip()}
+    unknown = chosen - set(known)
+    if unknown:
+        sys.exit(
+            f"unknown {what}: {', '.join(sorted(unknown))}; known: {', '.join(known)}"
+        )
+    return [k for k in known if k in chosen]
+
+
+def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
+    """
+    Parse the command line.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="WebSocket proxy benchmark: direct, nginx, HAProxy, wsrelay.",
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME[,NAME]",
+        help=f"targets to run (default all: {', '.join(targets.TARGETS)})",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME[,NAME]",
+        help=f"scenarios to run (default all: {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_const",
+        const="quick",
+        dest="preset",
+        help="short rounds and fewer clients (about 1-2 minutes)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="sizes and durations (default full; smoke is for the tests)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the proxy and the load side to separate CPUs",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    parser.set_defaults(preset="full")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the folder of configs and logs"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record py-spy flame graphs of the wsrelay targets into DIR "
+        "(py-spy slows the relay a little; pip install py-spy)",
+    )
+    return parser.parse_args(argv)
+
+
+def _cpuModel() -> str:
+    """
+    The CPU model from /proc/cpuinfo.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _revision() -> str:
+    """
+    The checkout's commit, marked when the work tree has changes.
+    """
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "wsrelay"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with uncommitted changes to wsrelay/" if dirty else "")
+
+
+def header(preset: str, pinned: bool, stormConnections: int) -> list[str]:
+    """
+    What the run measured and on what: machine, versions, method.
+    """
+    p = PRESETS[preset]
+    v = targets.versions()
+    pinning = (
+        f"proxy pinned to CPU {PROXY_CPU}; backend, source and load generators "
+        f"to CPU {LOAD_CPU} (taskset)"
+        if pinned
+        else "no CPU pinning"
+    )
+    return [
+        f"wsrelay benchmark, preset {preset}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        f"machine: {os.cpu_count()} CPUs ({_cpuModel()}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}",
+        f"versions: nginx {v['nginx']}, HAProxy {v['haproxy']}, "
+        f"Twisted {v['twisted']}, Autobahn {v['autobahn']} (NVX {v['NVX']}), "
+        f"picows {v['picows']}, uvloop {v['uvloop']}; wsrelay at {_revision()}",
+        pinning,
+        f"echo: {p.echoConnections} connections x {p.smallSize} B text / "
+        f"{p.largeConnections} x {p.largeSize // 1024} KiB binary, closed loop, "
+        f"{p.rounds} rounds of {p.duration:g} s after {p.warmup:g} s warm-up",
+        f"fan-out: {p.fanoutSize} B text, light {p.lightClients} clients x "
+        f"{p.lightRate:g}/s, heavy {p.heavyClients} x {p.heavyRate:g}/s; "
+        f"{p.fanoutRounds} rounds of {p.fanoutDuration:g} s, lost = not arrived "
+        f"{p.drain:g} s after the source's last send",
+        f"storm: {stormConnections} connections, {p.stormConcurrency} handshakes "
+        f"in flight, {p.stormRuns} runs",
+        "figures are medians over rounds or runs (of two runs, their mean); "
+        "(N×) = ratio to nginx; op = echoed message, delivery or handshake",
+    ]
+
+
+def _loadAverage() -> str:
+    """
+    The 1-minute load average, as C{uptime} shows it.
+    """
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def _raiseFileLimit() -> int:
+    """
+    Raise this process's open-file limit to its hard limit (children
+    inherit it).
+
+    @return: The limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the suite and print the table.
+
+    @return: The exit status: 1 if a target failed in a scenario.
+    """
+    options = parseArguments(sys.argv[1:] if argv is None else argv)
+    chosenTargets = _choices(options.target, targets.TARGETS, "target")
+    chosenScenarios = _choices(options.scenario, SCENARIOS, "scenario")
+    preset = PRESETS[options.preset]
+    notes = []
+
+    limit = _raiseFileLimit()
+    # The proxy holds two sockets per connection; keep some for the rest.
+    stormConnections = min(preset.stormConnections, (limit - 256) // 2)
+    if stormConnections < preset.stormConnections:
+        notes.append(
+            f"storm: {stormConnections} connections instead of "
+            f"{preset.stormConnections}: the open-file limit is {limit}"
+        )
+
+    pinned = (
+        not options.no_pin
+        and (os.cpu_count() or 1) >= 2
+        and shutil.which("taskset") is not None
+    )
+    if not options.no_pin and not pinned:
+        notes.append("no CPU pinning: needs 2 CPUs and taskset")
+    if pinned:
+        os.sched_setaffinity(0, {LOAD_CPU})
+
+    pySpy = "py-spy"
+    if options.profile:
+        found = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if found is None:
+            sys.exit("--profile needs py-spy: .venv/bin/pip install py-spy")
+        pySpy = found
+        notes.append(f"wsrelay profiled with py-spy into {options.profile}")
+
+    work = Path(tempfile.mkdtemp(prefix="wsrelay-bench-"))
+    bench = Bench(
+        preset,
+        work,
+        ["taskset", "-c", str(PROXY_CPU)] if pinned else [],
+        ["taskset", "-c", str(LOAD_CPU)] if pinned else [],
+        stormConnections,
+        Path(options.profile).resolve() if options.profile else None,
+        pySpy,
+    )
+    lines = header(options.preset, pinned, stormConnections)
+    for line in lines:
+        print(line, flush=True)
+    print(flush=True)
+
+    cells: list[Cell] = []
+    started = time.monotonic()
+    startLoad = _loadAverage()
+    try:
+        for scenario in chosenScenarios:
+            for target in chosenTargets:
+                t0 = time.monotonic()
+                cell = bench.run(scenario, target)
+                cells.append(cell)
+                print(
+                    f"  {scenario:<13} {target:<8} {time.monotonic() - t0:5.1f} s  "
+                    + (cell.note or ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        if options.keep:
+            print(f"configs and logs kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    elapsed = time.monotonic() - started
+    print(table(cells))
+    for note in notes:
+        print(f"\nnote: {note}")
+    print(
+        f"\nsuite time: {elapsed:.0f} s; load average {startLoad} at the start, "
+        f"{_loadAverage()} at the end (other work on the machine shows here)"
+    )
+    if options.json:
+        Path(options.json).write_text(
+            json.dumps(
+                {"header": lines, "notes": notes, "cells": [asdict(c) for c in cells]},
+                indent=1,
+            )
+        )
+    return 1 if any(c.failed for c in cells) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
