@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from wsrelay.legs import OPEN
 from wsrelay.routing import Backend, ConnectionInfo, Route
+from wsrelay.writes import directWrite
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IDelayedCall
@@ -450,7 +451,7 @@ class FanoutSession:
         """
         transport = self.frontend.transport
         assert transport is not None
-        self._write = transport.write
+        self._write = directWrite(transport)
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
         self.openedAt = self.relay.clock.seconds()

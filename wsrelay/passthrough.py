@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from wsrelay.writes import directWrite
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
@@ -86,7 +88,7 @@ class Direction:
         self.pipe = pipe
         self.source = source
         self.sink = sink
-        self.write = sink.transport.write
+        self.write = directWrite(sink.transport)
         self.masked = masked
         self.maxFrame = maxFrame
         self.maxMessage = maxMessage
