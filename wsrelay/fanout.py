@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -114,6 +115,7 @@ class Channel:
         self._lost: Backend | None = None
         self._gone: Deferred[None] | None = None
         self._closing: UpstreamProtocol | None = None
+        self._batch: list[bytes] | None = None
         self.retired = False
 
     @property
@@ -213,6 +215,12 @@ class Channel:
         self.route.balancer.connectionOpened(backend)
         up.target = self
         up.listener = self
+        received = up.dataReceived
+
+        def readFromSource(data: bytes) -> None:
+            self._readFromSource(received, data)
+
+        up.dataReceived = readFromSource  # type: ignore[method-assign]
         for line in self.route.config.subscribe:
             up.forwardFrame(TEXT, line.encode("utf-8"), True)
         self.log.info(
@@ -262,9 +270,32 @@ class Channel:
         self.messagesIn += 1
         self.framed += 1
         self.replay.append(data)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+            return
         self.deliveries += len(self.members)
         for member in self.members:
             member.send(data)
+
+    def _readFromSource(self, received: Callable[[bytes], None], data: bytes) -> None:
+        """
+        Wraps the upstream's C{dataReceived} (C{received}): the messages of
+        one read from the source go to each member in one write.
+        """
+        batch: list[bytes] = []
+        self._batch = batch
+        try:
+            received(data)
+        finally:
+            self._batch = None
+        if not batch:
+            return
+        count = len(batch)
+        chunk = batch[0] if count == 1 else b"".join(batch)
+        self.deliveries += count * len(self.members)
+        for member in self.members:
+            member.send(chunk, count)
 
     def sendUpstream(self, opcode: int, payload: bytes) -> None:
         """
@@ -458,9 +489,10 @@ class FanoutSession:
         self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
         self.channel.join(self)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, count: int = 1) -> None:
         """
-        Write one framed message, or queue it while the client is slow.
+        Write C{count} framed messages, or queue them while the client is
+        slow.
         """
         if not self._paused:
             self._write(data)
@@ -474,8 +506,8 @@ class FanoutSession:
             self.closing()
             self.frontend.closeWith(1013, b"client too slow")
             return
-        self.dropped += 1
-        self.channel.slowDrops += 1
+        self.dropped += count
+        self.channel.slowDrops += count
 
     # IPushProducer, for the client's transport.
 
