@@ -11,6 +11,7 @@ upstream request and the error responses the relay writes itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -95,6 +96,13 @@ class Head:
         return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
+#: A header field name (RFC 9110 5.1: a token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+#: Characters no start line or field value may hold: controls but tab.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def parseHead(data: bytes) -> Head:
     """
     Parse an HTTP head (start line and header fields, without the blank
@@ -108,6 +116,8 @@ def parseHead(data: bytes) -> Head:
     except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes all
         raise BadHead(str(e)) from e
     lines = text.split("\r\n")
+    if _CONTROL.search(lines[0]):
+        raise BadHead(f"control character in start line {lines[0][:40]!r}")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if not line:
@@ -115,9 +125,13 @@ def parseHead(data: bytes) -> Head:
         if line[0] in " \t":
             raise BadHead("obsolete header line folding")
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or " " in name:
+        if not sep or not _TOKEN.fullmatch(name):
             raise BadHead(f"malformed header line {line[:40]!r}")
-        headers.append((name, value.strip()))
+        if _CONTROL.search(value):
+            # A bare CR or LF would let a value smuggle a header through to
+            # the other side (RFC 9110 5.5).
+            raise BadHead(f"control character in header {name!r}")
+        headers.append((name, value.strip(" \t")))
     return Head(lines[0], tuple(headers))
 
 
@@ -199,6 +213,7 @@ def parseStatusLine(line: str) -> tuple[str, int, str]:
     @raise BadHead: When it is not one.
     """
     parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+    code = parts[1] if len(parts) > 1 else ""
+    if not (code.isascii() and code.isdigit() and len(code) == 3):
         raise BadHead(f"bad status line {line[:60]!r}")
     return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""

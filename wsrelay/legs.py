@@ -116,6 +116,11 @@ class RelayLeg:
         end its message.
     @ivar sendingFragment: Whether the last data frame sent did not end its
         message.
+    @ivar closeRelayed: Whether the peer started a close handshake that
+        this leg has not answered yet (the other side has not replied).
+        The peer may send nothing more then: its pings are not answered
+        and its data frames are dropped, as Autobahn does once it has
+        replied.
     """
 
     target: FrameSink | None = None
@@ -153,6 +158,7 @@ class RelayLeg:
             isReply: bool = False,
         ) -> None: ...  # noqa: E501
         def dropConnection(self, abort: bool = False) -> None: ...
+        def sendPong(self, payload: bytes | None = None) -> None: ...
         def _protocol_violation(self, reason: str) -> bool: ...
         def _invalid_payload(self, reason: str) -> bool: ...
         def onServerConnectionDropTimeout(self) -> None: ...
@@ -173,7 +179,7 @@ class RelayLeg:
         """
         data = self.frame_data
         self.frame_data = None
-        if self.failedByMe:
+        if self.failedByMe or self.closeRelayed:
             return
         frame = self.current_frame
         fin = frame.fin
@@ -215,6 +221,16 @@ class RelayLeg:
         self.sendingFragment = not fin
         if fin:
             self.messagesOut += 1
+
+    def onPing(self, payload: bytes) -> None:
+        """
+        Answer a ping, unless the peer already sent its close frame: the
+        relay holds its reply to that close until the other side answers,
+        so the state is still open, but the peer's ping came after its
+        close and gets no pong (Autobahn|Testsuite case 7.1.3).
+        """
+        if self.state == OPEN and not self.closeRelayed:
+            self.sendPong(payload)
 
     # Closing.
 
@@ -275,7 +291,12 @@ class RelayLeg:
         """
         if self.factory.isServer:
             self.dropConnection(abort=False)
-        elif self.serverConnectionDropTimeout > 0:
+        elif (
+            self.serverConnectionDropTimeout > 0
+            and self.serverConnectionDropTimeoutCall is None
+        ):
+            # A peer that sends a second close frame must not start a
+            # second timer: the first would never be cancelled.
             # txaio picks call_later at run time from the loaded framework.
             self.serverConnectionDropTimeoutCall = txaio.call_later(  # type: ignore[attr-defined]
                 self.serverConnectionDropTimeout, self.onServerConnectionDropTimeout

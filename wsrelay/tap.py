@@ -60,7 +60,9 @@ def _pluginPath(path: str) -> list[str]:
     except (configparser.Error, UnicodeDecodeError):
         return []
     base = os.path.dirname(path)
-    return [os.path.join(base, os.path.expanduser(d)) for d in raw.split()]
+    found = [os.path.join(base, os.path.expanduser(d)) for d in raw.split()]
+    # Only existing folders: loadConfig reports the others by name.
+    return [d for d in found if "\0" not in d and os.path.isdir(d)]
 
 
 class Options(usage.Options):

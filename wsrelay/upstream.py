@@ -133,8 +133,15 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         try:
             head = parseHead(self.data[:end])
             _, status, reason = parseStatusLine(head.startLine)
-        except BadHead as e:
+        except (BadHead, ValueError) as e:
+            # ValueError: str.isdigit() holds for digits int() refuses
+            # (superscripts, in a head read as Latin-1).
             self.failHandshake(f"bad response: {e}")
+            return
+        if status != 101 and not 200 <= status <= 599:
+            # Not a final answer a client could be given (a 1xx, or no
+            # HTTP status at all): the backend failed.
+            self.failHandshake(f"bad response: status {status}")
             return
         if status != 101:
             length = head.get("content-length")
@@ -143,13 +150,22 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
                 reason,
                 endToEnd(head),
                 end + 4,
-                int(length) if length and length.isdigit() else None,
+                int(length)
+                if length and length.isascii() and length.isdigit()
+                else None,
             )
             self._collectRefusal(final=False)
             return
         chosen = (head.get("sec-websocket-protocol") or "").strip()
         if chosen and chosen not in self.offered:
             self.failHandshake(f"backend chose subprotocol {chosen!r}, not offered")
+            return
+        try:
+            self.data[: end + 4].decode("utf-8")
+        except UnicodeDecodeError:
+            # Autobahn decodes the head as UTF-8 (for a debug line) and the
+            # error would escape from dataReceived.
+            self.failHandshake("bad response: head not UTF-8")
             return
         self.responseHeaders = endToEnd(head)
         WebSocketClientProtocol.processHandshake(self)
