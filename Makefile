@@ -63,7 +63,21 @@ run: $(VENV)/.stamp-run
 	$(BIN)/twistd --pidfile= -n wsrelay --config conf/relay.ini
 
 # Every gate runs even when an earlier one fails; the target fails if any did.
-test: $(VENV)/.stamp-test
+# Debian packages the tests use, installed once (through sudo unless root):
+# chromium renders the admin dashboard in its test, which skips with the
+# reason when chromium cannot be had.
+TEST_PACKAGES = chromium
+
+$(VENV)/.stamp-packages: | $(PYTHON)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	    echo "installing $(TEST_PACKAGES) (Debian packages) for the tests" >&2; \
+	    { $(SUDO) apt-get update && \
+	      $(SUDO) apt-get install -y --no-install-recommends $(TEST_PACKAGES); } || \
+	    echo "could not install $(TEST_PACKAGES); the tests that need it skip" >&2; \
+	fi
+	touch $@
+
+test: $(VENV)/.stamp-test $(VENV)/.stamp-packages
 	@status=0; \
 	$(MAKE) --no-print-directory lint || status=1; \
 	$(MAKE) --no-print-directory typecheck || status=1; \
