@@ -40,6 +40,22 @@ def hold(port: int, path: str = "/") -> Any:
     return c
 
 
+def accessEvents(testCase: Any) -> list[dict[str, Any]]:
+    """
+    @return: A list that gets every access event logged until the end of
+        C{testCase}.
+    """
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("event") == "access":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    testCase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return events
+
+
 class ReloadTests(TestCase):
     """
     Reloading the configuration closes nothing.
@@ -377,14 +393,7 @@ class AccessLogTests(TestCase):
         relay, port = await startRelay(
             self, f"[relay]\n[route:r]\npath = /\nbackends = {a.url} name=a\n"
         )
-        events: list[dict[str, Any]] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("event") == "access":
-                events.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        events = accessEvents(self)
 
         def talk() -> None:
             with client(port) as c:
@@ -424,14 +433,7 @@ class RefusalLogTests(TestCase):
         _, port = await startRelay(
             self, f"[relay]\n[route:r]\npath = /r\nbackends = {a.url}\n"
         )
-        events: list[dict[str, Any]] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("event") == "access":
-                events.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        events = accessEvents(self)
         raw = await inThread(rawExchange, port, rawRequest(port, "/nowhere"))
         self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:40])
         await waitFor(lambda: events)

@@ -59,6 +59,36 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return _LONG.pack(0x80 | opcode, 127, n) + payload
 
 
+class Assembler:
+    """
+    Joins the frames of a message: the relay frames whole messages for
+    fan-out.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._opcode = TEXT
+
+    def add(self, opcode: int, payload: bytes, fin: bool) -> tuple[int, bytes] | None:
+        """
+        Take one data frame.
+
+        @return: The opcode and payload of the message it completes, or
+            L{None} while the message goes on.
+        """
+        parts = self._parts
+        if not fin:
+            if opcode:
+                self._opcode = opcode
+            parts.append(payload)
+            return None
+        if not parts:
+            return opcode, payload
+        parts.append(payload)
+        self._parts = []
+        return self._opcode, b"".join(parts)
+
+
 def channelKey(route: Route, remainder: str, query: str) -> str:
     """
     @return: The channel a client of C{route} joins: C{""} for the whole
@@ -106,8 +136,7 @@ class Channel:
         self.connects = 0
         self.random = random.Random()
         self._clock = relay.clock
-        self._parts: list[bytes] = []
-        self._opcode = TEXT
+        self._message = Assembler()
         self._failures = 0
         self._opening: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
@@ -256,16 +285,10 @@ class Channel:
         A frame from the source: once its message is whole, frame it once
         and hand the bytes to every member.
         """
-        if not fin:
-            if opcode:
-                self._opcode = opcode
-            self._parts.append(payload)
+        message = self._message.add(opcode, payload, fin)
+        if message is None:
             return
-        if self._parts:
-            self._parts.append(payload)
-            payload = b"".join(self._parts)
-            self._parts = []
-            opcode = self._opcode
+        opcode, payload = message
         data = frame(opcode, payload)
         self.messagesIn += 1
         self.framed += 1
@@ -410,7 +433,7 @@ class Channel:
         backend = self.backend
         self.upstream = None
         self.backend = None
-        self._parts = []
+        self._message = Assembler()
         if backend is not None:
             backend.connections -= 1
             self.route.balancer.connectionClosed(backend)
@@ -464,8 +487,7 @@ class FanoutSession:
         self._joined = False
         self._closing = False
         self._write: Any = None
-        self._parts: list[bytes] = []
-        self._opcode = TEXT
+        self._message = Assembler()
         frontend.session = self
         frontend.listener = self
         frontend.target = self
@@ -549,16 +571,10 @@ class FanoutSession:
             if fin:
                 self.channel.clientDrops += 1
             return
-        if not fin:
-            if opcode:
-                self._opcode = opcode
-            self._parts.append(payload)
+        message = self._message.add(opcode, payload, fin)
+        if message is None:
             return
-        if self._parts:
-            self._parts.append(payload)
-            payload = b"".join(self._parts)
-            self._parts = []
-            opcode = self._opcode
+        opcode, payload = message
         self.channel.sendUpstream(opcode, payload)
 
     # Closing: the relay is the client's peer.
