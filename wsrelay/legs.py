@@ -17,8 +17,12 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from wsrelay import _autobahn
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport
+
+_autobahn.install()
 
 OPEN = WebSocketProtocol.STATE_OPEN
 CLOSING = WebSocketProtocol.STATE_CLOSING
