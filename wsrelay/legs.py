@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from wsrelay import _autobahn
+from wsrelay.writes import directWrite
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport
@@ -149,6 +150,9 @@ class RelayLeg:
     serverConnectionDropTimeout: float
     serverConnectionDropTimeoutCall: Any
     closeHandshakeTimeoutCall: Any
+    send_queue: Any
+    logOctets: bool
+    transport: Any
 
     if TYPE_CHECKING:
 
@@ -213,6 +217,24 @@ class RelayLeg:
         """
 
     # Sending.
+
+    _directWrite: Any = None
+
+    def sendData(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """
+        Autobahn's C{sendData} without the arguments of its debug line,
+        which it computes on every write, and sending at once when nothing
+        is queued (L{directWrite}).
+        """
+        if sync or chopsize or self.send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+            return
+        write = self._directWrite
+        if write is None:
+            write = self._directWrite = directWrite(self.transport)
+        write(data)
 
     def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
         """

@@ -339,7 +339,7 @@ class Pipe:
         """
         if self.fromClient.closeSeen and self.fromBackend.closeSeen:
             # The backend, a server, drops its TCP connection now.
-            self.upstream.transport.loseConnection()  # type: ignore[union-attr]
+            self.upstream.transport.loseConnection()
         if self._closeCall is None:
             self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
         session = self.session
