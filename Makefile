@@ -5,6 +5,8 @@
 #   make lint       ruff check + ruff format --check
 #   make typecheck  mypy (settings in pyproject.toml)
 #   make bench      the benchmark suite beside nginx and HAProxy (BENCHMARKS.md)
+#   make conformance  the whole Autobahn|Testsuite through kosoku (docs/conformance.md)
+#   make soak       ten minutes of traffic and killed backends (docs/reliability.md)
 #   make clean      remove the virtualenv, build output and caches
 
 PY ?= python3
@@ -20,7 +22,7 @@ LINT_PATHS = $(wildcard wsrelay tests twisted bench examples)
 # isolation, with the venv's own setuptools and wheel.
 BUILD_TOOLS = pip 'setuptools>=69' wheel
 
-.PHONY: all run test lint typecheck pytest clean
+.PHONY: all run test lint typecheck pytest clean conformance soak
 
 all: test
 
@@ -125,3 +127,12 @@ clean:
 	rm -f twisted/plugins/dropin.cache
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune \
 	    -exec rm -rf {} +
+
+# The whole Autobahn|Testsuite, both directions, every data path (about 35
+# minutes); `make test` runs a fast subset.
+conformance: $(VENV)/.stamp-test
+	$(PYTHON) -m bench.conformance --full --together -p 2
+
+# Ten minutes of mixed traffic with backends killed on a schedule.
+soak: $(VENV)/.stamp-test
+	$(PYTHON) -m bench.soak --minutes 10
