@@ -109,6 +109,8 @@ class MessageSizeTests(TestCase):
 
         code, _ = await inThread(run)
         self.assertEqual(code, 1014)
+        # The backend's thread records the close once its handler is done.
+        await waitFor(lambda: len(b.closes) == 1)
         self.assertEqual(b.closes[0][0], 1009)
 
 

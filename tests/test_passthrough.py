@@ -204,6 +204,24 @@ class ScannerTests(SynchronousTestCase):
         direction.dataReceived(frame(1, b"x", mask=True))
         self.assertEqual(pipe.failures[0][0], 1002)
 
+    def test_badCloseFrames(self) -> None:
+        """
+        A close frame the other side would have to refuse (one byte, a code
+        that may not be sent, a reason that is not UTF-8) is not forwarded:
+        its sender is failed with 1002 or 1007, as the message path does.
+        """
+        cases = [
+            (b"\x03", 1002),
+            (struct.pack("!H", 1005), 1002),
+            (struct.pack("!H", 2999), 1002),
+            (struct.pack("!H", 1000) + b"\xff", 1007),
+        ]
+        for payload, code in cases:
+            direction, _, sink, pipe = scanner()
+            direction.dataReceived(frame(1, b"ok") + frame(8, payload))
+            self.assertEqual([c for c, _ in pipe.failures], [code], payload)
+            self.assertEqual(pipe.closes, [])
+
 
 def frame_wo(data: bytes, index: int) -> bytes:
     """

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from wsrelay.legs import sendableCloseCode
 from wsrelay.writes import directWrite
 
 if TYPE_CHECKING:
@@ -57,6 +58,24 @@ def closeFrame(code: int, reason: bytes, mask: bool) -> bytes:
     Frame a close message.
     """
     return controlFrame(_CLOSE, _U16.pack(code) + reason[:123], mask)
+
+
+def closeProblem(payload: bytes) -> tuple[int, bytes] | None:
+    """
+    @return: The code and reason to fail a peer with for a close frame with
+        this payload, or L{None} when it is valid: the relay does not pass
+        on a close frame the other side would have to refuse.
+    """
+    if len(payload) == 1:
+        return 1002, b"close frame of one byte"
+    if len(payload) >= 2:
+        if not sendableCloseCode(_U16.unpack_from(payload)[0]):
+            return 1002, b"invalid close code"
+        try:
+            payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            return 1007, b"close reason not UTF-8"
+    return None
 
 
 def unmask(key: bytes, payload: bytes) -> bytes:
@@ -172,13 +191,19 @@ class Direction:
                     i = end
                     self.pipe.ponged(self, payload)
                     continue
-                i = end
                 if opcode == _CLOSE:
+                    bad = closeProblem(payload)
+                    if bad is not None:
+                        self.write(data[start:i])
+                        return self.fail(*bad)
+                    i = end
                     self.write(data[start:i])
                     start = i
                     self.closeReceived(payload)
                     if self.stopped:
                         return
+                    continue
+                i = end
                 continue
             if opcode > 2 or (opcode == 0) != self.inMessage:
                 return self.fail(1002, b"bad opcode or fragmentation")
