@@ -674,6 +674,32 @@ class SlowClientTests(TestCase):
             sampler.stop()
         return peak, sourcePaused
 
+    async def slowOne(self, route: str, relayKeys: str = "") -> tuple[Any, ...]:
+        """
+        Three reading clients and one raw client that reads nothing on a
+        channel with C{route} keys, while the source floods; the readers
+        must get every message in order and the slow one's queue stay
+        within C{max_client_buffer}.
+
+        @return: The relay, the channel, the readers, the slow socket, its
+            session, the peak of its queue, and whether the source was ever
+            paused.
+        """
+        source = Source(self)
+        relay, port = await startRelay(self, feed(source, route, relay=relayKeys))
+        channel = await channelUp(relay)
+        clients = Clients(self, port)
+        fast = await inThread(clients.add, 3, "/ticker")
+        slow = await inThread(rawClient, port, "/ticker", 4096)
+        self.addCleanup(slow.close)
+        await waitFor(lambda: len(channel.members) == 4)
+        session = sessionOf(relay, slow)
+        peak, sourcePaused = await self.flood(relay, source, clients, fast)
+        for i in fast:
+            self.assertEqual(seqs(clients.messages[i]), list(range(1, self.COUNT + 1)))
+        self.assertLessEqual(peak, self.LIMIT)
+        return relay, channel, clients, slow, session, peak, sourcePaused
+
     async def test_dropPolicy(self) -> None:
         """
         With C{slow_client = drop}, a client that reads nothing while the
@@ -683,23 +709,9 @@ class SlowClientTests(TestCase):
         message in order.  When the slow client reads at last, it gets
         whole messages, in order, with gaps where messages were skipped.
         """
-        source = Source(self)
-        relay, port = await startRelay(
-            self, feed(source, f"max_client_buffer = {self.LIMIT}\n")
+        relay, channel, clients, slow, session, peak, sourcePaused = await self.slowOne(
+            f"max_client_buffer = {self.LIMIT}\n"
         )
-        channel = await channelUp(relay)
-        clients = Clients(self, port)
-        fast = await inThread(clients.add, 3, "/ticker")
-        slow = await inThread(rawClient, port, "/ticker", 4096)
-        self.addCleanup(slow.close)
-        await waitFor(lambda: len(channel.members) == 4)
-        session = sessionOf(relay, slow)
-
-        peak, sourcePaused = await self.flood(relay, source, clients, fast)
-
-        for i in fast:
-            self.assertEqual(seqs(clients.messages[i]), list(range(1, self.COUNT + 1)))
-        self.assertLessEqual(peak, self.LIMIT)
         self.assertGreater(peak, 0)
         self.assertFalse(sourcePaused)
         self.assertGreater(channel.slowDrops, 0)
@@ -724,28 +736,10 @@ class SlowClientTests(TestCase):
         close in C{close_timeout}), while the other clients receive every
         message in order and stay connected.
         """
-        source = Source(self)
-        relay, port = await startRelay(
-            self,
-            feed(
-                source,
-                f"max_client_buffer = {self.LIMIT}\nslow_client = close\n",
-                relay="close_timeout = 0.5\n",
-            ),
+        relay, channel, clients, slow, session, peak, sourcePaused = await self.slowOne(
+            f"max_client_buffer = {self.LIMIT}\nslow_client = close\n",
+            "close_timeout = 0.5\n",
         )
-        channel = await channelUp(relay)
-        clients = Clients(self, port)
-        fast = await inThread(clients.add, 3, "/ticker")
-        slow = await inThread(rawClient, port, "/ticker", 4096)
-        self.addCleanup(slow.close)
-        await waitFor(lambda: len(channel.members) == 4)
-        session = sessionOf(relay, slow)
-
-        peak, sourcePaused = await self.flood(relay, source, clients, fast)
-
-        for i in fast:
-            self.assertEqual(seqs(clients.messages[i]), list(range(1, self.COUNT + 1)))
-        self.assertLessEqual(peak, self.LIMIT)
         self.assertFalse(sourcePaused)
         self.assertEqual(channel.slowCloses, 1)
         self.assertEqual(channel.slowDrops, 0)
