@@ -271,8 +271,9 @@ class ProxySession:
     def _startPipe(self) -> None:
         """
         Switch to the passthrough data path: from now on bytes are
-        forwarded as they come (see L{wsrelay.passthrough}).  A leg in the
-        middle of a frame stays on the message path.
+        forwarded as they come (see L{wsrelay.passthrough}).  A session with
+        a leg in the middle of a frame, or a close handshake under way,
+        stays on the message path.
         """
         self._pipeCall = None
         f, up = self.frontend, self.upstream
@@ -283,6 +284,9 @@ class ProxySession:
             or f.current_frame is not None
             or up.current_frame is not None
             or self._buffer is not None
+            or self._closeWaiting is not None
+            or f.closeRelayed
+            or up.closeRelayed
         ):
             return
         pipe = self.pipe = Pipe(self, f, up)
