@@ -29,9 +29,10 @@ OS chooses), one relay per data path:
 It prints one Markdown table per mode (verdict counts per case group and
 data path) and the cases whose verdict differs from the direct run, and
 exits with 1 when a case that passes directly does not pass through the
-relay.  The 12.x and 13.x (permessage-deflate) cases are exempt when the
-relay answers them UNIMPLEMENTED: wsrelay declines compression on both
-legs, as documented.  C{docs/conformance.md} holds the results.
+relay (on the fan-out path that is only reported: see
+L{INFORMATIONAL_PATHS}).  The 12.x and 13.x (permessage-deflate) cases
+are exempt when the relay answers them UNIMPLEMENTED: wsrelay declines
+compression on both legs, as documented.  C{docs/conformance.md} holds the results.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ PATHS = {
     "client": ("direct", "proxy", "passthrough", "fanout"),
     "server": ("direct", "proxy", "passthrough"),
 }
+
+#: Data paths whose regressions are reported but do not fail the run: a
+#: fan-out channel hands an echo that comes back after its case ended to
+#: the next case's client (docs/conformance.md), so which cases fail there
+#: depends on timing.
+INFORMATIONAL_PATHS = frozenset(["fanout"])
 
 #: Groups whose cases the relay may answer UNIMPLEMENTED where the backend
 #: passes them: wsrelay does not negotiate permessage-deflate.
@@ -593,7 +600,8 @@ def table(runs: Sequence[Run]) -> str:
 def report(runs: Sequence[Run]) -> tuple[str, bool]:
     """
     @return: The Markdown report of C{runs}, and whether every case that
-        passes directly passes over every other path.
+        passes directly passes over every other path (L{INFORMATIONAL_PATHS}
+        aside).
     """
     out: list[str] = []
     ok = True
@@ -618,14 +626,20 @@ def report(runs: Sequence[Run]) -> tuple[str, bool]:
                 continue
             differ = changes(direct, other)
             lost = regressions(direct, other)
-            ok = ok and not lost
+            informational = other.path in INFORMATIONAL_PATHS
+            ok = ok and (informational or not lost)
             lostIds = {d.caseId for d, _ in lost}
             if not differ and not lost:
                 out += [f"{other.path}: every verdict as direct.", ""]
                 continue
             out.append(
                 f"{other.path}: {len(differ)} verdicts differ from direct,"
-                f" {len(lost)} passing directly and not through the relay."
+                f" {len(lost)} passing directly and not through the relay"
+                + (
+                    " (informational: late echoes reach the next case's client)."
+                    if informational
+                    else "."
+                )
             )
             out.append("")
             for d, r in sorted(differ, key=lambda p: caseKey(p[0].caseId)):
