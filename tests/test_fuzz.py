@@ -702,6 +702,23 @@ class FuzzTestCase(SynchronousTestCase):
         self.assertIn(b"alive", [f.payload for f in frames])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def opened(
+        self, network: Network
+    ) -> tuple[RawClient, FakeTransport, RawBackend, IOPump]:
+        """
+        A raw client whose handshake went through to a raw backend.
+
+        @return: The client, its transport, the backend and its pump.
+        """
+        c, transport = rawClient(network)
+        transport.write(goodRequest())
+        network.flush()
+        backend = RawBackend(switching)
+        pump = acceptRaw(network, backend)
+        network.flush()
+        self.assertTrue(c.received.startswith(b"HTTP/1.1 101 "), c.received)
+        return c, transport, backend, pump
+
 
 class ClientBytesTests(FuzzTestCase):
     """
@@ -778,13 +795,7 @@ class ClientBytesTests(FuzzTestCase):
         """
         network, cleanups = self.network(relayConfig(LIMITS))
         try:
-            c, transport = rawClient(network)
-            transport.write(goodRequest())
-            network.flush()
-            backend = RawBackend(switching)
-            acceptRaw(network, backend)
-            network.flush()
-            self.assertTrue(c.received.startswith(b"HTTP/1.1 101 "), c.received)
+            c, transport, backend, _ = self.opened(network)
             for piece in chunked(data, cuts):
                 transport.write(piece)
                 network.flush()
@@ -916,13 +927,7 @@ class BackendBytesTests(FuzzTestCase):
         """
         network, cleanups = self.network(relayConfig(LIMITS))
         try:
-            c, transport = rawClient(network)
-            transport.write(goodRequest())
-            network.flush()
-            backend = RawBackend(switching)
-            pump = acceptRaw(network, backend)
-            network.flush()
-            self.assertTrue(c.received.startswith(b"HTTP/1.1 101 "), c.received)
+            c, transport, backend, pump = self.opened(network)
             for piece in chunked(data, cuts):
                 pump.serverIO.write(piece)
                 network.flush()
