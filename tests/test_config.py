@@ -524,6 +524,7 @@ class BadValueTests(SynchronousTestCase):
         ("route", "allowed_origins"): ["", "example.com", "ftp://a", "https://a/x"],
         ("route", "ca_file"): ["/nonexistent/ca.pem", ""],
         ("route", "verify"): ["yes", "On", ""],
+        ("route", "compression"): ["deflate", "ON", ""],
         ("route", "health"): ["ping", "None", ""],
         ("route", "health_interval"): ["0", "-1", "x"],
         ("route", "health_timeout"): ["0", "1s"],

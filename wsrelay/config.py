@@ -275,6 +275,8 @@ class RouteConfig:
     @ivar failoverBuffer: Bytes of client messages buffered while
         reconnecting to another backend.
     @ivar dataPath: C{"message"} or C{"passthrough"} (proxy mode).
+    @ivar compression: Message path: whether the relay negotiates
+        permessage-deflate with clients that offer it.
     @ivar options: The values of the keys the balancer plugin declares, as
         written (read only; not part of the hash).
     @ivar channel: Fan-out: C{"route"} (one upstream for the route) or
@@ -317,6 +319,7 @@ class RouteConfig:
     failover: str = "close"
     failoverBuffer: int = 1048576
     dataPath: str = "message"
+    compression: bool = True
     options: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -828,6 +831,8 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "Client message bytes buffered while reconnecting."),
     ("data_path",         "choice",      _choice("message", "passthrough"),
      "message: frames parsed and re-framed; passthrough: bytes forwarded."),
+    ("compression",       "choice",      _onOff,
+     "Message path: accept a client's permessage-deflate offer (on/off)."),
     ("channel",           "choice",      _choice("route", "path"),
      "Fan-out: one upstream for the route, or one per client path."),
     ("replay",            "number",      _wholeNumber(0, "messages"),
@@ -875,7 +880,7 @@ FANOUT_KEYS = frozenset(
 The route keys that only a fan-out route takes.
 """
 
-PROXY_KEYS = frozenset(("failover", "failover_buffer", "data_path"))
+PROXY_KEYS = frozenset(("failover", "failover_buffer", "data_path", "compression"))
 """
 The route keys that only a proxy route takes.
 """
