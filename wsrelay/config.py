@@ -276,7 +276,7 @@ class RouteConfig:
         reconnecting to another backend.
     @ivar dataPath: C{"message"} or C{"passthrough"} (proxy mode).
     @ivar compression: Message path: whether the relay negotiates
-        permessage-deflate with clients that offer it.
+        permessage-deflate on each leg when the client offers it.
     @ivar options: The values of the keys the balancer plugin declares, as
         written (read only; not part of the hash).
     @ivar channel: Fan-out: C{"route"} (one upstream for the route) or
