@@ -525,6 +525,7 @@ class BadValueTests(SynchronousTestCase):
         ("route", "ca_file"): ["/nonexistent/ca.pem", ""],
         ("route", "verify"): ["yes", "On", ""],
         ("route", "compression"): ["deflate", "ON", ""],
+        ("relay", "workers"): ["0", "-1", "two", "Auto", ""],
         ("route", "health"): ["ping", "None", ""],
         ("route", "health_interval"): ["0", "-1", "x"],
         ("route", "health_timeout"): ["0", "1s"],
@@ -1095,6 +1096,22 @@ class PluginKeyTests(SynchronousTestCase):
         sections["route:echo"]["failover"] = "reconnect"
         e = self.assertRaises(ConfigError, parse, ini(sections))
         self.assertEqual(e.key, "data_path")
+
+    def test_workersShareableListeners(self) -> None:
+        """
+        C{workers} above 1 needs listeners that processes can share
+        (C{tcp:}, C{tcp6:}, C{ssl:}, also behind C{haproxy:}); C{auto} is
+        one per CPU.
+        """
+        sections = withKey("relay", "workers", "2")
+        sections["relay"]["listen"] = "tcp:8080 unix:/tmp/relay.sock"
+        e = self.assertRaises(ConfigError, parse, ini(sections))
+        self.assertEqual((e.section, e.key), ("relay", "workers"))
+        self.assertIn("'unix:/tmp/relay.sock' cannot be shared", str(e))
+        sections["relay"]["listen"] = "tcp:8080 haproxy:tcp6:8081"
+        self.assertEqual(parse(ini(sections)).workers, 2)
+        sections["relay"]["workers"] = "auto"
+        self.assertEqual(parse(ini(sections)).workers, os.cpu_count())
 
     def test_backoffOrder(self) -> None:
         """

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -27,8 +28,9 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -38,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from wsrelay import __version__
 from wsrelay.config import ConfigError
 from wsrelay.plugins import PluginError
+from wsrelay.workers import workerRows
 
 if TYPE_CHECKING:
     from wsrelay.fanout import Channel
@@ -134,6 +137,8 @@ def status(relay: RelayService) -> Any:
     latency = relay.handshakeLatency
     return {
         "version": __version__,
+        "worker": relay.worker,
+        "pid": os.getpid(),
         "time": now,
         "uptime": now - relay.startedAt,
         "listeners": [
@@ -165,6 +170,59 @@ def status(relay: RelayService) -> Any:
 
 
 # GET /metrics
+
+
+def metricsText(relay: RelayService) -> str:
+    """
+    @return: The relay's metrics page (Prometheus' text format).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(relay))
+    return generate_latest(registry).decode("utf-8")
+
+
+class _Families:
+    """
+    A collector of metric families read elsewhere.
+    """
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def mergeMetrics(pages: Sequence[tuple[int, str | Failure]]) -> bytes:
+    """
+    Merge the metrics pages of several workers into one, each sample
+    labelled with its C{worker}, and C{wsrelay_worker_up} saying which
+    workers answered.
+
+    @param pages: Each worker's number and page, or why it has none.
+    """
+    up = GaugeMetricFamily(
+        "wsrelay_worker_up",
+        "Whether the worker process answered this scrape.",
+        labels=["worker"],
+    )
+    families: dict[str, Metric] = {}
+    for index, page in pages:
+        up.add_metric([str(index)], 0 if isinstance(page, Failure) else 1)
+        if isinstance(page, Failure):
+            continue
+        for family in text_string_to_metric_families(page):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = Metric(family.name, family.documentation, family.type)
+                families[family.name] = merged
+            merged.samples.extend(
+                s._replace(labels={**s.labels, "worker": str(index)})
+                for s in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families([up, *families.values()]))
+    return generate_latest(registry)
 
 
 class RelayCollector:
@@ -351,6 +409,29 @@ def _error(request: Request, code: int, message: str) -> bytes:
     return _json(request, code, {"error": message})
 
 
+def _later(request: Request, answer: Deferred[Any]) -> int:
+    """
+    Answer C{request} when C{answer} fires: with C{(code, body)} as JSON,
+    or with bytes as they are.  Nothing is written to a client that went
+    away.
+    """
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def write(result: tuple[int, Any] | bytes) -> None:
+        if gone:
+            return
+        request.write(result if isinstance(result, bytes) else _json(request, *result))
+        request.finish()
+
+    def failed(f: Failure) -> None:
+        AdminResource.log.failure("admin: {path} failed", f, path=request.path)
+        write((500, {"error": "failed; see the log"}))
+
+    answer.addCallback(write).addErrback(failed)
+    return NOT_DONE_YET
+
+
 class AdminResource(Resource):
     """
     Every page of the admin listener, dispatched on the request path.
@@ -367,8 +448,6 @@ class AdminResource(Resource):
     def __init__(self, relay: RelayService) -> None:
         super().__init__()
         self._relay = relay
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(RelayCollector(relay))
 
     def render(self, request: Request) -> bytes | int:
         """
@@ -445,12 +524,57 @@ class AdminResource(Resource):
         )
         return DASHBOARD
 
-    def _status(self, request: Request) -> bytes:
-        return _json(request, 200, status(self._relay))
+    def _status(self, request: Request) -> bytes | int:
+        """
+        This worker's status; with several workers, also a row for each
+        (C{workers}), or with C{?worker=N} worker N's whole status.
+        """
+        relay = self._relay
+        own = status(relay)
+        pool = relay.workerPool
+        if pool is None:
+            return _json(request, 200, own)
+        asked = request.args.get(b"worker")
+        if asked is None:
+            d = pool.ask("status").addCallback(
+                lambda answers: (
+                    200,
+                    {**own, "workers": workerRows(relay, own, answers)},
+                )
+            )
+            return _later(request, d)
+        try:
+            index = int(asked[0])
+        except ValueError:
+            return _error(request, 400, "worker must be a number")
+        if index == 0:
+            return _json(request, 200, own)
+        if not 0 < index < pool.count:
+            return _error(request, 404, f"no worker {index}")
+        worker = pool.workers.get(index)
+        if worker is None:
+            return _error(request, 503, f"worker {index} is not running")
+        d = worker.ask("status").addCallbacks(
+            lambda answer: (200, answer),
+            lambda f: (503, {"error": f.getErrorMessage()}),
+        )
+        return _later(request, d)
 
-    def _metrics(self, request: Request) -> bytes:
+    def _metrics(self, request: Request) -> bytes | int:
+        """
+        The metrics page; with several workers, every worker's samples,
+        labelled with C{worker}.
+        """
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self._registry)
+        relay = self._relay
+        own = metricsText(relay)
+        pool = relay.workerPool
+        if pool is None:
+            return own.encode("utf-8")
+        d = pool.ask("metrics").addCallback(
+            lambda answers: mergeMetrics([(0, own), *answers])
+        )
+        return _later(request, d)
 
     def _act(self, request: Request, route: str, backend: str, action: str) -> bytes:
         """
@@ -473,33 +597,23 @@ class AdminResource(Resource):
         """
         Reload the configuration file, as SIGHUP does; answer when done.
         """
-        gone: list[Failure] = []
-        request.notifyFinish().addErrback(gone.append)
         relay = self._relay
 
-        def answer(code: int, body: Any) -> None:
-            if not gone:
-                request.write(_json(request, code, body))
-                request.finish()
+        def reloaded(_: object) -> tuple[int, Any]:
+            return 200, {
+                "reloaded": relay.config.path,
+                "routes": [r.name for r in relay.routes.routes],
+            }
 
-        def reloaded(_: object) -> None:
-            answer(
-                200,
-                {
-                    "reloaded": relay.config.path,
-                    "routes": [r.name for r in relay.routes.routes],
-                },
-            )
-
-        def failed(f: Failure) -> None:
+        def failed(f: Failure) -> tuple[int, Any]:
             if f.check(ConfigError, PluginError):
-                answer(400, {"error": str(f.value)})
-                return
+                return 400, {"error": str(f.value)}
             self.log.failure("admin: reload failed", f)
-            answer(500, {"error": "reload failed; see the log"})
+            return 500, {"error": "reload failed; see the log"}
 
-        maybeDeferred(relay.reload).addCallbacks(reloaded, failed)
-        return NOT_DONE_YET
+        return _later(
+            request, maybeDeferred(relay.reload).addCallbacks(reloaded, failed)
+        )
 
 
 class AdminSite(Site):

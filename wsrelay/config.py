@@ -404,6 +404,7 @@ class RelayConfig:
     @ivar maxMessagesPerSecond: Messages per second one client may send;
         0: no limit.
     @ivar messageRateAction: C{"close"} (1008) or C{"drop"} beyond it.
+    @ivar workers: Relay processes sharing the listening ports.
     @ivar routes: The routes, in the order of the file.
     @ivar demo: The C{[demo]} section (all unset when absent).
     """
@@ -431,6 +432,7 @@ class RelayConfig:
     handshakeRatePerIp: float = 0.0
     maxMessagesPerSecond: int = 0
     messageRateAction: str = "close"
+    workers: int = 1
     routes: tuple[RouteConfig, ...]
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -544,6 +546,25 @@ def _parseListen(value: str, context: _Context) -> tuple[str, ...]:
         if item in items[:i]:
             raise _BadValue(f"endpoint {item!r} is listed twice")
     return tuple(items)
+
+
+def _parseWorkers(value: str, context: _Context) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    number: int = _wholeNumber(1, "processes")(value, context)
+    return number
+
+
+#: The listener types several worker processes can share (SO_REUSEPORT).
+_SHAREABLE = ("tcp", "tcp6", "ssl")
+
+
+def _shareable(description: str) -> bool:
+    """
+    @return: Whether worker processes can share a listener described so.
+    """
+    kind = description.removeprefix("haproxy:").split(":", 1)[0]
+    return kind in _SHAREABLE
 
 
 def _parseEndpoint(value: str, context: _Context) -> str:
@@ -812,6 +833,8 @@ RELAY_KEYS = _keys(RelayConfig, [
      "Messages per second one client may send; 0: no limit."),
     ("message_rate_action", "choice",    _choice("close", "drop"),
      "Beyond max_messages_per_second: close with 1008, or drop."),
+    ("workers",           "number",      _parseWorkers,
+     "Relay processes sharing the listening ports; auto: one per CPU."),
 ])
 
 ROUTE_KEYS = _keys(RouteConfig, [
@@ -1159,6 +1182,16 @@ def parseConfig(
             )
     if relay is None:
         raise ConfigError(path, "missing [relay] section")
+    if relay.get("workers", 1) > 1:
+        for description in relay["listen"]:
+            if not _shareable(description):
+                raise ConfigError(
+                    path,
+                    f"workers > 1 needs tcp:, tcp6: or ssl: listeners;"
+                    f" {description!r} cannot be shared by processes",
+                    "relay",
+                    "workers",
+                )
     if not routes:
         raise ConfigError(path, "no [route:NAME] section; at least one is required")
     return RelayConfig(

@@ -49,6 +49,7 @@ from wsrelay.upstream import (
     UpstreamTimeout,
     connectUpstream,
 )
+from wsrelay.workers import SharedPorts, WorkerPool, WorkerSpec
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IListeningPort
@@ -110,6 +111,11 @@ class Listener(Service):
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
+            self.log.info(
+                "listening on {description} (port {port})",
+                description=self.description,
+                port=getattr(port.getHost(), "port", None),
+            )
             self.listening.callback(port)
             return port
 
@@ -150,12 +156,18 @@ class RelayService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: RelayConfig, reactor: Any = None, clock: Any = None
+        self,
+        config: RelayConfig,
+        reactor: Any = None,
+        clock: Any = None,
+        worker: WorkerSpec | None = None,
     ) -> None:
         """
         @param reactor: Listens and connects; the global one by default.
         @param clock: Times the relay's own timers (idle timeout,
             handshake budget); the reactor by default.
+        @param worker: For a worker other than worker 0 (see
+            L{wsrelay.workers}): its number and ports.
         """
         super().__init__()
         if reactor is None:
@@ -182,12 +194,23 @@ class RelayService(MultiService):
         self.random = random.Random()
         self._draining: dict[Backend, IDelayedCall] = {}
         self.frontendFactory = FrontendFactory(self)
-        self.listeners = [
-            Listener(reactor, description, self.frontendFactory)
-            for description in config.listen
-        ]
+        self.worker = 0 if worker is None else worker.index
+        self.listeners = []
+        for i, description in enumerate(config.listen):
+            listenOn = reactor
+            if config.workers > 1:
+                listenOn = SharedPorts(
+                    reactor, None if worker is None else worker.ports[i]
+                )
+            self.listeners.append(Listener(listenOn, description, self.frontendFactory))
         for listener in self.listeners:
             listener.setServiceParent(self)
+        self.workerPool: WorkerPool | None = None
+        if worker is not None:
+            return
+        if config.workers > 1:
+            self.workerPool = WorkerPool(self, reactor)
+            self.workerPool.setServiceParent(self)
         if config.admin is not None:
             from wsrelay.admin import adminSite
 
@@ -429,6 +452,10 @@ class RelayService(MultiService):
             self._closeBackend(backend)
         elif action == "drain":
             self._drainLater(backend)
+        if self.workerPool is not None:
+            self.workerPool.tell(
+                "act", route=routeName, backend=backendName, action=action
+            )
         return backend
 
     def _drainLater(self, backend: Backend) -> None:
@@ -483,6 +510,8 @@ class RelayService(MultiService):
             path=config.path,
             routes=len(config.routes),
         )
+        if self.workerPool is not None:
+            return self.workerPool.tell("reload")
         return succeed(None)
 
     def _apply(self, config: RelayConfig) -> None:
@@ -492,8 +521,14 @@ class RelayService(MultiService):
         @raise ConfigError: When a plugin rejects its options; nothing has
             changed then.
         """
-        if config.listen != self.config.listen or config.admin != self.config.admin:
-            self.log.warn("listen and admin changes take effect at restart only")
+        if (config.listen, config.admin, config.workers) != (
+            self.config.listen,
+            self.config.admin,
+            self.config.workers,
+        ):
+            self.log.warn(
+                "listen, admin and workers changes take effect at restart only"
+            )
         previous = self.config
         self.config = config
         balancers, checkers = self._balancers, self._checkers

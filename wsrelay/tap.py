@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsrelay.config import ConfigError, RelayConfig, loadConfig
+from wsrelay.workers import ControlService, WorkerSpec
 
 if TYPE_CHECKING:
     from wsrelay.service import RelayService
@@ -74,6 +75,12 @@ class Options(usage.Options):
     longdesc = "WebSocket reverse proxy and fan-out relay."
     optParameters = [
         ["config", "c", "conf/relay.ini", "The configuration file (INI)."],
+        [
+            "worker",
+            None,
+            None,
+            "Internal, set by worker 0 (workers > 1): run as worker INDEX:PORTS.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -86,9 +93,16 @@ class Options(usage.Options):
         from wsrelay.service import RelayService
 
         path = os.path.abspath(self["config"])
+        worker = None
+        if self["worker"] is not None:
+            try:
+                worker = WorkerSpec.parse(self["worker"])
+            except ValueError as e:
+                raise usage.UsageError(f"--worker: {e}") from None
+        self["workerSpec"] = worker
         try:
             self["relayConfig"] = readConfig(path)
-            self["relay"] = RelayService(self["relayConfig"])
+            self["relay"] = RelayService(self["relayConfig"], worker=worker)
         except (ConfigError, PluginError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -153,4 +167,6 @@ def makeService(options: Any) -> IService:
     relay = options["relay"]
     relay.setServiceParent(top)
     ProcessControl(reactor, relay).setServiceParent(top)
+    if options["workerSpec"] is not None:
+        ControlService(relay, reactor).setServiceParent(top)
     return top

@@ -1,0 +1,393 @@
+"""
+C{workers = N}: several relay processes on one port, as users run them
+(C{twistd wsrelay}, a config file, signals, the admin API).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
+from websockets.sync.server import ServerConnection
+
+from tests.support import TIMEOUT, client, startBackend
+from tests.test_tap import TWISTD
+
+TOKEN = "sesame"
+
+
+def alive(pid: int) -> bool:
+    """
+    @return: Whether process C{pid} exists (and is not a zombie of ours).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def logged(event: dict[str, Any], start: str) -> bool:
+    """
+    @return: Whether C{event}'s format starts with C{start}.
+    """
+    return str(event.get("log_format", "")).startswith(start)
+
+
+class RelayProcess:
+    """
+    C{twistd wsrelay} with JSON logs, started from a config text whose
+    C{[relay]} section gets a loopback listener and admin listener on
+    ports the OS chooses, and an admin token.
+    """
+
+    def __init__(self, testCase: TestCase, text: str) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.config = os.path.join(self.directory, "relay.ini")
+        token = os.path.join(self.directory, "token")
+        with open(token, "w") as f:
+            f.write(TOKEN + "\n")
+        self.head = (
+            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            "admin = tcp:0:interface=127.0.0.1\n"
+            f"admin_token_file = {token}\n"
+        )
+        self.write(text)
+        self.logPath = os.path.join(self.directory, "twistd.log")
+        self._log = open(self.logPath, "w")
+        testCase.addCleanup(self._log.close)
+        self.process = subprocess.Popen(
+            [
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                "--logger=wsrelay.logs.jsonStdout",
+                "wsrelay",
+                "--config",
+                self.config,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        testCase.addCleanup(self._kill)
+        self.testCase = testCase
+        listening = self.waitFor(
+            lambda e: "listening on" in e.get("log_format", "") and "worker" not in e,
+            2,
+        )
+        self.port, self.adminPort = (e["port"] for e in listening)
+
+    def write(self, text: str) -> None:
+        """
+        Write the config file: C{text} after the test's C{[relay]} lines
+        (so C{text} starts with the rest of that section).
+        """
+        with open(self.config, "w") as f:
+            f.write(self.head + text)
+
+    def _kill(self) -> None:
+        pids = [e["pid"] for e in self.events() if logged(e, "worker {worker} started")]
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(TIMEOUT)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        @return: The log events so far.
+        """
+        with open(self.logPath, "rb") as f:
+            records = f.read().split(b"\x1e")
+        events = []
+        for record in records:
+            try:
+                events.append(json.loads(record))
+            except ValueError:
+                continue  # empty, or not written completely yet
+        return events
+
+    def waitFor(
+        self, match: Callable[[dict[str, Any]], bool], count: int = 1
+    ) -> list[dict[str, Any]]:
+        """
+        Poll the log until C{count} events match.
+        """
+        deadline = time.monotonic() + TIMEOUT * 3
+        while True:
+            found = [e for e in self.events() if match(e)]
+            if len(found) >= count:
+                return found
+            if self.process.poll() is not None:
+                raise AssertionError(f"twistd exited: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such log event: {self.tail()}")
+            time.sleep(0.05)
+
+    def tail(self) -> str:
+        with open(self.logPath, errors="replace") as f:
+            return f.read()[-3000:]
+
+    def admin(self, path: str, method: str = "GET") -> Any:
+        """
+        @return: The admin API's answer to C{path}, decoded when JSON.
+        """
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.adminPort}{path}",
+            method=method,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+            body = answer.read()
+            if answer.headers["content-type"] == "application/json":
+                return json.loads(body)
+            return body.decode("utf-8")
+
+    def workers(self) -> list[dict[str, Any]]:
+        """
+        @return: The rows of C{/status}'s C{workers}, or none when the
+            admin API does not answer.
+        """
+        try:
+            return self.admin("/status").get("workers", [])  # type: ignore[no-any-return]
+        except OSError:
+            return []
+
+    def until(self, check: Callable[[], Any], what: str) -> Any:
+        """
+        Poll C{check} until it returns something true.
+        """
+        deadline = time.monotonic() + TIMEOUT * 3
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never: {what}\n{self.tail()}")
+            time.sleep(0.05)
+
+    def ready(self, count: int = 2) -> list[dict[str, Any]]:
+        """
+        Wait until C{count} workers answer.
+        """
+        return self.until(  # type: ignore[no-any-return]
+            lambda: (
+                (rows := self.workers())
+                and len(rows) == count
+                and all("error" not in r for r in rows)
+                and rows
+            ),
+            f"{count} workers answering",
+        )
+
+
+def connectMany(port: int, path: str, count: int) -> list[ClientConnection]:
+    """
+    Open C{count} clients, each echoing once.
+    """
+    clients = []
+    for i in range(count):
+        c = client(port, path)
+        c.send(f"hello {i}")
+        assert c.recv(TIMEOUT) == f"hello {i}"
+        clients.append(c)
+    return clients
+
+
+class WorkerTests(TestCase):
+    """
+    Workers share the listening port, report through worker 0's admin
+    API, are restarted when they die, reload and stop with worker 0.
+    """
+
+    def setUp(self) -> None:
+        self.backend = startBackend(self)
+
+    def relay(self, extra: str = "") -> RelayProcess:
+        return RelayProcess(
+            self,
+            f"workers = 2\n{extra}"
+            f"[route:a]\npath = /a\nbackends = {self.backend.url} name=one\n",
+        )
+
+    def closeAll(self, clients: list[ClientConnection]) -> None:
+        for c in clients:
+            c.close()
+
+    def test_spreadAndReported(self) -> None:
+        """
+        Connections go to both workers; C{/status} has a row per worker
+        with its own process and clients, and C{?worker=1} its whole
+        status; C{/metrics} labels every sample with its worker.
+        """
+        relay = self.relay()
+        rows = relay.ready()
+        self.assertEqual([r["worker"] for r in rows], [0, 1])
+        self.assertEqual(rows[0]["pid"], relay.process.pid)
+        self.assertNotEqual(rows[1]["pid"], relay.process.pid)
+        self.assertTrue(alive(rows[1]["pid"]))
+        clients = connectMany(relay.port, "/a", 24)
+        self.addCleanup(self.closeAll, clients)
+        rows = relay.workers()
+        self.assertEqual(sum(r["clients"] for r in rows), 24)
+        # Each of 24 connections lands on either worker: all on one would
+        # happen with probability 2**-23.
+        self.assertTrue(all(r["clients"] > 0 for r in rows), rows)
+        whole = relay.admin("/status?worker=1")
+        self.assertEqual(whole["worker"], 1)
+        self.assertEqual(whole["clients"], rows[1]["clients"])
+        self.assertEqual(
+            whole["routes"][0]["backends"][0]["connections"], whole["clients"]
+        )
+        metrics = relay.admin("/metrics")
+        self.assertIn('wsrelay_worker_up{worker="1"} 1.0', metrics)
+        for row in rows:
+            self.assertIn(
+                f'wsrelay_client_connections{{worker="{row["worker"]}"}}'
+                f" {float(row['clients'])}",
+                metrics,
+            )
+
+    def test_workerRestarted(self) -> None:
+        """
+        A worker that dies is logged and started again, the others keep
+        their clients, and new clients are served throughout.
+        """
+        relay = self.relay()
+        first = relay.ready()[1]["pid"]
+        clients = connectMany(relay.port, "/a", 12)
+        self.addCleanup(self.closeAll, clients)
+        os.kill(first, signal.SIGKILL)
+        relay.waitFor(
+            lambda e: e.get("log_format", "").startswith("worker {worker} ended")
+        )
+        # Worker 0's clients are still served while worker 1 is away.
+        kept = 0
+        for c in clients:
+            try:
+                c.send("still")
+                self.assertEqual(c.recv(TIMEOUT), "still")
+                kept += 1
+            except ConnectionClosed:
+                pass
+        self.assertGreater(kept, 0)
+        self.closeAll(connectMany(relay.port, "/a", 8))
+        rows = relay.ready()
+        self.assertNotEqual(rows[1]["pid"], first)
+        self.assertEqual(rows[1]["restarts"], 1)
+        self.assertFalse(alive(first))
+
+    def test_reloadAndActions(self) -> None:
+        """
+        SIGHUP reloads every worker (a new route is served by all), and
+        an admin action reaches every worker.
+        """
+        relay = self.relay()
+        relay.ready()
+        relay.write(
+            "workers = 2\n"
+            f"[route:a]\npath = /a\nbackends = {self.backend.url} name=one\n"
+            f"[route:b]\npath = /b\nbackends = {self.backend.url} name=one\n"
+        )
+        relay.process.send_signal(signal.SIGHUP)
+        reloads = relay.waitFor(
+            lambda e: e.get("log_format", "").startswith("reloaded"), 2
+        )
+        self.assertEqual(sorted(e.get("worker", 0) for e in reloads), [0, 1])
+        self.closeAll(connectMany(relay.port, "/b", 16))
+        answer = relay.admin("/routes/a/backends/one/drain", "POST")
+        self.assertEqual(answer["backend"]["admin"], "draining")
+        relay.until(
+            lambda: (
+                relay.admin("/status?worker=1")["routes"][0]["backends"][0]["admin"]
+                == "draining"
+            ),
+            "worker 1 drains the backend",
+        )
+
+    def test_stop(self) -> None:
+        """
+        SIGTERM to worker 0 closes every client of every worker with 1001
+        and ends every process, worker 0 with status 0.
+        """
+        relay = self.relay()
+        other = relay.ready()[1]["pid"]
+        clients = connectMany(relay.port, "/a", 16)
+        relay.process.send_signal(signal.SIGTERM)
+        codes = []
+        for c in clients:
+            try:
+                c.recv(TIMEOUT)
+            except ConnectionClosed as e:
+                codes.append(None if e.rcvd is None else e.rcvd.code)
+        self.assertEqual(codes, [1001] * 16)
+        self.assertEqual(relay.process.wait(TIMEOUT * 3), 0)
+        relay.until(lambda: not alive(other), "worker 1 ended")
+
+    def test_workerZeroKilled(self) -> None:
+        """
+        The other workers stop when worker 0 is killed: nothing is left
+        holding the port.
+        """
+        relay = self.relay()
+        other = relay.ready()[1]["pid"]
+        relay.process.kill()
+        relay.process.wait(TIMEOUT)
+        relay.until(lambda: not alive(other), "worker 1 stopped by itself")
+
+
+class FanoutWorkerTests(TestCase):
+    """
+    Each worker holds its own upstream to a fan-out source.
+    """
+
+    def test_upstreamPerWorker(self) -> None:
+        """
+        The source sees one connection per worker, and every client, on
+        either worker, receives what it sends.
+        """
+        connections: list[ServerConnection] = []
+        lock = threading.Lock()
+
+        def source(connection: ServerConnection) -> None:
+            with lock:
+                connections.append(connection)
+            for _ in connection:
+                pass
+
+        backend = startBackend(self, handler=source)
+        relay = RelayProcess(
+            self,
+            "workers = 2\n"
+            f"[route:feed]\npath = /feed\nmode = fanout\nbackends = {backend.url}\n",
+        )
+        relay.ready()
+        relay.until(lambda: len(connections) == 2, "two upstreams")
+        clients = [client(relay.port, "/feed") for _ in range(16)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        rows = relay.until(
+            lambda: (
+                (rows := relay.workers())
+                and sum(r.get("clients", 0) for r in rows) == 16
+                and rows
+            ),
+            "16 clients joined",
+        )
+        self.assertTrue(all(r["clients"] > 0 for r in rows), rows)
+        for connection in connections:
+            connection.send("tick")
+        for c in clients:
+            self.assertEqual(c.recv(TIMEOUT), "tick")
+        self.assertEqual(len(connections), 2)
