@@ -695,7 +695,8 @@ class Dashboard(HTMLParser):
     @ivar ids: Text by element id.
     @ivar attributes: Attributes by element id.
     @ivar rows: Cell texts by class, for each row keyed by its kind
-        (C{backend}, C{channel}), route and name.
+        (C{backend}, C{channel}, C{worker}), route (C{""} for a worker)
+        and name.
     """
 
     def __init__(self, html: str) -> None:
@@ -720,7 +721,7 @@ class Dashboard(HTMLParser):
             self.attributes[ident] = a
             self._open.append((tag, ident))
         if tag == "tr":
-            for kind in ("backend", "channel"):
+            for kind in ("backend", "channel", "worker"):
                 name = a.get("data-" + kind)
                 if name is not None:
                     key = (kind, a.get("data-route") or "", name)

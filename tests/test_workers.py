@@ -22,6 +22,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.server import ServerConnection
 
 from tests.support import TIMEOUT, client, startBackend
+from tests.test_admin import CHROMIUM, Dashboard, dumpDOM
 from tests.test_tap import TWISTD
 
 TOKEN = "sesame"
@@ -251,6 +252,13 @@ class WorkerTests(TestCase):
         self.assertEqual(
             whole["routes"][0]["backends"][0]["connections"], whole["clients"]
         )
+        if CHROMIUM is not None:
+            page = Dashboard(dumpDOM(f"http://127.0.0.1:{relay.adminPort}/"))
+            self.assertEqual(page.ids["clients"], "24 (all workers)")
+            for row in rows:
+                shown = page.rows[("worker", "", str(row["worker"]))]
+                self.assertEqual(shown["pid"], str(row["pid"]))
+                self.assertEqual(shown["clients"], str(row["clients"]))
         metrics = relay.admin("/metrics")
         self.assertIn('wsrelay_worker_up{worker="1"} 1.0', metrics)
         for row in rows:

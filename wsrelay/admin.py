@@ -689,6 +689,7 @@ th { background: #eee; }
 <span id="updated" data-refreshes="0">loading</span>
 <span id="error" hidden></span>
 </header>
+<section id="workers" hidden></section>
 <main id="routes"></main>
 <script>
 "use strict";
@@ -702,6 +703,9 @@ const CHANNEL = [
   ["clients", "clients"], ["replay", "replay"], ["messages-in", "msgs in"],
   ["deliveries", "deliveries"], ["slow-drops", "slow drops"],
   ["slow-closes", "slow closes"], ["client-drops", "client drops"]];
+const WORKER = [
+  ["worker", "worker"], ["pid", "pid"], ["clients", "clients"],
+  ["handshakes", "handshakes"], ["uptime", "uptime"], ["restarts", "restarts"]];
 let refreshes = 0;
 
 function el(tag, attrs, text) {
@@ -741,7 +745,17 @@ function check(now, c) {
 function render(s) {
   document.getElementById("version").textContent = s.version;
   document.getElementById("uptime").textContent = duration(s.uptime);
-  document.getElementById("clients").textContent = s.clients;
+  const workers = document.getElementById("workers");
+  workers.hidden = !s.workers;
+  if (s.workers) {
+    workers.replaceChildren(el("h2", {}, "workers"), table("workers", WORKER,
+      s.workers.map(w => [{class: "worker", "data-worker": w.worker},
+        [w.worker, w.pid, w.error || w.clients, w.handshakes,
+         w.error ? "" : duration(w.uptime), w.restarts || 0]])));
+  }
+  document.getElementById("clients").textContent = s.workers
+    ? s.workers.reduce((n, w) => n + (w.clients || 0), 0) + " (all workers)"
+    : s.clients;
   const sections = s.routes.map(r => {
     const sec = el("section",
       {class: "route", id: "route-" + r.name, "data-route": r.name});
