@@ -10,6 +10,9 @@ waited for, measured and stopped.
     it, on the default data path (C{data_path = message}).
   - C{wsrelay-passthrough}: the same with C{data_path = passthrough}, which
     exists in proxy mode only.
+  - C{wsrelay-workers}: C{workers = 2} (passthrough in proxy mode), not
+    pinned: its two processes may use both CPUs, which it shares with the
+    load side.  Its CPU figures are the sum over its processes.
 
 Each proxy's configuration and logs go to a temporary folder; each runs in
 the foreground as the current user.
@@ -17,6 +20,7 @@ the foreground as the current user.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -25,13 +29,21 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procstat import processTree
 
-TARGETS = ("direct", "nginx", "haproxy", "wsrelay", "wsrelay-passthrough")
+TARGETS = (
+    "direct",
+    "nginx",
+    "haproxy",
+    "wsrelay",
+    "wsrelay-passthrough",
+    "wsrelay-workers",
+)
 """
 Every target, in the order the table shows them.
 """
@@ -157,13 +169,19 @@ backend backends
 
 
 def wsrelayConfig(
-    port: int, backendPort: int, fanout: bool, passthrough: bool = False
+    port: int,
+    backendPort: int,
+    fanout: bool,
+    passthrough: bool = False,
+    workers: int = 1,
+    adminPort: int | None = None,
 ) -> str:
     """
     A wsrelay configuration: one proxy-mode route on C{/} to the echo
     backend (on the passthrough data path if asked), or one fan-out route
     on L{FANOUT_PATH} to the source.  No pings (the other proxies send none
-    either).
+    either).  With C{workers} above 1, an admin listener on C{adminPort}
+    tells when every worker runs.
     """
     relay = f"""\
 [relay]
@@ -171,6 +189,8 @@ listen = tcp:{port}:interface=127.0.0.1:backlog=8192
 max_message_size = 16777216
 ping_interval = 0
 """
+    if workers > 1:
+        relay += f"workers = {workers}\nadmin = tcp:{adminPort}:interface=127.0.0.1\n"
     if not fanout:
         return (
             relay
@@ -377,19 +397,56 @@ def start(
         config = work / "haproxy.cfg"
         config.write_text(haproxyConfig(port, backendPort, connections))
         command = [program, "-db", "-f", str(config)]
-    elif name in ("wsrelay", "wsrelay-passthrough"):
+    elif name in ("wsrelay", "wsrelay-passthrough", "wsrelay-workers"):
         passthrough = name == "wsrelay-passthrough"
         if passthrough and fanout:
             raise TargetUnavailable("n/a (data_path is for proxy mode)")
         if (fanout or passthrough) and (why := missing(fanout, passthrough)):
             raise TargetUnavailable(why)
+        workers, adminPort = 1, None
+        if name == "wsrelay-workers":
+            workers, adminPort, pin = 2, freePort(), ()
+            passthrough = not fanout
         config = work / "wsrelay.ini"
-        config.write_text(wsrelayConfig(port, backendPort, fanout, passthrough))
+        config.write_text(
+            wsrelayConfig(port, backendPort, fanout, passthrough, workers, adminPort)
+        )
         twistd = str(Path(sys.executable).with_name("twistd"))
         command = [twistd, "-n", "--pidfile=", "wsrelay", "--config", str(config)]
+        running = _launch(name, [*pin, *command], work, url, port, path)
+        if adminPort is not None:
+            _waitForWorkers(running, adminPort, workers)
+        return running
     else:
         raise ValueError(f"unknown target {name!r}")
     return _launch(name, [*pin, *command], work, url, port, path)
+
+
+def _waitForWorkers(running: Running, adminPort: int, count: int) -> None:
+    """
+    Wait until C{count} wsrelay workers answer on the admin listener (so
+    that each takes its share of the connections), then find their
+    processes.
+
+    @raise TargetFailed: If they do not within 30 seconds.
+    """
+    deadline = time.monotonic() + 30
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{adminPort}/status", timeout=5
+            ) as answer:
+                rows = json.load(answer).get("workers", [])
+        except OSError:
+            rows = []
+        if len(rows) == count and all("error" not in r for r in rows):
+            assert running.process is not None
+            running.pids = processTree(running.process.pid)
+            return
+        time.sleep(0.05)
+    running.stop()
+    raise TargetFailed(f"{running.name}: {count} workers did not start: {rows}")
 
 
 def versions() -> dict[str, str]:

@@ -64,6 +64,17 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual(route.dataPath, "passthrough")
         self.assertIsNone(targets.missing(fanout=False, passthrough=True))
 
+    def test_wsrelayWorkers(self) -> None:
+        """
+        The C{wsrelay-workers} target's configuration is accepted: two
+        workers and the admin listener the suite waits on.
+        """
+        text = targets.wsrelayConfig(8080, 9001, False, True, 2, 9090)
+        config = parseConfig(text, "bench.ini")
+        self.assertEqual(config.workers, 2)
+        self.assertEqual(config.admin, "tcp:9090:interface=127.0.0.1")
+        self.assertEqual(config.routes[0].dataPath, "passthrough")
+
     def test_oneWorker(self) -> None:
         """
         nginx runs one worker process and HAProxy one thread, each in the
