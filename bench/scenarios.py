@@ -24,6 +24,11 @@ Every scenario, in the order the table shows them.
 """
 
 
+#: The upstreams a fan-out target keeps to the source whatever its
+#: clients (the others open one per client).
+UPSTREAMS = {"wsrelay": 1, "wsrelay-workers": 2}
+
+
 @dataclass(frozen=True)
 class Preset:
     """
@@ -379,7 +384,7 @@ class Bench:
         """
         p = self.preset
         # wsrelay connects its upstream at start (connect = eager).
-        self._settle(source, 1 if running.name == "wsrelay" else 0)
+        self._settle(source, UPSTREAMS.get(running.name, 0))
         feed = self.peer(
             "feed-clients",
             "--url",
@@ -398,9 +403,7 @@ class Bench:
                     f"{ready['failed']} of {clients} subscribers failed to connect: "
                     + "; ".join(ready["errors"])
                 )
-            upstreams = self._settle(
-                source, 1 if running.name == "wsrelay" else clients
-            )
+            upstreams = self._settle(source, UPSTREAMS.get(running.name, clients))
             rounds = []
             for r in range(p.fanoutRounds):
                 tag = ord("A") + r
