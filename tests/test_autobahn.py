@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import pprint
 
+import autobahn.twisted.websocket
 import autobahn.websocket.protocol
+from autobahn import util
 from twisted.trial.unittest import SynchronousTestCase
 
 import wsrelay.legs  # noqa: F401 (installs the adjustment)
-from wsrelay._autobahn import LazyFormat
+from wsrelay._autobahn import LazyCall, LazyFormat
 
 
 class LazyFormatTests(SynchronousTestCase):
@@ -20,9 +22,17 @@ class LazyFormatTests(SynchronousTestCase):
 
     def test_installed(self) -> None:
         """
-        Importing the relay's legs makes Autobahn's C{pformat} lazy.
+        Importing the relay's legs makes Autobahn's C{pformat}, C{hltype}
+        and C{hlval} lazy, and they render as the originals do.
         """
         self.assertIs(autobahn.websocket.protocol.pformat, LazyFormat)
+        method = self.test_installed
+        for module in (autobahn.websocket.protocol, autobahn.twisted.websocket):
+            hltype = module.hltype(method)  # type: ignore[attr-defined]
+            hlval = module.hlval(42, color="green")  # type: ignore[attr-defined]
+            self.assertIsInstance(hltype, LazyCall)
+            self.assertEqual(str(hltype), util.hltype(method))
+            self.assertEqual(f"{hlval}", util.hlval(42, color="green"))
 
     def test_rendersLikePformat(self) -> None:
         """
