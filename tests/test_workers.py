@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -18,12 +19,13 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection
+from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection
 
 from tests.support import TIMEOUT, client, startBackend
 from tests.test_admin import CHROMIUM, Dashboard, dumpDOM
 from tests.test_tap import TWISTD
+from tests.test_tls import makeCertificates
 
 TOKEN = "sesame"
 
@@ -53,14 +55,19 @@ class RelayProcess:
     ports the OS chooses, and an admin token.
     """
 
-    def __init__(self, testCase: TestCase, text: str) -> None:
+    def __init__(
+        self,
+        testCase: TestCase,
+        text: str,
+        listen: str = "tcp:0:interface=127.0.0.1",
+    ) -> None:
         self.directory = tempfile.mkdtemp()
         self.config = os.path.join(self.directory, "relay.ini")
         token = os.path.join(self.directory, "token")
         with open(token, "w") as f:
             f.write(TOKEN + "\n")
         self.head = (
-            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            f"[relay]\nlisten = {listen}\n"
             "admin = tcp:0:interface=127.0.0.1\n"
             f"admin_token_file = {token}\n"
         )
@@ -354,6 +361,42 @@ class WorkerTests(TestCase):
         relay.process.kill()
         relay.process.wait(TIMEOUT)
         relay.until(lambda: not alive(other), "worker 1 stopped by itself")
+
+
+class TLSWorkerTests(TestCase):
+    """
+    Workers share an C{ssl:} listener too.
+    """
+
+    def test_sharedTLS(self) -> None:
+        """
+        Clients reach both workers over TLS on the one port.
+        """
+        backend = startBackend(self)
+        certs = makeCertificates(tempfile.mkdtemp(), ["localhost"])
+        relay = RelayProcess(
+            self,
+            f"workers = 2\n[route:a]\npath = /\nbackends = {backend.url}\n",
+            f"ssl:0:interface=127.0.0.1:privateKey={certs['key']}"
+            f":certKey={certs['cert']}",
+        )
+        relay.ready()
+        context = ssl.create_default_context(cafile=certs["ca"])
+        clients = []
+        for i in range(16):
+            c = connect(
+                f"wss://localhost:{relay.port}/",
+                ssl=context,
+                open_timeout=TIMEOUT,
+                compression=None,
+            )
+            clients.append(c)
+            c.send(f"hello {i}")
+            self.assertEqual(c.recv(TIMEOUT), f"hello {i}")
+        self.addCleanup(lambda: [c.close() for c in clients])
+        rows = relay.workers()
+        self.assertEqual(sum(r["clients"] for r in rows), 16)
+        self.assertTrue(all(r["clients"] > 0 for r in rows), rows)
 
 
 class FanoutWorkerTests(TestCase):
