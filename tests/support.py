@@ -34,8 +34,9 @@ def script(connection: ServerConnection) -> None:
     messages from then on instead of echoing them), C{count} (send that
     count), C{stall} (stop reading until the backend's C{stall} event),
     C{close CODE REASON}, C{vanish}, C{headers} (sends the request's
-    headers back as lines), C{path} (sends the request path), C{flood N
-    SIZE} (sends N binary messages of SIZE bytes).
+    headers back as lines), C{path} (sends the request path), C{extensions}
+    (sends the C{Sec-WebSocket-Extensions} of its own 101, or nothing),
+    C{flood N SIZE} (sends N binary messages of SIZE bytes).
     """
     sinking = False
     received = 0
@@ -71,6 +72,10 @@ def script(connection: ServerConnection) -> None:
                 )
             elif message == "path":
                 connection.send(connection.request.path)
+            elif message == "extensions":
+                response = connection.response
+                answer = response.headers.get("Sec-WebSocket-Extensions")
+                connection.send(answer or "")
             elif isinstance(message, str) and message.startswith("flood "):
                 _, n, size = message.split()
                 for i in range(int(n)):
@@ -86,6 +91,8 @@ class Backend:
     A C{websockets} server in a thread.
 
     @ivar closes: The close frames received, as C{(code, reason)}.
+    @ivar compression: C{websockets}' C{compression}: L{None} declines
+        permessage-deflate, C{"deflate"} accepts it.
     """
 
     def __init__(
@@ -94,6 +101,7 @@ class Backend:
         subprotocols: list[str] | None = None,
         refuse: tuple[int, list[tuple[str, str]], bytes] | None = None,
         gate: threading.Event | None = None,
+        compression: str | None = None,
     ) -> None:
         self.closes: list[tuple[int | None, str | None]] = []
         self.connections = 0
@@ -125,7 +133,7 @@ class Backend:
             0,
             subprotocols=subprotocols,  # type: ignore[arg-type]
             process_request=processRequest,
-            compression=None,
+            compression=compression,
             max_size=None,
         )
         self.port = self.server.socket.getsockname()[1]

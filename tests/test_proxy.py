@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from wsrelay.session import ProxySession
 
 
 def closedPort() -> int:
@@ -133,27 +134,40 @@ class HandshakeTests(TestCase):
         self.assertEqual(got["Host"], f"127.0.0.1:{b.port}")
         self.assertNotIn("Keep-Alive", got)
 
-    async def test_noCompression(self) -> None:
+    async def test_compression(self) -> None:
         """
-        A client offering permessage-deflate gets no extension: the relay
-        negotiates compression on neither leg, and the offer does not reach
-        the backend (see the data-path table in docs/architecture.md).
+        A client offering permessage-deflate to a backend that declines it:
+        on the message path the relay accepts the client's offer on the
+        client leg and offers permessage-deflate of its own to the backend
+        (C{compression = on} by default); on the passthrough path the
+        client's offer reaches the backend as it was, and the backend's
+        answer (none here) the client (see the data-path table in
+        docs/architecture.md).
         """
         b = startBackend(self)
         _, port = await startRelay(
             self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
         )
 
-        def run() -> tuple[str, Any]:
+        def run() -> tuple[dict[str, str], Any, Any]:
             with client(port, "/chat", compression="deflate") as c:
                 c.send("headers")
-                return str(c.recv(TIMEOUT)), c.response.headers.get(
-                    "Sec-WebSocket-Extensions"
-                )
+                lines = str(c.recv(TIMEOUT)).split("\n")
+                offer = c.request.headers.get("Sec-WebSocket-Extensions")
+                answer = c.response.headers.get("Sec-WebSocket-Extensions")
+                return dict(line.split(": ", 1) for line in lines), offer, answer
 
-        seen, answered = await inThread(run)
-        self.assertIsNone(answered)
-        self.assertNotIn("sec-websocket-extensions", seen.lower())
+        seen, offered, answered = await inThread(run)
+        if getattr(self, "dataPath", None) == "passthrough":
+            self.assertEqual(seen["Sec-WebSocket-Extensions"], offered)
+            self.assertIsNone(answered)
+        else:
+            self.assertEqual(answered, "permessage-deflate")
+            self.assertTrue(
+                seen["Sec-WebSocket-Extensions"].startswith("permessage-deflate;"),
+                seen["Sec-WebSocket-Extensions"],
+            )
+            self.assertNotEqual(seen["Sec-WebSocket-Extensions"], offered)
 
     async def test_pathAndQuery(self) -> None:
         """
@@ -386,6 +400,28 @@ class MessageTests(TestCase):
                 )
 
         await inThread(run)
+
+    async def test_noDelay(self) -> None:
+        """
+        Both legs' sockets have TCP_NODELAY: a message forwarded in several
+        frames (several writes) does not wait for delayed ACKs.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+        c = await inThread(client, port, "/chat", legacy=True)
+        self.addCleanup(c.close)
+        await inThread(c.send, "hi")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
+        [session] = relay.sessions
+        assert isinstance(session, ProxySession)
+        assert session.upstream is not None
+        for leg in (session.frontend, session.upstream):
+            sock = leg.transport.getHandle()
+            self.assertEqual(
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1, leg
+            )
 
     async def test_pingPerHop(self) -> None:
         """

@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
@@ -282,6 +286,56 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         d = self.factory.relay.openSession(self, self.route)
         d.addErrback(self._keepRefusal)
         return d
+
+    def relaysDeflate(self) -> bool:
+        """
+        @return: Whether this client's leg uses permessage-deflate, which the
+            relay negotiates itself: the client offered it, and the route is
+            a proxy route on the message data path with C{compression = on}.
+            (Passthrough routes pass the offer on; fan-out routes decline.)
+        """
+        route = self.route
+        if route is None:
+            return False
+        config = route.config
+        return (
+            config.mode == "proxy"
+            and config.dataPath == "message"
+            and config.compression
+            and any(
+                name == "permessage-deflate" for name, _ in self.websocket_extensions
+            )
+        )
+
+    def perMessageCompressionAccept(
+        self, offers: list[object]
+    ) -> PerMessageDeflateOfferAccept | None:
+        """
+        Accept the client's first permessage-deflate offer, with its
+        parameters, as Autobahn's testee server does, when L{relaysDeflate}
+        (Autobahn calls this with the parsed offers; set on the class, it is
+        not replaced by the factory's option).
+
+        @return: The acceptance, or L{None} to decline.
+        """
+        if not self.relaysDeflate():
+            return None
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return PerMessageDeflateOfferAccept(offer)
+        return None
+
+    def succeedHandshake(self, res: Any) -> None:
+        """
+        Answer the client.  On the passthrough data path the client's
+        extension offer went to the backend, whose answer is among the
+        headers in C{res}: Autobahn neither judges the offer nor negotiates
+        anything itself.
+        """
+        route = self.route
+        if route is not None and route.config.dataPath == "passthrough":
+            self.websocket_extensions = []
+        WebSocketServerProtocol.succeedHandshake(self, res)
 
     def _keepRefusal(self, f: Failure) -> Failure:
         """

@@ -8,14 +8,22 @@ frames unmasked as a client expects them, so a L{Pipe} only reads each
 frame's header as bytes go by: to keep the frame and message size limits,
 the per-message counters and the close handshake (whose codes pass
 verbatim, being forwarded as they are), and to insert the relay's own
-keepalive pings at frame boundaries.  It does not validate UTF-8, and with
-no extension negotiated on either leg it refuses frames with RSV bits set.
+keepalive pings at frame boundaries.  It does not validate UTF-8.
+
+Extensions are negotiated end to end (the client's offer goes to the
+backend, whose answer goes to the client), and the reserved bits are
+checked against what was negotiated (L{rsvRules}): with none, frames with
+RSV bits set are refused; with permessage-deflate, RSV1 marks the first
+frame of a compressed message and is refused on continuation and control
+frames, RSV2 and RSV3 are refused; with any other extension, whose rules
+the relay does not know, the RSV bits are left to the endpoints.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -78,6 +86,64 @@ def closeProblem(payload: bytes) -> tuple[int, bytes] | None:
     return None
 
 
+#: The RSV bits of a frame's first byte.
+RSV_BITS = 0x70
+
+#: RSV1, the "compressed" bit of permessage-deflate (RFC 7692).
+RSV1 = 0x40
+
+
+def extensionNames(answer: Sequence[str]) -> set[str]:
+    """
+    @param answer: The values of C{Sec-WebSocket-Extensions} fields.
+    @return: The names of the extensions they list, in lower case.
+    """
+    names = set()
+    for value in answer:
+        for extension in value.split(","):
+            name = extension.split(";", 1)[0].strip().lower()
+            if name:
+                names.add(name)
+    return names
+
+
+def rsvRules(answer: Sequence[str]) -> tuple[int, bool]:
+    """
+    The reserved-bit rules for frames once a backend answered
+    C{Sec-WebSocket-Extensions} with C{answer}.
+
+    @return: The RSV bits that fail a frame whatever its kind, and whether
+        permessage-deflate's rules apply to RSV1 (allowed only on the first
+        frame of a data message).
+    """
+    names = extensionNames(answer)
+    if not names:
+        return RSV_BITS, False
+    if names == {"permessage-deflate"}:
+        return RSV_BITS & ~RSV1, True
+    # An extension the relay does not know may use any RSV bit on any
+    # frame: the endpoints, which negotiated it, check them.
+    return 0, False
+
+
+def rsvProblem(b0: int, refused: int, deflate: bool) -> bytes | None:
+    """
+    @param b0: The first byte of a frame with RSV bits set.
+    @param refused: The RSV bits refused on any frame.
+    @param deflate: Whether RSV1 means permessage-deflate.
+    @return: Why the frame must be refused, or L{None} when it may pass.
+    """
+    if b0 & refused:
+        return b"reserved bits set"
+    if deflate and b0 & RSV1:
+        opcode = b0 & 0x0F
+        if opcode >= _CLOSE:
+            return b"compressed control frame"
+        if opcode == 0:
+            return b"compressed continuation frame"
+    return None
+
+
 def unmask(key: bytes, payload: bytes) -> bytes:
     """
     Unmask a (short, control) payload.
@@ -93,6 +159,8 @@ class Direction:
     their bytes to C{sink}'s transport.
 
     @ivar closeSeen: Whether a close frame went this way.
+    @ivar rsvRefused: The RSV bits refused on any frame (L{rsvRules}).
+    @ivar deflate: Whether permessage-deflate's rules apply to RSV1.
     """
 
     def __init__(
@@ -103,8 +171,12 @@ class Direction:
         masked: bool,
         maxFrame: int,
         maxMessage: int,
+        rsvRefused: int = RSV_BITS,
+        deflate: bool = False,
     ) -> None:
         self.pipe = pipe
+        self.rsvRefused = rsvRefused
+        self.deflate = deflate
         self.source = source
         self.sink = sink
         self.write = directWrite(sink.transport)
@@ -173,8 +245,10 @@ class Direction:
                 return self.fail(1002, b"unmasked frame from a client")
             if n - i < header:
                 break
-            if b0 & 0x70:
-                return self.fail(1002, b"reserved bits set")
+            if b0 & RSV_BITS:
+                why = rsvProblem(b0, self.rsvRefused, self.deflate)
+                if why is not None:
+                    return self.fail(1002, why)
             opcode = b0 & 0x0F
             fin = b0 & 0x80
             if opcode >= _CLOSE:
@@ -282,11 +356,12 @@ class Pipe:
         self.frontend = frontend
         self.upstream = upstream
         self.clock = session.relay.clock
+        refused, deflate = rsvRules(upstream.extensionsAnswer)
         self.fromClient = Direction(
-            self, frontend, upstream, True, maxFrame, maxMessage
+            self, frontend, upstream, True, maxFrame, maxMessage, refused, deflate
         )
         self.fromBackend = Direction(
-            self, upstream, frontend, False, maxFrame, maxMessage
+            self, upstream, frontend, False, maxFrame, maxMessage, refused, deflate
         )
         self.closeTimeout = config.closeTimeout
         self.pingInterval = config.pingInterval

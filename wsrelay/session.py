@@ -22,7 +22,13 @@ from wsrelay.frontend import Refused
 from wsrelay.legs import OPEN, RelayLeg, TransportPauser
 from wsrelay.passthrough import Pipe
 from wsrelay.routing import Backend, ConnectionInfo, Route
-from wsrelay.upstream import UpstreamProtocol, UpstreamRefused
+from wsrelay.upstream import (
+    END_TO_END,
+    RELAY_DEFLATE,
+    RequestHeaders,
+    UpstreamProtocol,
+    UpstreamRefused,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -123,7 +129,6 @@ class ProxySession:
         self.lastBackend: str | None = None
         self.peer = relay.clientAddress(frontend)
         self.pipe: Pipe | None = None
-        self._pipeCall: Any = None
         frontend.session = self
         frontend.listener = self
 
@@ -144,6 +149,9 @@ class ProxySession:
             headers: dict[str, list[str]] = {}
             for name, value in up.responseHeaders:
                 headers.setdefault(name, []).append(value)
+            if up.extensionsAnswer:
+                # Passthrough: the backend's answer to the client's offer.
+                headers["Sec-WebSocket-Extensions"] = list(up.extensionsAnswer)
             result.callback((up.websocket_protocol_in_use, headers))
 
         def failed(f: Failure) -> None:
@@ -202,9 +210,15 @@ class ProxySession:
             self._clock.seconds() + self.relay.config.handshakeTimeout,
         )
 
-    def upstreamRequest(self, backend: Backend) -> tuple[str, list[tuple[str, str]]]:
+    def upstreamRequest(self, backend: Backend) -> tuple[str, RequestHeaders]:
         """
-        @return: The request target and the header fields for C{backend}.
+        @return: The request target and the header fields for C{backend},
+            which say how the upstream leg treats extensions: on the
+            passthrough data path the client's C{Sec-WebSocket-Extensions}
+            fields go to the backend as they are, and its answer comes back
+            to the client (L{END_TO_END}); on the message path the leg
+            offers permessage-deflate itself when the client's leg uses it
+            (L{RELAY_DEFLATE}).
         """
         f = self.frontend
         head = f.head
@@ -214,10 +228,21 @@ class ProxySession:
         query = "&".join(q for q in (config.query, f.query) if q)
         if query:
             resource += "?" + query
-        headers = self.relay.forwardedHeaders(f, head)
+        headers = RequestHeaders(self.relay.forwardedHeaders(f, head))
         protocols = head.get("sec-websocket-protocol")
         if protocols:
             headers.append(("Sec-WebSocket-Protocol", protocols))
+        if self.route.config.dataPath == "passthrough":
+            offers = [
+                (n, v)
+                for (n, v) in head.headers
+                if n.lower() == "sec-websocket-extensions"
+            ]
+            if offers:
+                headers.extend(offers)
+                headers.extensions = END_TO_END
+        elif f.relaysDeflate():
+            headers.extensions = RELAY_DEFLATE
         return resource, headers
 
     def _attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
@@ -240,10 +265,14 @@ class ProxySession:
         """
         self.openedAt = self._clock.seconds()
         self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
-        if self.route.config.dataPath == "passthrough":
-            # Once Autobahn has dealt with what came with the handshakes.
-            self._pipeCall = self.relay._reactor.callLater(0, self._startPipe)
         self._pair()
+        if self.route.config.dataPath == "passthrough":
+            # Now, before Autobahn parses a byte after either 101: frames
+            # may be compressed (permessage-deflate negotiated end to end,
+            # which Autobahn knows nothing of), and this runs inside the
+            # handshakes' processing, with what came behind them still in
+            # each leg's buffer.
+            self._startPipe()
         if self.relay.config.idleTimeout > 0:
             self._armIdle()
 
@@ -271,11 +300,11 @@ class ProxySession:
     def _startPipe(self) -> None:
         """
         Switch to the passthrough data path: from now on bytes are
-        forwarded as they come (see L{wsrelay.passthrough}).  A session with
-        a leg in the middle of a frame, or a close handshake under way,
-        stays on the message path.
+        forwarded as they come (see L{wsrelay.passthrough}), starting with
+        those each leg holds unparsed.  A session with a leg in the middle
+        of a frame, or a close handshake under way, stays on the message
+        path (neither happens when this runs as the client gets its 101).
         """
-        self._pipeCall = None
         f, up = self.frontend, self.upstream
         if (
             up is None
@@ -488,8 +517,6 @@ class ProxySession:
         self._finished = True
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.cancel()
-        if self._pipeCall is not None and self._pipeCall.active():
-            self._pipeCall.cancel()
         self.relay.sessionEnded(self)
         self._logAccess()
         self.done.callback(None)

@@ -12,6 +12,11 @@ import os
 from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
@@ -20,6 +25,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.handshake import (
     BadHead,
+    Head,
     buildRequest,
     endToEnd,
     parseHead,
@@ -28,6 +34,8 @@ from wsrelay.handshake import (
 from wsrelay.legs import RelayLeg
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from twisted.internet.interfaces import (
         IAddress,
         IReactorTime,
@@ -39,6 +47,38 @@ if TYPE_CHECKING:
 
 #: How much of a refusal's body is relayed.
 MAX_REFUSAL_BODY = 65536
+
+#: L{RequestHeaders.extensions}: the upstream leg offers no extension and
+#: refuses an answer that names one (Autobahn's default).
+NO_EXTENSIONS = "none"
+
+#: L{RequestHeaders.extensions}: the upstream leg offers permessage-deflate
+#: and compresses as the backend answers (the message data path).
+RELAY_DEFLATE = "deflate"
+
+#: L{RequestHeaders.extensions}: the request carries the client's
+#: C{Sec-WebSocket-Extensions} offer; the leg keeps the backend's answer,
+#: whatever it is, for the client's 101 and activates nothing in Autobahn
+#: (the passthrough data path: the endpoints negotiate with each other).
+END_TO_END = "end-to-end"
+
+
+class RequestHeaders(list[tuple[str, str]]):
+    """
+    The header fields of an upstream request, and how its leg treats
+    WebSocket extensions.
+
+    A list, so that it reaches L{connectUpstream} through
+    L{wsrelay.service.RelayService.openUpstream} as it is.
+
+    @ivar extensions: L{NO_EXTENSIONS}, L{RELAY_DEFLATE} or L{END_TO_END}.
+    """
+
+    def __init__(
+        self, fields: Iterable[tuple[str, str]] = (), extensions: str = NO_EXTENSIONS
+    ) -> None:
+        super().__init__(fields)
+        self.extensions = extensions
 
 
 class UpstreamError(Exception):
@@ -96,6 +136,10 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
     @ivar opened: Fires with this protocol when the handshake succeeded,
         fails with L{UpstreamError} or L{UpstreamRefused}.
     @ivar responseHeaders: The end-to-end fields of the backend's 101.
+    @ivar extensions: How this leg treats extensions: L{NO_EXTENSIONS},
+        L{RELAY_DEFLATE} or L{END_TO_END}.
+    @ivar extensionsAnswer: With L{END_TO_END}, the values of the
+        C{Sec-WebSocket-Extensions} fields of the backend's 101, as sent.
     """
 
     resource: str = "/"
@@ -104,6 +148,8 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
     offered: tuple[str, ...] = ()
     opened: Deferred[UpstreamProtocol]
     responseHeaders: list[tuple[str, str]]
+    extensions: str = NO_EXTENSIONS
+    extensionsAnswer: tuple[str, ...] = ()
     _refused: tuple[int, str, list[tuple[str, str]], int, int | None] | None = None
 
     def startHandshake(self) -> None:
@@ -112,8 +158,17 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         """
         key = base64.b64encode(os.urandom(16))
         self.websocket_key = key
+        headers = self.requestHeaders
+        if self.extensions == RELAY_DEFLATE:
+            # Autobahn's client offer (as its testee client makes it); the
+            # answer goes through perMessageCompressionAccept.
+            self.perMessageCompressionOffers = [PerMessageDeflateOffer()]
+            offer = ", ".join(
+                o.get_extension_string() for o in self.perMessageCompressionOffers
+            )
+            headers = [*headers, ("Sec-WebSocket-Extensions", offer)]
         self.http_request_data = buildRequest(
-            self.resource, self.hostHeader, key.decode(), self.requestHeaders
+            self.resource, self.hostHeader, key.decode(), headers
         )
         self.sendData(self.http_request_data)
 
@@ -168,7 +223,48 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
             self.failHandshake("bad response: head not UTF-8")
             return
         self.responseHeaders = endToEnd(head)
+        if self.extensions == END_TO_END:
+            self._keepExtensionsAnswer(head, end)
         WebSocketClientProtocol.processHandshake(self)
+
+    def _keepExtensionsAnswer(self, head: Head, end: int) -> None:
+        """
+        Keep the backend's C{Sec-WebSocket-Extensions} fields for the
+        client, and take them out of the head Autobahn goes on to check: it
+        would refuse an extension this leg did not offer itself, or
+        activate permessage-deflate on a connection whose bytes it does not
+        parse (the passthrough pipe does).
+
+        @param end: Where the head ends in C{self.data}.
+        """
+        self.extensionsAnswer = tuple(
+            v for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
+        )
+        if not self.extensionsAnswer:
+            return
+        lines = self.data[:end].split(b"\r\n")
+        kept = [
+            line
+            for line in lines
+            if line.split(b":", 1)[0].strip().lower() != b"sec-websocket-extensions"
+        ]
+        self.data = b"\r\n".join(kept) + self.data[end:]
+
+    def perMessageCompressionAccept(
+        self, response: object
+    ) -> PerMessageDeflateResponseAccept | None:
+        """
+        Take the backend's permessage-deflate parameters when this leg
+        offered it (Autobahn calls this with the parsed answer; set on the
+        class, it is not replaced by the factory's option).
+
+        @return: The acceptance, or L{None}, which fails the handshake.
+        """
+        if self.extensions == RELAY_DEFLATE and isinstance(
+            response, PerMessageDeflateResponse
+        ):
+            return PerMessageDeflateResponseAccept(response)
+        return None
 
     def _collectRefusal(self, final: bool) -> None:
         """
@@ -278,6 +374,8 @@ def connectUpstream(
     """
     Connect to a backend and complete the opening handshake.
 
+    @param headers: The request's header fields; a L{RequestHeaders} also
+        says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
     @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
         or fails with L{UpstreamError} (including a timeout after
         C{timeout} seconds) or L{UpstreamRefused}.  Cancelling it closes
@@ -299,6 +397,7 @@ def connectUpstream(
             "requestHeaders": headers,
             "offered": offered,
             "opened": opened,
+            "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
         },
     )
     connecting = endpoint.connect(attempt)

@@ -1,0 +1,680 @@
+"""
+permessage-deflate through the relay, over loopback sockets: negotiated
+on each leg by the relay on the message data path (route key
+C{compression}), end to end on the passthrough data path, declined by
+fan-out routes.
+
+Where what goes over the wire matters (the RSV1 bit, fragmentation,
+frames sent in the same TCP write as a handshake), one end is a raw
+socket (L{Wire}); elsewhere both ends are C{websockets} peers, which offer
+and accept permessage-deflate when asked to.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: The RSV bits, as C{Frame.rsv} holds them.
+RSV1, RSV2 = 4, 2
+
+#: What a sync flush ends with, left off the end of each message.
+TAIL = b"\x00\x00\xff\xff"
+
+
+def deflate(*parts: bytes) -> list[bytes]:
+    """
+    Compress one message, as permessage-deflate frames: one payload per
+    part, each flushed (the last without the flush's tail).
+    """
+    c = zlib.compressobj(wbits=-15)
+    out = [c.compress(p) + c.flush(zlib.Z_SYNC_FLUSH) for p in parts]
+    out[-1] = out[-1][: -len(TAIL)]
+    return out
+
+
+@dataclass
+class Frame:
+    """
+    One frame as read off the wire.
+    """
+
+    fin: bool
+    rsv: int
+    opcode: int
+    payload: bytes
+
+
+def frameBytes(
+    opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
+    """
+    Frame C{payload}, masked as a client sends it or not as a server does.
+    """
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def request(port: int, path: str, offer: str | None) -> bytes:
+    """
+    An opening handshake request, with C{offer} as its
+    C{Sec-WebSocket-Extensions}.
+    """
+    extra = f"Sec-WebSocket-Extensions: {offer}\r\n" if offer else ""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+def headerValue(head: bytes, name: str) -> str | None:
+    """
+    @return: The value of header C{name} in C{head}, or L{None}.
+    """
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+class Wire:
+    """
+    A raw WebSocket endpoint on a blocking socket.
+
+    @ivar masked: Whether it masks what it sends (it is a client).
+    """
+
+    def __init__(self, sock: socket.socket, masked: bool) -> None:
+        self.sock = sock
+        self.masked = masked
+        self.buffer = b""
+        sock.settimeout(TIMEOUT)
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def head(self) -> bytes:
+        """
+        @return: The HTTP head received (what follows stays buffered).
+        """
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed in the head")
+            self.buffer += chunk
+        end = self.buffer.index(b"\r\n\r\n") + 4
+        head, self.buffer = self.buffer[:end], self.buffer[end:]
+        return head
+
+    def frame(self) -> Frame:
+        """
+        @return: The next frame, unmasked.
+        """
+        b0, b1 = self._read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._read(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._read(8))[0]
+        key = self._read(4) if b1 & 0x80 else b""
+        payload = self._read(n)
+        if key:
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        return Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, payload)
+
+    def message(self) -> list[Frame]:
+        """
+        @return: The frames of the next data message (or a close frame).
+        """
+        frames = [self.frame()]
+        while not frames[-1].fin and frames[-1].opcode != 8:
+            frames.append(self.frame())
+        return frames
+
+    def closeCode(self) -> int | None:
+        """
+        Read until a close frame, answer it, and give its code.
+        """
+        while True:
+            f = self.frame()
+            if f.opcode == 8:
+                self.send(8, f.payload[:2])
+                return struct.unpack("!H", f.payload[:2])[0] if f.payload else None
+
+    def send(self, opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> None:
+        """
+        Send one frame.
+        """
+        self.sock.sendall(frameBytes(opcode, payload, fin, rsv, self.masked))
+
+
+def inflate(frames: list[Frame], d: Any) -> bytes:
+    """
+    Decompress a message's frames with the decompressor C{d}.
+    """
+    return bytes(d.decompress(b"".join(f.payload for f in frames) + TAIL))
+
+
+class RawBackend:
+    """
+    A backend on a raw socket, in a thread: for each connection it keeps
+    the request head, answers 101 with C{answer} as its
+    C{Sec-WebSocket-Extensions} and C{after} in the same write, then runs
+    C{then}.
+
+    @ivar heads: The request heads received.
+    @ivar errors: What went wrong in the thread.
+    """
+
+    def __init__(
+        self,
+        answer: str | None,
+        after: bytes = b"",
+        then: Callable[[Wire], None] | None = None,
+    ) -> None:
+        self.answer = answer
+        self.after = after
+        self.then = then
+        self.heads: list[bytes] = []
+        self.errors: list[BaseException] = []
+        self.done = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.url = f"ws://127.0.0.1:{self.sock.getsockname()[1]}/"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                wire = Wire(conn, masked=False)
+                head = wire.head()
+                self.heads.append(head)
+                key = headerValue(head, "Sec-WebSocket-Key") or ""
+                accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
+                lines = [
+                    "HTTP/1.1 101 Switching Protocols",
+                    "Upgrade: websocket",
+                    "Connection: Upgrade",
+                    f"Sec-WebSocket-Accept: {accept.decode()}",
+                ]
+                if self.answer:
+                    lines.append(f"Sec-WebSocket-Extensions: {self.answer}")
+                response = ("\r\n".join(lines) + "\r\n\r\n").encode()
+                conn.sendall(response + self.after)
+                if self.then is not None:
+                    self.then(wire)
+                else:
+                    wire.closeCode()
+            except BaseException as e:
+                self.errors.append(e)
+            finally:
+                self.done.set()
+
+    def close(self) -> None:
+        """
+        Stop listening.
+        """
+        self.sock.close()
+
+
+def startRawBackend(testCase: TestCase, *args: Any, **kwargs: Any) -> RawBackend:
+    """
+    Start a L{RawBackend} closed at the end of C{testCase}.
+    """
+    backend = RawBackend(*args, **kwargs)
+    testCase.addCleanup(backend.close)
+    return backend
+
+
+def connectRaw(port: int, data: bytes) -> Wire:
+    """
+    Connect a raw client to the relay and send C{data} in one write.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
+    sock.sendall(data)
+    return Wire(sock, masked=True)
+
+
+def rawOneMessage(
+    port: int, offer: str | None, before: list[bytes], after: list[bytes]
+) -> tuple[bytes, list[Frame]]:
+    """
+    A raw client: send the handshake and the frames C{before} in one write,
+    the frames C{after} once the 101 is in; read one message; close.
+
+    @return: The 101's head and the message's frames.
+    """
+    wire = connectRaw(port, request(port, "/", offer) + b"".join(before))
+    with wire.sock:
+        head = wire.head()
+        wire.sock.sendall(b"".join(after))
+        frames = wire.message()
+        wire.send(8, struct.pack("!H", 1000))
+        return head, frames
+
+
+TEXT = b"compressible, " * 500
+
+
+class CompressionTests(TestCase):
+    """
+    What both proxy data paths do with compressed messages, on the message
+    path (this class) and the passthrough path (the subclass).
+    """
+
+    dataPath = "message"
+
+    async def relay(self, backend: str) -> int:
+        """
+        Start a relay with one route, C{/}, to C{backend} on this data path
+        (L{startRelay} adds C{data_path}).
+
+        @return: Its port.
+        """
+        self.service, port = await startRelay(
+            self, f"[relay]\n[route:r]\npath = /\nbackends = {backend}\n"
+        )
+        return port
+
+    async def test_compressedBehindHandshake(self) -> None:
+        """
+        A compressed message sent in the same TCP write as the client's
+        handshake goes through: its echo comes back compressed after the
+        101, which answers permessage-deflate.
+        """
+        b = startBackend(self, compression="deflate")
+        port = await self.relay(b.url)
+        first = frameBytes(1, deflate(TEXT)[0], rsv=RSV1)
+        head, frames = await inThread(
+            rawOneMessage, port, "permessage-deflate", [first], []
+        )
+        self.assertIn(b" 101 ", head.split(b"\r\n")[0])
+        answer = headerValue(head, "Sec-WebSocket-Extensions") or ""
+        self.assertTrue(answer.startswith("permessage-deflate"), answer)
+        self.assertEqual(frames[0].rsv, RSV1)
+        self.assertEqual(inflate(frames, zlib.decompressobj(wbits=-15)), TEXT)
+
+    async def test_backendSendsAt101(self) -> None:
+        """
+        A compressed message that a backend sends in the same TCP write as
+        its 101 reaches a C{websockets} client, whole.
+        """
+        sent = frameBytes(1, deflate(TEXT)[0], rsv=RSV1, mask=False)
+        raw = startRawBackend(self, "permessage-deflate", sent)
+        port = await self.relay(raw.url)
+
+        def run() -> str:
+            with client(port, "/", compression="deflate") as c:
+                return str(c.recv(TIMEOUT))
+
+        self.assertEqual(await inThread(run), TEXT.decode())
+        await inThread(raw.done.wait, TIMEOUT)
+        self.assertEqual(raw.errors, [])
+
+
+class PassthroughCompressionTests(CompressionTests):
+    """
+    L{CompressionTests} with C{data_path = passthrough}, and what only that
+    path does: extensions negotiated end to end, RSV bits checked against
+    what was negotiated.
+    """
+
+    dataPath = "passthrough"
+
+    async def test_endToEnd(self) -> None:
+        """
+        The client's offer reaches the backend as it was sent, the client
+        gets the backend's answer as it was sent, and messages go through
+        compressed: fewer payload bytes pass than the client sent.
+        """
+        b = startBackend(self, compression="deflate")
+        port = await self.relay(b.url)
+
+        def run() -> tuple[dict[str, str], str, str, Any, Any]:
+            with client(port, "/", compression="deflate") as c:
+                c.send("headers")
+                lines = str(c.recv(TIMEOUT)).split("\n")
+                c.send("extensions")
+                backendAnswer = str(c.recv(TIMEOUT))
+                c.send(TEXT.decode())
+                echo = str(c.recv(TIMEOUT))
+                return (
+                    dict(line.split(": ", 1) for line in lines),
+                    backendAnswer,
+                    echo,
+                    c.request.headers.get("Sec-WebSocket-Extensions"),
+                    c.response.headers.get("Sec-WebSocket-Extensions"),
+                )
+
+        seen, backendAnswer, echo, offered, answered = await inThread(run)
+        self.assertTrue(offered.startswith("permessage-deflate"), offered)
+        self.assertEqual(seen["Sec-WebSocket-Extensions"], offered)
+        self.assertTrue(backendAnswer.startswith("permessage-deflate"))
+        self.assertEqual(answered, backendAnswer)
+        self.assertEqual(echo, TEXT.decode())
+        [backend] = self.service.routes.routes[0].backends
+        # Passthrough counts payload bytes from the frame headers: the
+        # compressed ones.
+        self.assertLess(backend.sentBytes, len(TEXT) // 4)
+
+    async def test_rsvRefused(self) -> None:
+        """
+        With permessage-deflate negotiated, RSV1 is allowed on the first
+        frame of a message only: a client that sets it on a control frame
+        or a continuation, or sets RSV2, is closed with 1002.
+        """
+        b = startBackend(self, compression="deflate")
+        port = await self.relay(b.url)
+        first, second = deflate(b"part one, ", b"part two")
+        cases = [
+            [frameBytes(9, b"ping", rsv=RSV1)],
+            [
+                frameBytes(1, first, fin=False, rsv=RSV1),
+                frameBytes(0, second, rsv=RSV1),
+            ],
+            [frameBytes(1, b"plain", rsv=RSV2)],
+            [frameBytes(1, deflate(b"x")[0], rsv=RSV1 | RSV2)],
+        ]
+
+        def run(frames: list[bytes]) -> tuple[str | None, int | None]:
+            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+            with wire.sock:
+                head = wire.head()
+                wire.sock.sendall(b"".join(frames))
+                return headerValue(head, "Sec-WebSocket-Extensions"), wire.closeCode()
+
+        for frames in cases:
+            answer, code = await inThread(run, frames)
+            self.assertTrue((answer or "").startswith("permessage-deflate"), answer)
+            self.assertEqual(code, 1002, frames)
+
+    async def test_compressedFragments(self) -> None:
+        """
+        A compressed message in fragments (RSV1 on the first only), then
+        an uncompressed one, go through and come back.
+        """
+        b = startBackend(self, compression="deflate")
+        port = await self.relay(b.url)
+        first, second = deflate(b"part one, ", b"part two")
+        frames = [
+            frameBytes(1, first, fin=False, rsv=RSV1),
+            frameBytes(0, second),
+        ]
+        _, echo = await inThread(rawOneMessage, port, "permessage-deflate", [], frames)
+        self.assertEqual(
+            inflate(echo, zlib.decompressobj(wbits=-15)), b"part one, part two"
+        )
+
+    async def test_sizeLimitOnWire(self) -> None:
+        """
+        On the passthrough path C{max_message_size} counts wire bytes: a
+        compressed message under it passes, whatever it inflates to.
+        """
+        b = startBackend(self, compression="deflate")
+        self.service, port = await startRelay(
+            self,
+            "[relay]\nmax_message_size = 1000\n[route:r]\npath = /\n"
+            f"backends = {b.url}\n",
+        )
+        big = b"a" * 5000
+        _, echo = await inThread(
+            rawOneMessage,
+            port,
+            "permessage-deflate",
+            [],
+            [frameBytes(1, deflate(big)[0], rsv=RSV1)],
+        )
+        self.assertEqual(inflate(echo, zlib.decompressobj(wbits=-15)), big)
+
+    async def test_rsvWithoutExtension(self) -> None:
+        """
+        A frame with RSV1 from a client when nothing was negotiated (the
+        backend declined the client's offer) is refused with 1002.
+        """
+        b = startBackend(self)
+        port = await self.relay(b.url)
+
+        def run() -> tuple[str | None, int | None]:
+            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+            with wire.sock:
+                head = wire.head()
+                wire.send(1, deflate(b"x")[0], rsv=RSV1)
+                return headerValue(head, "Sec-WebSocket-Extensions"), wire.closeCode()
+
+        self.assertEqual(await inThread(run), (None, 1002))
+
+    async def test_otherExtension(self) -> None:
+        """
+        An extension the relay does not know, negotiated end to end, may
+        use the RSV bits: frames with RSV2 pass both ways.
+        """
+
+        def echoRaw(wire: Wire) -> None:
+            f = wire.frame()
+            wire.send(f.opcode, f.payload, f.fin, f.rsv)
+            wire.closeCode()
+
+        raw = startRawBackend(self, "x-custom", then=echoRaw)
+        port = await self.relay(raw.url)
+        _, echo = await inThread(
+            rawOneMessage, port, "x-custom", [], [frameBytes(2, b"odd", rsv=RSV2)]
+        )
+        self.assertEqual(echo, [Frame(True, RSV2, 2, b"odd")])
+        self.assertEqual(
+            headerValue(raw.heads[0], "Sec-WebSocket-Extensions"), "x-custom"
+        )
+
+
+class MessagePathTests(TestCase):
+    """
+    The message data path negotiates permessage-deflate on each leg itself
+    (route key C{compression}).
+    """
+
+    async def test_bothLegsCompressed(self) -> None:
+        """
+        With C{compression = on} (the default) and a client that offers
+        permessage-deflate, each leg compresses what it sends (RSV1 on the
+        first frame of each message) and the relay keeps the fragmentation.
+        """
+        got: list[list[Frame]] = []
+
+        def echoRaw(wire: Wire) -> None:
+            # Echo one message, compressed with context takeover.
+            d = zlib.decompressobj(wbits=-15)
+            c = zlib.compressobj(wbits=-15)
+            frames = wire.message()
+            got.append(frames)
+            data = c.compress(inflate(frames, d)) + c.flush(zlib.Z_SYNC_FLUSH)
+            wire.send(1, data[: -len(TAIL)], rsv=RSV1)
+            wire.closeCode()
+
+        raw = startRawBackend(self, "permessage-deflate", then=echoRaw)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:r]\npath = /\nbackends = {raw.url}\n"
+        )
+        first, second = deflate(b"part one, ", b"part two")
+        frames = [
+            frameBytes(1, first, fin=False, rsv=RSV1),
+            frameBytes(0, second),
+        ]
+        head, echo = await inThread(
+            rawOneMessage, port, "permessage-deflate", [], frames
+        )
+        self.assertEqual(
+            headerValue(head, "Sec-WebSocket-Extensions"), "permessage-deflate"
+        )
+        offer = headerValue(raw.heads[0], "Sec-WebSocket-Extensions") or ""
+        self.assertTrue(offer.startswith("permessage-deflate"), offer)
+        await inThread(raw.done.wait, TIMEOUT)
+        self.assertEqual(raw.errors, [])
+        [toBackend] = got
+        self.assertEqual(
+            [(f.rsv, f.opcode, f.fin) for f in toBackend],
+            [(RSV1, 1, False), (0, 0, True)],
+        )
+        self.assertEqual(
+            inflate(toBackend, zlib.decompressobj(wbits=-15)), b"part one, part two"
+        )
+        self.assertEqual([(f.rsv, f.opcode) for f in echo], [(RSV1, 1)])
+        self.assertEqual(
+            inflate(echo, zlib.decompressobj(wbits=-15)), b"part one, part two"
+        )
+
+    async def test_sizeLimitUncompressed(self) -> None:
+        """
+        C{max_message_size} counts a compressed message's uncompressed
+        bytes on the message path: a small compressed message that
+        inflates past it closes the client with 1009.
+        """
+        b = startBackend(self, compression="deflate")
+        _, port = await startRelay(
+            self,
+            "[relay]\nmax_message_size = 1000\n[route:r]\npath = /\n"
+            f"backends = {b.url}\n",
+        )
+        small = deflate(b"a" * 5000)[0]
+        self.assertLess(len(small), 100)
+
+        def run() -> int | None:
+            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+            with wire.sock:
+                wire.head()
+                wire.send(1, small, rsv=RSV1)
+                return wire.closeCode()
+
+        self.assertEqual(await inThread(run), 1009)
+
+    async def test_backendDeclines(self) -> None:
+        """
+        A backend that declines the relay's offer gets uncompressed frames;
+        the client's leg is compressed all the same.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:r]\npath = /\nbackends = {b.url}\n"
+        )
+        head, echo = await inThread(
+            rawOneMessage,
+            port,
+            "permessage-deflate",
+            [],
+            [frameBytes(1, deflate(TEXT)[0], rsv=RSV1)],
+        )
+        self.assertEqual(
+            headerValue(head, "Sec-WebSocket-Extensions"), "permessage-deflate"
+        )
+        self.assertEqual(echo[0].rsv, RSV1)
+        self.assertEqual(inflate(echo, zlib.decompressobj(wbits=-15)), TEXT)
+
+    async def test_compressionOff(self) -> None:
+        """
+        With C{compression = off}, neither leg negotiates: the client's
+        offer is declined, and the backend (which would accept) gets none.
+        """
+        b = startBackend(self, compression="deflate")
+        _, port = await startRelay(
+            self,
+            f"[relay]\n[route:r]\npath = /\ncompression = off\nbackends = {b.url}\n",
+        )
+
+        def run() -> tuple[str, str, Any, str]:
+            with client(port, "/", compression="deflate") as c:
+                c.send("headers")
+                seen = str(c.recv(TIMEOUT))
+                c.send("extensions")
+                backendAnswer = str(c.recv(TIMEOUT))
+                c.send(TEXT.decode())
+                echo = str(c.recv(TIMEOUT))
+                answer = c.response.headers.get("Sec-WebSocket-Extensions")
+                return seen, backendAnswer, answer, echo
+
+        seen, backendAnswer, answered, echo = await inThread(run)
+        self.assertNotIn("sec-websocket-extensions", seen.lower())
+        self.assertEqual(backendAnswer, "")
+        self.assertIsNone(answered)
+        self.assertEqual(echo, TEXT.decode())
+
+    async def test_compressionOnWebsockets(self) -> None:
+        """
+        With C{websockets} on both sides, compression is negotiated on both
+        legs and messages of every size go both ways.
+        """
+        b = startBackend(self, compression="deflate")
+        _, port = await startRelay(
+            self, f"[relay]\n[route:r]\npath = /\nbackends = {b.url}\n"
+        )
+        payloads = [b"", b"x", TEXT, os.urandom(70000)]
+
+        def run() -> tuple[str, Any, list[bytes]]:
+            with client(port, "/", compression="deflate") as c:
+                c.send("extensions")
+                backendAnswer = str(c.recv(TIMEOUT))
+                got = []
+                for p in payloads:
+                    c.send(p)
+                    got.append(bytes(c.recv(TIMEOUT)))
+                c.send(["frag-", "ment-", "ed"])
+                got.append(str(c.recv(TIMEOUT)).encode())
+                answer = c.response.headers.get("Sec-WebSocket-Extensions")
+                return backendAnswer, answer, got
+
+        backendAnswer, answered, got = await inThread(run)
+        self.assertTrue(backendAnswer.startswith("permessage-deflate"), backendAnswer)
+        self.assertEqual(answered, "permessage-deflate")
+        self.assertEqual(got, [*payloads, b"frag-ment-ed"])
+
+    async def test_fanoutDeclines(self) -> None:
+        """
+        A fan-out route declines permessage-deflate: it frames each message
+        once for all its clients.
+        """
+        b = startBackend(self, compression="deflate")
+        _, port = await startRelay(
+            self,
+            f"[relay]\n[route:f]\npath = /\nmode = fanout\nbackends = {b.url}\n",
+        )
+
+        def run() -> Any:
+            with client(port, "/", compression="deflate") as c:
+                return c.response.headers.get("Sec-WebSocket-Extensions")
+
+        self.assertIsNone(await inThread(run))
