@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
-from wsrelay.legs import OPEN, RelayLeg
+from wsrelay.legs import OPEN, RelayLeg, withOptions
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route
@@ -421,3 +421,4 @@ class FrontendFactory(WebSocketServerFactory):
             autoPingRestartOnAnyTraffic=True,
             utf8validateIncoming=True,
         )
+        self.protocol = withOptions(FrontendProtocol, self)

@@ -70,6 +70,27 @@ def compressFrame(
     return opcode, data, fin, 0 if inMessage else 4
 
 
+def withOptions(base: type[Any], factory: Any) -> type[Any]:
+    """
+    A subclass of the protocol class C{base} that holds C{factory}'s
+    protocol options as class attributes.
+
+    Autobahn copies each of its 40-odd options from the factory into every
+    new protocol's C{__dict__}, unless the protocol already has it: as
+    class attributes they are read the same way and stored once, which
+    saves memory (and some time) per connection.  Callable options (say,
+    C{perMessageCompressionAccept}) stay unbound.
+    """
+    options = {}
+    for name in base.CONFIG_ATTRS:
+        if hasattr(base, name):
+            # The protocol's own (a method), as Autobahn leaves it.
+            continue
+        value = getattr(factory, name)
+        options[name] = staticmethod(value) if callable(value) else value
+    return type(base.__name__, (base,), {"__module__": base.__module__, **options})
+
+
 class FrameSink(Protocol):
     """
     Something data frames can be forwarded to.

@@ -31,7 +31,7 @@ from wsrelay.handshake import (
     parseHead,
     parseStatusLine,
 )
-from wsrelay.legs import RelayLeg
+from wsrelay.legs import RelayLeg, withOptions
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -337,6 +337,7 @@ class UpstreamFactory(WebSocketClientFactory):
             perMessageCompressionOffers=[],
             utf8validateIncoming=True,
         )
+        self.protocol = withOptions(UpstreamProtocol, self)
 
 
 class _Attempt(Factory):
