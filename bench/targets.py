@@ -7,12 +7,12 @@ waited for, measured and stopped.
   - C{haproxy}: Debian's HAProxy in HTTP mode (WebSocket is a tunnel after
     the upgrade), one thread.
   - C{wsrelay}: C{twistd -n --pidfile= wsrelay --config FILE}, as users run
-    it, on the default data path (C{data_path = message}).
-  - C{wsrelay-passthrough}: the same with C{data_path = passthrough}, which
-    exists in proxy mode only.
-  - C{wsrelay-workers}: C{workers = 2} (passthrough in proxy mode), not
-    pinned: its two processes may use both CPUs, which it shares with the
-    load side.  Its CPU figures are the sum over its processes.
+    it, on the default data path (C{data_path = passthrough}).
+  - C{wsrelay-message}: the same with C{data_path = message}, which exists
+    in proxy mode only.
+  - C{wsrelay-workers}: C{workers = 2}, not pinned: its two processes may
+    use both CPUs, which it shares with the load side.  Its CPU figures are
+    the sum over its processes.
 
 Each proxy's configuration and logs go to a temporary folder; each runs in
 the foreground as the current user.
@@ -41,7 +41,7 @@ TARGETS = (
     "nginx",
     "haproxy",
     "wsrelay",
-    "wsrelay-passthrough",
+    "wsrelay-message",
     "wsrelay-workers",
 )
 """
@@ -172,13 +172,13 @@ def wsrelayConfig(
     port: int,
     backendPort: int,
     fanout: bool,
-    passthrough: bool = False,
+    dataPath: str | None = None,
     workers: int = 1,
     adminPort: int | None = None,
 ) -> str:
     """
     A wsrelay configuration: one proxy-mode route on C{/} to the echo
-    backend (on the passthrough data path if asked), or one fan-out route
+    backend (on C{dataPath} if given, else the default), or one fan-out route
     on L{FANOUT_PATH} to the source.  No pings (the other proxies send none
     either).  With C{workers} above 1, an admin listener on C{adminPort}
     tells when every worker runs.
@@ -200,7 +200,7 @@ path = /
 mode = proxy
 backends = ws://127.0.0.1:{backendPort}/
 """
-            + ("data_path = passthrough\n" if passthrough else "")
+            + ("" if dataPath is None else f"data_path = {dataPath}\n")
         )
     return (
         relay
@@ -219,10 +219,10 @@ connect = eager
     )
 
 
-def missing(fanout: bool, passthrough: bool = False) -> str | None:
+def missing(fanout: bool, dataPath: str | None = None) -> str | None:
     """
     Whether this checkout of wsrelay has what a configuration needs (fan-out
-    mode, the passthrough data path): it accepts their keys.
+    mode, a data path): it accepts their keys.
 
     @return: L{None} if it does, else the reason to show.
     """
@@ -231,10 +231,10 @@ def missing(fanout: bool, passthrough: bool = False) -> str | None:
     except ImportError as e:
         return f"n/a (wsrelay not importable: {e})"
     try:
-        parseConfig(wsrelayConfig(1, 2, fanout, passthrough), "bench.ini")
+        parseConfig(wsrelayConfig(1, 2, fanout, dataPath), "bench.ini")
     except ConfigError as e:
         if "unknown" in str(e):
-            what = "fan-out" if fanout else "passthrough data path"
+            what = "fan-out" if fanout else f"data_path = {dataPath}"
             return f"n/a ({what} not built)"
         return f"n/a ({e})"
     return None
@@ -397,19 +397,18 @@ def start(
         config = work / "haproxy.cfg"
         config.write_text(haproxyConfig(port, backendPort, connections))
         command = [program, "-db", "-f", str(config)]
-    elif name in ("wsrelay", "wsrelay-passthrough", "wsrelay-workers"):
-        passthrough = name == "wsrelay-passthrough"
-        if passthrough and fanout:
+    elif name in ("wsrelay", "wsrelay-message", "wsrelay-workers"):
+        dataPath = "message" if name == "wsrelay-message" else None
+        if dataPath and fanout:
             raise TargetUnavailable("n/a (data_path is for proxy mode)")
-        if (fanout or passthrough) and (why := missing(fanout, passthrough)):
+        if why := missing(fanout, dataPath):
             raise TargetUnavailable(why)
         workers, adminPort = 1, None
         if name == "wsrelay-workers":
             workers, adminPort, pin = 2, freePort(), ()
-            passthrough = not fanout
         config = work / "wsrelay.ini"
         config.write_text(
-            wsrelayConfig(port, backendPort, fanout, passthrough, workers, adminPort)
+            wsrelayConfig(port, backendPort, fanout, dataPath, workers, adminPort)
         )
         twistd = str(Path(sys.executable).with_name("twistd"))
         command = [twistd, "-n", "--pidfile=", "wsrelay", "--config", str(config)]

@@ -56,20 +56,24 @@ class ConfigurationTests(SynchronousTestCase):
 
     def test_wsrelayPassthrough(self) -> None:
         """
-        The C{wsrelay-passthrough} target's configuration is accepted, with
-        the passthrough data path.
+        The C{wsrelay} target runs the default data path, passthrough; the
+        C{wsrelay-message} target's configuration is accepted, with the
+        message path.
         """
-        text = targets.wsrelayConfig(8080, 9001, False, passthrough=True)
+        text = targets.wsrelayConfig(8080, 9001, False)
         [route] = parseConfig(text, "bench.ini").routes
         self.assertEqual(route.dataPath, "passthrough")
-        self.assertIsNone(targets.missing(fanout=False, passthrough=True))
+        text = targets.wsrelayConfig(8080, 9001, False, "message")
+        [route] = parseConfig(text, "bench.ini").routes
+        self.assertEqual(route.dataPath, "message")
+        self.assertIsNone(targets.missing(fanout=False, dataPath="message"))
 
     def test_wsrelayWorkers(self) -> None:
         """
         The C{wsrelay-workers} target's configuration is accepted: two
         workers and the admin listener the suite waits on.
         """
-        text = targets.wsrelayConfig(8080, 9001, False, True, 2, 9090)
+        text = targets.wsrelayConfig(8080, 9001, False, None, 2, 9090)
         config = parseConfig(text, "bench.ini")
         self.assertEqual(config.workers, 2)
         self.assertEqual(config.admin, "tcp:9090:interface=127.0.0.1")

@@ -1088,6 +1088,16 @@ class PluginKeyTests(SynchronousTestCase):
         self.assertEqual(e.key, "replay")
         self.assertIn("only used with mode = fanout", str(e))
 
+    def test_dataPathDefault(self) -> None:
+        """
+        A proxy route's data path is C{passthrough} unless it has
+        C{failover = reconnect}, which needs C{message}.
+        """
+        sections = withKey("route", "failover", "close")
+        self.assertEqual(parse(ini(sections)).routes[0].dataPath, "passthrough")
+        sections["route:echo"]["failover"] = "reconnect"
+        self.assertEqual(parse(ini(sections)).routes[0].dataPath, "message")
+
     def test_passthroughReconnect(self) -> None:
         """
         C{data_path = passthrough} cannot go with C{failover = reconnect}.

@@ -66,6 +66,8 @@ class MessageSizeTests(TestCase):
     C{max_message_size} closes with 1009, in both directions.
     """
 
+    dataPath = "message"
+
     async def test_clientTooBig(self) -> None:
         """
         A client message over the limit closes the client with 1009 and
@@ -118,6 +120,8 @@ class TimeoutTests(TestCase):
     """
     Handshake, idle and ping timeouts.
     """
+
+    dataPath = "message"
 
     async def test_slowLoris(self) -> None:
         """

@@ -95,6 +95,8 @@ class HandshakeTests(TestCase):
     The client's handshake is answered with the backend's.
     """
 
+    dataPath = "message"
+
     async def test_headersForwarded(self) -> None:
         """
         End-to-end headers reach the backend; hop-by-hop ones do not; the
@@ -368,6 +370,8 @@ class MessageTests(TestCase):
     Messages pass unchanged both ways.
     """
 
+    dataPath = "message"
+
     async def test_sizesAndOrder(self) -> None:
         """
         Text and binary messages from 0 bytes to C{max_message_size} come
@@ -461,6 +465,8 @@ class CloseTests(TestCase):
     """
     Close codes and reasons pass unchanged both ways.
     """
+
+    dataPath = "message"
 
     async def test_clientCodes(self) -> None:
         """
@@ -575,6 +581,8 @@ class BackpressureTests(TestCase):
     """
     A side that reads slowly pauses the other instead of growing buffers.
     """
+
+    dataPath = "message"
 
     COUNT = 400
     SIZE = 65536

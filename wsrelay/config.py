@@ -274,7 +274,9 @@ class RouteConfig:
     @ivar failover: C{"close"} or C{"reconnect"}.
     @ivar failoverBuffer: Bytes of client messages buffered while
         reconnecting to another backend.
-    @ivar dataPath: C{"message"} or C{"passthrough"} (proxy mode).
+    @ivar dataPath: C{"passthrough"} or C{"message"} (proxy mode); when
+        not set, C{"message"} with C{failover = reconnect}, else
+        C{"passthrough"}.
     @ivar compression: Message path: whether the relay negotiates
         permessage-deflate on each leg when the client offers it.
     @ivar options: The values of the keys the balancer plugin declares, as
@@ -318,7 +320,7 @@ class RouteConfig:
     balancer: str = _DEFAULT_BALANCER
     failover: str = "close"
     failoverBuffer: int = 1048576
-    dataPath: str = "message"
+    dataPath: str = "passthrough"
     compression: bool = True
     options: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
@@ -852,8 +854,8 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "When the backend goes away: close the client, or reconnect."),
     ("failover_buffer",   "bytes",       _wholeNumber(0),
      "Client message bytes buffered while reconnecting."),
-    ("data_path",         "choice",      _choice("message", "passthrough"),
-     "message: frames parsed and re-framed; passthrough: bytes forwarded."),
+    ("data_path",         "choice",      _choice("passthrough", "message"),
+     "passthrough: bytes forwarded; message: frames parsed and re-framed."),
     ("compression",       "choice",      _onOff,
      "Message path: accept a client's permessage-deflate offer (on/off)."),
     ("channel",           "choice",      _choice("route", "path"),
@@ -1080,6 +1082,9 @@ def _parseRoute(
         if key in (PROXY_KEYS if fanout else FANOUT_KEYS):
             mode = "proxy" if fanout else "fanout"
             raise ConfigError(filename, f"only used with mode = {mode}", section, key)
+    if values.get("failover") == "reconnect":
+        # A passthrough stream cannot be moved to another backend.
+        values.setdefault("dataPath", "message")
     if (
         values.get("dataPath") == "passthrough"
         and values.get("failover") == "reconnect"
