@@ -110,12 +110,14 @@ def unmask(key: bytes, payload: bytes) -> bytes:
     return value.to_bytes(n, "big")
 
 
-def parseFrames(data: bytes, masked: bool) -> list[Frame]:
+def parseFrames(data: bytes, masked: bool, utf8: bool = True) -> list[Frame]:
     """
     Read C{data} as a stream of RFC 6455 frames, strictly.
 
     @param masked: Whether the frames must be masked (sent to a server) or
         must not be (sent to a client).
+    @param utf8: Whether text must be UTF-8 (the passthrough data path
+        leaves that to the endpoints).
     @raise Malformed: Naming the first thing wrong.
     """
     frames: list[Frame] = []
@@ -174,7 +176,7 @@ def parseFrames(data: bytes, masked: bool) -> list[Frame]:
             fragmented = opcode
         if opcode < 8:
             try:
-                if fragmented == 1:
+                if fragmented == 1 and utf8:
                     text.decode(payload, final=fin)
             except UnicodeDecodeError as e:
                 raise Malformed(f"{where}: text not UTF-8: {e}") from None
@@ -261,7 +263,7 @@ def splitHead(data: bytes, what: str) -> tuple[list[bytes], bytes]:
     return lines, data[end + 4 :]
 
 
-def checkToClient(data: bytes, fields: bool = True) -> list[Frame]:
+def checkToClient(data: bytes, fields: bool = True, utf8: bool = True) -> list[Frame]:
     """
     What the relay sent a client: nothing, or a complete HTTP response;
     after a 101, frames that are not masked; after another status, exactly
@@ -269,6 +271,7 @@ def checkToClient(data: bytes, fields: bool = True) -> list[Frame]:
 
     @param fields: Whether to check the reason phrase and the header
         fields too (see L{checkFieldLines}).
+    @param utf8: See L{parseFrames}.
     @return: The frames, if any.
     @raise Malformed: When it is not so.
     """
@@ -286,7 +289,7 @@ def checkToClient(data: bytes, fields: bool = True) -> list[Frame]:
             raise Malformed(f"response: control character in {lines[0]!r}")
         checkFieldLines(lines[1:], "response")
     if code == 101:
-        return parseFrames(rest, masked=False)
+        return parseFrames(rest, masked=False, utf8=utf8)
     lengths = [
         line.split(b":", 1)[1].strip()
         for line in lines[1:]
@@ -297,11 +300,11 @@ def checkToClient(data: bytes, fields: bool = True) -> list[Frame]:
     return []
 
 
-def checkToBackend(data: bytes) -> list[Frame]:
+def checkToBackend(data: bytes, utf8: bool = True) -> list[Frame]:
     """
     What the relay sent a backend: nothing, or a complete opening handshake
     request (C{GET}, a target of visible ASCII characters) followed by
-    masked frames.
+    masked frames (see L{parseFrames} for C{utf8}).
 
     @return: The frames.
     @raise Malformed: When it is not so.
@@ -319,7 +322,7 @@ def checkToBackend(data: bytes) -> list[Frame]:
     ):
         raise Malformed(f"request: request line {lines[0][:80]!r}")
     checkFieldLines(lines[1:], "request")
-    return parseFrames(rest, masked=True)
+    return parseFrames(rest, masked=True, utf8=utf8)
 
 
 # Building inputs.
@@ -1133,8 +1136,12 @@ CLOSE_REPLY = frameBytes(True, 0, 8, None, struct.pack("!H", 1000), "min")
 
 class RealSocketTests(TestCase):
     """
-    A few fixed inputs through a relay on loopback sockets.
+    A few fixed inputs through a relay on loopback sockets, on the message
+    path.
     """
+
+    dataPath = "message"
+    utf8 = True
 
     async def relayTo(self, server: RawServer) -> int:
         """
@@ -1165,8 +1172,8 @@ class RealSocketTests(TestCase):
         for sample in SAMPLES:
             got = await inThread(rawSession, port, goodRequest(), sample + CLOSE)
             self.assertTrue(await inThread(server.served.acquire, True, TIMEOUT))
-            checkToClient(got)
-            checkToBackend(server.received[-1])
+            checkToClient(got, utf8=self.utf8)
+            checkToBackend(server.received[-1], utf8=self.utf8)
             self.assertEqual(await inThread(echoOnce, port), "still here")
         self.assertEqual(self.flushLoggedErrors(), [])
 
@@ -1182,10 +1189,20 @@ class RealSocketTests(TestCase):
         for _ in SAMPLES:
             got = await inThread(rawSession, port, goodRequest(), b"")
             self.assertTrue(await inThread(server.served.acquire, True, TIMEOUT))
-            checkToClient(got)
-            checkToBackend(server.received[-1])
+            checkToClient(got, utf8=self.utf8)
+            checkToBackend(server.received[-1], utf8=self.utf8)
             self.assertEqual(await inThread(echoOnce, port), "still here")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class PassthroughRealSocketTests(RealSocketTests):
+    """
+    L{RealSocketTests} on the passthrough path, which forwards text without
+    checking its UTF-8.
+    """
+
+    dataPath = "passthrough"
+    utf8 = False
 
 
 def unmasked(frame: bytes) -> bytes:

@@ -60,7 +60,8 @@ AUTOBAHN_REFUSES = frozenset(
 def relayConfig(relay: str = "", route: str = "", backends: str = "") -> str:
     """
     A configuration text with one route, C{/chat}, to backend A (and the
-    given further backends).
+    given further backends), on the message path (which this in-memory
+    layer covers; the passthrough path is tested over real sockets).
 
     @param relay: Extra lines for the C{[relay]} section.
     @param route: Extra lines for the C{[route:chat]} section.
@@ -69,7 +70,7 @@ def relayConfig(relay: str = "", route: str = "", backends: str = "") -> str:
     return (
         "[relay]\nlisten = tcp:0\nping_interval = 0\n"
         f"{relay}"
-        "[route:chat]\npath = /chat\n"
+        "[route:chat]\npath = /chat\ndata_path = message\n"
         f"backends = ws://{BACKEND_A[0]}:{BACKEND_A[1]}/base {backends}\n"
         f"{route}"
     )

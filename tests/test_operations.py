@@ -226,7 +226,8 @@ class BackendStateTests(TestCase):
         clock = Clock()
         relay, port = await startRelay(
             self,
-            f"[relay]\nclose_spread = 10\n[route:r]\npath = /\nbackends = {a.url}\n",
+            "[relay]\nclose_spread = 10\nping_interval = 0\n"
+            f"[route:r]\npath = /\nbackends = {a.url}\n",
             clock=clock,
         )
         clients = [await inThread(hold, port) for _ in range(8)]
@@ -248,7 +249,8 @@ class BackendStateTests(TestCase):
         clock = Clock()
         relay, port = await startRelay(
             self,
-            f"[relay]\nclose_spread = 4\n[route:r]\npath = /\nbackends = {a.url}\n",
+            "[relay]\nclose_spread = 4\nping_interval = 0\n"
+            f"[route:r]\npath = /\nbackends = {a.url}\n",
             clock=clock,
         )
         clients = [await inThread(hold, port) for _ in range(3)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -23,7 +24,8 @@ from twisted.trial.unittest import TestCase
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
-from tests.support import TIMEOUT, inThread
+from tests.support import TIMEOUT, inThread, startBackend
+from tests.test_fuzz import CLOSE, CLOSE_REPLY, goodRequest
 from tests.test_proxy import rawExchange, rawRequest
 from wsrelay.config import loadConfig
 from wsrelay.service import RelayService
@@ -123,6 +125,29 @@ class TLSBackend:
         self._thread.join(TIMEOUT)
 
 
+def closeAndWaitForEOF(port: int, ca: str) -> bytes:
+    """
+    Over TLS: open a WebSocket, send a close frame, and read until the
+    relay closes the connection (a timeout fails).
+
+    @return: Everything the relay sent.
+    """
+    context = ssl.create_default_context(cafile=ca)
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(goodRequest("/"))
+            while b"\r\n\r\n" not in received:
+                received += s.recv(4096)
+            s.sendall(CLOSE)
+            try:
+                while chunk := s.recv(4096):
+                    received += chunk
+            except (ssl.SSLEOFError, ConnectionResetError):
+                pass
+    return received
+
+
 class TLSTests(TestCase):
     """
     TLS towards clients and towards backends.
@@ -172,6 +197,26 @@ class TLSTests(TestCase):
                 return str(ws.recv(TIMEOUT))
 
         self.assertEqual(await inThread(run), "https localhost")
+
+    async def test_closeOverTLS(self) -> None:
+        """
+        On either data path, once a TLS client's close handshake is done
+        the relay closes the connection: the client, which waits for the
+        server to close TCP, gets the close frame and then EOF.
+        """
+        c = self.certs
+        plain = startBackend(self)
+        for dataPath in ("message", "passthrough"):
+            _, port = await self.relay(
+                "[relay]\n"
+                f"listen = ssl:0:interface=127.0.0.1:privateKey={c['key']}"
+                f":certKey={c['cert']}\n"
+                f"[route:r]\npath = /\ndata_path = {dataPath}\n"
+                f"backends = {plain.url}\n"
+            )
+            answer = await inThread(closeAndWaitForEOF, port, c["ca"])
+            self.assertTrue(answer.startswith(b"HTTP/1.1 101 "), answer[:40])
+            self.assertTrue(answer.endswith(CLOSE_REPLY), (dataPath, answer[-20:]))
 
     async def test_untrustedBackend(self) -> None:
         """

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from wsrelay.legs import sendableCloseCode
 from wsrelay.writes import directWrite
@@ -439,7 +440,7 @@ class Pipe:
         """
         if self.fromClient.closeSeen and self.fromBackend.closeSeen:
             # The backend, a server, drops its TCP connection now.
-            self.upstream.transport.loseConnection()
+            hangUp(self.upstream.transport)
         if self._closeCall is None:
             self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
         session = self.session
@@ -488,7 +489,7 @@ class Pipe:
             # after it, so just drop the connection.
             toward.stopped = True
             toward.closeSeen = True
-            leg.transport.loseConnection()
+            hangUp(leg.transport)
             return
         toward.stopped = True
         toward.closeSeen = True
@@ -505,7 +506,7 @@ class Pipe:
         self._closeCall = None
         for leg in (self.frontend, self.upstream):
             if leg.transport is not None:
-                leg.transport.loseConnection()
+                hangUp(leg.transport)
 
     def legClosed(self, leg: Any) -> None:
         """
@@ -519,7 +520,7 @@ class Pipe:
             else:
                 self.session.closedBy = self.session.closedBy or "client"
                 self._closeTo(other, 1001, b"client went away")
-            other.transport.loseConnection()
+            hangUp(other.transport)
         if self.frontend.transport is None and self.upstream.transport is None:
             self.stop()
 
@@ -532,6 +533,21 @@ class Pipe:
             setattr(self, name, None)
             if call is not None and call.active():
                 call.cancel()
+
+
+def hangUp(transport: Any) -> None:
+    """
+    Close a connection once what was written to it went out.
+
+    Over TLS, C{loseConnection} sends a close alert and then waits for the
+    peer's before it closes the TCP connection; but a WebSocket client that
+    got its close frame waits for the server to close TCP first (RFC 6455
+    7.1.1), so both would wait out their timeouts.  The TCP connection
+    under TLS is closed too, after the alert and everything before it.
+    """
+    transport.loseConnection()
+    if isinstance(transport, TLSMemoryBIOProtocol) and transport.transport:
+        transport.transport.loseConnection()
 
 
 def _stopAutobahnPings(leg: Any) -> None:
