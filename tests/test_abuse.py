@@ -195,6 +195,15 @@ class RateLimitTests(TestCase):
         self.assertEqual(session.frontend.rateDrops, 3)  # type: ignore[union-attr]
 
 
+class MessageRateLimitTests(RateLimitTests):
+    """
+    L{RateLimitTests} on the message path (the default is passthrough,
+    which counts a message as it starts and cuts its frames out whole).
+    """
+
+    dataPath = "message"
+
+
 class OriginTests(TestCase):
     """
     C{allowed_origins} per route.

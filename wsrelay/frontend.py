@@ -167,22 +167,36 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     def onMessageFrameEnd(self) -> None:
         """
         Count the client's messages against C{max_messages_per_second}
-        (one-second windows; the clock is read only once the count is
-        over), then relay the frame.
+        (L{messageOverRate}), then relay the frame.
         """
-        limit = self.rateLimit
-        if limit and self.current_frame.fin:
-            self.rateCount += 1
-            if self.rateCount > limit:
-                now = self.factory.relay.clock.seconds()
-                if now - self.rateWindow >= 1:
-                    self.rateWindow = now
-                    self.rateCount = 1
-                elif not self.receivingFragment and self.overRate():
-                    # (The end of a message whose start went on is let
-                    # through: the other side must not get half of one.)
-                    return
+        if (
+            self.rateLimit
+            and self.current_frame.fin
+            and self.messageOverRate()
+            # (The end of a message whose start went on is let through:
+            # the other side must not get half of one.)
+            and not self.receivingFragment
+            and self.overRate()
+        ):
+            return
         RelayLeg.onMessageFrameEnd(self)
+
+    def messageOverRate(self) -> bool:
+        """
+        Count one message against C{max_messages_per_second}, in
+        one-second windows (the clock is read only once the count is over).
+
+        @return: Whether it is over the limit.
+        """
+        self.rateCount += 1
+        if self.rateCount <= self.rateLimit:
+            return False
+        now = self.factory.relay.clock.seconds()
+        if now - self.rateWindow >= 1:
+            self.rateWindow = now
+            self.rateCount = 1
+            return False
+        return True
 
     def overRate(self) -> bool:
         """

@@ -195,6 +195,15 @@ class Direction:
         self.expected: bytes | None = None
         self.pingDue = False
         self.stopped = False
+        #: Whether the messages from C{source} count against its
+        #: C{max_messages_per_second} (a client with a limit).
+        self.rated = masked and bool(getattr(source, "rateLimit", 0))
+        if self.rated:
+            self.rateAction = pipe.session.relay.config.messageRateAction
+        #: Whether the message now arriving is dropped (over the rate).
+        self.dropping = False
+        #: Whether the rest of the current frame's payload is cut out.
+        self.skipping = False
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -214,6 +223,10 @@ class Direction:
             remaining = self.remaining
             if remaining:
                 take = n - i if n - i < remaining else remaining
+                if self.skipping:
+                    if i > start:
+                        self.write(data[start:i])
+                    start = i + take
                 i += take
                 self.remaining = remaining - take
                 continue
@@ -287,18 +300,34 @@ class Direction:
             size = self.messageSize + length
             if size > self.maxMessage:
                 return self.fail(1009, b"message too big")
+            if opcode and self.rated and source.messageOverRate():
+                # Counted as a message starts: its frames are then cut out
+                # whole, or the client closed before any of it went on.
+                source.rateDrops += 1
+                if self.rateAction == "close":
+                    self.write(data[start:i])
+                    return self.fail(1008, b"message rate exceeded")
+                self.dropping = True
+            self.skipping = self.dropping
+            if self.skipping and i > start:
+                self.write(data[start:i])
             i += header
+            if self.skipping:
+                start = i
             self.remaining = length
             if fin:
                 self.inMessage = False
                 self.messageSize = 0
                 source.messagesIn += 1
-                self.sink.messagesOut += 1
+                if not self.dropping:
+                    self.sink.messagesOut += 1
+                self.dropping = False
             else:
                 self.inMessage = True
                 self.messageSize = size
             source.bytesIn += length
-            self.sink.bytesOut += length
+            if not self.skipping:
+                self.sink.bytesOut += length
         if i < n:
             self.pending = data[i:]
         if i > start:
@@ -371,6 +400,9 @@ class Pipe:
         self._closeCall: IDelayedCall | None = None
         self._marks = (-1, -1)
         self._seq = 0
+        #: The leg whose peer was sent the end of the stream after a close
+        #: frame (L{failed}), and is left to close by itself.
+        self._ending: Any = None
 
     def start(self) -> None:
         """
@@ -463,7 +495,16 @@ class Pipe:
             self._closeTo(other, 1014, b"backend broke the protocol")
         else:
             self._closeTo(other, 1001, b"client went away")
-        self._drop()
+        if other.transport is not None:
+            hangUp(other.transport)
+        if source.transport is not None:
+            # It may still be sending: it gets the close frame and then
+            # the end of the stream, and what it sends meanwhile is read
+            # and dropped until it closes, for at most close_timeout.
+            self._ending = source
+            endWrites(source.transport)
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
 
     def shutdown(self, code: int, reason: bytes) -> None:
         """
@@ -520,7 +561,8 @@ class Pipe:
             else:
                 self.session.closedBy = self.session.closedBy or "client"
                 self._closeTo(other, 1001, b"client went away")
-            hangUp(other.transport)
+            if other is not self._ending:
+                hangUp(other.transport)
         if self.frontend.transport is None and self.upstream.transport is None:
             self.stop()
 
@@ -548,6 +590,17 @@ def hangUp(transport: Any) -> None:
     transport.loseConnection()
     if isinstance(transport, TLSMemoryBIOProtocol) and transport.transport:
         transport.transport.loseConnection()
+
+
+def endWrites(transport: Any) -> None:
+    """
+    Send the end of the stream after what was written, and keep reading
+    (TCP's half-close); over TLS, which has none, close (L{hangUp}).
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        hangUp(transport)
+    else:
+        transport.loseWriteConnection()
 
 
 def _stopAutobahnPings(leg: Any) -> None:
