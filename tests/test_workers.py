@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from websockets.sync.server import ServerConnection
 from tests.support import TIMEOUT, client, startBackend
 from tests.test_admin import CHROMIUM, Dashboard, dumpDOM
 from tests.test_tap import TWISTD
-from tests.test_tls import makeCertificates
+from tests.test_tls import makeCertificates, websocketsContext
 
 TOKEN = "sesame"
 
@@ -381,7 +380,7 @@ class TLSWorkerTests(TestCase):
             f":certKey={certs['cert']}",
         )
         relay.ready()
-        context = ssl.create_default_context(cafile=certs["ca"])
+        context = websocketsContext(certs["ca"])
         clients = []
         for i in range(16):
             c = connect(
