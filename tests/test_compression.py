@@ -509,6 +509,8 @@ class MessagePathTests(TestCase):
     (route key C{compression}).
     """
 
+    dataPath = "message"
+
     async def test_bothLegsCompressed(self) -> None:
         """
         With C{compression = on} (the default) and a client that offers
@@ -661,6 +663,12 @@ class MessagePathTests(TestCase):
         self.assertTrue(backendAnswer.startswith("permessage-deflate"), backendAnswer)
         self.assertEqual(answered, "permessage-deflate")
         self.assertEqual(got, [*payloads, b"frag-ment-ed"])
+
+
+class FanoutCompressionTests(TestCase):
+    """
+    Fan-out has no compression.
+    """
 
     async def test_fanoutDeclines(self) -> None:
         """
