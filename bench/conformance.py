@@ -270,8 +270,8 @@ def relayConfig(backend: str, path: str) -> str:
         "path = /",
         f"backends = {backend}",
     ]
-    if path == "passthrough":
-        lines.append("data_path = passthrough")
+    if path in ("proxy", "passthrough"):
+        lines.append("data_path = " + ("message" if path == "proxy" else path))
     elif path == "fanout":
         # One shared channel, eager (a lazy one drops what its first
         # client sends before the upstream is open).  Cases run one at a
