@@ -26,6 +26,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.test_passthrough import frame
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -65,19 +66,7 @@ def frameBytes(
     """
     Frame C{payload}, masked as a client sends it or not as a server does.
     """
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
-    bit = 0x80 if mask else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 65536:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return frame(opcode, payload, fin, mask, rsv)
 
 
 def request(port: int, path: str, offer: str | None) -> bytes:

@@ -19,12 +19,15 @@ from tests.test_proxy import closeOf
 from wsrelay.passthrough import PING_PREFIX, Direction, Pipe, closeFrame
 
 
-def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
+def frame(
+    opcode: int, payload: bytes, fin: bool = True, mask: bool = True, rsv: int = 0
+) -> bytes:
     """
-    Frame C{payload} as a client (masked) or a server sends it.
+    Frame C{payload} as a client (masked) or a server sends it, with the
+    reserved bits C{rsv} (C{0b100} is RSV1).
     """
     n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
     bit = 0x80 if mask else 0
     if n < 126:
         head += bytes([bit | n])

@@ -22,11 +22,13 @@ from tests.support import TIMEOUT, Backend
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
-def twistd(*args: str) -> list[str]:
+def twistd(*args: str, jsonLogs: bool = False) -> list[str]:
     """
+    @param jsonLogs: Whether to log JSON lines (C{wsrelay.logs.jsonStdout}).
     @return: The command line of C{twistd wsrelay} in the foreground.
     """
-    return [TWISTD, "--pidfile=", "-n", "wsrelay", *args]
+    logger = ["--logger=wsrelay.logs.jsonStdout"] if jsonLogs else []
+    return [TWISTD, "--pidfile=", "-n", *logger, "wsrelay", *args]
 
 
 def accepts(path: str) -> bool:
@@ -171,15 +173,7 @@ class CommandLineTests(TestCase):
         log = open(os.path.join(self.directory, "twistd.log"), "w+")
         self.addCleanup(log.close)
         process = subprocess.Popen(
-            [
-                TWISTD,
-                "--pidfile=",
-                "-n",
-                "--logger=wsrelay.logs.jsonStdout",
-                "wsrelay",
-                "--config",
-                path,
-            ],
+            twistd("--config", path, jsonLogs=True),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -23,7 +23,7 @@ from websockets.sync.server import ServerConnection
 
 from tests.support import TIMEOUT, client, startBackend
 from tests.test_admin import CHROMIUM, Dashboard, dumpDOM
-from tests.test_tap import TWISTD
+from tests.test_tap import twistd
 from tests.test_tls import makeCertificates, websocketsContext
 
 TOKEN = "sesame"
@@ -75,15 +75,7 @@ class RelayProcess:
         self._log = open(self.logPath, "w")
         testCase.addCleanup(self._log.close)
         self.process = subprocess.Popen(
-            [
-                TWISTD,
-                "--pidfile=",
-                "-n",
-                "--logger=wsrelay.logs.jsonStdout",
-                "wsrelay",
-                "--config",
-                self.config,
-            ],
+            twistd("--config", self.config, jsonLogs=True),
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
