@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
+from twisted.protocols.policies import ProtocolWrapper
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
@@ -183,6 +185,18 @@ async def startRelay(
     testCase.addCleanup(relay.stopService)
     (port,) = await relay.whenListening()
     return relay, port.getHost().port
+
+
+def noDelay(transport: Any) -> int:
+    """
+    @return: The C{TCP_NODELAY} option of the socket under C{transport}
+        (a TCP transport, or TLS over one), 0 if Nagle's algorithm is on.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        # TLS (or the PROXY protocol) over TCP: its handle is not a socket.
+        transport = transport.transport
+    sock = transport.getHandle()
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
 def inThread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

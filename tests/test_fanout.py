@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.support import TIMEOUT, inThread, startRelay
+from tests.support import TIMEOUT, inThread, noDelay, startRelay
 from tests.test_proxy import buffered, closedPort, paused, rawRequest, waitFor
 from wsrelay import fanout
 from wsrelay.fanout import IDLE, UP, Channel, FanoutSession
@@ -484,6 +484,23 @@ class BroadcastTests(TestCase):
         for i in more:
             self.assertEqual(seqs(clients.messages[i]), list(range(201, 401)))
         self.assertEqual(len(everyone), 200)
+
+    async def test_noDelay(self) -> None:
+        """
+        The clients' sockets and the source's have TCP_NODELAY: each
+        message (one write per client per reactor turn) goes out at once,
+        not after the previous segment's delayed ACK.
+        """
+        source = Source(self)
+        relay, port = await startRelay(self, feed(source))
+        channel = await channelUp(relay)
+        s = await inThread(rawClient, port, "/ticker")
+        self.addCleanup(s.close)
+        await waitFor(lambda: len(channel.members) == 1)
+        session = sessionOf(relay, s)
+        assert channel.upstream is not None
+        for leg in (session.frontend, channel.upstream):
+            self.assertEqual(noDelay(leg.transport), 1, leg)
 
 
 class SourceFailureTests(TestCase):

@@ -15,7 +15,14 @@ from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.support import (
+    TIMEOUT,
+    client,
+    inThread,
+    noDelay,
+    startBackend,
+    startRelay,
+)
 from wsrelay.session import ProxySession
 
 
@@ -414,18 +421,16 @@ class MessageTests(TestCase):
         relay, port = await startRelay(
             self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
         )
-        c = await inThread(client, port, "/chat", legacy=True)
-        self.addCleanup(c.close)
+        c = await inThread(client, port, "/chat")
+        # Closing needs the reactor: not from the reactor's thread.
+        self.addCleanup(inThread, c.close)
         await inThread(c.send, "hi")
         self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
         [session] = relay.sessions
         assert isinstance(session, ProxySession)
         assert session.upstream is not None
         for leg in (session.frontend, session.upstream):
-            sock = leg.transport.getHandle()
-            self.assertEqual(
-                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1, leg
-            )
+            self.assertEqual(noDelay(leg.transport), 1, leg)
 
     async def test_pingPerHop(self) -> None:
         """

@@ -24,11 +24,13 @@ from twisted.trial.unittest import TestCase
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
-from tests.support import TIMEOUT, inThread, startBackend
+from tests.support import TIMEOUT, inThread, noDelay, startBackend
 from tests.test_fuzz import CLOSE, CLOSE_REPLY, goodRequest
-from tests.test_proxy import rawExchange, rawRequest
+from tests.test_proxy import rawExchange, rawRequest, waitFor
 from wsrelay.config import loadConfig
+from wsrelay.legs import OPEN
 from wsrelay.service import RelayService
+from wsrelay.session import ProxySession
 
 
 def _name(common: str) -> x509.Name:
@@ -165,6 +167,37 @@ def websocketsContext(ca: str) -> ssl.SSLContext:
     return context
 
 
+def holdOpen(port: int, ca: str, done: threading.Event) -> None:
+    """
+    Exchange one message with the relay over TLS, then hold the connection
+    open until C{done} is set.
+    """
+    with connect(
+        f"wss://localhost:{port}/", ssl=websocketsContext(ca), open_timeout=TIMEOUT
+    ) as ws:
+        ws.send("hello")
+        ws.recv(TIMEOUT)
+        done.wait(TIMEOUT)
+
+
+async def openSession(relay: RelayService) -> ProxySession:
+    """
+    Wait for the relay's one proxy session to have its upstream open.
+    """
+
+    def session() -> ProxySession | None:
+        for s in relay.sessions:
+            if isinstance(s, ProxySession) and s.upstream is not None:
+                if s.upstream.state == OPEN:
+                    return s
+        return None
+
+    await waitFor(lambda: session() is not None)
+    found = session()
+    assert found is not None
+    return found
+
+
 class TLSTests(TestCase):
     """
     TLS towards clients and towards backends.
@@ -214,6 +247,32 @@ class TLSTests(TestCase):
                 return str(ws.recv(TIMEOUT))
 
         self.assertEqual(await inThread(run), "https localhost")
+
+    async def test_noDelayUnderTLS(self) -> None:
+        """
+        With TLS on both legs, the TCP sockets under it have TCP_NODELAY on
+        either data path: TLS records of a message are not held back for
+        delayed ACKs.
+        """
+        c = self.certs
+        for dataPath in ("message", "passthrough"):
+            relay, port = await self.relay(
+                "[relay]\n"
+                f"listen = ssl:0:interface=127.0.0.1:privateKey={c['key']}"
+                f":certKey={c['cert']}\n"
+                f"[route:r]\npath = /\nca_file = {c['ca']}\n"
+                f"data_path = {dataPath}\n"
+                f"backends = wss://localhost:{self.backend.port}/\n"
+            )
+            done = threading.Event()
+            running = inThread(holdOpen, port, c["ca"], done)
+            try:
+                session = await openSession(relay)
+                for leg in (session.frontend, session.upstream):
+                    self.assertEqual(noDelay(leg.transport), 1, (dataPath, leg))
+            finally:
+                done.set()
+                await running
 
     async def test_closeOverTLS(self) -> None:
         """
