@@ -4,6 +4,7 @@ C{twistd wsrelay} as users run it: a subprocess, a config file, signals.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -12,12 +13,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, cast
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import unix_connect
 
 from tests.support import TIMEOUT, Backend
+from wsrelay import tap
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -208,3 +212,43 @@ class CommandLineTests(TestCase):
             ("b", 1, "client"),
         )
         self.assertTrue(any("reloaded" in e.get("log_format", "") for e in events))
+
+
+class GarbageCollectorTests(SynchronousTestCase):
+    """
+    A relay process tunes the garbage collector for long-lived connections
+    once its reactor runs (L{tap.tuneGC}).
+    """
+
+    def test_tuneGC(self) -> None:
+        """
+        The objects made so far are frozen out of later collections and
+        the thresholds are L{tap.GC_THRESHOLDS}, whose young generation is
+        much larger than Python's.
+        """
+        calls: list[tuple[str, tuple[int, ...]]] = []
+
+        class Collector:
+            def freeze(self) -> None:
+                calls.append(("freeze", ()))
+
+            def set_threshold(self, *thresholds: int) -> None:
+                calls.append(("set_threshold", thresholds))
+
+        tap.tuneGC(Collector())
+        self.assertEqual(calls, [("freeze", ()), ("set_threshold", tap.GC_THRESHOLDS)])
+        self.assertGreater(tap.GC_THRESHOLDS[0], 10 * gc.get_threshold()[0])
+
+    def test_whenRunning(self) -> None:
+        """
+        L{tap.ProcessControl} tunes the collector when the reactor runs,
+        with its signal handlers, not before.
+        """
+        tuned: list[bool] = []
+        self.patch(tap, "tuneGC", lambda: tuned.append(True))
+        self.patch(signal, "signal", lambda number, handler: None)
+        reactor = MemoryReactorClock()
+        tap.ProcessControl(reactor, cast(Any, None)).startService()
+        self.assertEqual(tuned, [])
+        reactor.run()
+        self.assertEqual(tuned, [True])
