@@ -485,11 +485,12 @@ class BroadcastTests(TestCase):
             self.assertEqual(seqs(clients.messages[i]), list(range(201, 401)))
         self.assertEqual(len(everyone), 200)
 
-    async def test_noDelay(self) -> None:
+    async def test_openLegs(self) -> None:
         """
         The clients' sockets and the source's have TCP_NODELAY: each
         message (one write per client per reactor turn) goes out at once,
-        not after the previous segment's delayed ACK.
+        not after the previous segment's delayed ACK.  And once open, they
+        no longer hold their opening handshake's texts.
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
@@ -501,6 +502,8 @@ class BroadcastTests(TestCase):
         assert channel.upstream is not None
         for leg in (session.frontend, channel.upstream):
             self.assertEqual(noDelay(leg.transport), 1, leg)
+            self.assertIsNone(leg.http_request_data, leg)
+            self.assertIsNone(leg.http_headers, leg)
 
 
 class SourceFailureTests(TestCase):

@@ -54,6 +54,9 @@ class Leg:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def writer(self) -> Any:
+        return self.write
+
 
 class Recorder:
     """

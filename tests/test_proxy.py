@@ -432,6 +432,31 @@ class MessageTests(TestCase):
         for leg in (session.frontend, session.upstream):
             self.assertEqual(noDelay(leg.transport), 1, leg)
 
+    async def test_handshakeForgotten(self) -> None:
+        """
+        Once the client has its 101, neither leg keeps the opening
+        handshake's texts (they were a fifth of a held connection's
+        memory), and messages still flow.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+        c = await inThread(client, port, "/chat")
+        self.addCleanup(inThread, c.close)
+        await inThread(c.send, "hi")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
+        [session] = relay.sessions
+        assert isinstance(session, ProxySession)
+        up = session.upstream
+        assert up is not None
+        for leg in (session.frontend, up):
+            for name in ("http_headers", "http_request_data", "http_response_data"):
+                self.assertIsNone(getattr(leg, name), (leg, name))
+        self.assertEqual((up.requestHeaders, up.responseHeaders), ([], []))
+        await inThread(c.send, "again")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "again")
+
     async def test_pingPerHop(self) -> None:
         """
         The relay answers a client's ping itself.

@@ -25,7 +25,6 @@ from zope.interface import implementer
 
 from wsrelay.legs import OPEN
 from wsrelay.routing import Backend, ConnectionInfo, Route
-from wsrelay.writes import directWrite
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IDelayedCall
@@ -238,6 +237,7 @@ class Channel:
         self.state = UP
         self.upstream = up
         self.backend = backend
+        up.forgetHandshake()
         self.connects += 1
         backend.connections += 1
         backend.totalConnections += 1
@@ -504,7 +504,8 @@ class FanoutSession:
         """
         transport = self.frontend.transport
         assert transport is not None
-        self._write = directWrite(transport)
+        self.frontend.forgetHandshake()
+        self._write = self.frontend.writer()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
         self.openedAt = self.relay.clock.seconds()

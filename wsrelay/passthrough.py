@@ -30,7 +30,6 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from wsrelay.legs import sendableCloseCode
-from wsrelay.writes import directWrite
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -180,7 +179,7 @@ class Direction:
         self.deflate = deflate
         self.source = source
         self.sink = sink
-        self.write = directWrite(sink.transport)
+        self.write = sink.writer()
         self.masked = masked
         self.maxFrame = maxFrame
         self.maxMessage = maxMessage

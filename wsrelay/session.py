@@ -283,6 +283,8 @@ class ProxySession:
         """
         f, up = self.frontend, self.upstream
         assert up is not None
+        f.forgetHandshake()
+        up.forgetHandshake()
         if self._buffer is None:
             f.target = up
         ft, ut = f.transport, up.transport

@@ -172,6 +172,14 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         )
         self.sendData(self.http_request_data)
 
+    def forgetHandshake(self) -> None:
+        """
+        Let the request's and the response's header fields go too.
+        """
+        super().forgetHandshake()
+        self.requestHeaders = []
+        self.responseHeaders = []
+
     def processHandshake(self) -> None:
         """
         Keep a refusal for relaying; check the subprotocol; let Autobahn
@@ -358,6 +366,8 @@ class _Attempt(Factory):
         """
         p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
         p.__dict__.update(self._setup)
+        # The connector keeps this factory as long as the connection.
+        self._setup = {}
         self.protocol = p
         return p
 
