@@ -180,14 +180,16 @@ def wsrelayConfig(
     A wsrelay configuration: one proxy-mode route on C{/} to the echo
     backend (on C{dataPath} if given, else the default), or one fan-out route
     on L{FANOUT_PATH} to the source.  No pings (the other proxies send none
-    either).  With C{workers} above 1, an admin listener on C{adminPort}
-    tells when every worker runs.
+    either) and no access log (nginx runs with C{access_log off}).  With
+    C{workers} above 1, an admin listener on C{adminPort} tells when every
+    worker runs.
     """
     relay = f"""\
 [relay]
 listen = tcp:{port}:interface=127.0.0.1:backlog=8192
 max_message_size = 16777216
 ping_interval = 0
+access_log = off
 """
     if workers > 1:
         relay += f"workers = {workers}\nadmin = tcp:{adminPort}:interface=127.0.0.1\n"

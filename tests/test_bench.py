@@ -35,10 +35,11 @@ class ConfigurationTests(SynchronousTestCase):
     def test_wsrelayProxy(self) -> None:
         """
         The proxy-mode configuration is accepted by wsrelay's own parser,
-        with pings off and one route to the echo backend.
+        with pings and the access log off (as nginx's) and one route to the
+        echo backend.
         """
         config = parseConfig(targets.wsrelayConfig(8080, 9001, False), "bench.ini")
-        self.assertEqual(config.pingInterval, 0)
+        self.assertEqual((config.pingInterval, config.accessLog), (0, False))
         [route] = config.routes
         self.assertEqual((route.mode, route.path), ("proxy", "/"))
         self.assertEqual(route.backends[0].port, 9001)

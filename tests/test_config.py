@@ -541,6 +541,7 @@ class BadValueTests(SynchronousTestCase):
         ("relay", "handshake_rate_per_ip"): ["-1", "x"],
         ("relay", "max_messages_per_second"): ["-1", "x"],
         ("relay", "message_rate_action"): ["kill", ""],
+        ("relay", "access_log"): ["yes", "On", ""],
         ("demo", "echo"): ["tcp:abc", "tcp:1 tcp:2", ""],
         ("demo", "ticker"): ["nosuch:", "ssl:443:privateKey=/nonexistent"],
         ("demo", "ticker_interval"): ["0", "-0.1", "x"],

@@ -420,6 +420,31 @@ class AccessLogTests(TestCase):
         route = relay.routes.routes[0]
         self.assertEqual(relay.traffic(route, route.backends[0]), (2, 6, 2, 6))
 
+    async def test_accessLogOff(self) -> None:
+        """
+        With C{access_log = off}, neither a finished connection nor a
+        refused handshake is logged.
+        """
+        a = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            f"[relay]\naccess_log = off\n[route:r]\npath = /r\nbackends = {a.url}\n",
+        )
+        events = accessEvents(self)
+
+        def talk() -> None:
+            with client(port, "/r") as c:
+                c.send("one")
+                c.recv(TIMEOUT)
+
+        await inThread(talk)
+        raw = await inThread(rawExchange, port, rawRequest(port, "/nowhere"))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:40])
+        await waitFor(lambda: not relay.sessions and relay.clientConnections == 0)
+        route = relay.routes.routes[0]
+        self.assertEqual(relay.traffic(route, route.backends[0])[0], 1)
+        self.assertEqual(events, [])
+
 
 class RefusalLogTests(TestCase):
     """

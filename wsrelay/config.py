@@ -407,6 +407,7 @@ class RelayConfig:
         0: no limit.
     @ivar messageRateAction: C{"close"} (1008) or C{"drop"} beyond it.
     @ivar workers: Relay processes sharing the listening ports.
+    @ivar accessLog: Whether each client connection is logged as it ends.
     @ivar routes: The routes, in the order of the file.
     @ivar demo: The C{[demo]} section (all unset when absent).
     """
@@ -435,6 +436,7 @@ class RelayConfig:
     maxMessagesPerSecond: int = 0
     messageRateAction: str = "close"
     workers: int = 1
+    accessLog: bool = True
     routes: tuple[RouteConfig, ...]
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -837,6 +839,8 @@ RELAY_KEYS = _keys(RelayConfig, [
      "Beyond max_messages_per_second: close with 1008, or drop."),
     ("workers",           "number",      _parseWorkers,
      "Relay processes sharing the listening ports; auto: one per CPU."),
+    ("access_log",        "choice",      _onOff,
+     "Log each client connection as it ends (on), or not (off)."),
 ])
 
 ROUTE_KEYS = _keys(RouteConfig, [

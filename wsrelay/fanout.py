@@ -600,6 +600,7 @@ class FanoutSession:
         self.queued = 0
         if self._joined:
             self.channel.leave(self)
+        if self._joined and self.relay.config.accessLog:
             f = self.frontend
             self.log.info(
                 "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"

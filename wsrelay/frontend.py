@@ -134,7 +134,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         self._stopHandshakeClock()
         relay = self.factory.relay
         relay.clientLeft(self)
-        if not self.upgraded:
+        if not self.upgraded and relay.config.accessLog:
             # Sessions log the connections that got their 101.
             refusal = self._refusal
             _log.info(

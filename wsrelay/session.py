@@ -528,7 +528,7 @@ class ProxySession:
         One event per connection, when it ends.
         """
         f = self.frontend
-        if self.openedAt is None:
+        if self.openedAt is None or not self.relay.config.accessLog:
             return
         code = f.remoteCloseCode if self.closedBy == "client" else f.localCloseCode
         self.log.info(
