@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection
 
 from tests.support import (
     TIMEOUT,
@@ -412,10 +413,12 @@ class MessageTests(TestCase):
 
         await inThread(run)
 
-    async def test_noDelay(self) -> None:
+    async def chatSession(self) -> tuple[ProxySession, ClientConnection]:
         """
-        Both legs' sockets have TCP_NODELAY: a message forwarded in several
-        frames (several writes) does not wait for delayed ACKs.
+        Open one client through a relay to an echo backend and exchange a
+        message.
+
+        @return: The relay's session and the client, open.
         """
         b = startBackend(self)
         relay, port = await startRelay(
@@ -429,6 +432,14 @@ class MessageTests(TestCase):
         [session] = relay.sessions
         assert isinstance(session, ProxySession)
         assert session.upstream is not None
+        return session, c
+
+    async def test_noDelay(self) -> None:
+        """
+        Both legs' sockets have TCP_NODELAY: a message forwarded in several
+        frames (several writes) does not wait for delayed ACKs.
+        """
+        session, _ = await self.chatSession()
         for leg in (session.frontend, session.upstream):
             self.assertEqual(noDelay(leg.transport), 1, leg)
 
@@ -438,16 +449,7 @@ class MessageTests(TestCase):
         handshake's texts (they were a fifth of a held connection's
         memory), and messages still flow.
         """
-        b = startBackend(self)
-        relay, port = await startRelay(
-            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
-        )
-        c = await inThread(client, port, "/chat")
-        self.addCleanup(inThread, c.close)
-        await inThread(c.send, "hi")
-        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
-        [session] = relay.sessions
-        assert isinstance(session, ProxySession)
+        session, c = await self.chatSession()
         up = session.upstream
         assert up is not None
         for leg in (session.frontend, up):

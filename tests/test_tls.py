@@ -209,6 +209,19 @@ class TLSTests(TestCase):
         self.backend = TLSBackend(self.certs)
         self.addCleanup(self.backend.stop)
 
+    async def sslRelay(self, route: str) -> tuple[RelayService, int]:
+        """
+        Start a relay with an C{ssl:} listener and one route C{r} on C{/}
+        with the keys C{route}.
+        """
+        c = self.certs
+        return await self.relay(
+            "[relay]\n"
+            f"listen = ssl:0:interface=127.0.0.1:privateKey={c['key']}"
+            f":certKey={c['cert']}\n"
+            f"[route:r]\npath = /\n{route}"
+        )
+
     async def relay(self, text: str) -> tuple[RelayService, int]:
         """
         Start a relay from a config text that has its own C{listen}.
@@ -230,12 +243,8 @@ class TLSTests(TestCase):
         C{X-Forwarded-Proto: https}.
         """
         c = self.certs
-        _, port = await self.relay(
-            "[relay]\n"
-            f"listen = ssl:0:interface=127.0.0.1:privateKey={c['key']}"
-            f":certKey={c['cert']}\n"
-            f"[route:r]\npath = /\nca_file = {c['ca']}\n"
-            f"backends = wss://localhost:{self.backend.port}/\n"
+        _, port = await self.sslRelay(
+            f"ca_file = {c['ca']}\nbackends = wss://localhost:{self.backend.port}/\n"
         )
 
         def run() -> str:
@@ -256,12 +265,8 @@ class TLSTests(TestCase):
         """
         c = self.certs
         for dataPath in ("message", "passthrough"):
-            relay, port = await self.relay(
-                "[relay]\n"
-                f"listen = ssl:0:interface=127.0.0.1:privateKey={c['key']}"
-                f":certKey={c['cert']}\n"
-                f"[route:r]\npath = /\nca_file = {c['ca']}\n"
-                f"data_path = {dataPath}\n"
+            relay, port = await self.sslRelay(
+                f"ca_file = {c['ca']}\ndata_path = {dataPath}\n"
                 f"backends = wss://localhost:{self.backend.port}/\n"
             )
             done = threading.Event()
@@ -283,12 +288,8 @@ class TLSTests(TestCase):
         c = self.certs
         plain = startBackend(self)
         for dataPath in ("message", "passthrough"):
-            _, port = await self.relay(
-                "[relay]\n"
-                f"listen = ssl:0:interface=127.0.0.1:privateKey={c['key']}"
-                f":certKey={c['cert']}\n"
-                f"[route:r]\npath = /\ndata_path = {dataPath}\n"
-                f"backends = {plain.url}\n"
+            _, port = await self.sslRelay(
+                f"data_path = {dataPath}\nbackends = {plain.url}\n"
             )
             answer = await inThread(closeAndWaitForEOF, port, c["ca"])
             self.assertTrue(answer.startswith(b"HTTP/1.1 101 "), answer[:40])
