@@ -600,25 +600,32 @@ class FanoutSession:
         self.queued = 0
         if self._joined:
             self.channel.leave(self)
-        if self._joined and self.relay.config.accessLog:
-            f = self.frontend
-            self.log.info(
-                "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"
-                " out {messagesOut} dropped {dropped} close {closeCode}",
-                event="access",
-                client=self.relay.clientAddress(f) if f.transport else None,
-                route=self.route.name,
-                channel=self.channel.key,
-                duration=self.relay.clock.seconds() - self.openedAt,
-                messagesIn=f.messagesIn,
-                bytesIn=f.bytesIn,
-                messagesOut=self.channel.messagesIn - self.mark - self.dropped,
-                dropped=self.dropped,
-                closeCode=f.remoteCloseCode or f.localCloseCode,
-            )
+            self._logAccess()
         self.relay.sessionEnded(self)
         if not self.done.called:
             self.done.callback(None)
+
+    def _logAccess(self) -> None:
+        """
+        One event per client, when it leaves the channel.
+        """
+        if not self.relay.config.accessLog:
+            return
+        f = self.frontend
+        self.log.info(
+            "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"
+            " out {messagesOut} dropped {dropped} close {closeCode}",
+            event="access",
+            client=self.relay.clientAddress(f) if f.transport else None,
+            route=self.route.name,
+            channel=self.channel.key,
+            duration=self.relay.clock.seconds() - self.openedAt,
+            messagesIn=f.messagesIn,
+            bytesIn=f.bytesIn,
+            messagesOut=self.channel.messagesIn - self.mark - self.dropped,
+            dropped=self.dropped,
+            closeCode=f.remoteCloseCode or f.localCloseCode,
+        )
 
     def shutdown(
         self, code: int = 1001, reason: bytes = b"relay shutting down"
