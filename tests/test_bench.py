@@ -193,3 +193,49 @@ class SmokeTests(SynchronousTestCase):
             self.assertGreater(cells[scenario, "direct"]["rate"], 0, scenario)
         self.assertEqual(cells["fanout-light", "direct"]["lost"], 0)
         self.assertGreater(cells["echo-small", "direct"]["p99"], 0)
+
+
+class TLS13ReproTests(SynchronousTestCase):
+    """
+    C{bench/tls13_repro.py}, the reproduction of the TLS 1.3 stall of
+    C{websockets}' threaded client (docs/reliability.md), with tiny counts
+    and the pairings that never stall, so that it cannot rot either.
+    """
+
+    def repro(self, *arguments: str) -> str:
+        """
+        Run C{python -m bench.tls13_repro} with C{arguments}; fail unless
+        it exits with 0.
+
+        @return: Its last line of output, the counts.
+        """
+        process = subprocess.run(
+            [sys.executable, "-m", "bench.tls13_repro", *arguments],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(process.returncode, 0, process.stdout + process.stderr)
+        return process.stdout.splitlines()[-1]
+
+    def test_relay(self) -> None:
+        """
+        Against the relay's C{ssl:} listener, C{websockets}' threaded client
+        over TLS 1.2 gets every handshake answered, and says so.
+        """
+        line = self.repro("--server", "relay", "--tls", "1.2", "--count", "5")
+        self.assertTrue(
+            line.startswith(
+                "server=relay client=websockets tls=1.2 tickets=on: answered 5 of 5 in "
+            ),
+            line,
+        )
+
+    def test_directServer(self) -> None:
+        """
+        Against a direct C{websockets} server, a one-thread C{ssl} socket
+        client over TLS 1.3 gets every handshake answered.
+        """
+        line = self.repro("--server", "websockets", "--client", "raw", "--count", "5")
+        self.assertIn("answered 5 of 5 in ", line)
