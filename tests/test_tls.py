@@ -155,12 +155,16 @@ def websocketsContext(ca: str) -> ssl.SSLContext:
     A client TLS context for C{websockets}' threaded client, trusting
     C{ca}, at most TLS 1.2.
 
-    Over TLS 1.3, that client now and then never gets the answer to its
-    handshake (about one connection in 150 here): its reading thread and
-    its handshake share one SSL object while the server's session tickets
-    arrive.  A plain C{ssl} socket client made 1,200 TLS 1.3 handshakes
-    with the relay without one stall; L{closeAndWaitForEOF} is such a
-    client, so TLS 1.3 is tested too.
+    Over TLS 1.3 that client now and then never sends its opening handshake
+    (a few connections in a thousand), whatever the server: a direct
+    C{websockets} server too.  Its reading thread is inside C{SSL_read},
+    taking in the server's session tickets, while its other thread calls
+    C{SSL_write} on the same SSL object, which OpenSSL does not allow; the
+    request is lost in the client though C{sendall} returned.  The evidence
+    and the command that reproduces it are in docs/reliability.md, "TLS 1.3
+    and C{websockets}' threaded client".  A one-thread C{ssl} socket client
+    never stalls; L{closeAndWaitForEOF} is such a client, so TLS 1.3 is
+    tested too.
     """
     context = ssl.create_default_context(cafile=ca)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
