@@ -30,6 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from wsrelay.descriptors import isLocalError
 from wsrelay.interfaces import IBackend, IHealthChecker, IHealthCheckerFactory
 from wsrelay.routing import endpointDescription
 
@@ -70,10 +71,14 @@ class CheckerFactory:
 def _passCancel(f: Failure) -> Result:
     """
     Turn a failed check into an unhealthy result, but let a cancellation
-    through so that the monitor can report it as a timeout.
+    through so that the monitor can report it as a timeout, and a local
+    error (L{isLocalError}: the relay is out of descriptors or ports) so
+    that the monitor does not count it against the backend.
     """
     if f.check(CancelledError, ConnectingCancelledError):
         raise CancelledError()
+    if isLocalError(f.value):
+        f.raiseException()
     return (False, f.getErrorMessage())
 
 
@@ -239,7 +244,11 @@ class WebSocketChecker:
 
         def failed(f: Failure) -> None:
             cancelled = f.check(CancelledError, ConnectingCancelledError)
-            if not done.called and not cancelled:
+            if done.called or cancelled:
+                return
+            if isLocalError(f.value):
+                done.errback(f)
+            else:
                 done.callback((False, f"connect failed: {f.getErrorMessage()}"))
 
         done: Deferred[Result] = Deferred(cancel)
@@ -439,7 +448,9 @@ class HealthMonitor:
         def failed(f: Failure) -> Result | None:
             if f.check(TimeoutError):
                 return (False, f"no answer within {self._timeout:g}s")
-            if f.check(CancelledError):
+            if f.check(CancelledError) or isLocalError(f.value):
+                # Stopped; or the relay is out of descriptors or ports,
+                # which says nothing of the backend.
                 return None
             return (False, f.getErrorMessage())
 

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsrelay.config import ConfigError, RelayConfig, loadConfig
+from wsrelay.descriptors import raiseLimit
 from wsrelay.workers import ControlService, WorkerSpec
 
 if TYPE_CHECKING:
@@ -102,10 +103,11 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Read and check the configuration now, and build the relay (which
-        builds each route's plugins, checking their options), so that an
-        error is one line and twistd exits non-zero before it starts
-        anything.
+        Read and check the configuration now, raise the limit of open
+        files (L{raiseLimit}) and check that C{max_connections} fits in
+        it, and build the relay (which builds each route's plugins,
+        checking their options), so that an error is one line and twistd
+        exits non-zero before it starts anything.
 
         @raise StartRefused: With the one-line error.
         """
@@ -120,8 +122,12 @@ class Options(usage.Options):
                 raise StartRefused(f"--worker: {e}") from None
         self["workerSpec"] = worker
         try:
-            self["relayConfig"] = readConfig(path)
-            self["relay"] = RelayService(self["relayConfig"], worker=worker)
+            config = self["relayConfig"] = readConfig(path)
+            descriptors = raiseLimit(config.maxConnections)
+            problem = descriptors.problem(config.maxConnections)
+            if problem is not None:
+                raise ConfigError(path, problem, "relay", "max_connections")
+            self["relay"] = RelayService(config, worker=worker, descriptors=descriptors)
         except (ConfigError, PluginError) as e:
             raise StartRefused(str(e)) from None
 
