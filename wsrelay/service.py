@@ -336,14 +336,13 @@ class RelayService(MultiService):
         logPlugins()
         limit = self.descriptors
         if limit is not None:
+            raised = "" if limit.soft == limit.found else "raised from {found}; "
             self.log.info(
-                "open files: limit {soft} ({raised}hard limit {hard}): room for"
-                " about {capacity} proxied connections or {clients} fan-out"
+                "open files: limit {soft} (" + raised + "hard limit {hard}): room"
+                " for about {capacity} proxied connections or {clients} fan-out"
                 " clients",
                 soft=limit.soft,
-                raised=""
-                if limit.soft == limit.found
-                else f"raised from {limit.found}; ",
+                found=limit.found,
                 hard=limit.hard,
                 capacity=limit.capacity,
                 clients=limit.budget,

@@ -399,8 +399,8 @@ def connectUpstream(
     @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
         or fails with L{UpstreamError} (including a timeout after
         C{timeout} seconds, and L{UpstreamLocalError} when the relay is
-        out of descriptors or ports) or L{UpstreamRefused}.  Cancelling it closes
-        whatever was opened.
+        out of descriptors or ports) or L{UpstreamRefused}.  Cancelling it
+        closes whatever was opened.
     """
 
     def cancel(d: Deferred[UpstreamProtocol]) -> None:
