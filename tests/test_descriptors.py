@@ -17,6 +17,7 @@ import asyncio
 import errno
 import os
 import resource
+import socket
 import subprocess
 import tempfile
 import time
@@ -37,7 +38,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from tests.faultbackend import TWISTD, BackendProcess, RelayProcess, openClient
+from tests.faultbackend import (
+    TWISTD,
+    BackendProcess,
+    RelayProcess,
+    openClient,
+    waitUntil,
+)
 from wsrelay import descriptors
 from wsrelay.config import ConfigError, loadConfig, parseConfig
 from wsrelay.descriptors import Limit, Shortage, isLocalError, raiseLimit
@@ -295,6 +302,18 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(relay.config.maxConnections, 32)
 
 
+def closedByPeer(s: socket.socket) -> bool:
+    """
+    @return: Whether the peer closed or reset the non-blocking socket C{s}.
+    """
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 #: A relay with one proxy route to an echo backend (its URL in C{{url}}).
 PROXY = "[relay]\n[route:echo]\npath = /echo\nbackends = {url} name=echo\n"
 
@@ -311,15 +330,20 @@ class ProcessTests(SynchronousTestCase):
         asyncio.run(scenario)
 
     async def relayTo(
-        self, openFiles: tuple[int, int]
+        self, openFiles: tuple[int, int], settings: str = ""
     ) -> tuple[RelayProcess, BackendProcess]:
         """
         Start an echo backend and a relay to it with C{openFiles} as its
         soft and hard C{RLIMIT_NOFILE}.
+
+        @param settings: More lines of the C{[relay]} section.
         """
         backend = BackendProcess("echo")
         await backend.start()
-        relay = RelayProcess(PROXY.format(url=backend.url), openFiles)
+        text = PROXY.format(url=backend.url).replace(
+            "[relay]\n", "[relay]\n" + settings
+        )
+        relay = RelayProcess(text, openFiles)
         try:
             await relay.start()
         except BaseException:
@@ -408,6 +432,63 @@ class ProcessTests(SynchronousTestCase):
                 self.assertNotIn("is down", log)
                 self.assertNotIn("Too many open files", log)
             finally:
+                for c in clients:
+                    await c.close()
+                await relay.stop()
+                await backend.stop()
+
+        self.runScenario(scenario())
+
+    def test_silentClients(self) -> None:
+        """
+        Clients that connect and send nothing cannot take the last
+        descriptors: beyond half of the relay's reserve they are dropped
+        as they come, so the kernel's C{accept} never fails (Twisted would
+        log each connection it then closes), the open connections go on,
+        and once the silent ones left, new clients get 503 again.
+        """
+
+        async def scenario() -> None:
+            # Silent clients are not dropped for their silence in the test.
+            relay, backend = await self.relayTo((128, 128), "handshake_timeout = 120\n")
+            clients: list[ClientConnection] = []
+            silent: list[socket.socket] = []
+            try:
+                capacity = (128 - descriptors.RESERVED) // 2
+                url = f"ws://127.0.0.1:{relay.port}/echo"
+                for _ in range(capacity):
+                    clients.append(await openClient(url))
+                before = relay.descriptors()
+                # Room to be read and answered: the budget and half the
+                # reserve, less what the proxied connections hold.
+                budget = 128 - descriptors.RESERVED
+                room = budget + descriptors.RESERVED // 2 - 2 * capacity
+                for _ in range(room + 20):
+                    s = socket.create_connection(("127.0.0.1", relay.port), 10)
+                    s.setblocking(False)
+                    silent.append(s)
+
+                def dropped() -> list[bool]:
+                    return [closedByPeer(s) for s in silent]
+
+                await waitUntil(lambda: sum(dropped()) >= 20, "silent clients dropped")
+                self.assertEqual(dropped().count(False), room)
+                await self.echoed(clients)
+                for s in silent:
+                    s.close()
+                await waitUntil(
+                    lambda: relay.descriptors() <= before, "silent clients gone"
+                )
+                with self.assertRaises(InvalidStatus) as refused:
+                    await openClient(url)
+                self.assertEqual(refused.exception.response.status_code, 503)
+                log = relay.logText()
+                self.assertNotIn("EMFILE", log)
+                self.assertNotIn("Could not accept", log)
+                self.assertLessEqual(log.count(SHORTAGE), 2, log[-3000:])
+            finally:
+                for s in silent:
+                    s.close()
                 for c in clients:
                     await c.close()
                 await relay.stop()

@@ -17,7 +17,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from wsrelay.config import NO_HEALTH, ConfigError
-from wsrelay.descriptors import Limit, Shortage
+from wsrelay.descriptors import RESERVED, Limit, Shortage
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.frontend import FrontendFactory, FrontendProtocol, Refused
 from wsrelay.handshake import Head, endToEnd
@@ -769,9 +769,17 @@ class RelayService(MultiService):
 
     def clientArrived(self, frontend: FrontendProtocol) -> None:
         """
-        A client connected.
+        A client connected.  When even half of the descriptors kept for the
+        relay (L{wsrelay.descriptors.RESERVED}) are taken, it is dropped at once:
+        clients that hold their connections without finishing a handshake
+        would otherwise take the last descriptors, and then the kernel's
+        C{accept} fails, which Twisted logs for every connection.
         """
         self.clientConnections += 1
+        if not self._descriptorsLeft(None):
+            self.shortage.occurred("no descriptor left to answer new clients")
+            assert frontend.transport is not None
+            frontend.transport.abortConnection()
 
     def clientLeft(self, frontend: FrontendProtocol) -> None:
         """
@@ -829,22 +837,28 @@ class RelayService(MultiService):
         frontend.countedAddress = address
         return None
 
-    def _descriptorsLeft(self, route: Route) -> bool:
+    def _descriptorsLeft(self, route: Route | None) -> bool:
         """
-        @return: Whether the open-file limit leaves room for one more client
-            of C{route} (already accepted, so counted in
-            C{clientConnections}) and, for a proxy route, its upstream.
+        @param route: The route of a client that has been accepted (so is
+            counted in C{clientConnections}), or L{None} for a client that
+            was just accepted, whose route is not known yet.
+        @return: With a route, whether the open-file limit leaves room for
+            this client and, for a proxy route, its upstream; without,
+            whether it leaves room to read this client's request and answer
+            it (half of L{wsrelay.descriptors.RESERVED} more).
         """
         limit = self.descriptors
         if limit is None:
             return True
         budget = limit.budget
+        if route is None:
+            budget += RESERVED // 2
         clients = self.clientConnections
         if 2 * clients + len(self.channels) < budget:
             # Far from the limit: no need to count the upstreams.
             return True
         upstreams = sum(b.connections for r in self.routes.routes for b in r.backends)
-        more = 1 if route.config.mode == "proxy" else 0
+        more = 1 if route is not None and route.config.mode == "proxy" else 0
         return clients + upstreams + more <= budget
 
     def clientAddress(self, frontend: FrontendProtocol) -> str:
