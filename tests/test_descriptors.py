@@ -74,10 +74,16 @@ class FakeRLimit:
         self.set: list[tuple[int, int]] = []
 
     def getrlimit(self, which: int) -> tuple[int, int]:
+        """
+        @return: The soft and hard limits.
+        """
         assert which == self.RLIMIT_NOFILE
         return self.limits
 
     def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        """
+        Set the soft and hard limits, and remember the call.
+        """
         assert which == self.RLIMIT_NOFILE
         self.set.append(limits)
         self.limits = limits
@@ -168,6 +174,10 @@ class _FailingEndpoint:
         self.attempts = 0
 
     def connect(self, factory: object) -> Deferred[Any]:
+        """
+        @return: A failed L{Deferred}, as a real endpoint's when the connect
+            fails at once.
+        """
         self.attempts += 1
         return fail(self.error)
 

@@ -129,6 +129,9 @@ class _OneProtocol(Factory):
         self._protocol = protocol
 
     def buildProtocol(self, addr: Any) -> Protocol:
+        """
+        @return: The one protocol.
+        """
         return self._protocol
 
 
