@@ -51,9 +51,18 @@ $(PYTHON):
 #
 # The stamps depend on the packaging files, so a repeated `make test` does
 # not reinstall unless they changed.
-$(VENV)/.stamp-run: setup.cfg pyproject.toml | $(PYTHON)
+#
+# `make run` also installs RUN_TOOLS: websockets gives the interactive
+# client of README's "Try it" (`python -m websockets URL`). It is not a
+# dependency of wsrelay (the relay never imports it), so it is not in
+# setup.cfg's install_requires; the test extras have it too. The Makefile
+# is a prerequisite so that a checkout made before this line gets it.
+RUN_TOOLS = websockets
+
+$(VENV)/.stamp-run: setup.cfg pyproject.toml Makefile | $(PYTHON)
 	$(PYTHON) -m pip install --upgrade $(BUILD_TOOLS)
 	$(PYTHON) -m pip install -e . --config-settings editable_mode=compat
+	$(PYTHON) -m pip install $(RUN_TOOLS)
 	touch $@
 
 $(VENV)/.stamp-test: setup.cfg pyproject.toml | $(PYTHON)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import sys
 import tempfile
@@ -240,11 +241,16 @@ class RelayProcess:
     @ivar port: Its client port, once started.
     @ivar pid: Its process ID, once started.
     @ivar log: The path of its log (its standard output).
+    @ivar openFiles: The soft and hard C{RLIMIT_NOFILE} the relay starts
+        with (set in the child before it runs twistd), or L{None} for this
+        process's.
     """
 
     _PORT = re.compile(r"FrontendFactory starting on (\d+)")
 
-    def __init__(self, configText: str) -> None:
+    def __init__(
+        self, configText: str, openFiles: tuple[int, int] | None = None
+    ) -> None:
         self.directory = tempfile.mkdtemp(prefix="wsrelay-faults-")
         self.config = os.path.join(self.directory, "relay.ini")
         self.log = os.path.join(self.directory, "twistd.log")
@@ -256,7 +262,15 @@ class RelayProcess:
             )
         self.port = 0
         self.pid = 0
+        self.openFiles = openFiles
         self._process: asyncio.subprocess.Process | None = None
+
+    def _limit(self) -> None:
+        """
+        In the child, before it runs twistd: set L{openFiles}.
+        """
+        if self.openFiles is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.openFiles)
 
     async def start(self) -> None:
         """
@@ -273,6 +287,7 @@ class RelayProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=self._limit,
             )
         self.pid = self._process.pid
         found: list[int] = []

@@ -24,14 +24,14 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import ClientConnection
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import waitFor
+from tests.test_proxy import closedPort, waitFor
 from wsrelay import __version__
-from wsrelay.admin import DASHBOARD, RelayCollector, adminSite
+from wsrelay.admin import DASHBOARD, RelayCollector, adminSite, hostAllowed
 from wsrelay.config import parseConfig
 from wsrelay.service import RelayService
 
@@ -61,15 +61,22 @@ class Answer:
 
 
 def fetch(
-    port: int, path: str, method: str = "GET", token: str | None = None
+    port: int,
+    path: str,
+    method: str = "GET",
+    token: str | None = None,
+    host: str | None = None,
 ) -> Answer:
     """
     Make one request to the admin listener on C{port} (blocking; run it
     with L{inThread}).
 
     @param token: Sent as C{Authorization: Bearer TOKEN} when given.
+    @param host: Sent as C{Host} when given (else C{127.0.0.1:PORT}).
     """
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    if host is not None:
+        headers["Host"] = host
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
         method=method,
@@ -345,6 +352,134 @@ class StatusTests(TestCase):
         self.assertEqual(page.headers["Content-Type"], "text/html; charset=utf-8")
         self.assertIn("default-src 'none'", page.headers["Content-Security-Policy"])
         self.assertEqual(page.body, DASHBOARD)
+
+
+class ExposureTests(TestCase):
+    """
+    What the admin listener shows, and to whom: loopback unless told
+    otherwise, backend URLs without their secrets, and no answer to a page
+    that reaches it through DNS rebinding.
+    """
+
+    async def test_loopbackByDefault(self) -> None:
+        """
+        C{admin = tcp:PORT} without C{interface=} listens on loopback, not
+        on every interface; an explicit C{interface=} is kept.
+        """
+        b = startBackend(self)
+        relay, _ = await startRelay(
+            self, "[relay]\nadmin = tcp:0\n" + PROXY.format(url=b.url)
+        )
+        port = await relay.adminListener.listening
+        self.assertEqual(port.getHost().host, "127.0.0.1")  # type: ignore[attr-defined]
+        self.assertEqual(relay.config.admin, "tcp:0:interface=127.0.0.1")
+        route = "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+        for given, used in [
+            ("tcp6:9190", "tcp6:9190:interface=\\:\\:1"),
+            ("tcp:9190:backlog=5", "tcp:9190:backlog=5:interface=127.0.0.1"),
+            ("tcp:9190:interface=0.0.0.0", "tcp:9190:interface=0.0.0.0"),
+            ("unix:/tmp/admin.sock", "unix:/tmp/admin.sock"),
+        ]:
+            config = parseConfig(
+                f"[relay]\nlisten = tcp:0\nadmin = {given}\n" + route, "r.ini"
+            )
+            self.assertEqual(config.admin, used)
+
+    async def test_redacted(self) -> None:
+        """
+        A backend URL's query (an API key, say) shows in neither
+        C{/status}, the dashboard, C{/metrics} nor the log, even when the
+        backend fails.
+        """
+        b = startBackend(self)
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        gone = closedPort()
+        a = await startAdmin(
+            self,
+            f"[route:chat]\npath = /chat\nbalancer = first\nbackends ="
+            f" ws://127.0.0.1:{gone}/x?apikey=SECRET1 name=gone"
+            f" {b.url}?apikey=SECRET2 name=one\n",
+        )
+        c = await connect(self, a.port, "/chat")
+        self.assertEqual(await inThread(echo, c, ["hi"]), ["hi"])
+        status = await a.get("/status")
+        urls = [b["url"] for b in status.json()["routes"][0]["backends"]]
+        self.assertEqual(
+            urls,
+            [f"ws://127.0.0.1:{gone}/x?REDACTED", f"{b.url}?REDACTED"],
+        )
+        metrics = await a.get("/metrics")
+        page = await a.get("/")
+        logged = "\n".join(formatEvent(e) or "" for e in events)
+        self.assertIn("gone failed", logged)
+        for text in [status.body, metrics.body, page.body, logged.encode()]:
+            self.assertNotIn(b"SECRET", text)
+
+    async def test_hosts(self) -> None:
+        """
+        Reads and actions are answered for a C{Host} that is an IP address
+        (with or without port), C{localhost} or a name of C{admin_hosts};
+        any other name gets 421, as a page that rebound its own name to
+        the listener's address would.
+        """
+        b = startBackend(self)
+        relay, _ = await startRelay(
+            self,
+            "[relay]\nadmin = tcp:0\nadmin_hosts = Admin.Example.com\n"
+            + PROXY.format(url=b.url),
+        )
+        port = (await relay.adminListener.listening).getHost().port  # type: ignore[attr-defined]
+        for host in [
+            None,
+            f"127.0.0.1:{port}",
+            "127.0.0.1",
+            f"localhost:{port}",
+            "LOCALHOST",
+            "[::1]:9",
+            "admin.example.com:80",
+            "ADMIN.example.com",
+        ]:
+            answer = await inThread(fetch, port, "/status", host=host)
+            self.assertEqual(answer.status, 200, host)
+        for host in ["evil.example", f"evil.example:{port}", "127.0.0.1.nip.io", ""]:
+            for path, method in [
+                ("/status", "GET"),
+                ("/metrics", "GET"),
+                ("/", "GET"),
+                ("/reload", "POST"),
+            ]:
+                answer = await inThread(fetch, port, path, method, TOKEN, host)
+                self.assertEqual(answer.status, 421, (host, path))
+                self.assertNotIn(b"chat", answer.body)
+
+    def test_hostAllowed(self) -> None:
+        """
+        L{hostAllowed} takes IP literals, C{localhost} and the listed names,
+        ports aside, and nothing else.
+        """
+        allowed = ("admin.example.com",)
+        for host in [
+            b"10.1.2.3",
+            b"10.1.2.3:80",
+            b"[fe80::1]:9090",
+            b"[::1]",
+            b"localhost.",
+            b"Admin.Example.Com:1",
+        ]:
+            self.assertTrue(hostAllowed(host, allowed), host)
+        for host in [
+            b"example.com",
+            b"admin.example.com.evil",
+            b"[::1",
+            b"::1",
+            b"\xff",
+            b"localhost.evil",
+            b"10.1.2.3.evil",
+        ]:
+            self.assertFalse(hostAllowed(host, allowed), host)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

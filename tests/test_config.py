@@ -532,6 +532,7 @@ class BadValueTests(SynchronousTestCase):
         ("route", "rise"): ["0", "-1", "1.5"],
         ("route", "fall"): ["0", "x"],
         ("relay", "admin"): ["tcp:abc", ""],
+        ("relay", "admin_hosts"): ["a:80", "a/b", "[::1]", "-a"],
         ("relay", "admin_token_file"): ["/nonexistent/token", ""],
         ("relay", "drain_timeout"): ["0", "x"],
         ("relay", "close_spread"): ["-1", "x"],

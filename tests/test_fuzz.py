@@ -45,7 +45,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -59,7 +58,7 @@ from tests.test_memory import (
     RecordingBackend,
     relayConfig,
 )
-from wsrelay.tap import Options
+from wsrelay.tap import Options, StartRefused
 
 #: Examples per property: enough to find the classic mistakes, few enough
 #: that the module stays well under a minute.
@@ -1003,7 +1002,7 @@ class ConfigFileTests(SynchronousTestCase):
     def test_anyFile(self, data: bytes) -> None:
         """
         Any bytes as the configuration file: the option parser of
-        C{twistd wsrelay} accepts it or raises L{usage.UsageError} with one
+        C{twistd wsrelay} accepts it or raises L{StartRefused} with one
         line naming the file, never anything else (which twistd would show
         as a traceback).
         """
@@ -1012,9 +1011,9 @@ class ConfigFileTests(SynchronousTestCase):
         saved = list(twisted.plugins.__path__)
         try:
             Options().parseOptions(["--config", self.path])
-        except usage.UsageError as e:
+        except StartRefused as e:
             self.assertEqual(str(e).splitlines(), [str(e)])
-            self.assertTrue(str(e).startswith(self.path), str(e))
+            self.assertTrue(str(e).startswith(f"wsrelay: {self.path}"), str(e))
         finally:
             twisted.plugins.__path__[:] = saved
 

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -360,6 +361,36 @@ class CheckerTests(TestCase):
         ranged = http.build({"health_status": "200-299"}, reactor)
         self.assertEqual(await ranged.check(backend), (True, "HTTP 204"))
         self.assertEqual(status.paths, [b"/health", b"/health", b"/ws?x=1"])
+
+    async def test_quiet(self) -> None:
+        """
+        A check logs nothing when it passes or fails: no C{Starting
+        factory} / C{Stopping factory} pair for every probe of every
+        checker (the shipped config would log one a second).
+        """
+        b = startBackend(self)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(Status())
+        )
+        self.addCleanup(port.stopListening)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        webURL = f"ws://127.0.0.1:{port.getHost().port}/"
+        down = Backend(BackendConfig.fromURL(f"ws://127.0.0.1:{closedPort()}/"))
+        for checker, url in [
+            (tcp.build({}, reactor), b.url),
+            (websocket.build({}, reactor), b.url),
+            (http.build({}, reactor), webURL),
+        ]:
+            self.assertTrue(
+                (await checker.check(Backend(BackendConfig.fromURL(url))))[0]
+            )
+            self.assertFalse((await checker.check(down))[0])
+        # The websocket probe's close finishes after the check's answer.
+        await waitFor(lambda: len(b.closes) == 1)
+        logged = [formatEvent(e) for e in events]
+        self.assertEqual([line for line in logged if "factory" in line.lower()], [])
 
 
 class RoutingTests(TestCase):

@@ -9,15 +9,21 @@ and is skipped, saying why, only when no index can be reached.
 
 from __future__ import annotations
 
+import configparser
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from wsrelay.config import loadConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 """
@@ -187,3 +193,98 @@ class WheelTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0, _describe(result))
         self.assertIn("--config", result.stdout, _describe(result))
+
+
+def _requirementName(requirement: str) -> str:
+    """
+    @return: The normalised project name of a requirement
+        (C{"twisted[tls]>=24.7"} gives C{"twisted"}).
+    """
+    name = re.split(r"[\[<>=!~;\s]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runInstalls() -> set[str]:
+    """
+    @return: The projects that C{make run} installs into C{.venv}: what the
+        recipe of C{$(VENV)/.stamp-run} names after C{pip install} (with
+        the Makefile's variables expanded), and wsrelay's own runtime
+        requirements (C{install_requires} in C{setup.cfg}).
+    """
+    makefile = (ROOT / "Makefile").read_text()
+    variables = dict(
+        re.findall(r"^([A-Z_]+)\s*\??=\s*(.*)$", makefile, flags=re.MULTILINE)
+    )
+    recipe = re.search(
+        r"^\$\(VENV\)/\.stamp-run:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE
+    )
+    assert recipe is not None, "no $(VENV)/.stamp-run rule in the Makefile"
+    text = re.sub(
+        r"\$\(([A-Z_]+)\)", lambda m: variables.get(m.group(1), ""), recipe.group(1)
+    )
+    names: set[str] = set()
+    for line in text.splitlines():
+        words = shlex.split(line)
+        if "install" not in words or "pip" not in words:
+            continue
+        for word in words[words.index("install") + 1 :]:
+            if not word.startswith("-") and word != "." and "=" not in word[:1]:
+                names.add(_requirementName(word))
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    for line in setup["options"]["install_requires"].splitlines():
+        if line.strip() and not line.strip().startswith("#"):
+            names.add(_requirementName(line))
+    return names
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    Every command the README shows works after its quick start, C{make
+    run} then C{make test}.
+    """
+
+    def test_commands(self) -> None:
+        """
+        Each command of the README's C{sh} blocks is a target of the
+        Makefile, a Python module run from C{.venv} whose project C{make
+        run} installs (and which runs), or C{twistd} from C{.venv} with a
+        configuration file that loads; any other command fails this test
+        until it is given a check here.
+        """
+        readme = (ROOT / "README.md").read_text()
+        makefile = (ROOT / "Makefile").read_text()
+        installed = runInstalls()
+        modules = packages_distributions()
+        commands = [
+            line.strip()
+            for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+            for line in block.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+        self.assertIn("make run", commands)
+        for command in commands:
+            words = shlex.split(command)
+            if words[0] == "make":
+                for target in words[1:]:
+                    self.assertRegex(makefile, rf"(?m)^{re.escape(target)}:", command)
+            elif words[:3] == [".venv/bin/python", "-m", words[2]]:
+                module = words[2]
+                projects = {_requirementName(d) for d in modules.get(module, [])}
+                self.assertTrue(projects, f"{command}: no project provides {module}")
+                self.assertTrue(
+                    projects & installed,
+                    f"{command}: make run does not install {projects}",
+                )
+                result = _run(
+                    [sys.executable, "-m", module, "--help"], cwd=ROOT, timeout=60
+                )
+                self.assertEqual(result.returncode, 0, _describe(result))
+            elif words[0] == ".venv/bin/twistd":
+                self.assertIn("twisted", installed)
+                config = words[words.index("--config") + 1]
+                self.assertEqual(
+                    loadConfig(str(ROOT / config)).path, str(ROOT / config)
+                )
+            else:
+                self.fail(f"README command {command!r}: no check knows it; add one")

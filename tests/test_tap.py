@@ -4,6 +4,7 @@ C{twistd wsrelay} as users run it: a subprocess, a config file, signals.
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -65,8 +66,9 @@ class CommandLineTests(TestCase):
 
     def test_badConfig(self) -> None:
         """
-        A bad value makes twistd exit non-zero with one last line naming
-        file, section and key, and no traceback.
+        A bad value makes twistd exit with status 1 and one line, naming
+        file, section and key: no traceback, and not twistd's usage text
+        before it.
         """
         path = self.write(
             "[relay]\nlisten = tcp:0\nmax_message_size = lots\n"
@@ -75,25 +77,39 @@ class CommandLineTests(TestCase):
         done = subprocess.run(
             twistd("--config", path), capture_output=True, text=True, timeout=60
         )
-        output = (done.stdout + done.stderr).strip()
-        self.assertNotEqual(done.returncode, 0)
-        self.assertNotIn("Traceback", output)
-        last = output.splitlines()[-1]
-        self.assertIn(path, last)
-        self.assertIn("[relay] max_message_size:", last)
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertEqual(done.stdout, "")
+        [line] = done.stderr.splitlines()
+        self.assertEqual(
+            line,
+            f"wsrelay: {path}: [relay] max_message_size: expected a whole number"
+            " of bytes >= 1, got 'lots'",
+        )
 
     def test_missingFile(self) -> None:
         """
-        A missing file is one line too.
+        A missing file is one line too, with the operating system's reason.
         """
         missing = os.path.join(self.directory, "nope.ini")
         done = subprocess.run(
             twistd("--config", missing), capture_output=True, text=True, timeout=60
         )
-        output = (done.stdout + done.stderr).strip()
-        self.assertNotEqual(done.returncode, 0)
-        self.assertNotIn("Traceback", output)
-        self.assertIn("nope.ini", output.splitlines()[-1])
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertEqual(done.stdout, "")
+        self.assertEqual(
+            done.stderr.splitlines(),
+            [f"wsrelay: {missing}: cannot read the file: {os.strerror(errno.ENOENT)}"],
+        )
+
+    def test_help(self) -> None:
+        """
+        C{twistd wsrelay --help} still shows the options, and exits with 0.
+        """
+        done = subprocess.run(
+            twistd("--help"), capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("--config=", done.stdout)
 
     def test_busyPort(self) -> None:
         """

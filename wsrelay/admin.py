@@ -7,12 +7,16 @@ configuration.
 Everything here runs when a page is asked for, never on the per-message
 path: the relay keeps plain integer counters, and this module reads them.
 The reads are open to whoever can reach the admin listener; the actions
-(C{POST}) need the bearer token of C{admin_token_file}.
+(C{POST}) need the bearer token of C{admin_token_file}.  Every request
+must name the listener in C{Host} by an IP address, C{localhost} or a name
+of C{admin_hosts}: a web page whose own name was made to resolve to the
+listener's address (DNS rebinding) sends its own name, and is refused.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,7 +42,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from wsrelay import __version__
-from wsrelay.config import ConfigError
+from wsrelay.config import ConfigError, redactURL
 from wsrelay.plugins import PluginError
 from wsrelay.workers import workerRows
 
@@ -75,7 +79,7 @@ def backendStatus(relay: RelayService, route: Route, backend: Backend) -> Any:
     sent, sentBytes, received, receivedBytes = relay.traffic(route, backend)
     return {
         "name": backend.name,
-        "url": backend.url,
+        "url": redactURL(backend.url),
         "state": backend.state,
         "healthy": backend.healthy,
         "admin": backend.admin,
@@ -393,6 +397,38 @@ class RelayCollector:
 # The HTTP side.
 
 
+def hostAllowed(host: bytes | None, allowed: Sequence[str]) -> bool:
+    """
+    Whether the admin listener answers a request for C{host}.
+
+    @param host: The request's C{Host} field, or L{None} without one (not
+        a browser's request, so not a rebinding page's).
+    @param allowed: The names of C{admin_hosts}, lower case.
+    @return: Whether C{host}, without its port, is an IP address,
+        C{localhost} or one of C{allowed}.
+    """
+    if host is None:
+        return True
+    try:
+        text = host.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("["):
+        name, bracket, _ = text[1:].partition("]")
+        if not bracket:
+            return False
+    else:
+        name = text.rpartition(":")[0] if ":" in text else text
+    name = name.removesuffix(".")
+    if name == "localhost" or name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _json(request: Request, code: int, body: Any) -> bytes:
     """
     Answer C{request} with C{code} and C{body} as JSON.
@@ -458,6 +494,13 @@ class AdminResource(Resource):
         request.setHeader(b"server", b"wsrelay")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if not hostAllowed(request.getHeader(b"host"), self._relay.config.adminHosts):
+            return _error(
+                request,
+                421,
+                "unknown host: the admin listener answers for IP addresses,"
+                " localhost and admin_hosts",
+            )
         page = self._page(request.postpath or [])
         if page is None:
             return _error(request, 404, "no such page")

@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
 DEFAULT_BALANCERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -167,9 +168,34 @@ def _normaliseHost(host: str) -> str | None:
     return None
 
 
+def redactURL(url: str) -> str:
+    """
+    A URL as it may be shown: in the admin API, metrics and logs.
+
+    A backend URL's query (and user information, though the configuration
+    refuses it) often holds a secret, such as C{?apikey=...}: each is
+    replaced by C{REDACTED}, so that the reader still sees that there was
+    one.
+
+    @return: C{url} without its user information, query and fragment.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "REDACTED"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "REDACTED@" + netloc.rpartition("@")[2]
+    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if parts.query:
+        shown += "?REDACTED"
+    return shown
+
+
 def _weightProblem(url: str, weight: str) -> str:
     return _expected(
-        f"a whole number between 1 and {_MAX_WEIGHT} as weight of {url}", weight
+        f"a whole number between 1 and {_MAX_WEIGHT} as weight of {redactURL(url)}",
+        weight,
     )
 
 
@@ -242,7 +268,10 @@ class BackendConfig:
             name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         elif not _BACKEND_NAME.match(name):
             raise _BadValue(
-                _expected(f"a name of letters, digits and '_.:[]-' for {url}", name)
+                _expected(
+                    f"a name of letters, digits and '_.:[]-' for {redactURL(url)}",
+                    name,
+                )
             )
         if not 1 <= weight <= _MAX_WEIGHT:
             raise _BadValue(_weightProblem(url, str(weight)))
@@ -390,7 +419,11 @@ class RelayConfig:
     @ivar trustedProxies: Networks whose C{X-Forwarded-For} is believed,
         normalised (C{"10.0.0.1/32"}).
     @ivar pluginPath: Absolute directories searched for plugins.
-    @ivar admin: Server endpoint string of the admin listener, or L{None}.
+    @ivar admin: Server endpoint string of the admin listener, or L{None};
+        a C{tcp:}, C{tcp6:} or C{ssl:} one given without C{interface=} is
+        made to listen on loopback.
+    @ivar adminHosts: Host names (lower case) the admin listener answers
+        for, besides IP literals and C{localhost}.
     @ivar adminTokenFile: Absolute path of the file holding the bearer
         token for the admin API's actions, or L{None} (actions refused).
     @ivar drainTimeout: Seconds a stopping relay waits for close
@@ -426,6 +459,7 @@ class RelayConfig:
     trustedProxies: tuple[str, ...] = ()
     pluginPath: tuple[str, ...] = ()
     admin: str | None = None
+    adminHosts: tuple[str, ...] = ()
     adminTokenFile: str | None = None
     drainTimeout: float = 30.0
     closeSpread: float = 0.0
@@ -539,6 +573,62 @@ def _checkServerEndpoint(description: str) -> str:
             f"not a valid Twisted server endpoint string: {description!r} ({reason})"
         ) from None
     return description
+
+
+#: Interfaces that mean every interface, as a listener records them.
+_EVERY_INTERFACE = ("", "0.0.0.0", "::")
+
+
+def _parseAdminEndpoint(value: str, context: _Context) -> str:
+    """
+    Parse C{admin}: a server endpoint string that, without C{interface=},
+    listens on loopback rather than on every interface (C{/status} needs
+    no token).
+    """
+    description = _parseEndpoint(value, context)
+    if "interface=" in description:
+        return description
+    interface = _listensOn(description)
+    if interface not in _EVERY_INTERFACE:
+        return description
+    loopback = "\\:\\:1" if interface == "::" else "127.0.0.1"
+    safe = f"{description}:interface={loopback}"
+    if _listensOn(safe) not in ("127.0.0.1", "::1"):
+        raise _BadValue(
+            f"{description!r} would listen on every interface; add"
+            " interface=127.0.0.1 (or the address to serve the admin API on)"
+        )
+    return safe
+
+
+def _listensOn(description: str) -> str | None:
+    """
+    @return: The interface a TCP or TLS server endpoint string listens on
+        (C{""} or C{"::"} for every one), or L{None} for another kind of
+        listener, or one that cannot be made.
+    """
+    reactor = MemoryReactor()
+    try:
+        serverFromString(reactor, description).listen(Factory())
+    except Exception:
+        return None
+    for server in reactor.tcpServers:
+        return str(server[3])
+    for server in reactor.sslServers:
+        return str(server[4])
+    return None
+
+
+def _parseAdminHosts(value: str, context: _Context) -> tuple[str, ...]:
+    hosts = []
+    for item in re.split(r"[\s,]+", value.lower()):
+        if not item:
+            continue
+        host = _normaliseHost(item)
+        if host is None:
+            raise _BadValue(_expected("host names without port", item))
+        hosts.append(host)
+    return tuple(hosts)
 
 
 def _parseListen(value: str, context: _Context) -> tuple[str, ...]:
@@ -817,8 +907,10 @@ RELAY_KEYS = _keys(RelayConfig, [
      "Addresses or CIDR networks whose X-Forwarded-For is believed."),
     ("plugin_path",       "directories", _parsePluginPath,
      "Existing directories searched for plugins, relative to this file."),
-    ("admin",             "endpoint",    _parseEndpoint,
-     "Server endpoint string of the admin HTTP listener."),
+    ("admin",             "endpoint",    _parseAdminEndpoint,
+     "Server endpoint string of the admin HTTP listener; loopback by default."),
+    ("admin_hosts",       "hosts",       _parseAdminHosts,
+     "Host names the admin listener answers for, besides IPs and localhost."),
     ("admin_token_file",  "file",        _parseFile,
      "File holding the bearer token that admin actions require."),
     ("drain_timeout",     "seconds",     _seconds(False),

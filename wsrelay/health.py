@@ -19,17 +19,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from wsrelay.descriptors import isLocalError
 from wsrelay.interfaces import IBackend, IHealthChecker, IHealthCheckerFactory
 from wsrelay.routing import endpointDescription
 
@@ -70,10 +71,14 @@ class CheckerFactory:
 def _passCancel(f: Failure) -> Result:
     """
     Turn a failed check into an unhealthy result, but let a cancellation
-    through so that the monitor can report it as a timeout.
+    through so that the monitor can report it as a timeout, and a local
+    error (L{isLocalError}: the relay is out of descriptors or ports) so
+    that the monitor does not count it against the backend.
     """
     if f.check(CancelledError, ConnectingCancelledError):
         raise CancelledError()
+    if isLocalError(f.value):
+        f.raiseException()
     return (False, f.getErrorMessage())
 
 
@@ -111,6 +116,35 @@ def _target(backend: IBackend, options: Mapping[str, str]) -> tuple[str, str]:
     return path, parts.netloc
 
 
+class _OneProtocol(Factory):
+    """
+    Connects one protocol, quietly: a check every few seconds is not worth
+    a C{Starting factory} / C{Stopping factory} pair in the log (the
+    upstream factories are quiet too).
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        """
+        @return: The one protocol.
+        """
+        return self._protocol
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    """
+    The factory of the C{http} checker's connections, without the
+    C{Starting factory} / C{Stopping factory} lines of each check (Twisted
+    gives no public way to quieten the pool's factory).
+    """
+
+    noisy = False
+
+
 @implementer(IHealthChecker)
 class TCPChecker:
     """
@@ -131,7 +165,7 @@ class TCPChecker:
             protocol.transport.loseConnection()
             return (True, "connected")
 
-        d: Deferred[Result] = connectProtocol(endpoint, Protocol()).addCallback(
+        d: Deferred[Result] = endpoint.connect(_OneProtocol(Protocol())).addCallback(
             connected
         )
         return d.addErrback(_passCancel)
@@ -162,7 +196,13 @@ class _Probe(WebSocketClientProtocol):
 
 
 class _ProbeFactory(WebSocketClientFactory):
+    """
+    The factory of one C{websocket} check: quiet, as the upstream
+    factories are.
+    """
+
     protocol = _Probe  # type: ignore[assignment]
+    noisy = False
 
     def __init__(self, url: str, done: Deferred[Result]) -> None:
         super().__init__(url)
@@ -207,7 +247,11 @@ class WebSocketChecker:
 
         def failed(f: Failure) -> None:
             cancelled = f.check(CancelledError, ConnectingCancelledError)
-            if not done.called and not cancelled:
+            if done.called or cancelled:
+                return
+            if isLocalError(f.value):
+                done.errback(f)
+            else:
                 done.callback((False, f"connect failed: {f.getErrorMessage()}"))
 
         done: Deferred[Result] = Deferred(cancel)
@@ -250,7 +294,9 @@ class HTTPChecker:
         self._options = dict(options)
         _target(_Example, self._options)
         self._statuses = parseStatuses(options.get("health_status", "200"))
-        self._agent = Agent(reactor, connectTimeout=CONNECT_LIMIT)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        pool._factory = _QuietHTTP11ClientFactory
+        self._agent = Agent(reactor, connectTimeout=CONNECT_LIMIT, pool=pool)
 
     def check(self, backend: IBackend) -> Deferred[Result]:
         """
@@ -405,7 +451,9 @@ class HealthMonitor:
         def failed(f: Failure) -> Result | None:
             if f.check(TimeoutError):
                 return (False, f"no answer within {self._timeout:g}s")
-            if f.check(CancelledError):
+            if f.check(CancelledError) or isLocalError(f.value):
+                # Stopped; or the relay is out of descriptors or ports,
+                # which says nothing of the backend.
                 return None
             return (False, f.getErrorMessage())
 

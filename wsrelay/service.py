@@ -17,6 +17,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from wsrelay.config import NO_HEALTH, ConfigError
+from wsrelay.descriptors import RESERVED, Limit, Shortage
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.frontend import FrontendFactory, FrontendProtocol, Refused
 from wsrelay.handshake import Head, endToEnd
@@ -44,6 +45,7 @@ from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
 from wsrelay.upstream import (
     UpstreamError,
     UpstreamFactory,
+    UpstreamLocalError,
     UpstreamProtocol,
     UpstreamRefused,
     UpstreamTimeout,
@@ -161,6 +163,7 @@ class RelayService(MultiService):
         reactor: Any = None,
         clock: Any = None,
         worker: WorkerSpec | None = None,
+        descriptors: Limit | None = None,
     ) -> None:
         """
         @param reactor: Listens and connects; the global one by default.
@@ -168,6 +171,9 @@ class RelayService(MultiService):
             handshake budget); the reactor by default.
         @param worker: For a worker other than worker 0 (see
             L{wsrelay.workers}): its number and ports.
+        @param descriptors: The process's open-file limit
+            (L{wsrelay.descriptors.raiseLimit}): new clients beyond what it
+            leaves room for get 503.  L{None}: no such check.
         """
         super().__init__()
         if reactor is None:
@@ -192,6 +198,8 @@ class RelayService(MultiService):
         self._perAddress: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self.random = random.Random()
+        self.descriptors = descriptors
+        self.shortage = Shortage(self.clock, descriptors)
         self._draining: dict[Backend, IDelayedCall] = {}
         self.frontendFactory = FrontendFactory(self)
         self.worker = 0 if worker is None else worker.index
@@ -326,6 +334,19 @@ class RelayService(MultiService):
             nvx="on" if USES_NVX else "off",
         )
         logPlugins()
+        limit = self.descriptors
+        if limit is not None:
+            raised = "" if limit.soft == limit.found else "raised from {found}; "
+            self.log.info(
+                "open files: limit {soft} (" + raised + "hard limit {hard}): room"
+                " for about {capacity} proxied connections or {clients} fan-out"
+                " clients",
+                soft=limit.soft,
+                found=limit.found,
+                hard=limit.hard,
+                capacity=limit.capacity,
+                clients=limit.budget,
+            )
         self.startedAt = self.clock.seconds()
         super().startService()
         for route in self.routes.routes:
@@ -518,9 +539,14 @@ class RelayService(MultiService):
         """
         Make C{config} the configuration in force.
 
-        @raise ConfigError: When a plugin rejects its options; nothing has
-            changed then.
+        @raise ConfigError: When a plugin rejects its options, or its
+            C{max_connections} does not fit in the open-file limit; nothing
+            has changed then.
         """
+        limit = self.descriptors
+        problem = None if limit is None else limit.problem(config.maxConnections)
+        if problem is not None:
+            raise ConfigError(config.path, problem, "relay", "max_connections")
         if (config.listen, config.admin, config.workers) != (
             self.config.listen,
             self.config.admin,
@@ -669,12 +695,13 @@ class RelayService(MultiService):
         @param offered: The subprotocols offered.
         @param avoid: A backend to try last (the one just lost).
 
-        @raise Refused: 503 when no backend is available, 502 when none
-            could be reached, 504 when the time ran out; a backend's own
-            refusal is relayed as it came.
+        @raise Refused: 503 when no backend is available, or (with
+            C{Retry-After}) when the relay is out of descriptors or local
+            ports; 502 when none could be reached, 504 when the time ran
+            out; a backend's own refusal is relayed as it came.
         """
         tried: list[Backend] = []
-        timedOut = False
+        timedOut = local = False
         for backend in self._candidates(route, info, tried, avoid):
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
@@ -695,12 +722,23 @@ class RelayService(MultiService):
             except UpstreamRefused as e:
                 self.backendAnswered(route, backend, e.status)
                 raise
+            except UpstreamLocalError as e:
+                # The relay's problem: not the backend's failure, and not
+                # logged per connection.
+                local = True
+                reason = str(e)
+                continue
             except UpstreamError as e:
                 timedOut = isinstance(e, UpstreamTimeout)
                 self.backendFailed(route, backend, str(e))
                 continue
             route.monitor.succeeded(backend)
             return backend, up
+        if local:
+            self.shortage.occurred(reason)
+            raise _tooMany(
+                503, "Service Unavailable", b"relay out of resources, retry shortly\n"
+            )
         if not tried:
             raise Refused(503, "Service Unavailable", body=b"no backend available\n")
         if timedOut:
@@ -731,9 +769,17 @@ class RelayService(MultiService):
 
     def clientArrived(self, frontend: FrontendProtocol) -> None:
         """
-        A client connected.
+        A client connected.  When even half of the descriptors kept for the
+        relay (L{wsrelay.descriptors.RESERVED}) are taken, it is dropped at once:
+        clients that hold their connections without finishing a handshake
+        would otherwise take the last descriptors, and then the kernel's
+        C{accept} fails, which Twisted logs for every connection.
         """
         self.clientConnections += 1
+        if not self._descriptorsLeft(None):
+            self.shortage.occurred("no descriptor left to answer new clients")
+            assert frontend.transport is not None
+            frontend.transport.abortConnection()
 
     def clientLeft(self, frontend: FrontendProtocol) -> None:
         """
@@ -773,6 +819,11 @@ class RelayService(MultiService):
                 return _tooMany(429, "Too Many Requests", b"handshake rate exceeded\n")
         if config.maxConnections and self.clientConnections > config.maxConnections:
             return _tooMany(503, "Service Unavailable", b"too many connections\n")
+        if not self._descriptorsLeft(route):
+            self.shortage.occurred("the open-file limit leaves no room for more")
+            return _tooMany(
+                503, "Service Unavailable", b"relay at capacity, retry shortly\n"
+            )
         count = self._perAddress.get(address, 0)
         if config.maxConnectionsPerIp and count >= config.maxConnectionsPerIp:
             return _tooMany(
@@ -785,6 +836,30 @@ class RelayService(MultiService):
         self._perAddress[address] = count + 1
         frontend.countedAddress = address
         return None
+
+    def _descriptorsLeft(self, route: Route | None) -> bool:
+        """
+        @param route: The route of a client that has been accepted (so is
+            counted in C{clientConnections}), or L{None} for a client that
+            was just accepted, whose route is not known yet.
+        @return: With a route, whether the open-file limit leaves room for
+            this client and, for a proxy route, its upstream; without,
+            whether it leaves room to read this client's request and answer
+            it (half of L{wsrelay.descriptors.RESERVED} more).
+        """
+        limit = self.descriptors
+        if limit is None:
+            return True
+        budget = limit.budget
+        if route is None:
+            budget += RESERVED // 2
+        clients = self.clientConnections
+        if 2 * clients + len(self.channels) < budget:
+            # Far from the limit: no need to count the upstreams.
+            return True
+        upstreams = sum(b.connections for r in self.routes.routes for b in r.backends)
+        more = 1 if route is not None and route.config.mode == "proxy" else 0
+        return clients + upstreams + more <= budget
 
     def clientAddress(self, frontend: FrontendProtocol) -> str:
         """

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsrelay.config import ConfigError, RelayConfig, loadConfig
+from wsrelay.descriptors import raiseLimit
 from wsrelay.workers import ControlService, WorkerSpec
 
 if TYPE_CHECKING:
@@ -67,6 +68,22 @@ def _pluginPath(path: str) -> list[str]:
     return [d for d in found if "\0" not in d and os.path.isdir(d)]
 
 
+class StartRefused(SystemExit):
+    """
+    The relay cannot start; the message is one line saying why (for a
+    configuration error: file, section, key and reason).
+
+    A L{SystemExit}, not a L{usage.UsageError}: twistd prints the whole
+    usage text before a usage error's message, nine lines that bury the
+    one that matters, while a L{SystemExit} raised from
+    L{Options.postOptions} reaches Python, which writes its message alone
+    to standard error and exits with status 1.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"wsrelay: {message}")
+
+
 class Options(usage.Options):
     """
     Options for C{twistd wsrelay}.
@@ -86,10 +103,13 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Read and check the configuration now, and build the relay (which
-        builds each route's plugins, checking their options), so that an
-        error is one line and twistd exits non-zero before it starts
-        anything.
+        Read and check the configuration now, raise the limit of open
+        files (L{raiseLimit}) and check that C{max_connections} fits in
+        it, and build the relay (which builds each route's plugins,
+        checking their options), so that an error is one line and twistd
+        exits non-zero before it starts anything.
+
+        @raise StartRefused: With the one-line error.
         """
         from wsrelay.service import RelayService
 
@@ -99,13 +119,17 @@ class Options(usage.Options):
             try:
                 worker = WorkerSpec.parse(self["worker"])
             except ValueError as e:
-                raise usage.UsageError(f"--worker: {e}") from None
+                raise StartRefused(f"--worker: {e}") from None
         self["workerSpec"] = worker
         try:
-            self["relayConfig"] = readConfig(path)
-            self["relay"] = RelayService(self["relayConfig"], worker=worker)
+            config = self["relayConfig"] = readConfig(path)
+            descriptors = raiseLimit(config.maxConnections)
+            problem = descriptors.problem(config.maxConnections)
+            if problem is not None:
+                raise ConfigError(path, problem, "relay", "max_connections")
+            self["relay"] = RelayService(config, worker=worker, descriptors=descriptors)
         except (ConfigError, PluginError) as e:
-            raise usage.UsageError(str(e)) from None
+            raise StartRefused(str(e)) from None
 
 
 #: The cyclic garbage collector's thresholds for a relay process

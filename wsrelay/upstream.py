@@ -23,6 +23,7 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from wsrelay.descriptors import isLocalError
 from wsrelay.handshake import (
     BadHead,
     Head,
@@ -90,6 +91,14 @@ class UpstreamError(Exception):
 class UpstreamTimeout(UpstreamError):
     """
     The backend did not complete the handshake in time.
+    """
+
+
+class UpstreamLocalError(UpstreamError):
+    """
+    The connect failed for want of a local resource (descriptors, local
+    ports, buffers: L{wsrelay.descriptors.LOCAL_ERRNOS}): the relay's
+    problem, not the backend's.
     """
 
 
@@ -389,8 +398,9 @@ def connectUpstream(
         says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
     @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
         or fails with L{UpstreamError} (including a timeout after
-        C{timeout} seconds) or L{UpstreamRefused}.  Cancelling it closes
-        whatever was opened.
+        C{timeout} seconds, and L{UpstreamLocalError} when the relay is
+        out of descriptors or ports) or L{UpstreamRefused}.  Cancelling it
+        closes whatever was opened.
     """
 
     def cancel(d: Deferred[UpstreamProtocol]) -> None:
@@ -422,6 +432,8 @@ def connectUpstream(
                 return
             # The endpoint's own timeout is a timeout too (504, not 502).
             kind = UpstreamTimeout if f.check(ConnectTimeoutError) else UpstreamError
+            if isLocalError(f.value):
+                kind = UpstreamLocalError
             opened.errback(kind(f"connect failed: {f.getErrorMessage()}"))
 
     connecting.addErrback(connectFailed)

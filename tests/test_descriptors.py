@@ -1,0 +1,543 @@
+"""
+Running out of file descriptors is the relay's problem, not the backend's:
+the limit is raised at start, what it leaves room for is logged, a
+C{max_connections} that cannot fit stops the start, and clients beyond
+the limit get 503 with C{Retry-After} while the backends stay up and the
+open connections go on.
+
+The relay runs as users run it (C{twistd -n wsrelay}) with a low
+C{RLIMIT_NOFILE} set in the child before it runs (L{RelayProcess}); what
+happens when a connect itself fails for want of a descriptor is shown in
+memory, where the failure can be had at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import resource
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import (
+    ConnectBindError,
+    ConnectError,
+    ConnectionRefusedError,
+    getConnectError,
+)
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, Logger
+from twisted.trial.unittest import SynchronousTestCase
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
+
+from tests.faultbackend import (
+    TWISTD,
+    BackendProcess,
+    RelayProcess,
+    openClient,
+    waitUntil,
+)
+from wsrelay import descriptors
+from wsrelay.config import ConfigError, loadConfig, parseConfig
+from wsrelay.descriptors import Limit, Shortage, isLocalError, raiseLimit
+from wsrelay.frontend import Refused
+from wsrelay.health import HealthMonitor, tcp
+from wsrelay.routing import ConnectionInfo
+from wsrelay.service import RelayService
+
+#: The hard limit of open files of this process: a child's cannot be higher.
+HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+#: The line the relay logs when it refuses clients for want of descriptors.
+SHORTAGE = "new clients with 503 since the last report"
+
+
+class FakeRLimit:
+    """
+    Stands in for the L{resource} module: a soft and a hard limit of open
+    files, and the calls that set them.
+    """
+
+    RLIMIT_NOFILE = resource.RLIMIT_NOFILE
+    RLIM_INFINITY = resource.RLIM_INFINITY
+
+    def __init__(self, soft: int, hard: int) -> None:
+        self.limits = (soft, hard)
+        self.set: list[tuple[int, int]] = []
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        """
+        @return: The soft and hard limits.
+        """
+        assert which == self.RLIMIT_NOFILE
+        return self.limits
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        """
+        Set the soft and hard limits, and remember the call.
+        """
+        assert which == self.RLIMIT_NOFILE
+        self.set.append(limits)
+        self.limits = limits
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    L{raiseLimit}, L{Limit} and L{isLocalError}.
+    """
+
+    def test_raisedToHard(self) -> None:
+        """
+        The soft limit is raised to the hard one, as HAProxy does; the
+        capacity is what is left after L{descriptors.RESERVED}, two
+        descriptors per proxied connection.
+        """
+        rlimit = FakeRLimit(1024, 65536)
+        limit = raiseLimit(0, rlimit)
+        self.assertEqual(rlimit.set, [(65536, 65536)])
+        self.assertEqual(limit, Limit(1024, 65536, 65536))
+        self.assertEqual(limit.budget, 65536 - descriptors.RESERVED)
+        self.assertEqual(limit.capacity, (65536 - descriptors.RESERVED) // 2)
+
+    def test_neverLowered(self) -> None:
+        """
+        A soft limit already at the hard one is left alone.
+        """
+        rlimit = FakeRLimit(4096, 4096)
+        self.assertEqual(raiseLimit(100, rlimit), Limit(4096, 4096, 4096))
+        self.assertEqual(rlimit.set, [])
+
+    def test_noHardLimit(self) -> None:
+        """
+        Without a hard limit, the soft one is raised to what
+        C{max_connections} needs (not to infinity, which some systems
+        refuse).
+        """
+        rlimit = FakeRLimit(256, resource.RLIM_INFINITY)
+        limit = raiseLimit(1000, rlimit)
+        self.assertEqual(rlimit.set, [(2064, resource.RLIM_INFINITY)])
+        self.assertEqual(limit.soft, 2064)
+
+    def test_problem(self) -> None:
+        """
+        A C{max_connections} fits when its descriptors and the relay's own
+        are within the soft limit; otherwise the problem says the numbers
+        and what to do.
+        """
+        limit = Limit(1024, 4096, 4096)
+        self.assertIsNone(limit.problem(0))
+        self.assertIsNone(limit.problem((4096 - descriptors.RESERVED) // 2))
+        problem = limit.problem(3000)
+        assert problem is not None
+        self.assertIn("3000 connections need 6064 open files", problem)
+        self.assertIn("hard limit 4096", problem)
+        self.assertIn("ulimit -Hn", problem)
+
+    def test_isLocalError(self) -> None:
+        """
+        Out of descriptors (the process's or the system's), of local ports
+        or of buffers is local, however Twisted reports it; a backend that
+        refuses or does not answer is not.
+        """
+        for local in [
+            ConnectBindError(errno.EMFILE, "Too many open files"),
+            getConnectError((errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))),
+            getConnectError((errno.ENOBUFS, os.strerror(errno.ENOBUFS))),
+            OSError(errno.ENFILE, os.strerror(errno.ENFILE)),
+        ]:
+            self.assertTrue(isLocalError(local), local)
+        for remote in [
+            ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
+            getConnectError((errno.EHOSTUNREACH, "unreachable")),
+            ConnectError(string="anything"),
+            TimeoutError(),
+            None,
+        ]:
+            self.assertFalse(isLocalError(remote), remote)
+
+
+class _FailingEndpoint:
+    """
+    A client endpoint whose connects fail at once with C{error}.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.attempts = 0
+
+    def connect(self, factory: object) -> Deferred[Any]:
+        """
+        @return: A failed L{Deferred}, as a real endpoint's when the connect
+            fails at once.
+        """
+        self.attempts += 1
+        return fail(self.error)
+
+
+class ShortageTests(SynchronousTestCase):
+    """
+    A connect that fails for want of a local resource, in memory.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[LogEvent] = []
+        self.patch(Shortage, "log", Logger(observer=self.events.append))
+        self.clock = Clock()
+        config = parseConfig(
+            "[relay]\nlisten = tcp:0\n[route:a]\npath = /\nhealth = none\n"
+            "backends = ws://127.0.0.1:1/ name=one ws://127.0.0.1:2/ name=two\n",
+            "relay.ini",
+        )
+        self.relay = RelayService(config, MemoryReactorClock(), self.clock)
+        (self.route,) = self.relay.routes.routes
+
+    def openUpstream(self) -> Refused:
+        """
+        @return: How the relay refuses a client whose upstream it opens.
+        """
+        d = Deferred.fromCoroutine(
+            self.relay.openUpstream(
+                self.route,
+                ConnectionInfo("127.0.0.1", "/", "", ()),
+                lambda backend: ("/", []),
+                (),
+                None,
+                self.clock.seconds() + 10,
+            )
+        )
+        refused = self.failureResultOf(d, Refused).value
+        assert isinstance(refused, Refused)
+        return refused
+
+    def test_notTheBackends(self) -> None:
+        """
+        When every connect fails with C{EMFILE}, the client gets 503 with
+        C{Retry-After} (not 502), no backend counts a failure or goes down,
+        and the condition is logged once per interval, not per client.
+        """
+        endpoints = []
+        for backend in self.route.backends:
+            backend.endpoint = _FailingEndpoint(
+                ConnectBindError(errno.EMFILE, "Too many open files")
+            )
+            endpoints.append(backend.endpoint)
+        for _ in range(20):
+            refused = self.openUpstream()
+            self.assertEqual(refused.code, 503)
+            self.assertIn(("Retry-After", "1"), refused.headers)
+        self.assertEqual([e.attempts for e in endpoints], [20, 20])
+        for backend in self.route.backends:
+            self.assertEqual((backend.healthy, backend.failures), (True, 0))
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(self.events[0]["refused"], 1)
+        self.assertIn("Too many open files", self.events[0]["why"])
+        self.clock.advance(Shortage.interval)
+        self.openUpstream()
+        self.assertEqual(len(self.events), 2)
+        # The clients refused since the first report.
+        self.assertEqual(self.events[1]["refused"], 20)
+        self.assertEqual(self.relay.shortage.refused, 21)
+
+    def test_realFailureStillCounts(self) -> None:
+        """
+        A backend that refuses the connection is still a backend failure
+        (502); the other's local failure is not counted, and the client is
+        told to come back (503).
+        """
+        one, two = self.route.backends
+        one.endpoint = _FailingEndpoint(
+            ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+        )
+        two.endpoint = _FailingEndpoint(
+            getConnectError((errno.EADDRNOTAVAIL, "no local port"))
+        )
+        refused = self.openUpstream()
+        self.assertEqual(refused.code, 503)
+        self.assertEqual((one.failures, two.failures), (1, 0))
+        two.endpoint = _FailingEndpoint(
+            ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+        )
+        self.assertEqual(self.openUpstream().code, 502)
+
+    def test_healthCheck(self) -> None:
+        """
+        An active check that cannot even make its socket records nothing:
+        the backend neither fails nor passes.
+        """
+        (backend, _) = self.route.backends
+        backend.endpoint = _FailingEndpoint(
+            ConnectBindError(errno.EMFILE, "Too many open files")
+        )
+        monitor = HealthMonitor(
+            "a", (backend,), tcp.build({}, None), self.clock, 2, 1, 1, 1
+        )
+        self.successResultOf(monitor.check(backend))
+        self.assertEqual((backend.healthy, backend.failures), (True, 0))
+        self.assertIsNone(backend.lastCheck)
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    A reload checks C{max_connections} against the limit too.
+    """
+
+    def test_reloadRejected(self) -> None:
+        """
+        A reloaded file whose C{max_connections} does not fit in the limit
+        is rejected, naming the key; the running configuration stays.
+        """
+        path = os.path.join(tempfile.mkdtemp(), "relay.ini")
+        text = (
+            "[relay]\nlisten = tcp:0\nmax_connections = {}\n"
+            "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+        )
+        with open(path, "w") as f:
+            f.write(text.format(32))
+        relay = RelayService(
+            loadConfig(path), MemoryReactorClock(), descriptors=Limit(128, 128, 128)
+        )
+        with open(path, "w") as f:
+            f.write(text.format(33))
+        error = self.failureResultOf(relay.reload(), ConfigError).value
+        assert isinstance(error, ConfigError)
+        self.assertEqual((error.section, error.key), ("relay", "max_connections"))
+        self.assertEqual(relay.config.maxConnections, 32)
+
+
+def closedByPeer(s: socket.socket) -> bool:
+    """
+    @return: Whether the peer closed or reset the non-blocking socket C{s}.
+    """
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+#: A relay with one proxy route to an echo backend (its URL in C{{url}}).
+PROXY = "[relay]\n[route:echo]\npath = /echo\nbackends = {url} name=echo\n"
+
+
+class ProcessTests(SynchronousTestCase):
+    """
+    C{twistd wsrelay} started with a low limit of open files.
+    """
+
+    def runScenario(self, scenario: Coroutine[Any, Any, None]) -> None:
+        """
+        Run C{scenario} in a new event loop.
+        """
+        asyncio.run(scenario)
+
+    async def relayTo(
+        self, openFiles: tuple[int, int], settings: str = ""
+    ) -> tuple[RelayProcess, BackendProcess]:
+        """
+        Start an echo backend and a relay to it with C{openFiles} as its
+        soft and hard C{RLIMIT_NOFILE}.
+
+        @param settings: More lines of the C{[relay]} section.
+        """
+        backend = BackendProcess("echo")
+        await backend.start()
+        text = PROXY.format(url=backend.url).replace(
+            "[relay]\n", "[relay]\n" + settings
+        )
+        relay = RelayProcess(text, openFiles)
+        try:
+            await relay.start()
+        except BaseException:
+            await backend.stop()
+            raise
+        return relay, backend
+
+    async def echoed(self, clients: list[ClientConnection]) -> None:
+        """
+        Each client gets the echo of a message of its own.
+        """
+        for i, c in enumerate(clients):
+            await c.send(f"m{i}")
+        for i, c in enumerate(clients):
+            self.assertEqual(await asyncio.wait_for(c.recv(), 10), f"m{i}")
+
+    def test_raised(self) -> None:
+        """
+        Started with a soft limit of 64 and a hard one of 1024, the relay
+        raises its soft limit to 1024, logs what that leaves room for, and
+        holds more connections than 64 descriptors would allow.
+        """
+        if HARD < 1024:
+            self.skipTest(f"the hard limit of open files here is {HARD}")
+
+        async def scenario() -> None:
+            relay, backend = await self.relayTo((64, 1024))
+            clients: list[ClientConnection] = []
+            try:
+                capacity = (1024 - descriptors.RESERVED) // 2
+                self.assertIn(
+                    f"open files: limit 1024 (raised from 64; hard limit 1024):"
+                    f" room for about {capacity} proxied connections",
+                    relay.logText(),
+                )
+                url = f"ws://127.0.0.1:{relay.port}/echo"
+                for _ in range(40):
+                    clients.append(await openClient(url))
+                await self.echoed(clients)
+                self.assertGreater(relay.descriptors(), 64)
+            finally:
+                for c in clients:
+                    await c.close()
+                await relay.stop()
+                await backend.stop()
+
+        self.runScenario(scenario())
+
+    def test_beyondCapacity(self) -> None:
+        """
+        With a hard limit of 128 too, the relay takes as many clients as
+        its limit leaves room for; every client beyond gets 503 with
+        C{Retry-After}, the condition is logged once (not per client), the
+        backend is not counted as failing, the open connections go on, and
+        a client that comes once one left is relayed again.
+        """
+
+        async def scenario() -> None:
+            relay, backend = await self.relayTo((128, 128))
+            clients: list[ClientConnection] = []
+            try:
+                capacity = (128 - descriptors.RESERVED) // 2
+                url = f"ws://127.0.0.1:{relay.port}/echo"
+                for _ in range(capacity):
+                    clients.append(await openClient(url))
+                await self.echoed(clients)
+                started = time.monotonic()
+                for _ in range(10):
+                    with self.assertRaises(InvalidStatus) as refused:
+                        await openClient(url)
+                    response = refused.exception.response
+                    self.assertEqual(response.status_code, 503)
+                    self.assertEqual(response.headers["Retry-After"], "1")
+                elapsed = time.monotonic() - started
+                await self.echoed(clients)
+                await clients.pop().close()
+                clients.append(await openClient(url))
+                await self.echoed(clients)
+                log = relay.logText()
+                reports = [line for line in log.splitlines() if SHORTAGE in line]
+                self.assertGreaterEqual(len(reports), 1, log[-3000:])
+                self.assertLessEqual(
+                    len(reports), 1 + int(elapsed // Shortage.interval), reports
+                )
+                self.assertNotIn("backend echo failed", log)
+                self.assertNotIn("is down", log)
+                self.assertNotIn("Too many open files", log)
+            finally:
+                for c in clients:
+                    await c.close()
+                await relay.stop()
+                await backend.stop()
+
+        self.runScenario(scenario())
+
+    def test_silentClients(self) -> None:
+        """
+        Clients that connect and send nothing cannot take the last
+        descriptors: beyond half of the relay's reserve they are dropped
+        as they come, so the kernel's C{accept} never fails (Twisted would
+        log each connection it then closes), the open connections go on,
+        and once the silent ones left, new clients get 503 again.
+        """
+
+        async def scenario() -> None:
+            # Silent clients are not dropped for their silence in the test.
+            relay, backend = await self.relayTo((128, 128), "handshake_timeout = 120\n")
+            clients: list[ClientConnection] = []
+            silent: list[socket.socket] = []
+            try:
+                capacity = (128 - descriptors.RESERVED) // 2
+                url = f"ws://127.0.0.1:{relay.port}/echo"
+                for _ in range(capacity):
+                    clients.append(await openClient(url))
+                before = relay.descriptors()
+                # Room to be read and answered: the budget and half the
+                # reserve, less what the proxied connections hold.
+                budget = 128 - descriptors.RESERVED
+                room = budget + descriptors.RESERVED // 2 - 2 * capacity
+                for _ in range(room + 20):
+                    s = socket.create_connection(("127.0.0.1", relay.port), 10)
+                    s.setblocking(False)
+                    silent.append(s)
+
+                def dropped() -> list[bool]:
+                    return [closedByPeer(s) for s in silent]
+
+                await waitUntil(lambda: sum(dropped()) >= 20, "silent clients dropped")
+                self.assertEqual(dropped().count(False), room)
+                await self.echoed(clients)
+                for s in silent:
+                    s.close()
+                await waitUntil(
+                    lambda: relay.descriptors() <= before, "silent clients gone"
+                )
+                with self.assertRaises(InvalidStatus) as refused:
+                    await openClient(url)
+                self.assertEqual(refused.exception.response.status_code, 503)
+                log = relay.logText()
+                self.assertNotIn("EMFILE", log)
+                self.assertNotIn("Could not accept", log)
+                self.assertLessEqual(log.count(SHORTAGE), 2, log[-3000:])
+            finally:
+                for s in silent:
+                    s.close()
+                for c in clients:
+                    await c.close()
+                await relay.stop()
+                await backend.stop()
+
+        self.runScenario(scenario())
+
+    def test_maxConnectionsCannotFit(self) -> None:
+        """
+        A C{max_connections} that the hard limit cannot hold stops the
+        start: status 1 and one line naming the key and the numbers.
+        """
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "relay.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+                "max_connections = 1000\n"
+                "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+            )
+
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (128, 256))
+
+        done = subprocess.run(
+            [TWISTD, "--pidfile=", "-n", "wsrelay", "--config", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=limit,
+        )
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertEqual(done.stdout, "")
+        self.assertEqual(
+            done.stderr.splitlines(),
+            [
+                f"wsrelay: {path}: [relay] max_connections: 1000 connections need"
+                " 2064 open files (2 each and 64 for the relay), but the limit is"
+                " 256 (hard limit 256): raise the hard limit (ulimit -Hn,"
+                " LimitNOFILE= for systemd) or lower max_connections"
+            ],
+        )

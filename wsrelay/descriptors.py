@@ -1,0 +1,181 @@
+# -*- test-case-name: tests.test_descriptors -*-
+"""
+Open files: the relay's limit, its capacity, and running out.
+
+Every client connection is a descriptor, and so is every connection to a
+backend.  A shell's soft C{RLIMIT_NOFILE} is often 1024 while the hard one
+is far higher; as HAProxy does, the relay raises its soft limit to the hard
+one at start (L{raiseLimit}), says how many connections that leaves room
+for, and refuses to start when C{max_connections} cannot fit.
+
+When descriptors run out anyway, that is the relay's problem, not the
+backend's: a connect that fails for want of a local resource
+(L{isLocalError}) is never counted against the backend, the client is told
+to come back (503 with C{Retry-After}), and the condition is logged once
+per L{Shortage.interval}, not once per connection.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+#: Errors of a connect that say the relay's host is out of something
+#: (descriptors for the process or the system, local ports, buffers), not
+#: that the backend failed.
+LOCAL_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL, errno.ENOBUFS}
+)
+
+#: Descriptors kept for everything but client connections and their
+#: upstreams: standard streams and logs, the reactor's own, the listening
+#: sockets, the admin listener and its clients, health checks, and clients
+#: that are being refused (each holds a descriptor until its 503 is out;
+#: without this room the kernel's accept queue would overflow instead).
+RESERVED = 64
+
+#: Descriptors a proxied connection holds: the client's and the backend's.
+PER_CONNECTION = 2
+
+
+def needed(maxConnections: int) -> int:
+    """
+    @return: The descriptors that C{maxConnections} proxied connections
+        need, the relay's own included.
+    """
+    return RESERVED + PER_CONNECTION * maxConnections
+
+
+def isLocalError(error: object) -> bool:
+    """
+    @return: Whether C{error}, the reason a connect failed, is one of
+        L{LOCAL_ERRNOS}: Twisted reports them as a L{ConnectError} (for
+        example C{ConnectBindError} when no socket can be made) whose
+        C{osError} is the number.
+    """
+    if isinstance(error, ConnectError):
+        number = error.osError
+    elif isinstance(error, OSError):
+        number = error.errno
+    else:
+        return False
+    return number in LOCAL_ERRNOS
+
+
+@dataclass(frozen=True)
+class Limit:
+    """
+    The process's limit of open files, after L{raiseLimit}.
+
+    @ivar found: The soft limit the process started with.
+    @ivar soft: The soft limit now.
+    @ivar hard: The hard limit (C{resource.RLIM_INFINITY} for none).
+    """
+
+    found: int
+    soft: int
+    hard: int
+
+    @property
+    def budget(self) -> int:
+        """
+        The descriptors left for client connections and their upstreams.
+        """
+        return max(0, self.soft - RESERVED)
+
+    @property
+    def capacity(self) -> int:
+        """
+        The proxied connections that fit (a fan-out client holds one
+        descriptor, so about twice as many of them fit).
+        """
+        return self.budget // PER_CONNECTION
+
+    def problem(self, maxConnections: int) -> str | None:
+        """
+        @return: Why C{max_connections} cannot fit, or L{None} when it does
+            (or is 0, no limit).
+        """
+        if not maxConnections or needed(maxConnections) <= self.soft:
+            return None
+        return (
+            f"{maxConnections} connections need {needed(maxConnections)} open"
+            f" files ({PER_CONNECTION} each and {RESERVED} for the relay), but"
+            f" the limit is {self.soft} (hard limit {self.hard}): raise the hard"
+            " limit (ulimit -Hn, LimitNOFILE= for systemd) or lower"
+            " max_connections"
+        )
+
+
+def raiseLimit(maxConnections: int, rlimit: Any = None) -> Limit:
+    """
+    Raise the soft limit of open files to the hard one, as HAProxy does;
+    never lower it.  Without a hard limit, raise it to what
+    C{maxConnections} needs.
+
+    @param maxConnections: C{max_connections} (0 for no limit).
+    @param rlimit: The L{resource} module, or a test's stand-in.
+    @return: The limits found and now in force.
+    """
+    if rlimit is None:
+        import resource as rlimit
+    soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
+    target = hard
+    if hard == rlimit.RLIM_INFINITY:
+        target = max(soft, needed(maxConnections))
+    if soft != rlimit.RLIM_INFINITY and soft < target:
+        try:
+            rlimit.setrlimit(rlimit.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    now, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
+    return Limit(soft, now, hard)
+
+
+class Shortage:
+    """
+    Clients refused because the relay is out of descriptors (or another
+    local resource): counted, and logged at most once per L{interval}.
+
+    @ivar refused: Clients refused so far.
+    """
+
+    log = Logger()
+
+    #: Seconds between two log events about it.
+    interval = 10.0
+
+    def __init__(self, clock: IReactorTime, limit: Limit | None) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._last: float | None = None
+        self._unreported = 0
+        self.refused = 0
+
+    def occurred(self, why: str) -> None:
+        """
+        A client was refused with 503 for C{why}; log it unless this was
+        logged less than L{interval} seconds ago.
+        """
+        self.refused += 1
+        self._unreported += 1
+        now = self._clock.seconds()
+        if self._last is not None and now - self._last < self.interval:
+            return
+        self._last = now
+        limit = self._limit
+        self.log.warn(
+            "refused {refused} new clients with 503 since the last report: the"
+            " relay is short of file descriptors or local ports ({why});"
+            " open-file limit {soft}; reported at most every {interval:g}s",
+            refused=self._unreported,
+            why=why,
+            soft="unknown" if limit is None else limit.soft,
+            interval=self.interval,
+        )
+        self._unreported = 0
