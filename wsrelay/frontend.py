@@ -4,7 +4,8 @@ The client-facing leg: an Autobahn server protocol that answers the
 opening handshake only once the relay has an upstream for it.
 
 Before Autobahn sees a request, L{FrontendProtocol.processHandshake}
-screens it: head size (431), syntax (400), C{GET /healthz}, the route
+screens it: head size (431), syntax (400), the path (dot segments
+resolved, 400 when it climbs above C{/}), C{GET /healthz}, the route
 (404) and the upgrade itself (426).
 """
 
@@ -26,6 +27,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
 from wsrelay.legs import OPEN, RelayLeg, withOptions
+from wsrelay.routing import PathAboveRoot, normalizePath
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route
@@ -81,14 +83,17 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         upstream, once the request was routed.
     @ivar head: The parsed request head.
     @ivar route: The route the request matched.
-    @ivar remainder: The path after the route's prefix.
-    @ivar query: The query string, without C{?}.
+    @ivar path: The request path, normalized (L{normalizePath}): the
+        relay routes on it and forwards it.
+    @ivar remainder: The normalized path after the route's prefix.
+    @ivar query: The query string, without C{?}, as sent.
     """
 
     factory: FrontendFactory
     session: ClientSession | None = None
     head: Head | None = None
     route: Route | None = None
+    path = "/"
     remainder = ""
     query = ""
     _refusal: Refused | None = None
@@ -247,7 +252,14 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         try:
             head = parseHead(data[:end])
             method, target, version = head.startLine.split(" ")
-            parts = urlsplit(target)
+            if target.startswith("/"):
+                # Origin form; urlsplit would take "//x/y" for a host.
+                rawPath, _, query = target.partition("?")
+            else:
+                parts = urlsplit(target)
+                if not (parts.scheme and parts.netloc):
+                    raise ValueError(target)
+                rawPath, query = parts.path or "/", parts.query
         except (BadHead, ValueError):
             self.refuse(Refused(400, "Bad Request"))
             return
@@ -255,7 +267,12 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
             self.refuse(Refused(505, "HTTP Version Not Supported"))
             return
-        if parts.path == "/healthz" and method in ("GET", "HEAD"):
+        try:
+            path = normalizePath(rawPath)
+        except PathAboveRoot:
+            self.refuse(Refused(400, "Bad Request", body=b"path climbs above /\n"))
+            return
+        if path == "/healthz" and method in ("GET", "HEAD"):
             self.refuse(Refused(200, "OK", body=b"ok\n"))
             return
         host = (head.get("host") or "").strip().lower()
@@ -263,7 +280,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             host = host[: host.find("]") + 1]
         else:
             host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        found = self.factory.relay.routes.match(host or None, parts.path or "/")
+        found = self.factory.relay.routes.match(host or None, path)
         if found is None:
             self.refuse(Refused(404, "Not Found"))
             return
@@ -282,7 +299,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             self.refuse(refusal)
             return
         self.route, self.remainder = route, remainder
-        self.query = parts.query
+        self.path, self.query = path, query
         self._screened = True
         WebSocketServerProtocol.processHandshake(self)
 
