@@ -6,11 +6,104 @@ in the opening handshake.
 
 from __future__ import annotations
 
+import socket
+import struct
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.test_limits import maskedFrame, readFrame
 from tests.test_proxy import rawExchange, rawRequest
+from wsrelay.proxyprotocol import (
+    V2_SIGNATURE,
+    BadProxyHeader,
+    ProxyProtocolFactory,
+    parseV1,
+)
 from wsrelay.routing import PathAboveRoot, normalizePath
+
+PROXY_LISTEN = "haproxy:tcp:0:interface=127.0.0.1"
+
+#: Forwarding fields as a client could forge them.
+FORGED = (
+    "X-Forwarded-For: 6.6.6.6\r\n"
+    "X-Forwarded-Proto: https\r\n"
+    "X-Forwarded-Host: evil.example\r\n"
+    "X-Real-IP: 6.6.6.6\r\n"
+    "Forwarded: for=6.6.6.6;proto=https\r\n"
+)
+
+FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
+FORWARDING += ("X-Real-IP", "Forwarded")
+
+
+def v1(source: str, family: str = "TCP4", destination: str = "127.0.0.1") -> bytes:
+    """
+    @return: A PROXY version 1 header for a client at C{source}.
+    """
+    return f"PROXY {family} {source} {destination} 40000 80\r\n".encode()
+
+
+def v2(source: str = "", command: int = 1) -> bytes:
+    """
+    @param source: An IPv4 or IPv6 address; none gives family C{UNSPEC}.
+    @param command: 1 for C{PROXY}, 0 for C{LOCAL}.
+    @return: A PROXY version 2 header for a client at C{source}.
+    """
+    if not source:
+        family, body = 0x00, b""
+    elif ":" in source:
+        family = 0x21
+        body = socket.inet_pton(socket.AF_INET6, source) * 2
+        body += struct.pack("!HH", 40000, 80)
+    else:
+        family = 0x11
+        body = socket.inet_pton(socket.AF_INET, source) * 2
+        body += struct.pack("!HH", 40000, 80)
+    return (
+        V2_SIGNATURE
+        + bytes([0x20 | command, family])
+        + struct.pack("!H", len(body))
+        + body
+    )
+
+
+def backendHeaders(port: int, extra: str = "", proxy: bytes = b"") -> list[list[str]]:
+    """
+    Open a connection to the relay by hand (after C{proxy}, a PROXY
+    header), and ask the backend behind it which header fields it got.
+
+    @return: The fields, as C{[name, value]} pairs.
+    """
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(proxy + rawRequest(port, "/chat", extra))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1)
+            if not chunk:
+                raise EOFError(head)
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        s.sendall(maskedFrame(1, b"headers"))
+        _, payload = readFrame(s)
+        s.sendall(maskedFrame(8, b"\x03\xe8"))
+    return [line.split(": ", 1) for line in payload.decode().split("\n")]
+
+
+def refusedOutright(port: int, proxy: bytes) -> bytes:
+    """
+    Send C{proxy} and a request; read what the relay answers until it
+    closes the connection.
+    """
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(proxy + rawRequest(port))
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 class NormalizePathTests(SynchronousTestCase):
@@ -174,3 +267,299 @@ class PathRoutingTests(TestCase):
         _, port = await self.relay()
         answer = await inThread(rawExchange, port, rawRequest(port, "/public/.."))
         self.assertTrue(answer.startswith(b"HTTP/1.1 404 "), answer)
+
+
+class ForwardedHeaderTests(TestCase):
+    """
+    The forwarding fields a backend gets (C{X-Forwarded-For},
+    C{X-Forwarded-Proto}, C{X-Forwarded-Host}, C{X-Real-IP},
+    C{Forwarded}) are the relay's unless the peer is a trusted proxy, on
+    plain listeners and PROXY protocol ones alike; the peer of a PROXY
+    listener is the address its header gives.
+    """
+
+    async def forwarded(
+        self,
+        trusted: str = "",
+        listen: str = "tcp:0:interface=127.0.0.1",
+        proxy: bytes = b"",
+    ) -> tuple[int, dict[str, str]]:
+        """
+        Send a request with forged forwarding fields.
+
+        @param trusted: The relay's C{trusted_proxies}.
+        @return: The relay's port, and the forwarding fields the backend
+            got (each of them exactly once).
+        """
+        b = startBackend(self)
+        config = "[relay]\n"
+        if trusted:
+            config += f"trusted_proxies = {trusted}\n"
+        config += f"[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        _, port = await startRelay(self, config, listen=listen)
+        fields = await inThread(backendHeaders, port, FORGED, proxy)
+        got = [(n, v) for (n, v) in fields if n in FORWARDING]
+        self.assertEqual(sorted(n for (n, _) in got), sorted(FORWARDING))
+        return port, dict(got)
+
+    def assertOwn(self, got: dict[str, str], peer: str, host: str) -> None:
+        """
+        The fields are the relay's own, for a client at C{peer} that
+        asked for C{host}: nothing the client sent survived.
+        """
+        node = f'"[{peer}]"' if ":" in peer else peer
+        self.assertEqual(
+            got,
+            {
+                "X-Forwarded-For": peer,
+                "X-Forwarded-Proto": "http",
+                "X-Forwarded-Host": host,
+                "X-Real-IP": peer,
+                "Forwarded": f'for={node};proto=http;host="{host}"',
+            },
+        )
+
+    async def test_untrustedPeer(self) -> None:
+        """
+        Without C{trusted_proxies}, the client's forwarding fields are
+        dropped and the relay writes its own.
+        """
+        port, got = await self.forwarded()
+        self.assertOwn(got, "127.0.0.1", f"127.0.0.1:{port}")
+
+    async def test_peerNotTrusted(self) -> None:
+        """
+        With C{trusted_proxies} that do not hold the peer, likewise.
+        """
+        port, got = await self.forwarded("10.0.0.0/8")
+        self.assertOwn(got, "127.0.0.1", f"127.0.0.1:{port}")
+
+    async def test_trustedPeer(self) -> None:
+        """
+        From a trusted proxy, C{X-Forwarded-For} and C{Forwarded} are
+        kept with the peer appended, C{X-Forwarded-Proto} and
+        C{X-Forwarded-Host} are believed, and C{X-Real-IP} is the client
+        address the chain gives.
+        """
+        port, got = await self.forwarded("127.0.0.1")
+        self.assertEqual(
+            got,
+            {
+                "X-Forwarded-For": "6.6.6.6, 127.0.0.1",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example",
+                "X-Real-IP": "6.6.6.6",
+                "Forwarded": "for=6.6.6.6;proto=https, "
+                f'for=127.0.0.1;proto=http;host="127.0.0.1:{port}"',
+            },
+        )
+
+    async def test_proxyListenerUntrusted(self) -> None:
+        """
+        Behind a PROXY listener without C{trusted_proxies}, the client is
+        the header's source, and what it sent is dropped.
+        """
+        port, got = await self.forwarded(listen=PROXY_LISTEN, proxy=v1("203.0.113.7"))
+        self.assertOwn(got, "203.0.113.7", f"127.0.0.1:{port}")
+
+    async def test_proxyListenerSocketTrusted(self) -> None:
+        """
+        Behind a PROXY listener, C{trusted_proxies} is matched against the
+        header's source, not the socket's peer (the load balancer, here
+        127.0.0.1): the client there is still untrusted.
+        """
+        port, got = await self.forwarded(
+            "127.0.0.1", listen=PROXY_LISTEN, proxy=v1("203.0.113.7")
+        )
+        self.assertOwn(got, "203.0.113.7", f"127.0.0.1:{port}")
+
+    async def test_proxyListenerTrusted(self) -> None:
+        """
+        Behind a PROXY listener whose header's source is a trusted proxy
+        (a CDN in front of the load balancer, say), that proxy's fields
+        are believed as from a trusted peer.
+        """
+        port, got = await self.forwarded(
+            "203.0.113.0/24", listen=PROXY_LISTEN, proxy=v1("203.0.113.7")
+        )
+        self.assertEqual(
+            got,
+            {
+                "X-Forwarded-For": "6.6.6.6, 203.0.113.7",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example",
+                "X-Real-IP": "6.6.6.6",
+                "Forwarded": "for=6.6.6.6;proto=https, "
+                f'for=203.0.113.7;proto=http;host="127.0.0.1:{port}"',
+            },
+        )
+
+    async def test_proxyListenerIPv6(self) -> None:
+        """
+        An IPv6 source in a version 2 header: the C{Forwarded} node is
+        bracketed and quoted.
+        """
+        port, got = await self.forwarded(listen=PROXY_LISTEN, proxy=v2("2001:db8::7"))
+        self.assertOwn(got, "2001:db8::7", f"127.0.0.1:{port}")
+
+
+class ProxyProtocolTests(TestCase):
+    """
+    PROXY protocol listeners (C{haproxy:...}) over real sockets.
+    """
+
+    async def relay(self) -> tuple[object, int]:
+        """
+        @return: A backend, and the port of a relay with a PROXY listener
+            in front of it.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self,
+            f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+            listen=PROXY_LISTEN,
+        )
+        return b, port
+
+    async def realIP(self, port: int, proxy: bytes) -> str:
+        """
+        @return: The C{X-Real-IP} the backend got for a client sent
+            after C{proxy}.
+        """
+        fields = await inThread(backendHeaders, port, "", proxy)
+        (address,) = [v for (n, v) in fields if n == "X-Real-IP"]
+        return str(address)
+
+    async def test_unknown(self) -> None:
+        """
+        C{PROXY UNKNOWN} (with or without the addresses that may follow
+        it) is accepted, and the client's address is the socket's peer.
+        """
+        _, port = await self.relay()
+        for header in [
+            b"PROXY UNKNOWN\r\n",
+            b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
+        ]:
+            self.assertEqual(await self.realIP(port, header), "127.0.0.1", header)
+
+    async def test_addresses(self) -> None:
+        """
+        The client's address is the header's source: version 1 and 2,
+        IPv4 and IPv6; version 2's C{LOCAL} and C{UNSPEC} leave the
+        socket's.
+        """
+        _, port = await self.relay()
+        for header, expected in [
+            (v1("198.51.100.4"), "198.51.100.4"),
+            (v1("2001:db8::4", "TCP6", "::1"), "2001:db8::4"),
+            (v2("198.51.100.5"), "198.51.100.5"),
+            (v2("2001:db8::5"), "2001:db8::5"),
+            (v2("198.51.100.6", command=0), "127.0.0.1"),
+            (v2(), "127.0.0.1"),
+        ]:
+            self.assertEqual(await self.realIP(port, header), expected, header)
+
+    async def test_invalid(self) -> None:
+        """
+        A header with an address that is not one, a bad port, an unknown
+        protocol, or no header at all: the connection is closed without
+        an answer and reaches no backend.
+        """
+        b, port = await self.relay()
+        for header in [
+            v1("999.1.1.1"),
+            v1("1.2.3.4", destination="127.0.0.256"),
+            v1("::1"),
+            v1("1.2.3.4", "TCP6"),
+            b"PROXY TCP4 1.2.3.4 127.0.0.1 99999 80\r\n",
+            b"PROXY TCP4 1.2.3.4 127.0.0.1 -1 80\r\n",
+            b"PROXY UDP4 1.2.3.4 127.0.0.1 1 80\r\n",
+            b"PROXY TCP4 1.2.3.4 127.0.0.1 1\r\n",
+            b"PROXY " + b"1" * 120,
+            b"",
+        ]:
+            answer = await inThread(refusedOutright, port, header)
+            self.assertEqual(answer, b"", header)
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+
+class ProxyProtocolUnitTests(SynchronousTestCase):
+    """
+    L{ProxyProtocolFactory} and its parsers, in memory.
+    """
+
+    def connect(self) -> tuple[list[bytes], StringTransport, Protocol]:
+        """
+        @return: What the wrapped protocol receives, the transport, and
+            the wrapper.
+        """
+        received: list[bytes] = []
+
+        class Recorder(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+
+        factory = ProxyProtocolFactory(Factory.forProtocol(Recorder))
+        wrapper = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert wrapper is not None
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 5000))
+        wrapper.makeConnection(transport)
+        return received, transport, wrapper
+
+    def test_inPieces(self) -> None:
+        """
+        A header that arrives a byte at a time (Twisted's wrapper drops a
+        connection whose first read is shorter than 8 bytes) is read
+        whole; what follows it goes to the wrapped protocol.
+        """
+        for header, peer in [
+            (v1("198.51.100.4"), IPv4Address("TCP", "198.51.100.4", 40000)),
+            (v2("2001:db8::5"), IPv6Address("TCP", "2001:db8::5", 40000)),
+            (b"PROXY UNKNOWN\r\n", IPv4Address("TCP", "192.0.2.1", 5000)),
+        ]:
+            received, transport, wrapper = self.connect()
+            for i in range(len(header)):
+                wrapper.dataReceived(header[i : i + 1])
+            self.assertEqual(received, [])
+            wrapper.dataReceived(b"GET")
+            self.assertEqual(received, [b"GET"])
+            self.assertEqual(wrapper.getPeer(), peer)  # type: ignore[attr-defined]
+            self.assertFalse(transport.disconnecting)
+
+    def test_rest(self) -> None:
+        """
+        Bytes after the header in the same read reach the wrapped protocol.
+        """
+        received, _, wrapper = self.connect()
+        wrapper.dataReceived(b"PROXY UNKNOWN\r\nGET / HTTP/1.1")
+        self.assertEqual(received, [b"GET / HTTP/1.1"])
+
+    def test_refused(self) -> None:
+        """
+        A connection that does not start with a header is closed at the
+        first byte that shows it.
+        """
+        received, transport, wrapper = self.connect()
+        wrapper.dataReceived(b"PROXX")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(received, [])
+
+    def test_parseV1(self) -> None:
+        """
+        L{parseV1} checks addresses and ports, and canonicalizes
+        addresses.
+        """
+        self.assertEqual(
+            parseV1(b"PROXY TCP6 2001:DB8:0::1 ::1 1 65535"),
+            (IPv6Address("TCP", "2001:db8::1", 1), IPv6Address("TCP", "::1", 65535)),
+        )
+        self.assertEqual(parseV1(b"PROXY UNKNOWN"), (None, None))
+        for line in [
+            b"PROXY TCP4 01.2.3.4 1.2.3.4 1 2",
+            b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2 3",
+            b"PROXY TCP4 1.2.3.4 1.2.3.4 1 +2",
+            b"PROXY TCP4 1.2.3.4 1.2.3.4 1 \xd9\xa3",
+            b"PROXY  TCP4 1.2.3.4 1.2.3.4 1 2",
+            b"proxy TCP4 1.2.3.4 1.2.3.4 1 2",
+        ]:
+            self.assertRaises(BadProxyHeader, parseV1, line)

@@ -43,6 +43,18 @@ NOT_FORWARDED = frozenset(
     }
 )
 
+#: The fields that say whom a request was forwarded for: from a client the
+#: relay does not trust they are dropped, and the relay writes its own.
+FORWARDING = frozenset(
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "forwarded",
+    }
+)
+
 REASONS = {
     101: "Switching Protocols",
     200: "OK",
@@ -133,6 +145,30 @@ def parseHead(data: bytes) -> Head:
             raise BadHead(f"control character in header {name!r}")
         headers.append((name, value.strip(" \t")))
     return Head(lines[0], tuple(headers))
+
+
+def quotedString(value: str) -> str:
+    """
+    @return: C{value} as a token when it is one, else as a quoted string
+        (RFC 9110 5.6.4), for a parameter of C{Forwarded}.
+    """
+    if _TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def forwardedNode(address: str) -> str:
+    """
+    @param address: An IP address, or anything else for a peer without one
+        (a Unix socket's).
+    @return: The node of a C{Forwarded} element's C{for=} (RFC 7239 6):
+        IPv6 in brackets and quotes, C{unknown} when not an address.
+    """
+    if ":" in address:
+        return f'"[{address}]"'
+    if address and all(c.isdigit() or c == "." for c in address):
+        return address
+    return "unknown"
 
 
 def connectionTokens(head: Head) -> set[str]:
