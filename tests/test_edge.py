@@ -563,3 +563,125 @@ class ProxyProtocolUnitTests(SynchronousTestCase):
             b"proxy TCP4 1.2.3.4 1.2.3.4 1 2",
         ]:
             self.assertRaises(BadProxyHeader, parseV1, line)
+
+
+def upgradeRequest(
+    port: int, version: str = "13", extra: str = "", upgrade: bool = True
+) -> bytes:
+    """
+    @return: An opening handshake request for C{/chat} asking for
+        WebSocket C{version} (or, without C{upgrade}, a plain C{GET}).
+    """
+    fields = f"GET /chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    if upgrade:
+        fields += (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: {version}\r\n"
+        )
+    return (fields + extra + "\r\n").encode()
+
+
+def responseHead(answer: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """
+    @return: The status and the header fields of an HTTP response.
+    """
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("iso-8859-1")
+    status, *lines = head.split("\r\n")
+    fields = [line.split(": ", 1) for line in lines]
+    return int(status.split(" ")[1]), [(n.lower(), v) for (n, v) in fields]
+
+
+class StrictnessTests(TestCase):
+    """
+    Requests that HTTP or RFC 6455 do not allow get the answer they call
+    for, and reach no backend.
+    """
+
+    async def relay(self) -> tuple[object, int]:
+        """
+        @return: A backend, and the port of a relay in front of it.
+        """
+        b = startBackend(self)
+        _, port = await startRelay(
+            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        )
+        return b, port
+
+    async def answer(self, port: int, data: bytes) -> tuple[int, list[tuple[str, str]]]:
+        """
+        Send C{data}; the relay must answer and close.
+
+        @return: The status and header fields of its answer.
+        """
+        return responseHead(await inThread(rawExchange, port, data))
+
+    async def test_versionNot13(self) -> None:
+        """
+        A WebSocket version other than 13 gets 426 with
+        C{Sec-WebSocket-Version: 13} (RFC 6455 4.4); two version fields
+        get 400.
+        """
+        b, port = await self.relay()
+        for version in ["8", "7", "14", "13, 8", "x"]:
+            status, fields = await self.answer(port, upgradeRequest(port, version))
+            self.assertEqual(status, 426, version)
+            self.assertIn(("sec-websocket-version", "13"), fields)
+            self.assertIn(("upgrade", "websocket"), fields)
+        twice = upgradeRequest(port, extra="Sec-WebSocket-Version: 13\r\n")
+        status, _ = await self.answer(port, twice)
+        self.assertEqual(status, 400)
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+    async def test_oneConnectionField(self) -> None:
+        """
+        A 426 (to a plain request, or for the version) has one
+        C{Connection} field, holding both C{Upgrade} (RFC 9110 7.8) and
+        C{close}.
+        """
+        _, port = await self.relay()
+        for request in [
+            upgradeRequest(port, upgrade=False),
+            upgradeRequest(port, "8"),
+        ]:
+            status, fields = await self.answer(port, request)
+            self.assertEqual(status, 426)
+            self.assertEqual(
+                [v for (n, v) in fields if n == "connection"], ["Upgrade, close"]
+            )
+
+    async def test_body(self) -> None:
+        """
+        An upgrade request with a body (C{Content-Length} above 0, any
+        C{Transfer-Encoding}) or with two C{Content-Length} fields gets
+        400: its body would be read as frames.
+        """
+        b, port = await self.relay()
+        for extra, body in [
+            ("Content-Length: 0\r\nContent-Length: 0\r\n", ""),
+            ("Content-Length: 5\r\n", "hello"),
+            ("Content-Length: 00\r\n", ""),
+            ("Content-Length: -1\r\n", ""),
+            ("Transfer-Encoding: chunked\r\n", "0\r\n\r\n"),
+            ("Transfer-Encoding: identity\r\n", ""),
+        ]:
+            request = upgradeRequest(port, extra=extra) + body.encode()
+            status, _ = await self.answer(port, request)
+            self.assertEqual(status, 400, extra)
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+    async def test_emptyBody(self) -> None:
+        """
+        C{Content-Length: 0} is no body: the request is upgraded.
+        """
+        _, port = await self.relay()
+
+        def run() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+                s.sendall(upgradeRequest(port, extra="Content-Length: 0\r\n"))
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += s.recv(1)
+                return head
+
+        self.assertTrue((await inThread(run)).startswith(b"HTTP/1.1 101 "))

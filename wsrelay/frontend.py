@@ -4,9 +4,10 @@ The client-facing leg: an Autobahn server protocol that answers the
 opening handshake only once the relay has an upstream for it.
 
 Before Autobahn sees a request, L{FrontendProtocol.processHandshake}
-screens it: head size (431), syntax (400), the path (dot segments
-resolved, 400 when it climbs above C{/}), C{GET /healthz}, the route
-(404) and the upgrade itself (426).
+screens it: head size (431), syntax (400), a body (400), the path (dot
+segments resolved, 400 when it climbs above C{/}), C{GET /healthz}, the
+route (404) and the upgrade itself (426, also for a WebSocket version
+other than 13).
 """
 
 from __future__ import annotations
@@ -267,6 +268,15 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
             self.refuse(Refused(505, "HTTP Version Not Supported"))
             return
+        lengths = [v for (n, v) in head.headers if n.lower() == "content-length"]
+        if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
+            # An upgrade request has no body: what follows its head would
+            # be read as frames (RFC 6455 4.1); a length given twice is
+            # ambiguous (RFC 9112 6.3).
+            self.refuse(
+                Refused(400, "Bad Request", body=b"a request body is not allowed\n")
+            )
+            return
         try:
             path = normalizePath(rawPath)
         except PathAboveRoot:
@@ -290,6 +300,26 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
                     426,
                     "Upgrade Required",
                     [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+                )
+            )
+            return
+        versions = [
+            v for (n, v) in head.headers if n.lower() == "sec-websocket-version"
+        ]
+        if len(versions) > 1:
+            self.refuse(Refused(400, "Bad Request"))
+            return
+        if versions and versions[0] != "13":
+            # RFC 6455 4.4: say which version the relay speaks.
+            self.refuse(
+                Refused(
+                    426,
+                    "Upgrade Required",
+                    [
+                        ("Upgrade", "websocket"),
+                        ("Connection", "Upgrade"),
+                        ("Sec-WebSocket-Version", "13"),
+                    ],
                 )
             )
             return
@@ -441,6 +471,7 @@ class FrontendFactory(WebSocketServerFactory):
         config = self.relay.config
         self.setProtocolOptions(
             webStatus=False,
+            versions=[13],
             failByDrop=False,
             echoCloseCodeReason=True,
             maxMessagePayloadSize=config.maxMessageSize,

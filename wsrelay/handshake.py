@@ -224,6 +224,9 @@ def buildResponse(
     """
     Build a complete HTTP/1.1 response that closes the connection.
 
+    @param headers: Its fields; the options of a C{Connection} field among
+        them (C{Upgrade} in a 426) join C{close} in the response's one
+        C{Connection} field.
     @param body: The body; when L{None}, a one-line plain-text body naming
         the status is made up.
     """
@@ -236,9 +239,14 @@ def buildResponse(
     lines = [f"HTTP/1.1 {status} {reason}"]
     if server:
         lines.append(f"Server: {server}")
-    lines.extend(f"{n}: {v}" for (n, v) in headers)
+    options = []
+    for n, v in headers:
+        if n.lower() == "connection":
+            options.append(v)
+        else:
+            lines.append(f"{n}: {v}")
     lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
+    lines.append(f"Connection: {', '.join([*options, 'close'])}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1", "replace")
     return head + body
 
