@@ -11,12 +11,15 @@ import struct
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, Logger, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_limits import maskedFrame, readFrame
 from tests.test_proxy import rawExchange, rawRequest
+from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.proxyprotocol import (
     V2_SIGNATURE,
     BadProxyHeader,
@@ -685,3 +688,123 @@ class StrictnessTests(TestCase):
                 return head
 
         self.assertTrue((await inThread(run)).startswith(b"HTTP/1.1 101 "))
+
+
+class ErrorBudgetTests(SynchronousTestCase):
+    """
+    L{ErrorBudget} and L{LimitedLogger}, on a fake clock.
+    """
+
+    def setUp(self) -> None:
+        """
+        A budget of 3 lines every 10 seconds and a logger using it, whose
+        events (the summaries' too) are kept.
+        """
+        self.events: list[LogEvent] = []
+        self.clock = Clock()
+        self.budget = ErrorBudget(self.clock, 3, 10)
+        self.budget.log = Logger(observer=self.events.append)
+        self.logger = LimitedLogger(Logger(observer=self.events.append), self.budget)
+
+    def texts(self) -> list[str]:
+        """
+        @return: The formats logged so far, with the summaries' counts.
+        """
+        return [str(e.get("suppressed", e["log_format"])) for e in self.events]
+
+    def test_limited(self) -> None:
+        """
+        Beyond the limit, lines are held back; at the end of the window one
+        line says how many; the next window lets lines through again.
+        """
+        for i in range(10):
+            self.logger.warn("line {i}", i=i)
+        self.logger.info("info")
+        self.logger.error("error")
+        self.assertEqual(self.texts(), ["line {i}"] * 3)
+        self.assertEqual(self.budget.suppressed, 9)
+        self.clock.advance(9.9)
+        self.assertEqual(len(self.events), 3)
+        self.clock.advance(0.1)
+        self.assertEqual(self.texts(), ["line {i}"] * 3 + ["9"])
+        self.assertEqual(self.events[-1]["log_level"], LogLevel.warn)
+        self.logger.warn("again")
+        self.assertEqual(self.texts()[-1], "again")
+        self.assertEqual(self.budget.totalSuppressed, 9)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_quiet(self) -> None:
+        """
+        Within the limit nothing is held back and no summary is logged; the
+        window starts with the first line, not at a fixed time.
+        """
+        self.clock.advance(7)
+        for _ in range(3):
+            self.logger.warn("w")
+        self.clock.advance(9)
+        self.logger.warn("held")
+        self.assertEqual(self.texts(), ["w"] * 3)
+        self.clock.advance(1)
+        self.assertEqual(self.texts(), ["w"] * 3 + ["1"])
+
+    def test_flush(self) -> None:
+        """
+        L{ErrorBudget.flush} (the relay stopping) logs the count at once and
+        leaves no timer behind.
+        """
+        for _ in range(5):
+            self.logger.info("i")
+        self.budget.flush()
+        self.assertEqual(self.texts(), ["i"] * 3 + ["2"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_debugUnlimited(self) -> None:
+        """
+        C{debug} does not count against the budget.
+        """
+        for _ in range(10):
+            self.logger.debug("d")
+        self.logger.warn("w")
+        self.assertEqual(self.texts(), ["d"] * 10 + ["w"])
+
+
+class ProtocolErrorLogTests(TestCase):
+    """
+    A client that sends bad requests over and over cannot flood the log.
+    """
+
+    async def test_badRequests(self) -> None:
+        """
+        Thirty refused handshakes: Autobahn's lines about them (two each)
+        stop at the relay's budget, and one line says how many more there
+        were when the window ends (on the relay's clock); the access log,
+        which C{access_log} governs, has every refusal.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+            clock=clock,
+        )
+        budget = relay.frontendFactory.protocolErrors
+        for _ in range(30):
+            answer = await inThread(rawExchange, port, upgradeRequest(port, "8"))
+            self.assertTrue(answer.startswith(b"HTTP/1.1 426 "), answer)
+        autobahn = [
+            e
+            for e in events
+            if e.get("log_namespace", "").startswith("autobahn.")
+            and e["log_level"] >= LogLevel.info
+        ]
+        self.assertEqual(len(autobahn), budget.limit)
+        access = [e for e in events if e.get("event") == "access"]
+        self.assertEqual(len(access), 30)
+        self.assertEqual([e for e in events if "suppressed" in e], [])
+        clock.advance(budget.interval)
+        (summary,) = [e for e in events if "suppressed" in e]
+        self.assertGreaterEqual(summary["suppressed"], 30)
+        self.assertEqual(summary["log_level"], LogLevel.warn)

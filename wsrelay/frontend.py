@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
 from wsrelay.legs import OPEN, RelayLeg, withOptions
+from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.routing import PathAboveRoot, normalizePath
 
 if TYPE_CHECKING:
@@ -462,7 +463,16 @@ class FrontendFactory(WebSocketServerFactory):
     def __init__(self, relay: RelayService) -> None:
         super().__init__(server="wsrelay", reactor=relay._reactor)
         self.relay = relay
+        #: The budget of log lines that clients' protocol errors may cause.
+        self.protocolErrors = ErrorBudget(relay.clock)
         self.configure()
+
+    def stopFactory(self) -> None:
+        """
+        The last listener stopped: log what the budget held back.
+        """
+        self.protocolErrors.flush()
+        super().stopFactory()
 
     def configure(self) -> None:
         """
@@ -484,3 +494,8 @@ class FrontendFactory(WebSocketServerFactory):
             utf8validateIncoming=True,
         )
         self.protocol = withOptions(FrontendProtocol, self)
+        # What Autobahn logs of a client's protocol errors (a refused
+        # handshake, a bad frame) counts against the budget.
+        self.protocol.log = LimitedLogger(
+            WebSocketServerProtocol.log, self.protocolErrors
+        )

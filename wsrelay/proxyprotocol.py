@@ -181,12 +181,14 @@ class ProxyProtocolWrapper(ProtocolWrapper):
 
     def refused(self, reason: str) -> None:
         """
-        The connection did not start with a valid header: close it.
+        The connection did not start with a valid header: close it, and
+        say so (within the listener's L{wsrelay.logs.ErrorBudget}).
         """
         assert self.transport is not None
-        log = getattr(self.factory.wrappedFactory, "protocolErrors", None)
-        if log is not None:
-            log.warn(
+        # A relay's listener: the warning counts against its budget.
+        budget = getattr(self.factory.wrappedFactory, "protocolErrors", None)
+        if budget is None or budget.allow():
+            self.log.warn(
                 "PROXY protocol: connection from {peer} refused: {reason}",
                 peer=getattr(self.transport.getPeer(), "host", None),
                 reason=reason,
