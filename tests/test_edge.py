@@ -262,6 +262,16 @@ class PathRoutingTests(TestCase):
             self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
 
+    async def test_fragment(self) -> None:
+        """
+        A request target with a fragment is answered 400, as Autobahn
+        did when the path before it matched a route.
+        """
+        _, port = await self.relay()
+        for path in ["/echo#x", "/echo/..#x"]:
+            answer = await inThread(rawExchange, port, rawRequest(port, path))
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
+
     async def test_leavingRoute(self) -> None:
         """
         A path that climbs out of its route's prefix is routed on where it
@@ -546,6 +556,33 @@ class ProxyProtocolUnitTests(SynchronousTestCase):
         wrapper.dataReceived(b"PROXX")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(received, [])
+
+    def test_refusalsLogged(self) -> None:
+        """
+        A refused header is logged as a warning that counts against the
+        wrapped factory's L{ErrorBudget} (a relay's frontend factory has
+        one): beyond it, refusals are counted, not logged.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        wrapped = Factory.forProtocol(Protocol)
+        wrapped.protocolErrors = ErrorBudget(clock, 2, 10)  # type: ignore[attr-defined]
+        factory = ProxyProtocolFactory(wrapped)
+        for _ in range(5):
+            wrapper = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+            assert wrapper is not None
+            transport = StringTransport()
+            wrapper.makeConnection(transport)
+            wrapper.dataReceived(v1("999.1.1.1"))
+            self.assertTrue(transport.disconnecting)
+        refusals = [e for e in events if "PROXY protocol" in e.get("log_format", "")]
+        self.assertEqual(len(refusals), 2)
+        self.assertEqual(refusals[0]["log_level"], LogLevel.warn)
+        self.assertIn("999.1.1.1", refusals[0]["reason"])
+        self.assertEqual(wrapped.protocolErrors.suppressed, 3)  # type: ignore[attr-defined]
+        wrapped.protocolErrors.flush()  # type: ignore[attr-defined]
 
     def test_parseV1(self) -> None:
         """

@@ -254,6 +254,9 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         try:
             head = parseHead(data[:end])
             method, target, version = head.startLine.split(" ")
+            if "#" in target:
+                # A request target has no fragment (RFC 9112 3.2).
+                raise ValueError(target)
             if target.startswith("/"):
                 # Origin form; urlsplit would take "//x/y" for a host.
                 rawPath, _, query = target.partition("?")
