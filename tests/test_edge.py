@@ -509,7 +509,14 @@ class ProxyProtocolUnitTests(SynchronousTestCase):
         received: list[bytes] = []
 
         class Recorder(Protocol):
+            """
+            Keeps what it receives.
+            """
+
             def dataReceived(self, data: bytes) -> None:
+                """
+                Keep C{data}.
+                """
                 received.append(data)
 
         factory = ProxyProtocolFactory(Factory.forProtocol(Recorder))
