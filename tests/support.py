@@ -161,13 +161,18 @@ def startBackend(testCase: Any, **kwargs: Any) -> Backend:
 
 
 async def startRelay(
-    testCase: Any, text: str, clock: Any = None
+    testCase: Any,
+    text: str,
+    clock: Any = None,
+    listen: str = "tcp:0:interface=127.0.0.1",
 ) -> tuple[RelayService, int]:
     """
     Start a relay on a loopback port from a config text (its C{listen}
     is added), stopped at the end of C{testCase}.  When C{testCase} has a
     C{dataPath} attribute, every route gets that C{data_path}.
 
+    @param listen: The endpoint the relay listens on (port 0: the system
+        picks one), say C{haproxy:tcp:0:interface=127.0.0.1}.
     @return: The service and its port.
     """
     dataPath = getattr(testCase, "dataPath", None)
@@ -177,9 +182,7 @@ async def startRelay(
     directory = tempfile.mkdtemp()
     path = os.path.join(directory, "relay.ini")
     with open(path, "w") as f:
-        f.write(
-            text.replace("[relay]", "[relay]\nlisten = tcp:0:interface=127.0.0.1", 1)
-        )
+        f.write(text.replace("[relay]", f"[relay]\nlisten = {listen}", 1))
     relay = RelayService(loadConfig(path), reactor, clock)
     relay.startService()
     testCase.addCleanup(relay.stopService)

@@ -4,8 +4,10 @@ The client-facing leg: an Autobahn server protocol that answers the
 opening handshake only once the relay has an upstream for it.
 
 Before Autobahn sees a request, L{FrontendProtocol.processHandshake}
-screens it: head size (431), syntax (400), C{GET /healthz}, the route
-(404) and the upgrade itself (426).
+screens it: head size (431), syntax (400), a body (400), the path (dot
+segments resolved, 400 when it climbs above C{/}), C{GET /healthz}, the
+route (404) and the upgrade itself (426, also for a WebSocket version
+other than 13).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from twisted.python.failure import Failure
 
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
 from wsrelay.legs import OPEN, RelayLeg, withOptions
+from wsrelay.logs import ErrorBudget, LimitedLogger
+from wsrelay.routing import PathAboveRoot, normalizePath
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route
@@ -81,14 +85,17 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         upstream, once the request was routed.
     @ivar head: The parsed request head.
     @ivar route: The route the request matched.
-    @ivar remainder: The path after the route's prefix.
-    @ivar query: The query string, without C{?}.
+    @ivar path: The request path, normalized (L{normalizePath}): the
+        relay routes on it and forwards it.
+    @ivar remainder: The normalized path after the route's prefix.
+    @ivar query: The query string, without C{?}, as sent.
     """
 
     factory: FrontendFactory
     session: ClientSession | None = None
     head: Head | None = None
     route: Route | None = None
+    path = "/"
     remainder = ""
     query = ""
     _refusal: Refused | None = None
@@ -247,7 +254,17 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         try:
             head = parseHead(data[:end])
             method, target, version = head.startLine.split(" ")
-            parts = urlsplit(target)
+            if "#" in target:
+                # A request target has no fragment (RFC 9112 3.2).
+                raise ValueError(target)
+            if target.startswith("/"):
+                # Origin form; urlsplit would take "//x/y" for a host.
+                rawPath, _, query = target.partition("?")
+            else:
+                parts = urlsplit(target)
+                if not (parts.scheme and parts.netloc):
+                    raise ValueError(target)
+                rawPath, query = parts.path or "/", parts.query
         except (BadHead, ValueError):
             self.refuse(Refused(400, "Bad Request"))
             return
@@ -255,7 +272,21 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
             self.refuse(Refused(505, "HTTP Version Not Supported"))
             return
-        if parts.path == "/healthz" and method in ("GET", "HEAD"):
+        lengths = [v for (n, v) in head.headers if n.lower() == "content-length"]
+        if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
+            # An upgrade request has no body: what follows its head would
+            # be read as frames (RFC 6455 4.1); a length given twice is
+            # ambiguous (RFC 9112 6.3).
+            self.refuse(
+                Refused(400, "Bad Request", body=b"a request body is not allowed\n")
+            )
+            return
+        try:
+            path = normalizePath(rawPath)
+        except PathAboveRoot:
+            self.refuse(Refused(400, "Bad Request", body=b"path climbs above /\n"))
+            return
+        if path == "/healthz" and method in ("GET", "HEAD"):
             self.refuse(Refused(200, "OK", body=b"ok\n"))
             return
         host = (head.get("host") or "").strip().lower()
@@ -263,7 +294,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             host = host[: host.find("]") + 1]
         else:
             host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        found = self.factory.relay.routes.match(host or None, parts.path or "/")
+        found = self.factory.relay.routes.match(host or None, path)
         if found is None:
             self.refuse(Refused(404, "Not Found"))
             return
@@ -276,13 +307,33 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
                 )
             )
             return
+        versions = [
+            v for (n, v) in head.headers if n.lower() == "sec-websocket-version"
+        ]
+        if len(versions) > 1:
+            self.refuse(Refused(400, "Bad Request"))
+            return
+        if versions and versions[0] != "13":
+            # RFC 6455 4.4: say which version the relay speaks.
+            self.refuse(
+                Refused(
+                    426,
+                    "Upgrade Required",
+                    [
+                        ("Upgrade", "websocket"),
+                        ("Connection", "Upgrade"),
+                        ("Sec-WebSocket-Version", "13"),
+                    ],
+                )
+            )
+            return
         route, remainder = found
         refusal = self.factory.relay.admit(self, route)
         if refusal is not None:
             self.refuse(refusal)
             return
         self.route, self.remainder = route, remainder
-        self.query = parts.query
+        self.path, self.query = path, query
         self._screened = True
         WebSocketServerProtocol.processHandshake(self)
 
@@ -415,7 +466,16 @@ class FrontendFactory(WebSocketServerFactory):
     def __init__(self, relay: RelayService) -> None:
         super().__init__(server="wsrelay", reactor=relay._reactor)
         self.relay = relay
+        #: The budget of log lines that clients' protocol errors may cause.
+        self.protocolErrors = ErrorBudget(relay.clock)
         self.configure()
+
+    def stopFactory(self) -> None:
+        """
+        The last listener stopped: log what the budget held back.
+        """
+        self.protocolErrors.flush()
+        super().stopFactory()
 
     def configure(self) -> None:
         """
@@ -424,6 +484,7 @@ class FrontendFactory(WebSocketServerFactory):
         config = self.relay.config
         self.setProtocolOptions(
             webStatus=False,
+            versions=[13],
             failByDrop=False,
             echoCloseCodeReason=True,
             maxMessagePayloadSize=config.maxMessageSize,
@@ -436,3 +497,8 @@ class FrontendFactory(WebSocketServerFactory):
             utf8validateIncoming=True,
         )
         self.protocol = withOptions(FrontendProtocol, self)
+        # What Autobahn logs of a client's protocol errors (a refused
+        # handshake, a bad frame) counts against the budget.
+        self.protocol.log = LimitedLogger(
+            WebSocketServerProtocol.log, self.protocolErrors
+        )

@@ -43,6 +43,18 @@ NOT_FORWARDED = frozenset(
     }
 )
 
+#: The fields that say whom a request was forwarded for: from a client the
+#: relay does not trust they are dropped, and the relay writes its own.
+FORWARDING = frozenset(
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "forwarded",
+    }
+)
+
 REASONS = {
     101: "Switching Protocols",
     200: "OK",
@@ -135,6 +147,30 @@ def parseHead(data: bytes) -> Head:
     return Head(lines[0], tuple(headers))
 
 
+def quotedString(value: str) -> str:
+    """
+    @return: C{value} as a token when it is one, else as a quoted string
+        (RFC 9110 5.6.4), for a parameter of C{Forwarded}.
+    """
+    if _TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def forwardedNode(address: str) -> str:
+    """
+    @param address: An IP address, or anything else for a peer without one
+        (a Unix socket's).
+    @return: The node of a C{Forwarded} element's C{for=} (RFC 7239 6):
+        IPv6 in brackets and quotes, C{unknown} when not an address.
+    """
+    if ":" in address:
+        return f'"[{address}]"'
+    if address and all(c.isdigit() or c == "." for c in address):
+        return address
+    return "unknown"
+
+
 def connectionTokens(head: Head) -> set[str]:
     """
     @return: The header names listed in C{Connection}, which are hop-by-hop
@@ -188,6 +224,9 @@ def buildResponse(
     """
     Build a complete HTTP/1.1 response that closes the connection.
 
+    @param headers: Its fields; the options of a C{Connection} field among
+        them (C{Upgrade} in a 426) join C{close} in the response's one
+        C{Connection} field.
     @param body: The body; when L{None}, a one-line plain-text body naming
         the status is made up.
     """
@@ -200,9 +239,14 @@ def buildResponse(
     lines = [f"HTTP/1.1 {status} {reason}"]
     if server:
         lines.append(f"Server: {server}")
-    lines.extend(f"{n}: {v}" for (n, v) in headers)
+    options = []
+    for n, v in headers:
+        if n.lower() == "connection":
+            options.append(v)
+        else:
+            lines.append(f"{n}: {v}")
     lines.append(f"Content-Length: {len(body)}")
-    lines.append("Connection: close")
+    lines.append(f"Connection: {', '.join([*options, 'close'])}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1", "replace")
     return head + body
 

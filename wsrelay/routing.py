@@ -163,7 +163,7 @@ class ConnectionInfo:
     What the relay knows of a client connection when it picks a backend.
 
     @ivar peer: The client's address (after C{trusted_proxies}).
-    @ivar path: The request path.
+    @ivar path: The request path, normalized (L{normalizePath}).
     @ivar query: The query string, without C{?}.
     @ivar headers: The request's header fields.
     """
@@ -199,6 +199,51 @@ class Route:
         @return: The backends that may take a new connection now.
         """
         return [b for b in self.backends if b.available]
+
+
+class PathAboveRoot(ValueError):
+    """
+    A request path whose C{..} segments climb above C{/}.
+    """
+
+
+def normalizePath(path: str) -> str:
+    """
+    Normalize a request path as nginx does before it picks a location:
+    remove dot segments (RFC 3986, 5.2.4), a segment being a dot segment
+    also when its dots are percent-encoded (C{%2e}, C{.%2E}...), and merge
+    runs of C{/} (nginx's C{merge_slashes}).  Every other character,
+    percent-encoded or not, stays as it was sent.
+
+    @param path: The path of a request target, without its query.
+    @return: The path, starting with C{/}, with no empty, C{.} or C{..}
+        segment but the last, which is empty when the path ends with C{/}
+        or with a dot segment (C{/a/b/..} is C{/a/}).
+    @raise PathAboveRoot: When a C{..} would climb above C{/}.
+    """
+    segments = path.split("/")
+    # The part before the first "/" (empty for a path that starts with one).
+    del segments[0]
+    last = len(segments) - 1
+    out: list[str] = []
+    for i, segment in enumerate(segments):
+        if "." in segment or "%" in segment:
+            dots = segment.replace("%2e", ".").replace("%2E", ".")
+            if dots == ".":
+                if i == last:
+                    out.append("")
+                continue
+            if dots == "..":
+                if not out:
+                    raise PathAboveRoot(path)
+                out.pop()
+                if i == last:
+                    out.append("")
+                continue
+        elif not segment and i != last:
+            continue
+        out.append(segment)
+    return "/" + "/".join(out)
 
 
 def matchPrefix(prefix: str, path: str) -> str | None:

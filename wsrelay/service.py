@@ -13,14 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
 from wsrelay.config import NO_HEALTH, ConfigError
 from wsrelay.descriptors import RESERVED, Limit, Shortage
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.frontend import FrontendFactory, FrontendProtocol, Refused
-from wsrelay.handshake import Head, endToEnd
+from wsrelay.handshake import (
+    FORWARDING,
+    Head,
+    endToEnd,
+    forwardedNode,
+    quotedString,
+)
 from wsrelay.health import HealthMonitor
 from wsrelay.plugins import (
     PluginError,
@@ -28,6 +34,7 @@ from wsrelay.plugins import (
     healthCheckerFactories,
     logPlugins,
 )
+from wsrelay.proxyprotocol import listenerEndpoint
 from wsrelay.routing import (
     DISABLED,
     DRAINING,
@@ -108,7 +115,7 @@ class Listener(Service):
         and stops the relay.
         """
         super().startService()
-        endpoint = serverFromString(self._reactor, self.description)
+        endpoint = listenerEndpoint(self._reactor, self.description)
         d = endpoint.listen(self._factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
@@ -892,17 +899,39 @@ class RelayService(MultiService):
         self, frontend: FrontendProtocol, head: Head
     ) -> list[tuple[str, str]]:
         """
-        @return: The client's end-to-end fields and the C{X-Forwarded-*}
-            ones for an upstream request.
+        The header fields of an upstream request: the client's end-to-end
+        fields and the relay's forwarding ones (the table under
+        C{trusted_proxies} in docs/configuration.md).  A client's
+        C{X-Forwarded-For}, C{X-Forwarded-Proto}, C{X-Forwarded-Host},
+        C{X-Real-IP} and C{Forwarded} are dropped and the relay writes its
+        own; from a peer in C{trusted_proxies}, as nginx's realip and
+        C{$proxy_add_x_forwarded_for} do, its C{X-Forwarded-For} and
+        C{Forwarded} are kept with the peer appended, and its
+        C{X-Forwarded-Proto} and C{X-Forwarded-Host} are believed.
+
+        @return: The fields, in order.
         """
-        headers = endToEnd(head)
+        headers = endToEnd(head, FORWARDING)
         # The client is connected while its request is handled.
         assert frontend.transport is not None
-        peer = getattr(frontend.transport.getPeer(), "host", None) or "unix"
-        xff = head.get("x-forwarded-for")
-        headers.append(("X-Forwarded-For", f"{xff}, {peer}" if xff else str(peer)))
-        headers.append(("X-Forwarded-Proto", "https" if frontend.secure else "http"))
+        peer = str(getattr(frontend.transport.getPeer(), "host", None) or "unix")
+        proto = "https" if frontend.secure else "http"
         host = head.get("host")
+        element = f"for={forwardedNode(peer)};proto={proto}"
+        if host:
+            element += ";host=" + quotedString(host)
+        chain = forwarded = None
+        if self._isTrusted(peer):
+            chain = head.get("x-forwarded-for")
+            forwarded = head.get("forwarded")
+            proto = head.get("x-forwarded-proto") or proto
+            host = head.get("x-forwarded-host") or host
+        headers.append(("X-Forwarded-For", f"{chain}, {peer}" if chain else peer))
+        headers.append(("X-Forwarded-Proto", proto))
         if host:
             headers.append(("X-Forwarded-Host", host))
+        headers.append(("X-Real-IP", self.clientAddress(frontend)))
+        headers.append(
+            ("Forwarded", f"{forwarded}, {element}" if forwarded else element)
+        )
         return headers

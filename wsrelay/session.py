@@ -190,7 +190,7 @@ class ProxySession:
                 pass
         return ConnectionInfo(
             self.relay.clientAddress(f),
-            f.http_request_path,
+            f.path,
             f.query,
             f.head.headers,
             cookies,
