@@ -64,6 +64,28 @@ def pureUnmask(key: bytes, data: bytes, position: int) -> bytes:
     return bytes(b ^ key[(position + i) % 4] for i, b in enumerate(data))
 
 
+def traceMemory(testCase: Any) -> int:
+    """
+    Trace memory allocations (until the end of C{testCase}) and reset the
+    peak.
+
+    @return: The memory traced now, in bytes.
+    """
+    if not tracemalloc.is_tracing():
+        tracemalloc.start()
+        testCase.addCleanup(tracemalloc.stop)
+    tracemalloc.reset_peak()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def peakAbove(baseline: int) -> int:
+    """
+    @return: The most memory traced since L{traceMemory} gave C{baseline},
+        above it.
+    """
+    return tracemalloc.get_traced_memory()[1] - baseline
+
+
 def peakMemory(testCase: Any, f: Callable[..., T], *args: Any) -> tuple[T, int]:
     """
     Run C{f(*args)} with C{tracemalloc} on.
@@ -71,13 +93,9 @@ def peakMemory(testCase: Any, f: Callable[..., T], *args: Any) -> tuple[T, int]:
     @return: Its result and the most memory traced meanwhile, in bytes,
         above what was traced before.
     """
-    if not tracemalloc.is_tracing():
-        tracemalloc.start()
-        testCase.addCleanup(tracemalloc.stop)
-    before = tracemalloc.get_traced_memory()[0]
-    tracemalloc.reset_peak()
+    baseline = traceMemory(testCase)
     result = f(*args)
-    return result, tracemalloc.get_traced_memory()[1] - before
+    return result, peakAbove(baseline)
 
 
 def count(counter: InflateCounter, frames: list[bytes], cut: int = 0) -> Any:
