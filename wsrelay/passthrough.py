@@ -17,6 +17,10 @@ RSV bits set are refused; with permessage-deflate, RSV1 marks the first
 frame of a compressed message and is refused on continuation and control
 frames, RSV2 and RSV3 are refused; with any other extension, whose rules
 the relay does not know, the RSV bits are left to the endpoints.
+
+With permessage-deflate, compressed messages are also counted inflated
+against the size limits (L{wsrelay.inflate}); a frame that passes a limit
+is never finished, and both sides are closed with 1009 (L{Pipe.tooBig}).
 """
 
 from __future__ import annotations
