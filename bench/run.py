@@ -160,7 +160,9 @@ def header(preset: str, pinned: bool, stormConnections: int) -> list[str]:
         f"picows {v['picows']}, uvloop {v['uvloop']}; wsrelay at {_revision()}",
         pinning,
         f"echo: {p.echoConnections} connections x {p.smallSize} B text / "
-        f"{p.largeConnections} x {p.largeSize // 1024} KiB binary, closed loop, "
+        f"{p.largeConnections} x {p.largeSize // 1024} KiB binary / "
+        f"{p.echoConnections} x {p.deflateSize // 1024} KiB text deflated "
+        "(permessage-deflate both ends), closed loop, "
         f"{p.rounds} rounds of {p.duration:g} s after {p.warmup:g} s warm-up",
         f"fan-out: {p.fanoutSize} B text, light {p.lightClients} clients x "
         f"{p.lightRate:g}/s, heavy {p.heavyClients} x {p.heavyRate:g}/s; "
