@@ -136,7 +136,7 @@ class UnmaskTests(SynchronousTestCase):
         byte by byte gives.
         """
         key = os.urandom(4)
-        for n in (0, 1, 3, 4, 5, 127, 4095, 4096, 4097, 70001):
+        for n in (0, 1, 3, 4, 5, 127, 3071, 3072, 3073, 70001):
             data = os.urandom(n)
             for position in range(5):
                 self.assertEqual(
