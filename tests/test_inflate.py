@@ -21,9 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_passthrough import Leg, Recorder, feed, frame
 from wsrelay.inflate import (
     CHUNK,
+    EXPANSION,
     InflateCounter,
-    counterFor,
-    deflateParameters,
     unmask,
 )
 from wsrelay.passthrough import RSV1, RSV_BITS, Direction
@@ -146,47 +145,6 @@ class UnmaskTests(SynchronousTestCase):
                 )
 
 
-class ParametersTests(SynchronousTestCase):
-    """
-    The counters follow the permessage-deflate parameters a backend
-    answered.
-    """
-
-    def test_parameters(self) -> None:
-        """
-        L{deflateParameters} finds permessage-deflate's parameters among
-        the extensions and fields of the answer, unquoted.
-        """
-        answer = [
-            "x-other; a=1",
-            'permessage-deflate; Client_Max_Window_Bits="10";'
-            " server_no_context_takeover",
-        ]
-        self.assertEqual(
-            deflateParameters(answer),
-            {"client_max_window_bits": "10", "server_no_context_takeover": ""},
-        )
-        self.assertEqual(deflateParameters(["permessage-deflate"]), {})
-        self.assertEqual(deflateParameters(["x-other"]), {})
-
-    def test_counterFor(self) -> None:
-        """
-        Each sender's counter takes its own C{*_max_window_bits} (15 when
-        absent or not valid, 9 for 8: zlib never deflates with 8) and
-        C{*_no_context_takeover}.
-        """
-        answer = [
-            "permessage-deflate; client_max_window_bits=10; server_no_context_takeover"
-        ]
-        client = counterFor(answer, "client", 100, 100)
-        server = counterFor(answer, "server", 100, 100)
-        self.assertEqual((client.windowBits, client.contextTakeover), (10, True))
-        self.assertEqual((server.windowBits, server.contextTakeover), (15, False))
-        for bits, expected in (("8", 9), ("16", 15), ("x", 15), ("", 15)):
-            answer = [f"permessage-deflate; server_max_window_bits={bits}"]
-            self.assertEqual(counterFor(answer, "server", 1, 1).windowBits, expected)
-
-
 class CounterTests(SynchronousTestCase):
     """
     L{InflateCounter} counts exactly what compressed messages inflate to,
@@ -206,7 +164,7 @@ class CounterTests(SynchronousTestCase):
         """
         rng = random.Random(sum(sizes))
         c = zlib.compressobj(wbits=-15)
-        counter = InflateCounter(15, takeover, 1 << 30, 1 << 30)
+        counter = InflateCounter(1 << 30, 1 << 30)
         for size in sizes:
             if not takeover:
                 c = zlib.compressobj(wbits=-15)
@@ -221,45 +179,58 @@ class CounterTests(SynchronousTestCase):
 
     def test_contextTakeover(self) -> None:
         """
-        With context takeover the inflater carries over from one message to
-        the next: a message that refers back to an earlier one is counted
-        whole; a counter that forgot the earlier message could not inflate
-        it.
+        A message that refers back to earlier ones (context takeover) is
+        counted exactly by the counter's fresh inflater, which never saw
+        them: how much a message inflates to does not depend on what its
+        back references copy.
         """
         c = zlib.compressobj(wbits=-15)
-        first, second = compress(c, TEXT[:20000]), compress(c, TEXT[:20000])
+        compress(c, TEXT[:20000])
+        second = compress(c, TEXT[:20000])
         self.assertLess(len(second), 400)
-        counter = InflateCounter(15, True, MIB, MIB)
-        self.assertIsNone(count(counter, [first]))
+        self.assertRaises(zlib.error, zlib.decompressobj(-15).decompress, second)
+        counter = InflateCounter(MIB, MIB)
         self.assertIsNone(count(counter, [second]))
         self.assertEqual(counter.messageSize, 20000)
-        forgetful = InflateCounter(15, False, MIB, MIB)
-        self.assertIsNone(count(forgetful, [first]))
-        self.assertEqual(count(forgetful, [second])[0], 1007)
 
-    def test_noContextTakeover(self) -> None:
+    def test_oneMessageState(self) -> None:
         """
-        Without context takeover each message is inflated on its own, and
-        the inflater is let go at the message's end.
+        The inflater lives for one message: nothing is held between
+        messages.
         """
-        counter = InflateCounter(15, False, MIB, MIB)
+        counter = InflateCounter(MIB, MIB)
+        c = zlib.compressobj(wbits=-15)
         for size in (100, 5000):
-            c = zlib.compressobj(wbits=-15)
             self.assertIsNone(count(counter, [compress(c, TEXT[:size])]))
             self.assertEqual(counter.messageSize, size)
             self.assertIsNone(counter._inflater)
 
-    def test_windowBits(self) -> None:
+    @settings(max_examples=30, deadline=None)
+    @given(
+        st.integers(9, 15),
+        st.integers(1, 9),
+        st.sampled_from([zlib.Z_DEFAULT_STRATEGY, zlib.Z_RLE, zlib.Z_FIXED]),
+        st.lists(st.integers(0, 200_000), min_size=1, max_size=5),
+    )
+    def test_anySender(
+        self, bits: int, level: int, strategy: int, sizes: list[int]
+    ) -> None:
         """
-        A sender that deflates with a window of 8 to 15 bits is counted
-        exactly by a counter made for that window.
+        Whatever the sender's window (C{*_max_window_bits}), level and
+        strategy, its messages, compressed with context takeover, are each
+        counted exactly, and inflate to no more than L{EXPANSION} times
+        their payload and the four bytes of the tail.
         """
-        for bits in range(8, 16):
-            c = zlib.compressobj(9, zlib.DEFLATED, -max(bits, 9))
-            counter = InflateCounter(bits, True, MIB, MIB)
-            for _ in range(2):
-                self.assertIsNone(count(counter, [compress(c, TEXT[:50000])]), bits)
-                self.assertEqual(counter.messageSize, 50000)
+        rng = random.Random(bits * level + sum(sizes))
+        c = zlib.compressobj(level, zlib.DEFLATED, -bits, 9, strategy)
+        counter = InflateCounter(1 << 30, 1 << 30)
+        for size in sizes:
+            at = rng.randrange(len(TEXT))
+            data = (TEXT[at:] + bytes(size))[:size]
+            payload = compress(c, data)
+            self.assertIsNone(count(counter, [payload]))
+            self.assertEqual(counter.messageSize, size)
+            self.assertLessEqual(size, (len(payload) + len(TAIL)) * EXPANSION)
 
     def test_limits(self) -> None:
         """
@@ -269,10 +240,10 @@ class CounterTests(SynchronousTestCase):
         is refused in a message that is not.
         """
         for size, expected in ((1000, None), (1001, (1009, b"message too big"))):
-            counter = InflateCounter(15, True, 1000, 1000)
+            counter = InflateCounter(1000, 1000)
             c = zlib.compressobj(wbits=-15)
             self.assertEqual(count(counter, [compress(c, TEXT[:size])]), expected)
-        counter = InflateCounter(15, True, 600, 1000)
+        counter = InflateCounter(600, 1000)
         c = zlib.compressobj(wbits=-15)
         frames = [c.compress(TEXT[:500]) + c.flush(zlib.Z_SYNC_FLUSH)]
         frames.append(compress(c, TEXT[500:1000]))
@@ -291,7 +262,7 @@ class CounterTests(SynchronousTestCase):
         payload = bomb(100 * MIB)
         self.assertLess(len(payload), 120_000)
         for cut in (0, 16384):
-            counter = InflateCounter(15, True, MIB, MIB)
+            counter = InflateCounter(MIB, MIB)
             problem, peak = peakMemory(self, count, counter, [payload], cut)
             self.assertEqual(problem, (1009, b"message too big"))
             self.assertLessEqual(counter.messageSize, MIB + CHUNK)
@@ -302,7 +273,7 @@ class CounterTests(SynchronousTestCase):
         Even with limits far above it, the bomb is counted whole in bounded
         memory: the inflated bytes are never kept.
         """
-        counter = InflateCounter(15, True, 1 << 40, 1 << 40)
+        counter = InflateCounter(1 << 40, 1 << 40)
         problem, peak = peakMemory(self, count, counter, [bomb(100 * MIB)])
         self.assertIsNone(problem)
         self.assertEqual(counter.messageSize, 100 * MIB)
@@ -312,7 +283,7 @@ class CounterTests(SynchronousTestCase):
         """
         Bytes that are not deflate data are refused with 1007.
         """
-        counter = InflateCounter(15, True, MIB, MIB)
+        counter = InflateCounter(MIB, MIB)
         self.assertEqual(count(counter, [b"\xff" * 50])[0], 1007)
 
     def test_finalBlock(self) -> None:
@@ -322,7 +293,7 @@ class CounterTests(SynchronousTestCase):
         not inflated (a receiver does not inflate it either), and the next
         message starts a new stream.
         """
-        counter = InflateCounter(15, True, MIB, MIB)
+        counter = InflateCounter(MIB, MIB)
         for _ in range(2):
             c = zlib.compressobj(wbits=-15)
             data = c.compress(TEXT[:3000]) + c.flush(zlib.Z_FINISH)
@@ -338,7 +309,7 @@ class CounterTests(SynchronousTestCase):
         payload = compress(c, TEXT[:30000])
         key = os.urandom(4)
         masked = pureUnmask(key, payload, 0)
-        counter = InflateCounter(15, True, MIB, MIB)
+        counter = InflateCounter(MIB, MIB)
         counter.beginMessage()
         counter.beginFrame(key, True)
         pieces = [masked[k : k + 333] for k in range(0, len(masked), 333)]
@@ -354,7 +325,7 @@ def scanner(
     A direction between two fake legs, with permessage-deflate negotiated.
     """
     source, sink, pipe = Leg(), Leg(), Recorder()
-    counter = InflateCounter(15, True, maxFrame, maxMessage)
+    counter = InflateCounter(maxFrame, maxMessage)
     direction = Direction(
         pipe,  # type: ignore[arg-type]
         source,
@@ -468,3 +439,25 @@ class ScannerTests(SynchronousTestCase):
         direction.dataReceived(first + second)
         self.assertEqual(pipe.failures, [(1009, b"frame too big")])
         self.assertEqual(sink.written, [])
+
+    def test_boundedNotCounted(self) -> None:
+        """
+        A compressed message in one frame whose payload is at most a 1032nd
+        of the limits (less the tail) cannot pass them and is not inflated:
+        even bytes that are not deflate pass, left to the endpoints.  One
+        byte more, or the same bytes as the first of several frames, are
+        inflated, and fail with 1007.
+        """
+        direction, sink, pipe = scanner()
+        bounded = MIB // EXPANSION - len(TAIL)
+        passes = frame(2, b"\xff" * bounded, rsv=4)
+        direction.dataReceived(passes)
+        self.assertEqual((pipe.failures, b"".join(sink.written)), ([], passes))
+        for data in (
+            frame(2, b"\xff" * (bounded + 1), rsv=4),
+            frame(2, b"\xff" * bounded, fin=False, rsv=4),
+        ):
+            direction, sink, pipe = scanner()
+            direction.dataReceived(data)
+            self.assertEqual(pipe.failures, [(1007, b"compressed data invalid")])
+            self.assertEqual(sink.written, [])

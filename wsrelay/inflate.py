@@ -10,17 +10,27 @@ sends: it inflates their payloads as they pass, a bounded piece at a time
 (L{CHUNK}), throws the output away and counts it against the frame and
 message limits.  The bytes forwarded are the bytes received.
 
-With context takeover the sender's compressor remembers earlier messages,
-so the counter keeps its inflater from one message to the next (a window
-of 2 ** C{windowBits} bytes plus zlib's state: about 40 KiB at the default
-15 bits); with C{*_no_context_takeover} it makes a new one for each
-message and lets it go at the message's end.
+Two facts about deflate make this cheap:
+
+  - How many bytes a deflate stream inflates to depends only on its codes
+    (literals, and the lengths of matches), never on the bytes a match
+    copies.  A sender with context takeover refers back to earlier
+    messages, but an inflater whose window is primed with 32 KiB of zeros
+    (L{ZERO_WINDOW}, the largest window deflate has) accepts every such
+    reference and counts exactly as the receiver's will: so each message
+    gets a fresh inflater, no state is kept from one message to the next,
+    and the negotiated C{*_max_window_bits} and C{*_no_context_takeover}
+    do not matter.
+  - deflate inflates at most 1032 times (L{EXPANSION}): a match of 258
+    bytes takes two bits at the least (zlib's FAQ gives the same ratio).
+    A message in one frame whose payload, with the four bytes a receiver
+    appends, is at most a 1032nd of the limits cannot pass them, and is not
+    inflated at all (L{InflateCounter.bounded}).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
 from typing import Any
 
 from autobahn.websocket import USES_NVX
@@ -35,6 +45,14 @@ CHUNK = 65536
 #: What permessage-deflate strips off the end of every compressed message,
 #: and a receiver appends before inflating it (RFC 7692 7.2.2).
 TAIL = b"\x00\x00\xff\xff"
+
+#: The most bytes one byte of deflate data inflates to.
+EXPANSION = 1032
+
+#: The dictionary of every inflater: as long as deflate's largest window,
+#: so that any back reference, into whatever earlier messages held, is
+#: valid.
+ZERO_WINDOW = bytes(32768)
 
 #: Payload pieces from this size on are unmasked with Autobahn's native
 #: masker (NVX, when built); smaller ones by an exclusive or of integers,
@@ -64,83 +82,31 @@ def unmask(key: bytes, data: bytes, position: int) -> bytes:
     )
 
 
-def deflateParameters(answer: Sequence[str]) -> dict[str, str]:
-    """
-    @param answer: The values of the C{Sec-WebSocket-Extensions} fields of
-        a backend's 101.
-    @return: The parameters of its C{permessage-deflate}, names in lower
-        case, values unquoted (an empty string for a parameter without
-        one); empty when it has none or is not there.
-    """
-    for value in answer:
-        for extension in value.split(","):
-            name, *parameters = extension.split(";")
-            if name.strip().lower() != "permessage-deflate":
-                continue
-            found = {}
-            for parameter in parameters:
-                key, _, v = parameter.partition("=")
-                found[key.strip().lower()] = v.strip().strip('"')
-            return found
-    return {}
-
-
-def counterFor(
-    answer: Sequence[str], sender: str, maxFrame: int, maxMessage: int
-) -> InflateCounter:
-    """
-    An L{InflateCounter} for the messages C{sender} compresses, as the
-    backend's C{answer} negotiated them.
-
-    @param sender: C{"client"} or C{"server"} (the backend): whose
-        C{*_max_window_bits} and C{*_no_context_takeover} apply.
-    """
-    parameters = deflateParameters(answer)
-    try:
-        windowBits = int(parameters.get(sender + "_max_window_bits") or 15)
-    except ValueError:
-        windowBits = 15
-    if not 8 <= windowBits <= 15:
-        # Not a valid answer: a window large enough for any sender.
-        windowBits = 15
-    takeover = sender + "_no_context_takeover" not in parameters
-    return InflateCounter(windowBits, takeover, maxFrame, maxMessage)
-
-
 class InflateCounter:
     """
     Counts the inflated size of one sender's compressed messages.
 
-    Use: L{beginMessage} at the first frame of a compressed message,
+    Use: L{beginMessage} at the first frame of a compressed message that
+    must be counted (not a single frame of at most L{bounded} bytes),
     L{beginFrame} at each of its frames, L{feed} with each piece of a
     frame's payload as it arrives.
 
-    @ivar windowBits: The window, in bits, it inflates with.
-    @ivar contextTakeover: Whether it keeps its inflater from one message
-        to the next.
+    @ivar bounded: The largest payload of a compressed message in a single
+        frame that cannot inflate past the limits (and is not counted).
     @ivar fin: Whether the current frame ends its message.
     @ivar frameSize: Inflated bytes of the current frame so far.
     @ivar messageSize: Inflated bytes of the current message so far.
     """
 
-    def __init__(
-        self, windowBits: int, contextTakeover: bool, maxFrame: int, maxMessage: int
-    ) -> None:
+    def __init__(self, maxFrame: int, maxMessage: int) -> None:
         """
-        @param windowBits: The sender's largest LZ77 window, 8 to 15.
-        @param contextTakeover: Whether the sender may refer to earlier
-            messages (no C{*_no_context_takeover} was negotiated).
         @param maxFrame: The most inflated bytes a frame may have.
         @param maxMessage: The most inflated bytes a message may have.
         """
-        # zlib 1.2.9 and later never compress with a window of 8 bits, but
-        # of 9; a larger window inflates whatever a smaller one made.
-        self.windowBits = windowBits if windowBits > 8 else 9
-        self.contextTakeover = contextTakeover
         self._maxFrame = maxFrame
         self._maxMessage = maxMessage
+        self.bounded = min(maxFrame, maxMessage) // EXPANSION - len(TAIL)
         self._inflater: Any = None
-        self._ended = False
         self._key = b""
         self._position = 0
         self.fin = False
@@ -149,11 +115,9 @@ class InflateCounter:
 
     def beginMessage(self) -> None:
         """
-        A compressed message starts.
+        A compressed message to count starts.
         """
-        if self._inflater is None or not self.contextTakeover:
-            self._inflater = zlib.decompressobj(-self.windowBits)
-        self._ended = False
+        self._inflater = zlib.decompressobj(-15, zdict=ZERO_WINDOW)
         self.messageSize = 0
 
     def beginFrame(self, key: bytes, fin: bool) -> None:
@@ -179,16 +143,19 @@ class InflateCounter:
             message inflated past its limit, 1007 when it cannot be
             inflated.
         """
-        if self._key and data:
-            data = unmask(self._key, data, self._position)
+        if self._inflater is None:
+            # The stream ended in this message (a final block): a receiver
+            # inflates nothing more of it.
+            problem = None
+        elif self._key and data:
+            problem = self._inflate(unmask(self._key, data, self._position))
             self._position += len(data)
-        problem = self._inflate(data) if not self._ended else None
-        if end and self.fin and problem is None:
-            if not self._ended:
-                problem = self._inflate(TAIL)
-            if not self.contextTakeover:
-                self._inflater = None
-        if problem is not None:
+        else:
+            problem = self._inflate(data)
+        if end and self.fin and problem is None and self._inflater is not None:
+            problem = self._inflate(TAIL)
+        if problem is not None or (end and self.fin):
+            # The inflater, its window and state, lives for one message.
             self._inflater = None
         return problem
 
@@ -215,8 +182,7 @@ class InflateCounter:
                 if inflater.eof:
                     # A final block ended the deflate stream (RFC 7692
                     # 7.2.3.3): a receiver inflates nothing more of this
-                    # message; the next one starts a new stream.
-                    self._ended = True
+                    # message.
                     self._inflater = None
                     return None
                 if produced < want:

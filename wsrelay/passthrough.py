@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from wsrelay.inflate import InflateCounter, counterFor
+from wsrelay.inflate import InflateCounter
 from wsrelay.legs import sendableCloseCode
 
 if TYPE_CHECKING:
@@ -331,9 +331,13 @@ class Direction:
                     self.write(data[start:i])
                     return self.fail(1008, b"message rate exceeded")
                 self.dropping = True
-            if self.inflating or (b0 & RSV1 and self.counter is not None):
-                # A frame of a compressed message: its payload is counted
-                # inflated as it passes.
+            if self.inflating or (
+                b0 & RSV1
+                and self.counter is not None
+                and (not fin or length > self.counter.bounded)
+            ):
+                # A frame of a compressed message that might inflate past
+                # the limits: its payload is counted inflated as it passes.
                 counter = self.counter
                 assert counter is not None
                 if opcode:
@@ -462,12 +466,11 @@ class Pipe:
         self.frontend = frontend
         self.upstream = upstream
         self.clock = session.relay.clock
-        answer = upstream.extensionsAnswer
-        refused, deflate = rsvRules(answer)
+        refused, deflate = rsvRules(upstream.extensionsAnswer)
         fromClient = fromBackend = None
         if deflate:
-            fromClient = counterFor(answer, "client", maxFrame, maxMessage)
-            fromBackend = counterFor(answer, "server", maxFrame, maxMessage)
+            fromClient = InflateCounter(maxFrame, maxMessage)
+            fromBackend = InflateCounter(maxFrame, maxMessage)
         self.fromClient = Direction(
             self,
             frontend,
