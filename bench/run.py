@@ -89,6 +89,15 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         help="do not pin the proxy and the load side to separate CPUs",
     )
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        default=16777216,
+        metavar="BYTES",
+        help="the wsrelay targets' max_message_size (default 16777216); "
+        "compressed messages in one frame of more than a 1032nd of it are "
+        "inflated to be counted",
+    )
     parser.set_defaults(preset="full")
     parser.add_argument(
         "--keep", action="store_true", help="keep the folder of configs and logs"
@@ -247,8 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stormConnections,
         Path(options.profile).resolve() if options.profile else None,
         pySpy,
+        options.max_message_size,
     )
     lines = header(options.preset, pinned, stormConnections)
+    if options.max_message_size != 16777216:
+        lines.append(f"wsrelay: max_message_size = {options.max_message_size}")
     for line in lines:
         print(line, flush=True)
     print(flush=True)

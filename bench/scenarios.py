@@ -173,6 +173,7 @@ class Bench:
     @ivar profile: A folder for py-spy flame graphs of the wsrelay targets,
         or L{None} for none.
     @ivar pySpy: The py-spy program.
+    @ivar maxMessageSize: The wsrelay targets' C{max_message_size}.
     """
 
     preset: Preset
@@ -182,6 +183,7 @@ class Bench:
     stormConnections: int = 5000
     profile: Path | None = None
     pySpy: str = "py-spy"
+    maxMessageSize: int = 16777216
 
     def peer(self, role: str, *arguments: object) -> Peer:
         """
@@ -209,7 +211,13 @@ class Bench:
         """
         folder = self.folder(scenario, target)
         running = targets.start(
-            target, folder, port, fanout, connections, self.proxyPin
+            target,
+            folder,
+            port,
+            fanout,
+            connections,
+            self.proxyPin,
+            self.maxMessageSize,
         )
         if self.profile is not None and target.startswith("wsrelay"):
             self.profile.mkdir(parents=True, exist_ok=True)
