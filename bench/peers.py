@@ -15,6 +15,13 @@ Fan-out messages are ASCII text of C{size} bytes: a round tag (one letter),
 an 11-digit sequence number, the source's C{CLOCK_MONOTONIC} time in
 nanoseconds (20 digits) and padding.  The clock is shared by every process
 on the machine, so a client subtracts it from its own to get the latency.
+
+With C{--deflate} the echo backend and the echo clients negotiate
+permessage-deflate: the client sends one message deflated once, with RSV1,
+and the backend sends every frame back as it came, RSV1 included.  What
+comes back is valid permessage-deflate from the server too (the same
+deflate stream), and neither peer spends CPU on zlib during the rounds:
+the proxy between them sees real compressed traffic both ways.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import sys
 import time
+import zlib
 from array import array
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
@@ -37,6 +46,8 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
     ws_connect,
     ws_create_server,
 )
@@ -119,11 +130,12 @@ class EchoListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         """
-        Echo a data frame; answer a close.
+        Echo a data frame (RSV1 too: a compressed frame goes back
+        compressed); answer a close.
         """
         kind = frame.msg_type
         if kind in _DATA:
-            transport.send(kind, frame.get_payload_as_bytes(), frame.fin)
+            transport.send(kind, frame.get_payload_as_bytes(), frame.fin, frame.rsv1)
         elif kind is WSMsgType.CLOSE:
             closeFrame(transport, frame)
 
@@ -160,14 +172,28 @@ class SourceListener(WSListener):
             closeFrame(transport, frame)
 
 
-async def serve(factory: Callable[[], WSListener]) -> int:
+#: What the echo backend answers with C{--deflate} to a client that offers
+#: permessage-deflate, and what the echo clients offer.
+DEFLATE = "permessage-deflate"
+
+
+async def serve(factory: Callable[[], WSListener], deflate: bool = False) -> int:
     """
     Listen on an OS-chosen loopback port with a picows server.
 
+    @param deflate: Whether to accept a permessage-deflate offer.
     @return: The port.
     """
 
-    def listener(request: WSUpgradeRequest) -> WSListener:
+    def listener(
+        request: WSUpgradeRequest,
+    ) -> WSListener | WSUpgradeResponseWithListener:
+        offer = request.headers.get("Sec-WebSocket-Extensions", "")
+        if deflate and DEFLATE in offer:
+            response = WSUpgradeResponse.create_101_response(
+                extra_headers={"Sec-WebSocket-Extensions": DEFLATE}
+            )
+            return WSUpgradeResponseWithListener(response, factory())
         return factory()
 
     server = await ws_create_server(
@@ -186,7 +212,7 @@ async def echoServer(options: argparse.Namespace) -> None:
     """
     The echo backend: prints its port, serves until standard input closes.
     """
-    emit({"port": await serve(EchoListener)})
+    emit({"port": await serve(EchoListener, options.deflate)})
     await waitForEOF()
 
 
@@ -293,10 +319,11 @@ async def connectAll(
     url: str,
     factories: Sequence[Callable[[], WSListener]],
     concurrency: int,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[WSTransport], list[str], float]:
     """
     Open one connection per factory, at most C{concurrency} handshakes at a
-    time.
+    time, with C{headers} added to each request.
 
     @return: The open transports (in no particular order), the errors of
         those that failed, and the monotonic time the last one opened.
@@ -315,6 +342,7 @@ async def connectAll(
                     url,
                     websocket_handshake_timeout=30,
                     max_frame_size=64 << 20,
+                    extra_headers=headers,
                 )
             except Exception as e:
                 errors.append(f"{type(e).__name__}: {e}")
@@ -358,15 +386,19 @@ class EchoClient(WSListener):
     A closed-loop client: sends a message, waits for its echo, sends again.
     """
 
-    def __init__(self, stats: EchoStats, kind: WSMsgType, payload: bytes) -> None:
+    def __init__(
+        self, stats: EchoStats, kind: WSMsgType, payload: bytes, rsv1: bool = False
+    ) -> None:
         """
         @param stats: Where to count.
         @param kind: C{TEXT} or C{BINARY}.
         @param payload: The message sent each time.
+        @param rsv1: Whether C{payload} is compressed (permessage-deflate).
         """
         self.stats = stats
         self.kind = kind
         self.payload = payload
+        self.rsv1 = rsv1
         self.sentAt = 0.0
         self.transport: WSTransport | None = None
 
@@ -382,7 +414,7 @@ class EchoClient(WSListener):
         """
         assert self.transport is not None
         self.sentAt = time.perf_counter()
-        self.transport.send(self.kind, self.payload)
+        self.transport.send(self.kind, self.payload, True, self.rsv1)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         """
@@ -395,7 +427,35 @@ class EchoClient(WSListener):
         stats.messages += 1
         stats.latencies.append(now - self.sentAt)
         self.sentAt = now
-        transport.send(self.kind, self.payload)
+        transport.send(self.kind, self.payload, True, self.rsv1)
+
+
+def compressible(size: int) -> bytes:
+    """
+    C{size} bytes of JSON-like text (order-book updates) that deflate
+    about fourfold, as a feed's messages do.
+    """
+    rng = random.Random(size)
+    out = bytearray(b"[")
+    while len(out) < size:
+        out += b'{"id":%d,"sym":"S%03d","px":%d.%02d,"qty":%d,"side":"%s"},' % (
+            rng.randrange(10**6),
+            rng.randrange(40),
+            rng.randrange(50, 500),
+            rng.randrange(100),
+            rng.randrange(1, 1000),
+            rng.choice((b"buy", b"sell")),
+        )
+    return bytes(out[:size])
+
+
+def deflated(data: bytes) -> bytes:
+    """
+    C{data} as one permessage-deflate message: raw deflate, sync-flushed,
+    without the flush's last four bytes.
+    """
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
 async def echoLoad(options: argparse.Namespace) -> None:
@@ -410,12 +470,24 @@ async def echoLoad(options: argparse.Namespace) -> None:
     stats = EchoStats()
     kind = WSMsgType.BINARY if options.binary else WSMsgType.TEXT
     payload = b"x" * options.size
-    clients = [EchoClient(stats, kind, payload) for _ in range(options.connections)]
+    headers = None
+    if options.deflate:
+        payload = deflated(compressible(options.size))
+        headers = {"Sec-WebSocket-Extensions": DEFLATE}
+    clients = [
+        EchoClient(stats, kind, payload, options.deflate)
+        for _ in range(options.connections)
+    ]
     factories = [(lambda c=c: c) for c in clients]
-    transports, errors, _ = await connectAll(options.url, factories, 64)
+    transports, errors, _ = await connectAll(options.url, factories, 64, headers)
     if errors:
         emit({"error": f"{len(errors)} connections failed: {errors[0]}"})
         return
+    if options.deflate:
+        answer = transports[0].response.headers.get("Sec-WebSocket-Extensions", "")
+        if DEFLATE not in answer:
+            emit({"error": f"permessage-deflate not negotiated: {answer!r}"})
+            return
     for client in clients:
         client.go()
     await asyncio.sleep(options.warmup)
@@ -643,6 +715,7 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--sampled", type=int, default=100)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--binary", action="store_true")
+    parser.add_argument("--deflate", action="store_true")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=1.0)

@@ -89,6 +89,15 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         help="do not pin the proxy and the load side to separate CPUs",
     )
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        default=16777216,
+        metavar="BYTES",
+        help="the wsrelay targets' max_message_size (default 16777216); "
+        "compressed messages in one frame of more than a 1032nd of it are "
+        "inflated to be counted",
+    )
     parser.set_defaults(preset="full")
     parser.add_argument(
         "--keep", action="store_true", help="keep the folder of configs and logs"
@@ -160,7 +169,9 @@ def header(preset: str, pinned: bool, stormConnections: int) -> list[str]:
         f"picows {v['picows']}, uvloop {v['uvloop']}; wsrelay at {_revision()}",
         pinning,
         f"echo: {p.echoConnections} connections x {p.smallSize} B text / "
-        f"{p.largeConnections} x {p.largeSize // 1024} KiB binary, closed loop, "
+        f"{p.largeConnections} x {p.largeSize // 1024} KiB binary / "
+        f"{p.echoConnections} x {p.deflateSize // 1024} KiB text deflated "
+        "(permessage-deflate both ends), closed loop, "
         f"{p.rounds} rounds of {p.duration:g} s after {p.warmup:g} s warm-up",
         f"fan-out: {p.fanoutSize} B text, light {p.lightClients} clients x "
         f"{p.lightRate:g}/s, heavy {p.heavyClients} x {p.heavyRate:g}/s; "
@@ -245,8 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stormConnections,
         Path(options.profile).resolve() if options.profile else None,
         pySpy,
+        options.max_message_size,
     )
     lines = header(options.preset, pinned, stormConnections)
+    if options.max_message_size != 16777216:
+        lines.append(f"wsrelay: max_message_size = {options.max_message_size}")
     for line in lines:
         print(line, flush=True)
     print(flush=True)

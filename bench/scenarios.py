@@ -18,7 +18,14 @@ from bench import targets
 from bench.control import Peer, PeerFailed
 from bench.procstat import cpuSeconds, processTree, residentBytes, waitSeconds
 
-SCENARIOS = ("echo-small", "echo-large", "fanout-light", "fanout-heavy", "storm")
+SCENARIOS = (
+    "echo-small",
+    "echo-large",
+    "echo-deflate",
+    "fanout-light",
+    "fanout-heavy",
+    "storm",
+)
 """
 Every scenario, in the order the table shows them.
 """
@@ -57,6 +64,7 @@ class Preset:
     smallSize: int = 64
     largeConnections: int = 10
     largeSize: int = 65536
+    deflateSize: int = 8192
     lightClients: int = 500
     lightRate: float = 50
     heavyClients: int = 1000
@@ -165,6 +173,7 @@ class Bench:
     @ivar profile: A folder for py-spy flame graphs of the wsrelay targets,
         or L{None} for none.
     @ivar pySpy: The py-spy program.
+    @ivar maxMessageSize: The wsrelay targets' C{max_message_size}.
     """
 
     preset: Preset
@@ -174,6 +183,7 @@ class Bench:
     stormConnections: int = 5000
     profile: Path | None = None
     pySpy: str = "py-spy"
+    maxMessageSize: int = 16777216
 
     def peer(self, role: str, *arguments: object) -> Peer:
         """
@@ -201,7 +211,13 @@ class Bench:
         """
         folder = self.folder(scenario, target)
         running = targets.start(
-            target, folder, port, fanout, connections, self.proxyPin
+            target,
+            folder,
+            port,
+            fanout,
+            connections,
+            self.proxyPin,
+            self.maxMessageSize,
         )
         if self.profile is not None and target.startswith("wsrelay"):
             self.profile.mkdir(parents=True, exist_ok=True)
@@ -232,6 +248,7 @@ class Bench:
         runners: dict[str, Callable[[str], Cell]] = {
             "echo-small": lambda t: self.echo(t, large=False),
             "echo-large": lambda t: self.echo(t, large=True),
+            "echo-deflate": lambda t: self.echo(t, large=False, deflate=True),
             "fanout-light": lambda t: self.fanout(t, heavy=False),
             "fanout-heavy": lambda t: self.fanout(t, heavy=True),
             "storm": self.storm,
@@ -245,19 +262,26 @@ class Bench:
         cell.scenario = scenario
         return cell
 
-    def echo(self, target: str, large: bool) -> Cell:
+    def echo(self, target: str, large: bool, deflate: bool = False) -> Cell:
         """
-        C{echo-small} (64-byte text) or C{echo-large} (64 KiB binary):
+        C{echo-small} (64-byte text), C{echo-large} (64 KiB binary) or
+        C{echo-deflate} (8 KiB of JSON-like text, deflated about fourfold,
+        with permessage-deflate negotiated by the client and the backend):
         closed-loop clients through the target to the echo backend.
         """
         p = self.preset
         connections = p.largeConnections if large else p.echoConnections
         size = p.largeSize if large else p.smallSize
-        backend = self.peer("echo-server")
+        if deflate:
+            size = p.deflateSize
+        scenario = "echo-large" if large else "echo-small"
+        if deflate:
+            scenario = "echo-deflate"
+        backend = self.peer("echo-server", *(["--deflate"] if deflate else []))
         try:
             port = backend.read(30)["port"]
             running = self.start(
-                "echo-large" if large else "echo-small",
+                scenario,
                 target,
                 port,
                 False,
@@ -284,6 +308,8 @@ class Bench:
                 ]
                 if large:
                     arguments.append("--binary")
+                if deflate:
+                    arguments.append("--deflate")
                 load = self.peer("echo-load", *arguments)
                 try:
                     result = load.read(p.warmup + p.rounds * (p.duration + 5) + 60)

@@ -175,6 +175,7 @@ def wsrelayConfig(
     dataPath: str | None = None,
     workers: int = 1,
     adminPort: int | None = None,
+    maxMessageSize: int = 16777216,
 ) -> str:
     """
     A wsrelay configuration: one proxy-mode route on C{/} to the echo
@@ -182,12 +183,12 @@ def wsrelayConfig(
     on L{FANOUT_PATH} to the source.  No pings (the other proxies send none
     either) and no access log (nginx runs with C{access_log off}).  With
     C{workers} above 1, an admin listener on C{adminPort} tells when every
-    worker runs.
+    worker runs.  C{maxMessageSize} is its C{max_message_size}.
     """
     relay = f"""\
 [relay]
 listen = tcp:{port}:interface=127.0.0.1:backlog=8192
-max_message_size = 16777216
+max_message_size = {maxMessageSize}
 ping_interval = 0
 access_log = off
 """
@@ -365,6 +366,7 @@ def start(
     fanout: bool,
     connections: int,
     pin: Sequence[str] = (),
+    maxMessageSize: int = 16777216,
 ) -> Running:
     """
     Start a target in front of a backend (or fan-out source) on loopback.
@@ -375,6 +377,7 @@ def start(
     @param fanout: Whether this is a fan-out scenario (route L{FANOUT_PATH}).
     @param connections: Client connections the proxy must hold at once.
     @param pin: A command prefix that pins the proxy to its CPU.
+    @param maxMessageSize: wsrelay's C{max_message_size}.
     @raise TargetUnavailable: The target cannot run here.
     @raise TargetFailed: It did not start.
     """
@@ -410,7 +413,9 @@ def start(
             workers, adminPort, pin = 2, freePort(), ()
         config = work / "wsrelay.ini"
         config.write_text(
-            wsrelayConfig(port, backendPort, fanout, dataPath, workers, adminPort)
+            wsrelayConfig(
+                port, backendPort, fanout, dataPath, workers, adminPort, maxMessageSize
+            )
         )
         twistd = str(Path(sys.executable).with_name("twistd"))
         command = [twistd, "-n", "--pidfile=", "wsrelay", "--config", str(config)]

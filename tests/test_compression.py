@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.test_inflate import MIB, bomb, peakAbove, traceMemory
 from tests.test_passthrough import frame
+from tests.test_proxy import waitFor
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -168,6 +171,23 @@ class Wire:
         Send one frame.
         """
         self.sock.sendall(frameBytes(opcode, payload, fin, rsv, self.masked))
+
+
+def messagesThenClose(c: Any) -> tuple[list[Any], tuple[int | None, str | None]]:
+    """
+    Read from the C{websockets} connection C{c} until it is closed.
+
+    @return: The messages received, and the code and reason of the close
+        frame received.
+    """
+    messages = []
+    try:
+        while True:
+            messages.append(c.recv(TIMEOUT))
+    except ConnectionClosed:
+        pass
+    rcvd = c.protocol.close_rcvd
+    return messages, ((rcvd.code, rcvd.reason) if rcvd else (None, None))
 
 
 def inflate(frames: list[Frame], d: Any) -> bytes:
@@ -432,26 +452,136 @@ class PassthroughCompressionTests(CompressionTests):
             inflate(echo, zlib.decompressobj(wbits=-15)), b"part one, part two"
         )
 
-    async def test_sizeLimitOnWire(self) -> None:
+    async def limitedRelay(self, backend: str, limit: int = MIB) -> int:
         """
-        On the passthrough path C{max_message_size} counts wire bytes: a
-        compressed message under it passes, whatever it inflates to.
+        Start a relay as L{relay} does, with C{max_message_size = limit}.
+
+        @return: Its port.
         """
-        b = startBackend(self, compression="deflate")
         self.service, port = await startRelay(
             self,
-            "[relay]\nmax_message_size = 1000\n[route:r]\npath = /\n"
-            f"backends = {b.url}\n",
+            f"[relay]\nmax_message_size = {limit}\n[route:r]\npath = /\n"
+            f"backends = {backend}\n",
         )
-        big = b"a" * 5000
-        _, echo = await inThread(
-            rawOneMessage,
-            port,
+        return port
+
+    async def test_compressedOverLimit(self) -> None:
+        """
+        C{max_message_size} counts a compressed message inflated: with a
+        limit of 1 MiB, a C{websockets} client (which compresses by
+        default) sends a message of exactly 1 MiB, which comes back, then
+        one of 2,000,000 characters (a few KB deflated), which closes the
+        client and the backend with 1009 and never reaches the backend.
+        """
+        b = startBackend(self, compression="deflate")
+        port = await self.limitedRelay(b.url)
+
+        def run() -> tuple[bool, list[Any], tuple[int | None, str | None]]:
+            with client(port, "/", compression="deflate") as c:
+                c.send("a" * MIB)
+                intact = c.recv(TIMEOUT) == "a" * MIB
+                c.send("b" * 2_000_000)
+                return intact, *messagesThenClose(c)
+
+        intact, after, (code, _) = await inThread(run)
+        self.assertTrue(intact)
+        self.assertEqual((after, code), ([], 1009))
+        await waitFor(lambda: len(b.closes) == 1)
+        self.assertEqual(b.closes[0][0], 1009)
+
+    async def test_bombBoundedMemory(self) -> None:
+        """
+        100 MiB of zeros deflated to about 100 KB in one frame closes the
+        client and the backend with 1009; neither the relay nor the backend
+        (here in the same process) ever holds more than a few MiB for it.
+        """
+        payload = bomb(100 * MIB)
+        b = startBackend(self, compression="deflate")
+        port = await self.limitedRelay(b.url)
+        bombFrame = frameBytes(2, payload, rsv=RSV1)
+
+        def run() -> int | None:
+            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+            with wire.sock:
+                wire.head()
+                wire.sock.sendall(bombFrame)
+                return wire.closeCode()
+
+        baseline = traceMemory(self)
+        self.assertEqual(await inThread(run), 1009)
+        await waitFor(lambda: len(b.closes) == 1)
+        self.assertLess(peakAbove(baseline), 8 * MIB)
+        self.assertEqual(b.closes[0][0], 1009)
+
+    async def test_backendBomb(self) -> None:
+        """
+        A backend that sends a bomb (right behind its 101) is closed with
+        1009, and so is the client, which gets none of it.
+        """
+        codes: list[int | None] = []
+        bombFrame = frameBytes(2, bomb(100 * MIB), rsv=RSV1, mask=False)
+        raw = startRawBackend(
+            self,
             "permessage-deflate",
-            [],
-            [frameBytes(1, deflate(big)[0], rsv=RSV1)],
+            bombFrame,
+            lambda wire: codes.append(wire.closeCode()),
         )
-        self.assertEqual(inflate(echo, zlib.decompressobj(wbits=-15)), big)
+        port = await self.limitedRelay(raw.url)
+
+        def run() -> tuple[list[Any], tuple[int | None, str | None]]:
+            with client(port, "/", compression="deflate") as c:
+                return messagesThenClose(c)
+
+        baseline = traceMemory(self)
+        self.assertEqual(await inThread(run), ([], (1009, "message too big")))
+        await inThread(raw.done.wait, TIMEOUT)
+        self.assertLess(peakAbove(baseline), 8 * MIB)
+        self.assertEqual((raw.errors, codes), ([], [1009]))
+
+    async def test_negotiatedParameters(self) -> None:
+        """
+        With C{client_no_context_takeover} and C{client_max_window_bits=10}
+        answered by the backend, a client's message compressed that way
+        that inflates to just under the limit passes byte for byte; the
+        next one, over the limit, closes both sides with 1009.
+        """
+        codes: list[int | None] = []
+
+        def echoOnce(wire: Wire) -> None:
+            f = wire.frame()
+            wire.send(f.opcode, f.payload, f.fin, f.rsv)
+            codes.append(wire.closeCode())
+
+        answer = (
+            "permessage-deflate; client_no_context_takeover;"
+            " server_no_context_takeover; client_max_window_bits=10"
+        )
+        raw = startRawBackend(self, answer, then=echoOnce)
+        port = await self.limitedRelay(raw.url, 100_000)
+
+        def deflate10(data: bytes) -> bytes:
+            c = zlib.compressobj(9, zlib.DEFLATED, -10)
+            return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[: -len(TAIL)]
+
+        under = deflate10(TEXT * 13 + b"x" * (100_000 - len(TEXT) * 13))
+        over = deflate10(bytes(100_001))
+
+        def run() -> tuple[Frame, int | None]:
+            offer = "permessage-deflate; client_no_context_takeover"
+            wire = connectRaw(port, request(port, "/", offer))
+            with wire.sock:
+                wire.head()
+                wire.send(1, under, rsv=RSV1)
+                echo = wire.frame()
+                wire.send(2, over, rsv=RSV1)
+                return echo, wire.closeCode()
+
+        echo, code = await inThread(run)
+        self.assertEqual(echo, Frame(True, RSV1, 1, under))
+        self.assertEqual(len(zlib.decompressobj(-10).decompress(under + TAIL)), 100_000)
+        self.assertEqual(code, 1009)
+        await inThread(raw.done.wait, TIMEOUT)
+        self.assertEqual((raw.errors, codes), ([], [1009]))
 
     async def test_rsvWithoutExtension(self) -> None:
         """
@@ -573,6 +703,54 @@ class MessagePathTests(TestCase):
                 return wire.closeCode()
 
         self.assertEqual(await inThread(run), 1009)
+
+    async def test_bombBoundedMemory(self) -> None:
+        """
+        On the message path Autobahn inflates each leg's compressed messages
+        within what is left of C{max_message_size}: 100 MiB of zeros
+        deflated to about 100 KB closes its sender with 1009 (the other side
+        is told 1001 or 1014), whichever side sends it, and the relay never
+        holds more than a few MiB for it.
+        """
+        payload = bomb(100 * MIB)
+        codes: list[int | None] = []
+        raw = startRawBackend(
+            self,
+            "permessage-deflate",
+            frameBytes(2, payload, rsv=RSV1, mask=False),
+            lambda wire: codes.append(wire.closeCode()),
+        )
+        b = startBackend(self, compression="deflate")
+        _, port = await startRelay(
+            self,
+            f"[relay]\nmax_message_size = {MIB}\n[route:r]\npath = /\n"
+            f"backends = {b.url}\n[route:bomb]\npath = /bomb\n"
+            f"backends = {raw.url}\n",
+        )
+        bombFrame = frameBytes(2, payload, rsv=RSV1)
+
+        def fromClient() -> int | None:
+            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+            with wire.sock:
+                wire.head()
+                wire.sock.sendall(bombFrame)
+                return wire.closeCode()
+
+        def fromBackend() -> tuple[list[Any], tuple[int | None, str | None]]:
+            with client(port, "/bomb", compression="deflate") as c:
+                return messagesThenClose(c)
+
+        baseline = traceMemory(self)
+        self.assertEqual(await inThread(fromClient), 1009)
+        await waitFor(lambda: len(b.closes) == 1)
+        self.assertEqual(b.closes[0][0], 1001)
+        self.assertLess(peakAbove(baseline), 8 * MIB)
+        baseline = traceMemory(self)
+        messages, (code, _) = await inThread(fromBackend)
+        self.assertEqual((messages, code), ([], 1014))
+        await inThread(raw.done.wait, TIMEOUT)
+        self.assertEqual((raw.errors, codes), ([], [1009]))
+        self.assertLess(peakAbove(baseline), 8 * MIB)
 
     async def test_backendDeclines(self) -> None:
         """

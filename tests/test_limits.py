@@ -64,14 +64,22 @@ def maskedFrame(opcode: int, payload: bytes) -> bytes:
 class MessageSizeTests(TestCase):
     """
     C{max_message_size} closes with 1009, in both directions.
+
+    @cvar toldBackend: The code the backend gets when a client's message
+        is too big.
+    @cvar toldClient: The code the client gets when a backend's message is
+        too big.
     """
 
     dataPath = "message"
+    toldBackend = 1001
+    toldClient = 1014
 
     async def test_clientTooBig(self) -> None:
         """
         A client message over the limit closes the client with 1009 and
-        never reaches the backend; the backend is told the client left.
+        never reaches the backend; the backend is told the client left
+        (1001; passthrough: 1009).
         """
         b = startBackend(self)
         _, port = await startRelay(
@@ -90,12 +98,12 @@ class MessageSizeTests(TestCase):
         code, _ = await inThread(run)
         self.assertEqual(code, 1009)
         await waitFor(lambda: len(b.closes) == 1)
-        self.assertEqual(b.closes[0][0], 1001)
+        self.assertEqual(b.closes[0][0], self.toldBackend)
 
     async def test_backendTooBig(self) -> None:
         """
         A backend message over the limit closes the backend with 1009;
-        the client gets 1014 and not the message.
+        the client gets 1014 (passthrough: 1009) and not the message.
         """
         b = startBackend(self)
         _, port = await startRelay(
@@ -110,7 +118,7 @@ class MessageSizeTests(TestCase):
                 return closeOf(c)
 
         code, _ = await inThread(run)
-        self.assertEqual(code, 1014)
+        self.assertEqual(code, self.toldClient)
         # The backend's thread records the close once its handler is done.
         await waitFor(lambda: len(b.closes) == 1)
         self.assertEqual(b.closes[0][0], 1009)
@@ -236,10 +244,13 @@ class TimeoutTests(TestCase):
 
 class PassthroughMessageSizeTests(MessageSizeTests):
     """
-    L{MessageSizeTests} with C{data_path = passthrough}.
+    L{MessageSizeTests} with C{data_path = passthrough}, where the side
+    that did not send the message is closed with 1009 too.
     """
 
     dataPath = "passthrough"
+    toldBackend = 1009
+    toldClient = 1009
 
 
 class PassthroughTimeoutTests(TimeoutTests):

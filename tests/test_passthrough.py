@@ -77,6 +77,9 @@ class Recorder:
     def failed(self, direction: Any, code: int, reason: bytes) -> None:
         self.failures.append((code, reason))
 
+    def tooBig(self, direction: Any, reason: bytes) -> None:
+        self.failures.append((1009, reason))
+
 
 def scanner(
     masked: bool = True, maxFrame: int = 1 << 20, maxMessage: int = 1 << 20

@@ -17,6 +17,10 @@ RSV bits set are refused; with permessage-deflate, RSV1 marks the first
 frame of a compressed message and is refused on continuation and control
 frames, RSV2 and RSV3 are refused; with any other extension, whose rules
 the relay does not know, the RSV bits are left to the endpoints.
+
+With permessage-deflate, compressed messages are also counted inflated
+against the size limits (L{wsrelay.inflate}); a frame that passes a limit
+is never finished, and both sides are closed with 1009 (L{Pipe.tooBig}).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from wsrelay.inflate import InflateCounter
 from wsrelay.legs import sendableCloseCode
 
 if TYPE_CHECKING:
@@ -161,6 +166,9 @@ class Direction:
     @ivar closeSeen: Whether a close frame went this way.
     @ivar rsvRefused: The RSV bits refused on any frame (L{rsvRules}).
     @ivar deflate: Whether permessage-deflate's rules apply to RSV1.
+    @ivar counter: With permessage-deflate, what counts the inflated size
+        of the compressed messages from C{source} against the limits.
+    @ivar inflating: Whether the message now arriving is compressed.
     """
 
     def __init__(
@@ -173,10 +181,13 @@ class Direction:
         maxMessage: int,
         rsvRefused: int = RSV_BITS,
         deflate: bool = False,
+        counter: InflateCounter | None = None,
     ) -> None:
         self.pipe = pipe
         self.rsvRefused = rsvRefused
         self.deflate = deflate
+        self.counter = counter
+        self.inflating = False
         self.source = source
         self.sink = sink
         self.write = sink.writer()
@@ -217,11 +228,24 @@ class Direction:
         n = len(data)
         i = 0
         start = 0
+        # Where the header of the compressed frame being read is in data,
+        # or -1 when it came in an earlier read.
+        frameAt = -1
         source = self.source
         while i < n:
             remaining = self.remaining
             if remaining:
                 take = n - i if n - i < remaining else remaining
+                if self.inflating:
+                    # Counted before any of it is written: a frame that
+                    # inflates past a limit is never finished.
+                    counter = self.counter
+                    assert counter is not None
+                    problem = counter.feed(data[i : i + take], take == remaining)
+                    if problem is not None:
+                        return self.cutFrame(data, start, i, frameAt, *problem)
+                    if take == remaining and counter.fin:
+                        self.inflating = False
                 if self.skipping:
                     if i > start:
                         self.write(data[start:i])
@@ -295,10 +319,10 @@ class Direction:
             if opcode > 2 or (opcode == 0) != self.inMessage:
                 return self.fail(1002, b"bad opcode or fragmentation")
             if length > self.maxFrame:
-                return self.fail(1009, b"frame too big")
+                return self.cutFrame(data, start, i, i, 1009, b"frame too big")
             size = self.messageSize + length
             if size > self.maxMessage:
-                return self.fail(1009, b"message too big")
+                return self.cutFrame(data, start, i, i, 1009, b"message too big")
             if opcode and self.rated and source.messageOverRate():
                 # Counted as a message starts: its frames are then cut out
                 # whole, or the client closed before any of it went on.
@@ -307,6 +331,27 @@ class Direction:
                     self.write(data[start:i])
                     return self.fail(1008, b"message rate exceeded")
                 self.dropping = True
+            if self.inflating or (
+                b0 & RSV1
+                and self.counter is not None
+                and (not fin or length > self.counter.bounded)
+            ):
+                # A frame of a compressed message that might inflate past
+                # the limits: its payload is counted inflated as it passes.
+                counter = self.counter
+                assert counter is not None
+                if opcode:
+                    counter.beginMessage()
+                    self.inflating = True
+                key = data[i + header - 4 : i + header] if b1 & 0x80 else b""
+                counter.beginFrame(key, bool(fin))
+                frameAt = i
+                if not length:
+                    problem = counter.feed(b"", True)
+                    if problem is not None:
+                        return self.cutFrame(data, start, i, i, *problem)
+                    if fin:
+                        self.inflating = False
             self.skipping = self.dropping
             if self.skipping and i > start:
                 self.write(data[start:i])
@@ -331,6 +376,42 @@ class Direction:
             self.pending = data[i:]
         if i > start:
             self.write(data[start:i])
+
+    def cutFrame(
+        self,
+        data: bytes,
+        start: int,
+        at: int,
+        frameAt: int,
+        code: int,
+        reason: bytes,
+    ) -> None:
+        """
+        A data frame broke a size limit, or cannot be inflated: the bytes
+        before it go on, the frame itself is never finished, and the
+        source is failed with C{code}.  For a size limit (1009) the sink is
+        closed with 1009 too (L{Pipe.tooBig}).
+
+        @param data: The bytes being scanned.
+        @param start: Where the bytes not yet written begin in C{data}.
+        @param at: Where the frame's bytes in C{data} that do not go on
+            begin.
+        @param frameAt: Where the frame's header is in C{data}, or -1 when
+            it came in an earlier read (and went on already: the sink can
+            then only be dropped, having half a frame).
+        """
+        end = frameAt if frameAt >= 0 else at
+        if end > start:
+            self.write(data[start:end])
+        if frameAt >= 0 or self.skipping:
+            # Nothing of the frame went on: the sink is between frames.
+            self.remaining = 0
+        self.inflating = False
+        if code != 1009:
+            return self.fail(code, reason)
+        self.stopped = True
+        self.pending = b""
+        self.pipe.tooBig(self, reason)
 
     def sendPing(self) -> None:
         """
@@ -386,11 +467,31 @@ class Pipe:
         self.upstream = upstream
         self.clock = session.relay.clock
         refused, deflate = rsvRules(upstream.extensionsAnswer)
+        fromClient = fromBackend = None
+        if deflate:
+            fromClient = InflateCounter(maxFrame, maxMessage)
+            fromBackend = InflateCounter(maxFrame, maxMessage)
         self.fromClient = Direction(
-            self, frontend, upstream, True, maxFrame, maxMessage, refused, deflate
+            self,
+            frontend,
+            upstream,
+            True,
+            maxFrame,
+            maxMessage,
+            refused,
+            deflate,
+            fromClient,
         )
         self.fromBackend = Direction(
-            self, upstream, frontend, False, maxFrame, maxMessage, refused, deflate
+            self,
+            upstream,
+            frontend,
+            False,
+            maxFrame,
+            maxMessage,
+            refused,
+            deflate,
+            fromBackend,
         )
         self.closeTimeout = config.closeTimeout
         self.pingInterval = config.pingInterval
@@ -504,6 +605,16 @@ class Pipe:
             endWrites(source.transport)
         if self._closeCall is None:
             self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+
+    def tooBig(self, direction: Direction, reason: bytes) -> None:
+        """
+        A message from C{direction}'s source broke a size limit: its
+        receiver is closed with 1009 first (a close frame, or, when half a
+        frame of it went on, the end of the connection), then the sender
+        (L{failed}), so that neither side ever sees the message whole.
+        """
+        self._closeTo(direction.sink, 1009, reason)
+        self.failed(direction, 1009, reason)
 
     def shutdown(self, code: int, reason: bytes) -> None:
         """
