@@ -38,9 +38,10 @@ def code(n: int) -> bytes:
     return struct.pack("!H", n)
 
 
-def readUntilClose(wire: Wire, echo: bool) -> list[Seen]:
+def readUntilClose(wire: Wire, echo: bool, answer: bool = True) -> list[Seen]:
     """
-    Read frames until a close frame, answer it with its code, and echo the
+    Read frames until a close frame, answer it with its code (unless not
+    C{answer}: then read on until the connection closes), and echo the
     data frames before it when C{echo} (as an echo testee does).
 
     @return: The frames read.
@@ -50,8 +51,14 @@ def readUntilClose(wire: Wire, echo: bool) -> list[Seen]:
         f = wire.frame()
         if f.opcode == 8:
             seen.append((8, f.payload[:2]))
-            wire.send(8, f.payload[:2])
-            return seen
+            if answer:
+                wire.send(8, f.payload[:2])
+                return seen
+            try:
+                while True:
+                    wire.frame()
+            except (EOFError, OSError):
+                return seen
         seen.append((f.opcode, f.payload))
         if echo and f.opcode < 8:
             wire.send(f.opcode, f.payload, f.fin)
@@ -99,21 +106,29 @@ class ClientViolationTests(TestCase):
 
     dataPath = "message"
 
-    async def exchange(self, bad: bytes) -> tuple[list[Seen], list[Seen]]:
+    async def exchange(
+        self, bad: bytes, answer: bool = True
+    ) -> tuple[list[Seen], list[Seen]]:
         """
         Send a text message, C{bad} and a ping in one write through a relay
         to a raw echo backend.
 
+        @param answer: Whether the backend answers the relay's close frame
+            (else the relay gives up after C{close_timeout}: 2 seconds,
+            which Autobahn's timers, on the message path, truncate to the
+            whole second, to between 1 and 2).
         @return: What the client and what the backend received.
         """
         got: list[Seen] = []
 
         def echo(wire: Wire) -> None:
-            got.extend(readUntilClose(wire, echo=True))
+            got.extend(readUntilClose(wire, echo=True, answer=answer))
 
         backend = startRawBackend(self, None, then=echo)
         _, port = await startRelay(
-            self, f"[relay]\n[route:r]\npath = /\nbackends = {backend.url}\n"
+            self,
+            "[relay]\nclose_timeout = 2\n"
+            f"[route:r]\npath = /\nbackends = {backend.url}\n",
         )
 
         def run() -> list[Seen]:
@@ -142,6 +157,17 @@ class ClientViolationTests(TestCase):
             expected = [(1, b"Hello, world!"), (8, code(1002))]
             self.assertEqual(seen, expected, bad)
             self.assertEqual(got, expected, bad)
+
+    async def test_noAnswer(self) -> None:
+        """
+        A backend that never answers the relay's close frame holds the
+        client's 1002 back for C{close_timeout} at most: the client still
+        gets the echo, then 1002.
+        """
+        seen, got = await self.exchange(CLIENT_VIOLATIONS[0], answer=False)
+        expected = [(1, b"Hello, world!"), (8, code(1002))]
+        self.assertEqual(seen, expected)
+        self.assertEqual(got, expected)
 
 
 class PassthroughClientViolationTests(ClientViolationTests):
@@ -173,11 +199,17 @@ class BackendViolationTests(TestCase):
 
     dataPath = "message"
 
-    async def exchange(self, bad: bytes) -> tuple[list[Seen], list[Seen]]:
+    async def exchange(
+        self, bad: bytes, answer: bool = True
+    ) -> tuple[list[Seen], list[Seen]]:
         """
         A raw backend sends a text message, C{bad} and a ping in one write
         to a raw client that echoes, through a relay.
 
+        @param answer: Whether the client answers the relay's close frame
+            (else the relay gives up after C{close_timeout}: 2 seconds,
+            which Autobahn's timers, on the message path, truncate to the
+            whole second, to between 1 and 2).
         @return: What the client and what the backend received.
         """
         got: list[Seen] = []
@@ -192,14 +224,16 @@ class BackendViolationTests(TestCase):
 
         backend = startRawBackend(self, None, then=offend)
         _, port = await startRelay(
-            self, f"[relay]\n[route:r]\npath = /\nbackends = {backend.url}\n"
+            self,
+            "[relay]\nclose_timeout = 2\n"
+            f"[route:r]\npath = /\nbackends = {backend.url}\n",
         )
 
         def run() -> list[Seen]:
             wire = connectRaw(port, request(port, "/", None))
             with wire.sock:
                 wire.head()
-                return readUntilClose(wire, echo=True)
+                return readUntilClose(wire, echo=True, answer=answer)
 
         seen = await inThread(run)
         await inThread(backend.done.wait, 10)
@@ -217,6 +251,17 @@ class BackendViolationTests(TestCase):
             expected = [(1, b"Hello, world!"), (8, code(1002))]
             self.assertEqual(got, expected, bad)
             self.assertEqual(seen, expected, bad)
+
+    async def test_noAnswer(self) -> None:
+        """
+        A client that never answers the relay's close frame holds the
+        backend's 1002 back for C{close_timeout} at most: the backend still
+        gets the client's echo, then 1002.
+        """
+        seen, got = await self.exchange(BACKEND_VIOLATIONS[0], answer=False)
+        expected = [(1, b"Hello, world!"), (8, code(1002))]
+        self.assertEqual(got, expected)
+        self.assertEqual(seen, expected)
 
 
 class PassthroughBackendViolationTests(BackendViolationTests):
