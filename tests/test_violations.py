@@ -107,11 +107,15 @@ class ClientViolationTests(TestCase):
     dataPath = "message"
 
     async def exchange(
-        self, bad: bytes, answer: bool = True
+        self,
+        bad: bytes,
+        answer: bool = True,
+        after: bytes = frameBytes(9, b"ping?"),
+        relayKeys: str = "",
     ) -> tuple[list[Seen], list[Seen]]:
         """
-        Send a text message, C{bad} and a ping in one write through a relay
-        to a raw echo backend.
+        Send a text message, C{bad} and C{after} (a ping) in one write
+        through a relay to a raw echo backend.
 
         @param answer: Whether the backend answers the relay's close frame
             (else the relay gives up after C{close_timeout}: 2 seconds,
@@ -127,7 +131,7 @@ class ClientViolationTests(TestCase):
         backend = startRawBackend(self, None, then=echo)
         _, port = await startRelay(
             self,
-            "[relay]\nclose_timeout = 2\n"
+            f"[relay]\nclose_timeout = 2\n{relayKeys}"
             f"[route:r]\npath = /\nbackends = {backend.url}\n",
         )
 
@@ -135,9 +139,7 @@ class ClientViolationTests(TestCase):
             wire = connectRaw(port, request(port, "/", None))
             with wire.sock:
                 wire.head()
-                wire.sock.sendall(
-                    frameBytes(1, b"Hello, world!") + bad + frameBytes(9, b"ping?")
-                )
+                wire.sock.sendall(frameBytes(1, b"Hello, world!") + bad + after)
                 return readUntilClose(wire, echo=False)
 
         seen = await inThread(run)
@@ -157,6 +159,21 @@ class ClientViolationTests(TestCase):
             expected = [(1, b"Hello, world!"), (8, code(1002))]
             self.assertEqual(seen, expected, bad)
             self.assertEqual(got, expected, bad)
+
+    async def test_notCountedAfterViolation(self) -> None:
+        """
+        What the client sends after its bad frame is dropped, and not
+        counted against C{max_messages_per_second}: it does not turn the
+        held 1002 into an early 1008.
+        """
+        seen, got = await self.exchange(
+            CLIENT_VIOLATIONS[0],
+            after=b"".join(frameBytes(1, b"more") for _ in range(5)),
+            relayKeys="max_messages_per_second = 1\n",
+        )
+        expected = [(1, b"Hello, world!"), (8, code(1002))]
+        self.assertEqual(seen, expected)
+        self.assertEqual(got, expected)
 
     async def test_noAnswer(self) -> None:
         """

@@ -550,10 +550,7 @@ class Pipe:
                 self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
             return
         self._closeTo(source, code, reason)
-        if other is self.frontend:
-            self._closeTo(other, 1014, b"backend broke the protocol")
-        else:
-            self._closeTo(other, 1001, b"client went away")
+        self._closeTo(other, *failureClose(code, other is self.frontend))
         if other.transport is not None:
             hangUp(other.transport)
         if source.transport is not None:
