@@ -118,9 +118,9 @@ class ClientViolationTests(TestCase):
         through a relay to a raw echo backend.
 
         @param answer: Whether the backend answers the relay's close frame
-            (else the relay gives up after C{close_timeout}: 2 seconds,
-            which Autobahn's timers, on the message path, truncate to the
-            whole second, to between 1 and 2).
+            (else the relay gives up after C{close_timeout}: then 2
+            seconds, which Autobahn's timers, on the message path,
+            truncate to the whole second, to between 1 and 2; else 5).
         @return: What the client and what the backend received.
         """
         got: list[Seen] = []
@@ -131,7 +131,7 @@ class ClientViolationTests(TestCase):
         backend = startRawBackend(self, None, then=echo)
         _, port = await startRelay(
             self,
-            f"[relay]\nclose_timeout = 2\n{relayKeys}"
+            f"[relay]\nclose_timeout = {2 if not answer else 5}\n{relayKeys}"
             f"[route:r]\npath = /\nbackends = {backend.url}\n",
         )
 
@@ -224,9 +224,9 @@ class BackendViolationTests(TestCase):
         to a raw client that echoes, through a relay.
 
         @param answer: Whether the client answers the relay's close frame
-            (else the relay gives up after C{close_timeout}: 2 seconds,
-            which Autobahn's timers, on the message path, truncate to the
-            whole second, to between 1 and 2).
+            (else the relay gives up after C{close_timeout}: then 2
+            seconds, which Autobahn's timers, on the message path,
+            truncate to the whole second, to between 1 and 2; else 5).
         @return: What the client and what the backend received.
         """
         got: list[Seen] = []
@@ -242,7 +242,7 @@ class BackendViolationTests(TestCase):
         backend = startRawBackend(self, None, then=offend)
         _, port = await startRelay(
             self,
-            "[relay]\nclose_timeout = 2\n"
+            f"[relay]\nclose_timeout = {2 if not answer else 5}\n"
             f"[route:r]\npath = /\nbackends = {backend.url}\n",
         )
 
