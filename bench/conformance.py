@@ -34,7 +34,8 @@ is only reported: see L{INFORMATIONAL_PATHS}).  The 12.x and 13.x
 (permessage-deflate) cases count like the others on the proxy paths,
 which negotiate compression (the message path on each leg, the
 passthrough path end to end); on the fan-out path, which declines it,
-they are expected UNIMPLEMENTED (L{DECLINES_COMPRESSION}).  C{docs/conformance.md} holds the results.
+they are expected UNIMPLEMENTED (L{DECLINES_COMPRESSION}).
+C{docs/conformance.md} holds the results.
 """
 
 from __future__ import annotations

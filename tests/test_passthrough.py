@@ -330,13 +330,23 @@ class FakeTransport:
         self.writeClosed = False
 
     def write(self, data: bytes) -> None:
+        """
+        Keep C{data}; nothing may be written once the connection, or its
+        writing half, is closed.
+        """
         assert not (self.lost or self.writeClosed), "written after closing"
         self.data += data
 
     def loseConnection(self) -> None:
+        """
+        Close the connection.
+        """
         self.lost = True
 
     def loseWriteConnection(self) -> None:
+        """
+        Send the end of the stream.
+        """
         self.writeClosed = True
 
 
@@ -352,6 +362,9 @@ class PipeLeg:
         self.transport = FakeTransport()
 
     def writer(self) -> Any:
+        """
+        @return: The transport's C{write}.
+        """
         return self.transport.write
 
 

@@ -526,8 +526,9 @@ class Pipe:
         (L{closeSeen}), or after C{close_timeout} if the other side never
         answers (L{_drop}).
 
-        A message rate over the limit (1008), or a failure while a close
-        handshake is under way, closes both sides at once.
+        A message rate over the limit (1008), a failure in the middle of a
+        frame (the other side could not parse a close frame after it), or
+        while a close handshake is under way, closes both sides at once.
         """
         source, other = direction.source, direction.sink
         back = self.fromBackend if direction is self.fromClient else self.fromClient
@@ -538,6 +539,7 @@ class Pipe:
             self._finishFailure()
         if (
             code != 1008
+            and direction.atBoundary()
             and not direction.closeSeen
             and not back.stopped
             and source.transport is not None
