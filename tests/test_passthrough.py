@@ -467,6 +467,20 @@ class FailureOrderTests(SynchronousTestCase):
         clock.advance(5)
         self.assertTrue(f.transport.lost)
 
+    def test_midFrameAtOnce(self) -> None:
+        """
+        A failure in the middle of a frame (half of it went to the other
+        side, which could not parse a close frame after it) drops the other
+        side and closes the offender at once.
+        """
+        pipe, f, up, _ = self.pipe()
+        pipe.fromClient.dataReceived(frame(2, b"x" * 100)[:50])
+        pipe.fromClient.stopped = True
+        pipe.failed(pipe.fromClient, 1009, b"message too big")
+        self.assertTrue(up.transport.lost)
+        self.assertEqual(frames(f.transport.data), [close(1009)])
+        self.assertTrue(f.transport.writeClosed)
+
     def test_rateLimitAtOnce(self) -> None:
         """
         A failure that is the relay's own policy, a message rate over the
