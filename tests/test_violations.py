@@ -90,7 +90,10 @@ CLIENT_VIOLATIONS = [
     frameBytes(11, b""),
     # 5.15: a continuation with nothing to continue.
     frameBytes(0, b"nothing to continue"),
-    # The length in more bytes than needed.
+]
+
+#: Frames whose length is encoded in more bytes than needed, from a client.
+CLIENT_NON_MINIMAL = [
     nonMinimal(1, b"short", 2, mask=True),
     nonMinimal(1, b"short", 8, mask=True),
 ]
@@ -160,6 +163,18 @@ class ClientViolationTests(TestCase):
             self.assertEqual(seen, expected, bad)
             self.assertEqual(got, expected, bad)
 
+    async def test_nonMinimalLength(self) -> None:
+        """
+        A frame length encoded in more bytes than needed (RFC 6455 5.2) is
+        refused with 1002 on both data paths, as Autobahn refuses it: the
+        frame never reaches the backend.
+        """
+        for bad in CLIENT_NON_MINIMAL:
+            seen, got = await self.exchange(bad)
+            expected = [(1, b"Hello, world!"), (8, code(1002))]
+            self.assertEqual(seen, expected, bad)
+            self.assertEqual(got, expected, bad)
+
     async def test_notCountedAfterViolation(self) -> None:
         """
         What the client sends after its bad frame is dropped, and not
@@ -202,6 +217,10 @@ BACKEND_VIOLATIONS = [
     frameBytes(5, b"", mask=False),
     frameBytes(11, b"", mask=False),
     frameBytes(0, b"nothing to continue", mask=False),
+]
+
+#: Frames whose length is encoded in more bytes than needed, from a backend.
+BACKEND_NON_MINIMAL = [
     nonMinimal(1, b"short", 2, mask=False),
     nonMinimal(1, b"short", 8, mask=False),
 ]
@@ -264,6 +283,17 @@ class BackendViolationTests(TestCase):
         client gets the message, then a close frame with 1002.
         """
         for bad in BACKEND_VIOLATIONS:
+            seen, got = await self.exchange(bad)
+            expected = [(1, b"Hello, world!"), (8, code(1002))]
+            self.assertEqual(got, expected, bad)
+            self.assertEqual(seen, expected, bad)
+
+    async def test_nonMinimalLength(self) -> None:
+        """
+        The same from a backend: a frame length encoded in more bytes than
+        needed is refused with 1002, and never reaches the client.
+        """
+        for bad in BACKEND_NON_MINIMAL:
             seen, got = await self.exchange(bad)
             expected = [(1, b"Hello, world!"), (8, code(1002))]
             self.assertEqual(got, expected, bad)
