@@ -5,10 +5,10 @@ C{docs/conformance.md}).
 
 Each test runs the same cases directly and through relays started with
 C{twistd wsrelay}, one per proxy data path (C{data_path = message} and
-C{passthrough}), and checks that every case that passes directly passes
-through the relay too, the compression cases (12.x, 13.x) included: the
-message path negotiates permessage-deflate on each leg, the passthrough
-path end to end.
+C{passthrough}), and checks that every case that passes directly gets the
+same verdict through the relay (NON-STRICT where it is OK directly fails),
+the compression cases (12.x, 13.x) included: the message path negotiates
+permessage-deflate on each leg, the passthrough path end to end.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ import os
 import signal
 import subprocess
 import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from bench.conformance import FAST_CASES, FAST_EXCLUDE, Outcome, Run, regressions
 
 try:
     import kosoku  # noqa: F401
@@ -55,10 +58,95 @@ SERVER_CASES = (
 #: Seconds one run of C{bench.conformance} may take.
 RUN_TIMEOUT = 240.0
 
+#: The cases where a valid message comes just before a frame the receiver
+#: must fail the connection for: OK directly, they were NON-STRICT through
+#: the relay when it failed the connection before the echo of that message
+#: came back (docs/conformance.md).
+ORDER_CASES = (
+    "3.2",
+    "3.3",
+    "3.4",
+    "4.1.3",
+    "4.1.4",
+    "4.1.5",
+    "4.2.3",
+    "4.2.4",
+    "4.2.5",
+    "5.15",
+)
+
+
+def selected(case: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """
+    @return: Whether C{bench.conformance} runs C{case} with these C{-i} and
+        C{-x} globs.
+    """
+    return any(fnmatchcase(case, g) for g in include) and not any(
+        fnmatchcase(case, g) for g in exclude
+    )
+
+
+def outcome(caseId: str, verdict: str) -> Outcome:
+    """
+    @return: An L{Outcome} of C{caseId} with C{verdict}.
+    """
+    return Outcome(caseId, verdict, verdict, "OK", 1002, {}, [])
+
+
+class StrictnessTests(SynchronousTestCase):
+    """
+    C{bench.conformance} fails a run when a case gets another verdict
+    through the relay than directly, and the fast subset holds the cases
+    where that used to happen.
+    """
+
+    def test_nonStrictIsRegression(self) -> None:
+        """
+        A case OK directly and NON-STRICT through a proxy data path is a
+        regression; the same verdict, or a case that fails directly, is
+        not; a compression case UNIMPLEMENTED on the fan-out path (which
+        declines compression) is not either.
+        """
+        direct = Run(
+            "client",
+            "direct",
+            [
+                outcome("3.2", "OK"),
+                outcome("3.3", "OK"),
+                outcome("7.1.1", "FAILED"),
+                outcome("12.1.1", "OK"),
+            ],
+            1.0,
+        )
+        proxy = Run(
+            "client",
+            "proxy",
+            [
+                outcome("3.2", "NON-STRICT"),
+                outcome("3.3", "OK"),
+                outcome("7.1.1", "OK"),
+                outcome("12.1.1", "OK"),
+            ],
+            1.0,
+        )
+        self.assertEqual([d.caseId for d, _ in regressions(direct, proxy)], ["3.2"])
+        fanout = Run("client", "fanout", [*proxy.outcomes[:3]], 1.0)
+        fanout.outcomes.append(outcome("12.1.1", "UNIMPLEMENTED"))
+        self.assertEqual([d.caseId for d, _ in regressions(direct, fanout)], ["3.2"])
+
+    def test_orderCasesInSubsets(self) -> None:
+        """
+        Both modes of the fast subset run the ten cases.
+        """
+        for case in ORDER_CASES:
+            self.assertTrue(selected(case, FAST_CASES, FAST_EXCLUDE), case)
+            self.assertTrue(selected(case, SERVER_CASES, ()), case)
+
 
 class ConformanceTests(TestCase):
     """
-    What passes directly passes through the relay, in both directions.
+    What passes directly gets the same verdict through the relay, in both
+    directions.
     """
 
     if SKIP is not None:
@@ -74,7 +162,8 @@ class ConformanceTests(TestCase):
         yet (this test process imports it).
 
         @return: What it printed; the test fails when it exits non-zero
-            (a case that passes directly does not pass through the relay).
+            (a case that passes directly gets another verdict through the
+            relay).
         """
         # A session of its own, so that a run that takes too long goes
         # with everything it started (echo backend, relays, testee client).
@@ -103,7 +192,8 @@ class ConformanceTests(TestCase):
         and passthrough): groups 1-7, 9 (less its costliest cases), 10 and
         the first case of seven compression subgroups (12.1, 12.2, 13.1,
         13.2, 13.3, 13.5, 13.7);
-        every case that passes directly passes through the relay.  (The
+        every case that passes directly gets the same verdict through the
+        relay, the ten of L{ORDER_CASES} included.  (The
         fan-out path is in the full run only: its shared channel hands a
         late echo to the next case's client.)
         """
@@ -123,7 +213,8 @@ class ConformanceTests(TestCase):
         kosoku, as the fuzzing server, is the backend of the relay's route,
         and the Autobahn echo client testee runs its cases through the
         relay (and directly): wsrelay's backend-facing leg is the client
-        under test.
+        under test.  Every case that passes directly gets the same verdict
+        through the relay, the ten of L{ORDER_CASES} included.
         """
         self.runCLI(
             "--mode",

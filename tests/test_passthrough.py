@@ -12,10 +12,12 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_proxy import closeOf
+from wsrelay.config import RelayConfig
 from wsrelay.passthrough import PING_PREFIX, Direction, Pipe, closeFrame
 
 
@@ -230,6 +232,267 @@ class ScannerTests(SynchronousTestCase):
             direction.dataReceived(frame(1, b"ok") + frame(8, payload))
             self.assertEqual([c for c, _ in pipe.failures], [code], payload)
             self.assertEqual(pipe.closes, [])
+
+    def test_bytesBeforeViolation(self) -> None:
+        """
+        The frames before a bad one in the same chunk are forwarded whole,
+        as a direct connection would have delivered them; nothing of the
+        bad frame is.
+        """
+        before = frame(1, b"valid") + frame(9, b"ping")
+        cases = [
+            frame(1, b"x", mask=False),
+            frame(1, b"x", rsv=2),
+            frame(9, b"p", fin=False),
+            frame(9, b"p" * 126),
+            frame(0, b"c"),
+            frame(5, b"c"),
+            frame(11, b""),
+            frame(8, b"\x03"),
+            bytes([0x81, 0xFE, 0, 5]) + b"\0\0\0\0" + b"short",
+            frame(2, b"x" * 11),
+        ]
+        for bad in cases:
+            direction, _, sink, pipe = scanner(maxFrame=10)
+            direction.dataReceived(before + bad)
+            self.assertEqual(len(pipe.failures), 1, bad)
+            self.assertEqual(b"".join(sink.written), before, bad)
+
+    def test_nonMinimalLength(self) -> None:
+        """
+        A frame length encoded in more bytes than needed (RFC 6455 5.2), or
+        with the most significant bit of its 64-bit form set, fails the
+        sender with 1002, as Autobahn (the message data path) does; the
+        smallest lengths of each form pass.
+        """
+        mask = b"\0\0\0\0"
+        for masked in (True, False):
+            bit = 0x80 if masked else 0
+            key = mask if masked else b""
+            bad = [
+                bytes([0x82, bit | 126]) + struct.pack("!H", 125) + key,
+                bytes([0x82, bit | 127]) + struct.pack("!Q", 5) + key,
+                bytes([0x82, bit | 127]) + struct.pack("!Q", 65535) + key,
+                bytes([0x82, bit | 127]) + struct.pack("!Q", 1 << 63) + key,
+            ]
+            for header in bad:
+                direction, _, sink, pipe = scanner(masked=masked)
+                direction.dataReceived(header)
+                self.assertEqual(pipe.failures, [(1002, pipe.failures[0][1])], header)
+                self.assertEqual(b"".join(sink.written), b"", header)
+            good = [
+                bytes([0x82, bit | 126]) + struct.pack("!H", 126) + key + b"x" * 126,
+                bytes([0x82, bit | 127])
+                + struct.pack("!Q", 65536)
+                + key
+                + b"x" * 65536,
+            ]
+            for data in good:
+                direction, _, sink, pipe = scanner(masked=masked)
+                direction.dataReceived(data)
+                self.assertEqual(pipe.failures, [], data[:10])
+                self.assertEqual(b"".join(sink.written), data)
+
+
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """
+    Parse whole frames, masked or not.
+
+    @return: Each frame's opcode and unmasked payload (a close frame's code
+        only).
+    """
+    found = []
+    i = 0
+    while i < len(data):
+        b0, b1 = data[i], data[i + 1]
+        n, i = b1 & 0x7F, i + 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, i)
+            i += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, i)
+            i += 8
+        key = data[i : i + 4] if b1 & 0x80 else b""
+        i += len(key)
+        payload = data[i : i + n]
+        if key:
+            payload = bytes(b ^ key[k % 4] for k, b in enumerate(payload))
+        found.append((b0 & 0x0F, payload[:2] if b0 & 0x0F == 8 else payload))
+        i += n
+    return found
+
+
+class FakeTransport:
+    """
+    A TCP transport that keeps what is written, and how it was closed.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = False
+        self.writeClosed = False
+
+    def write(self, data: bytes) -> None:
+        """
+        Keep C{data}; nothing may be written once the connection, or its
+        writing half, is closed.
+        """
+        assert not (self.lost or self.writeClosed), "written after closing"
+        self.data += data
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection.
+        """
+        self.lost = True
+
+    def loseWriteConnection(self) -> None:
+        """
+        Send the end of the stream.
+        """
+        self.writeClosed = True
+
+
+class PipeLeg:
+    """
+    Stands for a leg of a session: counters and a L{FakeTransport}.
+    """
+
+    extensionsAnswer: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.messagesIn = self.bytesIn = self.messagesOut = self.bytesOut = 0
+        self.transport = FakeTransport()
+
+    def writer(self) -> Any:
+        """
+        @return: The transport's C{write}.
+        """
+        return self.transport.write
+
+
+class PipeSession:
+    """
+    Stands for a L{ProxySession}: the relay's configuration and clock.
+    """
+
+    def __init__(self, clock: Clock, closeTimeout: float) -> None:
+        config = RelayConfig(
+            path="relay.ini",
+            listen=(),
+            routes=(),
+            pingInterval=0,
+            closeTimeout=closeTimeout,
+        )
+        self.relay = type("Relay", (), {"config": config, "clock": clock})()
+        self.closedBy: str | None = None
+
+
+def close(code: int) -> tuple[int, bytes]:
+    """
+    @return: What L{frames} gives for a close frame with C{code}.
+    """
+    return 8, struct.pack("!H", code)
+
+
+class FailureOrderTests(SynchronousTestCase):
+    """
+    L{Pipe} fails a side that breaks the protocol in a direct connection's
+    order: the other side first, then, once it answered (or after
+    C{close_timeout}), the offender.
+    """
+
+    def pipe(self) -> tuple[Pipe, PipeLeg, PipeLeg, Clock]:
+        """
+        A pipe between two fake legs, with a C{close_timeout} of 5 seconds.
+        """
+        clock = Clock()
+        f, up = PipeLeg(), PipeLeg()
+        pipe = Pipe(PipeSession(clock, 5.0), f, up)  # type: ignore[arg-type]
+        return pipe, f, up, clock
+
+    def test_clientFailed(self) -> None:
+        """
+        A client's text frame and then one with RSV2: the backend gets the
+        text and then 1002; its echo and then its close answer go on, and
+        the client gets the echo, then 1002 (not the backend's answer) and
+        the end of the stream.
+        """
+        pipe, f, up, _ = self.pipe()
+        pipe.fromClient.dataReceived(frame(1, b"Hello") + frame(1, b"bad", rsv=2))
+        self.assertEqual(frames(up.transport.data), [(1, b"Hello"), close(1002)])
+        self.assertEqual(f.transport.data, b"")
+        pipe.fromBackend.dataReceived(
+            frame(1, b"Hello", mask=False)
+            + closeFrame(1000, b"not forwarded", mask=False)
+        )
+        self.assertEqual(frames(f.transport.data), [(1, b"Hello"), close(1002)])
+        self.assertTrue(f.transport.writeClosed)
+        self.assertTrue(up.transport.lost)
+        self.assertEqual(pipe.session.closedBy, "relay")
+
+    def test_backendFailed(self) -> None:
+        """
+        The mirror image: a backend's text frame and then one with a
+        reserved opcode; the client gets the text and then 1002, the
+        backend the client's echo, then 1002, and the end of the stream.
+        """
+        pipe, f, up, _ = self.pipe()
+        pipe.fromBackend.dataReceived(
+            frame(1, b"Hello", mask=False) + frame(5, b"", mask=False)
+        )
+        self.assertEqual(frames(f.transport.data), [(1, b"Hello"), close(1002)])
+        self.assertEqual(up.transport.data, b"")
+        pipe.fromClient.dataReceived(
+            frame(1, b"Hello") + closeFrame(1002, b"", mask=True)
+        )
+        self.assertEqual(frames(up.transport.data), [(1, b"Hello"), close(1002)])
+        self.assertTrue(up.transport.writeClosed)
+        self.assertTrue(f.transport.lost)
+
+    def test_noAnswer(self) -> None:
+        """
+        A backend that does not answer within C{close_timeout} is dropped,
+        and the client then gets its 1002; it is dropped in turn one
+        C{close_timeout} later if it does not close.
+        """
+        pipe, f, up, clock = self.pipe()
+        pipe.fromClient.dataReceived(frame(1, b"Hello") + frame(1, b"bad", rsv=2))
+        pipe.fromBackend.dataReceived(frame(1, b"Hello", mask=False))
+        clock.advance(4.9)
+        self.assertEqual(frames(f.transport.data), [(1, b"Hello")])
+        self.assertFalse(up.transport.lost)
+        clock.advance(0.1)
+        self.assertEqual(frames(f.transport.data), [(1, b"Hello"), close(1002)])
+        self.assertTrue(up.transport.lost)
+        self.assertTrue(f.transport.writeClosed)
+        self.assertFalse(f.transport.lost)
+        clock.advance(5)
+        self.assertTrue(f.transport.lost)
+
+    def test_midFrameAtOnce(self) -> None:
+        """
+        A failure in the middle of a frame (half of it went to the other
+        side, which could not parse a close frame after it) drops the other
+        side and closes the offender at once.
+        """
+        pipe, f, up, _ = self.pipe()
+        pipe.fromClient.dataReceived(frame(2, b"x" * 100)[:50])
+        pipe.fromClient.stopped = True
+        pipe.failed(pipe.fromClient, 1009, b"message too big")
+        self.assertTrue(up.transport.lost)
+        self.assertEqual(frames(f.transport.data), [close(1009)])
+        self.assertTrue(f.transport.writeClosed)
+
+    def test_rateLimitAtOnce(self) -> None:
+        """
+        A failure that is the relay's own policy, a message rate over the
+        limit (1008), closes both sides at once, as before.
+        """
+        pipe, f, up, _ = self.pipe()
+        pipe.failed(pipe.fromClient, 1008, b"message rate exceeded")
+        self.assertEqual(frames(f.transport.data), [close(1008)])
+        self.assertEqual(frames(up.transport.data), [close(1001)])
 
 
 def frame_wo(data: bytes, index: int) -> bytes:

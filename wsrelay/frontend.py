@@ -174,10 +174,12 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     def onMessageFrameEnd(self) -> None:
         """
         Count the client's messages against C{max_messages_per_second}
-        (L{messageOverRate}), then relay the frame.
+        (L{messageOverRate}), then relay the frame.  Once the client broke
+        the protocol, its frames are not counted (L{RelayLeg} drops them).
         """
         if (
             self.rateLimit
+            and not self.failedByMe
             and self.current_frame.fin
             and self.messageOverRate()
             # (The end of a message whose start went on is let through:

@@ -42,6 +42,27 @@ def sendableCloseCode(code: int) -> bool:
     return code in _SENDABLE or 3000 <= code <= 4999
 
 
+def failureClose(code: int, toClient: bool) -> tuple[int, bytes]:
+    """
+    The close frame for the other side of a relayed connection when the
+    relay fails one side with C{code}.
+
+    @param toClient: Whether the other side is the client (the backend was
+        failed).
+    @return: The code and reason: a protocol error (1002, 1007) passes
+        as it is, as if the other side's own peer had failed the connection
+        (which is what a direct connection would show); any other failure,
+        a limit of the relay's, gives a client 1014 and a backend 1001.
+    """
+    if code == 1002 or code == 1007:
+        return code, (
+            b"backend broke the protocol" if toClient else b"client broke the protocol"
+        )
+    if toClient:
+        return 1014, b"backend broke the protocol"
+    return 1001, b"client went away"
+
+
 #: What a sync flush ends with, and permessage-deflate strips from the end
 #: of a message (RFC 7692 7.2.1).
 _SYNC_TAIL = b"\x00\x00\xff\xff"
@@ -126,6 +147,22 @@ class CloseListener(Protocol):
         """
 
 
+class FailureListener(Protocol):
+    """
+    A listener (L{CloseListener}) that may hold a leg's failure back.
+    """
+
+    def holdFailure(self, leg: Any, code: int) -> bool:
+        """
+        C{leg}'s peer broke the protocol, and Autobahn fails the connection
+        with C{code}.
+
+        @return: Whether C{leg} holds its close frame back until
+            L{RelayLeg.releaseFailure} is called (the listener closed the
+            other side, and calls it once that side answered or left).
+        """
+
+
 @implementer(IPushProducer)
 class TransportPauser:
     """
@@ -177,6 +214,12 @@ class RelayLeg:
         The peer may send nothing more then: its pings are not answered
         and its data frames are dropped, as Autobahn does once it has
         replied.
+    @ivar heldFailure: The close code and reason of a failure of this
+        leg's connection (its peer broke the protocol) held back until the
+        other side answered the close frame it was sent
+        (L{FailureListener.holdFailure}), or L{None}.  Meanwhile the peer
+        is treated as failed (its frames are dropped, its pings not
+        answered) while what the other side sends still reaches it.
     """
 
     target: FrameSink | None = None
@@ -195,6 +238,7 @@ class RelayLeg:
     receivingFragment = False
     sendingFragment = False
     closeRelayed = False
+    heldFailure: tuple[int, str] | None = None
 
     # Autobahn's own attributes used here.
     state: int
@@ -354,7 +398,7 @@ class RelayLeg:
         so the state is still open, but the peer's ping came after its
         close and gets no pong (Autobahn|Testsuite case 7.1.3).
         """
-        if self.state == OPEN and not self.closeRelayed:
+        if self.state == OPEN and not self.closeRelayed and not self.failedByMe:
             self.sendPong(payload)
 
     # Closing.
@@ -377,6 +421,10 @@ class RelayLeg:
         self.remoteCloseCode = code
         self.remoteCloseReason = reason
         self.wasClean = True
+        if self.heldFailure is not None:
+            # The peer closes after breaking the protocol: its close frame
+            # answers the failure's, sent now.
+            self.releaseFailure()
         if self.state == CLOSING:
             if self.closeHandshakeTimeoutCall is not None:
                 self.closeHandshakeTimeoutCall.cancel()
@@ -404,10 +452,51 @@ class RelayLeg:
     def closeWith(self, code: int | None, reason: bytes | None = None) -> None:
         """
         Start a close handshake with any sendable code (Autobahn's
-        C{sendClose} refuses most of them).
+        C{sendClose} refuses most of them); a leg with a held failure
+        sends that failure's close frame instead.
         """
-        if self.state == OPEN:
+        if self.heldFailure is not None:
+            self.releaseFailure()
+        elif self.state == OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason, isReply=False)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """
+        Autobahn fails the connection: the peer broke the protocol (1002),
+        sent invalid UTF-8 (1007) or too big a message (1009).
+
+        Autobahn sends its close frame at once; but the other side may
+        still be answering what the peer sent before the bad frame (the
+        echo of a message, say), which a direct connection would deliver
+        before the close.  So when the listener agrees
+        (L{FailureListener.holdFailure}: it closed the other side), the
+        close frame is held back until L{releaseFailure}, and the peer is
+        meanwhile treated as failed: Autobahn, like L{onMessageFrameEnd}
+        and L{onPing}, ignores what it sends once C{failedByMe} is set.
+        """
+        if self.heldFailure is not None:
+            return
+        hold = getattr(self.listener, "holdFailure", None)
+        if (
+            hold is not None
+            and self.state == OPEN
+            and not self.failedByMe
+            and not self.closeRelayed
+            and hold(self, code)
+        ):
+            self.failedByMe = True
+            self.heldFailure = (code, reason)
+            return
+        super()._fail_connection(code, reason)  # type: ignore[misc]
+
+    def releaseFailure(self) -> None:
+        """
+        Send the close frame of the failure held back (L{_fail_connection}):
+        the other side answered, left or took too long.
+        """
+        held, self.heldFailure = self.heldFailure, None
+        if held is not None:
+            super()._fail_connection(*held)  # type: ignore[misc]
 
     def _afterClose(self) -> None:
         """

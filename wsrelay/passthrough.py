@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from wsrelay.inflate import InflateCounter
-from wsrelay.legs import sendableCloseCode
+from wsrelay.legs import failureClose, sendableCloseCode
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -214,6 +214,10 @@ class Direction:
         self.dropping = False
         #: Whether the rest of the current frame's payload is cut out.
         self.skipping = False
+        #: Whether the relay sent C{source} a close frame because the other
+        #: side broke the protocol (L{Pipe.failed}): its close frame is the
+        #: answer, and is not forwarded.
+        self.answering = False
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -269,27 +273,37 @@ class Direction:
                 if n - i < header:
                     break
                 length = _U16.unpack_from(data, i + 2)[0]
+                if length < 126:
+                    self.write(data[start:i])
+                    return self.fail(1002, b"frame length not minimally encoded")
             elif length == 127:
                 header = 10
                 if n - i < header:
                     break
                 length = _U64.unpack_from(data, i + 2)[0]
+                if length < 0x10000 or length >> 63:
+                    self.write(data[start:i])
+                    return self.fail(1002, b"bad frame length")
             if b1 & 0x80:
                 header += 4
                 if not self.masked:
+                    self.write(data[start:i])
                     return self.fail(1002, b"masked frame from a backend")
             elif self.masked:
+                self.write(data[start:i])
                 return self.fail(1002, b"unmasked frame from a client")
             if n - i < header:
                 break
             if b0 & RSV_BITS:
                 why = rsvProblem(b0, self.rsvRefused, self.deflate)
                 if why is not None:
+                    self.write(data[start:i])
                     return self.fail(1002, why)
             opcode = b0 & 0x0F
             fin = b0 & 0x80
             if opcode >= _CLOSE:
                 if opcode > _PONG or not fin or length > 125:
+                    self.write(data[start:i])
                     return self.fail(1002, b"bad control frame")
                 end = i + header + length
                 if end > n:
@@ -307,9 +321,10 @@ class Direction:
                     if bad is not None:
                         self.write(data[start:i])
                         return self.fail(*bad)
-                    i = end
-                    self.write(data[start:i])
-                    start = i
+                    # The answer to the relay's own close frame (the other
+                    # side failed) is not forwarded: that side gets its own.
+                    self.write(data[start : i if self.answering else end])
+                    i = start = end
                     self.closeReceived(payload)
                     if self.stopped:
                         return
@@ -317,6 +332,7 @@ class Direction:
                 i = end
                 continue
             if opcode > 2 or (opcode == 0) != self.inMessage:
+                self.write(data[start:i])
                 return self.fail(1002, b"bad opcode or fragmentation")
             if length > self.maxFrame:
                 return self.cutFrame(data, start, i, i, 1009, b"frame too big")
@@ -503,6 +519,10 @@ class Pipe:
         #: The leg whose peer was sent the end of the stream after a close
         #: frame (L{failed}), and is left to close by itself.
         self._ending: Any = None
+        #: A failure held back until the other side answered the relay's
+        #: close frame (L{failed}): the offending direction, the code and
+        #: the reason.
+        self._failing: tuple[Direction, int, bytes] | None = None
 
     def start(self) -> None:
         """
@@ -569,12 +589,11 @@ class Pipe:
         A close frame went through.  Once both went, the backend drops its
         connection (a server does) and the relay then drops the client's;
         until then, wait at most C{close_timeout}.
+
+        When the other side of a failed one answered the relay's close
+        frame (L{failed}), the offender now gets its own, and the side that
+        answered is dropped.
         """
-        if self.fromClient.closeSeen and self.fromBackend.closeSeen:
-            # The backend, a server, drops its TCP connection now.
-            hangUp(self.upstream.transport)
-        if self._closeCall is None:
-            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
         session = self.session
         if session.closedBy is None:
             session.closedBy = "client" if direction is self.fromClient else "backend"
@@ -582,19 +601,57 @@ class Pipe:
         leg = direction.source
         leg.remoteCloseCode = code
         direction.sink.localCloseCode = code
+        if direction.answering:
+            self._finishFailure()
+            hangUp(leg.transport)
+            return
+        if self.fromClient.closeSeen and self.fromBackend.closeSeen:
+            # The backend, a server, drops its TCP connection now.
+            hangUp(self.upstream.transport)
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
 
     def failed(self, direction: Direction, code: int, reason: bytes) -> None:
         """
-        C{direction}'s source broke a rule: close it with C{code} and the
-        other side with 1001.
+        C{direction}'s source broke a rule: fail it with C{code}, in the
+        order a direct connection keeps.
+
+        What it sent before the bad frame went on (L{Direction} wrote it).
+        The other side gets a close frame now (L{failureClose}: the same
+        code for a protocol error, as if its own peer had failed the
+        connection), and what it sends until it answers still reaches the
+        offender, say the echo of a message sent just before the bad
+        frame; then the offender gets its close frame with C{code}
+        (L{closeSeen}), or after C{close_timeout} if the other side never
+        answers (L{_drop}).
+
+        A message rate over the limit (1008), a failure in the middle of a
+        frame (the other side could not parse a close frame after it), or
+        while a close handshake is under way, closes both sides at once.
         """
         source, other = direction.source, direction.sink
+        back = self.fromBackend if direction is self.fromClient else self.fromClient
         self.session.closedBy = self.session.closedBy or "relay"
+        if self._failing is not None:
+            # The other side broke a rule too while the relay waited for
+            # its answer: the first offender gets its close frame now.
+            self._finishFailure()
+        if (
+            code != 1008
+            and direction.atBoundary()
+            and not direction.closeSeen
+            and not back.stopped
+            and source.transport is not None
+            and other.transport is not None
+        ):
+            self._failing = (direction, code, reason)
+            self._closeTo(other, *failureClose(code, other is self.frontend))
+            back.answering = True
+            if self._closeCall is None:
+                self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+            return
         self._closeTo(source, code, reason)
-        if other is self.frontend:
-            self._closeTo(other, 1014, b"backend broke the protocol")
-        else:
-            self._closeTo(other, 1001, b"client went away")
+        self._closeTo(other, *failureClose(code, other is self.frontend))
         if other.transport is not None:
             hangUp(other.transport)
         if source.transport is not None:
@@ -616,12 +673,47 @@ class Pipe:
         self._closeTo(direction.sink, 1009, reason)
         self.failed(direction, 1009, reason)
 
+    def _finishFailure(self) -> None:
+        """
+        The other side of the offender of a held failure (L{failed})
+        answered, left or took too long: send the offender its close frame
+        and then the end of the stream, and read what it still sends until
+        it closes, for at most C{close_timeout}.
+        """
+        failing, self._failing = self._failing, None
+        if failing is None:
+            return
+        direction, code, reason = failing
+        source = direction.source
+        back = self.fromBackend if direction is self.fromClient else self.fromClient
+        back.answering = False
+        transport = source.transport
+        if transport is None:
+            return
+        if back.atBoundary():
+            source.localCloseCode = code
+            transport.write(closeFrame(code, reason, source is self.upstream))
+            back.stopped = back.closeSeen = True
+            self._ending = source
+            endWrites(transport)
+        else:
+            # Half a frame of the other side's went out: drop it.
+            back.stopped = back.closeSeen = True
+            hangUp(transport)
+        if self._closeCall is not None and self._closeCall.active():
+            self._closeCall.cancel()
+        self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+
     def shutdown(self, code: int, reason: bytes) -> None:
         """
         Close both sides with C{code} (the relay stops, a backend is
         disabled, the idle timeout).
         """
         self.session.closedBy = self.session.closedBy or "relay"
+        if self._failing is not None:
+            # The offender of a held failure gets this code instead.
+            self._failing = None
+            self.fromClient.answering = self.fromBackend.answering = False
         for leg in (self.frontend, self.upstream):
             self._closeTo(leg, code, reason)
         if self._closeCall is None:
@@ -652,9 +744,16 @@ class Pipe:
     def _drop(self) -> None:
         """
         Close both connections (the close handshake is over or took too
-        long).
+        long).  With a failure held (L{failed}), the other side did not
+        answer in time: drop it, and send the offender its close frame.
         """
         self._closeCall = None
+        if self._failing is not None:
+            other = self._failing[0].sink
+            self._finishFailure()
+            if other.transport is not None:
+                hangUp(other.transport)
+            return
         for leg in (self.frontend, self.upstream):
             if leg.transport is not None:
                 hangUp(leg.transport)
@@ -663,6 +762,15 @@ class Pipe:
         """
         One side's connection is gone: tell the other side, then drop it.
         """
+        failing = self._failing
+        if failing is not None:
+            if leg is failing[0].source:
+                # The offender of a held failure left: nothing to send it.
+                self._failing = None
+                self.fromClient.answering = self.fromBackend.answering = False
+            else:
+                # The other side left before it answered.
+                self._finishFailure()
         other = self.upstream if leg is self.frontend else self.frontend
         if other.transport is not None:
             if leg is self.upstream:

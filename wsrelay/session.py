@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.frontend import Refused
-from wsrelay.legs import OPEN, RelayLeg, TransportPauser
+from wsrelay.legs import OPEN, RelayLeg, TransportPauser, failureClose
 from wsrelay.passthrough import Pipe
 from wsrelay.routing import Backend, ConnectionInfo, Route
 from wsrelay.upstream import (
@@ -117,6 +117,9 @@ class ProxySession:
         self._clock = relay.clock
         self._opening: Deferred[Any] | None = None
         self._closeWaiting: RelayLeg | None = None
+        #: The leg holding back its failure until the other side answers
+        #: (L{holdFailure}).
+        self._failing: RelayLeg | None = None
         self._buffer: ReconnectBuffer | None = None
         self._idleCall: Any = None
         self._idleMark = -1
@@ -347,11 +350,48 @@ class ProxySession:
         else:
             leg.replyClose(code, reason)
 
+    def holdFailure(self, leg: Any, code: int) -> bool:
+        """
+        C{leg}'s peer broke the protocol (the message data path): keep a
+        direct connection's order.  The other side gets a close frame now
+        (L{failureClose}: the same code for a protocol error), and what it
+        sends until it answers still reaches C{leg}'s peer, which then gets
+        C{leg}'s close frame (L{closeReplied}, L{legClosed}; the other
+        side's close handshake timer bounds the wait).
+
+        Not while a close handshake is under way or failing over, nor for
+        a backend on a C{failover = reconnect} route (the client then stays
+        while another backend is found).
+
+        @return: Whether C{leg} holds its close frame back.
+        """
+        other = self._other(leg)
+        if (
+            self.pipe is not None
+            or other is None
+            or other.state != OPEN
+            or other.closeRelayed
+            or other.heldFailure is not None
+            or self._closeWaiting is not None
+            or self._buffer is not None
+            or (leg is self.upstream and self.route.config.failover == "reconnect")
+        ):
+            return False
+        self._failing = leg
+        self.closedBy = self.closedBy or "relay"
+        other.closeWith(*failureClose(code, other is self.frontend))
+        return True
+
     def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
         """
         The other side answered a forwarded close: answer the side that
-        started it the same way.
+        started it the same way.  Or it answered the close it got for a
+        failure held back (L{holdFailure}): the offender gets its close.
         """
+        failing = self._failing
+        if failing is not None and failing is not leg:
+            self._failing = None
+            failing.releaseFailure()
         waiting = self._closeWaiting
         if waiting is not None and waiting is not leg:
             self._closeWaiting = None
@@ -373,6 +413,11 @@ class ProxySession:
             if self._finished:
                 pipe.stop()
             return
+        failing, self._failing = self._failing, None
+        if failing is not None and failing is not leg:
+            # The other side left before it answered the close it got for
+            # a failure held back: the offender gets its close now.
+            failing.releaseFailure()
         if leg is f:
             if self.closedBy is None:
                 self.closedBy = "client"
