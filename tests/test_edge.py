@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_limits import maskedFrame, readFrame
 from tests.test_proxy import rawExchange, rawRequest
+from wsrelay.handshake import forwardedNode
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.proxyprotocol import (
     V2_SIGNATURE,
@@ -474,8 +475,9 @@ class ProxyProtocolTests(TestCase):
 
     async def test_invalid(self) -> None:
         """
-        A header with an address that is not one, a bad port, an unknown
-        protocol, or no header at all: the connection is closed without
+        A header with an address that is not one (an IPv6 one with a
+        scope id included), a bad port, an unknown protocol, or no header
+        at all: the connection is closed without
         an answer and reaches no backend.
         """
         b, port = await self.relay()
@@ -489,6 +491,7 @@ class ProxyProtocolTests(TestCase):
             b"PROXY UDP4 1.2.3.4 127.0.0.1 1 80\r\n",
             b"PROXY TCP4 1.2.3.4 127.0.0.1 1\r\n",
             b"PROXY " + b"1" * 120,
+            b'PROXY TCP6 fe80::1%x",for=6.6.6.6;a="1 ::1 1 2\r\n',
             b"",
         ]:
             answer = await inThread(refusedOutright, port, header)
@@ -610,6 +613,36 @@ class ProxyProtocolUnitTests(SynchronousTestCase):
             b"proxy TCP4 1.2.3.4 1.2.3.4 1 2",
         ]:
             self.assertRaises(BadProxyHeader, parseV1, line)
+
+    def test_scopeId(self) -> None:
+        """
+        An IPv6 address with a scope id (which Python's L{ipaddress} takes
+        with anything after the C{%}) is refused: it would carry text
+        into the forwarding headers.
+        """
+        for line in [
+            b'PROXY TCP6 fe80::1%x",for=6.6.6.6;a="1 ::1 1 2',
+            b"PROXY TCP6 fe80::1%eth0 ::1 1 2",
+            b"PROXY TCP6 ::1 fe80::1%1,6.6.6.6 1 2",
+        ]:
+            self.assertRaises(BadProxyHeader, parseV1, line)
+
+    def test_forwardedNode(self) -> None:
+        """
+        L{forwardedNode} writes only what is an address, canonical, and
+        C{unknown} for the rest, scope ids included: nothing of its
+        argument can break out of the C{for=} parameter.
+        """
+        self.assertEqual(forwardedNode("192.0.2.1"), "192.0.2.1")
+        self.assertEqual(forwardedNode("2001:DB8::1"), '"[2001:db8::1]"')
+        for address in [
+            'fe80::1%x",for=6.6.6.6;a="1',
+            "fe80::1%eth0",
+            "1.2.3.4;proto=https",
+            "unix",
+            "",
+        ]:
+            self.assertEqual(forwardedNode(address), "unknown", address)
 
 
 def upgradeRequest(

@@ -79,6 +79,10 @@ def parseV1(line: bytes) -> _Addresses:
         family, kind = ipaddress.IPv6Address, IPv6Address
     else:
         raise BadProxyHeader(f"bad protocol {fields[1][:8]!r}")
+    if b"%" in fields[2] or b"%" in fields[3]:
+        # Python's IPv6Address takes anything after a % as a scope id, and
+        # the address goes into forwarding headers.
+        raise BadProxyHeader(f"scope id in address in {line[:60]!r}")
     try:
         source, destination = (str(family(f.decode("ascii"))) for f in fields[2:4])
     except (UnicodeDecodeError, ValueError) as e:
