@@ -27,7 +27,7 @@ from wsrelay.proxyprotocol import (
     ProxyProtocolFactory,
     parseV1,
 )
-from wsrelay.routing import PathAboveRoot, normalizePath
+from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
 
 PROXY_LISTEN = "haproxy:tcp:0:interface=127.0.0.1"
 
@@ -150,10 +150,45 @@ class NormalizePathTests(SynchronousTestCase):
             ("/a/%2E./b", "/b"),
             ("/a/%2e/b", "/a/b"),
             ("/a/%252e%252e/b", "/a/%252e%252e/b"),
-            ("/a%2Fb/%41/..", "/a%2Fb/"),
-            ("/a/b%2e/c", "/a/b%2e/c"),
+            ("/a%3Bb/%41/..", "/a%3Bb/"),
+            ("/a/b%2e/c", "/a/b./c"),
         ]:
             self.assertEqual(normalizePath(path), expected, path)
+
+    def test_unreserved(self) -> None:
+        """
+        Percent-encoded unreserved characters (RFC 3986 6.2.2.2: letters,
+        digits, C{-._~}) are decoded, so C{/%61pi} is C{/api}; other
+        percent-encodings stay as sent.
+        """
+        for path, expected in [
+            ("/%61pi", "/api"),
+            ("/%41%7a%30%2D%5f%7E%2e", "/Az0-_~."),
+            ("/a%20b/%3f%25/%zz/%", "/a%20b/%3f%25/%zz/%"),
+            ("/%2561", "/%2561"),
+        ]:
+            self.assertEqual(normalizePath(path), expected, path)
+
+    def test_refused(self) -> None:
+        """
+        A path holding an encoded C{/} or C{\\}, a raw C{\\} or an encoded
+        NUL, in either case, raises L{BadPath} (a WHATWG URL parser takes
+        C{..%2f} and C{..\\} as climbing); so does one that does not start
+        with C{/}.
+        """
+        for path in [
+            "/pub/..%2fadmin",
+            "/pub/..%2Fadmin",
+            "/pub/..\\admin",
+            "/pub/..%5cadmin",
+            "/pub/..%5Cadmin",
+            "/a%00b",
+            "/a/%2f",
+            "a/b",
+            "",
+            "*",
+        ]:
+            self.assertRaises(BadPath, normalizePath, path)
 
     def test_mergeSlashes(self) -> None:
         """
@@ -244,7 +279,7 @@ class PathRoutingTests(TestCase):
             ("/public/x/../y", "/app/public/y"),
             ("/public/x/.%2E/y/", "/app/public/y/"),
             ("/echo//a///b", "/app/echo/a/b"),
-            ("/echo/a%2Fb/%41", "/app/echo/a%2Fb/%41"),
+            ("/echo/a%3Fb/%41", "/app/echo/a%3Fb/A"),
         ]:
             self.assertEqual(await self.backendPath(port, path), expected, path)
 
@@ -258,6 +293,36 @@ class PathRoutingTests(TestCase):
             "/public/../../../forbidden/admin",
             "/public/%2e%2e/%2E%2e/%2e%2e/forbidden/admin",
             "/public/./.%2e/..",
+        ]:
+            answer = await inThread(rawExchange, port, rawRequest(port, path))
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+    async def test_unreservedRouted(self) -> None:
+        """
+        C{/%73rc} is C{/src}: it gets that route's rules (here
+        C{allowed_origins}, so 403) rather than falling to another route,
+        and C{/%65cho/%61} reaches C{/echo}'s backend decoded.
+        """
+        b, port = await self.relay()
+        answer = await inThread(rawExchange, port, rawRequest(port, "/%73rc/x"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
+        self.assertEqual(await self.backendPath(port, "/%65cho/%61"), "/app/echo/a")
+
+    async def test_refusedPath(self) -> None:
+        """
+        A path with an encoded C{/} or C{\\}, a raw C{\\} or an encoded NUL,
+        or a request target that is neither a path nor an absolute URL,
+        is answered 400 and reaches no backend.
+        """
+        b, port = await self.relay()
+        for path in [
+            "/public/..%2fsrc",
+            "/public/..%5Csrc",
+            "/public/..\\src",
+            "/public/a%00",
+            "*",
+            "public/x",
         ]:
             answer = await inThread(rawExchange, port, rawRequest(port, path))
             self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
 from wsrelay.legs import OPEN, RelayLeg, withOptions
 from wsrelay.logs import ErrorBudget, LimitedLogger
-from wsrelay.routing import PathAboveRoot, normalizePath
+from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route
@@ -285,6 +285,15 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             path = normalizePath(rawPath)
         except PathAboveRoot:
             self.refuse(Refused(400, "Bad Request", body=b"path climbs above /\n"))
+            return
+        except BadPath:
+            self.refuse(
+                Refused(
+                    400,
+                    "Bad Request",
+                    body=b"path holds %2F, %5C, %00 or \\\n",
+                )
+            )
             return
         if path == "/healthz" and method in ("GET", "HEAD"):
             self.refuse(Refused(200, "OK", body=b"ok\n"))
