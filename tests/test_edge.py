@@ -44,6 +44,23 @@ FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
 FORWARDING += ("X-Real-IP", "Forwarded")
 
 
+#: Fields some backends believe as a proxy's word on the client.
+CLAIMS = (
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Server",
+    "X-Client-IP",
+    "True-Client-IP",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+)
+
+#: Names that CGI, WSGI and PHP read as forwarding fields.
+UNDERSCORED = ("X_Forwarded_For", "x_real_ip", "X-Forwarded_Proto", "Some_Field")
+
+
 def v1(source: str, family: str = "TCP4", destination: str = "127.0.0.1") -> bytes:
     """
     @return: A PROXY version 1 header for a client at C{source}.
@@ -432,6 +449,49 @@ class ForwardedHeaderTests(TestCase):
                 f'for=127.0.0.1;proto=http;host="127.0.0.1:{port}"',
             },
         )
+
+    async def claimed(self, trusted: str = "") -> dict[str, str]:
+        """
+        Send a request with underscore names and further fields some
+        backends take as a proxy's word.
+
+        @param trusted: The relay's C{trusted_proxies}.
+        @return: The fields the backend got, names lower-cased.
+        """
+        b = startBackend(self)
+        config = "[relay]\n"
+        if trusted:
+            config += f"trusted_proxies = {trusted}\n"
+        config += f"[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        _, port = await startRelay(self, config)
+        extra = "".join(f"{name}: 6.6.6.6\r\n" for name in CLAIMS + UNDERSCORED)
+        extra += "X-Kept: yes\r\n"
+        fields = await inThread(backendHeaders, port, extra)
+        return {n.lower(): v for (n, v) in fields}
+
+    async def test_claimsUntrusted(self) -> None:
+        """
+        From an untrusted peer, C{X-Forwarded-Port}, C{X-Client-IP},
+        C{X-Original-URL} and the like are dropped, and so is every field
+        whose name holds C{_} (C{X_Forwarded_For} is C{X-Forwarded-For}
+        to CGI, WSGI and PHP); other fields pass.
+        """
+        got = await self.claimed()
+        self.assertEqual(got["x-kept"], "yes")
+        self.assertEqual(got["x-forwarded-for"], "127.0.0.1")
+        for name in CLAIMS + UNDERSCORED:
+            self.assertNotIn(name.lower(), got)
+
+    async def test_claimsTrusted(self) -> None:
+        """
+        From a trusted peer, the further forwarding fields pass, but a
+        name with C{_} is still dropped.
+        """
+        got = await self.claimed("127.0.0.1")
+        for name in CLAIMS:
+            self.assertEqual(got[name.lower()], "6.6.6.6", name)
+        for name in UNDERSCORED:
+            self.assertNotIn(name.lower(), got)
 
     async def test_proxyListenerUntrusted(self) -> None:
         """

@@ -56,6 +56,23 @@ FORWARDING = frozenset(
     }
 )
 
+#: Further fields that some backends or frameworks take as a proxy's word
+#: on the client, its scheme, port or URL: from a peer the relay does not
+#: trust they are dropped (and the relay writes none of them).
+CLAIMED = frozenset(
+    {
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-client-ip",
+        "true-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
+
 REASONS = {
     101: "Switching Protocols",
     200: "OK",
