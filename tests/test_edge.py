@@ -875,6 +875,26 @@ class StrictnessTests(TestCase):
             self.assertEqual(status, 400, extra)
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
 
+    async def test_host(self) -> None:
+        """
+        A request with two C{Host} fields (which would be joined into one
+        value), or an HTTP/1.1 request with none, gets 400 (RFC 9112 3.2)
+        and reaches no backend, before it is routed: for a path no route
+        takes, or C{/healthz}, too.
+        """
+        b, port = await self.relay()
+        host = f"Host: 127.0.0.1:{port}\r\n"
+        for path in [b"/chat", b"/nowhere", b"/healthz"]:
+            for data in [
+                upgradeRequest(port, extra=host),
+                upgradeRequest(port, extra="host: evil.example\r\n"),
+                upgradeRequest(port).replace(host.encode(), b""),
+            ]:
+                data = data.replace(b"/chat", path, 1)
+                status, _ = await self.answer(port, data)
+                self.assertEqual(status, 400, data)
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
     async def test_emptyBody(self) -> None:
         """
         C{Content-Length: 0} is no body: the request is upgraded.

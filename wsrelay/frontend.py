@@ -272,6 +272,12 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
             self.refuse(Refused(505, "HTTP Version Not Supported"))
             return
+        hosts = [v for (n, v) in head.headers if n.lower() == "host"]
+        if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
+            # RFC 9112 3.2: one Host field, required in HTTP/1.1; two would
+            # be joined by Head.get into a host no route has.
+            self.refuse(Refused(400, "Bad Request", body=b"one Host field needed\n"))
+            return
         lengths = [v for (n, v) in head.headers if n.lower() == "content-length"]
         if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
             # An upgrade request has no body: what follows its head would
