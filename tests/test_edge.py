@@ -6,8 +6,12 @@ in the opening handshake.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import ssl
 import struct
+import tempfile
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
@@ -19,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_limits import maskedFrame, readFrame
 from tests.test_proxy import rawExchange, rawRequest
+from tests.test_tls import makeCertificates
 from wsrelay.handshake import forwardedNode
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.proxyprotocol import (
@@ -92,14 +97,22 @@ def v2(source: str = "", command: int = 1) -> bytes:
     )
 
 
-def backendHeaders(port: int, extra: str = "", proxy: bytes = b"") -> list[list[str]]:
+def backendHeaders(
+    port: int, extra: str = "", proxy: bytes = b"", tls: ssl.SSLContext | None = None
+) -> list[list[str]]:
     """
     Open a connection to the relay by hand (after C{proxy}, a PROXY
     header), and ask the backend behind it which header fields it got.
 
+    @param tls: A client context: TLS after the PROXY header.
     @return: The fields, as C{[name, value]} pairs.
     """
-    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(socket.create_connection(("127.0.0.1", port), TIMEOUT))
+        if tls is not None:
+            s.sendall(proxy)
+            proxy = b""
+            s = stack.enter_context(tls.wrap_socket(s, server_hostname="localhost"))
         s.sendall(proxy + rawRequest(port, "/chat", extra))
         head = b""
         while b"\r\n\r\n" not in head:
@@ -622,6 +635,38 @@ class ProxyProtocolTests(TestCase):
             answer = await inThread(refusedOutright, port, header)
             self.assertEqual(answer, b"", header)
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+
+class ProxyProtocolTLSTests(TestCase):
+    """
+    C{haproxy:ssl:...}: the PROXY header comes in clear, then TLS, as
+    HAProxy's C{send-proxy} in front of a TLS-terminating relay sends.
+    """
+
+    async def test_headerThenTLS(self) -> None:
+        """
+        The header is read before the TLS handshake: the client's address
+        is the header's, and the request is known to have come over TLS
+        (C{X-Forwarded-Proto: https}); a connection that starts TLS
+        without a header is refused.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        certs = makeCertificates(directory, ["localhost", "127.0.0.1"])
+        b = startBackend(self)
+        _, port = await startRelay(
+            self,
+            f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+            listen=f"haproxy:ssl:0:interface=127.0.0.1:privateKey={certs['key']}"
+            f":certKey={certs['cert']}",
+        )
+        context = ssl.create_default_context(cafile=certs["ca"])
+        fields = await inThread(backendHeaders, port, "", v1("203.0.113.9"), context)
+        got = {n: v for (n, v) in fields}
+        self.assertEqual(got["X-Real-IP"], "203.0.113.9")
+        self.assertEqual(got["X-Forwarded-Proto"], "https")
+        with self.assertRaises((ssl.SSLError, OSError, EOFError)):
+            await inThread(backendHeaders, port, "", b"", context)
 
 
 class ProxyProtocolUnitTests(SynchronousTestCase):

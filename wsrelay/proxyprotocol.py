@@ -21,10 +21,15 @@ import struct
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    serverFromString,
+)
 from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 #: The start of a version 2 header.
@@ -190,7 +195,11 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         """
         assert self.transport is not None
         # A relay's listener: the warning counts against its budget.
-        budget = getattr(self.factory.wrappedFactory, "protocolErrors", None)
+        wrapped = self.factory.wrappedFactory
+        if isinstance(wrapped, TLSMemoryBIOFactory):
+            # haproxy:ssl:...: the relay's factory is under TLS.
+            wrapped = wrapped.wrappedFactory
+        budget = getattr(wrapped, "protocolErrors", None)
         if budget is None or budget.allow():
             self.log.warn(
                 "PROXY protocol: connection from {peer} refused: {reason}",
@@ -241,13 +250,26 @@ class ProxyProtocolEndpoint:
     A server endpoint whose connections start with a PROXY header.
     """
 
-    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+    def __init__(self, wrapped: IStreamServerEndpoint, tlsContext: Any = None) -> None:
+        """
+        @param wrapped: The endpoint to listen on.
+        @param tlsContext: For TLS after the header (C{haproxy:ssl:...}),
+            the server's context factory, with C{wrapped} a TCP endpoint:
+            the header comes in clear before the TLS handshake, so it must
+            be read under TLS, not inside it.
+        """
         self._wrapped = wrapped
+        self._tlsContext = tlsContext
 
     def listen(self, protocolFactory: Any) -> Any:
         """
-        Listen on the wrapped endpoint, with C{protocolFactory} wrapped.
+        Listen on the wrapped endpoint, with C{protocolFactory} wrapped (in
+        TLS, then in the PROXY protocol).
         """
+        if self._tlsContext is not None:
+            protocolFactory = TLSMemoryBIOFactory(
+                self._tlsContext, False, protocolFactory
+            )
         return self._wrapped.listen(ProxyProtocolFactory(protocolFactory))
 
 
@@ -255,10 +277,18 @@ def listenerEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
     @return: The server endpoint for a listener's endpoint string; one
         starting with C{haproxy:} speaks the PROXY protocol through
-        L{ProxyProtocolEndpoint} rather than Twisted's.
+        L{ProxyProtocolEndpoint} rather than Twisted's, and reads the
+        header before TLS for C{haproxy:ssl:...}.
     """
     if description.startswith(PREFIX):
         wrapped = serverFromString(reactor, description[len(PREFIX) :])
+        if isinstance(wrapped, SSL4ServerEndpoint):
+            # Twisted's SSL endpoint would put TLS outside the PROXY parser;
+            # listen on the same TCP port and wrap in the other order.
+            tcp = TCP4ServerEndpoint(
+                reactor, wrapped._port, wrapped._backlog, wrapped._interface
+            )
+            return ProxyProtocolEndpoint(tcp, wrapped._sslContextFactory)
         return ProxyProtocolEndpoint(wrapped)
     endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     return endpoint
