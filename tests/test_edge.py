@@ -27,6 +27,7 @@ from tests.test_tls import makeCertificates
 from wsrelay.handshake import forwardedNode
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.proxyprotocol import (
+    V2_MAX,
     V2_SIGNATURE,
     BadProxyHeader,
     ProxyProtocolFactory,
@@ -73,10 +74,11 @@ def v1(source: str, family: str = "TCP4", destination: str = "127.0.0.1") -> byt
     return f"PROXY {family} {source} {destination} 40000 80\r\n".encode()
 
 
-def v2(source: str = "", command: int = 1) -> bytes:
+def v2(source: str = "", command: int = 1, tlvs: bytes = b"") -> bytes:
     """
     @param source: An IPv4 or IPv6 address; none gives family C{UNSPEC}.
     @param command: 1 for C{PROXY}, 0 for C{LOCAL}.
+    @param tlvs: What follows the addresses.
     @return: A PROXY version 2 header for a client at C{source}.
     """
     if not source:
@@ -89,6 +91,7 @@ def v2(source: str = "", command: int = 1) -> bytes:
         family = 0x11
         body = socket.inet_pton(socket.AF_INET, source) * 2
         body += struct.pack("!HH", 40000, 80)
+    body += tlvs
     return (
         V2_SIGNATURE
         + bytes([0x20 | command, family])
@@ -718,6 +721,33 @@ class ProxyProtocolUnitTests(SynchronousTestCase):
             self.assertEqual(received, [b"GET"])
             self.assertEqual(wrapper.getPeer(), peer)  # type: ignore[attr-defined]
             self.assertFalse(transport.disconnecting)
+
+    def test_longV2(self) -> None:
+        """
+        A version 2 header of L{V2_MAX} bytes, TLVs included, parses
+        when it comes a byte per read; one that declares a byte more is
+        refused as soon as its length field is read.
+        """
+        padding = V2_MAX - len(v2("198.51.100.4"))
+        # A TLV of type NOOP (0x04) filling the rest.
+        tlvs = b"\x04" + struct.pack("!H", padding - 3) + b"\x00" * (padding - 3)
+        header = v2("198.51.100.4", tlvs=tlvs)
+        self.assertEqual(len(header), V2_MAX)
+        received, transport, wrapper = self.connect()
+        for i in range(len(header)):
+            wrapper.dataReceived(header[i : i + 1])
+        wrapper.dataReceived(b"GET")
+        self.assertEqual(received, [b"GET"])
+        self.assertEqual(
+            wrapper.getPeer(),  # type: ignore[attr-defined]
+            IPv4Address("TCP", "198.51.100.4", 40000),
+        )
+        self.assertFalse(transport.disconnecting)
+        tooLong = v2("198.51.100.4", tlvs=tlvs + b"\x00")
+        received, transport, wrapper = self.connect()
+        wrapper.dataReceived(tooLong[:16])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(received, [])
 
     def test_rest(self) -> None:
         """

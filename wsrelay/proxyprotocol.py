@@ -41,6 +41,11 @@ V1_START = b"PROXY "
 #: The longest version 1 header, CRLF included.
 V1_MAX = 107
 
+#: The longest version 2 header accepted, its 16-byte start and TLVs
+#: included (the format allows 65,551 bytes; HAProxy and cloud load
+#: balancers send a few hundred at most).
+V2_MAX = 4096
+
 #: The prefix of a listener's endpoint string that asks for the protocol.
 PREFIX = "haproxy:"
 
@@ -127,7 +132,7 @@ def parseV2(header: bytes) -> _Addresses:
     return kind("TCP", source, sport), kind("TCP", destination, dport)
 
 
-def headerLength(data: bytes) -> int | None:
+def headerLength(data: bytes | bytearray) -> int | None:
     """
     @return: The length of the PROXY header at the start of C{data}, or
         L{None} when C{data} may be the start of one.
@@ -136,7 +141,10 @@ def headerLength(data: bytes) -> int | None:
     if data[:12] == V2_SIGNATURE[: len(data)]:
         if len(data) < 16:
             return None
-        return 16 + int(struct.unpack("!H", data[14:16])[0])
+        length = 16 + int(struct.unpack("!H", data[14:16])[0])
+        if length > V2_MAX:
+            raise BadProxyHeader(f"version 2 header of {length} bytes")
+        return length
     if data[:6] == V1_START[: len(data)]:
         end = data.find(b"\r\n", 0, V1_MAX)
         if end >= 0:
@@ -156,7 +164,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     """
 
     log = Logger()
-    _buffer = b""
+    _buffer: bytearray | None = None
     _read = False
     _source: IAddress | None = None
     _destination: IAddress | None = None
@@ -168,25 +176,29 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         if self._read:
             self.wrappedProtocol.dataReceived(data)
             return
-        data = self._buffer + data
+        buffer = self._buffer
+        if buffer is None:
+            # Appending to a bytearray: a header that comes a byte at a
+            # time is not copied whole at each read.
+            buffer = self._buffer = bytearray()
+        buffer += data
         try:
-            length = headerLength(data)
-            if length is None or len(data) < length:
-                self._buffer = data
+            length = headerLength(buffer)
+            if length is None or len(buffer) < length:
                 return
-            if data.startswith(V2_SIGNATURE):
-                addresses = parseV2(data[:length])
+            if buffer.startswith(V2_SIGNATURE):
+                addresses = parseV2(bytes(buffer[:length]))
             else:
-                addresses = parseV1(data[: length - 2])
+                addresses = parseV1(bytes(buffer[: length - 2]))
         except BadProxyHeader as e:
-            self._buffer = b""
+            self._buffer = None
             self.refused(str(e))
             return
         self._source, self._destination = addresses
-        self._buffer = b""
+        self._buffer = None
         self._read = True
-        if len(data) > length:
-            self.wrappedProtocol.dataReceived(data[length:])
+        if len(buffer) > length:
+            self.wrappedProtocol.dataReceived(bytes(buffer[length:]))
 
     def refused(self, reason: str) -> None:
         """
