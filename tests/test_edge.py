@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_limits import maskedFrame, readFrame
 from tests.test_proxy import rawExchange, rawRequest
-from tests.test_tls import makeCertificates
+from tests.test_tls import makeCertificates, openSession
 from wsrelay.handshake import forwardedNode
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.proxyprotocol import (
@@ -31,6 +31,7 @@ from wsrelay.proxyprotocol import (
     V2_SIGNATURE,
     BadProxyHeader,
     ProxyProtocolFactory,
+    ProxyProtocolWrapper,
     parseV1,
 )
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
@@ -638,6 +639,52 @@ class ProxyProtocolTests(TestCase):
             answer = await inThread(refusedOutright, port, header)
             self.assertEqual(answer, b"", header)
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+
+def openAndRead(port: int, proxy: bytes) -> tuple[int, bytes]:
+    """
+    Open a WebSocket after C{proxy}, a PROXY header, and read one frame.
+
+    @return: Its opcode and payload.
+    """
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(proxy + rawRequest(port, "/chat"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1)
+            if not chunk:
+                raise EOFError(head)
+            head += chunk
+        frame = readFrame(s)
+        s.sendall(maskedFrame(8, b"\x03\xe8"))
+        return frame
+
+
+class ProxyProtocolWriteTests(TestCase):
+    """
+    Writes to a PROXY listener's client.
+    """
+
+    async def test_directWrite(self) -> None:
+        """
+        A client leg behind a PROXY listener sends at once
+        (L{wsrelay.writes.directWrite}): when its writer returns, nothing
+        is left queued in the TCP transport under the PROXY wrapper.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+            listen=PROXY_LISTEN,
+        )
+        reading = inThread(openAndRead, port, v1("198.51.100.4"))
+        session = await openSession(relay)
+        wrapper = session.frontend.transport
+        self.assertIsInstance(wrapper, ProxyProtocolWrapper)
+        tcp = wrapper.transport  # type: ignore[union-attr]
+        session.frontend.writer()(b"\x81\x02hi")
+        self.assertEqual((tcp._tempDataBuffer, tcp.dataBuffer), ([], b""))
+        self.assertEqual(await reading, (1, b"hi"))
 
 
 class ProxyProtocolTLSTests(TestCase):
