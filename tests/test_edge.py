@@ -14,6 +14,7 @@ import struct
 import tempfile
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -35,6 +36,7 @@ from wsrelay.proxyprotocol import (
     parseV1,
 )
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
+from wsrelay.session import ProxySession
 
 PROXY_LISTEN = "haproxy:tcp:0:interface=127.0.0.1"
 
@@ -660,16 +662,17 @@ def openAndRead(port: int, proxy: bytes) -> tuple[int, bytes]:
         return frame
 
 
-class ProxyProtocolWriteTests(TestCase):
+class ProxyProtocolSessionTests(TestCase):
     """
-    Writes to a PROXY listener's client.
+    A PROXY listener's client leg, open.
     """
 
-    async def test_directWrite(self) -> None:
+    async def opened(self) -> tuple[ProxySession, Deferred[tuple[int, bytes]]]:
         """
-        A client leg behind a PROXY listener sends at once
-        (L{wsrelay.writes.directWrite}): when its writer returns, nothing
-        is left queued in the TCP transport under the PROXY wrapper.
+        Open a session for a client at 198.51.100.4 behind a PROXY
+        listener.
+
+        @return: The session, and what the client reads (one frame).
         """
         b = startBackend(self)
         relay, port = await startRelay(
@@ -678,7 +681,28 @@ class ProxyProtocolWriteTests(TestCase):
             listen=PROXY_LISTEN,
         )
         reading = inThread(openAndRead, port, v1("198.51.100.4"))
-        session = await openSession(relay)
+        return await openSession(relay), reading
+
+    async def test_peer(self) -> None:
+        """
+        Autobahn's C{peer} (in its log lines) names the client the header
+        gives, not the load balancer.
+        """
+        session, reading = await self.opened()
+        self.assertEqual(session.frontend.peer, "tcp4:198.51.100.4:40000")
+        self.assertEqual(
+            session.frontend._transport_details.peer, "tcp4:198.51.100.4:40000"
+        )
+        session.frontend.writer()(b"\x81\x00")
+        self.assertEqual(await reading, (1, b""))
+
+    async def test_directWrite(self) -> None:
+        """
+        A client leg behind a PROXY listener sends at once
+        (L{wsrelay.writes.directWrite}): when its writer returns, nothing
+        is left queued in the TCP transport under the PROXY wrapper.
+        """
+        session, reading = await self.opened()
         wrapper = session.frontend.transport
         self.assertIsInstance(wrapper, ProxyProtocolWrapper)
         tcp = wrapper.transport  # type: ignore[union-attr]

@@ -18,15 +18,16 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
+from autobahn.twisted.util import peer2str
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
     TCP4ServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
+from twisted.internet.interfaces import IAddress, IStreamServerEndpoint, ITransport
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -197,8 +198,29 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         self._source, self._destination = addresses
         self._buffer = None
         self._read = True
+        if self._source is not None:
+            self._tellPeer()
         if len(buffer) > length:
             self.wrappedProtocol.dataReceived(bytes(buffer[length:]))
+
+    def _tellPeer(self) -> None:
+        """
+        Give the wrapped protocol (under TLS, for C{haproxy:ssl:...}) the
+        header's source as its Autobahn C{peer}: it took the socket's (the
+        load balancer's) when the connection was made, before the header
+        was read, and names it in its log lines.
+        """
+        protocol = self.wrappedProtocol
+        while isinstance(protocol, ProtocolWrapper):
+            protocol = protocol.wrappedProtocol
+        if hasattr(protocol, "peer"):
+            # makeConnection made the wrapper provide its transport's
+            # interfaces, ITransport among them.
+            peer = peer2str(cast(ITransport, self))
+            protocol.peer = peer
+            details = getattr(protocol, "_transport_details", None)
+            if details is not None:
+                details.peer = peer
 
     def refused(self, reason: str) -> None:
         """
