@@ -531,6 +531,19 @@ class ForwardedHeaderTests(TestCase):
         )
         self.assertOwn(got, "203.0.113.7", f"127.0.0.1:{port}")
 
+    async def test_proxyListenerNoAddress(self) -> None:
+        """
+        A PROXY header that gives no client address (C{UNKNOWN}, C{LOCAL},
+        C{UNSPEC}) leaves the load balancer's socket as the peer: even
+        with that in C{trusted_proxies}, what the client sent is dropped,
+        as it is the client's word, not the balancer's.
+        """
+        for header in [b"PROXY UNKNOWN\r\n", v2("203.0.113.7", command=0), v2()]:
+            port, got = await self.forwarded(
+                "127.0.0.1", listen=PROXY_LISTEN, proxy=header
+            )
+            self.assertOwn(got, "127.0.0.1", f"127.0.0.1:{port}")
+
     async def test_proxyListenerTrusted(self) -> None:
         """
         Behind a PROXY listener whose header's source is a trusted proxy

@@ -263,6 +263,22 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         return self.transport.getHost()
 
 
+def withoutAddress(transport: Any) -> bool:
+    """
+    @param transport: A client connection's transport.
+    @return: Whether it came through a PROXY header that gave no client
+        address (C{UNKNOWN}, C{LOCAL}, C{UNSPEC}): its peer is then the
+        load balancer's socket, which says nothing of who sent the
+        request, and must not be trusted for forwarding fields.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        if isinstance(transport, ProxyProtocolWrapper):
+            return transport._read and transport._source is None
+        # TLS over the PROXY protocol (haproxy:ssl:...).
+        transport = transport.transport
+    return False
+
+
 class ProxyProtocolFactory(WrappingFactory):
     """
     Wraps each connection of a factory in a L{ProxyProtocolWrapper}.

@@ -35,7 +35,7 @@ from wsrelay.plugins import (
     healthCheckerFactories,
     logPlugins,
 )
-from wsrelay.proxyprotocol import listenerEndpoint
+from wsrelay.proxyprotocol import listenerEndpoint, withoutAddress
 from wsrelay.routing import (
     DISABLED,
     DRAINING,
@@ -872,12 +872,18 @@ class RelayService(MultiService):
     def clientAddress(self, frontend: FrontendProtocol) -> str:
         """
         The client's address: the peer's, or the last untrusted one in
-        C{X-Forwarded-For} when the peer is a trusted proxy.
+        C{X-Forwarded-For} when the peer is a trusted proxy (and not a
+        load balancer's socket left by a PROXY header without an address:
+        L{withoutAddress}).
         """
         # The client is connected while its request is handled.
         assert frontend.transport is not None
         peer = getattr(frontend.transport.getPeer(), "host", None) or "unix"
-        if not self._trusted or frontend.head is None:
+        if (
+            not self._trusted
+            or frontend.head is None
+            or withoutAddress(frontend.transport)
+        ):
             return str(peer)
         chain = [
             a.strip()
@@ -918,7 +924,7 @@ class RelayService(MultiService):
         # The client is connected while its request is handled.
         assert frontend.transport is not None
         peer = str(getattr(frontend.transport.getPeer(), "host", None) or "unix")
-        trusted = self._isTrusted(peer)
+        trusted = self._isTrusted(peer) and not withoutAddress(frontend.transport)
         headers = [
             (n, v)
             for (n, v) in endToEnd(
