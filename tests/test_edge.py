@@ -6,10 +6,15 @@ in the opening handshake.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import ssl
 import struct
+import tempfile
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -19,14 +24,19 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_limits import maskedFrame, readFrame
 from tests.test_proxy import rawExchange, rawRequest
+from tests.test_tls import makeCertificates, openSession
+from wsrelay.handshake import forwardedNode
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.proxyprotocol import (
+    V2_MAX,
     V2_SIGNATURE,
     BadProxyHeader,
     ProxyProtocolFactory,
+    ProxyProtocolWrapper,
     parseV1,
 )
-from wsrelay.routing import PathAboveRoot, normalizePath
+from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
+from wsrelay.session import ProxySession
 
 PROXY_LISTEN = "haproxy:tcp:0:interface=127.0.0.1"
 
@@ -43,6 +53,23 @@ FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
 FORWARDING += ("X-Real-IP", "Forwarded")
 
 
+#: Fields some backends believe as a proxy's word on the client.
+CLAIMS = (
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Server",
+    "X-Client-IP",
+    "True-Client-IP",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+)
+
+#: Names that CGI, WSGI and PHP read as forwarding fields.
+UNDERSCORED = ("X_Forwarded_For", "x_real_ip", "X-Forwarded_Proto", "Some_Field")
+
+
 def v1(source: str, family: str = "TCP4", destination: str = "127.0.0.1") -> bytes:
     """
     @return: A PROXY version 1 header for a client at C{source}.
@@ -50,10 +77,11 @@ def v1(source: str, family: str = "TCP4", destination: str = "127.0.0.1") -> byt
     return f"PROXY {family} {source} {destination} 40000 80\r\n".encode()
 
 
-def v2(source: str = "", command: int = 1) -> bytes:
+def v2(source: str = "", command: int = 1, tlvs: bytes = b"") -> bytes:
     """
     @param source: An IPv4 or IPv6 address; none gives family C{UNSPEC}.
     @param command: 1 for C{PROXY}, 0 for C{LOCAL}.
+    @param tlvs: What follows the addresses.
     @return: A PROXY version 2 header for a client at C{source}.
     """
     if not source:
@@ -66,6 +94,7 @@ def v2(source: str = "", command: int = 1) -> bytes:
         family = 0x11
         body = socket.inet_pton(socket.AF_INET, source) * 2
         body += struct.pack("!HH", 40000, 80)
+    body += tlvs
     return (
         V2_SIGNATURE
         + bytes([0x20 | command, family])
@@ -74,14 +103,22 @@ def v2(source: str = "", command: int = 1) -> bytes:
     )
 
 
-def backendHeaders(port: int, extra: str = "", proxy: bytes = b"") -> list[list[str]]:
+def backendHeaders(
+    port: int, extra: str = "", proxy: bytes = b"", tls: ssl.SSLContext | None = None
+) -> list[list[str]]:
     """
     Open a connection to the relay by hand (after C{proxy}, a PROXY
     header), and ask the backend behind it which header fields it got.
 
+    @param tls: A client context: TLS after the PROXY header.
     @return: The fields, as C{[name, value]} pairs.
     """
-    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(socket.create_connection(("127.0.0.1", port), TIMEOUT))
+        if tls is not None:
+            s.sendall(proxy)
+            proxy = b""
+            s = stack.enter_context(tls.wrap_socket(s, server_hostname="localhost"))
         s.sendall(proxy + rawRequest(port, "/chat", extra))
         head = b""
         while b"\r\n\r\n" not in head:
@@ -149,10 +186,45 @@ class NormalizePathTests(SynchronousTestCase):
             ("/a/%2E./b", "/b"),
             ("/a/%2e/b", "/a/b"),
             ("/a/%252e%252e/b", "/a/%252e%252e/b"),
-            ("/a%2Fb/%41/..", "/a%2Fb/"),
-            ("/a/b%2e/c", "/a/b%2e/c"),
+            ("/a%3Bb/%41/..", "/a%3Bb/"),
+            ("/a/b%2e/c", "/a/b./c"),
         ]:
             self.assertEqual(normalizePath(path), expected, path)
+
+    def test_unreserved(self) -> None:
+        """
+        Percent-encoded unreserved characters (RFC 3986 6.2.2.2: letters,
+        digits, C{-._~}) are decoded, so C{/%61pi} is C{/api}; other
+        percent-encodings stay as sent.
+        """
+        for path, expected in [
+            ("/%61pi", "/api"),
+            ("/%41%7a%30%2D%5f%7E%2e", "/Az0-_~."),
+            ("/a%20b/%3f%25/%zz/%", "/a%20b/%3f%25/%zz/%"),
+            ("/%2561", "/%2561"),
+        ]:
+            self.assertEqual(normalizePath(path), expected, path)
+
+    def test_refused(self) -> None:
+        """
+        A path holding an encoded C{/} or C{\\}, a raw C{\\} or an encoded
+        NUL, in either case, raises L{BadPath} (a WHATWG URL parser takes
+        C{..%2f} and C{..\\} as climbing); so does one that does not start
+        with C{/}.
+        """
+        for path in [
+            "/pub/..%2fadmin",
+            "/pub/..%2Fadmin",
+            "/pub/..\\admin",
+            "/pub/..%5cadmin",
+            "/pub/..%5Cadmin",
+            "/a%00b",
+            "/a/%2f",
+            "a/b",
+            "",
+            "*",
+        ]:
+            self.assertRaises(BadPath, normalizePath, path)
 
     def test_mergeSlashes(self) -> None:
         """
@@ -243,7 +315,7 @@ class PathRoutingTests(TestCase):
             ("/public/x/../y", "/app/public/y"),
             ("/public/x/.%2E/y/", "/app/public/y/"),
             ("/echo//a///b", "/app/echo/a/b"),
-            ("/echo/a%2Fb/%41", "/app/echo/a%2Fb/%41"),
+            ("/echo/a%3Fb/%41", "/app/echo/a%3Fb/A"),
         ]:
             self.assertEqual(await self.backendPath(port, path), expected, path)
 
@@ -257,6 +329,36 @@ class PathRoutingTests(TestCase):
             "/public/../../../forbidden/admin",
             "/public/%2e%2e/%2E%2e/%2e%2e/forbidden/admin",
             "/public/./.%2e/..",
+        ]:
+            answer = await inThread(rawExchange, port, rawRequest(port, path))
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+    async def test_unreservedRouted(self) -> None:
+        """
+        C{/%73rc} is C{/src}: it gets that route's rules (here
+        C{allowed_origins}, so 403) rather than falling to another route,
+        and C{/%65cho/%61} reaches C{/echo}'s backend decoded.
+        """
+        b, port = await self.relay()
+        answer = await inThread(rawExchange, port, rawRequest(port, "/%73rc/x"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
+        self.assertEqual(await self.backendPath(port, "/%65cho/%61"), "/app/echo/a")
+
+    async def test_refusedPath(self) -> None:
+        """
+        A path with an encoded C{/} or C{\\}, a raw C{\\} or an encoded NUL,
+        or a request target that is neither a path nor an absolute URL,
+        is answered 400 and reaches no backend.
+        """
+        b, port = await self.relay()
+        for path in [
+            "/public/..%2fsrc",
+            "/public/..%5Csrc",
+            "/public/..\\src",
+            "/public/a%00",
+            "*",
+            "public/x",
         ]:
             answer = await inThread(rawExchange, port, rawRequest(port, path))
             self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
@@ -367,6 +469,49 @@ class ForwardedHeaderTests(TestCase):
             },
         )
 
+    async def claimed(self, trusted: str = "") -> dict[str, str]:
+        """
+        Send a request with underscore names and further fields some
+        backends take as a proxy's word.
+
+        @param trusted: The relay's C{trusted_proxies}.
+        @return: The fields the backend got, names lower-cased.
+        """
+        b = startBackend(self)
+        config = "[relay]\n"
+        if trusted:
+            config += f"trusted_proxies = {trusted}\n"
+        config += f"[route:chat]\npath = /chat\nbackends = {b.url}\n"
+        _, port = await startRelay(self, config)
+        extra = "".join(f"{name}: 6.6.6.6\r\n" for name in CLAIMS + UNDERSCORED)
+        extra += "X-Kept: yes\r\n"
+        fields = await inThread(backendHeaders, port, extra)
+        return {n.lower(): v for (n, v) in fields}
+
+    async def test_claimsUntrusted(self) -> None:
+        """
+        From an untrusted peer, C{X-Forwarded-Port}, C{X-Client-IP},
+        C{X-Original-URL} and the like are dropped, and so is every field
+        whose name holds C{_} (C{X_Forwarded_For} is C{X-Forwarded-For}
+        to CGI, WSGI and PHP); other fields pass.
+        """
+        got = await self.claimed()
+        self.assertEqual(got["x-kept"], "yes")
+        self.assertEqual(got["x-forwarded-for"], "127.0.0.1")
+        for name in CLAIMS + UNDERSCORED:
+            self.assertNotIn(name.lower(), got)
+
+    async def test_claimsTrusted(self) -> None:
+        """
+        From a trusted peer, the further forwarding fields pass, but a
+        name with C{_} is still dropped.
+        """
+        got = await self.claimed("127.0.0.1")
+        for name in CLAIMS:
+            self.assertEqual(got[name.lower()], "6.6.6.6", name)
+        for name in UNDERSCORED:
+            self.assertNotIn(name.lower(), got)
+
     async def test_proxyListenerUntrusted(self) -> None:
         """
         Behind a PROXY listener without C{trusted_proxies}, the client is
@@ -385,6 +530,19 @@ class ForwardedHeaderTests(TestCase):
             "127.0.0.1", listen=PROXY_LISTEN, proxy=v1("203.0.113.7")
         )
         self.assertOwn(got, "203.0.113.7", f"127.0.0.1:{port}")
+
+    async def test_proxyListenerNoAddress(self) -> None:
+        """
+        A PROXY header that gives no client address (C{UNKNOWN}, C{LOCAL},
+        C{UNSPEC}) leaves the load balancer's socket as the peer: even
+        with that in C{trusted_proxies}, what the client sent is dropped,
+        as it is the client's word, not the balancer's.
+        """
+        for header in [b"PROXY UNKNOWN\r\n", v2("203.0.113.7", command=0), v2()]:
+            port, got = await self.forwarded(
+                "127.0.0.1", listen=PROXY_LISTEN, proxy=header
+            )
+            self.assertOwn(got, "127.0.0.1", f"127.0.0.1:{port}")
 
     async def test_proxyListenerTrusted(self) -> None:
         """
@@ -474,8 +632,9 @@ class ProxyProtocolTests(TestCase):
 
     async def test_invalid(self) -> None:
         """
-        A header with an address that is not one, a bad port, an unknown
-        protocol, or no header at all: the connection is closed without
+        A header with an address that is not one (an IPv6 one with a
+        scope id included), a bad port, an unknown protocol, or no header
+        at all: the connection is closed without
         an answer and reaches no backend.
         """
         b, port = await self.relay()
@@ -489,11 +648,112 @@ class ProxyProtocolTests(TestCase):
             b"PROXY UDP4 1.2.3.4 127.0.0.1 1 80\r\n",
             b"PROXY TCP4 1.2.3.4 127.0.0.1 1\r\n",
             b"PROXY " + b"1" * 120,
+            b'PROXY TCP6 fe80::1%x",for=6.6.6.6;a="1 ::1 1 2\r\n',
             b"",
         ]:
             answer = await inThread(refusedOutright, port, header)
             self.assertEqual(answer, b"", header)
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+
+def openAndRead(port: int, proxy: bytes) -> tuple[int, bytes]:
+    """
+    Open a WebSocket after C{proxy}, a PROXY header, and read one frame.
+
+    @return: Its opcode and payload.
+    """
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(proxy + rawRequest(port, "/chat"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1)
+            if not chunk:
+                raise EOFError(head)
+            head += chunk
+        frame = readFrame(s)
+        s.sendall(maskedFrame(8, b"\x03\xe8"))
+        return frame
+
+
+class ProxyProtocolSessionTests(TestCase):
+    """
+    A PROXY listener's client leg, open.
+    """
+
+    async def opened(self) -> tuple[ProxySession, Deferred[tuple[int, bytes]]]:
+        """
+        Open a session for a client at 198.51.100.4 behind a PROXY
+        listener.
+
+        @return: The session, and what the client reads (one frame).
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+            listen=PROXY_LISTEN,
+        )
+        reading = inThread(openAndRead, port, v1("198.51.100.4"))
+        return await openSession(relay), reading
+
+    async def test_peer(self) -> None:
+        """
+        Autobahn's C{peer} (in its log lines) names the client the header
+        gives, not the load balancer.
+        """
+        session, reading = await self.opened()
+        self.assertEqual(session.frontend.peer, "tcp4:198.51.100.4:40000")
+        self.assertEqual(
+            session.frontend._transport_details.peer, "tcp4:198.51.100.4:40000"
+        )
+        session.frontend.writer()(b"\x81\x00")
+        self.assertEqual(await reading, (1, b""))
+
+    async def test_directWrite(self) -> None:
+        """
+        A client leg behind a PROXY listener sends at once
+        (L{wsrelay.writes.directWrite}): when its writer returns, nothing
+        is left queued in the TCP transport under the PROXY wrapper.
+        """
+        session, reading = await self.opened()
+        wrapper = session.frontend.transport
+        self.assertIsInstance(wrapper, ProxyProtocolWrapper)
+        tcp = wrapper.transport  # type: ignore[union-attr]
+        session.frontend.writer()(b"\x81\x02hi")
+        self.assertEqual((tcp._tempDataBuffer, tcp.dataBuffer), ([], b""))
+        self.assertEqual(await reading, (1, b"hi"))
+
+
+class ProxyProtocolTLSTests(TestCase):
+    """
+    C{haproxy:ssl:...}: the PROXY header comes in clear, then TLS, as
+    HAProxy's C{send-proxy} in front of a TLS-terminating relay sends.
+    """
+
+    async def test_headerThenTLS(self) -> None:
+        """
+        The header is read before the TLS handshake: the client's address
+        is the header's, and the request is known to have come over TLS
+        (C{X-Forwarded-Proto: https}); a connection that starts TLS
+        without a header is refused.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        certs = makeCertificates(directory, ["localhost", "127.0.0.1"])
+        b = startBackend(self)
+        _, port = await startRelay(
+            self,
+            f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n",
+            listen=f"haproxy:ssl:0:interface=127.0.0.1:privateKey={certs['key']}"
+            f":certKey={certs['cert']}",
+        )
+        context = ssl.create_default_context(cafile=certs["ca"])
+        fields = await inThread(backendHeaders, port, "", v1("203.0.113.9"), context)
+        got = {n: v for (n, v) in fields}
+        self.assertEqual(got["X-Real-IP"], "203.0.113.9")
+        self.assertEqual(got["X-Forwarded-Proto"], "https")
+        with self.assertRaises((ssl.SSLError, OSError, EOFError)):
+            await inThread(backendHeaders, port, "", b"", context)
 
 
 class ProxyProtocolUnitTests(SynchronousTestCase):
@@ -545,6 +805,33 @@ class ProxyProtocolUnitTests(SynchronousTestCase):
             self.assertEqual(received, [b"GET"])
             self.assertEqual(wrapper.getPeer(), peer)  # type: ignore[attr-defined]
             self.assertFalse(transport.disconnecting)
+
+    def test_longV2(self) -> None:
+        """
+        A version 2 header of L{V2_MAX} bytes, TLVs included, parses
+        when it comes a byte per read; one that declares a byte more is
+        refused as soon as its length field is read.
+        """
+        padding = V2_MAX - len(v2("198.51.100.4"))
+        # A TLV of type NOOP (0x04) filling the rest.
+        tlvs = b"\x04" + struct.pack("!H", padding - 3) + b"\x00" * (padding - 3)
+        header = v2("198.51.100.4", tlvs=tlvs)
+        self.assertEqual(len(header), V2_MAX)
+        received, transport, wrapper = self.connect()
+        for i in range(len(header)):
+            wrapper.dataReceived(header[i : i + 1])
+        wrapper.dataReceived(b"GET")
+        self.assertEqual(received, [b"GET"])
+        self.assertEqual(
+            wrapper.getPeer(),  # type: ignore[attr-defined]
+            IPv4Address("TCP", "198.51.100.4", 40000),
+        )
+        self.assertFalse(transport.disconnecting)
+        tooLong = v2("198.51.100.4", tlvs=tlvs + b"\x00")
+        received, transport, wrapper = self.connect()
+        wrapper.dataReceived(tooLong[:16])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(received, [])
 
     def test_rest(self) -> None:
         """
@@ -610,6 +897,36 @@ class ProxyProtocolUnitTests(SynchronousTestCase):
             b"proxy TCP4 1.2.3.4 1.2.3.4 1 2",
         ]:
             self.assertRaises(BadProxyHeader, parseV1, line)
+
+    def test_scopeId(self) -> None:
+        """
+        An IPv6 address with a scope id (which Python's L{ipaddress} takes
+        with anything after the C{%}) is refused: it would carry text
+        into the forwarding headers.
+        """
+        for line in [
+            b'PROXY TCP6 fe80::1%x",for=6.6.6.6;a="1 ::1 1 2',
+            b"PROXY TCP6 fe80::1%eth0 ::1 1 2",
+            b"PROXY TCP6 ::1 fe80::1%1,6.6.6.6 1 2",
+        ]:
+            self.assertRaises(BadProxyHeader, parseV1, line)
+
+    def test_forwardedNode(self) -> None:
+        """
+        L{forwardedNode} writes only what is an address, canonical, and
+        C{unknown} for the rest, scope ids included: nothing of its
+        argument can break out of the C{for=} parameter.
+        """
+        self.assertEqual(forwardedNode("192.0.2.1"), "192.0.2.1")
+        self.assertEqual(forwardedNode("2001:DB8::1"), '"[2001:db8::1]"')
+        for address in [
+            'fe80::1%x",for=6.6.6.6;a="1',
+            "fe80::1%eth0",
+            "1.2.3.4;proto=https",
+            "unix",
+            "",
+        ]:
+            self.assertEqual(forwardedNode(address), "unknown", address)
 
 
 def upgradeRequest(
@@ -715,6 +1032,26 @@ class StrictnessTests(TestCase):
             request = upgradeRequest(port, extra=extra) + body.encode()
             status, _ = await self.answer(port, request)
             self.assertEqual(status, 400, extra)
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+
+    async def test_host(self) -> None:
+        """
+        A request with two C{Host} fields (which would be joined into one
+        value), or an HTTP/1.1 request with none, gets 400 (RFC 9112 3.2)
+        and reaches no backend, before it is routed: for a path no route
+        takes, or C{/healthz}, too.
+        """
+        b, port = await self.relay()
+        host = f"Host: 127.0.0.1:{port}\r\n"
+        for path in [b"/chat", b"/nowhere", b"/healthz"]:
+            for data in [
+                upgradeRequest(port, extra=host),
+                upgradeRequest(port, extra="host: evil.example\r\n"),
+                upgradeRequest(port).replace(host.encode(), b""),
+            ]:
+                data = data.replace(b"/chat", path, 1)
+                status, _ = await self.answer(port, data)
+                self.assertEqual(status, 400, data)
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
 
     async def test_emptyBody(self) -> None:

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
 from wsrelay.legs import OPEN, RelayLeg, withOptions
 from wsrelay.logs import ErrorBudget, LimitedLogger
-from wsrelay.routing import PathAboveRoot, normalizePath
+from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route
@@ -274,6 +274,12 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
             self.refuse(Refused(505, "HTTP Version Not Supported"))
             return
+        hosts = [v for (n, v) in head.headers if n.lower() == "host"]
+        if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
+            # RFC 9112 3.2: one Host field, required in HTTP/1.1; two would
+            # be joined by Head.get into a host no route has.
+            self.refuse(Refused(400, "Bad Request", body=b"one Host field needed\n"))
+            return
         lengths = [v for (n, v) in head.headers if n.lower() == "content-length"]
         if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
             # An upgrade request has no body: what follows its head would
@@ -287,6 +293,15 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             path = normalizePath(rawPath)
         except PathAboveRoot:
             self.refuse(Refused(400, "Bad Request", body=b"path climbs above /\n"))
+            return
+        except BadPath:
+            self.refuse(
+                Refused(
+                    400,
+                    "Bad Request",
+                    body=b"path holds %2F, %5C, %00 or \\\n",
+                )
+            )
             return
         if path == "/healthz" and method in ("GET", "HEAD"):
             self.refuse(Refused(200, "OK", body=b"ok\n"))

@@ -11,6 +11,7 @@ upstream request and the error responses the relay writes itself.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,23 @@ FORWARDING = frozenset(
         "x-forwarded-host",
         "x-real-ip",
         "forwarded",
+    }
+)
+
+#: Further fields that some backends or frameworks take as a proxy's word
+#: on the client, its scheme, port or URL: from a peer the relay does not
+#: trust they are dropped (and the relay writes none of them).
+CLAIMED = frozenset(
+    {
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-client-ip",
+        "true-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
     }
 )
 
@@ -162,13 +180,19 @@ def forwardedNode(address: str) -> str:
     @param address: An IP address, or anything else for a peer without one
         (a Unix socket's).
     @return: The node of a C{Forwarded} element's C{for=} (RFC 7239 6):
-        IPv6 in brackets and quotes, C{unknown} when not an address.
+        IPv6 in brackets and quotes, C{unknown} when not an address (an
+        IPv6 address with a scope id included: the scope is free text).
     """
-    if ":" in address:
-        return f'"[{address}]"'
-    if address and all(c.isdigit() or c == "." for c in address):
-        return address
-    return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            # Anything may follow a %: never copy it into a header.
+            return "unknown"
+        return f'"[{ip}]"'
+    return str(ip)
 
 
 def connectionTokens(head: Head) -> set[str]:

@@ -18,13 +18,19 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
+from autobahn.twisted.util import peer2str
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import IAddress, IStreamServerEndpoint, ITransport
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 #: The start of a version 2 header.
@@ -35,6 +41,11 @@ V1_START = b"PROXY "
 
 #: The longest version 1 header, CRLF included.
 V1_MAX = 107
+
+#: The longest version 2 header accepted, its 16-byte start and TLVs
+#: included (the format allows 65,551 bytes; HAProxy and cloud load
+#: balancers send a few hundred at most).
+V2_MAX = 4096
 
 #: The prefix of a listener's endpoint string that asks for the protocol.
 PREFIX = "haproxy:"
@@ -79,6 +90,10 @@ def parseV1(line: bytes) -> _Addresses:
         family, kind = ipaddress.IPv6Address, IPv6Address
     else:
         raise BadProxyHeader(f"bad protocol {fields[1][:8]!r}")
+    if b"%" in fields[2] or b"%" in fields[3]:
+        # Python's IPv6Address takes anything after a % as a scope id, and
+        # the address goes into forwarding headers.
+        raise BadProxyHeader(f"scope id in address in {line[:60]!r}")
     try:
         source, destination = (str(family(f.decode("ascii"))) for f in fields[2:4])
     except (UnicodeDecodeError, ValueError) as e:
@@ -118,7 +133,7 @@ def parseV2(header: bytes) -> _Addresses:
     return kind("TCP", source, sport), kind("TCP", destination, dport)
 
 
-def headerLength(data: bytes) -> int | None:
+def headerLength(data: bytes | bytearray) -> int | None:
     """
     @return: The length of the PROXY header at the start of C{data}, or
         L{None} when C{data} may be the start of one.
@@ -127,7 +142,10 @@ def headerLength(data: bytes) -> int | None:
     if data[:12] == V2_SIGNATURE[: len(data)]:
         if len(data) < 16:
             return None
-        return 16 + int(struct.unpack("!H", data[14:16])[0])
+        length = 16 + int(struct.unpack("!H", data[14:16])[0])
+        if length > V2_MAX:
+            raise BadProxyHeader(f"version 2 header of {length} bytes")
+        return length
     if data[:6] == V1_START[: len(data)]:
         end = data.find(b"\r\n", 0, V1_MAX)
         if end >= 0:
@@ -147,7 +165,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     """
 
     log = Logger()
-    _buffer = b""
+    _buffer: bytearray | None = None
     _read = False
     _source: IAddress | None = None
     _destination: IAddress | None = None
@@ -159,25 +177,50 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         if self._read:
             self.wrappedProtocol.dataReceived(data)
             return
-        data = self._buffer + data
+        buffer = self._buffer
+        if buffer is None:
+            # Appending to a bytearray: a header that comes a byte at a
+            # time is not copied whole at each read.
+            buffer = self._buffer = bytearray()
+        buffer += data
         try:
-            length = headerLength(data)
-            if length is None or len(data) < length:
-                self._buffer = data
+            length = headerLength(buffer)
+            if length is None or len(buffer) < length:
                 return
-            if data.startswith(V2_SIGNATURE):
-                addresses = parseV2(data[:length])
+            if buffer.startswith(V2_SIGNATURE):
+                addresses = parseV2(bytes(buffer[:length]))
             else:
-                addresses = parseV1(data[: length - 2])
+                addresses = parseV1(bytes(buffer[: length - 2]))
         except BadProxyHeader as e:
-            self._buffer = b""
+            self._buffer = None
             self.refused(str(e))
             return
         self._source, self._destination = addresses
-        self._buffer = b""
+        self._buffer = None
         self._read = True
-        if len(data) > length:
-            self.wrappedProtocol.dataReceived(data[length:])
+        if self._source is not None:
+            self._tellPeer()
+        if len(buffer) > length:
+            self.wrappedProtocol.dataReceived(bytes(buffer[length:]))
+
+    def _tellPeer(self) -> None:
+        """
+        Give the wrapped protocol (under TLS, for C{haproxy:ssl:...}) the
+        header's source as its Autobahn C{peer}: it took the socket's (the
+        load balancer's) when the connection was made, before the header
+        was read, and names it in its log lines.
+        """
+        protocol = self.wrappedProtocol
+        while isinstance(protocol, ProtocolWrapper):
+            protocol = protocol.wrappedProtocol
+        if hasattr(protocol, "peer"):
+            # makeConnection made the wrapper provide its transport's
+            # interfaces, ITransport among them.
+            peer = peer2str(cast(ITransport, self))
+            protocol.peer = peer
+            details = getattr(protocol, "_transport_details", None)
+            if details is not None:
+                details.peer = peer
 
     def refused(self, reason: str) -> None:
         """
@@ -186,7 +229,11 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         """
         assert self.transport is not None
         # A relay's listener: the warning counts against its budget.
-        budget = getattr(self.factory.wrappedFactory, "protocolErrors", None)
+        wrapped = self.factory.wrappedFactory
+        if isinstance(wrapped, TLSMemoryBIOFactory):
+            # haproxy:ssl:...: the relay's factory is under TLS.
+            wrapped = wrapped.wrappedFactory
+        budget = getattr(wrapped, "protocolErrors", None)
         if budget is None or budget.allow():
             self.log.warn(
                 "PROXY protocol: connection from {peer} refused: {reason}",
@@ -216,6 +263,22 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         return self.transport.getHost()
 
 
+def withoutAddress(transport: Any) -> bool:
+    """
+    @param transport: A client connection's transport.
+    @return: Whether it came through a PROXY header that gave no client
+        address (C{UNKNOWN}, C{LOCAL}, C{UNSPEC}): its peer is then the
+        load balancer's socket, which says nothing of who sent the
+        request, and must not be trusted for forwarding fields.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        if isinstance(transport, ProxyProtocolWrapper):
+            return transport._read and transport._source is None
+        # TLS over the PROXY protocol (haproxy:ssl:...).
+        transport = transport.transport
+    return False
+
+
 class ProxyProtocolFactory(WrappingFactory):
     """
     Wraps each connection of a factory in a L{ProxyProtocolWrapper}.
@@ -237,13 +300,26 @@ class ProxyProtocolEndpoint:
     A server endpoint whose connections start with a PROXY header.
     """
 
-    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+    def __init__(self, wrapped: IStreamServerEndpoint, tlsContext: Any = None) -> None:
+        """
+        @param wrapped: The endpoint to listen on.
+        @param tlsContext: For TLS after the header (C{haproxy:ssl:...}),
+            the server's context factory, with C{wrapped} a TCP endpoint:
+            the header comes in clear before the TLS handshake, so it must
+            be read under TLS, not inside it.
+        """
         self._wrapped = wrapped
+        self._tlsContext = tlsContext
 
     def listen(self, protocolFactory: Any) -> Any:
         """
-        Listen on the wrapped endpoint, with C{protocolFactory} wrapped.
+        Listen on the wrapped endpoint, with C{protocolFactory} wrapped (in
+        TLS, then in the PROXY protocol).
         """
+        if self._tlsContext is not None:
+            protocolFactory = TLSMemoryBIOFactory(
+                self._tlsContext, False, protocolFactory
+            )
         return self._wrapped.listen(ProxyProtocolFactory(protocolFactory))
 
 
@@ -251,10 +327,18 @@ def listenerEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
     @return: The server endpoint for a listener's endpoint string; one
         starting with C{haproxy:} speaks the PROXY protocol through
-        L{ProxyProtocolEndpoint} rather than Twisted's.
+        L{ProxyProtocolEndpoint} rather than Twisted's, and reads the
+        header before TLS for C{haproxy:ssl:...}.
     """
     if description.startswith(PREFIX):
         wrapped = serverFromString(reactor, description[len(PREFIX) :])
+        if isinstance(wrapped, SSL4ServerEndpoint):
+            # Twisted's SSL endpoint would put TLS outside the PROXY parser;
+            # listen on the same TCP port and wrap in the other order.
+            tcp = TCP4ServerEndpoint(
+                reactor, wrapped._port, wrapped._backlog, wrapped._interface
+            )
+            return ProxyProtocolEndpoint(tcp, wrapped._sslContextFactory)
         return ProxyProtocolEndpoint(wrapped)
     endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     return endpoint

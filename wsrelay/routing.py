@@ -12,6 +12,8 @@ backend's URL did not change, so counters and health survive it.
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -201,46 +203,81 @@ class Route:
         return [b for b in self.backends if b.available]
 
 
-class PathAboveRoot(ValueError):
+class BadPath(ValueError):
+    """
+    A request path the relay refuses to route.
+    """
+
+
+class PathAboveRoot(BadPath):
     """
     A request path whose C{..} segments climb above C{/}.
     """
 
 
+#: Percent-encodings a path may not hold: an encoded C{/} or C{\\} is a
+#: separator to some backends (WHATWG URL parsers resolve C{..%2f}), and
+#: an encoded NUL ends a string in others.
+_FORBIDDEN = re.compile(r"%(?:2f|5c|00)", re.IGNORECASE)
+
+#: A percent-encoded octet.
+_ENCODED = re.compile(r"%([0-9A-Fa-f]{2})")
+
+#: The unreserved characters (RFC 3986, 2.3), which mean the same
+#: percent-encoded or not.
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def _decodeUnreserved(match: re.Match[str]) -> str:
+    """
+    @return: The character a percent-encoding stands for when it is
+        unreserved, else the percent-encoding as it was.
+    """
+    c = chr(int(match.group(1), 16))
+    return c if c in _UNRESERVED else match.group(0)
+
+
 def normalizePath(path: str) -> str:
     """
     Normalize a request path as nginx does before it picks a location:
-    remove dot segments (RFC 3986, 5.2.4), a segment being a dot segment
-    also when its dots are percent-encoded (C{%2e}, C{.%2E}...), and merge
-    runs of C{/} (nginx's C{merge_slashes}).  Every other character,
-    percent-encoded or not, stays as it was sent.
+    decode percent-encoded unreserved characters (RFC 3986, 6.2.2.2: so
+    C{%2e} is a dot and C{/%61pi} is C{/api}), remove dot segments
+    (RFC 3986, 5.2.4) and merge runs of C{/} (nginx's C{merge_slashes}).
+    Every other percent-encoding stays as it was sent.
 
     @param path: The path of a request target, without its query.
     @return: The path, starting with C{/}, with no empty, C{.} or C{..}
         segment but the last, which is empty when the path ends with C{/}
         or with a dot segment (C{/a/b/..} is C{/a/}).
     @raise PathAboveRoot: When a C{..} would climb above C{/}.
+    @raise BadPath: When the path does not start with C{/}, or holds a
+        C{\\}, an encoded C{/} or C{\\} (C{%2F}, C{%5C}) or an encoded NUL
+        (C{%00}), in any case.
     """
+    if not path.startswith("/"):
+        raise BadPath(f"path does not start with /: {path[:40]!r}")
+    if "\\" in path or _FORBIDDEN.search(path):
+        raise BadPath(f"encoded / or \\, \\ or NUL in path {path[:40]!r}")
+    if "%" in path:
+        path = _ENCODED.sub(_decodeUnreserved, path)
     segments = path.split("/")
-    # The part before the first "/" (empty for a path that starts with one).
+    # The empty part before the first "/".
     del segments[0]
     last = len(segments) - 1
     out: list[str] = []
     for i, segment in enumerate(segments):
-        if "." in segment or "%" in segment:
-            dots = segment.replace("%2e", ".").replace("%2E", ".")
-            if dots == ".":
-                if i == last:
-                    out.append("")
-                continue
-            if dots == "..":
-                if not out:
-                    raise PathAboveRoot(path)
-                out.pop()
-                if i == last:
-                    out.append("")
-                continue
-        elif not segment and i != last:
+        if segment == ".":
+            if i == last:
+                out.append("")
+            continue
+        if segment == "..":
+            if not out:
+                raise PathAboveRoot(path)
+            out.pop()
+            if i == last:
+                out.append("")
+            continue
+        if not segment and i != last:
             continue
         out.append(segment)
     return "/" + "/".join(out)

@@ -21,6 +21,7 @@ from wsrelay.descriptors import RESERVED, Limit, Shortage
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.frontend import FrontendFactory, FrontendProtocol, Refused
 from wsrelay.handshake import (
+    CLAIMED,
     FORWARDING,
     Head,
     endToEnd,
@@ -34,7 +35,7 @@ from wsrelay.plugins import (
     healthCheckerFactories,
     logPlugins,
 )
-from wsrelay.proxyprotocol import listenerEndpoint
+from wsrelay.proxyprotocol import listenerEndpoint, withoutAddress
 from wsrelay.routing import (
     DISABLED,
     DRAINING,
@@ -871,12 +872,18 @@ class RelayService(MultiService):
     def clientAddress(self, frontend: FrontendProtocol) -> str:
         """
         The client's address: the peer's, or the last untrusted one in
-        C{X-Forwarded-For} when the peer is a trusted proxy.
+        C{X-Forwarded-For} when the peer is a trusted proxy (and not a
+        load balancer's socket left by a PROXY header without an address:
+        L{withoutAddress}).
         """
         # The client is connected while its request is handled.
         assert frontend.transport is not None
         peer = getattr(frontend.transport.getPeer(), "host", None) or "unix"
-        if not self._trusted or frontend.head is None:
+        if (
+            not self._trusted
+            or frontend.head is None
+            or withoutAddress(frontend.transport)
+        ):
             return str(peer)
         chain = [
             a.strip()
@@ -907,21 +914,33 @@ class RelayService(MultiService):
         own; from a peer in C{trusted_proxies}, as nginx's realip and
         C{$proxy_add_x_forwarded_for} do, its C{X-Forwarded-For} and
         C{Forwarded} are kept with the peer appended, and its
-        C{X-Forwarded-Proto} and C{X-Forwarded-Host} are believed.
+        C{X-Forwarded-Proto} and C{X-Forwarded-Host} are believed.  The
+        fields in L{CLAIMED} are dropped from an untrusted peer and passed
+        on from a trusted one; a field whose name holds C{_} is dropped
+        from any client.
 
         @return: The fields, in order.
         """
-        headers = endToEnd(head, FORWARDING)
         # The client is connected while its request is handled.
         assert frontend.transport is not None
         peer = str(getattr(frontend.transport.getPeer(), "host", None) or "unix")
+        trusted = self._isTrusted(peer) and not withoutAddress(frontend.transport)
+        headers = [
+            (n, v)
+            for (n, v) in endToEnd(
+                head, FORWARDING if trusted else FORWARDING | CLAIMED
+            )
+            # CGI, WSGI and PHP read X_Forwarded_For as X-Forwarded-For:
+            # nginx drops such names (underscores_in_headers off).
+            if "_" not in n
+        ]
         proto = "https" if frontend.secure else "http"
         host = head.get("host")
         element = f"for={forwardedNode(peer)};proto={proto}"
         if host:
             element += ";host=" + quotedString(host)
         chain = forwarded = None
-        if self._isTrusted(peer):
+        if trusted:
             chain = head.get("x-forwarded-for")
             forwarded = head.get("forwarded")
             proto = head.get("x-forwarded-proto") or proto

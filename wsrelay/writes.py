@@ -19,13 +19,20 @@ from typing import Any
 
 from twisted.internet.tcp import Connection
 
+from wsrelay.proxyprotocol import ProxyProtocolWrapper
+
 
 def directWrite(transport: Any) -> Callable[[bytes], None]:
     """
     @return: A function writing bytes to C{transport}: sending them at once
-        when it is a plain TCP (or UNIX) connection with nothing queued,
-        else through C{transport.write}.
+        when it is a plain TCP (or UNIX) connection, or a PROXY protocol
+        wrapper over one, with nothing queued, else through
+        C{transport.write}.
     """
+    if isinstance(transport, ProxyProtocolWrapper):
+        # A haproxy: listener's connection: past its header, the wrapper
+        # passes writes through unchanged.
+        transport = transport.transport
     write: Callable[[bytes], None] = transport.write
     if not isinstance(transport, Connection):
         # TLS, or a test's transport: Twisted's write only.
