@@ -372,6 +372,8 @@ class ProxySession:
             self._maybeFinish()
             if self._finished:
                 pipe.stop()
+                # The pipe refers to this session: no cycle left behind.
+                self.pipe = None
             return
         if leg is f:
             if self.closedBy is None:
