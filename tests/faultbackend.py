@@ -32,7 +32,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -240,11 +240,15 @@ class RelayProcess:
     @ivar port: Its client port, once started.
     @ivar pid: Its process ID, once started.
     @ivar log: The path of its log (its standard output).
+    @ivar environment: Variables added to its environment.
     """
 
     _PORT = re.compile(r"FrontendFactory starting on (\d+)")
 
-    def __init__(self, configText: str) -> None:
+    def __init__(
+        self, configText: str, environment: Mapping[str, str] | None = None
+    ) -> None:
+        self.environment = dict(environment or {})
         self.directory = tempfile.mkdtemp(prefix="wsrelay-faults-")
         self.config = os.path.join(self.directory, "relay.ini")
         self.log = os.path.join(self.directory, "twistd.log")
@@ -273,6 +277,7 @@ class RelayProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **self.environment},
             )
         self.pid = self._process.pid
         found: list[int] = []

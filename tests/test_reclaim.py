@@ -12,22 +12,26 @@ relay's objects of those connections to die.  The relays run with
 C{access_log = off}: under pytest nothing begins Twisted's logging, so its
 start-up buffer (C{LimitedHistoryLogObserver}) keeps every event, and an
 access event refers to its session (twistd begins logging, which ends the
-buffer).
+buffer).  Also the memory reports of L{wsrelay.memory}.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import signal
 import time
 import weakref
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_fanout import Source, channelUp, feed
+from wsrelay import memory
 from wsrelay.fanout import FanoutSession
 from wsrelay.service import RelayService
 from wsrelay.session import ProxySession
@@ -182,3 +186,93 @@ class FanoutReclaimTests(TestCase):
         refs = weakrefs(upstream=channel.upstream)
         await inThread(source.kill)
         await freed(refs, "the lost source's leg")
+
+
+class MemoryReportTests(TestCase):
+    """
+    L{wsrelay.memory}: reports written on C{SIGUSR2}.
+    """
+
+    def test_notInstalled(self) -> None:
+        """
+        Without C{WSRELAY_MEMORY_REPORT}, nothing is installed.
+        """
+        self.assertIsNone(memory.installReporter(reactor, {}))
+
+    async def test_reportOnSignal(self) -> None:
+        """
+        C{SIGUSR2} writes a report named by the C{request} file; with
+        C{collect}, a full collection's garbage is counted (here the
+        cycle made for it) and the figures taken again.
+        """
+        folder = self.mktemp()
+        previous = signal.getsignal(signal.SIGUSR2)
+        self.addCleanup(signal.signal, signal.SIGUSR2, previous)
+        reporter = memory.installReporter(reactor, {memory.ENVIRONMENT: folder})
+        assert reporter is not None
+        with open(os.path.join(folder, "request"), "w") as f:
+            f.write("first collect\n")
+
+        class Cycle:
+            pass
+
+        # Only the cycle below is garbage at the signal (reports list the
+        # most numerous types).
+        gc.collect()
+
+        cycle = Cycle()
+        cycle.me = cycle  # type: ignore[attr-defined]
+        del cycle
+        os.kill(os.getpid(), signal.SIGUSR2)
+        path = os.path.join(folder, "first.json")
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(path):
+            self.assertLess(time.monotonic(), deadline, "no report written")
+            await pause(0.02)
+        with open(path) as f:
+            report = json.load(f)
+        self.assertEqual(report["label"], "first")
+        self.assertGreater(report["before"]["process"]["VmRSS"], 0)
+        self.assertIn("count", report["before"]["gc"])
+        self.assertGreater(report["before"]["pymalloc"]["arenas"], 0)
+        garbage = report["collected"]["types"]
+        self.assertGreaterEqual(
+            garbage.get(
+                f"{__name__}.MemoryReportTests.test_reportOnSignal.<locals>.Cycle"
+            ),
+            1,
+        )
+        self.assertIn("after", report)
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    Reading C{sys._debugmallocstats()}'s text.
+    """
+
+    def test_parsePymalloc(self) -> None:
+        """
+        The arenas, their bytes and the blocks' bytes are read from the
+        lines that hold them.
+        """
+        text = (
+            "# arenas allocated total           =                1,033\n"
+            "# arenas reclaimed                 =                1,001\n"
+            "# arenas highwater mark            =                   45\n"
+            "# arenas allocated current         =                   32\n"
+            "32 arenas * 1048576 bytes/arena    =           33,554,432\n"
+            "\n"
+            "# bytes in allocated blocks        =           29,600,000\n"
+            "# bytes in available blocks        =            2,500,000\n"
+            "3 unused pools * 16384 bytes       =               49,152\n"
+        )
+        self.assertEqual(
+            memory.parsePymalloc(text),
+            {
+                "arenas": 32,
+                "arenaBytes": 33554432,
+                "blockBytes": 29600000,
+                "freeBlockBytes": 2500000,
+                "freePoolBytes": 49152,
+            },
+        )

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsrelay.config import ConfigError, RelayConfig, loadConfig
+from wsrelay.memory import installReporter
 from wsrelay.workers import ControlService, WorkerSpec
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ class ProcessControl(Service):
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
         tuneGC()
+        installReporter(self._reactor)
 
     def _stop(self, number: int, frame: FrameType | None) -> None:
         self.log.info("SIGTERM: closing connections and stopping")
