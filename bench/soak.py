@@ -339,6 +339,10 @@ async def memoryReport(
     Ask the relay for a memory report (L{wsrelay.memory}) labelled C{label},
     with a full collection if C{collect}, and wait until it is written.
     """
+    # SIGUSR2 kills a relay that has not installed the reporter yet.
+    await waitUntil(
+        lambda: "memory reports into" in relay.logText(), "memory reporter", 60
+    )
     with open(os.path.join(folder, "request"), "w") as f:
         f.write(label + (" collect\n" if collect else "\n"))
     path = os.path.join(folder, label + ".json")

@@ -163,8 +163,9 @@ def draw(soak: Soak, window: float, path: str) -> None:
     axes.set_ylim(0, max(soak.rss) * 1.1)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right")
-    if soak.title:
-        axes.set_title(soak.title[:110], fontsize=8)
+    # The soak's settings, after the relay's pid, port and log.
+    settings = soak.title.rpartition("; ")[2]
+    axes.set_title(f"wsrelay soak: {settings}" if settings else "wsrelay soak")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -184,6 +184,7 @@ def figures() -> dict[str, Any]:
     figures["malloc"] = mallocInfo()
     types = objectTypes()
     figures["objects"] = sum(types.values())
+    figures["generations"] = [len(gc.get_objects(g)) for g in range(3)]
     figures["types"] = dict(types.most_common(TOP_TYPES))
     if tracemalloc.is_tracing():
         current, peak = tracemalloc.get_traced_memory()
@@ -193,16 +194,19 @@ def figures() -> dict[str, Any]:
 
 def fullCollection() -> dict[str, Any]:
     """
-    Collect every generation, counting what was garbage by type.
+    Collect the generations one after the other, youngest first, counting
+    what was garbage in each, and by type: garbage found only by the
+    collection of an older generation had waited there (it outlived a
+    younger collection while still in use).
 
-    @return: How many objects were unreachable, and the most numerous
-        types among them.
+    @return: How many objects were unreachable, how many of them each
+        generation's collection found, and the most numerous types.
     """
     flags = gc.get_debug()
     before = len(gc.garbage)
     gc.set_debug(flags | gc.DEBUG_SAVEALL)
     try:
-        unreachable = gc.collect()
+        found = [gc.collect(generation) for generation in range(3)]
         garbage = gc.garbage[before:]
         types = objectTypes(garbage)
         del gc.garbage[before:]
@@ -212,7 +216,8 @@ def fullCollection() -> dict[str, Any]:
     # Now collect them for good.
     gc.collect()
     return {
-        "unreachable": unreachable,
+        "unreachable": sum(found),
+        "byGeneration": found,
         "types": dict(types.most_common(TOP_TYPES)),
     }
 
@@ -300,4 +305,7 @@ def installReporter(
         reactor.callFromThread(reporter.report)
 
     signal.signal(signal.SIGUSR2, requested)
+    MemoryReporter.log.info(
+        "memory reports into {folder} on SIGUSR2", folder=os.path.abspath(folder)
+    )
     return reporter
