@@ -7,6 +7,15 @@ descriptors, connections and error counts.  Not a CI test; its result for
 
     .venv/bin/python -m bench.soak              # 10 minutes
     .venv/bin/python -m bench.soak --minutes 1
+    .venv/bin/python -m bench.soak --minutes 120 --log soak.log
+    .venv/bin/python -m bench.soakplot soak.log # soak.png, last hour's slope
+    .venv/bin/python -m bench.soak --minutes 8 --memory-reports /tmp/mem
+    .venv/bin/python -m bench.memreport /tmp/mem
+
+C{--memory-reports DIR} has the relay write a memory report
+(C{wsrelay/memory.py}) into DIR at the start, every minute, and after
+the clients left (with a full collection); C{--tracemalloc N} adds a
+snapshot to each, C{--collect} a full collection to each.
 
 The relay has three routes, all on the same two echo backends or two
 ticking sources (C{tests/faultbackend.py} programs):
