@@ -116,9 +116,13 @@ class Options(usage.Options):
 #: the collector took a third of the relay's CPU (py-spy C{--native}); with
 #: these, CPU per handshake fell by a quarter and the resident memory per
 #: connection stayed the same (BENCHMARKS.md).  The price is cyclic
-#: garbage (a few dozen objects per closed connection) waiting longer: in
-#: a 10-minute soak memory rose 2.7 MB over the last five minutes, against
-#: 0.4 MB with Python's thresholds (docs/reliability.md).
+#: garbage waiting longer: the young generation holds up to 50,000
+#: objects before it is collected, and what outlived a young collection
+#: waits for 20 of them (or 200) before its generation is collected.  A
+#: closed connection therefore leaves no reference cycle of its own
+#: (L{wsrelay.legs.RelayLeg.letGo}): when each left about 80 objects, a
+#: soak's memory rose 28 MB over 38 minutes (docs/reliability.md,
+#: "Memory: where it goes and its bounds").
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
