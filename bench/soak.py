@@ -66,7 +66,7 @@ from tests.faultbackend import (
     TickListener,
     waitUntil,
 )
-from wsrelay.memory import ENVIRONMENT
+from wsrelay.memory import ENVIRONMENT, TRACE_ENVIRONMENT
 
 #: Payload sizes of the echo clients' messages, one per client.
 SIZES = (0, 0, 100, 1000, 16000)
@@ -395,7 +395,7 @@ async def soak(options: argparse.Namespace) -> int:
         os.makedirs(reports, exist_ok=True)
         environment[ENVIRONMENT] = reports
         if options.tracemalloc:
-            environment["PYTHONTRACEMALLOC"] = str(options.tracemalloc)
+            environment[TRACE_ENVIRONMENT] = str(options.tracemalloc)
     relay = RelayProcess(config(echoes, sources), environment)
     try:
         await relay.start()
@@ -556,8 +556,8 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="FRAMES",
-        help="with --memory-reports: the relay traces allocations"
-        " (PYTHONTRACEMALLOC=FRAMES) and dumps a snapshot with each report",
+        help="with --memory-reports: the relay traces allocations once it runs"
+        " (WSRELAY_MEMORY_TRACE=FRAMES) and dumps a snapshot with each report",
     )
     return parser.parse_args(argv)
 

@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import time
+import tracemalloc
 import weakref
 from typing import Any
 
@@ -243,6 +244,31 @@ class MemoryReportTests(TestCase):
             1,
         )
         self.assertIn("after", report)
+
+    def test_trace(self) -> None:
+        """
+        C{WSRELAY_MEMORY_TRACE} starts C{tracemalloc}, and a report writes
+        its snapshot beside the JSON file (C{pymalloc}'s statistics are
+        not to be had while it traces: they are left out).
+        """
+        folder = self.mktemp()
+        previous = signal.getsignal(signal.SIGUSR2)
+        self.addCleanup(signal.signal, signal.SIGUSR2, previous)
+        if tracemalloc.is_tracing():
+            raise self.skipTest("tracemalloc was already tracing")
+        self.addCleanup(tracemalloc.stop)
+        reporter = memory.installReporter(
+            reactor, {memory.ENVIRONMENT: folder, memory.TRACE_ENVIRONMENT: "5"}
+        )
+        assert reporter is not None
+        self.assertTrue(tracemalloc.is_tracing())
+        with open(reporter.report()) as f:
+            report = json.load(f)
+        self.assertGreater(report["before"]["tracemalloc"]["current"], 0)
+        snapshot = tracemalloc.Snapshot.load(
+            os.path.join(folder, report["label"] + ".tracemalloc")
+        )
+        self.assertGreater(len(snapshot.traces), 0)
 
 
 class ParseTests(SynchronousTestCase):

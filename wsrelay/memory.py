@@ -8,9 +8,10 @@ file with its resident memory, the garbage collector's counts and
 statistics, the tracked objects by type, the C{pymalloc} arenas and the C
 allocator's heap (glibc's C{mallinfo2}), which together tell Python
 objects that are alive from memory the allocators keep.  When
-C{tracemalloc} is tracing (C{PYTHONTRACEMALLOC=25} in the relay's
-environment) a snapshot is dumped beside it, for C{bench/memreport.py} to
-compare.
+C{tracemalloc} is tracing (C{WSRELAY_MEMORY_TRACE=25} starts it once the
+relay runs; C{PYTHONTRACEMALLOC=25} from the interpreter's start, imports
+included) a snapshot is dumped beside it (after the collection, when
+there is one), for C{bench/memreport.py} to compare.
 
 The label of the report and whether a full collection follows come from
 the file C{request} in that folder, read at each signal: its first line is
@@ -42,6 +43,10 @@ from twisted.logger import Logger
 
 #: The environment variable naming the reports' folder.
 ENVIRONMENT = "WSRELAY_MEMORY_REPORT"
+
+#: The environment variable that makes the reporter trace allocations
+#: (C{tracemalloc}) with that many frames, from the moment it is installed.
+TRACE_ENVIRONMENT = "WSRELAY_MEMORY_TRACE"
 
 #: How many object types a report lists (the most numerous).
 TOP_TYPES = 40
@@ -264,13 +269,14 @@ class MemoryReporter:
             "pid": os.getpid(),
             "before": figures(),
         }
-        if tracemalloc.is_tracing():
-            snapshot = tracemalloc.take_snapshot()
-            snapshot.dump(os.path.join(self.folder, label + ".tracemalloc"))
-            del snapshot
         if collect:
             report["collected"] = fullCollection()
             report["after"] = figures()
+        if tracemalloc.is_tracing():
+            # After the collection, if any: what is alive.
+            snapshot = tracemalloc.take_snapshot()
+            snapshot.dump(os.path.join(self.folder, label + ".tracemalloc"))
+            del snapshot
         path = os.path.join(self.folder, label + ".json")
         with open(path + ".tmp", "w") as f:
             json.dump(report, f, indent=1)
@@ -300,6 +306,10 @@ def installReporter(
         return None
     os.makedirs(folder, exist_ok=True)
     reporter = MemoryReporter(folder)
+    frames = environ.get(TRACE_ENVIRONMENT, "")
+    if frames.isdigit() and int(frames) > 0 and not tracemalloc.is_tracing():
+        # From now on: start-up's imports are not traced (and not slowed).
+        tracemalloc.start(int(frames))
 
     def requested(number: int, frame: Any) -> None:
         reactor.callFromThread(reporter.report)
