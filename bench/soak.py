@@ -7,6 +7,15 @@ descriptors, connections and error counts.  Not a CI test; its result for
 
     .venv/bin/python -m bench.soak              # 10 minutes
     .venv/bin/python -m bench.soak --minutes 1
+    .venv/bin/python -m bench.soak --minutes 120 --log soak.log
+    .venv/bin/python -m bench.soakplot soak.log # soak.png, last hour's slope
+    .venv/bin/python -m bench.soak --minutes 8 --memory-reports /tmp/mem
+    .venv/bin/python -m bench.memreport /tmp/mem
+
+C{--memory-reports DIR} has the relay write a memory report
+(C{wsrelay/memory.py}) into DIR at the start, every minute, and after
+the clients left (with a full collection); C{--tracemalloc N} adds a
+snapshot to each, C{--collect} a full collection to each.
 
 The relay has three routes, all on the same two echo backends or two
 ticking sources (C{tests/faultbackend.py} programs):
@@ -42,10 +51,12 @@ import asyncio
 import os
 import platform
 import random
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from tests.faultbackend import (
     TIMEOUT,
@@ -53,7 +64,9 @@ from tests.faultbackend import (
     EchoTalker,
     RelayProcess,
     TickListener,
+    waitUntil,
 )
+from wsrelay.memory import ENVIRONMENT, TRACE_ENVIRONMENT
 
 #: Payload sizes of the echo clients' messages, one per client.
 SIZES = (0, 0, 100, 1000, 16000)
@@ -328,6 +341,24 @@ def config(echoes: list[BackendProcess], sources: list[BackendProcess]) -> str:
     )
 
 
+async def memoryReport(
+    relay: RelayProcess, folder: str, label: str, collect: bool
+) -> None:
+    """
+    Ask the relay for a memory report (L{wsrelay.memory}) labelled C{label},
+    with a full collection if C{collect}, and wait until it is written.
+    """
+    # SIGUSR2 kills a relay that has not installed the reporter yet.
+    await waitUntil(
+        lambda: "memory reports into" in relay.logText(), "memory reporter", 60
+    )
+    with open(os.path.join(folder, "request"), "w") as f:
+        f.write(label + (" collect\n" if collect else "\n"))
+    path = os.path.join(folder, label + ".json")
+    os.kill(relay.pid, signal.SIGUSR2)
+    await waitUntil(lambda: os.path.exists(path), f"memory report {label}", 60)
+
+
 def machine() -> str:
     """
     @return: The CPU count and model, and the Python version.
@@ -357,7 +388,15 @@ async def soak(options: argparse.Namespace) -> int:
     ]
     for b in echoes + sources:
         await b.start()
-    relay = RelayProcess(config(echoes, sources))
+    environment: dict[str, str] = {}
+    reports = options.memory_reports
+    if reports:
+        reports = os.path.abspath(reports)
+        os.makedirs(reports, exist_ok=True)
+        environment[ENVIRONMENT] = reports
+        if options.tracemalloc:
+            environment[TRACE_ENVIRONMENT] = str(options.tracemalloc)
+    relay = RelayProcess(config(echoes, sources), environment=environment)
     try:
         await relay.start()
         base = f"ws://127.0.0.1:{relay.port}"
@@ -375,6 +414,8 @@ async def soak(options: argparse.Namespace) -> int:
         )
         print(HEADER, flush=True)
         print(line("start", relay, routes, 0, 0), flush=True)
+        if reports:
+            await memoryReport(relay, reports, "start", options.collect)
         start = (relay.rss(), relay.descriptors())
 
         def kills() -> int:
@@ -406,6 +447,8 @@ async def soak(options: argparse.Namespace) -> int:
                 line(str(minute), relay, routes, kills(), errors(), lag.take()),
                 flush=True,
             )
+            if reports:
+                await memoryReport(relay, reports, f"min-{minute:03d}", options.collect)
         stopping.set()
         await asyncio.gather(*tasks)
         for b in echoes + sources:
@@ -416,6 +459,8 @@ async def soak(options: argparse.Namespace) -> int:
         while relay.descriptors() > start[1] and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         print(line("end", relay, routes, kills(), errors()), flush=True)
+        if reports:
+            await memoryReport(relay, reports, "end", True)
         end = (relay.rss(), relay.descriptors())
         print(
             f"relay: resident memory {start[0] / 2**20:.1f} MB at the start,"
@@ -490,14 +535,71 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         default=30,
         help="seconds a leaving echo client waits for its last echo (30)",
     )
+    parser.add_argument(
+        "--log",
+        metavar="FILE",
+        help="write the output to FILE too (for python -m bench.soakplot)",
+    )
+    parser.add_argument(
+        "--memory-reports",
+        metavar="DIR",
+        help="ask the relay for a memory report (wsrelay/memory.py) into DIR"
+        " at the start, every minute, and at the end after a full collection",
+    )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="with --memory-reports: a full collection at every report",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with --memory-reports: the relay traces allocations once it runs"
+        " (WSRELAY_MEMORY_TRACE=FRAMES) and dumps a snapshot with each report",
+    )
     return parser.parse_args(argv)
+
+
+class Tee:
+    """
+    Writes to standard output and to a file (C{--log}).
+    """
+
+    def __init__(self, stream: TextIO, file: TextIO) -> None:
+        self.stream = stream
+        self.file = file
+
+    def write(self, text: str) -> int:
+        """
+        Write C{text} to both.
+        """
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        """
+        Flush both.
+        """
+        self.file.flush()
+        self.stream.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """
     Run the soak from the command line.
     """
-    return asyncio.run(soak(parseArguments(sys.argv[1:] if argv is None else argv)))
+    options = parseArguments(sys.argv[1:] if argv is None else argv)
+    if not options.log:
+        return asyncio.run(soak(options))
+    with open(options.log, "w") as log:
+        stdout = sys.stdout
+        sys.stdout = Tee(stdout, log)  # type: ignore[assignment]
+        try:
+            return asyncio.run(soak(options))
+        finally:
+            sys.stdout = stdout
 
 
 if __name__ == "__main__":

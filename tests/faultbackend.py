@@ -33,7 +33,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -244,13 +244,18 @@ class RelayProcess:
     @ivar openFiles: The soft and hard C{RLIMIT_NOFILE} the relay starts
         with (set in the child before it runs twistd), or L{None} for this
         process's.
+    @ivar environment: Variables added to its environment.
     """
 
     _PORT = re.compile(r"FrontendFactory starting on (\d+)")
 
     def __init__(
-        self, configText: str, openFiles: tuple[int, int] | None = None
+        self,
+        configText: str,
+        openFiles: tuple[int, int] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        self.environment = dict(environment or {})
         self.directory = tempfile.mkdtemp(prefix="wsrelay-faults-")
         self.config = os.path.join(self.directory, "relay.ini")
         self.log = os.path.join(self.directory, "twistd.log")
@@ -288,6 +293,7 @@ class RelayProcess:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=self._limit,
+                env={**os.environ, **self.environment},
             )
         self.pid = self._process.pid
         found: list[int] = []

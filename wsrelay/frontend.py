@@ -153,7 +153,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
                 path=self.head.startLine.split(" ")[1] if self.head else None,
                 closedBy="relay" if refusal is not None else "client",
             )
-        WebSocketServerProtocol.connectionLost(self, reason)
+        RelayLeg.connectionLost(self, reason)
 
     def sendCloseFrame(
         self,

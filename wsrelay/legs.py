@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay import _autobahn
@@ -345,6 +347,60 @@ class RelayLeg:
         "http_request_uri",
         "websocket_origin",
     )
+
+    #: What a leg whose connection is gone lets go of (L{letGo}): the
+    #: references by which it and its session, pipe or channel refer to
+    #: each other, Autobahn's C{is_closed} (resolved with the leg itself),
+    #: and the handshake's L{Deferred} of an upstream leg.
+    _CYCLES = (
+        "listener",
+        "target",
+        "session",
+        "dataReceived",
+        "is_closed",
+        "opened",
+    )
+
+    #: Autobahn's future resolved with the protocol when its connection
+    #: closes; None once the leg let go of it (L{letGo}).
+    is_closed: Any = None
+
+    def letGo(self) -> None:
+        """
+        The connection is gone: drop the references that make the leg, its
+        session (or channel) and its data path a reference cycle, so that
+        a closed connection's objects are freed as soon as the relay
+        forgets it, without waiting for the cyclic garbage collector.
+        With the relay's raised thresholds (L{wsrelay.tap.GC_THRESHOLDS}),
+        a connection that outlived a young collection would otherwise
+        wait for a collection of an older generation, for tens of minutes
+        or hours (docs/reliability.md, "Memory: where it goes and its
+        bounds").
+        """
+        attributes = self.__dict__
+        for name in self._CYCLES:
+            attributes.pop(name, None)
+        # Twisted's client connector and its TCP transport refer to each
+        # other for good (the connector's factory holds the endpoint's
+        # wrapping factory and Deferred): once the connection is lost the
+        # connector no longer uses its transport.
+        transport = self.transport
+        for _ in range(2):
+            connector = getattr(transport, "connector", None)
+            if connector is not None:
+                if getattr(connector, "transport", None) is transport:
+                    connector.transport = None
+                break
+            # TLS: the TCP transport is under the TLS protocol.
+            transport = getattr(transport, "transport", None)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Autobahn's C{connectionLost} (which tells the listener through
+        C{onClose}), then let go (L{letGo}).
+        """
+        super().connectionLost(reason)  # type: ignore[misc]
+        self.letGo()
 
     def forgetHandshake(self) -> None:
         """

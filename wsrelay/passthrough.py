@@ -183,7 +183,8 @@ class Direction:
         deflate: bool = False,
         counter: InflateCounter | None = None,
     ) -> None:
-        self.pipe = pipe
+        #: The pipe, until it stops (L{Pipe.stop}).
+        self.pipe: Pipe | None = pipe
         self.rsvRefused = rsvRefused
         self.deflate = deflate
         self.counter = counter
@@ -314,7 +315,9 @@ class Direction:
                     self.write(data[start:i])
                     start = end
                     i = end
-                    self.pipe.ponged(self, payload)
+                    pipe = self.pipe
+                    if pipe is not None:
+                        pipe.ponged(self, payload)
                     continue
                 if opcode == _CLOSE:
                     bad = closeProblem(payload)
@@ -427,7 +430,8 @@ class Direction:
             return self.fail(code, reason)
         self.stopped = True
         self.pending = b""
-        self.pipe.tooBig(self, reason)
+        if self.pipe is not None:
+            self.pipe.tooBig(self, reason)
 
     def sendPing(self) -> None:
         """
@@ -450,7 +454,8 @@ class Direction:
         """
         self.closeSeen = True
         self.stopped = True
-        self.pipe.closeSeen(self, payload)
+        if self.pipe is not None:
+            self.pipe.closeSeen(self, payload)
 
     def fail(self, code: int, reason: bytes) -> None:
         """
@@ -458,7 +463,8 @@ class Direction:
         """
         self.stopped = True
         self.pending = b""
-        self.pipe.failed(self, code, reason)
+        if self.pipe is not None:
+            self.pipe.failed(self, code, reason)
 
 
 class Pipe:
@@ -786,13 +792,15 @@ class Pipe:
 
     def stop(self) -> None:
         """
-        Cancel the timers.
+        Cancel the timers; the directions let go of the pipe (they and it
+        would otherwise be a reference cycle holding both legs).
         """
         for name in ("_pingCall", "_closeCall"):
             call = getattr(self, name)
             setattr(self, name, None)
             if call is not None and call.active():
                 call.cancel()
+        self.fromClient.pipe = self.fromBackend.pipe = None
 
 
 def hangUp(transport: Any) -> None:

@@ -412,6 +412,8 @@ class ProxySession:
             self._maybeFinish()
             if self._finished:
                 pipe.stop()
+                # The pipe refers to this session: no cycle left behind.
+                self.pipe = None
             return
         failing, self._failing = self._failing, None
         if failing is not None and failing is not leg:

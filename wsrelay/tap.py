@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from wsrelay.config import ConfigError, RelayConfig, loadConfig
 from wsrelay.descriptors import raiseLimit
+from wsrelay.memory import installReporter
 from wsrelay.workers import ControlService, WorkerSpec
 
 if TYPE_CHECKING:
@@ -139,9 +140,13 @@ class Options(usage.Options):
 #: the collector took a third of the relay's CPU (py-spy C{--native}); with
 #: these, CPU per handshake fell by a quarter and the resident memory per
 #: connection stayed the same (BENCHMARKS.md).  The price is cyclic
-#: garbage (a few dozen objects per closed connection) waiting longer: in
-#: a 10-minute soak memory rose 2.7 MB over the last five minutes, against
-#: 0.4 MB with Python's thresholds (docs/reliability.md).
+#: garbage waiting longer: the young generation holds up to 50,000
+#: objects before it is collected, and what outlived a young collection
+#: waits for 20 of them (or 200) before its generation is collected.  A
+#: closed connection therefore leaves no reference cycle of its own
+#: (L{wsrelay.legs.RelayLeg.letGo}): when each left about 80 objects, a
+#: soak's memory rose 28 MB over 38 minutes (docs/reliability.md,
+#: "Memory: where it goes and its bounds").
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
@@ -190,6 +195,7 @@ class ProcessControl(Service):
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
         tuneGC()
+        installReporter(self._reactor)
 
     def _stop(self, number: int, frame: FrameType | None) -> None:
         self.log.info("SIGTERM: closing connections and stopping")

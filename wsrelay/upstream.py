@@ -436,11 +436,28 @@ def connectUpstream(
                 kind = UpstreamLocalError
             opened.errback(kind(f"connect failed: {f.getErrorMessage()}"))
 
-    connecting.addErrback(connectFailed)
+    connecting.addCallbacks(_dropResult, connectFailed)
 
+    def settled(result: object) -> object:
+        # Twisted's connector and the endpoint's factory form a cycle
+        # that lives as long as the connection: neither may hold the
+        # protocol through this attempt once it is no longer needed for
+        # cancelling, or a closed leg would wait for the cyclic collector.
+        attempt.protocol = None
+        return result
+
+    opened.addBoth(settled)
     opened.addTimeout(timeout, clock)
     opened.addErrback(_timeoutToError, timeout)
     return opened
+
+
+def _dropResult(protocol: object) -> None:
+    """
+    The endpoint's L{Deferred} fired with the protocol, which its factory
+    keeps as long as the connection: let it go (the leg is handed over
+    through its C{opened} L{Deferred}).
+    """
 
 
 def _timeoutToError(f: Failure, timeout: float) -> Failure:
