@@ -760,6 +760,25 @@ class ActionTests(TestCase):
         self.assertIs(a.relay.config, config)
         self.assertEqual([r["name"] for r in (await a.status())["routes"]], ["chat"])
 
+    async def test_reloadRejectedRedacted(self) -> None:
+        """
+        The 400 answer to C{POST /reload} names a bad backend URL without
+        its user information or query, which may hold a secret.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        with open(a.path, "a") as f:
+            f.write(
+                "[route:more]\npath = /more\n"
+                "backends = ws://u:SECRET@h/?apikey=SECRET colour=red\n"
+            )
+        answer = await a.post("/reload")
+        self.assertEqual(answer.status, 400)
+        self.assertIn(
+            "'colour' after ws://REDACTED@h/?REDACTED", answer.json()["error"]
+        )
+        self.assertNotIn(b"SECRET", answer.body)
+
     async def test_reload(self) -> None:
         """
         C{POST /reload} applies the file again and answers with the routes

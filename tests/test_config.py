@@ -1009,6 +1009,45 @@ class BackendTests(SynchronousTestCase):
             "expected a whole number between 1 and 1000 as weight of ws://a/, got '0'",
         )
 
+    def test_secretsNotShown(self) -> None:
+        """
+        A configuration error about a backend shows its URL without user
+        information, query or fragment, which may hold a secret: the
+        message reaches logs and the answer to the admin API's
+        C{POST /reload}.  It still says which URL it is about.
+        """
+        for value in [
+            "http://u:SECRET@a/?k=SECRET",
+            "ws://u:SECRET@a/",
+            "ws://a/?k=SECRET#f",
+            "ws://a/#SECRET",
+            "ws://a:0/?k=SECRET",
+            "ws://a:x/?k=SECRET",
+            "ws://a_b!/?k=SECRET",
+            "ws://[::1/?k=SECRET",
+            "ws://a/?k=SECRET\u00fc",
+            "ws:u:SECRET@a/",
+            "ws://a/?k=SECRET colour=red",
+            "ws://a/?k=SECRET name=a name=b",
+            "ws://a/?k=SECRET weight=0",
+            "ws://a/?k=SECRET name=a!",
+            "k=SECRET ws://a/",
+        ]:
+            e = self.assertRaises(
+                ConfigError, parse, ini(withKey("route", "backends", value))
+            )
+            self.assertNotIn("SECRET", str(e), value)
+        e = self.assertRaises(
+            ConfigError,
+            parse,
+            ini(withKey("route", "backends", "ws://u:SECRET@a:1/x?k=SECRET")),
+        )
+        self.assertEqual(
+            e.problem,
+            "expected a ws:// or wss:// URL with a host and no user information,"
+            " got 'ws://REDACTED@a:1/x?REDACTED'",
+        )
+
     def test_fromURL(self) -> None:
         """
         L{BackendConfig.fromURL} builds a backend from its parts and raises

@@ -175,7 +175,10 @@ def redactURL(url: str) -> str:
     A backend URL's query (and user information, though the configuration
     refuses it) often holds a secret, such as C{?apikey=...}: each is
     replaced by C{REDACTED}, so that the reader still sees that there was
-    one.
+    one.  So is a fragment, and, in a URL without C{//} (a typo such as
+    C{ws:user:pass@host}), whatever comes before an C{@}.  Configuration
+    errors show bad URLs this way too, since they reach logs and the
+    admin API's answers.
 
     @return: C{url} without its user information, query and fragment.
     """
@@ -184,11 +187,16 @@ def redactURL(url: str) -> str:
     except ValueError:
         return "REDACTED"
     netloc = parts.netloc
+    path = parts.path
     if "@" in netloc:
         netloc = "REDACTED@" + netloc.rpartition("@")[2]
-    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    elif not netloc and "@" in path:
+        path = "REDACTED@" + path.rpartition("@")[2]
+    shown = urlunsplit((parts.scheme, netloc, path, "", ""))
     if parts.query:
         shown += "?REDACTED"
+    if parts.fragment:
+        shown += "#REDACTED"
     return shown
 
 
@@ -243,33 +251,34 @@ class BackendConfig:
             acceptable; the message says why, in one line.
         """
         what = "a ws:// or wss:// URL with a host"
+        shown = redactURL(url)
         if not _PRINTABLE_ASCII.match(url):
-            raise _BadValue(_expected(what + " (printable ASCII only)", url))
+            raise _BadValue(_expected(what + " (printable ASCII only)", shown))
         try:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as e:
-            raise _BadValue(_expected(what, url) + f" ({e})") from None
+            raise _BadValue(_expected(what, shown) + f" ({e})") from None
         if parts.scheme not in ("ws", "wss"):
-            raise _BadValue(_expected(what, url))
+            raise _BadValue(_expected(what, shown))
         if "@" in parts.netloc:
-            raise _BadValue(_expected(what + " and no user information", url))
+            raise _BadValue(_expected(what + " and no user information", shown))
         if "#" in url:
-            raise _BadValue(_expected(what + " and no fragment", url))
+            raise _BadValue(_expected(what + " and no fragment", shown))
         host = _normaliseHost(parts.hostname or "")
         if host is None or (":" in host) != parts.netloc.startswith("["):
-            raise _BadValue(_expected(what + " name or IP address", url))
+            raise _BadValue(_expected(what + " name or IP address", shown))
         secure = parts.scheme == "wss"
         if port is None:
             port = 443 if secure else 80
         elif port == 0:
-            raise _BadValue(_expected(what + " and a port from 1 to 65535", url))
+            raise _BadValue(_expected(what + " and a port from 1 to 65535", shown))
         if name is None:
             name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         elif not _BACKEND_NAME.match(name):
             raise _BadValue(
                 _expected(
-                    f"a name of letters, digits and '_.:[]-' for {redactURL(url)}",
+                    f"a name of letters, digits and '_.:[]-' for {shown}",
                     name,
                 )
             )
@@ -762,15 +771,15 @@ def _parseBackends(value: str, context: _Context) -> tuple[BackendConfig, ...]:
             continue
         name = option.group(1).lower()
         if not items:
-            raise _BadValue(f"option {token!r} comes before any backend URL")
+            raise _BadValue(f"option {name!r} comes before any backend URL")
         url, options = items[-1]
         if name not in _BACKEND_OPTIONS:
             raise _BadValue(
-                f"unknown backend option {name!r} after {url}; known options: "
-                + ", ".join(_BACKEND_OPTIONS)
+                f"unknown backend option {name!r} after {redactURL(url)};"
+                " known options: " + ", ".join(_BACKEND_OPTIONS)
             )
         if name in options:
-            raise _BadValue(f"option {name!r} given twice for {url}")
+            raise _BadValue(f"option {name!r} given twice for {redactURL(url)}")
         options[name] = option.group(2)
     if not items:
         raise _BadValue(_expected("one or more ws:// or wss:// URLs", value))
