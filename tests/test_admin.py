@@ -30,9 +30,10 @@ from websockets.sync.client import ClientConnection
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_proxy import closedPort, waitFor
+from tests.test_tls import makeCertificates
 from wsrelay import __version__
 from wsrelay.admin import DASHBOARD, RelayCollector, adminSite, hostAllowed
-from wsrelay.config import parseConfig
+from wsrelay.config import ConfigError, parseConfig
 from wsrelay.service import RelayService
 
 TOKEN = "s3cret-t0ken"
@@ -384,6 +385,43 @@ class ExposureTests(TestCase):
                 f"[relay]\nlisten = tcp:0\nadmin = {given}\n" + route, "r.ini"
             )
             self.assertEqual(config.admin, used)
+
+    def test_loopbackFailsClosed(self) -> None:
+        """
+        Whether C{admin} names an interface is read from its arguments, as
+        Twisted parses them, not from the text: C{interface=} inside
+        another argument's value names none, and a listener type whose
+        interface the relay cannot tell is refused with one line unless it
+        names one.  C{haproxy:} in front of C{tcp:} changes nothing, and an
+        interface given as a positional argument is kept.
+        """
+        directory = os.path.join(self.mktemp(), "interface=")
+        os.makedirs(directory)
+        certs = makeCertificates(directory, ["localhost"])
+        ssl = f"ssl:9190:privateKey={certs['key']}:certKey={certs['cert']}"
+        route = "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+
+        def admin(given: str) -> str | None:
+            text = f"[relay]\nlisten = tcp:0\nadmin = {given}\n" + route
+            return parseConfig(text, "r.ini").admin
+
+        for given, used in [
+            (ssl, ssl + ":interface=127.0.0.1"),
+            ("haproxy:tcp:9190", "haproxy:tcp:9190:interface=127.0.0.1"),
+            ("HAPROXY:TCP6:9190", "HAPROXY:TCP6:9190:interface=\\:\\:1"),
+            ("haproxy:unix:/tmp/admin.sock", "haproxy:unix:/tmp/admin.sock"),
+            ("tcp:9190:192.0.2.1", "tcp:9190:192.0.2.1"),
+            ("tcp6:9190:50:\\:\\:1", "tcp6:9190:50:\\:\\:1"),
+        ]:
+            self.assertEqual(admin(given), used)
+        for given in [
+            "autobahn:tcp\\:9190:url=ws\\://h/?interface=x",
+            "stdio:",
+        ]:
+            e = self.assertRaises(ConfigError, admin, given)
+            self.assertEqual((e.section, e.key), ("relay", "admin"), given)
+            self.assertIn("add interface=127.0.0.1", e.problem)
+            self.assertEqual(str(e).splitlines(), [str(e)])
 
     async def test_redacted(self) -> None:
         """

@@ -30,6 +30,7 @@ from wsrelay.config import (
     DemoConfig,
     RelayConfig,
     RouteConfig,
+    _endpointArguments,
     loadConfig,
     parseConfig,
 )
@@ -1061,6 +1062,34 @@ class BackendTests(SynchronousTestCase):
         self.assertRaises(ValueError, BackendConfig.fromURL, "http://a/")
         self.assertRaises(ValueError, BackendConfig.fromURL, "ws://a/", "a b")
         self.assertRaises(ValueError, BackendConfig.fromURL, "ws://a/", None, 0)
+
+
+class EndpointArgumentsTests(SynchronousTestCase):
+    """
+    L{_endpointArguments} splits an endpoint string as Twisted does.
+    """
+
+    def test_likeTwisted(self) -> None:
+        """
+        Positional and keyword arguments, escaped C{:} and C{=}, and a
+        value holding C{=} come out as Twisted's own parser gives them (a
+        private function: if Twisted renames it, this test says so).
+        """
+        from twisted.internet.endpoints import _parse
+
+        for description in [
+            "tcp:9090",
+            "tcp:9090:interface=127.0.0.1:backlog=5",
+            "tcp6:9090:interface=\\:\\:1",
+            "ssl:0:privateKey=/a/interface=/k.pem:certKey=c=d",
+            "autobahn:tcp\\:9190:url=ws\\://h/?interface=x",
+            "haproxy:tcp:9090:",
+            "unix:/tmp/a\\=b.sock:mode=600",
+        ]:
+            self.assertEqual(
+                _endpointArguments(description), _parse(description), description
+            )
+        self.assertRaises(ValueError, _endpointArguments, "tcp:1\\")
 
 
 class PluginKeyTests(SynchronousTestCase):

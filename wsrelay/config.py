@@ -429,8 +429,9 @@ class RelayConfig:
         normalised (C{"10.0.0.1/32"}).
     @ivar pluginPath: Absolute directories searched for plugins.
     @ivar admin: Server endpoint string of the admin listener, or L{None};
-        a C{tcp:}, C{tcp6:} or C{ssl:} one given without C{interface=} is
-        made to listen on loopback.
+        a C{tcp:}, C{tcp6:} or C{ssl:} one given without an interface is
+        made to listen on loopback, and other types (but C{unix:} and
+        C{systemd:}) must name theirs.
     @ivar adminHosts: Host names (lower case) the admin listener answers
         for, besides IP literals and C{localhost}.
     @ivar adminTokenFile: Absolute path of the file holding the bearer
@@ -584,28 +585,96 @@ def _checkServerEndpoint(description: str) -> str:
     return description
 
 
-#: Interfaces that mean every interface, as a listener records them.
-_EVERY_INTERFACE = ("", "0.0.0.0", "::")
+#: Where C{tcp:}, C{tcp6:} and C{ssl:} take their interface as a positional
+#: argument, counting the type as argument 0 (C{tcp:PORT:INTERFACE}, and
+#: see C{twisted.internet.endpoints}' parsers for the others).
+_INTERFACE_POSITION = {"tcp": 2, "tcp6": 3, "ssl": 5}
+
+#: The loopback interface, quoted for an endpoint string, per listener type.
+_LOOPBACK = {"tcp": "127.0.0.1", "ssl": "127.0.0.1", "tcp6": "\\:\\:1"}
+
+#: Listener types that never listen on a network interface of their own.
+_NOT_NETWORK = ("unix", "systemd")
+
+
+def _endpointArguments(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split a server endpoint string into its arguments with the quoting
+    rules of Twisted's C{serverFromString}: C{:} separates arguments, the
+    first C{=} of one separates its name from its value, and a backslash
+    takes the next character as it is.
+
+    @return: The positional arguments, the type first, and the keyword
+        arguments.
+    @raise ValueError: When C{description} ends with a lone backslash.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    name: str | None = None
+    current: list[str] = []
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            escaped = next(characters, None)
+            if escaped is None:
+                raise ValueError("ends with a lone backslash")
+            current.append(escaped)
+        elif character == "=" and name is None:
+            name = "".join(current)
+            current = []
+        elif character == ":":
+            if name is None:
+                args.append("".join(current))
+            else:
+                kwargs[name] = "".join(current)
+            name = None
+            current = []
+        else:
+            current.append(character)
+    if name is None:
+        args.append("".join(current))
+    else:
+        kwargs[name] = "".join(current)
+    return args, kwargs
 
 
 def _parseAdminEndpoint(value: str, context: _Context) -> str:
     """
-    Parse C{admin}: a server endpoint string that, without C{interface=},
+    Parse C{admin}: a server endpoint string that, without an interface,
     listens on loopback rather than on every interface (C{/status} needs
     no token).
+
+    A C{tcp:}, C{tcp6:} or C{ssl:} listener (also behind C{haproxy:})
+    without an interface gets C{interface=} loopback; C{unix:} and
+    C{systemd:} ones are kept as written, and any other type must name
+    its interface: the relay cannot tell where it would listen.
     """
     description = _parseEndpoint(value, context)
-    if "interface=" in description:
+    args, kwargs = _endpointArguments(description)
+    offset = 1 if args[0].lower() == "haproxy" and len(args) > 1 else 0
+    kind = args[offset].lower()
+    if kind in _NOT_NETWORK:
         return description
-    interface = _listensOn(description)
-    if interface not in _EVERY_INTERFACE:
+    if "interface" in kwargs:
         return description
-    loopback = "\\:\\:1" if interface == "::" else "127.0.0.1"
-    safe = f"{description}:interface={loopback}"
-    if _listensOn(safe) not in ("127.0.0.1", "::1"):
+    if kind not in _INTERFACE_POSITION:
         raise _BadValue(
-            f"{description!r} would listen on every interface; add"
-            " interface=127.0.0.1 (or the address to serve the admin API on)"
+            f"cannot tell which interface {description!r} listens on; add"
+            " interface=127.0.0.1 (or the address to serve the admin API on),"
+            " or use a tcp:, tcp6:, ssl: or unix: endpoint"
+        )
+    if len(args) > offset + _INTERFACE_POSITION[kind]:
+        return description
+    safe = f"{description}:interface={_LOOPBACK[kind]}"
+    try:
+        interface = _listensOn(safe)
+    except Exception as e:
+        interface = str(e) or type(e).__name__
+    if interface not in ("127.0.0.1", "::1"):
+        raise _BadValue(
+            f"{description!r} cannot be made to listen on loopback"
+            f" ({interface}); add interface=127.0.0.1 (or the address to"
+            " serve the admin API on)"
         )
     return safe
 
@@ -614,13 +683,12 @@ def _listensOn(description: str) -> str | None:
     """
     @return: The interface a TCP or TLS server endpoint string listens on
         (C{""} or C{"::"} for every one), or L{None} for another kind of
-        listener, or one that cannot be made.
+        listener.
+    @raise Exception: Whatever Twisted raises when it cannot make the
+        listener.
     """
     reactor = MemoryReactor()
-    try:
-        serverFromString(reactor, description).listen(Factory())
-    except Exception:
-        return None
+    serverFromString(reactor, description).listen(Factory())
     for server in reactor.tcpServers:
         return str(server[3])
     for server in reactor.sslServers:
