@@ -496,7 +496,8 @@ class ExposureTests(TestCase):
     def test_hostAllowed(self) -> None:
         """
         L{hostAllowed} takes IP literals, C{localhost} and the listed names,
-        ports aside, and nothing else.
+        each with or without a port, and nothing else: no user information,
+        spaces, path or second port around them.
         """
         allowed = ("admin.example.com",)
         for host in [
@@ -516,6 +517,21 @@ class ExposureTests(TestCase):
             b"\xff",
             b"localhost.evil",
             b"10.1.2.3.evil",
+            b"localhost:80@evil.com",
+            b"127.0.0.1:80@evil.com",
+            b"user@localhost",
+            b" 127.0.0.1 ",
+            b"localhost ",
+            b"127.0.0.1\n",
+            b"localhost:",
+            b"localhost:80:80",
+            b"localhost:8o",
+            b"[::1]x",
+            b"[::1]:80/evil",
+            b"[1.2.3.4]",
+            b"[admin.example.com]",
+            b"localhost/evil",
+            b"",
         ]:
             self.assertFalse(hostAllowed(host, allowed), host)
 
