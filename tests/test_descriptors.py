@@ -29,6 +29,7 @@ from twisted.internet.error import (
     ConnectBindError,
     ConnectError,
     ConnectionRefusedError,
+    DNSLookupError,
     getConnectError,
 )
 from twisted.internet.task import Clock
@@ -47,7 +48,13 @@ from tests.faultbackend import (
 )
 from wsrelay import descriptors
 from wsrelay.config import ConfigError, loadConfig, parseConfig
-from wsrelay.descriptors import Limit, Shortage, isLocalError, raiseLimit
+from wsrelay.descriptors import (
+    Limit,
+    Shortage,
+    isLocalError,
+    isShortageError,
+    raiseLimit,
+)
 from wsrelay.frontend import Refused
 from wsrelay.health import HealthMonitor, tcp
 from wsrelay.routing import ConnectionInfo
@@ -143,18 +150,20 @@ class LimitTests(SynchronousTestCase):
 
     def test_isLocalError(self) -> None:
         """
-        Out of descriptors (the process's or the system's), of local ports
-        or of buffers is local, however Twisted reports it; a backend that
-        refuses or does not answer is not.
+        Out of descriptors (the process's or the system's) or of buffers is
+        local, however Twisted reports it; a backend that refuses or does
+        not answer is not, and neither (by itself) is C{EADDRNOTAVAIL} or a
+        failed name lookup.
         """
         for local in [
             ConnectBindError(errno.EMFILE, "Too many open files"),
-            getConnectError((errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))),
             getConnectError((errno.ENOBUFS, os.strerror(errno.ENOBUFS))),
             OSError(errno.ENFILE, os.strerror(errno.ENFILE)),
         ]:
             self.assertTrue(isLocalError(local), local)
         for remote in [
+            getConnectError((errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))),
+            DNSLookupError("not found"),
             ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
             getConnectError((errno.EHOSTUNREACH, "unreachable")),
             ConnectError(string="anything"),
@@ -162,6 +171,11 @@ class LimitTests(SynchronousTestCase):
             None,
         ]:
             self.assertFalse(isLocalError(remote), remote)
+        self.assertTrue(
+            isShortageError(getConnectError((errno.EADDRNOTAVAIL, "no address")))
+        )
+        self.assertTrue(isShortageError(DNSLookupError("not found")))
+        self.assertFalse(isShortageError(ConnectBindError(errno.EMFILE, "files")))
 
 
 class _FailingEndpoint:
@@ -233,7 +247,9 @@ class ShortageTests(SynchronousTestCase):
             refused = self.openUpstream()
             self.assertEqual(refused.code, 503)
             self.assertIn(("Retry-After", "1"), refused.headers)
-        self.assertEqual([e.attempts for e in endpoints], [20, 20])
+        # One connect per client: out of descriptors, the next backend
+        # would fail the same way.
+        self.assertEqual(sum(e.attempts for e in endpoints), 20)
         for backend in self.route.backends:
             self.assertEqual((backend.healthy, backend.failures), (True, 0))
         self.assertEqual(len(self.events), 1)
@@ -257,7 +273,7 @@ class ShortageTests(SynchronousTestCase):
             ConnectionRefusedError(errno.ECONNREFUSED, "refused")
         )
         two.endpoint = _FailingEndpoint(
-            getConnectError((errno.EADDRNOTAVAIL, "no local port"))
+            ConnectBindError(errno.ENFILE, "Too many open files in system")
         )
         refused = self.openUpstream()
         self.assertEqual(refused.code, 503)
@@ -265,7 +281,79 @@ class ShortageTests(SynchronousTestCase):
         two.endpoint = _FailingEndpoint(
             ConnectionRefusedError(errno.ECONNREFUSED, "refused")
         )
+        self.clock.advance(Shortage.interval)
         self.assertEqual(self.openUpstream().code, 502)
+
+    def test_shortageErrors(self) -> None:
+        """
+        C{EADDRNOTAVAIL} (a C{ws://[::1]} backend on a host without IPv6)
+        and a failed name lookup are the backend's failures while the relay
+        has descriptors to spare: 502, and each backend counts one.  While
+        it is short of them (no socket can be opened), they are the
+        relay's: 503 with C{Retry-After}, nothing counted, and no other
+        backend tried.
+        """
+        one, two = self.route.backends
+        for error in [
+            getConnectError((errno.EADDRNOTAVAIL, "no local address")),
+            DNSLookupError("address 'backend.example' not found"),
+        ]:
+            one.failures = two.failures = 0
+            one.endpoint = _FailingEndpoint(error)
+            two.endpoint = _FailingEndpoint(error)
+            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+            self.assertEqual(self.openUpstream().code, 502, error)
+            self.assertEqual((one.failures, two.failures), (1, 1), error)
+            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: False)
+            refused = self.openUpstream()
+            self.assertEqual(refused.code, 503, error)
+            self.assertIn(("Retry-After", "1"), refused.headers)
+            self.assertEqual((one.failures, two.failures), (1, 1), error)
+            self.assertEqual(one.endpoint.attempts + two.endpoint.attempts, 3)
+
+    def test_shortAfterExhaustion(self) -> None:
+        """
+        After a connect failed with C{EMFILE}, the relay counts as short of
+        descriptors for L{Shortage.interval}: a failed name lookup in that
+        time is not the backend's; after it, it is.
+        """
+        one, two = self.route.backends
+        for backend in (one, two):
+            backend.endpoint = _FailingEndpoint(
+                ConnectBindError(errno.EMFILE, "Too many open files")
+            )
+        self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+        self.assertEqual(self.openUpstream().code, 503)
+        for backend in (one, two):
+            backend.endpoint = _FailingEndpoint(DNSLookupError("lookup failed"))
+        self.clock.advance(Shortage.interval / 2)
+        self.assertEqual(self.openUpstream().code, 503)
+        self.assertEqual((one.failures, two.failures), (0, 0))
+        self.clock.advance(Shortage.interval / 2)
+        self.assertEqual(self.openUpstream().code, 502)
+        self.assertEqual((one.failures, two.failures), (1, 1))
+
+    def test_canOpen(self) -> None:
+        """
+        L{descriptors.canOpen} says whether a socket can be opened: yes
+        here, no when the soft limit leaves no descriptor free.
+        """
+        self.assertTrue(descriptors.canOpen())
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        spare = []
+        try:
+            while True:
+                spare.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as e:
+            self.assertEqual(e.errno, errno.EMFILE)
+        try:
+            self.assertFalse(descriptors.canOpen())
+        finally:
+            for fd in spare:
+                os.close(fd)
 
     def test_healthCheck(self) -> None:
         """

@@ -10,27 +10,37 @@ for, and refuses to start when C{max_connections} cannot fit.
 
 When descriptors run out anyway, that is the relay's problem, not the
 backend's: a connect that fails for want of a local resource
-(L{isLocalError}) is never counted against the backend, the client is told
-to come back (503 with C{Retry-After}), and the condition is logged once
-per L{Shortage.interval}, not once per connection.
+(L{isLocalError}) is never counted against the backend, no other backend
+is tried, the client is told to come back (503 with C{Retry-After}), and
+the condition is logged once per L{Shortage.interval}, not once per
+connection.  A failed name lookup or C{EADDRNOTAVAIL} (L{isShortageError})
+is treated so only while the relay is L{Shortage.short}; otherwise it is
+the backend's failure.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 #: Errors of a connect that say the relay's host is out of something
-#: (descriptors for the process or the system, local ports, buffers), not
-#: that the backend failed.
-LOCAL_ERRNOS = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL, errno.ENOBUFS}
-)
+#: (descriptors for the process or the system, buffers), not that the
+#: backend failed: the next backend would fail the same way.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS})
+
+#: Errors of a connect that are the relay's when it is short of
+#: descriptors, and the backend's otherwise: C{EADDRNOTAVAIL} is also what
+#: a C{ws://[::1]} backend gives on a host without IPv6.  (A failed name
+#: lookup, L{DNSLookupError}, is the same: under C{EMFILE} the resolver
+#: cannot open its socket.)
+SHORTAGE_ERRNOS = frozenset({errno.EADDRNOTAVAIL})
 
 #: Descriptors kept for everything but client connections and their
 #: upstreams: standard streams and logs, the reactor's own, the listening
@@ -58,13 +68,44 @@ def isLocalError(error: object) -> bool:
         example C{ConnectBindError} when no socket can be made) whose
         C{osError} is the number.
     """
+    return _errno(error) in LOCAL_ERRNOS
+
+
+def isShortageError(error: object) -> bool:
+    """
+    @return: Whether C{error}, the reason a connect failed, is the relay's
+        when it is short of descriptors and the backend's otherwise: one of
+        L{SHORTAGE_ERRNOS}, or a failed name lookup.
+    """
+    return isinstance(error, DNSLookupError) or _errno(error) in SHORTAGE_ERRNOS
+
+
+def _errno(error: object) -> int | None:
+    """
+    @return: The C{errno} of a L{ConnectError} (its C{osError}) or an
+        L{OSError}, or L{None}.
+    """
     if isinstance(error, ConnectError):
-        number = error.osError
-    elif isinstance(error, OSError):
-        number = error.errno
-    else:
-        return False
-    return number in LOCAL_ERRNOS
+        number: int | None = error.osError
+        return number
+    if isinstance(error, OSError):
+        return error.errno
+    return None
+
+
+def canOpen() -> bool:
+    """
+    @return: Whether the process can open one more socket now (it is
+        closed at once): L{False} when that fails for want of descriptors
+        or buffers.
+    """
+    try:
+        socket.socket().close()
+    except OSError as e:
+        if e.errno in LOCAL_ERRNOS:
+            return False
+        raise
+    return True
 
 
 @dataclass(frozen=True)
@@ -150,9 +191,21 @@ class Shortage:
     #: Seconds between two log events about it.
     interval = 10.0
 
-    def __init__(self, clock: IReactorTime, limit: Limit | None) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        limit: Limit | None,
+        canOpen: Callable[[], bool] = canOpen,
+    ) -> None:
+        """
+        @param clock: Times the reports and L{short}.
+        @param limit: The limit in force, for the reports.
+        @param canOpen: Says whether a descriptor can be opened now.
+        """
         self._clock = clock
         self._limit = limit
+        self._canOpen = canOpen
+        self._exhausted: float | None = None
         self._last: float | None = None
         self._unreported = 0
         self.refused = 0
@@ -179,3 +232,24 @@ class Shortage:
             interval=self.interval,
         )
         self._unreported = 0
+
+    def exhausted(self) -> None:
+        """
+        A connect failed for want of descriptors or buffers
+        (L{LOCAL_ERRNOS}): the relay is L{short} for L{interval} seconds.
+        """
+        self._exhausted = self._clock.seconds()
+
+    def short(self) -> bool:
+        """
+        @return: Whether the relay is short of descriptors: a connect failed
+            for want of them less than L{interval} seconds ago, or no
+            socket can be opened now.  Only then is an error of
+            L{isShortageError} the relay's rather than the backend's.
+        """
+        if (
+            self._exhausted is not None
+            and self._clock.seconds() - self._exhausted < self.interval
+        ):
+            return True
+        return not self._canOpen()
