@@ -34,7 +34,7 @@ from twisted.internet.error import (
 )
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, Logger
+from twisted.logger import LogEvent, Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
@@ -64,7 +64,7 @@ from wsrelay.service import RelayService
 HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 #: The line the relay logs when it refuses clients for want of descriptors.
-SHORTAGE = "new clients with 503 since the last report"
+SHORTAGE = "new clients with 503"
 
 
 class FakeRLimit:
@@ -256,11 +256,40 @@ class ShortageTests(SynchronousTestCase):
         self.assertEqual(self.events[0]["refused"], 1)
         self.assertIn("Too many open files", self.events[0]["why"])
         self.clock.advance(Shortage.interval)
-        self.openUpstream()
-        self.assertEqual(len(self.events), 2)
         # The clients refused since the first report.
-        self.assertEqual(self.events[1]["refused"], 20)
+        self.assertEqual(len(self.events), 2)
+        self.assertEqual(self.events[1]["suppressed"], 19)
+        self.assertIn("Too many open files", self.events[1]["why"])
+        self.openUpstream()
+        self.assertEqual(len(self.events), 3)
+        self.assertEqual(self.events[2]["refused"], 1)
         self.assertEqual(self.relay.shortage.refused, 21)
+
+    def test_lastBurstReported(self) -> None:
+        """
+        Refusals after the last report are reported at the end of the
+        interval, even when none follows; a stopping relay reports them at
+        once and leaves no timer behind.
+        """
+        shortage = Shortage(self.clock, Limit(1024, 1024, 4096))
+        for _ in range(5):
+            shortage.occurred("no descriptor")
+        self.assertEqual(len(self.events), 1)
+        self.clock.advance(Shortage.interval - 0.5)
+        self.assertEqual(len(self.events), 1)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.events), 2)
+        self.assertEqual(
+            (self.events[1]["suppressed"], self.events[1]["soft"]), (4, 1024)
+        )
+        self.assertIn("refused 4 more new clients", formatEvent(self.events[1]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        for _ in range(3):
+            self.relay.shortage.occurred("no descriptor")
+        self.successResultOf(self.relay.stopService())
+        self.assertEqual(self.events[-1]["suppressed"], 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(shortage.refused, 5)
 
     def test_realFailureStillCounts(self) -> None:
         """
@@ -523,8 +552,9 @@ class ProcessTests(SynchronousTestCase):
                 log = relay.logText()
                 reports = [line for line in log.splitlines() if SHORTAGE in line]
                 self.assertGreaterEqual(len(reports), 1, log[-3000:])
+                # Per interval: the first refusal, and one line counting the rest.
                 self.assertLessEqual(
-                    len(reports), 1 + int(elapsed // Shortage.interval), reports
+                    len(reports), 2 * (1 + int(elapsed // Shortage.interval)), reports
                 )
                 self.assertNotIn("backend echo failed", log)
                 self.assertNotIn("is down", log)
@@ -583,7 +613,7 @@ class ProcessTests(SynchronousTestCase):
                 log = relay.logText()
                 self.assertNotIn("EMFILE", log)
                 self.assertNotIn("Could not accept", log)
-                self.assertLessEqual(log.count(SHORTAGE), 2, log[-3000:])
+                self.assertLessEqual(log.count(SHORTAGE), 4, log[-3000:])
             finally:
                 for s in silent:
                     s.close()

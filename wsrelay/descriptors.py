@@ -30,6 +30,8 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from wsrelay.logs import ErrorBudget
+
 #: Errors of a connect that say the relay's host is out of something
 #: (descriptors for the process or the system, buffers), not that the
 #: backend failed: the next backend would fail the same way.
@@ -181,7 +183,9 @@ def raiseLimit(maxConnections: int, rlimit: Any = None) -> Limit:
 class Shortage:
     """
     Clients refused because the relay is out of descriptors (or another
-    local resource): counted, and logged at most once per L{interval}.
+    local resource): counted, and logged at most once per L{interval}
+    (through an L{ErrorBudget}: the first refusal of a window is logged,
+    and at the window's end one line says how many more there were).
 
     @ivar refused: Clients refused so far.
     """
@@ -206,32 +210,45 @@ class Shortage:
         self._limit = limit
         self._canOpen = canOpen
         self._exhausted: float | None = None
-        self._last: float | None = None
-        self._unreported = 0
+        self._budget = ErrorBudget(
+            clock,
+            1,
+            self.interval,
+            "refused {suppressed} more new clients with 503 in the last"
+            " {interval:g}s: the relay is short of file descriptors or local"
+            " ports ({why}); open-file limit {soft}",
+        )
+        self._budget.log = self.log
         self.refused = 0
 
     def occurred(self, why: str) -> None:
         """
-        A client was refused with 503 for C{why}; log it unless this was
-        logged less than L{interval} seconds ago.
+        A client was refused with 503 for C{why}; log it unless another was
+        logged less than L{interval} seconds ago (then the count is logged
+        at the end of the interval).
         """
         self.refused += 1
-        self._unreported += 1
-        now = self._clock.seconds()
-        if self._last is not None and now - self._last < self.interval:
-            return
-        self._last = now
         limit = self._limit
+        soft = "unknown" if limit is None else limit.soft
+        self._budget.fields = {"why": why, "soft": soft}
+        if not self._budget.allow():
+            return
         self.log.warn(
-            "refused {refused} new clients with 503 since the last report: the"
-            " relay is short of file descriptors or local ports ({why});"
-            " open-file limit {soft}; reported at most every {interval:g}s",
-            refused=self._unreported,
+            "refused {refused} new clients with 503: the relay is short of"
+            " file descriptors or local ports ({why}); open-file limit {soft};"
+            " further refusals reported every {interval:g}s",
+            refused=1,
             why=why,
-            soft="unknown" if limit is None else limit.soft,
+            soft=soft,
             interval=self.interval,
         )
-        self._unreported = 0
+
+    def flush(self) -> None:
+        """
+        Log how many refusals have not been reported yet, if any, now (the
+        relay stopping).
+        """
+        self._budget.flush()
 
     def exhausted(self) -> None:
         """

@@ -378,6 +378,7 @@ class RelayService(MultiService):
         close handshakes (each bounded by C{close_timeout}).
         """
         stopped = super().stopService()
+        self.shortage.flush()
         for route in self.routes.routes:
             route.monitor.stop()
         for call in self._draining.values():
