@@ -101,11 +101,11 @@ class LimitTests(SynchronousTestCase):
     L{raiseLimit}, L{Limit} and L{isLocalError}.
     """
 
-    def test_raisedToHard(self) -> None:
+    def test_raised(self) -> None:
         """
-        The soft limit is raised to the hard one, as HAProxy does; the
-        capacity is what is left after L{descriptors.RESERVED}, two
-        descriptors per proxied connection.
+        The soft limit is raised to L{descriptors.DEFAULT_SOFT} when the
+        hard one allows; the capacity is what is left after
+        L{descriptors.RESERVED}, two descriptors per proxied connection.
         """
         rlimit = FakeRLimit(1024, 65536)
         limit = raiseLimit(0, rlimit)
@@ -114,24 +114,55 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(limit.budget, 65536 - descriptors.RESERVED)
         self.assertEqual(limit.capacity, (65536 - descriptors.RESERVED) // 2)
 
+    def test_notToAHugeHardLimit(self) -> None:
+        """
+        With a hard limit of 2**30 (some containers'), the soft limit goes
+        to L{descriptors.DEFAULT_SOFT}, or to what C{max_connections}
+        needs when that is more, as HAProxy computes its C{maxsock}; not
+        to the hard limit.
+        """
+        rlimit = FakeRLimit(1024, 2**30)
+        self.assertEqual(raiseLimit(0, rlimit), Limit(1024, 65536, 2**30))
+        self.assertEqual(rlimit.set, [(65536, 2**30)])
+        rlimit = FakeRLimit(1024, 2**30)
+        limit = raiseLimit(100_000, rlimit)
+        self.assertEqual(rlimit.set, [(200_064, 2**30)])
+        self.assertIsNone(limit.problem(100_000))
+
+    def test_cappedByHard(self) -> None:
+        """
+        A hard limit below what is wanted is as far as the soft one goes;
+        then the problem says so.
+        """
+        rlimit = FakeRLimit(1024, 4096)
+        limit = raiseLimit(3000, rlimit)
+        self.assertEqual(rlimit.set, [(4096, 4096)])
+        self.assertIsNotNone(limit.problem(3000))
+
     def test_neverLowered(self) -> None:
         """
-        A soft limit already at the hard one is left alone.
+        A soft limit already at the hard one, or above what is wanted, is
+        left alone.
         """
         rlimit = FakeRLimit(4096, 4096)
         self.assertEqual(raiseLimit(100, rlimit), Limit(4096, 4096, 4096))
         self.assertEqual(rlimit.set, [])
+        rlimit = FakeRLimit(100_000, 2**30)
+        self.assertEqual(raiseLimit(100, rlimit), Limit(100_000, 100_000, 2**30))
+        self.assertEqual(rlimit.set, [])
 
     def test_noHardLimit(self) -> None:
         """
-        Without a hard limit, the soft one is raised to what
-        C{max_connections} needs (not to infinity, which some systems
-        refuse).
+        Without a hard limit, the soft one is raised the same way (not to
+        infinity, which some systems refuse).
         """
         rlimit = FakeRLimit(256, resource.RLIM_INFINITY)
         limit = raiseLimit(1000, rlimit)
-        self.assertEqual(rlimit.set, [(2064, resource.RLIM_INFINITY)])
-        self.assertEqual(limit.soft, 2064)
+        self.assertEqual(rlimit.set, [(65536, resource.RLIM_INFINITY)])
+        self.assertEqual(limit.soft, 65536)
+        rlimit = FakeRLimit(256, resource.RLIM_INFINITY)
+        raiseLimit(50_000, rlimit)
+        self.assertEqual(rlimit.set, [(100_064, resource.RLIM_INFINITY)])
 
     def test_problem(self) -> None:
         """

@@ -4,9 +4,10 @@ Open files: the relay's limit, its capacity, and running out.
 
 Every client connection is a descriptor, and so is every connection to a
 backend.  A shell's soft C{RLIMIT_NOFILE} is often 1024 while the hard one
-is far higher; as HAProxy does, the relay raises its soft limit to the hard
-one at start (L{raiseLimit}), says how many connections that leaves room
-for, and refuses to start when C{max_connections} cannot fit.
+is far higher; as HAProxy does, the relay raises its soft limit at start
+(L{raiseLimit}), as far as it needs (at least L{DEFAULT_SOFT}) and the hard
+limit allows, says how many connections that leaves room for, and refuses
+to start when C{max_connections} cannot fit.
 
 When descriptors run out anyway, that is the relay's problem, not the
 backend's: a connect that fails for want of a local resource
@@ -155,11 +156,19 @@ class Limit:
         )
 
 
+#: The soft limit of open files L{raiseLimit} raises to at least (the hard
+#: limit allowing), whatever C{max_connections} needs.
+DEFAULT_SOFT = 65536
+
+
 def raiseLimit(maxConnections: int, rlimit: Any = None) -> Limit:
     """
-    Raise the soft limit of open files to the hard one, as HAProxy does;
-    never lower it.  Without a hard limit, raise it to what
-    C{maxConnections} needs.
+    Raise the soft limit of open files, as HAProxy does: to what
+    C{maxConnections} needs, or L{DEFAULT_SOFT} if that is more, but not
+    beyond the hard limit; never lower it.  Not to the hard limit itself:
+    in containers it can be 2**20 to 2**30, and code that sizes a table by
+    the soft limit or closes every descriptor up to it (in a child before
+    C{exec}, say) then pays for each one.
 
     @param maxConnections: C{max_connections} (0 for no limit).
     @param rlimit: The L{resource} module, or a test's stand-in.
@@ -168,9 +177,9 @@ def raiseLimit(maxConnections: int, rlimit: Any = None) -> Limit:
     if rlimit is None:
         import resource as rlimit
     soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
-    target = hard
-    if hard == rlimit.RLIM_INFINITY:
-        target = max(soft, needed(maxConnections))
+    target = max(needed(maxConnections), DEFAULT_SOFT)
+    if hard != rlimit.RLIM_INFINITY:
+        target = min(target, hard)
     if soft != rlimit.RLIM_INFINITY and soft < target:
         try:
             rlimit.setrlimit(rlimit.RLIMIT_NOFILE, (target, hard))
