@@ -30,9 +30,10 @@ from websockets.sync.client import ClientConnection
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_proxy import closedPort, waitFor
+from tests.test_tls import makeCertificates
 from wsrelay import __version__
 from wsrelay.admin import DASHBOARD, RelayCollector, adminSite, hostAllowed
-from wsrelay.config import parseConfig
+from wsrelay.config import ConfigError, parseConfig
 from wsrelay.service import RelayService
 
 TOKEN = "s3cret-t0ken"
@@ -385,6 +386,43 @@ class ExposureTests(TestCase):
             )
             self.assertEqual(config.admin, used)
 
+    def test_loopbackFailsClosed(self) -> None:
+        """
+        Whether C{admin} names an interface is read from its arguments, as
+        Twisted parses them, not from the text: C{interface=} inside
+        another argument's value names none, and a listener type whose
+        interface the relay cannot tell is refused with one line unless it
+        names one.  C{haproxy:} in front of C{tcp:} changes nothing, and an
+        interface given as a positional argument is kept.
+        """
+        directory = os.path.join(self.mktemp(), "interface=")
+        os.makedirs(directory)
+        certs = makeCertificates(directory, ["localhost"])
+        ssl = f"ssl:9190:privateKey={certs['key']}:certKey={certs['cert']}"
+        route = "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+
+        def admin(given: str) -> str | None:
+            text = f"[relay]\nlisten = tcp:0\nadmin = {given}\n" + route
+            return parseConfig(text, "r.ini").admin
+
+        for given, used in [
+            (ssl, ssl + ":interface=127.0.0.1"),
+            ("haproxy:tcp:9190", "haproxy:tcp:9190:interface=127.0.0.1"),
+            ("HAPROXY:TCP6:9190", "HAPROXY:TCP6:9190:interface=\\:\\:1"),
+            ("haproxy:unix:/tmp/admin.sock", "haproxy:unix:/tmp/admin.sock"),
+            ("tcp:9190:192.0.2.1", "tcp:9190:192.0.2.1"),
+            ("tcp6:9190:50:\\:\\:1", "tcp6:9190:50:\\:\\:1"),
+        ]:
+            self.assertEqual(admin(given), used)
+        for given in [
+            "autobahn:tcp\\:9190:url=ws\\://h/?interface=x",
+            "stdio:",
+        ]:
+            e = self.assertRaises(ConfigError, admin, given)
+            self.assertEqual((e.section, e.key), ("relay", "admin"), given)
+            self.assertIn("add interface=127.0.0.1", e.problem)
+            self.assertEqual(str(e).splitlines(), [str(e)])
+
     async def test_redacted(self) -> None:
         """
         A backend URL's query (an API key, say) shows in neither
@@ -458,7 +496,8 @@ class ExposureTests(TestCase):
     def test_hostAllowed(self) -> None:
         """
         L{hostAllowed} takes IP literals, C{localhost} and the listed names,
-        ports aside, and nothing else.
+        each with or without a port, and nothing else: no user information,
+        spaces, path or second port around them.
         """
         allowed = ("admin.example.com",)
         for host in [
@@ -478,6 +517,21 @@ class ExposureTests(TestCase):
             b"\xff",
             b"localhost.evil",
             b"10.1.2.3.evil",
+            b"localhost:80@evil.com",
+            b"127.0.0.1:80@evil.com",
+            b"user@localhost",
+            b" 127.0.0.1 ",
+            b"localhost ",
+            b"127.0.0.1\n",
+            b"localhost:",
+            b"localhost:80:80",
+            b"localhost:8o",
+            b"[::1]x",
+            b"[::1]:80/evil",
+            b"[1.2.3.4]",
+            b"[admin.example.com]",
+            b"localhost/evil",
+            b"",
         ]:
             self.assertFalse(hostAllowed(host, allowed), host)
 
@@ -759,6 +813,25 @@ class ActionTests(TestCase):
         self.assertNotIn("\n", error)
         self.assertIs(a.relay.config, config)
         self.assertEqual([r["name"] for r in (await a.status())["routes"]], ["chat"])
+
+    async def test_reloadRejectedRedacted(self) -> None:
+        """
+        The 400 answer to C{POST /reload} names a bad backend URL without
+        its user information or query, which may hold a secret.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        with open(a.path, "a") as f:
+            f.write(
+                "[route:more]\npath = /more\n"
+                "backends = ws://u:SECRET@h/?apikey=SECRET colour=red\n"
+            )
+        answer = await a.post("/reload")
+        self.assertEqual(answer.status, 400)
+        self.assertIn(
+            "'colour' after ws://REDACTED@h/?REDACTED", answer.json()["error"]
+        )
+        self.assertNotIn(b"SECRET", answer.body)
 
     async def test_reload(self) -> None:
         """

@@ -30,6 +30,7 @@ from wsrelay.config import (
     DemoConfig,
     RelayConfig,
     RouteConfig,
+    _endpointArguments,
     loadConfig,
     parseConfig,
 )
@@ -1009,6 +1010,45 @@ class BackendTests(SynchronousTestCase):
             "expected a whole number between 1 and 1000 as weight of ws://a/, got '0'",
         )
 
+    def test_secretsNotShown(self) -> None:
+        """
+        A configuration error about a backend shows its URL without user
+        information, query or fragment, which may hold a secret: the
+        message reaches logs and the answer to the admin API's
+        C{POST /reload}.  It still says which URL it is about.
+        """
+        for value in [
+            "http://u:SECRET@a/?k=SECRET",
+            "ws://u:SECRET@a/",
+            "ws://a/?k=SECRET#f",
+            "ws://a/#SECRET",
+            "ws://a:0/?k=SECRET",
+            "ws://a:x/?k=SECRET",
+            "ws://a_b!/?k=SECRET",
+            "ws://[::1/?k=SECRET",
+            "ws://a/?k=SECRET\u00fc",
+            "ws:u:SECRET@a/",
+            "ws://a/?k=SECRET colour=red",
+            "ws://a/?k=SECRET name=a name=b",
+            "ws://a/?k=SECRET weight=0",
+            "ws://a/?k=SECRET name=a!",
+            "k=SECRET ws://a/",
+        ]:
+            e = self.assertRaises(
+                ConfigError, parse, ini(withKey("route", "backends", value))
+            )
+            self.assertNotIn("SECRET", str(e), value)
+        e = self.assertRaises(
+            ConfigError,
+            parse,
+            ini(withKey("route", "backends", "ws://u:SECRET@a:1/x?k=SECRET")),
+        )
+        self.assertEqual(
+            e.problem,
+            "expected a ws:// or wss:// URL with a host and no user information,"
+            " got 'ws://REDACTED@a:1/x?REDACTED'",
+        )
+
     def test_fromURL(self) -> None:
         """
         L{BackendConfig.fromURL} builds a backend from its parts and raises
@@ -1022,6 +1062,34 @@ class BackendTests(SynchronousTestCase):
         self.assertRaises(ValueError, BackendConfig.fromURL, "http://a/")
         self.assertRaises(ValueError, BackendConfig.fromURL, "ws://a/", "a b")
         self.assertRaises(ValueError, BackendConfig.fromURL, "ws://a/", None, 0)
+
+
+class EndpointArgumentsTests(SynchronousTestCase):
+    """
+    L{_endpointArguments} splits an endpoint string as Twisted does.
+    """
+
+    def test_likeTwisted(self) -> None:
+        """
+        Positional and keyword arguments, escaped C{:} and C{=}, and a
+        value holding C{=} come out as Twisted's own parser gives them (a
+        private function: if Twisted renames it, this test says so).
+        """
+        from twisted.internet.endpoints import _parse
+
+        for description in [
+            "tcp:9090",
+            "tcp:9090:interface=127.0.0.1:backlog=5",
+            "tcp6:9090:interface=\\:\\:1",
+            "ssl:0:privateKey=/a/interface=/k.pem:certKey=c=d",
+            "autobahn:tcp\\:9190:url=ws\\://h/?interface=x",
+            "haproxy:tcp:9090:",
+            "unix:/tmp/a\\=b.sock:mode=600",
+        ]:
+            self.assertEqual(
+                _endpointArguments(description), _parse(description), description
+            )
+        self.assertRaises(ValueError, _endpointArguments, "tcp:1\\")
 
 
 class PluginKeyTests(SynchronousTestCase):

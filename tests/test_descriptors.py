@@ -29,11 +29,12 @@ from twisted.internet.error import (
     ConnectBindError,
     ConnectError,
     ConnectionRefusedError,
+    DNSLookupError,
     getConnectError,
 )
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, Logger
+from twisted.logger import LogEvent, Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
@@ -47,7 +48,13 @@ from tests.faultbackend import (
 )
 from wsrelay import descriptors
 from wsrelay.config import ConfigError, loadConfig, parseConfig
-from wsrelay.descriptors import Limit, Shortage, isLocalError, raiseLimit
+from wsrelay.descriptors import (
+    Limit,
+    Shortage,
+    isLocalError,
+    isShortageError,
+    raiseLimit,
+)
 from wsrelay.frontend import Refused
 from wsrelay.health import HealthMonitor, tcp
 from wsrelay.routing import ConnectionInfo
@@ -57,7 +64,7 @@ from wsrelay.service import RelayService
 HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 #: The line the relay logs when it refuses clients for want of descriptors.
-SHORTAGE = "new clients with 503 since the last report"
+SHORTAGE = "new clients with 503"
 
 
 class FakeRLimit:
@@ -94,11 +101,11 @@ class LimitTests(SynchronousTestCase):
     L{raiseLimit}, L{Limit} and L{isLocalError}.
     """
 
-    def test_raisedToHard(self) -> None:
+    def test_raised(self) -> None:
         """
-        The soft limit is raised to the hard one, as HAProxy does; the
-        capacity is what is left after L{descriptors.RESERVED}, two
-        descriptors per proxied connection.
+        The soft limit is raised to L{descriptors.DEFAULT_SOFT} when the
+        hard one allows; the capacity is what is left after
+        L{descriptors.RESERVED}, two descriptors per proxied connection.
         """
         rlimit = FakeRLimit(1024, 65536)
         limit = raiseLimit(0, rlimit)
@@ -107,24 +114,55 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(limit.budget, 65536 - descriptors.RESERVED)
         self.assertEqual(limit.capacity, (65536 - descriptors.RESERVED) // 2)
 
+    def test_notToAHugeHardLimit(self) -> None:
+        """
+        With a hard limit of 2**30 (some containers'), the soft limit goes
+        to L{descriptors.DEFAULT_SOFT}, or to what C{max_connections}
+        needs when that is more, as HAProxy computes its C{maxsock}; not
+        to the hard limit.
+        """
+        rlimit = FakeRLimit(1024, 2**30)
+        self.assertEqual(raiseLimit(0, rlimit), Limit(1024, 65536, 2**30))
+        self.assertEqual(rlimit.set, [(65536, 2**30)])
+        rlimit = FakeRLimit(1024, 2**30)
+        limit = raiseLimit(100_000, rlimit)
+        self.assertEqual(rlimit.set, [(200_064, 2**30)])
+        self.assertIsNone(limit.problem(100_000))
+
+    def test_cappedByHard(self) -> None:
+        """
+        A hard limit below what is wanted is as far as the soft one goes;
+        then the problem says so.
+        """
+        rlimit = FakeRLimit(1024, 4096)
+        limit = raiseLimit(3000, rlimit)
+        self.assertEqual(rlimit.set, [(4096, 4096)])
+        self.assertIsNotNone(limit.problem(3000))
+
     def test_neverLowered(self) -> None:
         """
-        A soft limit already at the hard one is left alone.
+        A soft limit already at the hard one, or above what is wanted, is
+        left alone.
         """
         rlimit = FakeRLimit(4096, 4096)
         self.assertEqual(raiseLimit(100, rlimit), Limit(4096, 4096, 4096))
         self.assertEqual(rlimit.set, [])
+        rlimit = FakeRLimit(100_000, 2**30)
+        self.assertEqual(raiseLimit(100, rlimit), Limit(100_000, 100_000, 2**30))
+        self.assertEqual(rlimit.set, [])
 
     def test_noHardLimit(self) -> None:
         """
-        Without a hard limit, the soft one is raised to what
-        C{max_connections} needs (not to infinity, which some systems
-        refuse).
+        Without a hard limit, the soft one is raised the same way (not to
+        infinity, which some systems refuse).
         """
         rlimit = FakeRLimit(256, resource.RLIM_INFINITY)
         limit = raiseLimit(1000, rlimit)
-        self.assertEqual(rlimit.set, [(2064, resource.RLIM_INFINITY)])
-        self.assertEqual(limit.soft, 2064)
+        self.assertEqual(rlimit.set, [(65536, resource.RLIM_INFINITY)])
+        self.assertEqual(limit.soft, 65536)
+        rlimit = FakeRLimit(256, resource.RLIM_INFINITY)
+        raiseLimit(50_000, rlimit)
+        self.assertEqual(rlimit.set, [(100_064, resource.RLIM_INFINITY)])
 
     def test_problem(self) -> None:
         """
@@ -143,18 +181,20 @@ class LimitTests(SynchronousTestCase):
 
     def test_isLocalError(self) -> None:
         """
-        Out of descriptors (the process's or the system's), of local ports
-        or of buffers is local, however Twisted reports it; a backend that
-        refuses or does not answer is not.
+        Out of descriptors (the process's or the system's) or of buffers is
+        local, however Twisted reports it; a backend that refuses or does
+        not answer is not, and neither (by itself) is C{EADDRNOTAVAIL} or a
+        failed name lookup.
         """
         for local in [
             ConnectBindError(errno.EMFILE, "Too many open files"),
-            getConnectError((errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))),
             getConnectError((errno.ENOBUFS, os.strerror(errno.ENOBUFS))),
             OSError(errno.ENFILE, os.strerror(errno.ENFILE)),
         ]:
             self.assertTrue(isLocalError(local), local)
         for remote in [
+            getConnectError((errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))),
+            DNSLookupError("not found"),
             ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
             getConnectError((errno.EHOSTUNREACH, "unreachable")),
             ConnectError(string="anything"),
@@ -162,6 +202,11 @@ class LimitTests(SynchronousTestCase):
             None,
         ]:
             self.assertFalse(isLocalError(remote), remote)
+        self.assertTrue(
+            isShortageError(getConnectError((errno.EADDRNOTAVAIL, "no address")))
+        )
+        self.assertTrue(isShortageError(DNSLookupError("not found")))
+        self.assertFalse(isShortageError(ConnectBindError(errno.EMFILE, "files")))
 
 
 class _FailingEndpoint:
@@ -233,18 +278,49 @@ class ShortageTests(SynchronousTestCase):
             refused = self.openUpstream()
             self.assertEqual(refused.code, 503)
             self.assertIn(("Retry-After", "1"), refused.headers)
-        self.assertEqual([e.attempts for e in endpoints], [20, 20])
+        # One connect per client: out of descriptors, the next backend
+        # would fail the same way.
+        self.assertEqual(sum(e.attempts for e in endpoints), 20)
         for backend in self.route.backends:
             self.assertEqual((backend.healthy, backend.failures), (True, 0))
         self.assertEqual(len(self.events), 1)
         self.assertEqual(self.events[0]["refused"], 1)
         self.assertIn("Too many open files", self.events[0]["why"])
         self.clock.advance(Shortage.interval)
-        self.openUpstream()
-        self.assertEqual(len(self.events), 2)
         # The clients refused since the first report.
-        self.assertEqual(self.events[1]["refused"], 20)
+        self.assertEqual(len(self.events), 2)
+        self.assertEqual(self.events[1]["suppressed"], 19)
+        self.assertIn("Too many open files", self.events[1]["why"])
+        self.openUpstream()
+        self.assertEqual(len(self.events), 3)
+        self.assertEqual(self.events[2]["refused"], 1)
         self.assertEqual(self.relay.shortage.refused, 21)
+
+    def test_lastBurstReported(self) -> None:
+        """
+        Refusals after the last report are reported at the end of the
+        interval, even when none follows; a stopping relay reports them at
+        once and leaves no timer behind.
+        """
+        shortage = Shortage(self.clock, Limit(1024, 1024, 4096))
+        for _ in range(5):
+            shortage.occurred("no descriptor")
+        self.assertEqual(len(self.events), 1)
+        self.clock.advance(Shortage.interval - 0.5)
+        self.assertEqual(len(self.events), 1)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.events), 2)
+        self.assertEqual(
+            (self.events[1]["suppressed"], self.events[1]["soft"]), (4, 1024)
+        )
+        self.assertIn("refused 4 more new clients", formatEvent(self.events[1]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        for _ in range(3):
+            self.relay.shortage.occurred("no descriptor")
+        self.successResultOf(self.relay.stopService())
+        self.assertEqual(self.events[-1]["suppressed"], 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(shortage.refused, 5)
 
     def test_realFailureStillCounts(self) -> None:
         """
@@ -257,7 +333,7 @@ class ShortageTests(SynchronousTestCase):
             ConnectionRefusedError(errno.ECONNREFUSED, "refused")
         )
         two.endpoint = _FailingEndpoint(
-            getConnectError((errno.EADDRNOTAVAIL, "no local port"))
+            ConnectBindError(errno.ENFILE, "Too many open files in system")
         )
         refused = self.openUpstream()
         self.assertEqual(refused.code, 503)
@@ -265,7 +341,79 @@ class ShortageTests(SynchronousTestCase):
         two.endpoint = _FailingEndpoint(
             ConnectionRefusedError(errno.ECONNREFUSED, "refused")
         )
+        self.clock.advance(Shortage.interval)
         self.assertEqual(self.openUpstream().code, 502)
+
+    def test_shortageErrors(self) -> None:
+        """
+        C{EADDRNOTAVAIL} (a C{ws://[::1]} backend on a host without IPv6)
+        and a failed name lookup are the backend's failures while the relay
+        has descriptors to spare: 502, and each backend counts one.  While
+        it is short of them (no socket can be opened), they are the
+        relay's: 503 with C{Retry-After}, nothing counted, and no other
+        backend tried.
+        """
+        one, two = self.route.backends
+        for error in [
+            getConnectError((errno.EADDRNOTAVAIL, "no local address")),
+            DNSLookupError("address 'backend.example' not found"),
+        ]:
+            one.failures = two.failures = 0
+            one.endpoint = _FailingEndpoint(error)
+            two.endpoint = _FailingEndpoint(error)
+            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+            self.assertEqual(self.openUpstream().code, 502, error)
+            self.assertEqual((one.failures, two.failures), (1, 1), error)
+            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: False)
+            refused = self.openUpstream()
+            self.assertEqual(refused.code, 503, error)
+            self.assertIn(("Retry-After", "1"), refused.headers)
+            self.assertEqual((one.failures, two.failures), (1, 1), error)
+            self.assertEqual(one.endpoint.attempts + two.endpoint.attempts, 3)
+
+    def test_shortAfterExhaustion(self) -> None:
+        """
+        After a connect failed with C{EMFILE}, the relay counts as short of
+        descriptors for L{Shortage.interval}: a failed name lookup in that
+        time is not the backend's; after it, it is.
+        """
+        one, two = self.route.backends
+        for backend in (one, two):
+            backend.endpoint = _FailingEndpoint(
+                ConnectBindError(errno.EMFILE, "Too many open files")
+            )
+        self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+        self.assertEqual(self.openUpstream().code, 503)
+        for backend in (one, two):
+            backend.endpoint = _FailingEndpoint(DNSLookupError("lookup failed"))
+        self.clock.advance(Shortage.interval / 2)
+        self.assertEqual(self.openUpstream().code, 503)
+        self.assertEqual((one.failures, two.failures), (0, 0))
+        self.clock.advance(Shortage.interval / 2)
+        self.assertEqual(self.openUpstream().code, 502)
+        self.assertEqual((one.failures, two.failures), (1, 1))
+
+    def test_canOpen(self) -> None:
+        """
+        L{descriptors.canOpen} says whether a socket can be opened: yes
+        here, no when the soft limit leaves no descriptor free.
+        """
+        self.assertTrue(descriptors.canOpen())
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        spare = []
+        try:
+            while True:
+                spare.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as e:
+            self.assertEqual(e.errno, errno.EMFILE)
+        try:
+            self.assertFalse(descriptors.canOpen())
+        finally:
+            for fd in spare:
+                os.close(fd)
 
     def test_healthCheck(self) -> None:
         """
@@ -435,8 +583,9 @@ class ProcessTests(SynchronousTestCase):
                 log = relay.logText()
                 reports = [line for line in log.splitlines() if SHORTAGE in line]
                 self.assertGreaterEqual(len(reports), 1, log[-3000:])
+                # Per interval: the first refusal, and one line counting the rest.
                 self.assertLessEqual(
-                    len(reports), 1 + int(elapsed // Shortage.interval), reports
+                    len(reports), 2 * (1 + int(elapsed // Shortage.interval)), reports
                 )
                 self.assertNotIn("backend echo failed", log)
                 self.assertNotIn("is down", log)
@@ -495,7 +644,7 @@ class ProcessTests(SynchronousTestCase):
                 log = relay.logText()
                 self.assertNotIn("EMFILE", log)
                 self.assertNotIn("Could not accept", log)
-                self.assertLessEqual(log.count(SHORTAGE), 2, log[-3000:])
+                self.assertLessEqual(log.count(SHORTAGE), 4, log[-3000:])
             finally:
                 for s in silent:
                     s.close()

@@ -6,15 +6,18 @@ go down and come back.
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectBindError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -361,6 +364,50 @@ class CheckerTests(TestCase):
         ranged = http.build({"health_status": "200-299"}, reactor)
         self.assertEqual(await ranged.check(backend), (True, "HTTP 204"))
         self.assertEqual(status.paths, [b"/health", b"/health", b"/ws?x=1"])
+
+    async def test_httpThroughBackendEndpoint(self) -> None:
+        """
+        C{http} reaches the backend through the backend's own endpoint, as
+        the relay and the other checkers do (its TLS settings included),
+        and makes the connection's factory quiet through the public
+        C{noisy} attribute, not by replacing a private factory class of
+        Twisted's connection pool.
+        """
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(Status())
+        )
+        self.addCleanup(port.stopListening)
+        backend = Backend(BackendConfig.fromURL("ws://backend.invalid:1/"))
+        factories: list[Any] = []
+
+        class Recording:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                factories.append(factory)
+                return TCP4ClientEndpoint(
+                    reactor, "127.0.0.1", port.getHost().port
+                ).connect(factory)
+
+        backend.endpoint = Recording()
+        checker = http.build({"health_path": "/health"}, reactor)
+        self.assertEqual(await checker.check(backend), (True, "HTTP 200"))
+        self.assertEqual([f.noisy for f in factories], [False])
+
+    def test_localErrorPassedOn(self) -> None:
+        """
+        A check that fails for want of descriptors fails with that very
+        failure (returned by the errback, not raised again).
+        """
+        error = Failure(ConnectBindError(errno.EMFILE, "Too many open files"))
+        backend = Backend(BackendConfig.fromURL("ws://127.0.0.1:1/"))
+
+        class Failing:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                return fail(error)
+
+        backend.endpoint = Failing()
+        for checker in [tcp.build({}, reactor), http.build({}, reactor)]:
+            d = checker.check(backend)
+            self.assertIs(self.failureResultOf(d), error)
 
     async def test_quiet(self) -> None:
         """

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -404,29 +405,41 @@ def hostAllowed(host: bytes | None, allowed: Sequence[str]) -> bool:
     @param host: The request's C{Host} field, or L{None} without one (not
         a browser's request, so not a rebinding page's).
     @param allowed: The names of C{admin_hosts}, lower case.
-    @return: Whether C{host}, without its port, is an IP address,
-        C{localhost} or one of C{allowed}.
+    @return: Whether C{host} is exactly C{name[:port]} or
+        C{[IPv6]:[port]} (no spaces, no user information), C{name} being
+        an IP address, C{localhost} or one of C{allowed}, in any case.
     """
     if host is None:
         return True
     try:
-        text = host.decode("ascii").strip().lower()
+        text = host.decode("ascii").lower()
     except UnicodeDecodeError:
         return False
-    if text.startswith("["):
-        name, bracket, _ = text[1:].partition("]")
-        if not bracket:
+    match = _HOST.fullmatch(text)
+    if match is None:
+        return False
+    literal = match.group("literal")
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
             return False
-    else:
-        name = text.rpartition(":")[0] if ":" in text else text
-    name = name.removesuffix(".")
+        return True
+    name = match.group("name").removesuffix(".")
     if name == "localhost" or name in allowed:
         return True
     try:
-        ipaddress.ip_address(name)
+        ipaddress.IPv4Address(name)
     except ValueError:
         return False
     return True
+
+
+#: A C{Host} field as L{hostAllowed} accepts it: a name or IPv4 address,
+#: or an IPv6 address in brackets, then an optional port.
+_HOST = re.compile(
+    r"(?:\[(?P<literal>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]+)?"
+)
 
 
 def _json(request: Request, code: int, body: Any) -> bytes:

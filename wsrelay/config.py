@@ -175,7 +175,10 @@ def redactURL(url: str) -> str:
     A backend URL's query (and user information, though the configuration
     refuses it) often holds a secret, such as C{?apikey=...}: each is
     replaced by C{REDACTED}, so that the reader still sees that there was
-    one.
+    one.  So is a fragment, and, in a URL without C{//} (a typo such as
+    C{ws:user:pass@host}), whatever comes before an C{@}.  Configuration
+    errors show bad URLs this way too, since they reach logs and the
+    admin API's answers.
 
     @return: C{url} without its user information, query and fragment.
     """
@@ -184,11 +187,16 @@ def redactURL(url: str) -> str:
     except ValueError:
         return "REDACTED"
     netloc = parts.netloc
+    path = parts.path
     if "@" in netloc:
         netloc = "REDACTED@" + netloc.rpartition("@")[2]
-    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    elif not netloc and "@" in path:
+        path = "REDACTED@" + path.rpartition("@")[2]
+    shown = urlunsplit((parts.scheme, netloc, path, "", ""))
     if parts.query:
         shown += "?REDACTED"
+    if parts.fragment:
+        shown += "#REDACTED"
     return shown
 
 
@@ -243,33 +251,34 @@ class BackendConfig:
             acceptable; the message says why, in one line.
         """
         what = "a ws:// or wss:// URL with a host"
+        shown = redactURL(url)
         if not _PRINTABLE_ASCII.match(url):
-            raise _BadValue(_expected(what + " (printable ASCII only)", url))
+            raise _BadValue(_expected(what + " (printable ASCII only)", shown))
         try:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as e:
-            raise _BadValue(_expected(what, url) + f" ({e})") from None
+            raise _BadValue(_expected(what, shown) + f" ({e})") from None
         if parts.scheme not in ("ws", "wss"):
-            raise _BadValue(_expected(what, url))
+            raise _BadValue(_expected(what, shown))
         if "@" in parts.netloc:
-            raise _BadValue(_expected(what + " and no user information", url))
+            raise _BadValue(_expected(what + " and no user information", shown))
         if "#" in url:
-            raise _BadValue(_expected(what + " and no fragment", url))
+            raise _BadValue(_expected(what + " and no fragment", shown))
         host = _normaliseHost(parts.hostname or "")
         if host is None or (":" in host) != parts.netloc.startswith("["):
-            raise _BadValue(_expected(what + " name or IP address", url))
+            raise _BadValue(_expected(what + " name or IP address", shown))
         secure = parts.scheme == "wss"
         if port is None:
             port = 443 if secure else 80
         elif port == 0:
-            raise _BadValue(_expected(what + " and a port from 1 to 65535", url))
+            raise _BadValue(_expected(what + " and a port from 1 to 65535", shown))
         if name is None:
             name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         elif not _BACKEND_NAME.match(name):
             raise _BadValue(
                 _expected(
-                    f"a name of letters, digits and '_.:[]-' for {redactURL(url)}",
+                    f"a name of letters, digits and '_.:[]-' for {shown}",
                     name,
                 )
             )
@@ -420,8 +429,9 @@ class RelayConfig:
         normalised (C{"10.0.0.1/32"}).
     @ivar pluginPath: Absolute directories searched for plugins.
     @ivar admin: Server endpoint string of the admin listener, or L{None};
-        a C{tcp:}, C{tcp6:} or C{ssl:} one given without C{interface=} is
-        made to listen on loopback.
+        a C{tcp:}, C{tcp6:} or C{ssl:} one given without an interface is
+        made to listen on loopback, and other types (but C{unix:} and
+        C{systemd:}) must name theirs.
     @ivar adminHosts: Host names (lower case) the admin listener answers
         for, besides IP literals and C{localhost}.
     @ivar adminTokenFile: Absolute path of the file holding the bearer
@@ -575,28 +585,96 @@ def _checkServerEndpoint(description: str) -> str:
     return description
 
 
-#: Interfaces that mean every interface, as a listener records them.
-_EVERY_INTERFACE = ("", "0.0.0.0", "::")
+#: Where C{tcp:}, C{tcp6:} and C{ssl:} take their interface as a positional
+#: argument, counting the type as argument 0 (C{tcp:PORT:INTERFACE}, and
+#: see C{twisted.internet.endpoints}' parsers for the others).
+_INTERFACE_POSITION = {"tcp": 2, "tcp6": 3, "ssl": 5}
+
+#: The loopback interface, quoted for an endpoint string, per listener type.
+_LOOPBACK = {"tcp": "127.0.0.1", "ssl": "127.0.0.1", "tcp6": "\\:\\:1"}
+
+#: Listener types that never listen on a network interface of their own.
+_NOT_NETWORK = ("unix", "systemd")
+
+
+def _endpointArguments(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split a server endpoint string into its arguments with the quoting
+    rules of Twisted's C{serverFromString}: C{:} separates arguments, the
+    first C{=} of one separates its name from its value, and a backslash
+    takes the next character as it is.
+
+    @return: The positional arguments, the type first, and the keyword
+        arguments.
+    @raise ValueError: When C{description} ends with a lone backslash.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    name: str | None = None
+    current: list[str] = []
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            escaped = next(characters, None)
+            if escaped is None:
+                raise ValueError("ends with a lone backslash")
+            current.append(escaped)
+        elif character == "=" and name is None:
+            name = "".join(current)
+            current = []
+        elif character == ":":
+            if name is None:
+                args.append("".join(current))
+            else:
+                kwargs[name] = "".join(current)
+            name = None
+            current = []
+        else:
+            current.append(character)
+    if name is None:
+        args.append("".join(current))
+    else:
+        kwargs[name] = "".join(current)
+    return args, kwargs
 
 
 def _parseAdminEndpoint(value: str, context: _Context) -> str:
     """
-    Parse C{admin}: a server endpoint string that, without C{interface=},
+    Parse C{admin}: a server endpoint string that, without an interface,
     listens on loopback rather than on every interface (C{/status} needs
     no token).
+
+    A C{tcp:}, C{tcp6:} or C{ssl:} listener (also behind C{haproxy:})
+    without an interface gets C{interface=} loopback; C{unix:} and
+    C{systemd:} ones are kept as written, and any other type must name
+    its interface: the relay cannot tell where it would listen.
     """
     description = _parseEndpoint(value, context)
-    if "interface=" in description:
+    args, kwargs = _endpointArguments(description)
+    offset = 1 if args[0].lower() == "haproxy" and len(args) > 1 else 0
+    kind = args[offset].lower()
+    if kind in _NOT_NETWORK:
         return description
-    interface = _listensOn(description)
-    if interface not in _EVERY_INTERFACE:
+    if "interface" in kwargs:
         return description
-    loopback = "\\:\\:1" if interface == "::" else "127.0.0.1"
-    safe = f"{description}:interface={loopback}"
-    if _listensOn(safe) not in ("127.0.0.1", "::1"):
+    if kind not in _INTERFACE_POSITION:
         raise _BadValue(
-            f"{description!r} would listen on every interface; add"
-            " interface=127.0.0.1 (or the address to serve the admin API on)"
+            f"cannot tell which interface {description!r} listens on; add"
+            " interface=127.0.0.1 (or the address to serve the admin API on),"
+            " or use a tcp:, tcp6:, ssl: or unix: endpoint"
+        )
+    if len(args) > offset + _INTERFACE_POSITION[kind]:
+        return description
+    safe = f"{description}:interface={_LOOPBACK[kind]}"
+    try:
+        interface = _listensOn(safe)
+    except Exception as e:
+        interface = str(e) or type(e).__name__
+    if interface not in ("127.0.0.1", "::1"):
+        raise _BadValue(
+            f"{description!r} cannot be made to listen on loopback"
+            f" ({interface}); add interface=127.0.0.1 (or the address to"
+            " serve the admin API on)"
         )
     return safe
 
@@ -605,13 +683,12 @@ def _listensOn(description: str) -> str | None:
     """
     @return: The interface a TCP or TLS server endpoint string listens on
         (C{""} or C{"::"} for every one), or L{None} for another kind of
-        listener, or one that cannot be made.
+        listener.
+    @raise Exception: Whatever Twisted raises when it cannot make the
+        listener.
     """
     reactor = MemoryReactor()
-    try:
-        serverFromString(reactor, description).listen(Factory())
-    except Exception:
-        return None
+    serverFromString(reactor, description).listen(Factory())
     for server in reactor.tcpServers:
         return str(server[3])
     for server in reactor.sslServers:
@@ -762,15 +839,15 @@ def _parseBackends(value: str, context: _Context) -> tuple[BackendConfig, ...]:
             continue
         name = option.group(1).lower()
         if not items:
-            raise _BadValue(f"option {token!r} comes before any backend URL")
+            raise _BadValue(f"option {name!r} comes before any backend URL")
         url, options = items[-1]
         if name not in _BACKEND_OPTIONS:
             raise _BadValue(
-                f"unknown backend option {name!r} after {url}; known options: "
-                + ", ".join(_BACKEND_OPTIONS)
+                f"unknown backend option {name!r} after {redactURL(url)};"
+                " known options: " + ", ".join(_BACKEND_OPTIONS)
             )
         if name in options:
-            raise _BadValue(f"option {name!r} given twice for {url}")
+            raise _BadValue(f"option {name!r} given twice for {redactURL(url)}")
         options[name] = option.group(2)
     if not items:
         raise _BadValue(_expected("one or more ws:// or wss:// URLs", value))

@@ -14,20 +14,22 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from wsrelay.descriptors import isLocalError
@@ -68,7 +70,7 @@ class CheckerFactory:
         return checker
 
 
-def _passCancel(f: Failure) -> Result:
+def _passCancel(f: Failure) -> Result | Failure:
     """
     Turn a failed check into an unhealthy result, but let a cancellation
     through so that the monitor can report it as a timeout, and a local
@@ -78,8 +80,16 @@ def _passCancel(f: Failure) -> Result:
     if f.check(CancelledError, ConnectingCancelledError):
         raise CancelledError()
     if isLocalError(f.value):
-        f.raiseException()
+        return f
     return (False, f.getErrorMessage())
+
+
+def _unhealthyOnError(d: Deferred[Result]) -> Deferred[Result]:
+    """
+    @return: C{d} with L{_passCancel} added: a failure that it passes on
+        fails the L{Deferred} still, so its result stays a L{Result}.
+    """
+    return cast("Deferred[Result]", d.addErrback(_passCancel))
 
 
 def _endpoint(reactor: Any, backend: IBackend) -> Any:
@@ -135,14 +145,46 @@ class _OneProtocol(Factory):
         return self._protocol
 
 
-class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
     """
-    The factory of the C{http} checker's connections, without the
-    C{Starting factory} / C{Stopping factory} lines of each check (Twisted
-    gives no public way to quieten the pool's factory).
+    An endpoint that makes the factories it connects quiet (C{noisy} off:
+    no C{Starting factory} / C{Stopping factory} lines for every probe).
     """
 
-    noisy = False
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        """
+        @param endpoint: The endpoint that connects.
+        """
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        """
+        Connect C{protocolFactory}, quietened, through the endpoint.
+        """
+        protocolFactory.noisy = False  # type: ignore[attr-defined]
+        return self._endpoint.connect(protocolFactory)
+
+
+@implementer(IAgentEndpointFactory)
+class _BackendEndpoints:
+    """
+    Gives an L{Agent} the endpoint of one backend, whatever the URI: the
+    C{http} checker reaches a backend as the relay does (its TLS settings
+    included), and quietly.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        """
+        @param endpoint: The backend's endpoint.
+        """
+        self._endpoint = _QuietEndpoint(endpoint)
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        """
+        @return: The backend's endpoint.
+        """
+        return self._endpoint
 
 
 @implementer(IHealthChecker)
@@ -168,7 +210,7 @@ class TCPChecker:
         d: Deferred[Result] = endpoint.connect(_OneProtocol(Protocol())).addCallback(
             connected
         )
-        return d.addErrback(_passCancel)
+        return _unhealthyOnError(d)
 
 
 class _Probe(WebSocketClientProtocol):
@@ -294,9 +336,8 @@ class HTTPChecker:
         self._options = dict(options)
         _target(_Example, self._options)
         self._statuses = parseStatuses(options.get("health_status", "200"))
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        pool._factory = _QuietHTTP11ClientFactory
-        self._agent = Agent(reactor, connectTimeout=CONNECT_LIMIT, pool=pool)
+        self._reactor = reactor
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
 
     def check(self, backend: IBackend) -> Deferred[Result]:
         """
@@ -306,7 +347,12 @@ class HTTPChecker:
         scheme = "https" if _secure(backend) else "http"
         url = f"{scheme}://{netloc}{path}".encode("ascii")
         headers = Headers({b"User-Agent": [b"wsrelay-health-check"]})
-        d: Deferred[Any] = self._agent.request(b"GET", url, headers)
+        agent = Agent.usingEndpointFactory(
+            self._reactor,
+            _BackendEndpoints(_endpoint(self._reactor, backend)),
+            self._pool,
+        )
+        d: Deferred[Any] = agent.request(b"GET", url, headers)
 
         def answered(response: Any) -> Deferred[Result]:
             ok = any(lo <= response.code <= hi for lo, hi in self._statuses)
@@ -316,7 +362,7 @@ class HTTPChecker:
             return body.done.addCallback(lambda _: result)
 
         result: Deferred[Result] = d.addCallback(answered)
-        return result.addErrback(_passCancel)
+        return _unhealthyOnError(result)
 
 
 class _Discard(Protocol):

@@ -40,15 +40,24 @@ def jsonStdout() -> FileLogObserver:
     return jsonFileLogObserver(sys.stdout)
 
 
+#: What L{ErrorBudget} logs by default at the end of a window.
+PROTOCOL_ERRORS_SUPPRESSED = (
+    "protocol errors: {suppressed} more log lines suppressed"
+    " (at most {limit} every {interval} seconds)"
+)
+
+
 class ErrorBudget:
     """
-    Lets at most C{limit} protocol-error log lines through in a window of
-    C{interval} seconds (a window starts with the first line after the
-    last one ended); at the end of a window in which lines were held back,
-    logs one line saying how many.
+    Lets at most C{limit} log lines (protocol errors, by default) through
+    in a window of C{interval} seconds (a window starts with the first line
+    after the last one ended); at the end of a window in which lines were
+    held back, logs one line saying how many.
 
     @ivar suppressed: Lines held back in the current window.
     @ivar totalSuppressed: Lines held back, ever.
+    @ivar fields: More fields for the summary line's event (a user may
+        update them as lines come).
     """
 
     log = Logger()
@@ -58,10 +67,21 @@ class ErrorBudget:
         clock: IReactorTime,
         limit: int = PROTOCOL_ERROR_LINES,
         interval: float = PROTOCOL_ERROR_INTERVAL,
+        message: str = PROTOCOL_ERRORS_SUPPRESSED,
     ) -> None:
+        """
+        @param clock: Times the windows.
+        @param limit: Lines let through per window.
+        @param interval: The length of a window, in seconds.
+        @param message: The summary line: a PEP 3101 format string that may
+            use the fields C{suppressed}, C{limit}, C{interval} and those of
+            L{fields}.
+        """
         self._clock = clock
         self.limit = limit
         self.interval = interval
+        self.message = message
+        self.fields: dict[str, object] = {}
         self._windowEnd = float("-inf")
         self._count = 0
         self.suppressed = 0
@@ -98,8 +118,8 @@ class ErrorBudget:
         count, self.suppressed = self.suppressed, 0
         if count:
             self.log.warn(
-                "protocol errors: {suppressed} more log lines suppressed"
-                " (at most {limit} every {interval} seconds)",
+                self.message,
+                **self.fields,
                 suppressed=count,
                 limit=self.limit,
                 interval=self.interval,

@@ -56,6 +56,7 @@ from wsrelay.upstream import (
     UpstreamLocalError,
     UpstreamProtocol,
     UpstreamRefused,
+    UpstreamShortageError,
     UpstreamTimeout,
     connectUpstream,
 )
@@ -378,6 +379,7 @@ class RelayService(MultiService):
         close handshakes (each bounded by C{close_timeout}).
         """
         stopped = super().stopService()
+        self.shortage.flush()
         for route in self.routes.routes:
             route.monitor.stop()
         for call in self._draining.values():
@@ -732,9 +734,19 @@ class RelayService(MultiService):
                 raise
             except UpstreamLocalError as e:
                 # The relay's problem: not the backend's failure, and not
-                # logged per connection.
+                # logged per connection; the next backend would fail the
+                # same way.
+                self.shortage.exhausted()
                 local = True
                 reason = str(e)
+                break
+            except UpstreamShortageError as e:
+                if self.shortage.short():
+                    local = True
+                    reason = str(e)
+                    break
+                timedOut = False
+                self.backendFailed(route, backend, str(e))
                 continue
             except UpstreamError as e:
                 timedOut = isinstance(e, UpstreamTimeout)

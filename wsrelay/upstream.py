@@ -23,7 +23,7 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from wsrelay.descriptors import isLocalError
+from wsrelay.descriptors import isLocalError, isShortageError
 from wsrelay.handshake import (
     BadHead,
     Head,
@@ -99,6 +99,15 @@ class UpstreamLocalError(UpstreamError):
     The connect failed for want of a local resource (descriptors, local
     ports, buffers: L{wsrelay.descriptors.LOCAL_ERRNOS}): the relay's
     problem, not the backend's.
+    """
+
+
+class UpstreamShortageError(UpstreamError):
+    """
+    The connect failed in a way that is the relay's problem when it is
+    short of descriptors, and the backend's otherwise
+    (L{wsrelay.descriptors.isShortageError}: C{EADDRNOTAVAIL}, a failed
+    name lookup).
     """
 
 
@@ -434,6 +443,8 @@ def connectUpstream(
             kind = UpstreamTimeout if f.check(ConnectTimeoutError) else UpstreamError
             if isLocalError(f.value):
                 kind = UpstreamLocalError
+            elif isShortageError(f.value):
+                kind = UpstreamShortageError
             opened.errback(kind(f"connect failed: {f.getErrorMessage()}"))
 
     connecting.addCallbacks(_dropResult, connectFailed)
