@@ -147,15 +147,11 @@ conformance: $(VENV)/.stamp-test
 # Mixed traffic with backends killed on a schedule (SOAK_MINUTES, 10 by
 # default; docs/reliability.md), its table kept in soak.log, then the
 # relay's memory drawn in soak.png with the slope of the last hour
-# (bench/soakplot.py). matplotlib draws it: installed in the venv for the
-# soak only, never a dependency of the relay.
+# (bench/soakplot.py). matplotlib draws it: a test extra (its test draws a
+# PNG), never a dependency of the relay.
 SOAK_MINUTES ?= 10
 
-$(VENV)/.stamp-soak: $(VENV)/.stamp-test
-	$(PYTHON) -m pip install matplotlib
-	touch $@
-
-soak: $(VENV)/.stamp-soak
+soak: $(VENV)/.stamp-test
 	@status=0; \
 	$(PYTHON) -m bench.soak --minutes $(SOAK_MINUTES) --log soak.log || status=$$?; \
 	$(PYTHON) -m bench.soakplot soak.log --png soak.png || status=1; \

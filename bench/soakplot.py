@@ -11,7 +11,7 @@ the clients left), prints the figures and the slope of C{rss_MB} over the
 last C{--window} minutes in MB/hour (a soak that levels off has a slope
 near 0; docs/reliability.md asks for under 1 MB/hour over the last hour
 of a 2-hour soak), and draws the curve with that fit.  Drawing needs
-matplotlib (C{make .venv/.stamp-soak} installs it; it is not a dependency
+matplotlib (C{make .venv/.stamp-test} installs it; it is not a dependency
 of the relay); without it, or with C{--no-png}, only the figures are
 printed.
 """
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         draw(soak, options.window, path)
     except ImportError:
         print(
-            "matplotlib is not installed, no PNG: make .venv/.stamp-soak"
+            "matplotlib is not installed, no PNG: make .venv/.stamp-test"
             " (or pip install matplotlib)",
             file=sys.stderr,
         )

@@ -94,7 +94,7 @@ class SoakPlotTests(SynchronousTestCase):
             import matplotlib  # noqa: F401
         except ImportError:
             raise self.skipTest(
-                "matplotlib is not installed (make .venv/.stamp-soak)"
+                "matplotlib is not installed (make .venv/.stamp-test)"
             ) from None
         folder = self.mktemp()
         os.makedirs(folder)
