@@ -653,7 +653,7 @@ class AgreedSendersTests(SynchronousTestCase):
             (
                 [
                     "permessage-deflate; client_max_window_bits=16;"
-                    " server_max_window_bits=x",
+                    " server_max_window_bits=\u00b2",
                     "permessage-deflate; client_no_context_takeover",
                 ],
                 (Sender(True, 15), Sender(True, 15)),

@@ -104,7 +104,7 @@ def _windowBits(value: str) -> int:
         does, and counts them the same).
     """
     value = value.strip().strip('"')
-    if not value.isdigit() or not 8 <= int(value) <= 15:
+    if not (value.isascii() and value.isdigit()) or not 8 <= int(value) <= 15:
         return 15
     # zlib's raw deflate refuses 8 and makes 9 of it; a window of 9 bits
     # takes every stream one of 8 does.
