@@ -599,7 +599,8 @@ class PassthroughCompressionTests(CompressionTests):
         """
         L{test_desyncedFromClient} the other way: a backend that sends the
         two messages behind its 101 is closed with 1009, and so is the
-        client, which inflates the first message and never gets the second.
+        client, which inflates the first message and never gets the second
+        whole.
         """
         codes: list[int | None] = []
         first, second = desync()
@@ -619,7 +620,11 @@ class PassthroughCompressionTests(CompressionTests):
                 wire.head()
                 return inflateUntilClose(wire)
 
-        self.assertEqual(await inThread(run), ([14], 1009))
+        sizes, code = await inThread(run)
+        self.assertEqual(sizes, [14])
+        # A close frame, or the end of the connection when part of the
+        # second frame had gone on (it came in more than one read).
+        self.assertIn(code, (1009, None))
         await inThread(raw.done.wait, TIMEOUT)
         self.assertEqual((raw.errors, codes), ([], [1009]))
 
