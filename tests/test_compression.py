@@ -27,7 +27,7 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_inflate import MIB, bomb, peakAbove, traceMemory
+from tests.test_inflate import MIB, bomb, desync, peakAbove, traceMemory
 from tests.test_passthrough import frame
 from tests.test_proxy import waitFor
 
@@ -195,6 +195,31 @@ def inflate(frames: list[Frame], d: Any) -> bytes:
     Decompress a message's frames with the decompressor C{d}.
     """
     return bytes(d.decompress(b"".join(f.payload for f in frames) + TAIL))
+
+
+def inflateUntilClose(wire: Wire) -> tuple[list[int], int | None]:
+    """
+    Read messages as a receiver with context takeover does, with one
+    inflater, each message inflated to at most 2 MiB, until a close frame
+    (answered) or the end of the connection.
+
+    @return: What each message inflated to, and the code of the close
+        frame received (L{None} when the connection ended without one,
+        say in the middle of a frame).
+    """
+    d = zlib.decompressobj(-15)
+    sizes = []
+    try:
+        while True:
+            frames = wire.message()
+            if frames[-1].opcode == 8:
+                payload = frames[-1].payload
+                wire.send(8, payload[:2])
+                return sizes, struct.unpack("!H", payload[:2])[0]
+            data = b"".join(f.payload for f in frames) + TAIL
+            sizes.append(len(d.decompress(data, 2 * MIB)))
+    except (EOFError, OSError):
+        return sizes, None
 
 
 class RawBackend:
@@ -536,6 +561,71 @@ class PassthroughCompressionTests(CompressionTests):
         self.assertEqual(await inThread(run), ([], (1009, "message too big")))
         await inThread(raw.done.wait, TIMEOUT)
         self.assertLess(peakAbove(baseline), 8 * MIB)
+        self.assertEqual((raw.errors, codes), ([], [1009]))
+
+    async def test_desyncedFromClient(self) -> None:
+        """
+        With context takeover, a client's message that leaves the backend's
+        inflater in the middle of a stored block (L{desync}) goes on; the
+        next, which the backend would inflate to 16 MiB, closes the client
+        and the backend with 1009, and the backend never gets it whole.
+        """
+        got: list[tuple[list[int], int | None]] = []
+        raw = startRawBackend(
+            self, "permessage-deflate", then=lambda w: got.append(inflateUntilClose(w))
+        )
+        port = await self.limitedRelay(raw.url)
+        first, second = desync()
+
+        def run() -> int | None:
+            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+            with wire.sock:
+                wire.head()
+                wire.sock.sendall(
+                    frameBytes(2, first, rsv=RSV1) + frameBytes(2, second, rsv=RSV1)
+                )
+                return wire.closeCode()
+
+        self.assertEqual(await inThread(run), 1009)
+        await inThread(raw.done.wait, TIMEOUT)
+        self.assertEqual(raw.errors, [])
+        [(sizes, code)] = got
+        self.assertEqual(sizes, [14])
+        # A close frame, or the end of the connection when part of the
+        # second frame had gone on.
+        self.assertIn(code, (1009, None))
+
+    async def test_desyncedFromBackend(self) -> None:
+        """
+        L{test_desyncedFromClient} the other way: a backend that sends the
+        two messages behind its 101 is closed with 1009, and so is the
+        client, which inflates the first message and never gets the second
+        whole.
+        """
+        codes: list[int | None] = []
+        first, second = desync()
+        sent = frameBytes(2, first, rsv=RSV1, mask=False)
+        sent += frameBytes(2, second, rsv=RSV1, mask=False)
+        raw = startRawBackend(
+            self,
+            "permessage-deflate",
+            sent,
+            lambda wire: codes.append(wire.closeCode()),
+        )
+        port = await self.limitedRelay(raw.url)
+
+        def run() -> tuple[list[int], int | None]:
+            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+            with wire.sock:
+                wire.head()
+                return inflateUntilClose(wire)
+
+        sizes, code = await inThread(run)
+        self.assertEqual(sizes, [14])
+        # A close frame, or the end of the connection when part of the
+        # second frame had gone on (it came in more than one read).
+        self.assertIn(code, (1009, None))
+        await inThread(raw.done.wait, TIMEOUT)
         self.assertEqual((raw.errors, codes), ([], [1009]))
 
     async def test_negotiatedParameters(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import struct
 import tracemalloc
 import zlib
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from wsrelay.inflate import (
     CHUNK,
     EXPANSION,
     InflateCounter,
+    Sender,
+    agreedSenders,
     unmask,
 )
 from wsrelay.passthrough import RSV1, RSV_BITS, Direction
@@ -46,6 +49,34 @@ def bomb(size: int) -> bytes:
     parts = [c.compress(piece) for _ in range(size // MIB)]
     parts.append(c.compress(bytes(size % MIB)))
     return b"".join(parts) + c.flush(zlib.Z_SYNC_FLUSH)[: -len(TAIL)]
+
+
+def storedHeader(length: int) -> bytes:
+    """
+    The start of a deflate stored block (not final) of C{length} bytes: its
+    header byte, LEN and NLEN.
+    """
+    return b"\x00" + struct.pack("<HH", length, length ^ 0xFFFF)
+
+
+def desync(n1: int = 10) -> tuple[bytes, bytes]:
+    """
+    Two permessage-deflate payloads that a receiver with context takeover
+    inflates differently from a counter that starts each message afresh.
+
+    The first opens a stored block longer than itself: a receiver that
+    keeps its inflater goes on copying, through the tail it appends and
+    the first five bytes of the second message.  The second, read from its
+    start, is a stored block of 16 MiB of zeros deflated (about 16 KB):
+    read from its sixth byte, as that receiver does, it is that deflate
+    stream, and inflates to 16 MiB.
+
+    @param n1: The bytes of the first message in its stored block.
+    @return: The two payloads.
+    """
+    bombed = bomb(16 * MIB)
+    first = storedHeader(n1 + len(TAIL) + 5) + b"a" * n1
+    return first, storedHeader(len(bombed)) + bombed
 
 
 def compress(c: Any, data: bytes) -> bytes:
@@ -177,33 +208,94 @@ class CounterTests(SynchronousTestCase):
             self.assertIsNone(count(counter, frames, cut))
             self.assertEqual(counter.messageSize, len(data))
 
-    def test_contextTakeover(self) -> None:
+    def test_noTakeoverBackReference(self) -> None:
         """
-        A message that refers back to earlier ones (context takeover) is
-        counted exactly by the counter's fresh inflater, which never saw
-        them: how much a message inflates to does not depend on what its
-        back references copy.
+        Without context takeover, a message that refers back to earlier
+        ones all the same is counted by the counter's fresh inflater, which
+        never saw them, as a receiver that kept its window counts it: how
+        much a message inflates to does not depend on what its back
+        references copy.
         """
         c = zlib.compressobj(wbits=-15)
         compress(c, TEXT[:20000])
         second = compress(c, TEXT[:20000])
         self.assertLess(len(second), 400)
         self.assertRaises(zlib.error, zlib.decompressobj(-15).decompress, second)
-        counter = InflateCounter(MIB, MIB)
+        counter = InflateCounter(MIB, MIB, Sender(False))
         self.assertIsNone(count(counter, [second]))
         self.assertEqual(counter.messageSize, 20000)
 
     def test_oneMessageState(self) -> None:
         """
-        The inflater lives for one message: nothing is held between
-        messages.
+        Without context takeover, the inflater lives for one message:
+        nothing is held between messages.  With it, one inflater lives as
+        long as the connection.
         """
+        for sender in (Sender(False), Sender(True)):
+            counter = InflateCounter(MIB, MIB, sender)
+            c = zlib.compressobj(wbits=-15)
+            kept = []
+            for size in (100, 5000):
+                self.assertIsNone(count(counter, [compress(c, TEXT[:size])]))
+                self.assertEqual(counter.messageSize, size)
+                kept.append(counter._inflater)
+            if sender.takeover:
+                self.assertIsNotNone(kept[0])
+                self.assertIs(kept[0], kept[1])
+            else:
+                self.assertEqual(kept, [None, None])
+
+    def test_desyncedTakeover(self) -> None:
+        """
+        With context takeover, the counter keeps one inflater for the
+        connection, as the receiver does, and counts every message with
+        it, however small: a message that leaves the receiver in the
+        middle of a stored block cannot make the next one, which the
+        receiver inflates to 16 MiB, count as the 16 KB stored block it
+        looks like from its start.
+        """
+        first, second = desync()
+        receiver = zlib.decompressobj(-15)
+        self.assertEqual(len(receiver.decompress(first + TAIL)), 14)
+        self.assertEqual(len(receiver.decompress(second + TAIL)), 16 * MIB + 5)
         counter = InflateCounter(MIB, MIB)
-        c = zlib.compressobj(wbits=-15)
-        for size in (100, 5000):
-            self.assertIsNone(count(counter, [compress(c, TEXT[:size])]))
+        self.assertEqual(counter.bounded, -1)
+        self.assertIsNone(count(counter, [first]))
+        self.assertEqual(counter.messageSize, 14)
+        self.assertEqual(count(counter, [second]), (1009, b"message too big"))
+
+    @settings(max_examples=20, deadline=None)
+    @given(
+        st.integers(9, 15),
+        st.lists(st.integers(0, 5000), min_size=2, max_size=5),
+        st.integers(0, 500),
+    )
+    def test_takeoverWindow(self, bits: int, sizes: list[int], cut: int) -> None:
+        """
+        With context takeover and the sender's negotiated window, messages
+        that refer back to earlier ones, small ones included, are counted
+        exactly, however they are cut.
+        """
+        c = zlib.compressobj(9, zlib.DEFLATED, -bits)
+        counter = InflateCounter(MIB, MIB, Sender(True, bits))
+        for size in sizes:
+            data = TEXT[size : size * 2]
+            self.assertIsNone(count(counter, [compress(c, data)], cut))
+            self.assertEqual(counter.messageSize, len(data))
+
+    def test_noTakeoverExact(self) -> None:
+        """
+        With C{*_no_context_takeover}, each message is counted exactly by an
+        inflater of its own, and a message in one frame small enough that
+        it cannot pass the limits is not inflated (L{InflateCounter.bounded}
+        is a 1032nd of the limits, less the tail).
+        """
+        counter = InflateCounter(MIB, MIB, Sender(False, 10))
+        self.assertEqual(counter.bounded, MIB // EXPANSION - len(TAIL))
+        for size in (0, 1, 700, 30000, 200_000):
+            c = zlib.compressobj(9, zlib.DEFLATED, -10)
+            self.assertIsNone(count(counter, [compress(c, TEXT[:size])], 1000))
             self.assertEqual(counter.messageSize, size)
-            self.assertIsNone(counter._inflater)
 
     @settings(max_examples=30, deadline=None)
     @given(
@@ -289,16 +381,35 @@ class CounterTests(SynchronousTestCase):
     def test_finalBlock(self) -> None:
         """
         A message that ends its deflate stream with a final block (RFC 7692
-        7.2.3.3) is counted, what follows the final block in the message is
-        not inflated (a receiver does not inflate it either), and the next
-        message starts a new stream.
+        7.2.3.3) is counted, and the next message starts a new stream, with
+        context takeover or without.
         """
-        counter = InflateCounter(MIB, MIB)
-        for _ in range(2):
-            c = zlib.compressobj(wbits=-15)
-            data = c.compress(TEXT[:3000]) + c.flush(zlib.Z_FINISH)
-            self.assertIsNone(count(counter, [data, b"\xff" * 10]))
-            self.assertEqual(counter.messageSize, 3000)
+        for sender in (Sender(True), Sender(False)):
+            counter = InflateCounter(MIB, MIB, sender)
+            for _ in range(3):
+                c = zlib.compressobj(wbits=-15)
+                data = c.compress(TEXT[:3000]) + c.flush(zlib.Z_FINISH)
+                self.assertIsNone(count(counter, [data, b""], 7))
+                self.assertEqual(counter.messageSize, 3000)
+
+    def test_afterFinalBlock(self) -> None:
+        """
+        Payload after the final block of a message, in the same piece, a
+        later piece or a later frame, is refused with 1007: receivers
+        differ on what they make of it.
+        """
+        c = zlib.compressobj(wbits=-15)
+        data = c.compress(TEXT[:3000]) + c.flush(zlib.Z_FINISH)
+        for frames, cut in (
+            ([data + b"\x00"], 0),
+            ([data + b"\x00"], len(data)),
+            ([data, b"\xff" * 10], 0),
+        ):
+            counter = InflateCounter(MIB, MIB)
+            self.assertEqual(
+                count(counter, frames, cut),
+                (1007, b"data after the final deflate block"),
+            )
 
     def test_masked(self) -> None:
         """
@@ -319,13 +430,17 @@ class CounterTests(SynchronousTestCase):
 
 
 def scanner(
-    masked: bool = True, maxFrame: int = MIB, maxMessage: int = MIB
+    masked: bool = True,
+    maxFrame: int = MIB,
+    maxMessage: int = MIB,
+    sender: Sender | None = None,
 ) -> tuple[Direction, Leg, Recorder]:
     """
-    A direction between two fake legs, with permessage-deflate negotiated.
+    A direction between two fake legs, with permessage-deflate negotiated
+    (by default with context takeover).
     """
     source, sink, pipe = Leg(), Leg(), Recorder()
-    counter = InflateCounter(maxFrame, maxMessage)
+    counter = InflateCounter(maxFrame, maxMessage, sender)
     direction = Direction(
         pipe,  # type: ignore[arg-type]
         source,
@@ -442,13 +557,15 @@ class ScannerTests(SynchronousTestCase):
 
     def test_boundedNotCounted(self) -> None:
         """
-        A compressed message in one frame whose payload is at most a 1032nd
-        of the limits (less the tail) cannot pass them and is not inflated:
+        Without context takeover, a compressed message in one frame whose
+        payload is at most a 1032nd of the limits (less the tail) cannot
+        pass them and is not inflated:
         even bytes that are not deflate pass, left to the endpoints.  One
         byte more, or the same bytes as the first of several frames, are
         inflated, and fail with 1007.
         """
-        direction, sink, pipe = scanner()
+        noTakeover = Sender(False)
+        direction, sink, pipe = scanner(sender=noTakeover)
         bounded = MIB // EXPANSION - len(TAIL)
         passes = frame(2, b"\xff" * bounded, rsv=4)
         direction.dataReceived(passes)
@@ -457,7 +574,90 @@ class ScannerTests(SynchronousTestCase):
             frame(2, b"\xff" * (bounded + 1), rsv=4),
             frame(2, b"\xff" * bounded, fin=False, rsv=4),
         ):
-            direction, sink, pipe = scanner()
+            direction, sink, pipe = scanner(sender=noTakeover)
             direction.dataReceived(data)
             self.assertEqual(pipe.failures, [(1007, b"compressed data invalid")])
             self.assertEqual(sink.written, [])
+
+    def test_smallCountedWithTakeover(self) -> None:
+        """
+        With context takeover, even the smallest compressed message is
+        inflated: bytes that are not deflate fail with 1007.
+        """
+        direction, sink, pipe = scanner()
+        direction.dataReceived(frame(2, b"\xff", rsv=4))
+        self.assertEqual(pipe.failures, [(1007, b"compressed data invalid")])
+        self.assertEqual(sink.written, [])
+
+    def test_desyncedTakeover(self) -> None:
+        """
+        The adversarial pair of L{desync}, from a client or a backend: the
+        first message goes on, the second, which the receiver inflates to
+        16 MiB, passes the limit of 1 MiB and none of it goes on.
+        """
+        for masked in (True, False):
+            first, second = (frame(2, p, mask=masked, rsv=4) for p in desync())
+            direction, sink, pipe = scanner(masked)
+            direction.dataReceived(first + second)
+            self.assertEqual(pipe.failures, [(1009, b"message too big")])
+            self.assertEqual(b"".join(sink.written), first)
+
+    def test_rateDroppedNotInflated(self) -> None:
+        """
+        A compressed message dropped for the message rate never reaches the
+        receiver, and is not fed to the kept inflater either: the
+        messages after it are counted as the receiver inflates them.
+        """
+        direction, sink, pipe = scanner()
+        direction.rated = True
+        direction.rateAction = "drop"
+        over = [False, True, False]
+        direction.source.messageOverRate = lambda: over.pop(0)
+        direction.source.rateDrops = 0
+        c = zlib.compressobj(wbits=-15)
+        kept = frame(1, compress(c, TEXT[:3000]), rsv=4)
+        dropped = frame(1, b"\xff" * 20, rsv=4)
+        after = frame(1, compress(c, TEXT[3000:6000]), rsv=4)
+        direction.dataReceived(kept + dropped + after)
+        self.assertEqual(pipe.failures, [])
+        self.assertEqual(b"".join(sink.written), kept + after)
+        self.assertEqual(direction.counter.messageSize, 3000)  # type: ignore[union-attr]
+
+
+class AgreedSendersTests(SynchronousTestCase):
+    """
+    L{agreedSenders} reads each side's context takeover and window from a
+    backend's permessage-deflate answer.
+    """
+
+    def test_parameters(self) -> None:
+        """
+        Parameter names in any case, values quoted or not; a missing
+        window is 15, one of 8 is 9 (zlib's raw deflate has none of 8), an
+        invalid one is 15; the first permessage-deflate element counts.
+        """
+        cases = [
+            ([], (Sender(True, 15), Sender(True, 15))),
+            (["permessage-deflate"], (Sender(True, 15), Sender(True, 15))),
+            (
+                [
+                    "Permessage-Deflate; Client_No_Context_Takeover;"
+                    ' server_max_window_bits="10"; client_max_window_bits=8'
+                ],
+                (Sender(False, 9), Sender(True, 10)),
+            ),
+            (
+                ["x-other, permessage-deflate; SERVER_NO_CONTEXT_TAKEOVER", "y"],
+                (Sender(True, 15), Sender(False, 15)),
+            ),
+            (
+                [
+                    "permessage-deflate; client_max_window_bits=16;"
+                    " server_max_window_bits=\u00b2",
+                    "permessage-deflate; client_no_context_takeover",
+                ],
+                (Sender(True, 15), Sender(True, 15)),
+            ),
+        ]
+        for answer, expected in cases:
+            self.assertEqual(agreedSenders(answer), expected, answer)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from wsrelay.inflate import InflateCounter
+from wsrelay.inflate import InflateCounter, agreedSenders, unmask
 from wsrelay.legs import failureClose, sendableCloseCode
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def controlFrame(opcode: int, payload: bytes, mask: bool) -> bytes:
     if not mask:
         return bytes((0x80 | opcode, len(payload))) + payload
     key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    masked = unmask(key, payload, 0)
     return bytes((0x80 | opcode, 0x80 | len(payload))) + key + masked
 
 
@@ -147,15 +147,6 @@ def rsvProblem(b0: int, refused: int, deflate: bool) -> bytes | None:
         if opcode == 0:
             return b"compressed continuation frame"
     return None
-
-
-def unmask(key: bytes, payload: bytes) -> bytes:
-    """
-    Unmask a (short, control) payload.
-    """
-    if not key:
-        return payload
-    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 class Direction:
@@ -309,8 +300,9 @@ class Direction:
                 end = i + header + length
                 if end > n:
                     break
-                key = data[i + header - 4 : i + header] if b1 & 0x80 else b""
-                payload = unmask(key, data[i + header : end])
+                payload = data[i + header : end]
+                if b1 & 0x80:
+                    payload = unmask(data[i + header - 4 : i + header], payload, 0)
                 if opcode == _PONG and payload.startswith(PING_PREFIX):
                     self.write(data[start:i])
                     start = end
@@ -353,10 +345,13 @@ class Direction:
             if self.inflating or (
                 b0 & RSV1
                 and self.counter is not None
+                and not self.dropping
                 and (not fin or length > self.counter.bounded)
             ):
                 # A frame of a compressed message that might inflate past
                 # the limits: its payload is counted inflated as it passes.
+                # (A message dropped for the rate never reaches the
+                # receiver, nor its inflater.)
                 counter = self.counter
                 assert counter is not None
                 if opcode:
@@ -491,8 +486,12 @@ class Pipe:
         refused, deflate = rsvRules(upstream.extensionsAnswer)
         fromClient = fromBackend = None
         if deflate:
-            fromClient = InflateCounter(maxFrame, maxMessage)
-            fromBackend = InflateCounter(maxFrame, maxMessage)
+            # Each counter inflates as its receiver does: with one inflater
+            # for the connection where the agreed parameters give its
+            # sender context takeover.
+            client, server = agreedSenders(upstream.extensionsAnswer)
+            fromClient = InflateCounter(maxFrame, maxMessage, client)
+            fromBackend = InflateCounter(maxFrame, maxMessage, server)
         self.fromClient = Direction(
             self,
             frontend,
