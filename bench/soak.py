@@ -34,10 +34,21 @@ echoes across their reconnections; feed clients check that ticks only
 grow.
 
 Errors are what must not happen: a duplicated or reordered message, a
-close other than 1014 on C{/close}, any close on C{/reconnect} or
+close other than 1014 on C{/close} (but for a 1006 where the relay logged
+that it dropped the connection without a close frame: its backend went
+away in the middle of a frame to the client, after which no close frame
+can be sent), any close on C{/reconnect} or
 C{/feed}, a handshake the relay refused, a client whose last echo did not
 come within C{--finish-timeout} seconds, and an unhandled error in the
 relay's log.  The exit status is 1 when there was one.
+
+After each row a line gives the close codes the clients saw, by route,
+and how many C{/close} sessions the relay dropped mid-frame (C{closes:
+close {1014: 12, 1006: 1}; reconnect {}; feed {}; dropped mid-frame on
+close 1}; 1006 is a connection that ended without a close frame), so the
+errors can be told apart; the table's readers (C{bench/soakplot.py}) skip
+it.  The C{other_closes} column counts every close but 1014 on C{/close},
+dropped ones included; C{errors} does not count those.
 
 The last two columns say how busy the machine was: the load average, and
 the longest delay of this process's own event loop in that minute (a
@@ -51,6 +62,7 @@ import asyncio
 import os
 import platform
 import random
+import re
 import signal
 import sys
 import time
@@ -128,12 +140,15 @@ class RouteCounts:
             total.add(c)
         return total
 
-    def errors(self, allowedClose: int | None) -> int:
+    def errors(self, allowedClose: int | None, dropped: int = 0) -> int:
         """
         @return: The errors among these counts; a close with
-            C{allowedClose} is not one.
+            C{allowedClose} is not one, nor are up to C{dropped} closes
+            1006 (connections the relay dropped without a close frame, and
+            said so: L{droppedMidFrame}).
         """
         closes = sum(n for code, n in self.closes.items() if code != allowedClose)
+        closes -= min(dropped, self.closes.get(1006, 0))
         return (
             self.duplicated + self.reordered + closes + self.refusals + self.unfinished
         )
@@ -325,6 +340,39 @@ def line(
     )
 
 
+#: The relay's access event of a C{/close} session it ended without a
+#: close frame because its backend went away: part of a frame had gone to
+#: the client, which could not parse a close frame after it
+#: (C{Pipe._closeTo} in C{wsrelay/passthrough.py}); the client sees 1006.
+DROPPED = re.compile(
+    r"\] \S+ close \S+ \S+s in \S+ out \S+ close None by backend$", re.MULTILINE
+)
+
+
+def droppedMidFrame(log: str) -> int:
+    """
+    @return: How many C{/close} sessions the relay's log C{log} says were
+        dropped without a close frame when their backend went away.
+    """
+    return len(DROPPED.findall(log))
+
+
+def closesLine(routes: list[Route], dropped: int) -> str:
+    """
+    The close codes the clients of each route saw, most frequent first
+    (1006: no close frame came), and how many C{/close} sessions the relay
+    dropped without one (L{droppedMidFrame}).
+    """
+    parts = []
+    for r in routes:
+        closes = sorted(
+            r.now().closes.items(), key=lambda item: (-item[1], str(item[0]))
+        )
+        codes = ", ".join(f"{code}: {n}" for code, n in closes)
+        parts.append(f"{r.name} {{{codes}}}")
+    return f"closes: {'; '.join(parts)}; dropped mid-frame on close {dropped}"
+
+
 def config(echoes: list[BackendProcess], sources: list[BackendProcess]) -> str:
     """
     The relay's configuration.
@@ -421,10 +469,15 @@ async def soak(options: argparse.Namespace) -> int:
         def kills() -> int:
             return sum(b.kills for b in echoes + sources)
 
+        def dropped() -> int:
+            return droppedMidFrame(relay.logText())
+
         def errors() -> int:
-            return sum(r.now().errors(r.allowedClose) for r in routes) + len(
-                relay.errors()
-            )
+            mid = dropped()
+            return sum(
+                r.now().errors(r.allowedClose, mid if r.name == "close" else 0)
+                for r in routes
+            ) + len(relay.errors())
 
         stopping = asyncio.Event()
         lag = LagMonitor()
@@ -447,6 +500,7 @@ async def soak(options: argparse.Namespace) -> int:
                 line(str(minute), relay, routes, kills(), errors(), lag.take()),
                 flush=True,
             )
+            print(closesLine(routes, dropped()), flush=True)
             if reports:
                 await memoryReport(relay, reports, f"min-{minute:03d}", options.collect)
         stopping.set()
@@ -459,6 +513,7 @@ async def soak(options: argparse.Namespace) -> int:
         while relay.descriptors() > start[1] and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         print(line("end", relay, routes, kills(), errors()), flush=True)
+        print(closesLine(routes, dropped()), flush=True)
         if reports:
             await memoryReport(relay, reports, "end", True)
         end = (relay.rss(), relay.descriptors())

@@ -494,6 +494,58 @@ class FailureOrderTests(SynchronousTestCase):
         self.assertEqual(frames(f.transport.data), [close(1008)])
         self.assertEqual(frames(up.transport.data), [close(1001)])
 
+    def test_backendLostEndsStream(self) -> None:
+        """
+        When the backend's connection is lost, the client gets 1014 and
+        the end of the stream, and its connection stays open for reading:
+        closing it with the client's bytes unread would reset it, and the
+        reset can destroy the close frame before the client read it.  What
+        the client still sends is dropped, and its leaving ends the pipe.
+        """
+        pipe, f, up, clock = self.pipe()
+        pipe.fromBackend.dataReceived(frame(1, b"Hello", mask=False))
+        up.transport = None  # type: ignore[assignment]
+        pipe.legClosed(up)
+        self.assertEqual(frames(f.transport.data), [(1, b"Hello"), close(1014)])
+        self.assertTrue(f.transport.writeClosed)
+        self.assertFalse(f.transport.lost)
+        self.assertEqual(f.localCloseCode, 1014)  # type: ignore[attr-defined]
+        self.assertEqual(pipe.session.closedBy, "backend")
+        pipe.fromClient.dataReceived(
+            frame(2, b"x" * 16000) + closeFrame(1014, b"", mask=True)
+        )
+        f.transport = None  # type: ignore[assignment]
+        pipe.legClosed(f)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_backendLostClientSilent(self) -> None:
+        """
+        A client that does not close within C{close_timeout} after its 1014
+        is dropped.
+        """
+        pipe, f, up, clock = self.pipe()
+        up.transport = None  # type: ignore[assignment]
+        pipe.legClosed(up)
+        self.assertEqual(frames(f.transport.data), [close(1014)])
+        clock.advance(4.9)
+        self.assertFalse(f.transport.lost)
+        clock.advance(0.1)
+        self.assertTrue(f.transport.lost)
+
+    def test_backendLostMidFrame(self) -> None:
+        """
+        When the backend's connection is lost after half a frame went to
+        the client, which could not parse a close frame after it, the
+        client's connection is dropped at once, without a close frame.
+        """
+        pipe, f, up, _ = self.pipe()
+        half = frame(2, b"x" * 16000, mask=False)[:5000]
+        pipe.fromBackend.dataReceived(half)
+        up.transport = None  # type: ignore[assignment]
+        pipe.legClosed(up)
+        self.assertEqual(f.transport.data, half)
+        self.assertTrue(f.transport.lost)
+
 
 def frame_wo(data: bytes, index: int) -> bytes:
     """

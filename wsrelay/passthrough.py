@@ -724,27 +724,32 @@ class Pipe:
         if self._closeCall is None:
             self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
 
-    def _closeTo(self, leg: Any, code: int, reason: bytes) -> None:
+    def _closeTo(self, leg: Any, code: int, reason: bytes) -> bool:
         """
         Send a close frame to C{leg}'s peer, at a frame boundary: anything
         still flowing to it is cut off (it is being closed anyway).
+
+        @return: Whether the close frame was written (not when one already
+            went that way, nor after half a frame: the connection is then
+            dropped).
         """
         toward = self.fromBackend if leg is self.frontend else self.fromClient
         if toward.closeSeen or leg.transport is None:
-            return
+            return False
         if not toward.atBoundary():
             # Half a frame went out: the peer cannot parse a close frame
             # after it, so just drop the connection.
             toward.stopped = True
             toward.closeSeen = True
             hangUp(leg.transport)
-            return
+            return False
         toward.stopped = True
         toward.closeSeen = True
         leg.localCloseCode = code
         leg.transport.write(closeFrame(code, reason, leg is self.upstream))
         if leg is self.upstream:
             self.fromClient.stopped = True
+        return True
 
     def _drop(self) -> None:
         """
@@ -780,7 +785,23 @@ class Pipe:
         if other.transport is not None:
             if leg is self.upstream:
                 self.session.closedBy = self.session.closedBy or "backend"
-                self._closeTo(other, 1014, b"backend connection lost")
+                if (
+                    self._closeTo(other, 1014, b"backend connection lost")
+                    and self._ending is None
+                ):
+                    # The client may be sending still: closing with its
+                    # bytes unread would reset the connection, and the
+                    # reset can destroy the close frame before the client
+                    # read it.  End the stream after the close frame, and
+                    # read (and drop) until the client closes, at most
+                    # close_timeout.
+                    self.fromClient.stopped = True
+                    self._ending = other
+                    endWrites(other.transport)
+                    if self._closeCall is None:
+                        self._closeCall = self.clock.callLater(
+                            self.closeTimeout, self._drop
+                        )
             else:
                 self.session.closedBy = self.session.closedBy or "client"
                 self._closeTo(other, 1001, b"client went away")
