@@ -35,6 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from wsrelay.inflate import InflateCounter, agreedSenders, unmask
 from wsrelay.legs import failureClose, sendableCloseCode
+from wsrelay.proxyprotocol import ProxyProtocolWrapper
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -845,8 +846,18 @@ def endWrites(transport: Any) -> None:
     """
     if isinstance(transport, TLSMemoryBIOProtocol):
         hangUp(transport)
-    else:
-        transport.loseWriteConnection()
+        return
+    raw = (
+        transport.transport
+        if isinstance(transport, ProxyProtocolWrapper)
+        else transport
+    )
+    if not getattr(raw, "connected", True) or getattr(raw, "disconnecting", False):
+        # Already gone or going (both legs lost in one reactor turn, the
+        # relay stopping): a half-close would register a closed socket.
+        transport.loseConnection()
+        return
+    transport.loseWriteConnection()
 
 
 def _stopAutobahnPings(leg: Any) -> None:
