@@ -292,6 +292,13 @@ class PathRoutingTests(TestCase):
 
         return str(await inThread(run))
 
+    async def assertAnswered(self, port: int, path: str, status: int) -> None:
+        """
+        Assert that a raw upgrade request for C{path} gets C{status}.
+        """
+        answer = await inThread(rawExchange, port, rawRequest(port, path))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 %d " % (status,)), (path, answer))
+
     async def test_routedOnNormalizedPath(self) -> None:
         """
         C{/src/../echo} is C{/echo}'s: its route rules (here C{/src}'s
@@ -330,8 +337,7 @@ class PathRoutingTests(TestCase):
             "/public/%2e%2e/%2E%2e/%2e%2e/forbidden/admin",
             "/public/./.%2e/..",
         ]:
-            answer = await inThread(rawExchange, port, rawRequest(port, path))
-            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
+            await self.assertAnswered(port, path, 400)
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
 
     async def test_unreservedRouted(self) -> None:
@@ -341,8 +347,7 @@ class PathRoutingTests(TestCase):
         and C{/%65cho/%61} reaches C{/echo}'s backend decoded.
         """
         b, port = await self.relay()
-        answer = await inThread(rawExchange, port, rawRequest(port, "/%73rc/x"))
-        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
+        await self.assertAnswered(port, "/%73rc/x", 403)
         self.assertEqual(await self.backendPath(port, "/%65cho/%61"), "/app/echo/a")
 
     async def test_refusedPath(self) -> None:
@@ -360,8 +365,7 @@ class PathRoutingTests(TestCase):
             "*",
             "public/x",
         ]:
-            answer = await inThread(rawExchange, port, rawRequest(port, path))
-            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
+            await self.assertAnswered(port, path, 400)
         self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
 
     async def test_fragment(self) -> None:
@@ -371,8 +375,7 @@ class PathRoutingTests(TestCase):
         """
         _, port = await self.relay()
         for path in ["/echo#x", "/echo/..#x"]:
-            answer = await inThread(rawExchange, port, rawRequest(port, path))
-            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (path, answer))
+            await self.assertAnswered(port, path, 400)
 
     async def test_leavingRoute(self) -> None:
         """
@@ -380,8 +383,7 @@ class PathRoutingTests(TestCase):
         lands: C{/public/..} is C{/}, which no route takes (404).
         """
         _, port = await self.relay()
-        answer = await inThread(rawExchange, port, rawRequest(port, "/public/.."))
-        self.assertTrue(answer.startswith(b"HTTP/1.1 404 "), answer)
+        await self.assertAnswered(port, "/public/..", 404)
 
 
 class ForwardedHeaderTests(TestCase):
