@@ -509,6 +509,29 @@ class ProcessTests(SynchronousTestCase):
             raise
         return relay, backend
 
+    async def finish(
+        self,
+        relay: RelayProcess,
+        backend: BackendProcess,
+        clients: list[ClientConnection],
+    ) -> None:
+        """
+        Close C{clients}, then stop the relay and the backend.
+        """
+        for c in clients:
+            await c.close()
+        await relay.stop()
+        await backend.stop()
+
+    async def refusal(self, url: str) -> Any:
+        """
+        @return: The response of the relay's refusal of a client to C{url}
+            (the test fails if the client is relayed).
+        """
+        with self.assertRaises(InvalidStatus) as refused:
+            await openClient(url)
+        return refused.exception.response
+
     async def echoed(self, clients: list[ClientConnection]) -> None:
         """
         Each client gets the echo of a message of its own.
@@ -543,10 +566,7 @@ class ProcessTests(SynchronousTestCase):
                 await self.echoed(clients)
                 self.assertGreater(relay.descriptors(), 64)
             finally:
-                for c in clients:
-                    await c.close()
-                await relay.stop()
-                await backend.stop()
+                await self.finish(relay, backend, clients)
 
         self.runScenario(scenario())
 
@@ -570,9 +590,7 @@ class ProcessTests(SynchronousTestCase):
                 await self.echoed(clients)
                 started = time.monotonic()
                 for _ in range(10):
-                    with self.assertRaises(InvalidStatus) as refused:
-                        await openClient(url)
-                    response = refused.exception.response
+                    response = await self.refusal(url)
                     self.assertEqual(response.status_code, 503)
                     self.assertEqual(response.headers["Retry-After"], "1")
                 elapsed = time.monotonic() - started
@@ -591,10 +609,7 @@ class ProcessTests(SynchronousTestCase):
                 self.assertNotIn("is down", log)
                 self.assertNotIn("Too many open files", log)
             finally:
-                for c in clients:
-                    await c.close()
-                await relay.stop()
-                await backend.stop()
+                await self.finish(relay, backend, clients)
 
         self.runScenario(scenario())
 
@@ -638,9 +653,7 @@ class ProcessTests(SynchronousTestCase):
                 await waitUntil(
                     lambda: relay.descriptors() <= before, "silent clients gone"
                 )
-                with self.assertRaises(InvalidStatus) as refused:
-                    await openClient(url)
-                self.assertEqual(refused.exception.response.status_code, 503)
+                self.assertEqual((await self.refusal(url)).status_code, 503)
                 log = relay.logText()
                 self.assertNotIn("EMFILE", log)
                 self.assertNotIn("Could not accept", log)
@@ -648,10 +661,7 @@ class ProcessTests(SynchronousTestCase):
             finally:
                 for s in silent:
                     s.close()
-                for c in clients:
-                    await c.close()
-                await relay.stop()
-                await backend.stop()
+                await self.finish(relay, backend, clients)
 
         self.runScenario(scenario())
 
