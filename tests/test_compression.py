@@ -307,6 +307,20 @@ def connectRaw(port: int, data: bytes) -> Wire:
     return Wire(sock, masked=True)
 
 
+def sendCompressed(port: int, frame: bytes) -> int | None:
+    """
+    Open a client that offers permessage-deflate to C{port}, send C{frame}
+    once the relay answered, and wait for the close.
+
+    @return: The close code the client got, if any.
+    """
+    wire = connectRaw(port, request(port, "/", "permessage-deflate"))
+    with wire.sock:
+        wire.head()
+        wire.sock.sendall(frame)
+        return wire.closeCode()
+
+
 def rawOneMessage(
     port: int, offer: str | None, before: list[bytes], after: list[bytes]
 ) -> tuple[bytes, list[Frame]]:
@@ -525,15 +539,8 @@ class PassthroughCompressionTests(CompressionTests):
         port = await self.limitedRelay(b.url)
         bombFrame = frameBytes(2, payload, rsv=RSV1)
 
-        def run() -> int | None:
-            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
-            with wire.sock:
-                wire.head()
-                wire.sock.sendall(bombFrame)
-                return wire.closeCode()
-
         baseline = traceMemory(self)
-        self.assertEqual(await inThread(run), 1009)
+        self.assertEqual(await inThread(sendCompressed, port, bombFrame), 1009)
         await waitFor(lambda: len(b.closes) == 1)
         self.assertLess(peakAbove(baseline), 8 * MIB)
         self.assertEqual(b.closes[0][0], 1009)
@@ -819,19 +826,12 @@ class MessagePathTests(TestCase):
         )
         bombFrame = frameBytes(2, payload, rsv=RSV1)
 
-        def fromClient() -> int | None:
-            wire = connectRaw(port, request(port, "/", "permessage-deflate"))
-            with wire.sock:
-                wire.head()
-                wire.sock.sendall(bombFrame)
-                return wire.closeCode()
-
         def fromBackend() -> tuple[list[Any], tuple[int | None, str | None]]:
             with client(port, "/bomb", compression="deflate") as c:
                 return messagesThenClose(c)
 
         baseline = traceMemory(self)
-        self.assertEqual(await inThread(fromClient), 1009)
+        self.assertEqual(await inThread(sendCompressed, port, bombFrame), 1009)
         await waitFor(lambda: len(b.closes) == 1)
         self.assertEqual(b.closes[0][0], 1001)
         self.assertLess(peakAbove(baseline), 8 * MIB)
