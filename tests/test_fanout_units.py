@@ -1,17 +1,34 @@
 """
-Fan-out pieces in memory: framing, channel keys and the reconnect backoff.
+Fan-out pieces in memory: framing, the source's data path, channel keys and
+the reconnect backoff.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import struct
+from typing import cast
 
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from wsrelay.config import parseConfig
-from wsrelay.fanout import BINARY, IDLE, TEXT, WAITING, Channel, channelKey, frame
+from wsrelay.fanout import (
+    BINARY,
+    IDLE,
+    TEXT,
+    UP,
+    WAITING,
+    Channel,
+    SourceReader,
+    channelKey,
+    frame,
+)
+from wsrelay.legs import RelayLeg
 from wsrelay.service import RelayService
 
 
@@ -26,6 +43,82 @@ def relayFor(extra: str) -> tuple[RelayService, Clock]:
     )
     clock = Clock()
     return RelayService(config, MemoryReactorClock(), clock), clock
+
+
+def acceptSource(reactor: MemoryReactorClock) -> tuple[IProtocol, StringTransport]:
+    """
+    Answer the last connection the relay opened on C{reactor} as a source
+    does: a 101 with the accept key of the relay's request.
+
+    @return: What the connection's transport delivers bytes to, and the
+        transport.
+    """
+    factory = reactor.tcpClients[-1][2]
+    wire = factory.buildProtocol(None)
+    transport = StringTransport()
+    wire.makeConnection(transport)
+    found = re.search(rb"Sec-WebSocket-Key: (\S+)", transport.value())
+    assert found is not None
+    accept = base64.b64encode(
+        hashlib.sha1(found.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    )
+    transport.clear()
+    wire.dataReceived(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    return wire, transport
+
+
+class Member:
+    """
+    Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent.
+    """
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[bytes, int]] = []
+
+    def send(self, data: bytes, count: int = 1) -> None:
+        """
+        Keep one write of C{count} messages.
+        """
+        self.writes.append((data, count))
+
+
+class SourceReaderTests(SynchronousTestCase):
+    """
+    The source leg's data path is the channel's L{SourceReader}.
+    """
+
+    def test_dataPath(self) -> None:
+        """
+        Once the source is connected, its leg's C{dataPath} is a
+        L{SourceReader} called by the leg's own C{dataReceived} (no method
+        of the live leg is replaced); the messages of one read, fragmented
+        or not, reach each member framed once, in one write.
+        """
+        relay, clock = relayFor("")
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        wire, _ = acceptSource(cast(MemoryReactorClock, relay._reactor))
+        channel = relay.channels[("feed", "")]
+        self.assertEqual(channel.state, UP)
+        up = channel.upstream
+        assert up is not None
+        self.assertIsInstance(up.dataPath, SourceReader)
+        self.assertNotIn("dataReceived", vars(up))
+        self.assertEqual(type(up).dataReceived, RelayLeg.dataReceived)
+        members = [Member(), Member()]
+        for m in members:
+            channel.members[m] = None  # type: ignore[index]
+        wire.dataReceived(
+            b"\x81\x02hi" + b"\x02\x01a" + b"\x00\x01b" + b"\x80\x01c" + b"\x82\x00"
+        )
+        expected = frame(TEXT, b"hi") + frame(BINARY, b"abc") + frame(BINARY, b"")
+        for m in members:
+            self.assertEqual(m.writes, [(expected, 3)])
+        self.assertEqual((channel.messagesIn, channel.deliveries), (3, 6))
+        self.assertIsNone(channel.batch)
 
 
 class FrameTests(SynchronousTestCase):

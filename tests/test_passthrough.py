@@ -18,7 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_proxy import closeOf
 from wsrelay.config import RelayConfig
+from wsrelay.legs import RelayLeg
 from wsrelay.passthrough import PING_PREFIX, Direction, Pipe, closeFrame
+from wsrelay.session import ProxySession
 
 
 def frame(
@@ -592,7 +594,9 @@ class SessionTests(TestCase):
 
     async def test_pipeInPlace(self) -> None:
         """
-        The open session's data path is the pipe.
+        The open session's data path is the pipe: each leg's C{dataPath} is
+        the pipe's direction reading from it, called by the leg's own
+        C{dataReceived} (no method is replaced on the live legs).
         """
         b = startBackend(self)
         relay, port = await startRelay(
@@ -604,6 +608,14 @@ class SessionTests(TestCase):
         await inThread(c.send, "hi")
         self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
         [session] = relay.sessions
-        self.assertIsInstance(session.pipe, Pipe)  # type: ignore[union-attr]
+        assert isinstance(session, ProxySession)
+        pipe = session.pipe
+        self.assertIsInstance(pipe, Pipe)
+        assert pipe is not None and session.upstream is not None
+        self.assertIs(session.frontend.dataPath, pipe.fromClient)
+        self.assertIs(session.upstream.dataPath, pipe.fromBackend)
+        for leg in (session.frontend, session.upstream):
+            self.assertNotIn("dataReceived", vars(leg))
+            self.assertEqual(type(leg).dataReceived, RelayLeg.dataReceived)
         session.shutdown(4000, b"bye")
         self.assertEqual(await inThread(closeOf, c), (4000, "bye"))

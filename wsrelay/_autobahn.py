@@ -11,17 +11,21 @@ lines whether debug logging is on or not.
 
 The modules' names for these functions are replaced with wrappers that
 format only when a line is actually rendered, with the same text then.
+
+And the only place in wsrelay that names Autobahn's private attributes:
+L{LegShims} gives a relay leg the ones it uses under public names.
 """
 
 from __future__ import annotations
 
 import pprint
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
+from autobahn.websocket.protocol import WebSocketProtocol
 
 
 class LazyCall(str):
@@ -83,3 +87,15 @@ def install() -> None:
     for module in (protocol, twisted):
         module.hltype = lazy(util.hltype)
         module.hlval = lazy(util.hlval)
+
+
+class LegShims:
+    """
+    Autobahn's private protocol attributes that a relay leg uses, under
+    public names.  A mixin placed before Autobahn's protocol class.
+    """
+
+    #: Autobahn's parser: takes bytes from the transport, runs the opening
+    #: handshake and then parses frames (C{onMessageFrameEnd}, ...).  Its
+    #: Twisted C{dataReceived} only formats a debug line and calls it.
+    parse: ClassVar[Callable[[Any, bytes], None]] = WebSocketProtocol._dataReceived

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -113,6 +112,8 @@ class Channel:
     @ivar slowCloses: Clients closed for being slow.
     @ivar clientDrops: Client messages not forwarded.
     @ivar connects: Upstream connections opened.
+    @ivar batch: While a read from the source is parsed (L{SourceReader}),
+        the messages it completed, framed; else L{None}.
     """
 
     log = Logger()
@@ -143,7 +144,7 @@ class Channel:
         self._lost: Backend | None = None
         self._gone: Deferred[None] | None = None
         self._closing: UpstreamProtocol | None = None
-        self._batch: list[bytes] | None = None
+        self.batch: list[bytes] | None = None
         self.retired = False
 
     @property
@@ -244,12 +245,7 @@ class Channel:
         self.route.balancer.connectionOpened(backend)
         up.target = self
         up.listener = self
-        received = up.dataReceived
-
-        def readFromSource(data: bytes) -> None:
-            self._readFromSource(received, data)
-
-        up.dataReceived = readFromSource  # type: ignore[method-assign]
+        up.dataPath = SourceReader(self, up)
         for line in self.route.config.subscribe:
             up.forwardFrame(TEXT, line.encode("utf-8"), True)
         self.log.info(
@@ -293,32 +289,13 @@ class Channel:
         self.messagesIn += 1
         self.framed += 1
         self.replay.append(data)
-        batch = self._batch
+        batch = self.batch
         if batch is not None:
             batch.append(data)
             return
         self.deliveries += len(self.members)
         for member in self.members:
             member.send(data)
-
-    def _readFromSource(self, received: Callable[[bytes], None], data: bytes) -> None:
-        """
-        Wraps the upstream's C{dataReceived} (C{received}): the messages of
-        one read from the source go to each member in one write.
-        """
-        batch: list[bytes] = []
-        self._batch = batch
-        try:
-            received(data)
-        finally:
-            self._batch = None
-        if not batch:
-            return
-        count = len(batch)
-        chunk = batch[0] if count == 1 else b"".join(batch)
-        self.deliveries += count * len(self.members)
-        for member in self.members:
-            member.send(chunk, count)
 
     def sendUpstream(self, opcode: int, payload: bytes) -> None:
         """
@@ -447,6 +424,41 @@ class Channel:
         linger, self._linger = self._linger, None
         if linger is not None and linger.active():
             linger.cancel()
+
+
+class SourceReader:
+    """
+    The data path of a channel's source leg (L{RelayLeg.dataPath}):
+    Autobahn parses each read from the source (L{RelayLeg.parse}), its
+    complete messages reach L{Channel.forwardFrame} (the leg's C{target})
+    and are framed into the channel's batch, and the batch goes to each
+    member in one write.
+    """
+
+    def __init__(self, channel: Channel, leg: UpstreamProtocol) -> None:
+        self.channel = channel
+        self.leg = leg
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse one read from the source, then write its messages to every
+        member at once.
+        """
+        channel = self.channel
+        batch: list[bytes] = []
+        channel.batch = batch
+        try:
+            self.leg.parse(data)
+        finally:
+            channel.batch = None
+        if not batch:
+            return
+        count = len(batch)
+        chunk = batch[0] if count == 1 else b"".join(batch)
+        members = channel.members
+        channel.deliveries += count * len(members)
+        for member in members:
+            member.send(chunk, count)
 
 
 @implementer(IPushProducer)

@@ -6,6 +6,11 @@ without reassembling messages, and relaying the close handshake.
 Each leg hands every complete data frame it receives to its C{target}
 (the other leg, a reconnect buffer, a fan-out channel...) through
 C{forwardFrame(opcode, payload, fin)}, and is itself such a target.
+
+What a leg's transport receives goes to the leg's data path
+(L{RelayLeg.dataPath}): Autobahn's parser until the session sets another
+(a passthrough L{wsrelay.passthrough.Direction}, or the fan-out
+L{wsrelay.fanout.Channel} reading its source).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay import _autobahn
+from wsrelay._autobahn import LegShims
 from wsrelay.writes import directWrite
 
 if TYPE_CHECKING:
@@ -115,6 +121,18 @@ def withOptions(base: type[Any], factory: Any) -> type[Any]:
     return type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
 
+class DataPath(Protocol):
+    """
+    What reads the bytes a leg's transport receives, instead of Autobahn's
+    parser.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Take bytes as the leg's transport received them.
+        """
+
+
 class FrameSink(Protocol):
     """
     Something data frames can be forwarded to.
@@ -197,10 +215,16 @@ class TransportPauser:
         """
 
 
-class RelayLeg:
+class RelayLeg(LegShims):
     """
     Mixin for an Autobahn protocol that relays frames and closes.
 
+    @ivar dataPath: What reads the bytes the transport receives
+        (L{dataReceived}): L{None} for Autobahn's parser (L{parse}), the
+        handshake and the message data path; a passthrough
+        L{wsrelay.passthrough.Direction} set by the session's pipe; the
+        L{wsrelay.fanout.Channel} of a fan-out source, which calls
+        L{parse} itself.
     @ivar target: Where received data frames go.
     @ivar listener: Told about closing.
     @ivar messagesIn: Complete messages received.
@@ -224,6 +248,7 @@ class RelayLeg:
         answered) while what the other side sends still reaches it.
     """
 
+    dataPath: DataPath | None = None
     target: FrameSink | None = None
     listener: CloseListener | None = None
     #: TCP_NODELAY on both legs.  Autobahn's Twisted C{connectionMade}
@@ -276,7 +301,20 @@ class RelayLeg:
         def _invalid_payload(self, reason: str) -> bool: ...
         def onServerConnectionDropTimeout(self) -> None: ...
 
-    # Receiving: whole frames, never whole messages.
+    # Receiving: bytes go to the data path.
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the transport: to the data path, or to Autobahn's parser
+        when there is none.
+        """
+        path = self.dataPath
+        if path is None:
+            self.parse(data)
+        else:
+            path.dataReceived(data)
+
+    # Receiving on the message path: whole frames, never whole messages.
 
     def onMessageBegin(self, isBinary: bool) -> None:
         """
@@ -349,14 +387,14 @@ class RelayLeg:
     )
 
     #: What a leg whose connection is gone lets go of (L{letGo}): the
-    #: references by which it and its session, pipe or channel refer to
-    #: each other, Autobahn's C{is_closed} (resolved with the leg itself),
+    #: references by which it and its session, data path or channel refer
+    #: to each other, Autobahn's C{is_closed} (resolved with the leg itself),
     #: and the handshake's L{Deferred} of an upstream leg.
     _CYCLES = (
         "listener",
         "target",
         "session",
-        "dataReceived",
+        "dataPath",
         "is_closed",
         "opened",
     )

@@ -532,14 +532,15 @@ class Pipe:
 
     def start(self) -> None:
         """
-        Take over both legs' incoming bytes.
+        Take over both legs' incoming bytes: each leg's data path becomes
+        the direction that reads from it.
         """
         for leg, direction in (
             (self.frontend, self.fromClient),
             (self.upstream, self.fromBackend),
         ):
             _stopAutobahnPings(leg)
-            leg.dataReceived = direction.dataReceived  # type: ignore[method-assign]
+            leg.dataPath = direction
         if self.pingInterval > 0:
             self._pingCall = self.clock.callLater(self.pingInterval, self._keepalive)
 
