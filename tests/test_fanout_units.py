@@ -1,6 +1,6 @@
 """
-Fan-out pieces in memory: framing, the source's data path, channel keys and
-the reconnect backoff.
+Fan-out pieces in memory: the source's data path, channel keys and the
+reconnect backoff.
 """
 
 from __future__ import annotations
@@ -8,26 +8,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import struct
 from typing import cast
 
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from txaio.testutil import replace_loop
 
 from wsrelay.config import parseConfig
-from wsrelay.fanout import (
-    BINARY,
-    IDLE,
-    TEXT,
-    UP,
-    WAITING,
-    Channel,
-    SourceReader,
-    channelKey,
-    frame,
-)
+from wsrelay.fanout import IDLE, UP, WAITING, Channel, SourceReader, channelKey
+from wsrelay.framing import BINARY, TEXT, frame
 from wsrelay.legs import RelayLeg
 from wsrelay.service import RelayService
 
@@ -70,6 +61,27 @@ def acceptSource(reactor: MemoryReactorClock) -> tuple[IProtocol, StringTranspor
     return wire, transport
 
 
+def openSource(
+    testCase: SynchronousTestCase, extra: str
+) -> tuple[RelayService, Clock, IProtocol, Channel]:
+    """
+    Start a relay with one eager fan-out route (L{relayFor}) whose source
+    accepts at once (L{acceptSource}); every timer, Autobahn's too, on the
+    relay's clock.
+
+    @return: The relay, its clock, what the source connection's transport
+        delivers bytes to, and the channel.
+    """
+    relay, clock = relayFor(extra)
+    loop = replace_loop(clock)
+    loop.__enter__()
+    testCase.addCleanup(loop.__exit__, None, None, None)
+    relay.startService()
+    testCase.addCleanup(relay.stopService)
+    wire, _ = acceptSource(cast(MemoryReactorClock, relay._reactor))
+    return relay, clock, wire, relay.channels[("feed", "")]
+
+
 class Member:
     """
     Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent.
@@ -97,11 +109,7 @@ class SourceReaderTests(SynchronousTestCase):
         of the live leg is replaced); the messages of one read, fragmented
         or not, reach each member framed once, in one write.
         """
-        relay, clock = relayFor("")
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        wire, _ = acceptSource(cast(MemoryReactorClock, relay._reactor))
-        channel = relay.channels[("feed", "")]
+        relay, clock, wire, channel = openSource(self, "")
         self.assertEqual(channel.state, UP)
         up = channel.upstream
         assert up is not None
@@ -119,27 +127,6 @@ class SourceReaderTests(SynchronousTestCase):
             self.assertEqual(m.writes, [(expected, 3)])
         self.assertEqual((channel.messagesIn, channel.deliveries), (3, 6))
         self.assertIsNone(channel.batch)
-
-
-class FrameTests(SynchronousTestCase):
-    """
-    L{frame} writes what RFC 6455 says a server sends.
-    """
-
-    def test_lengths(self) -> None:
-        """
-        Payloads under 126 bytes have a one-byte length, up to 65535 a
-        16-bit one, beyond a 64-bit one; the FIN bit is set, no mask.
-        """
-        self.assertEqual(frame(TEXT, b"hi"), b"\x81\x02hi")
-        self.assertEqual(frame(BINARY, b""), b"\x82\x00")
-        self.assertEqual(frame(TEXT, b"x" * 125)[:2], b"\x81\x7d")
-        self.assertEqual(frame(TEXT, b"x" * 126)[:4], b"\x81\x7e\x00\x7e")
-        self.assertEqual(frame(TEXT, b"x" * 65535)[:4], b"\x81\x7e\xff\xff")
-        big = frame(BINARY, b"x" * 65536)
-        self.assertEqual(big[:2], b"\x82\x7f")
-        self.assertEqual(struct.unpack("!Q", big[2:10])[0], 65536)
-        self.assertEqual(len(big), 10 + 65536)
 
 
 class ChannelKeyTests(SynchronousTestCase):

@@ -18,8 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_proxy import closeOf
 from wsrelay.config import RelayConfig
+from wsrelay.framing import closeFrame
 from wsrelay.legs import RelayLeg
-from wsrelay.passthrough import PING_PREFIX, Direction, Pipe, closeFrame
+from wsrelay.passthrough import PING_PREFIX, Direction, Pipe
 from wsrelay.session import ProxySession
 
 

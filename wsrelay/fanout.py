@@ -4,15 +4,14 @@ Fan-out: one upstream connection to a source, shared by every client of a
 channel.
 
 A L{Channel} holds the upstream, frames each message from the source once
-and writes the same bytes to every member; a L{FanoutSession} is one
-client's membership, with its own small queue for the time its
+(L{wsrelay.framing.frame}) and writes the same bytes to every member; a
+L{FanoutSession} is one client's membership, with its own small queue for the time its
 connection cannot keep up.  Payloads are never decoded here.
 """
 
 from __future__ import annotations
 
 import random
-import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsrelay.framing import TEXT, Assembler, frame
 from wsrelay.legs import OPEN
 from wsrelay.routing import Backend, ConnectionInfo, Route
 
@@ -32,59 +32,11 @@ if TYPE_CHECKING:
     from wsrelay.service import RelayService
     from wsrelay.upstream import UpstreamProtocol
 
-TEXT = 1
-BINARY = 2
-
 IDLE = "idle"
 CONNECTING = "connecting"
 UP = "up"
 WAITING = "waiting"
 STOPPED = "stopped"
-
-_SHORT = struct.Struct("!BBH")
-_LONG = struct.Struct("!BBQ")
-
-
-def frame(opcode: int, payload: bytes) -> bytes:
-    """
-    Frame a whole message as a server sends it: one final frame, unmasked.
-    """
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 65536:
-        return _SHORT.pack(0x80 | opcode, 126, n) + payload
-    return _LONG.pack(0x80 | opcode, 127, n) + payload
-
-
-class Assembler:
-    """
-    Joins the frames of a message: the relay frames whole messages for
-    fan-out.
-    """
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._opcode = TEXT
-
-    def add(self, opcode: int, payload: bytes, fin: bool) -> tuple[int, bytes] | None:
-        """
-        Take one data frame.
-
-        @return: The opcode and payload of the message it completes, or
-            L{None} while the message goes on.
-        """
-        parts = self._parts
-        if not fin:
-            if opcode:
-                self._opcode = opcode
-            parts.append(payload)
-            return None
-        if not parts:
-            return opcode, payload
-        parts.append(payload)
-        self._parts = []
-        return self._opcode, b"".join(parts)
 
 
 def channelKey(route: Route, remainder: str, query: str) -> str:

@@ -25,7 +25,6 @@ is never finished, and both sides are closed with 1009 (L{Pipe.tooBig}).
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from wsrelay.framing import CLOSE, PING, PONG, closeFrame, controlFrame
 from wsrelay.inflate import InflateCounter, agreedSenders, unmask
 from wsrelay.legs import failureClose, sendableCloseCode
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
@@ -44,34 +44,12 @@ if TYPE_CHECKING:
     from wsrelay.session import ProxySession
     from wsrelay.upstream import UpstreamProtocol
 
-_CLOSE = 8
-_PING = 9
-_PONG = 10
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
 #: Prefix of the relay's own ping payloads; the pongs that answer them are
 #: not forwarded.
 PING_PREFIX = b"wsrelay:"
-
-
-def controlFrame(opcode: int, payload: bytes, mask: bool) -> bytes:
-    """
-    Frame a control message (at most 125 bytes), masked when sent to a
-    backend.
-    """
-    if not mask:
-        return bytes((0x80 | opcode, len(payload))) + payload
-    key = os.urandom(4)
-    masked = unmask(key, payload, 0)
-    return bytes((0x80 | opcode, 0x80 | len(payload))) + key + masked
-
-
-def closeFrame(code: int, reason: bytes, mask: bool) -> bytes:
-    """
-    Frame a close message.
-    """
-    return controlFrame(_CLOSE, _U16.pack(code) + reason[:123], mask)
 
 
 def closeProblem(payload: bytes) -> tuple[int, bytes] | None:
@@ -143,7 +121,7 @@ def rsvProblem(b0: int, refused: int, deflate: bool) -> bytes | None:
         return b"reserved bits set"
     if deflate and b0 & RSV1:
         opcode = b0 & 0x0F
-        if opcode >= _CLOSE:
+        if opcode >= CLOSE:
             return b"compressed control frame"
         if opcode == 0:
             return b"compressed continuation frame"
@@ -294,8 +272,8 @@ class Direction:
                     return self.fail(1002, why)
             opcode = b0 & 0x0F
             fin = b0 & 0x80
-            if opcode >= _CLOSE:
-                if opcode > _PONG or not fin or length > 125:
+            if opcode >= CLOSE:
+                if opcode > PONG or not fin or length > 125:
                     self.write(data[start:i])
                     return self.fail(1002, b"bad control frame")
                 end = i + header + length
@@ -304,7 +282,7 @@ class Direction:
                 payload = data[i + header : end]
                 if b1 & 0x80:
                     payload = unmask(data[i + header - 4 : i + header], payload, 0)
-                if opcode == _PONG and payload.startswith(PING_PREFIX):
+                if opcode == PONG and payload.startswith(PING_PREFIX):
                     self.write(data[start:i])
                     start = end
                     i = end
@@ -312,7 +290,7 @@ class Direction:
                     if pipe is not None:
                         pipe.ponged(self, payload)
                     continue
-                if opcode == _CLOSE:
+                if opcode == CLOSE:
                     bad = closeProblem(payload)
                     if bad is not None:
                         self.write(data[start:i])
@@ -436,7 +414,7 @@ class Direction:
         self.pingDue = False
         ping = self.ping
         if ping is not None:
-            self.write(controlFrame(_PING, ping, self.masked))
+            self.write(controlFrame(PING, ping, self.masked))
 
     def atBoundary(self) -> bool:
         """
