@@ -1,18 +1,40 @@
 """
-The adjustment wsrelay makes to Autobahn.
+The adjustments wsrelay makes to Autobahn, and its shims over Autobahn's
+private attributes (L{wsrelay._autobahn}).
 """
 
 from __future__ import annotations
 
 import pprint
+import struct
 
+import autobahn
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.compress import PerMessageDeflate, PerMessageDeflateOfferAccept
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from txaio.testutil import replace_loop
 
 import wsrelay.legs  # noqa: F401 (installs the adjustment)
-from wsrelay._autobahn import LazyCall, LazyFormat
+from wsrelay._autobahn import (
+    PRIVATE_ATTRIBUTES,
+    PRIVATE_METHODS,
+    LazyCall,
+    LazyFormat,
+    LegShims,
+    setPeer,
+)
+from wsrelay.frontend import FrontendProtocol
+from wsrelay.upstream import UpstreamProtocol
 
 
 class LazyFormatTests(SynchronousTestCase):
@@ -58,3 +80,237 @@ class LazyFormatTests(SynchronousTestCase):
                 raise AssertionError("formatted")
 
         LazyFormat([Loud()])
+
+
+#: Autobahn's attributes (public names, internal state) that the relay's
+#: legs read or set, besides the private ones of L{_autobahn}: those of
+#: an open connection that received a message (C{RelayLeg}'s annotations,
+#: passthrough's C{_stopAutobahnPings}, the handshake screening's C{data}).
+LEG_STATE = (
+    "state",
+    "failedByMe",
+    "frame_data",
+    "current_frame",
+    "utf8validateIncomingCurrentMessage",
+    "message_data_total_length",
+    "closeHandshakeTimeoutCall",
+    "send_queue",
+    "logOctets",
+    "data",
+    "autoPingPendingCall",
+    "autoPingTimeoutCall",
+    "autoPingInterval",
+    "autoPingTimeout",
+    "wasClean",
+    "remoteCloseCode",
+    "localCloseCode",
+    "is_closed",
+)
+
+#: The same, of a client connection only (the upstream leg).
+CLIENT_STATE = ("serverConnectionDropTimeout", "serverConnectionDropTimeoutCall")
+
+
+class ShimLeg(LegShims, WebSocketServerProtocol):  # type: ignore[misc]
+    """
+    An Autobahn server protocol with the relay's shims: records the
+    failures Autobahn reports through them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[tuple[int, str]] = []
+
+    def onFailure(self, code: int, reason: str) -> None:
+        """
+        Record the failure, then fail as the shim does by default.
+        """
+        self.failures.append((code, reason))
+        super().onFailure(code, reason)
+
+
+def openLeg(
+    testCase: SynchronousTestCase, extensions: bytes = b""
+) -> tuple[ShimLeg, StringTransport]:
+    """
+    A L{ShimLeg} that completed a client's opening handshake, in memory,
+    Autobahn's timers on a clock.
+
+    @param extensions: The client's C{Sec-WebSocket-Extensions}, if any.
+    @return: The leg and its transport, cleared of the 101.
+    """
+    loop = replace_loop(Clock())
+    loop.__enter__()
+    testCase.addCleanup(loop.__exit__, None, None, None)
+    factory = WebSocketServerFactory()
+    factory.protocol = ShimLeg
+    factory.setProtocolOptions(
+        failByDrop=False,
+        openHandshakeTimeout=0,
+        perMessageCompressionAccept=lambda offers: (
+            PerMessageDeflateOfferAccept(offers[0]) if offers else None
+        ),
+    )
+    leg = factory.buildProtocol(None)
+    transport = StringTransport()
+    leg.makeConnection(transport)
+    head = (
+        b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n"
+    )
+    if extensions:
+        head += b"Sec-WebSocket-Extensions: " + extensions + b"\r\n"
+    leg.dataReceived(head + b"\r\n")
+    testCase.assertTrue(transport.value().startswith(b"HTTP/1.1 101"))
+    transport.clear()
+    return leg, transport
+
+
+def closeCode(data: bytes) -> int:
+    """
+    @return: The code of the unmasked close frame C{data} (a server's).
+    """
+    assert data[0] == 0x88, data
+    code: int = struct.unpack_from("!H", data, 2)[0]
+    return code
+
+
+class PrivateNamesTests(SynchronousTestCase):
+    """
+    The Autobahn internals the relay relies on are where it expects them:
+    an upgrade of Autobahn that renames one fails here, by name, rather
+    than somewhere in the relay's behaviour.
+    """
+
+    def test_privateMethods(self) -> None:
+        """
+        Autobahn's protocols have every private method L{_autobahn} names.
+        """
+        missing = [
+            f"{cls.__name__}.{name}"
+            for cls in (WebSocketServerProtocol, WebSocketClientProtocol)
+            for name in PRIVATE_METHODS
+            if not callable(getattr(cls, name, None))
+        ]
+        if missing:
+            self.fail(
+                f"Autobahn {autobahn.__version__} lacks {', '.join(missing)}:"
+                " update wsrelay/_autobahn.py"
+            )
+
+    def test_attributes(self) -> None:
+        """
+        An open Autobahn protocol has every private attribute L{_autobahn}
+        names and the internal state the legs use.
+        """
+        leg, _ = openLeg(self)
+        key = b"\x00\x00\x00\x00"
+        leg.onMessage = lambda payload, isBinary: None
+        leg.dataReceived(b"\x81\x82" + key + b"hi")
+        factory = WebSocketClientFactory(url="ws://example.com/")
+        factory.protocol = WebSocketClientProtocol
+        factory.setProtocolOptions(serverConnectionDropTimeout=1)
+        client = factory.buildProtocol(None)
+        client.makeConnection(StringTransport())
+        missing = [
+            name for name in PRIVATE_ATTRIBUTES + LEG_STATE if not hasattr(leg, name)
+        ] + [name for name in CLIENT_STATE if not hasattr(client, name)]
+        if missing:
+            self.fail(
+                f"Autobahn {autobahn.__version__} lacks {', '.join(missing)}:"
+                " update wsrelay/_autobahn.py or wsrelay/legs.py"
+            )
+
+    def test_parseIsAutobahns(self) -> None:
+        """
+        L{LegShims.parse} is the parser both legs would reach through
+        Autobahn's C{dataReceived}: nothing between overrides it.
+        """
+        for leg in (FrontendProtocol, UpstreamProtocol):
+            self.assertIs(leg.parse, LegShims.parse)
+            self.assertIs(
+                leg._dataReceived,  # type: ignore[attr-defined]
+                LegShims.parse,
+            )
+
+
+class ShimTests(SynchronousTestCase):
+    """
+    L{LegShims} maps Autobahn's private hooks to public names with
+    Autobahn's behaviour.
+    """
+
+    def test_compressor(self) -> None:
+        """
+        Once open, C{compressor} is the permessage-deflate compressor
+        Autobahn negotiated, or L{None} without compression.
+        """
+        leg, _ = openLeg(self, b"permessage-deflate")
+        self.assertIsInstance(leg.compressor, PerMessageDeflate)
+        self.assertIs(leg.compressor, leg._perMessageCompress)
+        plain, _ = openLeg(self)
+        self.assertIsNone(plain.compressor)
+
+    def test_parse(self) -> None:
+        """
+        L{LegShims.parse} parses what the transport received, as
+        Autobahn's C{dataReceived} does.
+        """
+        leg, transport = openLeg(self)
+        got: list[bytes] = []
+        leg.onMessage = lambda payload, isBinary: got.append(payload)
+        key = b"\x01\x02\x03\x04"
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(b"hi"))
+        leg.parse(b"\x81\x82" + key + payload)
+        self.assertEqual(got, [b"hi"])
+
+    def test_protocolViolation(self) -> None:
+        """
+        L{LegShims.protocolViolation} fails the connection with 1002
+        through L{LegShims.onFailure}, whose default sends the close frame.
+        """
+        leg, transport = openLeg(self)
+        self.assertFalse(leg.protocolViolation("bad"))
+        self.assertEqual(leg.failures, [(1002, "bad")])
+        self.assertEqual(closeCode(transport.value()), 1002)
+
+    def test_invalidPayload(self) -> None:
+        """
+        L{LegShims.invalidPayload} fails the connection with 1007.
+        """
+        leg, transport = openLeg(self)
+        self.assertFalse(leg.invalidPayload("not UTF-8"))
+        self.assertEqual(leg.failures, [(1007, "not UTF-8")])
+        self.assertEqual(closeCode(transport.value()), 1007)
+
+    def test_autobahnsOwnFailure(self) -> None:
+        """
+        A failure Autobahn finds itself (an unmasked frame from a client)
+        reaches L{LegShims.onFailure}.
+        """
+        leg, transport = openLeg(self)
+        leg.dataReceived(b"\x81\x02hi")
+        self.assertEqual([code for code, _ in leg.failures], [1002])
+        self.assertEqual(closeCode(transport.value()), 1002)
+
+    def test_failNow(self) -> None:
+        """
+        L{LegShims.failNow} fails as Autobahn does, whatever
+        L{LegShims.onFailure} would decide: the close frame goes at once.
+        """
+        leg, transport = openLeg(self)
+        leg.failNow(1009, "too big")
+        self.assertEqual(leg.failures, [])
+        self.assertEqual(closeCode(transport.value()), 1009)
+        self.assertTrue(leg.failedByMe)
+
+    def test_setPeer(self) -> None:
+        """
+        L{setPeer} gives the protocol its C{peer} in its transport details
+        too.
+        """
+        leg, _ = openLeg(self)
+        setPeer(leg, "tcp4:192.0.2.7:4000")
+        self.assertEqual(leg.peer, "tcp4:192.0.2.7:4000")
+        self.assertEqual(leg._transport_details.peer, "tcp4:192.0.2.7:4000")

@@ -89,13 +89,97 @@ def install() -> None:
         module.hlval = lazy(util.hlval)
 
 
+#: Autobahn's private protocol methods that wsrelay calls or overrides,
+#: all of them here (C{WebSocketProtocol} or its Twisted adapter has each):
+#: tests/test_autobahn.py fails, naming it, when an upgrade of Autobahn
+#: renames one.
+PRIVATE_METHODS = (
+    "_dataReceived",
+    "_fail_connection",
+    "_protocol_violation",
+    "_invalid_payload",
+    "_onOpen",
+)
+
+#: Autobahn's private attributes of a connected protocol that wsrelay
+#: reads (checked the same way).
+PRIVATE_ATTRIBUTES = ("_perMessageCompress", "_transport_details")
+
+
 class LegShims:
     """
     Autobahn's private protocol attributes that a relay leg uses, under
-    public names.  A mixin placed before Autobahn's protocol class.
+    public names.  A mixin placed before Autobahn's protocol class, so
+    that C{super()} here is Autobahn.
+
+    @ivar compressor: The leg's permessage-deflate compressor as
+        negotiated (Autobahn's C{PerMessageDeflate}), or L{None}: set as
+        the leg opens, once Autobahn has negotiated it.
     """
 
     #: Autobahn's parser: takes bytes from the transport, runs the opening
     #: handshake and then parses frames (C{onMessageFrameEnd}, ...).  Its
     #: Twisted C{dataReceived} only formats a debug line and calls it.
     parse: ClassVar[Callable[[Any, bytes], None]] = WebSocketProtocol._dataReceived
+
+    compressor: Any = None
+
+    def _onOpen(self) -> None:
+        """
+        Autobahn opened the connection: keep the compressor it negotiated,
+        then go on as Autobahn does (to C{onOpen}).
+        """
+        self.compressor = self._perMessageCompress  # type: ignore[attr-defined]
+        super()._onOpen()  # type: ignore[misc]
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """
+        Autobahn fails the connection (a protocol error, invalid UTF-8, too
+        big a message): L{onFailure} decides.
+        """
+        self.onFailure(code, reason)
+
+    def onFailure(self, code: int, reason: str) -> None:
+        """
+        Autobahn fails the connection with C{code}; by default, at once
+        (L{failNow}).
+        """
+        self.failNow(code, reason)
+
+    def failNow(self, code: int, reason: str) -> None:
+        """
+        Fail the connection as Autobahn does: its close frame with C{code}
+        (or, with C{failByDrop}, the end of the connection).
+        """
+        super()._fail_connection(code, reason)  # type: ignore[misc]
+
+    def protocolViolation(self, reason: str) -> bool:
+        """
+        Fail the connection for a protocol error (1002), as Autobahn does
+        for its own.
+
+        @return: Whether to stop processing (Autobahn's answer).
+        """
+        done: bool = self._protocol_violation(reason)  # type: ignore[attr-defined]
+        return done
+
+    def invalidPayload(self, reason: str) -> bool:
+        """
+        Fail the connection for invalid UTF-8 (1007), as Autobahn does for
+        its own.
+
+        @return: Whether to stop processing (Autobahn's answer).
+        """
+        done: bool = self._invalid_payload(reason)  # type: ignore[attr-defined]
+        return done
+
+
+def setPeer(protocol: Any, peer: str) -> None:
+    """
+    Give an Autobahn protocol another C{peer} (the address a PROXY protocol
+    header names), in its transport details too.
+    """
+    protocol.peer = peer
+    details = getattr(protocol, "_transport_details", None)
+    if details is not None:
+        details.peer = peer

@@ -267,12 +267,12 @@ class RelayLeg(LegShims):
     closeRelayed = False
     heldFailure: tuple[int, str] | None = None
 
-    # Autobahn's own attributes used here.
+    # Autobahn's own attributes used here (its private ones through
+    # LegShims).
     state: int
     failedByMe: bool
     frame_data: list[bytes] | None
     current_frame: Any
-    _perMessageCompress: Any
     utf8validateIncomingCurrentMessage: bool
     utf8validateLast: Any
     message_data_total_length: int
@@ -297,8 +297,6 @@ class RelayLeg(LegShims):
         ) -> None: ...  # noqa: E501
         def dropConnection(self, abort: bool = False) -> None: ...
         def sendPong(self, payload: bytes | None = None) -> None: ...
-        def _protocol_violation(self, reason: str) -> bool: ...
-        def _invalid_payload(self, reason: str) -> bool: ...
         def onServerConnectionDropTimeout(self) -> None: ...
 
     # Receiving: bytes go to the data path.
@@ -473,7 +471,7 @@ class RelayLeg(LegShims):
         """
         if self.state != OPEN:
             return
-        pmce = self._perMessageCompress
+        pmce = self.compressor
         if pmce is None:
             self.sendFrame(opcode, payload, fin)
         else:
@@ -505,13 +503,13 @@ class RelayLeg(LegShims):
         other side said.
         """
         if code is not None and not sendableCloseCode(code):
-            return self._protocol_violation(f"invalid close code {code}")
+            return self.protocolViolation(f"invalid close code {code}")
         reason = None
         if reasonRaw is not None:
             try:
                 reason = reasonRaw.decode("utf-8")
             except UnicodeDecodeError:
-                return self._invalid_payload("invalid close reason (non-UTF8 payload)")
+                return self.invalidPayload("invalid close reason (non-UTF8 payload)")
         self.remoteCloseCode = code
         self.remoteCloseReason = reason
         self.wasClean = True
@@ -554,10 +552,11 @@ class RelayLeg(LegShims):
         elif self.state == OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason, isReply=False)
 
-    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+    def onFailure(self, code: int, reason: str) -> None:
         """
-        Autobahn fails the connection: the peer broke the protocol (1002),
-        sent invalid UTF-8 (1007) or too big a message (1009).
+        Autobahn fails the connection (L{LegShims}): the peer broke the
+        protocol (1002), sent invalid UTF-8 (1007) or too big a message
+        (1009).
 
         Autobahn sends its close frame at once; but the other side may
         still be answering what the peer sent before the bad frame (the
@@ -581,16 +580,16 @@ class RelayLeg(LegShims):
             self.failedByMe = True
             self.heldFailure = (code, reason)
             return
-        super()._fail_connection(code, reason)  # type: ignore[misc]
+        self.failNow(code, reason)
 
     def releaseFailure(self) -> None:
         """
-        Send the close frame of the failure held back (L{_fail_connection}):
+        Send the close frame of the failure held back (L{onFailure}):
         the other side answered, left or took too long.
         """
         held, self.heldFailure = self.heldFailure, None
         if held is not None:
-            super()._fail_connection(*held)  # type: ignore[misc]
+            self.failNow(*held)
 
     def _afterClose(self) -> None:
         """

@@ -33,6 +33,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from wsrelay._autobahn import setPeer
+
 #: The start of a version 2 header.
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -216,11 +218,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         if hasattr(protocol, "peer"):
             # makeConnection made the wrapper provide its transport's
             # interfaces, ITransport among them.
-            peer = peer2str(cast(ITransport, self))
-            protocol.peer = peer
-            details = getattr(protocol, "_transport_details", None)
-            if details is not None:
-                details.peer = peer
+            setPeer(protocol, peer2str(cast(ITransport, self)))
 
     def refused(self, reason: str) -> None:
         """
