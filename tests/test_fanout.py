@@ -447,9 +447,10 @@ class BroadcastTests(TestCase):
     async def test_framedOnce(self) -> None:
         """
         Each message is framed once however many clients receive it: 200
-        messages to one client and 200 more to 200 clients take the same
-        framing work (calls of L{fanout.frame} and the C{framed} count),
-        while the deliveries grow with the clients.
+        messages to two clients and 200 more to 200 clients take the same
+        framing work (calls of L{fanout.frame}), while the deliveries grow
+        with the clients; on the wire, a client gets exactly those frames,
+        one unmasked final frame per message.
         """
         calls = []
         original = fanout.frame
@@ -464,12 +465,27 @@ class BroadcastTests(TestCase):
         channel = await channelUp(relay)
         clients = Clients(self, port)
         one = await inThread(clients.add, 1, "/ticker")
-        await waitFor(lambda: len(channel.members) == 1)
+        raw = await inThread(rawClient, port, "/ticker")
+        await waitFor(lambda: len(channel.members) == 2)
         await inThread(source.send, 200)
         await waitFor(lambda: clients.received(one, 200))
-        self.assertEqual(
-            (len(calls), channel.framed, channel.deliveries), (200, 200, 200)
+        self.assertEqual((len(calls), channel.deliveries), (200, 400))
+        expected = b"".join(
+            original(fanout.TEXT, str(m).encode()) for m in clients.messages[one[0]]
         )
+
+        def readWire() -> bytes:
+            got = b""
+            while len(got) < len(expected):
+                chunk = raw.recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+        self.assertEqual(await inThread(readWire), expected)
+        raw.close()
+        await waitFor(lambda: len(channel.members) == 1)
 
         more = await inThread(clients.add, 199, "/ticker")
         await waitFor(lambda: len(channel.members) == 200)
@@ -478,8 +494,7 @@ class BroadcastTests(TestCase):
         await waitFor(lambda: clients.received(more, 200), timeout=30)
         await waitFor(lambda: clients.received(one, 400))
         self.assertEqual(len(calls), 400)
-        self.assertEqual(channel.framed, 400)
-        self.assertEqual(channel.deliveries, 200 + 200 * 200)
+        self.assertEqual(channel.deliveries, 400 + 200 * 200)
         self.assertEqual(seqs(clients.messages[one[0]]), list(range(1, 401)))
         for i in more:
             self.assertEqual(seqs(clients.messages[i]), list(range(201, 401)))

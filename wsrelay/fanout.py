@@ -58,7 +58,6 @@ class Channel:
     @ivar members: The clients, in the order they joined.
     @ivar backend: The backend of the current upstream.
     @ivar messagesIn: Messages received from the source.
-    @ivar framed: Messages framed (once each, whatever the clients).
     @ivar deliveries: Messages written or queued to a client.
     @ivar slowDrops: Messages skipped for slow clients.
     @ivar slowCloses: Clients closed for being slow.
@@ -80,7 +79,6 @@ class Channel:
         self.backend: Backend | None = None
         self.replay: deque[bytes] = deque(maxlen=route.config.replay)
         self.messagesIn = 0
-        self.framed = 0
         self.deliveries = 0
         self.slowDrops = 0
         self.slowCloses = 0
@@ -239,7 +237,6 @@ class Channel:
         opcode, payload = message
         data = frame(opcode, payload)
         self.messagesIn += 1
-        self.framed += 1
         self.replay.append(data)
         batch = self.batch
         if batch is not None:

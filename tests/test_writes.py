@@ -1,0 +1,208 @@
+"""
+L{wsrelay.writes.directWrite}: sending at once on a TCP connection with
+nothing queued, and leaving everything else to Twisted's C{write}.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.tcp import Connection
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.support import TIMEOUT, inThread
+from wsrelay.proxyprotocol import ProxyProtocolWrapper
+from wsrelay.writes import directWrite
+
+#: The attributes of Twisted's TCP connection that L{directWrite} reads.
+TCP_ATTRIBUTES = (
+    "_tempDataBuffer",
+    "dataBuffer",
+    "connected",
+    "disconnecting",
+    "_writeDisconnected",
+    "socket",
+)
+
+
+class Server(Protocol):
+    """
+    The relay's end of a loopback connection: tells when it is made and
+    lost.
+    """
+
+    def __init__(self, made: Deferred[Server]) -> None:
+        self.made = made
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        """
+        Hand the protocol, and so its transport, to the test.
+        """
+        self.made.callback(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Tell the test.
+        """
+        self.lost.callback(None)
+
+
+class NotTCPTests(SynchronousTestCase):
+    """
+    Transports other than Twisted's TCP connection get their own C{write}.
+    """
+
+    def test_otherTransport(self) -> None:
+        """
+        A transport that is not a TCP connection (TLS, a test's) is written
+        with its C{write}.
+        """
+        transport = StringTransport()
+        self.assertEqual(directWrite(transport), transport.write)
+
+    def test_proxyProtocolWrapper(self) -> None:
+        """
+        A PROXY protocol wrapper is looked through: the transport under it
+        is written.
+        """
+        transport = StringTransport()
+        wrapper = ProxyProtocolWrapper.__new__(ProxyProtocolWrapper)
+        wrapper.transport = transport
+        write = directWrite(wrapper)
+        self.assertEqual(write, transport.write)
+        write(b"past the header")
+        self.assertEqual(transport.value(), b"past the header")
+
+
+class TCPTests(TestCase):
+    """
+    On a real loopback connection, what L{directWrite} sends, queues and
+    leaves to Twisted.
+    """
+
+    async def connect(self, sendBuffer: int = 0) -> tuple[Server, socket.socket]:
+        """
+        Listen on loopback and connect a raw client.
+
+        @param sendBuffer: C{SO_SNDBUF} of the relay's end, if not 0.
+        @return: The relay's end and the raw client.
+        """
+        made: Deferred[Server] = Deferred()
+        factory = Factory.forProtocol(lambda: Server(made))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            factory
+        )
+        self.addCleanup(port.stopListening)
+        peer = socket.socket()
+        self.addCleanup(peer.close)
+        peer.settimeout(TIMEOUT)
+        await inThread(peer.connect, ("127.0.0.1", port.getHost().port))
+        server = await made
+        assert server.transport is not None
+        transport = server.transport
+        self.addCleanup(transport.loseConnection)
+        if sendBuffer:
+            transport.socket.setsockopt(  # type: ignore[attr-defined]
+                socket.SOL_SOCKET, socket.SO_SNDBUF, sendBuffer
+            )
+        return server, peer
+
+    async def test_attributes(self) -> None:
+        """
+        Twisted's TCP connection has every attribute L{directWrite} reads
+        (an upgrade of Twisted that renames one fails here, by name).
+        """
+        server, _ = await self.connect()
+        self.assertIsInstance(server.transport, Connection)
+        missing = [a for a in TCP_ATTRIBUTES if not hasattr(server.transport, a)]
+        self.assertEqual(missing, [], "Twisted's tcp.Connection lacks these")
+
+    async def test_sentAtOnce(self) -> None:
+        """
+        With nothing queued, the bytes are sent before the call returns:
+        Twisted's buffers stay empty and the peer can read them at once.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        write = directWrite(transport)
+        write(b"now")
+        self.assertEqual(
+            (transport._tempDataBuffer, transport.dataBuffer),  # type: ignore[union-attr]
+            ([], b""),
+        )
+        self.assertEqual(peer.recv(16), b"now")
+
+    async def test_queuedStaysInOrder(self) -> None:
+        """
+        While Twisted holds bytes for the connection, later ones are queued
+        behind them through C{transport.write}, and the peer gets all of
+        them in order.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert transport is not None
+        write = directWrite(transport)
+        transport.write(b"first,")
+        write(b"second")
+        self.assertEqual(
+            transport._tempDataBuffer,  # type: ignore[attr-defined]
+            [b"first,", b"second"],
+        )
+        got = b""
+        while len(got) < 12:
+            got += await inThread(peer.recv, 64)
+        self.assertEqual(got, b"first,second")
+
+    async def test_partialSend(self) -> None:
+        """
+        When the socket takes only part of the bytes, the rest is queued
+        with C{transport.write} (Twisted's flow control applies to it) and
+        the peer gets everything in order.
+        """
+        server, peer = await self.connect(sendBuffer=4096)
+        transport = server.transport
+        assert transport is not None
+        write = directWrite(transport)
+        data = b"".join(struct.pack("!I", i) for i in range(1 << 20))
+        write(data)
+        queued = len(b"".join(transport._tempDataBuffer))  # type: ignore[attr-defined]
+        self.assertGreater(queued, 0)
+        self.assertLess(queued, len(data))
+
+        def readAll() -> bytes:
+            got = bytearray()
+            while len(got) < len(data):
+                chunk = peer.recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+            return bytes(got)
+
+        self.assertEqual(await inThread(readAll), data)
+
+    async def test_sendError(self) -> None:
+        """
+        A send that fails (the peer reset the connection) raises nothing:
+        the bytes go to Twisted's C{write}, which meets the error on its
+        own and loses the connection.
+        """
+        server, peer = await self.connect()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        transport = server.transport
+        assert transport is not None
+        write = directWrite(transport)
+        write(b"after the reset")
+        self.assertEqual(
+            transport._tempDataBuffer,  # type: ignore[attr-defined]
+            [b"after the reset"],
+        )
+        await server.lost
