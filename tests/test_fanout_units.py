@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import cast
+from typing import Any, cast
 
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
@@ -127,6 +129,73 @@ class SourceReaderTests(SynchronousTestCase):
             self.assertEqual(m.writes, [(expected, 3)])
         self.assertEqual((channel.messagesIn, channel.deliveries), (3, 6))
         self.assertIsNone(channel.batch)
+
+
+class ReconnectTests(SynchronousTestCase):
+    """
+    How long a channel takes from losing its source to its next attempt,
+    and between failed attempts, on an injected clock.
+    """
+
+    def attempts(self, relay: RelayService, clock: Clock) -> list[float]:
+        """
+        @return: The times (on C{clock}) at which C{relay} is asked to open
+            a source from now on.
+        """
+        times: list[float] = []
+        original = relay.openUpstream
+
+        def recording(*args: Any) -> Any:
+            times.append(clock.seconds())
+            return original(*args)
+
+        relay.openUpstream = recording  # type: ignore[method-assign]
+        return times
+
+    def test_lossToReconnect(self) -> None:
+        """
+        A source lost (its connection dropped) is asked for again after
+        between half and all of C{backoff_base}; attempts that fail in a
+        row wait between half and all of C{backoff_base * 2**n}, capped at
+        C{backoff_cap}; a connected source starts the count again.
+        """
+        relay, clock, wire, channel = openSource(
+            self, "backoff_base = 1\nbackoff_cap = 4\nhealth = none\nfall = 100\n"
+        )
+        reactor = cast(MemoryReactorClock, relay._reactor)
+        times = self.attempts(relay, clock)
+
+        def nextAttempt() -> None:
+            count = len(times)
+            for _ in range(1000):
+                if len(times) > count:
+                    return
+                clock.advance(0.01)
+            self.fail("no attempt within 10 s")
+
+        lostAt = clock.seconds()
+        wire.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(channel.state, WAITING)
+        for _ in range(5):
+            nextAttempt()
+            # Refuse the attempt.
+            reactor.tcpClients[-1][2].clientConnectionFailed(
+                None, Failure(ConnectionRefusedError())
+            )
+            self.assertEqual(channel.state, WAITING)
+        nextAttempt()
+        wire, _ = acceptSource(reactor)
+        self.assertEqual(channel.state, UP)
+        gaps = [b - a for a, b in zip([lostAt, *times], times, strict=False)]
+        ceilings = [1, 2, 4, 4, 4, 4]
+        self.assertEqual(len(gaps), len(ceilings))
+        for gap, ceiling in zip(gaps, ceilings, strict=True):
+            self.assertTrue(ceiling / 2 <= gap <= ceiling + 0.01, (gaps, ceilings))
+        # Connected again: the next loss waits at most backoff_base.
+        lostAt = clock.seconds()
+        wire.connectionLost(Failure(ConnectionDone()))
+        nextAttempt()
+        self.assertTrue(0.5 <= times[-1] - lostAt <= 1.01, times[-1] - lostAt)
 
 
 class ChannelKeyTests(SynchronousTestCase):
