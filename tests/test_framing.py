@@ -8,7 +8,7 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay import fanout, passthrough
+from wsrelay import fanout, legs, passthrough
 from wsrelay.framing import (
     BINARY,
     CLOSE,
@@ -16,6 +16,7 @@ from wsrelay.framing import (
     TEXT,
     Assembler,
     closeFrame,
+    compressFrame,
     controlFrame,
     frame,
 )
@@ -45,8 +46,10 @@ class FrameTests(SynchronousTestCase):
     def test_shared(self) -> None:
         """
         Fan-out and passthrough write their frames with this module's
-        functions: there is one framing code for both data paths.
+        functions, and the message path compresses with it: there is one
+        framing code for the data paths.
         """
+        self.assertIs(legs.compressFrame, compressFrame)
         self.assertIs(fanout.frame, frame)
         self.assertIs(passthrough.controlFrame, controlFrame)
         self.assertIs(passthrough.closeFrame, closeFrame)

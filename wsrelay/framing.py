@@ -5,7 +5,9 @@ data paths that do not go through Autobahn's sender: fan-out frames each
 message from its source once for all clients (L{frame}), and passthrough
 writes its own close frames and keepalive pings into the streams it
 forwards (L{controlFrame}, L{closeFrame}).  L{Assembler} joins a message's
-fragments where the relay needs whole messages (fan-out).
+fragments where the relay needs whole messages (fan-out).  On the message
+path Autobahn frames, and L{compressFrame} compresses each frame a leg
+forwards when that leg negotiated permessage-deflate.
 
 Autobahn's C{PreparedMessage} would frame a broadcast once too, but costs
 about three times L{frame} per message (measured: BENCHMARKS.md, issue 14),
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Any
 
 from wsrelay.inflate import unmask
 
@@ -60,6 +63,35 @@ def closeFrame(code: int, reason: bytes, mask: bool) -> bytes:
     Frame a close message (the reason cut to the 123 bytes that fit).
     """
     return controlFrame(CLOSE, _U16.pack(code) + reason[:123], mask)
+
+
+#: What a sync flush ends with, and permessage-deflate strips from the end
+#: of a message (RFC 7692 7.2.1).
+_SYNC_TAIL = b"\x00\x00\xff\xff"
+
+
+def compressFrame(
+    pmce: Any, opcode: int, payload: bytes, fin: bool, inMessage: bool
+) -> tuple[int, bytes, bool, int]:
+    """
+    Compress one frame of a message with permessage-deflate, keeping the
+    message's fragmentation: each frame's data is flushed with it, so that
+    the receiver gets it as soon as it would have uncompressed.
+
+    @param pmce: The leg's C{PerMessageDeflate}.
+    @param inMessage: Whether earlier frames of this message were sent.
+    @return: The arguments of C{sendFrame}: opcode, compressed payload, FIN
+        and the RSV bits (RSV1 on the first frame only).
+    """
+    if not inMessage:
+        pmce.start_compress_message()
+    data = pmce.compress_message_data(payload)
+    # end_compress_message is a sync flush without its 4-byte tail; a frame
+    # in the middle of the message keeps the tail.
+    data += pmce.end_compress_message()
+    if not fin:
+        data += _SYNC_TAIL
+    return opcode, data, fin, 0 if inMessage else 4
 
 
 class Assembler:

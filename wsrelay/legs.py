@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from wsrelay import _autobahn
 from wsrelay._autobahn import LegShims
+from wsrelay.framing import compressFrame
 from wsrelay.writes import directWrite
 
 if TYPE_CHECKING:
@@ -69,35 +70,6 @@ def failureClose(code: int, toClient: bool) -> tuple[int, bytes]:
     if toClient:
         return 1014, b"backend broke the protocol"
     return 1001, b"client went away"
-
-
-#: What a sync flush ends with, and permessage-deflate strips from the end
-#: of a message (RFC 7692 7.2.1).
-_SYNC_TAIL = b"\x00\x00\xff\xff"
-
-
-def compressFrame(
-    pmce: Any, opcode: int, payload: bytes, fin: bool, inMessage: bool
-) -> tuple[int, bytes, bool, int]:
-    """
-    Compress one frame of a message with permessage-deflate, keeping the
-    message's fragmentation: each frame's data is flushed with it, so that
-    the receiver gets it as soon as it would have uncompressed.
-
-    @param pmce: The leg's C{PerMessageDeflate}.
-    @param inMessage: Whether earlier frames of this message were sent.
-    @return: The arguments of C{sendFrame}: opcode, compressed payload, FIN
-        and the RSV bits (RSV1 on the first frame only).
-    """
-    if not inMessage:
-        pmce.start_compress_message()
-    data = pmce.compress_message_data(payload)
-    # end_compress_message is a sync flush without its 4-byte tail; a frame
-    # in the middle of the message keeps the tail.
-    data += pmce.end_compress_message()
-    if not fin:
-        data += _SYNC_TAIL
-    return opcode, data, fin, 0 if inMessage else 4
 
 
 def withOptions(base: type[Any], factory: Any) -> type[Any]:
