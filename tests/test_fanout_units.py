@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import re
 from typing import Any, cast
 
+from twisted.application.internet import ClientService
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
@@ -19,10 +21,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
 from wsrelay.config import parseConfig
-from wsrelay.fanout import IDLE, UP, WAITING, Channel, SourceReader, channelKey
+from wsrelay.fanout import IDLE, UP, WAITING, Channel, channelKey
 from wsrelay.framing import BINARY, TEXT, frame
 from wsrelay.legs import RelayLeg
 from wsrelay.service import RelayService
+from wsrelay.source import SourceReader, sourceBackoff
 
 
 def relayFor(extra: str) -> tuple[RelayService, Clock]:
@@ -235,18 +238,11 @@ class BackoffTests(SynchronousTestCase):
 
     def test_delays(self) -> None:
         """
-        The n-th wait lies between half and all of C{base * 2**n}, capped.
+        The n-th wait in a row lies between half and all of
+        C{base * 2**(n - 1)}, capped.
         """
-        relay, clock = relayFor("backoff_base = 1\nbackoff_cap = 8\n")
-        channel = Channel(relay, relay.routes.routes[0], "")
-        channel.random.seed(7)
-        delays = []
-        for _ in range(6):
-            channel._retry()
-            self.assertEqual(channel.state, WAITING)
-            [call] = clock.getDelayedCalls()
-            delays.append(call.getTime() - clock.seconds())
-            call.cancel()
+        policy = sourceBackoff(1, 8, random.Random(7))
+        delays = [policy(n) for n in range(1, 7)]
         for n, delay in enumerate(delays):
             ceiling = min(8, 2**n)
             self.assertTrue(ceiling / 2 <= delay <= ceiling, (n, delay))
@@ -254,11 +250,21 @@ class BackoffTests(SynchronousTestCase):
 
     def test_stopCancels(self) -> None:
         """
-        Stopping a waiting channel cancels its next attempt.
+        Stopping a channel waiting after a refused attempt cancels its next
+        attempt.
         """
-        relay, clock = relayFor("")
-        channel = Channel(relay, relay.routes.routes[0], "")
-        channel._retry()
+        relay, clock = relayFor("health = none\n")
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        channel = relay.channels[("feed", "")]
+        reactor = cast(MemoryReactorClock, relay._reactor)
+        reactor.tcpClients[-1][2].clientConnectionFailed(
+            None, Failure(ConnectionRefusedError())
+        )
+        self.assertEqual(channel.state, WAITING)
+        # Twisted's ClientService waits and connects again.
+        self.assertIsInstance(channel._service, ClientService)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
         self.successResultOf(channel.stop())
         self.assertEqual(clock.getDelayedCalls(), [])
 

@@ -15,8 +15,16 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,6 +32,7 @@ from zope.interface import implementer
 from wsrelay.framing import TEXT, Assembler, frame
 from wsrelay.legs import OPEN
 from wsrelay.routing import Backend, ConnectionInfo, Route
+from wsrelay.source import SourceEndpoint, SourceReader, SourceTransport, sourceBackoff
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IDelayedCall
@@ -87,9 +96,13 @@ class Channel:
         self.random = random.Random()
         self._clock = relay.clock
         self._message = Assembler()
-        self._failures = 0
-        self._opening: Deferred[Any] | None = None
-        self._timer: IDelayedCall | None = None
+        #: Connects to the source and reconnects after a loss or a failed
+        #: attempt (a new one each time the channel starts).
+        self._service: ClientService | None = None
+        #: Stands for the source's connection to the service.
+        self._connection: IProtocol | None = None
+        #: The connection of the upstream closed on purpose (L{_halt}).
+        self._closingConnection: IProtocol | None = None
         self._linger: IDelayedCall | None = None
         self._lost: Backend | None = None
         self._gone: Deferred[None] | None = None
@@ -154,9 +167,30 @@ class Channel:
 
     def start(self) -> None:
         """
-        Connect to the source.
+        Connect to the source, and keep connecting after a loss or a failed
+        attempt: a L{ClientService} whose endpoint asks the relay for a
+        source each time (the balancer picks a backend per attempt), waiting
+        between attempts as L{sourceBackoff} says.
         """
-        self._cancelTimer()
+        config = self.route.config
+        service = self._service = ClientService(
+            SourceEndpoint(self),
+            Factory.forProtocol(Protocol),
+            sourceBackoff(config.backoffBase, config.backoffCap, self.random),
+            clock=self._clock,
+        )
+        service.startService()
+
+    def connectSource(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        One attempt of the channel's L{ClientService} (L{SourceEndpoint}):
+        open an upstream to a backend of the route.
+
+        @param factory: Builds what stands for the connection to the
+            service, which learns through it when the source is lost.
+        @return: A L{Deferred} firing with what C{factory} built once the
+            source accepted; cancelling it cancels the attempt.
+        """
         self.state = CONNECTING
         route = self.route
         info = ConnectionInfo("", route.config.path + self.key, "", ())
@@ -165,8 +199,21 @@ class Channel:
                 route, info, self._request, (), self._lost, float("inf")
             )
         )
-        self._opening = d
-        d.addCallbacks(self._opened, self._openFailed)
+
+        def opened(pair: tuple[Backend, UpstreamProtocol]) -> IProtocol:
+            up = pair[1]
+            assert up.transport is not None
+            connection = factory.buildProtocol(up.transport.getPeer())
+            assert connection is not None
+            connection.makeConnection(cast(ITransport, SourceTransport(up)))
+            self._opened(pair, connection)
+            return connection
+
+        def failed(f: Failure) -> Failure:
+            self._openFailed(f)
+            return f
+
+        return d.addCallbacks(opened, failed)
 
     def _request(self, backend: Backend) -> tuple[str, list[tuple[str, str]]]:
         """
@@ -180,10 +227,11 @@ class Channel:
         query = "&".join(q for q in (config.query, query) if q)
         return resource + ("?" + query if query else ""), []
 
-    def _opened(self, pair: tuple[Backend, UpstreamProtocol]) -> None:
+    def _opened(
+        self, pair: tuple[Backend, UpstreamProtocol], connection: IProtocol
+    ) -> None:
         backend, up = pair
-        self._opening = None
-        self._failures = 0
+        self._connection = connection
         self._lost = None
         self.state = UP
         self.upstream = up
@@ -205,7 +253,9 @@ class Channel:
         )
 
     def _openFailed(self, f: Failure) -> None:
-        self._opening = None
+        """
+        An attempt failed: the service waits, then tries again.
+        """
         if f.check(CancelledError):
             return
         self.log.warn(
@@ -213,18 +263,7 @@ class Channel:
             channel=self.name,
             error=f.getErrorMessage(),
         )
-        self._retry()
-
-    def _retry(self) -> None:
-        """
-        Wait, longer after each failure in a row, then connect again.
-        """
-        config = self.route.config
-        ceiling = min(config.backoffCap, config.backoffBase * 2**self._failures)
-        self._failures += 1
-        delay = ceiling / 2 + self.random.uniform(0, ceiling / 2)
         self.state = WAITING
-        self._timer = self._clock.callLater(delay, self.start)
 
     def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
         """
@@ -278,6 +317,9 @@ class Channel:
         if leg is not None and leg is self._closing:
             # An upstream closed on purpose (see _halt) is gone.
             self._closing = None
+            connection, self._closingConnection = self._closingConnection, None
+            if connection is not None:
+                connection.connectionLost(Failure(ConnectionDone()))
             gone, self._gone = self._gone, None
             if gone is not None:
                 gone.callback(None)
@@ -286,6 +328,7 @@ class Channel:
             return
         backend = self.backend
         self._release()
+        connection, self._connection = self._connection, None
         if self.state != UP:
             return
         self.log.warn(
@@ -297,7 +340,10 @@ class Channel:
         if backend is not None and not getattr(leg, "wasClean", False):
             self.relay.backendFailed(self.route, backend, "connection lost")
         self._lost = backend
-        self._retry()
+        self.state = WAITING
+        if connection is not None:
+            # The service waits, then connects again.
+            connection.connectionLost(Failure(ConnectionDone()))
 
     # Stopping.
 
@@ -323,7 +369,6 @@ class Channel:
         up = self.upstream
         if up is not None and self.state == UP:
             self._lost = self.backend
-            self._failures = 0
             up.closeWith(1012, b"backend going away")
 
     def retire(self) -> None:
@@ -338,11 +383,7 @@ class Channel:
 
     def _halt(self, state: str, code: int, reason: bytes) -> None:
         self.state = state
-        self._cancelTimer()
         self._cancelLinger()
-        opening, self._opening = self._opening, None
-        if opening is not None:
-            opening.cancel()
         up = self.upstream
         if up is not None:
             # It is no longer this channel's upstream, even while it closes:
@@ -350,7 +391,14 @@ class Channel:
             self._release()
             up.target = None
             self._closing = up
+            self._closingConnection, self._connection = self._connection, None
             up.closeWith(code, reason)
+        service, self._service = self._service, None
+        if service is not None:
+            # Cancels a pending attempt or wait; a connected source is
+            # already closing (its transport's loseConnection is a no-op),
+            # and the channel waits for it itself (stop).
+            service.stopService()
 
     def _release(self) -> None:
         """
@@ -364,50 +412,10 @@ class Channel:
             backend.connections -= 1
             self.route.balancer.connectionClosed(backend)
 
-    def _cancelTimer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
     def _cancelLinger(self) -> None:
         linger, self._linger = self._linger, None
         if linger is not None and linger.active():
             linger.cancel()
-
-
-class SourceReader:
-    """
-    The data path of a channel's source leg (L{RelayLeg.dataPath}):
-    Autobahn parses each read from the source (L{RelayLeg.parse}), its
-    complete messages reach L{Channel.forwardFrame} (the leg's C{target})
-    and are framed into the channel's batch, and the batch goes to each
-    member in one write.
-    """
-
-    def __init__(self, channel: Channel, leg: UpstreamProtocol) -> None:
-        self.channel = channel
-        self.leg = leg
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Parse one read from the source, then write its messages to every
-        member at once.
-        """
-        channel = self.channel
-        batch: list[bytes] = []
-        channel.batch = batch
-        try:
-            self.leg.parse(data)
-        finally:
-            channel.batch = None
-        if not batch:
-            return
-        count = len(batch)
-        chunk = batch[0] if count == 1 else b"".join(batch)
-        members = channel.members
-        channel.deliveries += count * len(members)
-        for member in members:
-            member.send(chunk, count)
 
 
 @implementer(IPushProducer)
