@@ -8,6 +8,8 @@
 #   make conformance  the whole Autobahn|Testsuite through kosoku (docs/conformance.md)
 #   make soak       ten minutes of traffic and killed backends, memory drawn
 #                   in soak.png (SOAK_MINUTES=120 for the long one)
+#   make changelog VERSION=x.y.z  news fragments into CHANGELOG.md (towncrier)
+#   make hooks      install the pre-commit hooks (ruff, mypy) into .git
 #   make clean      remove the virtualenv, build output and caches
 
 PY ?= python3
@@ -23,7 +25,7 @@ LINT_PATHS = $(wildcard wsrelay tests twisted bench examples)
 # isolation, with the venv's own setuptools and wheel.
 BUILD_TOOLS = pip 'setuptools>=69' wheel
 
-.PHONY: all run test lint typecheck pytest clean conformance soak
+.PHONY: all run test lint typecheck pytest clean conformance soak changelog hooks
 
 all: test
 
@@ -130,6 +132,16 @@ bench: $(VENV)/.stamp-bench
 	    $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx haproxy; \
 	fi
 	$(PYTHON) -m bench $(BENCH_ARGS)
+
+# A release's notes: the fragments of newsfragments/ written into
+# CHANGELOG.md and removed (CONTRIBUTING.md says how to write one).
+changelog: $(VENV)/.stamp-test
+	@if [ -z "$(VERSION)" ]; then echo "usage: make changelog VERSION=x.y.z" >&2; exit 2; fi
+	$(BIN)/towncrier build --yes --version $(VERSION)
+
+# ruff and mypy before each commit, from .venv (.pre-commit-config.yaml).
+hooks: $(VENV)/.stamp-test
+	$(BIN)/pre-commit install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache \
