@@ -4,6 +4,7 @@ Tests for L{wsrelay.config}.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import pickle
@@ -19,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
+import wsrelay
 from wsrelay.config import (
     DEFAULT_BALANCERS,
     FANOUT_KEYS,
@@ -34,6 +36,7 @@ from wsrelay.config import (
     loadConfig,
     parseConfig,
 )
+from wsrelay.config.endpoints import _listensOn
 from wsrelay.plugins import balancerFactories, healthCheckerFactories
 from wsrelay.service import RelayService
 
@@ -1090,6 +1093,51 @@ class EndpointArgumentsTests(SynchronousTestCase):
                 _endpointArguments(description), _parse(description), description
             )
         self.assertRaises(ValueError, _endpointArguments, "tcp:1\\")
+
+
+class ProductionImportsTests(SynchronousTestCase):
+    """
+    Test helpers stay out of the relay's own modules.
+    """
+
+    def test_noTestingImports(self) -> None:
+        """
+        No module under C{wsrelay/} imports C{twisted.internet.testing} or
+        C{twisted.test}, at the top or inside a function: they are test
+        helpers, not API a running relay should load.
+        """
+        package = FilePath(wsrelay.__file__).parent()
+        forbidden = ("twisted.internet.testing", "twisted.test")
+        offenders = []
+        modules = 0
+        for path in package.walk():
+            if not path.basename().endswith(".py"):
+                continue
+            modules += 1
+            tree = ast.parse(path.getContent(), path.path)
+            for node in ast.walk(tree):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                    names += [f"{node.module}.{a.name}" for a in node.names]
+                for name in names:
+                    if any(name == f or name.startswith(f + ".") for f in forbidden):
+                        offenders.append(f"{path.path}:{node.lineno}: {name}")
+        self.assertGreater(modules, 10)
+        self.assertEqual(offenders, [])
+
+    def test_listensOn(self) -> None:
+        """
+        L{_listensOn} tells which interface a TCP or TLS endpoint string
+        would listen on, without listening, and L{None} for other kinds.
+        """
+        self.assertEqual(_listensOn("tcp:0:interface=127.0.0.1"), "127.0.0.1")
+        self.assertEqual(_listensOn("tcp:0"), "")
+        self.assertEqual(_listensOn("tcp6:0"), "::")
+        self.assertEqual(_listensOn("haproxy:tcp6:0:interface=\\:\\:1"), "::1")
+        self.assertIsNone(_listensOn("unix:/nonexistent/relay.sock"))
 
 
 class PluginKeyTests(SynchronousTestCase):

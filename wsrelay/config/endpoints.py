@@ -7,10 +7,61 @@ from __future__ import annotations
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 
 from wsrelay.config.errors import _BadValue, _expected
 from wsrelay.config.parse import _Context
+
+
+class _ListenRecorder:
+    """
+    The reactor endpoint strings are parsed with, instead of a real one
+    (which the relay must not install while it reads its configuration):
+    Twisted's endpoint parsers only keep their reactor, and the C{listen}
+    of a TCP or TLS endpoint calls L{listenTCP} or L{listenSSL}, which open
+    nothing and record where the listener would listen (L{listenUNIX} only
+    opens nothing).
+
+    @ivar interface: The interface given to the last L{listenTCP} or
+        L{listenSSL} call, or L{None} when there was none.
+    """
+
+    def __init__(self) -> None:
+        self.interface: str | None = None
+
+    def listenTCP(
+        self, port: int, factory: object, backlog: int = 50, interface: str = ""
+    ) -> None:
+        """
+        Record C{interface} (see L{IReactorTCP.listenTCP}).
+        """
+        self.interface = interface
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: object,
+        contextFactory: object,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> None:
+        """
+        Record C{interface} (see L{IReactorSSL.listenSSL}).
+        """
+        self.interface = interface
+
+    def listenUNIX(
+        self,
+        address: str,
+        factory: object,
+        backlog: int = 50,
+        mode: int = 0o666,
+        wantPID: int = 0,
+    ) -> None:
+        """
+        Record nothing: a UNIX socket has no interface (see
+        L{IReactorUNIX.listenUNIX}).
+        """
 
 
 def _checkServerEndpoint(description: str) -> str:
@@ -20,7 +71,7 @@ def _checkServerEndpoint(description: str) -> str:
     @return: C{description}.
     """
     try:
-        serverFromString(MemoryReactor(), description)
+        serverFromString(_ListenRecorder(), description)
     except Exception as e:
         reason = str(e) or type(e).__name__
         raise _BadValue(
@@ -131,13 +182,12 @@ def _listensOn(description: str) -> str | None:
     @raise Exception: Whatever Twisted raises when it cannot make the
         listener.
     """
-    reactor = MemoryReactor()
-    serverFromString(reactor, description).listen(Factory())
-    for server in reactor.tcpServers:
-        return str(server[3])
-    for server in reactor.sslServers:
-        return str(server[4])
-    return None
+    reactor = _ListenRecorder()
+    failures: list[Failure] = []
+    serverFromString(reactor, description).listen(Factory()).addErrback(failures.append)
+    for failure in failures:
+        failure.raiseException()
+    return reactor.interface
 
 
 def _parseListen(value: str, context: _Context) -> tuple[str, ...]:
