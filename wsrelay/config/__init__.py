@@ -4,11 +4,17 @@ Reading and validating wsrelay's INI configuration file.
 
 The file has one C{[relay]} section, one or more C{[route:NAME]} sections
 and an optional C{[demo]} section; C{docs/configuration.md} describes every
-key.  Every key a section knows is one L{KeySpec} row in L{KEYS}: the row
-names the key, the field of the frozen value class it fills, a short type
-for the documentation, the function that parses it and one line saying what
-it means.  The field's default on the value class is the key's default; a
-field without a default is a required key.
+key.  Each kind of section has a L{SectionSchema} in L{SCHEMAS}, where
+every key it knows is one L{KeySpec} row: the row names the key, the field
+of the frozen value class it fills, a short type for the documentation, the
+function that parses it and one line saying what it means.  The field's
+default on the value class is the key's default; a field without a default
+is a required key.
+
+A route is a L{RouteConfig}: a L{ProxyRouteConfig} or a
+L{FanoutRouteConfig}, as its C{mode} says, both with the fields of
+L{BaseRouteConfig}; a key whose field only one of them has is refused in a
+route of the other mode.
 
 L{loadConfig} and L{parseConfig} raise nothing but L{ConfigError}, whose
 message is one line naming the file, and where known the section and key::
@@ -35,13 +41,19 @@ from wsrelay.config.schema import (
     RELAY_KEYS,
     REQUIRED,
     ROUTE_KEYS,
+    SCHEMAS,
     SECTION_KEYS,
     KeySpec,
+    SectionSchema,
 )
 from wsrelay.config.values import (
     NO_HEALTH,
+    ROUTE_CLASSES,
     BackendConfig,
+    BaseRouteConfig,
     DemoConfig,
+    FanoutRouteConfig,
+    ProxyRouteConfig,
     RelayConfig,
     RouteConfig,
     redactURL,
@@ -57,14 +69,20 @@ __all__ = [
     "PROXY_KEYS",
     "RELAY_KEYS",
     "REQUIRED",
+    "ROUTE_CLASSES",
     "ROUTE_KEYS",
+    "SCHEMAS",
     "SECTION_KEYS",
     "BackendConfig",
+    "BaseRouteConfig",
     "ConfigError",
     "DemoConfig",
+    "FanoutRouteConfig",
     "KeySpec",
+    "ProxyRouteConfig",
     "RelayConfig",
     "RouteConfig",
+    "SectionSchema",
     "_endpointArguments",
     "loadConfig",
     "parseConfig",

@@ -22,16 +22,15 @@ from wsrelay.config.parse import (
     _installed,
 )
 from wsrelay.config.schema import (
-    DEMO_KEYS,
-    FANOUT_KEYS,
-    PROXY_KEYS,
-    RELAY_KEYS,
-    ROUTE_KEYS,
+    DEMO,
+    RELAY,
+    ROUTE,
     KeySpec,
 )
 from wsrelay.config.values import (
     _DEFAULT_BALANCER,
     NO_HEALTH,
+    ROUTE_CLASSES,
     DemoConfig,
     RelayConfig,
     RouteConfig,
@@ -170,17 +169,19 @@ def _parseRoute(
     values, extra = _parseSection(
         filename,
         section,
-        ROUTE_KEYS,
+        ROUTE.keys,
         items,
         context,
         (*balancerKeys, *checkerKeys),
         hint,
     )
-    fanout = values.get("mode") == "fanout"
+    mode = values.pop("mode", ROUTE.byKey["mode"].default)
     for key, _ in items:
-        if key in (PROXY_KEYS if fanout else FANOUT_KEYS):
-            mode = "proxy" if fanout else "fanout"
-            raise ConfigError(filename, f"only used with mode = {mode}", section, key)
+        spec = ROUTE.byKey.get(key)
+        if spec is not None and spec.mode not in (None, mode):
+            raise ConfigError(
+                filename, f"only used with mode = {spec.mode}", section, key
+            )
     if values.get("failover") == "reconnect":
         # A passthrough stream cannot be moved to another backend.
         values.setdefault("dataPath", "message")
@@ -202,7 +203,7 @@ def _parseRoute(
             section,
             "backoff_cap",
         )
-    return RouteConfig(
+    return ROUTE_CLASSES[mode](
         name=name,
         options=MappingProxyType({k: extra[k] for k in balancerKeys if k in extra}),
         healthOptions=MappingProxyType(
@@ -263,9 +264,9 @@ def parseConfig(
     for section in parser.sections():
         items = parser.items(section, raw=True)
         if section == "relay":
-            relay = _parseSection(path, section, RELAY_KEYS, items, context)[0]
+            relay = _parseSection(path, section, RELAY.keys, items, context)[0]
         elif section == "demo":
-            values = _parseSection(path, section, DEMO_KEYS, items, context)[0]
+            values = _parseSection(path, section, DEMO.keys, items, context)[0]
             demo = DemoConfig(**values)
         elif section.startswith("route:"):
             route = _parseRoute(path, section, items, context)

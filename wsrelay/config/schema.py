@@ -1,6 +1,11 @@
 # -*- test-case-name: tests.test_config -*-
 """
-The table of keys: every key each section knows, as one L{KeySpec} row.
+The schema of the file: for each kind of section, a L{SectionSchema} with
+one L{KeySpec} row per key it knows.
+
+The schema drives both the reader (L{wsrelay.config.reader}) and the test
+that C{docs/configuration.md} documents every key in its section: a key
+added here is parsed and must be documented.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from wsrelay.config.parse import (
     _seconds,
     _wholeNumber,
 )
-from wsrelay.config.values import DemoConfig, RelayConfig, RouteConfig
+from wsrelay.config.values import ROUTE_CLASSES, DemoConfig, RelayConfig
 
 
 class _Required:
@@ -66,6 +71,9 @@ class KeySpec:
     @ivar parse: Parses the value as written, given a private context.
     @ivar doc: One line saying what the key means.
     @ivar default: The default (the field's default), or L{REQUIRED}.
+    @ivar mode: The one route mode (C{"proxy"}, C{"fanout"}) whose class
+        has the field, or L{None} for a key every section of its kind
+        takes.
     """
 
     key: str
@@ -74,6 +82,7 @@ class KeySpec:
     parse: _Parser
     doc: str
     default: Any = REQUIRED
+    mode: str | None = None
 
     @property
     def required(self) -> bool:
@@ -83,28 +92,89 @@ class KeySpec:
         return self.default is REQUIRED
 
 
-def _keys(
-    valueClass: type[Any], rows: Sequence[tuple[str, str, _Parser, str]]
-) -> tuple[KeySpec, ...]:
+@dataclass(frozen=True)
+class SectionSchema:
     """
-    Make the L{KeySpec}s of a section from rows of key, kind, parser and
-    meaning.  The key C{max_message_size} sets the field C{maxMessageSize}
-    of C{valueClass}, whose default is the key's default.
+    One kind of section: the keys it knows and the value classes they fill.
+
+    @ivar kind: C{"relay"}, C{"route"} or C{"demo"}.
+    @ivar header: The section's header as C{docs/configuration.md} titles
+        its table of keys (C{"[route:NAME]"}).
+    @ivar classes: The value class the section is read into, by mode: a
+        route's class depends on its C{mode} key (see
+        L{wsrelay.config.values.ROUTE_CLASSES}); other sections have one,
+        under L{None}.
+    @ivar keys: The keys, in documentation order.
     """
-    defaults = {
-        f.name: REQUIRED if f.default is dataclasses.MISSING else f.default
-        for f in dataclasses.fields(valueClass)
+
+    kind: str
+    header: str
+    classes: Mapping[str | None, type[Any]]
+    keys: tuple[KeySpec, ...]
+
+    @property
+    def byKey(self) -> Mapping[str, KeySpec]:
+        """
+        The keys by name.
+        """
+        return {spec.key: spec for spec in self.keys}
+
+    @property
+    def names(self) -> frozenset[str]:
+        """
+        The names of the keys.
+        """
+        return frozenset(spec.key for spec in self.keys)
+
+    def modeKeys(self, mode: str) -> frozenset[str]:
+        """
+        @return: The names of the keys that only sections of C{mode} take.
+        """
+        return frozenset(spec.key for spec in self.keys if spec.mode == mode)
+
+
+def _schema(
+    kind: str,
+    header: str,
+    valueClasses: type[Any] | Mapping[str, type[Any]],
+    rows: Sequence[tuple[str, str, _Parser, str]],
+) -> SectionSchema:
+    """
+    Make the schema of a section from rows of key, kind, parser and
+    meaning.  The key C{max_message_size} sets the field C{maxMessageSize};
+    a key belongs to the modes whose class has that field (to every mode
+    when all have it), and its default is the field's default in the first
+    of them.
+
+    @param valueClasses: The section's value class, or its classes by mode.
+    @raise TypeError: When no class has a key's field.
+    """
+    classes: dict[str | None, type[Any]] = {}
+    if isinstance(valueClasses, type):
+        classes[None] = valueClasses
+    else:
+        for name, valueClass in valueClasses.items():
+            classes[name] = valueClass
+    fields = {
+        m: {f.name: f for f in dataclasses.fields(valueClass)}
+        for m, valueClass in classes.items()
     }
     specs = []
-    for key, kind, parse, doc in rows:
+    for key, shortType, parse, doc in rows:
         attribute = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
-        default = defaults[attribute]
-        specs.append(KeySpec(key, attribute, kind, parse, doc, default))
-    return tuple(specs)
+        holders = [m for m in classes if attribute in fields[m]]
+        if not holders:
+            raise TypeError(f"no field {attribute!r} for the key {key!r}")
+        default = fields[holders[0]][attribute].default
+        if default is dataclasses.MISSING:
+            default = REQUIRED
+        only = None if len(holders) == len(classes) else holders[0]
+        specs.append(KeySpec(key, attribute, shortType, parse, doc, default, only))
+    return SectionSchema(kind, header, classes, tuple(specs))
 
 
 # fmt: off
-RELAY_KEYS = _keys(RelayConfig, [
+RELAY = _schema("relay", "[relay]", RelayConfig, [
     # key                 kind           parser
     ("listen",            "endpoints",   _parseListen,
      "Server endpoint strings to accept clients on, separated by whitespace."),
@@ -158,7 +228,7 @@ RELAY_KEYS = _keys(RelayConfig, [
      "Log each client connection as it ends (on), or not (off)."),
 ])
 
-ROUTE_KEYS = _keys(RouteConfig, [
+ROUTE = _schema("route", "[route:NAME]", ROUTE_CLASSES, [
     ("path",              "path",        _parseRoutePath,
      "Path prefix matched at a segment boundary; the rest is passed on."),
     ("host",              "host",        _parseRouteHost,
@@ -170,13 +240,13 @@ ROUTE_KEYS = _keys(RouteConfig, [
     ("balancer",          "name",        _parseBalancer,
      "Balancer plugin picking a backend for each new connection."),
     ("failover",          "choice",      _choice("close", "reconnect"),
-     "When the backend goes away: close the client, or reconnect."),
+     "Proxy: when the backend goes away, close the client or reconnect."),
     ("failover_buffer",   "bytes",       _wholeNumber(0),
-     "Client message bytes buffered while reconnecting."),
+     "Proxy: client message bytes buffered while reconnecting."),
     ("data_path",         "choice",      _choice("passthrough", "message"),
-     "passthrough: bytes forwarded; message: frames parsed and re-framed."),
+     "Proxy: bytes forwarded (passthrough), or frames re-framed (message)."),
     ("compression",       "choice",      _onOff,
-     "Message path: accept a client's permessage-deflate offer (on/off)."),
+     "Proxy, message path: accept a client's permessage-deflate offer."),
     ("channel",           "choice",      _choice("route", "path"),
      "Fan-out: one upstream for the route, or one per client path."),
     ("replay",            "number",      _wholeNumber(0, "messages"),
@@ -217,19 +287,7 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "Failed checks or connects in a row that take a backend down."),
 ])
 
-FANOUT_KEYS = frozenset(
-    k.key for k in ROUTE_KEYS if k.doc.startswith("Fan-out:")
-)
-"""
-The route keys that only a fan-out route takes.
-"""
-
-PROXY_KEYS = frozenset(("failover", "failover_buffer", "data_path", "compression"))
-"""
-The route keys that only a proxy route takes.
-"""
-
-DEMO_KEYS = _keys(DemoConfig, [
+DEMO = _schema("demo", "[demo]", DemoConfig, [
     ("echo",              "endpoint",    _parseEndpoint,
      "Server endpoint string of a demo echo backend."),
     ("ticker",            "endpoint",    _parseEndpoint,
@@ -239,8 +297,19 @@ DEMO_KEYS = _keys(DemoConfig, [
 ])
 # fmt: on
 
+SCHEMAS: Mapping[str, SectionSchema] = MappingProxyType(
+    {schema.kind: schema for schema in (RELAY, ROUTE, DEMO)}
+)
+"""
+The schema of each kind of section, in documentation order.
+"""
+
+RELAY_KEYS = RELAY.keys
+ROUTE_KEYS = ROUTE.keys
+DEMO_KEYS = DEMO.keys
+
 KEYS: Mapping[str, tuple[KeySpec, ...]] = MappingProxyType(
-    {"relay": RELAY_KEYS, "route": ROUTE_KEYS, "demo": DEMO_KEYS}
+    {kind: schema.keys for kind, schema in SCHEMAS.items()}
 )
 """
 Every key the parser knows, per kind of section (C{"relay"}, C{"route"},
@@ -248,8 +317,18 @@ C{"demo"}), in documentation order.
 """
 
 SECTION_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
-    {kind: frozenset(s.key for s in specs) for kind, specs in KEYS.items()}
+    {kind: schema.names for kind, schema in SCHEMAS.items()}
 )
 """
 The names of the keys in L{KEYS}, per kind of section.
+"""
+
+FANOUT_KEYS = ROUTE.modeKeys("fanout")
+"""
+The route keys that only a fan-out route takes.
+"""
+
+PROXY_KEYS = ROUTE.modeKeys("proxy")
+"""
+The route keys that only a proxy route takes.
 """

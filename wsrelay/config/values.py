@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from wsrelay.config.errors import _BadValue, _expected
@@ -182,43 +183,22 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RouteConfig:
+class BaseRouteConfig:
     """
-    One C{[route:NAME]} section: which requests it takes and where they go.
+    What every C{[route:NAME]} section has, whatever its mode: which
+    requests it takes, its backends and how they are picked and checked.
+    A route is a L{ProxyRouteConfig} or a L{FanoutRouteConfig} (see
+    L{RouteConfig}), never a bare L{BaseRouteConfig}.
 
     @ivar name: The part of the section name after C{route:}.
     @ivar path: The path prefix it matches, starting with C{/}, without a
         trailing C{/} (except for C{"/"} itself).
     @ivar host: The host it matches (lower case, no port, IPv6 without
         brackets), or L{None} for any host.
-    @ivar mode: C{"proxy"} or C{"fanout"}.
     @ivar backends: The backends, in the order of the file; names unique.
     @ivar balancer: The name of the balancer plugin.
-    @ivar failover: C{"close"} or C{"reconnect"}.
-    @ivar failoverBuffer: Bytes of client messages buffered while
-        reconnecting to another backend.
-    @ivar dataPath: C{"passthrough"} or C{"message"} (proxy mode); when
-        not set, C{"message"} with C{failover = reconnect}, else
-        C{"passthrough"}.
-    @ivar compression: Message path: whether the relay negotiates
-        permessage-deflate on each leg when the client offers it.
     @ivar options: The values of the keys the balancer plugin declares, as
         written (read only; not part of the hash).
-    @ivar channel: Fan-out: C{"route"} (one upstream for the route) or
-        C{"path"} (one per client path and query under the prefix).
-    @ivar replay: Fan-out: messages sent to a client when it joins.
-    @ivar clientMessages: Fan-out: C{"drop"} or C{"forward"} upstream.
-    @ivar maxClientBuffer: Fan-out: bytes queued for one client before
-        L{slowClient} applies.
-    @ivar slowClient: Fan-out: C{"drop"} (skip messages) or C{"close"}.
-    @ivar connect: Fan-out: C{"eager"} (at start) or C{"lazy"} (at the
-        first client).
-    @ivar linger: Fan-out: seconds a lazy channel's upstream stays open
-        after its last client left.
-    @ivar subscribe: Fan-out: text messages sent upstream on every
-        connect, in order.
-    @ivar backoffBase: Fan-out: the first delay before reconnecting.
-    @ivar backoffCap: Fan-out: the longest delay before reconnecting.
     @ivar slowstart: Seconds over which a backend that came up gets its
         share of new connections back; 0: at once.
     @ivar allowedOrigins: The C{Origin}s whose handshakes are accepted
@@ -238,26 +218,11 @@ class RouteConfig:
     name: str
     path: str
     host: str | None = None
-    mode: str = "proxy"
     backends: tuple[BackendConfig, ...]
     balancer: str = _DEFAULT_BALANCER
-    failover: str = "close"
-    failoverBuffer: int = 1048576
-    dataPath: str = "passthrough"
-    compression: bool = True
     options: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
-    channel: str = "route"
-    replay: int = 0
-    clientMessages: str = "drop"
-    maxClientBuffer: int = 1048576
-    slowClient: str = "drop"
-    connect: str = "eager"
-    linger: float = 30.0
-    subscribe: tuple[str, ...] = ()
-    backoffBase: float = 0.5
-    backoffCap: float = 30.0
     slowstart: float = 0.0
     allowedOrigins: tuple[str, ...] = ()
     caFile: str | None = None
@@ -277,6 +242,81 @@ class RouteConfig:
         The name of the section this route came from, for messages.
         """
         return "route:" + self.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyRouteConfig(BaseRouteConfig):
+    """
+    A C{[route:NAME]} section with C{mode = proxy} (the default): each
+    client gets a backend connection of its own.
+
+    @ivar mode: C{"proxy"}, always: tells the two kinds of route apart
+        (C{route.mode == "proxy"} narrows a L{RouteConfig} for mypy).
+    @ivar failover: C{"close"} or C{"reconnect"}.
+    @ivar failoverBuffer: Bytes of client messages buffered while
+        reconnecting to another backend.
+    @ivar dataPath: C{"passthrough"} or C{"message"}; when not set,
+        C{"message"} with C{failover = reconnect}, else C{"passthrough"}.
+    @ivar compression: Message path: whether the relay negotiates
+        permessage-deflate on each leg when the client offers it.
+    """
+
+    mode: Literal["proxy"] = field(default="proxy", init=False)
+    failover: str = "close"
+    failoverBuffer: int = 1048576
+    dataPath: str = "passthrough"
+    compression: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class FanoutRouteConfig(BaseRouteConfig):
+    """
+    A C{[route:NAME]} section with C{mode = fanout}: one upstream per
+    channel, whose messages go to every client of the channel.
+
+    @ivar mode: C{"fanout"}, always (see L{ProxyRouteConfig.mode}).
+    @ivar channel: C{"route"} (one upstream for the route) or C{"path"}
+        (one per client path and query under the prefix).
+    @ivar replay: Messages sent to a client when it joins.
+    @ivar clientMessages: C{"drop"} or C{"forward"} upstream.
+    @ivar maxClientBuffer: Bytes queued for one client before
+        L{slowClient} applies.
+    @ivar slowClient: C{"drop"} (skip messages) or C{"close"}.
+    @ivar connect: C{"eager"} (at start) or C{"lazy"} (at the first
+        client).
+    @ivar linger: Seconds a lazy channel's upstream stays open after its
+        last client left.
+    @ivar subscribe: Text messages sent upstream on every connect, in
+        order.
+    @ivar backoffBase: The first delay before reconnecting.
+    @ivar backoffCap: The longest delay before reconnecting.
+    """
+
+    mode: Literal["fanout"] = field(default="fanout", init=False)
+    channel: str = "route"
+    replay: int = 0
+    clientMessages: str = "drop"
+    maxClientBuffer: int = 1048576
+    slowClient: str = "drop"
+    connect: str = "eager"
+    linger: float = 30.0
+    subscribe: tuple[str, ...] = ()
+    backoffBase: float = 0.5
+    backoffCap: float = 30.0
+
+
+RouteConfig: TypeAlias = ProxyRouteConfig | FanoutRouteConfig
+"""
+One C{[route:NAME]} section: a proxy route or a fan-out route, told apart
+by C{mode}.
+"""
+
+ROUTE_CLASSES: Mapping[str, type[RouteConfig]] = MappingProxyType(
+    {"proxy": ProxyRouteConfig, "fanout": FanoutRouteConfig}
+)
+"""
+The class of a route, by its C{mode}; the first is the default mode.
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
