@@ -14,6 +14,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -112,7 +113,7 @@ class SectionSchema:
     classes: Mapping[str | None, type[Any]]
     keys: tuple[KeySpec, ...]
 
-    @property
+    @cached_property
     def byKey(self) -> Mapping[str, KeySpec]:
         """
         The keys by name.
