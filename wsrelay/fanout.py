@@ -29,6 +29,7 @@ from wsrelay.routing import Backend, ConnectionInfo, Route
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IDelayedCall
 
+    from wsrelay.config import FanoutRouteConfig
     from wsrelay.frontend import FrontendProtocol
     from wsrelay.service import RelayService
     from wsrelay.upstream import UpstreamProtocol
@@ -93,7 +94,8 @@ def channelKey(route: Route, remainder: str, query: str) -> str:
     @return: The channel a client of C{route} joins: C{""} for the whole
         route, or its path remainder and query with C{channel = path}.
     """
-    if route.config.channel == "route":
+    config = route.config
+    if config.mode != "fanout" or config.channel == "route":
         return ""
     return remainder + ("?" + query if query else "")
 
@@ -125,7 +127,7 @@ class Channel:
         self.members: dict[FanoutSession, None] = {}
         self.upstream: UpstreamProtocol | None = None
         self.backend: Backend | None = None
-        self.replay: deque[bytes] = deque(maxlen=route.config.replay)
+        self.replay: deque[bytes] = deque(maxlen=self.routeConfig.replay)
         self.messagesIn = 0
         self.framed = 0
         self.deliveries = 0
@@ -152,6 +154,17 @@ class Channel:
         The route's name and the channel's key, for logs.
         """
         return self.route.name + self.key
+
+    @property
+    def routeConfig(self) -> FanoutRouteConfig:
+        """
+        The configuration of L{route}: a fan-out route's, the only kind
+        that has channels.
+        """
+        config = self.route.config
+        if config.mode != "fanout":
+            raise TypeError(f"route {config.name!r} is not a fan-out route")
+        return config
 
     # Members.
 
@@ -180,11 +193,11 @@ class Channel:
         if not self.members and self._lazy() and self.state != STOPPED:
             self._cancelLinger()
             self._linger = self._clock.callLater(
-                self.route.config.linger, self._lingerEnded
+                self.routeConfig.linger, self._lingerEnded
             )
 
     def _lazy(self) -> bool:
-        config = self.route.config
+        config = self.routeConfig
         return config.connect == "lazy" or config.channel == "path"
 
     def _lingerEnded(self) -> None:
@@ -196,7 +209,7 @@ class Channel:
             return
         self.log.info("channel {channel}: no clients, closing", channel=self.name)
         self._halt(IDLE, 1000, b"no clients")
-        if self.route.config.channel == "path":
+        if self.routeConfig.channel == "path":
             self.relay.channelEnded(self)
 
     # The upstream.
@@ -250,7 +263,7 @@ class Channel:
             self._readFromSource(received, data)
 
         up.dataReceived = readFromSource  # type: ignore[method-assign]
-        for line in self.route.config.subscribe:
+        for line in self.routeConfig.subscribe:
             up.forwardFrame(TEXT, line.encode("utf-8"), True)
         self.log.info(
             "channel {channel}: source {backend} connected",
@@ -273,7 +286,7 @@ class Channel:
         """
         Wait, longer after each failure in a row, then connect again.
         """
-        config = self.route.config
+        config = self.routeConfig
         ceiling = min(config.backoffCap, config.backoffBase * 2**self._failures)
         self._failures += 1
         delay = ceiling / 2 + self.random.uniform(0, ceiling / 2)
@@ -480,9 +493,9 @@ class FanoutSession:
         self.queued = 0
         self.dropped = 0
         self.backend = None
-        self._limit = channel.route.config.maxClientBuffer
-        self._close = channel.route.config.slowClient == "close"
-        self._forward = channel.route.config.clientMessages == "forward"
+        self._limit = channel.routeConfig.maxClientBuffer
+        self._close = channel.routeConfig.slowClient == "close"
+        self._forward = channel.routeConfig.clientMessages == "forward"
         self._paused = False
         self._joined = False
         self._closing = False

@@ -415,7 +415,9 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         anything itself.
         """
         route = self.route
-        if route is not None and route.config.dataPath == "passthrough":
+        if route is not None and (
+            route.config.mode == "fanout" or route.config.dataPath == "passthrough"
+        ):
             self.websocket_extensions = []
         WebSocketServerProtocol.succeedHandshake(self, res)
 

@@ -33,6 +33,7 @@ from wsrelay.upstream import (
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IPushProducer
 
+    from wsrelay.config import ProxyRouteConfig
     from wsrelay.frontend import FrontendProtocol
     from wsrelay.service import RelayService
 
@@ -135,6 +136,17 @@ class ProxySession:
         frontend.session = self
         frontend.listener = self
 
+    @property
+    def routeConfig(self) -> ProxyRouteConfig:
+        """
+        The configuration of L{route}: a proxy route's, the only kind that
+        has proxy sessions.
+        """
+        config = self.route.config
+        if config.mode != "proxy":
+            raise TypeError(f"route {config.name!r} is not a proxy route")
+        return config
+
     # Opening.
 
     def open(self) -> Deferred[tuple[str | None, dict[str, list[str]]]]:
@@ -235,7 +247,7 @@ class ProxySession:
         protocols = head.get("sec-websocket-protocol")
         if protocols:
             headers.append(("Sec-WebSocket-Protocol", protocols))
-        if self.route.config.dataPath == "passthrough":
+        if self.routeConfig.dataPath == "passthrough":
             offers = [
                 (n, v)
                 for (n, v) in head.headers
@@ -269,7 +281,7 @@ class ProxySession:
         self.openedAt = self._clock.seconds()
         self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
         self._pair()
-        if self.route.config.dataPath == "passthrough":
+        if self.routeConfig.dataPath == "passthrough":
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
             # which Autobahn knows nothing of), and this runs inside the
@@ -374,7 +386,7 @@ class ProxySession:
             or other.heldFailure is not None
             or self._closeWaiting is not None
             or self._buffer is not None
-            or (leg is self.upstream and self.route.config.failover == "reconnect")
+            or (leg is self.upstream and self.routeConfig.failover == "reconnect")
         ):
             return False
         self._failing = leg
@@ -452,7 +464,7 @@ class ProxySession:
         if lost is not None and not leg.wasClean:
             self.relay.backendFailed(self.route, lost, "connection lost")
         if (
-            self.route.config.failover != "reconnect"
+            self.routeConfig.failover != "reconnect"
             or self.stopping
             or f.sendingFragment
         ):
@@ -464,7 +476,7 @@ class ProxySession:
             f.closeWith(1014, reason)
             return
         self._buffer = ReconnectBuffer(
-            self, self.route.config.failoverBuffer, f.receivingFragment
+            self, self.routeConfig.failoverBuffer, f.receivingFragment
         )
         f.target = self._buffer
         ft = f.transport
