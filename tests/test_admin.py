@@ -6,16 +6,20 @@ C{websockets} clients and backends on both sides of the relay.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from email.message import Message
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -32,7 +36,13 @@ from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.test_proxy import closedPort, waitFor
 from tests.test_tls import makeCertificates
 from wsrelay import __version__
-from wsrelay.admin import DASHBOARD, RelayCollector, adminSite, hostAllowed
+from wsrelay.admin import (
+    DASHBOARD,
+    DASHBOARD_PATH,
+    RelayCollector,
+    adminSite,
+    hostAllowed,
+)
 from wsrelay.config import ConfigError, parseConfig
 from wsrelay.service import RelayService
 
@@ -795,6 +805,42 @@ class ActionTests(TestCase):
             self.assertEqual(answer.headers["Allow"], "GET, HEAD")
         self.assertEqual(backendOf(await a.status(), "chat", "one")["state"], "up")
 
+    async def test_paths(self) -> None:
+        """
+        A page is found by its whole path, each segment's percent-escapes
+        decoded once more than HTTP does: a node of the tree that is no
+        page, a page with one more segment (even empty) and a segment
+        that is not ASCII answer 404 with a JSON error; an escaped name
+        finds its page.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        for path in (
+            "/routes",
+            "/routes/",
+            "/routes/chat",
+            "/routes/chat/backends",
+            "/routes/chat/backends/one",
+            "/routes/chat/backends/one/drain/",
+            "/routes/chat/backends/one/drain/x",
+            "//",
+            "/metrics/x",
+            "/reload/",
+            "/%FF",
+            "/st%25FFtus",
+        ):
+            for answer in (await a.get(path), await a.post(path)):
+                self.assertEqual(answer.status, 404, path)
+                self.assertEqual(answer.json(), {"error": "no such page"}, path)
+                self.assertEqual(answer.headers["Server"], "wsrelay", path)
+        for path in ("/st%61tus", "/st%2561tus"):
+            answer = await a.get(path)
+            self.assertEqual(answer.status, 200, path)
+            self.assertEqual(answer.json()["routes"][0]["name"], "chat")
+        answer = await a.post("/routes/ch%2561t/backends/%6fne/drain")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.json()["backend"]["state"], "draining")
+
     async def test_reloadRejected(self) -> None:
         """
         A configuration file that no longer parses makes C{POST /reload}
@@ -860,8 +906,8 @@ class LogTests(TestCase):
     async def test_events(self) -> None:
         """
         Each request other than C{GET} and C{HEAD} gives one event with the
-        method, path, status and peer, whatever its answer; a read gives
-        none, even a 404.
+        method, path, status and peer, whatever its answer, in the
+        namespace docs/admin.md names; a read gives none, even a 404.
         """
         events: list[LogEvent] = []
         observer = cast(ILogObserver, events.append)
@@ -892,6 +938,14 @@ class LogTests(TestCase):
                 ("POST", path, 200, "127.0.0.1"),
                 ("POST", "/nope", 404, "127.0.0.1"),
             ],
+        )
+        self.assertEqual(
+            {
+                e["log_namespace"]
+                for e in events
+                if e.get("log_namespace", "").startswith("wsrelay.admin")
+            },
+            {"wsrelay.admin.AdminSite"},
         )
 
 
@@ -1068,3 +1122,136 @@ class DashboardTests(TestCase):
         self.assertEqual(row["state"], "up")
         self.assertEqual(row["backend"], "source")
         self.assertIn(("backend", "feed", "source"), page.rows)
+
+
+#: What is not copied from the repository to build its wheel.
+_COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    "dropin.cache",
+    ".*_cache",
+    ".hypothesis",
+    "_trial_temp*",
+)
+
+#: Run by L{DashboardFileTests.test_installed} with an installed wsrelay
+#: first on C{sys.path}: serves the admin site of a relay that is not
+#: started on a loopback port, asks it for C{/} and prints where wsrelay
+#: was imported from, then the answer's status, content type and body.
+_SERVE = """
+import json, sys, urllib.request
+from twisted.internet import reactor, threads
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+import wsrelay
+from wsrelay.admin import adminSite
+from wsrelay.config import parseConfig
+from wsrelay.service import RelayService
+
+config = parseConfig(
+    "[relay]\\nlisten = tcp:0\\n[route:chat]\\npath = /chat\\n"
+    "backends = ws://127.0.0.1:1/\\n",
+    "t.ini",
+)
+site = adminSite(RelayService(config, MemoryReactorClock(), Clock()))
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+result = {}
+
+def get(port):
+    url = "http://127.0.0.1:%d/" % port.getHost().port
+    with opener.open(url, timeout=30) as r:
+        return r.status, r.headers["Content-Type"], r.read().decode("utf-8")
+
+def done(answer):
+    result["answer"] = answer
+    reactor.stop()
+
+def failed(f):
+    result["error"] = f.getTraceback()
+    reactor.stop()
+
+d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+d.addCallback(lambda port: threads.deferToThread(get, port))
+d.addCallbacks(done, failed)
+reactor.callLater(60, reactor.stop)
+reactor.run()
+print(json.dumps({"module": wsrelay.__file__, **result}))
+"""
+
+
+class DashboardFileTests(SynchronousTestCase):
+    """
+    The dashboard is the package-data file C{wsrelay/admin/dashboard.html},
+    served as it is both from the work tree (the editable install the
+    other tests use) and from a built wheel.
+    """
+
+    def test_packageData(self) -> None:
+        """
+        The dashboard's file is in the C{wsrelay.admin} package and is the
+        page the admin site serves; C{setup.cfg} ships it as package data.
+        """
+        here = Path(__file__).resolve().parent.parent
+        self.assertEqual(
+            Path(DASHBOARD_PATH.path), here / "wsrelay" / "admin" / "dashboard.html"
+        )
+        self.assertEqual(DASHBOARD, DASHBOARD_PATH.getContent())
+        self.assertIn(b"<title>wsrelay</title>", DASHBOARD)
+        config = configparser.ConfigParser()
+        config.read(here / "setup.cfg")
+        self.assertEqual(
+            config["options.package_data"]["wsrelay.admin"].split(),
+            ["dashboard.html"],
+        )
+
+    def test_installed(self) -> None:
+        """
+        The wheel holds C{wsrelay/admin/dashboard.html}; with the wheel's
+        files first on C{sys.path}, the admin site serves that file for
+        C{GET /}, labelled as UTF-8 HTML.
+        """
+        tmp = Path(tempfile.mkdtemp(prefix="wsrelay-admin-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        root = Path(__file__).resolve().parent.parent
+        shutil.copytree(root, tmp / "src", ignore=_COPY_IGNORE)
+        build = subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--no-isolation"]
+            + ["--outdir", str(tmp / "dist"), str(tmp / "src")],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(build.returncode, 0, build.stdout + build.stderr)
+        (wheel,) = (tmp / "dist").glob("wsrelay-*.whl")
+        installed = tmp / "installed"
+        with zipfile.ZipFile(wheel) as archive:
+            self.assertIn("wsrelay/admin/dashboard.html", archive.namelist())
+            archive.extractall(installed)
+        served = subprocess.run(
+            [sys.executable, "-c", _SERVE],
+            cwd=tmp,
+            env={**os.environ, "PYTHONPATH": str(installed)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(served.returncode, 0, served.stderr)
+        result = json.loads(served.stdout.splitlines()[-1])
+        self.assertNotIn("error", result)
+        self.assertTrue(
+            Path(result["module"]).is_relative_to(installed), result["module"]
+        )
+        status, contentType, body = result["answer"]
+        self.assertEqual((status, contentType), (200, "text/html; charset=utf-8"))
+        self.assertEqual(
+            body.encode("utf-8"),
+            (installed / "wsrelay" / "admin" / "dashboard.html").read_bytes(),
+        )
+        self.assertEqual(body.encode("utf-8"), DASHBOARD)
