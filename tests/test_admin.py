@@ -6,6 +6,7 @@ C{websockets} clients and backends on both sides of the relay.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any, cast
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -39,12 +41,16 @@ from wsrelay import __version__
 from wsrelay.admin import (
     DASHBOARD,
     DASHBOARD_PATH,
+    AdminSite,
     RelayCollector,
+    RelayView,
     adminSite,
     hostAllowed,
 )
 from wsrelay.config import ConfigError, parseConfig
+from wsrelay.routing import Backend, Route
 from wsrelay.service import RelayService
+from wsrelay.stats import Histogram
 
 TOKEN = "s3cret-t0ken"
 
@@ -651,7 +657,7 @@ class HistogramTests(SynchronousTestCase):
         h.count = 6
         (family,) = [
             m
-            for m in RelayCollector(relay).collect()
+            for m in RelayCollector(RelayView(relay)).collect()
             if m.name == "wsrelay_handshake_latency_seconds"
         ]
         self.assertEqual(family.type, "histogram")
@@ -1255,3 +1261,234 @@ class DashboardFileTests(SynchronousTestCase):
             (installed / "wsrelay" / "admin" / "dashboard.html").read_bytes(),
         )
         self.assertEqual(body.encode("utf-8"), DASHBOARD)
+
+
+class StandInView(RelayView):
+    """
+    A L{RelayView} of no relay: constant answers, and a record of what the
+    admin listener asked.
+
+    @ivar asked: The actions asked, in order.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, ...]] = []
+        self.latency = Histogram((0.5,))
+        self.latency.observe(0.25)
+
+    def now(self) -> float:
+        """
+        The stand-in for L{RelayView.now}.
+        """
+        return 1000.0
+
+    def startedAt(self) -> float:
+        """
+        The stand-in for L{RelayView.startedAt}.
+        """
+        return 958.0
+
+    def worker(self) -> int:
+        """
+        The stand-in for L{RelayView.worker}.
+        """
+        return 3
+
+    def listeners(self) -> list[tuple[str, int | None]]:
+        """
+        The stand-in for L{RelayView.listeners}.
+        """
+        return [("tcp:8080", 8080)]
+
+    def clients(self) -> int:
+        """
+        The stand-in for L{RelayView.clients}.
+        """
+        return 7
+
+    def handshakeLatency(self) -> Histogram:
+        """
+        The stand-in for L{RelayView.handshakeLatency}.
+        """
+        return self.latency
+
+    def routes(self) -> list[Route]:
+        """
+        The stand-in for L{RelayView.routes}.
+        """
+        return []
+
+    def route(self, name: str) -> Route | None:
+        """
+        The stand-in for L{RelayView.route}.
+        """
+        return None
+
+    def channels(self) -> list[Any]:
+        """
+        The stand-in for L{RelayView.channels}.
+        """
+        return []
+
+    def workers(self) -> None:
+        """
+        The stand-in for L{RelayView.workers}.
+        """
+        return None
+
+    def adminHosts(self) -> tuple[str, ...]:
+        """
+        The stand-in for L{RelayView.adminHosts}.
+        """
+        return ("stand.in",)
+
+    def adminToken(self) -> str | None:
+        """
+        The stand-in for L{RelayView.adminToken}.
+        """
+        return TOKEN
+
+    def configPath(self) -> str:
+        """
+        The stand-in for L{RelayView.configPath}.
+        """
+        return "/stand/in.ini"
+
+    def setBackendState(self, route: str, backend: str, action: str) -> Backend:
+        """
+        The stand-in for L{RelayView.setBackendState}.
+        """
+        self.asked.append((action, route, backend))
+        raise KeyError(f"no route {route!r}")
+
+    def reload(self) -> Any:
+        """
+        The stand-in for L{RelayView.reload}.
+        """
+        self.asked.append(("reload",))
+        return succeed(None)
+
+
+class RelayViewTests(TestCase):
+    """
+    The admin listener reads the relay and asks it to act only through a
+    L{RelayView}: another view is all it takes to point it elsewhere.
+    """
+
+    async def test_standIn(self) -> None:
+        """
+        An admin site over a stand-in view, with no relay service, answers
+        C{/status}, C{/metrics}, the C{Host} check, C{/reload} and an
+        action from the view's answers, and asks the view to act.
+        """
+        view = StandInView()
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        listening = await endpoint.listen(AdminSite(view))
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+
+        answer = await inThread(fetch, port, "/status", host="Stand.In:80")
+        self.assertEqual(answer.status, 200)
+        status = answer.json()
+        self.assertEqual(
+            {k: status[k] for k in ("worker", "time", "uptime", "clients")},
+            {"worker": 3, "time": 1000.0, "uptime": 42.0, "clients": 7},
+        )
+        self.assertEqual(
+            status["listeners"], [{"description": "tcp:8080", "port": 8080}]
+        )
+        self.assertEqual(status["handshakes"], {"count": 1, "sum": 0.25})
+        self.assertEqual(status["routes"], [])
+        answer = await inThread(fetch, port, "/status", host="other.example")
+        self.assertEqual(answer.status, 421)
+
+        answer = await inThread(fetch, port, "/metrics")
+        samples = {
+            s.name: s.value
+            for f in text_string_to_metric_families(answer.body.decode())
+            for s in f.samples
+            if not s.labels
+        }
+        self.assertEqual(samples["wsrelay_client_connections"], 7)
+        self.assertEqual(samples["wsrelay_uptime_seconds"], 42)
+
+        answer = await inThread(fetch, port, "/reload", "POST", "nope")
+        self.assertEqual(answer.status, 401)
+        self.assertEqual(view.asked, [])
+        answer = await inThread(fetch, port, "/reload", "POST", TOKEN)
+        self.assertEqual(
+            (answer.status, answer.json()),
+            (200, {"reloaded": "/stand/in.ini", "routes": []}),
+        )
+        path = "/routes/r/backends/b/drain"
+        answer = await inThread(fetch, port, path, "POST", TOKEN)
+        self.assertEqual(
+            (answer.status, answer.json()), (404, {"error": "no route 'r'"})
+        )
+        self.assertEqual(view.asked, [("reload",), ("drain", "r", "b")])
+
+
+#: The modules of the admin package may import, at run time, only these
+#: modules of wsrelay (besides their own package): not the relay service,
+#: not the workers (whose control channel imports the admin package).
+_ADMIN_MAY_IMPORT = {"wsrelay", "wsrelay.config", "wsrelay.plugins"}
+
+
+def _runTimeImports(tree: ast.Module) -> set[str]:
+    """
+    @return: The modules a module imports when it runs, in functions too,
+        leaving out the blocks under C{if TYPE_CHECKING:}.
+    """
+    found: set[str] = set()
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            found.add(node.module)
+        stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+class StructureTests(SynchronousTestCase):
+    """
+    The admin package's place among the relay's modules.
+    """
+
+    def test_imports(self) -> None:
+        """
+        No module of the admin package imports the relay service or the
+        workers when it runs (so no import cycle goes through it), and
+        only L{wsrelay.admin.relay} touches the relay service at all;
+        importing the package in a fresh interpreter loads neither.
+        """
+        package = Path(DASHBOARD_PATH.path).parent
+        modules = sorted(package.glob("*.py"))
+        self.assertIn(package / "relay.py", modules)
+        for module in modules:
+            tree = ast.parse(module.read_text(), str(module))
+            imports = {
+                name
+                for name in _runTimeImports(tree)
+                if name.startswith("wsrelay") and not name.startswith("wsrelay.admin")
+            }
+            self.assertLessEqual(imports, _ADMIN_MAY_IMPORT, module.name)
+            if module.name not in ("relay.py", "__init__.py", "site.py"):
+                self.assertNotIn("RelayService", module.read_text(), module.name)
+        loaded = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, wsrelay.admin; print(sorted(sys.modules))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(loaded.returncode, 0, loaded.stderr)
+        self.assertNotIn("'wsrelay.workers'", loaded.stdout)
+        self.assertNotIn("'wsrelay.service'", loaded.stdout)

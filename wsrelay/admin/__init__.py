@@ -12,21 +12,50 @@ must name the listener in C{Host} by an IP address, C{localhost} or a name
 of C{admin_hosts}: a web page whose own name was made to resolve to the
 listener's address (DNS rebinding) sends its own name, and is refused.
 
-The modules: L{wsrelay.admin.status} (C{/status}),
+Everything here reads the relay, and asks it to act, through
+L{wsrelay.admin.relay.RelayView}.  The modules: L{wsrelay.admin.rows}
+(C{/status}),
 L{wsrelay.admin.metrics} (C{/metrics}), L{wsrelay.admin.dashboard} (C{/},
 the package-data file C{dashboard.html}), L{wsrelay.admin.resources} (the
 tree of pages, the method and token checks) and L{wsrelay.admin.site}
 (the C{Host} check, the headers of every answer, the log).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from wsrelay.admin import metrics as _metrics
+from wsrelay.admin import rows as _rows
 from wsrelay.admin.dashboard import DASHBOARD_PATH
-from wsrelay.admin.metrics import STATES, RelayCollector, mergeMetrics, metricsText
+from wsrelay.admin.metrics import STATES, RelayCollector, mergeMetrics
+from wsrelay.admin.relay import RelayView, WorkersView
 from wsrelay.admin.resources import ACTIONS
+from wsrelay.admin.rows import backendStatus, channelStatus, workerRows
 from wsrelay.admin.site import AdminSite, adminSite, hostAllowed
-from wsrelay.admin.status import backendStatus, channelStatus, status
+
+if TYPE_CHECKING:
+    from wsrelay.service import RelayService
 
 #: The dashboard page, as served.
 DASHBOARD = DASHBOARD_PATH.getContent()
+
+
+def status(relay: RelayService) -> Any:
+    """
+    @return: What C{GET /status} answers for C{relay} by itself (a
+        worker's answer to worker 0), as JSON values.
+    """
+    return _rows.status(RelayView(relay))
+
+
+def metricsText(relay: RelayService) -> str:
+    """
+    @return: C{relay}'s metrics page by itself (a worker's answer to
+        worker 0), in Prometheus' text format.
+    """
+    return _metrics.metricsText(RelayView(relay))
+
 
 __all__ = [
     "ACTIONS",
@@ -35,6 +64,8 @@ __all__ = [
     "STATES",
     "AdminSite",
     "RelayCollector",
+    "RelayView",
+    "WorkersView",
     "adminSite",
     "backendStatus",
     "channelStatus",
@@ -42,4 +73,5 @@ __all__ = [
     "mergeMetrics",
     "metricsText",
     "status",
+    "workerRows",
 ]

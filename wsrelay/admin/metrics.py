@@ -24,13 +24,13 @@ from twisted.python.failure import Failure
 from wsrelay import __version__
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.admin.relay import RelayView
 
 #: The values of L{wsrelay.routing.Backend.state}.
 STATES = ("up", "down", "draining", "disabled")
 
 
-def metricsText(relay: RelayService) -> str:
+def metricsText(relay: RelayView) -> str:
     """
     @return: The relay's metrics page (Prometheus' text format).
     """
@@ -89,7 +89,7 @@ class RelayCollector:
     scraped.
     """
 
-    def __init__(self, relay: RelayService) -> None:
+    def __init__(self, relay: RelayView) -> None:
         self._relay = relay
 
     def collect(self) -> Iterator[Metric]:
@@ -104,12 +104,12 @@ class RelayCollector:
         yield GaugeMetricFamily(
             "wsrelay_uptime_seconds",
             "Seconds since the relay started.",
-            relay.clock.seconds() - relay.startedAt,
+            relay.now() - relay.startedAt(),
         )
         yield GaugeMetricFamily(
             "wsrelay_client_connections",
             "Client connections open now.",
-            len(relay.sessions),
+            relay.clients(),
         )
         yield from self._backends()
         yield from self._channels()
@@ -163,7 +163,7 @@ class RelayCollector:
             "1 when the last active health check passed, else 0.",
             labels=labels,
         )
-        for route in self._relay.routes.routes:
+        for route in self._relay.routes():
             for b in route.backends:
                 names = [route.name, b.name]
                 sent, sentBytes, received, receivedBytes = self._relay.traffic(route, b)
@@ -217,7 +217,7 @@ class RelayCollector:
             "Clients closed for being too slow.",
             labels=labels,
         )
-        for (name, key), c in sorted(self._relay.channels.items(), key=lambda i: i[0]):
+        for (name, key), c in self._relay.channels():
             names = [name, key]
             clients.add_metric(names, len(c.members))
             up.add_metric(names, 1 if c.state == "up" else 0)
@@ -232,7 +232,7 @@ class RelayCollector:
         @return: The handshake latency histogram, its buckets made
             cumulative as the exposition format wants them.
         """
-        h = self._relay.handshakeLatency
+        h = self._relay.handshakeLatency()
         buckets: list[tuple[str, float]] = []
         seen = 0
         for bound, n in zip(h.buckets, h.counts, strict=False):

@@ -26,13 +26,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from wsrelay.admin.dashboard import dashboardFile
 from wsrelay.admin.metrics import mergeMetrics, metricsText
-from wsrelay.admin.status import backendStatus, status
+from wsrelay.admin.rows import backendStatus, status, workerRows
 from wsrelay.config import ConfigError
 from wsrelay.plugins import PluginError
-from wsrelay.workers import workerRows
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.admin.relay import RelayView
 
 #: The actions on a backend, the last segment of their path.
 ACTIONS = ("drain", "enable", "disable")
@@ -150,7 +149,7 @@ class Node(Resource):
     itself.
     """
 
-    def __init__(self, relay: RelayService) -> None:
+    def __init__(self, relay: RelayView) -> None:
         super().__init__()
         self._relay = relay
 
@@ -236,17 +235,16 @@ class StatusPage(Page):
         """
         Answer with the status asked for.
         """
-        relay = self._relay
-        own = status(relay)
-        pool = relay.workerPool
-        if pool is None:
+        own = status(self._relay)
+        workers = self._relay.workers()
+        if workers is None:
             return jsonAnswer(request, 200, own)
         asked = request.args.get(b"worker")
         if asked is None:
-            d = pool.ask("status").addCallback(
+            d = workers.ask("status").addCallback(
                 lambda answers: (
                     200,
-                    {**own, "workers": workerRows(relay, own, answers)},
+                    {**own, "workers": workerRows(workers, own, answers)},
                 )
             )
             return _later(request, d)
@@ -256,12 +254,12 @@ class StatusPage(Page):
             return errorAnswer(request, 400, "worker must be a number")
         if index == 0:
             return jsonAnswer(request, 200, own)
-        if not 0 < index < pool.count:
+        if not 0 < index < workers.count:
             return errorAnswer(request, 404, f"no worker {index}")
-        worker = pool.workers.get(index)
-        if worker is None:
+        answer = workers.askOne(index, "status")
+        if answer is None:
             return errorAnswer(request, 503, f"worker {index} is not running")
-        d = worker.ask("status").addCallbacks(
+        d = answer.addCallbacks(
             lambda answer: (200, answer),
             lambda f: (503, {"error": f.getErrorMessage()}),
         )
@@ -279,12 +277,11 @@ class MetricsPage(Page):
         Answer with the metrics.
         """
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        relay = self._relay
-        own = metricsText(relay)
-        pool = relay.workerPool
-        if pool is None:
+        own = metricsText(self._relay)
+        workers = self._relay.workers()
+        if workers is None:
             return own.encode("utf-8")
-        d = pool.ask("metrics").addCallback(
+        d = workers.ask("metrics").addCallback(
             lambda answers: mergeMetrics([(0, own), *answers])
         )
         return _later(request, d)
@@ -306,8 +303,8 @@ class ReloadPage(Page):
 
         def reloaded(_: object) -> tuple[int, Any]:
             return 200, {
-                "reloaded": relay.config.path,
-                "routes": [r.name for r in relay.routes.routes],
+                "reloaded": relay.configPath(),
+                "routes": [r.name for r in relay.routes()],
             }
 
         def failed(f: Failure) -> tuple[int, Any]:
@@ -329,9 +326,7 @@ class ActionPage(Page):
 
     methods = ACT
 
-    def __init__(
-        self, relay: RelayService, route: str, backend: str, action: str
-    ) -> None:
+    def __init__(self, relay: RelayView, route: str, backend: str, action: str) -> None:
         super().__init__(relay)
         self._route = route
         self._backend = backend
@@ -346,7 +341,7 @@ class ActionPage(Page):
             b = relay.setBackendState(route, self._backend, self._action)
         except KeyError as e:
             return errorAnswer(request, 404, str(e.args[0]) if e.args else "not found")
-        r = relay.routes.byName(route)
+        r = relay.route(route)
         assert r is not None
         return jsonAnswer(
             request,
@@ -364,7 +359,7 @@ class _Backend(Node):
     C{/routes/ROUTE/backends/BACKEND}: its children are the actions.
     """
 
-    def __init__(self, relay: RelayService, route: str, backend: str) -> None:
+    def __init__(self, relay: RelayView, route: str, backend: str) -> None:
         super().__init__(relay)
         self._route = route
         self._backend = backend
@@ -383,7 +378,7 @@ class _Backends(Node):
     C{/routes/ROUTE/backends}: its children are the route's backends.
     """
 
-    def __init__(self, relay: RelayService, route: str) -> None:
+    def __init__(self, relay: RelayView, route: str) -> None:
         super().__init__(relay)
         self._route = route
 
@@ -399,7 +394,7 @@ class _Route(Node):
     C{/routes/ROUTE}: its only child is C{backends}.
     """
 
-    def __init__(self, relay: RelayService, route: str) -> None:
+    def __init__(self, relay: RelayView, route: str) -> None:
         super().__init__(relay)
         self.putChild(b"backends", _Backends(relay, route))
 
@@ -416,7 +411,7 @@ class _Routes(Node):
         return _Route(self._relay, name)
 
 
-def adminRoot(relay: RelayService) -> Resource:
+def adminRoot(relay: RelayView) -> Resource:
     """
     @return: The root of the admin listener's pages for C{relay}.
     """

@@ -16,6 +16,7 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from wsrelay.admin.relay import RelayView
 from wsrelay.admin.resources import READ, Refusal, adminRoot
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class AdminSite(Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, relay: RelayService) -> None:
+    def __init__(self, relay: RelayView) -> None:
         super().__init__(adminRoot(relay))
         self._relay = relay
         # The namespace docs/admin.md names (a Logger class attribute would
@@ -110,7 +111,7 @@ class AdminSite(Site):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         resource: IResource = super().getResourceFor(request)
-        if not hostAllowed(request.getHeader(b"host"), self._relay.config.adminHosts):
+        if not hostAllowed(request.getHeader(b"host"), self._relay.adminHosts()):
             return _UNKNOWN_HOST
         return resource
 
@@ -133,4 +134,4 @@ def adminSite(relay: RelayService) -> Site:
     """
     @return: The admin listener's site for C{relay}.
     """
-    return AdminSite(relay)
+    return AdminSite(RelayView(relay))

@@ -1,20 +1,24 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-C{GET /status}: the relay's state and counters as JSON values.
+C{GET /status}: the relay's state and counters as JSON values, and with
+several workers one row per worker.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from twisted.python.failure import Failure
 
 from wsrelay import __version__
 from wsrelay.config import redactURL
 
 if TYPE_CHECKING:
+    from wsrelay.admin.relay import RelayView, WorkersView
     from wsrelay.fanout import Channel
     from wsrelay.routing import Backend, Route
-    from wsrelay.service import RelayService
 
 
 def _check(check: tuple[float, bool, str] | None) -> dict[str, Any] | None:
@@ -24,7 +28,7 @@ def _check(check: tuple[float, bool, str] | None) -> dict[str, Any] | None:
     return {"time": time, "ok": ok, "reason": reason}
 
 
-def backendStatus(relay: RelayService, route: Route, backend: Backend) -> Any:
+def backendStatus(relay: RelayView, route: Route, backend: Backend) -> Any:
     """
     @return: The state and counters of one backend of C{route}, as JSON
         values.
@@ -65,7 +69,7 @@ def channelStatus(channel: Channel) -> Any:
     }
 
 
-def _routes(relay: RelayService) -> list[tuple[Route, bool, list[Channel]]]:
+def _routes(relay: RelayView) -> list[tuple[Route, bool, list[Channel]]]:
     """
     @return: The routes in force, then those a reload removed whose
         channels still serve clients; each with whether it was removed and
@@ -73,41 +77,37 @@ def _routes(relay: RelayService) -> list[tuple[Route, bool, list[Channel]]]:
     """
     channels: dict[str, list[Channel]] = {}
     removed: dict[str, Route] = {}
-    current = {route.name for route in relay.routes.routes}
-    for (name, _), channel in sorted(relay.channels.items(), key=lambda i: i[0]):
+    routes = relay.routes()
+    current = {route.name for route in routes}
+    for (name, _), channel in relay.channels():
         channels.setdefault(name, []).append(channel)
         if name not in current:
             removed.setdefault(name, channel.route)
     return [
-        *((r, False, channels.get(r.name, [])) for r in relay.routes.routes),
+        *((r, False, channels.get(r.name, [])) for r in routes),
         *((r, True, channels[r.name]) for r in removed.values()),
     ]
 
 
-def status(relay: RelayService) -> Any:
+def status(relay: RelayView) -> Any:
     """
     @return: What C{GET /status} answers, as JSON values: the relay's
         version, clock (C{time}) and uptime, its listeners, and the state
         and counters of every route, backend and fan-out channel.
     """
-    now = relay.clock.seconds()
-    latency = relay.handshakeLatency
+    now = relay.now()
+    latency = relay.handshakeLatency()
     return {
         "version": __version__,
-        "worker": relay.worker,
+        "worker": relay.worker(),
         "pid": os.getpid(),
         "time": now,
-        "uptime": now - relay.startedAt,
+        "uptime": now - relay.startedAt(),
         "listeners": [
-            {
-                "description": listener.description,
-                "port": None
-                if listener.port is None
-                else getattr(listener.port.getHost(), "port", None),
-            }
-            for listener in relay.listeners
+            {"description": description, "port": port}
+            for description, port in relay.listeners()
         ],
-        "clients": len(relay.sessions),
+        "clients": relay.clients(),
         "handshakes": {"count": latency.count, "sum": latency.sum},
         "routes": [
             {
@@ -123,4 +123,37 @@ def status(relay: RelayService) -> Any:
             }
             for route, removed, channels in _routes(relay)
         ],
+    }
+
+
+def workerRows(
+    workers: WorkersView, own: dict[str, Any], answers: Sequence[tuple[int, Any]]
+) -> list[dict[str, Any]]:
+    """
+    @param own: Worker 0's status.
+    @param answers: Each other worker's number and status, or the failure
+        it gave.
+    @return: One row per worker for C{/status}: its number, process id,
+        client connections and handshakes, or why it did not answer.
+    """
+    rows = [_row(0, os.getpid(), own)]
+    for index, answer in answers:
+        pid = workers.pid(index)
+        if isinstance(answer, Failure):
+            rows.append(
+                {"worker": index, "pid": pid, "error": answer.getErrorMessage()}
+            )
+        else:
+            rows.append(_row(index, pid, answer))
+        rows[-1]["restarts"] = workers.restarts(index)
+    return rows
+
+
+def _row(index: int, pid: int | None, status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "worker": index,
+        "pid": pid,
+        "clients": status["clients"],
+        "handshakes": status["handshakes"]["count"],
+        "uptime": status["uptime"],
     }
