@@ -355,7 +355,8 @@ class StatusTests(TestCase):
         """
         Answers name wsrelay as the server, without versions; JSON is
         labelled as such and not cached; C{HEAD} answers without a body;
-        the dashboard allows no content from elsewhere.
+        the dashboard allows no content from elsewhere, and is served as a
+        static file (with C{Last-Modified} and C{Accept-Ranges}).
         """
         b = startBackend(self)
         a = await startAdmin(self, PROXY.format(url=b.url))
@@ -369,6 +370,8 @@ class StatusTests(TestCase):
         self.assertEqual(page.headers["Content-Type"], "text/html; charset=utf-8")
         self.assertIn("default-src 'none'", page.headers["Content-Security-Policy"])
         self.assertEqual(page.body, DASHBOARD)
+        self.assertEqual(page.headers["Accept-Ranges"], "bytes")
+        self.assertIsNotNone(page.headers["Last-Modified"])
 
 
 class ExposureTests(TestCase):
