@@ -106,7 +106,8 @@ class AdminSite(Site):
         Label every answer, and find the page of a request for a name the
         listener answers for (L{hostAllowed}); else refuse it (421).
         """
-        # Set before this is called; no library versions are advertised.
+        # Twisted set its own Server field before this is called: replaced,
+        # so that no library versions are advertised.
         request.setHeader(b"server", b"wsrelay")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
