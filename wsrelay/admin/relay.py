@@ -36,20 +36,27 @@ class WorkersView:
         """
         return self._pool.count
 
-    def ask(self, op: str) -> Deferred[list[tuple[int, Any]]]:
+    def statuses(self) -> Deferred[list[tuple[int, Any]]]:
         """
         @return: A L{Deferred} that fires with each other worker's number
-            and answer to C{op}, or the failure it gave.
+            and status, or the failure it gave.
         """
-        return self._pool.ask(op)
+        return self._pool.ask("status")
 
-    def askOne(self, index: int, op: str) -> Deferred[Any] | None:
+    def metricsPages(self) -> Deferred[list[tuple[int, Any]]]:
         """
-        @return: A L{Deferred} that fires with worker C{index}'s answer to
-            C{op}, or L{None} when that worker is not running.
+        @return: A L{Deferred} that fires with each other worker's number
+            and metrics page, or the failure it gave.
+        """
+        return self._pool.ask("metrics")
+
+    def statusOf(self, index: int) -> Deferred[Any] | None:
+        """
+        @return: A L{Deferred} that fires with worker C{index}'s status, or
+            L{None} when that worker is not running.
         """
         worker = self._pool.workers.get(index)
-        return None if worker is None else worker.ask(op)
+        return None if worker is None else worker.ask("status")
 
     def pid(self, index: int) -> int | None:
         """

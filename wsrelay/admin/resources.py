@@ -241,7 +241,7 @@ class StatusPage(Page):
             return jsonAnswer(request, 200, own)
         asked = request.args.get(b"worker")
         if asked is None:
-            d = workers.ask("status").addCallback(
+            d = workers.statuses().addCallback(
                 lambda answers: (
                     200,
                     {**own, "workers": workerRows(workers, own, answers)},
@@ -256,7 +256,7 @@ class StatusPage(Page):
             return jsonAnswer(request, 200, own)
         if not 0 < index < workers.count:
             return errorAnswer(request, 404, f"no worker {index}")
-        answer = workers.askOne(index, "status")
+        answer = workers.statusOf(index)
         if answer is None:
             return errorAnswer(request, 503, f"worker {index} is not running")
         d = answer.addCallbacks(
@@ -281,7 +281,7 @@ class MetricsPage(Page):
         workers = self._relay.workers()
         if workers is None:
             return own.encode("utf-8")
-        d = workers.ask("metrics").addCallback(
+        d = workers.metricsPages().addCallback(
             lambda answers: mergeMetrics([(0, own), *answers])
         )
         return _later(request, d)
