@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closeOf, rawRequest
+from tests.support.clients import closeOf, rawRequest
 
 
 def clientFrom(

@@ -1,7 +1,7 @@
 """
 Backends killed with C{SIGKILL} in the middle of traffic, many times, with
 the relay run as users run it (C{twistd -n wsrelay --config FILE}, see
-L{tests.faultbackend.RelayProcess}) and C{websockets} clients.
+L{tests.support.faultbackend.RelayProcess}) and C{websockets} clients.
 
 Each test counts, per client, the disconnects and the lost, duplicated and
 reordered messages, and reads the relay's resident memory and open file
@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.faultbackend import (
+from tests.support.faultbackend import (
     POLL,
     TIMEOUT,
     BackendProcess,

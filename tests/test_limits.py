@@ -4,15 +4,15 @@ Limits and timeouts from the configuration, each enforced.
 
 from __future__ import annotations
 
-import os
 import socket
-import struct
 
 from twisted.internet import task
 from twisted.trial.unittest import TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closeOf, rawRequest, waitFor
+from tests.support.clients import closeOf, rawRequest
+from tests.support.frames import maskedFrame, readFrame
+from tests.support.waiting import waitFor
 
 
 def openRaw(port: int) -> socket.socket:
@@ -26,39 +26,6 @@ def openRaw(port: int) -> socket.socket:
         head += s.recv(1)
     assert head.startswith(b"HTTP/1.1 101 "), head
     return s
-
-
-def readFrame(s: socket.socket) -> tuple[int, bytes]:
-    """
-    Read one unmasked frame: its opcode and payload.
-    """
-
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = s.recv(n - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-
-    b0, b1 = exactly(2)
-    length = b1 & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", exactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", exactly(8))
-    return b0 & 0x0F, exactly(length)
-
-
-def maskedFrame(opcode: int, payload: bytes) -> bytes:
-    """
-    A client frame.
-    """
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert len(payload) < 126
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
 class MessageSizeTests(TestCase):

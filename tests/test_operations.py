@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.exceptions import InvalidStatus
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closeOf, rawExchange, rawRequest, waitFor
+from tests.support.clients import closeOf, rawExchange, rawRequest
+from tests.support.waiting import waitFor
 from wsrelay.config import BackendConfig, ConfigError
 from wsrelay.routing import DISABLED, DRAINING, UP, Backend
 from wsrelay.stats import Histogram, TokenBucket

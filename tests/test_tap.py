@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, cast
@@ -22,18 +21,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import unix_connect
 
 from tests.support import TIMEOUT, Backend
+from tests.support.processes import twistd
 from wsrelay import tap
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def twistd(*args: str, jsonLogs: bool = False) -> list[str]:
-    """
-    @param jsonLogs: Whether to log JSON lines (C{wsrelay.logs.jsonStdout}).
-    @return: The command line of C{twistd wsrelay} in the foreground.
-    """
-    logger = ["--logger=wsrelay.logs.jsonStdout"] if jsonLogs else []
-    return [TWISTD, "--pidfile=", "-n", *logger, "wsrelay", *args]
 
 
 def accepts(path: str) -> bool:

@@ -5,8 +5,8 @@ C{bench/soak.py}.
 
 Run as a program, this module is a backend process::
 
-    python tests/faultbackend.py echo PORT
-    python tests/faultbackend.py source PORT [INTERVAL [SIZE]]
+    python tests/support/faultbackend.py echo PORT
+    python tests/support/faultbackend.py source PORT [INTERVAL [SIZE]]
 
 It listens on C{127.0.0.1:PORT} (C{0}: a port the system picks) and
 prints the port, one line, once it listens, so that it can be killed with
