@@ -22,7 +22,6 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.inflate import MIB, bomb, desync, peakAbove, traceMemory
-from tests.support.waiting import waitFor
 from tests.support.wire import (
     Frame,
     Wire,
@@ -318,7 +317,7 @@ class PassthroughCompressionTests(CompressionTests):
         intact, after, (code, _) = await inThread(run)
         self.assertTrue(intact)
         self.assertEqual((after, code), ([], 1009))
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0][0], 1009)
 
     async def test_bombBoundedMemory(self) -> None:
@@ -334,7 +333,7 @@ class PassthroughCompressionTests(CompressionTests):
 
         baseline = traceMemory(self)
         self.assertEqual(await inThread(sendCompressed, port, bombFrame), 1009)
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertLess(peakAbove(baseline), 8 * MIB)
         self.assertEqual(b.closes[0][0], 1009)
 
@@ -625,7 +624,7 @@ class MessagePathTests(TestCase):
 
         baseline = traceMemory(self)
         self.assertEqual(await inThread(sendCompressed, port, bombFrame), 1009)
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0][0], 1001)
         self.assertLess(peakAbove(baseline), 8 * MIB)
         baseline = traceMemory(self)

@@ -14,7 +14,7 @@ after a close, fragments in sequence, text valid UTF-8, close codes that
 may be sent), and another connection through the same relay must work
 afterwards.
 
-Most examples run in memory (L{tests.test_memory.Network}: iosim and one
+Most examples run in memory (L{tests.support.memory.Network}: iosim and one
 L{Clock}, fast enough for hundreds of examples); L{RealSocketTests} runs a
 few fixed inputs through a relay on loopback sockets.
 

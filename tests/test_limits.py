@@ -64,7 +64,7 @@ class MessageSizeTests(TestCase):
 
         code, _ = await inThread(run)
         self.assertEqual(code, 1009)
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0][0], self.toldBackend)
 
     async def test_backendTooBig(self) -> None:
@@ -87,7 +87,7 @@ class MessageSizeTests(TestCase):
         code, _ = await inThread(run)
         self.assertEqual(code, self.toldClient)
         # The backend's thread records the close once its handler is done.
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0][0], 1009)
 
 
@@ -152,7 +152,7 @@ class TimeoutTests(TestCase):
             clock.advance(15)
         code, reason = await inThread(closeOf, c)
         self.assertEqual((code, reason), (1001, "idle timeout"))
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0], (1001, "idle timeout"))
 
     async def test_pingTimeout(self) -> None:

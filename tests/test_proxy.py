@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import unittest
 from typing import Any
 
@@ -461,7 +460,7 @@ class CloseTests(TestCase):
                     c.close(code, f"bye {code}")
 
         await inThread(run)
-        await waitFor(lambda: len(b.closes) == len(CODES))
+        await b.whenClosed(len(CODES))
         self.assertEqual(sorted(b.closes), [(c, f"bye {c}") for c in CODES])
 
     async def test_backendCodes(self) -> None:
@@ -523,12 +522,11 @@ class CloseTests(TestCase):
                 c.send("one")
                 first = str(c.recv(TIMEOUT))
                 c.send("vanish")
-                # Wait until the relay noticed; b2 holds its handshake
-                # until the messages are sent, so they are buffered.
-                deadline = time.monotonic() + TIMEOUT
-                while not any(s._buffer for s in list(relay.sessions)):
-                    assert time.monotonic() < deadline, "backend loss not noticed"
-                    time.sleep(0.01)
+                # The relay connects to b2 once it noticed the loss; b2
+                # holds its handshake until the messages are sent, so they
+                # are buffered.
+                assert b2.requested.wait(TIMEOUT), "backend loss not noticed"
+                assert any(s._buffer is not None for s in list(relay.sessions))
                 for i in range(50):
                     c.send(f"m{i}")
                 c.send("path")

@@ -9,12 +9,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.sync.server import ServerConnection, serve
 
-from tests.support.waiting import TIMEOUT
+from tests.support.waiting import TIMEOUT, Changes
 
 
 def script(connection: ServerConnection) -> None:
@@ -80,6 +81,8 @@ class Backend:
     A C{websockets} server in a thread.
 
     @ivar closes: The close frames received, as C{(code, reason)}.
+    @ivar requested: Set when the first handshake request arrives (before
+        C{gate} holds it).
     @ivar compression: C{websockets}' C{compression}: L{None} declines
         permessage-deflate, C{"deflate"} accepts it.
     """
@@ -97,6 +100,8 @@ class Backend:
         self.refuse = refuse
 
         self.stall = threading.Event()
+        self.requested = threading.Event()
+        self._changes = Changes()
 
         def handle(connection: ServerConnection) -> None:
             self.connections += 1
@@ -107,8 +112,10 @@ class Backend:
                 rcvd = connection.protocol.close_rcvd
                 if rcvd is not None:
                     self.closes.append((rcvd.code, rcvd.reason))
+                    self._changes.changedInThread()
 
         def processRequest(connection: ServerConnection, request: Any) -> Any:
+            self.requested.set()
             if gate is not None:
                 gate.wait(TIMEOUT)
             if self.refuse is None:
@@ -129,6 +136,14 @@ class Backend:
         self.url = f"ws://127.0.0.1:{self.port}/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+
+    def whenClosed(self, count: int = 1) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once C{count} close frames are
+            in L{closes} (a connection's is recorded when its handler is
+            done), failing after L{TIMEOUT} seconds.
+        """
+        return self._changes.until(lambda: len(self.closes) >= count)
 
     def stop(self) -> None:
         """
