@@ -8,11 +8,15 @@ home).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 TESTS = Path(__file__).resolve().parent
+
+#: The first line of a module naming the tests of it, as trial reads it.
+HEADER = re.compile(r"-\*- test-case-name: *([^ ]+) *-\*-")
 
 
 def isTestModule(name: str) -> bool:
@@ -92,3 +96,32 @@ class ImportTests(SynchronousTestCase):
             if found:
                 offenders[str(path.relative_to(TESTS.parent))] = found
         self.assertEqual(offenders, {})
+
+
+class TestCaseNameTests(SynchronousTestCase):
+    """
+    The C{test-case-name} header of every module names test modules that
+    exist (C{trial --testmodule} runs them, editors jump to them).
+    """
+
+    def test_headersNameExistingModules(self) -> None:
+        """
+        Each module named in a C{# -*- test-case-name: ... -*-} header of a
+        module of the project is a file under C{tests/}, and the relay's
+        package has such headers to check.
+        """
+        root = TESTS.parent
+        missing = {}
+        headers = 0
+        for folder in ("wsrelay", "twisted", "bench", "examples", "tests"):
+            for path in sorted((root / folder).rglob("*.py")):
+                with path.open() as f:
+                    match = HEADER.search(f.readline())
+                if match is None:
+                    continue
+                headers += 1
+                for name in match.group(1).split(","):
+                    if not (root / (name.replace(".", "/") + ".py")).exists():
+                        missing.setdefault(str(path.relative_to(root)), []).append(name)
+        self.assertEqual(missing, {})
+        self.assertGreater(headers, 10)
