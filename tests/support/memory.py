@@ -298,16 +298,18 @@ class Network:
         client: Any,
         serverAddress: IPv4Address = RELAY_ADDRESS,
         clientAddress: IPv4Address = CLIENT_ADDRESS,
+        serverTransport: type[FakeTransport] = FakeTransport,
     ) -> IOPump:
         """
         Connect two protocols, without moving any data yet.
 
+        @param serverTransport: The class of the server's transport.
         @return: The connection: C{clientIO} is the client's transport,
             C{serverIO} the server's.
         """
         pump: IOPump = connect(
             server,
-            FakeTransport(server, True, serverAddress, clientAddress),
+            serverTransport(server, True, serverAddress, clientAddress),
             client,
             FakeTransport(client, False, clientAddress, serverAddress),
             greet=False,
@@ -346,10 +348,14 @@ class Network:
         assert isinstance(protocol, FrontendProtocol)
         return protocol
 
-    def connectClient(self, path: str = "/chat") -> RecordingClient:
+    def connectClient(
+        self, path: str = "/chat", transport: type[FakeTransport] = FakeTransport
+    ) -> RecordingClient:
         """
         Connect an Autobahn client to the relay; its request is sent on
         the next L{flush}.
+
+        @param transport: The class of the relay's transport to it.
         """
         factory = WebSocketClientFactory(
             url=f"ws://relay.example{path}", reactor=self.reactor
@@ -357,7 +363,7 @@ class Network:
         factory.protocol = RecordingClient
         client = factory.buildProtocol(RELAY_ADDRESS)
         assert isinstance(client, RecordingClient)
-        self.pair(self.frontend(), client)
+        self.pair(self.frontend(), client, serverTransport=transport)
         return client
 
     def connectRaw(self) -> tuple[RawClient, FakeTransport]:
