@@ -125,3 +125,28 @@ class TestCaseNameTests(SynchronousTestCase):
                         missing.setdefault(str(path.relative_to(root)), []).append(name)
         self.assertEqual(missing, {})
         self.assertGreater(headers, 10)
+
+
+class FastTierTests(SynchronousTestCase):
+    """
+    The fast tier's selection (C{tests/conftest.py}, C{make check}) names
+    classes that exist.
+    """
+
+    def test_exclusionsExist(self) -> None:
+        """
+        Every class that C{NOT_IN_MEMORY} keeps out of the fast tier is
+        defined where it says (read, not imported: no test module imports
+        another): a renamed class would otherwise slip its processes into
+        C{make check}.
+        """
+        from tests.conftest import NOT_IN_MEMORY
+
+        missing = []
+        for name in sorted(NOT_IN_MEMORY):
+            module, cls = name.split("::")
+            tree = ast.parse((TESTS / f"{module}.py").read_text())
+            classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+            if cls not in classes:
+                missing.append(name)
+        self.assertEqual(missing, [])
