@@ -8,13 +8,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.support.clients import inThread
-from tests.support.waiting import TIMEOUT, waitFor
+from tests.support.waiting import TIMEOUT, Changes, waitFor
 from wsrelay.fanout import UP, Channel
 from wsrelay.service import RelayService
 
@@ -46,6 +48,7 @@ class Source:
         self.lost: list[int] = []
         self.next = first
         self._lock = threading.Lock()
+        self._changes = Changes()
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self.start()
@@ -84,9 +87,11 @@ class Source:
             received: list[Message] = []
             self.received.append(received)
             self.open[number] = connection
+        self._changes.changedInThread()
         try:
             for message in connection:
                 received.append(message)
+                self._changes.changedInThread()
         except ConnectionClosed:
             pass
         finally:
@@ -95,6 +100,17 @@ class Source:
                 rcvd = connection.protocol.close_rcvd
                 if rcvd is not None:
                     self.closes.append((rcvd.code, rcvd.reason))
+            self._changes.changedInThread()
+
+    def until(self, predicate: Callable[[], object]) -> Deferred[None]:
+        """
+        @param predicate: A condition on the source's connections (which
+            are open, what they received).
+        @return: A L{Deferred} that fires once C{predicate} holds, checked
+            again whenever a connection opens, receives or closes; it
+            fails after L{TIMEOUT} seconds.
+        """
+        return self._changes.until(predicate)
 
     def connectionsTo(self, path: str) -> list[int]:
         """
