@@ -23,12 +23,12 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.faultbackend import (
-    POLL,
     TIMEOUT,
     BackendProcess,
     EchoTalker,
     RelayProcess,
     TickListener,
+    backoff,
     waitUntil,
 )
 
@@ -81,8 +81,9 @@ async def settle(
     """
     deadline = time.monotonic() + timeout
     value = measure()
+    delays = backoff()
     while value > bound and time.monotonic() < deadline:
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(next(delays))
         value = measure()
     return value
 
