@@ -111,7 +111,7 @@ class TestCaseNameTests(SynchronousTestCase):
         package has such headers to check.
         """
         root = TESTS.parent
-        missing = {}
+        missing: dict[str, list[str]] = {}
         headers = 0
         for folder in ("wsrelay", "twisted", "bench", "examples", "tests"):
             for path in sorted((root / folder).rglob("*.py")):
