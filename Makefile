@@ -2,6 +2,10 @@
 #
 #   make run        serve conf/relay.ini in the foreground
 #   make test       every gate: lint, typecheck, pytest
+#   make check      the fast tier, under a minute: the tests that run in
+#                   memory, no socket or process (pytest -m check; the
+#                   selection is in tests/conftest.py); run it after each
+#                   change, and `make test` before committing
 #   make lint       ruff check + ruff format --check
 #   make typecheck  mypy (settings in pyproject.toml)
 #   make bench      the benchmark suite beside nginx and HAProxy (BENCHMARKS.md)
@@ -25,7 +29,7 @@ LINT_PATHS = $(wildcard wsrelay tests twisted bench examples)
 # isolation, with the venv's own setuptools and wheel.
 BUILD_TOOLS = pip 'setuptools>=69' wheel
 
-.PHONY: all run test lint typecheck pytest clean conformance soak changelog hooks
+.PHONY: all run test check lint typecheck pytest clean conformance soak changelog hooks
 
 all: test
 
@@ -110,6 +114,11 @@ typecheck: $(VENV)/.stamp-test
 
 pytest: $(VENV)/.stamp-test
 	$(PYTHON) -m pytest -p no:cacheprovider
+
+# The fast tier: unit and in-memory tests (iosim, Clock), marked `check`
+# by tests/conftest.py; `make test` runs them with everything else.
+check: $(VENV)/.stamp-test
+	$(PYTHON) -m pytest -p no:cacheprovider -q -m check
 
 # The benchmark suite of bench/ (under 10 minutes; BENCH_ARGS=--quick for
 # about 2, --help for the rest). It needs Debian's nginx and haproxy,

@@ -16,7 +16,8 @@ from websockets.sync.client import ClientConnection
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closedPort, waitFor
+from tests.support.clients import closedPort
+from tests.support.waiting import waitFor
 from wsrelay.balancers import (
     HASH_ON_FORMS,
     ConsistentHash,

@@ -39,7 +39,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from tests.faultbackend import (
+from tests.support.faultbackend import (
     TWISTD,
     BackendProcess,
     RelayProcess,

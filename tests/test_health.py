@@ -25,7 +25,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closedPort, rawExchange, rawRequest, waitFor
+from tests.support.clients import closedPort, rawExchange, rawRequest
+from tests.support.waiting import waitFor
 from wsrelay.config import BackendConfig, ConfigError, parseConfig
 from wsrelay.health import HealthMonitor, http, parseStatuses, tcp, websocket
 from wsrelay.interfaces import IHealthChecker, IHealthCheckerFactory

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routing -*-
+# -*- test-case-name: tests.test_units,tests.test_edge -*-
 """
 Routes and backends as the relay holds them at run time.
 
