@@ -20,6 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 #: C{module::Class}: not in the fast tier.
 NOT_IN_MEMORY = frozenset(
     {
+        "test_admin::DashboardFileTests",
+        "test_admin::StructureTests",
         "test_bench::SmokeTests",
         "test_bench::TLS13ReproTests",
         "test_descriptors::ProcessTests",
@@ -27,6 +29,9 @@ NOT_IN_MEMORY = frozenset(
         "test_faults::ProxyFaultTests",
         "test_packaging::ReadmeTests",
         "test_packaging::WheelTests",
+        "test_project::NewsTests",
+        "test_project::PreCommitTests",
+        "test_soakplot::SoakPlotTests",
     }
 )
 
