@@ -5,8 +5,10 @@ broken third-party dropins reported by name without stopping the others.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -14,10 +16,10 @@ import uuid
 
 import twisted.plugins
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.plugins import wsrelay_balancers
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from wsrelay import balancers
 from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
 from wsrelay.plugins import (
     PluginScan,
@@ -39,20 +41,49 @@ BUILTIN_BALANCERS = {
 }
 BUILTIN_CHECKERS = {"tcp", "websocket", "http"}
 
+DROPINS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "twisted", "plugins"
+)
+
+LISTING = """
+import json, shutil, sys, tempfile
+
+import twisted.plugins
+from twisted.plugin import getPlugins
+
+from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
+
+# Only wsrelay's dropins, copied where no dropin.cache was written yet, so
+# that getPlugins imports them and reads every object they hold.
+folder = tempfile.mkdtemp()
+for name in sys.argv[2:]:
+    shutil.copy(sys.argv[1] + "/" + name, folder)
+twisted.plugins.__path__[:] = [folder]
+found = {
+    i.__name__: sorted((p.name, p.description, list(p.options)) for p in getPlugins(i))
+    for i in (IBalancerFactory, IHealthCheckerFactory)
+}
+for name in sys.argv[2:]:
+    __import__("twisted.plugins." + name[:-3])
+shutil.rmtree(folder)
+heavy = ("autobahn", "twisted.web", "wsrelay.balancers", "wsrelay.health")
+loaded = sorted(m for m in sys.modules if m.startswith(heavy))
+print(json.dumps({"found": found, "loaded": loaded, "count": len(sys.modules)}))
+"""
+
 GOOD = '''
 """
 A working balancer plugin.
 """
-from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from wsrelay.balancers import BalancerFactory, RoundRobin
+from wsrelay.dropins import BalancerPlugin
 from wsrelay.interfaces import IBalancerFactory
 
-good = BalancerFactory("{name}", "works", RoundRobin)
+good = BalancerPlugin("{name}", "wsrelay.balancers.RoundRobin", "works")
 
 
-@implementer(IPlugin, IBalancerFactory)
+@implementer(IBalancerFactory)
 class Half:
     """
     Declares the interface but has no build method.
@@ -136,7 +167,7 @@ class BuiltinTests(SynchronousTestCase):
         """
         found = balancerFactories()
         self.assertTrue(BUILTIN_BALANCERS <= set(found), sorted(found))
-        self.assertIs(found["round_robin"], balancers.roundRobin)
+        self.assertIs(found["round_robin"], wsrelay_balancers.roundRobin)
         for name, factory in found.items():
             self.assertEqual(factory.name, name)
             self.assertTrue(verifyObject(IBalancerFactory, factory))
@@ -163,6 +194,39 @@ class BuiltinTests(SynchronousTestCase):
         self.assertIs(scan.interface, IBalancerFactory)
         self.assertEqual(dict(scan.found), findPlugins(IBalancerFactory))
         self.assertEqual(dict(scan.broken), brokenPlugins(IBalancerFactory))
+
+
+class LightDropinTests(SynchronousTestCase):
+    """
+    wsrelay's dropins are lazy, as Twisted's own (C{twisted_reactors.py}):
+    listing plugins imports no implementation.
+    """
+
+    def test_listingLoadsNoImplementation(self) -> None:
+        """
+        In a fresh interpreter, importing every built-in dropin and running
+        L{getPlugins} over them lists every built-in balancer and checker
+        with its description and options, and loads neither Autobahn nor
+        C{twisted.web}, nor the modules that implement the plugins.
+        """
+        names = sorted(n for n in os.listdir(DROPINS) if n.startswith("wsrelay_"))
+        self.assertIn("wsrelay_balancers.py", names)
+        self.assertIn("wsrelay_health.py", names)
+        result = subprocess.run(
+            [sys.executable, "-c", LISTING, DROPINS, *names],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        listed = json.loads(result.stdout)
+        balancers = {n: o for n, _, o in listed["found"]["IBalancerFactory"]}
+        checkers = {n: o for n, _, o in listed["found"]["IHealthCheckerFactory"]}
+        self.assertEqual(set(balancers), BUILTIN_BALANCERS)
+        self.assertEqual(balancers["consistent_hash"], ["hash_on"])
+        self.assertEqual(set(checkers), BUILTIN_CHECKERS)
+        self.assertEqual(checkers["http"], ["health_path", "health_status"])
+        self.assertEqual(listed["loaded"], [])
 
 
 class ThirdPartyTests(SynchronousTestCase):
@@ -281,13 +345,15 @@ class ThirdPartyTests(SynchronousTestCase):
         modules = addDropins(
             self,
             dup="""
-            from wsrelay.balancers import BalancerFactory, First
+            from wsrelay.dropins import BalancerPlugin
 
-            dup = BalancerFactory("round_robin", "a second round_robin", First)
+            dup = BalancerPlugin(
+                "round_robin", "wsrelay.balancers.First", "a second round_robin"
+            )
             """,
         )
         found = balancerFactories()
-        self.assertIs(found["round_robin"], balancers.roundRobin)
+        self.assertIs(found["round_robin"], wsrelay_balancers.roundRobin)
         where = modules["dup"] + ".dup"
         reason = brokenPlugins(IBalancerFactory)[where]
         self.assertIn("'round_robin' is taken by", reason)
@@ -300,9 +366,9 @@ class ThirdPartyTests(SynchronousTestCase):
         name within a folder) is used.
         """
         source = """
-        from wsrelay.balancers import BalancerFactory, First
+        from wsrelay.dropins import BalancerPlugin
 
-        plugin = BalancerFactory("same_name", "{which}", First)
+        plugin = BalancerPlugin("same_name", "wsrelay.balancers.First", "{which}")
         """
         modules = addDropins(
             self, a=source.format(which="a"), b=source.format(which="b")
@@ -319,9 +385,9 @@ class ThirdPartyTests(SynchronousTestCase):
         modules = addDropins(
             self,
             unnamed="""
-            from wsrelay.balancers import BalancerFactory, First
+            from wsrelay.dropins import BalancerPlugin
 
-            unnamed = BalancerFactory("", "no name", First)
+            unnamed = BalancerPlugin("", "wsrelay.balancers.First", "no name")
             """,
         )
         balancerFactories()

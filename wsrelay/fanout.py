@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsrelay.interfaces import ILoadListener
 from wsrelay.legs import OPEN
 from wsrelay.routing import Backend, ConnectionInfo, Route
 
@@ -241,7 +242,9 @@ class Channel:
         self.connects += 1
         backend.connections += 1
         backend.totalConnections += 1
-        self.route.balancer.connectionOpened(backend)
+        listener = ILoadListener(self.route.balancer, None)
+        if listener is not None:
+            listener.connectionOpened(backend)
         up.target = self
         up.listener = self
         received = up.dataReceived
@@ -436,7 +439,9 @@ class Channel:
         self._message = Assembler()
         if backend is not None:
             backend.connections -= 1
-            self.route.balancer.connectionClosed(backend)
+            listener = ILoadListener(self.route.balancer, None)
+            if listener is not None:
+                listener.connectionClosed(backend)
 
     def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None

@@ -15,12 +15,12 @@ import math
 import re
 import string
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
+from wsrelay.interfaces import ConnectionInfo as ConnectionInfo  # re-exported
 from wsrelay.interfaces import IBackend
 
 if TYPE_CHECKING:
@@ -157,24 +157,6 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
-
-
-@dataclass(frozen=True)
-class ConnectionInfo:
-    """
-    What the relay knows of a client connection when it picks a backend.
-
-    @ivar peer: The client's address (after C{trusted_proxies}).
-    @ivar path: The request path, normalized (L{normalizePath}).
-    @ivar query: The query string, without C{?}.
-    @ivar headers: The request's header fields.
-    """
-
-    peer: str
-    path: str
-    query: str
-    headers: Sequence[tuple[str, str]]
-    cookies: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -679,7 +679,8 @@ class RelayService(MultiService):
                 candidates.remove(avoid)
             if not candidates:
                 return
-            backend = route.balancer.pick(candidates, info)
+            # One of the candidates, as IBalancer.pick promises.
+            backend = cast("Backend | None", route.balancer.pick(candidates, info))
             if backend is None:
                 return
             tried.append(backend)

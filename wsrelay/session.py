@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.frontend import Refused
+from wsrelay.interfaces import ILoadListener
 from wsrelay.legs import OPEN, RelayLeg, TransportPauser, failureClose
 from wsrelay.passthrough import Pipe
 from wsrelay.routing import Backend, ConnectionInfo, Route
@@ -259,7 +260,9 @@ class ProxySession:
         up.target = self.frontend
         backend.connections += 1
         backend.totalConnections += 1
-        self.route.balancer.connectionOpened(backend)
+        listener = ILoadListener(self.route.balancer, None)
+        if listener is not None:
+            listener.connectionOpened(backend)
         return up
 
     def clientOpened(self) -> None:
@@ -555,7 +558,9 @@ class ProxySession:
         if backend is not None and up is not None:
             backend.count(up)
             backend.connections -= 1
-            self.route.balancer.connectionClosed(backend)
+            listener = ILoadListener(self.route.balancer, None)
+            if listener is not None:
+                listener.connectionClosed(backend)
 
     def _maybeFinish(self) -> None:
         """
