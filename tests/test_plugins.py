@@ -15,11 +15,14 @@ import textwrap
 import uuid
 
 import twisted.plugins
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.plugins import wsrelay_balancers
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.support import TIMEOUT, client, inThread, startBackend
 from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
 from wsrelay.plugins import (
     PluginScan,
@@ -31,6 +34,8 @@ from wsrelay.plugins import (
     logPlugins,
     scanPlugins,
 )
+from wsrelay.service import RelayService
+from wsrelay.tap import Options, StartRefused, readConfig
 
 BUILTIN_BALANCERS = {
     "round_robin",
@@ -406,6 +411,24 @@ class ThirdPartyTests(SynchronousTestCase):
         self.assertIn(modules["broken"], brokenPlugins(IBalancerFactory))
         self.assertOneWarning(modules["broken"])
 
+    def test_twistedLogUntouched(self) -> None:
+        """
+        Dropins are imported with Twisted's own C{log} in
+        L{twisted.plugin}: the search patches nothing.
+        """
+        addDropins(
+            self,
+            check="""
+            import twisted.plugin
+            import twisted.python.log
+
+            if twisted.plugin.log is not twisted.python.log:
+                raise RuntimeError("twisted.plugin.log is patched")
+            """,
+        )
+        balancerFactories()
+        self.assertEqual(brokenPlugins(IBalancerFactory), {})
+
     def test_notAPlugin(self) -> None:
         """
         A dropin without plugin objects reports nothing.
@@ -484,3 +507,179 @@ class PluginPathTests(SynchronousTestCase):
         folder = temporaryFolder(self)
         self.extend(folder)
         self.assertEqual(self.extend(folder), [])
+
+
+HOOKS = """
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from wsrelay.dropins import BalancerPlugin
+from wsrelay.interfaces import IBalancer, ILoadListener
+
+events = []
+waiting = {}
+
+
+def happened(event):
+    events.append(event)
+    for d in waiting.pop(event, []):
+        d.callback(event)
+
+
+@implementer(IBalancer)
+class Plain:
+    def __init__(self, backends, options):
+        pass
+
+    def pick(self, candidates, connection):
+        return candidates[0]
+
+
+@implementer(IBalancer, ILoadListener)
+class Listening(Plain):
+    def connectionOpened(self, backend):
+        happened(("opened", backend.name))
+
+    def connectionClosed(self, backend):
+        happened(("closed", backend.name))
+
+
+plain = BalancerPlugin("{name}_plain", Plain, "no load hooks")
+listening = BalancerPlugin("{name}_listening", Listening, "load hooks")
+"""
+
+
+class LoadHookTests(TestCase):
+    """
+    The load hooks (L{ILoadListener}) are optional: the relay calls them
+    only on a balancer that provides them, in proxy and fan-out routes.
+    """
+
+    async def test_optional(self) -> None:
+        """
+        A balancer without load hooks serves a proxy route and a fan-out
+        route; one with them is told when its connection opens and closes.
+        """
+        name = "hooks_" + uuid.uuid4().hex[:8]
+        modules = addDropins(self, hooks=HOOKS.replace("{name}", name))
+        backend = startBackend(self)
+        path = os.path.join(temporaryFolder(self), "relay.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+                f"[route:plain]\npath = /plain\nbalancer = {name}_plain\n"
+                f"backends = {backend.url} name=p\n"
+                f"[route:hooked]\npath = /hooked\nbalancer = {name}_listening\n"
+                f"backends = {backend.url} name=h\n"
+                "[route:feed]\npath = /feed\nmode = fanout\n"
+                f"client_messages = forward\nbalancer = {name}_plain\n"
+                f"backends = {backend.url} name=f\n"
+            )
+        relay = RelayService(readConfig(path), reactor)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        (port,) = await relay.whenListening()
+        number = port.getHost().port
+        hooks = sys.modules[modules["hooks"]]
+        closed: Deferred[object] = Deferred()
+        hooks.waiting[("closed", "h")] = [closed]
+
+        def run() -> list[str]:
+            answers = []
+            for route in ("/plain", "/hooked", "/feed"):
+                with client(number, route) as c:
+                    c.send("echo " + route)
+                    answers.append(c.recv(TIMEOUT))
+            return answers
+
+        answers = await inThread(run)
+        self.assertEqual(answers, ["echo /plain", "echo /hooked", "echo /feed"])
+        await closed.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(hooks.events, [("opened", "h"), ("closed", "h")])
+
+
+class StartupErrorTests(SynchronousTestCase):
+    """
+    A plugin that cannot be used by the route that chooses it stops the
+    start with one line naming the file, the route's section and the key.
+    """
+
+    def setUp(self) -> None:
+        self.name = "bad_" + uuid.uuid4().hex[:8]
+        self.path = os.path.join(temporaryFolder(self), "relay.ini")
+        saved = list(twisted.plugins.__path__)
+        self.addCleanup(twisted.plugins.__path__.__setitem__, slice(None), saved)
+
+    def refusal(self, route: str) -> str:
+        """
+        Start C{twistd wsrelay} with a route C{route} (its body) in the
+        file at C{self.path}, as the option parser does.
+
+        @return: The one line it refuses with, without its C{wsrelay:}
+            prefix.
+        """
+        with open(self.path, "w") as f:
+            f.write(
+                "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+                "[route:app]\npath = /app\nbackends = ws://127.0.0.1:9/\n" + route
+            )
+        with self.assertRaises(StartRefused) as raised:
+            Options().parseOptions(["--config", self.path])
+        line = str(raised.exception)
+        self.assertEqual(line.splitlines(), [line])
+        return line.removeprefix("wsrelay: ")
+
+    def test_optionIsBuiltinKey(self) -> None:
+        """
+        A balancer or a health checker that declares an option named as a
+        built-in route key (which the parser would read as the built-in
+        one) cannot be chosen.
+        """
+        addDropins(
+            self,
+            clash=f"""
+            from wsrelay.dropins import BalancerPlugin, HealthCheckerPlugin
+
+            balancer = BalancerPlugin(
+                "{self.name}", "wsrelay.balancers.First", "d", ("weight_x", "path")
+            )
+            checker = HealthCheckerPlugin(
+                "{self.name}", "wsrelay.health.TCPChecker", "d", ("fall",)
+            )
+            """,
+        )
+        self.assertEqual(
+            self.refusal(f"balancer = {self.name}\n"),
+            f"{self.path}: [route:app] balancer: {self.name}: its option 'path'"
+            " is a built-in route key",
+        )
+        self.assertEqual(
+            self.refusal(f"health = {self.name}\n"),
+            f"{self.path}: [route:app] health: {self.name}: its option 'fall'"
+            " is a built-in route key",
+        )
+
+    def test_implementationDoesNotImport(self) -> None:
+        """
+        A lazy plugin whose implementation cannot be imported is refused
+        when a route chooses it, naming what could not be loaded.
+        """
+        addDropins(
+            self,
+            missing=f"""
+            from wsrelay.dropins import BalancerPlugin
+
+            missing = BalancerPlugin(
+                "{self.name}", "wsrelay_no_such_module.Balancer", "not installed"
+            )
+            """,
+        )
+        self.assertIn(self.name, balancerFactories())
+        line = self.refusal(f"balancer = {self.name}\n")
+        self.assertTrue(
+            line.startswith(
+                f"{self.path}: [route:app] balancer: {self.name}: cannot load"
+                " wsrelay_no_such_module.Balancer: "
+            ),
+            line,
+        )

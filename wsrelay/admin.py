@@ -44,7 +44,6 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from wsrelay import __version__
 from wsrelay.config import ConfigError, redactURL
-from wsrelay.plugins import PluginError
 from wsrelay.workers import workerRows
 
 if TYPE_CHECKING:
@@ -662,7 +661,7 @@ class AdminResource(Resource):
             }
 
         def failed(f: Failure) -> tuple[int, Any]:
-            if f.check(ConfigError, PluginError):
+            if f.check(ConfigError):
                 return 400, {"error": str(f.value)}
             self.log.failure("admin: reload failed", f)
             return 500, {"error": "reload failed; see the log"}

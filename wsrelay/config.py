@@ -1071,6 +1071,8 @@ ROUTE_KEYS = _keys(RouteConfig, [
      "Failed checks or connects in a row that take a backend down."),
 ])
 
+_ROUTE_KEY_NAMES = frozenset(k.key for k in ROUTE_KEYS)
+
 FANOUT_KEYS = frozenset(
     k.key for k in ROUTE_KEYS if k.doc.startswith("Fan-out:")
 )
@@ -1230,6 +1232,14 @@ def _parseRoute(
     balancerKeys = context.balancers[chosen]
     health = dict(items).get("health", NO_HEALTH)
     checkerKeys = context.checkers.get(health, ())
+    for kind, plugin, keys in (
+        ("balancer", chosen, balancerKeys),
+        ("health", health, checkerKeys),
+    ):
+        for key in keys:
+            if key in _ROUTE_KEY_NAMES:
+                problem = f"{plugin}: its option {key!r} is a built-in route key"
+                raise ConfigError(filename, problem, section, kind)
 
     def hint(key: str) -> str:
         for kind, plugins in (

@@ -82,7 +82,7 @@ class LazyPlugin:
         except Exception as e:
             problem = str(e).strip().splitlines()[:1]
             why = ": ".join([type(e).__name__, *problem])
-            raise PluginError(f"cannot import {named}: {why}") from None
+            raise PluginError(f"cannot load {named}: {why}") from None
         self._implementation = found
         return found
 

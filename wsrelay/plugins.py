@@ -1,20 +1,11 @@
 # -*- test-case-name: tests.test_plugins -*-
 """
-Finding balancer and health-checker plugins, and reporting broken ones.
-
-The search follows Twisted's plugin loader, with its C{dropin.cache}: a
-dropin not changed since it was cached is not imported.  The dropins that
-are not cached are imported here first, so that one that fails is
-reported in one line naming it (Twisted's loader would log a traceback).
-A broken plugin is skipped, logged once as a warning and remembered (see
-L{brokenPlugins}); the others are used:
-
-  - a dropin that fails to import, by module name;
-  - a plugin that does not provide its interface (as
-    L{zope.interface.verify.verifyObject} checks it), by its name;
-  - a plugin whose name is taken by one found earlier (in the order of
-    C{twisted.plugins.__path__}, then of file names), or is not a
-    non-empty C{str}, by module and attribute.
+Finding plugins as Twisted's loader does (a dropin unchanged since its
+C{dropin.cache} entry is not imported), but skipping broken ones, each
+reported once in one warning line: a dropin that does not import (by
+module; it is imported here, not by Twisted, which would log a traceback),
+a plugin that fails C{verifyObject} (by name), and one whose name is taken
+by a plugin found earlier or is not a non-empty C{str} (by place).
 """
 
 from __future__ import annotations
@@ -27,27 +18,14 @@ from typing import Any, cast
 
 import twisted.plugins
 from twisted.logger import Logger
-from twisted.plugin import CachedDropin, IPlugin, getCache
-from twisted.python.filepath import FilePath
+from twisted.plugin import IPlugin, getCache
 from twisted.python.modules import getModule
 from zope.interface.exceptions import Invalid
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
-from wsrelay.dropins import PluginError
+from wsrelay.dropins import PluginError as PluginError  # re-exported
 from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
-
-__all__ = [
-    "PluginError",
-    "PluginScan",
-    "balancerFactories",
-    "brokenPlugins",
-    "extendPluginPath",
-    "findPlugins",
-    "healthCheckerFactories",
-    "logPlugins",
-    "scanPlugins",
-]
 
 log = Logger()
 
@@ -57,13 +35,12 @@ class PluginScan:
     """
     The outcome of one search for the plugins of an interface.
 
-    @ivar interface: The interface searched for.
-    @ivar found: The usable plugins by name, in the order found.
-    @ivar broken: One line saying what is wrong, for each plugin or dropin
-        skipped, keyed by the dropin's module name (it does not import), by
-        the plugin's name (it does not provide the interface), or by its
-        place C{twisted.plugins.MODULE.ATTRIBUTE} (its name is taken or not
-        a non-empty C{str}).
+    @ivar found: The usable plugins by name, in the order found (that of
+        C{twisted.plugins.__path__}, then of file names).
+    @ivar broken: Why each plugin or dropin was skipped, in one line, by
+        module name (it does not import), by plugin name (it does not
+        provide C{interface}) or by place C{MODULE.ATTRIBUTE} (its name is
+        taken or not a non-empty C{str}).
     """
 
     interface: InterfaceClass
@@ -77,10 +54,9 @@ _warned: set[tuple[str, str]] = set()
 
 def extendPluginPath(directories: Sequence[str]) -> None:
     """
-    Make Twisted look for plugins in each directory too: a
-    C{twisted/plugins}-style folder of dropins, or a folder holding
-    C{twisted/plugins/} (Twisted searches C{twisted.plugins.__path__}, not
-    C{sys.path}).
+    Make Twisted search each directory too: a folder of dropins, or one
+    holding C{twisted/plugins/} (Twisted searches C{twisted.plugins.__path__},
+    not C{sys.path}).
     """
     for d in directories:
         nested = os.path.join(d, "twisted", "plugins")
@@ -89,44 +65,32 @@ def extendPluginPath(directories: Sequence[str]) -> None:
             twisted.plugins.__path__.append(folder)
 
 
-def _describe(exception: BaseException) -> str:
+def _describe(e: BaseException) -> str:
     """
     @return: The exception's type and the first line of its message.
     """
-    lines = str(exception).strip().splitlines()
-    return ": ".join([type(exception).__name__, *lines[:1]])
-
-
-def _readCache(folder: FilePath[str]) -> tuple[float, Mapping[str, CachedDropin]]:
-    """
-    @return: When the folder's C{dropin.cache} was written, and its entries
-        by module name; C{0} and none when it cannot be read.
-    """
-    cache = folder.child("dropin.cache")
-    try:
-        with cache.open("r") as f:
-            return cache.getModificationTime(), pickle.load(f)
-    except Exception:
-        return 0.0, {}
+    return ": ".join([type(e).__name__, *str(e).strip().splitlines()[:1]])
 
 
 def _candidates() -> tuple[list[tuple[str, Any]], dict[str, str]]:
     """
-    Read or import every dropin, as L{twisted.plugin.getCache} would.
-
-    @return: The objects that may be plugins (cached or imported), each
-        with its place, in the order found; and a one-line reason for each
-        dropin that does not import, by module name.
+    @return: The objects of every dropin that may be plugins (from the
+        cache, or imported), each with its place; and why each dropin that
+        does not import was skipped, by module name.
     """
     found: list[tuple[str, Any]] = []
     broken: dict[str, str] = {}
-    caches: dict[FilePath[str], tuple[float, Mapping[str, CachedDropin]]] = {}
+    caches: dict[Any, tuple[float, Mapping[str, Any]]] = {}
     stale = False
     for module in getModule(twisted.plugins.__name__).iterModules():
-        folder = module.filePath.parent()
-        if folder not in caches:
-            caches[folder] = _readCache(folder)
-        written, entries = caches[folder]
+        cache = module.filePath.sibling("dropin.cache")
+        if cache not in caches:
+            try:
+                with cache.open("r") as f:
+                    caches[cache] = cache.getModificationTime(), pickle.load(f)
+            except Exception:
+                caches[cache] = 0.0, {}
+        written, entries = caches[cache]
         entry = entries.get(module.name.rpartition(".")[2])
         if entry is not None and module.filePath.getModificationTime() < written:
             found.extend((f"{module.name}.{p.name}", p) for p in entry.plugins)
@@ -135,32 +99,23 @@ def _candidates() -> tuple[list[tuple[str, Any]], dict[str, str]]:
         try:
             dropin = module.load()
         except Exception as e:
-            path = module.filePath.path
-            broken[module.name] = f"cannot import {path}: {_describe(e)}"
+            broken[module.name] = (
+                f"cannot import {module.filePath.path}: {_describe(e)}"
+            )
             continue
         for attribute, value in vars(dropin).items():
             if IPlugin.providedBy(value):
                 found.append((f"{module.name}.{attribute}", value))
     if stale and not broken:
-        # Every dropin imports: refresh the cache, importing nothing more.
+        # Refresh the caches; every dropin not cached is imported already.
         getCache(twisted.plugins)
     return found, broken
 
 
-def _invalidDetails(e: Invalid) -> str:
-    """
-    @return: What C{verifyObject} found wrong, in one line.
-    """
-    problems = getattr(e, "exceptions", None) or [e]
-    details = (str(getattr(p, "_str_details", p)).strip() for p in problems)
-    return "; ".join(d.rstrip(".") for d in details)
-
-
 def scanPlugins(interface: InterfaceClass) -> PluginScan:
     """
-    Find every plugin providing C{interface}, skipping broken ones; log
-    nothing (L{findPlugins} does), and remember the result for
-    L{brokenPlugins}.
+    Find every plugin providing C{interface}, skipping broken ones, without
+    logging; remember the result for L{brokenPlugins}.
     """
     candidates, broken = _candidates()
     found: dict[str, Any] = {}
@@ -180,14 +135,16 @@ def scanPlugins(interface: InterfaceClass) -> PluginScan:
         try:
             verifyObject(interface, plugin)
         except Invalid as e:
-            broken[label] = (
-                f"{where} does not provide {interface.__name__}: {_invalidDetails(e)}"
-            )
+            problems = getattr(e, "exceptions", None) or [e]
+            details = (str(getattr(p, "_str_details", p)).strip() for p in problems)
+            why = "; ".join(d.rstrip(".") for d in details)
+            broken[label] = f"{where} does not provide {interface.__name__}: {why}"
         else:
             if label == where:
                 broken[where] = f"its name is not a non-empty str: {name!r}"
             elif label in found:
-                broken[where] = f"its name {label!r} is taken by {origins[label]}, found first"
+                taken = f"its name {label!r} is taken by {origins[label]}"
+                broken[where] = taken + ", found first"
             else:
                 found[label] = plugin
                 origins[label] = where
@@ -197,8 +154,8 @@ def scanPlugins(interface: InterfaceClass) -> PluginScan:
 
 def findPlugins(interface: InterfaceClass) -> dict[str, Any]:
     """
-    Find every usable plugin providing C{interface}, by name; warn about
-    each broken one once per process.
+    @return: Every usable plugin providing C{interface}, by name; each
+        broken one is warned about once per process.
     """
     scan = scanPlugins(interface)
     for plugin, reason in scan.broken.items():
@@ -210,10 +167,9 @@ def findPlugins(interface: InterfaceClass) -> dict[str, Any]:
 
 def brokenPlugins(interface: InterfaceClass) -> dict[str, str]:
     """
-    @return: The plugins of C{interface} skipped as broken in the last
-        search (searching now if there was none), keyed as
-        L{PluginScan.broken} says.  A dropin that does not import is
-        listed for every interface: its plugins cannot be known.
+    @return: L{PluginScan.broken} of the last search for C{interface}
+        (searching now if there was none).  A dropin that does not import
+        is listed for every interface: its plugins cannot be known.
     """
     if interface not in _lastScans:
         findPlugins(interface)

@@ -30,7 +30,6 @@ from wsrelay.handshake import (
 )
 from wsrelay.health import HealthMonitor
 from wsrelay.plugins import (
-    PluginError,
     balancerFactories,
     healthCheckerFactories,
     logPlugins,
@@ -533,7 +532,7 @@ class RelayService(MultiService):
         try:
             config = readConfig(self.config.path)
             self._apply(config)
-        except (ConfigError, PluginError) as e:
+        except ConfigError as e:
             self.log.error("reload rejected, configuration unchanged: {error}", error=e)
             return fail(e)
         self.log.info(
