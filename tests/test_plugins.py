@@ -5,10 +5,8 @@ broken third-party dropins reported by name without stopping the others.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -37,67 +35,26 @@ from wsrelay.plugins import (
 from wsrelay.service import RelayService
 from wsrelay.tap import Options, StartRefused, readConfig
 
-BUILTIN_BALANCERS = {
-    "round_robin",
-    "least_connections",
-    "random_two",
-    "first",
-    "consistent_hash",
-}
+BUILTIN_BALANCERS = set("round_robin least_connections random_two first".split())
+BUILTIN_BALANCERS.add("consistent_hash")
 BUILTIN_CHECKERS = {"tcp", "websocket", "http"}
-
-DROPINS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "twisted", "plugins"
-)
-
-LISTING = """
-import json, shutil, sys, tempfile
-
-import twisted.plugins
-from twisted.plugin import getPlugins
-
-from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
-
-# Only wsrelay's dropins, copied where no dropin.cache was written yet, so
-# that getPlugins imports them and reads every object they hold.
-folder = tempfile.mkdtemp()
-for name in sys.argv[2:]:
-    shutil.copy(sys.argv[1] + "/" + name, folder)
-twisted.plugins.__path__[:] = [folder]
-found = {
-    i.__name__: sorted((p.name, p.description, list(p.options)) for p in getPlugins(i))
-    for i in (IBalancerFactory, IHealthCheckerFactory)
-}
-for name in sys.argv[2:]:
-    __import__("twisted.plugins." + name[:-3])
-shutil.rmtree(folder)
-heavy = ("autobahn", "twisted.web", "wsrelay.balancers", "wsrelay.health")
-loaded = sorted(m for m in sys.modules if m.startswith(heavy))
-print(json.dumps({"found": found, "loaded": loaded, "count": len(sys.modules)}))
-"""
 
 GOOD = '''
 """
-A working balancer plugin.
+A working balancer plugin, and one that declares the interface but has no
+build method.
 """
 from zope.interface import implementer
-
 from wsrelay.dropins import BalancerPlugin
 from wsrelay.interfaces import IBalancerFactory
 
 good = BalancerPlugin("{name}", "wsrelay.balancers.RoundRobin", "works")
 
-
 @implementer(IBalancerFactory)
 class Half:
-    """
-    Declares the interface but has no build method.
-    """
-
     name = "{name}_half"
     description = "no build"
     options = ()
-
 
 half = Half()
 '''
@@ -199,39 +156,6 @@ class BuiltinTests(SynchronousTestCase):
         self.assertIs(scan.interface, IBalancerFactory)
         self.assertEqual(dict(scan.found), findPlugins(IBalancerFactory))
         self.assertEqual(dict(scan.broken), brokenPlugins(IBalancerFactory))
-
-
-class LightDropinTests(SynchronousTestCase):
-    """
-    wsrelay's dropins are lazy, as Twisted's own (C{twisted_reactors.py}):
-    listing plugins imports no implementation.
-    """
-
-    def test_listingLoadsNoImplementation(self) -> None:
-        """
-        In a fresh interpreter, importing every built-in dropin and running
-        L{getPlugins} over them lists every built-in balancer and checker
-        with its description and options, and loads neither Autobahn nor
-        C{twisted.web}, nor the modules that implement the plugins.
-        """
-        names = sorted(n for n in os.listdir(DROPINS) if n.startswith("wsrelay_"))
-        self.assertIn("wsrelay_balancers.py", names)
-        self.assertIn("wsrelay_health.py", names)
-        result = subprocess.run(
-            [sys.executable, "-c", LISTING, DROPINS, *names],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        listed = json.loads(result.stdout)
-        balancers = {n: o for n, _, o in listed["found"]["IBalancerFactory"]}
-        checkers = {n: o for n, _, o in listed["found"]["IHealthCheckerFactory"]}
-        self.assertEqual(set(balancers), BUILTIN_BALANCERS)
-        self.assertEqual(balancers["consistent_hash"], ["hash_on"])
-        self.assertEqual(set(checkers), BUILTIN_CHECKERS)
-        self.assertEqual(checkers["http"], ["health_path", "health_status"])
-        self.assertEqual(listed["loaded"], [])
 
 
 class ThirdPartyTests(SynchronousTestCase):
@@ -512,37 +436,29 @@ class PluginPathTests(SynchronousTestCase):
 HOOKS = """
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
-
 from wsrelay.dropins import BalancerPlugin
 from wsrelay.interfaces import IBalancer, ILoadListener
 
-events = []
-waiting = {}
-
+events, waiting = [], {}
 
 def happened(event):
     events.append(event)
     for d in waiting.pop(event, []):
         d.callback(event)
 
-
 @implementer(IBalancer)
 class Plain:
     def __init__(self, backends, options):
         pass
-
     def pick(self, candidates, connection):
         return candidates[0]
-
 
 @implementer(IBalancer, ILoadListener)
 class Listening(Plain):
     def connectionOpened(self, backend):
         happened(("opened", backend.name))
-
     def connectionClosed(self, backend):
         happened(("closed", backend.name))
-
 
 plain = BalancerPlugin("{name}_plain", Plain, "no load hooks")
 listening = BalancerPlugin("{name}_listening", Listening, "load hooks")
@@ -612,11 +528,8 @@ class StartupErrorTests(SynchronousTestCase):
 
     def refusal(self, route: str) -> str:
         """
-        Start C{twistd wsrelay} with a route C{route} (its body) in the
-        file at C{self.path}, as the option parser does.
-
-        @return: The one line it refuses with, without its C{wsrelay:}
-            prefix.
+        @return: The one line (without C{wsrelay: }) that C{twistd wsrelay}
+            refuses to start with, given a route C{route} (its body).
         """
         with open(self.path, "w") as f:
             f.write(
