@@ -23,7 +23,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.interfaces import ILoadListener
 from wsrelay.legs import OPEN
 from wsrelay.routing import Backend, ConnectionInfo, Route
 
@@ -242,7 +241,7 @@ class Channel:
         self.connects += 1
         backend.connections += 1
         backend.totalConnections += 1
-        listener = ILoadListener(self.route.balancer, None)
+        listener = self.route.loadListener
         if listener is not None:
             listener.connectionOpened(backend)
         up.target = self
@@ -439,7 +438,7 @@ class Channel:
         self._message = Assembler()
         if backend is not None:
             backend.connections -= 1
-            listener = ILoadListener(self.route.balancer, None)
+            listener = self.route.loadListener
             if listener is not None:
                 listener.connectionClosed(backend)
 

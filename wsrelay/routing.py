@@ -15,13 +15,13 @@ import math
 import re
 import string
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
 from wsrelay.interfaces import ConnectionInfo as ConnectionInfo  # re-exported
-from wsrelay.interfaces import IBackend
+from wsrelay.interfaces import IBackend, ILoadListener
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -164,12 +164,19 @@ class Route:
     """
     One route: its configuration, its backends, its balancer and the
     monitor of its backends' health.
+
+    @ivar loadListener: The balancer's optional load hooks, or L{None}:
+        looked up once, not at each connection.
     """
 
     config: RouteConfig
     backends: tuple[Backend, ...]
     balancer: IBalancer
     monitor: HealthMonitor
+    loadListener: ILoadListener | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loadListener", ILoadListener(self.balancer, None))
 
     @property
     def name(self) -> str:

@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.frontend import Refused
-from wsrelay.interfaces import ILoadListener
 from wsrelay.legs import OPEN, RelayLeg, TransportPauser, failureClose
 from wsrelay.passthrough import Pipe
 from wsrelay.routing import Backend, ConnectionInfo, Route
@@ -260,7 +259,7 @@ class ProxySession:
         up.target = self.frontend
         backend.connections += 1
         backend.totalConnections += 1
-        listener = ILoadListener(self.route.balancer, None)
+        listener = self.route.loadListener
         if listener is not None:
             listener.connectionOpened(backend)
         return up
@@ -558,7 +557,7 @@ class ProxySession:
         if backend is not None and up is not None:
             backend.count(up)
             backend.connections -= 1
-            listener = ILoadListener(self.route.balancer, None)
+            listener = self.route.loadListener
             if listener is not None:
                 listener.connectionClosed(backend)
 
