@@ -87,6 +87,9 @@ class LazyPlugin:
         return found
 
     def __repr__(self) -> str:
+        """
+        @return: The class and the plugin's name.
+        """
         return f"<{type(self).__name__} {self.name!r}>"
 
 
