@@ -18,9 +18,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.plugins import wsrelay_balancers
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from websockets.sync.server import ServerConnection
 from zope.interface.verify import verifyObject
 
-from tests.support import TIMEOUT, client, inThread, startBackend
+from tests.support import TIMEOUT, client, inThread, script, startBackend
 from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
 from wsrelay.plugins import (
     PluginScan,
@@ -438,7 +439,6 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 from wsrelay.dropins import BalancerPlugin
 from wsrelay.interfaces import IBalancer, ILoadListener
-
 events, waiting = [], {}
 
 def happened(event):
@@ -465,6 +465,14 @@ listening = BalancerPlugin("{name}_listening", Listening, "load hooks")
 """
 
 
+def greet(connection: ServerConnection) -> None:
+    """
+    A backend that says C{hello} as a client connects, then echoes.
+    """
+    connection.send("hello")
+    script(connection)
+
+
 class LoadHookTests(TestCase):
     """
     The load hooks (L{ILoadListener}) are optional: the relay calls them
@@ -479,6 +487,7 @@ class LoadHookTests(TestCase):
         name = "hooks_" + uuid.uuid4().hex[:8]
         modules = addDropins(self, hooks=HOOKS.replace("{name}", name))
         backend = startBackend(self)
+        source = startBackend(self, handler=greet)
         path = os.path.join(temporaryFolder(self), "relay.ini")
         with open(path, "w") as f:
             f.write(
@@ -487,29 +496,30 @@ class LoadHookTests(TestCase):
                 f"backends = {backend.url} name=p\n"
                 f"[route:hooked]\npath = /hooked\nbalancer = {name}_listening\n"
                 f"backends = {backend.url} name=h\n"
-                "[route:feed]\npath = /feed\nmode = fanout\n"
-                f"client_messages = forward\nbalancer = {name}_plain\n"
-                f"backends = {backend.url} name=f\n"
+                f"[route:feed]\npath = /feed\nmode = fanout\nreplay = 1\n"
+                f"balancer = {name}_plain\nbackends = {source.url} name=f\n"
             )
         relay = RelayService(readConfig(path), reactor)
         relay.startService()
         self.addCleanup(relay.stopService)
-        (port,) = await relay.whenListening()
-        number = port.getHost().port
+        number = (await relay.whenListening())[0].getHost().port
         hooks = sys.modules[modules["hooks"]]
         closed: Deferred[object] = Deferred()
         hooks.waiting[("closed", "h")] = [closed]
 
         def run() -> list[str]:
             answers = []
-            for route in ("/plain", "/hooked", "/feed"):
+            for route in ("/plain", "/hooked"):
                 with client(number, route) as c:
                     c.send("echo " + route)
                     answers.append(c.recv(TIMEOUT))
+            with client(number, "/feed") as c:
+                # The source's greeting, replayed if the client joins later.
+                answers.append(c.recv(TIMEOUT))
             return answers
 
         answers = await inThread(run)
-        self.assertEqual(answers, ["echo /plain", "echo /hooked", "echo /feed"])
+        self.assertEqual(answers, ["echo /plain", "echo /hooked", "hello"])
         await closed.addTimeout(TIMEOUT, reactor)
         self.assertEqual(hooks.events, [("opened", "h"), ("closed", "h")])
 
@@ -523,8 +533,6 @@ class StartupErrorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.name = "bad_" + uuid.uuid4().hex[:8]
         self.path = os.path.join(temporaryFolder(self), "relay.ini")
-        saved = list(twisted.plugins.__path__)
-        self.addCleanup(twisted.plugins.__path__.__setitem__, slice(None), saved)
 
     def refusal(self, route: str) -> str:
         """
@@ -551,14 +559,10 @@ class StartupErrorTests(SynchronousTestCase):
         addDropins(
             self,
             clash=f"""
-            from wsrelay.dropins import BalancerPlugin, HealthCheckerPlugin
+            from wsrelay.dropins import BalancerPlugin as B, HealthCheckerPlugin as H
 
-            balancer = BalancerPlugin(
-                "{self.name}", "wsrelay.balancers.First", "d", ("weight_x", "path")
-            )
-            checker = HealthCheckerPlugin(
-                "{self.name}", "wsrelay.health.TCPChecker", "d", ("fall",)
-            )
+            b = B("{self.name}", "wsrelay.balancers.First", "d", ("weight_x", "path"))
+            c = H("{self.name}", "wsrelay.health.TCPChecker", "d", ("fall",))
             """,
         )
         self.assertEqual(
@@ -580,11 +584,9 @@ class StartupErrorTests(SynchronousTestCase):
         addDropins(
             self,
             missing=f"""
-            from wsrelay.dropins import BalancerPlugin
+            from wsrelay.dropins import BalancerPlugin as B
 
-            missing = BalancerPlugin(
-                "{self.name}", "wsrelay_no_such_module.Balancer", "not installed"
-            )
+            missing = B("{self.name}", "wsrelay_no_such_module.Balancer", "gone")
             """,
         )
         self.assertIn(self.name, balancerFactories())
