@@ -1190,14 +1190,16 @@ class PluginKeyTests(SynchronousTestCase):
 
     def test_builtinKeysWin(self) -> None:
         """
-        A balancer cannot take over a built-in route key.
+        A balancer cannot take over a built-in route key: choosing one that
+        declares it is an error naming the balancer and the key.
         """
         sections = withKey("route", "balancer", "odd")
         sections["route:echo"]["path"] = "relative"
         e = self.assertRaises(
             ConfigError, parse, ini(sections), {"odd": ("path",), "round_robin": ()}
         )
-        self.assertEqual(e.key, "path")
+        self.assertEqual(e.key, "balancer")
+        self.assertEqual(e.problem, "odd: its option 'path' is a built-in route key")
 
     def test_routeClasses(self) -> None:
         """

@@ -35,6 +35,7 @@ from twisted.internet.error import (
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, Logger, formatEvent
+from twisted.plugins.wsrelay_health import tcp
 from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
@@ -56,7 +57,7 @@ from wsrelay.descriptors import (
     raiseLimit,
 )
 from wsrelay.frontend import Refused
-from wsrelay.health import HealthMonitor, tcp
+from wsrelay.health import HealthMonitor
 from wsrelay.routing import ConnectionInfo
 from wsrelay.service import RelayService
 

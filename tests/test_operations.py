@@ -340,7 +340,8 @@ class SlowStartTests(SynchronousTestCase):
         The health monitor starts the ramp when a backend comes back up, so
         the round-robin share of a returning backend grows.
         """
-        from wsrelay.balancers import roundRobin
+        from twisted.plugins.wsrelay_balancers import roundRobin
+
         from wsrelay.health import HealthMonitor
         from wsrelay.routing import ConnectionInfo
 

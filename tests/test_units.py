@@ -6,10 +6,10 @@ close codes.
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.plugins.wsrelay_balancers import first, roundRobin
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from wsrelay.balancers import first, roundRobin
 from wsrelay.config import BackendConfig, ProxyRouteConfig
 from wsrelay.handshake import BadHead, buildResponse, endToEnd, parseHead
 from wsrelay.health import HealthMonitor

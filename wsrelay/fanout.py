@@ -254,7 +254,9 @@ class Channel:
         self.connects += 1
         backend.connections += 1
         backend.totalConnections += 1
-        self.route.balancer.connectionOpened(backend)
+        listener = self.route.loadListener
+        if listener is not None:
+            listener.connectionOpened(backend)
         up.target = self
         up.listener = self
         received = up.dataReceived
@@ -449,7 +451,9 @@ class Channel:
         self._message = Assembler()
         if backend is not None:
             backend.connections -= 1
-            self.route.balancer.connectionClosed(backend)
+            listener = self.route.loadListener
+            if listener is not None:
+                listener.connectionClosed(backend)
 
     def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None

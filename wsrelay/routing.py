@@ -15,13 +15,13 @@ import math
 import re
 import string
 from collections import deque
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
-from wsrelay.interfaces import IBackend
+from wsrelay.interfaces import ConnectionInfo as ConnectionInfo  # re-exported
+from wsrelay.interfaces import IBackend, ILoadListener
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -160,34 +160,23 @@ class Backend:
 
 
 @dataclass(frozen=True)
-class ConnectionInfo:
-    """
-    What the relay knows of a client connection when it picks a backend.
-
-    @ivar peer: The client's address (after C{trusted_proxies}).
-    @ivar path: The request path, normalized (L{normalizePath}).
-    @ivar query: The query string, without C{?}.
-    @ivar headers: The request's header fields.
-    """
-
-    peer: str
-    path: str
-    query: str
-    headers: Sequence[tuple[str, str]]
-    cookies: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Route:
     """
     One route: its configuration, its backends, its balancer and the
     monitor of its backends' health.
+
+    @ivar loadListener: The balancer's optional load hooks, or L{None}:
+        looked up once, not at each connection.
     """
 
     config: RouteConfig
     backends: tuple[Backend, ...]
     balancer: IBalancer
     monitor: HealthMonitor
+    loadListener: ILoadListener | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loadListener", ILoadListener(self.balancer, None))
 
     @property
     def name(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -30,7 +30,6 @@ from wsrelay.handshake import (
 )
 from wsrelay.health import HealthMonitor
 from wsrelay.plugins import (
-    PluginError,
     balancerFactories,
     healthCheckerFactories,
     logPlugins,
@@ -533,7 +532,7 @@ class RelayService(MultiService):
         try:
             config = readConfig(self.config.path)
             self._apply(config)
-        except (ConfigError, PluginError) as e:
+        except ConfigError as e:
             self.log.error("reload rejected, configuration unchanged: {error}", error=e)
             return fail(e)
         self.log.info(
@@ -679,7 +678,8 @@ class RelayService(MultiService):
                 candidates.remove(avoid)
             if not candidates:
                 return
-            backend = route.balancer.pick(candidates, info)
+            # One of the candidates, as IBalancer.pick promises.
+            backend = cast("Backend | None", route.balancer.pick(candidates, info))
             if backend is None:
                 return
             tried.append(backend)

@@ -271,7 +271,9 @@ class ProxySession:
         up.target = self.frontend
         backend.connections += 1
         backend.totalConnections += 1
-        self.route.balancer.connectionOpened(backend)
+        listener = self.route.loadListener
+        if listener is not None:
+            listener.connectionOpened(backend)
         return up
 
     def clientOpened(self) -> None:
@@ -567,7 +569,9 @@ class ProxySession:
         if backend is not None and up is not None:
             backend.count(up)
             backend.connections -= 1
-            self.route.balancer.connectionClosed(backend)
+            listener = self.route.loadListener
+            if listener is not None:
+                listener.connectionClosed(backend)
 
     def _maybeFinish(self) -> None:
         """

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from wsrelay.service import RelayService
 
 from wsrelay.plugins import (
-    PluginError,
     balancerFactories,
     extendPluginPath,
     healthCheckerFactories,
@@ -129,7 +128,7 @@ class Options(usage.Options):
             if problem is not None:
                 raise ConfigError(path, problem, "relay", "max_connections")
             self["relay"] = RelayService(config, worker=worker, descriptors=descriptors)
-        except (ConfigError, PluginError) as e:
+        except ConfigError as e:
             raise StartRefused(str(e)) from None
 
 

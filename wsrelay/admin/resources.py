@@ -28,7 +28,6 @@ from wsrelay.admin.dashboard import dashboardFile
 from wsrelay.admin.metrics import mergeMetrics, metricsText
 from wsrelay.admin.rows import backendStatus, status, workerRows
 from wsrelay.config import ConfigError
-from wsrelay.plugins import PluginError
 
 if TYPE_CHECKING:
     from wsrelay.admin.relay import RelayView
@@ -308,7 +307,7 @@ class ReloadPage(Page):
             }
 
         def failed(f: Failure) -> tuple[int, Any]:
-            if f.check(ConfigError, PluginError):
+            if f.check(ConfigError):
                 return 400, {"error": str(f.value)}
             log.failure("admin: reload failed", f)
             return 500, {"error": "reload failed; see the log"}

@@ -155,6 +155,14 @@ def _parseRoute(
     balancerKeys = context.balancers[chosen]
     health = dict(items).get("health", NO_HEALTH)
     checkerKeys = context.checkers.get(health, ())
+    for kind, plugin, keys in (
+        ("balancer", chosen, balancerKeys),
+        ("health", health, checkerKeys),
+    ):
+        for key in keys:
+            if key in ROUTE.byKey:
+                problem = f"{plugin}: its option {key!r} is a built-in route key"
+                raise ConfigError(filename, problem, section, kind)
 
     def hint(key: str) -> str:
         for kind, plugins in (
