@@ -9,6 +9,8 @@ import dataclasses
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -1112,14 +1114,19 @@ class ProductionImportsTests(SynchronousTestCase):
         """
         No module under C{wsrelay/} imports C{twisted.internet.testing} or
         C{twisted.test}, at the top or inside a function: they are test
-        helpers, not API a running relay should load.
+        helpers, not API a running relay should load.  The exception is
+        C{wsrelay/testing.py}, itself the test helpers wsrelay offers plugin
+        authors (as C{twisted.internet.testing} is Twisted's): the relay
+        never imports it, which L{test_testingNotLoaded} shows.
         """
         package = FilePath(wsrelay.__file__).parent()
         forbidden = ("twisted.internet.testing", "twisted.test")
         offenders = []
         modules = 0
         for path in package.walk():
-            if not path.basename().endswith(".py"):
+            if not path.basename().endswith(".py") or path == package.child(
+                "testing.py"
+            ):
                 continue
             modules += 1
             tree = ast.parse(path.getContent(), path.path)
@@ -1135,6 +1142,33 @@ class ProductionImportsTests(SynchronousTestCase):
                         offenders.append(f"{path.path}:{node.lineno}: {name}")
         self.assertGreater(modules, 10)
         self.assertEqual(offenders, [])
+
+    def test_testingNotLoaded(self) -> None:
+        """
+        Building a relay service from a config with proxy and fan-out routes
+        loads neither C{wsrelay.testing} nor C{twisted.internet.testing}.
+        """
+        code = (
+            "import sys\n"
+            "from wsrelay.config import parseConfig\n"
+            "from wsrelay.service import RelayService\n"
+            "config = parseConfig('''\n"
+            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            "[route:a]\npath = /a\nbackends = ws://127.0.0.1:1/\n"
+            "[route:b]\npath = /b\nmode = fanout\nbackends = ws://127.0.0.1:1/\n"
+            "''', 'relay.ini')\n"
+            "RelayService(config)\n"
+            "print(sorted(m for m in sys.modules if m.endswith('.testing')))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.strip(), "[]")
 
     def test_listensOn(self) -> None:
         """
