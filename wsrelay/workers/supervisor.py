@@ -1,49 +1,26 @@
 # -*- test-case-name: tests.test_workers -*-
 """
-C{workers = N}: N relay processes on the same listening ports.
-
-The process C{twistd} started is worker 0.  It listens with
-C{SO_REUSEPORT}, so that the kernel spreads new connections over every
-process listening on the port, and then starts workers 1 to N-1 with
-L{WorkerPool}: each is C{twistd wsrelay --worker I:PORTS} on the same
-configuration file, listening on the ports worker 0 got (which matters
-when the file says port 0).  Each worker is a whole relay with its own
-connections, health checks and fan-out upstreams; worker 0 alone serves
-the admin listener and the demo backends.
-
-Worker 0 talks to each of the others over pipes.  A worker's log events
-come as JSON lines on its standard output and are logged again by worker
-0 with C{worker} set; commands (C{status}, C{metrics}, C{reload}, C{act})
-go to its standard input as JSON lines, and the answers come back on its
-file descriptor 3 (L{WorkerControl}).  When worker 0 goes away, its pipes
-close and the others stop; when another worker dies, worker 0 logs it and
-starts it again.
+Worker 0's side: L{WorkerPool} starts, watches, restarts and stops the
+other workers, relays their logs and passes commands to them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet import tcp
-from twisted.internet.defer import (
-    Deferred,
-    DeferredList,
-    fail,
-    maybeDeferred,
-    succeed,
-)
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
-from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
+
+from wsrelay.workers.spec import WorkerSpec
 
 if TYPE_CHECKING:
     from wsrelay.service import RelayService
@@ -66,84 +43,6 @@ STOP_GRACE = 5.0
 
 #: The longest line read from a worker (a metrics page).
 MAX_LINE = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """
-    What a worker other than worker 0 is told on its command line.
-
-    @ivar index: Its number, from 1.
-    @ivar ports: The port number of each listener, in the order of
-        C{listen}.
-    """
-
-    index: int
-    ports: tuple[int, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> WorkerSpec:
-        """
-        Read C{"INDEX:PORT,PORT..."}.
-
-        @raise ValueError: When C{text} is not that.
-        """
-        index, _, ports = text.partition(":")
-        spec = cls(int(index), tuple(int(p) for p in ports.split(",") if p))
-        if spec.index < 1 or not spec.ports:
-            raise ValueError(f"not INDEX:PORT,...: {text!r}")
-        return spec
-
-    def __str__(self) -> str:
-        return f"{self.index}:{','.join(map(str, self.ports))}"
-
-
-class _ReusePort(tcp.Port):
-    """
-    A TCP port that other processes may also listen on.
-    """
-
-    def createInternetSocket(self) -> socket.socket:
-        s: socket.socket = super().createInternetSocket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        return s
-
-
-class SharedPorts:
-    """
-    A reactor, to C{serverFromString}, whose TCP listeners (and so its
-    C{tcp:}, C{tcp6:} and C{ssl:} endpoints) listen with C{SO_REUSEPORT},
-    on C{port} when it is given.  Everything else is the real reactor's.
-    """
-
-    def __init__(self, reactor: Any, port: int | None = None) -> None:
-        self._reactor = reactor
-        self._port = port
-
-    def listenTCP(
-        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
-    ) -> IListeningPort:
-        if self._port is not None:
-            port = self._port
-        p = _ReusePort(port, factory, backlog, interface, self._reactor)
-        p.startListening()
-        return p
-
-    def listenSSL(
-        self,
-        port: int,
-        factory: Any,
-        contextFactory: Any,
-        backlog: int = 50,
-        interface: str = "",
-    ) -> IListeningPort:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        wrapped = TLSMemoryBIOFactory(contextFactory, False, factory)
-        return self.listenTCP(port, wrapped, backlog, interface)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
 
 
 def _lines(buffer: bytearray, data: bytes) -> list[bytes]:
@@ -444,114 +343,3 @@ class WorkerPool(Service):
                 killer.cancel()
 
         return DeferredList([w.ended for w in workers]).addCallback(done)
-
-
-class WorkerControl(Protocol):
-    """
-    A worker's end of the command pipes: reads JSON commands on its
-    standard input, answers on file descriptor 3, and stops the relay when
-    worker 0 goes away (its standard input closes).
-    """
-
-    log = Logger()
-
-    def __init__(self, relay: RelayService, reactor: Any) -> None:
-        self._relay = relay
-        self._reactor = reactor
-        self._buffer = bytearray()
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            lines = _lines(self._buffer, data)
-        except ValueError:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        for line in lines:
-            command = json.loads(line)
-            maybeDeferred(self._run, command).addBoth(self._answer, command["id"])
-
-    def _run(self, command: dict[str, Any]) -> Any:
-        from wsrelay import admin
-
-        op = command["op"]
-        relay = self._relay
-        if op == "status":
-            return admin.status(relay)
-        if op == "metrics":
-            return admin.metricsText(relay)
-        if op == "reload":
-            return relay.reload().addCallback(lambda _: "reloaded")
-        if op == "act":
-            relay.setBackendState(
-                command["route"], command["backend"], command["action"]
-            )
-            return "done"
-        raise ValueError(f"unknown command {op!r}")
-
-    def _answer(self, result: Any, ident: int) -> None:
-        if isinstance(result, Failure):
-            answer = {"id": ident, "error": str(result.value)}
-        else:
-            answer = {"id": ident, "result": result}
-        if self.transport is not None:
-            line = json.dumps(answer) + "\n"
-            self.transport.write(line.encode("utf-8"))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._reactor.running:
-            self.log.info("worker 0 went away: stopping")
-            self._reactor.stop()
-
-
-class ControlService(Service):
-    """
-    Listens for commands from worker 0 while a worker runs.
-    """
-
-    def __init__(self, relay: RelayService, reactor: Any) -> None:
-        self._relay = relay
-        self._reactor = reactor
-
-    def startService(self) -> None:
-        from twisted.internet._posixstdio import StandardIO
-
-        super().startService()
-        StandardIO(
-            WorkerControl(self._relay, self._reactor),
-            stdin=0,
-            stdout=3,
-            reactor=self._reactor,
-        )
-
-
-def workerRows(
-    relay: RelayService, own: dict[str, Any], answers: Sequence[tuple[int, Any]]
-) -> list[dict[str, Any]]:
-    """
-    @return: One row per worker for C{/status}: its number, process id,
-        client connections and handshakes, or why it did not answer.
-    """
-    pool = relay.workerPool
-    assert pool is not None
-    rows = [_row(0, os.getpid(), own)]
-    for index, answer in answers:
-        worker = pool.workers.get(index)
-        pid = None if worker is None else worker.pid
-        if isinstance(answer, Failure):
-            rows.append(
-                {"worker": index, "pid": pid, "error": answer.getErrorMessage()}
-            )
-        else:
-            rows.append(_row(index, pid, answer))
-        rows[-1]["restarts"] = pool.restarted.get(index, 0)
-    return rows
-
-
-def _row(index: int, pid: int | None, status: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "worker": index,
-        "pid": pid,
-        "clients": status["clients"],
-        "handshakes": status["handshakes"]["count"],
-        "uptime": status["uptime"],
-    }

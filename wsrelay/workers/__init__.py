@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+C{workers = N}: N relay processes on the same listening ports.
+
+The process C{twistd} started is worker 0.  It listens with
+C{SO_REUSEPORT}, so that the kernel spreads new connections over every
+process listening on the port, and then starts workers 1 to N-1 with
+L{WorkerPool}: each is C{twistd wsrelay --worker I:PORTS} on the same
+configuration file, listening on the ports worker 0 got (which matters
+when the file says port 0).  Each worker is a whole relay with its own
+connections, health checks and fan-out upstreams; worker 0 alone serves
+the admin listener and the demo backends.
+
+Worker 0 talks to each of the others over pipes.  A worker's log events
+come as JSON lines on its standard output and are logged again by worker
+0 with C{worker} set; commands (C{status}, C{metrics}, C{reload}, C{act})
+go to its standard input as JSON lines, and the answers come back on its
+file descriptor 3 (L{WorkerControl}).  When worker 0 goes away, its pipes
+close and the others stop; when another worker dies, worker 0 logs it and
+starts it again.
+"""
+
+from wsrelay.workers.ports import SharedPorts
+from wsrelay.workers.rows import workerRows
+from wsrelay.workers.spec import WorkerSpec
+from wsrelay.workers.supervisor import (
+    ANSWER_TIMEOUT,
+    RESTART_CAP,
+    RESTART_DELAY,
+    STABLE_AFTER,
+    STOP_GRACE,
+    WorkerGone,
+    WorkerPool,
+    WorkerProcess,
+)
+from wsrelay.workers.worker import ControlService, WorkerControl
+
+__all__ = [
+    "ANSWER_TIMEOUT",
+    "RESTART_CAP",
+    "RESTART_DELAY",
+    "STABLE_AFTER",
+    "STOP_GRACE",
+    "ControlService",
+    "SharedPorts",
+    "WorkerControl",
+    "WorkerGone",
+    "WorkerPool",
+    "WorkerProcess",
+    "WorkerSpec",
+    "workerRows",
+]
