@@ -592,7 +592,7 @@ class AdminResource(Resource):
             return _json(request, 200, own)
         asked = request.args.get(b"worker")
         if asked is None:
-            d = pool.ask("status").addCallback(
+            d = pool.status().addCallback(
                 lambda answers: (
                     200,
                     {**own, "workers": workerRows(relay, own, answers)},
@@ -610,7 +610,7 @@ class AdminResource(Resource):
         worker = pool.workers.get(index)
         if worker is None:
             return _error(request, 503, f"worker {index} is not running")
-        d = worker.ask("status").addCallbacks(
+        d = worker.status().addCallbacks(
             lambda answer: (200, answer),
             lambda f: (503, {"error": f.getErrorMessage()}),
         )
@@ -627,7 +627,7 @@ class AdminResource(Resource):
         pool = relay.workerPool
         if pool is None:
             return own.encode("utf-8")
-        d = pool.ask("metrics").addCallback(
+        d = pool.metrics().addCallback(
             lambda answers: mergeMetrics([(0, own), *answers])
         )
         return _later(request, d)

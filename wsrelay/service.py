@@ -484,9 +484,7 @@ class RelayService(MultiService):
         elif action == "drain":
             self._drainLater(backend)
         if self.workerPool is not None:
-            self.workerPool.tell(
-                "act", route=routeName, backend=backendName, action=action
-            )
+            self.workerPool.act(routeName, backendName, action)
         return backend
 
     def _drainLater(self, backend: Backend) -> None:
@@ -542,7 +540,7 @@ class RelayService(MultiService):
             routes=len(config.routes),
         )
         if self.workerPool is not None:
-            return self.workerPool.tell("reload")
+            return self.workerPool.reload()
         return succeed(None)
 
     def _apply(self, config: RelayConfig) -> None:

@@ -13,11 +13,19 @@ the admin listener and the demo backends.
 
 Worker 0 talks to each of the others over pipes.  A worker's log events
 come as JSON lines on its standard output and are logged again by worker
-0 with C{worker} set; commands (C{status}, C{metrics}, C{reload}, C{act})
-go to its standard input as JSON lines, and the answers come back on its
-file descriptor 3 (L{WorkerControl}).  When worker 0 goes away, its pipes
-close and the others stop; when another worker dies, worker 0 logs it and
-starts it again.
+0 with C{worker} set.  Worker 0's commands (L{wsrelay.workers.commands}:
+C{Status}, C{Metrics}, C{Reload}, C{Act}) are AMP boxes on the worker's
+standard input, and the answers AMP boxes on its file descriptor 3
+(L{WorkerControl}).  When worker 0 goes away, its pipes close and the
+others stop; when another worker dies, worker 0 logs it and starts it
+again.
+
+Modules: L{spec <wsrelay.workers.spec>} (the C{--worker} argument),
+L{ports <wsrelay.workers.ports>} (shared listening ports),
+L{commands <wsrelay.workers.commands>} (the AMP commands),
+L{supervisor <wsrelay.workers.supervisor>} (worker 0's side),
+L{worker <wsrelay.workers.worker>} (the other workers' side) and
+L{rows <wsrelay.workers.rows>} (the admin API's C{workers} rows).
 """
 
 from wsrelay.workers.ports import SharedPorts
@@ -33,7 +41,13 @@ from wsrelay.workers.supervisor import (
     WorkerPool,
     WorkerProcess,
 )
-from wsrelay.workers.worker import ControlService, WorkerControl
+from wsrelay.workers.worker import (
+    Answers,
+    ControlService,
+    RelayAnswers,
+    WorkerCommands,
+    WorkerControl,
+)
 
 __all__ = [
     "ANSWER_TIMEOUT",
@@ -41,7 +55,10 @@ __all__ = [
     "RESTART_DELAY",
     "STABLE_AFTER",
     "STOP_GRACE",
+    "Answers",
     "ControlService",
+    "RelayAnswers",
+    "WorkerCommands",
     "SharedPorts",
     "WorkerControl",
     "WorkerGone",

@@ -1,29 +1,41 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.test_workers_channel,tests.test_workers -*-
 """
 Worker 0's side: L{WorkerPool} starts, watches, restarts and stops the
-other workers, relays their logs and passes commands to them.
+other workers, relays their logs and sends them commands
+(L{wsrelay.workers.commands}) over AMP.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.error import ProcessDone
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
+from twisted.internet.error import ConnectionDone, ProcessDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IProcessTransport,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.protocols.amp import BinaryBoxProtocol, BoxDispatcher, CommandLocator
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from wsrelay.workers.commands import Act, Metrics, Reload, Status
 from wsrelay.workers.spec import WorkerSpec
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.config import RelayConfig
+
+_T = TypeVar("_T")
 
 #: Seconds a worker has to answer a command.
 ANSWER_TIMEOUT = 5.0
@@ -41,7 +53,7 @@ STABLE_AFTER = 30.0
 #: is killed.
 STOP_GRACE = 5.0
 
-#: The longest line read from a worker (a metrics page).
+#: The longest log line read from a worker.
 MAX_LINE = 64 * 1024 * 1024
 
 
@@ -63,9 +75,65 @@ class WorkerGone(Exception):
     """
 
 
+class Supervised(Protocol):
+    """
+    What L{WorkerPool} uses of the relay it belongs to (worker 0's).
+    """
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The relay's clock.
+        """
+
+    @property
+    def config(self) -> RelayConfig:
+        """
+        The configuration in force: C{workers}, C{path} and
+        C{drainTimeout} are read.
+        """
+
+    def whenListening(self) -> Deferred[list[IListeningPort]]:
+        """
+        @return: A L{Deferred} firing with the relay's listening ports.
+        """
+
+
+@implementer(ITransport)
+class CommandPipe:
+    """
+    The transport of worker 0's AMP connection to another worker: boxes
+    are written to the worker's standard input (and answers are read from
+    its file descriptor 3 by L{WorkerProcess}).  AMP gives up on a
+    connection whose peer wrote what it cannot parse: then the worker is
+    stopped, as one that wrote garbage.
+    """
+
+    def __init__(self, worker: WorkerProcess, process: IProcessTransport) -> None:
+        self._worker = worker
+        self._process = process
+
+    def write(self, data: bytes) -> None:
+        self._process.writeToChild(0, data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self._process.writeToChild(0, b"".join(data))
+
+    def loseConnection(self) -> None:
+        self._worker.wroteGarbage(3, "AMP gave up on its answers")
+
+    def getPeer(self) -> IAddress:
+        return self._process.getPeer()
+
+    def getHost(self) -> IAddress:
+        return self._process.getHost()
+
+
 class WorkerProcess(ProcessProtocol):
     """
-    Worker 0's end of one other worker's pipes.
+    Worker 0's end of one other worker's pipes: its log lines (standard
+    output) and an AMP connection (commands to its standard input, answers
+    from its file descriptor 3).
 
     @ivar pid: The worker's process id while it runs.
     """
@@ -76,47 +144,73 @@ class WorkerProcess(ProcessProtocol):
         self.pid: int | None = None
         self.ended: Deferred[None] = Deferred()
         self._logs = bytearray()
-        self._answers = bytearray()
-        self._waiting: dict[int, tuple[Deferred[Any], IDelayedCall]] = {}
-        self._next = 0
+        self._commands = BoxDispatcher(CommandLocator())
+        self._answers = BinaryBoxProtocol(self._commands)
         self._killed = False
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        process: IProcessTransport = self.transport  # type: ignore[assignment]
+        self.pid = process.pid
+        self._answers.makeConnection(CommandPipe(self, process))
 
-    def ask(self, op: str, **arguments: Any) -> Deferred[Any]:
+    def status(self) -> Deferred[dict[str, Any]]:
+        """
+        @return: A L{Deferred} firing with the worker's whole status, or
+            failing as L{call} does.
+        """
+        return self.call(Status).addCallback(lambda answer: answer["status"])
+
+    def metrics(self) -> Deferred[str]:
+        """
+        @return: A L{Deferred} firing with the worker's metrics page, or
+            failing as L{call} does.
+        """
+        return self.call(Metrics).addCallback(lambda answer: answer["text"])
+
+    def reload(self) -> Deferred[None]:
+        """
+        Tell the worker to reload its configuration file.
+
+        @return: A L{Deferred} firing once it did, or failing as L{call}
+            does.
+        """
+        return self.call(Reload).addCallback(lambda _: None)
+
+    def act(self, route: str, backend: str, action: str) -> Deferred[None]:
+        """
+        Tell the worker to drain, enable or disable a backend.
+
+        @return: A L{Deferred} firing once it did, or failing as L{call}
+            does.
+        """
+        d = self.call(Act, route=route, backend=backend, action=action)
+        return d.addCallback(lambda _: None)
+
+    def call(self, command: type[Any], **arguments: Any) -> Deferred[dict[str, Any]]:
         """
         Send a command.
 
         @return: A L{Deferred} firing with the worker's answer, or failing
-            with L{WorkerGone} or with the L{RuntimeError} it reported.
+            with L{WorkerGone} (the worker is not running, ended or did not
+            answer within L{ANSWER_TIMEOUT} seconds) or with the error of
+            C{command} it answered.
         """
         if self.pid is None or self.transport is None:
             return fail(WorkerGone(f"worker {self.index} is not running"))
-        self._next += 1
-        ident = self._next
-        d: Deferred[Any] = Deferred()
-        timer = self._pool.clock.callLater(
-            ANSWER_TIMEOUT, self._answered, ident, None, "did not answer"
+        asked: Deferred[dict[str, Any]] = self._commands.callRemote(
+            command, **arguments
         )
-        self._waiting[ident] = (d, timer)
-        line = json.dumps({"id": ident, "op": op, **arguments}) + "\n"
-        self.transport.write(line.encode("utf-8"))
-        return d
+        asked.addTimeout(ANSWER_TIMEOUT, self._pool.clock)
+        # AMP logs, and drops the connection, when the Deferred it fires
+        # ends in a failure: hand the outcome over to another one.
+        answered: Deferred[dict[str, Any]] = Deferred()
+        asked.addCallbacks(answered.callback, self._failed, errbackArgs=(answered,))
+        return answered
 
-    def _answered(self, ident: int, result: Any, error: str | None) -> None:
-        waiting = self._waiting.pop(ident, None)
-        if waiting is None:
-            return
-        d, timer = waiting
-        if timer.active():
-            timer.cancel()
-        if error is None:
-            d.callback(result)
-        elif error == "did not answer":
-            d.errback(WorkerGone(f"worker {self.index} {error}"))
-        else:
-            d.errback(RuntimeError(error))
+    def _failed(self, reason: Failure, answered: Deferred[Any]) -> None:
+        if reason.check(TimeoutError, ConnectionDone):
+            reason = Failure(WorkerGone(f"worker {self.index} did not answer"))
+        answered.errback(reason)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if self._killed:
@@ -126,25 +220,29 @@ class WorkerProcess(ProcessProtocol):
                 for line in _lines(self._logs, data):
                     self._pool.workerLogged(self.index, line)
             elif childFD == 3:
-                for line in _lines(self._answers, data):
-                    answer = json.loads(line)
-                    self._answered(
-                        answer["id"], answer.get("result"), answer.get("error")
-                    )
-        except (ValueError, KeyError, TypeError) as e:
-            self._pool.log.error(
-                "worker {worker} wrote garbage on fd {fd}: {error}; stopping it",
-                worker=self.index,
-                fd=childFD,
-                error=e,
-            )
-            self._killed = True
-            self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                self._answers.dataReceived(data)
+        except Exception as e:
+            self.wroteGarbage(childFD, str(e))
+
+    def wroteGarbage(self, childFD: int, error: str) -> None:
+        """
+        Log that the worker wrote what cannot be read on C{childFD}, and
+        kill it.
+        """
+        if self._killed:
+            return
+        self._pool.log.error(
+            "worker {worker} wrote garbage on fd {fd}: {error}; stopping it",
+            worker=self.index,
+            fd=childFD,
+            error=error,
+        )
+        self._killed = True
+        self.transport.signalProcess("KILL")  # type: ignore[union-attr]
 
     def processEnded(self, reason: Failure) -> None:
         self.pid = None
-        for ident in list(self._waiting):
-            self._answered(ident, None, "did not answer")
+        self._answers.connectionLost(Failure(ConnectionDone()))
         self._pool.workerEnded(self, reason)
         self.ended.callback(None)
 
@@ -160,7 +258,7 @@ class WorkerPool(Service):
     log = Logger()
 
     def __init__(
-        self, relay: RelayService, reactor: Any, spawn: Callable[..., Any] | None = None
+        self, relay: Supervised, reactor: Any, spawn: Callable[..., Any] | None = None
     ) -> None:
         self._relay = relay
         self._reactor = reactor
@@ -269,22 +367,54 @@ class WorkerPool(Service):
         self.restarted[index] = self.restarted.get(index, 0) + 1
         self._restarts[index] = self.clock.callLater(delay, self._start, index)
 
-    def ask(self, op: str, **arguments: Any) -> Deferred[list[tuple[int, Any]]]:
+    def status(self) -> Deferred[list[tuple[int, dict[str, Any] | Failure]]]:
+        """
+        Ask every other worker for its whole status.
+
+        @return: A L{Deferred} firing as L{each}'s.
+        """
+        return self.each(lambda worker: worker.status())
+
+    def metrics(self) -> Deferred[list[tuple[int, str | Failure]]]:
+        """
+        Ask every other worker for its metrics page.
+
+        @return: A L{Deferred} firing as L{each}'s.
+        """
+        return self.each(lambda worker: worker.metrics())
+
+    def reload(self) -> Deferred[None]:
+        """
+        Tell every other worker to reload; log the ones that failed.
+        """
+        return self._tell("reload", lambda worker: worker.reload())
+
+    def act(self, route: str, backend: str, action: str) -> Deferred[None]:
+        """
+        Tell every other worker to drain, enable or disable a backend; log
+        the ones that failed.
+        """
+        return self._tell("act", lambda worker: worker.act(route, backend, action))
+
+    def each(
+        self, call: Callable[[WorkerProcess], Deferred[_T]]
+    ) -> Deferred[list[tuple[int, _T | Failure]]]:
         """
         Send a command to every other worker.
 
+        @param call: Sends the command to one worker.
         @return: A L{Deferred} firing with C{(index, answer)} for workers
             1 to N-1, in order; the answer is a L{Failure} for a worker
             that is not running, did not answer, or reported an error.
         """
         indices = range(1, self.count)
-        waits = []
+        waits: list[Deferred[_T]] = []
         for index in indices:
             worker = self.workers.get(index)
             if worker is None:
                 waits.append(fail(WorkerGone(f"worker {index} is not running")))
             else:
-                waits.append(worker.ask(op, **arguments))
+                waits.append(call(worker))
         d = DeferredList(waits, consumeErrors=True)
         return d.addCallback(
             lambda results: [
@@ -293,12 +423,14 @@ class WorkerPool(Service):
             ]
         )
 
-    def tell(self, op: str, **arguments: Any) -> Deferred[None]:
+    def _tell(
+        self, op: str, call: Callable[[WorkerProcess], Deferred[None]]
+    ) -> Deferred[None]:
         """
         Send a command to every other worker and log the ones that failed.
         """
 
-        def check(answers: list[tuple[int, Any]]) -> None:
+        def check(answers: list[tuple[int, None | Failure]]) -> None:
             for index, answer in answers:
                 if isinstance(answer, Failure):
                     self.log.error(
@@ -308,7 +440,7 @@ class WorkerPool(Service):
                         error=answer.getErrorMessage(),
                     )
 
-        return self.ask(op, **arguments).addCallback(check)
+        return self.each(call).addCallback(check)
 
     def stopService(self) -> Deferred[None]:
         """
