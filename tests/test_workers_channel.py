@@ -8,6 +8,9 @@ transport and pumped by hand, with a L{Clock} for the answer timeout.
 
 from __future__ import annotations
 
+import ast
+import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,8 +30,11 @@ from wsrelay.workers import (
     WorkerGone,
     WorkerPool,
     WorkerProcess,
+    workerRows,
 )
 from wsrelay.workers.commands import CommandFailed, ConfigRejected, NoSuchBackend
+
+WORKERS = Path(__file__).resolve().parent.parent / "wsrelay" / "workers"
 
 
 class FakeAnswers:
@@ -335,3 +341,79 @@ class RelayAnswersTests(SynchronousTestCase):
         answers = RelayAnswers(relay, dict, str)  # type: ignore[arg-type]
         e = self.assertRaises(NoSuchBackend, answers.act, "a", "b", "drain")
         self.assertEqual(str(e), str(KeyError("no backend b")))
+
+
+class RowsTests(SynchronousTestCase):
+    """
+    The C{workers} rows of C{/status}, from the pool and the answers.
+    """
+
+    def test_rows(self) -> None:
+        """
+        Worker 0's row from its own status, then one per other worker: its
+        status, or the error of one that did not answer; each with its
+        restarts.
+        """
+        channel = Channel(count=3)
+        channel.pool.restarted[1] = 2
+        own = {"clients": 5, "handshakes": {"count": 9}, "uptime": 1.0}
+        rows = workerRows(
+            channel.pool,
+            own,
+            [
+                (1, {"clients": 3, "handshakes": {"count": 7}, "uptime": 2.0}),
+                (2, Failure(WorkerGone("worker 2 is not running"))),
+            ],
+        )
+        self.assertEqual(
+            rows,
+            [
+                {
+                    "worker": 0,
+                    "pid": os.getpid(),
+                    "clients": 5,
+                    "handshakes": 9,
+                    "uptime": 1.0,
+                },
+                {
+                    "worker": 1,
+                    "pid": FakeProcess.pid,
+                    "clients": 3,
+                    "handshakes": 7,
+                    "uptime": 2.0,
+                    "restarts": 2,
+                },
+                {
+                    "worker": 2,
+                    "pid": None,
+                    "error": "worker 2 is not running",
+                    "restarts": 0,
+                },
+            ],
+        )
+
+
+class ImportTests(SynchronousTestCase):
+    """
+    The workers package does not import the admin API, which imports it
+    (for the rows): no import cycle, not even inside a function.
+    """
+
+    def test_noAdminImport(self) -> None:
+        """
+        No module of L{wsrelay.workers} imports L{wsrelay.admin}.
+        """
+        imported = []
+        paths = sorted(WORKERS.glob("*.py")) or [WORKERS.with_suffix(".py")]
+        for path in paths:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module is not None:
+                    names = [node.module] + [
+                        f"{node.module}.{a.name}" for a in node.names
+                    ]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                imported += [(path.name, n) for n in names if "wsrelay.admin" in n]
+        self.assertEqual(imported, [])

@@ -595,7 +595,7 @@ class AdminResource(Resource):
             d = pool.status().addCallback(
                 lambda answers: (
                     200,
-                    {**own, "workers": workerRows(relay, own, answers)},
+                    {**own, "workers": workerRows(pool, own, answers)},
                 )
             )
             return _later(request, d)

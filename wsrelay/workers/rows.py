@@ -12,18 +12,20 @@ from typing import TYPE_CHECKING, Any
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.workers.supervisor import WorkerPool
 
 
 def workerRows(
-    relay: RelayService, own: dict[str, Any], answers: Sequence[tuple[int, Any]]
+    pool: WorkerPool, own: dict[str, Any], answers: Sequence[tuple[int, Any]]
 ) -> list[dict[str, Any]]:
     """
+    @param pool: Worker 0's pool of the other workers.
+    @param own: Worker 0's status.
+    @param answers: The other workers' statuses, as L{WorkerPool.status}
+        gives them.
     @return: One row per worker for C{/status}: its number, process id,
         client connections and handshakes, or why it did not answer.
     """
-    pool = relay.workerPool
-    assert pool is not None
     rows = [_row(0, os.getpid(), own)]
     for index, answer in answers:
         worker = pool.workers.get(index)
