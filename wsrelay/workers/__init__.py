@@ -24,22 +24,21 @@ Modules: L{spec <wsrelay.workers.spec>} (the C{--worker} argument),
 L{ports <wsrelay.workers.ports>} (shared listening ports),
 L{commands <wsrelay.workers.commands>} (the AMP commands),
 L{supervisor <wsrelay.workers.supervisor>} (worker 0's side),
+L{process <wsrelay.workers.process>} (worker 0's end of one worker's pipes),
 L{worker <wsrelay.workers.worker>} (the other workers' side) and
 L{rows <wsrelay.workers.rows>} (the admin API's C{workers} rows).
 """
 
 from wsrelay.workers.ports import SharedPorts
+from wsrelay.workers.process import ANSWER_TIMEOUT, WorkerGone, WorkerProcess
 from wsrelay.workers.rows import workerRows
 from wsrelay.workers.spec import WorkerSpec
 from wsrelay.workers.supervisor import (
-    ANSWER_TIMEOUT,
     RESTART_CAP,
     RESTART_DELAY,
     STABLE_AFTER,
     STOP_GRACE,
-    WorkerGone,
     WorkerPool,
-    WorkerProcess,
 )
 from wsrelay.workers.worker import (
     Answers,
