@@ -102,8 +102,13 @@ class Listener(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(
+        self, reactor: Any, description: str, factory: Any, listenOn: Any = None
+    ) -> None:
         self._reactor = reactor
+        # What the endpoint listens with: the reactor, or the workers'
+        # SharedPorts.
+        self._listenOn = reactor if listenOn is None else listenOn
         self.description = description
         self._factory = factory
         self.port: IListeningPort | None = None
@@ -116,7 +121,7 @@ class Listener(Service):
         and stops the relay.
         """
         super().startService()
-        endpoint = listenerEndpoint(self._reactor, self.description)
+        endpoint = listenerEndpoint(self._listenOn, self.description)
         d = endpoint.listen(self._factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
@@ -213,12 +218,14 @@ class RelayService(MultiService):
         self.worker = 0 if worker is None else worker.index
         self.listeners = []
         for i, description in enumerate(config.listen):
-            listenOn = reactor
+            listenOn = None
             if config.workers > 1:
                 listenOn = SharedPorts(
                     reactor, None if worker is None else worker.ports[i]
                 )
-            self.listeners.append(Listener(listenOn, description, self.frontendFactory))
+            self.listeners.append(
+                Listener(reactor, description, self.frontendFactory, listenOn)
+            )
         for listener in self.listeners:
             listener.setServiceParent(self)
         self.workerPool: WorkerPool | None = None
@@ -483,9 +490,7 @@ class RelayService(MultiService):
         elif action == "drain":
             self._drainLater(backend)
         if self.workerPool is not None:
-            self.workerPool.tell(
-                "act", route=routeName, backend=backendName, action=action
-            )
+            self.workerPool.act(routeName, backendName, action)
         return backend
 
     def _drainLater(self, backend: Backend) -> None:
@@ -541,7 +546,7 @@ class RelayService(MultiService):
             routes=len(config.routes),
         )
         if self.workerPool is not None:
-            return self.workerPool.tell("reload")
+            return self.workerPool.reload()
         return succeed(None)
 
     def _apply(self, config: RelayConfig) -> None:

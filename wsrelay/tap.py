@@ -20,7 +20,7 @@ from twisted.python import usage
 from wsrelay.config import ConfigError, RelayConfig, loadConfig
 from wsrelay.descriptors import raiseLimit
 from wsrelay.memory import installReporter
-from wsrelay.workers import ControlService, WorkerSpec
+from wsrelay.workers import ControlService, RelayAnswers, WorkerSpec
 
 if TYPE_CHECKING:
     from wsrelay.service import RelayService
@@ -226,5 +226,8 @@ def makeService(options: Any) -> IService:
     relay.setServiceParent(top)
     ProcessControl(reactor, relay).setServiceParent(top)
     if options["workerSpec"] is not None:
-        ControlService(relay, reactor).setServiceParent(top)
+        from wsrelay.admin import metricsText, status
+
+        answers = RelayAnswers(relay, status, metricsText)
+        ControlService(answers, reactor).setServiceParent(top)
     return top

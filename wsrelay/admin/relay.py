@@ -41,14 +41,14 @@ class WorkersView:
         @return: A L{Deferred} that fires with each other worker's number
             and status, or the failure it gave.
         """
-        return self._pool.ask("status")
+        return self._pool.status()
 
     def metricsPages(self) -> Deferred[list[tuple[int, Any]]]:
         """
         @return: A L{Deferred} that fires with each other worker's number
             and metrics page, or the failure it gave.
         """
-        return self._pool.ask("metrics")
+        return self._pool.metrics()
 
     def statusOf(self, index: int) -> Deferred[Any] | None:
         """
@@ -56,7 +56,7 @@ class WorkersView:
             L{None} when that worker is not running.
         """
         worker = self._pool.workers.get(index)
-        return None if worker is None else worker.ask("status")
+        return None if worker is None else worker.status()
 
     def pid(self, index: int) -> int | None:
         """
