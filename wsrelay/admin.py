@@ -45,12 +45,11 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from wsrelay import __version__
 from wsrelay.config import ConfigError, redactURL
 from wsrelay.plugins import PluginError
-from wsrelay.workers import workerRows
 
 if TYPE_CHECKING:
     from wsrelay.fanout import Channel
+    from wsrelay.operations import RelayStatus
     from wsrelay.routing import Backend, Route
-    from wsrelay.service import RelayService
 
 #: The values of L{wsrelay.routing.Backend.state}.
 STATES = ("up", "down", "draining", "disabled")
@@ -72,7 +71,7 @@ def _check(check: tuple[float, bool, str] | None) -> dict[str, Any] | None:
     return {"time": time, "ok": ok, "reason": reason}
 
 
-def backendStatus(relay: RelayService, route: Route, backend: Backend) -> Any:
+def backendStatus(relay: RelayStatus, route: Route, backend: Backend) -> Any:
     """
     @return: The state and counters of one backend of C{route}, as JSON
         values.
@@ -113,7 +112,7 @@ def channelStatus(channel: Channel) -> Any:
     }
 
 
-def _routes(relay: RelayService) -> list[tuple[Route, bool, list[Channel]]]:
+def _routes(relay: RelayStatus) -> list[tuple[Route, bool, list[Channel]]]:
     """
     @return: The routes in force, then those a reload removed whose
         channels still serve clients; each with whether it was removed and
@@ -132,7 +131,7 @@ def _routes(relay: RelayService) -> list[tuple[Route, bool, list[Channel]]]:
     ]
 
 
-def status(relay: RelayService) -> Any:
+def status(relay: RelayStatus) -> Any:
     """
     @return: What C{GET /status} answers, as JSON values: the relay's
         version, clock (C{time}) and uptime, its listeners, and the state
@@ -177,7 +176,7 @@ def status(relay: RelayService) -> Any:
 # GET /metrics
 
 
-def metricsText(relay: RelayService) -> str:
+def metricsText(relay: RelayStatus) -> str:
     """
     @return: The relay's metrics page (Prometheus' text format).
     """
@@ -236,7 +235,7 @@ class RelayCollector:
     scraped.
     """
 
-    def __init__(self, relay: RelayService) -> None:
+    def __init__(self, relay: RelayStatus) -> None:
         self._relay = relay
 
     def collect(self) -> Iterator[Metric]:
@@ -494,7 +493,7 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, relay: RelayService) -> None:
+    def __init__(self, relay: RelayStatus) -> None:
         super().__init__()
         self._relay = relay
 
@@ -595,7 +594,7 @@ class AdminResource(Resource):
             d = pool.ask("status").addCallback(
                 lambda answers: (
                     200,
-                    {**own, "workers": workerRows(relay, own, answers)},
+                    {**own, "workers": pool.rows(own, answers)},
                 )
             )
             return _later(request, d)
@@ -700,7 +699,7 @@ class AdminSite(Site):
         )
 
 
-def adminSite(relay: RelayService) -> Site:
+def adminSite(relay: RelayStatus) -> Site:
     """
     @return: The admin listener's site for C{relay}.
     """

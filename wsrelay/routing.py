@@ -17,7 +17,7 @@ import string
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import implementer
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import BackendConfig, RouteConfig
-    from wsrelay.health import HealthMonitor
     from wsrelay.interfaces import IBalancer
 
 
@@ -177,6 +176,34 @@ class ConnectionInfo:
     cookies: Mapping[str, str] = field(default_factory=dict)
 
 
+class Monitor(Protocol):
+    """
+    What a route's health monitor (L{wsrelay.health.HealthMonitor}) does
+    for the relay: run the active checks, and hear what real connections
+    show (passive health).
+    """
+
+    def start(self) -> None:
+        """
+        Start the active checks.
+        """
+
+    def stop(self) -> None:
+        """
+        Stop them.
+        """
+
+    def failed(self, backend: Backend, reason: str) -> None:
+        """
+        A connection to C{backend} failed.
+        """
+
+    def succeeded(self, backend: Backend) -> None:
+        """
+        A connection to C{backend} opened.
+        """
+
+
 @dataclass(frozen=True)
 class Route:
     """
@@ -187,7 +214,7 @@ class Route:
     config: RouteConfig
     backends: tuple[Backend, ...]
     balancer: IBalancer
-    monitor: HealthMonitor
+    monitor: Monitor
 
     @property
     def name(self) -> str:
@@ -299,13 +326,21 @@ def matchPrefix(prefix: str, path: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass
 class RouteTable:
     """
-    All routes, looked up by host and path.
+    All routes, looked up by host and path.  One table lives as long as
+    the relay; a reload puts the new routes in it (L{install}), so that
+    everything holding the table sees them.
     """
 
     routes: tuple[Route, ...]
+
+    def install(self, routes: tuple[Route, ...]) -> None:
+        """
+        Make C{routes} the routes in force.
+        """
+        self.routes = routes
 
     def match(self, host: str | None, path: str) -> tuple[Route, str] | None:
         """

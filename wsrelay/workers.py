@@ -46,7 +46,7 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.operations import RelayStatus
 
 #: Seconds a worker has to answer a command.
 ANSWER_TIMEOUT = 5.0
@@ -261,7 +261,7 @@ class WorkerPool(Service):
     log = Logger()
 
     def __init__(
-        self, relay: RelayService, reactor: Any, spawn: Callable[..., Any] | None = None
+        self, relay: RelayStatus, reactor: Any, spawn: Callable[..., Any] | None = None
     ) -> None:
         self._relay = relay
         self._reactor = reactor
@@ -370,6 +370,14 @@ class WorkerPool(Service):
         self.restarted[index] = self.restarted.get(index, 0) + 1
         self._restarts[index] = self.clock.callLater(delay, self._start, index)
 
+    def rows(
+        self, own: dict[str, Any], answers: Sequence[tuple[int, Any]]
+    ) -> list[dict[str, Any]]:
+        """
+        @return: The rows of C{/status} for every worker (L{workerRows}).
+        """
+        return workerRows(self, own, answers)
+
     def ask(self, op: str, **arguments: Any) -> Deferred[list[tuple[int, Any]]]:
         """
         Send a command to every other worker.
@@ -455,7 +463,7 @@ class WorkerControl(Protocol):
 
     log = Logger()
 
-    def __init__(self, relay: RelayService, reactor: Any) -> None:
+    def __init__(self, relay: RelayStatus, reactor: Any) -> None:
         self._relay = relay
         self._reactor = reactor
         self._buffer = bytearray()
@@ -508,7 +516,7 @@ class ControlService(Service):
     Listens for commands from worker 0 while a worker runs.
     """
 
-    def __init__(self, relay: RelayService, reactor: Any) -> None:
+    def __init__(self, relay: RelayStatus, reactor: Any) -> None:
         self._relay = relay
         self._reactor = reactor
 
@@ -525,14 +533,12 @@ class ControlService(Service):
 
 
 def workerRows(
-    relay: RelayService, own: dict[str, Any], answers: Sequence[tuple[int, Any]]
+    pool: WorkerPool, own: dict[str, Any], answers: Sequence[tuple[int, Any]]
 ) -> list[dict[str, Any]]:
     """
     @return: One row per worker for C{/status}: its number, process id,
         client connections and handshakes, or why it did not answer.
     """
-    pool = relay.workerPool
-    assert pool is not None
     rows = [_row(0, os.getpid(), own)]
     for index, answer in answers:
         worker = pool.workers.get(index)
