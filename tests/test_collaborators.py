@@ -2,7 +2,8 @@
 """
 Tests for how the relay's parts are wired: a session, a channel or a
 client's protocol gets the few collaborators it uses, never the relay
-service (L{wsrelay.service.RelayService}).
+service (L{wsrelay.service.RelayService}); the listeners are Twisted's
+services.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from collections.abc import Iterator
 from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from wsrelay.config import parseConfig
 from wsrelay.fanout import FanoutSession
-from wsrelay.service import RelayService
+from wsrelay.service import Listener, RelayService
 from wsrelay.session import ProxySession
 
 _ATOMS = (type, ModuleType, str, bytes, bytearray, int, float, bool, type(None))
@@ -154,3 +157,90 @@ class NoRelayTests(TestCase):
         assert isinstance(session, FanoutSession)
         self.assertHoldsNoRelay(session, relay)
         self.assertHoldsNoRelay(session.channel, relay)
+
+
+class _BusyReactor(MemoryReactorClock):
+    """
+    A memory reactor whose ports are all taken, and which records what is
+    to run once it runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.whenRunning: list[Any] = []
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> Any:
+        """
+        @raise CannotListenError: Always.
+        """
+        raise CannotListenError(interface, port, OSError(98, "Address in use"))
+
+    def callWhenRunning(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        """
+        Record C{f}.
+        """
+        self.whenRunning.append(f)
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    L{Listener} is Twisted's L{StreamServerEndpointService}, which reports
+    in one line, and stops the relay, when its port cannot be had.
+    """
+
+    def test_twistedService(self) -> None:
+        """
+        A relay's listeners are L{StreamServerEndpointService}s.
+        """
+        relay = RelayService(
+            parseConfig(
+                "[relay]\nlisten = tcp:0\n[route:a]\npath = /\n"
+                "backends = ws://127.0.0.1:1/\n",
+                "t.ini",
+            ),
+            MemoryReactorClock(),
+        )
+        self.assertIsInstance(relay.listeners[0], StreamServerEndpointService)
+
+    def test_busyPort(self) -> None:
+        """
+        A port that is taken: one critical log line naming the endpoint
+        and the error, C{listening} fails, the relay's reactor is asked to
+        stop once it runs, and the listener stops cleanly.
+        """
+        events: list[dict[str, Any]] = []
+        self.patch(Listener, "log", Logger(observer=events.append))
+        reactor = _BusyReactor()
+        listener = Listener(reactor, "tcp:8080:interface=127.0.0.1", object())
+        listener.startService()
+        self.failureResultOf(listener.listening, CannotListenError)
+        self.assertTrue(listener.failed)
+        self.assertEqual(len(events), 1)
+        line = formatEvent(events[0])
+        self.assertIn("cannot listen on tcp:8080:interface=127.0.0.1", line)
+        self.assertIn("Address in use", line)
+        self.assertEqual(reactor.whenRunning, [reactor.stop])
+        self.assertIsNone(self.successResultOf(listener.stopService()))
+
+    def test_listening(self) -> None:
+        """
+        A listener that listens fires C{listening} with its port, keeps it
+        as C{port}, and stops listening when stopped.
+        """
+        reactor = MemoryReactorClock()
+        listener = Listener(reactor, "tcp:0:interface=127.0.0.1", object())
+        listener.startService()
+        port = self.successResultOf(listener.listening)
+        self.assertIs(listener.port, port)
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.successResultOf(listener.stopService())
+        self.assertIsNone(listener.port)
+
+    def test_stopUnstarted(self) -> None:
+        """
+        Stopping a listener that never started is a no-op.
+        """
+        listener = Listener(MemoryReactorClock(), "tcp:0", object())
+        self.assertIsNone(self.successResultOf(listener.stopService()))

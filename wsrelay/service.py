@@ -13,7 +13,8 @@ is made of, each passed to whoever needs it.
       and channels, and the opening of new ones;
     - L{Operations} (L{wsrelay.operations}): drain, disable, enable,
       reload, for the admin listener, the workers and SIGHUP;
-    - L{Listener}s, one for each endpoint string.
+    - L{Listener}s: Twisted's L{StreamServerEndpointService} for each
+      endpoint string.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wsrelay.admission import Admission
 from wsrelay.connector import Connector
@@ -40,6 +44,7 @@ from wsrelay.workers import SharedPorts, WorkerPool, WorkerSpec
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
+    from twisted.python.failure import Failure
 
     from wsrelay.config import RelayConfig
     from wsrelay.fanout import Channel, FanoutSession
@@ -47,64 +52,105 @@ if TYPE_CHECKING:
     from wsrelay.session import ProxySession
 
 
-class Listener(Service):
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
     """
-    Listens on one server endpoint string while running.
+    The endpoint of a L{Listener}: parses its endpoint string when it
+    listens, and reports the outcome in one log line; a port that cannot be
+    had stops the relay.
+    """
 
+    def __init__(self, listener: Listener, reactor: Any) -> None:
+        self._listener = listener
+        self._reactor = reactor
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        """
+        Listen on the listener's endpoint string.
+
+        @return: A L{Deferred} that fires with the port, or with L{None}
+            when it cannot be had (logged here, in one line, so that
+            L{StreamServerEndpointService} has nothing to log).
+        """
+        listener = self._listener
+        endpoint = listenerEndpoint(self._reactor, listener.description)
+        d: Deferred[Any] = endpoint.listen(factory)
+        d.addCallbacks(self._listening, self._failed)
+        return d
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        listener = self._listener
+        listener.port = port
+        listener.log.info(
+            "listening on {description} (port {port})",
+            description=listener.description,
+            port=getattr(port.getHost(), "port", None),
+        )
+        listener.listening.callback(port)
+        return port
+
+    def _failed(self, f: Failure) -> None:
+        listener = self._listener
+        if f.check(CancelledError):
+            # Stopped before it listened: nothing to report.
+            return
+        listener.failed = True
+        listener.log.critical(
+            "cannot listen on {description}: {error}",
+            description=listener.description,
+            error=f.getErrorMessage(),
+        )
+        listener.listening.errback(f)
+        # twistd starts services before the reactor runs.
+        self._reactor.callWhenRunning(self._reactor.stop)
+
+
+class Listener(StreamServerEndpointService):
+    """
+    Twisted's service for one server endpoint string, which also tells
+    when it listens, and whether it failed to.
+
+    @ivar description: The endpoint string.
     @ivar port: The listening port, once listening.
+    @ivar listening: Fires with the port, or fails.
+    @ivar failed: Whether the port could not be had.
     """
 
     log = Logger()
 
     def __init__(self, reactor: Any, description: str, factory: Any) -> None:
-        self._reactor = reactor
         self.description = description
-        self._factory = factory
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
         self.failed = False
+        super().__init__(_ReportingEndpoint(self, reactor), factory)
+
+    def privilegedStartService(self) -> None:
+        """
+        Nothing yet: the listener listens when it starts (L{startService}),
+        after the relay logged its start, as before twistd's privileged
+        start existed for it.
+        """
+        Service.privilegedStartService(self)
 
     def startService(self) -> None:
         """
-        Start listening; a port that cannot be had is one line in the log
-        and stops the relay.
+        Listen (Twisted's L{StreamServerEndpointService} does).
         """
-        super().startService()
-        endpoint = listenerEndpoint(self._reactor, self.description)
-        d = endpoint.listen(self._factory)
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
-            self.log.info(
-                "listening on {description} (port {port})",
-                description=self.description,
-                port=getattr(port.getHost(), "port", None),
-            )
-            self.listening.callback(port)
-            return port
-
-        def failed(f: Any) -> None:
-            self.failed = True
-            self.log.critical(
-                "cannot listen on {description}: {error}",
-                description=self.description,
-                error=f.getErrorMessage(),
-            )
-            self.listening.errback(f)
-            # twistd starts services before the reactor runs.
-            self._reactor.callWhenRunning(self._reactor.stop)
-
-        d.addCallbacks(listening, failed)
+        Service.startService(self)
+        StreamServerEndpointService.privilegedStartService(self)
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop listening.
+        Stop listening (or trying to).
         """
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
+        self.port = None
+        if self._waitingForPort is None:
+            # Never started.
+            self.running = False
             return succeed(None)
-        return port.stopListening()  # type: ignore[return-value]
+        d: Deferred[None] = super().stopService()
+        return d
 
 
 class RelayService(MultiService):
