@@ -556,7 +556,7 @@ class AdminResource(Resource):
 
         @return: L{None} when it is right, else the body of the refusal.
         """
-        token = self._relay.adminToken()
+        token = self._relay.operations.adminToken()
         if token is None:
             return _error(request, 403, "admin actions are off: no admin_token_file")
         scheme, _, given = (request.getHeader(b"authorization") or b"").partition(b" ")
@@ -637,7 +637,7 @@ class AdminResource(Resource):
         """
         relay = self._relay
         try:
-            b = relay.setBackendState(route, backend, action)
+            b = relay.operations.setBackendState(route, backend, action)
         except KeyError as e:
             return _error(request, 404, str(e.args[0]) if e.args else "not found")
         r = relay.routes.byName(route)
@@ -667,7 +667,8 @@ class AdminResource(Resource):
             return 500, {"error": "reload failed; see the log"}
 
         return _later(
-            request, maybeDeferred(relay.reload).addCallbacks(reloaded, failed)
+            request,
+            maybeDeferred(relay.operations.reload).addCallbacks(reloaded, failed),
         )
 
 

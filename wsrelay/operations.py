@@ -77,8 +77,9 @@ class ListenerStatus(Protocol):
 
 class RelayStatus(Protocol):
     """
-    What the admin listener and the workers read of a running relay, and
-    the operations they run on it (L{wsrelay.service.RelayService}).
+    What the admin listener and the workers read of a running relay
+    (L{wsrelay.service.RelayService}), and its L{Operations}, which they
+    run.
     """
 
     clock: IReactorTime
@@ -126,21 +127,6 @@ class RelayStatus(Protocol):
     def whenListening(self) -> Deferred[list[IListeningPort]]:
         """
         @return: A L{Deferred} that fires with every listening port.
-        """
-
-    def adminToken(self) -> str | None:
-        """
-        @return: The admin API's bearer token, or L{None}.
-        """
-
-    def setBackendState(self, routeName: str, backendName: str, action: str) -> Backend:
-        """
-        Drain, disable or enable a backend of a route.
-        """
-
-    def reload(self) -> Deferred[None]:
-        """
-        Read the configuration file again and apply it.
         """
 
 

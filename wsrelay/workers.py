@@ -488,9 +488,9 @@ class WorkerControl(Protocol):
         if op == "metrics":
             return admin.metricsText(relay)
         if op == "reload":
-            return relay.reload().addCallback(lambda _: "reloaded")
+            return relay.operations.reload().addCallback(lambda _: "reloaded")
         if op == "act":
-            relay.setBackendState(
+            relay.operations.setBackendState(
                 command["route"], command["backend"], command["action"]
             )
             return "done"
