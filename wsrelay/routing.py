@@ -68,7 +68,7 @@ class Backend:
         or L{None} before the first.
     @ivar checks: The last few active checks, oldest first.
     @ivar sentMessages: Messages sent to it by connections now closed
-        (L{wsrelay.service.RelayService.traffic} adds the open ones).
+        (L{wsrelay.registry.Registry.traffic} adds the open ones).
     @ivar sentBytes: Payload bytes of those.
     @ivar receivedMessages: Messages received from it, likewise.
     @ivar receivedBytes: Payload bytes of those.
