@@ -250,7 +250,7 @@ class ShortageTests(SynchronousTestCase):
         @return: How the relay refuses a client whose upstream it opens.
         """
         d = Deferred.fromCoroutine(
-            self.relay.openUpstream(
+            self.relay.connector.openUpstream(
                 self.route,
                 ConnectionInfo("127.0.0.1", "/", "", ()),
                 lambda backend: ("/", []),
@@ -295,7 +295,7 @@ class ShortageTests(SynchronousTestCase):
         self.openUpstream()
         self.assertEqual(len(self.events), 3)
         self.assertEqual(self.events[2]["refused"], 1)
-        self.assertEqual(self.relay.shortage.refused, 21)
+        self.assertEqual(self.relay.connector.shortage.refused, 21)
 
     def test_lastBurstReported(self) -> None:
         """
@@ -317,7 +317,7 @@ class ShortageTests(SynchronousTestCase):
         self.assertIn("refused 4 more new clients", formatEvent(self.events[1]))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         for _ in range(3):
-            self.relay.shortage.occurred("no descriptor")
+            self.relay.connector.shortage.occurred("no descriptor")
         self.successResultOf(self.relay.stopService())
         self.assertEqual(self.events[-1]["suppressed"], 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -362,10 +362,14 @@ class ShortageTests(SynchronousTestCase):
             one.failures = two.failures = 0
             one.endpoint = _FailingEndpoint(error)
             two.endpoint = _FailingEndpoint(error)
-            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+            self.relay.connector.shortage = Shortage(
+                self.clock, None, canOpen=lambda: True
+            )
             self.assertEqual(self.openUpstream().code, 502, error)
             self.assertEqual((one.failures, two.failures), (1, 1), error)
-            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: False)
+            self.relay.connector.shortage = Shortage(
+                self.clock, None, canOpen=lambda: False
+            )
             refused = self.openUpstream()
             self.assertEqual(refused.code, 503, error)
             self.assertIn(("Retry-After", "1"), refused.headers)
@@ -383,7 +387,7 @@ class ShortageTests(SynchronousTestCase):
             backend.endpoint = _FailingEndpoint(
                 ConnectBindError(errno.EMFILE, "Too many open files")
             )
-        self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+        self.relay.connector.shortage = Shortage(self.clock, None, canOpen=lambda: True)
         self.assertEqual(self.openUpstream().code, 503)
         for backend in (one, two):
             backend.endpoint = _FailingEndpoint(DNSLookupError("lookup failed"))

@@ -74,7 +74,9 @@ class ChannelKeyTests(SynchronousTestCase):
         """
         relay, _ = relayFor("channel = path\n")
         route = relay.routes.routes[0]
-        channel = Channel(relay, route, "/AAPL?x=1")
+        channel = Channel(
+            route, "/AAPL?x=1", relay.connector, relay.registry, relay.clock
+        )
         self.assertEqual(channel._request(route.backends[0]), ("/src/AAPL?x=1", []))
 
 
@@ -89,7 +91,9 @@ class BackoffTests(SynchronousTestCase):
         The n-th wait lies between half and all of C{base * 2**n}, capped.
         """
         relay, clock = relayFor("backoff_base = 1\nbackoff_cap = 8\n")
-        channel = Channel(relay, relay.routes.routes[0], "")
+        channel = Channel(
+            relay.routes.routes[0], "", relay.connector, relay.registry, relay.clock
+        )
         channel.random.seed(7)
         delays = []
         for _ in range(6):
@@ -108,7 +112,9 @@ class BackoffTests(SynchronousTestCase):
         Stopping a waiting channel cancels its next attempt.
         """
         relay, clock = relayFor("")
-        channel = Channel(relay, relay.routes.routes[0], "")
+        channel = Channel(
+            relay.routes.routes[0], "", relay.connector, relay.registry, relay.clock
+        )
         channel._retry()
         self.successResultOf(channel.stop())
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -118,7 +124,7 @@ class BackoffTests(SynchronousTestCase):
         A lazy channel stays idle (no connect) until a client joins.
         """
         relay, clock = relayFor("connect = lazy\n")
-        channel = relay.channel(relay.routes.routes[0], "")
+        channel = relay.sessionFactory.channel(relay.routes.routes[0], "")
         relay.startService()
         self.addCleanup(relay.stopService)
         self.assertEqual(channel.state, IDLE)

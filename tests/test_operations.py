@@ -442,7 +442,9 @@ class AccessLogTests(TestCase):
         await inThread(talk)
         raw = await inThread(rawExchange, port, rawRequest(port, "/nowhere"))
         self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:40])
-        await waitFor(lambda: not relay.sessions and relay.clientConnections == 0)
+        await waitFor(
+            lambda: not relay.sessions and relay.admission.clientConnections == 0
+        )
         route = relay.routes.routes[0]
         self.assertEqual(relay.traffic(route, route.backends[0])[0], 1)
         self.assertEqual(events, [])

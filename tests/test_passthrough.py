@@ -300,7 +300,8 @@ class PipeLeg:
 
 class PipeSession:
     """
-    Stands for a L{ProxySession}: the relay's configuration and clock.
+    Stands for a L{ProxySession} (a L{wsrelay.roles.PipeOwner}): the
+    relay's configuration and clock.
     """
 
     def __init__(self, clock: Clock, closeTimeout: float) -> None:
@@ -311,7 +312,8 @@ class PipeSession:
             pingInterval=0,
             closeTimeout=closeTimeout,
         )
-        self.relay = type("Relay", (), {"config": config, "clock": clock})()
+        self.config = config
+        self.clock = clock
         self.closedBy: str | None = None
 
 

@@ -27,11 +27,12 @@ from wsrelay.legs import OPEN
 from wsrelay.routing import Backend, ConnectionInfo, Route
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer, IDelayedCall
+    from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 
-    from wsrelay.config import FanoutRouteConfig
-    from wsrelay.frontend import FrontendProtocol
-    from wsrelay.service import RelayService
+    from wsrelay.config import FanoutRouteConfig, RelayConfig
+    from wsrelay.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.roles import SessionRegistry, Upstreams
+    from wsrelay.stats import Histogram
     from wsrelay.upstream import UpstreamProtocol
 
 TEXT = 1
@@ -119,8 +120,20 @@ class Channel:
 
     log = Logger()
 
-    def __init__(self, relay: RelayService, route: Route, key: str) -> None:
-        self.relay = relay
+    def __init__(
+        self,
+        route: Route,
+        key: str,
+        upstreams: Upstreams,
+        registry: SessionRegistry,
+        clock: IReactorTime,
+    ) -> None:
+        """
+        @param upstreams: Opens the source's connection.
+        @param registry: Told when the channel ends.
+        """
+        self.upstreams = upstreams
+        self.registry = registry
         self.route = route
         self.key = key
         self.state = IDLE
@@ -136,7 +149,7 @@ class Channel:
         self.clientDrops = 0
         self.connects = 0
         self.random = random.Random()
-        self._clock = relay.clock
+        self._clock = clock
         self._message = Assembler()
         self._failures = 0
         self._opening: Deferred[Any] | None = None
@@ -210,7 +223,7 @@ class Channel:
         self.log.info("channel {channel}: no clients, closing", channel=self.name)
         self._halt(IDLE, 1000, b"no clients")
         if self.routeConfig.channel == "path":
-            self.relay.channelEnded(self)
+            self.registry.channelEnded(self)
 
     # The upstream.
 
@@ -223,7 +236,7 @@ class Channel:
         route = self.route
         info = ConnectionInfo("", route.config.path + self.key, "", ())
         d = Deferred.fromCoroutine(
-            self.relay.openUpstream(
+            self.upstreams.openUpstream(
                 route, info, self._request, (), self._lost, float("inf")
             )
         )
@@ -384,7 +397,7 @@ class Channel:
             code=getattr(leg, "remoteCloseCode", None),
         )
         if backend is not None and not getattr(leg, "wasClean", False):
-            self.relay.backendFailed(self.route, backend, "connection lost")
+            self.upstreams.backendFailed(self.route, backend, "connection lost")
         self._lost = backend
         self._retry()
 
@@ -423,7 +436,7 @@ class Channel:
         self.retired = True
         if not self.members:
             self._halt(IDLE, 1000, b"route removed")
-            self.relay.channelEnded(self)
+            self.registry.channelEnded(self)
 
     def _halt(self, state: str, code: int, reason: bytes) -> None:
         self.state = state
@@ -483,12 +496,31 @@ class FanoutSession:
     log = Logger()
 
     def __init__(
-        self, relay: RelayService, channel: Channel, frontend: FrontendProtocol
+        self,
+        channel: Channel,
+        frontend: FrontendProtocol,
+        *,
+        registry: SessionRegistry,
+        addresses: ClientAddresses,
+        clock: IReactorTime,
+        config: RelayConfig,
+        latency: Histogram,
     ) -> None:
-        self.relay = relay
+        """
+        @param registry: Told when the client is gone.
+        @param addresses: Says who the client is (for the access log).
+        @param clock: Times the session.
+        @param config: The relay's configuration when the client came.
+        @param latency: Where the handshake's duration goes.
+        """
+        self.registry = registry
+        self.addresses = addresses
+        self.clock = clock
+        self.config = config
+        self.latency = latency
         self.channel = channel
         self.frontend = frontend
-        self.startedAt = relay.clock.seconds()
+        self.startedAt = clock.seconds()
         self.openedAt = self.startedAt
         self.mark = 0
         self.route = channel.route
@@ -525,8 +557,8 @@ class FanoutSession:
         self._write = self.frontend.writer()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
-        self.openedAt = self.relay.clock.seconds()
-        self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
+        self.openedAt = self.clock.seconds()
+        self.latency.observe(self.openedAt - self.startedAt)
         self.channel.join(self)
 
     def send(self, data: bytes, count: int = 1) -> None:
@@ -618,7 +650,7 @@ class FanoutSession:
         if self._joined:
             self.channel.leave(self)
             self._logAccess()
-        self.relay.sessionEnded(self)
+        self.registry.sessionEnded(self)
         if not self.done.called:
             self.done.callback(None)
 
@@ -626,17 +658,17 @@ class FanoutSession:
         """
         One event per client, when it leaves the channel.
         """
-        if not self.relay.config.accessLog:
+        if not self.config.accessLog:
             return
         f = self.frontend
         self.log.info(
             "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"
             " out {messagesOut} dropped {dropped} close {closeCode}",
             event="access",
-            client=self.relay.clientAddress(f) if f.transport else None,
+            client=self.addresses.clientAddress(f) if f.transport else None,
             route=self.route.name,
             channel=self.channel.key,
-            duration=self.relay.clock.seconds() - self.openedAt,
+            duration=self.clock.seconds() - self.openedAt,
             messagesIn=f.messagesIn,
             bytesIn=f.bytesIn,
             messagesOut=self.channel.messagesIn - self.mark - self.dropped,

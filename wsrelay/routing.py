@@ -16,7 +16,7 @@ import re
 import string
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import implementer
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import BackendConfig, RouteConfig
-    from wsrelay.health import HealthMonitor
     from wsrelay.interfaces import IBalancer
 
 
@@ -69,7 +68,7 @@ class Backend:
         or L{None} before the first.
     @ivar checks: The last few active checks, oldest first.
     @ivar sentMessages: Messages sent to it by connections now closed
-        (L{wsrelay.service.RelayService.traffic} adds the open ones).
+        (L{wsrelay.registry.Registry.traffic} adds the open ones).
     @ivar sentBytes: Payload bytes of those.
     @ivar receivedMessages: Messages received from it, likewise.
     @ivar receivedBytes: Payload bytes of those.
@@ -159,6 +158,34 @@ class Backend:
         return f"<Backend {self.name} {self.state}>"
 
 
+class Monitor(Protocol):
+    """
+    What a route's health monitor (L{wsrelay.health.HealthMonitor}) does
+    for the relay: run the active checks, and hear what real connections
+    show (passive health).
+    """
+
+    def start(self) -> None:
+        """
+        Start the active checks.
+        """
+
+    def stop(self) -> None:
+        """
+        Stop them.
+        """
+
+    def failed(self, backend: Backend, reason: str) -> None:
+        """
+        A connection to C{backend} failed.
+        """
+
+    def succeeded(self, backend: Backend) -> None:
+        """
+        A connection to C{backend} opened.
+        """
+
+
 @dataclass(frozen=True)
 class Route:
     """
@@ -172,7 +199,7 @@ class Route:
     config: RouteConfig
     backends: tuple[Backend, ...]
     balancer: IBalancer
-    monitor: HealthMonitor
+    monitor: Monitor
     loadListener: ILoadListener | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -288,13 +315,21 @@ def matchPrefix(prefix: str, path: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass
 class RouteTable:
     """
-    All routes, looked up by host and path.
+    All routes, looked up by host and path.  One table lives as long as
+    the relay; a reload puts the new routes in it (L{install}), so that
+    everything holding the table sees them.
     """
 
     routes: tuple[Route, ...]
+
+    def install(self, routes: tuple[Route, ...]) -> None:
+        """
+        Make C{routes} the routes in force.
+        """
+        self.routes = routes
 
     def match(self, host: str | None, path: str) -> tuple[Route, str] | None:
         """

@@ -31,11 +31,12 @@ from wsrelay.upstream import (
 )
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer, IPushProducer
+    from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 
-    from wsrelay.config import ProxyRouteConfig
-    from wsrelay.frontend import FrontendProtocol
-    from wsrelay.service import RelayService
+    from wsrelay.config import ProxyRouteConfig, RelayConfig
+    from wsrelay.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.roles import SessionRegistry, Upstreams
+    from wsrelay.stats import Histogram
 
 #: How many idle checks make up one C{idle_timeout}.
 IDLE_CHECKS = 4
@@ -106,16 +107,38 @@ class ProxySession:
     log = Logger()
 
     def __init__(
-        self, relay: RelayService, route: Route, frontend: FrontendProtocol
+        self,
+        route: Route,
+        frontend: FrontendProtocol,
+        *,
+        upstreams: Upstreams,
+        registry: SessionRegistry,
+        addresses: ClientAddresses,
+        clock: IReactorTime,
+        config: RelayConfig,
+        latency: Histogram,
     ) -> None:
-        self.relay = relay
+        """
+        @param upstreams: Opens the upstream (and hears of its failures).
+        @param registry: Told when the session ends.
+        @param addresses: Says who the client is, and what the backend is
+            told of it.
+        @param clock: Times the handshake budget and the idle timeout.
+        @param config: The relay's configuration when the client came.
+        @param latency: Where the handshake's duration goes.
+        """
+        self.upstreams = upstreams
+        self.registry = registry
+        self.addresses = addresses
+        self.config = config
+        self.latency = latency
         self.route = route
         self.frontend = frontend
         self.upstream: UpstreamProtocol | None = None
         self.backend: Backend | None = None
         self.done: Deferred[None] = Deferred()
         self.stopping = False
-        self._clock = relay.clock
+        self._clock = self.clock = clock
         self._opening: Deferred[Any] | None = None
         self._closeWaiting: RelayLeg | None = None
         #: The leg holding back its failure until the other side answers
@@ -131,7 +154,7 @@ class ProxySession:
         self.openedAt: float | None = None
         self.closedBy: str | None = None
         self.lastBackend: str | None = None
-        self.peer = relay.clientAddress(frontend)
+        self.peer = addresses.clientAddress(frontend)
         self.pipe: Pipe | None = None
         frontend.session = self
         frontend.listener = self
@@ -204,7 +227,7 @@ class ProxySession:
             except CookieError:
                 pass
         return ConnectionInfo(
-            self.relay.clientAddress(f),
+            self.addresses.clientAddress(f),
             f.path,
             f.query,
             f.head.headers,
@@ -216,13 +239,13 @@ class ProxySession:
         Open an upstream within C{handshake_timeout}.
         """
         f = self.frontend
-        return await self.relay.openUpstream(
+        return await self.upstreams.openUpstream(
             self.route,
             self.connectionInfo(),
             self.upstreamRequest,
             tuple(f.websocket_protocols),
             avoid,
-            self._clock.seconds() + self.relay.config.handshakeTimeout,
+            self._clock.seconds() + self.config.handshakeTimeout,
         )
 
     def upstreamRequest(self, backend: Backend) -> tuple[str, RequestHeaders]:
@@ -243,7 +266,7 @@ class ProxySession:
         query = "&".join(q for q in (config.query, f.query) if q)
         if query:
             resource += "?" + query
-        headers = RequestHeaders(self.relay.forwardedHeaders(f, head))
+        headers = RequestHeaders(self.addresses.forwardedHeaders(f, head))
         protocols = head.get("sec-websocket-protocol")
         if protocols:
             headers.append(("Sec-WebSocket-Protocol", protocols))
@@ -281,7 +304,7 @@ class ProxySession:
         The client got its 101: data flows both ways now.
         """
         self.openedAt = self._clock.seconds()
-        self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
+        self.latency.observe(self.openedAt - self.startedAt)
         self._pair()
         if self.routeConfig.dataPath == "passthrough":
             # Now, before Autobahn parses a byte after either 101: frames
@@ -290,7 +313,7 @@ class ProxySession:
             # handshakes' processing, with what came behind them still in
             # each leg's buffer.
             self._startPipe()
-        if self.relay.config.idleTimeout > 0:
+        if self.config.idleTimeout > 0:
             self._armIdle()
 
     def _pair(self) -> None:
@@ -464,7 +487,7 @@ class ProxySession:
         f = self.frontend
         lost = self.backend
         if lost is not None and not leg.wasClean:
-            self.relay.backendFailed(self.route, lost, "connection lost")
+            self.upstreams.backendFailed(self.route, lost, "connection lost")
         if (
             self.routeConfig.failover != "reconnect"
             or self.stopping
@@ -582,7 +605,7 @@ class ProxySession:
         self._finished = True
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.cancel()
-        self.relay.sessionEnded(self)
+        self.registry.sessionEnded(self)
         self._logAccess()
         self.done.callback(None)
 
@@ -591,7 +614,7 @@ class ProxySession:
         One event per connection, when it ends.
         """
         f = self.frontend
-        if self.openedAt is None or not self.relay.config.accessLog:
+        if self.openedAt is None or not self.config.accessLog:
             return
         code = f.remoteCloseCode if self.closedBy == "client" else f.localCloseCode
         self.log.info(
@@ -621,7 +644,7 @@ class ProxySession:
         self._idleMark = self._activity()
         self._idleQuiet = 0
         self._idleCall = self._clock.callLater(
-            self.relay.config.idleTimeout / IDLE_CHECKS, self._idleCheck
+            self.config.idleTimeout / IDLE_CHECKS, self._idleCheck
         )
 
     def _idleCheck(self) -> None:
@@ -639,7 +662,7 @@ class ProxySession:
             self.shutdown(1001, b"idle timeout")
             return
         self._idleCall = self._clock.callLater(
-            self.relay.config.idleTimeout / IDLE_CHECKS, self._idleCheck
+            self.config.idleTimeout / IDLE_CHECKS, self._idleCheck
         )
 
 
