@@ -331,7 +331,7 @@ class RelayAnswersTests(SynchronousTestCase):
         from wsrelay.workers import RelayAnswers
 
         error = ConfigError("relay.ini", "bad value", "relay", "workers")
-        relay = SimpleNamespace(reload=lambda: fail(error))
+        relay = SimpleNamespace(operations=SimpleNamespace(reload=lambda: fail(error)))
         answers = RelayAnswers(relay, dict, str)  # type: ignore[arg-type]
         f = self.failureResultOf(answers.reload(), ConfigRejected)
         self.assertEqual(f.getErrorMessage(), str(error))
@@ -346,7 +346,9 @@ class RelayAnswersTests(SynchronousTestCase):
         def setBackendState(route: str, backend: str, action: str) -> None:
             raise KeyError(f"no backend {backend}")
 
-        relay = SimpleNamespace(setBackendState=setBackendState)
+        relay = SimpleNamespace(
+            operations=SimpleNamespace(setBackendState=setBackendState)
+        )
         answers = RelayAnswers(relay, dict, str)  # type: ignore[arg-type]
         e = self.assertRaises(NoSuchBackend, answers.act, "a", "b", "drain")
         self.assertEqual(str(e), str(KeyError("no backend b")))

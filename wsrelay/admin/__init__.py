@@ -35,13 +35,13 @@ from wsrelay.admin.rows import backendStatus, channelStatus, workerRows
 from wsrelay.admin.site import AdminSite, adminSite, hostAllowed
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.operations import RelayStatus
 
 #: The dashboard page, as served.
 DASHBOARD = DASHBOARD_PATH.getContent()
 
 
-def status(relay: RelayService) -> Any:
+def status(relay: RelayStatus) -> Any:
     """
     @return: What C{GET /status} answers for C{relay} by itself (a
         worker's answer to worker 0), as JSON values.
@@ -49,7 +49,7 @@ def status(relay: RelayService) -> Any:
     return _rows.status(RelayView(relay))
 
 
-def metricsText(relay: RelayService) -> str:
+def metricsText(relay: RelayStatus) -> str:
     """
     @return: C{relay}'s metrics page by itself (a worker's answer to
         worker 0), in Prometheus' text format.

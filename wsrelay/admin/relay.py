@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred
 
 if TYPE_CHECKING:
     from wsrelay.fanout import Channel
+    from wsrelay.operations import RelayStatus
     from wsrelay.routing import Backend, Route
-    from wsrelay.service import RelayService
     from wsrelay.stats import Histogram
     from wsrelay.workers import WorkerPool
 
@@ -78,7 +78,7 @@ class RelayView:
     What the admin listener reads from a relay and asks of it.
     """
 
-    def __init__(self, relay: RelayService) -> None:
+    def __init__(self, relay: RelayStatus) -> None:
         self._relay = relay
 
     # What /status and /metrics read.
@@ -177,7 +177,7 @@ class RelayView:
         @return: The token of C{admin_token_file} as it reads now, or
             L{None} when actions are off.
         """
-        return self._relay.adminToken()
+        return self._relay.operations.adminToken()
 
     def configPath(self) -> str:
         """
@@ -194,7 +194,7 @@ class RelayView:
         @return: The backend.
         @raise KeyError: For an unknown route or backend, naming it.
         """
-        return self._relay.setBackendState(route, backend, action)
+        return self._relay.operations.setBackendState(route, backend, action)
 
     def reload(self) -> Deferred[None]:
         """
@@ -203,4 +203,4 @@ class RelayView:
         @return: A L{Deferred} that fires when the new routes are in force,
             or fails with why not.
         """
-        return self._relay.reload()
+        return self._relay.operations.reload()

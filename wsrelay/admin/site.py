@@ -20,7 +20,7 @@ from wsrelay.admin.relay import RelayView
 from wsrelay.admin.resources import READ, Refusal, adminRoot
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.operations import RelayStatus
 
 
 def hostAllowed(host: bytes | None, allowed: Sequence[str]) -> bool:
@@ -131,7 +131,7 @@ class AdminSite(Site):
         )
 
 
-def adminSite(relay: RelayService) -> Site:
+def adminSite(relay: RelayStatus) -> Site:
     """
     @return: The admin listener's site for C{relay}.
     """

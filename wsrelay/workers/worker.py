@@ -36,7 +36,7 @@ from wsrelay.workers.commands import (
 )
 
 if TYPE_CHECKING:
-    from wsrelay.service import RelayService
+    from wsrelay.operations import RelayStatus
 
 
 class Answers(Protocol):
@@ -80,9 +80,9 @@ class RelayAnswers:
     @ivar metricsOf: Makes a relay's metrics page.
     """
 
-    relay: RelayService
-    statusOf: Callable[[RelayService], dict[str, Any]]
-    metricsOf: Callable[[RelayService], str]
+    relay: RelayStatus
+    statusOf: Callable[[RelayStatus], dict[str, Any]]
+    metricsOf: Callable[[RelayStatus], str]
 
     def status(self) -> dict[str, Any]:
         return self.statusOf(self.relay)
@@ -96,11 +96,11 @@ class RelayAnswers:
                 return Failure(ConfigRejected(str(f.value)))
             return f
 
-        return self.relay.reload().addErrback(rejected)
+        return self.relay.operations.reload().addErrback(rejected)
 
     def act(self, route: str, backend: str, action: str) -> None:
         try:
-            self.relay.setBackendState(route, backend, action)
+            self.relay.operations.setBackendState(route, backend, action)
         except KeyError as e:
             raise NoSuchBackend(str(e)) from e
 
