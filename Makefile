@@ -2,12 +2,18 @@
 #
 #   make run        serve conf/relay.ini in the foreground
 #   make test       every gate: lint, typecheck, pytest
+#   make check      the fast tier, under a minute: the tests that run in
+#                   memory, no socket or process (pytest -m check; the
+#                   selection is in tests/conftest.py); run it after each
+#                   change, and `make test` before committing
 #   make lint       ruff check + ruff format --check
 #   make typecheck  mypy (settings in pyproject.toml)
 #   make bench      the benchmark suite beside nginx and HAProxy (BENCHMARKS.md)
 #   make conformance  the whole Autobahn|Testsuite through kosoku (docs/conformance.md)
 #   make soak       ten minutes of traffic and killed backends, memory drawn
 #                   in soak.png (SOAK_MINUTES=120 for the long one)
+#   make changelog VERSION=x.y.z  news fragments into CHANGELOG.md (towncrier)
+#   make hooks      install the pre-commit hooks (ruff, mypy) into .git
 #   make clean      remove the virtualenv, build output and caches
 
 PY ?= python3
@@ -23,7 +29,7 @@ LINT_PATHS = $(wildcard wsrelay tests twisted bench examples)
 # isolation, with the venv's own setuptools and wheel.
 BUILD_TOOLS = pip 'setuptools>=69' wheel
 
-.PHONY: all run test lint typecheck pytest clean conformance soak
+.PHONY: all run test check lint typecheck pytest clean conformance soak changelog hooks
 
 all: test
 
@@ -109,6 +115,11 @@ typecheck: $(VENV)/.stamp-test
 pytest: $(VENV)/.stamp-test
 	$(PYTHON) -m pytest -p no:cacheprovider
 
+# The fast tier: unit and in-memory tests (iosim, Clock), marked `check`
+# by tests/conftest.py; `make test` runs them with everything else.
+check: $(VENV)/.stamp-test
+	$(PYTHON) -m pytest -p no:cacheprovider -q -m check
+
 # The benchmark suite of bench/ (under 10 minutes; BENCH_ARGS=--quick for
 # about 2, --help for the rest). It needs Debian's nginx and haproxy,
 # installed here when missing (through sudo unless root), and picows and
@@ -130,6 +141,16 @@ bench: $(VENV)/.stamp-bench
 	    $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx haproxy; \
 	fi
 	$(PYTHON) -m bench $(BENCH_ARGS)
+
+# A release's notes: the fragments of newsfragments/ written into
+# CHANGELOG.md and removed (CONTRIBUTING.md says how to write one).
+changelog: $(VENV)/.stamp-test
+	@if [ -z "$(VERSION)" ]; then echo "usage: make changelog VERSION=x.y.z" >&2; exit 2; fi
+	$(BIN)/towncrier build --yes --version $(VERSION)
+
+# ruff and mypy before each commit, from .venv (.pre-commit-config.yaml).
+hooks: $(VENV)/.stamp-test
+	$(BIN)/pre-commit install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache \

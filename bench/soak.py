@@ -18,7 +18,7 @@ the clients left (with a full collection); C{--tracemalloc N} adds a
 snapshot to each, C{--collect} a full collection to each.
 
 The relay has three routes, all on the same two echo backends or two
-ticking sources (C{tests/faultbackend.py} programs):
+ticking sources (C{tests/support/faultbackend.py} programs):
 
   - C{/close}: proxy, C{failover = close};
   - C{/reconnect}: proxy, C{failover = reconnect};
@@ -70,7 +70,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from tests.faultbackend import (
+from tests.support.faultbackend import (
     TIMEOUT,
     BackendProcess,
     EchoTalker,

@@ -62,7 +62,7 @@ from websockets.asyncio import server as asyncio_server
 from websockets.sync import client as sync_client
 from websockets.sync import server as sync_server
 
-from tests.test_tls import makeCertificates
+from tests.support.tls import makeCertificates
 from wsrelay.config import loadConfig
 from wsrelay.service import RelayService
 

@@ -6,21 +6,26 @@ C{websockets} clients and backends on both sides of the relay.
 
 from __future__ import annotations
 
+import ast
+import configparser
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from email.message import Message
-from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -29,17 +34,27 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import ClientConnection
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closedPort, waitFor
-from tests.test_tls import makeCertificates
+from tests.support.clients import closedPort
+from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
+from tests.support.tls import makeCertificates
+from tests.support.waiting import waitFor
 from wsrelay import __version__
-from wsrelay.admin import DASHBOARD, RelayCollector, adminSite, hostAllowed
+from wsrelay.admin import (
+    DASHBOARD,
+    DASHBOARD_PATH,
+    AdminSite,
+    RelayCollector,
+    RelayView,
+    adminSite,
+    hostAllowed,
+)
 from wsrelay.config import ConfigError, parseConfig
+from wsrelay.routing import Backend, Route
 from wsrelay.service import RelayService
+from wsrelay.stats import Histogram
 
 TOKEN = "s3cret-t0ken"
 
-#: Where Chromium is, if it is installed.
-CHROMIUM = shutil.which("chromium")
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -339,7 +354,8 @@ class StatusTests(TestCase):
         """
         Answers name wsrelay as the server, without versions; JSON is
         labelled as such and not cached; C{HEAD} answers without a body;
-        the dashboard allows no content from elsewhere.
+        the dashboard allows no content from elsewhere, and is served as a
+        static file (with C{Last-Modified} and C{Accept-Ranges}).
         """
         b = startBackend(self)
         a = await startAdmin(self, PROXY.format(url=b.url))
@@ -353,6 +369,8 @@ class StatusTests(TestCase):
         self.assertEqual(page.headers["Content-Type"], "text/html; charset=utf-8")
         self.assertIn("default-src 'none'", page.headers["Content-Security-Policy"])
         self.assertEqual(page.body, DASHBOARD)
+        self.assertEqual(page.headers["Accept-Ranges"], "bytes")
+        self.assertIsNotNone(page.headers["Last-Modified"])
 
 
 class ExposureTests(TestCase):
@@ -641,7 +659,7 @@ class HistogramTests(SynchronousTestCase):
         h.count = 6
         (family,) = [
             m
-            for m in RelayCollector(relay).collect()
+            for m in RelayCollector(RelayView(relay)).collect()
             if m.name == "wsrelay_handshake_latency_seconds"
         ]
         self.assertEqual(family.type, "histogram")
@@ -795,6 +813,42 @@ class ActionTests(TestCase):
             self.assertEqual(answer.headers["Allow"], "GET, HEAD")
         self.assertEqual(backendOf(await a.status(), "chat", "one")["state"], "up")
 
+    async def test_paths(self) -> None:
+        """
+        A page is found by its whole path, each segment's percent-escapes
+        decoded once more than HTTP does: a node of the tree that is no
+        page, a page with one more segment (even empty) and a segment
+        that is not ASCII answer 404 with a JSON error; an escaped name
+        finds its page.
+        """
+        b = startBackend(self)
+        a = await startAdmin(self, PROXY.format(url=b.url))
+        for path in (
+            "/routes",
+            "/routes/",
+            "/routes/chat",
+            "/routes/chat/backends",
+            "/routes/chat/backends/one",
+            "/routes/chat/backends/one/drain/",
+            "/routes/chat/backends/one/drain/x",
+            "//",
+            "/metrics/x",
+            "/reload/",
+            "/%FF",
+            "/st%25FFtus",
+        ):
+            for answer in (await a.get(path), await a.post(path)):
+                self.assertEqual(answer.status, 404, path)
+                self.assertEqual(answer.json(), {"error": "no such page"}, path)
+                self.assertEqual(answer.headers["Server"], "wsrelay", path)
+        for path in ("/st%61tus", "/st%2561tus"):
+            answer = await a.get(path)
+            self.assertEqual(answer.status, 200, path)
+            self.assertEqual(answer.json()["routes"][0]["name"], "chat")
+        answer = await a.post("/routes/ch%2561t/backends/%6fne/drain")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.json()["backend"]["state"], "draining")
+
     async def test_reloadRejected(self) -> None:
         """
         A configuration file that no longer parses makes C{POST /reload}
@@ -860,8 +914,8 @@ class LogTests(TestCase):
     async def test_events(self) -> None:
         """
         Each request other than C{GET} and C{HEAD} gives one event with the
-        method, path, status and peer, whatever its answer; a read gives
-        none, even a 404.
+        method, path, status and peer, whatever its answer, in the
+        namespace docs/admin.md names; a read gives none, even a 404.
         """
         events: list[LogEvent] = []
         observer = cast(ILogObserver, events.append)
@@ -893,108 +947,14 @@ class LogTests(TestCase):
                 ("POST", "/nope", 404, "127.0.0.1"),
             ],
         )
-
-
-class Dashboard(HTMLParser):
-    """
-    Reads a rendered dashboard: the text of the elements with an id, and
-    of each backend and channel row's cells by their class.
-
-    @ivar ids: Text by element id.
-    @ivar attributes: Attributes by element id.
-    @ivar rows: Cell texts by class, for each row keyed by its kind
-        (C{backend}, C{channel}, C{worker}), route (C{""} for a worker)
-        and name.
-    """
-
-    def __init__(self, html: str) -> None:
-        super().__init__()
-        self.ids: dict[str, str] = {}
-        self.attributes: dict[str, dict[str, str | None]] = {}
-        self.rows: dict[tuple[str, str, str], dict[str, str]] = {}
-        self._open: list[tuple[str, str | None]] = []
-        self._row: dict[str, str] | None = None
-        self._cell: str | None = None
-        self.feed(html)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        """
-        Note elements with an id, and rows and their cells.
-        """
-        a = dict(attrs)
-        ident = a.get("id")
-        if ident is not None:
-            self.ids[ident] = ""
-            self.attributes[ident] = a
-            self._open.append((tag, ident))
-        if tag == "tr":
-            for kind in ("backend", "channel", "worker"):
-                name = a.get("data-" + kind)
-                if name is not None:
-                    key = (kind, a.get("data-route") or "", name)
-                    self._row = self.rows.setdefault(key, {})
-        elif tag == "td" and self._row is not None:
-            self._cell = a.get("class") or ""
-            self._row[self._cell] = ""
-
-    def handle_endtag(self, tag: str) -> None:
-        """
-        Close what is open.
-        """
-        if self._open and self._open[-1][0] == tag:
-            self._open.pop()
-        if tag == "tr":
-            self._row = None
-        elif tag == "td":
-            self._cell = None
-
-    def handle_data(self, data: str) -> None:
-        """
-        Add text to the open element with an id and the open cell.
-        """
-        if self._open:
-            ident = self._open[-1][1]
-            if ident is not None:
-                self.ids[ident] += data
-        if self._row is not None and self._cell is not None:
-            self._row[self._cell] += data
-
-
-def dumpDOM(url: str) -> str:
-    """
-    Load C{url} in headless Chromium with a fresh profile, let its scripts
-    run for five seconds of virtual time, and return the DOM it rendered
-    (blocking).
-    """
-    assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        done = subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-proxy-server",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "HOME": profile},
+        self.assertEqual(
+            {
+                e["log_namespace"]
+                for e in events
+                if e.get("log_namespace", "").startswith("wsrelay.admin")
+            },
+            {"wsrelay.admin.AdminSite"},
         )
-    if done.returncode != 0:
-        raise AssertionError(
-            f"chromium exited with {done.returncode}: {done.stderr.decode()[-2000:]}"
-        )
-    return done.stdout.decode("utf-8")
 
 
 class DashboardTests(TestCase):
@@ -1068,3 +1028,367 @@ class DashboardTests(TestCase):
         self.assertEqual(row["state"], "up")
         self.assertEqual(row["backend"], "source")
         self.assertIn(("backend", "feed", "source"), page.rows)
+
+
+#: What is not copied from the repository to build its wheel.
+_COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    "dropin.cache",
+    ".*_cache",
+    ".hypothesis",
+    "_trial_temp*",
+)
+
+#: Run by L{DashboardFileTests.test_installed} with an installed wsrelay
+#: first on C{sys.path}: serves the admin site of a relay that is not
+#: started on a loopback port, asks it for C{/} and prints where wsrelay
+#: was imported from, then the answer's status, content type and body.
+_SERVE = """
+import json, sys, urllib.request
+from twisted.internet import reactor, threads
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+import wsrelay
+from wsrelay.admin import adminSite
+from wsrelay.config import parseConfig
+from wsrelay.service import RelayService
+
+config = parseConfig(
+    "[relay]\\nlisten = tcp:0\\n[route:chat]\\npath = /chat\\n"
+    "backends = ws://127.0.0.1:1/\\n",
+    "t.ini",
+)
+site = adminSite(RelayService(config, MemoryReactorClock(), Clock()))
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+result = {}
+
+def get(port):
+    url = "http://127.0.0.1:%d/" % port.getHost().port
+    with opener.open(url, timeout=30) as r:
+        return r.status, r.headers["Content-Type"], r.read().decode("utf-8")
+
+def done(answer):
+    result["answer"] = answer
+    reactor.stop()
+
+def failed(f):
+    result["error"] = f.getTraceback()
+    reactor.stop()
+
+d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+d.addCallback(lambda port: threads.deferToThread(get, port))
+d.addCallbacks(done, failed)
+reactor.callLater(60, reactor.stop)
+reactor.run()
+print(json.dumps({"module": wsrelay.__file__, **result}))
+"""
+
+
+class DashboardFileTests(SynchronousTestCase):
+    """
+    The dashboard is the package-data file C{wsrelay/admin/dashboard.html},
+    served as it is both from the work tree (the editable install the
+    other tests use) and from a built wheel.
+    """
+
+    def test_packageData(self) -> None:
+        """
+        The dashboard's file is in the C{wsrelay.admin} package and is the
+        page the admin site serves; C{setup.cfg} ships it as package data.
+        """
+        here = Path(__file__).resolve().parent.parent
+        self.assertEqual(
+            Path(DASHBOARD_PATH.path), here / "wsrelay" / "admin" / "dashboard.html"
+        )
+        self.assertEqual(DASHBOARD, DASHBOARD_PATH.getContent())
+        self.assertIn(b"<title>wsrelay</title>", DASHBOARD)
+        config = configparser.ConfigParser()
+        config.read(here / "setup.cfg")
+        self.assertEqual(
+            config["options.package_data"]["wsrelay.admin"].split(),
+            ["dashboard.html"],
+        )
+
+    def test_installed(self) -> None:
+        """
+        The wheel holds C{wsrelay/admin/dashboard.html}; with the wheel's
+        files first on C{sys.path}, the admin site serves that file for
+        C{GET /}, labelled as UTF-8 HTML.
+        """
+        tmp = Path(tempfile.mkdtemp(prefix="wsrelay-admin-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        root = Path(__file__).resolve().parent.parent
+        shutil.copytree(root, tmp / "src", ignore=_COPY_IGNORE)
+        build = subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--no-isolation"]
+            + ["--outdir", str(tmp / "dist"), str(tmp / "src")],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(build.returncode, 0, build.stdout + build.stderr)
+        (wheel,) = (tmp / "dist").glob("wsrelay-*.whl")
+        installed = tmp / "installed"
+        with zipfile.ZipFile(wheel) as archive:
+            self.assertIn("wsrelay/admin/dashboard.html", archive.namelist())
+            archive.extractall(installed)
+        served = subprocess.run(
+            [sys.executable, "-c", _SERVE],
+            cwd=tmp,
+            env={**os.environ, "PYTHONPATH": str(installed)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(served.returncode, 0, served.stderr)
+        result = json.loads(served.stdout.splitlines()[-1])
+        self.assertNotIn("error", result)
+        self.assertTrue(
+            Path(result["module"]).is_relative_to(installed), result["module"]
+        )
+        status, contentType, body = result["answer"]
+        self.assertEqual((status, contentType), (200, "text/html; charset=utf-8"))
+        self.assertEqual(
+            body.encode("utf-8"),
+            (installed / "wsrelay" / "admin" / "dashboard.html").read_bytes(),
+        )
+        self.assertEqual(body.encode("utf-8"), DASHBOARD)
+
+
+class StandInView(RelayView):
+    """
+    A L{RelayView} of no relay: constant answers, and a record of what the
+    admin listener asked.
+
+    @ivar asked: The actions asked, in order.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, ...]] = []
+        self.latency = Histogram((0.5,))
+        self.latency.observe(0.25)
+
+    def now(self) -> float:
+        """
+        The stand-in for L{RelayView.now}.
+        """
+        return 1000.0
+
+    def startedAt(self) -> float:
+        """
+        The stand-in for L{RelayView.startedAt}.
+        """
+        return 958.0
+
+    def worker(self) -> int:
+        """
+        The stand-in for L{RelayView.worker}.
+        """
+        return 3
+
+    def listeners(self) -> list[tuple[str, int | None]]:
+        """
+        The stand-in for L{RelayView.listeners}.
+        """
+        return [("tcp:8080", 8080)]
+
+    def clients(self) -> int:
+        """
+        The stand-in for L{RelayView.clients}.
+        """
+        return 7
+
+    def handshakeLatency(self) -> Histogram:
+        """
+        The stand-in for L{RelayView.handshakeLatency}.
+        """
+        return self.latency
+
+    def routes(self) -> list[Route]:
+        """
+        The stand-in for L{RelayView.routes}.
+        """
+        return []
+
+    def route(self, name: str) -> Route | None:
+        """
+        The stand-in for L{RelayView.route}.
+        """
+        return None
+
+    def channels(self) -> list[Any]:
+        """
+        The stand-in for L{RelayView.channels}.
+        """
+        return []
+
+    def workers(self) -> None:
+        """
+        The stand-in for L{RelayView.workers}.
+        """
+        return None
+
+    def adminHosts(self) -> tuple[str, ...]:
+        """
+        The stand-in for L{RelayView.adminHosts}.
+        """
+        return ("stand.in",)
+
+    def adminToken(self) -> str | None:
+        """
+        The stand-in for L{RelayView.adminToken}.
+        """
+        return TOKEN
+
+    def configPath(self) -> str:
+        """
+        The stand-in for L{RelayView.configPath}.
+        """
+        return "/stand/in.ini"
+
+    def setBackendState(self, route: str, backend: str, action: str) -> Backend:
+        """
+        The stand-in for L{RelayView.setBackendState}.
+        """
+        self.asked.append((action, route, backend))
+        raise KeyError(f"no route {route!r}")
+
+    def reload(self) -> Any:
+        """
+        The stand-in for L{RelayView.reload}.
+        """
+        self.asked.append(("reload",))
+        return succeed(None)
+
+
+class RelayViewTests(TestCase):
+    """
+    The admin listener reads the relay and asks it to act only through a
+    L{RelayView}: another view is all it takes to point it elsewhere.
+    """
+
+    async def test_standIn(self) -> None:
+        """
+        An admin site over a stand-in view, with no relay service, answers
+        C{/status}, C{/metrics}, the C{Host} check, C{/reload} and an
+        action from the view's answers, and asks the view to act.
+        """
+        view = StandInView()
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        listening = await endpoint.listen(AdminSite(view))
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+
+        answer = await inThread(fetch, port, "/status", host="Stand.In:80")
+        self.assertEqual(answer.status, 200)
+        status = answer.json()
+        self.assertEqual(
+            {k: status[k] for k in ("worker", "time", "uptime", "clients")},
+            {"worker": 3, "time": 1000.0, "uptime": 42.0, "clients": 7},
+        )
+        self.assertEqual(
+            status["listeners"], [{"description": "tcp:8080", "port": 8080}]
+        )
+        self.assertEqual(status["handshakes"], {"count": 1, "sum": 0.25})
+        self.assertEqual(status["routes"], [])
+        answer = await inThread(fetch, port, "/status", host="other.example")
+        self.assertEqual(answer.status, 421)
+
+        answer = await inThread(fetch, port, "/metrics")
+        samples = {
+            s.name: s.value
+            for f in text_string_to_metric_families(answer.body.decode())
+            for s in f.samples
+            if not s.labels
+        }
+        self.assertEqual(samples["wsrelay_client_connections"], 7)
+        self.assertEqual(samples["wsrelay_uptime_seconds"], 42)
+
+        answer = await inThread(fetch, port, "/reload", "POST", "nope")
+        self.assertEqual(answer.status, 401)
+        self.assertEqual(view.asked, [])
+        answer = await inThread(fetch, port, "/reload", "POST", TOKEN)
+        self.assertEqual(
+            (answer.status, answer.json()),
+            (200, {"reloaded": "/stand/in.ini", "routes": []}),
+        )
+        path = "/routes/r/backends/b/drain"
+        answer = await inThread(fetch, port, path, "POST", TOKEN)
+        self.assertEqual(
+            (answer.status, answer.json()), (404, {"error": "no route 'r'"})
+        )
+        self.assertEqual(view.asked, [("reload",), ("drain", "r", "b")])
+
+
+#: The modules of the admin package may import, at run time, only these
+#: modules of wsrelay (besides their own package): not the relay service,
+#: not the workers (whose control channel imports the admin package).
+_ADMIN_MAY_IMPORT = {"wsrelay", "wsrelay.config", "wsrelay.plugins"}
+
+
+def _runTimeImports(tree: ast.Module) -> set[str]:
+    """
+    @return: The modules a module imports when it runs, in functions too,
+        leaving out the blocks under C{if TYPE_CHECKING:}.
+    """
+    found: set[str] = set()
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            found.add(node.module)
+        stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+class StructureTests(SynchronousTestCase):
+    """
+    The admin package's place among the relay's modules.
+    """
+
+    def test_imports(self) -> None:
+        """
+        No module of the admin package imports the relay service or the
+        workers when it runs (so no import cycle goes through it), and
+        only L{wsrelay.admin.relay} touches the relay service at all;
+        importing the package in a fresh interpreter loads neither.
+        """
+        package = Path(DASHBOARD_PATH.path).parent
+        modules = sorted(package.glob("*.py"))
+        self.assertIn(package / "relay.py", modules)
+        for module in modules:
+            tree = ast.parse(module.read_text(), str(module))
+            imports = {
+                name
+                for name in _runTimeImports(tree)
+                if name.startswith("wsrelay") and not name.startswith("wsrelay.admin")
+            }
+            self.assertLessEqual(imports, _ADMIN_MAY_IMPORT, module.name)
+            if module.name not in ("relay.py", "__init__.py", "site.py"):
+                self.assertNotIn("RelayService", module.read_text(), module.name)
+        loaded = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, wsrelay.admin; print(sorted(sys.modules))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(loaded.returncode, 0, loaded.stderr)
+        self.assertNotIn("'wsrelay.workers'", loaded.stdout)
+        self.assertNotIn("'wsrelay.service'", loaded.stdout)

@@ -4,10 +4,13 @@ Tests for L{wsrelay.config}.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,21 +22,28 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
+import wsrelay
 from wsrelay.config import (
     DEFAULT_BALANCERS,
     FANOUT_KEYS,
     KEYS,
+    PROXY_KEYS,
     REQUIRED,
+    SCHEMAS,
     SECTION_KEYS,
     BackendConfig,
+    BaseRouteConfig,
     ConfigError,
     DemoConfig,
+    FanoutRouteConfig,
+    ProxyRouteConfig,
     RelayConfig,
     RouteConfig,
     _endpointArguments,
     loadConfig,
     parseConfig,
 )
+from wsrelay.config.endpoints import _listensOn
 from wsrelay.plugins import balancerFactories, healthCheckerFactories
 from wsrelay.service import RelayService
 
@@ -114,12 +124,13 @@ def iniDefault(default: Any) -> str:
 def docTables() -> dict[str, dict[str, dict[str, str]]]:
     """
     Read the key tables of C{docs/configuration.md}: the first table under
-    each of the headings C{## [relay]}, C{## [route:NAME]} and C{## [demo]}.
+    the heading of each kind of section in L{SCHEMAS} (C{## [relay]},
+    C{## [route:NAME]} and C{## [demo]}).
 
     @return: For each kind of section, each documented key (without
         backticks) mapped to its row, by column name.
     """
-    headings = {"## [relay]": "relay", "## [route:NAME]": "route", "## [demo]": "demo"}
+    headings = {f"## {schema.header}": kind for kind, schema in SCHEMAS.items()}
     tables: dict[str, dict[str, dict[str, str]]] = {k: {} for k in headings.values()}
     kind = None
     header: list[str] | None = None
@@ -202,7 +213,7 @@ class GoodConfigTests(SynchronousTestCase):
                 path=os.path.abspath(FILENAME),
                 listen=("tcp:8080",),
                 routes=(
-                    RouteConfig(
+                    ProxyRouteConfig(
                         name="echo",
                         path="/echo",
                         backends=(BackendConfig.fromURL("ws://127.0.0.1:9001/"),),
@@ -344,6 +355,8 @@ ticker_interval = 1
             ),
         )
         route, feed = config.routes
+        self.assertIsInstance(route, ProxyRouteConfig)
+        self.assertIsInstance(feed, FanoutRouteConfig)
         self.assertEqual(route.name, "chat.v2-x")
         self.assertEqual(route.path, "/chat")
         self.assertEqual(route.host, "chat.example.com")
@@ -1092,6 +1105,83 @@ class EndpointArgumentsTests(SynchronousTestCase):
         self.assertRaises(ValueError, _endpointArguments, "tcp:1\\")
 
 
+class ProductionImportsTests(SynchronousTestCase):
+    """
+    Test helpers stay out of the relay's own modules.
+    """
+
+    def test_noTestingImports(self) -> None:
+        """
+        No module under C{wsrelay/} imports C{twisted.internet.testing} or
+        C{twisted.test}, at the top or inside a function: they are test
+        helpers, not API a running relay should load.  The exception is
+        C{wsrelay/testing.py}, itself the test helpers wsrelay offers plugin
+        authors (as C{twisted.internet.testing} is Twisted's): the relay
+        never imports it, which L{test_testingNotLoaded} shows.
+        """
+        package = FilePath(wsrelay.__file__).parent()
+        forbidden = ("twisted.internet.testing", "twisted.test")
+        offenders = []
+        modules = 0
+        for path in package.walk():
+            if not path.basename().endswith(".py") or path == package.child(
+                "testing.py"
+            ):
+                continue
+            modules += 1
+            tree = ast.parse(path.getContent(), path.path)
+            for node in ast.walk(tree):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                    names += [f"{node.module}.{a.name}" for a in node.names]
+                for name in names:
+                    if any(name == f or name.startswith(f + ".") for f in forbidden):
+                        offenders.append(f"{path.path}:{node.lineno}: {name}")
+        self.assertGreater(modules, 10)
+        self.assertEqual(offenders, [])
+
+    def test_testingNotLoaded(self) -> None:
+        """
+        Building a relay service from a config with proxy and fan-out routes
+        loads neither C{wsrelay.testing} nor C{twisted.internet.testing}.
+        """
+        code = (
+            "import sys\n"
+            "from wsrelay.config import parseConfig\n"
+            "from wsrelay.service import RelayService\n"
+            "config = parseConfig('''\n"
+            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            "[route:a]\npath = /a\nbackends = ws://127.0.0.1:1/\n"
+            "[route:b]\npath = /b\nmode = fanout\nbackends = ws://127.0.0.1:1/\n"
+            "''', 'relay.ini')\n"
+            "RelayService(config)\n"
+            "print(sorted(m for m in sys.modules if m.endswith('.testing')))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.strip(), "[]")
+
+    def test_listensOn(self) -> None:
+        """
+        L{_listensOn} tells which interface a TCP or TLS endpoint string
+        would listen on, without listening, and L{None} for other kinds.
+        """
+        self.assertEqual(_listensOn("tcp:0:interface=127.0.0.1"), "127.0.0.1")
+        self.assertEqual(_listensOn("tcp:0"), "")
+        self.assertEqual(_listensOn("tcp6:0"), "::")
+        self.assertEqual(_listensOn("haproxy:tcp6:0:interface=\\:\\:1"), "::1")
+        self.assertIsNone(_listensOn("unix:/nonexistent/relay.sock"))
+
+
 class PluginKeyTests(SynchronousTestCase):
     """
     Keys declared by the route's balancer plugin.
@@ -1134,14 +1224,45 @@ class PluginKeyTests(SynchronousTestCase):
 
     def test_builtinKeysWin(self) -> None:
         """
-        A balancer cannot take over a built-in route key.
+        A balancer cannot take over a built-in route key: choosing one that
+        declares it is an error naming the balancer and the key.
         """
         sections = withKey("route", "balancer", "odd")
         sections["route:echo"]["path"] = "relative"
         e = self.assertRaises(
             ConfigError, parse, ini(sections), {"odd": ("path",), "round_robin": ()}
         )
-        self.assertEqual(e.key, "path")
+        self.assertEqual(e.key, "balancer")
+        self.assertEqual(e.problem, "odd: its option 'path' is a built-in route key")
+
+    def test_routeClasses(self) -> None:
+        """
+        A route is a L{ProxyRouteConfig} or a L{FanoutRouteConfig}, as its
+        C{mode} says: both have the shared fields of L{BaseRouteConfig},
+        and neither has the other mode's fields.
+        """
+        sections = withKey("route", "failover", "reconnect")
+        sections["route:feed"] = {
+            "path": "/feed",
+            "backends": "ws://127.0.0.1:9002/",
+            "mode": "fanout",
+            "replay": "2",
+        }
+        proxy, fanout = parse(ini(sections)).routes
+        self.assertEqual(type(proxy), ProxyRouteConfig)
+        self.assertEqual(type(fanout), FanoutRouteConfig)
+        self.assertEqual((proxy.mode, fanout.mode), ("proxy", "fanout"))
+        self.assertEqual((proxy.failover, fanout.replay), ("reconnect", 2))
+        for route in (proxy, fanout):
+            self.assertIsInstance(route, BaseRouteConfig)
+        self.assertEqual(
+            PROXY_KEYS, {"failover", "failover_buffer", "data_path", "compression"}
+        )
+        specs = SCHEMAS["route"].byKey
+        for keys, other in [(FANOUT_KEYS, proxy), (PROXY_KEYS, fanout)]:
+            for key in keys:
+                self.assertFalse(hasattr(other, specs[key].attribute), key)
+        self.assertEqual(RouteConfig, ProxyRouteConfig | FanoutRouteConfig)
 
     def test_modeKeys(self) -> None:
         """
@@ -1317,39 +1438,58 @@ class KeyTableTests(SynchronousTestCase):
 
     def test_fieldsAndKeys(self) -> None:
         """
-        Each key sets a field of its section's value class, with that field's
-        default; each field is set by a key, except those the parser fills
-        itself.
+        Each key sets a field of its section's value class (for a route, of
+        the class of every mode that takes it), with that field's default;
+        each field is set by a key, except those the parser fills itself.
         """
-        classes = {"relay": RelayConfig, "route": RouteConfig, "demo": DemoConfig}
+        classes = {
+            "relay": {None: RelayConfig},
+            "route": {"proxy": ProxyRouteConfig, "fanout": FanoutRouteConfig},
+            "demo": {None: DemoConfig},
+        }
         derived = {
             "relay": {"path", "routes", "demo"},
             "route": {"name", "options", "healthOptions"},
             "demo": set(),
         }
-        for kind, specs in KEYS.items():
-            fields = {f.name: f for f in dataclasses.fields(classes[kind])}
-            self.assertEqual(
-                {s.attribute for s in specs} | derived[kind], set(fields), kind
-            )
-            for spec in specs:
-                default = fields[spec.attribute].default
-                if default is dataclasses.MISSING:
-                    default = REQUIRED
-                self.assertEqual(spec.default, default, spec.key)
-                self.assertEqual(spec.required, default is REQUIRED, spec.key)
-            self.assertEqual(SECTION_KEYS[kind], {s.key for s in specs})
+        self.assertEqual(list(SCHEMAS), ["relay", "route", "demo"])
+        for kind, schema in SCHEMAS.items():
+            self.assertEqual(dict(schema.classes), classes[kind])
+            for mode, valueClass in schema.classes.items():
+                fields = {f.name: f for f in dataclasses.fields(valueClass)}
+                taken = [s for s in schema.keys if s.mode in (None, mode)]
+                self.assertEqual(
+                    {s.attribute for s in taken} | derived[kind],
+                    set(fields),
+                    (kind, mode),
+                )
+                for spec in taken:
+                    default = fields[spec.attribute].default
+                    if default is dataclasses.MISSING:
+                        default = REQUIRED
+                    if spec.key == "mode":
+                        # Each class has its own; the key's default is the
+                        # default mode's.
+                        self.assertEqual(default, mode)
+                        continue
+                    self.assertEqual(spec.default, default, spec.key)
+                    self.assertEqual(spec.required, default is REQUIRED, spec.key)
+            self.assertEqual(KEYS[kind], schema.keys)
+            self.assertEqual(SECTION_KEYS[kind], {s.key for s in schema.keys})
+        self.assertEqual(SCHEMAS["route"].byKey["mode"].default, "proxy")
 
     def test_documentedKeys(self) -> None:
         """
         C{docs/configuration.md} documents exactly the keys the parser
-        knows, in the parser's order, with their type and default.
+        knows, each in the table of its section, in the parser's order, with
+        their type and default; a key only one route mode takes says which.
         """
         tables = docTables()
-        for kind, specs in KEYS.items():
+        labels = {"proxy": "Proxy only", "fanout": "Fan-out only"}
+        for kind, schema in SCHEMAS.items():
             rows = tables[kind]
-            self.assertEqual(list(rows), [s.key for s in specs], kind)
-            for spec in specs:
+            self.assertEqual(list(rows), [s.key for s in schema.keys], kind)
+            for spec in schema.keys:
                 row = rows[spec.key]
                 self.assertEqual(
                     list(row), ["key", "type", "default", "meaning", "example"]
@@ -1358,6 +1498,13 @@ class KeyTableTests(SynchronousTestCase):
                 self.assertEqual(row["type"], spec.kind, spec.key)
                 self.assertEqual(row["default"], iniDefault(spec.default), spec.key)
                 self.assertTrue(row["meaning"], spec.key)
+                label = labels.get(spec.mode or "")
+                if label is None:
+                    self.assertFalse(
+                        row["meaning"].startswith(tuple(labels.values())), spec.key
+                    )
+                else:
+                    self.assertTrue(row["meaning"].startswith(label), spec.key)
 
     def test_documentedPluginOptions(self) -> None:
         """

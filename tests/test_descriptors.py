@@ -35,11 +35,12 @@ from twisted.internet.error import (
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, Logger, formatEvent
+from twisted.plugins.wsrelay_health import tcp
 from twisted.trial.unittest import SynchronousTestCase
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from tests.faultbackend import (
+from tests.support.faultbackend import (
     TWISTD,
     BackendProcess,
     RelayProcess,
@@ -56,7 +57,7 @@ from wsrelay.descriptors import (
     raiseLimit,
 )
 from wsrelay.frontend import Refused
-from wsrelay.health import HealthMonitor, tcp
+from wsrelay.health import HealthMonitor
 from wsrelay.routing import ConnectionInfo
 from wsrelay.service import RelayService
 
@@ -249,7 +250,7 @@ class ShortageTests(SynchronousTestCase):
         @return: How the relay refuses a client whose upstream it opens.
         """
         d = Deferred.fromCoroutine(
-            self.relay.openUpstream(
+            self.relay.connector.openUpstream(
                 self.route,
                 ConnectionInfo("127.0.0.1", "/", "", ()),
                 lambda backend: ("/", []),
@@ -294,7 +295,7 @@ class ShortageTests(SynchronousTestCase):
         self.openUpstream()
         self.assertEqual(len(self.events), 3)
         self.assertEqual(self.events[2]["refused"], 1)
-        self.assertEqual(self.relay.shortage.refused, 21)
+        self.assertEqual(self.relay.connector.shortage.refused, 21)
 
     def test_lastBurstReported(self) -> None:
         """
@@ -316,7 +317,7 @@ class ShortageTests(SynchronousTestCase):
         self.assertIn("refused 4 more new clients", formatEvent(self.events[1]))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         for _ in range(3):
-            self.relay.shortage.occurred("no descriptor")
+            self.relay.connector.shortage.occurred("no descriptor")
         self.successResultOf(self.relay.stopService())
         self.assertEqual(self.events[-1]["suppressed"], 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -361,10 +362,14 @@ class ShortageTests(SynchronousTestCase):
             one.failures = two.failures = 0
             one.endpoint = _FailingEndpoint(error)
             two.endpoint = _FailingEndpoint(error)
-            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+            self.relay.connector.shortage = Shortage(
+                self.clock, None, canOpen=lambda: True
+            )
             self.assertEqual(self.openUpstream().code, 502, error)
             self.assertEqual((one.failures, two.failures), (1, 1), error)
-            self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: False)
+            self.relay.connector.shortage = Shortage(
+                self.clock, None, canOpen=lambda: False
+            )
             refused = self.openUpstream()
             self.assertEqual(refused.code, 503, error)
             self.assertIn(("Retry-After", "1"), refused.headers)
@@ -382,7 +387,7 @@ class ShortageTests(SynchronousTestCase):
             backend.endpoint = _FailingEndpoint(
                 ConnectBindError(errno.EMFILE, "Too many open files")
             )
-        self.relay.shortage = Shortage(self.clock, None, canOpen=lambda: True)
+        self.relay.connector.shortage = Shortage(self.clock, None, canOpen=lambda: True)
         self.assertEqual(self.openUpstream().code, 503)
         for backend in (one, two):
             backend.endpoint = _FailingEndpoint(DNSLookupError("lookup failed"))

@@ -22,9 +22,10 @@ from twisted.logger import LogEvent, Logger, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_limits import maskedFrame, readFrame
-from tests.test_proxy import rawExchange, rawRequest
-from tests.test_tls import makeCertificates, openSession
+from tests.support.clients import rawExchange, rawRequest
+from tests.support.frames import maskedFrame, readFrame
+from tests.support.relays import openSession
+from tests.support.tls import makeCertificates
 from wsrelay.handshake import forwardedNode
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.proxyprotocol import (

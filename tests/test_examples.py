@@ -10,23 +10,21 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import twisted.plugins
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import InvalidStatus
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread, startBackend
 from wsrelay.config import ConfigError
-from wsrelay.interfaces import IBackend, IBalancer, IBalancerFactory
+from wsrelay.interfaces import ConnectionInfo, IBalancer, IBalancerFactory
 from wsrelay.plugins import balancerFactories, brokenPlugins, extendPluginPath
-from wsrelay.routing import ConnectionInfo
 from wsrelay.service import RelayService
 from wsrelay.tap import readConfig
+from wsrelay.testing import FakeBackend, verifyPlugin
 
 EXAMPLES = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "plugins"
@@ -59,21 +57,6 @@ def copyExamples(testCase: TestCase) -> str:
 
     testCase.addCleanup(cleanUp)
     return directory
-
-
-@implementer(IBackend)
-@dataclass
-class FakeBackend:
-    """
-    What the balancer sees of a backend.
-    """
-
-    name: str
-    weight: int = 1
-    connections: int = 0
-    url: str = "ws://127.0.0.1:9/"
-    host: str = "127.0.0.1"
-    port: int = 9
 
 
 def connection(*headers: tuple[str, str]) -> ConnectionInfo:
@@ -113,7 +96,17 @@ class TenantBalancerTests(TestCase):
             ("tenant_header", "tenants", "default_backends"),
         )
         self.assertTrue(verifyObject(IBalancer, self.build()))
+        options = {"tenants": "acme: b1", "default_backends": "b2"}
+        verifyPlugin(self.factory, options, self.backends)
         self.assertEqual(brokenPlugins(IBalancerFactory), {})
+
+    def test_small(self) -> None:
+        """
+        The whole plugin, docstrings included, is under 60 lines.
+        """
+        path = os.path.join(EXAMPLES, "twisted", "plugins", "tenant_balancer.py")
+        with open(path) as f:
+            self.assertLess(len(f.readlines()), 60)
 
     def test_byTenant(self) -> None:
         """

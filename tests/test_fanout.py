@@ -23,174 +23,16 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import Server, ServerConnection, serve
 
 from tests.support import TIMEOUT, inThread, noDelay, startRelay
-from tests.test_proxy import buffered, closedPort, paused, rawRequest, waitFor
+from tests.support.clients import closedPort, rawRequest
+from tests.support.fanout import Message, Source, channelUp, feed
+from tests.support.relays import buffered, paused
+from tests.support.waiting import waitFor
 from wsrelay import fanout
-from wsrelay.fanout import IDLE, UP, Channel, FanoutSession
+from wsrelay.fanout import IDLE, UP, FanoutSession
 from wsrelay.legs import OPEN
 from wsrelay.service import RelayService
-
-Message = str | bytes
-
-
-class Source:
-    """
-    A feed: a C{websockets} server in a thread that sends numbered messages
-    to every connection it has, on command, records what each connection
-    receives, and can be killed and started again on the same port.
-
-    @ivar port: The port it listens on, the same after a restart.
-    @ivar paths: The request path of every connection it accepted, in
-        order; a connection's number is its index here.
-    @ivar received: What each connection received, by number.
-    @ivar open: The connections now open, by number.
-    @ivar closes: The close frames received, C{(code, reason)}.
-    @ivar lost: The numbers sent while no connection was open.
-    @ivar next: The next number to send.
-    """
-
-    def __init__(self, testCase: TestCase, first: int = 1) -> None:
-        self.port = 0
-        self.paths: list[str] = []
-        self.received: list[list[Message]] = []
-        self.open: dict[int, ServerConnection] = {}
-        self.closes: list[tuple[int | None, str | None]] = []
-        self.lost: list[int] = []
-        self.next = first
-        self._lock = threading.Lock()
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-        self.start()
-        testCase.addCleanup(inThread, self.stop)
-
-    def url(self, path: str = "/feed") -> str:
-        """
-        @return: The URL of C{path} on this source.
-        """
-        return f"ws://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> None:
-        """
-        Listen (again, on the same port after the first time).
-        """
-        server = serve(
-            self._handle,
-            "127.0.0.1",
-            self.port,
-            compression=None,
-            max_size=None,
-            ping_interval=None,
-        )
-        self._server = server
-        self.port = server.socket.getsockname()[1]
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def _handle(self, connection: ServerConnection) -> None:
-        """
-        Record a connection and what it receives until it closes.
-        """
-        with self._lock:
-            number = len(self.paths)
-            self.paths.append(connection.request.path if connection.request else "")
-            received: list[Message] = []
-            self.received.append(received)
-            self.open[number] = connection
-        try:
-            for message in connection:
-                received.append(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            with self._lock:
-                del self.open[number]
-                rcvd = connection.protocol.close_rcvd
-                if rcvd is not None:
-                    self.closes.append((rcvd.code, rcvd.reason))
-
-    def connectionsTo(self, path: str) -> list[int]:
-        """
-        @return: The numbers of the open connections to C{path}.
-        """
-        with self._lock:
-            return [n for n in self.open if self.paths[n] == path]
-
-    def send(self, count: int, size: int = 0) -> None:
-        """
-        Send the next C{count} numbers to every open connection, each as
-        C{"SEQ PATH"} padded to C{size} characters; a number sent while no
-        connection is open is lost.  Blocks: call it in a thread.
-        """
-        for _ in range(count):
-            with self._lock:
-                seq = self.next
-                self.next += 1
-                targets = list(self.open.items())
-            if not targets:
-                self.lost.append(seq)
-                continue
-            for number, connection in targets:
-                text = f"{seq} {self.paths[number]} "
-                connection.send(text.ljust(size, "x"))
-
-    def stream(self, stop: threading.Event) -> None:
-        """
-        Send numbers until C{stop} is set or the last connection closes.
-        """
-        while not stop.is_set():
-            try:
-                self.send(10)
-            except ConnectionClosed:
-                return
-            if not self.open:
-                return
-
-    def kill(self) -> None:
-        """
-        Stop listening, then cut every connection without a close frame
-        (the data already sent still arrives, then the TCP connection
-        ends).  Blocks: call it in a thread.
-        """
-        server = self._server
-        assert server is not None
-        stopper = threading.Thread(
-            target=server.shutdown, kwargs={"close_connections": False}, daemon=True
-        )
-        stopper.start()
-        server.socket_closed.wait(TIMEOUT)
-        deadline = time.monotonic() + TIMEOUT
-        while stopper.is_alive():
-            assert time.monotonic() < deadline, "source connections did not end"
-            with self._lock:
-                connections = list(self.open.values())
-            for connection in connections:
-                try:
-                    connection.socket.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            stopper.join(0.01)
-        self._server = None
-
-    def goAway(self) -> None:
-        """
-        Shut down as a server does: close every connection with 1001 and
-        stop listening.  Blocks: call it in a thread.
-        """
-        server, self._server = self._server, None
-        assert server is not None
-        server.shutdown()
-
-    def stop(self) -> None:
-        """
-        Shut down, if running.
-        """
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-        if self._thread is not None:
-            self._thread.join(TIMEOUT)
 
 
 class Clients:
@@ -391,33 +233,6 @@ def sessionOf(relay: RelayService, s: socket.socket) -> FanoutSession:
     raise AssertionError("no session for the raw client")
 
 
-def feed(source: Source, extra: str = "", relay: str = "") -> str:
-    """
-    @param extra: More keys of the route.
-    @param relay: More keys of the C{[relay]} section.
-    @return: The config text of a relay with one fan-out route C{ticker}
-        at C{/ticker} to C{source}'s C{/feed}, quick to reconnect.
-    """
-    return (
-        f"[relay]\n{relay}[route:ticker]\npath = /ticker\nmode = fanout\n"
-        f"backends = {source.url()}\nbackoff_base = 0.05\nbackoff_cap = 0.2\n"
-        f"health_interval = 0.1\n{extra}"
-    )
-
-
-async def channelUp(relay: RelayService, key: str = "") -> Channel:
-    """
-    Wait until the channel C{key} of the route C{ticker} is connected.
-    """
-    await waitFor(
-        lambda: (
-            ("ticker", key) in relay.channels
-            and relay.channels[("ticker", key)].state == UP
-        )
-    )
-    return relay.channels[("ticker", key)]
-
-
 class BroadcastTests(TestCase):
     """
     One upstream, every message to every client, framed once.
@@ -547,7 +362,7 @@ class SourceFailureTests(TestCase):
         self.assertEqual(source.lost, list(range(101, 151)))
         source.start()
         await channelUp(relay)
-        await waitFor(lambda: len(source.open) == 1)
+        await source.until(lambda: len(source.open) == 1)
         await inThread(source.send, 100)
         await waitFor(lambda: clients.received(everyone, 200))
 
@@ -586,7 +401,7 @@ class SourceFailureTests(TestCase):
         await inThread(source.send, 5)
         source.start()
         await channelUp(relay)
-        await waitFor(lambda: len(source.open) == 1)
+        await source.until(lambda: len(source.open) == 1)
         await inThread(source.send, 10)
         await waitFor(lambda: clients.received(early, 20))
         await waitFor(lambda: clients.received(late, 10))
@@ -647,7 +462,7 @@ class FailoverTests(TestCase):
         await waitFor(lambda: len(channel.members) == 3)
         await inThread(first.send, 10)
         await inThread(first.kill)
-        await waitFor(lambda: len(second.open) == 1)
+        await second.until(lambda: len(second.open) == 1)
         await channelUp(relay)
         assert channel.backend is not None
         self.assertEqual(channel.backend.port, second.port)
@@ -850,7 +665,7 @@ class PathChannelTests(TestCase):
         depth = await inThread(clients.add, 1, "/ticker/AAPL?depth=1")
         channels = {key: await channelUp(relay, key) for key in ("/AAPL", "/MSFT")}
         await channelUp(relay, "/AAPL?depth=1")
-        await waitFor(lambda: len(source.open) == 3)
+        await source.until(lambda: len(source.open) == 3)
         self.assertEqual(
             sorted(source.paths), ["/feed/AAPL", "/feed/AAPL?depth=1", "/feed/MSFT"]
         )
@@ -876,7 +691,7 @@ class PathChannelTests(TestCase):
         self.assertEqual(aaplChannel.state, UP)
         self.assertEqual(len(source.connectionsTo("/feed/AAPL")), 1)
         clock.advance(0.2)
-        await waitFor(lambda: not source.connectionsTo("/feed/AAPL"))
+        await source.until(lambda: not source.connectionsTo("/feed/AAPL"))
         self.assertEqual(source.closes, [(1000, "no clients")])
         self.assertNotIn(("ticker", "/AAPL"), relay.channels)
         self.assertEqual(channels["/MSFT"].state, UP)
@@ -910,11 +725,11 @@ class SourceProtocolTests(TestCase):
             ),
         )
         channel = await channelUp(relay)
-        await waitFor(lambda: len(source.received) == 1)
+        await source.until(lambda: len(source.received) == 1)
         clients = Clients(self, port)
         (one,) = await inThread(clients.add, 1, "/ticker")
         await inThread(clients.send, one, "c1")
-        await waitFor(lambda: len(source.received[0]) == 3)
+        await source.until(lambda: len(source.received[0]) == 3)
         self.assertEqual(source.received[0], [*lines, "c1"])
 
         await inThread(source.kill)
@@ -924,8 +739,8 @@ class SourceProtocolTests(TestCase):
         source.start()
         await channelUp(relay)
         await inThread(clients.send, one, "c3")
-        await waitFor(lambda: len(source.received) == 2)
-        await waitFor(lambda: len(source.received[1]) == 3)
+        await source.until(lambda: len(source.received) == 2)
+        await source.until(lambda: len(source.received[1]) == 3)
         self.assertEqual(source.received[1], [*lines, "c3"])
         self.assertEqual(source.received[0], [*lines, "c1"])
 
@@ -961,7 +776,7 @@ class SourceProtocolTests(TestCase):
         await inThread(clients.send, b, b"\x00\x01")
         (fwd,) = source.connectionsTo("/feed/fwd")
         (drop,) = source.connectionsTo("/feed/drop")
-        await waitFor(lambda: len(source.received[fwd]) == 2)
+        await source.until(lambda: len(source.received[fwd]) == 2)
         self.assertEqual(source.received[fwd], ["forwarded", b"\x00\x01"])
         self.assertEqual(source.received[drop], [])
         self.assertEqual(forwarding.clientDrops, 0)
@@ -991,7 +806,7 @@ class LazyTests(TestCase):
         clients = Clients(self, port)
         (a,) = await inThread(clients.add, 1, "/ticker")
         await channelUp(relay)
-        await waitFor(lambda: len(source.open) == 1)
+        await source.until(lambda: len(source.open) == 1)
         await inThread(clients.close, a)
         await waitFor(lambda: not channel.members)
         clock.advance(4.9)
@@ -1011,13 +826,13 @@ class LazyTests(TestCase):
         clock.advance(4.9)
         self.assertEqual(channel.state, UP)
         clock.advance(0.1)
-        await waitFor(lambda: not source.open)
+        await source.until(lambda: not source.open)
         self.assertEqual(channel.state, IDLE)
         self.assertEqual(source.closes, [(1000, "no clients")])
 
         (c,) = await inThread(clients.add, 1, "/ticker")
         await channelUp(relay)
-        await waitFor(lambda: len(source.open) == 1)
+        await source.until(lambda: len(source.open) == 1)
         self.assertEqual((len(source.paths), channel.connects), (2, 2))
         await inThread(source.send, 1)
         await waitFor(lambda: clients.received([c], 1))

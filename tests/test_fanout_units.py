@@ -140,19 +140,21 @@ class ReconnectTests(SynchronousTestCase):
     and between failed attempts, on an injected clock.
     """
 
-    def attempts(self, relay: RelayService, clock: Clock) -> list[float]:
+    def attempts(self, channel: Channel, clock: Clock) -> list[float]:
         """
-        @return: The times (on C{clock}) at which C{relay} is asked to open
-            a source from now on.
+        @return: The times (on C{clock}) at which C{channel} asks for a
+            source from now on.
         """
         times: list[float] = []
-        original = relay.openUpstream
+        upstreams = channel.upstreams
+        original = upstreams.openUpstream
 
         def recording(*args: Any) -> Any:
             times.append(clock.seconds())
             return original(*args)
 
-        relay.openUpstream = recording  # type: ignore[method-assign]
+        upstreams.openUpstream = recording  # type: ignore[method-assign]
+        self.addCleanup(delattr, upstreams, "openUpstream")
         return times
 
     def test_lossToReconnect(self) -> None:
@@ -166,7 +168,7 @@ class ReconnectTests(SynchronousTestCase):
             self, "backoff_base = 1\nbackoff_cap = 4\nhealth = none\nfall = 100\n"
         )
         reactor = cast(MemoryReactorClock, relay._reactor)
-        times = self.attempts(relay, clock)
+        times = self.attempts(channel, clock)
 
         def nextAttempt() -> None:
             count = len(times)
@@ -226,7 +228,9 @@ class ChannelKeyTests(SynchronousTestCase):
         """
         relay, _ = relayFor("channel = path\n")
         route = relay.routes.routes[0]
-        channel = Channel(relay, route, "/AAPL?x=1")
+        channel = Channel(
+            route, "/AAPL?x=1", relay.connector, relay.registry, relay.clock
+        )
         self.assertEqual(channel._request(route.backends[0]), ("/src/AAPL?x=1", []))
 
 
@@ -273,7 +277,7 @@ class BackoffTests(SynchronousTestCase):
         A lazy channel stays idle (no connect) until a client joins.
         """
         relay, clock = relayFor("connect = lazy\n")
-        channel = relay.channel(relay.routes.routes[0], "")
+        channel = relay.sessionFactory.channel(relay.routes.routes[0], "")
         relay.startService()
         self.addCleanup(relay.stopService)
         self.assertEqual(channel.state, IDLE)

@@ -1,7 +1,7 @@
 """
 Backends killed with C{SIGKILL} in the middle of traffic, many times, with
 the relay run as users run it (C{twistd -n wsrelay --config FILE}, see
-L{tests.faultbackend.RelayProcess}) and C{websockets} clients.
+L{tests.support.faultbackend.RelayProcess}) and C{websockets} clients.
 
 Each test counts, per client, the disconnects and the lost, duplicated and
 reordered messages, and reads the relay's resident memory and open file
@@ -22,13 +22,13 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.faultbackend import (
-    POLL,
+from tests.support.faultbackend import (
     TIMEOUT,
     BackendProcess,
     EchoTalker,
     RelayProcess,
     TickListener,
+    backoff,
     waitUntil,
 )
 
@@ -81,8 +81,9 @@ async def settle(
     """
     deadline = time.monotonic() + timeout
     value = measure()
+    delays = backoff()
     while value > bound and time.monotonic() < deadline:
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(next(delays))
         value = measure()
     return value
 

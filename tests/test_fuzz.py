@@ -14,7 +14,7 @@ after a close, fragments in sequence, text valid UTF-8, close codes that
 may be sent), and another connection through the same relay must work
 afterwards.
 
-Most examples run in memory (L{tests.test_memory.Network}: iosim and one
+Most examples run in memory (L{tests.support.memory.Network}: iosim and one
 L{Clock}, fast enough for hundreds of examples); L{RealSocketTests} runs a
 few fixed inputs through a relay on loopback sockets.
 
@@ -50,7 +50,8 @@ from twisted.test.iosim import FakeTransport, IOPump
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_memory import (
+from tests.support.frames import CLOSE, CLOSE_REPLY, frameBytes, goodRequest, unmask
+from tests.support.memory import (
     BACKEND_A,
     RELAY_ADDRESS,
     Network,
@@ -97,16 +98,6 @@ class Frame:
     fin: bool
     opcode: int
     payload: bytes
-
-
-def unmask(key: bytes, payload: bytes) -> bytes:
-    """
-    @return: C{payload} XORed with the 4-byte C{key}.
-    """
-    n = len(payload)
-    repeated = (key * (n // 4 + 1))[:n]
-    value = int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
-    return value.to_bytes(n, "big")
 
 
 def parseFrames(data: bytes, masked: bool, utf8: bool = True) -> list[Frame]:
@@ -327,32 +318,6 @@ def checkToBackend(data: bytes, utf8: bool = True) -> list[Frame]:
 # Building inputs.
 
 
-def frameBytes(
-    fin: bool, rsv: int, opcode: int, mask: bytes | None, payload: bytes, form: str
-) -> bytes:
-    """
-    Encode one frame, possibly wrongly.
-
-    @param mask: The masking key, or L{None} for an unmasked frame.
-    @param form: How the length is written: C{"min"} (as RFC 6455 wants),
-        C{"16"} or C{"64"} (longer than needed), C{"short"} or C{"long"}
-        (announcing fewer or more bytes than follow).
-    """
-    n = len(payload)
-    announced = {"short": max(0, n - 1), "long": n + 3}.get(form, n)
-    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    m = 0x80 if mask is not None else 0
-    if form == "64" or announced > 65535:
-        head = struct.pack("!BBQ", b0, m | 127, announced)
-    elif form == "16" or announced > 125:
-        head = struct.pack("!BBH", b0, m | 126, announced)
-    else:
-        head = struct.pack("!BB", b0, m | announced)
-    if mask is not None:
-        return head + mask + unmask(mask, payload)
-    return head + payload
-
-
 def closePayloads() -> st.SearchStrategy[bytes]:
     """
     Close frame payloads: good, bad codes, bad reasons, one byte.
@@ -415,21 +380,6 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
         return []
     points = sorted({c % len(data) for c in cuts} | {0, len(data)})
     return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
-
-
-def goodRequest(path: str = "/chat", extra: bytes = b"") -> bytes:
-    """
-    A valid opening handshake request.
-    """
-    return (
-        (
-            f"GET {path} HTTP/1.1\r\nHost: relay.example\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n"
-        ).encode()
-        + extra
-        + b"\r\n"
-    )
 
 
 #: Characters for header names and values: mostly ordinary, with controls,
@@ -1125,12 +1075,6 @@ SAMPLES = [
     frameBytes(True, 0, 1, b"abcd", b"\xc3\x28", "min"),
     b"\x00" * 7 + bytes(range(64)),
 ]
-
-#: A close frame with code 1000, masked as a client sends it.
-CLOSE = frameBytes(True, 0, 8, b"abcd", struct.pack("!H", 1000), "min")
-
-#: The same, unmasked, as a server sends it.
-CLOSE_REPLY = frameBytes(True, 0, 8, None, struct.pack("!H", 1000), "min")
 
 
 class RealSocketTests(TestCase):

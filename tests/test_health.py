@@ -17,6 +17,7 @@ from twisted.internet.error import ConnectBindError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.plugins.wsrelay_health import http, tcp, websocket
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -25,9 +26,10 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closedPort, rawExchange, rawRequest, waitFor
+from tests.support.clients import closedPort, rawExchange, rawRequest
+from tests.support.waiting import waitFor
 from wsrelay.config import BackendConfig, ConfigError, parseConfig
-from wsrelay.health import HealthMonitor, http, parseStatuses, tcp, websocket
+from wsrelay.health import HealthMonitor, parseStatuses
 from wsrelay.interfaces import IHealthChecker, IHealthCheckerFactory
 from wsrelay.plugins import healthCheckerFactories
 from wsrelay.routing import DOWN, UP, Backend

@@ -6,11 +6,8 @@ compressed messages against the size limits with it.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
-import struct
-import tracemalloc
 import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_passthrough import Leg, Recorder, feed, frame
+from tests.support.inflate import MIB, TAIL, bomb, desync, peakAbove, traceMemory
+from tests.support.scanning import Leg, Recorder, feed, frame
 from wsrelay.inflate import (
     CHUNK,
     EXPANSION,
@@ -30,53 +28,7 @@ from wsrelay.inflate import (
 )
 from wsrelay.passthrough import RSV1, RSV_BITS, Direction
 
-#: What a sync flush ends with, left off the end of each message.
-TAIL = b"\x00\x00\xff\xff"
-
-MIB = 1 << 20
-
 T = TypeVar("T")
-
-
-@functools.cache
-def bomb(size: int) -> bytes:
-    """
-    C{size} zero bytes deflated as one permessage-deflate message (about a
-    thousandth of C{size}), made without holding C{size} bytes at once.
-    """
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    piece = bytes(MIB)
-    parts = [c.compress(piece) for _ in range(size // MIB)]
-    parts.append(c.compress(bytes(size % MIB)))
-    return b"".join(parts) + c.flush(zlib.Z_SYNC_FLUSH)[: -len(TAIL)]
-
-
-def storedHeader(length: int) -> bytes:
-    """
-    The start of a deflate stored block (not final) of C{length} bytes: its
-    header byte, LEN and NLEN.
-    """
-    return b"\x00" + struct.pack("<HH", length, length ^ 0xFFFF)
-
-
-def desync(n1: int = 10) -> tuple[bytes, bytes]:
-    """
-    Two permessage-deflate payloads that a receiver with context takeover
-    inflates differently from a counter that starts each message afresh.
-
-    The first opens a stored block longer than itself: a receiver that
-    keeps its inflater goes on copying, through the tail it appends and
-    the first five bytes of the second message.  The second, read from its
-    start, is a stored block of 16 MiB of zeros deflated (about 16 KB):
-    read from its sixth byte, as that receiver does, it is that deflate
-    stream, and inflates to 16 MiB.
-
-    @param n1: The bytes of the first message in its stored block.
-    @return: The two payloads.
-    """
-    bombed = bomb(16 * MIB)
-    first = storedHeader(n1 + len(TAIL) + 5) + b"a" * n1
-    return first, storedHeader(len(bombed)) + bombed
 
 
 def compress(c: Any, data: bytes) -> bytes:
@@ -92,28 +44,6 @@ def pureUnmask(key: bytes, data: bytes, position: int) -> bytes:
     Unmask byte by byte: what L{unmask} must agree with.
     """
     return bytes(b ^ key[(position + i) % 4] for i, b in enumerate(data))
-
-
-def traceMemory(testCase: Any) -> int:
-    """
-    Trace memory allocations (until the end of C{testCase}) and reset the
-    peak.
-
-    @return: The memory traced now, in bytes.
-    """
-    if not tracemalloc.is_tracing():
-        tracemalloc.start()
-        testCase.addCleanup(tracemalloc.stop)
-    tracemalloc.reset_peak()
-    return tracemalloc.get_traced_memory()[0]
-
-
-def peakAbove(baseline: int) -> int:
-    """
-    @return: The most memory traced since L{traceMemory} gave C{baseline},
-        above it.
-    """
-    return tracemalloc.get_traced_memory()[1] - baseline
 
 
 def peakMemory(testCase: Any, f: Callable[..., T], *args: Any) -> tuple[T, int]:

@@ -4,15 +4,15 @@ Limits and timeouts from the configuration, each enforced.
 
 from __future__ import annotations
 
-import os
 import socket
-import struct
 
 from twisted.internet import task
 from twisted.trial.unittest import TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closeOf, rawRequest, waitFor
+from tests.support.clients import closeOf, rawRequest
+from tests.support.frames import maskedFrame, readFrame
+from tests.support.waiting import waitFor
 
 
 def openRaw(port: int) -> socket.socket:
@@ -26,39 +26,6 @@ def openRaw(port: int) -> socket.socket:
         head += s.recv(1)
     assert head.startswith(b"HTTP/1.1 101 "), head
     return s
-
-
-def readFrame(s: socket.socket) -> tuple[int, bytes]:
-    """
-    Read one unmasked frame: its opcode and payload.
-    """
-
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = s.recv(n - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-
-    b0, b1 = exactly(2)
-    length = b1 & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", exactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", exactly(8))
-    return b0 & 0x0F, exactly(length)
-
-
-def maskedFrame(opcode: int, payload: bytes) -> bytes:
-    """
-    A client frame.
-    """
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert len(payload) < 126
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
 class MessageSizeTests(TestCase):
@@ -97,7 +64,7 @@ class MessageSizeTests(TestCase):
 
         code, _ = await inThread(run)
         self.assertEqual(code, 1009)
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0][0], self.toldBackend)
 
     async def test_backendTooBig(self) -> None:
@@ -120,7 +87,7 @@ class MessageSizeTests(TestCase):
         code, _ = await inThread(run)
         self.assertEqual(code, self.toldClient)
         # The backend's thread records the close once its handler is done.
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0][0], 1009)
 
 
@@ -185,7 +152,7 @@ class TimeoutTests(TestCase):
             clock.advance(15)
         code, reason = await inThread(closeOf, c)
         self.assertEqual((code, reason), (1001, "idle timeout"))
-        await waitFor(lambda: len(b.closes) == 1)
+        await b.whenClosed()
         self.assertEqual(b.closes[0], (1001, "idle timeout"))
 
     async def test_pingTimeout(self) -> None:

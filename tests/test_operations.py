@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.exceptions import InvalidStatus
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_proxy import closeOf, rawExchange, rawRequest, waitFor
+from tests.support.clients import closeOf, rawExchange, rawRequest
+from tests.support.waiting import Watched, waitFor
 from wsrelay.config import BackendConfig, ConfigError
 from wsrelay.routing import DISABLED, DRAINING, UP, Backend
 from wsrelay.stats import Histogram, TokenBucket
@@ -40,12 +41,12 @@ def hold(port: int, path: str = "/") -> Any:
     return c
 
 
-def accessEvents(testCase: Any) -> list[dict[str, Any]]:
+def accessEvents(testCase: Any) -> Watched[dict[str, Any]]:
     """
     @return: A list that gets every access event logged until the end of
         C{testCase}.
     """
-    events: list[dict[str, Any]] = []
+    events: Watched[dict[str, Any]] = Watched()
 
     def observe(event: dict[str, Any]) -> None:
         if event.get("event") == "access":
@@ -339,7 +340,8 @@ class SlowStartTests(SynchronousTestCase):
         The health monitor starts the ramp when a backend comes back up, so
         the round-robin share of a returning backend grows.
         """
-        from wsrelay.balancers import roundRobin
+        from twisted.plugins.wsrelay_balancers import roundRobin
+
         from wsrelay.health import HealthMonitor
         from wsrelay.routing import ConnectionInfo
 
@@ -406,7 +408,7 @@ class AccessLogTests(TestCase):
                 c.close(4000, "done")
 
         await inThread(talk)
-        await waitFor(lambda: events)
+        await events.whenLength(1)
         [event] = events
         self.assertEqual(
             {k: event[k] for k in ("client", "route", "backend", "closedBy")},
@@ -440,7 +442,9 @@ class AccessLogTests(TestCase):
         await inThread(talk)
         raw = await inThread(rawExchange, port, rawRequest(port, "/nowhere"))
         self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:40])
-        await waitFor(lambda: not relay.sessions and relay.clientConnections == 0)
+        await waitFor(
+            lambda: not relay.sessions and relay.admission.clientConnections == 0
+        )
         route = relay.routes.routes[0]
         self.assertEqual(relay.traffic(route, route.backends[0])[0], 1)
         self.assertEqual(events, [])
@@ -463,7 +467,7 @@ class RefusalLogTests(TestCase):
         events = accessEvents(self)
         raw = await inThread(rawExchange, port, rawRequest(port, "/nowhere"))
         self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:40])
-        await waitFor(lambda: events)
+        await events.whenLength(1)
         [event] = events
         self.assertEqual(
             (event["status"], event["path"], event["closedBy"], event["client"]),

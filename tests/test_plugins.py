@@ -13,11 +13,15 @@ import textwrap
 import uuid
 
 import twisted.plugins
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.plugins import wsrelay_balancers
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from websockets.sync.server import ServerConnection
 from zope.interface.verify import verifyObject
 
-from wsrelay import balancers
+from tests.support import TIMEOUT, client, inThread, script, startBackend
 from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
 from wsrelay.plugins import (
     PluginScan,
@@ -29,39 +33,29 @@ from wsrelay.plugins import (
     logPlugins,
     scanPlugins,
 )
+from wsrelay.service import RelayService
+from wsrelay.tap import Options, StartRefused, readConfig
 
-BUILTIN_BALANCERS = {
-    "round_robin",
-    "least_connections",
-    "random_two",
-    "first",
-    "consistent_hash",
-}
+BUILTIN_BALANCERS = set("round_robin least_connections random_two first".split())
+BUILTIN_BALANCERS.add("consistent_hash")
 BUILTIN_CHECKERS = {"tcp", "websocket", "http"}
 
 GOOD = '''
 """
-A working balancer plugin.
+A working balancer plugin, and one that declares the interface but has no
+build method.
 """
-from twisted.plugin import IPlugin
 from zope.interface import implementer
-
-from wsrelay.balancers import BalancerFactory, RoundRobin
+from wsrelay.dropins import BalancerPlugin
 from wsrelay.interfaces import IBalancerFactory
 
-good = BalancerFactory("{name}", "works", RoundRobin)
+good = BalancerPlugin("{name}", "wsrelay.balancers.RoundRobin", "works")
 
-
-@implementer(IPlugin, IBalancerFactory)
+@implementer(IBalancerFactory)
 class Half:
-    """
-    Declares the interface but has no build method.
-    """
-
     name = "{name}_half"
     description = "no build"
     options = ()
-
 
 half = Half()
 '''
@@ -136,7 +130,7 @@ class BuiltinTests(SynchronousTestCase):
         """
         found = balancerFactories()
         self.assertTrue(BUILTIN_BALANCERS <= set(found), sorted(found))
-        self.assertIs(found["round_robin"], balancers.roundRobin)
+        self.assertIs(found["round_robin"], wsrelay_balancers.roundRobin)
         for name, factory in found.items():
             self.assertEqual(factory.name, name)
             self.assertTrue(verifyObject(IBalancerFactory, factory))
@@ -281,13 +275,15 @@ class ThirdPartyTests(SynchronousTestCase):
         modules = addDropins(
             self,
             dup="""
-            from wsrelay.balancers import BalancerFactory, First
+            from wsrelay.dropins import BalancerPlugin
 
-            dup = BalancerFactory("round_robin", "a second round_robin", First)
+            dup = BalancerPlugin(
+                "round_robin", "wsrelay.balancers.First", "a second round_robin"
+            )
             """,
         )
         found = balancerFactories()
-        self.assertIs(found["round_robin"], balancers.roundRobin)
+        self.assertIs(found["round_robin"], wsrelay_balancers.roundRobin)
         where = modules["dup"] + ".dup"
         reason = brokenPlugins(IBalancerFactory)[where]
         self.assertIn("'round_robin' is taken by", reason)
@@ -300,9 +296,9 @@ class ThirdPartyTests(SynchronousTestCase):
         name within a folder) is used.
         """
         source = """
-        from wsrelay.balancers import BalancerFactory, First
+        from wsrelay.dropins import BalancerPlugin
 
-        plugin = BalancerFactory("same_name", "{which}", First)
+        plugin = BalancerPlugin("same_name", "wsrelay.balancers.First", "{which}")
         """
         modules = addDropins(
             self, a=source.format(which="a"), b=source.format(which="b")
@@ -319,9 +315,9 @@ class ThirdPartyTests(SynchronousTestCase):
         modules = addDropins(
             self,
             unnamed="""
-            from wsrelay.balancers import BalancerFactory, First
+            from wsrelay.dropins import BalancerPlugin
 
-            unnamed = BalancerFactory("", "no name", First)
+            unnamed = BalancerPlugin("", "wsrelay.balancers.First", "no name")
             """,
         )
         balancerFactories()
@@ -339,6 +335,24 @@ class ThirdPartyTests(SynchronousTestCase):
         healthCheckerFactories()
         self.assertIn(modules["broken"], brokenPlugins(IBalancerFactory))
         self.assertOneWarning(modules["broken"])
+
+    def test_twistedLogUntouched(self) -> None:
+        """
+        Dropins are imported with Twisted's own C{log} in
+        L{twisted.plugin}: the search patches nothing.
+        """
+        addDropins(
+            self,
+            check="""
+            import twisted.plugin
+            import twisted.python.log
+
+            if twisted.plugin.log is not twisted.python.log:
+                raise RuntimeError("twisted.plugin.log is patched")
+            """,
+        )
+        balancerFactories()
+        self.assertEqual(brokenPlugins(IBalancerFactory), {})
 
     def test_notAPlugin(self) -> None:
         """
@@ -418,3 +432,169 @@ class PluginPathTests(SynchronousTestCase):
         folder = temporaryFolder(self)
         self.extend(folder)
         self.assertEqual(self.extend(folder), [])
+
+
+HOOKS = """
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+from wsrelay.dropins import BalancerPlugin
+from wsrelay.interfaces import IBalancer, ILoadListener
+events, waiting = [], {}
+
+def happened(event):
+    events.append(event)
+    for d in waiting.pop(event, []):
+        d.callback(event)
+
+@implementer(IBalancer)
+class Plain:
+    def __init__(self, backends, options):
+        pass
+    def pick(self, candidates, connection):
+        return candidates[0]
+
+@implementer(IBalancer, ILoadListener)
+class Listening(Plain):
+    def connectionOpened(self, backend):
+        happened(("opened", backend.name))
+    def connectionClosed(self, backend):
+        happened(("closed", backend.name))
+
+plain = BalancerPlugin("{name}_plain", Plain, "no load hooks")
+listening = BalancerPlugin("{name}_listening", Listening, "load hooks")
+"""
+
+
+def greet(connection: ServerConnection) -> None:
+    """
+    A backend that says C{hello} as a client connects, then echoes.
+    """
+    connection.send("hello")
+    script(connection)
+
+
+class LoadHookTests(TestCase):
+    """
+    The load hooks (L{ILoadListener}) are optional: the relay calls them
+    only on a balancer that provides them, in proxy and fan-out routes.
+    """
+
+    async def test_optional(self) -> None:
+        """
+        A balancer without load hooks serves a proxy route and a fan-out
+        route; one with them is told when its connection opens and closes.
+        """
+        name = "hooks_" + uuid.uuid4().hex[:8]
+        modules = addDropins(self, hooks=HOOKS.replace("{name}", name))
+        backend = startBackend(self)
+        source = startBackend(self, handler=greet)
+        path = os.path.join(temporaryFolder(self), "relay.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+                f"[route:plain]\npath = /plain\nbalancer = {name}_plain\n"
+                f"backends = {backend.url} name=p\n"
+                f"[route:hooked]\npath = /hooked\nbalancer = {name}_listening\n"
+                f"backends = {backend.url} name=h\n"
+                f"[route:feed]\npath = /feed\nmode = fanout\nreplay = 1\n"
+                f"balancer = {name}_plain\nbackends = {source.url} name=f\n"
+            )
+        relay = RelayService(readConfig(path), reactor)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        number = (await relay.whenListening())[0].getHost().port
+        hooks = sys.modules[modules["hooks"]]
+        closed: Deferred[object] = Deferred()
+        hooks.waiting[("closed", "h")] = [closed]
+
+        def run() -> list[str]:
+            answers = []
+            for route in ("/plain", "/hooked"):
+                with client(number, route) as c:
+                    c.send("echo " + route)
+                    answers.append(c.recv(TIMEOUT))
+            with client(number, "/feed") as c:
+                # The source's greeting, replayed if the client joins later.
+                answers.append(c.recv(TIMEOUT))
+            return answers
+
+        answers = await inThread(run)
+        self.assertEqual(answers, ["echo /plain", "echo /hooked", "hello"])
+        await closed.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(hooks.events, [("opened", "h"), ("closed", "h")])
+
+
+class StartupErrorTests(SynchronousTestCase):
+    """
+    A plugin that cannot be used by the route that chooses it stops the
+    start with one line naming the file, the route's section and the key.
+    """
+
+    def setUp(self) -> None:
+        self.name = "bad_" + uuid.uuid4().hex[:8]
+        self.path = os.path.join(temporaryFolder(self), "relay.ini")
+
+    def refusal(self, route: str) -> str:
+        """
+        @return: The one line (without C{wsrelay: }) that C{twistd wsrelay}
+            refuses to start with, given a route C{route} (its body).
+        """
+        with open(self.path, "w") as f:
+            f.write(
+                "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+                "[route:app]\npath = /app\nbackends = ws://127.0.0.1:9/\n" + route
+            )
+        with self.assertRaises(StartRefused) as raised:
+            Options().parseOptions(["--config", self.path])
+        line = str(raised.exception)
+        self.assertEqual(line.splitlines(), [line])
+        return line.removeprefix("wsrelay: ")
+
+    def test_optionIsBuiltinKey(self) -> None:
+        """
+        A balancer or a health checker that declares an option named as a
+        built-in route key (which the parser would read as the built-in
+        one) cannot be chosen.
+        """
+        addDropins(
+            self,
+            clash=f"""
+            from wsrelay.dropins import BalancerPlugin as B, HealthCheckerPlugin as H
+
+            b = B("{self.name}", "wsrelay.balancers.First", "d", ("weight_x", "path"))
+            c = H("{self.name}", "wsrelay.health.TCPChecker", "d", ("fall",))
+            """,
+        )
+        self.assertEqual(
+            self.refusal(f"balancer = {self.name}\n"),
+            f"{self.path}: [route:app] balancer: {self.name}: its option 'path'"
+            " is a built-in route key",
+        )
+        self.assertEqual(
+            self.refusal(f"health = {self.name}\n"),
+            f"{self.path}: [route:app] health: {self.name}: its option 'fall'"
+            " is a built-in route key",
+        )
+
+    def test_implementationDoesNotImport(self) -> None:
+        """
+        A lazy plugin whose implementation cannot be imported is refused
+        when a route chooses it, naming what could not be loaded.
+        """
+        addDropins(
+            self,
+            missing=f"""
+            from wsrelay.dropins import BalancerPlugin as B
+
+            missing = B("{self.name}", "wsrelay_no_such_module.Balancer", "gone")
+            """,
+        )
+        self.assertIn(self.name, balancerFactories())
+        line = self.refusal(f"balancer = {self.name}\n")
+        self.assertTrue(
+            line.startswith(
+                f"{self.path}: [route:app] balancer: {self.name}: cannot load"
+                " wsrelay_no_such_module.Balancer: "
+            ),
+            line,
+        )

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import unittest
 from typing import Any
 
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 
 from tests.support import (
@@ -24,31 +23,10 @@ from tests.support import (
     startBackend,
     startRelay,
 )
+from tests.support.clients import closedPort, closeOf, rawExchange, rawRequest
+from tests.support.relays import buffered, paused
+from tests.support.waiting import waitFor
 from wsrelay.session import ProxySession
-
-
-def closedPort() -> int:
-    """
-    @return: A loopback port nothing listens on.
-    """
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
-
-
-def closeOf(c: Any) -> tuple[int | None, str | None]:
-    """
-    Wait for the relay to close C{c} and say with what.
-    """
-    try:
-        while True:
-            c.recv(TIMEOUT)
-    except ConnectionClosed:
-        pass
-    rcvd = c.protocol.close_rcvd
-    return (rcvd.code, rcvd.reason) if rcvd else (None, None)
 
 
 def silentBackend(testCase: Any) -> socket.socket:
@@ -61,41 +39,6 @@ def silentBackend(testCase: Any) -> socket.socket:
     silent.listen(5)
     testCase.addCleanup(silent.close)
     return silent
-
-
-def rawRequest(port: int, path: str = "/chat", extra: str = "") -> bytes:
-    """
-    An opening handshake request as bytes.
-    """
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
-    ).encode()
-
-
-def rawExchange(port: int, data: bytes) -> bytes:
-    """
-    Send bytes to the relay and read until it closes.
-    """
-    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
-        s.sendall(data)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-async def waitFor(predicate: Any, timeout: float = TIMEOUT) -> None:
-    """
-    Poll C{predicate} on the reactor until it holds, failing after
-    C{timeout} seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await task.deferLater(reactor, 0.01, lambda: None)
 
 
 class HandshakeTests(TestCase):
@@ -517,7 +460,7 @@ class CloseTests(TestCase):
                     c.close(code, f"bye {code}")
 
         await inThread(run)
-        await waitFor(lambda: len(b.closes) == len(CODES))
+        await b.whenClosed(len(CODES))
         self.assertEqual(sorted(b.closes), [(c, f"bye {c}") for c in CODES])
 
     async def test_backendCodes(self) -> None:
@@ -579,12 +522,11 @@ class CloseTests(TestCase):
                 c.send("one")
                 first = str(c.recv(TIMEOUT))
                 c.send("vanish")
-                # Wait until the relay noticed; b2 holds its handshake
-                # until the messages are sent, so they are buffered.
-                deadline = time.monotonic() + TIMEOUT
-                while not any(s._buffer for s in list(relay.sessions)):
-                    assert time.monotonic() < deadline, "backend loss not noticed"
-                    time.sleep(0.01)
+                # The relay connects to b2 once it noticed the loss; b2
+                # holds its handshake until the messages are sent, so they
+                # are buffered.
+                assert b2.requested.wait(TIMEOUT), "backend loss not noticed"
+                assert any(s._buffer is not None for s in list(relay.sessions))
                 for i in range(50):
                     c.send(f"m{i}")
                 c.send("path")
@@ -594,20 +536,6 @@ class CloseTests(TestCase):
         got = await inThread(run)
         self.assertEqual(got, ["one"] + [f"m{i}" for i in range(50)] + ["/x"])
         self.assertEqual((b1.connections, b2.connections), (1, 1))
-
-
-def buffered(transport: Any) -> int:
-    """
-    @return: The bytes a TCP transport holds that the kernel did not take.
-    """
-    return len(transport.dataBuffer) + transport._tempDataLen  # type: ignore[no-any-return]
-
-
-def paused(transport: Any) -> bool:
-    """
-    @return: Whether the reactor stopped reading from C{transport}.
-    """
-    return transport not in reactor.getReaders()  # type: ignore[attr-defined]
 
 
 class BackpressureTests(TestCase):

@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.test_fanout import Source, channelUp, feed
+from tests.support.fanout import Source, channelUp, feed
 from wsrelay import memory
 from wsrelay.fanout import FanoutSession
 from wsrelay.service import RelayService

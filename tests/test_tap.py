@@ -11,9 +11,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from typing import Any, cast
 
 from twisted.internet.testing import MemoryReactorClock
@@ -22,18 +20,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import unix_connect
 
 from tests.support import TIMEOUT, Backend
+from tests.support.processes import twistd
+from tests.support.waiting import pollUntil
 from wsrelay import tap
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def twistd(*args: str, jsonLogs: bool = False) -> list[str]:
-    """
-    @param jsonLogs: Whether to log JSON lines (C{wsrelay.logs.jsonStdout}).
-    @return: The command line of C{twistd wsrelay} in the foreground.
-    """
-    logger = ["--logger=wsrelay.logs.jsonStdout"] if jsonLogs else []
-    return [TWISTD, "--pidfile=", "-n", *logger, "wsrelay", *args]
 
 
 def accepts(path: str) -> bool:
@@ -63,6 +52,15 @@ class CommandLineTests(TestCase):
         with open(path, "w") as f:
             f.write(text)
         return path
+
+    def listening(self, process: subprocess.Popen[bytes], sock: str) -> bool:
+        """
+        @return: Whether the relay C{process} accepts connections on the
+            UNIX socket C{sock}.
+        @raise AssertionError: If the process has exited.
+        """
+        self.assertIsNone(process.poll(), "twistd exited early")
+        return accepts(sock)
 
     def test_badConfig(self) -> None:
         """
@@ -153,12 +151,8 @@ class CommandLineTests(TestCase):
             twistd("--config", path), stdout=log, stderr=subprocess.STDOUT
         )
         self.addCleanup(lambda: process.poll() is None and process.kill())
-        deadline = time.monotonic() + TIMEOUT * 3
         # The socket file appears at bind(), a moment before listen().
-        while not accepts(sock):
-            self.assertIsNone(process.poll(), "twistd exited early")
-            self.assertLess(time.monotonic(), deadline, "relay never listened")
-            time.sleep(0.05)
+        pollUntil(lambda: self.listening(process, sock), "relay listening", TIMEOUT * 3)
         with unix_connect(sock, "ws://relay/x", open_timeout=TIMEOUT) as c:
             c.send("hello")
             self.assertEqual(c.recv(TIMEOUT), "hello")
@@ -198,23 +192,21 @@ class CommandLineTests(TestCase):
             stderr=subprocess.STDOUT,
         )
         self.addCleanup(lambda: process.poll() is None and process.kill())
-        deadline = time.monotonic() + TIMEOUT * 3
-        while not accepts(sock):
-            self.assertIsNone(process.poll(), "twistd exited early")
-            self.assertLess(time.monotonic(), deadline, "relay never listened")
-            time.sleep(0.05)
+        pollUntil(lambda: self.listening(process, sock), "relay listening", TIMEOUT * 3)
         self.write(text + f"[route:b]\npath = /b\nbackends = {backend.url}\n")
         process.send_signal(signal.SIGHUP)
-        while True:
+
+        def reloaded() -> bool:
             try:
                 with unix_connect(sock, "ws://relay/b", open_timeout=TIMEOUT) as c:
                     c.send("hello")
                     self.assertEqual(c.recv(TIMEOUT), "hello")
-                    break
+                    return True
             except InvalidStatus as e:
                 self.assertEqual(e.response.status_code, 404)
-                self.assertLess(time.monotonic(), deadline, "never reloaded")
-                time.sleep(0.05)
+                return False
+
+        pollUntil(reloaded, "relay reloaded", TIMEOUT * 3)
         process.send_signal(signal.SIGTERM)
         self.assertEqual(process.wait(TIMEOUT * 3), 0)
         log.seek(0)

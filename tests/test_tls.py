@@ -6,8 +6,6 @@ C{ca_file}, the system's trust store, or not at all.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -15,80 +13,18 @@ import tempfile
 import threading
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
 from tests.support import TIMEOUT, inThread, noDelay, startBackend
-from tests.test_fuzz import CLOSE, CLOSE_REPLY, goodRequest
-from tests.test_proxy import rawExchange, rawRequest, waitFor
+from tests.support.clients import rawExchange, rawRequest
+from tests.support.frames import CLOSE, CLOSE_REPLY, goodRequest
+from tests.support.relays import openSession
+from tests.support.tls import makeCertificates, websocketsContext
 from wsrelay.config import loadConfig
-from wsrelay.legs import OPEN
 from wsrelay.service import RelayService
-from wsrelay.session import ProxySession
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def makeCertificates(directory: str, hosts: list[str]) -> dict[str, str]:
-    """
-    Write a CA, and a server certificate signed by it for C{hosts} (names
-    or IP addresses), as PEM files in C{directory}.
-
-    @return: Paths by role: C{ca}, C{cert}, C{key}.
-    """
-    now = datetime.datetime.now(datetime.UTC)
-    caKey = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("wsrelay test CA"))
-        .issuer_name(_name("wsrelay test CA"))
-        .public_key(caKey.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(caKey, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), False)
-        .sign(caKey, hashes.SHA256())
-    )
-    paths = {r: os.path.join(directory, f"{r}.pem") for r in ("ca", "cert", "key")}
-    with open(paths["ca"], "wb") as f:
-        f.write(ca.public_bytes(serialization.Encoding.PEM))
-    with open(paths["cert"], "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(paths["key"], "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return paths
 
 
 class TLSBackend:
@@ -150,27 +86,6 @@ def closeAndWaitForEOF(port: int, ca: str) -> bytes:
     return received
 
 
-def websocketsContext(ca: str) -> ssl.SSLContext:
-    """
-    A client TLS context for C{websockets}' threaded client, trusting
-    C{ca}, at most TLS 1.2.
-
-    Over TLS 1.3 that client now and then never sends its opening handshake
-    (a few connections in a thousand), whatever the server: a direct
-    C{websockets} server too.  Its reading thread is inside C{SSL_read},
-    taking in the server's session tickets, while its other thread calls
-    C{SSL_write} on the same SSL object, which OpenSSL does not allow; the
-    request is lost in the client though C{sendall} returned.  The evidence
-    and the command that reproduces it are in docs/reliability.md, "TLS 1.3
-    and C{websockets}' threaded client".  A one-thread C{ssl} socket client
-    never stalls; L{closeAndWaitForEOF} is such a client, so TLS 1.3 is
-    tested too.
-    """
-    context = ssl.create_default_context(cafile=ca)
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 def holdOpen(port: int, ca: str, done: threading.Event) -> None:
     """
     Exchange one message with the relay over TLS, then hold the connection
@@ -182,24 +97,6 @@ def holdOpen(port: int, ca: str, done: threading.Event) -> None:
         ws.send("hello")
         ws.recv(TIMEOUT)
         done.wait(TIMEOUT)
-
-
-async def openSession(relay: RelayService) -> ProxySession:
-    """
-    Wait for the relay's one proxy session to have its upstream open.
-    """
-
-    def session() -> ProxySession | None:
-        for s in relay.sessions:
-            if isinstance(s, ProxySession) and s.upstream is not None:
-                if s.upstream.state == OPEN:
-                    return s
-        return None
-
-    await waitFor(lambda: session() is not None)
-    found = session()
-    assert found is not None
-    return found
 
 
 class TLSTests(TestCase):

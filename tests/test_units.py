@@ -6,11 +6,11 @@ close codes.
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.plugins.wsrelay_balancers import first, roundRobin
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from wsrelay.balancers import first, roundRobin
-from wsrelay.config import BackendConfig, RouteConfig
+from wsrelay.config import BackendConfig, ProxyRouteConfig
 from wsrelay.handshake import BadHead, buildResponse, endToEnd, parseHead
 from wsrelay.health import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
@@ -92,7 +92,7 @@ class RoutingTests(SynchronousTestCase):
         """
 
         def route(name: str, path: str, host: str | None = None) -> Route:
-            config = RouteConfig(
+            config = ProxyRouteConfig(
                 name=name,
                 path=path,
                 host=host,

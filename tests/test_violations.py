@@ -18,13 +18,7 @@ import struct
 from twisted.trial.unittest import TestCase
 
 from tests.support import inThread, startRelay
-from tests.test_compression import (
-    Wire,
-    connectRaw,
-    frameBytes,
-    request,
-    startRawBackend,
-)
+from tests.support.wire import Wire, connectRaw, frameBytes, request, startRawBackend
 
 #: A frame as the tests compare them: its opcode and payload (a close
 #: frame's code only).

@@ -22,9 +22,9 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection
 
 from tests.support import TIMEOUT, client, startBackend
-from tests.test_admin import CHROMIUM, Dashboard, dumpDOM
-from tests.test_tap import twistd
-from tests.test_tls import makeCertificates, websocketsContext
+from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
+from tests.support.processes import twistd
+from tests.support.tls import makeCertificates, websocketsContext
 
 TOKEN = "sesame"
 

@@ -2,14 +2,14 @@
 """
 wsrelay's built-in balancers.
 
-Each is made by a L{BalancerFactory} registered as a Twisted plugin in
+Each class is registered lazily, by name, as a Twisted plugin in
 C{twisted/plugins/wsrelay_balancers.py}, exactly as a third-party one would
-be.
+be: this module is imported when a route first chooses one of them.  Each
+constructor takes the route's backends and options.
 
-None of them counts connections: the relay keeps L{IBackend.connections}
-up to date (it counts a connection before it calls
-L{IBalancer.connectionOpened}), and the balancers that follow the load read
-it at each pick.
+None of them counts connections (none provides the optional
+L{ILoadListener}): the relay keeps L{IBackend.connections} up to date, and
+the balancers that follow the load read it at each pick.
 """
 
 from __future__ import annotations
@@ -17,54 +17,14 @@ from __future__ import annotations
 import hashlib
 import struct
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from random import Random
 from typing import Any
 from urllib.parse import parse_qsl
 
-from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from wsrelay.interfaces import IBackend, IBalancer, IBalancerFactory
-from wsrelay.routing import ConnectionInfo
-
-
-@implementer(IPlugin, IBalancerFactory)
-@dataclass(frozen=True)
-class BalancerFactory:
-    """
-    A balancer plugin made from a class whose constructor takes the route's
-    backends and options.
-    """
-
-    name: str
-    description: str
-    balancerClass: Callable[[Sequence[Any], Mapping[str, str]], IBalancer]
-    options: tuple[str, ...] = ()
-
-    def build(self, backends: Sequence[Any], options: Mapping[str, str]) -> IBalancer:
-        """
-        Make a balancer for one route.
-        """
-        return self.balancerClass(backends, options)
-
-
-class _Counting:
-    """
-    Base for balancers that need not count connections themselves: the
-    relay keeps L{IBackend.connections}.
-    """
-
-    def connectionOpened(self, backend: IBackend) -> None:
-        """
-        Nothing to do.
-        """
-
-    def connectionClosed(self, backend: IBackend) -> None:
-        """
-        Nothing to do.
-        """
+from wsrelay.interfaces import ConnectionInfo, IBackend, IBalancer
 
 
 def _smoothPick(current: dict[str, int], candidates: Sequence[IBackend]) -> IBackend:
@@ -99,7 +59,7 @@ def _lessLoaded(a: IBackend, b: IBackend) -> bool:
 
 
 @implementer(IBalancer)
-class RoundRobin(_Counting):
+class RoundRobin:
     """
     Smooth weighted round robin, as nginx does it: each pick adds every
     candidate's weight to its current score, takes the highest, and takes
@@ -122,7 +82,7 @@ class RoundRobin(_Counting):
 
 
 @implementer(IBalancer)
-class First(_Counting):
+class First:
     """
     Active/standby: always the first candidate in the configured order.
     """
@@ -140,7 +100,7 @@ class First(_Counting):
 
 
 @implementer(IBalancer)
-class LeastConnections(_Counting):
+class LeastConnections:
     """
     Weighted least connections: the candidate with the fewest open
     connections per unit of weight.  Candidates equally loaded take turns
@@ -197,7 +157,7 @@ def _weightedIndex(
 
 
 @implementer(IBalancer)
-class RandomTwo(_Counting):
+class RandomTwo:
     """
     The power of two random choices: draw two different candidates at
     random (each with a probability proportional to its weight) and take
@@ -290,7 +250,7 @@ _FOUR_WORDS = struct.Struct(">4Q")
 
 
 @implementer(IBalancer)
-class ConsistentHash(_Counting):
+class ConsistentHash:
     """
     A consistent hash ring: the same key (the client's address, a header, a
     cookie, a query parameter or the path, as C{hash_on} says) goes to the
@@ -371,27 +331,3 @@ class ConsistentHash(_Counting):
                 return chosen
         # A candidate the route did not have when this balancer was built.
         return candidates[point % len(candidates)]
-
-
-roundRobin = BalancerFactory(
-    "round_robin", "smooth weighted round robin (nginx's order)", RoundRobin
-)
-first = BalancerFactory(
-    "first", "active/standby: the first healthy backend in listed order", First
-)
-leastConnections = BalancerFactory(
-    "least_connections",
-    "fewest open connections per unit of weight; equals take turns",
-    LeastConnections,
-)
-randomTwo = BalancerFactory(
-    "random_two",
-    "the less loaded of two backends drawn at random (power of two choices)",
-    RandomTwo,
-)
-consistentHash = BalancerFactory(
-    "consistent_hash",
-    "consistent hash ring on hash_on (ip, path, header:, cookie: or query:)",
-    ConsistentHash,
-    ("hash_on",),
-)

@@ -35,10 +35,12 @@ from wsrelay.routing import Backend, ConnectionInfo, Route
 from wsrelay.source import SourceEndpoint, SourceReader, SourceTransport, sourceBackoff
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer, IDelayedCall
+    from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 
-    from wsrelay.frontend import FrontendProtocol
-    from wsrelay.service import RelayService
+    from wsrelay.config import FanoutRouteConfig, RelayConfig
+    from wsrelay.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.roles import SessionRegistry, Upstreams
+    from wsrelay.stats import Histogram
     from wsrelay.upstream import UpstreamProtocol
 
 IDLE = "idle"
@@ -53,7 +55,8 @@ def channelKey(route: Route, remainder: str, query: str) -> str:
     @return: The channel a client of C{route} joins: C{""} for the whole
         route, or its path remainder and query with C{channel = path}.
     """
-    if route.config.channel == "route":
+    config = route.config
+    if config.mode != "fanout" or config.channel == "route":
         return ""
     return remainder + ("?" + query if query else "")
 
@@ -78,15 +81,27 @@ class Channel:
 
     log = Logger()
 
-    def __init__(self, relay: RelayService, route: Route, key: str) -> None:
-        self.relay = relay
+    def __init__(
+        self,
+        route: Route,
+        key: str,
+        upstreams: Upstreams,
+        registry: SessionRegistry,
+        clock: IReactorTime,
+    ) -> None:
+        """
+        @param upstreams: Opens the source's connection.
+        @param registry: Told when the channel ends.
+        """
+        self.upstreams = upstreams
+        self.registry = registry
         self.route = route
         self.key = key
         self.state = IDLE
         self.members: dict[FanoutSession, None] = {}
         self.upstream: UpstreamProtocol | None = None
         self.backend: Backend | None = None
-        self.replay: deque[bytes] = deque(maxlen=route.config.replay)
+        self.replay: deque[bytes] = deque(maxlen=self.routeConfig.replay)
         self.messagesIn = 0
         self.deliveries = 0
         self.slowDrops = 0
@@ -94,7 +109,7 @@ class Channel:
         self.clientDrops = 0
         self.connects = 0
         self.random = random.Random()
-        self._clock = relay.clock
+        self._clock = clock
         self._message = Assembler()
         #: Connects to the source and reconnects after a loss or a failed
         #: attempt (a new one each time the channel starts).
@@ -116,6 +131,17 @@ class Channel:
         The route's name and the channel's key, for logs.
         """
         return self.route.name + self.key
+
+    @property
+    def routeConfig(self) -> FanoutRouteConfig:
+        """
+        The configuration of L{route}: a fan-out route's, the only kind
+        that has channels.
+        """
+        config = self.route.config
+        if config.mode != "fanout":
+            raise TypeError(f"route {config.name!r} is not a fan-out route")
+        return config
 
     # Members.
 
@@ -144,11 +170,11 @@ class Channel:
         if not self.members and self._lazy() and self.state != STOPPED:
             self._cancelLinger()
             self._linger = self._clock.callLater(
-                self.route.config.linger, self._lingerEnded
+                self.routeConfig.linger, self._lingerEnded
             )
 
     def _lazy(self) -> bool:
-        config = self.route.config
+        config = self.routeConfig
         return config.connect == "lazy" or config.channel == "path"
 
     def _lingerEnded(self) -> None:
@@ -160,8 +186,8 @@ class Channel:
             return
         self.log.info("channel {channel}: no clients, closing", channel=self.name)
         self._halt(IDLE, 1000, b"no clients")
-        if self.route.config.channel == "path":
-            self.relay.channelEnded(self)
+        if self.routeConfig.channel == "path":
+            self.registry.channelEnded(self)
 
     # The upstream.
 
@@ -172,7 +198,7 @@ class Channel:
         source each time (the balancer picks a backend per attempt), waiting
         between attempts as L{sourceBackoff} says.
         """
-        config = self.route.config
+        config = self.routeConfig
         service = self._service = ClientService(
             SourceEndpoint(self),
             Factory.forProtocol(Protocol),
@@ -195,7 +221,7 @@ class Channel:
         route = self.route
         info = ConnectionInfo("", route.config.path + self.key, "", ())
         d = Deferred.fromCoroutine(
-            self.relay.openUpstream(
+            self.upstreams.openUpstream(
                 route, info, self._request, (), self._lost, float("inf")
             )
         )
@@ -240,11 +266,13 @@ class Channel:
         self.connects += 1
         backend.connections += 1
         backend.totalConnections += 1
-        self.route.balancer.connectionOpened(backend)
+        listener = self.route.loadListener
+        if listener is not None:
+            listener.connectionOpened(backend)
         up.target = self
         up.listener = self
         up.dataPath = SourceReader(self, up)
-        for line in self.route.config.subscribe:
+        for line in self.routeConfig.subscribe:
             up.forwardFrame(TEXT, line.encode("utf-8"), True)
         self.log.info(
             "channel {channel}: source {backend} connected",
@@ -338,7 +366,7 @@ class Channel:
             code=getattr(leg, "remoteCloseCode", None),
         )
         if backend is not None and not getattr(leg, "wasClean", False):
-            self.relay.backendFailed(self.route, backend, "connection lost")
+            self.upstreams.backendFailed(self.route, backend, "connection lost")
         self._lost = backend
         self.state = WAITING
         if connection is not None:
@@ -379,7 +407,7 @@ class Channel:
         self.retired = True
         if not self.members:
             self._halt(IDLE, 1000, b"route removed")
-            self.relay.channelEnded(self)
+            self.registry.channelEnded(self)
 
     def _halt(self, state: str, code: int, reason: bytes) -> None:
         self.state = state
@@ -410,7 +438,9 @@ class Channel:
         self._message = Assembler()
         if backend is not None:
             backend.connections -= 1
-            self.route.balancer.connectionClosed(backend)
+            listener = self.route.loadListener
+            if listener is not None:
+                listener.connectionClosed(backend)
 
     def _cancelLinger(self) -> None:
         linger, self._linger = self._linger, None
@@ -435,12 +465,31 @@ class FanoutSession:
     log = Logger()
 
     def __init__(
-        self, relay: RelayService, channel: Channel, frontend: FrontendProtocol
+        self,
+        channel: Channel,
+        frontend: FrontendProtocol,
+        *,
+        registry: SessionRegistry,
+        addresses: ClientAddresses,
+        clock: IReactorTime,
+        config: RelayConfig,
+        latency: Histogram,
     ) -> None:
-        self.relay = relay
+        """
+        @param registry: Told when the client is gone.
+        @param addresses: Says who the client is (for the access log).
+        @param clock: Times the session.
+        @param config: The relay's configuration when the client came.
+        @param latency: Where the handshake's duration goes.
+        """
+        self.registry = registry
+        self.addresses = addresses
+        self.clock = clock
+        self.config = config
+        self.latency = latency
         self.channel = channel
         self.frontend = frontend
-        self.startedAt = relay.clock.seconds()
+        self.startedAt = clock.seconds()
         self.openedAt = self.startedAt
         self.mark = 0
         self.route = channel.route
@@ -449,9 +498,9 @@ class FanoutSession:
         self.queued = 0
         self.dropped = 0
         self.backend = None
-        self._limit = channel.route.config.maxClientBuffer
-        self._close = channel.route.config.slowClient == "close"
-        self._forward = channel.route.config.clientMessages == "forward"
+        self._limit = channel.routeConfig.maxClientBuffer
+        self._close = channel.routeConfig.slowClient == "close"
+        self._forward = channel.routeConfig.clientMessages == "forward"
         self._paused = False
         self._joined = False
         self._closing = False
@@ -477,8 +526,8 @@ class FanoutSession:
         self._write = self.frontend.writer()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
-        self.openedAt = self.relay.clock.seconds()
-        self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
+        self.openedAt = self.clock.seconds()
+        self.latency.observe(self.openedAt - self.startedAt)
         self.channel.join(self)
 
     def send(self, data: bytes, count: int = 1) -> None:
@@ -570,7 +619,7 @@ class FanoutSession:
         if self._joined:
             self.channel.leave(self)
             self._logAccess()
-        self.relay.sessionEnded(self)
+        self.registry.sessionEnded(self)
         if not self.done.called:
             self.done.callback(None)
 
@@ -578,17 +627,17 @@ class FanoutSession:
         """
         One event per client, when it leaves the channel.
         """
-        if not self.relay.config.accessLog:
+        if not self.config.accessLog:
             return
         f = self.frontend
         self.log.info(
             "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"
             " out {messagesOut} dropped {dropped} close {closeCode}",
             event="access",
-            client=self.relay.clientAddress(f) if f.transport else None,
+            client=self.addresses.clientAddress(f) if f.transport else None,
             route=self.route.name,
             channel=self.channel.key,
-            duration=self.relay.clock.seconds() - self.openedAt,
+            duration=self.clock.seconds() - self.openedAt,
             messagesIn=f.messagesIn,
             bytesIn=f.bytesIn,
             messagesOut=self.channel.messagesIn - self.mark - self.dropped,

@@ -32,8 +32,11 @@ from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
 
 if TYPE_CHECKING:
-    from wsrelay.routing import Route
-    from wsrelay.service import RelayService
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
+
+    from wsrelay.config import RelayConfig
+    from wsrelay.routing import Route, RouteTable
 
 
 class ClientSession(Protocol):
@@ -50,6 +53,61 @@ class ClientSession(Protocol):
     def closing(self) -> None:
         """
         A close frame is about to go to the client: nothing may follow it.
+        """
+
+
+class ClientAddresses(Protocol):
+    """
+    Who a client is, and what the relay tells a backend of it
+    (L{wsrelay.admission.Admission}).
+    """
+
+    def clientAddress(self, frontend: FrontendProtocol) -> str:
+        """
+        @return: The client's address, after C{trusted_proxies}.
+        """
+
+    def forwardedHeaders(
+        self, frontend: FrontendProtocol, head: Head
+    ) -> list[tuple[str, str]]:
+        """
+        @return: The header fields of the upstream request for C{head}.
+        """
+
+
+class Admitter(ClientAddresses, Protocol):
+    """
+    Decides which clients the relay serves, and counts them
+    (L{wsrelay.admission.Admission}).
+    """
+
+    def clientArrived(self, frontend: FrontendProtocol) -> None:
+        """
+        A client connected (it may be dropped at once).
+        """
+
+    def clientLeft(self, frontend: FrontendProtocol) -> None:
+        """
+        A client's connection is gone.
+        """
+
+    def admit(self, frontend: FrontendProtocol, route: Route) -> Refused | None:
+        """
+        @return: The refusal for a routed, valid upgrade request, or
+            L{None} to go on.
+        """
+
+
+class SessionOpener(Protocol):
+    """
+    Opens the session of a client whose handshake is valid
+    (L{wsrelay.registry.Sessions}).
+    """
+
+    def openSession(self, frontend: FrontendProtocol, route: Route) -> Deferred[Any]:
+        """
+        @return: A L{Deferred} that fires with the subprotocol and the
+            headers of the client's 101, or fails with L{Refused}.
         """
 
 
@@ -117,12 +175,12 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         its own, on the relay's clock.
         """
         WebSocketServerProtocol.connectionMade(self)
-        relay = self.factory.relay
-        relay.clientArrived(self)
-        self.rateLimit = relay.config.maxMessagesPerSecond
-        self.rateWindow = relay.clock.seconds()
-        self._handshakeCall = relay.clock.callLater(
-            relay.config.handshakeTimeout, self._handshakeTimedOut
+        factory = self.factory
+        factory.admission.clientArrived(self)
+        self.rateLimit = factory.config.maxMessagesPerSecond
+        self.rateWindow = factory.clock.seconds()
+        self._handshakeCall = factory.clock.callLater(
+            factory.config.handshakeTimeout, self._handshakeTimedOut
         )
 
     def _handshakeTimedOut(self) -> None:
@@ -139,15 +197,17 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         Stop the handshake clock, and no longer count this connection.
         """
         self._stopHandshakeClock()
-        relay = self.factory.relay
-        relay.clientLeft(self)
-        if not self.upgraded and relay.config.accessLog:
+        factory = self.factory
+        factory.admission.clientLeft(self)
+        if not self.upgraded and factory.config.accessLog:
             # Sessions log the connections that got their 101.
             refusal = self._refusal
             _log.info(
                 "{client} {route} refused {status}",
                 event="access",
-                client=relay.clientAddress(self) if self.transport else None,
+                client=factory.admission.clientAddress(self)
+                if self.transport
+                else None,
                 route=self.route.name if self.route else None,
                 status=refusal.code if refusal is not None else None,
                 path=self.head.startLine.split(" ")[1] if self.head else None,
@@ -200,7 +260,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         self.rateCount += 1
         if self.rateCount <= self.rateLimit:
             return False
-        now = self.factory.relay.clock.seconds()
+        now = self.factory.clock.seconds()
         if now - self.rateWindow >= 1:
             self.rateWindow = now
             self.rateCount = 1
@@ -214,7 +274,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         @return: Whether to drop this frame.
         """
         self.rateDrops += 1
-        if self.factory.relay.config.messageRateAction == "close":
+        if self.factory.config.messageRateAction == "close":
             self.frame_data = None
             self.closeWith(1008, b"message rate exceeded")
         else:
@@ -240,12 +300,12 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         if self._screened:
             # onConnect is waiting for a backend; keep what the client sent
             # meanwhile, within the head limit.
-            if len(self.data) > self.factory.relay.config.maxMessageSize:
+            if len(self.data) > self.factory.config.maxMessageSize:
                 self.dropConnection(abort=True)
             return
         data = self.data
         end = data.find(b"\r\n\r\n")
-        limit = self.factory.relay.config.maxHeaderSize
+        limit = self.factory.config.maxHeaderSize
         if end < 0:
             if len(data) > limit:
                 self.refuse(Refused(431, "Request Header Fields Too Large"))
@@ -311,7 +371,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             host = host[: host.find("]") + 1]
         else:
             host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        found = self.factory.relay.routes.match(host or None, path)
+        found = self.factory.routes.match(host or None, path)
         if found is None:
             self.refuse(Refused(404, "Not Found"))
             return
@@ -345,7 +405,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
             )
             return
         route, remainder = found
-        refusal = self.factory.relay.admit(self, route)
+        refusal = self.factory.admission.admit(self, route)
         if refusal is not None:
             self.refuse(refusal)
             return
@@ -365,7 +425,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         """
         self._stopHandshakeClock()
         assert self.route is not None
-        d = self.factory.relay.openSession(self, self.route)
+        d = self.factory.sessions.openSession(self, self.route)
         d.addErrback(self._keepRefusal)
         return d
 
@@ -415,7 +475,9 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         anything itself.
         """
         route = self.route
-        if route is not None and route.config.dataPath == "passthrough":
+        if route is not None and (
+            route.config.mode == "fanout" or route.config.dataPath == "passthrough"
+        ):
             self.websocket_extensions = []
         WebSocketServerProtocol.succeedHandshake(self, res)
 
@@ -480,12 +542,31 @@ class FrontendFactory(WebSocketServerFactory):
     # FrontendProtocol.factory is this (non-generic) class.
     protocol: Any = FrontendProtocol
 
-    def __init__(self, relay: RelayService) -> None:
-        super().__init__(server="wsrelay", reactor=relay._reactor)
-        self.relay = relay
+    def __init__(
+        self,
+        reactor: Any,
+        clock: IReactorTime,
+        config: RelayConfig,
+        routes: RouteTable,
+        admission: Admitter,
+        sessions: SessionOpener,
+    ) -> None:
+        """
+        @param reactor: Autobahn's reactor for the connections.
+        @param clock: Times the handshakes and the message rate.
+        @param config: The configuration in force.
+        @param routes: Where requests are routed.
+        @param admission: Admits the clients.
+        @param sessions: Opens the sessions of admitted clients.
+        """
+        super().__init__(server="wsrelay", reactor=reactor)
+        self.clock = clock
+        self.routes = routes
+        self.admission = admission
+        self.sessions = sessions
         #: The budget of log lines that clients' protocol errors may cause.
-        self.protocolErrors = ErrorBudget(relay.clock)
-        self.configure()
+        self.protocolErrors = ErrorBudget(clock)
+        self.configure(config)
 
     def stopFactory(self) -> None:
         """
@@ -494,11 +575,11 @@ class FrontendFactory(WebSocketServerFactory):
         self.protocolErrors.flush()
         super().stopFactory()
 
-    def configure(self) -> None:
+    def configure(self, config: RelayConfig) -> None:
         """
-        Apply the relay's configuration to connections made from now on.
+        Apply C{config} to connections made from now on.
         """
-        config = self.relay.config
+        self.config = config
         self.setProtocolOptions(
             webStatus=False,
             versions=[13],

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_handshake -*-
+# -*- test-case-name: tests.test_units,tests.test_edge -*-
 """
 HTTP/1.1 pieces of the opening handshake that Autobahn does not expose.
 

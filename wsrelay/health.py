@@ -3,6 +3,10 @@
 Health checking: the built-in checkers and the monitor that turns check
 results and failed connections into each backend's up or down state.
 
+Each checker class is registered lazily, by name, as a Twisted plugin in
+C{twisted/plugins/wsrelay_health.py}; its constructor takes the route's
+options and the reactor.
+
 As in HAProxy, a backend goes down after C{fall} failures in a row and
 comes back up after C{rise} successful checks in a row.  Failed connects
 and handshakes of real clients count as failures too (passive checks), so
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,7 +28,6 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -33,7 +35,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from wsrelay.descriptors import isLocalError
-from wsrelay.interfaces import IBackend, IHealthChecker, IHealthCheckerFactory
+from wsrelay.interfaces import IBackend, IHealthChecker
 from wsrelay.routing import endpointDescription
 
 if TYPE_CHECKING:
@@ -47,27 +49,6 @@ Result = tuple[bool, str]
 #: A connect of a check gives up after this long, unless cancelled first
 #: by the route's C{health_timeout} (which is what normally happens).
 CONNECT_LIMIT = 60
-
-
-@implementer(IPlugin, IHealthCheckerFactory)
-@dataclass(frozen=True)
-class CheckerFactory:
-    """
-    A health-checker plugin made from a class whose constructor takes the
-    route's options and the reactor.
-    """
-
-    name: str
-    description: str
-    checkerClass: Any
-    options: tuple[str, ...] = ()
-
-    def build(self, options: Mapping[str, str], reactor: Any) -> IHealthChecker:
-        """
-        Make a checker for one route.
-        """
-        checker: IHealthChecker = self.checkerClass(options, reactor)
-        return checker
 
 
 def _passCancel(f: Failure) -> Result | Failure:
@@ -394,21 +375,6 @@ class _ExampleBackend:
 
 
 _Example: Any = _ExampleBackend()
-
-
-tcp = CheckerFactory("tcp", "a TCP connection opens", TCPChecker)
-websocket = CheckerFactory(
-    "websocket",
-    "a WebSocket handshake on health_path completes and closes cleanly",
-    WebSocketChecker,
-    ("health_path",),
-)
-http = CheckerFactory(
-    "http",
-    "GET health_path answers with a status in health_status",
-    HTTPChecker,
-    ("health_path", "health_status"),
-)
 
 
 class HealthMonitor:

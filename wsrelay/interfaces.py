@@ -1,24 +1,61 @@
 """
-The extension points of wsrelay: balancers and health checkers.
+The extension points of wsrelay, and what a plugin sees of the relay.
 
-Both are found as Twisted plugins: a module in a C{twisted/plugins/} folder
-on C{sys.path} (or in a folder named by C{plugin_path}) holds module-level
-objects that provide L{IPlugin} and L{IBalancerFactory} (or
-L{IHealthCheckerFactory}).  wsrelay's own balancers are registered exactly
-the same way.  See C{docs/plugins.md} for a walk-through.
+Each extension point is a pair of interfaces: a factory, found as a
+Twisted plugin and chosen by name in a route (C{balancer = NAME},
+C{health = NAME}), and the object it builds for that route.  Every
+factory extends L{IPluginFactory}, which extends L{IPlugin}: a plugin
+object declares its factory interface alone.  wsrelay's own plugins are
+registered as any third-party one is, as lazy objects
+(L{wsrelay.dropins}).  See C{docs/plugins.md} for a walk-through and
+L{wsrelay.testing} for testing a plugin.
 
-Methods are declared without C{self}, as zope.interface requires.
+This module is imported by every dropin: it imports nothing but
+C{zope.interface} and L{twisted.plugin}.  Methods are declared without
+C{self}, as zope.interface requires.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """
+    What the relay knows of a client connection when it picks a backend.
+
+    @ivar peer: The client's address (from C{X-Forwarded-For} when the peer
+        is in C{trusted_proxies}).
+    @ivar path: The request path, normalized (dot segments removed,
+        slashes merged).
+    @ivar query: The query string, without C{?}.
+    @ivar headers: The request's header fields in the order received, names
+        as sent (compare them case-insensitively), repeated fields kept.
+    @ivar cookies: The C{Cookie} header's cookies by name.
+    """
+
+    peer: str
+    path: str
+    query: str
+    headers: Sequence[tuple[str, str]]
+    cookies: Mapping[str, str] = field(default_factory=dict)
 
 
 class IBackend(Interface):
     """
-    What a balancer or a health checker knows of one backend of a route.
+    The backend view: what a balancer or a health checker knows of one
+    backend of a route.  Read-only for plugins; the relay keeps one object
+    per backend for as long as its URL does not change.
     """
 
     name = Attribute("The backend's name (C{str}), unique within its route.")
@@ -44,61 +81,43 @@ class IBalancer(Interface):
     Picks the backend for each new connection of one route.
 
     A balancer is built for one route and lives as long as that route's
-    configuration: a reload builds a new one.
+    configuration: a reload builds a new one.  The relay counts open
+    connections itself (L{IBackend.connections}); a balancer that keeps
+    its own state about them also provides L{ILoadListener}.
     """
 
-    def pick(candidates, connection):  # type: ignore[no-untyped-def]
+    def pick(
+        candidates: Sequence[IBackend], connection: ConnectionInfo
+    ) -> IBackend | None:
         """
-        Choose a backend for a new connection.
+        Choose a backend for a new connection, at once (no blocking call,
+        no L{Deferred}).
 
         @param candidates: The backends that may take the connection now
-            (healthy and in rotation), in the order of the configuration; a
-            non-empty sequence of L{IBackend}.
-        @param connection: What is known of the connection: a
-            L{wsrelay.routing.ConnectionInfo} with C{peer} (the client's
-            address, C{str}), C{path} (the request path, C{str}),
-            C{query} (C{str}, without C{?}), C{headers} (a sequence of
-            C{(name, value)} pairs) and C{cookies} (a C{dict}).
-
+            (healthy and in rotation), in the order of the configuration;
+            never empty when the relay calls.
+        @param connection: What is known of the client's connection.
         @return: One of C{candidates}, or L{None} when the balancer cannot
             pick (the client then gets 503).
         """
 
-    def connectionOpened(backend):  # type: ignore[no-untyped-def]
-        """
-        A connection to C{backend} (an L{IBackend}) opened.
-        """
 
-    def connectionClosed(backend):  # type: ignore[no-untyped-def]
-        """
-        A connection to C{backend} (an L{IBackend}) closed.
-        """
-
-
-class IBalancerFactory(IPlugin):
+class ILoadListener(Interface):
     """
-    A plugin that makes balancers; C{balancer = NAME} in a route selects it.
+    The optional load hooks of a balancer: one that provides this
+    interface too is told when connections open and close.  Each
+    L{connectionOpened} is matched by one L{connectionClosed}.
     """
 
-    name = Attribute("The word used in the config (C{str}).")
-    description = Attribute("One line for people (C{str}).")
-    options = Attribute(
-        "The route keys this balancer reads (a sequence of C{str}); the config"
-        " parser accepts them in a route that selects this balancer."
-    )
-
-    def build(backends, options):  # type: ignore[no-untyped-def]
+    def connectionOpened(backend: IBackend) -> None:
         """
-        Make a balancer for one route.
+        A connection to C{backend} opened (after the relay counted it in
+        L{IBackend.connections}).
+        """
 
-        @param backends: All backends of the route (a sequence of
-            L{IBackend}), in the order of the configuration.
-        @param options: The route's values for the keys in C{options} (a
-            mapping of C{str} to C{str}; absent keys are missing).
-
-        @return: An L{IBalancer}.
-        @raise ValueError: When an option's value is invalid; the message
-            is shown to the operator with the route's section and key.
+    def connectionClosed(backend: IBackend) -> None:
+        """
+        A connection to C{backend} closed (after the relay counted it).
         """
 
 
@@ -107,33 +126,77 @@ class IHealthChecker(Interface):
     Checks backends of one route.
     """
 
-    def check(backend):  # type: ignore[no-untyped-def]
+    def check(backend: IBackend) -> Deferred[tuple[bool, str]]:
         """
         Check one backend once.
 
-        @param backend: An L{IBackend}.
         @return: A L{Deferred} that fires with a pair C{(healthy, reason)}:
             a C{bool} and a short C{str} saying why.  It is cancelled when
-            the route's C{health_timeout} passes.
+            the route's C{health_timeout} passes: give it a canceller that
+            aborts the check.
         """
 
 
-class IHealthCheckerFactory(IPlugin):
+class IPluginFactory(IPlugin):
+    """
+    What every wsrelay plugin is: a factory, found by Twisted's plugin
+    loader, that a route chooses by name and that builds one object per
+    route.  Each extension point extends it with a C{build} method.
+    """
+
+    name = Attribute("The word used in the config (C{str}), unique per kind.")
+    description = Attribute("One line for people (C{str}).")
+    options = Attribute(
+        "The route keys this plugin reads (a sequence of lower-case C{str},"
+        " none of them a built-in route key); the config parser accepts them"
+        " in a route that chooses this plugin, and passes their values to"
+        " C{build}."
+    )
+
+
+class IBalancerFactory(IPluginFactory):
+    """
+    A plugin that makes balancers; C{balancer = NAME} in a route selects it.
+    """
+
+    def build(backends: Sequence[IBackend], options: Mapping[str, str]) -> IBalancer:
+        """
+        Make a balancer for one route.
+
+        @param backends: All backends of the route, in the order of the
+            configuration, healthy or not.
+        @param options: The route's values for the keys in C{options}, as
+            written (absent keys are missing).
+        @raise ValueError: When an option's value is invalid; the message,
+            which should start with the key, is shown to the operator with
+            the route's section.
+        """
+
+
+class IHealthCheckerFactory(IPluginFactory):
     """
     A plugin that makes health checkers; C{health = NAME} in a route
     selects it.
     """
 
-    name = Attribute("The word used in the config (C{str}).")
-    description = Attribute("One line for people (C{str}).")
-    options = Attribute("The route keys this checker reads (sequence of C{str}).")
-
-    def build(options, reactor):  # type: ignore[no-untyped-def]
+    def build(options: Mapping[str, str], reactor: IReactorTime) -> IHealthChecker:
         """
-        Make a checker.
+        Make a checker for one route.
 
         @param options: The route's values for the keys in C{options}.
-        @param reactor: The reactor to connect and time with.
-        @return: An L{IHealthChecker}.
+        @param reactor: The reactor to connect and time with (an
+            L{IReactorTime} that is also an L{IReactorTCP}); use it, not
+            the global one.
         @raise ValueError: When an option's value is invalid.
         """
+
+
+# The next extension points take the same shape: an object interface, and
+# a factory interface extending IPluginFactory whose build() makes it for
+# one route, registered with a lazy plugin object (wsrelay.dropins).
+#
+# - ISource / ISourceFactory (issue 15): where a fan-out route's messages
+#   come from, chosen by `source = NAME` (`websocket`, `redis`).
+# - IAuthorizer / IAuthorizerFactory (issue 17): asked about each request
+#   of a route that names it (`auth = NAME`) before any backend is
+#   contacted; answers allow or deny, possibly through a Deferred.

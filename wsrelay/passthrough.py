@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from wsrelay.frontend import FrontendProtocol
-    from wsrelay.session import ProxySession
+    from wsrelay.roles import PipeOwner
     from wsrelay.upstream import UpstreamProtocol
 
 _U16 = struct.Struct("!H")
@@ -180,7 +180,7 @@ class Direction:
         #: C{max_messages_per_second} (a client with a limit).
         self.rated = masked and bool(getattr(source, "rateLimit", 0))
         if self.rated:
-            self.rateAction = pipe.session.relay.config.messageRateAction
+            self.rateAction = pipe.session.config.messageRateAction
         #: Whether the message now arriving is dropped (over the rate).
         self.dropping = False
         #: Whether the rest of the current frame's payload is cut out.
@@ -451,17 +451,17 @@ class Pipe:
 
     def __init__(
         self,
-        session: ProxySession,
+        session: PipeOwner,
         frontend: FrontendProtocol,
         upstream: UpstreamProtocol,
     ) -> None:
-        config = session.relay.config
+        config = session.config
         maxMessage = config.maxMessageSize
         maxFrame = config.maxFrameSize or maxMessage
         self.session = session
         self.frontend = frontend
         self.upstream = upstream
-        self.clock = session.relay.clock
+        self.clock = session.clock
         refused, deflate = rsvRules(upstream.extensionsAnswer)
         fromClient = fromBackend = None
         if deflate:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routing -*-
+# -*- test-case-name: tests.test_units,tests.test_edge -*-
 """
 Routes and backends as the relay holds them at run time.
 
@@ -15,19 +15,18 @@ import math
 import re
 import string
 from collections import deque
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import implementer
 
-from wsrelay.interfaces import IBackend
+from wsrelay.interfaces import ConnectionInfo as ConnectionInfo  # re-exported
+from wsrelay.interfaces import IBackend, ILoadListener
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import BackendConfig, RouteConfig
-    from wsrelay.health import HealthMonitor
     from wsrelay.interfaces import IBalancer
 
 
@@ -69,7 +68,7 @@ class Backend:
         or L{None} before the first.
     @ivar checks: The last few active checks, oldest first.
     @ivar sentMessages: Messages sent to it by connections now closed
-        (L{wsrelay.service.RelayService.traffic} adds the open ones).
+        (L{wsrelay.registry.Registry.traffic} adds the open ones).
     @ivar sentBytes: Payload bytes of those.
     @ivar receivedMessages: Messages received from it, likewise.
     @ivar receivedBytes: Payload bytes of those.
@@ -159,22 +158,32 @@ class Backend:
         return f"<Backend {self.name} {self.state}>"
 
 
-@dataclass(frozen=True)
-class ConnectionInfo:
+class Monitor(Protocol):
     """
-    What the relay knows of a client connection when it picks a backend.
-
-    @ivar peer: The client's address (after C{trusted_proxies}).
-    @ivar path: The request path, normalized (L{normalizePath}).
-    @ivar query: The query string, without C{?}.
-    @ivar headers: The request's header fields.
+    What a route's health monitor (L{wsrelay.health.HealthMonitor}) does
+    for the relay: run the active checks, and hear what real connections
+    show (passive health).
     """
 
-    peer: str
-    path: str
-    query: str
-    headers: Sequence[tuple[str, str]]
-    cookies: Mapping[str, str] = field(default_factory=dict)
+    def start(self) -> None:
+        """
+        Start the active checks.
+        """
+
+    def stop(self) -> None:
+        """
+        Stop them.
+        """
+
+    def failed(self, backend: Backend, reason: str) -> None:
+        """
+        A connection to C{backend} failed.
+        """
+
+    def succeeded(self, backend: Backend) -> None:
+        """
+        A connection to C{backend} opened.
+        """
 
 
 @dataclass(frozen=True)
@@ -182,12 +191,19 @@ class Route:
     """
     One route: its configuration, its backends, its balancer and the
     monitor of its backends' health.
+
+    @ivar loadListener: The balancer's optional load hooks, or L{None}:
+        looked up once, not at each connection.
     """
 
     config: RouteConfig
     backends: tuple[Backend, ...]
     balancer: IBalancer
-    monitor: HealthMonitor
+    monitor: Monitor
+    loadListener: ILoadListener | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loadListener", ILoadListener(self.balancer, None))
 
     @property
     def name(self) -> str:
@@ -299,13 +315,21 @@ def matchPrefix(prefix: str, path: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass
 class RouteTable:
     """
-    All routes, looked up by host and path.
+    All routes, looked up by host and path.  One table lives as long as
+    the relay; a reload puts the new routes in it (L{install}), so that
+    everything holding the table sees them.
     """
 
     routes: tuple[Route, ...]
+
+    def install(self, routes: tuple[Route, ...]) -> None:
+        """
+        Make C{routes} the routes in force.
+        """
+        self.routes = routes
 
     def match(self, host: str | None, path: str) -> tuple[Route, str] | None:
         """

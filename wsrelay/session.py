@@ -31,10 +31,12 @@ from wsrelay.upstream import (
 )
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer, IPushProducer
+    from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 
-    from wsrelay.frontend import FrontendProtocol
-    from wsrelay.service import RelayService
+    from wsrelay.config import ProxyRouteConfig, RelayConfig
+    from wsrelay.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.roles import SessionRegistry, Upstreams
+    from wsrelay.stats import Histogram
 
 #: How many idle checks make up one C{idle_timeout}.
 IDLE_CHECKS = 4
@@ -105,16 +107,38 @@ class ProxySession:
     log = Logger()
 
     def __init__(
-        self, relay: RelayService, route: Route, frontend: FrontendProtocol
+        self,
+        route: Route,
+        frontend: FrontendProtocol,
+        *,
+        upstreams: Upstreams,
+        registry: SessionRegistry,
+        addresses: ClientAddresses,
+        clock: IReactorTime,
+        config: RelayConfig,
+        latency: Histogram,
     ) -> None:
-        self.relay = relay
+        """
+        @param upstreams: Opens the upstream (and hears of its failures).
+        @param registry: Told when the session ends.
+        @param addresses: Says who the client is, and what the backend is
+            told of it.
+        @param clock: Times the handshake budget and the idle timeout.
+        @param config: The relay's configuration when the client came.
+        @param latency: Where the handshake's duration goes.
+        """
+        self.upstreams = upstreams
+        self.registry = registry
+        self.addresses = addresses
+        self.config = config
+        self.latency = latency
         self.route = route
         self.frontend = frontend
         self.upstream: UpstreamProtocol | None = None
         self.backend: Backend | None = None
         self.done: Deferred[None] = Deferred()
         self.stopping = False
-        self._clock = relay.clock
+        self._clock = self.clock = clock
         self._opening: Deferred[Any] | None = None
         self._closeWaiting: RelayLeg | None = None
         #: The leg holding back its failure until the other side answers
@@ -130,10 +154,21 @@ class ProxySession:
         self.openedAt: float | None = None
         self.closedBy: str | None = None
         self.lastBackend: str | None = None
-        self.peer = relay.clientAddress(frontend)
+        self.peer = addresses.clientAddress(frontend)
         self.pipe: Pipe | None = None
         frontend.session = self
         frontend.listener = self
+
+    @property
+    def routeConfig(self) -> ProxyRouteConfig:
+        """
+        The configuration of L{route}: a proxy route's, the only kind that
+        has proxy sessions.
+        """
+        config = self.route.config
+        if config.mode != "proxy":
+            raise TypeError(f"route {config.name!r} is not a proxy route")
+        return config
 
     # Opening.
 
@@ -192,7 +227,7 @@ class ProxySession:
             except CookieError:
                 pass
         return ConnectionInfo(
-            self.relay.clientAddress(f),
+            self.addresses.clientAddress(f),
             f.path,
             f.query,
             f.head.headers,
@@ -204,13 +239,13 @@ class ProxySession:
         Open an upstream within C{handshake_timeout}.
         """
         f = self.frontend
-        return await self.relay.openUpstream(
+        return await self.upstreams.openUpstream(
             self.route,
             self.connectionInfo(),
             self.upstreamRequest,
             tuple(f.websocket_protocols),
             avoid,
-            self._clock.seconds() + self.relay.config.handshakeTimeout,
+            self._clock.seconds() + self.config.handshakeTimeout,
         )
 
     def upstreamRequest(self, backend: Backend) -> tuple[str, RequestHeaders]:
@@ -231,11 +266,11 @@ class ProxySession:
         query = "&".join(q for q in (config.query, f.query) if q)
         if query:
             resource += "?" + query
-        headers = RequestHeaders(self.relay.forwardedHeaders(f, head))
+        headers = RequestHeaders(self.addresses.forwardedHeaders(f, head))
         protocols = head.get("sec-websocket-protocol")
         if protocols:
             headers.append(("Sec-WebSocket-Protocol", protocols))
-        if self.route.config.dataPath == "passthrough":
+        if self.routeConfig.dataPath == "passthrough":
             offers = [
                 (n, v)
                 for (n, v) in head.headers
@@ -259,7 +294,9 @@ class ProxySession:
         up.target = self.frontend
         backend.connections += 1
         backend.totalConnections += 1
-        self.route.balancer.connectionOpened(backend)
+        listener = self.route.loadListener
+        if listener is not None:
+            listener.connectionOpened(backend)
         return up
 
     def clientOpened(self) -> None:
@@ -267,16 +304,16 @@ class ProxySession:
         The client got its 101: data flows both ways now.
         """
         self.openedAt = self._clock.seconds()
-        self.relay.handshakeLatency.observe(self.openedAt - self.startedAt)
+        self.latency.observe(self.openedAt - self.startedAt)
         self._pair()
-        if self.route.config.dataPath == "passthrough":
+        if self.routeConfig.dataPath == "passthrough":
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
             # which Autobahn knows nothing of), and this runs inside the
             # handshakes' processing, with what came behind them still in
             # each leg's buffer.
             self._startPipe()
-        if self.relay.config.idleTimeout > 0:
+        if self.config.idleTimeout > 0:
             self._armIdle()
 
     def _pair(self) -> None:
@@ -374,7 +411,7 @@ class ProxySession:
             or other.heldFailure is not None
             or self._closeWaiting is not None
             or self._buffer is not None
-            or (leg is self.upstream and self.route.config.failover == "reconnect")
+            or (leg is self.upstream and self.routeConfig.failover == "reconnect")
         ):
             return False
         self._failing = leg
@@ -450,9 +487,9 @@ class ProxySession:
         f = self.frontend
         lost = self.backend
         if lost is not None and not leg.wasClean:
-            self.relay.backendFailed(self.route, lost, "connection lost")
+            self.upstreams.backendFailed(self.route, lost, "connection lost")
         if (
-            self.route.config.failover != "reconnect"
+            self.routeConfig.failover != "reconnect"
             or self.stopping
             or f.sendingFragment
         ):
@@ -464,7 +501,7 @@ class ProxySession:
             f.closeWith(1014, reason)
             return
         self._buffer = ReconnectBuffer(
-            self, self.route.config.failoverBuffer, f.receivingFragment
+            self, self.routeConfig.failoverBuffer, f.receivingFragment
         )
         f.target = self._buffer
         ft = f.transport
@@ -555,7 +592,9 @@ class ProxySession:
         if backend is not None and up is not None:
             backend.count(up)
             backend.connections -= 1
-            self.route.balancer.connectionClosed(backend)
+            listener = self.route.loadListener
+            if listener is not None:
+                listener.connectionClosed(backend)
 
     def _maybeFinish(self) -> None:
         """
@@ -566,7 +605,7 @@ class ProxySession:
         self._finished = True
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.cancel()
-        self.relay.sessionEnded(self)
+        self.registry.sessionEnded(self)
         self._logAccess()
         self.done.callback(None)
 
@@ -575,7 +614,7 @@ class ProxySession:
         One event per connection, when it ends.
         """
         f = self.frontend
-        if self.openedAt is None or not self.relay.config.accessLog:
+        if self.openedAt is None or not self.config.accessLog:
             return
         code = f.remoteCloseCode if self.closedBy == "client" else f.localCloseCode
         self.log.info(
@@ -605,7 +644,7 @@ class ProxySession:
         self._idleMark = self._activity()
         self._idleQuiet = 0
         self._idleCall = self._clock.callLater(
-            self.relay.config.idleTimeout / IDLE_CHECKS, self._idleCheck
+            self.config.idleTimeout / IDLE_CHECKS, self._idleCheck
         )
 
     def _idleCheck(self) -> None:
@@ -623,7 +662,7 @@ class ProxySession:
             self.shutdown(1001, b"idle timeout")
             return
         self._idleCall = self._clock.callLater(
-            self.relay.config.idleTimeout / IDLE_CHECKS, self._idleCheck
+            self.config.idleTimeout / IDLE_CHECKS, self._idleCheck
         )
 
 

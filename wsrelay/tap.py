@@ -5,7 +5,6 @@ The C{twistd wsrelay} command line.
 
 from __future__ import annotations
 
-import configparser
 import gc
 import os
 import signal
@@ -17,56 +16,16 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from wsrelay.config import ConfigError, RelayConfig, loadConfig
+from wsrelay.config import ConfigError
 from wsrelay.descriptors import raiseLimit
 from wsrelay.memory import installReporter
-from wsrelay.workers import ControlService, WorkerSpec
+from wsrelay.routes import readConfig
+from wsrelay.workers import ControlService, RelayAnswers, WorkerSpec
 
 if TYPE_CHECKING:
     from wsrelay.service import RelayService
 
-from wsrelay.plugins import (
-    PluginError,
-    balancerFactories,
-    extendPluginPath,
-    healthCheckerFactories,
-)
-
-
-def readConfig(path: str) -> RelayConfig:
-    """
-    Read a configuration file, with the installed balancers' option keys
-    (after extending the plugin path it names).
-
-    @raise ConfigError: With the one-line message naming file, section and
-        key.
-    """
-    extendPluginPath(_pluginPath(path))
-    return loadConfig(
-        path,
-        {name: tuple(f.options) for name, f in balancerFactories().items()},
-        {name: tuple(f.options) for name, f in healthCheckerFactories().items()},
-    )
-
-
-def _pluginPath(path: str) -> list[str]:
-    """
-    Read only C{plugin_path} from C{[relay]}: the balancers it holds must
-    be known before the whole file can be checked.  Anything wrong with the
-    file is left for L{loadConfig} to report.
-    """
-    parser = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=(";", "#")
-    )
-    try:
-        parser.read(path, encoding="utf-8")
-        raw = parser.get("relay", "plugin_path", fallback="")
-    except (configparser.Error, UnicodeDecodeError):
-        return []
-    base = os.path.dirname(path)
-    found = [os.path.join(base, os.path.expanduser(d)) for d in raw.split()]
-    # Only existing folders: loadConfig reports the others by name.
-    return [d for d in found if "\0" not in d and os.path.isdir(d)]
+__all__ = ["Options", "ProcessControl", "StartRefused", "makeService", "readConfig"]
 
 
 class StartRefused(SystemExit):
@@ -129,7 +88,7 @@ class Options(usage.Options):
             if problem is not None:
                 raise ConfigError(path, problem, "relay", "max_connections")
             self["relay"] = RelayService(config, worker=worker, descriptors=descriptors)
-        except (ConfigError, PluginError) as e:
+        except ConfigError as e:
             raise StartRefused(str(e)) from None
 
 
@@ -227,5 +186,8 @@ def makeService(options: Any) -> IService:
     relay.setServiceParent(top)
     ProcessControl(reactor, relay).setServiceParent(top)
     if options["workerSpec"] is not None:
-        ControlService(relay, reactor).setServiceParent(top)
+        from wsrelay.admin import metricsText, status
+
+        answers = RelayAnswers(relay, status, metricsText)
+        ControlService(answers, reactor).setServiceParent(top)
     return top

@@ -70,7 +70,7 @@ class RequestHeaders(list[tuple[str, str]]):
     WebSocket extensions.
 
     A list, so that it reaches L{connectUpstream} through
-    L{wsrelay.service.RelayService.openUpstream} as it is.
+    L{wsrelay.connector.Connector.openUpstream} as it is.
 
     @ivar extensions: L{NO_EXTENSIONS}, L{RELAY_DEFLATE} or L{END_TO_END}.
     """

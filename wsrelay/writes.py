@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_writes -*-
+# -*- test-case-name: tests.test_edge,tests.test_proxy -*-
 """
 Writing to a TCP transport at once.
 

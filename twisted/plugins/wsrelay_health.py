@@ -1,8 +1,20 @@
 """
 wsrelay's built-in health checkers, registered as any third-party checker
-is.
+is: lazily, each imported from L{wsrelay.health} when a route chooses it.
 """
 
-from wsrelay.health import http, tcp, websocket
+from wsrelay.dropins import HealthCheckerPlugin
 
-__all__ = ["http", "tcp", "websocket"]
+tcp = HealthCheckerPlugin("tcp", "wsrelay.health.TCPChecker", "a TCP connection opens")
+websocket = HealthCheckerPlugin(
+    "websocket",
+    "wsrelay.health.WebSocketChecker",
+    "a WebSocket handshake on health_path completes and closes cleanly",
+    ("health_path",),
+)
+http = HealthCheckerPlugin(
+    "http",
+    "wsrelay.health.HTTPChecker",
+    "GET health_path answers with a status in health_status",
+    ("health_path", "health_status"),
+)

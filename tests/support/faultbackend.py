@@ -5,8 +5,8 @@ C{bench/soak.py}.
 
 Run as a program, this module is a backend process::
 
-    python tests/faultbackend.py echo PORT
-    python tests/faultbackend.py source PORT [INTERVAL [SIZE]]
+    python tests/support/faultbackend.py echo PORT
+    python tests/support/faultbackend.py source PORT [INTERVAL [SIZE]]
 
 It listens on C{127.0.0.1:PORT} (C{0}: a port the system picks) and
 prints the port, one line, once it listens, so that it can be killed with
@@ -33,7 +33,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -43,7 +43,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 #: Seconds a process has to start, a client to connect, a reply to come.
 TIMEOUT = 10.0
 
-#: How often conditions are polled while waiting for them.
+#: The longest interval between two looks at a condition waited for (see
+#: L{backoff}), and between a load client's connection attempts.
 POLL = 0.02
 
 #: Seconds an echo client waits for the echo of its last number before it
@@ -127,10 +128,23 @@ async def waitUntil(
         naming C{what} was waited for.
     """
     deadline = time.monotonic() + timeout
-    while not predicate():
+    for delay in backoff():
+        if predicate():
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:g}s")
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(delay)
+
+
+def backoff() -> Iterator[float]:
+    """
+    @return: The intervals between two looks at another process's state:
+        1 ms, doubled each time up to L{POLL}.
+    """
+    delay = 0.001
+    while True:
+        yield delay
+        delay = min(delay * 2, POLL)
 
 
 # Processes.

@@ -1,33 +1,21 @@
 """
-Helpers for integration tests: backends and clients from the C{websockets}
-library (which wsrelay does not use) on loopback, and a relay started from
-a config text.
+Backends on loopback: a C{websockets} server in a thread that echoes
+and obeys commands sent as text (L{script}), stopped with the test.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
-from twisted.protocols.policies import ProtocolWrapper
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
-from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
 
-from wsrelay.config import loadConfig
-from wsrelay.service import RelayService
-
-TIMEOUT = 10
+from tests.support.waiting import TIMEOUT, Changes
 
 
 def script(connection: ServerConnection) -> None:
@@ -93,6 +81,8 @@ class Backend:
     A C{websockets} server in a thread.
 
     @ivar closes: The close frames received, as C{(code, reason)}.
+    @ivar requested: Set when the first handshake request arrives (before
+        C{gate} holds it).
     @ivar compression: C{websockets}' C{compression}: L{None} declines
         permessage-deflate, C{"deflate"} accepts it.
     """
@@ -110,6 +100,8 @@ class Backend:
         self.refuse = refuse
 
         self.stall = threading.Event()
+        self.requested = threading.Event()
+        self._changes = Changes()
 
         def handle(connection: ServerConnection) -> None:
             self.connections += 1
@@ -120,8 +112,10 @@ class Backend:
                 rcvd = connection.protocol.close_rcvd
                 if rcvd is not None:
                     self.closes.append((rcvd.code, rcvd.reason))
+                    self._changes.changedInThread()
 
         def processRequest(connection: ServerConnection, request: Any) -> Any:
+            self.requested.set()
             if gate is not None:
                 gate.wait(TIMEOUT)
             if self.refuse is None:
@@ -143,6 +137,14 @@ class Backend:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
+    def whenClosed(self, count: int = 1) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once C{count} close frames are
+            in L{closes} (a connection's is recorded when its handler is
+            done), failing after L{TIMEOUT} seconds.
+        """
+        return self._changes.until(lambda: len(self.closes) >= count)
+
     def stop(self) -> None:
         """
         Stop serving and close its connections.
@@ -158,62 +160,3 @@ def startBackend(testCase: Any, **kwargs: Any) -> Backend:
     backend = Backend(**kwargs)
     testCase.addCleanup(backend.stop)
     return backend
-
-
-async def startRelay(
-    testCase: Any,
-    text: str,
-    clock: Any = None,
-    listen: str = "tcp:0:interface=127.0.0.1",
-) -> tuple[RelayService, int]:
-    """
-    Start a relay on a loopback port from a config text (its C{listen}
-    is added), stopped at the end of C{testCase}.  When C{testCase} has a
-    C{dataPath} attribute, every route gets that C{data_path}.
-
-    @param listen: The endpoint the relay listens on (port 0: the system
-        picks one), say C{haproxy:tcp:0:interface=127.0.0.1}.
-    @return: The service and its port.
-    """
-    dataPath = getattr(testCase, "dataPath", None)
-    if dataPath is not None:
-        # Run the test case's proxy routes on another data path.
-        text = re.sub(r"(\[route:[^\]]+\]\n)", rf"\1data_path = {dataPath}\n", text)
-    directory = tempfile.mkdtemp()
-    path = os.path.join(directory, "relay.ini")
-    with open(path, "w") as f:
-        f.write(text.replace("[relay]", f"[relay]\nlisten = {listen}", 1))
-    relay = RelayService(loadConfig(path), reactor, clock)
-    relay.startService()
-    testCase.addCleanup(relay.stopService)
-    (port,) = await relay.whenListening()
-    return relay, port.getHost().port
-
-
-def noDelay(transport: Any) -> int:
-    """
-    @return: The C{TCP_NODELAY} option of the socket under C{transport}
-        (a TCP transport, or TLS over one), 0 if Nagle's algorithm is on.
-    """
-    while isinstance(transport, ProtocolWrapper):
-        # TLS (or the PROXY protocol) over TCP: its handle is not a socket.
-        transport = transport.transport
-    sock = transport.getHandle()
-    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-
-
-def inThread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-    """
-    Run a blocking client function in a thread.
-    """
-    return deferToThread(f, *args, **kwargs)
-
-
-def client(port: int, path: str = "/", **kwargs: Any) -> ClientConnection:
-    """
-    Connect a C{websockets} client to the relay.
-    """
-    kwargs.setdefault("open_timeout", TIMEOUT)
-    kwargs.setdefault("compression", None)
-    kwargs.setdefault("max_size", None)
-    return connect(f"ws://127.0.0.1:{port}{path}", **kwargs)

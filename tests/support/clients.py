@@ -1,0 +1,81 @@
+"""
+Clients of the relay on loopback: C{websockets} clients run in a
+thread, and raw sockets that send a handshake of their own.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.support.waiting import TIMEOUT
+
+
+def closedPort() -> int:
+    """
+    @return: A loopback port nothing listens on.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def closeOf(c: Any) -> tuple[int | None, str | None]:
+    """
+    Wait for the relay to close C{c} and say with what.
+    """
+    try:
+        while True:
+            c.recv(TIMEOUT)
+    except ConnectionClosed:
+        pass
+    rcvd = c.protocol.close_rcvd
+    return (rcvd.code, rcvd.reason) if rcvd else (None, None)
+
+
+def rawRequest(port: int, path: str = "/chat", extra: str = "") -> bytes:
+    """
+    An opening handshake request as bytes.
+    """
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+def rawExchange(port: int, data: bytes) -> bytes:
+    """
+    Send bytes to the relay and read until it closes.
+    """
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def inThread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """
+    Run a blocking client function in a thread.
+    """
+    return deferToThread(f, *args, **kwargs)
+
+
+def client(port: int, path: str = "/", **kwargs: Any) -> ClientConnection:
+    """
+    Connect a C{websockets} client to the relay.
+    """
+    kwargs.setdefault("open_timeout", TIMEOUT)
+    kwargs.setdefault("compression", None)
+    kwargs.setdefault("max_size", None)
+    return connect(f"ws://127.0.0.1:{port}{path}", **kwargs)

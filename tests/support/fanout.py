@@ -1,0 +1,222 @@
+"""
+A fan-out source on loopback (L{Source}) and the config of a relay
+that feeds from it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+from tests.support.clients import inThread
+from tests.support.waiting import TIMEOUT, Changes, waitFor
+from wsrelay.fanout import UP, Channel
+from wsrelay.service import RelayService
+
+Message = str | bytes
+
+
+class Source:
+    """
+    A feed: a C{websockets} server in a thread that sends numbered messages
+    to every connection it has, on command, records what each connection
+    receives, and can be killed and started again on the same port.
+
+    @ivar port: The port it listens on, the same after a restart.
+    @ivar paths: The request path of every connection it accepted, in
+        order; a connection's number is its index here.
+    @ivar received: What each connection received, by number.
+    @ivar open: The connections now open, by number.
+    @ivar closes: The close frames received, C{(code, reason)}.
+    @ivar lost: The numbers sent while no connection was open.
+    @ivar next: The next number to send.
+    """
+
+    def __init__(self, testCase: TestCase, first: int = 1) -> None:
+        self.port = 0
+        self.paths: list[str] = []
+        self.received: list[list[Message]] = []
+        self.open: dict[int, ServerConnection] = {}
+        self.closes: list[tuple[int | None, str | None]] = []
+        self.lost: list[int] = []
+        self.next = first
+        self._lock = threading.Lock()
+        self._changes = Changes()
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self.start()
+        testCase.addCleanup(inThread, self.stop)
+
+    def url(self, path: str = "/feed") -> str:
+        """
+        @return: The URL of C{path} on this source.
+        """
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> None:
+        """
+        Listen (again, on the same port after the first time).
+        """
+        server = serve(
+            self._handle,
+            "127.0.0.1",
+            self.port,
+            compression=None,
+            max_size=None,
+            ping_interval=None,
+        )
+        self._server = server
+        self.port = server.socket.getsockname()[1]
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _handle(self, connection: ServerConnection) -> None:
+        """
+        Record a connection and what it receives until it closes.
+        """
+        with self._lock:
+            number = len(self.paths)
+            self.paths.append(connection.request.path if connection.request else "")
+            received: list[Message] = []
+            self.received.append(received)
+            self.open[number] = connection
+        self._changes.changedInThread()
+        try:
+            for message in connection:
+                received.append(message)
+                self._changes.changedInThread()
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                del self.open[number]
+                rcvd = connection.protocol.close_rcvd
+                if rcvd is not None:
+                    self.closes.append((rcvd.code, rcvd.reason))
+            self._changes.changedInThread()
+
+    def until(self, predicate: Callable[[], object]) -> Deferred[None]:
+        """
+        @param predicate: A condition on the source's connections (which
+            are open, what they received).
+        @return: A L{Deferred} that fires once C{predicate} holds, checked
+            again whenever a connection opens, receives or closes; it
+            fails after L{TIMEOUT} seconds.
+        """
+        return self._changes.until(predicate)
+
+    def connectionsTo(self, path: str) -> list[int]:
+        """
+        @return: The numbers of the open connections to C{path}.
+        """
+        with self._lock:
+            return [n for n in self.open if self.paths[n] == path]
+
+    def send(self, count: int, size: int = 0) -> None:
+        """
+        Send the next C{count} numbers to every open connection, each as
+        C{"SEQ PATH"} padded to C{size} characters; a number sent while no
+        connection is open is lost.  Blocks: call it in a thread.
+        """
+        for _ in range(count):
+            with self._lock:
+                seq = self.next
+                self.next += 1
+                targets = list(self.open.items())
+            if not targets:
+                self.lost.append(seq)
+                continue
+            for number, connection in targets:
+                text = f"{seq} {self.paths[number]} "
+                connection.send(text.ljust(size, "x"))
+
+    def stream(self, stop: threading.Event) -> None:
+        """
+        Send numbers until C{stop} is set or the last connection closes.
+        """
+        while not stop.is_set():
+            try:
+                self.send(10)
+            except ConnectionClosed:
+                return
+            if not self.open:
+                return
+
+    def kill(self) -> None:
+        """
+        Stop listening, then cut every connection without a close frame
+        (the data already sent still arrives, then the TCP connection
+        ends).  Blocks: call it in a thread.
+        """
+        server = self._server
+        assert server is not None
+        stopper = threading.Thread(
+            target=server.shutdown, kwargs={"close_connections": False}, daemon=True
+        )
+        stopper.start()
+        server.socket_closed.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while stopper.is_alive():
+            assert time.monotonic() < deadline, "source connections did not end"
+            with self._lock:
+                connections = list(self.open.values())
+            for connection in connections:
+                try:
+                    connection.socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            stopper.join(0.01)
+        self._server = None
+
+    def goAway(self) -> None:
+        """
+        Shut down as a server does: close every connection with 1001 and
+        stop listening.  Blocks: call it in a thread.
+        """
+        server, self._server = self._server, None
+        assert server is not None
+        server.shutdown()
+
+    def stop(self) -> None:
+        """
+        Shut down, if running.
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+        if self._thread is not None:
+            self._thread.join(TIMEOUT)
+
+
+def feed(source: Source, extra: str = "", relay: str = "") -> str:
+    """
+    @param extra: More keys of the route.
+    @param relay: More keys of the C{[relay]} section.
+    @return: The config text of a relay with one fan-out route C{ticker}
+        at C{/ticker} to C{source}'s C{/feed}, quick to reconnect.
+    """
+    return (
+        f"[relay]\n{relay}[route:ticker]\npath = /ticker\nmode = fanout\n"
+        f"backends = {source.url()}\nbackoff_base = 0.05\nbackoff_cap = 0.2\n"
+        f"health_interval = 0.1\n{extra}"
+    )
+
+
+async def channelUp(relay: RelayService, key: str = "") -> Channel:
+    """
+    Wait until the channel C{key} of the route C{ticker} is connected.
+    """
+    await waitFor(
+        lambda: (
+            ("ticker", key) in relay.channels
+            and relay.channels[("ticker", key)].state == UP
+        )
+    )
+    return relay.channels[("ticker", key)]

@@ -1,0 +1,96 @@
+"""
+A relay started from a config text on a loopback port, and readings of
+what it holds: its sessions, and the sockets and producers under its
+transports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.protocols.policies import ProtocolWrapper
+
+from tests.support.waiting import waitFor
+from wsrelay.config import loadConfig
+from wsrelay.legs import OPEN
+from wsrelay.service import RelayService
+from wsrelay.session import ProxySession
+
+
+def buffered(transport: Any) -> int:
+    """
+    @return: The bytes a TCP transport holds that the kernel did not take.
+    """
+    return len(transport.dataBuffer) + transport._tempDataLen  # type: ignore[no-any-return]
+
+
+def paused(transport: Any) -> bool:
+    """
+    @return: Whether the reactor stopped reading from C{transport}.
+    """
+    return transport not in reactor.getReaders()  # type: ignore[attr-defined]
+
+
+async def openSession(relay: RelayService) -> ProxySession:
+    """
+    Wait for the relay's one proxy session to have its upstream open.
+    """
+
+    def session() -> ProxySession | None:
+        for s in relay.sessions:
+            if isinstance(s, ProxySession) and s.upstream is not None:
+                if s.upstream.state == OPEN:
+                    return s
+        return None
+
+    await waitFor(lambda: session() is not None)
+    found = session()
+    assert found is not None
+    return found
+
+
+async def startRelay(
+    testCase: Any,
+    text: str,
+    clock: Any = None,
+    listen: str = "tcp:0:interface=127.0.0.1",
+) -> tuple[RelayService, int]:
+    """
+    Start a relay on a loopback port from a config text (its C{listen}
+    is added), stopped at the end of C{testCase}.  When C{testCase} has a
+    C{dataPath} attribute, every route gets that C{data_path}.
+
+    @param listen: The endpoint the relay listens on (port 0: the system
+        picks one), say C{haproxy:tcp:0:interface=127.0.0.1}.
+    @return: The service and its port.
+    """
+    dataPath = getattr(testCase, "dataPath", None)
+    if dataPath is not None:
+        # Run the test case's proxy routes on another data path.
+        text = re.sub(r"(\[route:[^\]]+\]\n)", rf"\1data_path = {dataPath}\n", text)
+    directory = tempfile.mkdtemp()
+    path = os.path.join(directory, "relay.ini")
+    with open(path, "w") as f:
+        f.write(text.replace("[relay]", f"[relay]\nlisten = {listen}", 1))
+    relay = RelayService(loadConfig(path), reactor, clock)
+    relay.startService()
+    testCase.addCleanup(relay.stopService)
+    (port,) = await relay.whenListening()
+    return relay, port.getHost().port
+
+
+def noDelay(transport: Any) -> int:
+    """
+    @return: The C{TCP_NODELAY} option of the socket under C{transport}
+        (a TCP transport, or TLS over one), 0 if Nagle's algorithm is on.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        # TLS (or the PROXY protocol) over TCP: its handle is not a socket.
+        transport = transport.transport
+    sock = transport.getHandle()
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))

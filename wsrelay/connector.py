@@ -1,0 +1,190 @@
+# -*- test-case-name: tests.test_descriptors,tests.test_proxy -*-
+"""
+The upstream connector: opens a connection to one of a route's backends,
+trying the candidates its balancer picks, each within C{connect_timeout},
+failing over to the next, and tells the route's health monitor what the
+connections show (passive health).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
+
+from twisted.logger import Logger
+
+from wsrelay.frontend import Refused
+from wsrelay.upstream import (
+    UpstreamError,
+    UpstreamLocalError,
+    UpstreamProtocol,
+    UpstreamRefused,
+    UpstreamShortageError,
+    UpstreamTimeout,
+    connectUpstream,
+)
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from wsrelay.config import RelayConfig
+    from wsrelay.descriptors import Shortage
+    from wsrelay.roles import RequestFor
+    from wsrelay.routing import Backend, ConnectionInfo, Route
+
+
+def tooMany(code: int, reason: str, body: bytes) -> Refused:
+    """
+    @return: A refusal that asks the client to retry in a second.
+    """
+    return Refused(code, reason, [("Retry-After", "1")], body)
+
+
+class Connector:
+    """
+    Opens upstreams to the backends of a route (L{wsrelay.roles.Upstreams}).
+
+    @ivar connectTimeout: Seconds one backend gets to answer (the
+        configuration's C{connect_timeout}, set again on reload).
+    @ivar shortage: Counts and logs the refusals for want of descriptors
+        or local ports, shared with the admission.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, clock: IReactorTime, shortage: Shortage, connectTimeout: float
+    ) -> None:
+        self.clock = clock
+        self.shortage = shortage
+        self.connectTimeout = connectTimeout
+
+    def configure(self, config: RelayConfig) -> None:
+        """
+        Apply C{config}'s C{connect_timeout} to connections from now on.
+        """
+        self.connectTimeout = config.connectTimeout
+
+    def _candidates(
+        self,
+        route: Route,
+        info: ConnectionInfo,
+        tried: list[Backend],
+        avoid: Backend | None,
+    ) -> Iterator[Backend]:
+        """
+        Pick backends of C{route} one after the other, each at most once,
+        C{avoid} only when no other is left.
+        """
+        while True:
+            candidates = [b for b in route.candidates() if b not in tried]
+            if avoid is not None and len(candidates) > 1 and avoid in candidates:
+                candidates.remove(avoid)
+            if not candidates:
+                return
+            # One of the candidates, as IBalancer.pick promises.
+            backend = cast("Backend | None", route.balancer.pick(candidates, info))
+            if backend is None:
+                return
+            tried.append(backend)
+            yield backend
+
+    async def openUpstream(
+        self,
+        route: Route,
+        info: ConnectionInfo,
+        request: RequestFor,
+        offered: tuple[str, ...],
+        avoid: Backend | None,
+        deadline: float,
+    ) -> tuple[Backend, UpstreamProtocol]:
+        """
+        Open an upstream to a backend of C{route}: try the candidates the
+        balancer picks, each within C{connect_timeout}, until one accepts
+        or C{deadline} (on the relay's clock) passes.
+
+        @param info: What the balancer may know of the connection.
+        @param request: Gives the request target and header fields for a
+            backend.
+        @param offered: The subprotocols offered.
+        @param avoid: A backend to try last (the one just lost).
+
+        @raise Refused: 503 when no backend is available, or (with
+            C{Retry-After}) when the relay is out of descriptors or local
+            ports; 502 when none could be reached, 504 when the time ran
+            out; a backend's own refusal is relayed as it came.
+        """
+        tried: list[Backend] = []
+        timedOut = local = False
+        for backend in self._candidates(route, info, tried, avoid):
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                timedOut = True
+                break
+            resource, headers = request(backend)
+            try:
+                up = await connectUpstream(
+                    self.clock,
+                    backend.endpoint,
+                    backend.factory,
+                    resource,
+                    backend.hostHeader(),
+                    headers,
+                    offered,
+                    min(self.connectTimeout, remaining),
+                )
+            except UpstreamRefused as e:
+                self.backendAnswered(route, backend, e.status)
+                raise
+            except UpstreamLocalError as e:
+                # The relay's problem: not the backend's failure, and not
+                # logged per connection; the next backend would fail the
+                # same way.
+                self.shortage.exhausted()
+                local = True
+                reason = str(e)
+                break
+            except UpstreamShortageError as e:
+                if self.shortage.short():
+                    local = True
+                    reason = str(e)
+                    break
+                timedOut = False
+                self.backendFailed(route, backend, str(e))
+                continue
+            except UpstreamError as e:
+                timedOut = isinstance(e, UpstreamTimeout)
+                self.backendFailed(route, backend, str(e))
+                continue
+            route.monitor.succeeded(backend)
+            return backend, up
+        if local:
+            self.shortage.occurred(reason)
+            raise tooMany(
+                503, "Service Unavailable", b"relay out of resources, retry shortly\n"
+            )
+        if not tried:
+            raise Refused(503, "Service Unavailable", body=b"no backend available\n")
+        if timedOut:
+            raise Refused(504, "Gateway Timeout", body=b"backend timed out\n")
+        raise Refused(502, "Bad Gateway", body=b"no backend reachable\n")
+
+    def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
+        """
+        A connection to C{backend} failed (passive health).
+        """
+        self.log.warn(
+            "route {route}: backend {backend} failed: {reason}",
+            route=route.name,
+            backend=backend.name,
+            reason=reason,
+        )
+        route.monitor.failed(backend, reason)
+
+    def backendAnswered(self, route: Route, backend: Backend, status: int) -> None:
+        """
+        C{backend} refused a handshake with C{status}; 5xx counts as a
+        failure, 4xx does not.
+        """
+        if status >= 500:
+            self.backendFailed(route, backend, f"answered {status}")

@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.test_proxy,tests.test_fanout -*-
+"""
+The registry of what is open: the client sessions and the fan-out
+channels (L{Registry}), and the factory that opens them for routed
+clients (L{Sessions}).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
+from wsrelay.session import ProxySession
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
+
+    from wsrelay.config import RelayConfig
+    from wsrelay.frontend import Admitter, FrontendProtocol
+    from wsrelay.roles import LiveChannel, LiveSession, Upstreams
+    from wsrelay.routing import Backend, Route, RouteTable
+    from wsrelay.stats import Histogram
+
+
+class Registry:
+    """
+    The sessions and fan-out channels open now
+    (L{wsrelay.roles.SessionRegistry}).
+
+    @ivar sessions: The sessions now open.
+    @ivar channels: The fan-out channels, by route name and key.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: set[ProxySession | FanoutSession] = set()
+        self.channels: dict[tuple[str, str], Channel] = {}
+
+    def sessionEnded(self, session: LiveSession) -> None:
+        """
+        Forget a session whose connections are gone.
+        """
+        self.sessions.discard(session)
+
+    def channelEnded(self, channel: LiveChannel) -> None:
+        """
+        Forget a channel that closed for want of clients.
+        """
+        key = (channel.route.name, channel.key)
+        if self.channels.get(key) is channel:
+            del self.channels[key]
+
+    def onBackend(self, backend: Backend) -> list[ProxySession | FanoutSession]:
+        """
+        @return: The sessions whose upstream goes to C{backend}.
+        """
+        return [s for s in self.sessions if s.backend is backend]
+
+    def traffic(self, backend: Backend) -> tuple[int, int, int, int]:
+        """
+        @return: Messages and bytes sent to C{backend}, and messages and
+            bytes received from it, by closed and open connections.
+        """
+        sent, sentBytes = backend.sentMessages, backend.sentBytes
+        received, receivedBytes = backend.receivedMessages, backend.receivedBytes
+        legs = [s.upstream for s in self.sessions if s.backend is backend]
+        legs += [c.upstream for c in self.channels.values() if c.backend is backend]
+        for leg in legs:
+            if leg is not None:
+                sent += leg.messagesOut
+                sentBytes += leg.bytesOut
+                received += leg.messagesIn
+                receivedBytes += leg.bytesIn
+        return sent, sentBytes, received, receivedBytes
+
+
+class Sessions:
+    """
+    Opens the session of a client whose handshake is valid
+    (L{wsrelay.frontend.SessionOpener}): a proxy session, or a membership
+    of a fan-out channel, made if need be; each is kept in the registry.
+
+    @ivar config: The configuration new sessions get (set on reload).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        upstreams: Upstreams,
+        admission: Admitter,
+        clock: IReactorTime,
+        config: RelayConfig,
+        latency: Histogram,
+    ) -> None:
+        """
+        @param latency: Where sessions record how long their handshakes
+            took.
+        """
+        self._registry = registry
+        self._upstreams = upstreams
+        self._admission = admission
+        self._clock = clock
+        self.config = config
+        self._latency = latency
+
+    def configure(self, config: RelayConfig) -> None:
+        """
+        Give sessions opened from now on C{config}.
+        """
+        self.config = config
+
+    def openSession(self, frontend: FrontendProtocol, route: Route) -> Deferred[Any]:
+        """
+        Pair a client whose handshake is valid with an upstream.
+        """
+        session: ProxySession | FanoutSession
+        if route.config.mode == "fanout":
+            key = channelKey(route, frontend.remainder, frontend.query)
+            session = FanoutSession(
+                self.channel(route, key),
+                frontend,
+                registry=self._registry,
+                addresses=self._admission,
+                clock=self._clock,
+                config=self.config,
+                latency=self._latency,
+            )
+        else:
+            session = ProxySession(
+                route,
+                frontend,
+                upstreams=self._upstreams,
+                registry=self._registry,
+                addresses=self._admission,
+                clock=self._clock,
+                config=self.config,
+                latency=self._latency,
+            )
+        self._registry.sessions.add(session)
+        return session.open()
+
+    def channel(self, route: Route, key: str) -> Channel:
+        """
+        @return: The fan-out channel C{key} of C{route}, made if need be.
+        """
+        channels = self._registry.channels
+        channel = channels.get((route.name, key))
+        if channel is None:
+            channel = Channel(route, key, self._upstreams, self._registry, self._clock)
+            channels[(route.name, key)] = channel
+        return channel
+
+    def startChannels(self, routes: RouteTable) -> None:
+        """
+        Connect the channels of the fan-out routes with C{connect = eager}.
+        """
+        for route in routes.routes:
+            config = route.config
+            if config.mode == "fanout" and config.channel == "route":
+                channel = self.channel(route, "")
+                if config.connect == "eager" and channel.state == IDLE:
+                    channel.start()

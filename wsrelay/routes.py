@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_operations,tests.test_config,tests.test_tls -*-
+"""
+The route builder: reads the configuration file with the installed
+plugins' options (L{readConfig}) and makes the run-time routes from it,
+each with its backends' endpoints (plain or TLS), its balancer and its
+health monitor (L{RouteBuilder}).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.endpoints import clientFromString
+from twisted.logger import Logger
+
+from wsrelay.config import NO_HEALTH, ConfigError, loadConfig
+from wsrelay.health import HealthMonitor
+from wsrelay.plugins import (
+    balancerFactories,
+    extendPluginPath,
+    healthCheckerFactories,
+)
+from wsrelay.routing import Backend, Route, buildBackends, endpointDescription
+from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
+from wsrelay.upstream import UpstreamFactory
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from wsrelay.config import RelayConfig, RouteConfig
+
+
+def readConfig(path: str) -> RelayConfig:
+    """
+    Read a configuration file, with the installed balancers' option keys
+    (after extending the plugin path it names).
+
+    @raise ConfigError: With the one-line message naming file, section and
+        key.
+    """
+    extendPluginPath(_pluginPath(path))
+    return loadConfig(
+        path,
+        {name: tuple(f.options) for name, f in balancerFactories().items()},
+        {name: tuple(f.options) for name, f in healthCheckerFactories().items()},
+    )
+
+
+def _pluginPath(path: str) -> list[str]:
+    """
+    Read only C{plugin_path} from C{[relay]}: the balancers it holds must
+    be known before the whole file can be checked.  Anything wrong with the
+    file is left for L{loadConfig} to report.
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#")
+    )
+    try:
+        parser.read(path, encoding="utf-8")
+        raw = parser.get("relay", "plugin_path", fallback="")
+    except (configparser.Error, UnicodeDecodeError):
+        return []
+    base = os.path.dirname(path)
+    found = [os.path.join(base, os.path.expanduser(d)) for d in raw.split()]
+    # Only existing folders: loadConfig reports the others by name.
+    return [d for d in found if "\0" not in d and os.path.isdir(d)]
+
+
+class RouteBuilder:
+    """
+    Makes run-time routes (L{Route}) from their configuration: backends
+    with their endpoints, the balancer and the health checker the route
+    names (found as plugins), and its health monitor.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, clock: IReactorTime) -> None:
+        """
+        @param reactor: Connects to the backends and runs health checks.
+        @param clock: Times the health checks.
+        """
+        self._reactor = reactor
+        self._clock = clock
+        self._balancers = balancerFactories()
+        self._checkers = healthCheckerFactories()
+
+    def build(
+        self, config: RelayConfig, previous: dict[str, Route] | None = None
+    ) -> tuple[Route, ...]:
+        """
+        Make the routes of C{config}, reusing the backends of the routes of
+        the same names in C{previous} that did not change.
+
+        @raise ConfigError: When a plugin rejects its options or a
+            C{ca_file} cannot be used.
+        """
+        previous = previous or {}
+        return tuple(
+            self._buildRoute(config, rc, previous.get(rc.name)) for rc in config.routes
+        )
+
+    def check(self, config: RelayConfig) -> None:
+        """
+        Check every route of C{config} with the plugins installed now (found
+        again: a reload may bring new ones) on stand-in backends, so that
+        the backends of running routes are untouched when one is rejected.
+
+        @raise ConfigError: When one is rejected; the plugins found before
+            stay in use then.
+        """
+        balancers, checkers = self._balancers, self._checkers
+        try:
+            self._balancers = balancerFactories()
+            self._checkers = healthCheckerFactories()
+            for rc in config.routes:
+                self._trust(config, rc)
+                self._plugins(config, rc, buildBackends(rc, None))
+        except ConfigError:
+            self._balancers, self._checkers = balancers, checkers
+            raise
+
+    def _buildRoute(
+        self, relay: RelayConfig, config: RouteConfig, previous: Route | None
+    ) -> Route:
+        """
+        Make the run-time route for a route's configuration, reusing the
+        backends of C{previous} that did not change.
+
+        @raise ConfigError: When a plugin rejects its options or the
+            C{ca_file} cannot be used; the backends of C{previous} are
+            untouched then.
+        """
+        trust = self._trust(relay, config)
+        if previous is not None:
+            # Check the plugins on stand-in backends first.
+            self._plugins(relay, config, buildBackends(config, None))
+        backends = buildBackends(config, previous)
+        balancer, checker = self._plugins(relay, config, backends)
+        if not config.verify and any(b.config.secure for b in backends):
+            self.log.warn(
+                "route {route}: verify = off: wss:// backends' certificates"
+                " are NOT checked",
+                route=config.name,
+            )
+        for b in backends:
+            # Made again at each reload: limits apply to new connections.
+            b.factory = UpstreamFactory(b.url, relay, self._reactor)
+            if b.config.secure:
+                b.endpoint = tlsEndpoint(
+                    self._reactor,
+                    b.host,
+                    b.port,
+                    relay.connectTimeout,
+                    config.verify,
+                    trust,
+                )
+            else:
+                b.endpoint = clientFromString(
+                    self._reactor,
+                    endpointDescription(b.host, b.port, False, relay.connectTimeout),
+                )
+        monitor = HealthMonitor(
+            config.name,
+            backends,
+            checker,
+            self._clock,
+            config.healthInterval,
+            config.healthTimeout,
+            config.rise,
+            config.fall,
+            config.slowstart,
+        )
+        return Route(config, backends, balancer, monitor)
+
+    def _trust(self, relay: RelayConfig, config: RouteConfig) -> Any:
+        """
+        @return: The trust root of the route's C{ca_file}, or L{None}.
+        @raise ConfigError: When it cannot be used.
+        """
+        if config.caFile is None:
+            return None
+        try:
+            return loadTrust(config.caFile)
+        except (OSError, BadCAFile) as e:
+            raise ConfigError(relay.path, str(e), config.section, "ca_file") from None
+
+    def _plugins(
+        self, relay: RelayConfig, config: RouteConfig, backends: Sequence[Backend]
+    ) -> tuple[Any, Any]:
+        """
+        Build a route's balancer and health checker.
+
+        @raise ConfigError: When one rejects its options.
+        """
+        try:
+            balancer = self._balancers[config.balancer].build(backends, config.options)
+        except ValueError as e:
+            raise ConfigError(
+                relay.path, f"{config.balancer}: {e}", config.section, "balancer"
+            ) from None
+        checker = None
+        if config.health != NO_HEALTH:
+            try:
+                checker = self._checkers[config.health].build(
+                    config.healthOptions, self._reactor
+                )
+            except ValueError as e:
+                raise ConfigError(
+                    relay.path, f"{config.health}: {e}", config.section, "health"
+                ) from None
+        return balancer, checker

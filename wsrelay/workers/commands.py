@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_workers_channel -*-
+"""
+The commands worker 0 sends the other workers, as AMP commands
+(L{twisted.protocols.amp}): each has typed arguments and response, and the
+errors a worker may answer with.
+
+AMP limits a value to 64 KiB; a status or metrics page can be larger, so
+those travel as L{Chunked} values, split over several keys.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from twisted.protocols.amp import MAX_VALUE_LENGTH, Argument, Command, Unicode
+
+
+class CommandFailed(Exception):
+    """
+    A worker could not carry out a command; the message says why.
+    """
+
+
+class ConfigRejected(Exception):
+    """
+    A worker rejected the configuration file on reload; the message is its
+    L{wsrelay.config.ConfigError} (or plugin error).
+    """
+
+
+class NoSuchBackend(Exception):
+    """
+    A worker has no such route or backend; the message names it.
+    """
+
+
+class Chunked(Argument):
+    """
+    A value of any length, sent as C{NAME} (the number of chunks) and
+    C{NAME.0}, C{NAME.1}... (each at most L{MAX_VALUE_LENGTH} bytes).
+    Subclasses say how the value is made bytes and back.
+    """
+
+    def encode(self, value: Any) -> bytes:
+        """
+        @return: C{value} as bytes.
+        """
+        raise NotImplementedError()
+
+    def decode(self, data: bytes) -> Any:
+        """
+        @return: The value C{data} encodes.
+        """
+        raise NotImplementedError()
+
+    def toBox(
+        self, name: bytes, strings: dict[bytes, bytes], objects: Any, proto: Any
+    ) -> None:
+        """
+        Put C{objects}' value for C{name} into C{strings}, in chunks.
+        """
+        data = self.encode(objects.pop(name.decode("ascii")))
+        chunks = range(0, len(data), MAX_VALUE_LENGTH)
+        strings[name] = b"%d" % len(chunks)
+        for i, start in enumerate(chunks):
+            strings[b"%s.%d" % (name, i)] = data[start : start + MAX_VALUE_LENGTH]
+
+    def fromBox(
+        self, name: bytes, strings: dict[bytes, bytes], objects: Any, proto: Any
+    ) -> None:
+        """
+        Join the chunks of C{name} in C{strings} into C{objects}' value.
+        """
+        count = int(strings.pop(name))
+        data = b"".join(strings.pop(b"%s.%d" % (name, i)) for i in range(count))
+        objects[name.decode("ascii")] = self.decode(data)
+
+
+class JSONValue(Chunked):
+    """
+    A JSON value (a status page), of any length.
+    """
+
+    def encode(self, value: Any) -> bytes:
+        return json.dumps(value).encode("utf-8")
+
+    def decode(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class Text(Chunked):
+    """
+    Text (a metrics page), of any length.
+    """
+
+    def encode(self, value: Any) -> bytes:
+        return str(value).encode("utf-8")
+
+    def decode(self, data: bytes) -> Any:
+        return data.decode("utf-8")
+
+
+class WorkerCommand(Command):
+    """
+    A command to a worker: it may fail with L{CommandFailed}, whatever
+    went wrong (AMP's commands inherit their errors).
+    """
+
+    errors: ClassVar[dict[type[Exception], bytes]] = {CommandFailed: b"FAILED"}
+
+
+class Status(WorkerCommand):
+    """
+    The worker's whole C{/status} page.
+    """
+
+    response: ClassVar[list[tuple[bytes, Argument]]] = [(b"status", JSONValue())]
+
+
+class Metrics(WorkerCommand):
+    """
+    The worker's C{/metrics} page.
+    """
+
+    response: ClassVar[list[tuple[bytes, Argument]]] = [(b"text", Text())]
+
+
+class Reload(WorkerCommand):
+    """
+    Read the configuration file again, as C{SIGHUP} does; answered once
+    applied.
+    """
+
+    errors: ClassVar[dict[type[Exception], bytes]] = {
+        ConfigRejected: b"CONFIG_REJECTED"
+    }
+
+
+class Act(WorkerCommand):
+    """
+    Drain, enable or disable a backend, as the admin API's action did on
+    worker 0.
+    """
+
+    arguments: ClassVar[list[tuple[bytes, Argument]]] = [
+        (b"route", Unicode()),
+        (b"backend", Unicode()),
+        (b"action", Unicode()),
+    ]
+    errors: ClassVar[dict[type[Exception], bytes]] = {NoSuchBackend: b"NO_SUCH_BACKEND"}

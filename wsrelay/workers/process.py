@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.test_workers_channel,tests.test_workers -*-
+"""
+Worker 0's end of one other worker's pipes (L{WorkerProcess}): the
+worker's log lines on its standard output, and the AMP connection that
+carries commands to its standard input and answers back from its file
+descriptor 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IProcessTransport,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols.amp import BinaryBoxProtocol, BoxDispatcher, CommandLocator
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsrelay.workers.commands import Act, Metrics, Reload, Status
+
+#: Seconds a worker has to answer a command.
+ANSWER_TIMEOUT = 5.0
+
+#: The longest log line read from a worker.
+MAX_LINE = 64 * 1024 * 1024
+
+
+def _lines(buffer: bytearray, data: bytes) -> list[bytes]:
+    """
+    Add C{data} to C{buffer} and take the complete lines out of it.
+    """
+    buffer += data
+    *lines, rest = bytes(buffer).split(b"\n")
+    buffer[:] = rest
+    if len(buffer) > MAX_LINE:
+        raise ValueError("line too long")
+    return lines
+
+
+class WorkerGone(Exception):
+    """
+    The worker ended, or did not answer in time.
+    """
+
+
+class Watcher(Protocol):
+    """
+    What a L{WorkerProcess} tells of its worker (L{WorkerPool}).
+    """
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The clock of answer timeouts.
+        """
+
+    @property
+    def log(self) -> Logger:
+        """
+        Where a worker that writes garbage is logged.
+        """
+
+    def workerLogged(self, index: int, line: bytes) -> None:
+        """
+        Worker C{index} logged the JSON event C{line}.
+        """
+
+    def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
+        """
+        C{worker}'s process ended.
+        """
+
+
+@implementer(ITransport)
+class CommandPipe:
+    """
+    The transport of worker 0's AMP connection to another worker: boxes
+    are written to the worker's standard input (and answers are read from
+    its file descriptor 3 by L{WorkerProcess}).  AMP gives up on a
+    connection whose peer wrote what it cannot parse: then the worker is
+    stopped, as one that wrote garbage.
+    """
+
+    def __init__(self, worker: WorkerProcess, process: IProcessTransport) -> None:
+        self._worker = worker
+        self._process = process
+
+    def write(self, data: bytes) -> None:
+        self._process.writeToChild(0, data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self._process.writeToChild(0, b"".join(data))
+
+    def loseConnection(self) -> None:
+        self._worker.wroteGarbage(3, "AMP gave up on its answers")
+
+    def getPeer(self) -> IAddress:
+        return self._process.getPeer()
+
+    def getHost(self) -> IAddress:
+        return self._process.getHost()
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    Worker 0's end of one other worker's pipes: its log lines (standard
+    output) and an AMP connection (commands to its standard input, answers
+    from its file descriptor 3).
+
+    @ivar pid: The worker's process id while it runs.
+    """
+
+    def __init__(self, pool: Watcher, index: int) -> None:
+        self._pool = pool
+        self.index = index
+        self.pid: int | None = None
+        self.ended: Deferred[None] = Deferred()
+        self._logs = bytearray()
+        self._commands = BoxDispatcher(CommandLocator())
+        self._answers = BinaryBoxProtocol(self._commands)
+        self._killed = False
+
+    def connectionMade(self) -> None:
+        process: IProcessTransport = self.transport  # type: ignore[assignment]
+        self.pid = process.pid
+        self._answers.makeConnection(CommandPipe(self, process))
+
+    def status(self) -> Deferred[dict[str, Any]]:
+        """
+        @return: A L{Deferred} firing with the worker's whole status, or
+            failing as L{call} does.
+        """
+        return self.call(Status).addCallback(lambda answer: answer["status"])
+
+    def metrics(self) -> Deferred[str]:
+        """
+        @return: A L{Deferred} firing with the worker's metrics page, or
+            failing as L{call} does.
+        """
+        return self.call(Metrics).addCallback(lambda answer: answer["text"])
+
+    def reload(self) -> Deferred[None]:
+        """
+        Tell the worker to reload its configuration file.
+
+        @return: A L{Deferred} firing once it did, or failing as L{call}
+            does.
+        """
+        return self.call(Reload).addCallback(lambda _: None)
+
+    def act(self, route: str, backend: str, action: str) -> Deferred[None]:
+        """
+        Tell the worker to drain, enable or disable a backend.
+
+        @return: A L{Deferred} firing once it did, or failing as L{call}
+            does.
+        """
+        d = self.call(Act, route=route, backend=backend, action=action)
+        return d.addCallback(lambda _: None)
+
+    def call(self, command: type[Any], **arguments: Any) -> Deferred[dict[str, Any]]:
+        """
+        Send a command.
+
+        @return: A L{Deferred} firing with the worker's answer, or failing
+            with L{WorkerGone} (the worker is not running, ended or did not
+            answer within L{ANSWER_TIMEOUT} seconds) or with the error of
+            C{command} it answered.
+        """
+        if self.pid is None or self.transport is None:
+            return fail(WorkerGone(f"worker {self.index} is not running"))
+        asked: Deferred[dict[str, Any]] = self._commands.callRemote(
+            command, **arguments
+        )
+        asked.addTimeout(ANSWER_TIMEOUT, self._pool.clock)
+        # AMP logs, and drops the connection, when the Deferred it fires
+        # ends in a failure: hand the outcome over to another one.
+        answered: Deferred[dict[str, Any]] = Deferred()
+        asked.addCallbacks(answered.callback, self._failed, errbackArgs=(answered,))
+        return answered
+
+    def _failed(self, reason: Failure, answered: Deferred[Any]) -> None:
+        if reason.check(TimeoutError, ConnectionDone):
+            reason = Failure(WorkerGone(f"worker {self.index} did not answer"))
+        answered.errback(reason)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if self._killed:
+            return
+        try:
+            if childFD == 1:
+                for line in _lines(self._logs, data):
+                    self._pool.workerLogged(self.index, line)
+            elif childFD == 3:
+                self._answers.dataReceived(data)
+        except Exception as e:
+            self.wroteGarbage(childFD, str(e))
+
+    def wroteGarbage(self, childFD: int, error: str) -> None:
+        """
+        Log that the worker wrote what cannot be read on C{childFD}, and
+        kill it.
+        """
+        if self._killed:
+            return
+        self._pool.log.error(
+            "worker {worker} wrote garbage on fd {fd}: {error}; stopping it",
+            worker=self.index,
+            fd=childFD,
+            error=error,
+        )
+        self._killed = True
+        self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+
+    def processEnded(self, reason: Failure) -> None:
+        self.pid = None
+        self._answers.connectionLost(Failure(ConnectionDone()))
+        self._pool.workerEnded(self, reason)
+        self.ended.callback(None)
