@@ -21,7 +21,9 @@ from tests.support.memory import (
     RecordingBackend,
     RecordingClient,
 )
+from wsrelay import fanout
 from wsrelay.fanout import UP, WAITING, Channel
+from wsrelay.framing import BINARY
 
 #: What a slow client's transport holds before it pauses its producer.
 SOCKET_BUFFER = 1000
@@ -142,11 +144,22 @@ class FanoutMemoryTests(SynchronousTestCase):
         """
         Two clients of one channel share one source connection and each
         get every message the source sends, whole and in order; each
-        message is framed once, and the channel counts it once.
+        message is framed once (one call of L{fanout.frame}, whose bytes
+        are what each client gets on the wire), and the channel counts it
+        once.
         """
+        calls: list[int] = []
+        original = fanout.frame
+
+        def counting(opcode: int, payload: bytes) -> bytes:
+            calls.append(opcode)
+            return original(opcode, payload)
+
+        self.patch(fanout, "frame", counting)
         network = self.start()
         one, _ = self.join(network)
         two, _ = self.join(network)
+        before = [b"".join(c.raw) for c in (one, two)]
         self.send(network, range(5))
         expected = [(message(n), True) for n in range(5)]
         self.assertEqual(one.messages, expected)
@@ -155,7 +168,10 @@ class FanoutMemoryTests(SynchronousTestCase):
         self.assertEqual(channel.state, UP)
         self.assertEqual(len(network.backends[BACKEND_A].connections), 1)
         self.assertEqual(self.source.request.path, "/feed")
-        self.assertEqual((channel.messagesIn, channel.framed), (5, 5))
+        self.assertEqual((channel.messagesIn, len(calls)), (5, 5))
+        wire = b"".join(original(BINARY, message(n)) for n in range(5))
+        for client, earlier in zip((one, two), before, strict=True):
+            self.assertEqual(b"".join(client.raw), earlier + wire)
         self.assertEqual(channel.deliveries, 10)
 
     def test_slowClientClosed(self) -> None:
