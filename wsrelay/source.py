@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred
@@ -23,8 +23,31 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 if TYPE_CHECKING:
-    from wsrelay.fanout import Channel
     from wsrelay.upstream import UpstreamProtocol
+
+
+class SourceChannel(Protocol):
+    """
+    What of a fan-out channel (L{wsrelay.fanout.Channel}) its source uses.
+    """
+
+    #: The channel's members, each with C{send(data, count)}.
+    members: dict[Any, None]
+    #: Messages written or queued to a client.
+    deliveries: int
+    #: The framed messages of the read being parsed, or L{None}.
+    batch: list[bytes] | None
+
+    @property
+    def name(self) -> str:
+        """
+        The channel's name, for logs.
+        """
+
+    def connectSource(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Open a source: one attempt of the channel's L{ClientService}.
+        """
 
 
 def sourceBackoff(
@@ -57,10 +80,10 @@ def _none() -> float:
 class SourceEndpoint:
     """
     The endpoint of a channel's L{ClientService}: each connection attempt
-    asks the relay for a source (L{Channel.connectSource}).
+    asks the relay for a source (L{wsrelay.fanout.Channel.connectSource}).
     """
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: SourceChannel) -> None:
         self._channel = channel
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
@@ -97,12 +120,12 @@ class SourceReader:
     """
     The data path of a channel's source leg (L{RelayLeg.dataPath}):
     Autobahn parses each read from the source (L{RelayLeg.parse}), its
-    complete messages reach L{Channel.forwardFrame} (the leg's C{target})
+    complete messages reach L{wsrelay.fanout.Channel.forwardFrame} (the leg's C{target})
     and are framed into the channel's batch, and the batch goes to each
     member in one write.
     """
 
-    def __init__(self, channel: Channel, leg: UpstreamProtocol) -> None:
+    def __init__(self, channel: SourceChannel, leg: UpstreamProtocol) -> None:
         self.channel = channel
         self.leg = leg
 
