@@ -57,7 +57,7 @@ from wsrelay.descriptors import (
     raiseLimit,
 )
 from wsrelay.frontend import Refused
-from wsrelay.health import HealthMonitor
+from wsrelay.health.monitor import HealthMonitor
 from wsrelay.routing import ConnectionInfo
 from wsrelay.service import RelayService
 

@@ -29,7 +29,8 @@ from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closedPort, rawExchange, rawRequest
 from tests.support.waiting import waitFor
 from wsrelay.config import BackendConfig, ConfigError, parseConfig
-from wsrelay.health import HealthMonitor, parseStatuses
+from wsrelay.health.checkers import parseStatuses
+from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IHealthChecker, IHealthCheckerFactory
 from wsrelay.plugins import healthCheckerFactories
 from wsrelay.routing import DOWN, UP, Backend

@@ -342,7 +342,7 @@ class SlowStartTests(SynchronousTestCase):
         """
         from twisted.plugins.wsrelay_balancers import roundRobin
 
-        from wsrelay.health import HealthMonitor
+        from wsrelay.health.monitor import HealthMonitor
         from wsrelay.routing import ConnectionInfo
 
         clock = Clock()

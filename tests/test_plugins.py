@@ -562,7 +562,7 @@ class StartupErrorTests(SynchronousTestCase):
             from wsrelay.dropins import BalancerPlugin as B, HealthCheckerPlugin as H
 
             b = B("{self.name}", "wsrelay.balancers.First", "d", ("weight_x", "path"))
-            c = H("{self.name}", "wsrelay.health.TCPChecker", "d", ("fall",))
+            c = H("{self.name}", "wsrelay.health.checkers.TCPChecker", "d", ("fall",))
             """,
         )
         self.assertEqual(

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 
 from wsrelay.balancers import ConsistentHash
 from wsrelay.dropins import BalancerPlugin, HealthCheckerPlugin
-from wsrelay.health import HTTPChecker
+from wsrelay.health.checkers import HTTPChecker
 from wsrelay.interfaces import (
     ConnectionInfo,
     IBackend,

@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 
 from wsrelay.config import BackendConfig, ProxyRouteConfig
 from wsrelay.handshake import BadHead, buildResponse, endToEnd, parseHead
-from wsrelay.health import HealthMonitor
+from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
 from wsrelay.legs import sendableCloseCode
 from wsrelay.plugins import balancerFactories

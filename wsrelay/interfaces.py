@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
+CheckResult = tuple[bool, str]
+"""
+What a health check found: whether the backend is healthy, and why (shown
+in C{/status} and logged when its state changes).
+"""
+
 
 @dataclass(frozen=True)
 class ConnectionInfo:
@@ -126,7 +132,7 @@ class IHealthChecker(Interface):
     Checks backends of one route.
     """
 
-    def check(backend: IBackend) -> Deferred[tuple[bool, str]]:
+    def check(backend: IBackend) -> Deferred[CheckResult]:
         """
         Check one backend once.
 

@@ -17,7 +17,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
 from wsrelay.config import NO_HEALTH, ConfigError, loadConfig
-from wsrelay.health import HealthMonitor
+from wsrelay.health.monitor import HealthMonitor
 from wsrelay.plugins import (
     balancerFactories,
     extendPluginPath,

@@ -57,7 +57,7 @@ class Backend:
     One backend of one route, with its run-time state.
 
     Two things decide whether it takes new connections: its health
-    (L{healthy}, kept by L{wsrelay.health.HealthMonitor}) and the
+    (L{healthy}, kept by L{wsrelay.health.monitor.HealthMonitor}) and the
     operator's choice (L{admin}).
 
     @ivar healthy: Whether checks (active or passive) say it works.
@@ -160,7 +160,7 @@ class Backend:
 
 class Monitor(Protocol):
     """
-    What a route's health monitor (L{wsrelay.health.HealthMonitor}) does
+    What a route's health monitor (L{wsrelay.health.monitor.HealthMonitor}) does
     for the relay: run the active checks, and hear what real connections
     show (passive health).
     """

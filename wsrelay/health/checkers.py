@@ -1,33 +1,27 @@
 # -*- test-case-name: tests.test_health -*-
 """
-Health checking: the built-in checkers and the monitor that turns check
-results and failed connections into each backend's up or down state.
+The built-in health checkers: C{tcp} (a connection opens), C{websocket}
+(a WebSocket handshake succeeds) and C{http} (a GET answers with an
+expected status).
 
 Each checker class is registered lazily, by name, as a Twisted plugin in
 C{twisted/plugins/wsrelay_health.py}; its constructor takes the route's
 options and the reactor.
-
-As in HAProxy, a backend goes down after C{fall} failures in a row and
-comes back up after C{rise} successful checks in a row.  Failed connects
-and handshakes of real clients count as failures too (passive checks), so
-a dead backend stops getting clients before the next check.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -35,23 +29,21 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from wsrelay.descriptors import isLocalError
+from wsrelay.interfaces import CheckResult as CheckResult
 from wsrelay.interfaces import IBackend, IHealthChecker
 from wsrelay.routing import endpointDescription
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    pass
 
-    from wsrelay.routing import Backend
-
-#: Result of one check: healthy or not, and why.
-Result = tuple[bool, str]
+#: CheckResult of one check: healthy or not, and why.
 
 #: A connect of a check gives up after this long, unless cancelled first
 #: by the route's C{health_timeout} (which is what normally happens).
 CONNECT_LIMIT = 60
 
 
-def _passCancel(f: Failure) -> Result | Failure:
+def _passCancel(f: Failure) -> CheckResult | Failure:
     """
     Turn a failed check into an unhealthy result, but let a cancellation
     through so that the monitor can report it as a timeout, and a local
@@ -65,12 +57,12 @@ def _passCancel(f: Failure) -> Result | Failure:
     return (False, f.getErrorMessage())
 
 
-def _unhealthyOnError(d: Deferred[Result]) -> Deferred[Result]:
+def _unhealthyOnError(d: Deferred[CheckResult]) -> Deferred[CheckResult]:
     """
     @return: C{d} with L{_passCancel} added: a failure that it passes on
-        fails the L{Deferred} still, so its result stays a L{Result}.
+        fails the L{Deferred} still, so its result stays a L{CheckResult}.
     """
-    return cast("Deferred[Result]", d.addErrback(_passCancel))
+    return cast("Deferred[CheckResult]", d.addErrback(_passCancel))
 
 
 def _endpoint(reactor: Any, backend: IBackend) -> Any:
@@ -177,20 +169,20 @@ class TCPChecker:
     def __init__(self, options: Mapping[str, str], reactor: Any) -> None:
         self._reactor = reactor
 
-    def check(self, backend: IBackend) -> Deferred[Result]:
+    def check(self, backend: IBackend) -> Deferred[CheckResult]:
         """
         Connect, and close at once.
         """
         endpoint = _endpoint(self._reactor, backend)
 
-        def connected(protocol: Protocol) -> Result:
+        def connected(protocol: Protocol) -> CheckResult:
             assert protocol.transport is not None
             protocol.transport.loseConnection()
             return (True, "connected")
 
-        d: Deferred[Result] = endpoint.connect(_OneProtocol(Protocol())).addCallback(
-            connected
-        )
+        d: Deferred[CheckResult] = endpoint.connect(
+            _OneProtocol(Protocol())
+        ).addCallback(connected)
         return _unhealthyOnError(d)
 
 
@@ -227,7 +219,7 @@ class _ProbeFactory(WebSocketClientFactory):
     protocol = _Probe  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, url: str, done: Deferred[Result]) -> None:
+    def __init__(self, url: str, done: Deferred[CheckResult]) -> None:
         super().__init__(url)
         self.done = done
         self.opened = False
@@ -251,7 +243,7 @@ class WebSocketChecker:
         self._options = dict(options)
         _target(_Example, self._options)
 
-    def check(self, backend: IBackend) -> Deferred[Result]:
+    def check(self, backend: IBackend) -> Deferred[CheckResult]:
         """
         Open a WebSocket connection and close it.
         """
@@ -259,7 +251,7 @@ class WebSocketChecker:
         scheme = "wss" if _secure(backend) else "ws"
         probe: _Probe | None = None
 
-        def cancel(d: Deferred[Result]) -> None:
+        def cancel(d: Deferred[CheckResult]) -> None:
             connecting.cancel()
             if probe is not None and probe.transport is not None:
                 probe.transport.abortConnection()  # type: ignore[attr-defined]
@@ -277,7 +269,7 @@ class WebSocketChecker:
             else:
                 done.callback((False, f"connect failed: {f.getErrorMessage()}"))
 
-        done: Deferred[Result] = Deferred(cancel)
+        done: Deferred[CheckResult] = Deferred(cancel)
         factory = _ProbeFactory(f"{scheme}://{netloc}{path}", done)
         connecting = _endpoint(self._reactor, backend).connect(factory)
         connecting.addCallbacks(connected, failed)
@@ -320,7 +312,7 @@ class HTTPChecker:
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=False)
 
-    def check(self, backend: IBackend) -> Deferred[Result]:
+    def check(self, backend: IBackend) -> Deferred[CheckResult]:
         """
         Ask for the health path, and read the whole answer.
         """
@@ -335,14 +327,14 @@ class HTTPChecker:
         )
         d: Deferred[Any] = agent.request(b"GET", url, headers)
 
-        def answered(response: Any) -> Deferred[Result]:
+        def answered(response: Any) -> Deferred[CheckResult]:
             ok = any(lo <= response.code <= hi for lo, hi in self._statuses)
             result = (ok, f"HTTP {response.code}")
             body = _Discard()
             response.deliverBody(body)
             return body.done.addCallback(lambda _: result)
 
-        result: Deferred[Result] = d.addCallback(answered)
+        result: Deferred[CheckResult] = d.addCallback(answered)
         return _unhealthyOnError(result)
 
 
@@ -375,176 +367,3 @@ class _ExampleBackend:
 
 
 _Example: Any = _ExampleBackend()
-
-
-class HealthMonitor:
-    """
-    Keeps the health of one route's backends from active checks and from
-    what real connections show.
-
-    Without a checker (C{health = none}) a backend that fails C{fall}
-    times in a row is taken out for C{health_interval} seconds, then
-    given one more chance, as nginx's C{max_fails} and C{fail_timeout}
-    do.
-
-    @ivar checker: The route's L{IHealthChecker}, or L{None}.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        routeName: str,
-        backends: Sequence[Backend],
-        checker: IHealthChecker | None,
-        clock: IReactorTime,
-        interval: float,
-        timeout: float,
-        rise: int,
-        fall: int,
-        slowstart: float = 0.0,
-    ) -> None:
-        self.routeName = routeName
-        self._slowstart = slowstart
-        self.backends = tuple(backends)
-        self.checker = checker
-        self._clock = clock
-        self._interval = interval
-        self._timeout = timeout
-        self._rise = rise
-        self._fall = fall
-        self._loops: list[LoopingCall] = []
-        self._checking: dict[Backend, Deferred[None]] = {}
-        self._revivals: dict[Backend, IDelayedCall] = {}
-
-    def start(self) -> None:
-        """
-        Check every backend now, and every C{interval} after each check
-        finishes.
-        """
-        if self.checker is None:
-            return
-        for backend in self.backends:
-            loop = LoopingCall(self.check, backend)
-            loop.clock = self._clock
-            self._loops.append(loop)
-            loop.start(self._interval, now=True)
-
-    def stop(self) -> None:
-        """
-        Stop checking, and cancel checks in flight.
-        """
-        loops, self._loops = self._loops, []
-        for loop in loops:
-            if loop.running:
-                loop.stop()
-        for d in list(self._checking.values()):
-            d.cancel()
-        revivals, self._revivals = self._revivals, {}
-        for call in revivals.values():
-            if call.active():
-                call.cancel()
-
-    def check(self, backend: Backend) -> Deferred[None]:
-        """
-        Check one backend once, within C{health_timeout}.
-
-        @return: A L{Deferred} that fires (never fails) when the result is
-            recorded.
-        """
-        assert self.checker is not None
-        try:
-            d: Deferred[Result] = self.checker.check(backend)
-        except Exception as e:
-            d = Deferred()
-            d.callback((False, f"checker raised {e!r}"))
-        d.addTimeout(self._timeout, self._clock)
-
-        def failed(f: Failure) -> Result | None:
-            if f.check(TimeoutError):
-                return (False, f"no answer within {self._timeout:g}s")
-            if f.check(CancelledError) or isLocalError(f.value):
-                # Stopped; or the relay is out of descriptors or ports,
-                # which says nothing of the backend.
-                return None
-            return (False, f.getErrorMessage())
-
-        def record(result: Result | None) -> None:
-            self._checking.pop(backend, None)
-            if result is None:
-                # Stopped.
-                return
-            healthy, reason = result
-            backend.lastCheck = (self._clock.seconds(), bool(healthy), str(reason))
-            backend.checks.append(backend.lastCheck)
-            self._record(backend, bool(healthy), str(reason))
-
-        done = d.addErrback(failed).addCallback(record)
-        if not done.called:
-            self._checking[backend] = done
-        return done
-
-    def failed(self, backend: Backend, reason: str) -> None:
-        """
-        A real connection to C{backend} failed (a passive check).
-        """
-        self._record(backend, False, reason)
-
-    def succeeded(self, backend: Backend) -> None:
-        """
-        A real connection to C{backend} opened: its run of failures ends.
-        """
-        if backend.healthy:
-            backend.failuresInRow = 0
-
-    def _record(self, backend: Backend, healthy: bool, reason: str) -> None:
-        """
-        Count a result, and turn the backend up or down when a run is long
-        enough.
-        """
-        if healthy:
-            backend.failuresInRow = 0
-            backend.successesInRow += 1
-            if not backend.healthy and backend.successesInRow >= self._rise:
-                backend.healthy = True
-                backend.slowStart(self._clock, self._slowstart)
-                self.log.info(
-                    "route {route}: backend {backend} is up: {reason}",
-                    route=self.routeName,
-                    backend=backend.name,
-                    reason=reason,
-                )
-            return
-        backend.failures += 1
-        backend.successesInRow = 0
-        backend.failuresInRow += 1
-        if backend.healthy and backend.failuresInRow >= self._fall:
-            backend.healthy = False
-            self.log.warn(
-                "route {route}: backend {backend} is down after {count} failures"
-                " in a row: {reason}",
-                route=self.routeName,
-                backend=backend.name,
-                count=backend.failuresInRow,
-                reason=reason,
-            )
-            if self.checker is None:
-                self._revivals[backend] = self._clock.callLater(
-                    self._interval, self._revive, backend
-                )
-
-    def _revive(self, backend: Backend) -> None:
-        """
-        Without active checks: give a backend that was taken out one more
-        chance (one more failure takes it out again).
-        """
-        self._revivals.pop(backend, None)
-        backend.healthy = True
-        backend.slowStart(self._clock, self._slowstart)
-        backend.successesInRow = 0
-        backend.failuresInRow = self._fall - 1
-        self.log.info(
-            "route {route}: backend {backend} is tried again",
-            route=self.routeName,
-            backend=backend.name,
-        )
