@@ -36,6 +36,7 @@ from websockets.sync.client import ClientConnection
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closedPort
 from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
+from tests.support.packaging import buildWheel
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
 from wsrelay import __version__
@@ -1030,21 +1031,6 @@ class DashboardTests(TestCase):
         self.assertIn(("backend", "feed", "source"), page.rows)
 
 
-#: What is not copied from the repository to build its wheel.
-_COPY_IGNORE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    "*.pyc",
-    "dropin.cache",
-    ".*_cache",
-    ".hypothesis",
-    "_trial_temp*",
-)
-
 #: Run by L{DashboardFileTests.test_installed} with an installed wsrelay
 #: first on C{sys.path}: serves the admin site of a relay that is not
 #: started on a loopback port, asks it for C{/} and prints where wsrelay
@@ -1124,18 +1110,9 @@ class DashboardFileTests(SynchronousTestCase):
         """
         tmp = Path(tempfile.mkdtemp(prefix="wsrelay-admin-"))
         self.addCleanup(shutil.rmtree, tmp, True)
-        root = Path(__file__).resolve().parent.parent
-        shutil.copytree(root, tmp / "src", ignore=_COPY_IGNORE)
-        build = subprocess.run(
-            [sys.executable, "-m", "build", "--wheel", "--no-isolation"]
-            + ["--outdir", str(tmp / "dist"), str(tmp / "src")],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        build, wheels = buildWheel(tmp)
         self.assertEqual(build.returncode, 0, build.stdout + build.stderr)
-        (wheel,) = (tmp / "dist").glob("wsrelay-*.whl")
+        (wheel,) = wheels
         installed = tmp / "installed"
         with zipfile.ZipFile(wheel) as archive:
             self.assertIn("wsrelay/admin/dashboard.html", archive.namelist())

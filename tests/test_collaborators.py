@@ -20,11 +20,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.support.relays import chatSession
 from wsrelay.config import parseConfig
 from wsrelay.fanout import FanoutSession
 from wsrelay.service import Listener, RelayService
-from wsrelay.session import ProxySession
 
 _ATOMS = (type, ModuleType, str, bytes, bytearray, int, float, bool, type(None))
 
@@ -123,16 +122,7 @@ class NoRelayTests(TestCase):
         A proxied connection's session, both its legs and the client
         listener's factory hold no reference to the relay service.
         """
-        b = startBackend(self)
-        relay, port = await startRelay(
-            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
-        )
-        c = await inThread(client, port, "/chat")
-        self.addCleanup(inThread, c.close)
-        await inThread(c.send, "hi")
-        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
-        (session,) = relay.sessions
-        assert isinstance(session, ProxySession)
+        relay, session, _ = await chatSession(self)
         self.assertHoldsNoRelay(session, relay)
         self.assertHoldsNoRelay(session.frontend, relay)
         self.assertHoldsNoRelay(session.upstream, relay)

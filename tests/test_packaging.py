@@ -10,11 +10,9 @@ and is skipped, saying why, only when no index can be reached.
 from __future__ import annotations
 
 import configparser
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -23,32 +21,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.support.packaging import ROOT, buildWheel, describe, run
 from wsrelay.config import loadConfig
-
-ROOT = Path(__file__).resolve().parent.parent
-"""
-The repository's root.
-"""
-
-COPY_IGNORE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    "*.pyc",
-    "dropin.cache",
-    ".mypy_cache",
-    ".ruff_cache",
-    ".pytest_cache",
-    ".hypothesis",
-    "_trial_temp*",
-)
-"""
-What is not copied from the repository before building: the build then
-writes nothing into the work tree.
-"""
 
 UNREACHABLE = (
     "Failed to establish a new connection",
@@ -64,41 +38,6 @@ Fragments of pip's output that mean no package index could be reached.
 """
 
 
-def _run(
-    args: list[str | os.PathLike[str]], cwd: Path, timeout: float
-) -> subprocess.CompletedProcess[str]:
-    """
-    Run a command, capturing its output, with no C{PYTHONPATH} leaking in.
-
-    @param args: the command.
-    @param cwd: the working directory.
-    @param timeout: seconds before giving up.
-    @return: the finished process.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return subprocess.run(
-        [os.fspath(a) for a in args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _describe(result: subprocess.CompletedProcess[str]) -> str:
-    """
-    @param result: a finished process.
-    @return: its command, exit status and output, for a failure message.
-    """
-    return (
-        f"{' '.join(result.args)} exited {result.returncode}\n"
-        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-
-
 class WheelTests(SynchronousTestCase):
     """
     The built wheel and a fresh install of it.
@@ -110,30 +49,12 @@ class WheelTests(SynchronousTestCase):
 
     def _buildWheel(self) -> Path:
         """
-        Build the wheel from a copy of the repository, without build
-        isolation (the test environment has the build requirements).
+        Build the wheel from a copy of the repository.
 
         @return: the wheel's path.
         """
-        source = self.tmp / "src"
-        shutil.copytree(ROOT, source, ignore=COPY_IGNORE)
-        dist = self.tmp / "dist"
-        result = _run(
-            [
-                sys.executable,
-                "-m",
-                "build",
-                "--wheel",
-                "--no-isolation",
-                "--outdir",
-                dist,
-                source,
-            ],
-            cwd=self.tmp,
-            timeout=300,
-        )
-        self.assertEqual(result.returncode, 0, _describe(result))
-        wheels = sorted(dist.glob("wsrelay-*.whl"))
+        result, wheels = buildWheel(self.tmp)
+        self.assertEqual(result.returncode, 0, describe(result))
         self.assertEqual(len(wheels), 1, [w.name for w in wheels])
         return wheels[0]
 
@@ -161,11 +82,11 @@ class WheelTests(SynchronousTestCase):
                 self.assertNotIn("/", name[len("twisted/plugins/") :], name)
 
         venv = self.tmp / "venv"
-        result = _run([sys.executable, "-m", "venv", venv], cwd=self.tmp, timeout=120)
-        self.assertEqual(result.returncode, 0, _describe(result))
+        result = run([sys.executable, "-m", "venv", venv], cwd=self.tmp, timeout=120)
+        self.assertEqual(result.returncode, 0, describe(result))
         scripts = venv / "bin"
 
-        result = _run(
+        result = run(
             [scripts / "python", "-m", "pip", "install", "--retries", "2", wheel],
             cwd=self.tmp,
             timeout=600,
@@ -177,22 +98,22 @@ class WheelTests(SynchronousTestCase):
                     "pip could not reach a package index to install wsrelay's "
                     "dependencies into a fresh virtualenv"
                 )
-            self.fail(_describe(result))
+            self.fail(describe(result))
 
-        result = _run([scripts / "twistd", "--help"], cwd=self.tmp, timeout=120)
-        self.assertEqual(result.returncode, 0, _describe(result))
+        result = run([scripts / "twistd", "--help"], cwd=self.tmp, timeout=120)
+        self.assertEqual(result.returncode, 0, describe(result))
         commands = [line.split() for line in result.stdout.splitlines()]
         self.assertIn(
             "wsrelay",
             [words[0] for words in commands if words],
-            _describe(result),
+            describe(result),
         )
 
-        result = _run(
+        result = run(
             [scripts / "twistd", "wsrelay", "--help"], cwd=self.tmp, timeout=120
         )
-        self.assertEqual(result.returncode, 0, _describe(result))
-        self.assertIn("--config", result.stdout, _describe(result))
+        self.assertEqual(result.returncode, 0, describe(result))
+        self.assertIn("--config", result.stdout, describe(result))
 
 
 def _requirementName(requirement: str) -> str:
@@ -276,10 +197,10 @@ class ReadmeTests(SynchronousTestCase):
                     projects & installed,
                     f"{command}: make run does not install {projects}",
                 )
-                result = _run(
+                result = run(
                     [sys.executable, "-m", module, "--help"], cwd=ROOT, timeout=60
                 )
-                self.assertEqual(result.returncode, 0, _describe(result))
+                self.assertEqual(result.returncode, 0, describe(result))
             elif words[0] == ".venv/bin/twistd":
                 self.assertIn("twisted", installed)
                 config = words[words.index("--config") + 1]

@@ -13,7 +13,6 @@ from typing import Any
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import ClientConnection
 
 from tests.support import (
     TIMEOUT,
@@ -24,9 +23,8 @@ from tests.support import (
     startRelay,
 )
 from tests.support.clients import closedPort, closeOf, rawExchange, rawRequest
-from tests.support.relays import buffered, paused
+from tests.support.relays import buffered, chatSession, paused
 from tests.support.waiting import waitFor
-from wsrelay.session import ProxySession
 
 
 def silentBackend(testCase: Any) -> socket.socket:
@@ -357,33 +355,12 @@ class MessageTests(TestCase):
 
         await inThread(run)
 
-    async def chatSession(self) -> tuple[ProxySession, ClientConnection]:
-        """
-        Open one client through a relay to an echo backend and exchange a
-        message.
-
-        @return: The relay's session and the client, open.
-        """
-        b = startBackend(self)
-        relay, port = await startRelay(
-            self, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
-        )
-        c = await inThread(client, port, "/chat")
-        # Closing needs the reactor: not from the reactor's thread.
-        self.addCleanup(inThread, c.close)
-        await inThread(c.send, "hi")
-        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
-        [session] = relay.sessions
-        assert isinstance(session, ProxySession)
-        assert session.upstream is not None
-        return session, c
-
     async def test_noDelay(self) -> None:
         """
         Both legs' sockets have TCP_NODELAY: a message forwarded in several
         frames (several writes) does not wait for delayed ACKs.
         """
-        session, _ = await self.chatSession()
+        _, session, _ = await chatSession(self)
         for leg in (session.frontend, session.upstream):
             self.assertEqual(noDelay(leg.transport), 1, leg)
 
@@ -393,7 +370,7 @@ class MessageTests(TestCase):
         handshake's texts (they were a fifth of a held connection's
         memory), and messages still flow.
         """
-        session, c = await self.chatSession()
+        _, session, c = await chatSession(self)
         up = session.upstream
         assert up is not None
         for leg in (session.frontend, up):

@@ -14,8 +14,11 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.protocols.policies import ProtocolWrapper
+from websockets.sync.client import ClientConnection
 
-from tests.support.waiting import waitFor
+from tests.support.backends import startBackend
+from tests.support.clients import client, inThread
+from tests.support.waiting import TIMEOUT, waitFor
 from wsrelay.config import loadConfig
 from wsrelay.legs import OPEN
 from wsrelay.service import RelayService
@@ -82,6 +85,30 @@ async def startRelay(
     testCase.addCleanup(relay.stopService)
     (port,) = await relay.whenListening()
     return relay, port.getHost().port
+
+
+async def chatSession(
+    testCase: Any,
+) -> tuple[RelayService, ProxySession, ClientConnection]:
+    """
+    Open one client through a relay to an echo backend and exchange a
+    message.
+
+    @return: The relay, its session and the client, open.
+    """
+    b = startBackend(testCase)
+    relay, port = await startRelay(
+        testCase, f"[relay]\n[route:chat]\npath = /chat\nbackends = {b.url}\n"
+    )
+    c = await inThread(client, port, "/chat")
+    # Closing needs the reactor: not from the reactor's thread.
+    testCase.addCleanup(inThread, c.close)
+    await inThread(c.send, "hi")
+    testCase.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
+    [session] = relay.sessions
+    assert isinstance(session, ProxySession)
+    assert session.upstream is not None
+    return relay, session, c
 
 
 def noDelay(transport: Any) -> int:
