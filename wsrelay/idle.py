@@ -11,8 +11,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from wsrelay.legs import RelayLeg
+
 #: How many idle checks make up one C{idle_timeout}.
 IDLE_CHECKS = 4
+
+
+def activity(leg: RelayLeg) -> int:
+    """
+    @return: A count that grows with every byte and message C{leg} relays
+        either way.
+    """
+    return leg.bytesIn + leg.bytesOut + leg.messagesIn + leg.messagesOut
 
 
 class IdleTimer:

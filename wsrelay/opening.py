@@ -107,6 +107,22 @@ def upstreamRequest(
     return resource, headers
 
 
+def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:
+    """
+    @param up: An open upstream.
+    @return: The subprotocol and the header fields of the client's 101:
+        the backend's own, and on the passthrough data path its answer to
+        the client's extension offer.
+    """
+    headers: dict[str, list[str]] = {}
+    for name, value in up.responseHeaders:
+        headers.setdefault(name, []).append(value)
+    if up.extensionsAnswer:
+        # Passthrough: the backend's answer to the client's offer.
+        headers["Sec-WebSocket-Extensions"] = list(up.extensionsAnswer)
+    return up.websocket_protocol_in_use, headers
+
+
 class UpstreamOpener:
     """
     Opens the upstreams of one proxy session, each within the handshake's

@@ -13,24 +13,26 @@ sends meanwhile).
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrelay.accesslog import logAccess
 from wsrelay.closing import CloseRelay
 from wsrelay.failover import Failover
-from wsrelay.idle import IdleTimer
-from wsrelay.legs import OPEN, RelayLeg, TransportPauser, failureClose
-from wsrelay.opening import UpstreamOpener
+from wsrelay.idle import IdleTimer, activity
+from wsrelay.legs import OPEN, RelayLeg, failureClose
+from wsrelay.opening import UpstreamOpener, clientAnswer
 from wsrelay.opening import joinPath as joinPath
+from wsrelay.pairing import pairLegs, startPipe
 from wsrelay.passthrough import Pipe
 from wsrelay.routing import Backend, Route
 from wsrelay.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer, IReactorTime
+    from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import ProxyRouteConfig, RelayConfig
     from wsrelay.frontend import ClientAddresses, FrontendProtocol
@@ -122,20 +124,14 @@ class ProxySession:
         Open the upstream.
 
         @return: A L{Deferred} that fires with the subprotocol and the
-            headers for the client's 101, or fails with L{wsrelay.frontend.Refused}.  It
-            never fires when the client leaves first.
+            headers for the client's 101 (L{clientAnswer}), or fails with
+            L{wsrelay.frontend.Refused}.  It never fires when the client
+            leaves first.
         """
         result: Deferred[tuple[str | None, dict[str, list[str]]]] = Deferred()
 
         def opened(pair: tuple[Backend, UpstreamProtocol]) -> None:
-            up = self.attach(*pair)
-            headers: dict[str, list[str]] = {}
-            for name, value in up.responseHeaders:
-                headers.setdefault(name, []).append(value)
-            if up.extensionsAnswer:
-                # Passthrough: the backend's answer to the client's offer.
-                headers["Sec-WebSocket-Extensions"] = list(up.extensionsAnswer)
-            result.callback((up.websocket_protocol_in_use, headers))
+            result.callback(clientAnswer(self.attach(*pair)))
 
         def failed(f: Failure) -> None:
             if not f.check(CancelledError):
@@ -171,24 +167,22 @@ class ProxySession:
             # each leg's buffer.
             self._startPipe()
         if self.config.idleTimeout > 0:
-            self._armIdle()
+            self._idle = IdleTimer(
+                self._clock,
+                self.config.idleTimeout,
+                partial(activity, self.frontend),
+                partial(self.shutdown, 1001, b"idle timeout"),
+            )
+            self._idle.start()
 
     def pair(self) -> None:
         """
-        Send client frames to the upstream, and let each side pause the
-        other when it cannot keep up.
+        Send client frames to the upstream (unless a failover's buffer
+        holds them), and let each side pause the other when it cannot keep
+        up (L{pairLegs}).
         """
-        f, up = self.frontend, self.upstream
-        assert up is not None
-        f.forgetHandshake()
-        up.forgetHandshake()
-        if self.failover.buffer is None:
-            f.target = up
-        ft, ut = f.transport, up.transport
-        # Both legs are connected once paired.
-        assert ft is not None and ut is not None
-        cast("IConsumer", ft).registerProducer(TransportPauser(ut), True)
-        cast("IConsumer", ut).registerProducer(TransportPauser(ft), True)
+        assert self.upstream is not None
+        pairLegs(self.frontend, self.upstream, self.failover.buffer is None)
 
     def closing(self) -> None:
         """
@@ -198,35 +192,16 @@ class ProxySession:
 
     def _startPipe(self) -> None:
         """
-        Switch to the passthrough data path: from now on bytes are
-        forwarded as they come (see L{wsrelay.passthrough}), starting with
-        those each leg holds unparsed.  A session with a leg in the middle
-        of a frame, or a close handshake under way, stays on the message
-        path (neither happens when this runs as the client gets its 101).
+        Switch to the passthrough data path (L{startPipe}), unless a
+        failover or a close handshake is under way.
         """
-        f, up = self.frontend, self.upstream
+        up = self.upstream
         if (
-            up is None
-            or f.state != OPEN
-            or up.state != OPEN
-            or f.current_frame is not None
-            or up.current_frame is not None
-            or self.failover.buffer is not None
-            or self.closes.waiting is not None
-            or f.closeRelayed
-            or up.closeRelayed
+            up is not None
+            and self.failover.buffer is None
+            and self.closes.waiting is None
         ):
-            return
-        pipe = self.pipe = Pipe(self, f, up)
-        pipe.fromClient.inMessage = f.receivingFragment
-        pipe.fromBackend.inMessage = up.receivingFragment
-        leftovers = (f.data, up.data)
-        f.data = up.data = b""
-        pipe.start()
-        if leftovers[0]:
-            pipe.fromClient.dataReceived(leftovers[0])
-        if leftovers[1]:
-            pipe.fromBackend.dataReceived(leftovers[1])
+            startPipe(self, self.frontend, up)
 
     # Closing.
 
@@ -356,48 +331,5 @@ class ProxySession:
         if self._idle is not None:
             self._idle.stop()
         self.registry.sessionEnded(self)
-        self._logAccess()
+        logAccess(self.log, self, self._clock.seconds())
         self.done.callback(None)
-
-    def _logAccess(self) -> None:
-        """
-        One event per connection, when it ends.
-        """
-        f = self.frontend
-        if self.openedAt is None or not self.config.accessLog:
-            return
-        code = f.remoteCloseCode if self.closedBy == "client" else f.localCloseCode
-        self.log.info(
-            "{client} {route} {backend} {duration:.3f}s"
-            " in {messagesIn}/{bytesIn} out {messagesOut}/{bytesOut}"
-            " close {closeCode} by {closedBy}",
-            event="access",
-            client=self.peer,
-            route=self.route.name,
-            backend=self.lastBackend,
-            duration=self._clock.seconds() - self.openedAt,
-            messagesIn=f.messagesIn,
-            bytesIn=f.bytesIn,
-            messagesOut=f.messagesOut,
-            bytesOut=f.bytesOut,
-            closeCode=code,
-            closedBy=self.closedBy or "network",
-        )
-
-    # Idle timeout.
-
-    def _activity(self) -> int:
-        f = self.frontend
-        return f.bytesIn + f.bytesOut + f.messagesIn + f.messagesOut
-
-    def _armIdle(self) -> None:
-        """
-        Close both legs with 1001 after C{idle_timeout} without data.
-        """
-        self._idle = IdleTimer(
-            self._clock,
-            self.config.idleTimeout,
-            self._activity,
-            partial(self.shutdown, 1001, b"idle timeout"),
-        )
-        self._idle.start()
