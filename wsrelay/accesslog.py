@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_edge,tests.test_operations -*-
 """
-The access log of proxied connections: one event per connection that got
-its 101, when it ends (C{access_log}).
+The access log (C{access_log}): one event per proxied connection that got
+its 101, when it ends, and one per client connection that did not.
 """
 
 from __future__ import annotations
@@ -12,8 +12,52 @@ if TYPE_CHECKING:
     from twisted.logger import Logger
 
     from wsrelay.config import RelayConfig
-    from wsrelay.frontend import FrontendProtocol
+    from wsrelay.handshake import Head
     from wsrelay.routing import Route
+    from wsrelay.screening import Refused
+
+
+class ClientLeg(Protocol):
+    """
+    A client's leg (L{wsrelay.frontend.FrontendProtocol}) as its access log
+    event tells of it.
+    """
+
+    @property
+    def messagesIn(self) -> int:
+        """
+        Complete messages received from the client.
+        """
+
+    @property
+    def bytesIn(self) -> int:
+        """
+        Payload bytes received from the client.
+        """
+
+    @property
+    def messagesOut(self) -> int:
+        """
+        Complete messages sent to the client.
+        """
+
+    @property
+    def bytesOut(self) -> int:
+        """
+        Payload bytes sent to the client.
+        """
+
+    @property
+    def remoteCloseCode(self) -> int | None:
+        """
+        The code of the client's close frame.
+        """
+
+    @property
+    def localCloseCode(self) -> int | None:
+        """
+        The code of the close frame sent to the client.
+        """
 
 
 class Accounted(Protocol):
@@ -22,7 +66,12 @@ class Accounted(Protocol):
     (L{wsrelay.session.ProxySession}).
     """
 
-    frontend: FrontendProtocol
+    @property
+    def frontend(self) -> ClientLeg:
+        """
+        The client's leg.
+        """
+
     config: RelayConfig
     route: Route
     peer: str
@@ -62,4 +111,31 @@ def logAccess(log: Logger, session: Accounted, now: float) -> None:
         bytesOut=f.bytesOut,
         closeCode=code,
         closedBy=closedBy or "network",
+    )
+
+
+def logRefused(
+    log: Logger,
+    client: str | None,
+    route: Route | None,
+    head: Head | None,
+    refusal: Refused | None,
+) -> None:
+    """
+    Log the access event of a client connection that did not get its 101:
+    it was refused (C{refusal}) or left first.
+
+    @param log: Where the event goes.
+    @param client: The client's address, if it is still known.
+    @param route: The route its request matched, if any.
+    @param head: Its request's head, if it could be parsed.
+    """
+    log.info(
+        "{client} {route} refused {status}",
+        event="access",
+        client=client,
+        route=route.name if route else None,
+        status=refusal.code if refusal is not None else None,
+        path=head.startLine.split(" ")[1] if head else None,
+        closedBy="relay" if refusal is not None else "client",
     )
