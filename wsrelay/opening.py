@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from wsrelay.frontend import Refused
 from wsrelay.routing import ConnectionInfo
+from wsrelay.screening import Refused
 from wsrelay.upstream import END_TO_END, RELAY_DEFLATE, RequestHeaders, UpstreamRefused
 
 if TYPE_CHECKING:
