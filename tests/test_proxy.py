@@ -503,7 +503,7 @@ class CloseTests(TestCase):
                 # holds its handshake until the messages are sent, so they
                 # are buffered.
                 assert b2.requested.wait(TIMEOUT), "backend loss not noticed"
-                assert any(s._buffer is not None for s in list(relay.sessions))
+                assert any(s.failover.buffer is not None for s in list(relay.sessions))
                 for i in range(50):
                     c.send(f"m{i}")
                 c.send("path")

@@ -3,33 +3,31 @@
 The client-facing leg: an Autobahn server protocol that answers the
 opening handshake only once the relay has an upstream for it.
 
-Before Autobahn sees a request, L{FrontendProtocol.processHandshake}
-screens it: head size (431), syntax (400), a body (400), the path (dot
-segments resolved, 400 when it climbs above C{/}), C{GET /healthz}, the
-route (404) and the upgrade itself (426, also for a WebSocket version
-other than 13).
+Before Autobahn sees a request, L{FrontendProtocol.processHandshake} has
+it screened (L{wsrelay.screening}: 431, 400, C{/healthz}, 404, 426) and
+the client admitted.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
-from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsrelay.handshake import BadHead, Head, buildResponse, parseHead
+from wsrelay.accesslog import logRefused
+from wsrelay.handshake import Head, buildResponse
 from wsrelay.legs import OPEN, RelayLeg, withOptions
 from wsrelay.logs import ErrorBudget, LimitedLogger
-from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
+from wsrelay.screening import Refused as Refused
+from wsrelay.screening import Rejected, screenRequest
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -114,27 +112,6 @@ class SessionOpener(Protocol):
 _log = Logger()
 
 
-class Refused(ConnectionDeny):
-    """
-    The relay refuses a handshake with this status, these headers and
-    this body (relayed from a backend, or its own).
-    """
-
-    #: Always given, unlike Autobahn's.
-    reason: str
-
-    def __init__(
-        self,
-        code: int,
-        reason: str,
-        headers: list[tuple[str, str]] | None = None,
-        body: bytes | None = None,
-    ) -> None:
-        super().__init__(code, reason)
-        self.headers = headers or []
-        self.body = body
-
-
 class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     """
     One client connection.
@@ -201,18 +178,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         factory.admission.clientLeft(self)
         if not self.upgraded and factory.config.accessLog:
             # Sessions log the connections that got their 101.
-            refusal = self._refusal
-            _log.info(
-                "{client} {route} refused {status}",
-                event="access",
-                client=factory.admission.clientAddress(self)
-                if self.transport
-                else None,
-                route=self.route.name if self.route else None,
-                status=refusal.code if refusal is not None else None,
-                path=self.head.startLine.split(" ")[1] if self.head else None,
-                closedBy="relay" if refusal is not None else "client",
-            )
+            client = factory.admission.clientAddress(self) if self.transport else None
+            logRefused(_log, client, self.route, self.head, self._refusal)
         RelayLeg.connectionLost(self, reason)
 
     def sendCloseFrame(
@@ -295,122 +262,31 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
 
     def processHandshake(self) -> None:
         """
-        Screen the request, then let Autobahn check the handshake itself.
+        Screen the request (L{screenRequest}) and admit the client, then
+        let Autobahn check the handshake itself.
         """
+        factory = self.factory
         if self._screened:
             # onConnect is waiting for a backend; keep what the client sent
             # meanwhile, within the head limit.
-            if len(self.data) > self.factory.config.maxMessageSize:
+            if len(self.data) > factory.config.maxMessageSize:
                 self.dropConnection(abort=True)
             return
-        data = self.data
-        end = data.find(b"\r\n\r\n")
-        limit = self.factory.config.maxHeaderSize
-        if end < 0:
-            if len(data) > limit:
-                self.refuse(Refused(431, "Request Header Fields Too Large"))
+        screened = screenRequest(
+            self.data, factory.config.maxHeaderSize, factory.routes
+        )
+        if screened is None:
             return
-        if end + 4 > limit:
-            self.refuse(Refused(431, "Request Header Fields Too Large"))
+        self.head = screened.head
+        if isinstance(screened, Rejected):
+            self.refuse(screened.refusal)
             return
-        try:
-            head = parseHead(data[:end])
-            method, target, version = head.startLine.split(" ")
-            if "#" in target:
-                # A request target has no fragment (RFC 9112 3.2).
-                raise ValueError(target)
-            if target.startswith("/"):
-                # Origin form; urlsplit would take "//x/y" for a host.
-                rawPath, _, query = target.partition("?")
-            else:
-                parts = urlsplit(target)
-                if not (parts.scheme and parts.netloc):
-                    raise ValueError(target)
-                rawPath, query = parts.path or "/", parts.query
-        except (BadHead, ValueError):
-            self.refuse(Refused(400, "Bad Request"))
-            return
-        self.head = head
-        if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
-            self.refuse(Refused(505, "HTTP Version Not Supported"))
-            return
-        hosts = [v for (n, v) in head.headers if n.lower() == "host"]
-        if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
-            # RFC 9112 3.2: one Host field, required in HTTP/1.1; two would
-            # be joined by Head.get into a host no route has.
-            self.refuse(Refused(400, "Bad Request", body=b"one Host field needed\n"))
-            return
-        lengths = [v for (n, v) in head.headers if n.lower() == "content-length"]
-        if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
-            # An upgrade request has no body: what follows its head would
-            # be read as frames (RFC 6455 4.1); a length given twice is
-            # ambiguous (RFC 9112 6.3).
-            self.refuse(
-                Refused(400, "Bad Request", body=b"a request body is not allowed\n")
-            )
-            return
-        try:
-            path = normalizePath(rawPath)
-        except PathAboveRoot:
-            self.refuse(Refused(400, "Bad Request", body=b"path climbs above /\n"))
-            return
-        except BadPath:
-            self.refuse(
-                Refused(
-                    400,
-                    "Bad Request",
-                    body=b"path holds %2F, %5C, %00 or \\\n",
-                )
-            )
-            return
-        if path == "/healthz" and method in ("GET", "HEAD"):
-            self.refuse(Refused(200, "OK", body=b"ok\n"))
-            return
-        host = (head.get("host") or "").strip().lower()
-        if host.startswith("["):
-            host = host[: host.find("]") + 1]
-        else:
-            host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        found = self.factory.routes.match(host or None, path)
-        if found is None:
-            self.refuse(Refused(404, "Not Found"))
-            return
-        if "websocket" not in head.tokens("upgrade"):
-            self.refuse(
-                Refused(
-                    426,
-                    "Upgrade Required",
-                    [("Upgrade", "websocket"), ("Connection", "Upgrade")],
-                )
-            )
-            return
-        versions = [
-            v for (n, v) in head.headers if n.lower() == "sec-websocket-version"
-        ]
-        if len(versions) > 1:
-            self.refuse(Refused(400, "Bad Request"))
-            return
-        if versions and versions[0] != "13":
-            # RFC 6455 4.4: say which version the relay speaks.
-            self.refuse(
-                Refused(
-                    426,
-                    "Upgrade Required",
-                    [
-                        ("Upgrade", "websocket"),
-                        ("Connection", "Upgrade"),
-                        ("Sec-WebSocket-Version", "13"),
-                    ],
-                )
-            )
-            return
-        route, remainder = found
-        refusal = self.factory.admission.admit(self, route)
+        refusal = factory.admission.admit(self, screened.route)
         if refusal is not None:
             self.refuse(refusal)
             return
-        self.route, self.remainder = route, remainder
-        self.path, self.query = path, query
+        self.route, self.remainder = screened.route, screened.remainder
+        self.path, self.query = screened.path, screened.query
         self._screened = True
         WebSocketServerProtocol.processHandshake(self)
 

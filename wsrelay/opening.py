@@ -1,0 +1,240 @@
+# -*- test-case-name: tests.test_proxy,tests.test_units -*-
+"""
+Opening a proxy session's upstream: what the session asks of a backend for
+its client (the request target and header fields of the upstream's opening
+handshake), what a balancer may know of the client (L{ConnectionInfo}),
+and the client's answer when no upstream could be had (L{Refused}).
+"""
+
+from __future__ import annotations
+
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from wsrelay.routing import ConnectionInfo
+from wsrelay.screening import Refused
+from wsrelay.upstream import END_TO_END, RELAY_DEFLATE, RequestHeaders, UpstreamRefused
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+    from twisted.python.failure import Failure
+
+    from wsrelay.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.roles import Upstreams
+    from wsrelay.routing import Backend, Route
+    from wsrelay.upstream import UpstreamProtocol
+
+
+def joinPath(base: str, rest: str) -> str:
+    """
+    Append a route remainder to a backend URL path.
+    """
+    if not rest:
+        return base or "/"
+    return base.rstrip("/") + rest
+
+
+def connectionInfo(
+    frontend: FrontendProtocol, addresses: ClientAddresses
+) -> ConnectionInfo:
+    """
+    @param frontend: The client's leg, its request screened.
+    @param addresses: Says who the client is.
+    @return: What a balancer may know of this connection.
+    """
+    f = frontend
+    assert f.head is not None
+    cookies: dict[str, str] = {}
+    raw = f.head.get("cookie")
+    if raw:
+        try:
+            jar: SimpleCookie = SimpleCookie(raw.replace(", ", "; "))
+            cookies = {k: m.value for k, m in jar.items()}
+        except CookieError:
+            pass
+    return ConnectionInfo(
+        addresses.clientAddress(f),
+        f.path,
+        f.query,
+        f.head.headers,
+        cookies,
+    )
+
+
+def upstreamRequest(
+    frontend: FrontendProtocol,
+    addresses: ClientAddresses,
+    dataPath: str,
+    backend: Backend,
+) -> tuple[str, RequestHeaders]:
+    """
+    @param frontend: The client's leg, its request screened.
+    @param addresses: Says what the backend is told of the client.
+    @param dataPath: The route's C{data_path}.
+    @param backend: The backend the upstream goes to.
+    @return: The request target and the header fields for C{backend},
+        which say how the upstream leg treats extensions: on the
+        passthrough data path the client's C{Sec-WebSocket-Extensions}
+        fields go to the backend as they are, and its answer comes back
+        to the client (L{END_TO_END}); on the message path the leg offers
+        permessage-deflate itself when the client's leg uses it
+        (L{RELAY_DEFLATE}).
+    """
+    f = frontend
+    head = f.head
+    assert head is not None
+    config = backend.config
+    resource = joinPath(config.path, f.remainder)
+    query = "&".join(q for q in (config.query, f.query) if q)
+    if query:
+        resource += "?" + query
+    headers = RequestHeaders(addresses.forwardedHeaders(f, head))
+    protocols = head.get("sec-websocket-protocol")
+    if protocols:
+        headers.append(("Sec-WebSocket-Protocol", protocols))
+    if dataPath == "passthrough":
+        offers = [
+            (n, v) for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
+        ]
+        if offers:
+            headers.extend(offers)
+            headers.extensions = END_TO_END
+    elif f.relaysDeflate():
+        headers.extensions = RELAY_DEFLATE
+    return resource, headers
+
+
+def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:
+    """
+    @param up: An open upstream.
+    @return: The subprotocol and the header fields of the client's 101:
+        the backend's own, and on the passthrough data path its answer to
+        the client's extension offer.
+    """
+    headers: dict[str, list[str]] = {}
+    for name, value in up.responseHeaders:
+        headers.setdefault(name, []).append(value)
+    if up.extensionsAnswer:
+        # Passthrough: the backend's answer to the client's offer.
+        headers["Sec-WebSocket-Extensions"] = list(up.extensionsAnswer)
+    return up.websocket_protocol_in_use, headers
+
+
+class UpstreamOpener:
+    """
+    Opens the upstreams of one proxy session, each within the handshake's
+    budget, and counts them against their backends.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        route: Route,
+        frontend: FrontendProtocol,
+        upstreams: Upstreams,
+        addresses: ClientAddresses,
+        clock: IReactorTime,
+        handshakeTimeout: float,
+    ) -> None:
+        """
+        @param route: The session's route (a proxy route).
+        @param frontend: The client's leg, its request screened.
+        @param upstreams: Opens the upstream.
+        @param addresses: Says who the client is, and what the backend is
+            told of it.
+        @param clock: Times the handshake's budget.
+        @param handshakeTimeout: The budget, in seconds.
+        """
+        self._route = route
+        self._frontend = frontend
+        self._upstreams = upstreams
+        self._addresses = addresses
+        self._clock = clock
+        self._handshakeTimeout = handshakeTimeout
+        self._opening: Deferred[tuple[Backend, UpstreamProtocol]] | None = None
+
+    def open(self, avoid: Backend | None) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        """
+        Open an upstream within C{handshake_timeout}, to a backend other
+        than C{avoid} if the route has one.
+
+        @return: A L{Deferred} that fires with the backend and the open
+            upstream, or fails (L{refusal} says what to tell the client).
+        """
+        opening = self._opening = Deferred.fromCoroutine(self._connect(avoid))
+
+        def opened(result: Any) -> Any:
+            self._opening = None
+            return result
+
+        return opening.addBoth(opened)
+
+    def cancel(self) -> None:
+        """
+        Stop opening an upstream, if one is being opened: the L{Deferred}
+        L{open} gave fails with L{CancelledError
+        <twisted.internet.defer.CancelledError>}.
+        """
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+
+    async def _connect(self, avoid: Backend | None) -> tuple[Backend, UpstreamProtocol]:
+        """
+        Open an upstream within C{handshake_timeout}.
+        """
+        return await self._upstreams.openUpstream(
+            self._route,
+            connectionInfo(self._frontend, self._addresses),
+            self.request,
+            tuple(self._frontend.websocket_protocols),
+            avoid,
+            self._clock.seconds() + self._handshakeTimeout,
+        )
+
+    def request(self, backend: Backend) -> tuple[str, RequestHeaders]:
+        """
+        @return: The request target and the header fields for C{backend}
+            (L{upstreamRequest}).
+        """
+        config = self._route.config
+        dataPath = config.dataPath if config.mode == "proxy" else "message"
+        return upstreamRequest(self._frontend, self._addresses, dataPath, backend)
+
+    def refusal(self, f: Failure) -> Refused:
+        """
+        Turn a failure to open the upstream into the client's answer.
+        """
+        e = f.value
+        if isinstance(e, Refused):
+            return e
+        if isinstance(e, UpstreamRefused):
+            return Refused(e.status, e.reason, e.headers, e.body)
+        self.log.failure(
+            "opening upstream for route {route}", f, route=self._route.name
+        )
+        return Refused(500, "Internal Server Error")
+
+    def opened(self, backend: Backend) -> None:
+        """
+        An upstream to C{backend} is the session's now: count it.
+        """
+        backend.connections += 1
+        backend.totalConnections += 1
+        listener = self._route.loadListener
+        if listener is not None:
+            listener.connectionOpened(backend)
+
+    def closed(self, backend: Backend, up: UpstreamProtocol) -> None:
+        """
+        The session's upstream C{up} to C{backend} closed: count it no more.
+        """
+        backend.count(up)
+        backend.connections -= 1
+        listener = self._route.loadListener
+        if listener is not None:
+            listener.connectionClosed(backend)

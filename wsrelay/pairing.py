@@ -1,0 +1,82 @@
+# -*- test-case-name: tests.test_proxy,tests.test_passthrough -*-
+"""
+The data path of a proxied connection once the client has its 101: the
+two legs paired on the message path (each data frame Autobahn parses goes
+to the other leg, and each side pauses the other when it cannot keep up),
+or the passthrough pipe (L{wsrelay.passthrough.Pipe}).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, cast
+
+from wsrelay.legs import OPEN, TransportPauser
+from wsrelay.passthrough import Pipe
+from wsrelay.roles import PipeOwner
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IConsumer
+
+    from wsrelay.frontend import FrontendProtocol
+    from wsrelay.upstream import UpstreamProtocol
+
+
+class PipeHolder(PipeOwner, Protocol):
+    """
+    The proxy session that holds a passthrough pipe
+    (L{wsrelay.session.ProxySession}).
+    """
+
+    pipe: Pipe | None
+
+
+def pairLegs(
+    frontend: FrontendProtocol, upstream: UpstreamProtocol, direct: bool
+) -> None:
+    """
+    Let each side pause the other when it cannot keep up, and send the
+    client's frames to C{upstream} when C{direct} (else a failover's
+    buffer keeps getting them).
+    """
+    f, up = frontend, upstream
+    f.forgetHandshake()
+    up.forgetHandshake()
+    if direct:
+        f.target = up
+    ft, ut = f.transport, up.transport
+    # Both legs are connected once paired.
+    assert ft is not None and ut is not None
+    cast("IConsumer", ft).registerProducer(TransportPauser(ut), True)
+    cast("IConsumer", ut).registerProducer(TransportPauser(ft), True)
+
+
+def startPipe(
+    holder: PipeHolder, frontend: FrontendProtocol, upstream: UpstreamProtocol
+) -> None:
+    """
+    Switch to the passthrough data path: from now on bytes are forwarded
+    as they come (see L{wsrelay.passthrough}), starting with those each leg
+    holds unparsed; C{holder.pipe} is the pipe before the first byte goes
+    through it.  A leg in the middle of a frame, or a close under way, keeps
+    the message path (neither happens as the client gets its 101).
+    """
+    f, up = frontend, upstream
+    if (
+        f.state != OPEN
+        or up.state != OPEN
+        or f.current_frame is not None
+        or up.current_frame is not None
+        or f.closeRelayed
+        or up.closeRelayed
+    ):
+        return
+    pipe = holder.pipe = Pipe(holder, f, up)
+    pipe.fromClient.inMessage = f.receivingFragment
+    pipe.fromBackend.inMessage = up.receivingFragment
+    leftovers = (f.data, up.data)
+    f.data = up.data = b""
+    pipe.start()
+    if leftovers[0]:
+        pipe.fromClient.dataReceived(leftovers[0])
+    if leftovers[1]:
+        pipe.fromBackend.dataReceived(leftovers[1])

@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.test_edge,tests.test_proxy -*-
+"""
+The screening of a client's request before Autobahn sees it: head size
+(431), syntax (400), a body (400), the path (dot segments resolved, 400
+when it climbs above C{/}), C{GET /healthz}, the route (404) and the
+upgrade itself (426, also for a WebSocket version other than 13).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from autobahn.websocket.types import ConnectionDeny
+
+from wsrelay.handshake import BadHead, parseHead
+from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
+
+if TYPE_CHECKING:
+    from wsrelay.handshake import Head
+    from wsrelay.routing import Route, RouteTable
+
+
+class Refused(ConnectionDeny):
+    """
+    The relay refuses a handshake with this status, these headers and
+    this body (relayed from a backend, or its own).
+    """
+
+    #: Always given, unlike Autobahn's.
+    reason: str
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        super().__init__(code, reason)
+        self.headers = headers or []
+        self.body = body
+
+
+class Rejected:
+    """
+    A request the relay answers itself (L{screenRequest}).
+
+    @ivar refusal: The answer.
+    @ivar head: The request's head, when it could be parsed.
+    """
+
+    def __init__(self, refusal: Refused, head: Head | None = None) -> None:
+        self.refusal = refusal
+        self.head = head
+
+
+class Screened:
+    """
+    A routed, well-formed upgrade request (L{screenRequest}).
+
+    @ivar head: The request's head.
+    @ivar route: The route it matched.
+    @ivar remainder: The normalized path after the route's prefix.
+    @ivar path: The request path, normalized (L{normalizePath}).
+    @ivar query: The query string, without C{?}, as sent.
+    """
+
+    def __init__(
+        self, head: Head, route: Route, remainder: str, path: str, query: str
+    ) -> None:
+        self.head = head
+        self.route = route
+        self.remainder = remainder
+        self.path = path
+        self.query = query
+
+
+def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
+    """
+    @return: A 426 that names the upgrade the relay speaks, with
+        C{headers}.
+    """
+    return Refused(
+        426,
+        "Upgrade Required",
+        [("Upgrade", "websocket"), ("Connection", "Upgrade"), *headers],
+    )
+
+
+def screenRequest(
+    data: bytes, maxHeaderSize: int, routes: RouteTable
+) -> Screened | Rejected | None:
+    """
+    Screen the request at the start of C{data}.
+
+    @param data: What the client sent so far.
+    @param maxHeaderSize: The most bytes its head may take (431 beyond).
+    @param routes: Where the request is routed (404 when nowhere).
+    @return: The routed request, or the relay's own answer to it, or
+        L{None} while its head is incomplete (and within the limit).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > maxHeaderSize:
+            return Rejected(Refused(431, "Request Header Fields Too Large"))
+        return None
+    if end + 4 > maxHeaderSize:
+        return Rejected(Refused(431, "Request Header Fields Too Large"))
+    try:
+        head = parseHead(data[:end])
+        method, target, version = head.startLine.split(" ")
+        if "#" in target:
+            # A request target has no fragment (RFC 9112 3.2).
+            raise ValueError(target)
+        if target.startswith("/"):
+            # Origin form; urlsplit would take "//x/y" for a host.
+            rawPath, _, query = target.partition("?")
+        else:
+            parts = urlsplit(target)
+            if not (parts.scheme and parts.netloc):
+                raise ValueError(target)
+            rawPath, query = parts.path or "/", parts.query
+    except (BadHead, ValueError):
+        return Rejected(Refused(400, "Bad Request"))
+    if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
+        return Rejected(Refused(505, "HTTP Version Not Supported"), head)
+    hosts = [v for (n, v) in head.headers if n.lower() == "host"]
+    if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
+        # RFC 9112 3.2: one Host field, required in HTTP/1.1; two would
+        # be joined by Head.get into a host no route has.
+        return Rejected(
+            Refused(400, "Bad Request", body=b"one Host field needed\n"), head
+        )
+    lengths = [v for (n, v) in head.headers if n.lower() == "content-length"]
+    if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
+        # An upgrade request has no body: what follows its head would
+        # be read as frames (RFC 6455 4.1); a length given twice is
+        # ambiguous (RFC 9112 6.3).
+        return Rejected(
+            Refused(400, "Bad Request", body=b"a request body is not allowed\n"),
+            head,
+        )
+    try:
+        path = normalizePath(rawPath)
+    except PathAboveRoot:
+        return Rejected(
+            Refused(400, "Bad Request", body=b"path climbs above /\n"), head
+        )
+    except BadPath:
+        return Rejected(
+            Refused(400, "Bad Request", body=b"path holds %2F, %5C, %00 or \\\n"),
+            head,
+        )
+    if path == "/healthz" and method in ("GET", "HEAD"):
+        return Rejected(Refused(200, "OK", body=b"ok\n"), head)
+    host = (head.get("host") or "").strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    else:
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    found = routes.match(host or None, path)
+    if found is None:
+        return Rejected(Refused(404, "Not Found"), head)
+    if "websocket" not in head.tokens("upgrade"):
+        return Rejected(_upgradeRequired(), head)
+    versions = [v for (n, v) in head.headers if n.lower() == "sec-websocket-version"]
+    if len(versions) > 1:
+        return Rejected(Refused(400, "Bad Request"), head)
+    if versions and versions[0] != "13":
+        # RFC 6455 4.4: say which version the relay speaks.
+        return Rejected(_upgradeRequired(("Sec-WebSocket-Version", "13")), head)
+    route, remainder = found
+    return Screened(head, route, remainder, path, query)
