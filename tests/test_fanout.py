@@ -29,8 +29,8 @@ from tests.support.clients import closedPort, rawRequest
 from tests.support.fanout import Message, Source, channelUp, feed
 from tests.support.relays import buffered, paused
 from tests.support.waiting import waitFor
-from wsrelay import fanout
 from wsrelay.fanout import IDLE, UP, FanoutSession
+from wsrelay.fanout import channel as fanout
 from wsrelay.legs import OPEN
 from wsrelay.service import RelayService
 

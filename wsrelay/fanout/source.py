@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 class SourceChannel(Protocol):
     """
-    What of a fan-out channel (L{wsrelay.fanout.Channel}) its source uses.
+    What of a fan-out channel (L{wsrelay.fanout.channel.Channel}) its source uses.
     """
 
     #: The channel's members, each with C{send(data, count)}.
@@ -80,7 +80,7 @@ def _none() -> float:
 class SourceEndpoint:
     """
     The endpoint of a channel's L{ClientService}: each connection attempt
-    asks the relay for a source (L{wsrelay.fanout.Channel.connectSource}).
+    asks the relay for a source (L{wsrelay.fanout.channel.Channel.connectSource}).
     """
 
     def __init__(self, channel: SourceChannel) -> None:
@@ -120,9 +120,9 @@ class SourceReader:
     """
     The data path of a channel's source leg (L{RelayLeg.dataPath}):
     Autobahn parses each read from the source (L{RelayLeg.parse}), its
-    complete messages reach L{wsrelay.fanout.Channel.forwardFrame} (the leg's C{target})
-    and are framed into the channel's batch, and the batch goes to each
-    member in one write.
+    complete messages reach L{wsrelay.fanout.channel.Channel.forwardFrame}
+    (the leg's C{target}) and are framed into the channel's batch, and the
+    batch goes to each member in one write.
     """
 
     def __init__(self, channel: SourceChannel, leg: UpstreamProtocol) -> None:
