@@ -10,41 +10,35 @@ L{wsrelay.fanout.members.FanoutSession}).  Payloads are never decoded here.
 
 from __future__ import annotations
 
-import random
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
-from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.fanout.source import (
-    SourceEndpoint,
-    SourceReader,
-    SourceTransport,
-    sourceBackoff,
+    CONNECTING,
+    IDLE,
+    STOPPED,
+    UP,
+    WAITING,
+    SourceLink,
 )
-from wsrelay.framing import TEXT, Assembler, frame
+from wsrelay.framing import Assembler, frame
 from wsrelay.legs import OPEN
-from wsrelay.routing import Backend, ConnectionInfo, Route
+from wsrelay.routing import Backend, Route
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.roles import SessionRegistry, Upstreams
     from wsrelay.upstream import UpstreamProtocol
 
-IDLE = "idle"
-CONNECTING = "connecting"
-UP = "up"
-WAITING = "waiting"
-STOPPED = "stopped"
+__all__ = ["CONNECTING", "IDLE", "STOPPED", "UP", "WAITING", "Channel", "channelKey"]
 
 
 def channelKey(route: Route, remainder: str, query: str) -> str:
@@ -87,6 +81,7 @@ class Channel:
     @ivar slowCloses: Clients closed for being slow.
     @ivar clientDrops: Client messages not forwarded.
     @ivar connects: Upstream connections opened.
+    @ivar source: Keeps the upstream connected (L{SourceLink}).
     @ivar batch: While a read from the source is parsed (L{SourceReader}),
         the messages it completed, framed; else L{None}.
     """
@@ -120,18 +115,14 @@ class Channel:
         self.slowCloses = 0
         self.clientDrops = 0
         self.connects = 0
-        self.random = random.Random()
+        #: Connects to the source and reconnects after a loss or a failed
+        #: attempt.
+        self.source = SourceLink(self, upstreams, clock)
         self._clock = clock
         self._message = Assembler()
-        #: Connects to the source and reconnects after a loss or a failed
-        #: attempt (a new one each time the channel starts).
-        self._service: ClientService | None = None
-        #: Stands for the source's connection to the service.
-        self._connection: IProtocol | None = None
         #: The connection of the upstream closed on purpose (L{_halt}).
         self._closingConnection: IProtocol | None = None
         self._linger: IDelayedCall | None = None
-        self._lost: Backend | None = None
         self._gone: Deferred[None] | None = None
         self._closing: UpstreamProtocol | None = None
         self.batch: list[bytes] | None = None
@@ -206,104 +197,9 @@ class Channel:
     def start(self) -> None:
         """
         Connect to the source, and keep connecting after a loss or a failed
-        attempt: a L{ClientService} whose endpoint asks the relay for a
-        source each time (the balancer picks a backend per attempt), waiting
-        between attempts as L{sourceBackoff} says.
+        attempt (L{SourceLink}).
         """
-        config = self.routeConfig
-        service = self._service = ClientService(
-            SourceEndpoint(self),
-            Factory.forProtocol(Protocol),
-            sourceBackoff(config.backoffBase, config.backoffCap, self.random),
-            clock=self._clock,
-        )
-        service.startService()
-
-    def connectSource(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        """
-        One attempt of the channel's L{ClientService} (L{SourceEndpoint}):
-        open an upstream to a backend of the route.
-
-        @param factory: Builds what stands for the connection to the
-            service, which learns through it when the source is lost.
-        @return: A L{Deferred} firing with what C{factory} built once the
-            source accepted; cancelling it cancels the attempt.
-        """
-        self.state = CONNECTING
-        route = self.route
-        info = ConnectionInfo("", route.config.path + self.key, "", ())
-        d = Deferred.fromCoroutine(
-            self.upstreams.openUpstream(
-                route, info, self._request, (), self._lost, float("inf")
-            )
-        )
-
-        def opened(pair: tuple[Backend, UpstreamProtocol]) -> IProtocol:
-            up = pair[1]
-            assert up.transport is not None
-            connection = factory.buildProtocol(up.transport.getPeer())
-            assert connection is not None
-            connection.makeConnection(cast(ITransport, SourceTransport(up)))
-            self._opened(pair, connection)
-            return connection
-
-        def failed(f: Failure) -> Failure:
-            self._openFailed(f)
-            return f
-
-        return d.addCallbacks(opened, failed)
-
-    def _request(self, backend: Backend) -> tuple[str, list[tuple[str, str]]]:
-        """
-        @return: The request target and header fields for the source.
-        """
-        from wsrelay.session import joinPath
-
-        config = backend.config
-        path, _, query = self.key.partition("?")
-        resource = joinPath(config.path, path)
-        query = "&".join(q for q in (config.query, query) if q)
-        return resource + ("?" + query if query else ""), []
-
-    def _opened(
-        self, pair: tuple[Backend, UpstreamProtocol], connection: IProtocol
-    ) -> None:
-        backend, up = pair
-        self._connection = connection
-        self._lost = None
-        self.state = UP
-        self.upstream = up
-        self.backend = backend
-        up.forgetHandshake()
-        self.connects += 1
-        backend.connections += 1
-        backend.totalConnections += 1
-        listener = self.route.loadListener
-        if listener is not None:
-            listener.connectionOpened(backend)
-        up.target = self
-        up.listener = self
-        up.dataPath = SourceReader(self, up)
-        for line in self.routeConfig.subscribe:
-            up.forwardFrame(TEXT, line.encode("utf-8"), True)
-        self.log.info(
-            "channel {channel}: source {backend} connected",
-            channel=self.name,
-            backend=backend.name,
-        )
-
-    def _openFailed(self, f: Failure) -> None:
-        """
-        An attempt failed: the service waits, then tries again.
-        """
-        if f.check(CancelledError):
-            return
-        self.log.warn(
-            "channel {channel}: no source: {error}",
-            channel=self.name,
-            error=f.getErrorMessage(),
-        )
-        self.state = WAITING
+        self.source.start()
 
     def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
         """
@@ -368,7 +264,8 @@ class Channel:
             return
         backend = self.backend
         self._release()
-        connection, self._connection = self._connection, None
+        source = self.source
+        connection, source.connection = source.connection, None
         if self.state != UP:
             return
         self.log.warn(
@@ -379,7 +276,7 @@ class Channel:
         )
         if backend is not None and not getattr(leg, "wasClean", False):
             self.upstreams.backendFailed(self.route, backend, "connection lost")
-        self._lost = backend
+        source.lost = backend
         self.state = WAITING
         if connection is not None:
             # The service waits, then connects again.
@@ -408,7 +305,7 @@ class Channel:
         """
         up = self.upstream
         if up is not None and self.state == UP:
-            self._lost = self.backend
+            self.source.lost = self.backend
             up.closeWith(1012, b"backend going away")
 
     def retire(self) -> None:
@@ -431,14 +328,10 @@ class Channel:
             self._release()
             up.target = None
             self._closing = up
-            self._closingConnection, self._connection = self._connection, None
+            source = self.source
+            self._closingConnection, source.connection = source.connection, None
             up.closeWith(code, reason)
-        service, self._service = self._service, None
-        if service is not None:
-            # Cancels a pending attempt or wait; a connected source is
-            # already closing (its transport's loseConnection is a no-op),
-            # and the channel waits for it itself (stop).
-            service.stopService()
+        self.source.stop()
 
     def _release(self) -> None:
         """
