@@ -29,8 +29,9 @@ from tests.support.clients import closedPort, rawRequest
 from tests.support.fanout import Message, Source, channelUp, feed
 from tests.support.relays import buffered, paused
 from tests.support.waiting import waitFor
-from wsrelay import fanout
 from wsrelay.fanout import IDLE, UP, FanoutSession
+from wsrelay.fanout import channel as fanout
+from wsrelay.framing import TEXT
 from wsrelay.legs import OPEN
 from wsrelay.service import RelayService
 
@@ -286,7 +287,7 @@ class BroadcastTests(TestCase):
         await waitFor(lambda: clients.received(one, 200))
         self.assertEqual((len(calls), channel.deliveries), (200, 400))
         expected = b"".join(
-            original(fanout.TEXT, str(m).encode()) for m in clients.messages[one[0]]
+            original(TEXT, str(m).encode()) for m in clients.messages[one[0]]
         )
 
         def readWire() -> bytes:

@@ -22,10 +22,10 @@ from txaio.testutil import replace_loop
 
 from wsrelay.config import parseConfig
 from wsrelay.fanout import IDLE, UP, WAITING, Channel, channelKey
+from wsrelay.fanout.source import SourceReader, sourceBackoff
 from wsrelay.framing import BINARY, TEXT, frame
 from wsrelay.legs import RelayLeg
 from wsrelay.service import RelayService
-from wsrelay.source import SourceReader, sourceBackoff
 
 
 def relayFor(extra: str) -> tuple[RelayService, Clock]:
@@ -231,7 +231,9 @@ class ChannelKeyTests(SynchronousTestCase):
         channel = Channel(
             route, "/AAPL?x=1", relay.connector, relay.registry, relay.clock
         )
-        self.assertEqual(channel._request(route.backends[0]), ("/src/AAPL?x=1", []))
+        self.assertEqual(
+            channel.source.request(route.backends[0]), ("/src/AAPL?x=1", [])
+        )
 
 
 class BackoffTests(SynchronousTestCase):
@@ -267,7 +269,7 @@ class BackoffTests(SynchronousTestCase):
         )
         self.assertEqual(channel.state, WAITING)
         # Twisted's ClientService waits and connects again.
-        self.assertIsInstance(channel._service, ClientService)
+        self.assertIsInstance(channel.source._service, ClientService)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         self.successResultOf(channel.stop())
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -8,7 +8,8 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay import fanout, legs, passthrough
+from wsrelay import legs, passthrough
+from wsrelay.fanout import channel as fanout
 from wsrelay.framing import (
     BINARY,
     CLOSE,

@@ -21,8 +21,8 @@ from tests.support.memory import (
     RecordingBackend,
     RecordingClient,
 )
-from wsrelay import fanout
 from wsrelay.fanout import UP, WAITING, Channel
+from wsrelay.fanout import channel as fanout
 from wsrelay.framing import BINARY
 
 #: What a slow client's transport holds before it pauses its producer.

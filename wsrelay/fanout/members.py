@@ -1,0 +1,251 @@
+# -*- test-case-name: tests.test_fanout,tests.test_inmemory -*-
+"""
+A fan-out channel's members: L{FanoutSession}, one client's membership,
+with its own small queue for the time its connection cannot keep up.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from wsrelay.fanout.channel import Channel
+from wsrelay.framing import Assembler
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IConsumer, IReactorTime
+
+    from wsrelay.config import RelayConfig
+    from wsrelay.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.roles import SessionRegistry
+    from wsrelay.stats import Histogram
+
+
+@implementer(IPushProducer)
+class FanoutSession:
+    """
+    One client of a channel.
+
+    Registered as the producer of the client's transport, it learns when
+    the transport's buffer is full (C{pauseProducing}) and queues messages
+    itself from then on, up to C{max_client_buffer}; beyond that the
+    route's C{slow_client} policy applies.
+
+    @ivar queued: Bytes in the queue.
+    @ivar dropped: Messages skipped for this client.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        channel: Channel,
+        frontend: FrontendProtocol,
+        *,
+        registry: SessionRegistry,
+        addresses: ClientAddresses,
+        clock: IReactorTime,
+        config: RelayConfig,
+        latency: Histogram,
+    ) -> None:
+        """
+        @param registry: Told when the client is gone.
+        @param addresses: Says who the client is (for the access log).
+        @param clock: Times the session.
+        @param config: The relay's configuration when the client came.
+        @param latency: Where the handshake's duration goes.
+        """
+        self.registry = registry
+        self.addresses = addresses
+        self.clock = clock
+        self.config = config
+        self.latency = latency
+        self.channel = channel
+        self.frontend = frontend
+        self.startedAt = clock.seconds()
+        self.openedAt = self.startedAt
+        self.mark = 0
+        self.route = channel.route
+        self.done: Deferred[None] = Deferred()
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.dropped = 0
+        self.backend = None
+        self._limit = channel.routeConfig.maxClientBuffer
+        self._close = channel.routeConfig.slowClient == "close"
+        self._forward = channel.routeConfig.clientMessages == "forward"
+        self._paused = False
+        self._joined = False
+        self._closing = False
+        self._write: Any = None
+        self._message = Assembler()
+        frontend.session = self
+        frontend.listener = self
+        frontend.target = self
+
+    def open(self) -> Deferred[tuple[str | None, dict[str, list[str]]]]:
+        """
+        Accept the client at once; it waits for the source if need be.
+        """
+        return succeed((None, {}))
+
+    def clientOpened(self) -> None:
+        """
+        The client got its 101: join the channel.
+        """
+        transport = self.frontend.transport
+        assert transport is not None
+        self.frontend.forgetHandshake()
+        self._write = self.frontend.writer()
+        cast("IConsumer", transport).registerProducer(self, True)
+        self._joined = True
+        self.openedAt = self.clock.seconds()
+        self.latency.observe(self.openedAt - self.startedAt)
+        self.channel.join(self)
+
+    def send(self, data: bytes, count: int = 1) -> None:
+        """
+        Write C{count} framed messages, or queue them while the client is
+        slow.
+        """
+        if not self._paused:
+            self._write(data)
+            return
+        if self.queued + len(data) <= self._limit:
+            self.queue.append(data)
+            self.queued += len(data)
+            return
+        if self._close:
+            self.channel.slowCloses += 1
+            self.closing()
+            self.frontend.closeWith(1013, b"client too slow")
+            return
+        self.dropped += count
+        self.channel.slowDrops += count
+
+    # IPushProducer, for the client's transport.
+
+    def pauseProducing(self) -> None:
+        """
+        The client's transport holds more than it can send now (once the
+        client is being closed, nothing is queued for it any more).
+        """
+        if not self._closing:
+            self._paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport drained: write what was queued, until it fills up
+        again.
+        """
+        self._paused = False
+        queue = self.queue
+        while queue and not self._paused:
+            data = queue.popleft()
+            self.queued -= len(data)
+            self._write(data)
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going: nothing more to write.
+        """
+        self.queue.clear()
+        self.queued = 0
+
+    # Frames from the client.
+
+    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """
+        A frame from the client: forwarded upstream as a whole message with
+        C{client_messages = forward}, else dropped.
+        """
+        if not self._forward:
+            if fin:
+                self.channel.clientDrops += 1
+            return
+        message = self._message.add(opcode, payload, fin)
+        if message is None:
+            return
+        opcode, payload = message
+        self.channel.sendUpstream(opcode, payload)
+
+    # Closing: the relay is the client's peer.
+
+    def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        The client closes: answer it, and send it nothing more.
+        """
+        self.closing()
+        leg.replyClose(code, reason)
+
+    def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
+        """
+        The client answered our close.
+        """
+
+    def legClosed(self, leg: Any) -> None:
+        """
+        The client is gone: leave the channel.
+        """
+        self.queue.clear()
+        self.queued = 0
+        if self._joined:
+            self.channel.leave(self)
+            self._logAccess()
+        self.registry.sessionEnded(self)
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _logAccess(self) -> None:
+        """
+        One event per client, when it leaves the channel.
+        """
+        if not self.config.accessLog:
+            return
+        f = self.frontend
+        self.log.info(
+            "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"
+            " out {messagesOut} dropped {dropped} close {closeCode}",
+            event="access",
+            client=self.addresses.clientAddress(f) if f.transport else None,
+            route=self.route.name,
+            channel=self.channel.key,
+            duration=self.clock.seconds() - self.openedAt,
+            messagesIn=f.messagesIn,
+            bytesIn=f.bytesIn,
+            messagesOut=self.channel.messagesIn - self.mark - self.dropped,
+            dropped=self.dropped,
+            closeCode=f.remoteCloseCode or f.localCloseCode,
+        )
+
+    def shutdown(
+        self, code: int = 1001, reason: bytes = b"relay shutting down"
+    ) -> None:
+        """
+        Close the client: nothing more is sent after the close frame.
+        """
+        self.closing()
+        self.frontend.closeWith(code, reason)
+
+    def closing(self) -> None:
+        """
+        A close frame is about to go to the client: no data frame may
+        follow it (RFC 6455, 5.5.1), so what the channel sends from now on
+        goes nowhere, and nothing more is queued.
+        """
+        self._closing = True
+        self.queue.clear()
+        self.queued = 0
+        self._paused = False
+        self._write = _discard
+
+
+def _discard(data: bytes) -> None:
+    """
+    Write nowhere: the client is being closed.
+    """
