@@ -16,8 +16,14 @@ from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
 from wsrelay.legs import sendableCloseCode
 from wsrelay.plugins import balancerFactories
-from wsrelay.routing import Backend, ConnectionInfo, Route, RouteTable, matchPrefix
-from wsrelay.session import joinPath
+from wsrelay.routing import (
+    Backend,
+    ConnectionInfo,
+    Route,
+    RouteTable,
+    joinPath,
+    matchPrefix,
+)
 
 INFO = ConnectionInfo("127.0.0.1", "/", "", ())
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from wsrelay.routing import ConnectionInfo
+from wsrelay.routing import ConnectionInfo, joinPath
 from wsrelay.screening import Refused
 from wsrelay.upstream import END_TO_END, RELAY_DEFLATE, RequestHeaders, UpstreamRefused
 
@@ -26,15 +26,6 @@ if TYPE_CHECKING:
     from wsrelay.roles import Upstreams
     from wsrelay.routing import Backend, Route
     from wsrelay.upstream import UpstreamProtocol
-
-
-def joinPath(base: str, rest: str) -> str:
-    """
-    Append a route remainder to a backend URL path.
-    """
-    if not rest:
-        return base or "/"
-    return base.rstrip("/") + rest
 
 
 def connectionInfo(

@@ -158,6 +158,15 @@ class Backend:
         return f"<Backend {self.name} {self.state}>"
 
 
+def joinPath(base: str, rest: str) -> str:
+    """
+    Append a route remainder to a backend URL path.
+    """
+    if not rest:
+        return base or "/"
+    return base.rstrip("/") + rest
+
+
 class Monitor(Protocol):
     """
     What a route's health monitor (L{wsrelay.health.monitor.HealthMonitor}) does

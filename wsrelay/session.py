@@ -25,7 +25,6 @@ from wsrelay.failover import Failover
 from wsrelay.idle import IdleTimer, activity
 from wsrelay.legs import OPEN, RelayLeg, failureClose
 from wsrelay.opening import UpstreamOpener, clientAnswer
-from wsrelay.opening import joinPath as joinPath
 from wsrelay.pairing import pairLegs, startPipe
 from wsrelay.passthrough import Pipe
 from wsrelay.routing import Backend, Route

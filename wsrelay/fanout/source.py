@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from wsrelay.framing import TEXT
 from wsrelay.legs import CloseListener, FrameSink
-from wsrelay.routing import ConnectionInfo
+from wsrelay.routing import ConnectionInfo, joinPath
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -287,8 +287,6 @@ class SourceLink:
         """
         @return: The request target and header fields for the source.
         """
-        from wsrelay.session import joinPath
-
         config = backend.config
         path, _, query = self.channel.key.partition("?")
         resource = joinPath(config.path, path)
