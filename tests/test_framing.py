@@ -8,7 +8,8 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay import fanout, legs, passthrough
+from wsrelay import fanout, legs
+from wsrelay.proxy import pipe
 from wsrelay.framing import (
     BINARY,
     CLOSE,
@@ -51,8 +52,8 @@ class FrameTests(SynchronousTestCase):
         """
         self.assertIs(legs.compressFrame, compressFrame)
         self.assertIs(fanout.frame, frame)
-        self.assertIs(passthrough.controlFrame, controlFrame)
-        self.assertIs(passthrough.closeFrame, closeFrame)
+        self.assertIs(pipe.controlFrame, controlFrame)
+        self.assertIs(pipe.closeFrame, closeFrame)
 
 
 class ControlFrameTests(SynchronousTestCase):
