@@ -9,7 +9,6 @@ import struct
 from twisted.trial.unittest import SynchronousTestCase
 
 from wsrelay import fanout, legs
-from wsrelay.proxy import pipe
 from wsrelay.framing import (
     BINARY,
     CLOSE,
@@ -22,6 +21,7 @@ from wsrelay.framing import (
     frame,
 )
 from wsrelay.inflate import unmask
+from wsrelay.proxy import direction, pipe
 
 
 class FrameTests(SynchronousTestCase):
@@ -52,7 +52,7 @@ class FrameTests(SynchronousTestCase):
         """
         self.assertIs(legs.compressFrame, compressFrame)
         self.assertIs(fanout.frame, frame)
-        self.assertIs(pipe.controlFrame, controlFrame)
+        self.assertIs(direction.controlFrame, controlFrame)
         self.assertIs(pipe.closeFrame, closeFrame)
 
 

@@ -20,7 +20,8 @@ from tests.support.scanning import Leg, Recorder, feed, frame
 from wsrelay.config import RelayConfig
 from wsrelay.framing import closeFrame
 from wsrelay.legs import RelayLeg
-from wsrelay.proxy.pipe import PING_PREFIX, Direction, Pipe
+from wsrelay.proxy.direction import PING_PREFIX, Direction
+from wsrelay.proxy.pipe import Pipe
 from wsrelay.session import ProxySession
 
 
