@@ -343,7 +343,7 @@ def line(
 #: The relay's access event of a C{/close} session it ended without a
 #: close frame because its backend went away: part of a frame had gone to
 #: the client, which could not parse a close frame after it
-#: (C{Pipe._closeTo} in C{wsrelay/passthrough.py}); the client sees 1006.
+#: (C{Pipe._closeTo} in C{wsrelay/proxy/pipe.py}); the client sees 1006.
 DROPPED = re.compile(
     r"\] \S+ close \S+ \S+s in \S+ out \S+ close None by backend$", re.MULTILINE
 )

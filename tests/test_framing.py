@@ -8,7 +8,7 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay import legs, passthrough
+from wsrelay import legs
 from wsrelay.fanout import channel as fanout
 from wsrelay.framing import (
     BINARY,
@@ -22,6 +22,7 @@ from wsrelay.framing import (
     frame,
 )
 from wsrelay.inflate import unmask
+from wsrelay.proxy import direction, pipe
 
 
 class FrameTests(SynchronousTestCase):
@@ -52,8 +53,8 @@ class FrameTests(SynchronousTestCase):
         """
         self.assertIs(legs.compressFrame, compressFrame)
         self.assertIs(fanout.frame, frame)
-        self.assertIs(passthrough.controlFrame, controlFrame)
-        self.assertIs(passthrough.closeFrame, closeFrame)
+        self.assertIs(direction.controlFrame, controlFrame)
+        self.assertIs(pipe.closeFrame, closeFrame)
 
 
 class ControlFrameTests(SynchronousTestCase):

@@ -26,7 +26,7 @@ from wsrelay.inflate import (
     agreedSenders,
     unmask,
 )
-from wsrelay.passthrough import RSV1, RSV_BITS, Direction
+from wsrelay.proxy.direction import RSV1, RSV_BITS, Direction
 
 T = TypeVar("T")
 

@@ -5,8 +5,10 @@ session switching to it.
 
 from __future__ import annotations
 
+import ast
 import random
 import struct
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -14,13 +16,15 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import wsrelay.proxy
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closeOf
 from tests.support.scanning import Leg, Recorder, feed, frame
 from wsrelay.config import RelayConfig
 from wsrelay.framing import closeFrame
 from wsrelay.legs import RelayLeg
-from wsrelay.passthrough import PING_PREFIX, Direction, Pipe
+from wsrelay.proxy.direction import PING_PREFIX, Direction
+from wsrelay.proxy.pipe import Pipe
 from wsrelay.session import ProxySession
 
 
@@ -307,12 +311,19 @@ class PipeSession:
     relay's configuration and clock.
     """
 
-    def __init__(self, clock: Clock, closeTimeout: float) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        closeTimeout: float,
+        pingInterval: float = 0,
+        pingTimeout: float = 10.0,
+    ) -> None:
         config = RelayConfig(
             path="relay.ini",
             listen=(),
             routes=(),
-            pingInterval=0,
+            pingInterval=pingInterval,
+            pingTimeout=pingTimeout,
             closeTimeout=closeTimeout,
         )
         self.config = config
@@ -490,6 +501,65 @@ def frame_wo(data: bytes, index: int) -> bytes:
         frames.append(data[i : i + 2 + 4 + n])
         i += 2 + 4 + n
     return b"".join(f for k, f in enumerate(frames) if k != index)
+
+
+class KeepaliveTests(SynchronousTestCase):
+    """
+    The relay's own pings through a L{Pipe} (L{Keepalive}), on a clock.
+    """
+
+    def test_pingTimeout(self) -> None:
+        """
+        When a side sent nothing for a C{ping_interval}, it gets a ping;
+        the pong that answers it is not forwarded; a side that does not
+        answer within C{ping_timeout} gets both sides closed with 1001, and
+        once the pipe stops no timer of it is left.
+        """
+        clock = Clock()
+        f, up = PipeLeg(), PipeLeg()
+        session = PipeSession(clock, 5.0, pingInterval=2.0, pingTimeout=3.0)
+        pipe = Pipe(session, f, up)  # type: ignore[arg-type]
+        pipe.start()
+        # The first tick takes each side's marks; the next finds them quiet.
+        clock.advance(2.0)
+        clock.advance(1.9)
+        self.assertEqual((f.transport.data, up.transport.data), (b"", b""))
+        clock.advance(0.1)
+        self.assertEqual(frames(f.transport.data), [(9, PING_PREFIX + b"1")])
+        self.assertEqual(frames(up.transport.data), [(9, PING_PREFIX + b"2")])
+        # The backend's ping is masked, as a client's frames are.
+        self.assertTrue(up.transport.data[1] & 0x80)
+        pipe.fromClient.dataReceived(frame(10, PING_PREFIX + b"1"))
+        self.assertEqual(frames(up.transport.data), [(9, PING_PREFIX + b"2")])
+        clock.advance(3.0)
+        self.assertEqual(frames(f.transport.data)[-1], close(1001))
+        self.assertEqual(frames(up.transport.data)[-1], close(1001))
+        self.assertEqual(session.closedBy, "relay")
+        pipe.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ShapeTests(SynchronousTestCase):
+    """
+    The proxy package's modules and classes stay small enough to read.
+    """
+
+    def test_sizes(self) -> None:
+        """
+        No module of L{wsrelay.proxy} is over 600 lines, no class over 300.
+        """
+        folder = Path(wsrelay.proxy.__file__).parent
+        modules = sorted(folder.glob("*.py"))
+        self.assertIn(folder / "pipe.py", modules)
+        self.assertIn(folder / "direction.py", modules)
+        for path in modules:
+            source = path.read_text()
+            self.assertLessEqual(len(source.splitlines()), 600, path.name)
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.ClassDef):
+                    assert node.end_lineno is not None
+                    size = node.end_lineno - node.lineno + 1
+                    self.assertLessEqual(size, 300, f"{path.name}: {node.name}")
 
 
 class SessionTests(TestCase):

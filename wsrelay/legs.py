@@ -9,7 +9,7 @@ C{forwardFrame(opcode, payload, fin)}, and is itself such a target.
 
 What a leg's transport receives goes to the leg's data path
 (L{RelayLeg.dataPath}): Autobahn's parser until the session sets another
-(a passthrough L{wsrelay.passthrough.Direction}, or the fan-out
+(a passthrough L{wsrelay.proxy.direction.Direction}, or the fan-out
 L{wsrelay.fanout.Channel} reading its source).
 """
 
@@ -194,7 +194,7 @@ class RelayLeg(LegShims):
     @ivar dataPath: What reads the bytes the transport receives
         (L{dataReceived}): L{None} for Autobahn's parser (L{parse}), the
         handshake and the message data path; a passthrough
-        L{wsrelay.passthrough.Direction} set by the session's pipe; the
+        L{wsrelay.proxy.direction.Direction} set by the session's pipe; the
         L{wsrelay.fanout.Channel} of a fan-out source, which calls
         L{parse} itself.
     @ivar target: Where received data frames go.

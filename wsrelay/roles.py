@@ -117,7 +117,7 @@ class SessionRegistry(Protocol):
 
 class PipeOwner(Protocol):
     """
-    The proxy session a passthrough pipe (L{wsrelay.passthrough.Pipe})
+    The proxy session a passthrough pipe (L{wsrelay.proxy.pipe.Pipe})
     works for.
     """
 

@@ -9,7 +9,7 @@ import os
 import struct
 from typing import Any
 
-from wsrelay.passthrough import Direction
+from wsrelay.proxy.direction import Direction
 
 
 def frame(

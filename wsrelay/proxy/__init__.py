@@ -1,0 +1,3 @@
+"""
+The proxy mode: one backend connection per client.
+"""

@@ -1,0 +1,444 @@
+# -*- test-case-name: tests.test_passthrough -*-
+"""
+The passthrough data path for proxy mode: once both handshakes are done,
+bytes are forwarded as they arrive, without unmasking or re-framing.
+
+Client frames are already masked as a backend expects them and backend
+frames unmasked as a client expects them, so a L{Pipe} only reads each
+frame's header as bytes go by (its two L{Direction}s, one per leg): to keep
+the frame and message size limits, the per-message counters and the close
+handshake (whose codes pass verbatim, being forwarded as they are), and to
+insert the relay's own keepalive pings at frame boundaries (L{Keepalive}).
+It does not validate UTF-8.
+
+The frame rules, reserved bits and permessage-deflate included, are in
+L{wsrelay.proxy.direction}; a frame that passes a size limit is never
+finished, and both sides are closed with 1009 (L{Pipe.tooBig}).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+from wsrelay.framing import closeFrame
+from wsrelay.legs import failureClose
+from wsrelay.proxy.direction import PING_PREFIX, Direction, directions
+from wsrelay.proxyprotocol import ProxyProtocolWrapper
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from wsrelay.frontend import FrontendProtocol
+    from wsrelay.roles import PipeOwner
+    from wsrelay.upstream import UpstreamProtocol
+
+_U16 = struct.Struct("!H")
+
+
+class Keepalive:
+    """
+    The relay's own pings through a pipe: each side that sent nothing for
+    C{ping_interval} gets one at its stream's next frame boundary, and both
+    sides are closed when one goes unanswered for C{ping_timeout}.
+
+    It holds no reference to its pipe (only its timer does, until
+    L{stop}): the pipe holds it.
+    """
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._call: IDelayedCall | None = None
+        self._marks = (-1, -1)
+        self._seq = 0
+
+    def start(self, pipe: Pipe) -> None:
+        """
+        Start pinging, if C{ping_interval} is set.
+        """
+        if self.interval > 0:
+            self._call = pipe.clock.callLater(self.interval, self._keepalive, pipe)
+
+    def stop(self) -> None:
+        """
+        Cancel the timer.
+        """
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _keepalive(self, pipe: Pipe) -> None:
+        """
+        Ping each side that sent nothing since the last time, at its next
+        frame boundary; close both when a ping went unanswered.
+        """
+        self._call = None
+        f, up = pipe.frontend, pipe.upstream
+        marks = (f.bytesIn + f.messagesIn, up.bytesIn + up.messagesIn)
+        for direction, sender, mark, old in (
+            (pipe.fromBackend, pipe.fromClient, marks[0], self._marks[0]),
+            (pipe.fromClient, pipe.fromBackend, marks[1], self._marks[1]),
+        ):
+            if sender.expected is not None and mark == old:
+                pipe.shutdown(1001, b"ping timeout")
+                return
+            if mark == old:
+                self._seq += 1
+                # The ping goes into the stream towards the quiet side; its
+                # pong comes back from that side.
+                sender.expected = direction.ping = PING_PREFIX + str(self._seq).encode()
+                if direction.atBoundary():
+                    direction.sendPing()
+                else:
+                    direction.pingDue = True
+        self._marks = marks
+        waiting = (
+            pipe.fromClient.expected is not None
+            or pipe.fromBackend.expected is not None
+        )
+        self._call = pipe.clock.callLater(
+            self.timeout if waiting else self.interval, self._keepalive, pipe
+        )
+
+
+class Pipe:
+    """
+    Both directions of a passthrough session, its keepalive pings and its
+    close handshake.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        session: PipeOwner,
+        frontend: FrontendProtocol,
+        upstream: UpstreamProtocol,
+    ) -> None:
+        config = session.config
+        maxMessage = config.maxMessageSize
+        maxFrame = config.maxFrameSize or maxMessage
+        self.session = session
+        self.frontend = frontend
+        self.upstream = upstream
+        self.clock = session.clock
+        self.fromClient, self.fromBackend = directions(
+            self, frontend, upstream, maxFrame, maxMessage
+        )
+        self.closeTimeout = config.closeTimeout
+        self.keepalive = Keepalive(config.pingInterval, config.pingTimeout)
+        self._closeCall: IDelayedCall | None = None
+        #: The leg whose peer was sent the end of the stream after a close
+        #: frame (L{failed}), and is left to close by itself.
+        self._ending: Any = None
+        #: A failure held back until the other side answered the relay's
+        #: close frame (L{failed}): the offending direction, the code and
+        #: the reason.
+        self._failing: tuple[Direction, int, bytes] | None = None
+
+    def start(self) -> None:
+        """
+        Take over both legs' incoming bytes: each leg's data path becomes
+        the direction that reads from it.
+        """
+        for leg, direction in (
+            (self.frontend, self.fromClient),
+            (self.upstream, self.fromBackend),
+        ):
+            _stopAutobahnPings(leg)
+            leg.dataPath = direction
+        self.keepalive.start(self)
+
+    def ponged(self, direction: Direction, payload: bytes) -> None:
+        """
+        A side answered the relay's ping.
+        """
+        if payload == direction.expected:
+            direction.expected = None
+
+    # Closing.
+
+    def closeSeen(self, direction: Direction, payload: bytes) -> None:
+        """
+        A close frame went through.  Once both went, the backend drops its
+        connection (a server does) and the relay then drops the client's;
+        until then, wait at most C{close_timeout}.
+
+        When the other side of a failed one answered the relay's close
+        frame (L{failed}), the offender now gets its own, and the side that
+        answered is dropped.
+        """
+        session = self.session
+        if session.closedBy is None:
+            session.closedBy = "client" if direction is self.fromClient else "backend"
+        code = _U16.unpack_from(payload)[0] if len(payload) >= 2 else None
+        leg = direction.source
+        leg.remoteCloseCode = code
+        direction.sink.localCloseCode = code
+        if direction.answering:
+            self._finishFailure()
+            hangUp(leg.transport)
+            return
+        if self.fromClient.closeSeen and self.fromBackend.closeSeen:
+            # The backend, a server, drops its TCP connection now.
+            hangUp(self.upstream.transport)
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+
+    def failed(self, direction: Direction, code: int, reason: bytes) -> None:
+        """
+        C{direction}'s source broke a rule: fail it with C{code}, in the
+        order a direct connection keeps.
+
+        What it sent before the bad frame went on (L{Direction} wrote it).
+        The other side gets a close frame now (L{failureClose}: the same
+        code for a protocol error, as if its own peer had failed the
+        connection), and what it sends until it answers still reaches the
+        offender, say the echo of a message sent just before the bad
+        frame; then the offender gets its close frame with C{code}
+        (L{closeSeen}), or after C{close_timeout} if the other side never
+        answers (L{_drop}).
+
+        A message rate over the limit (1008), a failure in the middle of a
+        frame (the other side could not parse a close frame after it), or
+        while a close handshake is under way, closes both sides at once.
+        """
+        source, other = direction.source, direction.sink
+        back = self.fromBackend if direction is self.fromClient else self.fromClient
+        self.session.closedBy = self.session.closedBy or "relay"
+        if self._failing is not None:
+            # The other side broke a rule too while the relay waited for
+            # its answer: the first offender gets its close frame now.
+            self._finishFailure()
+        if (
+            code != 1008
+            and direction.atBoundary()
+            and not direction.closeSeen
+            and not back.stopped
+            and source.transport is not None
+            and other.transport is not None
+        ):
+            self._failing = (direction, code, reason)
+            self._closeTo(other, *failureClose(code, other is self.frontend))
+            back.answering = True
+            if self._closeCall is None:
+                self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+            return
+        self._closeTo(source, code, reason)
+        self._closeTo(other, *failureClose(code, other is self.frontend))
+        if other.transport is not None:
+            hangUp(other.transport)
+        if source.transport is not None:
+            # It may still be sending: it gets the close frame and then
+            # the end of the stream, and what it sends meanwhile is read
+            # and dropped until it closes, for at most close_timeout.
+            self._ending = source
+            endWrites(source.transport)
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+
+    def tooBig(self, direction: Direction, reason: bytes) -> None:
+        """
+        A message from C{direction}'s source broke a size limit: its
+        receiver is closed with 1009 first (a close frame, or, when half a
+        frame of it went on, the end of the connection), then the sender
+        (L{failed}), so that neither side ever sees the message whole.
+        """
+        self._closeTo(direction.sink, 1009, reason)
+        self.failed(direction, 1009, reason)
+
+    def _finishFailure(self) -> None:
+        """
+        The other side of the offender of a held failure (L{failed})
+        answered, left or took too long: send the offender its close frame
+        and then the end of the stream, and read what it still sends until
+        it closes, for at most C{close_timeout}.
+        """
+        failing, self._failing = self._failing, None
+        if failing is None:
+            return
+        direction, code, reason = failing
+        source = direction.source
+        back = self.fromBackend if direction is self.fromClient else self.fromClient
+        back.answering = False
+        transport = source.transport
+        if transport is None:
+            return
+        if back.atBoundary():
+            source.localCloseCode = code
+            transport.write(closeFrame(code, reason, source is self.upstream))
+            back.stopped = back.closeSeen = True
+            self._ending = source
+            endWrites(transport)
+        else:
+            # Half a frame of the other side's went out: drop it.
+            back.stopped = back.closeSeen = True
+            hangUp(transport)
+        if self._closeCall is not None and self._closeCall.active():
+            self._closeCall.cancel()
+        self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+
+    def shutdown(self, code: int, reason: bytes) -> None:
+        """
+        Close both sides with C{code} (the relay stops, a backend is
+        disabled, the idle timeout).
+        """
+        self.session.closedBy = self.session.closedBy or "relay"
+        if self._failing is not None:
+            # The offender of a held failure gets this code instead.
+            self._failing = None
+            self.fromClient.answering = self.fromBackend.answering = False
+        for leg in (self.frontend, self.upstream):
+            self._closeTo(leg, code, reason)
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+
+    def _closeTo(self, leg: Any, code: int, reason: bytes) -> bool:
+        """
+        Send a close frame to C{leg}'s peer, at a frame boundary: anything
+        still flowing to it is cut off (it is being closed anyway).
+
+        @return: Whether the close frame was written (not when one already
+            went that way, nor after half a frame: the connection is then
+            dropped).
+        """
+        toward = self.fromBackend if leg is self.frontend else self.fromClient
+        if toward.closeSeen or leg.transport is None:
+            return False
+        if not toward.atBoundary():
+            # Half a frame went out: the peer cannot parse a close frame
+            # after it, so just drop the connection.
+            toward.stopped = True
+            toward.closeSeen = True
+            hangUp(leg.transport)
+            return False
+        toward.stopped = True
+        toward.closeSeen = True
+        leg.localCloseCode = code
+        leg.transport.write(closeFrame(code, reason, leg is self.upstream))
+        if leg is self.upstream:
+            self.fromClient.stopped = True
+        return True
+
+    def _drop(self) -> None:
+        """
+        Close both connections (the close handshake is over or took too
+        long).  With a failure held (L{failed}), the other side did not
+        answer in time: drop it, and send the offender its close frame.
+        """
+        self._closeCall = None
+        if self._failing is not None:
+            other = self._failing[0].sink
+            self._finishFailure()
+            if other.transport is not None:
+                hangUp(other.transport)
+            return
+        for leg in (self.frontend, self.upstream):
+            if leg.transport is not None:
+                hangUp(leg.transport)
+
+    def legClosed(self, leg: Any) -> None:
+        """
+        One side's connection is gone: tell the other side, then drop it.
+        """
+        failing = self._failing
+        if failing is not None:
+            if leg is failing[0].source:
+                # The offender of a held failure left: nothing to send it.
+                self._failing = None
+                self.fromClient.answering = self.fromBackend.answering = False
+            else:
+                # The other side left before it answered.
+                self._finishFailure()
+        other = self.upstream if leg is self.frontend else self.frontend
+        if other.transport is not None:
+            if leg is self.upstream:
+                self.session.closedBy = self.session.closedBy or "backend"
+                if (
+                    self._closeTo(other, 1014, b"backend connection lost")
+                    and self._ending is None
+                ):
+                    # The client may be sending still: closing with its
+                    # bytes unread would reset the connection, and the
+                    # reset can destroy the close frame before the client
+                    # read it.  End the stream after the close frame, and
+                    # read (and drop) until the client closes, at most
+                    # close_timeout.
+                    self.fromClient.stopped = True
+                    self._ending = other
+                    endWrites(other.transport)
+                    if self._closeCall is None:
+                        self._closeCall = self.clock.callLater(
+                            self.closeTimeout, self._drop
+                        )
+            else:
+                self.session.closedBy = self.session.closedBy or "client"
+                self._closeTo(other, 1001, b"client went away")
+            if other is not self._ending:
+                hangUp(other.transport)
+        if self.frontend.transport is None and self.upstream.transport is None:
+            self.stop()
+
+    def stop(self) -> None:
+        """
+        Cancel the timers; the directions let go of the pipe (they and it
+        would otherwise be a reference cycle holding both legs).
+        """
+        self.keepalive.stop()
+        call, self._closeCall = self._closeCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self.fromClient.pipe = self.fromBackend.pipe = None
+
+
+def hangUp(transport: Any) -> None:
+    """
+    Close a connection once what was written to it went out.
+
+    Over TLS, C{loseConnection} sends a close alert and then waits for the
+    peer's before it closes the TCP connection; but a WebSocket client that
+    got its close frame waits for the server to close TCP first (RFC 6455
+    7.1.1), so both would wait out their timeouts.  The TCP connection
+    under TLS is closed too, after the alert and everything before it.
+    """
+    transport.loseConnection()
+    if isinstance(transport, TLSMemoryBIOProtocol) and transport.transport:
+        transport.transport.loseConnection()
+
+
+def endWrites(transport: Any) -> None:
+    """
+    Send the end of the stream after what was written, and keep reading
+    (TCP's half-close); over TLS, which has none, close (L{hangUp}).
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        hangUp(transport)
+        return
+    raw = (
+        transport.transport
+        if isinstance(transport, ProxyProtocolWrapper)
+        else transport
+    )
+    if not getattr(raw, "connected", True) or getattr(raw, "disconnecting", False):
+        # Already gone or going (both legs lost in one reactor turn, the
+        # relay stopping): a half-close would register a closed socket.
+        transport.loseConnection()
+        return
+    transport.loseWriteConnection()
+
+
+def _stopAutobahnPings(leg: Any) -> None:
+    """
+    Autobahn's own pings would cut into frames passing through: stop them.
+    """
+    leg.autoPingInterval = 0
+    leg.autoPingTimeout = 0
+    for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
+        call = getattr(leg, name, None)
+        setattr(leg, name, None)
+        if call is not None:
+            call.cancel()
