@@ -32,7 +32,7 @@ from tests.support.waiting import waitFor
 from wsrelay.fanout import IDLE, UP, FanoutSession
 from wsrelay.fanout import channel as fanout
 from wsrelay.framing import TEXT
-from wsrelay.legs import OPEN
+from wsrelay.legclosing import OPEN
 from wsrelay.service import RelayService
 
 

@@ -22,7 +22,7 @@ from tests.support.memory import (
     relayConfig,
     request,
 )
-from wsrelay.legs import CLOSED, OPEN
+from wsrelay.legclosing import CLOSED, OPEN
 from wsrelay.session import ProxySession
 
 

@@ -5,10 +5,8 @@ session switching to it.
 
 from __future__ import annotations
 
-import ast
 import random
 import struct
-from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -16,7 +14,6 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-import wsrelay.proxy
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closeOf
 from tests.support.scanning import Leg, Recorder, feed, frame
@@ -537,29 +534,6 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertEqual(session.closedBy, "relay")
         pipe.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
-
-
-class ShapeTests(SynchronousTestCase):
-    """
-    The proxy package's modules and classes stay small enough to read.
-    """
-
-    def test_sizes(self) -> None:
-        """
-        No module of L{wsrelay.proxy} is over 600 lines, no class over 300.
-        """
-        folder = Path(wsrelay.proxy.__file__).parent
-        modules = sorted(folder.glob("*.py"))
-        self.assertIn(folder / "pipe.py", modules)
-        self.assertIn(folder / "direction.py", modules)
-        for path in modules:
-            source = path.read_text()
-            self.assertLessEqual(len(source.splitlines()), 600, path.name)
-            for node in ast.walk(ast.parse(source)):
-                if isinstance(node, ast.ClassDef):
-                    assert node.end_lineno is not None
-                    size = node.end_lineno - node.lineno + 1
-                    self.assertLessEqual(size, 300, f"{path.name}: {node.name}")
 
 
 class SessionTests(TestCase):

@@ -23,22 +23,6 @@ MAX_MODULE = 600
 #: The most lines a class may have, from its C{class} line to its last.
 MAX_CLASS = 300
 
-#: Modules and classes (C{path::Class}, the path from the project's root)
-#: still over the limits while they are being split (issue 14, the data
-#: path's modules).  The lead removes each entry as its module or class is
-#: split; nothing is added here.
-ALLOWED = frozenset(
-    {
-        "wsrelay/fanout.py",
-        "wsrelay/legs.py",
-        "wsrelay/passthrough.py",
-        "wsrelay/fanout.py::Channel",
-        "wsrelay/legs.py::RelayLeg",
-        "wsrelay/passthrough.py::Direction",
-        "wsrelay/passthrough.py::Pipe",
-    }
-)
-
 
 def oversized(name: str, source: str) -> list[str]:
     """
@@ -105,12 +89,10 @@ class SizeTests(SynchronousTestCase):
     def test_withinLimits(self) -> None:
         """
         Every module of C{wsrelay} is within L{MAX_MODULE} lines and every
-        class within L{MAX_CLASS} lines, except those L{ALLOWED} while they
-        are being split.
+        class within L{MAX_CLASS} lines.
         """
         found = []
         for path in sorted(PACKAGE.rglob("*.py")):
             name = path.relative_to(ROOT).as_posix()
             found += oversized(name, path.read_text(encoding="utf-8"))
-        over = [entry for entry in found if entry.split(" ")[0] not in ALLOWED]
-        self.assertEqual(over, [], "over the size limits: " + ", ".join(over))
+        self.assertEqual(found, [], "over the size limits: " + ", ".join(found))

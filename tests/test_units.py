@@ -14,7 +14,7 @@ from wsrelay.config import BackendConfig, ProxyRouteConfig
 from wsrelay.handshake import BadHead, buildResponse, endToEnd, parseHead
 from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
-from wsrelay.legs import sendableCloseCode
+from wsrelay.legclosing import sendableCloseCode
 from wsrelay.plugins import balancerFactories
 from wsrelay.routing import (
     Backend,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from wsrelay.legs import OPEN
+from wsrelay.legclosing import OPEN
 
 if TYPE_CHECKING:
     from wsrelay.legs import RelayLeg
@@ -53,8 +53,8 @@ class CloseRelay:
         """
         C{leg}'s peer broke the protocol: C{leg} may hold its close frame
         back until C{other}, which the caller closes at once (with
-        L{wsrelay.legs.failureClose}), answers or goes.  Not while a close handshake is
-        under way.
+        L{wsrelay.legclosing.failureClose}), answers or goes.  Not while a
+        close handshake is under way.
 
         @return: Whether C{leg} holds its close frame back.
         """

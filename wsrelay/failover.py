@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.internet.defer import CancelledError
 
-from wsrelay.legs import OPEN
+from wsrelay.legclosing import OPEN
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IPushProducer

@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 
 from wsrelay.accesslog import logRefused
 from wsrelay.handshake import Head, buildResponse
-from wsrelay.legs import OPEN, RelayLeg, withOptions
+from wsrelay.legclosing import OPEN
+from wsrelay.legs import RelayLeg, withOptions
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.screening import Refused as Refused
 from wsrelay.screening import Rejected, screenRequest

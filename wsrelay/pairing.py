@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, cast
 
-from wsrelay.legs import OPEN, TransportPauser
+from wsrelay.legclosing import OPEN
+from wsrelay.legs import TransportPauser
 from wsrelay.passthrough import Pipe
 from wsrelay.roles import PipeOwner
 

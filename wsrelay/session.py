@@ -23,7 +23,8 @@ from wsrelay.accesslog import logAccess
 from wsrelay.closing import CloseRelay
 from wsrelay.failover import Failover
 from wsrelay.idle import IdleTimer, activity
-from wsrelay.legs import OPEN, RelayLeg, failureClose
+from wsrelay.legclosing import OPEN, failureClose
+from wsrelay.legs import RelayLeg
 from wsrelay.opening import UpstreamOpener, clientAnswer
 from wsrelay.pairing import pairLegs, startPipe
 from wsrelay.passthrough import Pipe

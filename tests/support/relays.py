@@ -20,7 +20,7 @@ from tests.support.backends import startBackend
 from tests.support.clients import client, inThread
 from tests.support.waiting import TIMEOUT, waitFor
 from wsrelay.config import loadConfig
-from wsrelay.legs import OPEN
+from wsrelay.legclosing import OPEN
 from wsrelay.service import RelayService
 from wsrelay.session import ProxySession
 

@@ -28,7 +28,7 @@ from wsrelay.fanout.source import (
     SourceLink,
 )
 from wsrelay.framing import Assembler, frame
-from wsrelay.legs import OPEN
+from wsrelay.legclosing import OPEN
 from wsrelay.routing import Backend, Route
 
 if TYPE_CHECKING:

@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.framing import TEXT
-from wsrelay.legs import CloseListener, FrameSink
+from wsrelay.legclosing import CloseListener
+from wsrelay.legs import FrameSink
 from wsrelay.routing import ConnectionInfo, joinPath
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from wsrelay.framing import CLOSE, PING, PONG, controlFrame
 from wsrelay.inflate import InflateCounter, agreedSenders, unmask
-from wsrelay.legs import sendableCloseCode
+from wsrelay.legclosing import sendableCloseCode
 
 if TYPE_CHECKING:
     from wsrelay.roles import PipeOwner

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from wsrelay.framing import closeFrame
-from wsrelay.legs import failureClose
+from wsrelay.legclosing import failureClose
 from wsrelay.proxy.direction import PING_PREFIX, Direction, directions
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 
