@@ -1,6 +1,6 @@
 """
 The adjustments wsrelay makes to Autobahn, and its shims over Autobahn's
-private attributes (L{wsrelay._autobahn}).
+private attributes (L{wsrelay.ws._autobahn}).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
-import wsrelay.legs  # noqa: F401 (installs the adjustment)
-from wsrelay._autobahn import (
+import wsrelay.ws.legs  # noqa: F401 (installs the adjustment)
+from wsrelay.ws._autobahn import (
     PRIVATE_ATTRIBUTES,
     PRIVATE_METHODS,
     LazyCall,
@@ -33,8 +33,8 @@ from wsrelay._autobahn import (
     LegShims,
     setPeer,
 )
-from wsrelay.frontend import FrontendProtocol
-from wsrelay.upstream import UpstreamProtocol
+from wsrelay.ws.frontend import FrontendProtocol
+from wsrelay.ws.upstream import UpstreamProtocol
 
 
 class LazyFormatTests(SynchronousTestCase):
@@ -196,7 +196,7 @@ class PrivateNamesTests(SynchronousTestCase):
         if missing:
             self.fail(
                 f"Autobahn {autobahn.__version__} lacks {', '.join(missing)}:"
-                " update wsrelay/_autobahn.py"
+                " update wsrelay/ws/_autobahn.py"
             )
 
     def test_attributes(self) -> None:
@@ -219,7 +219,7 @@ class PrivateNamesTests(SynchronousTestCase):
         if missing:
             self.fail(
                 f"Autobahn {autobahn.__version__} lacks {', '.join(missing)}:"
-                " update wsrelay/_autobahn.py or wsrelay/legs.py"
+                " update wsrelay/ws/_autobahn.py or wsrelay/ws/legs.py"
             )
 
     def test_parseIsAutobahns(self) -> None:

@@ -56,10 +56,10 @@ from wsrelay.descriptors import (
     isShortageError,
     raiseLimit,
 )
-from wsrelay.frontend import Refused
 from wsrelay.health.monitor import HealthMonitor
 from wsrelay.routing import ConnectionInfo
 from wsrelay.service import RelayService
+from wsrelay.ws.frontend import Refused
 
 #: The hard limit of open files of this process: a child's cannot be higher.
 HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -26,8 +26,8 @@ from tests.support.clients import rawExchange, rawRequest
 from tests.support.frames import maskedFrame, readFrame
 from tests.support.relays import openSession
 from tests.support.tls import makeCertificates
-from wsrelay.handshake import forwardedNode
 from wsrelay.logs import ErrorBudget, LimitedLogger
+from wsrelay.proxy.session import ProxySession
 from wsrelay.proxyprotocol import (
     V2_MAX,
     V2_SIGNATURE,
@@ -37,7 +37,7 @@ from wsrelay.proxyprotocol import (
     parseV1,
 )
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
-from wsrelay.session import ProxySession
+from wsrelay.ws.handshake import forwardedNode
 
 PROXY_LISTEN = "haproxy:tcp:0:interface=127.0.0.1"
 
@@ -715,7 +715,7 @@ class ProxyProtocolSessionTests(TestCase):
     async def test_directWrite(self) -> None:
         """
         A client leg behind a PROXY listener sends at once
-        (L{wsrelay.writes.directWrite}): when its writer returns, nothing
+        (L{wsrelay.ws.writes.directWrite}): when its writer returns, nothing
         is left queued in the TCP transport under the PROXY wrapper.
         """
         session, reading = await self.opened()

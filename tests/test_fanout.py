@@ -31,9 +31,9 @@ from tests.support.relays import buffered, paused
 from tests.support.waiting import waitFor
 from wsrelay.fanout import IDLE, UP, FanoutSession
 from wsrelay.fanout import channel as fanout
-from wsrelay.framing import TEXT
-from wsrelay.legclosing import OPEN
 from wsrelay.service import RelayService
+from wsrelay.ws.framing import TEXT
+from wsrelay.ws.legclosing import OPEN
 
 
 class Clients:

@@ -23,9 +23,9 @@ from txaio.testutil import replace_loop
 from wsrelay.config import parseConfig
 from wsrelay.fanout import IDLE, UP, WAITING, Channel, channelKey
 from wsrelay.fanout.source import SourceReader, sourceBackoff
-from wsrelay.framing import BINARY, TEXT, frame
-from wsrelay.legs import RelayLeg
 from wsrelay.service import RelayService
+from wsrelay.ws.framing import BINARY, TEXT, frame
+from wsrelay.ws.legs import RelayLeg
 
 
 def relayFor(extra: str) -> tuple[RelayService, Clock]:

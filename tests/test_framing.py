@@ -1,5 +1,5 @@
 """
-The frames the relay writes itself (L{wsrelay.framing}).
+The frames the relay writes itself (L{wsrelay.ws.framing}).
 """
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay import legs
 from wsrelay.fanout import channel as fanout
-from wsrelay.framing import (
+from wsrelay.proxy import direction, pipe
+from wsrelay.proxy.inflate import unmask
+from wsrelay.ws import legs
+from wsrelay.ws.framing import (
     BINARY,
     CLOSE,
     PING,
@@ -21,8 +23,6 @@ from wsrelay.framing import (
     controlFrame,
     frame,
 )
-from wsrelay.inflate import unmask
-from wsrelay.proxy import direction, pipe
 
 
 class FrameTests(SynchronousTestCase):

@@ -126,7 +126,7 @@ class ImportCycleTests(SynchronousTestCase):
             "def f():\n"
             "    from . import admin\n"
         )
-        names = set(importedNames(tree, "wsrelay.frontend", False))
+        names = set(importedNames(tree, "wsrelay.tap", False))
         self.assertIn("wsrelay.service", names)
         self.assertIn("wsrelay.admin", names)
 

@@ -1,5 +1,5 @@
 """
-L{wsrelay.inflate}: what permessage-deflate messages inflate to, counted
+L{wsrelay.proxy.inflate}: what permessage-deflate messages inflate to, counted
 without keeping it; and the passthrough scanner (L{Direction}) counting
 compressed messages against the size limits with it.
 """
@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.inflate import MIB, TAIL, bomb, desync, peakAbove, traceMemory
 from tests.support.scanning import Leg, Recorder, feed, frame
-from wsrelay.inflate import (
+from wsrelay.proxy.direction import RSV1, RSV_BITS, Direction
+from wsrelay.proxy.inflate import (
     CHUNK,
     EXPANSION,
     InflateCounter,
@@ -26,7 +27,6 @@ from wsrelay.inflate import (
     agreedSenders,
     unmask,
 )
-from wsrelay.proxy.direction import RSV1, RSV_BITS, Direction
 
 T = TypeVar("T")
 

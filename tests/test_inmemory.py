@@ -23,7 +23,7 @@ from tests.support.memory import (
 )
 from wsrelay.fanout import UP, WAITING, Channel
 from wsrelay.fanout import channel as fanout
-from wsrelay.framing import BINARY
+from wsrelay.ws.framing import BINARY
 
 #: What a slow client's transport holds before it pauses its producer.
 SOCKET_BUFFER = 1000

@@ -22,8 +22,8 @@ from tests.support.memory import (
     relayConfig,
     request,
 )
-from wsrelay.legclosing import CLOSED, OPEN
-from wsrelay.session import ProxySession
+from wsrelay.proxy.session import ProxySession
+from wsrelay.ws.legclosing import CLOSED, OPEN
 
 
 class MemoryTestCase(SynchronousTestCase):

@@ -18,11 +18,11 @@ from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closeOf
 from tests.support.scanning import Leg, Recorder, feed, frame
 from wsrelay.config import RelayConfig
-from wsrelay.framing import closeFrame
-from wsrelay.legs import RelayLeg
 from wsrelay.proxy.direction import PING_PREFIX, Direction
 from wsrelay.proxy.pipe import Pipe
-from wsrelay.session import ProxySession
+from wsrelay.proxy.session import ProxySession
+from wsrelay.ws.framing import closeFrame
+from wsrelay.ws.legs import RelayLeg
 
 
 def scanner(

@@ -34,8 +34,8 @@ from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.fanout import Source, channelUp, feed
 from wsrelay import memory
 from wsrelay.fanout import FanoutSession
+from wsrelay.proxy.session import ProxySession
 from wsrelay.service import RelayService
-from wsrelay.session import ProxySession
 
 
 def noCollector(testCase: TestCase) -> None:

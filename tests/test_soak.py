@@ -15,13 +15,13 @@ from bench import soak, soakplot
 #: without a close frame, one closed with 1014, a C{/reconnect} session
 #: (whose route name is not C{close}) with no close code.
 LOG = (
-    "2026-12-02T11:49:36+0000 [wsrelay.session.ProxySession#info] 127.0.0.1"
+    "2026-12-02T11:49:36+0000 [wsrelay.proxy.session.ProxySession#info] 127.0.0.1"
     " close 127.0.0.1:46485 2.703s in 137/2192685 out 113/1808565"
     " close None by backend\n"
-    "2026-12-02T11:49:36+0000 [wsrelay.session.ProxySession#info] 127.0.0.1"
+    "2026-12-02T11:49:36+0000 [wsrelay.proxy.session.ProxySession#info] 127.0.0.1"
     " close 127.0.0.1:46485 0.968s in 83/1328239 out 82/1312236"
     " close 1014 by backend\n"
-    "2026-12-02T11:49:37+0000 [wsrelay.session.ProxySession#info] 127.0.0.1"
+    "2026-12-02T11:49:37+0000 [wsrelay.proxy.session.ProxySession#info] 127.0.0.1"
     " reconnect 127.0.0.1:46485 1.000s in 1/1 out 1/1 close None by backend\n"
 )
 

@@ -11,10 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from wsrelay.config import BackendConfig, ProxyRouteConfig
-from wsrelay.handshake import BadHead, buildResponse, endToEnd, parseHead
 from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
-from wsrelay.legclosing import sendableCloseCode
 from wsrelay.plugins import balancerFactories
 from wsrelay.routing import (
     Backend,
@@ -24,6 +22,8 @@ from wsrelay.routing import (
     joinPath,
     matchPrefix,
 )
+from wsrelay.ws.handshake import BadHead, buildResponse, endToEnd, parseHead
+from wsrelay.ws.legclosing import sendableCloseCode
 
 INFO = ConnectionInfo("127.0.0.1", "/", "", ())
 

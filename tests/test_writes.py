@@ -1,5 +1,5 @@
 """
-L{wsrelay.writes.directWrite}: sending at once on a TCP connection with
+L{wsrelay.ws.writes.directWrite}: sending at once on a TCP connection with
 nothing queued, and leaving everything else to Twisted's C{write}.
 """
 
@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, inThread
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
-from wsrelay.writes import directWrite
+from wsrelay.ws.writes import directWrite
 
 #: The attributes of Twisted's TCP connection that L{directWrite} reads.
 TCP_ATTRIBUTES = (

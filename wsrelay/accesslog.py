@@ -12,14 +12,14 @@ if TYPE_CHECKING:
     from twisted.logger import Logger
 
     from wsrelay.config import RelayConfig
-    from wsrelay.handshake import Head
     from wsrelay.routing import Route
-    from wsrelay.screening import Refused
+    from wsrelay.ws.handshake import Head
+    from wsrelay.ws.screening import Refused
 
 
 class ClientLeg(Protocol):
     """
-    A client's leg (L{wsrelay.frontend.FrontendProtocol}) as its access log
+    A client's leg (L{wsrelay.ws.frontend.FrontendProtocol}) as its access log
     event tells of it.
     """
 
@@ -63,7 +63,7 @@ class ClientLeg(Protocol):
 class Accounted(Protocol):
     """
     A proxy session as its access log event tells of it
-    (L{wsrelay.session.ProxySession}).
+    (L{wsrelay.proxy.session.ProxySession}).
     """
 
     @property

@@ -16,8 +16,10 @@ from twisted.logger import Logger
 
 from wsrelay.connector import tooMany
 from wsrelay.descriptors import RESERVED
-from wsrelay.frontend import Refused
-from wsrelay.handshake import (
+from wsrelay.proxyprotocol import withoutAddress
+from wsrelay.stats import TokenBucket
+from wsrelay.ws.frontend import Refused
+from wsrelay.ws.handshake import (
     CLAIMED,
     FORWARDING,
     Head,
@@ -25,16 +27,14 @@ from wsrelay.handshake import (
     forwardedNode,
     quotedString,
 )
-from wsrelay.proxyprotocol import withoutAddress
-from wsrelay.stats import TokenBucket
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
     from wsrelay.descriptors import Limit, Shortage
-    from wsrelay.frontend import FrontendProtocol
     from wsrelay.routing import Route, RouteTable
+    from wsrelay.ws.frontend import FrontendProtocol
 
 
 #: Per-address handshake buckets kept before idle ones are forgotten.
@@ -61,7 +61,7 @@ def originAllowed(head: Head | None, origins: Sequence[str]) -> bool:
 
 class Admission:
     """
-    Decides which clients the relay serves (L{wsrelay.frontend.Admitter})
+    Decides which clients the relay serves (L{wsrelay.ws.frontend.Admitter})
     and counts them.
 
     @ivar clientConnections: Client connections open now.

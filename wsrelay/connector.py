@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, cast
 
 from twisted.logger import Logger
 
-from wsrelay.frontend import Refused
-from wsrelay.upstream import (
+from wsrelay.ws.frontend import Refused
+from wsrelay.ws.upstream import (
     UpstreamError,
     UpstreamLocalError,
     UpstreamProtocol,

@@ -25,11 +25,11 @@ if TYPE_CHECKING:
     from wsrelay.config import RelayConfig
     from wsrelay.descriptors import Limit
     from wsrelay.fanout import Channel, FanoutSession
+    from wsrelay.proxy.session import ProxySession
     from wsrelay.registry import Registry, Sessions
     from wsrelay.roles import LiveSession
     from wsrelay.routes import RouteBuilder
     from wsrelay.routing import Backend, Route, RouteTable
-    from wsrelay.session import ProxySession
     from wsrelay.stats import Histogram
 
 

@@ -33,7 +33,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from wsrelay._autobahn import setPeer
+from wsrelay.ws._autobahn import setPeer
 
 #: The start of a version 2 header.
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"

@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
-from wsrelay.session import ProxySession
+from wsrelay.proxy.session import ProxySession
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
-    from wsrelay.frontend import Admitter, FrontendProtocol
     from wsrelay.roles import LiveChannel, LiveSession, Upstreams
     from wsrelay.routing import Backend, Route, RouteTable
     from wsrelay.stats import Histogram
+    from wsrelay.ws.frontend import Admitter, FrontendProtocol
 
 
 class Registry:
@@ -77,7 +77,7 @@ class Registry:
 class Sessions:
     """
     Opens the session of a client whose handshake is valid
-    (L{wsrelay.frontend.SessionOpener}): a proxy session, or a membership
+    (L{wsrelay.ws.frontend.SessionOpener}): a proxy session, or a membership
     of a fan-out channel, made if need be; each is kept in the registry.
 
     @ivar config: The configuration new sessions get (set on reload).

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from wsrelay.config import RelayConfig
     from wsrelay.routing import Backend, ConnectionInfo, Route
-    from wsrelay.upstream import UpstreamProtocol
+    from wsrelay.ws.upstream import UpstreamProtocol
 
 
 #: Gives the request target and the header fields for a backend.
@@ -48,7 +48,7 @@ class Upstreams(Protocol):
         """
         Open an upstream to one of C{route}'s backends before C{deadline}.
 
-        @raise wsrelay.frontend.Refused: When none could be had.
+        @raise wsrelay.ws.frontend.Refused: When none could be had.
         """
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:

@@ -25,7 +25,7 @@ from wsrelay.plugins import (
 )
 from wsrelay.routing import Backend, Route, buildBackends, endpointDescription
 from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
-from wsrelay.upstream import UpstreamFactory
+from wsrelay.ws.upstream import UpstreamFactory
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

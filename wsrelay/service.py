@@ -32,7 +32,6 @@ from zope.interface import implementer
 from wsrelay.admission import Admission
 from wsrelay.connector import Connector
 from wsrelay.descriptors import Limit, Shortage
-from wsrelay.frontend import FrontendFactory
 from wsrelay.operations import Operations
 from wsrelay.plugins import logPlugins
 from wsrelay.proxyprotocol import listenerEndpoint
@@ -41,6 +40,7 @@ from wsrelay.routes import RouteBuilder
 from wsrelay.routing import RouteTable
 from wsrelay.stats import LATENCY_BUCKETS, Histogram
 from wsrelay.workers import SharedPorts, WorkerPool, WorkerSpec
+from wsrelay.ws.frontend import FrontendFactory
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
     from wsrelay.config import RelayConfig
     from wsrelay.fanout import Channel, FanoutSession
+    from wsrelay.proxy.session import ProxySession
     from wsrelay.routing import Backend, Route
-    from wsrelay.session import ProxySession
 
 
 @implementer(IStreamServerEndpoint)

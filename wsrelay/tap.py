@@ -103,7 +103,7 @@ class Options(usage.Options):
 #: objects before it is collected, and what outlived a young collection
 #: waits for 20 of them (or 200) before its generation is collected.  A
 #: closed connection therefore leaves no reference cycle of its own
-#: (L{wsrelay.legs.RelayLeg.letGo}): when each left about 80 objects, a
+#: (L{wsrelay.ws.legs.RelayLeg.letGo}): when each left about 80 objects, a
 #: soak's memory rose 28 MB over 38 minutes (docs/reliability.md,
 #: "Memory: where it goes and its bounds").
 GC_THRESHOLDS = (50_000, 20, 10)

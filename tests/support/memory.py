@@ -33,9 +33,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
 from wsrelay.config import parseConfig
-from wsrelay.frontend import FrontendProtocol
+from wsrelay.proxy.session import ProxySession
 from wsrelay.service import RelayService
-from wsrelay.session import ProxySession
+from wsrelay.ws.frontend import FrontendProtocol
 
 CLIENT_ADDRESS = IPv4Address("TCP", "203.0.113.7", 40000)
 

@@ -20,9 +20,9 @@ from tests.support.backends import startBackend
 from tests.support.clients import client, inThread
 from tests.support.waiting import TIMEOUT, waitFor
 from wsrelay.config import loadConfig
-from wsrelay.legclosing import OPEN
+from wsrelay.proxy.session import ProxySession
 from wsrelay.service import RelayService
-from wsrelay.session import ProxySession
+from wsrelay.ws.legclosing import OPEN
 
 
 def buffered(transport: Any) -> int:

@@ -4,7 +4,7 @@ A fan-out channel: one upstream connection to a source, shared by every
 client of the channel.
 
 A L{Channel} holds the upstream, frames each message from the source once
-(L{wsrelay.framing.frame}) and writes the same bytes to every member (a
+(L{wsrelay.ws.framing.frame}) and writes the same bytes to every member (a
 L{wsrelay.fanout.members.FanoutSession}).  Payloads are never decoded here.
 """
 
@@ -27,16 +27,16 @@ from wsrelay.fanout.source import (
     WAITING,
     SourceLink,
 )
-from wsrelay.framing import Assembler, frame
-from wsrelay.legclosing import OPEN
 from wsrelay.routing import Backend, Route
+from wsrelay.ws.framing import Assembler, frame
+from wsrelay.ws.legclosing import OPEN
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.roles import SessionRegistry, Upstreams
-    from wsrelay.upstream import UpstreamProtocol
+    from wsrelay.ws.upstream import UpstreamProtocol
 
 __all__ = ["CONNECTING", "IDLE", "STOPPED", "UP", "WAITING", "Channel", "channelKey"]
 

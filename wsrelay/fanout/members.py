@@ -15,15 +15,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsrelay.fanout.channel import Channel
-from wsrelay.framing import Assembler
+from wsrelay.ws.framing import Assembler
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IReactorTime
 
     from wsrelay.config import RelayConfig
-    from wsrelay.frontend import ClientAddresses, FrontendProtocol
     from wsrelay.roles import SessionRegistry
     from wsrelay.stats import Histogram
+    from wsrelay.ws.frontend import ClientAddresses, FrontendProtocol
 
 
 @implementer(IPushProducer)

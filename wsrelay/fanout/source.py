@@ -27,10 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.framing import TEXT
-from wsrelay.legclosing import CloseListener
-from wsrelay.legs import FrameSink
 from wsrelay.routing import ConnectionInfo, joinPath
+from wsrelay.ws.framing import TEXT
+from wsrelay.ws.legclosing import CloseListener
+from wsrelay.ws.legs import FrameSink
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.roles import Upstreams
     from wsrelay.routing import Backend, Route
-    from wsrelay.upstream import UpstreamProtocol
+    from wsrelay.ws.upstream import UpstreamProtocol
 
 #: The states of a channel (L{wsrelay.fanout.channel.Channel.state}): no
 #: source wanted (a lazy channel without clients) ...

@@ -13,7 +13,7 @@ frames, RSV2 and RSV3 are refused; with any other extension, whose rules
 the relay does not know, the RSV bits are left to the endpoints.
 
 With permessage-deflate, compressed messages are also counted inflated
-against the size limits (L{wsrelay.inflate}); a frame that passes a limit
+against the size limits (L{wsrelay.proxy.inflate}); a frame that passes a limit
 is never finished (L{cutFrame}).
 """
 
@@ -23,9 +23,9 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from wsrelay.framing import CLOSE, PING, PONG, controlFrame
-from wsrelay.inflate import InflateCounter, agreedSenders, unmask
-from wsrelay.legclosing import sendableCloseCode
+from wsrelay.proxy.inflate import InflateCounter, agreedSenders, unmask
+from wsrelay.ws.framing import CLOSE, PING, PONG, controlFrame
+from wsrelay.ws.legclosing import sendableCloseCode
 
 if TYPE_CHECKING:
     from wsrelay.roles import PipeOwner

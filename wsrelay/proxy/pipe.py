@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from wsrelay.framing import closeFrame
-from wsrelay.legclosing import failureClose
 from wsrelay.proxy.direction import PING_PREFIX, Direction, directions
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
+from wsrelay.ws.framing import closeFrame
+from wsrelay.ws.legclosing import failureClose
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from wsrelay.frontend import FrontendProtocol
     from wsrelay.roles import PipeOwner
-    from wsrelay.upstream import UpstreamProtocol
+    from wsrelay.ws.frontend import FrontendProtocol
+    from wsrelay.ws.upstream import UpstreamProtocol
 
 _U16 = struct.Struct("!H")
 

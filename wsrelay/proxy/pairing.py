@@ -3,29 +3,29 @@
 The data path of a proxied connection once the client has its 101: the
 two legs paired on the message path (each data frame Autobahn parses goes
 to the other leg, and each side pauses the other when it cannot keep up),
-or the passthrough pipe (L{wsrelay.passthrough.Pipe}).
+or the passthrough pipe (L{wsrelay.proxy.pipe.Pipe}).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, cast
 
-from wsrelay.legclosing import OPEN
-from wsrelay.legs import TransportPauser
-from wsrelay.passthrough import Pipe
+from wsrelay.proxy.pipe import Pipe
 from wsrelay.roles import PipeOwner
+from wsrelay.ws.legclosing import OPEN
+from wsrelay.ws.legs import TransportPauser
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer
 
-    from wsrelay.frontend import FrontendProtocol
-    from wsrelay.upstream import UpstreamProtocol
+    from wsrelay.ws.frontend import FrontendProtocol
+    from wsrelay.ws.upstream import UpstreamProtocol
 
 
 class PipeHolder(PipeOwner, Protocol):
     """
     The proxy session that holds a passthrough pipe
-    (L{wsrelay.session.ProxySession}).
+    (L{wsrelay.proxy.session.ProxySession}).
     """
 
     pipe: Pipe | None
@@ -56,7 +56,7 @@ def startPipe(
 ) -> None:
     """
     Switch to the passthrough data path: from now on bytes are forwarded
-    as they come (see L{wsrelay.passthrough}), starting with those each leg
+    as they come (see L{wsrelay.proxy.pipe}), starting with those each leg
     holds unparsed; C{holder.pipe} is the pipe before the first byte goes
     through it.  A leg in the middle of a frame, or a close under way, keeps
     the message path (neither happens as the client gets its 101).

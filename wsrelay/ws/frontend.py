@@ -4,7 +4,7 @@ The client-facing leg: an Autobahn server protocol that answers the
 opening handshake only once the relay has an upstream for it.
 
 Before Autobahn sees a request, L{FrontendProtocol.processHandshake} has
-it screened (L{wsrelay.screening}: 431, 400, C{/healthz}, 404, 426) and
+it screened (L{wsrelay.ws.screening}: 431, 400, C{/healthz}, 404, 426) and
 the client admitted.
 """
 
@@ -23,12 +23,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.accesslog import logRefused
-from wsrelay.handshake import Head, buildResponse
-from wsrelay.legclosing import OPEN
-from wsrelay.legs import RelayLeg, withOptions
 from wsrelay.logs import ErrorBudget, LimitedLogger
-from wsrelay.screening import Refused as Refused
-from wsrelay.screening import Rejected, screenRequest
+from wsrelay.ws.handshake import Head, buildResponse
+from wsrelay.ws.legclosing import OPEN
+from wsrelay.ws.legs import RelayLeg, withOptions
+from wsrelay.ws.screening import Refused as Refused
+from wsrelay.ws.screening import Rejected, screenRequest
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred

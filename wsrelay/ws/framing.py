@@ -20,7 +20,7 @@ import os
 import struct
 from typing import Any
 
-from wsrelay.inflate import unmask
+from wsrelay.proxy.inflate import unmask
 
 CONTINUATION = 0
 TEXT = 1

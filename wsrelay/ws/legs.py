@@ -23,10 +23,10 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay import _autobahn
-from wsrelay.framing import compressFrame
-from wsrelay.legclosing import OPEN, ClosingLeg
-from wsrelay.writes import directWrite
+from wsrelay.ws import _autobahn
+from wsrelay.ws.framing import compressFrame
+from wsrelay.ws.legclosing import OPEN, ClosingLeg
+from wsrelay.ws.writes import directWrite
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport

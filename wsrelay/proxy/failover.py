@@ -12,23 +12,23 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.internet.defer import CancelledError
 
-from wsrelay.legclosing import OPEN
+from wsrelay.ws.legclosing import OPEN
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IPushProducer
     from twisted.python.failure import Failure
 
     from wsrelay.config import ProxyRouteConfig
-    from wsrelay.frontend import FrontendProtocol
-    from wsrelay.opening import UpstreamOpener
+    from wsrelay.proxy.opening import UpstreamOpener
     from wsrelay.routing import Backend
-    from wsrelay.upstream import UpstreamProtocol
+    from wsrelay.ws.frontend import FrontendProtocol
+    from wsrelay.ws.upstream import UpstreamProtocol
 
 
 class Reconnecting(Protocol):
     """
     The proxy session a L{Failover} works for
-    (L{wsrelay.session.ProxySession}).
+    (L{wsrelay.proxy.session.ProxySession}).
     """
 
     frontend: FrontendProtocol

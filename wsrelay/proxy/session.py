@@ -20,24 +20,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.accesslog import logAccess
-from wsrelay.closing import CloseRelay
-from wsrelay.failover import Failover
-from wsrelay.idle import IdleTimer, activity
-from wsrelay.legclosing import OPEN, failureClose
-from wsrelay.legs import RelayLeg
-from wsrelay.opening import UpstreamOpener, clientAnswer
-from wsrelay.pairing import pairLegs, startPipe
-from wsrelay.passthrough import Pipe
+from wsrelay.proxy.closing import CloseRelay
+from wsrelay.proxy.failover import Failover
+from wsrelay.proxy.idle import IdleTimer, activity
+from wsrelay.proxy.opening import UpstreamOpener, clientAnswer
+from wsrelay.proxy.pairing import pairLegs, startPipe
+from wsrelay.proxy.pipe import Pipe
 from wsrelay.routing import Backend, Route
-from wsrelay.upstream import UpstreamProtocol
+from wsrelay.ws.legclosing import OPEN, failureClose
+from wsrelay.ws.legs import RelayLeg
+from wsrelay.ws.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import ProxyRouteConfig, RelayConfig
-    from wsrelay.frontend import ClientAddresses, FrontendProtocol
     from wsrelay.roles import SessionRegistry, Upstreams
     from wsrelay.stats import Histogram
+    from wsrelay.ws.frontend import ClientAddresses, FrontendProtocol
 
 
 class ProxySession:
@@ -125,7 +125,7 @@ class ProxySession:
 
         @return: A L{Deferred} that fires with the subprotocol and the
             headers for the client's 101 (L{clientAnswer}), or fails with
-            L{wsrelay.frontend.Refused}.  It never fires when the client
+            L{wsrelay.ws.frontend.Refused}.  It never fires when the client
             leaves first.
         """
         result: Deferred[tuple[str | None, dict[str, list[str]]]] = Deferred()

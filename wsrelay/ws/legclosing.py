@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from wsrelay._autobahn import LegShims
+from wsrelay.ws._autobahn import LegShims
 
 OPEN = WebSocketProtocol.STATE_OPEN
 CLOSING = WebSocketProtocol.STATE_CLOSING
@@ -93,7 +93,7 @@ class FailureListener(Protocol):
 class ClosingLeg(LegShims):
     """
     Mixin for an Autobahn protocol: the close handshake and failures of a
-    relayed leg (L{wsrelay.legs.RelayLeg} adds the frames).
+    relayed leg (L{wsrelay.ws.legs.RelayLeg} adds the frames).
 
     @ivar listener: Told about closing.
     @ivar closeRelayed: Whether the peer started a close handshake that

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from wsrelay.legclosing import OPEN
+from wsrelay.ws.legclosing import OPEN
 
 if TYPE_CHECKING:
-    from wsrelay.legs import RelayLeg
+    from wsrelay.ws.legs import RelayLeg
 
 
 class CloseRelay:
@@ -53,7 +53,7 @@ class CloseRelay:
         """
         C{leg}'s peer broke the protocol: C{leg} may hold its close frame
         back until C{other}, which the caller closes at once (with
-        L{wsrelay.legclosing.failureClose}), answers or goes.  Not while a
+        L{wsrelay.ws.legclosing.failureClose}), answers or goes.  Not while a
         close handshake is under way.
 
         @return: Whether C{leg} holds its close frame back.

@@ -15,17 +15,22 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from wsrelay.routing import ConnectionInfo, joinPath
-from wsrelay.screening import Refused
-from wsrelay.upstream import END_TO_END, RELAY_DEFLATE, RequestHeaders, UpstreamRefused
+from wsrelay.ws.screening import Refused
+from wsrelay.ws.upstream import (
+    END_TO_END,
+    RELAY_DEFLATE,
+    RequestHeaders,
+    UpstreamRefused,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.python.failure import Failure
 
-    from wsrelay.frontend import ClientAddresses, FrontendProtocol
     from wsrelay.roles import Upstreams
     from wsrelay.routing import Backend, Route
-    from wsrelay.upstream import UpstreamProtocol
+    from wsrelay.ws.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.ws.upstream import UpstreamProtocol
 
 
 def connectionInfo(

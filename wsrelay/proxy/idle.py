@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from wsrelay.legs import RelayLeg
+    from wsrelay.ws.legs import RelayLeg
 
 #: How many idle checks make up one C{idle_timeout}.
 IDLE_CHECKS = 4

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from wsrelay.descriptors import isLocalError, isShortageError
-from wsrelay.handshake import (
+from wsrelay.ws.handshake import (
     BadHead,
     Head,
     buildRequest,
@@ -32,7 +32,7 @@ from wsrelay.handshake import (
     parseHead,
     parseStatusLine,
 )
-from wsrelay.legs import RelayLeg, withOptions
+from wsrelay.ws.legs import RelayLeg, withOptions
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionDeny
 
-from wsrelay.handshake import BadHead, parseHead
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
+from wsrelay.ws.handshake import BadHead, parseHead
 
 if TYPE_CHECKING:
-    from wsrelay.handshake import Head
     from wsrelay.routing import Route, RouteTable
+    from wsrelay.ws.handshake import Head
 
 
 class Refused(ConnectionDeny):
