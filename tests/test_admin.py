@@ -69,6 +69,7 @@ class Answer:
     status: int
     headers: Message
     body: bytes
+    reason: str = ""
 
     def json(self) -> Any:
         """
@@ -102,10 +103,10 @@ def fetch(
     )
     try:
         with _opener.open(request, timeout=TIMEOUT) as r:
-            return Answer(r.status, r.headers, r.read())
+            return Answer(r.status, r.headers, r.read(), r.reason)
     except urllib.error.HTTPError as e:
         with e:
-            return Answer(e.code, e.headers, e.read())
+            return Answer(e.code, e.headers, e.read(), e.reason)
 
 
 @dataclass
@@ -510,6 +511,7 @@ class ExposureTests(TestCase):
             ]:
                 answer = await inThread(fetch, port, path, method, TOKEN, host)
                 self.assertEqual(answer.status, 421, (host, path))
+                self.assertEqual(answer.reason, "Misdirected Request")
                 self.assertNotIn(b"chat", answer.body)
 
     def test_hostAllowed(self) -> None:
@@ -719,7 +721,7 @@ class ActionTests(TestCase):
                 _opener.open(request, timeout=TIMEOUT)
             except urllib.error.HTTPError as e:
                 with e:
-                    return Answer(e.code, e.headers, e.read())
+                    return Answer(e.code, e.headers, e.read(), e.reason)
             raise AssertionError("accepted")
 
         self.assertEqual((await inThread(basic)).status, 401)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -47,7 +48,8 @@ def jsonAnswer(request: Request, code: int, body: Any) -> bytes:
     """
     Answer C{request} with C{code} and C{body} as JSON.
     """
-    request.setResponseCode(code)
+    # Twisted knows no phrase for some codes (421): Python's names them.
+    request.setResponseCode(code, HTTPStatus(code).phrase.encode("ascii"))
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(body).encode("utf-8") + b"\n"
 

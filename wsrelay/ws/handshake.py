@@ -15,6 +15,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 
 #: Hop-by-hop headers (RFC 9110, 7.6.1) and the handshake's own headers,
 #: which each leg generates for itself and which are never copied.
@@ -73,22 +74,17 @@ CLAIMED = frozenset(
     }
 )
 
-REASONS = {
-    101: "Switching Protocols",
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    426: "Upgrade Required",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
+
+def _phrase(status: int) -> str:
+    """
+    @return: The reason phrase of C{status}, as RFC 9110 names it (Python's
+        L{HTTPStatus}; Twisted's C{RESPONSES} lacks 426, 429 and 431 and
+        has RFC 2616's wording), or C{Error} for a code it does not know.
+    """
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class BadHead(ValueError):
@@ -255,7 +251,7 @@ def buildResponse(
         the status is made up.
     """
     if reason is None:
-        reason = REASONS.get(status, "Error")
+        reason = _phrase(status)
     reason = reason.replace("\r", " ").replace("\n", " ")
     if body is None:
         body = f"{status} {reason}\n".encode()
