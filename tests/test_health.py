@@ -7,7 +7,6 @@ go down and come back.
 from __future__ import annotations
 
 import errno
-import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -27,7 +26,7 @@ from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closedPort, rawExchange, rawRequest
-from tests.support.waiting import waitFor
+from tests.support.waiting import pollUntil, waitFor
 from wsrelay.config import BackendConfig, ConfigError, parseConfig
 from wsrelay.health.checkers import parseStatuses
 from wsrelay.health.monitor import HealthMonitor
@@ -559,10 +558,10 @@ class RoutingTests(TestCase):
                 c.send("vanish")
                 # Messages sent before the relay notices go to the dying
                 # backend; wait for the new upstream.
-                deadline = time.monotonic() + TIMEOUT
-                while not any(s.backend is rb for s in list(relay.sessions)):
-                    assert time.monotonic() < deadline, "no reconnect"
-                    time.sleep(0.01)
+                pollUntil(
+                    lambda: any(s.backend is rb for s in list(relay.sessions)),
+                    "no reconnect",
+                )
                 c.send("two")
                 got.append(str(c.recv(TIMEOUT)))
                 return got

@@ -150,3 +150,54 @@ class FastTierTests(SynchronousTestCase):
             if cls not in classes:
                 missing.append(name)
         self.assertEqual(missing, [])
+
+
+def blockingSleeps(source: str) -> list[int]:
+    """
+    @param source: The text of a Python module.
+    @return: The lines that call C{time.sleep} (or a C{sleep} imported from
+        C{time}).
+    """
+    tree = ast.parse(source)
+    names = {"time.sleep"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "time":
+            names |= {a.asname or a.name for a in node.names if a.name == "sleep"}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            called = ast.unparse(node.func)
+            if called in names:
+                lines.append(node.lineno)
+    return lines
+
+
+class SleepTests(SynchronousTestCase):
+    """
+    No test waits by sleeping: tests wait on Deferreds, or poll another
+    process's state through L{tests.support.waiting.pollUntil}, the one
+    place that sleeps (with back-off, within a deadline).
+    """
+
+    def test_detects(self) -> None:
+        """
+        L{blockingSleeps} finds C{time.sleep} and an imported C{sleep}.
+        """
+        self.assertEqual(blockingSleeps("import time\ntime.sleep(1)\n"), [2])
+        self.assertEqual(
+            blockingSleeps("from time import sleep as nap\n\nnap(1)\n"), [3]
+        )
+        self.assertEqual(blockingSleeps("import asyncio\nasyncio.sleep(1)\n"), [])
+
+    def test_noSleeps(self) -> None:
+        """
+        No test module, and no support module but L{tests.support.waiting},
+        calls C{time.sleep}.
+        """
+        found = []
+        for path in sorted([*TESTS.glob("*.py"), *(TESTS / "support").glob("*.py")]):
+            if path == TESTS / "support" / "waiting.py":
+                continue
+            for line in blockingSleeps(path.read_text(encoding="utf-8")):
+                found.append(f"{path.relative_to(TESTS)}:{line}")
+        self.assertEqual(found, [])

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from tests.support import TIMEOUT, client, startBackend
 from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
 from tests.support.processes import twistd
 from tests.support.tls import makeCertificates, websocketsContext
+from tests.support.waiting import pollUntil
 
 TOKEN = "sesame"
 
@@ -124,16 +124,19 @@ class RelayProcess:
         """
         Poll the log until C{count} events match.
         """
-        deadline = time.monotonic() + TIMEOUT * 3
-        while True:
-            found = [e for e in self.events() if match(e)]
-            if len(found) >= count:
-                return found
+        found: list[dict[str, Any]] = []
+
+        def matched() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"twistd exited: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no such log event: {self.tail()}")
-            time.sleep(0.05)
+            found[:] = [e for e in self.events() if match(e)]
+            return len(found) >= count
+
+        try:
+            pollUntil(matched, "no such log event", TIMEOUT * 3)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {self.tail()}") from None
+        return found
 
     def tail(self) -> str:
         with open(self.logPath, errors="replace") as f:
@@ -168,14 +171,17 @@ class RelayProcess:
         """
         Poll C{check} until it returns something true.
         """
-        deadline = time.monotonic() + TIMEOUT * 3
-        while True:
-            result = check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"never: {what}\n{self.tail()}")
-            time.sleep(0.05)
+        results: list[Any] = []
+
+        def checked() -> bool:
+            results[:] = [check()]
+            return bool(results[0])
+
+        try:
+            pollUntil(checked, f"never: {what}", TIMEOUT * 3)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.tail()}") from None
+        return results[0]
 
     def ready(self, count: int = 2) -> list[dict[str, Any]]:
         """
