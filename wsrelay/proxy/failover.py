@@ -9,6 +9,7 @@ meanwhile (L{ReconnectBuffer}).
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, cast
+from weakref import ref
 
 from twisted.internet.defer import CancelledError
 
@@ -103,14 +104,25 @@ class Failover:
     """
     The lost backend of one proxy session.
 
-    @ivar session: The session.
     @ivar buffer: What the client sent since the backend was lost, while a
         new upstream opens; L{None} when none is being opened.
     """
 
     def __init__(self, session: Reconnecting) -> None:
-        self.session = session
+        # The session holds this object: a weak reference back, so that a
+        # closed session is freed at once by reference counting, not left
+        # to the garbage collector (tests/test_reclaim.py).
+        self._session = ref(session)
         self.buffer: ReconnectBuffer | None = None
+
+    @property
+    def session(self) -> Reconnecting:
+        """
+        The session this works for (alive while it can call this).
+        """
+        session = self._session()
+        assert session is not None
+        return session
 
     def backendLost(self, lost: Backend | None) -> None:
         """
