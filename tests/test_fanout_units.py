@@ -134,6 +134,41 @@ class SourceReaderTests(SynchronousTestCase):
         self.assertIsNone(channel.batch)
 
 
+class LoadListenerErrorTests(SynchronousTestCase):
+    """
+    A balancer whose C{connectionOpened} raises cannot unwire a source.
+    """
+
+    def test_sourceStays(self) -> None:
+        """
+        The error is logged; the source stays connected and the channel
+        up, and no second source is opened.
+        """
+
+        class Raising:
+            def connectionOpened(self, backend: object) -> None:
+                raise RuntimeError("plugin bug")
+
+            def connectionClosed(self, backend: object) -> None:
+                pass
+
+        relay, clock = relayFor("")
+        loop = replace_loop(clock)
+        loop.__enter__()
+        self.addCleanup(loop.__exit__, None, None, None)
+        object.__setattr__(relay.routes.routes[0], "loadListener", Raising())
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        reactor = cast(MemoryReactorClock, relay._reactor)
+        acceptSource(reactor)
+        channel = relay.channels[("feed", "")]
+        self.assertEqual(channel.state, UP)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        clock.advance(60)
+        self.assertEqual(len(reactor.tcpClients), 1)
+        self.assertEqual(channel.state, UP)
+
+
 class ReconnectTests(SynchronousTestCase):
     """
     How long a channel takes from losing its source to its next attempt,
@@ -247,7 +282,7 @@ class BackoffTests(SynchronousTestCase):
         The n-th wait in a row lies between half and all of
         C{base * 2**(n - 1)}, capped.
         """
-        policy = sourceBackoff(1, 8, random.Random(7))
+        policy = sourceBackoff(lambda: (1, 8), random.Random(7))
         delays = [policy(n) for n in range(1, 7)]
         for n, delay in enumerate(delays):
             ceiling = min(8, 2**n)

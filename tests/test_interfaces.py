@@ -14,9 +14,10 @@ import sys
 from twisted.plugin import IPlugin
 from twisted.plugins import wsrelay_balancers, wsrelay_health
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementedBy
+from zope.interface import implementedBy, implementer
 
 from wsrelay import interfaces, routing
+from wsrelay.config import ProxyRouteConfig
 
 BUILTIN_BALANCERS = {
     "round_robin",
@@ -142,3 +143,74 @@ class LightDropinTests(SynchronousTestCase):
         self.assertEqual(set(checkers), BUILTIN_CHECKERS)
         self.assertEqual(checkers["http"], ["health_path", "health_status"])
         self.assertEqual(listed["loaded"], [])
+
+
+class LoadListenerTests(SynchronousTestCase):
+    """
+    Which object of a route hears of connections opening and closing
+    (L{routing.Route.loadListener}).
+    """
+
+    def route(self, balancer: object) -> routing.Route:
+        """
+        @return: A route with no backends and C{balancer}.
+        """
+        config = ProxyRouteConfig(name="r", path="/", backends=())
+        return routing.Route(
+            config,
+            (),
+            balancer,
+            None,  # type: ignore[arg-type]
+        )
+
+    def test_declared(self) -> None:
+        """
+        A balancer that declares L{interfaces.ILoadListener} is its own
+        listener.
+        """
+
+        @implementer(interfaces.IBalancer, interfaces.ILoadListener)
+        class Declared:
+            def pick(self, candidates: object, info: object) -> None:
+                return None
+
+            def connectionOpened(self, backend: object) -> None:
+                pass
+
+            def connectionClosed(self, backend: object) -> None:
+                pass
+
+        balancer = Declared()
+        self.assertIs(self.route(balancer).loadListener, balancer)
+
+    def test_undeclaredHooks(self) -> None:
+        """
+        A balancer written before the hooks were optional (declaring only
+        L{interfaces.IBalancer}, with both methods) is still told.
+        """
+
+        @implementer(interfaces.IBalancer)
+        class Old:
+            def pick(self, candidates: object, info: object) -> None:
+                return None
+
+            def connectionOpened(self, backend: object) -> None:
+                pass
+
+            def connectionClosed(self, backend: object) -> None:
+                pass
+
+        balancer = Old()
+        self.assertIs(self.route(balancer).loadListener, balancer)
+
+    def test_none(self) -> None:
+        """
+        A balancer without the hooks has no listener: nothing is called.
+        """
+
+        @implementer(interfaces.IBalancer)
+        class Plain:
+            def pick(self, candidates: object, info: object) -> None:
+                return None
+
+        self.assertIsNone(self.route(Plain()).loadListener)

@@ -28,10 +28,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogBeginner, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.fanout import Source, channelUp, feed
+from tests.support.waiting import waitFor
 from wsrelay import memory
 from wsrelay.fanout import FanoutSession
 from wsrelay.proxy.session import ProxySession
@@ -45,6 +47,20 @@ def noCollector(testCase: TestCase) -> None:
     if gc.isenabled():
         gc.disable()
         testCase.addCleanup(gc.enable)
+
+
+def noLogBuffer(testCase: TestCase) -> None:
+    """
+    Stop Twisted's start-up log buffer from keeping events (and the objects
+    they name as C{log_source}) for the rest of C{testCase}, as twistd's
+    beginning to log ends it.  There is no public way to do it without
+    beginning logging for the whole test process: the buffer is
+    C{globalLogBeginner}'s private C{_temporaryObserver}.
+    """
+    buffer = getattr(globalLogBeginner, "_temporaryObserver", None)
+    if buffer is not None and buffer in globalLogPublisher._observers:
+        globalLogPublisher.removeObserver(buffer)
+        testCase.addCleanup(globalLogPublisher.addObserver, buffer)
 
 
 async def pause(seconds: float) -> None:
@@ -105,11 +121,27 @@ class ProxyReclaimTests(TestCase):
         After a client closes, its session, both legs and the passthrough
         pipe are freed with the collector off.
         """
+        await self.closedSessionFreed("")
+
+    async def test_closedSessionFreedIdleTimeout(self) -> None:
+        """
+        The same with C{idle_timeout}, whose timer calls back into the
+        session.
+        """
+        await self.closedSessionFreed("idle_timeout = 60\n")
+
+    async def closedSessionFreed(self, relayKeys: str) -> None:
+        """
+        Open and close three clients in turn; each one's session, legs and
+        pipe must be freed with the collector off.
+
+        @param relayKeys: More keys of C{[relay]}.
+        """
         noCollector(self)
         b = startBackend(self)
         relay, port = await startRelay(
             self,
-            "[relay]\naccess_log = off\n[route:chat]\npath = /chat\n"
+            f"[relay]\naccess_log = off\n{relayKeys}[route:chat]\npath = /chat\n"
             f"backends = {b.url}\n",
         )
         for i in range(3):
@@ -187,6 +219,29 @@ class FanoutReclaimTests(TestCase):
         refs = weakrefs(upstream=channel.upstream)
         await inThread(source.kill)
         await freed(refs, "the lost source's leg")
+
+    async def test_endedChannelFreed(self) -> None:
+        """
+        A C{channel = path} channel that ended (its last client left and
+        its linger passed) is freed with the collector off, with its source
+        link and the stopped service that connected it (the channel logs
+        as it closes: without the start-up log buffer, as under twistd).
+        """
+        noCollector(self)
+        noLogBuffer(self)
+        source = Source(self)
+        relay, port = await startRelay(
+            self,
+            feed(source, "channel = path\nlinger = 0.01\n", "access_log = off\n"),
+        )
+        for i in range(2):
+            c = await inThread(client, port, "/ticker/x")
+            channel = await channelUp(relay, "/x")
+            refs = weakrefs(channel=channel, link=channel.source)
+            del channel
+            await inThread(c.close)
+            await waitFor(lambda: ("ticker", "/x") not in relay.channels)
+            await freed(refs, f"channel {i}")
 
 
 class MemoryReportTests(TestCase):

@@ -167,6 +167,17 @@ def joinPath(base: str, rest: str) -> str:
     return base.rstrip("/") + rest
 
 
+def _hasLoadHooks(balancer: object) -> bool:
+    """
+    @return: Whether C{balancer} has both of L{ILoadListener}'s methods,
+        without declaring it.
+    """
+    return all(
+        callable(getattr(balancer, name, None))
+        for name in ("connectionOpened", "connectionClosed")
+    )
+
+
 class Monitor(Protocol):
     """
     What a route's health monitor (L{wsrelay.health.monitor.HealthMonitor}) does
@@ -212,7 +223,12 @@ class Route:
     loadListener: ILoadListener | None = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "loadListener", ILoadListener(self.balancer, None))
+        listener = ILoadListener(self.balancer, None)
+        if listener is None and _hasLoadHooks(self.balancer):
+            # A balancer written before ILoadListener existed, when IBalancer
+            # itself had the hooks: still told, as it expects.
+            listener = self.balancer
+        object.__setattr__(self, "loadListener", listener)
 
     @property
     def name(self) -> str:

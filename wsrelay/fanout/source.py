@@ -12,9 +12,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
+from weakref import ref
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -92,17 +93,23 @@ class SourceChannel(FrameSink, CloseListener, Protocol):
 
 
 def sourceBackoff(
-    base: float, cap: float, rng: random.Random
+    settings: Callable[[], tuple[float, float]], rng: random.Random
 ) -> Callable[[int], float]:
     """
     The retry policy of a channel's L{ClientService}: the wait before the
     C{attempt}-th attempt in a row (1: the first after the source was lost
     or after a connected one) lies between half and all of C{base * 2**(attempt
     - 1)}, capped at C{cap} (C{backoff_base}, C{backoff_cap}).
+
+    @param settings: Gives C{(base, cap)}, read at each attempt, so that a
+        reload's values apply to the next wait.
     """
-    ceiling = backoffPolicy(initialDelay=base, maxDelay=cap, factor=2.0, jitter=_none)
 
     def policy(attempt: int) -> float:
+        base, cap = settings()
+        ceiling = backoffPolicy(
+            initialDelay=base, maxDelay=cap, factor=2.0, jitter=_none
+        )
         top = ceiling(attempt - 1)
         return top / 2 + rng.uniform(0, top / 2)
 
@@ -117,6 +124,23 @@ def _none() -> float:
     return 0.0
 
 
+def _settingsOf(channel: ref[SourceChannel]) -> Callable[[], tuple[float, float]]:
+    """
+    @return: What gives the route's C{backoff_base} and C{backoff_cap} in
+        force for C{channel}'s L{sourceBackoff}, holding the channel
+        weakly (a stopped L{ClientService} lives on in its own reference
+        cycle).
+    """
+
+    def settings() -> tuple[float, float]:
+        alive = channel()
+        assert alive is not None
+        config = alive.routeConfig
+        return config.backoffBase, config.backoffCap
+
+    return settings
+
+
 @implementer(IStreamClientEndpoint)
 class SourceEndpoint:
     """
@@ -125,19 +149,25 @@ class SourceEndpoint:
     """
 
     def __init__(self, link: SourceLink) -> None:
-        self._link = link
+        # Held weakly: a stopped ClientService is itself a reference cycle
+        # (its Logger), which must not keep the channel alive.
+        self._link = ref(link)
+        self._name = link.channel.name
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """
         Open a source.
         """
-        return self._link.connect(protocolFactory)
+        link = self._link()
+        if link is None:
+            return fail(CancelledError("the channel is gone"))
+        return link.connect(protocolFactory)
 
     def __repr__(self) -> str:
         """
         How the service's log lines name it.
         """
-        return f"the source of channel {self._link.channel.name}"
+        return f"the source of channel {self._name}"
 
 
 class SourceTransport:
@@ -199,7 +229,6 @@ class SourceLink:
     balancer picks a backend per attempt), waiting between attempts as
     L{sourceBackoff} says.
 
-    @ivar channel: The channel it connects.
     @ivar random: The jitter of the waits.
     @ivar connection: Stands for the source's connection to the service,
         while one is open.
@@ -207,7 +236,7 @@ class SourceLink:
         which the next attempt avoids; else L{None}.
     """
 
-    log = Logger(namespace="wsrelay.fanout.channel.Channel")
+    log = Logger()
 
     def __init__(
         self, channel: SourceChannel, upstreams: Upstreams, clock: IReactorTime
@@ -216,7 +245,9 @@ class SourceLink:
         @param upstreams: Opens the source's connection.
         @param clock: Times the waits between attempts.
         """
-        self.channel = channel
+        # The channel holds this link: a weak reference back, so that an
+        # ended channel is freed at once by reference counting.
+        self._channel = ref(channel)
         self.random = random.Random()
         self.connection: IProtocol | None = None
         self.lost: Backend | None = None
@@ -225,16 +256,24 @@ class SourceLink:
         #: Connects and reconnects (a new one each time the channel starts).
         self._service: ClientService | None = None
 
+    @property
+    def channel(self) -> SourceChannel:
+        """
+        The channel it connects (alive while it can call this).
+        """
+        channel = self._channel()
+        assert channel is not None
+        return channel
+
     def start(self) -> None:
         """
         Connect to the source, and keep connecting after a loss or a failed
         attempt.
         """
-        config = self.channel.routeConfig
         service = self._service = ClientService(
             SourceEndpoint(self),
             Factory.forProtocol(NullProtocol),
-            sourceBackoff(config.backoffBase, config.backoffCap, self.random),
+            sourceBackoff(_settingsOf(self._channel), self.random),
             clock=self._clock,
         )
         service.startService()
@@ -310,7 +349,15 @@ class SourceLink:
         backend.totalConnections += 1
         listener = channel.route.loadListener
         if listener is not None:
-            listener.connectionOpened(backend)
+            try:
+                listener.connectionOpened(backend)
+            except Exception:
+                # A plugin's error: logged, and the source stays wired (the
+                # service must not take it for a failed attempt).
+                self.log.failure(
+                    "channel {channel}: balancer's connectionOpened failed",
+                    channel=channel.name,
+                )
         up.target = channel
         up.listener = channel
         up.dataPath = SourceReader(channel, up)

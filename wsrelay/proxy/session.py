@@ -329,7 +329,9 @@ class ProxySession:
             return
         self._finished = True
         if self._idle is not None:
+            # Its expiry calls back into the session: let both go.
             self._idle.stop()
+            self._idle = None
         self.registry.sessionEnded(self)
         logAccess(self.log, self, self._clock.seconds())
         self.done.callback(None)
