@@ -115,6 +115,8 @@ class RelayLeg(ClosingLeg):
     """
     Mixin for an Autobahn protocol that relays frames and closes.
 
+    Its base, L{ClosingLeg}, closes it.
+
     @ivar dataPath: What reads the bytes the transport receives
         (L{dataReceived}): L{None} for Autobahn's parser (L{parse}), the
         handshake and the message data path; a passthrough
@@ -122,7 +124,6 @@ class RelayLeg(ClosingLeg):
         L{wsrelay.fanout.Channel} of a fan-out source, which calls
         L{parse} itself.
     @ivar target: Where received data frames go.
-    @ivar listener: Told about closing.
     @ivar messagesIn: Complete messages received.
     @ivar bytesIn: Payload bytes received in data frames.
     @ivar messagesOut: Complete messages sent on.
@@ -131,17 +132,6 @@ class RelayLeg(ClosingLeg):
         end its message.
     @ivar sendingFragment: Whether the last data frame sent did not end its
         message.
-    @ivar closeRelayed: Whether the peer started a close handshake that
-        this leg has not answered yet (the other side has not replied).
-        The peer may send nothing more then: its pings are not answered
-        and its data frames are dropped, as Autobahn does once it has
-        replied.
-    @ivar heldFailure: The close code and reason of a failure of this
-        leg's connection (its peer broke the protocol) held back until the
-        other side answered the close frame it was sent
-        (L{FailureListener.holdFailure}), or L{None}.  Meanwhile the peer
-        is treated as failed (its frames are dropped, its pings not
-        answered) while what the other side sends still reaches it.
     """
 
     dataPath: DataPath | None = None
