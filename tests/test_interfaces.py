@@ -145,6 +145,21 @@ class LightDropinTests(SynchronousTestCase):
         self.assertEqual(listed["loaded"], [])
 
 
+class _Hooks:
+    """
+    A balancer's C{pick} and both load hooks, declaring nothing.
+    """
+
+    def pick(self, candidates: object, info: object) -> None:
+        return None
+
+    def connectionOpened(self, backend: object) -> None:
+        pass
+
+    def connectionClosed(self, backend: object) -> None:
+        pass
+
+
 class LoadListenerTests(SynchronousTestCase):
     """
     Which object of a route hears of connections opening and closing
@@ -168,19 +183,9 @@ class LoadListenerTests(SynchronousTestCase):
         A balancer that declares L{interfaces.ILoadListener} is its own
         listener.
         """
-
-        @implementer(interfaces.IBalancer, interfaces.ILoadListener)
-        class Declared:
-            def pick(self, candidates: object, info: object) -> None:
-                return None
-
-            def connectionOpened(self, backend: object) -> None:
-                pass
-
-            def connectionClosed(self, backend: object) -> None:
-                pass
-
-        balancer = Declared()
+        balancer = implementer(interfaces.IBalancer, interfaces.ILoadListener)(
+            type("Declared", (_Hooks,), {})
+        )()
         self.assertIs(self.route(balancer).loadListener, balancer)
 
     def test_undeclaredHooks(self) -> None:
@@ -188,19 +193,7 @@ class LoadListenerTests(SynchronousTestCase):
         A balancer written before the hooks were optional (declaring only
         L{interfaces.IBalancer}, with both methods) is still told.
         """
-
-        @implementer(interfaces.IBalancer)
-        class Old:
-            def pick(self, candidates: object, info: object) -> None:
-                return None
-
-            def connectionOpened(self, backend: object) -> None:
-                pass
-
-            def connectionClosed(self, backend: object) -> None:
-                pass
-
-        balancer = Old()
+        balancer = implementer(interfaces.IBalancer)(type("Old", (_Hooks,), {}))()
         self.assertIs(self.route(balancer).loadListener, balancer)
 
     def test_none(self) -> None:
