@@ -26,7 +26,7 @@ from wsrelay.accesslog import logRefused
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.ws.handshake import Head, buildResponse
 from wsrelay.ws.legclosing import OPEN
-from wsrelay.ws.legs import RelayLeg, withOptions
+from wsrelay.ws.legs import RelayLeg, legOptions, withOptions
 from wsrelay.ws.screening import Refused as Refused
 from wsrelay.ws.screening import Rejected, screenRequest
 
@@ -457,20 +457,7 @@ class FrontendFactory(WebSocketServerFactory):
         Apply C{config} to connections made from now on.
         """
         self.config = config
-        self.setProtocolOptions(
-            webStatus=False,
-            versions=[13],
-            failByDrop=False,
-            echoCloseCodeReason=True,
-            maxMessagePayloadSize=config.maxMessageSize,
-            maxFramePayloadSize=config.maxFrameSize or config.maxMessageSize,
-            openHandshakeTimeout=0,
-            closeHandshakeTimeout=config.closeTimeout,
-            autoPingInterval=config.pingInterval,
-            autoPingTimeout=config.pingTimeout,
-            autoPingRestartOnAnyTraffic=True,
-            utf8validateIncoming=True,
-        )
+        self.setProtocolOptions(webStatus=False, versions=[13], **legOptions(config))
         self.protocol = withOptions(FrontendProtocol, self)
         # What Autobahn logs of a client's protocol errors (a refused
         # handshake, a bad frame) counts against the budget.

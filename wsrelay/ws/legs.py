@@ -31,7 +31,30 @@ from wsrelay.ws.writes import directWrite
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport
 
+    from wsrelay.config import RelayConfig
+
 _autobahn.install()
+
+
+def legOptions(config: RelayConfig) -> dict[str, Any]:
+    """
+    @return: The Autobahn protocol options both legs take from C{config}:
+        the relay's limits, timeouts and keepalive pings, close codes and
+        reasons echoed, UTF-8 checked, no opening-handshake timer of
+        Autobahn's (the relay times the handshake itself).
+    """
+    return {
+        "failByDrop": False,
+        "echoCloseCodeReason": True,
+        "maxMessagePayloadSize": config.maxMessageSize,
+        "maxFramePayloadSize": config.maxFrameSize or config.maxMessageSize,
+        "openHandshakeTimeout": 0,
+        "closeHandshakeTimeout": config.closeTimeout,
+        "autoPingInterval": config.pingInterval,
+        "autoPingTimeout": config.pingTimeout,
+        "autoPingRestartOnAnyTraffic": True,
+        "utf8validateIncoming": True,
+    }
 
 
 def withOptions(base: type[Any], factory: Any) -> type[Any]:

@@ -32,7 +32,7 @@ from wsrelay.ws.handshake import (
     parseHead,
     parseStatusLine,
 )
-from wsrelay.ws.legs import RelayLeg, withOptions
+from wsrelay.ws.legs import RelayLeg, legOptions, withOptions
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -350,18 +350,9 @@ class UpstreamFactory(WebSocketClientFactory):
         super().__init__(url=url, reactor=reactor)
         self.protocols = _AnySubprotocol()
         self.setProtocolOptions(
-            failByDrop=False,
-            echoCloseCodeReason=True,
-            maxMessagePayloadSize=config.maxMessageSize,
-            maxFramePayloadSize=config.maxFrameSize or config.maxMessageSize,
-            openHandshakeTimeout=0,
-            closeHandshakeTimeout=config.closeTimeout,
             serverConnectionDropTimeout=config.closeTimeout,
-            autoPingInterval=config.pingInterval,
-            autoPingTimeout=config.pingTimeout,
-            autoPingRestartOnAnyTraffic=True,
             perMessageCompressionOffers=[],
-            utf8validateIncoming=True,
+            **legOptions(config),
         )
         self.protocol = withOptions(UpstreamProtocol, self)
 
