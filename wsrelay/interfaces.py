@@ -197,12 +197,128 @@ class IHealthCheckerFactory(IPluginFactory):
         """
 
 
-# The next extension points take the same shape: an object interface, and
+class ISourceChannel(Interface):
+    """
+    What a source sees of the fan-out channel it feeds: where whole
+    messages go.  The channel frames each once and writes it to every
+    client, keeps the replay and resume window, and counts.
+    """
+
+    name = Attribute("The route's name and the channel's key, for logs (C{str}).")
+    key = Attribute(
+        "The channel's path remainder and query with C{channel = path}, else"
+        ' C{""} (C{str}); a source may expand it in its own settings.'
+    )
+
+    def deliver(messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Messages from the source, in order, to every client at once (a
+        source hands over what one read gave it in one call).
+
+        @param messages: Each C{(opcode, payload, sourceId)}: opcode 1
+            (text, valid UTF-8) or 2 (binary), the whole payload, and the
+            message's id in the source when the source numbers its
+            messages cluster-wide (a Redis stream entry id), else L{None}.
+        """
+
+    def stateChanged(state: str) -> None:
+        """
+        The source's state changed: C{"connecting"}, C{"up"},
+        C{"waiting"} (to try again after a failure) or C{"idle"}; shown in
+        C{/status} and the metrics.
+        """
+
+
+class ISource(Interface):
+    """
+    Where one fan-out channel's messages come from.  Built per channel;
+    started when the channel wants messages (at start, or at its first
+    client) and stopped when it no longer does.
+    """
+
+    def start() -> None:
+        """
+        Start delivering to the channel, and keep at it: a source that
+        fails reconnects by itself (with backoff) until L{stop}.
+        """
+
+    def stop() -> Deferred[None]:
+        """
+        Stop delivering; L{start} may be called again later.
+
+        @return: A L{Deferred} that fires once the source's connections
+            are closed.
+        """
+
+    def send(opcode: int, payload: bytes) -> bool:
+        """
+        A client's whole message for the source (C{client_messages =
+        forward}).
+
+        @return: Whether it was sent; L{False} when the source takes none
+            or is not connected (the channel counts the drop).
+        """
+
+
+class ISourceHistory(Interface):
+    """
+    Optional, for a source that keeps its own window of past messages (a
+    Redis stream): the channel asks it when a client resumes, instead of
+    its in-memory replay ring.
+    """
+
+    def after(
+        sourceId: str, limit: int
+    ) -> Deferred[Sequence[tuple[int, bytes, str | None]] | None]:
+        """
+        @return: A L{Deferred} firing with the messages after C{sourceId},
+            oldest first, at most C{limit}; or L{None} when C{sourceId} is
+            no longer in the window.
+        """
+
+
+class ISourceFactory(IPluginFactory):
+    """
+    A plugin that makes fan-out sources; C{source = NAME} in a fan-out
+    route selects it (default C{websocket}).
+    """
+
+    def build(
+        channel: ISourceChannel, options: Mapping[str, str], context: ISourceContext
+    ) -> ISource:
+        """
+        Make the source of one channel.
+
+        @param options: The route's values for the keys in C{options}.
+        @param context: What else the relay lends a source.
+        @raise ValueError: When an option's value is invalid.
+        """
+
+
+class ISourceContext(Interface):
+    """
+    What the relay lends a source besides its channel.
+    """
+
+    reactor = Attribute(
+        "The reactor to connect and time with (L{IReactorTime},"
+        " L{IReactorTCP}, L{IReactorSSL}); use it, not the global one."
+    )
+    route = Attribute("The route's name (C{str}).")
+
+    def websocket(channel: ISourceChannel) -> ISource:
+        """
+        @return: The route's built-in C{websocket} source (its C{backends}
+            with its balancer, health checks and backoff) feeding
+            C{channel}: what a source that relays another one (the
+            C{redis} source's ingest) connects with.
+        """
+
+
+# The next extension point takes the same shape: an object interface, and
 # a factory interface extending IPluginFactory whose build() makes it for
 # one route, registered with a lazy plugin object (wsrelay.dropins).
 #
-# - ISource / ISourceFactory (issue 15): where a fan-out route's messages
-#   come from, chosen by `source = NAME` (`websocket`, `redis`).
 # - IAuthorizer / IAuthorizerFactory (issue 17): asked about each request
 #   of a route that names it (`auth = NAME`) before any backend is
 #   contacted; answers allow or deny, possibly through a Deferred.
