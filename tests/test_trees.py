@@ -50,6 +50,13 @@ class Tier:
         self.clients = clients
         self.mine: list[int] = []
 
+    def received(self, count: int) -> bool:
+        """
+        @return: Whether each of this relay's clients received C{count}
+            messages.
+        """
+        return self.clients.received(self.mine, count)
+
 
 async def tier(testCase: TestCase, text: str, listen: str | None = None) -> Tier:
     """
@@ -102,8 +109,7 @@ class TreeTests(TestCase):
         """
         source, a, lower = await self.grow()
         await inThread(source.send, 100)
-        for t in (a, *lower):
-            await waitFor(lambda t=t: t.clients.received(t.mine, 100))
+        await waitFor(lambda: all(t.received(100) for t in (a, *lower)))
         for t in (a, *lower):
             for i in t.mine:
                 self.assertEqual(seqs(t.clients.messages[i]), list(range(1, 101)))
@@ -128,8 +134,7 @@ class TreeTests(TestCase):
         source, a, lower = await self.grow()
         b1, b2, c1, c2 = lower
         await inThread(source.send, 100)
-        for t in (a, *lower):
-            await waitFor(lambda t=t: t.clients.received(t.mine, 100))
+        await waitFor(lambda: all(t.received(100) for t in (a, *lower)))
 
         await a.relay.stopService()
         await source.until(lambda: not source.open)
@@ -148,9 +153,8 @@ class TreeTests(TestCase):
         await waitFor(lambda: len(again.channel.members) == PER_RELAY + 2)
         await source.until(lambda: len(source.open) == 1)
         await inThread(source.send, 100)
-        await waitFor(lambda: again.clients.received(again.mine, 100))
-        for t in lower:
-            await waitFor(lambda t=t: t.clients.received(t.mine, 200))
+        await waitFor(lambda: again.received(100))
+        await waitFor(lambda: all(t.received(200) for t in lower))
 
         for t in lower:
             for i in t.mine:
