@@ -132,7 +132,8 @@ class SourceReaderTests(SynchronousTestCase):
         for m in members:
             self.assertEqual(m.writes, [(expected, 3)])
         self.assertEqual((channel.messagesIn, channel.deliveries), (3, 6))
-        self.assertIsNone(source.batch)
+        self.assertIs(up.target, up.dataPath)
+        self.assertIsNone(cast(SourceReader, up.dataPath).batch)
 
 
 class LoadListenerErrorTests(SynchronousTestCase):

@@ -25,7 +25,8 @@ from tests.support.fanout import Source
 from tests.support.waiting import waitFor
 from wsrelay.config import ConfigError, parseConfig
 from wsrelay.fanout import UP
-from wsrelay.fanout.source import SourceContext, WebSocketSource
+from wsrelay.fanout.context import SourceContext
+from wsrelay.fanout.source import WebSocketSource
 from wsrelay.interfaces import ISource, ISourceContext, ISourceFactory
 from wsrelay.plugins import brokenPlugins, findPlugins
 from wsrelay.routes import readConfig

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
-from wsrelay.fanout.source import SourceContext
+from wsrelay.fanout.context import SourceContext
 from wsrelay.proxy.session import ProxySession
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsrelay.config import NO_HEALTH, ConfigError, loadConfig
-from wsrelay.fanout.source import SourceContext
+from wsrelay.fanout.context import SourceContext
 from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import ISourceChannel, ISourceFactory
 from wsrelay.plugins import (

@@ -7,7 +7,7 @@ from wsrelay.dropins import SourcePlugin
 
 websocket = SourcePlugin(
     "websocket",
-    "wsrelay.fanout.source.websocketSource",
+    "wsrelay.fanout.context.websocketSource",
     "the route's backends over WebSocket, with its balancer, health checks and backoff",
 )
 redis = SourcePlugin(

@@ -5,14 +5,13 @@ L{ISource}): how its bytes are read (L{SourceReader}, the source leg's
 data path) and how it keeps connecting to a backend of the route (a
 L{twisted.application.internet.ClientService} whose endpoint,
 L{SourceEndpoint}, asks the relay for an upstream each time, waiting
-between attempts as L{sourceBackoff} says); and L{SourceContext}, what the
-relay lends any source (L{ISourceContext}).
+between attempts as L{sourceBackoff} says).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from weakref import ref
 
@@ -37,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
+from wsrelay.interfaces import ISource, ISourceChannel
 from wsrelay.routing import ConnectionInfo, joinPath
 from wsrelay.ws.framing import TEXT
 from wsrelay.ws.legclosing import OPEN
@@ -159,32 +158,59 @@ class SourceTransport:
 
 class SourceReader:
     """
-    The data path of a source leg (L{RelayLeg.dataPath}): Autobahn parses
-    each read from the source (L{RelayLeg.parse}), its complete messages
-    reach L{WebSocketSource.forwardFrame} (the leg's C{target}) and are
-    collected in the source's batch, and the batch goes to the channel in
-    one L{ISourceChannel.deliver} call, which writes it to each member in
-    one write.
+    The data path of a source leg (L{RelayLeg.dataPath}) and its C{target}:
+    Autobahn parses each read from the source (L{RelayLeg.parse}), its
+    frames come back to L{forwardFrame}, whole messages are collected in
+    the read's batch, and the batch goes to the channel in one
+    L{ISourceChannel.deliver} call, which writes it to each member in one
+    write.
+
+    @ivar batch: While a read is parsed, the messages it completed; else
+        L{None}.
     """
 
-    def __init__(self, source: WebSocketSource, leg: UpstreamProtocol) -> None:
-        self.source = source
-        self.channel = source.channel
+    def __init__(self, channel: ISourceChannel, leg: UpstreamProtocol) -> None:
+        self.channel = channel
         self.leg = leg
+        self.batch: list[tuple[int, bytes, str | None]] | None = None
+        #: A message's frames so far, and its opcode.
+        self._parts: list[bytes] = []
+        self._opcode = TEXT
 
     def dataReceived(self, data: bytes) -> None:
         """
         Parse one read from the source, then deliver its messages at once.
         """
-        source = self.source
         batch: list[tuple[int, bytes, str | None]] = []
-        source.batch = batch
+        self.batch = batch
         try:
             self.leg.parse(data)
         finally:
-            source.batch = None
+            self.batch = None
         if batch:
             self.channel.deliver(batch)
+
+    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """
+        A frame from the source: once its message is whole, add it to the
+        read's batch (or deliver it, for frames parsed outside
+        L{dataReceived}: those that came in the read of the 101).
+        """
+        parts = self._parts
+        if not fin:
+            if opcode:
+                self._opcode = opcode
+            parts.append(payload)
+            return
+        if parts:
+            parts.append(payload)
+            self._parts = []
+            opcode, payload = self._opcode, b"".join(parts)
+        batch = self.batch
+        if batch is not None:
+            batch.append((opcode, payload, None))
+        else:
+            self.channel.deliver([(opcode, payload, None)])
 
 
 @implementer(ISource)
@@ -210,8 +236,6 @@ class WebSocketSource:
         while one is open.
     @ivar lost: The backend of the source lost last (or being moved off),
         which the next attempt avoids; else L{None}.
-    @ivar batch: While a read from the source is parsed (L{SourceReader}),
-        the messages it completed; else L{None}.
     """
 
     log = Logger()
@@ -236,26 +260,15 @@ class WebSocketSource:
         self.random = random.Random()
         self.connection: IProtocol | None = None
         self.lost: Backend | None = None
-        self.batch: list[tuple[int, bytes, str | None]] | None = None
         self._routeOf = routeOf
         self.upstreams = upstreams
         self._clock = clock
         #: Connects and reconnects (a new one each time the source starts).
         self._service: ClientService | None = None
-        #: A message's frames so far, and its opcode.
-        self._parts: list[bytes] = []
-        self._opcode = TEXT
         #: Upstreams closed on purpose (L{stop}), each with what stood for
         #: it to its service and what fires once it is gone.
         self._closing: dict[UpstreamProtocol, tuple[IProtocol | None, Deferred[None]]]
         self._closing = {}
-
-    @property
-    def route(self) -> Route:
-        """
-        The route in force.
-        """
-        return self._routeOf()
 
     @property
     def routeConfig(self) -> FanoutRouteConfig:
@@ -346,29 +359,6 @@ class WebSocketSource:
             self.lost = self.backend
             up.closeWith(1012, b"backend going away")
 
-    # The upstream's frames (its target): the per-message path.
-
-    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
-        """
-        A frame from the source: once its message is whole, add it to the
-        read's batch (or deliver it, outside a read of L{SourceReader}).
-        """
-        parts = self._parts
-        if not fin:
-            if opcode:
-                self._opcode = opcode
-            parts.append(payload)
-            return
-        if parts:
-            parts.append(payload)
-            self._parts = []
-            opcode, payload = self._opcode, b"".join(parts)
-        batch = self.batch
-        if batch is not None:
-            batch.append((opcode, payload, None))
-        else:
-            self.channel.deliver([(opcode, payload, None)])
-
     # The upstream's close handshake: the relay is its only client.
 
     def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
@@ -409,7 +399,7 @@ class WebSocketSource:
             code=getattr(leg, "remoteCloseCode", None),
         )
         if backend is not None and not getattr(leg, "wasClean", False):
-            self.upstreams.backendFailed(self.route, backend, "connection lost")
+            self.upstreams.backendFailed(self._routeOf(), backend, "connection lost")
         self.lost = backend
         self._setState(WAITING)
         if connection is not None:
@@ -429,7 +419,7 @@ class WebSocketSource:
             source accepted; cancelling it cancels the attempt.
         """
         self._setState(CONNECTING)
-        route = self.route
+        route = self._routeOf()
         info = ConnectionInfo("", route.config.path + self.channel.key, "", ())
         d = Deferred.fromCoroutine(
             self.upstreams.openUpstream(
@@ -471,22 +461,11 @@ class WebSocketSource:
         self.upstream = up
         self.backend = backend
         up.forgetHandshake()
-        backend.connections += 1
-        backend.totalConnections += 1
-        listener = self.route.loadListener
-        if listener is not None:
-            try:
-                listener.connectionOpened(backend)
-            except Exception:
-                # A plugin's error: logged, and the source stays wired (the
-                # service must not take it for a failed attempt).
-                self.log.failure(
-                    "channel {channel}: balancer's connectionOpened failed",
-                    channel=self.channel.name,
-                )
-        up.target = self
+        _countOpened(self._routeOf(), backend, self.channel.name)
+        reader = SourceReader(self.channel, up)
+        up.target = reader
         up.listener = self
-        up.dataPath = SourceReader(self, up)
+        up.dataPath = reader
         for line in self.routeConfig.subscribe:
             up.forwardFrame(TEXT, line.encode("utf-8"), True)
         self._setState(UP)
@@ -516,57 +495,28 @@ class WebSocketSource:
         backend = self.backend
         self.upstream = None
         self.backend = None
-        self._parts = []
         if backend is not None:
             backend.connections -= 1
-            listener = self.route.loadListener
+            listener = self._routeOf().loadListener
             if listener is not None:
                 listener.connectionClosed(backend)
 
 
-@implementer(ISourceContext)
-class SourceContext:
+def _countOpened(route: Route, backend: Backend, channel: str) -> None:
     """
-    What the relay lends the source of one channel (L{ISourceContext}).
-
-    @ivar reactor: Connects and times.
-    @ivar route: The route's name.
+    Count a source's new connection against C{backend}, and tell the
+    route's balancer if it listens.
     """
-
-    def __init__(
-        self,
-        reactor: Any,
-        route: str,
-        routeOf: Callable[[], Route],
-        upstreams: Upstreams,
-        clock: IReactorTime,
-    ) -> None:
-        """
-        @param route: The route's name.
-        @param routeOf: Gives the channel's route in force (called only
-            once a source built with L{websocket} starts).
-        @param upstreams: Opens upstreams to the route's backends.
-        @param clock: Times the built-in source's waits.
-        """
-        self.reactor = reactor
-        self.route = route
-        self._routeOf = routeOf
-        self._upstreams = upstreams
-        self._clock = clock
-
-    def websocket(self, channel: ISourceChannel) -> ISource:
-        """
-        @return: The route's built-in C{websocket} source feeding
-            C{channel}.
-        """
-        return WebSocketSource(channel, self._routeOf, self._upstreams, self._clock)
-
-
-def websocketSource(
-    channel: ISourceChannel, options: Mapping[str, str], context: ISourceContext
-) -> ISource:
-    """
-    The implementation of the C{websocket} source plugin
-    (C{twisted/plugins/wsrelay_sources.py}): the route's backends.
-    """
-    return context.websocket(channel)
+    backend.connections += 1
+    backend.totalConnections += 1
+    listener = route.loadListener
+    if listener is not None:
+        try:
+            listener.connectionOpened(backend)
+        except Exception:
+            # A plugin's error: logged, and the source stays wired (the
+            # service must not take it for a failed attempt).
+            WebSocketSource.log.failure(
+                "channel {channel}: balancer's connectionOpened failed",
+                channel=channel,
+            )
