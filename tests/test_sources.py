@@ -357,7 +357,8 @@ class SourcePluginTests(TestCase):
 
         @return: The service and its port.
         """
-        relay = RelayService(readConfig(self.configPath(extra)), reactor)
+        self.path = self.configPath(extra)
+        relay = RelayService(readConfig(self.path), reactor)
         relay.startService()
         self.addCleanup(relay.stopService)
         (port,) = await relay.whenListening()
@@ -398,6 +399,44 @@ class SourcePluginTests(TestCase):
         stopped = channel.stop()
         self.assertNoResult(stopped)
         source.stopping.callback(None)
+        self.assertIsNone(self.successResultOf(stopped))
+
+    async def test_reloadReplaces(self) -> None:
+        """
+        A reload that changes the route's source options replaces the
+        running source (the old one stopped, the new one built with the new
+        options and started; the clients stay and get what it delivers); one
+        that changes only other keys keeps it; the channel's C{stop} waits
+        for the replaced source too.
+        """
+        relay, port = await self.startRelay(
+            f"source = fake_{self.tag}\nfake_greeting = hi\n"
+        )
+        channel = relay.channels[("feed", "")]
+        first: Any = channel.source
+        c = await inThread(client, port, "/feed")
+        self.addCleanup(inThread, c.close)
+        await waitFor(lambda: len(channel.members) == 1)
+        with open(self.path, "a") as f:
+            f.write("linger = 5\n")
+        await relay.operations.reload()
+        self.assertIs(channel.source, first)
+        with open(self.path) as f:
+            text = f.read().replace("fake_greeting = hi", "fake_greeting = bye")
+        with open(self.path, "w") as f:
+            f.write(text)
+        await relay.operations.reload()
+        second: Any = channel.source
+        self.assertIsNot(second, first)
+        self.assertEqual(dict(second.options), {"fake_greeting": "bye"})
+        self.assertEqual((first.running, second.running), (False, True))
+        self.assertEqual(channel.state, UP)
+        channel.deliver([(1, b"from the second", None)])
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "from the second")
+        stopped = channel.stop()
+        second.stopping.callback(None)
+        self.assertNoResult(stopped)
+        first.stopping.callback(None)
         self.assertIsNone(self.successResultOf(stopped))
 
     async def test_relaysWebsocket(self) -> None:

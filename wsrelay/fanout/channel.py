@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -106,7 +106,7 @@ class Channel:
         @param makeSource: Makes the channel's source, given the channel.
         """
         self.registry = registry
-        self.route = route
+        self._route = route
         self.key = key
         self.state = IDLE
         self.members: dict[Member, None] = {}
@@ -122,7 +122,48 @@ class Channel:
         #: Whether the source was started and not stopped since.
         self._running = False
         self.retired = False
+        self._makeSource = makeSource
+        #: What fires once each source replaced on reload has stopped.
+        self._replaced: list[Deferred[None]] = []
         self.source: ISource = makeSource(self)
+
+    @property
+    def route(self) -> Route:
+        """
+        The route, swapped whole on reload.
+        """
+        return self._route
+
+    @route.setter
+    def route(self, route: Route) -> None:
+        """
+        Take the reloaded C{route}; when it names another source or other
+        source options, the source is replaced (the old one stopped, the
+        new one started if the old one ran).  The C{websocket} source reads
+        its route's backends and settings as it connects, so it stays.
+        """
+        old, self._route = self._route.config, route
+        new = route.config
+        if new.mode != "fanout" or old.mode != "fanout":
+            return
+        if (old.source, dict(old.sourceOptions)) == (
+            new.source,
+            dict(new.sourceOptions),
+        ):
+            return
+        running, self._running = self._running, False
+        stopped = _stop(self.source, 1000, b"source replaced")
+        self._replaced.append(stopped)
+
+        def forget(result: object) -> object:
+            self._replaced.remove(stopped)
+            return result
+
+        stopped.addBoth(forget)
+        self.state = IDLE
+        self.source = self._makeSource(self)
+        if running:
+            self.start()
 
     @property
     def name(self) -> str:
@@ -255,9 +296,13 @@ class Channel:
         Stop the source for good (the relay stops).
 
         @return: A L{Deferred} that fires when the source stopped
-            (L{ISource.stop}).
+            (L{ISource.stop}), and those it replaced on reload.
         """
-        return self._halt(STOPPED)
+        stopped = self._halt(STOPPED)
+        if not self._replaced:
+            return stopped
+        waits = [stopped, *self._replaced]
+        return DeferredList(waits).addCallback(lambda _: None)
 
     def moveOff(self) -> None:
         """
@@ -288,11 +333,7 @@ class Channel:
         self._cancelLinger()
         self.state = state
         self._running = False
-        stopWith = getattr(self.source, "stopWith", None)
-        if code is not None and stopWith is not None:
-            stopped: Deferred[None] = stopWith(code, reason)
-            return stopped
-        return self.source.stop()
+        return _stop(self.source, code, reason)
 
     def _end(self) -> None:
         """
@@ -307,6 +348,18 @@ class Channel:
         linger, self._linger = self._linger, None
         if linger is not None and linger.active():
             linger.cancel()
+
+
+def _stop(source: ISource, code: int | None, reason: bytes) -> Deferred[None]:
+    """
+    Stop C{source}, with C{code} and C{reason} if it takes them
+    (C{stopWith}, as the C{websocket} source does).
+    """
+    stopWith = getattr(source, "stopWith", None)
+    if code is not None and stopWith is not None:
+        stopped: Deferred[None] = stopWith(code, reason)
+        return stopped
+    return source.stop()
 
 
 @implementer(ISource)
