@@ -17,6 +17,7 @@ from typing import Any
 
 import twisted.plugins
 from twisted.internet import reactor
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -28,7 +29,7 @@ from wsrelay.fanout import UP
 from wsrelay.fanout.context import SourceContext
 from wsrelay.fanout.source import WebSocketSource
 from wsrelay.interfaces import ISource, ISourceContext, ISourceFactory
-from wsrelay.plugins import brokenPlugins, findPlugins
+from wsrelay.plugins import brokenPlugins, findPlugins, logPlugins
 from wsrelay.routes import readConfig
 from wsrelay.service import RelayService
 
@@ -188,6 +189,22 @@ class BuiltinSourceTests(SynchronousTestCase):
             {"redis", "redis_password_file", "stream", "history", "ingest", "lease"},
         )
         self.assertEqual(brokenPlugins(ISourceFactory), {})
+
+    def test_logged(self) -> None:
+        """
+        The start-up line that lists the plugins found lists the sources.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logPlugins()
+        (line,) = [
+            formatEvent(e)
+            for e in events
+            if e.get("log_namespace") == "wsrelay.plugins"
+            and e.get("log_level") == LogLevel.info
+        ]
+        self.assertRegex(line, r"; sources ([a-z_]+, )*redis, ([a-z_]+, )*websocket;")
 
     def test_websocketBuilds(self) -> None:
         """
@@ -453,7 +470,7 @@ class SourcePluginTests(TestCase):
         )
         channel = relay.channels[("feed", "")]
         await waitFor(lambda: channel.state == UP)
-        self.assertEqual(feed.connectionsTo("/feed"), [0])
+        await feed.until(lambda: feed.connectionsTo("/feed") == [0])
         c = await inThread(client, port, "/feed")
         self.addCleanup(inThread, c.close)
         await waitFor(lambda: len(channel.members) == 1)

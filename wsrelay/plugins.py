@@ -25,7 +25,7 @@ from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
 from wsrelay.dropins import PluginError as PluginError  # re-exported
-from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
+from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory, ISourceFactory
 
 log = Logger()
 
@@ -192,15 +192,23 @@ def healthCheckerFactories() -> dict[str, IHealthCheckerFactory]:
 
 def logPlugins() -> None:
     """
-    Log in one line the balancers and health checkers found, and the
-    broken plugins skipped (each also warned about on its own).
+    Log in one line the balancers, health checkers and fan-out sources
+    found, and the broken plugins skipped (each also warned about on its
+    own).
     """
     balancers = findPlugins(IBalancerFactory)
     checkers = findPlugins(IHealthCheckerFactory)
-    broken = {*brokenPlugins(IBalancerFactory), *brokenPlugins(IHealthCheckerFactory)}
+    sources = findPlugins(ISourceFactory)
+    broken = {
+        *brokenPlugins(IBalancerFactory),
+        *brokenPlugins(IHealthCheckerFactory),
+        *brokenPlugins(ISourceFactory),
+    }
     log.info(
-        "plugins: balancers {balancers}; health checkers {checkers}; broken {broken}",
+        "plugins: balancers {balancers}; health checkers {checkers};"
+        " sources {sources}; broken {broken}",
         balancers=", ".join(sorted(balancers)) or "none",
         checkers=", ".join(sorted(checkers)) or "none",
+        sources=", ".join(sorted(sources)) or "none",
         broken=", ".join(sorted(broken)) or "none",
     )
