@@ -267,13 +267,14 @@ class WebSocketSource:
         self._service: ClientService | None = None
         #: Upstreams closed on purpose (L{stop}), each with what stood for
         #: it to its service and what fires once it is gone.
-        self._closing: dict[UpstreamProtocol, tuple[IProtocol | None, Deferred[None]]]
-        self._closing = {}
+        self._closing: dict[
+            UpstreamProtocol, tuple[IProtocol | None, Deferred[None]]
+        ] = {}
 
     @property
     def routeConfig(self) -> FanoutRouteConfig:
         """
-        The configuration of L{route}: a fan-out route's.
+        The configuration of the route in force: a fan-out route's.
         """
         config = self._routeOf().config
         if config.mode != "fanout":
