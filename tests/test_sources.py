@@ -17,21 +17,24 @@ from typing import Any
 
 import twisted.plugins
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread
 from tests.support.fanout import Source
 from tests.support.waiting import waitFor
 from wsrelay.config import ConfigError, parseConfig
-from wsrelay.fanout import UP
+from wsrelay.fanout import UP, Channel
 from wsrelay.fanout.context import SourceContext
 from wsrelay.fanout.source import WebSocketSource
-from wsrelay.interfaces import ISource, ISourceContext, ISourceFactory
+from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext, ISourceFactory
 from wsrelay.plugins import brokenPlugins, findPlugins, logPlugins
 from wsrelay.routes import readConfig
 from wsrelay.service import RelayService
+from wsrelay.ws.framing import BINARY, TEXT, frame
 
 #: A dropin holding a third-party source: what a test tells it, it
 #: delivers; C{relaying_*} relays the route's backends through the
@@ -229,6 +232,106 @@ class BuiltinSourceTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ISourceContext, context))
         built = findPlugins(ISourceFactory)["websocket"].build(channel, {}, context)
         self.assertIsInstance(built, WebSocketSource)
+
+
+class Member:
+    """
+    Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent.
+    """
+
+    def __init__(self) -> None:
+        self.mark = 0
+        self.writes: list[tuple[bytes, int]] = []
+
+    def send(self, data: bytes, count: int = 1) -> None:
+        """
+        Keep one write of C{count} messages.
+        """
+        self.writes.append((data, count))
+
+
+@implementer(ISource)
+class Silent:
+    """
+    A source that takes no client messages and reports nothing itself.
+    """
+
+    def start(self) -> None:
+        """
+        Nothing to start.
+        """
+
+    def stop(self) -> Deferred[None]:
+        """
+        Nothing to stop.
+        """
+        return succeed(None)
+
+    def send(self, opcode: int, payload: bytes) -> bool:
+        """
+        Refuse every message.
+        """
+        return False
+
+
+class ChannelTests(SynchronousTestCase):
+    """
+    L{Channel} as the L{ISourceChannel} of any source.
+    """
+
+    def channel(self, extra: str = "") -> Channel:
+        """
+        @return: A channel of an eager fan-out route whose source is a
+            L{Silent}, not started.
+        """
+        relay = RelayService(
+            parseConfig(ROUTE + "backends = ws://127.0.0.1:1/\n" + extra, "t.ini"),
+            reactor,
+        )
+        route = relay.routes.routes[0]
+        return Channel(route, "", relay.registry, relay.clock, lambda c: Silent())
+
+    def test_deliver(self) -> None:
+        """
+        One C{deliver} call is framed once per message and written to each
+        member in one write, whatever the opcodes and ids; the replay keeps
+        each message framed.
+        """
+        channel = self.channel("replay = 2\n")
+        self.assertTrue(verifyObject(ISourceChannel, channel))
+        members = [Member(), Member()]
+        for m in members:
+            channel.join(m)
+        channel.deliver([(1, b"a", "1-0"), (2, b"\x00", None), (1, b"c", "3-0")])
+        expected = frame(TEXT, b"a") + frame(BINARY, b"\x00") + frame(TEXT, b"c")
+        for m in members:
+            self.assertEqual(m.writes, [(expected, 3)])
+        self.assertEqual((channel.messagesIn, channel.deliveries), (3, 6))
+        self.assertEqual(
+            list(channel.replay), [frame(BINARY, b"\x00"), frame(TEXT, b"c")]
+        )
+        channel.deliver([])
+        self.assertEqual(members[0].writes, [(expected, 3)])
+
+    def test_state(self) -> None:
+        """
+        The source's state is the channel's while the source runs, each
+        C{up} counted as a connect; a client message the source does not
+        take is counted as dropped.
+        """
+        channel = self.channel()
+        channel.stateChanged(UP)
+        self.assertEqual((channel.state, channel.connects), ("idle", 0))
+        channel.start()
+        self.assertEqual(channel.state, "connecting")
+        channel.stateChanged(UP)
+        channel.stateChanged("waiting")
+        channel.stateChanged(UP)
+        self.assertEqual((channel.state, channel.connects), (UP, 2))
+        channel.sendUpstream(1, b"x")
+        self.assertEqual(channel.clientDrops, 1)
+        self.assertIsNone(self.successResultOf(channel.stop()))
+        self.assertEqual(channel.state, "stopped")
 
 
 class SourceConfigTests(SynchronousTestCase):
