@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import task
 from twisted.internet.task import Clock
@@ -28,6 +28,7 @@ from tests.support.relays import buffered, paused
 from tests.support.waiting import waitFor
 from wsrelay.fanout import IDLE, UP, FanoutSession
 from wsrelay.fanout import channel as fanout
+from wsrelay.fanout.source import WebSocketSource
 from wsrelay.service import RelayService
 from wsrelay.ws.framing import TEXT
 from wsrelay.ws.legclosing import OPEN
@@ -211,8 +212,9 @@ class BroadcastTests(TestCase):
         self.addCleanup(s.close)
         await waitFor(lambda: len(channel.members) == 1)
         session = sessionOf(relay, s)
-        assert channel.upstream is not None
-        for leg in (session.frontend, channel.upstream):
+        up = cast(WebSocketSource, channel.source).upstream
+        assert up is not None
+        for leg in (session.frontend, up):
             self.assertEqual(noDelay(leg.transport), 1, leg)
             self.assertIsNone(leg.http_request_data, leg)
             self.assertIsNone(leg.http_headers, leg)
@@ -392,7 +394,7 @@ class SlowClientTests(TestCase):
             for session in relay.sessions:
                 assert isinstance(session, FanoutSession)
                 peak = max(peak, session.queued)
-            up = channel.upstream
+            up = cast(WebSocketSource, channel.source).upstream
             if up is not None and up.transport is not None and paused(up.transport):
                 sourcePaused = True
 

@@ -22,10 +22,14 @@ from twisted.python.modules import getModule
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
+from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory, ISourceFactory
 
 #: The kinds of plugin, as L{logPlugins} names them.
-KINDS = {"balancers": IBalancerFactory, "health checkers": IHealthCheckerFactory}
+KINDS = {
+    "balancers": IBalancerFactory,
+    "health checkers": IHealthCheckerFactory,
+    "sources": ISourceFactory,
+}
 
 T = TypeVar("T")
 log = Logger()

@@ -52,6 +52,24 @@ The health-checker names (and the route keys each declares) assumed when
 L{loadConfig} is not told which checker plugins are installed.
 """
 
+DEFAULT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "websocket": (),
+        "redis": (
+            "redis",
+            "redis_password_file",
+            "stream",
+            "history",
+            "ingest",
+            "lease",
+        ),
+    }
+)
+"""
+The fan-out source names (and the route keys each declares) assumed when
+L{loadConfig} is not told which source plugins are installed.
+"""
+
 
 @dataclass(frozen=True)
 class _Context:
@@ -61,12 +79,16 @@ class _Context:
     @ivar directory: The directory of the configuration file.
     @ivar balancers: Installed balancer names and the keys they declare.
     @ivar checkers: Installed health-checker names and their keys.
+    @ivar sources: Installed fan-out source names and their keys.
     """
 
     directory: str
     balancers: Mapping[str, tuple[str, ...]]
     checkers: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: DEFAULT_CHECKERS
+    )
+    sources: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: DEFAULT_SOURCES
     )
 
 
@@ -283,6 +305,12 @@ def _installed(names: Iterable[str]) -> str:
 def _parseBalancer(value: str, context: _Context) -> str:
     if value not in context.balancers:
         raise _BadValue(f"unknown balancer {value!r}" + _installed(context.balancers))
+    return value
+
+
+def _parseSource(value: str, context: _Context) -> str:
+    if value not in context.sources:
+        raise _BadValue(f"unknown source {value!r}" + _installed(context.sources))
     return value
 
 
