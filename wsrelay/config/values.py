@@ -290,6 +290,16 @@ class FanoutRouteConfig(BaseRouteConfig):
         order.
     @ivar backoffBase: The first delay before reconnecting.
     @ivar backoffCap: The longest delay before reconnecting.
+    @ivar resume: L{None} (clients cannot resume), C{"json:FIELD"} (a
+        message's id is its top-level JSON field C{FIELD}) or
+        C{"envelope"} (each message goes out as C{{"id": ..., "data":
+        ...}}); see L{wsrelay.fanout.resume}.
+    @ivar resumeParam: The query parameter naming the id a client resumes
+        after.
+    @ivar resumeMiss: C{"replay"} (a client whose id is gone gets the
+        replay) or C{"close"} (it is closed with 4410).
+    @ivar resumeWindow: Messages kept for resuming clients, when the source
+        keeps no history of its own.
     """
 
     mode: Literal["fanout"] = field(default="fanout", init=False)
@@ -303,6 +313,10 @@ class FanoutRouteConfig(BaseRouteConfig):
     subscribe: tuple[str, ...] = ()
     backoffBase: float = 0.5
     backoffCap: float = 30.0
+    resume: str | None = None
+    resumeParam: str = "since"
+    resumeMiss: str = "replay"
+    resumeWindow: int = 1000
 
 
 RouteConfig: TypeAlias = ProxyRouteConfig | FanoutRouteConfig

@@ -19,6 +19,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrelay.fanout.resume import resumeWindow, withoutParameter
 from wsrelay.fanout.source import (
     CONNECTING,
     IDLE,
@@ -49,6 +50,9 @@ def channelKey(route: Route, remainder: str, query: str) -> str:
     config = route.config
     if config.mode != "fanout" or config.channel == "route":
         return ""
+    if config.resume is not None:
+        # Where a client resumes is not which channel it joins.
+        query = withoutParameter(query, config.resumeParam)
     return remainder + ("?" + query if query else "")
 
 
@@ -64,6 +68,11 @@ class Member(TypingProtocol):
     def send(self, data: bytes, count: int = 1) -> None:
         """
         Write C{count} framed messages, or queue them.
+        """
+
+    def shutdown(self, code: int = 1001, reason: bytes = b"") -> None:
+        """
+        Close the client.
         """
 
 
@@ -108,7 +117,13 @@ class Channel:
         self.members: dict[Member, None] = {}
         self.upstream: UpstreamProtocol | None = None
         self.backend: Backend | None = None
-        self.replay: deque[bytes] = deque(maxlen=self.routeConfig.replay)
+        #: With C{resume}: the window that ids, frames and keeps messages.
+        self.window = resumeWindow(self.routeConfig, clock)
+        self.replay: deque[bytes] = (
+            deque(maxlen=self.routeConfig.replay)
+            if self.window is None
+            else self.window.data
+        )
         self.messagesIn = 0
         self.deliveries = 0
         self.slowDrops = 0
@@ -148,15 +163,21 @@ class Channel:
 
     # Members.
 
-    def join(self, member: Member) -> None:
+    def join(self, member: Member, since: str | None = None) -> None:
         """
-        Add a client: it gets the replay now, then every message.
+        Add a client: it gets the replay now (or, resuming after the
+        message C{since}, what it missed: L{wsrelay.fanout.resume}), then
+        every message.
         """
-        for data in self.replay:
-            member.send(data)
-        self.deliveries += len(self.replay)
-        member.mark = self.messagesIn - len(self.replay)
-        self.members[member] = None
+        window = self.window
+        if window is not None:
+            window.join(self, member, since)
+        else:
+            for data in self.replay:
+                member.send(data)
+            self.deliveries += len(self.replay)
+            member.mark = self.messagesIn - len(self.replay)
+            self.members[member] = None
         self._cancelLinger()
         if self.state == IDLE:
             self.start()
@@ -210,9 +231,13 @@ class Channel:
         if message is None:
             return
         opcode, payload = message
-        data = frame(opcode, payload)
+        window = self.window
+        if window is None:
+            data = frame(opcode, payload)
+            self.replay.append(data)
+        else:
+            data = window.add(opcode, payload, None)
         self.messagesIn += 1
-        self.replay.append(data)
         batch = self.batch
         if batch is not None:
             batch.append(data)
