@@ -103,7 +103,7 @@ def withoutParameter(query: str, name: str) -> str:
     """
     @return: C{query} without its C{name} parameters, the others as sent.
     """
-    if name not in query:
+    if name not in query and "%" not in query:
         return query
     kept = [
         item
@@ -118,7 +118,7 @@ def sinceOf(query: str, name: str) -> str | None:
     @return: The value of the first C{name} parameter of C{query}, or
         L{None} when there is none or it is empty.
     """
-    if name not in query:
+    if name not in query and "%" not in query:
         return None
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key == name:
