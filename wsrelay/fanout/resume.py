@@ -26,6 +26,7 @@ import secrets
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
+from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -126,15 +127,23 @@ def sinceOf(query: str, name: str) -> str | None:
     return None
 
 
-def jsonId(payload: bytes, field: str) -> str | None:
+_decode = json.JSONDecoder().decode
+
+
+def jsonId(payload: bytes, field: str, quoted: bytes | None = None) -> str | None:
     """
+    @param quoted: C{field} as a JSON string (C{b'"seq"'}), if the caller
+        has it: a payload that holds it nowhere and has no escapes is
+        skipped without being parsed.
     @return: The top-level field C{field} of the JSON object C{payload}: a
         string as it is, an integer in decimal; L{None} when C{payload} is
         not a JSON object, lacks the field, or its value is of another
         type.
     """
+    if quoted is not None and quoted not in payload and b"\\" not in payload:
+        return None
     try:
-        document = json.loads(payload)
+        document = _decode(payload.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
     if not isinstance(document, dict):
@@ -153,9 +162,9 @@ def envelope(messageId: str, opcode: int, payload: bytes) -> bytes:
         binary message C{{"id": messageId, "data": BASE64, "binary":
         true}}.
     """
-    head = b'{"id":' + json.dumps(messageId).encode("utf-8") + b',"data":'
+    head = b'{"id":' + encode_basestring(messageId).encode("utf-8") + b',"data":'
     if opcode == _TEXT:
-        text = json.dumps(payload.decode("utf-8"), ensure_ascii=False)
+        text: str = encode_basestring(payload.decode("utf-8"))
         return head + text.encode("utf-8") + b"}"
     return head + b'"' + base64.b64encode(payload) + b'","binary":true}'
 
@@ -277,6 +286,9 @@ class ResumeWindow:
             stream.
         """
         self.field = field
+        self._quoted = (
+            None if field is None else encode_basestring(field).encode("utf-8")
+        )
         self.replay = replay
         self.miss = miss
         self.data: deque[bytes] = deque(maxlen=size)
@@ -307,7 +319,9 @@ class ResumeWindow:
             messageId: str | None = sourceId
             data = frame(_TEXT, envelope(sourceId, opcode, payload))
         else:
-            messageId = jsonId(payload, field) if opcode == _TEXT else None
+            messageId = (
+                jsonId(payload, field, self._quoted) if opcode == _TEXT else None
+            )
             data = frame(opcode, payload)
         ids = self.ids
         if len(ids) == self._size:
