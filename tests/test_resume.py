@@ -411,6 +411,22 @@ class HistoryTests(TestCase):
         deliver(channel, entries(6, 6))
         self.assertEqual(data(await inThread(receive, c, 1)), ["m 6"])
 
+    async def test_historyFails(self) -> None:
+        """
+        A history that fails (Redis unreachable) is a miss, logged as one
+        line: with C{resume_miss = replay} the client gets the replay (here
+        none) and the live stream.
+        """
+        channel, history, port = await self.historyRelay()
+        c = await connected(self, port, "/ticker?since=1-1")
+        await waitFor(lambda: len(history.calls) == 1)
+        history.calls[0][2].errback(ConnectionError("redis down"))
+        window = channel.window
+        assert window is not None
+        await waitFor(lambda: not window._catchUps)
+        deliver(channel, entries(6, 6))
+        self.assertEqual(data(await inThread(receive, c, 1)), ["m 6"])
+
     async def test_leaveDuringLookup(self) -> None:
         """
         A client that leaves while its history is looked up is forgotten:
@@ -512,6 +528,10 @@ class WindowTests(SynchronousTestCase):
         """
         self.assertEqual(jsonId(b'{"seq": "a-1"}', "seq"), "a-1")
         self.assertEqual(jsonId(b'{"seq": 12}', "seq"), "12")
+        # The quick check for the field's name does not miss an escaped one.
+        self.assertEqual(jsonId(b'{"s\\u0065q": 7}', "seq", b'"seq"'), "7")
+        self.assertIsNone(jsonId(b'{"sequence": 7}', "seq", b'"seq"'))
+        self.assertIsNone(jsonId(b'{"a": {"seq": 7}}', "seq", b'"seq"'))
         for payload in (
             b'{"seq": true}',
             b'{"seq": 1.5}',
@@ -532,6 +552,10 @@ class WindowTests(SynchronousTestCase):
         self.assertEqual(
             json.loads(envelope("x-1", 1, '"q\u00e9"'.encode())),
             {"id": "x-1", "data": '"q\u00e9"'},
+        )
+        odd = 'line\nbreak "quoted" \u2028 \U0001f600 \x07'
+        self.assertEqual(
+            json.loads(envelope('a"b', 1, odd.encode())), {"id": 'a"b', "data": odd}
         )
         self.assertEqual(
             json.loads(envelope("1-2", 2, b"\x00")),

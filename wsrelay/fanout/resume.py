@@ -456,10 +456,15 @@ class ResumeWindow:
                 if len(page) < PAGE or any(i == last for i, _ in live):
                     break
                 cursor = last
-        except Exception:
+        except Exception as e:
             if self._catchUps.get(catchUp.member) is not catchUp:
                 return
-            self.log.failure("resume: the source's history failed; as a miss")
+            self.log.warn(
+                "resume: the source's history failed ({error}); the client"
+                " resuming after {since} gets what resume_miss says",
+                error=str(e) or type(e).__name__,
+                since=catchUp.since,
+            )
             missed = True
         if self._catchUps.get(catchUp.member) is not catchUp:
             return
