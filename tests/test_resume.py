@@ -31,6 +31,7 @@ from wsrelay.fanout.resume import (
     withoutParameter,
 )
 from wsrelay.interfaces import ISourceHistory
+from wsrelay.service import RelayService
 
 Delivered = tuple[int, bytes, "str | None"]
 
@@ -88,6 +89,18 @@ async def connected(testCase: TestCase, port: int, path: str) -> ClientConnectio
     c: ClientConnection = await inThread(client, port, path)
     testCase.addCleanup(inThread, c.close)
     return c
+
+
+async def sourceUp(
+    source: Source, relay: RelayService, key: str = "", count: int = 1
+) -> Channel:
+    """
+    Wait until the channel C{key} of the route C{ticker} is connected and
+    C{source} has C{count} connections open (it sends only to those).
+    """
+    channel = await channelUp(relay, key)
+    await source.until(lambda: len(source.open) >= count)
+    return channel
 
 
 def deliver(channel: Channel, messages: Sequence[Delivered]) -> None:
@@ -161,7 +174,7 @@ class JSONFieldTests(TestCase):
         relay, port = await startRelay(
             self, feed(source, "resume = json:seq\nreplay = 2\n")
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         await inThread(source.send, 10)
         await waitFor(lambda: channel.messagesIn == 10)
         first = await connected(self, port, "/ticker?since=7")
@@ -189,7 +202,7 @@ class JSONFieldTests(TestCase):
         relay, port = await startRelay(
             self, feed(source, "resume = json:seq\nreplay = 2\n")
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         await inThread(source.send, 5)
         await waitFor(lambda: channel.messagesIn == 5)
         c = await connected(self, port, "/ticker?since=")
@@ -215,7 +228,7 @@ class EnvelopeTests(TestCase):
         """
         source = JSONSource(self)
         relay, port = await startRelay(self, feed(source, "resume = envelope\n"))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         c = await connected(self, port, "/ticker")
         await waitFor(lambda: len(channel.members) == 1)
         await inThread(source.sendRaw, "hello \u00e9")
@@ -250,13 +263,13 @@ class EnvelopeTests(TestCase):
         source = JSONSource(self)
         config = feed(source, "resume = envelope\nresume_miss = close\n")
         relay, port = await startRelay(self, config)
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         c = await connected(self, port, "/ticker")
         await waitFor(lambda: len(channel.members) == 1)
         await inThread(source.send, 2)
         (old, _) = [json.loads(m)["id"] for m in await inThread(receive, c, 2)]
         relay, port = await startRelay(self, config)
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay, count=2)
         await inThread(source.send, 3)
         await waitFor(lambda: channel.messagesIn == 3)
         window = channel.window
@@ -284,7 +297,7 @@ class MissTests(TestCase):
         relay, port = await startRelay(
             self, feed(source, "resume = json:seq\nreplay = 2\nresume_window = 3\n")
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         await inThread(source.send, 10)
         await waitFor(lambda: channel.messagesIn == 10)
         c = await connected(self, port, "/ticker?since=2")
@@ -309,7 +322,7 @@ class MissTests(TestCase):
                 "resume_miss = close\n",
             ),
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         await inThread(source.send, 10)
         await waitFor(lambda: channel.messagesIn == 10)
         c = await connected(self, port, "/ticker?since=2")
@@ -346,7 +359,7 @@ class HistoryTests(TestCase):
         relay, port = await startRelay(
             self, feed(source, "resume = envelope\nresume_window = 2\n")
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         window = channel.window
         assert window is not None
         history = FakeHistory()
@@ -461,7 +474,7 @@ class ParameterTests(TestCase):
             self, feed(source, "channel = path\nresume = json:seq\n")
         )
         plain = await connected(self, port, "/ticker/AAPL")
-        channel = await channelUp(relay, "/AAPL")
+        channel = await sourceUp(source, relay, "/AAPL")
         await inThread(source.send, 4)
         await inThread(receive, plain, 4)
         resumed = await connected(self, port, "/ticker/AAPL?since=2")
@@ -475,6 +488,7 @@ class ParameterTests(TestCase):
                 ("ticker", "/AAPL?depth=1"),
             ],
         )
+        await source.until(lambda: len(source.paths) == 2)
         self.assertEqual(source.paths, ["/feed/AAPL", "/feed/AAPL?depth=1"])
         self.assertEqual(len(channel.members), 2)
         await inThread(source.send, 1)
@@ -490,6 +504,7 @@ class ParameterTests(TestCase):
         relay, port = await startRelay(self, feed(source, "channel = path\n"))
         await connected(self, port, "/ticker/AAPL?since=2")
         await channelUp(relay, "/AAPL?since=2")
+        await source.until(lambda: source.paths)
         self.assertEqual(source.paths, ["/feed/AAPL?since=2"])
 
 
