@@ -21,6 +21,7 @@ from tests.support.clients import closeOf
 from tests.support.fanout import Source, channelUp, feed
 from tests.support.waiting import waitFor
 from wsrelay.config import ConfigError, parseConfig
+from wsrelay.fanout import resume
 from wsrelay.fanout.channel import Channel
 from wsrelay.fanout.resume import (
     RESUME_GONE,
@@ -423,6 +424,49 @@ class HistoryTests(TestCase):
         await waitFor(lambda: len(channel.members) == 1)
         deliver(channel, entries(6, 6))
         self.assertEqual(data(await inThread(receive, c, 1)), ["m 6"])
+
+    async def test_pages(self) -> None:
+        """
+        A history answers at most C{limit} messages at a time: a full page
+        is followed by a question after its last id, until a short page.
+        """
+        self.patch(resume, "PAGE", 3)
+        channel, history, port = await self.historyRelay()
+        c = await connected(self, port, "/ticker?since=1-0")
+        await waitFor(lambda: len(history.calls) == 1)
+        self.assertEqual(history.calls[0][:2], ("1-0", 3))
+        history.calls[0][2].callback(entries(1, 3))
+        self.assertEqual(history.calls[1][:2], ("1-3", 3))
+        history.calls[1][2].callback(entries(4, 5))
+        self.assertEqual(len(history.calls), 2)
+        deliver(channel, entries(6, 6))
+        got = await inThread(receive, c, 6)
+        self.assertEqual(data(got), [f"m {n}" for n in range(1, 7)])
+
+    async def test_anotherRelay(self) -> None:
+        """
+        Envelope ids that are source ids mean the same on every relay of
+        the source: a client that got C{1-3} from one relay resumes on
+        another, which has the same messages, after C{1-3}.
+        """
+        channel, history, port = await self.historyRelay()
+        source = JSONSource(self)
+        other, otherPort = await startRelay(
+            self, feed(source, "resume = envelope\nresume_window = 10\n")
+        )
+        otherChannel = await sourceUp(source, other)
+        deliver(otherChannel, entries(1, 5))
+        first = await connected(self, port, "/ticker")
+        await waitFor(lambda: len(channel.members) == 1)
+        deliver(channel, entries(6, 6))
+        deliver(otherChannel, entries(6, 6))
+        (got,) = await inThread(receive, first, 1)
+        self.assertEqual(json.loads(got)["id"], "1-6")
+        resumed = await connected(self, otherPort, "/ticker?since=1-3")
+        self.assertEqual(
+            data(await inThread(receive, resumed, 3)), ["m 4", "m 5", "m 6"]
+        )
+        self.assertEqual(history.calls, [])
 
     async def test_historyFails(self) -> None:
         """
