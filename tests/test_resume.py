@@ -29,6 +29,7 @@ from wsrelay.fanout.resume import (
     envelope,
     jsonId,
     sinceOf,
+    streamOrder,
     withoutParameter,
 )
 from wsrelay.interfaces import ISourceHistory
@@ -630,6 +631,16 @@ class WindowTests(SynchronousTestCase):
         w.add(1, b"a", None)
         w.add(1, b"b", "5-0")
         self.assertEqual(list(w.ids), ["eX-1", "5-0"])
+
+    def test_streamOrder(self) -> None:
+        """
+        Redis stream entry ids are ordered by their two numbers; anything
+        else (an C{EPOCH-N} id, a bare number, other digits) has no order.
+        """
+        self.assertLess(streamOrder("9-10") or (), streamOrder("10-0") or ())
+        self.assertEqual(streamOrder("1733140000000-2"), (1733140000000, 2))
+        for other in ("e1a2-3", "12", "1-", "-1", "\u0661-1", "1-2x", None):
+            self.assertIsNone(streamOrder(other), other)
 
     def test_parameters(self) -> None:
         """

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from collections import deque
 from collections.abc import Sequence
@@ -69,6 +70,7 @@ Messages asked of a source's history at a time.
 """
 
 _TEXT = 1
+_STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)\Z")
 
 
 class ResumeMember(Protocol):
@@ -176,12 +178,10 @@ def streamOrder(sourceId: str | None) -> tuple[int, int] | None:
     """
     if sourceId is None:
         return None
-    ms, dash, seq = sourceId.partition("-")
-    if not (dash and ms.isdigit() and seq.isdigit() and ms.isascii()):
+    match = _STREAM_ID.match(sourceId)
+    if match is None:
         return None
-    if not seq.isascii():
-        return None
-    return int(ms), int(seq)
+    return int(match.group(1)), int(match.group(2))
 
 
 def resumeWindow(config: FanoutRouteConfig, clock: IReactorTime) -> ResumeWindow | None:
