@@ -325,3 +325,29 @@ def _parseHealth(value: str, context: _Context) -> str:
             + _installed(context.checkers)
         )
     return value
+
+
+_JSON_FIELD = re.compile(r"json:(.+)\Z", re.DOTALL)
+_PARAMETER = re.compile(r"[A-Za-z0-9_.~-]+\Z")
+
+
+def _parseResume(value: str, context: _Context) -> str | None:
+    """
+    C{json:FIELD} (any non-empty field name), C{envelope}, or C{off}.
+    """
+    if value == "off":
+        return None
+    if value == "envelope" or _JSON_FIELD.match(value):
+        return value
+    raise _BadValue(_expected("json:FIELD, envelope or off", value))
+
+
+def _parseParameter(value: str, context: _Context) -> str:
+    """
+    A query parameter name: letters, digits and C{_.~-} (no escaping).
+    """
+    if not _PARAMETER.match(value):
+        raise _BadValue(
+            _expected("a query parameter name of letters, digits, '_.~-'", value)
+        )
+    return value

@@ -300,6 +300,16 @@ class FanoutRouteConfig(BaseRouteConfig):
         route's backends).
     @ivar sourceOptions: The values of the keys the source plugin
         declares, as written (read only; not part of the hash).
+    @ivar resume: L{None} (clients cannot resume), C{"json:FIELD"} (a
+        message's id is its top-level JSON field C{FIELD}) or
+        C{"envelope"} (each message goes out as C{{"id": ..., "data":
+        ...}}); see L{wsrelay.fanout.resume}.
+    @ivar resumeParam: The query parameter naming the id a client resumes
+        after.
+    @ivar resumeMiss: C{"replay"} (a client whose id is gone gets the
+        replay) or C{"close"} (it is closed with 4410).
+    @ivar resumeWindow: Messages kept for resuming clients, when the source
+        keeps no history of its own.
     """
 
     mode: Literal["fanout"] = field(default="fanout", init=False)
@@ -317,6 +327,10 @@ class FanoutRouteConfig(BaseRouteConfig):
     sourceOptions: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    resume: str | None = None
+    resumeParam: str = "since"
+    resumeMiss: str = "replay"
+    resumeWindow: int = 1000
 
 
 RouteConfig: TypeAlias = ProxyRouteConfig | FanoutRouteConfig

@@ -20,8 +20,9 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsrelay.fanout.resume import resumeWindow, withoutParameter
 from wsrelay.fanout.source import CONNECTING, IDLE, STOPPED, UP, WAITING
-from wsrelay.interfaces import ISource, ISourceChannel
+from wsrelay.interfaces import ISource, ISourceChannel, ISourceHistory
 from wsrelay.routing import Backend, Route
 from wsrelay.ws.framing import frame
 
@@ -55,6 +56,9 @@ def channelKey(route: Route, remainder: str, query: str) -> str:
     config = route.config
     if config.mode != "fanout" or config.channel == "route":
         return ""
+    if config.resume is not None:
+        # Where a client resumes is not which channel it joins.
+        query = withoutParameter(query, config.resumeParam)
     return remainder + ("?" + query if query else "")
 
 
@@ -70,6 +74,11 @@ class Member(TypingProtocol):
     def send(self, data: bytes, count: int = 1) -> None:
         """
         Write C{count} framed messages, or queue them.
+        """
+
+    def shutdown(self, code: int = 1001, reason: bytes = b"") -> None:
+        """
+        Close the client.
         """
 
 
@@ -110,7 +119,13 @@ class Channel:
         self.key = key
         self.state = IDLE
         self.members: dict[Member, None] = {}
-        self.replay: deque[bytes] = deque(maxlen=self.routeConfig.replay)
+        #: With C{resume}: the window that ids, frames and keeps messages.
+        self.window = resumeWindow(self.routeConfig, clock)
+        self.replay: deque[bytes] = (
+            deque(maxlen=self.routeConfig.replay)
+            if self.window is None
+            else self.window.data
+        )
         self.messagesIn = 0
         self.deliveries = 0
         self.slowDrops = 0
@@ -126,6 +141,7 @@ class Channel:
         #: What fires once each source replaced on reload has stopped.
         self._replaced: list[Deferred[None]] = []
         self.source: ISource = makeSource(self)
+        self._lendHistory()
 
     @property
     def route(self) -> Route:
@@ -162,6 +178,7 @@ class Channel:
         stopped.addBoth(forget)
         self.state = IDLE
         self.source = self._makeSource(self)
+        self._lendHistory()
         if running:
             self.start()
 
@@ -195,15 +212,21 @@ class Channel:
 
     # Members.
 
-    def join(self, member: Member) -> None:
+    def join(self, member: Member, since: str | None = None) -> None:
         """
-        Add a client: it gets the replay now, then every message.
+        Add a client: it gets the replay now (or, resuming after the
+        message C{since}, what it missed: L{wsrelay.fanout.resume}), then
+        every message.
         """
-        for data in self.replay:
-            member.send(data)
-        self.deliveries += len(self.replay)
-        member.mark = self.messagesIn - len(self.replay)
-        self.members[member] = None
+        window = self.window
+        if window is not None:
+            window.join(self, member, since)
+        else:
+            for data in self.replay:
+                member.send(data)
+            self.deliveries += len(self.replay)
+            member.mark = self.messagesIn - len(self.replay)
+            self.members[member] = None
         self._cancelLinger()
         if not self._running and self.state != STOPPED:
             self.start()
@@ -258,12 +281,16 @@ class Channel:
         once, kept for the replay, and the batch goes to every member in
         one write.  The per-message path: nothing else happens here.
         """
-        framed = [frame(opcode, payload) for opcode, payload, _ in messages]
+        window = self.window
+        if window is None:
+            framed = [frame(opcode, payload) for opcode, payload, _ in messages]
+            self.replay.extend(framed)
+        else:
+            framed = [window.add(*message) for message in messages]
         count = len(framed)
         if not count:
             return
         self.messagesIn += count
-        self.replay.extend(framed)
         chunk = framed[0] if count == 1 else b"".join(framed)
         members = self.members
         self.deliveries += count * len(members)
@@ -343,6 +370,14 @@ class Channel:
         """
         self.registry.channelEnded(self)
         self.source = _ENDED
+
+    def _lendHistory(self) -> None:
+        """
+        Let the resume window ask the source for what it keeps, when the
+        source keeps a history (L{ISourceHistory}).
+        """
+        if self.window is not None:
+            self.window.history = ISourceHistory(self.source, None)
 
     def _cancelLinger(self) -> None:
         linger, self._linger = self._linger, None
