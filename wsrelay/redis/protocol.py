@@ -271,13 +271,16 @@ class RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         """
-        Fail every command still waiting for its reply.
+        Tell those waiting for the loss (L{whenLost}), then fail every
+        command still waiting for its reply.
         """
         self.lost = True
-        self._failAll(RedisConnectionLost(reason.getErrorMessage()))
+        # Those waiting for the loss first (the client's service): a
+        # command's user told of it then finds no stale connection.
         waiters, self._lostWaiters = self._lostWaiters, []
         for d in waiters:
             d.callback(None)
+        self._failAll(RedisConnectionLost(reason.getErrorMessage()))
 
     def _failAll(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, deque()
