@@ -553,6 +553,22 @@ class HistoryTests(TestCase):
         self.assertIsNone(await source.after(first, 10))
         self.assertIsNone(await source.after("nonsense", 10))
 
+    async def test_unreachable(self) -> None:
+        """
+        When Redis cannot be reached, the history fails after one attempt
+        instead of keeping a resuming client waiting.
+        """
+        server = await startRedis(self)
+        source, channel = await readingSource(self, server)
+        server.call("XADD", "s", "*", "data", "m0")
+        await waitFor(lambda: len(channel.messages) == 1)
+        first = channel.messages[0][2]
+        assert first is not None
+        server.kill()
+        d = source.after(first, 10)
+        await waitFor(lambda: d.called)
+        self.failureResultOf(d)
+
 
 class ParseSettingsTests(SynchronousTestCase):
     """

@@ -313,7 +313,9 @@ class RedisSource:
         with the live entries without a gap or a repeat).
 
         @return: A L{Deferred} of at most C{limit} messages, oldest first;
-            or of L{None} when the stream no longer holds C{sourceId}.
+            or of L{None} when the stream no longer holds C{sourceId} (or
+            the source is stopped); failing when Redis cannot be reached
+            (one attempt) or answers with an error.
         """
         return Deferred.fromCoroutine(self._after(sourceId, limit))
 
@@ -328,7 +330,9 @@ class RedisSource:
             # Stopped: its window is no longer followed.
             return None
         self._control.start()
-        connection = await self._control.connection()
+        # A resuming client waits for this: fail rather than wait for
+        # Redis to come back.
+        connection = await self._control.connection(failAfterFailures=1)
         found = await self._locate(connection, sourceId)
         if not found.holds(sourceId):
             return None
