@@ -17,7 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.support.redis import RedisServer, ReplyError, startRedis
+from tests.support.redis import (
+    RedisServer,
+    ReplyError,
+    freePort,
+    requireRedis,
+    startRedis,
+)
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext, ISourceHistory
@@ -386,6 +392,50 @@ class FailureTests(TestCase):
         got = ids(channel)
         self.assertEqual(got, sorted(set(got)))
         self.assertEqual(source.gaps, 1)
+
+    async def test_unreachableAtStart(self) -> None:
+        """
+        No Redis at the URL when the source starts: one warning line naming
+        the server and the cause; once a server answers there, the source
+        reads.
+        """
+        requireRedis(self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = RedisServer(directory)
+        server.port = freePort()
+        self.addCleanup(server.stop)
+        events = capture(self)
+        channel = FakeChannel()
+        source = RedisSource(channel, options(server), FakeContext())
+        source.start()
+        self.addCleanup(source.stop)
+        await waitFor(lambda: source._reader.attempts >= 2)
+        warnings = said(events, LogLevel.warn)
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn(f"redis://127.0.0.1:{server.port}/0: Connection", warnings[0])
+        self.assertNotIn("\n", warnings[0])
+        self.assertEqual(channel.states, ["connecting"])
+        await server.start(keepPort=True)
+        await waitFor(lambda: "up" in channel.states)
+        server.call("XADD", "s", "*", "data", "at last")
+        await waitFor(lambda: channel.payloads == [b"at last"])
+
+    async def test_stopWhileUnreachable(self) -> None:
+        """
+        A source waiting for an unreachable Redis stops at once.
+        """
+        requireRedis(self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        server = RedisServer(directory)
+        server.port = freePort()
+        channel = FakeChannel()
+        source = RedisSource(channel, options(server), FakeContext())
+        source.start()
+        await waitFor(lambda: source._reader.attempts >= 1)
+        self.successResultOf(source.stop())
+        self.assertEqual(channel.states[-1], "idle")
 
     async def test_wrongType(self) -> None:
         """

@@ -42,6 +42,7 @@ from wsrelay.redis.client import (
     redisEndpoint,
 )
 from wsrelay.redis.protocol import (
+    ProtocolError,
     RedisConnectionLost,
     RedisError,
     RedisProtocol,
@@ -382,7 +383,9 @@ class RedisSource:
                     )
                     self.lastError = None
                 await self._readFrom(connection)
-            except RedisConnectionLost:
+            except (RedisConnectionLost, ProtocolError):
+                # The connection is gone (a bad reply aborts it): the
+                # client makes a new one, with backoff.
                 channel.stateChanged("waiting")
             except RedisError as e:
                 self.errors += 1
