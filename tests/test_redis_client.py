@@ -348,6 +348,16 @@ class ClientTests(TestCase):
         connection = await client.connection()
         self.assertEqual(await connection.execute("PING"), b"PONG")
 
+    async def test_user(self) -> None:
+        """
+        A user name in the URL logs in as that ACL user.
+        """
+        server = await startRedis(self)
+        server.call("ACL", "SETUSER", "relay", "on", ">pw", "~*", "+@all")
+        url = f"redis://relay:pw@127.0.0.1:{server.port}/0"
+        connection = await makeClient(self, url).connection()
+        self.assertEqual(await connection.execute("ACL", "WHOAMI"), b"relay")
+
     async def test_wrongPassword(self) -> None:
         """
         A wrong password: one warning line naming the server and Redis's
