@@ -82,12 +82,19 @@ run: $(VENV)/.stamp-run
 
 # Every gate runs even when an earlier one fails; the target fails if any did.
 # Debian packages the tests use, installed once (through sudo unless root):
-# chromium renders the admin dashboard in its test, which skips with the
-# reason when chromium cannot be had.
-TEST_PACKAGES = chromium
+# chromium renders the admin dashboard in its test; redis-server is the
+# real Redis the redis source's tests start (each its own, on its own port:
+# never the system service the package may start on 6379). A test whose
+# program cannot be had skips with the reason. TEST_PROGRAMS are the
+# programs the packages give, checked before installing.
+TEST_PACKAGES = chromium redis-server
+TEST_PROGRAMS = chromium redis-server
 
-$(VENV)/.stamp-packages: | $(PYTHON)
-	@if ! command -v chromium >/dev/null 2>&1; then \
+$(VENV)/.stamp-packages: Makefile | $(PYTHON)
+	@missing=; for p in $(TEST_PROGRAMS); do \
+	    command -v $$p >/dev/null 2>&1 || missing=yes; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	    echo "installing $(TEST_PACKAGES) (Debian packages) for the tests" >&2; \
 	    { $(SUDO) apt-get update && \
 	      $(SUDO) apt-get install -y --no-install-recommends $(TEST_PACKAGES); } || \

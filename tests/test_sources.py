@@ -189,7 +189,15 @@ class BuiltinSourceTests(SynchronousTestCase):
         self.assertEqual(found["websocket"].options, ())
         self.assertEqual(
             set(found["redis"].options),
-            {"redis", "redis_password_file", "stream", "history", "ingest", "lease"},
+            {
+                "redis",
+                "redis_password_file",
+                "redis_ca_file",
+                "stream",
+                "history",
+                "ingest",
+                "lease",
+            },
         )
         self.assertEqual(brokenPlugins(ISourceFactory), {})
 

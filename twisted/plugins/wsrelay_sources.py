@@ -14,5 +14,13 @@ redis = SourcePlugin(
     "redis",
     "wsrelay.redis.source.RedisSource",
     "a Redis stream, fed by anyone or by one relay of the cluster (ingest)",
-    ("redis", "redis_password_file", "stream", "history", "ingest", "lease"),
+    (
+        "redis",
+        "redis_password_file",
+        "redis_ca_file",
+        "stream",
+        "history",
+        "ingest",
+        "lease",
+    ),
 )
