@@ -342,6 +342,38 @@ class ChannelTests(SynchronousTestCase):
         self.channel.answers.statusPage = page
         self.assertEqual(self.answer(self.channel.worker.status()), page)
 
+    def test_largeBoxParsedOnce(self) -> None:
+        """
+        L{Boxes} keeps the parsed keys and values of a box that arrives in
+        many reads, and only the incomplete key or value as bytes: a large
+        answer is not parsed again on each read.
+        """
+        boxes: list[dict[bytes, bytes]] = []
+        parser = Boxes(SimpleNamespace(ampBoxReceived=boxes.append))
+        sent = AmpBox({b"k%d" % i: b"v" * MAX_VALUE_LENGTH for i in range(64)})
+        wire = sent.serialize()
+        kept = 0
+        for i in range(0, len(wire), 8192):
+            parser.dataReceived(wire[i : i + 8192])
+            kept = max(kept, len(parser._unparsed))
+        self.assertEqual(boxes, [sent])
+        self.assertLess(kept, MAX_VALUE_LENGTH + 8192)
+
+    def test_nothingAfterTooLongKey(self) -> None:
+        """
+        After a key over AMP's limit, L{Boxes} closes the connection (as
+        AMP does) and parses nothing more, in that read or later ones.
+        """
+        boxes: list[dict[bytes, bytes]] = []
+        parser = Boxes(SimpleNamespace(ampBoxReceived=boxes.append))
+        transport = StringTransport()
+        parser.transport = transport
+        box = AmpBox({b"a": b"1"}).serialize()
+        parser.dataReceived(b"\x01\x00" + b"k" * 256 + box)
+        parser.dataReceived(box)
+        self.assertEqual(boxes, [])
+        self.assertTrue(transport.disconnecting)
+
     def test_roundTripCalls(self) -> None:
         """
         Carrying a status command and its answer through both ends makes

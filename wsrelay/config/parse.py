@@ -58,6 +58,7 @@ DEFAULT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "redis": (
             "redis",
             "redis_password_file",
+            "redis_ca_file",
             "stream",
             "history",
             "ingest",

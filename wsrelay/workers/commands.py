@@ -33,36 +33,48 @@ class Boxes(BinaryBoxProtocol):
     """
 
     _unparsed = b""
+    _box: AmpBox | None = None
+    _dead = False
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Hand each complete box to the box receiver; keep the rest, from the
-        start of the incomplete box, for the next read.
+        Hand each complete box to the box receiver.  The keys and values of
+        an incomplete box are kept parsed (L{_box}), and only the
+        incomplete key or value is kept as bytes for the next read: a large
+        box that comes in many reads is parsed once.
         """
+        if self._dead:
+            return
         data = self._unparsed + data
         size = len(data)
-        box: AmpBox | None = None
-        start = at = 0
+        box = self._box
+        at = 0
         while at + 2 <= size:
             keyAt = at + 2
             valueAt = keyAt + (data[at] << 8 | data[at + 1])
             if valueAt == keyAt:
-                start = at = keyAt
+                at = keyAt
                 self.boxReceiver.ampBoxReceived(AmpBox() if box is None else box)
                 box = None
             elif valueAt - keyAt > self._MAX_KEY_LENGTH:
+                # AMP closes the connection; nothing after this is parsed.
+                self._dead = True
+                self._unparsed = b""
+                self._box = None
                 self.lengthLimitExceeded(valueAt - keyAt)
                 return
             elif valueAt + 2 > size:
                 break
             else:
-                at = valueAt + 2 + (data[valueAt] << 8 | data[valueAt + 1])
-                if at > size:
+                end = valueAt + 2 + (data[valueAt] << 8 | data[valueAt + 1])
+                if end > size:
                     break
                 if box is None:
                     box = AmpBox()
-                box[data[keyAt:valueAt]] = data[valueAt + 2 : at]
-        self._unparsed = data[start:]
+                box[data[keyAt:valueAt]] = data[valueAt + 2 : end]
+                at = end
+        self._box = box
+        self._unparsed = data[at:]
 
 
 class CommandFailed(Exception):
