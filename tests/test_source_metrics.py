@@ -8,6 +8,7 @@ keys, by the naming rule, shown without the admin knowing them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -21,6 +22,7 @@ from tests.support import TIMEOUT, inThread
 from tests.support.redis import startRedis
 from tests.support.waiting import waitFor
 from tests.test_admin import connect, labels, samples, startAdmin
+from tests.test_redis_source import FakeChannel, FakeContext
 from wsrelay.admin import RelayView
 from wsrelay.admin.metrics import metricsText
 from wsrelay.admin.rows import status
@@ -120,6 +122,25 @@ class RedisSourceMetricsTests(TestCase):
             },
         )
 
+    def test_documented(self) -> None:
+        """
+        Every key of the C{redis} source's status is in C{docs/admin.md}:
+        each number as its metric C{wsrelay_source_KEY}, each other value
+        as C{KEY} (the channel's C{sourceStatus} row).
+        """
+        source = RedisSource(
+            FakeChannel(),
+            {"redis": "redis://127.0.0.1:1/0", "stream": "s"},
+            FakeContext(),
+        )
+        docs = (Path(__file__).parent.parent / "docs" / "admin.md").read_text()
+        keys = dict(source.status())
+        keys["lag_seconds"] = 0.0
+        for key, value in keys.items():
+            if isinstance(value, (int, float)):
+                self.assertIn(f"| `wsrelay_source_{key}` |", docs)
+            self.assertIn(f"`{key}`", docs)
+
 
 @implementer(ISource, ISourceStatus)
 class Counting:
@@ -207,7 +228,7 @@ class SourceStatusTests(SynchronousTestCase):
         or 1); strings, L{None} and keys that are not snake_case are in
         C{/status} only.
         """
-        values = {
+        values: dict[str, int | float | str | None] = {
             "widgets_total": 7,
             "lease_held": True,
             "depth_seconds": 0.25,
