@@ -1033,6 +1033,7 @@ class DashboardTests(TestCase):
         self.assertEqual(row["messages-in"], "2")
         self.assertEqual(row["state"], "up")
         self.assertEqual(row["backend"], "source")
+        self.assertEqual(row["source"], "websocket")
         self.assertIn(("backend", "feed", "source"), page.rows)
 
 

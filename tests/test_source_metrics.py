@@ -19,6 +19,7 @@ from zope.interface import implementer, implementer_only
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, inThread
+from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
 from tests.support.redis import startRedis
 from tests.support.waiting import waitFor
 from tests.test_admin import connect, labels, samples, startAdmin
@@ -64,7 +65,8 @@ class RedisSourceMetricsTests(TestCase):
         When the stream was trimmed past the last entry delivered while the
         source was away, C{/metrics} shows one gap
         (C{wsrelay_source_gaps_total}) and the entries delivered, and
-        C{/status} the source's name, counters and last id.
+        C{/status} and the dashboard the source's name, counters and last
+        id.
         """
         server = await startRedis(self)
         a = await startAdmin(
@@ -121,6 +123,14 @@ class RedisSourceMetricsTests(TestCase):
                 "last_error": None,
             },
         )
+
+        if CHROMIUM is not None:
+            page = Dashboard(await inThread(dumpDOM, f"http://127.0.0.1:{a.admin}/"))
+            shown = page.rows[("channel", "feed", "")]["source"].split(" \u00b7 ")
+            self.assertEqual(shown[0], "redis")
+            self.assertIn("gaps_total 1", shown)
+            self.assertIn("entries_total 2", shown)
+            self.assertIn(f"last_id {newest}", shown)
 
     def test_documented(self) -> None:
         """
