@@ -218,6 +218,11 @@ class Channel:
         message C{since}, what it missed: L{wsrelay.fanout.resume}), then
         every message.
         """
+        self._cancelLinger()
+        if not self._running and self.state != STOPPED:
+            # Before the window looks up C{since}: a source's history
+            # answers only while the source runs.
+            self.start()
         window = self.window
         if window is not None:
             window.join(self, member, since)
@@ -227,9 +232,6 @@ class Channel:
             self.deliveries += len(self.replay)
             member.mark = self.messagesIn - len(self.replay)
             self.members[member] = None
-        self._cancelLinger()
-        if not self._running and self.state != STOPPED:
-            self.start()
 
     def leave(self, member: Member) -> None:
         """
@@ -273,6 +275,8 @@ class Channel:
             return
         self._running = True
         self.state = CONNECTING
+        if self.window is not None:
+            self.window.sourceStarted()
         self.source.start()
 
     def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
@@ -307,6 +311,8 @@ class Channel:
         self.state = state
         if state == UP:
             self.connects += 1
+            if self.window is not None:
+                self.window.sourceUp()
 
     def sendUpstream(self, opcode: int, payload: bytes) -> None:
         """

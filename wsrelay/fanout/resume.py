@@ -300,6 +300,8 @@ class ResumeWindow:
         self._size = size
         self._clock = clock
         self._catchUps: dict[ResumeMember, _CatchUp] = {}
+        self._positioned = True
+        self._waiting: list[Deferred[None]] = []
 
     # The message path.
 
@@ -378,6 +380,37 @@ class ResumeWindow:
             return
         self._missed(channel, member)
 
+    # The source.
+
+    def sourceStarted(self) -> None:
+        """
+        The channel starts its source: until the source is up (has found
+        where it reads from), its history cannot tell where the live
+        stream goes on, and a history lookup waits (L{sourceUp}).
+        """
+        self._positioned = False
+
+    def sourceUp(self) -> None:
+        """
+        The source is up: lookups waiting for it go on.
+        """
+        self._positioned = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+
+    def _sourcePositioned(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once the source is up.
+        """
+        d: Deferred[None] = Deferred()
+        if self._positioned:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
+
     def forget(self, member: ResumeMember) -> None:
         """
         C{member} is gone: stop holding messages for it.
@@ -437,6 +470,9 @@ class ResumeWindow:
         cursor: str | None = catchUp.since
         missed = False
         try:
+            await self._sourcePositioned()
+            # The source may have been replaced meanwhile (a reload).
+            history = self.history or history
             while cursor is not None:
                 page = await history.after(cursor, PAGE)
                 if page is None:
