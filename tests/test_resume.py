@@ -10,8 +10,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import ClientConnection
 from zope.interface import implementer
@@ -32,7 +33,8 @@ from wsrelay.fanout.resume import (
     streamOrder,
     withoutParameter,
 )
-from wsrelay.interfaces import ISourceHistory
+from wsrelay.interfaces import ISource, ISourceHistory
+from wsrelay.routes import sourceFactories
 from wsrelay.service import RelayService
 
 Delivered = tuple[int, bytes, "str | None"]
@@ -701,3 +703,206 @@ class ConfigTests(SynchronousTestCase):
             "r.ini",
         )
         self.assertEqual((e.section, e.key), ("route:r", "resume"))
+
+
+class Member:
+    """
+    A channel member in memory: what it is sent, and how it was closed.
+
+    @ivar got: Each write, as C{(data, count)}.
+    @ivar closed: The close code and reason, or L{None}.
+    """
+
+    def __init__(self) -> None:
+        self.mark = 0
+        self.got: list[tuple[bytes, int]] = []
+        self.closed: tuple[int, bytes] | None = None
+
+    def send(self, data: bytes, count: int = 1) -> None:
+        """
+        Record the write.
+        """
+        self.got.append((data, count))
+
+    def shutdown(self, code: int = 1001, reason: bytes = b"") -> None:
+        """
+        Record the close.
+        """
+        self.closed = (code, reason)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """
+        @return: The envelopes written to it, decoded.
+        """
+        out = []
+        rest = b"".join(data for data, _ in self.got)
+        while rest:
+            size = rest[1] & 0x7F
+            head = 2
+            if size == 126:
+                size = int.from_bytes(rest[2:4], "big")
+                head = 4
+            out.append(json.loads(rest[head : head + size]))
+            rest = rest[head + size :]
+        return out
+
+
+class MemorySource:
+    """
+    A source in memory: it starts and stops when told, and reports its
+    state to its channel by hand (L{up}).
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.running = False
+
+    def start(self) -> None:
+        """
+        Start (the test says when it is up).
+        """
+        self.running = True
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop.
+        """
+        self.running = False
+        return succeed(None)
+
+    def send(self, opcode: int, payload: bytes) -> bool:
+        """
+        Take no client message.
+        """
+        return False
+
+    def up(self) -> None:
+        """
+        Report the source up.
+        """
+        self.channel.stateChanged("up")
+
+
+@implementer(ISource)
+class PlainSource(MemorySource):
+    """
+    A L{MemorySource} without a history.
+    """
+
+
+@implementer(ISource, ISourceHistory)
+class HistorySource(MemorySource):
+    """
+    A L{MemorySource} with a hand-fired history (L{FakeHistory}).
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(channel)
+        self.history = FakeHistory()
+
+    def after(self, sourceId: str, limit: int) -> Deferred[Any]:
+        """
+        Ask the hand-fired history.
+        """
+        return self.history.after(sourceId, limit)
+
+
+def memoryChannel(
+    testCase: SynchronousTestCase,
+    make: type[MemorySource],
+    extra: str = "stream = s\n",
+) -> tuple[Channel, Clock]:
+    """
+    A lazy channel of a route with C{source = redis} (options only: the
+    source is made by C{make}), C{resume = envelope}, C{resume_miss =
+    close} and C{linger = 5}, on a clock.
+    """
+    config = parseConfig(
+        "[relay]\nlisten = tcp:0\n[route:feed]\npath = /feed\nmode = fanout\n"
+        "source = redis\nredis = redis://127.0.0.1:1/0\nconnect = lazy\n"
+        "linger = 5\nresume = envelope\nresume_miss = close\n" + extra,
+        "t.ini",
+        sources={n: tuple(f.options) for n, f in sourceFactories().items()},
+    )
+    clock = Clock()
+    relay = RelayService(config, MemoryReactorClock(), clock)
+    route = relay.routes.routes[0]
+    channel = Channel(route, "", relay.registry, clock, make)
+    return channel, clock
+
+
+def sourceOf(channel: Channel) -> Any:
+    """
+    @return: The channel's L{MemorySource}.
+    """
+    source = channel.source
+    assert isinstance(source, MemorySource)
+    return source
+
+
+class SourceStopTests(SynchronousTestCase):
+    """
+    The channel stops its source (linger) or replaces it (reload): what
+    came meanwhile never reached the window, so the ids from before the
+    stop no longer count there.
+    """
+
+    def lingered(self, make: type[MemorySource]) -> tuple[Channel, Clock]:
+        """
+        A channel that delivered C{1-1} and C{1-2} to a client that left,
+        and whose source stopped when the linger ran out.
+        """
+        channel, clock = memoryChannel(self, make)
+        first = Member()
+        channel.join(first)
+        sourceOf(channel).up()
+        deliver(channel, entries(1, 2))
+        channel.leave(first)
+        clock.advance(5)
+        self.assertFalse(sourceOf(channel).running)
+        return channel, clock
+
+    def test_stoppedIsMiss(self) -> None:
+        """
+        Without a history, a client resuming after an id from before the
+        stop gets a miss, not the window's messages without those sent
+        while the source was stopped.
+        """
+        channel, _ = self.lingered(PlainSource)
+        member = Member()
+        channel.join(member, "1-1")
+        self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+        self.assertEqual(member.got, [])
+
+    def test_stoppedAsksHistory(self) -> None:
+        """
+        With a history, such a client is served from it, once the source
+        started again is up.
+        """
+        channel, _ = self.lingered(HistorySource)
+        member = Member()
+        channel.join(member, "1-1")
+        history = sourceOf(channel).history
+        self.assertEqual(history.calls, [])
+        sourceOf(channel).up()
+        self.assertEqual([c[0] for c in history.calls], ["1-1"])
+        history.calls[0][2].callback(entries(2, 4))
+        self.assertEqual([m["id"] for m in member.messages()], ["1-2", "1-3", "1-4"])
+        self.assertIsNone(member.closed)
+
+    def test_replaced(self) -> None:
+        """
+        A reload that replaces the source (other source options) forgets
+        the ids too.
+        """
+        channel, _ = memoryChannel(self, PlainSource, "stream = a\n")
+        first = Member()
+        channel.join(first)
+        sourceOf(channel).up()
+        deliver(channel, entries(1, 2))
+        old = channel.source
+        channel.route = memoryChannel(self, PlainSource, "stream = b\n")[0].route
+        self.assertIsNot(channel.source, old)
+        member = Member()
+        channel.join(member, "1-1")
+        self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))

@@ -168,6 +168,8 @@ class Channel:
         ):
             return
         running, self._running = self._running, False
+        if self.window is not None:
+            self.window.sourceStopped()
         stopped = _stop(self.source, 1000, b"source replaced")
         self._replaced.append(stopped)
 
@@ -366,6 +368,8 @@ class Channel:
         self._cancelLinger()
         self.state = state
         self._running = False
+        if self.window is not None:
+            self.window.sourceStopped()
         return _stop(self.source, code, reason)
 
     def _end(self) -> None:

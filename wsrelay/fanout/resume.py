@@ -400,6 +400,19 @@ class ResumeWindow:
             if not d.called:
                 d.callback(None)
 
+    def sourceStopped(self) -> None:
+        """
+        The channel stopped its source, or replaced it: started again, the
+        source reads from the stream's end, and what came meanwhile never
+        reaches the window.  The ids it holds no longer tell where a client
+        can go on from: they are forgotten (the messages stay, for the
+        replay), so that a client resuming after one of them is served from
+        the source's history when it has one, else gets a miss; never the
+        window's messages without those that came while the source was
+        stopped.
+        """
+        self.index.clear()
+
     def _sourcePositioned(self) -> Deferred[None]:
         """
         @return: A L{Deferred} that fires once the source is up.
