@@ -503,6 +503,34 @@ class HistoryTests(TestCase):
         assert window is not None
         self.assertEqual(window._catchUps, {})
 
+    async def test_hugeSince(self) -> None:
+        """
+        A C{since} of thousands of digits (more than Python turns into an
+        int) is a miss, not an exception that leaves the client open with
+        no membership.
+        """
+        channel, history, port = await self.historyRelay()
+        c = await connected(self, port, "/ticker?since=" + "1" * 4400 + "-1")
+        await waitFor(lambda: len(channel.members) == 1)
+        self.assertEqual(history.calls, [])
+        deliver(channel, entries(6, 6))
+        self.assertEqual(data(await inThread(receive, c, 1)), ["m 6"])
+
+    async def test_joinFails(self) -> None:
+        """
+        An exception while a client joins (a bug) closes it with 1011,
+        logged.
+        """
+        channel, _, port = await self.historyRelay()
+
+        def join(member: Any, since: str | None = None) -> None:
+            raise RuntimeError("boom")
+
+        channel.join = join  # type: ignore[method-assign]
+        c = await connected(self, port, "/ticker?since=1-1")
+        self.assertEqual(await inThread(closeOf, c), (1011, "internal error"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
 
 class ParameterTests(TestCase):
     """
@@ -644,6 +672,31 @@ class WindowTests(SynchronousTestCase):
         for other in ("e1a2-3", "12", "1-", "-1", "\u0661-1", "1-2x", None):
             self.assertIsNone(streamOrder(other), other)
 
+    def test_hugeIds(self) -> None:
+        """
+        An id of thousands of digits is no stream id (the parts of one have
+        at most 20 digits each); a C{since} longer than L{resume.MAX_SINCE}
+        is cut so that it finds nothing, and the window counts it a miss
+        without asking the history.
+        """
+        self.assertIsNone(streamOrder("1" * 4400 + "-1"))
+        self.assertIsNone(streamOrder("1-" + "1" * 21))
+        self.assertEqual(
+            streamOrder("18446744073709551615-18446744073709551615"),
+            (2**64 - 1, 2**64 - 1),
+        )
+        since = sinceOf("since=" + "1" * 5000, "since")
+        assert since is not None
+        self.assertEqual(len(since), resume.MAX_SINCE + 1)
+        window = self.window(field=None)
+        history = FakeHistory()
+        window.history = history
+        channel = MemoryChannel()
+        member = Member()
+        window.join(channel, member, "1" * 300 + "-1")
+        self.assertEqual(history.calls, [])
+        self.assertEqual(list(channel.members), [member])
+
     def test_parameters(self) -> None:
         """
         The resume parameter is found and removed by name, whatever its
@@ -745,6 +798,17 @@ class Member:
             out.append(json.loads(rest[head : head + size]))
             rest = rest[head + size :]
         return out
+
+
+class MemoryChannel:
+    """
+    What a window uses of a channel, in memory.
+    """
+
+    def __init__(self) -> None:
+        self.members: dict[Any, None] = {}
+        self.messagesIn = 0
+        self.deliveries = 0
 
 
 class MemorySource:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from wsrelay.interfaces import ISourceHistory
 
 __all__ = [
+    "MAX_SINCE",
     "RESUME_GONE",
     "RESUME_GONE_REASON",
     "ResumeWindow",
@@ -69,8 +70,15 @@ PAGE = 1000
 Messages asked of a source's history at a time.
 """
 
+MAX_SINCE = 256
+"""
+The longest C{since} looked up: a longer one is a miss.
+"""
+
 _TEXT = 1
-_STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)\Z")
+# A Redis stream id is two 64-bit numbers: at most 20 digits each (and no
+# int() of thousands of digits, which Python refuses).
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})\Z")
 
 
 class ResumeMember(Protocol):
@@ -119,13 +127,14 @@ def withoutParameter(query: str, name: str) -> str:
 def sinceOf(query: str, name: str) -> str | None:
     """
     @return: The value of the first C{name} parameter of C{query}, or
-        L{None} when there is none or it is empty.
+        L{None} when there is none or it is empty; cut to one character
+        more than L{MAX_SINCE} (a miss) when longer.
     """
     if name not in query and "%" not in query:
         return None
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key == name:
-            return value or None
+            return value[: MAX_SINCE + 1] or None
     return None
 
 
@@ -181,7 +190,10 @@ def streamOrder(sourceId: str | None) -> tuple[int, int] | None:
     match = _STREAM_ID.match(sourceId)
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2))
+    try:
+        return int(match.group(1)), int(match.group(2))
+    except ValueError:
+        return None
 
 
 def resumeWindow(config: FanoutRouteConfig, clock: IReactorTime) -> ResumeWindow | None:
@@ -369,6 +381,9 @@ class ResumeWindow:
         """
         if since is None:
             self._admit(channel, member, self.replayed())
+            return
+        if len(since) > MAX_SINCE:
+            self._missed(channel, member)
             return
         found = self.after(since)
         if found is not None:
