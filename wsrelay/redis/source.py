@@ -316,8 +316,9 @@ class RedisSource:
         @return: A L{Deferred} of at most C{limit} messages, oldest first;
             or of L{None} when the stream no longer holds C{sourceId} (or
             the source is stopped, or has not yet found where it reads
-            from: a caller waits for the channel's C{up} first); failing when Redis cannot be reached
-            (one attempt) or answers with an error.
+            from: a caller waits for the channel's C{up} first); failing
+            when Redis cannot be reached (one attempt) or answers with an
+            error.
         """
         return Deferred.fromCoroutine(self._after(sourceId, limit))
 
