@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import ClientConnection
 from zope.interface import implementer
@@ -970,3 +971,102 @@ class SourceStopTests(SynchronousTestCase):
         member = Member()
         channel.join(member, "1-1")
         self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+
+
+class LookupBoundTests(SynchronousTestCase):
+    """
+    A client resuming from the source's history never waits for ever: a
+    failure anywhere (also while merging), a slow answer, or too many
+    live messages held meanwhile is a miss.
+    """
+
+    def resuming(self) -> tuple[Channel, Clock, Member, FakeHistory]:
+        """
+        A channel whose source (with a history) is up, and a client
+        resuming after C{1-1}, its lookup pending.
+        """
+        channel, clock = memoryChannel(self, HistorySource)
+        member = Member()
+        channel.join(member, "1-1")
+        sourceOf(channel).up()
+        history = sourceOf(channel).history
+        self.assertEqual(len(history.calls), 1)
+        return channel, clock, member, history
+
+    def assertMissed(self, channel: Channel, member: Member) -> None:
+        """
+        C{member} got a miss (C{resume_miss = close}), and the window
+        holds nothing for it.
+        """
+        self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+        window = channel.window
+        assert window is not None
+        self.assertEqual(window._catchUps, {})
+        self.assertEqual(channel.members, {})
+
+    def test_mergeFails(self) -> None:
+        """
+        A history whose text is not UTF-8 cannot be put in envelopes: the
+        merge fails, which is a miss, logged.
+        """
+        channel, _, member, history = self.resuming()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        history.calls[0][2].callback([(1, b"\xff", "1-2")])
+        self.assertMissed(channel, member)
+        self.assertIn("history failed", " ".join(map(formatEvent, events)))
+
+    def test_timeout(self) -> None:
+        """
+        No answer in L{resume.LOOKUP_TIMEOUT} seconds: a miss, and the
+        lookup is cancelled.
+        """
+        channel, clock, member, history = self.resuming()
+        clock.advance(resume.LOOKUP_TIMEOUT - 1)
+        self.assertIsNone(member.closed)
+        clock.advance(1)
+        clock.advance(0)
+        self.assertMissed(channel, member)
+        self.assertTrue(history.calls[0][2].called)
+
+    def test_sourceNeverUp(self) -> None:
+        """
+        A source that never comes up: the lookup, which waits for it, is a
+        miss after L{resume.LOOKUP_TIMEOUT} seconds.
+        """
+        channel, clock = memoryChannel(self, HistorySource)
+        member = Member()
+        channel.join(member, "1-1")
+        clock.advance(resume.LOOKUP_TIMEOUT)
+        clock.advance(0)
+        self.assertMissed(channel, member)
+        self.assertEqual(sourceOf(channel).history.calls, [])
+
+    def test_heldBound(self) -> None:
+        """
+        More than L{resume.HELD_MAX} live messages while the history is
+        looked up: a miss, and nothing more is held.
+        """
+        self.patch(resume, "HELD_MAX", 3)
+        channel, clock, member, history = self.resuming()
+        deliver(channel, entries(2, 4))
+        self.assertIsNone(member.closed)
+        deliver(channel, entries(5, 5))
+        clock.advance(0)
+        self.assertMissed(channel, member)
+
+    def test_countAfterAdd(self) -> None:
+        """
+        A message the window cannot take (text that is not UTF-8, in an
+        envelope) is not counted: the next one gets the number it would
+        have had.
+        """
+        window = ResumeWindow(
+            field=None, size=3, replay=1, miss="replay", clock=Clock(), epoch="eX"
+        )
+        self.assertRaises(UnicodeDecodeError, window.add, 1, b"\xff", None)
+        self.assertEqual(window.count, 0)
+        window.add(1, b"ok", None)
+        self.assertEqual(list(window.ids), ["eX-1"])
+        self.assertEqual(window.after("eX-1"), [])

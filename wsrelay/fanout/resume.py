@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from wsrelay.ws.framing import frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.interfaces import ISourceHistory
@@ -73,6 +73,18 @@ Messages asked of a source's history at a time.
 MAX_SINCE = 256
 """
 The longest C{since} looked up: a longer one is a miss.
+"""
+
+LOOKUP_TIMEOUT = 10.0
+"""
+Seconds a client resuming from the source's history waits for it (for the
+source to be up, then for every page): past that it gets a miss.
+"""
+
+HELD_MAX = 10000
+"""
+Live messages held for a client while its history is looked up: one more
+is a miss (its lookup is given up).
 """
 
 _TEXT = 1
@@ -244,6 +256,8 @@ class _CatchUp:
     @ivar direct: Whether the window writes live messages to the member
         itself, until it becomes a member like any other (L{_live}).
     @ivar pending: The history's answer, while it is awaited.
+    @ivar timeout: Gives the lookup up after L{LOOKUP_TIMEOUT}, until it
+        ends.
     """
 
     def __init__(
@@ -257,6 +271,7 @@ class _CatchUp:
         self.last: tuple[int, int] | None = None
         self.direct = False
         self.pending: Deferred[None] | None = None
+        self.timeout: IDelayedCall | None = None
 
 
 class ResumeWindow:
@@ -325,7 +340,6 @@ class ResumeWindow:
         @return: The framed message to send to every member.
         """
         number = self.count
-        self.count = number + 1
         field = self.field
         if field is None:
             if sourceId is None:
@@ -346,6 +360,7 @@ class ResumeWindow:
         ids.append(messageId)
         if messageId is not None:
             self.index[messageId] = number
+        self.count = number + 1
         if self._catchUps:
             self._hold(messageId, data)
         return data
@@ -432,7 +447,7 @@ class ResumeWindow:
         """
         @return: A L{Deferred} that fires once the source is up.
         """
-        d: Deferred[None] = Deferred()
+        d: Deferred[None] = Deferred(self._waiting.remove)
         if self._positioned:
             d.callback(None)
         else:
@@ -446,9 +461,18 @@ class ResumeWindow:
         catchUp = self._catchUps.pop(member, None)
         if catchUp is not None:
             catchUp.channel.members.pop(catchUp.held, None)
-            pending, catchUp.pending = catchUp.pending, None
-            if pending is not None:
-                pending.cancel()
+            self._stopLookup(catchUp)
+
+    def _stopLookup(self, catchUp: _CatchUp) -> None:
+        """
+        Stop C{catchUp}'s lookup and its timeout.
+        """
+        timeout, catchUp.timeout = catchUp.timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        pending, catchUp.pending = catchUp.pending, None
+        if pending is not None:
+            pending.cancel()
 
     def _admit(
         self, channel: ResumeChannel, member: ResumeMember, data: Sequence[bytes]
@@ -488,7 +512,38 @@ class ResumeWindow:
         catchUp = _CatchUp(channel, member, since)
         self._catchUps[member] = catchUp
         channel.members[catchUp.held] = None
-        catchUp.pending = Deferred.fromCoroutine(self._catchUp(history, catchUp))
+        catchUp.timeout = self._clock.callLater(
+            LOOKUP_TIMEOUT, self._giveUp, catchUp, "no answer in time"
+        )
+        pending = Deferred.fromCoroutine(self._catchUp(history, catchUp))
+        if not pending.called:
+            catchUp.pending = pending
+
+    def _giveUp(self, catchUp: _CatchUp, why: str) -> None:
+        """
+        Give C{catchUp}'s lookup up (too slow, or too many live messages
+        held): the member gets a miss.  Not while the channel delivers:
+        its members change.
+        """
+        if self._catchUps.get(catchUp.member) is not catchUp:
+            return
+        del self._catchUps[catchUp.member]
+        self._stopLookup(catchUp)
+        catchUp.live = None
+        self.log.warn(
+            "resume: the source's history for the client resuming after"
+            " {since}: {why}; it gets what resume_miss says",
+            since=catchUp.since,
+            why=why,
+        )
+        self._clock.callLater(0, self._gaveUp, catchUp)
+
+    def _gaveUp(self, catchUp: _CatchUp) -> None:
+        """
+        The member whose lookup was given up gets its miss.
+        """
+        catchUp.channel.members.pop(catchUp.held, None)
+        self._missed(catchUp.channel, catchUp.member)
 
     async def _catchUp(self, history: ISourceHistory, catchUp: _CatchUp) -> None:
         """
@@ -514,6 +569,9 @@ class ResumeWindow:
                 if len(page) < PAGE or any(i == last for i, _ in live):
                     break
                 cursor = last
+            if not missed and self._catchUps.get(catchUp.member) is catchUp:
+                self._merge(catchUp, found)
+                return
         except Exception as e:
             if self._catchUps.get(catchUp.member) is not catchUp:
                 return
@@ -528,10 +586,10 @@ class ResumeWindow:
             return
         if missed:
             self._catchUps.pop(catchUp.member)
+            catchUp.pending = None
+            self._stopLookup(catchUp)
             catchUp.channel.members.pop(catchUp.held, None)
             self._missed(catchUp.channel, catchUp.member)
-            return
-        self._merge(catchUp, found)
 
     def _merge(
         self, catchUp: _CatchUp, found: list[tuple[int, bytes, str | None]]
@@ -552,6 +610,9 @@ class ResumeWindow:
                 last = order
         live = catchUp.live or []
         catchUp.live = None
+        timeout, catchUp.timeout = catchUp.timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
         for messageId, data in live:
             order = streamOrder(messageId)
             if order is not None and last is not None:
@@ -585,6 +646,9 @@ class ResumeWindow:
         for catchUp in list(self._catchUps.values()):
             live = catchUp.live
             if live is not None:
+                if len(live) >= HELD_MAX:
+                    self._giveUp(catchUp, "too many live messages held meanwhile")
+                    continue
                 live.append((messageId, data))
                 continue
             if not catchUp.direct:
