@@ -6,7 +6,9 @@ reconnect with C{?since=ID} get what they missed, then the live stream.
 from __future__ import annotations
 
 import base64
+import gc
 import json
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -1070,3 +1072,32 @@ class LookupBoundTests(SynchronousTestCase):
         window.add(1, b"ok", None)
         self.assertEqual(list(window.ids), ["eX-1"])
         self.assertEqual(window.after("eX-1"), [])
+
+
+class EndedChannelTests(SynchronousTestCase):
+    """
+    A channel that ended is freed by reference counting, also when its
+    source lends the window a history (which holds the channel).
+    """
+
+    def test_freed(self) -> None:
+        """
+        With the collector off, an ended channel whose source has a
+        history is gone once the last reference to it is dropped.
+        """
+        channel, _ = memoryChannel(self, HistorySource)
+        registry = channel.registry
+        registry.channels[(channel.route.name, "")] = channel
+        window = channel.window
+        assert window is not None
+        self.assertIsNotNone(window.history)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        channel.start()
+        channel.retire()
+        self.assertNotIn((channel.route.name, ""), registry.channels)
+        self.assertIsNone(window.history)
+        ref = weakref.ref(channel)
+        del channel
+        self.assertIsNone(ref())

@@ -375,11 +375,15 @@ class Channel:
     def _end(self) -> None:
         """
         The channel ended: the registry forgets it, and it lets go of its
-        source, which holds it (reference counting frees both once the
-        source's connections are gone).
+        source, which holds it, also through the resume window's history
+        (reference counting frees both once the source's connections are
+        gone).
         """
         self.registry.channelEnded(self)
         self.source = _ENDED
+        if self.window is not None:
+            # Its history is the source's, which holds the channel.
+            self.window.close()
 
     def _lendHistory(self) -> None:
         """

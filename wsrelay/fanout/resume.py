@@ -443,6 +443,21 @@ class ResumeWindow:
         """
         self.index.clear()
 
+    def close(self) -> None:
+        """
+        The channel ended: let go of the source's history (which holds the
+        channel: a cycle), and give up the lookups under way.
+        """
+        self.history = None
+        catchUps, self._catchUps = self._catchUps, {}
+        for catchUp in catchUps.values():
+            catchUp.channel.members.pop(catchUp.held, None)
+            catchUp.live = None
+            self._stopLookup(catchUp)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.cancel()
+
     def _sourcePositioned(self) -> Deferred[None]:
         """
         @return: A L{Deferred} that fires once the source is up.
