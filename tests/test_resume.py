@@ -1101,3 +1101,64 @@ class EndedChannelTests(SynchronousTestCase):
         ref = weakref.ref(channel)
         del channel
         self.assertIsNone(ref())
+
+
+class DeliveriesTests(SynchronousTestCase):
+    """
+    The channel's C{deliveries} counts each message written to a client
+    once, also for clients catching up from the history (the window
+    counts those; the channel does not count their stand-ins).
+    """
+
+    def setUp(self) -> None:
+        """
+        A client C{live} on a channel that delivered C{1-1} to C{1-5}
+        (window of 2), and a client resuming after C{1-1}, its lookup
+        pending.
+        """
+        self.channel, self.clock = memoryChannel(
+            self, HistorySource, "stream = s\nresume_window = 2\n"
+        )
+        self.live = Member()
+        self.channel.join(self.live)
+        sourceOf(self.channel).up()
+        deliver(self.channel, entries(1, 5))
+        self.resuming = Member()
+        self.channel.join(self.resuming, "1-1")
+        self.history = sourceOf(self.channel).history
+        self.assertEqual(len(self.history.calls), 1)
+        self.before = self.channel.deliveries
+
+    def test_whileLookingUp(self) -> None:
+        """
+        Live messages while the history is looked up count once for the
+        live client; the merged history and held messages once each for
+        the resuming one.
+        """
+        deliver(self.channel, entries(6, 7))
+        self.assertEqual(self.channel.deliveries - self.before, 2)
+        self.history.calls[0][2].callback(entries(2, 7))
+        self.assertEqual(
+            [m["id"] for m in self.resuming.messages()],
+            [f"1-{n}" for n in range(2, 8)],
+        )
+        self.assertEqual(self.channel.deliveries - self.before, 2 + 6)
+        deliver(self.channel, entries(8, 8))
+        self.assertEqual(self.channel.deliveries - self.before, 2 + 6 + 2)
+
+    def test_historyAhead(self) -> None:
+        """
+        The history ahead of the live stream: the messages the window
+        writes itself to the resuming client count once, and none for
+        its stand-in.
+        """
+        self.history.calls[0][2].callback(entries(2, 9))
+        self.assertEqual(self.channel.deliveries - self.before, 8)
+        deliver(self.channel, entries(8, 10))
+        self.assertEqual(
+            [m["id"] for m in self.resuming.messages()][-2:], ["1-9", "1-10"]
+        )
+        self.assertEqual(self.channel.deliveries - self.before, 8 + 3 + 1)
+        self.clock.advance(0)
+        deliver(self.channel, entries(11, 11))
+        self.assertEqual(self.channel.deliveries - self.before, 8 + 3 + 1 + 2)

@@ -288,18 +288,21 @@ class Channel:
         one write.  The per-message path: nothing else happens here.
         """
         window = self.window
+        members = self.members
         if window is None:
             framed = [frame(opcode, payload) for opcode, payload, _ in messages]
             self.replay.extend(framed)
+            receivers = len(members)
         else:
             framed = [window.add(*message) for message in messages]
+            # Clients catching up are counted by the window.
+            receivers = len(members) - window.held
         count = len(framed)
         if not count:
             return
         self.messagesIn += count
         chunk = framed[0] if count == 1 else b"".join(framed)
-        members = self.members
-        self.deliveries += count * len(members)
+        self.deliveries += count * receivers
         for member in members:
             member.send(chunk, count)
 

@@ -288,6 +288,9 @@ class ResumeWindow:
         unique to this window: random, never all digits.
     @ivar history: The source's own window (L{ISourceHistory}), or
         L{None}: set by the channel when its source provides one.
+    @ivar held: The stand-ins (L{_Held}) among the channel's members: the
+        channel counts no delivery to them (the window counts what it
+        writes to the members they stand for).
     """
 
     log = Logger()
@@ -327,6 +330,7 @@ class ResumeWindow:
         self._size = size
         self._clock = clock
         self._catchUps: dict[ResumeMember, _CatchUp] = {}
+        self.held = 0
         self._positioned = True
         self._waiting: list[Deferred[None]] = []
 
@@ -451,7 +455,7 @@ class ResumeWindow:
         self.history = None
         catchUps, self._catchUps = self._catchUps, {}
         for catchUp in catchUps.values():
-            catchUp.channel.members.pop(catchUp.held, None)
+            self._unhold(catchUp)
             catchUp.live = None
             self._stopLookup(catchUp)
         waiting, self._waiting = self._waiting, []
@@ -475,8 +479,17 @@ class ResumeWindow:
         """
         catchUp = self._catchUps.pop(member, None)
         if catchUp is not None:
-            catchUp.channel.members.pop(catchUp.held, None)
+            self._unhold(catchUp)
             self._stopLookup(catchUp)
+
+    def _unhold(self, catchUp: _CatchUp) -> None:
+        """
+        Take C{catchUp}'s stand-in out of its channel's members.
+        """
+        members = catchUp.channel.members
+        if catchUp.held in members:
+            del members[catchUp.held]
+            self.held -= 1
 
     def _stopLookup(self, catchUp: _CatchUp) -> None:
         """
@@ -527,6 +540,7 @@ class ResumeWindow:
         catchUp = _CatchUp(channel, member, since)
         self._catchUps[member] = catchUp
         channel.members[catchUp.held] = None
+        self.held += 1
         catchUp.timeout = self._clock.callLater(
             LOOKUP_TIMEOUT, self._giveUp, catchUp, "no answer in time"
         )
@@ -557,7 +571,7 @@ class ResumeWindow:
         """
         The member whose lookup was given up gets its miss.
         """
-        catchUp.channel.members.pop(catchUp.held, None)
+        self._unhold(catchUp)
         self._missed(catchUp.channel, catchUp.member)
 
     async def _catchUp(self, history: ISourceHistory, catchUp: _CatchUp) -> None:
@@ -603,7 +617,7 @@ class ResumeWindow:
             self._catchUps.pop(catchUp.member)
             catchUp.pending = None
             self._stopLookup(catchUp)
-            catchUp.channel.members.pop(catchUp.held, None)
+            self._unhold(catchUp)
             self._missed(catchUp.channel, catchUp.member)
 
     def _merge(
@@ -685,6 +699,5 @@ class ResumeWindow:
         if self._catchUps.get(catchUp.member) is not catchUp:
             return
         del self._catchUps[catchUp.member]
-        members = catchUp.channel.members
-        members.pop(catchUp.held, None)
-        members[catchUp.member] = None
+        self._unhold(catchUp)
+        catchUp.channel.members[catchUp.member] = None
