@@ -1162,3 +1162,31 @@ class DeliveriesTests(SynchronousTestCase):
         self.clock.advance(0)
         deliver(self.channel, entries(11, 11))
         self.assertEqual(self.channel.deliveries - self.before, 8 + 3 + 1 + 2)
+
+
+class CloseTests(SynchronousTestCase):
+    """
+    L{ResumeWindow.close}, in memory.
+    """
+
+    def test_waitingLookup(self) -> None:
+        """
+        Closing a window whose lookup waits for the source gives it up: the
+        stand-in leaves the channel, no history is asked, ever.
+        """
+        window = ResumeWindow(
+            field=None, size=2, replay=1, miss="close", clock=Clock(), epoch="eX"
+        )
+        history = FakeHistory()
+        window.history = history
+        window.sourceStarted()
+        channel = MemoryChannel()
+        member = Member()
+        window.join(channel, member, "1-1")
+        self.assertEqual(len(channel.members), 1)
+        window.close()
+        self.assertEqual((channel.members, window._catchUps), ({}, {}))
+        self.assertEqual(window.held, 0)
+        window.sourceUp()
+        self.assertEqual(history.calls, [])
+        self.assertIsNone(member.closed)

@@ -466,12 +466,19 @@ class ResumeWindow:
         """
         @return: A L{Deferred} that fires once the source is up.
         """
-        d: Deferred[None] = Deferred(self._waiting.remove)
+        d: Deferred[None] = Deferred(self._unwait)
         if self._positioned:
             d.callback(None)
         else:
             self._waiting.append(d)
         return d
+
+    def _unwait(self, d: Deferred[None]) -> None:
+        """
+        A lookup waiting for the source was cancelled: forget its wait.
+        """
+        if d in self._waiting:
+            self._waiting.remove(d)
 
     def forget(self, member: ResumeMember) -> None:
         """
