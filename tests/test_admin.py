@@ -1400,4 +1400,4 @@ class ChannelRowTests(SynchronousTestCase):
         channel = relay.sessionFactory.channel(relay.routes.routes[0], "")
         channel.deliver([(1, b"m", None)] * 3)
         self.assertEqual(len(channel.replay), 3)
-        self.assertEqual(channelStatus(channel)["replay"], 1)
+        self.assertEqual(channelStatus(RelayView(relay), channel)["replay"], 1)
