@@ -26,16 +26,17 @@ on from what the source sends it then.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
-from wsrelay.redis.client import RedisClient
+from wsrelay.redis.client import RedisAddress, RedisClient
 from wsrelay.redis.lease import Lease, scriptId
 from wsrelay.redis.protocol import RedisConnectionLost, RedisProtocol, Reply
 
@@ -242,3 +243,33 @@ class Ingest:
                 stream=self._stream.decode("utf-8", "replace"),
                 error=error,
             )
+
+
+def ingestFor(
+    channel: ISourceChannel,
+    context: ISourceContext,
+    address: RedisAddress,
+    endpoint: IStreamClientEndpoint,
+    retry: Callable[[int], float],
+    stream: str,
+    history: int,
+    lease: float,
+) -> Ingest:
+    """
+    The ingest of a C{redis} source with C{ingest = on}, with a connection
+    of its own to Redis.
+
+    @param endpoint: Reaches C{address}.
+    @param retry: The reconnection backoff.
+    @raise ValueError: When the route has no C{backends} to ingest from
+        (known when the context says, as its C{backends}).
+    """
+    backends = getattr(context, "backends", None)
+    if backends is not None and not backends:
+        raise ValueError(
+            "backends: missing: ingest = on feeds the stream from the route's backends"
+        )
+    client = RedisClient(
+        context.reactor, address, endpoint, f"{channel.name} (ingest)", retry
+    )
+    return Ingest(channel, context, client, stream, history, lease)
