@@ -31,6 +31,9 @@ LEASE = STREAM + ":lease"
 #: Clients on each relay.
 PER_RELAY = 10
 
+#: Seconds a scenario may take at most.
+DEADLINE = 60.0
+
 #: Seconds between two messages of the source.
 TICK = 0.01
 
@@ -157,9 +160,10 @@ class ClusterTests(SynchronousTestCase):
 
     def runScenario(self, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """
-        Run C{scenario} in a new event loop.
+        Run C{scenario} in a new event loop, for at most L{DEADLINE}
+        seconds.
         """
-        asyncio.run(scenario())
+        asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
 
     async def cluster(
         self, ticker: Ticker
