@@ -11,7 +11,10 @@ import os
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.redis import startRedis
@@ -28,7 +31,9 @@ from wsrelay.redis.client import (
 from wsrelay.redis.protocol import (
     HiredisParser,
     ProtocolError,
+    RedisConnectionLost,
     RedisError,
+    RedisProtocol,
     ReplyParser,
     encode,
 )
@@ -115,6 +120,61 @@ class EncodeTests(SynchronousTestCase):
             encode(("XADD", b"\x00k", 5)),
             b"*3\r\n$4\r\nXADD\r\n$2\r\n\x00k\r\n$1\r\n5\r\n",
         )
+
+
+class ProtocolTests(SynchronousTestCase):
+    """
+    L{RedisProtocol} over an in-memory transport.
+    """
+
+    def connected(self) -> tuple[RedisProtocol, StringTransport]:
+        """
+        @return: A protocol on a L{StringTransport}.
+        """
+        protocol = RedisProtocol()
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_pipelined(self) -> None:
+        """
+        Commands go out at once; replies fire their Deferreds in order.
+        """
+        protocol, transport = self.connected()
+        a = protocol.execute("GET", "a")
+        b = protocol.execute("GET", "b")
+        self.assertEqual(transport.value(), encode(("GET", "a")) + encode(("GET", "b")))
+        protocol.dataReceived(b"$1\r\nA\r")
+        self.assertNoResult(a)
+        protocol.dataReceived(b"\n-ERR no\r\n")
+        self.assertEqual(self.successResultOf(a), b"A")
+        self.failureResultOf(b, RedisError)
+
+    def test_lostTellsWaitersFirst(self) -> None:
+        """
+        When the connection is lost, those waiting for the loss hear of it
+        before the pending commands fail: a command's user then never
+        finds the connection still handed out.
+        """
+        protocol, _ = self.connected()
+        pending = protocol.execute("XREAD", "BLOCK", 0, "STREAMS", "s", "$")
+        seen: list[bool] = []
+        protocol.whenLost().addCallback(lambda _: seen.append(pending.called))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(seen, [False])
+        self.failureResultOf(pending, RedisConnectionLost)
+        self.failureResultOf(protocol.execute("PING"), RedisConnectionLost)
+
+    def test_badReply(self) -> None:
+        """
+        Bytes that are not RESP2 fail the pending commands and abort the
+        connection.
+        """
+        protocol, transport = self.connected()
+        pending = protocol.execute("PING")
+        protocol.dataReceived(b"?\r\n")
+        self.failureResultOf(pending, ProtocolError)
+        self.assertTrue(transport.disconnecting)
 
 
 class URLTests(SynchronousTestCase):
@@ -287,6 +347,16 @@ class ClientTests(TestCase):
         client = makeClient(self, server.url)
         connection = await client.connection()
         self.assertEqual(await connection.execute("PING"), b"PONG")
+
+    async def test_user(self) -> None:
+        """
+        A user name in the URL logs in as that ACL user.
+        """
+        server = await startRedis(self)
+        server.call("ACL", "SETUSER", "relay", "on", ">pw", "~*", "+@all")
+        url = f"redis://relay:pw@127.0.0.1:{server.port}/0"
+        connection = await makeClient(self, url).connection()
+        self.assertEqual(await connection.execute("ACL", "WHOAMI"), b"relay")
 
     async def test_wrongPassword(self) -> None:
         """

@@ -242,6 +242,15 @@ class RedisServer:
         except OSError as e:
             return f"(no log: {e})"
 
+    def transaction(self, *commands: tuple[str | bytes, ...]) -> Any:
+        """
+        Run C{commands} at once, as one C{MULTI}/C{EXEC} transaction: no
+        other client's command runs between them.
+
+        @return: C{EXEC}'s reply: each command's.
+        """
+        return self._session([("MULTI",), *commands, ("EXEC",)])[-1]
+
     def call(self, *args: str | bytes) -> Any:
         """
         Run one command on it over a blocking socket of its own, for
@@ -250,6 +259,14 @@ class RedisServer:
 
         @return: The reply, parsed (bytes, int, list, L{None}, or a
             L{ReplyError}).
+        """
+        return self._session([args])[-1]
+
+    def _session(self, commands: list[tuple[str | bytes, ...]]) -> list[Any]:
+        """
+        Run C{commands} in order on one new connection (after C{AUTH}).
+
+        @return: Their replies.
         """
         raw = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
         sock: socket.socket = raw
@@ -263,8 +280,8 @@ class RedisServer:
                 reply = reader.read()
                 if isinstance(reply, ReplyError):
                     raise reply
-            sock.sendall(_encode(args))
-            return reader.read()
+            sock.sendall(b"".join(_encode(c) for c in commands))
+            return [reader.read() for _ in commands]
         finally:
             sock.close()
 

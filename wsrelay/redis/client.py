@@ -233,14 +233,19 @@ class RedisClient:
             return Deferred.fromCoroutine(_nothing())
         return service.stopService()
 
-    def connection(self) -> Deferred[RedisProtocol]:
+    def connection(
+        self, failAfterFailures: int | None = None
+    ) -> Deferred[RedisProtocol]:
         """
+        @param failAfterFailures: Fail after this many failed attempts in
+            a row (see L{ClientService.whenConnected}); wait for ever by
+            default.
         @return: A L{Deferred} firing with the current connection, when
             there is one; cancel it to stop waiting.
         """
         if self._service is None:
             raise RuntimeError("the Redis client is stopped")
-        d: Deferred[Any] = self._service.whenConnected()
+        d: Deferred[Any] = self._service.whenConnected(failAfterFailures)
         return d.addCallback(lambda handle: handle.transport.redis)
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:

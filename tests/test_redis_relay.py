@@ -1,0 +1,107 @@
+"""
+The C{redis} source in a running relay: fan-out routes with C{source =
+redis} read streams of a real C{redis-server} and fan them out to real
+clients, through a Redis restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+import wsrelay.dropins
+from tests.support import TIMEOUT, client, inThread
+from tests.support.redis import RedisServer, startRedis
+from tests.support.relays import startRelay
+from tests.support.waiting import waitFor
+from wsrelay.redis.source import RedisSource
+
+#: Why these tests skip on a tree without sources as plugins.
+NO_SOURCES = "needs fan-out sources as plugins (source = NAME, SourcePlugin)"
+
+
+def routes(server: RedisServer) -> str:
+    """
+    @return: A relay config with two fan-out routes reading two streams of
+        C{server}.
+    """
+    return (
+        "[relay]\n"
+        f"[route:feed]\npath = /feed\nmode = fanout\nsource = redis\n"
+        f"redis = {server.url}\nstream = wsrelay:feed\n"
+        f"[route:other]\npath = /other\nmode = fanout\nsource = redis\n"
+        f"redis = {server.url}\nstream = wsrelay:other\n"
+    )
+
+
+class RelayTests(TestCase):
+    """
+    Routes with C{source = redis} in a relay.
+    """
+
+    def setUp(self) -> None:
+        if not hasattr(wsrelay.dropins, "SourcePlugin"):
+            raise self.skipTest(NO_SOURCES)
+
+    async def start(self) -> tuple[RedisServer, Any, int, dict[str, RedisSource]]:
+        """
+        A Redis, and a relay with L{routes} whose sources read.
+
+        @return: The server, the relay, its port, the sources by route.
+        """
+        server = await startRedis(self)
+        relay, port = await startRelay(self, routes(server))
+        sources: dict[str, RedisSource] = {}
+        for name in ("feed", "other"):
+            source = relay.channels[(name, "")].source
+            assert isinstance(source, RedisSource)
+            sources[name] = source
+        await waitFor(
+            lambda: all(relay.channels[(n, "")].state == "up" for n in sources)
+        )
+        return server, relay, port, sources
+
+    async def connect(self, relay: Any, port: int, path: str, count: int) -> list[Any]:
+        """
+        @return: C{count} clients of C{path}, joined.
+        """
+        clients = [await inThread(client, port, path) for _ in range(count)]
+        for c in clients:
+            self.addCleanup(inThread, c.close)
+        name = path.strip("/")
+        await waitFor(lambda: len(relay.channels[(name, "")].members) == count)
+        return clients
+
+    async def test_twoStreams(self) -> None:
+        """
+        Each route's clients get their own stream's entries, text and
+        binary, in order.
+        """
+        server, relay, port, _ = await self.start()
+        feed = await self.connect(relay, port, "/feed", 2)
+        (other,) = await self.connect(relay, port, "/other", 1)
+        server.call("XADD", "wsrelay:feed", "*", "data", "one")
+        server.call("XADD", "wsrelay:other", "*", "data", "elsewhere")
+        server.call("XADD", "wsrelay:feed", "*", "data", b"\x00\x01", "type", "binary")
+        for c in feed:
+            got = [await inThread(c.recv, TIMEOUT) for _ in range(2)]
+            self.assertEqual(got, ["one", b"\x00\x01"])
+        self.assertEqual(await inThread(other.recv, TIMEOUT), "elsewhere")
+
+    async def test_redisRestarted(self) -> None:
+        """
+        Redis killed and restarted empty: the clients stay connected, the
+        sources count a gap, and the entries added after they read again
+        reach the clients.
+        """
+        server, relay, port, sources = await self.start()
+        (c,) = await self.connect(relay, port, "/feed", 1)
+        server.call("XADD", "wsrelay:feed", "*", "data", "before")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "before")
+        await server.restart()
+        await waitFor(lambda: sources["feed"].gaps == 1)
+        await waitFor(lambda: relay.channels[("feed", "")].state == "up")
+        server.call("XADD", "wsrelay:feed", "*", "data", "after")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "after")
+        self.assertEqual(len(relay.channels[("feed", "")].members), 1)
