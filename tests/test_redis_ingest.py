@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -21,6 +22,7 @@ from tests.support.waiting import waitFor
 from tests.test_redis_client import makeClient
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
 from wsrelay.redis.ingest import Ingest
+from wsrelay.redis.source import RedisSource
 
 #: The stream of the tests.
 STREAM = "wsrelay:feed"
@@ -322,3 +324,130 @@ def _sets(server: RedisServer) -> int:
         if line.startswith("cmdstat_set:"):
             return int(line.split("calls=", 1)[1].split(",", 1)[0])
     return 0
+
+
+@implementer(ISourceChannel)
+class Recording:
+    """
+    A fan-out channel that records what its source delivers.
+
+    @ivar delivered: The messages, in order.
+    @ivar states: The source's states, in order.
+    """
+
+    name = "feed"
+    key = ""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[int, bytes, str | None]] = []
+        self.states: list[str] = []
+
+    def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        self.delivered.extend(messages)
+
+    def stateChanged(self, state: str) -> None:
+        self.states.append(state)
+
+
+class HookTests(TestCase):
+    """
+    C{ingest = on} in L{RedisSource}: the lease and ingest beside the
+    reader.
+    """
+
+    def options(self, server: RedisServer, **extra: str) -> dict[str, str]:
+        """
+        @return: A C{redis} source's options on L{STREAM}, ingest on.
+        """
+        return {"redis": server.url, "stream": STREAM, "ingest": "on", **extra}
+
+    async def started(
+        self, server: RedisServer
+    ) -> tuple[RedisSource, Recording, HandContext]:
+        """
+        @return: A started C{redis} source with ingest on (stopped at the
+            end of the test), once it reads and holds the lease.
+        """
+        channel = Recording()
+        context = HandContext(reactor)
+        source = RedisSource(channel, self.options(server), context)
+        source.start()
+        self.addCleanup(source.stop)
+        await waitFor(
+            lambda: (
+                "up" in channel.states
+                and bool(context.sources)
+                and context.sources[0].running
+            )
+        )
+        return source, channel, context
+
+    async def test_throughTheStream(self) -> None:
+        """
+        What the holder's websocket source delivers reaches the channel
+        through the stream, in order, with the entries' ids.
+        """
+        server = await startRedis(self)
+        source, channel, context = await self.started(server)
+        context.sources[0].deliver([(1, b"one", None), (2, b"\x02", None)])
+        await waitFor(lambda: len(channel.delivered) == 2)
+        self.assertEqual(
+            [(o, p) for o, p, _ in channel.delivered], [(1, b"one"), (2, b"\x02")]
+        )
+        ids = [i for _, _, i in channel.delivered]
+        stream = [e[0].decode() for e in server.call("XRANGE", STREAM, "-", "+")]
+        self.assertEqual(ids, stream)
+
+    async def test_send(self) -> None:
+        """
+        A client's message goes to the websocket source while this relay
+        holds the lease; a relay that does not hold it takes none.
+        """
+        server = await startRedis(self)
+        source, channel, context = await self.started(server)
+        self.assertTrue(source.send(1, b"up"))
+        self.assertEqual(context.sources[0].sent, [(1, b"up")])
+        other = RedisSource(Recording(), self.options(server), HandContext(reactor))
+        other.start()
+        self.addCleanup(other.stop)
+        self.assertFalse(other.send(1, b"up"))
+
+    async def test_stopReleases(self) -> None:
+        """
+        Stopping the source stops its websocket source and releases the
+        lease (the key is gone) before closing its connections.
+        """
+        server = await startRedis(self)
+        source, channel, context = await self.started(server)
+        self.assertIsNotNone(server.call("GET", f"{STREAM}:lease"))
+        await source.stop()
+        self.assertFalse(context.sources[0].running)
+        self.assertIsNone(server.call("GET", f"{STREAM}:lease"))
+
+    def test_noBackends(self) -> None:
+        """
+        C{ingest = on} on a route without C{backends} (as the context
+        tells them) is refused in one line naming the key.
+        """
+        context = HandContext(reactor)
+        context.backends = ()  # type: ignore[attr-defined]
+        e = self.assertRaises(
+            ValueError,
+            RedisSource,
+            Recording(),
+            {"redis": "redis://127.0.0.1/0", "stream": "s", "ingest": "on"},
+            context,
+        )
+        self.assertTrue(str(e).startswith("backends: "), str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_ingestOff(self) -> None:
+        """
+        Without C{ingest}, the source takes no client message.
+        """
+        source = RedisSource(
+            Recording(),
+            {"redis": "redis://127.0.0.1/0", "stream": "s"},
+            HandContext(reactor),
+        )
+        self.assertFalse(source.send(1, b"up"))
