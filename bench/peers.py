@@ -589,7 +589,10 @@ class FeedClient(WSListener):
 
 async def feedClients(options: argparse.Namespace) -> None:
     """
-    Hold C{clients} fan-out subscribers and report on each round.
+    Hold C{clients} fan-out subscribers and report on each round.  With
+    several comma-separated URLs in C{--url} (the relays of a cluster), the
+    clients are spread over them in turn, each URL's handshakes C{--concurrency}
+    at a time.
 
     Commands: C{{"cmd": "arm", "tag"}} starts a round; C{{"cmd": "collect",
     "expect", "deadline"}} waits until every client has C{expect} messages
@@ -601,9 +604,16 @@ async def feedClients(options: argparse.Namespace) -> None:
     clients = [FeedClient(stats, i % every == 0) for i in range(options.clients)]
     factories = [(lambda c=c: c) for c in clients]
     start = time.monotonic()
-    transports, errors, last = await connectAll(
-        options.url, factories, options.concurrency
+    urls = options.url.split(",")
+    connected = await asyncio.gather(
+        *(
+            connectAll(url, factories[i :: len(urls)], options.concurrency)
+            for i, url in enumerate(urls)
+        )
     )
+    transports = [t for opened, _, _ in connected for t in opened]
+    errors = [e for _, failed, _ in connected for e in failed]
+    last = max(at for _, _, at in connected)
     emit(
         {
             "ready": len(transports),

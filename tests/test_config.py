@@ -524,6 +524,7 @@ class BadValueTests(SynchronousTestCase):
         ("route", "failover"): ["retry", "Close"],
         ("route", "failover_buffer"): ["-1", "x", "1.0"],
         ("route", "data_path"): ["raw", "Message", ""],
+        ("route", "source"): ["kafka", "WebSocket", ""],
         ("route", "channel"): ["Route", "host", ""],
         ("route", "replay"): ["-1", "x", "1.5"],
         ("route", "client_messages"): ["echo", ""],
@@ -534,6 +535,10 @@ class BadValueTests(SynchronousTestCase):
         ("route", "subscribe"): [],
         ("route", "backoff_base"): ["0", "x"],
         ("route", "backoff_cap"): ["0", "-1"],
+        ("route", "resume"): ["json:", "json", "on", "", "Envelope"],
+        ("route", "resume_param"): ["", "a b", "a&b", "a=b"],
+        ("route", "resume_miss"): ["drop", ""],
+        ("route", "resume_window"): ["0", "x", "-1"],
         ("route", "slowstart"): ["-1", "x"],
         ("route", "allowed_origins"): ["", "example.com", "ftp://a", "https://a/x"],
         ("route", "ca_file"): ["/nonexistent/ca.pem", ""],
@@ -1458,8 +1463,10 @@ class KeyTableTests(SynchronousTestCase):
             for mode, valueClass in schema.classes.items():
                 fields = {f.name: f for f in dataclasses.fields(valueClass)}
                 taken = [s for s in schema.keys if s.mode in (None, mode)]
+                # The chosen source's options, as a balancer's.
+                fanout = {"sourceOptions"} if mode == "fanout" else set()
                 self.assertEqual(
-                    {s.attribute for s in taken} | derived[kind],
+                    {s.attribute for s in taken} | derived[kind] | fanout,
                     set(fields),
                     (kind, mode),
                 )

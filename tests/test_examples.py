@@ -1,6 +1,7 @@
 """
-The example plugin of C{examples/plugins}: the C{tenant} balancer, loaded
-from a copy of that folder named by C{plugin_path}, as a user would.
+The example plugins of C{examples/plugins}: the C{tenant} balancer and the
+C{clock} fan-out source, loaded from a copy of that folder named by
+C{plugin_path}, as a user would.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import twisted.plugins
@@ -20,8 +22,19 @@ from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread, startBackend
 from wsrelay.config import ConfigError
-from wsrelay.interfaces import ConnectionInfo, IBalancer, IBalancerFactory
-from wsrelay.plugins import balancerFactories, brokenPlugins, extendPluginPath
+from wsrelay.interfaces import (
+    ConnectionInfo,
+    IBalancer,
+    IBalancerFactory,
+    ISource,
+    ISourceFactory,
+)
+from wsrelay.plugins import (
+    balancerFactories,
+    brokenPlugins,
+    extendPluginPath,
+    findPlugins,
+)
 from wsrelay.service import RelayService
 from wsrelay.tap import readConfig
 from wsrelay.testing import FakeBackend, verifyPlugin
@@ -30,6 +43,7 @@ EXAMPLES = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "plugins"
 )
 MODULE = "twisted.plugins.tenant_balancer"
+CLOCK_MODULE = "twisted.plugins.clock_source"
 
 
 def copyExamples(testCase: TestCase) -> str:
@@ -52,8 +66,9 @@ def copyExamples(testCase: TestCase) -> str:
     def cleanUp() -> None:
         for p in [p for p in twisted.plugins.__path__ if p not in before]:
             twisted.plugins.__path__.remove(p)
-        sys.modules.pop(MODULE, None)
-        vars(twisted.plugins).pop(MODULE.rpartition(".")[2], None)
+        for module in (MODULE, CLOCK_MODULE):
+            sys.modules.pop(module, None)
+            vars(twisted.plugins).pop(module.rpartition(".")[2], None)
 
     testCase.addCleanup(cleanUp)
     return directory
@@ -329,3 +344,92 @@ class TenantRelayTests(TestCase):
         message = str(raised.exception)
         self.assertIn("[route:app] tenants: unknown key", message)
         self.assertIn("tenants is an option of balancer tenant", message)
+
+
+class ClockSourceTests(TestCase):
+    """
+    The C{clock} source of the examples, found through C{plugin_path},
+    feeding real clients of a fan-out route without backends.
+    """
+
+    def setUp(self) -> None:
+        self.directory = copyExamples(self)
+
+    def writeConfig(self, options: str) -> str:
+        """
+        Write a configuration whose fan-out route C{/time} has C{source =
+        clock} and C{options}.
+
+        @return: Its path.
+        """
+        path = os.path.join(self.directory, "clock.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[relay]\n"
+                "listen = tcp:0:interface=127.0.0.1\n"
+                "plugin_path = plugins\n"
+                "[route:time]\n"
+                "path = /time\n"
+                "mode = fanout\n"
+                "source = clock\n" + options
+            )
+        return path
+
+    def test_discoverable(self) -> None:
+        """
+        The example is found by name, provides L{ISourceFactory}, declares
+        its option and builds an L{ISource}; nothing is broken.
+        """
+        extendPluginPath([os.path.join(self.directory, "plugins")])
+        factory = findPlugins(ISourceFactory)["clock"]
+        self.assertTrue(verifyObject(ISourceFactory, factory))
+        self.assertEqual(tuple(factory.options), ("clock_interval",))
+        relay = RelayService(readConfig(self.writeConfig("")), reactor)
+        channel = relay.sessionFactory.channel(relay.routes.routes[0], "")
+        self.assertEqual(type(channel.source).__name__, "ClockSource")
+        self.assertTrue(verifyObject(ISource, channel.source))
+        self.assertEqual(brokenPlugins(ISourceFactory), {})
+
+    def test_small(self) -> None:
+        """
+        The whole source, docstrings included, is under 70 lines.
+        """
+        path = os.path.join(EXAMPLES, "twisted", "plugins", "clock_source.py")
+        with open(path) as f:
+            self.assertLess(len(f.readlines()), 70)
+
+    async def test_ticks(self) -> None:
+        """
+        Every client gets the ticks, as ISO 8601 times in UTC, in order.
+        """
+        relay = RelayService(
+            readConfig(self.writeConfig("clock_interval = 0.05\n")), reactor
+        )
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        (listening,) = await relay.whenListening()
+        port = listening.getHost().port
+        clients = [await inThread(client, port, "/time") for _ in range(2)]
+        for c in clients:
+            self.addCleanup(inThread, c.close)
+        for c in clients:
+            ticks = [
+                datetime.fromisoformat(await inThread(c.recv, TIMEOUT))
+                for _ in range(3)
+            ]
+            self.assertEqual({t.utcoffset() for t in ticks}, {timedelta(0)})
+            self.assertEqual(ticks, sorted(ticks))
+            self.assertEqual(len(set(ticks)), 3)
+
+    def test_badOption(self) -> None:
+        """
+        A C{clock_interval} the source rejects is one configuration error
+        naming the route's C{source} key.
+        """
+        path = self.writeConfig("clock_interval = soon\n")
+        with self.assertRaises(ConfigError) as raised:
+            RelayService(readConfig(path), reactor)
+        self.assertEqual(
+            str(raised.exception),
+            f"{path}: [route:time] source: clock: clock_interval: expected seconds",
+        )

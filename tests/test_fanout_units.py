@@ -22,7 +22,7 @@ from txaio.testutil import replace_loop
 
 from wsrelay.config import parseConfig
 from wsrelay.fanout import IDLE, UP, WAITING, Channel, channelKey
-from wsrelay.fanout.source import SourceReader, sourceBackoff
+from wsrelay.fanout.source import SourceReader, WebSocketSource, sourceBackoff
 from wsrelay.service import RelayService
 from wsrelay.ws.framing import BINARY, TEXT, frame
 from wsrelay.ws.legs import RelayLeg
@@ -116,7 +116,8 @@ class SourceReaderTests(SynchronousTestCase):
         """
         relay, clock, wire, channel = openSource(self, "")
         self.assertEqual(channel.state, UP)
-        up = channel.upstream
+        source = cast(WebSocketSource, channel.source)
+        up = source.upstream
         assert up is not None
         self.assertIsInstance(up.dataPath, SourceReader)
         self.assertNotIn("dataReceived", vars(up))
@@ -131,7 +132,8 @@ class SourceReaderTests(SynchronousTestCase):
         for m in members:
             self.assertEqual(m.writes, [(expected, 3)])
         self.assertEqual((channel.messagesIn, channel.deliveries), (3, 6))
-        self.assertIsNone(channel.batch)
+        self.assertIs(up.target, up.dataPath)
+        self.assertIsNone(cast(SourceReader, up.dataPath).batch)
 
 
 class LoadListenerErrorTests(SynchronousTestCase):
@@ -181,7 +183,7 @@ class ReconnectTests(SynchronousTestCase):
             source from now on.
         """
         times: list[float] = []
-        upstreams = channel.upstreams
+        upstreams = cast(WebSocketSource, channel.source).upstreams
         original = upstreams.openUpstream
 
         def recording(*args: Any) -> Any:
@@ -264,11 +266,10 @@ class ChannelKeyTests(SynchronousTestCase):
         relay, _ = relayFor("channel = path\n")
         route = relay.routes.routes[0]
         channel = Channel(
-            route, "/AAPL?x=1", relay.connector, relay.registry, relay.clock
+            route, "/AAPL?x=1", relay.registry, relay.clock, relay.sessionFactory.source
         )
-        self.assertEqual(
-            channel.source.request(route.backends[0]), ("/src/AAPL?x=1", [])
-        )
+        source = cast(WebSocketSource, channel.source)
+        self.assertEqual(source.request(route.backends[0]), ("/src/AAPL?x=1", []))
 
 
 class BackoffTests(SynchronousTestCase):
@@ -304,7 +305,8 @@ class BackoffTests(SynchronousTestCase):
         )
         self.assertEqual(channel.state, WAITING)
         # Twisted's ClientService waits and connects again.
-        self.assertIsInstance(channel.source._service, ClientService)
+        source = cast(WebSocketSource, channel.source)
+        self.assertIsInstance(source._service, ClientService)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         self.successResultOf(channel.stop())
         self.assertEqual(clock.getDelayedCalls(), [])

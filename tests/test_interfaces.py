@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from twisted.plugin import IPlugin
-from twisted.plugins import wsrelay_balancers, wsrelay_health
+from twisted.plugins import wsrelay_balancers, wsrelay_health, wsrelay_sources
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementedBy, implementer
 
@@ -38,7 +38,7 @@ import json, shutil, sys, tempfile
 import twisted.plugins
 from twisted.plugin import getPlugins
 
-from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
+from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory, ISourceFactory
 
 # Only wsrelay's dropins, copied where no dropin.cache was written yet, so
 # that getPlugins imports them and reads every object they hold.
@@ -48,12 +48,14 @@ for name in sys.argv[2:]:
 twisted.plugins.__path__[:] = [folder]
 found = {
     i.__name__: sorted((p.name, p.description, list(p.options)) for p in getPlugins(i))
-    for i in (IBalancerFactory, IHealthCheckerFactory)
+    for i in (IBalancerFactory, IHealthCheckerFactory, ISourceFactory)
 }
 for name in sys.argv[2:]:
     __import__("twisted.plugins." + name[:-3])
 shutil.rmtree(folder)
-heavy = ("autobahn", "twisted.web", "wsrelay.balancers", "wsrelay.health")
+heavy = (
+    "autobahn", "twisted.web", "wsrelay.balancers", "wsrelay.health", "wsrelay.fanout"
+)
 loaded = sorted(m for m in sys.modules if m.startswith(heavy))
 print(json.dumps({"found": found, "loaded": loaded, "count": len(sys.modules)}))
 """
@@ -100,11 +102,15 @@ class InterfaceTests(SynchronousTestCase):
         L{IPluginFactory}, and a built-in plugin declares its factory
         interface alone.
         """
-        factories = (interfaces.IBalancerFactory, interfaces.IHealthCheckerFactory)
+        factories = (
+            interfaces.IBalancerFactory,
+            interfaces.IHealthCheckerFactory,
+            interfaces.ISourceFactory,
+        )
         for factory in factories:
             self.assertTrue(factory.extends(interfaces.IPluginFactory))
             self.assertTrue(factory.extends(IPlugin))
-        for dropin in (wsrelay_balancers, wsrelay_health):
+        for dropin in (wsrelay_balancers, wsrelay_health, wsrelay_sources):
             for plugin in vars(dropin).values():
                 if IPlugin.providedBy(plugin):
                     declared = list(implementedBy(type(plugin)).interfaces())
@@ -142,6 +148,8 @@ class LightDropinTests(SynchronousTestCase):
         self.assertEqual(balancers["consistent_hash"], ["hash_on"])
         self.assertEqual(set(checkers), BUILTIN_CHECKERS)
         self.assertEqual(checkers["http"], ["health_path", "health_status"])
+        sources = {n: o for n, _, o in listed["found"]["ISourceFactory"]}
+        self.assertEqual(set(sources), {"websocket", "redis"})
         self.assertEqual(listed["loaded"], [])
 
 

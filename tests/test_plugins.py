@@ -5,6 +5,7 @@ broken third-party dropins reported by name without stopping the others.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -24,14 +25,13 @@ from zope.interface.verify import verifyObject
 from tests.support import TIMEOUT, client, inThread, script, startBackend
 from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
 from wsrelay.plugins import (
-    PluginScan,
+    KINDS,
     balancerFactories,
     brokenPlugins,
     extendPluginPath,
     findPlugins,
     healthCheckerFactories,
     logPlugins,
-    scanPlugins,
 )
 from wsrelay.service import RelayService
 from wsrelay.tap import Options, StartRefused, readConfig
@@ -148,15 +148,14 @@ class BuiltinTests(SynchronousTestCase):
             self.assertTrue(verifyObject(IHealthCheckerFactory, factory))
         self.assertEqual(brokenPlugins(IHealthCheckerFactory), {})
 
-    def test_scan(self) -> None:
+    def test_find(self) -> None:
         """
-        L{scanPlugins} returns what L{findPlugins} finds and remembers it.
+        L{findPlugins} finds the plugins of any interface, and
+        L{brokenPlugins} lists what its last search skipped.
         """
-        scan = scanPlugins(IBalancerFactory)
-        self.assertIsInstance(scan, PluginScan)
-        self.assertIs(scan.interface, IBalancerFactory)
-        self.assertEqual(dict(scan.found), findPlugins(IBalancerFactory))
-        self.assertEqual(dict(scan.broken), brokenPlugins(IBalancerFactory))
+        self.assertEqual(findPlugins(IBalancerFactory), balancerFactories())
+        self.assertEqual(findPlugins(IHealthCheckerFactory), healthCheckerFactories())
+        self.assertEqual(brokenPlugins(IBalancerFactory), {})
 
 
 class ThirdPartyTests(SynchronousTestCase):
@@ -383,6 +382,41 @@ class ThirdPartyTests(SynchronousTestCase):
             self.assertIn(name, line)
         self.assertIn(modules["broken"], line)
         self.assertIn(self.name + "_half", line)
+
+    def test_kinds(self) -> None:
+        """
+        A kind of plugin is one entry of L{KINDS}: L{logPlugins} lists the
+        plugins of each kind in its line, and the broken ones of each.
+        """
+        modules = addDropins(
+            self,
+            kind=f"""
+            from twisted.plugin import IPlugin
+            from zope.interface import Attribute, Interface, implementer
+
+            class IThing(Interface):
+                name = Attribute("the name")
+
+            @implementer(IPlugin, IThing)
+            class Thing:
+                name = "{self.name}_thing"
+
+            thing = Thing()
+            nameless = Thing()
+            nameless.name = ""
+            """,
+        )
+        thing = importlib.import_module(modules["kind"]).IThing
+        self.patch(sys.modules["wsrelay.plugins"], "KINDS", {**KINDS, "things": thing})
+        logPlugins()
+        [line] = [
+            formatEvent(e)
+            for e in self.events
+            if e.get("log_level") == LogLevel.info
+            and e.get("log_namespace") == "wsrelay.plugins"
+        ]
+        self.assertIn(f"; things {self.name}_thing; broken ", line)
+        self.assertIn(modules["kind"] + ".nameless", line)
 
 
 class PluginPathTests(SynchronousTestCase):

@@ -24,7 +24,7 @@ import signal
 import time
 import tracemalloc
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -36,6 +36,7 @@ from tests.support.fanout import Source, channelUp, feed
 from tests.support.waiting import waitFor
 from wsrelay import memory
 from wsrelay.fanout import FanoutSession
+from wsrelay.fanout.source import WebSocketSource
 from wsrelay.proxy.session import ProxySession
 from wsrelay.service import RelayService
 
@@ -216,7 +217,7 @@ class FanoutReclaimTests(TestCase):
             del session
             await inThread(c.close)
             await freed(refs, f"client {i}")
-        refs = weakrefs(upstream=channel.upstream)
+        refs = weakrefs(upstream=cast(WebSocketSource, channel.source).upstream)
         await inThread(source.kill)
         await freed(refs, "the lost source's leg")
 

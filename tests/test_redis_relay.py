@@ -10,15 +10,11 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-import wsrelay.dropins
 from tests.support import TIMEOUT, client, inThread
 from tests.support.redis import RedisServer, startRedis
 from tests.support.relays import startRelay
 from tests.support.waiting import waitFor
 from wsrelay.redis.source import RedisSource
-
-#: Why these tests skip on a tree without sources as plugins.
-NO_SOURCES = "needs fan-out sources as plugins (source = NAME, SourcePlugin)"
 
 
 def routes(server: RedisServer) -> str:
@@ -39,10 +35,6 @@ class RelayTests(TestCase):
     """
     Routes with C{source = redis} in a relay.
     """
-
-    def setUp(self) -> None:
-        if not hasattr(wsrelay.dropins, "SourcePlugin"):
-            raise self.skipTest(NO_SOURCES)
 
     async def start(self) -> tuple[RedisServer, Any, int, dict[str, RedisSource]]:
         """

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from typing import Any, cast
 
+from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.exceptions import InvalidStatus
@@ -260,3 +261,24 @@ class GarbageCollectorTests(SynchronousTestCase):
         self.assertEqual(tuned, [])
         reactor.run()
         self.assertEqual(tuned, [True])
+
+    def test_sighupBeforeListening(self) -> None:
+        """
+        L{tap.ProcessControl} takes SIGHUP as it starts, before the relay
+        listens (SIGHUP's default action would kill a process that a
+        reload reached early), and SIGTERM only once the reactor runs
+        (the reactor installs its own on start); L{tap.makeService} starts
+        it before the relay.
+        """
+        installed: list[int] = []
+        self.patch(tap, "tuneGC", lambda: None)
+        self.patch(tap, "installReporter", lambda reactor: None)
+        self.patch(signal, "signal", lambda number, handler: installed.append(number))
+        reactor = MemoryReactorClock()
+        tap.ProcessControl(reactor, cast(Any, None)).startService()
+        self.assertEqual(installed, [signal.SIGHUP])
+        reactor.run()
+        self.assertEqual(installed, [signal.SIGHUP, signal.SIGTERM])
+        options = {"relay": MultiService(), "workerSpec": None}
+        top = tap.makeService(options)
+        self.assertIsInstance(list(cast(MultiService, top))[0], tap.ProcessControl)

@@ -27,6 +27,10 @@ from wsrelay.interfaces import (
     IBalancerFactory,
     IHealthChecker,
     IHealthCheckerFactory,
+    ISource,
+    ISourceChannel,
+    ISourceContext,
+    ISourceFactory,
 )
 
 
@@ -123,3 +127,23 @@ class HealthCheckerPlugin(LazyPlugin):
         """
         checker: IHealthChecker = self.implementation(options, reactor)
         return checker
+
+
+@implementer(ISourceFactory)
+class SourcePlugin(LazyPlugin):
+    """
+    A fan-out source plugin: L{implementation} is called as
+    C{implementation(channel, options, context)}.
+    """
+
+    def build(
+        self,
+        channel: ISourceChannel,
+        options: Mapping[str, str],
+        context: ISourceContext,
+    ) -> ISource:
+        """
+        Make the source of one channel.
+        """
+        source: ISource = self.implementation(channel, options, context)
+        return source

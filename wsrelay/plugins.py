@@ -1,62 +1,46 @@
 # -*- test-case-name: tests.test_plugins -*-
 """
-Finding plugins as Twisted's loader does (a dropin unchanged since its
-C{dropin.cache} entry is not imported), but skipping broken ones, each
-reported once in one warning line: a dropin that does not import (by
-module; it is imported here, not by Twisted, which would log a traceback),
-a plugin that fails C{verifyObject} (by name), and one whose name is taken
-by a plugin found earlier or is not a non-empty C{str} (by place).
+Finding plugins as L{twisted.plugin.getPlugins} does, from the same
+C{dropin.cache}, but skipping broken ones, each warned about once in one
+line: a dropin that does not import (by module: it is imported here, where
+Twisted would log a traceback), a plugin that fails C{verifyObject} (by
+name), one whose name is taken or not a non-empty C{str} (by place).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import twisted.plugins
 from twisted.logger import Logger
 from twisted.plugin import IPlugin, getCache
 from twisted.python.modules import getModule
 from zope.interface.exceptions import Invalid
-from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
-from wsrelay.dropins import PluginError as PluginError  # re-exported
-from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
+from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory, ISourceFactory
 
+#: The kinds of plugin, as L{logPlugins} names them.
+KINDS = {
+    "balancers": IBalancerFactory,
+    "health checkers": IHealthCheckerFactory,
+    "sources": ISourceFactory,
+}
+
+T = TypeVar("T")
 log = Logger()
-
-
-@dataclass(frozen=True)
-class PluginScan:
-    """
-    The outcome of one search for the plugins of an interface.
-
-    @ivar found: The usable plugins by name, in the order found (that of
-        C{twisted.plugins.__path__}, then of file names).
-    @ivar broken: Why each plugin or dropin was skipped, in one line, by
-        module name (it does not import), by plugin name (it does not
-        provide C{interface}) or by place C{MODULE.ATTRIBUTE} (its name is
-        taken or not a non-empty C{str}).
-    """
-
-    interface: InterfaceClass
-    found: Mapping[str, Any]
-    broken: Mapping[str, str]
-
-
-_lastScans: dict[InterfaceClass, PluginScan] = {}
+_broken: dict[object, dict[str, str]] = {}
 _warned: set[tuple[str, str]] = set()
 
 
 def extendPluginPath(directories: Sequence[str]) -> None:
     """
     Make Twisted search each directory too: a folder of dropins, or one
-    holding C{twisted/plugins/} (Twisted searches C{twisted.plugins.__path__},
-    not C{sys.path}).
+    holding C{twisted/plugins/}.
     """
     for d in directories:
         nested = os.path.join(d, "twisted", "plugins")
@@ -65,142 +49,108 @@ def extendPluginPath(directories: Sequence[str]) -> None:
             twisted.plugins.__path__.append(folder)
 
 
-def _describe(e: BaseException) -> str:
-    """
-    @return: The exception's type and the first line of its message.
-    """
+def _why(e: BaseException) -> str:
+    """@return: The exception's type and the first line of its message."""
     return ": ".join([type(e).__name__, *str(e).strip().splitlines()[:1]])
 
 
-def _candidates() -> tuple[list[tuple[str, Any]], dict[str, str]]:
+def _candidates(broken: dict[str, str]) -> list[tuple[str, Any]]:
     """
-    @return: The objects of every dropin that may be plugins (from the
-        cache, or imported), each with its place; and why each dropin that
-        does not import was skipped, by module name.
+    @return: The objects of every dropin that may be plugins, with their
+        places: from C{dropin.cache}, or imported where Twisted would (no
+        entry, or an older one), putting a dropin that fails in C{broken}.
     """
-    found: list[tuple[str, Any]] = []
-    broken: dict[str, str] = {}
-    caches: dict[Any, tuple[float, Mapping[str, Any]]] = {}
-    stale = False
-    for module in getModule(twisted.plugins.__name__).iterModules():
-        cache = module.filePath.sibling("dropin.cache")
-        if cache not in caches:
+    found, caches, stale = [], {}, False
+    for module in getModule("twisted.plugins").iterModules():
+        path = module.filePath.sibling("dropin.cache")
+        if path not in caches:
             try:
-                with cache.open("r") as f:
-                    caches[cache] = cache.getModificationTime(), pickle.load(f)
+                with path.open() as f:
+                    caches[path] = path.getModificationTime(), pickle.load(f)
             except Exception:
-                caches[cache] = 0.0, {}
-        written, entries = caches[cache]
+                caches[path] = 0.0, {}
+        written, entries = caches[path]
         entry = entries.get(module.name.rpartition(".")[2])
         if entry is not None and module.filePath.getModificationTime() < written:
-            found.extend((f"{module.name}.{p.name}", p) for p in entry.plugins)
+            found += [(f"{module.name}.{p.name}", p) for p in entry.plugins]
             continue
         stale = True
         try:
-            dropin = module.load()
+            values = vars(module.load()).items()
         except Exception as e:
-            broken[module.name] = (
-                f"cannot import {module.filePath.path}: {_describe(e)}"
-            )
+            why = f"cannot import {module.filePath.path}: {_why(e)}"
+            broken[module.name] = why
             continue
-        for attribute, value in vars(dropin).items():
-            if IPlugin.providedBy(value):
-                found.append((f"{module.name}.{attribute}", value))
+        found += [(f"{module.name}.{k}", v) for k, v in values if IPlugin.providedBy(v)]
     if stale and not broken:
-        # Refresh the caches; every dropin not cached is imported already.
         getCache(twisted.plugins)
-    return found, broken
+    return found
 
 
-def scanPlugins(interface: InterfaceClass) -> PluginScan:
+def findPlugins(interface: type[T]) -> dict[str, T]:
     """
-    Find every plugin providing C{interface}, skipping broken ones, without
-    logging; remember the result for L{brokenPlugins}.
+    @return: Every usable plugin providing C{interface}, by name, in the
+        order found; each broken one is warned about once per process.
     """
-    candidates, broken = _candidates()
-    found: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    for where, candidate in candidates:
+    found: dict[str, tuple[T, str]] = {}
+    broken = _broken[interface] = {}
+    for where, candidate in _candidates(broken):
         try:
-            plugin = interface(candidate, None)
-        except Exception as e:
-            # A cached dropin that no longer imports.
-            module = where.rpartition(".")[0]
-            broken.setdefault(module, f"cannot load {where}: {_describe(e)}")
-            continue
-        if plugin is None:
-            continue
-        name: object = getattr(plugin, "name", None)
-        label = name if isinstance(name, str) and name else where
-        try:
-            verifyObject(interface, plugin)
+            plugin = cast(Any, interface)(candidate, None)
+            name = getattr(plugin, "name", None)
+            label = name if isinstance(name, str) and name else where
+            if plugin is not None:
+                verifyObject(cast(Any, interface), plugin)
         except Invalid as e:
             problems = getattr(e, "exceptions", None) or [e]
-            details = (str(getattr(p, "_str_details", p)).strip() for p in problems)
-            why = "; ".join(d.rstrip(".") for d in details)
+            details = (getattr(p, "_str_details", p) for p in problems)
+            why = "; ".join(str(d).strip().rstrip(".") for d in details)
             broken[label] = f"{where} does not provide {interface.__name__}: {why}"
+        except Exception as e:  # a cached dropin that no longer imports
+            why = f"cannot load {where}: {_why(e)}"
+            broken.setdefault(where.rpartition(".")[0], why)
         else:
+            if plugin is None:
+                continue
             if label == where:
                 broken[where] = f"its name is not a non-empty str: {name!r}"
             elif label in found:
-                taken = f"its name {label!r} is taken by {origins[label]}"
-                broken[where] = taken + ", found first"
+                broken[where] = (
+                    f"its name {label!r} is taken by {found[label][1]}, found first"
+                )
             else:
-                found[label] = plugin
-                origins[label] = where
-    scan = _lastScans[interface] = PluginScan(interface, found, broken)
-    return scan
+                found[label] = plugin, where
+    for item in sorted(broken.items() - _warned):
+        _warned.add(item)
+        log.warn("plugin {plugin} skipped: {reason}", plugin=item[0], reason=item[1])
+    return {name: plugin for name, (plugin, _) in found.items()}
 
 
-def findPlugins(interface: InterfaceClass) -> dict[str, Any]:
+def brokenPlugins(interface: object) -> dict[str, str]:
     """
-    @return: Every usable plugin providing C{interface}, by name; each
-        broken one is warned about once per process.
+    @return: Why each plugin or dropin was skipped in the last search for
+        C{interface} (searching now if there was none), by module, name or
+        place.  A dropin that does not import is listed for every kind.
     """
-    scan = scanPlugins(interface)
-    for plugin, reason in scan.broken.items():
-        if (plugin, reason) not in _warned:
-            _warned.add((plugin, reason))
-            log.warn("plugin {plugin} skipped: {reason}", plugin=plugin, reason=reason)
-    return dict(scan.found)
+    if interface not in _broken:
+        findPlugins(cast(Any, interface))
+    return dict(_broken[interface])
 
 
-def brokenPlugins(interface: InterfaceClass) -> dict[str, str]:
-    """
-    @return: L{PluginScan.broken} of the last search for C{interface}
-        (searching now if there was none).  A dropin that does not import
-        is listed for every interface: its plugins cannot be known.
-    """
-    if interface not in _lastScans:
-        findPlugins(interface)
-    return dict(_lastScans[interface].broken)
-
-
-def balancerFactories() -> dict[str, IBalancerFactory]:
-    """
-    @return: The installed balancer factories by name.
-    """
-    return cast("dict[str, IBalancerFactory]", findPlugins(IBalancerFactory))
-
-
-def healthCheckerFactories() -> dict[str, IHealthCheckerFactory]:
-    """
-    @return: The installed health-checker factories by name.
-    """
-    return cast("dict[str, IHealthCheckerFactory]", findPlugins(IHealthCheckerFactory))
+#: The installed balancer factories by name.
+balancerFactories = partial(findPlugins, IBalancerFactory)
+#: The installed health-checker factories by name.
+healthCheckerFactories = partial(findPlugins, IHealthCheckerFactory)
 
 
 def logPlugins() -> None:
     """
-    Log in one line the balancers and health checkers found, and the
-    broken plugins skipped (each also warned about on its own).
+    Log in one line the plugins of each kind found, and the broken ones.
     """
-    balancers = findPlugins(IBalancerFactory)
-    checkers = findPlugins(IHealthCheckerFactory)
-    broken = {*brokenPlugins(IBalancerFactory), *brokenPlugins(IHealthCheckerFactory)}
+    found = {kind: sorted(findPlugins(i)) for kind, i in KINDS.items()}
+    broken = sorted({p for i in KINDS.values() for p in _broken[i]})
     log.info(
-        "plugins: balancers {balancers}; health checkers {checkers}; broken {broken}",
-        balancers=", ".join(sorted(balancers)) or "none",
-        checkers=", ".join(sorted(checkers)) or "none",
-        broken=", ".join(sorted(broken)) or "none",
+        "plugins: {found}; broken {broken}",
+        found="; ".join(f"{k} {', '.join(n) or 'none'}" for k, n in found.items()),
+        broken=", ".join(broken) or "none",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
+from wsrelay.fanout.context import SourceContext
 from wsrelay.proxy.session import ProxySession
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
+    from wsrelay.interfaces import ISource
     from wsrelay.roles import LiveChannel, LiveSession, Upstreams
     from wsrelay.routing import Backend, Route, RouteTable
     from wsrelay.stats import Histogram
@@ -64,7 +66,10 @@ class Registry:
         sent, sentBytes = backend.sentMessages, backend.sentBytes
         received, receivedBytes = backend.receivedMessages, backend.receivedBytes
         legs = [s.upstream for s in self.sessions if s.backend is backend]
-        legs += [c.upstream for c in self.channels.values() if c.backend is backend]
+        for c in self.channels.values():
+            # The websocket source's upstream; other sources have none.
+            if getattr(c.source, "backend", None) is backend:
+                legs.append(getattr(c.source, "upstream", None))
         for leg in legs:
             if leg is not None:
                 sent += leg.messagesOut
@@ -91,10 +96,13 @@ class Sessions:
         clock: IReactorTime,
         config: RelayConfig,
         latency: Histogram,
+        reactor: Any = None,
     ) -> None:
         """
         @param latency: Where sessions record how long their handshakes
             took.
+        @param reactor: What fan-out sources connect with (their
+            L{wsrelay.interfaces.ISourceContext}); the clock by default.
         """
         self._registry = registry
         self._upstreams = upstreams
@@ -102,6 +110,7 @@ class Sessions:
         self._clock = clock
         self.config = config
         self._latency = latency
+        self._reactor = clock if reactor is None else reactor
 
     def configure(self, config: RelayConfig) -> None:
         """
@@ -146,9 +155,26 @@ class Sessions:
         channels = self._registry.channels
         channel = channels.get((route.name, key))
         if channel is None:
-            channel = Channel(route, key, self._upstreams, self._registry, self._clock)
+            channel = Channel(route, key, self._registry, self._clock, self.source)
             channels[(route.name, key)] = channel
         return channel
+
+    def source(self, channel: Channel) -> ISource:
+        """
+        @return: A new source for C{channel}, from the plugin its route
+            names (C{source = NAME}), with its options.
+        """
+        context = SourceContext(
+            self._reactor,
+            channel.route.name,
+            lambda: channel.route,
+            self._upstreams,
+            self._clock,
+        )
+        factory = channel.route.source
+        if factory is None:
+            return context.websocket(channel)
+        return factory.build(channel, channel.routeConfig.sourceOptions, context)
 
     def startChannels(self, routes: RouteTable) -> None:
         """

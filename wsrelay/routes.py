@@ -11,16 +11,20 @@ from __future__ import annotations
 import configparser
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wsrelay.config import NO_HEALTH, ConfigError, loadConfig
+from wsrelay.fanout.context import SourceContext
 from wsrelay.health.monitor import HealthMonitor
+from wsrelay.interfaces import ISourceChannel, ISourceFactory
 from wsrelay.plugins import (
     balancerFactories,
     extendPluginPath,
+    findPlugins,
     healthCheckerFactories,
 )
 from wsrelay.routing import Backend, Route, buildBackends, endpointDescription
@@ -31,6 +35,14 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig, RouteConfig
+    from wsrelay.roles import Upstreams
+
+
+def sourceFactories() -> dict[str, ISourceFactory]:
+    """
+    @return: The installed fan-out source factories by name.
+    """
+    return cast("dict[str, ISourceFactory]", findPlugins(ISourceFactory))
 
 
 def readConfig(path: str) -> RelayConfig:
@@ -46,6 +58,7 @@ def readConfig(path: str) -> RelayConfig:
         path,
         {name: tuple(f.options) for name, f in balancerFactories().items()},
         {name: tuple(f.options) for name, f in healthCheckerFactories().items()},
+        {name: tuple(f.options) for name, f in sourceFactories().items()},
     )
 
 
@@ -87,6 +100,7 @@ class RouteBuilder:
         self._clock = clock
         self._balancers = balancerFactories()
         self._checkers = healthCheckerFactories()
+        self._sources = sourceFactories()
 
     def build(
         self, config: RelayConfig, previous: dict[str, Route] | None = None
@@ -112,15 +126,17 @@ class RouteBuilder:
         @raise ConfigError: When one is rejected; the plugins found before
             stay in use then.
         """
-        balancers, checkers = self._balancers, self._checkers
+        balancers, checkers, sources = self._balancers, self._checkers, self._sources
         try:
             self._balancers = balancerFactories()
             self._checkers = healthCheckerFactories()
+            self._sources = sourceFactories()
             for rc in config.routes:
                 self._trust(config, rc)
                 self._plugins(config, rc, buildBackends(rc, None))
         except ConfigError:
             self._balancers, self._checkers = balancers, checkers
+            self._sources = sources
             raise
 
     def _buildRoute(
@@ -139,7 +155,7 @@ class RouteBuilder:
             # Check the plugins on stand-in backends first.
             self._plugins(relay, config, buildBackends(config, None))
         backends = buildBackends(config, previous)
-        balancer, checker = self._plugins(relay, config, backends)
+        balancer, checker, source = self._plugins(relay, config, backends)
         if not config.verify and any(b.config.secure for b in backends):
             self.log.warn(
                 "route {route}: verify = off: wss:// backends' certificates"
@@ -174,7 +190,7 @@ class RouteBuilder:
             config.fall,
             config.slowstart,
         )
-        return Route(config, backends, balancer, monitor)
+        return Route(config, backends, balancer, monitor, source)
 
     def _trust(self, relay: RelayConfig, config: RouteConfig) -> Any:
         """
@@ -190,9 +206,11 @@ class RouteBuilder:
 
     def _plugins(
         self, relay: RelayConfig, config: RouteConfig, backends: Sequence[Backend]
-    ) -> tuple[Any, Any]:
+    ) -> tuple[Any, Any, ISourceFactory | None]:
         """
-        Build a route's balancer and health checker.
+        Build a route's balancer and health checker, and find a fan-out
+        route's source plugin (checked by building a source that is never
+        started: a source connects only when started).
 
         @raise ConfigError: When one rejects its options.
         """
@@ -212,4 +230,54 @@ class RouteBuilder:
                 raise ConfigError(
                     relay.path, f"{config.health}: {e}", config.section, "health"
                 ) from None
-        return balancer, checker
+        source = None
+        if config.mode == "fanout":
+            source = self._sources.get(config.source)
+            if source is None:
+                problem = f"source {config.source!r} is no longer installed"
+                raise ConfigError(relay.path, problem, config.section, "source")
+            context = SourceContext(
+                self._reactor, config.name, _notStarted, _NO_UPSTREAMS, self._clock
+            )
+            try:
+                source.build(
+                    _CheckedChannel(config.name), config.sourceOptions, context
+                )
+            except ValueError as e:
+                raise ConfigError(
+                    relay.path, f"{config.source}: {e}", config.section, "source"
+                ) from None
+        return balancer, checker, source
+
+
+@implementer(ISourceChannel)
+class _CheckedChannel:
+    """
+    The channel of a source built only to check a route's source options.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.key = ""
+
+    def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Never called: the source is never started.
+        """
+
+    def stateChanged(self, state: str) -> None:
+        """
+        Never called: the source is never started.
+        """
+
+
+def _notStarted() -> Route:
+    """
+    The route of a source built only to check its options: never asked
+    for, since such a source is never started.
+    """
+    raise RuntimeError("a source built to check its options was started")
+
+
+#: The upstreams of a source built only to check its options: never used.
+_NO_UPSTREAMS = cast("Upstreams", None)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import BackendConfig, RouteConfig
-    from wsrelay.interfaces import IBalancer
+    from wsrelay.interfaces import IBalancer, ISourceFactory
 
 
 #: How many recent health checks a backend remembers.
@@ -212,6 +212,8 @@ class Route:
     One route: its configuration, its backends, its balancer and the
     monitor of its backends' health.
 
+    @ivar source: A fan-out route's source plugin (C{source = NAME}), or
+        L{None} (a proxy route; or the built-in C{websocket} source).
     @ivar loadListener: The balancer's optional load hooks, or L{None}:
         looked up once, not at each connection.
     """
@@ -220,6 +222,7 @@ class Route:
     backends: tuple[Backend, ...]
     balancer: IBalancer
     monitor: Monitor
+    source: ISourceFactory | None = None
     loadListener: ILoadListener | None = field(init=False)
 
     def __post_init__(self) -> None:

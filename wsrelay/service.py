@@ -228,6 +228,7 @@ class RelayService(MultiService):
             self.clock,
             config,
             self.handshakeLatency,
+            reactor,
         )
         self.frontendFactory = FrontendFactory(
             reactor,

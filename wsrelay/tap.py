@@ -144,15 +144,17 @@ class ProcessControl(Service):
 
     def startService(self) -> None:
         """
-        Take over SIGTERM once the reactor has installed its own handlers.
+        Take over SIGHUP now, before the relay listens (a reload asked for
+        that early waits for the reactor to run), and SIGTERM once the
+        reactor has installed its own handlers.
         """
         super().startService()
+        signal.signal(signal.SIGHUP, self._reload)
         self._reactor.callWhenRunning(self._install)
         self._reactor.addSystemEventTrigger("after", "shutdown", self._exit)
 
     def _install(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGHUP, self._reload)
         tuneGC()
         installReporter(self._reactor)
 
@@ -183,8 +185,10 @@ def makeService(options: Any) -> IService:
 
     top = MultiService()
     relay = options["relay"]
-    relay.setServiceParent(top)
+    # First, so that SIGHUP is ours before the relay listens: until then
+    # its default action would kill the process.
     ProcessControl(reactor, relay).setServiceParent(top)
+    relay.setServiceParent(top)
     if options["workerSpec"] is not None:
         from wsrelay.admin import metricsText, status
 

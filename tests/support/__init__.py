@@ -17,7 +17,8 @@ TIMEOUT, client, ...}); the others live in the module of their concern:
   - L{tests.support.inflate}: compression bombs and memory tracing.
   - L{tests.support.memory}: the in-memory network (L{twisted.test.iosim},
     one L{twisted.internet.task.Clock}) of client, relay and backend.
-  - L{tests.support.fanout}: a fan-out source on loopback.
+  - L{tests.support.fanout}: a fan-out source on loopback, and many
+    clients of a relay.
   - L{tests.support.tls}: certificates and TLS contexts.
   - L{tests.support.processes}: C{twistd} command lines;
     L{tests.support.faultbackend}: killable backend processes (also a

@@ -1,17 +1,20 @@
 """
-A fan-out source on loopback (L{Source}) and the config of a relay
-that feeds from it.
+A fan-out source on loopback (L{Source}), many clients of a relay
+(L{Clients}), and the config of a relay that feeds from a source.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
@@ -193,6 +196,122 @@ class Source:
             server.shutdown()
         if self._thread is not None:
             self._thread.join(TIMEOUT)
+
+
+class Clients:
+    """
+    Many C{websockets} asyncio clients of a relay, run by one event loop in
+    one thread; their methods block (call them in a thread), their
+    attributes may be read from anywhere.
+
+    @ivar messages: What each client received, in order.
+    @ivar closes: How each client's connection ended, C{(code, reason)},
+        or L{None} while it is open.
+    """
+
+    def __init__(self, testCase: TestCase, port: int) -> None:
+        self.port = port
+        self.messages: list[list[Message]] = []
+        self.closes: list[tuple[int | None, str | None] | None] = []
+        self._connections: list[ClientConnection] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        testCase.addCleanup(inThread, self.stop)
+
+    def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(
+            TIMEOUT * 3
+        )
+
+    def add(self, count: int, path: str) -> list[int]:
+        """
+        Connect C{count} more clients to C{path}, 25 at a time (Twisted's
+        default listen queue is 50).
+
+        @return: Their indexes.
+        """
+        return list(self._call(self._add(count, path)))
+
+    async def _add(self, count: int, path: str) -> range:
+        first = len(self._connections)
+        url = f"ws://127.0.0.1:{self.port}{path}"
+        for start in range(0, count, 25):
+            connections = await asyncio.gather(
+                *(
+                    connect(
+                        url,
+                        compression=None,
+                        max_size=None,
+                        open_timeout=TIMEOUT,
+                        ping_interval=None,
+                    )
+                    for _ in range(min(25, count - start))
+                )
+            )
+            for connection in connections:
+                index = len(self._connections)
+                self._connections.append(connection)
+                self.messages.append([])
+                self.closes.append(None)
+                self._readers.append(
+                    self._loop.create_task(self._read(index, connection))
+                )
+        return range(first, len(self._connections))
+
+    async def _read(self, index: int, connection: ClientConnection) -> None:
+        messages = self.messages[index]
+        try:
+            async for message in connection:
+                messages.append(message)
+        except ConnectionClosed:
+            pass
+        self.closes[index] = (connection.close_code, connection.close_reason)
+
+    def send(self, index: int, message: Message) -> None:
+        """
+        Send a message from client C{index}.
+        """
+        self._call(self._connections[index].send(message))
+
+    def close(self, index: int) -> None:
+        """
+        Close client C{index} and wait until its connection is gone.
+        """
+        self._call(self._connections[index].close())
+        self._call(asyncio.wait_for(self._readers[index], TIMEOUT))
+
+    def stop(self) -> None:
+        """
+        Close every client and stop the thread.
+        """
+
+        async def closeAll() -> None:
+            await asyncio.gather(
+                *(c.close() for c in self._connections), return_exceptions=True
+            )
+            await asyncio.gather(*self._readers, return_exceptions=True)
+
+        try:
+            self._call(closeAll())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(TIMEOUT)
+            self._loop.close()
+
+    def received(self, indexes: Sequence[int], count: int) -> bool:
+        """
+        @return: Whether each of these clients received C{count} messages.
+        """
+        return all(len(self.messages[i]) >= count for i in indexes)
+
+
+def seqs(messages: Sequence[Message]) -> list[int]:
+    """
+    @return: The numbers of messages from a L{Source}.
+    """
+    return [int(str(m).split(" ", 1)[0]) for m in messages]
 
 
 def feed(source: Source, extra: str = "", relay: str = "") -> str:

@@ -31,7 +31,7 @@ C{from wsrelay.config import X}.
 
 from wsrelay.config.endpoints import _endpointArguments
 from wsrelay.config.errors import ConfigError
-from wsrelay.config.parse import DEFAULT_BALANCERS, DEFAULT_CHECKERS
+from wsrelay.config.parse import DEFAULT_BALANCERS, DEFAULT_CHECKERS, DEFAULT_SOURCES
 from wsrelay.config.reader import loadConfig, parseConfig
 from wsrelay.config.schema import (
     DEMO_KEYS,
@@ -47,6 +47,7 @@ from wsrelay.config.schema import (
     SectionSchema,
 )
 from wsrelay.config.values import (
+    DEFAULT_SOURCE,
     NO_HEALTH,
     ROUTE_CLASSES,
     BackendConfig,
@@ -61,7 +62,9 @@ from wsrelay.config.values import (
 
 __all__ = [
     "DEFAULT_BALANCERS",
+    "DEFAULT_SOURCE",
     "DEFAULT_CHECKERS",
+    "DEFAULT_SOURCES",
     "DEMO_KEYS",
     "FANOUT_KEYS",
     "KEYS",

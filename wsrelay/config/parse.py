@@ -52,6 +52,25 @@ The health-checker names (and the route keys each declares) assumed when
 L{loadConfig} is not told which checker plugins are installed.
 """
 
+DEFAULT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "websocket": (),
+        "redis": (
+            "redis",
+            "redis_password_file",
+            "redis_ca_file",
+            "stream",
+            "history",
+            "ingest",
+            "lease",
+        ),
+    }
+)
+"""
+The fan-out source names (and the route keys each declares) assumed when
+L{loadConfig} is not told which source plugins are installed.
+"""
+
 
 @dataclass(frozen=True)
 class _Context:
@@ -61,12 +80,16 @@ class _Context:
     @ivar directory: The directory of the configuration file.
     @ivar balancers: Installed balancer names and the keys they declare.
     @ivar checkers: Installed health-checker names and their keys.
+    @ivar sources: Installed fan-out source names and their keys.
     """
 
     directory: str
     balancers: Mapping[str, tuple[str, ...]]
     checkers: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: DEFAULT_CHECKERS
+    )
+    sources: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: DEFAULT_SOURCES
     )
 
 
@@ -286,6 +309,12 @@ def _parseBalancer(value: str, context: _Context) -> str:
     return value
 
 
+def _parseSource(value: str, context: _Context) -> str:
+    if value not in context.sources:
+        raise _BadValue(f"unknown source {value!r}" + _installed(context.sources))
+    return value
+
+
 def _parseLines(value: str, context: _Context) -> tuple[str, ...]:
     return tuple(line.strip() for line in value.splitlines() if line.strip())
 
@@ -295,5 +324,31 @@ def _parseHealth(value: str, context: _Context) -> str:
         raise _BadValue(
             f"unknown health checker {value!r}; {NO_HEALTH!r} turns checks off"
             + _installed(context.checkers)
+        )
+    return value
+
+
+_JSON_FIELD = re.compile(r"json:(.+)\Z", re.DOTALL)
+_PARAMETER = re.compile(r"[A-Za-z0-9_.~-]+\Z")
+
+
+def _parseResume(value: str, context: _Context) -> str | None:
+    """
+    C{json:FIELD} (any non-empty field name), C{envelope}, or C{off}.
+    """
+    if value == "off":
+        return None
+    if value == "envelope" or _JSON_FIELD.match(value):
+        return value
+    raise _BadValue(_expected("json:FIELD, envelope or off", value))
+
+
+def _parseParameter(value: str, context: _Context) -> str:
+    """
+    A query parameter name: letters, digits and C{_.~-} (no escaping).
+    """
+    if not _PARAMETER.match(value):
+        raise _BadValue(
+            _expected("a query parameter name of letters, digits, '_.~-'", value)
         )
     return value

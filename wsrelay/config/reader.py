@@ -7,6 +7,7 @@ and the key.
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from wsrelay.config.errors import ConfigError, _BadValue
 from wsrelay.config.parse import (
     DEFAULT_BALANCERS,
     DEFAULT_CHECKERS,
+    DEFAULT_SOURCES,
     _Context,
     _installed,
 )
@@ -29,6 +31,7 @@ from wsrelay.config.schema import (
 )
 from wsrelay.config.values import (
     _DEFAULT_BALANCER,
+    DEFAULT_SOURCE,
     NO_HEALTH,
     ROUTE_CLASSES,
     DemoConfig,
@@ -155,9 +158,11 @@ def _parseRoute(
     balancerKeys = context.balancers[chosen]
     health = dict(items).get("health", NO_HEALTH)
     checkerKeys = context.checkers.get(health, ())
+    source, sourceKeys = _chosenSource(filename, section, items, context)
     for kind, plugin, keys in (
         ("balancer", chosen, balancerKeys),
         ("health", health, checkerKeys),
+        ("source", source, sourceKeys),
     ):
         for key in keys:
             if key in ROUTE.byKey:
@@ -168,21 +173,31 @@ def _parseRoute(
         for kind, plugins in (
             ("balancer", context.balancers),
             ("health checker", context.checkers),
+            ("source", context.sources),
         ):
             owners = sorted(n for n, keys in plugins.items() if key in keys)
             if owners:
                 return f"; {key} is an option of {kind} {', '.join(owners)}"
         return ""
 
+    specs = ROUTE.keys
+    if source is not None and source != DEFAULT_SOURCE:
+        # Only the websocket source always reads the backends; another
+        # source that needs them says so (its build raises ValueError).
+        specs = tuple(
+            dataclasses.replace(s, default=()) if s.key == "backends" else s
+            for s in specs
+        )
     values, extra = _parseSection(
         filename,
         section,
-        ROUTE.keys,
+        specs,
         items,
         context,
-        (*balancerKeys, *checkerKeys),
+        (*balancerKeys, *checkerKeys, *sourceKeys),
         hint,
     )
+    values.setdefault("backends", ())
     mode = values.pop("mode", ROUTE.byKey["mode"].default)
     for key, _ in items:
         spec = ROUTE.byKey.get(key)
@@ -211,6 +226,10 @@ def _parseRoute(
             section,
             "backoff_cap",
         )
+    if mode == "fanout":
+        values["sourceOptions"] = MappingProxyType(
+            {k: extra[k] for k in sourceKeys if k in extra}
+        )
     return ROUTE_CLASSES[mode](
         name=name,
         options=MappingProxyType({k: extra[k] for k in balancerKeys if k in extra}),
@@ -219,6 +238,30 @@ def _parseRoute(
         ),
         **values,
     )
+
+
+def _chosenSource(
+    filename: str, section: str, items: list[tuple[str, str]], context: _Context
+) -> tuple[str | None, tuple[str, ...]]:
+    """
+    @return: The source plugin a fan-out route chooses (L{None} for a
+        proxy route) and the keys it declares, which the route then takes.
+    @raise ConfigError: When the default source is not installed (an
+        unknown C{source} is reported by its parser).
+    """
+    given = dict(items)
+    if given.get("mode") != "fanout":
+        return None, ()
+    source = given.get("source", DEFAULT_SOURCE)
+    if source not in context.sources and "source" not in given:
+        raise ConfigError(
+            filename,
+            f"the default source {source!r} is not installed"
+            + _installed(context.sources),
+            section,
+            "source",
+        )
+    return source, context.sources.get(source, ())
 
 
 def _installedPlugins(
@@ -244,6 +287,7 @@ def parseConfig(
     path: str,
     balancers: Mapping[str, Sequence[str]] | None = None,
     checkers: Mapping[str, Sequence[str]] | None = None,
+    sources: Mapping[str, Sequence[str]] | None = None,
 ) -> RelayConfig:
     """
     Parse and check a configuration file's text.
@@ -255,6 +299,8 @@ def parseConfig(
         declares, or L{None} for L{DEFAULT_BALANCERS}.
     @param checkers: The same for health checkers, or L{None} for
         L{DEFAULT_CHECKERS}.
+    @param sources: The same for fan-out sources, or L{None} for
+        L{DEFAULT_SOURCES}.
 
     @return: The configuration.
     @raise ConfigError: When anything is wrong; nothing else is raised.
@@ -264,6 +310,7 @@ def parseConfig(
         os.path.dirname(absolute),
         _installedPlugins(balancers, DEFAULT_BALANCERS),
         _installedPlugins(checkers, DEFAULT_CHECKERS),
+        _installedPlugins(sources, DEFAULT_SOURCES),
     )
     parser = _readINI(text, path)
     relay: dict[str, Any] | None = None
@@ -319,6 +366,7 @@ def loadConfig(
     path: str,
     balancers: Mapping[str, Sequence[str]] | None = None,
     checkers: Mapping[str, Sequence[str]] | None = None,
+    sources: Mapping[str, Sequence[str]] | None = None,
 ) -> RelayConfig:
     """
     Read, parse and check a configuration file.
@@ -327,6 +375,7 @@ def loadConfig(
         way; L{RelayConfig.path} is made absolute).
     @param balancers: See L{parseConfig}.
     @param checkers: See L{parseConfig}.
+    @param sources: See L{parseConfig}.
 
     @return: The configuration.
     @raise ConfigError: When the file cannot be read (missing, unreadable,
@@ -344,4 +393,4 @@ def loadConfig(
         raise ConfigError(path, f"cannot read the file: {e.strerror or e}") from None
     except ValueError as e:
         raise ConfigError(path, f"cannot read the file: {e}") from None
-    return parseConfig(text, path, balancers, checkers)
+    return parseConfig(text, path, balancers, checkers, sources)

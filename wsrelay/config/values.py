@@ -31,6 +31,12 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
 _MAX_WEIGHT = 1000
 _DEFAULT_BALANCER = "round_robin"
 
+DEFAULT_SOURCE = "websocket"
+"""
+The source of a fan-out route without C{source}: its C{backends}, the only
+source that always needs them.
+"""
+
 
 def _normaliseHost(host: str) -> str | None:
     """
@@ -290,6 +296,20 @@ class FanoutRouteConfig(BaseRouteConfig):
         order.
     @ivar backoffBase: The first delay before reconnecting.
     @ivar backoffCap: The longest delay before reconnecting.
+    @ivar source: The name of the source plugin (C{"websocket"}: the
+        route's backends).
+    @ivar sourceOptions: The values of the keys the source plugin
+        declares, as written (read only; not part of the hash).
+    @ivar resume: L{None} (clients cannot resume), C{"json:FIELD"} (a
+        message's id is its top-level JSON field C{FIELD}) or
+        C{"envelope"} (each message goes out as C{{"id": ..., "data":
+        ...}}); see L{wsrelay.fanout.resume}.
+    @ivar resumeParam: The query parameter naming the id a client resumes
+        after.
+    @ivar resumeMiss: C{"replay"} (a client whose id is gone gets the
+        replay) or C{"close"} (it is closed with 4410).
+    @ivar resumeWindow: Messages kept for resuming clients, when the source
+        keeps no history of its own.
     """
 
     mode: Literal["fanout"] = field(default="fanout", init=False)
@@ -303,6 +323,14 @@ class FanoutRouteConfig(BaseRouteConfig):
     subscribe: tuple[str, ...] = ()
     backoffBase: float = 0.5
     backoffCap: float = 30.0
+    source: str = DEFAULT_SOURCE
+    sourceOptions: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    resume: str | None = None
+    resumeParam: str = "since"
+    resumeMiss: str = "replay"
+    resumeWindow: int = 1000
 
 
 RouteConfig: TypeAlias = ProxyRouteConfig | FanoutRouteConfig

@@ -1,44 +1,51 @@
 # -*- test-case-name: tests.test_fanout,tests.test_fanout_units,tests.test_inmemory -*-
 """
-A fan-out channel: one upstream connection to a source, shared by every
-client of the channel.
+A fan-out channel: one source (an L{ISource}: the built-in C{websocket}
+one, or a plugin's), shared by every client of the channel.
 
-A L{Channel} holds the upstream, frames each message from the source once
-(L{wsrelay.ws.framing.frame}) and writes the same bytes to every member (a
-L{wsrelay.fanout.members.FanoutSession}).  Payloads are never decoded here.
+A L{Channel} is the L{ISourceChannel} its source feeds: it frames each
+message once (L{wsrelay.ws.framing.frame}) and writes the same bytes to
+every member (a L{wsrelay.fanout.members.FanoutSession}).  Payloads are
+never decoded here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from wsrelay.fanout.source import (
-    CONNECTING,
-    IDLE,
-    STOPPED,
-    UP,
-    WAITING,
-    SourceLink,
-)
+from wsrelay.fanout.resume import resumeWindow, withoutParameter
+from wsrelay.fanout.source import CONNECTING, IDLE, STOPPED, UP, WAITING
+from wsrelay.interfaces import ISource, ISourceChannel, ISourceHistory
 from wsrelay.routing import Backend, Route
-from wsrelay.ws.framing import Assembler, frame
-from wsrelay.ws.legclosing import OPEN
+from wsrelay.ws.framing import frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
-    from wsrelay.roles import SessionRegistry, Upstreams
-    from wsrelay.ws.upstream import UpstreamProtocol
+    from wsrelay.roles import SessionRegistry
 
-__all__ = ["CONNECTING", "IDLE", "STOPPED", "UP", "WAITING", "Channel", "channelKey"]
+#: Makes a channel's source (L{wsrelay.registry.Sessions} gives one that
+#: builds the plugin its route names).
+SourceMaker = Callable[["Channel"], ISource]
+
+__all__ = [
+    "CONNECTING",
+    "IDLE",
+    "STOPPED",
+    "UP",
+    "WAITING",
+    "Channel",
+    "SourceMaker",
+    "channelKey",
+]
 
 
 def channelKey(route: Route, remainder: str, query: str) -> str:
@@ -49,6 +56,9 @@ def channelKey(route: Route, remainder: str, query: str) -> str:
     config = route.config
     if config.mode != "fanout" or config.channel == "route":
         return ""
+    if config.resume is not None:
+        # Where a client resumes is not which channel it joins.
+        query = withoutParameter(query, config.resumeParam)
     return remainder + ("?" + query if query else "")
 
 
@@ -66,24 +76,28 @@ class Member(TypingProtocol):
         Write C{count} framed messages, or queue them.
         """
 
+    def shutdown(self, code: int = 1001, reason: bytes = b"") -> None:
+        """
+        Close the client.
+        """
 
+
+@implementer(ISourceChannel)
 class Channel:
     """
-    One shared upstream and the clients that receive what it sends.
+    One shared source and the clients that receive what it delivers.
 
     @ivar state: L{IDLE}, L{CONNECTING}, L{UP}, L{WAITING} (to reconnect)
-        or L{STOPPED}.
+        or L{STOPPED}: the source's, as it reports it, while it runs.
     @ivar members: The clients, in the order they joined.
-    @ivar backend: The backend of the current upstream.
     @ivar messagesIn: Messages received from the source.
     @ivar deliveries: Messages written or queued to a client.
     @ivar slowDrops: Messages skipped for slow clients.
     @ivar slowCloses: Clients closed for being slow.
     @ivar clientDrops: Client messages not forwarded.
-    @ivar connects: Upstream connections opened.
-    @ivar source: Keeps the upstream connected (L{SourceLink}).
-    @ivar batch: While a read from the source is parsed (L{SourceReader}),
-        the messages it completed, framed; else L{None}.
+    @ivar connects: Times the source came up (upstream connections opened,
+        for the C{websocket} source).
+    @ivar source: Where the messages come from (an L{ISource}).
     """
 
     log = Logger()
@@ -92,41 +106,81 @@ class Channel:
         self,
         route: Route,
         key: str,
-        upstreams: Upstreams,
         registry: SessionRegistry,
         clock: IReactorTime,
+        makeSource: SourceMaker,
     ) -> None:
         """
-        @param upstreams: Opens the source's connection.
         @param registry: Told when the channel ends.
+        @param makeSource: Makes the channel's source, given the channel.
         """
-        self.upstreams = upstreams
         self.registry = registry
-        self.route = route
+        self._route = route
         self.key = key
         self.state = IDLE
         self.members: dict[Member, None] = {}
-        self.upstream: UpstreamProtocol | None = None
-        self.backend: Backend | None = None
-        self.replay: deque[bytes] = deque(maxlen=self.routeConfig.replay)
+        #: With C{resume}: the window that ids, frames and keeps messages.
+        self.window = resumeWindow(self.routeConfig, clock)
+        self.replay: deque[bytes] = (
+            deque(maxlen=self.routeConfig.replay)
+            if self.window is None
+            else self.window.data
+        )
         self.messagesIn = 0
         self.deliveries = 0
         self.slowDrops = 0
         self.slowCloses = 0
         self.clientDrops = 0
         self.connects = 0
-        #: Connects to the source and reconnects after a loss or a failed
-        #: attempt.
-        self.source = SourceLink(self, upstreams, clock)
         self._clock = clock
-        self._message = Assembler()
-        #: The connection of the upstream closed on purpose (L{_halt}).
-        self._closingConnection: IProtocol | None = None
         self._linger: IDelayedCall | None = None
-        self._gone: Deferred[None] | None = None
-        self._closing: UpstreamProtocol | None = None
-        self.batch: list[bytes] | None = None
+        #: Whether the source was started and not stopped since.
+        self._running = False
         self.retired = False
+        self._makeSource = makeSource
+        #: What fires once each source replaced on reload has stopped.
+        self._replaced: list[Deferred[None]] = []
+        self.source: ISource = makeSource(self)
+        self._lendHistory()
+
+    @property
+    def route(self) -> Route:
+        """
+        The route, swapped whole on reload.
+        """
+        return self._route
+
+    @route.setter
+    def route(self, route: Route) -> None:
+        """
+        Take the reloaded C{route}; when it names another source or other
+        source options, the source is replaced (the old one stopped, the
+        new one started if the old one ran).  The C{websocket} source reads
+        its route's backends and settings as it connects, so it stays.
+        """
+        old, self._route = self._route.config, route
+        new = route.config
+        if new.mode != "fanout" or old.mode != "fanout":
+            return
+        if (old.source, dict(old.sourceOptions)) == (
+            new.source,
+            dict(new.sourceOptions),
+        ):
+            return
+        running, self._running = self._running, False
+        stopped = _stop(self.source, 1000, b"source replaced")
+        self._replaced.append(stopped)
+
+        def forget(result: object) -> object:
+            self._replaced.remove(stopped)
+            return result
+
+        stopped.addBoth(forget)
+        self.state = IDLE
+        self.source = self._makeSource(self)
+        self._lendHistory()
+        if running:
+            self.start()
 
     @property
     def name(self) -> str:
@@ -146,19 +200,35 @@ class Channel:
             raise TypeError(f"route {config.name!r} is not a fan-out route")
         return config
 
+    @property
+    def backend(self) -> Backend | None:
+        """
+        The backend the source is connected to, when it has one (the
+        C{websocket} source's), for the admin API and for moving the
+        channel off a disabled backend; else L{None}.
+        """
+        backend: Backend | None = getattr(self.source, "backend", None)
+        return backend
+
     # Members.
 
-    def join(self, member: Member) -> None:
+    def join(self, member: Member, since: str | None = None) -> None:
         """
-        Add a client: it gets the replay now, then every message.
+        Add a client: it gets the replay now (or, resuming after the
+        message C{since}, what it missed: L{wsrelay.fanout.resume}), then
+        every message.
         """
-        for data in self.replay:
-            member.send(data)
-        self.deliveries += len(self.replay)
-        member.mark = self.messagesIn - len(self.replay)
-        self.members[member] = None
+        window = self.window
+        if window is not None:
+            window.join(self, member, since)
+        else:
+            for data in self.replay:
+                member.send(data)
+            self.deliveries += len(self.replay)
+            member.mark = self.messagesIn - len(self.replay)
+            self.members[member] = None
         self._cancelLinger()
-        if self.state == IDLE:
+        if not self._running and self.state != STOPPED:
             self.start()
 
     def leave(self, member: Member) -> None:
@@ -182,7 +252,7 @@ class Channel:
 
     def _lingerEnded(self) -> None:
         """
-        No client came back: close the upstream.
+        No client came back: stop the source.
         """
         self._linger = None
         if self.members:
@@ -190,123 +260,85 @@ class Channel:
         self.log.info("channel {channel}: no clients, closing", channel=self.name)
         self._halt(IDLE, 1000, b"no clients")
         if self.routeConfig.channel == "path":
-            self.registry.channelEnded(self)
+            self._end()
 
-    # The upstream.
+    # The source.
 
     def start(self) -> None:
         """
-        Connect to the source, and keep connecting after a loss or a failed
-        attempt (L{SourceLink}).
+        Start the source, which keeps delivering (reconnecting after a loss
+        or a failed attempt) until stopped.
         """
+        if self._running:
+            return
+        self._running = True
+        self.state = CONNECTING
         self.source.start()
 
-    def forwardFrame(self, opcode: int, payload: bytes, fin: bool) -> None:
+    def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
         """
-        A frame from the source: once its message is whole, frame it once
-        and hand the bytes to every member.
+        Messages from the source (what one read gave it): each is framed
+        once, kept for the replay, and the batch goes to every member in
+        one write.  The per-message path: nothing else happens here.
         """
-        message = self._message.add(opcode, payload, fin)
-        if message is None:
+        window = self.window
+        if window is None:
+            framed = [frame(opcode, payload) for opcode, payload, _ in messages]
+            self.replay.extend(framed)
+        else:
+            framed = [window.add(*message) for message in messages]
+        count = len(framed)
+        if not count:
             return
-        opcode, payload = message
-        data = frame(opcode, payload)
-        self.messagesIn += 1
-        self.replay.append(data)
-        batch = self.batch
-        if batch is not None:
-            batch.append(data)
+        self.messagesIn += count
+        chunk = framed[0] if count == 1 else b"".join(framed)
+        members = self.members
+        self.deliveries += count * len(members)
+        for member in members:
+            member.send(chunk, count)
+
+    def stateChanged(self, state: str) -> None:
+        """
+        The source's state changed: shown as the channel's while the source
+        runs.
+        """
+        if not self._running:
             return
-        self.deliveries += len(self.members)
-        for member in self.members:
-            member.send(data)
+        self.state = state
+        if state == UP:
+            self.connects += 1
 
     def sendUpstream(self, opcode: int, payload: bytes) -> None:
         """
         A client's whole message for the source (C{client_messages =
-        forward}); dropped while the source is not connected.
+        forward}); counted as dropped when the source does not take it.
         """
-        up = self.upstream
-        if up is None or up.state != OPEN:
+        if not self.source.send(opcode, payload):
             self.clientDrops += 1
-            return
-        up.forwardFrame(opcode, payload, True)
-
-    # The upstream's close handshake: the relay is its only client.
-
-    def closeReceived(self, leg: Any, code: int | None, reason: bytes | None) -> None:
-        """
-        The source closes: answer, and treat it as a failure (the clients
-        stay and wait for the next source).
-        """
-        leg.replyClose(code, reason)
-
-    def closeReplied(self, leg: Any, code: int | None, reason: bytes | None) -> None:
-        """
-        The source answered our close.
-        """
-
-    def legClosed(self, leg: Any) -> None:
-        """
-        The upstream is gone: reconnect unless it was closed on purpose.
-        """
-        if leg is not None and leg is self._closing:
-            # An upstream closed on purpose (see _halt) is gone.
-            self._closing = None
-            connection, self._closingConnection = self._closingConnection, None
-            if connection is not None:
-                connection.connectionLost(Failure(ConnectionDone()))
-            gone, self._gone = self._gone, None
-            if gone is not None:
-                gone.callback(None)
-            return
-        if leg is None or leg is not self.upstream:
-            return
-        backend = self.backend
-        self._release()
-        source = self.source
-        connection, source.connection = source.connection, None
-        if self.state != UP:
-            return
-        self.log.warn(
-            "channel {channel}: source {backend} lost (close code {code})",
-            channel=self.name,
-            backend=backend.name if backend else None,
-            code=getattr(leg, "remoteCloseCode", None),
-        )
-        if backend is not None and not getattr(leg, "wasClean", False):
-            self.upstreams.backendFailed(self.route, backend, "connection lost")
-        source.lost = backend
-        self.state = WAITING
-        if connection is not None:
-            # The service waits, then connects again.
-            connection.connectionLost(Failure(ConnectionDone()))
 
     # Stopping.
 
     def stop(self) -> Deferred[None]:
         """
-        Close the upstream for good (the relay stops).
+        Stop the source for good (the relay stops).
 
-        @return: A L{Deferred} that fires when the upstream is gone.
+        @return: A L{Deferred} that fires when the source stopped
+            (L{ISource.stop}), and those it replaced on reload.
         """
-        gone: Deferred[None] = Deferred()
-        self._halt(STOPPED, 1001, b"relay shutting down")
-        if self._closing is None:
-            gone.callback(None)
-        else:
-            self._gone = gone
-        return gone
+        stopped = self._halt(STOPPED)
+        if not self._replaced:
+            return stopped
+        waits = [stopped, *self._replaced]
+        return DeferredList(waits).addCallback(lambda _: None)
 
     def moveOff(self) -> None:
         """
-        The backend is being disabled: close the upstream with 1012 and
-        connect to another backend; the clients stay.
+        The source's backend is being disabled: the source moves to another
+        backend (with C{moveOff}, when it has one); the clients stay.
         """
-        up = self.upstream
-        if up is not None and self.state == UP:
-            self.source.lost = self.backend
-            up.closeWith(1012, b"backend going away")
+        moveOff = getattr(self.source, "moveOff", None)
+        if moveOff is not None:
+            moveOff()
 
     def retire(self) -> None:
         """
@@ -316,38 +348,77 @@ class Channel:
         self.retired = True
         if not self.members:
             self._halt(IDLE, 1000, b"route removed")
-            self.registry.channelEnded(self)
+            self._end()
 
-    def _halt(self, state: str, code: int, reason: bytes) -> None:
-        self.state = state
+    def _halt(
+        self, state: str, code: int | None = None, reason: bytes = b""
+    ) -> Deferred[None]:
+        """
+        Stop the source, with a close code and reason for a source that
+        takes them (C{stopWith}).
+        """
         self._cancelLinger()
-        up = self.upstream
-        if up is not None:
-            # It is no longer this channel's upstream, even while it closes:
-            # a new one may open meanwhile (a lazy channel's next client).
-            self._release()
-            up.target = None
-            self._closing = up
-            source = self.source
-            self._closingConnection, source.connection = source.connection, None
-            up.closeWith(code, reason)
-        self.source.stop()
+        self.state = state
+        self._running = False
+        return _stop(self.source, code, reason)
 
-    def _release(self) -> None:
+    def _end(self) -> None:
         """
-        Forget the upstream and give its backend's connection back.
+        The channel ended: the registry forgets it, and it lets go of its
+        source, which holds it (reference counting frees both once the
+        source's connections are gone).
         """
-        backend = self.backend
-        self.upstream = None
-        self.backend = None
-        self._message = Assembler()
-        if backend is not None:
-            backend.connections -= 1
-            listener = self.route.loadListener
-            if listener is not None:
-                listener.connectionClosed(backend)
+        self.registry.channelEnded(self)
+        self.source = _ENDED
+
+    def _lendHistory(self) -> None:
+        """
+        Let the resume window ask the source for what it keeps, when the
+        source keeps a history (L{ISourceHistory}).
+        """
+        if self.window is not None:
+            self.window.history = ISourceHistory(self.source, None)
 
     def _cancelLinger(self) -> None:
         linger, self._linger = self._linger, None
         if linger is not None and linger.active():
             linger.cancel()
+
+
+def _stop(source: ISource, code: int | None, reason: bytes) -> Deferred[None]:
+    """
+    Stop C{source}, with C{code} and C{reason} if it takes them
+    (C{stopWith}, as the C{websocket} source does).
+    """
+    stopWith = getattr(source, "stopWith", None)
+    if code is not None and stopWith is not None:
+        stopped: Deferred[None] = stopWith(code, reason)
+        return stopped
+    return source.stop()
+
+
+@implementer(ISource)
+class _EndedSource:
+    """
+    The source of a channel that ended: nothing to start, stop or send.
+    """
+
+    def start(self) -> None:
+        """
+        Nothing to start.
+        """
+
+    def stop(self) -> Deferred[None]:
+        """
+        Nothing to stop.
+        """
+        return succeed(None)
+
+    def send(self, opcode: int, payload: bytes) -> bool:
+        """
+        Nothing takes a message.
+        """
+        return False
+
+
+_ENDED = _EndedSource()

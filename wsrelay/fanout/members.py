@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsrelay.fanout.channel import Channel
+from wsrelay.fanout.resume import sinceOf
 from wsrelay.ws.framing import Assembler
 
 if TYPE_CHECKING:
@@ -106,7 +107,11 @@ class FanoutSession:
         self._joined = True
         self.openedAt = self.clock.seconds()
         self.latency.observe(self.openedAt - self.startedAt)
-        self.channel.join(self)
+        config = self.channel.routeConfig
+        since = None
+        if config.resume is not None:
+            since = sinceOf(self.frontend.query, config.resumeParam)
+        self.channel.join(self, since)
 
     def send(self, data: bytes, count: int = 1) -> None:
         """
@@ -195,6 +200,9 @@ class FanoutSession:
         self.queue.clear()
         self.queued = 0
         if self._joined:
+            window = self.channel.window
+            if window is not None:
+                window.forget(self)
             self.channel.leave(self)
             self._logAccess()
         self.registry.sessionEnded(self)

@@ -11,21 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IProcessTransport,
     IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.protocols.amp import BinaryBoxProtocol, BoxDispatcher, CommandLocator
+from twisted.protocols.amp import BoxDispatcher, CommandLocator
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.workers.commands import Act, Metrics, Reload, Status
+from wsrelay.workers.commands import Act, Boxes, Metrics, Reload, Status
 
 #: Seconds a worker has to answer a command.
 ANSWER_TIMEOUT = 5.0
@@ -126,7 +127,7 @@ class WorkerProcess(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self._logs = bytearray()
         self._commands = BoxDispatcher(CommandLocator())
-        self._answers = BinaryBoxProtocol(self._commands)
+        self._answers = Boxes(self._commands)
         self._killed = False
 
     def connectionMade(self) -> None:
@@ -139,14 +140,14 @@ class WorkerProcess(ProcessProtocol):
         @return: A L{Deferred} firing with the worker's whole status, or
             failing as L{call} does.
         """
-        return self.call(Status).addCallback(lambda answer: answer["status"])
+        return self.call(Status, "status")
 
     def metrics(self) -> Deferred[str]:
         """
         @return: A L{Deferred} firing with the worker's metrics page, or
             failing as L{call} does.
         """
-        return self.call(Metrics).addCallback(lambda answer: answer["text"])
+        return self.call(Metrics, "text")
 
     def reload(self) -> Deferred[None]:
         """
@@ -155,7 +156,7 @@ class WorkerProcess(ProcessProtocol):
         @return: A L{Deferred} firing once it did, or failing as L{call}
             does.
         """
-        return self.call(Reload).addCallback(lambda _: None)
+        return self.call(Reload)
 
     def act(self, route: str, backend: str, action: str) -> Deferred[None]:
         """
@@ -164,13 +165,16 @@ class WorkerProcess(ProcessProtocol):
         @return: A L{Deferred} firing once it did, or failing as L{call}
             does.
         """
-        d = self.call(Act, route=route, backend=backend, action=action)
-        return d.addCallback(lambda _: None)
+        return self.call(Act, route=route, backend=backend, action=action)
 
-    def call(self, command: type[Any], **arguments: Any) -> Deferred[dict[str, Any]]:
+    def call(
+        self, command: type[Any], answer: str | None = None, **arguments: Any
+    ) -> Deferred[Any]:
         """
         Send a command.
 
+        @param answer: The name of the answer's value to fire with, or
+            L{None} to fire with L{None}.
         @return: A L{Deferred} firing with the worker's answer, or failing
             with L{WorkerGone} (the worker is not running, ended or did not
             answer within L{ANSWER_TIMEOUT} seconds) or with the error of
@@ -178,18 +182,36 @@ class WorkerProcess(ProcessProtocol):
         """
         if self.pid is None or self.transport is None:
             return fail(WorkerGone(f"worker {self.index} is not running"))
-        asked: Deferred[dict[str, Any]] = self._commands.callRemote(
-            command, **arguments
-        )
-        asked.addTimeout(ANSWER_TIMEOUT, self._pool.clock)
+        asked = self._commands.callRemote(command, **arguments)
         # AMP logs, and drops the connection, when the Deferred it fires
         # ends in a failure: hand the outcome over to another one.
-        answered: Deferred[dict[str, Any]] = Deferred()
-        asked.addCallbacks(answered.callback, self._failed, errbackArgs=(answered,))
+        answered: Deferred[Any] = Deferred()
+        timer = self._pool.clock.callLater(ANSWER_TIMEOUT, asked.cancel)
+        asked.addCallbacks(
+            self._answered,
+            self._failed,
+            (answered, timer, answer),
+            None,
+            (answered, timer),
+        )
         return answered
 
-    def _failed(self, reason: Failure, answered: Deferred[Any]) -> None:
-        if reason.check(TimeoutError, ConnectionDone):
+    @staticmethod
+    def _answered(
+        box: dict[str, Any],
+        answered: Deferred[Any],
+        timer: IDelayedCall,
+        answer: str | None,
+    ) -> None:
+        timer.cancel()
+        answered.callback(None if answer is None else box[answer])
+
+    def _failed(
+        self, reason: Failure, answered: Deferred[Any], timer: IDelayedCall
+    ) -> None:
+        if timer.active():
+            timer.cancel()
+        if reason.check(CancelledError, ConnectionDone):
             reason = Failure(WorkerGone(f"worker {self.index} did not answer"))
         answered.errback(reason)
 

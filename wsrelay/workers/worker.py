@@ -21,12 +21,13 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.amp import BinaryBoxProtocol, BoxDispatcher, CommandLocator
+from twisted.protocols.amp import BoxDispatcher, CommandLocator
 from twisted.python.failure import Failure
 
 from wsrelay.config import ConfigError
 from wsrelay.workers.commands import (
     Act,
+    Boxes,
     CommandFailed,
     ConfigRejected,
     Metrics,
@@ -116,6 +117,19 @@ def _reported(f: Failure) -> Failure:
     return Failure(CommandFailed(str(f.value)))
 
 
+def _answer(name: str, make: Callable[[], object]) -> dict[str, object]:
+    """
+    @return: C{make()}'s result as the answer's value C{name}.
+    @raise CommandFailed: With the message of any error C{make} raises
+        (answered at once, without a L{Deferred}: AMP's own dispatch
+        makes enough of them).
+    """
+    try:
+        return {name: make()}
+    except Exception as e:
+        raise CommandFailed(str(e)) from None
+
+
 class WorkerCommands(CommandLocator):
     """
     The responders to worker 0's commands.
@@ -125,14 +139,12 @@ class WorkerCommands(CommandLocator):
         self._answers = answers
 
     @Status.responder
-    def status(self) -> Deferred[dict[str, Any]]:
-        d = maybeDeferred(self._answers.status)
-        return d.addCallbacks(lambda status: {"status": status}, _reported)
+    def status(self) -> dict[str, object]:
+        return _answer("status", self._answers.status)
 
     @Metrics.responder
-    def metrics(self) -> Deferred[dict[str, Any]]:
-        d = maybeDeferred(self._answers.metrics)
-        return d.addCallbacks(lambda text: {"text": text}, _reported)
+    def metrics(self) -> dict[str, object]:
+        return _answer("text", self._answers.metrics)
 
     @Reload.responder
     def reload(self) -> Deferred[dict[str, Any]]:
@@ -145,7 +157,7 @@ class WorkerCommands(CommandLocator):
         return d.addCallbacks(lambda _: {}, _reported)
 
 
-class WorkerControl(BinaryBoxProtocol):
+class WorkerControl(Boxes):
     """
     A worker's end of the AMP connection to worker 0: commands come on its
     standard input, answers go to its file descriptor 3.  When worker 0
