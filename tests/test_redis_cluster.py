@@ -135,6 +135,22 @@ def holder(redis: RedisServer, relays: list[RelayProcess]) -> RelayProcess | Non
     return None
 
 
+def _killed(relay: RelayProcess) -> None:
+    """
+    C{SIGKILL} C{relay} if it still runs (its process ID still names a
+    process running its config: not another that took the ID since).
+    """
+    if not relay.pid:
+        return
+    try:
+        with open(f"/proc/{relay.pid}/cmdline", "rb") as f:
+            ours = relay.config.encode() in f.read()
+        if ours:
+            os.kill(relay.pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+
+
 def streamNumbers(redis: RedisServer) -> list[int]:
     """
     @return: The numbers of the stream's entries, in order.
@@ -177,6 +193,9 @@ class ClusterTests(SynchronousTestCase):
         relays = [RelayProcess(relayConfig(self.redis, ticker)) for _ in range(3)]
         for relay in relays:
             self.addCleanup(shutil.rmtree, relay.directory, True)
+            # Whatever became of the scenario (its deadline passed while
+            # stopping them, say), no relay outlives the test.
+            self.addCleanup(_killed, relay)
         self._relays = relays
         await asyncio.gather(*(relay.start() for relay in relays))
         clients = [
