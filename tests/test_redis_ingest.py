@@ -7,22 +7,26 @@ lease is no longer its own; nothing is written by a relay without it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support.redis import RedisServer, startRedis
 from tests.support.waiting import waitFor
 from tests.test_redis_client import makeClient
+from wsrelay.config import ConfigError
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
 from wsrelay.redis.ingest import Ingest
 from wsrelay.redis.source import RedisSource
+from wsrelay.routes import readConfig
+from wsrelay.service import RelayService
 
 #: The stream of the tests.
 STREAM = "wsrelay:feed"
@@ -451,3 +455,43 @@ class HookTests(TestCase):
             HandContext(reactor),
         )
         self.assertFalse(source.send(1, b"up"))
+
+
+class IngestConfigTests(SynchronousTestCase):
+    """
+    C{ingest = on} in a relay's configuration.
+    """
+
+    def relay(self, extra: str) -> RelayService:
+        """
+        @return: A relay (not started) with a C{redis} route and C{extra}.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(
+                "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+                "[route:feed]\npath = /feed\nmode = fanout\nsource = redis\n"
+                f"redis = redis://127.0.0.1:1/0\nstream = s\n{extra}"
+            )
+        self.path = path
+        return RelayService(readConfig(path), reactor)
+
+    def test_noBackends(self) -> None:
+        """
+        Without C{backends}, C{ingest = on} is a configuration error in one
+        line naming the file, the route, and C{backends}.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            self.relay("ingest = on\n")
+        self.assertEqual(
+            str(caught.exception),
+            f"{self.path}: [route:feed] source: redis: backends: missing:"
+            " ingest = on feeds the stream from the route's backends",
+        )
+
+    def test_backends(self) -> None:
+        """
+        With C{backends}, or without C{ingest}, the route is accepted.
+        """
+        self.relay("ingest = on\nbackends = ws://127.0.0.1:1/\n")
+        self.relay("ingest = off\n")
