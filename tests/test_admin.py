@@ -286,8 +286,9 @@ class StatusTests(TestCase):
 
     async def test_fanoutChannel(self) -> None:
         """
-        A fan-out channel shows its key, upstream state and backend, its
-        clients, replay size and counters.
+        A fan-out channel shows its key, source (the built-in one reports
+        no status of its own), upstream state and backend, its clients,
+        replay size and counters.
         """
         b = startBackend(self)
         a = await startAdmin(self, FANOUT.format(url=b.url))
@@ -302,6 +303,8 @@ class StatusTests(TestCase):
             channel,
             {
                 "key": "",
+                "source": "websocket",
+                "sourceStatus": None,
                 "state": "up",
                 "backend": "source",
                 "clients": 1,
@@ -1030,6 +1033,7 @@ class DashboardTests(TestCase):
         self.assertEqual(row["messages-in"], "2")
         self.assertEqual(row["state"], "up")
         self.assertEqual(row["backend"], "source")
+        self.assertEqual(row["source"], "websocket")
         self.assertIn(("backend", "feed", "source"), page.rows)
 
 
@@ -1309,8 +1313,15 @@ class RelayViewTests(TestCase):
 
 #: The modules of the admin package may import, at run time, only these
 #: modules of wsrelay (besides their own package): not the relay service,
-#: not the workers (whose control channel imports the admin package).
-_ADMIN_MAY_IMPORT = {"wsrelay", "wsrelay.config", "wsrelay.plugins"}
+#: not the workers (whose control channel imports the admin package); the
+#: plugin interfaces (which import nothing of wsrelay) for the optional
+#: ones a plugin's object may provide (a source's ISourceStatus).
+_ADMIN_MAY_IMPORT = {
+    "wsrelay",
+    "wsrelay.config",
+    "wsrelay.interfaces",
+    "wsrelay.plugins",
+}
 
 
 def _runTimeImports(tree: ast.Module) -> set[str]:

@@ -277,6 +277,35 @@ class ISourceHistory(Interface):
         """
 
 
+class ISourceStatus(Interface):
+    """
+    Optional, for a source that keeps counters and gauges of its own: the
+    admin listener reads them when C{/status} or C{/metrics} is asked for
+    (never on the message path), and shows them beside the channel's.
+
+    The naming rule for the keys of L{status}:
+      - keys are snake_case (C{[a-z][a-z0-9_]*}); another key is left
+        out of C{/metrics} (it stays in C{/status});
+      - a number (C{int} or C{float}; a C{bool} counts as 0 or 1) becomes
+        the Prometheus metric C{wsrelay_source_<key>}, labelled C{route}
+        and C{channel} as the channel's own metrics are;
+      - a key ending in C{_total} is a counter (it only grows while the
+        source lives), any other numeric key a gauge (C{lease_held},
+        C{lag_seconds}); give units as Prometheus does (C{_seconds},
+        C{_bytes});
+      - a C{str} is shown in C{/status} only, and L{None} means "not known
+        yet": shown as C{null} in C{/status}, left out of C{/metrics}.
+    A new key shows in both at once: the admin listener knows no key.
+    """
+
+    def status() -> Mapping[str, int | float | str | None]:
+        """
+        @return: The source's counters and gauges now, by key (see the
+            naming rule above); cheap, synchronous, and without side
+            effects.
+        """
+
+
 class ISourceFactory(IPluginFactory):
     """
     A plugin that makes fan-out sources; C{source = NAME} in a fan-out

@@ -6,6 +6,7 @@ when scraped, and the merge of several workers' pages into one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,10 @@ from wsrelay import __version__
 
 if TYPE_CHECKING:
     from wsrelay.admin.relay import RelayView
+
+#: What a key of L{wsrelay.interfaces.ISourceStatus.status} must be to
+#: become a metric.
+SNAKE = re.compile("[a-z][a-z0-9_]*")
 
 #: The values of L{wsrelay.routing.Backend.state}.
 STATES = ("up", "down", "draining", "disabled")
@@ -113,6 +118,7 @@ class RelayCollector:
         )
         yield from self._backends()
         yield from self._channels()
+        yield from self._sources()
         yield self._latency()
 
     def _backends(self) -> Iterator[Metric]:
@@ -226,6 +232,37 @@ class RelayCollector:
             drops.add_metric(names, c.slowDrops)
             closes.add_metric(names, c.slowCloses)
         yield from (clients, up, messages, deliveries, drops, closes)
+
+    def _sources(self) -> Iterator[Metric]:
+        """
+        @return: The families of the fan-out sources' own numbers
+            (L{wsrelay.interfaces.ISourceStatus}): C{wsrelay_source_KEY}
+            labelled by route and channel key, a counter when C{KEY} ends
+            in C{_total}, else a gauge; strings, L{None} and keys that are
+            not snake_case are left out.
+        """
+        labels = ["route", "channel"]
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for (name, key), c in self._relay.channels():
+            values = self._relay.sourceStatus(c)
+            if values is None:
+                continue
+            for k, value in values.items():
+                if isinstance(value, str) or value is None:
+                    continue
+                if not SNAKE.fullmatch(k):
+                    continue
+                family = families.get(k)
+                if family is None:
+                    metric = "wsrelay_source_" + k
+                    doc = f"The source's {k} (see its documentation)."
+                    if k.endswith("_total"):
+                        family = CounterMetricFamily(metric, doc, labels=labels)
+                    else:
+                        family = GaugeMetricFamily(metric, doc, labels=labels)
+                    families[k] = family
+                family.add_metric([name, key], float(value))
+        yield from families.values()
 
     def _latency(self) -> Metric:
         """

@@ -7,10 +7,13 @@ is the one place to change when the relay's parts move.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from wsrelay.interfaces import ISourceStatus
 
 if TYPE_CHECKING:
     from wsrelay.fanout import Channel
@@ -77,6 +80,8 @@ class RelayView:
     """
     What the admin listener reads from a relay and asks of it.
     """
+
+    log = Logger()
 
     def __init__(self, relay: RelayStatus) -> None:
         self._relay = relay
@@ -148,6 +153,36 @@ class RelayView:
             order (a route a reload removed may still have some).
         """
         return sorted(self._relay.channels.items(), key=lambda i: i[0])
+
+    def sourceName(self, channel: Channel) -> str:
+        """
+        @return: The name of the source plugin feeding C{channel}
+            (C{source =} of its route).
+        """
+        # Only fan-out routes have channels, and a fan-out route a source.
+        source: str = getattr(channel.route.config, "source", "websocket")
+        return source
+
+    def sourceStatus(
+        self, channel: Channel
+    ) -> Mapping[str, int | float | str | None] | None:
+        """
+        @return: The counters and gauges of C{channel}'s source, when it
+            provides L{ISourceStatus}; else, or when its C{status()}
+            raised (logged), L{None}.
+        """
+        provider = ISourceStatus(channel.source, None)
+        if provider is None:
+            return None
+        try:
+            values: Mapping[str, int | float | str | None] = provider.status()
+        except Exception:
+            self.log.failure(
+                "channel {channel}: the source's status() failed",
+                channel=channel.name,
+            )
+            return None
+        return values
 
     def traffic(self, route: Route, backend: Backend) -> tuple[int, int, int, int]:
         """

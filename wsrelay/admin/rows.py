@@ -50,12 +50,17 @@ def backendStatus(relay: RelayView, route: Route, backend: Backend) -> Any:
     }
 
 
-def channelStatus(channel: Channel) -> Any:
+def channelStatus(relay: RelayView, channel: Channel) -> Any:
     """
-    @return: The state and counters of one fan-out channel, as JSON values.
+    @return: The state and counters of one fan-out channel, as JSON values,
+        with its source's name and own status (L{None} for a source
+        without L{wsrelay.interfaces.ISourceStatus}).
     """
+    source = relay.sourceStatus(channel)
     return {
         "key": channel.key,
+        "source": relay.sourceName(channel),
+        "sourceStatus": None if source is None else dict(source),
         "state": channel.state,
         "backend": None if channel.backend is None else channel.backend.name,
         "clients": len(channel.members),
@@ -119,7 +124,7 @@ def status(relay: RelayView) -> Any:
                 "balancer": route.config.balancer,
                 "health": route.config.health,
                 "backends": [backendStatus(relay, route, b) for b in route.backends],
-                "channels": [channelStatus(c) for c in channels],
+                "channels": [channelStatus(relay, c) for c in channels],
             }
             for route, removed, channels in _routes(relay)
         ],

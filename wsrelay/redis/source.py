@@ -31,7 +31,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext, ISourceHistory
+from wsrelay.interfaces import (
+    ISource,
+    ISourceChannel,
+    ISourceContext,
+    ISourceHistory,
+    ISourceStatus,
+)
 from wsrelay.redis.client import (
     BadRedisSetting,
     RedisAddress,
@@ -211,7 +217,7 @@ class _Found:
         return parseId(self.first) < position < parseId(self.last)
 
 
-@implementer(ISource, ISourceHistory)
+@implementer(ISource, ISourceHistory, ISourceStatus)
 class RedisSource:
     """
     A fan-out channel's source reading a Redis stream (see the module's
@@ -496,6 +502,7 @@ class RedisSource:
             self.lastId = newest[0].decode("ascii")
             if messages:
                 self.entries += len(messages)
+                self.lag = self._reactor.seconds() - parseId(messages[-1][2])[0] / 1e3
                 deliver(messages)
 
     def _message(self, entry: Any, count: bool) -> tuple[int, bytes, str] | None:
@@ -560,6 +567,27 @@ class RedisSource:
             f,
             channel=self._channel.name,
         )
+
+    # ISourceStatus
+
+    def status(self) -> Mapping[str, int | float | str | None]:
+        """
+        The counters and gauges for C{/status} and C{/metrics}
+        (C{wsrelay_source_<key>}): entries delivered, gaps, skipped
+        entries and failed reads (C{_total}: counters); C{lag_seconds}, how
+        old the last entry delivered was when delivered (the relay's clock
+        less its id's milliseconds: the stream's delay plus the clocks'
+        skew), L{None} before the first; the last id and error.
+        """
+        return {
+            "entries_total": self.entries,
+            "gaps_total": self.gaps,
+            "skipped_total": self.skipped,
+            "errors_total": self.errors,
+            "lag_seconds": getattr(self, "lag", None),
+            "last_id": self.lastId,
+            "last_error": self.lastError,
+        }
 
 
 def _firstId(reply: Reply) -> str | None:
