@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
@@ -427,6 +428,27 @@ class HookTests(TestCase):
         await source.stop()
         self.assertFalse(context.sources[0].running)
         self.assertIsNone(server.call("GET", f"{STREAM}:lease"))
+
+    async def test_status(self) -> None:
+        """
+        With ingest on, the source's status tells whether this relay holds
+        the lease and what the ingest wrote, and every key is in
+        C{docs/admin.md} (each number as its metric).
+        """
+        server = await startRedis(self)
+        source, channel, context = await self.started(server)
+        context.sources[0].deliver([(1, b"one", None)])
+        await waitFor(lambda: source.status()["ingest_written_total"] == 1)
+        status = source.status()
+        self.assertEqual((status["lease_held"], status["lease_acquired_total"]), (1, 1))
+        self.assertEqual(status["ingest_upstream"], "up")
+        other = RedisSource(Recording(), self.options(server), HandContext(reactor))
+        self.assertEqual(other.status()["lease_held"], 0)
+        docs = (Path(__file__).parent.parent / "docs" / "admin.md").read_text()
+        for key, value in status.items():
+            if isinstance(value, int | float):
+                self.assertIn(f"| `wsrelay_source_{key}` |", docs)
+            self.assertIn(f"`{key}`", docs)
 
     def test_noBackends(self) -> None:
         """

@@ -159,6 +159,25 @@ class Ingest:
             return False
         return source.send(opcode, payload)
 
+    def status(self) -> dict[str, int | float | str | None]:
+        """
+        The ingest's counters and gauges, merged into the C{redis}
+        source's (L{wsrelay.interfaces.ISourceStatus}): whether this relay
+        holds the lease (C{lease_held}, 0 or 1: its sum over the cluster
+        should be 1), times it took and lost it, entries written and
+        messages dropped, and its websocket source's state.
+        """
+        lease = self.lease
+        return {
+            "lease_held": int(lease.held),
+            "lease_acquired_total": lease.acquired,
+            "lease_lost_total": lease.lost,
+            "ingest_written_total": self.written,
+            "ingest_dropped_total": self.dropped,
+            "ingest_upstream": self.upstream,
+            "ingest_last_error": self.lastError,
+        }
+
     # The lease
 
     def _acquired(self, connection: RedisProtocol) -> None:

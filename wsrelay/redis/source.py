@@ -587,6 +587,8 @@ class RedisSource:
             "lag_seconds": getattr(self, "lag", None),
             "last_id": self.lastId,
             "last_error": self.lastError,
+            # ingest hook: the lease's and the ingest's, with ingest on.
+            **(self._ingest.status() if self._ingest is not None else {}),
         }
 
 
