@@ -70,6 +70,9 @@ class Ticker:
         self._task = asyncio.get_running_loop().create_task(self._tick())
 
     async def _hold(self, connection: ServerConnection) -> None:
+        """
+        Count a connection, and keep it until it closes.
+        """
         self.connections += 1
         self.open.add(connection)
         self.most = max(self.most, len(self.open))
@@ -79,6 +82,9 @@ class Ticker:
             self.open.discard(connection)
 
     async def _tick(self) -> None:
+        """
+        Send the next number to every open connection, every L{TICK} seconds.
+        """
         while True:
             if self.open:
                 broadcast(self.open, str(self.next))

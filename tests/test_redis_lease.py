@@ -36,12 +36,21 @@ class Holder:
         self._waiting: list[tuple[str, Deferred[None]]] = []
 
     def acquired(self, connection: Any) -> None:
+        """
+        The lease was taken.
+        """
         self._note("acquired")
 
     def lost(self) -> None:
+        """
+        The lease was lost or released.
+        """
         self._note("lost")
 
     def _note(self, event: str) -> None:
+        """
+        Record C{event} and fire what waits for it.
+        """
         self.events.append(event)
         waiting, self._waiting = self._waiting, []
         for wanted, d in waiting:
@@ -97,9 +106,13 @@ class LeaseTests(TestCase):
         self.assertGreater(server.call("PTTL", KEY), 25000)
         second, two = makeLease(self, server, clock)
         second.start()
-        await waitFor(lambda: _calls(server, "set") >= 2)
-        clock.advance(10)
-        await waitFor(lambda: _calls(server, "set") >= 3)
+        await waitFor(lambda: second.refusals == 1)
+        self.assertFalse(second.held)
+        clock.advance(9.9)
+        self.assertEqual(_calls(server, "set"), 2)
+        clock.advance(0.1)
+        await waitFor(lambda: second.refusals == 2)
+        self.assertEqual(_calls(server, "set"), 3)
         self.assertFalse(second.held)
         self.assertEqual(two.events, [])
         self.assertEqual(server.call("GET", KEY), first.token)
@@ -153,7 +166,7 @@ class LeaseTests(TestCase):
         await one.next("acquired")
         second, two = makeLease(self, server, clock)
         second.start()
-        await waitFor(lambda: _calls(server, "set") >= 2)
+        await waitFor(lambda: second.refusals == 1)
         await first.stop()
         self.assertEqual(one.events, ["acquired", "lost"])
         self.assertIsNone(server.call("GET", KEY))
@@ -246,11 +259,17 @@ class FakeRedis:
         self._lost: Deferred[None] = Deferred()
 
     def execute(self, *args: Any) -> Deferred[Any]:
+        """
+        @return: A L{Deferred} the test answers (L{answer}).
+        """
         d: Deferred[Any] = Deferred()
         self.sent.append((args, d))
         return d
 
     def whenLost(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that never fires: the connection stays.
+        """
         return self._lost
 
     def answer(self, command: str, reply: Any) -> None:
@@ -273,6 +292,9 @@ class TimingTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
+        """
+        A lease of three seconds on a hand-answered connection, taken.
+        """
         self.clock = Clock()
         self.redis = FakeRedis()
         self.holder = Holder()
@@ -290,6 +312,9 @@ class TimingTests(SynchronousTestCase):
         self.redis.answer("SET", b"OK")
 
     def renewals(self) -> list[tuple[Any, ...]]:
+        """
+        @return: The renewals sent so far.
+        """
         return [a for a, _ in self.redis.sent if a[:2] == ("EVALSHA", scriptId(RENEW))]
 
     def test_acquired(self) -> None:

@@ -127,6 +127,9 @@ class Ingest:
         self._stopping: Deferred[None] = succeed(None)
 
     def _connection(self) -> Deferred[RedisProtocol]:
+        """
+        @return: The ingest's connection to Redis, when there is one.
+        """
         self._client.start()
         return self._client.connection()
 
@@ -195,6 +198,9 @@ class Ingest:
         self._stopping.addCallback(lambda _: self._startSource(connection))
 
     def _startSource(self, connection: RedisProtocol) -> None:
+        """
+        Start the websocket source if the lease taken on C{connection} is still held.
+        """
         if self._redis is connection and self._source is not None:
             self._source.start()
 
@@ -241,6 +247,9 @@ class Ingest:
         self.upstream = state
 
     def _written(self, reply: Reply, count: int) -> None:
+        """
+        A batch answered: written, or refused for want of the lease.
+        """
         if reply == count:
             self.written += count
             return
@@ -249,6 +258,9 @@ class Ingest:
             self.lease.lose("a write found the lease no longer this relay's")
 
     def _failed(self, f: Failure, count: int) -> None:
+        """
+        A batch failed: dropped, and its error logged once.
+        """
         self.dropped += count
         if f.check(RedisConnectionLost):
             # The lease sees it too, and stops the ingest.

@@ -76,6 +76,7 @@ class Lease:
     @ivar connection: While L{held}, the connection the lease was taken on.
     @ivar acquired: Times the lease was taken.
     @ivar lost: Times it was lost (not counting clean stops).
+    @ivar refusals: Attempts answered that found the lease another's.
     @ivar token: This relay's value for the key.
     """
 
@@ -118,6 +119,7 @@ class Lease:
         self.connection: RedisProtocol | None = None
         self.acquired = 0
         self.lost = 0
+        self.refusals = 0
         self._running = False
         #: Bumped on each acquisition and loss: a late answer to an older
         #: command finds another generation and is ignored.
@@ -204,6 +206,7 @@ class Lease:
         if self._lastError is not None:
             self._lastError = None
         if reply != b"OK":
+            self.refusals += 1
             self._later(self._attempt, self.length / 3)
             return
         self.held = True
@@ -281,6 +284,9 @@ class Lease:
         )
 
     def _renewed(self, reply: Reply, generation: int, sent: float) -> None:
+        """
+        A renewal answered: extended (1), or refused (0: not ours).
+        """
         if generation != self._generation:
             return
         if reply != 1:
@@ -289,6 +295,9 @@ class Lease:
         self._extended(sent)
 
     def _renewFailed(self, f: Failure, generation: int) -> None:
+        """
+        A renewal failed (an error reply, the connection lost).
+        """
         self._lose(generation, " ".join(f.getErrorMessage().split()))
 
     def lose(self, why: str) -> None:
@@ -331,11 +340,17 @@ class Lease:
     # Timers
 
     def _later(self, f: Callable[[], None], delay: float) -> None:
+        """
+        Call C{f} after C{delay} seconds instead of what was due next.
+        """
         if self._next is not None and self._next.active():
             self._next.cancel()
         self._next = self._clock.callLater(delay, f)
 
     def _cancelTimers(self) -> None:
+        """
+        Cancel the next attempt or renewal, and the deadline.
+        """
         for call in (self._next, self._deadline):
             if call is not None and call.active():
                 call.cancel()
