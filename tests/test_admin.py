@@ -39,6 +39,7 @@ from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
 from tests.support.packaging import buildWheel
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
+from tests.test_fanout_units import relayFor
 from wsrelay import __version__
 from wsrelay.admin import (
     DASHBOARD,
@@ -49,6 +50,7 @@ from wsrelay.admin import (
     adminSite,
     hostAllowed,
 )
+from wsrelay.admin.rows import channelStatus
 from wsrelay.config import ConfigError, parseConfig
 from wsrelay.routing import Backend, Route
 from wsrelay.service import RelayService
@@ -1382,3 +1384,20 @@ class StructureTests(SynchronousTestCase):
         self.assertEqual(loaded.returncode, 0, loaded.stderr)
         self.assertNotIn("'wsrelay.workers'", loaded.stdout)
         self.assertNotIn("'wsrelay.service'", loaded.stdout)
+
+
+class ChannelRowTests(SynchronousTestCase):
+    """
+    L{wsrelay.admin.rows.channelStatus}, in memory.
+    """
+
+    def test_replayWithResume(self) -> None:
+        """
+        With C{resume}, the channel keeps a window larger than the replay:
+        the row's C{replay} is what a new client gets, not the window.
+        """
+        relay, _ = relayFor("replay = 1\nresume = envelope\nresume_window = 3\n")
+        channel = relay.sessionFactory.channel(relay.routes.routes[0], "")
+        channel.deliver([(1, b"m", None)] * 3)
+        self.assertEqual(len(channel.replay), 3)
+        self.assertEqual(channelStatus(channel)["replay"], 1)

@@ -171,6 +171,60 @@ class LoadListenerErrorTests(SynchronousTestCase):
         self.assertEqual(channel.state, UP)
 
 
+class RecordingListener:
+    """
+    A balancer's load listener that records what it is told.
+
+    @ivar calls: C{("opened" or "closed", backend)}, in order.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def connectionOpened(self, backend: object) -> None:
+        """
+        Record an opening.
+        """
+        self.calls.append(("opened", backend))
+
+    def connectionClosed(self, backend: object) -> None:
+        """
+        Record a closing.
+        """
+        self.calls.append(("closed", backend))
+
+
+class LoadListenerReloadTests(SynchronousTestCase):
+    """
+    A source's connection is closed on the load listener it was opened on,
+    whatever balancer a reload put in force meanwhile.
+    """
+
+    def test_closedOnOpener(self) -> None:
+        """
+        The route's listener changes between the source's opening and its
+        closing: the first gets both, the second neither.
+        """
+        relay, clock = relayFor("")
+        loop = replace_loop(clock)
+        loop.__enter__()
+        self.addCleanup(loop.__exit__, None, None, None)
+        first, second = RecordingListener(), RecordingListener()
+        route = relay.routes.routes[0]
+        object.__setattr__(route, "loadListener", first)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        acceptSource(cast(MemoryReactorClock, relay._reactor))
+        channel = relay.channels[("feed", "")]
+        source = cast(WebSocketSource, channel.source)
+        backend = source.backend
+        self.assertIsNotNone(backend)
+        object.__setattr__(route, "loadListener", second)
+        source.stopWith(1000, b"bye")
+        self.assertEqual(first.calls, [("opened", backend), ("closed", backend)])
+        self.assertEqual(second.calls, [])
+
+
 class ReconnectTests(SynchronousTestCase):
     """
     How long a channel takes from losing its source to its next attempt,

@@ -23,6 +23,7 @@ from websockets.sync.server import ServerConnection
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, client, inThread, script, startBackend
+from tests.support.waiting import waitFor
 from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory
 from wsrelay.plugins import (
     KINDS,
@@ -494,8 +495,16 @@ class Listening(Plain):
     def connectionClosed(self, backend):
         happened(("closed", backend.name))
 
+@implementer(IBalancer, ILoadListener)
+class Other(Plain):
+    def connectionOpened(self, backend):
+        happened(("other opened", backend.name))
+    def connectionClosed(self, backend):
+        happened(("other closed", backend.name))
+
 plain = BalancerPlugin("{name}_plain", Plain, "no load hooks")
 listening = BalancerPlugin("{name}_listening", Listening, "load hooks")
+other = BalancerPlugin("{name}_other", Other, "load hooks, told apart")
 """
 
 
@@ -556,6 +565,44 @@ class LoadHookTests(TestCase):
         self.assertEqual(answers, ["echo /plain", "echo /hooked", "hello"])
         await closed.addTimeout(TIMEOUT, reactor)
         self.assertEqual(hooks.events, [("opened", "h"), ("closed", "h")])
+
+
+class LoadHookReloadTests(TestCase):
+    """
+    A fan-out source's connection is closed on the balancer it was opened
+    on, whatever balancer a reload put in force meanwhile.
+    """
+
+    async def test_sourceAcrossReload(self) -> None:
+        """
+        The route's balancer changes by a reload while the source stays
+        connected: when the channel stops, the first balancer is told of
+        the closing, the second of nothing.
+        """
+        name = "hooks_" + uuid.uuid4().hex[:8]
+        modules = addDropins(self, hooks=HOOKS.replace("{name}", name))
+        source = startBackend(self, handler=greet)
+        path = os.path.join(temporaryFolder(self), "relay.ini")
+        route = (
+            "[relay]\nlisten = tcp:0:interface=127.0.0.1\n"
+            "[route:feed]\npath = /feed\nmode = fanout\n"
+            f"backends = {source.url} name=f\nbalancer = {name}_"
+        )
+        with open(path, "w") as f:
+            f.write(route + "listening\n")
+        relay = RelayService(readConfig(path), reactor)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        await relay.whenListening()
+        hooks = sys.modules[modules["hooks"]]
+        await waitFor(lambda: ("opened", "f") in hooks.events)
+        with open(path, "w") as f:
+            f.write(route + "other\n")
+        await relay.operations.reload()
+        channel = relay.channels[("feed", "")]
+        self.assertEqual(type(channel.route.balancer).__name__, "Other")
+        await channel.stop().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(hooks.events, [("opened", "f"), ("closed", "f")])
 
 
 class StartupErrorTests(SynchronousTestCase):

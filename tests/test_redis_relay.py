@@ -6,6 +6,7 @@ clients, through a Redis restart.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.trial.unittest import TestCase
@@ -97,3 +98,39 @@ class RelayTests(TestCase):
         server.call("XADD", "wsrelay:feed", "*", "data", "after")
         self.assertEqual(await inThread(c.recv, TIMEOUT), "after")
         self.assertEqual(len(relay.channels[("feed", "")].members), 1)
+
+
+class LazyResumeTests(TestCase):
+    """
+    C{resume = envelope} on a lazy route with C{source = redis}.
+    """
+
+    async def test_firstClientResumes(self) -> None:
+        """
+        The first client of a lazy channel, resuming after an entry the
+        stream holds, gets the entries after it from the stream, then
+        the live ones: the channel starts its source before the window
+        looks the id up, and the lookup waits until the source has found
+        where it reads from.
+        """
+        server = await startRedis(self)
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:feed]\npath = /feed\nmode = fanout\nsource = redis\n"
+            f"redis = {server.url}\nstream = s\nconnect = lazy\n"
+            "resume = envelope\nresume_miss = close\n",
+        )
+        ids = [
+            server.call("XADD", "s", "*", "data", f"m{n}").decode() for n in range(3)
+        ]
+        c = await inThread(client, port, f"/feed?since={ids[0]}")
+        self.addCleanup(inThread, c.close)
+        got = [json.loads(await inThread(c.recv, TIMEOUT)) for _ in range(2)]
+        self.assertEqual(
+            [(m["id"], m["data"]) for m in got], [(ids[1], "m1"), (ids[2], "m2")]
+        )
+        await waitFor(lambda: relay.channels[("feed", "")].state == "up")
+        live = server.call("XADD", "s", "*", "data", "live").decode()
+        self.assertEqual(
+            json.loads(await inThread(c.recv, TIMEOUT)), {"id": live, "data": "live"}
+        )

@@ -588,6 +588,22 @@ class HistoryTests(TestCase):
             await waitFor(lambda n=i + 1: len(channel.messages) == n)
         self.assertEqual(channel.payloads, [b"m0", b"m1", b"m2", b"m3"])
 
+    async def test_notPositioned(self) -> None:
+        """
+        Started but not yet positioned (no C{lastId}): L{None}, not an
+        empty history that would move a resuming client to the live
+        stream past what came after its id.
+        """
+        server = await startRedis(self)
+        first = server.call("XADD", "s", "*", "data", "m0").decode()
+        server.call("XADD", "s", "*", "data", "m1")
+        channel = FakeChannel()
+        source = RedisSource(channel, options(server), FakeContext())
+        source.start()
+        self.addCleanup(source.stop)
+        self.assertIsNone(source.lastId)
+        self.assertIsNone(await source.after(first, 10))
+
     async def test_gone(self) -> None:
         """
         An id the stream was trimmed past, or one that is no id: L{None}.

@@ -6,12 +6,16 @@ reconnect with C{?since=ID} get what they missed, then the live stream.
 from __future__ import annotations
 
 import base64
+import gc
 import json
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import ClientConnection
 from zope.interface import implementer
@@ -32,7 +36,8 @@ from wsrelay.fanout.resume import (
     streamOrder,
     withoutParameter,
 )
-from wsrelay.interfaces import ISourceHistory
+from wsrelay.interfaces import ISource, ISourceHistory
+from wsrelay.routes import sourceFactories
 from wsrelay.service import RelayService
 
 Delivered = tuple[int, bytes, "str | None"]
@@ -501,6 +506,34 @@ class HistoryTests(TestCase):
         assert window is not None
         self.assertEqual(window._catchUps, {})
 
+    async def test_hugeSince(self) -> None:
+        """
+        A C{since} of thousands of digits (more than Python turns into an
+        int) is a miss, not an exception that leaves the client open with
+        no membership.
+        """
+        channel, history, port = await self.historyRelay()
+        c = await connected(self, port, "/ticker?since=" + "1" * 4400 + "-1")
+        await waitFor(lambda: len(channel.members) == 1)
+        self.assertEqual(history.calls, [])
+        deliver(channel, entries(6, 6))
+        self.assertEqual(data(await inThread(receive, c, 1)), ["m 6"])
+
+    async def test_joinFails(self) -> None:
+        """
+        An exception while a client joins (a bug) closes it with 1011,
+        logged.
+        """
+        channel, _, port = await self.historyRelay()
+
+        def join(member: Any, since: str | None = None) -> None:
+            raise RuntimeError("boom")
+
+        channel.join = join  # type: ignore[method-assign]
+        c = await connected(self, port, "/ticker?since=1-1")
+        self.assertEqual(await inThread(closeOf, c), (1011, "internal error"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
 
 class ParameterTests(TestCase):
     """
@@ -642,6 +675,31 @@ class WindowTests(SynchronousTestCase):
         for other in ("e1a2-3", "12", "1-", "-1", "\u0661-1", "1-2x", None):
             self.assertIsNone(streamOrder(other), other)
 
+    def test_hugeIds(self) -> None:
+        """
+        An id of thousands of digits is no stream id (the parts of one have
+        at most 20 digits each); a C{since} longer than L{resume.MAX_SINCE}
+        is cut so that it finds nothing, and the window counts it a miss
+        without asking the history.
+        """
+        self.assertIsNone(streamOrder("1" * 4400 + "-1"))
+        self.assertIsNone(streamOrder("1-" + "1" * 21))
+        self.assertEqual(
+            streamOrder("18446744073709551615-18446744073709551615"),
+            (2**64 - 1, 2**64 - 1),
+        )
+        since = sinceOf("since=" + "1" * 5000, "since")
+        assert since is not None
+        self.assertEqual(len(since), resume.MAX_SINCE + 1)
+        window = self.window(field=None)
+        history = FakeHistory()
+        window.history = history
+        channel = MemoryChannel()
+        member = Member()
+        window.join(channel, member, "1" * 300 + "-1")
+        self.assertEqual(history.calls, [])
+        self.assertEqual(list(channel.members), [member])
+
     def test_parameters(self) -> None:
         """
         The resume parameter is found and removed by name, whatever its
@@ -701,3 +759,434 @@ class ConfigTests(SynchronousTestCase):
             "r.ini",
         )
         self.assertEqual((e.section, e.key), ("route:r", "resume"))
+
+
+class Member:
+    """
+    A channel member in memory: what it is sent, and how it was closed.
+
+    @ivar got: Each write, as C{(data, count)}.
+    @ivar closed: The close code and reason, or L{None}.
+    """
+
+    def __init__(self) -> None:
+        self.mark = 0
+        self.got: list[tuple[bytes, int]] = []
+        self.closed: tuple[int, bytes] | None = None
+
+    def send(self, data: bytes, count: int = 1) -> None:
+        """
+        Record the write.
+        """
+        self.got.append((data, count))
+
+    def shutdown(self, code: int = 1001, reason: bytes = b"") -> None:
+        """
+        Record the close.
+        """
+        self.closed = (code, reason)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """
+        @return: The envelopes written to it, decoded.
+        """
+        out = []
+        rest = b"".join(data for data, _ in self.got)
+        while rest:
+            size = rest[1] & 0x7F
+            head = 2
+            if size == 126:
+                size = int.from_bytes(rest[2:4], "big")
+                head = 4
+            out.append(json.loads(rest[head : head + size]))
+            rest = rest[head + size :]
+        return out
+
+
+class MemoryChannel:
+    """
+    What a window uses of a channel, in memory.
+    """
+
+    def __init__(self) -> None:
+        self.members: dict[Any, None] = {}
+        self.messagesIn = 0
+        self.deliveries = 0
+
+
+class MemorySource:
+    """
+    A source in memory: it starts and stops when told, and reports its
+    state to its channel by hand (L{up}).
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.running = False
+
+    def start(self) -> None:
+        """
+        Start (the test says when it is up).
+        """
+        self.running = True
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop.
+        """
+        self.running = False
+        return succeed(None)
+
+    def send(self, opcode: int, payload: bytes) -> bool:
+        """
+        Take no client message.
+        """
+        return False
+
+    def up(self) -> None:
+        """
+        Report the source up.
+        """
+        self.channel.stateChanged("up")
+
+
+@implementer(ISource)
+class PlainSource(MemorySource):
+    """
+    A L{MemorySource} without a history.
+    """
+
+
+@implementer(ISource, ISourceHistory)
+class HistorySource(MemorySource):
+    """
+    A L{MemorySource} with a hand-fired history (L{FakeHistory}).
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(channel)
+        self.history = FakeHistory()
+
+    def after(self, sourceId: str, limit: int) -> Deferred[Any]:
+        """
+        Ask the hand-fired history.
+        """
+        return self.history.after(sourceId, limit)
+
+
+def memoryChannel(
+    testCase: SynchronousTestCase,
+    make: type[MemorySource],
+    extra: str = "stream = s\n",
+) -> tuple[Channel, Clock]:
+    """
+    A lazy channel of a route with C{source = redis} (options only: the
+    source is made by C{make}), C{resume = envelope}, C{resume_miss =
+    close} and C{linger = 5}, on a clock.
+    """
+    config = parseConfig(
+        "[relay]\nlisten = tcp:0\n[route:feed]\npath = /feed\nmode = fanout\n"
+        "source = redis\nredis = redis://127.0.0.1:1/0\nconnect = lazy\n"
+        "linger = 5\nresume = envelope\nresume_miss = close\n" + extra,
+        "t.ini",
+        sources={n: tuple(f.options) for n, f in sourceFactories().items()},
+    )
+    clock = Clock()
+    relay = RelayService(config, MemoryReactorClock(), clock)
+    route = relay.routes.routes[0]
+    channel = Channel(route, "", relay.registry, clock, make)
+    return channel, clock
+
+
+def sourceOf(channel: Channel) -> Any:
+    """
+    @return: The channel's L{MemorySource}.
+    """
+    source = channel.source
+    assert isinstance(source, MemorySource)
+    return source
+
+
+class SourceStopTests(SynchronousTestCase):
+    """
+    The channel stops its source (linger) or replaces it (reload): what
+    came meanwhile never reached the window, so the ids from before the
+    stop no longer count there.
+    """
+
+    def lingered(self, make: type[MemorySource]) -> tuple[Channel, Clock]:
+        """
+        A channel that delivered C{1-1} and C{1-2} to a client that left,
+        and whose source stopped when the linger ran out.
+        """
+        channel, clock = memoryChannel(self, make)
+        first = Member()
+        channel.join(first)
+        sourceOf(channel).up()
+        deliver(channel, entries(1, 2))
+        channel.leave(first)
+        clock.advance(5)
+        self.assertFalse(sourceOf(channel).running)
+        return channel, clock
+
+    def test_stoppedIsMiss(self) -> None:
+        """
+        Without a history, a client resuming after an id from before the
+        stop gets a miss, not the window's messages without those sent
+        while the source was stopped.
+        """
+        channel, _ = self.lingered(PlainSource)
+        member = Member()
+        channel.join(member, "1-1")
+        self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+        self.assertEqual(member.got, [])
+
+    def test_stoppedAsksHistory(self) -> None:
+        """
+        With a history, such a client is served from it, once the source
+        started again is up.
+        """
+        channel, _ = self.lingered(HistorySource)
+        member = Member()
+        channel.join(member, "1-1")
+        history = sourceOf(channel).history
+        self.assertEqual(history.calls, [])
+        sourceOf(channel).up()
+        self.assertEqual([c[0] for c in history.calls], ["1-1"])
+        history.calls[0][2].callback(entries(2, 4))
+        self.assertEqual([m["id"] for m in member.messages()], ["1-2", "1-3", "1-4"])
+        self.assertIsNone(member.closed)
+
+    def test_replaced(self) -> None:
+        """
+        A reload that replaces the source (other source options) forgets
+        the ids too.
+        """
+        channel, _ = memoryChannel(self, PlainSource, "stream = a\n")
+        first = Member()
+        channel.join(first)
+        sourceOf(channel).up()
+        deliver(channel, entries(1, 2))
+        old = channel.source
+        channel.route = memoryChannel(self, PlainSource, "stream = b\n")[0].route
+        self.assertIsNot(channel.source, old)
+        member = Member()
+        channel.join(member, "1-1")
+        self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+
+
+class LookupBoundTests(SynchronousTestCase):
+    """
+    A client resuming from the source's history never waits for ever: a
+    failure anywhere (also while merging), a slow answer, or too many
+    live messages held meanwhile is a miss.
+    """
+
+    def resuming(self) -> tuple[Channel, Clock, Member, FakeHistory]:
+        """
+        A channel whose source (with a history) is up, and a client
+        resuming after C{1-1}, its lookup pending.
+        """
+        channel, clock = memoryChannel(self, HistorySource)
+        member = Member()
+        channel.join(member, "1-1")
+        sourceOf(channel).up()
+        history = sourceOf(channel).history
+        self.assertEqual(len(history.calls), 1)
+        return channel, clock, member, history
+
+    def assertMissed(self, channel: Channel, member: Member) -> None:
+        """
+        C{member} got a miss (C{resume_miss = close}), and the window
+        holds nothing for it.
+        """
+        self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+        window = channel.window
+        assert window is not None
+        self.assertEqual(window._catchUps, {})
+        self.assertEqual(channel.members, {})
+
+    def test_mergeFails(self) -> None:
+        """
+        A history whose text is not UTF-8 cannot be put in envelopes: the
+        merge fails, which is a miss, logged.
+        """
+        channel, _, member, history = self.resuming()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        history.calls[0][2].callback([(1, b"\xff", "1-2")])
+        self.assertMissed(channel, member)
+        self.assertIn("history failed", " ".join(map(formatEvent, events)))
+
+    def test_timeout(self) -> None:
+        """
+        No answer in L{resume.LOOKUP_TIMEOUT} seconds: a miss, and the
+        lookup is cancelled.
+        """
+        channel, clock, member, history = self.resuming()
+        clock.advance(resume.LOOKUP_TIMEOUT - 1)
+        self.assertIsNone(member.closed)
+        clock.advance(1)
+        clock.advance(0)
+        self.assertMissed(channel, member)
+        self.assertTrue(history.calls[0][2].called)
+
+    def test_sourceNeverUp(self) -> None:
+        """
+        A source that never comes up: the lookup, which waits for it, is a
+        miss after L{resume.LOOKUP_TIMEOUT} seconds.
+        """
+        channel, clock = memoryChannel(self, HistorySource)
+        member = Member()
+        channel.join(member, "1-1")
+        clock.advance(resume.LOOKUP_TIMEOUT)
+        clock.advance(0)
+        self.assertMissed(channel, member)
+        self.assertEqual(sourceOf(channel).history.calls, [])
+
+    def test_heldBound(self) -> None:
+        """
+        More than L{resume.HELD_MAX} live messages while the history is
+        looked up: a miss, and nothing more is held.
+        """
+        self.patch(resume, "HELD_MAX", 3)
+        channel, clock, member, history = self.resuming()
+        deliver(channel, entries(2, 4))
+        self.assertIsNone(member.closed)
+        deliver(channel, entries(5, 5))
+        clock.advance(0)
+        self.assertMissed(channel, member)
+
+    def test_countAfterAdd(self) -> None:
+        """
+        A message the window cannot take (text that is not UTF-8, in an
+        envelope) is not counted: the next one gets the number it would
+        have had.
+        """
+        window = ResumeWindow(
+            field=None, size=3, replay=1, miss="replay", clock=Clock(), epoch="eX"
+        )
+        self.assertRaises(UnicodeDecodeError, window.add, 1, b"\xff", None)
+        self.assertEqual(window.count, 0)
+        window.add(1, b"ok", None)
+        self.assertEqual(list(window.ids), ["eX-1"])
+        self.assertEqual(window.after("eX-1"), [])
+
+
+class EndedChannelTests(SynchronousTestCase):
+    """
+    A channel that ended is freed by reference counting, also when its
+    source lends the window a history (which holds the channel).
+    """
+
+    def test_freed(self) -> None:
+        """
+        With the collector off, an ended channel whose source has a
+        history is gone once the last reference to it is dropped.
+        """
+        channel, _ = memoryChannel(self, HistorySource)
+        registry = channel.registry
+        registry.channels[(channel.route.name, "")] = channel
+        window = channel.window
+        assert window is not None
+        self.assertIsNotNone(window.history)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        channel.start()
+        channel.retire()
+        self.assertNotIn((channel.route.name, ""), registry.channels)
+        self.assertIsNone(window.history)
+        ref = weakref.ref(channel)
+        del channel
+        self.assertIsNone(ref())
+
+
+class DeliveriesTests(SynchronousTestCase):
+    """
+    The channel's C{deliveries} counts each message written to a client
+    once, also for clients catching up from the history (the window
+    counts those; the channel does not count their stand-ins).
+    """
+
+    def setUp(self) -> None:
+        """
+        A client C{live} on a channel that delivered C{1-1} to C{1-5}
+        (window of 2), and a client resuming after C{1-1}, its lookup
+        pending.
+        """
+        self.channel, self.clock = memoryChannel(
+            self, HistorySource, "stream = s\nresume_window = 2\n"
+        )
+        self.live = Member()
+        self.channel.join(self.live)
+        sourceOf(self.channel).up()
+        deliver(self.channel, entries(1, 5))
+        self.resuming = Member()
+        self.channel.join(self.resuming, "1-1")
+        self.history = sourceOf(self.channel).history
+        self.assertEqual(len(self.history.calls), 1)
+        self.before = self.channel.deliveries
+
+    def test_whileLookingUp(self) -> None:
+        """
+        Live messages while the history is looked up count once for the
+        live client; the merged history and held messages once each for
+        the resuming one.
+        """
+        deliver(self.channel, entries(6, 7))
+        self.assertEqual(self.channel.deliveries - self.before, 2)
+        self.history.calls[0][2].callback(entries(2, 7))
+        self.assertEqual(
+            [m["id"] for m in self.resuming.messages()],
+            [f"1-{n}" for n in range(2, 8)],
+        )
+        self.assertEqual(self.channel.deliveries - self.before, 2 + 6)
+        deliver(self.channel, entries(8, 8))
+        self.assertEqual(self.channel.deliveries - self.before, 2 + 6 + 2)
+
+    def test_historyAhead(self) -> None:
+        """
+        The history ahead of the live stream: the messages the window
+        writes itself to the resuming client count once, and none for
+        its stand-in.
+        """
+        self.history.calls[0][2].callback(entries(2, 9))
+        self.assertEqual(self.channel.deliveries - self.before, 8)
+        deliver(self.channel, entries(8, 10))
+        self.assertEqual(
+            [m["id"] for m in self.resuming.messages()][-2:], ["1-9", "1-10"]
+        )
+        self.assertEqual(self.channel.deliveries - self.before, 8 + 3 + 1)
+        self.clock.advance(0)
+        deliver(self.channel, entries(11, 11))
+        self.assertEqual(self.channel.deliveries - self.before, 8 + 3 + 1 + 2)
+
+
+class CloseTests(SynchronousTestCase):
+    """
+    L{ResumeWindow.close}, in memory.
+    """
+
+    def test_waitingLookup(self) -> None:
+        """
+        Closing a window whose lookup waits for the source gives it up: the
+        stand-in leaves the channel, no history is asked, ever.
+        """
+        window = ResumeWindow(
+            field=None, size=2, replay=1, miss="close", clock=Clock(), epoch="eX"
+        )
+        history = FakeHistory()
+        window.history = history
+        window.sourceStarted()
+        channel = MemoryChannel()
+        member = Member()
+        window.join(channel, member, "1-1")
+        self.assertEqual(len(channel.members), 1)
+        window.close()
+        self.assertEqual((channel.members, window._catchUps), ({}, {}))
+        self.assertEqual(window.held, 0)
+        window.sourceUp()
+        self.assertEqual(history.calls, [])
+        self.assertIsNone(member.closed)

@@ -64,7 +64,9 @@ def channelStatus(relay: RelayView, channel: Channel) -> Any:
         "state": channel.state,
         "backend": None if channel.backend is None else channel.backend.name,
         "clients": len(channel.members),
-        "replay": len(channel.replay),
+        # With resume, channel.replay is the resume window, which keeps
+        # more than a new client gets.
+        "replay": min(len(channel.replay), channel.routeConfig.replay),
         "messagesIn": channel.messagesIn,
         "deliveries": channel.deliveries,
         "slowDrops": channel.slowDrops,

@@ -168,6 +168,8 @@ class Channel:
         ):
             return
         running, self._running = self._running, False
+        if self.window is not None:
+            self.window.sourceStopped()
         stopped = _stop(self.source, 1000, b"source replaced")
         self._replaced.append(stopped)
 
@@ -218,6 +220,11 @@ class Channel:
         message C{since}, what it missed: L{wsrelay.fanout.resume}), then
         every message.
         """
+        self._cancelLinger()
+        if not self._running and self.state != STOPPED:
+            # Before the window looks up C{since}: a source's history
+            # answers only while the source runs.
+            self.start()
         window = self.window
         if window is not None:
             window.join(self, member, since)
@@ -227,9 +234,6 @@ class Channel:
             self.deliveries += len(self.replay)
             member.mark = self.messagesIn - len(self.replay)
             self.members[member] = None
-        self._cancelLinger()
-        if not self._running and self.state != STOPPED:
-            self.start()
 
     def leave(self, member: Member) -> None:
         """
@@ -273,6 +277,8 @@ class Channel:
             return
         self._running = True
         self.state = CONNECTING
+        if self.window is not None:
+            self.window.sourceStarted()
         self.source.start()
 
     def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
@@ -282,18 +288,21 @@ class Channel:
         one write.  The per-message path: nothing else happens here.
         """
         window = self.window
+        members = self.members
         if window is None:
             framed = [frame(opcode, payload) for opcode, payload, _ in messages]
             self.replay.extend(framed)
+            receivers = len(members)
         else:
             framed = [window.add(*message) for message in messages]
+            # Clients catching up are counted by the window.
+            receivers = len(members) - window.held
         count = len(framed)
         if not count:
             return
         self.messagesIn += count
         chunk = framed[0] if count == 1 else b"".join(framed)
-        members = self.members
-        self.deliveries += count * len(members)
+        self.deliveries += count * receivers
         for member in members:
             member.send(chunk, count)
 
@@ -307,6 +316,8 @@ class Channel:
         self.state = state
         if state == UP:
             self.connects += 1
+            if self.window is not None:
+                self.window.sourceUp()
 
     def sendUpstream(self, opcode: int, payload: bytes) -> None:
         """
@@ -360,16 +371,22 @@ class Channel:
         self._cancelLinger()
         self.state = state
         self._running = False
+        if self.window is not None:
+            self.window.sourceStopped()
         return _stop(self.source, code, reason)
 
     def _end(self) -> None:
         """
         The channel ended: the registry forgets it, and it lets go of its
-        source, which holds it (reference counting frees both once the
-        source's connections are gone).
+        source, which holds it, also through the resume window's history
+        (reference counting frees both once the source's connections are
+        gone).
         """
         self.registry.channelEnded(self)
         self.source = _ENDED
+        if self.window is not None:
+            # Its history is the source's, which holds the channel.
+            self.window.close()
 
     def _lendHistory(self) -> None:
         """

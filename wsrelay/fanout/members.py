@@ -108,10 +108,18 @@ class FanoutSession:
         self.openedAt = self.clock.seconds()
         self.latency.observe(self.openedAt - self.startedAt)
         config = self.channel.routeConfig
-        since = None
-        if config.resume is not None:
-            since = sinceOf(self.frontend.query, config.resumeParam)
-        self.channel.join(self, since)
+        try:
+            since = None
+            if config.resume is not None:
+                since = sinceOf(self.frontend.query, config.resumeParam)
+            self.channel.join(self, since)
+        except Exception:
+            # A bug: close the client rather than leave it open with no
+            # membership (it leaves the channel as it goes: legClosed).
+            self.log.failure(
+                "channel {channel}: a client could not join", channel=self.channel.name
+            )
+            self.shutdown(1011, b"internal error")
 
     def send(self, data: bytes, count: int = 1) -> None:
         """

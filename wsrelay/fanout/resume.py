@@ -37,12 +37,13 @@ from twisted.logger import Logger
 from wsrelay.ws.framing import frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.interfaces import ISourceHistory
 
 __all__ = [
+    "MAX_SINCE",
     "RESUME_GONE",
     "RESUME_GONE_REASON",
     "ResumeWindow",
@@ -69,8 +70,27 @@ PAGE = 1000
 Messages asked of a source's history at a time.
 """
 
+MAX_SINCE = 256
+"""
+The longest C{since} looked up: a longer one is a miss.
+"""
+
+LOOKUP_TIMEOUT = 10.0
+"""
+Seconds a client resuming from the source's history waits for it (for the
+source to be up, then for every page): past that it gets a miss.
+"""
+
+HELD_MAX = 10000
+"""
+Live messages held for a client while its history is looked up: one more
+is a miss (its lookup is given up).
+"""
+
 _TEXT = 1
-_STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)\Z")
+# A Redis stream id is two 64-bit numbers: at most 20 digits each (and no
+# int() of thousands of digits, which Python refuses).
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})\Z")
 
 
 class ResumeMember(Protocol):
@@ -119,13 +139,14 @@ def withoutParameter(query: str, name: str) -> str:
 def sinceOf(query: str, name: str) -> str | None:
     """
     @return: The value of the first C{name} parameter of C{query}, or
-        L{None} when there is none or it is empty.
+        L{None} when there is none or it is empty; cut to one character
+        more than L{MAX_SINCE} (a miss) when longer.
     """
     if name not in query and "%" not in query:
         return None
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key == name:
-            return value or None
+            return value[: MAX_SINCE + 1] or None
     return None
 
 
@@ -181,7 +202,10 @@ def streamOrder(sourceId: str | None) -> tuple[int, int] | None:
     match = _STREAM_ID.match(sourceId)
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2))
+    try:
+        return int(match.group(1)), int(match.group(2))
+    except ValueError:
+        return None
 
 
 def resumeWindow(config: FanoutRouteConfig, clock: IReactorTime) -> ResumeWindow | None:
@@ -232,6 +256,8 @@ class _CatchUp:
     @ivar direct: Whether the window writes live messages to the member
         itself, until it becomes a member like any other (L{_live}).
     @ivar pending: The history's answer, while it is awaited.
+    @ivar timeout: Gives the lookup up after L{LOOKUP_TIMEOUT}, until it
+        ends.
     """
 
     def __init__(
@@ -245,6 +271,7 @@ class _CatchUp:
         self.last: tuple[int, int] | None = None
         self.direct = False
         self.pending: Deferred[None] | None = None
+        self.timeout: IDelayedCall | None = None
 
 
 class ResumeWindow:
@@ -261,6 +288,9 @@ class ResumeWindow:
         unique to this window: random, never all digits.
     @ivar history: The source's own window (L{ISourceHistory}), or
         L{None}: set by the channel when its source provides one.
+    @ivar held: The stand-ins (L{_Held}) among the channel's members: the
+        channel counts no delivery to them (the window counts what it
+        writes to the members they stand for).
     """
 
     log = Logger()
@@ -300,6 +330,9 @@ class ResumeWindow:
         self._size = size
         self._clock = clock
         self._catchUps: dict[ResumeMember, _CatchUp] = {}
+        self.held = 0
+        self._positioned = True
+        self._waiting: list[Deferred[None]] = []
 
     # The message path.
 
@@ -311,7 +344,6 @@ class ResumeWindow:
         @return: The framed message to send to every member.
         """
         number = self.count
-        self.count = number + 1
         field = self.field
         if field is None:
             if sourceId is None:
@@ -332,6 +364,7 @@ class ResumeWindow:
         ids.append(messageId)
         if messageId is not None:
             self.index[messageId] = number
+        self.count = number + 1
         if self._catchUps:
             self._hold(messageId, data)
         return data
@@ -368,6 +401,9 @@ class ResumeWindow:
         if since is None:
             self._admit(channel, member, self.replayed())
             return
+        if len(since) > MAX_SINCE:
+            self._missed(channel, member)
+            return
         found = self.after(since)
         if found is not None:
             self._admit(channel, member, found)
@@ -378,16 +414,100 @@ class ResumeWindow:
             return
         self._missed(channel, member)
 
+    # The source.
+
+    def sourceStarted(self) -> None:
+        """
+        The channel starts its source: until the source is up (has found
+        where it reads from), its history cannot tell where the live
+        stream goes on, and a history lookup waits (L{sourceUp}).
+        """
+        self._positioned = False
+
+    def sourceUp(self) -> None:
+        """
+        The source is up: lookups waiting for it go on.
+        """
+        self._positioned = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+
+    def sourceStopped(self) -> None:
+        """
+        The channel stopped its source, or replaced it: started again, the
+        source reads from the stream's end, and what came meanwhile never
+        reaches the window.  The ids it holds no longer tell where a client
+        can go on from: they are forgotten (the messages stay, for the
+        replay), so that a client resuming after one of them is served from
+        the source's history when it has one, else gets a miss; never the
+        window's messages without those that came while the source was
+        stopped.
+        """
+        self.index.clear()
+
+    def close(self) -> None:
+        """
+        The channel ended: let go of the source's history (which holds the
+        channel: a cycle), and give up the lookups under way.
+        """
+        self.history = None
+        catchUps, self._catchUps = self._catchUps, {}
+        for catchUp in catchUps.values():
+            self._unhold(catchUp)
+            catchUp.live = None
+            self._stopLookup(catchUp)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.cancel()
+
+    def _sourcePositioned(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once the source is up.
+        """
+        d: Deferred[None] = Deferred(self._unwait)
+        if self._positioned:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
+
+    def _unwait(self, d: Deferred[None]) -> None:
+        """
+        A lookup waiting for the source was cancelled: forget its wait.
+        """
+        if d in self._waiting:
+            self._waiting.remove(d)
+
     def forget(self, member: ResumeMember) -> None:
         """
         C{member} is gone: stop holding messages for it.
         """
         catchUp = self._catchUps.pop(member, None)
         if catchUp is not None:
-            catchUp.channel.members.pop(catchUp.held, None)
-            pending, catchUp.pending = catchUp.pending, None
-            if pending is not None:
-                pending.cancel()
+            self._unhold(catchUp)
+            self._stopLookup(catchUp)
+
+    def _unhold(self, catchUp: _CatchUp) -> None:
+        """
+        Take C{catchUp}'s stand-in out of its channel's members.
+        """
+        members = catchUp.channel.members
+        if catchUp.held in members:
+            del members[catchUp.held]
+            self.held -= 1
+
+    def _stopLookup(self, catchUp: _CatchUp) -> None:
+        """
+        Stop C{catchUp}'s lookup and its timeout.
+        """
+        timeout, catchUp.timeout = catchUp.timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
+        pending, catchUp.pending = catchUp.pending, None
+        if pending is not None:
+            pending.cancel()
 
     def _admit(
         self, channel: ResumeChannel, member: ResumeMember, data: Sequence[bytes]
@@ -427,7 +547,39 @@ class ResumeWindow:
         catchUp = _CatchUp(channel, member, since)
         self._catchUps[member] = catchUp
         channel.members[catchUp.held] = None
-        catchUp.pending = Deferred.fromCoroutine(self._catchUp(history, catchUp))
+        self.held += 1
+        catchUp.timeout = self._clock.callLater(
+            LOOKUP_TIMEOUT, self._giveUp, catchUp, "no answer in time"
+        )
+        pending = Deferred.fromCoroutine(self._catchUp(history, catchUp))
+        if not pending.called:
+            catchUp.pending = pending
+
+    def _giveUp(self, catchUp: _CatchUp, why: str) -> None:
+        """
+        Give C{catchUp}'s lookup up (too slow, or too many live messages
+        held): the member gets a miss.  Not while the channel delivers:
+        its members change.
+        """
+        if self._catchUps.get(catchUp.member) is not catchUp:
+            return
+        del self._catchUps[catchUp.member]
+        self._stopLookup(catchUp)
+        catchUp.live = None
+        self.log.warn(
+            "resume: the source's history for the client resuming after"
+            " {since}: {why}; it gets what resume_miss says",
+            since=catchUp.since,
+            why=why,
+        )
+        self._clock.callLater(0, self._gaveUp, catchUp)
+
+    def _gaveUp(self, catchUp: _CatchUp) -> None:
+        """
+        The member whose lookup was given up gets its miss.
+        """
+        self._unhold(catchUp)
+        self._missed(catchUp.channel, catchUp.member)
 
     async def _catchUp(self, history: ISourceHistory, catchUp: _CatchUp) -> None:
         """
@@ -437,6 +589,9 @@ class ResumeWindow:
         cursor: str | None = catchUp.since
         missed = False
         try:
+            await self._sourcePositioned()
+            # The source may have been replaced meanwhile (a reload).
+            history = self.history or history
             while cursor is not None:
                 page = await history.after(cursor, PAGE)
                 if page is None:
@@ -450,6 +605,9 @@ class ResumeWindow:
                 if len(page) < PAGE or any(i == last for i, _ in live):
                     break
                 cursor = last
+            if not missed and self._catchUps.get(catchUp.member) is catchUp:
+                self._merge(catchUp, found)
+                return
         except Exception as e:
             if self._catchUps.get(catchUp.member) is not catchUp:
                 return
@@ -464,10 +622,10 @@ class ResumeWindow:
             return
         if missed:
             self._catchUps.pop(catchUp.member)
-            catchUp.channel.members.pop(catchUp.held, None)
+            catchUp.pending = None
+            self._stopLookup(catchUp)
+            self._unhold(catchUp)
             self._missed(catchUp.channel, catchUp.member)
-            return
-        self._merge(catchUp, found)
 
     def _merge(
         self, catchUp: _CatchUp, found: list[tuple[int, bytes, str | None]]
@@ -488,6 +646,9 @@ class ResumeWindow:
                 last = order
         live = catchUp.live or []
         catchUp.live = None
+        timeout, catchUp.timeout = catchUp.timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
         for messageId, data in live:
             order = streamOrder(messageId)
             if order is not None and last is not None:
@@ -521,6 +682,9 @@ class ResumeWindow:
         for catchUp in list(self._catchUps.values()):
             live = catchUp.live
             if live is not None:
+                if len(live) >= HELD_MAX:
+                    self._giveUp(catchUp, "too many live messages held meanwhile")
+                    continue
                 live.append((messageId, data))
                 continue
             if not catchUp.direct:
@@ -542,6 +706,5 @@ class ResumeWindow:
         if self._catchUps.get(catchUp.member) is not catchUp:
             return
         del self._catchUps[catchUp.member]
-        members = catchUp.channel.members
-        members.pop(catchUp.held, None)
-        members[catchUp.member] = None
+        self._unhold(catchUp)
+        catchUp.channel.members[catchUp.member] = None

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.interfaces import ISource, ISourceChannel
+from wsrelay.interfaces import ILoadListener, ISource, ISourceChannel
 from wsrelay.routing import ConnectionInfo, joinPath
 from wsrelay.ws.framing import TEXT
 from wsrelay.ws.legclosing import OPEN
@@ -270,6 +270,8 @@ class WebSocketSource:
         self._closing: dict[
             UpstreamProtocol, tuple[IProtocol | None, Deferred[None]]
         ] = {}
+        #: The load listener the upstream was counted on when it opened.
+        self._listener: ILoadListener | None = None
 
     @property
     def routeConfig(self) -> FanoutRouteConfig:
@@ -462,7 +464,10 @@ class WebSocketSource:
         self.upstream = up
         self.backend = backend
         up.forgetHandshake()
-        _countOpened(self._routeOf(), backend, self.channel.name)
+        route = self._routeOf()
+        # Told of the closing too, even if a reload changes the route's.
+        self._listener = route.loadListener
+        _countOpened(route, backend, self.channel.name)
         reader = SourceReader(self.channel, up)
         up.target = reader
         up.listener = self
@@ -496,9 +501,9 @@ class WebSocketSource:
         backend = self.backend
         self.upstream = None
         self.backend = None
+        listener, self._listener = self._listener, None
         if backend is not None:
             backend.connections -= 1
-            listener = self._routeOf().loadListener
             if listener is not None:
                 listener.connectionClosed(backend)
 

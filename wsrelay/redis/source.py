@@ -336,8 +336,10 @@ class RedisSource:
 
         @return: A L{Deferred} of at most C{limit} messages, oldest first;
             or of L{None} when the stream no longer holds C{sourceId} (or
-            the source is stopped); failing when Redis cannot be reached
-            (one attempt) or answers with an error.
+            the source is stopped, or has not yet found where it reads
+            from: a caller waits for the channel's C{up} first); failing
+            when Redis cannot be reached (one attempt) or answers with an
+            error.
         """
         return Deferred.fromCoroutine(self._after(sourceId, limit))
 
@@ -348,8 +350,9 @@ class RedisSource:
             parseId(sourceId)
         except ValueError:
             return None
-        if self._running is None:
-            # Stopped: its window is no longer followed.
+        if self._running is None or self.lastId is None:
+            # Stopped: its window is no longer followed; or not yet
+            # positioned: where the live entries go on is unknown.
             return None
         self._control.start()
         # A resuming client waits for this: fail rather than wait for
@@ -362,7 +365,11 @@ class RedisSource:
         cursor = sourceId
         while len(out) < limit:
             end = self.lastId
-            if end is None or parseId(cursor) >= parseId(end):
+            if end is None:
+                # Restarted meanwhile: the entries read so far may not
+                # reach where the live entries go on.
+                return None
+            if parseId(cursor) >= parseId(end):
                 break
             reply = await connection.execute(
                 "XRANGE", self._key, "(" + cursor, end, "COUNT", limit - len(out)
