@@ -219,11 +219,13 @@ class Lease:
             name=self._name,
             token=self.token.decode("utf-8", "replace"),
         )
+        self._extended(sent)
+        self._onAcquired(connection)
+        # Last: if the connection were lost already, the ingest would hear
+        # of the loss after hearing of the lease, not before.
         connection.whenLost().addCallback(
             lambda _: self._lose(generation, "the connection to Redis was lost")
         )
-        self._extended(sent)
-        self._onAcquired(connection)
 
     def _failed(self, f: Failure) -> None:
         """
