@@ -691,17 +691,3 @@ class ParseSettingsTests(SynchronousTestCase):
         self.assertEqual(
             str(e), "redis_password_file: cannot read /no/pw: No such file or directory"
         )
-
-    def test_ingestNotYet(self) -> None:
-        """
-        C{ingest = on} is refused with a one-line reason until the ingest
-        exists.
-        """
-        e = self.assertRaises(
-            ValueError,
-            RedisSource,
-            FakeChannel(),
-            {"redis": "redis://h/0", "stream": "k", "ingest": "on"},
-            FakeContext(),
-        )
-        self.assertIn("ingest", str(e))

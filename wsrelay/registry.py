@@ -170,6 +170,7 @@ class Sessions:
             lambda: channel.route,
             self._upstreams,
             self._clock,
+            backends=channel.routeConfig.backends,
         )
         factory = channel.route.source
         if factory is None:

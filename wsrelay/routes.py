@@ -237,7 +237,12 @@ class RouteBuilder:
                 problem = f"source {config.source!r} is no longer installed"
                 raise ConfigError(relay.path, problem, config.section, "source")
             context = SourceContext(
-                self._reactor, config.name, _notStarted, _NO_UPSTREAMS, self._clock
+                self._reactor,
+                config.name,
+                _notStarted,
+                _NO_UPSTREAMS,
+                self._clock,
+                backends=config.backends,
             )
             try:
                 source.build(

@@ -7,7 +7,7 @@ L{ISourceContext}), and the C{websocket} source plugin's implementation
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
@@ -29,6 +29,8 @@ class SourceContext:
 
     @ivar reactor: Connects and times.
     @ivar route: The route's name.
+    @ivar backends: The route's backends when known, else L{None} (not in
+        L{ISourceContext}: see the issue 15 report of the ingest).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class SourceContext:
         routeOf: Callable[[], Route],
         upstreams: Upstreams,
         clock: IReactorTime,
+        backends: Sequence[object] | None = None,
     ) -> None:
         """
         @param route: The route's name.
@@ -45,9 +48,12 @@ class SourceContext:
             once a source built with L{websocket} starts).
         @param upstreams: Opens upstreams to the route's backends.
         @param clock: Times the built-in source's waits.
+        @param backends: The route's backends, for a source that needs
+            some (the C{redis} source's ingest), or L{None} if unknown.
         """
         self.reactor = reactor
         self.route = route
+        self.backends = backends
         self._routeOf = routeOf
         self._upstreams = upstreams
         self._clock = clock

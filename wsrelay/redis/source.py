@@ -47,6 +47,7 @@ from wsrelay.redis.client import (
     redisBackoff,
     redisEndpoint,
 )
+from wsrelay.redis.ingest import Ingest, ingestFor
 from wsrelay.redis.protocol import (
     ProtocolError,
     RedisConnectionLost,
@@ -246,12 +247,6 @@ class RedisSource:
         @raise ValueError: When an option is invalid (one line naming it).
         """
         self.settings = settings = parseSettings(options, channel.key)
-        if settings.ingest:
-            # The hook of the ingest (issue 15, a later change): with
-            # ingest on, the relay that holds the lease connects through
-            # context.websocket(...) and XADDs each message, MAXLEN ~
-            # settings.history, on self._control.
-            raise ValueError("ingest: on is not supported yet")
         self._channel = channel
         self._reactor = context.reactor
         try:
@@ -277,6 +272,21 @@ class RedisSource:
         self.lastError: str | None = None
         self._skipLogged = float("-inf")
         self._running: Deferred[None] | None = None
+        # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
+        #: With ingest on: this relay's side of the lease and its writes.
+        self._ingest: Ingest | None = None
+        if settings.ingest:
+            self._ingest = ingestFor(
+                channel,
+                context,
+                settings.address,
+                endpoint,
+                self._retry,
+                settings.stream,
+                settings.history,
+                settings.lease,
+            )
+        # -- end of the ingest hook --
 
     # ISource
 
@@ -290,6 +300,8 @@ class RedisSource:
         self._reader.start()
         self._running = Deferred.fromCoroutine(self._read())
         self._running.addErrback(self._crashed)
+        if self._ingest is not None:  # ingest hook
+            self._ingest.start()
 
     def stop(self) -> Deferred[None]:
         """
@@ -299,15 +311,18 @@ class RedisSource:
         if running is not None:
             running.cancel()
         self._channel.stateChanged("idle")
-        return gatherResults([self._reader.stop(), self._control.stop()]).addCallback(
-            lambda _: None
-        )
+        stopping = [self._reader.stop(), self._control.stop()]
+        if self._ingest is not None:  # ingest hook
+            stopping.append(self._ingest.stop())
+        return gatherResults(stopping).addCallback(lambda _: None)
 
     def send(self, opcode: int, payload: bytes) -> bool:
         """
-        A client's message: a stream source takes none.
+        A client's message: sent to the source when this relay holds the
+        ingest lease (C{ingest = on}), else not taken.
         """
-        return False
+        ingest = self._ingest  # ingest hook
+        return ingest is not None and ingest.send(opcode, payload)
 
     # ISourceHistory
 
@@ -579,6 +594,8 @@ class RedisSource:
             "lag_seconds": getattr(self, "lag", None),
             "last_id": self.lastId,
             "last_error": self.lastError,
+            # ingest hook: the lease's and the ingest's, with ingest on.
+            **(self._ingest.status() if self._ingest is not None else {}),
         }
 
 

@@ -1,0 +1,359 @@
+# -*- test-case-name: tests.test_redis_lease -*-
+"""
+A lease in Redis: which relay of a route feeds its stream (the ingest).
+
+The relays of a route compete for one key with C{SET key token NX PX ms};
+the one whose C{SET} succeeds holds the lease for C{ms} milliseconds and
+renews it every third of that with a compare-and-extend script (extend only
+while the key still holds its own token).  A lease, not a lock: the holder
+stops ingesting the moment a renewal fails, is refused (the key expired or
+holds another token), or is late (its answer has not come back by the time
+the lease would have expired, timed on the holder's clock from when the
+previous acquisition or renewal was sent: Redis starts its own expiry later
+than that, so the holder always gives up first).  A clean stop releases the
+lease with a compare-and-delete, so that an old holder never deletes a new
+holder's lease.  Relays that do not hold it try again every third of the
+lease.
+
+The lease keeps its connection to itself: what the holder writes must go
+out on the connection the lease was taken on (see L{Lease.connection}), so
+that losing that connection loses the lease at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wsrelay.redis.protocol import RedisProtocol, Reply
+
+#: Extend the lease only while it is still ours.
+RENEW = b"""\
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+else
+  return 0
+end"""
+
+#: Delete the lease only while it is still ours.
+RELEASE = b"""\
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+else
+  return 0
+end"""
+
+
+def scriptId(script: bytes) -> bytes:
+    """
+    @return: The SHA-1 a script is known by in Redis (C{EVALSHA}).
+    """
+    return hashlib.sha1(script).hexdigest().encode("ascii")
+
+
+def newToken() -> bytes:
+    """
+    @return: A lease value unique to this process and this lease:
+        C{host:pid:random}.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}".encode()
+
+
+class Lease:
+    """
+    One relay's side of a route's lease (see the module's docstring).
+
+    @ivar held: Whether this relay holds the lease.
+    @ivar connection: While L{held}, the connection the lease was taken on.
+    @ivar acquired: Times the lease was taken.
+    @ivar lost: Times it was lost (not counting clean stops).
+    @ivar refusals: Attempts answered that found the lease another's.
+    @ivar token: This relay's value for the key.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connect: Callable[[], Deferred[RedisProtocol]],
+        key: bytes,
+        length: float,
+        name: str,
+        onAcquired: Callable[[RedisProtocol], None],
+        onLost: Callable[[], None],
+        token: bytes | None = None,
+    ) -> None:
+        """
+        @param clock: Times the renewals and their deadlines.
+        @param connect: Gives a connection to Redis when there is one
+            (L{wsrelay.redis.client.RedisClient.connection}).
+        @param key: The lease's key.
+        @param length: Seconds the lease lasts unless renewed.
+        @param name: Whose lease it is, for logs (a channel's name).
+        @param onAcquired: Called with the connection when the lease is
+            taken.
+        @param onLost: Called when the lease is lost or released: stop
+            ingesting at once.
+        @param token: This relay's value (L{newToken} by default).
+        """
+        self._clock = clock
+        self._connect = connect
+        self.key = key
+        self.length = length
+        self._ms = max(1, int(length * 1000))
+        self._name = name
+        self._onAcquired = onAcquired
+        self._onLost = onLost
+        self.token = token if token is not None else newToken()
+        self.held = False
+        self.connection: RedisProtocol | None = None
+        self.acquired = 0
+        self.lost = 0
+        self.refusals = 0
+        self._running = False
+        #: Bumped on each acquisition and loss: a late answer to an older
+        #: command finds another generation and is ignored.
+        self._generation = 0
+        self._next: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
+        #: Waiting for a connection to try on (cancelled on stop).
+        self._waiting: Deferred[Any] | None = None
+        #: Whether an attempt is under way (waiting, or its C{SET} sent).
+        self._trying = False
+        self._scripts: RedisProtocol | None = None
+        self._lastError: str | None = None
+
+    def start(self) -> None:
+        """
+        Start trying to take the lease.
+        """
+        if self._running:
+            return
+        self._running = True
+        self._attempt()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop trying; if this relay holds the lease, stop ingesting
+        (C{onLost}) and release it.
+
+        @return: A L{Deferred} that fires once the release was answered or
+            failed.
+        """
+        self._running = False
+        self._cancelTimers()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+        if not self.held:
+            return succeed(None)
+        connection = self.connection
+        self._drop()
+        self.log.info("{name}: released the ingest lease", name=self._name)
+        assert connection is not None
+        d = connection.execute("EVAL", RELEASE, 1, self.key, self.token)
+        return d.addBoth(lambda _: None)
+
+    # Taking the lease
+
+    def _attempt(self) -> None:
+        """
+        Try to take the lease once, when connected; then again every third
+        of the lease until taken.
+        """
+        self._next = None
+        if not self._running or self.held or self._trying:
+            return
+        self._trying = True
+        waiting = self._waiting = self._connect()
+        waiting.addCallback(self._take).addErrback(self._failed)
+
+    def _take(self, connection: RedisProtocol) -> Deferred[None]:
+        """
+        On a connection: load the scripts if this connection has not yet,
+        and C{SET NX PX}.  (A command sent is never cancelled: its answer
+        is waited for, and thrown away when stopped meanwhile.)
+        """
+        self._waiting = None
+        if self._scripts is not connection:
+            self._scripts = connection
+            connection.execute("SCRIPT", "LOAD", RENEW).addErrback(lambda _: None)
+        sent = self._clock.seconds()
+        d = connection.execute("SET", self.key, self.token, "NX", "PX", self._ms)
+        return d.addCallback(self._taken, connection, sent)
+
+    def _taken(self, reply: Reply, connection: RedisProtocol, sent: float) -> None:
+        """
+        The answer to C{SET NX}: the lease is ours (C{OK}), or another's.
+        """
+        self._trying = False
+        if not self._running:
+            if reply == b"OK":
+                connection.execute("EVAL", RELEASE, 1, self.key, self.token).addErrback(
+                    lambda _: None
+                )
+            return
+        if self._lastError is not None:
+            self._lastError = None
+        if reply != b"OK":
+            self.refusals += 1
+            self._later(self._attempt, self.length / 3)
+            return
+        self.held = True
+        self.connection = connection
+        self.acquired += 1
+        self._generation += 1
+        generation = self._generation
+        self.log.info(
+            "{name}: took the ingest lease ({token})",
+            name=self._name,
+            token=self.token.decode("utf-8", "replace"),
+        )
+        self._extended(sent)
+        self._onAcquired(connection)
+        # Last: if the connection were lost already, the ingest would hear
+        # of the loss after hearing of the lease, not before.
+        connection.whenLost().addCallback(
+            lambda _: self._lose(generation, "the connection to Redis was lost")
+        )
+
+    def _failed(self, f: Failure) -> None:
+        """
+        An attempt failed (no connection, an error reply): try again later.
+        """
+        self._trying = False
+        self._waiting = None
+        if f.check(CancelledError) or not self._running:
+            return
+        error = " ".join(f.getErrorMessage().split())
+        if error != self._lastError:
+            self._lastError = error
+            self.log.warn(
+                "{name}: cannot take the ingest lease: {error}",
+                name=self._name,
+                error=error,
+            )
+        self._later(self._attempt, self.length / 3)
+
+    # Keeping it
+
+    def _extended(self, sent: float) -> None:
+        """
+        The lease now lasts until C{sent} plus its length: renew at a third
+        of it, and give it up if no renewal is answered by then.
+        """
+        expiry = sent + self.length
+        now = self._clock.seconds()
+        generation = self._generation
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = self._clock.callLater(
+            max(0.0, expiry - now),
+            self._lose,
+            generation,
+            "no renewal was answered before the lease would have expired",
+        )
+        self._later(self._renew, max(0.0, sent + self.length / 3 - now))
+
+    def _renew(self) -> None:
+        """
+        Extend the lease if it is still ours (compare-and-extend).
+        """
+        self._next = None
+        connection = self.connection
+        if not self.held or connection is None:
+            return
+        generation = self._generation
+        sent = self._clock.seconds()
+        d = connection.execute(
+            "EVALSHA", scriptId(RENEW), 1, self.key, self.token, self._ms
+        )
+        d.addCallbacks(
+            self._renewed,
+            self._renewFailed,
+            callbackArgs=(generation, sent),
+            errbackArgs=(generation,),
+        )
+
+    def _renewed(self, reply: Reply, generation: int, sent: float) -> None:
+        """
+        A renewal answered: extended (1), or refused (0: not ours).
+        """
+        if generation != self._generation:
+            return
+        if reply != 1:
+            self._lose(generation, "it expired or another relay holds it")
+            return
+        self._extended(sent)
+
+    def _renewFailed(self, f: Failure, generation: int) -> None:
+        """
+        A renewal failed (an error reply, the connection lost).
+        """
+        self._lose(generation, " ".join(f.getErrorMessage().split()))
+
+    def lose(self, why: str) -> None:
+        """
+        Give the lease up at once: the holder learnt that it is no longer
+        its own (a write refused for want of it).
+        """
+        self._lose(self._generation, why)
+
+    def _lose(self, generation: int, why: str) -> None:
+        """
+        The lease is no longer this relay's (or may not be): stop
+        ingesting at once, and try to take it again.
+        """
+        if generation != self._generation or not self.held:
+            return
+        self.lost += 1
+        self.log.warn(
+            "{name}: lost the ingest lease: {why}; ingest stopped",
+            name=self._name,
+            why=why,
+        )
+        self._drop()
+        if self._running:
+            self._later(self._attempt, 0)
+
+    def _drop(self) -> None:
+        """
+        Let go of the lease here and tell the ingest.
+        """
+        self.held = False
+        self.connection = None
+        # Load the scripts again on the next attempt (in case they were
+        # flushed: a refused renewal may have been NOSCRIPT).
+        self._scripts = None
+        self._generation += 1
+        self._cancelTimers()
+        self._onLost()
+
+    # Timers
+
+    def _later(self, f: Callable[[], None], delay: float) -> None:
+        """
+        Call C{f} after C{delay} seconds instead of what was due next.
+        """
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = self._clock.callLater(delay, f)
+
+    def _cancelTimers(self) -> None:
+        """
+        Cancel the next attempt or renewal, and the deadline.
+        """
+        for call in (self._next, self._deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._deadline = None
