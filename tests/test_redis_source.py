@@ -27,7 +27,9 @@ from tests.support.redis import (
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext, ISourceHistory
-from wsrelay.redis.source import RedisSource, parseId, parseSettings
+from wsrelay.redis.entries import parseId
+from wsrelay.redis.settings import parseSettings
+from wsrelay.redis.source import RedisSource
 
 #: A Lua script adding entries C{data} = ARGV[1..n] in one go, so that one
 #: XREAD reply holds them all.

@@ -23,12 +23,12 @@ backoff; clients stay connected throughout.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.interfaces import (
@@ -40,32 +40,19 @@ from wsrelay.interfaces import (
 )
 from wsrelay.redis.client import (
     BadRedisSetting,
-    RedisAddress,
     RedisClient,
-    parseRedisURL,
-    readPasswordFile,
     redisBackoff,
     redisEndpoint,
 )
+from wsrelay.redis.entries import entriesAfter, entryMessage, locate, parseId
 from wsrelay.redis.ingest import Ingest, ingestFor
 from wsrelay.redis.protocol import (
     ProtocolError,
     RedisConnectionLost,
     RedisError,
     RedisProtocol,
-    Reply,
 )
-
-#: The route keys the C{redis} source reads.
-OPTIONS = (
-    "redis",
-    "redis_password_file",
-    "redis_ca_file",
-    "stream",
-    "history",
-    "ingest",
-    "lease",
-)
+from wsrelay.redis.settings import parseSettings
 
 #: Milliseconds one C{XREAD} waits for entries before asking again.
 BLOCK_MS = 5000
@@ -75,146 +62,6 @@ READ_COUNT = 500
 
 #: Seconds between two log lines about skipped entries.
 SKIP_LOG_INTERVAL = 60.0
-
-#: The opcodes of the two entry types.
-TEXT, BINARY = 1, 2
-
-
-@dataclass(frozen=True)
-class RedisSourceSettings:
-    """
-    A C{redis} source's options, checked.
-
-    @ivar address: The server (the password from C{redis_password_file}
-        when given).
-    @ivar caFile: C{redis_ca_file}, or L{None} for the system's CAs.
-    @ivar stream: The stream's key, C{{channel}} expanded.
-    @ivar history: Entries kept in the stream (C{XADD MAXLEN ~}) by the
-        ingest: the resume window.
-    @ivar ingest: Whether this relay may feed the stream from C{backends}.
-    @ivar lease: Seconds the ingest lease lasts unless renewed.
-    """
-
-    address: RedisAddress
-    caFile: str | None
-    stream: str
-    history: int
-    ingest: bool
-    lease: float
-
-
-def _whole(options: Mapping[str, str], key: str, default: int) -> int:
-    text = options.get(key)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{key}: want a whole number of at least 1, not {text!r}")
-    return value
-
-
-def _switch(options: Mapping[str, str], key: str) -> bool:
-    text = options.get(key, "off").strip().lower()
-    if text in ("on", "yes", "true", "1"):
-        return True
-    if text in ("off", "no", "false", "0"):
-        return False
-    raise ValueError(f"{key}: want on or off, not {text!r}")
-
-
-def parseSettings(options: Mapping[str, str], key: str) -> RedisSourceSettings:
-    """
-    @param key: The channel's key, for C{{channel}} in C{stream}.
-    @return: The checked options of a C{redis} source.
-    @raise ValueError: With one line naming the option that is wrong.
-    """
-    url = options.get("redis")
-    if not url:
-        raise ValueError("redis: missing: the redis source needs a Redis URL")
-    try:
-        address = parseRedisURL(url)
-    except BadRedisSetting as e:
-        raise ValueError(f"redis: {e}") from None
-    passwordFile = options.get("redis_password_file")
-    if passwordFile:
-        if address.password is not None:
-            raise ValueError(
-                "redis_password_file: the redis URL has a password already"
-            )
-        try:
-            password = readPasswordFile(passwordFile)
-        except BadRedisSetting as e:
-            raise ValueError(f"redis_password_file: {e}") from None
-        address = RedisAddress(
-            address.host,
-            address.port,
-            address.db,
-            address.tls,
-            address.username,
-            password,
-        )
-    caFile = options.get("redis_ca_file") or None
-    if caFile is not None and not address.tls:
-        raise ValueError("redis_ca_file: only for a rediss:// URL")
-    stream = options.get("stream", "").strip()
-    if not stream:
-        raise ValueError("stream: missing: the redis source needs a stream key")
-    stream = stream.replace("{channel}", key)
-    leaseText = options.get("lease", "5")
-    try:
-        lease = float(leaseText)
-    except ValueError:
-        lease = 0.0
-    if not lease > 0 or lease == float("inf"):
-        raise ValueError(f"lease: want a number of seconds above 0, not {leaseText!r}")
-    return RedisSourceSettings(
-        address=address,
-        caFile=caFile,
-        stream=stream,
-        history=_whole(options, "history", 10000),
-        ingest=_switch(options, "ingest"),
-        lease=lease,
-    )
-
-
-def parseId(entryId: str) -> tuple[int, int]:
-    """
-    @return: A stream id (C{"ms-seq"}) as numbers, for comparing.
-    @raise ValueError: When it is not a stream id.
-    """
-    ms, _, seq = entryId.partition("-")
-    return int(ms), int(seq or 0)
-
-
-class _Found:
-    """
-    What L{RedisSource._locate} learnt of an id in the stream.
-
-    @ivar present: Whether the stream holds it.
-    @ivar first: The first entry's id, or L{None} (no entry).
-    @ivar last: The last entry's id, or L{None}.
-    """
-
-    def __init__(self, present: bool, first: str | None, last: str | None) -> None:
-        self.present = present
-        self.first = first
-        self.last = last
-
-    def holds(self, entryId: str) -> bool:
-        """
-        @return: Whether every entry after C{entryId} is still in the
-            stream: it holds C{entryId}, or C{entryId} lies between its
-            first and last entries (only that entry was deleted).
-        """
-        if self.present:
-            return True
-        if self.first is None or self.last is None:
-            return False
-        position = parseId(entryId)
-        return parseId(self.first) < position < parseId(self.last)
 
 
 @implementer(ISource, ISourceHistory, ISourceStatus)
@@ -253,7 +100,7 @@ class RedisSource:
             endpoint = redisEndpoint(self._reactor, settings.address, settings.caFile)
         except BadRedisSetting as e:
             raise ValueError(f"redis_ca_file: {e}") from None
-        self._key = settings.stream.encode("utf-8")
+        self.key = settings.stream.encode("utf-8")
         self._retry = redisBackoff()
         name = str(channel.name)
         #: Reads: an XREAD BLOCK holds its connection.
@@ -261,7 +108,7 @@ class RedisSource:
             self._reactor, settings.address, endpoint, name, self._retry
         )
         #: Everything else (history, the stream's bounds; the ingest later).
-        self._control = RedisClient(
+        self.control = RedisClient(
             self._reactor, settings.address, endpoint, name, self._retry
         )
         self.lastId: str | None = None
@@ -270,6 +117,8 @@ class RedisSource:
         self.skipped = 0
         self.errors = 0
         self.lastError: str | None = None
+        #: How old the last entry delivered was when delivered.
+        self.lag: float | None = None
         self._skipLogged = float("-inf")
         self._running: Deferred[None] | None = None
         # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
@@ -288,6 +137,13 @@ class RedisSource:
             )
         # -- end of the ingest hook --
 
+    @property
+    def reading(self) -> bool:
+        """
+        Whether the source is started.
+        """
+        return self._running is not None
+
     # ISource
 
     def start(self) -> None:
@@ -299,7 +155,7 @@ class RedisSource:
         self.lastId = None
         self._reader.start()
         self._running = Deferred.fromCoroutine(self._read())
-        self._running.addErrback(self._crashed)
+        self._running.addErrback(_readingFailed, self._channel.name)
         if self._ingest is not None:  # ingest hook
             self._ingest.start()
 
@@ -311,7 +167,7 @@ class RedisSource:
         if running is not None:
             running.cancel()
         self._channel.stateChanged("idle")
-        stopping = [self._reader.stop(), self._control.stop()]
+        stopping = [self._reader.stop(), self.control.stop()]
         if self._ingest is not None:  # ingest hook
             stopping.append(self._ingest.stop())
         return gatherResults(stopping).addCallback(lambda _: None)
@@ -341,50 +197,7 @@ class RedisSource:
             when Redis cannot be reached (one attempt) or answers with an
             error.
         """
-        return Deferred.fromCoroutine(self._after(sourceId, limit))
-
-    async def _after(
-        self, sourceId: str, limit: int
-    ) -> Sequence[tuple[int, bytes, str | None]] | None:
-        try:
-            parseId(sourceId)
-        except ValueError:
-            return None
-        if self._running is None or self.lastId is None:
-            # Stopped: its window is no longer followed; or not yet
-            # positioned: where the live entries go on is unknown.
-            return None
-        self._control.start()
-        # A resuming client waits for this: fail rather than wait for
-        # Redis to come back.
-        connection = await self._control.connection(failAfterFailures=1)
-        found = await self._locate(connection, sourceId)
-        if not found.holds(sourceId):
-            return None
-        out: list[tuple[int, bytes, str | None]] = []
-        cursor = sourceId
-        while len(out) < limit:
-            end = self.lastId
-            if end is None:
-                # Restarted meanwhile: the entries read so far may not
-                # reach where the live entries go on.
-                return None
-            if parseId(cursor) >= parseId(end):
-                break
-            reply = await connection.execute(
-                "XRANGE", self._key, "(" + cursor, end, "COUNT", limit - len(out)
-            )
-            assert isinstance(reply, list)
-            if not reply:
-                break
-            for entry in reply:
-                message = self._message(entry, count=False)
-                if message is not None:
-                    out.append(message)
-            last = reply[-1]
-            assert isinstance(last, list) and isinstance(last[0], bytes)
-            cursor = last[0].decode("ascii")
-        return out
+        return Deferred.fromCoroutine(entriesAfter(self, sourceId, limit))
 
     # Reading
 
@@ -438,10 +251,10 @@ class RedisSource:
         """
         lastId = self.lastId
         if lastId is None:
-            found = await self._locate(connection, None)
+            found = await locate(connection, self.key, None)
             self.lastId = found.last or "0-0"
             return
-        found = await self._locate(connection, lastId)
+        found = await locate(connection, self.key, lastId)
         if found.holds(lastId):
             return
         self.gaps += 1
@@ -456,34 +269,12 @@ class RedisSource:
             end=self.lastId,
         )
 
-    async def _locate(self, connection: RedisProtocol, entryId: str | None) -> _Found:
-        """
-        @return: Whether the stream holds C{entryId}, and its first and
-            last entries' ids, in one round trip.
-        """
-        key = self._key
-        commands = [
-            connection.execute("XRANGE", key, "-", "+", "COUNT", 1),
-            connection.execute("XREVRANGE", key, "+", "-", "COUNT", 1),
-        ]
-        if entryId is not None:
-            commands.append(connection.execute("XRANGE", key, entryId, entryId))
-        results: list[tuple[bool, Any]] = await DeferredList(
-            commands, consumeErrors=True
-        )
-        for ok, value in results:
-            if not ok:
-                value.raiseException()
-        replies = [value for _, value in results]
-        held = len(replies) > 2 and bool(replies[2])
-        return _Found(held, _firstId(replies[0]), _firstId(replies[1]))
-
     async def _readFrom(self, connection: RedisProtocol) -> None:
         """
         C{XREAD BLOCK} from L{lastId} until the connection is lost, each
         reply delivered in one call.
         """
-        key = self._key
+        key = self.key
         deliver = self._channel.deliver
         while True:
             lastId = self.lastId
@@ -515,31 +306,14 @@ class RedisSource:
     def _message(self, entry: Any, count: bool) -> tuple[int, bytes, str] | None:
         """
         @param count: Whether a malformed entry is counted and logged.
-        @return: The message of a stream entry (C{[id, [field, value,
-            ...]]}), or L{None} when it is malformed.
+        @return: The message of a stream entry, or L{None} when it is
+            malformed.
         """
-        entryId, fields = entry
-        data = kind = None
-        for i in range(0, len(fields) - 1, 2):
-            name = fields[i]
-            if name == b"data":
-                data = fields[i + 1]
-            elif name == b"type":
-                kind = fields[i + 1]
-        if data is None:
-            self._bad(entryId, "no data field", count)
+        message = entryMessage(entry)
+        if isinstance(message, str):
+            self._bad(entry[0], message, count)
             return None
-        if kind is None or kind == b"text":
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                self._bad(entryId, "text that is not UTF-8", count)
-                return None
-            return TEXT, data, entryId.decode("ascii")
-        if kind == b"binary":
-            return BINARY, data, entryId.decode("ascii")
-        self._bad(entryId, f"type {kind!r} (want text or binary)", count)
-        return None
+        return message
 
     def _bad(self, entryId: bytes, why: str, count: bool) -> None:
         """
@@ -563,18 +337,6 @@ class RedisSource:
             )
         return None
 
-    def _crashed(self, f: Any) -> None:
-        """
-        The read loop ended: stopped (cancelled), or a bug, logged.
-        """
-        if f.check(CancelledError):
-            return
-        self.log.failure(
-            "channel {channel}: the redis source stopped reading",
-            f,
-            channel=self._channel.name,
-        )
-
     # ISourceStatus
 
     def status(self) -> Mapping[str, int | float | str | None]:
@@ -591,7 +353,7 @@ class RedisSource:
             "gaps_total": self.gaps,
             "skipped_total": self.skipped,
             "errors_total": self.errors,
-            "lag_seconds": getattr(self, "lag", None),
+            "lag_seconds": self.lag,
             "last_id": self.lastId,
             "last_error": self.lastError,
             # ingest hook: the lease's and the ingest's, with ingest on.
@@ -599,13 +361,12 @@ class RedisSource:
         }
 
 
-def _firstId(reply: Reply) -> str | None:
+def _readingFailed(f: Failure, channel: str) -> None:
     """
-    @return: The id of the first entry of an C{XRANGE} reply, or L{None}.
+    A source's read loop ended: stopped (cancelled), or a bug, logged.
     """
-    if not reply:
-        return None
-    assert isinstance(reply, list)
-    entry = reply[0]
-    assert isinstance(entry, list) and isinstance(entry[0], bytes)
-    return entry[0].decode("ascii")
+    if f.check(CancelledError):
+        return
+    RedisSource.log.failure(
+        "channel {channel}: the redis source stopped reading", f, channel=channel
+    )
