@@ -25,7 +25,8 @@ from tests.support.clients import closeOf
 from tests.support.fanout import Source, channelUp, feed
 from tests.support.waiting import waitFor
 from wsrelay.config import ConfigError, parseConfig
-from wsrelay.fanout import resume
+from wsrelay.fanout import catchup, resume
+from wsrelay.fanout.catchup import streamOrder
 from wsrelay.fanout.channel import Channel
 from wsrelay.fanout.resume import (
     RESUME_GONE,
@@ -33,7 +34,6 @@ from wsrelay.fanout.resume import (
     envelope,
     jsonId,
     sinceOf,
-    streamOrder,
     withoutParameter,
 )
 from wsrelay.interfaces import ISource, ISourceHistory
@@ -436,7 +436,7 @@ class HistoryTests(TestCase):
         A history answers at most C{limit} messages at a time: a full page
         is followed by a question after its last id, until a short page.
         """
-        self.patch(resume, "PAGE", 3)
+        self.patch(catchup, "PAGE", 3)
         channel, history, port = await self.historyRelay()
         c = await connected(self, port, "/ticker?since=1-0")
         await waitFor(lambda: len(history.calls) == 1)
@@ -1021,11 +1021,11 @@ class LookupBoundTests(SynchronousTestCase):
 
     def test_timeout(self) -> None:
         """
-        No answer in L{resume.LOOKUP_TIMEOUT} seconds: a miss, and the
+        No answer in L{catchup.LOOKUP_TIMEOUT} seconds: a miss, and the
         lookup is cancelled.
         """
         channel, clock, member, history = self.resuming()
-        clock.advance(resume.LOOKUP_TIMEOUT - 1)
+        clock.advance(catchup.LOOKUP_TIMEOUT - 1)
         self.assertIsNone(member.closed)
         clock.advance(1)
         clock.advance(0)
@@ -1035,22 +1035,22 @@ class LookupBoundTests(SynchronousTestCase):
     def test_sourceNeverUp(self) -> None:
         """
         A source that never comes up: the lookup, which waits for it, is a
-        miss after L{resume.LOOKUP_TIMEOUT} seconds.
+        miss after L{catchup.LOOKUP_TIMEOUT} seconds.
         """
         channel, clock = memoryChannel(self, HistorySource)
         member = Member()
         channel.join(member, "1-1")
-        clock.advance(resume.LOOKUP_TIMEOUT)
+        clock.advance(catchup.LOOKUP_TIMEOUT)
         clock.advance(0)
         self.assertMissed(channel, member)
         self.assertEqual(sourceOf(channel).history.calls, [])
 
     def test_heldBound(self) -> None:
         """
-        More than L{resume.HELD_MAX} live messages while the history is
+        More than L{catchup.HELD_MAX} live messages while the history is
         looked up: a miss, and nothing more is held.
         """
-        self.patch(resume, "HELD_MAX", 3)
+        self.patch(catchup, "HELD_MAX", 3)
         channel, clock, member, history = self.resuming()
         deliver(channel, entries(2, 4))
         self.assertIsNone(member.closed)

@@ -16,10 +16,17 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsrelay.fanout.lifecycle import (
+    ENDED,
+    Linger,
+    Replaced,
+    sourceChanged,
+    stopSource,
+)
 from wsrelay.fanout.resume import resumeWindow, withoutParameter
 from wsrelay.fanout.source import CONNECTING, IDLE, STOPPED, UP, WAITING
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceHistory
@@ -27,7 +34,7 @@ from wsrelay.routing import Backend, Route
 from wsrelay.ws.framing import frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.roles import SessionRegistry
@@ -132,14 +139,12 @@ class Channel:
         self.slowCloses = 0
         self.clientDrops = 0
         self.connects = 0
-        self._clock = clock
-        self._linger: IDelayedCall | None = None
+        self._linger = Linger(clock)
         #: Whether the source was started and not stopped since.
         self._running = False
         self.retired = False
         self._makeSource = makeSource
-        #: What fires once each source replaced on reload has stopped.
-        self._replaced: list[Deferred[None]] = []
+        self._replaced = Replaced()
         self.source: ISource = makeSource(self)
         self._lendHistory()
 
@@ -159,25 +164,12 @@ class Channel:
         its route's backends and settings as it connects, so it stays.
         """
         old, self._route = self._route.config, route
-        new = route.config
-        if new.mode != "fanout" or old.mode != "fanout":
-            return
-        if (old.source, dict(old.sourceOptions)) == (
-            new.source,
-            dict(new.sourceOptions),
-        ):
+        if not sourceChanged(old, route.config):
             return
         running, self._running = self._running, False
         if self.window is not None:
             self.window.sourceStopped()
-        stopped = _stop(self.source, 1000, b"source replaced")
-        self._replaced.append(stopped)
-
-        def forget(result: object) -> object:
-            self._replaced.remove(stopped)
-            return result
-
-        stopped.addBoth(forget)
+        self._replaced.stop(self.source)
         self.state = IDLE
         self.source = self._makeSource(self)
         self._lendHistory()
@@ -220,7 +212,7 @@ class Channel:
         message C{since}, what it missed: L{wsrelay.fanout.resume}), then
         every message.
         """
-        self._cancelLinger()
+        self._linger.cancel()
         if not self._running and self.state != STOPPED:
             # Before the window looks up C{since}: a source's history
             # answers only while the source runs.
@@ -245,10 +237,7 @@ class Channel:
             self.retire()
             return
         if not self.members and self._lazy() and self.state != STOPPED:
-            self._cancelLinger()
-            self._linger = self._clock.callLater(
-                self.routeConfig.linger, self._lingerEnded
-            )
+            self._linger.start(self.routeConfig.linger, self._lingerEnded)
 
     def _lazy(self) -> bool:
         config = self.routeConfig
@@ -258,7 +247,6 @@ class Channel:
         """
         No client came back: stop the source.
         """
-        self._linger = None
         if self.members:
             return
         self.log.info("channel {channel}: no clients, closing", channel=self.name)
@@ -336,11 +324,7 @@ class Channel:
         @return: A L{Deferred} that fires when the source stopped
             (L{ISource.stop}), and those it replaced on reload.
         """
-        stopped = self._halt(STOPPED)
-        if not self._replaced:
-            return stopped
-        waits = [stopped, *self._replaced]
-        return DeferredList(waits).addCallback(lambda _: None)
+        return self._replaced.wait(self._halt(STOPPED))
 
     def moveOff(self) -> None:
         """
@@ -368,12 +352,12 @@ class Channel:
         Stop the source, with a close code and reason for a source that
         takes them (C{stopWith}).
         """
-        self._cancelLinger()
+        self._linger.cancel()
         self.state = state
         self._running = False
         if self.window is not None:
             self.window.sourceStopped()
-        return _stop(self.source, code, reason)
+        return stopSource(self.source, code, reason)
 
     def _end(self) -> None:
         """
@@ -383,7 +367,7 @@ class Channel:
         gone).
         """
         self.registry.channelEnded(self)
-        self.source = _ENDED
+        self.source = ENDED
         if self.window is not None:
             # Its history is the source's, which holds the channel.
             self.window.close()
@@ -395,47 +379,3 @@ class Channel:
         """
         if self.window is not None:
             self.window.history = ISourceHistory(self.source, None)
-
-    def _cancelLinger(self) -> None:
-        linger, self._linger = self._linger, None
-        if linger is not None and linger.active():
-            linger.cancel()
-
-
-def _stop(source: ISource, code: int | None, reason: bytes) -> Deferred[None]:
-    """
-    Stop C{source}, with C{code} and C{reason} if it takes them
-    (C{stopWith}, as the C{websocket} source does).
-    """
-    stopWith = getattr(source, "stopWith", None)
-    if code is not None and stopWith is not None:
-        stopped: Deferred[None] = stopWith(code, reason)
-        return stopped
-    return source.stop()
-
-
-@implementer(ISource)
-class _EndedSource:
-    """
-    The source of a channel that ended: nothing to start, stop or send.
-    """
-
-    def start(self) -> None:
-        """
-        Nothing to start.
-        """
-
-    def stop(self) -> Deferred[None]:
-        """
-        Nothing to stop.
-        """
-        return succeed(None)
-
-    def send(self, opcode: int, payload: bytes) -> bool:
-        """
-        Nothing takes a message.
-        """
-        return False
-
-
-_ENDED = _EndedSource()
