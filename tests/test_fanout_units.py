@@ -20,25 +20,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
-from wsrelay.config import parseConfig
+from tests.support.relays import relayFor
 from wsrelay.fanout import IDLE, UP, WAITING, Channel, channelKey
 from wsrelay.fanout.source import SourceReader, WebSocketSource, sourceBackoff
 from wsrelay.service import RelayService
 from wsrelay.ws.framing import BINARY, TEXT, frame
 from wsrelay.ws.legs import RelayLeg
-
-
-def relayFor(extra: str) -> tuple[RelayService, Clock]:
-    """
-    A relay with one fan-out route on a memory reactor and a clock.
-    """
-    config = parseConfig(
-        "[relay]\nlisten = tcp:0\n[route:feed]\npath = /feed\nmode = fanout\n"
-        "backends = ws://127.0.0.1:1/src\n" + extra,
-        "t.ini",
-    )
-    clock = Clock()
-    return RelayService(config, MemoryReactorClock(), clock), clock
 
 
 def acceptSource(reactor: MemoryReactorClock) -> tuple[IProtocol, StringTransport]:

@@ -17,12 +17,11 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.redis import startRedis
+from tests.support.redis import makeClient, startRedis
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
 from wsrelay.redis.client import (
     BadRedisSetting,
-    RedisClient,
     parseRedisURL,
     readPasswordFile,
     redisBackoff,
@@ -264,30 +263,6 @@ class BackoffTests(SynchronousTestCase):
         wait = redisBackoff(0.1, 2.0)
         for attempt, top in ((0, 0.1), (1, 0.2), (3, 0.8), (10, 2.0)):
             self.assertTrue(top / 2 <= wait(attempt) <= top)
-
-
-def makeClient(
-    testCase: TestCase, url: str, caFile: str | None = None, password: str | None = None
-) -> RedisClient:
-    """
-    A started L{RedisClient} for C{url} with quick retries, stopped at the
-    end of C{testCase}.
-    """
-    address = parseRedisURL(url)
-    if password is not None:
-        address = type(address)(
-            address.host, address.port, address.db, address.tls, None, password
-        )
-    client = RedisClient(
-        reactor,
-        address,
-        redisEndpoint(reactor, address, caFile),
-        "test",
-        redisBackoff(0.01, 0.1),
-    )
-    client.start()
-    testCase.addCleanup(client.stop)
-    return client
 
 
 def capture(testCase: TestCase) -> list[dict[str, Any]]:

@@ -19,9 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.support.redis import RedisServer, startRedis
+from tests.support.redis import RedisServer, makeClient, startRedis
 from tests.support.waiting import waitFor
-from tests.test_redis_client import makeClient
 from wsrelay.config import ConfigError
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
 from wsrelay.redis.ingest import Ingest

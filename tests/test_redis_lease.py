@@ -14,9 +14,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.redis import RedisServer, startRedis
+from tests.support.redis import RedisServer, makeClient, startRedis
 from tests.support.waiting import waitFor
-from tests.test_redis_client import makeClient
 from wsrelay.redis.lease import RENEW, Lease, newToken, scriptId
 from wsrelay.redis.protocol import RedisConnectionLost, RedisError
 

@@ -7,17 +7,16 @@ restarts, trimming, bad entries and bad settings.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support.redis import (
+    FakeChannel,
+    FakeContext,
     RedisServer,
     ReplyError,
     freePort,
@@ -26,7 +25,7 @@ from tests.support.redis import (
 )
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
-from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext, ISourceHistory
+from wsrelay.interfaces import ISource, ISourceHistory
 from wsrelay.redis.entries import parseId
 from wsrelay.redis.settings import parseSettings
 from wsrelay.redis.source import RedisSource
@@ -38,64 +37,6 @@ ADD_MANY = (
     " redis.call('XADD', KEYS[1], '*', 'data', ARGV[i]) end"
     " return #ARGV"
 )
-
-
-@implementer(ISourceChannel)
-class FakeChannel:
-    """
-    An L{ISourceChannel} that keeps what it was given.
-
-    @ivar batches: Each C{deliver} call's messages.
-    @ivar states: Each state it was told of.
-    """
-
-    def __init__(self, key: str = "", name: str = "feed") -> None:
-        self.name = name
-        self.key = key
-        self.batches: list[list[tuple[int, bytes, str | None]]] = []
-        self.states: list[str] = []
-
-    def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
-        """
-        Keep a delivery.
-        """
-        self.batches.append(list(messages))
-
-    def stateChanged(self, state: str) -> None:
-        """
-        Keep a state.
-        """
-        self.states.append(state)
-
-    @property
-    def messages(self) -> list[tuple[int, bytes, str | None]]:
-        """
-        Every message delivered, in order.
-        """
-        return [m for batch in self.batches for m in batch]
-
-    @property
-    def payloads(self) -> list[bytes]:
-        """
-        Every payload delivered, in order.
-        """
-        return [m[1] for m in self.messages]
-
-
-@implementer(ISourceContext)
-class FakeContext:
-    """
-    An L{ISourceContext} lending the global reactor.
-    """
-
-    reactor = reactor
-    route = "feed"
-
-    def websocket(self, channel: ISourceChannel) -> ISource:
-        """
-        Not used by a reading source.
-        """
-        raise NotImplementedError()
 
 
 def capture(testCase: TestCase) -> list[dict[str, Any]]:

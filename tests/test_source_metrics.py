@@ -19,11 +19,10 @@ from zope.interface import implementer, implementer_only
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT, inThread
+from tests.support.admin import connect, labels, samples, startAdmin
 from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
-from tests.support.redis import startRedis
+from tests.support.redis import FakeChannel, FakeContext, startRedis
 from tests.support.waiting import waitFor
-from tests.test_admin import connect, labels, samples, startAdmin
-from tests.test_redis_source import FakeChannel, FakeContext
 from wsrelay.admin import RelayView
 from wsrelay.admin.metrics import metricsText
 from wsrelay.admin.rows import status

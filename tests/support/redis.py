@@ -16,10 +16,22 @@ import socket
 import ssl
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from tests.support.tls import makeCertificates
 from tests.support.waiting import TIMEOUT, pollUntil, waitFor
+from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
+from wsrelay.redis.client import (
+    RedisClient,
+    parseRedisURL,
+    redisBackoff,
+    redisEndpoint,
+)
 
 #: The server's program, or L{None} when it is not installed.
 REDIS_SERVER = shutil.which("redis-server")
@@ -347,3 +359,85 @@ class _Reader:
                 return None
             return [self.read() for _ in range(n)]
         raise ValueError(f"bad reply line {line!r}")
+
+
+@implementer(ISourceChannel)
+class FakeChannel:
+    """
+    An L{ISourceChannel} that keeps what it was given.
+
+    @ivar batches: Each C{deliver} call's messages.
+    @ivar states: Each state it was told of.
+    """
+
+    def __init__(self, key: str = "", name: str = "feed") -> None:
+        self.name = name
+        self.key = key
+        self.batches: list[list[tuple[int, bytes, str | None]]] = []
+        self.states: list[str] = []
+
+    def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Keep a delivery.
+        """
+        self.batches.append(list(messages))
+
+    def stateChanged(self, state: str) -> None:
+        """
+        Keep a state.
+        """
+        self.states.append(state)
+
+    @property
+    def messages(self) -> list[tuple[int, bytes, str | None]]:
+        """
+        Every message delivered, in order.
+        """
+        return [m for batch in self.batches for m in batch]
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """
+        Every payload delivered, in order.
+        """
+        return [m[1] for m in self.messages]
+
+
+@implementer(ISourceContext)
+class FakeContext:
+    """
+    An L{ISourceContext} lending the global reactor.
+    """
+
+    reactor = reactor
+    route = "feed"
+
+    def websocket(self, channel: ISourceChannel) -> ISource:
+        """
+        Not used by a reading source.
+        """
+        raise NotImplementedError()
+
+
+def makeClient(
+    testCase: TestCase, url: str, caFile: str | None = None, password: str | None = None
+) -> RedisClient:
+    """
+    A started L{RedisClient} for C{url} with quick retries, stopped at the
+    end of C{testCase}.
+    """
+    address = parseRedisURL(url)
+    if password is not None:
+        address = type(address)(
+            address.host, address.port, address.db, address.tls, None, password
+        )
+    client = RedisClient(
+        reactor,
+        address,
+        redisEndpoint(reactor, address, caFile),
+        "test",
+        redisBackoff(0.01, 0.1),
+    )
+    client.start()
+    testCase.addCleanup(client.stop)
+    return client

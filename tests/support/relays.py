@@ -13,13 +13,15 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.policies import ProtocolWrapper
 from websockets.sync.client import ClientConnection
 
 from tests.support.backends import startBackend
 from tests.support.clients import client, inThread
 from tests.support.waiting import TIMEOUT, waitFor
-from wsrelay.config import loadConfig
+from wsrelay.config import loadConfig, parseConfig
 from wsrelay.proxy.session import ProxySession
 from wsrelay.service import RelayService
 from wsrelay.ws.legclosing import OPEN
@@ -121,3 +123,16 @@ def noDelay(transport: Any) -> int:
         transport = transport.transport
     sock = transport.getHandle()
     return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def relayFor(extra: str) -> tuple[RelayService, Clock]:
+    """
+    A relay with one fan-out route on a memory reactor and a clock.
+    """
+    config = parseConfig(
+        "[relay]\nlisten = tcp:0\n[route:feed]\npath = /feed\nmode = fanout\n"
+        "backends = ws://127.0.0.1:1/src\n" + extra,
+        "t.ini",
+    )
+    clock = Clock()
+    return RelayService(config, MemoryReactorClock(), clock), clock
