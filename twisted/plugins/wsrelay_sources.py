@@ -4,6 +4,7 @@ is: lazily, each imported when a route chooses it (C{source = NAME}).
 """
 
 from wsrelay.dropins import SourcePlugin
+from wsrelay.redis import OPTIONS
 
 websocket = SourcePlugin(
     "websocket",
@@ -14,13 +15,5 @@ redis = SourcePlugin(
     "redis",
     "wsrelay.redis.source.RedisSource",
     "a Redis stream, fed by anyone or by one relay of the cluster (ingest)",
-    (
-        "redis",
-        "redis_password_file",
-        "redis_ca_file",
-        "stream",
-        "history",
-        "ingest",
-        "lease",
-    ),
+    OPTIONS,
 )

@@ -25,6 +25,7 @@ from wsrelay.config.values import (
     _weightProblem,
     redactURL,
 )
+from wsrelay.redis import OPTIONS as REDIS_OPTIONS
 
 DEFAULT_BALANCERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
@@ -55,15 +56,7 @@ L{loadConfig} is not told which checker plugins are installed.
 DEFAULT_SOURCES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "websocket": (),
-        "redis": (
-            "redis",
-            "redis_password_file",
-            "redis_ca_file",
-            "stream",
-            "history",
-            "ingest",
-            "lease",
-        ),
+        "redis": REDIS_OPTIONS,
     }
 )
 """

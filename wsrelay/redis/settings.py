@@ -15,17 +15,6 @@ from wsrelay.redis.client import (
     readPasswordFile,
 )
 
-#: The route keys the C{redis} source reads.
-OPTIONS = (
-    "redis",
-    "redis_password_file",
-    "redis_ca_file",
-    "stream",
-    "history",
-    "ingest",
-    "lease",
-)
-
 
 @dataclass(frozen=True)
 class RedisSourceSettings:
