@@ -310,6 +310,27 @@ class IngestTests(TestCase):
         await waitFor(lambda: ingest.written == 1)
         self.assertEqual(entries(server), [(b"again", b"text")])
 
+    async def test_stopStart(self) -> None:
+        """
+        Started again right after a stop (a channel's linger ends and a
+        client joins): the new start waits for the stop to close its
+        connection, then takes the lease on a new one and keeps it.
+        """
+        server = await startRedis(self)
+        clock = Clock()
+        ingest, context = makeIngest(self, server, clock)
+        source = await holding(ingest, context)
+        stopped = ingest.stop()
+        ingest.start()
+        await stopped
+        await waitFor(lambda: _advanced(clock) and ingest.lease.held and source.running)
+        source.deliver([(1, b"after", None)])
+        await waitFor(lambda: ingest.written + ingest.dropped == 1)
+        self.assertEqual(ingest.written, 1)
+        self.assertEqual(ingest.lease.lost, 0)
+        self.assertTrue(ingest.lease.held)
+        self.assertEqual(source.starts, 2)
+
     async def test_badKey(self) -> None:
         """
         A stream key of another type: the batch is dropped and the error

@@ -125,6 +125,12 @@ class Ingest:
         self._redis: RedisProtocol | None = None
         self._source: ISource | None = None
         self._stopping: Deferred[None] = succeed(None)
+        #: Whether started (and not stopped since).
+        self._started = False
+        #: Stops whose connection is not closed yet: a start waits for
+        #: them, lest a stop's late C{client.stop()} close the connection
+        #: the new start took the lease on.
+        self._closing = 0
 
     def _connection(self) -> Deferred[RedisProtocol]:
         """
@@ -135,9 +141,12 @@ class Ingest:
 
     def start(self) -> None:
         """
-        Compete for the lease; ingest while holding it.
+        Compete for the lease; ingest while holding it.  After a stop, only
+        once its connection is closed.
         """
-        self.lease.start()
+        self._started = True
+        if not self._closing:
+            self.lease.start()
 
     def stop(self) -> Deferred[None]:
         """
@@ -146,11 +155,21 @@ class Ingest:
 
         @return: A L{Deferred} that fires once all of that is done.
         """
+        self._started = False
+        self._closing += 1
         released = self.lease.stop()
         stopping = self._stopping
         d = gatherResults([released, stopping])
         d.addBoth(lambda _: self._client.stop())
-        return d.addBoth(lambda _: None)
+        return d.addBoth(self._closed)
+
+    def _closed(self, _: object) -> None:
+        """
+        A stop is done: if started meanwhile, compete for the lease now.
+        """
+        self._closing -= 1
+        if self._started and not self._closing:
+            self.lease.start()
 
     def send(self, opcode: int, payload: bytes) -> bool:
         """
