@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -330,6 +330,24 @@ class IngestTests(TestCase):
         self.assertEqual(ingest.lease.lost, 0)
         self.assertTrue(ingest.lease.held)
         self.assertEqual(source.starts, 2)
+
+    async def test_stopWhileTaking(self) -> None:
+        """
+        A clean stop while the C{SET NX PX} is unanswered leaves no lease
+        behind: its release goes out behind the C{SET} on the same
+        connection, answered before that is closed.
+        """
+        server = await startRedis(self)
+        client = makeClient(self, server.url)
+        await client.connection()
+        # Out of the client's state machine (which handed the connection
+        # over) before asking it again.
+        await deferLater(reactor, 0, lambda: None)
+        ingest = Ingest(Named(), HandContext(Clock()), client, STREAM, 1000, 30.0)
+        ingest.start()
+        await ingest.stop()
+        self.assertFalse(ingest.lease.held)
+        self.assertIsNone(server.call("GET", STREAM + ":lease"))
 
     async def test_badKey(self) -> None:
         """

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.redis import RedisServer, makeClient, startRedis
 from tests.support.waiting import waitFor
-from wsrelay.redis.lease import RENEW, Lease, newToken, scriptId
+from wsrelay.redis.lease import RELEASE_TIMEOUT, RENEW, Lease, newToken, scriptId
 from wsrelay.redis.protocol import RedisConnectionLost, RedisError
 
 #: The lease's key in the tests.
@@ -425,6 +425,7 @@ class TimingTests(SynchronousTestCase):
         if the C{SET} took it after all, without telling anyone it held it.
         """
         self.lease.stop()
+        self.redis.answer("EVAL", 1)
         holder = Holder()
         lease = Lease(
             self.clock,
@@ -437,10 +438,65 @@ class TimingTests(SynchronousTestCase):
             token=b"me",
         )
         lease.start()
-        self.successResultOf(lease.stop())
+        stopped = lease.stop()
+        self.assertEqual(self.redis.sent[-1][0][2:], (1, KEY, b"me"))
+        self.redis.answer("SET", b"OK")
+        self.assertNoResult(stopped)
+        self.redis.answer("EVAL", 1)
+        self.successResultOf(stopped)
+        self.assertEqual(holder.events, [])
+
+    def test_stopWhileTakingUnanswered(self) -> None:
+        """
+        A stop waits for the release queued behind an unanswered C{SET} a
+        bounded time only.
+        """
+        self.lease.stop()
+        self.redis.answer("EVAL", 1)
+        lease = Lease(
+            self.clock,
+            lambda: succeed(self.redis),  # type: ignore[arg-type]
+            KEY,
+            3.0,
+            "test",
+            Holder().acquired,
+            Holder().lost,
+        )
+        lease.start()
+        stopped = lease.stop()
+        self.clock.advance(RELEASE_TIMEOUT - 0.01)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.01)
+        self.successResultOf(stopped)
+
+    def test_restartedWhileTaking(self) -> None:
+        """
+        Stopped and started again while a C{SET} is unanswered: that
+        C{SET}'s success does not count (the stop's release follows it),
+        and the lease is asked for anew.
+        """
+        self.lease.stop()
+        self.redis.answer("EVAL", 1)
+        holder = Holder()
+        lease = Lease(
+            self.clock,
+            lambda: succeed(self.redis),  # type: ignore[arg-type]
+            KEY,
+            3.0,
+            "test",
+            holder.acquired,
+            holder.lost,
+        )
+        lease.start()
+        lease.stop()
+        lease.start()
         self.redis.answer("SET", b"OK")
         self.assertEqual(holder.events, [])
-        self.assertEqual(self.redis.sent[-1][0][0], "EVAL")
+        self.clock.advance(0)
+        self.redis.answer("SET", b"OK")
+        self.assertEqual(holder.events, ["acquired"])
+        self.assertTrue(lease.held)
+        lease.stop()
 
     def test_connectionLostWhileTaking(self) -> None:
         """

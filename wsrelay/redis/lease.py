@@ -12,8 +12,10 @@ the lease would have expired, timed on the holder's clock from when the
 previous acquisition or renewal was sent: Redis starts its own expiry later
 than that, so the holder always gives up first).  A clean stop releases the
 lease with a compare-and-delete, so that an old holder never deletes a new
-holder's lease.  Relays that do not hold it try again every third of the
-lease.
+holder's lease; a stop while a C{SET} is unanswered queues that release
+right behind the C{SET} on its connection, and waits (at most
+L{RELEASE_TIMEOUT}) for its answer before the connection is closed.
+Relays that do not hold it try again every third of the lease.
 
 The lease keeps its connection to itself: what the holder writes must go
 out on the connection the lease was taken on (see L{Lease.connection}), so
@@ -51,6 +53,10 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 else
   return 0
 end"""
+
+
+#: Seconds a stop waits for its release to be answered.
+RELEASE_TIMEOUT = 2.0
 
 
 def scriptId(script: bytes) -> bytes:
@@ -132,6 +138,10 @@ class Lease:
         self._trying = False
         self._scripts: RedisProtocol | None = None
         self._lastError: str | None = None
+        #: While a C{SET} is unanswered, the connection it went out on.
+        self._inFlight: RedisProtocol | None = None
+        #: Times stopped: a C{SET} sent before a stop was released by it.
+        self._stops = 0
 
     def start(self) -> None:
         """
@@ -151,17 +161,24 @@ class Lease:
             failed.
         """
         self._running = False
+        self._stops += 1
         self._cancelTimers()
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()
-        if not self.held:
-            return succeed(None)
-        connection = self.connection
-        self._drop()
-        self.log.info("{name}: released the ingest lease", name=self._name)
+        if self.held:
+            connection = self.connection
+            self._drop()
+            self.log.info("{name}: released the ingest lease", name=self._name)
+        else:
+            # A SET under way may take the lease: release it right behind
+            # the SET, on the same connection, before that is closed.
+            connection, self._inFlight = self._inFlight, None
+            if connection is None:
+                return succeed(None)
         assert connection is not None
         d = connection.execute("EVAL", RELEASE, 1, self.key, self.token)
+        d.addTimeout(RELEASE_TIMEOUT, self._clock)
         return d.addBoth(lambda _: None)
 
     # Taking the lease
@@ -189,19 +206,32 @@ class Lease:
             self._scripts = connection
             connection.execute("SCRIPT", "LOAD", RENEW).addErrback(lambda _: None)
         sent = self._clock.seconds()
+        self._inFlight = connection
         d = connection.execute("SET", self.key, self.token, "NX", "PX", self._ms)
-        return d.addCallback(self._taken, connection, sent)
+        return d.addBoth(self._answered, connection).addCallback(
+            self._taken, connection, sent, self._stops
+        )
 
-    def _taken(self, reply: Reply, connection: RedisProtocol, sent: float) -> None:
+    def _answered(self, result: Any, connection: RedisProtocol) -> Any:
+        """
+        The C{SET} is answered (or failed): no release to queue behind it.
+        """
+        if self._inFlight is connection:
+            self._inFlight = None
+        return result
+
+    def _taken(
+        self, reply: Reply, connection: RedisProtocol, sent: float, stops: int
+    ) -> None:
         """
         The answer to C{SET NX}: the lease is ours (C{OK}), or another's.
         """
         self._trying = False
-        if not self._running:
-            if reply == b"OK":
-                connection.execute("EVAL", RELEASE, 1, self.key, self.token).addErrback(
-                    lambda _: None
-                )
+        if stops != self._stops:
+            # Stopped meanwhile: the release went out behind the SET.  When
+            # started again since, try anew (after that release).
+            if self._running:
+                self._later(self._attempt, 0)
             return
         if self._lastError is not None:
             self._lastError = None
