@@ -16,7 +16,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.redis import RedisServer, makeClient, startRedis
 from tests.support.waiting import waitFor
-from wsrelay.redis.lease import RELEASE_TIMEOUT, RENEW, Lease, newToken, scriptId
+from wsrelay.redis.lease import (
+    ACQUIRE,
+    RELEASE_TIMEOUT,
+    RENEW,
+    Lease,
+    newToken,
+    scriptId,
+)
 from wsrelay.redis.protocol import RedisConnectionLost, RedisError
 
 #: The lease's key in the tests.
@@ -204,6 +211,26 @@ class LeaseTests(TestCase):
         await lost
         self.assertFalse(lease.held)
 
+    async def test_connectionBlip(self) -> None:
+        """
+        A holder that lost only its connection takes the lease back at
+        once on the next one (the key still holds its token): it is not
+        refused by its own lease until that expires.
+        """
+        server = await startRedis(self)
+        clock = Clock()
+        lease, holder = makeLease(self, server, clock)
+        lease.start()
+        await holder.next("acquired")
+        lost = holder.next("lost")
+        server.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await lost
+        await waitFor(lambda: _advanced(clock) and (lease.held or lease.refusals))
+        self.assertTrue(lease.held)
+        self.assertEqual(lease.refusals, 0)
+        self.assertEqual(server.call("GET", KEY), lease.token)
+        self.assertGreater(server.call("PTTL", KEY), 29000)
+
     async def test_restarted(self) -> None:
         """
         Redis restarted empty: the holder's next renewal finds no key, it
@@ -273,10 +300,12 @@ class FakeRedis:
 
     def answer(self, command: str, reply: Any) -> None:
         """
-        Answer the oldest unanswered C{command}.
+        Answer the oldest unanswered C{command} (C{"ACQUIRE"}: the
+        L{ACQUIRE} script).
         """
         for args, d in self.sent:
-            if args[0] == command and not d.called:
+            name = "ACQUIRE" if args[:2] == ("EVAL", ACQUIRE) else args[0]
+            if name == command and not d.called:
                 if isinstance(reply, Exception):
                     d.errback(reply)
                 else:
@@ -308,7 +337,7 @@ class TimingTests(SynchronousTestCase):
             token=b"me",
         )
         self.lease.start()
-        self.redis.answer("SET", b"OK")
+        self.redis.answer("ACQUIRE", 1)
 
     def renewals(self) -> list[tuple[Any, ...]]:
         """
@@ -318,10 +347,11 @@ class TimingTests(SynchronousTestCase):
 
     def test_acquired(self) -> None:
         """
-        C{SET key token NX PX ms}, with the lease's length in ms, takes it.
+        L{ACQUIRE} (C{SET key token NX PX ms}), with the lease's length in
+        ms, takes it.
         """
         self.assertIn(
-            ("SET", KEY, b"me", "NX", "PX", 3000), [a for a, _ in self.redis.sent]
+            ("EVAL", ACQUIRE, 1, KEY, b"me", 3000), [a for a, _ in self.redis.sent]
         )
         self.assertTrue(self.lease.held)
         self.assertEqual(self.holder.events, ["acquired"])
@@ -395,13 +425,17 @@ class TimingTests(SynchronousTestCase):
         self.redis.answer("EVALSHA", 0)
         self.assertFalse(self.lease.held)
         self.clock.advance(0)
-        sets = [a for a, _ in self.redis.sent if a[0] == "SET"]
+        sets = [a for a, _ in self.redis.sent if a[:2] == ("EVAL", ACQUIRE)]
         self.assertEqual(len(sets), 2)
-        self.redis.answer("SET", None)
+        self.redis.answer("ACQUIRE", 0)
         self.clock.advance(0.99)
-        self.assertEqual(len([a for a, _ in self.redis.sent if a[0] == "SET"]), 2)
+        self.assertEqual(
+            len([a for a, _ in self.redis.sent if a[:2] == ("EVAL", ACQUIRE)]), 2
+        )
         self.clock.advance(0.01)
-        self.assertEqual(len([a for a, _ in self.redis.sent if a[0] == "SET"]), 3)
+        self.assertEqual(
+            len([a for a, _ in self.redis.sent if a[:2] == ("EVAL", ACQUIRE)]), 3
+        )
 
     def test_stopReleases(self) -> None:
         """
@@ -440,7 +474,7 @@ class TimingTests(SynchronousTestCase):
         lease.start()
         stopped = lease.stop()
         self.assertEqual(self.redis.sent[-1][0][2:], (1, KEY, b"me"))
-        self.redis.answer("SET", b"OK")
+        self.redis.answer("ACQUIRE", 1)
         self.assertNoResult(stopped)
         self.redis.answer("EVAL", 1)
         self.successResultOf(stopped)
@@ -490,10 +524,10 @@ class TimingTests(SynchronousTestCase):
         lease.start()
         lease.stop()
         lease.start()
-        self.redis.answer("SET", b"OK")
+        self.redis.answer("ACQUIRE", 1)
         self.assertEqual(holder.events, [])
         self.clock.advance(0)
-        self.redis.answer("SET", b"OK")
+        self.redis.answer("ACQUIRE", 1)
         self.assertEqual(holder.events, ["acquired"])
         self.assertTrue(lease.held)
         lease.stop()
@@ -515,7 +549,7 @@ class TimingTests(SynchronousTestCase):
             Holder().lost,
         )
         lease.start()
-        self.redis.answer("SET", RedisConnectionLost("gone"))
+        self.redis.answer("ACQUIRE", RedisConnectionLost("gone"))
         count = len(self.redis.sent)
         self.clock.advance(1.0)
         self.assertEqual(len(self.redis.sent), count + 1)

@@ -2,8 +2,12 @@
 """
 A lease in Redis: which relay of a route feeds its stream (the ingest).
 
-The relays of a route compete for one key with C{SET key token NX PX ms};
-the one whose C{SET} succeeds holds the lease for C{ms} milliseconds and
+The relays of a route compete for one key with C{SET key token NX PX ms}
+(in a script, L{ACQUIRE}, that instead extends the lease when the key still
+holds the relay's own token: a holder that lost only its connection takes
+it back at once rather than waiting out its own lease; safe, as tokens are
+unique and writes fenced by the token); the one whose C{SET} succeeds holds
+the lease for C{ms} milliseconds and
 renews it every third of that with a compare-and-extend script (extend only
 while the key still holds its own token).  A lease, not a lock: the holder
 stops ingesting the moment a renewal fails, is refused (the key expired or
@@ -37,6 +41,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.redis.protocol import RedisProtocol, Reply
+
+#: Take the lease: extend it if the key still holds our token (this relay
+#: held it and lost only its connection), else set it if free.  Answers 1
+#: when the lease is ours, 0 when another's.
+ACQUIRE = b"""\
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0"""
 
 #: Extend the lease only while it is still ours.
 RENEW = b"""\
@@ -207,7 +224,7 @@ class Lease:
             connection.execute("SCRIPT", "LOAD", RENEW).addErrback(lambda _: None)
         sent = self._clock.seconds()
         self._inFlight = connection
-        d = connection.execute("SET", self.key, self.token, "NX", "PX", self._ms)
+        d = connection.execute("EVAL", ACQUIRE, 1, self.key, self.token, self._ms)
         return d.addBoth(self._answered, connection).addCallback(
             self._taken, connection, sent, self._stops
         )
@@ -224,7 +241,7 @@ class Lease:
         self, reply: Reply, connection: RedisProtocol, sent: float, stops: int
     ) -> None:
         """
-        The answer to C{SET NX}: the lease is ours (C{OK}), or another's.
+        The answer to L{ACQUIRE}: the lease is ours (1), or another's.
         """
         self._trying = False
         if stops != self._stops:
@@ -235,7 +252,7 @@ class Lease:
             return
         if self._lastError is not None:
             self._lastError = None
-        if reply != b"OK":
+        if reply != 1:
             self.refusals += 1
             self._later(self._attempt, self.length / 3)
             return
