@@ -349,6 +349,33 @@ class IngestTests(TestCase):
         self.assertFalse(ingest.lease.held)
         self.assertIsNone(server.call("GET", STREAM + ":lease"))
 
+    async def test_scriptFlushed(self) -> None:
+        """
+        After Redis's scripts are flushed, each batch answered C{NOSCRIPT}
+        is sent again with the script's body: all are written, once each
+        and in order, and the lease is kept.
+        """
+        server = await startRedis(self)
+        ingest, context = makeIngest(self, server, Clock())
+        source = await holding(ingest, context)
+        source.deliver([(1, b"one", None)])
+        await waitFor(lambda: ingest.written == 1)
+        server.call("SCRIPT", "FLUSH")
+        for i in range(4):
+            source.deliver([(1, b"m%d" % i, None), (2, b"b%d" % i, None)])
+        await waitFor(lambda: ingest.written + ingest.dropped == 9)
+        self.assertEqual(ingest.dropped, 0)
+        self.assertEqual(
+            entries(server),
+            [(b"one", b"text")]
+            + [
+                x
+                for i in range(4)
+                for x in ((b"m%d" % i, b"text"), (b"b%d" % i, b"binary"))
+            ],
+        )
+        self.assertTrue(ingest.lease.held)
+
     async def test_badKey(self) -> None:
         """
         A stream key of another type: the batch is dropped and the error

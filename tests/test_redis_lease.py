@@ -141,6 +141,23 @@ class LeaseTests(TestCase):
         self.assertTrue(lease.held)
         self.assertEqual(holder.events, ["acquired"])
 
+    async def test_renewsAfterScriptFlush(self) -> None:
+        """
+        A renewal answered C{NOSCRIPT} (Redis's scripts flushed) is sent
+        again with the script's body: the lease is extended and kept.
+        """
+        server = await startRedis(self)
+        clock = Clock()
+        lease, holder = makeLease(self, server, clock)
+        lease.start()
+        await holder.next("acquired")
+        server.call("SCRIPT", "FLUSH")
+        server.call("PEXPIRE", KEY, "5000")
+        clock.advance(10.0)
+        await waitFor(lambda: not lease.held or server.call("PTTL", KEY) > 25000)
+        self.assertTrue(lease.held)
+        self.assertEqual(holder.events, ["acquired"])
+
     async def test_refused(self) -> None:
         """
         When the key holds another relay's token (the lease expired and was
@@ -412,9 +429,24 @@ class TimingTests(SynchronousTestCase):
         the lease at once.
         """
         self.clock.advance(1.0)
-        self.redis.answer("EVALSHA", RedisError("NOSCRIPT No matching script"))
+        self.redis.answer("EVALSHA", RedisError("ERR something went wrong"))
         self.assertFalse(self.lease.held)
         self.assertEqual(self.holder.events, ["acquired", "lost"])
+
+    def test_renewNoScript(self) -> None:
+        """
+        A renewal answered C{NOSCRIPT} goes again, once, as C{EVAL} with
+        the script's body; its answer extends the lease as the first's
+        would have.
+        """
+        self.clock.advance(1.0)
+        self.redis.answer("EVALSHA", RedisError("NOSCRIPT No matching script"))
+        self.assertTrue(self.lease.held)
+        self.assertEqual(self.redis.sent[-1][0], ("EVAL", RENEW, 1, KEY, b"me", 3000))
+        self.redis.answer("EVAL", 1)
+        self.clock.advance(2.99)
+        self.assertTrue(self.lease.held)
+        self.assertEqual(self.holder.events, ["acquired"])
 
     def test_refused(self) -> None:
         """

@@ -14,7 +14,12 @@ one Lua script per batch that first checks that the lease's key still holds
 this relay's token: an old holder whose lease expired in Redis (a holder
 stalled past its own deadline) writes nothing, so two holders never both
 write.  The relay's readers (this one's included) read the stream as any
-relay does.
+relay does.  The script runs by its id (C{EVALSHA}); a batch Redis answers
+C{NOSCRIPT} (its script cache flushed) did not run, and is sent once more
+with the script's body (C{EVAL}, which loads it again).  That retry goes
+out after any batch already sent behind it, which wrote nothing either
+(also C{NOSCRIPT}) unless someone else loaded the very same script in
+between: the batches stay in order in practice.
 
 Delivery is at most once.  When the lease is lost (a renewal failed,
 refused or late; a batch refused for want of the lease; the connection to
@@ -37,7 +42,7 @@ from zope.interface import implementer
 
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
 from wsrelay.redis.client import RedisAddress, RedisClient
-from wsrelay.redis.lease import Lease, scriptId
+from wsrelay.redis.lease import Lease, evalSha, scriptId
 from wsrelay.redis.protocol import RedisConnectionLost, RedisProtocol, Reply
 
 #: Append a batch of messages to the stream, only while the lease is this
@@ -248,11 +253,11 @@ class Ingest:
         if redis is None:
             self.dropped += len(messages)
             return
-        args: list[Any] = [b"EVALSHA", XADD_ID, 2, self.lease.key, self._stream]
+        args: list[Any] = [2, self.lease.key, self._stream]
         args += (self.lease.token, self._history)
         for opcode, payload, _ in messages:
             args += (payload, TYPES[opcode])
-        redis.execute(*args).addCallbacks(
+        evalSha(redis, XADD, *args).addCallbacks(
             self._written,
             self._failed,
             callbackArgs=(len(messages),),

@@ -9,7 +9,8 @@ it back at once rather than waiting out its own lease; safe, as tokens are
 unique and writes fenced by the token); the one whose C{SET} succeeds holds
 the lease for C{ms} milliseconds and
 renews it every third of that with a compare-and-extend script (extend only
-while the key still holds its own token).  A lease, not a lock: the holder
+while the key still holds its own token; run by its id, and by its body
+when Redis answers C{NOSCRIPT}: see L{evalSha}).  A lease, not a lock: the holder
 stops ingesting the moment a renewal fails, is refused (the key expired or
 holds another token), or is late (its answer has not come back by the time
 the lease would have expired, timed on the holder's clock from when the
@@ -35,12 +36,12 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsrelay.redis.protocol import RedisProtocol, Reply
+from wsrelay.redis.protocol import Argument, RedisError, RedisProtocol, Reply
 
 #: Take the lease: extend it if the key still holds our token (this relay
 #: held it and lost only its connection), else set it if free.  Answers 1
@@ -81,6 +82,27 @@ def scriptId(script: bytes) -> bytes:
     @return: The SHA-1 a script is known by in Redis (C{EVALSHA}).
     """
     return hashlib.sha1(script).hexdigest().encode("ascii")
+
+
+def evalSha(
+    connection: RedisProtocol, script: bytes, *args: Argument
+) -> Deferred[Reply]:
+    """
+    Run C{script} by its id (C{EVALSHA}); if Redis does not know it
+    (C{NOSCRIPT}: flushed, or evicted), run it once more by its body
+    (C{EVAL}, which also loads it again).  A script refused for
+    C{NOSCRIPT} did not run, so nothing it writes is written twice.
+
+    @return: The script's answer.
+    """
+
+    def unknown(f: Failure) -> Deferred[Reply]:
+        if isinstance(f.value, RedisError) and f.value.code == "NOSCRIPT":
+            return connection.execute("EVAL", script, *args)
+        return fail(f)
+
+    d = connection.execute("EVALSHA", scriptId(script), *args)
+    return d.addErrback(unknown)
 
 
 def newToken() -> bytes:
@@ -322,9 +344,7 @@ class Lease:
             return
         generation = self._generation
         sent = self._clock.seconds()
-        d = connection.execute(
-            "EVALSHA", scriptId(RENEW), 1, self.key, self.token, self._ms
-        )
+        d = evalSha(connection, RENEW, 1, self.key, self.token, self._ms)
         d.addCallbacks(
             self._renewed,
             self._renewFailed,
