@@ -22,6 +22,20 @@ right behind the C{SET} on its connection, and waits (at most
 L{RELEASE_TIMEOUT}) for its answer before the connection is closed.
 Relays that do not hold it try again every third of the lease.
 
+The holder's times (when a command was sent, its deadline, its next
+renewal) are those of the clock it is given, in production the reactor,
+whose C{seconds()} and timers run on the wall clock (C{time.time}, in
+Twisted 26.10), not a monotonic one: reading a monotonic clock here would
+not help, as the timers would still fire by the wall clock.  A step of the
+system clock thus moves the holder's timers.  Forward: renewals and the
+deadline come early; a lease given up early is taken back at once
+(L{ACQUIRE} extends the relay's own key).  Backward: the deadline comes
+late, and the holder may believe it holds a lease that Redis expired; its
+writes stay safe (each batch checks the key first: see
+L{wsrelay.redis.ingest}), but until a write or its renewal (late too) is
+refused it may still pass clients' messages to its backends.  Keep the clock slewed
+(NTP), not stepped.
+
 The lease keeps its connection to itself: what the holder writes must go
 out on the connection the lease was taken on (see L{Lease.connection}), so
 that losing that connection loses the lease at once.
