@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -309,6 +309,72 @@ class IngestTests(TestCase):
         source.deliver([(1, b"again", None)])
         await waitFor(lambda: ingest.written == 1)
         self.assertEqual(entries(server), [(b"again", b"text")])
+
+    async def test_stopStart(self) -> None:
+        """
+        Started again right after a stop (a channel's linger ends and a
+        client joins): the new start waits for the stop to close its
+        connection, then takes the lease on a new one and keeps it.
+        """
+        server = await startRedis(self)
+        clock = Clock()
+        ingest, context = makeIngest(self, server, clock)
+        source = await holding(ingest, context)
+        stopped = ingest.stop()
+        ingest.start()
+        await stopped
+        await waitFor(lambda: _advanced(clock) and ingest.lease.held and source.running)
+        source.deliver([(1, b"after", None)])
+        await waitFor(lambda: ingest.written + ingest.dropped == 1)
+        self.assertEqual(ingest.written, 1)
+        self.assertEqual(ingest.lease.lost, 0)
+        self.assertTrue(ingest.lease.held)
+        self.assertEqual(source.starts, 2)
+
+    async def test_stopWhileTaking(self) -> None:
+        """
+        A clean stop while the C{SET NX PX} is unanswered leaves no lease
+        behind: its release goes out behind the C{SET} on the same
+        connection, answered before that is closed.
+        """
+        server = await startRedis(self)
+        client = makeClient(self, server.url)
+        await client.connection()
+        # Out of the client's state machine (which handed the connection
+        # over) before asking it again.
+        await deferLater(reactor, 0, lambda: None)
+        ingest = Ingest(Named(), HandContext(Clock()), client, STREAM, 1000, 30.0)
+        ingest.start()
+        await ingest.stop()
+        self.assertFalse(ingest.lease.held)
+        self.assertIsNone(server.call("GET", STREAM + ":lease"))
+
+    async def test_scriptFlushed(self) -> None:
+        """
+        After Redis's scripts are flushed, each batch answered C{NOSCRIPT}
+        is sent again with the script's body: all are written, once each
+        and in order, and the lease is kept.
+        """
+        server = await startRedis(self)
+        ingest, context = makeIngest(self, server, Clock())
+        source = await holding(ingest, context)
+        source.deliver([(1, b"one", None)])
+        await waitFor(lambda: ingest.written == 1)
+        server.call("SCRIPT", "FLUSH")
+        for i in range(4):
+            source.deliver([(1, b"m%d" % i, None), (2, b"b%d" % i, None)])
+        await waitFor(lambda: ingest.written + ingest.dropped == 9)
+        self.assertEqual(ingest.dropped, 0)
+        self.assertEqual(
+            entries(server),
+            [(b"one", b"text")]
+            + [
+                x
+                for i in range(4)
+                for x in ((b"m%d" % i, b"text"), (b"b%d" % i, b"binary"))
+            ],
+        )
+        self.assertTrue(ingest.lease.held)
 
     async def test_badKey(self) -> None:
         """

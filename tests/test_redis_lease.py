@@ -16,7 +16,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.redis import RedisServer, makeClient, startRedis
 from tests.support.waiting import waitFor
-from wsrelay.redis.lease import RENEW, Lease, newToken, scriptId
+from wsrelay.redis.lease import (
+    ACQUIRE,
+    RELEASE_TIMEOUT,
+    RENEW,
+    Lease,
+    newToken,
+    scriptId,
+)
 from wsrelay.redis.protocol import RedisConnectionLost, RedisError
 
 #: The lease's key in the tests.
@@ -134,6 +141,23 @@ class LeaseTests(TestCase):
         self.assertTrue(lease.held)
         self.assertEqual(holder.events, ["acquired"])
 
+    async def test_renewsAfterScriptFlush(self) -> None:
+        """
+        A renewal answered C{NOSCRIPT} (Redis's scripts flushed) is sent
+        again with the script's body: the lease is extended and kept.
+        """
+        server = await startRedis(self)
+        clock = Clock()
+        lease, holder = makeLease(self, server, clock)
+        lease.start()
+        await holder.next("acquired")
+        server.call("SCRIPT", "FLUSH")
+        server.call("PEXPIRE", KEY, "5000")
+        clock.advance(10.0)
+        await waitFor(lambda: not lease.held or server.call("PTTL", KEY) > 25000)
+        self.assertTrue(lease.held)
+        self.assertEqual(holder.events, ["acquired"])
+
     async def test_refused(self) -> None:
         """
         When the key holds another relay's token (the lease expired and was
@@ -204,6 +228,26 @@ class LeaseTests(TestCase):
         await lost
         self.assertFalse(lease.held)
 
+    async def test_connectionBlip(self) -> None:
+        """
+        A holder that lost only its connection takes the lease back at
+        once on the next one (the key still holds its token): it is not
+        refused by its own lease until that expires.
+        """
+        server = await startRedis(self)
+        clock = Clock()
+        lease, holder = makeLease(self, server, clock)
+        lease.start()
+        await holder.next("acquired")
+        lost = holder.next("lost")
+        server.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await lost
+        await waitFor(lambda: _advanced(clock) and (lease.held or lease.refusals))
+        self.assertTrue(lease.held)
+        self.assertEqual(lease.refusals, 0)
+        self.assertEqual(server.call("GET", KEY), lease.token)
+        self.assertGreater(server.call("PTTL", KEY), 29000)
+
     async def test_restarted(self) -> None:
         """
         Redis restarted empty: the holder's next renewal finds no key, it
@@ -273,10 +317,12 @@ class FakeRedis:
 
     def answer(self, command: str, reply: Any) -> None:
         """
-        Answer the oldest unanswered C{command}.
+        Answer the oldest unanswered C{command} (C{"ACQUIRE"}: the
+        L{ACQUIRE} script).
         """
         for args, d in self.sent:
-            if args[0] == command and not d.called:
+            name = "ACQUIRE" if args[:2] == ("EVAL", ACQUIRE) else args[0]
+            if name == command and not d.called:
                 if isinstance(reply, Exception):
                     d.errback(reply)
                 else:
@@ -308,7 +354,7 @@ class TimingTests(SynchronousTestCase):
             token=b"me",
         )
         self.lease.start()
-        self.redis.answer("SET", b"OK")
+        self.redis.answer("ACQUIRE", 1)
 
     def renewals(self) -> list[tuple[Any, ...]]:
         """
@@ -318,10 +364,11 @@ class TimingTests(SynchronousTestCase):
 
     def test_acquired(self) -> None:
         """
-        C{SET key token NX PX ms}, with the lease's length in ms, takes it.
+        L{ACQUIRE} (C{SET key token NX PX ms}), with the lease's length in
+        ms, takes it.
         """
         self.assertIn(
-            ("SET", KEY, b"me", "NX", "PX", 3000), [a for a, _ in self.redis.sent]
+            ("EVAL", ACQUIRE, 1, KEY, b"me", 3000), [a for a, _ in self.redis.sent]
         )
         self.assertTrue(self.lease.held)
         self.assertEqual(self.holder.events, ["acquired"])
@@ -382,9 +429,24 @@ class TimingTests(SynchronousTestCase):
         the lease at once.
         """
         self.clock.advance(1.0)
-        self.redis.answer("EVALSHA", RedisError("NOSCRIPT No matching script"))
+        self.redis.answer("EVALSHA", RedisError("ERR something went wrong"))
         self.assertFalse(self.lease.held)
         self.assertEqual(self.holder.events, ["acquired", "lost"])
+
+    def test_renewNoScript(self) -> None:
+        """
+        A renewal answered C{NOSCRIPT} goes again, once, as C{EVAL} with
+        the script's body; its answer extends the lease as the first's
+        would have.
+        """
+        self.clock.advance(1.0)
+        self.redis.answer("EVALSHA", RedisError("NOSCRIPT No matching script"))
+        self.assertTrue(self.lease.held)
+        self.assertEqual(self.redis.sent[-1][0], ("EVAL", RENEW, 1, KEY, b"me", 3000))
+        self.redis.answer("EVAL", 1)
+        self.clock.advance(2.99)
+        self.assertTrue(self.lease.held)
+        self.assertEqual(self.holder.events, ["acquired"])
 
     def test_refused(self) -> None:
         """
@@ -395,13 +457,17 @@ class TimingTests(SynchronousTestCase):
         self.redis.answer("EVALSHA", 0)
         self.assertFalse(self.lease.held)
         self.clock.advance(0)
-        sets = [a for a, _ in self.redis.sent if a[0] == "SET"]
+        sets = [a for a, _ in self.redis.sent if a[:2] == ("EVAL", ACQUIRE)]
         self.assertEqual(len(sets), 2)
-        self.redis.answer("SET", None)
+        self.redis.answer("ACQUIRE", 0)
         self.clock.advance(0.99)
-        self.assertEqual(len([a for a, _ in self.redis.sent if a[0] == "SET"]), 2)
+        self.assertEqual(
+            len([a for a, _ in self.redis.sent if a[:2] == ("EVAL", ACQUIRE)]), 2
+        )
         self.clock.advance(0.01)
-        self.assertEqual(len([a for a, _ in self.redis.sent if a[0] == "SET"]), 3)
+        self.assertEqual(
+            len([a for a, _ in self.redis.sent if a[:2] == ("EVAL", ACQUIRE)]), 3
+        )
 
     def test_stopReleases(self) -> None:
         """
@@ -425,6 +491,7 @@ class TimingTests(SynchronousTestCase):
         if the C{SET} took it after all, without telling anyone it held it.
         """
         self.lease.stop()
+        self.redis.answer("EVAL", 1)
         holder = Holder()
         lease = Lease(
             self.clock,
@@ -437,10 +504,65 @@ class TimingTests(SynchronousTestCase):
             token=b"me",
         )
         lease.start()
-        self.successResultOf(lease.stop())
-        self.redis.answer("SET", b"OK")
+        stopped = lease.stop()
+        self.assertEqual(self.redis.sent[-1][0][2:], (1, KEY, b"me"))
+        self.redis.answer("ACQUIRE", 1)
+        self.assertNoResult(stopped)
+        self.redis.answer("EVAL", 1)
+        self.successResultOf(stopped)
         self.assertEqual(holder.events, [])
-        self.assertEqual(self.redis.sent[-1][0][0], "EVAL")
+
+    def test_stopWhileTakingUnanswered(self) -> None:
+        """
+        A stop waits for the release queued behind an unanswered C{SET} a
+        bounded time only.
+        """
+        self.lease.stop()
+        self.redis.answer("EVAL", 1)
+        lease = Lease(
+            self.clock,
+            lambda: succeed(self.redis),  # type: ignore[arg-type]
+            KEY,
+            3.0,
+            "test",
+            Holder().acquired,
+            Holder().lost,
+        )
+        lease.start()
+        stopped = lease.stop()
+        self.clock.advance(RELEASE_TIMEOUT - 0.01)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.01)
+        self.successResultOf(stopped)
+
+    def test_restartedWhileTaking(self) -> None:
+        """
+        Stopped and started again while a C{SET} is unanswered: that
+        C{SET}'s success does not count (the stop's release follows it),
+        and the lease is asked for anew.
+        """
+        self.lease.stop()
+        self.redis.answer("EVAL", 1)
+        holder = Holder()
+        lease = Lease(
+            self.clock,
+            lambda: succeed(self.redis),  # type: ignore[arg-type]
+            KEY,
+            3.0,
+            "test",
+            holder.acquired,
+            holder.lost,
+        )
+        lease.start()
+        lease.stop()
+        lease.start()
+        self.redis.answer("ACQUIRE", 1)
+        self.assertEqual(holder.events, [])
+        self.clock.advance(0)
+        self.redis.answer("ACQUIRE", 1)
+        self.assertEqual(holder.events, ["acquired"])
+        self.assertTrue(lease.held)
+        lease.stop()
 
     def test_connectionLostWhileTaking(self) -> None:
         """
@@ -459,7 +581,7 @@ class TimingTests(SynchronousTestCase):
             Holder().lost,
         )
         lease.start()
-        self.redis.answer("SET", RedisConnectionLost("gone"))
+        self.redis.answer("ACQUIRE", RedisConnectionLost("gone"))
         count = len(self.redis.sent)
         self.clock.advance(1.0)
         self.assertEqual(len(self.redis.sent), count + 1)

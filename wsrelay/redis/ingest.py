@@ -14,7 +14,12 @@ one Lua script per batch that first checks that the lease's key still holds
 this relay's token: an old holder whose lease expired in Redis (a holder
 stalled past its own deadline) writes nothing, so two holders never both
 write.  The relay's readers (this one's included) read the stream as any
-relay does.
+relay does.  The script runs by its id (C{EVALSHA}); a batch Redis answers
+C{NOSCRIPT} (its script cache flushed) did not run, and is sent once more
+with the script's body (C{EVAL}, which loads it again).  That retry goes
+out after any batch already sent behind it, which wrote nothing either
+(also C{NOSCRIPT}) unless someone else loaded the very same script in
+between: the batches stay in order in practice.
 
 Delivery is at most once.  When the lease is lost (a renewal failed,
 refused or late; a batch refused for want of the lease; the connection to
@@ -37,7 +42,7 @@ from zope.interface import implementer
 
 from wsrelay.interfaces import ISource, ISourceChannel, ISourceContext
 from wsrelay.redis.client import RedisAddress, RedisClient
-from wsrelay.redis.lease import Lease, scriptId
+from wsrelay.redis.lease import Lease, evalSha, scriptId
 from wsrelay.redis.protocol import RedisConnectionLost, RedisProtocol, Reply
 
 #: Append a batch of messages to the stream, only while the lease is this
@@ -125,6 +130,12 @@ class Ingest:
         self._redis: RedisProtocol | None = None
         self._source: ISource | None = None
         self._stopping: Deferred[None] = succeed(None)
+        #: Whether started (and not stopped since).
+        self._started = False
+        #: Stops whose connection is not closed yet: a start waits for
+        #: them, lest a stop's late C{client.stop()} close the connection
+        #: the new start took the lease on.
+        self._closing = 0
 
     def _connection(self) -> Deferred[RedisProtocol]:
         """
@@ -135,9 +146,12 @@ class Ingest:
 
     def start(self) -> None:
         """
-        Compete for the lease; ingest while holding it.
+        Compete for the lease; ingest while holding it.  After a stop, only
+        once its connection is closed.
         """
-        self.lease.start()
+        self._started = True
+        if not self._closing:
+            self.lease.start()
 
     def stop(self) -> Deferred[None]:
         """
@@ -146,11 +160,21 @@ class Ingest:
 
         @return: A L{Deferred} that fires once all of that is done.
         """
+        self._started = False
+        self._closing += 1
         released = self.lease.stop()
         stopping = self._stopping
         d = gatherResults([released, stopping])
         d.addBoth(lambda _: self._client.stop())
-        return d.addBoth(lambda _: None)
+        return d.addBoth(self._closed)
+
+    def _closed(self, _: object) -> None:
+        """
+        A stop is done: if started meanwhile, compete for the lease now.
+        """
+        self._closing -= 1
+        if self._started and not self._closing:
+            self.lease.start()
 
     def send(self, opcode: int, payload: bytes) -> bool:
         """
@@ -229,11 +253,11 @@ class Ingest:
         if redis is None:
             self.dropped += len(messages)
             return
-        args: list[Any] = [b"EVALSHA", XADD_ID, 2, self.lease.key, self._stream]
+        args: list[Any] = [2, self.lease.key, self._stream]
         args += (self.lease.token, self._history)
         for opcode, payload, _ in messages:
             args += (payload, TYPES[opcode])
-        redis.execute(*args).addCallbacks(
+        evalSha(redis, XADD, *args).addCallbacks(
             self._written,
             self._failed,
             callbackArgs=(len(messages),),

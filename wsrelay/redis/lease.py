@@ -2,18 +2,39 @@
 """
 A lease in Redis: which relay of a route feeds its stream (the ingest).
 
-The relays of a route compete for one key with C{SET key token NX PX ms};
-the one whose C{SET} succeeds holds the lease for C{ms} milliseconds and
+The relays of a route compete for one key with C{SET key token NX PX ms}
+(in a script, L{ACQUIRE}, that instead extends the lease when the key still
+holds the relay's own token: a holder that lost only its connection takes
+it back at once rather than waiting out its own lease; safe, as tokens are
+unique and writes fenced by the token); the one whose C{SET} succeeds holds
+the lease for C{ms} milliseconds and
 renews it every third of that with a compare-and-extend script (extend only
-while the key still holds its own token).  A lease, not a lock: the holder
+while the key still holds its own token; run by its id, and by its body
+when Redis answers C{NOSCRIPT}: see L{evalSha}).  A lease, not a lock: the holder
 stops ingesting the moment a renewal fails, is refused (the key expired or
 holds another token), or is late (its answer has not come back by the time
 the lease would have expired, timed on the holder's clock from when the
 previous acquisition or renewal was sent: Redis starts its own expiry later
 than that, so the holder always gives up first).  A clean stop releases the
 lease with a compare-and-delete, so that an old holder never deletes a new
-holder's lease.  Relays that do not hold it try again every third of the
-lease.
+holder's lease; a stop while a C{SET} is unanswered queues that release
+right behind the C{SET} on its connection, and waits (at most
+L{RELEASE_TIMEOUT}) for its answer before the connection is closed.
+Relays that do not hold it try again every third of the lease.
+
+The holder's times (when a command was sent, its deadline, its next
+renewal) are those of the clock it is given, in production the reactor,
+whose C{seconds()} and timers run on the wall clock (C{time.time}, in
+Twisted 26.10), not a monotonic one: reading a monotonic clock here would
+not help, as the timers would still fire by the wall clock.  A step of the
+system clock thus moves the holder's timers.  Forward: renewals and the
+deadline come early; a lease given up early is taken back at once
+(L{ACQUIRE} extends the relay's own key).  Backward: the deadline comes
+late, and the holder may believe it holds a lease that Redis expired; its
+writes stay safe (each batch checks the key first: see
+L{wsrelay.redis.ingest}), but until a write or its renewal (late too) is
+refused it may still pass clients' messages to its backends.  Keep the clock slewed
+(NTP), not stepped.
 
 The lease keeps its connection to itself: what the holder writes must go
 out on the connection the lease was taken on (see L{Lease.connection}), so
@@ -29,12 +50,25 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsrelay.redis.protocol import RedisProtocol, Reply
+from wsrelay.redis.protocol import Argument, RedisError, RedisProtocol, Reply
+
+#: Take the lease: extend it if the key still holds our token (this relay
+#: held it and lost only its connection), else set it if free.  Answers 1
+#: when the lease is ours, 0 when another's.
+ACQUIRE = b"""\
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0"""
 
 #: Extend the lease only while it is still ours.
 RENEW = b"""\
@@ -53,11 +87,36 @@ else
 end"""
 
 
+#: Seconds a stop waits for its release to be answered.
+RELEASE_TIMEOUT = 2.0
+
+
 def scriptId(script: bytes) -> bytes:
     """
     @return: The SHA-1 a script is known by in Redis (C{EVALSHA}).
     """
     return hashlib.sha1(script).hexdigest().encode("ascii")
+
+
+def evalSha(
+    connection: RedisProtocol, script: bytes, *args: Argument
+) -> Deferred[Reply]:
+    """
+    Run C{script} by its id (C{EVALSHA}); if Redis does not know it
+    (C{NOSCRIPT}: flushed, or evicted), run it once more by its body
+    (C{EVAL}, which also loads it again).  A script refused for
+    C{NOSCRIPT} did not run, so nothing it writes is written twice.
+
+    @return: The script's answer.
+    """
+
+    def unknown(f: Failure) -> Deferred[Reply]:
+        if isinstance(f.value, RedisError) and f.value.code == "NOSCRIPT":
+            return connection.execute("EVAL", script, *args)
+        return fail(f)
+
+    d = connection.execute("EVALSHA", scriptId(script), *args)
+    return d.addErrback(unknown)
 
 
 def newToken() -> bytes:
@@ -132,6 +191,10 @@ class Lease:
         self._trying = False
         self._scripts: RedisProtocol | None = None
         self._lastError: str | None = None
+        #: While a C{SET} is unanswered, the connection it went out on.
+        self._inFlight: RedisProtocol | None = None
+        #: Times stopped: a C{SET} sent before a stop was released by it.
+        self._stops = 0
 
     def start(self) -> None:
         """
@@ -151,17 +214,24 @@ class Lease:
             failed.
         """
         self._running = False
+        self._stops += 1
         self._cancelTimers()
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()
-        if not self.held:
-            return succeed(None)
-        connection = self.connection
-        self._drop()
-        self.log.info("{name}: released the ingest lease", name=self._name)
+        if self.held:
+            connection = self.connection
+            self._drop()
+            self.log.info("{name}: released the ingest lease", name=self._name)
+        else:
+            # A SET under way may take the lease: release it right behind
+            # the SET, on the same connection, before that is closed.
+            connection, self._inFlight = self._inFlight, None
+            if connection is None:
+                return succeed(None)
         assert connection is not None
         d = connection.execute("EVAL", RELEASE, 1, self.key, self.token)
+        d.addTimeout(RELEASE_TIMEOUT, self._clock)
         return d.addBoth(lambda _: None)
 
     # Taking the lease
@@ -189,23 +259,36 @@ class Lease:
             self._scripts = connection
             connection.execute("SCRIPT", "LOAD", RENEW).addErrback(lambda _: None)
         sent = self._clock.seconds()
-        d = connection.execute("SET", self.key, self.token, "NX", "PX", self._ms)
-        return d.addCallback(self._taken, connection, sent)
+        self._inFlight = connection
+        d = connection.execute("EVAL", ACQUIRE, 1, self.key, self.token, self._ms)
+        return d.addBoth(self._answered, connection).addCallback(
+            self._taken, connection, sent, self._stops
+        )
 
-    def _taken(self, reply: Reply, connection: RedisProtocol, sent: float) -> None:
+    def _answered(self, result: Any, connection: RedisProtocol) -> Any:
         """
-        The answer to C{SET NX}: the lease is ours (C{OK}), or another's.
+        The C{SET} is answered (or failed): no release to queue behind it.
+        """
+        if self._inFlight is connection:
+            self._inFlight = None
+        return result
+
+    def _taken(
+        self, reply: Reply, connection: RedisProtocol, sent: float, stops: int
+    ) -> None:
+        """
+        The answer to L{ACQUIRE}: the lease is ours (1), or another's.
         """
         self._trying = False
-        if not self._running:
-            if reply == b"OK":
-                connection.execute("EVAL", RELEASE, 1, self.key, self.token).addErrback(
-                    lambda _: None
-                )
+        if stops != self._stops:
+            # Stopped meanwhile: the release went out behind the SET.  When
+            # started again since, try anew (after that release).
+            if self._running:
+                self._later(self._attempt, 0)
             return
         if self._lastError is not None:
             self._lastError = None
-        if reply != b"OK":
+        if reply != 1:
             self.refusals += 1
             self._later(self._attempt, self.length / 3)
             return
@@ -275,9 +358,7 @@ class Lease:
             return
         generation = self._generation
         sent = self._clock.seconds()
-        d = connection.execute(
-            "EVALSHA", scriptId(RENEW), 1, self.key, self.token, self._ms
-        )
+        d = evalSha(connection, RENEW, 1, self.key, self.token, self._ms)
         d.addCallbacks(
             self._renewed,
             self._renewFailed,
