@@ -278,11 +278,29 @@ class FailureTests(TestCase):
         self.assertEqual(source.gaps, 0)
         self.assertIn("waiting", channel.states)
 
+    async def test_emptyAtStartReconnect(self) -> None:
+        """
+        When the stream was empty at the start and the connection is lost
+        before the first entry, the source reconnects and delivers every
+        entry added meanwhile, counting no gap.
+        """
+        server = await startRedis(self)
+        source, channel = await readingSource(self, server)
+        self.assertEqual(source.lastId, "0-0")
+        server.transaction(
+            ("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"),
+            ("XADD", "s", "*", "data", "meanwhile"),
+        )
+        server.call("XADD", "s", "*", "data", "after")
+        await waitFor(lambda: len(channel.messages) >= 2 or source.gaps > 0)
+        self.assertEqual(channel.payloads, [b"meanwhile", b"after"])
+        self.assertEqual(source.gaps, 0)
+
     async def test_trimmed(self) -> None:
         """
         When the stream was trimmed past the last id delivered while the
-        source was away, it counts one gap, logs it once, and goes on from
-        the stream's end.
+        source was away, it counts one gap, logs it once, and goes on with
+        the entries after that id still in the stream.
         """
         server = await startRedis(self)
         events = capture(self)
@@ -298,8 +316,8 @@ class FailureTests(TestCase):
         await waitFor(lambda: source.gaps == 1)
         await waitFor(lambda: channel.states[-1] == "up")
         server.call("XADD", "s", "*", "data", "new")
-        await waitFor(lambda: len(channel.messages) == 2)
-        self.assertEqual(channel.payloads, [b"seen", b"new"])
+        await waitFor(lambda: len(channel.messages) == 3)
+        self.assertEqual(channel.payloads, [b"seen", b"kept but old", b"new"])
         gaps = [w for w in said(events, LogLevel.warn) if "no longer holds" in w]
         self.assertEqual(len(gaps), 1, gaps)
         self.assertNotIn("\n", gaps[0])

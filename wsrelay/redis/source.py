@@ -13,9 +13,10 @@ C{type} (C{text}, the default when absent, or C{binary})::
 A lost connection is made again with backoff and reading goes on from the
 last id delivered, so no entry comes twice or out of order; when the
 stream no longer holds that id (trimmed past it, or Redis restarted
-empty), the source goes on from the stream's end and counts a gap
-(L{RedisSource.gaps}).  Entries without C{data}, with another C{type}, or
-text that is not UTF-8 are skipped and counted (L{RedisSource.skipped}).
+empty), the source counts a gap (L{RedisSource.gaps}) and goes on with the
+entries after that id still in the stream.  Entries without C{data}, with
+another C{type}, or text that is not UTF-8 are skipped and counted
+(L{RedisSource.skipped}).
 A key of another type is an error logged in one line and retried with
 backoff; clients stay connected throughout.
 """
@@ -246,23 +247,29 @@ class RedisSource:
     async def _resume(self, connection: RedisProtocol) -> None:
         """
         On a new connection: find the stream's end at the start, or check
-        that the stream still holds the last id delivered; if it does not,
-        count a gap and go on from the stream's end.
+        that the stream still holds the last id delivered.  If it does
+        not, count a gap; go on with the entries after it that are left
+        (C{XREAD} gives them), or from the stream's end when all its
+        entries are older (its ids went back: another server).
         """
         lastId = self.lastId
         if lastId is None:
             found = await locate(connection, self.key, None)
             self.lastId = found.last or "0-0"
             return
+        if lastId == "0-0":
+            # The stream was empty at the start: everything in it is new.
+            return
         found = await locate(connection, self.key, lastId)
         if found.holds(lastId):
             return
         self.gaps += 1
-        self.lastId = found.last or "0-0"
+        if found.last is not None and parseId(found.last) < parseId(lastId):
+            self.lastId = found.last
         self.log.warn(
             "channel {channel}: stream {stream} no longer holds entry {id}"
             " (trimmed, or Redis restarted empty): entries may be missed;"
-            " going on from {end}",
+            " going on after {end}",
             channel=self._channel.name,
             stream=self.settings.stream,
             id=lastId,
