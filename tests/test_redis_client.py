@@ -216,7 +216,26 @@ class URLTests(SynchronousTestCase):
         ):
             e = self.assertRaises(BadRedisSetting, parseRedisURL, url)
             self.assertNotIn("\n", str(e))
-            self.assertIn("not a Redis URL", str(e))
+            self.assertNotIn(url, str(e))
+
+    def test_passwordNotEchoed(self) -> None:
+        """
+        A wrong URL's error names the problem and never shows the
+        password: not for another scheme, nor for a password that is not
+        percent-encoded (its C{#}, C{/} or C{?} ending the host part).
+        """
+        for url, problem in [
+            ("redsi://:hunter2@127.0.0.1/0", "scheme must be redis or rediss"),
+            ("redis://:s3cr#et@127.0.0.1:6379/0", "percent-encode the password"),
+            ("redis://:ab/cd@127.0.0.1:6379/0", "percent-encode the password"),
+            ("redis://:abc?d@127.0.0.1:6379/0", "percent-encode the password"),
+            ("redis://:a[b@127.0.0.1:6379/0", "percent-encode the password"),
+        ]:
+            e = self.assertRaises(BadRedisSetting, parseRedisURL, url)
+            self.assertIn(problem, str(e))
+            password = url.split("@")[0].split(":")[-1]
+            for part in (password, password[:2], url.split("@")[1]):
+                self.assertNotIn(part, str(e), url)
 
 
 class PasswordFileTests(SynchronousTestCase):
