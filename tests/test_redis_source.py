@@ -7,6 +7,7 @@ restarts, trimming, bad entries and bad settings.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from twisted.internet.task import LoopingCall
@@ -14,6 +15,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+import wsrelay.redis.client
+import wsrelay.redis.source
 from tests.support.redis import (
     FakeChannel,
     FakeContext,
@@ -295,6 +298,32 @@ class FailureTests(TestCase):
         await waitFor(lambda: len(channel.messages) >= 2 or source.gaps > 0)
         self.assertEqual(channel.payloads, [b"meanwhile", b"after"])
         self.assertEqual(source.gaps, 0)
+
+    async def test_silentServer(self) -> None:
+        """
+        When Redis stops answering (the process stopped, as a cut network
+        looks), the source notices by the read's deadline and reconnects
+        with backoff, each login attempt also given up after its
+        deadline; once Redis answers again, reading goes on.
+        """
+        self.patch(wsrelay.redis.source, "BLOCK_MS", 100)
+        self.patch(wsrelay.redis.source, "REPLY_MARGIN", 0.5)
+        server = await startRedis(self)
+        process = server.process
+        assert process is not None
+        source, channel = await readingSource(self, server)
+        # After the endpoint was made: it takes whole seconds.
+        self.patch(wsrelay.redis.client, "CONNECT_TIMEOUT", 0.5)
+        channel.states.clear()
+        process.send_signal(signal.SIGSTOP)
+        self.addCleanup(process.send_signal, signal.SIGCONT)
+        await waitFor(lambda: "waiting" in channel.states)
+        await waitFor(lambda: source._reader.attempts >= 1)
+        process.send_signal(signal.SIGCONT)
+        await waitFor(lambda: channel.states[-1] == "up")
+        server.call("XADD", "s", "*", "data", "back")
+        await waitFor(lambda: len(channel.messages) == 1)
+        self.assertEqual(channel.payloads, [b"back"])
 
     async def test_trimmed(self) -> None:
         """

@@ -36,7 +36,7 @@ from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
 #: Redis's port when a URL names none.
 DEFAULT_PORT = 6379
 
-#: Seconds a connection attempt may take.
+#: Seconds a connection attempt may take to connect, and then to log in.
 CONNECT_TIMEOUT = 10.0
 
 
@@ -275,6 +275,11 @@ class RedisClient:
         except Exception as e:
             self._report(f"{address.display}: {_oneLine(e)}")
             raise
+        # A server that accepts but does not answer (stopped) would hold
+        # the attempt for ever.
+        deadline = self._reactor.callLater(
+            CONNECT_TIMEOUT, connection.timedOut, CONNECT_TIMEOUT
+        )
         try:
             await self._login(connection)
         except BaseException as e:
@@ -283,6 +288,9 @@ class RedisClient:
             assert connection.transport is not None
             connection.transport.abortConnection()  # type: ignore[attr-defined]
             raise
+        finally:
+            if deadline.active():
+                deadline.cancel()
         if self.lastError is not None:
             self.log.info(
                 "{name}: connected to Redis at {address}",

@@ -254,6 +254,15 @@ class RedisProtocol(Protocol):
             else:
                 d.callback(reply)
 
+    def timedOut(self, seconds: float) -> None:
+        """
+        A reply did not come in time (the server is stopped, or the
+        network cut): fail every command waiting and abort the
+        connection, so that its client makes a new one.
+        """
+        if not self.lost and self.transport is not None:
+            self._abort(f"no reply from Redis within {seconds:g} seconds")
+
     def _abort(self, why: str) -> None:
         self._failAll(ProtocolError(why))
         assert self.transport is not None

@@ -10,9 +10,11 @@ C{type} (C{text}, the default when absent, or C{binary})::
 
     redis-cli XADD wsrelay:feed MAXLEN '~' 10000 '*' data '{"seq": 1}' type text
 
-A lost connection is made again with backoff and reading goes on from the
-last id delivered, so no entry comes twice or out of order; when the
-stream no longer holds that id (trimmed past it, or Redis restarted
+A lost connection is made again with backoff (a server that does not
+answer a read within L{BLOCK_MS} and L{REPLY_MARGIN}, or a login within
+L{wsrelay.redis.client.CONNECT_TIMEOUT}, counts as lost) and reading goes
+on from the last id delivered, so no entry comes twice or out of order;
+when the stream no longer holds that id (trimmed past it, or Redis restarted
 empty), the source counts a gap (L{RedisSource.gaps}) and goes on with the
 entries after that id still in the stream.  Entries without C{data}, with
 another C{type}, or text that is not UTF-8 are skipped and counted
@@ -60,6 +62,11 @@ BLOCK_MS = 5000
 
 #: Entries one C{XREAD} takes at most.
 READ_COUNT = 500
+
+#: Seconds an C{XREAD} may take beyond L{BLOCK_MS} before the server is
+#: taken for gone (stopped, or the network cut) and the connection is
+#: aborted and made again.
+REPLY_MARGIN = 5.0
 
 #: Seconds between two log lines about skipped entries.
 SKIP_LOG_INTERVAL = 60.0
@@ -283,12 +290,28 @@ class RedisSource:
         """
         key = self.key
         deliver = self._channel.deliver
+        callLater = self._reactor.callLater
         while True:
             lastId = self.lastId
             assert lastId is not None
-            reply = await connection.execute(
-                "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", key, lastId
-            )
+            # A silent server (stopped, a cut network) is noticed only by
+            # a deadline: one timer a read, not an entry.
+            within = BLOCK_MS / 1000 + REPLY_MARGIN
+            deadline = callLater(within, connection.timedOut, within)
+            try:
+                reply = await connection.execute(
+                    "XREAD",
+                    "COUNT",
+                    READ_COUNT,
+                    "BLOCK",
+                    BLOCK_MS,
+                    "STREAMS",
+                    key,
+                    lastId,
+                )
+            finally:
+                if deadline.active():
+                    deadline.cancel()
             if not reply:
                 continue
             assert isinstance(reply, list)
