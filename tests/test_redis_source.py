@@ -299,6 +299,34 @@ class FailureTests(TestCase):
         self.assertEqual(channel.payloads, [b"meanwhile", b"after"])
         self.assertEqual(source.gaps, 0)
 
+    async def test_trimmedWhileReading(self) -> None:
+        """
+        When the stream is trimmed past the last entry read while the
+        source is connected (it fell behind a writer outrunning the
+        history), it counts one gap, logs it once, and delivers the
+        entries left; a trimmed stream it keeps up with counts none.
+        """
+        self.patch(wsrelay.redis.source, "CHECK_INTERVAL", 0.0)
+        server = await startRedis(self)
+        events = capture(self)
+        source, channel = await readingSource(self, server)
+        for i in range(3):
+            server.call("XADD", "s", "MAXLEN", "2", "*", "data", f"kept up {i}")
+            await waitFor(lambda n=i + 1: len(channel.messages) == n)
+        self.assertEqual(source.gaps, 0)
+        server.call(
+            "EVAL",
+            "for i = 1, 2000 do redis.call('XADD', KEYS[1], 'MAXLEN', '100',"
+            " '*', 'data', 'x' .. i) end return 1",
+            "1",
+            "s",
+        )
+        await waitFor(lambda: len(channel.messages) == 103)
+        self.assertEqual(channel.payloads[3], b"x1901")
+        self.assertEqual(source.gaps, 1)
+        gaps = [w for w in said(events, LogLevel.warn) if "no longer holds" in w]
+        self.assertEqual(len(gaps), 1, gaps)
+
     async def test_silentServer(self) -> None:
         """
         When Redis stops answering (the process stopped, as a cut network

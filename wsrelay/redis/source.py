@@ -16,7 +16,10 @@ L{wsrelay.redis.client.CONNECT_TIMEOUT}, counts as lost) and reading goes
 on from the last id delivered, so no entry comes twice or out of order;
 when the stream no longer holds that id (trimmed past it, or Redis restarted
 empty), the source counts a gap (L{RedisSource.gaps}) and goes on with the
-entries after that id still in the stream.  Entries without C{data}, with
+entries after that id still in the stream.  While connected, it counts
+a gap too when entries were trimmed before it read them (it fell behind
+by more than the stream keeps; Redis 7's C{XINFO STREAM} tells, checked
+every L{CHECK_INTERVAL}).  Entries without C{data}, with
 another C{type}, or text that is not UTF-8 are skipped and counted
 (L{RedisSource.skipped}).
 A key of another type is an error logged in one line and retried with
@@ -54,6 +57,7 @@ from wsrelay.redis.protocol import (
     RedisConnectionLost,
     RedisError,
     RedisProtocol,
+    Reply,
 )
 from wsrelay.redis.settings import parseSettings
 
@@ -67,6 +71,26 @@ READ_COUNT = 500
 #: taken for gone (stopped, or the network cut) and the connection is
 #: aborted and made again.
 REPLY_MARGIN = 5.0
+
+#: A script giving how many entries were ever added to the stream and the
+#: last id given (Redis 7's C{XINFO STREAM}; no payload goes back), or
+#: false: sent with each C{XREAD}, so that once the source has caught up
+#: it knows whether entries were added that it did not read (trimmed or
+#: deleted first).
+ADDED = (
+    "local i = redis.pcall('XINFO', 'STREAM', KEYS[1])"
+    " if i['err'] then return false end"
+    " local a, g"
+    " for n = 1, #i, 2 do"
+    " if i[n] == 'entries-added' then a = i[n + 1]"
+    " elseif i[n] == 'last-generated-id' then g = i[n + 1] end end"
+    " if not a or not g then return false end"
+    " return {a, g}"
+)
+
+#: Seconds between two checks (L{ADDED}) for entries trimmed before they
+#: were read.
+CHECK_INTERVAL = 1.0
 
 #: Seconds between two log lines about skipped entries.
 SKIP_LOG_INTERVAL = 60.0
@@ -128,6 +152,12 @@ class RedisSource:
         #: How old the last entry delivered was when delivered.
         self.lag: float | None = None
         self._skipLogged = float("-inf")
+        self._gapLogged = float("-inf")
+        #: Entries ever added to the stream when the source last read
+        #: all it held, on this connection (or L{None}).
+        self._added: int | None = None
+        #: Entries read since L{_added} was seen.
+        self._readSince = 0
         self._running: Deferred[None] | None = None
         # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
         #: With ingest on: this relay's side of the lease and its writes.
@@ -270,17 +300,30 @@ class RedisSource:
         found = await locate(connection, self.key, lastId)
         if found.holds(lastId):
             return
-        self.gaps += 1
         if found.last is not None and parseId(found.last) < parseId(lastId):
             self.lastId = found.last
+        self._gap(lastId)
+
+    def _gap(self, lastId: str) -> None:
+        """
+        Count a gap: the stream no longer holds C{lastId}, the last entry
+        read, nor maybe some after it; log it unless a gap was logged in
+        the last L{SKIP_LOG_INTERVAL} seconds.
+        """
+        self.gaps += 1
+        now = self._reactor.seconds()
+        if now - self._gapLogged < SKIP_LOG_INTERVAL:
+            return
+        self._gapLogged = now
         self.log.warn(
             "channel {channel}: stream {stream} no longer holds entry {id}"
             " (trimmed, or Redis restarted empty): entries may be missed;"
-            " going on after {end}",
+            " going on after {end} ({gaps} gaps so far)",
             channel=self._channel.name,
             stream=self.settings.stream,
             id=lastId,
             end=self.lastId,
+            gaps=self.gaps,
         )
 
     async def _readFrom(self, connection: RedisProtocol) -> None:
@@ -291,6 +334,9 @@ class RedisSource:
         key = self.key
         deliver = self._channel.deliver
         callLater = self._reactor.callLater
+        self._added = None
+        seconds = self._reactor.seconds
+        checked = float("-inf")
         while True:
             lastId = self.lastId
             assert lastId is not None
@@ -298,6 +344,15 @@ class RedisSource:
             # a deadline: one timer a read, not an entry.
             within = BLOCK_MS / 1000 + REPLY_MARGIN
             deadline = callLater(within, connection.timedOut, within)
+            # Entries ever added, to count those trimmed before they were
+            # read: a script (some 23 us of Redis's time) pipelined with
+            # a read at most every CHECK_INTERVAL; the count is
+            # cumulative, so no gap escapes.
+            now = seconds()
+            if now - checked >= CHECK_INTERVAL:
+                checked = now
+                added = connection.execute("EVAL", ADDED, 1, key)
+                added.addCallbacks(self._counted, lambda _: None, (lastId,))
             try:
                 reply = await connection.execute(
                     "XREAD",
@@ -325,6 +380,7 @@ class RedisSource:
                 m = message(entry, True)
                 if m is not None:
                     messages.append(m)
+            self._readSince += len(entries)
             newest = entries[-1]
             assert isinstance(newest, list) and isinstance(newest[0], bytes)
             self.lastId = newest[0].decode("ascii")
@@ -332,6 +388,21 @@ class RedisSource:
                 self.entries += len(messages)
                 self.lag = self._reactor.seconds() - parseId(messages[-1][2])[0] / 1e3
                 deliver(messages)
+
+    def _counted(self, counted: Reply, lastId: str) -> None:
+        """
+        The stream's count of entries ever added and last id given, just
+        before a read from C{lastId}: when the source has caught up (that
+        last id is C{lastId}), count a gap if entries were added since it
+        last caught up that it did not read (trimmed or deleted first).
+        """
+        if not isinstance(counted, list) or counted[1] != lastId.encode("ascii"):
+            return
+        total = counted[0]
+        assert isinstance(total, int)
+        if self._added is not None and total != self._added + self._readSince:
+            self._gap(lastId)
+        self._added, self._readSince = total, 0
 
     def _message(self, entry: Any, count: bool) -> tuple[int, bytes, str] | None:
         """
