@@ -17,6 +17,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import wsrelay.redis.protocol
 from tests.support.redis import makeClient, startRedis
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
@@ -163,6 +164,30 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(seen, [False])
         self.failureResultOf(pending, RedisConnectionLost)
         self.failureResultOf(protocol.execute("PING"), RedisConnectionLost)
+
+    def test_replyTooLong(self) -> None:
+        """
+        A reply that grows past L{MAX_REPLY_BYTES} without completing
+        fails the pending commands and aborts the connection, with one
+        line logged, instead of being held in memory.
+        """
+        self.patch(wsrelay.redis.protocol, "MAX_REPLY_BYTES", 1000)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol, transport = self.connected()
+        pending = protocol.execute("GET", "big")
+        protocol.dataReceived(b"$100000\r\n" + b"x" * 600)
+        self.assertNoResult(pending)
+        protocol.dataReceived(b"x" * 600)
+        self.failureResultOf(pending, ProtocolError)
+        self.assertTrue(transport.disconnecting)
+        errors = [
+            formatEvent(e) for e in events if e.get("log_level") == LogLevel.error
+        ]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("longer than 1000 bytes", errors[0])
+        self.assertNotIn("\n", errors[0])
 
     def test_badReply(self) -> None:
         """
