@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 import wsrelay.redis.client
+import wsrelay.redis.settings
 import wsrelay.redis.source
 from tests.support.redis import (
     FakeChannel,
@@ -505,6 +506,35 @@ class SettingsTests(TestCase):
         self.assertIn(f"127.0.0.1:{server.port}/0: WRONGPASS", warnings[0])
         self.assertNotIn("guess", warnings[0])
         self.assertNotIn("up", channel.states)
+
+    def test_filesReadOnce(self) -> None:
+        """
+        The channels of a route (sources built from the same options)
+        read the password file once; options parsed anew (a reload) read
+        it again.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("pw\n")
+        reads: list[str] = []
+        read = wsrelay.redis.settings.readPasswordFile
+
+        def counting(name: str) -> str:
+            reads.append(name)
+            return read(name)
+
+        self.patch(wsrelay.redis.settings, "readPasswordFile", counting)
+        opts = {"redis": "redis://127.0.0.1:1/0", "stream": "s:{channel}"}
+        opts["redis_password_file"] = path
+        context = FakeContext()
+        a = RedisSource(FakeChannel(), opts, context)
+        b = RedisSource(FakeChannel(), opts, context)
+        self.assertEqual(reads, [path])
+        self.assertEqual(
+            (a.settings.address.password, b.settings.address.password), ("pw", "pw")
+        )
+        RedisSource(FakeChannel(), dict(opts), context)
+        self.assertEqual(reads, [path, path])
 
     async def test_passwordFile(self) -> None:
         """

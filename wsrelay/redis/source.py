@@ -46,6 +46,7 @@ from wsrelay.interfaces import (
 )
 from wsrelay.redis.client import (
     BadRedisSetting,
+    RedisAddress,
     RedisClient,
     redisBackoff,
     redisEndpoint,
@@ -125,13 +126,10 @@ class RedisSource:
         """
         @raise ValueError: When an option is invalid (one line naming it).
         """
-        self.settings = settings = parseSettings(options, channel.key)
         self._channel = channel
         self._reactor = context.reactor
-        try:
-            endpoint = redisEndpoint(self._reactor, settings.address, settings.caFile)
-        except BadRedisSetting as e:
-            raise ValueError(f"redis_ca_file: {e}") from None
+        address, endpoint = _connectionFor(options, self._reactor)
+        self.settings = settings = parseSettings(options, channel.key, address)
         self.key = settings.stream.encode("utf-8")
         self._retry = redisBackoff()
         name = str(channel.name)
@@ -460,6 +458,42 @@ class RedisSource:
             # ingest hook: the lease's and the ingest's, with ingest on.
             **(self._ingest.status() if self._ingest is not None else {}),
         }
+
+
+#: The servers and endpoints of the options sources were built with
+#: lately, by the options' and reactor's identity (each entry holds
+#: them, so that an identity is not reused while cached): a route's
+#: channels share them, and the password and CA files are read once per
+#: route build (a reload parses the options anew, and so reads them again).
+_connections: dict[
+    tuple[int, int], tuple[Mapping[str, str], Any, RedisAddress, Any]
+] = {}
+
+#: Entries L{_connections} keeps at most.
+CONNECTIONS_KEPT = 64
+
+
+def _connectionFor(
+    options: Mapping[str, str], reactor: Any
+) -> tuple[RedisAddress, Any]:
+    """
+    @return: The server C{options} name and an endpoint reaching it, made
+        once for the same C{options} and C{reactor}.
+    @raise ValueError: When an option is invalid (one line naming it).
+    """
+    cacheKey = (id(options), id(reactor))
+    hit = _connections.get(cacheKey)
+    if hit is not None and hit[0] is options and hit[1] is reactor:
+        return hit[2], hit[3]
+    settings = parseSettings(options, "")
+    try:
+        endpoint = redisEndpoint(reactor, settings.address, settings.caFile)
+    except BadRedisSetting as e:
+        raise ValueError(f"redis_ca_file: {e}") from None
+    if len(_connections) >= CONNECTIONS_KEPT:
+        del _connections[next(iter(_connections))]
+    _connections[cacheKey] = (options, reactor, settings.address, endpoint)
+    return settings.address, endpoint
 
 
 def _readingFailed(f: Failure, channel: str) -> None:
