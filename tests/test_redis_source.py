@@ -307,7 +307,7 @@ class FailureTests(TestCase):
         history), it counts one gap, logs it once, and delivers the
         entries left; a trimmed stream it keeps up with counts none.
         """
-        self.patch(wsrelay.redis.source, "CHECK_INTERVAL", 0.0)
+        self.patch(wsrelay.redis.source, "BLOCK_MS", 500)
         server = await startRedis(self)
         events = capture(self)
         source, channel = await readingSource(self, server)
@@ -324,9 +324,33 @@ class FailureTests(TestCase):
         )
         await waitFor(lambda: len(channel.messages) == 103)
         self.assertEqual(channel.payloads[3], b"x1901")
+        # Counted at the next check: a read at most CHECK_INTERVAL later.
+        await waitFor(lambda: source.gaps > 0)
         self.assertEqual(source.gaps, 1)
         gaps = [w for w in said(events, LogLevel.warn) if "no longer holds" in w]
         self.assertEqual(len(gaps), 1, gaps)
+
+    async def test_trimmedAfterEmptyStart(self) -> None:
+        """
+        From a stream that did not exist at the start, a trim past the
+        first entry read before the source ever caught up again is a gap
+        too.
+        """
+        self.patch(wsrelay.redis.source, "BLOCK_MS", 500)
+        server = await startRedis(self)
+        source, channel = await readingSource(self, server)
+        server.call("XADD", "s", "*", "data", "first")
+        await waitFor(lambda: len(channel.messages) == 1)
+        server.call(
+            "EVAL",
+            "for i = 1, 2000 do redis.call('XADD', KEYS[1], 'MAXLEN', '100',"
+            " '*', 'data', 'x' .. i) end return 1",
+            "1",
+            "s",
+        )
+        await waitFor(lambda: len(channel.messages) == 101)
+        await waitFor(lambda: source.gaps > 0)
+        self.assertEqual(source.gaps, 1)
 
     async def test_silentServer(self) -> None:
         """

@@ -19,7 +19,8 @@ empty), the source counts a gap (L{RedisSource.gaps}) and goes on with the
 entries after that id still in the stream.  While connected, it counts
 a gap too when entries were trimmed before it read them (it fell behind
 by more than the stream keeps; Redis 7's C{XINFO STREAM} tells, checked
-every L{CHECK_INTERVAL}).  Entries without C{data}, with
+with a read at most every L{CHECK_INTERVAL}, so a gap is counted up to
+that and L{BLOCK_MS} late).  Entries without C{data}, with
 another C{type}, or text that is not UTF-8 are skipped and counted
 (L{RedisSource.skipped}).
 A key of another type is an error logged in one line and retried with
@@ -75,12 +76,12 @@ REPLY_MARGIN = 5.0
 
 #: A script giving how many entries were ever added to the stream and the
 #: last id given (Redis 7's C{XINFO STREAM}; no payload goes back), or
-#: false: sent with each C{XREAD}, so that once the source has caught up
-#: it knows whether entries were added that it did not read (trimmed or
-#: deleted first).
+#: false (before Redis 7); none and C{0-0} without a stream: sent with
+#: an C{XREAD}, so that once the source has caught up it knows whether
+#: entries were added that it did not read (trimmed or deleted first).
 ADDED = (
     "local i = redis.pcall('XINFO', 'STREAM', KEYS[1])"
-    " if i['err'] then return false end"
+    " if i['err'] then return {0, '0-0'} end"
     " local a, g"
     " for n = 1, #i, 2 do"
     " if i[n] == 'entries-added' then a = i[n + 1]"
@@ -344,10 +345,11 @@ class RedisSource:
             deadline = callLater(within, connection.timedOut, within)
             # Entries ever added, to count those trimmed before they were
             # read: a script (some 23 us of Redis's time) pipelined with
-            # a read at most every CHECK_INTERVAL; the count is
-            # cumulative, so no gap escapes.
+            # each read until the source first catches up, then at most
+            # every CHECK_INTERVAL; the count is cumulative, so no gap
+            # escapes (one is counted at the first check after it).
             now = seconds()
-            if now - checked >= CHECK_INTERVAL:
+            if self._added is None or now - checked >= CHECK_INTERVAL:
                 checked = now
                 added = connection.execute("EVAL", ADDED, 1, key)
                 added.addCallbacks(self._counted, lambda _: None, (lastId,))
