@@ -16,6 +16,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
@@ -26,6 +27,7 @@ from wsrelay.fanout.source import SourceReader, WebSocketSource, sourceBackoff
 from wsrelay.service import RelayService
 from wsrelay.ws.framing import BINARY, TEXT, frame
 from wsrelay.ws.legs import RelayLeg
+from wsrelay.ws.screening import Refused
 
 
 def acceptSource(reactor: MemoryReactorClock) -> tuple[IProtocol, StringTransport]:
@@ -362,3 +364,36 @@ class BackoffTests(SynchronousTestCase):
         self.addCleanup(relay.stopService)
         self.assertEqual(channel.state, IDLE)
         self.assertEqual(relay._reactor.tcpClients, [])
+
+
+class BuildErrorTests(SynchronousTestCase):
+    """
+    A source that cannot be made for a new channel refuses that client.
+    """
+
+    def test_refused(self) -> None:
+        """
+        When the source plugin rejects a client's new channel, the client
+        is refused (503) and one line is logged; no channel is kept.
+        """
+        relay, _ = relayFor("channel = path\n")
+        route = relay.routes.routes[0]
+        sessions = relay.sessionFactory
+
+        def failing(channel: Channel) -> Any:
+            raise ValueError("redis_password_file: cannot read /pw:\ngone")
+
+        self.patch(sessions, "source", failing)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        frontend = cast(Any, type("Frontend", (), {"remainder": "/a", "query": ""}))
+        failure = self.failureResultOf(sessions.openSession(frontend, route), Refused)
+        self.assertEqual(cast(Refused, failure.value).code, 503)
+        self.assertNotIn(("feed", "/a"), relay.registry.channels)
+        errors = [
+            formatEvent(e) for e in events if e.get("log_level") == LogLevel.error
+        ]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("redis_password_file", errors[0])
+        self.assertNotIn("\n", errors[0])

@@ -17,6 +17,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import wsrelay.redis.protocol
 from tests.support.redis import makeClient, startRedis
 from tests.support.tls import makeCertificates
 from tests.support.waiting import waitFor
@@ -164,6 +165,30 @@ class ProtocolTests(SynchronousTestCase):
         self.failureResultOf(pending, RedisConnectionLost)
         self.failureResultOf(protocol.execute("PING"), RedisConnectionLost)
 
+    def test_replyTooLong(self) -> None:
+        """
+        A reply that grows past L{MAX_REPLY_BYTES} without completing
+        fails the pending commands and aborts the connection, with one
+        line logged, instead of being held in memory.
+        """
+        self.patch(wsrelay.redis.protocol, "MAX_REPLY_BYTES", 1000)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol, transport = self.connected()
+        pending = protocol.execute("GET", "big")
+        protocol.dataReceived(b"$100000\r\n" + b"x" * 600)
+        self.assertNoResult(pending)
+        protocol.dataReceived(b"x" * 600)
+        self.failureResultOf(pending, ProtocolError)
+        self.assertTrue(transport.disconnecting)
+        errors = [
+            formatEvent(e) for e in events if e.get("log_level") == LogLevel.error
+        ]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("longer than 1000 bytes", errors[0])
+        self.assertNotIn("\n", errors[0])
+
     def test_badReply(self) -> None:
         """
         Bytes that are not RESP2 fail the pending commands and abort the
@@ -216,7 +241,26 @@ class URLTests(SynchronousTestCase):
         ):
             e = self.assertRaises(BadRedisSetting, parseRedisURL, url)
             self.assertNotIn("\n", str(e))
-            self.assertIn("not a Redis URL", str(e))
+            self.assertNotIn(url, str(e))
+
+    def test_passwordNotEchoed(self) -> None:
+        """
+        A wrong URL's error names the problem and never shows the
+        password: not for another scheme, nor for a password that is not
+        percent-encoded (its C{#}, C{/} or C{?} ending the host part).
+        """
+        for url, problem in [
+            ("redsi://:hunter2@127.0.0.1/0", "scheme must be redis or rediss"),
+            ("redis://:s3cr#et@127.0.0.1:6379/0", "percent-encode the password"),
+            ("redis://:ab/cd@127.0.0.1:6379/0", "percent-encode the password"),
+            ("redis://:abc?d@127.0.0.1:6379/0", "percent-encode the password"),
+            ("redis://:a[b@127.0.0.1:6379/0", "percent-encode the password"),
+        ]:
+            e = self.assertRaises(BadRedisSetting, parseRedisURL, url)
+            self.assertIn(problem, str(e))
+            password = url.split("@")[0].split(":")[-1]
+            for part in (password, password[:2], url.split("@")[1]):
+                self.assertNotIn(part, str(e), url)
 
 
 class PasswordFileTests(SynchronousTestCase):

@@ -7,6 +7,7 @@ restarts, trimming, bad entries and bad settings.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from twisted.internet.task import LoopingCall
@@ -14,6 +15,9 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+import wsrelay.redis.client
+import wsrelay.redis.settings
+import wsrelay.redis.source
 from tests.support.redis import (
     FakeChannel,
     FakeContext,
@@ -278,11 +282,107 @@ class FailureTests(TestCase):
         self.assertEqual(source.gaps, 0)
         self.assertIn("waiting", channel.states)
 
+    async def test_emptyAtStartReconnect(self) -> None:
+        """
+        When the stream was empty at the start and the connection is lost
+        before the first entry, the source reconnects and delivers every
+        entry added meanwhile, counting no gap.
+        """
+        server = await startRedis(self)
+        source, channel = await readingSource(self, server)
+        self.assertEqual(source.lastId, "0-0")
+        server.transaction(
+            ("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"),
+            ("XADD", "s", "*", "data", "meanwhile"),
+        )
+        server.call("XADD", "s", "*", "data", "after")
+        await waitFor(lambda: len(channel.messages) >= 2 or source.gaps > 0)
+        self.assertEqual(channel.payloads, [b"meanwhile", b"after"])
+        self.assertEqual(source.gaps, 0)
+
+    async def test_trimmedWhileReading(self) -> None:
+        """
+        When the stream is trimmed past the last entry read while the
+        source is connected (it fell behind a writer outrunning the
+        history), it counts one gap, logs it once, and delivers the
+        entries left; a trimmed stream it keeps up with counts none.
+        """
+        self.patch(wsrelay.redis.source, "BLOCK_MS", 500)
+        server = await startRedis(self)
+        events = capture(self)
+        source, channel = await readingSource(self, server)
+        for i in range(3):
+            server.call("XADD", "s", "MAXLEN", "2", "*", "data", f"kept up {i}")
+            await waitFor(lambda n=i + 1: len(channel.messages) == n)
+        self.assertEqual(source.gaps, 0)
+        server.call(
+            "EVAL",
+            "for i = 1, 2000 do redis.call('XADD', KEYS[1], 'MAXLEN', '100',"
+            " '*', 'data', 'x' .. i) end return 1",
+            "1",
+            "s",
+        )
+        await waitFor(lambda: len(channel.messages) == 103)
+        self.assertEqual(channel.payloads[3], b"x1901")
+        # Counted at the next check: a read at most CHECK_INTERVAL later.
+        await waitFor(lambda: source.gaps > 0)
+        self.assertEqual(source.gaps, 1)
+        gaps = [w for w in said(events, LogLevel.warn) if "no longer holds" in w]
+        self.assertEqual(len(gaps), 1, gaps)
+
+    async def test_trimmedAfterEmptyStart(self) -> None:
+        """
+        From a stream that did not exist at the start, a trim past the
+        first entry read before the source ever caught up again is a gap
+        too.
+        """
+        self.patch(wsrelay.redis.source, "BLOCK_MS", 500)
+        server = await startRedis(self)
+        source, channel = await readingSource(self, server)
+        server.call("XADD", "s", "*", "data", "first")
+        await waitFor(lambda: len(channel.messages) == 1)
+        server.call(
+            "EVAL",
+            "for i = 1, 2000 do redis.call('XADD', KEYS[1], 'MAXLEN', '100',"
+            " '*', 'data', 'x' .. i) end return 1",
+            "1",
+            "s",
+        )
+        await waitFor(lambda: len(channel.messages) == 101)
+        await waitFor(lambda: source.gaps > 0)
+        self.assertEqual(source.gaps, 1)
+
+    async def test_silentServer(self) -> None:
+        """
+        When Redis stops answering (the process stopped, as a cut network
+        looks), the source notices by the read's deadline and reconnects
+        with backoff, each login attempt also given up after its
+        deadline; once Redis answers again, reading goes on.
+        """
+        self.patch(wsrelay.redis.source, "BLOCK_MS", 100)
+        self.patch(wsrelay.redis.source, "REPLY_MARGIN", 0.5)
+        server = await startRedis(self)
+        process = server.process
+        assert process is not None
+        source, channel = await readingSource(self, server)
+        # After the endpoint was made: it takes whole seconds.
+        self.patch(wsrelay.redis.client, "CONNECT_TIMEOUT", 0.5)
+        channel.states.clear()
+        process.send_signal(signal.SIGSTOP)
+        self.addCleanup(process.send_signal, signal.SIGCONT)
+        await waitFor(lambda: "waiting" in channel.states)
+        await waitFor(lambda: source._reader.attempts >= 1)
+        process.send_signal(signal.SIGCONT)
+        await waitFor(lambda: channel.states[-1] == "up")
+        server.call("XADD", "s", "*", "data", "back")
+        await waitFor(lambda: len(channel.messages) == 1)
+        self.assertEqual(channel.payloads, [b"back"])
+
     async def test_trimmed(self) -> None:
         """
         When the stream was trimmed past the last id delivered while the
-        source was away, it counts one gap, logs it once, and goes on from
-        the stream's end.
+        source was away, it counts one gap, logs it once, and goes on with
+        the entries after that id still in the stream.
         """
         server = await startRedis(self)
         events = capture(self)
@@ -298,8 +398,8 @@ class FailureTests(TestCase):
         await waitFor(lambda: source.gaps == 1)
         await waitFor(lambda: channel.states[-1] == "up")
         server.call("XADD", "s", "*", "data", "new")
-        await waitFor(lambda: len(channel.messages) == 2)
-        self.assertEqual(channel.payloads, [b"seen", b"new"])
+        await waitFor(lambda: len(channel.messages) == 3)
+        self.assertEqual(channel.payloads, [b"seen", b"kept but old", b"new"])
         gaps = [w for w in said(events, LogLevel.warn) if "no longer holds" in w]
         self.assertEqual(len(gaps), 1, gaps)
         self.assertNotIn("\n", gaps[0])
@@ -430,6 +530,35 @@ class SettingsTests(TestCase):
         self.assertIn(f"127.0.0.1:{server.port}/0: WRONGPASS", warnings[0])
         self.assertNotIn("guess", warnings[0])
         self.assertNotIn("up", channel.states)
+
+    def test_filesReadOnce(self) -> None:
+        """
+        The channels of a route (sources built from the same options)
+        read the password file once; options parsed anew (a reload) read
+        it again.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("pw\n")
+        reads: list[str] = []
+        read = wsrelay.redis.settings.readPasswordFile
+
+        def counting(name: str) -> str:
+            reads.append(name)
+            return read(name)
+
+        self.patch(wsrelay.redis.settings, "readPasswordFile", counting)
+        opts = {"redis": "redis://127.0.0.1:1/0", "stream": "s:{channel}"}
+        opts["redis_password_file"] = path
+        context = FakeContext()
+        a = RedisSource(FakeChannel(), opts, context)
+        b = RedisSource(FakeChannel(), opts, context)
+        self.assertEqual(reads, [path])
+        self.assertEqual(
+            (a.settings.address.password, b.settings.address.password), ("pw", "pw")
+        )
+        RedisSource(FakeChannel(), dict(opts), context)
+        self.assertEqual(reads, [path, path])
 
     async def test_passwordFile(self) -> None:
         """

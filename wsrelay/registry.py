@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import fail
+from twisted.logger import Logger
+
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.fanout.context import SourceContext
 from wsrelay.proxy.session import ProxySession
+from wsrelay.ws.screening import Refused
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -88,6 +92,8 @@ class Sessions:
     @ivar config: The configuration new sessions get (set on reload).
     """
 
+    log = Logger()
+
     def __init__(
         self,
         registry: Registry,
@@ -125,8 +131,22 @@ class Sessions:
         session: ProxySession | FanoutSession
         if route.config.mode == "fanout":
             key = channelKey(route, frontend.remainder, frontend.query)
+            try:
+                channel = self.channel(route, key)
+            except ValueError as e:
+                # The source plugin rejected the new channel: this client
+                # is refused, the others go on.
+                self.log.error(
+                    "route {route}: cannot make channel {key!r}: {error}",
+                    route=route.name,
+                    key=key,
+                    error=" ".join(str(e).split()),
+                )
+                return fail(
+                    Refused(503, "Service Unavailable", body=b"channel unavailable\n")
+                )
             session = FanoutSession(
-                self.channel(route, key),
+                channel,
                 frontend,
                 registry=self._registry,
                 addresses=self._admission,

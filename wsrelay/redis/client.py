@@ -36,7 +36,7 @@ from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
 #: Redis's port when a URL names none.
 DEFAULT_PORT = 6379
 
-#: Seconds a connection attempt may take.
+#: Seconds a connection attempt may take to connect, and then to log in.
 CONNECT_TIMEOUT = 10.0
 
 
@@ -82,24 +82,32 @@ def parseRedisURL(url: str) -> RedisAddress:
     @return: The address a C{redis://} or C{rediss://} URL names.
     @raise BadRedisSetting: When it is not such a URL.
     """
+    # Never echo the URL nor urlsplit's errors: the URL may hold a password.
+    encode = "; percent-encode the password"
     try:
         parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as e:
-        raise BadRedisSetting(f"not a Redis URL: {e}") from None
+    except ValueError:
+        raise BadRedisSetting("cannot parse the URL" + encode) from None
     if parts.scheme not in ("redis", "rediss"):
-        raise BadRedisSetting(f"not a Redis URL: {url!r} (want redis:// or rediss://)")
+        raise BadRedisSetting("scheme must be redis or rediss")
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # A password holding /, ? or # ends the host part early.
+        raise BadRedisSetting("cannot parse the URL" + encode)
+    try:
+        port = parts.port
+    except ValueError:
+        raise BadRedisSetting("cannot parse the URL: bad port" + encode) from None
     if not parts.hostname:
-        raise BadRedisSetting(f"not a Redis URL: {url!r} has no host")
+        raise BadRedisSetting("the URL has no host" + encode)
     path = parts.path.strip("/")
     try:
         db = int(path) if path else 0
     except ValueError:
         db = -1
     if db < 0:
-        raise BadRedisSetting(f"not a Redis URL: database {path!r} is not a number")
+        raise BadRedisSetting("the URL's database is not a number")
     if parts.query or parts.fragment:
-        raise BadRedisSetting(f"not a Redis URL: {url!r} has a query or fragment")
+        raise BadRedisSetting("the URL has a query or fragment" + encode)
     return RedisAddress(
         host=parts.hostname,
         port=port if port is not None else DEFAULT_PORT,
@@ -267,6 +275,11 @@ class RedisClient:
         except Exception as e:
             self._report(f"{address.display}: {_oneLine(e)}")
             raise
+        # A server that accepts but does not answer (stopped) would hold
+        # the attempt for ever.
+        deadline = self._reactor.callLater(
+            CONNECT_TIMEOUT, connection.timedOut, CONNECT_TIMEOUT
+        )
         try:
             await self._login(connection)
         except BaseException as e:
@@ -275,6 +288,9 @@ class RedisClient:
             assert connection.transport is not None
             connection.transport.abortConnection()  # type: ignore[attr-defined]
             raise
+        finally:
+            if deadline.active():
+                deadline.cancel()
         if self.lastError is not None:
             self.log.info(
                 "{name}: connected to Redis at {address}",

@@ -20,6 +20,7 @@ from typing import Union
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 try:
@@ -85,10 +86,19 @@ class _Incomplete(Exception):
 #: The longest line (a simple string, error or length) accepted.
 MAX_LINE = 64 * 1024
 
+#: The most bytes held of a reply not yet complete: past it the connection
+#: is aborted (a reply of 500 entries, L{wsrelay.redis.source.READ_COUNT},
+#: of messages up to 1 MiB each fits).
+MAX_REPLY_BYTES = 512 * 1024 * 1024
+
 
 class ReplyParser:
     """
     Parses RESP2 replies out of a byte stream.
+
+    A fallback for tests and for where C{hiredis} (a dependency) cannot be
+    installed: a reply that comes in many reads is parsed again from its
+    start on each, which costs time quadratic in its size.
     """
 
     def __init__(self) -> None:
@@ -113,6 +123,12 @@ class ReplyParser:
         if len(self._buffer) > MAX_LINE and self._buffer.find(b"\r\n") < 0:
             raise ProtocolError(f"a reply line longer than {MAX_LINE} bytes")
         return replies
+
+    def buffered(self) -> int:
+        """
+        @return: The bytes held of a reply not yet complete.
+        """
+        return len(self._buffer)
 
     def _parse(self, buffer: bytes, position: int) -> tuple[Reply, int]:
         eol = buffer.find(b"\r\n", position)
@@ -196,6 +212,12 @@ class HiredisParser:
                 return replies
             replies.append(reply)
 
+    def buffered(self) -> int:
+        """
+        @return: The bytes held of a reply not yet complete.
+        """
+        return int(self._reader.len())
+
 
 def makeParser() -> ReplyParser | HiredisParser:
     """
@@ -212,6 +234,8 @@ class RedisProtocol(Protocol):
 
     @ivar lost: Whether the connection is closed.
     """
+
+    log = Logger()
 
     def __init__(self) -> None:
         self._parser = makeParser()
@@ -238,10 +262,14 @@ class RedisProtocol(Protocol):
         """
         Parse replies and fire the commands' Deferreds in order.
         """
+        parser = self._parser
         try:
-            replies = self._parser.feed(data)
+            replies = parser.feed(data)
         except (ProtocolError, ValueError) as e:
             self._abort(f"bad reply from Redis: {e}")
+            return
+        if not replies and parser.buffered() > MAX_REPLY_BYTES:
+            self._abort(f"a reply from Redis longer than {MAX_REPLY_BYTES} bytes")
             return
         waiting = self._waiting
         for reply in replies:
@@ -254,7 +282,17 @@ class RedisProtocol(Protocol):
             else:
                 d.callback(reply)
 
+    def timedOut(self, seconds: float) -> None:
+        """
+        A reply did not come in time (the server is stopped, or the
+        network cut): fail every command waiting and abort the
+        connection, so that its client makes a new one.
+        """
+        if not self.lost and self.transport is not None:
+            self._abort(f"no reply from Redis within {seconds:g} seconds")
+
     def _abort(self, why: str) -> None:
+        self.log.error("{why}; closing the connection to Redis", why=why)
         self._failAll(ProtocolError(why))
         assert self.transport is not None
         self.transport.abortConnection()  # type: ignore[attr-defined]

@@ -61,21 +61,27 @@ def _switch(options: Mapping[str, str], key: str) -> bool:
     raise ValueError(f"{key}: want on or off, not {text!r}")
 
 
-def parseSettings(options: Mapping[str, str], key: str) -> RedisSourceSettings:
+def parseSettings(
+    options: Mapping[str, str], key: str, address: RedisAddress | None = None
+) -> RedisSourceSettings:
     """
     @param key: The channel's key, for C{{channel}} in C{stream}.
+    @param address: The server, when already found from these options (by
+        an earlier call): the password file is not read again.
     @return: The checked options of a C{redis} source.
     @raise ValueError: With one line naming the option that is wrong.
     """
     url = options.get("redis")
     if not url:
         raise ValueError("redis: missing: the redis source needs a Redis URL")
-    try:
-        address = parseRedisURL(url)
-    except BadRedisSetting as e:
-        raise ValueError(f"redis: {e}") from None
+    known = address is not None
+    if address is None:
+        try:
+            address = parseRedisURL(url)
+        except BadRedisSetting as e:
+            raise ValueError(f"redis: {e}") from None
     passwordFile = options.get("redis_password_file")
-    if passwordFile:
+    if passwordFile and not known:
         if address.password is not None:
             raise ValueError(
                 "redis_password_file: the redis URL has a password already"

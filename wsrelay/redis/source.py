@@ -10,12 +10,19 @@ C{type} (C{text}, the default when absent, or C{binary})::
 
     redis-cli XADD wsrelay:feed MAXLEN '~' 10000 '*' data '{"seq": 1}' type text
 
-A lost connection is made again with backoff and reading goes on from the
-last id delivered, so no entry comes twice or out of order; when the
-stream no longer holds that id (trimmed past it, or Redis restarted
-empty), the source goes on from the stream's end and counts a gap
-(L{RedisSource.gaps}).  Entries without C{data}, with another C{type}, or
-text that is not UTF-8 are skipped and counted (L{RedisSource.skipped}).
+A lost connection is made again with backoff (a server that does not
+answer a read within L{BLOCK_MS} and L{REPLY_MARGIN}, or a login within
+L{wsrelay.redis.client.CONNECT_TIMEOUT}, counts as lost) and reading goes
+on from the last id delivered, so no entry comes twice or out of order;
+when the stream no longer holds that id (trimmed past it, or Redis restarted
+empty), the source counts a gap (L{RedisSource.gaps}) and goes on with the
+entries after that id still in the stream.  While connected, it counts
+a gap too when entries were trimmed before it read them (it fell behind
+by more than the stream keeps; Redis 7's C{XINFO STREAM} tells, checked
+with a read at most every L{CHECK_INTERVAL}, so a gap is counted up to
+that and L{BLOCK_MS} late).  Entries without C{data}, with
+another C{type}, or text that is not UTF-8 are skipped and counted
+(L{RedisSource.skipped}).
 A key of another type is an error logged in one line and retried with
 backoff; clients stay connected throughout.
 """
@@ -40,6 +47,7 @@ from wsrelay.interfaces import (
 )
 from wsrelay.redis.client import (
     BadRedisSetting,
+    RedisAddress,
     RedisClient,
     redisBackoff,
     redisEndpoint,
@@ -51,6 +59,7 @@ from wsrelay.redis.protocol import (
     RedisConnectionLost,
     RedisError,
     RedisProtocol,
+    Reply,
 )
 from wsrelay.redis.settings import parseSettings
 
@@ -59,6 +68,31 @@ BLOCK_MS = 5000
 
 #: Entries one C{XREAD} takes at most.
 READ_COUNT = 500
+
+#: Seconds an C{XREAD} may take beyond L{BLOCK_MS} before the server is
+#: taken for gone (stopped, or the network cut) and the connection is
+#: aborted and made again.
+REPLY_MARGIN = 5.0
+
+#: A script giving how many entries were ever added to the stream and the
+#: last id given (Redis 7's C{XINFO STREAM}; no payload goes back), or
+#: false (before Redis 7); none and C{0-0} without a stream: sent with
+#: an C{XREAD}, so that once the source has caught up it knows whether
+#: entries were added that it did not read (trimmed or deleted first).
+ADDED = (
+    "local i = redis.pcall('XINFO', 'STREAM', KEYS[1])"
+    " if i['err'] then return {0, '0-0'} end"
+    " local a, g"
+    " for n = 1, #i, 2 do"
+    " if i[n] == 'entries-added' then a = i[n + 1]"
+    " elseif i[n] == 'last-generated-id' then g = i[n + 1] end end"
+    " if not a or not g then return false end"
+    " return {a, g}"
+)
+
+#: Seconds between two checks (L{ADDED}) for entries trimmed before they
+#: were read.
+CHECK_INTERVAL = 1.0
 
 #: Seconds between two log lines about skipped entries.
 SKIP_LOG_INTERVAL = 60.0
@@ -93,13 +127,10 @@ class RedisSource:
         """
         @raise ValueError: When an option is invalid (one line naming it).
         """
-        self.settings = settings = parseSettings(options, channel.key)
         self._channel = channel
         self._reactor = context.reactor
-        try:
-            endpoint = redisEndpoint(self._reactor, settings.address, settings.caFile)
-        except BadRedisSetting as e:
-            raise ValueError(f"redis_ca_file: {e}") from None
+        address, endpoint = _connectionFor(options, self._reactor)
+        self.settings = settings = parseSettings(options, channel.key, address)
         self.key = settings.stream.encode("utf-8")
         self._retry = redisBackoff()
         name = str(channel.name)
@@ -120,6 +151,12 @@ class RedisSource:
         #: How old the last entry delivered was when delivered.
         self.lag: float | None = None
         self._skipLogged = float("-inf")
+        self._gapLogged = float("-inf")
+        #: Entries ever added to the stream when the source last read
+        #: all it held, on this connection (or L{None}).
+        self._added: int | None = None
+        #: Entries read since L{_added} was seen.
+        self._readSince = 0
         self._running: Deferred[None] | None = None
         # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
         #: With ingest on: this relay's side of the lease and its writes.
@@ -246,27 +283,46 @@ class RedisSource:
     async def _resume(self, connection: RedisProtocol) -> None:
         """
         On a new connection: find the stream's end at the start, or check
-        that the stream still holds the last id delivered; if it does not,
-        count a gap and go on from the stream's end.
+        that the stream still holds the last id delivered.  If it does
+        not, count a gap; go on with the entries after it that are left
+        (C{XREAD} gives them), or from the stream's end when all its
+        entries are older (its ids went back: another server).
         """
         lastId = self.lastId
         if lastId is None:
             found = await locate(connection, self.key, None)
             self.lastId = found.last or "0-0"
             return
+        if lastId == "0-0":
+            # The stream was empty at the start: everything in it is new.
+            return
         found = await locate(connection, self.key, lastId)
         if found.holds(lastId):
             return
+        if found.last is not None and parseId(found.last) < parseId(lastId):
+            self.lastId = found.last
+        self._gap(lastId)
+
+    def _gap(self, lastId: str) -> None:
+        """
+        Count a gap: the stream no longer holds C{lastId}, the last entry
+        read, nor maybe some after it; log it unless a gap was logged in
+        the last L{SKIP_LOG_INTERVAL} seconds.
+        """
         self.gaps += 1
-        self.lastId = found.last or "0-0"
+        now = self._reactor.seconds()
+        if now - self._gapLogged < SKIP_LOG_INTERVAL:
+            return
+        self._gapLogged = now
         self.log.warn(
             "channel {channel}: stream {stream} no longer holds entry {id}"
             " (trimmed, or Redis restarted empty): entries may be missed;"
-            " going on from {end}",
+            " going on after {end} ({gaps} gaps so far)",
             channel=self._channel.name,
             stream=self.settings.stream,
             id=lastId,
             end=self.lastId,
+            gaps=self.gaps,
         )
 
     async def _readFrom(self, connection: RedisProtocol) -> None:
@@ -276,12 +332,41 @@ class RedisSource:
         """
         key = self.key
         deliver = self._channel.deliver
+        callLater = self._reactor.callLater
+        self._added = None
+        seconds = self._reactor.seconds
+        checked = float("-inf")
         while True:
             lastId = self.lastId
             assert lastId is not None
-            reply = await connection.execute(
-                "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", key, lastId
-            )
+            # A silent server (stopped, a cut network) is noticed only by
+            # a deadline: one timer a read, not an entry.
+            within = BLOCK_MS / 1000 + REPLY_MARGIN
+            deadline = callLater(within, connection.timedOut, within)
+            # Entries ever added, to count those trimmed before they were
+            # read: a script (some 23 us of Redis's time) pipelined with
+            # each read until the source first catches up, then at most
+            # every CHECK_INTERVAL; the count is cumulative, so no gap
+            # escapes (one is counted at the first check after it).
+            now = seconds()
+            if self._added is None or now - checked >= CHECK_INTERVAL:
+                checked = now
+                added = connection.execute("EVAL", ADDED, 1, key)
+                added.addCallbacks(self._counted, lambda _: None, (lastId,))
+            try:
+                reply = await connection.execute(
+                    "XREAD",
+                    "COUNT",
+                    READ_COUNT,
+                    "BLOCK",
+                    BLOCK_MS,
+                    "STREAMS",
+                    key,
+                    lastId,
+                )
+            finally:
+                if deadline.active():
+                    deadline.cancel()
             if not reply:
                 continue
             assert isinstance(reply, list)
@@ -295,6 +380,7 @@ class RedisSource:
                 m = message(entry, True)
                 if m is not None:
                     messages.append(m)
+            self._readSince += len(entries)
             newest = entries[-1]
             assert isinstance(newest, list) and isinstance(newest[0], bytes)
             self.lastId = newest[0].decode("ascii")
@@ -302,6 +388,21 @@ class RedisSource:
                 self.entries += len(messages)
                 self.lag = self._reactor.seconds() - parseId(messages[-1][2])[0] / 1e3
                 deliver(messages)
+
+    def _counted(self, counted: Reply, lastId: str) -> None:
+        """
+        The stream's count of entries ever added and last id given, just
+        before a read from C{lastId}: when the source has caught up (that
+        last id is C{lastId}), count a gap if entries were added since it
+        last caught up that it did not read (trimmed or deleted first).
+        """
+        if not isinstance(counted, list) or counted[1] != lastId.encode("ascii"):
+            return
+        total = counted[0]
+        assert isinstance(total, int)
+        if self._added is not None and total != self._added + self._readSince:
+            self._gap(lastId)
+        self._added, self._readSince = total, 0
 
     def _message(self, entry: Any, count: bool) -> tuple[int, bytes, str] | None:
         """
@@ -359,6 +460,42 @@ class RedisSource:
             # ingest hook: the lease's and the ingest's, with ingest on.
             **(self._ingest.status() if self._ingest is not None else {}),
         }
+
+
+#: The servers and endpoints of the options sources were built with
+#: lately, by the options' and reactor's identity (each entry holds
+#: them, so that an identity is not reused while cached): a route's
+#: channels share them, and the password and CA files are read once per
+#: route build (a reload parses the options anew, and so reads them again).
+_connections: dict[
+    tuple[int, int], tuple[Mapping[str, str], Any, RedisAddress, Any]
+] = {}
+
+#: Entries L{_connections} keeps at most.
+CONNECTIONS_KEPT = 64
+
+
+def _connectionFor(
+    options: Mapping[str, str], reactor: Any
+) -> tuple[RedisAddress, Any]:
+    """
+    @return: The server C{options} name and an endpoint reaching it, made
+        once for the same C{options} and C{reactor}.
+    @raise ValueError: When an option is invalid (one line naming it).
+    """
+    cacheKey = (id(options), id(reactor))
+    hit = _connections.get(cacheKey)
+    if hit is not None and hit[0] is options and hit[1] is reactor:
+        return hit[2], hit[3]
+    settings = parseSettings(options, "")
+    try:
+        endpoint = redisEndpoint(reactor, settings.address, settings.caFile)
+    except BadRedisSetting as e:
+        raise ValueError(f"redis_ca_file: {e}") from None
+    if len(_connections) >= CONNECTIONS_KEPT:
+        del _connections[next(iter(_connections))]
+    _connections[cacheKey] = (options, reactor, settings.address, endpoint)
+    return settings.address, endpoint
 
 
 def _readingFailed(f: Failure, channel: str) -> None:
