@@ -183,8 +183,8 @@ class Lease:
         #: Bumped on each acquisition and loss: a late answer to an older
         #: command finds another generation and is ignored.
         self._generation = 0
-        self._next: IDelayedCall | None = None
-        self._deadline: IDelayedCall | None = None
+        #: The next attempt or renewal, and the lease's deadline.
+        self._timers = _Timers(clock)
         #: Waiting for a connection to try on (cancelled on stop).
         self._waiting: Deferred[Any] | None = None
         #: Whether an attempt is under way (waiting, or its C{SET} sent).
@@ -215,7 +215,7 @@ class Lease:
         """
         self._running = False
         self._stops += 1
-        self._cancelTimers()
+        self._timers.cancel()
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()
@@ -241,7 +241,7 @@ class Lease:
         Try to take the lease once, when connected; then again every third
         of the lease until taken.
         """
-        self._next = None
+        self._timers.next = None
         if not self._running or self.held or self._trying:
             return
         self._trying = True
@@ -284,13 +284,13 @@ class Lease:
             # Stopped meanwhile: the release went out behind the SET.  When
             # started again since, try anew (after that release).
             if self._running:
-                self._later(self._attempt, 0)
+                self._timers.later(self._attempt, 0)
             return
         if self._lastError is not None:
             self._lastError = None
         if reply != 1:
             self.refusals += 1
-            self._later(self._attempt, self.length / 3)
+            self._timers.later(self._attempt, self.length / 3)
             return
         self.held = True
         self.connection = connection
@@ -326,7 +326,7 @@ class Lease:
                 name=self._name,
                 error=error,
             )
-        self._later(self._attempt, self.length / 3)
+        self._timers.later(self._attempt, self.length / 3)
 
     # Keeping it
 
@@ -338,21 +338,19 @@ class Lease:
         expiry = sent + self.length
         now = self._clock.seconds()
         generation = self._generation
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = self._clock.callLater(
+        self._timers.until(
             max(0.0, expiry - now),
             self._lose,
             generation,
             "no renewal was answered before the lease would have expired",
         )
-        self._later(self._renew, max(0.0, sent + self.length / 3 - now))
+        self._timers.later(self._renew, max(0.0, sent + self.length / 3 - now))
 
     def _renew(self) -> None:
         """
         Extend the lease if it is still ours (compare-and-extend).
         """
-        self._next = None
+        self._timers.next = None
         connection = self.connection
         if not self.held or connection is None:
             return
@@ -405,7 +403,7 @@ class Lease:
         )
         self._drop()
         if self._running:
-            self._later(self._attempt, 0)
+            self._timers.later(self._attempt, 0)
 
     def _drop(self) -> None:
         """
@@ -417,24 +415,43 @@ class Lease:
         # flushed: a refused renewal may have been NOSCRIPT).
         self._scripts = None
         self._generation += 1
-        self._cancelTimers()
+        self._timers.cancel()
         self._onLost()
 
-    # Timers
 
-    def _later(self, f: Callable[[], None], delay: float) -> None:
+class _Timers:
+    """
+    A L{Lease}'s two timers: the next attempt or renewal, and the
+    deadline by which a renewal must have been answered.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.next: IDelayedCall | None = None
+        self.deadline: IDelayedCall | None = None
+
+    def later(self, f: Callable[[], None], delay: float) -> None:
         """
         Call C{f} after C{delay} seconds instead of what was due next.
         """
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self._next = self._clock.callLater(delay, f)
+        if self.next is not None and self.next.active():
+            self.next.cancel()
+        self.next = self._clock.callLater(delay, f)
 
-    def _cancelTimers(self) -> None:
+    def until(self, delay: float, f: Callable[..., None], *args: Any) -> None:
+        """
+        Call C{f(*args)} after C{delay} seconds instead of the deadline set
+        before.
+        """
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = self._clock.callLater(delay, f, *args)
+
+    def cancel(self) -> None:
         """
         Cancel the next attempt or renewal, and the deadline.
         """
-        for call in (self._next, self._deadline):
+        for call in (self.next, self.deadline):
             if call is not None and call.active():
                 call.cancel()
-        self._next = self._deadline = None
+        self.next = self.deadline = None

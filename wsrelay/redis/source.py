@@ -152,11 +152,6 @@ class RedisSource:
         self.lag: float | None = None
         self._skipLogged = float("-inf")
         self._gapLogged = float("-inf")
-        #: Entries ever added to the stream when the source last read
-        #: all it held, on this connection (or L{None}).
-        self._added: int | None = None
-        #: Entries read since L{_added} was seen.
-        self._readSince = 0
         self._running: Deferred[None] | None = None
         # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
         #: With ingest on: this relay's side of the lease and its writes.
@@ -173,6 +168,20 @@ class RedisSource:
                 settings.lease,
             )
         # -- end of the ingest hook --
+
+    @property
+    def channel(self) -> ISourceChannel:
+        """
+        The channel it delivers to.
+        """
+        return self._channel
+
+    @property
+    def reactor(self) -> Any:
+        """
+        The reactor it reads and times with.
+        """
+        return self._reactor
 
     @property
     def reading(self) -> bool:
@@ -260,7 +269,7 @@ class RedisSource:
                         stream=self.settings.stream,
                     )
                     self.lastError = None
-                await self._readFrom(connection)
+                await _Reading(self, connection).run()
             except (RedisConnectionLost, ProtocolError):
                 # The connection is gone (a bad reply aborts it): the
                 # client makes a new one, with backoff.
@@ -301,9 +310,9 @@ class RedisSource:
             return
         if found.last is not None and parseId(found.last) < parseId(lastId):
             self.lastId = found.last
-        self._gap(lastId)
+        self.gap(lastId)
 
-    def _gap(self, lastId: str) -> None:
+    def gap(self, lastId: str) -> None:
         """
         Count a gap: the stream no longer holds C{lastId}, the last entry
         read, nor maybe some after it; log it unless a gap was logged in
@@ -325,86 +334,7 @@ class RedisSource:
             gaps=self.gaps,
         )
 
-    async def _readFrom(self, connection: RedisProtocol) -> None:
-        """
-        C{XREAD BLOCK} from L{lastId} until the connection is lost, each
-        reply delivered in one call.
-        """
-        key = self.key
-        deliver = self._channel.deliver
-        callLater = self._reactor.callLater
-        self._added = None
-        seconds = self._reactor.seconds
-        checked = float("-inf")
-        while True:
-            lastId = self.lastId
-            assert lastId is not None
-            # A silent server (stopped, a cut network) is noticed only by
-            # a deadline: one timer a read, not an entry.
-            within = BLOCK_MS / 1000 + REPLY_MARGIN
-            deadline = callLater(within, connection.timedOut, within)
-            # Entries ever added, to count those trimmed before they were
-            # read: a script (some 23 us of Redis's time) pipelined with
-            # each read until the source first catches up, then at most
-            # every CHECK_INTERVAL; the count is cumulative, so no gap
-            # escapes (one is counted at the first check after it).
-            now = seconds()
-            if self._added is None or now - checked >= CHECK_INTERVAL:
-                checked = now
-                added = connection.execute("EVAL", ADDED, 1, key)
-                added.addCallbacks(self._counted, lambda _: None, (lastId,))
-            try:
-                reply = await connection.execute(
-                    "XREAD",
-                    "COUNT",
-                    READ_COUNT,
-                    "BLOCK",
-                    BLOCK_MS,
-                    "STREAMS",
-                    key,
-                    lastId,
-                )
-            finally:
-                if deadline.active():
-                    deadline.cancel()
-            if not reply:
-                continue
-            assert isinstance(reply, list)
-            stream = reply[0]
-            assert isinstance(stream, list)
-            entries = stream[1]
-            assert isinstance(entries, list) and entries
-            messages = []
-            message = self._message
-            for entry in entries:
-                m = message(entry, True)
-                if m is not None:
-                    messages.append(m)
-            self._readSince += len(entries)
-            newest = entries[-1]
-            assert isinstance(newest, list) and isinstance(newest[0], bytes)
-            self.lastId = newest[0].decode("ascii")
-            if messages:
-                self.entries += len(messages)
-                self.lag = self._reactor.seconds() - parseId(messages[-1][2])[0] / 1e3
-                deliver(messages)
-
-    def _counted(self, counted: Reply, lastId: str) -> None:
-        """
-        The stream's count of entries ever added and last id given, just
-        before a read from C{lastId}: when the source has caught up (that
-        last id is C{lastId}), count a gap if entries were added since it
-        last caught up that it did not read (trimmed or deleted first).
-        """
-        if not isinstance(counted, list) or counted[1] != lastId.encode("ascii"):
-            return
-        total = counted[0]
-        assert isinstance(total, int)
-        if self._added is not None and total != self._added + self._readSince:
-            self._gap(lastId)
-        self._added, self._readSince = total, 0
-
-    def _message(self, entry: Any, count: bool) -> tuple[int, bytes, str] | None:
+    def message(self, entry: Any, count: bool) -> tuple[int, bytes, str] | None:
         """
         @param count: Whether a malformed entry is counted and logged.
         @return: The message of a stream entry, or L{None} when it is
@@ -460,6 +390,104 @@ class RedisSource:
             # ingest hook: the lease's and the ingest's, with ingest on.
             **(self._ingest.status() if self._ingest is not None else {}),
         }
+
+
+class _Reading:
+    """
+    The reads on one connection of a L{RedisSource}: C{XREAD BLOCK} in a
+    loop, each under a deadline, and the count of entries added to the
+    stream that finds those trimmed before they were read.
+
+    @ivar _added: The stream's count of entries ever added when the source
+        last read all it held, on this connection, or L{None} before.
+    @ivar _readSince: Entries read since then.
+    """
+
+    def __init__(self, source: RedisSource, connection: RedisProtocol) -> None:
+        self._source = source
+        self._connection = connection
+        self._added: int | None = None
+        self._readSince = 0
+
+    async def run(self) -> None:
+        """
+        C{XREAD BLOCK} from the source's last id until the connection is
+        lost, each reply delivered in one call.
+        """
+        source = self._source
+        connection = self._connection
+        key = source.key
+        deliver = source.channel.deliver
+        callLater = source.reactor.callLater
+        seconds = source.reactor.seconds
+        checked = float("-inf")
+        while True:
+            lastId = source.lastId
+            assert lastId is not None
+            # A silent server (stopped, a cut network) is noticed only by
+            # a deadline: one timer a read, not an entry.
+            within = BLOCK_MS / 1000 + REPLY_MARGIN
+            deadline = callLater(within, connection.timedOut, within)
+            # Entries ever added, to count those trimmed before they were
+            # read: a script (some 23 us of Redis's time) pipelined with
+            # each read until the source first catches up, then at most
+            # every CHECK_INTERVAL; the count is cumulative, so no gap
+            # escapes (one is counted at the first check after it).
+            now = seconds()
+            if self._added is None or now - checked >= CHECK_INTERVAL:
+                checked = now
+                added = connection.execute("EVAL", ADDED, 1, key)
+                added.addCallbacks(self._counted, lambda _: None, (lastId,))
+            try:
+                reply = await connection.execute(
+                    "XREAD",
+                    "COUNT",
+                    READ_COUNT,
+                    "BLOCK",
+                    BLOCK_MS,
+                    "STREAMS",
+                    key,
+                    lastId,
+                )
+            finally:
+                if deadline.active():
+                    deadline.cancel()
+            if not reply:
+                continue
+            assert isinstance(reply, list)
+            stream = reply[0]
+            assert isinstance(stream, list)
+            entries = stream[1]
+            assert isinstance(entries, list) and entries
+            messages = []
+            message = source.message
+            for entry in entries:
+                m = message(entry, True)
+                if m is not None:
+                    messages.append(m)
+            self._readSince += len(entries)
+            newest = entries[-1]
+            assert isinstance(newest, list) and isinstance(newest[0], bytes)
+            source.lastId = newest[0].decode("ascii")
+            if messages:
+                source.entries += len(messages)
+                source.lag = seconds() - parseId(messages[-1][2])[0] / 1e3
+                deliver(messages)
+
+    def _counted(self, counted: Reply, lastId: str) -> None:
+        """
+        The stream's count of entries ever added and last id given, just
+        before a read from C{lastId}: when the source has caught up (that
+        last id is C{lastId}), count a gap if entries were added since it
+        last caught up that it did not read (trimmed or deleted first).
+        """
+        if not isinstance(counted, list) or counted[1] != lastId.encode("ascii"):
+            return
+        total = counted[0]
+        assert isinstance(total, int)
+        if self._added is not None and total != self._added + self._readSince:
+            self._source.gap(lastId)
+        self._added, self._readSince = total, 0
 
 
 #: The servers and endpoints of the options sources were built with
