@@ -49,21 +49,12 @@ class JSONSource(Source):
     PATH}}, numbered as the source's plain ones are.
     """
 
-    def send(self, count: int, size: int = 0) -> None:
+    def message(self, seq: int, path: str, size: int) -> str:
         """
-        Send the next C{count} numbers to every open connection as JSON.
-        Blocks: call it in a thread.
+        @return: The message numbered C{seq}, as JSON (C{size} is not
+            used).
         """
-        for _ in range(count):
-            with self._lock:
-                seq = self.next
-                self.next += 1
-                targets = list(self.open.items())
-            if not targets:
-                self.lost.append(seq)
-                continue
-            for number, connection in targets:
-                connection.send(json.dumps({"seq": seq, "path": self.paths[number]}))
+        return json.dumps({"seq": seq, "path": path})
 
     def sendRaw(self, message: str | bytes) -> None:
         """

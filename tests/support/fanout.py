@@ -137,8 +137,14 @@ class Source:
                 self.lost.append(seq)
                 continue
             for number, connection in targets:
-                text = f"{seq} {self.paths[number]} "
-                connection.send(text.ljust(size, "x"))
+                connection.send(self.message(seq, self.paths[number], size))
+
+    def message(self, seq: int, path: str, size: int) -> str:
+        """
+        @return: The message numbered C{seq} for a connection to C{path}:
+            C{"SEQ PATH"} padded to C{size} characters.
+        """
+        return f"{seq} {path} ".ljust(size, "x")
 
     def stream(self, stop: threading.Event) -> None:
         """
