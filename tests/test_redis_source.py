@@ -226,6 +226,33 @@ class ReadingTests(TestCase):
         await waitFor(lambda: len(channel.messages) == 1)
         self.assertEqual(channel.payloads, [b"after"])
 
+    async def test_takeOver(self) -> None:
+        """
+        A source that replaces another on the same stream (a reload that
+        changed the route's source options) goes on after the last entry
+        the other delivered: what was added in between is delivered, once.
+        A source on another stream starts at its end.
+        """
+        server = await startRedis(self)
+        old, channel = await readingSource(self, server)
+        server.call("XADD", "s", "*", "data", "before")
+        await waitFor(lambda: len(channel.messages) == 1)
+        await old.stop()
+        server.call("XADD", "s", "*", "data", "in between")
+        new = RedisSource(channel, options(server, history="5"), FakeContext())
+        new.takeOver(old)
+        new.start()
+        self.addCleanup(new.stop)
+        await waitFor(lambda: len(channel.messages) == 2)
+        server.call("XADD", "s", "*", "data", "after")
+        await waitFor(lambda: len(channel.messages) == 3)
+        self.assertEqual(channel.payloads, [b"before", b"in between", b"after"])
+        other = RedisSource(FakeChannel(), options(server, stream="t"), FakeContext())
+        other.takeOver(new)
+        other.start()
+        self.addCleanup(other.stop)
+        self.assertIsNone(other.lastId)
+
 
 class BadEntryTests(TestCase):
     """

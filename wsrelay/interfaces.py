@@ -306,6 +306,20 @@ class ISourceStatus(Interface):
         """
 
 
+class ISourceSuccessor(Interface):
+    """
+    Optional, for a source that can go on where the source it replaces
+    stopped (a reload that changes a route's source options builds a new
+    source for each open channel).
+    """
+
+    def takeOver(previous: ISource) -> None:
+        """
+        Called on the new source after C{previous} was stopped and before
+        this one starts: take over its position if it read the same feed.
+        """
+
+
 class ISourceFactory(IPluginFactory):
     """
     A plugin that makes fan-out sources; C{source = NAME} in a fan-out

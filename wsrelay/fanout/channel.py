@@ -29,7 +29,12 @@ from wsrelay.fanout.lifecycle import (
 )
 from wsrelay.fanout.resume import resumeWindow, withoutParameter
 from wsrelay.fanout.source import CONNECTING, IDLE, STOPPED, UP, WAITING
-from wsrelay.interfaces import ISource, ISourceChannel, ISourceHistory
+from wsrelay.interfaces import (
+    ISource,
+    ISourceChannel,
+    ISourceHistory,
+    ISourceSuccessor,
+)
 from wsrelay.routing import Backend, Route
 from wsrelay.ws.framing import frame
 
@@ -169,9 +174,13 @@ class Channel:
         running, self._running = self._running, False
         if self.window is not None:
             self.window.sourceStopped()
-        self._replaced.stop(self.source)
+        previous = self.source
+        self._replaced.stop(previous)
         self.state = IDLE
         self.source = self._makeSource(self)
+        successor = ISourceSuccessor(self.source, None)
+        if successor is not None:
+            successor.takeOver(previous)
         self._lendHistory()
         if running:
             self.start()

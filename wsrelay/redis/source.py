@@ -44,6 +44,7 @@ from wsrelay.interfaces import (
     ISourceContext,
     ISourceHistory,
     ISourceStatus,
+    ISourceSuccessor,
 )
 from wsrelay.redis.client import (
     BadRedisSetting,
@@ -98,12 +99,14 @@ CHECK_INTERVAL = 1.0
 SKIP_LOG_INTERVAL = 60.0
 
 
-@implementer(ISource, ISourceHistory, ISourceStatus)
+@implementer(ISource, ISourceHistory, ISourceStatus, ISourceSuccessor)
 class RedisSource:
     """
     A fan-out channel's source reading a Redis stream (see the module's
     docstring).  Built as C{RedisSource(channel, options, context)}.
 
+    @ivar channel: The channel it delivers to.
+    @ivar reactor: The reactor it reads and times with.
     @ivar settings: The options, checked.
     @ivar lastId: The id of the last entry delivered (or skipped), or
         L{None} before the first read's start was found.
@@ -127,20 +130,20 @@ class RedisSource:
         """
         @raise ValueError: When an option is invalid (one line naming it).
         """
-        self._channel = channel
-        self._reactor = context.reactor
-        address, endpoint = _connectionFor(options, self._reactor)
+        self.channel = channel
+        self.reactor = context.reactor
+        address, endpoint = _connectionFor(options, self.reactor)
         self.settings = settings = parseSettings(options, channel.key, address)
         self.key = settings.stream.encode("utf-8")
         self._retry = redisBackoff()
         name = str(channel.name)
         #: Reads: an XREAD BLOCK holds its connection.
         self._reader = RedisClient(
-            self._reactor, settings.address, endpoint, name, self._retry
+            self.reactor, settings.address, endpoint, name, self._retry
         )
         #: Everything else (history, the stream's bounds; the ingest later).
         self.control = RedisClient(
-            self._reactor, settings.address, endpoint, name, self._retry
+            self.reactor, settings.address, endpoint, name, self._retry
         )
         self.lastId: str | None = None
         self.entries = 0
@@ -153,6 +156,9 @@ class RedisSource:
         self._skipLogged = float("-inf")
         self._gapLogged = float("-inf")
         self._running: Deferred[None] | None = None
+        #: Where to start reading: the last id of the source this one
+        #: replaced, or L{None} for the stream's end.
+        self._successorOf: str | None = None
         # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
         #: With ingest on: this relay's side of the lease and its writes.
         self._ingest: Ingest | None = None
@@ -170,20 +176,6 @@ class RedisSource:
         # -- end of the ingest hook --
 
     @property
-    def channel(self) -> ISourceChannel:
-        """
-        The channel it delivers to.
-        """
-        return self._channel
-
-    @property
-    def reactor(self) -> Any:
-        """
-        The reactor it reads and times with.
-        """
-        return self._reactor
-
-    @property
     def reading(self) -> bool:
         """
         Whether the source is started.
@@ -194,14 +186,15 @@ class RedisSource:
 
     def start(self) -> None:
         """
-        Start reading from the stream's end.
+        Start reading from the stream's end, or after the last entry the
+        source it replaces delivered (L{takeOver}).
         """
         if self._running is not None:
             return
-        self.lastId = None
+        self.lastId, self._successorOf = self._successorOf, None
         self._reader.start()
         self._running = Deferred.fromCoroutine(self._read())
-        self._running.addErrback(_readingFailed, self._channel.name)
+        self._running.addErrback(_readingFailed, self.channel.name)
         if self._ingest is not None:  # ingest hook
             self._ingest.start()
 
@@ -212,11 +205,21 @@ class RedisSource:
         running, self._running = self._running, None
         if running is not None:
             running.cancel()
-        self._channel.stateChanged("idle")
+        self.channel.stateChanged("idle")
         stopping = [self._reader.stop(), self.control.stop()]
         if self._ingest is not None:  # ingest hook
             stopping.append(self._ingest.stop())
         return gatherResults(stopping).addCallback(lambda _: None)
+
+    def takeOver(self, previous: ISource) -> None:
+        """
+        Go on after the last entry C{previous} delivered when it read the
+        same stream of the same server (L{ISourceSuccessor}).
+        """
+        if isinstance(previous, RedisSource):
+            old, new = previous.settings, self.settings
+            if (old.address, old.stream) == (new.address, new.stream):
+                self._successorOf = previous.lastId
 
     def send(self, opcode: int, payload: bytes) -> bool:
         """
@@ -254,7 +257,7 @@ class RedisSource:
         starts over (the client reconnects with backoff).
         """
         failures = 0
-        channel = self._channel
+        channel = self.channel
         while True:
             channel.stateChanged("connecting")
             connection = await self._reader.connection()
@@ -287,7 +290,7 @@ class RedisSource:
                     )
                 self.lastError = error
                 channel.stateChanged("waiting")
-                await deferLater(self._reactor, self._retry(failures), lambda: None)
+                await deferLater(self.reactor, self._retry(failures), lambda: None)
 
     async def _resume(self, connection: RedisProtocol) -> None:
         """
@@ -319,7 +322,7 @@ class RedisSource:
         the last L{SKIP_LOG_INTERVAL} seconds.
         """
         self.gaps += 1
-        now = self._reactor.seconds()
+        now = self.reactor.seconds()
         if now - self._gapLogged < SKIP_LOG_INTERVAL:
             return
         self._gapLogged = now
@@ -327,7 +330,7 @@ class RedisSource:
             "channel {channel}: stream {stream} no longer holds entry {id}"
             " (trimmed, or Redis restarted empty): entries may be missed;"
             " going on after {end} ({gaps} gaps so far)",
-            channel=self._channel.name,
+            channel=self.channel.name,
             stream=self.settings.stream,
             id=lastId,
             end=self.lastId,
@@ -354,13 +357,13 @@ class RedisSource:
         if not count:
             return None
         self.skipped += 1
-        now = self._reactor.seconds()
+        now = self.reactor.seconds()
         if now - self._skipLogged >= SKIP_LOG_INTERVAL:
             self._skipLogged = now
             self.log.warn(
                 "channel {channel}: stream {stream}: skipped entry {id}: {why}"
                 " ({skipped} skipped so far)",
-                channel=self._channel.name,
+                channel=self.channel.name,
                 stream=self.settings.stream,
                 id=entryId.decode("ascii", "replace"),
                 why=why,
