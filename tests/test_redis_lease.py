@@ -336,6 +336,22 @@ class TimingTests(SynchronousTestCase):
     L{Lease}'s timing, on a L{Clock} and a connection answered by hand.
     """
 
+    def fakeLease(self, holder: Holder | None = None) -> Lease:
+        """
+        @return: A lease of three seconds on the hand-answered connection,
+            telling C{holder} (a new one by default).
+        """
+        holder = holder if holder is not None else Holder()
+        return Lease(
+            self.clock,
+            lambda: succeed(self.redis),  # type: ignore[arg-type]
+            KEY,
+            3.0,
+            "test",
+            holder.acquired,
+            holder.lost,
+        )
+
     def setUp(self) -> None:
         """
         A lease of three seconds on a hand-answered connection, taken.
@@ -519,15 +535,7 @@ class TimingTests(SynchronousTestCase):
         """
         self.lease.stop()
         self.redis.answer("EVAL", 1)
-        lease = Lease(
-            self.clock,
-            lambda: succeed(self.redis),  # type: ignore[arg-type]
-            KEY,
-            3.0,
-            "test",
-            Holder().acquired,
-            Holder().lost,
-        )
+        lease = self.fakeLease()
         lease.start()
         stopped = lease.stop()
         self.clock.advance(RELEASE_TIMEOUT - 0.01)
@@ -544,15 +552,7 @@ class TimingTests(SynchronousTestCase):
         self.lease.stop()
         self.redis.answer("EVAL", 1)
         holder = Holder()
-        lease = Lease(
-            self.clock,
-            lambda: succeed(self.redis),  # type: ignore[arg-type]
-            KEY,
-            3.0,
-            "test",
-            holder.acquired,
-            holder.lost,
-        )
+        lease = self.fakeLease(holder)
         lease.start()
         lease.stop()
         lease.start()
@@ -571,15 +571,7 @@ class TimingTests(SynchronousTestCase):
         """
         self.lease.stop()
         self.redis.answer("EVAL", 1)
-        lease = Lease(
-            self.clock,
-            lambda: succeed(self.redis),  # type: ignore[arg-type]
-            KEY,
-            3.0,
-            "test",
-            Holder().acquired,
-            Holder().lost,
-        )
+        lease = self.fakeLease()
         lease.start()
         self.redis.answer("ACQUIRE", RedisConnectionLost("gone"))
         count = len(self.redis.sent)
