@@ -413,10 +413,16 @@ class Recording:
 
     name = "feed"
     key = ""
+    keep = 0
 
     def __init__(self) -> None:
         self.delivered: list[tuple[int, bytes, str | None]] = []
         self.states: list[str] = []
+
+    def preload(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Never called: it keeps nothing.
+        """
 
     def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
         """

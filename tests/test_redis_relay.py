@@ -134,3 +134,67 @@ class LazyResumeTests(TestCase):
         self.assertEqual(
             json.loads(await inThread(c.recv, TIMEOUT)), {"id": live, "data": "live"}
         )
+
+
+class JSONResumeTests(TestCase):
+    """
+    C{resume = json:seq} on routes with C{source = redis}: the window is
+    the stream's newest entries, loaded as the source starts, so a relay
+    started after a message resumes clients after it.
+    """
+
+    async def relayAfter(self, extra: str) -> tuple[RedisServer, Any, int]:
+        """
+        A Redis whose stream C{s} holds C{{"seq": 1}} to C{{"seq": 3}},
+        then a relay reading it.
+        """
+        server = await startRedis(self)
+        for n in (1, 2, 3):
+            server.call("XADD", "s", "*", "data", json.dumps({"seq": n}))
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:feed]\npath = /feed\nmode = fanout\nsource = redis\n"
+            f"redis = {server.url}\nstream = s\nresume = json:seq\n"
+            "resume_miss = close\n" + extra,
+        )
+        return server, relay, port
+
+    async def receive(self, c: Any, count: int) -> list[int]:
+        """
+        @return: The C{seq} of the next C{count} messages of C{c}.
+        """
+        return [
+            json.loads(await inThread(c.recv, TIMEOUT))["seq"] for _ in range(count)
+        ]
+
+    async def test_startedAfter(self) -> None:
+        """
+        A client resuming after a message sent before the relay started
+        gets the later ones, then the live ones; a new client gets the
+        replay from the stream.
+        """
+        server, relay, port = await self.relayAfter("replay = 1\n")
+        await waitFor(lambda: relay.channels[("feed", "")].state == "up")
+        resumed = await inThread(client, port, "/feed?since=1")
+        self.addCleanup(inThread, resumed.close)
+        self.assertEqual(await self.receive(resumed, 2), [2, 3])
+        fresh = await inThread(client, port, "/feed")
+        self.addCleanup(inThread, fresh.close)
+        self.assertEqual(await self.receive(fresh, 1), [3])
+        await waitFor(lambda: len(relay.channels[("feed", "")].members) == 2)
+        server.call("XADD", "s", "*", "data", json.dumps({"seq": 4}))
+        self.assertEqual(await self.receive(resumed, 1), [4])
+        self.assertEqual(await self.receive(fresh, 1), [4])
+
+    async def test_lazyFirstClient(self) -> None:
+        """
+        The first client of a lazy channel, resuming, waits for the source
+        to load the window, then gets what came after its id.
+        """
+        server, relay, port = await self.relayAfter("connect = lazy\n")
+        c = await inThread(client, port, "/feed?since=2")
+        self.addCleanup(inThread, c.close)
+        self.assertEqual(await self.receive(c, 1), [3])
+        await waitFor(lambda: relay.channels[("feed", "")].state == "up")
+        server.call("XADD", "s", "*", "data", json.dumps({"seq": 4}))
+        self.assertEqual(await self.receive(c, 1), [4])

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 import wsrelay.redis.client
+import wsrelay.redis.entries
 import wsrelay.redis.settings
 import wsrelay.redis.source
 from tests.support.redis import (
@@ -733,6 +734,87 @@ class HistoryTests(TestCase):
         d = source.after(first, 10)
         await waitFor(lambda: d.called)
         self.failureResultOf(d)
+
+    async def test_silentServer(self) -> None:
+        """
+        A server that stops answering fails a lookup within
+        L{wsrelay.redis.entries.HISTORY_TIMEOUT}, and the connection is
+        made again for the next one.
+        """
+        self.patch(wsrelay.redis.entries, "HISTORY_TIMEOUT", 0.3)
+        server = await startRedis(self)
+        process = server.process
+        assert process is not None
+        source, channel = await readingSource(self, server)
+        server.call("XADD", "s", "*", "data", "m0")
+        server.call("XADD", "s", "*", "data", "m1")
+        await waitFor(lambda: len(channel.messages) == 2)
+        first = channel.messages[0][2]
+        assert first is not None
+        self.assertEqual(len(await source.after(first, 10) or []), 1)
+        process.send_signal(signal.SIGSTOP)
+        self.addCleanup(process.send_signal, signal.SIGCONT)
+        d = source.after(first, 10)
+        await waitFor(lambda: d.called)
+        self.failureResultOf(d)
+        process.send_signal(signal.SIGCONT)
+        got = await source.after(first, 10)
+        self.assertEqual([m[1] for m in got or []], [b"m1"])
+
+
+class PreloadTests(TestCase):
+    """
+    At its start the source hands its channel the stream's newest entries,
+    as many as the channel keeps, before it reports itself up; the live
+    reads go on after them.
+    """
+
+    async def test_newest(self) -> None:
+        """
+        The last C{keep} entries, oldest first, before C{up}; the next
+        entry added is delivered live, and no preloaded one is.
+        """
+        server = await startRedis(self)
+        ids = [
+            server.call("XADD", "s", "*", "data", f"m{n}").decode() for n in range(3)
+        ]
+        channel = FakeChannel(keep=2)
+        source, _ = await readingSource(self, server, channel)
+        self.assertEqual(channel.preloads, [[(1, b"m1", ids[1]), (1, b"m2", ids[2])]])
+        self.assertEqual(source.lastId, ids[2])
+        server.call("XADD", "s", "*", "data", "live")
+        await waitFor(lambda: len(channel.messages) == 1)
+        self.assertEqual(channel.payloads, [b"live"])
+
+    async def test_emptyAndOnce(self) -> None:
+        """
+        An empty stream preloads nothing (what the channel held goes);
+        a reconnect does not preload again: the window goes on.
+        """
+        server = await startRedis(self)
+        channel = FakeChannel(keep=5)
+        source, _ = await readingSource(self, server, channel)
+        self.assertEqual(channel.preloads, [[]])
+        server.call("XADD", "s", "*", "data", "m0")
+        await waitFor(lambda: len(channel.messages) == 1)
+        await waitFor(lambda: readerId(server) is not None)
+        channel.states.clear()
+        server.call("CLIENT", "KILL", "ID", str(readerId(server)))
+        await waitFor(lambda: "up" in channel.states)
+        server.call("XADD", "s", "*", "data", "m1")
+        await waitFor(lambda: len(channel.messages) == 2)
+        self.assertEqual(channel.preloads, [[]])
+        self.assertEqual(channel.payloads, [b"m0", b"m1"])
+
+    async def test_keepsNothing(self) -> None:
+        """
+        A channel that keeps nothing is not preloaded.
+        """
+        server = await startRedis(self)
+        server.call("XADD", "s", "*", "data", "m0")
+        channel = FakeChannel()
+        await readingSource(self, server, channel)
+        self.assertEqual(channel.preloads, [])
 
 
 class ParseSettingsTests(SynchronousTestCase):

@@ -869,6 +869,7 @@ def memoryChannel(
     testCase: SynchronousTestCase,
     make: type[MemorySource],
     extra: str = "stream = s\n",
+    resume: str = "envelope",
 ) -> tuple[Channel, Clock]:
     """
     A lazy channel of a route with C{source = redis} (options only: the
@@ -878,7 +879,7 @@ def memoryChannel(
     config = parseConfig(
         "[relay]\nlisten = tcp:0\n[route:feed]\npath = /feed\nmode = fanout\n"
         "source = redis\nredis = redis://127.0.0.1:1/0\nconnect = lazy\n"
-        "linger = 5\nresume = envelope\nresume_miss = close\n" + extra,
+        f"linger = 5\nresume = {resume}\nresume_miss = close\n" + extra,
         "t.ini",
         sources={n: tuple(f.options) for n, f in sourceFactories().items()},
     )
@@ -964,6 +965,150 @@ class SourceStopTests(SynchronousTestCase):
         member = Member()
         channel.join(member, "1-1")
         self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+
+
+@implementer(ISource)
+class PickySource(PlainSource):
+    """
+    A L{PlainSource} that refuses a route whose stream is C{bad}, as a
+    source plugin refuses options that do not fit a channel.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        if channel.routeConfig.sourceOptions.get("stream") == "bad":
+            raise ValueError("stream: bad does not fit this channel")
+        super().__init__(channel)
+
+
+class SourceRejectedTests(SynchronousTestCase):
+    """
+    A reload whose source options the source refuses for an existing
+    channel: the channel goes on as it was, and says why in one line.
+    """
+
+    def test_keepsSource(self) -> None:
+        """
+        The channel keeps its source, its route and its window; the error
+        is logged in one line naming the channel.
+        """
+        channel, _ = memoryChannel(self, PickySource, "stream = good\n")
+        member = Member()
+        channel.join(member)
+        sourceOf(channel).up()
+        deliver(channel, entries(1, 2))
+        old, oldRoute = channel.source, channel.route
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        channel.route = memoryChannel(self, PlainSource, "stream = bad\n")[0].route
+        self.assertIs(channel.source, old)
+        self.assertIs(channel.route, oldRoute)
+        self.assertTrue(sourceOf(channel).running)
+        (error,) = [formatEvent(e) for e in events if "bad does not" in formatEvent(e)]
+        self.assertTrue(error.startswith("channel feed: keeps its source"), error)
+        self.assertNotIn("\n", error)
+        resumed = Member()
+        channel.join(resumed, "1-1")
+        self.assertEqual([m["id"] for m in resumed.messages()], ["1-2"])
+
+
+@implementer(ISource, ISourceHistory)
+class StoreSource(HistorySource):
+    """
+    A L{HistorySource} whose store preloads its channel when it comes up
+    (as the C{redis} source does from its stream).
+    """
+
+    def up(self) -> None:
+        """
+        Preload the stream's C{1-1} to C{1-3}, then report the source up.
+        """
+        self.channel.preload(entries(1, 3))
+        super().up()
+
+
+class PreloadTests(SynchronousTestCase):
+    """
+    A source with a store hands its channel the stream's newest messages
+    before it is up (L{Channel.preload}): a relay started after a message
+    resumes clients from it, as every other relay of the stream does.
+    """
+
+    def test_window(self) -> None:
+        """
+        The window holds the preloaded messages: a client resuming after
+        one gets the others, a new client gets the replay from them; no
+        member gets them when they are preloaded.
+        """
+        channel, _ = memoryChannel(self, StoreSource, "stream = s\nreplay = 1\n")
+        first = Member()
+        channel.join(first)
+        sourceOf(channel).up()
+        self.assertEqual(first.got, [])
+        resumed, fresh = Member(), Member()
+        channel.join(resumed, "1-1")
+        channel.join(fresh)
+        self.assertEqual([m["id"] for m in resumed.messages()], ["1-2", "1-3"])
+        self.assertEqual([m["id"] for m in fresh.messages()], ["1-3"])
+        self.assertEqual(sourceOf(channel).history.calls, [])
+
+    def test_replaces(self) -> None:
+        """
+        A preload replaces what the window held (the source started
+        again): no message twice in the replay.
+        """
+        channel, _ = memoryChannel(self, StoreSource, "stream = s\nreplay = 5\n")
+        channel.join(Member())
+        sourceOf(channel).up()
+        sourceOf(channel).up()
+        fresh = Member()
+        channel.join(fresh)
+        self.assertEqual([m["id"] for m in fresh.messages()], ["1-1", "1-2", "1-3"])
+
+    def test_jsonWaitsForUp(self) -> None:
+        """
+        With C{resume = json:FIELD}, a client resuming while the source
+        comes up waits for the preload (its ids are not stream ids, so no
+        history lookup can serve it), then gets what came after its id.
+        """
+        channel, clock = memoryChannel(self, JSONStoreSource, resume="json:seq")
+        member = Member()
+        channel.join(member, "1")
+        self.assertEqual(member.got, [])
+        self.assertIsNone(member.closed)
+        sourceOf(channel).up()
+        self.assertEqual([m["seq"] for m in member.messages()], [2, 3])
+        self.assertIn(member, channel.members)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_jsonNeverUp(self) -> None:
+        """
+        A source that does not come up in time: the waiting client gets a
+        miss.
+        """
+        channel, clock = memoryChannel(self, JSONStoreSource, resume="json:seq")
+        member = Member()
+        channel.join(member, "1")
+        clock.advance(catchup.LOOKUP_TIMEOUT)
+        clock.advance(0)
+        self.assertEqual(member.closed, (RESUME_GONE, b"resume point gone"))
+        self.assertNotIn(member, channel.members)
+
+
+@implementer(ISource, ISourceHistory)
+class JSONStoreSource(HistorySource):
+    """
+    A L{HistorySource} whose store holds JSON messages C{{"seq": N}}.
+    """
+
+    def up(self) -> None:
+        """
+        Preload C{seq} 1 to 3, then report the source up.
+        """
+        self.channel.preload(
+            [(1, json.dumps({"seq": n}).encode(), f"1-{n}") for n in (1, 2, 3)]
+        )
+        super().up()
 
 
 class LookupBoundTests(SynchronousTestCase):

@@ -221,6 +221,23 @@ class ISourceChannel(Interface):
             messages cluster-wide (a Redis stream entry id), else L{None}.
         """
 
+    keep = Attribute(
+        "Messages the channel keeps for its replay and resume window"
+        " (C{int}); 0 when it keeps none.  A source that reads from a store"
+        " of past messages hands it up to this many with L{preload}."
+    )
+
+    def preload(messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Messages the source held before the live ones (the newest that a
+        stream keeps, when the source starts reading after them), oldest
+        first, as L{deliver} takes them: the channel's window and replay
+        start with them (what they held before is dropped); no client gets
+        them now.  Called before the source reports itself C{"up"}, so that
+        every relay reading the same stream resumes clients from the same
+        window.
+        """
+
     def stateChanged(state: str) -> None:
         """
         The source's state changed: C{"connecting"}, C{"up"},

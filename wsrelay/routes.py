@@ -270,6 +270,14 @@ class _CheckedChannel:
         Never called: the source is never started.
         """
 
+    #: Keeps nothing: the source is never started.
+    keep = 0
+
+    def preload(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Never called: the source is never started.
+        """
+
     def stateChanged(self, state: str) -> None:
         """
         Never called: the source is never started.

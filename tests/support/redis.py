@@ -366,15 +366,25 @@ class FakeChannel:
     """
     An L{ISourceChannel} that keeps what it was given.
 
+    @ivar keep: What it keeps, for a source to preload.
     @ivar batches: Each C{deliver} call's messages.
     @ivar states: Each state it was told of.
     """
 
-    def __init__(self, key: str = "", name: str = "feed") -> None:
+    def __init__(self, key: str = "", name: str = "feed", keep: int = 0) -> None:
         self.name = name
         self.key = key
+        self.keep = keep
         self.batches: list[list[tuple[int, bytes, str | None]]] = []
         self.states: list[str] = []
+        #: Each C{preload} call's messages.
+        self.preloads: list[list[tuple[int, bytes, str | None]]] = []
+
+    def preload(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Keep a preload, and the state it came in.
+        """
+        self.preloads.append(list(messages))
 
     def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
         """

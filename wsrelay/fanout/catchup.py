@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
@@ -111,6 +111,13 @@ class CatchUpWindow(Protocol):
     def missed(self, channel: ResumeChannel, member: ResumeMember) -> None:
         """
         The member's id is gone: it gets what C{resume_miss} says.
+        """
+
+    def join(
+        self, channel: ResumeChannel, member: ResumeMember, since: str | None
+    ) -> None:
+        """
+        Add C{member} to C{channel}, resuming after C{since}.
         """
 
 
@@ -282,6 +289,54 @@ class CatchUps:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.cancel()
+
+    @property
+    def positioned(self) -> bool:
+        """
+        Whether the source is up (or not started): it has found where it
+        reads from, and preloaded the window when it does.
+        """
+        return self._positioned
+
+    def rejoinWhenUp(
+        self,
+        window: CatchUpWindow,
+        channel: ResumeChannel,
+        member: ResumeMember,
+        since: str,
+    ) -> None:
+        """
+        A member resuming after an id that its window lacks while the
+        source comes up: join it again once the source is up, when the
+        source has preloaded the window from its store (live messages go to
+        the window meanwhile, so none is held here).  Bounded by
+        L{LOOKUP_TIMEOUT} like a lookup.
+        """
+        catchUp = _CatchUp(window, channel, member, since)
+        self.active[member] = catchUp
+        channel.members[catchUp.held] = None
+        window.held += 1
+        catchUp.timeout = self._clock.callLater(
+            LOOKUP_TIMEOUT, self._giveUp, catchUp, "the source did not come up in time"
+        )
+        pending = self._sourcePositioned()
+        pending.addCallbacks(
+            lambda _: self._rejoin(catchUp), lambda f: f.trap(CancelledError)
+        )
+        catchUp.pending = pending
+
+    def _rejoin(self, catchUp: _CatchUp) -> None:
+        """
+        The source is up: the member joins again, from the window as the
+        source preloaded it.
+        """
+        if self.active.get(catchUp.member) is not catchUp:
+            return
+        del self.active[catchUp.member]
+        catchUp.pending = None
+        self._stopLookup(catchUp)
+        self._unhold(catchUp)
+        catchUp.window.join(catchUp.channel, catchUp.member, catchUp.since)
 
     def _sourcePositioned(self) -> Deferred[None]:
         """

@@ -168,8 +168,21 @@ class Channel:
         new one started if the old one ran).  The C{websocket} source reads
         its route's backends and settings as it connects, so it stays.
         """
-        old, self._route = self._route.config, route
-        if not sourceChanged(old, route.config):
+        previousRoute, self._route = self._route, route
+        if not sourceChanged(previousRoute.config, route.config):
+            return
+        try:
+            source = self._makeSource(self)
+        except ValueError as e:
+            # The new options do not fit this channel (its key expanded in
+            # them): it goes on with its source and the route it had.
+            self._route = previousRoute
+            self.log.error(
+                "channel {channel}: keeps its source and its route as they"
+                " were: the reloaded source options do not fit it: {error}",
+                channel=self.name,
+                error=" ".join(str(e).split()),
+            )
             return
         running, self._running = self._running, False
         if self.window is not None:
@@ -177,7 +190,7 @@ class Channel:
         previous = self.source
         self._replaced.stop(previous)
         self.state = IDLE
-        self.source = self._makeSource(self)
+        self.source = source
         successor = ISourceSuccessor(self.source, None)
         if successor is not None:
             successor.takeOver(previous)
@@ -302,6 +315,26 @@ class Channel:
         self.deliveries += count * receivers
         for member in members:
             member.send(chunk, count)
+
+    @property
+    def keep(self) -> int:
+        """
+        Messages the channel keeps: its resume window's, or its replay's.
+        """
+        kept = self.replay.maxlen
+        return 0 if kept is None else kept
+
+    def preload(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        The messages the source's store held before the live ones: the
+        replay and resume window start with them; no member gets them now.
+        """
+        window = self.window
+        if window is not None:
+            window.preload(messages)
+            return
+        self.replay.clear()
+        self.replay.extend(frame(opcode, payload) for opcode, payload, _ in messages)
 
     def stateChanged(self, state: str) -> None:
         """

@@ -226,6 +226,31 @@ class ResumeWindow:
 
         @return: The framed message to send to every member.
         """
+        data, messageId = self._keep(opcode, payload, sourceId)
+        if self._catchUps:
+            self._lookups.hold(messageId, data)
+        return data
+
+    def preload(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        The messages the source's store held before the live ones
+        (L{wsrelay.interfaces.ISourceChannel.preload}): the window holds
+        them, and only them, as if they had been delivered.
+        """
+        self.data.clear()
+        self.ids.clear()
+        self.index.clear()
+        for message in messages[-self._size :]:
+            self._keep(*message)
+
+    def _keep(
+        self, opcode: int, payload: bytes, sourceId: str | None
+    ) -> tuple[bytes, str | None]:
+        """
+        Give a message its id, frame it and keep it.
+
+        @return: The framed message and its id.
+        """
         number = self.count
         field = self.field
         if field is None:
@@ -248,9 +273,7 @@ class ResumeWindow:
         if messageId is not None:
             self.index[messageId] = number
         self.count = number + 1
-        if self._catchUps:
-            self._lookups.hold(messageId, data)
-        return data
+        return data, messageId
 
     def after(self, messageId: str) -> list[bytes] | None:
         """
@@ -294,6 +317,11 @@ class ResumeWindow:
         history = self.history
         if history is not None and self.field is None and streamOrder(since):
             self._lookups.fetch(self, history, channel, member, since)
+            return
+        if history is not None and not self._lookups.positioned:
+            # The source preloads the window from its store as it comes
+            # up: look again then.
+            self._lookups.rejoinWhenUp(self, channel, member, since)
             return
         self.missed(channel, member)
 

@@ -10,15 +10,24 @@ and C{type} (C{text}, the default when absent, or C{binary}).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import DeferredList
 
 from wsrelay.redis.client import RedisClient
 from wsrelay.redis.protocol import RedisProtocol, Reply
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
 #: The opcodes of the two entry types.
 TEXT, BINARY = 1, 2
+
+#: Seconds a history lookup (L{entriesAfter}) may take on its connection
+#: before the server is taken for gone and the connection aborted (its
+#: client makes a new one): a silent server must not hold every later
+#: lookup behind the first.
+HISTORY_TIMEOUT = 5.0
 
 
 def parseId(entryId: str) -> tuple[int, int]:
@@ -126,6 +135,8 @@ class StreamReader(Protocol):
 
     #: The stream's key.
     key: bytes
+    #: Times the lookups.
+    reactor: IReactorTime
     #: The id of the last entry delivered, or L{None} before the source
     #: found where it reads from.
     lastId: str | None
@@ -164,6 +175,22 @@ async def entriesAfter(
     # A resuming client waits for this: fail rather than wait for Redis
     # to come back.
     connection = await control.connection(failAfterFailures=1)
+    deadline = source.reactor.callLater(
+        HISTORY_TIMEOUT, connection.timedOut, HISTORY_TIMEOUT
+    )
+    try:
+        return await _entriesAfter(source, connection, sourceId, limit)
+    finally:
+        if deadline.active():
+            deadline.cancel()
+
+
+async def _entriesAfter(
+    source: StreamReader, connection: RedisProtocol, sourceId: str, limit: int
+) -> Sequence[tuple[int, bytes, str | None]] | None:
+    """
+    L{entriesAfter} on a connection.
+    """
     found = await locate(connection, source.key, sourceId)
     if not found.holds(sourceId):
         return None

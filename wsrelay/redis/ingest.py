@@ -264,6 +264,14 @@ class Ingest:
             errbackArgs=(len(messages),),
         )
 
+    #: The websocket source preloads nothing.
+    keep = 0
+
+    def preload(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
+        """
+        Never called: the websocket source has no store of past messages.
+        """
+
     def stateChanged(self, state: str) -> None:
         """
         The websocket source's state, for C{/status}.

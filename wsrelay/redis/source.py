@@ -159,6 +159,9 @@ class RedisSource:
         #: Where to start reading: the last id of the source this one
         #: replaced, or L{None} for the stream's end.
         self._successorOf: str | None = None
+        #: Whether the channel's window is yet to be preloaded from the
+        #: stream: at the first positioning after L{start}.
+        self._preloading = False
         # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
         #: With ingest on: this relay's side of the lease and its writes.
         self._ingest: Ingest | None = None
@@ -192,6 +195,7 @@ class RedisSource:
         if self._running is not None:
             return
         self.lastId, self._successorOf = self._successorOf, None
+        self._preloading = True
         self._reader.start()
         self._running = Deferred.fromCoroutine(self._read())
         self._running.addErrback(_readingFailed, self.channel.name)
@@ -301,10 +305,20 @@ class RedisSource:
         entries are older (its ids went back: another server).
         """
         lastId = self.lastId
+        keep = self.channel.keep if self._preloading else 0
         if lastId is None:
-            found = await locate(connection, self.key, None)
-            self.lastId = found.last or "0-0"
+            if keep:
+                self.lastId = await self._preload(connection, "+", keep) or "0-0"
+            else:
+                found = await locate(connection, self.key, None)
+                self.lastId = found.last or "0-0"
+            self._preloading = False
             return
+        if keep:
+            # Going on after the source this one replaced: the window
+            # holds the stream up to where it goes on.
+            await self._preload(connection, lastId, keep)
+            self._preloading = False
         if lastId == "0-0":
             # The stream was empty at the start: everything in it is new.
             return
@@ -314,6 +328,31 @@ class RedisSource:
         if found.last is not None and parseId(found.last) < parseId(lastId):
             self.lastId = found.last
         self.gap(lastId)
+
+    async def _preload(
+        self, connection: RedisProtocol, end: str, keep: int
+    ) -> str | None:
+        """
+        Hand the channel the last C{keep} entries of the stream up to
+        C{end} (C{+}: its newest), in one round trip, so that every relay
+        reading the stream resumes clients from the same window.
+
+        @return: The id of the newest entry handed, or L{None} when the
+            stream holds none.
+        """
+        reply = await connection.execute("XREVRANGE", self.key, end, "-", "COUNT", keep)
+        assert isinstance(reply, list)
+        messages = []
+        for entry in reversed(reply):
+            message = self.message(entry, False)
+            if message is not None:
+                messages.append(message)
+        self.channel.preload(messages)
+        if not reply:
+            return None
+        newest = reply[0]
+        assert isinstance(newest, list) and isinstance(newest[0], bytes)
+        return newest[0].decode("ascii")
 
     def gap(self, lastId: str) -> None:
         """
