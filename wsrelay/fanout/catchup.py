@@ -32,6 +32,7 @@ __all__ = [
     "CatchUps",
     "ResumeChannel",
     "ResumeMember",
+    "SourceUp",
     "merged",
     "streamOrder",
 ]
@@ -233,6 +234,63 @@ class _CatchUp:
         self.timeout: IDelayedCall | None = None
 
 
+class SourceUp:
+    """
+    Whether a channel's source is up, and the waits for it: until the
+    source is up (has found where it reads from, and preloaded the window
+    when it does), its history cannot tell where the live stream goes on.
+
+    @ivar up: Whether the source is up, or not started.
+    """
+
+    def __init__(self) -> None:
+        self.up = True
+        self._waiting: list[Deferred[None]] = []
+
+    def started(self) -> None:
+        """
+        The channel starts its source: waits wait from now on.
+        """
+        self.up = False
+
+    def arrived(self) -> None:
+        """
+        The source is up: the waits end.
+        """
+        self.up = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+
+    def wait(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once the source is up; cancelling
+            it forgets the wait.
+        """
+        d: Deferred[None] = Deferred(self._unwait)
+        if self.up:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
+
+    def cancel(self) -> None:
+        """
+        The channel ended: cancel every wait.
+        """
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.cancel()
+
+    def _unwait(self, d: Deferred[None]) -> None:
+        """
+        A wait was cancelled: forget it.
+        """
+        if d in self._waiting:
+            self._waiting.remove(d)
+
+
 class CatchUps:
     """
     The members of one window's channel resuming from the source's
@@ -253,28 +311,8 @@ class CatchUps:
         """
         self._clock = clock
         self.active: dict[ResumeMember, _CatchUp] = {}
-        self._positioned = True
-        self._waiting: list[Deferred[None]] = []
-
-    # The source.
-
-    def sourceStarted(self) -> None:
-        """
-        The channel starts its source: until the source is up (has found
-        where it reads from), its history cannot tell where the live
-        stream goes on, and a history lookup waits (L{sourceUp}).
-        """
-        self._positioned = False
-
-    def sourceUp(self) -> None:
-        """
-        The source is up: lookups waiting for it go on.
-        """
-        self._positioned = True
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            if not d.called:
-                d.callback(None)
+        #: Whether the source is up, and the lookups waiting for it.
+        self.source = SourceUp()
 
     def close(self) -> None:
         """
@@ -286,17 +324,7 @@ class CatchUps:
             self._unhold(catchUp)
             catchUp.live = None
             self._stopLookup(catchUp)
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.cancel()
-
-    @property
-    def positioned(self) -> bool:
-        """
-        Whether the source is up (or not started): it has found where it
-        reads from, and preloaded the window when it does.
-        """
-        return self._positioned
+        self.source.cancel()
 
     def rejoinWhenUp(
         self,
@@ -319,7 +347,7 @@ class CatchUps:
         catchUp.timeout = self._clock.callLater(
             LOOKUP_TIMEOUT, self._giveUp, catchUp, "the source did not come up in time"
         )
-        pending = self._sourcePositioned()
+        pending = self.source.wait()
         pending.addCallbacks(
             lambda _: self._rejoin(catchUp), lambda f: f.trap(CancelledError)
         )
@@ -337,24 +365,6 @@ class CatchUps:
         self._stopLookup(catchUp)
         self._unhold(catchUp)
         catchUp.window.join(catchUp.channel, catchUp.member, catchUp.since)
-
-    def _sourcePositioned(self) -> Deferred[None]:
-        """
-        @return: A L{Deferred} that fires once the source is up.
-        """
-        d: Deferred[None] = Deferred(self._unwait)
-        if self._positioned:
-            d.callback(None)
-        else:
-            self._waiting.append(d)
-        return d
-
-    def _unwait(self, d: Deferred[None]) -> None:
-        """
-        A lookup waiting for the source was cancelled: forget its wait.
-        """
-        if d in self._waiting:
-            self._waiting.remove(d)
 
     # Members.
 
@@ -448,7 +458,7 @@ class CatchUps:
         cursor: str | None = catchUp.since
         missed = False
         try:
-            await self._sourcePositioned()
+            await self.source.wait()
             # The source may have been replaced meanwhile (a reload).
             history = catchUp.window.history or history
             while cursor is not None:

@@ -168,35 +168,9 @@ class Channel:
         new one started if the old one ran).  The C{websocket} source reads
         its route's backends and settings as it connects, so it stays.
         """
-        previousRoute, self._route = self._route, route
-        if not sourceChanged(previousRoute.config, route.config):
-            return
-        try:
-            source = self._makeSource(self)
-        except ValueError as e:
-            # The new options do not fit this channel (its key expanded in
-            # them): it goes on with its source and the route it had.
-            self._route = previousRoute
-            self.log.error(
-                "channel {channel}: keeps its source and its route as they"
-                " were: the reloaded source options do not fit it: {error}",
-                channel=self.name,
-                error=" ".join(str(e).split()),
-            )
-            return
-        running, self._running = self._running, False
-        if self.window is not None:
-            self.window.sourceStopped()
-        previous = self.source
-        self._replaced.stop(previous)
-        self.state = IDLE
-        self.source = source
-        successor = ISourceSuccessor(self.source, None)
-        if successor is not None:
-            successor.takeOver(previous)
-        self._lendHistory()
-        if running:
-            self.start()
+        previous, self._route = self._route, route
+        if sourceChanged(previous.config, route.config):
+            _replaceSource(self, previous)
 
     @property
     def name(self) -> str:
@@ -421,3 +395,37 @@ class Channel:
         """
         if self.window is not None:
             self.window.history = ISourceHistory(self.source, None)
+
+
+def _replaceSource(channel: Channel, previous: Route) -> None:
+    """
+    The half of L{Channel.route}'s setter that replaces the channel's
+    source for its reloaded route (kept apart: the reload is not the
+    message path).  When the new source refuses its options for this
+    channel (its key expanded in them), the channel goes on with its
+    source and C{previous}, and says why in one line.
+    """
+    try:
+        source = channel._makeSource(channel)
+    except ValueError as e:
+        channel._route = previous
+        channel.log.error(
+            "channel {channel}: keeps its source and its route as they"
+            " were: the reloaded source options do not fit it: {error}",
+            channel=channel.name,
+            error=" ".join(str(e).split()),
+        )
+        return
+    running, channel._running = channel._running, False
+    if channel.window is not None:
+        channel.window.sourceStopped()
+    old = channel.source
+    channel._replaced.stop(old)
+    channel.state = IDLE
+    channel.source = source
+    successor = ISourceSuccessor(source, None)
+    if successor is not None:
+        successor.takeOver(old)
+    channel._lendHistory()
+    if running:
+        channel.start()

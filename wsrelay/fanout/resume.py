@@ -318,7 +318,7 @@ class ResumeWindow:
         if history is not None and self.field is None and streamOrder(since):
             self._lookups.fetch(self, history, channel, member, since)
             return
-        if history is not None and not self._lookups.positioned:
+        if history is not None and not self._lookups.source.up:
             # The source preloads the window from its store as it comes
             # up: look again then.
             self._lookups.rejoinWhenUp(self, channel, member, since)
@@ -333,13 +333,13 @@ class ResumeWindow:
         where it reads from), its history cannot tell where the live
         stream goes on, and a history lookup waits (L{sourceUp}).
         """
-        self._lookups.sourceStarted()
+        self._lookups.source.started()
 
     def sourceUp(self) -> None:
         """
         The source is up: lookups waiting for it go on.
         """
-        self._lookups.sourceUp()
+        self._lookups.source.arrived()
 
     def sourceStopped(self) -> None:
         """

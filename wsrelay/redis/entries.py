@@ -115,6 +115,26 @@ async def locate(connection: RedisProtocol, key: bytes, entryId: str | None) -> 
     return Found(held, _firstId(replies[0]), _firstId(replies[1]))
 
 
+async def newest(
+    connection: RedisProtocol, key: bytes, end: str, count: int
+) -> tuple[list[tuple[int, bytes, str]], str | None]:
+    """
+    The stream's last C{count} entries up to C{end} (C{+}: its newest), in
+    one round trip; malformed ones left out (the reads count them).
+
+    @return: Their messages, oldest first, and the newest entry's id, or
+        L{None} when the stream holds none.
+    """
+    reply = await connection.execute("XREVRANGE", key, end, "-", "COUNT", count)
+    assert isinstance(reply, list)
+    messages = []
+    for entry in reversed(reply):
+        message = entryMessage(entry)
+        if not isinstance(message, str):
+            messages.append(message)
+    return messages, _firstId(reply)
+
+
 def _firstId(reply: Reply) -> str | None:
     """
     @return: The id of the first entry of an C{XRANGE} reply, or L{None}.

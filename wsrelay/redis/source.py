@@ -53,7 +53,13 @@ from wsrelay.redis.client import (
     redisBackoff,
     redisEndpoint,
 )
-from wsrelay.redis.entries import entriesAfter, entryMessage, locate, parseId
+from wsrelay.redis.entries import (
+    entriesAfter,
+    entryMessage,
+    locate,
+    newest,
+    parseId,
+)
 from wsrelay.redis.ingest import Ingest, ingestFor
 from wsrelay.redis.protocol import (
     ProtocolError,
@@ -160,8 +166,8 @@ class RedisSource:
         #: replaced, or L{None} for the stream's end.
         self._successorOf: str | None = None
         #: Whether the channel's window is yet to be preloaded from the
-        #: stream: at the first positioning after L{start}.
-        self._preloading = False
+        #: stream: at the first positioning after L{start} (L{_Reading}).
+        self.preloading = False
         # -- ingest hook (H-ingest; wsrelay.redis.ingest) --
         #: With ingest on: this relay's side of the lease and its writes.
         self._ingest: Ingest | None = None
@@ -195,7 +201,7 @@ class RedisSource:
         if self._running is not None:
             return
         self.lastId, self._successorOf = self._successorOf, None
-        self._preloading = True
+        self.preloading = True
         self._reader.start()
         self._running = Deferred.fromCoroutine(self._read())
         self._running.addErrback(_readingFailed, self.channel.name)
@@ -266,7 +272,8 @@ class RedisSource:
             channel.stateChanged("connecting")
             connection = await self._reader.connection()
             try:
-                await self._resume(connection)
+                reading = _Reading(self, connection)
+                await reading.resume()
                 channel.stateChanged("up")
                 failures = 0
                 if self.lastError is not None:
@@ -276,7 +283,7 @@ class RedisSource:
                         stream=self.settings.stream,
                     )
                     self.lastError = None
-                await _Reading(self, connection).run()
+                await reading.run()
             except (RedisConnectionLost, ProtocolError):
                 # The connection is gone (a bad reply aborts it): the
                 # client makes a new one, with backoff.
@@ -295,64 +302,6 @@ class RedisSource:
                 self.lastError = error
                 channel.stateChanged("waiting")
                 await deferLater(self.reactor, self._retry(failures), lambda: None)
-
-    async def _resume(self, connection: RedisProtocol) -> None:
-        """
-        On a new connection: find the stream's end at the start, or check
-        that the stream still holds the last id delivered.  If it does
-        not, count a gap; go on with the entries after it that are left
-        (C{XREAD} gives them), or from the stream's end when all its
-        entries are older (its ids went back: another server).
-        """
-        lastId = self.lastId
-        keep = self.channel.keep if self._preloading else 0
-        if lastId is None:
-            if keep:
-                self.lastId = await self._preload(connection, "+", keep) or "0-0"
-            else:
-                found = await locate(connection, self.key, None)
-                self.lastId = found.last or "0-0"
-            self._preloading = False
-            return
-        if keep:
-            # Going on after the source this one replaced: the window
-            # holds the stream up to where it goes on.
-            await self._preload(connection, lastId, keep)
-            self._preloading = False
-        if lastId == "0-0":
-            # The stream was empty at the start: everything in it is new.
-            return
-        found = await locate(connection, self.key, lastId)
-        if found.holds(lastId):
-            return
-        if found.last is not None and parseId(found.last) < parseId(lastId):
-            self.lastId = found.last
-        self.gap(lastId)
-
-    async def _preload(
-        self, connection: RedisProtocol, end: str, keep: int
-    ) -> str | None:
-        """
-        Hand the channel the last C{keep} entries of the stream up to
-        C{end} (C{+}: its newest), in one round trip, so that every relay
-        reading the stream resumes clients from the same window.
-
-        @return: The id of the newest entry handed, or L{None} when the
-            stream holds none.
-        """
-        reply = await connection.execute("XREVRANGE", self.key, end, "-", "COUNT", keep)
-        assert isinstance(reply, list)
-        messages = []
-        for entry in reversed(reply):
-            message = self.message(entry, False)
-            if message is not None:
-                messages.append(message)
-        self.channel.preload(messages)
-        if not reply:
-            return None
-        newest = reply[0]
-        assert isinstance(newest, list) and isinstance(newest[0], bytes)
-        return newest[0].decode("ascii")
 
     def gap(self, lastId: str) -> None:
         """
@@ -450,6 +399,45 @@ class _Reading:
         self._connection = connection
         self._added: int | None = None
         self._readSince = 0
+
+    async def resume(self) -> None:
+        """
+        On a new connection: find the stream's end at the start, or check
+        that the stream still holds the last id delivered.  If it does
+        not, count a gap; go on with the entries after it that are left
+        (C{XREAD} gives them), or from the stream's end when all its
+        entries are older (its ids went back: another server).  At the
+        first positioning after the source started, hand the channel the
+        stream's newest entries up to where the reads go on
+        (L{ISourceChannel.preload}), so that every relay reading the
+        stream resumes clients from the same window.
+        """
+        source = self._source
+        connection = self._connection
+        lastId = source.lastId
+        keep = source.channel.keep if source.preloading else 0
+        if keep:
+            messages, newestId = await newest(
+                connection, source.key, lastId or "+", keep
+            )
+            source.channel.preload(messages)
+            source.preloading = False
+            if lastId is None:
+                source.lastId = newestId or "0-0"
+                return
+        if lastId is None:
+            found = await locate(connection, source.key, None)
+            source.lastId = found.last or "0-0"
+            return
+        if lastId == "0-0":
+            # The stream was empty at the start: everything in it is new.
+            return
+        found = await locate(connection, source.key, lastId)
+        if found.holds(lastId):
+            return
+        if found.last is not None and parseId(found.last) < parseId(lastId):
+            source.lastId = found.last
+        source.gap(lastId)
 
     async def run(self) -> None:
         """
