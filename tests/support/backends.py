@@ -5,6 +5,7 @@ and obeys commands sent as text (L{script}), stopped with the test.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,7 @@ class Backend:
         C{gate} holds it).
     @ivar compression: C{websockets}' C{compression}: L{None} declines
         permessage-deflate, C{"deflate"} accepts it.
+    @ivar url: Its C{ws://} URL; an IPv6 C{host} (C{::1}) in brackets.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Backend:
         refuse: tuple[int, list[tuple[str, str]], bytes] | None = None,
         gate: threading.Event | None = None,
         compression: str | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.closes: list[tuple[int | None, str | None]] = []
         self.connections = 0
@@ -125,15 +128,16 @@ class Backend:
 
         self.server = serve(
             handle,
-            "127.0.0.1",
+            host,
             0,
             subprotocols=subprotocols,  # type: ignore[arg-type]
             process_request=processRequest,
             compression=compression,
             max_size=None,
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
         )
         self.port = self.server.socket.getsockname()[1]
-        self.url = f"ws://127.0.0.1:{self.port}/"
+        self.url = f"ws://{f'[{host}]' if ':' in host else host}:{self.port}/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
