@@ -51,6 +51,16 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = "WebSocket reverse proxy and fan-out relay."
+    optFlags = [
+        [
+            "check",
+            None,
+            "Read and check the configuration as a start would (plugins,"
+            " options, certificate and key files, endpoints), print"
+            " 'configuration OK' or the error, and exit 0 or 1, listening on"
+            " nothing.",
+        ],
+    ]
     optParameters = [
         ["config", "c", "conf/relay.ini", "The configuration file (INI)."],
         [
@@ -90,6 +100,10 @@ class Options(usage.Options):
             self["relay"] = RelayService(config, worker=worker, descriptors=descriptors)
         except ConfigError as e:
             raise StartRefused(str(e)) from None
+        if self["check"]:
+            # As nginx -t and haproxy -c: nothing was opened or started.
+            print("configuration OK")
+            raise SystemExit(0)
 
 
 #: The cyclic garbage collector's thresholds for a relay process
