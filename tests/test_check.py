@@ -132,7 +132,8 @@ class CheckTests(SynchronousTestCase):
         self.assertRefused(done, "[route:a] ca_file")
         certs = makeCertificates(self.directory, ["127.0.0.1"])
         done = self.check(
-            f"[relay]\nlisten = ssl:0:privateKey={certs['key']}:certKey={certs['cert']}\n"
+            f"[relay]\nlisten = ssl:0:privateKey={certs['key']}"
+            f":certKey={certs['cert']}\n"
             "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
         )
         self.assertEqual((done.returncode, done.stdout), (0, "configuration OK\n"))
