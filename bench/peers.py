@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import resource
+import struct
 import sys
 import time
 import zlib
@@ -228,6 +230,20 @@ def message(tag: int, seq: int, size: int) -> bytes:
     return head + b"x" * (size - HEADER)
 
 
+def textFrame(payload: bytes) -> bytes:
+    """
+    A server's unmasked, final text frame carrying C{payload}.
+    """
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    return head + payload
+
+
 async def broadcast(
     peers: dict[WSTransport, None],
     duration: float,
@@ -235,30 +251,76 @@ async def broadcast(
     size: int,
     tag: int,
     limit: int,
+    tick: float = 0,
 ) -> dict[str, Any]:
     """
     Send messages at C{rate} per second for C{duration} seconds to every
-    open connection.
+    open connection, in one of two shapes.
 
-    Each message is stamped once, then written to each connection in turn,
-    so the time a source spends serving many connections shows in the
-    latency of the last ones.  When behind schedule it sends at once,
-    without skipping, and stops when the duration is over: a source that
-    its own connections slow down sends fewer messages.  A connection with
-    more than C{limit} bytes waiting to be sent skips the message (as
-    wsrelay's C{slow_client = drop}), so that a stalled peer cannot grow
-    the source's memory without bound.
+    With C{tick} 0, each message on its own: stamped once when it is due,
+    then written to each connection in turn (one write per connection per
+    message), so the time a source spends serving many connections shows
+    in the latency of the last ones.  When behind schedule it sends at
+    once, without skipping, and stops when the duration is over: a source
+    that its own connections slow down sends fewer messages.
+
+    With C{tick} above 0 (seconds), the source wakes every C{tick} and
+    writes every message due since its last write, each stamped then, as
+    one buffer to each connection: one write per connection per tick,
+    however many messages it holds.  A source that falls behind finds more
+    messages due at its next wake-up and writes them together, so it sends
+    every scheduled message, in fewer and larger writes.
+
+    Either way a connection with more than C{limit} bytes waiting to be
+    sent skips the message (as wsrelay's C{slow_client = drop}), so that a
+    stalled peer cannot grow the source's memory without bound.
 
     @return: The round's figures: messages sent and scheduled, connections,
-        messages skipped for slow connections, start and end (monotonic
-        seconds) and the source's own CPU seconds.
+        messages skipped for slow connections, writes to one connection
+        (messages or ticks), start and end (monotonic seconds) and the
+        source's own CPU seconds.
     """
     cpu = selfCPU()
     start = time.monotonic()
+    connections = len(peers)
+    if tick > 0:
+        sent, skipped, writes = await _broadcastTicks(
+            peers, start, duration, rate, size, tag, limit, tick
+        )
+    else:
+        sent, skipped = await _broadcastMessages(
+            peers, start, duration, rate, size, tag, limit
+        )
+        writes = sent
+    return {
+        "sent": sent,
+        "scheduled": int(duration * rate),
+        "connections": connections,
+        "skipped": skipped,
+        "writes": writes,
+        "start": start,
+        "end": time.monotonic(),
+        "cpu": selfCPU() - cpu,
+    }
+
+
+async def _broadcastMessages(
+    peers: dict[WSTransport, None],
+    start: float,
+    duration: float,
+    rate: float,
+    size: int,
+    tag: int,
+    limit: int,
+) -> tuple[int, int]:
+    """
+    L{broadcast} one message at a time.
+
+    @return: Messages sent, and messages skipped for slow connections.
+    """
     stop = start + duration
     send = WSTransport.send
     text = WSMsgType.TEXT
-    connections = len(peers)
     skipped = 0
     seq = 0
     while True:
@@ -275,15 +337,51 @@ async def broadcast(
             else:
                 send(transport, text, payload)
         seq += 1
-    return {
-        "sent": seq,
-        "scheduled": int(duration * rate),
-        "connections": connections,
-        "skipped": skipped,
-        "start": start,
-        "end": time.monotonic(),
-        "cpu": selfCPU() - cpu,
-    }
+    return seq, skipped
+
+
+async def _broadcastTicks(
+    peers: dict[WSTransport, None],
+    start: float,
+    duration: float,
+    rate: float,
+    size: int,
+    tag: int,
+    limit: int,
+    tick: float,
+) -> tuple[int, int, int]:
+    """
+    L{broadcast} every C{tick} seconds, each tick's messages in one write
+    per connection, until every scheduled message is sent.
+
+    @return: Messages sent, messages skipped for slow connections, and
+        ticks that wrote.
+    """
+    total = int(duration * rate)
+    skipped = 0
+    seq = 0
+    ticks = 0
+    wakeups = -1
+    while seq < total:
+        now = time.monotonic()
+        # The next tick, or at once (still letting the loop flush) when
+        # writing the last one took longer than a tick.
+        wakeups = max(wakeups + 1, int((now - start) / tick))
+        await asyncio.sleep(max(start + wakeups * tick - now, 0))
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        if due <= seq:
+            continue
+        data = b"".join(textFrame(message(tag, n, size)) for n in range(seq, due))
+        count = due - seq
+        for transport in list(peers):
+            underlying = transport.underlying_transport
+            if underlying.get_write_buffer_size() > limit:
+                skipped += count
+            else:
+                underlying.write(data)
+        seq = due
+        ticks += 1
+    return seq, skipped, ticks
 
 
 async def sourceServer(options: argparse.Namespace) -> None:
@@ -291,8 +389,9 @@ async def sourceServer(options: argparse.Namespace) -> None:
     The broadcast source: every message goes to each of its connections.
 
     Commands: C{{"cmd": "count"}} answers the number of connections;
-    C{{"cmd": "send", "duration", "rate", "size", "tag", "limit"}} sends a
-    round and answers its figures (see L{broadcast}).
+    C{{"cmd": "send", "duration", "rate", "size", "tag", "limit", "tick"}}
+    sends a round and answers its figures (see L{broadcast}; C{tick} is
+    optional, 0 by default).
     """
     peers: dict[WSTransport, None] = {}
     emit({"port": await serve(lambda: SourceListener(peers))})
@@ -308,6 +407,7 @@ async def sourceServer(options: argparse.Namespace) -> None:
                     command["size"],
                     command["tag"],
                     command["limit"],
+                    command.get("tick", 0),
                 )
             )
 
@@ -543,6 +643,8 @@ class FeedStats:
         at the sampled clients.
     @ivar last: Monotonic nanoseconds of the current round's latest
         delivery.
+    @ivar header: The frame header of a fan-out message of the current
+        size, as a server sends it (see L{textFrame}).
     """
 
     def __init__(self) -> None:
@@ -550,26 +652,32 @@ class FeedStats:
         self.frames = 0
         self.latencies = array("q")
         self.last = 0
+        self.header = frameHeader(100)
+
+
+def frameHeader(size: int) -> bytes:
+    """
+    The header of a server's text frame of C{size} bytes.
+    """
+    return textFrame(b"x" * size)[:-size]
 
 
 class FeedClient(WSListener):
     """
-    A fan-out subscriber: counts the current round's messages; a sampled
-    one also records their latency.
+    A sampled fan-out subscriber: counts the current round's messages and
+    records their latency, a frame at a time.
     """
 
-    def __init__(self, stats: FeedStats, sampled: bool) -> None:
+    def __init__(self, stats: FeedStats) -> None:
         """
         @param stats: The shared round figures.
-        @param sampled: Whether to record latencies.
         """
         self.stats = stats
-        self.sampled = sampled
         self.received = 0
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         """
-        Count a message of the current round.
+        Count a message of the current round and record its latency.
         """
         if frame.msg_type is not WSMsgType.TEXT:
             if frame.msg_type is WSMsgType.CLOSE:
@@ -583,8 +691,112 @@ class FeedClient(WSListener):
         now = time.monotonic_ns()
         self.received += 1
         stats.last = now
-        if self.sampled:
-            stats.latencies.append(now - int(payload[12:HEADER]))
+        stats.latencies.append(now - int(payload[12:HEADER]))
+
+
+class HandOver(WSListener):
+    """
+    A subscriber that is not sampled, until its handshake is done and a
+    L{CountingClient} takes its connection over.
+    """
+
+    def __init__(self, opened: list[WSTransport]) -> None:
+        """
+        @param opened: Where to put the transport once open.
+        """
+        self.opened = opened
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        """
+        Give the open transport away.
+        """
+        self.opened.append(transport)
+
+
+class CountingClient(asyncio.BufferedProtocol):
+    """
+    A fan-out subscriber that is not sampled: once its opening handshake
+    is done it takes over the connection from picows and counts messages
+    in the bytes it reads, without parsing frames, so that a million
+    deliveries a second do not cost the load side a million Python calls.
+
+    A message is a frame header (L{FeedStats.header}) and a payload of
+    ASCII text whose first byte is its round's tag; the header's first
+    byte, C{0x81}, is never ASCII, so each occurrence of the header starts
+    a message, and of the header followed by the tag a message of the
+    current round.  What the server sends besides is its closing frame at
+    the end.  The bytes are read into one buffer that every such client
+    shares (a read is counted as soon as it is made), and the last bytes
+    of each read are kept to count a header that straddles two reads.
+
+    @ivar received: The current round's messages received.
+    @ivar closed: Fires when the connection is lost.
+    """
+
+    KEEP = 8
+    """
+    The bytes kept from the end of a read: more than a header and tag.
+    """
+
+    def __init__(self, stats: FeedStats, buffer: bytearray, transport: WSTransport):
+        """
+        @param stats: The shared round figures.
+        @param buffer: The buffer every counting client reads into.
+        @param transport: The picows transport whose connection this client
+            takes over; it still writes the closing handshake.
+        """
+        self.stats = stats
+        self.buffer = buffer
+        self.transport = transport
+        self.received = 0
+        self.tail = b""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        transport.underlying_transport.set_protocol(self)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        """
+        Read into the shared buffer.
+        """
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """
+        Count the headers, and the headers with the round's tag, in a read
+        and across its start.
+        """
+        stats = self.stats
+        header = stats.header
+        buffer = self.buffer
+        ours = header + bytes((stats.tag,))
+        start = bytes(buffer[: min(nbytes, self.KEEP)])
+        k = len(header) - 1
+        stats.frames += buffer.count(header, 0, nbytes)
+        stats.frames += (self.tail[-k:] + start[:k]).count(header)
+        if stats.tag:
+            self.received += buffer.count(ours, 0, nbytes)
+            self.received += (self.tail[-k - 1 :] + start[: k + 1]).count(ours)
+            stats.last = time.monotonic_ns()
+        if nbytes >= self.KEEP:
+            self.tail = bytes(buffer[nbytes - self.KEEP : nbytes])
+        else:
+            self.tail = (self.tail + start)[-self.KEEP :]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """
+        Fire L{closed}.
+        """
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def close(self, timeout: float = 3) -> None:
+        """
+        Close with a closing handshake, and drop the connection if the
+        server does not close it in time.
+        """
+        self.transport.send_close(WSCloseCode.GOING_AWAY)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        self.transport.underlying_transport.close()
 
 
 async def feedClients(options: argparse.Namespace) -> None:
@@ -592,17 +804,28 @@ async def feedClients(options: argparse.Namespace) -> None:
     Hold C{clients} fan-out subscribers and report on each round.  With
     several comma-separated URLs in C{--url} (the relays of a cluster), the
     clients are spread over them in turn, each URL's handshakes C{--concurrency}
-    at a time.
+    at a time.  C{--sampled} of them, evenly spread, are picows listeners
+    that record latencies; the others become L{CountingClient}s once
+    connected.
 
-    Commands: C{{"cmd": "arm", "tag"}} starts a round; C{{"cmd": "collect",
-    "expect", "deadline"}} waits until every client has C{expect} messages
-    or the monotonic C{deadline} (seconds) passes, then answers the round's
+    Commands: C{{"cmd": "arm", "tag", "size"}} starts a round of messages of
+    C{size} bytes (100 if not given); C{{"cmd": "collect", "expect",
+    "deadline"}} waits until every client has C{expect} messages or the
+    monotonic C{deadline} (seconds) passes, then answers the round's
     figures.
     """
     stats = FeedStats()
     every = max(1, options.clients // options.sampled)
-    clients = [FeedClient(stats, i % every == 0) for i in range(options.clients)]
-    factories = [(lambda c=c: c) for c in clients]
+    sampled = [FeedClient(stats) for _ in range(0, options.clients, every)]
+    unsampled: list[WSTransport] = []
+    factories: list[Callable[[], WSListener]] = [
+        (
+            (lambda c=sampled[i // every]: c)
+            if i % every == 0
+            else (lambda: HandOver(unsampled))
+        )
+        for i in range(options.clients)
+    ]
     start = time.monotonic()
     urls = options.url.split(",")
     connected = await asyncio.gather(
@@ -614,6 +837,11 @@ async def feedClients(options: argparse.Namespace) -> None:
     transports = [t for opened, _, _ in connected for t in opened]
     errors = [e for _, failed, _ in connected for e in failed]
     last = max(at for _, _, at in connected)
+    buffer = bytearray(1 << 18)
+    counting = [CountingClient(stats, buffer, t) for t in unsampled]
+    handedOver = set(unsampled)
+    listening = [t for t in transports if t not in handedOver]
+    clients: list[FeedClient | CountingClient] = [*sampled, *counting]
     emit(
         {
             "ready": len(transports),
@@ -627,6 +855,7 @@ async def feedClients(options: argparse.Namespace) -> None:
     async for command in commands():
         if command["cmd"] == "arm":
             stats.tag = command["tag"]
+            stats.header = frameHeader(command.get("size", 100))
             stats.frames = 0
             stats.latencies = array("q")
             stats.last = 0
@@ -657,7 +886,7 @@ async def feedClients(options: argparse.Namespace) -> None:
                 }
             )
             stats.tag = 0
-    await closeAll(transports)
+    await asyncio.gather(closeAll(listening), *(client.close() for client in counting))
 
 
 def _seconds(nanoseconds: float | None) -> float | None:

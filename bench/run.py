@@ -174,9 +174,15 @@ def header(preset: str, pinned: bool, stormConnections: int) -> list[str]:
         "(permessage-deflate both ends), closed loop, "
         f"{p.rounds} rounds of {p.duration:g} s after {p.warmup:g} s warm-up",
         f"fan-out: {p.fanoutSize} B text, light {p.lightClients} clients x "
-        f"{p.lightRate:g}/s, heavy {p.heavyClients} x {p.heavyRate:g}/s; "
-        f"{p.fanoutRounds} rounds of {p.fanoutDuration:g} s, lost = not arrived "
-        f"{p.drain:g} s after the source's last send",
+        f"{p.lightRate:g}/s, heavy {p.heavyClients} x {p.heavyRate:g}/s "
+        + (
+            f"(the source writing each {p.heavyTick * 1000:g} ms tick's "
+            "messages at once)"
+            if p.heavyTick
+            else "(the source writing each message on its own)"
+        )
+        + f"; {p.fanoutRounds} rounds of {p.fanoutDuration:g} s, lost = not "
+        f"arrived {p.drain:g} s after the source's last send",
         f"storm: {stormConnections} connections, {p.stormConcurrency} handshakes "
         f"in flight, {p.stormRuns} runs",
         "figures are medians over rounds or runs (of two runs, their mean); "

@@ -53,6 +53,13 @@ FANOUT_PATH = "/feed"
 The path of the fan-out route, and of the source's feed.
 """
 
+BACKLOG = 4096
+"""
+Every proxy's listen backlog, as issue 16 measured them.  Linux caps a
+backlog at C{net.core.somaxconn} (4096 by default since Linux 5.4), so a
+larger one would not be larger.
+"""
+
 
 class TargetUnavailable(Exception):
     """
@@ -124,7 +131,7 @@ http {{
         server 127.0.0.1:{backendPort};
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=8192;
+        listen 127.0.0.1:{port} backlog={BACKLOG};
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -160,7 +167,7 @@ defaults
     timeout tunnel 1h
 
 frontend websocket
-    bind 127.0.0.1:{port} backlog 8192
+    bind 127.0.0.1:{port} backlog {BACKLOG}
     default_backend backends
 
 backend backends
@@ -187,7 +194,7 @@ def wsrelayConfig(
     """
     relay = f"""\
 [relay]
-listen = tcp:{port}:interface=127.0.0.1:backlog=8192
+listen = tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}
 max_message_size = {maxMessageSize}
 ping_interval = 0
 access_log = off
