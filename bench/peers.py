@@ -773,9 +773,11 @@ class CountingClient(asyncio.BufferedProtocol):
         stats.frames += buffer.count(header, 0, nbytes)
         stats.frames += (self.tail[-k:] + start[:k]).count(header)
         if stats.tag:
-            self.received += buffer.count(ours, 0, nbytes)
-            self.received += (self.tail[-k - 1 :] + start[: k + 1]).count(ours)
-            stats.last = time.monotonic_ns()
+            count = buffer.count(ours, 0, nbytes)
+            count += (self.tail[-k - 1 :] + start[: k + 1]).count(ours)
+            if count:
+                self.received += count
+                stats.last = time.monotonic_ns()
         if nbytes >= self.KEEP:
             self.tail = bytes(buffer[nbytes - self.KEEP : nbytes])
         else:

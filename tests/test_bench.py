@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +348,30 @@ class PeerTests(SynchronousTestCase):
         stats.frames = 0
         self.assertEqual(asyncio.run(count(list(range(1, len(data))))), 5)
         self.assertEqual(stats.frames, 7)
+
+    def test_lastDelivery(self) -> None:
+        """
+        A counting subscriber notes the time of a read that holds a message
+        of the current round, and not of one that holds only late ones.
+        """
+        from bench.peers import CountingClient, FeedStats, message, textFrame
+
+        stats = FeedStats()
+        stats.tag = ord("B")
+
+        async def read(tag: bytes) -> None:
+            transport: Any = FakeWSTransport()
+            client = CountingClient(stats, bytearray(1024), transport)
+            frame = textFrame(message(tag[0], 0, 100))
+            client.get_buffer(-1)[: len(frame)] = frame
+            client.buffer_updated(len(frame))
+
+        asyncio.run(read(b"A"))
+        self.assertEqual((stats.frames, stats.last), (1, 0))
+        before = time.monotonic_ns()
+        asyncio.run(read(b"B"))
+        self.assertEqual(stats.frames, 2)
+        self.assertGreaterEqual(stats.last, before)
 
 
 class SmokeTests(SynchronousTestCase):
