@@ -1,7 +1,9 @@
 """
 The benchmark's own WebSocket peers, written with picows so that they are
 not what limits a run: an echo backend, a broadcast source, and the client
-load generators (closed-loop echo, fan-out subscribers, connection storm).
+load generators (closed-loop echo, fan-out subscribers); the connection
+storm's client and backend (roles C{storm} and C{hold-server}) are the
+plainer ones of L{bench.rawws}.
 
 Each runs in its own process, started by L{bench.run} as::
 
@@ -898,40 +900,22 @@ def _seconds(nanoseconds: float | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / 1e9
 
 
-class IdleClient(WSListener):
+async def holdServer(options: argparse.Namespace) -> None:
     """
-    A connection that is only held open.
+    The storm's backend (L{bench.rawws.holdServer}).
     """
+    from bench import rawws
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        """
-        Answer a close; ignore anything else.
-        """
-        if frame.msg_type is WSMsgType.CLOSE:
-            closeFrame(transport, frame)
+    await rawws.holdServer(options)
 
 
 async def storm(options: argparse.Namespace) -> None:
     """
-    Open C{connections} connections as fast as C{concurrency} handshakes in
-    flight allow, report, and hold them until standard input closes.
+    The storm's client (L{bench.rawws.storm}).
     """
-    start = time.monotonic()
-    cpu = selfCPU()
-    transports, errors, last = await connectAll(
-        options.url, [IdleClient] * options.connections, options.concurrency
-    )
-    emit(
-        {
-            "opened": len(transports),
-            "failed": len(errors),
-            "errors": sorted(set(errors))[:3],
-            "seconds": last - start,
-            "loadCPU": selfCPU() - cpu,
-        }
-    )
-    await waitForEOF()
-    await closeAll(transports)
+    from bench import rawws
+
+    await rawws.storm(options)
 
 
 ROLES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
@@ -940,6 +924,7 @@ ROLES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "echo-load": echoLoad,
     "feed-clients": feedClients,
     "storm": storm,
+    "hold-server": holdServer,
 }
 
 

@@ -569,7 +569,7 @@ class Bench:
         n = self.stormConnections
         runs = []
         for _ in range(p.stormRuns):
-            backend = self.peer("echo-server")
+            backend = self.peer("hold-server")
             try:
                 port = backend.read(30)["port"]
                 running = self.start("storm", target, port, False, n + 64)

@@ -100,8 +100,10 @@ def nginxConfig(work: Path, port: int, backendPort: int, connections: int) -> st
     temporary files under C{work}; the upgrade headers are passed on as
     nginx's documentation shows.
 
-    @param connections: Client connections it must hold at once (each also
-        takes an upstream connection).
+    @param connections: Client connections it must hold at once.  Each also
+        takes an upstream connection, and nginx drains its idle connections
+        (those still waiting for their request) when fewer than a sixteenth
+        of C{worker_connections} are free, so it gets three per client.
     """
     user = ""
     if os.geteuid() == 0:
@@ -112,9 +114,9 @@ def nginxConfig(work: Path, port: int, backendPort: int, connections: int) -> st
 daemon off;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
-worker_rlimit_nofile {2 * connections + 256};
+worker_rlimit_nofile {3 * connections + 256};
 events {{
-    worker_connections {2 * connections + 128};
+    worker_connections {3 * connections + 128};
 }}
 http {{
     access_log off;

@@ -279,6 +279,17 @@ class PeerTests(SynchronousTestCase):
     def setUp(self) -> None:
         needPicows()
 
+    def test_accept(self) -> None:
+        """
+        The storm's backend answers a key with the accept value of RFC
+        6455's example.
+        """
+        from bench.rawws import accept
+
+        self.assertEqual(
+            accept(b"dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        )
+
     def test_textFrame(self) -> None:
         """
         A server's text frame has the 7-bit, 16-bit or 64-bit length its
@@ -446,12 +457,19 @@ class SmokeTests(SynchronousTestCase):
         [light] = cells["fanout-light"]["rounds"]
         self.assertEqual(light["source.writes"], light["source.sent"])
 
-    def test_wsrelayFanoutHeavy(self) -> None:
+    def test_wsrelay(self) -> None:
         """
         Through the C{wsrelay} target, C{fanout-heavy}'s subscribers count
-        every message of the relay's frames.
+        every message of the relay's frames, and the storm's plain client
+        and backend open every connection (the relay's upstream leg checks
+        the backend's accept value).
         """
-        self.assertTicks(self.smoke("wsrelay", "fanout-heavy")["fanout-heavy"])
+        cells = self.smoke("wsrelay", "fanout-heavy,storm")
+        self.assertTicks(cells["fanout-heavy"])
+        storm = cells["storm"]
+        self.assertIsNone(storm["note"])
+        self.assertEqual([r["opened"] for r in storm["rounds"]], [20])
+        self.assertGreater(storm["cpuPerOp"], 0)
 
 
 class TLS13ReproTests(SynchronousTestCase):
