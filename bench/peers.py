@@ -647,14 +647,26 @@ class FeedStats:
         delivery.
     @ivar header: The frame header of a fan-out message of the current
         size, as a server sends it (see L{textFrame}).
+    @ivar ours: The header followed by the round's tag: the start of a
+        message of the current round.
+    @ivar size: The size of the messages.
     """
 
     def __init__(self) -> None:
-        self.tag = 0
         self.frames = 0
         self.latencies = array("q")
         self.last = 0
-        self.header = frameHeader(100)
+        self.arm(0, 100)
+
+    def arm(self, tag: int, size: int) -> None:
+        """
+        Start counting a round's messages of C{size} bytes, C{tag} 0 for
+        none.
+        """
+        self.tag = tag
+        self.size = size
+        self.header = frameHeader(size)
+        self.ours = self.header + bytes((tag,))
 
 
 def frameHeader(size: int) -> bytes:
@@ -729,15 +741,11 @@ class CountingClient(asyncio.BufferedProtocol):
     current round.  What the server sends besides is its closing frame at
     the end.  The bytes are read into one buffer that every such client
     shares (a read is counted as soon as it is made), and the last bytes
-    of each read are kept to count a header that straddles two reads.
+    of a read are kept when a header may start in them (they hold C{0x81}),
+    to count a header that straddles two reads.
 
     @ivar received: The current round's messages received.
     @ivar closed: Fires when the connection is lost.
-    """
-
-    KEEP = 8
-    """
-    The bytes kept from the end of a read: more than a header and tag.
     """
 
     def __init__(self, stats: FeedStats, buffer: bytearray, transport: WSTransport):
@@ -767,23 +775,28 @@ class CountingClient(asyncio.BufferedProtocol):
         and across its start.
         """
         stats = self.stats
-        header = stats.header
         buffer = self.buffer
-        ours = header + bytes((stats.tag,))
-        start = bytes(buffer[: min(nbytes, self.KEEP)])
-        k = len(header) - 1
+        header = stats.header
+        count = buffer.count(stats.ours, 0, nbytes)
         stats.frames += buffer.count(header, 0, nbytes)
-        stats.frames += (self.tail[-k:] + start[:k]).count(header)
-        if stats.tag:
-            count = buffer.count(ours, 0, nbytes)
-            count += (self.tail[-k - 1 :] + start[: k + 1]).count(ours)
-            if count:
-                self.received += count
-                stats.last = time.monotonic_ns()
-        if nbytes >= self.KEEP:
-            self.tail = bytes(buffer[nbytes - self.KEEP : nbytes])
+        k = len(header)
+        tail = self.tail
+        if tail:
+            start = bytes(buffer[: min(nbytes, k)])
+            stats.frames += (tail[1 - k :] + start[: k - 1]).count(header)
+            count += (tail + start).count(stats.ours)
+        if count:
+            self.received += count
+            stats.last = time.monotonic_ns()
+        # Keep the end of the read only if a header may start in it.
+        if nbytes >= k:
+            if buffer.find(0x81, nbytes - k, nbytes) < 0:
+                self.tail = b""
+            else:
+                self.tail = bytes(buffer[nbytes - k : nbytes])
         else:
-            self.tail = (self.tail + start)[-self.KEEP :]
+            tail = (tail + bytes(buffer[:nbytes]))[-k:]
+            self.tail = tail if 0x81 in tail else b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         """
@@ -858,8 +871,7 @@ async def feedClients(options: argparse.Namespace) -> None:
     cpu = selfCPU()
     async for command in commands():
         if command["cmd"] == "arm":
-            stats.tag = command["tag"]
-            stats.header = frameHeader(command.get("size", 100))
+            stats.arm(command["tag"], command.get("size", 100))
             stats.frames = 0
             stats.latencies = array("q")
             stats.last = 0
@@ -889,7 +901,7 @@ async def feedClients(options: argparse.Namespace) -> None:
                     "loadCPU": selfCPU() - cpu,
                 }
             )
-            stats.tag = 0
+            stats.arm(0, stats.size)
     await asyncio.gather(closeAll(listening), *(client.close() for client in counting))
 
 

@@ -329,36 +329,39 @@ class PeerTests(SynchronousTestCase):
         """
         A counting subscriber counts every message, and those of the
         current round apart, however the reads cut the bytes, a header
-        across two reads included; a read is counted with the buffer
+        across two reads included, with a 2-byte header (100-byte
+        messages) and a 4-byte one (385 bytes, whose length holds the
+        header's first byte, C{0x81}); a read is counted with the buffer
         it was read into.
         """
         from bench.peers import CountingClient, FeedStats, message, textFrame
 
-        stats = FeedStats()
-        stats.tag = ord("B")
-        data = b"".join(
-            textFrame(message(tag, n, 100)) for n, tag in enumerate(b"ABBABBB")
-        )
+        for size in (100, 385):
+            stats = FeedStats()
+            stats.arm(ord("B"), size)
+            data = b"".join(
+                textFrame(message(tag, n, size)) for n, tag in enumerate(b"ABBABBB")
+            )
 
-        async def count(cuts: list[int]) -> int:
-            transport: Any = FakeWSTransport()
-            buffer = bytearray(1024)
-            client = CountingClient(stats, buffer, transport)
-            self.assertIs(transport.underlying_transport.protocol, client)
-            for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
-                chunk = data[start:end]
-                target = client.get_buffer(-1)
-                target[: len(chunk)] = chunk
-                client.buffer_updated(len(chunk))
-            return client.received
+            async def count(
+                cuts: list[int], data: bytes = data, stats: FeedStats = stats
+            ) -> int:
+                transport: Any = FakeWSTransport()
+                client = CountingClient(stats, bytearray(4096), transport)
+                self.assertIs(transport.underlying_transport.protocol, client)
+                for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+                    chunk = data[start:end]
+                    client.get_buffer(-1)[: len(chunk)] = chunk
+                    client.buffer_updated(len(chunk))
+                return client.received
 
-        for cut in range(1, len(data)):
+            for cut in range(1, len(data)):
+                stats.frames = 0
+                self.assertEqual(asyncio.run(count([cut])), 5, (size, cut))
+                self.assertEqual(stats.frames, 7, (size, cut))
             stats.frames = 0
-            self.assertEqual(asyncio.run(count([cut])), 5, cut)
-            self.assertEqual(stats.frames, 7, cut)
-        stats.frames = 0
-        self.assertEqual(asyncio.run(count(list(range(1, len(data))))), 5)
-        self.assertEqual(stats.frames, 7)
+            self.assertEqual(asyncio.run(count(list(range(1, len(data))))), 5)
+            self.assertEqual(stats.frames, 7)
 
     def test_lastDelivery(self) -> None:
         """
@@ -368,7 +371,7 @@ class PeerTests(SynchronousTestCase):
         from bench.peers import CountingClient, FeedStats, message, textFrame
 
         stats = FeedStats()
-        stats.tag = ord("B")
+        stats.arm(ord("B"), 100)
 
         async def read(tag: bytes) -> None:
             transport: Any = FakeWSTransport()
