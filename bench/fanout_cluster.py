@@ -351,7 +351,7 @@ def measure(
             )
         for r in range(options.rounds):
             tag = ord("A") + r
-            feed.request({"cmd": "arm", "tag": tag}, 30)
+            feed.request({"cmd": "arm", "tag": tag, "size": options.size}, 30)
             result.sourceConnections.append(
                 source.request({"cmd": "count"}, 10)["connections"]
             )

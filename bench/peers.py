@@ -1,7 +1,9 @@
 """
 The benchmark's own WebSocket peers, written with picows so that they are
 not what limits a run: an echo backend, a broadcast source, and the client
-load generators (closed-loop echo, fan-out subscribers, connection storm).
+load generators (closed-loop echo, fan-out subscribers); the connection
+storm's client and backend (roles C{storm} and C{hold-server}) are the
+plainer ones of L{bench.rawws}.
 
 Each runs in its own process, started by L{bench.run} as::
 
@@ -28,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import resource
+import struct
 import sys
 import time
 import zlib
@@ -228,6 +232,20 @@ def message(tag: int, seq: int, size: int) -> bytes:
     return head + b"x" * (size - HEADER)
 
 
+def textFrame(payload: bytes) -> bytes:
+    """
+    A server's unmasked, final text frame carrying C{payload}.
+    """
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    return head + payload
+
+
 async def broadcast(
     peers: dict[WSTransport, None],
     duration: float,
@@ -235,30 +253,76 @@ async def broadcast(
     size: int,
     tag: int,
     limit: int,
+    tick: float = 0,
 ) -> dict[str, Any]:
     """
     Send messages at C{rate} per second for C{duration} seconds to every
-    open connection.
+    open connection, in one of two shapes.
 
-    Each message is stamped once, then written to each connection in turn,
-    so the time a source spends serving many connections shows in the
-    latency of the last ones.  When behind schedule it sends at once,
-    without skipping, and stops when the duration is over: a source that
-    its own connections slow down sends fewer messages.  A connection with
-    more than C{limit} bytes waiting to be sent skips the message (as
-    wsrelay's C{slow_client = drop}), so that a stalled peer cannot grow
-    the source's memory without bound.
+    With C{tick} 0, each message on its own: stamped once when it is due,
+    then written to each connection in turn (one write per connection per
+    message), so the time a source spends serving many connections shows
+    in the latency of the last ones.  When behind schedule it sends at
+    once, without skipping, and stops when the duration is over: a source
+    that its own connections slow down sends fewer messages.
+
+    With C{tick} above 0 (seconds), the source wakes every C{tick} and
+    writes every message due since its last write, each stamped then, as
+    one buffer to each connection: one write per connection per tick,
+    however many messages it holds.  A source that falls behind finds more
+    messages due at its next wake-up and writes them together, so it sends
+    every scheduled message, in fewer and larger writes.
+
+    Either way a connection with more than C{limit} bytes waiting to be
+    sent skips the message (as wsrelay's C{slow_client = drop}), so that a
+    stalled peer cannot grow the source's memory without bound.
 
     @return: The round's figures: messages sent and scheduled, connections,
-        messages skipped for slow connections, start and end (monotonic
-        seconds) and the source's own CPU seconds.
+        messages skipped for slow connections, writes to one connection
+        (messages or ticks), start and end (monotonic seconds) and the
+        source's own CPU seconds.
     """
     cpu = selfCPU()
     start = time.monotonic()
+    connections = len(peers)
+    if tick > 0:
+        sent, skipped, writes = await _broadcastTicks(
+            peers, start, duration, rate, size, tag, limit, tick
+        )
+    else:
+        sent, skipped = await _broadcastMessages(
+            peers, start, duration, rate, size, tag, limit
+        )
+        writes = sent
+    return {
+        "sent": sent,
+        "scheduled": int(duration * rate),
+        "connections": connections,
+        "skipped": skipped,
+        "writes": writes,
+        "start": start,
+        "end": time.monotonic(),
+        "cpu": selfCPU() - cpu,
+    }
+
+
+async def _broadcastMessages(
+    peers: dict[WSTransport, None],
+    start: float,
+    duration: float,
+    rate: float,
+    size: int,
+    tag: int,
+    limit: int,
+) -> tuple[int, int]:
+    """
+    L{broadcast} one message at a time.
+
+    @return: Messages sent, and messages skipped for slow connections.
+    """
     stop = start + duration
     send = WSTransport.send
     text = WSMsgType.TEXT
-    connections = len(peers)
     skipped = 0
     seq = 0
     while True:
@@ -275,15 +339,51 @@ async def broadcast(
             else:
                 send(transport, text, payload)
         seq += 1
-    return {
-        "sent": seq,
-        "scheduled": int(duration * rate),
-        "connections": connections,
-        "skipped": skipped,
-        "start": start,
-        "end": time.monotonic(),
-        "cpu": selfCPU() - cpu,
-    }
+    return seq, skipped
+
+
+async def _broadcastTicks(
+    peers: dict[WSTransport, None],
+    start: float,
+    duration: float,
+    rate: float,
+    size: int,
+    tag: int,
+    limit: int,
+    tick: float,
+) -> tuple[int, int, int]:
+    """
+    L{broadcast} every C{tick} seconds, each tick's messages in one write
+    per connection, until every scheduled message is sent.
+
+    @return: Messages sent, messages skipped for slow connections, and
+        ticks that wrote.
+    """
+    total = int(duration * rate)
+    skipped = 0
+    seq = 0
+    ticks = 0
+    wakeups = -1
+    while seq < total:
+        now = time.monotonic()
+        # The next tick, or at once (still letting the loop flush) when
+        # writing the last one took longer than a tick.
+        wakeups = max(wakeups + 1, int((now - start) / tick))
+        await asyncio.sleep(max(start + wakeups * tick - now, 0))
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        if due <= seq:
+            continue
+        data = b"".join(textFrame(message(tag, n, size)) for n in range(seq, due))
+        count = due - seq
+        for transport in list(peers):
+            underlying = transport.underlying_transport
+            if underlying.get_write_buffer_size() > limit:
+                skipped += count
+            else:
+                underlying.write(data)
+        seq = due
+        ticks += 1
+    return seq, skipped, ticks
 
 
 async def sourceServer(options: argparse.Namespace) -> None:
@@ -291,8 +391,9 @@ async def sourceServer(options: argparse.Namespace) -> None:
     The broadcast source: every message goes to each of its connections.
 
     Commands: C{{"cmd": "count"}} answers the number of connections;
-    C{{"cmd": "send", "duration", "rate", "size", "tag", "limit"}} sends a
-    round and answers its figures (see L{broadcast}).
+    C{{"cmd": "send", "duration", "rate", "size", "tag", "limit", "tick"}}
+    sends a round and answers its figures (see L{broadcast}; C{tick} is
+    optional, 0 by default).
     """
     peers: dict[WSTransport, None] = {}
     emit({"port": await serve(lambda: SourceListener(peers))})
@@ -308,6 +409,7 @@ async def sourceServer(options: argparse.Namespace) -> None:
                     command["size"],
                     command["tag"],
                     command["limit"],
+                    command.get("tick", 0),
                 )
             )
 
@@ -543,33 +645,53 @@ class FeedStats:
         at the sampled clients.
     @ivar last: Monotonic nanoseconds of the current round's latest
         delivery.
+    @ivar header: The frame header of a fan-out message of the current
+        size, as a server sends it (see L{textFrame}).
+    @ivar ours: The header followed by the round's tag: the start of a
+        message of the current round.
+    @ivar size: The size of the messages.
     """
 
     def __init__(self) -> None:
-        self.tag = 0
         self.frames = 0
         self.latencies = array("q")
         self.last = 0
+        self.arm(0, 100)
+
+    def arm(self, tag: int, size: int) -> None:
+        """
+        Start counting a round's messages of C{size} bytes, C{tag} 0 for
+        none.
+        """
+        self.tag = tag
+        self.size = size
+        self.header = frameHeader(size)
+        self.ours = self.header + bytes((tag,))
+
+
+def frameHeader(size: int) -> bytes:
+    """
+    The header of a server's text frame of C{size} bytes.
+    """
+    return textFrame(b"x" * size)[:-size]
 
 
 class FeedClient(WSListener):
     """
-    A fan-out subscriber: counts the current round's messages; a sampled
-    one also records their latency.
+    A sampled fan-out subscriber: counts the current round's messages and
+    records their latency, a frame at a time.
     """
 
-    def __init__(self, stats: FeedStats, sampled: bool) -> None:
+    def __init__(self, stats: FeedStats) -> None:
         """
         @param stats: The shared round figures.
-        @param sampled: Whether to record latencies.
         """
         self.stats = stats
-        self.sampled = sampled
         self.received = 0
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         """
-        Count a message of the current round.
+        Count a message of the current round and record its latency.
         """
         if frame.msg_type is not WSMsgType.TEXT:
             if frame.msg_type is WSMsgType.CLOSE:
@@ -583,8 +705,115 @@ class FeedClient(WSListener):
         now = time.monotonic_ns()
         self.received += 1
         stats.last = now
-        if self.sampled:
-            stats.latencies.append(now - int(payload[12:HEADER]))
+        stats.latencies.append(now - int(payload[12:HEADER]))
+
+
+class HandOver(WSListener):
+    """
+    A subscriber that is not sampled, until its handshake is done and a
+    L{CountingClient} takes its connection over.
+    """
+
+    def __init__(self, opened: list[WSTransport]) -> None:
+        """
+        @param opened: Where to put the transport once open.
+        """
+        self.opened = opened
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        """
+        Give the open transport away.
+        """
+        self.opened.append(transport)
+
+
+class CountingClient(asyncio.BufferedProtocol):
+    """
+    A fan-out subscriber that is not sampled: once its opening handshake
+    is done it takes over the connection from picows and counts messages
+    in the bytes it reads, without parsing frames, so that a million
+    deliveries a second do not cost the load side a million Python calls.
+
+    A message is a frame header (L{FeedStats.header}) and a payload of
+    ASCII text whose first byte is its round's tag; the header's first
+    byte, C{0x81}, is never ASCII, so each occurrence of the header starts
+    a message, and of the header followed by the tag a message of the
+    current round.  What the server sends besides is its closing frame at
+    the end.  The bytes are read into one buffer that every such client
+    shares (a read is counted as soon as it is made), and the last bytes
+    of a read are kept when a header may start in them (they hold C{0x81}),
+    to count a header that straddles two reads.
+
+    @ivar received: The current round's messages received.
+    @ivar closed: Fires when the connection is lost.
+    """
+
+    def __init__(self, stats: FeedStats, buffer: bytearray, transport: WSTransport):
+        """
+        @param stats: The shared round figures.
+        @param buffer: The buffer every counting client reads into.
+        @param transport: The picows transport whose connection this client
+            takes over; it still writes the closing handshake.
+        """
+        self.stats = stats
+        self.buffer = buffer
+        self.transport = transport
+        self.received = 0
+        self.tail = b""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        transport.underlying_transport.set_protocol(self)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        """
+        Read into the shared buffer.
+        """
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """
+        Count the headers, and the headers with the round's tag, in a read
+        and across its start.
+        """
+        stats = self.stats
+        buffer = self.buffer
+        header = stats.header
+        count = buffer.count(stats.ours, 0, nbytes)
+        stats.frames += buffer.count(header, 0, nbytes)
+        k = len(header)
+        tail = self.tail
+        if tail:
+            start = bytes(buffer[: min(nbytes, k)])
+            stats.frames += (tail[1 - k :] + start[: k - 1]).count(header)
+            count += (tail + start).count(stats.ours)
+        if count:
+            self.received += count
+            stats.last = time.monotonic_ns()
+        # Keep the end of the read only if a header may start in it.
+        if nbytes >= k:
+            if buffer.find(0x81, nbytes - k, nbytes) < 0:
+                self.tail = b""
+            else:
+                self.tail = bytes(buffer[nbytes - k : nbytes])
+        else:
+            tail = (tail + bytes(buffer[:nbytes]))[-k:]
+            self.tail = tail if 0x81 in tail else b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """
+        Fire L{closed}.
+        """
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def close(self, timeout: float = 3) -> None:
+        """
+        Close with a closing handshake, and drop the connection if the
+        server does not close it in time.
+        """
+        self.transport.send_close(WSCloseCode.GOING_AWAY)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        self.transport.underlying_transport.close()
 
 
 async def feedClients(options: argparse.Namespace) -> None:
@@ -592,17 +821,28 @@ async def feedClients(options: argparse.Namespace) -> None:
     Hold C{clients} fan-out subscribers and report on each round.  With
     several comma-separated URLs in C{--url} (the relays of a cluster), the
     clients are spread over them in turn, each URL's handshakes C{--concurrency}
-    at a time.
+    at a time.  C{--sampled} of them, evenly spread, are picows listeners
+    that record latencies; the others become L{CountingClient}s once
+    connected.
 
-    Commands: C{{"cmd": "arm", "tag"}} starts a round; C{{"cmd": "collect",
-    "expect", "deadline"}} waits until every client has C{expect} messages
-    or the monotonic C{deadline} (seconds) passes, then answers the round's
+    Commands: C{{"cmd": "arm", "tag", "size"}} starts a round of messages of
+    C{size} bytes (100 if not given); C{{"cmd": "collect", "expect",
+    "deadline"}} waits until every client has C{expect} messages or the
+    monotonic C{deadline} (seconds) passes, then answers the round's
     figures.
     """
     stats = FeedStats()
     every = max(1, options.clients // options.sampled)
-    clients = [FeedClient(stats, i % every == 0) for i in range(options.clients)]
-    factories = [(lambda c=c: c) for c in clients]
+    sampled = [FeedClient(stats) for _ in range(0, options.clients, every)]
+    unsampled: list[WSTransport] = []
+    factories: list[Callable[[], WSListener]] = [
+        (
+            (lambda c=sampled[i // every]: c)
+            if i % every == 0
+            else (lambda: HandOver(unsampled))
+        )
+        for i in range(options.clients)
+    ]
     start = time.monotonic()
     urls = options.url.split(",")
     connected = await asyncio.gather(
@@ -614,6 +854,11 @@ async def feedClients(options: argparse.Namespace) -> None:
     transports = [t for opened, _, _ in connected for t in opened]
     errors = [e for _, failed, _ in connected for e in failed]
     last = max(at for _, _, at in connected)
+    buffer = bytearray(1 << 18)
+    counting = [CountingClient(stats, buffer, t) for t in unsampled]
+    handedOver = set(unsampled)
+    listening = [t for t in transports if t not in handedOver]
+    clients: list[FeedClient | CountingClient] = [*sampled, *counting]
     emit(
         {
             "ready": len(transports),
@@ -626,7 +871,7 @@ async def feedClients(options: argparse.Namespace) -> None:
     cpu = selfCPU()
     async for command in commands():
         if command["cmd"] == "arm":
-            stats.tag = command["tag"]
+            stats.arm(command["tag"], command.get("size", 100))
             stats.frames = 0
             stats.latencies = array("q")
             stats.last = 0
@@ -656,8 +901,8 @@ async def feedClients(options: argparse.Namespace) -> None:
                     "loadCPU": selfCPU() - cpu,
                 }
             )
-            stats.tag = 0
-    await closeAll(transports)
+            stats.arm(0, stats.size)
+    await asyncio.gather(closeAll(listening), *(client.close() for client in counting))
 
 
 def _seconds(nanoseconds: float | None) -> float | None:
@@ -667,40 +912,22 @@ def _seconds(nanoseconds: float | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / 1e9
 
 
-class IdleClient(WSListener):
+async def holdServer(options: argparse.Namespace) -> None:
     """
-    A connection that is only held open.
+    The storm's backend (L{bench.rawws.holdServer}).
     """
+    from bench import rawws
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        """
-        Answer a close; ignore anything else.
-        """
-        if frame.msg_type is WSMsgType.CLOSE:
-            closeFrame(transport, frame)
+    await rawws.holdServer(options)
 
 
 async def storm(options: argparse.Namespace) -> None:
     """
-    Open C{connections} connections as fast as C{concurrency} handshakes in
-    flight allow, report, and hold them until standard input closes.
+    The storm's client (L{bench.rawws.storm}).
     """
-    start = time.monotonic()
-    cpu = selfCPU()
-    transports, errors, last = await connectAll(
-        options.url, [IdleClient] * options.connections, options.concurrency
-    )
-    emit(
-        {
-            "opened": len(transports),
-            "failed": len(errors),
-            "errors": sorted(set(errors))[:3],
-            "seconds": last - start,
-            "loadCPU": selfCPU() - cpu,
-        }
-    )
-    await waitForEOF()
-    await closeAll(transports)
+    from bench import rawws
+
+    await rawws.storm(options)
 
 
 ROLES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
@@ -709,6 +936,7 @@ ROLES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "echo-load": echoLoad,
     "feed-clients": feedClients,
     "storm": storm,
+    "hold-server": holdServer,
 }
 
 

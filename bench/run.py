@@ -20,13 +20,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench import targets
 from bench.control import ROOT
 from bench.report import table
-from bench.scenarios import PRESETS, SCENARIOS, Bench, Cell
+from bench.scenarios import PRESETS, SCENARIOS, Bench, Cell, Preset
 
 PROXY_CPU = 1
 LOAD_CPU = 0
@@ -98,6 +98,19 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         "compressed messages in one frame of more than a 1032nd of it are "
         "inflated to be counted",
     )
+    parser.add_argument(
+        "--storm-concurrency",
+        type=int,
+        metavar="N",
+        help="handshakes the storm keeps in flight (default the preset's: 50)",
+    )
+    parser.add_argument(
+        "--fanout-tick",
+        type=float,
+        metavar="MS",
+        help="fanout-heavy's source writes every MS milliseconds each tick's "
+        "messages at once; 0: each message on its own (default the preset's: 1)",
+    )
     parser.set_defaults(preset="full")
     parser.add_argument(
         "--keep", action="store_true", help="keep the folder of configs and logs"
@@ -148,11 +161,24 @@ def _revision() -> str:
     return head + (" with uncommitted changes to wsrelay/" if dirty else "")
 
 
-def header(preset: str, pinned: bool, stormConnections: int) -> list[str]:
+def chosenPreset(options: argparse.Namespace) -> Preset:
+    """
+    The preset named on the command line, with the storm's concurrency and
+    fanout-heavy's tick replaced where the options give them.
+    """
+    p = PRESETS[options.preset]
+    if options.storm_concurrency is not None:
+        p = replace(p, stormConcurrency=options.storm_concurrency)
+    if options.fanout_tick is not None:
+        p = replace(p, heavyTick=options.fanout_tick / 1000)
+    return p
+
+
+def header(p: Preset, pinned: bool, stormConnections: int) -> list[str]:
     """
     What the run measured and on what: machine, versions, method.
     """
-    p = PRESETS[preset]
+    preset = p.name
     v = targets.versions()
     pinning = (
         f"proxy pinned to CPU {PROXY_CPU}; backend, source and load generators "
@@ -174,9 +200,15 @@ def header(preset: str, pinned: bool, stormConnections: int) -> list[str]:
         "(permessage-deflate both ends), closed loop, "
         f"{p.rounds} rounds of {p.duration:g} s after {p.warmup:g} s warm-up",
         f"fan-out: {p.fanoutSize} B text, light {p.lightClients} clients x "
-        f"{p.lightRate:g}/s, heavy {p.heavyClients} x {p.heavyRate:g}/s; "
-        f"{p.fanoutRounds} rounds of {p.fanoutDuration:g} s, lost = not arrived "
-        f"{p.drain:g} s after the source's last send",
+        f"{p.lightRate:g}/s, heavy {p.heavyClients} x {p.heavyRate:g}/s "
+        + (
+            f"(the source writing each {p.heavyTick * 1000:g} ms tick's "
+            "messages at once)"
+            if p.heavyTick
+            else "(the source writing each message on its own)"
+        )
+        + f"; {p.fanoutRounds} rounds of {p.fanoutDuration:g} s, lost = not "
+        f"arrived {p.drain:g} s after the source's last send",
         f"storm: {stormConnections} connections, {p.stormConcurrency} handshakes "
         f"in flight, {p.stormRuns} runs",
         "figures are medians over rounds or runs (of two runs, their mean); "
@@ -215,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parseArguments(sys.argv[1:] if argv is None else argv)
     chosenTargets = _choices(options.target, targets.TARGETS, "target")
     chosenScenarios = _choices(options.scenario, SCENARIOS, "scenario")
-    preset = PRESETS[options.preset]
+    preset = chosenPreset(options)
     notes = []
 
     limit = _raiseFileLimit()
@@ -258,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pySpy,
         options.max_message_size,
     )
-    lines = header(options.preset, pinned, stormConnections)
+    lines = header(preset, pinned, stormConnections)
     if options.max_message_size != 16777216:
         lines.append(f"wsrelay: max_message_size = {options.max_message_size}")
     for line in lines:

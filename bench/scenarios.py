@@ -49,6 +49,13 @@ class Preset:
     @ivar drain: Seconds after the source's last send by which a message
         must have arrived; later ones count as lost.
     @ivar stormRuns: Storms, each against a freshly started target.
+    @ivar heavyTick: How the source writes in C{fanout-heavy}: every
+        C{heavyTick} seconds, each tick's messages at once (one write per
+        connection per tick), or, with 0, each message on its own (see
+        L{bench.peers.broadcast}).
+    @ivar lightSampled: The C{fanout-light} subscribers that record
+        latencies (the others only count, see L{bench.peers.CountingClient}).
+    @ivar heavySampled: The same for C{fanout-heavy}.
     @ivar stormConcurrency: Handshakes a storm keeps in flight.
     """
 
@@ -67,16 +74,22 @@ class Preset:
     deflateSize: int = 8192
     lightClients: int = 500
     lightRate: float = 50
-    heavyClients: int = 1000
-    heavyRate: float = 1000
+    heavyClients: int = 500
+    heavyRate: float = 2000
+    heavyTick: float = 0.001
+    lightSampled: int = 100
+    heavySampled: int = 20
     fanoutSize: int = 100
-    stormConnections: int = 5000
-    stormConcurrency: int = 500
+    stormConnections: int = 2000
+    stormConcurrency: int = 50
 
 
 PRESETS = {
-    # Storm runs restart the target, and wsrelay's take half a minute each on
-    # a busy machine: two keep the suite under 10 minutes.
+    # The storm and fanout-heavy shapes are issue 16's: 2000 connections with
+    # 50 handshakes in flight, and 500 subscribers at 2000 messages/s (a
+    # million deliveries a second offered) with the source writing each 1 ms
+    # tick's messages at once.  Storm runs restart the target: two keep the
+    # suite under 10 minutes.
     "full": Preset("full", 1.0, 3, 3.0, 3, 3.0, 2.0, 2),
     "quick": Preset(
         "quick",
@@ -106,6 +119,9 @@ PRESETS = {
         lightClients=5,
         heavyClients=5,
         heavyRate=100,
+        # Two messages a tick, as the full preset's 2000/s in 1 ms ticks.
+        heavyTick=0.02,
+        heavySampled=2,
         stormConnections=20,
         stormConcurrency=10,
     ),
@@ -378,7 +394,14 @@ class Bench:
                 clients + 64,
             )
             try:
-                cell = self._fanoutRounds(running, source, clients, rate)
+                cell = self._fanoutRounds(
+                    running,
+                    source,
+                    clients,
+                    rate,
+                    p.heavyTick if heavy else 0,
+                    p.heavySampled if heavy else p.lightSampled,
+                )
             finally:
                 running.stop()
         finally:
@@ -403,10 +426,18 @@ class Bench:
         return last
 
     def _fanoutRounds(
-        self, running: targets.Running, source: Peer, clients: int, rate: float
+        self,
+        running: targets.Running,
+        source: Peer,
+        clients: int,
+        rate: float,
+        tick: float,
+        sampled: int,
     ) -> Cell:
         """
-        Connect the subscribers and measure the fan-out rounds.
+        Connect the subscribers and measure the fan-out rounds, the source
+        writing per message (C{tick} 0) or per tick of C{tick} seconds, the
+        latency taken at C{sampled} of the subscribers.
         """
         p = self.preset
         # wsrelay connects its upstream at start (connect = eager).
@@ -420,7 +451,7 @@ class Bench:
             "--concurrency",
             200,
             "--sampled",
-            100,
+            sampled,
         )
         try:
             ready = feed.read(120)
@@ -433,7 +464,7 @@ class Bench:
             rounds = []
             for r in range(p.fanoutRounds):
                 tag = ord("A") + r
-                feed.request({"cmd": "arm", "tag": tag}, 30)
+                feed.request({"cmd": "arm", "tag": tag, "size": p.fanoutSize}, 30)
                 started = time.monotonic()
                 load = [source.pid, feed.pid]
                 before = (
@@ -450,6 +481,7 @@ class Bench:
                         "size": p.fanoutSize,
                         "tag": tag,
                         "limit": 1 << 20,
+                        "tick": tick,
                     },
                     p.fanoutDuration + 60,
                 )
@@ -537,7 +569,7 @@ class Bench:
         n = self.stormConnections
         runs = []
         for _ in range(p.stormRuns):
-            backend = self.peer("echo-server")
+            backend = self.peer("hold-server")
             try:
                 port = backend.read(30)["port"]
                 running = self.start("storm", target, port, False, n + 64)

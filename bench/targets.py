@@ -53,6 +53,13 @@ FANOUT_PATH = "/feed"
 The path of the fan-out route, and of the source's feed.
 """
 
+BACKLOG = 4096
+"""
+Every proxy's listen backlog, as issue 16 measured them.  Linux caps a
+backlog at C{net.core.somaxconn} (4096 by default since Linux 5.4), so a
+larger one would not be larger.
+"""
+
 
 class TargetUnavailable(Exception):
     """
@@ -93,8 +100,10 @@ def nginxConfig(work: Path, port: int, backendPort: int, connections: int) -> st
     temporary files under C{work}; the upgrade headers are passed on as
     nginx's documentation shows.
 
-    @param connections: Client connections it must hold at once (each also
-        takes an upstream connection).
+    @param connections: Client connections it must hold at once.  Each also
+        takes an upstream connection, and nginx drains its idle connections
+        (those still waiting for their request) when fewer than a sixteenth
+        of C{worker_connections} are free, so it gets three per client.
     """
     user = ""
     if os.geteuid() == 0:
@@ -105,9 +114,9 @@ def nginxConfig(work: Path, port: int, backendPort: int, connections: int) -> st
 daemon off;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
-worker_rlimit_nofile {2 * connections + 256};
+worker_rlimit_nofile {3 * connections + 256};
 events {{
-    worker_connections {2 * connections + 128};
+    worker_connections {3 * connections + 128};
 }}
 http {{
     access_log off;
@@ -124,7 +133,7 @@ http {{
         server 127.0.0.1:{backendPort};
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=8192;
+        listen 127.0.0.1:{port} backlog={BACKLOG};
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -160,7 +169,7 @@ defaults
     timeout tunnel 1h
 
 frontend websocket
-    bind 127.0.0.1:{port} backlog 8192
+    bind 127.0.0.1:{port} backlog {BACKLOG}
     default_backend backends
 
 backend backends
@@ -187,7 +196,7 @@ def wsrelayConfig(
     """
     relay = f"""\
 [relay]
-listen = tcp:{port}:interface=127.0.0.1:backlog=8192
+listen = tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}
 max_message_size = {maxMessageSize}
 ping_interval = 0
 access_log = off

@@ -8,19 +8,22 @@ a moment.  Neither nginx nor HAProxy is needed.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from bench import procstat, targets
 from bench.report import table
-from bench.run import parseArguments
+from bench.run import chosenPreset, header, parseArguments
 from bench.scenarios import Cell
 from wsrelay.config import parseConfig
 
@@ -79,6 +82,20 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual(config.workers, 2)
         self.assertEqual(config.admin, "tcp:9090:interface=127.0.0.1")
         self.assertEqual(config.routes[0].dataPath, "passthrough")
+
+    def test_backlog(self) -> None:
+        """
+        Every proxy listens with a backlog of 4096, as issue 16 measured
+        them (nginx's C{listen ... backlog=}).
+        """
+        self.assertEqual(targets.BACKLOG, 4096)
+        config = parseConfig(targets.wsrelayConfig(8080, 9001, False), "bench.ini")
+        [listen] = config.listen
+        self.assertTrue(listen.endswith(":backlog=4096"), listen)
+        nginx = targets.nginxConfig(Path("/tmp/x"), 8080, 9001, 100)
+        self.assertIn("listen 127.0.0.1:8080 backlog=4096;", nginx)
+        haproxy = targets.haproxyConfig(8080, 9001, 100)
+        self.assertIn("bind 127.0.0.1:8080 backlog 4096", haproxy)
 
     def test_oneWorker(self) -> None:
         """
@@ -146,22 +163,245 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(parseArguments(["--quick"]).preset, "quick")
         self.assertEqual(parseArguments(["--preset", "smoke"]).preset, "smoke")
 
+    def test_issue16Shapes(self) -> None:
+        """
+        The full suite's storm and fanout-heavy are issue 16's: 2000
+        connections with 50 handshakes in flight, and 500 subscribers at
+        2000 messages/s with the source writing each 1 ms tick's messages
+        at once.
+        """
+        p = chosenPreset(parseArguments([]))
+        self.assertEqual((p.stormConnections, p.stormConcurrency), (2000, 50))
+        self.assertEqual((p.heavyClients, p.heavyRate, p.heavyTick), (500, 2000, 0.001))
+        self.assertIn(
+            "heavy 500 x 2000/s (the source writing each 1 ms tick's messages at once)",
+            "\n".join(header(p, True, 2000)),
+        )
+
+    def test_shapeOptions(self) -> None:
+        """
+        C{--storm-concurrency} and C{--fanout-tick} (milliseconds, 0 for
+        a write per message) replace the preset's, and the header says so.
+        """
+        p = chosenPreset(
+            parseArguments(
+                ["--quick", "--storm-concurrency", "500", "--fanout-tick", "0"]
+            )
+        )
+        self.assertEqual((p.name, p.stormConcurrency, p.heavyTick), ("quick", 500, 0))
+        lines = "\n".join(header(p, True, p.stormConnections))
+        self.assertIn("(the source writing each message on its own)", lines)
+        self.assertIn("500 handshakes in flight", lines)
+        p = chosenPreset(parseArguments(["--fanout-tick", "5"]))
+        self.assertEqual(p.heavyTick, 0.005)
+
+
+def needPicows() -> None:
+    """
+    Skip unless picows, which the suite's peers are written with, is
+    installed.
+
+    @raise SkipTest: If it is not.
+    """
+    if importlib.util.find_spec("picows") is None:
+        raise SkipTest(
+            "picows is not installed: the suite's load generators need it "
+            "(make test installs it with the test extras)"
+        )
+
+
+class FakeUnderlying:
+    """
+    The transport under a picows transport, as the source and the counting
+    subscribers use it.
+
+    @ivar writes: What was written, a write at a time.
+    @ivar protocol: The protocol set last.
+    """
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.protocol: object = None
+        self.closed = False
+
+    def get_write_buffer_size(self) -> int:
+        """
+        Nothing waits to be sent.
+        """
+        return 0
+
+    def write(self, data: bytes) -> None:
+        """
+        Record a write.
+        """
+        self.writes.append(data)
+
+    def set_protocol(self, protocol: object) -> None:
+        """
+        Record the new protocol.
+        """
+        self.protocol = protocol
+
+    def close(self) -> None:
+        """
+        Record the close.
+        """
+        self.closed = True
+
+
+class FakeWSTransport:
+    """
+    A picows transport reduced to its C{underlying_transport}.
+    """
+
+    def __init__(self) -> None:
+        self.underlying_transport = FakeUnderlying()
+
+
+def frames(data: bytes) -> list[bytes]:
+    """
+    The payloads of a server's unmasked text frames of under 126 bytes.
+    """
+    payloads = []
+    while data:
+        assert data[0] == 0x81 and data[1] < 126, data[:2]
+        payloads.append(data[2 : 2 + data[1]])
+        data = data[2 + data[1] :]
+    return payloads
+
+
+class PeerTests(SynchronousTestCase):
+    """
+    The fan-out source's per-tick writes and the counting subscribers of
+    C{bench/peers.py}, in memory.
+    """
+
+    def setUp(self) -> None:
+        needPicows()
+
+    def test_accept(self) -> None:
+        """
+        The storm's backend answers a key with the accept value of RFC
+        6455's example.
+        """
+        from bench.rawws import accept
+
+        self.assertEqual(
+            accept(b"dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        )
+
+    def test_textFrame(self) -> None:
+        """
+        A server's text frame has the 7-bit, 16-bit or 64-bit length its
+        payload needs, and no mask.
+        """
+        from bench.peers import frameHeader, textFrame
+
+        self.assertEqual(textFrame(b"ab"), b"\x81\x02ab")
+        self.assertEqual(frameHeader(100), b"\x81\x64")
+        self.assertEqual(frameHeader(126), b"\x81\x7e\x00\x7e")
+        self.assertEqual(frameHeader(1 << 16), b"\x81\x7f" + (1 << 16).to_bytes(8))
+
+    def test_ticks(self) -> None:
+        """
+        Writing per tick, the source sends every scheduled message, in
+        order, each in a whole frame, and to every connection the same
+        writes, fewer than the messages: at 2000 messages/s in 1 ms ticks
+        a tick holds two of them, more if the source fell behind.
+        """
+        from bench.peers import broadcast
+
+        a, b = FakeWSTransport(), FakeWSTransport()
+        peers: Any = {a: None, b: None}
+        result = asyncio.run(
+            broadcast(peers, 0.05, 2000, 100, ord("C"), 1 << 20, 0.001)
+        )
+        self.assertEqual((result["sent"], result["scheduled"]), (100, 100))
+        writes = a.underlying_transport.writes
+        self.assertEqual(writes, b.underlying_transport.writes)
+        self.assertEqual(result["writes"], len(writes))
+        self.assertLess(len(writes), 100)
+        payloads = frames(b"".join(writes))
+        self.assertEqual([int(p[1:12]) for p in payloads], list(range(100)))
+        self.assertEqual({(p[:1], len(p)) for p in payloads}, {(b"C", 100)})
+
+    def test_counting(self) -> None:
+        """
+        A counting subscriber counts every message, and those of the
+        current round apart, however the reads cut the bytes, a header
+        across two reads included, with a 2-byte header (100-byte
+        messages) and a 4-byte one (385 bytes, whose length holds the
+        header's first byte, C{0x81}); a read is counted with the buffer
+        it was read into.
+        """
+        from bench.peers import CountingClient, FeedStats, message, textFrame
+
+        for size in (100, 385):
+            stats = FeedStats()
+            stats.arm(ord("B"), size)
+            data = b"".join(
+                textFrame(message(tag, n, size)) for n, tag in enumerate(b"ABBABBB")
+            )
+
+            async def count(
+                cuts: list[int], data: bytes = data, stats: FeedStats = stats
+            ) -> int:
+                transport: Any = FakeWSTransport()
+                client = CountingClient(stats, bytearray(4096), transport)
+                self.assertIs(transport.underlying_transport.protocol, client)
+                for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+                    chunk = data[start:end]
+                    client.get_buffer(-1)[: len(chunk)] = chunk
+                    client.buffer_updated(len(chunk))
+                return client.received
+
+            for cut in range(1, len(data)):
+                stats.frames = 0
+                self.assertEqual(asyncio.run(count([cut])), 5, (size, cut))
+                self.assertEqual(stats.frames, 7, (size, cut))
+            stats.frames = 0
+            self.assertEqual(asyncio.run(count(list(range(1, len(data))))), 5)
+            self.assertEqual(stats.frames, 7)
+
+    def test_lastDelivery(self) -> None:
+        """
+        A counting subscriber notes the time of a read that holds a message
+        of the current round, and not of one that holds only late ones.
+        """
+        from bench.peers import CountingClient, FeedStats, message, textFrame
+
+        stats = FeedStats()
+        stats.arm(ord("B"), 100)
+
+        async def read(tag: bytes) -> None:
+            transport: Any = FakeWSTransport()
+            client = CountingClient(stats, bytearray(1024), transport)
+            frame = textFrame(message(tag[0], 0, 100))
+            client.get_buffer(-1)[: len(frame)] = frame
+            client.buffer_updated(len(frame))
+
+        asyncio.run(read(b"A"))
+        self.assertEqual((stats.frames, stats.last), (1, 0))
+        before = time.monotonic_ns()
+        asyncio.run(read(b"B"))
+        self.assertEqual(stats.frames, 2)
+        self.assertGreaterEqual(stats.last, before)
+
 
 class SmokeTests(SynchronousTestCase):
     """
     The suite itself, with tiny numbers.
     """
 
-    def test_direct(self) -> None:
+    def smoke(self, target: str, scenarios: str) -> dict[str, dict[str, Any]]:
         """
-        With the C{smoke} preset, the C{direct} target gives figures in
-        C{echo-small}, C{fanout-light} (with nothing lost) and C{storm}.
+        Run the suite with the C{smoke} preset, unpinned, on one target;
+        fail unless it exits with 0.
+
+        @param scenarios: Comma-separated scenarios.
+        @return: The cells of its JSON output by scenario.
         """
-        if importlib.util.find_spec("picows") is None:
-            raise SkipTest(
-                "picows is not installed: the suite's load generators need it "
-                "(make test installs it with the test extras)"
-            )
+        needPicows()
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder) / "bench.json"
             process = subprocess.run(
@@ -173,26 +413,66 @@ class SmokeTests(SynchronousTestCase):
                     "smoke",
                     "--no-pin",
                     "--target",
-                    "direct",
+                    target,
                     "--scenario",
-                    "echo-small,fanout-light,storm",
+                    scenarios,
                     "--json",
                     str(out),
                 ],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=90,
             )
             self.assertEqual(process.returncode, 0, process.stdout + process.stderr)
-            cells = {
-                (c["scenario"], c["target"]): c
-                for c in json.loads(out.read_text())["cells"]
-            }
-        for scenario in ["echo-small", "fanout-light", "storm"]:
-            self.assertGreater(cells[scenario, "direct"]["rate"], 0, scenario)
-        self.assertEqual(cells["fanout-light", "direct"]["lost"], 0)
-        self.assertGreater(cells["echo-small", "direct"]["p99"], 0)
+            cells = json.loads(out.read_text())["cells"]
+        self.assertEqual({c["target"] for c in cells}, {target})
+        return {c["scenario"]: c for c in cells}
+
+    def assertTicks(self, cell: dict[str, Any]) -> None:
+        """
+        In a fan-out cell whose source wrote per tick, every scheduled
+        message went out, in fewer writes than messages, and every
+        subscriber counted every one of them (the sampled ones and those
+        that count bytes alike), the latency measured.
+        """
+        [only] = cell["rounds"]
+        self.assertEqual(only["source.sent"], only["source.scheduled"])
+        self.assertLess(only["source.writes"], only["source.sent"])
+        self.assertEqual(
+            only["clients.received"], only["source.sent"] * 5, "5 subscribers"
+        )
+        self.assertEqual((cell["lost"], cell["expected"]), (0, only["source.sent"] * 5))
+        self.assertGreater(cell["p99"], 0)
+
+    def test_direct(self) -> None:
+        """
+        With the C{smoke} preset, the C{direct} target gives figures in
+        C{echo-small}, C{fanout-light} (with nothing lost), C{fanout-heavy}
+        (the source writing per tick) and C{storm}.
+        """
+        cells = self.smoke("direct", "echo-small,fanout-light,fanout-heavy,storm")
+        for scenario in ["echo-small", "fanout-light", "fanout-heavy", "storm"]:
+            self.assertGreater(cells[scenario]["rate"], 0, scenario)
+        self.assertEqual(cells["fanout-light"]["lost"], 0)
+        self.assertGreater(cells["echo-small"]["p99"], 0)
+        self.assertTicks(cells["fanout-heavy"])
+        [light] = cells["fanout-light"]["rounds"]
+        self.assertEqual(light["source.writes"], light["source.sent"])
+
+    def test_wsrelay(self) -> None:
+        """
+        Through the C{wsrelay} target, C{fanout-heavy}'s subscribers count
+        every message of the relay's frames, and the storm's plain client
+        and backend open every connection (the relay's upstream leg checks
+        the backend's accept value).
+        """
+        cells = self.smoke("wsrelay", "fanout-heavy,storm")
+        self.assertTicks(cells["fanout-heavy"])
+        storm = cells["storm"]
+        self.assertIsNone(storm["note"])
+        self.assertEqual([r["opened"] for r in storm["rounds"]], [20])
+        self.assertGreater(storm["cpuPerOp"], 0)
 
 
 class TLS13ReproTests(SynchronousTestCase):
