@@ -19,6 +19,7 @@ from twisted.python import usage
 from wsrelay.config import ConfigError
 from wsrelay.descriptors import raiseLimit
 from wsrelay.memory import installReporter
+from wsrelay.reactor import installDefault
 from wsrelay.routes import readConfig
 from wsrelay.workers import ControlService, RelayAnswers, WorkerSpec
 
@@ -63,14 +64,17 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Read and check the configuration now, raise the limit of open
-        files (L{raiseLimit}) and check that C{max_connections} fits in
-        it, and build the relay (which builds each route's plugins,
-        checking their options), so that an error is one line and twistd
-        exits non-zero before it starts anything.
+        Install wsrelay's reactor unless C{twistd -r NAME} chose one
+        (L{installDefault}); read and check the configuration now, raise
+        the limit of open files (L{raiseLimit}) and check that
+        C{max_connections} fits in it, and build the relay (which builds
+        each route's plugins, checking their options), so that an error is
+        one line and twistd exits non-zero before it starts anything.
 
         @raise StartRefused: With the one-line error.
         """
+        # First: nothing below may import the global reactor before it.
+        installDefault()
         from wsrelay.service import RelayService
 
         path = os.path.abspath(self["config"])
