@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,11 +36,9 @@ PREFIX = "End,7,test"
 class End(FileDescriptor):
     """
     One end of a socket pair, watched by a reactor under test: it counts
-    how often the reactor asks for its log prefix and notes the log
-    context's C{system} while it reads.
+    how often the reactor asks for its log prefix.
 
     @ivar prefixes: How many times C{logPrefix} was called.
-    @ivar systems: The log context's C{system} at each read.
     @ivar received: What each read returned.
     @ivar lost: The reasons given to C{connectionLost}.
     @ivar gone: Whether C{fileno} answers -1 (the descriptor went away).
@@ -55,7 +54,6 @@ class End(FileDescriptor):
         super().__init__(reactor)
         self.socket = sock
         self.prefixes = 0
-        self.systems: list[object] = []
         self.received: list[bytes] = []
         self.lost: list[Failure] = []
         self.writes = 0
@@ -80,7 +78,6 @@ class End(FileDescriptor):
         """
         Read what the peer sent; L{CONNECTION_DONE} at its end.
         """
-        self.systems.append(log.context.get(log.ILogContext, {}).get("system"))
         data = self.socket.recv(4096)
         if not data:
             return CONNECTION_DONE
@@ -172,14 +169,37 @@ class EventTests(Driving):
     def test_readWithoutContext(self) -> None:
         """
         A read event reaches C{doRead} without the reactor asking for the
-        descriptor's log prefix or pushing a log context.
+        descriptor's log prefix.
         """
         reactor = self.newReactor()
         end, peer = self.pair(reactor)
         peer.send(b"hello")
         self.turn(reactor, lambda: bool(end.received))
-        self.assertEqual(end.received, [b"hello"])
-        self.assertEqual((end.prefixes, end.systems), (0, ["-"]))
+        self.assertEqual((end.received, end.prefixes), ([b"hello"], 0))
+
+    def test_legacyLogDuringEvent(self) -> None:
+        """
+        A message logged with the legacy L{log.msg} while an event is handled
+        has the descriptor's log prefix as its C{system}, as under
+        L{EPollReactor}; one logged from another thread meanwhile, or after
+        the event, has C{"-"}.
+        """
+        reactor = self.newReactor()
+        events = self.logged()
+
+        def logs(data: bytes) -> None:
+            log.msg("during")
+            other = threading.Thread(target=log.msg, args=("other thread",))
+            other.start()
+            other.join()
+
+        end, peer = self.pair(reactor, onRead=logs)
+        peer.send(b"x")
+        self.turn(reactor, lambda: bool(end.received))
+        log.msg("after")
+        systems = {e["log_text"]: e["log_system"] for e in events if "log_text" in e}
+        self.assertEqual(systems, {"during": PREFIX, "other thread": "-", "after": "-"})
+        self.assertEqual(end.prefixes, 1)
 
     def test_writeWithoutContext(self) -> None:
         """
@@ -274,13 +294,13 @@ class EPollControlTests(Driving):
     def test_contextPerEvent(self) -> None:
         """
         L{EPollReactor} asks for the log prefix of a descriptor at each of
-        its events, and C{doRead} runs with it as the context's C{system}.
+        its events, whether anything is logged or not.
         """
         reactor = self.newReactor()
         end, peer = self.pair(reactor)
         peer.send(b"hello")
         self.turn(reactor, lambda: bool(end.received))
-        self.assertEqual((end.prefixes, end.systems), (1, [PREFIX]))
+        self.assertEqual((end.received, end.prefixes), ([b"hello"], 1))
 
 
 class InstallTests(SynchronousTestCase):

@@ -6,23 +6,23 @@ context.
 For every ready descriptor, Twisted's L{EPollReactor} calls the
 descriptor's C{logPrefix()}, copies the current log context into a new
 dictionary, pushes it onto a thread-local stack and pops it again
-(L{twisted.python.log.callWithLogger}), so that a legacy log message
-emitted while the event is handled names the connection in its
-C{system} field.  In a relay that handles tens of thousands of events a
-second, that bookkeeping was about 15% of the CPU spent per echoed
-message (issue 16).  wsrelay logs through L{twisted.logger.Logger}, whose
-events never read that context, so L{RelayReactor} dispatches each event
-directly.
+(L{twisted.python.log.callWithLogger}), so that a message logged with the
+legacy L{twisted.python.log} API while the event is handled names the
+connection in its C{system} field.  That took about 5 microseconds per
+event on the benchmark machine, several times what the reactor spends on
+an event otherwise (issue 16).  Almost nothing reads that context:
+wsrelay logs through L{twisted.logger.Logger}, whose events never do.
 
-What stays as it was: an exception raised by C{doRead} or C{doWrite} is
-logged once, with the connection's log prefix as its C{system} as
-before, and the descriptor is disconnected with it as the reason
-(L{RelayReactor._doReadOrWrite}); one raised while disconnecting (a
-protocol's C{connectionLost}) is logged and the loop goes on with the
-next event, as L{twisted.python.log.callWithLogger} did.  What changes:
-a legacy C{twisted.python.log.msg} call made while an event is handled
-(some of Twisted's own protocols still use it) carries C{system} C{"-"}
-rather than the connection's prefix.
+So L{RelayReactor} only notes which descriptor it is handling (two
+attribute stores per event), and the default log context becomes a
+dictionary that asks that descriptor for its prefix when, and only when, a
+legacy log call copies it (L{EventLogContext}).  A legacy message logged
+during an event still names the connection, and an exception raised by
+C{doRead} or C{doWrite} is still logged once, with the connection's prefix,
+and disconnects that descriptor with it as the reason: L{RelayReactor}
+keeps Twisted's C{_doReadOrWrite}.  One raised while disconnecting (a
+protocol's C{connectionLost}) is logged and the loop goes on with the next
+event, as L{twisted.python.log.callWithLogger} did.
 
 C{twistd wsrelay} installs this reactor unless C{-r NAME} chose another
 (L{installDefault}); C{twistd -r wsrelay} selects it for any twistd
@@ -32,15 +32,22 @@ application (the dropin C{twisted/plugins/wsrelay_reactors.py}).
 from __future__ import annotations
 
 import sys
+from threading import get_ident
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
-from twisted.internet.posixbase import _NO_FILEDESC
-from twisted.python import log
+from twisted.internet.main import installReactor
+from twisted.python import context, log
 from twisted.python.runtime import platform
 
-__all__ = ["DEFAULT", "RelayReactor", "install", "installDefault", "logPrefixOf"]
+__all__ = [
+    "DEFAULT",
+    "EventLogContext",
+    "RelayReactor",
+    "install",
+    "installDefault",
+    "logPrefixOf",
+]
 
 #: The short name of the reactor C{twistd wsrelay} installs when the
 #: command line does not choose one (C{twistd -r NAME wsrelay ...}).
@@ -64,16 +71,80 @@ def logPrefixOf(selectable: Any) -> str:
         return "(buggy logPrefix method)"
 
 
+class _Handling:
+    """
+    The descriptor whose event a L{RelayReactor} is handling, and the
+    thread it handles it in.
+
+    @ivar selectable: The descriptor, or L{None} between events.
+    @ivar thread: The reactor thread's identifier.
+    """
+
+    __slots__ = ("selectable", "thread")
+
+    def __init__(self) -> None:
+        self.selectable: Any = None
+        self.thread = 0
+
+
+_handling = _Handling()
+
+
+class EventLogContext(dict[str, Any]):
+    """
+    The default log context (L{ILogContext}) under L{RelayReactor}: its copy,
+    which a legacy log call makes, and its items hold the log prefix of the descriptor
+    whose event the reactor is handling in this thread as C{system}, and
+    C{"-"} otherwise, as L{twisted.python.log.callWithLogger} would have
+    pushed it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(system="-")
+
+    def copy(self) -> dict[str, Any]:
+        """
+        @return: A plain dictionary of the context as it is now.
+        """
+        selectable = _handling.selectable
+        if selectable is None or _handling.thread != get_ident():
+            return {"system": "-"}
+        return {"system": logPrefixOf(selectable)}
+
+    def __getitem__(self, key: str) -> Any:
+        """
+        @return: The value of C{key} in L{copy}.
+        """
+        return self.copy()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """
+        @return: The value of C{key} in L{copy}, or C{default}.
+        """
+        return self.copy().get(key, default)
+
+
+_eventLogContext = EventLogContext()
+
+
 class RelayReactor(EPollReactor):
     """
     An L{EPollReactor} that handles each ready descriptor without pushing a
     log context for it (see the module's docstring).
     """
 
+    def __init__(self) -> None:
+        """
+        Make the reactor, and make L{EventLogContext} the default log
+        context.
+        """
+        super().__init__()
+        context.setDefault(log.ILogContext, _eventLogContext)
+
     def doPoll(self, timeout: float | None) -> None:
         """
         Wait at most C{timeout} seconds for ready descriptors and handle
-        each: L{EPollReactor.doPoll}, with L{_doReadOrWrite} called directly
+        each: L{EPollReactor.doPoll}, with C{_doReadOrWrite} called directly
         instead of through L{twisted.python.log.callWithLogger}.
 
         @param timeout: The longest wait in seconds; L{None} waits until a
@@ -87,58 +158,24 @@ class RelayReactor(EPollReactor):
             return
         selectables = self._selectables
         handle = self._doReadOrWrite
-        for fd, event in ready:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            try:
-                handle(selectable, fd, event)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                log.err(None, None, system=logPrefixOf(selectable))
+        handling = _handling
+        handling.thread = get_ident()
+        try:
+            for fd, event in ready:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                handling.selectable = selectable
+                try:
+                    handle(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log.err()
+        finally:
+            handling.selectable = None
 
     doIteration = doPoll
-
-    def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
-        """
-        Handle one event of a descriptor: as
-        L{twisted.internet.posixbase._PollLikeMixin._doReadOrWrite}, except
-        that the log prefix of the descriptor is asked for only when an
-        exception must be logged.
-
-        @param selectable: The descriptor.
-        @param fd: Its file descriptor number.
-        @param event: What epoll reported for it.
-        """
-        why: Any = None
-        inRead = False
-        if event & self._POLL_DISCONNECTED and not (event & self._POLL_IN):
-            # A hang-up after the last pending input: clean if we were
-            # reading (perhaps a half-close), an error otherwise.
-            if fd in self._reads:
-                inRead = True
-                why = CONNECTION_DONE
-            else:
-                why = CONNECTION_LOST
-        else:
-            try:
-                if selectable.fileno() == -1:
-                    why = _NO_FILEDESC
-                else:
-                    if event & self._POLL_IN:
-                        why = selectable.doRead()
-                        inRead = True
-                    if not why and event & self._POLL_OUT:
-                        why = selectable.doWrite()
-                        inRead = False
-            except BaseException:
-                # Logged once, with the connection's prefix, and the
-                # descriptor is disconnected with it as the reason.
-                why = sys.exc_info()[1]
-                log.err(None, None, system=logPrefixOf(selectable))
-        if why:
-            self._disconnectSelectable(selectable, why, inRead)
 
 
 def install() -> None:
