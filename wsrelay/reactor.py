@@ -9,9 +9,10 @@ dictionary, pushes it onto a thread-local stack and pops it again
 (L{twisted.python.log.callWithLogger}), so that a message logged with the
 legacy L{twisted.python.log} API while the event is handled names the
 connection in its C{system} field.  That took about 5 microseconds per
-event on the benchmark machine, several times what the reactor spends on
-an event otherwise (issue 16).  Almost nothing reads that context:
-wsrelay logs through L{twisted.logger.Logger}, whose events never do.
+event on the (busy) benchmark machine, around a call that does nothing
+(issue 16), whether anything is logged or not; yet almost nothing reads
+that context: wsrelay logs through L{twisted.logger.Logger}, whose events
+never do.
 
 So L{RelayReactor} only notes which descriptor it is handling (two
 attribute stores per event), and the default log context becomes a
@@ -92,11 +93,11 @@ _handling = _Handling()
 
 class EventLogContext(dict[str, Any]):
     """
-    The default log context (L{ILogContext}) under L{RelayReactor}: its copy,
-    which a legacy log call makes, and its items hold the log prefix of the descriptor
-    whose event the reactor is handling in this thread as C{system}, and
-    C{"-"} otherwise, as L{twisted.python.log.callWithLogger} would have
-    pushed it.
+    The default log context (L{ILogContext}) under L{RelayReactor}: its
+    copy, which a legacy log call makes, and its items hold as C{system}
+    the log prefix of the descriptor whose event the reactor is handling in
+    this thread, and C{"-"} otherwise, as
+    L{twisted.python.log.callWithLogger} would have pushed it.
     """
 
     def __init__(self) -> None:
