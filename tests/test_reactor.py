@@ -27,7 +27,8 @@ from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT
 from wsrelay import reactor as relayreactor
-from wsrelay.reactor import RelayReactor, installDefault, logPrefixOf
+from wsrelay import tap
+from wsrelay.reactor import RelayReactor, logPrefixOf
 
 #: The log prefix of an L{End}.
 PREFIX = "End,7,test"
@@ -321,25 +322,25 @@ class InstallTests(SynchronousTestCase):
 
     def test_defaultWhenNoneInstalled(self) -> None:
         """
-        L{installDefault} installs L{RelayReactor} when no reactor is
+        L{tap.installReactor} installs L{RelayReactor} when no reactor is
         installed yet, on Linux.
         """
         installed: list[bool] = []
         self.patch(relayreactor, "install", lambda: installed.append(True))
-        self.patch(relayreactor.platform, "isLinux", lambda: True)
-        self.assertEqual(installDefault(installed=False), "wsrelay")
+        self.patch(tap.platform, "isLinux", lambda: True)
+        self.assertEqual(tap.installReactor(installed=False), "wsrelay")
         self.assertEqual(installed, [True])
 
     def test_chosenStays(self) -> None:
         """
-        L{installDefault} leaves a reactor installed already (C{twistd -r})
+        L{tap.installReactor} leaves a reactor installed already (C{twistd -r})
         in place; by default it looks for C{twisted.internet.reactor}.
         """
         installed: list[bool] = []
         self.patch(relayreactor, "install", lambda: installed.append(True))
-        self.assertIsNone(installDefault(installed=True))
+        self.assertIsNone(tap.installReactor(installed=True))
         self.assertIn("twisted.internet.reactor", sys.modules)
-        self.assertIsNone(installDefault())
+        self.assertIsNone(tap.installReactor())
         self.assertEqual(installed, [])
 
     def test_notLinux(self) -> None:
@@ -348,8 +349,8 @@ class InstallTests(SynchronousTestCase):
         """
         installed: list[bool] = []
         self.patch(relayreactor, "install", lambda: installed.append(True))
-        self.patch(relayreactor.platform, "isLinux", lambda: False)
-        self.assertIsNone(installDefault(installed=False))
+        self.patch(tap.platform, "isLinux", lambda: False)
+        self.assertIsNone(tap.installReactor(installed=False))
         self.assertEqual(installed, [])
 
     def test_logPrefixOf(self) -> None:
@@ -406,3 +407,20 @@ class CommandLineTests(TestCase):
         C{twistd -r epoll wsrelay} runs on Twisted's epoll reactor.
         """
         self.assertEqual(await self.reactorOf("-r", "epoll"), "EPollReactor")
+
+    async def test_withoutEpoll(self) -> None:
+        """
+        Where there is no epoll (not Linux), C{wsrelay.tap} still imports,
+        and its options keep Twisted's default reactor.
+        """
+        code = (
+            "import select, sys; del select.epoll; "
+            "from twisted.python.runtime import platform; "
+            "platform.isLinux = lambda: False; "
+            "from wsrelay import tap; "
+            "print(tap.installReactor(), 'wsrelay.reactor' in sys.modules)"
+        )
+        out, err, status = await utils.getProcessOutputAndValue(
+            sys.executable, ["-c", code]
+        )
+        self.assertEqual((out, err, status), (b"None False\n", b"", 0))

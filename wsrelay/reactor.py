@@ -26,33 +26,26 @@ protocol's C{connectionLost}) is logged and the loop goes on with the next
 event, as L{twisted.python.log.callWithLogger} did.
 
 C{twistd wsrelay} installs this reactor unless C{-r NAME} chose another
-(L{installDefault}); C{twistd -r wsrelay} selects it for any twistd
-application (the dropin C{twisted/plugins/wsrelay_reactors.py}).
+(L{wsrelay.tap.installReactor}); C{twistd -r wsrelay} selects it for any
+twistd application (the dropin C{twisted/plugins/wsrelay_reactors.py}).
+Importing this module needs epoll (Linux).
 """
 
 from __future__ import annotations
 
-import sys
 from threading import get_ident
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import installReactor
 from twisted.python import context, log
-from twisted.python.runtime import platform
 
 __all__ = [
-    "DEFAULT",
     "EventLogContext",
     "RelayReactor",
     "install",
-    "installDefault",
     "logPrefixOf",
 ]
-
-#: The short name of the reactor C{twistd wsrelay} installs when the
-#: command line does not choose one (C{twistd -r NAME wsrelay ...}).
-DEFAULT = "wsrelay"
 
 
 def logPrefixOf(selectable: Any) -> str:
@@ -187,22 +180,3 @@ def install() -> None:
         reactor is installed already.
     """
     installReactor(RelayReactor())
-
-
-def installDefault(installed: Any = None) -> str | None:
-    """
-    Install wsrelay's default reactor (L{DEFAULT}) unless one is installed
-    already: C{twistd -r NAME} installs its reactor as it reads the
-    option, before the subcommand's options are read.  On a platform
-    without epoll the platform's own default stays.
-
-    @param installed: Whether a reactor is installed; by default, whether
-        C{twisted.internet.reactor} was imported.
-    @return: L{DEFAULT} if it was installed now, else L{None}.
-    """
-    if installed is None:
-        installed = "twisted.internet.reactor" in sys.modules
-    if installed or not platform.isLinux():
-        return None
-    install()
-    return DEFAULT
