@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.runtime import platform
 
 from wsrelay.config import ConfigError
 from wsrelay.descriptors import raiseLimit
@@ -25,7 +26,41 @@ from wsrelay.workers import ControlService, RelayAnswers, WorkerSpec
 if TYPE_CHECKING:
     from wsrelay.service import RelayService
 
-__all__ = ["Options", "ProcessControl", "StartRefused", "makeService", "readConfig"]
+__all__ = [
+    "DEFAULT_REACTOR",
+    "Options",
+    "ProcessControl",
+    "StartRefused",
+    "installReactor",
+    "makeService",
+    "readConfig",
+]
+
+#: The short name of the reactor C{twistd wsrelay} installs when the
+#: command line does not choose one with C{twistd -r NAME wsrelay ...}
+#: (L{wsrelay.reactor}).
+DEFAULT_REACTOR = "wsrelay"
+
+
+def installReactor(installed: bool | None = None) -> str | None:
+    """
+    Install wsrelay's reactor (L{DEFAULT_REACTOR}) unless one is installed
+    already: C{twistd -r NAME} installs its reactor as it reads the
+    option, before the subcommand's options are read.  Off Linux (no
+    epoll) Twisted's default stays.
+
+    @param installed: Whether a reactor is installed; by default, whether
+        C{twisted.internet.reactor} was imported.
+    @return: L{DEFAULT_REACTOR} if it was installed now, else L{None}.
+    """
+    if installed is None:
+        installed = "twisted.internet.reactor" in sys.modules
+    if installed or not platform.isLinux():
+        return None
+    from wsrelay.reactor import install
+
+    install()
+    return DEFAULT_REACTOR
 
 
 class StartRefused(SystemExit):
@@ -73,14 +108,17 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Read and check the configuration now, raise the limit of open
-        files (L{raiseLimit}) and check that C{max_connections} fits in
-        it, and build the relay (which builds each route's plugins,
-        checking their options), so that an error is one line and twistd
-        exits non-zero before it starts anything.
+        Install wsrelay's reactor unless C{twistd -r NAME} chose one
+        (L{installReactor}); read and check the configuration now, raise
+        the limit of open files (L{raiseLimit}) and check that
+        C{max_connections} fits in it, and build the relay (which builds
+        each route's plugins, checking their options), so that an error is
+        one line and twistd exits non-zero before it starts anything.
 
         @raise StartRefused: With the one-line error.
         """
+        # First: nothing below may import the global reactor before it.
+        installReactor()
         from wsrelay.service import RelayService
 
         path = os.path.abspath(self["config"])
