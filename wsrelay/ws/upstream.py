@@ -194,9 +194,9 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         """
         Let the request's and the response's header fields go too.
         """
-        super().forgetHandshake()
         self.requestHeaders = []
         self.responseHeaders = []
+        super().forgetHandshake()
 
     def processHandshake(self) -> None:
         """

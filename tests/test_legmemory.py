@@ -1,0 +1,206 @@
+"""
+What an open leg keeps (issue 16, memory per held connection): Autobahn's
+UTF-8 validator and write queue made only when used, and a leg's
+dictionary without the attributes that still hold their class defaults
+(L{wsrelay.ws._autobahn}).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+
+import autobahn.websocket.protocol
+from autobahn.twisted.websocket import (
+    WebSocketAdapterProtocol,
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from txaio.testutil import replace_loop
+
+from tests.support.memory import Network, relayConfig
+from wsrelay.ws._autobahn import (
+    DEFAULTS,
+    NO_QUEUE,
+    LazyUtf8Validator,
+    LegShims,
+    compact,
+)
+from wsrelay.ws.legs import RelayLeg
+
+#: Valid UTF-8 cut inside a sequence, then invalid UTF-8.
+_SAMPLES = [b"h\xc3", b"\xa9llo \xe2\x9c", b"\x93", b"\xff", b"ok"]
+
+
+class LazyUtf8ValidatorTests(SynchronousTestCase):
+    """
+    L{LazyUtf8Validator} is Autobahn's validator, made when first used.
+    """
+
+    def test_installed(self) -> None:
+        """
+        Autobahn's protocols make a L{LazyUtf8Validator} for each connection.
+        """
+        self.assertIs(
+            autobahn.websocket.protocol.Utf8Validator,  # type: ignore[attr-defined]
+            LazyUtf8Validator,
+        )
+
+    def test_unmadeUntilUsed(self) -> None:
+        """
+        A new one holds no validator; once reset, its methods are the real
+        validator's.
+        """
+        lazy = LazyUtf8Validator()
+        self.assertEqual(vars(lazy), {})
+        lazy.reset()
+        self.assertIsInstance(lazy.validate.__self__, Utf8Validator)
+        self.assertIs(lazy.reset.__self__, lazy.validate.__self__)
+
+    def test_validatesAsAutobahn(self) -> None:
+        """
+        It gives the answers Autobahn's validator gives, over pieces of a
+        message, whether its first call is C{reset} or C{validate}.
+        """
+        for first in ("reset", "validate"):
+            lazy, real = LazyUtf8Validator(), Utf8Validator()
+            if first == "reset":
+                lazy.reset()
+                real.reset()
+            self.assertEqual(
+                [tuple(lazy.validate(s)) for s in _SAMPLES],
+                [tuple(real.validate(s)) for s in _SAMPLES],
+            )
+
+
+class DefaultsTests(SynchronousTestCase):
+    """
+    The class defaults L{compact} relies on are Autobahn's initial values,
+    on attributes Autobahn itself has no class attribute for.
+    """
+
+    def test_notAutobahns(self) -> None:
+        """
+        No Autobahn protocol class defines any of L{DEFAULTS}: the class
+        defaults on L{LegShims} hide nothing of Autobahn's.
+        """
+        classes = (
+            WebSocketProtocol,
+            WebSocketServerProtocol,
+            WebSocketClientProtocol,
+            WebSocketAdapterProtocol,
+        )
+        clashes = [
+            f"{cls.__name__}.{name}"
+            for cls in classes
+            for name in DEFAULTS
+            if hasattr(cls, name)
+        ]
+        self.assertEqual(clashes, [])
+        for name, value in DEFAULTS.items():
+            self.assertIs(getattr(LegShims, name), value)
+
+    def test_autobahnsInitialValues(self) -> None:
+        """
+        Autobahn's protocols, server and client, start a connection with
+        the values L{DEFAULTS} gives (for the attributes they set then;
+        importing L{RelayLeg} installed the adjustments).
+        """
+        loop = replace_loop(Clock())
+        loop.__enter__()
+        self.addCleanup(loop.__exit__, None, None, None)
+        server = WebSocketServerFactory()
+        server.protocol = WebSocketServerProtocol
+        client = WebSocketClientFactory(url="ws://example.com/")
+        client.protocol = WebSocketClientProtocol
+        for factory in (server, client):
+            # The relay's legs have no opening handshake timer of Autobahn's.
+            factory.setProtocolOptions(openHandshakeTimeout=0)
+            protocol = factory.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            # (The handshake's texts are set to None when a leg opens.)
+            seen = {
+                n: vars(protocol)[n]
+                for n in DEFAULTS
+                if n in vars(protocol) and n not in RelayLeg._HANDSHAKE_ONLY
+            }
+            self.assertGreater(len(seen), 20)
+            self.assertEqual(
+                {n: v for n, v in seen.items() if v is not DEFAULTS[n]}, {}
+            )
+
+
+class CompactTests(SynchronousTestCase):
+    """
+    L{compact} and the legs' write queue.
+    """
+
+    def test_compact(self) -> None:
+        """
+        L{compact} drops the attributes whose value is their class default
+        and keeps the others; every attribute reads as before, and the
+        dictionary is smaller.
+        """
+
+        class Thing:
+            a = None
+            b = False
+            c = 0
+            d = "x"
+
+        thing = Thing()
+        for i in range(40):
+            setattr(thing, f"extra{i}", None)
+        thing.a, thing.b, thing.c, thing.d = None, True, 0, "x"
+        before = {name: getattr(thing, name) for name in vars(thing)}
+        size = sys.getsizeof(vars(thing))
+        compact(thing)
+        self.assertEqual(
+            sorted(vars(thing)), ["b", "d", *sorted(f"extra{i}" for i in range(40))]
+        )
+        self.assertEqual({name: getattr(thing, name) for name in before}, before)
+        self.assertLess(sys.getsizeof(vars(thing)), size)
+
+    def test_openLegs(self) -> None:
+        """
+        Once the client has its 101, neither leg's dictionary holds an
+        attribute of L{DEFAULTS} at its default, nor Autobahn's write
+        queue; messages still pass both ways.
+        """
+        network = Network(self, relayConfig())
+        client, backend, _, session = network.openSession()
+        for leg in (session.frontend, session.upstream):
+            kept = [
+                name
+                for name, value in vars(leg).items()
+                if name in DEFAULTS and value is DEFAULTS[name]
+            ]
+            self.assertEqual(kept, [])
+            self.assertIs(leg.send_queue, NO_QUEUE)
+            self.assertLessEqual(sys.getsizeof(vars(leg)), 832)
+        client.sendMessage(b"up")
+        backend.sendMessage(b"down")
+        network.flush()
+        self.assertEqual(backend.messages, [(b"up", False)])
+        self.assertEqual(client.messages, [(b"down", False)])
+
+    def test_synchronousWrite(self) -> None:
+        """
+        A synchronous write, which needs Autobahn's queue, makes one and
+        reaches the peer in order with what follows it.
+        """
+        network = Network(self, relayConfig())
+        client, backend, _, session = network.openSession()
+        frontend = session.frontend
+        frontend.sendMessage(b"one", sync=True)
+        self.assertIsInstance(frontend.send_queue, deque)
+        frontend.sendMessage(b"two")
+        network.advance(1)
+        self.assertEqual(client.messages, [(b"one", False), (b"two", False)])
