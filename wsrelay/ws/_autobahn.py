@@ -218,23 +218,40 @@ DEFAULTS.update(
 _SINGLETONS = (None, False, True, 0)
 
 
+def classDefaults(cls: type) -> dict[str, Any]:
+    """
+    @return: The attributes of C{cls} (its own and inherited) whose value
+        is one of L{_SINGLETONS}, with their values; worked out once per
+        class and kept on it.
+    """
+    found: dict[str, Any] | None = cls.__dict__.get("_classDefaults")
+    if found is None:
+        found = {}
+        for name in dir(cls):
+            value = getattr(cls, name, None)
+            if any(value is s for s in _SINGLETONS) and hasattr(cls, name):
+                found[name] = value
+        cls._classDefaults = found  # type: ignore[attr-defined]
+    return found
+
+
 def compact(protocol: Any) -> None:
     """
     Give C{protocol} a new dictionary without the attributes whose value
-    is their class default (L{DEFAULTS} among them): they read the same,
-    and the new dictionary is sized for what is left.
+    is their class default (L{DEFAULTS} among them, L{classDefaults}):
+    they read the same, and the new dictionary is sized for what is left.
     """
-    cls = type(protocol)
-    missing = object()
-    attributes = protocol.__dict__
+    defaults = classDefaults(type(protocol))
+    missing = _MISSING
     protocol.__dict__ = {
         name: value
-        for name, value in attributes.items()
-        if not (
-            getattr(cls, name, missing) is value
-            and any(value is s for s in _SINGLETONS)
-        )
+        for name, value in protocol.__dict__.items()
+        if defaults.get(name, missing) is not value
     }
+
+
+#: Stands for no class default in L{compact}.
+_MISSING = object()
 
 
 class LegShims:
