@@ -17,7 +17,7 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import Factory
@@ -440,17 +440,33 @@ def connectUpstream(
 
     connecting.addCallbacks(_dropResult, connectFailed)
 
+    # One timer, cancelled once the attempt is settled: what
+    # Deferred.addTimeout does, without its closures and its three
+    # callbacks per attempt.
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        opened.cancel()
+
+    timer = clock.callLater(timeout, expire)
+
     def settled(result: object) -> object:
         # Twisted's connector and the endpoint's factory form a cycle
         # that lives as long as the connection: neither may hold the
         # protocol through this attempt once it is no longer needed for
         # cancelling, or a closed leg would wait for the cyclic collector.
         attempt.protocol = None
+        if expired:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                return Failure(
+                    UpstreamTimeout(f"backend did not answer within {timeout:g}s")
+                )
+        elif timer.active():
+            timer.cancel()
         return result
 
     opened.addBoth(settled)
-    opened.addTimeout(timeout, clock)
-    opened.addErrback(_timeoutToError, timeout)
     return opened
 
 
@@ -460,12 +476,3 @@ def _dropResult(protocol: object) -> None:
     keeps as long as the connection: let it go (the leg is handed over
     through its C{opened} L{Deferred}).
     """
-
-
-def _timeoutToError(f: Failure, timeout: float) -> Failure:
-    """
-    Name a timeout as an upstream error.
-    """
-    if f.check(TimeoutError):
-        return Failure(UpstreamTimeout(f"backend did not answer within {timeout:g}s"))
-    return f
