@@ -22,15 +22,18 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from txaio.testutil import replace_loop
 
+from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.memory import Network, relayConfig
+from wsrelay.proxy.session import ProxySession
 from wsrelay.ws._autobahn import (
     DEFAULTS,
     NO_QUEUE,
     LazyUtf8Validator,
     LegShims,
+    classDefaults,
     compact,
 )
 from wsrelay.ws.legs import RelayLeg
@@ -204,3 +207,45 @@ class CompactTests(SynchronousTestCase):
         frontend.sendMessage(b"two")
         network.advance(1)
         self.assertEqual(client.messages, [(b"one", False), (b"two", False)])
+
+
+class HeldPassthroughTests(TestCase):
+    """
+    What a held passthrough connection keeps, over real sockets.
+    """
+
+    async def test_held(self) -> None:
+        """
+        Once the pipe carries a connection, the client's leg no longer
+        holds the request's head, neither leg's dictionary holds an
+        attribute at its class default (but the few set after), and it is
+        sized for less than 43 entries; Autobahn's write queue and UTF-8
+        validator were never made; messages still pass both ways.
+        """
+        b = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:r]\npath = /\ndata_path = passthrough\n"
+            f"backends = {b.url}\n",
+        )
+        c = await inThread(client, port, legacy=True)
+        await inThread(c.send, "hi")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
+        [session] = relay.sessions
+        assert isinstance(session, ProxySession)
+        self.assertIsNotNone(session.pipe)
+        self.assertIsNone(session.frontend.head)
+        for leg in (session.frontend, session.upstream):
+            # (Autobahn's keepalive timers and the head are set again after
+            # the leg was compacted.)
+            defaults = classDefaults(type(leg))
+            self.assertLessEqual(
+                {n for n, v in vars(leg).items() if defaults.get(n, self) is v},
+                {"head", "autoPingPendingCall", "autoPingTimeoutCall"},
+            )
+            self.assertLessEqual(sys.getsizeof(vars(leg)), 832)
+            self.assertIs(leg.send_queue, NO_QUEUE)
+            self.assertEqual(vars(leg.utf8validator), {})
+        await inThread(c.send, "again")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "again")
+        await inThread(c.close)

@@ -255,9 +255,13 @@ class RelayLeg(ClosingLeg):
         "http_request_data",
         "http_response_data",
         "http_status_line",
+        "http_request_host",
         "http_request_params",
+        "http_request_path",
         "http_request_uri",
         "websocket_origin",
+        "websocket_key",
+        "_wskey",
     )
 
     #: What a leg whose connection is gone lets go of (L{letGo}): the
