@@ -36,7 +36,9 @@ from wsrelay.ws._autobahn import (
     classDefaults,
     compact,
 )
+from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.legs import RelayLeg
+from wsrelay.ws.upstream import UpstreamProtocol
 
 #: Valid UTF-8 cut inside a sequence, then invalid UTF-8.
 _SAMPLES = [b"h\xc3", b"\xa9llo \xe2\x9c", b"\x93", b"\xff", b"ok"]
@@ -193,6 +195,27 @@ class CompactTests(SynchronousTestCase):
         network.flush()
         self.assertEqual(backend.messages, [(b"up", False)])
         self.assertEqual(client.messages, [(b"down", False)])
+
+    def test_optionsOnClass(self) -> None:
+        """
+        Autobahn copies no option into a leg (the class of each leg has
+        none to copy): each reads as its factory's, or is the leg's own
+        method.
+        """
+        network = Network(self, relayConfig())
+        _, _, _, session = network.openSession()
+        for leg, base in (
+            (session.frontend, FrontendProtocol),
+            (session.upstream, UpstreamProtocol),
+        ):
+            self.assertEqual(type(leg).CONFIG_ATTRS, ())
+            self.assertGreater(len(base.CONFIG_ATTRS), 20)
+            for name in base.CONFIG_ATTRS:
+                self.assertNotIn(name, vars(leg))
+                if name not in vars(base) and not hasattr(RelayLeg, name):
+                    self.assertEqual(
+                        getattr(leg, name), getattr(leg.factory, name), name
+                    )
 
     def test_synchronousWrite(self) -> None:
         """

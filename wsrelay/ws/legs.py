@@ -77,6 +77,10 @@ def withOptions(base: type[Any], factory: Any) -> type[Any]:
             continue
         value = getattr(factory, name)
         options[name] = staticmethod(value) if callable(value) else value
+    # With every option on the class, Autobahn's loop over CONFIG_ATTRS in
+    # each new connection's _connectionMade (a hasattr, a getattr and a
+    # tuple for its debug line, per option and leg) would copy nothing.
+    options["CONFIG_ATTRS"] = ()
     return type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
 
