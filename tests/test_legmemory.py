@@ -217,6 +217,25 @@ class CompactTests(SynchronousTestCase):
                         getattr(leg, name), getattr(leg.factory, name), name
                     )
 
+    def test_observers(self) -> None:
+        """
+        Legs share one tuple of Autobahn's observable events and hold no
+        results until an observer listens; then C{fire} reaches it, as
+        Autobahn's own would.
+        """
+        network = Network(self, relayConfig())
+        _, _, _, session = network.openSession()
+        f, up = session.frontend, session.upstream
+        self.assertIs(f._valid_events, up._valid_events)
+        self.assertEqual(f._valid_events, ("message",))
+        self.assertNotIn("_results", vars(f))
+        heard: list[object] = []
+        f.on("message", lambda payload, is_binary: heard.append(payload))
+        self.successResultOf(f.fire("message", b"x", is_binary=False))
+        self.assertEqual(heard, [b"x"])
+        self.assertIn("message", f._results)
+        self.assertRaises(RuntimeError, f.on, "nonsense", print)
+
     def test_synchronousWrite(self) -> None:
         """
         A synchronous write, which needs Autobahn's queue, makes one and

@@ -21,6 +21,9 @@ And, for the cost of a connection that is opened and then held:
     bytes empty), which the relay never makes: L{LegShims} starts each leg
     with L{NO_QUEUE} instead, and L{wsrelay.ws.legs.RelayLeg.sendData}
     makes the queue if it is ever needed.
+  - Autobahn's observable events: a list and a dictionary per connection,
+    which L{LegShims} replaces with one shared tuple, and a dictionary
+    made when an observer listens.
   - Autobahn sets some seventy attributes on each connection, half of them
     to L{None}, C{False} or 0 where they mostly stay: a dictionary of more
     than 42 entries takes 1,584 bytes, one of up to 42 takes 832.  Those
@@ -123,6 +126,9 @@ class LazyUtf8Validator:
         return real
 
 
+#: The tuples of valid events (L{LegShims.set_valid_events}), one of each.
+_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
 #: A leg's C{send_queue} until a write needs Autobahn's queue: empty, as
 #: Autobahn's checks of its length expect (L{LegShims._connectionMade}).
 NO_QUEUE: Any = ()
@@ -156,7 +162,13 @@ PRIVATE_METHODS = (
 
 #: Autobahn's private attributes of a connected protocol that wsrelay
 #: reads (checked the same way).
-PRIVATE_ATTRIBUTES = ("_perMessageCompress", "_transport_details")
+PRIVATE_ATTRIBUTES = (
+    "_perMessageCompress",
+    "_transport_details",
+    "_valid_events",
+    "_results",
+    "_listeners",
+)
 
 
 #: Attributes Autobahn sets on each connection to L{None}, C{False} or 0
@@ -276,6 +288,8 @@ class LegShims:
 
     compressor: Any = None
     send_queue: Any
+    _valid_events: tuple[str, ...] | None = None
+    _results: dict[str, Any] | None = None
 
     def _connectionMade(self) -> None:
         """
@@ -284,6 +298,27 @@ class LegShims:
         """
         super()._connectionMade()  # type: ignore[misc]
         self.send_queue = NO_QUEUE
+
+    def set_valid_events(self, valid_events: Any = None) -> None:
+        """
+        Autobahn's list of the events an observer may listen to (its
+        C{ObservableMixin}), as a tuple shared by every connection, and no
+        dictionary of results until an observer listens (L{on}): relay legs
+        have none, and Autobahn made both for each connection.
+        """
+        events = tuple(valid_events or ())
+        self._valid_events = _EVENTS.setdefault(events, events)
+
+    def on(self, event: str, handler: Callable[..., Any]) -> None:
+        """
+        Autobahn's C{on}, with the results' dictionary that C{fire} fills
+        once there is an observer.
+        """
+        if self._results is None:
+            self._results = dict.fromkeys(
+                self._valid_events or ()
+            )
+        super().on(event, handler)  # type: ignore[misc]
 
     def _onOpen(self) -> None:
         """
