@@ -1,5 +1,6 @@
 """
-What an open leg keeps (issue 16, memory per held connection): Autobahn's
+What opening a leg costs and what an open leg keeps (issue 16): the
+upstream leg opens on a plain 101 without Autobahn's second parse; Autobahn's
 UTF-8 validator and write queue made only when used, and a leg's
 dictionary without the attributes that still hold their class defaults
 (L{wsrelay.ws._autobahn}).
@@ -28,6 +29,7 @@ from txaio.testutil import replace_loop
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.memory import Network, relayConfig
 from wsrelay.proxy.session import ProxySession
+from wsrelay.ws import upstream
 from wsrelay.ws._autobahn import (
     DEFAULTS,
     NO_QUEUE,
@@ -291,3 +293,72 @@ class HeldPassthroughTests(TestCase):
         await inThread(c.send, "again")
         self.assertEqual(await inThread(c.recv, TIMEOUT), "again")
         await inThread(c.close)
+
+
+class _CountingProtocol:
+    """
+    Stands for Autobahn's client protocol in L{wsrelay.ws.upstream}:
+    counts the handshakes handed to Autobahn, and hands them on.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def processHandshake(self, protocol: object) -> object:
+        self.calls += 1
+        return WebSocketClientProtocol.processHandshake(protocol)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(WebSocketClientProtocol, name)
+
+
+class PlainOpenTests(SynchronousTestCase):
+    """
+    L{UpstreamProtocol} opens on a plain 101 itself, and leaves the rest to
+    Autobahn.
+    """
+
+    def test_plain(self) -> None:
+        """
+        A backend's plain 101 opens the upstream without Autobahn's
+        C{processHandshake}; the leg is open as Autobahn would leave it,
+        and messages pass both ways.
+        """
+        counting = _CountingProtocol()
+        self.patch(upstream, "WebSocketClientProtocol", counting)
+        network = Network(self, relayConfig())
+        client, backend, _, session = network.openSession()
+        up = session.upstream
+        assert up is not None
+        self.assertEqual(counting.calls, 0)
+        self.assertEqual(
+            (up.websocket_version, up.websocket_protocol_in_use, up.data),
+            (up.version, None, b""),
+        )
+        self.assertEqual(up.websocket_extensions_in_use, [])
+        self.assertTrue(up.is_open.called)
+        client.sendMessage(b"up")
+        backend.sendMessage(b"down")
+        network.flush()
+        self.assertEqual(backend.messages, [(b"up", False)])
+        self.assertEqual(client.messages, [(b"down", False)])
+
+    def test_otherToAutobahn(self) -> None:
+        """
+        A 101 that is not plain (here its C{Sec-WebSocket-Accept} is not
+        right for the key) goes to Autobahn, which fails it: the client is
+        answered 502.
+        """
+        counting = _CountingProtocol()
+        self.patch(upstream, "WebSocketClientProtocol", counting)
+        network = Network(self, relayConfig())
+        client = network.connectClient()
+        network.flush()
+        _, pump = network.acceptUpstream()
+        leg = pump.client._wrappedProtocol  # type: ignore[attr-defined]
+        self.assertIsInstance(leg, UpstreamProtocol)
+        leg.websocket_key = b"c29tZSBvdGhlciBrZXkgISE="
+        network.flush()
+        self.assertEqual(counting.calls, 1)
+        self.assertFalse(client.opened)
+        self.assertIn(b" 502 ", b"".join(client.raw))

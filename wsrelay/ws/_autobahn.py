@@ -158,6 +158,7 @@ PRIVATE_METHODS = (
     "_protocol_violation",
     "_invalid_payload",
     "_onOpen",
+    "_sendAutoPing",
 )
 
 #: Autobahn's private attributes of a connected protocol that wsrelay
@@ -315,10 +316,20 @@ class LegShims:
         once there is an observer.
         """
         if self._results is None:
-            self._results = dict.fromkeys(
-                self._valid_events or ()
-            )
+            self._results = dict.fromkeys(self._valid_events or ())
         super().on(event, handler)  # type: ignore[misc]
+
+    def startKeepalive(self) -> None:
+        """
+        Start Autobahn's keepalive pings (C{autoPingInterval}), as Autobahn
+        does when a connection opens.
+        """
+        interval = self.autoPingInterval  # type: ignore[attr-defined]
+        if interval:
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(  # type: ignore[attr-defined]
+                interval,
+                self._sendAutoPing,  # type: ignore[attr-defined]
+            )
 
     def _onOpen(self) -> None:
         """
