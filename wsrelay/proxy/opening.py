@@ -161,7 +161,16 @@ class UpstreamOpener:
         @return: A L{Deferred} that fires with the backend and the open
             upstream, or fails (L{refusal} says what to tell the client).
         """
-        opening = self._opening = Deferred.fromCoroutine(self._connect(avoid))
+        opening = self._opening = Deferred.fromCoroutine(
+            self._upstreams.openUpstream(
+                self._route,
+                connectionInfo(self._frontend, self._addresses),
+                self.request,
+                tuple(self._frontend.websocket_protocols),
+                avoid,
+                self._clock.seconds() + self._handshakeTimeout,
+            )
+        )
 
         def opened(result: Any) -> Any:
             self._opening = None
@@ -178,19 +187,6 @@ class UpstreamOpener:
         opening, self._opening = self._opening, None
         if opening is not None:
             opening.cancel()
-
-    async def _connect(self, avoid: Backend | None) -> tuple[Backend, UpstreamProtocol]:
-        """
-        Open an upstream within C{handshake_timeout}.
-        """
-        return await self._upstreams.openUpstream(
-            self._route,
-            connectionInfo(self._frontend, self._addresses),
-            self.request,
-            tuple(self._frontend.websocket_protocols),
-            avoid,
-            self._clock.seconds() + self._handshakeTimeout,
-        )
 
     def request(self, backend: Backend) -> tuple[str, RequestHeaders]:
         """

@@ -72,6 +72,10 @@ def startPipe(
     ):
         return
     pipe = holder.pipe = Pipe(holder, f, up)
+    # A pipe never opens another upstream (a passthrough route has no
+    # failover = reconnect): the request's parsed head, a kilobyte per
+    # held connection, is no longer needed.
+    f.head = None
     pipe.fromClient.inMessage = f.receivingFragment
     pipe.fromBackend.inMessage = up.receivingFragment
     leftovers = (f.data, up.data)

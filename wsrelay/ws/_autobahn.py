@@ -12,6 +12,25 @@ lines whether debug logging is on or not.
 The modules' names for these functions are replaced with wrappers that
 format only when a line is actually rendered, with the same text then.
 
+And, for the cost of a connection that is opened and then held:
+
+  - Autobahn makes an incremental UTF-8 validator (a C object through
+    cffi) for every connection: a passthrough leg never validates, so
+    L{LazyUtf8Validator} makes it on the first message that needs one.
+  - Autobahn's queue for chopped or synchronous writes (a C{deque}, 760
+    bytes empty), which the relay never makes: L{LegShims} starts each leg
+    with L{NO_QUEUE} instead, and L{wsrelay.ws.legs.RelayLeg.sendData}
+    makes the queue if it is ever needed.
+  - Autobahn's observable events: a list and a dictionary per connection,
+    which L{LegShims} replaces with one shared tuple, and a dictionary
+    made when an observer listens.
+  - Autobahn sets some seventy attributes on each connection, half of them
+    to L{None}, C{False} or 0 where they mostly stay: a dictionary of more
+    than 42 entries takes 1,584 bytes, one of up to 42 takes 832.  Those
+    attributes have class defaults (L{DEFAULTS}, on L{LegShims}), and
+    L{compact} drops from an open leg's dictionary each attribute whose
+    value is its class default, which reads the same.
+
 And the only place in wsrelay that names Autobahn's private attributes:
 L{LegShims} gives a relay leg the ones it uses under public names.
 """
@@ -26,6 +45,7 @@ import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.utf8validator import Utf8Validator
 
 
 class LazyCall(str):
@@ -77,13 +97,51 @@ def LazyFormat(obj: Any) -> LazyCall:
     return LazyCall(pprint.pformat, obj)
 
 
+class LazyUtf8Validator:
+    """
+    Autobahn's C{Utf8Validator}, made when it is first reset (Autobahn
+    resets it as each text message begins) or used: until then, an empty
+    object, which costs a connection a fraction of the real one's memory
+    and construction.  The first call replaces both methods on the
+    instance by the real validator's, so that later calls reach it
+    directly.
+    """
+
+    def reset(self) -> None:
+        """
+        Make the real validator and reset it.
+        """
+        self._realize().reset()
+
+    def validate(self, data: bytes) -> Any:
+        """
+        Make the real validator and validate C{data} with it.
+        """
+        return self._realize().validate(data)
+
+    def _realize(self) -> Any:
+        real = Utf8Validator()
+        self.reset = real.reset  # type: ignore[method-assign]
+        self.validate = real.validate  # type: ignore[method-assign]
+        return real
+
+
+#: The tuples of valid events (L{LegShims.set_valid_events}), one of each.
+_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+#: A leg's C{send_queue} until a write needs Autobahn's queue: empty, as
+#: Autobahn's checks of its length expect (L{LegShims._connectionMade}).
+NO_QUEUE: Any = ()
+
+
 def install() -> None:
     """
-    Make Autobahn's debug formatting lazy.
+    Make Autobahn's debug formatting, and its UTF-8 validators, lazy.
     """
     protocol: Any = autobahn.websocket.protocol
     twisted: Any = autobahn.twisted.websocket
     protocol.pformat = LazyFormat
+    protocol.Utf8Validator = LazyUtf8Validator
     for module in (protocol, twisted):
         module.hltype = lazy(util.hltype)
         module.hlval = lazy(util.hlval)
@@ -94,16 +152,123 @@ def install() -> None:
 #: tests/test_autobahn.py fails, naming it, when an upgrade of Autobahn
 #: renames one.
 PRIVATE_METHODS = (
+    "_connectionMade",
     "_dataReceived",
     "_fail_connection",
     "_protocol_violation",
     "_invalid_payload",
     "_onOpen",
+    "_sendAutoPing",
 )
 
 #: Autobahn's private attributes of a connected protocol that wsrelay
 #: reads (checked the same way).
-PRIVATE_ATTRIBUTES = ("_perMessageCompress", "_transport_details")
+PRIVATE_ATTRIBUTES = (
+    "_perMessageCompress",
+    "_transport_details",
+    "_valid_events",
+    "_results",
+    "_listeners",
+)
+
+
+#: Attributes Autobahn sets on each connection to L{None}, C{False} or 0
+#: (C{WebSocketProtocol._connectionMade} and the opening handshake),
+#: which it has no class attribute for: L{LegShims} has, with the same
+#: values, so that L{compact} can drop them from a leg's dictionary while
+#: they keep these values.  tests/test_autobahn.py checks that Autobahn's
+#: classes define none of them.
+DEFAULTS: dict[str, Any] = dict.fromkeys(
+    (
+        "_perMessageCompress",
+        "autoPingPending",
+        "autoPingPendingCall",
+        "autoPingPendingSent",
+        "autoPingTimeoutCall",
+        "closeHandshakeTimeoutCall",
+        "current_frame",
+        "_wskey",
+        "http_headers",
+        "http_request_data",
+        "http_request_host",
+        "http_request_params",
+        "http_request_path",
+        "http_request_uri",
+        "http_response_data",
+        "http_status_line",
+        "localCloseCode",
+        "localCloseReason",
+        "openHandshakeTimeoutCall",
+        "remoteCloseCode",
+        "remoteCloseReason",
+        "serverConnectionDropTimeoutCall",
+        "trackedTimings",
+        "wasNotCleanReason",
+        "websocket_key",
+        "websocket_origin",
+        "websocket_protocol_in_use",
+    )
+)
+DEFAULTS.update(
+    dict.fromkeys(
+        (
+            "closedByMe",
+            "droppedByMe",
+            "failedByMe",
+            "inside_message",
+            "triggered",
+            "wasClean",
+            "wasCloseHandshakeTimeout",
+            "wasMaxFramePayloadSizeExceeded",
+            "wasMaxMessagePayloadSizeExceeded",
+            "wasOpenHandshakeTimeout",
+            "wasServerConnectionDropTimeout",
+            "wasServingFlashSocketPolicyFile",
+        ),
+        False,
+    ),
+    autoPingPendingSeq=0,
+)
+
+#: What L{compact} drops when an attribute's value is its class default:
+#: the values that are the same object wherever they come from.
+_SINGLETONS = (None, False, True, 0)
+
+
+def classDefaults(cls: type) -> dict[str, Any]:
+    """
+    @return: The attributes of C{cls} (its own and inherited) whose value
+        is one of L{_SINGLETONS}, with their values; worked out once per
+        class and kept on it.
+    """
+    found: dict[str, Any] | None = cls.__dict__.get("_classDefaults")
+    if found is None:
+        found = {}
+        for name in dir(cls):
+            value = getattr(cls, name, None)
+            if any(value is s for s in _SINGLETONS) and hasattr(cls, name):
+                found[name] = value
+        cls._classDefaults = found  # type: ignore[attr-defined]
+    return found
+
+
+def compact(protocol: Any) -> None:
+    """
+    Give C{protocol} a new dictionary without the attributes whose value
+    is their class default (L{DEFAULTS} among them, L{classDefaults}):
+    they read the same, and the new dictionary is sized for what is left.
+    """
+    defaults = classDefaults(type(protocol))
+    missing = _MISSING
+    protocol.__dict__ = {
+        name: value
+        for name, value in protocol.__dict__.items()
+        if defaults.get(name, missing) is not value
+    }
+
+
+#: Stands for no class default in L{compact}.
+_MISSING = object()
 
 
 class LegShims:
@@ -123,6 +288,48 @@ class LegShims:
     parse: ClassVar[Callable[[Any, bytes], None]] = WebSocketProtocol._dataReceived
 
     compressor: Any = None
+    send_queue: Any
+    _valid_events: tuple[str, ...] | None = None
+    _results: dict[str, Any] | None = None
+
+    def _connectionMade(self) -> None:
+        """
+        Autobahn sets up the connection; its write queue stays unmade
+        (L{NO_QUEUE}) until a write needs it.
+        """
+        super()._connectionMade()  # type: ignore[misc]
+        self.send_queue = NO_QUEUE
+
+    def set_valid_events(self, valid_events: Any = None) -> None:
+        """
+        Autobahn's list of the events an observer may listen to (its
+        C{ObservableMixin}), as a tuple shared by every connection, and no
+        dictionary of results until an observer listens (L{on}): relay legs
+        have none, and Autobahn made both for each connection.
+        """
+        events = tuple(valid_events or ())
+        self._valid_events = _EVENTS.setdefault(events, events)
+
+    def on(self, event: str, handler: Callable[..., Any]) -> None:
+        """
+        Autobahn's C{on}, with the results' dictionary that C{fire} fills
+        once there is an observer.
+        """
+        if self._results is None:
+            self._results = dict.fromkeys(self._valid_events or ())
+        super().on(event, handler)  # type: ignore[misc]
+
+    def startKeepalive(self) -> None:
+        """
+        Start Autobahn's keepalive pings (C{autoPingInterval}), as Autobahn
+        does when a connection opens.
+        """
+        interval = self.autoPingInterval  # type: ignore[attr-defined]
+        if interval:
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(  # type: ignore[attr-defined]
+                interval,
+                self._sendAutoPing,  # type: ignore[attr-defined]
+            )
 
     def _onOpen(self) -> None:
         """
@@ -172,6 +379,11 @@ class LegShims:
         """
         done: bool = self._invalid_payload(reason)  # type: ignore[attr-defined]
         return done
+
+
+for _name, _value in DEFAULTS.items():
+    setattr(LegShims, _name, _value)
+del _name, _value
 
 
 def setPeer(protocol: Any, peer: str) -> None:

@@ -119,7 +119,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
 
     @ivar session: The session that pairs this connection with its
         upstream, once the request was routed.
-    @ivar head: The parsed request head.
+    @ivar head: The parsed request head, until a passthrough pipe
+        carries the connection (L{wsrelay.proxy.pairing.startPipe}).
     @ivar route: The route the request matched.
     @ivar path: The request path, normalized (L{normalizePath}): the
         relay routes on it and forwards it.

@@ -11,6 +11,7 @@ upstream request and the error responses the relay writes itself.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -171,6 +172,7 @@ def quotedString(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=4096)
 def forwardedNode(address: str) -> str:
     """
     @param address: An IP address, or anything else for a peer without one
@@ -178,6 +180,8 @@ def forwardedNode(address: str) -> str:
     @return: The node of a C{Forwarded} element's C{for=} (RFC 7239 6):
         IPv6 in brackets and quotes, C{unknown} when not an address (an
         IPv6 address with a scope id included: the scope is free text).
+        Remembered for the last few thousand addresses: a client's
+        reconnects, and a balancer's few addresses, parse once.
     """
     try:
         ip = ipaddress.ip_address(address)

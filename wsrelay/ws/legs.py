@@ -15,6 +15,7 @@ L{wsrelay.fanout.Channel} reading its source).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.ws import _autobahn
+from wsrelay.ws._autobahn import NO_QUEUE, compact
 from wsrelay.ws.framing import compressFrame
 from wsrelay.ws.legclosing import OPEN, ClosingLeg
 from wsrelay.ws.writes import directWrite
@@ -75,6 +77,10 @@ def withOptions(base: type[Any], factory: Any) -> type[Any]:
             continue
         value = getattr(factory, name)
         options[name] = staticmethod(value) if callable(value) else value
+    # With every option on the class, Autobahn's loop over CONFIG_ATTRS in
+    # each new connection's _connectionMade (a hasattr, a getattr and a
+    # tuple for its debug line, per option and leg) would copy nothing.
+    options["CONFIG_ATTRS"] = ()
     return type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
 
@@ -253,9 +259,13 @@ class RelayLeg(ClosingLeg):
         "http_request_data",
         "http_response_data",
         "http_status_line",
+        "http_request_host",
         "http_request_params",
+        "http_request_path",
         "http_request_uri",
         "websocket_origin",
+        "websocket_key",
+        "_wskey",
     )
 
     #: What a leg whose connection is gone lets go of (L{letGo}): the
@@ -318,12 +328,15 @@ class RelayLeg(ClosingLeg):
         holds many connections for long, and with the relay's own copies
         (L{UpstreamProtocol.forgetHandshake}) they were a fifth of each
         one's memory (19.7 against 15.6 KiB resident per connection in the
-        storm benchmark, BENCHMARKS.md).
+        storm benchmark, BENCHMARKS.md).  Then give the leg a dictionary
+        sized for the attributes that differ from their class defaults
+        (L{compact <wsrelay.ws._autobahn.compact>}).
         """
         attributes = self.__dict__
         for name in self._HANDSHAKE_ONLY:
             if name in attributes:
                 attributes[name] = None
+        compact(self)
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
@@ -331,9 +344,12 @@ class RelayLeg(ClosingLeg):
         """
         Autobahn's C{sendData} without the arguments of its debug line,
         which it computes on every write, and sending at once when nothing
-        is queued (L{directWrite}).
+        is queued (L{directWrite}).  Autobahn's queue is made here when a
+        chopped or synchronous write first needs it.
         """
         if sync or chopsize or self.send_queue or self.logOctets:
+            if (sync or chopsize) and self.send_queue is NO_QUEUE:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
             return
         (self._directWrite or self.writer())(data)

@@ -8,16 +8,18 @@ handshake's status, headers and body so they can be relayed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from typing import TYPE_CHECKING, Any, cast
 
+import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import Factory
@@ -32,6 +34,7 @@ from wsrelay.ws.handshake import (
     parseHead,
     parseStatusLine,
 )
+from wsrelay.ws.legclosing import OPEN
 from wsrelay.ws.legs import RelayLeg, legOptions, withOptions
 
 if TYPE_CHECKING:
@@ -45,6 +48,9 @@ if TYPE_CHECKING:
     )
 
     from wsrelay.config import RelayConfig
+
+#: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
+_WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 #: How much of a refusal's body is relayed.
 MAX_REFUSAL_BODY = 65536
@@ -194,9 +200,9 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         """
         Let the request's and the response's header fields go too.
         """
-        super().forgetHandshake()
         self.requestHeaders = []
         self.responseHeaders = []
+        super().forgetHandshake()
 
     def processHandshake(self) -> None:
         """
@@ -251,7 +257,69 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         self.responseHeaders = endToEnd(head)
         if self.extensions == END_TO_END:
             self._keepExtensionsAnswer(head, end)
+        if self._plainAccept(head):
+            # (The head may be shorter now: _keepExtensionsAnswer.)
+            self._open(self.data.find(b"\r\n\r\n"), chosen)
+            return
         WebSocketClientProtocol.processHandshake(self)
+
+    def _plainAccept(self, head: Head) -> bool:
+        """
+        Whether the backend's 101 is one Autobahn accepts without a doubt
+        and without negotiating anything: HTTP/1.1, one C{Upgrade:
+        websocket}, C{Connection} with C{upgrade}, one
+        C{Sec-WebSocket-Accept} that is right for the key, at most one
+        C{Sec-WebSocket-Protocol} (checked already), and no extension that
+        this leg would negotiate.  Anything else goes to Autobahn, which
+        accepts or fails it with its own reason.
+        """
+        if self.extensions == RELAY_DEFLATE or not head.startLine.startswith(
+            "HTTP/1.1 "
+        ):
+            return False
+        upgrade, accept, protocols = [], [], 0
+        for name, value in head.headers:
+            lname = name.lower()
+            if lname == "upgrade":
+                upgrade.append(value)
+            elif lname == "sec-websocket-accept":
+                accept.append(value)
+            elif lname == "sec-websocket-protocol":
+                protocols += 1
+            elif lname == "sec-websocket-extensions" and self.extensions != END_TO_END:
+                return False
+        if (
+            len(upgrade) != 1
+            or upgrade[0].strip().lower() != "websocket"
+            or "upgrade" not in head.tokens("connection")
+            or protocols > 1
+            or len(accept) != 1
+        ):
+            return False
+        digest = hashlib.sha1(self.websocket_key + _WS_MAGIC).digest()
+        return accept[0].strip() == base64.b64encode(digest).decode()
+
+    def _open(self, end: int, chosen: str) -> None:
+        """
+        Open the leg as Autobahn does once it accepted a 101 (its
+        C{processHandshake}), without the response object and the
+        L{Deferred} of its C{onConnect}, which this leg does not use.
+
+        @param end: Where the head ends in C{self.data}.
+        @param chosen: The subprotocol the backend chose, or C{""}.
+        """
+        self.data = self.data[end + 4 :]
+        self.websocket_extensions_in_use = []
+        self.websocket_protocol_in_use = chosen or None
+        self.state = OPEN
+        self.inside_message = False
+        self.current_frame = None
+        self.websocket_version = self.version  # type: ignore[attr-defined]
+        self.startKeepalive()
+        self._onOpen()
+        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        if self.data:
+            self.consumeData()
 
     def _keepExtensionsAnswer(self, head: Head, end: int) -> None:
         """
@@ -440,17 +508,33 @@ def connectUpstream(
 
     connecting.addCallbacks(_dropResult, connectFailed)
 
+    # One timer, cancelled once the attempt is settled: what
+    # Deferred.addTimeout does, without its closures and its three
+    # callbacks per attempt.
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        opened.cancel()
+
+    timer = clock.callLater(timeout, expire)
+
     def settled(result: object) -> object:
         # Twisted's connector and the endpoint's factory form a cycle
         # that lives as long as the connection: neither may hold the
         # protocol through this attempt once it is no longer needed for
         # cancelling, or a closed leg would wait for the cyclic collector.
         attempt.protocol = None
+        if expired:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                return Failure(
+                    UpstreamTimeout(f"backend did not answer within {timeout:g}s")
+                )
+        elif timer.active():
+            timer.cancel()
         return result
 
     opened.addBoth(settled)
-    opened.addTimeout(timeout, clock)
-    opened.addErrback(_timeoutToError, timeout)
     return opened
 
 
@@ -460,12 +544,3 @@ def _dropResult(protocol: object) -> None:
     keeps as long as the connection: let it go (the leg is handed over
     through its C{opened} L{Deferred}).
     """
-
-
-def _timeoutToError(f: Failure, timeout: float) -> Failure:
-    """
-    Name a timeout as an upstream error.
-    """
-    if f.check(TimeoutError):
-        return Failure(UpstreamTimeout(f"backend did not answer within {timeout:g}s"))
-    return f
