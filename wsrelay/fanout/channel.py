@@ -4,9 +4,11 @@ A fan-out channel: one source (an L{ISource}: the built-in C{websocket}
 one, or a plugin's), shared by every client of the channel.
 
 A L{Channel} is the L{ISourceChannel} its source feeds: it frames each
-message once (L{wsrelay.ws.framing.frame}) and writes the same bytes to
-every member (a L{wsrelay.fanout.members.FanoutSession}).  Payloads are
-never decoded here.
+message once (L{wsrelay.ws.framing.frame}), gathers what its source
+delivers during one reactor turn (or C{write_delay} milliseconds), and
+then writes the same bytes to every member (a
+L{wsrelay.fanout.members.FanoutSession}) in one write.  Payloads are never
+decoded here.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from wsrelay.routing import Backend, Route
 from wsrelay.ws.framing import frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.roles import SessionRegistry
@@ -103,7 +105,8 @@ class Channel:
         or L{STOPPED}: the source's, as it reports it, while it runs.
     @ivar members: The clients, in the order they joined.
     @ivar messagesIn: Messages received from the source.
-    @ivar deliveries: Messages written or queued to a client.
+    @ivar deliveries: Messages written or queued to a client (counted as
+        they are written: L{flush}).
     @ivar slowDrops: Messages skipped for slow clients.
     @ivar slowCloses: Clients closed for being slow.
     @ivar clientDrops: Client messages not forwarded.
@@ -121,10 +124,15 @@ class Channel:
         registry: SessionRegistry,
         clock: IReactorTime,
         makeSource: SourceMaker,
+        reactor: IReactorTime | None = None,
     ) -> None:
         """
         @param registry: Told when the channel ends.
+        @param clock: Times the linger and the resume window's lookups.
         @param makeSource: Makes the channel's source, given the channel.
+        @param reactor: Whose turns the writes to the members follow
+            (L{flush}, scheduled with its C{callLater}); C{clock} by
+            default.
         """
         self.registry = registry
         self._route = route
@@ -145,6 +153,11 @@ class Channel:
         self.clientDrops = 0
         self.connects = 0
         self._linger = Linger(clock)
+        self._turns = clock if reactor is None else reactor
+        #: The framed messages delivered since the last flush.
+        self._pending: list[bytes] = []
+        #: The flush to come, while messages are pending.
+        self._flushCall: IDelayedCall | None = None
         #: Whether the source was started and not stopped since.
         self._running = False
         self.retired = False
@@ -219,8 +232,10 @@ class Channel:
         """
         Add a client: it gets the replay now (or, resuming after the
         message C{since}, what it missed: L{wsrelay.fanout.resume}), then
-        every message.
+        every message.  The members first get what is pending: the replay
+        already holds it.
         """
+        self.flush()
         self._linger.cancel()
         if not self._running and self.state != STOPPED:
             # Before the window looks up C{since}: a source's history
@@ -239,8 +254,10 @@ class Channel:
     def leave(self, member: Member) -> None:
         """
         Remove a client; the last one out of a lazy channel starts the
-        linger time.
+        linger time.  What is pending is written first, to this client too
+        (its count of messages out includes it).
         """
+        self.flush()
         self.members.pop(member, None)
         if not self.members and self.retired:
             self.retire()
@@ -281,26 +298,52 @@ class Channel:
     def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
         """
         Messages from the source (what one read gave it): each is framed
-        once, kept for the replay, and the batch goes to every member in
-        one write.  The per-message path: nothing else happens here.
+        once and kept for the replay; they wait with the others of this
+        reactor turn (or C{write_delay}) until L{flush} writes them.  The
+        per-message path: nothing else happens here.
         """
         window = self.window
-        members = self.members
         if window is None:
             framed = [frame(opcode, payload) for opcode, payload, _ in messages]
             self.replay.extend(framed)
-            receivers = len(members)
         else:
             framed = [window.add(*message) for message in messages]
-            # Clients catching up are counted by the window.
-            receivers = len(members) - window.held
-        count = len(framed)
-        if not count:
+        if not framed:
             return
-        self.messagesIn += count
-        chunk = framed[0] if count == 1 else b"".join(framed)
-        self.deliveries += count * receivers
-        for member in members:
+        self.messagesIn += len(framed)
+        if not self.members:
+            # Nobody to write to; a client that joins gets the replay.
+            return
+        self._pending += framed
+        if self._flushCall is None:
+            self._flushCall = self._turns.callLater(
+                self.routeConfig.writeDelay / 1000, self.flush
+            )
+
+    def flush(self) -> None:
+        """
+        Write the messages pending to every member, in one write each;
+        done once per reactor turn (or C{write_delay}) after a delivery,
+        and before anything that changes who gets what: a client joins or
+        leaves, is closed, the source stops.
+        """
+        call, self._flushCall = self._flushCall, None
+        if call is not None and call.active():
+            call.cancel()
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        count = len(pending)
+        chunk = pending[0] if count == 1 else b"".join(pending)
+        members = self.members
+        window = self.window
+        # Clients catching up are counted by the window.
+        held = 0 if window is None else window.held
+        self.deliveries += count * (len(members) - held)
+        # A copy: a member closed for being slow may leave as it is written
+        # to.
+        for member in list(members):
             member.send(chunk, count)
 
     def stateChanged(self, state: str) -> None:
@@ -359,8 +402,9 @@ class Channel:
     ) -> Deferred[None]:
         """
         Stop the source, with a close code and reason for a source that
-        takes them (C{stopWith}).
+        takes them (C{stopWith}); what it delivered is written first.
         """
+        self.flush()
         self._linger.cancel()
         self.state = state
         self._running = False
@@ -373,8 +417,9 @@ class Channel:
         The channel ended: the registry forgets it, and it lets go of its
         source, which holds it, also through the resume window's history
         (reference counting frees both once the source's connections are
-        gone).
+        gone).  Nothing is pending any more, and no flush is scheduled.
         """
+        self.flush()
         self.registry.channelEnded(self)
         self.source = ENDED
         if self.window is not None:
