@@ -29,6 +29,7 @@ from wsrelay.fanout.lifecycle import (
     sourceChanged,
     stopSource,
 )
+from wsrelay.fanout.pending import Pending
 from wsrelay.fanout.resume import resumeWindow, withoutParameter
 from wsrelay.fanout.source import CONNECTING, IDLE, STOPPED, UP, WAITING
 from wsrelay.interfaces import (
@@ -41,7 +42,7 @@ from wsrelay.routing import Backend, Route
 from wsrelay.ws.framing import frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.roles import SessionRegistry
@@ -105,8 +106,7 @@ class Channel:
         or L{STOPPED}: the source's, as it reports it, while it runs.
     @ivar members: The clients, in the order they joined.
     @ivar messagesIn: Messages received from the source.
-    @ivar deliveries: Messages written or queued to a client (counted as
-        they are written: L{flush}).
+    @ivar deliveries: Messages written or queued to a client.
     @ivar slowDrops: Messages skipped for slow clients.
     @ivar slowCloses: Clients closed for being slow.
     @ivar clientDrops: Client messages not forwarded.
@@ -128,11 +128,8 @@ class Channel:
     ) -> None:
         """
         @param registry: Told when the channel ends.
-        @param clock: Times the linger and the resume window's lookups.
         @param makeSource: Makes the channel's source, given the channel.
-        @param reactor: Whose turns the writes to the members follow
-            (L{flush}, scheduled with its C{callLater}); C{clock} by
-            default.
+        @param reactor: Whose turns L{flush} follows; C{clock} by default.
         """
         self.registry = registry
         self._route = route
@@ -153,11 +150,7 @@ class Channel:
         self.clientDrops = 0
         self.connects = 0
         self._linger = Linger(clock)
-        self._turns = clock if reactor is None else reactor
-        #: The framed messages delivered since the last flush.
-        self._pending: list[bytes] = []
-        #: The flush to come, while messages are pending.
-        self._flushCall: IDelayedCall | None = None
+        self._pending = Pending(clock if reactor is None else reactor)
         #: Whether the source was started and not stopped since.
         self._running = False
         self.retired = False
@@ -232,8 +225,7 @@ class Channel:
         """
         Add a client: it gets the replay now (or, resuming after the
         message C{since}, what it missed: L{wsrelay.fanout.resume}), then
-        every message.  The members first get what is pending: the replay
-        already holds it.
+        every message (the others get what is pending first).
         """
         self.flush()
         self._linger.cancel()
@@ -253,9 +245,8 @@ class Channel:
 
     def leave(self, member: Member) -> None:
         """
-        Remove a client; the last one out of a lazy channel starts the
-        linger time.  What is pending is written first, to this client too
-        (its count of messages out includes it).
+        Remove a client, once it got what is pending; the last one out of
+        a lazy channel starts the linger time.
         """
         self.flush()
         self.members.pop(member, None)
@@ -311,40 +302,15 @@ class Channel:
         if not framed:
             return
         self.messagesIn += len(framed)
-        if not self.members:
-            # Nobody to write to; a client that joins gets the replay.
-            return
-        self._pending += framed
-        if self._flushCall is None:
-            self._flushCall = self._turns.callLater(
-                self.routeConfig.writeDelay / 1000, self.flush
-            )
+        if self.members:
+            self._pending.add(self, framed)
 
     def flush(self) -> None:
         """
-        Write the messages pending to every member, in one write each;
-        done once per reactor turn (or C{write_delay}) after a delivery,
-        and before anything that changes who gets what: a client joins or
-        leaves, is closed, the source stops.
+        Write what is pending (L{Pending}), at the end of the turn and
+        before a client joins, leaves or is closed, or the source stops.
         """
-        call, self._flushCall = self._flushCall, None
-        if call is not None and call.active():
-            call.cancel()
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
-        count = len(pending)
-        chunk = pending[0] if count == 1 else b"".join(pending)
-        members = self.members
-        window = self.window
-        # Clients catching up are counted by the window.
-        held = 0 if window is None else window.held
-        self.deliveries += count * (len(members) - held)
-        # A copy: a member closed for being slow may leave as it is written
-        # to.
-        for member in list(members):
-            member.send(chunk, count)
+        self._pending.flush(self)
 
     def stateChanged(self, state: str) -> None:
         """
@@ -417,9 +383,8 @@ class Channel:
         The channel ended: the registry forgets it, and it lets go of its
         source, which holds it, also through the resume window's history
         (reference counting frees both once the source's connections are
-        gone).  Nothing is pending any more, and no flush is scheduled.
+        gone).
         """
-        self.flush()
         self.registry.channelEnded(self)
         self.source = ENDED
         if self.window is not None:
