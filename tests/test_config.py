@@ -300,6 +300,7 @@ replay = 3
 client_messages = forward
 max_client_buffer = 4096
 slow_client = close
+write_delay = 2.5
 connect = lazy
 linger = 0
 subscribe = {"op": "sub"}
@@ -381,6 +382,7 @@ ticker_interval = 1
                 feed.clientMessages,
                 feed.maxClientBuffer,
                 feed.slowClient,
+                feed.writeDelay,
                 feed.connect,
                 feed.linger,
                 feed.subscribe,
@@ -394,6 +396,7 @@ ticker_interval = 1
                 "forward",
                 4096,
                 "close",
+                2.5,
                 "lazy",
                 0.0,
                 ('{"op": "sub"}', "hello"),
@@ -532,6 +535,7 @@ class BadValueTests(SynchronousTestCase):
         ("route", "slow_client"): ["wait", ""],
         ("route", "connect"): ["now", ""],
         ("route", "linger"): ["-1", "x"],
+        ("route", "write_delay"): ["-1", "x", "1e3", "nan", ""],
         ("route", "subscribe"): [],
         ("route", "backoff_base"): ["0", "x"],
         ("route", "backoff_cap"): ["0", "-1"],

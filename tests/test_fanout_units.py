@@ -101,7 +101,8 @@ class SourceReaderTests(SynchronousTestCase):
         Once the source is connected, its leg's C{dataPath} is a
         L{SourceReader} called by the leg's own C{dataReceived} (no method
         of the live leg is replaced); the messages of one read, fragmented
-        or not, reach each member framed once, in one write.
+        or not, reach each member framed once, in one write, at the end of
+        the reactor turn.
         """
         relay, clock, wire, channel = openSource(self, "")
         self.assertEqual(channel.state, UP)
@@ -118,6 +119,8 @@ class SourceReaderTests(SynchronousTestCase):
             b"\x81\x02hi" + b"\x02\x01a" + b"\x00\x01b" + b"\x80\x01c" + b"\x82\x00"
         )
         expected = frame(TEXT, b"hi") + frame(BINARY, b"abc") + frame(BINARY, b"")
+        self.assertEqual(members[0].writes, [])
+        cast(MemoryReactorClock, relay._reactor).advance(0)
         for m in members:
             self.assertEqual(m.writes, [(expected, 3)])
         self.assertEqual((channel.messagesIn, channel.deliveries), (3, 6))

@@ -105,11 +105,14 @@ def deliver(channel: Channel, messages: Sequence[Delivered]) -> None:
     """
     Hand C{channel} messages as a source does, with their source ids: its
     C{deliver} (L{wsrelay.interfaces.ISourceChannel}) where it has one, or
-    what that does (the window frames each, every member gets it).
+    what that does (the window frames each, every member gets it); then
+    the end of the reactor turn, when the channel writes to its members
+    (L{Channel.flush}).
     """
     method = getattr(channel, "deliver", None)
     if method is not None:
         method(messages)
+        channel.flush()
         return
     window = channel.window
     assert window is not None
@@ -803,6 +806,11 @@ class MemoryChannel:
         self.members: dict[Any, None] = {}
         self.messagesIn = 0
         self.deliveries = 0
+
+    def flush(self) -> None:
+        """
+        Nothing is pending: L{deliver} writes at once.
+        """
 
 
 class MemorySource:

@@ -302,8 +302,9 @@ class ChannelTests(SynchronousTestCase):
     def test_deliver(self) -> None:
         """
         One C{deliver} call is framed once per message and written to each
-        member in one write, whatever the opcodes and ids; the replay keeps
-        each message framed.
+        member in one write when the channel flushes (at the end of the
+        reactor turn), whatever the opcodes and ids; the replay keeps each
+        message framed.
         """
         channel = self.channel("replay = 2\n")
         self.assertTrue(verifyObject(ISourceChannel, channel))
@@ -311,6 +312,8 @@ class ChannelTests(SynchronousTestCase):
         for m in members:
             channel.join(m)
         channel.deliver([(1, b"a", "1-0"), (2, b"\x00", None), (1, b"c", "3-0")])
+        self.assertEqual(members[0].writes, [])
+        channel.flush()
         expected = frame(TEXT, b"a") + frame(BINARY, b"\x00") + frame(TEXT, b"c")
         for m in members:
             self.assertEqual(m.writes, [(expected, 3)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
@@ -19,7 +20,6 @@ from wsrelay.ws.screening import Refused
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
-    from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
     from wsrelay.interfaces import ISource
@@ -175,7 +175,12 @@ class Sessions:
         channels = self._registry.channels
         channel = channels.get((route.name, key))
         if channel is None:
-            channel = Channel(route, key, self._registry, self._clock, self.source)
+            # Writes follow the reactor's turns; a test's reactor without
+            # timers leaves them to the clock.
+            turns = self._reactor if IReactorTime.providedBy(self._reactor) else None
+            channel = Channel(
+                route, key, self._registry, self._clock, self.source, turns
+            )
             channels[(route.name, key)] = channel
         return channel
 

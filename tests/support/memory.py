@@ -320,9 +320,12 @@ class Network:
 
     def flush(self) -> None:
         """
-        Move bytes on every connection until none moves.
+        Move bytes on every connection until none moves, ending each round
+        with the reactor's turn (the calls C{callLater(0, ...)} made: a
+        fan-out channel's writes).
         """
         for _ in range(100):
+            self.clock.advance(0)
             moved = [pump.flush() for pump in self.pumps]
             if not any(moved):
                 return

@@ -129,6 +129,24 @@ def _seconds(zeroAllowed: bool, meaning: str = "") -> _Parser:
     return parse
 
 
+def _milliseconds(meaning: str = "") -> _Parser:
+    """
+    @return: A parser of durations in milliseconds (C{"0"}, C{"2.5"}), zero
+        or more; C{meaning} explains zero.
+    """
+    what = "a number of milliseconds >= 0" + meaning
+
+    def parse(value: str, context: _Context) -> float:
+        if not _DECIMAL.match(value):
+            raise _BadValue(_expected(what, value))
+        number = float(value)
+        if not math.isfinite(number):
+            raise _BadValue(_expected(what, value))
+        return number
+
+    return parse
+
+
 def _rate(value: str, context: _Context) -> float:
     if not _DECIMAL.match(value):
         raise _BadValue(_expected("a number >= 0 (0 = no limit)", value))

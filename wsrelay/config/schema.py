@@ -25,6 +25,7 @@ from wsrelay.config.endpoints import (
 )
 from wsrelay.config.parse import (
     _choice,
+    _milliseconds,
     _onOff,
     _parseAdminHosts,
     _parseBackends,
@@ -263,6 +264,8 @@ ROUTE = _schema("route", "[route:NAME]", ROUTE_CLASSES, [
      "Fan-out: bytes queued for one slow client before slow_client applies."),
     ("slow_client",       "choice",      _choice("drop", "close"),
      "Fan-out: skip messages for a slow client, or close it with 1013."),
+    ("write_delay",       "milliseconds", _milliseconds(" (0 = every turn)"),
+     "Fan-out: gather messages this long, then one write per client."),
     ("connect",           "choice",      _choice("eager", "lazy"),
      "Fan-out: connect to the source at start, or at the first client."),
     ("linger",            "seconds",     _seconds(True),

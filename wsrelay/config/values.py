@@ -288,6 +288,9 @@ class FanoutRouteConfig(BaseRouteConfig):
     @ivar maxClientBuffer: Bytes queued for one client before
         L{slowClient} applies.
     @ivar slowClient: C{"drop"} (skip messages) or C{"close"}.
+    @ivar writeDelay: Milliseconds a channel gathers the messages of its
+        source before writing them to its clients, in one write each; 0:
+        once per reactor turn.
     @ivar connect: C{"eager"} (at start) or C{"lazy"} (at the first
         client).
     @ivar linger: Seconds a lazy channel's upstream stays open after its
@@ -318,6 +321,7 @@ class FanoutRouteConfig(BaseRouteConfig):
     clientMessages: str = "drop"
     maxClientBuffer: int = 1048576
     slowClient: str = "drop"
+    writeDelay: float = 0.0
     connect: str = "eager"
     linger: float = 30.0
     subscribe: tuple[str, ...] = ()

@@ -87,6 +87,11 @@ class ResumeChannel(Protocol):
     messagesIn: int
     deliveries: int
 
+    def flush(self) -> None:
+        """
+        Write what is pending to the members, before one is added.
+        """
+
 
 class CatchUpWindow(Protocol):
     """
@@ -559,4 +564,7 @@ class CatchUps:
             return
         del self.active[catchUp.member]
         self._unhold(catchUp)
+        # The member has what is pending (it was held for it, or written
+        # to it): the others get it first.
+        catchUp.channel.flush()
         catchUp.channel.members[catchUp.member] = None

@@ -4,9 +4,11 @@ A fan-out channel: one source (an L{ISource}: the built-in C{websocket}
 one, or a plugin's), shared by every client of the channel.
 
 A L{Channel} is the L{ISourceChannel} its source feeds: it frames each
-message once (L{wsrelay.ws.framing.frame}) and writes the same bytes to
-every member (a L{wsrelay.fanout.members.FanoutSession}).  Payloads are
-never decoded here.
+message once (L{wsrelay.ws.framing.frame}), gathers what its source
+delivers during one reactor turn (or C{write_delay} milliseconds), and
+then writes the same bytes to every member (a
+L{wsrelay.fanout.members.FanoutSession}) in one write.  Payloads are never
+decoded here.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from wsrelay.fanout.lifecycle import (
     sourceChanged,
     stopSource,
 )
+from wsrelay.fanout.pending import Pending
 from wsrelay.fanout.resume import resumeWindow, withoutParameter
 from wsrelay.fanout.source import CONNECTING, IDLE, STOPPED, UP, WAITING
 from wsrelay.interfaces import (
@@ -121,10 +124,12 @@ class Channel:
         registry: SessionRegistry,
         clock: IReactorTime,
         makeSource: SourceMaker,
+        reactor: IReactorTime | None = None,
     ) -> None:
         """
         @param registry: Told when the channel ends.
         @param makeSource: Makes the channel's source, given the channel.
+        @param reactor: Whose turns L{flush} follows; C{clock} by default.
         """
         self.registry = registry
         self._route = route
@@ -145,13 +150,14 @@ class Channel:
         self.clientDrops = 0
         self.connects = 0
         self._linger = Linger(clock)
+        self._pending = Pending(clock if reactor is None else reactor)
         #: Whether the source was started and not stopped since.
         self._running = False
         self.retired = False
         self._makeSource = makeSource
         self._replaced = Replaced()
         self.source: ISource = makeSource(self)
-        self._lendHistory()
+        _lendHistory(self)
 
     @property
     def route(self) -> Route:
@@ -206,8 +212,9 @@ class Channel:
         """
         Add a client: it gets the replay now (or, resuming after the
         message C{since}, what it missed: L{wsrelay.fanout.resume}), then
-        every message.
+        every message (the others get what is pending first).
         """
+        self.flush()
         self._linger.cancel()
         if not self._running and self.state != STOPPED:
             # Before the window looks up C{since}: a source's history
@@ -225,9 +232,10 @@ class Channel:
 
     def leave(self, member: Member) -> None:
         """
-        Remove a client; the last one out of a lazy channel starts the
-        linger time.
+        Remove a client, once it got what is pending; the last one out of
+        a lazy channel starts the linger time.
         """
+        self.flush()
         self.members.pop(member, None)
         if not self.members and self.retired:
             self.retire()
@@ -268,27 +276,28 @@ class Channel:
     def deliver(self, messages: Sequence[tuple[int, bytes, str | None]]) -> None:
         """
         Messages from the source (what one read gave it): each is framed
-        once, kept for the replay, and the batch goes to every member in
-        one write.  The per-message path: nothing else happens here.
+        once and kept for the replay; they wait with the others of this
+        reactor turn (or C{write_delay}) until L{flush} writes them.  The
+        per-message path: nothing else happens here.
         """
         window = self.window
-        members = self.members
         if window is None:
             framed = [frame(opcode, payload) for opcode, payload, _ in messages]
             self.replay.extend(framed)
-            receivers = len(members)
         else:
             framed = [window.add(*message) for message in messages]
-            # Clients catching up are counted by the window.
-            receivers = len(members) - window.held
-        count = len(framed)
-        if not count:
+        if not framed:
             return
-        self.messagesIn += count
-        chunk = framed[0] if count == 1 else b"".join(framed)
-        self.deliveries += count * receivers
-        for member in members:
-            member.send(chunk, count)
+        self.messagesIn += len(framed)
+        if self.members:
+            self._pending.add(self, framed)
+
+    def flush(self) -> None:
+        """
+        Write what is pending (L{Pending}), at the end of the turn and
+        before a client joins, leaves or is closed, or the source stops.
+        """
+        self._pending.flush(self)
 
     @property
     def keep(self) -> int:
@@ -366,8 +375,9 @@ class Channel:
     ) -> Deferred[None]:
         """
         Stop the source, with a close code and reason for a source that
-        takes them (C{stopWith}).
+        takes them (C{stopWith}); what it delivered is written first.
         """
+        self.flush()
         self._linger.cancel()
         self.state = state
         self._running = False
@@ -388,13 +398,14 @@ class Channel:
             # Its history is the source's, which holds the channel.
             self.window.close()
 
-    def _lendHistory(self) -> None:
-        """
-        Let the resume window ask the source for what it keeps, when the
-        source keeps a history (L{ISourceHistory}).
-        """
-        if self.window is not None:
-            self.window.history = ISourceHistory(self.source, None)
+
+def _lendHistory(channel: Channel) -> None:
+    """
+    Let the channel's resume window ask its source for what it keeps, when
+    the source keeps a history (L{ISourceHistory}).
+    """
+    if channel.window is not None:
+        channel.window.history = ISourceHistory(channel.source, None)
 
 
 def _replaceSource(channel: Channel, previous: Route) -> None:
@@ -426,6 +437,6 @@ def _replaceSource(channel: Channel, previous: Route) -> None:
     successor = ISourceSuccessor(source, None)
     if successor is not None:
         successor.takeOver(old)
-    channel._lendHistory()
+    _lendHistory(channel)
     if running:
         channel.start()

@@ -252,8 +252,12 @@ class FanoutSession:
         """
         A close frame is about to go to the client: no data frame may
         follow it (RFC 6455, 5.5.1), so what the channel sends from now on
-        goes nowhere, and nothing more is queued.
+        goes nowhere, and nothing more is queued.  What the channel has
+        pending goes first: the client got it before its close when the
+        channel wrote at once.
         """
+        if self._joined and not self._closing:
+            self.channel.flush()
         self._closing = True
         self.queue.clear()
         self.queued = 0

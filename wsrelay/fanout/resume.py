@@ -373,7 +373,10 @@ class ResumeWindow:
     ) -> None:
         """
         Send C{data} to C{member}, then make it a member like any other.
+        The members first get what the channel has pending (C{data} may
+        hold it).
         """
+        channel.flush()
         count = len(data)
         if count:
             member.send(b"".join(data), count)
