@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import fail
 from twisted.logger import Logger
 
+from wsrelay.auth.gate import authorize, authRequest, closeAtExpiry, withHeaders
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.fanout.context import SourceContext
+from wsrelay.proxy.opening import connectionInfo
 from wsrelay.proxy.session import ProxySession
+from wsrelay.ws.legclosing import CLOSED
 from wsrelay.ws.screening import Refused
 
 if TYPE_CHECKING:
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
-    from wsrelay.interfaces import ISource
+    from wsrelay.interfaces import Allow, ISource
     from wsrelay.roles import LiveChannel, LiveSession, Upstreams
     from wsrelay.routing import Backend, Route, RouteTable
     from wsrelay.stats import Histogram
@@ -126,8 +129,35 @@ class Sessions:
 
     def openSession(self, frontend: FrontendProtocol, route: Route) -> Deferred[Any]:
         """
-        Pair a client whose handshake is valid with an upstream.
+        Pair a client whose handshake is valid with an upstream, once the
+        route's authorizer (if any) allowed it: before any backend is
+        contacted.
         """
+        authorizer = route.authorizer
+        if authorizer is None:
+            return self._open(frontend, route, None)
+        assert frontend.head is not None
+        method = frontend.head.startLine.split(" ", 1)[0]
+        request = authRequest(
+            method, connectionInfo(frontend, self._admission), route.name
+        )
+        config = route.config
+        d = authorize(authorizer, request, config.authTimeout, self._clock, config.auth)
+        return d.addCallback(lambda allow: self._open(frontend, route, allow))
+
+    def _open(
+        self, frontend: FrontendProtocol, route: Route, allow: Allow | None
+    ) -> Deferred[Any]:
+        """
+        Open the session of an allowed client: the header fields of
+        C{allow} replace the client's of the same names in the upstream
+        request, and its expiry closes the client with 1008.
+        """
+        if frontend.state == CLOSED or frontend.head is None:
+            # The client left while its authorizer was deciding.
+            return fail(Refused(503, "Service Unavailable"))
+        if allow is not None:
+            frontend.head = withHeaders(frontend.head, allow.headers)
         session: ProxySession | FanoutSession
         if route.config.mode == "fanout":
             key = channelKey(route, frontend.remainder, frontend.query)
@@ -166,7 +196,16 @@ class Sessions:
                 latency=self._latency,
             )
         self._registry.sessions.add(session)
-        return session.open()
+        d = session.open()
+        if allow is not None and allow.expires is not None:
+            expires = allow.expires
+
+            def opened(result: Any) -> Any:
+                closeAtExpiry(session, expires, self._clock)
+                return result
+
+            d.addCallback(opened)
+        return d
 
     def channel(self, route: Route, key: str) -> Channel:
         """
