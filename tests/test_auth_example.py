@@ -94,6 +94,18 @@ class ApiKeyExampleTests(TestCase):
         with open(path) as f:
             self.assertLess(len(f.readlines()), 60)
 
+    def test_documented(self) -> None:
+        """
+        docs/plugins.md shows the whole plugin as it is.
+        """
+        path = os.path.join(EXAMPLES, "twisted", "plugins", "apikey_authorizer.py")
+        with open(path) as f:
+            source = f.read()
+        with open(os.path.join(EXAMPLES, "..", "..", "docs", "plugins.md")) as f:
+            docs = f.read()
+        section = docs.split("## Writing an authorizer", 1)[1]
+        self.assertIn("```python\n" + source + "```", section)
+
     def writeConfig(self, extra: str = "") -> str:
         """
         Write the example's C{apikey.ini} with a port chosen by the system,
