@@ -7,6 +7,7 @@ jwt}, C{auth = http}), with real backends and C{websockets} clients.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
 from typing import Any
@@ -19,7 +20,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.authserver import startAuthServer
-from tests.support.clients import closeOf
+from tests.support.clients import closeOf, rawRequest
+from tests.support.waiting import waitFor
 from wsrelay.auth.gate import (
     EXPIRED,
     UNAVAILABLE,
@@ -310,6 +312,29 @@ class RelayTests(TestCase):
         self.assertEqual(self.backend.connections, 0)
         await server.waitForLost()
         self.flushLoggedErrors()
+
+    async def test_clientLeft(self) -> None:
+        """
+        A client that leaves while its authorizer decides is not paired
+        with a backend when the authorizer allows it afterwards.
+        """
+        server = startAuthServer(self)
+        server.answer = None
+        options = f"auth = http\nauth_url = {server.url}/auth\n"
+        relay, port = await self.relay(options)
+        self.addCleanup(relay.routes.routes[0].authorizer.close)
+        sock = await inThread(socket.create_connection, ("127.0.0.1", port), TIMEOUT)
+        request = rawRequest(port, "/chat")
+        await inThread(sock.sendall, request)
+        await server.waitForRequest()
+        sock.close()
+        await waitFor(lambda: relay.admission.clientConnections == 0)
+        server.release(200, [])
+        # The answer was read once its connection is back in the pool.
+        pool = relay.routes.routes[0].authorizer.pool
+        await waitFor(lambda: any(pool._connections.values()))
+        self.assertEqual(self.backend.connections, 0)
+        self.assertEqual(relay.sessions, set())
 
     async def test_expiryClose(self) -> None:
         """

@@ -34,6 +34,7 @@ class AuthServer(Resource):
         self.requests: list[dict[str, Any]] = []
         self.lost = 0
         self.url = ""
+        self.pending: list[Request] = []
 
     def render(self, request: Request) -> bytes | int:
         """
@@ -57,12 +58,25 @@ class AuthServer(Resource):
                 self.lost += 1
 
             request.notifyFinish().addErrback(lost)
+            self.pending.append(request)
             return NOT_DONE_YET
         status, fields, body = self.answer
         request.setResponseCode(status)
         for name, value in fields:
             request.responseHeaders.addRawHeader(name, value)
         return body
+
+    def release(self, status: int, fields: list[tuple[str, str]]) -> None:
+        """
+        Answer the requests held so far with C{status}, C{fields} and no
+        body.
+        """
+        pending, self.pending = self.pending, []
+        for request in pending:
+            request.setResponseCode(status)
+            for name, value in fields:
+                request.responseHeaders.addRawHeader(name, value)
+            request.finish()
 
     async def waitForRequest(self, count: int = 1) -> None:
         """
