@@ -335,6 +335,8 @@ class RelayTests(TestCase):
         await waitFor(lambda: any(pool._connections.values()))
         self.assertEqual(self.backend.connections, 0)
         self.assertEqual(relay.sessions, set())
+        # Nothing was written to the gone client (no error logged).
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     async def test_expiryClose(self) -> None:
         """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from wsrelay.auth.gate import authorize, authRequest, closeAtExpiry, withHeaders
@@ -21,8 +21,8 @@ from wsrelay.ws.legclosing import CLOSED
 from wsrelay.ws.screening import Refused
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
+    from twisted.python.failure import Failure
 
     from wsrelay.config import RelayConfig
     from wsrelay.interfaces import Allow, ISource
@@ -142,8 +142,21 @@ class Sessions:
             method, connectionInfo(frontend, self._admission), route.name
         )
         config = route.config
+        result: Deferred[Any] = Deferred()
+
+        def decided(allow: Allow) -> None:
+            # A client that left while its authorizer decided gets no
+            # answer, and no backend is contacted for it.
+            if frontend.state != CLOSED:
+                self._open(frontend, route, allow).chainDeferred(result)
+
+        def refused(f: Failure) -> None:
+            if frontend.state != CLOSED:
+                result.errback(f)
+
         d = authorize(authorizer, request, config.authTimeout, self._clock, config.auth)
-        return d.addCallback(lambda allow: self._open(frontend, route, allow))
+        d.addCallbacks(decided, refused)
+        return result
 
     def _open(
         self, frontend: FrontendProtocol, route: Route, allow: Allow | None
@@ -152,10 +165,11 @@ class Sessions:
         Open the session of an allowed client: the header fields of
         C{allow} replace the client's of the same names in the upstream
         request, and its expiry closes the client with 1008.
+
+        @return: See L{openSession}: it never fires when the client leaves
+            first.
         """
-        if frontend.state == CLOSED or frontend.head is None:
-            # The client left while its authorizer was deciding.
-            return fail(Refused(503, "Service Unavailable"))
+        assert frontend.head is not None
         if allow is not None:
             frontend.head = withHeaders(frontend.head, allow.headers)
         session: ProxySession | FanoutSession
