@@ -29,6 +29,7 @@ from wsrelay.auth.gate import (
     closeAtExpiry,
     withHeaders,
 )
+from wsrelay.config import ConfigError
 from wsrelay.interfaces import Allow, AuthRequest, Deny
 from wsrelay.ws.handshake import Head
 from wsrelay.ws.screening import Refused
@@ -367,6 +368,55 @@ class RelayTests(TestCase):
             return closeOf(c)
 
         self.assertEqual(await inThread(closed), (1008, "token expired"))
+
+    async def test_reloadRereadsKey(self) -> None:
+        """
+        A reload (SIGHUP) reads the key file again: a token signed with the
+        new secret is allowed from then on, and one with the old is not.
+        """
+        relay, port = await self.relay(self.jwtOptions())
+        newSecret = b"the-rotated-secret-of-32-bytes-long!"
+        with open(self.keyFile, "wb") as f:
+            f.write(newSecret)
+        await relay.reload()
+        claims = {"sub": "bob", "exp": int(time.time()) + 600}
+        token = "Bearer " + jwt.encode(claims, newSecret, "HS256")
+
+        def run() -> str:
+            with client(
+                port, "/chat", additional_headers={"Authorization": token}
+            ) as c:
+                c.send("headers")
+                return str(c.recv(TIMEOUT))
+
+        self.assertIn("x-user: bob", (await inThread(run)).lower().splitlines())
+        old = self.token()
+        e = await inThread(status, port, "/chat", additional_headers=old)
+        self.assertEqual(e.response.status_code, 401)
+
+    async def test_badOptions(self) -> None:
+        """
+        An option the authorizer rejects stops the relay from starting,
+        with one line naming the route's C{auth} key; a reload with one is
+        rejected and the running authorizer stays.
+        """
+        with self.assertRaises(ConfigError) as raised:
+            await self.relay(self.jwtOptions().replace("HS256", "HS256 none"))
+        message = str(raised.exception)
+        self.assertIn("[route:chat] auth: jwt: jwt_algorithms: 'none'", message)
+        self.assertEqual(message.splitlines(), [message])
+        relay, port = await self.relay(self.jwtOptions())
+        os.remove(self.keyFile)
+        with self.assertRaises(ConfigError) as raised:
+            await relay.reload()
+        self.assertIn("auth: jwt: jwt_key_file: cannot read", str(raised.exception))
+
+        def run() -> str:
+            with client(port, "/chat", additional_headers=self.token()) as c:
+                c.send("still")
+                return str(c.recv(TIMEOUT))
+
+        self.assertEqual(await inThread(run), "still")
 
     async def test_fanout(self) -> None:
         """
