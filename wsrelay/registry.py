@@ -169,8 +169,7 @@ class Sessions:
         @return: See L{openSession}: it never fires when the client leaves
             first.
         """
-        assert frontend.head is not None
-        if allow is not None:
+        if allow is not None and frontend.head is not None:
             frontend.head = withHeaders(frontend.head, allow.headers)
         session: ProxySession | FanoutSession
         if route.config.mode == "fanout":
