@@ -552,6 +552,8 @@ class BadValueTests(SynchronousTestCase):
         ("route", "health"): ["ping", "None", ""],
         ("route", "health_interval"): ["0", "-1", "x"],
         ("route", "health_timeout"): ["0", "1s"],
+        ("route", "auth"): ["nope", "JWT"],
+        ("route", "auth_timeout"): ["0", "1s", "-1"],
         ("route", "rise"): ["0", "-1", "1.5"],
         ("route", "fall"): ["0", "x"],
         ("relay", "admin"): ["tcp:abc", ""],
@@ -1458,7 +1460,7 @@ class KeyTableTests(SynchronousTestCase):
         }
         derived = {
             "relay": {"path", "routes", "demo"},
-            "route": {"name", "options", "healthOptions"},
+            "route": {"name", "options", "healthOptions", "authOptions"},
             "demo": set(),
         }
         self.assertEqual(list(SCHEMAS), ["relay", "route", "demo"])

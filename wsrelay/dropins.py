@@ -22,6 +22,9 @@ from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
 from wsrelay.interfaces import (
+    IAuthorizer,
+    IAuthorizerContext,
+    IAuthorizerFactory,
     IBackend,
     IBalancer,
     IBalancerFactory,
@@ -147,3 +150,20 @@ class SourcePlugin(LazyPlugin):
         """
         source: ISource = self.implementation(channel, options, context)
         return source
+
+
+@implementer(IAuthorizerFactory)
+class AuthorizerPlugin(LazyPlugin):
+    """
+    An authorizer plugin: L{implementation} is called as
+    C{implementation(options, context)}.
+    """
+
+    def build(
+        self, options: Mapping[str, str], context: IAuthorizerContext
+    ) -> IAuthorizer:
+        """
+        Make the authorizer of one route.
+        """
+        authorizer: IAuthorizer = self.implementation(options, context)
+        return authorizer

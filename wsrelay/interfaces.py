@@ -375,10 +375,131 @@ class ISourceContext(Interface):
         """
 
 
-# The next extension point takes the same shape: an object interface, and
-# a factory interface extending IPluginFactory whose build() makes it for
-# one route, registered with a lazy plugin object (wsrelay.dropins).
-#
-# - IAuthorizer / IAuthorizerFactory (issue 17): asked about each request
-#   of a route that names it (`auth = NAME`) before any backend is
-#   contacted; answers allow or deny, possibly through a Deferred.
+@dataclass(frozen=True)
+class AuthRequest:
+    """
+    What an authorizer sees of a client's opening handshake, before any
+    backend is contacted.
+
+    @ivar method: The request method (C{"GET"}).
+    @ivar path: The request path, normalized as the relay routes on it.
+    @ivar query: The query string, without C{?}, as sent.
+    @ivar headers: The request's header fields in the order received, names
+        as sent (compare them case-insensitively), repeated fields kept.
+    @ivar cookies: The C{Cookie} header's cookies by name.
+    @ivar peer: The client's address (from C{X-Forwarded-For} when the peer
+        is in C{trusted_proxies}).
+    @ivar route: The name of the route the request matched.
+    """
+
+    method: str
+    path: str
+    query: str
+    headers: Sequence[tuple[str, str]]
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    peer: str = ""
+    route: str = ""
+
+    def header(self, name: str) -> str | None:
+        """
+        @return: The values of every field called C{name}
+            (case-insensitive) joined with C{", "}, or L{None}.
+        """
+        lname = name.lower()
+        values = [v for (n, v) in self.headers if n.lower() == lname]
+        return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True)
+class Allow:
+    """
+    An authorizer's answer: the client may go on.
+
+    @ivar headers: Header fields to set on the upstream request; any field
+        of the client's with one of these names (case-insensitive) is
+        removed first.  Names the relay writes itself (C{Host},
+        C{X-Forwarded-For}, the handshake's own) or holding C{_}, and values
+        holding control characters, are an error: the client gets 503.
+    @ivar expires: When the client's credentials expire, in seconds on the
+        relay's clock (POSIX time, as C{reactor.seconds()}), or L{None}:
+        with C{jwt_expiry = close} (or any authorizer that sets it) the
+        relay closes the connection with 1008 then.
+    """
+
+    headers: Sequence[tuple[str, str]] = ()
+    expires: float | None = None
+
+
+@dataclass(frozen=True)
+class Deny:
+    """
+    An authorizer's answer: the client is refused with this HTTP response,
+    sent as it is (status, header fields, body), and no backend is
+    contacted.
+
+    @ivar status: The status code, 400 to 599.
+    @ivar headers: The response's header fields (C{WWW-Authenticate},
+        C{Content-Type}...).
+    @ivar body: The response's body.
+    """
+
+    status: int
+    headers: Sequence[tuple[str, str]] = ()
+    body: bytes = b""
+
+
+class IAuthorizer(Interface):
+    """
+    Decides, for one route, whether a client may open a connection.
+    Built once per route (at start and at each reload).
+    """
+
+    def authorize(request: AuthRequest) -> Allow | Deny | Deferred[Allow | Deny]:
+        """
+        Decide about one request, at once or through a L{Deferred}.
+
+        The relay waits at most the route's C{auth_timeout} (and cancels
+        the L{Deferred} then: give it a canceller that aborts the work); an
+        exception, a failed L{Deferred}, a timeout or an answer that is
+        neither L{Allow} nor L{Deny} refuses the client with 503.  Nothing
+        is ever allowed by an error.
+
+        @param request: What is known of the request.
+        @return: L{Allow} or L{Deny}, or a L{Deferred} firing with one.
+        """
+
+
+class IAuthorizerContext(Interface):
+    """
+    What the relay lends an authorizer when it builds one.
+    """
+
+    reactor = Attribute(
+        "The reactor to connect and time with (L{IReactorTime},"
+        " L{IReactorTCP}, L{IReactorSSL}); use it, not the global one."
+    )
+    route = Attribute("The route's name (C{str}).")
+    directory = Attribute(
+        "The directory of the configuration file (C{str}): relative file"
+        " names in options are relative to it."
+    )
+
+
+class IAuthorizerFactory(IPluginFactory):
+    """
+    A plugin that makes authorizers; C{auth = NAME} in a route selects it.
+    """
+
+    def build(options: Mapping[str, str], context: IAuthorizerContext) -> IAuthorizer:
+        """
+        Make the authorizer of one route.  Called at start and at each
+        reload (SIGHUP): read files named in the options here, never in
+        L{IAuthorizer.authorize}.
+
+        @param options: The route's values for the keys in C{options}, as
+            written (absent keys are missing).
+        @param context: What else the relay lends an authorizer.
+        @raise ValueError: When an option's value is invalid; the message,
+            which should start with the key, is shown to the operator with
+            the route's section.
+        """

@@ -22,13 +22,19 @@ from twisted.python.modules import getModule
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from wsrelay.interfaces import IBalancerFactory, IHealthCheckerFactory, ISourceFactory
+from wsrelay.interfaces import (
+    IAuthorizerFactory,
+    IBalancerFactory,
+    IHealthCheckerFactory,
+    ISourceFactory,
+)
 
 #: The kinds of plugin, as L{logPlugins} names them.
 KINDS = {
     "balancers": IBalancerFactory,
     "health checkers": IHealthCheckerFactory,
     "sources": ISourceFactory,
+    "authorizers": IAuthorizerFactory,
 }
 
 T = TypeVar("T")
@@ -141,6 +147,8 @@ def brokenPlugins(interface: object) -> dict[str, str]:
 balancerFactories = partial(findPlugins, IBalancerFactory)
 #: The installed health-checker factories by name.
 healthCheckerFactories = partial(findPlugins, IHealthCheckerFactory)
+#: The installed authorizer factories by name.
+authorizerFactories = partial(findPlugins, IAuthorizerFactory)
 
 
 def logPlugins() -> None:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from wsrelay.auth.gate import authorize, authRequest, closeAtExpiry, withHeaders
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.fanout.context import SourceContext
+from wsrelay.proxy.opening import connectionInfo
 from wsrelay.proxy.session import ProxySession
+from wsrelay.ws.legclosing import CLOSED
 from wsrelay.ws.screening import Refused
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
 
     from wsrelay.config import RelayConfig
-    from wsrelay.interfaces import ISource
+    from wsrelay.interfaces import Allow, ISource
     from wsrelay.roles import LiveChannel, LiveSession, Upstreams
     from wsrelay.routing import Backend, Route, RouteTable
     from wsrelay.stats import Histogram
@@ -126,8 +129,48 @@ class Sessions:
 
     def openSession(self, frontend: FrontendProtocol, route: Route) -> Deferred[Any]:
         """
-        Pair a client whose handshake is valid with an upstream.
+        Pair a client whose handshake is valid with an upstream, once the
+        route's authorizer (if any) allowed it: before any backend is
+        contacted.
         """
+        authorizer = route.authorizer
+        if authorizer is None:
+            return self._open(frontend, route, None)
+        assert frontend.head is not None
+        method = frontend.head.startLine.split(" ", 1)[0]
+        request = authRequest(
+            method, connectionInfo(frontend, self._admission), route.name
+        )
+        config = route.config
+        result: Deferred[Any] = Deferred()
+
+        def decided(allow: Allow) -> None:
+            # A client that left while its authorizer decided gets no
+            # answer, and no backend is contacted for it.
+            if frontend.state != CLOSED:
+                self._open(frontend, route, allow).chainDeferred(result)
+
+        def refused(f: Failure) -> None:
+            if frontend.state != CLOSED:
+                result.errback(f)
+
+        d = authorize(authorizer, request, config.authTimeout, self._clock, config.auth)
+        d.addCallbacks(decided, refused)
+        return result
+
+    def _open(
+        self, frontend: FrontendProtocol, route: Route, allow: Allow | None
+    ) -> Deferred[Any]:
+        """
+        Open the session of an allowed client: the header fields of
+        C{allow} replace the client's of the same names in the upstream
+        request, and its expiry closes the client with 1008.
+
+        @return: See L{openSession}: it never fires when the client leaves
+            first.
+        """
+        if allow is not None and frontend.head is not None:
+            frontend.head = withHeaders(frontend.head, allow.headers)
         session: ProxySession | FanoutSession
         if route.config.mode == "fanout":
             key = channelKey(route, frontend.remainder, frontend.query)
@@ -166,7 +209,16 @@ class Sessions:
                 latency=self._latency,
             )
         self._registry.sessions.add(session)
-        return session.open()
+        d = session.open()
+        if allow is not None and allow.expires is not None:
+            expires = allow.expires
+
+            def opened(result: Any) -> Any:
+                closeAtExpiry(session, expires, self._clock)
+                return result
+
+            d.addCallback(opened)
+        return d
 
     def channel(self, route: Route, key: str) -> Channel:
         """

@@ -17,11 +17,14 @@ from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsrelay.auth import NO_AUTH
+from wsrelay.auth.gate import AuthorizerContext
 from wsrelay.config import NO_HEALTH, ConfigError, loadConfig
 from wsrelay.fanout.context import SourceContext
 from wsrelay.health.monitor import HealthMonitor
-from wsrelay.interfaces import ISourceChannel, ISourceFactory
+from wsrelay.interfaces import IAuthorizer, ISourceChannel, ISourceFactory
 from wsrelay.plugins import (
+    authorizerFactories,
     balancerFactories,
     extendPluginPath,
     findPlugins,
@@ -59,6 +62,7 @@ def readConfig(path: str) -> RelayConfig:
         {name: tuple(f.options) for name, f in balancerFactories().items()},
         {name: tuple(f.options) for name, f in healthCheckerFactories().items()},
         {name: tuple(f.options) for name, f in sourceFactories().items()},
+        {name: tuple(f.options) for name, f in authorizerFactories().items()},
     )
 
 
@@ -101,6 +105,7 @@ class RouteBuilder:
         self._balancers = balancerFactories()
         self._checkers = healthCheckerFactories()
         self._sources = sourceFactories()
+        self._authorizers = authorizerFactories()
 
     def build(
         self, config: RelayConfig, previous: dict[str, Route] | None = None
@@ -127,16 +132,19 @@ class RouteBuilder:
             stay in use then.
         """
         balancers, checkers, sources = self._balancers, self._checkers, self._sources
+        authorizers = self._authorizers
         try:
             self._balancers = balancerFactories()
             self._checkers = healthCheckerFactories()
             self._sources = sourceFactories()
+            self._authorizers = authorizerFactories()
             for rc in config.routes:
                 self._trust(config, rc)
                 self._plugins(config, rc, buildBackends(rc, None))
+                self._authorizer(config, rc)
         except ConfigError:
             self._balancers, self._checkers = balancers, checkers
-            self._sources = sources
+            self._sources, self._authorizers = sources, authorizers
             raise
 
     def _buildRoute(
@@ -154,6 +162,7 @@ class RouteBuilder:
         if previous is not None:
             # Check the plugins on stand-in backends first.
             self._plugins(relay, config, buildBackends(config, None))
+        authorizer = self._authorizer(relay, config)
         backends = buildBackends(config, previous)
         balancer, checker, source = self._plugins(relay, config, backends)
         if not config.verify and any(b.config.secure for b in backends):
@@ -190,7 +199,7 @@ class RouteBuilder:
             config.fall,
             config.slowstart,
         )
-        return Route(config, backends, balancer, monitor, source)
+        return Route(config, backends, balancer, monitor, source, authorizer)
 
     def _trust(self, relay: RelayConfig, config: RouteConfig) -> Any:
         """
@@ -203,6 +212,33 @@ class RouteBuilder:
             return loadTrust(config.caFile)
         except (OSError, BadCAFile) as e:
             raise ConfigError(relay.path, str(e), config.section, "ca_file") from None
+
+    def _authorizer(
+        self, relay: RelayConfig, config: RouteConfig
+    ) -> IAuthorizer | None:
+        """
+        Build the route's authorizer (C{auth = NAME}) with its options; the
+        files they name are read now.
+
+        @return: It, or L{None} with C{auth = none}.
+        @raise ConfigError: When it rejects its options or is no longer
+            installed.
+        """
+        if config.auth == NO_AUTH:
+            return None
+        factory = self._authorizers.get(config.auth)
+        if factory is None:
+            problem = f"authorizer {config.auth!r} is no longer installed"
+            raise ConfigError(relay.path, problem, config.section, "auth")
+        context = AuthorizerContext(
+            self._reactor, config.name, os.path.dirname(relay.path)
+        )
+        try:
+            return factory.build(config.authOptions, context)
+        except ValueError as e:
+            raise ConfigError(
+                relay.path, f"{config.auth}: {e}", config.section, "auth"
+            ) from None
 
     def _plugins(
         self, relay: RelayConfig, config: RouteConfig, backends: Sequence[Backend]

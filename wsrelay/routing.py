@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import BackendConfig, RouteConfig
-    from wsrelay.interfaces import IBalancer, ISourceFactory
+    from wsrelay.interfaces import IAuthorizer, IBalancer, ISourceFactory
 
 
 #: How many recent health checks a backend remembers.
@@ -216,6 +216,7 @@ class Route:
         L{None} (a proxy route; or the built-in C{websocket} source).
     @ivar loadListener: The balancer's optional load hooks, or L{None}:
         looked up once, not at each connection.
+    @ivar authorizer: The route's authorizer (C{auth = NAME}), or L{None}.
     """
 
     config: RouteConfig
@@ -223,6 +224,7 @@ class Route:
     balancer: IBalancer
     monitor: Monitor
     source: ISourceFactory | None = None
+    authorizer: IAuthorizer | None = None
     loadListener: ILoadListener | None = field(init=False)
 
     def __post_init__(self) -> None:

@@ -31,7 +31,12 @@ C{from wsrelay.config import X}.
 
 from wsrelay.config.endpoints import _endpointArguments
 from wsrelay.config.errors import ConfigError
-from wsrelay.config.parse import DEFAULT_BALANCERS, DEFAULT_CHECKERS, DEFAULT_SOURCES
+from wsrelay.config.parse import (
+    DEFAULT_AUTHORIZERS,
+    DEFAULT_BALANCERS,
+    DEFAULT_CHECKERS,
+    DEFAULT_SOURCES,
+)
 from wsrelay.config.reader import loadConfig, parseConfig
 from wsrelay.config.schema import (
     DEMO_KEYS,
@@ -61,6 +66,7 @@ from wsrelay.config.values import (
 )
 
 __all__ = [
+    "DEFAULT_AUTHORIZERS",
     "DEFAULT_BALANCERS",
     "DEFAULT_SOURCE",
     "DEFAULT_CHECKERS",

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from wsrelay.auth import HTTP_OPTIONS, JWT_OPTIONS, NO_AUTH
 from wsrelay.config.errors import _BadValue, _expected
 from wsrelay.config.values import (
     _PRINTABLE_ASCII,
@@ -64,6 +65,17 @@ The fan-out source names (and the route keys each declares) assumed when
 L{loadConfig} is not told which source plugins are installed.
 """
 
+DEFAULT_AUTHORIZERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "jwt": JWT_OPTIONS,
+        "http": HTTP_OPTIONS,
+    }
+)
+"""
+The authorizer names (and the route keys each declares) assumed when
+L{loadConfig} is not told which authorizer plugins are installed.
+"""
+
 
 @dataclass(frozen=True)
 class _Context:
@@ -74,6 +86,7 @@ class _Context:
     @ivar balancers: Installed balancer names and the keys they declare.
     @ivar checkers: Installed health-checker names and their keys.
     @ivar sources: Installed fan-out source names and their keys.
+    @ivar authorizers: Installed authorizer names and their keys.
     """
 
     directory: str
@@ -83,6 +96,9 @@ class _Context:
     )
     sources: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: DEFAULT_SOURCES
+    )
+    authorizers: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: DEFAULT_AUTHORIZERS
     )
 
 
@@ -323,6 +339,15 @@ def _parseBalancer(value: str, context: _Context) -> str:
 def _parseSource(value: str, context: _Context) -> str:
     if value not in context.sources:
         raise _BadValue(f"unknown source {value!r}" + _installed(context.sources))
+    return value
+
+
+def _parseAuth(value: str, context: _Context) -> str:
+    if value != NO_AUTH and value not in context.authorizers:
+        raise _BadValue(
+            f"unknown authorizer {value!r}; {NO_AUTH!r} turns authorization off"
+            + _installed(context.authorizers)
+        )
     return value
 
 

@@ -14,9 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from wsrelay.auth import NO_AUTH
 from wsrelay.config.endpoints import _shareable
 from wsrelay.config.errors import ConfigError, _BadValue
 from wsrelay.config.parse import (
+    DEFAULT_AUTHORIZERS,
     DEFAULT_BALANCERS,
     DEFAULT_CHECKERS,
     DEFAULT_SOURCES,
@@ -159,10 +161,13 @@ def _parseRoute(
     health = dict(items).get("health", NO_HEALTH)
     checkerKeys = context.checkers.get(health, ())
     source, sourceKeys = _chosenSource(filename, section, items, context)
+    auth = dict(items).get("auth", NO_AUTH)
+    authKeys = context.authorizers.get(auth, ())
     for kind, plugin, keys in (
         ("balancer", chosen, balancerKeys),
         ("health", health, checkerKeys),
         ("source", source, sourceKeys),
+        ("auth", auth, authKeys),
     ):
         for key in keys:
             if key in ROUTE.byKey:
@@ -174,6 +179,7 @@ def _parseRoute(
             ("balancer", context.balancers),
             ("health checker", context.checkers),
             ("source", context.sources),
+            ("authorizer", context.authorizers),
         ):
             owners = sorted(n for n, keys in plugins.items() if key in keys)
             if owners:
@@ -194,7 +200,7 @@ def _parseRoute(
         specs,
         items,
         context,
-        (*balancerKeys, *checkerKeys, *sourceKeys),
+        (*balancerKeys, *checkerKeys, *sourceKeys, *authKeys),
         hint,
     )
     values.setdefault("backends", ())
@@ -236,6 +242,7 @@ def _parseRoute(
         healthOptions=MappingProxyType(
             {k: extra[k] for k in checkerKeys if k in extra}
         ),
+        authOptions=MappingProxyType({k: extra[k] for k in authKeys if k in extra}),
         **values,
     )
 
@@ -288,6 +295,7 @@ def parseConfig(
     balancers: Mapping[str, Sequence[str]] | None = None,
     checkers: Mapping[str, Sequence[str]] | None = None,
     sources: Mapping[str, Sequence[str]] | None = None,
+    authorizers: Mapping[str, Sequence[str]] | None = None,
 ) -> RelayConfig:
     """
     Parse and check a configuration file's text.
@@ -301,6 +309,8 @@ def parseConfig(
         L{DEFAULT_CHECKERS}.
     @param sources: The same for fan-out sources, or L{None} for
         L{DEFAULT_SOURCES}.
+    @param authorizers: The same for authorizers, or L{None} for
+        L{DEFAULT_AUTHORIZERS}.
 
     @return: The configuration.
     @raise ConfigError: When anything is wrong; nothing else is raised.
@@ -311,6 +321,7 @@ def parseConfig(
         _installedPlugins(balancers, DEFAULT_BALANCERS),
         _installedPlugins(checkers, DEFAULT_CHECKERS),
         _installedPlugins(sources, DEFAULT_SOURCES),
+        _installedPlugins(authorizers, DEFAULT_AUTHORIZERS),
     )
     parser = _readINI(text, path)
     relay: dict[str, Any] | None = None
@@ -367,6 +378,7 @@ def loadConfig(
     balancers: Mapping[str, Sequence[str]] | None = None,
     checkers: Mapping[str, Sequence[str]] | None = None,
     sources: Mapping[str, Sequence[str]] | None = None,
+    authorizers: Mapping[str, Sequence[str]] | None = None,
 ) -> RelayConfig:
     """
     Read, parse and check a configuration file.
@@ -376,6 +388,7 @@ def loadConfig(
     @param balancers: See L{parseConfig}.
     @param checkers: See L{parseConfig}.
     @param sources: See L{parseConfig}.
+    @param authorizers: See L{parseConfig}.
 
     @return: The configuration.
     @raise ConfigError: When the file cannot be read (missing, unreadable,
@@ -393,4 +406,4 @@ def loadConfig(
         raise ConfigError(path, f"cannot read the file: {e.strerror or e}") from None
     except ValueError as e:
         raise ConfigError(path, f"cannot read the file: {e}") from None
-    return parseConfig(text, path, balancers, checkers, sources)
+    return parseConfig(text, path, balancers, checkers, sources, authorizers)

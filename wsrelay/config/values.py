@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
+from wsrelay.auth import NO_AUTH
 from wsrelay.config.errors import _BadValue, _expected
 
 NO_HEALTH = "none"
@@ -219,6 +220,10 @@ class BaseRouteConfig:
     @ivar fall: Failures in a row (checks or connections) that take an up
         backend down.
     @ivar healthOptions: The values of the keys the checker declares.
+    @ivar auth: The name of the authorizer plugin asked about each request
+        before any backend is contacted, or L{NO_AUTH}.
+    @ivar authTimeout: Seconds the authorizer has to answer (then 503).
+    @ivar authOptions: The values of the keys the authorizer declares.
     """
 
     name: str
@@ -239,6 +244,11 @@ class BaseRouteConfig:
     rise: int = 2
     fall: int = 3
     healthOptions: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    auth: str = NO_AUTH
+    authTimeout: float = 5.0
+    authOptions: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
 
