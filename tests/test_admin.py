@@ -889,6 +889,7 @@ class DashboardTests(TestCase):
                 "bytes-from": str(PAYLOAD),
                 "failures": "0",
                 "check": "none",
+                "actions": "draindisableenable",
             },
         )
         self.assertEqual(one["toBackend"]["bytes"], PAYLOAD)

@@ -174,7 +174,7 @@ class Browser:
 
         pollUntil(pageOpen, "chromium's DevTools page", self._timeout)
         return websockets.sync.client.connect(
-            found[0], max_size=None, open_timeout=self._timeout
+            found[0], max_size=None, open_timeout=self._timeout, legacy=True
         )
 
     def call(self, method: str, **params: Any) -> Any:

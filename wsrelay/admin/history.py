@@ -177,10 +177,14 @@ class History:
         """
         Read the counters, and keep the rates since the last reading and
         the gauges as a new sample (the first reading only sets the rates'
-        origin).
+        origin; a reading at the time of the last one, or before, does
+        nothing).
         """
         relay = self._relay
         now = relay.now()
+        if self._then is not None and now <= self._then:
+            # No time passed (a stepped clock, or a second caller): no rate.
+            return
         channels: dict[str, list[Any]] = {}
         for (name, _), channel in relay.channels():
             channels.setdefault(name, []).append(channel)
