@@ -1038,6 +1038,12 @@ class StandInView(RelayView):
         """
         return 958.0
 
+    def clock(self) -> Clock:
+        """
+        The stand-in for L{RelayView.clock}: one that does not move.
+        """
+        return Clock()
+
     def worker(self) -> int:
         """
         The stand-in for L{RelayView.worker}.

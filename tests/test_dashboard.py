@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger, LogPublisher
+from twisted.logger import Logger, LogPublisher, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import ClientConnection
 
@@ -217,6 +217,28 @@ class HistoryTests(SynchronousTestCase):
         self.assertEqual([s["time"] for s in answer["samples"]], times[4:])
         self.assertEqual((answer["interval"], answer["size"]), (1.0, 3))
         self.assertEqual(len(self.history.since(None)["samples"]), 3)
+
+    def test_failureLogged(self) -> None:
+        """
+        A reading that fails is logged once, and sampling goes on.
+        """
+        events: list[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        channel = StandInChannel()
+        self.relay.registry.channels[("feed", "")] = channel  # type: ignore[assignment]
+        del channel.deliveries
+        self.history.start()
+        self.addCleanup(self.history.stop)
+        self.clock.advance(1)
+        self.clock.advance(1)
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        channel.deliveries = 0
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.history.samples), 1)
 
     def test_siteSamples(self) -> None:
         """

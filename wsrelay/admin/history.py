@@ -23,7 +23,13 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, LogEvent, LogPublisher, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogPublisher,
+    globalLogPublisher,
+)
 from zope.interface import implementer
 
 if TYPE_CHECKING:
@@ -125,6 +131,8 @@ class History:
     @ivar samples: The samples, oldest first, as L{sample} makes them.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         relay: RelayView,
@@ -143,6 +151,7 @@ class History:
         self._publisher = globalLogPublisher if publisher is None else publisher
         self._refusals = _Refusals()
         self._loop: LoopingCall | None = None
+        self._failed = False
         # The last reading: when, each counting thing's counters (by id,
         # with the thing so that its id is not reused meanwhile), the
         # refusals and the handshakes.
@@ -159,7 +168,7 @@ class History:
         if self._loop is not None:
             return
         self._publisher.addObserver(self._refusals)
-        self._loop = LoopingCall(self.sample)
+        self._loop = LoopingCall(self._sampleLogged)
         self._loop.clock = self._relay.clock()
         self._loop.start(self.interval, now=True)
 
@@ -172,6 +181,19 @@ class History:
         self._publisher.removeObserver(self._refusals)
         self._loop.stop()
         self._loop = None
+
+    def _sampleLogged(self) -> None:
+        """
+        L{sample}, logging its first failure rather than stopping (the
+        dashboard is never worth an error of the admin listener, nor a log
+        line a second).
+        """
+        try:
+            self.sample()
+        except Exception:
+            if not self._failed:
+                self._failed = True
+                self.log.failure("admin: sampling for /history failed")
 
     def sample(self) -> None:
         """
