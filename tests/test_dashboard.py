@@ -7,7 +7,9 @@ its charts under real traffic and its buttons.
 from __future__ import annotations
 
 import os
+import re
 import threading
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -23,7 +25,7 @@ from tests.support.waiting import pollUntil
 from wsrelay.accesslog import logRefused
 from wsrelay.admin import AdminSite, RelayView
 from wsrelay.admin.history import History, quantile
-from wsrelay.config import parseConfig
+from wsrelay.config import loadConfig, parseConfig
 from wsrelay.routing import Backend
 from wsrelay.service import RelayService
 from wsrelay.stats import LATENCY_BUCKETS
@@ -434,3 +436,28 @@ def _backend(status: Any) -> Any:
     (r,) = status["routes"]
     (b,) = r["backends"]
     return b
+
+
+class ShippedTests(SynchronousTestCase):
+    """
+    The configuration C{make run} serves has the dashboard on loopback, and
+    C{make run} and the README's quick start name the address it has.
+    """
+
+    def test_dashboardAddress(self) -> None:
+        """
+        C{conf/relay.ini} turns the admin listener on, on C{127.0.0.1};
+        the line C{make run} prints and the README give its URL.
+        """
+        root = Path(__file__).parent.parent
+        admin = loadConfig(str(root / "conf" / "relay.ini")).admin
+        assert admin is not None
+        match = re.fullmatch(r"tcp:(\d+):interface=127\.0\.0\.1", admin)
+        assert match is not None, admin
+        url = f"http://127.0.0.1:{match.group(1)}/"
+        makefile = (root / "Makefile").read_text()
+        (recipe,) = re.findall(r"(?ms)^run:.*?(?=^\S|\Z)", makefile)
+        self.assertRegex(recipe, rf"(?m)^\t@echo .*{re.escape(url)}")
+        readme = (root / "README.md").read_text()
+        quickStart = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+        self.assertIn(f"`{url}`", quickStart)
