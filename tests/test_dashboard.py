@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection
 from tests.support import TIMEOUT, inThread, startBackend
 from tests.support.admin import TOKEN, connect, fetch, startAdmin
 from tests.support.dashboard import CHROMIUM, Browser
-from tests.support.waiting import pollUntil
+from tests.support.waiting import pollUntil, waitFor
 from wsrelay.accesslog import logRefused
 from wsrelay.admin import AdminSite, RelayView
 from wsrelay.admin.history import History, quantile
@@ -258,16 +258,18 @@ class HistoryTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-def _echoUntil(c: ClientConnection, stop: threading.Event) -> int:
+def _echoUntil(stop: threading.Event, *clients: ClientConnection) -> int:
     """
-    Send messages and read their echoes until C{stop} is set (blocking).
+    Send a message on each client and read its echo, until C{stop} is set
+    (blocking).
 
-    @return: How many were echoed.
+    @return: How many rounds were echoed.
     """
     n = 0
     while not stop.is_set():
-        c.send("tick")
-        c.recv(TIMEOUT)
+        for c in clients:
+            c.send("tick")
+            c.recv(TIMEOUT)
         n += 1
     return n
 
@@ -316,15 +318,17 @@ class BrowserTests(TestCase):
         """
         Under traffic, the page draws each route's charts and they move
         (the newest message rate is above zero in two readings, and the
-        drawn lines differ between them); the drain button asks for the
+        drawn lines differ between them; the fan-out route's deliveries
+        are above zero); the drain button asks for the
         token, shows the answer (401 for a wrong token, which changes
         nothing), and with the right token the backend is draining in
         C{/status}.
 
-        The screenshot, C{dashboard.png}, is written to this test's
-        C{mktemp()} folder: under pytest C{./tests.test_dashboard/
-        BrowserTests/test_chartsAndDrain/*/} (git ignores it), under trial
-        the same below C{_trial_temp/}; the test's log names the path.
+        The screenshot, C{dashboard.png} (taken last, the backend
+        draining), is written to this test's C{mktemp()} folder: under
+        pytest C{./tests.test_dashboard/BrowserTests/test_chartsAndDrain/
+        */temp/} (git ignores it), under trial the same below
+        C{_trial_temp/}; the test's log names the path.
         """
         if CHROMIUM is None:
             self.skipTest(
@@ -332,12 +336,23 @@ class BrowserTests(TestCase):
                 " dashboard cannot be rendered"
             )
         b = startBackend(self)
+        source = startBackend(self)
         a = await startAdmin(
-            self, f"[route:chat]\npath = /chat\nbackends = {b.url} name=one\n"
+            self,
+            f"[route:chat]\npath = /chat\nbackends = {b.url} name=one\n"
+            "[route:feed]\npath = /feed\nmode = fanout\n"
+            f"client_messages = forward\nbackends = {source.url} name=source\n",
         )
         c = await connect(self, a.port, "/chat")
+        f = await connect(self, a.port, "/feed")
+
+        def up() -> bool:
+            channel = a.relay.channels.get(("feed", ""))
+            return channel is not None and channel.state == "up"
+
+        await waitFor(up)
         stop = threading.Event()
-        traffic = inThread(_echoUntil, c, stop)
+        traffic = inThread(_echoUntil, stop, c, f)
 
         async def stopTraffic() -> None:
             stop.set()
@@ -355,11 +370,12 @@ class BrowserTests(TestCase):
             " return {last, line: c.querySelector('polyline').getAttribute('points'),"
             " points: +c.querySelector('svg').dataset.points}; })()"
         )
-        first = await inThread(browser.waitFor, reading)
+        first = await inThread(browser.waitFor, reading, 30)
         second = await inThread(
             browser.waitFor,
             f"(() => {{ const r = {reading};"
             f" return r && r.line !== {first['line']!r} ? r : null; }})()",
+            30,
         )
         self.assertGreater(second["last"][0], 0)
         self.assertNotEqual(second["line"], first["line"])
@@ -377,16 +393,17 @@ class BrowserTests(TestCase):
                 "chat:connections",
                 "chat:messages",
                 "chat:handshakes",
+                "feed:connections",
+                "feed:messages",
+                "feed:handshakes",
+                "feed:fanout",
             ],
         )
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        shot = os.path.join(folder, "dashboard.png")
-        await inThread(browser.screenshot, shot)
-        with open(shot, "rb") as f:
-            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
-        Logger().info("dashboard screenshot: {path}", path=shot)
-
+        await inThread(
+            browser.waitFor,
+            "JSON.parse(document.querySelector("
+            '\'.chart[data-route="feed"][data-chart="fanout"]\').dataset.last)[0] > 0',
+        )
         result = await self.act(browser, "wrong")
         self.assertEqual(result, ["failed", "drain chat/one: 401 wrong token"])
         self.assertEqual(_backend(await a.status())["admin"], "enabled")
@@ -398,6 +415,13 @@ class BrowserTests(TestCase):
             "document.querySelector('tr.backend[data-backend=\"one\"] td.state')"
             ".textContent === 'draining'",
         )
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        shot = os.path.join(folder, "dashboard.png")
+        await inThread(browser.screenshot, shot)
+        with open(shot, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        Logger().info("dashboard screenshot: {path}", path=shot)
 
     async def act(self, browser: Browser, token: str) -> Any:
         """
@@ -433,7 +457,7 @@ def _backend(status: Any) -> Any:
     """
     @return: Backend C{one} of route C{chat} in a C{/status} answer.
     """
-    (r,) = status["routes"]
+    (r,) = [r for r in status["routes"] if r["name"] == "chat"]
     (b,) = r["backends"]
     return b
 
