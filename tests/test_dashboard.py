@@ -85,7 +85,13 @@ class HistoryTests(SynchronousTestCase):
         """
         self.clock.advance(seconds)
         self.history.sample()
-        sample: dict[str, Any] = self.history.samples[-1]
+        return self.newest()
+
+    def newest(self) -> dict[str, Any]:
+        """
+        @return: The newest sample, as C{/history} gives it.
+        """
+        sample: dict[str, Any] = self.history.since(None)["samples"][-1]
         return sample
 
     def refuse(self, route: str | None, code: int | None) -> None:
@@ -116,6 +122,13 @@ class HistoryTests(SynchronousTestCase):
         sample = self.later(2)
         self.assertEqual(sample["time"], self.clock.seconds())
         chat = sample["routes"]["chat"]
+        self.assertEqual(
+            sorted(chat),
+            sorted(
+                "connections toBackend fromBackend opened refused"
+                " deliveries drops closes".split()
+            ),
+        )
         self.assertEqual(chat["toBackend"], 5.0)
         self.assertEqual(chat["fromBackend"], 2.0)
         self.assertEqual(chat["opened"], 1.0)
@@ -162,7 +175,7 @@ class HistoryTests(SynchronousTestCase):
         self.refuse(None, 404)
         self.refuse("feed", None)
         self.clock.advance(1)
-        sample = self.history.samples[-1]
+        sample = self.newest()
         self.assertEqual(sample["time"], 1)
         self.assertEqual(sample["routes"]["chat"]["refused"], 2.0)
         self.assertEqual(sample["routes"]["feed"]["refused"], 0.0)
@@ -192,7 +205,7 @@ class HistoryTests(SynchronousTestCase):
         for _ in range(10):
             self.later()
         self.assertEqual(
-            self.history.samples[-1]["latency"], {"p50": None, "p90": None, "p99": None}
+            self.newest()["latency"], {"p50": None, "p90": None, "p99": None}
         )
 
     def test_quantile(self) -> None:

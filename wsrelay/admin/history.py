@@ -96,8 +96,15 @@ def _routeCounters(
 
 
 #: The names of the rates of a route's sample, in the order of
-#: L{_routeCounters}' tuples, then of the refusals.
+#: L{_routeCounters}' tuples.
 RATES = ("toBackend", "fromBackend", "opened", "deliveries", "drops", "closes")
+
+#: The fields of a route's sample, in the order it keeps them: its open
+#: connections, L{RATES}, then its refusals per second.
+ROUTE_FIELDS = ("connections", *RATES, "refused")
+
+#: The rate of a counter that did not move, shared by every sample.
+ZERO = 0.0
 
 
 @implementer(ILogObserver)
@@ -128,7 +135,9 @@ class History:
     """
     The last minutes of the relay's counters, by route.
 
-    @ivar samples: The samples, oldest first, as L{sample} makes them.
+    @ivar samples: The samples, oldest first, as L{sample} makes them:
+        each route's values as a tuple in L{ROUTE_FIELDS}' order
+        (L{since} names them).
     """
 
     log = Logger()
@@ -211,7 +220,7 @@ class History:
         for (name, _), channel in relay.channels():
             channels.setdefault(name, []).append(channel)
         reading: dict[int, tuple[object, tuple[int, ...]]] = {}
-        routes: dict[str, dict[str, Any]] = {}
+        routes: dict[str, tuple[float, ...]] = {}
         elapsed = None if self._then is None else now - self._then
         for route in relay.routes():
             own = channels.get(route.name, [])
@@ -226,20 +235,15 @@ class History:
                     # reload): what it counted since is unknown.
                     rises[i] += max(0, new - old)
             refused = self._refusals.counts.get(route.name, 0)
-            values: dict[str, Any] = {
-                "connections": (
-                    sum(len(c.members) for c in own)
-                    if route.config.mode == "fanout"
-                    else sum(b.connections for b in route.backends)
-                ),
-                **self._rates(RATES, rises, elapsed),
-                **self._rates(
-                    ("refused",),
-                    [refused - self._refused.get(route.name, 0)],
-                    elapsed,
-                ),
-            }
-            routes[route.name] = values
+            rises.append(refused - self._refused.get(route.name, 0))
+            connections = (
+                sum(len(c.members) for c in own)
+                if route.config.mode == "fanout"
+                else sum(b.connections for b in route.backends)
+            )
+            # A tuple in ROUTE_FIELDS' order: a sample of each route is
+            # kept for five minutes, and a dict is several times the size.
+            routes[route.name] = (connections, *self._rates(rises, elapsed))
         histogram = relay.handshakeLatency()
         counts = tuple(histogram.counts)
         self._latency.append(counts)
@@ -247,13 +251,18 @@ class History:
         sample = {
             "time": now,
             "clients": relay.clients(),
-            **self._rates(
-                ("handshakes", "refused"),
-                [
-                    histogram.count - self._handshakes,
-                    refusedAll - sum(self._refused.values()),
-                ],
-                elapsed,
+            **dict(
+                zip(
+                    ("handshakes", "refused"),
+                    self._rates(
+                        [
+                            histogram.count - self._handshakes,
+                            refusedAll - sum(self._refused.values()),
+                        ],
+                        elapsed,
+                    ),
+                    strict=True,
+                )
             ),
             "latency": self._percentiles(histogram.buckets),
             "routes": routes,
@@ -266,18 +275,14 @@ class History:
             self.samples.append(sample)
 
     @staticmethod
-    def _rates(
-        names: Sequence[str], rises: Sequence[int], elapsed: float | None
-    ) -> dict[str, float]:
+    def _rates(rises: Sequence[int], elapsed: float | None) -> list[float]:
         """
-        @return: Each rise per second of C{elapsed}, by name, rounded.
+        @return: Each rise per second of C{elapsed}, rounded (no rise, or
+            no time, gives the one L{ZERO}).
         """
         if not elapsed or elapsed <= 0:
-            return {name: 0.0 for name in names}
-        return {
-            name: round(max(0, rise) / elapsed, 3)
-            for name, rise in zip(names, rises, strict=True)
-        }
+            return [ZERO] * len(rises)
+        return [round(rise / elapsed, 3) if rise > 0 else ZERO for rise in rises]
 
     def _percentiles(self, bounds: Sequence[float]) -> dict[str, float | None]:
         """
@@ -300,7 +305,17 @@ class History:
         @return: What C{GET /history} answers: the sampling interval, the
             most samples kept, and the samples, oldest first.
         """
-        samples = [s for s in self.samples if after is None or s["time"] > after]
+        samples = [
+            {
+                **s,
+                "routes": {
+                    name: dict(zip(ROUTE_FIELDS, values, strict=True))
+                    for name, values in s["routes"].items()
+                },
+            }
+            for s in self.samples
+            if after is None or s["time"] > after
+        ]
         return {
             "interval": self.interval,
             "size": self.samples.maxlen,
