@@ -78,6 +78,7 @@ $(VENV)/.stamp-test: setup.cfg pyproject.toml | $(PYTHON)
 	touch $@ $(VENV)/.stamp-run
 
 run: $(VENV)/.stamp-run
+	@echo "wsrelay: clients on ws://127.0.0.1:8080/, the dashboard on http://127.0.0.1:8081/"
 	$(BIN)/twistd --pidfile= -n wsrelay --config conf/relay.ini
 
 # Every gate runs even when an earlier one fails; the target fails if any did.

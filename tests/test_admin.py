@@ -889,6 +889,7 @@ class DashboardTests(TestCase):
                 "bytes-from": str(PAYLOAD),
                 "failures": "0",
                 "check": "none",
+                "actions": "draindisableenable",
             },
         )
         self.assertEqual(one["toBackend"]["bytes"], PAYLOAD)
@@ -1036,6 +1037,12 @@ class StandInView(RelayView):
         The stand-in for L{RelayView.startedAt}.
         """
         return 958.0
+
+    def clock(self) -> Clock:
+        """
+        The stand-in for L{RelayView.clock}: one that does not move.
+        """
+        return Clock()
 
     def worker(self) -> int:
         """

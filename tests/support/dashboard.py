@@ -1,15 +1,27 @@
 """
 The admin dashboard as a browser shows it: Chromium renders the page
-(L{dumpDOM}) and L{Dashboard} reads the rendered DOM.
+(L{dumpDOM}) and L{Dashboard} reads the rendered DOM; L{Browser} drives a
+headless Chromium over the DevTools protocol (run scripts in the page,
+take screenshots).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
+import urllib.request
 from html.parser import HTMLParser
+from typing import Any
+
+import websockets.sync.client
+from websockets.sync.client import ClientConnection
+
+from tests.support.waiting import TIMEOUT, pollUntil
 
 #: Where Chromium is, if it is installed.
 CHROMIUM = shutil.which("chromium")
@@ -81,6 +93,165 @@ class Dashboard(HTMLParser):
             self._row[self._cell] += data
 
 
+#: Chromium's options for a test: headless, nothing asked of the network
+#: but what the page asks.
+_OPTIONS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-proxy-server",
+)
+
+
+class Browser:
+    """
+    A headless Chromium showing one page, driven over the DevTools
+    protocol; every method blocks (call them through C{inThread}).
+    """
+
+    def __init__(self, url: str, timeout: float = 60) -> None:
+        """
+        Start Chromium on C{url} with a fresh profile, and connect to the
+        page.
+
+        @param timeout: Seconds that starting, and each later call, may
+            take.
+        """
+        assert CHROMIUM is not None
+        self._timeout = timeout
+        self._profile = tempfile.mkdtemp()
+        self._process = subprocess.Popen(
+            [
+                CHROMIUM,
+                *_OPTIONS,
+                f"--user-data-dir={self._profile}",
+                "--remote-debugging-port=0",
+                "--window-size=1280,1000",
+                url,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "HOME": self._profile},
+        )
+        self._ids = 0
+        try:
+            self._socket = self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> ClientConnection:
+        """
+        @return: A connection to the page's DevTools endpoint, once
+            Chromium wrote its port and opened the page (polled, within the
+            timeout).
+        """
+        portFile = os.path.join(self._profile, "DevToolsActivePort")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        found: list[str] = []
+
+        def pageOpen() -> bool:
+            if self._process.poll() is not None:
+                raise AssertionError(f"chromium exited with {self._process.returncode}")
+            try:
+                with open(portFile) as f:
+                    port = int(f.readline())
+                with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+                    found.extend(
+                        t["webSocketDebuggerUrl"]
+                        for t in json.load(r)
+                        if t["type"] == "page"
+                    )
+            except (OSError, ValueError):
+                return False
+            return bool(found)
+
+        pollUntil(pageOpen, "chromium's DevTools page", self._timeout)
+        return websockets.sync.client.connect(
+            found[0], max_size=None, open_timeout=self._timeout, legacy=True
+        )
+
+    def call(self, method: str, **params: Any) -> Any:
+        """
+        Call a DevTools method and wait for its result (the events sent
+        meanwhile are skipped).
+
+        @return: The result.
+        """
+        self._ids += 1
+        ident = self._ids
+        self._socket.send(json.dumps({"id": ident, "method": method, "params": params}))
+        deadline = time.monotonic() + self._timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no answer to {method}")
+            message = json.loads(self._socket.recv(timeout=left))
+            if message.get("id") != ident:
+                continue
+            if "error" in message:
+                raise AssertionError(f"{method}: {message['error']}")
+            return message["result"]
+
+    def evaluate(self, expression: str) -> Any:
+        """
+        @return: The value of a script run in the page (awaited when it is
+            a promise), as JSON values.
+        """
+        result = self.call(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def waitFor(self, expression: str, timeout: float = TIMEOUT) -> Any:
+        """
+        Poll the page until a script's value is true, within C{timeout}
+        seconds (L{pollUntil}).
+
+        @return: That value.
+        """
+        values: list[Any] = []
+
+        def true() -> bool:
+            values.append(self.evaluate(expression))
+            return bool(values[-1])
+
+        pollUntil(true, expression, timeout)
+        return values[-1]
+
+    def screenshot(self, path: str) -> None:
+        """
+        Write a PNG of the whole page to C{path}.
+        """
+        data = self.call(
+            "Page.captureScreenshot", format="png", captureBeyondViewport=True
+        )
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data["data"]))
+
+    def close(self) -> None:
+        """
+        Stop Chromium and remove its profile.
+        """
+        socket = getattr(self, "_socket", None)
+        if socket is not None:
+            socket.close()
+        self._process.kill()
+        self._process.wait()
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+
 def dumpDOM(url: str) -> str:
     """
     Load C{url} in headless Chromium with a fresh profile, let its scripts
@@ -92,15 +263,7 @@ def dumpDOM(url: str) -> str:
         done = subprocess.run(
             [
                 CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-proxy-server",
+                *_OPTIONS,
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=5000",
                 "--dump-dom",

@@ -15,6 +15,7 @@ listener's address (DNS rebinding) sends its own name, and is refused.
 Everything here reads the relay, and asks it to act, through
 L{wsrelay.admin.relay.RelayView}.  The modules: L{wsrelay.admin.rows}
 (C{/status}),
+L{wsrelay.admin.history} (C{/history}, sampled once a second),
 L{wsrelay.admin.metrics} (C{/metrics}), L{wsrelay.admin.dashboard} (C{/},
 the package-data file C{dashboard.html}), L{wsrelay.admin.resources} (the
 tree of pages, the method and token checks) and L{wsrelay.admin.site}

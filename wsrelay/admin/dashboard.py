@@ -1,14 +1,19 @@
 # -*- test-case-name: tests.test_admin -*-
 """
 C{GET /}: the dashboard, one page with no external assets that refreshes
-itself from C{/status}.  The page is the package-data file
-C{wsrelay/admin/dashboard.html}, served by L{twisted.web.static.File}.
+itself from C{/history} (its charts, inline SVG) and C{/status} (its
+tables), and sends the backends' actions with the token it asks for.  The
+page is the package-data file C{wsrelay/admin/dashboard.html}, served by
+L{twisted.web.static.File}.
 
 Stable hooks of the page: C{#version}, C{#uptime}, C{#clients},
-C{#updated} (with C{data-refreshes}), C{#error}; one
-C{section.route[data-route]} per route, holding C{tr.backend[data-backend]}
-and C{tr.channel[data-channel]} rows whose cells have the class of their
-column.
+C{#updated} (with C{data-refreshes}), C{#error}, C{#action-result}; one
+C{section.route[data-route]} per route, holding
+C{div.chart[data-chart]} charts (with C{data-last}),
+C{tr.backend[data-backend]} and C{tr.channel[data-channel]} rows whose
+cells have the class of their column, and
+C{button[data-action][data-route][data-backend]} buttons (docs/admin.md
+lists them all).
 """
 
 from __future__ import annotations

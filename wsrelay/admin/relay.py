@@ -16,6 +16,8 @@ from twisted.logger import Logger
 from wsrelay.interfaces import ISourceStatus
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from wsrelay.fanout import Channel
     from wsrelay.operations import RelayStatus
     from wsrelay.routing import Backend, Route
@@ -94,6 +96,12 @@ class RelayView:
         """
         seconds: float = self._relay.clock.seconds()
         return seconds
+
+    def clock(self) -> IReactorTime:
+        """
+        @return: The relay's clock, for timers that read it.
+        """
+        return self._relay.clock
 
     def startedAt(self) -> float:
         """

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_admin -*-
 """
 The admin listener's pages, a tree of L{Resource}s: C{/} (the dashboard),
-C{/status}, C{/metrics}, C{/reload} and
+C{/status}, C{/history}, C{/metrics}, C{/reload} and
 C{/routes/ROUTE/backends/BACKEND/ACTION}.
 
 Every page checks its method here, in L{Page.render}, and every action
@@ -26,6 +26,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from wsrelay.admin.dashboard import dashboardFile
+from wsrelay.admin.history import History
 from wsrelay.admin.metrics import mergeMetrics, metricsText
 from wsrelay.admin.rows import backendStatus, status, workerRows
 from wsrelay.config import ConfigError
@@ -267,6 +268,30 @@ class StatusPage(Page):
         return _later(request, d)
 
 
+class HistoryPage(Page):
+    """
+    C{GET /history}: the last minutes of samples (L{History}); with
+    C{?after=TIME}, only those taken after C{TIME}.
+    """
+
+    def __init__(self, relay: RelayView, history: History) -> None:
+        super().__init__(relay)
+        self._history = history
+
+    def answer(self, request: Request) -> bytes:
+        """
+        Answer with the samples asked for.
+        """
+        after = None
+        asked = request.args.get(b"after")
+        if asked:
+            try:
+                after = float(asked[0])
+            except ValueError:
+                return errorAnswer(request, 400, "after must be a number")
+        return jsonAnswer(request, 200, self._history.since(after))
+
+
 class MetricsPage(Page):
     """
     C{GET /metrics}: the metrics page; with several workers, every
@@ -412,13 +437,18 @@ class _Routes(Node):
         return _Route(self._relay, name)
 
 
-def adminRoot(relay: RelayView) -> Resource:
+def adminRoot(relay: RelayView, history: History | None = None) -> Resource:
     """
+    @param history: What C{/history} serves; by default one that is not
+        sampling.
     @return: The root of the admin listener's pages for C{relay}.
     """
     root = Node(relay)
     root.putChild(b"", DashboardPage(relay))
     root.putChild(b"status", StatusPage(relay))
+    root.putChild(
+        b"history", HistoryPage(relay, History(relay) if history is None else history)
+    )
     root.putChild(b"metrics", MetricsPage(relay))
     root.putChild(b"reload", ReloadPage(relay))
     root.putChild(b"routes", _Routes(relay))

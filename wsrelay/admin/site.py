@@ -16,6 +16,7 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from wsrelay.admin.history import History
 from wsrelay.admin.relay import RelayView
 from wsrelay.admin.resources import READ, Refusal, adminRoot
 
@@ -67,13 +68,6 @@ _HOST = re.compile(
 )
 
 
-#: A C{Host} field as L{hostAllowed} accepts it: a name or IPv4 address,
-#: or an IPv6 address in brackets, then an optional port.
-_HOST = re.compile(
-    r"(?:\[(?P<literal>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]+)?"
-)
-
-
 #: The answer to a request for a name the listener does not answer for.
 _UNKNOWN_HOST = Refusal(
     421,
@@ -95,11 +89,27 @@ class AdminSite(Site):
     displayTracebacks = False
 
     def __init__(self, relay: RelayView) -> None:
-        super().__init__(adminRoot(relay))
+        #: The samples of C{/history}, taken while the site listens.
+        self.history = History(relay)
+        super().__init__(adminRoot(relay, self.history))
         self._relay = relay
         # The namespace docs/admin.md names (a Logger class attribute would
         # take this module's).
         self.logger = Logger(namespace="wsrelay.admin.AdminSite", source=self)
+
+    def startFactory(self) -> None:
+        """
+        Start sampling for C{/history}.
+        """
+        super().startFactory()
+        self.history.start()
+
+    def stopFactory(self) -> None:
+        """
+        Stop sampling for C{/history}.
+        """
+        self.history.stop()
+        super().stopFactory()
 
     def getResourceFor(self, request: Request) -> IResource:
         """
