@@ -111,6 +111,12 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         help="fanout-heavy's source writes every MS milliseconds each tick's "
         "messages at once; 0: each message on its own (default the preset's: 1)",
     )
+    parser.add_argument(
+        "--reactor",
+        metavar="NAME",
+        help="run the wsrelay targets on this reactor (twistd -r NAME; "
+        "default twistd wsrelay's own, wsrelay)",
+    )
     parser.set_defaults(preset="full")
     parser.add_argument(
         "--keep", action="store_true", help="keep the folder of configs and logs"
@@ -289,10 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(options.profile).resolve() if options.profile else None,
         pySpy,
         options.max_message_size,
+        options.reactor,
     )
     lines = header(preset, pinned, stormConnections)
     if options.max_message_size != 16777216:
         lines.append(f"wsrelay: max_message_size = {options.max_message_size}")
+    if options.reactor is not None:
+        lines.append(f"wsrelay: twistd -r {options.reactor}")
     for line in lines:
         print(line, flush=True)
     print(flush=True)

@@ -190,6 +190,8 @@ class Bench:
         or L{None} for none.
     @ivar pySpy: The py-spy program.
     @ivar maxMessageSize: The wsrelay targets' C{max_message_size}.
+    @ivar reactor: The wsrelay targets' reactor (C{twistd -r}), or L{None}
+        for C{twistd wsrelay}'s default.
     """
 
     preset: Preset
@@ -200,6 +202,7 @@ class Bench:
     profile: Path | None = None
     pySpy: str = "py-spy"
     maxMessageSize: int = 16777216
+    reactor: str | None = None
 
     def peer(self, role: str, *arguments: object) -> Peer:
         """
@@ -234,6 +237,7 @@ class Bench:
             connections,
             self.proxyPin,
             self.maxMessageSize,
+            self.reactor,
         )
         if self.profile is not None and target.startswith("wsrelay"):
             self.profile.mkdir(parents=True, exist_ok=True)

@@ -376,6 +376,7 @@ def start(
     connections: int,
     pin: Sequence[str] = (),
     maxMessageSize: int = 16777216,
+    reactor: str | None = None,
 ) -> Running:
     """
     Start a target in front of a backend (or fan-out source) on loopback.
@@ -387,6 +388,8 @@ def start(
     @param connections: Client connections the proxy must hold at once.
     @param pin: A command prefix that pins the proxy to its CPU.
     @param maxMessageSize: wsrelay's C{max_message_size}.
+    @param reactor: wsrelay's reactor (C{twistd -r NAME}), or L{None} for
+        its default.
     @raise TargetUnavailable: The target cannot run here.
     @raise TargetFailed: It did not start.
     """
@@ -426,8 +429,7 @@ def start(
                 port, backendPort, fanout, dataPath, workers, adminPort, maxMessageSize
             )
         )
-        twistd = str(Path(sys.executable).with_name("twistd"))
-        command = [twistd, "-n", "--pidfile=", "wsrelay", "--config", str(config)]
+        command = wsrelayCommand(config, reactor)
         running = _launch(name, [*pin, *command], work, url, port, path)
         if adminPort is not None:
             _waitForWorkers(running, adminPort, workers)
@@ -435,6 +437,16 @@ def start(
     else:
         raise ValueError(f"unknown target {name!r}")
     return _launch(name, [*pin, *command], work, url, port, path)
+
+
+def wsrelayCommand(config: Path, reactor: str | None = None) -> list[str]:
+    """
+    The command that runs wsrelay in the foreground on C{config}, as users
+    run it (C{twistd wsrelay}), on C{reactor} (C{twistd -r}) when given.
+    """
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    chosen = [] if reactor is None else ["-r", reactor]
+    return [twistd, "-n", "--pidfile=", *chosen, "wsrelay", "--config", str(config)]
 
 
 def _waitForWorkers(running: Running, adminPort: int, count: int) -> None:

@@ -195,6 +195,21 @@ class CommandLineTests(SynchronousTestCase):
         p = chosenPreset(parseArguments(["--fanout-tick", "5"]))
         self.assertEqual(p.heavyTick, 0.005)
 
+    def test_reactor(self) -> None:
+        """
+        C{--reactor NAME} runs the wsrelay targets with C{twistd -r NAME};
+        without it they run on C{twistd wsrelay}'s default reactor.
+        """
+        self.assertIsNone(parseArguments([]).reactor)
+        self.assertEqual(parseArguments(["--reactor", "poll"]).reactor, "poll")
+        config = Path("relay.ini")
+        chosen = targets.wsrelayCommand(config, "poll")
+        self.assertEqual(
+            chosen[1:],
+            ["-n", "--pidfile=", "-r", "poll", "wsrelay", "--config", "relay.ini"],
+        )
+        self.assertNotIn("-r", targets.wsrelayCommand(config))
+
 
 def needPicows() -> None:
     """
