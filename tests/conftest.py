@@ -24,6 +24,7 @@ NOT_IN_MEMORY = frozenset(
         "test_admin::StructureTests",
         "test_bench::SmokeTests",
         "test_bench::TLS13ReproTests",
+        "test_check::CheckTests",
         "test_benchcluster::SpreadTests",
         "test_descriptors::ProcessTests",
         "test_faults::FanoutFaultTests",
