@@ -117,6 +117,13 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         help="run the wsrelay targets on this reactor (twistd -r NAME; "
         "default twistd wsrelay's own, wsrelay)",
     )
+    parser.add_argument(
+        "--write-delay",
+        type=float,
+        metavar="MS",
+        help="the wsrelay targets' fan-out write_delay (default the route "
+        "key's default: 0, once per reactor turn)",
+    )
     parser.set_defaults(preset="full")
     parser.add_argument(
         "--keep", action="store_true", help="keep the folder of configs and logs"
@@ -296,12 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         pySpy,
         options.max_message_size,
         options.reactor,
+        options.write_delay,
     )
     lines = header(preset, pinned, stormConnections)
     if options.max_message_size != 16777216:
         lines.append(f"wsrelay: max_message_size = {options.max_message_size}")
     if options.reactor is not None:
         lines.append(f"wsrelay: twistd -r {options.reactor}")
+    if options.write_delay is not None:
+        lines.append(f"wsrelay: write_delay = {options.write_delay:g}")
     for line in lines:
         print(line, flush=True)
     print(flush=True)

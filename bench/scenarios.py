@@ -192,6 +192,8 @@ class Bench:
     @ivar maxMessageSize: The wsrelay targets' C{max_message_size}.
     @ivar reactor: The wsrelay targets' reactor (C{twistd -r}), or L{None}
         for C{twistd wsrelay}'s default.
+    @ivar writeDelay: The wsrelay targets' fan-out C{write_delay}, or
+        L{None} for its default.
     """
 
     preset: Preset
@@ -203,6 +205,7 @@ class Bench:
     pySpy: str = "py-spy"
     maxMessageSize: int = 16777216
     reactor: str | None = None
+    writeDelay: float | None = None
 
     def peer(self, role: str, *arguments: object) -> Peer:
         """
@@ -238,6 +241,7 @@ class Bench:
             self.proxyPin,
             self.maxMessageSize,
             self.reactor,
+            self.writeDelay,
         )
         if self.profile is not None and target.startswith("wsrelay"):
             self.profile.mkdir(parents=True, exist_ok=True)

@@ -185,6 +185,7 @@ def wsrelayConfig(
     workers: int = 1,
     adminPort: int | None = None,
     maxMessageSize: int = 16777216,
+    writeDelay: float | None = None,
 ) -> str:
     """
     A wsrelay configuration: one proxy-mode route on C{/} to the echo
@@ -192,7 +193,9 @@ def wsrelayConfig(
     on L{FANOUT_PATH} to the source.  No pings (the other proxies send none
     either) and no access log (nginx runs with C{access_log off}).  With
     C{workers} above 1, an admin listener on C{adminPort} tells when every
-    worker runs.  C{maxMessageSize} is its C{max_message_size}.
+    worker runs.  C{maxMessageSize} is its C{max_message_size}; the fan-out
+    route's C{write_delay} is C{writeDelay} milliseconds when given, else
+    its default.
     """
     relay = f"""\
 [relay]
@@ -228,6 +231,7 @@ max_client_buffer = 1048576
 slow_client = drop
 connect = eager
 """
+        + ("" if writeDelay is None else f"write_delay = {writeDelay:g}\n")
     )
 
 
@@ -377,6 +381,7 @@ def start(
     pin: Sequence[str] = (),
     maxMessageSize: int = 16777216,
     reactor: str | None = None,
+    writeDelay: float | None = None,
 ) -> Running:
     """
     Start a target in front of a backend (or fan-out source) on loopback.
@@ -390,6 +395,8 @@ def start(
     @param maxMessageSize: wsrelay's C{max_message_size}.
     @param reactor: wsrelay's reactor (C{twistd -r NAME}), or L{None} for
         its default.
+    @param writeDelay: wsrelay's fan-out C{write_delay} (milliseconds), or
+        L{None} for its default.
     @raise TargetUnavailable: The target cannot run here.
     @raise TargetFailed: It did not start.
     """
@@ -426,7 +433,14 @@ def start(
         config = work / "wsrelay.ini"
         config.write_text(
             wsrelayConfig(
-                port, backendPort, fanout, dataPath, workers, adminPort, maxMessageSize
+                port,
+                backendPort,
+                fanout,
+                dataPath,
+                workers,
+                adminPort,
+                maxMessageSize,
+                writeDelay,
             )
         )
         command = wsrelayCommand(config, reactor)

@@ -58,6 +58,17 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual((route.replay, route.slowClient), (0, "drop"))
         self.assertIsNone(targets.missing(fanout=True))
 
+    def test_writeDelay(self) -> None:
+        """
+        The fan-out route gets C{write_delay} when one is given, and keeps
+        the key's default otherwise.
+        """
+        text = targets.wsrelayConfig(1, 2, True, writeDelay=2)
+        [route] = parseConfig(text, "bench.ini").routes
+        self.assertEqual(route.writeDelay, 2)
+        self.assertNotIn("write_delay", targets.wsrelayConfig(1, 2, True))
+        self.assertEqual(parseArguments(["--write-delay", "2"]).write_delay, 2)
+
     def test_wsrelayPassthrough(self) -> None:
         """
         The C{wsrelay} target runs the default data path, passthrough; the
