@@ -516,6 +516,11 @@ class BadValueTests(SynchronousTestCase):
             "ws://a/ weight=1001",
             "ws://a/ weight=x",
             "ws://a/ weight=",
+            "ws://a/ maxconn=0",
+            "ws://a/ maxconn=-1",
+            "ws://a/ maxconn=x",
+            "ws://a/ maxconn=",
+            "ws://a/ maxconn=1000001",
             "ws://a/ colour=red",
             "ws://a/ name=x name=y",
             "ws://a/ ws://a:80/",
@@ -554,6 +559,7 @@ class BadValueTests(SynchronousTestCase):
         ("route", "health_timeout"): ["0", "1s"],
         ("route", "auth"): ["nope", "JWT"],
         ("route", "auth_timeout"): ["0", "1s", "-1"],
+        ("route", "queue_timeout"): ["-1", "x", "inf", ""],
         ("route", "rise"): ["0", "-1", "1.5"],
         ("route", "fall"): ["0", "x"],
         ("relay", "admin"): ["tcp:abc", ""],
@@ -1019,7 +1025,7 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(
             e.problem,
             "unknown backend option 'colour' after ws://a/; known options: "
-            "name, weight",
+            "name, weight, maxconn",
         )
 
     def test_weightMessage(self) -> None:

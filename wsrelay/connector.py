@@ -9,10 +9,12 @@ connections show (passive health).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from twisted.logger import Logger
 
+from wsrelay.proxy.queue import QueueTimeout, retryAfter
 from wsrelay.ws.frontend import Refused
 from wsrelay.ws.upstream import (
     UpstreamError,
@@ -31,6 +33,23 @@ if TYPE_CHECKING:
     from wsrelay.descriptors import Shortage
     from wsrelay.roles import RequestFor
     from wsrelay.routing import Backend, ConnectionInfo, Route
+
+
+@dataclass
+class _Attempts:
+    """
+    How the attempts of one L{Connector.openUpstream} went.
+
+    @ivar stop: Whether to try no other backend.
+    @ivar timedOut: Whether the last failure was for want of time.
+    @ivar local: Whether the relay ran out of descriptors or local ports.
+    @ivar reason: Why, then.
+    """
+
+    stop: bool = False
+    timedOut: bool = False
+    local: bool = False
+    reason: str = ""
 
 
 def tooMany(code: int, reason: str, body: bytes) -> Refused:
@@ -101,7 +120,10 @@ class Connector:
         """
         Open an upstream to a backend of C{route}: try the candidates the
         balancer picks, each within C{connect_timeout}, until one accepts
-        or C{deadline} (on the relay's clock) passes.
+        or C{deadline} (on the relay's clock) passes.  When the backends
+        left to try are all at their C{maxconn=}, wait in the route's queue
+        up to C{queue_timeout} for a slot; the time waited does not count
+        against C{deadline}.
 
         @param info: What the balancer may know of the connection.
         @param request: Gives the request target and header fields for a
@@ -110,64 +132,130 @@ class Connector:
         @param avoid: A backend to try last (the one just lost).
 
         @raise Refused: 503 when no backend is available, or (with
-            C{Retry-After}) when the relay is out of descriptors or local
+            C{Retry-After}) when all are at their C{maxconn=} past
+            C{queue_timeout}, or the relay is out of descriptors or local
             ports; 502 when none could be reached, 504 when the time ran
             out; a backend's own refusal is relayed as it came.
         """
         tried: list[Backend] = []
-        timedOut = local = False
-        for backend in self._candidates(route, info, tried, avoid):
-            remaining = deadline - self.clock.seconds()
-            if remaining <= 0:
-                timedOut = True
-                break
-            resource, headers = request(backend)
-            try:
-                up = await connectUpstream(
-                    self.clock,
-                    backend.endpoint,
-                    backend.factory,
-                    resource,
-                    backend.hostHeader(),
-                    headers,
-                    offered,
-                    min(self.connectTimeout, remaining),
+        attempts = _Attempts()
+        queueDeadline: float | None = None
+        while True:
+            for backend in self._candidates(route, info, tried, avoid):
+                up = await self._attempt(
+                    route, backend, request, offered, deadline, attempts
                 )
-            except UpstreamRefused as e:
-                self.backendAnswered(route, backend, e.status)
-                raise
-            except UpstreamLocalError as e:
-                # The relay's problem: not the backend's failure, and not
-                # logged per connection; the next backend would fail the
-                # same way.
-                self.shortage.exhausted()
-                local = True
-                reason = str(e)
-                break
-            except UpstreamShortageError as e:
-                if self.shortage.short():
-                    local = True
-                    reason = str(e)
+                if up is not None:
+                    return backend, up
+                if attempts.stop:
                     break
-                timedOut = False
-                self.backendFailed(route, backend, str(e))
-                continue
-            except UpstreamError as e:
-                timedOut = isinstance(e, UpstreamTimeout)
-                self.backendFailed(route, backend, str(e))
-                continue
-            route.monitor.succeeded(backend)
-            return backend, up
-        if local:
-            self.shortage.occurred(reason)
+            if attempts.stop or self.clock.seconds() >= deadline:
+                break
+            if not any(
+                b.available and b.full and b not in tried for b in route.backends
+            ):
+                # No backend left to try is busy: waiting would not help.
+                break
+            now = self.clock.seconds()
+            if queueDeadline is None:
+                queueDeadline = now + route.config.queueTimeout
+            waited = await self._queue(route, queueDeadline - now)
+            deadline += waited
+        if attempts.local:
+            self.shortage.occurred(attempts.reason)
             raise tooMany(
                 503, "Service Unavailable", b"relay out of resources, retry shortly\n"
             )
         if not tried:
             raise Refused(503, "Service Unavailable", body=b"no backend available\n")
-        if timedOut:
+        if attempts.timedOut:
             raise Refused(504, "Gateway Timeout", body=b"backend timed out\n")
         raise Refused(502, "Bad Gateway", body=b"no backend reachable\n")
+
+    async def _queue(self, route: Route, timeout: float) -> float:
+        """
+        Wait in C{route}'s queue for a backend slot.
+
+        @param timeout: Seconds left of the route's C{queue_timeout}.
+        @return: The seconds waited.
+        @raise Refused: 503 with C{Retry-After} when no slot came in time
+            (at once when C{timeout} is not positive).
+        """
+        if timeout > 0:
+            try:
+                return await route.queue.wait(self.clock, timeout, route, route.hasRoom)
+            except QueueTimeout:
+                pass
+        raise Refused(
+            503,
+            "Service Unavailable",
+            [("Retry-After", retryAfter(route.config.queueTimeout))],
+            b"all backends busy, retry later\n",
+        )
+
+    async def _attempt(
+        self,
+        route: Route,
+        backend: Backend,
+        request: RequestFor,
+        offered: tuple[str, ...],
+        deadline: float,
+        attempts: _Attempts,
+    ) -> UpstreamProtocol | None:
+        """
+        Try one backend, holding one of its C{maxconn=} slots meanwhile: a
+        failed attempt gives it to the oldest waiter of the route's queue
+        (a successful one to its caller, which counts the connection).
+
+        @return: The open upstream, or L{None} when the attempt failed
+            (C{attempts} says how).
+        @raise UpstreamRefused: When the backend refused the handshake.
+        """
+        remaining = deadline - self.clock.seconds()
+        if remaining <= 0:
+            attempts.timedOut = attempts.stop = True
+            return None
+        resource, headers = request(backend)
+        backend.connecting += 1
+        up = None
+        try:
+            up = await connectUpstream(
+                self.clock,
+                backend.endpoint,
+                backend.factory,
+                resource,
+                backend.hostHeader(),
+                headers,
+                offered,
+                min(self.connectTimeout, remaining),
+            )
+        except UpstreamRefused as e:
+            self.backendAnswered(route, backend, e.status)
+            raise
+        except UpstreamLocalError as e:
+            # The relay's problem: not the backend's failure, and not
+            # logged per connection; the next backend would fail the
+            # same way.
+            self.shortage.exhausted()
+            attempts.local = attempts.stop = True
+            attempts.reason = str(e)
+        except UpstreamShortageError as e:
+            if self.shortage.short():
+                attempts.local = attempts.stop = True
+                attempts.reason = str(e)
+            else:
+                attempts.timedOut = False
+                self.backendFailed(route, backend, str(e))
+        except UpstreamError as e:
+            attempts.timedOut = isinstance(e, UpstreamTimeout)
+            self.backendFailed(route, backend, str(e))
+        finally:
+            backend.connecting -= 1
+            if up is None:
+                route.queue.slotFreed()
+        if up is not None:
+            route.monitor.succeeded(backend)
+        return up
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
         """

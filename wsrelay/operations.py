@@ -261,6 +261,8 @@ class Operations:
             self._closeBackend(backend)
         elif action == "drain":
             self._drainLater(backend)
+        else:
+            route.queue.slotFreed()
         if self.peers is not None:
             self.peers.act(routeName, backendName, action)
         return backend
@@ -359,6 +361,8 @@ class Operations:
         for route in routes:
             if self.running:
                 route.monitor.start()
+            # A maxconn= raised, a backend added: waiters may go on.
+            route.queue.slotFreed()
         for channel in list(self._registry.channels.values()):
             current = table.byName(channel.route.name)
             if current is not None and current.config.mode == "fanout":

@@ -30,6 +30,7 @@ from wsrelay.plugins import (
     findPlugins,
     healthCheckerFactories,
 )
+from wsrelay.proxy.queue import RouteQueue
 from wsrelay.routing import Backend, Route, buildBackends, endpointDescription
 from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
 from wsrelay.ws.upstream import UpstreamFactory
@@ -188,6 +189,8 @@ class RouteBuilder:
                     self._reactor,
                     endpointDescription(b.host, b.port, False, relay.connectTimeout),
                 )
+        # The queue stays with the route's name, waiters and all.
+        queue = RouteQueue() if previous is None else previous.queue
         monitor = HealthMonitor(
             config.name,
             backends,
@@ -198,8 +201,9 @@ class RouteBuilder:
             config.rise,
             config.fall,
             config.slowstart,
+            queue.slotFreed,
         )
-        return Route(config, backends, balancer, monitor, source, authorizer)
+        return Route(config, backends, balancer, monitor, source, authorizer, queue)
 
     def _trust(self, relay: RelayConfig, config: RouteConfig) -> Any:
         """

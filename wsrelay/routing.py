@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from wsrelay.interfaces import ConnectionInfo as ConnectionInfo  # re-exported
 from wsrelay.interfaces import IBackend, ILoadListener
+from wsrelay.proxy.queue import RouteQueue
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -56,13 +57,15 @@ class Backend:
     """
     One backend of one route, with its run-time state.
 
-    Two things decide whether it takes new connections: its health
-    (L{healthy}, kept by L{wsrelay.health.monitor.HealthMonitor}) and the
-    operator's choice (L{admin}).
+    Three things decide whether it takes new connections: its health
+    (L{healthy}, kept by L{wsrelay.health.monitor.HealthMonitor}), the
+    operator's choice (L{admin}) and its C{maxconn=} (L{full}).
 
     @ivar healthy: Whether checks (active or passive) say it works.
     @ivar admin: L{ENABLED}, L{DRAINING} or L{DISABLED}.
     @ivar connections: Connections open through the relay now.
+    @ivar connecting: Connections being opened now (each holds one of
+        the C{maxconn=} slots until it opens or fails).
     @ivar failures: Failed connects, handshakes and checks, ever.
     @ivar lastCheck: The last active check: its time, result and reason,
         or L{None} before the first.
@@ -92,6 +95,7 @@ class Backend:
         self.factory: Any = None
         self.admin = ENABLED
         self.connections = 0
+        self.connecting = 0
         self.totalConnections = 0
         self.failures = 0
         self.lastCheck: tuple[float, bool, str] | None = None
@@ -138,6 +142,22 @@ class Backend:
         if self.admin != ENABLED:
             return self.admin
         return UP if self.healthy else DOWN
+
+    @property
+    def maxconn(self) -> int | None:
+        """
+        The configured C{maxconn=}, or L{None} for no limit.
+        """
+        return self.config.maxconn
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether the connections being opened and open take all of its
+        C{maxconn=} slots.
+        """
+        limit = self.config.maxconn
+        return limit is not None and self.connections + self.connecting >= limit
 
     @property
     def available(self) -> bool:
@@ -217,6 +237,9 @@ class Route:
     @ivar loadListener: The balancer's optional load hooks, or L{None}:
         looked up once, not at each connection.
     @ivar authorizer: The route's authorizer (C{auth = NAME}), or L{None}.
+    @ivar queue: The handshakes waiting for a backend below its
+        C{maxconn=}; the route of the same name before a reload had the
+        same one.
     """
 
     config: RouteConfig
@@ -225,6 +248,7 @@ class Route:
     monitor: Monitor
     source: ISourceFactory | None = None
     authorizer: IAuthorizer | None = None
+    queue: RouteQueue = field(default_factory=RouteQueue, compare=False)
     loadListener: ILoadListener | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -244,9 +268,16 @@ class Route:
 
     def candidates(self) -> list[Backend]:
         """
-        @return: The backends that may take a new connection now.
+        @return: The backends that may take a new connection now: available
+            and below their C{maxconn=}.  Balancers see only these.
         """
-        return [b for b in self.backends if b.available]
+        return [b for b in self.backends if b.available and not b.full]
+
+    def hasRoom(self) -> bool:
+        """
+        @return: Whether a backend may take a new connection now.
+        """
+        return any(b.available and not b.full for b in self.backends)
 
 
 class BadPath(ValueError):

@@ -26,6 +26,7 @@ from wsrelay import __version__
 
 if TYPE_CHECKING:
     from wsrelay.admin.relay import RelayView
+    from wsrelay.stats import Histogram
 
 #: What a key of L{wsrelay.interfaces.ISourceStatus.status} must be to
 #: become a metric.
@@ -117,6 +118,7 @@ class RelayCollector:
             relay.clients(),
         )
         yield from self._backends()
+        yield from self._queues()
         yield from self._channels()
         yield from self._sources()
         yield self._latency()
@@ -169,11 +171,24 @@ class RelayCollector:
             "1 when the last active health check passed, else 0.",
             labels=labels,
         )
+        limit = gauge(
+            "wsrelay_backend_max_connections",
+            "The backend's maxconn= (only backends that have one).",
+            labels=labels,
+        )
+        connecting = gauge(
+            "wsrelay_backend_connecting",
+            "Connections to the backend being opened now.",
+            labels=labels,
+        )
         for route in self._relay.routes():
             for b in route.backends:
                 names = [route.name, b.name]
                 sent, sentBytes, received, receivedBytes = self._relay.traffic(route, b)
                 open_.add_metric(names, b.connections)
+                connecting.add_metric(names, b.connecting)
+                if b.maxconn is not None:
+                    limit.add_metric(names, b.maxconn)
                 total.add_metric(names, b.totalConnections)
                 messages.add_metric([*names, "to_backend"], sent)
                 messages.add_metric([*names, "from_backend"], received)
@@ -187,6 +202,55 @@ class RelayCollector:
                 if b.lastCheck is not None:
                     check.add_metric(names, 1 if b.lastCheck[1] else 0)
         yield from (open_, total, messages, size, failures, up, state, check)
+        yield from (limit, connecting)
+
+    def _queues(self) -> Iterator[Metric]:
+        """
+        @return: The families of the routes' queues (handshakes waiting for
+            a backend below its C{maxconn=}), labelled by route: HAProxy's
+            C{qcur}, C{qmax} and C{qtime}.
+        """
+        labels = ["route"]
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        current = gauge(
+            "wsrelay_route_queue_current",
+            "Handshakes waiting in the route's queue now.",
+            labels=labels,
+        )
+        peak = gauge(
+            "wsrelay_route_queue_max",
+            "The most handshakes that waited in the route's queue at once.",
+            labels=labels,
+        )
+        queued = counter(
+            "wsrelay_route_queued",
+            "Handshakes that waited in the route's queue.",
+            labels=labels,
+        )
+        timeouts = counter(
+            "wsrelay_route_queue_timeouts",
+            "Handshakes refused after waiting queue_timeout in the queue.",
+            labels=labels,
+        )
+        abandoned = counter(
+            "wsrelay_route_queue_abandoned",
+            "Handshakes whose client left while queued.",
+            labels=labels,
+        )
+        waits = HistogramMetricFamily(
+            "wsrelay_route_queue_wait_seconds",
+            "Time each handshake spent in the route's queue, however it left.",
+            labels=labels,
+        )
+        for route in self._relay.routes():
+            queue, names = route.queue, [route.name]
+            current.add_metric(names, len(queue))
+            peak.add_metric(names, queue.peak)
+            queued.add_metric(names, queue.total)
+            timeouts.add_metric(names, queue.timeouts)
+            abandoned.add_metric(names, queue.abandoned)
+            waits.add_metric(names, _cumulative(queue.waits), queue.waits.sum)
+        yield from (current, peak, queued, timeouts, abandoned, waits)
 
     def _channels(self) -> Iterator[Metric]:
         """
@@ -270,16 +334,24 @@ class RelayCollector:
             cumulative as the exposition format wants them.
         """
         h = self._relay.handshakeLatency()
-        buckets: list[tuple[str, float]] = []
-        seen = 0
-        for bound, n in zip(h.buckets, h.counts, strict=False):
-            seen += n
-            buckets.append((floatToGoString(bound), seen))
-        buckets.append(("+Inf", seen + h.counts[-1]))
         return HistogramMetricFamily(
             "wsrelay_handshake_latency_seconds",
             "Time from a client's request to its 101 (backend connect and"
             " handshake included).",
-            buckets=buckets,
+            buckets=_cumulative(h),
             sum_value=h.sum,
         )
+
+
+def _cumulative(h: Histogram) -> list[tuple[str, float]]:
+    """
+    @return: The buckets of C{h} made cumulative, as the exposition format
+        wants them, +Inf last.
+    """
+    buckets: list[tuple[str, float]] = []
+    seen = 0
+    for bound, n in zip(h.buckets, h.counts, strict=False):
+        seen += n
+        buckets.append((floatToGoString(bound), seen))
+    buckets.append(("+Inf", seen + h.counts[-1]))
+    return buckets

@@ -41,12 +41,32 @@ def backendStatus(relay: RelayView, route: Route, backend: Backend) -> Any:
         "healthy": backend.healthy,
         "admin": backend.admin,
         "connections": backend.connections,
+        "connecting": backend.connecting,
+        "maxconn": backend.maxconn,
         "totalConnections": backend.totalConnections,
         "toBackend": {"messages": sent, "bytes": sentBytes},
         "fromBackend": {"messages": received, "bytes": receivedBytes},
         "failures": backend.failures,
         "lastCheck": _check(backend.lastCheck),
         "checks": [_check(c) for c in backend.checks],
+    }
+
+
+def queueStatus(route: Route) -> Any:
+    """
+    @return: The state and counters of C{route}'s queue, as JSON values:
+        as HAProxy's C{qcur}, C{qmax} and C{qtime}, with the handshakes
+        queued ever, those that timed out and those that left.
+    """
+    queue = route.queue
+    return {
+        "current": len(queue),
+        "max": queue.peak,
+        "total": queue.total,
+        "timeouts": queue.timeouts,
+        "abandoned": queue.abandoned,
+        "timeout": route.config.queueTimeout,
+        "wait": {"count": queue.waits.count, "sum": queue.waits.sum},
     }
 
 
@@ -125,6 +145,7 @@ def status(relay: RelayView) -> Any:
                 "host": route.config.host,
                 "balancer": route.config.balancer,
                 "health": route.config.health,
+                "queue": queueStatus(route),
                 "backends": [backendStatus(relay, route, b) for b in route.backends],
                 "channels": [channelStatus(relay, c) for c in channels],
             }

@@ -22,6 +22,7 @@ from wsrelay.config.values import (
     _PRINTABLE_ASCII,
     NO_HEALTH,
     BackendConfig,
+    _maxconnProblem,
     _normaliseHost,
     _weightProblem,
     redactURL,
@@ -285,7 +286,7 @@ def _parseRouteHost(value: str, context: _Context) -> str:
 
 
 _OPTION_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)\Z", re.DOTALL)
-_BACKEND_OPTIONS = ("name", "weight")
+_BACKEND_OPTIONS = ("name", "weight", "maxconn")
 
 
 def _parseBackends(value: str, context: _Context) -> tuple[BackendConfig, ...]:
@@ -314,7 +315,17 @@ def _parseBackends(value: str, context: _Context) -> tuple[BackendConfig, ...]:
         weight = options.get("weight", "1")
         if not _DIGITS.match(weight) or len(weight.lstrip("0")) > 4:
             raise _BadValue(_weightProblem(url, weight))
-        backend = BackendConfig.fromURL(url, options.get("name"), int(weight))
+        maxconn = options.get("maxconn")
+        if maxconn is not None and (
+            not _DIGITS.match(maxconn) or len(maxconn.lstrip("0")) > 7
+        ):
+            raise _BadValue(_maxconnProblem(url, maxconn))
+        backend = BackendConfig.fromURL(
+            url,
+            options.get("name"),
+            int(weight),
+            None if maxconn is None else int(maxconn),
+        )
         if any(b.name == backend.name for b in backends):
             raise _BadValue(
                 f"two backends are named {backend.name!r}; give one a name= option"

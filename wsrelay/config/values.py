@@ -30,6 +30,9 @@ _HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 _IPV4_LIKE = re.compile(r"[0-9.]+\Z")
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
 _MAX_WEIGHT = 1000
+
+#: The largest C{maxconn=} a backend may have.
+_MAX_MAXCONN = 1_000_000
 _DEFAULT_BALANCER = "round_robin"
 
 DEFAULT_SOURCE = "websocket"
@@ -100,6 +103,14 @@ def _weightProblem(url: str, weight: str) -> str:
     )
 
 
+def _maxconnProblem(url: str, maxconn: str) -> str:
+    return _expected(
+        f"a whole number between 1 and {_MAX_MAXCONN} as maxconn of"
+        f" {redactURL(url)} (leave it out for no limit)",
+        maxconn,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class BackendConfig:
     """
@@ -111,6 +122,9 @@ class BackendConfig:
     @ivar name: The C{name=} option; by default C{host:port}, with an IPv6
         host in brackets (C{"[::1]:9001"}).
     @ivar weight: The C{weight=} option, 1 to 1000.
+    @ivar maxconn: The C{maxconn=} option: how many connections the relay
+        opens to it at most (being opened or open, proxied clients and
+        fan-out sources alike), or L{None} for no limit.
     @ivar secure: Whether the URL is C{wss://}.
     @ivar host: The host name or IP address, without brackets; IP
         addresses in canonical form.
@@ -122,6 +136,7 @@ class BackendConfig:
     url: str
     name: str
     weight: int = 1
+    maxconn: int | None = None
     secure: bool
     host: str
     port: int
@@ -130,7 +145,11 @@ class BackendConfig:
 
     @classmethod
     def fromURL(
-        cls, url: str, name: str | None = None, weight: int = 1
+        cls,
+        url: str,
+        name: str | None = None,
+        weight: int = 1,
+        maxconn: int | None = None,
     ) -> BackendConfig:
         """
         Check a backend URL and its options, and derive the other fields.
@@ -139,6 +158,7 @@ class BackendConfig:
             user information or fragment.
         @param name: The backend's name, or L{None} for C{host:port}.
         @param weight: The backend's weight, 1 to 1000.
+        @param maxconn: Its connection limit, 1 to 1000000, or L{None}.
 
         @raise ValueError: When C{url}, C{name} or C{weight} is not
             acceptable; the message says why, in one line.
@@ -177,10 +197,13 @@ class BackendConfig:
             )
         if not 1 <= weight <= _MAX_WEIGHT:
             raise _BadValue(_weightProblem(url, str(weight)))
+        if maxconn is not None and not 1 <= maxconn <= _MAX_MAXCONN:
+            raise _BadValue(_maxconnProblem(url, str(maxconn)))
         return cls(
             url=url,
             name=name,
             weight=weight,
+            maxconn=maxconn,
             secure=secure,
             host=host,
             port=port,
@@ -224,6 +247,9 @@ class BaseRouteConfig:
         before any backend is contacted, or L{NO_AUTH}.
     @ivar authTimeout: Seconds the authorizer has to answer (then 503).
     @ivar authOptions: The values of the keys the authorizer declares.
+    @ivar queueTimeout: Seconds a handshake waits in the route's queue when
+        every backend that may take it is at its C{maxconn}; 0: it is
+        refused at once.
     """
 
     name: str
@@ -251,6 +277,7 @@ class BaseRouteConfig:
     authOptions: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    queueTimeout: float = 0.0
 
     @property
     def section(self) -> str:

@@ -496,7 +496,8 @@ class WebSocketSource:
 
     def _release(self) -> None:
         """
-        Forget the upstream and give its backend's connection back.
+        Forget the upstream and give its backend's connection back (its
+        slot to the oldest waiter of the route's queue).
         """
         backend = self.backend
         self.upstream = None
@@ -506,6 +507,7 @@ class WebSocketSource:
             backend.connections -= 1
             if listener is not None:
                 listener.connectionClosed(backend)
+            self._routeOf().queue.slotFreed()
 
 
 def _countOpened(route: Route, backend: Backend, channel: str) -> None:

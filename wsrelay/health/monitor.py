@@ -11,7 +11,7 @@ a dead backend stops getting clients before the next check.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -56,8 +56,14 @@ class HealthMonitor:
         rise: int,
         fall: int,
         slowstart: float = 0.0,
+        cameUp: Callable[[], None] | None = None,
     ) -> None:
+        """
+        @param cameUp: Called when a backend comes up (or is tried again):
+            the route's queue may use it.
+        """
         self.routeName = routeName
+        self._cameUp = cameUp
         self._slowstart = slowstart
         self.backends = tuple(backends)
         self.checker = checker
@@ -167,6 +173,7 @@ class HealthMonitor:
                     backend=backend.name,
                     reason=reason,
                 )
+                self._up()
             return
         backend.failures += 1
         backend.successesInRow = 0
@@ -201,3 +208,11 @@ class HealthMonitor:
             route=self.routeName,
             backend=backend.name,
         )
+        self._up()
+
+    def _up(self) -> None:
+        """
+        A backend came up: tell whoever asked.
+        """
+        if self._cameUp is not None:
+            self._cameUp()

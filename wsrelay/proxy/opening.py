@@ -223,10 +223,12 @@ class UpstreamOpener:
 
     def closed(self, backend: Backend, up: UpstreamProtocol) -> None:
         """
-        The session's upstream C{up} to C{backend} closed: count it no more.
+        The session's upstream C{up} to C{backend} closed: count it no more,
+        and give its slot to the oldest waiter of the route's queue.
         """
         backend.count(up)
         backend.connections -= 1
         listener = self._route.loadListener
         if listener is not None:
             listener.connectionClosed(backend)
+        self._route.queue.slotFreed()
