@@ -1068,6 +1068,12 @@ class StandInView(RelayView):
         """
         return self.latency
 
+    def refused(self) -> dict[str, int]:
+        """
+        The stand-in for L{RelayView.refused}.
+        """
+        return {}
+
     def routes(self) -> list[Route]:
         """
         The stand-in for L{RelayView.routes}.

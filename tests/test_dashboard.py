@@ -12,9 +12,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger, LogPublisher, globalLogPublisher
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.sync.client import ClientConnection
 
@@ -22,7 +25,6 @@ from tests.support import TIMEOUT, inThread, startBackend
 from tests.support.admin import TOKEN, connect, fetch, startAdmin
 from tests.support.dashboard import CHROMIUM, Browser
 from tests.support.waiting import pollUntil, waitFor
-from wsrelay.accesslog import logRefused
 from wsrelay.admin import AdminSite, RelayView
 from wsrelay.admin.history import History, quantile
 from wsrelay.config import loadConfig, parseConfig
@@ -66,9 +68,7 @@ class HistoryTests(SynchronousTestCase):
         self.relay = RelayService(
             parseConfig(ROUTES, "t.ini"), MemoryReactorClock(), self.clock
         )
-        self.publisher = LogPublisher()
-        self.history = History(RelayView(self.relay), size=3, publisher=self.publisher)
-        self.log = Logger(observer=self.publisher)
+        self.history = History(RelayView(self.relay), size=3)
 
     def backend(self, route: str, name: str) -> Backend:
         """
@@ -96,12 +96,18 @@ class HistoryTests(SynchronousTestCase):
 
     def refuse(self, route: str | None, code: int | None) -> None:
         """
-        Log a client's access event as the relay does when it refuses one
-        (with C{code}) or when it left before its answer (L{None}).
+        A client of C{route} (L{None}: no route matched) leaves without
+        its 101, as the relay's listeners see it: refused with C{code}, or
+        gone before its answer (L{None}).
         """
-        r = None if route is None else self.relay.routes.byName(route)
-        refusal = None if code is None else Refused(code, "no")
-        logRefused(self.log, "127.0.0.1", r, None, refusal)
+        factory = self.relay.frontendFactory
+        client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert client is not None
+        client.makeConnection(StringTransport())
+        client.route = None if route is None else self.relay.routes.byName(route)
+        if code is not None:
+            client._refusal = Refused(code, "no")
+        client.connectionLost(Failure(ConnectionDone()))
 
     def test_rates(self) -> None:
         """
@@ -126,7 +132,7 @@ class HistoryTests(SynchronousTestCase):
             sorted(chat),
             sorted(
                 "connections toBackend fromBackend opened refused"
-                " deliveries drops closes".split()
+                " deliveries drops closes p50 p90 p99".split()
             ),
         )
         self.assertEqual(chat["toBackend"], 5.0)
@@ -164,10 +170,12 @@ class HistoryTests(SynchronousTestCase):
 
     def test_refusals(self) -> None:
         """
-        Refused clients are counted from the access log's events, by route
-        and for the relay (where those no route matched count too);
-        clients that left before their answer are not refusals.
+        Refused clients are counted by route and for the relay (where
+        those no route matched count too), with the access log off as
+        on; clients that left before their answer are not refusals.
         """
+        quiet = ROUTES.replace("[relay]\n", "[relay]\naccess_log = off\n")
+        self.relay.frontendFactory.configure(parseConfig(quiet, "t.ini"))
         self.history.start()
         self.addCleanup(self.history.stop)
         self.refuse("chat", 503)
@@ -180,8 +188,6 @@ class HistoryTests(SynchronousTestCase):
         self.assertEqual(sample["routes"]["chat"]["refused"], 2.0)
         self.assertEqual(sample["routes"]["feed"]["refused"], 0.0)
         self.assertEqual(sample["refused"], 3.0)
-        self.history.stop()
-        self.refuse("chat", 503)
         self.assertEqual(self.later()["refused"], 0.0)
 
     def test_handshakes(self) -> None:
@@ -207,6 +213,24 @@ class HistoryTests(SynchronousTestCase):
         self.assertEqual(
             self.newest()["latency"], {"p50": None, "p90": None, "p99": None}
         )
+
+    def test_routeLatency(self) -> None:
+        """
+        Each route's sample has the percentiles of its own handshakes'
+        latency; the relay's covers every route.
+        """
+        self.history.sample()
+        chat = self.relay.handshakeLatency.byRoute("chat")
+        feed = self.relay.handshakeLatency.byRoute("feed")
+        for _ in range(10):
+            chat.observe(0.002)
+            feed.observe(0.2)
+        sample = self.later()
+        self.assertLess(sample["routes"]["chat"]["p99"], 0.0025)
+        self.assertGreater(sample["routes"]["feed"]["p50"], 0.1)
+        self.assertLessEqual(sample["latency"]["p50"], 0.0025)
+        self.assertGreater(sample["latency"]["p99"], 0.1)
+        self.assertEqual(self.relay.handshakeLatency.count, 20)
 
     def test_quantile(self) -> None:
         """
@@ -406,9 +430,11 @@ class BrowserTests(TestCase):
                 "chat:connections",
                 "chat:messages",
                 "chat:handshakes",
+                "chat:latency",
                 "feed:connections",
                 "feed:messages",
                 "feed:handshakes",
+                "feed:latency",
                 "feed:fanout",
             ],
         )

@@ -106,6 +106,13 @@ class RelayStatus(Protocol):
         """
 
     @property
+    def refused(self) -> Mapping[str, int]:
+        """
+        Clients refused a 101 with a status, by route name (C{""} for
+        requests no route matched).
+        """
+
+    @property
     def sessions(self) -> Collection[ProxySession | FanoutSession]:
         """
         The sessions now open.

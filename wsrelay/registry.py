@@ -195,7 +195,7 @@ class Sessions:
                 addresses=self._admission,
                 clock=self._clock,
                 config=self.config,
-                latency=self._latency,
+                latency=self._latency.byRoute(route.name),
             )
         else:
             session = ProxySession(
@@ -206,7 +206,7 @@ class Sessions:
                 addresses=self._admission,
                 clock=self._clock,
                 config=self.config,
-                latency=self._latency,
+                latency=self._latency.byRoute(route.name),
             )
         self._registry.sessions.add(session)
         d = session.open()

@@ -314,6 +314,14 @@ class RelayService(MultiService):
         """
         return self.registry.channels
 
+    @property
+    def refused(self) -> Mapping[str, int]:
+        """
+        Clients refused a 101 with a status, by route name (C{""} for
+        requests no route matched).
+        """
+        return self.frontendFactory.refused
+
     def traffic(self, route: Route, backend: Backend) -> tuple[int, int, int, int]:
         """
         @return: Messages and bytes sent to C{backend} through C{route}, and

@@ -27,21 +27,43 @@ class Histogram:
         the +Inf bucket.
     @ivar sum: The sum of all observations.
     @ivar count: How many observations.
+    @ivar routes: The histograms of L{byRoute}, by route name.
     """
 
-    def __init__(self, buckets: Sequence[float]) -> None:
+    def __init__(
+        self, buckets: Sequence[float], parent: Histogram | None = None
+    ) -> None:
+        """
+        @param parent: A histogram that counts every observation of this
+            one too.
+        """
         self.buckets = tuple(buckets)
         self.counts = [0] * (len(self.buckets) + 1)
         self.sum = 0.0
         self.count = 0
+        self.routes: dict[str, Histogram] = {}
+        self._parent = parent
 
     def observe(self, value: float) -> None:
         """
-        Count one observation.
+        Count one observation (and in the parent's, if any).
         """
         self.counts[bisect_left(self.buckets, value)] += 1
         self.sum += value
         self.count += 1
+        if self._parent is not None:
+            self._parent.observe(value)
+
+    def byRoute(self, name: str) -> Histogram:
+        """
+        @return: The histogram of route C{name}'s observations, made on
+            first use: what it observes, this one counts too.  It outlives
+            a reload, as the route's name does.
+        """
+        child = self.routes.get(name)
+        if child is None:
+            child = self.routes[name] = Histogram(self.buckets, self)
+        return child
 
 
 class TokenBucket:

@@ -10,10 +10,10 @@ ring of L{SAMPLES} samples.  Keeping the history here rather than in the
 page means that a page opened now shows the last minutes at once, that
 every open page shares one reading a second, and that the page only draws.
 
-Refused handshakes are not counted by route anywhere else in the relay:
-L{History} counts the access log's events of refused clients
-(L{wsrelay.accesslog.logRefused}), so with C{access_log = off} it sees
-none.
+Refused handshakes are counted by the listeners' factory, by route
+(L{wsrelay.ws.frontend.FrontendFactory.refused}), and the handshakes'
+latency by route too (L{wsrelay.stats.Histogram.byRoute}), with or without
+the access log.
 """
 
 from __future__ import annotations
@@ -23,18 +23,12 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
-from twisted.logger import (
-    ILogObserver,
-    LogEvent,
-    Logger,
-    LogPublisher,
-    globalLogPublisher,
-)
-from zope.interface import implementer
+from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from wsrelay.admin.relay import RelayView
     from wsrelay.routing import Route
+    from wsrelay.stats import Histogram
 
 #: Seconds between two samples.
 INTERVAL = 1.0
@@ -100,35 +94,12 @@ def _routeCounters(
 RATES = ("toBackend", "fromBackend", "opened", "deliveries", "drops", "closes")
 
 #: The fields of a route's sample, in the order it keeps them: its open
-#: connections, L{RATES}, then its refusals per second.
-ROUTE_FIELDS = ("connections", *RATES, "refused")
+#: connections, L{RATES}, its refusals per second, then its handshakes'
+#: latency percentiles (L{PERCENTILES}, in seconds).
+ROUTE_FIELDS = ("connections", *RATES, "refused", *(p for p, _ in PERCENTILES))
 
 #: The rate of a counter that did not move, shared by every sample.
 ZERO = 0.0
-
-
-@implementer(ILogObserver)
-class _Refusals:
-    """
-    Counts the access log's events of refused clients by route name.
-
-    @ivar counts: Refusals by route name (L{UNROUTED} for requests no
-        route matched).
-    """
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def __call__(self, event: LogEvent) -> None:
-        """
-        Count C{event} if it tells of a refused client.
-        """
-        if event.get("event") != "access" or event.get("closedBy") != "relay":
-            return
-        if event.get("status") is None:
-            return
-        name = event.get("route") or UNROUTED
-        self.counts[name] = self.counts.get(name, 0) + 1
 
 
 class History:
@@ -147,18 +118,13 @@ class History:
         relay: RelayView,
         interval: float = INTERVAL,
         size: int = SAMPLES,
-        publisher: LogPublisher | None = None,
     ) -> None:
         """
         @param relay: What is read; its clock times the samples.
-        @param publisher: Where the access log's events are heard; the
-            global log publisher by default.
         """
         self._relay = relay
         self.interval = interval
         self.samples: deque[dict[str, Any]] = deque(maxlen=size)
-        self._publisher = globalLogPublisher if publisher is None else publisher
-        self._refusals = _Refusals()
         self._loop: LoopingCall | None = None
         self._failed = False
         # The last reading: when, each counting thing's counters (by id,
@@ -168,7 +134,9 @@ class History:
         self._last: dict[int, tuple[object, tuple[int, ...]]] = {}
         self._refused: dict[str, int] = {}
         self._handshakes = 0
-        self._latency: deque[tuple[int, ...]] = deque(maxlen=LATENCY_WINDOW + 1)
+        # The latency histograms' last readings, the relay's (under
+        # L{UNROUTED}) and each route's.
+        self._latency: dict[str, deque[tuple[int, ...]]] = {}
 
     def start(self) -> None:
         """
@@ -176,7 +144,6 @@ class History:
         """
         if self._loop is not None:
             return
-        self._publisher.addObserver(self._refusals)
         self._loop = LoopingCall(self._sampleLogged)
         self._loop.clock = self._relay.clock()
         self._loop.start(self.interval, now=True)
@@ -187,7 +154,6 @@ class History:
         """
         if self._loop is None:
             return
-        self._publisher.removeObserver(self._refusals)
         self._loop.stop()
         self._loop = None
 
@@ -220,8 +186,10 @@ class History:
         for (name, _), channel in relay.channels():
             channels.setdefault(name, []).append(channel)
         reading: dict[int, tuple[object, tuple[int, ...]]] = {}
-        routes: dict[str, tuple[float, ...]] = {}
+        routes: dict[str, tuple[float | None, ...]] = {}
         elapsed = None if self._then is None else now - self._then
+        refusals = dict(relay.refused())
+        histogram = relay.handshakeLatency()
         for route in relay.routes():
             own = channels.get(route.name, [])
             rises = [0] * len(RATES)
@@ -234,7 +202,7 @@ class History:
                     # A counter that went down was started again (a
                     # reload): what it counted since is unknown.
                     rises[i] += max(0, new - old)
-            refused = self._refusals.counts.get(route.name, 0)
+            refused = refusals.get(route.name, 0)
             rises.append(refused - self._refused.get(route.name, 0))
             connections = (
                 sum(len(c.members) for c in own)
@@ -243,11 +211,13 @@ class History:
             )
             # A tuple in ROUTE_FIELDS' order: a sample of each route is
             # kept for five minutes, and a dict is several times the size.
-            routes[route.name] = (connections, *self._rates(rises, elapsed))
-        histogram = relay.handshakeLatency()
-        counts = tuple(histogram.counts)
-        self._latency.append(counts)
-        refusedAll = sum(self._refusals.counts.values())
+            latency = self._percentiles(route.name, histogram.byRoute(route.name))
+            routes[route.name] = (
+                connections,
+                *self._rates(rises, elapsed),
+                *latency.values(),
+            )
+        refusedAll = sum(refusals.values())
         sample = {
             "time": now,
             "clients": relay.clients(),
@@ -264,12 +234,12 @@ class History:
                     strict=True,
                 )
             ),
-            "latency": self._percentiles(histogram.buckets),
+            "latency": self._percentiles(UNROUTED, histogram),
             "routes": routes,
         }
         self._then = now
         self._last = reading
-        self._refused = dict(self._refusals.counts)
+        self._refused = refusals
         self._handshakes = histogram.count
         if elapsed is not None:
             self.samples.append(sample)
@@ -284,13 +254,19 @@ class History:
             return [ZERO] * len(rises)
         return [round(rise / elapsed, 3) if rise > 0 else ZERO for rise in rises]
 
-    def _percentiles(self, bounds: Sequence[float]) -> dict[str, float | None]:
+    def _percentiles(self, key: str, histogram: Histogram) -> dict[str, float | None]:
         """
-        @return: The handshake latency's L{PERCENTILES} over the last
-            L{LATENCY_WINDOW} samples, in seconds (L{None} without
-            handshakes in that time).
+        Keep C{histogram}'s reading as C{key}'s newest.
+
+        @return: Its L{PERCENTILES} over the last L{LATENCY_WINDOW} samples,
+            in seconds (L{None} without handshakes in that time).
         """
-        first, last = self._latency[0], self._latency[-1]
+        readings = self._latency.get(key)
+        if readings is None:
+            readings = self._latency[key] = deque(maxlen=LATENCY_WINDOW + 1)
+        readings.append(tuple(histogram.counts))
+        bounds = histogram.buckets
+        first, last = readings[0], readings[-1]
         window = [max(0, b - a) for a, b in zip(first, last, strict=True)]
         result: dict[str, float | None] = {}
         for name, q in PERCENTILES:

@@ -143,6 +143,13 @@ class RelayView:
         """
         return self._relay.handshakeLatency
 
+    def refused(self) -> Mapping[str, int]:
+        """
+        @return: How many clients were refused a 101 with a status, by
+            route name (C{""} for requests no route matched).
+        """
+        return self._relay.refused
+
     def routes(self) -> Sequence[Route]:
         """
         @return: The routes in force.

@@ -178,6 +178,10 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         self._stopHandshakeClock()
         factory = self.factory
         factory.admission.clientLeft(self)
+        if not self.upgraded and self._refusal is not None:
+            refused = factory.refused
+            name = "" if self.route is None else self.route.name
+            refused[name] = refused.get(name, 0) + 1
         if not self.upgraded and factory.config.accessLog:
             # Sessions log the connections that got their 101.
             client = factory.admission.clientAddress(self) if self.transport else None
@@ -444,6 +448,9 @@ class FrontendFactory(WebSocketServerFactory):
         self.sessions = sessions
         #: The budget of log lines that clients' protocol errors may cause.
         self.protocolErrors = ErrorBudget(clock)
+        #: Clients refused a 101 with a status, by route name (C{""} for
+        #: requests no route matched), for the dashboard.
+        self.refused: dict[str, int] = {}
         self.configure(config)
 
     def stopFactory(self) -> None:
