@@ -293,6 +293,40 @@ class RelayTests(TestCase):
 
         self.assertIn("x-user: bob", (await inThread(run)).lower().splitlines())
 
+    async def test_httpClosedOnReload(self) -> None:
+        """
+        The authorizer a reload replaces, and the one in force when the
+        relay stops, are closed (the C{http} one closes its idle
+        connections to the auth server); a client after the reload is
+        asked about by the new one.
+        """
+        server = startAuthServer(self)
+        server.answer = (204, [], b"")
+        relay, port = await self.relay(f"auth = http\nauth_url = {server.url}/a\n")
+        closed: list[object] = []
+
+        def recording(authorizer: Any) -> None:
+            close = authorizer.close
+
+            def closing() -> Any:
+                closed.append(authorizer)
+                return close()
+
+            authorizer.close = closing
+
+        old = relay.routes.routes[0].authorizer
+        recording(old)
+        await inThread(lambda: client(port, "/chat").close())
+        await relay.reload()
+        new = relay.routes.routes[0].authorizer
+        self.assertIsNot(new, old)
+        self.assertEqual(closed, [old])
+        recording(new)
+        await inThread(lambda: client(port, "/chat").close())
+        self.assertEqual(len(server.requests), 2)
+        await relay.stopService()
+        self.assertEqual(closed, [old, new])
+
     async def test_timeout(self) -> None:
         """
         An auth server that does not answer within C{auth_timeout} (on the

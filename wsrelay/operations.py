@@ -357,7 +357,7 @@ class Operations:
         routes = self._builder.build(config, {r.name: r for r in table.routes})
         kept = {b for r in routes for b in r.backends}
         for route in table.routes:
-            route.monitor.stop()
+            route.stop()
             for backend in route.backends:
                 if backend not in kept and backend.admin != DRAINING:
                     backend.admin = DRAINING

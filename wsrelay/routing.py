@@ -25,6 +25,7 @@ from wsrelay.interfaces import IBackend, ILoadListener
 from wsrelay.proxy.queue import RouteQueue
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import BackendConfig, RouteConfig
@@ -265,6 +266,22 @@ class Route:
         The route's name.
         """
         return self.config.name
+
+    def stop(self) -> Deferred[None] | None:
+        """
+        The route is replaced (a reload) or the relay stops: its health
+        checks stop, and its authorizer lets go of what it holds, when it
+        has a C{close()} (the C{http} authorizer's idle connections).
+
+        @return: What C{close()} returned: a L{Deferred} that fires once
+            the authorizer closed, or L{None}.
+        """
+        self.monitor.stop()
+        close = getattr(self.authorizer, "close", None)
+        if close is None:
+            return None
+        closed: Deferred[None] | None = close()
+        return closed
 
     def candidates(self) -> list[Backend]:
         """

@@ -391,9 +391,11 @@ class RelayService(MultiService):
         stopped = super().stopService()
         self.operations.running = False
         self.connector.shortage.flush()
-        for route in self.routes.routes:
-            route.monitor.stop()
         waits = [stopped, *self.operations.closeAll()]
+        for route in self.routes.routes:
+            closed = route.stop()
+            if closed is not None:
+                waits.append(closed)
         d = DeferredList(waits, consumeErrors=True)
         d.addTimeout(self.config.drainTimeout, self.clock)
         return d.addBoth(lambda _: None)
