@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,11 +335,13 @@ def _launch(
     url: str,
     port: int,
     path: str,
+    environ: Mapping[str, str] | None = None,
 ) -> Running:
     """
     Start a proxy, wait until it answers a handshake on C{path}, and find
     its processes.
 
+    @param environ: Variables added to the proxy's environment.
     @raise TargetFailed: If it exits, or does not answer within 30 seconds.
     """
     logPath = work / f"{name}.log"
@@ -350,6 +352,7 @@ def _launch(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=work,
+            env=None if environ is None else {**os.environ, **environ},
         )
     running = Running(name, url, [process.pid], process, logPath)
     deadline = time.monotonic() + 30
@@ -382,6 +385,7 @@ def start(
     maxMessageSize: int = 16777216,
     reactor: str | None = None,
     writeDelay: float | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Running:
     """
     Start a target in front of a backend (or fan-out source) on loopback.
@@ -397,6 +401,7 @@ def start(
         its default.
     @param writeDelay: wsrelay's fan-out C{write_delay} (milliseconds), or
         L{None} for its default.
+    @param environ: Variables added to the proxy's environment.
     @raise TargetUnavailable: The target cannot run here.
     @raise TargetFailed: It did not start.
     """
@@ -444,13 +449,13 @@ def start(
             )
         )
         command = wsrelayCommand(config, reactor)
-        running = _launch(name, [*pin, *command], work, url, port, path)
+        running = _launch(name, [*pin, *command], work, url, port, path, environ)
         if adminPort is not None:
             _waitForWorkers(running, adminPort, workers)
         return running
     else:
         raise ValueError(f"unknown target {name!r}")
-    return _launch(name, [*pin, *command], work, url, port, path)
+    return _launch(name, [*pin, *command], work, url, port, path, environ)
 
 
 def wsrelayCommand(config: Path, reactor: str | None = None) -> list[str]:

@@ -29,6 +29,8 @@ NOT_IN_MEMORY = frozenset(
         "test_descriptors::ProcessTests",
         "test_faults::FanoutFaultTests",
         "test_faults::ProxyFaultTests",
+        "test_heldmemory::ConnectionsTests",
+        "test_heldmemory::SmokeTests",
         "test_packaging::ReadmeTests",
         "test_packaging::WheelTests",
         "test_project::NewsTests",

@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import signal
+import sys
 import time
 import tracemalloc
 import weakref
@@ -325,6 +326,38 @@ class MemoryReportTests(TestCase):
             os.path.join(folder, report["label"] + ".tracemalloc")
         )
         self.assertGreater(len(snapshot.traces), 0)
+
+    def test_everyType(self) -> None:
+        """
+        With the word C{types} in the request, a report lists every type,
+        however few its objects, with the bytes they take (before and after
+        the collection); without it, only the most numerous types.
+        """
+        folder = self.mktemp()
+        reporter = memory.MemoryReporter(folder)
+        os.makedirs(folder)
+
+        class Rare:
+            pass
+
+        name = f"{__name__}.MemoryReportTests.test_everyType.<locals>.Rare"
+        rare = [Rare() for _ in range(3)]
+        requests = {"some": "some\n", "every": "every collect types\n"}
+        reports = {}
+        for label, request in requests.items():
+            with open(os.path.join(folder, "request"), "w") as f:
+                f.write(request)
+            with open(reporter.report()) as f:
+                reports[label] = json.load(f)
+        self.assertNotIn(name, reports["some"]["before"]["types"])
+        self.assertEqual(
+            reports["some"]["before"]["typeBytes"].keys(),
+            reports["some"]["before"]["types"].keys(),
+        )
+        for when in ("before", "after"):
+            figures = reports["every"][when]
+            self.assertEqual(figures["types"][name], 3)
+            self.assertEqual(figures["typeBytes"][name], 3 * sys.getsizeof(rare[0]))
 
 
 class ParseTests(SynchronousTestCase):

@@ -16,8 +16,10 @@ there is one), for C{bench/memreport.py} to compare.
 The label of the report and whether a full collection follows come from
 the file C{request} in that folder, read at each signal: its first line is
 the label, and the word C{collect} after it asks for a full collection
-(its garbage is counted by type, then the same figures are taken again).
-Without the file, reports are numbered and nothing is collected.
+(its garbage is counted by type, then the same figures are taken again);
+the word C{types} lists every type rather than the most numerous (each
+with the bytes of its objects, C{sys.getsizeof}, as always).  Without the
+file, reports are numbered and nothing is collected.
 
 Not for production: taking the objects by type walks every tracked object
 (a few milliseconds per ten thousand).
@@ -152,8 +154,12 @@ def pymallocStats() -> dict[str, int]:
         return parsePymalloc(f.read())
 
 
-def objectTypes(objects: list[Any] | None = None) -> Counter[str]:
+def objectTypes(
+    objects: list[Any] | None = None, sizes: Counter[str] | None = None
+) -> Counter[str]:
     """
+    @param sizes: If given, the bytes of the objects (C{sys.getsizeof}: the
+        object itself, not what it refers to) are added to it by type name.
     @return: The objects the collector tracks (C{objects}, or all but the
         frozen ones), counted by type name (with its module when it is not
         a builtin).
@@ -167,14 +173,17 @@ def objectTypes(objects: list[Any] | None = None) -> Counter[str]:
         if not isinstance(module, str):
             # A class whose __module__ is a descriptor of its instances.
             module = "?"
-        counts[
-            t.__qualname__ if module == "builtins" else module + "." + t.__qualname__
-        ] += 1
+        name = t.__qualname__ if module == "builtins" else module + "." + t.__qualname__
+        counts[name] += 1
+        if sizes is not None:
+            sizes[name] += sys.getsizeof(o, 0)
     return counts
 
 
-def figures() -> dict[str, Any]:
+def figures(everyType: bool = False) -> dict[str, Any]:
     """
+    @param everyType: Whether to list every type of object, rather than the
+        L{TOP_TYPES} most numerous.
     @return: What a report holds at one moment, without collecting.
     """
     figures: dict[str, Any] = {"process": procStatus()}
@@ -187,10 +196,12 @@ def figures() -> dict[str, Any]:
     }
     figures["pymalloc"] = pymallocStats()
     figures["malloc"] = mallocInfo()
-    types = objectTypes()
+    sizes: Counter[str] = Counter()
+    types = objectTypes(sizes=sizes)
     figures["objects"] = sum(types.values())
     figures["generations"] = [len(gc.get_objects(g)) for g in range(3)]
-    figures["types"] = dict(types.most_common(TOP_TYPES))
+    figures["types"] = dict(types.most_common(None if everyType else TOP_TYPES))
+    figures["typeBytes"] = {name: sizes[name] for name in figures["types"]}
     if tracemalloc.is_tracing():
         current, peak = tracemalloc.get_traced_memory()
         figures["tracemalloc"] = {"current": current, "peak": peak}
@@ -240,21 +251,20 @@ class MemoryReporter:
         self.folder = folder
         self.written = 0
 
-    def request(self) -> tuple[str, bool]:
+    def request(self) -> tuple[str, bool, bool]:
         """
-        @return: The next report's label and whether to collect, from the
-            folder's C{request} file.
+        @return: The next report's label, whether to collect and whether to
+            list every type, from the folder's C{request} file.
         """
-        label, collect = f"report-{self.written + 1}", False
+        label = f"report-{self.written + 1}"
         try:
             with open(os.path.join(self.folder, "request")) as f:
                 words = f.readline().split()
         except OSError:
-            return label, collect
+            return label, False, False
         if words:
             label = re.sub(r"[^\w.-]", "_", words[0])
-            collect = "collect" in words[1:]
-        return label, collect
+        return label, "collect" in words[1:], "types" in words[1:]
 
     def report(self) -> str:
         """
@@ -262,16 +272,16 @@ class MemoryReporter:
 
         @return: The path of its JSON file.
         """
-        label, collect = self.request()
+        label, collect, everyType = self.request()
         report: dict[str, Any] = {
             "label": label,
             "time": time.time(),
             "pid": os.getpid(),
-            "before": figures(),
+            "before": figures(everyType),
         }
         if collect:
             report["collected"] = fullCollection()
-            report["after"] = figures()
+            report["after"] = figures(everyType)
         if tracemalloc.is_tracing():
             # After the collection, if any: what is alive.
             snapshot = tracemalloc.take_snapshot()
