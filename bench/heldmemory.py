@@ -503,10 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HeldMemoryFailed, PeerFailed, targets.TargetFailed) as e:
         print(f"heldmemory: {e}", file=sys.stderr)
         return 1
-    print(table(result, options.top))
     if options.json:
         with open(options.json, "w") as f:
             json.dump(result, f, indent=1)
+    print(table(result, options.top))
     return 0
 
 
