@@ -422,6 +422,32 @@ class AccessLogTests(TestCase):
         route = relay.routes.routes[0]
         self.assertEqual(relay.traffic(route, route.backends[0]), (2, 6, 2, 6))
 
+    async def test_fanoutAccessEvent(self) -> None:
+        """
+        A fan-out client's event names the address a trusted proxy gave
+        (taken as it joined: a held client no longer keeps its request's
+        head), its route and its close code.
+        """
+        source = startBackend(self)
+        relay, port = await startRelay(
+            self,
+            "[relay]\ntrusted_proxies = 127.0.0.1\n[route:feed]\npath = /feed\n"
+            f"mode = fanout\nbackends = {source.url}\n",
+        )
+        events = accessEvents(self)
+        headers = {"X-Forwarded-For": "203.0.113.9"}
+        c = await inThread(client, port, "/feed", additional_headers=headers)
+        await waitFor(lambda: len(relay.sessions) == 1)
+        [session] = relay.sessions
+        await waitFor(lambda: session.frontend.head is None)
+        await inThread(c.close, 4000, "done")
+        await events.whenLength(1)
+        [event] = events
+        self.assertEqual(
+            {k: event[k] for k in ("client", "route", "closeCode")},
+            {"client": "203.0.113.9", "route": "feed", "closeCode": 4000},
+        )
+
     async def test_accessLogOff(self) -> None:
         """
         With C{access_log = off}, neither a finished connection nor a

@@ -73,8 +73,12 @@ class FanoutSession:
         self.mark = 0
         self.route = channel.route
         self.done: Deferred[None] = Deferred()
-        self.queue: deque[bytes] = deque()
+        #: What waits while the client is slow; made when first needed (an
+        #: empty deque is 600 bytes, and most clients never wait).
+        self.queue: deque[bytes] | None = None
         self.queued = 0
+        #: The client's address for the access log, taken as it joins.
+        self.peer: str | None = None
         self.dropped = 0
         self.backend = None
         self._limit = channel.routeConfig.maxClientBuffer
@@ -101,8 +105,11 @@ class FanoutSession:
         """
         transport = self.frontend.transport
         assert transport is not None
-        self.frontend.forgetHandshake()
-        self._write = self.frontend.writer()
+        frontend = self.frontend
+        if self.config.accessLog:
+            self.peer = self.addresses.clientAddress(frontend)
+        frontend.forgetHandshake()
+        self._write = frontend.writer()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
         self.openedAt = self.clock.seconds()
@@ -111,7 +118,10 @@ class FanoutSession:
         try:
             since = None
             if config.resume is not None:
-                since = sinceOf(self.frontend.query, config.resumeParam)
+                since = sinceOf(frontend.query, config.resumeParam)
+            # The request's parsed head is not read again (a kilobyte per
+            # held client).
+            frontend.head = None
             self.channel.join(self, since)
         except Exception:
             # A bug: close the client rather than leave it open with no
@@ -130,7 +140,10 @@ class FanoutSession:
             self._write(data)
             return
         if self.queued + len(data) <= self._limit:
-            self.queue.append(data)
+            queue = self.queue
+            if queue is None:
+                queue = self.queue = deque()
+            queue.append(data)
             self.queued += len(data)
             return
         if self._close:
@@ -162,12 +175,14 @@ class FanoutSession:
             data = queue.popleft()
             self.queued -= len(data)
             self._write(data)
+        if queue is not None and not queue:
+            self.queue = None
 
     def stopProducing(self) -> None:
         """
         The connection is going: nothing more to write.
         """
-        self.queue.clear()
+        self.queue = None
         self.queued = 0
 
     # Frames from the client.
@@ -205,7 +220,7 @@ class FanoutSession:
         """
         The client is gone: leave the channel.
         """
-        self.queue.clear()
+        self.queue = None
         self.queued = 0
         if self._joined:
             window = self.channel.window
@@ -228,7 +243,7 @@ class FanoutSession:
             "{client} {route} fanout {duration:.3f}s in {messagesIn}/{bytesIn}"
             " out {messagesOut} dropped {dropped} close {closeCode}",
             event="access",
-            client=self.addresses.clientAddress(f) if f.transport else None,
+            client=self.peer,
             route=self.route.name,
             channel=self.channel.key,
             duration=self.clock.seconds() - self.openedAt,
@@ -259,7 +274,7 @@ class FanoutSession:
         if self._joined and not self._closing:
             self.channel.flush()
         self._closing = True
-        self.queue.clear()
+        self.queue = None
         self.queued = 0
         self._paused = False
         self._write = _discard
