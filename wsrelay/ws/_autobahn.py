@@ -44,7 +44,11 @@ from typing import Any, ClassVar
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import (
+    WebSocketProtocol,
+    _is_same_origin,
+    _url_to_origin,
+)
 from autobahn.websocket.utf8validator import Utf8Validator
 
 
@@ -384,6 +388,31 @@ class LegShims:
 for _name, _value in DEFAULTS.items():
     setattr(LegShims, _name, _value)
 del _name, _value
+
+
+def originAllowed(protocol: Any, origin: str) -> bool:
+    """
+    Whether Autobahn's server C{protocol} accepts a handshake with this
+    C{Origin} (its C{processHandshake}: a valid origin, allowed by its
+    C{allowedOrigins}, or C{null} where it allows that), without the
+    handshake: the relay checks a plain request itself
+    (L{wsrelay.ws.accept.plainRequest}).
+    """
+    try:
+        found = _url_to_origin(origin)
+    except ValueError:
+        return False
+    factory = protocol.factory
+    if found == "null" and factory.allowNullOrigin:
+        return True
+    return bool(
+        _is_same_origin(
+            found,
+            "https" if factory.isSecure else "http",
+            factory.externalPort or factory.port,
+            protocol.allowedOriginsPatterns,
+        )
+    )
 
 
 def setPeer(protocol: Any, peer: str) -> None:
