@@ -16,6 +16,7 @@ from txaio.testutil import replace_loop
 
 from tests.support.memory import BACKEND_A, Network, RawClient, request
 from wsrelay.ws import frontend
+from wsrelay.ws._autobahn import FIRED, sharedTrafficStats
 from wsrelay.ws.accept import acceptResponse, plainRequest
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
@@ -238,3 +239,27 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertEqual(self.counting.calls, 1)
         self.assertIn(b" 502 ", answers[0])
         self.assertEqual(answers[0], answers[1])
+
+
+class HeldLegTests(SynchronousTestCase):
+    """
+    What an open passthrough connection's legs no longer hold of their
+    own (L{wsrelay.ws._autobahn}).
+    """
+
+    def test_openedLetGo(self) -> None:
+        """
+        Once paired, neither leg holds its own C{is_open} (nor the upstream
+        its C{opened}): they read as the fired L{FIRED}; both legs count
+        their traffic in Autobahn's one shared C{TrafficStats}.
+        """
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        legs = (session.frontend, session.upstream)
+        for leg in legs:
+            self.assertNotIn("is_open", vars(leg))
+            self.assertIs(leg.is_open, FIRED)
+        self.assertNotIn("opened", vars(session.upstream))
+        self.assertTrue(session.upstream.opened.called)
+        self.assertIs(legs[0].trafficStats, legs[1].trafficStats)
+        self.assertIs(legs[0].trafficStats, sharedTrafficStats())

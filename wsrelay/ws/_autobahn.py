@@ -45,11 +45,13 @@ import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
 from autobahn.websocket.protocol import (
+    TrafficStats,
     WebSocketProtocol,
     _is_same_origin,
     _url_to_origin,
 )
 from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.defer import Deferred, succeed
 
 
 class LazyCall(str):
@@ -130,6 +132,39 @@ class LazyUtf8Validator:
         return real
 
 
+#: The one C{TrafficStats} of every Autobahn connection (L{install}).
+_TRAFFIC = TrafficStats()
+
+
+def sharedTrafficStats() -> TrafficStats:
+    """
+    Autobahn's traffic counters, which it keeps for each connection in an
+    object of 320 bytes and which nothing in the relay reads (the legs
+    count messages and bytes themselves): one object that every
+    connection adds to costs a connection nothing, and a message what it
+    did.
+
+    @return: The shared counters.
+    """
+    return _TRAFFIC
+
+
+#: An L{Deferred} that has fired: an open leg's C{is_open} (and an open
+#: upstream's C{opened}) once it let the leg's own go (L{forgetOpened}).
+FIRED: Deferred[Any] = succeed(None)
+
+
+def forgetOpened(protocol: Any, name: str) -> None:
+    """
+    Let the protocol's L{Deferred} C{name} go once it has fired: reading
+    it then gives L{FIRED}, a class attribute of the leg.
+    """
+    attributes = protocol.__dict__
+    d = attributes.get(name)
+    if d is not None and d.called:
+        del attributes[name]
+
+
 #: The tuples of valid events (L{LegShims.set_valid_events}), one of each.
 _EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
@@ -140,12 +175,15 @@ NO_QUEUE: Any = ()
 
 def install() -> None:
     """
-    Make Autobahn's debug formatting, and its UTF-8 validators, lazy.
+    Make Autobahn's debug formatting, and its UTF-8 validators, lazy;
+    give its connections one set of traffic counters
+    (L{sharedTrafficStats}).
     """
     protocol: Any = autobahn.websocket.protocol
     twisted: Any = autobahn.twisted.websocket
     protocol.pformat = LazyFormat
     protocol.Utf8Validator = LazyUtf8Validator
+    protocol.TrafficStats = sharedTrafficStats
     for module in (protocol, twisted):
         module.hltype = lazy(util.hltype)
         module.hlval = lazy(util.hlval)
@@ -292,6 +330,8 @@ class LegShims:
     parse: ClassVar[Callable[[Any, bytes], None]] = WebSocketProtocol._dataReceived
 
     compressor: Any = None
+    #: (An open leg's, once it let its own go: L{forgetOpened}.)
+    is_open: Deferred[Any] = FIRED
     send_queue: Any
     _valid_events: tuple[str, ...] | None = None
     _results: dict[str, Any] | None = None

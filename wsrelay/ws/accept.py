@@ -283,11 +283,12 @@ class PlainAccept:
         self.current_frame = None
         if self.trackedTimings:
             self.trackedTimings.track("onOpen")
+        # Resolved first, so that the leg lets it go as it is paired.
+        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
         self._onOpen()
         if self.state == OPEN:
             # (A pipe that took over set the leg's autoPingInterval to 0.)
             self.startKeepalive()
-        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
         if self.data:
             self.consumeData()
 

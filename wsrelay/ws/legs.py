@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.ws import _autobahn
-from wsrelay.ws._autobahn import NO_QUEUE, compact
+from wsrelay.ws._autobahn import NO_QUEUE, compact, forgetOpened
 from wsrelay.ws.framing import compressFrame
 from wsrelay.ws.legclosing import OPEN, ClosingLeg
 from wsrelay.ws.writes import directWrite
@@ -336,6 +336,7 @@ class RelayLeg(ClosingLeg):
         for name in self._HANDSHAKE_ONLY:
             if name in attributes:
                 attributes[name] = None
+        forgetOpened(self, "is_open")
         compact(self)
 
     def sendData(

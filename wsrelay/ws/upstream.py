@@ -26,6 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from wsrelay.descriptors import isLocalError, isShortageError
+from wsrelay.ws._autobahn import FIRED, forgetOpened
 from wsrelay.ws.handshake import (
     BadHead,
     Head,
@@ -170,7 +171,8 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
     hostHeader: str = ""
     requestHeaders: list[tuple[str, str]]
     offered: tuple[str, ...] = ()
-    opened: Deferred[UpstreamProtocol]
+    #: (Once the leg let it go: L{wsrelay.ws._autobahn.forgetOpened}.)
+    opened: Deferred[UpstreamProtocol] = FIRED
     responseHeaders: list[tuple[str, str]]
     extensions: str = NO_EXTENSIONS
     extensionsAnswer: tuple[str, ...] = ()
@@ -202,6 +204,7 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         """
         self.requestHeaders = []
         self.responseHeaders = []
+        forgetOpened(self, "opened")
         super().forgetHandshake()
 
     def processHandshake(self) -> None:
@@ -316,8 +319,9 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         self.current_frame = None
         self.websocket_version = self.version  # type: ignore[attr-defined]
         self.startKeepalive()
-        self._onOpen()
+        # Resolved first, so that a leg paired as it opens lets it go.
         txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        self._onOpen()
         if self.data:
             self.consumeData()
 
