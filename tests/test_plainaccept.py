@@ -6,6 +6,7 @@ otherwise, with the same answers either way (issue 16).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -263,3 +264,27 @@ class HeldLegTests(SynchronousTestCase):
         self.assertTrue(session.upstream.opened.called)
         self.assertIs(legs[0].trafficStats, legs[1].trafficStats)
         self.assertIs(legs[0].trafficStats, sharedTrafficStats())
+
+    def test_smallDictionaries(self) -> None:
+        """
+        Once the pipe carries the connection, each leg's dictionary holds
+        at most 21 entries, sized for them (464 bytes, against 832 for the
+        22 to 42 entries a leg had as it was paired): what the pipe dropped
+        (the request's head, Autobahn's ping timers) and what is shared or
+        at its class default (the write queue, the traffic counters, the
+        unparsed bytes, the upstream's handshake fields) are not in it;
+        messages still pass both ways.
+        """
+        network = Network(self, _passthrough())
+        client, backend, _, session = network.openSession()
+        self.assertIsNotNone(session.pipe)
+        for leg in (session.frontend, session.upstream):
+            self.assertLessEqual(len(vars(leg)), 21, sorted(vars(leg)))
+            self.assertLessEqual(sys.getsizeof(vars(leg)), 464)
+            for name in ("head", "data", "send_queue", "trafficStats"):
+                self.assertNotIn(name, vars(leg))
+        client.sendMessage(b"up")
+        backend.sendMessage(b"down")
+        network.flush()
+        self.assertEqual(backend.messages, [(b"up", False)])
+        self.assertEqual(client.messages, [(b"down", False)])

@@ -165,8 +165,16 @@ def forgetOpened(protocol: Any, name: str) -> None:
         del attributes[name]
 
 
+#: A leg's C{websocket_extensions_in_use} when it negotiated none without
+#: Autobahn (a class attribute): one empty list for all, which nothing
+#: adds to (Autobahn sets a list of its own before it adds).
+NONE_IN_USE: list[Any] = []
+
+#: The events an observer may listen to on a leg (Autobahn's C{message}).
+MESSAGE_EVENTS = ("message",)
+
 #: The tuples of valid events (L{LegShims.set_valid_events}), one of each.
-_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {MESSAGE_EVENTS: MESSAGE_EVENTS}
 
 #: A leg's C{send_queue} until a write needs Autobahn's queue: empty, as
 #: Autobahn's checks of its length expect (L{LegShims._connectionMade}).
@@ -273,8 +281,9 @@ DEFAULTS.update(
 )
 
 #: What L{compact} drops when an attribute's value is its class default:
-#: the values that are the same object wherever they come from.
-_SINGLETONS = (None, False, True, 0)
+#: the values that are the same object wherever they come from, and the
+#: objects every leg shares (L{LegShims} has them as class attributes).
+_SINGLETONS = (None, False, True, 0, "", b"", NO_QUEUE, _TRAFFIC, MESSAGE_EVENTS)
 
 
 def classDefaults(cls: type) -> dict[str, Any]:
@@ -332,8 +341,13 @@ class LegShims:
     compressor: Any = None
     #: (An open leg's, once it let its own go: L{forgetOpened}.)
     is_open: Deferred[Any] = FIRED
-    send_queue: Any
-    _valid_events: tuple[str, ...] | None = None
+    # What every leg shares, as class attributes too (L{compact}): the
+    # write queue until one is needed, Autobahn's traffic counters, the
+    # events, and the bytes left unparsed when there are none.
+    send_queue: Any = NO_QUEUE
+    trafficStats: Any = _TRAFFIC
+    _valid_events: tuple[str, ...] | None = MESSAGE_EVENTS
+    data = b""
     _results: dict[str, Any] | None = None
 
     def _connectionMade(self) -> None:

@@ -26,7 +26,7 @@ import txaio
 from autobahn.websocket.types import ConnectionDeny
 from twisted.python.failure import Failure
 
-from wsrelay.ws._autobahn import originAllowed
+from wsrelay.ws._autobahn import NONE_IN_USE, originAllowed
 from wsrelay.ws.legclosing import CLOSED, OPEN
 
 if TYPE_CHECKING:
@@ -185,14 +185,15 @@ class PlainAccept:
 
     #: What Autobahn sets as it checks a request, for the requests the leg
     #: checks itself: the version spoken, no subprotocol offered, no
-    #: extension in use.  (Tuples, never added to: Autobahn sets lists.)
+    #: extension in use (L{NONE_IN_USE}).
     websocket_version = 13
     websocket_protocols: Sequence[str] = ()
-    websocket_extensions_in_use: Sequence[Any] = ()
+    websocket_extensions_in_use: list[Any] = NONE_IN_USE
 
     # Autobahn's and the leg's, used here.
     route: Route | None
     data: bytes
+    dataPath: Any
     state: int
     factory: Any
     log: Any
@@ -286,8 +287,8 @@ class PlainAccept:
         # Resolved first, so that the leg lets it go as it is paired.
         txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
         self._onOpen()
-        if self.state == OPEN:
-            # (A pipe that took over set the leg's autoPingInterval to 0.)
+        if self.state == OPEN and self.dataPath is None:
+            # (Not when the session's pipe took the connection over.)
             self.startKeepalive()
         if self.data:
             self.consumeData()
