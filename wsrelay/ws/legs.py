@@ -322,7 +322,7 @@ class RelayLeg(ClosingLeg):
         super().connectionLost(reason)  # type: ignore[misc]
         self.letGo()
 
-    def forgetHandshake(self) -> None:
+    def forgetHandshake(self, compacting: bool = True) -> None:
         """
         Let the opening handshake's texts go once the leg is open: a relay
         holds many connections for long, and with the relay's own copies
@@ -331,13 +331,17 @@ class RelayLeg(ClosingLeg):
         storm benchmark, BENCHMARKS.md).  Then give the leg a dictionary
         sized for the attributes that differ from their class defaults
         (L{compact <wsrelay.ws._autobahn.compact>}).
+
+        @param compacting: Whether to compact now (not when the caller
+            compacts the leg later: a passthrough pipe, once it started).
         """
         attributes = self.__dict__
         for name in self._HANDSHAKE_ONLY:
             if name in attributes:
                 attributes[name] = None
         forgetOpened(self, "is_open")
-        compact(self)
+        if compacting:
+            compact(self)
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None

@@ -217,7 +217,7 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         )
         self.sendData(self.http_request_data)
 
-    def forgetHandshake(self) -> None:
+    def forgetHandshake(self, compacting: bool = True) -> None:
         """
         Let the request's and the response's header fields go too, and
         what only the handshake read: each then reads as its class default.
@@ -226,7 +226,7 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         for name in self._REQUEST:
             attributes.pop(name, None)
         forgetOpened(self, "opened")
-        super().forgetHandshake()
+        super().forgetHandshake(compacting)
 
     def processHandshake(self) -> None:
         """
