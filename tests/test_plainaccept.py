@@ -202,6 +202,18 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
         self.assertEqual(plain, autobahn)
 
+    def test_origin(self) -> None:
+        """
+        A plain request with an C{Origin} that Autobahn allows opens without
+        Autobahn too.
+        """
+        head = request().replace(
+            b"\r\n\r\n", b"\r\nOrigin: https://app.example:8443\r\n\r\n"
+        )
+        received, _ = self.exchange(_passthrough(), head)
+        self.assertEqual(self.counting.calls, 0)
+        self.assertTrue(received.startswith(b"HTTP/1.1 101 "), received)
+
     def test_messagePath(self) -> None:
         """
         A request on a route of the message path goes to Autobahn.
