@@ -434,11 +434,12 @@ def endWrites(transport: Any) -> None:
 def _stopAutobahnPings(leg: Any) -> None:
     """
     Autobahn's own pings would cut into frames passing through: stop them.
+    Nothing starts them again (Autobahn does as a leg opens, and after a
+    pong, which its parser no longer sees).  The timers are dropped from
+    the leg's dictionary: they read as their class default, L{None}.
     """
-    leg.autoPingInterval = 0
-    leg.autoPingTimeout = 0
+    attributes = vars(leg)
     for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
-        call = getattr(leg, name, None)
-        setattr(leg, name, None)
+        call = attributes.pop(name, None)
         if call is not None:
             call.cancel()

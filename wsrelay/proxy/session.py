@@ -24,7 +24,7 @@ from wsrelay.proxy.closing import CloseRelay
 from wsrelay.proxy.failover import Failover
 from wsrelay.proxy.idle import IdleTimer, activity
 from wsrelay.proxy.opening import UpstreamOpener, clientAnswer
-from wsrelay.proxy.pairing import pairLegs, startPipe
+from wsrelay.proxy.pairing import compactLegs, pairLegs, startPipe
 from wsrelay.proxy.pipe import Pipe
 from wsrelay.routing import Backend, Route
 from wsrelay.ws.legclosing import OPEN, failureClose
@@ -158,8 +158,10 @@ class ProxySession:
         """
         self.openedAt = self._clock.seconds()
         self.latency.observe(self.openedAt - self.startedAt)
-        self.pair()
-        if self.routeConfig.dataPath == "passthrough":
+        passthrough = self.routeConfig.dataPath == "passthrough"
+        # (The pipe compacts the legs once, after it started.)
+        self.pair(compacting=not passthrough)
+        if passthrough:
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
             # which Autobahn knows nothing of), and this runs inside the
@@ -175,14 +177,14 @@ class ProxySession:
             )
             self._idle.start()
 
-    def pair(self) -> None:
+    def pair(self, compacting: bool = True) -> None:
         """
         Send client frames to the upstream (unless a failover's buffer
         holds them), and let each side pause the other when it cannot keep
-        up (L{pairLegs}).
+        up (L{pairLegs}, C{compacting} the legs or leaving it to the pipe).
         """
         assert self.upstream is not None
-        pairLegs(self.frontend, self.upstream, self.failover.buffer is None)
+        pairLegs(self.frontend, self.upstream, self.failover.buffer is None, compacting)
 
     def closing(self) -> None:
         """
@@ -202,6 +204,8 @@ class ProxySession:
             and self.closes.waiting is None
         ):
             startPipe(self, self.frontend, up)
+        else:
+            compactLegs(self.frontend, up)
 
     # Closing.
 

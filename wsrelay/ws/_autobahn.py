@@ -44,8 +44,14 @@ from typing import Any, ClassVar
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import (
+    TrafficStats,
+    WebSocketProtocol,
+    _is_same_origin,
+    _url_to_origin,
+)
 from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.defer import Deferred, succeed
 
 
 class LazyCall(str):
@@ -126,8 +132,49 @@ class LazyUtf8Validator:
         return real
 
 
+#: The one C{TrafficStats} of every Autobahn connection (L{install}).
+_TRAFFIC = TrafficStats()
+
+
+def sharedTrafficStats() -> TrafficStats:
+    """
+    Autobahn's traffic counters, which it keeps for each connection in an
+    object of 320 bytes and which nothing in the relay reads (the legs
+    count messages and bytes themselves): one object that every
+    connection adds to costs a connection nothing, and a message what it
+    did.
+
+    @return: The shared counters.
+    """
+    return _TRAFFIC
+
+
+#: An L{Deferred} that has fired: an open leg's C{is_open} (and an open
+#: upstream's C{opened}) once it let the leg's own go (L{forgetOpened}).
+FIRED: Deferred[Any] = succeed(None)
+
+
+def forgetOpened(protocol: Any, name: str) -> None:
+    """
+    Let the protocol's L{Deferred} C{name} go once it has fired: reading
+    it then gives L{FIRED}, a class attribute of the leg.
+    """
+    attributes = protocol.__dict__
+    d = attributes.get(name)
+    if d is not None and d.called:
+        del attributes[name]
+
+
+#: A leg's C{websocket_extensions_in_use} when it negotiated none without
+#: Autobahn (a class attribute): one empty list for all, which nothing
+#: adds to (Autobahn sets a list of its own before it adds).
+NONE_IN_USE: list[Any] = []
+
+#: The events an observer may listen to on a leg (Autobahn's C{message}).
+MESSAGE_EVENTS = ("message",)
+
 #: The tuples of valid events (L{LegShims.set_valid_events}), one of each.
-_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {MESSAGE_EVENTS: MESSAGE_EVENTS}
 
 #: A leg's C{send_queue} until a write needs Autobahn's queue: empty, as
 #: Autobahn's checks of its length expect (L{LegShims._connectionMade}).
@@ -136,12 +183,15 @@ NO_QUEUE: Any = ()
 
 def install() -> None:
     """
-    Make Autobahn's debug formatting, and its UTF-8 validators, lazy.
+    Make Autobahn's debug formatting, and its UTF-8 validators, lazy;
+    give its connections one set of traffic counters
+    (L{sharedTrafficStats}).
     """
     protocol: Any = autobahn.websocket.protocol
     twisted: Any = autobahn.twisted.websocket
     protocol.pformat = LazyFormat
     protocol.Utf8Validator = LazyUtf8Validator
+    protocol.TrafficStats = sharedTrafficStats
     for module in (protocol, twisted):
         module.hltype = lazy(util.hltype)
         module.hlval = lazy(util.hlval)
@@ -231,8 +281,9 @@ DEFAULTS.update(
 )
 
 #: What L{compact} drops when an attribute's value is its class default:
-#: the values that are the same object wherever they come from.
-_SINGLETONS = (None, False, True, 0)
+#: the values that are the same object wherever they come from, and the
+#: objects every leg shares (L{LegShims} has them as class attributes).
+_SINGLETONS = (None, False, True, 0, "", b"", NO_QUEUE, _TRAFFIC, MESSAGE_EVENTS)
 
 
 def classDefaults(cls: type) -> dict[str, Any]:
@@ -288,8 +339,15 @@ class LegShims:
     parse: ClassVar[Callable[[Any, bytes], None]] = WebSocketProtocol._dataReceived
 
     compressor: Any = None
-    send_queue: Any
-    _valid_events: tuple[str, ...] | None = None
+    #: (An open leg's, once it let its own go: L{forgetOpened}.)
+    is_open: Deferred[Any] = FIRED
+    # What every leg shares, as class attributes too (L{compact}): the
+    # write queue until one is needed, Autobahn's traffic counters, the
+    # events, and the bytes left unparsed when there are none.
+    send_queue: Any = NO_QUEUE
+    trafficStats: Any = _TRAFFIC
+    _valid_events: tuple[str, ...] | None = MESSAGE_EVENTS
+    data = b""
     _results: dict[str, Any] | None = None
 
     def _connectionMade(self) -> None:
@@ -384,6 +442,31 @@ class LegShims:
 for _name, _value in DEFAULTS.items():
     setattr(LegShims, _name, _value)
 del _name, _value
+
+
+def originAllowed(protocol: Any, origin: str) -> bool:
+    """
+    Whether Autobahn's server C{protocol} accepts a handshake with this
+    C{Origin} (its C{processHandshake}: a valid origin, allowed by its
+    C{allowedOrigins}, or C{null} where it allows that), without the
+    handshake: the relay checks a plain request itself
+    (L{wsrelay.ws.accept.plainRequest}).
+    """
+    try:
+        found = _url_to_origin(origin)
+    except ValueError:
+        return False
+    factory = protocol.factory
+    if found == "null" and factory.allowNullOrigin:
+        return True
+    return bool(
+        _is_same_origin(
+            found,
+            "https" if factory.isSecure else "http",
+            factory.externalPort or factory.port,
+            protocol.allowedOriginsPatterns,
+        )
+    )
 
 
 def setPeer(protocol: Any, peer: str) -> None:

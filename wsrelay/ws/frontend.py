@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.accesslog import logRefused
 from wsrelay.logs import ErrorBudget, LimitedLogger
+from wsrelay.ws.accept import PlainAccept
 from wsrelay.ws.handshake import Head, buildResponse
 from wsrelay.ws.legclosing import OPEN
 from wsrelay.ws.legs import RelayLeg, legOptions, withOptions
@@ -113,7 +114,7 @@ class SessionOpener(Protocol):
 _log = Logger()
 
 
-class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
+class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     """
     One client connection.
 
@@ -268,8 +269,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
 
     def processHandshake(self) -> None:
         """
-        Screen the request (L{screenRequest}) and admit the client, then
-        let Autobahn check the handshake itself.
+        Screen the request (L{screenRequest}) and admit the client; answer
+        it (L{PlainAccept}) or let Autobahn check the handshake itself.
         """
         factory = self.factory
         if self._screened:
@@ -294,6 +295,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         self.route, self.remainder = screened.route, screened.remainder
         self.path, self.query = screened.path, screened.query
         self._screened = True
+        if self.answerPlain(screened.head):
+            return
         WebSocketServerProtocol.processHandshake(self)
 
     def onConnect(self, request: Any) -> Any:

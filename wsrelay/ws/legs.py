@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.ws import _autobahn
-from wsrelay.ws._autobahn import NO_QUEUE, compact
+from wsrelay.ws._autobahn import NO_QUEUE, compact, forgetOpened
 from wsrelay.ws.framing import compressFrame
 from wsrelay.ws.legclosing import OPEN, ClosingLeg
 from wsrelay.ws.writes import directWrite
@@ -322,7 +322,7 @@ class RelayLeg(ClosingLeg):
         super().connectionLost(reason)  # type: ignore[misc]
         self.letGo()
 
-    def forgetHandshake(self) -> None:
+    def forgetHandshake(self, compacting: bool = True) -> None:
         """
         Let the opening handshake's texts go once the leg is open: a relay
         holds many connections for long, and with the relay's own copies
@@ -331,12 +331,17 @@ class RelayLeg(ClosingLeg):
         storm benchmark, BENCHMARKS.md).  Then give the leg a dictionary
         sized for the attributes that differ from their class defaults
         (L{compact <wsrelay.ws._autobahn.compact>}).
+
+        @param compacting: Whether to compact now (not when the caller
+            compacts the leg later: a passthrough pipe, once it started).
         """
         attributes = self.__dict__
         for name in self._HANDSHAKE_ONLY:
             if name in attributes:
                 attributes[name] = None
-        compact(self)
+        forgetOpened(self, "is_open")
+        if compacting:
+            compact(self)
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None

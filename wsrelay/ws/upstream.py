@@ -26,6 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from wsrelay.descriptors import isLocalError, isShortageError
+from wsrelay.ws._autobahn import FIRED, NONE_IN_USE, forgetOpened
 from wsrelay.ws.handshake import (
     BadHead,
     Head,
@@ -68,6 +69,12 @@ RELAY_DEFLATE = "deflate"
 #: whatever it is, for the client's 101 and activates nothing in Autobahn
 #: (the passthrough data path: the endpoints negotiate with each other).
 END_TO_END = "end-to-end"
+
+
+#: The header fields of a leg that let its handshake go
+#: (L{UpstreamProtocol.forgetHandshake}): one empty list for all, which
+#: nothing adds to.
+FORGOTTEN: list[tuple[str, str]] = []
 
 
 class RequestHeaders(list[tuple[str, str]]):
@@ -168,13 +175,27 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
 
     resource: str = "/"
     hostHeader: str = ""
-    requestHeaders: list[tuple[str, str]]
+    requestHeaders: list[tuple[str, str]] = FORGOTTEN
     offered: tuple[str, ...] = ()
-    opened: Deferred[UpstreamProtocol]
-    responseHeaders: list[tuple[str, str]]
+    #: (Once the leg let it go: L{wsrelay.ws._autobahn.forgetOpened}.)
+    opened: Deferred[UpstreamProtocol] = FIRED
+    responseHeaders: list[tuple[str, str]] = FORGOTTEN
     extensions: str = NO_EXTENSIONS
     extensionsAnswer: tuple[str, ...] = ()
+    #: What a plain 101 leaves as Autobahn would set it (L{_open}): the
+    #: version spoken, no extension in use (L{NONE_IN_USE}).
+    websocket_version = 13
+    websocket_extensions_in_use: list[Any] = NONE_IN_USE
     _refused: tuple[int, str, list[tuple[str, str]], int, int | None] | None = None
+    #: What only the opening handshake reads (L{forgetHandshake}).
+    _REQUEST = (
+        "resource",
+        "hostHeader",
+        "requestHeaders",
+        "offered",
+        "extensions",
+        "responseHeaders",
+    )
 
     def startHandshake(self) -> None:
         """
@@ -196,13 +217,16 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         )
         self.sendData(self.http_request_data)
 
-    def forgetHandshake(self) -> None:
+    def forgetHandshake(self, compacting: bool = True) -> None:
         """
-        Let the request's and the response's header fields go too.
+        Let the request's and the response's header fields go too, and
+        what only the handshake read: each then reads as its class default.
         """
-        self.requestHeaders = []
-        self.responseHeaders = []
-        super().forgetHandshake()
+        attributes = vars(self)
+        for name in self._REQUEST:
+            attributes.pop(name, None)
+        forgetOpened(self, "opened")
+        super().forgetHandshake(compacting)
 
     def processHandshake(self) -> None:
         """
@@ -309,15 +333,16 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         @param chosen: The subprotocol the backend chose, or C{""}.
         """
         self.data = self.data[end + 4 :]
-        self.websocket_extensions_in_use = []
         self.websocket_protocol_in_use = chosen or None
         self.state = OPEN
         self.inside_message = False
         self.current_frame = None
-        self.websocket_version = self.version  # type: ignore[attr-defined]
+        if self.version != self.websocket_version:  # type: ignore[attr-defined]
+            self.websocket_version = self.version  # type: ignore[attr-defined]
         self.startKeepalive()
-        self._onOpen()
+        # Resolved first, so that a leg paired as it opens lets it go.
         txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        self._onOpen()
         if self.data:
             self.consumeData()
 

@@ -1,0 +1,302 @@
+"""
+The client's handshake on a passthrough route, answered by the relay
+itself when the request is plain (L{wsrelay.ws.accept}), and by Autobahn
+otherwise, with the same answers either way (issue 16).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from txaio.testutil import replace_loop
+
+from tests.support.memory import BACKEND_A, Network, RawClient, request
+from wsrelay.ws import frontend
+from wsrelay.ws._autobahn import FIRED, sharedTrafficStats
+from wsrelay.ws.accept import acceptResponse, plainRequest
+from wsrelay.ws.frontend import FrontendProtocol
+from wsrelay.ws.handshake import parseHead
+
+#: A plain request's head (the key is RFC 6455's example).
+_PLAIN = (
+    "GET /chat?x=1 HTTP/1.1\r\nHost: relay.example:8080\r\nUpgrade: websocket\r\n"
+    "Connection: keep-alive, Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Protocol: chat, superchat\r\n"
+    "Origin: http://relay.example\r\n"
+    "Sec-WebSocket-Extensions: permessage-deflate"
+)
+
+
+def _passthrough(route: str = "data_path = passthrough\n") -> str:
+    """
+    @return: A configuration with the route C{/chat} to backend A.
+    """
+    return (
+        "[relay]\nlisten = tcp:0\nping_interval = 0\n"
+        f"[route:chat]\npath = /chat\n{route}"
+        f"backends = ws://{BACKEND_A[0]}:{BACKEND_A[1]}/base\n"
+    )
+
+
+class PlainRequestTests(SynchronousTestCase):
+    """
+    L{plainRequest} takes only what Autobahn accepts as it stands.
+    """
+
+    def plain(self, text: str, origins: bool = True) -> Any:
+        return plainRequest(parseHead(text.encode("iso-8859-1")), lambda o: origins)
+
+    def test_plain(self) -> None:
+        """
+        A plain request gives its key and its subprotocols in order.
+        """
+        self.assertEqual(
+            self.plain(_PLAIN),
+            ("dGhlIHNhbXBsZSBub25jZQ==", ["chat", "superchat"]),
+        )
+        self.assertEqual(
+            self.plain(_PLAIN.replace("Sec-WebSocket-Protocol: chat, superchat", "")),
+            ("dGhlIHNhbXBsZSBub25jZQ==", []),
+        )
+
+    def test_others(self) -> None:
+        """
+        Whatever Autobahn checks further, or refuses, is left to it.
+        """
+        for old, new in [
+            ("GET /chat", "POST /chat"),
+            ("HTTP/1.1", "HTTP/1.0"),
+            ("/chat?x=1", "/ch\tat"),
+            ("/chat?x=1", "//chat"),
+            ("/chat?x=1", "/ch\xe9t"),
+            ("Host: relay.example:8080", "X: y"),
+            ("Host: relay.example:8080", "Host: a\r\nHost: b"),
+            ("relay.example:8080", "relay.example:http"),
+            ("relay.example:8080", "relay.example:"),
+            ("keep-alive, Upgrade", "keep-alive"),
+            ("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+            ("Sec-WebSocket-Version: 13", "X: y"),
+            ("chat, superchat", "chat, chat"),
+            ("Origin: http://relay.example", "Origin: a\r\nOrigin: b"),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ"),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ=A"),
+            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZ*=="),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ),
+            ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "X: y"),
+            ("permessage-deflate", "a\r\nSec-WebSocket-Extensions: b"),
+        ]:
+            self.assertIn(old, _PLAIN)
+            self.assertIsNone(self.plain(_PLAIN.replace(old, new)), new)
+        self.assertIsNone(self.plain(_PLAIN, origins=False))
+
+
+class AcceptResponseTests(SynchronousTestCase):
+    """
+    L{acceptResponse} is Autobahn's 101.
+    """
+
+    def test_autobahns(self) -> None:
+        """
+        For the same request and the same answer from C{onConnect}, it is
+        what Autobahn's server writes, byte for byte.
+        """
+        answer = (
+            "superchat",
+            {"Set-Cookie": ["a=1", "b=2"], "X-One": "1"},
+        )
+
+        class Server(WebSocketServerProtocol):
+            def onConnect(self, request: object) -> object:
+                return answer
+
+        loop = replace_loop(Clock())
+        loop.__enter__()
+        self.addCleanup(loop.__exit__, None, None, None)
+        factory = WebSocketServerFactory(server="wsrelay")
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        factory.protocol = Server
+        server = factory.buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        server.dataReceived(_PLAIN.encode() + b"\r\n\r\n")
+        self.assertEqual(
+            transport.value(),
+            acceptResponse(
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                answer[0],
+                list(answer[1].items()),
+                "wsrelay",
+            ),
+        )
+
+
+class _CountingProtocol:
+    """
+    Stands for Autobahn's server protocol in L{wsrelay.ws.frontend}: counts
+    the requests handed to Autobahn, and hands them on.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def processHandshake(self, protocol: object) -> object:
+        self.calls += 1
+        return WebSocketServerProtocol.processHandshake(protocol)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(WebSocketServerProtocol, name)
+
+
+class PlainOpenTests(SynchronousTestCase):
+    """
+    L{FrontendProtocol} answers a plain request on a passthrough route
+    itself, and leaves the rest to Autobahn.
+    """
+
+    def setUp(self) -> None:
+        self.counting = _CountingProtocol()
+        self.patch(frontend, "WebSocketServerProtocol", self.counting)
+
+    def exchange(
+        self, config: str, head: bytes = request(), answer: bool = True
+    ) -> tuple[bytes, Network]:
+        """
+        Send C{head} to a relay with C{config}; when C{answer}, the backend
+        takes the upstream and answers.
+
+        @return: What the client got, and the network.
+        """
+        network = Network(self, config)
+        client = RawClient()
+        network.pair(network.frontend(), client).clientIO.write(head)
+        network.flush()
+        if answer:
+            network.acceptUpstream()
+            network.flush()
+        return client.received, network
+
+    def test_plain(self) -> None:
+        """
+        A plain request opens without Autobahn's C{processHandshake}, the
+        pipe carries the connection, and the client's 101 is the one
+        Autobahn gives.
+        """
+        plain, network = self.exchange(_passthrough())
+        self.assertEqual(self.counting.calls, 0)
+        (session,) = network.relay.sessions
+        self.assertIsNotNone(session.pipe)
+        self.assertTrue(session.frontend.is_open.called)
+        self.patch(FrontendProtocol, "answerPlain", lambda self, head: False)
+        autobahn, _ = self.exchange(_passthrough())
+        self.assertEqual(self.counting.calls, 1)
+        self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
+        self.assertEqual(plain, autobahn)
+
+    def test_origin(self) -> None:
+        """
+        A plain request with an C{Origin} that Autobahn allows opens without
+        Autobahn too.
+        """
+        head = request().replace(
+            b"\r\n\r\n", b"\r\nOrigin: https://app.example:8443\r\n\r\n"
+        )
+        received, _ = self.exchange(_passthrough(), head)
+        self.assertEqual(self.counting.calls, 0)
+        self.assertTrue(received.startswith(b"HTTP/1.1 101 "), received)
+
+    def test_messagePath(self) -> None:
+        """
+        A request on a route of the message path goes to Autobahn.
+        """
+        received, _ = self.exchange(_passthrough("data_path = message\n"))
+        self.assertEqual(self.counting.calls, 1)
+        self.assertTrue(received.startswith(b"HTTP/1.1 101 "), received)
+
+    def test_otherToAutobahn(self) -> None:
+        """
+        A request that is not plain (here with C{Origin: null}, which
+        Autobahn refuses) goes to Autobahn, which answers it.
+        """
+        head = request().replace(b"\r\n\r\n", b"\r\nOrigin: null\r\n\r\n")
+        received, _ = self.exchange(_passthrough(), head, answer=False)
+        self.assertEqual(self.counting.calls, 1)
+        self.assertTrue(received.startswith(b"HTTP/1.1 400 "), received)
+
+    def test_refusal(self) -> None:
+        """
+        A refusal (here the backend's connection fails: 502) is the answer
+        Autobahn's path gives.
+        """
+        answers = []
+        for plain in (True, False):
+            if not plain:
+                self.patch(FrontendProtocol, "answerPlain", lambda self, head: False)
+            network = Network(self, _passthrough())
+            client = RawClient()
+            network.pair(network.frontend(), client).clientIO.write(request())
+            network.flush()
+            network.failUpstream()
+            network.flush()
+            answers.append(client.received)
+            self.assertTrue(client.lost)
+        self.assertEqual(self.counting.calls, 1)
+        self.assertIn(b" 502 ", answers[0])
+        self.assertEqual(answers[0], answers[1])
+
+
+class HeldLegTests(SynchronousTestCase):
+    """
+    What an open passthrough connection's legs no longer hold of their
+    own (L{wsrelay.ws._autobahn}).
+    """
+
+    def test_openedLetGo(self) -> None:
+        """
+        Once paired, neither leg holds its own C{is_open} (nor the upstream
+        its C{opened}): they read as the fired L{FIRED}; both legs count
+        their traffic in Autobahn's one shared C{TrafficStats}.
+        """
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        legs = (session.frontend, session.upstream)
+        for leg in legs:
+            self.assertNotIn("is_open", vars(leg))
+            self.assertIs(leg.is_open, FIRED)
+        self.assertNotIn("opened", vars(session.upstream))
+        self.assertTrue(session.upstream.opened.called)
+        self.assertIs(legs[0].trafficStats, legs[1].trafficStats)
+        self.assertIs(legs[0].trafficStats, sharedTrafficStats())
+
+    def test_smallDictionaries(self) -> None:
+        """
+        Once the pipe carries the connection, each leg's dictionary holds
+        at most 21 entries, sized for them (464 bytes, against 832 for the
+        22 to 42 entries a leg had as it was paired): what the pipe dropped
+        (the request's head, Autobahn's ping timers) and what is shared or
+        at its class default (the write queue, the traffic counters, the
+        unparsed bytes, the upstream's handshake fields) are not in it;
+        messages still pass both ways.
+        """
+        network = Network(self, _passthrough())
+        client, backend, _, session = network.openSession()
+        self.assertIsNotNone(session.pipe)
+        for leg in (session.frontend, session.upstream):
+            self.assertLessEqual(len(vars(leg)), 21, sorted(vars(leg)))
+            self.assertLessEqual(sys.getsizeof(vars(leg)), 464)
+            for name in ("head", "data", "send_queue", "trafficStats"):
+                self.assertNotIn(name, vars(leg))
+        client.sendMessage(b"up")
+        backend.sendMessage(b"down")
+        network.flush()
+        self.assertEqual(backend.messages, [(b"up", False)])
+        self.assertEqual(client.messages, [(b"down", False)])

@@ -1,0 +1,307 @@
+# -*- test-case-name: tests.test_plainaccept -*-
+"""
+The client's opening handshake on a passthrough route, answered without
+Autobahn's second parse of the request (issue 16).
+
+The relay has parsed and screened the request head already
+(L{wsrelay.ws.screening}); Autobahn would parse it again, build a request
+object and answer through a chain of L{Deferred
+<twisted.internet.defer.Deferred>} callbacks, none of which a passthrough
+connection uses.  L{plainRequest} says whether a request is one that
+Autobahn accepts without a doubt, checking what Autobahn checks, and what
+the client offered; L{acceptResponse} is the 101 Autobahn would write for
+it.  Any other request still goes to Autobahn, which accepts or refuses it
+with its own answer, as the upstream leg does with a backend's 101
+(L{wsrelay.ws.upstream.UpstreamProtocol}).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import txaio
+from autobahn.websocket.types import ConnectionDeny
+from twisted.python.failure import Failure
+
+from wsrelay.ws._autobahn import NONE_IN_USE, originAllowed
+from wsrelay.ws.legclosing import CLOSED, OPEN
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from wsrelay.routing import Route
+    from wsrelay.ws.handshake import Head
+
+#: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
+WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: The characters of a C{Sec-WebSocket-Key} before its C{==} (base64).
+_KEY_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
+)
+
+#: The header fields L{plainRequest} looks at, in lower case.
+_CHECKED = frozenset(
+    {
+        "host",
+        "connection",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-key",
+        "sec-websocket-extensions",
+        "origin",
+    }
+)
+
+
+def plainRequest(
+    head: Head, originAllowed: Callable[[str], bool]
+) -> tuple[str, list[str]] | None:
+    """
+    Whether a screened request (L{wsrelay.ws.screening.screenRequest}) is
+    one that Autobahn's server accepts as it stands, as its
+    C{processHandshake} checks it: C{GET}, HTTP/1.1, a request target in
+    origin form, one C{Host} (with a numeric port if any), C{Connection}
+    with C{upgrade}, one C{Sec-WebSocket-Version: 13}, subprotocols offered
+    at most once each, at most one C{Origin}, which C{originAllowed}
+    accepts, one valid C{Sec-WebSocket-Key}, and at most one
+    C{Sec-WebSocket-Extensions} field.  (The screening checked the rest:
+    the syntax of the head, the C{Upgrade} field, no fragment.)
+
+    @param head: The request's head.
+    @param originAllowed: Says whether Autobahn accepts an C{Origin} value.
+    @return: The key and the subprotocols offered, in order, or L{None}
+        for a request to leave to Autobahn.
+    """
+    line = head.startLine
+    if not (
+        line.startswith("GET /")
+        and line.endswith(" HTTP/1.1")
+        and line.isascii()
+        and "\t" not in line
+        # Autobahn parses a target "//..." as holding a host.
+        and not line.startswith("GET //")
+    ):
+        return None
+    fields: dict[str, list[str]] = {}
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in _CHECKED:
+            fields.setdefault(lname, []).append(value)
+    hosts = fields.get("host")
+    if hosts is None or len(hosts) != 1:
+        return None
+    host = hosts[0].strip()
+    if ":" in host and not host.endswith("]"):
+        port = host.rsplit(":", 1)[1].strip()
+        if not (port.isascii() and port.isdigit()):
+            return None
+    connection = fields.get("connection")
+    if connection is None or not any(
+        token.strip().lower() == "upgrade" for token in ", ".join(connection).split(",")
+    ):
+        return None
+    if fields.get("sec-websocket-version") != ["13"]:
+        return None
+    offered = fields.get("sec-websocket-protocol")
+    protocols: list[str] = []
+    if offered is not None:
+        protocols = [p.strip() for p in ", ".join(offered).split(",")]
+        if len(set(protocols)) != len(protocols):
+            return None
+    origins = fields.get("origin")
+    if origins is not None and (
+        len(origins) != 1 or not originAllowed(origins[0].strip())
+    ):
+        return None
+    keys = fields.get("sec-websocket-key")
+    if keys is None or len(keys) != 1:
+        return None
+    key = keys[0].strip()
+    if (
+        len(key) != 24
+        or not key.endswith("==")
+        or not _KEY_CHARACTERS.issuperset(key[:-2])
+    ):
+        return None
+    if len(fields.get("sec-websocket-extensions", ())) > 1:
+        return None
+    return key, protocols
+
+
+def acceptKey(key: str) -> str:
+    """
+    @return: The C{Sec-WebSocket-Accept} for C{key}.
+    """
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_MAGIC).digest()).decode()
+
+
+def acceptResponse(
+    key: str,
+    protocol: str | None,
+    headers: Iterable[tuple[str, Any]],
+    server: str | None,
+) -> bytes:
+    """
+    The 101 that Autobahn's server writes (its C{succeedHandshake}), byte
+    for byte, when it negotiates no extension.
+
+    @param key: The client's C{Sec-WebSocket-Key}.
+    @param protocol: The subprotocol chosen, or L{None}.
+    @param headers: Further fields: a name and a value, or an iterable of
+        values each written on its own line.
+    @param server: The C{Server} field's value, or L{None} for none.
+    """
+    lines = ["HTTP/1.1 101 Switching Protocols"]
+    if server:
+        lines.append(f"Server: {server}")
+    lines.append("Upgrade: WebSocket")
+    lines.append("Connection: Upgrade")
+    for name, values in headers:
+        if isinstance(values, str):
+            lines.append(f"{name}: {values}")
+            continue
+        try:
+            for value in values:
+                lines.append(f"{name}: {value}")
+        except TypeError:
+            lines.append(f"{name}: {values}")
+    if protocol is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {protocol}")
+    lines.append(f"Sec-WebSocket-Accept: {acceptKey(key)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class PlainAccept:
+    """
+    Mixin for the client's leg (L{wsrelay.ws.frontend.FrontendProtocol},
+    before Autobahn's server protocol): a plain request on a passthrough
+    route is answered without Autobahn's C{processHandshake} and
+    C{succeedHandshake}, as they would answer it.
+    """
+
+    #: What Autobahn sets as it checks a request, for the requests the leg
+    #: checks itself: the version spoken, no subprotocol offered, no
+    #: extension in use (L{NONE_IN_USE}).
+    websocket_version = 13
+    websocket_protocols: Sequence[str] = ()
+    websocket_extensions_in_use: list[Any] = NONE_IN_USE
+
+    # Autobahn's and the leg's, used here.
+    route: Route | None
+    data: bytes
+    dataPath: Any
+    state: int
+    factory: Any
+    log: Any
+    maxConnections: int
+    trustXForwardedFor: int
+    trackedTimings: Any
+    inside_message: bool
+    current_frame: Any
+    websocket_protocol_in_use: str | None
+    is_open: Any
+
+    if TYPE_CHECKING:
+
+        def onConnect(self, request: Any) -> Deferred[Any]: ...
+        def sendData(self, data: bytes) -> None: ...
+        def failHandshake(self, reason: str, code: int = 400) -> None: ...
+        def _onOpen(self) -> None: ...
+        def startKeepalive(self) -> None: ...
+        def consumeData(self) -> None: ...
+
+    def answerPlain(self, head: Head) -> bool:
+        """
+        Open the session of a plain request (L{plainRequest}) on a
+        passthrough route as Autobahn's C{processHandshake} would, without
+        its second parse of the head, its request object and the
+        L{Deferred} around C{onConnect}: the client is answered by
+        L{_acceptPlain} or L{_denyPlain}.  Not with any of the Autobahn
+        options under which it checks more.
+
+        @return: Whether the request was plain (else Autobahn checks it).
+        """
+        route = self.route
+        if (
+            route is None
+            or route.config.mode != "proxy"
+            or route.config.dataPath != "passthrough"
+            or self.maxConnections
+            or self.trustXForwardedFor
+            or self.factory.externalPort
+        ):
+            return False
+        plain = plainRequest(head, lambda origin: originAllowed(self, origin))
+        if plain is None:
+            return False
+        key, protocols = plain
+        self.data = self.data[self.data.find(b"\r\n\r\n") + 4 :]
+        if protocols:
+            self.websocket_protocols = protocols
+        try:
+            d = self.onConnect(None)
+        except Exception:
+            self._denyPlain(Failure())
+            return True
+        d.addCallbacks(self._acceptPlain, self._denyPlain, callbackArgs=(key,))
+        return True
+
+    def _acceptPlain(self, res: Any, key: str) -> None:
+        """
+        The session opened: write the 101 as Autobahn would
+        (L{acceptResponse}), and open the leg as its C{succeedHandshake}
+        does, the keepalive pings started only if the session's pipe did
+        not take the connection over.  A client that left meanwhile gets
+        nothing.
+        """
+        if self.state == CLOSED:
+            return
+        # What the session answers, read as Autobahn reads what its
+        # onConnect gives.
+        protocol, headers = res, cast("dict[str, Any]", {})
+        if isinstance(res, tuple):
+            protocol = res[0] if res else None
+            headers = res[1] if len(res) > 1 else {}
+        if protocol is not None and protocol not in self.websocket_protocols:
+            raise ValueError(f"subprotocol {protocol!r} was not offered")
+        if protocol is not None:
+            self.websocket_protocol_in_use = protocol
+        factory = self.factory
+        self.sendData(
+            acceptResponse(
+                key,
+                protocol,
+                [*factory.headers.items(), *(headers or {}).items()],
+                factory.server,
+            )
+        )
+        self.state = OPEN
+        self.inside_message = False
+        self.current_frame = None
+        if self.trackedTimings:
+            self.trackedTimings.track("onOpen")
+        # Resolved first, so that the leg lets it go as it is paired.
+        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        self._onOpen()
+        if self.state == OPEN and self.dataPath is None:
+            # (Not when the session's pipe took the connection over.)
+            self.startKeepalive()
+        if self.data:
+            self.consumeData()
+
+    def _denyPlain(self, f: Failure) -> None:
+        """
+        The session could not open: answer as Autobahn would.
+        """
+        e = f.value
+        if isinstance(e, ConnectionDeny):
+            self.failHandshake(e.reason or "", e.code)
+            return
+        self.log.warn("Unexpected exception in onConnect ['{err.value}']", err=f)
+        self.failHandshake(
+            f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR
+        )
