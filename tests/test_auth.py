@@ -467,4 +467,5 @@ class RelayTests(TestCase):
         self.assertEqual(self.backend.connections, 0)
         c = await inThread(client, port, "/feed", additional_headers=self.token())
         await inThread(c.close)
-        self.assertEqual(self.backend.connections, 1)
+        # The lazy channel's source connects after the client joined.
+        await waitFor(lambda: self.backend.connections == 1)

@@ -180,9 +180,7 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
         factory = self.factory
         factory.admission.clientLeft(self)
         if not self.upgraded and self._refusal is not None:
-            refused = factory.refused
-            name = "" if self.route is None else self.route.name
-            refused[name] = refused.get(name, 0) + 1
+            factory.countRefusal(self.route)
         if not self.upgraded and factory.config.accessLog:
             # Sessions log the connections that got their 101.
             client = factory.admission.clientAddress(self) if self.transport else None
@@ -455,6 +453,14 @@ class FrontendFactory(WebSocketServerFactory):
         #: requests no route matched), for the dashboard.
         self.refused: dict[str, int] = {}
         self.configure(config)
+
+    def countRefusal(self, route: Route | None) -> None:
+        """
+        A client of C{route} (L{None}: no route matched) was refused a 101
+        with a status.
+        """
+        name = "" if route is None else route.name
+        self.refused[name] = self.refused.get(name, 0) + 1
 
     def stopFactory(self) -> None:
         """
