@@ -19,19 +19,23 @@ is made of, each passed to whoever needs it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsrelay.admission import Admission
 from wsrelay.connector import Connector
+from wsrelay.control import ControlFactory, ControlSocketService, Held
 from wsrelay.descriptors import Limit, Shortage
+from wsrelay.listening import ListeningSockets
 from wsrelay.operations import Operations
 from wsrelay.plugins import logPlugins
 from wsrelay.proxyprotocol import listenerEndpoint
@@ -39,7 +43,8 @@ from wsrelay.registry import Registry, Sessions
 from wsrelay.routes import RouteBuilder
 from wsrelay.routing import RouteTable
 from wsrelay.stats import LATENCY_BUCKETS, Histogram
-from wsrelay.workers import SharedPorts, WorkerPool, WorkerSpec
+from wsrelay.takeover import Handover, TakeoverService
+from wsrelay.workers import WorkerPool, WorkerSpec
 from wsrelay.ws.frontend import FrontendFactory
 
 if TYPE_CHECKING:
@@ -63,8 +68,8 @@ class _ReportingEndpoint:
     def __init__(self, listener: Listener, reactor: Any, listenOn: Any) -> None:
         self._listener = listener
         self._reactor = reactor
-        # What the endpoint listens with: the reactor, or the workers'
-        # SharedPorts.
+        # What the endpoint listens with: the reactor, or the sockets the
+        # relay holds (ListeningSockets).
         self._listenOn = reactor if listenOn is None else listenOn
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
@@ -117,6 +122,9 @@ class Listener(StreamServerEndpointService):
     @ivar port: The listening port, once listening.
     @ivar listening: Fires with the port, or fails.
     @ivar failed: Whether the port could not be had.
+    @ivar sockets: The listening sockets the relay holds for the listener
+        (to hand on to workers or to a relay that takes over), or L{None}
+        when Twisted holds them.
     """
 
     log = Logger()
@@ -126,10 +134,11 @@ class Listener(StreamServerEndpointService):
     ) -> None:
         """
         @param reactor: Stopped when the port cannot be had.
-        @param listenOn: What the endpoint listens with (the workers'
-            L{SharedPorts}); the reactor by default.
+        @param listenOn: What the endpoint listens with (the relay's
+            L{ListeningSockets}); the reactor by default.
         """
         self.description = description
+        self.sockets = listenOn
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
         self.failed = False
@@ -160,7 +169,16 @@ class Listener(StreamServerEndpointService):
             self.running = False
             return succeed(None)
         d: Deferred[None] = super().stopService()
+        if self.sockets is not None:
+            d.addBoth(self._close)
         return d
+
+    def _close(self, result: object) -> object:
+        # Once the port is closed: the sockets listen on in a process they
+        # were handed to, if any.
+        if self.sockets is not None:
+            self.sockets.close()
+        return result
 
 
 class RelayService(MultiService):
@@ -178,6 +196,11 @@ class RelayService(MultiService):
     """
 
     log = Logger()
+    handingOff = False
+    listeners: list[Listener]
+    workerPool: WorkerPool | None
+    adminListener: Listener
+    _demoSockets: list[ListeningSockets]
 
     def __init__(
         self,
@@ -186,6 +209,7 @@ class RelayService(MultiService):
         clock: Any = None,
         worker: WorkerSpec | None = None,
         descriptors: Limit | None = None,
+        handover: Handover | None = None,
     ) -> None:
         """
         @param reactor: Listens and connects; the global one by default.
@@ -196,6 +220,8 @@ class RelayService(MultiService):
         @param descriptors: The process's open-file limit
             (L{wsrelay.descriptors.raiseLimit}): new clients beyond what it
             leaves room for get 503.  L{None}: no such check.
+        @param handover: The listening sockets of a relay this one takes
+            over (C{--takeover}), told to stop once this one serves.
         """
         super().__init__()
         if reactor is None:
@@ -253,43 +279,43 @@ class RelayService(MultiService):
             self.sessionFactory,
             self.frontendFactory,
         ]
-        self._buildTree(reactor, config, worker)
+        _buildTree(self, reactor, config, worker, handover)
 
-    def _buildTree(
-        self, reactor: Any, config: RelayConfig, worker: WorkerSpec | None
-    ) -> None:
+    def held(self) -> list[Held]:
         """
-        Add the listeners, and for worker 0 the worker pool, the admin
-        listener and the demo backends.
+        @return: The listeners whose sockets the relay holds (the clients'
+            and the admin listener), each with its endpoint string and
+            sockets, for a relay that takes over.
         """
-        self.listeners = []
-        for i, description in enumerate(config.listen):
-            listenOn = None
-            if config.workers > 1:
-                listenOn = SharedPorts(
-                    reactor, None if worker is None else worker.ports[i]
-                )
-            self.listeners.append(
-                Listener(reactor, description, self.frontendFactory, listenOn)
-            )
+        listeners = [*self.listeners, getattr(self, "adminListener", None)]
+        sockets = [lst.sockets for lst in listeners if lst is not None]
+        return [
+            (held.description, held.sockets)
+            for held in [*sockets, *self._demoSockets]
+            if held is not None and held.sockets
+        ]
+
+    def workerDescriptors(self, index: int) -> list[int]:
+        """
+        @return: The descriptor of the listening socket worker C{index}
+            serves, for each listener in the order of C{listen}.
+        """
+        fds = []
         for listener in self.listeners:
-            listener.setServiceParent(self)
-        self.workerPool: WorkerPool | None = None
-        if worker is not None:
-            return
-        if config.workers > 1:
-            self.workerPool = WorkerPool(self, reactor)
-            self.workerPool.setServiceParent(self)
-            self.operations.peers = self.workerPool
-        if config.admin is not None:
-            from wsrelay.admin import adminSite
+            assert listener.sockets is not None
+            fds.append(listener.sockets.forWorker(index)[0].fileno())
+        return fds
 
-            self.adminListener = Listener(reactor, config.admin, adminSite(self))
-            self.adminListener.setServiceParent(self)
-        if config.demo.echo or config.demo.ticker:
-            from wsrelay.demo import DemoService
-
-            DemoService(config.demo, reactor).setServiceParent(self)
+    def whenServing(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires when the relay listens and its
+            workers run, or fails when one cannot.
+        """
+        d = self.whenListening()
+        pool = self.workerPool
+        if pool is not None:
+            d.addCallback(lambda _: pool.whenRunning())
+        return d.addCallback(lambda _: None)
 
     # What the admin listener and the workers read (RelayStatus).
 
@@ -378,17 +404,43 @@ class RelayService(MultiService):
     def stopService(self) -> Deferred[None]:
         """
         Stop accepting, close every session with 1001 and wait for their
-        close handshakes (each bounded by C{close_timeout}).
+        close handshakes (each bounded by C{close_timeout}).  A relay
+        handing off to another (L{handOff}) first lets the handshakes under
+        way finish (within C{handshake_timeout}).
         """
         stopped = super().stopService()
         self.operations.running = False
         self.connector.shortage.flush()
         for route in self.routes.routes:
             route.monitor.stop()
-        waits = [stopped, *self.operations.closeAll()]
-        d = DeferredList(waits, consumeErrors=True)
+        for sockets in self._demoSockets:
+            stopped.addBoth(_closing(sockets))
+        d: Deferred[Any]
+        if self.handingOff:
+            d = Deferred.fromCoroutine(self._closeAfterHandshakes(stopped))
+        else:
+            waits = [stopped, *self.operations.closeAll()]
+            d = DeferredList(waits, consumeErrors=True)
         d.addTimeout(self.config.drainTimeout, self.clock)
         return d.addBoth(lambda _: None)
+
+    def handOff(self) -> None:
+        """
+        Another relay took the listening sockets over: stop as SIGTERM
+        stops the relay, but let the clients accepted last finish their
+        handshakes first (in every worker), rather than drop them.
+        """
+        self.handingOff = True
+        if self.workerPool is not None:
+            self.workerPool.handingOff = True
+        self._reactor.stop()
+
+    async def _closeAfterHandshakes(self, stopped: Deferred[None]) -> None:
+        deadline = self.clock.seconds() + self.config.handshakeTimeout
+        while self.clock.seconds() < deadline and _handshaking(self) > 0:
+            await deferLater(self.clock, HANDSHAKE_POLL, lambda: None)
+        waits = [stopped, *self.operations.closeAll()]
+        await DeferredList(waits, consumeErrors=True)
 
     @property
     def startFailed(self) -> bool:
@@ -405,3 +457,106 @@ class RelayService(MultiService):
             [lst.listening for lst in self.listeners], fireOnOneErrback=True
         )
         return d.addCallback(lambda results: [port for (_, port) in results])
+
+
+#: Seconds between two looks at the handshakes under way while a relay
+#: that handed off waits for them.
+HANDSHAKE_POLL = 0.01
+
+
+def _handshaking(relay: RelayService) -> int:
+    """
+    @return: How many of the relay's clients have not had their 101 yet.
+    """
+    upgraded = sum(
+        1
+        for session in relay.registry.sessions
+        if getattr(getattr(session, "frontend", None), "upgraded", False)
+    )
+    return relay.admission.clientConnections - upgraded
+
+
+def _closing(sockets: ListeningSockets) -> Callable[[object], object]:
+    def close(result: object) -> object:
+        sockets.close()
+        return result
+
+    return close
+
+
+def _buildTree(
+    relay: RelayService,
+    reactor: Any,
+    config: RelayConfig,
+    worker: WorkerSpec | None,
+    handover: Handover | None,
+) -> None:
+    """
+    Add the listeners, and for worker 0 the worker pool, the admin
+    listener, the control socket and the demo backends.
+    """
+    # The relay holds its listening sockets itself when it may hand
+    # them on (wsrelay.listening).
+    held = (
+        config.workers > 1 or config.controlSocket is not None or handover is not None
+    )
+
+    def sockets(description: str, index: int) -> ListeningSockets | None:
+        if worker is not None:
+            return ListeningSockets(
+                reactor,
+                description,
+                inherited=[socket.socket(fileno=worker.fds[index])],
+            )
+        if not held:
+            return None
+        return ListeningSockets(reactor, description, config.workers, handover)
+
+    relay.listeners = [
+        Listener(reactor, d, relay.frontendFactory, sockets(d, i))
+        for i, d in enumerate(config.listen)
+    ]
+    for listener in relay.listeners:
+        listener.setServiceParent(relay)
+    relay.workerPool = None
+    relay._demoSockets = []
+    if worker is not None:
+        return
+    if config.workers > 1:
+        relay.workerPool = WorkerPool(relay, reactor)
+        relay.workerPool.setServiceParent(relay)
+        relay.operations.peers = relay.workerPool
+    if config.admin is not None:
+        from wsrelay.admin import adminSite
+
+        admin = None
+        if held:
+            # Named apart from a client listener with the same string.
+            admin = ListeningSockets(reactor, f"admin {config.admin}", 1, handover)
+        relay.adminListener = Listener(reactor, config.admin, adminSite(relay), admin)
+        relay.adminListener.setServiceParent(relay)
+    if config.controlSocket is not None:
+        control = ControlSocketService(
+            reactor, config.controlSocket, ControlFactory(relay.held, relay.handOff)
+        )
+        if handover is None:
+            control.setServiceParent(relay)
+        else:
+            # Bound once the old relay is told to stop: until then the
+            # file is its, which it keeps if this relay fails to start.
+            TakeoverService(
+                reactor,
+                handover,
+                relay.whenServing,
+                lambda: control.setServiceParent(relay),
+            ).setServiceParent(relay)
+    if config.demo.echo or config.demo.ticker:
+        from wsrelay.demo import DemoService
+
+        def demoSockets(description: str) -> ListeningSockets:
+            sockets = ListeningSockets(reactor, f"demo {description}", 1, handover)
+            relay._demoSockets.append(sockets)
+            return sockets
+
+        listenOn = demoSockets if held else None
+        DemoService(config.demo, reactor, listenOn).setServiceParent(relay)

@@ -36,6 +36,15 @@ RESTART_CAP = 30.0
 #: L{RESTART_DELAY} again.
 STABLE_AFTER = 30.0
 
+#: A worker's first listening socket's descriptor: 0 to 3 are its pipes.
+FIRST_FD = 4
+
+#: Seconds a new relay's workers have to start when it takes over.
+START_TIMEOUT = 60.0
+
+#: Seconds between asking the workers whether they run.
+START_POLL = 0.1
+
 #: Seconds beyond C{drain_timeout} a stopping worker is given before it
 #: is killed.
 STOP_GRACE = 5.0
@@ -64,6 +73,12 @@ class Supervised(Protocol):
         @return: A L{Deferred} firing with the relay's listening ports.
         """
 
+    def workerDescriptors(self, index: int) -> list[int]:
+        """
+        @return: The descriptors of the listening sockets worker C{index}
+            serves, one per listener.
+        """
+
 
 class WorkerPool(Service):
     """
@@ -83,11 +98,13 @@ class WorkerPool(Service):
         self.clock = relay.clock
         self._spawn = reactor.spawnProcess if spawn is None else spawn
         self.workers: dict[int, WorkerProcess] = {}
-        self._ports: tuple[int, ...] = ()
         self._startedAt: dict[int, float] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self.restarted: dict[int, int] = {}
+        #: Whether the relay stops because another took over: the workers
+        #: are then told with SIGUSR2 to finish their handshakes first.
+        self.handingOff = False
 
     @property
     def count(self) -> int:
@@ -105,7 +122,6 @@ class WorkerPool(Service):
         def listening(ports: list[IListeningPort]) -> None:
             if not self.running:
                 return
-            self._ports = tuple(p.getHost().port for p in ports)  # type: ignore[attr-defined]
             for index in range(1, self.count):
                 self._start(index)
 
@@ -113,7 +129,11 @@ class WorkerPool(Service):
 
     def _start(self, index: int) -> None:
         self._restarts.pop(index, None)
-        spec = WorkerSpec(index, self._ports)
+        # The worker's listening sockets from descriptor 4 on.
+        fds = self._relay.workerDescriptors(index)
+        spec = WorkerSpec(index, tuple(range(FIRST_FD, FIRST_FD + len(fds))))
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: 2, 3: "r"}
+        childFDs.update(enumerate(fds, FIRST_FD))
         args = [
             sys.executable,
             "-c",
@@ -135,7 +155,7 @@ class WorkerPool(Service):
             sys.executable,
             args,
             env=dict(os.environ),
-            childFDs={0: "w", 1: "r", 2: 2, 3: "r"},
+            childFDs=childFDs,
         )
         self.log.info(
             "worker {worker} started (pid {pid})", worker=index, pid=worker.pid
@@ -184,6 +204,26 @@ class WorkerPool(Service):
         )
         self.restarted[index] = self.restarted.get(index, 0) + 1
         self._restarts[index] = self.clock.callLater(delay, self._start, index)
+
+    def whenRunning(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once every other worker answers a
+            command (it then serves its listeners), or fails with
+            L{WorkerGone} after L{START_TIMEOUT} seconds.
+        """
+        return Deferred.fromCoroutine(self._waitRunning())
+
+    async def _waitRunning(self) -> None:
+        from twisted.internet.task import deferLater
+
+        deadline = self.clock.seconds() + START_TIMEOUT
+        while True:
+            answers = await self.status()
+            if not any(isinstance(answer, Failure) for _, answer in answers):
+                return
+            if self.clock.seconds() > deadline:
+                raise WorkerGone("the workers did not start")
+            await deferLater(self.clock, START_POLL, lambda: None)
 
     def status(self) -> Deferred[list[tuple[int, dict[str, Any] | Failure]]]:
         """
@@ -273,8 +313,9 @@ class WorkerPool(Service):
         workers = list(self.workers.values())
         if not workers:
             return succeed(None)
+        how = "USR2" if self.handingOff else "TERM"
         for worker in workers:
-            worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            worker.transport.signalProcess(how)  # type: ignore[union-attr]
 
         def kill() -> None:
             for worker in workers:
