@@ -9,6 +9,7 @@ clients).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import stat
@@ -18,9 +19,10 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from tests.support import TIMEOUT, startBackend
-from tests.support.processes import twistd
+from tests.support.processes import TWISTD, twistd
 from tests.support.takeover import Relay, Stream, alive, held
 from tests.support.tls import makeCertificates, websocketsContext
+from tests.support.waiting import pollUntil
 
 #: Connections the stream must complete before the upgrade starts, and
 #: after the old relay has exited.
@@ -95,7 +97,7 @@ class Upgrade:
         Run C{twistd wsrelay} on the configuration, expecting it to refuse
         to start.
 
-        @return: Its last line of output.
+        @return: Its last line on standard error, if any.
         """
         result = subprocess.run(
             twistd("--config", self.config, *args),
@@ -104,9 +106,9 @@ class Upgrade:
             timeout=TIMEOUT * 3,
         )
         self.testCase.assertEqual(result.returncode, 1, result.stderr)
+        self.testCase.assertNotIn("Traceback", result.stderr + result.stdout)
         lines = result.stderr.strip().splitlines()
-        self.testCase.assertNotIn("Traceback", result.stderr)
-        return lines[-1]
+        return lines[-1] if lines else ""
 
 
 class TakeoverTests(TestCase):
@@ -169,6 +171,32 @@ class TakeoverTests(TestCase):
         self.assertEqual(stream.failures, [])
         self.assertEqual(status, 0)
         self.assertEqual(third.listening(listeners=2), ports)
+
+    def test_newRelayFails(self) -> None:
+        """
+        A relay that cannot serve every listener of its configuration (here
+        a new one on a busy port) exits with status 1 without telling the
+        old relay to stop: the old relay serves on, and keeps its control
+        socket.
+        """
+        self.upgrade.write("listen = tcp:0:interface=127.0.0.1")
+        old = self.upgrade.start()
+        (port,) = old.listening()
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        self.upgrade.write(
+            f"listen = tcp:0:interface=127.0.0.1 tcp:{taken}:interface=127.0.0.1"
+        )
+        self.upgrade.refusedStart("--takeover")
+        self.assertIsNone(old.process.poll())
+        stream = Stream(f"ws://127.0.0.1:{port}/")
+        stream.waitDone(BEFORE)
+        stream.stop()
+        self.assertEqual(stream.failures, [])
+        self.assertIn("a relay is running", self.upgrade.refusedStart())
 
     def test_nothingToTakeOver(self) -> None:
         """
@@ -297,3 +325,75 @@ def _folder(upgrade: Upgrade, name: str) -> str:
 def _der(path: str) -> bytes:
     with open(path) as f:
         return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+#: The example of docs/operations.md that systemd runs.
+CTL = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "examples", "systemd", "wsrelay-ctl"
+)
+
+
+class SystemdExampleTests(TestCase):
+    """
+    C{examples/systemd/wsrelay-ctl}, which the example unit runs for
+    C{ExecStart} and C{ExecReload}, starts a relay and upgrades it in place.
+    """
+
+    def ctl(self, command: str) -> int:
+        """
+        Run C{wsrelay-ctl command} as systemd would.
+
+        @return: The PID the script wrote for C{PIDFile=}.
+        """
+        result = subprocess.run(
+            ["sh", CTL, command],
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            timeout=TIMEOUT * 6,
+        )
+        self.assertEqual(result.returncode, 0, _tail(self.log.name))
+        with open(self.env["WSRELAY_PIDFILE"]) as f:
+            pid = int(f.read())
+        self.addCleanup(_kill, pid)
+        return pid
+
+    def test_startAndUpgrade(self) -> None:
+        """
+        C{start} writes the PID of a relay that serves; C{upgrade} writes
+        the PID of a new relay that took over, with no connection refused,
+        and the old relay exits.
+        """
+        backend = startBackend(self)
+        upgrade = Upgrade(self, backend.url)
+        port = freePort()
+        upgrade.write(f"listen = tcp:{port}:interface=127.0.0.1")
+        self.log = open(os.path.join(upgrade.directory, "ctl.log"), "w")
+        self.addCleanup(self.log.close)
+        self.env = {
+            "WSRELAY_CONFIG": upgrade.config,
+            "WSRELAY_PIDFILE": os.path.join(upgrade.directory, "wsrelay.pid"),
+            "WSRELAY_TWISTD": TWISTD,
+        }
+        old = self.ctl("start")
+        self.assertTrue(alive(old))
+        stream = Stream(f"ws://127.0.0.1:{port}/")
+        stream.waitDone(BEFORE)
+        new = self.ctl("upgrade")
+        self.assertNotEqual(new, old)
+        self.assertTrue(alive(new))
+        stream.waitDone(stream.done + AFTER)
+        stream.stop()
+        self.assertEqual(stream.failures, [])
+        pollUntil(lambda: not alive(old), "the old relay exited", TIMEOUT * 3)
+
+
+def _kill(pid: int) -> None:
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _tail(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()[-3000:]

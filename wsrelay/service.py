@@ -197,6 +197,7 @@ class RelayService(MultiService):
 
     log = Logger()
     handingOff = False
+    _takeoverFailed = False
     listeners: list[Listener]
     workerPool: WorkerPool | None
     adminListener: Listener
@@ -445,9 +446,19 @@ class RelayService(MultiService):
     @property
     def startFailed(self) -> bool:
         """
-        Whether a listener could not listen (the relay then stops).
+        Whether a listener could not listen, or the relay could not take
+        over from another (it then stops).
         """
-        return any(listener.failed for listener in self.listeners)
+        return self._takeoverFailed or any(lst.failed for lst in self.listeners)
+
+    def takeoverFailed(self) -> None:
+        """
+        The relay could not serve in place of the one it took the sockets
+        of, which runs on: stop, with status 1.
+        """
+        if not self._takeoverFailed:
+            self._takeoverFailed = True
+            self._reactor.stop()
 
     def whenListening(self) -> Deferred[list[IListeningPort]]:
         """
@@ -549,6 +560,7 @@ def _buildTree(
                 handover,
                 relay.whenServing,
                 lambda: control.setServiceParent(relay),
+                relay.takeoverFailed,
             ).setServiceParent(relay)
     if config.demo.echo or config.demo.ticker:
         from wsrelay.demo import DemoService

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 #: Seconds the new relay waits for the old one's answer.
 TAKEOVER_TIMEOUT = 10.0
@@ -223,30 +224,38 @@ class TakeoverService(Service):
         handover: Handover,
         ready: Callable[[], Deferred[Any]],
         then: Callable[[], object],
+        failed: Callable[[], object],
     ) -> None:
         """
         @param ready: Fires when the relay listens and its workers run;
             fails when it cannot (the old relay then runs on).
         @param then: Called once the old relay was told to stop (to listen
             on the control socket).
+        @param failed: Called when the relay could not take over (to stop
+            it, with status 1).
         """
         self._reactor = reactor
         self._handover = handover
         self._ready = ready
         self._then = then
+        self._failed = failed
 
     def startService(self) -> None:
         super().startService()
         self._reactor.callWhenRunning(self._whenRunning)
 
     def _whenRunning(self) -> None:
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
+            if isinstance(f.value, FirstError):
+                # A listener's, which logged it already.
+                f = f.value.subFailure
             self.log.error(
                 "takeover abandoned ({error}): relay {pid} runs on",
                 error=f.getErrorMessage(),
                 pid=self._handover.pid,
             )
             self._handover.abandon()
+            self._failed()
 
         def ready(_: object) -> None:
             if self.running:
