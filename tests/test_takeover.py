@@ -272,6 +272,28 @@ class WorkersTakeoverTests(TestCase):
         # The new relay's worker 1 served some of the stream.
         new.waitFor(lambda e: e.get("worker") == 1 and e.get("event") == "access")
 
+    def test_fewerWorkers(self) -> None:
+        """
+        A relay of one process takes over from one of two workers: it serves
+        both sockets (a connection the kernel gives to either is served),
+        with no connection refused.
+        """
+        backend = startBackend(self)
+        upgrade = Upgrade(self, backend.url)
+        upgrade.write("listen = tcp:0:interface=127.0.0.1\nworkers = 2")
+        old = upgrade.start()
+        (port,) = old.listening(workers=2)
+        stream = Stream(f"ws://127.0.0.1:{port}/")
+        upgrade.write("listen = tcp:0:interface=127.0.0.1")
+        new, status = upgrade.takeOver(old, stream)
+        self.assertEqual(stream.failures, [])
+        self.assertEqual(status, 0)
+        # Connections from many client ports reach both sockets: all served.
+        stream = Stream(f"ws://127.0.0.1:{port}/")
+        stream.waitDone(AFTER)
+        stream.stop()
+        self.assertEqual(stream.failures, [])
+
 
 class TLSTakeoverTests(TestCase):
     """

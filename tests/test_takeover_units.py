@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT
+from wsrelay.config import ConfigError
 from wsrelay.control import (
     ControlFactory,
     ControlSocketService,
@@ -30,6 +31,7 @@ from wsrelay.control import (
 )
 from wsrelay.listening import ListeningSockets, openSockets
 from wsrelay.proxyprotocol import listenerEndpoint
+from wsrelay.routes import readConfig
 from wsrelay.service import Listener
 from wsrelay.takeover import Handover, TakeoverError, receive
 
@@ -103,6 +105,33 @@ class ListeningSocketsTests(TestCase):
         connected = await client.connect(Factory.forProtocol(Protocol))
         self.assertIsNotNone(connected.transport)
         connected.transport.loseConnection()  # type: ignore[union-attr]
+
+    async def test_cover(self) -> None:
+        """
+        While worker 1 is not running, worker 0 serves its socket too
+        (L{ListeningSockets.cover}): every connection is accepted here,
+        whichever socket the kernel gives it to; L{ListeningSockets.uncover}
+        stops that, and the socket listens on.
+        """
+        sockets = ListeningSockets(reactor, LOOPBACK, workers=2)
+        accepted: list[object] = []
+
+        class Counted(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        d = listenerEndpoint(sockets, LOOPBACK).listen(Factory.forProtocol(Counted))
+        port = await d
+        self.addCleanup(sockets.close)
+        self.addCleanup(port.stopListening)
+        sockets.cover(1)
+        number = port.getHost().port  # type: ignore[attr-defined]
+        clients = [socket.create_connection(("127.0.0.1", number)) for _ in range(20)]
+        for c in clients:
+            self.addCleanup(c.close)
+        await _until(lambda: len(accepted) == 20)
+        sockets.uncover(1)
+        self.assertTrue(acceptsOn(sockets.sockets[1]))
 
     async def test_closedPortListensOn(self) -> None:
         """
@@ -228,6 +257,32 @@ class HandoverTests(SynchronousTestCase):
         self.assertIsNone(claim("x", socket.AF_INET6, "::1", self.port))
         self.assertIsNone(claim("x", socket.AF_INET, "127.0.0.1", 0))
         self.assertIs(claim("x", socket.AF_INET, "127.0.0.1", self.port), self.sockets)
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    With C{control_socket}, every listener must be one whose socket can be
+    handed over.
+    """
+
+    def test_unixListener(self) -> None:
+        """
+        A C{unix:} listener is refused in one line naming the key.
+        """
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "relay.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[relay]\nlisten = unix:relay.sock\ncontrol_socket = control.sock\n"
+                "[route:a]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+            )
+        with self.assertRaises(ConfigError) as e:
+            readConfig(path)
+        self.assertEqual(
+            str(e.exception),
+            f"{path}: [relay] control_socket: control_socket needs tcp:, tcp6: or"
+            " ssl: listeners; 'unix:relay.sock' cannot be handed over",
+        )
 
 
 class ControlSocketTests(TestCase):

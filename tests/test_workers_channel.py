@@ -134,7 +134,9 @@ class Channel:
             config=SimpleNamespace(workers=count, path="relay.ini", drainTimeout=1),
             whenListening=lambda: Deferred(),
             workerDescriptors=lambda index: [1234],
+            coverWorker=lambda index, cover: self.covered.append((index, cover)),
         )
+        self.covered: list[tuple[int, bool]] = []
         self.pool = WorkerPool(self.relay, None, spawn=self._spawn)  # type: ignore[arg-type]
         self.pool.running = True
         self.answers = FakeAnswers()
@@ -272,13 +274,16 @@ class ChannelTests(SynchronousTestCase):
     def test_workerEnded(self) -> None:
         """
         A command waiting when its worker ends fails with L{WorkerGone};
-        one sent afterwards fails at once.
+        one sent afterwards fails at once.  Worker 0 serves the worker's
+        listening sockets from then on.
         """
         d = self.channel.worker.status()
         self.channel.worker.processEnded(Failure(ProcessTerminated(signal=9)))
         f = self.failureResultOf(d, WorkerGone)
         self.assertEqual(f.getErrorMessage(), "worker 1 did not answer")
         self.assertNotIn(1, self.channel.pool.workers)
+        # Worker 0 serves worker 1's sockets until it runs again.
+        self.assertEqual(self.channel.covered, [(1, False), (1, True)])
         f = self.failureResultOf(self.channel.worker.status(), WorkerGone)
         self.assertEqual(f.getErrorMessage(), "worker 1 is not running")
 

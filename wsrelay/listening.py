@@ -144,6 +144,8 @@ class ListeningSockets:
         self._handover = handover
         self._inherited = bool(inherited)
         self.sockets: list[socket.socket] = list(inherited)
+        self._factory: IProtocolFactory | None = None
+        self._covering: dict[int, list[IListeningPort]] = {}
 
     def _listen(
         self, port: int, factory: IProtocolFactory, backlog: int, interface: str
@@ -159,6 +161,7 @@ class ListeningSockets:
                 workers = self._workers
                 claimed = openSockets(family, interface, port, backlog, workers)
             self.sockets = claimed
+        self._factory = factory
         served = self.sockets if self._inherited else self.forWorker(0)
         ports = [
             self._reactor.adoptStreamPort(s.fileno(), s.family, factory) for s in served
@@ -180,11 +183,36 @@ class ListeningSockets:
             mine += sockets[workers:]
         return mine
 
+    def cover(self, index: int) -> None:
+        """
+        Serve worker C{index}'s sockets in this process (worker 0) while
+        that worker is not running, so that the connections the kernel
+        gives them do not wait for it.
+        """
+        if self._factory is None or index in self._covering:
+            return
+        mine = self.forWorker(0)
+        self._covering[index] = [
+            self._reactor.adoptStreamPort(s.fileno(), s.family, self._factory)
+            for s in self.forWorker(index)
+            if s not in mine
+        ]
+
+    def uncover(self, index: int) -> None:
+        """
+        Stop serving worker C{index}'s sockets: it runs again.  (Its socket
+        listens on; only this process's port on it closes.)
+        """
+        for port in self._covering.pop(index, []):
+            port.stopListening()
+
     def close(self) -> None:
         """
         Close this process's descriptors of the sockets (once no port serves
         them): a socket handed to another process listens on there.
         """
+        for index in list(self._covering):
+            self.uncover(index)
         for s in self.sockets:
             s.close()
         self.sockets = []

@@ -307,6 +307,18 @@ class RelayService(MultiService):
             fds.append(listener.sockets.forWorker(index)[0].fileno())
         return fds
 
+    def coverWorker(self, index: int, cover: bool) -> None:
+        """
+        Serve worker C{index}'s listening sockets here, in worker 0, while
+        it is not running (C{cover}), or stop.
+        """
+        for listener in self.listeners:
+            if listener.sockets is not None:
+                if cover:
+                    listener.sockets.cover(index)
+                else:
+                    listener.sockets.uncover(index)
+
     def whenServing(self) -> Deferred[None]:
         """
         @return: A L{Deferred} that fires when the relay listens and its

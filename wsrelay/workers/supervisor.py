@@ -79,6 +79,12 @@ class Supervised(Protocol):
             serves, one per listener.
         """
 
+    def coverWorker(self, index: int, cover: bool) -> None:
+        """
+        Serve worker C{index}'s listening sockets in worker 0 (while it is
+        not running), or stop.
+        """
+
 
 class WorkerPool(Service):
     """
@@ -129,6 +135,7 @@ class WorkerPool(Service):
 
     def _start(self, index: int) -> None:
         self._restarts.pop(index, None)
+        self._relay.coverWorker(index, False)
         # The worker's listening sockets from descriptor 4 on.
         fds = self._relay.workerDescriptors(index)
         spec = WorkerSpec(index, tuple(range(FIRST_FD, FIRST_FD + len(fds))))
@@ -184,6 +191,8 @@ class WorkerPool(Service):
             del self.workers[index]
         if not self.running:
             return
+        # Until it runs again, worker 0 accepts on its sockets.
+        self._relay.coverWorker(index, True)
         ran = self.clock.seconds() - self._startedAt.get(index, 0.0)
         previous = self._delays.get(index)
         if previous is None or ran >= STABLE_AFTER:
