@@ -165,6 +165,8 @@ class ControlFactory(Factory):
 class ControlSocketService(Service):
     """
     Listens on the control socket while the relay runs.
+
+    @ivar path: The control socket's path.
     """
 
     def __init__(self, reactor: Any, path: str, factory: ControlFactory) -> None:
@@ -174,6 +176,10 @@ class ControlSocketService(Service):
         self._port: unix.Port | None = None
 
     def startService(self) -> None:
+        """
+        Listen on the control socket, replacing a file left by a relay that
+        died.
+        """
         super().startService()
         port = _ControlPort(
             os.fsencode(self.path), self.factory, reactor=self._reactor, mode=0o600
@@ -182,6 +188,10 @@ class ControlSocketService(Service):
         self._port = port
 
     def stopService(self) -> Any:
+        """
+        Stop listening; remove the file unless another relay put its own
+        there.
+        """
         super().stopService()
         port, self._port = self._port, None
         if port is not None:

@@ -18,6 +18,7 @@ and none is refused.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -201,8 +202,6 @@ def receive(path: str, timeout: float = TAKEOVER_TIMEOUT) -> Handover:
 
 
 def _closeAll(fds: list[int]) -> None:
-    import os
-
     for fd in fds:
         try:
             os.close(fd)
@@ -241,6 +240,10 @@ class TakeoverService(Service):
         self._failed = failed
 
     def startService(self) -> None:
+        """
+        Once the reactor runs, wait for the relay to serve, then tell the
+        old relay to stop.
+        """
         super().startService()
         self._reactor.callWhenRunning(self._whenRunning)
 
