@@ -269,6 +269,14 @@ class WorkersTakeoverTests(TestCase):
         self.assertEqual(status, 0)
         self.assertEqual([f.result(TIMEOUT) for f in closes], [1001] * 6)
         self.assertFalse(alive(oldWorker["pid"]))
+        # Worker 0 waited for worker 1, which finished its handshakes first.
+        self.assertTrue(
+            [
+                e
+                for e in old.events()
+                if e.get("worker") == 1 and "SIGUSR2" in str(e.get("log_format"))
+            ]
+        )
         # The new relay's worker 1 served some of the stream.
         new.waitFor(lambda e: e.get("worker") == 1 and e.get("event") == "access")
 

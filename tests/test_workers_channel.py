@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -92,13 +93,13 @@ class FakeProcess:
 
     def __init__(self) -> None:
         self.stdin = b""
-        self.signals: list[str] = []
+        self.signals: list[str | int] = []
 
     def writeToChild(self, childFD: int, data: bytes) -> None:
         assert childFD == 0, childFD
         self.stdin += data
 
-    def signalProcess(self, signal: str) -> None:
+    def signalProcess(self, signal: str | int) -> None:
         self.signals.append(signal)
 
     def getPeer(self) -> IPv4Address:
@@ -300,6 +301,18 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(two, 2)
         gone.trap(WorkerGone)
         self.assertEqual(gone.getErrorMessage(), "worker 2 is not running")
+
+    def test_stopSignals(self) -> None:
+        """
+        Worker 0 stops the others with SIGTERM, or with SIGUSR2 (finish the
+        handshakes under way first) when another relay took over.
+        """
+        self.channel.pool.stopService()
+        self.assertEqual(self.channel.process.signals, ["TERM"])
+        channel = Channel()
+        channel.pool.handingOff = True
+        channel.pool.stopService()
+        self.assertEqual(channel.process.signals, [signal.SIGUSR2])
 
     def test_garbage(self) -> None:
         """

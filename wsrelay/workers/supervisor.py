@@ -8,6 +8,7 @@ through its L{WorkerProcess}.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -322,7 +323,8 @@ class WorkerPool(Service):
         workers = list(self.workers.values())
         if not workers:
             return succeed(None)
-        how = "USR2" if self.handingOff else "TERM"
+        # Twisted names only a few signals ("TERM"): others by number.
+        how: str | int = signal.SIGUSR2 if self.handingOff else "TERM"
         for worker in workers:
             worker.transport.signalProcess(how)  # type: ignore[union-attr]
 
