@@ -43,7 +43,10 @@ def acceptsOn(s: socket.socket) -> bool:
     @return: Whether a client's connection to listening socket C{s} is
         accepted on it.
     """
-    client = socket.create_connection(s.getsockname()[:2], TIMEOUT)
+    try:
+        client = socket.create_connection(s.getsockname()[:2], TIMEOUT)
+    except ConnectionRefusedError:
+        return False
     try:
         s.settimeout(TIMEOUT)
         accepted, _ = s.accept()
@@ -145,6 +148,20 @@ class ListeningSocketsTests(TestCase):
         await port.stopListening()
         (s,) = sockets.sockets
         self.assertTrue(acceptsOn(s))
+
+    async def test_twistedPortShutsDown(self) -> None:
+        """
+        The trap that L{ListeningSockets} avoids: a port Twisted opened
+        itself calls C{shutdown()} as it stops, and the socket stops
+        listening for another holder of it too: connections are refused.
+        """
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(Protocol), interface="127.0.0.1"
+        )
+        other = socket.socket(fileno=os.dup(port.fileno()))
+        self.addCleanup(other.close)
+        await port.stopListening()
+        self.assertFalse(acceptsOn(other))
 
     async def test_cannotListen(self) -> None:
         """
