@@ -134,7 +134,10 @@ class ListeningSocketsTests(TestCase):
             self.addCleanup(c.close)
         await _until(lambda: len(accepted) == 20)
         sockets.uncover(1)
-        self.assertTrue(acceptsOn(sockets.sockets[1]))
+        listening = sockets.sockets[1].getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        )
+        self.assertEqual(listening, 1)
 
     async def test_closedPortListensOn(self) -> None:
         """
