@@ -122,7 +122,10 @@ class Options(usage.Options):
         the limit of open files (L{raiseLimit}) and check that
         C{max_connections} fits in it, and build the relay (which builds
         each route's plugins, checking their options), so that an error is
-        one line and twistd exits non-zero before it starts anything.
+        one line and twistd exits non-zero before it starts anything.  With
+        C{control_socket}, check that no relay runs on it, or with
+        C{--takeover} take that relay's listening sockets
+        (L{wsrelay.takeover.receive}).
 
         @raise StartRefused: With the one-line error.
         """
