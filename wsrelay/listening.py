@@ -1,6 +1,8 @@
-# -*- test-case-name: tests.test_takeover_units,tests.test_takeover -*-
+# -*- test-case-name: tests.test_takeover_units,tests.test_collaborators -*-
 """
-Listening sockets that the relay holds itself, so that it can hand them on:
+The relay's listeners (L{Listener}: Twisted's service for an endpoint
+string, which tells when it listens), and the listening sockets that the
+relay holds itself, so that it can hand them on:
 to its workers (C{workers = N}) and to a relay that takes over
 (C{control_socket}, C{--takeover}).
 
@@ -23,8 +25,16 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet import abstract
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IConnector,
@@ -33,13 +43,18 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorSSL,
     IReactorTCP,
+    IStreamServerEndpoint,
 )
 from twisted.internet.protocol import ClientFactory, P, ServerFactory
+from twisted.logger import Logger
 from zope.interface import implementer
+
+from wsrelay.proxyprotocol import listenerEndpoint
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
     from twisted.internet.ssl import ClientContextFactory
+    from twisted.python.failure import Failure
 
 
 class Claims(Protocol):
@@ -263,3 +278,127 @@ class ListeningSockets:
         return reactor.connectSSL(
             host, port, factory, contextFactory, timeout, bindAddress
         )
+
+
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """
+    The endpoint of a L{Listener}: parses its endpoint string when it
+    listens, and reports the outcome in one log line; a port that cannot be
+    had stops the relay.
+    """
+
+    def __init__(self, listener: Listener, reactor: Any, listenOn: Any) -> None:
+        self._listener = listener
+        self._reactor = reactor
+        # What the endpoint listens with: the reactor, or the sockets the
+        # relay holds (ListeningSockets).
+        self._listenOn = reactor if listenOn is None else listenOn
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        """
+        Listen on the listener's endpoint string.
+
+        @return: A L{Deferred} that fires with the port, or with L{None}
+            when it cannot be had (logged here, in one line, so that
+            L{StreamServerEndpointService} has nothing to log).
+        """
+        listener = self._listener
+        endpoint = listenerEndpoint(self._listenOn, listener.description)
+        d: Deferred[Any] = endpoint.listen(factory)
+        d.addCallbacks(self._listening, self._failed)
+        return d
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        listener = self._listener
+        listener.port = port
+        listener.log.info(
+            "listening on {description} (port {port})",
+            description=listener.description,
+            port=getattr(port.getHost(), "port", None),
+        )
+        listener.listening.callback(port)
+        return port
+
+    def _failed(self, f: Failure) -> None:
+        listener = self._listener
+        if f.check(CancelledError):
+            # Stopped before it listened: nothing to report.
+            return
+        listener.failed = True
+        listener.log.critical(
+            "cannot listen on {description}: {error}",
+            description=listener.description,
+            error=f.getErrorMessage(),
+        )
+        listener.listening.errback(f)
+        # twistd starts services before the reactor runs.
+        self._reactor.callWhenRunning(self._reactor.stop)
+
+
+class Listener(StreamServerEndpointService):
+    """
+    Twisted's service for one server endpoint string, which also tells
+    when it listens, and whether it failed to.
+
+    @ivar description: The endpoint string.
+    @ivar port: The listening port, once listening.
+    @ivar listening: Fires with the port, or fails.
+    @ivar failed: Whether the port could not be had.
+    @ivar sockets: The listening sockets the relay holds for the listener
+        (to hand on to workers or to a relay that takes over), or L{None}
+        when Twisted holds them.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: Any, description: str, factory: Any, listenOn: Any = None
+    ) -> None:
+        """
+        @param reactor: Stopped when the port cannot be had.
+        @param listenOn: What the endpoint listens with (the relay's
+            L{ListeningSockets}); the reactor by default.
+        """
+        self.description = description
+        self.sockets = listenOn
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+        self.failed = False
+        super().__init__(_ReportingEndpoint(self, reactor, listenOn), factory)
+
+    def privilegedStartService(self) -> None:
+        """
+        Nothing yet: the listener listens when it starts (L{startService}),
+        after the relay logged its start, as before twistd's privileged
+        start existed for it.
+        """
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        """
+        Listen (Twisted's L{StreamServerEndpointService} does).
+        """
+        Service.startService(self)
+        StreamServerEndpointService.privilegedStartService(self)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening (or trying to).
+        """
+        self.port = None
+        if self._waitingForPort is None:
+            # Never started.
+            self.running = False
+            return succeed(None)
+        d: Deferred[None] = super().stopService()
+        if self.sockets is not None:
+            d.addBoth(self._close)
+        return d
+
+    def _close(self, result: object) -> object:
+        # Once the port is closed: the sockets listen on in a process they
+        # were handed to, if any.
+        if self.sockets is not None:
+            self.sockets.close()
+        return result
