@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import reactor
@@ -22,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from tests.support import TIMEOUT
+from tests.support.relays import relayFor
 from wsrelay.config import ConfigError
 from wsrelay.control import (
     ControlFactory,
@@ -29,10 +31,9 @@ from wsrelay.control import (
     checkControlSocket,
     relayAnswers,
 )
-from wsrelay.listening import ListeningSockets, openSockets
+from wsrelay.listening import Listener, ListeningSockets, openSockets
 from wsrelay.proxyprotocol import listenerEndpoint
 from wsrelay.routes import readConfig
-from wsrelay.service import Listener
 from wsrelay.takeover import Handover, TakeoverError, receive
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -303,6 +304,48 @@ class ConfigTests(SynchronousTestCase):
             f"{path}: [relay] control_socket: control_socket needs tcp:, tcp6: or"
             " ssl: listeners; 'unix:relay.sock' cannot be handed over",
         )
+
+
+class HandOffTests(SynchronousTestCase):
+    """
+    A relay that handed off (L{RelayService.handOff}) lets the handshakes
+    under way finish before it closes its clients as SIGTERM does.
+    """
+
+    def test_waitsForHandshakes(self) -> None:
+        """
+        The stop waits while a client has not had its 101, and closes once
+        none is left; a relay that did not hand off does not wait.
+        """
+        relay, clock = relayFor("")
+        relay.startService()
+        relay.admission.clientConnections = 1
+        relay.handOff()
+        d = relay.stopService()
+        clock.advance(1)
+        self.assertNoResult(d)
+        relay.admission.clientConnections = 0
+        clock.advance(0.01)
+        self.successResultOf(d)
+        other, _ = relayFor("")
+        other.startService()
+        other.admission.clientConnections = 1
+        self.successResultOf(other.stopService())
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        The wait ends after C{handshake_timeout}.
+        """
+        relay, clock = relayFor("")
+        relay.operations.config = replace(relay.config, handshakeTimeout=3)
+        relay.startService()
+        relay.admission.clientConnections = 1
+        relay.handOff()
+        d = relay.stopService()
+        clock.advance(2.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.successResultOf(d)
 
 
 class ControlSocketTests(TestCase):
