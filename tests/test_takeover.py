@@ -157,20 +157,29 @@ class TakeoverTests(TestCase):
     def test_takeoverAgain(self) -> None:
         """
         The relay that took over can be taken over in turn, and the admin
-        listener moves with the clients' listener.
+        listener moves with the clients' listener (with the same endpoint
+        string: each keeps its own); a listener the old relay lacked
+        listens anew.
         """
-        self.upgrade.write(
-            "listen = tcp:0:interface=127.0.0.1\nadmin = tcp:0:interface=127.0.0.1"
-        )
+        admin = "admin = tcp:0:interface=127.0.0.1"
+        self.upgrade.write(f"listen = tcp:0:interface=127.0.0.1\n{admin}")
         first = self.upgrade.start()
         ports = first.listening(listeners=2)
         stream = Stream(f"ws://127.0.0.1:{ports[0]}/")
         second, _ = self.upgrade.takeOver(first, stream)
+        self.upgrade.write(
+            f"listen = tcp:0:interface=127.0.0.1 tcp:0:interface=127.0.0.2\n{admin}"
+        )
         stream = Stream(f"ws://127.0.0.1:{ports[0]}/")
         third, status = self.upgrade.takeOver(second, stream)
         self.assertEqual(stream.failures, [])
         self.assertEqual(status, 0)
-        self.assertEqual(third.listening(listeners=2), ports)
+        client, added, adminPort = third.listening(listeners=3)
+        self.assertEqual([client, adminPort], ports)
+        stream = Stream(f"ws://127.0.0.2:{added}/")
+        stream.waitDone(1)
+        stream.stop()
+        self.assertEqual(stream.failures, [])
 
     def test_newRelayFails(self) -> None:
         """
