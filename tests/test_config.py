@@ -565,6 +565,7 @@ class BadValueTests(SynchronousTestCase):
         ("relay", "admin"): ["tcp:abc", ""],
         ("relay", "admin_hosts"): ["a:80", "a/b", "[::1]", "-a"],
         ("relay", "admin_token_file"): ["/nonexistent/token", ""],
+        ("relay", "control_socket"): ["/nonexistent/ctl", "", "/" + "c" * 120],
         ("relay", "drain_timeout"): ["0", "x"],
         ("relay", "close_spread"): ["-1", "x"],
         ("relay", "max_handshakes_per_second"): ["-1", "x", "1e3"],

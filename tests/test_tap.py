@@ -266,9 +266,10 @@ class GarbageCollectorTests(SynchronousTestCase):
         """
         L{tap.ProcessControl} takes SIGHUP as it starts, before the relay
         listens (SIGHUP's default action would kill a process that a
-        reload reached early), and SIGTERM only once the reactor runs
-        (the reactor installs its own on start); L{tap.makeService} starts
-        it before the relay.
+        reload reached early), and SIGTERM (and SIGUSR2, a worker's stop
+        when another relay took over) only once the reactor runs (the
+        reactor installs its own on start); L{tap.makeService} starts it
+        before the relay.
         """
         installed: list[int] = []
         self.patch(tap, "tuneGC", lambda: None)
@@ -278,7 +279,7 @@ class GarbageCollectorTests(SynchronousTestCase):
         tap.ProcessControl(reactor, cast(Any, None)).startService()
         self.assertEqual(installed, [signal.SIGHUP])
         reactor.run()
-        self.assertEqual(installed, [signal.SIGHUP, signal.SIGTERM])
+        self.assertEqual(installed, [signal.SIGHUP, signal.SIGTERM, signal.SIGUSR2])
         options = {"relay": MultiService(), "workerSpec": None}
         top = tap.makeService(options)
         self.assertIsInstance(list(cast(MultiService, top))[0], tap.ProcessControl)

@@ -10,34 +10,26 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import CannotListenError, ProcessTerminated
-from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTCP
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.protocols.amp import MAX_VALUE_LENGTH, AmpBox
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface.verify import verifyObject
+from twisted.trial.unittest import SynchronousTestCase
 
 from wsrelay.admin import WorkersView, workerRows
 from wsrelay.config import ConfigError
-from wsrelay.proxyprotocol import listenerEndpoint
-from wsrelay.service import Listener
 from wsrelay.workers import (
     ANSWER_TIMEOUT,
-    SharedPorts,
     WorkerControl,
     WorkerGone,
     WorkerPool,
@@ -101,13 +93,13 @@ class FakeProcess:
 
     def __init__(self) -> None:
         self.stdin = b""
-        self.signals: list[str] = []
+        self.signals: list[str | int] = []
 
     def writeToChild(self, childFD: int, data: bytes) -> None:
         assert childFD == 0, childFD
         self.stdin += data
 
-    def signalProcess(self, signal: str) -> None:
+    def signalProcess(self, signal: str | int) -> None:
         self.signals.append(signal)
 
     def getPeer(self) -> IPv4Address:
@@ -142,7 +134,10 @@ class Channel:
             clock=self.clock,
             config=SimpleNamespace(workers=count, path="relay.ini", drainTimeout=1),
             whenListening=lambda: Deferred(),
+            workerDescriptors=lambda index: [1234],
+            coverWorker=lambda index, cover: self.covered.append((index, cover)),
         )
+        self.covered: list[tuple[int, bool]] = []
         self.pool = WorkerPool(self.relay, None, spawn=self._spawn)  # type: ignore[arg-type]
         self.pool.running = True
         self.answers = FakeAnswers()
@@ -151,7 +146,6 @@ class Channel:
         self.controlTransport = StringTransport()
         self.control.makeConnection(self.controlTransport)
         self.process = FakeProcess()
-        self.pool._ports = (1234,)
         self.pool._start(1)
         self.worker = self.pool.workers[1]
 
@@ -281,13 +275,16 @@ class ChannelTests(SynchronousTestCase):
     def test_workerEnded(self) -> None:
         """
         A command waiting when its worker ends fails with L{WorkerGone};
-        one sent afterwards fails at once.
+        one sent afterwards fails at once.  Worker 0 serves the worker's
+        listening sockets from then on.
         """
         d = self.channel.worker.status()
         self.channel.worker.processEnded(Failure(ProcessTerminated(signal=9)))
         f = self.failureResultOf(d, WorkerGone)
         self.assertEqual(f.getErrorMessage(), "worker 1 did not answer")
         self.assertNotIn(1, self.channel.pool.workers)
+        # Worker 0 serves worker 1's sockets until it runs again.
+        self.assertEqual(self.channel.covered, [(1, False), (1, True)])
         f = self.failureResultOf(self.channel.worker.status(), WorkerGone)
         self.assertEqual(f.getErrorMessage(), "worker 1 is not running")
 
@@ -304,6 +301,18 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(two, 2)
         gone.trap(WorkerGone)
         self.assertEqual(gone.getErrorMessage(), "worker 2 is not running")
+
+    def test_stopSignals(self) -> None:
+        """
+        Worker 0 stops the others with SIGTERM, or with SIGUSR2 (finish the
+        handshakes under way first) when another relay took over.
+        """
+        self.channel.pool.stopService()
+        self.assertEqual(self.channel.process.signals, ["TERM"])
+        channel = Channel()
+        channel.pool.handingOff = True
+        channel.pool.stopService()
+        self.assertEqual(channel.process.signals, [signal.SIGUSR2])
 
     def test_garbage(self) -> None:
         """
@@ -520,97 +529,3 @@ class ImportTests(SynchronousTestCase):
                     continue
                 imported += [(path.name, n) for n in names if "wsrelay.admin" in n]
         self.assertEqual(imported, [])
-
-
-class SharedPortsTests(TestCase):
-    """
-    L{SharedPorts} is what listeners' endpoints listen with when there are
-    several workers: the reactor's TCP and SSL interfaces, listening with
-    C{SO_REUSEPORT}, and nothing else of the reactor.
-    """
-
-    def listen(self, shared: SharedPorts) -> Deferred[IListeningPort]:
-        """
-        Listen on a loopback port with C{shared}, as a listener does, and
-        stop listening at the end of the test.
-        """
-        endpoint = listenerEndpoint(shared, "tcp:0:interface=127.0.0.1")
-        d = endpoint.listen(Factory.forProtocol(Protocol))
-
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.addCleanup(port.stopListening)
-            return port
-
-        return d.addCallback(listening)
-
-    def test_interfaces(self) -> None:
-        """
-        L{SharedPorts} provides L{IReactorTCP} and L{IReactorSSL}, and
-        does not pass for the rest of a reactor.
-        """
-        shared = SharedPorts(reactor)
-        self.assertTrue(verifyObject(IReactorTCP, shared))
-        self.assertTrue(verifyObject(IReactorSSL, shared))
-        for name in ("callLater", "callWhenRunning", "stop", "spawnProcess"):
-            self.assertFalse(hasattr(shared, name), name)
-
-    async def test_sharedPort(self) -> None:
-        """
-        Two L{SharedPorts} listen on the same port, the second on the port
-        the first got for port 0, both with C{SO_REUSEPORT}, and a client
-        connects.
-        """
-        first = await self.listen(SharedPorts(reactor))
-        port = first.getHost().port  # type: ignore[attr-defined]
-        second = await self.listen(SharedPorts(reactor, port))
-        self.assertEqual(second.getHost().port, port)  # type: ignore[attr-defined]
-        for listening in (first, second):
-            s = listening.socket  # type: ignore[attr-defined]
-            self.assertEqual(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
-        client = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        connected = await client.connect(Factory.forProtocol(Protocol))
-        self.assertIsNotNone(connected.transport)
-        connected.transport.loseConnection()  # type: ignore[union-attr]
-
-    async def test_cannotListen(self) -> None:
-        """
-        A listener whose port is taken (by a socket without
-        C{SO_REUSEPORT}) stops the relay with its real reactor: L{SharedPorts}
-        is only what it listens with.
-        """
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        core = FakeCore()
-        listener = Listener(
-            core,
-            f"tcp:{port}:interface=127.0.0.1",
-            Factory.forProtocol(Protocol),
-            SharedPorts(reactor),
-        )
-        listener.startService()
-        self.addCleanup(listener.stopService)
-        with self.assertRaises(CannotListenError):
-            await listener.listening
-        self.assertEqual(core.whenRunning, [core.stop])
-
-
-class FakeCore:
-    """
-    The reactor a L{Listener} stops when it cannot listen.
-
-    @ivar whenRunning: What was given to C{callWhenRunning}.
-    """
-
-    def __init__(self) -> None:
-        self.whenRunning: list[Any] = []
-
-    def callWhenRunning(self, f: Any) -> None:
-        self.whenRunning.append(f)
-
-    def stop(self) -> None:
-        """
-        Never called here: L{callWhenRunning} only records.
-        """

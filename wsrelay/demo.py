@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from autobahn.twisted.websocket import (
@@ -216,7 +217,12 @@ class DemoService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: DemoConfig, reactor: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        config: DemoConfig,
+        reactor: IReactorTime | None = None,
+        listenOn: Callable[[str], object] | None = None,
+    ) -> None:
         """
         @param config: the C{[demo]} section: C{echo} and C{ticker} are
             endpoint strings (or L{None} for no such backend) and
@@ -224,11 +230,16 @@ class DemoService(MultiService):
         @param reactor: the reactor, which must also provide
             L{IReactorCore} and L{twisted.internet.interfaces.IReactorTCP};
             the global one if L{None}.
+        @param listenOn: Gives what each endpoint string listens with (the
+            relay's L{wsrelay.listening.ListeningSockets}, so that a relay
+            that takes over serves the demo backends too); the reactor by
+            default.
         """
         super().__init__()
         if reactor is None:
             reactor = _defaultReactor()
         self._reactor = reactor
+        self._listenOn = listenOn
         self._listeners: list[tuple[str, str]] = []
         if config.echo is not None:
             self._listen("demo-echo", config.echo, EchoFactory(reactor=reactor))
@@ -244,8 +255,11 @@ class DemoService(MultiService):
         @param description: a server endpoint string.
         @param factory: the demo backend's factory.
         """
+        reactor: object = self._reactor
+        if self._listenOn is not None:
+            reactor = self._listenOn(description)
         service = strports.service(
-            description, factory, reactor=cast(IReactorCore, self._reactor)
+            description, factory, reactor=cast(IReactorCore, reactor)
         )
         service.setName(name)
         service.setServiceParent(self)

@@ -90,6 +90,9 @@ class RelayStatus(Protocol):
     startedAt: float
     worker: int
     handshakeLatency: Histogram
+    #: Clients refused a 101 with a status, by route name (C{""} for
+    #: requests no route matched).
+    refused: Mapping[str, int]
     workerPool: Any
     operations: Operations
 
@@ -103,13 +106,6 @@ class RelayStatus(Protocol):
     def routes(self) -> RouteTable:
         """
         The routes in force.
-        """
-
-    @property
-    def refused(self) -> Mapping[str, int]:
-        """
-        Clients refused a 101 with a status, by route name (C{""} for
-        requests no route matched).
         """
 
     @property

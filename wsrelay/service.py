@@ -13,154 +13,43 @@ is made of, each passed to whoever needs it.
       and channels, and the opening of new ones;
     - L{Operations} (L{wsrelay.operations}): drain, disable, enable,
       reload, for the admin listener, the workers and SIGHUP;
-    - L{Listener}s: Twisted's L{StreamServerEndpointService} for each
-      endpoint string.
+    - L{Listener}s (L{wsrelay.listening}): Twisted's
+      L{StreamServerEndpointService} for each endpoint string.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from wsrelay.admission import Admission
 from wsrelay.connector import Connector
+from wsrelay.control import ControlFactory, ControlSocketService, Held
 from wsrelay.descriptors import Limit, Shortage
+from wsrelay.listening import Listener, ListeningSockets
 from wsrelay.operations import Operations
 from wsrelay.plugins import logPlugins
-from wsrelay.proxyprotocol import listenerEndpoint
 from wsrelay.registry import Registry, Sessions
 from wsrelay.routes import RouteBuilder
 from wsrelay.routing import RouteTable
 from wsrelay.stats import LATENCY_BUCKETS, Histogram
-from wsrelay.workers import SharedPorts, WorkerPool, WorkerSpec
+from wsrelay.takeover import Handover, TakeoverService
+from wsrelay.workers import WorkerPool, WorkerSpec
 from wsrelay.ws.frontend import FrontendFactory
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
-    from twisted.python.failure import Failure
 
     from wsrelay.config import RelayConfig
     from wsrelay.fanout import Channel, FanoutSession
     from wsrelay.proxy.session import ProxySession
     from wsrelay.routing import Backend, Route
-
-
-@implementer(IStreamServerEndpoint)
-class _ReportingEndpoint:
-    """
-    The endpoint of a L{Listener}: parses its endpoint string when it
-    listens, and reports the outcome in one log line; a port that cannot be
-    had stops the relay.
-    """
-
-    def __init__(self, listener: Listener, reactor: Any, listenOn: Any) -> None:
-        self._listener = listener
-        self._reactor = reactor
-        # What the endpoint listens with: the reactor, or the workers'
-        # SharedPorts.
-        self._listenOn = reactor if listenOn is None else listenOn
-
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        """
-        Listen on the listener's endpoint string.
-
-        @return: A L{Deferred} that fires with the port, or with L{None}
-            when it cannot be had (logged here, in one line, so that
-            L{StreamServerEndpointService} has nothing to log).
-        """
-        listener = self._listener
-        endpoint = listenerEndpoint(self._listenOn, listener.description)
-        d: Deferred[Any] = endpoint.listen(factory)
-        d.addCallbacks(self._listening, self._failed)
-        return d
-
-    def _listening(self, port: IListeningPort) -> IListeningPort:
-        listener = self._listener
-        listener.port = port
-        listener.log.info(
-            "listening on {description} (port {port})",
-            description=listener.description,
-            port=getattr(port.getHost(), "port", None),
-        )
-        listener.listening.callback(port)
-        return port
-
-    def _failed(self, f: Failure) -> None:
-        listener = self._listener
-        if f.check(CancelledError):
-            # Stopped before it listened: nothing to report.
-            return
-        listener.failed = True
-        listener.log.critical(
-            "cannot listen on {description}: {error}",
-            description=listener.description,
-            error=f.getErrorMessage(),
-        )
-        listener.listening.errback(f)
-        # twistd starts services before the reactor runs.
-        self._reactor.callWhenRunning(self._reactor.stop)
-
-
-class Listener(StreamServerEndpointService):
-    """
-    Twisted's service for one server endpoint string, which also tells
-    when it listens, and whether it failed to.
-
-    @ivar description: The endpoint string.
-    @ivar port: The listening port, once listening.
-    @ivar listening: Fires with the port, or fails.
-    @ivar failed: Whether the port could not be had.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self, reactor: Any, description: str, factory: Any, listenOn: Any = None
-    ) -> None:
-        """
-        @param reactor: Stopped when the port cannot be had.
-        @param listenOn: What the endpoint listens with (the workers'
-            L{SharedPorts}); the reactor by default.
-        """
-        self.description = description
-        self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] = Deferred()
-        self.failed = False
-        super().__init__(_ReportingEndpoint(self, reactor, listenOn), factory)
-
-    def privilegedStartService(self) -> None:
-        """
-        Nothing yet: the listener listens when it starts (L{startService}),
-        after the relay logged its start, as before twistd's privileged
-        start existed for it.
-        """
-        Service.privilegedStartService(self)
-
-    def startService(self) -> None:
-        """
-        Listen (Twisted's L{StreamServerEndpointService} does).
-        """
-        Service.startService(self)
-        StreamServerEndpointService.privilegedStartService(self)
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Stop listening (or trying to).
-        """
-        self.port = None
-        if self._waitingForPort is None:
-            # Never started.
-            self.running = False
-            return succeed(None)
-        d: Deferred[None] = super().stopService()
-        return d
 
 
 class RelayService(MultiService):
@@ -178,6 +67,12 @@ class RelayService(MultiService):
     """
 
     log = Logger()
+    handingOff = False
+    _takeoverFailed = False
+    listeners: list[Listener]
+    workerPool: WorkerPool | None
+    adminListener: Listener
+    _demoSockets: list[ListeningSockets]
 
     def __init__(
         self,
@@ -186,6 +81,7 @@ class RelayService(MultiService):
         clock: Any = None,
         worker: WorkerSpec | None = None,
         descriptors: Limit | None = None,
+        handover: Handover | None = None,
     ) -> None:
         """
         @param reactor: Listens and connects; the global one by default.
@@ -196,6 +92,8 @@ class RelayService(MultiService):
         @param descriptors: The process's open-file limit
             (L{wsrelay.descriptors.raiseLimit}): new clients beyond what it
             leaves room for get 503.  L{None}: no such check.
+        @param handover: The listening sockets of a relay this one takes
+            over (C{--takeover}), told to stop once this one serves.
         """
         super().__init__()
         if reactor is None:
@@ -238,6 +136,7 @@ class RelayService(MultiService):
             self.admission,
             self.sessionFactory,
         )
+        self.refused: Mapping[str, int] = self.frontendFactory.refused
         self.operations = Operations(
             self.clock,
             config,
@@ -253,43 +152,55 @@ class RelayService(MultiService):
             self.sessionFactory,
             self.frontendFactory,
         ]
-        self._buildTree(reactor, config, worker)
+        _buildTree(self, reactor, config, worker, handover)
 
-    def _buildTree(
-        self, reactor: Any, config: RelayConfig, worker: WorkerSpec | None
-    ) -> None:
+    def held(self) -> list[Held]:
         """
-        Add the listeners, and for worker 0 the worker pool, the admin
-        listener and the demo backends.
+        @return: The listeners whose sockets the relay holds (the clients'
+            and the admin listener), each with its endpoint string and
+            sockets, for a relay that takes over.
         """
-        self.listeners = []
-        for i, description in enumerate(config.listen):
-            listenOn = None
-            if config.workers > 1:
-                listenOn = SharedPorts(
-                    reactor, None if worker is None else worker.ports[i]
-                )
-            self.listeners.append(
-                Listener(reactor, description, self.frontendFactory, listenOn)
-            )
+        listeners = [*self.listeners, getattr(self, "adminListener", None)]
+        sockets = [lst.sockets for lst in listeners if lst is not None]
+        return [
+            (held.description, held.sockets)
+            for held in [*sockets, *self._demoSockets]
+            if held is not None and held.sockets
+        ]
+
+    def workerDescriptors(self, index: int) -> list[int]:
+        """
+        @return: The descriptor of the listening socket worker C{index}
+            serves, for each listener in the order of C{listen}.
+        """
+        fds = []
         for listener in self.listeners:
-            listener.setServiceParent(self)
-        self.workerPool: WorkerPool | None = None
-        if worker is not None:
-            return
-        if config.workers > 1:
-            self.workerPool = WorkerPool(self, reactor)
-            self.workerPool.setServiceParent(self)
-            self.operations.peers = self.workerPool
-        if config.admin is not None:
-            from wsrelay.admin import adminSite
+            assert listener.sockets is not None
+            fds.append(listener.sockets.forWorker(index)[0].fileno())
+        return fds
 
-            self.adminListener = Listener(reactor, config.admin, adminSite(self))
-            self.adminListener.setServiceParent(self)
-        if config.demo.echo or config.demo.ticker:
-            from wsrelay.demo import DemoService
+    def coverWorker(self, index: int, cover: bool) -> None:
+        """
+        Serve worker C{index}'s listening sockets here, in worker 0, while
+        it is not running (C{cover}), or stop.
+        """
+        for listener in self.listeners:
+            if listener.sockets is not None:
+                if cover:
+                    listener.sockets.cover(index)
+                else:
+                    listener.sockets.uncover(index)
 
-            DemoService(config.demo, reactor).setServiceParent(self)
+    def whenServing(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires when the relay listens and its
+            workers run, or fails when one cannot.
+        """
+        d = self.whenListening()
+        pool = self.workerPool
+        if pool is not None:
+            d.addCallback(lambda _: pool.whenRunning())
+        return d.addCallback(lambda _: None)
 
     # What the admin listener and the workers read (RelayStatus).
 
@@ -313,14 +224,6 @@ class RelayService(MultiService):
         The fan-out channels, by route name and key.
         """
         return self.registry.channels
-
-    @property
-    def refused(self) -> Mapping[str, int]:
-        """
-        Clients refused a 101 with a status, by route name (C{""} for
-        requests no route matched).
-        """
-        return self.frontendFactory.refused
 
     def traffic(self, route: Route, backend: Backend) -> tuple[int, int, int, int]:
         """
@@ -386,26 +289,52 @@ class RelayService(MultiService):
     def stopService(self) -> Deferred[None]:
         """
         Stop accepting, close every session with 1001 and wait for their
-        close handshakes (each bounded by C{close_timeout}).
+        close handshakes (each bounded by C{close_timeout}).  A relay
+        handing off to another (L{handOff}) first lets the handshakes under
+        way finish (within C{handshake_timeout}).
         """
         stopped = super().stopService()
         self.operations.running = False
         self.connector.shortage.flush()
-        waits = [stopped, *self.operations.closeAll()]
-        for route in self.routes.routes:
-            closed = route.stop()
-            if closed is not None:
-                waits.append(closed)
-        d = DeferredList(waits, consumeErrors=True)
+        closing = [c for c in (r.stop() for r in self.routes.routes) if c is not None]
+        for sockets in self._demoSockets:
+            stopped.addBoth(_closing(sockets))
+        d: Deferred[Any]
+        if self.handingOff:
+            d = Deferred.fromCoroutine(_closeAfterHandshakes(self, stopped, closing))
+        else:
+            waits = [stopped, *self.operations.closeAll(), *closing]
+            d = DeferredList(waits, consumeErrors=True)
         d.addTimeout(self.config.drainTimeout, self.clock)
         return d.addBoth(lambda _: None)
+
+    def handOff(self) -> None:
+        """
+        Another relay took the listening sockets over: stop as SIGTERM
+        stops the relay, but let the clients accepted last finish their
+        handshakes first (in every worker), rather than drop them.
+        """
+        self.handingOff = True
+        if self.workerPool is not None:
+            self.workerPool.handingOff = True
+        self._reactor.stop()
 
     @property
     def startFailed(self) -> bool:
         """
-        Whether a listener could not listen (the relay then stops).
+        Whether a listener could not listen, or the relay could not take
+        over from another (it then stops).
         """
-        return any(listener.failed for listener in self.listeners)
+        return self._takeoverFailed or any(lst.failed for lst in self.listeners)
+
+    def takeoverFailed(self) -> None:
+        """
+        The relay could not serve in place of the one it took the sockets
+        of, which runs on: stop, with status 1.
+        """
+        if not self._takeoverFailed:
+            self._takeoverFailed = True
+            self._reactor.stop()
 
     def whenListening(self) -> Deferred[list[IListeningPort]]:
         """
@@ -415,3 +344,123 @@ class RelayService(MultiService):
             [lst.listening for lst in self.listeners], fireOnOneErrback=True
         )
         return d.addCallback(lambda results: [port for (_, port) in results])
+
+
+#: Seconds between two looks at the handshakes under way while a relay
+#: that handed off waits for them.
+HANDSHAKE_POLL = 0.01
+
+
+def _handshaking(relay: RelayService) -> int:
+    """
+    @return: How many of the relay's clients have not had their 101 yet.
+    """
+    upgraded = sum(
+        1
+        for session in relay.registry.sessions
+        if getattr(getattr(session, "frontend", None), "upgraded", False)
+    )
+    return relay.admission.clientConnections - upgraded
+
+
+async def _closeAfterHandshakes(
+    relay: RelayService, stopped: Deferred[None], closing: list[Deferred[None]]
+) -> None:
+    """
+    Close the sessions of a relay that handed off, once its clients that
+    are still in their opening handshake got their 101 (or after
+    C{handshake_timeout}).
+    """
+    clock = relay.clock
+    deadline = clock.seconds() + relay.config.handshakeTimeout
+    while clock.seconds() < deadline and _handshaking(relay) > 0:
+        await deferLater(clock, HANDSHAKE_POLL, lambda: None)
+    waits = [stopped, *relay.operations.closeAll(), *closing]
+    await DeferredList(waits, consumeErrors=True)
+
+
+def _closing(sockets: ListeningSockets) -> Callable[[object], object]:
+    def close(result: object) -> object:
+        sockets.close()
+        return result
+
+    return close
+
+
+def _buildTree(
+    relay: RelayService,
+    reactor: Any,
+    config: RelayConfig,
+    worker: WorkerSpec | None,
+    handover: Handover | None,
+) -> None:
+    """
+    Add the listeners, and for worker 0 the worker pool, the admin
+    listener, the control socket and the demo backends.
+    """
+    # The relay holds its listening sockets itself when it may hand
+    # them on (wsrelay.listening).
+    held = (
+        config.workers > 1 or config.controlSocket is not None or handover is not None
+    )
+
+    def sockets(description: str, index: int) -> ListeningSockets | None:
+        if worker is not None:
+            return ListeningSockets(
+                reactor,
+                description,
+                inherited=[socket.socket(fileno=worker.fds[index])],
+            )
+        if not held:
+            return None
+        return ListeningSockets(reactor, description, config.workers, handover)
+
+    relay.listeners = [
+        Listener(reactor, d, relay.frontendFactory, sockets(d, i))
+        for i, d in enumerate(config.listen)
+    ]
+    for listener in relay.listeners:
+        listener.setServiceParent(relay)
+    relay.workerPool = None
+    relay._demoSockets = []
+    if worker is not None:
+        return
+    if config.workers > 1:
+        relay.workerPool = WorkerPool(relay, reactor)
+        relay.workerPool.setServiceParent(relay)
+        relay.operations.peers = relay.workerPool
+    if config.admin is not None:
+        from wsrelay.admin import adminSite
+
+        admin = None
+        if held:
+            # Named apart from a client listener with the same string.
+            admin = ListeningSockets(reactor, f"admin {config.admin}", 1, handover)
+        relay.adminListener = Listener(reactor, config.admin, adminSite(relay), admin)
+        relay.adminListener.setServiceParent(relay)
+    if config.controlSocket is not None:
+        control = ControlSocketService(
+            reactor, config.controlSocket, ControlFactory(relay.held, relay.handOff)
+        )
+        if handover is None:
+            control.setServiceParent(relay)
+        else:
+            # Bound once the old relay is told to stop: until then the
+            # file is its, which it keeps if this relay fails to start.
+            TakeoverService(
+                reactor,
+                handover,
+                relay.whenServing,
+                lambda: control.setServiceParent(relay),
+                relay.takeoverFailed,
+            ).setServiceParent(relay)
+    if config.demo.echo or config.demo.ticker:
+        from wsrelay.demo import DemoService
+
+        def demoSockets(description: str) -> ListeningSockets:
+            sockets = ListeningSockets(reactor, f"demo {description}", 1, handover)
+            relay._demoSockets.append(sockets)
+            return sockets
+
+        listenOn = demoSockets if held else None
+        DemoService(config.demo, reactor, listenOn).setServiceParent(relay)

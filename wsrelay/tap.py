@@ -24,7 +24,9 @@ from wsrelay.routes import readConfig
 from wsrelay.workers import ControlService, RelayAnswers, WorkerSpec
 
 if TYPE_CHECKING:
+    from wsrelay.config import RelayConfig
     from wsrelay.service import RelayService
+    from wsrelay.takeover import Handover
 
 __all__ = [
     "DEFAULT_REACTOR",
@@ -95,6 +97,13 @@ class Options(usage.Options):
             " 'configuration OK' or the error, and exit 0 or 1, listening on"
             " nothing.",
         ],
+        [
+            "takeover",
+            None,
+            "Take the listening sockets over from the relay running on the"
+            " configuration's control_socket, serve on them, then tell that"
+            " relay to drain and exit (an upgrade that refuses no connection).",
+        ],
     ]
     optParameters = [
         ["config", "c", "conf/relay.ini", "The configuration file (INI)."],
@@ -113,7 +122,10 @@ class Options(usage.Options):
         the limit of open files (L{raiseLimit}) and check that
         C{max_connections} fits in it, and build the relay (which builds
         each route's plugins, checking their options), so that an error is
-        one line and twistd exits non-zero before it starts anything.
+        one line and twistd exits non-zero before it starts anything.  With
+        C{control_socket}, check that no relay runs on it, or with
+        C{--takeover} take that relay's listening sockets
+        (L{wsrelay.takeover.receive}).
 
         @raise StartRefused: With the one-line error.
         """
@@ -129,19 +141,60 @@ class Options(usage.Options):
             except ValueError as e:
                 raise StartRefused(f"--worker: {e}") from None
         self["workerSpec"] = worker
+        handover = None
         try:
             config = self["relayConfig"] = readConfig(path)
             descriptors = raiseLimit(config.maxConnections)
             problem = descriptors.problem(config.maxConnections)
             if problem is not None:
                 raise ConfigError(path, problem, "relay", "max_connections")
-            self["relay"] = RelayService(config, worker=worker, descriptors=descriptors)
+            if not self["check"] and worker is None:
+                handover = self._controlSocket(config)
+            self["relay"] = RelayService(
+                config, worker=worker, descriptors=descriptors, handover=handover
+            )
         except ConfigError as e:
+            if handover is not None:
+                handover.abandon()
             raise StartRefused(str(e)) from None
         if self["check"]:
             # As nginx -t and haproxy -c: nothing was opened or started.
             print("configuration OK")
             raise SystemExit(0)
+
+    def _controlSocket(self, config: RelayConfig) -> Handover | None:
+        """
+        With C{--takeover}, take the listening sockets of the relay on the
+        control socket; without, check that no relay runs there.
+
+        @return: The sockets taken over, or L{None}.
+        @raise ConfigError: When the relay cannot start (a relay runs on the
+            control socket, or none hands its sockets over).
+        """
+        from wsrelay.control import checkControlSocket
+        from wsrelay.takeover import TakeoverError, receive
+
+        path = config.controlSocket
+        if path is None:
+            if self["takeover"]:
+                raise ConfigError(
+                    config.path, "--takeover needs a control socket", "relay"
+                )
+            return None
+        if not self["takeover"]:
+            problem = checkControlSocket(path)
+            if problem is not None:
+                raise ConfigError(config.path, problem, "relay", "control_socket")
+            return None
+        try:
+            return receive(path)
+        except TakeoverError as e:
+            raise ConfigError(
+                config.path,
+                f"--takeover: no relay handed its sockets over on {path}: {e}",
+                "relay",
+                "control_socket",
+            ) from None
 
 
 #: The cyclic garbage collector's thresholds for a relay process
@@ -207,12 +260,18 @@ class ProcessControl(Service):
 
     def _install(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
+        # From worker 0 when another relay took over (RelayService.handOff).
+        signal.signal(signal.SIGUSR2, self._handOff)
         tuneGC()
         installReporter(self._reactor)
 
     def _stop(self, number: int, frame: FrameType | None) -> None:
         self.log.info("SIGTERM: closing connections and stopping")
         self._reactor.callFromThread(self._reactor.stop)
+
+    def _handOff(self, number: int, frame: FrameType | None) -> None:
+        self.log.info("SIGUSR2: another relay took over; stopping")
+        self._reactor.callFromThread(self._relay.handOff)
 
     def _reload(self, number: int, frame: FrameType | None) -> None:
         self.log.info("SIGHUP: reloading the configuration")

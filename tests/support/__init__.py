@@ -24,6 +24,8 @@ TIMEOUT, client, ...}); the others live in the module of their concern:
     L{tests.support.faultbackend}: killable backend processes (also a
     program).
   - L{tests.support.dashboard}: the admin dashboard read by Chromium.
+  - L{tests.support.takeover}: relays upgraded in place (C{--takeover})
+    and a stream of new connections held across the upgrade.
 """
 
 from __future__ import annotations

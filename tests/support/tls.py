@@ -20,10 +20,15 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def makeCertificates(directory: str, hosts: list[str]) -> dict[str, str]:
+def makeCertificates(
+    directory: str, hosts: list[str], authority: str = "wsrelay test CA"
+) -> dict[str, str]:
     """
     Write a CA, and a server certificate signed by it for C{hosts} (names
     or IP addresses), as PEM files in C{directory}.
+
+    @param authority: The CA's name: a client that trusts two CAs tells
+        them apart by name.
 
     @return: Paths by role: C{ca}, C{cert}, C{key}.
     """
@@ -31,8 +36,8 @@ def makeCertificates(directory: str, hosts: list[str]) -> dict[str, str]:
     caKey = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
-        .subject_name(_name("wsrelay test CA"))
-        .issuer_name(_name("wsrelay test CA"))
+        .subject_name(_name(authority))
+        .issuer_name(_name(authority))
         .public_key(caKey.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))

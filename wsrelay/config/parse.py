@@ -236,6 +236,17 @@ def _parseFile(value: str, context: _Context) -> str:
     return path
 
 
+def _parseSocketPath(value: str, context: _Context) -> str:
+    if not value.strip():
+        raise _BadValue(_expected("the path of a Unix socket", value))
+    path = os.path.abspath(os.path.join(context.directory, os.path.expanduser(value)))
+    if len(os.fsencode(path)) > 107:
+        raise _BadValue(_expected("a Unix socket path of at most 107 bytes", value))
+    if not os.path.isdir(os.path.dirname(path)):
+        raise _BadValue(_expected("a path in an existing directory", value))
+    return path
+
+
 def _parseOrigins(value: str, context: _Context) -> tuple[str, ...]:
     origins = []
     for item in re.split(r"[\s,]+", value):

@@ -363,6 +363,17 @@ def parseConfig(
                     "relay",
                     "workers",
                 )
+    if relay.get("controlSocket") is not None:
+        admin = relay.get("admin")
+        for description in (*relay["listen"], *([] if admin is None else [admin])):
+            if not _shareable(description):
+                raise ConfigError(
+                    path,
+                    f"control_socket needs tcp:, tcp6: or ssl: listeners;"
+                    f" {description!r} cannot be handed over",
+                    "relay",
+                    "control_socket",
+                )
     if not routes:
         raise ConfigError(path, "no [route:NAME] section; at least one is required")
     return RelayConfig(

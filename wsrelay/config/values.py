@@ -430,6 +430,8 @@ class RelayConfig:
         for, besides IP literals and C{localhost}.
     @ivar adminTokenFile: Absolute path of the file holding the bearer
         token for the admin API's actions, or L{None} (actions refused).
+    @ivar controlSocket: Absolute path of the Unix socket on which a new
+        relay (C{--takeover}) takes the listening sockets over, or L{None}.
     @ivar drainTimeout: Seconds a stopping relay waits for close
         handshakes.
     @ivar closeSpread: Seconds over which closes for a drained, disabled
@@ -465,6 +467,7 @@ class RelayConfig:
     admin: str | None = None
     adminHosts: tuple[str, ...] = ()
     adminTokenFile: str | None = None
+    controlSocket: str | None = None
     drainTimeout: float = 30.0
     closeSpread: float = 0.0
     maxHandshakesPerSecond: float = 0.0

@@ -14,25 +14,26 @@ class WorkerSpec:
     What a worker other than worker 0 is told on its command line.
 
     @ivar index: Its number, from 1.
-    @ivar ports: The port number of each listener, in the order of
+    @ivar fds: The descriptor of the listening socket it serves (worker 0
+        opened it and passed it on) for each listener, in the order of
         C{listen}.
     """
 
     index: int
-    ports: tuple[int, ...]
+    fds: tuple[int, ...]
 
     @classmethod
     def parse(cls, text: str) -> WorkerSpec:
         """
-        Read C{"INDEX:PORT,PORT..."}.
+        Read C{"INDEX:FD,FD..."}.
 
         @raise ValueError: When C{text} is not that.
         """
-        index, _, ports = text.partition(":")
-        spec = cls(int(index), tuple(int(p) for p in ports.split(",") if p))
-        if spec.index < 1 or not spec.ports:
-            raise ValueError(f"not INDEX:PORT,...: {text!r}")
+        index, _, fds = text.partition(":")
+        spec = cls(int(index), tuple(int(p) for p in fds.split(",") if p))
+        if spec.index < 1 or not spec.fds:
+            raise ValueError(f"not INDEX:FD,...: {text!r}")
         return spec
 
     def __str__(self) -> str:
-        return f"{self.index}:{','.join(map(str, self.ports))}"
+        return f"{self.index}:{','.join(map(str, self.fds))}"

@@ -8,6 +8,7 @@ through its L{WorkerProcess}.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -35,6 +36,15 @@ RESTART_CAP = 30.0
 #: A worker that ran this long before dying is restarted after
 #: L{RESTART_DELAY} again.
 STABLE_AFTER = 30.0
+
+#: A worker's first listening socket's descriptor: 0 to 3 are its pipes.
+FIRST_FD = 4
+
+#: Seconds a new relay's workers have to start when it takes over.
+START_TIMEOUT = 60.0
+
+#: Seconds between asking the workers whether they run.
+START_POLL = 0.1
 
 #: Seconds beyond C{drain_timeout} a stopping worker is given before it
 #: is killed.
@@ -64,6 +74,18 @@ class Supervised(Protocol):
         @return: A L{Deferred} firing with the relay's listening ports.
         """
 
+    def workerDescriptors(self, index: int) -> list[int]:
+        """
+        @return: The descriptors of the listening sockets worker C{index}
+            serves, one per listener.
+        """
+
+    def coverWorker(self, index: int, cover: bool) -> None:
+        """
+        Serve worker C{index}'s listening sockets in worker 0 (while it is
+        not running), or stop.
+        """
+
 
 class WorkerPool(Service):
     """
@@ -83,11 +105,13 @@ class WorkerPool(Service):
         self.clock = relay.clock
         self._spawn = reactor.spawnProcess if spawn is None else spawn
         self.workers: dict[int, WorkerProcess] = {}
-        self._ports: tuple[int, ...] = ()
         self._startedAt: dict[int, float] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self.restarted: dict[int, int] = {}
+        #: Whether the relay stops because another took over: the workers
+        #: are then told with SIGUSR2 to finish their handshakes first.
+        self.handingOff = False
 
     @property
     def count(self) -> int:
@@ -105,7 +129,6 @@ class WorkerPool(Service):
         def listening(ports: list[IListeningPort]) -> None:
             if not self.running:
                 return
-            self._ports = tuple(p.getHost().port for p in ports)  # type: ignore[attr-defined]
             for index in range(1, self.count):
                 self._start(index)
 
@@ -113,7 +136,12 @@ class WorkerPool(Service):
 
     def _start(self, index: int) -> None:
         self._restarts.pop(index, None)
-        spec = WorkerSpec(index, self._ports)
+        self._relay.coverWorker(index, False)
+        # The worker's listening sockets from descriptor 4 on.
+        fds = self._relay.workerDescriptors(index)
+        spec = WorkerSpec(index, tuple(range(FIRST_FD, FIRST_FD + len(fds))))
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: 2, 3: "r"}
+        childFDs.update(enumerate(fds, FIRST_FD))
         args = [
             sys.executable,
             "-c",
@@ -135,7 +163,7 @@ class WorkerPool(Service):
             sys.executable,
             args,
             env=dict(os.environ),
-            childFDs={0: "w", 1: "r", 2: 2, 3: "r"},
+            childFDs=childFDs,
         )
         self.log.info(
             "worker {worker} started (pid {pid})", worker=index, pid=worker.pid
@@ -164,6 +192,8 @@ class WorkerPool(Service):
             del self.workers[index]
         if not self.running:
             return
+        # Until it runs again, worker 0 accepts on its sockets.
+        self._relay.coverWorker(index, True)
         ran = self.clock.seconds() - self._startedAt.get(index, 0.0)
         previous = self._delays.get(index)
         if previous is None or ran >= STABLE_AFTER:
@@ -184,6 +214,26 @@ class WorkerPool(Service):
         )
         self.restarted[index] = self.restarted.get(index, 0) + 1
         self._restarts[index] = self.clock.callLater(delay, self._start, index)
+
+    def whenRunning(self) -> Deferred[None]:
+        """
+        @return: A L{Deferred} that fires once every other worker answers a
+            command (it then serves its listeners), or fails with
+            L{WorkerGone} after L{START_TIMEOUT} seconds.
+        """
+        return Deferred.fromCoroutine(self._waitRunning())
+
+    async def _waitRunning(self) -> None:
+        from twisted.internet.task import deferLater
+
+        deadline = self.clock.seconds() + START_TIMEOUT
+        while True:
+            answers = await self.status()
+            if not any(isinstance(answer, Failure) for _, answer in answers):
+                return
+            if self.clock.seconds() > deadline:
+                raise WorkerGone("the workers did not start")
+            await deferLater(self.clock, START_POLL, lambda: None)
 
     def status(self) -> Deferred[list[tuple[int, dict[str, Any] | Failure]]]:
         """
@@ -273,8 +323,10 @@ class WorkerPool(Service):
         workers = list(self.workers.values())
         if not workers:
             return succeed(None)
+        # Twisted names only a few signals ("TERM"): others by number.
+        how: str | int = signal.SIGUSR2 if self.handingOff else "TERM"
         for worker in workers:
-            worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            worker.transport.signalProcess(how)  # type: ignore[union-attr]
 
         def kill() -> None:
             for worker in workers:

@@ -1,0 +1,245 @@
+"""
+Relays upgraded in place (C{--takeover}): C{twistd wsrelay} processes
+started on one configuration file, and a stream of new WebSocket
+connections held across the upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.support.processes import twistd
+from tests.support.waiting import TIMEOUT, pollUntil
+
+#: Seconds between two new connections of a L{Stream}.
+INTERVAL = 0.02
+
+
+def alive(pid: int) -> bool:
+    """
+    @return: Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+class Relay:
+    """
+    One C{twistd wsrelay} process with JSON logs, killed (with its workers)
+    at the end of the test.
+    """
+
+    def __init__(self, testCase: Any, config: str, *args: str) -> None:
+        directory = os.path.dirname(config)
+        number = len(os.listdir(directory))
+        self.logPath = os.path.join(directory, f"twistd-{number}.log")
+        self._log = open(self.logPath, "w")
+        testCase.addCleanup(self._log.close)
+        self.process = subprocess.Popen(
+            twistd("--config", config, *args, jsonLogs=True),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        testCase.addCleanup(self.kill)
+
+    def kill(self) -> None:
+        """
+        Kill the relay and its workers if they still run.
+        """
+        pids = [e["pid"] for e in self.events() if "worker {worker} started" in _f(e)]
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(TIMEOUT)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        @return: The log events so far.
+        """
+        with open(self.logPath, "rb") as f:
+            records = f.read().split(b"\x1e")
+        events = []
+        for record in records:
+            try:
+                events.append(json.loads(record))
+            except ValueError:
+                continue  # empty, or not written completely yet
+        return events
+
+    def waitFor(
+        self, match: Callable[[dict[str, Any]], bool], count: int = 1
+    ) -> list[dict[str, Any]]:
+        """
+        Poll the log until C{count} events match.
+        """
+        found: list[dict[str, Any]] = []
+
+        def matched() -> bool:
+            found[:] = [e for e in self.events() if match(e)]
+            if len(found) < count and self.process.poll() is not None:
+                raise AssertionError(f"twistd exited: {self.tail()}")
+            return len(found) >= count
+
+        try:
+            pollUntil(matched, "no such log event", TIMEOUT * 3)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {self.tail()}") from None
+        return found
+
+    def listening(self, workers: int = 1, listeners: int = 1) -> list[int]:
+        """
+        Wait until worker 0 listens on its C{listeners} listeners, and the
+        other workers on theirs.
+
+        @return: Worker 0's ports, in the order of its listeners.
+        """
+        zero = self.waitFor(
+            lambda e: "listening on" in _f(e) and "worker" not in e, listeners
+        )
+        if workers > 1:
+            self.waitFor(
+                lambda e: "listening on" in _f(e) and "worker" in e, workers - 1
+            )
+        return [e["port"] for e in zero]
+
+    def tail(self) -> str:
+        """
+        @return: The end of the log.
+        """
+        with open(self.logPath, errors="replace") as f:
+            return f.read()[-3000:]
+
+
+def _f(event: dict[str, Any]) -> str:
+    return str(event.get("log_format", ""))
+
+
+class Stream:
+    """
+    A new connection every L{INTERVAL} seconds, each in a thread: it
+    completes its handshake, sends a message, receives its echo and closes.
+
+    @ivar done: The number of connections that succeeded.
+    @ivar goingAway: The number of connections closed with 1001 after their
+        handshake, before their echo: those the old relay accepted as it
+        was told to stop (its clients, closed as documented).
+    @ivar failures: What went wrong with the others.
+    """
+
+    def __init__(self, url: str, context: ssl.SSLContext | None = None) -> None:
+        self._url = url
+        self._context = context
+        self.done = 0
+        self.goingAway = 0
+        self.failures: list[str] = []
+        self.certificates: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(32)
+        self._futures: list[Future[None]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            self._futures.append(self._pool.submit(self._one, i))
+            i += 1
+            # The pace of new connections, not a wait for an event.
+            self._stop.wait(INTERVAL)
+
+    def _one(self, i: int) -> None:
+        try:
+            kwargs: dict[str, Any] = {"open_timeout": TIMEOUT, "compression": None}
+            if self._context is not None:
+                kwargs["ssl"] = self._context
+            with connect(self._url, **kwargs) as c:
+                c.send(f"hello {i}")
+                answer = c.recv(TIMEOUT)
+                if answer != f"hello {i}":
+                    raise AssertionError(f"echo {answer!r}")
+                certificate = _peerCertificate(c)
+            with self._lock:
+                self.done += 1
+                if certificate is not None:
+                    self.certificates.add(certificate)
+        except ConnectionClosed as e:
+            with self._lock:
+                if e.rcvd is not None and e.rcvd.code == 1001:
+                    self.goingAway += 1
+                else:
+                    self.failures.append(f"connection {i}: {e!r}")
+        except Exception as e:
+            with self._lock:
+                self.failures.append(f"connection {i}: {e!r}")
+
+    def waitDone(self, count: int) -> None:
+        """
+        Wait until C{count} connections succeeded.
+        """
+        pollUntil(lambda: self.done >= count, f"{count} connections", TIMEOUT * 3)
+
+    def stop(self) -> None:
+        """
+        Stop opening connections, and wait for those under way.
+        """
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        for future in self._futures:
+            future.result(TIMEOUT * 2)
+        self._pool.shutdown()
+
+
+def _peerCertificate(c: ClientConnection) -> bytes | None:
+    transport = c.socket
+    if isinstance(transport, ssl.SSLSocket):
+        return transport.getpeercert(binary_form=True)
+    return None
+
+
+def held(url: str, count: int, context: ssl.SSLContext | None = None) -> list[Any]:
+    """
+    Open C{count} connections that stay open, each after an echo.
+
+    @return: For each, a L{Future} of its close code (L{None} when it was
+        dropped without one).
+    """
+    results = []
+    for _ in range(count):
+        kwargs: dict[str, Any] = {"open_timeout": TIMEOUT, "compression": None}
+        if context is not None:
+            kwargs["ssl"] = context
+        c = connect(url, **kwargs)
+        c.send("held")
+        assert c.recv(TIMEOUT) == "held"
+        future: Future[int | None] = Future()
+
+        def wait(c: ClientConnection = c, future: Future[int | None] = future) -> None:
+            try:
+                c.recv(TIMEOUT * 6)
+            except ConnectionClosed as e:
+                future.set_result(None if e.rcvd is None else e.rcvd.code)
+            except Exception as e:
+                future.set_exception(e)
+            else:
+                future.set_exception(AssertionError("a message came"))
+
+        threading.Thread(target=wait, daemon=True).start()
+        results.append(future)
+    return results
