@@ -13,9 +13,11 @@ import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection
@@ -25,6 +27,7 @@ from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
 from tests.support.processes import twistd
 from tests.support.tls import makeCertificates, websocketsContext
 from tests.support.waiting import pollUntil
+from wsrelay.workers.supervisor import WorkerPool, reactorArguments
 
 TOKEN = "sesame"
 
@@ -439,3 +442,56 @@ class FanoutWorkerTests(TestCase):
         for c in clients:
             self.assertEqual(c.recv(TIMEOUT), "tick")
         self.assertEqual(len(connections), 2)
+
+
+def _reactorOf(module: str) -> object:
+    """
+    @return: An object whose class is defined, as far as anyone asks, in
+        C{module}.
+    """
+    return type("Reactor", (), {"__module__": module})()
+
+
+class ReactorArgumentsTests(SynchronousTestCase):
+    """
+    Workers run on the kind of reactor worker 0 runs on: C{twistd -r NAME
+    wsrelay} chooses it for all of them.
+    """
+
+    def test_named(self) -> None:
+        """
+        A reactor whose class's module a reactor plugin installs is named
+        with that plugin's short name; any other reactor with nothing.
+        """
+        self.assertEqual(
+            reactorArguments(_reactorOf("twisted.internet.pollreactor")), ["-r", "poll"]
+        )
+        self.assertEqual(
+            reactorArguments(_reactorOf("wsrelay.reactor")), ["-r", "wsrelay"]
+        )
+        self.assertEqual(reactorArguments(object()), [])
+
+    def test_workerCommand(self) -> None:
+        """
+        A worker's C{twistd} gets C{-r NAME} before the C{wsrelay}
+        subcommand.
+        """
+        spawned: list[list[str]] = []
+        relay = SimpleNamespace(
+            clock=Clock(),
+            config=SimpleNamespace(workers=2, path="relay.ini", drainTimeout=1),
+            workerDescriptors=lambda index: [1234],
+            coverWorker=lambda index, cover: None,
+        )
+
+        def spawn(worker: Any, executable: str, args: list[str], **kw: Any) -> None:
+            spawned.append(args)
+
+        pool = WorkerPool(
+            relay,  # type: ignore[arg-type]
+            _reactorOf("twisted.internet.selectreactor"),
+            spawn=spawn,
+        )
+        pool._start(1)
+        [args] = spawned
+        self.assertEqual(args[args.index("wsrelay") - 2 :][:2], ["-r", "select"])

@@ -13,11 +13,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from twisted.application.reactors import IReactorInstaller
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 
 from wsrelay.workers.process import WorkerGone, WorkerProcess
@@ -49,6 +51,20 @@ START_POLL = 0.1
 #: Seconds beyond C{drain_timeout} a stopping worker is given before it
 #: is killed.
 STOP_GRACE = 5.0
+
+
+def reactorArguments(reactor: object) -> list[str]:
+    """
+    @return: The arguments that make a worker's C{twistd} run on the kind
+        of reactor C{reactor} is (C{-r NAME}, the reactor plugin whose
+        module defines its class), so that C{twistd -r NAME wsrelay} runs
+        every worker on it; none for a reactor no plugin names.
+    """
+    module = type(reactor).__module__
+    for installer in getPlugins(IReactorInstaller):
+        if installer.moduleName == module:
+            return ["-r", installer.shortName]
+    return []
 
 
 class Supervised(Protocol):
@@ -149,6 +165,7 @@ class WorkerPool(Service):
             "--pidfile=",
             "--nodaemon",
             "--logger=wsrelay.logs.jsonStdout",
+            *reactorArguments(self._reactor),
             "wsrelay",
             "--config",
             self._relay.config.path,
