@@ -316,13 +316,13 @@ class RelayTests(TestCase):
 
         old = relay.routes.routes[0].authorizer
         recording(old)
-        await inThread(lambda: client(port, "/chat").close())
+        await inThread(lambda: client(port, "/chat", legacy=True).close())
         await relay.reload()
         new = relay.routes.routes[0].authorizer
         self.assertIsNot(new, old)
         self.assertEqual(closed, [old])
         recording(new)
-        await inThread(lambda: client(port, "/chat").close())
+        await inThread(lambda: client(port, "/chat", legacy=True).close())
         self.assertEqual(len(server.requests), 2)
         await relay.stopService()
         self.assertEqual(closed, [old, new])

@@ -62,7 +62,7 @@ def reactorArguments(reactor: object) -> list[str]:
     """
     module = type(reactor).__module__
     for installer in getPlugins(IReactorInstaller):
-        if installer.moduleName == module:
+        if getattr(installer, "moduleName", None) == module:
             return ["-r", installer.shortName]
     return []
 
