@@ -231,6 +231,7 @@ PRIVATE_ATTRIBUTES = (
 DEFAULTS: dict[str, Any] = dict.fromkeys(
     (
         "_perMessageCompress",
+        "_transport_details",
         "autoPingPending",
         "autoPingPendingCall",
         "autoPingPendingSent",

@@ -255,6 +255,9 @@ class RelayLeg(ClosingLeg):
     #: request, the response, their parsed headers), checked against its
     #: source: L{forgetHandshake} lets them go.
     _HANDSHAKE_ONLY = (
+        # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
+        # certificate) and never after; 336 bytes a held connection.
+        "_transport_details",
         "http_headers",
         "http_request_data",
         "http_response_data",
