@@ -229,6 +229,10 @@ class Admission:
         return address
 
     def _isTrusted(self, address: str) -> bool:
+        if not self._trusted:
+            # Without trusted_proxies, no address is parsed (every handshake
+            # asks).
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
