@@ -19,8 +19,8 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from tests.support import TIMEOUT, startBackend
-from tests.support.processes import TWISTD, twistd
-from tests.support.takeover import Relay, Stream, alive, held
+from tests.support.processes import TWISTD, alive, twistd
+from tests.support.takeover import Relay, Stream, held
 from tests.support.tls import makeCertificates, websocketsContext
 from tests.support.waiting import pollUntil
 

@@ -24,23 +24,12 @@ from websockets.sync.server import ServerConnection
 
 from tests.support import TIMEOUT, client, startBackend
 from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
-from tests.support.processes import twistd
+from tests.support.processes import alive, killRelay, logEvents, twistd
 from tests.support.tls import makeCertificates, websocketsContext
 from tests.support.waiting import pollUntil
 from wsrelay.workers.supervisor import WorkerPool, reactorArguments
 
 TOKEN = "sesame"
-
-
-def alive(pid: int) -> bool:
-    """
-    @return: Whether process C{pid} exists (and is not a zombie of ours).
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def logged(event: dict[str, Any], start: str) -> bool:
@@ -99,27 +88,13 @@ class RelayProcess:
             f.write(self.head + text)
 
     def _kill(self) -> None:
-        pids = [e["pid"] for e in self.events() if logged(e, "worker {worker} started")]
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(TIMEOUT)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        killRelay(self.process, self.logPath, TIMEOUT)
 
     def events(self) -> list[dict[str, Any]]:
         """
         @return: The log events so far.
         """
-        with open(self.logPath, "rb") as f:
-            records = f.read().split(b"\x1e")
-        events = []
-        for record in records:
-            try:
-                events.append(json.loads(record))
-            except ValueError:
-                continue  # empty, or not written completely yet
-        return events
+        return logEvents(self.logPath)
 
     def waitFor(
         self, match: Callable[[dict[str, Any]], bool], count: int = 1

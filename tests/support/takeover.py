@@ -6,9 +6,7 @@ connections held across the upgrade.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import ssl
 import subprocess
 import threading
@@ -19,22 +17,11 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.processes import twistd
+from tests.support.processes import killRelay, logEvents, twistd
 from tests.support.waiting import TIMEOUT, pollUntil
 
 #: Seconds between two new connections of a L{Stream}.
 INTERVAL = 0.02
-
-
-def alive(pid: int) -> bool:
-    """
-    @return: Whether process C{pid} exists and is not a zombie.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 class Relay:
@@ -60,27 +47,13 @@ class Relay:
         """
         Kill the relay and its workers if they still run.
         """
-        pids = [e["pid"] for e in self.events() if "worker {worker} started" in _f(e)]
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(TIMEOUT)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        killRelay(self.process, self.logPath, TIMEOUT)
 
     def events(self) -> list[dict[str, Any]]:
         """
         @return: The log events so far.
         """
-        with open(self.logPath, "rb") as f:
-            records = f.read().split(b"\x1e")
-        events = []
-        for record in records:
-            try:
-                events.append(json.loads(record))
-            except ValueError:
-                continue  # empty, or not written completely yet
-        return events
+        return logEvents(self.logPath)
 
     def waitFor(
         self, match: Callable[[dict[str, Any]], bool], count: int = 1
