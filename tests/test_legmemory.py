@@ -26,9 +26,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from txaio.testutil import replace_loop
 
-from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
+from tests.support import TIMEOUT, inThread
 from tests.support.memory import Network, relayConfig
-from wsrelay.proxy.session import ProxySession
+from tests.support.passthrough import openedPassthrough
 from wsrelay.ws import upstream
 from wsrelay.ws._autobahn import (
     DEFAULTS,
@@ -266,17 +266,7 @@ class HeldPassthroughTests(TestCase):
         sized for less than 43 entries; Autobahn's write queue and UTF-8
         validator were never made; messages still pass both ways.
         """
-        b = startBackend(self)
-        relay, port = await startRelay(
-            self,
-            "[relay]\n[route:r]\npath = /\ndata_path = passthrough\n"
-            f"backends = {b.url}\n",
-        )
-        c = await inThread(client, port, legacy=True)
-        await inThread(c.send, "hi")
-        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
-        [session] = relay.sessions
-        assert isinstance(session, ProxySession)
+        relay, session, c = await openedPassthrough(self)
         self.assertIsNotNone(session.pipe)
         self.assertIsNone(session.frontend.head)
         for leg in (session.frontend, session.upstream):

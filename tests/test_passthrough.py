@@ -16,11 +16,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closeOf
+from tests.support.passthrough import openedPassthrough
 from tests.support.scanning import Leg, Recorder, feed, frame
 from wsrelay.config import RelayConfig
 from wsrelay.proxy.direction import PING_PREFIX, Direction
 from wsrelay.proxy.pipe import Pipe
-from wsrelay.proxy.session import ProxySession
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legs import RelayLeg
 
@@ -572,17 +572,7 @@ class SessionTests(TestCase):
         the pipe's direction reading from it, called by the leg's own
         C{dataReceived} (no method is replaced on the live legs).
         """
-        b = startBackend(self)
-        relay, port = await startRelay(
-            self,
-            "[relay]\n[route:r]\npath = /\ndata_path = passthrough\n"
-            f"backends = {b.url}\n",
-        )
-        c = await inThread(client, port, legacy=True)
-        await inThread(c.send, "hi")
-        self.assertEqual(await inThread(c.recv, TIMEOUT), "hi")
-        [session] = relay.sessions
-        assert isinstance(session, ProxySession)
+        relay, session, c = await openedPassthrough(self)
         pipe = session.pipe
         self.assertIsInstance(pipe, Pipe)
         assert pipe is not None and session.upstream is not None
