@@ -253,6 +253,23 @@ class RelayTests(TestCase):
         self.assertIn("x-user: alice", lines)
         self.assertNotIn("x-user: mallory", lines)
 
+    async def test_jwtClaimMissing(self) -> None:
+        """
+        A field C{jwt_headers} names never comes from the client, also when
+        the token lacks its claim: the client cannot give itself a role.
+        """
+        options = self.jwtOptions().replace("sub:X-User", "sub:X-User role:X-Role")
+        relay, port = await self.relay(options)
+
+        def run() -> str:
+            headers = {**self.token(), "X-Role": "admin"}
+            with client(port, "/chat", additional_headers=headers) as c:
+                c.send("headers")
+                return str(c.recv(TIMEOUT))
+
+        lines = (await inThread(run)).lower().splitlines()
+        self.assertFalse([line for line in lines if line.startswith("x-role")], lines)
+
     async def test_jwtDenied(self) -> None:
         """
         A client without a token, or with a bad one, gets 401 with
@@ -350,12 +367,13 @@ class RelayTests(TestCase):
 
     async def test_clientLeft(self) -> None:
         """
-        A client that leaves while its authorizer decides is not paired
-        with a backend when the authorizer allows it afterwards.
+        A client that leaves while its authorizer decides withdraws the
+        question: the request to the auth server is aborted (long before
+        C{auth_timeout}), no backend is contacted, nothing is logged.
         """
         server = startAuthServer(self)
         server.answer = None
-        options = f"auth = http\nauth_url = {server.url}/auth\n"
+        options = f"auth = http\nauth_url = {server.url}/auth\nauth_timeout = 600\n"
         relay, port = await self.relay(options)
         self.addCleanup(relay.routes.routes[0].authorizer.close)
         sock = await inThread(socket.create_connection, ("127.0.0.1", port), TIMEOUT)
@@ -364,10 +382,7 @@ class RelayTests(TestCase):
         await server.waitForRequest()
         sock.close()
         await waitFor(lambda: relay.admission.clientConnections == 0)
-        server.release(200, [])
-        # The answer was read once its connection is back in the pool.
-        pool = relay.routes.routes[0].authorizer.pool
-        await waitFor(lambda: any(pool._connections.values()))
+        await server.waitForLost()
         self.assertEqual(self.backend.connections, 0)
         self.assertEqual(relay.sessions, set())
         # Nothing was written to the gone client (no error logged).

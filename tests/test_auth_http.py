@@ -49,8 +49,10 @@ class HTTPAuthorizerTests(TestCase):
 
     async def test_allows(self) -> None:
         """
-        A 2xx answer allows, with the fields named in C{auth_headers}; the
-        server got the client's fields (but the hop-by-hop ones),
+        A 2xx answer allows, with the fields named in C{auth_headers} (and
+        all of those names to remove from the client's request, also the
+        one the answer lacks); the server got the client's fields (but the
+        hop-by-hop ones, and those by which a client claims to be another),
         C{X-Original-URI}, C{X-Original-Method} and C{X-Forwarded-For}.
         """
         self.server.answer = (200, [("X-User", "bob"), ("X-Other", "no")], b"")
@@ -62,9 +64,15 @@ class HTTPAuthorizerTests(TestCase):
                 ("Connection", "Upgrade"),
                 ("Upgrade", "websocket"),
                 ("X-Forwarded-For", "6.6.6.6"),
+                ("X_Forwarded_For", "6.6.6.7"),
+                ("True-Client-IP", "6.6.6.8"),
+                ("Forwarded", "for=6.6.6.9"),
+                ("X-Original-URL", "/admin"),
             )
         )
-        self.assertEqual(answer, Allow((("X-User", "bob"),)))
+        self.assertEqual(
+            answer, Allow((("X-User", "bob"),), removed=("X-User", "X-Absent"))
+        )
         [seen] = self.server.requests
         self.assertEqual(seen["method"], "GET")
         self.assertEqual(seen["path"], "/auth")
@@ -75,6 +83,9 @@ class HTTPAuthorizerTests(TestCase):
         self.assertEqual(fields["x-forwarded-for"], ["10.1.2.3"])
         self.assertNotIn("upgrade", fields)
         self.assertNotEqual(fields.get("connection"), ["Upgrade"])
+        for claimed in ("x_forwarded_for", "true-client-ip", "forwarded"):
+            self.assertNotIn(claimed, fields)
+        self.assertNotIn("x-original-url", fields)
 
     async def test_relaysRefusals(self) -> None:
         """

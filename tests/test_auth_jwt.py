@@ -108,13 +108,20 @@ class JWTAuthorizerTests(SynchronousTestCase):
     def test_hmacAllows(self) -> None:
         """
         A valid HS256 token is allowed; the claims of C{jwt_headers} become
-        upstream header fields (a string as it is, another value as JSON).
+        upstream header fields (a string as it is, another value as JSON),
+        and every field it names is one the client's request loses, also
+        that of a claim the token lacks.
         """
         authorizer = self.build(jwt_headers="sub:X-User roles:X-Roles none:X-None")
         token = jwt.encode(claims(roles=["a", "b"]), SECRET, algorithm="HS256")
         answer = authorizer.authorize(bearer(token))
         self.assertEqual(
-            answer, Allow((("X-User", "alice"), ("X-Roles", '["a", "b"]')), None)
+            answer,
+            Allow(
+                (("X-User", "alice"), ("X-Roles", '["a", "b"]')),
+                None,
+                ("X-User", "X-Roles", "X-None"),
+            ),
         )
 
     def test_missing(self) -> None:

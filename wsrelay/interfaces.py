@@ -424,10 +424,15 @@ class Allow:
         relay's clock (POSIX time, as C{reactor.seconds()}), or L{None}:
         with C{jwt_expiry = close} (or any authorizer that sets it) the
         relay closes the connection with 1008 then.
+    @ivar removed: Names of fields the authorizer owns: the client's fields
+        of these names are removed from the upstream request even when
+        C{headers} sets none of them (a claim missing from a token must not
+        let a client's own C{X-Role} through).
     """
 
     headers: Sequence[tuple[str, str]] = ()
     expires: float | None = None
+    removed: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,13 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from wsrelay.auth.gate import authorize, authRequest, closeAtExpiry, withHeaders
+from wsrelay.auth.gate import (
+    authorize,
+    authRequest,
+    closeAtExpiry,
+    withdrawOnClose,
+    withHeaders,
+)
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.fanout.context import SourceContext
 from wsrelay.proxy.opening import connectionInfo
@@ -156,6 +162,7 @@ class Sessions:
 
         d = authorize(authorizer, request, config.authTimeout, self._clock, config.auth)
         d.addCallbacks(decided, refused)
+        withdrawOnClose(frontend, d)
         return result
 
     def _open(
@@ -170,7 +177,7 @@ class Sessions:
             first.
         """
         if allow is not None and frontend.head is not None:
-            frontend.head = withHeaders(frontend.head, allow.headers)
+            frontend.head = withHeaders(frontend.head, allow.headers, allow.removed)
         session: ProxySession | FanoutSession
         if route.config.mode == "fanout":
             key = channelKey(route, frontend.remainder, frontend.query)

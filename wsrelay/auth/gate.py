@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -158,7 +158,8 @@ def authorize(
     d.addCallback(judge)
 
     def failed(f: Failure) -> Failure:
-        if f.check(Refused):
+        if f.check(Refused, CancelledError):
+            # A refusal, or the question withdrawn (withdrawOnClose).
             return f
         why = f"timed out after {timeout:g} s" if f.check(TimeoutError) else None
         if why is None:
@@ -174,14 +175,39 @@ def authorize(
     return d.addErrback(failed)
 
 
-def withHeaders(head: Head, headers: Sequence[tuple[str, str]]) -> Head:
+def withdrawOnClose(frontend: Any, decision: Deferred[Any]) -> None:
     """
-    @return: C{head} with C{headers} set: the fields of the same names
-        (case-insensitive) that it had are removed, the new ones appended.
+    Cancel C{decision} (an authorizer's, from L{authorize}) if the client's
+    connection closes before it is made: the C{http} authorizer's request
+    is aborted then, rather than left to run to C{auth_timeout} for a
+    client that is gone (and a client cannot keep many of them going by
+    connecting and leaving).
     """
-    if not headers:
+    closed = frontend.is_closed
+    if closed is None or closed.called:
+        return
+
+    def withdraw(leg: object) -> object:
+        # Also when called but waiting on another Deferred (the request
+        # sent, no answer yet): cancel() cancels that one; it does nothing
+        # once the decision was made.
+        decision.cancel()
+        return leg
+
+    closed.addCallback(withdraw)
+
+
+def withHeaders(
+    head: Head, headers: Sequence[tuple[str, str]], removed: Sequence[str] = ()
+) -> Head:
+    """
+    @return: C{head} with C{headers} set: the fields it had of the same
+        names (case-insensitive), or of a name in C{removed}, are removed,
+        the new ones appended.
+    """
+    if not headers and not removed:
         return head
-    names = {n.lower() for n, _ in headers}
+    names = {n.lower() for n, _ in headers} | {n.lower() for n in removed}
     kept = tuple((n, v) for n, v in head.headers if n.lower() not in names)
     return Head(head.startLine, kept + tuple(headers))
 

@@ -32,14 +32,22 @@ from wsrelay.interfaces import (
     IAuthorizer,
     IAuthorizerContext,
 )
-from wsrelay.ws.handshake import NOT_FORWARDED
+from wsrelay.ws.handshake import CLAIMED, FORWARDING, NOT_FORWARDED
 
 #: A header field name (RFC 9110 5.1: a token), without C{_}.
 _NAME = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+\Z")
 
 #: The client's fields that the auth request does not carry: hop-by-hop,
-#: the handshake's own, and those the authorizer writes itself.
-_DROPPED = NOT_FORWARDED | {"x-original-uri", "x-original-method", "x-real-ip"}
+#: the handshake's own, those the authorizer writes itself, and those by
+#: which a client would claim to be another (C{X-Forwarded-*},
+#: C{Forwarded}, C{True-Client-IP}...: the auth server gets the client's
+#: address as C{trusted_proxies} resolve it, in C{X-Forwarded-For}).
+_DROPPED = (
+    NOT_FORWARDED
+    | FORWARDING
+    | CLAIMED
+    | {"x-original-uri", "x-original-method", "x-real-ip"}
+)
 
 #: Fields of the auth server's refusal that the relay writes itself.
 _FRAMING = frozenset(
@@ -143,7 +151,9 @@ class HTTPAuthorizer:
         """
         headers = Headers()
         for name, value in request.headers:
-            if name.lower() not in _DROPPED and name.lower() != "x-forwarded-for":
+            # CGI, WSGI and PHP read X_Forwarded_For as X-Forwarded-For:
+            # nginx drops such names, as the relay does upstream.
+            if name.lower() not in _DROPPED and "_" not in name:
                 headers.addRawHeader(name, value)
         uri = request.path + ("?" + request.query if request.query else "")
         headers.setRawHeaders("X-Original-URI", [uri])
@@ -171,7 +181,8 @@ class HTTPAuthorizer:
                         for wanted in self._copied
                         for n, v in fields
                         if n.lower() == wanted.lower()
-                    )
+                    ),
+                    removed=self._copied,
                 )
             if code in (401, 403):
                 kept = tuple((n, v) for n, v in fields if n.lower() not in _FRAMING)

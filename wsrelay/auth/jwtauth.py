@@ -180,6 +180,8 @@ class JWTAuthorizer:
                 f"jwt_leeway: expected seconds >= 0, got {options['jwt_leeway']!r}"
             )
         self._claims = _claimHeaders(options.get("jwt_headers", ""))
+        #: The fields jwt_headers sets: a client's own never go upstream.
+        self._owned = tuple(header for _, header in self._claims)
         expiry = options.get("jwt_expiry", "ignore")
         if expiry not in ("close", "ignore"):
             raise ValueError(f"jwt_expiry: expected close or ignore, got {expiry!r}")
@@ -240,4 +242,4 @@ class JWTAuthorizer:
         exp = claims.get("exp")
         if self._close and isinstance(exp, (int, float)):
             expires = float(exp) + self._leeway
-        return Allow(tuple(headers), expires)
+        return Allow(tuple(headers), expires, self._owned)
