@@ -279,9 +279,9 @@ class FlushTests(SynchronousTestCase):
 
     def test_leaveBetween(self) -> None:
         """
-        A client leaving gets what is pending first (its count of messages
-        out includes it); the others get it then, and no flush is left
-        for the turn.
+        A client that leaves (its connection is gone) is not written what
+        is pending, nor counted as delivered it; the others get it at the
+        end of the turn.
         """
         channel = self.channel()
         leaving, staying = Recorder(), Recorder()
@@ -289,12 +289,12 @@ class FlushTests(SynchronousTestCase):
         channel.join(staying)
         channel.deliver(texts("a"))
         channel.leave(leaving)
-        self.assertEqual((leaving.got(), staying.got()), ([b"a"], [b"a"]))
-        self.assertNoTimers()
+        self.assertEqual((leaving.got(), staying.got()), ([], []))
         channel.deliver(texts("b"))
         self.turns.advance(0)
-        self.assertEqual((leaving.got(), staying.got()), ([b"a"], [b"a", b"b"]))
-        self.assertEqual(channel.deliveries, 3)
+        self.assertEqual((leaving.got(), staying.got()), ([], [b"a", b"b"]))
+        self.assertEqual(channel.deliveries, 2)
+        self.assertNoTimers()
 
     def test_stopWithPending(self) -> None:
         """
@@ -312,7 +312,8 @@ class FlushTests(SynchronousTestCase):
     def test_retiredWithPending(self) -> None:
         """
         A retired channel whose last client leaves with messages pending
-        writes them to it, ends, and leaves no flush behind.
+        ends (the client is gone: they are not written to it), and leaves
+        no flush behind.
         """
         channel = self.channel("write_delay = 1000\n")
         member = Recorder()
@@ -320,7 +321,7 @@ class FlushTests(SynchronousTestCase):
         channel.retire()
         channel.deliver(texts("a"))
         channel.leave(member)
-        self.assertEqual(member.got(), [b"a"])
+        self.assertEqual(member.got(), [])
         self.assertTrue(channel.retired)
         self.assertNotIsInstance(channel.source, HistorySource)
         self.assertNoTimers()

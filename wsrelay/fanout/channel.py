@@ -232,10 +232,11 @@ class Channel:
 
     def leave(self, member: Member) -> None:
         """
-        Remove a client, once it got what is pending; the last one out of
-        a lazy channel starts the linger time.
+        Remove a client whose connection is gone (what is pending is not
+        written to it: nothing would read it, and a slow client's queue
+        would only fill); the last one out of a lazy channel starts the
+        linger time.
         """
-        self.flush()
         self.members.pop(member, None)
         if not self.members and self.retired:
             self.retire()
