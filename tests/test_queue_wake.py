@@ -16,6 +16,7 @@ from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.waiting import waitFor
 from wsrelay.config import BackendConfig
 from wsrelay.health.monitor import HealthMonitor
+from wsrelay.proxy.queue import QueueTimeout, RouteQueue
 from wsrelay.routing import Backend, Route
 
 
@@ -116,3 +117,25 @@ class EnableWakeTests(TestCase):
         self.assertEqual(await inThread(second.recv, TIMEOUT), "hi")
         self.assertEqual([x.connections for x in route.backends], [1, 1])
         self.assertEqual(len(route.queue), 0)
+
+
+class CountedOnceTests(SynchronousTestCase):
+    """
+    A handshake that waits again (woken, it found no backend it could try)
+    counts once in the queue's total.
+    """
+
+    def test_again(self) -> None:
+        """
+        L{RouteQueue.wait} with C{again} adds to the waiters but not to
+        C{total}.
+        """
+        queue, clock = RouteQueue(), Clock()
+        first = queue.wait(clock, 10, queue, lambda: False)
+        self.assertEqual((len(queue), queue.total), (1, 1))
+        second = queue.wait(clock, 10, queue, lambda: False, again=True)
+        self.assertEqual((len(queue), queue.total), (2, 1))
+        clock.advance(10)
+        self.assertEqual((len(queue), queue.timeouts), (0, 2))
+        for d in (first, second):
+            self.failureResultOf(d, QueueTimeout)

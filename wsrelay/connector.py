@@ -157,9 +157,10 @@ class Connector:
                 # No backend left to try is busy: waiting would not help.
                 break
             now = self.clock.seconds()
+            again = queueDeadline is not None
             if queueDeadline is None:
                 queueDeadline = now + route.config.queueTimeout
-            waited = await self._queue(route, queueDeadline - now)
+            waited = await self._queue(route, queueDeadline - now, again)
             deadline += waited
         if attempts.local:
             self.shortage.occurred(attempts.reason)
@@ -172,18 +173,21 @@ class Connector:
             raise Refused(504, "Gateway Timeout", body=b"backend timed out\n")
         raise Refused(502, "Bad Gateway", body=b"no backend reachable\n")
 
-    async def _queue(self, route: Route, timeout: float) -> float:
+    async def _queue(self, route: Route, timeout: float, again: bool) -> float:
         """
         Wait in C{route}'s queue for a backend slot.
 
         @param timeout: Seconds left of the route's C{queue_timeout}.
+        @param again: Whether the handshake waited before.
         @return: The seconds waited.
         @raise Refused: 503 with C{Retry-After} when no slot came in time
             (at once when C{timeout} is not positive).
         """
         if timeout > 0:
             try:
-                return await route.queue.wait(self.clock, timeout, route, route.hasRoom)
+                return await route.queue.wait(
+                    self.clock, timeout, route, route.hasRoom, again
+                )
             except QueueTimeout:
                 pass
         raise Refused(

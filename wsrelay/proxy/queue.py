@@ -107,6 +107,7 @@ class RouteQueue:
         timeout: float,
         group: object,
         hasRoom: Callable[[], bool],
+        again: bool = False,
     ) -> Deferred[float]:
         """
         Wait at the end of the queue for a slot, at most C{timeout}
@@ -116,6 +117,8 @@ class RouteQueue:
             route.  Waiters that came before a reload use the old route's
             backends, those after it the new one's.
         @param hasRoom: Says whether a backend of C{group} has room.
+        @param again: Whether this handshake waited before (woken, it found
+            no backend it could try): it is not counted in L{total} twice.
         @return: A L{Deferred} that fires with the seconds waited when the
             waiter's turn comes and C{hasRoom} holds, or fails with
             L{QueueTimeout}.  Cancelling it leaves the queue.
@@ -133,7 +136,8 @@ class RouteQueue:
         self._waiters.append(waiter)
         key = id(group)
         self._groups[key] = self._groups.get(key, 0) + 1
-        self.total += 1
+        if not again:
+            self.total += 1
         self.peak = max(self.peak, len(self._waiters))
         return waiter.deferred
 
