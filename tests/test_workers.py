@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import tempfile
 import threading
 import urllib.request
@@ -24,7 +23,7 @@ from websockets.sync.server import ServerConnection
 
 from tests.support import TIMEOUT, client, startBackend
 from tests.support.dashboard import CHROMIUM, Dashboard, dumpDOM
-from tests.support.processes import alive, killRelay, logEvents, twistd
+from tests.support.processes import JSONRelay, alive
 from tests.support.tls import makeCertificates, websocketsContext
 from tests.support.waiting import pollUntil
 from wsrelay.workers.supervisor import WorkerPool, reactorArguments
@@ -39,7 +38,7 @@ def logged(event: dict[str, Any], start: str) -> bool:
     return str(event.get("log_format", "")).startswith(start)
 
 
-class RelayProcess:
+class RelayProcess(JSONRelay):
     """
     C{twistd wsrelay} with JSON logs, started from a config text whose
     C{[relay]} section gets a loopback listener and admin listener on
@@ -63,15 +62,8 @@ class RelayProcess:
             f"admin_token_file = {token}\n"
         )
         self.write(text)
-        self.logPath = os.path.join(self.directory, "twistd.log")
-        self._log = open(self.logPath, "w")
-        testCase.addCleanup(self._log.close)
-        self.process = subprocess.Popen(
-            twistd("--config", self.config, jsonLogs=True),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        testCase.addCleanup(self._kill)
+        logPath = os.path.join(self.directory, "twistd.log")
+        super().__init__(testCase, self.config, logPath)
         self.testCase = testCase
         listening = self.waitFor(
             lambda e: "listening on" in e.get("log_format", "") and "worker" not in e,
@@ -86,39 +78,6 @@ class RelayProcess:
         """
         with open(self.config, "w") as f:
             f.write(self.head + text)
-
-    def _kill(self) -> None:
-        killRelay(self.process, self.logPath, TIMEOUT)
-
-    def events(self) -> list[dict[str, Any]]:
-        """
-        @return: The log events so far.
-        """
-        return logEvents(self.logPath)
-
-    def waitFor(
-        self, match: Callable[[dict[str, Any]], bool], count: int = 1
-    ) -> list[dict[str, Any]]:
-        """
-        Poll the log until C{count} events match.
-        """
-        found: list[dict[str, Any]] = []
-
-        def matched() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"twistd exited: {self.tail()}")
-            found[:] = [e for e in self.events() if match(e)]
-            return len(found) >= count
-
-        try:
-            pollUntil(matched, "no such log event", TIMEOUT * 3)
-        except AssertionError as e:
-            raise AssertionError(f"{e}: {self.tail()}") from None
-        return found
-
-    def tail(self) -> str:
-        with open(self.logPath, errors="replace") as f:
-            return f.read()[-3000:]
 
     def admin(self, path: str, method: str = "GET") -> Any:
         """

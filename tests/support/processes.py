@@ -9,7 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
+
+from tests.support.waiting import TIMEOUT, pollUntil
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -66,3 +69,61 @@ def killRelay(process: subprocess.Popen[bytes], path: str, timeout: float) -> No
     for pid in pids:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+class JSONRelay:
+    """
+    One C{twistd wsrelay} process with JSON logs written to C{logPath},
+    killed (with its workers) at the end of the test.
+    """
+
+    def __init__(self, testCase: Any, config: str, logPath: str, *args: str) -> None:
+        self.logPath = logPath
+        self._log = open(logPath, "w")
+        testCase.addCleanup(self._log.close)
+        self.process = subprocess.Popen(
+            twistd("--config", config, *args, jsonLogs=True),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        testCase.addCleanup(self.kill)
+
+    def kill(self) -> None:
+        """
+        Kill the relay and its workers if they still run.
+        """
+        killRelay(self.process, self.logPath, TIMEOUT)
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        @return: The log events so far.
+        """
+        return logEvents(self.logPath)
+
+    def waitFor(
+        self, match: Callable[[dict[str, Any]], bool], count: int = 1
+    ) -> list[dict[str, Any]]:
+        """
+        Poll the log until C{count} events match (those logged before the
+        process ended count).
+        """
+        found: list[dict[str, Any]] = []
+
+        def matched() -> bool:
+            found[:] = [e for e in self.events() if match(e)]
+            if len(found) < count and self.process.poll() is not None:
+                raise AssertionError(f"twistd exited: {self.tail()}")
+            return len(found) >= count
+
+        try:
+            pollUntil(matched, "no such log event", TIMEOUT * 3)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {self.tail()}") from None
+        return found
+
+    def tail(self) -> str:
+        """
+        @return: The end of the log.
+        """
+        with open(self.logPath, errors="replace") as f:
+            return f.read()[-3000:]

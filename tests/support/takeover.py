@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import os
 import ssl
-import subprocess
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.processes import killRelay, logEvents, twistd
+from tests.support.processes import JSONRelay
 from tests.support.waiting import TIMEOUT, pollUntil
 
 #: Seconds between two new connections of a L{Stream}.
 INTERVAL = 0.02
 
 
-class Relay:
+class Relay(JSONRelay):
     """
     One C{twistd wsrelay} process with JSON logs, killed (with its workers)
     at the end of the test.
@@ -33,47 +31,8 @@ class Relay:
     def __init__(self, testCase: Any, config: str, *args: str) -> None:
         directory = os.path.dirname(config)
         number = len(os.listdir(directory))
-        self.logPath = os.path.join(directory, f"twistd-{number}.log")
-        self._log = open(self.logPath, "w")
-        testCase.addCleanup(self._log.close)
-        self.process = subprocess.Popen(
-            twistd("--config", config, *args, jsonLogs=True),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        testCase.addCleanup(self.kill)
-
-    def kill(self) -> None:
-        """
-        Kill the relay and its workers if they still run.
-        """
-        killRelay(self.process, self.logPath, TIMEOUT)
-
-    def events(self) -> list[dict[str, Any]]:
-        """
-        @return: The log events so far.
-        """
-        return logEvents(self.logPath)
-
-    def waitFor(
-        self, match: Callable[[dict[str, Any]], bool], count: int = 1
-    ) -> list[dict[str, Any]]:
-        """
-        Poll the log until C{count} events match.
-        """
-        found: list[dict[str, Any]] = []
-
-        def matched() -> bool:
-            found[:] = [e for e in self.events() if match(e)]
-            if len(found) < count and self.process.poll() is not None:
-                raise AssertionError(f"twistd exited: {self.tail()}")
-            return len(found) >= count
-
-        try:
-            pollUntil(matched, "no such log event", TIMEOUT * 3)
-        except AssertionError as e:
-            raise AssertionError(f"{e}: {self.tail()}") from None
-        return found
+        logPath = os.path.join(directory, f"twistd-{number}.log")
+        super().__init__(testCase, config, logPath, *args)
 
     def listening(self, workers: int = 1, listeners: int = 1) -> list[int]:
         """
@@ -90,13 +49,6 @@ class Relay:
                 lambda e: "listening on" in _f(e) and "worker" in e, workers - 1
             )
         return [e["port"] for e in zero]
-
-    def tail(self) -> str:
-        """
-        @return: The end of the log.
-        """
-        with open(self.logPath, errors="replace") as f:
-            return f.read()[-3000:]
 
 
 def _f(event: dict[str, Any]) -> str:
