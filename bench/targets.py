@@ -13,6 +13,9 @@ waited for, measured and stopped.
   - C{wsrelay-workers}: C{workers = 2}, not pinned: its two processes may
     use both CPUs, which it shares with the load side.  Its CPU figures are
     the sum over its processes.
+  - C{twisted}: Twisted's own port forwarder (L{bench.floor}), the floor
+    of any relay on Twisted's TCP transports; it parses nothing, so it has
+    no fan-out.
 
 Each proxy's configuration and logs go to a temporary folder; each runs in
 the foreground as the current user.
@@ -43,6 +46,7 @@ TARGETS = (
     "wsrelay",
     "wsrelay-message",
     "wsrelay-workers",
+    "twisted",
 )
 """
 Every target, in the order the table shows them.
@@ -453,6 +457,12 @@ def start(
         if adminPort is not None:
             _waitForWorkers(running, adminPort, workers)
         return running
+    elif name == "twisted":
+        if fanout:
+            raise TargetUnavailable("n/a (a port forwarder has no fan-out)")
+        command = [sys.executable, "-m", "bench.floor", str(port), str(backendPort)]
+        # bench.floor imports bench, wherever the suite runs from.
+        environ = {**(environ or {}), "PYTHONPATH": str(Path(__file__).parent.parent)}
     else:
         raise ValueError(f"unknown target {name!r}")
     return _launch(name, [*pin, *command], work, url, port, path, environ)

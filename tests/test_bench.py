@@ -500,6 +500,17 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual([r["opened"] for r in storm["rounds"]], [20])
         self.assertGreater(storm["cpuPerOp"], 0)
 
+    def test_twisted(self) -> None:
+        """
+        The C{twisted} target, Twisted's port forwarder, echoes and opens
+        every storm connection, and has no fan-out.
+        """
+        cells = self.smoke("twisted", "echo-small,fanout-light,storm")
+        self.assertGreater(cells["echo-small"]["rate"], 0)
+        self.assertEqual([r["opened"] for r in cells["storm"]["rounds"]], [20])
+        self.assertGreater(cells["storm"]["cpuPerOp"], 0)
+        self.assertIn("no fan-out", cells["fanout-light"]["note"])
+
 
 class TLS13ReproTests(SynchronousTestCase):
     """
