@@ -243,7 +243,9 @@ class Bench:
             self.reactor,
             self.writeDelay,
         )
-        if self.profile is not None and target.startswith("wsrelay"):
+        if self.profile is not None and (
+            target.startswith("wsrelay") or target == "twisted"
+        ):
             self.profile.mkdir(parents=True, exist_ok=True)
             svg = self.profile / f"{folder.name}.svg"
             running.profiler = subprocess.Popen(
