@@ -186,8 +186,8 @@ class Bench:
     What every scenario needs: the preset, the working folder, and the
     command prefixes pinning the proxy and the load side to their CPUs.
 
-    @ivar profile: A folder for py-spy flame graphs of the wsrelay targets,
-        or L{None} for none.
+    @ivar profile: A folder for py-spy flame graphs of the wsrelay and twisted
+        targets, or L{None} for none.
     @ivar pySpy: The py-spy program.
     @ivar maxMessageSize: The wsrelay targets' C{max_message_size}.
     @ivar reactor: The wsrelay targets' reactor (C{twistd -r}), or L{None}
