@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 from twisted.logger import Logger
 
 from wsrelay.proxy.queue import QueueTimeout, retryAfter
+from wsrelay.ws.connecting import connectUpstream
 from wsrelay.ws.frontend import Refused
 from wsrelay.ws.upstream import (
     UpstreamError,
@@ -23,7 +24,6 @@ from wsrelay.ws.upstream import (
     UpstreamRefused,
     UpstreamShortageError,
     UpstreamTimeout,
-    connectUpstream,
 )
 
 if TYPE_CHECKING:

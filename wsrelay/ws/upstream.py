@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -19,13 +19,8 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.protocol import Factory
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 
-from wsrelay.descriptors import isLocalError, isShortageError
 from wsrelay.ws._autobahn import FIRED, NONE_IN_USE, forgetOpened
 from wsrelay.ws.handshake import (
     BadHead,
@@ -40,13 +35,6 @@ from wsrelay.ws.legs import RelayLeg, legOptions, withOptions
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from twisted.internet.interfaces import (
-        IAddress,
-        IReactorTime,
-        IStreamClientEndpoint,
-        ITCPTransport,
-    )
 
     from wsrelay.config import RelayConfig
 
@@ -448,124 +436,3 @@ class UpstreamFactory(WebSocketClientFactory):
             **legOptions(config),
         )
         self.protocol = withOptions(UpstreamProtocol, self)
-
-
-class _Attempt(Factory):
-    """
-    Builds the one protocol of one connection attempt.
-    """
-
-    noisy = False
-
-    def __init__(self, factory: UpstreamFactory, setup: dict[str, Any]) -> None:
-        self._factory = factory
-        self._setup = setup
-        self.protocol: UpstreamProtocol | None = None  # type: ignore[assignment]
-
-    def buildProtocol(self, addr: IAddress | None) -> UpstreamProtocol:
-        """
-        Make the protocol and give it the request.
-        """
-        p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
-        p.__dict__.update(self._setup)
-        # The connector keeps this factory as long as the connection.
-        self._setup = {}
-        self.protocol = p
-        return p
-
-
-def connectUpstream(
-    clock: IReactorTime,
-    endpoint: IStreamClientEndpoint,
-    factory: UpstreamFactory,
-    resource: str,
-    hostHeader: str,
-    headers: list[tuple[str, str]],
-    offered: tuple[str, ...],
-    timeout: float,
-) -> Deferred[UpstreamProtocol]:
-    """
-    Connect to a backend and complete the opening handshake.
-
-    @param headers: The request's header fields; a L{RequestHeaders} also
-        says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
-    @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
-        or fails with L{UpstreamError} (including a timeout after
-        C{timeout} seconds, and L{UpstreamLocalError} when the relay is
-        out of descriptors or ports) or L{UpstreamRefused}.  Cancelling it
-        closes whatever was opened.
-    """
-
-    def cancel(d: Deferred[UpstreamProtocol]) -> None:
-        connecting.cancel()
-        p = attempt.protocol
-        if p is not None and p.transport is not None:
-            cast("ITCPTransport", p.transport).abortConnection()
-
-    opened: Deferred[UpstreamProtocol] = Deferred(cancel)
-    attempt = _Attempt(
-        factory,
-        {
-            "resource": resource,
-            "hostHeader": hostHeader,
-            "requestHeaders": headers,
-            "offered": offered,
-            "opened": opened,
-            "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
-        },
-    )
-    connecting = endpoint.connect(attempt)
-
-    def connectFailed(f: Failure) -> None:
-        if not opened.called:
-            # Twisted's endpoints fail a cancelled attempt with
-            # ConnectingCancelledError: C{opened} is being cancelled then,
-            # and fails by itself (a timeout, or the client went away).
-            if f.check(CancelledError, ConnectingCancelledError):
-                return
-            # The endpoint's own timeout is a timeout too (504, not 502).
-            kind = UpstreamTimeout if f.check(ConnectTimeoutError) else UpstreamError
-            if isLocalError(f.value):
-                kind = UpstreamLocalError
-            elif isShortageError(f.value):
-                kind = UpstreamShortageError
-            opened.errback(kind(f"connect failed: {f.getErrorMessage()}"))
-
-    connecting.addCallbacks(_dropResult, connectFailed)
-
-    # One timer, cancelled once the attempt is settled: what
-    # Deferred.addTimeout does, without its closures and its three
-    # callbacks per attempt.
-    expired: list[bool] = []
-
-    def expire() -> None:
-        expired.append(True)
-        opened.cancel()
-
-    timer = clock.callLater(timeout, expire)
-
-    def settled(result: object) -> object:
-        # Twisted's connector and the endpoint's factory form a cycle
-        # that lives as long as the connection: neither may hold the
-        # protocol through this attempt once it is no longer needed for
-        # cancelling, or a closed leg would wait for the cyclic collector.
-        attempt.protocol = None
-        if expired:
-            if isinstance(result, Failure) and result.check(CancelledError):
-                return Failure(
-                    UpstreamTimeout(f"backend did not answer within {timeout:g}s")
-                )
-        elif timer.active():
-            timer.cancel()
-        return result
-
-    opened.addBoth(settled)
-    return opened
-
-
-def _dropResult(protocol: object) -> None:
-    """
-    The endpoint's L{Deferred} fired with the protocol, which its factory
-    keeps as long as the connection: let it go (the leg is handed over
-    through its C{opened} L{Deferred}).
-    """
