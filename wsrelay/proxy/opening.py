@@ -92,6 +92,7 @@ def upstreamRequest(
     if protocols:
         headers.append(("Sec-WebSocket-Protocol", protocols))
     if dataPath == "passthrough":
+        headers.plain = True
         offers = [
             (n, v) for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
         ]

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.descriptors import isLocalError, isShortageError
+from wsrelay.ws.plainleg import PlainUpstream
 from wsrelay.ws.upstream import (
     NO_EXTENSIONS,
     UpstreamError,
@@ -108,13 +109,18 @@ class _Attempt(ClientFactory):
     (L{PlainTCPEndpoint.connectDirect}).
 
     @ivar failed: Called with the failure of a direct connect.
+    @ivar _plain: Whether the protocol is a L{PlainUpstream} (else the
+        factory's Autobahn leg).
     """
 
     noisy = False
 
-    def __init__(self, factory: UpstreamFactory, setup: dict[str, Any]) -> None:
+    def __init__(
+        self, factory: UpstreamFactory, setup: dict[str, Any], plain: bool
+    ) -> None:
         self._factory = factory
         self._setup = setup
+        self._plain = plain
         self.protocol: UpstreamProtocol | None = None  # type: ignore[assignment]
         self.failed: Callable[[Failure], None] = _ignore
 
@@ -122,7 +128,12 @@ class _Attempt(ClientFactory):
         """
         Make the protocol and give it the request.
         """
-        p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
+        if self._plain:
+            # Passthrough: a plain leg, which has what that data path reads
+            # of an upstream leg (wsrelay.ws.plainleg).
+            p = cast("UpstreamProtocol", PlainUpstream())
+        else:
+            p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
         p.__dict__.update(self._setup)
         # The connector keeps this factory as long as the connection.
         self._setup = {}
@@ -204,6 +215,7 @@ def connectUpstream(
             "opened": opened,
             "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
         },
+        getattr(headers, "plain", False),
     )
 
     def connectFailed(f: Failure) -> None:
