@@ -361,30 +361,18 @@ def _thenCoroutine(
     @param first: The attempt on C{backend}.
     @param rest: Makes the coroutine that goes on when C{first} gave no
         upstream.
-    @return: A L{Deferred} firing with C{backend} and the upstream
-        C{first} gives, or else with C{rest}'s result; cancelling it
-        cancels C{first}, or C{rest} once that runs.
+    @return: C{first}, firing with C{backend} and the upstream it gives,
+        or else with C{rest}'s result (no other L{Deferred} in between:
+        cancelling C{first} cancels the attempt, or C{rest} once C{first}
+        waits for it, as Twisted passes a cancel on to the L{Deferred} a
+        callback returned).
     """
-    pending: list[Deferred[Any]] = [first]
 
-    def cancel(d: object) -> None:
-        pending[0].cancel()
-
-    result: Deferred[tuple[Backend, UpstreamProtocol]] = Deferred(cancel)
-
-    def failed(f: Failure) -> None:
-        if not result.called:
-            result.errback(f)
-
-    def settled(up: UpstreamProtocol | None) -> None:
-        if result.called:
-            return
+    def settled(
+        up: UpstreamProtocol | None,
+    ) -> tuple[Backend, UpstreamProtocol] | Deferred[tuple[Backend, UpstreamProtocol]]:
         if up is not None:
-            result.callback((backend, up))
-            return
-        going = Deferred.fromCoroutine(rest())
-        pending[0] = cast("Deferred[Any]", going)
-        going.addCallbacks(result.callback, failed)
+            return backend, up
+        return Deferred.fromCoroutine(rest())
 
-    first.addCallbacks(settled, failed)
-    return result
+    return first.addCallback(settled)
