@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from wsrelay.proxy.pairing import startPipe
 from wsrelay.ws._autobahn import FIRED
 from wsrelay.ws.plainleg import CLOSED, OPEN, PlainUpstream
 from wsrelay.ws.response import (
@@ -246,3 +247,50 @@ class PlainUpstreamTests(SynchronousTestCase):
         self.assertIs(leg.writer(), write)
         write(b"frame")
         self.assertEqual(transport.value(), b"frame")
+
+
+class _Leg:
+    """
+    A client's leg that is no longer open, recording the close asked of it.
+    """
+
+    state = CLOSED
+    current_frame = None
+    closeRelayed = False
+
+    def __init__(self) -> None:
+        self.closes: list[tuple[int, bytes]] = []
+
+    def closeWith(self, code: int, reason: bytes) -> None:
+        self.closes.append((code, reason))
+
+
+class NoMessagePathTests(SynchronousTestCase):
+    """
+    A plain leg whose pipe cannot start (the client's leg is not open) has
+    no message path to fall back on.
+    """
+
+    def test_closed(self) -> None:
+        """
+        Both legs are closed with 1011, and no pipe is made.
+        """
+        tests = PlainUpstreamTests()
+        leg, transport, opened = tests.connect()
+        leg.dataReceived(tests.accept(leg))
+        transport.clear()
+        client = _Leg()
+        holder = _Holder()
+        startPipe(holder, client, leg)  # type: ignore[arg-type]
+        self.assertIsNone(holder.pipe)
+        self.assertEqual(client.closes, [(1011, b"relay error")])
+        self.assertEqual(leg.localCloseCode, 1011)
+        self.assertTrue(transport.disconnecting)
+
+
+class _Holder:
+    """
+    Holds the pipe, if one is made.
+    """
+
+    pipe = None
