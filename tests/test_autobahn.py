@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
 import wsrelay.ws.legs  # noqa: F401 (installs the adjustment)
+from wsrelay.config import parseConfig
 from wsrelay.ws._autobahn import (
     PRIVATE_ATTRIBUTES,
     PRIVATE_METHODS,
@@ -34,7 +35,8 @@ from wsrelay.ws._autobahn import (
     setPeer,
 )
 from wsrelay.ws.frontend import FrontendProtocol
-from wsrelay.ws.upstream import UpstreamProtocol
+from wsrelay.ws.legs import RelayLeg, withOptions
+from wsrelay.ws.upstream import UpstreamFactory, UpstreamProtocol
 
 
 class LazyFormatTests(SynchronousTestCase):
@@ -314,3 +316,80 @@ class ShimTests(SynchronousTestCase):
         setPeer(leg, "tcp4:192.0.2.7:4000")
         self.assertEqual(leg.peer, "tcp4:192.0.2.7:4000")
         self.assertEqual(leg._transport_details.peer, "tcp4:192.0.2.7:4000")
+
+
+class ConnectionMadeTests(SynchronousTestCase):
+    """
+    L{LegShims.connectionMade} sets a leg up as Autobahn's own
+    C{connectionMade} does, setting only what differs from the class
+    defaults.
+    """
+
+    def assertSetUpAsAutobahn(self, factory: object) -> None:
+        """
+        A leg of C{factory} made by the shim reads, for every attribute
+        that Autobahn's own set-up sets, the value Autobahn sets; and the
+        shim leaves fewer attributes in the leg's dictionary.
+        """
+        loop = replace_loop(Clock())
+        loop.__enter__()
+        self.addCleanup(loop.__exit__, None, None, None)
+        ours = factory.buildProtocol(None)  # type: ignore[attr-defined]
+        theirs = factory.buildProtocol(None)  # type: ignore[attr-defined]
+        self.assertEqual(type(ours).CONFIG_ATTRS, ())
+        ours.makeConnection(StringTransport())
+        theirs.transport = StringTransport()
+        autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionMade(theirs)
+        # Autobahn's path went through the shim's _connectionMade: do it
+        # again with Autobahn's own.
+        base = (
+            WebSocketServerProtocol
+            if isinstance(theirs, WebSocketServerProtocol)
+            else WebSocketClientProtocol
+        )
+        theirs.transport = StringTransport()
+        base._connectionMade(theirs)
+        skipped = {"transport", "send_queue", "http_request_data"}
+        different = {
+            name: (getattr(ours, name), value)
+            for name, value in vars(theirs).items()
+            if name not in skipped
+            and name not in RelayLeg._HANDSHAKE_ONLY
+            and not _same(getattr(ours, name), value)
+        }
+        self.assertEqual(different, {})
+        self.assertLess(len(vars(ours)), len(vars(theirs)) - 20)
+
+    def test_server(self) -> None:
+        """
+        A client's leg (an Autobahn server protocol).
+        """
+        factory = WebSocketServerFactory()
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        factory.protocol = withOptions(ShimLeg, factory)
+        self.assertSetUpAsAutobahn(factory)
+        self.assertEqual(factory.countConnections, 3)
+
+    def test_client(self) -> None:
+        """
+        An upstream leg (an Autobahn client protocol), which sends its
+        request.
+        """
+        config = parseConfig(
+            "[relay]\nlisten = tcp:0\n[route:r]\npath = /\n"
+            "backends = ws://127.0.0.1:1/\n",
+            "r.ini",
+        )
+        factory = UpstreamFactory("ws://127.0.0.1:1/", config, None)
+        self.assertSetUpAsAutobahn(factory)
+
+
+def _same(ours: object, theirs: object) -> bool:
+    """
+    @return: Whether two legs' values of an attribute are the same: equal
+        plain values, or objects of the same type (each connection's own:
+        its L{Deferred}s, its UTF-8 validator).
+    """
+    if theirs is None or isinstance(theirs, (bool, int, float, str, bytes, tuple)):
+        return ours == theirs
+    return type(ours) is type(theirs)

@@ -241,7 +241,7 @@ class SmokeTests(SynchronousTestCase):
             result,
             {
                 "wsrelay.ws.frontend.FrontendProtocol": 1.0,
-                "wsrelay.ws.upstream.UpstreamProtocol": 1.0,
+                "wsrelay.ws.plainleg.PlainUpstream": 1.0,
                 "wsrelay.proxy.session.ProxySession": 1.0,
             },
         )

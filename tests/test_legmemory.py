@@ -40,6 +40,7 @@ from wsrelay.ws._autobahn import (
 )
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.legs import RelayLeg
+from wsrelay.ws.plainleg import PlainUpstream
 from wsrelay.ws.upstream import UpstreamProtocol
 
 #: Valid UTF-8 cut inside a sequence, then invalid UTF-8.
@@ -278,8 +279,12 @@ class HeldPassthroughTests(TestCase):
                 {"head", "autoPingPendingCall", "autoPingTimeoutCall"},
             )
             self.assertLessEqual(sys.getsizeof(vars(leg)), 832)
-            self.assertIs(leg.send_queue, NO_QUEUE)
-            self.assertEqual(vars(leg.utf8validator), {})
+        f = session.frontend
+        self.assertIs(f.send_queue, NO_QUEUE)
+        self.assertEqual(vars(f.utf8validator), {})
+        # The upstream is a plain leg: nothing of Autobahn's at all.
+        self.assertIsInstance(session.upstream, PlainUpstream)
+        self.assertLessEqual(len(vars(session.upstream)), 11)
         await inThread(c.send, "again")
         self.assertEqual(await inThread(c.recv, TIMEOUT), "again")
         await inThread(c.close)
@@ -345,7 +350,8 @@ class PlainOpenTests(SynchronousTestCase):
         client = network.connectClient()
         network.flush()
         _, pump = network.acceptUpstream()
-        leg = pump.client._wrappedProtocol  # type: ignore[attr-defined]
+        # (The leg is the transport's protocol: no endpoint wraps it.)
+        leg = pump.client
         self.assertIsInstance(leg, UpstreamProtocol)
         leg.websocket_key = b"c29tZSBvdGhlciBrZXkgISE="
         network.flush()

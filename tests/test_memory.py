@@ -222,6 +222,38 @@ class HandshakeTests(MemoryTestCase):
         self.assertIsNone(session.upstream)
         self.assertNoTimers(network)
 
+    def test_clientLeavesWhileConnectingToNext(self) -> None:
+        """
+        A client that disconnects while the next backend is tried (the
+        first refused) cancels that attempt too: no upstream, no timer is
+        left, and only the first backend is blamed.
+        """
+        network = Network(
+            self,
+            relayConfig(
+                route="balancer = first\n",
+                backends=f"ws://{BACKEND_B[0]}:{BACKEND_B[1]}/",
+            ),
+        )
+        client, transport = network.connectRaw()
+        transport.write(request())
+        network.flush()
+        network.failUpstream()
+        self.assertEqual(network.pendingConnects(), [BACKEND_B])
+        connector = network.reactor.connectors[-1]
+        (session,) = network.relay.sessions
+        transport.loseConnection()
+        network.flush()
+        self.assertTrue(connector.stoppedConnecting)
+        self.assertEqual(network.pendingConnects(), [])
+        self.assertEqual(
+            [b.failures for b in network.relay.routes.routes[0].backends], [1, 0]
+        )
+        self.assertEqual(client.received, b"")
+        self.assertIsNone(self.successResultOf(session.done))
+        self.assertEqual(network.relay.sessions, set())
+        self.assertNoTimers(network)
+
     def test_clientLeavesDuringBackendHandshake(self) -> None:
         """
         A client that disconnects while the backend has not answered the

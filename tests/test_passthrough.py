@@ -23,6 +23,7 @@ from wsrelay.proxy.direction import PING_PREFIX, Direction
 from wsrelay.proxy.pipe import Pipe
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legs import RelayLeg
+from wsrelay.ws.plainleg import PlainUpstream
 
 
 def scanner(
@@ -570,7 +571,8 @@ class SessionTests(TestCase):
         """
         The open session's data path is the pipe: each leg's C{dataPath} is
         the pipe's direction reading from it, called by the leg's own
-        C{dataReceived} (no method is replaced on the live legs).
+        C{dataReceived} (no method is replaced on the live legs).  The
+        upstream leg is a plain protocol (L{PlainUpstream}), not Autobahn's.
         """
         relay, session, c = await openedPassthrough(self)
         pipe = session.pipe
@@ -578,8 +580,12 @@ class SessionTests(TestCase):
         assert pipe is not None and session.upstream is not None
         self.assertIs(session.frontend.dataPath, pipe.fromClient)
         self.assertIs(session.upstream.dataPath, pipe.fromBackend)
-        for leg in (session.frontend, session.upstream):
+        self.assertIsInstance(session.upstream, PlainUpstream)
+        for leg, method in (
+            (session.frontend, RelayLeg.dataReceived),
+            (session.upstream, PlainUpstream.dataReceived),
+        ):
             self.assertNotIn("dataReceived", vars(leg))
-            self.assertEqual(type(leg).dataReceived, RelayLeg.dataReceived)
+            self.assertEqual(type(leg).dataReceived, method)
         session.shutdown(4000, b"bye")
         self.assertEqual(await inThread(closeOf, c), (4000, "bye"))

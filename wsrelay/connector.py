@@ -8,13 +8,16 @@ connections show (passive health).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wsrelay.proxy.queue import QueueTimeout, retryAfter
+from wsrelay.ws.connecting import connectUpstream
 from wsrelay.ws.frontend import Refused
 from wsrelay.ws.upstream import (
     UpstreamError,
@@ -23,7 +26,6 @@ from wsrelay.ws.upstream import (
     UpstreamRefused,
     UpstreamShortageError,
     UpstreamTimeout,
-    connectUpstream,
 )
 
 if TYPE_CHECKING:
@@ -137,11 +139,67 @@ class Connector:
             ports; 502 when none could be reached, 504 when the time ran
             out; a backend's own refusal is relayed as it came.
         """
+        return await self._tryAll(
+            route, info, request, offered, avoid, deadline, [], _Attempts()
+        )
+
+    def open(
+        self,
+        route: Route,
+        info: ConnectionInfo,
+        request: RequestFor,
+        offered: tuple[str, ...],
+        avoid: Backend | None,
+        deadline: float,
+    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        """
+        L{openUpstream} as a L{Deferred}, the first candidate tried without
+        a coroutine: most handshakes are done with it, and the coroutine's
+        machinery (a L{Deferred} driving it, a resumption per step) is a
+        few percent of a proxied handshake's CPU.  Should it fail, the
+        coroutine goes on as L{openUpstream} would have.
+
+        @return: A L{Deferred} firing with the backend and the open
+            upstream, or failing as L{openUpstream} raises; cancelling it
+            cancels the attempt under way (or the wait in the queue).
+        """
         tried: list[Backend] = []
         attempts = _Attempts()
+        backend = next(self._candidates(route, info, tried, avoid), None)
+        if backend is None:
+            return Deferred.fromCoroutine(
+                self._tryAll(
+                    route, info, request, offered, avoid, deadline, tried, attempts
+                )
+            )
+        return _thenCoroutine(
+            self._attempt(route, backend, request, offered, deadline, attempts),
+            backend,
+            lambda: self._tryAll(
+                route, info, request, offered, avoid, deadline, tried, attempts
+            ),
+        )
+
+    async def _tryAll(
+        self,
+        route: Route,
+        info: ConnectionInfo,
+        request: RequestFor,
+        offered: tuple[str, ...],
+        avoid: Backend | None,
+        deadline: float,
+        tried: list[Backend],
+        attempts: _Attempts,
+    ) -> tuple[Backend, UpstreamProtocol]:
+        """
+        L{openUpstream}'s attempts, the backends in C{tried} tried already
+        as C{attempts} says.
+        """
         queueDeadline: float | None = None
         while True:
-            for backend in self._candidates(route, info, tried, avoid):
+            for backend in (
+                () if attempts.stop else self._candidates(route, info, tried, avoid)
+            ):
                 up = await self._attempt(
                     route, backend, request, offered, deadline, attempts
                 )
@@ -197,7 +255,7 @@ class Connector:
             b"all backends busy, retry later\n",
         )
 
-    async def _attempt(
+    def _attempt(
         self,
         route: Route,
         backend: Backend,
@@ -205,25 +263,25 @@ class Connector:
         offered: tuple[str, ...],
         deadline: float,
         attempts: _Attempts,
-    ) -> UpstreamProtocol | None:
+    ) -> Deferred[UpstreamProtocol | None]:
         """
         Try one backend, holding one of its C{maxconn=} slots meanwhile: a
         failed attempt gives it to the oldest waiter of the route's queue
         (a successful one to its caller, which counts the connection).
 
-        @return: The open upstream, or L{None} when the attempt failed
-            (C{attempts} says how).
-        @raise UpstreamRefused: When the backend refused the handshake.
+        @return: A L{Deferred} firing with the open upstream, or L{None}
+            when the attempt failed (C{attempts} says how); failing with
+            L{UpstreamRefused} when the backend refused the handshake.
+            Cancelling it cancels the attempt.
         """
         remaining = deadline - self.clock.seconds()
         if remaining <= 0:
             attempts.timedOut = attempts.stop = True
-            return None
+            return succeed(None)
         resource, headers = request(backend)
         backend.connecting += 1
-        up = None
         try:
-            up = await connectUpstream(
+            connecting = connectUpstream(
                 self.clock,
                 backend.endpoint,
                 backend.factory,
@@ -233,33 +291,45 @@ class Connector:
                 offered,
                 min(self.connectTimeout, remaining),
             )
-        except UpstreamRefused as e:
-            self.backendAnswered(route, backend, e.status)
+        except BaseException:
+            backend.connecting -= 1
+            route.queue.slotFreed()
             raise
-        except UpstreamLocalError as e:
-            # The relay's problem: not the backend's failure, and not
-            # logged per connection; the next backend would fail the
-            # same way.
-            self.shortage.exhausted()
-            attempts.local = attempts.stop = True
-            attempts.reason = str(e)
-        except UpstreamShortageError as e:
-            if self.shortage.short():
+
+        def settled(
+            result: UpstreamProtocol | Failure,
+        ) -> UpstreamProtocol | Failure | None:
+            backend.connecting -= 1
+            if not isinstance(result, Failure):
+                route.monitor.succeeded(backend)
+                return result
+            route.queue.slotFreed()
+            e = result.value
+            if isinstance(e, UpstreamRefused):
+                self.backendAnswered(route, backend, e.status)
+                return result
+            if isinstance(e, UpstreamLocalError):
+                # The relay's problem: not the backend's failure, and not
+                # logged per connection; the next backend would fail the
+                # same way.
+                self.shortage.exhausted()
                 attempts.local = attempts.stop = True
                 attempts.reason = str(e)
-            else:
-                attempts.timedOut = False
+            elif isinstance(e, UpstreamShortageError):
+                if self.shortage.short():
+                    attempts.local = attempts.stop = True
+                    attempts.reason = str(e)
+                else:
+                    attempts.timedOut = False
+                    self.backendFailed(route, backend, str(e))
+            elif isinstance(e, UpstreamError):
+                attempts.timedOut = isinstance(e, UpstreamTimeout)
                 self.backendFailed(route, backend, str(e))
-        except UpstreamError as e:
-            attempts.timedOut = isinstance(e, UpstreamTimeout)
-            self.backendFailed(route, backend, str(e))
-        finally:
-            backend.connecting -= 1
-            if up is None:
-                route.queue.slotFreed()
-        if up is not None:
-            route.monitor.succeeded(backend)
-        return up
+            else:
+                return result
+            return None
+
+        return connecting.addBoth(settled)
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
         """
@@ -280,3 +350,29 @@ class Connector:
         """
         if status >= 500:
             self.backendFailed(route, backend, f"answered {status}")
+
+
+def _thenCoroutine(
+    first: Deferred[UpstreamProtocol | None],
+    backend: Backend,
+    rest: Callable[[], Coroutine[Any, Any, tuple[Backend, UpstreamProtocol]]],
+) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+    """
+    @param first: The attempt on C{backend}.
+    @param rest: Makes the coroutine that goes on when C{first} gave no
+        upstream.
+    @return: C{first}, firing with C{backend} and the upstream it gives,
+        or else with C{rest}'s result (no other L{Deferred} in between:
+        cancelling C{first} cancels the attempt, or C{rest} once C{first}
+        waits for it, as Twisted passes a cancel on to the L{Deferred} a
+        callback returned).
+    """
+
+    def settled(
+        up: UpstreamProtocol | None,
+    ) -> tuple[Backend, UpstreamProtocol] | Deferred[tuple[Backend, UpstreamProtocol]]:
+        if up is not None:
+            return backend, up
+        return Deferred.fromCoroutine(rest())
+
+    return first.addCallback(settled)

@@ -51,6 +51,19 @@ class Upstreams(Protocol):
         @raise wsrelay.ws.frontend.Refused: When none could be had.
         """
 
+    def open(
+        self,
+        route: Route,
+        info: ConnectionInfo,
+        request: RequestFor,
+        offered: tuple[str, ...],
+        avoid: Backend | None,
+        deadline: float,
+    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        """
+        L{openUpstream} as a L{Deferred}: cancelling it stops opening.
+        """
+
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
         """
         An open connection to C{backend} failed.

@@ -9,11 +9,11 @@ health monitor (L{RouteBuilder}).
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -31,8 +31,9 @@ from wsrelay.plugins import (
     healthCheckerFactories,
 )
 from wsrelay.proxy.queue import RouteQueue
-from wsrelay.routing import Backend, Route, buildBackends, endpointDescription
+from wsrelay.routing import Backend, Route, buildBackends
 from wsrelay.tls import BadCAFile, loadTrust, tlsEndpoint
+from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.upstream import UpstreamFactory
 
 if TYPE_CHECKING:
@@ -185,9 +186,13 @@ class RouteBuilder:
                     trust,
                 )
             else:
-                b.endpoint = clientFromString(
+                # The TCP4ClientEndpoint of endpointDescription, which the
+                # upstream leg's connect bypasses (wsrelay.ws.connecting).
+                b.endpoint = PlainTCPEndpoint(
                     self._reactor,
-                    endpointDescription(b.host, b.port, False, relay.connectTimeout),
+                    b.host,
+                    b.port,
+                    max(1, math.ceil(relay.connectTimeout)),
                 )
         # The queue stays with the route's name, waiters and all.
         queue = RouteQueue() if previous is None else previous.queue

@@ -92,6 +92,7 @@ def upstreamRequest(
     if protocols:
         headers.append(("Sec-WebSocket-Protocol", protocols))
     if dataPath == "passthrough":
+        headers.plain = True
         offers = [
             (n, v) for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
         ]
@@ -161,15 +162,13 @@ class UpstreamOpener:
         @return: A L{Deferred} that fires with the backend and the open
             upstream, or fails (L{refusal} says what to tell the client).
         """
-        opening = self._opening = Deferred.fromCoroutine(
-            self._upstreams.openUpstream(
-                self._route,
-                connectionInfo(self._frontend, self._addresses),
-                self.request,
-                tuple(self._frontend.websocket_protocols),
-                avoid,
-                self._clock.seconds() + self._handshakeTimeout,
-            )
+        opening = self._opening = self._upstreams.open(
+            self._route,
+            connectionInfo(self._frontend, self._addresses),
+            self.request,
+            tuple(self._frontend.websocket_protocols),
+            avoid,
+            self._clock.seconds() + self._handshakeTimeout,
         )
 
         def opened(result: Any) -> Any:

@@ -15,6 +15,7 @@ from wsrelay.roles import PipeOwner
 from wsrelay.ws._autobahn import compact
 from wsrelay.ws.legclosing import OPEN
 from wsrelay.ws.legs import TransportPauser
+from wsrelay.ws.plainleg import PlainUpstream
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer
@@ -88,6 +89,11 @@ def startPipe(
         or f.closeRelayed
         or up.closeRelayed
     ):
+        if isinstance(up, PlainUpstream):
+            # A plain leg has no message path to fall back on (neither
+            # condition holds as the client gets its 101): close both.
+            up.closeWith(1011, b"relay error")
+            f.closeWith(1011, b"relay error")
         compactLegs(f, up)
         return
     pipe = holder.pipe = Pipe(holder, f, up)

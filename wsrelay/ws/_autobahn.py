@@ -44,6 +44,8 @@ from typing import Any, ClassVar
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
+from autobahn.twisted.util import create_transport_details
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import (
     TrafficStats,
     WebSocketProtocol,
@@ -52,6 +54,9 @@ from autobahn.websocket.protocol import (
 )
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred, succeed
+
+#: Autobahn's protocol module, whose names L{install} replaces.
+_PROTOCOL: Any = autobahn.websocket.protocol
 
 
 class LazyCall(str):
@@ -351,13 +356,60 @@ class LegShims:
     data = b""
     _results: dict[str, Any] | None = None
 
+    def connectionMade(self) -> None:
+        """
+        Autobahn's Twisted C{connectionMade} (its transport details, the
+        peer, C{TCP_NODELAY}), without its debug line, whose arguments it
+        makes for every connection.
+        """
+        transport: Any = self.transport  # type: ignore[attr-defined]
+        details = create_transport_details(transport, self.is_server)  # type: ignore[attr-defined]
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self._transport_details = details
+        self.peer = details.peer
+        try:
+            transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
+        except Exception:  # noqa: S110 - as Autobahn: not a TCP socket
+            pass
+        self._connectionMade()
+
     def _connectionMade(self) -> None:
         """
         Autobahn sets up the connection; its write queue stays unmade
         (L{NO_QUEUE}) until a write needs it.
+
+        For a leg whose options are class attributes (L{wsrelay.ws.legs.
+        withOptions}, which empties C{CONFIG_ATTRS}), only what differs
+        from the class defaults is set (L{DEFAULTS}, and the shared objects
+        of this class): Autobahn sets some forty attributes per connection
+        (C{WebSocketProtocol._connectionMade}) to the values they have
+        here, which L{compact} would drop again.  tests/test_autobahn.py
+        checks that a leg reads the same after both.
         """
-        super()._connectionMade()  # type: ignore[misc]
-        self.send_queue = NO_QUEUE
+        if self.CONFIG_ATTRS:  # type: ignore[attr-defined]
+            super()._connectionMade()  # type: ignore[misc]
+            self.send_queue = NO_QUEUE
+            return
+        factory: Any = self.factory  # type: ignore[attr-defined]
+        if self.trackTimings:  # type: ignore[attr-defined]
+            self.setTrackTimings(True)  # type: ignore[attr-defined]
+        self.state = WebSocketProtocol.STATE_CONNECTING
+        self.send_state = WebSocketProtocol.SEND_STATE_GROUND
+        self.utf8validator = _PROTOCOL.Utf8Validator()
+        timeout = self.openHandshakeTimeout  # type: ignore[attr-defined]
+        if timeout > 0:
+            self.openHandshakeTimeoutCall = factory._batched_timer.call_later(
+                timeout,
+                self.onOpenHandshakeTimeout,  # type: ignore[attr-defined]
+            )
+        if factory.isServer:
+            # (WebSocketServerProtocol._connectionMade.)
+            factory.countConnections += 1
+        elif factory.proxy is not None:
+            # (WebSocketClientProtocol._connectionMade.)
+            self.startProxyConnect()  # type: ignore[attr-defined]
+        else:
+            self.startHandshake()  # type: ignore[attr-defined]
 
     def set_valid_events(self, valid_events: Any = None) -> None:
         """

@@ -154,7 +154,7 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
         rounds to whole seconds (txaio's batched timer), so the relay keeps
         its own, on the relay's clock.
         """
-        WebSocketServerProtocol.connectionMade(self)
+        super().connectionMade()
         factory = self.factory
         factory.admission.clientArrived(self)
         self.rateLimit = factory.config.maxMessagesPerSecond

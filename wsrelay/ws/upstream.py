@@ -8,9 +8,8 @@ handshake's status, headers and body so they can be relayed.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -19,129 +18,46 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.protocol import Factory
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 
-from wsrelay.descriptors import isLocalError, isShortageError
 from wsrelay.ws._autobahn import FIRED, NONE_IN_USE, forgetOpened
-from wsrelay.ws.handshake import (
-    BadHead,
-    Head,
-    buildRequest,
-    endToEnd,
-    parseHead,
-    parseStatusLine,
-)
+from wsrelay.ws.handshake import buildRequest
 from wsrelay.ws.legclosing import OPEN
 from wsrelay.ws.legs import RelayLeg, legOptions, withOptions
+from wsrelay.ws.response import (
+    END_TO_END,
+    FORGOTTEN,
+    MAX_REFUSAL_BODY,
+    NO_EXTENSIONS,
+    RELAY_DEFLATE,
+    RequestHeaders,
+    ResponseReader,
+    UpstreamError,
+    UpstreamLocalError,
+    UpstreamRefused,
+    UpstreamShortageError,
+    UpstreamTimeout,
+)
+
+#: The names other modules import from here (L{wsrelay.ws.response}'s).
+__all__ = [
+    "END_TO_END",
+    "FORGOTTEN",
+    "MAX_REFUSAL_BODY",
+    "NO_EXTENSIONS",
+    "RELAY_DEFLATE",
+    "RequestHeaders",
+    "UpstreamError",
+    "UpstreamFactory",
+    "UpstreamLocalError",
+    "UpstreamProtocol",
+    "UpstreamRefused",
+    "UpstreamShortageError",
+    "UpstreamTimeout",
+]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from twisted.internet.interfaces import (
-        IAddress,
-        IReactorTime,
-        IStreamClientEndpoint,
-        ITCPTransport,
-    )
-
     from wsrelay.config import RelayConfig
-
-#: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
-_WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-#: How much of a refusal's body is relayed.
-MAX_REFUSAL_BODY = 65536
-
-#: L{RequestHeaders.extensions}: the upstream leg offers no extension and
-#: refuses an answer that names one (Autobahn's default).
-NO_EXTENSIONS = "none"
-
-#: L{RequestHeaders.extensions}: the upstream leg offers permessage-deflate
-#: and compresses as the backend answers (the message data path).
-RELAY_DEFLATE = "deflate"
-
-#: L{RequestHeaders.extensions}: the request carries the client's
-#: C{Sec-WebSocket-Extensions} offer; the leg keeps the backend's answer,
-#: whatever it is, for the client's 101 and activates nothing in Autobahn
-#: (the passthrough data path: the endpoints negotiate with each other).
-END_TO_END = "end-to-end"
-
-
-#: The header fields of a leg that let its handshake go
-#: (L{UpstreamProtocol.forgetHandshake}): one empty list for all, which
-#: nothing adds to.
-FORGOTTEN: list[tuple[str, str]] = []
-
-
-class RequestHeaders(list[tuple[str, str]]):
-    """
-    The header fields of an upstream request, and how its leg treats
-    WebSocket extensions.
-
-    A list, so that it reaches L{connectUpstream} through
-    L{wsrelay.connector.Connector.openUpstream} as it is.
-
-    @ivar extensions: L{NO_EXTENSIONS}, L{RELAY_DEFLATE} or L{END_TO_END}.
-    """
-
-    def __init__(
-        self, fields: Iterable[tuple[str, str]] = (), extensions: str = NO_EXTENSIONS
-    ) -> None:
-        super().__init__(fields)
-        self.extensions = extensions
-
-
-class UpstreamError(Exception):
-    """
-    The backend could not be reached or did not complete the handshake.
-    """
-
-
-class UpstreamTimeout(UpstreamError):
-    """
-    The backend did not complete the handshake in time.
-    """
-
-
-class UpstreamLocalError(UpstreamError):
-    """
-    The connect failed for want of a local resource (descriptors, local
-    ports, buffers: L{wsrelay.descriptors.LOCAL_ERRNOS}): the relay's
-    problem, not the backend's.
-    """
-
-
-class UpstreamShortageError(UpstreamError):
-    """
-    The connect failed in a way that is the relay's problem when it is
-    short of descriptors, and the backend's otherwise
-    (L{wsrelay.descriptors.isShortageError}: C{EADDRNOTAVAIL}, a failed
-    name lookup).
-    """
-
-
-class UpstreamRefused(Exception):
-    """
-    The backend answered the handshake with another status than 101.
-
-    @ivar status: The status code.
-    @ivar reason: The reason phrase.
-    @ivar headers: Its end-to-end header fields.
-    @ivar body: Its body, at most L{MAX_REFUSAL_BODY} bytes.
-    """
-
-    def __init__(
-        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes
-    ) -> None:
-        super().__init__(f"backend answered {status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
 
 
 class _AnySubprotocol:
@@ -158,7 +74,7 @@ class _AnySubprotocol:
         return 0
 
 
-class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
+class UpstreamProtocol(ResponseReader, RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
     """
     One connection to a backend.
 
@@ -228,101 +144,6 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         forgetOpened(self, "opened")
         super().forgetHandshake(compacting)
 
-    def processHandshake(self) -> None:
-        """
-        Keep a refusal for relaying; check the subprotocol; let Autobahn
-        check the rest of a 101.
-        """
-        if self._refused is not None:
-            self._collectRefusal(final=False)
-            return
-        end = self.data.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.data) > 65536:
-                self.failHandshake("response head too large")
-            return
-        try:
-            head = parseHead(self.data[:end])
-            _, status, reason = parseStatusLine(head.startLine)
-        except (BadHead, ValueError) as e:
-            # ValueError: str.isdigit() holds for digits int() refuses
-            # (superscripts, in a head read as Latin-1).
-            self.failHandshake(f"bad response: {e}")
-            return
-        if status != 101 and not 200 <= status <= 599:
-            # Not a final answer a client could be given (a 1xx, or no
-            # HTTP status at all): the backend failed.
-            self.failHandshake(f"bad response: status {status}")
-            return
-        if status != 101:
-            length = head.get("content-length")
-            self._refused = (
-                status,
-                reason,
-                endToEnd(head),
-                end + 4,
-                int(length)
-                if length and length.isascii() and length.isdigit()
-                else None,
-            )
-            self._collectRefusal(final=False)
-            return
-        chosen = (head.get("sec-websocket-protocol") or "").strip()
-        if chosen and chosen not in self.offered:
-            self.failHandshake(f"backend chose subprotocol {chosen!r}, not offered")
-            return
-        try:
-            self.data[: end + 4].decode("utf-8")
-        except UnicodeDecodeError:
-            # Autobahn decodes the head as UTF-8 (for a debug line) and the
-            # error would escape from dataReceived.
-            self.failHandshake("bad response: head not UTF-8")
-            return
-        self.responseHeaders = endToEnd(head)
-        if self.extensions == END_TO_END:
-            self._keepExtensionsAnswer(head, end)
-        if self._plainAccept(head):
-            # (The head may be shorter now: _keepExtensionsAnswer.)
-            self._open(self.data.find(b"\r\n\r\n"), chosen)
-            return
-        WebSocketClientProtocol.processHandshake(self)
-
-    def _plainAccept(self, head: Head) -> bool:
-        """
-        Whether the backend's 101 is one Autobahn accepts without a doubt
-        and without negotiating anything: HTTP/1.1, one C{Upgrade:
-        websocket}, C{Connection} with C{upgrade}, one
-        C{Sec-WebSocket-Accept} that is right for the key, at most one
-        C{Sec-WebSocket-Protocol} (checked already), and no extension that
-        this leg would negotiate.  Anything else goes to Autobahn, which
-        accepts or fails it with its own reason.
-        """
-        if self.extensions == RELAY_DEFLATE or not head.startLine.startswith(
-            "HTTP/1.1 "
-        ):
-            return False
-        upgrade, accept, protocols = [], [], 0
-        for name, value in head.headers:
-            lname = name.lower()
-            if lname == "upgrade":
-                upgrade.append(value)
-            elif lname == "sec-websocket-accept":
-                accept.append(value)
-            elif lname == "sec-websocket-protocol":
-                protocols += 1
-            elif lname == "sec-websocket-extensions" and self.extensions != END_TO_END:
-                return False
-        if (
-            len(upgrade) != 1
-            or upgrade[0].strip().lower() != "websocket"
-            or "upgrade" not in head.tokens("connection")
-            or protocols > 1
-            or len(accept) != 1
-        ):
-            return False
-        digest = hashlib.sha1(self.websocket_key + _WS_MAGIC).digest()
-        return accept[0].strip() == base64.b64encode(digest).decode()
-
     def _open(self, end: int, chosen: str) -> None:
         """
         Open the leg as Autobahn does once it accepted a 101 (its
@@ -346,29 +167,6 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
         if self.data:
             self.consumeData()
 
-    def _keepExtensionsAnswer(self, head: Head, end: int) -> None:
-        """
-        Keep the backend's C{Sec-WebSocket-Extensions} fields for the
-        client, and take them out of the head Autobahn goes on to check: it
-        would refuse an extension this leg did not offer itself, or
-        activate permessage-deflate on a connection whose bytes it does not
-        parse (the passthrough pipe does).
-
-        @param end: Where the head ends in C{self.data}.
-        """
-        self.extensionsAnswer = tuple(
-            v for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
-        )
-        if not self.extensionsAnswer:
-            return
-        lines = self.data[:end].split(b"\r\n")
-        kept = [
-            line
-            for line in lines
-            if line.split(b":", 1)[0].strip().lower() != b"sec-websocket-extensions"
-        ]
-        self.data = b"\r\n".join(kept) + self.data[end:]
-
     def perMessageCompressionAccept(
         self, response: object
     ) -> PerMessageDeflateResponseAccept | None:
@@ -385,20 +183,16 @@ class UpstreamProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
             return PerMessageDeflateResponseAccept(response)
         return None
 
-    def _collectRefusal(self, final: bool) -> None:
+    def notPlain(self) -> None:
         """
-        Relay the refusal once its body is here (by C{Content-Length}, or
-        the connection's end).
+        Autobahn checks a 101 that is not plain (and fails it, or opens).
         """
-        assert self._refused is not None
-        status, reason, headers, start, length = self._refused
-        have = len(self.data) - start
-        want = MAX_REFUSAL_BODY if length is None else min(length, MAX_REFUSAL_BODY)
-        if not final and have < want:
-            return
-        body = self.data[start : start + want]
-        if not self.opened.called:
-            self.opened.errback(UpstreamRefused(status, reason, headers, body))
+        WebSocketClientProtocol.processHandshake(self)
+
+    def abortHandshake(self) -> None:
+        """
+        Drop the connection (a refusal was relayed).
+        """
         self.dropConnection(abort=True)
 
     def failHandshake(self, reason: str) -> None:
@@ -448,124 +242,3 @@ class UpstreamFactory(WebSocketClientFactory):
             **legOptions(config),
         )
         self.protocol = withOptions(UpstreamProtocol, self)
-
-
-class _Attempt(Factory):
-    """
-    Builds the one protocol of one connection attempt.
-    """
-
-    noisy = False
-
-    def __init__(self, factory: UpstreamFactory, setup: dict[str, Any]) -> None:
-        self._factory = factory
-        self._setup = setup
-        self.protocol: UpstreamProtocol | None = None  # type: ignore[assignment]
-
-    def buildProtocol(self, addr: IAddress | None) -> UpstreamProtocol:
-        """
-        Make the protocol and give it the request.
-        """
-        p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
-        p.__dict__.update(self._setup)
-        # The connector keeps this factory as long as the connection.
-        self._setup = {}
-        self.protocol = p
-        return p
-
-
-def connectUpstream(
-    clock: IReactorTime,
-    endpoint: IStreamClientEndpoint,
-    factory: UpstreamFactory,
-    resource: str,
-    hostHeader: str,
-    headers: list[tuple[str, str]],
-    offered: tuple[str, ...],
-    timeout: float,
-) -> Deferred[UpstreamProtocol]:
-    """
-    Connect to a backend and complete the opening handshake.
-
-    @param headers: The request's header fields; a L{RequestHeaders} also
-        says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
-    @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
-        or fails with L{UpstreamError} (including a timeout after
-        C{timeout} seconds, and L{UpstreamLocalError} when the relay is
-        out of descriptors or ports) or L{UpstreamRefused}.  Cancelling it
-        closes whatever was opened.
-    """
-
-    def cancel(d: Deferred[UpstreamProtocol]) -> None:
-        connecting.cancel()
-        p = attempt.protocol
-        if p is not None and p.transport is not None:
-            cast("ITCPTransport", p.transport).abortConnection()
-
-    opened: Deferred[UpstreamProtocol] = Deferred(cancel)
-    attempt = _Attempt(
-        factory,
-        {
-            "resource": resource,
-            "hostHeader": hostHeader,
-            "requestHeaders": headers,
-            "offered": offered,
-            "opened": opened,
-            "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
-        },
-    )
-    connecting = endpoint.connect(attempt)
-
-    def connectFailed(f: Failure) -> None:
-        if not opened.called:
-            # Twisted's endpoints fail a cancelled attempt with
-            # ConnectingCancelledError: C{opened} is being cancelled then,
-            # and fails by itself (a timeout, or the client went away).
-            if f.check(CancelledError, ConnectingCancelledError):
-                return
-            # The endpoint's own timeout is a timeout too (504, not 502).
-            kind = UpstreamTimeout if f.check(ConnectTimeoutError) else UpstreamError
-            if isLocalError(f.value):
-                kind = UpstreamLocalError
-            elif isShortageError(f.value):
-                kind = UpstreamShortageError
-            opened.errback(kind(f"connect failed: {f.getErrorMessage()}"))
-
-    connecting.addCallbacks(_dropResult, connectFailed)
-
-    # One timer, cancelled once the attempt is settled: what
-    # Deferred.addTimeout does, without its closures and its three
-    # callbacks per attempt.
-    expired: list[bool] = []
-
-    def expire() -> None:
-        expired.append(True)
-        opened.cancel()
-
-    timer = clock.callLater(timeout, expire)
-
-    def settled(result: object) -> object:
-        # Twisted's connector and the endpoint's factory form a cycle
-        # that lives as long as the connection: neither may hold the
-        # protocol through this attempt once it is no longer needed for
-        # cancelling, or a closed leg would wait for the cyclic collector.
-        attempt.protocol = None
-        if expired:
-            if isinstance(result, Failure) and result.check(CancelledError):
-                return Failure(
-                    UpstreamTimeout(f"backend did not answer within {timeout:g}s")
-                )
-        elif timer.active():
-            timer.cancel()
-        return result
-
-    opened.addBoth(settled)
-    return opened
-
-
-def _dropResult(protocol: object) -> None:
-    """
-    The endpoint's L{Deferred} fired with the protocol, which its factory
-    keeps as long as the connection: let it go (the leg is handed over
-    through its C{opened} L{Deferred}).
-    """

@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_plainleg,tests.test_passthrough -*-
+"""
+The upstream leg of a passthrough route: a plain Twisted protocol, not
+Autobahn's.
+
+On the passthrough data path nothing parses a frame after the 101 but the
+pipe (L{wsrelay.proxy.pipe}), so the upstream leg only writes the request
+head, reads the backend's answer (L{ResponseReader}, as the Autobahn leg
+does for a plain 101) and then hands its bytes to the pipe's direction.
+Building Autobahn's per-connection state for that (its set-up, its parser
+around the handshake, its close machinery) was some tenth of the relay's
+CPU per proxied handshake in the storm benchmark.
+
+A L{PlainUpstream} has the attributes the session, the pipe and its
+directions, the registry's traffic counts and the backend's totals read
+of an upstream leg, with the same meaning:
+
+  - the handshake's results: C{responseHeaders}, C{extensionsAnswer},
+    C{websocket_protocol_in_use} (L{wsrelay.proxy.opening.clientAnswer});
+  - C{listener} and C{target} (L{wsrelay.proxy.session.ProxySession.attach});
+  - C{state}, C{current_frame}, C{closeRelayed}, C{receivingFragment},
+    C{data}, C{dataPath} (L{wsrelay.proxy.pairing.startPipe});
+  - the counters C{bytesIn}, C{messagesIn}, C{bytesOut}, C{messagesOut}
+    (the directions, the keepalive, L{wsrelay.routing.Backend.count});
+  - C{localCloseCode}, C{remoteCloseCode}, C{transport}, C{writer}
+    (the pipe);
+  - C{forgetHandshake} (L{wsrelay.proxy.pairing.pairLegs}) and C{closeWith}
+    (a session that closes before its pipe started).
+
+The message data path keeps Autobahn's leg (L{wsrelay.ws.upstream}).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import TYPE_CHECKING, Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+
+from wsrelay.ws._autobahn import FIRED, forgetOpened
+from wsrelay.ws.framing import closeFrame
+from wsrelay.ws.handshake import buildRequest
+from wsrelay.ws.response import FORGOTTEN, ResponseReader, UpstreamError
+from wsrelay.ws.writes import directWrite
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+#: The states of L{PlainUpstream.state}, Autobahn's values (the session and
+#: the pipe compare them with Autobahn's legs').
+CONNECTING = WebSocketProtocol.STATE_CONNECTING
+OPEN = WebSocketProtocol.STATE_OPEN
+CLOSED = WebSocketProtocol.STATE_CLOSED
+
+
+class PlainUpstream(ResponseReader, Protocol):
+    """
+    One connection to a backend of a passthrough route.
+
+    The request's parts (C{resource}, C{hostHeader}, C{requestHeaders},
+    C{offered}, C{extensions}) and C{opened} are set before it connects
+    (L{wsrelay.ws.connecting.connectUpstream}).
+
+    @ivar opened: Fires with this leg when the backend accepted, fails
+        with L{UpstreamError} or L{UpstreamRefused
+        <wsrelay.ws.response.UpstreamRefused>}.
+    @ivar dataPath: What reads the bytes received once the pipe started;
+        until then they wait in C{data}.
+    """
+
+    resource = "/"
+    hostHeader = ""
+    requestHeaders: list[tuple[str, str]] = FORGOTTEN
+    #: (Once the leg let it go: L{forgetOpened}.)
+    opened: Deferred[Any] = FIRED
+    websocket_key = b""
+    websocket_protocol_in_use: str | None = None
+    state = CONNECTING
+    data = b""
+    current_frame = None
+    closeRelayed = False
+    receivingFragment = False
+    dataPath: Any = None
+    target: Any = None
+    listener: Any = None
+    bytesIn = 0
+    messagesIn = 0
+    bytesOut = 0
+    messagesOut = 0
+    localCloseCode: int | None = None
+    remoteCloseCode: int | None = None
+    wasClean = False
+    _directWrite: Any = None
+
+    #: What only the opening handshake reads (L{forgetHandshake}).
+    _REQUEST = (
+        "resource",
+        "hostHeader",
+        "requestHeaders",
+        "offered",
+        "extensions",
+        "responseHeaders",
+        "websocket_key",
+    )
+
+    #: What a leg whose connection is gone lets go of: the references by
+    #: which it, its session and its data path refer to each other.
+    _CYCLES = ("listener", "target", "dataPath", "opened")
+
+    def connectionMade(self) -> None:
+        """
+        Send the client's request, rewritten for this backend, with no
+        Nagle delay on the connection (as Autobahn's legs).
+        """
+        transport: Any = self.transport
+        try:
+            transport.setTcpNoDelay(True)
+        except Exception:  # noqa: S110 - not a TCP socket (TLS, tests)
+            pass
+        key = base64.b64encode(os.urandom(16))
+        self.websocket_key = key
+        transport.write(
+            buildRequest(
+                self.resource, self.hostHeader, key.decode(), self.requestHeaders
+            )
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the backend: to the pipe's direction once it started,
+        else to the handshake (or kept until the pipe starts).
+        """
+        path = self.dataPath
+        if path is not None:
+            path.dataReceived(data)
+            return
+        self.data += data
+        if self.state == CONNECTING:
+            self.processHandshake()
+
+    # The handshake's hooks (ResponseReader).
+
+    def failHandshake(self, reason: str) -> None:
+        """
+        The backend's answer is not a valid handshake: fail the attempt
+        and drop the connection.
+        """
+        if not self.opened.called:
+            self.opened.errback(UpstreamError(reason))
+        self.abortHandshake()
+
+    def abortHandshake(self) -> None:
+        """
+        Drop the connection.
+        """
+        self.state = CLOSED
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def notPlain(self) -> None:
+        """
+        A 101 that is not plain (L{ResponseReader._plainAccept}) is one
+        Autobahn's leg would fail too: a wrong key, a second C{Upgrade} or
+        C{Sec-WebSocket-Accept}, another HTTP version, an extension this
+        leg did not offer.
+        """
+        self.failHandshake("bad response: not a valid 101")
+
+    def _open(self, end: int, chosen: str) -> None:
+        """
+        The backend accepted: what follows the head waits in C{data} for
+        the pipe.
+        """
+        self.data = self.data[end + 4 :]
+        self.websocket_protocol_in_use = chosen or None
+        self.state = OPEN
+        self.opened.callback(self)
+
+    # What the session and the pipe use.
+
+    def writer(self) -> Callable[[bytes], None]:
+        """
+        @return: The leg's L{directWrite} to its transport, made once.
+        """
+        write: Callable[[bytes], None] | None = self._directWrite
+        if write is None:
+            write = self._directWrite = directWrite(self.transport)
+        return write
+
+    def forgetHandshake(self, compacting: bool = True) -> None:
+        """
+        Let the request's and the response's texts go once open: each then
+        reads as its class default.
+        """
+        attributes = vars(self)
+        for name in self._REQUEST:
+            attributes.pop(name, None)
+        forgetOpened(self, "opened")
+
+    def closeWith(self, code: int, reason: bytes) -> None:
+        """
+        Close the connection with C{code}: a close frame (masked, as a
+        client's), then the end of the connection.  Only a session whose
+        pipe never started closes a plain leg this way (the pipe has its
+        own close handshake).
+        """
+        transport: Any = self.transport
+        if self.state == OPEN and transport is not None:
+            self.localCloseCode = code
+            transport.write(closeFrame(code, reason, True))
+            transport.loseConnection()
+        self.state = CLOSED
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The connection is gone: during the handshake that fails it (or
+        relays the refusal whose body ended with it); after, the listener
+        hears of it.  Then the leg lets go of what refers back to it.
+        """
+        self.state = CLOSED
+        if not self.opened.called:
+            if self._refused is not None:
+                self._collectRefusal(final=True)
+            else:
+                self.opened.errback(
+                    UpstreamError("connection closed during the handshake")
+                )
+        elif self.listener is not None:
+            self.listener.legClosed(self)
+        attributes = self.__dict__
+        for name in self._CYCLES:
+            attributes.pop(name, None)
+        # Twisted's client connector and its TCP transport refer to each
+        # other for good (as RelayLeg.letGo: under TLS, the TCP transport
+        # is the TLS protocol's).
+        transport: Any = self.transport
+        for _ in range(2):
+            connector = getattr(transport, "connector", None)
+            if connector is not None:
+                if getattr(connector, "transport", None) is transport:
+                    connector.transport = None
+                break
+            transport = getattr(transport, "transport", None)

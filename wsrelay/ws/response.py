@@ -1,0 +1,311 @@
+# -*- test-case-name: tests.test_proxy,tests.test_plainleg -*-
+"""
+An upstream leg's opening handshake as the relay reads it, for both kinds
+of upstream leg (Autobahn's, L{wsrelay.ws.upstream.UpstreamProtocol}, and
+the passthrough data path's plain one, L{wsrelay.ws.plainleg}): the
+backend's answer parsed, a refusal kept with its status, headers and body
+for relaying, the subprotocol checked, and a plain 101 accepted without
+Autobahn.  The errors an upstream fails with.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from wsrelay.ws.handshake import (
+    BadHead,
+    Head,
+    endToEnd,
+    parseHead,
+    parseStatusLine,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from twisted.internet.defer import Deferred
+
+#: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
+_WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: How much of a refusal's body is relayed.
+MAX_REFUSAL_BODY = 65536
+
+#: L{RequestHeaders.extensions}: the upstream leg offers no extension and
+#: refuses an answer that names one (Autobahn's default).
+NO_EXTENSIONS = "none"
+
+#: L{RequestHeaders.extensions}: the upstream leg offers permessage-deflate
+#: and compresses as the backend answers (the message data path).
+RELAY_DEFLATE = "deflate"
+
+#: L{RequestHeaders.extensions}: the request carries the client's
+#: C{Sec-WebSocket-Extensions} offer; the leg keeps the backend's answer,
+#: whatever it is, for the client's 101 and activates nothing in Autobahn
+#: (the passthrough data path: the endpoints negotiate with each other).
+END_TO_END = "end-to-end"
+
+
+#: The header fields of a leg that let its handshake go
+#: (L{UpstreamProtocol.forgetHandshake}): one empty list for all, which
+#: nothing adds to.
+FORGOTTEN: list[tuple[str, str]] = []
+
+
+class RequestHeaders(list[tuple[str, str]]):
+    """
+    The header fields of an upstream request, and how its leg treats
+    WebSocket extensions.
+
+    A list, so that it reaches L{connectUpstream} through
+    L{wsrelay.connector.Connector.openUpstream} as it is.
+
+    @ivar extensions: L{NO_EXTENSIONS}, L{RELAY_DEFLATE} or L{END_TO_END}.
+    @ivar plain: Whether the leg is a plain protocol rather than Autobahn's
+        (the passthrough data path: L{wsrelay.ws.plainleg}).
+    """
+
+    def __init__(
+        self,
+        fields: Iterable[tuple[str, str]] = (),
+        extensions: str = NO_EXTENSIONS,
+        plain: bool = False,
+    ) -> None:
+        super().__init__(fields)
+        self.extensions = extensions
+        self.plain = plain
+
+
+class UpstreamError(Exception):
+    """
+    The backend could not be reached or did not complete the handshake.
+    """
+
+
+class UpstreamTimeout(UpstreamError):
+    """
+    The backend did not complete the handshake in time.
+    """
+
+
+class UpstreamLocalError(UpstreamError):
+    """
+    The connect failed for want of a local resource (descriptors, local
+    ports, buffers: L{wsrelay.descriptors.LOCAL_ERRNOS}): the relay's
+    problem, not the backend's.
+    """
+
+
+class UpstreamShortageError(UpstreamError):
+    """
+    The connect failed in a way that is the relay's problem when it is
+    short of descriptors, and the backend's otherwise
+    (L{wsrelay.descriptors.isShortageError}: C{EADDRNOTAVAIL}, a failed
+    name lookup).
+    """
+
+
+class UpstreamRefused(Exception):
+    """
+    The backend answered the handshake with another status than 101.
+
+    @ivar status: The status code.
+    @ivar reason: The reason phrase.
+    @ivar headers: Its end-to-end header fields.
+    @ivar body: Its body, at most L{MAX_REFUSAL_BODY} bytes.
+    """
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        super().__init__(f"backend answered {status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+
+class ResponseReader:
+    """
+    Reads the backend's answer to an upstream leg's request (a mixin).
+
+    The leg gives C{data} (the bytes received), C{websocket_key},
+    C{offered}, C{extensions} and C{opened}, and the hooks C{failHandshake}
+    (the answer is not a valid handshake), C{abortHandshake} (drop the
+    connection after a refusal), C{notPlain} (a 101 that
+    L{_plainAccept} does not accept) and C{_open} (a plain 101).
+
+    @ivar responseHeaders: The end-to-end fields of the backend's 101.
+    @ivar extensionsAnswer: With L{END_TO_END}, the values of the
+        C{Sec-WebSocket-Extensions} fields of the backend's 101, as sent.
+    """
+
+    data: bytes
+    websocket_key: bytes
+    offered: tuple[str, ...] = ()
+    extensions: str = NO_EXTENSIONS
+    opened: Deferred[Any]
+    responseHeaders: list[tuple[str, str]] = FORGOTTEN
+    extensionsAnswer: tuple[str, ...] = ()
+    _refused: tuple[int, str, list[tuple[str, str]], int, int | None] | None = None
+
+    def failHandshake(self, reason: str) -> None:
+        """
+        The backend's answer is not a valid handshake.
+        """
+        raise NotImplementedError()
+
+    def abortHandshake(self) -> None:
+        """
+        Drop the connection (a refusal was relayed).
+        """
+        raise NotImplementedError()
+
+    def notPlain(self) -> None:
+        """
+        A 101 that L{_plainAccept} does not accept.
+        """
+        raise NotImplementedError()
+
+    def _open(self, end: int, chosen: str) -> None:
+        """
+        Open on a plain 101 whose head ends at C{end} in C{data}, with the
+        subprotocol C{chosen} (or C{""}).
+        """
+        raise NotImplementedError()
+
+    def processHandshake(self) -> None:
+        """
+        Keep a refusal for relaying; check the subprotocol; let Autobahn
+        check the rest of a 101.
+        """
+        if self._refused is not None:
+            self._collectRefusal(final=False)
+            return
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.data) > 65536:
+                self.failHandshake("response head too large")
+            return
+        try:
+            head = parseHead(self.data[:end])
+            _, status, reason = parseStatusLine(head.startLine)
+        except (BadHead, ValueError) as e:
+            # ValueError: str.isdigit() holds for digits int() refuses
+            # (superscripts, in a head read as Latin-1).
+            self.failHandshake(f"bad response: {e}")
+            return
+        if status != 101 and not 200 <= status <= 599:
+            # Not a final answer a client could be given (a 1xx, or no
+            # HTTP status at all): the backend failed.
+            self.failHandshake(f"bad response: status {status}")
+            return
+        if status != 101:
+            length = head.get("content-length")
+            self._refused = (
+                status,
+                reason,
+                endToEnd(head),
+                end + 4,
+                int(length)
+                if length and length.isascii() and length.isdigit()
+                else None,
+            )
+            self._collectRefusal(final=False)
+            return
+        chosen = (head.get("sec-websocket-protocol") or "").strip()
+        if chosen and chosen not in self.offered:
+            self.failHandshake(f"backend chose subprotocol {chosen!r}, not offered")
+            return
+        try:
+            self.data[: end + 4].decode("utf-8")
+        except UnicodeDecodeError:
+            # Autobahn decodes the head as UTF-8 (for a debug line) and the
+            # error would escape from dataReceived.
+            self.failHandshake("bad response: head not UTF-8")
+            return
+        self.responseHeaders = endToEnd(head)
+        if self.extensions == END_TO_END:
+            self._keepExtensionsAnswer(head, end)
+        if self._plainAccept(head):
+            # (The head may be shorter now: _keepExtensionsAnswer.)
+            self._open(self.data.find(b"\r\n\r\n"), chosen)
+            return
+        self.notPlain()
+
+    def _plainAccept(self, head: Head) -> bool:
+        """
+        Whether the backend's 101 is one Autobahn accepts without a doubt
+        and without negotiating anything: HTTP/1.1, one C{Upgrade:
+        websocket}, C{Connection} with C{upgrade}, one
+        C{Sec-WebSocket-Accept} that is right for the key, at most one
+        C{Sec-WebSocket-Protocol} (checked already), and no extension that
+        this leg would negotiate.  Anything else goes to Autobahn, which
+        accepts or fails it with its own reason.
+        """
+        if self.extensions == RELAY_DEFLATE or not head.startLine.startswith(
+            "HTTP/1.1 "
+        ):
+            return False
+        upgrade, accept, protocols = [], [], 0
+        for name, value in head.headers:
+            lname = name.lower()
+            if lname == "upgrade":
+                upgrade.append(value)
+            elif lname == "sec-websocket-accept":
+                accept.append(value)
+            elif lname == "sec-websocket-protocol":
+                protocols += 1
+            elif lname == "sec-websocket-extensions" and self.extensions != END_TO_END:
+                return False
+        if (
+            len(upgrade) != 1
+            or upgrade[0].strip().lower() != "websocket"
+            or "upgrade" not in head.tokens("connection")
+            or protocols > 1
+            or len(accept) != 1
+        ):
+            return False
+        digest = hashlib.sha1(self.websocket_key + _WS_MAGIC).digest()
+        return accept[0].strip() == base64.b64encode(digest).decode()
+
+    def _keepExtensionsAnswer(self, head: Head, end: int) -> None:
+        """
+        Keep the backend's C{Sec-WebSocket-Extensions} fields for the
+        client, and take them out of the head Autobahn goes on to check: it
+        would refuse an extension this leg did not offer itself, or
+        activate permessage-deflate on a connection whose bytes it does not
+        parse (the passthrough pipe does).
+
+        @param end: Where the head ends in C{self.data}.
+        """
+        self.extensionsAnswer = tuple(
+            v for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
+        )
+        if not self.extensionsAnswer:
+            return
+        lines = self.data[:end].split(b"\r\n")
+        kept = [
+            line
+            for line in lines
+            if line.split(b":", 1)[0].strip().lower() != b"sec-websocket-extensions"
+        ]
+        self.data = b"\r\n".join(kept) + self.data[end:]
+
+    def _collectRefusal(self, final: bool) -> None:
+        """
+        Relay the refusal once its body is here (by C{Content-Length}, or
+        the connection's end).
+        """
+        assert self._refused is not None
+        status, reason, headers, start, length = self._refused
+        have = len(self.data) - start
+        want = MAX_REFUSAL_BODY if length is None else min(length, MAX_REFUSAL_BODY)
+        if not final and have < want:
+            return
+        body = self.data[start : start + want]
+        if not self.opened.called:
+            self.opened.errback(UpstreamRefused(status, reason, headers, body))
+        self.abortHandshake()
