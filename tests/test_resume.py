@@ -761,7 +761,11 @@ class Member:
 
     @ivar got: Each write, as C{(data, count)}.
     @ivar closed: The close code and reason, or L{None}.
+    @ivar sendNow: L{None}: the channel calls L{send}.
     """
+
+    sendNow = None
+    tcp = None
 
     def __init__(self) -> None:
         self.mark = 0

@@ -57,7 +57,7 @@ class Pending:
     runs: an ended channel is freed by reference counting.
     """
 
-    __slots__ = ("_call", "_frames", "_reactor")
+    __slots__ = ("_call", "_frames", "_reactor", "flushing")
 
     def __init__(self, reactor: IReactorTime) -> None:
         """
@@ -69,6 +69,9 @@ class Pending:
         self._frames: list[bytes] = []
         #: The flush to come, while messages are pending.
         self._call: IDelayedCall | None = None
+        #: Whether L{flush} is writing to the members: a member that joins
+        #: or leaves meanwhile must not change the dictionary it iterates.
+        self.flushing = False
 
     def add(self, channel: PendingChannel, framed: list[bytes]) -> None:
         """
@@ -86,6 +89,15 @@ class Pending:
         """
         Write what is pending to every member of C{channel}, in one write
         each, and count the deliveries; cancel the flush scheduled.
+
+        The per-delivery path, inlined: a member that may be sent to at
+        once (its C{sendNow}) with nothing queued in its TCP connection
+        gets the bytes straight from its socket's C{send}; the rest of a
+        partial send, or all of a send that failed (full, or an error
+        Twisted then meets), goes to the connection's C{write}, which
+        queues it in order and pauses the member when too much waits.
+        Every other member is written by its own C{send} (paused, being
+        closed, TLS, a stand-in of the resume window).
         """
         call, self._call = self._call, None
         if call is not None and call.active():
@@ -96,12 +108,29 @@ class Pending:
         self._frames = []
         count = len(frames)
         chunk = frames[0] if count == 1 else b"".join(frames)
+        size = len(chunk)
         members = channel.members
         window = channel.window
         # Clients catching up are counted by the window.
         held = 0 if window is None else window.held
         channel.deliveries += count * (len(members) - held)
-        # A copy: a member closed for being slow may leave as it is written
-        # to.
-        for member in list(members):
-            member.send(chunk, count)
+        # No copy: no member joins or leaves while it is written to (a
+        # client closed for being slow leaves when its connection is lost,
+        # in a later turn; see Channel.leave).
+        self.flushing = True
+        try:
+            for member in members:
+                send = member.sendNow
+                if send is not None:
+                    tcp = member.tcp
+                    if not (tcp._tempDataBuffer or tcp.dataBuffer):
+                        try:
+                            sent = send(chunk)
+                        except OSError:
+                            sent = 0
+                        if sent != size:
+                            tcp.write(chunk[sent:])
+                        continue
+                member.send(chunk, count)
+        finally:
+            self.flushing = False
