@@ -1,12 +1,14 @@
 """
 A fan-out channel sends to a client's socket at once
-(L{wsrelay.fanout.pending.Pending.flush}, through the client's C{sendNow})
+(L{wsrelay.fanout.pending.Pending.flush}, through the client's
+C{descriptor})
 only while that is what its own write would do: over real loopback
 sockets, a paused client, a client being closed and a partial send.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.trial.unittest import TestCase
@@ -89,10 +91,10 @@ class DirectSendTests(TestCase):
         await inThread(source.send, count)
         await waitFor(lambda: channel.deliveries == deliveries)
 
-    async def test_sendNow(self) -> None:
+    async def test_writtenAtOnce(self) -> None:
         """
-        A joined client on a plain TCP connection is sent to at once: its
-        C{sendNow} is its socket's C{send}, and what the channel writes has
+        A joined client on a plain TCP connection is written at once: its
+        C{descriptor} is its socket's, and what the channel writes has
         reached the client, with nothing left in Twisted's buffers, when
         the write returns.
         """
@@ -100,7 +102,7 @@ class DirectSendTests(TestCase):
         tcp = session.tcp
         assert tcp is not None
         self.assertIs(tcp, session.frontend.transport)
-        self.assertEqual(session.sendNow, tcp.socket.send)
+        self.assertEqual(session.descriptor, tcp.socket.fileno())
         await self.written(source, channel, 3)
         self.assertEqual((tcp._tempDataBuffer, tcp.dataBuffer), ([], b""))
         reader = FrameReader(client)
@@ -117,14 +119,14 @@ class DirectSendTests(TestCase):
         """
         source, channel, client, session = await self.joined()
         session.pauseProducing()
-        self.assertIsNone(session.sendNow)
+        self.assertIsNone(session.descriptor)
         await self.written(source, channel, 3)
         self.assertGreater(session.queued, 0)
         self.assertEqual(unread(client), b"")
         session.resumeProducing()
         self.assertEqual(session.queued, 0)
         assert session.tcp is not None
-        self.assertEqual(session.sendNow, session.tcp.socket.send)
+        self.assertEqual(session.descriptor, session.tcp.socket.fileno())
         await self.written(source, channel, 2)
         reader = FrameReader(client)
         await inThread(reader.readUntil, lambda: len(reader.frames) == 5)
@@ -139,7 +141,7 @@ class DirectSendTests(TestCase):
         source, channel, client, session = await self.joined()
         await self.written(source, channel, 1)
         session.shutdown(1001, b"going")
-        self.assertIsNone(session.sendNow)
+        self.assertIsNone(session.descriptor)
         await self.written(source, channel, 3)
         self.assertIn(session, channel.members)
         reader = FrameReader(client)
@@ -186,3 +188,27 @@ class DirectSendTests(TestCase):
         reader = FrameReader(client)
         await inThread(reader.readUntil, lambda: len(reader.frames) == 2)
         self.assertEqual(reader.frames, [(PING, b"queued"), (1, b"next")])
+
+    async def test_goneDescriptor(self) -> None:
+        """
+        A member still listed after its connection is lost (as if it had
+        not left) is not written through its old descriptor, whose number
+        another socket may have by then: here a socket of the test's own.
+        """
+        source, channel, client, session = await self.joined()
+        fd = session.descriptor
+        assert fd is not None
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        client.close()
+        await waitFor(lambda: session not in channel.members)
+        with self.assertRaises(OSError):
+            os.fstat(fd)
+        os.dup2(ours.fileno(), fd)
+        self.addCleanup(os.close, fd)
+        channel.members[session] = None
+        session.descriptor = fd
+        channel.deliver([(1, b"not yours", None)])
+        channel.flush()
+        self.assertEqual(unread(peer), b"")

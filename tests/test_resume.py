@@ -761,10 +761,10 @@ class Member:
 
     @ivar got: Each write, as C{(data, count)}.
     @ivar closed: The close code and reason, or L{None}.
-    @ivar sendNow: L{None}: the channel calls L{send}.
+    @ivar descriptor: L{None}: the channel calls L{send}.
     """
 
-    sendNow = None
+    descriptor = None
     tcp = None
 
     def __init__(self) -> None:

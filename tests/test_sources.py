@@ -245,10 +245,10 @@ class BuiltinSourceTests(SynchronousTestCase):
 class Member:
     """
     Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent
-    (by L{send}: it has no C{sendNow}).
+    (by L{send}: it has no C{descriptor}).
     """
 
-    sendNow = None
+    descriptor = None
     tcp = None
 
     def __init__(self) -> None:

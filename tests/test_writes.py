@@ -21,9 +21,9 @@ from tests.support import TIMEOUT, inThread
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.ws.writes import directWrite
 
-#: The attributes of Twisted's TCP connection that L{directWrite} reads
-#: (and L{wsrelay.fanout.pending.Pending.flush}).
-TCP_ATTRIBUTES = ("_tempDataBuffer", "dataBuffer", "socket", "write")
+#: The attributes of Twisted's TCP connection that L{directWrite} and
+#: L{wsrelay.fanout.pending.Pending.flush} read.
+TCP_ATTRIBUTES = ("_tempDataBuffer", "dataBuffer", "connected", "socket", "write")
 
 
 class Server(Protocol):

@@ -191,10 +191,11 @@ class _Held:
     what it needs), and counts it as a client (no linger).
 
     @ivar mark: Unused; a channel member has one.
-    @ivar sendNow: L{None}: the channel calls L{send}, which does nothing.
+    @ivar descriptor: L{None}: the channel calls L{send}, which does
+        nothing.
     """
 
-    sendNow = None
+    descriptor = None
     tcp = None
 
     def __init__(self) -> None:

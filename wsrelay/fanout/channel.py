@@ -87,11 +87,11 @@ class Member(TypingProtocol):
     #: joined, less the replay it got.
     mark: int
 
-    #: The C{send} of the member's socket while L{Pending.flush} may send
-    #: to it at once, else L{None}: then it calls L{send}.
-    sendNow: Callable[[bytes], int] | None
+    #: The descriptor of the member's socket while L{Pending.flush} may
+    #: write to it at once, else L{None}: then it calls L{send}.
+    descriptor: int | None
 
-    #: The member's TCP connection, while L{sendNow} is set.
+    #: The member's TCP connection, while L{descriptor} is set.
     tcp: Connection | None
 
     def send(self, data: bytes, count: int = 1) -> None:

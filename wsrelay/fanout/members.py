@@ -20,8 +20,6 @@ from wsrelay.ws.framing import Assembler
 from wsrelay.ws.writes import tcpConnection
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from twisted.internet.interfaces import IConsumer, IReactorTime
     from twisted.internet.tcp import Connection
 
@@ -43,17 +41,18 @@ class FanoutSession:
 
     @ivar queued: Bytes in the queue.
     @ivar dropped: Messages skipped for this client.
-    @ivar sendNow: The C{send} of the client's socket while the channel may
-        send to it at once (L{wsrelay.fanout.pending.Pending.flush}): the
-        client joined, its transport is a plain TCP connection (L{tcp}),
-        and it is neither paused, being closed nor gone; else L{None}, and
-        the channel calls L{send}.  Kept up to date here, so that the
-        channel reads one attribute per client and write.
+    @ivar descriptor: The file descriptor of the client's socket while the
+        channel may write to it at once
+        (L{wsrelay.fanout.pending.Pending.flush}): the client joined, its
+        transport is a plain TCP connection (L{tcp}), and it is neither
+        paused, being closed nor gone; else L{None}, and the channel calls
+        L{send}.  Kept up to date here, so that the channel reads one
+        attribute per client and write.
     @ivar tcp: The client's TCP connection, when its transport is one (or
-        a PROXY protocol wrapper over one); L{None} for TLS.  What Twisted
-        queues in it is the one thing that can change behind the member's
-        back (its leg writes control frames too), so the channel checks it
-        before each send.
+        a PROXY protocol wrapper over one); L{None} for TLS.  Whether it is
+        connected and what Twisted queues in it can change behind the
+        member's back (its leg writes control frames too), so the channel
+        checks them before each write.
     """
 
     log = Logger()
@@ -104,9 +103,10 @@ class FanoutSession:
         self._closing = False
         self._write: Any = None
         self.tcp: Connection | None = None
-        self.sendNow: Callable[[bytes], int] | None = None
-        #: The socket's C{send} that L{sendNow} is while it may be used.
-        self._socketSend: Callable[[bytes], int] | None = None
+        self.descriptor: int | None = None
+        #: The socket's descriptor, that L{descriptor} is while it may be
+        #: used.
+        self._descriptor: int | None = None
         self._message = Assembler()
         frontend.session = self
         frontend.listener = self
@@ -131,10 +131,10 @@ class FanoutSession:
         self._write = frontend.writer()
         tcp = self.tcp = tcpConnection(transport)
         if tcp is not None:
-            self._socketSend = tcp.socket.send
+            self._descriptor = tcp.socket.fileno()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
-        self.sendNow = self._socketSend
+        self.descriptor = self._descriptor
         self.openedAt = self.clock.seconds()
         self.latency.observe(self.openedAt - self.startedAt)
         config = self.channel.routeConfig
@@ -186,7 +186,7 @@ class FanoutSession:
         """
         if not self._closing:
             self._paused = True
-            self.sendNow = None
+            self.descriptor = None
 
     def resumeProducing(self) -> None:
         """
@@ -202,7 +202,7 @@ class FanoutSession:
         if queue is not None and not queue:
             self.queue = None
         if not self._paused and not self._closing and self._joined:
-            self.sendNow = self._socketSend
+            self.descriptor = self._descriptor
 
     def stopProducing(self) -> None:
         """
@@ -210,7 +210,7 @@ class FanoutSession:
         """
         self.queue = None
         self.queued = 0
-        self.sendNow = None
+        self.descriptor = None
 
     # Frames from the client.
 
@@ -250,7 +250,7 @@ class FanoutSession:
         """
         self.queue = None
         self.queued = 0
-        self.sendNow = None
+        self.descriptor = None
         self._write = _discard
         if self._joined:
             window = self.channel.window
@@ -307,7 +307,7 @@ class FanoutSession:
         self.queue = None
         self.queued = 0
         self._paused = False
-        self.sendNow = None
+        self.descriptor = None
         self._write = _discard
 
 

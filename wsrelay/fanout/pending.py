@@ -9,6 +9,7 @@ rates a client gets one C{send} for many reads from the source.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -90,14 +91,19 @@ class Pending:
         Write what is pending to every member of C{channel}, in one write
         each, and count the deliveries; cancel the flush scheduled.
 
-        The per-delivery path, inlined: a member that may be sent to at
-        once (its C{sendNow}) with nothing queued in its TCP connection
-        gets the bytes straight from its socket's C{send}; the rest of a
-        partial send, or all of a send that failed (full, or an error
+        The per-delivery path, inlined: a member that may be written at
+        once (its C{descriptor}) whose TCP connection is connected with
+        nothing queued gets the bytes straight from C{os.write} on its
+        socket (a few percent less CPU than the socket's C{send}); the rest
+        of a partial write, or all of one that failed (full, or an error
         Twisted then meets), goes to the connection's C{write}, which
         queues it in order and pauses the member when too much waits.
         Every other member is written by its own C{send} (paused, being
         closed, TLS, a stand-in of the resume window).
+
+        The connection is checked as connected: a descriptor's number is
+        the connection's only until Twisted closes its socket (which it
+        does after marking it lost), and then the next socket may get it.
         """
         call, self._call = self._call, None
         if call is not None and call.active():
@@ -109,6 +115,7 @@ class Pending:
         count = len(frames)
         chunk = frames[0] if count == 1 else b"".join(frames)
         size = len(chunk)
+        write = os.write
         members = channel.members
         window = channel.window
         # Clients catching up are counted by the window.
@@ -120,12 +127,12 @@ class Pending:
         self.flushing = True
         try:
             for member in members:
-                send = member.sendNow
-                if send is not None:
+                fd = member.descriptor
+                if fd is not None:
                     tcp = member.tcp
-                    if not (tcp._tempDataBuffer or tcp.dataBuffer):
+                    if tcp.connected and not (tcp._tempDataBuffer or tcp.dataBuffer):
                         try:
-                            sent = send(chunk)
+                            sent = write(fd, chunk)
                         except OSError:
                             sent = 0
                         if sent != size:
