@@ -123,7 +123,8 @@ class Pending:
         channel.deliveries += count * (len(members) - held)
         # No copy: no member joins or leaves while it is written to (a
         # client closed for being slow leaves when its connection is lost,
-        # in a later turn; see Channel.leave).
+        # in a later turn); should one, the channel changes a copy
+        # (channel._unshare).
         self.flushing = True
         try:
             for member in members:
