@@ -125,7 +125,7 @@ class Pending:
         # client closed for being slow leaves when its connection is lost,
         # in a later turn); should one, the channel changes a copy
         # (channel._unshare).
-        self.flushing = True
+        flushing, self.flushing = self.flushing, True
         try:
             for member in members:
                 fd = member.descriptor
@@ -141,4 +141,5 @@ class Pending:
                         continue
                 member.send(chunk, count)
         finally:
-            self.flushing = False
+            # A flush within a flush (none is known) leaves it flushing.
+            self.flushing = flushing
