@@ -11,10 +11,8 @@ what the source sent while it was down.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet import task
@@ -22,8 +20,17 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from tests.support import TIMEOUT, inThread, noDelay, startRelay
-from tests.support.clients import closedPort, rawRequest
-from tests.support.fanout import Clients, Source, channelUp, feed, seqs
+from tests.support.clients import closedPort
+from tests.support.fanout import (
+    Clients,
+    FrameReader,
+    Source,
+    channelUp,
+    feed,
+    rawClient,
+    seqs,
+    sessionOf,
+)
 from tests.support.relays import buffered, paused
 from tests.support.waiting import waitFor
 from wsrelay.fanout import IDLE, UP, FanoutSession
@@ -32,88 +39,6 @@ from wsrelay.fanout.source import WebSocketSource
 from wsrelay.service import RelayService
 from wsrelay.ws.framing import TEXT
 from wsrelay.ws.legclosing import OPEN
-
-
-def rawClient(port: int, path: str, receiveBuffer: int | None = None) -> socket.socket:
-    """
-    A client doing the opening handshake by hand, reading nothing beyond
-    the 101 response until told to.
-
-    @param receiveBuffer: A small C{SO_RCVBUF}, for a client that stops
-        reading: the kernel then takes little of what the relay writes.
-    """
-    s = socket.socket()
-    if receiveBuffer is not None:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receiveBuffer)
-    s.settimeout(TIMEOUT)
-    s.connect(("127.0.0.1", port))
-    s.sendall(rawRequest(port, path))
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        byte = s.recv(1)
-        assert byte, f"connection closed during the handshake: {head!r}"
-        head += byte
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    return s
-
-
-class FrameReader:
-    """
-    Parses the frames a server sends (unmasked) from a raw socket.
-
-    @ivar frames: The frames read, as C{(opcode, payload)}.
-    """
-
-    def __init__(self, s: socket.socket) -> None:
-        self._socket = s
-        self._data = b""
-        self.frames: list[tuple[int, bytes]] = []
-
-    def _parse(self) -> None:
-        data = self._data
-        while len(data) >= 2:
-            n = data[1] & 0x7F
-            start = 2
-            if n == 126:
-                start = 4
-            elif n == 127:
-                start = 10
-            if len(data) < start:
-                break
-            if n >= 126:
-                n = int.from_bytes(data[2:start], "big")
-            if len(data) < start + n:
-                break
-            self.frames.append((data[0] & 0x0F, data[start : start + n]))
-            data = data[start + n :]
-        self._data = data
-
-    def readUntil(self, done: Callable[[], bool]) -> None:
-        """
-        Read frames until C{done()} holds or the connection ends.
-        """
-        while not done():
-            try:
-                chunk = self._socket.recv(1 << 20)
-            except (ConnectionError, TimeoutError):
-                return
-            if not chunk:
-                return
-            self._data += chunk
-            self._parse()
-
-
-def sessionOf(relay: RelayService, s: socket.socket) -> FanoutSession:
-    """
-    @return: The relay's session for the raw client C{s}.
-    """
-    port = s.getsockname()[1]
-    for session in relay.sessions:
-        transport = session.frontend.transport
-        if transport is not None and transport.getPeer().port == port:  # type: ignore[attr-defined]
-            assert isinstance(session, FanoutSession)
-            return session
-    raise AssertionError("no session for the raw client")
 
 
 class BroadcastTests(TestCase):

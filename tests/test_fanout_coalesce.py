@@ -49,7 +49,11 @@ class Recorder:
     Stands for a L{FanoutSession}: keeps each write.
 
     @ivar writes: Each write, as C{(data, count)}.
+    @ivar descriptor: L{None}: the channel calls L{send}.
     """
+
+    descriptor = None
+    tcp = None
 
     def __init__(self) -> None:
         self.mark = 0
@@ -296,6 +300,45 @@ class FlushTests(SynchronousTestCase):
         self.assertEqual(channel.deliveries, 2)
         self.assertNoTimers()
 
+    def test_membersChangeDuringFlush(self) -> None:
+        """
+        Should members join or leave while the channel writes to them (it
+        iterates its members without a copy), the write goes on to every
+        member there was (not to one that joined: no replay here), and the
+        change holds after it.
+        """
+        channel = self.channel()
+        leaving, joining = Recorder(), Recorder()
+
+        class Changing(Recorder):
+            """
+            A member whose first write makes another leave and another
+            join.
+            """
+
+            def send(self, data: bytes, count: int = 1) -> None:
+                """
+                Keep the write, then change the members once.
+                """
+                super().send(data, count)
+                if leaving in channel.members:
+                    channel.leave(leaving)
+                    channel.join(joining)
+
+        first, last = Changing(), Recorder()
+        for m in (first, leaving, last):
+            channel.join(m)
+        channel.deliver(texts("a"))
+        self.turns.advance(0)
+        self.assertEqual([m.got() for m in (first, leaving, last)], [[b"a"]] * 3)
+        self.assertEqual(list(channel.members), [first, last, joining])
+        channel.deliver(texts("b"))
+        self.turns.advance(0)
+        self.assertEqual(
+            [m.got() for m in (first, leaving, last, joining)],
+            [[b"a", b"b"], [b"a"], [b"a", b"b"], [b"b"]],
+        )
+
     def test_stopWithPending(self) -> None:
         """
         A channel that stops writes what is pending, and leaves no flush
@@ -487,6 +530,8 @@ class CoalescedOverSocketsTests(TestCase):
             write(data)
 
         session._write = counted
+        # Every write through the session's own, to be counted.
+        session.descriptor = None
         for n in range(1, 6):
             await inThread(source.send, 1)
             await waitFor(lambda n=n: channel.messagesIn == n)

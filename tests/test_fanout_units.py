@@ -78,8 +78,12 @@ def openSource(
 
 class Member:
     """
-    Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent.
+    Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent
+    (by L{send}: it has no C{descriptor}).
     """
+
+    descriptor = None
+    tcp = None
 
     def __init__(self) -> None:
         self.writes: list[tuple[bytes, int]] = []

@@ -761,7 +761,11 @@ class Member:
 
     @ivar got: Each write, as C{(data, count)}.
     @ivar closed: The close code and reason, or L{None}.
+    @ivar descriptor: L{None}: the channel calls L{send}.
     """
+
+    descriptor = None
+    tcp = None
 
     def __init__(self) -> None:
         self.mark = 0

@@ -244,8 +244,12 @@ class BuiltinSourceTests(SynchronousTestCase):
 
 class Member:
     """
-    Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent.
+    Stands for a L{wsrelay.fanout.FanoutSession}: keeps what it is sent
+    (by L{send}: it has no C{descriptor}).
     """
+
+    descriptor = None
+    tcp = None
 
     def __init__(self) -> None:
         self.mark = 0

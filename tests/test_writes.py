@@ -21,15 +21,9 @@ from tests.support import TIMEOUT, inThread
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.ws.writes import directWrite
 
-#: The attributes of Twisted's TCP connection that L{directWrite} reads.
-TCP_ATTRIBUTES = (
-    "_tempDataBuffer",
-    "dataBuffer",
-    "connected",
-    "disconnecting",
-    "_writeDisconnected",
-    "socket",
-)
+#: The attributes of Twisted's TCP connection that L{directWrite} and
+#: L{wsrelay.fanout.pending.Pending.flush} read.
+TCP_ATTRIBUTES = ("_tempDataBuffer", "dataBuffer", "connected", "socket", "write")
 
 
 class Server(Protocol):
@@ -206,3 +200,43 @@ class TCPTests(TestCase):
             [b"after the reset"],
         )
         await server.lost
+
+    async def test_disconnecting(self) -> None:
+        """
+        A connection that is closing (C{loseConnection}, nothing queued) is
+        still sent what it is given, before its end, as Twisted's C{write}
+        would send it.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert transport is not None
+        write = directWrite(transport)
+        transport.loseConnection()
+        write(b"last words")
+
+        def readAll() -> bytes:
+            got = b""
+            while chunk := peer.recv(64):
+                got += chunk
+            return got
+
+        self.assertEqual(await inThread(readAll), b"last words")
+        await server.lost
+
+    async def test_lost(self) -> None:
+        """
+        Once the connection is lost its socket is closed: a write raises
+        nothing, sends nothing and queues nothing.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert transport is not None
+        write = directWrite(transport)
+        transport.loseConnection()
+        await server.lost
+        write(b"too late")
+        self.assertEqual(
+            (transport._tempDataBuffer, transport.dataBuffer),  # type: ignore[attr-defined]
+            ([], b""),
+        )
+        self.assertEqual(await inThread(peer.recv, 64), b"")

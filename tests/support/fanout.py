@@ -1,6 +1,8 @@
 """
 A fan-out source on loopback (L{Source}), many clients of a relay
-(L{Clients}), and the config of a relay that feeds from a source.
+(L{Clients}), a client that reads by hand (L{rawClient}, L{FrameReader},
+and its session: L{sessionOf}), and the config of a relay that feeds from
+a source.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.support.clients import inThread
+from tests.support.clients import inThread, rawRequest
 from tests.support.waiting import TIMEOUT, Changes, waitFor
-from wsrelay.fanout import UP, Channel
+from wsrelay.fanout import UP, Channel, FanoutSession
 from wsrelay.service import RelayService
 
 Message = str | bytes
@@ -345,3 +347,85 @@ async def channelUp(relay: RelayService, key: str = "") -> Channel:
         )
     )
     return relay.channels[("ticker", key)]
+
+
+def rawClient(port: int, path: str, receiveBuffer: int | None = None) -> socket.socket:
+    """
+    A client doing the opening handshake by hand, reading nothing beyond
+    the 101 response until told to.
+
+    @param receiveBuffer: A small C{SO_RCVBUF}, for a client that stops
+        reading: the kernel then takes little of what the relay writes.
+    """
+    s = socket.socket()
+    if receiveBuffer is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receiveBuffer)
+    s.settimeout(TIMEOUT)
+    s.connect(("127.0.0.1", port))
+    s.sendall(rawRequest(port, path))
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = s.recv(1)
+        assert byte, f"connection closed during the handshake: {head!r}"
+        head += byte
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return s
+
+
+class FrameReader:
+    """
+    Parses the frames a server sends (unmasked) from a raw socket.
+
+    @ivar frames: The frames read, as C{(opcode, payload)}.
+    """
+
+    def __init__(self, s: socket.socket) -> None:
+        self._socket = s
+        self._data = b""
+        self.frames: list[tuple[int, bytes]] = []
+
+    def _parse(self) -> None:
+        data = self._data
+        while len(data) >= 2:
+            n = data[1] & 0x7F
+            start = 2
+            if n == 126:
+                start = 4
+            elif n == 127:
+                start = 10
+            if len(data) < start:
+                break
+            if n >= 126:
+                n = int.from_bytes(data[2:start], "big")
+            if len(data) < start + n:
+                break
+            self.frames.append((data[0] & 0x0F, data[start : start + n]))
+            data = data[start + n :]
+        self._data = data
+
+    def readUntil(self, done: Callable[[], bool]) -> None:
+        """
+        Read frames until C{done()} holds or the connection ends.
+        """
+        while not done():
+            try:
+                chunk = self._socket.recv(1 << 20)
+            except (ConnectionError, TimeoutError):
+                return
+            if not chunk:
+                return
+            self._data += chunk
+            self._parse()
+
+
+def sessionOf(relay: RelayService, s: socket.socket) -> FanoutSession:
+    """
+    @return: The relay's session for the raw client C{s}.
+    """
+    port = s.getsockname()[1]
+    for session in relay.sessions:
+        transport = session.frontend.transport
+        if transport is not None and transport.getPeer().port == port:  # type: ignore[attr-defined]
+            assert isinstance(session, FanoutSession)
+            return session
+    raise AssertionError("no session for the raw client")

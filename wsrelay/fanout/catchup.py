@@ -191,7 +191,12 @@ class _Held:
     what it needs), and counts it as a client (no linger).
 
     @ivar mark: Unused; a channel member has one.
+    @ivar descriptor: L{None}: the channel calls L{send}, which does
+        nothing.
     """
+
+    descriptor = None
+    tcp = None
 
     def __init__(self) -> None:
         self.mark = 0

@@ -43,6 +43,7 @@ from wsrelay.ws.framing import frame
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.tcp import Connection
 
     from wsrelay.config import FanoutRouteConfig
     from wsrelay.roles import SessionRegistry
@@ -85,6 +86,13 @@ class Member(TypingProtocol):
     #: The channel's count of messages from the source when the member
     #: joined, less the replay it got.
     mark: int
+
+    #: The descriptor of the member's socket while L{Pending.flush} may
+    #: write to it at once, else L{None}: then it calls L{send}.
+    descriptor: int | None
+
+    #: The member's TCP connection, while L{descriptor} is set.
+    tcp: Connection | None
 
     def send(self, data: bytes, count: int = 1) -> None:
         """
@@ -215,6 +223,7 @@ class Channel:
         every message (the others get what is pending first).
         """
         self.flush()
+        _unshare(self)
         self._linger.cancel()
         if not self._running and self.state != STOPPED:
             # Before the window looks up C{since}: a source's history
@@ -237,7 +246,7 @@ class Channel:
         would only fill); the last one out of a lazy channel starts the
         linger time.
         """
-        self.members.pop(member, None)
+        _unshare(self).pop(member, None)
         if not self.members and self.retired:
             self.retire()
             return
@@ -245,8 +254,7 @@ class Channel:
             self._linger.start(self.routeConfig.linger, self._lingerEnded)
 
     def _lazy(self) -> bool:
-        config = self.routeConfig
-        return config.connect == "lazy" or config.channel == "path"
+        return self.routeConfig.connect == "lazy" or self.routeConfig.channel == "path"
 
     def _lingerEnded(self) -> None:
         """
@@ -398,6 +406,19 @@ class Channel:
         if self.window is not None:
             # Its history is the source's, which holds the channel.
             self.window.close()
+
+
+def _unshare(channel: Channel) -> dict[Member, None]:
+    """
+    Let C{channel}'s members be changed: while L{Pending.flush} writes to
+    them it iterates the dictionary (no member joins or leaves then, but
+    should one), so the change goes to a copy.
+
+    @return: The members' dictionary to change.
+    """
+    if channel._pending.flushing:
+        channel.members = dict(channel.members)
+    return channel.members
 
 
 def _lendHistory(channel: Channel) -> None:

@@ -17,9 +17,11 @@ from zope.interface import implementer
 from wsrelay.fanout.channel import Channel
 from wsrelay.fanout.resume import sinceOf
 from wsrelay.ws.framing import Assembler
+from wsrelay.ws.writes import tcpConnection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer, IReactorTime
+    from twisted.internet.tcp import Connection
 
     from wsrelay.config import RelayConfig
     from wsrelay.roles import SessionRegistry
@@ -39,6 +41,18 @@ class FanoutSession:
 
     @ivar queued: Bytes in the queue.
     @ivar dropped: Messages skipped for this client.
+    @ivar descriptor: The file descriptor of the client's socket while the
+        channel may write to it at once
+        (L{wsrelay.fanout.pending.Pending.flush}): the client joined, its
+        transport is a plain TCP connection (L{tcp}), and it is neither
+        paused, being closed nor gone; else L{None}, and the channel calls
+        L{send}.  Kept up to date here, so that the channel reads one
+        attribute per client and write.
+    @ivar tcp: The client's TCP connection, when its transport is one (or
+        a PROXY protocol wrapper over one); L{None} for TLS.  Whether it is
+        connected and what Twisted queues in it can change behind the
+        member's back (its leg writes control frames too), so the channel
+        checks them before each write.
     """
 
     log = Logger()
@@ -88,6 +102,11 @@ class FanoutSession:
         self._joined = False
         self._closing = False
         self._write: Any = None
+        self.tcp: Connection | None = None
+        self.descriptor: int | None = None
+        #: The socket's descriptor, that L{descriptor} is while it may be
+        #: used.
+        self._descriptor: int | None = None
         self._message = Assembler()
         frontend.session = self
         frontend.listener = self
@@ -110,8 +129,12 @@ class FanoutSession:
             self.peer = self.addresses.clientAddress(frontend)
         frontend.forgetHandshake()
         self._write = frontend.writer()
+        tcp = self.tcp = tcpConnection(transport)
+        if tcp is not None:
+            self._descriptor = tcp.socket.fileno()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
+        self.descriptor = self._descriptor
         self.openedAt = self.clock.seconds()
         self.latency.observe(self.openedAt - self.startedAt)
         config = self.channel.routeConfig
@@ -163,6 +186,7 @@ class FanoutSession:
         """
         if not self._closing:
             self._paused = True
+            self.descriptor = None
 
     def resumeProducing(self) -> None:
         """
@@ -177,6 +201,8 @@ class FanoutSession:
             self._write(data)
         if queue is not None and not queue:
             self.queue = None
+        if not self._paused and not self._closing and self._joined:
+            self.descriptor = self._descriptor
 
     def stopProducing(self) -> None:
         """
@@ -184,6 +210,7 @@ class FanoutSession:
         """
         self.queue = None
         self.queued = 0
+        self.descriptor = None
 
     # Frames from the client.
 
@@ -218,10 +245,13 @@ class FanoutSession:
 
     def legClosed(self, leg: Any) -> None:
         """
-        The client is gone: leave the channel.
+        The client is gone: leave the channel, and write nothing more (not
+        what a channel writing to its members as it leaves still has).
         """
         self.queue = None
         self.queued = 0
+        self.descriptor = None
+        self._write = _discard
         if self._joined:
             window = self.channel.window
             if window is not None:
@@ -277,6 +307,7 @@ class FanoutSession:
         self.queue = None
         self.queued = 0
         self._paused = False
+        self.descriptor = None
         self._write = _discard
 
 

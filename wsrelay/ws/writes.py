@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_edge,tests.test_proxy -*-
+# -*- test-case-name: tests.test_edge,tests.test_proxy,tests.test_fanout_direct -*-
 """
 Writing to a TCP transport at once.
 
@@ -10,6 +10,13 @@ of a write (the profile in BENCHMARKS.md).  L{directWrite} sends right away
 when nothing is queued, and leaves everything else to Twisted: a partial
 send queues the rest with C{transport.write}, so flow control (the
 producer's pause at C{bufferSize}) and error handling are Twisted's own.
+
+Only what Twisted queues is checked before a send.  The rest of the
+transport's state needs no check: a closed connection's socket is closed
+(its C{send} fails, and Twisted's C{write} then drops the bytes, as it does
+for a connection that is gone), a half-closed one fails with C{EPIPE} the
+same way, and a disconnecting one still sends what it is given before it
+closes, as Twisted's C{write} would.
 """
 
 from __future__ import annotations
@@ -21,6 +28,24 @@ from twisted.internet.tcp import Connection
 
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 
+__all__ = ["directWrite", "tcpConnection"]
+
+
+def tcpConnection(transport: Any) -> Connection | None:
+    """
+    @return: The plain TCP (or UNIX) connection that C{transport} is, or
+        that a PROXY protocol wrapper over it writes to unchanged; L{None}
+        for any other transport (TLS, a test's), which only Twisted's
+        C{write} may write to.
+    """
+    if isinstance(transport, ProxyProtocolWrapper):
+        # A haproxy: listener's connection: past its header, the wrapper
+        # passes writes through unchanged.
+        transport = transport.transport
+    if isinstance(transport, Connection):
+        return transport
+    return None
+
 
 def directWrite(transport: Any) -> Callable[[bytes], None]:
     """
@@ -30,34 +55,33 @@ def directWrite(transport: Any) -> Callable[[bytes], None]:
         C{transport.write}.
     """
     if isinstance(transport, ProxyProtocolWrapper):
-        # A haproxy: listener's connection: past its header, the wrapper
-        # passes writes through unchanged.
         transport = transport.transport
-    write: Callable[[bytes], None] = transport.write
-    if not isinstance(transport, Connection):
+    connection = tcpConnection(transport)
+    if connection is None:
         # TLS, or a test's transport: Twisted's write only.
+        write: Callable[[bytes], None] = transport.write
         return write
-    send = transport.socket.send
+    return _writeNow(connection)
+
+
+def _writeNow(connection: Connection) -> Callable[[bytes], None]:
+    """
+    @return: L{directWrite}'s function for a plain TCP C{connection}.
+    """
+    write = connection.write
+    send = connection.socket.send
 
     def writeNow(data: bytes) -> None:
-        if (
-            transport._tempDataBuffer
-            or transport.dataBuffer
-            or not transport.connected
-            or transport.disconnecting
-            or transport._writeDisconnected
-        ):
+        if connection._tempDataBuffer or connection.dataBuffer:
             write(data)
             return
         try:
             sent = send(data)
-        except BlockingIOError:
-            sent = 0
         except OSError:
-            # Let Twisted meet the error on its own write.
-            write(data)
-            return
-        if sent < len(data):
+            # Full (BlockingIOError), or an error that Twisted meets on its
+            # own write.
+            sent = 0
+        if sent != len(data):
             write(data[sent:])
 
     return writeNow
