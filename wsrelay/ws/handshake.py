@@ -112,8 +112,13 @@ class Head:
             joined with C{", "}, or L{None} when there is none.
         """
         lname = name.lower()
-        values = [v for (n, v) in self.headers if n.lower() == lname]
-        return ", ".join(values) if values else None
+        size = len(lname)
+        found = None
+        for n, v in self.headers:
+            # (The length first: most names are not this one's.)
+            if len(n) == size and n.lower() == lname:
+                found = v if found is None else f"{found}, {v}"
+        return found
 
     def tokens(self, name: str) -> set[str]:
         """
