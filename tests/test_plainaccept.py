@@ -21,6 +21,7 @@ from wsrelay.ws._autobahn import FIRED, sharedTrafficStats
 from wsrelay.ws.accept import acceptResponse, plainRequest
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
+from wsrelay.ws.legclosing import CLOSED
 from wsrelay.ws.plainleg import PlainUpstream
 
 #: A plain request's head (the key is RFC 6455's example).
@@ -307,7 +308,7 @@ class HeldLegTests(SynchronousTestCase):
 class PipedLegLostTests(SynchronousTestCase):
     """
     A client's leg that a passthrough pipe carried ends without Autobahn's
-    C{connectionLost} (L{FrontendProtocol._pipedConnectionLost}), doing
+    C{connectionLost} (L{wsrelay.ws.legs.RelayLeg.pipeLost}), doing
     what of it matters.
     """
 
@@ -330,7 +331,7 @@ class PipedLegLostTests(SynchronousTestCase):
         self.assertEqual(backend.closeFrames, [(1000, b"bye")])
         self.assertEqual(client.closeFrames, [(1000, None)])
         self.assertEqual(closed, [f])
-        self.assertEqual(f.state, frontend.CLOSED)
+        self.assertEqual(f.state, CLOSED)
         self.assertEqual(f.factory.countConnections, counted - 1)
         self.assertEqual(network.relay.sessions, set())
         self.assertTrue(session.done.called)

@@ -26,7 +26,7 @@ from wsrelay.accesslog import logRefused
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.ws.accept import PlainAccept
 from wsrelay.ws.handshake import Head, buildResponse
-from wsrelay.ws.legclosing import CLOSED, OPEN
+from wsrelay.ws.legclosing import OPEN
 from wsrelay.ws.legs import RelayLeg, legOptions, withOptions
 from wsrelay.ws.screening import Refused as Refused
 from wsrelay.ws.screening import Rejected, screenRequest
@@ -185,28 +185,7 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
             # Sessions log the connections that got their 101.
             client = factory.admission.clientAddress(self) if self.transport else None
             logRefused(_log, client, self.route, self.head, self._refusal)
-        if self.dataPath is not None:
-            self._pipedConnectionLost()
-            return
         RelayLeg.connectionLost(self, reason)
-
-    def _pipedConnectionLost(self) -> None:
-        """
-        The connection of a leg that a passthrough pipe carried is gone.
-        The pipe ran its close handshake, not Autobahn, whose
-        C{connectionLost} would only format its debug lines, find no timer
-        of its own to cancel (the pipe stopped its pings) and tell the
-        session through C{onClose}: do what of it matters here (the leg
-        closed, C{is_closed} resolved, the factory's count), tell the
-        session, and let go (L{RelayLeg.letGo}).
-        """
-        self.state = CLOSED
-        closed = self.is_closed
-        if closed is not None and not closed.called:
-            closed.callback(self)
-        self.factory.countConnections -= 1
-        self.onClose(self.wasClean, self.remoteCloseCode, None)
-        self.letGo()
 
     def sendCloseFrame(
         self,
