@@ -106,19 +106,31 @@ class Head:
     startLine: str
     headers: tuple[tuple[str, str], ...]
 
+    @functools.cached_property
+    def fields(self) -> dict[str, list[str]]:
+        """
+        The values of the fields by lower-case name, each name's in the
+        order received: made once, on first use (a leg that holds its
+        request once open lets it go, L{wsrelay.ws.legs.RelayLeg.
+        forgetHandshake}).  Not to be changed.
+        """
+        fields: dict[str, list[str]] = {}
+        for n, v in self.headers:
+            lname = n.lower()
+            values = fields.get(lname)
+            if values is None:
+                fields[lname] = [v]
+            else:
+                values.append(v)
+        return fields
+
     def get(self, name: str) -> str | None:
         """
         @return: The values of all fields called C{name} (case-insensitive),
             joined with C{", "}, or L{None} when there is none.
         """
-        lname = name.lower()
-        size = len(lname)
-        found = None
-        for n, v in self.headers:
-            # (The length first: most names are not this one's.)
-            if len(n) == size and n.lower() == lname:
-                found = v if found is None else f"{found}, {v}"
-        return found
+        values = self.fields.get(name.lower())
+        return ", ".join(values) if values else None
 
     def tokens(self, name: str) -> set[str]:
         """

@@ -364,6 +364,10 @@ class RelayLeg(ClosingLeg):
             if name in attributes:
                 attributes[name] = None
         forgetOpened(self, "is_open")
+        head = attributes.get("head")
+        if head is not None:
+            # The request's fields by name, made while it was handled.
+            vars(head).pop("fields", None)
         if compacting:
             compact(self)
 
