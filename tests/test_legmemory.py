@@ -180,7 +180,8 @@ class CompactTests(SynchronousTestCase):
         """
         Once the client has its 101, neither leg's dictionary holds an
         attribute of L{DEFAULTS} at its default, nor Autobahn's write
-        queue; messages still pass both ways.
+        queue, nor the client's request its fields by name; messages still
+        pass both ways.
         """
         network = Network(self, relayConfig())
         client, backend, _, session = network.openSession()
@@ -193,6 +194,11 @@ class CompactTests(SynchronousTestCase):
             self.assertEqual(kept, [])
             self.assertIs(leg.send_queue, NO_QUEUE)
             self.assertLessEqual(sys.getsizeof(vars(leg)), 832)
+        # The request stays for a failover's next upstream, without the
+        # fields by name that handling it made (Head.fields).
+        head = session.frontend.head
+        self.assertIsNotNone(head)
+        self.assertNotIn("fields", vars(head))
         client.sendMessage(b"up")
         backend.sendMessage(b"down")
         network.flush()

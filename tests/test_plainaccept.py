@@ -21,6 +21,7 @@ from wsrelay.ws._autobahn import FIRED, sharedTrafficStats
 from wsrelay.ws.accept import acceptResponse, plainRequest
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
+from wsrelay.ws.legclosing import CLOSED
 from wsrelay.ws.plainleg import PlainUpstream
 
 #: A plain request's head (the key is RFC 6455's example).
@@ -302,3 +303,54 @@ class HeldLegTests(SynchronousTestCase):
         network.flush()
         self.assertEqual(backend.messages, [(b"up", False)])
         self.assertEqual(client.messages, [(b"down", False)])
+
+
+class PipedLegLostTests(SynchronousTestCase):
+    """
+    A client's leg that a passthrough pipe carried ends without Autobahn's
+    C{connectionLost} (L{wsrelay.ws.legs.RelayLeg.pipeLost}), doing
+    what of it matters.
+    """
+
+    def test_clientCloses(self) -> None:
+        """
+        When the client closes, its leg is closed, resolves C{is_closed}
+        with itself, is no longer counted by the factory, tells the session
+        (which ends, both legs gone) and lets go of the session and the
+        pipe.
+        """
+        network = Network(self, _passthrough())
+        client, backend, _, session = network.openSession()
+        f = session.frontend
+        self.assertIsNotNone(f.dataPath)
+        closed: list[object] = []
+        f.is_closed.addCallback(closed.append)
+        counted = f.factory.countConnections
+        client.sendClose(1000, "bye")
+        network.flush()
+        self.assertEqual(backend.closeFrames, [(1000, b"bye")])
+        self.assertEqual(client.closeFrames, [(1000, None)])
+        self.assertEqual(closed, [f])
+        self.assertEqual(f.state, CLOSED)
+        self.assertEqual(f.factory.countConnections, counted - 1)
+        self.assertEqual(network.relay.sessions, set())
+        self.assertTrue(session.done.called)
+        for name in ("session", "dataPath", "is_closed", "listener"):
+            self.assertNotIn(name, vars(f))
+
+    def test_backendVanishes(self) -> None:
+        """
+        When the backend's connection goes without a close, the client gets
+        1014 and, once its connection is gone too, the session ends.
+        """
+        network = Network(self, _passthrough())
+        client, _, pump, session = network.openSession()
+        counted = session.frontend.factory.countConnections
+        network.vanish(pump)
+        network.flush()
+        network.advance(10)
+        self.assertEqual(client.closeFrames, [(1014, b"backend connection lost")])
+        self.assertIsNotNone(client.closed)
+        self.assertEqual(network.relay.sessions, set())
+        self.assertTrue(session.done.called)
+        self.assertEqual(session.frontend.factory.countConnections, counted - 1)

@@ -60,6 +60,24 @@ class HeadTests(SynchronousTestCase):
         )
         self.assertEqual(endToEnd(head), [("Origin", "o")])
 
+    def test_fieldsByName(self) -> None:
+        """
+        L{Head.fields} holds each field's values by lower-case name, in the
+        order received, made once; L{Head.get} joins them, whatever the case
+        of the name asked for, and gives L{None} for a field not there.
+        """
+        head = parseHead(
+            b"GET / HTTP/1.1\r\nX-A: 1\r\nHost: h\r\nx-a: 2\r\nX-Ab: 3\r\nX-A:  4 "
+        )
+        self.assertEqual(
+            head.fields, {"x-a": ["1", "2", "4"], "host": ["h"], "x-ab": ["3"]}
+        )
+        self.assertIs(head.fields, head.fields)
+        self.assertEqual(head.get("X-a"), "1, 2, 4")
+        self.assertEqual(head.get("x-AB"), "3")
+        self.assertIsNone(head.get("x"))
+        self.assertEqual(head.tokens("x-a"), {"1", "2", "4"})
+
     def test_malformed(self) -> None:
         """
         A line without a colon, or folded, is refused.

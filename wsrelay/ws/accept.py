@@ -43,19 +43,6 @@ _KEY_CHARACTERS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
 )
 
-#: The header fields L{plainRequest} looks at, in lower case.
-_CHECKED = frozenset(
-    {
-        "host",
-        "connection",
-        "sec-websocket-version",
-        "sec-websocket-protocol",
-        "sec-websocket-key",
-        "sec-websocket-extensions",
-        "origin",
-    }
-)
-
 
 def plainRequest(
     head: Head, originAllowed: Callable[[str], bool]
@@ -86,11 +73,7 @@ def plainRequest(
         and not line.startswith("GET //")
     ):
         return None
-    fields: dict[str, list[str]] = {}
-    for name, value in head.headers:
-        lname = name.lower()
-        if lname in _CHECKED:
-            fields.setdefault(lname, []).append(value)
+    fields = head.fields
     hosts = fields.get("host")
     if hosts is None or len(hosts) != 1:
         return None

@@ -106,13 +106,30 @@ class Head:
     startLine: str
     headers: tuple[tuple[str, str], ...]
 
+    @functools.cached_property
+    def fields(self) -> dict[str, list[str]]:
+        """
+        The values of the fields by lower-case name, each name's in the
+        order received: made once, on first use (a leg that holds its
+        request once open lets it go, L{wsrelay.ws.legs.RelayLeg.
+        forgetHandshake}).  Not to be changed.
+        """
+        fields: dict[str, list[str]] = {}
+        for n, v in self.headers:
+            lname = n.lower()
+            values = fields.get(lname)
+            if values is None:
+                fields[lname] = [v]
+            else:
+                values.append(v)
+        return fields
+
     def get(self, name: str) -> str | None:
         """
         @return: The values of all fields called C{name} (case-insensitive),
             joined with C{", "}, or L{None} when there is none.
         """
-        lname = name.lower()
-        values = [v for (n, v) in self.headers if n.lower() == lname]
+        values = self.fields.get(name.lower())
         return ", ".join(values) if values else None
 
     def tokens(self, name: str) -> set[str]:

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from wsrelay.ws import _autobahn
 from wsrelay.ws._autobahn import NO_QUEUE, compact, forgetOpened
 from wsrelay.ws.framing import compressFrame
-from wsrelay.ws.legclosing import OPEN, ClosingLeg
+from wsrelay.ws.legclosing import CLOSED, OPEN, ClosingLeg
 from wsrelay.ws.writes import directWrite
 
 if TYPE_CHECKING:
@@ -320,10 +320,31 @@ class RelayLeg(ClosingLeg):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
         Autobahn's C{connectionLost} (which tells the listener through
-        C{onClose}), then let go (L{letGo}).
+        C{onClose}), or for a client's leg that a passthrough pipe carried
+        L{pipeLost}; then let go (L{letGo}).
         """
-        super().connectionLost(reason)  # type: ignore[misc]
+        if self.dataPath is not None and self.is_server:  # type: ignore[attr-defined]
+            self.pipeLost()
+        else:
+            super().connectionLost(reason)  # type: ignore[misc]
         self.letGo()
+
+    def pipeLost(self) -> None:
+        """
+        The connection of a client's leg that a passthrough pipe carried
+        (the only data path a client's leg is given) is gone.  The pipe ran
+        the close handshake, not Autobahn, whose C{connectionLost} would
+        only format its debug lines, find no timer of its own left (the
+        pipe stopped its pings) and tell the listener through C{onClose}:
+        do what of it matters (the leg closed, C{is_closed} resolved, the
+        factory's count of connections) and tell the listener.
+        """
+        self.state = CLOSED
+        closed = self.is_closed
+        if closed is not None and not closed.called:
+            closed.callback(self)
+        self.factory.countConnections -= 1
+        self.onClose(self.wasClean, self.remoteCloseCode, None)
 
     def forgetHandshake(self, compacting: bool = True) -> None:
         """
@@ -343,6 +364,10 @@ class RelayLeg(ClosingLeg):
             if name in attributes:
                 attributes[name] = None
         forgetOpened(self, "is_open")
+        head = attributes.get("head")
+        if head is not None:
+            # The request's fields by name, made while it was handled.
+            vars(head).pop("fields", None)
         if compacting:
             compact(self)
 

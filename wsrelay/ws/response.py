@@ -249,22 +249,16 @@ class ResponseReader:
             "HTTP/1.1 "
         ):
             return False
-        upgrade, accept, protocols = [], [], 0
-        for name, value in head.headers:
-            lname = name.lower()
-            if lname == "upgrade":
-                upgrade.append(value)
-            elif lname == "sec-websocket-accept":
-                accept.append(value)
-            elif lname == "sec-websocket-protocol":
-                protocols += 1
-            elif lname == "sec-websocket-extensions" and self.extensions != END_TO_END:
-                return False
+        fields = head.fields
+        if "sec-websocket-extensions" in fields and self.extensions != END_TO_END:
+            return False
+        upgrade = fields.get("upgrade", [])
+        accept = fields.get("sec-websocket-accept", [])
         if (
             len(upgrade) != 1
             or upgrade[0].strip().lower() != "websocket"
             or "upgrade" not in head.tokens("connection")
-            or protocols > 1
+            or len(fields.get("sec-websocket-protocol", ())) > 1
             or len(accept) != 1
         ):
             return False
@@ -281,9 +275,7 @@ class ResponseReader:
 
         @param end: Where the head ends in C{self.data}.
         """
-        self.extensionsAnswer = tuple(
-            v for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
-        )
+        self.extensionsAnswer = tuple(head.fields.get("sec-websocket-extensions", ()))
         if not self.extensionsAnswer:
             return
         lines = self.data[:end].split(b"\r\n")

@@ -125,14 +125,14 @@ def screenRequest(
         return Rejected(Refused(400, "Bad Request"))
     if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
         return Rejected(Refused(505, "HTTP Version Not Supported"), head)
-    hosts = [v for (n, v) in head.headers if n.lower() == "host"]
+    hosts = head.fields.get("host", [])
     if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
         # RFC 9112 3.2: one Host field, required in HTTP/1.1; two would
         # be joined by Head.get into a host no route has.
         return Rejected(
             Refused(400, "Bad Request", body=b"one Host field needed\n"), head
         )
-    lengths = [v for (n, v) in head.headers if n.lower() == "content-length"]
+    lengths = head.fields.get("content-length", [])
     if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
         # An upgrade request has no body: what follows its head would
         # be read as frames (RFC 6455 4.1); a length given twice is
@@ -164,7 +164,7 @@ def screenRequest(
         return Rejected(Refused(404, "Not Found"), head)
     if "websocket" not in head.tokens("upgrade"):
         return Rejected(_upgradeRequired(), head)
-    versions = [v for (n, v) in head.headers if n.lower() == "sec-websocket-version"]
+    versions = head.fields.get("sec-websocket-version", [])
     if len(versions) > 1:
         return Rejected(Refused(400, "Bad Request"), head)
     if versions and versions[0] != "13":
