@@ -170,6 +170,30 @@ def forgetOpened(protocol: Any, name: str) -> None:
         del attributes[name]
 
 
+def letGo(protocol: Any, cycles: tuple[str, ...]) -> None:
+    """
+    A leg's connection is gone: drop its attributes C{cycles}, the
+    references by which it, its session and its data path refer to each
+    other, and the reference of Twisted's client connector to its TCP
+    transport (they refer to each other for good, and the connector's
+    factory holds the attempt: once the connection is lost the connector
+    no longer uses its transport), so that a closed connection's objects
+    are freed by reference counting.
+    """
+    attributes = protocol.__dict__
+    for name in cycles:
+        attributes.pop(name, None)
+    transport = protocol.transport
+    for _ in range(2):
+        connector = getattr(transport, "connector", None)
+        if connector is not None:
+            if getattr(connector, "transport", None) is transport:
+                connector.transport = None
+            break
+        # TLS: the TCP transport is under the TLS protocol.
+        transport = getattr(transport, "transport", None)
+
+
 #: A leg's C{websocket_extensions_in_use} when it negotiated none without
 #: Autobahn (a class attribute): one empty list for all, which nothing
 #: adds to (Autobahn sets a list of its own before it adds).

@@ -300,22 +300,7 @@ class RelayLeg(ClosingLeg):
         or hours (docs/reliability.md, "Memory: where it goes and its
         bounds").
         """
-        attributes = self.__dict__
-        for name in self._CYCLES:
-            attributes.pop(name, None)
-        # Twisted's client connector and its TCP transport refer to each
-        # other for good (the connector's factory holds the endpoint's
-        # wrapping factory and Deferred): once the connection is lost the
-        # connector no longer uses its transport.
-        transport = self.transport
-        for _ in range(2):
-            connector = getattr(transport, "connector", None)
-            if connector is not None:
-                if getattr(connector, "transport", None) is transport:
-                    connector.transport = None
-                break
-            # TLS: the TCP transport is under the TLS protocol.
-            transport = getattr(transport, "transport", None)
+        _autobahn.letGo(self, self._CYCLES)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """

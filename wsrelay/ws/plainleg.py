@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 
-from wsrelay.ws._autobahn import FIRED, forgetOpened
+from wsrelay.ws._autobahn import FIRED, forgetOpened, letGo
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import buildRequest
 from wsrelay.ws.response import FORGOTTEN, ResponseReader, UpstreamError
@@ -233,17 +233,4 @@ class PlainUpstream(ResponseReader, Protocol):
                 )
         elif self.listener is not None:
             self.listener.legClosed(self)
-        attributes = self.__dict__
-        for name in self._CYCLES:
-            attributes.pop(name, None)
-        # Twisted's client connector and its TCP transport refer to each
-        # other for good (as RelayLeg.letGo: under TLS, the TCP transport
-        # is the TLS protocol's).
-        transport: Any = self.transport
-        for _ in range(2):
-            connector = getattr(transport, "connector", None)
-            if connector is not None:
-                if getattr(connector, "transport", None) is transport:
-                    connector.transport = None
-                break
-            transport = getattr(transport, "transport", None)
+        letGo(self, self._CYCLES)
