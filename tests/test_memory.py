@@ -10,6 +10,8 @@ completes, fails or is abandoned.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.trial.unittest import SynchronousTestCase
@@ -209,17 +211,34 @@ class HandshakeTests(MemoryTestCase):
         network.flush()
         (connector,) = network.reactor.connectors
         (session,) = network.relay.sessions
+        self.leaveWhileConnecting(network, client, transport, connector, [0, 0])
+        self.assertIsNone(session.upstream)
+
+    def leaveWhileConnecting(
+        self,
+        network: Network,
+        client: Any,
+        transport: Any,
+        connector: Any,
+        failures: list[int],
+    ) -> None:
+        """
+        The client disconnects while C{connector} connects to a backend:
+        the attempt is stopped, no other is made, the backends' failures
+        are C{failures}, the client got nothing, and its session ends with
+        no timer left.
+        """
+        (session,) = network.relay.sessions
         transport.loseConnection()
         network.flush()
         self.assertTrue(connector.stoppedConnecting)
         self.assertEqual(network.pendingConnects(), [])
         self.assertEqual(
-            [b.failures for b in network.relay.routes.routes[0].backends], [0, 0]
+            [b.failures for b in network.relay.routes.routes[0].backends], failures
         )
         self.assertEqual(client.received, b"")
         self.assertIsNone(self.successResultOf(session.done))
         self.assertEqual(network.relay.sessions, set())
-        self.assertIsNone(session.upstream)
         self.assertNoTimers(network)
 
     def test_clientLeavesWhileConnectingToNext(self) -> None:
@@ -241,18 +260,7 @@ class HandshakeTests(MemoryTestCase):
         network.failUpstream()
         self.assertEqual(network.pendingConnects(), [BACKEND_B])
         connector = network.reactor.connectors[-1]
-        (session,) = network.relay.sessions
-        transport.loseConnection()
-        network.flush()
-        self.assertTrue(connector.stoppedConnecting)
-        self.assertEqual(network.pendingConnects(), [])
-        self.assertEqual(
-            [b.failures for b in network.relay.routes.routes[0].backends], [1, 0]
-        )
-        self.assertEqual(client.received, b"")
-        self.assertIsNone(self.successResultOf(session.done))
-        self.assertEqual(network.relay.sessions, set())
-        self.assertNoTimers(network)
+        self.leaveWhileConnecting(network, client, transport, connector, [1, 0])
 
     def test_clientLeavesDuringBackendHandshake(self) -> None:
         """
