@@ -98,15 +98,7 @@ class PlainUpstream(ResponseReader, Protocol):
     _directWrite: Any = None
 
     #: What only the opening handshake reads (L{forgetHandshake}).
-    _REQUEST = (
-        "resource",
-        "hostHeader",
-        "requestHeaders",
-        "offered",
-        "extensions",
-        "responseHeaders",
-        "websocket_key",
-    )
+    _REQUEST = (*ResponseReader._REQUEST, "websocket_key")
 
     #: What a leg whose connection is gone lets go of: the references by
     #: which it, its session and its data path refer to each other.
@@ -198,9 +190,7 @@ class PlainUpstream(ResponseReader, Protocol):
         Let the request's and the response's texts go once open: each then
         reads as its class default.
         """
-        attributes = vars(self)
-        for name in self._REQUEST:
-            attributes.pop(name, None)
+        self.forgetRequest()
         forgetOpened(self, "opened")
 
     def closeWith(self, code: int, reason: bytes) -> None:

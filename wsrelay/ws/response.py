@@ -150,6 +150,24 @@ class ResponseReader:
     responseHeaders: list[tuple[str, str]] = FORGOTTEN
     extensionsAnswer: tuple[str, ...] = ()
     _refused: tuple[int, str, list[tuple[str, str]], int, int | None] | None = None
+    #: What only the opening handshake reads (L{forgetRequest}).
+    _REQUEST: tuple[str, ...] = (
+        "resource",
+        "hostHeader",
+        "requestHeaders",
+        "offered",
+        "extensions",
+        "responseHeaders",
+    )
+
+    def forgetRequest(self) -> None:
+        """
+        Let the request's and the response's header fields go once open:
+        each then reads as its class default.
+        """
+        attributes = vars(self)
+        for name in self._REQUEST:
+            attributes.pop(name, None)
 
     def failHandshake(self, reason: str) -> None:
         """

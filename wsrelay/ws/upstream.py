@@ -103,15 +103,6 @@ class UpstreamProtocol(ResponseReader, RelayLeg, WebSocketClientProtocol):  # ty
     websocket_version = 13
     websocket_extensions_in_use: list[Any] = NONE_IN_USE
     _refused: tuple[int, str, list[tuple[str, str]], int, int | None] | None = None
-    #: What only the opening handshake reads (L{forgetHandshake}).
-    _REQUEST = (
-        "resource",
-        "hostHeader",
-        "requestHeaders",
-        "offered",
-        "extensions",
-        "responseHeaders",
-    )
 
     def startHandshake(self) -> None:
         """
@@ -138,9 +129,7 @@ class UpstreamProtocol(ResponseReader, RelayLeg, WebSocketClientProtocol):  # ty
         Let the request's and the response's header fields go too, and
         what only the handshake read: each then reads as its class default.
         """
-        attributes = vars(self)
-        for name in self._REQUEST:
-            attributes.pop(name, None)
+        self.forgetRequest()
         forgetOpened(self, "opened")
         super().forgetHandshake(compacting)
 
