@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -510,6 +511,37 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual([r["opened"] for r in cells["storm"]["rounds"]], [20])
         self.assertGreater(cells["storm"]["cpuPerOp"], 0)
         self.assertIn("no fan-out", cells["fanout-light"]["note"])
+
+    def test_ownsockets(self) -> None:
+        """
+        The C{ownsockets} targets, passthrough relays with their own sockets
+        (edge-triggered, and through C{addReader}), echo and open every
+        storm connection (checking the backend's accept value); each
+        answers a request that is not a WebSocket handshake with 400, and a
+        handshake with 502 while its backend is down.
+        """
+        for target in ("ownsockets", "ownsockets-level"):
+            cells = self.smoke(target, "echo-small,storm")
+            self.assertGreater(cells["echo-small"]["rate"], 0)
+            self.assertEqual([r["opened"] for r in cells["storm"]["rounds"]], [20])
+            port, down = targets.freePort(), targets.freePort()
+            mode = "level" if target.endswith("level") else "edge"
+            command = [sys.executable, "-m", "bench.ownsockets", str(port), str(down)]
+            relay = subprocess.Popen([*command, mode], cwd=ROOT)
+            self.addCleanup(relay.wait, 10)
+            self.addCleanup(relay.kill)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    status = targets.handshake(port, "/")
+                    break
+                except ConnectionRefusedError:
+                    self.assertLess(time.monotonic(), deadline, "not listening")
+                    time.sleep(0.05)
+            self.assertEqual(status, b"HTTP/1.1 502 Bad Gateway")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n")
+                self.assertEqual(s.recv(4096)[:24], b"HTTP/1.1 400 Bad Request")
 
 
 class TLS13ReproTests(SynchronousTestCase):
