@@ -131,8 +131,8 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         metavar="DIR",
-        help="record py-spy flame graphs of the wsrelay and twisted targets "
-        "into DIR (py-spy slows the relay a little; pip install py-spy)",
+        help="record py-spy flame graphs of the wsrelay, twisted and ownsockets "
+        "targets into DIR (py-spy slows the relay a little; pip install py-spy)",
     )
     return parser.parse_args(argv)
 

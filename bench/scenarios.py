@@ -186,8 +186,8 @@ class Bench:
     What every scenario needs: the preset, the working folder, and the
     command prefixes pinning the proxy and the load side to their CPUs.
 
-    @ivar profile: A folder for py-spy flame graphs of the wsrelay and twisted
-        targets, or L{None} for none.
+    @ivar profile: A folder for py-spy flame graphs of the wsrelay, twisted
+        and ownsockets targets, or L{None} for none.
     @ivar pySpy: The py-spy program.
     @ivar maxMessageSize: The wsrelay targets' C{max_message_size}.
     @ivar reactor: The wsrelay targets' reactor (C{twistd -r}), or L{None}
@@ -244,7 +244,7 @@ class Bench:
             self.writeDelay,
         )
         if self.profile is not None and (
-            target.startswith("wsrelay") or target == "twisted"
+            target.startswith(("wsrelay", "ownsockets")) or target == "twisted"
         ):
             self.profile.mkdir(parents=True, exist_ok=True)
             svg = self.profile / f"{folder.name}.svg"

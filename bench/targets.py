@@ -16,6 +16,12 @@ waited for, measured and stopped.
   - C{twisted}: Twisted's own port forwarder (L{bench.floor}), the floor
     of any relay on Twisted's TCP transports; it parses nothing, so it has
     no fan-out.
+  - C{ownsockets}: a minimal passthrough WebSocket relay on wsrelay's
+    reactor with its own sockets and epoll registration
+    (L{bench.ownsockets}), each socket registered once, edge-triggered;
+    no fan-out either.
+  - C{ownsockets-level}: the same waiting through the reactor's
+    C{addReader} and C{addWriter}.
 
 Each proxy's configuration and logs go to a temporary folder; each runs in
 the foreground as the current user.
@@ -47,6 +53,8 @@ TARGETS = (
     "wsrelay-message",
     "wsrelay-workers",
     "twisted",
+    "ownsockets",
+    "ownsockets-level",
 )
 """
 Every target, in the order the table shows them.
@@ -457,10 +465,13 @@ def start(
         if adminPort is not None:
             _waitForWorkers(running, adminPort, workers)
         return running
-    elif name == "twisted":
+    elif name in ("twisted", "ownsockets", "ownsockets-level"):
         if fanout:
-            raise TargetUnavailable("n/a (a port forwarder has no fan-out)")
+            raise TargetUnavailable(f"n/a ({name} has no fan-out)")
         command = [sys.executable, "-m", "bench.floor", str(port), str(backendPort)]
+        if name != "twisted":
+            command[2] = "bench.ownsockets"
+            command.append("level" if name.endswith("-level") else "edge")
         # bench.floor imports bench, wherever the suite runs from.
         environ = {**(environ or {}), "PYTHONPATH": str(Path(__file__).parent.parent)}
     else:

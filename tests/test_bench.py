@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from bench import procstat, targets
 from bench.report import table
 from bench.run import chosenPreset, header, parseArguments
 from bench.scenarios import Cell
+from tests.support.waiting import pollUntil
 from wsrelay.config import parseConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -510,6 +512,46 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual([r["opened"] for r in cells["storm"]["rounds"]], [20])
         self.assertGreater(cells["storm"]["cpuPerOp"], 0)
         self.assertIn("no fan-out", cells["fanout-light"]["note"])
+
+    def test_ownsockets(self) -> None:
+        """
+        The C{ownsockets} targets, passthrough relays with their own sockets
+        (edge-triggered, and through C{addReader}), echo and open every
+        storm connection (checking the backend's accept value); each
+        answers a request that is not a WebSocket handshake with 400, and a
+        handshake with 502 while its backend is down.
+        """
+        for target, mode in [("ownsockets", "edge"), ("ownsockets-level", "level")]:
+            cells = self.smoke(target, "echo-small,storm")
+            self.assertGreater(cells["echo-small"]["rate"], 0)
+            self.assertEqual([r["opened"] for r in cells["storm"]["rounds"]], [20])
+            self.assertRefuses(mode)
+
+    def assertRefuses(self, mode: str) -> None:
+        """
+        C{python -m bench.ownsockets}, waiting for sockets as C{mode} says,
+        in front of a backend that is down, answers a handshake with 502 and
+        a request that is not one with 400.
+        """
+        port, down = targets.freePort(), targets.freePort()
+        command = [sys.executable, "-m", "bench.ownsockets", str(port), str(down)]
+        relay = subprocess.Popen([*command, mode], cwd=ROOT)
+        self.addCleanup(relay.wait, 10)
+        self.addCleanup(relay.kill)
+        answers: list[bytes] = []
+
+        def answered() -> bool:
+            try:
+                answers.append(targets.handshake(port, "/"))
+            except ConnectionRefusedError:
+                return False
+            return True
+
+        pollUntil(answered, f"{mode} relay listening")
+        self.assertEqual(answers, [b"HTTP/1.1 502 Bad Gateway"])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n")
+            self.assertEqual(s.recv(4096)[:24], b"HTTP/1.1 400 Bad Request")
 
 
 class TLS13ReproTests(SynchronousTestCase):
