@@ -147,6 +147,15 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+#: One header field line, after the CRLF that starts it: its name, and its
+#: value without the blanks around it (a lazy group before optional
+#: blanks), holding no control but tab.
+_FIELD = re.compile(
+    r"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
+    r"([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*(?=\r\n|\Z)"
+)
+
+
 def parseHead(data: bytes) -> Head:
     """
     Parse an HTTP head (start line and header fields, without the blank
@@ -159,6 +168,16 @@ def parseHead(data: bytes) -> Head:
         text = data.decode("iso-8859-1")
     except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes all
         raise BadHead(str(e)) from e
+    first = text.find("\r\n")
+    if first < 0:
+        first = len(text)
+    fields = _FIELD.findall(text, first)
+    if len(fields) == text.count("\r\n", first) and not _CONTROL.search(text, 0, first):
+        # Every line after the start line is a well-formed field: read in
+        # one pass of the regular expression (most heads).
+        return Head(text[:first], tuple(fields))
+    # Something is wrong (or unusual, an empty line): line by line, to say
+    # what.
     lines = text.split("\r\n")
     if _CONTROL.search(lines[0]):
         raise BadHead(f"control character in start line {lines[0][:40]!r}")
@@ -220,13 +239,23 @@ def connectionTokens(head: Head) -> set[str]:
     return head.tokens("connection")
 
 
-def endToEnd(head: Head, also: Iterable[str] = ()) -> list[tuple[str, str]]:
+def endToEnd(
+    head: Head, also: Iterable[str] = (), underscores: bool = True
+) -> list[tuple[str, str]]:
     """
     @param also: Further lower-case names to leave out.
-    @return: The header fields of C{head} that a proxy forwards.
+    @param underscores: Whether names that hold C{_} are forwarded.
+    @return: The header fields of C{head} that a proxy forwards, in one
+        pass over them.
     """
-    drop = NOT_FORWARDED | connectionTokens(head) | set(also)
-    return [(n, v) for (n, v) in head.headers if n.lower() not in drop]
+    # (A new set, which may grow.)
+    drop = connectionTokens(head)
+    drop |= NOT_FORWARDED
+    if also:
+        drop = drop.union(also)
+    if underscores:
+        return [(n, v) for (n, v) in head.headers if n.lower() not in drop]
+    return [(n, v) for (n, v) in head.headers if "_" not in n and n.lower() not in drop]
 
 
 def buildRequest(

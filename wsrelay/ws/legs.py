@@ -254,7 +254,7 @@ class RelayLeg(ClosingLeg):
     #: Autobahn's attributes that only its opening handshake reads (the
     #: request, the response, their parsed headers), checked against its
     #: source: L{forgetHandshake} lets them go.
-    _HANDSHAKE_ONLY = (
+    _HANDSHAKE_ONLY: tuple[str, ...] = (
         # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
         # certificate) and never after; 336 bytes a held connection.
         "_transport_details",
