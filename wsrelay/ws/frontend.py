@@ -141,11 +141,6 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
     _handshakeCall: Any = None
     #: The client's address as counted by C{max_connections_per_ip}.
     countedAddress: str | None = None
-    #: The peer's host, once asked (L{wsrelay.admission.peerHost}); let go
-    #: with the handshake (L{forgetHandshake}).
-    peerAddress: str | None = None
-
-    _HANDSHAKE_ONLY: tuple[str, ...] = (*RelayLeg._HANDSHAKE_ONLY, "peerAddress")
     #: Whether the client got its 101.
     upgraded = False
     rateLimit = 0
