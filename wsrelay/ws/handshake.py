@@ -166,8 +166,14 @@ class Head:
         """
         @return: The lower-cased comma-separated tokens of header C{name}.
         """
-        value = self.get(name) or ""
-        return {t.strip().lower() for t in value.split(",") if t.strip()}
+        values = self.fields.get(name.lower())
+        if not values:
+            return set()
+        if len(values) == 1 and "," not in values[0]:
+            # (Most heads: one token, as "Connection: Upgrade".)
+            token = values[0].strip().lower()
+            return {token} if token else set()
+        return {t.strip().lower() for t in ",".join(values).split(",") if t.strip()}
 
 
 #: A header field name (RFC 9110 5.1: a token).
@@ -178,11 +184,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 #: One header field line, after the CRLF that starts it: its name, and its
-#: value without the blanks around it (a lazy group before optional
-#: blanks), holding no control but tab.
+#: value without the blanks before it, up to the line's end, holding no
+#: control but tab.
 _FIELD = re.compile(
     r"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
-    r"([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*(?=\r\n|\Z)"
+    r"([^\x00-\x08\x0a-\x1f\x7f]*)(?=\r\n|\Z)"
 )
 
 
@@ -204,7 +210,10 @@ def parseHead(data: bytes) -> Head:
     fields = _FIELD.findall(text, first)
     if len(fields) == text.count("\r\n", first) and not _CONTROL.search(text, 0, first):
         # Every line after the start line is a well-formed field: read in
-        # one pass of the regular expression (most heads).
+        # one pass of the regular expression (most heads), and without
+        # the blanks that may end a value.
+        if " \r\n" in text or "\t\r\n" in text or text.endswith((" ", "\t")):
+            fields = [(n, v.rstrip(" \t")) for n, v in fields]
         return Head(text[:first], tuple(fields))
     # Something is wrong (or unusual, an empty line): line by line, to say
     # what.
