@@ -12,6 +12,7 @@ import autobahn
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -316,6 +317,41 @@ class ShimTests(SynchronousTestCase):
         setPeer(leg, "tcp4:192.0.2.7:4000")
         self.assertEqual(leg.peer, "tcp4:192.0.2.7:4000")
         self.assertEqual(leg._transport_details.peer, "tcp4:192.0.2.7:4000")
+
+    def test_lazyDetails(self) -> None:
+        """
+        A leg's transport details and C{peer} are not made as it connects,
+        but when first read, as Autobahn makes them, and then kept; the
+        details made after C{setPeer} carry its peer; Autobahn's reads
+        them as it answers a request.
+        """
+
+        def connected() -> tuple[ShimLeg, StringTransport]:
+            factory = WebSocketServerFactory()
+            factory.setProtocolOptions(openHandshakeTimeout=0)
+            # (Options on the class, as the relay's legs have them.)
+            factory.protocol = withOptions(ShimLeg, factory)
+            leg = factory.buildProtocol(None)
+            transport = StringTransport()
+            leg.makeConnection(transport)
+            return leg, transport
+
+        leg, transport = connected()
+        self.assertNotIn("_transport_details", vars(leg))
+        self.assertNotIn("peer", vars(leg))
+        self.assertEqual(leg.peer, peer2str(transport))
+        self.assertIs(leg.peer, vars(leg)["peer"])
+        details = leg._transport_details
+        self.assertIs(vars(leg)["_transport_details"], details)
+        self.assertEqual(details.peer, peer2str(transport))
+        self.assertFalse(details.is_secure)
+        self.assertTrue(details.is_server)
+        other, _ = connected()
+        setPeer(other, "tcp4:192.0.2.7:4000")
+        self.assertNotIn("_transport_details", vars(other))
+        self.assertEqual(other._transport_details.peer, "tcp4:192.0.2.7:4000")
+        opened, _ = openLeg(self)
+        self.assertIn("peer", vars(opened))
 
 
 class ConnectionMadeTests(SynchronousTestCase):

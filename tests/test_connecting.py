@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 from typing import Any, cast
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import (
@@ -243,6 +243,32 @@ class RealSocketTests(TestCase):
         with self.assertRaises(UpstreamTimeout):
             await opened
 
+    async def test_addressNotResolved(self) -> None:
+        """
+        To an IP address the transport connects without Twisted's
+        C{resolveAddress} (and the L{Deferred} it calls back through); a
+        host name is looked up through it, as Twisted does.
+        """
+        resolving: list[object] = []
+        resolve = tcp.Client.resolveAddress
+
+        def recording(client: tcp.Client) -> None:
+            resolving.append(client.addr[0])
+            resolve(client)
+
+        self.patch(tcp.Client, "resolveAddress", recording)
+        port = self.listening.getHost().port
+        clock: Any = reactor
+        for n, host in enumerate(("127.0.0.1", "localhost"), 1):
+            opened = _connect(Clock(), PlainTCPEndpoint(clock, host, port, 5), clock)
+            deadline = clock.seconds() + 5
+            while len(self.accepted) < n and clock.seconds() < deadline:
+                await _turn()
+            opened.cancel()
+            opened.addErrback(lambda f: None)
+        self.assertEqual(len(self.accepted), 2)
+        self.assertEqual(resolving, ["localhost"])
+
     async def test_refused(self) -> None:
         """
         A port nobody listens on: L{UpstreamError}, at once.
@@ -260,7 +286,7 @@ def _clients() -> list[Any]:
     return [
         r
         for r in reactor.getReaders()  # type: ignore[attr-defined]
-        if type(r).__name__ == "Client"
+        if isinstance(r, tcp.Client)
     ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.test.iosim import FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
@@ -303,6 +304,30 @@ class HeldLegTests(SynchronousTestCase):
         network.flush()
         self.assertEqual(backend.messages, [(b"up", False)])
         self.assertEqual(client.messages, [(b"down", False)])
+
+    def test_peerOnce(self) -> None:
+        """
+        A handshake asks the client's transport for its peer once (the
+        admission, the session, the balancer's view and the forwarding
+        fields all read it: L{wsrelay.admission.peerHost}); Autobahn's
+        transport details and C{peer} are never made; none of the three is
+        held once the pipe carries the connection.
+        """
+        asked: list[object] = []
+        getPeer = FakeTransport.getPeer
+
+        def counting(transport: FakeTransport) -> Any:
+            asked.append(transport)
+            return getPeer(transport)
+
+        self.patch(FakeTransport, "getPeer", counting)
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        f = session.frontend
+        self.assertEqual(asked.count(f.transport), 1)
+        self.assertEqual(session.peer, getPeer(f.transport).host)
+        for name in ("peerAddress", "_transport_details", "peer"):
+            self.assertNotIn(name, vars(f))
 
 
 class PipedLegLostTests(SynchronousTestCase):

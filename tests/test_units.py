@@ -85,6 +85,43 @@ class HeadTests(SynchronousTestCase):
         self.assertRaises(BadHead, parseHead, b"GET / HTTP/1.1\r\nnocolon")
         self.assertRaises(BadHead, parseHead, b"GET / HTTP/1.1\r\nA: b\r\n c")
 
+    def test_values(self) -> None:
+        """
+        A field's value is read without the spaces and tabs around it, and
+        keeps those inside; an empty value is empty; an empty line (which
+        the one-pass reading does not take) is skipped; a head of a start
+        line alone has no field.
+        """
+        head = parseHead(
+            b"GET / HTTP/1.1\r\nA:\t x \t y\t \r\nB:\r\nC:  \r\nD:z\r\n\r\nE: e"
+        )
+        self.assertEqual(
+            head.headers,
+            (("A", "x \t y"), ("B", ""), ("C", ""), ("D", "z"), ("E", "e")),
+        )
+        self.assertEqual(head.startLine, "GET / HTTP/1.1")
+        self.assertEqual(parseHead(b"HTTP/1.1 101 Up").headers, ())
+        self.assertEqual(parseHead(b"HTTP/1.1 101 Up").startLine, "HTTP/1.1 101 Up")
+
+    def test_controls(self) -> None:
+        """
+        A control character (but tab) in a value, a bare CR or LF among
+        them, or in the start line, is refused with the line it is in, as
+        is a name that is not a token.
+        """
+        for raw, message in [
+            (b"GET / HTTP/1.1\r\nA: 1\r\nB: x\ry", "control character in header 'B'"),
+            (b"GET / HTTP/1.1\r\nB: x\ny\r\nA: 1", "control character in header 'B'"),
+            (b"GET / HTTP/1.1\r\nB: \x00", "control character in header 'B'"),
+            (b"GET / HTTP/1.1\r\nB: \x7f\r\nA: 1", "control character in header 'B'"),
+            (b"GET /\x01 HTTP/1.1\r\nA: 1", "control character in start line"),
+            (b"GET / HTTP/1.1\r\nA B: 1", "malformed header line 'A B: 1'"),
+            (b"GET / HTTP/1.1\r\n: 1", "malformed header line ': 1'"),
+        ]:
+            with self.assertRaises(BadHead) as e:
+                parseHead(raw)
+            self.assertIn(message, str(e.exception))
+
     def test_response(self) -> None:
         """
         The relay's own responses have a length and close the connection.

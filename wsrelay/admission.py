@@ -40,6 +40,26 @@ if TYPE_CHECKING:
 #: Per-address handshake buckets kept before idle ones are forgotten.
 MAX_BUCKETS = 10000
 
+#: What C{forwardedHeaders} drops of an untrusted peer's fields, besides
+#: the hop-by-hop ones.
+_UNTRUSTED = FORWARDING | CLAIMED
+
+
+def peerHost(frontend: FrontendProtocol) -> str:
+    """
+    @param frontend: A connected client's leg.
+    @return: Its peer's host, C{"unix"} for a peer without one; asked of
+        the transport once per connection (Twisted makes a new address
+        object each time), then read from C{frontend.peerAddress}.
+    """
+    host = frontend.peerAddress
+    if host is None:
+        # The client is connected while its request is handled.
+        assert frontend.transport is not None
+        peer = frontend.transport.getPeer()
+        host = frontend.peerAddress = str(getattr(peer, "host", None) or "unix")
+    return host
+
 
 def originAllowed(head: Head | None, origins: Sequence[str]) -> bool:
     """
@@ -209,21 +229,19 @@ class Admission:
         load balancer's socket left by a PROXY header without an address:
         L{withoutAddress}).
         """
-        # The client is connected while its request is handled.
-        assert frontend.transport is not None
-        peer = getattr(frontend.transport.getPeer(), "host", None) or "unix"
+        peer = peerHost(frontend)
         if (
             not self._trusted
             or frontend.head is None
             or withoutAddress(frontend.transport)
         ):
-            return str(peer)
+            return peer
         chain = [
             a.strip()
             for a in (frontend.head.get("x-forwarded-for") or "").split(",")
             if a.strip()
         ]
-        address = str(peer)
+        address = peer
         while self._isTrusted(address) and chain:
             address = chain.pop()
         return address
@@ -258,19 +276,13 @@ class Admission:
 
         @return: The fields, in order.
         """
-        # The client is connected while its request is handled.
-        assert frontend.transport is not None
-        peer = str(getattr(frontend.transport.getPeer(), "host", None) or "unix")
+        peer = peerHost(frontend)
         trusted = self._isTrusted(peer) and not withoutAddress(frontend.transport)
-        headers = [
-            (n, v)
-            for (n, v) in endToEnd(
-                head, FORWARDING if trusted else FORWARDING | CLAIMED
-            )
-            # CGI, WSGI and PHP read X_Forwarded_For as X-Forwarded-For:
-            # nginx drops such names (underscores_in_headers off).
-            if "_" not in n
-        ]
+        # CGI, WSGI and PHP read X_Forwarded_For as X-Forwarded-For: nginx
+        # drops such names (underscores_in_headers off).
+        headers = endToEnd(
+            head, FORWARDING if trusted else _UNTRUSTED, underscores=False
+        )
         proto = "https" if frontend.secure else "http"
         host = head.get("host")
         element = f"for={forwardedNode(peer)};proto={proto}"
@@ -286,7 +298,9 @@ class Admission:
         headers.append(("X-Forwarded-Proto", proto))
         if host:
             headers.append(("X-Forwarded-Host", host))
-        headers.append(("X-Real-IP", self.clientAddress(frontend)))
+        headers.append(
+            ("X-Real-IP", peer if not trusted else self.clientAddress(frontend))
+        )
         headers.append(
             ("Forwarded", f"{forwarded}, {element}" if forwarded else element)
         )

@@ -93,9 +93,16 @@ def upstreamRequest(
         headers.append(("Sec-WebSocket-Protocol", protocols))
     if dataPath == "passthrough":
         headers.plain = True
-        offers = [
-            (n, v) for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
-        ]
+        offers = (
+            [
+                (n, v)
+                for (n, v) in head.headers
+                if n.lower() == "sec-websocket-extensions"
+            ]
+            # (The fields by name are made already: screening read them.)
+            if "sec-websocket-extensions" in head.fields
+            else None
+        )
         if offers:
             headers.extend(offers)
             headers.extensions = END_TO_END

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util
-from autobahn.twisted.util import create_transport_details
+from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import (
     TrafficStats,
@@ -54,6 +54,7 @@ from autobahn.websocket.protocol import (
 )
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ISSLTransport
 
 #: Autobahn's protocol module, whose names L{install} replaces.
 _PROTOCOL: Any = autobahn.websocket.protocol
@@ -260,7 +261,6 @@ PRIVATE_ATTRIBUTES = (
 DEFAULTS: dict[str, Any] = dict.fromkeys(
     (
         "_perMessageCompress",
-        "_transport_details",
         "autoPingPending",
         "autoPingPendingCall",
         "autoPingPendingSent",
@@ -352,6 +352,39 @@ def compact(protocol: Any) -> None:
 _MISSING = object()
 
 
+class LazyTransportDetails:
+    """
+    A leg's C{_transport_details} (Autobahn's account of its transport),
+    made as Autobahn's C{connectionMade} makes it, when first read.
+    """
+
+    def __get__(self, leg: Any, owner: type | None = None) -> Any:
+        if leg is None:
+            return self
+        details = create_transport_details(leg.transport, leg.is_server)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        details.peer = leg.__dict__.get("peer") or details.peer  # (setPeer's)
+        leg.__dict__["_transport_details"] = details
+        return details
+
+
+class LazyPeer:
+    """
+    A leg's C{peer} (C{"tcp4:192.0.2.7:4000"}), made when first read;
+    before it connected, Autobahn's class default.
+    """
+
+    def __get__(self, leg: Any, owner: type | None = None) -> Any:
+        if leg is None:
+            return self
+        if leg.transport is None:
+            return WebSocketProtocol.peer
+        details = leg.__dict__.get("_transport_details")
+        peer = details.peer if details is not None else peer2str(leg.transport)
+        leg.__dict__["peer"] = peer
+        return peer
+
+
 class LegShims:
     """
     Autobahn's private protocol attributes that a relay leg uses, under
@@ -380,17 +413,21 @@ class LegShims:
     data = b""
     _results: dict[str, Any] | None = None
 
+    #: Made when first read (L{LazyTransportDetails}, L{LazyPeer}).
+    _transport_details: Any = LazyTransportDetails()
+    peer: Any = LazyPeer()
+
     def connectionMade(self) -> None:
         """
-        Autobahn's Twisted C{connectionMade} (its transport details, the
-        peer, C{TCP_NODELAY}), without its debug line, whose arguments it
-        makes for every connection.
+        Autobahn's Twisted C{connectionMade} (C{TCP_NODELAY}), without its
+        debug line, whose arguments it makes for every connection, and
+        with its transport details and peer made only when read: a
+        passthrough leg answered by the relay never reads them
+        (L{_onOpen}).
         """
         transport: Any = self.transport  # type: ignore[attr-defined]
-        details = create_transport_details(transport, self.is_server)  # type: ignore[attr-defined]
-        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
-        self._transport_details = details
-        self.peer = details.peer
+        # (The empty details Autobahn's __init__ made.)
+        self.__dict__.pop("_transport_details", None)
         try:
             transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
         except Exception:  # noqa: S110 - as Autobahn: not a TCP socket
@@ -469,10 +506,16 @@ class LegShims:
     def _onOpen(self) -> None:
         """
         Autobahn opened the connection: keep the compressor it negotiated,
-        then go on as Autobahn does (to C{onOpen}).
+        then go on as Autobahn does (to C{onOpen}), which completes a TLS
+        leg's transport details (not made for a plain leg that never read
+        them).
         """
         self.compressor = self._perMessageCompress  # type: ignore[attr-defined]
-        super()._onOpen()  # type: ignore[misc]
+        transport = self.transport  # type: ignore[attr-defined]
+        if "_transport_details" in vars(self) or ISSLTransport.providedBy(transport):
+            super()._onOpen()  # type: ignore[misc]
+        else:
+            self.onOpen()  # type: ignore[attr-defined]
 
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         """
@@ -552,6 +595,6 @@ def setPeer(protocol: Any, peer: str) -> None:
     header names), in its transport details too.
     """
     protocol.peer = peer
-    details = getattr(protocol, "_transport_details", None)
+    details = vars(protocol).get("_transport_details")
     if details is not None:
         details.peer = peer

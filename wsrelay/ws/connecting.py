@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -86,12 +88,26 @@ class PlainTCPEndpoint:
         Connect C{factory}'s protocol straight to the transport, with no
         timeout of Twisted's: the caller times the attempt, and stops it
         with the connector's C{stopConnecting} or the protocol's
-        transport's C{abortConnection}.
+        transport's C{abortConnection}.  On Twisted's own reactors, through
+        L{_IPConnector}.
 
         @return: The connector, whose failure reaches C{factory}'s
             C{clientConnectionFailed}.
         """
-        return self.reactor.connectTCP(
+        reactor = self.reactor
+        if isinstance(reactor, PosixReactorBase):
+            # What connectTCP does, with the connector below.
+            connector = _IPConnector(
+                self.host,
+                self.port,
+                factory,
+                None,  # type: ignore[arg-type]
+                None,
+                reactor,
+            )
+            connector.connect()
+            return connector
+        return reactor.connectTCP(
             self.host,
             self.port,
             factory,
@@ -100,6 +116,38 @@ class PlainTCPEndpoint:
 
     def __repr__(self) -> str:
         return f"<PlainTCPEndpoint {self.host}:{self.port}>"
+
+
+class _IPClient(tcp.Client):
+    """
+    Twisted's TCP client transport, which connects to an IP address (the
+    host needs no name lookup) without the fired L{Deferred} that Twisted's
+    C{resolveAddress} calls back through (some 6 µs a connect on the
+    benchmark's machine, about 1% of a proxied handshake's CPU).
+    """
+
+    def resolveAddress(self) -> None:
+        """
+        Connect now to an IP address, as Twisted's callback would; look a
+        name up as Twisted does.
+        """
+        if getattr(self, "_requiresResolution", True):
+            super().resolveAddress()
+            return
+        try:
+            self._setRealAddress(self.addr)
+        except BaseException:
+            # (Twisted's errback.)
+            self.failIfNotConnected(Failure())
+
+
+class _IPConnector(tcp.Connector):
+    """
+    Twisted's TCP connector, whose transports are L{_IPClient}s.
+    """
+
+    def _makeTransport(self) -> tcp.Client:
+        return _IPClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
 class _Attempt(ClientFactory):

@@ -254,10 +254,7 @@ class RelayLeg(ClosingLeg):
     #: Autobahn's attributes that only its opening handshake reads (the
     #: request, the response, their parsed headers), checked against its
     #: source: L{forgetHandshake} lets them go.
-    _HANDSHAKE_ONLY = (
-        # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
-        # certificate) and never after; 336 bytes a held connection.
-        "_transport_details",
+    _HANDSHAKE_ONLY: tuple[str, ...] = (
         "http_headers",
         "http_request_data",
         "http_response_data",
@@ -269,7 +266,13 @@ class RelayLeg(ClosingLeg):
         "websocket_origin",
         "websocket_key",
         "_wskey",
+        # The relay's own: the client's peer host (wsrelay.admission.peerHost).
+        "peerAddress",
     )
+
+    #: The peer's host, once asked (a client's leg: L{wsrelay.admission.
+    #: peerHost}).
+    peerAddress: str | None = None
 
     #: What a leg whose connection is gone lets go of (L{letGo}): the
     #: references by which it and its session, data path or channel refer
@@ -348,6 +351,10 @@ class RelayLeg(ClosingLeg):
         for name in self._HANDSHAKE_ONLY:
             if name in attributes:
                 attributes[name] = None
+        # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
+        # certificate) and never after, if made at all
+        # (LazyTransportDetails); 336 bytes a held connection.
+        attributes.pop("_transport_details", None)
         forgetOpened(self, "is_open")
         head = attributes.get("head")
         if head is not None:
