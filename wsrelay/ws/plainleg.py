@@ -107,7 +107,8 @@ class PlainUpstream(ResponseReader, Protocol):
     def connectionMade(self) -> None:
         """
         Send the client's request, rewritten for this backend, with no
-        Nagle delay on the connection (as Autobahn's legs).
+        Nagle delay on the connection (as Autobahn's legs), at once when
+        nothing is queued.
         """
         transport: Any = self.transport
         try:
@@ -116,7 +117,10 @@ class PlainUpstream(ResponseReader, Protocol):
             pass
         key = base64.b64encode(os.urandom(16))
         self.websocket_key = key
-        transport.write(
+        # Sent at once on a plain TCP connection (L{writer}): through
+        # Twisted's write, the request would wait a reactor turn for the
+        # socket to be writable, at two more changes of its registration.
+        self.writer()(
             buildRequest(
                 self.resource, self.hostHeader, key.decode(), self.requestHeaders
             )
