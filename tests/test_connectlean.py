@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import (
-    ConnectionAborted,
-    ConnectionDone,
-    ConnectionRefusedError,
-)
-from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -219,108 +214,3 @@ class LeanConnectTests(_Loopback):
         )
         self.assertEqual(seen, [(False, 0)])
         self.assertTrue(self.accepted[0].received.startswith(b"GET /chat HTTP/1.1\r\n"))
-
-
-class _Closing(Protocol):
-    """
-    A client protocol that records how its connection was lost.
-    """
-
-    def __init__(self) -> None:
-        self.made: Deferred[None] = Deferred()
-        self.lost: Deferred[list[Failure]] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.made.callback(None)
-
-    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
-        self.lost.callback([reason])
-
-
-class _Ending(_Backend):
-    """
-    A backend that records how its connection ended.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ended: Deferred[list[Failure]] = Deferred()
-
-    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
-        self.ended.callback([reason])
-
-
-class LeanCloseTests(_Loopback):
-    """
-    C{loseConnection} of C{PlainTCPEndpoint.connectDirect}'s transport.
-    """
-
-    backend = _Ending
-
-    async def connected(self) -> tuple[_Closing, Any]:
-        """
-        @return: A connected client protocol and its transport.
-        """
-        client = _Closing()
-        self.connect(client)
-        await client.made
-        await waitFor(lambda: self.accepted)
-        return client, client.transport
-
-    async def test_closeWithNothingQueued(self) -> None:
-        """
-        With nothing to send, the connection is lost on a later turn (not
-        within C{loseConnection}), cleanly, without waiting for the socket
-        to be writable; the backend sees the end of a clean connection.
-        """
-        client, transport = await self.connected()
-        transport.loseConnection()
-        r: Any = reactor
-        self.assertNotIn(transport, r.getWriters())
-        self.assertNotIn(transport, r.getReaders())
-        self.assertFalse(client.lost.called)
-        [reason] = await client.lost
-        self.assertTrue(reason.check(ConnectionDone))
-        [ended] = await cast(_Ending, self.accepted[0]).ended
-        self.assertTrue(ended.check(ConnectionDone))
-
-    async def test_writtenFirst(self) -> None:
-        """
-        What was queued before C{loseConnection}, and what is written after
-        it in the same turn, reaches the backend before the end of the
-        connection.
-        """
-        client, transport = await self.connected()
-        transport.write(b"queued ")
-        transport.loseConnection()
-        client2, transport2 = await self.connected()
-        transport2.loseConnection()
-        transport2.write(b"after")
-        await client.lost
-        await client2.lost
-        ends = [cast(_Ending, p) for p in self.accepted]
-        await ends[0].ended
-        await ends[1].ended
-        self.assertEqual([p.received for p in ends], [b"queued ", b"after"])
-
-    async def test_abortedMeanwhile(self) -> None:
-        """
-        A connection aborted after C{loseConnection} is lost once, as
-        aborted.
-        """
-        client, transport = await self.connected()
-        transport.loseConnection()
-        transport.abortConnection()
-        [reason] = await client.lost
-        self.assertTrue(reason.check(ConnectionAborted))
-        await _turn()
-        await _turn()
-
-
-def _turn() -> Deferred[None]:
-    """
-    @return: A L{Deferred} that fires on the reactor's next turn.
-    """
-    d: Deferred[None] = Deferred()
-    reactor.callLater(0, d.callback, None)  # type: ignore[attr-defined]
-    return d

@@ -31,7 +31,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectingCancelledError, getConnectError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
@@ -150,9 +149,6 @@ class _IPClient(tcp.Client):
         and once connected goes from waiting to write to waiting to read
         with no other change (Twisted removes it from the reactor and adds
         it back).
-      - L{loseConnection} with nothing to send closes on the next turn
-        without waiting for the socket to be writable (Twisted's costs two
-        C{epoll_ctl}s and an empty C{send}).
     """
 
     def _finishInit(
@@ -257,51 +253,6 @@ class _IPClient(tcp.Client):
                 self.failIfNotConnected(getConnectError((err, strerror(err))))
                 return
         super().connectionLost(reason)
-
-    def loseConnection(self) -> None:
-        """
-        Close the connection once what was written went out, as Twisted's
-        C{loseConnection} does; but with nothing to write, without waiting
-        for the socket to be writable: Twisted registers it for writing
-        (one C{epoll_ctl}), and on the next turn sends nothing (a
-        zero-byte C{send}) and unregisters it (another).  The connection
-        is then lost on the next reactor turn as well, never from within
-        this call.
-        """
-        if (
-            self.connected
-            and not self.disconnecting
-            and not self.dataBuffer
-            and not self._tempDataBuffer
-            and not self._writeDisconnecting
-            and not self._writeDisconnected
-            and not self.TLS
-            and (
-                self.producer is None
-                or (self.streamingProducer and not self.producerPaused)
-            )
-        ):
-            self.stopReading()
-            self.stopWriting()
-            self.disconnecting = True
-            reactor: Any = self.reactor
-            reactor.callLater(0, self._closeNow)
-            return
-        super().loseConnection()
-
-    def _closeNow(self) -> None:
-        """
-        The turn after L{loseConnection}: the connection is lost as
-        Twisted's would be once its (empty) buffer was sent, unless it was
-        aborted or lost meanwhile, or bytes were written after the
-        C{loseConnection} (they go first, and Twisted's C{doWrite} closes
-        the connection after them, as it would have).
-        """
-        if self.disconnected or self._aborting:
-            return
-        if self.dataBuffer or self._tempDataBuffer:
-            return
-        self.connectionLost(Failure(CONNECTION_DONE))
 
 
 #: The socket type flags that make a socket non-blocking as it is created
