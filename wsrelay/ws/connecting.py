@@ -244,7 +244,11 @@ class _IPClient(tcp.Client):
         transport, registered for both, hears as a read): report it with
         the socket's error, as Twisted's C{doConnect} would.
         """
-        if not self.connected and hasattr(self, "connector"):
+        if (
+            not self.connected
+            and hasattr(self, "connector")
+            and hasattr(self, "socket")
+        ):
             try:
                 err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
             except OSError:
@@ -272,7 +276,10 @@ def _waitToRead(transport: tcp.Client) -> None:
     A connected transport that waited to write now waits to read, with
     one change of its registration on Twisted's epoll reactor (one
     C{epoll_ctl}); on another reactor by stopping writing (Twisted's
-    C{_connectDone} then starts reading).
+    C{_connectDone} then starts reading).  (The epoll reactor's private
+    C{_poller}, C{_reads} and C{_writes}, as its C{_add} and C{_remove}
+    keep them: a Twisted that renames them fails every connect, loudly, in
+    tests.test_connectlean.)
 
     @param transport: Registered for writing only.
     """
