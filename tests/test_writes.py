@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, inThread
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
-from wsrelay.ws.writes import directWrite
+from wsrelay.ws.writes import directWrite, sendNow
 
 #: The attributes of Twisted's TCP connection that L{directWrite} and
 #: L{wsrelay.fanout.pending.Pending.flush} read.
@@ -74,6 +74,15 @@ class NotTCPTests(SynchronousTestCase):
         self.assertEqual(write, transport.write)
         write(b"past the header")
         self.assertEqual(transport.value(), b"past the header")
+
+    def test_sendNowOtherTransport(self) -> None:
+        """
+        L{sendNow} writes to a transport that is not a TCP connection with
+        its C{write}.
+        """
+        transport = StringTransport()
+        sendNow(transport, b"head")
+        self.assertEqual(transport.value(), b"head")
 
 
 class TCPTests(TestCase):
@@ -133,6 +142,23 @@ class TCPTests(TestCase):
             ([], b""),
         )
         self.assertEqual(peer.recv(16), b"now")
+
+    async def test_sendNow(self) -> None:
+        """
+        L{sendNow} sends at once with nothing queued, and behind what is
+        queued otherwise, in order.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert transport is not None
+        sendNow(transport, b"now,")
+        self.assertEqual(transport._tempDataBuffer, [])  # type: ignore[attr-defined]
+        transport.write(b"first,")
+        sendNow(transport, b"second")
+        got = b""
+        while len(got) < 16:
+            got += await inThread(peer.recv, 64)
+        self.assertEqual(got, b"now,first,second")
 
     async def test_queuedStaysInOrder(self) -> None:
         """

@@ -43,7 +43,7 @@ from wsrelay.ws._autobahn import FIRED, forgetOpened, letGo
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import buildRequest
 from wsrelay.ws.response import FORGOTTEN, ResponseReader, UpstreamError
-from wsrelay.ws.writes import directWrite
+from wsrelay.ws.writes import directWrite, sendNow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -107,7 +107,8 @@ class PlainUpstream(ResponseReader, Protocol):
     def connectionMade(self) -> None:
         """
         Send the client's request, rewritten for this backend, with no
-        Nagle delay on the connection (as Autobahn's legs).
+        Nagle delay on the connection (as Autobahn's legs), at once when
+        nothing is queued.
         """
         transport: Any = self.transport
         try:
@@ -116,10 +117,16 @@ class PlainUpstream(ResponseReader, Protocol):
             pass
         key = base64.b64encode(os.urandom(16))
         self.websocket_key = key
-        transport.write(
+        # Sent at once on a plain TCP connection: through Twisted's write,
+        # the request would wait a reactor turn for the socket to be
+        # writable, at two more changes of its registration.  (Not through
+        # L{writer}, made later: made now, it would cost the held leg's
+        # dictionary a size up.)
+        sendNow(
+            transport,
             buildRequest(
                 self.resource, self.hostHeader, key.decode(), self.requestHeaders
-            )
+            ),
         )
 
     def dataReceived(self, data: bytes) -> None:

@@ -28,7 +28,7 @@ from twisted.internet.tcp import Connection
 
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 
-__all__ = ["directWrite", "tcpConnection"]
+__all__ = ["directWrite", "sendNow", "tcpConnection"]
 
 
 def tcpConnection(transport: Any) -> Connection | None:
@@ -62,6 +62,29 @@ def directWrite(transport: Any) -> Callable[[bytes], None]:
         write: Callable[[bytes], None] = transport.write
         return write
     return _writeNow(connection)
+
+
+def sendNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport} once, as the function L{directWrite}
+    returns would, without making that function: for a single write (a
+    request head), where keeping a function on the writer would cost the
+    connection its memory.
+    """
+    connection = tcpConnection(transport)
+    if connection is None:
+        # TLS, or a test's transport.
+        transport.write(data)
+        return
+    if connection._tempDataBuffer or connection.dataBuffer:
+        connection.write(data)
+        return
+    try:
+        sent = connection.socket.send(data)
+    except OSError:
+        sent = 0
+    if sent != len(data):
+        connection.write(data[sent:])
 
 
 def _writeNow(connection: Connection) -> Callable[[bytes], None]:
