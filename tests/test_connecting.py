@@ -12,7 +12,6 @@ from typing import Any, cast
 
 from twisted.internet import reactor, tcp
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import (
     ConnectBindError,
     ConnectionRefusedError,
@@ -29,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.support.backends import listenRecording
 from wsrelay.config import parseConfig
 from wsrelay.ws.connecting import PlainTCPEndpoint, connectError, connectUpstream
 from wsrelay.ws.upstream import (
@@ -174,15 +174,7 @@ class RealSocketTests(TestCase):
 
     def setUp(self) -> Deferred[None]:
         self.accepted: list[Protocol] = []
-
-        def build(addr: object) -> Protocol:
-            p = _Silent()
-            self.accepted.append(p)
-            return p
-
-        factory = Factory.forProtocol(_Silent)
-        factory.buildProtocol = build  # type: ignore[method-assign]
-        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        d = listenRecording(_Silent, self.accepted)
 
         def listening(port: Any) -> None:
             self.listening = port

@@ -14,12 +14,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.support.backends import listenRecording
 from tests.support.waiting import waitFor
 from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.plainleg import PlainUpstream
@@ -77,15 +77,7 @@ class _Loopback(TestCase):
 
     def setUp(self) -> Deferred[None]:
         self.accepted: list[_Backend] = []
-
-        def build(addr: object) -> _Backend:
-            p = self.backend()
-            self.accepted.append(p)
-            return p
-
-        factory = Factory.forProtocol(_Backend)
-        factory.buildProtocol = build  # type: ignore[method-assign]
-        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        d = listenRecording(self.backend, self.accepted)
 
         def listening(port: Any) -> None:
             self.listening = port

@@ -8,15 +8,43 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.sync.server import ServerConnection, serve
 
 from tests.support.waiting import TIMEOUT, Changes
+
+_P = TypeVar("_P", bound=Protocol)
+
+
+def listenRecording(
+    protocol: Callable[[], _P], accepted: list[_P]
+) -> Deferred[IListeningPort]:
+    """
+    A plain TCP backend on this process's reactor: listen on 127.0.0.1, on
+    a port the system chooses.
+
+    @param protocol: Makes the protocol of each connection accepted.
+    @param accepted: Each protocol made is appended to it.
+    @return: Fires with the listening port.
+    """
+
+    def build(addr: object) -> _P:
+        p = protocol()
+        accepted.append(p)
+        return p
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign,assignment]
+    return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
 
 
 def script(connection: ServerConnection) -> None:
