@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from tests.support.backends import listenRecording
+from tests.support.backends import listenRecording, plainEndpoint
 from wsrelay.config import parseConfig
 from wsrelay.ws.connecting import PlainTCPEndpoint, connectError, connectUpstream
 from wsrelay.ws.upstream import (
@@ -196,12 +196,7 @@ class RealSocketTests(TestCase):
         """
         @return: The backend's endpoint.
         """
-        return PlainTCPEndpoint(
-            reactor,  # type: ignore[arg-type]
-            "127.0.0.1",
-            self.listening.getHost().port,
-            5,
-        )
+        return plainEndpoint(self.listening)
 
     async def test_endpoint(self) -> None:
         """

@@ -19,7 +19,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.support.backends import listenRecording
+from tests.support.backends import listenRecording, plainEndpoint
 from tests.support.waiting import waitFor
 from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.plainleg import PlainUpstream
@@ -89,12 +89,7 @@ class _Loopback(TestCase):
         """
         @return: The backend's endpoint.
         """
-        return PlainTCPEndpoint(
-            reactor,  # type: ignore[arg-type]
-            "127.0.0.1",
-            self.listening.getHost().port,
-            5,
-        )
+        return plainEndpoint(self.listening)
 
     def connect(
         self, protocol: Protocol, endpoint: PlainTCPEndpoint | None = None

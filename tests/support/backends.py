@@ -21,6 +21,7 @@ from websockets.http11 import Response
 from websockets.sync.server import ServerConnection, serve
 
 from tests.support.waiting import TIMEOUT, Changes
+from wsrelay.ws.connecting import PlainTCPEndpoint
 
 _P = TypeVar("_P", bound=Protocol)
 
@@ -45,6 +46,19 @@ def listenRecording(
     factory = Factory()
     factory.buildProtocol = build  # type: ignore[method-assign,assignment]
     return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+
+
+def plainEndpoint(port: IListeningPort) -> PlainTCPEndpoint:
+    """
+    @return: The relay's endpoint for a backend listening on C{port}
+        (L{listenRecording}), with a 5 second timeout.
+    """
+    return PlainTCPEndpoint(
+        reactor,  # type: ignore[arg-type]
+        "127.0.0.1",
+        port.getHost().port,  # type: ignore[attr-defined]
+        5,
+    )
 
 
 def script(connection: ServerConnection) -> None:
