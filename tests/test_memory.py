@@ -176,13 +176,7 @@ class HandshakeTests(MemoryTestCase):
         When the first backend refuses the connection, the next one is
         tried within the same budget and the client opens through it.
         """
-        network = Network(
-            self,
-            relayConfig(
-                route="balancer = first\n",
-                backends=f"ws://{BACKEND_B[0]}:{BACKEND_B[1]}/",
-            ),
-        )
+        network = self.firstThenB()
         client = network.connectClient()
         network.flush()
         self.assertEqual(network.pendingConnects(), [BACKEND_A])
@@ -199,13 +193,7 @@ class HandshakeTests(MemoryTestCase):
         being made cancels it: no upstream is left, no other backend is
         tried, no timer is left, and the backend is not blamed.
         """
-        network = Network(
-            self,
-            relayConfig(
-                route="balancer = first\n",
-                backends=f"ws://{BACKEND_B[0]}:{BACKEND_B[1]}/",
-            ),
-        )
+        network = self.firstThenB()
         client, transport = network.connectRaw()
         transport.write(request())
         network.flush()
@@ -213,6 +201,19 @@ class HandshakeTests(MemoryTestCase):
         (session,) = network.relay.sessions
         self.leaveWhileConnecting(network, client, transport, connector, [0, 0])
         self.assertIsNone(session.upstream)
+
+    def firstThenB(self) -> Network:
+        """
+        @return: A relay whose route tries its backends in order (the
+            first, then C{BACKEND_B}).
+        """
+        return Network(
+            self,
+            relayConfig(
+                route="balancer = first\n",
+                backends=f"ws://{BACKEND_B[0]}:{BACKEND_B[1]}/",
+            ),
+        )
 
     def leaveWhileConnecting(
         self,
@@ -247,13 +248,7 @@ class HandshakeTests(MemoryTestCase):
         first refused) cancels that attempt too: no upstream, no timer is
         left, and only the first backend is blamed.
         """
-        network = Network(
-            self,
-            relayConfig(
-                route="balancer = first\n",
-                backends=f"ws://{BACKEND_B[0]}:{BACKEND_B[1]}/",
-            ),
-        )
+        network = self.firstThenB()
         client, transport = network.connectRaw()
         transport.write(request())
         network.flush()
@@ -268,13 +263,7 @@ class HandshakeTests(MemoryTestCase):
         upstream handshake yet gets that connection closed too, and no
         other backend is tried.
         """
-        network = Network(
-            self,
-            relayConfig(
-                route="balancer = first\n",
-                backends=f"ws://{BACKEND_B[0]}:{BACKEND_B[1]}/",
-            ),
-        )
+        network = self.firstThenB()
         network.backends[BACKEND_A].gate = Deferred()
         client, transport = network.connectRaw()
         transport.write(request())
