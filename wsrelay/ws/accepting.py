@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acceptlean,tests.test_listening -*-
+# -*- test-case-name: tests.test_acceptlean,tests.test_takeover_units -*-
 """
 The client leg's accepted transport: L{LeanPort}, Twisted's TCP port,
 whose connections are L{LeanServer}s, with less Python and fewer system
