@@ -135,13 +135,19 @@ class LeanServer(tcp.Server):
     def __repr__(self) -> str:
         """
         @return: What Twisted's C{Server} answers: the protocol's class,
-            the session number and the port's.
+            the session number and the port's (or what was set in its
+            place, as C{_fromConnectedSocket} does).
         """
-        protocol = self.__dict__.get("protocol")
-        name = self.__dict__.get("_protocolName")
+        attributes = self.__dict__
+        repstr: str | None = attributes.get("repstr")
+        if repstr is not None:
+            return repstr
+        protocol = attributes.get("protocol")
+        name = attributes.get("_protocolName")
         if protocol is not None:
             name = protocol.__class__.__name__
-        return f"<{name} #{self.sessionno} on {self.server._realPortNumber}>"
+        port = getattr(self.server, "_realPortNumber", None)
+        return f"<{name} #{self.sessionno} on {port}>"
 
     def loseConnection(self) -> None:
         """
