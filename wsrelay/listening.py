@@ -10,7 +10,11 @@ A listener's endpoint string is parsed by Twisted as always, with a
 L{ListeningSockets} in place of the reactor: Twisted's C{tcp:}, C{tcp6:}
 and C{ssl:} endpoints (also behind C{haproxy:}) call its C{listenTCP} or
 C{listenSSL}, which opens the sockets (or takes the ones handed over) and
-serves them with C{reactor.adoptStreamPort}.
+serves them as C{reactor.adoptStreamPort} does.
+
+Plain TCP listeners (C{tcp:}, C{tcp6:}, and behind C{haproxy:}) are served
+by L{wsrelay.ws.accepting}'s lean port, whether the relay holds their
+sockets or Twisted does (L{LeanTCP}); TLS listeners by Twisted's.
 
 Serving an adopted descriptor matters for a handover: Twisted closes a
 port it opened itself with C{shutdown()} first, which on Linux stops the
@@ -50,6 +54,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsrelay.proxyprotocol import listenerEndpoint
+from wsrelay.ws import accepting
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -160,10 +165,16 @@ class ListeningSockets:
         self._inherited = bool(inherited)
         self.sockets: list[socket.socket] = list(inherited)
         self._factory: IProtocolFactory | None = None
+        self._lean = True
         self._covering: dict[int, list[IListeningPort]] = {}
 
     def _listen(
-        self, port: int, factory: IProtocolFactory, backlog: int, interface: str
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        backlog: int,
+        interface: str,
+        lean: bool,
     ) -> IListeningPort:
         if not self.sockets:
             family = socket.AF_INET
@@ -177,11 +188,24 @@ class ListeningSockets:
                 claimed = openSockets(family, interface, port, backlog, workers)
             self.sockets = claimed
         self._factory = factory
+        self._lean = lean
         served = self.sockets if self._inherited else self.forWorker(0)
-        ports = [
-            self._reactor.adoptStreamPort(s.fileno(), s.family, factory) for s in served
-        ]
+        ports = [self._adopt(s, factory) for s in served]
         return ports[0] if len(ports) == 1 else _Ports(ports)
+
+    def _adopt(self, s: socket.socket, factory: IProtocolFactory) -> IListeningPort:
+        """
+        @return: A port serving C{s} in this process: a lean one
+            (L{accepting.adoptStreamPort}) for plain TCP, Twisted's for TLS.
+        """
+        if self._lean:
+            return accepting.adoptStreamPort(
+                self._reactor, s.fileno(), s.family, factory
+            )
+        port: IListeningPort = self._reactor.adoptStreamPort(
+            s.fileno(), s.family, factory
+        )
+        return port
 
     def forWorker(self, index: int) -> list[socket.socket]:
         """
@@ -207,10 +231,9 @@ class ListeningSockets:
         if self._factory is None or index in self._covering:
             return
         mine = self.forWorker(0)
+        factory = self._factory
         self._covering[index] = [
-            self._reactor.adoptStreamPort(s.fileno(), s.family, self._factory)
-            for s in self.forWorker(index)
-            if s not in mine
+            self._adopt(s, factory) for s in self.forWorker(index) if s not in mine
         ]
 
     def uncover(self, index: int) -> None:
@@ -239,7 +262,7 @@ class ListeningSockets:
         backlog: int = 50,
         interface: str = "",
     ) -> IListeningPort:
-        return self._listen(port, factory, backlog, interface)
+        return self._listen(port, factory, backlog, interface, True)
 
     def listenSSL(
         self,
@@ -252,7 +275,7 @@ class ListeningSockets:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         wrapped = TLSMemoryBIOFactory(contextFactory, False, factory)
-        return self._listen(port, wrapped, backlog, interface)
+        return self._listen(port, wrapped, backlog, interface, False)
 
     def connectTCP(
         self,
@@ -280,6 +303,34 @@ class ListeningSockets:
         )
 
 
+class LeanTCP:
+    """
+    A reactor whose plain TCP listeners are lean ports
+    (L{accepting.listenTCP}): what an endpoint string listens with when
+    Twisted holds the listener's sockets.  Everything else (C{listenSSL},
+    C{listenUNIX}, C{adoptStreamPort} for systemd's sockets, ...) is the
+    reactor's own.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def listenTCP(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> IListeningPort:
+        """
+        Listen on a plain TCP port, with a lean port on Twisted's reactors.
+        """
+        return accepting.listenTCP(self._reactor, port, factory, backlog, interface)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
 @implementer(IStreamServerEndpoint)
 class _ReportingEndpoint:
     """
@@ -291,9 +342,10 @@ class _ReportingEndpoint:
     def __init__(self, listener: Listener, reactor: Any, listenOn: Any) -> None:
         self._listener = listener
         self._reactor = reactor
-        # What the endpoint listens with: the reactor, or the sockets the
-        # relay holds (ListeningSockets).
-        self._listenOn = reactor if listenOn is None else listenOn
+        # What the endpoint listens with: the reactor (its plain TCP
+        # listeners lean ports), or the sockets the relay holds
+        # (ListeningSockets).
+        self._listenOn = LeanTCP(reactor) if listenOn is None else listenOn
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
         """

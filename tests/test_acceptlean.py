@@ -1,0 +1,389 @@
+"""
+Tests for the lean accepted transport of L{wsrelay.ws.accepting}
+(L{LeanPort}, L{LeanServer}): an accepted socket non-blocking and
+close-on-exec, the addresses and log prefix Twisted's transport gives, IPv6,
+Twisted's handling of C{accept}'s errors, a close with nothing queued that
+sends the FIN without waiting to write and loses the connection later, a
+close with data queued that still delivers it, and the relay's plain
+listeners served by it, on loopback sockets.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import termios
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Port
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support.relays import startRelay
+from tests.support.waiting import waitFor
+from wsrelay.listening import LeanTCP, ListeningSockets
+from wsrelay.proxyprotocol import listenerEndpoint
+from wsrelay.ws.accepting import LeanPort, LeanServer, listenTCP
+
+
+class _Peer(Protocol):
+    """
+    Either end of a test connection: keeps what it receives and why its
+    connection was lost.
+
+    @ivar onMade: Called with the protocol once connected.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred[list[Failure]] = Deferred()
+        self.address: Any = None
+        self.onMade: Any = None
+
+    def connectionMade(self) -> None:
+        if self.onMade is not None:
+            self.onMade(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.callback([reason])
+
+
+class _Loopback(TestCase):
+    """
+    A L{LeanPort} on loopback whose connections' protocols are L{_Peer}s,
+    and clients of it.
+    """
+
+    interface = "127.0.0.1"
+
+    def setUp(self) -> None:
+        self.accepted: list[_Peer] = []
+
+        def build(addr: Any) -> _Peer:
+            p = _Peer()
+            p.address = addr
+            self.accepted.append(p)
+            return p
+
+        factory = Factory()
+        factory.buildProtocol = build  # type: ignore[method-assign,assignment]
+        self.port: Any = listenTCP(reactor, 0, factory, 50, self.interface)
+        self.addCleanup(self.port.stopListening)
+
+    async def connect(self) -> tuple[_Peer, _Peer]:
+        """
+        @return: A connected client and the protocol the port accepted it
+            with; both aborted at the end of the test if still open.
+        """
+        number = self.port.getHost().port
+        if ":" in self.interface:
+            endpoint: Any = TCP6ClientEndpoint(reactor, self.interface, number)
+        else:
+            endpoint = TCP4ClientEndpoint(reactor, self.interface, number)
+        before = len(self.accepted)
+        client = await endpoint.connect(Factory.forProtocol(_Peer))
+        await waitFor(lambda: len(self.accepted) > before)
+        server = self.accepted[before]
+        for p in (client, server):
+            self.addCleanup(_abort, p)
+        return client, server
+
+
+def _abort(p: Protocol) -> None:
+    transport: Any = p.transport
+    if transport is not None and transport.connected:
+        transport.abortConnection()
+
+
+class LeanAcceptTests(_Loopback):
+    """
+    What L{LeanPort} accepts with.
+    """
+
+    async def test_nonBlockingCloseOnExec(self) -> None:
+        """
+        The accepted socket is a L{LeanServer}'s, non-blocking (for the
+        kernel and for Python) and close-on-exec, and it reads.
+        """
+        self.assertIsInstance(self.port, LeanPort)
+        client, server = await self.connect()
+        transport: Any = server.transport
+        self.assertIsInstance(transport, LeanServer)
+        fd = transport.fileno()
+        self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+        self.assertEqual(transport.socket.gettimeout(), 0.0)
+        self.assertIn(transport, reactor.getReaders())  # type: ignore[attr-defined]
+        client.transport.write(b"hello")  # type: ignore[union-attr]
+        await waitFor(lambda: server.received == b"hello")
+
+    async def test_addresses(self) -> None:
+        """
+        The factory is given the client's address, and the transport's
+        C{getPeer} and C{getHost} are the two ends as the client sees them
+        the other way round; its log prefix and C{repr} are Twisted's.
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        mine = client.transport.getHost()  # type: ignore[union-attr]
+        self.assertEqual(server.address, mine)
+        self.assertEqual(transport.getPeer(), mine)
+        self.assertEqual(
+            transport.getHost(),
+            client.transport.getPeer(),  # type: ignore[union-attr]
+        )
+        self.assertIsInstance(transport.getPeer(), IPv4Address)
+        number = self.port.getHost().port
+        self.assertEqual(transport.logPrefix(), "_Peer,0,127.0.0.1")
+        self.assertEqual(repr(transport), f"<_Peer #0 on {number}>")
+        transport.loseConnection()
+        await server.lost
+        self.assertEqual(transport.logPrefix(), "_Peer,0,127.0.0.1")
+        self.assertEqual(repr(transport), f"<_Peer #0 on {number}>")
+
+    async def test_erroredAccept(self) -> None:
+        """
+        When C{accept} fails with an error other than "nothing waiting",
+        Twisted's handling takes over: a netfilter's C{EPERM} is skipped
+        and the next connection accepted (non-blocking too); an aborted
+        connection (C{ECONNABORTED}) is logged and ends the round.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.port.socket = _FailingOnce(self.port.socket, errno.EPERM)
+        client, server = await self.connect()
+        transport: Any = server.transport
+        self.assertIsInstance(transport, LeanServer)
+        self.assertTrue(fcntl.fcntl(transport.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+        client.transport.write(b"hi")  # type: ignore[union-attr]
+        await waitFor(lambda: server.received == b"hi")
+        self.port.socket = _FailingOnce(self.port.socket._real, errno.ECONNABORTED)
+        self.port.doRead()
+        self.assertIn(
+            "Could not accept new connection (ECONNABORTED)",
+            [e.get("log_format", "").format(**e) for e in events],
+        )
+
+
+class _FailingOnce:
+    """
+    A listening socket whose next C{_accept} fails with an error.
+    """
+
+    def __init__(self, real: socket.socket, error: int) -> None:
+        self._real = real
+        self._error: int | None = error
+
+    def _accept(self) -> tuple[int, Any]:
+        error, self._error = self._error, None
+        if error is not None:
+            raise OSError(error, os.strerror(error))
+        return self._real._accept()  # type: ignore[attr-defined,no-any-return]
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        return self._real.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class LeanIPv6Tests(_Loopback):
+    """
+    L{LeanPort} on an IPv6 loopback address.
+    """
+
+    interface = "::1"
+
+    def setUp(self) -> None:
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            raise SkipTest("no IPv6 loopback") from None
+        super().setUp()
+
+    async def test_addresses(self) -> None:
+        """
+        An IPv6 client's address is an L{IPv6Address}, for the factory and
+        from C{getPeer}, and the host is the listening address.
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        mine = client.transport.getHost()  # type: ignore[union-attr]
+        peer = transport.getPeer()
+        self.assertIsInstance(peer, IPv6Address)
+        self.assertEqual((peer.host, peer.port), ("::1", mine.port))
+        self.assertEqual((server.address.host, server.address.port), ("::1", mine.port))
+        self.assertEqual(transport.getHost().host, "::1")
+        self.assertEqual(transport.logPrefix(), "_Peer,0,::1")
+
+
+class LeanCloseTests(_Loopback):
+    """
+    L{LeanServer.loseConnection}.
+    """
+
+    async def test_nothingQueued(self) -> None:
+        """
+        With nothing to send, C{loseConnection} stops reading and does not
+        wait to write; the connection is lost later, never from inside
+        the call, with Twisted's reason, and the client reads the end of
+        the stream (a FIN, not a reset).
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        r: Any = reactor
+        transport.loseConnection()
+        self.assertFalse(server.lost.called)
+        self.assertNotIn(transport, r.getReaders())
+        self.assertNotIn(transport, r.getWriters())
+        [reason] = await server.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertFalse(transport.connected)
+
+    async def test_queued(self) -> None:
+        """
+        With data queued, C{loseConnection} is Twisted's: the client gets
+        all of it, then the end of the stream.
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        data = os.urandom(1 << 16) * 64
+        transport.write(data)
+        transport.loseConnection()
+        self.assertTrue(transport.dataBuffer or transport._tempDataBuffer)
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertEqual(client.received, data)
+
+    async def test_writtenAfter(self) -> None:
+        """
+        What is written after C{loseConnection}, before the connection is
+        lost, still goes out before the end of the stream, as with
+        Twisted's transport.
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        transport.loseConnection()
+        transport.write(b"late")
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertEqual(client.received, b"late")
+        [reason] = await server.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_abortedAfter(self) -> None:
+        """
+        An abort after C{loseConnection} stands: the connection is lost
+        with L{ConnectionAborted} and the client is reset.
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        transport.loseConnection()
+        transport.abortConnection()
+        [reason] = await server.lost
+        self.assertIs(type(reason.value), ConnectionAborted)
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionLost)
+
+    async def test_unreadDataStillFIN(self) -> None:
+        """
+        With bytes from the client left unread, the client still reads
+        everything sent to it and then the end of the stream, not a reset:
+        the C{shutdown} before C{close} is what sends the FIN first.
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        transport.stopReading()
+        client.transport.write(b"unread")  # type: ignore[union-attr]
+        fd = transport.fileno()
+        await waitFor(lambda: _unread(fd) == 6)
+        # As wsrelay.ws.writes does: sent at once, nothing queued.
+        self.assertEqual(transport.socket.send(b"bye"), 3)
+        transport.loseConnection()
+        await server.lost
+        [reason] = await client.lost
+        self.assertEqual(client.received, b"bye")
+        self.assertIs(type(reason.value), ConnectionDone)
+
+
+def _unread(fd: int) -> int:
+    """
+    @return: How many bytes wait in a socket's receive queue.
+    """
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), "little")
+
+
+class ListenersTests(TestCase):
+    """
+    The relay's listeners are served by L{LeanPort} for plain TCP, by
+    Twisted's port for TLS.
+    """
+
+    async def test_plainRelay(self) -> None:
+        """
+        A relay whose sockets Twisted holds serves its plain listener with
+        a L{LeanPort}.
+        """
+        relay, _ = await startRelay(
+            self, "[relay]\n[route:chat]\npath = /\nbackends = ws://127.0.0.1:1/\n"
+        )
+        [port] = await relay.whenListening()
+        self.assertIsInstance(port, LeanPort)
+
+    async def test_heldSockets(self) -> None:
+        """
+        The sockets the relay holds (workers, takeover) are served by a
+        L{LeanPort} for C{tcp:} and behind C{haproxy:}, and also while
+        covering for a worker.
+        """
+        for description in (
+            "tcp:0:interface=127.0.0.1",
+            "haproxy:tcp:0:interface=127.0.0.1",
+        ):
+            sockets = ListeningSockets(reactor, description, workers=2)
+            self.addCleanup(sockets.close)
+            endpoint = listenerEndpoint(sockets, description)
+            port: Any = await endpoint.listen(Factory.forProtocol(Protocol))
+            self.addCleanup(port.stopListening)
+            self.assertIsInstance(port, LeanPort)
+            sockets.cover(1)
+            self.addCleanup(sockets.uncover, 1)
+            [covering] = sockets._covering[1]
+            self.assertIsInstance(covering, LeanPort)
+
+    async def test_tls(self) -> None:
+        """
+        A TLS listener keeps Twisted's own port, held or not.
+        """
+        from tests.support.tls import makeCertificates
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        paths = makeCertificates(directory, ["127.0.0.1"])
+        description = (
+            f"ssl:0:interface=127.0.0.1:privateKey={paths['key']}"
+            f":certKey={paths['cert']}"
+        )
+        for listenOn in (LeanTCP(reactor), ListeningSockets(reactor, description)):
+            endpoint = listenerEndpoint(listenOn, description)
+            port: Any = await endpoint.listen(Factory.forProtocol(Protocol))
+            self.addCleanup(port.stopListening)
+            self.assertIs(type(port), Port)
+            if isinstance(listenOn, ListeningSockets):
+                self.addCleanup(listenOn.close)

@@ -1,0 +1,345 @@
+# -*- test-case-name: tests.test_acceptlean,tests.test_takeover_units -*-
+"""
+The client leg's accepted transport: L{LeanPort}, Twisted's TCP port,
+whose connections are L{LeanServer}s, with less Python and fewer system
+calls per connection (issue 16's storm), as L{wsrelay.ws.connecting}'s
+C{_IPClient} has for the upstream leg.  The relay's plain TCP listeners
+(and those behind C{haproxy:}) are such ports (L{wsrelay.listening}); TLS
+listeners keep Twisted's own.
+
+Per accepted connection Twisted's port makes a system call for each of
+C{accept4}, C{getsockname} and C{ioctl} (non-blocking), and its
+C{socket.accept} costs some 5 µs of Python converting the listening
+socket's family and type to enumerations.  L{LeanPort} accepts with
+C{socket._accept} (the same C{accept4}) and wraps the descriptor itself,
+about half the Python.  The other two calls stay: C{getsockname} is
+CPython's own check that a descriptor it wraps in a C{socket} object is
+one, and only C{accept4} with C{SOCK_NONBLOCK} would spare the C{ioctl},
+which CPython never passes; calling C{accept4} through C{ctypes} (as the
+C{ownsockets} benchmark target does) and reading the peer's address from
+its raw bytes measured slower than this, 9.2 against 6.0 µs a
+connection, since a C{socket} object is still needed.
+
+L{LeanServer} formats Twisted's log prefix and C{repr} only when
+something reads them (with wsrelay's reactor, only a legacy log call made
+while handling the connection does), and closes a connection with
+nothing to send in the same reactor turn as Twisted's C{abortConnection}
+does, but orderly: it stops reading (one C{epoll_ctl}), and its
+C{connectionLost} comes in a later call from the reactor (never re-entrant
+into the caller of C{loseConnection}), which sends the FIN with
+C{shutdown} and closes.  Twisted's transport registers for writing
+instead (two C{epoll_ctl}), waits a turn, sends zero bytes and
+unregisters (a third).  The C{shutdown} stays: with bytes from the peer
+left unread, C{close} alone resets the connection, where C{shutdown}
+first sends the FIN after what was written, and the peer reads all of it
+and the end of the stream before the reset
+(C{tests.test_acceptlean.LeanCloseTests.test_unreadDataStillFIN}).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv6Address
+from twisted.internet.error import ConnectionDone, UnsupportedAddressFamily
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.python import log
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import (
+        IListeningPort,
+        IProtocol,
+        IProtocolFactory,
+    )
+
+__all__ = ["LeanPort", "LeanServer", "adoptStreamPort", "listenTCP"]
+
+#: Why a connection closed by L{LeanServer.loseConnection} is lost: one
+#: failure for all, as Twisted's reactor shares its own.
+_DONE = Failure(ConnectionDone())
+
+#: The flags of C{getnameinfo} that Twisted's port reads an IPv6 peer's
+#: address with (its scope, if any, by number).
+_NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+
+
+class LeanServer(tcp.Server):
+    """
+    Twisted's accepted TCP transport, with less work per connection (see
+    the module's docstring).  Its socket comes from L{LeanPort},
+    non-blocking already.
+
+    @ivar _prefix: The protocol's log prefix, once something asked for it
+        or the connection was lost (the protocol then goes).
+    """
+
+    _prefix: str | None = None
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: IProtocol,
+        client: tuple[Any, ...],
+        server: tcp.Port,
+        sessionno: int,
+        reactor: Any,
+    ) -> None:
+        """
+        What Twisted's C{Server.__init__} does, without setting the socket
+        non-blocking again and without formatting its log prefix and
+        C{repr}.
+        """
+        FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = sock
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        if len(client) != 2:
+            self._addressType = IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self.startReading()
+        self.connected = 1
+
+    def _protocolPrefix(self) -> str:
+        """
+        @return: The protocol's log prefix (kept once asked, since the
+            protocol goes when the connection is lost).
+        """
+        prefix = self._prefix
+        if prefix is None:
+            prefix = self._prefix = self._getLogPrefix(self.protocol)
+        return prefix
+
+    @property
+    def logstr(self) -> str:
+        """
+        The prefix of log messages about the connection, as Twisted's
+        C{Server} makes it: the protocol's prefix, the session number and
+        the client's host (or what was set in its place).
+        """
+        logstr: str | None = self.__dict__.get("_logstr")
+        if logstr is None:
+            logstr = f"{self._protocolPrefix()},{self.sessionno},{self.hostname}"
+        return logstr
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self.__dict__["_logstr"] = value
+
+    def __repr__(self) -> str:
+        """
+        @return: What Twisted's C{Server} answers: the protocol's class,
+            the session number and the port's (or what was set in its
+            place, as C{_fromConnectedSocket} does).
+        """
+        attributes = self.__dict__
+        repstr: str | None = attributes.get("repstr")
+        if repstr is not None:
+            return repstr
+        protocol = attributes.get("protocol")
+        name = attributes.get("_protocolName")
+        if protocol is not None:
+            name = protocol.__class__.__name__
+        port = getattr(self.server, "_realPortNumber", None)
+        return f"<{name} #{self.sessionno} on {port}>"
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once what was written to it went out, as
+        Twisted's transport does; with nothing left to send (and no
+        producer that Twisted would wait for), without waiting to write:
+        stop reading, and lose the connection from the reactor's next
+        round of timed calls (L{_closeNow}).
+        """
+        if (
+            self.dataBuffer
+            or self._tempDataBuffer
+            or not self.connected
+            or self.disconnecting
+            or self.TLS
+            or self._writeDisconnected
+            or self._writeDisconnecting
+            or (
+                self.producer is not None
+                and (not self.streamingProducer or self.producerPaused)
+            )
+        ):
+            super().loseConnection()
+            return
+        self.disconnecting = 1
+        self.stopReading()
+        self.stopWriting()
+        reactor: Any = self.reactor
+        reactor.callLater(0, self._closeNow)
+
+    def _closeNow(self) -> None:
+        """
+        Lose the connection that L{loseConnection} closes: with the reason
+        Twisted's transport gives, after a C{shutdown}, unless it was
+        aborted meanwhile (the abort's reason stands) or written to (then
+        Twisted's way: the write registered it for writing, and it closes
+        once that is sent).
+        """
+        if self._aborting or self.disconnected or not hasattr(self, "socket"):
+            return
+        if self.dataBuffer or self._tempDataBuffer:
+            return
+        self.connectionLost(_DONE)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Twisted's C{connectionLost}, keeping the protocol's log prefix and
+        name for messages about the connection after it.
+        """
+        protocol = self.__dict__.get("protocol")
+        if protocol is not None and "_logstr" not in self.__dict__:
+            self._protocolPrefix()
+            self.__dict__["_protocolName"] = protocol.__class__.__name__
+        super().connectionLost(reason)
+
+
+class LeanPort(tcp.Port):
+    """
+    Twisted's TCP port, accepting with less Python per connection (see the
+    module's docstring); its connections are L{LeanServer}s.
+    """
+
+    transport = LeanServer
+
+    def doRead(self) -> None:
+        """
+        Accept what is waiting, at most C{numberAccepts} connections, as
+        Twisted's port does: its handling of C{accept}'s errors (running
+        out of descriptors, a connection aborted before it was accepted)
+        is Twisted's own (L{_acceptAsTwisted}).
+        """
+        try:
+            listening: Any = self.socket
+            accept = listening._accept
+            family = self.addressFamily
+            wanted = self.numberAccepts
+            accepted = 0
+            while accepted < wanted:
+                try:
+                    fd, addr = accept()
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    accepted += self._acceptAsTwisted(e, wanted - accepted)
+                    break
+                accepted += 1
+                skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                skt.setblocking(False)
+                self._serve(skt, addr)
+            # Twisted's scaling of the accepts per readiness.
+            if accepted == wanted:
+                self.numberAccepts = wanted + 20
+            else:
+                self.numberAccepts = max(1, accepted)
+        except BaseException:
+            log.deferr()
+
+    def _serve(self, skt: socket.socket, addr: tuple[Any, ...]) -> None:
+        """
+        Make the accepted connection's protocol and transport, as Twisted's
+        port does.
+        """
+        if len(addr) == 4:
+            # IPv6: the scope by number, as Twisted's port reads it.
+            host = socket.getnameinfo(addr, _NUMERIC)[0]
+            addr = (host, *addr[1:])
+        assert self.factory is not None
+        protocol = self.factory.buildProtocol(self._addressType("TCP", *addr))
+        if protocol is None:
+            skt.close()
+            return
+        s = self.sessionno
+        self.sessionno = s + 1
+        transport = self.transport(skt, protocol, addr, self, s, self.reactor)
+        protocol.makeConnection(transport)
+
+    def _acceptAsTwisted(self, error: OSError, count: int) -> int:
+        """
+        Go on accepting as Twisted's port does after C{accept} failed with
+        C{error}: Twisted's loop meets the error first (a netfilter's
+        C{EPERM} is skipped; C{EMFILE} closes what can be accepted with
+        Twisted's reserved descriptor freed; C{ENFILE}, C{ENOBUFS},
+        C{ENOMEM} and C{ECONNABORTED} are logged and end the round; any
+        other is raised), its log messages are kept until it is done.
+
+        @param count: How many more accepts the round may try.
+        @return: How many connections it served.
+        """
+        served = 0
+        with tcp._BuffersLogs(self._logger.namespace, self._logger.observer) as logger:
+            clients = tcp._accept(
+                logger, range(count), _Failing(error, self.socket), tcp._reservedFD
+            )
+            for skt, addr in clients:
+                served += 1
+                skt.setblocking(False)
+                self._serve(skt, addr)
+        return served
+
+
+class _Failing:
+    """
+    A listening socket whose next C{accept} fails with a given error, and
+    then accepts as Python's does.
+    """
+
+    def __init__(self, error: OSError, listening: socket.socket) -> None:
+        self._error: OSError | None = error
+        self._listening = listening
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return self._listening.accept()
+
+
+def listenTCP(
+    reactor: Any,
+    port: int,
+    factory: IProtocolFactory,
+    backlog: int = 50,
+    interface: str = "",
+) -> IListeningPort:
+    """
+    Listen as C{reactor.listenTCP} does; on Twisted's own reactors with a
+    L{LeanPort}.
+    """
+    if not isinstance(reactor, PosixReactorBase):
+        listening: IListeningPort = reactor.listenTCP(port, factory, backlog, interface)
+        return listening
+    p = LeanPort(port, factory, backlog, interface, reactor)
+    p.startListening()
+    return p
+
+
+def adoptStreamPort(
+    reactor: Any, fd: int, family: int, factory: IProtocolFactory
+) -> IListeningPort:
+    """
+    Serve a listening TCP socket's descriptor (which stays open) as
+    C{reactor.adoptStreamPort} does; on Twisted's own reactors with a
+    L{LeanPort}.
+
+    @raise UnsupportedAddressFamily: For a family other than IPv4 and
+        IPv6.
+    """
+    if not isinstance(reactor, PosixReactorBase):
+        listening: IListeningPort = reactor.adoptStreamPort(fd, family, factory)
+        return listening
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise UnsupportedAddressFamily(family)
+    p: LeanPort = LeanPort._fromListeningDescriptor(reactor, fd, family, factory)
+    p.startListening()
+    return p
