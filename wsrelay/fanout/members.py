@@ -134,7 +134,7 @@ class FanoutSession:
             self._descriptor = tcp.socket.fileno()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
-        self.descriptor = self._descriptor
+        self._direct(self._descriptor)
         self.openedAt = self.clock.seconds()
         self.latency.observe(self.openedAt - self.startedAt)
         config = self.channel.routeConfig
@@ -153,6 +153,15 @@ class FanoutSession:
                 "channel {channel}: a client could not join", channel=self.channel.name
             )
             self.shutdown(1011, b"internal error")
+
+    def _direct(self, descriptor: int | None) -> None:
+        """
+        Set L{descriptor}; the channel's plan of its writes is made again
+        when it changes (L{wsrelay.fanout.direct.Members.changed}).
+        """
+        if descriptor != self.descriptor:
+            self.descriptor = descriptor
+            self.channel.members.changed()
 
     def send(self, data: bytes, count: int = 1) -> None:
         """
@@ -186,7 +195,7 @@ class FanoutSession:
         """
         if not self._closing:
             self._paused = True
-            self.descriptor = None
+            self._direct(None)
 
     def resumeProducing(self) -> None:
         """
@@ -202,7 +211,7 @@ class FanoutSession:
         if queue is not None and not queue:
             self.queue = None
         if not self._paused and not self._closing and self._joined:
-            self.descriptor = self._descriptor
+            self._direct(self._descriptor)
 
     def stopProducing(self) -> None:
         """
@@ -210,7 +219,7 @@ class FanoutSession:
         """
         self.queue = None
         self.queued = 0
-        self.descriptor = None
+        self._direct(None)
 
     # Frames from the client.
 
@@ -250,7 +259,7 @@ class FanoutSession:
         """
         self.queue = None
         self.queued = 0
-        self.descriptor = None
+        self._direct(None)
         self._write = _discard
         if self._joined:
             window = self.channel.window
@@ -307,7 +316,7 @@ class FanoutSession:
         self.queue = None
         self.queued = 0
         self._paused = False
-        self.descriptor = None
+        self._direct(None)
         self._write = _discard
 
 
