@@ -104,7 +104,9 @@ class Plan:
         if not out:
             return
         self.diverted = self.diverted + [self.direct[i] for i in sorted(out)]
-        keep = [i not in out for i in range(len(self.direct))]
+        keep = [True] * len(self.direct)
+        for i in out:
+            keep[i] = False
         self.descriptors = list(compress(self.descriptors, keep))
         self.connections = list(compress(self.connections, keep))
         self.direct = list(compress(self.direct, keep))
@@ -121,10 +123,13 @@ class Plan:
         Write at once again to the members of L{diverted} whose connections
         are L{usable} again (Twisted sent what it queued).
         """
-        back = [m for m in self.diverted if usable(m.tcp)]
+        back: list[Any] = []
+        stay: list[Any] = []
+        for member in self.diverted:
+            (back if usable(member.tcp) else stay).append(member)
         if not back:
             return
-        self.diverted = [m for m in self.diverted if not usable(m.tcp)]
+        self.diverted = stay
         self.descriptors = self.descriptors + [m.descriptor for m in back]
         self.connections = self.connections + [m.tcp for m in back]
         self.direct = self.direct + back

@@ -46,13 +46,14 @@ class FanoutSession:
         (L{wsrelay.fanout.pending.Pending.flush}): the client joined, its
         transport is a plain TCP connection (L{tcp}), and it is neither
         paused, being closed nor gone; else L{None}, and the channel calls
-        L{send}.  Kept up to date here, so that the channel reads one
-        attribute per client and write.
+        L{send}.  Kept up to date here (L{_direct}), and each change told
+        to the channel's members, whose plan of the writes
+        (L{wsrelay.fanout.direct.Plan}) is then made again.
     @ivar tcp: The client's TCP connection, when its transport is one (or
         a PROXY protocol wrapper over one); L{None} for TLS.  Whether it is
         connected and what Twisted queues in it can change behind the
         member's back (its leg writes control frames too), so the channel
-        checks them before each write.
+        checks them before each flush.
     """
 
     log = Logger()

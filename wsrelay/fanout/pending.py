@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from itertools import islice, repeat
+from itertools import compress, islice, repeat
 from typing import TYPE_CHECKING, Protocol
 
 from wsrelay.fanout.direct import Members, Plan, allUsable
@@ -140,13 +140,19 @@ class Pending:
             size = len(chunk)
             results = writeAll(plan.descriptors, chunk)
             if results.count(size) != len(results):
-                short = [i for i, sent in enumerate(results) if sent != size]
+                short = list(compress(range(len(results)), map(size.__ne__, results)))
                 connections = plan.connections
                 plan.divert(short)
                 for i in short:
                     connections[i].write(chunk[results[i] :])
         for member in diverted:
-            member.send(chunk, count)
+            if member.descriptor is None:
+                # Paused or closed by what this flush wrote.
+                member.send(chunk, count)
+            else:
+                # Behind what its connection queued (or nowhere, for a
+                # connection that is gone).
+                member.tcp.write(chunk)
         for member in others:
             member.send(chunk, count)
 
