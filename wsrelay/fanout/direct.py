@@ -11,9 +11,9 @@ What a member's connection holds can change without the channel knowing
 (its leg writes control frames too, and Twisted sends what it queued): the
 flush checks, in C over all of them, that every connection of the plan is
 connected with nothing queued, and takes those that are not out of the
-plan (L{Plan.divert}) before it writes.  A member taken out is written by
-its own C{send} (which queues behind what waits) until its connection has
-nothing queued again (L{Plan.readmit}).
+plan (L{Plan.divert}) before it writes.  A member taken out is written
+by its connection's C{write} (which queues behind what waits) until its
+connection has nothing queued again (L{Plan.readmit}).
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class Plan:
     @ivar connections: Their TCP connections, in the same order.
     @ivar direct: Those members, in the same order.
     @ivar diverted: Members that may be written at once but whose
-        connection queued something or is gone: written by their C{send}.
+        connection queued something or is gone: written by their
+        connections' C{write}, behind what waits (which drops it when the
+        connection is gone).
     @ivar others: Members never written at once (paused, being closed,
         TLS, a resume window's stand-ins): written by their C{send}.
     """

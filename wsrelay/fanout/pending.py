@@ -100,10 +100,10 @@ class Pending:
         a partial write, or all of one that failed (full, or an error
         Twisted then meets), goes to the connection's C{write}, which
         queues it in order and pauses the member when too much waits, and
-        the member is written by its C{send} until its connection has
-        nothing queued again.  Every other member is written by its own
-        C{send} (paused, being closed, TLS, a stand-in of the resume
-        window).
+        the member's next writes go there too, behind it, until its
+        connection has nothing queued again.  Every other member is
+        written by its own C{send} (paused, being closed, TLS, a stand-in
+        of the resume window).
 
         Each connection is checked as connected right before the writes:
         a descriptor's number is the connection's only until Twisted
