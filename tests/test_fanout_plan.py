@@ -155,22 +155,41 @@ class PlanTests(SynchronousTestCase):
 
     def test_divertAndReadmit(self) -> None:
         """
-        A member diverted comes back to the writes at once when its
-        connection has nothing queued; lists read before are unchanged.
+        A member whose connection queued something is diverted, and comes
+        back to the writes at once when it has nothing queued; lists read
+        before are unchanged.
         """
         members = [FakeMember(n) for n in (3, 4, 5)]
         plan = Plan(members)
         descriptors = plan.descriptors
         members[1].tcp.dataBuffer = b"rest"
-        plan.divertUnusable()
+        plan.update()
         self.assertEqual((plan.descriptors, plan.diverted), ([3, 5], [members[1]]))
         self.assertEqual(descriptors, [3, 4, 5])
-        plan.readmit()
+        plan.update()
         self.assertEqual(plan.diverted, [members[1]])
         members[1].tcp.dataBuffer = b""
-        plan.readmit()
+        plan.update()
         self.assertEqual((plan.descriptors, plan.diverted), ([3, 5, 4], []))
         self.assertEqual(plan.direct, [members[0], members[2], members[1]])
+
+    def test_reactorWriters(self) -> None:
+        """
+        Given the connections the reactor waits to write to, those are the
+        ones diverted (whatever their buffers say), and a connection that
+        is gone is diverted too.
+        """
+        members = [FakeMember(n) for n in (3, 4, 5, 6)]
+        members[0].tcp.dataBuffer = b"not read"
+        plan = Plan(members, set())
+        self.assertEqual(plan.descriptors, [3, 4, 5, 6])
+        members[3].tcp.connected = 0
+        plan.update({members[1].tcp})
+        self.assertEqual(plan.descriptors, [3, 5])
+        self.assertEqual(plan.diverted, [members[1], members[3]])
+        plan.update(set())
+        self.assertEqual(plan.descriptors, [3, 5, 4])
+        self.assertEqual(plan.diverted, [members[3]])
 
     def test_changesDropPlan(self) -> None:
         """
@@ -260,6 +279,26 @@ class PlannedWritesTests(TestCase):
             reader.frames,
             [(2, big)] + [(1, b"%d" % n) for n in range(1, 5)],
         )
+
+    async def test_queuedAfterPlanned(self) -> None:
+        """
+        What the member's connection queued after the plan was made (its
+        leg's own frames, say) goes before what the channel writes next:
+        the member is diverted, not written at once.
+        """
+        source, channel, client, session = await self.joined()
+        tcp = session.tcp
+        assert tcp is not None
+        channel.deliver([(1, b"first", None)])
+        channel.flush()
+        self.assertEqual(self.plan(channel).direct, [session])
+        tcp.write(frame(9, b"queued"))
+        channel.deliver([(1, b"next", None)])
+        channel.flush()
+        self.assertEqual(self.plan(channel).diverted, [session])
+        reader = FrameReader(client)
+        await inThread(reader.readUntil, lambda: len(reader.frames) == 3)
+        self.assertEqual(reader.frames, [(1, b"first"), (9, b"queued"), (1, b"next")])
 
     async def test_leaveAndJoinDuringFlush(self) -> None:
         """

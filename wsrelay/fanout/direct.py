@@ -32,25 +32,36 @@ queuedOf = attrgetter("_tempDataBuffer")
 bufferedOf = attrgetter("dataBuffer")
 
 
-def usable(tcp: Any) -> bool:
+def usable(tcp: Any, writing: set[Any] | None = None) -> bool:
     """
+    @param writing: The connections the reactor waits to write to (those
+        with something queued, or closing), if it says
+        (L{IReactorFDSet.getWriters}); else L{None}, and Twisted's buffers
+        are read.
+
     @return: Whether C{tcp}, a member's TCP connection, may be written to
         at once: it is connected (its descriptor is still its socket's)
         and Twisted queues nothing for it (which must go first).
     """
-    return bool(tcp.connected and not (tcp._tempDataBuffer or tcp.dataBuffer))
+    if not tcp.connected:
+        return False
+    if writing is None:
+        return not (tcp._tempDataBuffer or tcp.dataBuffer)
+    return tcp not in writing
 
 
-def allUsable(connections: list[Any]) -> bool:
+def allUsable(connections: list[Any], writing: set[Any] | None = None) -> bool:
     """
     @return: Whether every connection of C{connections} is L{usable}, each
         condition checked over all of them by a loop in C.
     """
-    return (
-        all(map(connectedOf, connections))
-        and not any(map(queuedOf, connections))
-        and not any(map(bufferedOf, connections))
-    )
+    if not all(map(connectedOf, connections)):
+        return False
+    if writing is None:
+        return not any(map(queuedOf, connections)) and not any(
+            map(bufferedOf, connections)
+        )
+    return not writing or writing.isdisjoint(connections)
 
 
 class Plan:
@@ -73,10 +84,11 @@ class Plan:
 
     __slots__ = ("connections", "descriptors", "direct", "diverted", "others")
 
-    def __init__(self, members: Iterable[Any]) -> None:
+    def __init__(self, members: Iterable[Any], writing: set[Any] | None = None) -> None:
         """
         @param members: The channel's members, each with a C{descriptor}
             (L{None} when it is not to be written at once) and a C{tcp}.
+        @param writing: As L{usable}'s.
         """
         descriptors: list[int] = []
         connections: list[Any] = []
@@ -87,7 +99,7 @@ class Plan:
             fd = member.descriptor
             if fd is None:
                 self.others.append(member)
-            elif usable(member.tcp):
+            elif usable(member.tcp, writing):
                 descriptors.append(fd)
                 connections.append(member.tcp)
                 direct.append(member)
@@ -96,6 +108,21 @@ class Plan:
         self.descriptors = descriptors
         self.connections = connections
         self.direct = direct
+
+    def update(self, writing: set[Any] | None = None) -> None:
+        """
+        Before a flush: write at once again to the diverted members whose
+        connections are L{usable} again (Twisted sent what it queued), and
+        divert those whose connections no longer are.
+
+        @param writing: As L{usable}'s.
+        """
+        if self.diverted:
+            self.readmit(writing)
+        if not allUsable(self.connections, writing):
+            self.divert(
+                i for i, tcp in enumerate(self.connections) if not usable(tcp, writing)
+            )
 
     def divert(self, indexes: Iterable[int]) -> None:
         """
@@ -113,22 +140,17 @@ class Plan:
         self.connections = list(compress(self.connections, keep))
         self.direct = list(compress(self.direct, keep))
 
-    def divertUnusable(self) -> None:
-        """
-        Take the members whose connections are not L{usable} out of the
-        writes at once.
-        """
-        self.divert(i for i, tcp in enumerate(self.connections) if not usable(tcp))
-
-    def readmit(self) -> None:
+    def readmit(self, writing: set[Any] | None = None) -> None:
         """
         Write at once again to the members of L{diverted} whose connections
-        are L{usable} again (Twisted sent what it queued).
+        are L{usable} again.
+
+        @param writing: As L{usable}'s.
         """
         back: list[Any] = []
         stay: list[Any] = []
         for member in self.diverted:
-            (back if usable(member.tcp) else stay).append(member)
+            (back if usable(member.tcp, writing) else stay).append(member)
         if not back:
             return
         self.diverted = stay

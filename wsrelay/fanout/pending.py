@@ -10,11 +10,13 @@ rates a client gets one C{send} for many reads from the source.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import compress, islice, repeat
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from wsrelay.fanout.direct import Members, Plan, allUsable
+from twisted.internet.interfaces import IReactorFDSet
+
+from wsrelay.fanout.direct import Members, Plan
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -62,7 +64,7 @@ class Pending:
     runs: an ended channel is freed by reference counting.
     """
 
-    __slots__ = ("_call", "_frames", "_reactor")
+    __slots__ = ("_call", "_frames", "_reactor", "_writers")
 
     def __init__(self, reactor: IReactorTime) -> None:
         """
@@ -74,6 +76,13 @@ class Pending:
         self._frames: list[bytes] = []
         #: The flush to come, while messages are pending.
         self._call: IDelayedCall | None = None
+        #: Which connections the reactor waits to write to (those with
+        #: something queued), when it says: one set a flush, against which
+        #: the connections to write to at once are checked in C, rather
+        #: than each one's buffers.
+        self._writers: Callable[[], list[Any]] | None = (
+            reactor.getWriters if IReactorFDSet.providedBy(reactor) else None
+        )
 
     def add(self, channel: PendingChannel, framed: list[bytes]) -> None:
         """
@@ -124,13 +133,13 @@ class Pending:
         # Clients catching up are counted by the window.
         held = 0 if window is None else window.held
         channel.deliveries += count * (len(members) - held)
+        writers = self._writers
+        writing = None if writers is None else set(writers())
         plan = members.plan
         if plan is None:
-            plan = members.plan = Plan(members)
-        elif plan.diverted:
-            plan.readmit()
-        if not allUsable(plan.connections):
-            plan.divertUnusable()
+            plan = members.plan = Plan(members, writing)
+        else:
+            plan.update(writing)
         # What is written below may change the members (a member paused,
         # or closed for being slow): the plan's lists are replaced then,
         # never changed, and these are the ones of this flush.
