@@ -10,10 +10,12 @@ connection in Python per write.
 What a member's connection holds can change without the channel knowing
 (its leg writes control frames too, and Twisted sends what it queued): the
 flush checks, in C over all of them, that every connection of the plan is
-connected with nothing queued, and takes those that are not out of the
-plan (L{Plan.divert}) before it writes.  A member taken out is written
-by its connection's C{write} (which queues behind what waits) until its
-connection has nothing queued again (L{Plan.readmit}).
+connected and has nothing queued (is not among the reactor's writers, or,
+when the reactor does not say, has empty buffers), and takes those that
+are not out of the plan (L{Plan.update}) before it writes.  A member
+taken out is written by its connection's C{write} (which queues behind
+what waits) until its connection has nothing queued again
+(L{Plan.readmit}).
 """
 
 from __future__ import annotations
