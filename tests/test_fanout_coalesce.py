@@ -532,6 +532,7 @@ class CoalescedOverSocketsTests(TestCase):
         session._write = counted
         # Every write through the session's own, to be counted.
         session.descriptor = None
+        channel.members.changed()
         for n in range(1, 6):
             await inThread(source.send, 1)
             await waitFor(lambda n=n: channel.messagesIn == n)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+    from wsrelay.fanout.direct import Members
     from wsrelay.interfaces import ISourceHistory
 
 __all__ = [
@@ -83,7 +84,7 @@ class ResumeChannel(Protocol):
     What a window uses of its channel (L{wsrelay.fanout.channel.Channel}).
     """
 
-    members: dict[Any, None]
+    members: Members
     messagesIn: int
     deliveries: int
 

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsrelay.fanout.direct import Members
 from wsrelay.fanout.lifecycle import (
     ENDED,
     Linger,
@@ -143,7 +144,7 @@ class Channel:
         self._route = route
         self.key = key
         self.state = IDLE
-        self.members: dict[Member, None] = {}
+        self.members = Members()
         #: With C{resume}: the window that ids, frames and keeps messages.
         self.window = resumeWindow(self.routeConfig, clock)
         self.replay: deque[bytes] = (
@@ -223,7 +224,6 @@ class Channel:
         every message (the others get what is pending first).
         """
         self.flush()
-        _unshare(self)
         self._linger.cancel()
         if not self._running and self.state != STOPPED:
             # Before the window looks up C{since}: a source's history
@@ -246,7 +246,7 @@ class Channel:
         would only fill); the last one out of a lazy channel starts the
         linger time.
         """
-        _unshare(self).pop(member, None)
+        self.members.pop(member, None)
         if not self.members and self.retired:
             self.retire()
             return
@@ -406,19 +406,6 @@ class Channel:
         if self.window is not None:
             # Its history is the source's, which holds the channel.
             self.window.close()
-
-
-def _unshare(channel: Channel) -> dict[Member, None]:
-    """
-    Let C{channel}'s members be changed: while L{Pending.flush} writes to
-    them it iterates the dictionary (no member joins or leaves then, but
-    should one), so the change goes to a copy.
-
-    @return: The members' dictionary to change.
-    """
-    if channel._pending.flushing:
-        channel.members = dict(channel.members)
-    return channel.members
 
 
 def _lendHistory(channel: Channel) -> None:

@@ -46,13 +46,14 @@ class FanoutSession:
         (L{wsrelay.fanout.pending.Pending.flush}): the client joined, its
         transport is a plain TCP connection (L{tcp}), and it is neither
         paused, being closed nor gone; else L{None}, and the channel calls
-        L{send}.  Kept up to date here, so that the channel reads one
-        attribute per client and write.
+        L{send}.  Kept up to date here (L{_direct}), and each change told
+        to the channel's members, whose plan of the writes
+        (L{wsrelay.fanout.direct.Plan}) is then made again.
     @ivar tcp: The client's TCP connection, when its transport is one (or
         a PROXY protocol wrapper over one); L{None} for TLS.  Whether it is
         connected and what Twisted queues in it can change behind the
         member's back (its leg writes control frames too), so the channel
-        checks them before each write.
+        checks them before each flush.
     """
 
     log = Logger()
@@ -134,7 +135,7 @@ class FanoutSession:
             self._descriptor = tcp.socket.fileno()
         cast("IConsumer", transport).registerProducer(self, True)
         self._joined = True
-        self.descriptor = self._descriptor
+        self._direct(self._descriptor)
         self.openedAt = self.clock.seconds()
         self.latency.observe(self.openedAt - self.startedAt)
         config = self.channel.routeConfig
@@ -153,6 +154,15 @@ class FanoutSession:
                 "channel {channel}: a client could not join", channel=self.channel.name
             )
             self.shutdown(1011, b"internal error")
+
+    def _direct(self, descriptor: int | None) -> None:
+        """
+        Set L{descriptor}; the channel's plan of its writes is made again
+        when it changes (L{wsrelay.fanout.direct.Members.changed}).
+        """
+        if descriptor != self.descriptor:
+            self.descriptor = descriptor
+            self.channel.members.changed()
 
     def send(self, data: bytes, count: int = 1) -> None:
         """
@@ -186,7 +196,7 @@ class FanoutSession:
         """
         if not self._closing:
             self._paused = True
-            self.descriptor = None
+            self._direct(None)
 
     def resumeProducing(self) -> None:
         """
@@ -202,7 +212,7 @@ class FanoutSession:
         if queue is not None and not queue:
             self.queue = None
         if not self._paused and not self._closing and self._joined:
-            self.descriptor = self._descriptor
+            self._direct(self._descriptor)
 
     def stopProducing(self) -> None:
         """
@@ -210,7 +220,7 @@ class FanoutSession:
         """
         self.queue = None
         self.queued = 0
-        self.descriptor = None
+        self._direct(None)
 
     # Frames from the client.
 
@@ -250,7 +260,7 @@ class FanoutSession:
         """
         self.queue = None
         self.queued = 0
-        self.descriptor = None
+        self._direct(None)
         self._write = _discard
         if self._joined:
             window = self.channel.window
@@ -307,7 +317,7 @@ class FanoutSession:
         self.queue = None
         self.queued = 0
         self._paused = False
-        self.descriptor = None
+        self._direct(None)
         self._write = _discard
 
 

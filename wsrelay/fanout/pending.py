@@ -10,14 +10,20 @@ rates a client gets one C{send} for many reads from the source.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from itertools import compress, islice, repeat
 from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.interfaces import IReactorFDSet
+
+from wsrelay.fanout.direct import Members, Plan
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from wsrelay.config import FanoutRouteConfig
 
-__all__ = ["Pending", "PendingChannel"]
+__all__ = ["Pending", "PendingChannel", "writeAll"]
 
 
 class _Window(Protocol):
@@ -33,7 +39,7 @@ class PendingChannel(Protocol):
     What L{Pending} uses of its channel (L{wsrelay.fanout.channel.Channel}).
     """
 
-    members: dict[Any, None]
+    members: Members
     deliveries: int
 
     @property
@@ -58,7 +64,7 @@ class Pending:
     runs: an ended channel is freed by reference counting.
     """
 
-    __slots__ = ("_call", "_frames", "_reactor", "flushing")
+    __slots__ = ("_call", "_frames", "_reactor", "_writers")
 
     def __init__(self, reactor: IReactorTime) -> None:
         """
@@ -70,9 +76,13 @@ class Pending:
         self._frames: list[bytes] = []
         #: The flush to come, while messages are pending.
         self._call: IDelayedCall | None = None
-        #: Whether L{flush} is writing to the members: a member that joins
-        #: or leaves meanwhile must not change the dictionary it iterates.
-        self.flushing = False
+        #: Which connections the reactor waits to write to (those with
+        #: something queued), when it says: one set a flush, against which
+        #: the connections to write to at once are checked in C, rather
+        #: than each one's buffers.
+        self._writers: Callable[[], list[Any]] | None = (
+            reactor.getWriters if IReactorFDSet.providedBy(reactor) else None
+        )
 
     def add(self, channel: PendingChannel, framed: list[bytes]) -> None:
         """
@@ -91,19 +101,23 @@ class Pending:
         Write what is pending to every member of C{channel}, in one write
         each, and count the deliveries; cancel the flush scheduled.
 
-        The per-delivery path, inlined: a member that may be written at
-        once (its C{descriptor}) whose TCP connection is connected with
-        nothing queued gets the bytes straight from C{os.write} on its
-        socket (a few percent less CPU than the socket's C{send}); the rest
-        of a partial write, or all of one that failed (full, or an error
+        The per-delivery path: the members that may be written at once
+        (L{wsrelay.fanout.direct.Plan}, kept by the channel's members
+        between flushes) whose TCP connections are connected with nothing
+        queued get the bytes straight from C{os.write} on their sockets'
+        descriptors, in one loop that runs in C (L{writeAll}); the rest of
+        a partial write, or all of one that failed (full, or an error
         Twisted then meets), goes to the connection's C{write}, which
-        queues it in order and pauses the member when too much waits.
-        Every other member is written by its own C{send} (paused, being
-        closed, TLS, a stand-in of the resume window).
+        queues it in order and pauses the member when too much waits, and
+        the member's next writes go there too, behind it, until its
+        connection has nothing queued again.  Every other member is
+        written by its own C{send} (paused, being closed, TLS, a stand-in
+        of the resume window).
 
-        The connection is checked as connected: a descriptor's number is
-        the connection's only until Twisted closes its socket (which it
-        does after marking it lost), and then the next socket may get it.
+        Each connection is checked as connected right before the writes:
+        a descriptor's number is the connection's only until Twisted
+        closes its socket (which it does after marking it lost), and then
+        the next socket may get it.
         """
         call, self._call = self._call, None
         if call is not None and call.active():
@@ -114,32 +128,62 @@ class Pending:
         self._frames = []
         count = len(frames)
         chunk = frames[0] if count == 1 else b"".join(frames)
-        size = len(chunk)
-        write = os.write
         members = channel.members
         window = channel.window
         # Clients catching up are counted by the window.
         held = 0 if window is None else window.held
         channel.deliveries += count * (len(members) - held)
-        # No copy: no member joins or leaves while it is written to (a
-        # client closed for being slow leaves when its connection is lost,
-        # in a later turn); should one, the channel changes a copy
-        # (channel._unshare).
-        flushing, self.flushing = self.flushing, True
-        try:
-            for member in members:
-                fd = member.descriptor
-                if fd is not None:
-                    tcp = member.tcp
-                    if tcp.connected and not (tcp._tempDataBuffer or tcp.dataBuffer):
-                        try:
-                            sent = write(fd, chunk)
-                        except OSError:
-                            sent = 0
-                        if sent != size:
-                            tcp.write(chunk[sent:])
-                        continue
+        writers = self._writers
+        writing = None if writers is None else set(writers())
+        plan = members.plan
+        if plan is None:
+            plan = members.plan = Plan(members, writing)
+        else:
+            plan.update(writing)
+        # What is written below may change the members (a member paused,
+        # or closed for being slow): the plan's lists are replaced then,
+        # never changed, and these are the ones of this flush.
+        diverted = plan.diverted
+        others = plan.others
+        if plan.descriptors:
+            size = len(chunk)
+            results = writeAll(plan.descriptors, chunk)
+            if results.count(size) != len(results):
+                short = list(compress(range(len(results)), map(size.__ne__, results)))
+                connections = plan.connections
+                plan.divert(short)
+                for i in short:
+                    connections[i].write(chunk[results[i] :])
+        for member in diverted:
+            if member.descriptor is None:
+                # Paused or closed by what this flush wrote.
                 member.send(chunk, count)
-        finally:
-            # A flush within a flush (none is known) leaves it flushing.
-            self.flushing = flushing
+            else:
+                # Behind what its connection queued (or nowhere, for a
+                # connection that is gone).
+                member.tcp.write(chunk)
+        for member in others:
+            member.send(chunk, count)
+
+
+def writeAll(descriptors: list[int], chunk: bytes) -> list[int]:
+    """
+    Write C{chunk} to each of C{descriptors}, in a loop that runs in C.
+
+    @return: What each write took, in order: C{0} for one that failed
+        (C{list.extend} keeps what it appended before the failure, so the
+        failed write is the one after them, and the writes go on from the
+        next).
+    """
+    results: list[int] = []
+    rest: Iterable[int] = descriptors
+    while True:
+        try:
+            results.extend(map(os.write, rest, repeat(chunk)))
+        except OSError:
+            # Full (BlockingIOError), or an error that Twisted then meets
+            # on its own write.
+            results.append(0)
+            rest = islice(descriptors, len(results), None)
+        else:
+            return results
