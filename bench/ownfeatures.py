@@ -9,8 +9,9 @@ per handshake?).
 Per connection, in the order wsrelay does it:
 
   - on accept: the client counted by the real L{Admission} (its
-    C{clientArrived}, which checks the open-file budget of L{Limit}), and
-    the C{handshake_timeout} timer armed on the reactor;
+    C{clientArrived}, which checks the open-file budget of L{Limit}),
+    C{TCP_NODELAY} set (as on both of wsrelay's legs), and the
+    C{handshake_timeout} timer armed on the reactor;
   - at the client's head: the timer cancelled; the head screened and
     routed by L{screenRequest} against a real L{RouteTable} built by
     L{RouteBuilder} from the configuration wsrelay's target runs with
@@ -22,6 +23,7 @@ Per connection, in the order wsrelay does it:
   - the upstream: the backend picked by the route's balancer plugin (the
     real C{round_robin} object) among L{Route.candidates}, with the
     L{ConnectionInfo} wsrelay gives it; the backend's C{connecting} count;
+    C{TCP_NODELAY} on the upstream's socket;
     the request built by the real L{UpstreamOpener.request}
     (L{upstreamRequest}: hop-by-hop fields dropped, C{X-Forwarded-For},
     C{-Proto}, C{-Host}, C{X-Real-IP}, C{Forwarded}) and
@@ -33,7 +35,9 @@ Per connection, in the order wsrelay does it:
     answer kept for the client); the backend counted as L{Connector} and
     L{UpstreamOpener.opened} count it (passive health told of the
     success); the client's 101 from L{clientAnswer} and L{acceptResponse};
-    the handshake's duration observed in the route's L{Histogram};
+    the handshake's duration observed in the route's L{Histogram}; the
+    handshake's parsed fields let go, as both legs' C{forgetHandshake}
+    and C{forgetRequest} do;
   - once open: the two real L{Direction} scanners of L{directions}, with
     the relay's frame and message limits, writing to the own sockets; an
     L{IdleTimer} (the configuration sets C{idle_timeout}, so that its
@@ -58,6 +62,7 @@ Usage: C{python -m bench.ownfeatures PORT BACKEND_PORT}.
 from __future__ import annotations
 
 import _socket
+import ctypes
 import os
 import socket
 import sys
@@ -77,6 +82,7 @@ from bench.ownsockets import (
     Pipe,
     Relay,
     _End,
+    _libc,
 )
 from bench.targets import wsrelayConfig
 from wsrelay.admission import Admission
@@ -109,6 +115,25 @@ writes it.
 """
 
 GATEWAY_TIMEOUT = buildResponse(504, "Gateway Timeout")
+
+_setsockopt = _libc.setsockopt
+_setsockopt.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_uint32,
+]
+_ON = ctypes.c_int(1)
+_ON_REF = ctypes.byref(_ON)
+
+
+def noDelay(fd: int) -> None:
+    """
+    Turn Nagle's algorithm off on a descriptor, as Autobahn's client leg
+    and wsrelay's plain upstream leg each do (C{setTcpNoDelay}).
+    """
+    _setsockopt(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, _ON_REF, 4)
 
 
 def anyOrigin(origin: str) -> bool:
@@ -235,6 +260,7 @@ class FeaturesPipe(Pipe):
         self.directionOf: dict[bool, Direction] = {}
         self.connectCall: Any = None
         relay.admission.clientArrived(self.leg)  # type: ignore[arg-type]
+        noDelay(fd)
         self.handshakeCall = relay.reactor.callLater(
             relay.config.handshakeTimeout, self.close
         )
@@ -325,6 +351,7 @@ class FeaturesPipe(Pipe):
         request = buildRequest(resource, backend.hostHeader(), key.decode(), headers)
         s = _socket.socket(socket.AF_INET, socket.SOCK_STREAM | _NONBLOCK)
         code = s.connect_ex((backend.host, backend.port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fd = s.detach()
         end = self.backend = _End(fd, self, False)
         end.other = self.client
@@ -361,6 +388,8 @@ class FeaturesPipe(Pipe):
         rest = up.data[end + 4 :]
         up.data = b""
         up.forgetRequest()
+        # As the client's leg forgets its handshake (forgetHandshake).
+        vars(self.leg.head).pop("fields", None)
         self.head = None
         relay.write(
             self.client,
