@@ -463,7 +463,11 @@ class Relay:
         C{addWriter}).
     @ivar backendAddress: The backend's host and port.
     @ivar listening: The listening socket.
+    @ivar pipeFactory: Makes the L{Pipe} of each accepted connection
+        (L{bench.ownfeatures} gives its own).
     """
+
+    pipeFactory: Any = Pipe
 
     def __init__(
         self, reactor: Any, edge: bool, port: int, backendAddress: tuple[str, int]
@@ -512,7 +516,7 @@ class Relay:
                 if ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR):
                     log.msg(f"accept: {os.strerror(ctypes.get_errno())}")
                 return
-            client = Pipe(self, fd, address.raw[4:8]).client
+            client = self.pipeFactory(self, fd, address.raw[4:8]).client
             self.watch(client)
             self.startReading(client)
 

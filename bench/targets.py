@@ -22,6 +22,10 @@ waited for, measured and stopped.
     no fan-out either.
   - C{ownsockets-level}: the same waiting through the reactor's
     C{addReader} and C{addWriter}.
+  - C{ownsockets-features}: C{ownsockets} doing wsrelay's per-connection
+    work with wsrelay's own code (L{bench.ownfeatures}): screening,
+    routing, admission, the balancer, the upstream request, the backend's
+    answer, timers, the frame scanners and the counters.
 
 Each proxy's configuration and logs go to a temporary folder; each runs in
 the foreground as the current user.
@@ -55,6 +59,7 @@ TARGETS = (
     "twisted",
     "ownsockets",
     "ownsockets-level",
+    "ownsockets-features",
 )
 """
 Every target, in the order the table shows them.
@@ -465,11 +470,13 @@ def start(
         if adminPort is not None:
             _waitForWorkers(running, adminPort, workers)
         return running
-    elif name in ("twisted", "ownsockets", "ownsockets-level"):
+    elif name in ("twisted", "ownsockets", "ownsockets-level", "ownsockets-features"):
         if fanout:
             raise TargetUnavailable(f"n/a ({name} has no fan-out)")
         command = [sys.executable, "-m", "bench.floor", str(port), str(backendPort)]
-        if name != "twisted":
+        if name == "ownsockets-features":
+            command[2] = "bench.ownfeatures"
+        elif name != "twisted":
             command[2] = "bench.ownsockets"
             command.append("level" if name.endswith("-level") else "edge")
         # bench.floor imports bench, wherever the suite runs from.

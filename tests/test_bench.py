@@ -9,27 +9,21 @@ a moment.  Neither nginx nor HAProxy is needed.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from bench import procstat, targets
 from bench.report import table
 from bench.run import chosenPreset, header, parseArguments
 from bench.scenarios import Cell
-from tests.support.waiting import pollUntil
+from tests.support.benchsmoke import ROOT, needPicows, smoke
 from wsrelay.config import parseConfig
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigurationTests(SynchronousTestCase):
@@ -224,20 +218,6 @@ class CommandLineTests(SynchronousTestCase):
         self.assertNotIn("-r", targets.wsrelayCommand(config))
 
 
-def needPicows() -> None:
-    """
-    Skip unless picows, which the suite's peers are written with, is
-    installed.
-
-    @raise SkipTest: If it is not.
-    """
-    if importlib.util.find_spec("picows") is None:
-        raise SkipTest(
-            "picows is not installed: the suite's load generators need it "
-            "(make test installs it with the test extras)"
-        )
-
-
 class FakeUnderlying:
     """
     The transport under a picows transport, as the source and the counting
@@ -423,39 +403,9 @@ class SmokeTests(SynchronousTestCase):
 
     def smoke(self, target: str, scenarios: str) -> dict[str, dict[str, Any]]:
         """
-        Run the suite with the C{smoke} preset, unpinned, on one target;
-        fail unless it exits with 0.
-
-        @param scenarios: Comma-separated scenarios.
-        @return: The cells of its JSON output by scenario.
+        Run the suite with the C{smoke} preset on one target (L{smoke}).
         """
-        needPicows()
-        with tempfile.TemporaryDirectory() as folder:
-            out = Path(folder) / "bench.json"
-            process = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench",
-                    "--preset",
-                    "smoke",
-                    "--no-pin",
-                    "--target",
-                    target,
-                    "--scenario",
-                    scenarios,
-                    "--json",
-                    str(out),
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=90,
-            )
-            self.assertEqual(process.returncode, 0, process.stdout + process.stderr)
-            cells = json.loads(out.read_text())["cells"]
-        self.assertEqual({c["target"] for c in cells}, {target})
-        return {c["scenario"]: c for c in cells}
+        return smoke(self, target, scenarios)
 
     def assertTicks(self, cell: dict[str, Any]) -> None:
         """
@@ -512,46 +462,6 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual([r["opened"] for r in cells["storm"]["rounds"]], [20])
         self.assertGreater(cells["storm"]["cpuPerOp"], 0)
         self.assertIn("no fan-out", cells["fanout-light"]["note"])
-
-    def test_ownsockets(self) -> None:
-        """
-        The C{ownsockets} targets, passthrough relays with their own sockets
-        (edge-triggered, and through C{addReader}), echo and open every
-        storm connection (checking the backend's accept value); each
-        answers a request that is not a WebSocket handshake with 400, and a
-        handshake with 502 while its backend is down.
-        """
-        for target, mode in [("ownsockets", "edge"), ("ownsockets-level", "level")]:
-            cells = self.smoke(target, "echo-small,storm")
-            self.assertGreater(cells["echo-small"]["rate"], 0)
-            self.assertEqual([r["opened"] for r in cells["storm"]["rounds"]], [20])
-            self.assertRefuses(mode)
-
-    def assertRefuses(self, mode: str) -> None:
-        """
-        C{python -m bench.ownsockets}, waiting for sockets as C{mode} says,
-        in front of a backend that is down, answers a handshake with 502 and
-        a request that is not one with 400.
-        """
-        port, down = targets.freePort(), targets.freePort()
-        command = [sys.executable, "-m", "bench.ownsockets", str(port), str(down)]
-        relay = subprocess.Popen([*command, mode], cwd=ROOT)
-        self.addCleanup(relay.wait, 10)
-        self.addCleanup(relay.kill)
-        answers: list[bytes] = []
-
-        def answered() -> bool:
-            try:
-                answers.append(targets.handshake(port, "/"))
-            except ConnectionRefusedError:
-                return False
-            return True
-
-        pollUntil(answered, f"{mode} relay listening")
-        self.assertEqual(answers, [b"HTTP/1.1 502 Bad Gateway"])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n")
-            self.assertEqual(s.recv(4096)[:24], b"HTTP/1.1 400 Bad Request")
 
 
 class TLS13ReproTests(SynchronousTestCase):
