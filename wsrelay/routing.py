@@ -350,6 +350,9 @@ def normalizePath(path: str) -> str:
     """
     if not path.startswith("/"):
         raise BadPath(f"path does not start with /: {path[:40]!r}")
+    if "/." not in path and "//" not in path and "%" not in path and "\\" not in path:
+        # Nothing to decode, remove or merge (most paths).
+        return path
     if "\\" in path or _FORBIDDEN.search(path):
         raise BadPath(f"encoded / or \\, \\ or NUL in path {path[:40]!r}")
     if "%" in path:
