@@ -244,6 +244,17 @@ def parseHead(data: bytes) -> Head:
         return head
     # Something is wrong (or unusual, an empty line): line by line, to say
     # what.
+    return readLines(text)
+
+
+def readLines(text: str) -> Head:
+    """
+    Read a head line by line: what L{parseHead} does with a head that its
+    one pass does not take, and says what is wrong.
+
+    @param text: The head, decoded as ISO-8859-1.
+    @raise BadHead: When it is not made of C{name: value} lines.
+    """
     lines = text.split("\r\n")
     if _CONTROL.search(lines[0]):
         raise BadHead(f"control character in start line {lines[0][:40]!r}")
