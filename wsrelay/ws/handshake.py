@@ -367,16 +367,13 @@ def buildRequest(
     @param key: The C{Sec-WebSocket-Key}.
     @param headers: Further fields, each written on its own line.
     """
-    lines = [
-        f"GET {resource} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-    ]
-    lines.extend(f"{n}: {v}" for (n, v) in headers)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1", "replace")
+    start = (
+        f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+    )
+    fields = "".join([f"{n}: {v}\r\n" for (n, v) in headers])
+    return (start + fields + "\r\n").encode("iso-8859-1", "replace")
 
 
 def buildResponse(
