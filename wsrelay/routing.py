@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units,tests.test_edge -*-
+# -*- test-case-name: tests.test_units,tests.test_edge,tests.test_heads -*-
 """
 Routes and backends as the relay holds them at run time.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units,tests.test_edge -*-
+# -*- test-case-name: tests.test_units,tests.test_edge,tests.test_heads -*-
 """
 HTTP/1.1 pieces of the opening handshake that Autobahn does not expose.
 
@@ -338,7 +338,10 @@ def endToEnd(
         if isinstance(also, frozenset):
             known = _DROPPED.get(also)
             if known is None:
-                known = _DROPPED[also] = NOT_FORWARDED | also
+                known = NOT_FORWARDED | also
+                if len(_DROPPED) < 16:
+                    # (The callers' few constant sets.)
+                    _DROPPED[also] = known
             drop = known
         else:
             drop = NOT_FORWARDED.union(also)

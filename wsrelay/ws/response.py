@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy,tests.test_plainleg -*-
+# -*- test-case-name: tests.test_proxy,tests.test_plainleg,tests.test_heads -*-
 """
 An upstream leg's opening handshake as the relay reads it, for both kinds
 of upstream leg (Autobahn's, L{wsrelay.ws.upstream.UpstreamProtocol}, and
@@ -266,7 +266,7 @@ class ResponseReader:
         leg would negotiate, a character outside ASCII) is read again by
         L{processHandshake}'s general path, which says what is wrong or
         leaves it to Autobahn; whatever it takes, that path takes alike
-        (C{tests.test_response}).
+        (C{tests.test_heads}).
 
         @param end: Where the head ends in C{self.data}, which starts with
             C{HTTP/1.1 101 }.
