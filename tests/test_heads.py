@@ -189,7 +189,7 @@ class Quick101Tests(SynchronousTestCase):
         """
         rng = random.Random(16)
         quick = 0
-        for _ in range(20000):
+        for _ in range(10000):
             data = _head(rng)
             extensions = rng.choice([NO_EXTENSIONS, END_TO_END, RELAY_DEFLATE])
             offered = rng.choice([(), ("chat",), ("chat", "other")])
@@ -202,7 +202,7 @@ class Quick101Tests(SynchronousTestCase):
             end = data.find(b"\r\n\r\n")
             quick += _Reader(data, extensions, offered)._quick101(end)
         # Most plain 101s were read by the quick reading.
-        self.assertGreater(quick, 2000)
+        self.assertGreater(quick, 1000)
 
     def test_plain(self) -> None:
         """
@@ -296,7 +296,7 @@ class HeadTests(SynchronousTestCase):
         dropped before.
         """
         rng = random.Random(6455)
-        for _ in range(20000):
+        for _ in range(10000):
             data = _randomHead(rng)
             text = data.decode("latin-1")
             try:
