@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units,tests.test_edge -*-
+# -*- test-case-name: tests.test_units,tests.test_edge,tests.test_heads -*-
 """
 Routes and backends as the relay holds them at run time.
 
@@ -350,6 +350,20 @@ def normalizePath(path: str) -> str:
     """
     if not path.startswith("/"):
         raise BadPath(f"path does not start with /: {path[:40]!r}")
+    if "/." not in path and "//" not in path and "%" not in path and "\\" not in path:
+        # Nothing to decode, remove or merge (most paths).
+        return path
+    return normalizeSegments(path)
+
+
+def normalizeSegments(path: str) -> str:
+    """
+    Normalize a path that starts with C{/} segment by segment, as
+    L{normalizePath} says.
+
+    @raise PathAboveRoot: When a C{..} would climb above C{/}.
+    @raise BadPath: When it holds a forbidden character or encoding.
+    """
     if "\\" in path or _FORBIDDEN.search(path):
         raise BadPath(f"encoded / or \\, \\ or NUL in path {path[:40]!r}")
     if "%" in path:

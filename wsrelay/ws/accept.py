@@ -18,6 +18,7 @@ with its own answer, as the upstream leg does with a backend's 101
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -83,8 +84,13 @@ def plainRequest(
         if not (port.isascii() and port.isdigit()):
             return None
     connection = fields.get("connection")
-    if connection is None or not any(
-        token.strip().lower() == "upgrade" for token in ", ".join(connection).split(",")
+    if connection is None or not (
+        # (Most requests: "Connection: Upgrade".)
+        (len(connection) == 1 and connection[0].lower() == "upgrade")
+        or any(
+            token.strip().lower() == "upgrade"
+            for token in ", ".join(connection).split(",")
+        )
     ):
         return None
     if fields.get("sec-websocket-version") != ["13"]:
@@ -122,6 +128,20 @@ def acceptKey(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + WS_MAGIC).digest()).decode()
 
 
+@functools.lru_cache(maxsize=16)
+def _startOf101(server: str | None) -> str:
+    """
+    @return: The lines that start every 101 of a relay whose C{Server}
+        field is C{server} (L{None} or empty: none), made once.
+    """
+    lines = ["HTTP/1.1 101 Switching Protocols"]
+    if server:
+        lines.append(f"Server: {server}")
+    lines.append("Upgrade: WebSocket")
+    lines.append("Connection: Upgrade")
+    return "\r\n".join(lines)
+
+
 def acceptResponse(
     key: str,
     protocol: str | None,
@@ -138,11 +158,7 @@ def acceptResponse(
         values each written on its own line.
     @param server: The C{Server} field's value, or L{None} for none.
     """
-    lines = ["HTTP/1.1 101 Switching Protocols"]
-    if server:
-        lines.append(f"Server: {server}")
-    lines.append("Upgrade: WebSocket")
-    lines.append("Connection: Upgrade")
+    lines = [_startOf101(server)]
     for name, values in headers:
         if isinstance(values, str):
             lines.append(f"{name}: {values}")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units,tests.test_edge -*-
+# -*- test-case-name: tests.test_units,tests.test_edge,tests.test_heads -*-
 """
 HTTP/1.1 pieces of the opening handshake that Autobahn does not expose.
 
@@ -192,6 +192,26 @@ _FIELD = re.compile(
 )
 
 
+def quickFields(text: str, first: int) -> list[tuple[str, str]] | None:
+    """
+    Read the header fields of a head in one pass of a regular expression,
+    when every line after the start line is a well-formed field and the
+    start line holds no control character but tab (most heads).
+
+    @param text: The head, without the blank line that ends it.
+    @param first: Where the start line ends in C{text}.
+    @return: The fields, names as sent and values without the blanks
+        around them, in order; or L{None} for a head to read line by line
+        (L{parseHead}), which says what is wrong with it.
+    """
+    fields = _FIELD.findall(text, first)
+    if len(fields) != text.count("\r\n", first) or _CONTROL.search(text, 0, first):
+        return None
+    if " \r\n" in text or "\t\r\n" in text or text.endswith((" ", "\t")):
+        fields = [(n, v.rstrip(" \t")) for n, v in fields]
+    return fields
+
+
 def parseHead(data: bytes) -> Head:
     """
     Parse an HTTP head (start line and header fields, without the blank
@@ -207,16 +227,34 @@ def parseHead(data: bytes) -> Head:
     first = text.find("\r\n")
     if first < 0:
         first = len(text)
-    fields = _FIELD.findall(text, first)
-    if len(fields) == text.count("\r\n", first) and not _CONTROL.search(text, 0, first):
-        # Every line after the start line is a well-formed field: read in
-        # one pass of the regular expression (most heads), and without
-        # the blanks that may end a value.
-        if " \r\n" in text or "\t\r\n" in text or text.endswith((" ", "\t")):
-            fields = [(n, v.rstrip(" \t")) for n, v in fields]
-        return Head(text[:first], tuple(fields))
+    fields = quickFields(text, first)
+    if fields is not None:
+        head = Head(text[:first], tuple(fields))
+        # Every reader of a request head reads its fields by name: made
+        # now, in the same pass (see Head.fields).
+        byName: dict[str, list[str]] = {}
+        for n, v in fields:
+            lname = n.lower()
+            values = byName.get(lname)
+            if values is None:
+                byName[lname] = [v]
+            else:
+                values.append(v)
+        head.__dict__["fields"] = byName
+        return head
     # Something is wrong (or unusual, an empty line): line by line, to say
     # what.
+    return readLines(text)
+
+
+def readLines(text: str) -> Head:
+    """
+    Read a head line by line: what L{parseHead} does with a head that its
+    one pass does not take, and says what is wrong.
+
+    @param text: The head, decoded as ISO-8859-1.
+    @raise BadHead: When it is not made of C{name: value} lines.
+    """
     lines = text.split("\r\n")
     if _CONTROL.search(lines[0]):
         raise BadHead(f"control character in start line {lines[0][:40]!r}")
@@ -237,10 +275,12 @@ def parseHead(data: bytes) -> Head:
     return Head(lines[0], tuple(headers))
 
 
+@functools.lru_cache(maxsize=1024)
 def quotedString(value: str) -> str:
     """
     @return: C{value} as a token when it is one, else as a quoted string
-        (RFC 9110 5.6.4), for a parameter of C{Forwarded}.
+        (RFC 9110 5.6.4), for a parameter of C{Forwarded}.  Remembered for
+        the last thousand values: a relay's clients name a few hosts.
     """
     if _TOKEN.fullmatch(value):
         return value
@@ -278,20 +318,39 @@ def connectionTokens(head: Head) -> set[str]:
     return head.tokens("connection")
 
 
+#: The names L{endToEnd} drops, by the further names it was asked to:
+#: each union made once.
+_DROPPED: dict[frozenset[str], frozenset[str]] = {}
+
+
 def endToEnd(
     head: Head, also: Iterable[str] = (), underscores: bool = True
 ) -> list[tuple[str, str]]:
     """
-    @param also: Further lower-case names to leave out.
+    @param also: Further lower-case names to leave out (a C{frozenset}
+        given again and again is joined with L{NOT_FORWARDED} once).
     @param underscores: Whether names that hold C{_} are forwarded.
     @return: The header fields of C{head} that a proxy forwards, in one
         pass over them.
     """
-    # (A new set, which may grow.)
-    drop = connectionTokens(head)
-    drop |= NOT_FORWARDED
+    drop: frozenset[str] | set[str] = NOT_FORWARDED
     if also:
-        drop = drop.union(also)
+        if isinstance(also, frozenset):
+            known = _DROPPED.get(also)
+            if known is None:
+                known = NOT_FORWARDED | also
+                if len(_DROPPED) < 16:
+                    # (The callers' few constant sets.)
+                    _DROPPED[also] = known
+            drop = known
+        else:
+            drop = NOT_FORWARDED.union(also)
+    listed = head.fields.get("connection")
+    if listed is not None and not (
+        # (Most heads: "Connection: Upgrade", which drops nothing more.)
+        len(listed) == 1 and listed[0].lower() == "upgrade"
+    ):
+        drop = drop.union(connectionTokens(head))
     if underscores:
         return [(n, v) for (n, v) in head.headers if n.lower() not in drop]
     return [(n, v) for (n, v) in head.headers if "_" not in n and n.lower() not in drop]
@@ -311,16 +370,13 @@ def buildRequest(
     @param key: The C{Sec-WebSocket-Key}.
     @param headers: Further fields, each written on its own line.
     """
-    lines = [
-        f"GET {resource} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-    ]
-    lines.extend(f"{n}: {v}" for (n, v) in headers)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1", "replace")
+    start = (
+        f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+    )
+    fields = "".join([f"{n}: {v}\r\n" for (n, v) in headers])
+    return (start + fields + "\r\n").encode("iso-8859-1", "replace")
 
 
 def buildResponse(

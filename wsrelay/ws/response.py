@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy,tests.test_plainleg -*-
+# -*- test-case-name: tests.test_proxy,tests.test_plainleg,tests.test_heads -*-
 """
 An upstream leg's opening handshake as the relay reads it, for both kinds
 of upstream leg (Autobahn's, L{wsrelay.ws.upstream.UpstreamProtocol}, and
@@ -15,11 +15,13 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from wsrelay.ws.handshake import (
+    NOT_FORWARDED,
     BadHead,
     Head,
     endToEnd,
     parseHead,
     parseStatusLine,
+    quickFields,
 )
 
 if TYPE_CHECKING:
@@ -207,6 +209,8 @@ class ResponseReader:
             if len(self.data) > 65536:
                 self.failHandshake("response head too large")
             return
+        if self.data.startswith(b"HTTP/1.1 101 ") and self._quick101(end):
+            return
         try:
             head = parseHead(self.data[:end])
             _, status, reason = parseStatusLine(head.startLine)
@@ -253,6 +257,78 @@ class ResponseReader:
             return
         self.notPlain()
 
+    def _quick101(self, end: int) -> bool:
+        """
+        Open on a plain 101 (L{_plainAccept}) read in one pass over its
+        fields, with nothing made that nothing reads: no L{Head}, no fields
+        by name.  A head this does not take (an unusual line, a field
+        repeated, a subprotocol not offered, a wrong key, an extension the
+        leg would negotiate, a character outside ASCII) is read again by
+        L{processHandshake}'s general path, which says what is wrong or
+        leaves it to Autobahn; whatever it takes, that path takes alike
+        (C{tests.test_heads}).
+
+        @param end: Where the head ends in C{self.data}, which starts with
+            C{HTTP/1.1 101 }.
+        @return: Whether the leg opened.
+        """
+        raw = self.data[:end]
+        if not raw.isascii() or self.extensions == RELAY_DEFLATE:
+            return False
+        text = raw.decode("ascii")
+        first = text.find("\r\n")
+        fields = quickFields(text, first if first >= 0 else end)
+        if fields is None:
+            return False
+        upgrade = connection = accept = protocol = None
+        relayed: list[tuple[str, str]] = []
+        answer: list[str] = []
+        for name, value in fields:
+            lname = name.lower()
+            if lname not in NOT_FORWARDED:
+                relayed.append((name, value))
+            elif lname == "upgrade":
+                if upgrade is not None:
+                    return False
+                upgrade = value
+            elif lname == "connection":
+                if connection is not None:
+                    return False
+                connection = value
+            elif lname == "sec-websocket-accept":
+                if accept is not None:
+                    return False
+                accept = value
+            elif lname == "sec-websocket-protocol":
+                if protocol is not None:
+                    return False
+                protocol = value
+            elif lname == "sec-websocket-extensions":
+                answer.append(value)
+        if (
+            upgrade is None
+            or connection is None
+            or accept is None
+            or upgrade.lower() != "websocket"
+            or (answer and self.extensions != END_TO_END)
+            or (protocol and protocol not in self.offered)
+        ):
+            return False
+        if connection.lower() != "upgrade":
+            tokens = {t.strip().lower() for t in connection.split(",")}
+            if "upgrade" not in tokens:
+                return False
+            relayed = [(n, v) for (n, v) in relayed if n.lower() not in tokens]
+        digest = hashlib.sha1(self.websocket_key + _WS_MAGIC).digest()
+        if accept != base64.b64encode(digest).decode():
+            return False
+        self.responseHeaders = relayed
+        if answer:
+            self.extensionsAnswer = tuple(answer)
+            self._dropExtensions(end)
+        self._open(self.data.find(b"\r\n\r\n"), protocol or "")
+        return True
+
     def _plainAccept(self, head: Head) -> bool:
         """
         Whether the backend's 101 is one Autobahn accepts without a doubt
@@ -294,8 +370,14 @@ class ResponseReader:
         @param end: Where the head ends in C{self.data}.
         """
         self.extensionsAnswer = tuple(head.fields.get("sec-websocket-extensions", ()))
-        if not self.extensionsAnswer:
-            return
+        if self.extensionsAnswer:
+            self._dropExtensions(end)
+
+    def _dropExtensions(self, end: int) -> None:
+        """
+        Take the C{Sec-WebSocket-Extensions} fields out of the head that
+        ends at C{end} in C{self.data}.
+        """
         lines = self.data[:end].split(b"\r\n")
         kept = [
             line

@@ -125,15 +125,16 @@ def screenRequest(
         return Rejected(Refused(400, "Bad Request"))
     if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
         return Rejected(Refused(505, "HTTP Version Not Supported"), head)
-    hosts = head.fields.get("host", [])
-    if len(hosts) > 1 or (not hosts and version == "HTTP/1.1"):
+    fields = head.fields
+    hosts = fields.get("host")
+    if (hosts is None and version == "HTTP/1.1") or (hosts and len(hosts) > 1):
         # RFC 9112 3.2: one Host field, required in HTTP/1.1; two would
         # be joined by Head.get into a host no route has.
         return Rejected(
             Refused(400, "Bad Request", body=b"one Host field needed\n"), head
         )
-    lengths = head.fields.get("content-length", [])
-    if lengths not in ([], ["0"]) or head.get("transfer-encoding") is not None:
+    lengths = fields.get("content-length")
+    if (lengths is not None and lengths != ["0"]) or "transfer-encoding" in fields:
         # An upgrade request has no body: what follows its head would
         # be read as frames (RFC 6455 4.1); a length given twice is
         # ambiguous (RFC 9112 6.3).
@@ -154,21 +155,25 @@ def screenRequest(
         )
     if path == "/healthz" and method in ("GET", "HEAD"):
         return Rejected(Refused(200, "OK", body=b"ok\n"), head)
-    host = (head.get("host") or "").strip().lower()
+    host = hosts[0].strip().lower() if hosts else ""
     if host.startswith("["):
         host = host[: host.find("]") + 1]
-    else:
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
     found = routes.match(host or None, path)
     if found is None:
         return Rejected(Refused(404, "Not Found"), head)
-    if "websocket" not in head.tokens("upgrade"):
+    upgrade = fields.get("upgrade")
+    if upgrade is None or (
+        upgrade[0].lower() != "websocket" and "websocket" not in head.tokens("upgrade")
+    ):
         return Rejected(_upgradeRequired(), head)
-    versions = head.fields.get("sec-websocket-version", [])
-    if len(versions) > 1:
-        return Rejected(Refused(400, "Bad Request"), head)
-    if versions and versions[0] != "13":
-        # RFC 6455 4.4: say which version the relay speaks.
-        return Rejected(_upgradeRequired(("Sec-WebSocket-Version", "13")), head)
+    versions = fields.get("sec-websocket-version")
+    if versions is not None:
+        if len(versions) > 1:
+            return Rejected(Refused(400, "Bad Request"), head)
+        if versions[0] != "13":
+            # RFC 6455 4.4: say which version the relay speaks.
+            return Rejected(_upgradeRequired(("Sec-WebSocket-Version", "13")), head)
     route, remainder = found
     return Screened(head, route, remainder, path, query)

@@ -1,0 +1,341 @@
+"""
+Tests for the quick readings of the heads of a passthrough handshake: each
+is compared with the general reading it stands in for, on many random
+heads (L{wsrelay.ws.response.ResponseReader._quick101}, L{wsrelay.ws.
+handshake.parseHead}'s fields, L{wsrelay.ws.handshake.endToEnd},
+L{wsrelay.routing.normalizePath}).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from wsrelay.routing import BadPath, normalizePath, normalizeSegments
+from wsrelay.ws.handshake import (
+    FORWARDING,
+    NOT_FORWARDED,
+    BadHead,
+    Head,
+    endToEnd,
+    parseHead,
+    readLines,
+)
+from wsrelay.ws.response import (
+    END_TO_END,
+    NO_EXTENSIONS,
+    RELAY_DEFLATE,
+    ResponseReader,
+)
+
+_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: The key of every random handshake, and its right accept value.
+_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+_ACCEPT = base64.b64encode(hashlib.sha1(_KEY + _MAGIC).digest()).decode()
+
+
+class _Reader(ResponseReader):
+    """
+    A reader that records how the backend's answer ended.
+
+    @ivar outcome: What happened: C{("open", chosen)}, C{("fail",
+        reason)}, C{("notPlain",)} or C{("abort",)}.
+    """
+
+    outcome: tuple[Any, ...] | None = None
+    quick = True
+
+    def __init__(self, data: bytes, extensions: str, offered: tuple[str, ...]):
+        self.data = data
+        self.websocket_key = _KEY
+        self.extensions = extensions
+        self.offered = offered
+        self.opened = _Opened()
+
+    def _quick101(self, end: int) -> bool:
+        return self.quick and ResponseReader._quick101(self, end)
+
+    def failHandshake(self, reason: str) -> None:
+        self.outcome = ("fail", reason)
+
+    def abortHandshake(self) -> None:
+        self.outcome = ("abort",)
+
+    def notPlain(self) -> None:
+        self.outcome = ("notPlain",)
+
+    def _open(self, end: int, chosen: str) -> None:
+        self.data = self.data[end + 4 :]
+        self.outcome = ("open", chosen)
+
+    def state(self) -> tuple[Any, ...]:
+        """
+        @return: Everything the handshake left for what follows it.
+        """
+        return (
+            self.outcome,
+            self.data,
+            self.responseHeaders,
+            self.extensionsAnswer,
+            type(self.opened.failure),
+            str(self.opened.failure),
+        )
+
+
+class _Opened:
+    """
+    Stands for the leg's L{Deferred <twisted.internet.defer.Deferred>}:
+    records a failure.
+    """
+
+    called = False
+    failure: Exception | None = None
+
+    def errback(self, failure: Exception) -> None:
+        self.called = True
+        self.failure = failure
+
+
+def _blank(rng: random.Random) -> str:
+    return rng.choice(["", "", " ", "  ", "\t", " \t"])
+
+
+def _case(rng: random.Random, name: str) -> str:
+    return rng.choice([name, name.lower(), name.upper()])
+
+
+def _field(rng: random.Random) -> tuple[str, str]:
+    """
+    A random field of a backend's 101: the handshake's own, each right or
+    wrong, hop-by-hop ones, and end-to-end ones, some odd.
+    """
+    name = rng.choice(
+        [
+            "Upgrade",
+            "Connection",
+            "Sec-WebSocket-Accept",
+            "Sec-WebSocket-Protocol",
+            "Sec-WebSocket-Extensions",
+            "Set-Cookie",
+            "X-Hop",
+            "X_Under",
+            "Keep-Alive",
+            "Content-Length",
+            "Server",
+            "Date",
+        ]
+    )
+    value = {
+        "upgrade": ["websocket", "WebSocket", "h2c", "websocket, h2c", ""],
+        "connection": ["Upgrade", "upgrade", "Upgrade, X-Hop", "x-hop", "close", ""],
+        "sec-websocket-accept": [_ACCEPT, _ACCEPT, _ACCEPT.lower(), "x"],
+        "sec-websocket-protocol": ["chat", "other", "chat, other", ""],
+        "sec-websocket-extensions": ["permessage-deflate", "x-ext; a=1", ""],
+    }.get(name.lower(), ["1", "a=b; c", "caf\xe9", "x\x01y", "v \t w"])
+    return _case(rng, name), rng.choice(value)
+
+
+def _head(rng: random.Random) -> bytes:
+    """
+    A random 101 head: mostly the fields of a plain one in random order,
+    then random fields, a few lines malformed, its blank line, and maybe
+    the first bytes of the connection.
+    """
+    status = rng.choice(
+        [
+            "HTTP/1.1 101 Switching Protocols",
+            "HTTP/1.1 101 Switching Protocols",
+            "HTTP/1.1 101 ",
+            "HTTP/1.1 101 Up\x01",
+            "HTTP/1.0 101 Switching Protocols",
+        ]
+    )
+    fields = []
+    if rng.random() < 0.7:
+        fields = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", _ACCEPT),
+        ]
+    fields += [_field(rng) for _ in range(rng.randrange(4))]
+    rng.shuffle(fields)
+    lines = [status]
+    for name, value in fields:
+        lines.append(f"{name}:{_blank(rng)}{value}{_blank(rng)}")
+    if rng.random() < 0.05:
+        lines.insert(rng.randrange(1, len(lines) + 1), rng.choice(["", " folded", "x"]))
+    tail = rng.choice([b"", b"", b"\x81\x02hi"])
+    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + tail
+
+
+class Quick101Tests(SynchronousTestCase):
+    """
+    L{ResponseReader._quick101} opens a leg on a plain 101 exactly as the
+    general reading of the head does, and leaves every other to it.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random answers, with each way of treating extensions and
+        random subprotocols offered, a reader with the quick reading ends
+        in the same state as one without: opened with the same subprotocol,
+        the same fields for the client, the same extension answer and the
+        same bytes left, or failed with the same reason.
+        """
+        rng = random.Random(16)
+        quick = 0
+        for _ in range(10000):
+            data = _head(rng)
+            extensions = rng.choice([NO_EXTENSIONS, END_TO_END, RELAY_DEFLATE])
+            offered = rng.choice([(), ("chat",), ("chat", "other")])
+            general = _Reader(data, extensions, offered)
+            general.quick = False
+            general.processHandshake()
+            fast = _Reader(data, extensions, offered)
+            fast.processHandshake()
+            self.assertEqual(fast.state(), general.state(), data)
+            end = data.find(b"\r\n\r\n")
+            quick += _Reader(data, extensions, offered)._quick101(end)
+        # Most plain 101s were read by the quick reading.
+        self.assertGreater(quick, 1000)
+
+    def test_plain(self) -> None:
+        """
+        A backend's plain 101 opens the leg by the quick reading, with its
+        end-to-end fields for the client, the extension answer kept and
+        taken out of the head, and what followed the head left in C{data}.
+        """
+        data = (
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\n"
+            b"Connection: upgrade, X-Hop\r\nX-Hop: 1\r\nSet-Cookie: a=1\r\n"
+            b"Sec-WebSocket-Protocol: chat\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            b"Set-Cookie: b=2\r\nSec-WebSocket-Accept: " + _ACCEPT.encode() + b"\r\n"
+            b"\r\n\x81\x00"
+        )
+        reader = _Reader(data, END_TO_END, ("chat",))
+        self.assertTrue(reader._quick101(data.find(b"\r\n\r\n")))
+        self.assertEqual(reader.outcome, ("open", "chat"))
+        self.assertEqual(
+            reader.responseHeaders, [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+        )
+        self.assertEqual(reader.extensionsAnswer, ("permessage-deflate",))
+        self.assertEqual(reader.data, b"\x81\x00")
+
+    def test_notTaken(self) -> None:
+        """
+        A wrong key, an extension the leg did not pass on, a subprotocol not
+        offered, a repeated handshake field or a character outside ASCII
+        is left to the general reading, and the leg is left as it was.
+        """
+        plain = (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{}\r\n"
+        )
+        for accept, more, extensions in [
+            ("x", "A: 1", END_TO_END),
+            (_ACCEPT, "Sec-WebSocket-Extensions: x", NO_EXTENSIONS),
+            (_ACCEPT, "Sec-WebSocket-Protocol: other", END_TO_END),
+            (_ACCEPT, "Upgrade: websocket", END_TO_END),
+            (_ACCEPT, "A: caf\xe9", END_TO_END),
+            (_ACCEPT, "A: 1", RELAY_DEFLATE),
+        ]:
+            data = plain.format(accept, more).encode("latin-1") + b"\r\n"
+            reader = _Reader(data, extensions, ("chat",))
+            self.assertFalse(reader._quick101(data.find(b"\r\n\r\n")), more)
+            self.assertIsNone(reader.outcome)
+            self.assertEqual(reader.data, data)
+            self.assertNotIn("responseHeaders", vars(reader))
+
+
+def _randomHead(rng: random.Random) -> bytes:
+    """
+    A random request head: random fields, some repeated, some with odd
+    blanks, controls or non-ASCII characters, and now and then a line
+    that is not a field.
+    """
+    lines = [rng.choice(["GET / HTTP/1.1", "GET /a\x01 HTTP/1.1", "HTTP/1.1 101 Up"])]
+    for _ in range(rng.randrange(8)):
+        name = rng.choice(["Host", "host", "X-A", "Connection", "X_B", "Cookie", "A B"])
+        value = rng.choice(["h", "Upgrade, X-A", "x-a", "caf\xe9", "1\r2", "a\x00", ""])
+        lines.append(f"{name}:{_blank(rng)}{value}{_blank(rng)}")
+    if rng.random() < 0.1:
+        lines.insert(rng.randrange(1, len(lines) + 1), rng.choice(["", " fold", "x"]))
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def _oldEndToEnd(head: Head, also: Any = (), underscores: bool = True) -> Any:
+    """
+    What L{endToEnd} did before it remembered its sets: the reference.
+    """
+    drop = head.tokens("connection") | NOT_FORWARDED | set(also)
+    return [
+        (n, v)
+        for (n, v) in head.headers
+        if n.lower() not in drop and (underscores or "_" not in n)
+    ]
+
+
+class HeadTests(SynchronousTestCase):
+    """
+    A head read in one pass, its fields by name made as it is read, and
+    the fields forwarded, are as the line-by-line reading and the lazy
+    fields make them.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random heads, L{parseHead} reads what L{readLines} reads
+        (or refuses what it refuses), the fields by name it made at once
+        are those L{Head.fields} makes, and L{endToEnd} drops what it
+        dropped before.
+        """
+        rng = random.Random(6455)
+        for _ in range(10000):
+            data = _randomHead(rng)
+            text = data.decode("latin-1")
+            try:
+                expected = readLines(text)
+            except BadHead as e:
+                with self.assertRaises(BadHead) as caught:
+                    parseHead(data)
+                self.assertEqual(str(caught.exception), str(e))
+                continue
+            head = parseHead(data)
+            self.assertEqual(head, expected)
+            self.assertEqual(head.fields, Head(head.startLine, head.headers).fields)
+            for also, underscores in [((), True), (FORWARDING, False), ({"x-a"}, True)]:
+                self.assertEqual(
+                    endToEnd(head, also, underscores),
+                    _oldEndToEnd(head, also, underscores),
+                )
+
+
+class NormalizePathTests(SynchronousTestCase):
+    """
+    L{normalizePath} takes a path with nothing to normalize as it is.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random paths, L{normalizePath} gives what the segment by
+        segment normalization gives (or refuses what it refuses).
+        """
+        rng = random.Random(3986)
+        for _ in range(20000):
+            path = "/" + "".join(
+                rng.choice(["a", "/", ".", "%2e", "%2F", "%41", "\\", "b/c"])
+                for _ in range(rng.randrange(8))
+            )
+            try:
+                expected = normalizeSegments(path)
+            except BadPath as e:
+                with self.assertRaises(type(e)):
+                    normalizePath(path)
+                continue
+            self.assertEqual(normalizePath(path), expected, path)
