@@ -21,6 +21,7 @@ from tests.support.fanout import (
     feed,
     rawClient,
     sessionOf,
+    unread,
 )
 from tests.support.waiting import waitFor
 from wsrelay.fanout import FanoutSession
@@ -31,24 +32,6 @@ from wsrelay.ws.framing import frame
 CLOSE = 8
 #: A ping frame's opcode.
 PING = 9
-
-
-def unread(s: socket.socket) -> bytes:
-    """
-    @return: What the relay wrote to C{s} and it has not read, without
-        waiting for more.
-    """
-    got = b""
-    timeout = s.gettimeout()
-    s.setblocking(False)
-    try:
-        while chunk := s.recv(1 << 20):
-            got += chunk
-    except BlockingIOError:
-        pass
-    finally:
-        s.settimeout(timeout)
-    return got
 
 
 def numbers(reader: FrameReader) -> list[int]:

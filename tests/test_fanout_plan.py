@@ -22,6 +22,7 @@ from tests.support.fanout import (
     feed,
     rawClient,
     sessionOf,
+    unread,
 )
 from tests.support.waiting import waitFor
 from wsrelay.fanout import FanoutSession
@@ -43,24 +44,6 @@ def socketPair(test: SynchronousTestCase) -> tuple[socket.socket, socket.socket]
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         test.addCleanup(s.close)
     return ours, peer
-
-
-def unread(s: socket.socket) -> bytes:
-    """
-    @return: What was written to C{s}'s peer and C{s} has not read,
-        without waiting for more.
-    """
-    got = b""
-    timeout = s.gettimeout()
-    s.setblocking(False)
-    try:
-        while chunk := s.recv(1 << 20):
-            got += chunk
-    except BlockingIOError:
-        pass
-    finally:
-        s.settimeout(timeout)
-    return got
 
 
 class WriteAllTests(SynchronousTestCase):

@@ -1,6 +1,6 @@
 """
 A fan-out source on loopback (L{Source}), many clients of a relay
-(L{Clients}), a client that reads by hand (L{rawClient}, L{FrameReader},
+(L{Clients}), a client that reads by hand (L{rawClient}, L{unread}, L{FrameReader},
 and its session: L{sessionOf}), and the config of a relay that feeds from
 a source.
 """
@@ -347,6 +347,24 @@ async def channelUp(relay: RelayService, key: str = "") -> Channel:
         )
     )
     return relay.channels[("ticker", key)]
+
+
+def unread(s: socket.socket) -> bytes:
+    """
+    @return: What was written to C{s}'s peer (the relay) and C{s} has not
+        read, without waiting for more.
+    """
+    got = b""
+    timeout = s.gettimeout()
+    s.setblocking(False)
+    try:
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        s.settimeout(timeout)
+    return got
 
 
 def rawClient(port: int, path: str, receiveBuffer: int | None = None) -> socket.socket:

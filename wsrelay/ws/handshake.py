@@ -124,6 +124,22 @@ class BadHead(ValueError):
     """
 
 
+def byName(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """
+    @return: The values of the fields C{pairs} by lower-case name, each
+        name's in the order given.
+    """
+    fields: dict[str, list[str]] = {}
+    for n, v in pairs:
+        lname = n.lower()
+        values = fields.get(lname)
+        if values is None:
+            fields[lname] = [v]
+        else:
+            values.append(v)
+    return fields
+
+
 @dataclass(frozen=True)
 class Head:
     """
@@ -144,15 +160,7 @@ class Head:
         request once open lets it go, L{wsrelay.ws.legs.RelayLeg.
         forgetHandshake}).  Not to be changed.
         """
-        fields: dict[str, list[str]] = {}
-        for n, v in self.headers:
-            lname = n.lower()
-            values = fields.get(lname)
-            if values is None:
-                fields[lname] = [v]
-            else:
-                values.append(v)
-        return fields
+        return byName(self.headers)
 
     def get(self, name: str) -> str | None:
         """
@@ -232,15 +240,7 @@ def parseHead(data: bytes) -> Head:
         head = Head(text[:first], tuple(fields))
         # Every reader of a request head reads its fields by name: made
         # now, in the same pass (see Head.fields).
-        byName: dict[str, list[str]] = {}
-        for n, v in fields:
-            lname = n.lower()
-            values = byName.get(lname)
-            if values is None:
-                byName[lname] = [v]
-            else:
-                values.append(v)
-        head.__dict__["fields"] = byName
+        head.__dict__["fields"] = byName(fields)
         return head
     # Something is wrong (or unusual, an empty line): line by line, to say
     # what.
