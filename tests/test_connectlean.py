@@ -2,19 +2,26 @@
 Tests for the lean TCP client transport of L{wsrelay.ws.connecting}
 (C{_IPClient}): a socket created non-blocking, a connect that asks for the
 socket's error only once it could complete and ends waiting to read only,
-failures reported as Twisted's transport reports them, and a plain leg's
-request sent at once, on loopback sockets.
+failures reported as Twisted's transport reports them, a plain leg's
+request sent at once, and a close with nothing to send without the write
+turn (L{wsrelay.ws.accepting.LeanClose}), on loopback sockets.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import termios
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -66,6 +73,9 @@ class _Factory(ClientFactory):
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self.failed.callback([reason])
+
+    def clientConnectionLost(self, connector: object, reason: Failure) -> None:
+        self.lost: Failure = reason
 
 
 class _Loopback(TestCase):
@@ -201,3 +211,191 @@ class LeanConnectTests(_Loopback):
         )
         self.assertEqual(seen, [(False, 0)])
         self.assertTrue(self.accepted[0].received.startswith(b"GET /chat HTTP/1.1\r\n"))
+
+
+class _Ending(_Backend):
+    """
+    A backend that also hears why its connection was lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: Deferred[list[Failure]] = Deferred()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.callback([reason])
+
+
+class _Closing(Protocol):
+    """
+    A client protocol that hears when it connected and why its connection
+    was lost.
+    """
+
+    def __init__(self) -> None:
+        self.made: Deferred[None] = Deferred()
+        self.lost: Deferred[list[Failure]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made.callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.callback([reason])
+
+
+class _Pull:
+    """
+    A pull producer with nothing to give.
+    """
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class LeanCloseTests(_Loopback):
+    """
+    The upstream transport's C{loseConnection} (L{LeanClose}'s).
+    """
+
+    backend = _Ending
+
+    async def connected(self) -> tuple[_Closing, _Ending, _Factory]:
+        """
+        @return: A client connected directly to the backend, the backend's
+            protocol, and the client's factory.
+        """
+        client = _Closing()
+        factory = self.connect(client)
+        await client.made
+        await waitFor(lambda: self.accepted)
+        return client, self.accepted[0], factory  # type: ignore[return-value]
+
+    async def test_nothingQueued(self) -> None:
+        """
+        With nothing to send, C{loseConnection} stops reading and does not
+        wait to write; the connection is lost later, never from inside
+        the call, with Twisted's reason (the factory hears it too), and
+        the backend reads the end of the stream (a FIN, not a reset).
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        r: Any = reactor
+        transport.loseConnection()
+        self.assertFalse(client.lost.called)
+        self.assertNotIn(transport, r.getReaders())
+        self.assertNotIn(transport, r.getWriters())
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        [reason] = await backend.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertFalse(transport.connected)
+        self.assertIs(type(factory.lost.value), ConnectionDone)
+
+    async def test_queued(self) -> None:
+        """
+        With data queued, C{loseConnection} is Twisted's: the backend gets
+        all of it, then the end of the stream.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        data = os.urandom(1 << 16) * 64
+        transport.write(data)
+        transport.loseConnection()
+        self.assertTrue(transport.dataBuffer or transport._tempDataBuffer)
+        [reason] = await backend.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertEqual(backend.received, data)
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_writtenAfter(self) -> None:
+        """
+        What is written after C{loseConnection}, before the connection is
+        lost, still goes out before the end of the stream.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        transport.loseConnection()
+        transport.write(b"late")
+        [reason] = await backend.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertEqual(backend.received, b"late")
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_abortedAfter(self) -> None:
+        """
+        An abort after C{loseConnection} stands: the connection is lost
+        with L{ConnectionAborted} and the backend is reset.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        transport.loseConnection()
+        transport.abortConnection()
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionAborted)
+        [reason] = await backend.lost
+        self.assertIs(type(reason.value), ConnectionLost)
+
+    async def test_halfClosed(self) -> None:
+        """
+        After C{loseWriteConnection}, C{loseConnection} is Twisted's: the
+        transport still waits to write (to send its FIN), and the
+        connection is lost in order at both ends.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        r: Any = reactor
+        transport.loseWriteConnection()
+        transport.loseConnection()
+        self.assertIn(transport, r.getWriters())
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        [reason] = await backend.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_pullProducer(self) -> None:
+        """
+        With a pull producer registered, C{loseConnection} is Twisted's:
+        the transport waits to write (Twisted asks the producer for more
+        there) before it closes.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        r: Any = reactor
+        producer = _Pull()
+        transport.registerProducer(producer, False)
+        transport.loseConnection()
+        self.assertIn(transport, r.getWriters())
+        transport.unregisterProducer()
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_unreadDataStillFIN(self) -> None:
+        """
+        With bytes from the backend left unread, the backend still reads
+        everything sent to it and then the end of the stream, not a
+        reset: the C{shutdown} before C{close} sends the FIN first.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        transport.stopReading()
+        backend.transport.write(b"unread")  # type: ignore[union-attr]
+        fd = transport.fileno()
+        await waitFor(lambda: _unread(fd) == 6)
+        self.assertEqual(transport.socket.send(b"bye"), 3)
+        transport.loseConnection()
+        await client.lost
+        [reason] = await backend.lost
+        self.assertEqual(backend.received, b"bye")
+        self.assertIs(type(reason.value), ConnectionDone)
+
+
+def _unread(fd: int) -> int:
+    """
+    @return: How many bytes wait in a socket's receive queue.
+    """
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), "little")
