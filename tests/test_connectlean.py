@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import termios
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import (
-    ConnectionAborted,
     ConnectionDone,
-    ConnectionLost,
     ConnectionRefusedError,
 )
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -27,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.support.backends import listenRecording, plainEndpoint
+from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.waiting import waitFor
 from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.plainleg import PlainUpstream
@@ -255,9 +253,11 @@ class _Pull:
         pass
 
 
-class LeanCloseTests(_Loopback):
+class LeanCloseTests(LeanClosing, _Loopback):
     """
-    The upstream transport's C{loseConnection} (L{LeanClose}'s).
+    The upstream transport's C{loseConnection}
+    (L{wsrelay.ws.accepting.LeanClose}'s), its
+    protocol closing the connection to a backend.
     """
 
     backend = _Ending
@@ -273,72 +273,20 @@ class LeanCloseTests(_Loopback):
         await waitFor(lambda: self.accepted)
         return client, self.accepted[0], factory  # type: ignore[return-value]
 
-    async def test_nothingQueued(self) -> None:
+    async def ends(self) -> tuple[_Closing, _Ending]:
+        client, backend, factory = await self.connected()
+        return client, backend
+
+    async def test_factoryHears(self) -> None:
         """
-        With nothing to send, C{loseConnection} stops reading and does not
-        wait to write; the connection is lost later, never from inside
-        the call, with Twisted's reason (the factory hears it too), and
-        the backend reads the end of the stream (a FIN, not a reset).
+        The connection closed with nothing to send is lost for the
+        connector too: the factory hears it, with Twisted's reason.
         """
         client, backend, factory = await self.connected()
-        transport: Any = client.transport
-        r: Any = reactor
-        transport.loseConnection()
-        self.assertFalse(client.lost.called)
-        self.assertNotIn(transport, r.getReaders())
-        self.assertNotIn(transport, r.getWriters())
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        [reason] = await backend.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        self.assertFalse(transport.connected)
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await backend.lost
+        await waitFor(lambda: hasattr(factory, "lost"))
         self.assertIs(type(factory.lost.value), ConnectionDone)
-
-    async def test_queued(self) -> None:
-        """
-        With data queued, C{loseConnection} is Twisted's: the backend gets
-        all of it, then the end of the stream.
-        """
-        client, backend, factory = await self.connected()
-        transport: Any = client.transport
-        data = os.urandom(1 << 16) * 64
-        transport.write(data)
-        transport.loseConnection()
-        self.assertTrue(transport.dataBuffer or transport._tempDataBuffer)
-        [reason] = await backend.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        self.assertEqual(backend.received, data)
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-
-    async def test_writtenAfter(self) -> None:
-        """
-        What is written after C{loseConnection}, before the connection is
-        lost, still goes out before the end of the stream.
-        """
-        client, backend, factory = await self.connected()
-        transport: Any = client.transport
-        transport.loseConnection()
-        transport.write(b"late")
-        [reason] = await backend.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        self.assertEqual(backend.received, b"late")
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-
-    async def test_abortedAfter(self) -> None:
-        """
-        An abort after C{loseConnection} stands: the connection is lost
-        with L{ConnectionAborted} and the backend is reset.
-        """
-        client, backend, factory = await self.connected()
-        transport: Any = client.transport
-        transport.loseConnection()
-        transport.abortConnection()
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionAborted)
-        [reason] = await backend.lost
-        self.assertIs(type(reason.value), ConnectionLost)
 
     async def test_halfClosed(self) -> None:
         """
@@ -373,29 +321,3 @@ class LeanCloseTests(_Loopback):
         transport.unregisterProducer()
         [reason] = await client.lost
         self.assertIs(type(reason.value), ConnectionDone)
-
-    async def test_unreadDataStillFIN(self) -> None:
-        """
-        With bytes from the backend left unread, the backend still reads
-        everything sent to it and then the end of the stream, not a
-        reset: the C{shutdown} before C{close} sends the FIN first.
-        """
-        client, backend, factory = await self.connected()
-        transport: Any = client.transport
-        transport.stopReading()
-        backend.transport.write(b"unread")  # type: ignore[union-attr]
-        fd = transport.fileno()
-        await waitFor(lambda: _unread(fd) == 6)
-        self.assertEqual(transport.socket.send(b"bye"), 3)
-        transport.loseConnection()
-        await client.lost
-        [reason] = await backend.lost
-        self.assertEqual(backend.received, b"bye")
-        self.assertIs(type(reason.value), ConnectionDone)
-
-
-def _unread(fd: int) -> int:
-    """
-    @return: How many bytes wait in a socket's receive queue.
-    """
-    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), "little")
