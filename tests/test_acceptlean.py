@@ -14,20 +14,19 @@ import errno
 import fcntl
 import os
 import socket
-import termios
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Port
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.relays import startRelay
 from tests.support.waiting import waitFor
 from wsrelay.listening import LeanTCP, ListeningSockets
@@ -231,102 +230,15 @@ class LeanIPv6Tests(_Loopback):
         self.assertEqual(transport.logPrefix(), "_Peer,0,::1")
 
 
-class LeanCloseTests(_Loopback):
+class LeanCloseTests(LeanClosing, _Loopback):
     """
-    L{LeanServer.loseConnection}.
+    L{LeanServer.loseConnection} (L{wsrelay.ws.accepting.LeanClose}'s),
+    its protocol closing the connection to a client.
     """
 
-    async def test_nothingQueued(self) -> None:
-        """
-        With nothing to send, C{loseConnection} stops reading and does not
-        wait to write; the connection is lost later, never from inside
-        the call, with Twisted's reason, and the client reads the end of
-        the stream (a FIN, not a reset).
-        """
+    async def ends(self) -> tuple[_Peer, _Peer]:
         client, server = await self.connect()
-        transport: Any = server.transport
-        r: Any = reactor
-        transport.loseConnection()
-        self.assertFalse(server.lost.called)
-        self.assertNotIn(transport, r.getReaders())
-        self.assertNotIn(transport, r.getWriters())
-        [reason] = await server.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        self.assertFalse(transport.connected)
-
-    async def test_queued(self) -> None:
-        """
-        With data queued, C{loseConnection} is Twisted's: the client gets
-        all of it, then the end of the stream.
-        """
-        client, server = await self.connect()
-        transport: Any = server.transport
-        data = os.urandom(1 << 16) * 64
-        transport.write(data)
-        transport.loseConnection()
-        self.assertTrue(transport.dataBuffer or transport._tempDataBuffer)
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        self.assertEqual(client.received, data)
-
-    async def test_writtenAfter(self) -> None:
-        """
-        What is written after C{loseConnection}, before the connection is
-        lost, still goes out before the end of the stream, as with
-        Twisted's transport.
-        """
-        client, server = await self.connect()
-        transport: Any = server.transport
-        transport.loseConnection()
-        transport.write(b"late")
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-        self.assertEqual(client.received, b"late")
-        [reason] = await server.lost
-        self.assertIs(type(reason.value), ConnectionDone)
-
-    async def test_abortedAfter(self) -> None:
-        """
-        An abort after C{loseConnection} stands: the connection is lost
-        with L{ConnectionAborted} and the client is reset.
-        """
-        client, server = await self.connect()
-        transport: Any = server.transport
-        transport.loseConnection()
-        transport.abortConnection()
-        [reason] = await server.lost
-        self.assertIs(type(reason.value), ConnectionAborted)
-        [reason] = await client.lost
-        self.assertIs(type(reason.value), ConnectionLost)
-
-    async def test_unreadDataStillFIN(self) -> None:
-        """
-        With bytes from the client left unread, the client still reads
-        everything sent to it and then the end of the stream, not a reset:
-        the C{shutdown} before C{close} is what sends the FIN first.
-        """
-        client, server = await self.connect()
-        transport: Any = server.transport
-        transport.stopReading()
-        client.transport.write(b"unread")  # type: ignore[union-attr]
-        fd = transport.fileno()
-        await waitFor(lambda: _unread(fd) == 6)
-        # As wsrelay.ws.writes does: sent at once, nothing queued.
-        self.assertEqual(transport.socket.send(b"bye"), 3)
-        transport.loseConnection()
-        await server.lost
-        [reason] = await client.lost
-        self.assertEqual(client.received, b"bye")
-        self.assertIs(type(reason.value), ConnectionDone)
-
-
-def _unread(fd: int) -> int:
-    """
-    @return: How many bytes wait in a socket's receive queue.
-    """
-    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), "little")
+        return server, client
 
 
 class ListenersTests(TestCase):

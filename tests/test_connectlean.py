@@ -2,8 +2,9 @@
 Tests for the lean TCP client transport of L{wsrelay.ws.connecting}
 (C{_IPClient}): a socket created non-blocking, a connect that asks for the
 socket's error only once it could complete and ends waiting to read only,
-failures reported as Twisted's transport reports them, and a plain leg's
-request sent at once, on loopback sockets.
+failures reported as Twisted's transport reports them, a plain leg's
+request sent at once, and a close with nothing to send without the write
+turn (L{wsrelay.ws.accepting.LeanClose}), on loopback sockets.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.support.backends import listenRecording, plainEndpoint
+from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.waiting import waitFor
 from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.plainleg import PlainUpstream
@@ -66,6 +71,9 @@ class _Factory(ClientFactory):
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self.failed.callback([reason])
+
+    def clientConnectionLost(self, connector: object, reason: Failure) -> None:
+        self.lost: Failure = reason
 
 
 class _Loopback(TestCase):
@@ -201,3 +209,115 @@ class LeanConnectTests(_Loopback):
         )
         self.assertEqual(seen, [(False, 0)])
         self.assertTrue(self.accepted[0].received.startswith(b"GET /chat HTTP/1.1\r\n"))
+
+
+class _Ending(_Backend):
+    """
+    A backend that also hears why its connection was lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: Deferred[list[Failure]] = Deferred()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.callback([reason])
+
+
+class _Closing(Protocol):
+    """
+    A client protocol that hears when it connected and why its connection
+    was lost.
+    """
+
+    def __init__(self) -> None:
+        self.made: Deferred[None] = Deferred()
+        self.lost: Deferred[list[Failure]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made.callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.callback([reason])
+
+
+class _Pull:
+    """
+    A pull producer with nothing to give.
+    """
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class LeanCloseTests(LeanClosing, _Loopback):
+    """
+    The upstream transport's C{loseConnection}
+    (L{wsrelay.ws.accepting.LeanClose}'s), its
+    protocol closing the connection to a backend.
+    """
+
+    backend = _Ending
+
+    async def connected(self) -> tuple[_Closing, _Ending, _Factory]:
+        """
+        @return: A client connected directly to the backend, the backend's
+            protocol, and the client's factory.
+        """
+        client = _Closing()
+        factory = self.connect(client)
+        await client.made
+        await waitFor(lambda: self.accepted)
+        return client, self.accepted[0], factory  # type: ignore[return-value]
+
+    async def ends(self) -> tuple[_Closing, _Ending]:
+        client, backend, factory = await self.connected()
+        return client, backend
+
+    async def test_factoryHears(self) -> None:
+        """
+        The connection closed with nothing to send is lost for the
+        connector too: the factory hears it, with Twisted's reason.
+        """
+        client, backend, factory = await self.connected()
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await backend.lost
+        await waitFor(lambda: hasattr(factory, "lost"))
+        self.assertIs(type(factory.lost.value), ConnectionDone)
+
+    async def test_halfClosed(self) -> None:
+        """
+        After C{loseWriteConnection}, C{loseConnection} is Twisted's: the
+        transport still waits to write (to send its FIN), and the
+        connection is lost in order at both ends.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        r: Any = reactor
+        transport.loseWriteConnection()
+        transport.loseConnection()
+        self.assertIn(transport, r.getWriters())
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        [reason] = await backend.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_pullProducer(self) -> None:
+        """
+        With a pull producer registered, C{loseConnection} is Twisted's:
+        the transport waits to write (Twisted asks the producer for more
+        there) before it closes.
+        """
+        client, backend, factory = await self.connected()
+        transport: Any = client.transport
+        r: Any = reactor
+        producer = _Pull()
+        transport.registerProducer(producer, False)
+        transport.loseConnection()
+        self.assertIn(transport, r.getWriters())
+        transport.unregisterProducer()
+        [reason] = await client.lost
+        self.assertIs(type(reason.value), ConnectionDone)

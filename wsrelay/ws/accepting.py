@@ -34,6 +34,8 @@ left unread, C{close} alone resets the connection, where C{shutdown}
 first sends the FIN after what was written, and the peer reads all of it
 and the end of the stream before the reset
 (C{tests.test_acceptlean.LeanCloseTests.test_unreadDataStillFIN}).
+That close is L{LeanClose}'s, which the upstream leg's transport
+(C{_IPClient}) shares.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ if TYPE_CHECKING:
         IProtocolFactory,
     )
 
-__all__ = ["LeanPort", "LeanServer", "adoptStreamPort", "listenTCP"]
+__all__ = ["LeanClose", "LeanPort", "LeanServer", "adoptStreamPort", "listenTCP"]
 
-#: Why a connection closed by L{LeanServer.loseConnection} is lost: one
+#: Why a connection closed by L{LeanClose.loseConnection} is lost: one
 #: failure for all, as Twisted's reactor shares its own.
 _DONE = Failure(ConnectionDone())
 
@@ -67,7 +69,59 @@ _DONE = Failure(ConnectionDone())
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
 
-class LeanServer(tcp.Server):
+class LeanClose(tcp.Connection):
+    """
+    A TCP transport that closes a connection with nothing to send without
+    Twisted's write turn (see the module's docstring): both legs' lean
+    transports, L{LeanServer} and L{wsrelay.ws.connecting}'s C{_IPClient},
+    put it before Twisted's C{Server} or C{Client}.
+    """
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once what was written to it went out, as
+        Twisted's transport does; with nothing left to send (and no
+        producer that Twisted would wait for), without waiting to write:
+        stop reading, and lose the connection from the reactor's next
+        round of timed calls (L{_closeNow}).
+        """
+        if (
+            self.dataBuffer
+            or self._tempDataBuffer
+            or not self.connected
+            or self.disconnecting
+            or self.TLS
+            or self._writeDisconnected
+            or self._writeDisconnecting
+            or (
+                self.producer is not None
+                and (not self.streamingProducer or self.producerPaused)
+            )
+        ):
+            super().loseConnection()
+            return
+        self.disconnecting = 1
+        self.stopReading()
+        self.stopWriting()
+        reactor: Any = self.reactor
+        reactor.callLater(0, self._closeNow)
+
+    def _closeNow(self) -> None:
+        """
+        Lose the connection that L{loseConnection} closes: with the reason
+        Twisted's transport gives, after a C{shutdown}, unless it was
+        aborted meanwhile (the abort's reason stands) or written to (then
+        Twisted's way: the write registered it for writing, and it closes
+        once that is sent).
+        """
+        if self._aborting or self.disconnected or not hasattr(self, "socket"):
+            return
+        if self.dataBuffer or self._tempDataBuffer:
+            return
+        self.connectionLost(_DONE)
+
+
+class LeanServer(LeanClose, tcp.Server):
     """
     Twisted's accepted TCP transport, with less work per connection (see
     the module's docstring).  Its socket comes from L{LeanPort},
@@ -148,49 +202,6 @@ class LeanServer(tcp.Server):
             name = protocol.__class__.__name__
         port = getattr(self.server, "_realPortNumber", None)
         return f"<{name} #{self.sessionno} on {port}>"
-
-    def loseConnection(self) -> None:
-        """
-        Close the connection once what was written to it went out, as
-        Twisted's transport does; with nothing left to send (and no
-        producer that Twisted would wait for), without waiting to write:
-        stop reading, and lose the connection from the reactor's next
-        round of timed calls (L{_closeNow}).
-        """
-        if (
-            self.dataBuffer
-            or self._tempDataBuffer
-            or not self.connected
-            or self.disconnecting
-            or self.TLS
-            or self._writeDisconnected
-            or self._writeDisconnecting
-            or (
-                self.producer is not None
-                and (not self.streamingProducer or self.producerPaused)
-            )
-        ):
-            super().loseConnection()
-            return
-        self.disconnecting = 1
-        self.stopReading()
-        self.stopWriting()
-        reactor: Any = self.reactor
-        reactor.callLater(0, self._closeNow)
-
-    def _closeNow(self) -> None:
-        """
-        Lose the connection that L{loseConnection} closes: with the reason
-        Twisted's transport gives, after a C{shutdown}, unless it was
-        aborted meanwhile (the abort's reason stands) or written to (then
-        Twisted's way: the write registered it for writing, and it closes
-        once that is sent).
-        """
-        if self._aborting or self.disconnected or not hasattr(self, "socket"):
-            return
-        if self.dataBuffer or self._tempDataBuffer:
-            return
-        self.connectionLost(_DONE)
 
     def connectionLost(self, reason: Failure) -> None:
         """
