@@ -8,7 +8,7 @@ connections show (passive health).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -172,12 +172,36 @@ class Connector:
                     route, info, request, offered, avoid, deadline, tried, attempts
                 )
             )
-        return _thenCoroutine(
-            self._attempt(route, backend, request, offered, deadline, attempts),
-            backend,
-            lambda: self._tryAll(
+
+        def rest() -> Coroutine[Any, Any, tuple[Backend, UpstreamProtocol]]:
+            return self._tryAll(
                 route, info, request, offered, avoid, deadline, tried, attempts
-            ),
+            )
+
+        connecting = self._connect(route, backend, request, offered, deadline, attempts)
+        if connecting is None:
+            return Deferred.fromCoroutine(rest())
+
+        def settled(
+            result: UpstreamProtocol | Failure,
+        ) -> (
+            tuple[Backend, UpstreamProtocol]
+            | Failure
+            | Deferred[tuple[Backend, UpstreamProtocol]]
+        ):
+            # (No other Deferred in between: cancelling the one returned
+            # cancels the attempt, or the rest once it waits for it, as
+            # Twisted passes a cancel on to the Deferred a callback
+            # returned.)
+            up = self._settled(result, route, backend, attempts)
+            if up is None:
+                return Deferred.fromCoroutine(rest())
+            if isinstance(up, Failure):
+                return up
+            return backend, up
+
+        return cast(
+            "Deferred[tuple[Backend, UpstreamProtocol]]", connecting.addBoth(settled)
         )
 
     async def _tryAll(
@@ -274,14 +298,34 @@ class Connector:
             L{UpstreamRefused} when the backend refused the handshake.
             Cancelling it cancels the attempt.
         """
+        connecting = self._connect(route, backend, request, offered, deadline, attempts)
+        if connecting is None:
+            return succeed(None)
+        return connecting.addBoth(self._settled, route, backend, attempts)
+
+    def _connect(
+        self,
+        route: Route,
+        backend: Backend,
+        request: RequestFor,
+        offered: tuple[str, ...],
+        deadline: float,
+        attempts: _Attempts,
+    ) -> Deferred[UpstreamProtocol] | None:
+        """
+        Start L{_attempt}'s connect, its result for L{_settled}.
+
+        @return: The connect's L{Deferred}, or L{None} when C{deadline}
+            passed (C{attempts} says so).
+        """
         remaining = deadline - self.clock.seconds()
         if remaining <= 0:
             attempts.timedOut = attempts.stop = True
-            return succeed(None)
+            return None
         resource, headers = request(backend)
         backend.connecting += 1
         try:
-            connecting = connectUpstream(
+            return connectUpstream(
                 self.clock,
                 backend.endpoint,
                 backend.factory,
@@ -296,40 +340,49 @@ class Connector:
             route.queue.slotFreed()
             raise
 
-        def settled(
-            result: UpstreamProtocol | Failure,
-        ) -> UpstreamProtocol | Failure | None:
-            backend.connecting -= 1
-            if not isinstance(result, Failure):
-                route.monitor.succeeded(backend)
-                return result
-            route.queue.slotFreed()
-            e = result.value
-            if isinstance(e, UpstreamRefused):
-                self.backendAnswered(route, backend, e.status)
-                return result
-            if isinstance(e, UpstreamLocalError):
-                # The relay's problem: not the backend's failure, and not
-                # logged per connection; the next backend would fail the
-                # same way.
-                self.shortage.exhausted()
+    def _settled(
+        self,
+        result: UpstreamProtocol | Failure,
+        route: Route,
+        backend: Backend,
+        attempts: _Attempts,
+    ) -> UpstreamProtocol | Failure | None:
+        """
+        L{_attempt}'s connect to C{backend} is settled with C{result}.
+
+        @return: The open upstream; L{None} when the attempt failed
+            (C{attempts} says how); or the failure to pass on (the
+            backend's refusal, or what the connector does not expect).
+        """
+        backend.connecting -= 1
+        if not isinstance(result, Failure):
+            route.monitor.succeeded(backend)
+            return result
+        route.queue.slotFreed()
+        e = result.value
+        if isinstance(e, UpstreamRefused):
+            self.backendAnswered(route, backend, e.status)
+            return result
+        if isinstance(e, UpstreamLocalError):
+            # The relay's problem: not the backend's failure, and not
+            # logged per connection; the next backend would fail the
+            # same way.
+            self.shortage.exhausted()
+            attempts.local = attempts.stop = True
+            attempts.reason = str(e)
+        elif isinstance(e, UpstreamShortageError):
+            if self.shortage.short():
                 attempts.local = attempts.stop = True
                 attempts.reason = str(e)
-            elif isinstance(e, UpstreamShortageError):
-                if self.shortage.short():
-                    attempts.local = attempts.stop = True
-                    attempts.reason = str(e)
-                else:
-                    attempts.timedOut = False
-                    self.backendFailed(route, backend, str(e))
-            elif isinstance(e, UpstreamError):
-                attempts.timedOut = isinstance(e, UpstreamTimeout)
-                self.backendFailed(route, backend, str(e))
             else:
-                return result
-            return None
-
-        return connecting.addBoth(settled)
+                attempts.timedOut = False
+                self.backendFailed(route, backend, str(e))
+        elif isinstance(e, UpstreamError):
+            attempts.timedOut = isinstance(e, UpstreamTimeout)
+            self.backendFailed(route, backend, str(e))
+        else:
+            return result
+        return None
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
         """
@@ -350,29 +403,3 @@ class Connector:
         """
         if status >= 500:
             self.backendFailed(route, backend, f"answered {status}")
-
-
-def _thenCoroutine(
-    first: Deferred[UpstreamProtocol | None],
-    backend: Backend,
-    rest: Callable[[], Coroutine[Any, Any, tuple[Backend, UpstreamProtocol]]],
-) -> Deferred[tuple[Backend, UpstreamProtocol]]:
-    """
-    @param first: The attempt on C{backend}.
-    @param rest: Makes the coroutine that goes on when C{first} gave no
-        upstream.
-    @return: C{first}, firing with C{backend} and the upstream it gives,
-        or else with C{rest}'s result (no other L{Deferred} in between:
-        cancelling C{first} cancels the attempt, or C{rest} once C{first}
-        waits for it, as Twisted passes a cancel on to the L{Deferred} a
-        callback returned).
-    """
-
-    def settled(
-        up: UpstreamProtocol | None,
-    ) -> tuple[Backend, UpstreamProtocol] | Deferred[tuple[Backend, UpstreamProtocol]]:
-        if up is not None:
-            return backend, up
-        return Deferred.fromCoroutine(rest())
-
-    return first.addCallback(settled)

@@ -129,16 +129,36 @@ class ProxySession:
             leaves first.
         """
         result: Deferred[tuple[str | None, dict[str, list[str]]]] = Deferred()
-
-        def opened(pair: tuple[Backend, UpstreamProtocol]) -> None:
-            result.callback(clientAnswer(self.attach(*pair)))
-
-        def failed(f: Failure) -> None:
-            if not f.check(CancelledError):
-                result.errback(self.opener.refusal(f))
-
-        self.opener.open(None).addCallbacks(opened, failed)
+        # (A Deferred of its own: when the opening is cancelled, it never
+        # fires, and nothing refers to it.)
+        self.opener.start(None).addCallbacks(
+            self._opened,
+            self._openFailed,
+            callbackArgs=(result,),
+            errbackArgs=(result,),
+        )
         return result
+
+    def _opened(
+        self,
+        pair: tuple[Backend, UpstreamProtocol],
+        result: Deferred[tuple[str | None, dict[str, list[str]]]],
+    ) -> None:
+        """
+        The upstream is open: C{result} fires with the client's answer.
+        """
+        self.opener.settled()
+        result.callback(clientAnswer(self.attach(*pair)))
+
+    def _openFailed(self, f: Failure, result: Deferred[Any]) -> None:
+        """
+        No upstream: C{result} fails with the client's refusal, or never
+        fires when the opening was cancelled (the client left, or the
+        relay stops).
+        """
+        self.opener.settled()
+        if not f.check(CancelledError):
+            result.errback(self.opener.refusal(f))
 
     def attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
         """
