@@ -98,17 +98,34 @@ class Connector:
         C{avoid} only when no other is left.
         """
         while True:
-            candidates = [b for b in route.candidates() if b not in tried]
-            if avoid is not None and len(candidates) > 1 and avoid in candidates:
-                candidates.remove(avoid)
-            if not candidates:
-                return
-            # One of the candidates, as IBalancer.pick promises.
-            backend = cast("Backend | None", route.balancer.pick(candidates, info))
+            backend = self._pick(route, info, tried, avoid)
             if backend is None:
                 return
-            tried.append(backend)
             yield backend
+
+    @staticmethod
+    def _pick(
+        route: Route,
+        info: ConnectionInfo,
+        tried: list[Backend],
+        avoid: Backend | None,
+    ) -> Backend | None:
+        """
+        L{_candidates}' next backend, added to C{tried}; L{None} when there
+        is none.
+        """
+        candidates = route.candidates()
+        if tried:
+            candidates = [b for b in candidates if b not in tried]
+        if avoid is not None and len(candidates) > 1 and avoid in candidates:
+            candidates.remove(avoid)
+        if not candidates:
+            return None
+        # One of the candidates, as IBalancer.pick promises.
+        backend = cast("Backend | None", route.balancer.pick(candidates, info))
+        if backend is not None:
+            tried.append(backend)
+        return backend
 
     async def openUpstream(
         self,
@@ -165,7 +182,7 @@ class Connector:
         """
         tried: list[Backend] = []
         attempts = _Attempts()
-        backend = next(self._candidates(route, info, tried, avoid), None)
+        backend = self._pick(route, info, tried, avoid)
         if backend is None:
             return Deferred.fromCoroutine(
                 self._tryAll(
