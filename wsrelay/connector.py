@@ -9,7 +9,6 @@ connections show (passive health).
 from __future__ import annotations
 
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -37,10 +36,11 @@ if TYPE_CHECKING:
     from wsrelay.routing import Backend, ConnectionInfo, Route
 
 
-@dataclass
 class _Attempts:
     """
-    How the attempts of one L{Connector.openUpstream} went.
+    How the attempts of one L{Connector.openUpstream} went (the class's
+    defaults until an attempt says otherwise: no C{__init__} to run for
+    the many handshakes whose first attempt succeeds).
 
     @ivar stop: Whether to try no other backend.
     @ivar timedOut: Whether the last failure was for want of time.
@@ -98,34 +98,10 @@ class Connector:
         C{avoid} only when no other is left.
         """
         while True:
-            backend = self._pick(route, info, tried, avoid)
+            backend = pickBackend(route, info, tried, avoid)
             if backend is None:
                 return
             yield backend
-
-    @staticmethod
-    def _pick(
-        route: Route,
-        info: ConnectionInfo,
-        tried: list[Backend],
-        avoid: Backend | None,
-    ) -> Backend | None:
-        """
-        L{_candidates}' next backend, added to C{tried}; L{None} when there
-        is none.
-        """
-        candidates = route.candidates()
-        if tried:
-            candidates = [b for b in candidates if b not in tried]
-        if avoid is not None and len(candidates) > 1 and avoid in candidates:
-            candidates.remove(avoid)
-        if not candidates:
-            return None
-        # One of the candidates, as IBalancer.pick promises.
-        backend = cast("Backend | None", route.balancer.pick(candidates, info))
-        if backend is not None:
-            tried.append(backend)
-        return backend
 
     async def openUpstream(
         self,
@@ -182,7 +158,7 @@ class Connector:
         """
         tried: list[Backend] = []
         attempts = _Attempts()
-        backend = self._pick(route, info, tried, avoid)
+        backend = pickBackend(route, info, tried, avoid)
         if backend is None:
             return Deferred.fromCoroutine(
                 self._tryAll(
@@ -210,7 +186,7 @@ class Connector:
             # cancels the attempt, or the rest once it waits for it, as
             # Twisted passes a cancel on to the Deferred a callback
             # returned.)
-            up = self._settled(result, route, backend, attempts)
+            up = _settled(result, self, route, backend, attempts)
             if up is None:
                 return Deferred.fromCoroutine(rest())
             if isinstance(up, Failure):
@@ -318,7 +294,7 @@ class Connector:
         connecting = self._connect(route, backend, request, offered, deadline, attempts)
         if connecting is None:
             return succeed(None)
-        return connecting.addBoth(self._settled, route, backend, attempts)
+        return connecting.addBoth(_settled, self, route, backend, attempts)
 
     def _connect(
         self,
@@ -357,50 +333,6 @@ class Connector:
             route.queue.slotFreed()
             raise
 
-    def _settled(
-        self,
-        result: UpstreamProtocol | Failure,
-        route: Route,
-        backend: Backend,
-        attempts: _Attempts,
-    ) -> UpstreamProtocol | Failure | None:
-        """
-        L{_attempt}'s connect to C{backend} is settled with C{result}.
-
-        @return: The open upstream; L{None} when the attempt failed
-            (C{attempts} says how); or the failure to pass on (the
-            backend's refusal, or what the connector does not expect).
-        """
-        backend.connecting -= 1
-        if not isinstance(result, Failure):
-            route.monitor.succeeded(backend)
-            return result
-        route.queue.slotFreed()
-        e = result.value
-        if isinstance(e, UpstreamRefused):
-            self.backendAnswered(route, backend, e.status)
-            return result
-        if isinstance(e, UpstreamLocalError):
-            # The relay's problem: not the backend's failure, and not
-            # logged per connection; the next backend would fail the
-            # same way.
-            self.shortage.exhausted()
-            attempts.local = attempts.stop = True
-            attempts.reason = str(e)
-        elif isinstance(e, UpstreamShortageError):
-            if self.shortage.short():
-                attempts.local = attempts.stop = True
-                attempts.reason = str(e)
-            else:
-                attempts.timedOut = False
-                self.backendFailed(route, backend, str(e))
-        elif isinstance(e, UpstreamError):
-            attempts.timedOut = isinstance(e, UpstreamTimeout)
-            self.backendFailed(route, backend, str(e))
-        else:
-            return result
-        return None
-
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
         """
         A connection to C{backend} failed (passive health).
@@ -420,3 +352,73 @@ class Connector:
         """
         if status >= 500:
             self.backendFailed(route, backend, f"answered {status}")
+
+
+def pickBackend(
+    route: Route,
+    info: ConnectionInfo,
+    tried: list[Backend],
+    avoid: Backend | None,
+) -> Backend | None:
+    """
+    The next backend a L{Connector} tries (L{Connector._candidates}),
+    added to C{tried}; L{None} when there is none.
+    """
+    candidates = route.candidates()
+    if tried:
+        candidates = [b for b in candidates if b not in tried]
+    if avoid is not None and len(candidates) > 1 and avoid in candidates:
+        candidates.remove(avoid)
+    if not candidates:
+        return None
+    # One of the candidates, as IBalancer.pick promises.
+    backend = cast("Backend | None", route.balancer.pick(candidates, info))
+    if backend is not None:
+        tried.append(backend)
+    return backend
+
+
+def _settled(
+    result: UpstreamProtocol | Failure,
+    connector: Connector,
+    route: Route,
+    backend: Backend,
+    attempts: _Attempts,
+) -> UpstreamProtocol | Failure | None:
+    """
+    An attempt of C{connector}'s (L{Connector._attempt}) to C{backend}
+    is settled with C{result}.
+
+    @return: The open upstream; L{None} when the attempt failed
+        (C{attempts} says how); or the failure to pass on (the
+        backend's refusal, or what the connector does not expect).
+    """
+    backend.connecting -= 1
+    if not isinstance(result, Failure):
+        route.monitor.succeeded(backend)
+        return result
+    route.queue.slotFreed()
+    e = result.value
+    if isinstance(e, UpstreamRefused):
+        connector.backendAnswered(route, backend, e.status)
+        return result
+    if isinstance(e, UpstreamLocalError):
+        # The relay's problem: not the backend's failure, and not
+        # logged per connection; the next backend would fail the
+        # same way.
+        connector.shortage.exhausted()
+        attempts.local = attempts.stop = True
+        attempts.reason = str(e)
+    elif isinstance(e, UpstreamShortageError):
+        if connector.shortage.short():
+            attempts.local = attempts.stop = True
+            attempts.reason = str(e)
+        else:
+            attempts.timedOut = False
+            connector.backendFailed(route, backend, str(e))
+    elif isinstance(e, UpstreamError):
+        attempts.timedOut = isinstance(e, UpstreamTimeout)
+        connector.backendFailed(route, backend, str(e))
+    else:
+        return result
+    return None
