@@ -8,8 +8,7 @@ connections show (passive health).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -37,10 +36,11 @@ if TYPE_CHECKING:
     from wsrelay.routing import Backend, ConnectionInfo, Route
 
 
-@dataclass
 class _Attempts:
     """
-    How the attempts of one L{Connector.openUpstream} went.
+    How the attempts of one L{Connector.openUpstream} went (the class's
+    defaults until an attempt says otherwise: no C{__init__} to run for
+    the many handshakes whose first attempt succeeds).
 
     @ivar stop: Whether to try no other backend.
     @ivar timedOut: Whether the last failure was for want of time.
@@ -98,16 +98,9 @@ class Connector:
         C{avoid} only when no other is left.
         """
         while True:
-            candidates = [b for b in route.candidates() if b not in tried]
-            if avoid is not None and len(candidates) > 1 and avoid in candidates:
-                candidates.remove(avoid)
-            if not candidates:
-                return
-            # One of the candidates, as IBalancer.pick promises.
-            backend = cast("Backend | None", route.balancer.pick(candidates, info))
+            backend = pickBackend(route, info, tried, avoid)
             if backend is None:
                 return
-            tried.append(backend)
             yield backend
 
     async def openUpstream(
@@ -165,19 +158,43 @@ class Connector:
         """
         tried: list[Backend] = []
         attempts = _Attempts()
-        backend = next(self._candidates(route, info, tried, avoid), None)
+        backend = pickBackend(route, info, tried, avoid)
         if backend is None:
             return Deferred.fromCoroutine(
                 self._tryAll(
                     route, info, request, offered, avoid, deadline, tried, attempts
                 )
             )
-        return _thenCoroutine(
-            self._attempt(route, backend, request, offered, deadline, attempts),
-            backend,
-            lambda: self._tryAll(
+
+        def rest() -> Coroutine[Any, Any, tuple[Backend, UpstreamProtocol]]:
+            return self._tryAll(
                 route, info, request, offered, avoid, deadline, tried, attempts
-            ),
+            )
+
+        connecting = self._connect(route, backend, request, offered, deadline, attempts)
+        if connecting is None:
+            return Deferred.fromCoroutine(rest())
+
+        def settled(
+            result: UpstreamProtocol | Failure,
+        ) -> (
+            tuple[Backend, UpstreamProtocol]
+            | Failure
+            | Deferred[tuple[Backend, UpstreamProtocol]]
+        ):
+            # (No other Deferred in between: cancelling the one returned
+            # cancels the attempt, or the rest once it waits for it, as
+            # Twisted passes a cancel on to the Deferred a callback
+            # returned.)
+            up = _settled(result, self, route, backend, attempts)
+            if up is None:
+                return Deferred.fromCoroutine(rest())
+            if isinstance(up, Failure):
+                return up
+            return backend, up
+
+        return cast(
+            "Deferred[tuple[Backend, UpstreamProtocol]]", connecting.addBoth(settled)
         )
 
     async def _tryAll(
@@ -274,14 +291,34 @@ class Connector:
             L{UpstreamRefused} when the backend refused the handshake.
             Cancelling it cancels the attempt.
         """
+        connecting = self._connect(route, backend, request, offered, deadline, attempts)
+        if connecting is None:
+            return succeed(None)
+        return connecting.addBoth(_settled, self, route, backend, attempts)
+
+    def _connect(
+        self,
+        route: Route,
+        backend: Backend,
+        request: RequestFor,
+        offered: tuple[str, ...],
+        deadline: float,
+        attempts: _Attempts,
+    ) -> Deferred[UpstreamProtocol] | None:
+        """
+        Start L{_attempt}'s connect, its result for L{_settled}.
+
+        @return: The connect's L{Deferred}, or L{None} when C{deadline}
+            passed (C{attempts} says so).
+        """
         remaining = deadline - self.clock.seconds()
         if remaining <= 0:
             attempts.timedOut = attempts.stop = True
-            return succeed(None)
+            return None
         resource, headers = request(backend)
         backend.connecting += 1
         try:
-            connecting = connectUpstream(
+            return connectUpstream(
                 self.clock,
                 backend.endpoint,
                 backend.factory,
@@ -295,41 +332,6 @@ class Connector:
             backend.connecting -= 1
             route.queue.slotFreed()
             raise
-
-        def settled(
-            result: UpstreamProtocol | Failure,
-        ) -> UpstreamProtocol | Failure | None:
-            backend.connecting -= 1
-            if not isinstance(result, Failure):
-                route.monitor.succeeded(backend)
-                return result
-            route.queue.slotFreed()
-            e = result.value
-            if isinstance(e, UpstreamRefused):
-                self.backendAnswered(route, backend, e.status)
-                return result
-            if isinstance(e, UpstreamLocalError):
-                # The relay's problem: not the backend's failure, and not
-                # logged per connection; the next backend would fail the
-                # same way.
-                self.shortage.exhausted()
-                attempts.local = attempts.stop = True
-                attempts.reason = str(e)
-            elif isinstance(e, UpstreamShortageError):
-                if self.shortage.short():
-                    attempts.local = attempts.stop = True
-                    attempts.reason = str(e)
-                else:
-                    attempts.timedOut = False
-                    self.backendFailed(route, backend, str(e))
-            elif isinstance(e, UpstreamError):
-                attempts.timedOut = isinstance(e, UpstreamTimeout)
-                self.backendFailed(route, backend, str(e))
-            else:
-                return result
-            return None
-
-        return connecting.addBoth(settled)
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:
         """
@@ -352,27 +354,71 @@ class Connector:
             self.backendFailed(route, backend, f"answered {status}")
 
 
-def _thenCoroutine(
-    first: Deferred[UpstreamProtocol | None],
+def pickBackend(
+    route: Route,
+    info: ConnectionInfo,
+    tried: list[Backend],
+    avoid: Backend | None,
+) -> Backend | None:
+    """
+    The next backend a L{Connector} tries (L{Connector._candidates}),
+    added to C{tried}; L{None} when there is none.
+    """
+    candidates = route.candidates()
+    if tried:
+        candidates = [b for b in candidates if b not in tried]
+    if avoid is not None and len(candidates) > 1 and avoid in candidates:
+        candidates.remove(avoid)
+    if not candidates:
+        return None
+    # One of the candidates, as IBalancer.pick promises.
+    backend = cast("Backend | None", route.balancer.pick(candidates, info))
+    if backend is not None:
+        tried.append(backend)
+    return backend
+
+
+def _settled(
+    result: UpstreamProtocol | Failure,
+    connector: Connector,
+    route: Route,
     backend: Backend,
-    rest: Callable[[], Coroutine[Any, Any, tuple[Backend, UpstreamProtocol]]],
-) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+    attempts: _Attempts,
+) -> UpstreamProtocol | Failure | None:
     """
-    @param first: The attempt on C{backend}.
-    @param rest: Makes the coroutine that goes on when C{first} gave no
-        upstream.
-    @return: C{first}, firing with C{backend} and the upstream it gives,
-        or else with C{rest}'s result (no other L{Deferred} in between:
-        cancelling C{first} cancels the attempt, or C{rest} once C{first}
-        waits for it, as Twisted passes a cancel on to the L{Deferred} a
-        callback returned).
+    An attempt of C{connector}'s (L{Connector._attempt}) to C{backend}
+    is settled with C{result}.
+
+    @return: The open upstream; L{None} when the attempt failed
+        (C{attempts} says how); or the failure to pass on (the
+        backend's refusal, or what the connector does not expect).
     """
-
-    def settled(
-        up: UpstreamProtocol | None,
-    ) -> tuple[Backend, UpstreamProtocol] | Deferred[tuple[Backend, UpstreamProtocol]]:
-        if up is not None:
-            return backend, up
-        return Deferred.fromCoroutine(rest())
-
-    return first.addCallback(settled)
+    backend.connecting -= 1
+    if not isinstance(result, Failure):
+        route.monitor.succeeded(backend)
+        return result
+    route.queue.slotFreed()
+    e = result.value
+    if isinstance(e, UpstreamRefused):
+        connector.backendAnswered(route, backend, e.status)
+        return result
+    if isinstance(e, UpstreamLocalError):
+        # The relay's problem: not the backend's failure, and not
+        # logged per connection; the next backend would fail the
+        # same way.
+        connector.shortage.exhausted()
+        attempts.local = attempts.stop = True
+        attempts.reason = str(e)
+    elif isinstance(e, UpstreamShortageError):
+        if connector.shortage.short():
+            attempts.local = attempts.stop = True
+            attempts.reason = str(e)
+        else:
+            attempts.timedOut = False
+            connector.backendFailed(route, backend, str(e))
+    elif isinstance(e, UpstreamError):
+        attempts.timedOut = isinstance(e, UpstreamTimeout)
+        connector.backendFailed(route, backend, str(e))
+    else:
+        return result
+    return None

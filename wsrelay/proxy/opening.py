@@ -60,6 +60,66 @@ def connectionInfo(
     )
 
 
+class LazyConnectionInfo(ConnectionInfo):
+    """
+    A L{ConnectionInfo} whose fields are read from the client's leg only
+    when something reads one: most balancers (round robin, least
+    connections, random) never do, and reading them (the client's address,
+    the cookies parsed, a frozen dataclass made) is a few microseconds of
+    every proxied handshake.  For whoever reads it, it is the
+    L{ConnectionInfo} L{connectionInfo} makes: its fields, equality, hash
+    and C{repr} are that one's.
+    """
+
+    @classmethod
+    def of(
+        cls, frontend: FrontendProtocol, addresses: ClientAddresses
+    ) -> LazyConnectionInfo:
+        """
+        @return: What a balancer may know of C{frontend}'s connection
+            (L{connectionInfo}), read when first needed.
+        """
+        info = cls.__new__(cls)
+        object.__setattr__(info, "_source", (frontend, addresses))
+        return info
+
+    def built(self) -> ConnectionInfo:
+        """
+        @return: The plain L{ConnectionInfo}, made on the first call; the
+            fields are this object's attributes from then on.
+        """
+        fields = self.__dict__
+        plain: ConnectionInfo | None = fields.get("_plain")
+        if plain is None:
+            source = fields.pop("_source", None)
+            if source is None:
+                # Made with its fields (dataclasses.replace does).
+                plain = ConnectionInfo(**fields)
+            else:
+                plain = connectionInfo(*source)
+                fields.update(vars(plain))
+            fields["_plain"] = plain
+        return plain
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for what the instance does not have yet: the fields, read
+        # all at once on the first.
+        if name.startswith("_") or "_source" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.built(), name)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyConnectionInfo):
+            other = other.built()
+        return self.built() == other
+
+    def __hash__(self) -> int:
+        return hash(self.built())
+
+    def __repr__(self) -> str:
+        return repr(self.built())
+
+
 def upstreamRequest(
     frontend: FrontendProtocol,
     addresses: ClientAddresses,
@@ -169,20 +229,35 @@ class UpstreamOpener:
         @return: A L{Deferred} that fires with the backend and the open
             upstream, or fails (L{refusal} says what to tell the client).
         """
+        return self.start(avoid).addBoth(self._settled)
+
+    def start(
+        self, avoid: Backend | None
+    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        """
+        L{open}, for a caller whose first callbacks on the L{Deferred} call
+        L{settled} (one callback fewer on the handshake's path).
+        """
         opening = self._opening = self._upstreams.open(
             self._route,
-            connectionInfo(self._frontend, self._addresses),
+            LazyConnectionInfo.of(self._frontend, self._addresses),
             self.request,
             tuple(self._frontend.websocket_protocols),
             avoid,
             self._clock.seconds() + self._handshakeTimeout,
         )
+        return opening
 
-        def opened(result: Any) -> Any:
-            self._opening = None
-            return result
+    def settled(self) -> None:
+        """
+        The upstream L{start} is opening is open, or failed: there is
+        nothing left to cancel.
+        """
+        self._opening = None
 
-        return opening.addBoth(opened)
+    def _settled(self, result: Any) -> Any:
+        self._opening = None
+        return result
 
     def cancel(self) -> None:
         """

@@ -129,15 +129,14 @@ class ProxySession:
             leaves first.
         """
         result: Deferred[tuple[str | None, dict[str, list[str]]]] = Deferred()
-
-        def opened(pair: tuple[Backend, UpstreamProtocol]) -> None:
-            result.callback(clientAnswer(self.attach(*pair)))
-
-        def failed(f: Failure) -> None:
-            if not f.check(CancelledError):
-                result.errback(self.opener.refusal(f))
-
-        self.opener.open(None).addCallbacks(opened, failed)
+        # (A Deferred of its own: when the opening is cancelled, it never
+        # fires, and nothing refers to it.)
+        self.opener.start(None).addCallbacks(
+            _opened,
+            _openFailed,
+            callbackArgs=(self, result),
+            errbackArgs=(self, result),
+        )
         return result
 
     def attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
@@ -339,3 +338,27 @@ class ProxySession:
         self.registry.sessionEnded(self)
         logAccess(self.log, self, self._clock.seconds())
         self.done.callback(None)
+
+
+def _opened(
+    pair: tuple[Backend, UpstreamProtocol],
+    session: ProxySession,
+    result: Deferred[tuple[str | None, dict[str, list[str]]]],
+) -> None:
+    """
+    The upstream of C{session} is open: C{result} fires with the client's
+    answer (L{ProxySession.open}).
+    """
+    session.opener.settled()
+    result.callback(clientAnswer(session.attach(*pair)))
+
+
+def _openFailed(f: Failure, session: ProxySession, result: Deferred[Any]) -> None:
+    """
+    No upstream for C{session}: C{result} fails with the client's refusal,
+    or never fires when the opening was cancelled (the client left, or the
+    relay stops).
+    """
+    session.opener.settled()
+    if not f.check(CancelledError):
+        result.errback(session.opener.refusal(f))
