@@ -8,7 +8,6 @@ sockets, a paused client, a client being closed and a partial send.
 
 from __future__ import annotations
 
-import os
 import socket
 
 from twisted.trial.unittest import TestCase
@@ -20,6 +19,7 @@ from tests.support.fanout import (
     channelUp,
     feed,
     rawClient,
+    reuseDescriptor,
     sessionOf,
     unread,
 )
@@ -180,16 +180,7 @@ class DirectSendTests(TestCase):
         """
         source, channel, client, session = await self.joined()
         fd = session.descriptor
-        assert fd is not None
-        ours, peer = socket.socketpair()
-        self.addCleanup(ours.close)
-        self.addCleanup(peer.close)
-        client.close()
-        await waitFor(lambda: session not in channel.members)
-        with self.assertRaises(OSError):
-            os.fstat(fd)
-        os.dup2(ours.fileno(), fd)
-        self.addCleanup(os.close, fd)
+        peer = await reuseDescriptor(self, channel, client, session)
         channel.members[session] = None
         session.descriptor = fd
         channel.deliver([(1, b"not yours", None)])

@@ -8,7 +8,6 @@ write, or whose descriptor's number another socket took.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.support.fanout import (
     channelUp,
     feed,
     rawClient,
+    reuseDescriptor,
     sessionOf,
     unread,
 )
@@ -328,18 +328,8 @@ class PlannedWritesTests(TestCase):
         channel.deliver([(1, b"first", None)])
         channel.flush()
         plan = self.plan(channel)
-        fd = session.descriptor
-        assert fd is not None
-        self.assertEqual(plan.descriptors, [fd])
-        ours, peer = socket.socketpair()
-        self.addCleanup(ours.close)
-        self.addCleanup(peer.close)
-        client.close()
-        await waitFor(lambda: session not in channel.members)
-        with self.assertRaises(OSError):
-            os.fstat(fd)
-        os.dup2(ours.fileno(), fd)
-        self.addCleanup(os.close, fd)
+        self.assertEqual(plan.descriptors, [session.descriptor])
+        peer = await reuseDescriptor(self, channel, client, session)
         dict.__setitem__(channel.members, session, None)
         channel.members.plan = plan
         channel.deliver([(1, b"not yours", None)])

@@ -8,6 +8,7 @@ a source.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -365,6 +366,30 @@ def unread(s: socket.socket) -> bytes:
     finally:
         s.settimeout(timeout)
     return got
+
+
+async def reuseDescriptor(
+    test: TestCase, channel: Channel, client: socket.socket, session: FanoutSession
+) -> socket.socket:
+    """
+    Close C{client}, wait until its session left C{channel}, and give the
+    number of the session's old descriptor to a socket of the test's own.
+
+    @return: The peer of that socket: what it reads is what was written
+        through the old number.
+    """
+    fd = session.descriptor
+    assert fd is not None
+    ours, peer = socket.socketpair()
+    test.addCleanup(ours.close)
+    test.addCleanup(peer.close)
+    client.close()
+    await waitFor(lambda: session not in channel.members)
+    with test.assertRaises(OSError):
+        os.fstat(fd)
+    os.dup2(ours.fileno(), fd)
+    test.addCleanup(os.close, fd)
+    return peer
 
 
 def rawClient(port: int, path: str, receiveBuffer: int | None = None) -> socket.socket:
