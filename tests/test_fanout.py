@@ -30,6 +30,7 @@ from tests.support.fanout import (
     rawClient,
     seqs,
     sessionOf,
+    sourceUp,
 )
 from tests.support.relays import buffered, paused
 from tests.support.waiting import waitFor
@@ -53,7 +54,7 @@ class BroadcastTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         clients = Clients(self, port)
         everyone = await inThread(clients.add, 300, "/ticker")
         await waitFor(lambda: len(channel.members) == 300)
@@ -85,7 +86,7 @@ class BroadcastTests(TestCase):
         self.patch(fanout, "frame", counting)
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         clients = Clients(self, port)
         one = await inThread(clients.add, 1, "/ticker")
         raw = await inThread(rawClient, port, "/ticker")
@@ -132,7 +133,7 @@ class BroadcastTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         s = await inThread(rawClient, port, "/ticker")
         self.addCleanup(s.close)
         await waitFor(lambda: len(channel.members) == 1)
@@ -160,7 +161,7 @@ class SourceFailureTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         clients = Clients(self, port)
         everyone = await inThread(clients.add, 20, "/ticker")
         await waitFor(lambda: len(channel.members) == 20)
@@ -170,8 +171,7 @@ class SourceFailureTests(TestCase):
         await inThread(source.send, 50)
         self.assertEqual(source.lost, list(range(101, 151)))
         source.start()
-        await channelUp(relay)
-        await source.until(lambda: len(source.open) == 1)
+        await sourceUp(source, relay)
         await inThread(source.send, 100)
         await waitFor(lambda: clients.received(everyone, 200))
 
@@ -195,7 +195,7 @@ class SourceFailureTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         clients = Clients(self, port)
         early = await inThread(clients.add, 5, "/ticker")
         await waitFor(lambda: len(channel.members) == 5)
@@ -209,8 +209,7 @@ class SourceFailureTests(TestCase):
         await waitFor(lambda: len(channel.members) == 10)
         await inThread(source.send, 5)
         source.start()
-        await channelUp(relay)
-        await source.until(lambda: len(source.open) == 1)
+        await sourceUp(source, relay)
         await inThread(source.send, 10)
         await waitFor(lambda: clients.received(early, 20))
         await waitFor(lambda: clients.received(late, 10))
@@ -242,7 +241,7 @@ class FailoverTests(TestCase):
             "balancer = first\n"
             f"backends = ws://127.0.0.1:{dead}/feed {source.url()}\n",
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         assert channel.backend is not None
         self.assertEqual(channel.backend.port, source.port)
         clients = Clients(self, port)
@@ -265,7 +264,7 @@ class FailoverTests(TestCase):
             "balancer = first\nbackoff_base = 0.05\nbackoff_cap = 0.2\n"
             f"backends = {first.url()} {second.url()}\n",
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(first, relay)
         clients = Clients(self, port)
         some = await inThread(clients.add, 3, "/ticker")
         await waitFor(lambda: len(channel.members) == 3)
@@ -346,7 +345,7 @@ class SlowClientTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source, route, relay=relayKeys))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         clients = Clients(self, port)
         fast = await inThread(clients.add, 3, "/ticker")
         slow = await inThread(rawClient, port, "/ticker", 4096)
@@ -422,7 +421,7 @@ class ReplayTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source, "replay = 3\n"))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         await inThread(source.send, 10)
         await waitFor(lambda: channel.messagesIn == 10)
         clients = Clients(self, port)
@@ -533,7 +532,7 @@ class SourceProtocolTests(TestCase):
                 + "".join(f"    {line}\n" for line in lines),
             ),
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         await source.until(lambda: len(source.received) == 1)
         clients = Clients(self, port)
         (one,) = await inThread(clients.add, 1, "/ticker")
@@ -614,8 +613,7 @@ class LazyTests(TestCase):
 
         clients = Clients(self, port)
         (a,) = await inThread(clients.add, 1, "/ticker")
-        await channelUp(relay)
-        await source.until(lambda: len(source.open) == 1)
+        await sourceUp(source, relay)
         await inThread(clients.close, a)
         await waitFor(lambda: not channel.members)
         clock.advance(4.9)
@@ -640,8 +638,7 @@ class LazyTests(TestCase):
         self.assertEqual(source.closes, [(1000, "no clients")])
 
         (c,) = await inThread(clients.add, 1, "/ticker")
-        await channelUp(relay)
-        await source.until(lambda: len(source.open) == 1)
+        await sourceUp(source, relay)
         self.assertEqual((len(source.paths), channel.connects), (2, 2))
         await inThread(source.send, 1)
         await waitFor(lambda: clients.received([c], 1))
@@ -665,7 +662,7 @@ class ClosingTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         raw = await inThread(rawClient, port, "/ticker", 4096)
         self.addCleanup(raw.close)
         await waitFor(lambda: len(channel.members) == 1)
@@ -725,7 +722,7 @@ class ClosingTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source, relay="close_timeout = 1\n"))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         clients = Clients(self, port)
         some = await inThread(clients.add, 3, "/ticker")
         raw = await inThread(rawClient, port, "/ticker")

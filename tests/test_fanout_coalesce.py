@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.support import inThread, startRelay
-from tests.support.fanout import Clients, Source, channelUp, feed, seqs
+from tests.support.fanout import Clients, Source, feed, seqs, sourceUp
 from tests.support.waiting import waitFor
 from wsrelay.config import parseConfig
 from wsrelay.fanout import FanoutSession
@@ -516,7 +516,7 @@ class CoalescedOverSocketsTests(TestCase):
         relay, port = await startRelay(
             self, feed(source, "replay = 100\nwrite_delay = 600000\n")
         )
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         clients = Clients(self, port)
         first = await inThread(clients.add, 1, "/ticker")
         await waitFor(lambda: len(channel.members) == 1)

@@ -17,11 +17,11 @@ from tests.support import inThread, startRelay
 from tests.support.fanout import (
     FrameReader,
     Source,
-    channelUp,
     feed,
     rawClient,
     reuseDescriptor,
     sessionOf,
+    sourceUp,
     unread,
 )
 from tests.support.waiting import waitFor
@@ -215,7 +215,7 @@ class PlannedWritesTests(TestCase):
         """
         source = Source(self)
         relay, port = await startRelay(self, feed(source))
-        channel = await channelUp(relay)
+        channel = await sourceUp(source, relay)
         client = await inThread(rawClient, port, "/ticker", receiveBuffer)
         self.addCleanup(client.close)
         await waitFor(lambda: len(channel.members) == 1)

@@ -33,7 +33,7 @@ from twisted.logger import globalLogBeginner, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.support.fanout import Source, channelUp, feed
+from tests.support.fanout import Source, channelUp, feed, sourceUp
 from tests.support.waiting import waitFor
 from wsrelay import memory
 from wsrelay.fanout import FanoutSession
@@ -210,7 +210,7 @@ class FanoutReclaimTests(TestCase):
         relay, port = await startRelay(self, feed(source, relay="access_log = off\n"))
         for i in range(3):
             c = await inThread(client, port, "/ticker")
-            channel = await channelUp(relay)
+            channel = await sourceUp(source, relay)
             await inThread(source.send, 1)
             await inThread(c.recv, TIMEOUT)
             session = onlySession(relay)

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from tests.support import TIMEOUT, client, inThread, startRelay
 from tests.support.clients import closeOf
-from tests.support.fanout import Source, channelUp, feed
+from tests.support.fanout import Source, channelUp, feed, sourceUp
 from tests.support.waiting import waitFor
 from wsrelay.config import ConfigError, parseConfig
 from wsrelay.fanout import catchup, resume
@@ -87,18 +87,6 @@ async def connected(testCase: TestCase, port: int, path: str) -> ClientConnectio
     c: ClientConnection = await inThread(client, port, path)
     testCase.addCleanup(inThread, c.close)
     return c
-
-
-async def sourceUp(
-    source: Source, relay: RelayService, key: str = "", count: int = 1
-) -> Channel:
-    """
-    Wait until the channel C{key} of the route C{ticker} is connected and
-    C{source} has C{count} connections open (it sends only to those).
-    """
-    channel = await channelUp(relay, key)
-    await source.until(lambda: len(source.open) >= count)
-    return channel
 
 
 def deliver(channel: Channel, messages: Sequence[Delivered]) -> None:

@@ -88,6 +88,7 @@ class TreeTests(TestCase):
         """
         source = Source(self)
         a = await tier(self, feed(source))
+        await source.until(lambda: len(source.open) == 1)
         b1 = await tier(self, below(a.port))
         b2 = await tier(self, below(a.port))
         c1 = await tier(self, below(b1.port))

@@ -350,6 +350,20 @@ async def channelUp(relay: RelayService, key: str = "") -> Channel:
     return relay.channels[("ticker", key)]
 
 
+async def sourceUp(
+    source: Source, relay: RelayService, key: str = "", count: int = 1
+) -> Channel:
+    """
+    Wait until the channel C{key} of the route C{ticker} is connected and
+    C{source} has C{count} connections open: it sends only to those, and
+    the relay can see the source's 101 before the source's thread records
+    the connection.
+    """
+    channel = await channelUp(relay, key)
+    await source.until(lambda: len(source.open) >= count)
+    return channel
+
+
 def unread(s: socket.socket) -> bytes:
     """
     @return: What was written to C{s}'s peer (the relay) and C{s} has not
