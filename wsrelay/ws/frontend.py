@@ -140,7 +140,6 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
     query = ""
     _refusal: Refused | None = None
     _screened = False
-    #: The queue of the handshake's deadline, until it passed or stopped.
     _handshakeCall: DeadlineQueue | None = None
     #: The client's address as counted by C{max_connections_per_ip}.
     countedAddress: str | None = None
