@@ -30,6 +30,7 @@ from zope.interface.verify import verifyObject
 
 from tests.support.backends import listenRecording, plainEndpoint
 from wsrelay.config import parseConfig
+from wsrelay.deadlines import Deadlines
 from wsrelay.ws.connecting import PlainTCPEndpoint, connectError, connectUpstream
 from wsrelay.ws.upstream import (
     UpstreamError,
@@ -54,7 +55,9 @@ def _connect(
         C{reactor}.
     """
     factory = UpstreamFactory("ws://127.0.0.1:1/", CONFIG, reactor)
-    return connectUpstream(clock, endpoint, factory, "/", "backend", [], (), timeout)
+    return connectUpstream(
+        Deadlines(clock), endpoint, factory, "/", "backend", [], (), timeout
+    )
 
 
 class DirectConnectTests(SynchronousTestCase):

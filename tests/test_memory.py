@@ -10,6 +10,7 @@ completes, fails or is abandoned.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -103,6 +104,32 @@ class HandshakeTests(MemoryTestCase):
         self.assertTrue(client.lost)
         self.assertEqual(client.received, b"")
         self.assertEqual(network.pendingConnects(), [])
+        self.assertNoTimers(network)
+
+    def test_handshakeTimeoutChanged(self) -> None:
+        """
+        A client that connected before C{handshake_timeout} was shortened
+        keeps the timeout it started with; one that connected after gets
+        the new one, and is dropped first.
+        """
+        network = Network(self, relayConfig("handshake_timeout = 3\n"))
+        half = b"GET /chat HTTP/1.1\r\nHost: relay.example\r\n"
+        before, transport = network.connectRaw()
+        transport.write(half)
+        factory = network.relay.frontendFactory
+        factory.configure(replace(factory.config, handshakeTimeout=1))
+        network.advance(0.5)
+        after, transport = network.connectRaw()
+        transport.write(half)
+        network.flush()
+        network.advance(0.75)
+        self.assertFalse(after.lost)
+        network.advance(0.25)
+        self.assertEqual((before.lost, after.lost), (False, True))
+        network.advance(1.25)
+        self.assertFalse(before.lost)
+        network.advance(0.25)
+        self.assertTrue(before.lost)
         self.assertNoTimers(network)
 
     def test_connectTimeout(self) -> None:

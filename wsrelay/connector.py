@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsrelay.deadlines import Deadlines
 from wsrelay.proxy.queue import QueueTimeout, retryAfter
 from wsrelay.ws.connecting import connectUpstream
 from wsrelay.ws.frontend import Refused
@@ -77,6 +78,8 @@ class Connector:
         self, clock: IReactorTime, shortage: Shortage, connectTimeout: float
     ) -> None:
         self.clock = clock
+        #: The upstream attempts' deadlines, on C{clock}.
+        self.deadlines = Deadlines(clock)
         self.shortage = shortage
         self.connectTimeout = connectTimeout
 
@@ -319,7 +322,7 @@ class Connector:
         backend.connecting += 1
         try:
             return connectUpstream(
-                self.clock,
+                self.deadlines,
                 backend.endpoint,
                 backend.factory,
                 resource,

@@ -128,6 +128,38 @@ class LeanCloseTests(_Base):
         self.assertEqual(peer.received, b"bye")
         self.assertIs(type(reason.value), ConnectionDone)
 
+    async def test_batched(self) -> None:
+        """
+        Connections closed in the same reactor turn share one timed call,
+        and all are lost from it; one closed while that call runs (from
+        another's C{connectionLost}) is lost from a later call, never from
+        inside the C{connectionLost} that closed it.
+        """
+        first, firstPeer = await self.ends()
+        second, secondPeer = await self.ends()
+        third, thirdPeer = await self.ends()
+        r: Any = reactor
+        closedLater: list[bool] = []
+
+        def closeThird(reasons: list[Any]) -> list[Any]:
+            calls = len(r.getDelayedCalls())
+            third.transport.loseConnection()
+            closedLater.append(
+                not third.lost.called and len(r.getDelayedCalls()) == calls + 1
+            )
+            return reasons
+
+        first.lost.addCallback(closeThird)
+        calls = len(r.getDelayedCalls())
+        first.transport.loseConnection()
+        second.transport.loseConnection()
+        self.assertEqual(len(r.getDelayedCalls()), calls + 1)
+        self.assertFalse(first.lost.called or second.lost.called)
+        for protocol in (first, second, third, firstPeer, secondPeer, thirdPeer):
+            [reason] = await protocol.lost
+            self.assertIs(type(reason.value), ConnectionDone)
+        self.assertEqual(closedLater, [True])
+
 
 def _unread(fd: int) -> int:
     """

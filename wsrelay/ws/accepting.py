@@ -83,7 +83,8 @@ class LeanClose(tcp.Connection):
         Twisted's transport does; with nothing left to send (and no
         producer that Twisted would wait for), without waiting to write:
         stop reading, and lose the connection from the reactor's next
-        round of timed calls (L{_closeNow}).
+        round of timed calls (L{_closeNow}), in one timed call with the
+        others closed in the same round (L{_closeBatch}).
         """
         if (
             self.dataBuffer
@@ -104,7 +105,11 @@ class LeanClose(tcp.Connection):
         self.stopReading()
         self.stopWriting()
         reactor: Any = self.reactor
-        reactor.callLater(0, self._closeNow)
+        batch = _closing.get(reactor)
+        if batch is None:
+            batch = _closing[reactor] = []
+            reactor.callLater(0, _closeBatch, reactor)
+        batch.append(self)
 
     def _closeNow(self) -> None:
         """
@@ -119,6 +124,29 @@ class LeanClose(tcp.Connection):
         if self.dataBuffer or self._tempDataBuffer:
             return
         self.connectionLost(_DONE)
+
+
+#: The connections that L{LeanClose.loseConnection} closes in each
+#: reactor's next round of timed calls, in the order they were closed.
+_closing: dict[Any, list[LeanClose]] = {}
+
+
+def _closeBatch(reactor: Any) -> None:
+    """
+    Lose the connections that L{LeanClose.loseConnection} closed since the
+    last round of C{reactor}'s timed calls (L{LeanClose._closeNow}): one
+    timed call for all of them, rather than one each.  A connection closed
+    meanwhile (from a C{connectionLost} here) waits for the next round, as
+    with a timed call of its own.  One that raises is logged, as the
+    reactor logs a timed call that raises, and the others are still lost.
+
+    @param reactor: Whose connections.
+    """
+    for transport in _closing.pop(reactor):
+        try:
+            transport._closeNow()
+        except BaseException:
+            log.err(None, "Unhandled error losing a connection")
 
 
 class LeanServer(LeanClose, tcp.Server):

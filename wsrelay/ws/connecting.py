@@ -63,9 +63,10 @@ if TYPE_CHECKING:
         IProtocol,
         IProtocolFactory,
         IReactorTCP,
-        IReactorTime,
         ITCPTransport,
     )
+
+    from wsrelay.deadlines import Deadlines
 
 
 @implementer(IStreamClientEndpoint)
@@ -381,7 +382,7 @@ def connectError(f: Failure) -> UpstreamError:
 
 
 def connectUpstream(
-    clock: IReactorTime,
+    deadlines: Deadlines,
     endpoint: IStreamClientEndpoint,
     factory: UpstreamFactory,
     resource: str,
@@ -393,6 +394,7 @@ def connectUpstream(
     """
     Connect to a backend and complete the opening handshake.
 
+    @param deadlines: Times the attempt (L{Deadlines.queue} of C{timeout}).
     @param headers: The request's header fields; a L{RequestHeaders} also
         says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
     @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
@@ -446,16 +448,17 @@ def connectUpstream(
         connecting = endpoint.connect(attempt)
         connecting.addCallbacks(_dropResult, connectFailed)
 
-    # One timer, cancelled once the attempt is settled: what
+    # One deadline, cancelled once the attempt is settled: what
     # Deferred.addTimeout does, without its closures and its three
-    # callbacks per attempt.
+    # callbacks per attempt, and without a DelayedCall of its own.
     expired: list[bool] = []
 
     def expire() -> None:
         expired.append(True)
         opened.cancel()
 
-    timer = clock.callLater(timeout, expire)
+    queue = deadlines.queue(timeout)
+    queue.add(expire)
 
     def settled(result: object) -> object:
         # Twisted's connector and the endpoint's factory form a cycle
@@ -469,8 +472,8 @@ def connectUpstream(
                 return Failure(
                     UpstreamTimeout(f"backend did not answer within {timeout:g}s")
                 )
-        elif timer.active():
-            timer.cancel()
+        else:
+            queue.cancel(expire)
         return result
 
     opened.addBoth(settled)

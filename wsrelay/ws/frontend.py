@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsrelay.accesslog import logRefused
+from wsrelay.deadlines import Deadlines
 from wsrelay.logs import ErrorBudget, LimitedLogger
 from wsrelay.ws.accept import PlainAccept
 from wsrelay.ws.handshake import Head, buildResponse
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
+    from wsrelay.deadlines import DeadlineQueue
     from wsrelay.routing import Route, RouteTable
 
 
@@ -138,7 +140,7 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
     query = ""
     _refusal: Refused | None = None
     _screened = False
-    _handshakeCall: Any = None
+    _handshakeCall: DeadlineQueue | None = None
     #: The client's address as counted by C{max_connections_per_ip}.
     countedAddress: str | None = None
     #: Whether the client got its 101.
@@ -159,9 +161,9 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
         factory.admission.clientArrived(self)
         self.rateLimit = factory.config.maxMessagesPerSecond
         self.rateWindow = factory.clock.seconds()
-        self._handshakeCall = factory.clock.callLater(
-            factory.config.handshakeTimeout, self._handshakeTimedOut
-        )
+        queue = factory.deadlines.queue(factory.config.handshakeTimeout)
+        queue.add(self._handshakeTimedOut)
+        self._handshakeCall = queue
 
     def _handshakeTimedOut(self) -> None:
         """
@@ -254,9 +256,9 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
         return True
 
     def _stopHandshakeClock(self) -> None:
-        call, self._handshakeCall = self._handshakeCall, None
-        if call is not None and call.active():
-            call.cancel()
+        queue, self._handshakeCall = self._handshakeCall, None
+        if queue is not None:
+            queue.cancel(self._handshakeTimedOut)
 
     @property
     def secure(self) -> bool:
@@ -444,6 +446,8 @@ class FrontendFactory(WebSocketServerFactory):
         """
         super().__init__(server="wsrelay", reactor=reactor)
         self.clock = clock
+        #: The handshakes' deadlines, on C{clock}.
+        self.deadlines = Deadlines(clock)
         self.routes = routes
         self.admission = admission
         self.sessions = sessions
