@@ -25,12 +25,21 @@ from socket import SO_ERROR, SOL_SOCKET
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import tcp
-from twisted.internet.abstract import FileDescriptor
+from twisted.internet.abstract import FileDescriptor, isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectingCancelledError, getConnectError
+from twisted.internet.error import (
+    ConnectBindError,
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionAborted,
+    NotConnectingError,
+    UserError,
+    getConnectError,
+)
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IConnector, IStreamClientEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
@@ -59,13 +68,18 @@ if TYPE_CHECKING:
 
     from twisted.internet.interfaces import (
         IAddress,
-        IConnector,
         IProtocol,
         IProtocolFactory,
         IReactorTCP,
         IReactorTime,
         ITCPTransport,
     )
+
+
+#: How a L{PlainTCPEndpoint}'s host is reached: an IPv4 address, an IPv6
+#: address (with its scope looked up per connect, as Twisted does), or a
+#: name looked up per connect through the reactor's resolver.
+_IPV4, _IPV6, _NAME = "IPv4", "IPv6", "name"
 
 
 @implementer(IStreamClientEndpoint)
@@ -78,6 +92,10 @@ class PlainTCPEndpoint:
     @ivar port: Its port.
     @ivar timeout: Seconds an ordinary L{connect} waits for the TCP
         connection (L{connectDirect} leaves the timing to its caller).
+    @ivar _kind: What C{host} is, told once (Twisted's connector tells it
+        twice per connect): L{_IPV4}, L{_IPV6} or L{_NAME}.
+    @ivar _destination: The backend's address, as L{IConnector.getDestination}
+        and (an IPv4 host) the protocol's factory see it, made once.
     """
 
     def __init__(
@@ -88,6 +106,14 @@ class PlainTCPEndpoint:
         self.port = port
         self.timeout = timeout
         self._endpoint = TCP4ClientEndpoint(reactor, host, port, timeout)
+        self._kind = (
+            _IPV4 if isIPAddress(host) else _IPV6 if isIPv6Address(host) else _NAME
+        )
+        self._destination: IPv4Address | IPv6Address = (
+            IPv6Address("TCP", host, port)
+            if self._kind is _IPV6
+            else IPv4Address("TCP", host, port)
+        )
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """
@@ -101,24 +127,17 @@ class PlainTCPEndpoint:
         timeout of Twisted's: the caller times the attempt, and stops it
         with the connector's C{stopConnecting} or the protocol's
         transport's C{abortConnection}.  On Twisted's own reactors, through
-        L{_IPConnector}.
+        a L{_DirectConnector}.
 
         @return: The connector, whose failure reaches C{factory}'s
-            C{clientConnectionFailed}.
+            C{clientConnectionFailed}, and the end of its connection
+            C{clientConnectionLost} (on Twisted's own reactors, C{factory}'s
+            C{doStart} and C{doStop} are not called: the relay's factories
+            have nothing to start).
         """
         reactor = self.reactor
         if isinstance(reactor, PosixReactorBase):
-            # What connectTCP does, with the connector below.
-            connector = _IPConnector(
-                self.host,
-                self.port,
-                factory,
-                None,  # type: ignore[arg-type]
-                None,
-                reactor,
-            )
-            connector.connect()
-            return connector
+            return _DirectConnector(self, factory, reactor)
         return reactor.connectTCP(
             self.host,
             self.port,
@@ -130,16 +149,115 @@ class PlainTCPEndpoint:
         return f"<PlainTCPEndpoint {self.host}:{self.port}>"
 
 
+@implementer(IConnector)
+class _DirectConnector:
+    """
+    The connector of L{PlainTCPEndpoint.connectDirect}: what the transport
+    (an L{_IPClient}) and the caller need of Twisted's C{tcp.Connector},
+    without its state machine's timer, its factory's start and stop, and
+    the address checks it repeats per connect (the endpoint made them).
+
+    It lets go of its transport when the attempt failed or the connection
+    is gone: the two then refer to each other no longer, and are freed by
+    reference counting (Twisted's connector keeps its transport, a cycle
+    left to the collector per connection).
+
+    @ivar endpoint: Where it connects.
+    @ivar factory: Builds the protocol and hears of the attempt's end.
+    @ivar state: Twisted's connector's: C{"connecting"}, C{"connected"}
+        or C{"disconnected"}.
+    @ivar transport: The attempt's transport, until its end.
+    """
+
+    def __init__(
+        self, endpoint: PlainTCPEndpoint, factory: ClientFactory, reactor: Any
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.reactor = reactor
+        self.state = "disconnected"
+        self.transport: _IPClient | None = None
+        self.connect()
+
+    def connect(self) -> None:
+        """
+        Start the connect (its failures are reported later, never from
+        this call).
+
+        @raise RuntimeError: When connecting or connected already.
+        """
+        if self.state != "disconnected":
+            raise RuntimeError("can't connect in this state")
+        self.state = "connecting"
+        self.transport = _IPClient(self, self.reactor)
+
+    def stopConnecting(self) -> None:
+        """
+        Stop the attempt: it fails with Twisted's C{UserError}.
+
+        @raise NotConnectingError: When not connecting.
+        """
+        if self.state != "connecting":
+            raise NotConnectingError("we're not trying to connect")
+        transport = self.transport
+        assert transport is not None
+        self.state = "disconnected"
+        transport.failIfNotConnected(UserError())
+
+    def disconnect(self) -> None:
+        """
+        Stop connecting, or close the connection.
+        """
+        if self.state == "connecting":
+            self.stopConnecting()
+        elif self.state == "connected" and self.transport is not None:
+            self.transport.loseConnection()
+
+    def getDestination(self) -> IAddress:
+        """
+        @return: The backend's address.
+        """
+        return self.endpoint._destination
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        """
+        Connected: the factory's protocol for it.
+        """
+        self.state = "connected"
+        return self.factory.buildProtocol(addr)
+
+    def connectionFailed(self, reason: Failure) -> None:
+        """
+        The attempt failed (or was stopped).
+        """
+        self.transport = None
+        self.state = "disconnected"
+        self.factory.clientConnectionFailed(self, reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The connection is gone.
+        """
+        self.transport = None
+        self.state = "disconnected"
+        self.factory.clientConnectionLost(self, reason)
+
+    def __repr__(self) -> str:
+        return f"<_DirectConnector {self.state} {self.endpoint!r}>"
+
+
 class _IPClient(LeanClose, tcp.Client):
     """
     Twisted's TCP client transport, with fewer system calls and reactor
     changes per connection (issue 16's storm: Twisted's transport made
-    about 14 per upstream connection before its first byte).
+    about 14 per upstream connection before its first byte), and less
+    Python.
 
-      - It connects to an IP address (the host needs no name lookup)
-        without the fired L{Deferred} that Twisted's C{resolveAddress}
-        calls back through (some 6 µs a connect on the benchmark's
-        machine).
+      - It connects at once when made (Twisted's transport waits for a
+        timed call), to an IP address with no name lookup nor the fired
+        L{Deferred} that Twisted's C{resolveAddress} calls back through;
+        what it learns at once of a failure it reports from a timed call,
+        as Twisted does.
       - Its socket is made non-blocking when created (C{SOCK_NONBLOCK}),
         not by two C{ioctl}s after (Twisted's C{createInternetSocket} and
         C{Connection.__init__} each call C{setblocking}).
@@ -156,25 +274,43 @@ class _IPClient(LeanClose, tcp.Client):
         of nothing, and no turn of the reactor's in between.
     """
 
-    def _finishInit(
-        self,
-        whenDone: Callable[[], None] | None,
-        skt: socket.socket,
-        error: Exception | None,
-        reactor: Any,
-    ) -> None:
+    def __init__(self, connector: _DirectConnector, reactor: Any) -> None:
         """
-        What Twisted's C{_finishInit} does, except that the socket is not
-        set non-blocking again (L{createInternetSocket} made it so).
+        What Twisted's C{_BaseTCPClient.__init__} and C{_finishInit} do
+        (with no address to bind), with what the endpoint knows of its
+        host, and connect.
         """
-        if whenDone is None:
-            reactor.callLater(0, self.failIfNotConnected, error)
+        endpoint = connector.endpoint
+        host, port, kind = endpoint.host, endpoint.port, endpoint._kind
+        self.connector = connector
+        self.addr = (host, port)
+        self._requiresResolution = kind is _NAME
+        if kind is _IPV6:
+            self.addr = tcp._resolveIPv6(host, port)
+            self.addressFamily = socket.AF_INET6
+            self._addressType = IPv6Address  # type: ignore[assignment]
+        try:
+            skt = self.createInternetSocket()
+        except OSError as se:
+            reactor.callLater(
+                0, self.failIfNotConnected, ConnectBindError(se.args[0], se.args[1])
+            )
             return
         FileDescriptor.__init__(self, reactor=reactor)
         self.socket = skt
         self.fileno = skt.fileno
         self.protocol = None  # type: ignore[assignment]
-        reactor.callLater(0, whenDone)
+        if kind is _IPV4:
+            self.realAddress = self.addr
+            self.doConnect()
+        elif kind is _IPV6:
+            try:
+                self._setRealAddress(self.addr)
+            except BaseException:
+                reactor.callLater(0, self.failIfNotConnected, Failure())
+        else:
+            # Twisted's way: through the reactor's resolver, a turn later.
+            reactor.callLater(0, self.resolveAddress)
 
     def createInternetSocket(self) -> socket.socket:
         """
@@ -188,26 +324,14 @@ class _IPClient(LeanClose, tcp.Client):
         s.setblocking(False)
         return s
 
-    def resolveAddress(self) -> None:
-        """
-        Connect now to an IP address, as Twisted's callback would; look a
-        name up as Twisted does.
-        """
-        if getattr(self, "_requiresResolution", True):
-            super().resolveAddress()
-            return
-        try:
-            self._setRealAddress(self.addr)
-        except BaseException:
-            # (Twisted's errback.)
-            self.failIfNotConnected(Failure())
-
     def doConnect(self) -> None:
         """
         Start the connect: at once connected, or failed, or waiting for the
-        socket to be writable (L{_connectWritable}).  Failures are reported
-        as Twisted's C{doConnect} reports them: C{failIfNotConnected} with
-        the error C{getConnectError} makes of the connect's C{errno}.
+        socket to be writable (L{_connectWritable}; also when connected at
+        once, so that the protocol never connects inside the call that
+        made the transport).  Failures are reported as Twisted's
+        C{doConnect} reports them, from a timed call: C{failIfNotConnected}
+        with the error C{getConnectError} makes of the connect's C{errno}.
         """
         if not hasattr(self, "connector"):
             # (Twisted: the attempt failed before this call.)
@@ -216,15 +340,14 @@ class _IPClient(LeanClose, tcp.Client):
             err = self.socket.connect_ex(self.realAddress)
         except OSError as e:
             err = e.args[0]
-        if err in _IN_PROGRESS:
-            self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-            self.startWriting()
+        if err and err != EISCONN and err not in _IN_PROGRESS:
+            reactor: Any = self.reactor
+            reactor.callLater(
+                0, self.failIfNotConnected, getConnectError((err, strerror(err)))
+            )
             return
-        if err and err != EISCONN:
-            self.failIfNotConnected(getConnectError((err, strerror(err))))
-            return
-        _waitToRead(self)
-        self._connectDone()
+        self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
+        self.startWriting()
 
     def _connectWritable(self) -> None:
         """
@@ -243,25 +366,48 @@ class _IPClient(LeanClose, tcp.Client):
 
     def connectionLost(self, reason: Failure) -> None:
         """
-        The reactor found the connection gone.  Before it connected, that
-        is a failure of the connect (registered for writing only, the
-        socket's C{EPOLLERR} comes without C{EPOLLIN}, which Twisted's
-        transport, registered for both, hears as a read): report it with
-        the socket's error, as Twisted's C{doConnect} would.
+        The reactor found the connection gone, or the transport closed it.
+
+        Before it connected, that is a failure of the connect (registered
+        for writing only, the socket's C{EPOLLERR} comes without
+        C{EPOLLIN}, which Twisted's transport, registered for both, hears
+        as a read): report it with the socket's error, as Twisted's
+        C{doConnect} would.
+
+        After: what Twisted's C{Client.connectionLost} does, in one call
+        and without its C{Failure.check} (some microseconds, a qualified
+        name made per class it compares): the protocol, then the
+        connector, hear of it.
         """
-        if (
-            not self.connected
-            and hasattr(self, "connector")
-            and hasattr(self, "socket")
-        ):
-            try:
-                err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
-            except OSError:
-                err = 0
-            if err:
-                self.failIfNotConnected(getConnectError((err, strerror(err))))
-                return
-        super().connectionLost(reason)
+        if not self.connected:
+            if hasattr(self, "connector") and hasattr(self, "socket"):
+                try:
+                    err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
+                except OSError:
+                    err = 0
+                if err:
+                    self.failIfNotConnected(getConnectError((err, strerror(err))))
+                    return
+            self.failIfNotConnected(ConnectError(string=reason))
+            return
+        if not hasattr(self, "socket"):
+            # (Twisted's guard against a second call.)
+            return
+        # FileDescriptor.connectionLost:
+        self.disconnected = 1
+        self.connected = 0
+        producer = self.producer
+        if producer is not None:
+            producer.stopProducing()
+            self.producer = None
+        self.stopReading()
+        self.stopWriting()
+        # Connection.connectionLost:
+        self._closeSocket(not issubclass(reason.type, ConnectionAborted))  # type: ignore[arg-type]
+        protocol = self.protocol
+        del self.protocol, self.socket, self.fileno
+        protocol.connectionLost(reason)
+        self.connector.connectionLost(reason)
 
 
 #: The socket type flags that make a socket non-blocking as it is created
@@ -301,15 +447,6 @@ def _waitToRead(transport: tcp.Client) -> None:
             reactor._reads.add(fd)
             return
     transport.stopWriting()
-
-
-class _IPConnector(tcp.Connector):
-    """
-    Twisted's TCP connector, whose transports are L{_IPClient}s.
-    """
-
-    def _makeTransport(self) -> tcp.Client:
-        return _IPClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
 class _Attempt(ClientFactory):
