@@ -377,7 +377,7 @@ class _IPClient(LeanClose, tcp.Client):
         After: what Twisted's C{Client.connectionLost} does, in one call
         and without its C{Failure.check} (some microseconds, a qualified
         name made per class it compares): the protocol, then the
-        connector, hear of it.
+        connector, hear of it, and the transport lets the connector go.
         """
         if not self.connected:
             if hasattr(self, "connector") and hasattr(self, "socket"):
@@ -407,7 +407,11 @@ class _IPClient(LeanClose, tcp.Client):
         protocol = self.protocol
         del self.protocol, self.socket, self.fileno
         protocol.connectionLost(reason)
-        self.connector.connectionLost(reason)
+        # (Neither refers to the other once gone: a factory that keeps its
+        # protocol, which keeps this transport, is no cycle.)
+        connector = self.connector
+        del self.connector
+        connector.connectionLost(reason)
 
 
 #: The socket type flags that make a socket non-blocking as it is created
