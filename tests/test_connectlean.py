@@ -31,8 +31,8 @@ from tests.support.backends import listenRecording, plainEndpoint
 from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.waiting import waitFor
 from wsrelay.ws.connecting import PlainTCPEndpoint
-from wsrelay.ws.connecting import _DirectConnector as DirectConnector
 from wsrelay.ws.plainleg import PlainUpstream
+from wsrelay.ws.tcpclient import DirectConnector
 
 
 class _Backend(Protocol):
