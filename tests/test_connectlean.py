@@ -312,6 +312,49 @@ class _Closing(Protocol):
         self.lost.callback([reason])
 
 
+class _Named(_Closing):
+    """
+    A client protocol with a log prefix of its own.
+    """
+
+    def logPrefix(self) -> str:
+        return "named"
+
+
+class LogPrefixTests(_Loopback):
+    """
+    The transport's C{logstr}, made when read, reads as Twisted's
+    C{Client} makes it at each connect.
+    """
+
+    async def test_connected(self) -> None:
+        """
+        Connected: the protocol's log prefix, then C{",client"}; after the
+        connection, the protocol's class name's.
+        """
+        client = _Named()
+        self.connect(client)
+        await client.made
+        transport: Any = client.transport
+        self.assertEqual(
+            (transport.logstr, transport.logPrefix()), ("named,client",) * 2
+        )
+        transport.loseConnection()
+        await client.lost
+        self.assertEqual(transport.logstr, "_Named,client")
+
+    async def test_set(self) -> None:
+        """
+        A prefix set in its place is kept.
+        """
+        client = _Closing()
+        self.connect(client)
+        await client.made
+        transport: Any = client.transport
+        transport.logstr = "other"
+        self.assertEqual(transport.logPrefix(), "other")
+
+
 class _Pull:
     """
     A pull producer with nothing to give.
