@@ -216,6 +216,23 @@ class LeanConnectTests(_Loopback):
         self.assertTrue(self.accepted[0].received.startswith(b"GET /chat HTTP/1.1\r\n"))
 
 
+class _AskRecording:
+    """
+    A socket that records what it is asked with C{getsockopt}.
+    """
+
+    def __init__(self, wrapped: Any, asked: list[tuple[Any, ...]]) -> None:
+        self._wrapped = wrapped
+        self._asked = asked
+
+    def getsockopt(self, *args: Any) -> Any:
+        self._asked.append(args)
+        return self._wrapped.getsockopt(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
 class DirectConnectorTests(_Loopback):
     """
     The connector of C{PlainTCPEndpoint.connectDirect} (C{_DirectConnector})
@@ -254,6 +271,23 @@ class DirectConnectorTests(_Loopback):
         [reason] = await factory.failed
         self.assertIs(type(reason.value), NoRouteError)
         self.assertIsNone(client.transport)
+
+    async def test_connectedErrorNotAsked(self) -> None:
+        """
+        On an epoll reactor, a connect whose socket became writable is not
+        asked for the socket's error (a failed one comes to the transport's
+        C{connectionLost}, L{LeanConnectTests.test_refused}): the connection
+        is made with no C{getsockopt}.
+        """
+        client = _Closing()
+        connector: Any = self.endpoint().connectDirect(_Factory(client))
+        transport = connector.transport
+        asked: list[tuple[Any, ...]] = []
+        transport.socket = _AskRecording(transport.socket, asked)
+        self.addCleanup(transport.abortConnection)
+        await client.made
+        self.assertEqual(asked, [])
+        self.assertTrue(transport.connected)
 
     async def test_freedWithoutCollector(self) -> None:
         """

@@ -28,6 +28,7 @@ from twisted.internet.error import (
     getConnectError,
 )
 from twisted.internet.interfaces import IConnector
+from twisted.internet.posixbase import _PollLikeMixin
 from twisted.internet.protocol import Protocol as PlaceHolder
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -280,14 +281,19 @@ class _IPClient(LeanClose, tcp.Client):
     def _connectWritable(self) -> None:
         """
         The socket of a connect in progress is writable: connected, or
-        failed with the error it holds.
+        failed with the error it holds.  (On Twisted's poll-like reactors,
+        epoll's and poll's, a failed connect is never only writable: its
+        C{EPOLLERR} makes the reactor call L{connectionLost} instead, which
+        asks the socket for its error; asking here too would be a system
+        call for nothing.)
         """
         if not hasattr(self, "connector"):
             return
-        err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
-        if err:
-            self.failIfNotConnected(getConnectError((err, strerror(err))))
-            return
+        if not isinstance(self.reactor, _PollLikeMixin):
+            err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
+            if err:
+                self.failIfNotConnected(getConnectError((err, strerror(err))))
+                return
         del self.doWrite, self.doRead
         _waitToRead(self)
         self._connectDone()
