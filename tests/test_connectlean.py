@@ -10,7 +10,10 @@ turn (L{wsrelay.ws.accepting.LeanClose}), on loopback sockets.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
+import weakref
+from functools import partial
 from typing import Any
 
 from twisted.internet import reactor
@@ -18,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import (
     ConnectionDone,
     ConnectionRefusedError,
+    NoRouteError,
 )
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -28,6 +32,7 @@ from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.waiting import waitFor
 from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.plainleg import PlainUpstream
+from wsrelay.ws.tcpclient import DirectConnector
 
 
 class _Backend(Protocol):
@@ -211,6 +216,106 @@ class LeanConnectTests(_Loopback):
         self.assertTrue(self.accepted[0].received.startswith(b"GET /chat HTTP/1.1\r\n"))
 
 
+class _AskRecording:
+    """
+    A socket that records what it is asked with C{getsockopt}.
+    """
+
+    def __init__(self, wrapped: Any, asked: list[tuple[Any, ...]]) -> None:
+        self._wrapped = wrapped
+        self._asked = asked
+
+    def getsockopt(self, *args: Any) -> Any:
+        self._asked.append(args)
+        return self._wrapped.getsockopt(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+class DirectConnectorTests(_Loopback):
+    """
+    The connector of C{PlainTCPEndpoint.connectDirect} (C{_DirectConnector})
+    on loopback: it connects at once, reports a failure later, and lets go
+    of a closed connection's transport.
+    """
+
+    def test_connectsAtOnce(self) -> None:
+        """
+        The connect starts in C{connectDirect} itself, with no timed call
+        (Twisted's transport waits for one): the transport already waits
+        for its socket to be writable when the call returns.
+        """
+        r: Any = reactor
+        before = set(r.getDelayedCalls())
+        factory = _Factory(_Client())
+        connector = self.endpoint().connectDirect(factory)
+        self.addCleanup(
+            lambda: connector.state == "connecting" and connector.stopConnecting()
+        )
+        assert isinstance(connector, DirectConnector)
+        self.assertEqual(set(r.getDelayedCalls()) - before, set())
+        self.assertIn(connector.transport, r.getWriters())
+        self.assertEqual(connector.state, "connecting")
+
+    async def test_failureLater(self) -> None:
+        """
+        A connect that fails at once (no route to a broadcast address) is
+        reported from a later call, never from C{connectDirect}, with the
+        error Twisted's transport reports, and its socket is closed.
+        """
+        endpoint = PlainTCPEndpoint(reactor, "255.255.255.255", 80, 5)  # type: ignore[arg-type]
+        client = _Client()
+        factory = self.connect(client, endpoint)
+        self.assertNoResult(factory.failed)
+        [reason] = await factory.failed
+        self.assertIs(type(reason.value), NoRouteError)
+        self.assertIsNone(client.transport)
+
+    async def test_connectedErrorNotAsked(self) -> None:
+        """
+        On an epoll reactor, a connect whose socket became writable is not
+        asked for the socket's error (a failed one comes to the transport's
+        C{connectionLost}, L{LeanConnectTests.test_refused}): the connection
+        is made with no C{getsockopt}.
+        """
+        client = _Closing()
+        connector: Any = self.endpoint().connectDirect(_Factory(client))
+        transport = connector.transport
+        asked: list[tuple[Any, ...]] = []
+        transport.socket = _AskRecording(transport.socket, asked)
+        self.addCleanup(transport.abortConnection)
+        await client.made
+        self.assertEqual(asked, [])
+        self.assertTrue(transport.connected)
+
+    async def test_freedWithoutCollector(self) -> None:
+        """
+        A closed connection's transport and connector are freed by
+        reference counting (Twisted's connector keeps its transport, which
+        refers back to it: a cycle per connection left to the collector),
+        even with a factory that keeps its protocol, which keeps its
+        transport.
+        """
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        client = _Closing()
+        factory = _Factory(client)
+        connector = self.endpoint().connectDirect(factory)
+        await client.made
+        transport: Any = client.transport
+        transport.loseConnection()
+        await client.lost
+        await waitFor(partial(hasattr, factory, "lost"))
+        self.assertEqual(connector.state, "disconnected")
+        refs = [weakref.ref(transport), weakref.ref(connector)]
+        # The test's own references: to the protocol (which keeps its
+        # transport), the factory (which keeps the protocol), and both.
+        del client, factory, connector, transport
+        self.assertEqual([ref() for ref in refs], [None, None])
+
+
 class _Ending(_Backend):
     """
     A backend that also hears why its connection was lost.
@@ -239,6 +344,49 @@ class _Closing(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.lost.callback([reason])
+
+
+class _Named(_Closing):
+    """
+    A client protocol with a log prefix of its own.
+    """
+
+    def logPrefix(self) -> str:
+        return "named"
+
+
+class LogPrefixTests(_Loopback):
+    """
+    The transport's C{logstr}, made when read, reads as Twisted's
+    C{Client} makes it at each connect.
+    """
+
+    async def test_connected(self) -> None:
+        """
+        Connected: the protocol's log prefix, then C{",client"}; after the
+        connection, the protocol's class name's.
+        """
+        client = _Named()
+        self.connect(client)
+        await client.made
+        transport: Any = client.transport
+        self.assertEqual(
+            (transport.logstr, transport.logPrefix()), ("named,client",) * 2
+        )
+        transport.loseConnection()
+        await client.lost
+        self.assertEqual(transport.logstr, "_Named,client")
+
+    async def test_set(self) -> None:
+        """
+        A prefix set in its place is kept.
+        """
+        client = _Closing()
+        self.connect(client)
+        await client.made
+        transport: Any = client.transport
+        transport.logstr = "other"
+        self.assertEqual(transport.logPrefix(), "other")
 
 
 class _Pull:

@@ -1,0 +1,431 @@
+# -*- test-case-name: tests.test_connectlean,tests.test_connecting -*-
+"""
+The TCP client transport and connector of a plain upstream leg's direct
+connect (L{wsrelay.ws.connecting.PlainTCPEndpoint.connectDirect}): an
+L{_IPClient}, Twisted's TCP client transport with fewer system calls and
+less Python per connection, driven by a L{DirectConnector}, which keeps
+what the transport and its caller use of Twisted's C{tcp.Connector}.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
+from os import strerror
+from socket import SO_ERROR, SOL_SOCKET
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor, isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import (
+    ConnectBindError,
+    ConnectError,
+    ConnectionAborted,
+    NotConnectingError,
+    UserError,
+    getConnectError,
+)
+from twisted.internet.interfaces import IConnector
+from twisted.internet.posixbase import _PollLikeMixin
+from twisted.internet.protocol import Protocol as PlaceHolder
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsrelay.ws.accepting import LeanClose
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - no epoll (not Linux)
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress, IProtocol
+    from twisted.internet.protocol import ClientFactory
+
+__all__ = ["IPV4", "IPV6", "NAME", "Destination", "DirectConnector", "hostKind"]
+
+#: How a backend's host is reached (L{hostKind}): an IPv4 address, an IPv6
+#: address (with its scope looked up per connect, as Twisted does), or a
+#: name looked up per connect through the reactor's resolver.
+IPV4, IPV6, NAME = "IPv4", "IPv6", "name"
+
+
+def hostKind(host: str) -> str:
+    """
+    @return: What C{host} is: L{IPV4}, L{IPV6} or L{NAME} (what Twisted's
+        connector and transport each tell per connect).
+    """
+    return IPV4 if isIPAddress(host) else IPV6 if isIPv6Address(host) else NAME
+
+
+class Destination(Protocol):
+    """
+    Where a L{DirectConnector} connects, told once (a
+    L{wsrelay.ws.connecting.PlainTCPEndpoint}).
+    """
+
+    #: The host's name or address.
+    host: str
+    #: The port.
+    port: int
+    #: L{hostKind}'s answer for C{host}.
+    kind: str
+    #: The address that the connector's C{getDestination} answers, and
+    #: (an IPv4 host) the protocol's factory is given.
+    destination: IPv4Address | IPv6Address
+
+
+@implementer(IConnector)
+class DirectConnector:
+    """
+    The connector of L{PlainTCPEndpoint.connectDirect
+    <wsrelay.ws.connecting.PlainTCPEndpoint.connectDirect>}: what the transport
+    (an L{_IPClient}) and the caller need of Twisted's C{tcp.Connector},
+    without its state machine's timer, its factory's start and stop, and
+    the address checks it repeats per connect (the endpoint made them).
+
+    It lets go of its transport when the attempt failed or the connection
+    is gone: the two then refer to each other no longer, and are freed by
+    reference counting (Twisted's connector keeps its transport, a cycle
+    left to the collector per connection).
+
+    @ivar endpoint: Where it connects.
+    @ivar factory: Builds the protocol and hears of the attempt's end.
+    @ivar state: Twisted's connector's: C{"connecting"}, C{"connected"}
+        or C{"disconnected"}.
+    @ivar transport: The attempt's transport, until its end.
+    """
+
+    def __init__(
+        self, endpoint: Destination, factory: ClientFactory, reactor: Any
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.reactor = reactor
+        self.state = "disconnected"
+        self.transport: _IPClient | None = None
+        self.connect()
+
+    def connect(self) -> None:
+        """
+        Start the connect (its failures are reported later, never from
+        this call).
+
+        @raise RuntimeError: When connecting or connected already.
+        """
+        if self.state != "disconnected":
+            raise RuntimeError("can't connect in this state")
+        self.state = "connecting"
+        self.transport = _IPClient(self, self.reactor)
+
+    def stopConnecting(self) -> None:
+        """
+        Stop the attempt: it fails with Twisted's C{UserError}.
+
+        @raise NotConnectingError: When not connecting.
+        """
+        if self.state != "connecting":
+            raise NotConnectingError("we're not trying to connect")
+        transport = self.transport
+        assert transport is not None
+        self.state = "disconnected"
+        transport.failIfNotConnected(UserError())
+
+    def disconnect(self) -> None:
+        """
+        Stop connecting, or close the connection.
+        """
+        if self.state == "connecting":
+            self.stopConnecting()
+        elif self.state == "connected" and self.transport is not None:
+            self.transport.loseConnection()
+
+    def getDestination(self) -> IAddress:
+        """
+        @return: The backend's address.
+        """
+        return self.endpoint.destination
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        """
+        Connected: the factory's protocol for it.
+        """
+        self.state = "connected"
+        return self.factory.buildProtocol(addr)
+
+    def connectionFailed(self, reason: Failure) -> None:
+        """
+        The attempt failed (or was stopped).
+        """
+        self.transport = None
+        self.state = "disconnected"
+        self.factory.clientConnectionFailed(self, reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The connection is gone.
+        """
+        self.transport = None
+        self.state = "disconnected"
+        self.factory.clientConnectionLost(self, reason)
+
+    def __repr__(self) -> str:
+        return f"<DirectConnector {self.state} {self.endpoint!r}>"
+
+
+class _IPClient(LeanClose, tcp.Client):
+    """
+    Twisted's TCP client transport, with fewer system calls and reactor
+    changes per connection (issue 16's storm: Twisted's transport made
+    about 14 per upstream connection before its first byte), and less
+    Python.
+
+      - It connects at once when made (Twisted's transport waits for a
+        timed call), to an IP address with no name lookup nor the fired
+        L{Deferred} that Twisted's C{resolveAddress} calls back through;
+        what it learns at once of a failure it reports from a timed call,
+        as Twisted does.
+      - Its socket is made non-blocking when created (C{SOCK_NONBLOCK}),
+        not by two C{ioctl}s after (Twisted's C{createInternetSocket} and
+        C{Connection.__init__} each call C{setblocking}).
+      - L{doConnect} asks for the socket's error only once the connect
+        could complete (Twisted asks before the first C{connect} too, and
+        calls C{connect} again after), waits for it writable only (the
+        reactor tells a failure's C{EPOLLERR} too, see L{connectionLost}),
+        and once connected goes from waiting to write to waiting to read
+        with no other change (Twisted removes it from the reactor and adds
+        it back).
+      - It closes a connection with nothing to send without waiting to
+        write, as the client leg's transport does (L{LeanClose}): one
+        C{epoll_ctl} where Twisted's transport makes three and a C{send}
+        of nothing, and no turn of the reactor's in between.
+    """
+
+    def __init__(self, connector: DirectConnector, reactor: Any) -> None:
+        """
+        What Twisted's C{_BaseTCPClient.__init__} and C{_finishInit} do
+        (with no address to bind), with what the endpoint knows of its
+        host, and connect.
+        """
+        endpoint = connector.endpoint
+        host, port, kind = endpoint.host, endpoint.port, endpoint.kind
+        self.connector = connector
+        self.addr = (host, port)
+        self._requiresResolution = kind is NAME
+        if kind is IPV6:
+            self.addr = tcp._resolveIPv6(host, port)
+            self.addressFamily = socket.AF_INET6
+            self._addressType = IPv6Address  # type: ignore[assignment]
+        try:
+            skt = self.createInternetSocket()
+        except OSError as se:
+            reactor.callLater(
+                0, self.failIfNotConnected, ConnectBindError(se.args[0], se.args[1])
+            )
+            return
+        FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.protocol = None  # type: ignore[assignment]
+        if kind is IPV4:
+            self.realAddress = self.addr
+            self.doConnect()
+        elif kind is IPV6:
+            try:
+                self._setRealAddress(self.addr)
+            except BaseException:
+                reactor.callLater(0, self.failIfNotConnected, Failure())
+        else:
+            # Twisted's way: through the reactor's resolver, a turn later.
+            reactor.callLater(0, self.resolveAddress)
+
+    def createInternetSocket(self) -> socket.socket:
+        """
+        @return: A socket created non-blocking and close-on-exec, with no
+            system call after C{socket}.
+        """
+        if _NONBLOCKING:
+            return socket.socket(self.addressFamily, self.socketType | _NONBLOCKING)
+        # (No SOCK_NONBLOCK: Twisted's way.)
+        s = socket.socket(self.addressFamily, self.socketType)
+        s.setblocking(False)
+        return s
+
+    def doConnect(self) -> None:
+        """
+        Start the connect: at once connected, or failed, or waiting for the
+        socket to be writable (L{_connectWritable}; also when connected at
+        once, so that the protocol never connects inside the call that
+        made the transport).  Failures are reported as Twisted's
+        C{doConnect} reports them, from a timed call: C{failIfNotConnected}
+        with the error C{getConnectError} makes of the connect's C{errno}.
+        """
+        if not hasattr(self, "connector"):
+            # (Twisted: the attempt failed before this call.)
+            return
+        try:
+            err = self.socket.connect_ex(self.realAddress)
+        except OSError as e:
+            err = e.args[0]
+        if err and err != EISCONN and err not in _IN_PROGRESS:
+            reactor: Any = self.reactor
+            reactor.callLater(
+                0, self.failIfNotConnected, getConnectError((err, strerror(err)))
+            )
+            return
+        self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
+        self.startWriting()
+
+    def _connectWritable(self) -> None:
+        """
+        The socket of a connect in progress is writable: connected, or
+        failed with the error it holds.  (On Twisted's poll-like reactors,
+        epoll's and poll's, a failed connect is never only writable: its
+        C{EPOLLERR} makes the reactor call L{connectionLost} instead, which
+        asks the socket for its error; asking here too would be a system
+        call for nothing.)
+        """
+        if not hasattr(self, "connector"):
+            return
+        if not isinstance(self.reactor, _PollLikeMixin):
+            err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
+            if err:
+                self.failIfNotConnected(getConnectError((err, strerror(err))))
+                return
+        del self.doWrite, self.doRead
+        _waitToRead(self)
+        self._connectDone()
+
+    def _connectDone(self) -> None:
+        """
+        Connected: what Twisted's C{_connectDone} does, with the endpoint's
+        address of an IPv4 host (made once, where Twisted makes one per
+        connection) and the log prefix made only when asked for
+        (L{logstr}).
+        """
+        connector = self.connector
+        endpoint = connector.endpoint
+        peer = endpoint.destination if endpoint.kind is IPV4 else self.getPeer()
+        protocol = connector.buildProtocol(peer)
+        self.connected = 1
+        if protocol is None:
+            # (Twisted's way with a factory that builds none.)
+            self.protocol = PlaceHolder()
+            self.loseConnection()
+            return
+        self.protocol = protocol
+        self.startReading()
+        protocol.makeConnection(self)
+
+    @property
+    def logstr(self) -> str:
+        """
+        The prefix of log messages about the connection, as Twisted's
+        C{Client} makes it once connected: the protocol's prefix, then
+        C{",client"} (after the connection, the protocol's class name's).
+        """
+        attributes = self.__dict__
+        logstr: str | None = attributes.get("_logstr")
+        if logstr is None:
+            protocol = attributes.get("protocol")
+            if protocol is not None:
+                prefix = self._getLogPrefix(protocol)
+            else:
+                prefix = attributes.get("_protocolName", "Uninitialized")
+            logstr = f"{prefix},client"
+        return logstr
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self.__dict__["_logstr"] = value
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor found the connection gone, or the transport closed it.
+
+        Before it connected, that is a failure of the connect (registered
+        for writing only, the socket's C{EPOLLERR} comes without
+        C{EPOLLIN}, which Twisted's transport, registered for both, hears
+        as a read): report it with the socket's error, as Twisted's
+        C{doConnect} would.
+
+        After: what Twisted's C{Client.connectionLost} does, in one call
+        and without its C{Failure.check} (some microseconds, a qualified
+        name made per class it compares): the protocol, then the
+        connector, hear of it, and the transport lets the connector go.
+        """
+        if not self.connected:
+            if hasattr(self, "connector") and hasattr(self, "socket"):
+                try:
+                    err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
+                except OSError:
+                    err = 0
+                if err:
+                    self.failIfNotConnected(getConnectError((err, strerror(err))))
+                    return
+            self.failIfNotConnected(ConnectError(string=reason))
+            return
+        if not hasattr(self, "socket"):
+            # (Twisted's guard against a second call.)
+            return
+        # FileDescriptor.connectionLost:
+        self.disconnected = 1
+        self.connected = 0
+        producer = self.producer
+        if producer is not None:
+            producer.stopProducing()
+            self.producer = None
+        self.stopReading()
+        self.stopWriting()
+        # Connection.connectionLost:
+        self._closeSocket(not issubclass(reason.type, ConnectionAborted))  # type: ignore[arg-type]
+        protocol = self.protocol
+        self.__dict__["_protocolName"] = protocol.__class__.__name__
+        del self.protocol, self.socket, self.fileno
+        protocol.connectionLost(reason)
+        # (Neither refers to the other once gone: a factory that keeps its
+        # protocol, which keeps this transport, is no cycle.)
+        connector = self.connector
+        del self.connector
+        connector.connectionLost(reason)
+
+
+#: The socket type flags that make a socket non-blocking as it is created
+#: (Linux); elsewhere none.
+_NONBLOCKING = (
+    socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    if hasattr(socket, "SOCK_NONBLOCK")
+    else 0
+)
+
+#: A non-blocking connect's results that say it goes on.
+_IN_PROGRESS = frozenset([EINPROGRESS, EWOULDBLOCK, EALREADY])
+
+
+def _waitToRead(transport: tcp.Client) -> None:
+    """
+    A connected transport that waited to write now waits to read, with
+    one change of its registration on Twisted's epoll reactor (one
+    C{epoll_ctl}); on another reactor by stopping writing (Twisted's
+    C{_connectDone} then starts reading).  (The epoll reactor's private
+    C{_poller}, C{_reads} and C{_writes}, as its C{_add} and C{_remove}
+    keep them: a Twisted that renames them fails every connect, loudly, in
+    tests.test_connectlean.)
+
+    @param transport: Registered for writing only.
+    """
+    reactor: Any = transport.reactor
+    fd = transport.fileno()
+    if (
+        EPollReactor is not None
+        and isinstance(reactor, EPollReactor)
+        and fd in reactor._writes
+    ):
+        if fd not in reactor._reads:
+            reactor._poller.modify(fd, select.EPOLLIN)
+            reactor._writes.discard(fd)
+            reactor._reads.add(fd)
+            return
+    transport.stopWriting()
