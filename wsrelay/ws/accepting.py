@@ -2,7 +2,7 @@
 """
 The client leg's accepted transport: L{LeanPort}, Twisted's TCP port,
 whose connections are L{LeanServer}s, with less Python and fewer system
-calls per connection (issue 16's storm), as L{wsrelay.ws.connecting}'s
+calls per connection (issue 16's storm), as L{wsrelay.ws.tcpclient}'s
 C{_IPClient} has for the upstream leg.  The relay's plain TCP listeners
 (and those behind C{haproxy:}) are such ports (L{wsrelay.listening}); TLS
 listeners keep Twisted's own.
@@ -73,7 +73,7 @@ class LeanClose(tcp.Connection):
     """
     A TCP transport that closes a connection with nothing to send without
     Twisted's write turn (see the module's docstring): both legs' lean
-    transports, L{LeanServer} and L{wsrelay.ws.connecting}'s C{_IPClient},
+    transports, L{LeanServer} and L{wsrelay.ws.tcpclient}'s C{_IPClient},
     put it before Twisted's C{Server} or C{Client}.
     """
 
