@@ -17,13 +17,13 @@ with its own answer, as the upstream leg does with a backend's 101
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
+from binascii import b2a_base64
 from collections.abc import Callable, Iterable, Sequence
+from hashlib import sha1
 from typing import TYPE_CHECKING, Any, cast
 
-import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.python.failure import Failure
 
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
     from wsrelay.routing import Route
     from wsrelay.ws.handshake import Head
+
+#: The state of a leg before its 101 (Autobahn's).
+CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 #: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
 WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -125,7 +128,7 @@ def acceptKey(key: str) -> str:
     """
     @return: The C{Sec-WebSocket-Accept} for C{key}.
     """
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_MAGIC).digest()).decode()
+    return b2a_base64(sha1(key.encode() + WS_MAGIC).digest(), newline=False).decode()
 
 
 @functools.lru_cache(maxsize=16)
@@ -212,6 +215,24 @@ class PlainAccept:
         def _onOpen(self) -> None: ...
         def startKeepalive(self) -> None: ...
         def consumeData(self) -> None: ...
+        def processHandshake(self) -> None: ...
+        def parse(self, data: bytes) -> None: ...
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the client: to the data path once there is one; before
+        the 101, to C{processHandshake} as Autobahn's parser would hand them
+        (without its count of them in the traffic counters that no one
+        reads); else to Autobahn's parser (L{wsrelay.ws.legs.RelayLeg}).
+        """
+        path = self.dataPath
+        if path is not None:
+            path.dataReceived(data)
+        elif self.state == CONNECTING:
+            self.data += data
+            self.processHandshake()
+        else:
+            self.parse(data)
 
     def answerPlain(self, head: Head) -> bool:
         """
@@ -279,12 +300,16 @@ class PlainAccept:
             )
         )
         self.state = OPEN
-        self.inside_message = False
-        self.current_frame = None
+        # (As Autobahn's succeedHandshake sets them: nothing before the
+        # 101 set them otherwise, and they read so as class defaults.)
+        if self.inside_message:
+            self.inside_message = False
+        if self.current_frame is not None:
+            self.current_frame = None
         if self.trackedTimings:
             self.trackedTimings.track("onOpen")
         # Resolved first, so that the leg lets it go as it is paired.
-        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        self.is_open.callback(None)
         self._onOpen()
         if self.state == OPEN and self.dataPath is None:
             # (Not when the session's pipe took the connection over.)

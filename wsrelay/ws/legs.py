@@ -349,8 +349,8 @@ class RelayLeg(ClosingLeg):
         """
         attributes = self.__dict__
         for name in self._HANDSHAKE_ONLY:
-            if name in attributes:
-                attributes[name] = None
+            # (Each reads as its class default, None, once dropped.)
+            attributes.pop(name, None)
         # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
         # certificate) and never after, if made at all
         # (LazyTransportDetails); 336 bytes a held connection.
