@@ -95,7 +95,7 @@ def forgetOpened(protocol: Any, name: str) -> None:
         del attributes[name]
 
 
-def letGo(protocol: Any, cycles: tuple[str, ...]) -> None:
+def letGo(protocol: Any, cycles: tuple[str, ...], client: bool = True) -> None:
     """
     A leg's connection is gone: drop its attributes C{cycles}, the
     references by which it, its session and its data path refer to each
@@ -104,10 +104,17 @@ def letGo(protocol: Any, cycles: tuple[str, ...]) -> None:
     factory holds the attempt: once the connection is lost the connector
     no longer uses its transport), so that a closed connection's objects
     are freed by reference counting.
+
+    @param client: Whether the leg connected out (an upstream leg), so
+        that its transport may have a connector.  An accepted connection
+        (the client's leg) has none, and is not searched for one: four
+        failed attribute lookups.
     """
     attributes = protocol.__dict__
     for name in cycles:
         attributes.pop(name, None)
+    if not client:
+        return
     transport = protocol.transport
     for _ in range(2):
         connector = getattr(transport, "connector", None)

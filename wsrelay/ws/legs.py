@@ -303,7 +303,7 @@ class RelayLeg(ClosingLeg):
         or hours (docs/reliability.md, "Memory: where it goes and its
         bounds").
         """
-        _autobahn.letGo(self, self._CYCLES)
+        _autobahn.letGo(self, self._CYCLES, not self.is_server)  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
