@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Sequence
 from hashlib import sha1
 from typing import TYPE_CHECKING, Any, cast
 
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.python.failure import Failure
 
@@ -35,9 +34,6 @@ if TYPE_CHECKING:
 
     from wsrelay.routing import Route
     from wsrelay.ws.handshake import Head
-
-#: The state of a leg before its 101 (Autobahn's).
-CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 #: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
 WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -215,24 +211,6 @@ class PlainAccept:
         def _onOpen(self) -> None: ...
         def startKeepalive(self) -> None: ...
         def consumeData(self) -> None: ...
-        def processHandshake(self) -> None: ...
-        def parse(self, data: bytes) -> None: ...
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Bytes from the client: to the data path once there is one; before
-        the 101, to C{processHandshake} as Autobahn's parser would hand them
-        (without its count of them in the traffic counters that no one
-        reads); else to Autobahn's parser (L{wsrelay.ws.legs.RelayLeg}).
-        """
-        path = self.dataPath
-        if path is not None:
-            path.dataReceived(data)
-        elif self.state == CONNECTING:
-            self.data += data
-            self.processHandshake()
-        else:
-            self.parse(data)
 
     def answerPlain(self, head: Head) -> bool:
         """

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from wsrelay.config import RelayConfig
 
 _autobahn.install()
+
+#: The state of a leg before it opened (Autobahn's).
+CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 
 def legOptions(config: RelayConfig) -> dict[str, Any]:
@@ -184,13 +188,19 @@ class RelayLeg(ClosingLeg):
     def dataReceived(self, data: bytes) -> None:
         """
         Bytes from the transport: to the data path, or to Autobahn's parser
-        when there is none.
+        when there is none; before the leg opened, straight to its
+        handshake (C{processHandshake}), as Autobahn's parser would hand
+        them on (without its count of them in the traffic counters, which
+        no one reads).
         """
         path = self.dataPath
-        if path is None:
-            self.parse(data)
-        else:
+        if path is not None:
             path.dataReceived(data)
+        elif self.state == CONNECTING:
+            self.data += data
+            self.processHandshake()  # type: ignore[attr-defined]
+        else:
+            self.parse(data)
 
     # Receiving on the message path: whole frames, never whole messages.
 
