@@ -331,6 +331,27 @@ class HeldLegTests(SynchronousTestCase):
         self.assertEqual(backend.messages, [(b"up", False)])
         self.assertEqual(client.messages, [(b"down", False)])
 
+    def test_rateOnlyWithLimit(self) -> None:
+        """
+        Without C{max_messages_per_second} the client's leg holds no rate
+        window (the clock is not read for it); with one, the window starts
+        when the client connects.
+        """
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        for name in ("rateLimit", "rateWindow"):
+            self.assertNotIn(name, vars(session.frontend))
+        limited = Network(
+            self,
+            _passthrough().replace(
+                "[relay]\n", "[relay]\nmax_messages_per_second = 5\n"
+            ),
+        )
+        limited.clock.advance(7)
+        f = limited.frontend()
+        limited.pair(f, RawClient())
+        self.assertEqual((f.rateLimit, f.rateWindow), (5, 7.0))
+
     def test_peerOnce(self) -> None:
         """
         A handshake asks the client's transport for its peer once (the
