@@ -468,6 +468,8 @@ class LegInitTests(SynchronousTestCase):
         self.assertEqual(
             sorted(vars(leg)), ["factory", "failures", "is_closed", "is_open"]
         )
+        self.assertIsNone(leg._transport_details.peer)
+        self.assertNotIn("_transport_details", vars(leg))
         self.assertIsNot(leg.is_open, leg.is_closed)
         self.assertFalse(leg.is_open.called)
         self.assertFalse(leg.is_closed.called)

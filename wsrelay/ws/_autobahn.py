@@ -286,12 +286,15 @@ _MISSING = object()
 class LazyTransportDetails:
     """
     A leg's C{_transport_details} (Autobahn's account of its transport),
-    made as Autobahn's C{connectionMade} makes it, when first read.
+    made as Autobahn's C{connectionMade} makes it, when first read; before
+    the leg connected, empty details (as Autobahn's C{__init__} makes).
     """
 
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
         if leg is None:
             return self
+        if leg.transport is None:
+            return TransportDetails()
         details = create_transport_details(leg.transport, leg.is_server)
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         details.peer = leg.__dict__.get("peer") or details.peer  # (setPeer's)
