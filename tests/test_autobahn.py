@@ -20,19 +20,24 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.compress import PerMessageDeflate, PerMessageDeflateOfferAccept
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
+from zope.interface import implementer
 
 import wsrelay.ws.legs  # noqa: F401 (installs the adjustment)
 from wsrelay.config import parseConfig
+from wsrelay.ws import _autobahn
 from wsrelay.ws._autobahn import (
     PRIVATE_ATTRIBUTES,
     PRIVATE_METHODS,
     LazyCall,
     LazyFormat,
     LegShims,
+    isTLS,
+    letGo,
     setPeer,
 )
 from wsrelay.ws.frontend import FrontendProtocol
@@ -429,3 +434,186 @@ def _same(ours: object, theirs: object) -> bool:
     if theirs is None or isinstance(theirs, (bool, int, float, str, bytes, tuple)):
         return ours == theirs
     return type(ours) is type(theirs)
+
+
+class _Tolerant(StringTransport):
+    """
+    A transport that lets Autobahn unregister a producer it never
+    registered (as it does when it drops a connection).
+    """
+
+    def unregisterProducer(self) -> None:
+        """
+        Nothing to unregister.
+        """
+
+
+class LegInitTests(SynchronousTestCase):
+    """
+    L{LegShims.__init__} makes only what each connection needs of its own;
+    the rest reads as Autobahn's would, from the class or made when read.
+    """
+
+    def test_own(self) -> None:
+        """
+        A new leg holds only its two unfired L{Deferred}s; its events are
+        the shared tuple, its transport details and UTF-8 validator are
+        not made.  After C{makeConnection}, still no details, validator
+        or events of its own, and C{send_state} reads as Autobahn sets it.
+        """
+        factory = WebSocketServerFactory()
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        factory.protocol = withOptions(ShimLeg, factory)
+        leg = factory.buildProtocol(None)
+        self.assertEqual(
+            sorted(vars(leg)), ["factory", "failures", "is_closed", "is_open"]
+        )
+        self.assertIsNone(leg._transport_details.peer)
+        self.assertNotIn("_transport_details", vars(leg))
+        self.assertIsNot(leg.is_open, leg.is_closed)
+        self.assertFalse(leg.is_open.called)
+        self.assertFalse(leg.is_closed.called)
+        self.assertEqual(leg._valid_events, ("message",))
+        leg.makeConnection(StringTransport())
+        for name in ("_transport_details", "utf8validator", "_valid_events"):
+            self.assertNotIn(name, vars(leg))
+        self.assertEqual(leg.send_state, WebSocketServerProtocol.SEND_STATE_GROUND)
+
+    def leanLeg(self) -> tuple[ShimLeg, StringTransport]:
+        """
+        @return: A leg with its options on its class, as the relay's legs
+            have them, open, and its transport cleared of the 101.
+        """
+        loop = replace_loop(Clock())
+        loop.__enter__()
+        self.addCleanup(loop.__exit__, None, None, None)
+        factory = WebSocketServerFactory()
+        factory.setProtocolOptions(failByDrop=False, openHandshakeTimeout=0)
+        factory.protocol = withOptions(ShimLeg, factory)
+        leg = factory.buildProtocol(None)
+        transport = _Tolerant()
+        leg.makeConnection(transport)
+        leg.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"))
+        transport.clear()
+        return leg, transport
+
+    def test_validatorWhenRead(self) -> None:
+        """
+        A leg's UTF-8 validator is made when first read, one per leg, and
+        kept; it validates as Autobahn's.
+        """
+        leg, _ = self.leanLeg()
+        other, _ = self.leanLeg()
+        self.assertNotIn("utf8validator", vars(leg))
+        validator = leg.utf8validator
+        self.assertIs(vars(leg)["utf8validator"], validator)
+        self.assertIsNot(other.utf8validator, validator)
+        validator.reset()
+        self.assertTrue(validator.validate("é".encode())[0])
+        self.assertFalse(validator.validate(b"\xff")[0])
+
+    def test_invalidText(self) -> None:
+        """
+        A text message that is not UTF-8 still fails the connection with
+        1007 (the validator, made when the message begins, checks it).
+        """
+        leg, transport = self.leanLeg()
+        payload = b"\xff\xfe"
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        leg.dataReceived(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        self.assertEqual({code for code, _ in leg.failures}, {1007})
+        self.assertEqual(closeCode(transport.value()), 1007)
+
+
+class IsTLSTests(SynchronousTestCase):
+    """
+    L{isTLS} says whether a transport provides C{ISSLTransport}, asking
+    zope once per transport class.
+    """
+
+    def test_byClass(self) -> None:
+        """
+        A TLS transport is, a plain one is not; each class is asked of
+        once.
+        """
+
+        @implementer(ISSLTransport)
+        class TLSTransport(StringTransport):
+            pass
+
+        class PlainTransport(StringTransport):
+            pass
+
+        asked: list[object] = []
+        providedBy = ISSLTransport.providedBy
+
+        class Counting:
+            def providedBy(self, transport: object) -> bool:
+                asked.append(type(transport))
+                return bool(providedBy(transport))
+
+        self.patch(_autobahn, "ISSLTransport", Counting())
+        for _ in range(3):
+            self.assertTrue(isTLS(TLSTransport()))
+            self.assertFalse(isTLS(PlainTransport()))
+        self.assertEqual(asked, [TLSTransport, PlainTransport])
+
+
+class LetGoTests(SynchronousTestCase):
+    """
+    L{letGo} drops a leg's cycles, and looks for a client connector only
+    on a leg that connected out.
+    """
+
+    def test_acceptedLeg(self) -> None:
+        """
+        An accepted connection's leg (C{client=False}): its cycles are
+        dropped and its transport is not looked at.
+        """
+
+        class Watched:
+            looked: list[str] = []
+
+            def __getattr__(self, name: str) -> object:
+                self.looked.append(name)
+                raise AttributeError(name)
+
+        class Leg:
+            pass
+
+        leg = Leg()
+        leg.transport = Watched()  # type: ignore[attr-defined]
+        leg.session = object()  # type: ignore[attr-defined]
+        letGo(leg, ("session", "target"), client=False)
+        self.assertEqual(vars(leg), {"transport": leg.transport})  # type: ignore[attr-defined]
+        self.assertEqual(Watched.looked, [])
+        letGo(leg, ("session",))
+        self.assertEqual(Watched.looked, ["connector", "transport"])
+
+    def test_connectedLeg(self) -> None:
+        """
+        A leg that connected out: its connector no longer refers to its
+        transport.
+        """
+
+        class Connector:
+            pass
+
+        class Transport:
+            pass
+
+        class Leg:
+            pass
+
+        connector, transport, leg = Connector(), Transport(), Leg()
+        transport.connector = connector  # type: ignore[attr-defined]
+        connector.transport = transport  # type: ignore[attr-defined]
+        leg.transport = transport  # type: ignore[attr-defined]
+        letGo(leg, ())
+        self.assertIsNone(connector.transport)  # type: ignore[attr-defined]

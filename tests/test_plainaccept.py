@@ -205,6 +205,32 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
         self.assertEqual(plain, autobahn)
 
+    def test_firstRead(self) -> None:
+        """
+        The request goes from the leg's C{dataReceived} to its
+        C{processHandshake}, not through Autobahn's parser (C{parse}, its
+        C{_dataReceived}) and C{consumeData}; so does a request in pieces,
+        answered once its head is complete.
+        """
+        through: list[bytes] = []
+        self.patch(FrontendProtocol, "parse", lambda leg, data: through.append(data))
+        self.patch(FrontendProtocol, "consumeData", lambda leg: through.append(b""))
+        network = Network(self, _passthrough())
+        client = RawClient()
+        io = network.pair(network.frontend(), client).clientIO
+        head = request()
+        io.write(head[:20])
+        network.flush()
+        self.assertEqual(network.pendingConnects(), [])
+        io.write(head[20:])
+        network.flush()
+        self.assertEqual(len(network.pendingConnects()), 1)
+        network.acceptUpstream()
+        network.flush()
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), client.received)
+        self.assertEqual(through, [])
+        self.assertEqual(self.counting.calls, 0)
+
     def test_origin(self) -> None:
         """
         A plain request with an C{Origin} that Autobahn allows opens without
@@ -304,6 +330,27 @@ class HeldLegTests(SynchronousTestCase):
         network.flush()
         self.assertEqual(backend.messages, [(b"up", False)])
         self.assertEqual(client.messages, [(b"down", False)])
+
+    def test_rateOnlyWithLimit(self) -> None:
+        """
+        Without C{max_messages_per_second} the client's leg holds no rate
+        window (the clock is not read for it); with one, the window starts
+        when the client connects.
+        """
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        for name in ("rateLimit", "rateWindow"):
+            self.assertNotIn(name, vars(session.frontend))
+        limited = Network(
+            self,
+            _passthrough().replace(
+                "[relay]\n", "[relay]\nmax_messages_per_second = 5\n"
+            ),
+        )
+        limited.clock.advance(7)
+        f = limited.frontend()
+        limited.pair(f, RawClient())
+        self.assertEqual((f.rateLimit, f.rateWindow), (5, 7.0))
 
     def test_peerOnce(self) -> None:
         """

@@ -37,7 +37,6 @@ L{LegShims} gives a relay leg the ones it uses under public names.
 
 from __future__ import annotations
 
-import pprint
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -52,90 +51,15 @@ from autobahn.websocket.protocol import (
     _is_same_origin,
     _url_to_origin,
 )
-from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ISSLTransport
 
+from wsrelay.ws.lazy import LazyCall as LazyCall
+from wsrelay.ws.lazy import LazyFormat as LazyFormat
+from wsrelay.ws.lazy import LazyUtf8Validator, LazyValidator, lazy
+
 #: Autobahn's protocol module, whose names L{install} replaces.
 _PROTOCOL: Any = autobahn.websocket.protocol
-
-
-class LazyCall(str):
-    """
-    The text C{function(*arguments, **keywords)}, computed only when turned
-    into a string.
-
-    A C{str} itself (an empty one), so that it may stand wherever the
-    function's result did, C{__str__} methods included.
-    """
-
-    function: Callable[..., str]
-    arguments: tuple[Any, ...]
-    keywords: dict[str, Any]
-
-    def __new__(
-        cls, function: Callable[..., str], *arguments: Any, **keywords: Any
-    ) -> LazyCall:
-        self = super().__new__(cls, "")
-        self.function = function
-        self.arguments = arguments
-        self.keywords = keywords
-        return self
-
-    def __str__(self) -> str:
-        return self.function(*self.arguments, **self.keywords)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-    __repr__ = __str__
-
-
-def lazy(function: Callable[..., str]) -> Callable[..., LazyCall]:
-    """
-    @return: A function giving a L{LazyCall} of C{function}.
-    """
-
-    def deferred(*arguments: Any, **keywords: Any) -> LazyCall:
-        return LazyCall(function, *arguments, **keywords)
-
-    return deferred
-
-
-def LazyFormat(obj: Any) -> LazyCall:
-    """
-    C{pprint.pformat(obj)}, when rendered.
-    """
-    return LazyCall(pprint.pformat, obj)
-
-
-class LazyUtf8Validator:
-    """
-    Autobahn's C{Utf8Validator}, made when it is first reset (Autobahn
-    resets it as each text message begins) or used: until then, an empty
-    object, which costs a connection a fraction of the real one's memory
-    and construction.  The first call replaces both methods on the
-    instance by the real validator's, so that later calls reach it
-    directly.
-    """
-
-    def reset(self) -> None:
-        """
-        Make the real validator and reset it.
-        """
-        self._realize().reset()
-
-    def validate(self, data: bytes) -> Any:
-        """
-        Make the real validator and validate C{data} with it.
-        """
-        return self._realize().validate(data)
-
-    def _realize(self) -> Any:
-        real = Utf8Validator()
-        self.reset = real.reset  # type: ignore[method-assign]
-        self.validate = real.validate  # type: ignore[method-assign]
-        return real
 
 
 #: The one C{TrafficStats} of every Autobahn connection (L{install}).
@@ -171,7 +95,7 @@ def forgetOpened(protocol: Any, name: str) -> None:
         del attributes[name]
 
 
-def letGo(protocol: Any, cycles: tuple[str, ...]) -> None:
+def letGo(protocol: Any, cycles: tuple[str, ...], client: bool = True) -> None:
     """
     A leg's connection is gone: drop its attributes C{cycles}, the
     references by which it, its session and its data path refer to each
@@ -180,10 +104,17 @@ def letGo(protocol: Any, cycles: tuple[str, ...]) -> None:
     factory holds the attempt: once the connection is lost the connector
     no longer uses its transport), so that a closed connection's objects
     are freed by reference counting.
+
+    @param client: Whether the leg connected out (an upstream leg), so
+        that its transport may have a connector.  An accepted connection
+        (the client's leg) has none, and is not searched for one: four
+        failed attribute lookups.
     """
     attributes = protocol.__dict__
     for name in cycles:
         attributes.pop(name, None)
+    if not client:
+        return
     transport = protocol.transport
     for _ in range(2):
         connector = getattr(transport, "connector", None)
@@ -355,12 +286,15 @@ _MISSING = object()
 class LazyTransportDetails:
     """
     A leg's C{_transport_details} (Autobahn's account of its transport),
-    made as Autobahn's C{connectionMade} makes it, when first read.
+    made as Autobahn's C{connectionMade} makes it, when first read; before
+    the leg connected, empty details (as Autobahn's C{__init__} makes).
     """
 
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
         if leg is None:
             return self
+        if leg.transport is None:
+            return TransportDetails()
         details = create_transport_details(leg.transport, leg.is_server)
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         details.peer = leg.__dict__.get("peer") or details.peer  # (setPeer's)
@@ -383,6 +317,22 @@ class LazyPeer:
         peer = details.peer if details is not None else peer2str(leg.transport)
         leg.__dict__["peer"] = peer
         return peer
+
+
+#: Whether a transport's class provides C{ISSLTransport}, by class.
+_TLS: dict[type, bool] = {}
+
+
+def isTLS(transport: Any) -> bool:
+    """
+    @return: Whether C{transport} is a TLS connection (provides
+        C{ISSLTransport}), asked of zope once per transport class.
+    """
+    cls = type(transport)
+    found = _TLS.get(cls)
+    if found is None:
+        found = _TLS[cls] = ISSLTransport.providedBy(transport)
+    return found
 
 
 class LegShims:
@@ -413,9 +363,22 @@ class LegShims:
     data = b""
     _results: dict[str, Any] | None = None
 
-    #: Made when first read (L{LazyTransportDetails}, L{LazyPeer}).
+    #: Made when first read (L{LazyTransportDetails}, L{LazyPeer},
+    #: L{LazyValidator}).
     _transport_details: Any = LazyTransportDetails()
     peer: Any = LazyPeer()
+    utf8validator: Any = LazyValidator()
+    send_state = WebSocketProtocol.SEND_STATE_GROUND
+
+    def __init__(self) -> None:
+        """
+        Autobahn's C{WebSocketProtocol.__init__} without what a leg has as
+        class attributes (its events, L{MESSAGE_EVENTS}) or makes when
+        read (its empty transport details): the two L{Deferred}s of the
+        connection's life only.
+        """
+        self.is_closed: Deferred[Any] = Deferred()
+        self.is_open = Deferred()
 
     def connectionMade(self) -> None:
         """
@@ -426,8 +389,6 @@ class LegShims:
         (L{_onOpen}).
         """
         transport: Any = self.transport  # type: ignore[attr-defined]
-        # (The empty details Autobahn's __init__ made.)
-        self.__dict__.pop("_transport_details", None)
         try:
             transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
         except Exception:  # noqa: S110 - as Autobahn: not a TCP socket
@@ -455,8 +416,6 @@ class LegShims:
         if self.trackTimings:  # type: ignore[attr-defined]
             self.setTrackTimings(True)  # type: ignore[attr-defined]
         self.state = WebSocketProtocol.STATE_CONNECTING
-        self.send_state = WebSocketProtocol.SEND_STATE_GROUND
-        self.utf8validator = _PROTOCOL.Utf8Validator()
         timeout = self.openHandshakeTimeout  # type: ignore[attr-defined]
         if timeout > 0:
             self.openHandshakeTimeoutCall = factory._batched_timer.call_later(
@@ -510,9 +469,10 @@ class LegShims:
         leg's transport details (not made for a plain leg that never read
         them).
         """
-        self.compressor = self._perMessageCompress  # type: ignore[attr-defined]
-        transport = self.transport  # type: ignore[attr-defined]
-        if "_transport_details" in vars(self) or ISSLTransport.providedBy(transport):
+        compressor = self._perMessageCompress  # type: ignore[attr-defined]
+        if compressor is not None:
+            self.compressor = compressor
+        if "_transport_details" in vars(self) or isTLS(self.transport):  # type: ignore[attr-defined]
             super()._onOpen()  # type: ignore[misc]
         else:
             self.onOpen()  # type: ignore[attr-defined]

@@ -17,13 +17,12 @@ with its own answer, as the upstream leg does with a backend's 101
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
+from binascii import b2a_base64
 from collections.abc import Callable, Iterable, Sequence
+from hashlib import sha1
 from typing import TYPE_CHECKING, Any, cast
 
-import txaio
 from autobahn.websocket.types import ConnectionDeny
 from twisted.python.failure import Failure
 
@@ -125,7 +124,7 @@ def acceptKey(key: str) -> str:
     """
     @return: The C{Sec-WebSocket-Accept} for C{key}.
     """
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_MAGIC).digest()).decode()
+    return b2a_base64(sha1(key.encode() + WS_MAGIC).digest(), newline=False).decode()
 
 
 @functools.lru_cache(maxsize=16)
@@ -279,12 +278,16 @@ class PlainAccept:
             )
         )
         self.state = OPEN
-        self.inside_message = False
-        self.current_frame = None
+        # (As Autobahn's succeedHandshake sets them: nothing before the
+        # 101 set them otherwise, and they read so as class defaults.)
+        if self.inside_message:
+            self.inside_message = False
+        if self.current_frame is not None:
+            self.current_frame = None
         if self.trackedTimings:
             self.trackedTimings.track("onOpen")
         # Resolved first, so that the leg lets it go as it is paired.
-        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        self.is_open.callback(None)
         self._onOpen()
         if self.state == OPEN and self.dataPath is None:
             # (Not when the session's pipe took the connection over.)

@@ -17,7 +17,6 @@ from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +24,7 @@ from twisted.python.failure import Failure
 from wsrelay.accesslog import logRefused
 from wsrelay.deadlines import Deadlines
 from wsrelay.logs import ErrorBudget, LimitedLogger
+from wsrelay.ws._autobahn import isTLS
 from wsrelay.ws.accept import PlainAccept
 from wsrelay.ws.handshake import Head, buildResponse
 from wsrelay.ws.legclosing import OPEN
@@ -116,7 +116,37 @@ class SessionOpener(Protocol):
 _log = Logger()
 
 
-class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
+class ClientDeflate:
+    """
+    Mixin for the client's leg: whether it negotiates permessage-deflate
+    itself (L{relaysDeflate}).
+    """
+
+    route: Route | None
+    websocket_extensions: list[tuple[str, Any]]
+
+    def relaysDeflate(self) -> bool:
+        """
+        @return: Whether this client's leg uses permessage-deflate, which the
+            relay negotiates itself: the client offered it, and the route is
+            a proxy route on the message data path with C{compression = on}.
+            (Passthrough routes pass the offer on; fan-out routes decline.)
+        """
+        route = self.route
+        if route is None:
+            return False
+        config = route.config
+        return (
+            config.mode == "proxy"
+            and config.dataPath == "message"
+            and config.compression
+            and any(
+                name == "permessage-deflate" for name, _ in self.websocket_extensions
+            )
+        )
+
+
+class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
     """
     One client connection.
 
@@ -159,8 +189,10 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
         super().connectionMade()
         factory = self.factory
         factory.admission.clientArrived(self)
-        self.rateLimit = factory.config.maxMessagesPerSecond
-        self.rateWindow = factory.clock.seconds()
+        rateLimit = factory.config.maxMessagesPerSecond
+        if rateLimit:
+            self.rateLimit = rateLimit
+            self.rateWindow = factory.clock.seconds()
         queue = factory.deadlines.queue(factory.config.handshakeTimeout)
         queue.add(self._handshakeTimedOut)
         self._handshakeCall = queue
@@ -265,7 +297,7 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
         """
         Whether the client connected over TLS.
         """
-        return ISSLTransport.providedBy(self.transport)
+        return isTLS(self.transport)
 
     def processHandshake(self) -> None:
         """
@@ -313,26 +345,6 @@ class FrontendProtocol(PlainAccept, RelayLeg, WebSocketServerProtocol):  # type:
         d = self.factory.sessions.openSession(self, self.route)
         d.addErrback(self._keepRefusal)
         return d
-
-    def relaysDeflate(self) -> bool:
-        """
-        @return: Whether this client's leg uses permessage-deflate, which the
-            relay negotiates itself: the client offered it, and the route is
-            a proxy route on the message data path with C{compression = on}.
-            (Passthrough routes pass the offer on; fan-out routes decline.)
-        """
-        route = self.route
-        if route is None:
-            return False
-        config = route.config
-        return (
-            config.mode == "proxy"
-            and config.dataPath == "message"
-            and config.compression
-            and any(
-                name == "permessage-deflate" for name, _ in self.websocket_extensions
-            )
-        )
 
     def perMessageCompressionAccept(
         self, offers: list[object]

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from wsrelay.config import RelayConfig
 
 _autobahn.install()
+
+#: The state of a leg before it opened (Autobahn's).
+CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 
 def legOptions(config: RelayConfig) -> dict[str, Any]:
@@ -184,13 +188,19 @@ class RelayLeg(ClosingLeg):
     def dataReceived(self, data: bytes) -> None:
         """
         Bytes from the transport: to the data path, or to Autobahn's parser
-        when there is none.
+        when there is none; before the leg opened, straight to its
+        handshake (C{processHandshake}), as Autobahn's parser would hand
+        them on (without its count of them in the traffic counters, which
+        no one reads).
         """
         path = self.dataPath
-        if path is None:
-            self.parse(data)
-        else:
+        if path is not None:
             path.dataReceived(data)
+        elif self.state == CONNECTING:
+            self.data += data
+            self.processHandshake()  # type: ignore[attr-defined]
+        else:
+            self.parse(data)
 
     # Receiving on the message path: whole frames, never whole messages.
 
@@ -303,7 +313,7 @@ class RelayLeg(ClosingLeg):
         or hours (docs/reliability.md, "Memory: where it goes and its
         bounds").
         """
-        _autobahn.letGo(self, self._CYCLES)
+        _autobahn.letGo(self, self._CYCLES, not self.is_server)  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -349,8 +359,8 @@ class RelayLeg(ClosingLeg):
         """
         attributes = self.__dict__
         for name in self._HANDSHAKE_ONLY:
-            if name in attributes:
-                attributes[name] = None
+            # (Each reads as its class default, None, once dropped.)
+            attributes.pop(name, None)
         # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
         # certificate) and never after, if made at all
         # (LazyTransportDetails); 336 bytes a held connection.
