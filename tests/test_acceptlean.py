@@ -128,6 +128,33 @@ class LeanAcceptTests(_Loopback):
         client.transport.write(b"hello")  # type: ignore[union-attr]
         await waitFor(lambda: server.received == b"hello")
 
+    async def test_noDelayInherited(self) -> None:
+        """
+        The listening socket has C{TCP_NODELAY}, so an accepted socket is
+        born with it: the transport turns it on with no system call, and
+        still turns it off and on again with one each.
+        """
+        calls: list[bool] = []
+        setNoDelay = Port.transport.setTcpNoDelay
+
+        def recording(transport: Any, enabled: bool) -> None:
+            calls.append(enabled)
+            setNoDelay(transport, enabled)
+
+        self.patch(Port.transport, "setTcpNoDelay", recording)
+        listening = self.port.socket
+        self.assertTrue(listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        client, server = await self.connect()
+        transport: Any = server.transport
+        self.assertTrue(transport.getTcpNoDelay())
+        transport.setTcpNoDelay(True)
+        self.assertEqual(calls, [])
+        transport.setTcpNoDelay(False)
+        self.assertFalse(transport.getTcpNoDelay())
+        transport.setTcpNoDelay(True)
+        self.assertTrue(transport.getTcpNoDelay())
+        self.assertEqual(calls, [False, True])
+
     async def test_addresses(self) -> None:
         """
         The factory is given the client's address, and the transport's

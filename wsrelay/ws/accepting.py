@@ -41,6 +41,7 @@ That close is L{LeanClose}'s, which the upstream leg's transport
 from __future__ import annotations
 
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
@@ -67,6 +68,11 @@ _DONE = Failure(ConnectionDone())
 #: The flags of C{getnameinfo} that Twisted's port reads an IPv6 peer's
 #: address with (its scope, if any, by number).
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+
+
+#: Whether accepted TCP sockets inherit C{TCP_NODELAY} from their listening
+#: socket, as Linux's do (its accept clones the listening socket's state).
+_INHERITS_NODELAY = sys.platform.startswith("linux")
 
 
 class LeanClose(tcp.Connection):
@@ -160,6 +166,10 @@ class LeanServer(LeanClose, tcp.Server):
     """
 
     _prefix: str | None = None
+    #: Whether C{TCP_NODELAY} is known to be on: L{None} until set here,
+    #: when it is what the socket inherited from its port
+    #: (L{LeanPort.noDelay}).
+    _noDelay: bool | None = None
 
     def __init__(
         self,
@@ -187,6 +197,19 @@ class LeanServer(LeanClose, tcp.Server):
         self.hostname = client[0]
         self.startReading()
         self.connected = 1
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Set C{TCP_NODELAY}, as Twisted's transport does, but with no system
+        call to turn it on for a socket that has it from its listening
+        socket (L{LeanPort.noDelay}): Linux's accepted sockets inherit it,
+        and every leg of the relay turns it on as it connects.
+        """
+        if enabled and self._noDelay is None and getattr(self.server, "noDelay", False):
+            self._noDelay = True
+            return
+        super().setTcpNoDelay(enabled)
+        self._noDelay = bool(enabled)
 
     def _protocolPrefix(self) -> str:
         """
@@ -250,6 +273,24 @@ class LeanPort(tcp.Port):
     """
 
     transport = LeanServer
+    #: Whether the listening socket has C{TCP_NODELAY}, which the sockets
+    #: it accepts inherit (on Linux: L{LeanServer.setTcpNoDelay}).
+    noDelay = False
+
+    def startListening(self) -> None:
+        """
+        Listen as Twisted's port does, with C{TCP_NODELAY} on the listening
+        socket (a handed-over one too), so that accepted sockets are born
+        with it: one system call per port instead of one per connection.
+        """
+        super().startListening()
+        if not _INHERITS_NODELAY:
+            return
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return
+        self.noDelay = True
 
     def doRead(self) -> None:
         """
