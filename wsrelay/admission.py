@@ -22,8 +22,10 @@ from wsrelay.ws.frontend import Refused
 from wsrelay.ws.handshake import (
     CLAIMED,
     FORWARDING,
+    NOT_FORWARDED,
     Head,
     endToEnd,
+    fieldLines,
     forwardedNode,
     quotedString,
 )
@@ -43,6 +45,10 @@ MAX_BUCKETS = 10000
 #: What C{forwardedHeaders} drops of an untrusted peer's fields, besides
 #: the hop-by-hop ones.
 _UNTRUSTED = FORWARDING | CLAIMED
+
+#: Every name C{forwardedHeaders} drops of an untrusted peer's fields but
+#: those C{Connection} lists: a head that has no other is forwarded none.
+_ALL_UNTRUSTED = NOT_FORWARDED | _UNTRUSTED
 
 
 def peerHost(frontend: FrontendProtocol) -> str:
@@ -305,3 +311,40 @@ class Admission:
             ("Forwarded", f"{forwarded}, {element}" if forwarded else element)
         )
         return headers
+
+    def forwardedLines(self, frontend: FrontendProtocol, head: Head) -> str | None:
+        """
+        L{forwardedHeaders}' fields for a peer the relay does not trust (the
+        common case), written as the lines of the upstream request's head
+        (L{fieldLines}) in one piece, without a list of pairs between.
+
+        @return: The lines, each ended with CRLF; or L{None} for a peer in
+            C{trusted_proxies}, whose fields L{forwardedHeaders} makes.
+        """
+        peer = peerHost(frontend)
+        if (
+            self._trusted
+            and self._isTrusted(peer)
+            and not withoutAddress(frontend.transport)
+        ):
+            return None
+        fields = head.fields
+        if fields.keys() <= _ALL_UNTRUSTED:
+            # (A client that sent the handshake's fields only.)
+            kept = ""
+        else:
+            kept = fieldLines(endToEnd(head, _UNTRUSTED, underscores=False))
+        proto = "https" if frontend.secure else "http"
+        node = forwardedNode(peer)
+        hosts = fields.get("host")
+        host = ", ".join(hosts) if hosts else None
+        if host:
+            return (
+                f"{kept}X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: {proto}\r\n"
+                f"X-Forwarded-Host: {host}\r\nX-Real-IP: {peer}\r\n"
+                f"Forwarded: for={node};proto={proto};host={quotedString(host)}\r\n"
+            )
+        return (
+            f"{kept}X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: {proto}\r\n"
+            f"X-Real-IP: {peer}\r\nForwarded: for={node};proto={proto}\r\n"
+        )

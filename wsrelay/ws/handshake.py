@@ -356,6 +356,14 @@ def endToEnd(
     return [(n, v) for (n, v) in head.headers if "_" not in n and n.lower() not in drop]
 
 
+def fieldLines(headers: Iterable[tuple[str, str]]) -> str:
+    """
+    @return: The header fields C{headers} as the lines of a head, each
+        ended with CRLF.
+    """
+    return "".join([f"{n}: {v}\r\n" for (n, v) in headers])
+
+
 def buildRequest(
     resource: str,
     host: str,
@@ -368,15 +376,19 @@ def buildRequest(
     @param resource: The request target (path and query).
     @param host: The C{Host} header value.
     @param key: The C{Sec-WebSocket-Key}.
-    @param headers: Further fields, each written on its own line.
+    @param headers: Further fields, each written on its own line; or, when
+        it has a C{lines} attribute (L{wsrelay.proxy.opening.RequestLines}),
+        those fields already written as lines (L{fieldLines}), its items
+        then unread.
     """
-    start = (
+    lines: str | None = getattr(headers, "lines", None)
+    if lines is None:
+        lines = fieldLines(headers)
+    return (
         f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-    )
-    fields = "".join([f"{n}: {v}\r\n" for (n, v) in headers])
-    return (start + fields + "\r\n").encode("iso-8859-1", "replace")
+        f"Sec-WebSocket-Version: 13\r\n{lines}\r\n"
+    ).encode("iso-8859-1", "replace")
 
 
 def buildResponse(
