@@ -10,14 +10,19 @@ pairs) gives, byte for byte.
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from twisted.internet import tcp, unix
+from twisted.internet.address import IPv6Address, UNIXAddress
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay.admission import Admission
+from wsrelay.admission import Admission, peerHost
 from wsrelay.auth.gate import withHeaders
 from wsrelay.config.reader import parseConfig
 from wsrelay.config.values import RelayConfig
@@ -404,3 +409,74 @@ class BuildRequestTests(SynchronousTestCase):
         self.assertEqual(
             buildRequest("/", "h", _KEY, []), _oldBuildRequest("/", "h", _KEY, [])
         )
+
+
+class _Leg:
+    """
+    What L{peerHost} reads of a client's leg.
+    """
+
+    peerAddress: str | None = None
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+
+class PeerHostTests(SynchronousTestCase):
+    """
+    L{peerHost} reads a Twisted TCP server transport's peer without making
+    its address object, and says what that object says.
+    """
+
+    def server(self, client: tuple[Any, ...]) -> tcp.Server:
+        """
+        @param client: The peer's address, as C{accept} gave it.
+        @return: A Twisted TCP server transport of a connection from
+            C{client}.
+        """
+        sockets = socket.socketpair()
+        for s in sockets:
+            self.addCleanup(s.close)
+        return tcp.Server(sockets[0], Protocol(), client, None, 1, MemoryReactor())
+
+    def test_tcp(self) -> None:
+        """
+        From a TCP server transport of an IPv4 or IPv6 peer, with or without
+        a scope, L{peerHost} is C{getPeer().host}, kept on the leg.
+        """
+        for client in [
+            ("192.0.2.7", 50000),
+            ("2001:db8::5", 50000, 0, 0),
+            ("fe80::1%lo", 50000, 0, 1),
+        ]:
+            transport = self.server(client)
+            leg: Any = _Leg(transport)
+            self.assertEqual(peerHost(leg), transport.getPeer().host)
+            self.assertEqual(leg.peerAddress, client[0])
+            transport.client = ("198.51.100.1", 1)
+            self.assertEqual(peerHost(leg), client[0])
+
+    def test_tcpAddressNotMade(self) -> None:
+        """
+        From a TCP server transport, L{peerHost} does not ask C{getPeer}.
+        """
+        transport = self.server(("192.0.2.7", 50000))
+        transport.getPeer = lambda: self.fail("getPeer called")  # type: ignore[method-assign]
+        self.assertEqual(peerHost(_Leg(transport)), "192.0.2.7")  # type: ignore[arg-type]
+
+    def test_others(self) -> None:
+        """
+        From another transport, L{peerHost} asks C{getPeer}: its host, or
+        C{unix} for an address without one (a Unix socket's, a Unix
+        server transport's, which is a TCP server transport's subclass).
+        """
+        leg: Any = _Leg(StringTransport(peerAddress=IPv6Address("TCP", "::1", 1)))
+        self.assertEqual(peerHost(leg), "::1")
+        leg = _Leg(StringTransport(peerAddress=UNIXAddress(None)))
+        self.assertEqual(peerHost(leg), "unix")
+        sockets = socket.socketpair(socket.AF_UNIX)
+        for s in sockets:
+            self.addCleanup(s.close)
+        server = unix.Server(sockets[0], Protocol(), b"", None, 1, MemoryReactor())
+        leg = _Leg(server)
+        self.assertEqual(peerHost(leg), "unix")

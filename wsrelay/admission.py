@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.tcp import Server
 from twisted.logger import Logger
 
 from wsrelay.connector import tooMany
@@ -60,10 +61,17 @@ def peerHost(frontend: FrontendProtocol) -> str:
     """
     host = frontend.peerAddress
     if host is None:
+        transport: Any = frontend.transport
         # The client is connected while its request is handled.
-        assert frontend.transport is not None
-        peer = frontend.transport.getPeer()
-        host = frontend.peerAddress = str(getattr(peer, "host", None) or "unix")
+        assert transport is not None
+        if type(transport) is Server:
+            # Twisted's TCP server transport makes its address (an attrs
+            # class, with validators) of the address accept gave, which
+            # it keeps: its host is that one's first item.
+            name = transport.client[0]
+        else:
+            name = getattr(transport.getPeer(), "host", None)
+        host = frontend.peerAddress = str(name or "unix")
     return host
 
 
