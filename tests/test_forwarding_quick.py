@@ -29,6 +29,7 @@ from wsrelay.config.values import RelayConfig
 from wsrelay.proxy.opening import RequestLines, upstreamRequest
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.routing import Backend, joinPath
+from wsrelay.ws.accepting import LeanServer
 from wsrelay.ws.handshake import Head, buildRequest, parseHead
 from wsrelay.ws.response import END_TO_END, NO_EXTENSIONS, RequestHeaders
 
@@ -458,11 +459,21 @@ class PeerHostTests(SynchronousTestCase):
 
     def test_tcpAddressNotMade(self) -> None:
         """
-        From a TCP server transport, L{peerHost} does not ask C{getPeer}.
+        From a TCP server transport, Twisted's or the relay's own
+        (L{LeanServer}), L{peerHost} does not ask C{getPeer}.
         """
         transport = self.server(("192.0.2.7", 50000))
         transport.getPeer = lambda: self.fail("getPeer called")  # type: ignore[method-assign]
         self.assertEqual(peerHost(_Leg(transport)), "192.0.2.7")  # type: ignore[arg-type]
+        sockets = socket.socketpair()
+        for s in sockets:
+            self.addCleanup(s.close)
+        lean = LeanServer(
+            sockets[0], Protocol(), ("2001:db8::5", 1, 0, 0), None, 1, MemoryReactor()
+        )
+        self.assertEqual(lean.getPeer().host, "2001:db8::5")
+        lean.getPeer = lambda: self.fail("getPeer called")  # type: ignore[method-assign]
+        self.assertEqual(peerHost(_Leg(lean)), "2001:db8::5")  # type: ignore[arg-type]
 
     def test_others(self) -> None:
         """

@@ -52,6 +52,11 @@ _UNTRUSTED = FORWARDING | CLAIMED
 _ALL_UNTRUSTED = NOT_FORWARDED | _UNTRUSTED
 
 
+#: What a transport's C{getPeer} is when L{peerHost} may read its peer's
+#: host without calling it.
+_TCP_PEER = Server.getPeer
+
+
 def peerHost(frontend: FrontendProtocol) -> str:
     """
     @param frontend: A connected client's leg.
@@ -64,10 +69,12 @@ def peerHost(frontend: FrontendProtocol) -> str:
         transport: Any = frontend.transport
         # The client is connected while its request is handled.
         assert transport is not None
-        if type(transport) is Server:
-            # Twisted's TCP server transport makes its address (an attrs
-            # class, with validators) of the address accept gave, which
-            # it keeps: its host is that one's first item.
+        if getattr(type(transport), "getPeer", None) is _TCP_PEER:
+            # Twisted's TCP server transport (or the relay's, which is one:
+            # wsrelay.ws.accepting) makes its address (an attrs class,
+            # with validators) of the address accept gave, which it keeps:
+            # the host is that one's first item.  (Not Twisted's Unix
+            # server transport, a subclass that answers otherwise.)
             name = transport.client[0]
         else:
             name = getattr(transport.getPeer(), "host", None)
