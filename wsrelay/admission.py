@@ -26,7 +26,7 @@ from wsrelay.ws.handshake import (
     NOT_FORWARDED,
     Head,
     endToEnd,
-    fieldLines,
+    endToEndLines,
     forwardedNode,
     quotedString,
 )
@@ -348,7 +348,7 @@ class Admission:
             # (A client that sent the handshake's fields only.)
             kept = ""
         else:
-            kept = fieldLines(endToEnd(head, _UNTRUSTED, underscores=False))
+            kept = endToEndLines(head, _UNTRUSTED)
         proto = "https" if frontend.secure else "http"
         node = forwardedNode(peer)
         hosts = fields.get("host")

@@ -15,7 +15,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from wsrelay.routing import ConnectionInfo, joinPath
-from wsrelay.ws.handshake import fieldLines
 from wsrelay.ws.screening import Refused
 from wsrelay.ws.upstream import (
     END_TO_END,
@@ -230,10 +229,16 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
         forwarded += f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n"
     if "sec-websocket-extensions" not in fields:
         return RequestLines(forwarded, NO_EXTENSIONS)
-    offers = [
-        (n, v) for (n, v) in head.headers if n.lower() == "sec-websocket-extensions"
-    ]
-    return RequestLines(forwarded + fieldLines(offers), END_TO_END)
+    # The offers as sent (names too), in order; the length first, which
+    # most names fail.
+    offers = "".join(
+        [
+            f"{n}: {v}\r\n"
+            for (n, v) in head.headers
+            if len(n) == 24 and n.lower() == "sec-websocket-extensions"
+        ]
+    )
+    return RequestLines(forwarded + offers, END_TO_END)
 
 
 def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:
