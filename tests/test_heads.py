@@ -2,8 +2,8 @@
 Tests for the quick readings of the heads of a passthrough handshake: each
 is compared with the general reading it stands in for, on many random
 heads (L{wsrelay.ws.response.ResponseReader._quick101}, L{wsrelay.ws.
-handshake.parseHead}'s fields, L{wsrelay.ws.handshake.endToEnd},
-L{wsrelay.routing.normalizePath}).
+handshake.parseHead}'s fields, L{wsrelay.ws.handshake.endToEnd} and
+L{wsrelay.ws.handshake.endToEndLines}, L{wsrelay.routing.normalizePath}).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from wsrelay.ws.handshake import (
     BadHead,
     Head,
     endToEnd,
+    endToEndLines,
+    fieldLines,
     parseHead,
     readLines,
 )
@@ -293,7 +295,8 @@ class HeadTests(SynchronousTestCase):
         On many random heads, L{parseHead} reads what L{readLines} reads
         (or refuses what it refuses), the fields by name it made at once
         are those L{Head.fields} makes, and L{endToEnd} drops what it
-        dropped before.
+        dropped before, as does L{endToEndLines}, which writes the rest as
+        lines.
         """
         rng = random.Random(6455)
         for _ in range(10000):
@@ -314,6 +317,10 @@ class HeadTests(SynchronousTestCase):
                     endToEnd(head, also, underscores),
                     _oldEndToEnd(head, also, underscores),
                 )
+            self.assertEqual(
+                endToEndLines(head, FORWARDING),
+                fieldLines(_oldEndToEnd(head, FORWARDING, False)),
+            )
 
 
 class NormalizePathTests(SynchronousTestCase):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.tcp import Server
 from twisted.logger import Logger
 
 from wsrelay.connector import tooMany
@@ -22,8 +23,10 @@ from wsrelay.ws.frontend import Refused
 from wsrelay.ws.handshake import (
     CLAIMED,
     FORWARDING,
+    NOT_FORWARDED,
     Head,
     endToEnd,
+    endToEndLines,
     forwardedNode,
     quotedString,
 )
@@ -44,6 +47,15 @@ MAX_BUCKETS = 10000
 #: the hop-by-hop ones.
 _UNTRUSTED = FORWARDING | CLAIMED
 
+#: Every name C{forwardedHeaders} drops of an untrusted peer's fields but
+#: those C{Connection} lists: a head that has no other is forwarded none.
+_ALL_UNTRUSTED = NOT_FORWARDED | _UNTRUSTED
+
+
+#: What a transport's C{getPeer} is when L{peerHost} may read its peer's
+#: host without calling it.
+_TCP_PEER = Server.getPeer
+
 
 def peerHost(frontend: FrontendProtocol) -> str:
     """
@@ -54,10 +66,19 @@ def peerHost(frontend: FrontendProtocol) -> str:
     """
     host = frontend.peerAddress
     if host is None:
+        transport: Any = frontend.transport
         # The client is connected while its request is handled.
-        assert frontend.transport is not None
-        peer = frontend.transport.getPeer()
-        host = frontend.peerAddress = str(getattr(peer, "host", None) or "unix")
+        assert transport is not None
+        if getattr(type(transport), "getPeer", None) is _TCP_PEER:
+            # Twisted's TCP server transport (or the relay's, which is one:
+            # wsrelay.ws.accepting) makes its address (an attrs class,
+            # with validators) of the address accept gave, which it keeps:
+            # the host is that one's first item.  (Not Twisted's Unix
+            # server transport, a subclass that answers otherwise.)
+            name = transport.client[0]
+        else:
+            name = getattr(transport.getPeer(), "host", None)
+        host = frontend.peerAddress = str(name or "unix")
     return host
 
 
@@ -305,3 +326,40 @@ class Admission:
             ("Forwarded", f"{forwarded}, {element}" if forwarded else element)
         )
         return headers
+
+    def forwardedLines(self, frontend: FrontendProtocol, head: Head) -> str | None:
+        """
+        L{forwardedHeaders}' fields for a peer the relay does not trust (the
+        common case), written as the lines of the upstream request's head
+        (L{fieldLines}) in one piece, without a list of pairs between.
+
+        @return: The lines, each ended with CRLF; or L{None} for a peer in
+            C{trusted_proxies}, whose fields L{forwardedHeaders} makes.
+        """
+        peer = peerHost(frontend)
+        if (
+            self._trusted
+            and self._isTrusted(peer)
+            and not withoutAddress(frontend.transport)
+        ):
+            return None
+        fields = head.fields
+        if fields.keys() <= _ALL_UNTRUSTED:
+            # (A client that sent the handshake's fields only.)
+            kept = ""
+        else:
+            kept = endToEndLines(head, _UNTRUSTED)
+        proto = "https" if frontend.secure else "http"
+        node = forwardedNode(peer)
+        hosts = fields.get("host")
+        host = ", ".join(hosts) if hosts else None
+        if host:
+            return (
+                f"{kept}X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: {proto}\r\n"
+                f"X-Forwarded-Host: {host}\r\nX-Real-IP: {peer}\r\n"
+                f"Forwarded: for={node};proto={proto};host={quotedString(host)}\r\n"
+            )
+        return (
+            f"{kept}X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: {proto}\r\n"
+            f"X-Real-IP: {peer}\r\nForwarded: for={node};proto={proto}\r\n"
+        )

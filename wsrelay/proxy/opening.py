@@ -18,6 +18,7 @@ from wsrelay.routing import ConnectionInfo, joinPath
 from wsrelay.ws.screening import Refused
 from wsrelay.ws.upstream import (
     END_TO_END,
+    NO_EXTENSIONS,
     RELAY_DEFLATE,
     RequestHeaders,
     UpstreamRefused,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from wsrelay.roles import Upstreams
     from wsrelay.routing import Backend, Route
     from wsrelay.ws.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.ws.handshake import Head
     from wsrelay.ws.upstream import UpstreamProtocol
 
 
@@ -120,6 +122,44 @@ class LazyConnectionInfo(ConnectionInfo):
         return repr(self.built())
 
 
+class RequestLines(RequestHeaders):
+    """
+    The header fields of a passthrough upstream request already written as
+    the lines of its head (C{lines}, which L{buildRequest
+    <wsrelay.ws.handshake.buildRequest>} writes as they are), made in one
+    piece by L{upstreamRequest} rather than as a list of pairs: as a list,
+    it is empty.  Only the plain leg reads it (its C{plain} is true), and
+    only through C{buildRequest}.
+
+    @ivar lines: The fields, each line ended with CRLF.
+    """
+
+    plain = True
+
+    def __init__(self, lines: str, extensions: str) -> None:
+        """
+        @param lines: The fields' lines.
+        @param extensions: L{NO_EXTENSIONS}, or L{END_TO_END} for lines
+            with the client's extension offer.
+        """
+        self.lines = lines
+        self.extensions = extensions
+
+
+def target(backend: Backend, frontend: FrontendProtocol) -> str:
+    """
+    @return: The request target for C{backend}: its URL's path with the
+        client's path after the route's prefix, and its URL's query and the
+        client's joined with C{&}.
+    """
+    config = backend.config
+    resource = joinPath(config.path, frontend.remainder)
+    query, more = config.query, frontend.query
+    if more:
+        query = f"{query}&{more}" if query else more
+    return f"{resource}?{query}" if query else resource
+
+
 def upstreamRequest(
     frontend: FrontendProtocol,
     addresses: ClientAddresses,
@@ -128,7 +168,10 @@ def upstreamRequest(
 ) -> tuple[str, RequestHeaders]:
     """
     @param frontend: The client's leg, its request screened.
-    @param addresses: Says what the backend is told of the client.
+    @param addresses: Says what the backend is told of the client; when
+        it can write the fields of a client it does not trust as lines
+        (L{wsrelay.admission.Admission.forwardedLines}), a passthrough
+        request's are a L{RequestLines}.
     @param dataPath: The route's C{data_path}.
     @param backend: The backend the upstream goes to.
     @return: The request target and the header fields for C{backend},
@@ -142,11 +185,12 @@ def upstreamRequest(
     f = frontend
     head = f.head
     assert head is not None
-    config = backend.config
-    resource = joinPath(config.path, f.remainder)
-    query = "&".join(q for q in (config.query, f.query) if q)
-    if query:
-        resource += "?" + query
+    resource = target(backend, f)
+    if dataPath == "passthrough":
+        quick = getattr(addresses, "forwardedLines", None)
+        lines: str | None = quick(f, head) if quick is not None else None
+        if lines is not None:
+            return resource, passthroughLines(head, lines)
     headers = RequestHeaders(addresses.forwardedHeaders(f, head))
     protocols = head.get("sec-websocket-protocol")
     if protocols:
@@ -169,6 +213,32 @@ def upstreamRequest(
     elif f.relaysDeflate():
         headers.extensions = RELAY_DEFLATE
     return resource, headers
+
+
+def passthroughLines(head: Head, forwarded: str) -> RequestLines:
+    """
+    @param head: The client's request.
+    @param forwarded: Its end-to-end and forwarding fields as lines.
+    @return: A passthrough request's fields for C{head} as lines: those,
+        and the client's C{Sec-WebSocket-Protocol} and
+        C{Sec-WebSocket-Extensions}, as L{upstreamRequest} lists them.
+    """
+    fields = head.fields
+    protocols = fields.get("sec-websocket-protocol")
+    if protocols:
+        forwarded += f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n"
+    if "sec-websocket-extensions" not in fields:
+        return RequestLines(forwarded, NO_EXTENSIONS)
+    # The offers as sent (names too), in order; the length first, which
+    # most names fail.
+    offers = "".join(
+        [
+            f"{n}: {v}\r\n"
+            for (n, v) in head.headers
+            if len(n) == 24 and n.lower() == "sec-websocket-extensions"
+        ]
+    )
+    return RequestLines(forwarded + offers, END_TO_END)
 
 
 def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:

@@ -323,15 +323,13 @@ def connectionTokens(head: Head) -> set[str]:
 _DROPPED: dict[frozenset[str], frozenset[str]] = {}
 
 
-def endToEnd(
-    head: Head, also: Iterable[str] = (), underscores: bool = True
-) -> list[tuple[str, str]]:
+def dropped(head: Head, also: Iterable[str] = ()) -> frozenset[str] | set[str]:
     """
     @param also: Further lower-case names to leave out (a C{frozenset}
         given again and again is joined with L{NOT_FORWARDED} once).
-    @param underscores: Whether names that hold C{_} are forwarded.
-    @return: The header fields of C{head} that a proxy forwards, in one
-        pass over them.
+    @return: The lower-case names of the fields of C{head} that a proxy
+        does not forward: L{NOT_FORWARDED}, C{also} and those C{Connection}
+        lists.
     """
     drop: frozenset[str] | set[str] = NOT_FORWARDED
     if also:
@@ -351,9 +349,47 @@ def endToEnd(
         len(listed) == 1 and listed[0].lower() == "upgrade"
     ):
         drop = drop.union(connectionTokens(head))
+    return drop
+
+
+def endToEnd(
+    head: Head, also: Iterable[str] = (), underscores: bool = True
+) -> list[tuple[str, str]]:
+    """
+    @param also: Further lower-case names to leave out (L{dropped}).
+    @param underscores: Whether names that hold C{_} are forwarded.
+    @return: The header fields of C{head} that a proxy forwards, in one
+        pass over them.
+    """
+    drop = dropped(head, also)
     if underscores:
         return [(n, v) for (n, v) in head.headers if n.lower() not in drop]
     return [(n, v) for (n, v) in head.headers if "_" not in n and n.lower() not in drop]
+
+
+def endToEndLines(head: Head, also: Iterable[str] = ()) -> str:
+    """
+    @param also: Further lower-case names to leave out (L{dropped}).
+    @return: The fields L{endToEnd} gives of C{head} when names that hold
+        C{_} are not forwarded, written as lines (L{fieldLines}) in the
+        same pass.
+    """
+    drop = dropped(head, also)
+    return "".join(
+        [
+            f"{n}: {v}\r\n"
+            for (n, v) in head.headers
+            if "_" not in n and n.lower() not in drop
+        ]
+    )
+
+
+def fieldLines(headers: Iterable[tuple[str, str]]) -> str:
+    """
+    @return: The header fields C{headers} as the lines of a head, each
+        ended with CRLF.
+    """
+    return "".join([f"{n}: {v}\r\n" for (n, v) in headers])
 
 
 def buildRequest(
@@ -368,15 +404,19 @@ def buildRequest(
     @param resource: The request target (path and query).
     @param host: The C{Host} header value.
     @param key: The C{Sec-WebSocket-Key}.
-    @param headers: Further fields, each written on its own line.
+    @param headers: Further fields, each written on its own line; or, when
+        it has a C{lines} attribute (L{wsrelay.proxy.opening.RequestLines}),
+        those fields already written as lines (L{fieldLines}), its items
+        then unread.
     """
-    start = (
+    lines: str | None = getattr(headers, "lines", None)
+    if lines is None:
+        lines = fieldLines(headers)
+    return (
         f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-    )
-    fields = "".join([f"{n}: {v}\r\n" for (n, v) in headers])
-    return (start + fields + "\r\n").encode("iso-8859-1", "replace")
+        f"Sec-WebSocket-Version: 13\r\n{lines}\r\n"
+    ).encode("iso-8859-1", "replace")
 
 
 def buildResponse(
