@@ -268,6 +268,19 @@ def _sent(resource: str, backend: Backend, headers: RequestHeaders) -> bytes:
     return buildRequest(resource, backend.hostHeader(), _KEY, headers)
 
 
+def _passthrough(head: Any, peer: str, secure: bool) -> tuple[str, Backend, Any]:
+    """
+    @return: The request target, the backend and the header fields of a
+        passthrough request for C{head} from C{peer}, whom the relay does
+        not trust.
+    """
+    frontend: Any = _Frontend(head, peer, _Transport(), secure, "", "", False)
+    admission = Admission(Clock(), _config(), None, len, None, None)  # type: ignore[arg-type]
+    backend = Backend(_BACKEND)
+    resource, headers = upstreamRequest(frontend, admission, "passthrough", backend)
+    return resource, backend, headers
+
+
 class QuickRequestTests(SynchronousTestCase):
     """
     L{upstreamRequest}'s quick form of a passthrough request is its general
@@ -329,10 +342,7 @@ class QuickRequestTests(SynchronousTestCase):
             b"Connection: Upgrade\r\nSec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n"
             b"Sec-WebSocket-Version: 13"
         )
-        frontend: Any = _Frontend(head, "127.0.0.1", _Transport(), False, "", "", False)
-        admission = Admission(Clock(), _config(), None, len, None, None)  # type: ignore[arg-type]
-        backend = Backend(_BACKEND)
-        resource, headers = upstreamRequest(frontend, admission, "passthrough", backend)
+        resource, backend, headers = _passthrough(head, "127.0.0.1", False)
         self.assertIsInstance(headers, RequestLines)
         self.assertEqual((headers.extensions, headers.plain), (NO_EXTENSIONS, True))
         self.assertEqual(
@@ -357,10 +367,7 @@ class QuickRequestTests(SynchronousTestCase):
             b"Sec-WebSocket-Protocol: p1\r\nSec-WebSocket-Extensions: b; x=1\r\n"
             b"Sec-WebSocket-Protocol: p2"
         )
-        frontend: Any = _Frontend(head, "192.0.2.7", _Transport(), True, "", "", False)
-        admission = Admission(Clock(), _config(), None, len, None, None)  # type: ignore[arg-type]
-        backend = Backend(_BACKEND)
-        _, headers = upstreamRequest(frontend, admission, "passthrough", backend)
+        _, backend, headers = _passthrough(head, "192.0.2.7", True)
         self.assertIsInstance(headers, RequestLines)
         self.assertEqual(headers.extensions, END_TO_END)
         self.assertTrue(
