@@ -356,9 +356,12 @@ def _opened(
 def _openFailed(f: Failure, session: ProxySession, result: Deferred[Any]) -> None:
     """
     No upstream for C{session}: C{result} fails with the client's refusal,
-    or never fires when the opening was cancelled (the client left, or the
-    relay stops).
+    given to the client's leg first (L{FrontendProtocol.keepRefusal
+    <wsrelay.ws.frontend.FrontendProtocol.keepRefusal>}), or never fires
+    when the opening was cancelled (the client left, or the relay stops).
     """
     session.opener.settled()
     if not f.check(CancelledError):
-        result.errback(session.opener.refusal(f))
+        refusal = session.opener.refusal(f)
+        session.frontend.keepRefusal(refusal)
+        result.errback(refusal)
