@@ -3,7 +3,7 @@ Tests for the open path of a client whose handshake is valid: the session
 opener (L{wsrelay.registry.Sessions}) gives the client's leg its refusal
 before failing (L{wsrelay.ws.frontend.FrontendProtocol.keepRefusal}), so
 that the leg hangs no callback of its own on every handshake's
-L{Deferred}.
+L{Deferred}; a proxy session's C{done} is made only when read.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.memory import Network, relayConfig
 from wsrelay.config import parseConfig
 from wsrelay.service import RelayService
 from wsrelay.ws.frontend import FrontendProtocol
@@ -114,3 +115,39 @@ class OpenChainTests(SynchronousTestCase):
         refusal = Refused(503, "Service Unavailable", body=b"x")
         leg.keepRefusal(refusal)
         self.assertIs(leg._refusal, refusal)
+
+
+class DoneTests(SynchronousTestCase):
+    """
+    L{ProxySession.done <wsrelay.proxy.session.ProxySession.done>} is made
+    when first read, and fires when both legs are closed either way.
+    """
+
+    def test_readWhileOpen(self) -> None:
+        """
+        Read while the session is open, it is one L{Deferred}, which fires
+        once the legs are closed; nothing was made before the read.
+        """
+        network = Network(self, relayConfig())
+        client, _, _, session = network.openSession()
+        self.assertIsNone(session._done)
+        done = session.done
+        self.assertIs(session.done, done)
+        self.assertNoResult(done)
+        client.sendClose(4001, "bye")
+        network.flush()
+        self.assertIsNone(self.successResultOf(done))
+        self.assertEqual(network.relay.sessions, set())
+
+    def test_readAfterEnd(self) -> None:
+        """
+        A session that ended with nobody waiting never made one; read
+        afterwards, it has fired.
+        """
+        network = Network(self, relayConfig())
+        client, _, _, session = network.openSession()
+        client.sendClose(4001, "bye")
+        network.flush()
+        self.assertEqual(network.relay.sessions, set())
+        self.assertIsNone(session._done)
+        self.assertIsNone(self.successResultOf(session.done))
