@@ -8,7 +8,7 @@ connections show (passive health).
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -162,42 +162,20 @@ class Connector:
         tried: list[Backend] = []
         attempts = _Attempts()
         backend = pickBackend(route, info, tried, avoid)
+        rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
-            return Deferred.fromCoroutine(
-                self._tryAll(
-                    route, info, request, offered, avoid, deadline, tried, attempts
-                )
-            )
-
-        def rest() -> Coroutine[Any, Any, tuple[Backend, UpstreamProtocol]]:
-            return self._tryAll(
-                route, info, request, offered, avoid, deadline, tried, attempts
-            )
-
+            return Deferred.fromCoroutine(self._tryAll(*rest))
         connecting = self._connect(route, backend, request, offered, deadline, attempts)
         if connecting is None:
-            return Deferred.fromCoroutine(rest())
-
-        def settled(
-            result: UpstreamProtocol | Failure,
-        ) -> (
-            tuple[Backend, UpstreamProtocol]
-            | Failure
-            | Deferred[tuple[Backend, UpstreamProtocol]]
-        ):
-            # (No other Deferred in between: cancelling the one returned
-            # cancels the attempt, or the rest once it waits for it, as
-            # Twisted passes a cancel on to the Deferred a callback
-            # returned.)
-            up = _settled(result, self, route, backend, attempts)
-            if up is None:
-                return Deferred.fromCoroutine(rest())
-            if isinstance(up, Failure):
-                return up
-            return backend, up
-
+            return Deferred.fromCoroutine(self._tryAll(*rest))
+        # (No other Deferred in between: cancelling the one returned cancels
+        # the attempt, or the rest once it waits for it, as Twisted passes a
+        # cancel on to the Deferred a callback returned.  A module function
+        # and its arguments rather than closures: nothing to make per
+        # handshake but the tuple.)
         return cast(
-            "Deferred[tuple[Backend, UpstreamProtocol]]", connecting.addBoth(settled)
+            "Deferred[tuple[Backend, UpstreamProtocol]]",
+            connecting.addBoth(_firstSettled, self, backend, rest),
         )
 
     async def _tryAll(
@@ -425,3 +403,35 @@ def _settled(
     else:
         return result
     return None
+
+
+def _firstSettled(
+    result: UpstreamProtocol | Failure,
+    connector: Connector,
+    backend: Backend,
+    rest: tuple[
+        Route,
+        ConnectionInfo,
+        RequestFor,
+        tuple[str, ...],
+        Backend | None,
+        float,
+        list[Backend],
+        _Attempts,
+    ],
+) -> tuple[Backend, UpstreamProtocol] | Failure | Deferred[Any]:
+    """
+    The first attempt of L{Connector.open}, to C{backend}, is settled with
+    C{result}.
+
+    @param rest: L{Connector._tryAll}'s arguments, for the attempts after
+        a failed first.
+    @return: The backend and the open upstream; the failure to pass on
+        (L{_settled}); or the L{Deferred} of the other attempts.
+    """
+    up = _settled(result, connector, rest[0], backend, rest[7])
+    if up is None:
+        return Deferred.fromCoroutine(connector._tryAll(*rest))
+    if isinstance(up, Failure):
+        return up
+    return backend, up

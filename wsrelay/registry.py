@@ -138,6 +138,8 @@ class Sessions:
         Pair a client whose handshake is valid with an upstream, once the
         route's authorizer (if any) allowed it: before any backend is
         contacted.
+
+        @return: See L{wsrelay.ws.frontend.SessionOpener.openSession}.
         """
         authorizer = route.authorizer
         if authorizer is None:
@@ -158,6 +160,8 @@ class Sessions:
 
         def refused(f: Failure) -> None:
             if frontend.state != CLOSED:
+                if isinstance(f.value, Refused):
+                    frontend.keepRefusal(f.value)
                 result.errback(f)
 
         d = authorize(authorizer, request, config.authTimeout, self._clock, config.auth)
@@ -192,9 +196,11 @@ class Sessions:
                     key=key,
                     error=" ".join(str(e).split()),
                 )
-                return fail(
-                    Refused(503, "Service Unavailable", body=b"channel unavailable\n")
+                refusal = Refused(
+                    503, "Service Unavailable", body=b"channel unavailable\n"
                 )
+                frontend.keepRefusal(refusal)
+                return fail(refusal)
             session = FanoutSession(
                 channel,
                 frontend,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,18 +40,32 @@ if TYPE_CHECKING:
     from wsrelay.ws.frontend import ClientAddresses, FrontendProtocol
 
 
+def sessionDone(session: ProxySession) -> Deferred[None]:
+    """
+    The C{done} of C{session}: fires when both legs are closed.  Made when
+    first read (and fired at once when read after C{session} ended): most
+    sessions end with nobody waiting for them (the relay stopping, an
+    authorizer's expiry), and a L{Deferred} made and fired for nobody is
+    part of every handshake.
+    """
+    done = session._done
+    if done is None:
+        done = session._done = succeed(None) if session._finished else Deferred()
+    return done
+
+
 class ProxySession:
     """
     Pairs a L{FrontendProtocol} with an L{UpstreamProtocol}.
 
     @ivar backend: The backend of the current upstream.
-    @ivar done: Fires when both legs are closed.
     @ivar opener: Opens the upstreams.
     @ivar closes: Relays the close handshake between the legs.
     @ivar failover: Handles a backend that vanishes.
     """
 
     log = Logger()
+    _done: Deferred[None] | None = None
 
     def __init__(
         self,
@@ -83,7 +97,6 @@ class ProxySession:
         self.frontend = frontend
         self.upstream: UpstreamProtocol | None = None
         self.backend: Backend | None = None
-        self.done: Deferred[None] = Deferred()
         self.stopping = False
         self._clock = self.clock = clock
         #: Opens the upstreams.
@@ -107,11 +120,13 @@ class ProxySession:
         frontend.listener = self
 
     @property
+    def done(self) -> Deferred[None]:
+        """Fires when both legs are closed (L{sessionDone})."""
+        return sessionDone(self)
+
+    @property
     def routeConfig(self) -> ProxyRouteConfig:
-        """
-        The configuration of L{route}: a proxy route's, the only kind that
-        has proxy sessions.
-        """
+        """The configuration of L{route}, a proxy route's: it has sessions."""
         config = self.route.config
         if config.mode != "proxy":
             raise TypeError(f"route {config.name!r} is not a proxy route")
@@ -186,10 +201,7 @@ class ProxySession:
         pairLegs(self.frontend, self.upstream, self.failover.buffer is None, compacting)
 
     def closing(self) -> None:
-        """
-        A close frame goes to the client: the other leg's frames stop at
-        Autobahn, which sends nothing after a close.
-        """
+        """A close frame goes to the client: Autobahn sends no more frames."""
 
     def _startPipe(self) -> None:
         """
@@ -331,13 +343,15 @@ class ProxySession:
         if self._finished or not self._clientGone or self.upstream is not None:
             return
         self._finished = True
+        done = self._done
         if self._idle is not None:
             # Its expiry calls back into the session: let both go.
             self._idle.stop()
             self._idle = None
         self.registry.sessionEnded(self)
         logAccess(self.log, self, self._clock.seconds())
-        self.done.callback(None)
+        if done is not None:
+            done.callback(None)
 
 
 def _opened(
@@ -356,9 +370,12 @@ def _opened(
 def _openFailed(f: Failure, session: ProxySession, result: Deferred[Any]) -> None:
     """
     No upstream for C{session}: C{result} fails with the client's refusal,
-    or never fires when the opening was cancelled (the client left, or the
-    relay stops).
+    given to the client's leg first (L{FrontendProtocol.keepRefusal
+    <wsrelay.ws.frontend.FrontendProtocol.keepRefusal>}), or never fires
+    when the opening was cancelled (the client left, or the relay stops).
     """
     session.opener.settled()
     if not f.check(CancelledError):
-        result.errback(session.opener.refusal(f))
+        refusal = session.opener.refusal(f)
+        session.frontend.keepRefusal(refusal)
+        result.errback(refusal)

@@ -109,7 +109,8 @@ class SessionOpener(Protocol):
     def openSession(self, frontend: FrontendProtocol, route: Route) -> Deferred[Any]:
         """
         @return: A L{Deferred} that fires with the subprotocol and the
-            headers of the client's 101, or fails with L{Refused}.
+            headers of the client's 101, or fails with L{Refused}, given to
+            C{frontend}'s L{FrontendProtocol.keepRefusal} first.
         """
 
 
@@ -338,13 +339,13 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
         for reaching a backend (C{handshake_timeout}) starts.
 
         @return: A L{Deferred} that fires with the subprotocol and the
-            response headers, or fails with L{Refused}.
+            response headers, or fails with L{Refused}, given to
+            L{keepRefusal} first (L{SessionOpener.openSession}: no callback
+            of this leg's on the L{Deferred} of every handshake).
         """
         self._stopHandshakeClock()
         assert self.route is not None
-        d = self.factory.sessions.openSession(self, self.route)
-        d.addErrback(self._keepRefusal)
-        return d
+        return self.factory.sessions.openSession(self, self.route)
 
     def perMessageCompressionAccept(
         self, offers: list[object]
@@ -378,13 +379,12 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
             self.websocket_extensions = []
         WebSocketServerProtocol.succeedHandshake(self, res)
 
-    def _keepRefusal(self, f: Failure) -> Failure:
+    def keepRefusal(self, refusal: Refused) -> None:
         """
-        Remember a refusal's headers and body for L{sendHttpErrorResponse}.
+        Remember the refusal this leg's session opener is about to fail
+        with, its headers and body for L{sendHttpErrorResponse}.
         """
-        if isinstance(f.value, Refused):
-            self._refusal = f.value
-        return f
+        self._refusal = refusal
 
     def onOpen(self) -> None:
         """
