@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from wsrelay.proxy.pairing import startPipe
 from wsrelay.ws._autobahn import FIRED
-from wsrelay.ws.plainleg import CLOSED, OPEN, PlainUpstream
+from wsrelay.ws.plainleg import CLOSED, KEYS, OPEN, KeyPool, PlainUpstream
 from wsrelay.ws.response import (
     END_TO_END,
     NO_EXTENSIONS,
@@ -294,3 +295,92 @@ class _Holder:
     """
 
     pipe = None
+
+
+class _Random:
+    """
+    Counts bytes out, and records each read.
+    """
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+        self.next = 0
+
+    def __call__(self, size: int) -> bytes:
+        self.reads.append(size)
+        data = bytes((self.next + i) % 256 for i in range(size))
+        self.next += size
+        return data
+
+
+class KeyPoolTests(SynchronousTestCase):
+    """
+    L{KeyPool} cuts each key from its pool of random bytes once, and reads
+    a new pool when it runs out or forgot its own.
+    """
+
+    def test_slices(self) -> None:
+        """
+        Each key is the base64 of the next 16 bytes of the pool, none used
+        twice; the pool is read again when it has no 16 bytes left.
+        """
+        random = _Random()
+        pool = KeyPool(size=40, random=random)
+        keys = [pool.newKey() for _ in range(4)]
+        self.assertEqual(
+            [base64.b64decode(k) for k in keys],
+            [bytes(range(0, 16)), bytes(range(16, 32)), bytes(range(40, 56))]
+            + [bytes(range(56, 72))],
+        )
+        self.assertEqual(random.reads, [40, 40])
+        self.assertTrue(all(len(k) == 24 and k.endswith(b"==") for k in keys))
+
+    def test_forget(self) -> None:
+        """
+        After L{KeyPool.forget}, the next key is cut from a new pool, not
+        from what was left of the old one.
+        """
+        random = _Random()
+        pool = KeyPool(size=64, random=random)
+        pool.newKey()
+        pool.forget()
+        self.assertEqual(base64.b64decode(pool.newKey()), bytes(range(64, 80)))
+        self.assertEqual(random.reads, [64, 64])
+
+    def test_legsKeys(self) -> None:
+        """
+        A leg sends a key from L{KEYS}, and the next leg another one.
+        """
+        tests = PlainUpstreamTests()
+        keys = {tests.connect()[0].websocket_key for _ in range(300)}
+        self.assertEqual(len(keys), 300)
+        self.assertTrue(all(len(base64.b64decode(k)) == 16 for k in keys))
+
+    def test_fork(self) -> None:
+        """
+        A forked child does not cut its keys from the pool it inherited:
+        its first key is none that the parent goes on to send.
+        """
+        KEYS.newKey()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(read)
+                os.write(write, KEYS.newKey())
+            finally:
+                os._exit(0)
+        os.close(write)
+        try:
+            child = b""
+            while len(child) < 24:
+                chunk = os.read(read, 24)
+                if not chunk:
+                    break
+                child += chunk
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        self.assertEqual(len(child), 24)
+        parents = {KEYS.newKey() for _ in range(KEYS.size // 16)}
+        self.assertNotIn(child, parents)
