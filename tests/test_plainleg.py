@@ -151,6 +151,32 @@ class PlainUpstreamTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(leg.state, CLOSED)
 
+    def test_rfcAccept(self) -> None:
+        """
+        The accept value checked is RFC 6455's (its example in 1.3), on the
+        quick path for an ASCII head and on the general one for a head
+        that is not: the right one opens, one character off fails.
+        """
+        for extra in (b"", "X-Name: caf\u00e9\r\n".encode()):
+            for accept, works in (
+                (b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", True),
+                (b"s3pPLMBiTxaQ9kYGzzhZRbK+xOp=", False),
+            ):
+                leg, transport, opened = self.connect()
+                leg.websocket_key = b"dGhlIHNhbXBsZSBub25jZQ=="
+                leg.dataReceived(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                    + accept
+                    + b"\r\n"
+                    + extra
+                    + b"\r\n"
+                )
+                if works:
+                    self.assertIs(self.successResultOf(opened), leg)
+                else:
+                    self.failureResultOf(opened, UpstreamError)
+
     def test_notOffered(self) -> None:
         """
         A subprotocol the client did not offer, or an extension answer
