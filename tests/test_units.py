@@ -19,6 +19,7 @@ from wsrelay.routing import (
     ConnectionInfo,
     Route,
     RouteTable,
+    buildBackends,
     joinPath,
     matchPrefix,
 )
@@ -184,6 +185,51 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(joinPath("/", "/x"), "/x")
         self.assertEqual(joinPath("/feed", ""), "/feed")
         self.assertEqual(joinPath("/feed/", "/AAPL"), "/feed/AAPL")
+
+    def test_hostHeader(self) -> None:
+        """
+        A backend's C{Host} is its host, with the port unless the scheme's
+        default, an IPv6 address in brackets.
+        """
+        for url, host in (
+            ("ws://backend/", "backend"),
+            ("ws://backend:80/", "backend"),
+            ("ws://backend:8080/", "backend:8080"),
+            ("wss://backend/", "backend"),
+            ("wss://backend:80/", "backend:80"),
+            ("ws://[::1]:9001/", "[::1]:9001"),
+            ("wss://[::1]/", "[::1]"),
+        ):
+            backend = Backend(BackendConfig.fromURL(url))
+            self.assertEqual(backend.hostHeader(), host, url)
+
+    def test_hostHeaderReload(self) -> None:
+        """
+        A reload keeps a backend whose URL did not change, and its
+        C{Host}; a backend whose URL changed is a new one with the new
+        C{Host}.
+        """
+
+        def route(*urls: str) -> tuple[ProxyRouteConfig, Route]:
+            config = ProxyRouteConfig(
+                name="r",
+                path="/",
+                backends=tuple(
+                    BackendConfig.fromURL(url, name)
+                    for name, url in zip("ab", urls, strict=True)
+                ),
+            )
+            monitor = HealthMonitor("r", (), None, Clock(), 2, 2, 2, 3)
+            made = buildBackends(config)
+            return config, Route(config, made, roundRobin.build((), {}), monitor)
+
+        _, old = route("ws://one:9001/", "ws://two:9002/")
+        config, _ = route("ws://one:9001/", "ws://three:9003/")
+        new = buildBackends(config, old)
+        self.assertIs(new[0], old.backends[0])
+        self.assertEqual(new[0].hostHeader(), "one:9001")
+        self.assertIsNot(new[1], old.backends[1])
+        self.assertEqual(new[1].hostHeader(), "three:9003")
 
 
 class BalancerTests(SynchronousTestCase):
