@@ -136,6 +136,16 @@ class PlainUpstreamTests(SynchronousTestCase):
         leg.dataReceived(b"more")
         self.assertEqual(path.received, [b"more"])
 
+    def test_openRest(self) -> None:
+        """
+        What follows a plain 101 in the same read, with no extension answer
+        taken out of the head, waits for the pipe, all of it and only it.
+        """
+        leg, transport, opened = self.connect()
+        leg.dataReceived(self.accept(leg) + b"\x81\x02hi")
+        self.assertIs(self.successResultOf(opened), leg)
+        self.assertEqual(leg.data, b"\x81\x02hi")
+
     def test_badAccept(self) -> None:
         """
         A 101 whose C{Sec-WebSocket-Accept} is not right for the key fails

@@ -328,7 +328,9 @@ class ResponseReader:
         if answer:
             self.extensionsAnswer = tuple(answer)
             self._dropExtensions(end)
-        self._open(self.data.find(b"\r\n\r\n"), protocol or "")
+            # (The head is shorter now.)
+            end = self.data.find(b"\r\n\r\n")
+        self._open(end, protocol or "")
         return True
 
     def _plainAccept(self, head: Head) -> bool:
