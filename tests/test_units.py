@@ -15,6 +15,9 @@ from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
 from wsrelay.plugins import balancerFactories
 from wsrelay.routing import (
+    DISABLED,
+    DRAINING,
+    ENABLED,
     Backend,
     ConnectionInfo,
     Route,
@@ -230,6 +233,39 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(new[0].hostHeader(), "one:9001")
         self.assertIsNot(new[1], old.backends[1])
         self.assertEqual(new[1].hostHeader(), "three:9003")
+
+    def test_candidatesAsProperties(self) -> None:
+        """
+        L{Route.candidates}, which reads a backend's state without its
+        properties, takes exactly the backends that are
+        L{Backend.available} and not L{Backend.full}, in order: over every
+        health, operator's state, C{maxconn=} and count of connections.
+        """
+        made = []
+        for healthy in (True, False):
+            for admin in (ENABLED, DRAINING, DISABLED):
+                for maxconn in (None, 1, 2):
+                    for connections, connecting in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                        name = f"b{len(made)}"
+                        backend = Backend(
+                            BackendConfig.fromURL(
+                                f"ws://127.0.0.1:{9000 + len(made)}/",
+                                name,
+                                maxconn=maxconn,
+                            )
+                        )
+                        backend.healthy, backend.admin = healthy, admin
+                        backend.connections = connections
+                        backend.connecting = connecting
+                        made.append(backend)
+        config = ProxyRouteConfig(
+            name="r", path="/", backends=tuple(b.config for b in made)
+        )
+        monitor = HealthMonitor("r", (), None, Clock(), 2, 2, 2, 3)
+        route = Route(config, tuple(made), roundRobin.build((), {}), monitor)
+        expected = [b for b in made if b.available and not b.full]
+        self.assertEqual(route.candidates(), expected)
+        self.assertEqual(len(expected), 8)
 
 
 class BalancerTests(SynchronousTestCase):

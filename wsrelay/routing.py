@@ -298,7 +298,18 @@ class Route:
         @return: The backends that may take a new connection now: available
             and below their C{maxconn=}.  Balancers see only these.
         """
-        return [b for b in self.backends if b.available and not b.full]
+        # (Backend.available and Backend.full, read without their
+        # property calls: this runs for every connect attempt.)
+        return [
+            b
+            for b in self.backends
+            if b.healthy
+            and b.admin == ENABLED
+            and (
+                (limit := b.config.maxconn) is None
+                or b.connections + b.connecting < limit
+            )
+        ]
 
     def hasRoom(self) -> bool:
         """
