@@ -199,7 +199,7 @@ class PlainOpenTests(SynchronousTestCase):
         (session,) = network.relay.sessions
         self.assertIsNotNone(session.pipe)
         self.assertTrue(session.frontend.is_open.called)
-        self.patch(FrontendProtocol, "answerPlain", lambda self, head: False)
+        self.patch(FrontendProtocol, "answerPlain", lambda self, screened: False)
         autobahn, _ = self.exchange(_passthrough())
         self.assertEqual(self.counting.calls, 1)
         self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
@@ -230,6 +230,23 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), client.received)
         self.assertEqual(through, [])
         self.assertEqual(self.counting.calls, 0)
+
+    def test_frameWithHead(self) -> None:
+        """
+        A frame sent in the same read as a plain request's head reaches the
+        backend once the relay opened: the head ends where the screening
+        found it (L{wsrelay.ws.screening.Screened.headLength}).
+        """
+        frame = b"\x81\x82\x00\x00\x00\x00hi"
+        network = Network(self, _passthrough())
+        client = RawClient()
+        network.pair(network.frontend(), client).clientIO.write(request() + frame)
+        network.flush()
+        backend, _ = network.acceptUpstream()
+        network.flush()
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), client.received)
+        self.assertEqual(self.counting.calls, 0)
+        self.assertEqual(backend.messages, [(b"hi", False)])
 
     def test_origin(self) -> None:
         """
@@ -269,7 +286,9 @@ class PlainOpenTests(SynchronousTestCase):
         answers = []
         for plain in (True, False):
             if not plain:
-                self.patch(FrontendProtocol, "answerPlain", lambda self, head: False)
+                self.patch(
+                    FrontendProtocol, "answerPlain", lambda self, screened: False
+                )
             network = Network(self, _passthrough())
             client = RawClient()
             network.pair(network.frontend(), client).clientIO.write(request())

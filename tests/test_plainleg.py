@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from wsrelay.proxy.pairing import startPipe
 from wsrelay.ws._autobahn import FIRED
-from wsrelay.ws.plainleg import CLOSED, OPEN, PlainUpstream
+from wsrelay.ws.plainleg import CLOSED, KEYS, OPEN, KeyPool, PlainUpstream
 from wsrelay.ws.response import (
     END_TO_END,
     NO_EXTENSIONS,
@@ -135,6 +136,16 @@ class PlainUpstreamTests(SynchronousTestCase):
         leg.dataReceived(b"more")
         self.assertEqual(path.received, [b"more"])
 
+    def test_openRest(self) -> None:
+        """
+        What follows a plain 101 in the same read, with no extension answer
+        taken out of the head, waits for the pipe, all of it and only it.
+        """
+        leg, transport, opened = self.connect()
+        leg.dataReceived(self.accept(leg) + b"\x81\x02hi")
+        self.assertIs(self.successResultOf(opened), leg)
+        self.assertEqual(leg.data, b"\x81\x02hi")
+
     def test_badAccept(self) -> None:
         """
         A 101 whose C{Sec-WebSocket-Accept} is not right for the key fails
@@ -149,6 +160,32 @@ class PlainUpstreamTests(SynchronousTestCase):
         self.failureResultOf(opened, UpstreamError)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(leg.state, CLOSED)
+
+    def test_rfcAccept(self) -> None:
+        """
+        The accept value checked is RFC 6455's (its example in 1.3), on the
+        quick path for an ASCII head and on the general one for a head
+        that is not: the right one opens, one character off fails.
+        """
+        for extra in (b"", "X-Name: caf\u00e9\r\n".encode()):
+            for accept, works in (
+                (b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", True),
+                (b"s3pPLMBiTxaQ9kYGzzhZRbK+xOp=", False),
+            ):
+                leg, transport, opened = self.connect()
+                leg.websocket_key = b"dGhlIHNhbXBsZSBub25jZQ=="
+                leg.dataReceived(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                    + accept
+                    + b"\r\n"
+                    + extra
+                    + b"\r\n"
+                )
+                if works:
+                    self.assertIs(self.successResultOf(opened), leg)
+                else:
+                    self.failureResultOf(opened, UpstreamError)
 
     def test_notOffered(self) -> None:
         """
@@ -294,3 +331,92 @@ class _Holder:
     """
 
     pipe = None
+
+
+class _Random:
+    """
+    Counts bytes out, and records each read.
+    """
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+        self.next = 0
+
+    def __call__(self, size: int) -> bytes:
+        self.reads.append(size)
+        data = bytes((self.next + i) % 256 for i in range(size))
+        self.next += size
+        return data
+
+
+class KeyPoolTests(SynchronousTestCase):
+    """
+    L{KeyPool} cuts each key from its pool of random bytes once, and reads
+    a new pool when it runs out or forgot its own.
+    """
+
+    def test_slices(self) -> None:
+        """
+        Each key is the base64 of the next 16 bytes of the pool, none used
+        twice; the pool is read again when it has no 16 bytes left.
+        """
+        random = _Random()
+        pool = KeyPool(size=40, random=random)
+        keys = [pool.newKey() for _ in range(4)]
+        self.assertEqual(
+            [base64.b64decode(k) for k in keys],
+            [bytes(range(0, 16)), bytes(range(16, 32)), bytes(range(40, 56))]
+            + [bytes(range(56, 72))],
+        )
+        self.assertEqual(random.reads, [40, 40])
+        self.assertTrue(all(len(k) == 24 and k.endswith(b"==") for k in keys))
+
+    def test_forget(self) -> None:
+        """
+        After L{KeyPool.forget}, the next key is cut from a new pool, not
+        from what was left of the old one.
+        """
+        random = _Random()
+        pool = KeyPool(size=64, random=random)
+        pool.newKey()
+        pool.forget()
+        self.assertEqual(base64.b64decode(pool.newKey()), bytes(range(64, 80)))
+        self.assertEqual(random.reads, [64, 64])
+
+    def test_legsKeys(self) -> None:
+        """
+        A leg sends a key from L{KEYS}, and the next leg another one.
+        """
+        tests = PlainUpstreamTests()
+        keys = {tests.connect()[0].websocket_key for _ in range(300)}
+        self.assertEqual(len(keys), 300)
+        self.assertTrue(all(len(base64.b64decode(k)) == 16 for k in keys))
+
+    def test_fork(self) -> None:
+        """
+        A forked child does not cut its keys from the pool it inherited:
+        its first key is none that the parent goes on to send.
+        """
+        KEYS.newKey()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(read)
+                os.write(write, KEYS.newKey())
+            finally:
+                os._exit(0)
+        os.close(write)
+        try:
+            child = b""
+            while len(child) < 24:
+                chunk = os.read(read, 24)
+                if not chunk:
+                    break
+                child += chunk
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        self.assertEqual(len(child), 24)
+        parents = {KEYS.newKey() for _ in range(KEYS.size // 16)}
+        self.assertNotIn(child, parents)

@@ -15,10 +15,14 @@ from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
 from wsrelay.plugins import balancerFactories
 from wsrelay.routing import (
+    DISABLED,
+    DRAINING,
+    ENABLED,
     Backend,
     ConnectionInfo,
     Route,
     RouteTable,
+    buildBackends,
     joinPath,
     matchPrefix,
 )
@@ -184,6 +188,84 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(joinPath("/", "/x"), "/x")
         self.assertEqual(joinPath("/feed", ""), "/feed")
         self.assertEqual(joinPath("/feed/", "/AAPL"), "/feed/AAPL")
+
+    def test_hostHeader(self) -> None:
+        """
+        A backend's C{Host} is its host, with the port unless the scheme's
+        default, an IPv6 address in brackets.
+        """
+        for url, host in (
+            ("ws://backend/", "backend"),
+            ("ws://backend:80/", "backend"),
+            ("ws://backend:8080/", "backend:8080"),
+            ("wss://backend/", "backend"),
+            ("wss://backend:80/", "backend:80"),
+            ("ws://[::1]:9001/", "[::1]:9001"),
+            ("wss://[::1]/", "[::1]"),
+        ):
+            backend = Backend(BackendConfig.fromURL(url))
+            self.assertEqual(backend.hostHeader(), host, url)
+
+    def test_hostHeaderReload(self) -> None:
+        """
+        A reload keeps a backend whose URL did not change, and its
+        C{Host}; a backend whose URL changed is a new one with the new
+        C{Host}.
+        """
+
+        def route(*urls: str) -> tuple[ProxyRouteConfig, Route]:
+            config = ProxyRouteConfig(
+                name="r",
+                path="/",
+                backends=tuple(
+                    BackendConfig.fromURL(url, name)
+                    for name, url in zip("ab", urls, strict=True)
+                ),
+            )
+            monitor = HealthMonitor("r", (), None, Clock(), 2, 2, 2, 3)
+            made = buildBackends(config)
+            return config, Route(config, made, roundRobin.build((), {}), monitor)
+
+        _, old = route("ws://one:9001/", "ws://two:9002/")
+        config, _ = route("ws://one:9001/", "ws://three:9003/")
+        new = buildBackends(config, old)
+        self.assertIs(new[0], old.backends[0])
+        self.assertEqual(new[0].hostHeader(), "one:9001")
+        self.assertIsNot(new[1], old.backends[1])
+        self.assertEqual(new[1].hostHeader(), "three:9003")
+
+    def test_candidatesAsProperties(self) -> None:
+        """
+        L{Route.candidates}, which reads a backend's state without its
+        properties, takes exactly the backends that are
+        L{Backend.available} and not L{Backend.full}, in order: over every
+        health, operator's state, C{maxconn=} and count of connections.
+        """
+        made = []
+        for healthy in (True, False):
+            for admin in (ENABLED, DRAINING, DISABLED):
+                for maxconn in (None, 1, 2):
+                    for connections, connecting in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                        name = f"b{len(made)}"
+                        backend = Backend(
+                            BackendConfig.fromURL(
+                                f"ws://127.0.0.1:{9000 + len(made)}/",
+                                name,
+                                maxconn=maxconn,
+                            )
+                        )
+                        backend.healthy, backend.admin = healthy, admin
+                        backend.connections = connections
+                        backend.connecting = connecting
+                        made.append(backend)
+        config = ProxyRouteConfig(
+            name="r", path="/", backends=tuple(b.config for b in made)
+        )
+        monitor = HealthMonitor("r", (), None, Clock(), 2, 2, 2, 3)
+        route = Route(config, tuple(made), roundRobin.build((), {}), monitor)
+        expected = [b for b in made if b.available and not b.full]
+        self.assertEqual(route.candidates(), expected)
+        self.assertEqual(len(expected), 8)
 
 
 class BalancerTests(SynchronousTestCase):

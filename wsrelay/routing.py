@@ -53,6 +53,16 @@ def endpointDescription(host: str, port: int, secure: bool, timeout: float) -> s
     return f"tcp:host={escaped}:port={port}:timeout={seconds}"
 
 
+def hostHeader(config: BackendConfig) -> str:
+    """
+    @return: The C{Host} header for requests to the backend C{config}
+        describes.
+    """
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    default = 443 if config.secure else 80
+    return host if config.port == default else f"{host}:{config.port}"
+
+
 @implementer(IBackend)
 class Backend:
     """
@@ -102,6 +112,8 @@ class Backend:
         self.lastCheck: tuple[float, bool, str] | None = None
         self.successesInRow = 0
         self.failuresInRow = 0
+        # Made once: a reload keeps this object only for the same URL.
+        self._hostHeader = hostHeader(config)
 
     @property
     def weight(self) -> float:
@@ -171,9 +183,7 @@ class Backend:
         """
         @return: The C{Host} header for requests to this backend.
         """
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.config.secure else 80
-        return host if self.port == default else f"{host}:{self.port}"
+        return self._hostHeader
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.state}>"
@@ -288,7 +298,18 @@ class Route:
         @return: The backends that may take a new connection now: available
             and below their C{maxconn=}.  Balancers see only these.
         """
-        return [b for b in self.backends if b.available and not b.full]
+        # (Backend.available and Backend.full, read without their
+        # property calls: this runs for every connect attempt.)
+        return [
+            b
+            for b in self.backends
+            if b.healthy
+            and b.admin == ENABLED
+            and (
+                (limit := b.config.maxconn) is None
+                or b.connections + b.connecting < limit
+            )
+        ]
 
     def hasRoom(self) -> bool:
         """

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from wsrelay.routing import Route
     from wsrelay.ws.handshake import Head
+    from wsrelay.ws.screening import Screened
 
 #: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
 WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -212,7 +213,7 @@ class PlainAccept:
         def startKeepalive(self) -> None: ...
         def consumeData(self) -> None: ...
 
-    def answerPlain(self, head: Head) -> bool:
+    def answerPlain(self, screened: Screened) -> bool:
         """
         Open the session of a plain request (L{plainRequest}) on a
         passthrough route as Autobahn's C{processHandshake} would, without
@@ -221,6 +222,8 @@ class PlainAccept:
         L{_acceptPlain} or L{_denyPlain}.  Not with any of the Autobahn
         options under which it checks more.
 
+        @param screened: The request as screened, its head at the start of
+            C{data}.
         @return: Whether the request was plain (else Autobahn checks it).
         """
         route = self.route
@@ -233,11 +236,11 @@ class PlainAccept:
             or self.factory.externalPort
         ):
             return False
-        plain = plainRequest(head, lambda origin: originAllowed(self, origin))
+        plain = plainRequest(screened.head, lambda origin: originAllowed(self, origin))
         if plain is None:
             return False
         key, protocols = plain
-        self.data = self.data[self.data.find(b"\r\n\r\n") + 4 :]
+        self.data = self.data[screened.headLength :]
         if protocols:
             self.websocket_protocols = protocols
         try:

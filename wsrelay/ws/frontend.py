@@ -328,7 +328,7 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
         self.route, self.remainder = screened.route, screened.remainder
         self.path, self.query = screened.path, screened.query
         self._screened = True
-        if self.answerPlain(screened.head):
+        if self.answerPlain(screened):
             return
         WebSocketServerProtocol.processHandshake(self)
 

@@ -32,8 +32,8 @@ The message data path keeps Autobahn's leg (L{wsrelay.ws.upstream}).
 
 from __future__ import annotations
 
-import base64
 import os
+from binascii import b2a_base64
 from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -56,6 +56,58 @@ if TYPE_CHECKING:
 CONNECTING = WebSocketProtocol.STATE_CONNECTING
 OPEN = WebSocketProtocol.STATE_OPEN
 CLOSED = WebSocketProtocol.STATE_CLOSED
+
+
+class KeyPool:
+    """
+    Fresh C{Sec-WebSocket-Key} values: 16 random bytes each, in base64,
+    cut from a pool of C{os.urandom} read a few kilobytes at a time, not
+    one system call for each key.
+
+    Each 16 bytes of a pool make one key and are never used again.  A
+    forked child forgets the pool it inherited (L{forget}, on
+    C{os.register_at_fork}), so that parent and child never send the same
+    keys.
+
+    @ivar size: How many bytes each refill reads.
+    """
+
+    def __init__(
+        self, size: int = 4096, random: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        """
+        @param size: How many bytes each refill reads.
+        @param random: What reads them.
+        """
+        self.size = size
+        self._random = random
+        self._pool = b""
+        self._offset = 0
+
+    def forget(self) -> None:
+        """
+        Drop what is left of the pool: the next key is cut from a new one.
+        """
+        self._pool = b""
+        self._offset = 0
+
+    def newKey(self) -> bytes:
+        """
+        @return: A fresh key: the base64 of 16 bytes never used before.
+        """
+        offset = self._offset
+        end = offset + 16
+        pool = self._pool
+        if end > len(pool):
+            pool = self._pool = self._random(self.size)
+            offset, end = 0, 16
+        self._offset = end
+        return b2a_base64(pool[offset:end], newline=False)
+
+
+#: The keys of this process's upstream legs.
+KEYS = KeyPool()
+os.register_at_fork(after_in_child=KEYS.forget)
 
 
 class PlainUpstream(ResponseReader, Protocol):
@@ -115,7 +167,7 @@ class PlainUpstream(ResponseReader, Protocol):
             transport.setTcpNoDelay(True)
         except Exception:  # noqa: S110 - not a TCP socket (TLS, tests)
             pass
-        key = base64.b64encode(os.urandom(16))
+        key = KEYS.newKey()
         self.websocket_key = key
         # Sent at once on a plain TCP connection: through Twisted's write,
         # the request would wait a reactor turn for the socket to be

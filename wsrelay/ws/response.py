@@ -10,8 +10,8 @@ Autobahn.  The errors an upstream fails with.
 
 from __future__ import annotations
 
-import base64
-import hashlib
+from binascii import b2a_base64
+from hashlib import sha1
 from typing import TYPE_CHECKING, Any
 
 from wsrelay.ws.handshake import (
@@ -319,14 +319,18 @@ class ResponseReader:
             if "upgrade" not in tokens:
                 return False
             relayed = [(n, v) for (n, v) in relayed if n.lower() not in tokens]
-        digest = hashlib.sha1(self.websocket_key + _WS_MAGIC).digest()
-        if accept != base64.b64encode(digest).decode():
+        # (binascii directly: base64.b64encode is a Python function
+        # around it.)
+        digest = sha1(self.websocket_key + _WS_MAGIC).digest()
+        if accept != b2a_base64(digest, newline=False).decode():
             return False
         self.responseHeaders = relayed
         if answer:
             self.extensionsAnswer = tuple(answer)
             self._dropExtensions(end)
-        self._open(self.data.find(b"\r\n\r\n"), protocol or "")
+            # (The head is shorter now.)
+            end = self.data.find(b"\r\n\r\n")
+        self._open(end, protocol or "")
         return True
 
     def _plainAccept(self, head: Head) -> bool:
@@ -356,8 +360,8 @@ class ResponseReader:
             or len(accept) != 1
         ):
             return False
-        digest = hashlib.sha1(self.websocket_key + _WS_MAGIC).digest()
-        return accept[0].strip() == base64.b64encode(digest).decode()
+        digest = sha1(self.websocket_key + _WS_MAGIC).digest()
+        return accept[0].strip() == b2a_base64(digest, newline=False).decode()
 
     def _keepExtensionsAnswer(self, head: Head, end: int) -> None:
         """

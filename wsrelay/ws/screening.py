@@ -64,16 +64,25 @@ class Screened:
     @ivar remainder: The normalized path after the route's prefix.
     @ivar path: The request path, normalized (L{normalizePath}).
     @ivar query: The query string, without C{?}, as sent.
+    @ivar headLength: How many bytes of what the client sent the head
+        takes, with the blank line that ends it.
     """
 
     def __init__(
-        self, head: Head, route: Route, remainder: str, path: str, query: str
+        self,
+        head: Head,
+        route: Route,
+        remainder: str,
+        path: str,
+        query: str,
+        headLength: int,
     ) -> None:
         self.head = head
         self.route = route
         self.remainder = remainder
         self.path = path
         self.query = query
+        self.headLength = headLength
 
 
 def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
@@ -176,4 +185,4 @@ def screenRequest(
             # RFC 6455 4.4: say which version the relay speaks.
             return Rejected(_upgradeRequired(("Sec-WebSocket-Version", "13")), head)
     route, remainder = found
-    return Screened(head, route, remainder, path, query)
+    return Screened(head, route, remainder, path, query, end + 4)
