@@ -378,6 +378,20 @@ class PathRoutingTests(TestCase):
         for path in ["/echo#x", "/echo/..#x"]:
             await self.assertAnswered(port, path, 400)
 
+    async def test_targetNotVisibleASCII(self) -> None:
+        """
+        A request target holding a byte outside visible ASCII (not
+        percent-encoded), in its path or its query, is answered 400 and
+        reaches no backend: it would reach the backend raw.
+        """
+        b, port = await self.relay()
+        for path in ["/echo?\x80", "/echo/\xe9", "/echo?a=\x7f", "/echo?\tx"]:
+            await self.assertAnswered(port, path, 400)
+        self.assertEqual(b.connections, 0)  # type: ignore[attr-defined]
+        self.assertEqual(
+            await self.backendPath(port, "/echo/a?%C3%A9"), "/app/echo/a?%C3%A9"
+        )
+
     async def test_leavingRoute(self) -> None:
         """
         A path that climbs out of its route's prefix is routed on where it

@@ -719,6 +719,7 @@ class ClientBytesTests(FuzzTestCase):
     @given(requests(), st.lists(st.integers(0, 400), max_size=4))
     @example(goodRequest(extra=b"X-A: 1\nX-Forwarded-For: 6.6.6.6\r\n"), [])
     @example(goodRequest(extra=b"X-A: \x00\x01\r\n"), [])
+    @example(goodRequest("/chat?\x80"), [])
     def test_requestForwarded(self, data: bytes, cuts: list[int]) -> None:
         """
         Any bytes as a client's request: when the request gets through to a

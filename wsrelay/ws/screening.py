@@ -119,8 +119,10 @@ def screenRequest(
     try:
         head = parseHead(data[:end])
         method, target, version = head.startLine.split(" ")
-        if "#" in target:
-            # A request target has no fragment (RFC 9112 3.2).
+        if "#" in target or not (target.isascii() and target.isprintable()):
+            # A request target has no fragment, and only visible ASCII
+            # characters (RFC 9112 3.2, RFC 3986 2): a backend must not
+            # get raw bytes a client did not percent-encode.
             raise ValueError(target)
         if target.startswith("/"):
             # Origin form; urlsplit would take "//x/y" for a host.
