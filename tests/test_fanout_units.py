@@ -394,9 +394,23 @@ class BuildErrorTests(SynchronousTestCase):
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        frontend = cast(Any, type("Frontend", (), {"remainder": "/a", "query": ""}))
+        kept: list[Refused] = []
+        frontend = cast(
+            Any,
+            type(
+                "Frontend",
+                (),
+                {
+                    "remainder": "/a",
+                    "query": "",
+                    "keepRefusal": staticmethod(kept.append),
+                },
+            ),
+        )
         failure = self.failureResultOf(sessions.openSession(frontend, route), Refused)
         self.assertEqual(cast(Refused, failure.value).code, 503)
+        # The client's leg was given it, to answer with its body.
+        self.assertEqual(kept, [failure.value])
         self.assertNotIn(("feed", "/a"), relay.registry.channels)
         errors = [
             formatEvent(e) for e in events if e.get("log_level") == LogLevel.error
