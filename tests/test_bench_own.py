@@ -17,22 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bench import targets
 from tests.support.benchsmoke import ROOT, smoke
+from tests.support.clients import readHead
 from tests.support.frames import frameBytes, maskedFrame, readFrame
 from tests.support.waiting import TIMEOUT, pollUntil
-
-
-def readHead(s: socket.socket) -> bytes:
-    """
-    @return: What C{s} sends up to the end of an HTTP head, without the
-        empty line; fails the test if it ends first.
-    """
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(1)
-        if not chunk:
-            raise EOFError(data)
-        data += chunk
-    return data[:-4]
 
 
 def fields(head: bytes) -> dict[str, str]:

@@ -22,7 +22,7 @@ from twisted.logger import LogEvent, Logger, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.support.clients import rawExchange, rawRequest
+from tests.support.clients import rawExchange, rawRequest, readHead
 from tests.support.frames import maskedFrame, readFrame
 from tests.support.relays import openSession
 from tests.support.tls import makeCertificates
@@ -121,12 +121,7 @@ def backendHeaders(
             proxy = b""
             s = stack.enter_context(tls.wrap_socket(s, server_hostname="localhost"))
         s.sendall(proxy + rawRequest(port, "/chat", extra))
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(1)
-            if not chunk:
-                raise EOFError(head)
-            head += chunk
+        head = readHead(s)
         assert head.startswith(b"HTTP/1.1 101 "), head
         s.sendall(maskedFrame(1, b"headers"))
         _, payload = readFrame(s)
@@ -681,12 +676,7 @@ def openAndRead(port: int, proxy: bytes) -> tuple[int, bytes]:
     """
     with socket.create_connection(("127.0.0.1", port), TIMEOUT) as s:
         s.sendall(proxy + rawRequest(port, "/chat"))
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(1)
-            if not chunk:
-                raise EOFError(head)
-            head += chunk
+        readHead(s)
         frame = readFrame(s)
         s.sendall(maskedFrame(8, b"\x03\xe8"))
         return frame

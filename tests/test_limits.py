@@ -10,7 +10,7 @@ from twisted.internet import task
 from twisted.trial.unittest import TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.support.clients import closeOf, rawRequest
+from tests.support.clients import closeOf, rawRequest, readHead
 from tests.support.frames import maskedFrame, readFrame
 from tests.support.waiting import waitFor
 
@@ -21,9 +21,7 @@ def openRaw(port: int) -> socket.socket:
     """
     s = socket.create_connection(("127.0.0.1", port), TIMEOUT)
     s.sendall(rawRequest(port))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
+    head = readHead(s)
     assert head.startswith(b"HTTP/1.1 101 "), head
     return s
 

@@ -52,6 +52,20 @@ def rawRequest(port: int, path: str = "/chat", extra: str = "") -> bytes:
     ).encode()
 
 
+def readHead(s: socket.socket) -> bytes:
+    """
+    @return: What C{s} sends up to the end of an HTTP head, without the
+        empty line; fails the test if it ends first.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(1)
+        if not chunk:
+            raise EOFError(data)
+        data += chunk
+    return data[:-4]
+
+
 def rawExchange(port: int, data: bytes) -> bytes:
     """
     Send bytes to the relay and read until it closes.
