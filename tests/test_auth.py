@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.authserver import startAuthServer
 from tests.support.clients import closeOf, rawRequest
+from tests.support.fanout import Clients, Source, feed, sourceUp
 from tests.support.waiting import waitFor
 from wsrelay.auth.gate import (
     EXPIRED,
@@ -484,3 +485,38 @@ class RelayTests(TestCase):
         await inThread(c.close)
         # The lazy channel's source connects after the client joined.
         await waitFor(lambda: self.backend.connections == 1)
+
+    async def test_fanoutQueryToken(self) -> None:
+        """
+        In a fan-out route with C{channel = path} and tokens in the query,
+        clients with different tokens for the same path share one channel
+        and one source connection, which is asked for the path without any
+        token; a client without a valid one is refused.
+        """
+        source = Source(self)
+        relay, port = await startRelay(
+            self,
+            feed(
+                source,
+                "channel = path\nconnect = lazy\n"
+                + self.jwtOptions("jwt_from = query:access_token\n"),
+            ),
+        )
+        clients = Clients(self, port)
+        tokens = [
+            jwt.encode({"sub": who, "exp": int(time.time()) + 600}, SECRET, "HS256")
+            for who in ("alice", "bob")
+        ]
+        paths = [f"access_token={tokens[0]}&x=1", f"x=1&access_token={tokens[1]}"]
+        joined = [
+            *await inThread(clients.add, 1, "/ticker/AAPL?" + paths[0]),
+            *await inThread(clients.add, 1, "/ticker/AAPL?" + paths[1]),
+        ]
+        e = await inThread(status, port, "/ticker/AAPL?x=1&access_token=forged")
+        self.assertEqual(e.response.status_code, 401)
+        channel = await sourceUp(source, relay, "/AAPL?x=1")
+        self.assertEqual(len(channel.members), 2)
+        self.assertEqual(list(relay.channels), [("ticker", "/AAPL?x=1")])
+        self.assertEqual(source.paths, ["/feed/AAPL?x=1"])
+        await inThread(source.send, 1)
+        await waitFor(lambda: clients.received(joined, 1))

@@ -105,6 +105,19 @@ class JWTAuthorizerTests(SynchronousTestCase):
         self.assertIn("jwt_key_file", factory.options)
         self.assertTrue(verifyObject(IAuthorizer, self.build()))
 
+    def test_credentialParameters(self) -> None:
+        """
+        A token read from the query names its parameter as a credential
+        (a fan-out channel is not told apart by it); one read from a header
+        or a cookie names none.
+        """
+        self.assertEqual(
+            self.build(jwt_from="query:access_token").credentialParameters,
+            ("access_token",),
+        )
+        self.assertEqual(self.build().credentialParameters, ())
+        self.assertEqual(self.build(jwt_from="cookie:t").credentialParameters, ())
+
     def test_hmacAllows(self) -> None:
         """
         A valid HS256 token is allowed; the claims of C{jwt_headers} become

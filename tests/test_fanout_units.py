@@ -9,6 +9,7 @@ import base64
 import hashlib
 import random
 import re
+from dataclasses import replace
 from typing import Any, cast
 
 from twisted.application.internet import ClientService
@@ -290,6 +291,15 @@ class ReconnectTests(SynchronousTestCase):
         self.assertTrue(0.5 <= times[-1] - lostAt <= 1.01, times[-1] - lostAt)
 
 
+class _Credentials:
+    """
+    An authorizer's stand-in that reads credentials from C{parameters}.
+    """
+
+    def __init__(self, parameters: tuple[str, ...]) -> None:
+        self.credentialParameters = parameters
+
+
 class ChannelKeyTests(SynchronousTestCase):
     """
     Which channel a client joins.
@@ -307,6 +317,34 @@ class ChannelKeyTests(SynchronousTestCase):
         route = relay.routes.routes[0]
         self.assertEqual(channelKey(route, "/AAPL", ""), "/AAPL")
         self.assertEqual(channelKey(route, "/AAPL", "x=1"), "/AAPL?x=1")
+
+    def test_keyWithoutCredentials(self) -> None:
+        """
+        With C{channel = path}, the query parameters the route's authorizer
+        reads credentials from (its C{credentialParameters}, however their
+        names are encoded) and the resume parameter name no channel: the
+        other parameters do, in the order sent.
+        """
+        relay, _ = relayFor("channel = path\nresume = envelope\n")
+        route = replace(
+            relay.routes.routes[0],
+            authorizer=cast(Any, _Credentials(("access_token", "key"))),
+        )
+        self.assertEqual(
+            channelKey(route, "/AAPL", "access_token=T1&x=1&since=5&key=K&y=2"),
+            "/AAPL?x=1&y=2",
+        )
+        for query, key in (
+            ("access%5Ftoken=T2&x=1", "/AAPL?x=1"),
+            ("access_token=T3", "/AAPL"),
+            ("access_tokens=T4", "/AAPL?access_tokens=T4"),
+        ):
+            self.assertEqual(channelKey(route, "/AAPL", query), key)
+        route = replace(route, authorizer=cast(Any, object()))
+        self.assertEqual(
+            channelKey(route, "/AAPL", "access_token=T1&since=5"),
+            "/AAPL?access_token=T1",
+        )
 
     def test_request(self) -> None:
         """

@@ -457,6 +457,13 @@ class IAuthorizer(Interface):
     """
     Decides, for one route, whether a client may open a connection.
     Built once per route (at start and at each reload).
+
+    An authorizer that reads the client's credentials from query
+    parameters may name them in an attribute C{credentialParameters} (a
+    sequence of parameter names; optional, none when absent): a fan-out
+    route with C{channel = path} then tells no channels apart by them, and
+    its shared source never gets them
+    (L{wsrelay.fanout.channel.channelKey}).
     """
 
     def authorize(request: AuthRequest) -> Allow | Deny | Deferred[Allow | Deny]:

@@ -168,6 +168,9 @@ class JWTAuthorizer:
                 + repr(options["jwt_from"])
             )
         self._where, self._name = found.group(1), found.group(2).strip()
+        #: A token in the query names no fan-out channel and never reaches
+        #: a shared source (L{wsrelay.interfaces.IAuthorizer}).
+        self.credentialParameters = (self._name,) if self._where == "query" else ()
         audience = _split(options.get("jwt_audience", ""))
         self._audience = audience or None
         self._issuer = options.get("jwt_issuer") or None

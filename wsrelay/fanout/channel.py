@@ -69,13 +69,21 @@ def channelKey(route: Route, remainder: str, query: str) -> str:
     """
     @return: The channel a client of C{route} joins: C{""} for the whole
         route, or its path remainder and query with C{channel = path}.
+        The query is without the parameters that say where a client
+        resumes (C{resume_param}) and those that carry its credentials
+        (the route's authorizer's C{credentialParameters}): clients with
+        different tokens share a channel, and the channel's source, which
+        is asked for the key, never gets one client's token.
     """
     config = route.config
     if config.mode != "fanout" or config.channel == "route":
         return ""
-    if config.resume is not None:
-        # Where a client resumes is not which channel it joins.
-        query = withoutParameter(query, config.resumeParam)
+    if query:
+        if config.resume is not None:
+            # Where a client resumes is not which channel it joins.
+            query = withoutParameter(query, config.resumeParam)
+        for name in getattr(route.authorizer, "credentialParameters", ()):
+            query = withoutParameter(query, name)
     return remainder + ("?" + query if query else "")
 
 
