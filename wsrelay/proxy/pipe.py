@@ -406,8 +406,13 @@ class Pipe:
     def stop(self) -> None:
         """
         Cancel the timers; the directions let go of the pipe (they and it
-        would otherwise be a reference cycle holding both legs).
+        would otherwise be a reference cycle holding both legs).  Once done
+        (the session ends the pipe again, L{ProxySession.legClosed
+        <wsrelay.proxy.session.ProxySession.legClosed>}), nothing more,
+        unless the close handshake's clock started again meanwhile.
         """
+        if self.fromClient.pipe is None and self._closeClock is None:
+            return
         self.keepalive.stop()
         queue, self._closeClock = self._closeClock, None
         if queue is not None:
