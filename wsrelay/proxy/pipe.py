@@ -281,7 +281,7 @@ class Pipe:
             back.stopped = back.closeSeen = True
             hangUp(transport)
         # Anew: a pending deadline moves to the queue's end.
-        self._closeClock = queue = self._closeClock or self._closeQueue()
+        self._closeClock = queue = self._closeClock or closeQueue(self)
         queue.add(self._drop)
 
     def shutdown(self, code: int, reason: bytes) -> None:
@@ -301,24 +301,11 @@ class Pipe:
     def _startCloseClock(self) -> None:
         """
         Unless it runs already, start the close handshake's clock: in
-        C{close_timeout}, L{_drop} (L{_closeQueue}).
+        C{close_timeout}, L{_drop} (L{closeQueue}).
         """
         if self._closeClock is None:
-            self._closeClock = queue = self._closeQueue()
+            self._closeClock = queue = closeQueue(self)
             queue.add(self._drop)
-
-    def _closeQueue(self) -> DeadlineQueue:
-        """
-        The queue that times C{close_timeout}: the one the client leg's
-        factory keeps for it on the same clock (every pipe of the relay
-        shares one timer per timeout, L{wsrelay.deadlines}), or for a leg
-        with no such factory, a queue of the pipe's own.
-        """
-        factory = getattr(self.frontend, "factory", None)
-        deadlines = getattr(factory, "deadlines", None)
-        if not isinstance(deadlines, Deadlines) or deadlines.clock is not self.clock:
-            deadlines = Deadlines(self.clock)
-        return deadlines.queue(self.closeTimeout)
 
     def _closeTo(self, leg: Any, code: int, reason: bytes) -> bool:
         """
@@ -418,6 +405,20 @@ class Pipe:
         if queue is not None:
             queue.cancel(self._drop)
         self.fromClient.pipe = self.fromBackend.pipe = None
+
+
+def closeQueue(pipe: Pipe) -> DeadlineQueue:
+    """
+    The queue that times a pipe's C{close_timeout}: the one the client
+    leg's factory keeps for it on the same clock (every pipe of the relay
+    shares one timer per timeout, L{wsrelay.deadlines}), or for a leg with
+    no such factory, a queue of the pipe's own.
+    """
+    factory = getattr(pipe.frontend, "factory", None)
+    deadlines = getattr(factory, "deadlines", None)
+    if not isinstance(deadlines, Deadlines) or deadlines.clock is not pipe.clock:
+        deadlines = Deadlines(pipe.clock)
+    return deadlines.queue(pipe.closeTimeout)
 
 
 def hangUp(transport: Any) -> None:
