@@ -107,6 +107,17 @@ async def commands() -> AsyncIterator[dict[str, Any]]:
             yield json.loads(line)
 
 
+async def nextCommand() -> dict[str, Any] | None:
+    """
+    Wait for the next JSON command on standard input.
+
+    @return: The command, or L{None} if standard input closes first.
+    """
+    async for command in commands():
+        return command
+    return None
+
+
 async def waitForEOF() -> None:
     """
     Return when standard input closes (the controlling process is done).

@@ -26,7 +26,7 @@ import time
 from typing import cast
 from urllib.parse import urlsplit
 
-from bench.peers import emit, selfCPU, waitForEOF
+from bench.peers import emit, nextCommand, selfCPU, waitForEOF
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 """
@@ -120,11 +120,14 @@ class StormClient(asyncio.Protocol):
     One connection of the storm: sends its opening handshake when
     connected, fires L{opened} when the answer's head has arrived (with
     the transport for a 101, else with an error), and then reads only to
-    see the end of the connection.
+    see a close frame and the end of the connection.
 
     @ivar opened: Fires with the transport once open.
     @ivar closed: Fires when the connection is lost.
+    @ivar answered: Whether a close frame has arrived after the 101.
     """
+
+    answered = False
 
     def __init__(self, request: bytes) -> None:
         """
@@ -145,9 +148,12 @@ class StormClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """
-        Wait for the end of the answer's head, and look at its status.
+        Wait for the end of the answer's head, and look at its status;
+        after it, note a close frame (the answer to ours).
         """
         if self.head is None:
+            if data[0] & 0x0F == 0x8:
+                self.answered = True
             return
         self.head += data
         if b"\r\n\r\n" not in self.head:
@@ -176,10 +182,15 @@ class StormClient(asyncio.Protocol):
 async def storm(options: argparse.Namespace) -> None:
     """
     Open C{connections} connections to C{url} as fast as C{concurrency}
-    handshakes in flight allow, report, hold them until standard input
-    closes, then close each with a closing handshake (so that a proxy
-    closes its upstream cleanly too), dropping those that do not finish in
-    3 seconds.
+    handshakes in flight allow, report, hold them until a command arrives
+    or standard input closes, then close each as a browser does: send a
+    close frame and wait for the server to answer it and close the TCP
+    connection (so that a proxy closes its upstream cleanly too), dropping
+    those that do not finish in 3 seconds.  Report the close phase:
+    connections that ended within the 3 seconds (C{closed}), those whose
+    close frame was answered (C{answered}), the seconds from the first
+    close frame to the last connection's end (C{closeSeconds}) and this
+    process's CPU seconds over it (C{closeLoadCPU}).
     """
     loop = asyncio.get_running_loop()
     url = urlsplit(options.url)
@@ -221,7 +232,9 @@ async def storm(options: argparse.Namespace) -> None:
             "loadCPU": selfCPU() - cpu,
         }
     )
-    await waitForEOF()
+    await nextCommand()
+    start = time.monotonic()
+    cpu = selfCPU()
     for client in clients:
         client.transport.write(CLIENT_CLOSE)
     if clients:
@@ -229,5 +242,12 @@ async def storm(options: argparse.Namespace) -> None:
             await asyncio.wait_for(
                 asyncio.gather(*(c.closed for c in clients)), timeout=3
             )
+    report = {
+        "closed": sum(c.closed.done() for c in clients),
+        "answered": sum(c.answered for c in clients),
+        "closeSeconds": time.monotonic() - start,
+        "closeLoadCPU": selfCPU() - cpu,
+    }
     for client in clients:
         client.transport.close()
+    emit(report)

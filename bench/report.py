@@ -112,6 +112,39 @@ def row(cell: Cell, nginx: Cell | None, marks: dict[str, int]) -> list[str]:
     ]
 
 
+def closeLine(cells: Sequence[Cell]) -> str | None:
+    """
+    The storm's second figure, which the table has no column for: each
+    proxy's CPU per connection closed over the close phase, with its ratio
+    to nginx's, and how many closing handshakes went unanswered where some
+    did.
+
+    @return: One line, or L{None} if no storm cell has the figure.
+    """
+    storms = [c for c in cells if c.scenario == "storm"]
+    nginx = next((c for c in storms if c.target == "nginx"), None)
+    base = nginx.closeCPUPerConn if nginx is not None else None
+    figures = []
+    for cell in storms:
+        if cell.closeCPUPerConn is None:
+            continue
+        text = f"{cell.target} " + _figure(
+            cell.closeCPUPerConn, None if cell is nginx else base
+        )
+        opened = sum(r.get("opened", 0) for r in cell.rounds)
+        unanswered = opened - sum(r.get("answered", 0) for r in cell.rounds)
+        if unanswered:
+            text += f" [{unanswered:,} of {opened:,} closes unanswered]"
+        figures.append(text)
+    if not figures:
+        return None
+    return (
+        "storm close, proxy µs per connection closed (the storm's client closing "
+        "every connection with a closing handshake, read over that phase): "
+        + ", ".join(figures)
+    )
+
+
 def table(cells: Sequence[Cell]) -> str:
     """
     The whole table in Markdown, followed by its numbered notes.
@@ -129,6 +162,9 @@ def table(cells: Sequence[Cell]) -> str:
         "\nwait % proxy/load: time the proxy, and the load-side processes summed, "
         "were ready to run but waited for a CPU held by other processes (schedstat)."
     )
+    close = closeLine(cells)
+    if close is not None:
+        lines.append("\n" + close)
     for note, number in marks.items():
         lines.append(f"\n[{number}] {note}")
     if any(c.loadPercent is not None and c.loadPercent >= SATURATED for c in cells):

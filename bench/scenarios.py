@@ -140,6 +140,8 @@ class Cell:
     @ivar cpuPerOp: The proxy's CPU microseconds per message, delivery or
         handshake.
     @ivar proxyCPU: The proxy's CPU seconds in one round (or storm).
+    @ivar closeCPUPerConn: In the storm, the proxy's CPU microseconds per
+        connection closed, over the close phase (after C{cpuPerOp}'s).
     @ivar sideCPU: The backend's or source's CPU seconds in one round.
     @ivar lost: Fan-out deliveries that did not arrive in time.
     @ivar expected: Fan-out deliveries due.
@@ -160,6 +162,7 @@ class Cell:
     p99: float | None = None
     cpuPerOp: float | None = None
     proxyCPU: float | None = None
+    closeCPUPerConn: float | None = None
     sideCPU: float | None = None
     lost: int | None = None
     expected: int | None = None
@@ -573,7 +576,9 @@ class Bench:
         C{storm}: open many connections through the target as fast as a
         window of handshakes in flight allows, and hold them.  Each run
         starts a fresh target, so its resident memory before the storm is
-        its idle size.
+        its idle size.  Then the storm's client closes them all, each with
+        a closing handshake (L{bench.rawws.storm}): the proxy's CPU over
+        that phase, per connection, is C{closeCPUPerConn}.
         """
         p = self.preset
         n = self.stormConnections
@@ -601,6 +606,9 @@ class Bench:
             cell.memPerConn = median([r["memory"] / r["opened"] for r in runs])
             cell.cpuPerOp = median([r["proxyCPU"] / r["opened"] * 1e6 for r in runs])
             cell.proxyCPU = median([r["proxyCPU"] for r in runs])
+            cell.closeCPUPerConn = median(
+                [r["closeCPU"] / r["opened"] * 1e6 for r in runs]
+            )
         self._waits(cell, runs, "window")
         return cell
 
@@ -609,7 +617,10 @@ class Bench:
     ) -> dict[str, Any]:
         """
         One storm against a started target in front of the backend (a
-        process ID).
+        process ID): the open phase, whose CPU is read once every
+        connection is open, then the close phase, read once the client has
+        seen every connection end (or given up on it) and the proxy has had
+        the same half second to finish its bookkeeping.
         """
         time.sleep(0.2)
         pids = processTree(running.pids[0]) if running.pids else []
@@ -633,11 +644,15 @@ class Bench:
             # Let the proxy finish the last handshakes' bookkeeping.
             time.sleep(0.5)
             result["memory"] = residentBytes(pids) - memory
-            result["proxyCPU"] = cpuSeconds(pids) - cpu
+            openCPU = cpuSeconds(pids)
+            result["proxyCPU"] = openCPU - cpu
             result["proxied"] = bool(pids)
             result["proxyWait"] = waitSeconds(pids) - waits[0]
             result["loadWait"] = waitSeconds([backend, storm.pid]) - waits[1]
             result["window"] = time.monotonic() - waits[2]
+            result.update(storm.request({"close": True}, 30))
+            time.sleep(0.5)
+            result["closeCPU"] = cpuSeconds(pids) - openCPU
         finally:
             storm.close(30)
         return result

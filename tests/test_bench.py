@@ -155,6 +155,31 @@ class ReportTests(SynchronousTestCase):
         self.assertIn("50.0 (2.50×)", text)
         self.assertIn("n/a (fan-out not built)", text)
 
+    def test_closeFigure(self) -> None:
+        """
+        The storm's CPU per connection closed is a line under the table,
+        each target's with its ratio to nginx's and the closing handshakes
+        that went unanswered, and no column of its own; without it there
+        is no such line.
+        """
+        rounds = [{"opened": 100, "answered": 100}]
+        cells = [
+            Cell("storm", "nginx", rate=5000, unit="hs/s", cpuPerOp=140),
+            Cell("storm", "wsrelay", rate=2500, unit="hs/s", cpuPerOp=400),
+        ]
+        without = table(cells)
+        self.assertNotIn("storm close", without)
+        cells[0].closeCPUPerConn, cells[0].rounds = 50, rounds
+        cells[1].closeCPUPerConn = 150
+        cells[1].rounds = [{"opened": 100, "answered": 97}]
+        text = table(cells)
+        [line] = [x for x in text.splitlines() if x.startswith("storm close")]
+        self.assertIn(": nginx 50.0, wsrelay 150 (3.00×) [3 of 100 ", line)
+        self.assertEqual(
+            [x.count("|") for x in text.splitlines() if x.startswith("|")],
+            [x.count("|") for x in without.splitlines() if x.startswith("|")],
+        )
+
 
 class CommandLineTests(SynchronousTestCase):
     """
@@ -435,6 +460,9 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual(cells["fanout-light"]["lost"], 0)
         self.assertGreater(cells["echo-small"]["p99"], 0)
         self.assertTicks(cells["fanout-heavy"])
+        [storm] = cells["storm"]["rounds"]
+        self.assertEqual((storm["closed"], storm["answered"]), (20, 20))
+        self.assertIsNone(cells["storm"]["closeCPUPerConn"], "no proxy")
         [light] = cells["fanout-light"]["rounds"]
         self.assertEqual(light["source.writes"], light["source.sent"])
 
@@ -451,6 +479,9 @@ class SmokeTests(SynchronousTestCase):
         self.assertIsNone(storm["note"])
         self.assertEqual([r["opened"] for r in storm["rounds"]], [20])
         self.assertGreater(storm["cpuPerOp"], 0)
+        [only] = storm["rounds"]
+        self.assertEqual((only["closed"], only["answered"]), (20, 20))
+        self.assertGreater(storm["closeCPUPerConn"], 0)
 
     def test_twisted(self) -> None:
         """

@@ -4,7 +4,9 @@ Deadlines that share one timer: L{Deadlines}, a queue per timeout value.
 
 Every connection of the relay starts a timer or two that almost never
 fires: the client's handshake timer (L{wsrelay.ws.frontend}), the connect
-timer of each upstream attempt (L{wsrelay.ws.connecting}).  With
+timer of each upstream attempt (L{wsrelay.ws.connecting}), and as a
+passthrough session closes, its C{close_timeout}
+(L{wsrelay.proxy.pipe.closeQueue}).  With
 C{callLater}, each is a L{DelayedCall} pushed on the reactor's heap, then
 cancelled, and the reactor rebuilds its heap from time to time to drop the
 cancelled ones (issue 16's storm: some 4 µs a timer).

@@ -60,6 +60,34 @@ class LeanCloseTests(_Base):
         self.assertIs(type(reason.value), ConnectionDone)
         self.assertFalse(transport.connected)
 
+    async def test_lostOffReactor(self) -> None:
+        """
+        Losing the connection that C{loseConnection} closed with nothing
+        to send does not ask the reactor again to stop watching it:
+        C{loseConnection} did.
+        """
+        closing, peer = await self.ends()
+        transport: Any = closing.transport
+        r: Any = reactor
+        calls: list[str] = []
+        for name in ("removeReader", "removeWriter"):
+            original = getattr(r, name)
+
+            def counting(
+                selectable: Any, name: str = name, original: Any = original
+            ) -> None:
+                if selectable is transport:
+                    calls.append(name)
+                original(selectable)
+
+            self.patch(r, name, counting)
+        transport.loseConnection()
+        self.assertEqual(calls, ["removeReader", "removeWriter"])
+        await closing.lost
+        self.assertEqual(calls, ["removeReader", "removeWriter"])
+        self.assertFalse(hasattr(transport, "socket"))
+        await peer.lost
+
     async def test_queued(self) -> None:
         """
         With data queued, C{loseConnection} is Twisted's: the peer gets

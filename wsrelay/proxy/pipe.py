@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from wsrelay.deadlines import Deadlines
 from wsrelay.proxy.direction import PING_PREFIX, Direction, directions
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.ws.framing import closeFrame
@@ -32,6 +33,7 @@ from wsrelay.ws.legclosing import failureClose
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
+    from wsrelay.deadlines import DeadlineQueue
     from wsrelay.roles import PipeOwner
     from wsrelay.ws.frontend import FrontendProtocol
     from wsrelay.ws.upstream import UpstreamProtocol
@@ -112,6 +114,9 @@ class Pipe:
     """
 
     log = Logger()
+    #: The queue in which the close handshake's deadline (L{_drop}) is
+    #: pending, or L{None} (L{_startCloseClock}).
+    _closeClock: DeadlineQueue | None = None
 
     def __init__(
         self,
@@ -186,8 +191,7 @@ class Pipe:
         if self.fromClient.closeSeen and self.fromBackend.closeSeen:
             # The backend, a server, drops its TCP connection now.
             hangUp(self.upstream.transport)
-        if self._closeCall is None:
-            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+        self._startCloseClock()
 
     def failed(self, direction: Direction, code: int, reason: bytes) -> None:
         """
@@ -225,8 +229,7 @@ class Pipe:
             self._failing = (direction, code, reason)
             self._closeTo(other, *failureClose(code, other is self.frontend))
             back.answering = True
-            if self._closeCall is None:
-                self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+            self._startCloseClock()
             return
         self._closeTo(source, code, reason)
         self._closeTo(other, *failureClose(code, other is self.frontend))
@@ -238,8 +241,7 @@ class Pipe:
             # and dropped until it closes, for at most close_timeout.
             self._ending = source
             endWrites(source.transport)
-        if self._closeCall is None:
-            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+        self._startCloseClock()
 
     def tooBig(self, direction: Direction, reason: bytes) -> None:
         """
@@ -278,9 +280,9 @@ class Pipe:
             # Half a frame of the other side's went out: drop it.
             back.stopped = back.closeSeen = True
             hangUp(transport)
-        if self._closeCall is not None and self._closeCall.active():
-            self._closeCall.cancel()
-        self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+        # Anew: a pending deadline moves to the queue's end.
+        self._closeClock = queue = self._closeClock or closeQueue(self)
+        queue.add(self._drop)
 
     def shutdown(self, code: int, reason: bytes) -> None:
         """
@@ -294,8 +296,16 @@ class Pipe:
             self.fromClient.answering = self.fromBackend.answering = False
         for leg in (self.frontend, self.upstream):
             self._closeTo(leg, code, reason)
-        if self._closeCall is None:
-            self._closeCall = self.clock.callLater(self.closeTimeout, self._drop)
+        self._startCloseClock()
+
+    def _startCloseClock(self) -> None:
+        """
+        Unless it runs already, start the close handshake's clock: in
+        C{close_timeout}, L{_drop} (L{closeQueue}).
+        """
+        if self._closeClock is None:
+            self._closeClock = queue = closeQueue(self)
+            queue.add(self._drop)
 
     def _closeTo(self, leg: Any, code: int, reason: bytes) -> bool:
         """
@@ -330,7 +340,7 @@ class Pipe:
         long).  With a failure held (L{failed}), the other side did not
         answer in time: drop it, and send the offender its close frame.
         """
-        self._closeCall = None
+        self._closeClock = None
         if self._failing is not None:
             other = self._failing[0].sink
             self._finishFailure()
@@ -371,10 +381,7 @@ class Pipe:
                     self.fromClient.stopped = True
                     self._ending = other
                     endWrites(other.transport)
-                    if self._closeCall is None:
-                        self._closeCall = self.clock.callLater(
-                            self.closeTimeout, self._drop
-                        )
+                    self._startCloseClock()
             else:
                 self.session.closedBy = self.session.closedBy or "client"
                 self._closeTo(other, 1001, b"client went away")
@@ -386,13 +393,32 @@ class Pipe:
     def stop(self) -> None:
         """
         Cancel the timers; the directions let go of the pipe (they and it
-        would otherwise be a reference cycle holding both legs).
+        would otherwise be a reference cycle holding both legs).  Once done
+        (the session ends the pipe again, L{ProxySession.legClosed
+        <wsrelay.proxy.session.ProxySession.legClosed>}), nothing more,
+        unless the close handshake's clock started again meanwhile.
         """
+        if self.fromClient.pipe is None and self._closeClock is None:
+            return
         self.keepalive.stop()
-        call, self._closeCall = self._closeCall, None
-        if call is not None and call.active():
-            call.cancel()
+        queue, self._closeClock = self._closeClock, None
+        if queue is not None:
+            queue.cancel(self._drop)
         self.fromClient.pipe = self.fromBackend.pipe = None
+
+
+def closeQueue(pipe: Pipe) -> DeadlineQueue:
+    """
+    The queue that times a pipe's C{close_timeout}: the one the client
+    leg's factory keeps for it on the same clock (every pipe of the relay
+    shares one timer per timeout, L{wsrelay.deadlines}), or for a leg with
+    no such factory, a queue of the pipe's own.
+    """
+    factory = getattr(pipe.frontend, "factory", None)
+    deadlines = getattr(factory, "deadlines", None)
+    if not isinstance(deadlines, Deadlines) or deadlines.clock is not pipe.clock:
+        deadlines = Deadlines(pipe.clock)
+    return deadlines.queue(pipe.closeTimeout)
 
 
 def hangUp(transport: Any) -> None:

@@ -349,7 +349,9 @@ class ProxySession:
             self._idle.stop()
             self._idle = None
         self.registry.sessionEnded(self)
-        logAccess(self.log, self, self._clock.seconds())
+        if self.config.accessLog:
+            # (Reading C{self.log} makes a Logger: only for a line.)
+            logAccess(self.log, self, self._clock.seconds())
         if done is not None:
             done.callback(None)
 

@@ -22,7 +22,6 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import (
     ConnectBindError,
     ConnectError,
-    ConnectionAborted,
     NotConnectingError,
     UserError,
     getConnectError,
@@ -352,9 +351,9 @@ class _IPClient(LeanClose, tcp.Client):
         C{doConnect} would.
 
         After: what Twisted's C{Client.connectionLost} does, in one call
-        and without its C{Failure.check} (some microseconds, a qualified
-        name made per class it compares): the protocol, then the
-        connector, hear of it, and the transport lets the connector go.
+        and without its C{Failure.check} (L{LeanClose._loseLean}): the
+        protocol, then the connector, hear of it, and the transport lets
+        the connector go.
         """
         if not self.connected:
             if hasattr(self, "connector") and hasattr(self, "socket"):
@@ -367,23 +366,10 @@ class _IPClient(LeanClose, tcp.Client):
                     return
             self.failIfNotConnected(ConnectError(string=reason))
             return
-        if not hasattr(self, "socket"):
-            # (Twisted's guard against a second call.)
+        protocol = self._loseLean(reason)
+        if protocol is None:
             return
-        # FileDescriptor.connectionLost:
-        self.disconnected = 1
-        self.connected = 0
-        producer = self.producer
-        if producer is not None:
-            producer.stopProducing()
-            self.producer = None
-        self.stopReading()
-        self.stopWriting()
-        # Connection.connectionLost:
-        self._closeSocket(not issubclass(reason.type, ConnectionAborted))  # type: ignore[arg-type]
-        protocol = self.protocol
         self.__dict__["_protocolName"] = protocol.__class__.__name__
-        del self.protocol, self.socket, self.fileno
         protocol.connectionLost(reason)
         # (Neither refers to the other once gone: a factory that keeps its
         # protocol, which keeps this transport, is no cycle.)
