@@ -55,7 +55,9 @@ class Opener:
     def __init__(self) -> None:
         self.opened: list[Deferred[Any]] = []
 
-    def openSession(self, frontend: object, route: object) -> Deferred[Any]:
+    def openSession(
+        self, frontend: object, route: object, key: str | None = None
+    ) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.opened.append(d)
         return d

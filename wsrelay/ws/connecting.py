@@ -46,7 +46,6 @@ from wsrelay.ws.upstream import (
 )
 
 if TYPE_CHECKING:
-
     from twisted.internet.interfaces import (
         IAddress,
         IConnector,
