@@ -136,6 +136,26 @@ class DirectConnectTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
+    def test_attemptSettles(self) -> None:
+        """
+        The attempt's canceller is a method of the attempt (the factory),
+        not a closure made per attempt; once it failed, the attempt holds
+        neither the L{Deferred} nor a protocol, its deadline is gone, and a
+        later failure of the connector is not reported again.
+        """
+        canceller = cast(Any, self.opened)._canceller
+        self.assertIs(canceller.__self__, self.factory)
+        self.factory.buildProtocol(None)
+        self.factory.clientConnectionFailed(
+            self.connector, Failure(ConnectionRefusedError())
+        )
+        self.failureResultOf(self.opened, UpstreamError)
+        self.assertIsNone(self.factory.opened)
+        self.assertIsNone(self.factory.protocol)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.factory.clientConnectionFailed(self.connector, Failure(UserError()))
+
+
 class ConnectErrorTests(SynchronousTestCase):
     """
     L{connectError} maps a connect's failure as the connector expects.
