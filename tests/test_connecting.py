@@ -135,7 +135,6 @@ class DirectConnectTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-
     def test_attemptSettles(self) -> None:
         """
         The attempt's canceller is a method of the attempt (the factory),
