@@ -155,6 +155,50 @@ class DirectConnectTests(SynchronousTestCase):
         self.factory.clientConnectionFailed(self.connector, Failure(UserError()))
 
 
+class ThenTests(SynchronousTestCase):
+    """
+    The caller's first callback given to L{connectUpstream}.
+    """
+
+    def test_calledByTheAttempts(self) -> None:
+        """
+        It is called by the attempt's own callback, the only one on the
+        L{Deferred}, after the attempt's bookkeeping (a timeout is an
+        L{UpstreamTimeout} by then); its result is the L{Deferred}'s; the
+        attempt lets it and its arguments go.
+        """
+        reactor = MemoryReactorClock()
+        endpoint = PlainTCPEndpoint(reactor, "10.0.0.1", 8080, 3)
+        seen: list[tuple[Any, ...]] = []
+
+        def then(result: Any, *args: Any) -> str:
+            seen.append((result, *args))
+            return "then"
+
+        factory = UpstreamFactory("ws://127.0.0.1:1/", CONFIG, reactor)
+        opened = connectUpstream(
+            Deadlines(reactor),
+            endpoint,
+            factory,
+            "/",
+            "backend",
+            [],
+            (),
+            5.0,
+            then,
+            (1, 2),
+        )
+        self.assertEqual(len(opened.callbacks), 1)
+        reactor.advance(5)
+        self.assertEqual(self.successResultOf(opened), "then")
+        [(f, *args)] = seen
+        self.assertTrue(f.check(UpstreamTimeout))
+        self.assertEqual(args, [1, 2])
+        attempt = reactor.tcpClients[0][2]
+        self.assertIsNone(attempt._then)
+        self.assertEqual(attempt._thenArgs, ())
+
+
 class ConnectErrorTests(SynchronousTestCase):
     """
     L{connectError} maps a connect's failure as the connector expects.

@@ -29,6 +29,8 @@ from wsrelay.ws.upstream import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
@@ -165,18 +167,25 @@ class Connector:
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
             return Deferred.fromCoroutine(self._tryAll(*rest))
-        connecting = self._connect(route, backend, request, offered, deadline, attempts)
-        if connecting is None:
-            return Deferred.fromCoroutine(self._tryAll(*rest))
         # (No other Deferred in between: cancelling the one returned cancels
         # the attempt, or the rest once it waits for it, as Twisted passes a
         # cancel on to the Deferred a callback returned.  A module function
         # and its arguments rather than closures: nothing to make per
-        # handshake but the tuple.)
-        return cast(
-            "Deferred[tuple[Backend, UpstreamProtocol]]",
-            connecting.addBoth(_firstSettled, self, backend, rest),
+        # handshake but the tuple; called by the attempt's own callback, not
+        # as a second one.)
+        connecting = self._connect(
+            route,
+            backend,
+            request,
+            offered,
+            deadline,
+            attempts,
+            _firstSettled,
+            (self, backend, rest),
         )
+        if connecting is None:
+            return Deferred.fromCoroutine(self._tryAll(*rest))
+        return connecting
 
     async def _tryAll(
         self,
@@ -272,10 +281,19 @@ class Connector:
             L{UpstreamRefused} when the backend refused the handshake.
             Cancelling it cancels the attempt.
         """
-        connecting = self._connect(route, backend, request, offered, deadline, attempts)
+        connecting = self._connect(
+            route,
+            backend,
+            request,
+            offered,
+            deadline,
+            attempts,
+            _settled,
+            (self, route, backend, attempts),
+        )
         if connecting is None:
             return succeed(None)
-        return connecting.addBoth(_settled, self, route, backend, attempts)
+        return connecting
 
     def _connect(
         self,
@@ -285,9 +303,13 @@ class Connector:
         offered: tuple[str, ...],
         deadline: float,
         attempts: _Attempts,
-    ) -> Deferred[UpstreamProtocol] | None:
+        then: Callable[..., object],
+        thenArgs: tuple[object, ...],
+    ) -> Deferred[Any] | None:
         """
-        Start L{_attempt}'s connect, its result for L{_settled}.
+        Start an attempt's connect, its result for C{then} (L{_settled},
+        L{_firstSettled}) with C{thenArgs}
+        (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}).
 
         @return: The connect's L{Deferred}, or L{None} when C{deadline}
             passed (C{attempts} says so).
@@ -308,6 +330,8 @@ class Connector:
                 headers,
                 offered,
                 min(self.connectTimeout, remaining),
+                then,
+                thenArgs,
             )
         except BaseException:
             backend.connecting -= 1

@@ -46,6 +46,8 @@ from wsrelay.ws.upstream import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import (
         IAddress,
         IConnector,
@@ -145,6 +147,8 @@ class _Attempt(ClientFactory):
         connect).
     @ivar _queue: The deadlines' queue timing the attempt.
     @ivar _expired: Whether the deadline passed.
+    @ivar _then: The caller's first callback, called by L{settled} (with
+        C{_thenArgs}), or L{None}.
     """
 
     noisy = False
@@ -153,6 +157,8 @@ class _Attempt(ClientFactory):
     _connecting: Deferred[IProtocol] | None = None
     _expired = False
     _setup: dict[str, Any]
+    _then: Callable[..., object] | None = None
+    _thenArgs: tuple[object, ...] = ()
 
     def __init__(
         self,
@@ -228,24 +234,32 @@ class _Attempt(ClientFactory):
 
     def settled(self, result: object) -> object:
         """
-        C{opened}'s first callback: the attempt is settled with C{result}.
+        C{opened}'s first callback: the attempt is settled with C{result},
+        which goes on to the caller's first callback, if it gave one.
         Twisted's connector and the endpoint's factory form a cycle that
         lives as long as the connection: neither may hold the protocol
-        through this attempt once it is no longer needed for cancelling,
-        or a closed leg would wait for the cyclic collector.
+        (nor the caller's callback and its arguments) through this attempt
+        once it is no longer needed, or a closed leg would wait for the
+        cyclic collector.
         """
         self.protocol = None
         self.opened = None
         if self._expired:
             if isinstance(result, Failure) and result.check(CancelledError):
-                return Failure(
+                result = Failure(
                     UpstreamTimeout(
                         f"backend did not answer within {self._queue.timeout:g}s"
                     )
                 )
         else:
             self._queue.cancel(self.expire)
-        return result
+        then = self._then
+        if then is None:
+            return result
+        args = self._thenArgs
+        self._then = None
+        self._thenArgs = ()
+        return then(result, *args)
 
 
 def connectError(f: Failure) -> UpstreamError:
@@ -273,18 +287,24 @@ def connectUpstream(
     headers: list[tuple[str, str]],
     offered: tuple[str, ...],
     timeout: float,
-) -> Deferred[UpstreamProtocol]:
+    then: Callable[..., object] | None = None,
+    thenArgs: tuple[object, ...] = (),
+) -> Deferred[Any]:
     """
     Connect to a backend and complete the opening handshake.
 
     @param deadlines: Times the attempt (L{Deadlines.queue} of C{timeout}).
     @param headers: The request's header fields; a L{RequestHeaders} also
         says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
+    @param then: The caller's first callback on the L{Deferred}, with
+        C{thenArgs}: called by the attempt's own, rather than added after
+        it (a link of the L{Deferred}'s fewer, on every handshake).
     @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
         or fails with L{UpstreamError} (including a timeout after
         C{timeout} seconds, and L{UpstreamLocalError} when the relay is
-        out of descriptors or ports) or L{UpstreamRefused}.  Cancelling it
-        closes whatever was opened.
+        out of descriptors or ports) or L{UpstreamRefused}; with C{then},
+        with what C{then} makes of that.  Cancelling it closes whatever was
+        opened.
     """
     queue = deadlines.queue(timeout)
     attempt = _Attempt(factory, getattr(headers, "plain", False), queue)
@@ -308,6 +328,9 @@ def connectUpstream(
     # Deferred.addTimeout does, without its closures and its three
     # callbacks per attempt, and without a DelayedCall of its own.
     queue.add(attempt.expire)
+    if then is not None:
+        attempt._then = then
+        attempt._thenArgs = thenArgs
     opened.addBoth(attempt.settled)
     return opened
 
