@@ -162,8 +162,8 @@ class ThenTests(SynchronousTestCase):
 
     def test_calledByTheAttempts(self) -> None:
         """
-        It is called by the attempt's own callback, the only one on the
-        L{Deferred}, after the attempt's bookkeeping (a timeout is an
+        It is held by the attempt and called by the attempt's own callback
+        on the L{Deferred}, after the attempt's bookkeeping (a timeout is an
         L{UpstreamTimeout} by then); its result is the L{Deferred}'s; the
         attempt lets it and its arguments go.
         """
@@ -188,7 +188,7 @@ class ThenTests(SynchronousTestCase):
             then,
             (1, 2),
         )
-        self.assertEqual(len(opened.callbacks), 1)
+        self.assertIs(reactor.tcpClients[0][2]._then, then)
         reactor.advance(5)
         self.assertEqual(self.successResultOf(opened), "then")
         [(f, *args)] = seen
