@@ -15,7 +15,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.memory import BACKEND_A, Network, RawClient, relayConfig, request
+from tests.support.memory import (
+    BACKEND_A,
+    BACKEND_B,
+    Network,
+    RawClient,
+    relayConfig,
+    request,
+)
 from wsrelay.config import parseConfig
 from wsrelay.service import RelayService
 from wsrelay.ws.frontend import FrontendProtocol
@@ -169,7 +176,9 @@ class DirectAnswerTests(SynchronousTestCase):
     C{denyPlain} itself: C{onConnect} gives no L{Deferred}.
     """
 
-    def exchange(self) -> tuple[Network, RawClient, list[Any], list[str]]:
+    def exchange(
+        self, config: str = PASSTHROUGH
+    ) -> tuple[Network, RawClient, list[Any], list[str]]:
         """
         Send a plain request to a passthrough route.
 
@@ -177,7 +186,7 @@ class DirectAnswerTests(SynchronousTestCase):
             gave (the key, the result), and which of the leg's answers
             were called.
         """
-        network = Network(self, PASSTHROUGH)
+        network = Network(self, config)
         leg = network.frontend()
         given: list[Any] = []
         called: list[str] = []
@@ -219,6 +228,24 @@ class DirectAnswerTests(SynchronousTestCase):
         self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "))
         (session,) = network.relay.sessions
         self.assertIsNotNone(session.pipe)
+
+    def test_nextBackend(self) -> None:
+        """
+        When the first backend is refused, the next one's 101 reaches the
+        leg's C{acceptPlain} (from the connector's coroutine), once.
+        """
+        network, client, _, called = self.exchange(
+            PASSTHROUGH.replace(
+                "/base\n", f"/base ws://{BACKEND_B[0]}:{BACKEND_B[1]}/base\n"
+            )
+        )
+        network.failUpstream()
+        network.flush()
+        self.assertEqual(called, [])
+        network.acceptUpstream()
+        network.flush()
+        self.assertEqual(called, ["accept"])
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "))
 
     def test_refused(self) -> None:
         """
