@@ -135,6 +135,69 @@ class DirectConnectTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_attemptSettles(self) -> None:
+        """
+        The attempt's canceller is a method of the attempt (the factory),
+        not a closure made per attempt; once it failed, the attempt holds
+        neither the L{Deferred} nor a protocol, its deadline is gone, and a
+        later failure of the connector is not reported again.
+        """
+        canceller = cast(Any, self.opened)._canceller
+        self.assertIs(canceller.__self__, self.factory)
+        self.factory.buildProtocol(None)
+        self.factory.clientConnectionFailed(
+            self.connector, Failure(ConnectionRefusedError())
+        )
+        self.failureResultOf(self.opened, UpstreamError)
+        self.assertIsNone(self.factory.opened)
+        self.assertIsNone(self.factory.protocol)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.factory.clientConnectionFailed(self.connector, Failure(UserError()))
+
+
+class ThenTests(SynchronousTestCase):
+    """
+    The caller's first callback given to L{connectUpstream}.
+    """
+
+    def test_calledByTheAttempts(self) -> None:
+        """
+        It is held by the attempt and called by the attempt's own callback
+        on the L{Deferred}, after the attempt's bookkeeping (a timeout is an
+        L{UpstreamTimeout} by then); its result is the L{Deferred}'s; the
+        attempt lets it and its arguments go.
+        """
+        reactor = MemoryReactorClock()
+        endpoint = PlainTCPEndpoint(reactor, "10.0.0.1", 8080, 3)
+        seen: list[tuple[Any, ...]] = []
+
+        def then(result: Any, *args: Any) -> str:
+            seen.append((result, *args))
+            return "then"
+
+        factory = UpstreamFactory("ws://127.0.0.1:1/", CONFIG, reactor)
+        opened = connectUpstream(
+            Deadlines(reactor),
+            endpoint,
+            factory,
+            "/",
+            "backend",
+            [],
+            (),
+            5.0,
+            then,
+            (1, 2),
+        )
+        self.assertIs(reactor.tcpClients[0][2]._then, then)
+        reactor.advance(5)
+        self.assertEqual(self.successResultOf(opened), "then")
+        [(f, *args)] = seen
+        self.assertTrue(f.check(UpstreamTimeout))
+        self.assertEqual(args, [1, 2])
+        attempt = reactor.tcpClients[0][2]
+        self.assertIsNone(attempt._then)
+        self.assertEqual(attempt._thenArgs, ())
+
 
 class ConnectErrorTests(SynchronousTestCase):
     """

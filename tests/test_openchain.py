@@ -15,12 +15,26 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.memory import Network, relayConfig
+from tests.support.memory import (
+    BACKEND_A,
+    BACKEND_B,
+    Network,
+    RawClient,
+    relayConfig,
+    request,
+)
 from wsrelay.config import parseConfig
 from wsrelay.service import RelayService
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
 from wsrelay.ws.screening import Refused
+
+PASSTHROUGH = (
+    "[relay]\nlisten = tcp:0\nping_interval = 0\n"
+    "[route:chat]\npath = /chat\ndata_path = passthrough\n"
+    f"backends = ws://{BACKEND_A[0]}:{BACKEND_A[1]}/base\n"
+)
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 CONFIG = (
     "[relay]\nlisten = tcp:0\n"
@@ -55,7 +69,9 @@ class Opener:
     def __init__(self) -> None:
         self.opened: list[Deferred[Any]] = []
 
-    def openSession(self, frontend: object, route: object) -> Deferred[Any]:
+    def openSession(
+        self, frontend: object, route: object, key: str | None = None
+    ) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.opened.append(d)
         return d
@@ -151,3 +167,117 @@ class DoneTests(SynchronousTestCase):
         self.assertEqual(network.relay.sessions, set())
         self.assertIsNone(session._done)
         self.assertIsNone(self.successResultOf(session.done))
+
+
+class DirectAnswerTests(SynchronousTestCase):
+    """
+    On a passthrough route with no authorizer, the session answers the
+    client's plain request through the leg's C{acceptPlain} or
+    C{denyPlain} itself: C{onConnect} gives no L{Deferred}.
+    """
+
+    def exchange(
+        self, config: str = PASSTHROUGH
+    ) -> tuple[Network, RawClient, list[Any], list[str]]:
+        """
+        Send a plain request to a passthrough route.
+
+        @return: The network, the client, what C{onConnect} was given and
+            gave (the key, the result), and which of the leg's answers
+            were called.
+        """
+        network = Network(self, config)
+        leg = network.frontend()
+        given: list[Any] = []
+        called: list[str] = []
+        onConnect, accept, deny = leg.onConnect, leg.acceptPlain, leg.denyPlain
+
+        def recordingConnect(request: Any, key: str | None = None) -> Any:
+            d = onConnect(request, key)
+            given.append((key, d))
+            return d
+
+        def recordingAccept(res: Any, key: str) -> None:
+            called.append("accept")
+            accept(res, key)
+
+        def recordingDeny(f: Any) -> None:
+            called.append("deny")
+            deny(f)
+
+        leg.onConnect = recordingConnect  # type: ignore[method-assign]
+        leg.acceptPlain = recordingAccept  # type: ignore[method-assign]
+        leg.denyPlain = recordingDeny  # type: ignore[method-assign]
+        client = RawClient()
+        network.pair(leg, client).clientIO.write(request())
+        network.flush()
+        self.assertEqual(given, [(KEY, None)])
+        self.assertEqual(called, [])
+        return network, client, given, called
+
+    def test_accepted(self) -> None:
+        """
+        The backend's 101 reaches the leg's C{acceptPlain} from the
+        session: the client gets its 101 and the pipe carries the
+        connection.
+        """
+        network, client, _, called = self.exchange()
+        network.acceptUpstream()
+        network.flush()
+        self.assertEqual(called, ["accept"])
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "))
+        (session,) = network.relay.sessions
+        self.assertIsNotNone(session.pipe)
+
+    def test_nextBackend(self) -> None:
+        """
+        When the first backend is refused, the next one's 101 reaches the
+        leg's C{acceptPlain} (from the connector's coroutine), once.
+        """
+        network, client, _, called = self.exchange(
+            PASSTHROUGH.replace(
+                "/base\n", f"/base ws://{BACKEND_B[0]}:{BACKEND_B[1]}/base\n"
+            )
+        )
+        network.failUpstream()
+        network.flush()
+        self.assertEqual(called, [])
+        network.acceptUpstream()
+        network.flush()
+        self.assertEqual(called, ["accept"])
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "))
+
+    def test_refused(self) -> None:
+        """
+        A refused backend: the leg's C{denyPlain} answers 502 with the
+        connector's body.
+        """
+        network, client, _, called = self.exchange()
+        network.failUpstream()
+        network.flush()
+        self.assertEqual(called, ["deny"])
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 502 "))
+        self.assertIn(b"no backend reachable", client.received)
+
+    def test_timeout(self) -> None:
+        """
+        A backend that never answers: 504 once the connect timeout passed.
+        """
+        network, client, _, called = self.exchange()
+        network.advance(20)
+        self.assertEqual(called, ["deny"])
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 504 "))
+
+    def test_clientLeft(self) -> None:
+        """
+        A client that leaves while the upstream is opening: the attempt is
+        stopped, and the leg is answered neither way.
+        """
+        network, client, _, called = self.exchange()
+        self.assertEqual(len(network.pendingConnects()), 1)
+        assert client.transport is not None
+        client.transport.loseConnection()
+        network.flush()
+        self.assertEqual(network.pendingConnects(), [])
+        self.assertEqual(called, [])
+        self.assertEqual(network.relay.sessions, set())

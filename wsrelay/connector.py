@@ -29,6 +29,8 @@ from wsrelay.ws.upstream import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IReactorTime
 
     from wsrelay.config import RelayConfig
@@ -147,7 +149,9 @@ class Connector:
         offered: tuple[str, ...],
         avoid: Backend | None,
         deadline: float,
-    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        then: Callable[..., object] | None = None,
+        thenArgs: tuple[object, ...] = (),
+    ) -> Deferred[Any]:
         """
         L{openUpstream} as a L{Deferred}, the first candidate tried without
         a coroutine: most handshakes are done with it, and the coroutine's
@@ -155,28 +159,39 @@ class Connector:
         few percent of a proxied handshake's CPU.  Should it fail, the
         coroutine goes on as L{openUpstream} would have.
 
+        @param then: The caller's first callback, with C{thenArgs}: called
+            by the first attempt's own (L{_firstSettled}), or added to the
+            coroutine's L{Deferred}.
         @return: A L{Deferred} firing with the backend and the open
-            upstream, or failing as L{openUpstream} raises; cancelling it
-            cancels the attempt under way (or the wait in the queue).
+            upstream, or failing as L{openUpstream} raises (with C{then},
+            with what C{then} makes of that); cancelling it cancels the
+            attempt under way (or the wait in the queue).
         """
         tried: list[Backend] = []
         attempts = _Attempts()
         backend = pickBackend(route, info, tried, avoid)
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
-            return Deferred.fromCoroutine(self._tryAll(*rest))
-        connecting = self._connect(route, backend, request, offered, deadline, attempts)
-        if connecting is None:
-            return Deferred.fromCoroutine(self._tryAll(*rest))
+            return _then(Deferred.fromCoroutine(self._tryAll(*rest)), then, thenArgs)
         # (No other Deferred in between: cancelling the one returned cancels
         # the attempt, or the rest once it waits for it, as Twisted passes a
         # cancel on to the Deferred a callback returned.  A module function
         # and its arguments rather than closures: nothing to make per
-        # handshake but the tuple.)
-        return cast(
-            "Deferred[tuple[Backend, UpstreamProtocol]]",
-            connecting.addBoth(_firstSettled, self, backend, rest),
+        # handshake but the tuple; called by the attempt's own callback, not
+        # as a second one.)
+        connecting = self._connect(
+            route,
+            backend,
+            request,
+            offered,
+            deadline,
+            attempts,
+            _firstSettled,
+            (self, backend, rest, then, thenArgs),
         )
+        if connecting is None:
+            return _then(Deferred.fromCoroutine(self._tryAll(*rest)), then, thenArgs)
+        return connecting
 
     async def _tryAll(
         self,
@@ -272,10 +287,19 @@ class Connector:
             L{UpstreamRefused} when the backend refused the handshake.
             Cancelling it cancels the attempt.
         """
-        connecting = self._connect(route, backend, request, offered, deadline, attempts)
+        connecting = self._connect(
+            route,
+            backend,
+            request,
+            offered,
+            deadline,
+            attempts,
+            _settled,
+            (self, route, backend, attempts),
+        )
         if connecting is None:
             return succeed(None)
-        return connecting.addBoth(_settled, self, route, backend, attempts)
+        return connecting
 
     def _connect(
         self,
@@ -285,9 +309,13 @@ class Connector:
         offered: tuple[str, ...],
         deadline: float,
         attempts: _Attempts,
-    ) -> Deferred[UpstreamProtocol] | None:
+        then: Callable[..., object],
+        thenArgs: tuple[object, ...],
+    ) -> Deferred[Any] | None:
         """
-        Start L{_attempt}'s connect, its result for L{_settled}.
+        Start an attempt's connect, its result for C{then} (L{_settled},
+        L{_firstSettled}) with C{thenArgs}
+        (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}).
 
         @return: The connect's L{Deferred}, or L{None} when C{deadline}
             passed (C{attempts} says so).
@@ -308,6 +336,8 @@ class Connector:
                 headers,
                 offered,
                 min(self.connectTimeout, remaining),
+                then,
+                thenArgs,
             )
         except BaseException:
             backend.connecting -= 1
@@ -419,19 +449,37 @@ def _firstSettled(
         list[Backend],
         _Attempts,
     ],
-) -> tuple[Backend, UpstreamProtocol] | Failure | Deferred[Any]:
+    then: Callable[..., object] | None,
+    thenArgs: tuple[object, ...],
+) -> object:
     """
     The first attempt of L{Connector.open}, to C{backend}, is settled with
     C{result}.
 
     @param rest: L{Connector._tryAll}'s arguments, for the attempts after
         a failed first.
+    @param then: The caller's first callback (with C{thenArgs}), or
+        L{None}.
     @return: The backend and the open upstream; the failure to pass on
-        (L{_settled}); or the L{Deferred} of the other attempts.
+        (L{_settled}); or the L{Deferred} of the other attempts; each
+        through C{then}, if given.
     """
     up = _settled(result, connector, rest[0], backend, rest[7])
     if up is None:
-        return Deferred.fromCoroutine(connector._tryAll(*rest))
+        return _then(Deferred.fromCoroutine(connector._tryAll(*rest)), then, thenArgs)
+    if then is not None:
+        return then(up if isinstance(up, Failure) else (backend, up), *thenArgs)
     if isinstance(up, Failure):
         return up
     return backend, up
+
+
+def _then(
+    d: Deferred[Any], then: Callable[..., object] | None, thenArgs: tuple[object, ...]
+) -> Deferred[Any]:
+    """
+    @return: C{d}, with C{then} (and C{thenArgs}) as its callback, if given.
+    """
+    if then is not None:
+        d.addBoth(then, *thenArgs)
+    return d

@@ -23,7 +23,7 @@ from wsrelay.auth.gate import (
 from wsrelay.fanout import IDLE, Channel, FanoutSession, channelKey
 from wsrelay.fanout.context import SourceContext
 from wsrelay.proxy.opening import connectionInfo
-from wsrelay.proxy.session import ProxySession
+from wsrelay.proxy.session import ProxySession, openPlain
 from wsrelay.ws.legclosing import CLOSED
 from wsrelay.ws.screening import Refused
 
@@ -133,17 +133,22 @@ class Sessions:
         """
         self.config = config
 
-    def openSession(self, frontend: FrontendProtocol, route: Route) -> Deferred[Any]:
+    def openSession(
+        self, frontend: FrontendProtocol, route: Route, key: str | None = None
+    ) -> Deferred[Any] | None:
         """
         Pair a client whose handshake is valid with an upstream, once the
         route's authorizer (if any) allowed it: before any backend is
         contacted.
 
+        @param key: See L{wsrelay.ws.frontend.SessionOpener.openSession}: a
+            proxy route's session with no authorizer answers the leg itself
+            (L{openPlain}).
         @return: See L{wsrelay.ws.frontend.SessionOpener.openSession}.
         """
         authorizer = route.authorizer
         if authorizer is None:
-            return self._open(frontend, route, None)
+            return self._open(frontend, route, None, key)
         assert frontend.head is not None
         method = frontend.head.startLine.split(" ", 1)[0]
         request = authRequest(
@@ -156,7 +161,9 @@ class Sessions:
             # A client that left while its authorizer decided gets no
             # answer, and no backend is contacted for it.
             if frontend.state != CLOSED:
-                self._open(frontend, route, allow).chainDeferred(result)
+                d = self._open(frontend, route, allow)
+                assert d is not None
+                d.chainDeferred(result)
 
         def refused(f: Failure) -> None:
             if frontend.state != CLOSED:
@@ -170,13 +177,18 @@ class Sessions:
         return result
 
     def _open(
-        self, frontend: FrontendProtocol, route: Route, allow: Allow | None
-    ) -> Deferred[Any]:
+        self,
+        frontend: FrontendProtocol,
+        route: Route,
+        allow: Allow | None,
+        key: str | None = None,
+    ) -> Deferred[Any] | None:
         """
         Open the session of an allowed client: the header fields of
         C{allow} replace the client's of the same names in the upstream
         request, and its expiry closes the client with 1008.
 
+        @param key: See L{openSession} (given with no C{allow}).
         @return: See L{openSession}: it never fires when the client leaves
             first.
         """
@@ -222,6 +234,9 @@ class Sessions:
                 latency=self._latency.byRoute(route.name),
             )
         self._registry.sessions.add(session)
+        if key is not None and isinstance(session, ProxySession):
+            openPlain(session, key)
+            return None
         d = session.open()
         if allow is not None and allow.expires is not None:
             expires = allow.expires

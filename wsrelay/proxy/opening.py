@@ -25,6 +25,8 @@ from wsrelay.ws.upstream import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IReactorTime
     from twisted.python.failure import Failure
 
@@ -302,11 +304,16 @@ class UpstreamOpener:
         return self.start(avoid).addBoth(self._settled)
 
     def start(
-        self, avoid: Backend | None
-    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        self,
+        avoid: Backend | None,
+        then: Callable[..., object] | None = None,
+        thenArgs: tuple[object, ...] = (),
+    ) -> Deferred[Any]:
         """
-        L{open}, for a caller whose first callbacks on the L{Deferred} call
-        L{settled} (one callback fewer on the handshake's path).
+        L{open}, for a caller whose first callback on the L{Deferred}
+        calls L{settled} (one callback fewer on the handshake's path); the
+        connector calls it, C{then} with C{thenArgs}, from its own
+        (L{Upstreams.open <wsrelay.roles.Upstreams.open>}).
         """
         opening = self._opening = self._upstreams.open(
             self._route,
@@ -315,6 +322,8 @@ class UpstreamOpener:
             tuple(self._frontend.websocket_protocols),
             avoid,
             self._clock.seconds() + self._handshakeTimeout,
+            then,
+            thenArgs,
         )
         return opening
 

@@ -146,12 +146,7 @@ class ProxySession:
         result: Deferred[tuple[str | None, dict[str, list[str]]]] = Deferred()
         # (A Deferred of its own: when the opening is cancelled, it never
         # fires, and nothing refers to it.)
-        self.opener.start(None).addCallbacks(
-            _opened,
-            _openFailed,
-            callbackArgs=(self, result),
-            errbackArgs=(self, result),
-        )
+        self.opener.start(None, _settled, (self, result))
         return result
 
     def attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
@@ -356,28 +351,69 @@ class ProxySession:
             done.callback(None)
 
 
+def openPlain(session: ProxySession, key: str) -> None:
+    """
+    L{ProxySession.open} for a client's leg that answers a plain request
+    itself (L{answerPlain <wsrelay.ws.accept.PlainAccept.answerPlain>}):
+    the leg's C{acceptPlain} (with C{key}, the client's
+    C{Sec-WebSocket-Key}) or C{denyPlain} is called where C{open}'s
+    L{Deferred} would fire, without that L{Deferred} and the leg's callback
+    on it (most handshakes).  Neither is called when the opening is
+    cancelled.
+    """
+    session.opener.start(None, _settled, (session, key))
+
+
+def _settled(
+    result: tuple[Backend, UpstreamProtocol] | Failure,
+    session: ProxySession,
+    to: Deferred[Any] | str,
+) -> None:
+    """
+    The opener's first callback (L{UpstreamOpener.start
+    <wsrelay.proxy.opening.UpstreamOpener.start>}, called by the
+    connector's own): on to L{_opened} or L{_openFailed}, C{to} being the
+    L{Deferred} of L{ProxySession.open} or the key of L{openPlain}.
+    """
+    if isinstance(result, Failure):
+        _openFailed(result, session, None if isinstance(to, str) else to)
+    else:
+        _opened(result, session, to)
+
+
 def _opened(
     pair: tuple[Backend, UpstreamProtocol],
     session: ProxySession,
-    result: Deferred[tuple[str | None, dict[str, list[str]]]],
+    result: Deferred[tuple[str | None, dict[str, list[str]]]] | str,
 ) -> None:
     """
     The upstream of C{session} is open: C{result} fires with the client's
-    answer (L{ProxySession.open}).
+    answer (L{ProxySession.open}), or, given the client's key, the leg is
+    given it (L{openPlain}).
     """
     session.opener.settled()
-    result.callback(clientAnswer(session.attach(*pair)))
+    answer = clientAnswer(session.attach(*pair))
+    if isinstance(result, str):
+        session.frontend.acceptPlain(answer, result)
+    else:
+        result.callback(answer)
 
 
-def _openFailed(f: Failure, session: ProxySession, result: Deferred[Any]) -> None:
+def _openFailed(
+    f: Failure, session: ProxySession, result: Deferred[Any] | None
+) -> None:
     """
-    No upstream for C{session}: C{result} fails with the client's refusal,
+    No upstream for C{session}: C{result} fails with the client's refusal
+    (or, with no C{result}, the leg's C{denyPlain} is given it: L{openPlain}),
     given to the client's leg first (L{FrontendProtocol.keepRefusal
-    <wsrelay.ws.frontend.FrontendProtocol.keepRefusal>}), or never fires
-    when the opening was cancelled (the client left, or the relay stops).
+    <wsrelay.ws.frontend.FrontendProtocol.keepRefusal>}); nothing when the
+    opening was cancelled (the client left, or the relay stops).
     """
     session.opener.settled()
     if not f.check(CancelledError):
         refusal = session.opener.refusal(f)
         session.frontend.keepRefusal(refusal)
-        result.errback(refusal)
+        if result is None:
+            session.frontend.denyPlain(Failure(refusal))
+        else:
+            result.errback(refusal)

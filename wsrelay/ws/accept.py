@@ -206,7 +206,9 @@ class PlainAccept:
 
     if TYPE_CHECKING:
 
-        def onConnect(self, request: Any) -> Deferred[Any]: ...
+        def onConnect(
+            self, request: Any, key: str | None = None
+        ) -> Deferred[Any] | None: ...
         def sendData(self, data: bytes) -> None: ...
         def failHandshake(self, reason: str, code: int = 400) -> None: ...
         def _onOpen(self) -> None: ...
@@ -219,8 +221,10 @@ class PlainAccept:
         passthrough route as Autobahn's C{processHandshake} would, without
         its second parse of the head, its request object and the
         L{Deferred} around C{onConnect}: the client is answered by
-        L{_acceptPlain} or L{_denyPlain}.  Not with any of the Autobahn
-        options under which it checks more.
+        L{acceptPlain} or L{denyPlain}, called by the session itself on the
+        common path (no L{Deferred} between), else on the L{Deferred}
+        C{onConnect} gives.  Not with any of the Autobahn options under
+        which it checks more.
 
         @param screened: The request as screened, its head at the start of
             C{data}.
@@ -244,14 +248,15 @@ class PlainAccept:
         if protocols:
             self.websocket_protocols = protocols
         try:
-            d = self.onConnect(None)
+            d = self.onConnect(None, key)
         except Exception:
-            self._denyPlain(Failure())
+            self.denyPlain(Failure())
             return True
-        d.addCallbacks(self._acceptPlain, self._denyPlain, callbackArgs=(key,))
+        if d is not None:
+            d.addCallbacks(self.acceptPlain, self.denyPlain, callbackArgs=(key,))
         return True
 
-    def _acceptPlain(self, res: Any, key: str) -> None:
+    def acceptPlain(self, res: Any, key: str) -> None:
         """
         The session opened: write the 101 as Autobahn would
         (L{acceptResponse}), and open the leg as its C{succeedHandshake}
@@ -298,7 +303,7 @@ class PlainAccept:
         if self.data:
             self.consumeData()
 
-    def _denyPlain(self, f: Failure) -> None:
+    def denyPlain(self, f: Failure) -> None:
         """
         The session could not open: answer as Autobahn would.
         """

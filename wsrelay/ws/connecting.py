@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         ITCPTransport,
     )
 
-    from wsrelay.deadlines import Deadlines
+    from wsrelay.deadlines import DeadlineQueue, Deadlines
 
 
 @implementer(IStreamClientEndpoint)
@@ -127,25 +127,49 @@ class PlainTCPEndpoint:
 
 class _Attempt(ClientFactory):
     """
-    Builds the one protocol of one connection attempt, and hears of the
-    attempt's failure when it connects without an endpoint
-    (L{PlainTCPEndpoint.connectDirect}).
+    One connection attempt of L{connectUpstream}: builds its one protocol,
+    hears of its failure when it connects without an endpoint
+    (L{PlainTCPEndpoint.connectDirect}), and settles it.  Its bound methods
+    are the canceller of C{opened}, the deadline's call and C{opened}'s
+    first callback: no closures (nor their cells) per attempt.
 
-    @ivar failed: Called with the failure of a direct connect.
+    @ivar opened: The attempt's L{Deferred}, until it is settled or being
+        cancelled (L{None} then: a failure of the connect is not its to
+        tell any more).
+    @ivar protocol: The leg, once built, until the attempt is settled.
+    @ivar _setup: What the leg is given as it is built (the request, and
+        C{opened}).
     @ivar _plain: Whether the protocol is a L{PlainUpstream} (else the
         factory's Autobahn leg).
+    @ivar _direct: The connector of a direct connect (L{None} through an
+        endpoint).
+    @ivar _connecting: The endpoint's L{Deferred} (L{None} for a direct
+        connect).
+    @ivar _queue: The deadlines' queue timing the attempt.
+    @ivar _expired: Whether the deadline passed.
+    @ivar _then: The caller's first callback, called by L{settled} (with
+        C{_thenArgs}), or L{None}.
     """
 
     noisy = False
+    protocol: UpstreamProtocol | None = None  # type: ignore[assignment]
+    _direct: IConnector | None = None
+    _connecting: Deferred[IProtocol] | None = None
+    _expired = False
+    _setup: dict[str, Any]
+    _then: Callable[..., object] | None = None
+    _thenArgs: tuple[object, ...] = ()
 
     def __init__(
-        self, factory: UpstreamFactory, setup: dict[str, Any], plain: bool
+        self,
+        factory: UpstreamFactory,
+        plain: bool,
+        queue: DeadlineQueue,
     ) -> None:
         self._factory = factory
-        self._setup = setup
         self._plain = plain
-        self.protocol: UpstreamProtocol | None = None  # type: ignore[assignment]
-        self.failed: Callable[[Failure], None] = _ignore
+        self._queue = queue
+        self.opened: Deferred[UpstreamProtocol] | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> UpstreamProtocol:
         """
@@ -167,14 +191,75 @@ class _Attempt(ClientFactory):
         """
         The direct connect failed (or was stopped).
         """
-        failed, self.failed = self.failed, _ignore
-        failed(reason)
+        self.connectFailed(reason)
 
+    def connectFailed(self, f: Failure) -> None:
+        """
+        The connect failed: so does the attempt, unless it is settled or
+        being cancelled.
+        """
+        opened = self.opened
+        if opened is None or opened.called:
+            return
+        # Twisted's endpoints fail a cancelled attempt with
+        # ConnectingCancelledError: C{opened} is being cancelled then, and
+        # fails by itself (a timeout, or the client went away).
+        if f.check(CancelledError, ConnectingCancelledError):
+            return
+        opened.errback(connectError(f))
 
-def _ignore(reason: Failure) -> None:
-    """
-    Nothing to tell: the attempt is settled.
-    """
+    def cancel(self, opened: Deferred[UpstreamProtocol]) -> None:
+        """
+        C{opened} is being cancelled: close whatever was opened.
+        """
+        # (Stopping the connect fails it: not for this attempt to tell, as
+        # C{opened} fails by itself.)
+        self.opened = None
+        p = self.protocol
+        if p is not None and p.transport is not None:
+            cast("ITCPTransport", p.transport).abortConnection()
+        elif self._direct is not None:
+            self._direct.stopConnecting()
+        elif self._connecting is not None:
+            self._connecting.cancel()
+
+    def expire(self) -> None:
+        """
+        The deadline passed: cancel the attempt, which fails with
+        L{UpstreamTimeout} (L{settled}).
+        """
+        self._expired = True
+        if self.opened is not None:
+            self.opened.cancel()
+
+    def settled(self, result: object) -> object:
+        """
+        C{opened}'s first callback: the attempt is settled with C{result},
+        which goes on to the caller's first callback, if it gave one.
+        Twisted's connector and the endpoint's factory form a cycle that
+        lives as long as the connection: neither may hold the protocol
+        (nor the caller's callback and its arguments) through this attempt
+        once it is no longer needed, or a closed leg would wait for the
+        cyclic collector.
+        """
+        self.protocol = None
+        self.opened = None
+        if self._expired:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                result = Failure(
+                    UpstreamTimeout(
+                        f"backend did not answer within {self._queue.timeout:g}s"
+                    )
+                )
+        else:
+            self._queue.cancel(self.expire)
+        then = self._then
+        if then is None:
+            return result
+        args = self._thenArgs
+        self._then = None
+        self._thenArgs = ()
+        return then(result, *args)
 
 
 def connectError(f: Failure) -> UpstreamError:
@@ -202,93 +287,51 @@ def connectUpstream(
     headers: list[tuple[str, str]],
     offered: tuple[str, ...],
     timeout: float,
-) -> Deferred[UpstreamProtocol]:
+    then: Callable[..., object] | None = None,
+    thenArgs: tuple[object, ...] = (),
+) -> Deferred[Any]:
     """
     Connect to a backend and complete the opening handshake.
 
     @param deadlines: Times the attempt (L{Deadlines.queue} of C{timeout}).
     @param headers: The request's header fields; a L{RequestHeaders} also
         says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
+    @param then: The caller's first callback on the L{Deferred}, with
+        C{thenArgs}: called by the attempt's own, rather than added after
+        it (a link of the L{Deferred}'s fewer, on every handshake).
     @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
         or fails with L{UpstreamError} (including a timeout after
         C{timeout} seconds, and L{UpstreamLocalError} when the relay is
-        out of descriptors or ports) or L{UpstreamRefused}.  Cancelling it
-        closes whatever was opened.
+        out of descriptors or ports) or L{UpstreamRefused}; with C{then},
+        with what C{then} makes of that.  Cancelling it closes whatever was
+        opened.
     """
-
-    def cancel(d: Deferred[UpstreamProtocol]) -> None:
-        p = attempt.protocol
-        if p is not None and p.transport is not None:
-            cast("ITCPTransport", p.transport).abortConnection()
-        elif direct is not None:
-            # Not connected yet: stopping fails the attempt, which is
-            # being cancelled and fails by itself.
-            attempt.failed = _ignore
-            direct.stopConnecting()
-        else:
-            connecting.cancel()
-
-    opened: Deferred[UpstreamProtocol] = Deferred(cancel)
-    attempt = _Attempt(
-        factory,
-        {
-            "resource": resource,
-            "hostHeader": hostHeader,
-            "requestHeaders": headers,
-            "offered": offered,
-            "opened": opened,
-            "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
-        },
-        getattr(headers, "plain", False),
-    )
-
-    def connectFailed(f: Failure) -> None:
-        if not opened.called:
-            # Twisted's endpoints fail a cancelled attempt with
-            # ConnectingCancelledError: C{opened} is being cancelled then,
-            # and fails by itself (a timeout, or the client went away).
-            if f.check(CancelledError, ConnectingCancelledError):
-                return
-            opened.errback(connectError(f))
-
-    direct: IConnector | None = None
+    queue = deadlines.queue(timeout)
+    attempt = _Attempt(factory, getattr(headers, "plain", False), queue)
+    opened: Deferred[UpstreamProtocol] = Deferred(attempt.cancel)
+    attempt.opened = opened
+    attempt._setup = {
+        "resource": resource,
+        "hostHeader": hostHeader,
+        "requestHeaders": headers,
+        "offered": offered,
+        "opened": opened,
+        "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
+    }
     if isinstance(endpoint, PlainTCPEndpoint):
         # The leg is the transport's protocol, with no endpoint between.
-        attempt.failed = connectFailed
-        direct = endpoint.connectDirect(attempt)
+        attempt._direct = endpoint.connectDirect(attempt)
     else:
-        connecting = endpoint.connect(attempt)
-        connecting.addCallbacks(_dropResult, connectFailed)
-
+        connecting = attempt._connecting = endpoint.connect(attempt)
+        connecting.addCallbacks(_dropResult, attempt.connectFailed)
     # One deadline, cancelled once the attempt is settled: what
     # Deferred.addTimeout does, without its closures and its three
     # callbacks per attempt, and without a DelayedCall of its own.
-    expired: list[bool] = []
-
-    def expire() -> None:
-        expired.append(True)
-        opened.cancel()
-
-    queue = deadlines.queue(timeout)
-    queue.add(expire)
-
-    def settled(result: object) -> object:
-        # Twisted's connector and the endpoint's factory form a cycle
-        # that lives as long as the connection: neither may hold the
-        # protocol through this attempt once it is no longer needed for
-        # cancelling, or a closed leg would wait for the cyclic collector.
-        attempt.protocol = None
-        attempt.failed = _ignore
-        if expired:
-            if isinstance(result, Failure) and result.check(CancelledError):
-                return Failure(
-                    UpstreamTimeout(f"backend did not answer within {timeout:g}s")
-                )
-        else:
-            queue.cancel(expire)
-        return result
-
-    opened.addBoth(settled)
+    queue.add(attempt.expire)
+    if then is not None:
+        attempt._then = then
+        attempt._thenArgs = thenArgs
+    opened.addBoth(attempt.settled)
     return opened
 
 

@@ -106,11 +106,19 @@ class SessionOpener(Protocol):
     (L{wsrelay.registry.Sessions}).
     """
 
-    def openSession(self, frontend: FrontendProtocol, route: Route) -> Deferred[Any]:
+    def openSession(
+        self, frontend: FrontendProtocol, route: Route, key: str | None = None
+    ) -> Deferred[Any] | None:
         """
+        @param key: Given when C{frontend} answers a plain request itself
+            (L{answerPlain <wsrelay.ws.accept.PlainAccept.answerPlain>}),
+            the client's C{Sec-WebSocket-Key}: the opener may then answer
+            through C{frontend}'s C{acceptPlain} (with C{key}) and
+            C{denyPlain} itself, and return L{None}.
         @return: A L{Deferred} that fires with the subprotocol and the
             headers of the client's 101, or fails with L{Refused}, given to
-            C{frontend}'s L{FrontendProtocol.keepRefusal} first.
+            C{frontend}'s L{FrontendProtocol.keepRefusal} first; or L{None}
+            (see C{key}).
         """
 
 
@@ -332,7 +340,7 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
             return
         WebSocketServerProtocol.processHandshake(self)
 
-    def onConnect(self, request: Any) -> Any:
+    def onConnect(self, request: Any, key: str | None = None) -> Any:
         """
         The client's handshake is valid: open the upstream.  The client
         did its part, so the handshake timer stops; the relay's own budget
@@ -341,11 +349,15 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
         @return: A L{Deferred} that fires with the subprotocol and the
             response headers, or fails with L{Refused}, given to
             L{keepRefusal} first (L{SessionOpener.openSession}: no callback
-            of this leg's on the L{Deferred} of every handshake).
+            of this leg's on the L{Deferred} of every handshake); or
+            L{None} when the opener answers through the leg's C{acceptPlain}
+            or C{denyPlain} itself, as it may when given C{key} (the
+            client's C{Sec-WebSocket-Key}, from L{answerPlain
+            <wsrelay.ws.accept.PlainAccept.answerPlain>}).
         """
         self._stopHandshakeClock()
         assert self.route is not None
-        return self.factory.sessions.openSession(self, self.route)
+        return self.factory.sessions.openSession(self, self.route, key)
 
     def perMessageCompressionAccept(
         self, offers: list[object]
