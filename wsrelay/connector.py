@@ -149,9 +149,7 @@ class Connector:
         offered: tuple[str, ...],
         avoid: Backend | None,
         deadline: float,
-        then: Callable[..., object] | None = None,
-        thenArgs: tuple[object, ...] = (),
-    ) -> Deferred[Any]:
+    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
         """
         L{openUpstream} as a L{Deferred}, the first candidate tried without
         a coroutine: most handshakes are done with it, and the coroutine's
@@ -159,20 +157,16 @@ class Connector:
         few percent of a proxied handshake's CPU.  Should it fail, the
         coroutine goes on as L{openUpstream} would have.
 
-        @param then: The caller's first callback, with C{thenArgs}: called
-            by the first attempt's own (L{_firstSettled}), or added to the
-            coroutine's L{Deferred}.
         @return: A L{Deferred} firing with the backend and the open
-            upstream, or failing as L{openUpstream} raises (with C{then},
-            with what C{then} makes of that); cancelling it cancels the
-            attempt under way (or the wait in the queue).
+            upstream, or failing as L{openUpstream} raises; cancelling it
+            cancels the attempt under way (or the wait in the queue).
         """
         tried: list[Backend] = []
         attempts = _Attempts()
         backend = pickBackend(route, info, tried, avoid)
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
-            return _then(Deferred.fromCoroutine(self._tryAll(*rest)), then, thenArgs)
+            return Deferred.fromCoroutine(self._tryAll(*rest))
         # (No other Deferred in between: cancelling the one returned cancels
         # the attempt, or the rest once it waits for it, as Twisted passes a
         # cancel on to the Deferred a callback returned.  A module function
@@ -187,10 +181,10 @@ class Connector:
             deadline,
             attempts,
             _firstSettled,
-            (self, backend, rest, then, thenArgs),
+            (self, backend, rest),
         )
         if connecting is None:
-            return _then(Deferred.fromCoroutine(self._tryAll(*rest)), then, thenArgs)
+            return Deferred.fromCoroutine(self._tryAll(*rest))
         return connecting
 
     async def _tryAll(
@@ -449,37 +443,19 @@ def _firstSettled(
         list[Backend],
         _Attempts,
     ],
-    then: Callable[..., object] | None,
-    thenArgs: tuple[object, ...],
-) -> object:
+) -> tuple[Backend, UpstreamProtocol] | Failure | Deferred[Any]:
     """
     The first attempt of L{Connector.open}, to C{backend}, is settled with
     C{result}.
 
     @param rest: L{Connector._tryAll}'s arguments, for the attempts after
         a failed first.
-    @param then: The caller's first callback (with C{thenArgs}), or
-        L{None}.
     @return: The backend and the open upstream; the failure to pass on
-        (L{_settled}); or the L{Deferred} of the other attempts; each
-        through C{then}, if given.
+        (L{_settled}); or the L{Deferred} of the other attempts.
     """
     up = _settled(result, connector, rest[0], backend, rest[7])
     if up is None:
-        return _then(Deferred.fromCoroutine(connector._tryAll(*rest)), then, thenArgs)
-    if then is not None:
-        return then(up if isinstance(up, Failure) else (backend, up), *thenArgs)
+        return Deferred.fromCoroutine(connector._tryAll(*rest))
     if isinstance(up, Failure):
         return up
     return backend, up
-
-
-def _then(
-    d: Deferred[Any], then: Callable[..., object] | None, thenArgs: tuple[object, ...]
-) -> Deferred[Any]:
-    """
-    @return: C{d}, with C{then} (and C{thenArgs}) as its callback, if given.
-    """
-    if then is not None:
-        d.addBoth(then, *thenArgs)
-    return d

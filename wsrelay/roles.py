@@ -15,7 +15,7 @@ without an import cycle.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -59,15 +59,9 @@ class Upstreams(Protocol):
         offered: tuple[str, ...],
         avoid: Backend | None,
         deadline: float,
-        then: Callable[..., object] | None = None,
-        thenArgs: tuple[object, ...] = (),
-    ) -> Deferred[Any]:
+    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
         """
         L{openUpstream} as a L{Deferred}: cancelling it stops opening.
-
-        @param then: The caller's first callback on the L{Deferred} (with
-            C{thenArgs}), called by the opener's own rather than added
-            after them; the L{Deferred} then fires with what it returns.
         """
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:

@@ -25,8 +25,6 @@ from wsrelay.ws.upstream import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from twisted.internet.interfaces import IReactorTime
     from twisted.python.failure import Failure
 
@@ -304,16 +302,11 @@ class UpstreamOpener:
         return self.start(avoid).addBoth(self._settled)
 
     def start(
-        self,
-        avoid: Backend | None,
-        then: Callable[..., object] | None = None,
-        thenArgs: tuple[object, ...] = (),
-    ) -> Deferred[Any]:
+        self, avoid: Backend | None
+    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
         """
-        L{open}, for a caller whose first callback on the L{Deferred}
-        calls L{settled} (one callback fewer on the handshake's path); the
-        connector calls it, C{then} with C{thenArgs}, from its own
-        (L{Upstreams.open <wsrelay.roles.Upstreams.open>}).
+        L{open}, for a caller whose first callbacks on the L{Deferred} call
+        L{settled} (one callback fewer on the handshake's path).
         """
         opening = self._opening = self._upstreams.open(
             self._route,
@@ -322,8 +315,6 @@ class UpstreamOpener:
             tuple(self._frontend.websocket_protocols),
             avoid,
             self._clock.seconds() + self._handshakeTimeout,
-            then,
-            thenArgs,
         )
         return opening
 

@@ -146,7 +146,12 @@ class ProxySession:
         result: Deferred[tuple[str | None, dict[str, list[str]]]] = Deferred()
         # (A Deferred of its own: when the opening is cancelled, it never
         # fires, and nothing refers to it.)
-        self.opener.start(None, _settled, (self, result))
+        self.opener.start(None).addCallbacks(
+            _opened,
+            _openFailed,
+            callbackArgs=(self, result),
+            errbackArgs=(self, result),
+        )
         return result
 
     def attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
@@ -361,24 +366,12 @@ def openPlain(session: ProxySession, key: str) -> None:
     on it (most handshakes).  Neither is called when the opening is
     cancelled.
     """
-    session.opener.start(None, _settled, (session, key))
-
-
-def _settled(
-    result: tuple[Backend, UpstreamProtocol] | Failure,
-    session: ProxySession,
-    to: Deferred[Any] | str,
-) -> None:
-    """
-    The opener's first callback (L{UpstreamOpener.start
-    <wsrelay.proxy.opening.UpstreamOpener.start>}, called by the
-    connector's own): on to L{_opened} or L{_openFailed}, C{to} being the
-    L{Deferred} of L{ProxySession.open} or the key of L{openPlain}.
-    """
-    if isinstance(result, Failure):
-        _openFailed(result, session, None if isinstance(to, str) else to)
-    else:
-        _opened(result, session, to)
+    session.opener.start(None).addCallbacks(
+        _opened,
+        _openFailed,
+        callbackArgs=(session, key),
+        errbackArgs=(session, None),
+    )
 
 
 def _opened(
