@@ -26,11 +26,11 @@ from wsrelay.admission import Admission, peerHost
 from wsrelay.auth.gate import withHeaders
 from wsrelay.config.reader import parseConfig
 from wsrelay.config.values import RelayConfig
-from wsrelay.proxy.opening import RequestLines, upstreamRequest
+from wsrelay.proxy.opening import upstreamRequest
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.routing import Backend, joinPath
 from wsrelay.ws.accepting import LeanServer
-from wsrelay.ws.handshake import Head, buildRequest, parseHead
+from wsrelay.ws.handshake import Head, RequestLines, buildRequest, parseHead
 from wsrelay.ws.response import END_TO_END, NO_EXTENSIONS, RequestHeaders
 
 #: The key of every request built here.

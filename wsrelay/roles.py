@@ -23,11 +23,12 @@ if TYPE_CHECKING:
 
     from wsrelay.config import RelayConfig
     from wsrelay.routing import Backend, ConnectionInfo, Route
+    from wsrelay.ws.handshake import RequestLines
     from wsrelay.ws.upstream import UpstreamProtocol
 
 
 #: Gives the request target and the header fields for a backend.
-RequestFor = Callable[["Backend"], "tuple[str, list[tuple[str, str]]]"]
+RequestFor = Callable[["Backend"], "tuple[str, list[tuple[str, str]] | RequestLines]"]
 
 
 class Upstreams(Protocol):

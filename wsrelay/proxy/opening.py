@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from wsrelay.routing import ConnectionInfo, joinPath
+from wsrelay.ws.handshake import RequestLines
 from wsrelay.ws.screening import Refused
 from wsrelay.ws.upstream import (
     END_TO_END,
@@ -122,30 +123,6 @@ class LazyConnectionInfo(ConnectionInfo):
         return repr(self.built())
 
 
-class RequestLines(RequestHeaders):
-    """
-    The header fields of a passthrough upstream request already written as
-    the lines of its head (C{lines}, which L{buildRequest
-    <wsrelay.ws.handshake.buildRequest>} writes as they are), made in one
-    piece by L{upstreamRequest} rather than as a list of pairs: as a list,
-    it is empty.  Only the plain leg reads it (its C{plain} is true), and
-    only through C{buildRequest}.
-
-    @ivar lines: The fields, each line ended with CRLF.
-    """
-
-    plain = True
-
-    def __init__(self, lines: str, extensions: str) -> None:
-        """
-        @param lines: The fields' lines.
-        @param extensions: L{NO_EXTENSIONS}, or L{END_TO_END} for lines
-            with the client's extension offer.
-        """
-        self.lines = lines
-        self.extensions = extensions
-
-
 def target(backend: Backend, frontend: FrontendProtocol) -> str:
     """
     @return: The request target for C{backend}: its URL's path with the
@@ -165,7 +142,7 @@ def upstreamRequest(
     addresses: ClientAddresses,
     dataPath: str,
     backend: Backend,
-) -> tuple[str, RequestHeaders]:
+) -> tuple[str, RequestHeaders | RequestLines]:
     """
     @param frontend: The client's leg, its request screened.
     @param addresses: Says what the backend is told of the client; when
@@ -339,7 +316,7 @@ class UpstreamOpener:
         if opening is not None:
             opening.cancel()
 
-    def request(self, backend: Backend) -> tuple[str, RequestHeaders]:
+    def request(self, backend: Backend) -> tuple[str, RequestHeaders | RequestLines]:
         """
         @return: The request target and the header fields for C{backend}
             (L{upstreamRequest}).

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     )
 
     from wsrelay.deadlines import DeadlineQueue, Deadlines
+    from wsrelay.ws.handshake import RequestLines
 
 
 @implementer(IStreamClientEndpoint)
@@ -284,7 +285,7 @@ def connectUpstream(
     factory: UpstreamFactory,
     resource: str,
     hostHeader: str,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[str, str]] | RequestLines,
     offered: tuple[str, ...],
     timeout: float,
     then: Callable[..., object] | None = None,
@@ -294,8 +295,9 @@ def connectUpstream(
     Connect to a backend and complete the opening handshake.
 
     @param deadlines: Times the attempt (L{Deadlines.queue} of C{timeout}).
-    @param headers: The request's header fields; a L{RequestHeaders} also
-        says how the leg treats extensions (a plain list: L{NO_EXTENSIONS}).
+    @param headers: The request's header fields; a L{RequestHeaders}, or
+        a passthrough request's L{RequestLines}, also says how the leg
+        treats extensions (a plain list: L{NO_EXTENSIONS}).
     @param then: The caller's first callback on the L{Deferred}, with
         C{thenArgs}: called by the attempt's own, rather than added after
         it (a link of the L{Deferred}'s fewer, on every handshake).

@@ -392,11 +392,35 @@ def fieldLines(headers: Iterable[tuple[str, str]]) -> str:
     return "".join([f"{n}: {v}\r\n" for (n, v) in headers])
 
 
+class RequestLines:
+    """
+    The header fields of an upstream request already written as the lines
+    of its head, which L{buildRequest} writes as they are: a passthrough
+    request's, made in one piece by
+    L{wsrelay.proxy.opening.upstreamRequest} rather than as a list of
+    pairs (L{wsrelay.ws.response.RequestHeaders}, the general form).  Only
+    the plain leg gets one (its C{plain} is true).
+
+    @ivar lines: The fields, each line ended with CRLF.
+    @ivar extensions: L{wsrelay.ws.response.NO_EXTENSIONS}, or
+        L{wsrelay.ws.response.END_TO_END} for lines with the client's
+        extension offer.
+    """
+
+    __slots__ = ("extensions", "lines")
+
+    plain = True
+
+    def __init__(self, lines: str, extensions: str) -> None:
+        self.lines = lines
+        self.extensions = extensions
+
+
 def buildRequest(
     resource: str,
     host: str,
     key: str,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[tuple[str, str]] | RequestLines,
 ) -> bytes:
     """
     Build a WebSocket opening handshake request.
@@ -404,14 +428,10 @@ def buildRequest(
     @param resource: The request target (path and query).
     @param host: The C{Host} header value.
     @param key: The C{Sec-WebSocket-Key}.
-    @param headers: Further fields, each written on its own line; or, when
-        it has a C{lines} attribute (L{wsrelay.proxy.opening.RequestLines}),
-        those fields already written as lines (L{fieldLines}), its items
-        then unread.
+    @param headers: Further fields, each written on its own line; or
+        fields already written as lines (L{RequestLines}).
     """
-    lines: str | None = getattr(headers, "lines", None)
-    if lines is None:
-        lines = fieldLines(headers)
+    lines = headers.lines if isinstance(headers, RequestLines) else fieldLines(headers)
     return (
         f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"

@@ -41,7 +41,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 
 from wsrelay.ws._autobahn import FIRED, forgetOpened, letGo
 from wsrelay.ws.framing import closeFrame
-from wsrelay.ws.handshake import buildRequest
+from wsrelay.ws.handshake import RequestLines, buildRequest
 from wsrelay.ws.response import FORGOTTEN, ResponseReader, UpstreamError
 from wsrelay.ws.writes import directWrite, sendNow
 
@@ -127,7 +127,7 @@ class PlainUpstream(ResponseReader, Protocol):
 
     resource = "/"
     hostHeader = ""
-    requestHeaders: list[tuple[str, str]] = FORGOTTEN
+    requestHeaders: list[tuple[str, str]] | RequestLines = FORGOTTEN
     #: (Once the leg let it go: L{forgetOpened}.)
     opened: Deferred[Any] = FIRED
     websocket_key = b""
