@@ -426,8 +426,25 @@ class PipedLegLostTests(SynchronousTestCase):
         self.assertEqual(f.factory.countConnections, counted - 1)
         self.assertEqual(network.relay.sessions, set())
         self.assertTrue(session.done.called)
-        for name in ("session", "dataPath", "is_closed", "listener"):
+        for name in ("session", "dataPath", "listener"):
             self.assertNotIn(name, vars(f))
+        self.assertIsNone(f.is_closed)
+
+    def test_closedUnread(self) -> None:
+        """
+        A client's leg whose C{is_closed} nothing read holds none while
+        open (L{wsrelay.ws._autobahn.LazyClosed}), makes none as it closes,
+        and reads it as L{None} once closed, not as a new L{Deferred}.
+        """
+        network = Network(self, _passthrough())
+        client, _, _, session = network.openSession()
+        f = session.frontend
+        self.assertNotIn("is_closed", vars(f))
+        client.sendClose(1000, "bye")
+        network.flush()
+        self.assertTrue(session.done.called)
+        self.assertEqual(f.state, CLOSED)
+        self.assertIsNone(f.is_closed)
 
     def test_backendVanishes(self) -> None:
         """

@@ -286,20 +286,16 @@ class RelayLeg(ClosingLeg):
 
     #: What a leg whose connection is gone lets go of (L{letGo}): the
     #: references by which it and its session, data path or channel refer
-    #: to each other, Autobahn's C{is_closed} (resolved with the leg itself),
-    #: and the handshake's L{Deferred} of an upstream leg.
+    #: to each other, and the handshake's L{Deferred} of an upstream leg.
+    #: (And Autobahn's C{is_closed}, resolved with the leg itself: it
+    #: reads as L{None} then.)
     _CYCLES = (
         "listener",
         "target",
         "session",
         "dataPath",
-        "is_closed",
         "opened",
     )
-
-    #: Autobahn's future resolved with the protocol when its connection
-    #: closes; None once the leg let go of it (L{letGo}).
-    is_closed: Any = None
 
     def letGo(self) -> None:
         """
@@ -314,6 +310,8 @@ class RelayLeg(ClosingLeg):
         bounds").
         """
         _autobahn.letGo(self, self._CYCLES, not self.is_server)  # type: ignore[attr-defined]
+        # (Not made when first read after this: LazyClosed.)
+        self.__dict__["is_closed"] = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -338,7 +336,8 @@ class RelayLeg(ClosingLeg):
         factory's count of connections) and tell the listener.
         """
         self.state = CLOSED
-        closed = self.is_closed
+        # (Only if something made it: LazyClosed.)
+        closed = self.__dict__.get("is_closed")
         if closed is not None and not closed.called:
             closed.callback(self)
         self.factory.countConnections -= 1
