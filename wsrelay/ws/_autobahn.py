@@ -317,7 +317,8 @@ class LazyClosed:
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
         if leg is None:
             return self
-        closed = leg.__dict__["is_closed"] = Deferred()
+        closed: Deferred[Any] = Deferred()
+        leg.__dict__["is_closed"] = closed
         return closed
 
 
