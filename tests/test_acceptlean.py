@@ -17,6 +17,7 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -127,6 +128,19 @@ class LeanAcceptTests(_Loopback):
         self.assertIn(transport, reactor.getReaders())  # type: ignore[attr-defined]
         client.transport.write(b"hello")  # type: ignore[union-attr]
         await waitFor(lambda: server.received == b"hello")
+
+    async def test_fileDescriptorState(self) -> None:
+        """
+        The transport has every attribute Twisted's C{FileDescriptor.__init__}
+        sets (which L{LeanServer.__init__} does inline), as it sets them,
+        before anything was written.
+        """
+        _, server = await self.connect()
+        transport: Any = server.transport
+        made = FileDescriptor(reactor=reactor)
+        self.assertTrue(vars(made))
+        for name, value in vars(made).items():
+            self.assertEqual(getattr(transport, name), value, name)
 
     async def test_noDelayInherited(self) -> None:
         """

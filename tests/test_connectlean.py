@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import (
     ConnectionDone,
@@ -137,6 +138,22 @@ class LeanConnectTests(_Loopback):
         self.connect(client)
         await waitFor(lambda: client.reading is not None)
         self.assertEqual((client.reading, client.writing), (True, False))
+        await waitFor(lambda: self.accepted)
+
+    async def test_fileDescriptorState(self) -> None:
+        """
+        The transport has every attribute Twisted's C{FileDescriptor.__init__}
+        sets (which C{_IPClient.__init__} does inline), as it sets them,
+        before anything was written.
+        """
+        client = _Client()
+        self.connect(client)
+        await waitFor(lambda: client.reading is not None)
+        transport: Any = client.transport
+        made = FileDescriptor(reactor=reactor)
+        self.assertTrue(vars(made))
+        for name, value in vars(made).items():
+            self.assertEqual(getattr(transport, name), value, name)
         await waitFor(lambda: self.accepted)
 
     async def test_nonBlocking(self) -> None:

@@ -45,7 +45,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionDone, UnsupportedAddressFamily
 from twisted.internet.posixbase import PosixReactorBase
@@ -183,9 +182,12 @@ class LeanServer(LeanClose, tcp.Server):
         """
         What Twisted's C{Server.__init__} does, without setting the socket
         non-blocking again and without formatting its log prefix and
-        C{repr}.
+        C{repr}; C{FileDescriptor.__init__}'s part inline (the port always
+        gives a reactor).
         """
-        FileDescriptor.__init__(self, reactor=reactor)
+        self.reactor = reactor
+        self._tempDataBuffer: list[bytes] = []
+        self._tempDataLen = 0
         self.socket = sock
         self.fileno = sock.fileno
         self.protocol = protocol

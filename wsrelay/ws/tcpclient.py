@@ -17,7 +17,7 @@ from socket import SO_ERROR, SOL_SOCKET
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
-from twisted.internet.abstract import FileDescriptor, isIPAddress, isIPv6Address
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import (
     ConnectBindError,
@@ -104,9 +104,9 @@ class DirectConnector:
         self.endpoint = endpoint
         self.factory = factory
         self.reactor = reactor
-        self.state = "disconnected"
-        self.transport: _IPClient | None = None
-        self.connect()
+        # (What connect does, from the state it checks.)
+        self.state = "connecting"
+        self.transport: _IPClient | None = _IPClient(self, reactor)
 
     def connect(self) -> None:
         """
@@ -225,7 +225,10 @@ class _IPClient(LeanClose, tcp.Client):
                 0, self.failIfNotConnected, ConnectBindError(se.args[0], se.args[1])
             )
             return
-        FileDescriptor.__init__(self, reactor=reactor)
+        # (FileDescriptor.__init__, inline.)
+        self.reactor = reactor
+        self._tempDataBuffer: list[bytes] = []
+        self._tempDataLen = 0
         self.socket = skt
         self.fileno = skt.fileno
         self.protocol = None  # type: ignore[assignment]
