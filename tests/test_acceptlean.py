@@ -32,7 +32,7 @@ from tests.support.relays import startRelay
 from tests.support.waiting import waitFor
 from wsrelay.listening import LeanTCP, ListeningSockets
 from wsrelay.proxyprotocol import listenerEndpoint
-from wsrelay.ws.accepting import LeanPort, LeanServer, listenTCP
+from wsrelay.ws.accepting import LeanPort, LeanServer, LeanSocket, listenTCP
 
 
 class _Peer(Protocol):
@@ -114,8 +114,9 @@ class LeanAcceptTests(_Loopback):
 
     async def test_nonBlockingCloseOnExec(self) -> None:
         """
-        The accepted socket is a L{LeanServer}'s, non-blocking (for the
-        kernel and for Python) and close-on-exec, and it reads.
+        The accepted socket is a L{LeanServer}'s, a L{LeanSocket},
+        non-blocking (for the kernel and for Python) and close-on-exec, and
+        it reads.
         """
         self.assertIsInstance(self.port, LeanPort)
         client, server = await self.connect()
@@ -125,6 +126,7 @@ class LeanAcceptTests(_Loopback):
         self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
         self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
         self.assertEqual(transport.socket.gettimeout(), 0.0)
+        self.assertIs(type(transport.socket), LeanSocket)
         self.assertIn(transport, reactor.getReaders())  # type: ignore[attr-defined]
         client.transport.write(b"hello")  # type: ignore[union-attr]
         await waitFor(lambda: server.received == b"hello")

@@ -31,6 +31,7 @@ from twisted.trial.unittest import TestCase
 from tests.support.backends import listenRecording, plainEndpoint
 from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.waiting import waitFor
+from wsrelay.ws.accepting import LeanSocket
 from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.plainleg import PlainUpstream
 from wsrelay.ws.tcpclient import DirectConnector
@@ -158,8 +159,8 @@ class LeanConnectTests(_Loopback):
 
     async def test_nonBlocking(self) -> None:
         """
-        The connected socket is non-blocking, without Twisted's
-        C{setblocking} after it was made (it was created so).
+        The connected socket (a L{LeanSocket}) is non-blocking, without
+        Twisted's C{setblocking} after it was made (it was created so).
         """
         client = _Client()
         self.connect(client)
@@ -169,6 +170,7 @@ class LeanConnectTests(_Loopback):
         self.assertTrue(flags & os.O_NONBLOCK)
         self.assertEqual(transport.socket.gettimeout(), 0.0)
         self.assertTrue(fcntl.fcntl(transport.fileno(), fcntl.F_GETFD) & 1)
+        self.assertIs(type(transport.socket), LeanSocket)
 
     async def test_refused(self) -> None:
         """

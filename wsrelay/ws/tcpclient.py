@@ -14,7 +14,7 @@ import socket
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 from socket import SO_ERROR, SOL_SOCKET
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import tcp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -33,7 +33,7 @@ from twisted.internet.protocol import Protocol as PlaceHolder
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.ws.accepting import LeanClose
+from wsrelay.ws.accepting import LeanClose, LeanSocket
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -247,12 +247,13 @@ class _IPClient(LeanClose, tcp.Client):
     def createInternetSocket(self) -> socket.socket:
         """
         @return: A socket created non-blocking and close-on-exec, with no
-            system call after C{socket}.
+            system call after C{socket} (a L{LeanSocket}).
         """
         if _NONBLOCKING:
-            return socket.socket(self.addressFamily, self.socketType | _NONBLOCKING)
+            made = LeanSocket(self.addressFamily, self.socketType | _NONBLOCKING)
+            return cast("socket.socket", made)
         # (No SOCK_NONBLOCK: Twisted's way.)
-        s = socket.socket(self.addressFamily, self.socketType)
+        s = cast("socket.socket", LeanSocket(self.addressFamily, self.socketType))
         s.setblocking(False)
         return s
 
