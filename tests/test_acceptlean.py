@@ -17,6 +17,7 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -31,7 +32,7 @@ from tests.support.relays import startRelay
 from tests.support.waiting import waitFor
 from wsrelay.listening import LeanTCP, ListeningSockets
 from wsrelay.proxyprotocol import listenerEndpoint
-from wsrelay.ws.accepting import LeanPort, LeanServer, listenTCP
+from wsrelay.ws.accepting import LeanPort, LeanServer, LeanSocket, listenTCP
 
 
 class _Peer(Protocol):
@@ -113,8 +114,9 @@ class LeanAcceptTests(_Loopback):
 
     async def test_nonBlockingCloseOnExec(self) -> None:
         """
-        The accepted socket is a L{LeanServer}'s, non-blocking (for the
-        kernel and for Python) and close-on-exec, and it reads.
+        The accepted socket is a L{LeanServer}'s, a L{LeanSocket},
+        non-blocking (for the kernel and for Python) and close-on-exec, and
+        it reads.
         """
         self.assertIsInstance(self.port, LeanPort)
         client, server = await self.connect()
@@ -124,9 +126,23 @@ class LeanAcceptTests(_Loopback):
         self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
         self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
         self.assertEqual(transport.socket.gettimeout(), 0.0)
+        self.assertIs(type(transport.socket), LeanSocket)
         self.assertIn(transport, reactor.getReaders())  # type: ignore[attr-defined]
         client.transport.write(b"hello")  # type: ignore[union-attr]
         await waitFor(lambda: server.received == b"hello")
+
+    async def test_fileDescriptorState(self) -> None:
+        """
+        The transport has every attribute Twisted's C{FileDescriptor.__init__}
+        sets (which L{LeanServer.__init__} does inline), as it sets them,
+        before anything was written.
+        """
+        _, server = await self.connect()
+        transport: Any = server.transport
+        made = FileDescriptor(reactor=reactor)
+        self.assertTrue(vars(made))
+        for name, value in vars(made).items():
+            self.assertEqual(getattr(transport, name), value, name)
 
     async def test_noDelayInherited(self) -> None:
         """

@@ -456,18 +456,17 @@ class LegInitTests(SynchronousTestCase):
 
     def test_own(self) -> None:
         """
-        A new leg holds only its two unfired L{Deferred}s; its events are
-        the shared tuple, its transport details and UTF-8 validator are
-        not made.  After C{makeConnection}, still no details, validator
-        or events of its own, and C{send_state} reads as Autobahn sets it.
+        A new leg holds only its unfired C{is_open}; its C{is_closed} is
+        made, unfired, when first read; its events are the shared tuple,
+        its transport details and UTF-8 validator are not made.  After
+        C{makeConnection}, still no details, validator or events of its
+        own, and C{send_state} reads as Autobahn sets it.
         """
         factory = WebSocketServerFactory()
         factory.setProtocolOptions(openHandshakeTimeout=0)
         factory.protocol = withOptions(ShimLeg, factory)
         leg = factory.buildProtocol(None)
-        self.assertEqual(
-            sorted(vars(leg)), ["factory", "failures", "is_closed", "is_open"]
-        )
+        self.assertEqual(sorted(vars(leg)), ["factory", "failures", "is_open"])
         self.assertIsNone(leg._transport_details.peer)
         self.assertNotIn("_transport_details", vars(leg))
         self.assertIsNot(leg.is_open, leg.is_closed)

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import (
     ConnectionDone,
@@ -30,6 +31,7 @@ from twisted.trial.unittest import TestCase
 from tests.support.backends import listenRecording, plainEndpoint
 from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.waiting import waitFor
+from wsrelay.ws.accepting import LeanSocket
 from wsrelay.ws.connecting import PlainTCPEndpoint
 from wsrelay.ws.plainleg import PlainUpstream
 from wsrelay.ws.tcpclient import DirectConnector
@@ -139,10 +141,26 @@ class LeanConnectTests(_Loopback):
         self.assertEqual((client.reading, client.writing), (True, False))
         await waitFor(lambda: self.accepted)
 
+    async def test_fileDescriptorState(self) -> None:
+        """
+        The transport has every attribute Twisted's C{FileDescriptor.__init__}
+        sets (which C{_IPClient.__init__} does inline), as it sets them,
+        before anything was written.
+        """
+        client = _Client()
+        self.connect(client)
+        await waitFor(lambda: client.reading is not None)
+        transport: Any = client.transport
+        made = FileDescriptor(reactor=reactor)
+        self.assertTrue(vars(made))
+        for name, value in vars(made).items():
+            self.assertEqual(getattr(transport, name), value, name)
+        await waitFor(lambda: self.accepted)
+
     async def test_nonBlocking(self) -> None:
         """
-        The connected socket is non-blocking, without Twisted's
-        C{setblocking} after it was made (it was created so).
+        The connected socket (a L{LeanSocket}) is non-blocking, without
+        Twisted's C{setblocking} after it was made (it was created so).
         """
         client = _Client()
         self.connect(client)
@@ -152,6 +170,7 @@ class LeanConnectTests(_Loopback):
         self.assertTrue(flags & os.O_NONBLOCK)
         self.assertEqual(transport.socket.gettimeout(), 0.0)
         self.assertTrue(fcntl.fcntl(transport.fileno(), fcntl.F_GETFD) & 1)
+        self.assertIs(type(transport.socket), LeanSocket)
 
     async def test_refused(self) -> None:
         """

@@ -536,6 +536,27 @@ class KeepaliveTests(SynchronousTestCase):
         pipe.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_noPings(self) -> None:
+        """
+        Without pings (C{ping_interval = 0}) pipes make no keepalive of
+        their own: they share one that starts no timer, and stopping a
+        pipe leaves it as it was.
+        """
+        clock = Clock()
+        pipes = [
+            Pipe(PipeSession(clock, 5.0), PipeLeg(), PipeLeg())  # type: ignore[arg-type]
+            for _ in range(2)
+        ]
+        self.assertIs(pipes[0].keepalive, pipes[1].keepalive)
+        self.assertNotIn("keepalive", vars(pipes[0]))
+        pipes[0].start()
+        clock.advance(60)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        pipes[0].stop()
+        self.assertIsNone(pipes[1].keepalive._call)
+        pinging = Pipe(PipeSession(clock, 5.0, pingInterval=2.0), PipeLeg(), PipeLeg())  # type: ignore[arg-type]
+        self.assertIsNot(pinging.keepalive, pipes[0].keepalive)
+
 
 class SessionTests(TestCase):
     """

@@ -426,8 +426,25 @@ class PipedLegLostTests(SynchronousTestCase):
         self.assertEqual(f.factory.countConnections, counted - 1)
         self.assertEqual(network.relay.sessions, set())
         self.assertTrue(session.done.called)
-        for name in ("session", "dataPath", "is_closed", "listener"):
+        for name in ("session", "dataPath", "listener"):
             self.assertNotIn(name, vars(f))
+        self.assertIsNone(f.is_closed)
+
+    def test_closedUnread(self) -> None:
+        """
+        A client's leg whose C{is_closed} nothing read holds none while
+        open (L{wsrelay.ws._autobahn.LazyClosed}), makes none as it closes,
+        and reads it as L{None} once closed, not as a new L{Deferred}.
+        """
+        network = Network(self, _passthrough())
+        client, _, _, session = network.openSession()
+        f = session.frontend
+        self.assertNotIn("is_closed", vars(f))
+        client.sendClose(1000, "bye")
+        network.flush()
+        self.assertTrue(session.done.called)
+        self.assertEqual(f.state, CLOSED)
+        self.assertIsNone(f.is_closed)
 
     def test_backendVanishes(self) -> None:
         """
@@ -445,3 +462,42 @@ class PipedLegLostTests(SynchronousTestCase):
         self.assertEqual(network.relay.sessions, set())
         self.assertTrue(session.done.called)
         self.assertEqual(session.frontend.factory.countConnections, counted - 1)
+
+
+class LegProducerTests(SynchronousTestCase):
+    """
+    Paired legs are each other's producers (L{wsrelay.ws.legs.LegProducer}):
+    no object of its own per leg for flow control.
+    """
+
+    def test_paired(self) -> None:
+        """
+        Once a passthrough session opened, each leg is the producer
+        registered with the other leg's transport, streaming.
+        """
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        f, up = session.frontend, session.upstream
+        self.assertIs(f.transport.producer, up)
+        self.assertIs(up.transport.producer, f)
+        self.assertTrue(f.transport.streamingProducer)
+        self.assertTrue(up.transport.streamingProducer)
+
+    def test_pausesOwnTransport(self) -> None:
+        """
+        A leg paused by the other leg's transport pauses and resumes its
+        own transport; C{stopProducing} (the other's connection lost) leaves
+        it reading; without a transport, each does nothing.
+        """
+        for leg in (PlainUpstream(), FrontendProtocol()):
+            transport = StringTransport()
+            leg.transport = transport
+            leg.pauseProducing()
+            self.assertEqual(transport.producerState, "paused")
+            leg.resumeProducing()
+            self.assertEqual(transport.producerState, "producing")
+            leg.stopProducing()
+            self.assertEqual(transport.producerState, "producing")
+            leg.transport = None
+            leg.pauseProducing()
+            leg.resumeProducing()

@@ -14,7 +14,6 @@ from wsrelay.proxy.pipe import Pipe
 from wsrelay.roles import PipeOwner
 from wsrelay.ws._autobahn import compact
 from wsrelay.ws.legclosing import OPEN
-from wsrelay.ws.legs import TransportPauser
 from wsrelay.ws.plainleg import PlainUpstream
 
 if TYPE_CHECKING:
@@ -53,10 +52,11 @@ def pairLegs(
     if direct:
         f.target = up
     ft, ut = f.transport, up.transport
-    # Both legs are connected once paired.
+    # Both legs are connected once paired.  Each leg is the producer of
+    # what the other's transport writes (LegProducer).
     assert ft is not None and ut is not None
-    cast("IConsumer", ft).registerProducer(TransportPauser(ut), True)
-    cast("IConsumer", ut).registerProducer(TransportPauser(ft), True)
+    cast("IConsumer", ft).registerProducer(up, True)
+    cast("IConsumer", ut).registerProducer(f, True)
 
 
 def compactLegs(*legs: Any) -> None:

@@ -118,6 +118,17 @@ class Pipe:
     #: pending, or L{None} (L{_startCloseClock}).
     _closeClock: DeadlineQueue | None = None
 
+    #: The keepalive: without pings (C{ping_interval = 0}), one idle
+    #: L{Keepalive} that every such pipe shares, which never starts a timer.
+    keepalive: Keepalive
+    #: The leg whose peer was sent the end of the stream after a close
+    #: frame (L{failed}), and is left to close by itself.
+    _ending: Any = None
+    #: A failure held back until the other side answered the relay's
+    #: close frame (L{failed}): the offending direction, the code and the
+    #: reason.
+    _failing: tuple[Direction, int, bytes] | None = None
+
     def __init__(
         self,
         session: PipeOwner,
@@ -135,15 +146,10 @@ class Pipe:
             self, frontend, upstream, maxFrame, maxMessage
         )
         self.closeTimeout = config.closeTimeout
-        self.keepalive = Keepalive(config.pingInterval, config.pingTimeout)
-        self._closeCall: IDelayedCall | None = None
-        #: The leg whose peer was sent the end of the stream after a close
-        #: frame (L{failed}), and is left to close by itself.
-        self._ending: Any = None
-        #: A failure held back until the other side answered the relay's
-        #: close frame (L{failed}): the offending direction, the code and
-        #: the reason.
-        self._failing: tuple[Direction, int, bytes] | None = None
+        # (Its timer and close state start as the class's None.)
+        interval = config.pingInterval
+        if interval > 0:
+            self.keepalive = Keepalive(interval, config.pingTimeout)
 
     def start(self) -> None:
         """
@@ -419,6 +425,11 @@ def closeQueue(pipe: Pipe) -> DeadlineQueue:
     if not isinstance(deadlines, Deadlines) or deadlines.clock is not pipe.clock:
         deadlines = Deadlines(pipe.clock)
     return deadlines.queue(pipe.closeTimeout)
+
+
+#: The keepalive of every pipe without pings: it never starts a timer, and
+#: stopping it does nothing.
+Pipe.keepalive = Keepalive(0, 0)
 
 
 def hangUp(transport: Any) -> None:

@@ -302,6 +302,26 @@ class LazyTransportDetails:
         return details
 
 
+class LazyClosed:
+    """
+    A leg's C{is_closed} (Autobahn's L{Deferred}, resolved with the leg
+    when its connection closes), made when first read: by Autobahn as it
+    resolves it, or by whoever waits for the close (an authorizer's
+    decision, L{wsrelay.auth.gate.withdrawOnClose}).  A client's leg that
+    a passthrough pipe carried reads it only if it was made
+    (L{wsrelay.ws.legs.RelayLeg.pipeLost}): most legs never make one,
+    which spares each connection a L{Deferred} as it is accepted and each
+    held connection its 128 bytes.
+    """
+
+    def __get__(self, leg: Any, owner: type | None = None) -> Any:
+        if leg is None:
+            return self
+        closed: Deferred[Any] = Deferred()
+        leg.__dict__["is_closed"] = closed
+        return closed
+
+
 class LazyPeer:
     """
     A leg's C{peer} (C{"tcp4:192.0.2.7:4000"}), made when first read;
@@ -363,8 +383,9 @@ class LegShims:
     data = b""
     _results: dict[str, Any] | None = None
 
-    #: Made when first read (L{LazyTransportDetails}, L{LazyPeer},
-    #: L{LazyValidator}).
+    #: Made when first read (L{LazyClosed}, L{LazyTransportDetails},
+    #: L{LazyPeer}, L{LazyValidator}).
+    is_closed: Any = LazyClosed()
     _transport_details: Any = LazyTransportDetails()
     peer: Any = LazyPeer()
     utf8validator: Any = LazyValidator()
@@ -374,10 +395,9 @@ class LegShims:
         """
         Autobahn's C{WebSocketProtocol.__init__} without what a leg has as
         class attributes (its events, L{MESSAGE_EVENTS}) or makes when
-        read (its empty transport details): the two L{Deferred}s of the
-        connection's life only.
+        read (its empty transport details, its C{is_closed}): the
+        L{Deferred} of its opening only.
         """
-        self.is_closed: Deferred[Any] = Deferred()
         self.is_open = Deferred()
 
     def connectionMade(self) -> None:

@@ -40,12 +40,12 @@ That close is L{LeanClose}'s, which the upstream leg's transport
 
 from __future__ import annotations
 
+import _socket
 import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import (
     ConnectionAborted,
@@ -63,7 +63,14 @@ if TYPE_CHECKING:
         IProtocolFactory,
     )
 
-__all__ = ["LeanClose", "LeanPort", "LeanServer", "adoptStreamPort", "listenTCP"]
+__all__ = [
+    "LeanClose",
+    "LeanPort",
+    "LeanServer",
+    "LeanSocket",
+    "adoptStreamPort",
+    "listenTCP",
+]
 
 #: Why a connection closed by L{LeanClose.loseConnection} is lost: one
 #: failure for all, as Twisted's reactor shares its own.
@@ -77,6 +84,21 @@ _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 #: Whether accepted TCP sockets inherit C{TCP_NODELAY} from their listening
 #: socket, as Linux's do (its accept clones the listening socket's state).
 _INHERITS_NODELAY = sys.platform.startswith("linux")
+
+
+class LeanSocket(_socket.socket):
+    """
+    A connection's socket (both legs': L{LeanPort}'s accepted ones and
+    L{wsrelay.ws.tcpclient}'s C{_IPClient}'s): CPython's C socket object,
+    made without the Python C{__init__} of C{socket.socket}, which only
+    adds the two attributes of C{makefile}'s reference count (some half a
+    microsecond a socket, and 24 of its 88 bytes).  Twisted's transports
+    use only the C object's methods (C{recv}, C{send}, C{shutdown},
+    C{close}, C{setsockopt}, C{getsockname}...), which are the same; its
+    C{family} and C{type} read as numbers, not enumerations.
+    """
+
+    __slots__ = ()
 
 
 class LeanClose(tcp.Connection):
@@ -228,9 +250,12 @@ class LeanServer(LeanClose, tcp.Server):
         """
         What Twisted's C{Server.__init__} does, without setting the socket
         non-blocking again and without formatting its log prefix and
-        C{repr}.
+        C{repr}; C{FileDescriptor.__init__}'s part inline (the port always
+        gives a reactor).
         """
-        FileDescriptor.__init__(self, reactor=reactor)
+        self.reactor = reactor
+        self._tempDataBuffer: list[bytes] = []
+        self._tempDataLen = 0
         self.socket = sock
         self.fileno = sock.fileno
         self.protocol = protocol
@@ -363,7 +388,7 @@ class LeanPort(tcp.Port):
                     accepted += self._acceptAsTwisted(e, wanted - accepted)
                     break
                 accepted += 1
-                skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                skt: Any = LeanSocket(family, socket.SOCK_STREAM, 0, fd)
                 skt.setblocking(False)
                 self._serve(skt, addr)
             # Twisted's scaling of the accepts per readiness.

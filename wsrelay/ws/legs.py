@@ -32,8 +32,6 @@ from wsrelay.ws.legclosing import CLOSED, OPEN, ClosingLeg
 from wsrelay.ws.writes import directWrite
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import ITransport
-
     from wsrelay.config import RelayConfig
 
 _autobahn.install()
@@ -113,38 +111,45 @@ class FrameSink(Protocol):
 
 
 @implementer(IPushProducer)
-class TransportPauser:
+class LegProducer:
     """
-    Pauses and resumes reading from a transport on behalf of the other leg.
+    A leg as the producer of what the other leg's transport writes: pauses
+    and resumes reading from its own transport when the other leg's cannot
+    keep up (L{wsrelay.proxy.pairing.pairLegs} registers each leg with the
+    other's transport), as C{twisted.protocols.portforward} registers each
+    side's transport with the other; the leg itself, so that pairing makes
+    no object per leg.
 
-    Registered with the other leg's transport instead of the transport
-    itself, because a transport calls C{stopProducing} on its producer when
-    it loses its connection: that would close this leg too, before the
-    relay could tell it why (or reconnect it).
+    Not the transport itself, because a transport calls C{stopProducing}
+    on its producer when it loses its connection: that would close this
+    leg too, before the relay could tell it why (or reconnect it).
     """
 
-    def __init__(self, transport: ITransport) -> None:
-        self._transport = transport
+    transport: Any
 
     def pauseProducing(self) -> None:
         """
-        Stop reading from the transport.
+        Stop reading from the leg's transport.
         """
-        self._transport.pauseProducing()  # type: ignore[attr-defined]
+        transport = self.transport
+        if transport is not None:
+            transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """
-        Read from the transport again.
+        Read from the leg's transport again.
         """
-        self._transport.resumeProducing()  # type: ignore[attr-defined]
+        transport = self.transport
+        if transport is not None:
+            transport.resumeProducing()
 
     def stopProducing(self) -> None:
         """
-        Nothing: the session decides when the transport closes.
+        Nothing: the session decides when the leg's transport closes.
         """
 
 
-class RelayLeg(ClosingLeg):
+class RelayLeg(LegProducer, ClosingLeg):
     """
     Mixin for an Autobahn protocol that relays frames and closes.
 
@@ -286,20 +291,16 @@ class RelayLeg(ClosingLeg):
 
     #: What a leg whose connection is gone lets go of (L{letGo}): the
     #: references by which it and its session, data path or channel refer
-    #: to each other, Autobahn's C{is_closed} (resolved with the leg itself),
-    #: and the handshake's L{Deferred} of an upstream leg.
+    #: to each other, and the handshake's L{Deferred} of an upstream leg.
+    #: (And Autobahn's C{is_closed}, resolved with the leg itself: it
+    #: reads as L{None} then.)
     _CYCLES = (
         "listener",
         "target",
         "session",
         "dataPath",
-        "is_closed",
         "opened",
     )
-
-    #: Autobahn's future resolved with the protocol when its connection
-    #: closes; None once the leg let go of it (L{letGo}).
-    is_closed: Any = None
 
     def letGo(self) -> None:
         """
@@ -314,6 +315,8 @@ class RelayLeg(ClosingLeg):
         bounds").
         """
         _autobahn.letGo(self, self._CYCLES, not self.is_server)  # type: ignore[attr-defined]
+        # (Not made when first read after this: LazyClosed.)
+        self.__dict__["is_closed"] = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -338,7 +341,8 @@ class RelayLeg(ClosingLeg):
         factory's count of connections) and tell the listener.
         """
         self.state = CLOSED
-        closed = self.is_closed
+        # (Only if something made it: LazyClosed.)
+        closed = self.__dict__.get("is_closed")
         if closed is not None and not closed.called:
             closed.callback(self)
         self.factory.countConnections -= 1

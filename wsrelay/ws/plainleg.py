@@ -42,6 +42,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from wsrelay.ws._autobahn import FIRED, forgetOpened, letGo
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import RequestLines, buildRequest
+from wsrelay.ws.legs import LegProducer
 from wsrelay.ws.response import FORGOTTEN, ResponseReader, UpstreamError
 from wsrelay.ws.writes import directWrite, sendNow
 
@@ -110,7 +111,7 @@ KEYS = KeyPool()
 os.register_at_fork(after_in_child=KEYS.forget)
 
 
-class PlainUpstream(ResponseReader, Protocol):
+class PlainUpstream(ResponseReader, LegProducer, Protocol):
     """
     One connection to a backend of a passthrough route.
 

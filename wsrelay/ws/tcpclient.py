@@ -14,10 +14,10 @@ import socket
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 from socket import SO_ERROR, SOL_SOCKET
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import tcp
-from twisted.internet.abstract import FileDescriptor, isIPAddress, isIPv6Address
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import (
     ConnectBindError,
@@ -32,7 +32,7 @@ from twisted.internet.protocol import Protocol as PlaceHolder
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.ws.accepting import LeanClose
+from wsrelay.ws.accepting import LeanClose, LeanSocket
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -103,9 +103,9 @@ class DirectConnector:
         self.endpoint = endpoint
         self.factory = factory
         self.reactor = reactor
-        self.state = "disconnected"
-        self.transport: _IPClient | None = None
-        self.connect()
+        # (What connect does, from the state it checks.)
+        self.state = "connecting"
+        self.transport: _IPClient | None = _IPClient(self, reactor)
 
     def connect(self) -> None:
         """
@@ -224,7 +224,10 @@ class _IPClient(LeanClose, tcp.Client):
                 0, self.failIfNotConnected, ConnectBindError(se.args[0], se.args[1])
             )
             return
-        FileDescriptor.__init__(self, reactor=reactor)
+        # (FileDescriptor.__init__, inline.)
+        self.reactor = reactor
+        self._tempDataBuffer: list[bytes] = []
+        self._tempDataLen = 0
         self.socket = skt
         self.fileno = skt.fileno
         self.protocol = None  # type: ignore[assignment]
@@ -243,12 +246,13 @@ class _IPClient(LeanClose, tcp.Client):
     def createInternetSocket(self) -> socket.socket:
         """
         @return: A socket created non-blocking and close-on-exec, with no
-            system call after C{socket}.
+            system call after C{socket} (a L{LeanSocket}).
         """
         if _NONBLOCKING:
-            return socket.socket(self.addressFamily, self.socketType | _NONBLOCKING)
+            made = LeanSocket(self.addressFamily, self.socketType | _NONBLOCKING)
+            return cast("socket.socket", made)
         # (No SOCK_NONBLOCK: Twisted's way.)
-        s = socket.socket(self.addressFamily, self.socketType)
+        s = cast("socket.socket", LeanSocket(self.addressFamily, self.socketType))
         s.setblocking(False)
         return s
 
