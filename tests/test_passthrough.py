@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,9 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
 from tests.support.clients import closeOf
-from tests.support.passthrough import openedPassthrough
+from tests.support.passthrough import PipeLeg, PipeSession, openedPassthrough
 from tests.support.scanning import Leg, Recorder, feed, frame
-from wsrelay.config import RelayConfig
 from wsrelay.proxy.direction import PING_PREFIX, Direction
 from wsrelay.proxy.pipe import Pipe
 from wsrelay.ws.framing import closeFrame
@@ -252,81 +250,6 @@ def frames(data: bytes) -> list[tuple[int, bytes]]:
         found.append((b0 & 0x0F, payload[:2] if b0 & 0x0F == 8 else payload))
         i += n
     return found
-
-
-class FakeTransport:
-    """
-    A TCP transport that keeps what is written, and how it was closed.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost = False
-        self.writeClosed = False
-
-    def write(self, data: bytes) -> None:
-        """
-        Keep C{data}; nothing may be written once the connection, or its
-        writing half, is closed.
-        """
-        assert not (self.lost or self.writeClosed), "written after closing"
-        self.data += data
-
-    def loseConnection(self) -> None:
-        """
-        Close the connection.
-        """
-        self.lost = True
-
-    def loseWriteConnection(self) -> None:
-        """
-        Send the end of the stream.
-        """
-        self.writeClosed = True
-
-
-class PipeLeg:
-    """
-    Stands for a leg of a session: counters and a L{FakeTransport}.
-    """
-
-    extensionsAnswer: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        self.messagesIn = self.bytesIn = self.messagesOut = self.bytesOut = 0
-        self.transport = FakeTransport()
-
-    def writer(self) -> Any:
-        """
-        @return: The transport's C{write}.
-        """
-        return self.transport.write
-
-
-class PipeSession:
-    """
-    Stands for a L{ProxySession} (a L{wsrelay.roles.PipeOwner}): the
-    relay's configuration and clock.
-    """
-
-    def __init__(
-        self,
-        clock: Clock,
-        closeTimeout: float,
-        pingInterval: float = 0,
-        pingTimeout: float = 10.0,
-    ) -> None:
-        config = RelayConfig(
-            path="relay.ini",
-            listen=(),
-            routes=(),
-            pingInterval=pingInterval,
-            pingTimeout=pingTimeout,
-            closeTimeout=closeTimeout,
-        )
-        self.config = config
-        self.clock = clock
-        self.closedBy: str | None = None
 
 
 def close(code: int) -> tuple[int, bytes]:

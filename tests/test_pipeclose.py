@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_passthrough import PipeLeg, PipeSession
+from tests.support.passthrough import PipeLeg, PipeSession
 from wsrelay.deadlines import Deadlines
 from wsrelay.proxy.pipe import Pipe
 from wsrelay.ws.framing import closeFrame

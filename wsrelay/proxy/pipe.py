@@ -114,19 +114,16 @@ class Pipe:
     """
 
     log = Logger()
-    #: The queue in which the close handshake's deadline (L{_drop}) is
-    #: pending, or L{None} (L{_startCloseClock}).
+    #: Where the close handshake's deadline (L{_drop}) waits, or L{None}.
     _closeClock: DeadlineQueue | None = None
-
     #: The keepalive: without pings (C{ping_interval = 0}), one idle
     #: L{Keepalive} that every such pipe shares, which never starts a timer.
     keepalive: Keepalive
     #: The leg whose peer was sent the end of the stream after a close
     #: frame (L{failed}), and is left to close by itself.
     _ending: Any = None
-    #: A failure held back until the other side answered the relay's
-    #: close frame (L{failed}): the offending direction, the code and the
-    #: reason.
+    #: A failure held back until the other side answered the relay's close
+    #: frame (L{failed}): the offending direction, the code and the reason.
     _failing: tuple[Direction, int, bytes] | None = None
 
     def __init__(
@@ -146,7 +143,6 @@ class Pipe:
             self, frontend, upstream, maxFrame, maxMessage
         )
         self.closeTimeout = config.closeTimeout
-        # (Its timer and close state start as the class's None.)
         interval = config.pingInterval
         if interval > 0:
             self.keepalive = Keepalive(interval, config.pingTimeout)
