@@ -60,34 +60,6 @@ class LeanCloseTests(_Base):
         self.assertIs(type(reason.value), ConnectionDone)
         self.assertFalse(transport.connected)
 
-    async def test_lostOffReactor(self) -> None:
-        """
-        Losing the connection that C{loseConnection} closed with nothing
-        to send does not ask the reactor again to stop watching it:
-        C{loseConnection} did.
-        """
-        closing, peer = await self.ends()
-        transport: Any = closing.transport
-        r: Any = reactor
-        calls: list[str] = []
-        for name in ("removeReader", "removeWriter"):
-            original = getattr(r, name)
-
-            def counting(
-                selectable: Any, name: str = name, original: Any = original
-            ) -> None:
-                if selectable is transport:
-                    calls.append(name)
-                original(selectable)
-
-            self.patch(r, name, counting)
-        transport.loseConnection()
-        self.assertEqual(calls, ["removeReader", "removeWriter"])
-        await closing.lost
-        self.assertEqual(calls, ["removeReader", "removeWriter"])
-        self.assertFalse(hasattr(transport, "socket"))
-        await peer.lost
-
     async def test_queued(self) -> None:
         """
         With data queued, C{loseConnection} is Twisted's: the peer gets
@@ -120,6 +92,24 @@ class LeanCloseTests(_Base):
         self.assertEqual(peer.received, b"late")
         [reason] = await closing.lost
         self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_reregisteredAfter(self) -> None:
+        """
+        A transport registered with the reactor again after
+        C{loseConnection} (C{unregisterProducer} starts writing on a
+        disconnecting transport, as Autobahn's C{dropConnection} calls it)
+        is unregistered when it is lost: the reactor keeps no closed
+        descriptor, which a later connection could be given.
+        """
+        closing, peer = await self.ends()
+        transport: Any = closing.transport
+        r: Any = reactor
+        transport.loseConnection()
+        transport.unregisterProducer()
+        await closing.lost
+        self.assertNotIn(transport, r.getReaders())
+        self.assertNotIn(transport, r.getWriters())
+        await peer.lost
 
     async def test_abortedAfter(self) -> None:
         """

@@ -109,10 +109,6 @@ class LeanClose(tcp.Connection):
     put it before Twisted's C{Server} or C{Client}.
     """
 
-    #: Whether the reactor no longer watches the connection, once
-    #: L{_closeNow} loses it.
-    _offReactor = False
-
     def loseConnection(self) -> None:
         """
         Close the connection once what was written to it went out, as
@@ -159,10 +155,6 @@ class LeanClose(tcp.Connection):
             return
         if self.dataBuffer or self._tempDataBuffer:
             return
-        # Neither reading nor writing since loseConnection (nothing was
-        # written, and Twisted reads again only while not disconnecting):
-        # connectionLost need not tell the reactor so again.
-        self._offReactor = True
         self.connectionLost(_DONE)
 
     def _loseLean(self, reason: Failure) -> Any:
@@ -171,10 +163,8 @@ class LeanClose(tcp.Connection):
         C{Connection.connectionLost} do, in one call and without the
         latter's C{Failure.check} (about a microsecond: it makes a
         qualified name for each class it compares; C{issubclass} on the
-        failure's type does the same): stop reading and writing (unless
-        L{_closeNow} knows the reactor was told already: two calls to the
-        reactor, about 1.3 µs), close the socket (with a reset after an
-        abort) and let the protocol go.  The
+        failure's type does the same): stop reading and writing, close the
+        socket (with a reset after an abort) and let the protocol go.  The
         caller tells the protocol, which is returned, or L{None} when the
         connection was lost already (Twisted's guard against a second
         call).
@@ -190,9 +180,8 @@ class LeanClose(tcp.Connection):
         if producer is not None:
             producer.stopProducing()
             self.producer = None
-        if not self._offReactor:
-            self.stopReading()
-            self.stopWriting()
+        self.stopReading()
+        self.stopWriting()
         self._closeSocket(not issubclass(reason.type, ConnectionAborted))  # type: ignore[arg-type]
         protocol = self.protocol
         del self.protocol, self.socket, self.fileno
