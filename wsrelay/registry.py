@@ -196,16 +196,16 @@ class Sessions:
             frontend.head = withHeaders(frontend.head, allow.headers, allow.removed)
         session: ProxySession | FanoutSession
         if route.config.mode == "fanout":
-            key = channelKey(route, frontend.remainder, frontend.query)
+            channelName = channelKey(route, frontend.remainder, frontend.query)
             try:
-                channel = self.channel(route, key)
+                channel = self.channel(route, channelName)
             except ValueError as e:
                 # The source plugin rejected the new channel: this client
                 # is refused, the others go on.
                 self.log.error(
                     "route {route}: cannot make channel {key!r}: {error}",
                     route=route.name,
-                    key=key,
+                    key=channelName,
                     error=" ".join(str(e).split()),
                 )
                 refusal = Refused(

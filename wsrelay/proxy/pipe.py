@@ -118,7 +118,7 @@ class Pipe:
     _closeClock: DeadlineQueue | None = None
     #: The keepalive: without pings (C{ping_interval = 0}), one idle
     #: L{Keepalive} that every such pipe shares, which never starts a timer.
-    keepalive: Keepalive
+    keepalive = Keepalive(0, 0)
     #: The leg whose peer was sent the end of the stream after a close
     #: frame (L{failed}), and is left to close by itself.
     _ending: Any = None
@@ -421,11 +421,6 @@ def closeQueue(pipe: Pipe) -> DeadlineQueue:
     if not isinstance(deadlines, Deadlines) or deadlines.clock is not pipe.clock:
         deadlines = Deadlines(pipe.clock)
     return deadlines.queue(pipe.closeTimeout)
-
-
-#: The keepalive of every pipe without pings: it never starts a timer, and
-#: stopping it does nothing.
-Pipe.keepalive = Keepalive(0, 0)
 
 
 def hangUp(transport: Any) -> None:

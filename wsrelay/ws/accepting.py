@@ -95,7 +95,11 @@ class LeanSocket(_socket.socket):
     microsecond a socket, and 24 of its 88 bytes).  Twisted's transports
     use only the C object's methods (C{recv}, C{send}, C{shutdown},
     C{close}, C{setsockopt}, C{getsockname}...), which are the same; its
-    C{family} and C{type} read as numbers, not enumerations.
+    C{family} and C{type} read as numbers, not enumerations.  What only
+    C{socket.socket} has is missing: C{dup}, C{makefile}, C{sendfile},
+    C{set_inheritable}, C{accept}, the context manager and weak
+    references; a transport's C{getHandle()} is typed as a
+    C{socket.socket} by Twisted, so mypy will not catch their use.
     """
 
     __slots__ = ()
