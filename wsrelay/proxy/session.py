@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from wsrelay.roles import SessionRegistry, Upstreams
     from wsrelay.stats import Histogram
     from wsrelay.ws.frontend import ClientAddresses, FrontendProtocol
+    from wsrelay.ws.screening import Refused
 
 
 def sessionDone(session: ProxySession) -> Deferred[None]:
@@ -367,46 +368,75 @@ def openPlain(session: ProxySession, key: str) -> None:
     cancelled.
     """
     session.opener.start(None).addCallbacks(
-        _opened,
-        _openFailed,
+        _plainOpened,
+        _plainFailed,
         callbackArgs=(session, key),
-        errbackArgs=(session, None),
+        errbackArgs=(session,),
     )
 
 
 def _opened(
     pair: tuple[Backend, UpstreamProtocol],
     session: ProxySession,
-    result: Deferred[tuple[str | None, dict[str, list[str]]]] | str,
+    result: Deferred[tuple[str | None, dict[str, list[str]]]],
 ) -> None:
     """
     The upstream of C{session} is open: C{result} fires with the client's
-    answer (L{ProxySession.open}), or, given the client's key, the leg is
-    given it (L{openPlain}).
+    answer (L{ProxySession.open}).
     """
-    session.opener.settled()
-    answer = clientAnswer(session.attach(*pair))
-    if isinstance(result, str):
-        session.frontend.acceptPlain(answer, result)
-    else:
-        result.callback(answer)
+    result.callback(_answer(pair, session))
 
 
-def _openFailed(
-    f: Failure, session: ProxySession, result: Deferred[Any] | None
+def _plainOpened(
+    pair: tuple[Backend, UpstreamProtocol], session: ProxySession, key: str
 ) -> None:
     """
-    No upstream for C{session}: C{result} fails with the client's refusal
-    (or, with no C{result}, the leg's C{denyPlain} is given it: L{openPlain}),
-    given to the client's leg first (L{FrontendProtocol.keepRefusal
-    <wsrelay.ws.frontend.FrontendProtocol.keepRefusal>}); nothing when the
-    opening was cancelled (the client left, or the relay stops).
+    The upstream of C{session} is open: its client's leg answers the
+    client (L{openPlain}).
+    """
+    session.frontend.acceptPlain(_answer(pair, session), key)
+
+
+def _answer(
+    pair: tuple[Backend, UpstreamProtocol], session: ProxySession
+) -> tuple[str | None, dict[str, list[str]]]:
+    """
+    @return: The client's answer, once the opened upstream is C{session}'s.
     """
     session.opener.settled()
-    if not f.check(CancelledError):
-        refusal = session.opener.refusal(f)
-        session.frontend.keepRefusal(refusal)
-        if result is None:
-            session.frontend.denyPlain(Failure(refusal))
-        else:
-            result.errback(refusal)
+    return clientAnswer(session.attach(*pair))
+
+
+def _openFailed(f: Failure, session: ProxySession, result: Deferred[Any]) -> None:
+    """
+    No upstream for C{session}: C{result} fails with the client's refusal
+    (L{_refusal}).
+    """
+    refusal = _refusal(f, session)
+    if refusal is not None:
+        result.errback(refusal)
+
+
+def _plainFailed(f: Failure, session: ProxySession) -> None:
+    """
+    No upstream for C{session}: its client's leg refuses the client
+    (L{openPlain}, L{_refusal}).
+    """
+    refusal = _refusal(f, session)
+    if refusal is not None:
+        session.frontend.denyPlain(Failure(refusal))
+
+
+def _refusal(f: Failure, session: ProxySession) -> Refused | None:
+    """
+    @return: The refusal of the client for which no upstream opened, given
+        to the client's leg first (L{FrontendProtocol.keepRefusal
+        <wsrelay.ws.frontend.FrontendProtocol.keepRefusal>}); L{None} when
+        the opening was cancelled (the client left, or the relay stops).
+    """
+    session.opener.settled()
+    if f.check(CancelledError):
+        return None
+    refusal = session.opener.refusal(f)
+    session.frontend.keepRefusal(refusal)
+    return refusal
