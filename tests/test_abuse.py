@@ -34,6 +34,7 @@ def clientFrom(
     sock.connect(("127.0.0.1", port))
     kwargs.setdefault("open_timeout", TIMEOUT)
     kwargs.setdefault("compression", None)
+    kwargs.setdefault("legacy", True)
     return connect(f"ws://127.0.0.1:{port}{path}", sock=sock, **kwargs)
 
 

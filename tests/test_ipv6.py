@@ -34,7 +34,9 @@ def client6(port: int, path: str = "/") -> ClientConnection:
     """
     A C{websockets} client of the relay on C{[::1]:port}.
     """
-    return connect(f"ws://[::1]:{port}{path}", open_timeout=TIMEOUT, compression=None)
+    return connect(
+        f"ws://[::1]:{port}{path}", open_timeout=TIMEOUT, compression=None, legacy=True
+    )
 
 
 class IPv6Tests(TestCase):

@@ -323,6 +323,7 @@ class TLSWorkerTests(TestCase):
                 ssl=context,
                 open_timeout=TIMEOUT,
                 compression=None,
+                legacy=True,
             )
             clients.append(c)
             c.send(f"hello {i}")

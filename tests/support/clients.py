@@ -92,4 +92,6 @@ def client(port: int, path: str = "/", **kwargs: Any) -> ClientConnection:
     kwargs.setdefault("open_timeout", TIMEOUT)
     kwargs.setdefault("compression", None)
     kwargs.setdefault("max_size", None)
+    # (A connection returned, used with or without C{with}.)
+    kwargs.setdefault("legacy", True)
     return connect(f"ws://127.0.0.1:{port}{path}", **kwargs)

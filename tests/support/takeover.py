@@ -150,7 +150,7 @@ def held(url: str, count: int, context: ssl.SSLContext | None = None) -> list[An
         kwargs: dict[str, Any] = {"open_timeout": TIMEOUT, "compression": None}
         if context is not None:
             kwargs["ssl"] = context
-        c = connect(url, **kwargs)
+        c = connect(url, legacy=True, **kwargs)
         c.send("held")
         assert c.recv(TIMEOUT) == "held"
         future: Future[int | None] = Future()
