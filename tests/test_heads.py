@@ -28,7 +28,9 @@ from wsrelay.ws.handshake import (
     readLines,
 )
 from wsrelay.ws.response import (
+    _SHAPES,
     END_TO_END,
+    KEPT_SHAPES,
     NO_EXTENSIONS,
     RELAY_DEFLATE,
     ResponseReader,
@@ -52,9 +54,15 @@ class _Reader(ResponseReader):
     outcome: tuple[Any, ...] | None = None
     quick = True
 
-    def __init__(self, data: bytes, extensions: str, offered: tuple[str, ...]):
+    def __init__(
+        self,
+        data: bytes,
+        extensions: str,
+        offered: tuple[str, ...],
+        key: bytes = _KEY,
+    ):
         self.data = data
-        self.websocket_key = _KEY
+        self.websocket_key = key
         self.extensions = extensions
         self.offered = offered
         self.opened = _Opened()
@@ -111,10 +119,11 @@ def _case(rng: random.Random, name: str) -> str:
     return rng.choice([name, name.lower(), name.upper()])
 
 
-def _field(rng: random.Random) -> tuple[str, str]:
+def _field(rng: random.Random, accept: str = _ACCEPT) -> tuple[str, str]:
     """
     A random field of a backend's 101: the handshake's own, each right or
-    wrong, hop-by-hop ones, and end-to-end ones, some odd.
+    wrong (C{accept} is the right accept value), hop-by-hop ones, and
+    end-to-end ones, some odd.
     """
     name = rng.choice(
         [
@@ -130,23 +139,26 @@ def _field(rng: random.Random) -> tuple[str, str]:
             "Content-Length",
             "Server",
             "Date",
+            "X-Echo",
         ]
     )
     value = {
         "upgrade": ["websocket", "WebSocket", "h2c", "websocket, h2c", ""],
         "connection": ["Upgrade", "upgrade", "Upgrade, X-Hop", "x-hop", "close", ""],
-        "sec-websocket-accept": [_ACCEPT, _ACCEPT, _ACCEPT.lower(), "x"],
+        "sec-websocket-accept": [accept, accept, accept.lower(), "x"],
+        "x-echo": [accept, "1"],
         "sec-websocket-protocol": ["chat", "other", "chat, other", ""],
         "sec-websocket-extensions": ["permessage-deflate", "x-ext; a=1", ""],
     }.get(name.lower(), ["1", "a=b; c", "caf\xe9", "x\x01y", "v \t w"])
     return _case(rng, name), rng.choice(value)
 
 
-def _head(rng: random.Random) -> bytes:
+def _head(rng: random.Random, accept: str = _ACCEPT) -> bytes:
     """
-    A random 101 head: mostly the fields of a plain one in random order,
-    then random fields, a few lines malformed, its blank line, and maybe
-    the first bytes of the connection.
+    A random 101 head: mostly the fields of a plain one in random order
+    (C{accept} the right accept value), then random fields, a few lines
+    malformed, its blank line, and maybe the first bytes of the
+    connection.
     """
     status = rng.choice(
         [
@@ -162,9 +174,9 @@ def _head(rng: random.Random) -> bytes:
         fields = [
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", _ACCEPT),
+            ("Sec-WebSocket-Accept", accept),
         ]
-    fields += [_field(rng) for _ in range(rng.randrange(4))]
+    fields += [_field(rng, accept) for _ in range(rng.randrange(4))]
     rng.shuffle(fields)
     lines = [status]
     for name, value in fields:
@@ -228,6 +240,66 @@ class Quick101Tests(SynchronousTestCase):
         )
         self.assertEqual(reader.extensionsAnswer, ("permessage-deflate",))
         self.assertEqual(reader.data, b"\x81\x00")
+
+    def test_shapes(self) -> None:
+        """
+        On many random answers of a few shapes, each with the accept value
+        of a key of its own, a reader that remembers the shapes it read
+        (L{wsrelay.ws.response._rememberShape}) ends in the same state as
+        one with the general reading alone, also when the shape it knows
+        comes with a wrong accept value or a subprotocol it did not offer;
+        and many of them opened by a shape remembered.
+        """
+        _SHAPES.clear()
+        self.addCleanup(_SHAPES.clear)
+        rng = random.Random(17)
+        remembered = 0
+        for _ in range(6000):
+            key = base64.b64encode(rng.randbytes(16))
+            accept = base64.b64encode(hashlib.sha1(key + _MAGIC).digest())
+            # The head of another key now and then: its shape may be known.
+            other = rng.random() < 0.1
+            data = _head(
+                random.Random(rng.randrange(60)),
+                (_ACCEPT if other else accept.decode()),
+            )
+            extensions = rng.choice([NO_EXTENSIONS, END_TO_END, RELAY_DEFLATE])
+            offered = rng.choice([(), ("chat",), ("chat", "other")])
+            general = _Reader(data, extensions, offered, key)
+            general.quick = False
+            general.processHandshake()
+            end = data.find(b"\r\n\r\n")
+            at = data.find(accept, 0, end)
+            known = at >= 0 and (data[:at], data[at + 28 : end]) in _SHAPES
+            fast = _Reader(data, extensions, offered, key)
+            fast.processHandshake()
+            self.assertEqual(fast.state(), general.state(), data)
+            assert fast.outcome is not None
+            remembered += known and fast.outcome[0] == "open"
+        self.assertGreater(remembered, 400)
+        self.assertLessEqual(len(_SHAPES), KEPT_SHAPES)
+
+    def test_shapeOnce(self) -> None:
+        """
+        A head whose accept value is in it twice (a field echoing it) is
+        read, but its shape is not remembered: where the value is does not
+        say which field holds it.  One with it once is remembered.
+        """
+        _SHAPES.clear()
+        self.addCleanup(_SHAPES.clear)
+        plain = (
+            "HTTP/1.1 101 Switching Protocols\r\n{}Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n"
+        )
+        data = plain.format(f"X-Echo: {_ACCEPT}\r\n", _ACCEPT).encode()
+        reader = _Reader(data, NO_EXTENSIONS, ())
+        reader.processHandshake()
+        self.assertEqual(reader.outcome, ("open", ""))
+        self.assertEqual(reader.responseHeaders, [("X-Echo", _ACCEPT)])
+        self.assertEqual(_SHAPES, {})
+        data = plain.format("X-Echo: 1\r\n", _ACCEPT).encode()
+        _Reader(data, NO_EXTENSIONS, ()).processHandshake()
+        self.assertEqual(len(_SHAPES), 1)
 
     def test_notTaken(self) -> None:
         """

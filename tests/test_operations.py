@@ -382,6 +382,40 @@ class HistogramTests(SynchronousTestCase):
         self.assertEqual(h.counts, [2, 1, 1])
         self.assertEqual((h.count, h.sum), (4, 2.65))
 
+    def test_byRoute(self) -> None:
+        """
+        What a route's histogram observes, it counts, and so does the
+        relay's, each in its own bucket; the route's histogram is made once
+        per name, and the relay's own observations are not the route's.
+        """
+        h = Histogram((0.1, 1))
+        chat = h.byRoute("chat")
+        self.assertIs(h.byRoute("chat"), chat)
+        for value in (0.0625, 0.5, 2):
+            chat.observe(value)
+        h.byRoute("feed").observe(0.5)
+        h.observe(0.0625)
+        self.assertEqual(chat.counts, [1, 1, 1])
+        self.assertEqual((chat.count, chat.sum), (3, 2.5625))
+        self.assertEqual(h.counts, [2, 2, 1])
+        self.assertEqual((h.count, h.sum), (5, 3.125))
+        self.assertEqual(sorted(h.routes), ["chat", "feed"])
+
+    def test_parents(self) -> None:
+        """
+        A parent with other bounds counts an observation in its own bucket,
+        and a parent's parent counts it too.
+        """
+        top = Histogram((0.1, 1))
+        middle = Histogram((0.01,), top)
+        child = Histogram((0.01,), middle)
+        child.observe(0.05)
+        self.assertEqual(
+            [child.counts, middle.counts, top.counts], [[0, 1], [0, 1], [1, 0, 0]]
+        )
+        self.assertEqual([child.count, middle.count, top.count], [1, 1, 1])
+        self.assertEqual([child.sum, middle.sum, top.sum], [0.05, 0.05, 0.05])
+
 
 class AccessLogTests(TestCase):
     """

@@ -261,6 +261,16 @@ class PlainUpstreamTests(SynchronousTestCase):
             self.assertNotIn(name, vars(leg))
         self.assertIs(leg.opened, FIRED)
 
+    def test_forgetHandshakeUnfired(self) -> None:
+        """
+        A leg that lets its handshake go before C{opened} fired keeps
+        C{opened} (whoever fires it later still can).
+        """
+        leg, transport, opened = self.connect()
+        leg.forgetHandshake()
+        self.assertIs(leg.opened, opened)
+        self.assertNotIn("requestHeaders", vars(leg))
+
     def test_closeWith(self) -> None:
         """
         C{closeWith} sends a masked close frame with the code, then closes.

@@ -46,13 +46,24 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         """
-        Count one observation (and in the parent's, if any).
+        Count one observation (and in the parent's, if any: in the same
+        bucket when it has the same bounds, as L{byRoute}'s do, with no
+        second search and no call).
         """
-        self.counts[bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-        if self._parent is not None:
-            self._parent.observe(value)
+        buckets = self.buckets
+        index = bisect_left(buckets, value)
+        h = self
+        while True:
+            h.counts[index] += 1
+            h.sum += value
+            h.count += 1
+            parent = h._parent
+            if parent is None:
+                return
+            if parent.buckets is not buckets:
+                parent.observe(value)
+                return
+            h = parent
 
     def byRoute(self, name: str) -> Histogram:
         """

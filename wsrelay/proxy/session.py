@@ -392,9 +392,11 @@ def _plainOpened(
 ) -> None:
     """
     The upstream of C{session} is open: its client's leg answers the
-    client (L{openPlain}).
+    client (L{openPlain}), with what L{_answer} gives (made here: a call
+    fewer on every plain handshake).
     """
-    session.frontend.acceptPlain(_answer(pair, session), key)
+    session.opener.settled()
+    session.frontend.acceptPlain(clientAnswer(session.attach(*pair)), key)
 
 
 def _answer(

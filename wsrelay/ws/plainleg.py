@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 
-from wsrelay.ws._autobahn import FIRED, forgetOpened, letGo
+from wsrelay.ws._autobahn import FIRED, letGo
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import RequestLines, buildRequest
 from wsrelay.ws.legs import LegProducer
@@ -129,7 +129,7 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
     resource = "/"
     hostHeader = ""
     requestHeaders: list[tuple[str, str]] | RequestLines = FORGOTTEN
-    #: (Once the leg let it go: L{forgetOpened}.)
+    #: (Once the leg let it go: L{forgetHandshake}.)
     opened: Deferred[Any] = FIRED
     websocket_key = b""
     websocket_protocol_in_use: str | None = None
@@ -247,11 +247,18 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
 
     def forgetHandshake(self, compacting: bool = True) -> None:
         """
-        Let the request's and the response's texts go once open: each then
+        Let the request's and the response's texts go once open, and
+        C{opened} once fired (as L{forgetRequest} and
+        L{wsrelay.ws._autobahn.forgetOpened} do, in one pass): each then
         reads as its class default.
         """
-        self.forgetRequest()
-        forgetOpened(self, "opened")
+        attributes = self.__dict__
+        pop = attributes.pop
+        for name in self._REQUEST:
+            pop(name, None)
+        opened = attributes.get("opened")
+        if opened is not None and opened.called:
+            del attributes["opened"]
 
     def closeWith(self, code: int, reason: bytes) -> None:
         """

@@ -32,6 +32,19 @@ if TYPE_CHECKING:
 #: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
+#: The length of a C{Sec-WebSocket-Accept} value (the base64 of a SHA-1).
+_ACCEPT_LENGTH = 28
+
+#: How many shapes of 101 L{ResponseReader._quick101} remembers before it
+#: forgets them all (a backend whose 101 holds a C{Date} makes a new one
+#: every second).
+KEPT_SHAPES = 32
+
+#: The plain 101s that L{ResponseReader._quick101} read lately, by their
+#: shape (the head before and after its accept value), each with what the
+#: leg opened with: its fields for the client and its subprotocol.
+_SHAPES: dict[tuple[bytes, bytes], tuple[tuple[tuple[str, str], ...], str]] = {}
+
 #: How much of a refusal's body is relayed.
 MAX_REFUSAL_BODY = 65536
 
@@ -127,6 +140,33 @@ class UpstreamRefused(Exception):
         self.reason = reason
         self.headers = headers
         self.body = body
+
+
+def _rememberShape(
+    raw: bytes, at: int, relayed: list[tuple[str, str]], protocol: str
+) -> None:
+    """
+    Remember the shape of a plain 101 that L{ResponseReader._quick101}
+    opened on, with no extension answer, for the next with another accept
+    value.
+
+    That one opens as this one did.  Its head is this one's bytes with one
+    base64 run of the same length for another (at C{at}, where this one's
+    only accept value was): base64 holds no CR, LF, colon or blank, so the
+    lines, the fields' names and every other value are this one's, and its
+    C{Sec-WebSocket-Accept} value is the new run, right for its leg's key
+    (found by it).  What else the reading depends on is the leg's: the
+    subprotocols offered, checked again; extensions, the same with no
+    answer but for L{RELAY_DEFLATE}, which the quick reading does not take.
+
+    @param raw: The head, without its blank line.
+    @param at: Where its accept value is.
+    @param relayed: Its fields for the client.
+    @param protocol: The subprotocol chosen, or C{""}.
+    """
+    if len(_SHAPES) >= KEPT_SHAPES:
+        _SHAPES.clear()
+    _SHAPES[raw[:at], raw[at + _ACCEPT_LENGTH :]] = (tuple(relayed), protocol)
 
 
 class ResponseReader:
@@ -266,14 +306,33 @@ class ResponseReader:
         leg would negotiate, a character outside ASCII) is read again by
         L{processHandshake}'s general path, which says what is wrong or
         leaves it to Autobahn; whatever it takes, that path takes alike
-        (C{tests.test_heads}).
+        (C{tests.test_heads}).  A head of a shape it took before (the same
+        bytes around another accept value, right for this leg's key) opens
+        as that one did, with no reading at all (L{_rememberShape}).
 
         @param end: Where the head ends in C{self.data}, which starts with
             C{HTTP/1.1 101 }.
         @return: Whether the leg opened.
         """
-        raw = self.data[:end]
-        if not raw.isascii() or self.extensions == RELAY_DEFLATE:
+        if self.extensions == RELAY_DEFLATE:
+            return False
+        data = self.data
+        # (binascii directly: base64.b64encode is a Python function
+        # around it.)
+        expected = b2a_base64(
+            sha1(self.websocket_key + _WS_MAGIC).digest(), newline=False
+        )
+        at = data.find(expected, 0, end)
+        if at >= 0:
+            # A head of a shape read before (most backends answer every
+            # handshake alike, but for the accept value): read as that one.
+            known = _SHAPES.get((data[:at], data[at + _ACCEPT_LENGTH : end]))
+            if known is not None and (not known[1] or known[1] in self.offered):
+                self.responseHeaders = [*known[0]]
+                self._open(end, known[1])
+                return True
+        raw = data[:end]
+        if not raw.isascii():
             return False
         text = raw.decode("ascii")
         first = text.find("\r\n")
@@ -319,12 +378,14 @@ class ResponseReader:
             if "upgrade" not in tokens:
                 return False
             relayed = [(n, v) for (n, v) in relayed if n.lower() not in tokens]
-        # (binascii directly: base64.b64encode is a Python function
-        # around it.)
-        digest = sha1(self.websocket_key + _WS_MAGIC).digest()
-        if accept != b2a_base64(digest, newline=False).decode():
+        if accept != expected.decode():
             return False
         self.responseHeaders = relayed
+        if not answer and raw.find(expected, at + _ACCEPT_LENGTH) < 0:
+            # The accept value is in the head once (it found at C{at}):
+            # whatever this head's shape holds around another one reads as
+            # this head did (L{_rememberShape}).
+            _rememberShape(raw, at, relayed, protocol or "")
         if answer:
             self.extensionsAnswer = tuple(answer)
             self._dropExtensions(end)
