@@ -63,7 +63,9 @@ class Keepalive:
         Start pinging, if C{ping_interval} is set.
         """
         if self.interval > 0:
-            self._call = pipe.clock.callLater(self.interval, self._keepalive, pipe)
+            self._call = pipe.session.clock.callLater(
+                self.interval, self._keepalive, pipe
+            )
 
     def stop(self) -> None:
         """
@@ -102,7 +104,7 @@ class Keepalive:
             pipe.fromClient.expected is not None
             or pipe.fromBackend.expected is not None
         )
-        self._call = pipe.clock.callLater(
+        self._call = pipe.session.clock.callLater(
             self.timeout if waiting else self.interval, self._keepalive, pipe
         )
 
@@ -134,31 +136,28 @@ class Pipe:
     ) -> None:
         config = session.config
         maxMessage = config.maxMessageSize
-        maxFrame = config.maxFrameSize or maxMessage
         self.session = session
         self.frontend = frontend
         self.upstream = upstream
-        self.clock = session.clock
         self.fromClient, self.fromBackend = directions(
-            self, frontend, upstream, maxFrame, maxMessage
+            self, frontend, upstream, config.maxFrameSize or maxMessage, maxMessage
         )
-        self.closeTimeout = config.closeTimeout
-        interval = config.pingInterval
-        if interval > 0:
-            self.keepalive = Keepalive(interval, config.pingTimeout)
+        if config.pingInterval > 0:
+            self.keepalive = Keepalive(config.pingInterval, config.pingTimeout)
 
     def start(self) -> None:
         """
         Take over both legs' incoming bytes: each leg's data path becomes
         the direction that reads from it.
         """
-        for leg, direction in (
-            (self.frontend, self.fromClient),
-            (self.upstream, self.fromBackend),
-        ):
-            _stopAutobahnPings(leg)
-            leg.dataPath = direction
-        self.keepalive.start(self)
+        f, up = self.frontend, self.upstream
+        _stopAutobahnPings(f)
+        _stopAutobahnPings(up)
+        f.dataPath = self.fromClient
+        up.dataPath = self.fromBackend
+        keepalive = self.keepalive
+        if keepalive.interval > 0:
+            keepalive.start(self)
 
     def ponged(self, direction: Direction, payload: bytes) -> None:
         """
@@ -416,11 +415,12 @@ def closeQueue(pipe: Pipe) -> DeadlineQueue:
     shares one timer per timeout, L{wsrelay.deadlines}), or for a leg with
     no such factory, a queue of the pipe's own.
     """
+    session = pipe.session
     factory = getattr(pipe.frontend, "factory", None)
     deadlines = getattr(factory, "deadlines", None)
-    if not isinstance(deadlines, Deadlines) or deadlines.clock is not pipe.clock:
-        deadlines = Deadlines(pipe.clock)
-    return deadlines.queue(pipe.closeTimeout)
+    if not isinstance(deadlines, Deadlines) or deadlines.clock is not session.clock:
+        deadlines = Deadlines(session.clock)
+    return deadlines.queue(session.config.closeTimeout)
 
 
 def hangUp(transport: Any) -> None:
@@ -467,7 +467,9 @@ def _stopAutobahnPings(leg: Any) -> None:
     the leg's dictionary: they read as their class default, L{None}.
     """
     attributes = vars(leg)
-    for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
-        call = attributes.pop(name, None)
-        if call is not None:
-            call.cancel()
+    call = attributes.pop("autoPingPendingCall", None)
+    if call is not None:
+        call.cancel()
+    call = attributes.pop("autoPingTimeoutCall", None)
+    if call is not None:
+        call.cancel()
