@@ -478,7 +478,7 @@ class KeepaliveTests(SynchronousTestCase):
         clock.advance(60)
         self.assertEqual(clock.getDelayedCalls(), [])
         pipes[0].stop()
-        self.assertIsNone(pipes[1].keepalive._call)
+        self.assertIsNone(pipes[1].keepalive._tick)
         pinging = Pipe(PipeSession(clock, 5.0, pingInterval=2.0), PipeLeg(), PipeLeg())  # type: ignore[arg-type]
         self.assertIsNot(pinging.keepalive, pipes[0].keepalive)
 
@@ -542,8 +542,9 @@ class SessionTests(TestCase):
         each direction writes straight to its sink's TCP connection with
         the method all directions share (L{DirectWriter.write}), from one
         block of slots; no leg keeps a function of its own to write; the
-        pipe holds no value its configuration gives, and the session's
-        close relay nothing of its own.  Messages pass both ways, and the close.
+        pipe holds no value its configuration gives, nor a timer of its
+        own, and the session's close relay nothing of its own.  Messages
+        pass both ways, and the close.
         """
         relay, session, c = await openedPassthrough(self)
         pipe = session.pipe
@@ -566,6 +567,12 @@ class SessionTests(TestCase):
             + ["upstream"],
         )
         self.assertEqual(vars(session.closes), {})
+        # Its keepalive's tick waits in the relay's queue for the ping
+        # interval, which one timer serves for every pipe.
+        deadlines = session.frontend.factory.deadlines
+        queue = deadlines.queue(session.config.pingInterval)
+        self.assertIs(pipe.keepalive._queue, queue)
+        self.assertEqual(len(queue), 1)
         await inThread(c.send, "again")
         self.assertEqual(await inThread(c.recv, TIMEOUT), "again")
         session.shutdown(4000, b"bye")

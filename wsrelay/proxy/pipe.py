@@ -19,6 +19,7 @@ finished, and both sides are closed with 1009 (L{Pipe.tooBig}).
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -31,7 +32,7 @@ from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legclosing import failureClose
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
+    from collections.abc import Callable
 
     from wsrelay.deadlines import DeadlineQueue
     from wsrelay.roles import PipeOwner
@@ -47,14 +48,21 @@ class Keepalive:
     C{ping_interval} gets one at its stream's next frame boundary, and both
     sides are closed when one goes unanswered for C{ping_timeout}.
 
-    It holds no reference to its pipe (only its timer does, until
-    L{stop}): the pipe holds it.
+    Its ticks wait in the relay's deadline queues (L{pipeDeadlines}: one
+    timer for every pipe's C{ping_interval}, another for C{ping_timeout}),
+    not a timer of its own.  It holds no reference to its pipe (only its
+    pending tick does, until L{stop}): the pipe holds it.
     """
+
+    __slots__ = ("interval", "timeout", "_tick", "_queue", "_marks", "_seq")
 
     def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval
         self.timeout = timeout
-        self._call: IDelayedCall | None = None
+        #: The next tick (L{_keepalive} for the pipe), while pinging.
+        self._tick: Callable[[], None] | None = None
+        #: The deadline queue the tick waits in, or L{None}.
+        self._queue: DeadlineQueue | None = None
         self._marks = (-1, -1)
         self._seq = 0
 
@@ -63,24 +71,25 @@ class Keepalive:
         Start pinging, if C{ping_interval} is set.
         """
         if self.interval > 0:
-            self._call = pipe.session.clock.callLater(
-                self.interval, self._keepalive, pipe
-            )
+            self._tick = partial(self._keepalive, pipe)
+            self._queue = queue = pipeDeadlines(pipe).queue(self.interval)
+            queue.add(self._tick)
 
     def stop(self) -> None:
         """
-        Cancel the timer.
+        Cancel the next tick.
         """
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
+        queue, self._queue = self._queue, None
+        tick, self._tick = self._tick, None
+        if queue is not None and tick is not None:
+            queue.cancel(tick)
 
     def _keepalive(self, pipe: Pipe) -> None:
         """
         Ping each side that sent nothing since the last time, at its next
         frame boundary; close both when a ping went unanswered.
         """
-        self._call = None
+        self._queue = None
         f, up = pipe.frontend, pipe.upstream
         marks = (f.bytesIn + f.messagesIn, up.bytesIn + up.messagesIn)
         for direction, sender, mark, old in (
@@ -100,13 +109,18 @@ class Keepalive:
                 else:
                     direction.pingDue = True
         self._marks = marks
+        tick = self._tick
+        if tick is None:
+            # Stopped meanwhile.
+            return
         waiting = (
             pipe.fromClient.expected is not None
             or pipe.fromBackend.expected is not None
         )
-        self._call = pipe.session.clock.callLater(
-            self.timeout if waiting else self.interval, self._keepalive, pipe
+        self._queue = queue = pipeDeadlines(pipe).queue(
+            self.timeout if waiting else self.interval
         )
+        queue.add(tick)
 
 
 class Pipe:
@@ -408,19 +422,27 @@ class Pipe:
         self.fromClient.pipe = self.fromBackend.pipe = None
 
 
-def closeQueue(pipe: Pipe) -> DeadlineQueue:
+def pipeDeadlines(pipe: Pipe) -> Deadlines:
     """
-    The queue that times a pipe's C{close_timeout}: the one the client
-    leg's factory keeps for it on the same clock (every pipe of the relay
-    shares one timer per timeout, L{wsrelay.deadlines}), or for a leg with
-    no such factory, a queue of the pipe's own.
+    The deadlines that time a pipe's C{close_timeout} and keepalive: those
+    the client leg's factory keeps on the same clock (every pipe of the
+    relay shares one timer per timeout, L{wsrelay.deadlines}), or for a
+    leg with no such factory, deadlines of the pipe's own.
     """
-    session = pipe.session
+    clock = pipe.session.clock
     factory = getattr(pipe.frontend, "factory", None)
     deadlines = getattr(factory, "deadlines", None)
-    if not isinstance(deadlines, Deadlines) or deadlines.clock is not session.clock:
-        deadlines = Deadlines(session.clock)
-    return deadlines.queue(session.config.closeTimeout)
+    if not isinstance(deadlines, Deadlines) or deadlines.clock is not clock:
+        deadlines = Deadlines(clock)
+    return deadlines
+
+
+def closeQueue(pipe: Pipe) -> DeadlineQueue:
+    """
+    @return: The queue that times a pipe's C{close_timeout}
+        (L{pipeDeadlines}).
+    """
+    return pipeDeadlines(pipe).queue(pipe.session.config.closeTimeout)
 
 
 def hangUp(transport: Any) -> None:
