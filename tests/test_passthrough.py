@@ -11,6 +11,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.internet.tcp import Connection
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
@@ -22,6 +23,7 @@ from wsrelay.proxy.pipe import Pipe
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legs import RelayLeg
 from wsrelay.ws.plainleg import PlainUpstream
+from wsrelay.ws.writes import DirectWriter
 
 
 def scanner(
@@ -476,7 +478,7 @@ class KeepaliveTests(SynchronousTestCase):
         clock.advance(60)
         self.assertEqual(clock.getDelayedCalls(), [])
         pipes[0].stop()
-        self.assertIsNone(pipes[1].keepalive._call)
+        self.assertIsNone(pipes[1].keepalive._tick)
         pinging = Pipe(PipeSession(clock, 5.0, pingInterval=2.0), PipeLeg(), PipeLeg())  # type: ignore[arg-type]
         self.assertIsNot(pinging.keepalive, pipes[0].keepalive)
 
@@ -531,5 +533,47 @@ class SessionTests(TestCase):
         ):
             self.assertNotIn("dataReceived", vars(leg))
             self.assertEqual(type(leg).dataReceived, method)
+        session.shutdown(4000, b"bye")
+        self.assertEqual(await inThread(closeOf, c), (4000, "bye"))
+
+    async def test_heldPipeLean(self) -> None:
+        """
+        An open pipe holds what it needs and nothing made per leg to write:
+        each direction writes straight to its sink's TCP connection with
+        the method all directions share (L{DirectWriter.write}), from one
+        block of slots; no leg keeps a function of its own to write; the
+        pipe holds no value its configuration gives, nor a timer of its
+        own, and the session's close relay nothing of its own.  Messages
+        pass both ways, and the close.
+        """
+        relay, session, c = await openedPassthrough(self)
+        pipe = session.pipe
+        assert pipe is not None and session.upstream is not None
+        for direction in (pipe.fromClient, pipe.fromBackend):
+            self.assertIsInstance(direction.tcp, Connection)
+            self.assertIs(direction.tcp, direction.sink.transport)
+            self.assertFalse(hasattr(direction, "__dict__"))
+            self.assertIs(type(direction).write, DirectWriter.write)
+        # The upstream leg never wrote on the message path; a writer the
+        # client leg made for its 101, if any, is the shared method too.
+        self.assertNotIn("_directWrite", vars(session.upstream))
+        write = vars(session.frontend).get("_directWrite")
+        if write is not None:
+            self.assertIs(write.__func__, DirectWriter.write)
+        # (Its own keepalive only with pings, as here.)
+        self.assertEqual(
+            sorted(vars(pipe)),
+            ["fromBackend", "fromClient", "frontend", "keepalive", "session"]
+            + ["upstream"],
+        )
+        self.assertEqual(vars(session.closes), {})
+        # Its keepalive's tick waits in the relay's queue for the ping
+        # interval, which one timer serves for every pipe.
+        deadlines = session.frontend.factory.deadlines
+        queue = deadlines.queue(session.config.pingInterval)
+        self.assertIs(pipe.keepalive._queue, queue)
+        self.assertEqual(len(queue), 1)
+        await inThread(c.send, "again")
+        self.assertEqual(await inThread(c.recv, TIMEOUT), "again")
         session.shutdown(4000, b"bye")
         self.assertEqual(await inThread(closeOf, c), (4000, "bye"))

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, inThread
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
-from wsrelay.ws.writes import directWrite, sendNow
+from wsrelay.ws.writes import DirectWriter, directWrite, sendNow
 
 #: The attributes of Twisted's TCP connection that L{directWrite} and
 #: L{wsrelay.fanout.pending.Pending.flush} read.
@@ -142,6 +142,22 @@ class TCPTests(TestCase):
             ([], b""),
         )
         self.assertEqual(peer.recv(16), b"now")
+
+    async def test_sharedMethod(self) -> None:
+        """
+        The writer for a TCP connection is a L{DirectWriter}'s C{write}:
+        the method its class shares, on an object of two slots, not a
+        function made for the connection.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        write = directWrite(transport)
+        self.assertIs(write.__func__, DirectWriter.write)  # type: ignore[attr-defined]
+        writer = write.__self__  # type: ignore[attr-defined]
+        self.assertEqual((writer.tcp, writer.other), (transport, None))
+        self.assertFalse(hasattr(writer, "__dict__"))
+        write(b"shared")
+        self.assertEqual(await inThread(peer.recv, 64), b"shared")
 
     async def test_sendNow(self) -> None:
         """

@@ -27,9 +27,10 @@ class CloseRelay:
         answers the close it got (L{hold}), or L{None}.
     """
 
-    def __init__(self) -> None:
-        self.waiting: RelayLeg | None = None
-        self.failing: RelayLeg | None = None
+    #: (Class defaults: a session made with no close under way costs no
+    #: call and no store.)
+    waiting: RelayLeg | None = None
+    failing: RelayLeg | None = None
 
     def forward(
         self,

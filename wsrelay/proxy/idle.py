@@ -35,6 +35,16 @@ class IdleTimer:
     find the count unchanged.
     """
 
+    __slots__ = (
+        "_activity",
+        "_call",
+        "_clock",
+        "_expired",
+        "_mark",
+        "_quiet",
+        "_timeout",
+    )
+
     def __init__(
         self,
         clock: IReactorTime,

@@ -8,7 +8,7 @@ or the passthrough pipe (L{wsrelay.proxy.pipe.Pipe}).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wsrelay.proxy.pipe import Pipe
 from wsrelay.roles import PipeOwner
@@ -17,8 +17,6 @@ from wsrelay.ws.legclosing import OPEN
 from wsrelay.ws.plainleg import PlainUpstream
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer
-
     from wsrelay.ws.frontend import FrontendProtocol
     from wsrelay.ws.upstream import UpstreamProtocol
 
@@ -51,12 +49,10 @@ def pairLegs(
     up.forgetHandshake(compacting)
     if direct:
         f.target = up
-    ft, ut = f.transport, up.transport
     # Both legs are connected once paired.  Each leg is the producer of
     # what the other's transport writes (LegProducer).
-    assert ft is not None and ut is not None
-    cast("IConsumer", ft).registerProducer(up, True)
-    cast("IConsumer", ut).registerProducer(f, True)
+    f.transport.registerProducer(up, True)
+    up.transport.registerProducer(f, True)
 
 
 def compactLegs(*legs: Any) -> None:

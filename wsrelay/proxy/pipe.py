@@ -19,6 +19,7 @@ finished, and both sides are closed with 1009 (L{Pipe.tooBig}).
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -31,7 +32,7 @@ from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legclosing import failureClose
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
+    from collections.abc import Callable
 
     from wsrelay.deadlines import DeadlineQueue
     from wsrelay.roles import PipeOwner
@@ -47,14 +48,21 @@ class Keepalive:
     C{ping_interval} gets one at its stream's next frame boundary, and both
     sides are closed when one goes unanswered for C{ping_timeout}.
 
-    It holds no reference to its pipe (only its timer does, until
-    L{stop}): the pipe holds it.
+    Its ticks wait in the relay's deadline queues (L{pipeDeadlines}: one
+    timer for every pipe's C{ping_interval}, another for C{ping_timeout}),
+    not a timer of its own.  It holds no reference to its pipe (only its
+    pending tick does, until L{stop}): the pipe holds it.
     """
+
+    __slots__ = ("interval", "timeout", "_tick", "_queue", "_marks", "_seq")
 
     def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval
         self.timeout = timeout
-        self._call: IDelayedCall | None = None
+        #: The next tick (L{_keepalive} for the pipe), while pinging.
+        self._tick: Callable[[], None] | None = None
+        #: The deadline queue the tick waits in, or L{None}.
+        self._queue: DeadlineQueue | None = None
         self._marks = (-1, -1)
         self._seq = 0
 
@@ -63,22 +71,25 @@ class Keepalive:
         Start pinging, if C{ping_interval} is set.
         """
         if self.interval > 0:
-            self._call = pipe.clock.callLater(self.interval, self._keepalive, pipe)
+            self._tick = partial(self._keepalive, pipe)
+            self._queue = queue = pipeDeadlines(pipe).queue(self.interval)
+            queue.add(self._tick)
 
     def stop(self) -> None:
         """
-        Cancel the timer.
+        Cancel the next tick.
         """
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
+        queue, self._queue = self._queue, None
+        tick, self._tick = self._tick, None
+        if queue is not None and tick is not None:
+            queue.cancel(tick)
 
     def _keepalive(self, pipe: Pipe) -> None:
         """
         Ping each side that sent nothing since the last time, at its next
         frame boundary; close both when a ping went unanswered.
         """
-        self._call = None
+        self._queue = None
         f, up = pipe.frontend, pipe.upstream
         marks = (f.bytesIn + f.messagesIn, up.bytesIn + up.messagesIn)
         for direction, sender, mark, old in (
@@ -98,13 +109,18 @@ class Keepalive:
                 else:
                     direction.pingDue = True
         self._marks = marks
+        tick = self._tick
+        if tick is None:
+            # Stopped meanwhile.
+            return
         waiting = (
             pipe.fromClient.expected is not None
             or pipe.fromBackend.expected is not None
         )
-        self._call = pipe.clock.callLater(
-            self.timeout if waiting else self.interval, self._keepalive, pipe
+        self._queue = queue = pipeDeadlines(pipe).queue(
+            self.timeout if waiting else self.interval
         )
+        queue.add(tick)
 
 
 class Pipe:
@@ -134,31 +150,28 @@ class Pipe:
     ) -> None:
         config = session.config
         maxMessage = config.maxMessageSize
-        maxFrame = config.maxFrameSize or maxMessage
         self.session = session
         self.frontend = frontend
         self.upstream = upstream
-        self.clock = session.clock
         self.fromClient, self.fromBackend = directions(
-            self, frontend, upstream, maxFrame, maxMessage
+            self, frontend, upstream, config.maxFrameSize or maxMessage, maxMessage
         )
-        self.closeTimeout = config.closeTimeout
-        interval = config.pingInterval
-        if interval > 0:
-            self.keepalive = Keepalive(interval, config.pingTimeout)
+        if config.pingInterval > 0:
+            self.keepalive = Keepalive(config.pingInterval, config.pingTimeout)
 
     def start(self) -> None:
         """
         Take over both legs' incoming bytes: each leg's data path becomes
         the direction that reads from it.
         """
-        for leg, direction in (
-            (self.frontend, self.fromClient),
-            (self.upstream, self.fromBackend),
-        ):
-            _stopAutobahnPings(leg)
-            leg.dataPath = direction
-        self.keepalive.start(self)
+        f, up = self.frontend, self.upstream
+        _stopAutobahnPings(f)
+        _stopAutobahnPings(up)
+        f.dataPath = self.fromClient
+        up.dataPath = self.fromBackend
+        keepalive = self.keepalive
+        if keepalive.interval > 0:
+            keepalive.start(self)
 
     def ponged(self, direction: Direction, payload: bytes) -> None:
         """
@@ -409,18 +422,27 @@ class Pipe:
         self.fromClient.pipe = self.fromBackend.pipe = None
 
 
-def closeQueue(pipe: Pipe) -> DeadlineQueue:
+def pipeDeadlines(pipe: Pipe) -> Deadlines:
     """
-    The queue that times a pipe's C{close_timeout}: the one the client
-    leg's factory keeps for it on the same clock (every pipe of the relay
-    shares one timer per timeout, L{wsrelay.deadlines}), or for a leg with
-    no such factory, a queue of the pipe's own.
+    The deadlines that time a pipe's C{close_timeout} and keepalive: those
+    the client leg's factory keeps on the same clock (every pipe of the
+    relay shares one timer per timeout, L{wsrelay.deadlines}), or for a
+    leg with no such factory, deadlines of the pipe's own.
     """
+    clock = pipe.session.clock
     factory = getattr(pipe.frontend, "factory", None)
     deadlines = getattr(factory, "deadlines", None)
-    if not isinstance(deadlines, Deadlines) or deadlines.clock is not pipe.clock:
-        deadlines = Deadlines(pipe.clock)
-    return deadlines.queue(pipe.closeTimeout)
+    if not isinstance(deadlines, Deadlines) or deadlines.clock is not clock:
+        deadlines = Deadlines(clock)
+    return deadlines
+
+
+def closeQueue(pipe: Pipe) -> DeadlineQueue:
+    """
+    @return: The queue that times a pipe's C{close_timeout}
+        (L{pipeDeadlines}).
+    """
+    return pipeDeadlines(pipe).queue(pipe.session.config.closeTimeout)
 
 
 def hangUp(transport: Any) -> None:
@@ -467,7 +489,9 @@ def _stopAutobahnPings(leg: Any) -> None:
     the leg's dictionary: they read as their class default, L{None}.
     """
     attributes = vars(leg)
-    for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
-        call = attributes.pop(name, None)
-        if call is not None:
-            call.cancel()
+    call = attributes.pop("autoPingPendingCall", None)
+    if call is not None:
+        call.cancel()
+    call = attributes.pop("autoPingTimeoutCall", None)
+    if call is not None:
+        call.cancel()
