@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from functools import partial
 from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
@@ -50,12 +51,20 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
                 yield ".<cell>", cell.cell_contents
             except ValueError:
                 pass
+    elif isinstance(obj, partial):
+        yield ".func", obj.func
+        for i, value in enumerate(obj.args):
+            yield f".args[{i}]", value
+        for key, value in obj.keywords.items():
+            yield f".keywords[{key!r}]", value
     else:
         for name, value in list(getattr(obj, "__dict__", {}).items()):
             yield "." + name, value
-        for name in getattr(type(obj), "__slots__", ()):
-            if hasattr(obj, name):
-                yield "." + name, getattr(obj, name)
+        for cls in type(obj).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name != "__dict__" and hasattr(obj, name):
+                    yield "." + name, getattr(obj, name)
 
 
 def pathTo(start: Any, target: Any, limit: int = 100_000) -> str | None:
@@ -102,6 +111,27 @@ class PathToTests(SynchronousTestCase):
         holder.items = [1, (lambda: target)]  # type: ignore[attr-defined]
         self.assertEqual(pathTo(holder, target), ".items[1].<cell>")
         self.assertIsNone(pathTo(holder, other))
+
+    def test_slotsAndPartials(self) -> None:
+        """
+        A target held through a slot a base class declares, or through a
+        L{partial}'s arguments, is found (as the pipe's keepalive tick and
+        the L{wsrelay.ws.writes.DirectWriter} slots of a direction hold
+        theirs).
+        """
+
+        class Base:
+            __slots__ = ("held",)
+
+        class Derived(Base):
+            __slots__ = ("other",)
+
+        target = object()
+        derived = Derived()
+        derived.held = target
+        self.assertEqual(pathTo(derived, target), ".held")
+        self.assertEqual(pathTo(partial(print, 1, target), target), ".args[1]")
+        self.assertEqual(pathTo(partial(print, end=target), target), ".keywords['end']")
 
 
 class NoRelayTests(TestCase):

@@ -19,7 +19,7 @@ from tests.support.clients import closeOf
 from tests.support.passthrough import PipeLeg, PipeSession, openedPassthrough
 from tests.support.scanning import Leg, Recorder, feed, frame
 from wsrelay.proxy.direction import PING_PREFIX, Direction
-from wsrelay.proxy.pipe import Pipe
+from wsrelay.proxy.pipe import Keepalive, Pipe
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legs import RelayLeg
 from wsrelay.ws.plainleg import PlainUpstream
@@ -474,11 +474,14 @@ class KeepaliveTests(SynchronousTestCase):
         ]
         self.assertIs(pipes[0].keepalive, pipes[1].keepalive)
         self.assertNotIn("keepalive", vars(pipes[0]))
+        shared = pipes[0].keepalive
+        before = {name: getattr(shared, name, None) for name in Keepalive.__slots__}
         pipes[0].start()
         clock.advance(60)
         self.assertEqual(clock.getDelayedCalls(), [])
         pipes[0].stop()
-        self.assertIsNone(pipes[1].keepalive._tick)
+        after = {name: getattr(shared, name, None) for name in Keepalive.__slots__}
+        self.assertEqual(after, before)
         pinging = Pipe(PipeSession(clock, 5.0, pingInterval=2.0), PipeLeg(), PipeLeg())  # type: ignore[arg-type]
         self.assertIsNot(pinging.keepalive, pipes[0].keepalive)
 
@@ -557,9 +560,8 @@ class SessionTests(TestCase):
         # The upstream leg never wrote on the message path; a writer the
         # client leg made for its 101, if any, is the shared method too.
         self.assertNotIn("_directWrite", vars(session.upstream))
-        write = vars(session.frontend).get("_directWrite")
-        if write is not None:
-            self.assertIs(write.__func__, DirectWriter.write)
+        write = vars(session.frontend)["_directWrite"]
+        self.assertIs(write.__func__, DirectWriter.write)
         # (Its own keepalive only with pings, as here.)
         self.assertEqual(
             sorted(vars(pipe)),

@@ -267,8 +267,8 @@ class TCPTests(TestCase):
 
     async def test_lost(self) -> None:
         """
-        Once the connection is lost its socket is closed: a write raises
-        nothing, sends nothing and queues nothing.
+        Once the connection is lost its socket is closed: a write, or
+        L{sendNow}, raises nothing, sends nothing and queues nothing.
         """
         server, peer = await self.connect()
         transport = server.transport
@@ -277,6 +277,7 @@ class TCPTests(TestCase):
         transport.loseConnection()
         await server.lost
         write(b"too late")
+        sendNow(transport, b"too late too")
         self.assertEqual(
             (transport._tempDataBuffer, transport.dataBuffer),  # type: ignore[attr-defined]
             ([], b""),

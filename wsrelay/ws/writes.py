@@ -80,7 +80,9 @@ def sendNow(transport: Any, data: bytes) -> None:
         return
     try:
         sent = connection.socket.send(data)
-    except OSError:
+    except (OSError, AttributeError):
+        # Full, or failed as Twisted's write will find; or lost (Twisted
+        # deleted the socket, and its write drops the bytes).
         sent = 0
     if sent != len(data):
         connection.write(data[sent:])
