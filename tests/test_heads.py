@@ -311,6 +311,9 @@ class HeadTests(SynchronousTestCase):
                 continue
             head = parseHead(data)
             self.assertEqual(head, expected)
+            self.assertEqual(hash(head), hash(expected))
+            made = {k: v for k, v in vars(head).items() if k != "fields"}
+            self.assertEqual(made, vars(expected))
             self.assertEqual(head.fields, Head(head.startLine, head.headers).fields)
             for also, underscores in [((), True), (FORWARDING, False), ({"x-a"}, True)]:
                 self.assertEqual(
