@@ -4,7 +4,8 @@ is compared with the general reading it stands in for, on many random
 heads (L{wsrelay.ws.response.ResponseReader._quick101}, L{wsrelay.ws.
 handshake.parseHead}'s fields, L{wsrelay.ws.handshake.endToEnd} and
 L{wsrelay.ws.handshake.endToEndLines}, L{wsrelay.routing.normalizePath},
-L{wsrelay.routing.RouteTable.match}).
+L{wsrelay.routing.RouteTable.match}, the key check of
+L{wsrelay.ws.accept.plainRequest}).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from wsrelay.routing import (
     normalizePath,
     normalizeSegments,
 )
+from wsrelay.ws.accept import plainRequest
 from wsrelay.ws.handshake import (
     FORWARDING,
     NOT_FORWARDED,
@@ -428,3 +430,49 @@ class RouteTableTests(SynchronousTestCase):
                 host = rng.choice([None, "x", "y", "z"])
                 path = rng.choice(["/", "/a", "/a/", "/a/b/c", "/ab", "/abc", "/b"])
                 self.assertEqual(table.match(host, path), _oldMatch(routes, host, path))
+
+
+#: The characters of a C{Sec-WebSocket-Key} before its C{==}, as
+#: L{plainRequest} checked them before it used a regular expression.
+_BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+
+
+class PlainKeyTests(SynchronousTestCase):
+    """
+    L{plainRequest} takes the keys it took when it checked their length,
+    their C{==} and their characters one by one.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random keys (right ones, and ones too short, too long,
+        without C{==}, with characters outside base64's, non-ASCII ones
+        and blanks among them), a plain request is plain exactly when its
+        key passes the old checks, and gives the key stripped.
+        """
+        rng = random.Random(6455 + 16)
+        alphabet = sorted(_BASE64) + ["=", " ", "\t", "-", "_", "\xe9", "\xb2", "*"]
+        for _ in range(5000):
+            key = "".join(rng.choice(alphabet) for _ in range(rng.choice([21, 22, 23])))
+            key += rng.choice(["==", "==", "=", "=A", ""])
+            if rng.random() < 0.5:
+                key = "".join(rng.choice(sorted(_BASE64)) for _ in range(22)) + "=="
+            key = _blank(rng) + key + _blank(rng)
+            head = parseHead(
+                (
+                    "GET /chat HTTP/1.1\r\nHost: relay.example\r\n"
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13"
+                ).encode("latin-1")
+            )
+            stripped = head.fields["sec-websocket-key"][0].strip()
+            taken = (
+                len(stripped) == 24
+                and stripped.endswith("==")
+                and _BASE64.issuperset(stripped[:-2])
+            )
+            self.assertEqual(
+                plainRequest(head, lambda origin: True),
+                (stripped, []) if taken else None,
+                repr(key),
+            )
