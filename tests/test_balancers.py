@@ -250,6 +250,22 @@ class RoundRobinTests(SynchronousTestCase):
         balancer = roundRobin.build(backends, {})
         self.assertEqual(picks(balancer, [backends[0], backends[2]], 4), "acac")
 
+    def test_oneCandidate(self) -> None:
+        """
+        A lone candidate is picked, and the picks it took leave the smooth
+        order of the others as it was: turns among all go on where they
+        left off.
+        """
+        backends = pool("abc", a=5)
+        balancer = roundRobin.build(backends, {})
+        order = ""
+        for _ in range(7):
+            for b in backends:
+                self.assertIs(balancer.pick([b], info()), b)
+            order += picks(balancer, backends, 1)
+        self.assertEqual(order, "aabacaa")
+        self.assertIsNone(balancer.pick([], info()))
+
 
 class FirstTests(SynchronousTestCase):
     """

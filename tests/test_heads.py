@@ -3,7 +3,9 @@ Tests for the quick readings of the heads of a passthrough handshake: each
 is compared with the general reading it stands in for, on many random
 heads (L{wsrelay.ws.response.ResponseReader._quick101}, L{wsrelay.ws.
 handshake.parseHead}'s fields, L{wsrelay.ws.handshake.endToEnd} and
-L{wsrelay.ws.handshake.endToEndLines}, L{wsrelay.routing.normalizePath}).
+L{wsrelay.ws.handshake.endToEndLines}, L{wsrelay.routing.normalizePath},
+L{wsrelay.routing.RouteTable.match}, the key check of
+L{wsrelay.ws.accept.plainRequest}).
 """
 
 from __future__ import annotations
@@ -13,9 +15,21 @@ import hashlib
 import random
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay.routing import BadPath, normalizePath, normalizeSegments
+from wsrelay.balancers import RoundRobin
+from wsrelay.config import BackendConfig, ProxyRouteConfig
+from wsrelay.health.monitor import HealthMonitor
+from wsrelay.routing import (
+    BadPath,
+    Route,
+    RouteTable,
+    matchPrefix,
+    normalizePath,
+    normalizeSegments,
+)
+from wsrelay.ws.accept import plainRequest
 from wsrelay.ws.handshake import (
     FORWARDING,
     NOT_FORWARDED,
@@ -383,6 +397,9 @@ class HeadTests(SynchronousTestCase):
                 continue
             head = parseHead(data)
             self.assertEqual(head, expected)
+            self.assertEqual(hash(head), hash(expected))
+            made = {k: v for k, v in vars(head).items() if k != "fields"}
+            self.assertEqual(made, vars(expected))
             self.assertEqual(head.fields, Head(head.startLine, head.headers).fields)
             for also, underscores in [((), True), (FORWARDING, False), ({"x-a"}, True)]:
                 self.assertEqual(
@@ -418,3 +435,116 @@ class NormalizePathTests(SynchronousTestCase):
                     normalizePath(path)
                 continue
             self.assertEqual(normalizePath(path), expected, path)
+
+
+def _route(name: str, path: str, host: str | None) -> Route:
+    """
+    @return: A proxy route for C{path} on C{host} (L{None}: any host).
+    """
+    config = ProxyRouteConfig(
+        name=name,
+        path=path,
+        host=host,
+        backends=(BackendConfig.fromURL("ws://127.0.0.1:1/"),),
+    )
+    monitor = HealthMonitor(name, (), None, Clock(), 2, 2, 2, 3)
+    return Route(config, (), RoundRobin((), {}), monitor)
+
+
+def _oldMatch(
+    routes: tuple[Route, ...], host: str | None, path: str
+) -> tuple[Route, str] | None:
+    """
+    What L{RouteTable.match} did before it ranked the routes once: the
+    reference, every route's rank compared per request.
+    """
+    best: tuple[int, int, Route, str] | None = None
+    for route in routes:
+        rhost = route.config.host
+        if rhost is not None and rhost != host:
+            continue
+        rest = matchPrefix(route.config.path, path)
+        if rest is None:
+            continue
+        rank = (1 if rhost is not None else 0, len(route.config.path))
+        if best is None or rank > best[:2]:
+            best = (rank[0], rank[1], route, rest)
+    return None if best is None else (best[2], best[3])
+
+
+class RouteTableTests(SynchronousTestCase):
+    """
+    L{RouteTable.match}, its routes ranked once per table, finds the route
+    that comparing every route's rank per request finds.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random tables (prefixes and hosts repeated, so that ranks
+        tie) and requests, the route found and the remainder are the
+        reference's; a table given new routes (L{RouteTable.install}, or
+        its C{routes} set) finds among those.
+        """
+        rng = random.Random(7230)
+        prefixes = ["/", "/a", "/a/b", "/ab", "/b"]
+        hosts = [None, None, "x", "y"]
+        table = RouteTable(())
+        for i in range(3000):
+            routes = tuple(
+                _route(f"r{j}", rng.choice(prefixes), rng.choice(hosts))
+                for j in range(rng.randrange(6))
+            )
+            if i % 2:
+                table.install(routes)
+            else:
+                table.routes = routes
+            for _ in range(5):
+                host = rng.choice([None, "x", "y", "z"])
+                path = rng.choice(["/", "/a", "/a/", "/a/b/c", "/ab", "/abc", "/b"])
+                self.assertEqual(table.match(host, path), _oldMatch(routes, host, path))
+
+
+#: The characters of a C{Sec-WebSocket-Key} before its C{==}, as
+#: L{plainRequest} checked them before it used a regular expression.
+_BASE64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
+
+
+class PlainKeyTests(SynchronousTestCase):
+    """
+    L{plainRequest} takes the keys it took when it checked their length,
+    their C{==} and their characters one by one.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random keys (right ones, and ones too short, too long,
+        without C{==}, with characters outside base64's, non-ASCII ones
+        and blanks among them), a plain request is plain exactly when its
+        key passes the old checks, and gives the key stripped.
+        """
+        rng = random.Random(6455 + 16)
+        alphabet = sorted(_BASE64) + ["=", " ", "\t", "-", "_", "\xe9", "\xb2", "*"]
+        for _ in range(5000):
+            key = "".join(rng.choice(alphabet) for _ in range(rng.choice([21, 22, 23])))
+            key += rng.choice(["==", "==", "=", "=A", ""])
+            if rng.random() < 0.5:
+                key = "".join(rng.choice(sorted(_BASE64)) for _ in range(22)) + "=="
+            key = _blank(rng) + key + _blank(rng)
+            head = parseHead(
+                (
+                    "GET /chat HTTP/1.1\r\nHost: relay.example\r\n"
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13"
+                ).encode("latin-1")
+            )
+            stripped = head.fields["sec-websocket-key"][0].strip()
+            taken = (
+                len(stripped) == 24
+                and stripped.endswith("==")
+                and _BASE64.issuperset(stripped[:-2])
+            )
+            self.assertEqual(
+                plainRequest(head, lambda origin: True),
+                (stripped, []) if taken else None,
+                repr(key),
+            )

@@ -201,7 +201,7 @@ class Admission:
                 return tooMany(429, "Too Many Requests", b"handshake rate exceeded\n")
         if config.maxConnections and self.clientConnections > config.maxConnections:
             return tooMany(503, "Service Unavailable", b"too many connections\n")
-        if not self._descriptorsLeft(route):
+        if self.descriptors is not None and not self._descriptorsLeft(route):
             self.shortage.occurred("the open-file limit leaves no room for more")
             return tooMany(
                 503, "Service Unavailable", b"relay at capacity, retry shortly\n"
@@ -250,7 +250,8 @@ class Admission:
         load balancer's socket left by a PROXY header without an address:
         L{withoutAddress}).
         """
-        peer = peerHost(frontend)
+        # (Read once, by peerHost; then the leg has it.)
+        peer = frontend.peerAddress or peerHost(frontend)
         if (
             not self._trusted
             or frontend.head is None
@@ -336,7 +337,7 @@ class Admission:
         @return: The lines, each ended with CRLF; or L{None} for a peer in
             C{trusted_proxies}, whose fields L{forwardedHeaders} makes.
         """
-        peer = peerHost(frontend)
+        peer = frontend.peerAddress or peerHost(frontend)
         if (
             self._trusted
             and self._isTrusted(peer)

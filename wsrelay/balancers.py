@@ -41,9 +41,11 @@ def _smoothPick(current: dict[str, int], candidates: Sequence[IBackend]) -> IBac
     best = candidates[0]
     bestScore = 0
     for i, b in enumerate(candidates):
-        score = current.get(b.name, 0) + b.weight
+        # (Each backend's weight read once: it is a property.)
+        weight = b.weight
+        score = current.get(b.name, 0) + weight
         current[b.name] = score
-        total += b.weight
+        total += weight
         if i == 0 or score > bestScore:
             best, bestScore = b, score
     current[best.name] = bestScore - total
@@ -76,6 +78,10 @@ class RoundRobin:
         """
         Pick the candidate with the highest smooth weight.
         """
+        if len(candidates) == 1:
+            # (A route with one backend up: its score would go up by its
+            # weight and back down by the same total.)
+            return candidates[0]
         if not candidates:
             return None
         return _smoothPick(self._current, candidates)

@@ -25,6 +25,8 @@ from wsrelay.interfaces import IBackend, ILoadListener
 from wsrelay.proxy.queue import RouteQueue
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
@@ -428,6 +430,18 @@ def matchPrefix(prefix: str, path: str) -> str | None:
     return None
 
 
+def byRank(routes: Iterable[Route]) -> list[tuple[str | None, str, Route]]:
+    """
+    @return: The host, prefix and route of each of C{routes}, in the order
+        that makes the first match the best (L{RouteTable.match}): the
+        routes for a host before those for any, longer prefixes first, and
+        among equals, the order given.
+    """
+    ranked = [(r.config.host, r.config.path, r) for r in routes]
+    ranked.sort(key=lambda e: (e[0] is not None, len(e[1])), reverse=True)
+    return ranked
+
+
 @dataclass
 class RouteTable:
     """
@@ -437,6 +451,11 @@ class RouteTable:
     """
 
     routes: tuple[Route, ...]
+    #: L{routes}, and their host, prefix and themselves in the order
+    #: L{match} tries them (L{byRank}), made again when L{routes} changes.
+    _ranked: tuple[tuple[Route, ...], list[tuple[str | None, str, Route]]] | None = (
+        field(default=None, init=False, repr=False, compare=False)
+    )
 
     def install(self, routes: tuple[Route, ...]) -> None:
         """
@@ -452,18 +471,18 @@ class RouteTable:
         @param host: The request's host, lower case, without port.
         @return: The route and the path remainder, or L{None}.
         """
-        best: tuple[int, int, Route, str] | None = None
-        for route in self.routes:
-            rhost = route.config.host
+        routes = self.routes
+        ranked = self._ranked
+        if ranked is None or ranked[0] is not routes:
+            # (Once per table of routes: not per request.)
+            ranked = self._ranked = (routes, byRank(routes))
+        for rhost, prefix, route in ranked[1]:
             if rhost is not None and rhost != host:
                 continue
-            rest = matchPrefix(route.config.path, path)
-            if rest is None:
-                continue
-            rank = (1 if rhost is not None else 0, len(route.config.path))
-            if best is None or rank > best[:2]:
-                best = (rank[0], rank[1], route, rest)
-        return None if best is None else (best[2], best[3])
+            rest = matchPrefix(prefix, path)
+            if rest is not None:
+                return route, rest
+        return None
 
     def byName(self, name: str) -> Route | None:
         """

@@ -241,6 +241,7 @@ class UpstreamOpener:
     """
 
     log = Logger()
+    _opening: Deferred[Any] | None = None
 
     def __init__(
         self,
@@ -266,7 +267,6 @@ class UpstreamOpener:
         self._addresses = addresses
         self._clock = clock
         self._handshakeTimeout = handshakeTimeout
-        self._opening: Deferred[tuple[Backend, UpstreamProtocol]] | None = None
 
     def open(self, avoid: Backend | None) -> Deferred[tuple[Backend, UpstreamProtocol]]:
         """

@@ -67,6 +67,16 @@ class ProxySession:
 
     log = Logger()
     _done: Deferred[None] | None = None
+    upstream: UpstreamProtocol | None = None  # (Defaults: not set per session.)
+    backend: Backend | None = None
+    stopping = False
+    _idle: IdleTimer | None = None
+    _finished = False
+    _clientGone = False
+    openedAt: float | None = None
+    closedBy: str | None = None
+    lastBackend: str | None = None
+    pipe: Pipe | None = None
 
     def __init__(
         self,
@@ -96,9 +106,6 @@ class ProxySession:
         self.latency = latency
         self.route = route
         self.frontend = frontend
-        self.upstream: UpstreamProtocol | None = None
-        self.backend: Backend | None = None
-        self.stopping = False
         self._clock = self.clock = clock
         #: Opens the upstreams.
         self.opener = UpstreamOpener(
@@ -108,15 +115,8 @@ class ProxySession:
         self.closes = CloseRelay()
         #: What happens when the backend vanishes.
         self.failover = Failover(self)
-        self._idle: IdleTimer | None = None
-        self._finished = False
-        self._clientGone = False
-        self.startedAt = self._clock.seconds()
-        self.openedAt: float | None = None
-        self.closedBy: str | None = None
-        self.lastBackend: str | None = None
+        self.startedAt = clock.seconds()
         self.peer = addresses.clientAddress(frontend)
-        self.pipe: Pipe | None = None
         frontend.session = self
         frontend.listener = self
 

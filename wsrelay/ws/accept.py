@@ -18,6 +18,7 @@ with its own answer, as the upstream leg does with a backend's 101
 from __future__ import annotations
 
 import functools
+import re
 from binascii import b2a_base64
 from collections.abc import Callable, Iterable, Sequence
 from hashlib import sha1
@@ -39,10 +40,9 @@ if TYPE_CHECKING:
 #: What a key is hashed with for C{Sec-WebSocket-Accept} (RFC 6455 4.2.2).
 WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-#: The characters of a C{Sec-WebSocket-Key} before its C{==} (base64).
-_KEY_CHARACTERS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
-)
+#: A C{Sec-WebSocket-Key} that Autobahn takes: 16 bytes in base64, 22
+#: characters of its alphabet and C{==}.
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 
 
 def plainRequest(
@@ -110,11 +110,7 @@ def plainRequest(
     if keys is None or len(keys) != 1:
         return None
     key = keys[0].strip()
-    if (
-        len(key) != 24
-        or not key.endswith("==")
-        or not _KEY_CHARACTERS.issuperset(key[:-2])
-    ):
+    if _KEY.fullmatch(key) is None:
         return None
     if len(fields.get("sec-websocket-extensions", ())) > 1:
         return None

@@ -220,6 +220,10 @@ def quickFields(text: str, first: int) -> list[tuple[str, str]] | None:
     return fields
 
 
+#: Makes a L{Head} without initializing it (L{parseHead}).
+_newHead = object.__new__
+
+
 def parseHead(data: bytes) -> Head:
     """
     Parse an HTTP head (start line and header fields, without the blank
@@ -237,10 +241,15 @@ def parseHead(data: bytes) -> Head:
         first = len(text)
     fields = quickFields(text, first)
     if fields is not None:
-        head = Head(text[:first], tuple(fields))
-        # Every reader of a request head reads its fields by name: made
-        # now, in the same pass (see Head.fields).
-        head.__dict__["fields"] = byName(fields)
+        # The Head that Head(startLine, headers) makes, its attributes
+        # given at once, without the frozen dataclass's __init__ (a call of
+        # object.__setattr__ per field); and since every reader of a
+        # request head reads its fields by name, those made now, in the
+        # same pass (see Head.fields).
+        head = _newHead(Head)
+        head.__dict__.update(
+            startLine=text[:first], headers=tuple(fields), fields=byName(fields)
+        )
         return head
     # Something is wrong (or unusual, an empty line): line by line, to say
     # what.
