@@ -326,6 +326,29 @@ class HeldLegTests(SynchronousTestCase):
         self.assertIs(up.opened, FIRED)
         self.assertIs(f.trafficStats, sharedTrafficStats())
 
+    def test_openMadeWhenWaitedOn(self) -> None:
+        """
+        A client's leg makes no C{is_open} of its own unless something
+        reads it before the 101: one read then is fired as the relay writes
+        the 101 itself (C{acceptPlain}), and let go as the leg is paired.
+        """
+        seen: list[Any] = []
+        onConnect = FrontendProtocol.onConnect
+
+        def reading(leg: FrontendProtocol, *a: Any) -> Any:
+            seen.append((leg.is_open, leg.is_open.called))
+            return onConnect(leg, *a)
+
+        network = Network(self, _passthrough())
+        self.patch(FrontendProtocol, "onConnect", reading)
+        _, _, _, session = network.openSession()
+        ((opened, called),) = seen
+        self.assertFalse(called)
+        self.assertIsNot(opened, FIRED)
+        self.assertIsNone(self.successResultOf(opened))
+        self.assertNotIn("is_open", vars(session.frontend))
+        self.assertIs(session.frontend.is_open, FIRED)
+
     def test_smallDictionaries(self) -> None:
         """
         Once the pipe carries the connection, each leg's dictionary holds

@@ -51,7 +51,7 @@ from autobahn.websocket.protocol import (
     _is_same_origin,
     _url_to_origin,
 )
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 
 from wsrelay.ws.lazy import LazyCall as LazyCall
@@ -79,9 +79,28 @@ def sharedTrafficStats() -> TrafficStats:
     return _TRAFFIC
 
 
-#: An L{Deferred} that has fired: an open leg's C{is_open} (and an open
-#: upstream's C{opened}) once it let the leg's own go (L{forgetOpened}).
-FIRED: Deferred[Any] = succeed(None)
+class Fired(Deferred[Any]):
+    """
+    A L{Deferred} that has fired, and that firing again leaves as it is:
+    what an open leg's C{is_open} reads as when nothing made one
+    (L{LazyOpen}), which Autobahn still resolves as the leg opens.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        super().callback(None)
+
+    def callback(self, result: object) -> None:
+        """
+        Nothing: fired already.
+        """
+
+
+#: A L{Deferred} that has fired (L{Fired}): an open leg's C{is_open}
+#: unless something made one before it opened (L{LazyOpen}), or once it
+#: let that go (L{forgetOpened}); an open upstream's C{opened} once it let
+#: its own go.
+FIRED: Deferred[Any] = Fired()
 
 
 def forgetOpened(protocol: Any, name: str) -> None:
@@ -322,6 +341,34 @@ class LazyClosed:
         return closed
 
 
+class LazyOpen:
+    """
+    A leg's C{is_open} (Autobahn's L{Deferred}, resolved as the leg opens),
+    made when read before the leg opened, or after it closed (then it never
+    fires, as Autobahn's would not for a leg that never opened); while the
+    leg is open, L{FIRED}, which Autobahn's resolving leaves as it is.
+    Nothing in the relay waits on it: most legs never make one, which
+    spares each connection a L{Deferred} made and fired with nothing
+    waiting (L{wsrelay.ws.accept.PlainAccept.acceptPlain} fires it only if
+    it was made).
+    """
+
+    def __get__(self, leg: Any, owner: type | None = None) -> Any:
+        if leg is None:
+            return self
+        state = leg.__dict__.get("state")
+        if state == _OPEN or state == _CLOSING:
+            return FIRED
+        opened: Deferred[Any] = Deferred()
+        leg.__dict__["is_open"] = opened
+        return opened
+
+
+#: Autobahn's states of an open leg, and of one closing (L{LazyOpen}).
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+
+
 class LazyPeer:
     """
     A leg's C{peer} (C{"tcp4:192.0.2.7:4000"}), made when first read;
@@ -372,8 +419,6 @@ class LegShims:
     parse: ClassVar[Callable[[Any, bytes], None]] = WebSocketProtocol._dataReceived
 
     compressor: Any = None
-    #: (An open leg's, once it let its own go: L{forgetOpened}.)
-    is_open: Deferred[Any] = FIRED
     # What every leg shares, as class attributes too (L{compact}): the
     # write queue until one is needed, Autobahn's traffic counters, the
     # events, and the bytes left unparsed when there are none.
@@ -383,22 +428,20 @@ class LegShims:
     data = b""
     _results: dict[str, Any] | None = None
 
-    #: Made when first read (L{LazyClosed}, L{LazyTransportDetails},
-    #: L{LazyPeer}, L{LazyValidator}).
+    #: Made when first read (L{LazyOpen}, L{LazyClosed},
+    #: L{LazyTransportDetails}, L{LazyPeer}, L{LazyValidator}).
+    is_open: Any = LazyOpen()
     is_closed: Any = LazyClosed()
     _transport_details: Any = LazyTransportDetails()
     peer: Any = LazyPeer()
     utf8validator: Any = LazyValidator()
     send_state = WebSocketProtocol.SEND_STATE_GROUND
 
-    def __init__(self) -> None:
-        """
-        Autobahn's C{WebSocketProtocol.__init__} without what a leg has as
-        class attributes (its events, L{MESSAGE_EVENTS}) or makes when
-        read (its empty transport details, its C{is_closed}): the
-        L{Deferred} of its opening only.
-        """
-        self.is_open = Deferred()
+    #: Autobahn's C{WebSocketProtocol.__init__} without what a leg has as
+    #: class attributes (its events, L{MESSAGE_EVENTS}) or makes when read
+    #: (its empty transport details, its C{is_open} and C{is_closed}):
+    #: nothing left to do.
+    __init__ = object.__init__
 
     def connectionMade(self) -> None:
         """
