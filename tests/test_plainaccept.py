@@ -205,6 +205,30 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
         self.assertEqual(plain, autobahn)
 
+    def test_defaultsNotStored(self) -> None:
+        """
+        What a client's leg would store at its class default as it is
+        routed and answered is not stored: no remainder or query when the
+        request has none, and no handshake clock once it stopped; they read
+        as their defaults.  A request with a remainder and a query keeps
+        them.
+        """
+        for path, stored in [
+            ("/chat", {}),
+            ("/chat/room?x=1", {"remainder": "/room", "query": "x=1"}),
+        ]:
+            plain, network = self.exchange(_passthrough(), request(path))
+            self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
+            (session,) = network.relay.sessions
+            f = session.frontend
+            self.assertEqual(
+                {n: v for n, v in vars(f).items() if n in ("remainder", "query")},
+                stored,
+            )
+            self.assertEqual(f.path, path.split("?")[0])
+            self.assertNotIn("_handshakeCall", vars(f))
+            self.assertIsNone(f._handshakeCall)
+
     def test_firstRead(self) -> None:
         """
         The request goes from the leg's C{dataReceived} to its

@@ -356,11 +356,13 @@ class LazyOpen:
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
         if leg is None:
             return self
-        state = leg.__dict__.get("state")
+        # (Not through the leg's __dict__, which Python 3.11 makes when
+        # asked for, slowing every later attribute access of the leg.)
+        state = getattr(leg, "state", None)
         if state == _OPEN or state == _CLOSING:
             return FIRED
         opened: Deferred[Any] = Deferred()
-        leg.__dict__["is_open"] = opened
+        leg.is_open = opened
         return opened
 
 
