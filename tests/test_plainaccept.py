@@ -18,7 +18,7 @@ from txaio.testutil import replace_loop
 
 from tests.support.memory import BACKEND_A, Network, RawClient, request
 from wsrelay.ws import frontend
-from wsrelay.ws._autobahn import FIRED, sharedTrafficStats
+from wsrelay.ws._autobahn import FIRED, classDefaults, sharedTrafficStats
 from wsrelay.ws.accept import acceptResponse, plainRequest
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
@@ -372,6 +372,34 @@ class HeldLegTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(opened))
         self.assertNotIn("is_open", vars(session.frontend))
         self.assertIs(session.frontend.is_open, FIRED)
+
+    def test_plainLegNotRebuilt(self) -> None:
+        """
+        A client's leg that the relay answered itself keeps the dictionary
+        whose keys its class shares (smaller than the 464 bytes of a new
+        one: L{compactLegs} leaves it), without the pipe's emptied C{data}
+        and with nothing else at its class default; one that Autobahn
+        answered, whose dictionary grew through its handshake, is given a
+        new one, without its attributes at their class defaults.
+        """
+        for plain in (True, False):
+            if not plain:
+                self.patch(FrontendProtocol, "answerPlain", lambda self, s: False)
+            network = Network(self, _passthrough())
+            _, _, _, session = network.openSession()
+            self.assertIsNotNone(session.pipe)
+            f = session.frontend
+            defaults = classDefaults(type(f))
+            self.assertEqual(
+                {n for n, v in vars(f).items() if defaults.get(n, self) is v},
+                set(),
+            )
+            self.assertNotIn("data", vars(f))
+            size = sys.getsizeof(vars(f))
+            if plain:
+                self.assertLess(size, 464)
+            else:
+                self.assertLessEqual(size, 464)
 
     def test_smallDictionaries(self) -> None:
         """

@@ -51,11 +51,13 @@ from autobahn.websocket.protocol import (
     _is_same_origin,
     _url_to_origin,
 )
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 
+from wsrelay.ws.lazy import FIRED as FIRED
 from wsrelay.ws.lazy import LazyCall as LazyCall
+from wsrelay.ws.lazy import LazyClosed as LazyClosed
 from wsrelay.ws.lazy import LazyFormat as LazyFormat
+from wsrelay.ws.lazy import LazyOpen as LazyOpen
 from wsrelay.ws.lazy import LazyUtf8Validator, LazyValidator, lazy
 
 #: Autobahn's protocol module, whose names L{install} replaces.
@@ -77,30 +79,6 @@ def sharedTrafficStats() -> TrafficStats:
     @return: The shared counters.
     """
     return _TRAFFIC
-
-
-class Fired(Deferred[Any]):
-    """
-    A L{Deferred} that has fired, and that firing again leaves as it is:
-    what an open leg's C{is_open} reads as when nothing made one
-    (L{LazyOpen}), which Autobahn still resolves as the leg opens.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        super().callback(None)
-
-    def callback(self, result: object) -> None:
-        """
-        Nothing: fired already.
-        """
-
-
-#: A L{Deferred} that has fired (L{Fired}): an open leg's C{is_open}
-#: unless something made one before it opened (L{LazyOpen}), or once it
-#: let that go (L{forgetOpened}); an open upstream's C{opened} once it let
-#: its own go.
-FIRED: Deferred[Any] = Fired()
 
 
 def forgetOpened(protocol: Any, name: str) -> None:
@@ -319,56 +297,6 @@ class LazyTransportDetails:
         details.peer = leg.__dict__.get("peer") or details.peer  # (setPeer's)
         leg.__dict__["_transport_details"] = details
         return details
-
-
-class LazyClosed:
-    """
-    A leg's C{is_closed} (Autobahn's L{Deferred}, resolved with the leg
-    when its connection closes), made when first read: by Autobahn as it
-    resolves it, or by whoever waits for the close (an authorizer's
-    decision, L{wsrelay.auth.gate.withdrawOnClose}).  A client's leg that
-    a passthrough pipe carried reads it only if it was made
-    (L{wsrelay.ws.legs.RelayLeg.pipeLost}): most legs never make one,
-    which spares each connection a L{Deferred} as it is accepted and each
-    held connection its 128 bytes.
-    """
-
-    def __get__(self, leg: Any, owner: type | None = None) -> Any:
-        if leg is None:
-            return self
-        closed: Deferred[Any] = Deferred()
-        leg.__dict__["is_closed"] = closed
-        return closed
-
-
-class LazyOpen:
-    """
-    A leg's C{is_open} (Autobahn's L{Deferred}, resolved as the leg opens),
-    made when read before the leg opened, or after it closed (then it never
-    fires, as Autobahn's would not for a leg that never opened); while the
-    leg is open, L{FIRED}, which Autobahn's resolving leaves as it is.
-    Nothing in the relay waits on it: most legs never make one, which
-    spares each connection a L{Deferred} made and fired with nothing
-    waiting (L{wsrelay.ws.accept.PlainAccept.acceptPlain} fires it only if
-    it was made).
-    """
-
-    def __get__(self, leg: Any, owner: type | None = None) -> Any:
-        if leg is None:
-            return self
-        # (Not through the leg's __dict__, which Python 3.11 makes when
-        # asked for, slowing every later attribute access of the leg.)
-        state = getattr(leg, "state", None)
-        if state == _OPEN or state == _CLOSING:
-            return FIRED
-        opened: Deferred[Any] = Deferred()
-        leg.is_open = opened
-        return opened
-
-
-#: Autobahn's states of an open leg, and of one closing (L{LazyOpen}).
-_OPEN = WebSocketProtocol.STATE_OPEN
-_CLOSING = WebSocketProtocol.STATE_CLOSING
 
 
 class LazyPeer:
