@@ -23,6 +23,7 @@ from wsrelay.ws.accept import acceptResponse, plainRequest
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
 from wsrelay.ws.legclosing import CLOSED
+from wsrelay.ws.legs import RelayLeg
 from wsrelay.ws.plainleg import PlainUpstream
 
 #: A plain request's head (the key is RFC 6455's example).
@@ -380,7 +381,8 @@ class HeldLegTests(SynchronousTestCase):
         one: L{compactLegs} leaves it), without the pipe's emptied C{data}
         and with nothing else at its class default; one that Autobahn
         answered, whose dictionary grew through its handshake, is given a
-        new one, without its attributes at their class defaults.
+        new one, without its attributes at their class defaults.  Neither
+        keeps the handshake's fields (L{RelayLeg.forgetHandshake}).
         """
         for plain in (True, False):
             if not plain:
@@ -395,6 +397,8 @@ class HeldLegTests(SynchronousTestCase):
                 set(),
             )
             self.assertNotIn("data", vars(f))
+            # Nor the handshake's fields, Autobahn's or the relay's.
+            self.assertEqual(set(RelayLeg._HANDSHAKE_ONLY) & set(vars(f)), set())
             size = sys.getsizeof(vars(f))
             if plain:
                 self.assertLess(size, 464)
