@@ -31,6 +31,7 @@ import wsrelay.ws.legs  # noqa: F401 (installs the adjustment)
 from wsrelay.config import parseConfig
 from wsrelay.ws import _autobahn
 from wsrelay.ws._autobahn import (
+    FIRED,
     PRIVATE_ATTRIBUTES,
     PRIVATE_METHODS,
     LazyCall,
@@ -456,8 +457,9 @@ class LegInitTests(SynchronousTestCase):
 
     def test_own(self) -> None:
         """
-        A new leg holds only its unfired C{is_open}; its C{is_closed} is
-        made, unfired, when first read; its events are the shared tuple,
+        A new leg holds nothing of Autobahn's own; its C{is_open} and
+        C{is_closed} are made, unfired, when first read; its events are the
+        shared tuple,
         its transport details and UTF-8 validator are not made.  After
         C{makeConnection}, still no details, validator or events of its
         own, and C{send_state} reads as Autobahn sets it.
@@ -466,7 +468,7 @@ class LegInitTests(SynchronousTestCase):
         factory.setProtocolOptions(openHandshakeTimeout=0)
         factory.protocol = withOptions(ShimLeg, factory)
         leg = factory.buildProtocol(None)
-        self.assertEqual(sorted(vars(leg)), ["factory", "failures", "is_open"])
+        self.assertEqual(sorted(vars(leg)), ["factory", "failures"])
         self.assertIsNone(leg._transport_details.peer)
         self.assertNotIn("_transport_details", vars(leg))
         self.assertIsNot(leg.is_open, leg.is_closed)
@@ -483,6 +485,40 @@ class LegInitTests(SynchronousTestCase):
         @return: A leg with its options on its class, as the relay's legs
             have them, open, and its transport cleared of the 101.
         """
+        leg, transport = self.connectedLeg()
+        self.openLeg(leg, transport)
+        return leg, transport
+
+    def test_openWhenRead(self) -> None:
+        """
+        A leg's C{is_open} read before it opened is made then and resolved
+        by Autobahn as it opens the leg; a leg where nothing read it makes
+        none, and reads L{FIRED} once open (Autobahn's resolving of it is
+        harmless); a leg that closed before it opened reads an unfired
+        one.
+        """
+        read, opened, closed = (
+            self.connectedLeg(),
+            self.connectedLeg(),
+            self.connectedLeg(),
+        )
+        waiting = read[0].is_open
+        self.assertFalse(waiting.called)
+        for leg, transport in (read, opened):
+            self.openLeg(leg, transport)
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertIs(vars(read[0])["is_open"], waiting)
+        self.assertNotIn("is_open", vars(opened[0]))
+        self.assertIs(opened[0].is_open, FIRED)
+        self.assertTrue(FIRED.called)
+        closed[0].dropConnection(abort=True)
+        self.assertNoResult(closed[0].is_open)
+
+    def connectedLeg(self) -> tuple[ShimLeg, StringTransport]:
+        """
+        @return: A leg with its options on its class, as the relay's legs
+            have them, connected, before its opening handshake.
+        """
         loop = replace_loop(Clock())
         loop.__enter__()
         self.addCleanup(loop.__exit__, None, None, None)
@@ -492,6 +528,12 @@ class LegInitTests(SynchronousTestCase):
         leg = factory.buildProtocol(None)
         transport = _Tolerant()
         leg.makeConnection(transport)
+        return leg, transport
+
+    def openLeg(self, leg: ShimLeg, transport: StringTransport) -> None:
+        """
+        Open C{leg} with Autobahn's handshake, and clear its transport.
+        """
         leg.dataReceived(
             b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -499,7 +541,6 @@ class LegInitTests(SynchronousTestCase):
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"))
         transport.clear()
-        return leg, transport
 
     def test_validatorWhenRead(self) -> None:
         """

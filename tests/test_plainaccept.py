@@ -18,11 +18,12 @@ from txaio.testutil import replace_loop
 
 from tests.support.memory import BACKEND_A, Network, RawClient, request
 from wsrelay.ws import frontend
-from wsrelay.ws._autobahn import FIRED, sharedTrafficStats
+from wsrelay.ws._autobahn import FIRED, classDefaults, sharedTrafficStats
 from wsrelay.ws.accept import acceptResponse, plainRequest
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
 from wsrelay.ws.legclosing import CLOSED
+from wsrelay.ws.legs import RelayLeg
 from wsrelay.ws.plainleg import PlainUpstream
 
 #: A plain request's head (the key is RFC 6455's example).
@@ -205,6 +206,30 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
         self.assertEqual(plain, autobahn)
 
+    def test_defaultsNotStored(self) -> None:
+        """
+        What a client's leg would store at its class default as it is
+        routed and answered is not stored: no remainder or query when the
+        request has none, and no handshake clock once it stopped; they read
+        as their defaults.  A request with a remainder and a query keeps
+        them.
+        """
+        for path, stored in [
+            ("/chat", {}),
+            ("/chat/room?x=1", {"remainder": "/room", "query": "x=1"}),
+        ]:
+            plain, network = self.exchange(_passthrough(), request(path))
+            self.assertTrue(plain.startswith(b"HTTP/1.1 101 "), plain)
+            (session,) = network.relay.sessions
+            f = session.frontend
+            self.assertEqual(
+                {n: v for n, v in vars(f).items() if n in ("remainder", "query")},
+                stored,
+            )
+            self.assertEqual(f.path, path.split("?")[0])
+            self.assertNotIn("_handshakeCall", vars(f))
+            self.assertIsNone(f._handshakeCall)
+
     def test_firstRead(self) -> None:
         """
         The request goes from the leg's C{dataReceived} to its
@@ -325,6 +350,60 @@ class HeldLegTests(SynchronousTestCase):
         self.assertNotIn("opened", vars(up))
         self.assertIs(up.opened, FIRED)
         self.assertIs(f.trafficStats, sharedTrafficStats())
+
+    def test_openMadeWhenWaitedOn(self) -> None:
+        """
+        A client's leg makes no C{is_open} of its own unless something
+        reads it before the 101: one read then is fired as the relay writes
+        the 101 itself (C{acceptPlain}), and let go as the leg is paired.
+        """
+        seen: list[Any] = []
+        onConnect = FrontendProtocol.onConnect
+
+        def reading(leg: FrontendProtocol, *a: Any) -> Any:
+            seen.append((leg.is_open, leg.is_open.called))
+            return onConnect(leg, *a)
+
+        network = Network(self, _passthrough())
+        self.patch(FrontendProtocol, "onConnect", reading)
+        _, _, _, session = network.openSession()
+        ((opened, called),) = seen
+        self.assertFalse(called)
+        self.assertIsNot(opened, FIRED)
+        self.assertIsNone(self.successResultOf(opened))
+        self.assertNotIn("is_open", vars(session.frontend))
+        self.assertIs(session.frontend.is_open, FIRED)
+
+    def test_plainLegNotRebuilt(self) -> None:
+        """
+        A client's leg that the relay answered itself keeps the dictionary
+        whose keys its class shares (smaller than the 464 bytes of a new
+        one: L{compactLegs} leaves it), without the pipe's emptied C{data}
+        and with nothing else at its class default; one that Autobahn
+        answered, whose dictionary grew through its handshake, is given a
+        new one, without its attributes at their class defaults.  Neither
+        keeps the handshake's fields (L{RelayLeg.forgetHandshake}).
+        """
+        for plain in (True, False):
+            if not plain:
+                self.patch(FrontendProtocol, "answerPlain", lambda self, s: False)
+            network = Network(self, _passthrough())
+            _, _, _, session = network.openSession()
+            self.assertIsNotNone(session.pipe)
+            f = session.frontend
+            defaults = classDefaults(type(f))
+            self.assertEqual(
+                {n for n, v in vars(f).items() if defaults.get(n, self) is v},
+                set(),
+            )
+            self.assertNotIn("data", vars(f))
+            # Nor the handshake's fields, Autobahn's or the relay's.
+            self.assertEqual(set(RelayLeg._HANDSHAKE_ONLY) & set(vars(f)), set())
+            size = sys.getsizeof(vars(f))
+            if plain:
+                self.assertLess(size, 464)
+            else:
+                self.assertLessEqual(size, 464)
 
     def test_smallDictionaries(self) -> None:
         """

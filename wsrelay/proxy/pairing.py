@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from wsrelay.proxy.pipe import Pipe
 from wsrelay.roles import PipeOwner
-from wsrelay.ws._autobahn import compact
+from wsrelay.ws._autobahn import NONE_IN_USE, compact
+from wsrelay.ws.accept import PlainAccept
 from wsrelay.ws.legclosing import OPEN
 from wsrelay.ws.plainleg import PlainUpstream
 
@@ -58,10 +59,26 @@ def pairLegs(
 def compactLegs(*legs: Any) -> None:
     """
     Give each leg that is not L{None} a dictionary sized for what it holds
-    (L{compact}).
+    (L{compact}), but a client's leg that the relay answered itself
+    (L{PlainAccept}, which leaves Autobahn's C{websocket_extensions_in_use}
+    at its class default): its dictionary, which then holds few attributes
+    at their class defaults, is still the one whose keys Python 3.11 shares
+    between the instances of its class (its values only, some 300 bytes),
+    which a new dictionary would make larger (464 bytes) and slower to read
+    and write.  Its one attribute at its default, the unparsed bytes the
+    pipe took, is deleted.
     """
     for leg in legs:
-        if leg is not None:
+        if leg is None:
+            continue
+        if (
+            isinstance(leg, PlainAccept)
+            and leg.websocket_extensions_in_use is NONE_IN_USE
+        ):
+            attributes = vars(leg)
+            if attributes.get("data") == b"":
+                del attributes["data"]
+        else:
             compact(leg)
 
 

@@ -51,11 +51,13 @@ from autobahn.websocket.protocol import (
     _is_same_origin,
     _url_to_origin,
 )
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ISSLTransport
 
+from wsrelay.ws.lazy import FIRED as FIRED
 from wsrelay.ws.lazy import LazyCall as LazyCall
+from wsrelay.ws.lazy import LazyClosed as LazyClosed
 from wsrelay.ws.lazy import LazyFormat as LazyFormat
+from wsrelay.ws.lazy import LazyOpen as LazyOpen
 from wsrelay.ws.lazy import LazyUtf8Validator, LazyValidator, lazy
 
 #: Autobahn's protocol module, whose names L{install} replaces.
@@ -77,11 +79,6 @@ def sharedTrafficStats() -> TrafficStats:
     @return: The shared counters.
     """
     return _TRAFFIC
-
-
-#: An L{Deferred} that has fired: an open leg's C{is_open} (and an open
-#: upstream's C{opened}) once it let the leg's own go (L{forgetOpened}).
-FIRED: Deferred[Any] = succeed(None)
 
 
 def forgetOpened(protocol: Any, name: str) -> None:
@@ -302,26 +299,6 @@ class LazyTransportDetails:
         return details
 
 
-class LazyClosed:
-    """
-    A leg's C{is_closed} (Autobahn's L{Deferred}, resolved with the leg
-    when its connection closes), made when first read: by Autobahn as it
-    resolves it, or by whoever waits for the close (an authorizer's
-    decision, L{wsrelay.auth.gate.withdrawOnClose}).  A client's leg that
-    a passthrough pipe carried reads it only if it was made
-    (L{wsrelay.ws.legs.RelayLeg.pipeLost}): most legs never make one,
-    which spares each connection a L{Deferred} as it is accepted and each
-    held connection its 128 bytes.
-    """
-
-    def __get__(self, leg: Any, owner: type | None = None) -> Any:
-        if leg is None:
-            return self
-        closed: Deferred[Any] = Deferred()
-        leg.__dict__["is_closed"] = closed
-        return closed
-
-
 class LazyPeer:
     """
     A leg's C{peer} (C{"tcp4:192.0.2.7:4000"}), made when first read;
@@ -372,8 +349,6 @@ class LegShims:
     parse: ClassVar[Callable[[Any, bytes], None]] = WebSocketProtocol._dataReceived
 
     compressor: Any = None
-    #: (An open leg's, once it let its own go: L{forgetOpened}.)
-    is_open: Deferred[Any] = FIRED
     # What every leg shares, as class attributes too (L{compact}): the
     # write queue until one is needed, Autobahn's traffic counters, the
     # events, and the bytes left unparsed when there are none.
@@ -383,22 +358,20 @@ class LegShims:
     data = b""
     _results: dict[str, Any] | None = None
 
-    #: Made when first read (L{LazyClosed}, L{LazyTransportDetails},
-    #: L{LazyPeer}, L{LazyValidator}).
+    #: Made when first read (L{LazyOpen}, L{LazyClosed},
+    #: L{LazyTransportDetails}, L{LazyPeer}, L{LazyValidator}).
+    is_open: Any = LazyOpen()
     is_closed: Any = LazyClosed()
     _transport_details: Any = LazyTransportDetails()
     peer: Any = LazyPeer()
     utf8validator: Any = LazyValidator()
     send_state = WebSocketProtocol.SEND_STATE_GROUND
 
-    def __init__(self) -> None:
-        """
-        Autobahn's C{WebSocketProtocol.__init__} without what a leg has as
-        class attributes (its events, L{MESSAGE_EVENTS}) or makes when
-        read (its empty transport details, its C{is_closed}): the
-        L{Deferred} of its opening only.
-        """
-        self.is_open = Deferred()
+    #: Autobahn's C{WebSocketProtocol.__init__} without what a leg has as
+    #: class attributes (its events, L{MESSAGE_EVENTS}) or makes when read
+    #: (its empty transport details, its C{is_open} and C{is_closed}):
+    #: nothing left to do.
+    __init__ = object.__init__
 
     def connectionMade(self) -> None:
         """

@@ -198,7 +198,6 @@ class PlainAccept:
     inside_message: bool
     current_frame: Any
     websocket_protocol_in_use: str | None
-    is_open: Any
 
     if TYPE_CHECKING:
 
@@ -290,8 +289,11 @@ class PlainAccept:
             self.current_frame = None
         if self.trackedTimings:
             self.trackedTimings.track("onOpen")
-        # Resolved first, so that the leg lets it go as it is paired.
-        self.is_open.callback(None)
+        # Resolved first, so that the leg lets it go as it is paired; only
+        # if something made it (LazyOpen): it reads as fired from now on.
+        opened = self.__dict__.get("is_open")
+        if opened is not None:
+            opened.callback(None)
         self._onOpen()
         if self.state == OPEN and self.dataPath is None:
             # (Not when the session's pipe took the connection over.)

@@ -210,7 +210,8 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
         """
         The client did not send a complete request in time: drop it.
         """
-        self._handshakeCall = None
+        # (Reads as its class default, None, once deleted.)
+        del self._handshakeCall
         self.wasClean = False
         self.wasNotCleanReason = "opening handshake timeout"
         self.dropConnection(abort=True)
@@ -297,8 +298,12 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
         return True
 
     def _stopHandshakeClock(self) -> None:
-        queue, self._handshakeCall = self._handshakeCall, None
+        queue = self._handshakeCall
         if queue is not None:
+            # (Reads as its class default, None, once deleted: not through
+            # the instance's __dict__, which Python 3.11 would make then,
+            # slowing every later attribute access of the leg.)
+            del self._handshakeCall
             queue.cancel(self._handshakeTimedOut)
 
     @property
@@ -333,8 +338,15 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
         if refusal is not None:
             self.refuse(refusal)
             return
-        self.route, self.remainder = screened.route, screened.remainder
-        self.path, self.query = screened.path, screened.query
+        self.route = screened.route
+        # (Each stored only when it is not its class default, as the
+        # routed path, with no remainder or query, mostly is.)
+        if screened.remainder:
+            self.remainder = screened.remainder
+        if screened.path != "/":
+            self.path = screened.path
+        if screened.query:
+            self.query = screened.query
         self._screened = True
         if self.answerPlain(screened):
             return

@@ -2,9 +2,10 @@
 What Autobahn makes for every connection, made only when used
 (L{wsrelay.ws._autobahn.install} puts these in its place): the text of its
 debug lines (L{LazyCall}, L{lazy}, L{LazyFormat}), which it formats whether
-debug logging is on or not, and a leg's incremental UTF-8 validator
+debug logging is on or not, a leg's incremental UTF-8 validator
 (L{LazyUtf8Validator}, L{LazyValidator}), which a passthrough leg never
-uses.
+uses, and a leg's L{Deferred}s of its opening and closing (L{LazyOpen},
+L{LazyClosed}), which nothing in the relay waits on for most legs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import autobahn.websocket.protocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet.defer import Deferred
 
 #: Autobahn's protocol module (its C{Utf8Validator}, as installed).
 _PROTOCOL: Any = autobahn.websocket.protocol
@@ -110,3 +113,77 @@ class LazyValidator:
             return self
         validator = leg.__dict__["utf8validator"] = _PROTOCOL.Utf8Validator()
         return validator
+
+
+class Fired(Deferred[Any]):
+    """
+    A L{Deferred} that has fired, and that firing again leaves as it is:
+    what an open leg's C{is_open} reads as when nothing made one
+    (L{LazyOpen}), which Autobahn still resolves as the leg opens.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        super().callback(None)
+
+    def callback(self, result: object) -> None:
+        """
+        Nothing: fired already.
+        """
+
+
+#: A L{Deferred} that has fired (L{Fired}): an open leg's C{is_open}
+#: unless something made one before it opened (L{LazyOpen}), or once it
+#: let that go (L{wsrelay.ws._autobahn.forgetOpened}); an open upstream's
+#: C{opened} once it let its own go.
+FIRED: Deferred[Any] = Fired()
+
+
+class LazyClosed:
+    """
+    A leg's C{is_closed} (Autobahn's L{Deferred}, resolved with the leg
+    when its connection closes), made when first read: by Autobahn as it
+    resolves it, or by whoever waits for the close (an authorizer's
+    decision, L{wsrelay.auth.gate.withdrawOnClose}).  A client's leg that
+    a passthrough pipe carried reads it only if it was made
+    (L{wsrelay.ws.legs.RelayLeg.pipeLost}): most legs never make one,
+    which spares each connection a L{Deferred} as it is accepted and each
+    held connection its 128 bytes.
+    """
+
+    def __get__(self, leg: Any, owner: type | None = None) -> Any:
+        if leg is None:
+            return self
+        closed: Deferred[Any] = Deferred()
+        leg.__dict__["is_closed"] = closed
+        return closed
+
+
+#: Autobahn's states of an open leg, and of one closing (L{LazyOpen}).
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+
+
+class LazyOpen:
+    """
+    A leg's C{is_open} (Autobahn's L{Deferred}, resolved as the leg opens),
+    made when read before the leg opened, or after it closed (then it never
+    fires, as Autobahn's would not for a leg that never opened); while the
+    leg is open, L{FIRED}, which Autobahn's resolving leaves as it is.
+    Nothing in the relay waits on it: most legs never make one, which
+    spares each connection a L{Deferred} made and fired with nothing
+    waiting (L{wsrelay.ws.accept.PlainAccept.acceptPlain} fires it only if
+    it was made).
+    """
+
+    def __get__(self, leg: Any, owner: type | None = None) -> Any:
+        if leg is None:
+            return self
+        # (Not through the leg's __dict__, which Python 3.11 makes when
+        # asked for, slowing every later attribute access of the leg.)
+        state = getattr(leg, "state", None)
+        if state == _OPEN or state == _CLOSING:
+            return FIRED
+        opened: Deferred[Any] = Deferred()
+        leg.is_open = opened
+        return opened

@@ -362,9 +362,14 @@ class RelayLeg(LegProducer, ClosingLeg):
             compacts the leg later: a passthrough pipe, once it started).
         """
         attributes = self.__dict__
-        for name in self._HANDSHAKE_ONLY:
-            # (Each reads as its class default, None, once dropped.)
-            attributes.pop(name, None)
+        if self.is_server and "http_headers" not in attributes:  # type: ignore[attr-defined]
+            # A client's leg whose request Autobahn never parsed (the relay
+            # answered it: PlainAccept) holds none of Autobahn's fields.
+            attributes.pop("peerAddress", None)
+        else:
+            for name in self._HANDSHAKE_ONLY:
+                # (Each reads as its class default, None, once dropped.)
+                attributes.pop(name, None)
         # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
         # certificate) and never after, if made at all
         # (LazyTransportDetails); 336 bytes a held connection.
