@@ -48,7 +48,7 @@ Per connection, in the order wsrelay does it:
 
 What stands in for wsrelay's objects: L{Leg} and its two kinds give what
 L{Admission}, L{upstreamRequest}, L{Direction} and L{IdleTimer} read of a
-leg (addresses, head, route, counters, C{writer}); the pipe's events
+leg (addresses, head, route, counters, C{transport}); the pipe's events
 (L{FeaturesPipe.failed} and the rest) close the connection where
 wsrelay's L{wsrelay.proxy.pipe.Pipe} would run the close handshake with
 its C{close_timeout} timer, pings and failover buffer.  Not done: the
@@ -145,12 +145,30 @@ def anyOrigin(origin: str) -> bool:
     return True
 
 
+class EndTransport:
+    """
+    What a L{Direction} writes to for a leg (its sink's C{transport}, not
+    a TCP connection of Twisted's): the leg's socket, as far as it takes
+    the bytes, pausing the other socket meanwhile (L{Relay.write}).
+    """
+
+    __slots__ = ("relay", "end")
+
+    def __init__(self, relay: Relay, end: _End) -> None:
+        self.relay = relay
+        self.end = end
+
+    def write(self, data: bytes) -> None:
+        end = self.end
+        self.relay.write(end, data, end.other)
+
+
 class Leg:
     """
     What wsrelay's code reads of a leg (L{wsrelay.ws.legs.RelayLeg}): the
     counters that L{Direction} keeps and L{IdleTimer}'s activity and
-    L{wsrelay.routing.Backend.count} read, and the writer a direction
-    writes to.
+    L{wsrelay.routing.Backend.count} read, and the transport a direction
+    writes to (L{EndTransport}).
 
     @ivar end: The socket of this leg.
     @ivar source: The socket whose reading waits while this one's writes
@@ -162,16 +180,8 @@ class Leg:
     def __init__(self, relay: Relay, end: _End) -> None:
         self.relay = relay
         self.end = end
+        self.transport: Any = EndTransport(relay, end)
         self.bytesIn = self.bytesOut = self.messagesIn = self.messagesOut = 0
-
-    def writer(self) -> Any:
-        """
-        @return: What writes to this leg's socket, as far as it takes it,
-            pausing the other socket meanwhile (L{Relay.write}).
-        """
-        end = self.end
-        write = self.relay.write
-        return lambda data: write(end, data, end.other)
 
 
 class ClientLeg(Leg):
@@ -181,7 +191,6 @@ class ClientLeg(Leg):
     attributes): its peer, its screened head, route, path and query.
     """
 
-    transport = None
     secure = False
     countedAddress: str | None = None
     head: Any = None
