@@ -11,6 +11,7 @@ L{wsrelay.ws.accept.plainRequest}).
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import random
 from typing import Any
@@ -502,6 +503,38 @@ class RouteTableTests(SynchronousTestCase):
                 host = rng.choice([None, "x", "y", "z"])
                 path = rng.choice(["/", "/a", "/a/", "/a/b/c", "/ab", "/abc", "/b"])
                 self.assertEqual(table.match(host, path), _oldMatch(routes, host, path))
+
+    def test_installLetsGo(self) -> None:
+        """
+        The routes a reload replaces (L{RouteTable.install}) are let go at
+        once, with nothing matched since: the table holds only the new.
+        """
+        old = _route("old", "/", None)
+        table = RouteTable((old,))
+        self.assertIs(table.match(None, "/x")[0], old)  # type: ignore[index]
+        new = _route("new", "/", None)
+        table.install((new,))
+        self.assertFalse(_reaches(table, old))
+        self.assertTrue(_reaches(table, new))
+        self.assertIs(table.match(None, "/x")[0], new)  # type: ignore[index]
+
+
+def _reaches(start: object, target: object) -> bool:
+    """
+    @return: Whether C{target} is reachable from C{start} through the
+        objects the garbage collector sees each hold, short of the routes'
+        own (their backends and configuration hold no route).
+    """
+    seen, todo = set(), [start]
+    while todo:
+        obj = todo.pop()
+        if obj is target:
+            return True
+        if id(obj) in seen or (obj is not start and hasattr(obj, "backends")):
+            continue
+        seen.add(id(obj))
+        todo.extend(o for o in gc.get_referents(obj) if not isinstance(o, type))
+    return False
 
 
 #: The characters of a C{Sec-WebSocket-Key} before its C{==}, as

@@ -459,9 +459,13 @@ class RouteTable:
 
     def install(self, routes: tuple[Route, ...]) -> None:
         """
-        Make C{routes} the routes in force.
+        Make C{routes} the routes in force, ranked at once: the routes they
+        replace (their monitors, authorizers, queues and backends) are let
+        go now, not at the next request.  Routes are replaced, never
+        changed in place, so that their rank holds.
         """
         self.routes = routes
+        self._ranked = (routes, byRank(routes))
 
     def match(self, host: str | None, path: str) -> tuple[Route, str] | None:
         """

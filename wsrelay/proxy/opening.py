@@ -241,7 +241,7 @@ class UpstreamOpener:
     """
 
     log = Logger()
-    _opening: Deferred[Any] | None = None
+    _opening: Deferred[tuple[Backend, UpstreamProtocol]] | None = None
 
     def __init__(
         self,
