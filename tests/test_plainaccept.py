@@ -405,6 +405,28 @@ class HeldLegTests(SynchronousTestCase):
             else:
                 self.assertLessEqual(size, 464)
 
+    def test_plainUpstreamRightSized(self) -> None:
+        """
+        A plain upstream leg, once the pipe carries its connection, holds
+        nothing at its class default (its unparsed bytes and subprotocol
+        are not stored), nor the handshake's fields, in a dictionary no
+        larger than a new one with the same entries: the handshake grew it,
+        L{compactLegs} copies it smaller.
+        """
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        self.assertIsNotNone(session.pipe)
+        up = session.upstream
+        self.assertIsInstance(up, PlainUpstream)
+        defaults = classDefaults(type(up))
+        attributes = vars(up)
+        self.assertEqual(
+            {n for n, v in attributes.items() if defaults.get(n, self) is v}, set()
+        )
+        for name in ("data", "websocket_protocol_in_use", "websocket_key"):
+            self.assertNotIn(name, attributes)
+        self.assertLessEqual(sys.getsizeof(attributes), sys.getsizeof(dict(attributes)))
+
     def test_smallDictionaries(self) -> None:
         """
         Once the pipe carries the connection, each leg's dictionary holds

@@ -66,7 +66,10 @@ def compactLegs(*legs: Any) -> None:
     between the instances of its class (its values only, some 300 bytes),
     which a new dictionary would make larger (464 bytes) and slower to read
     and write.  Its one attribute at its default, the unparsed bytes the
-    pipe took, is deleted.
+    pipe took, is deleted.  A plain upstream leg (L{PlainUpstream}) stores
+    nothing at its class default once open: its dictionary, grown by the
+    handshake's fields and shrunk as it let them go, is only copied, which
+    sizes the copy for what is left.
     """
     for leg in legs:
         if leg is None:
@@ -78,6 +81,8 @@ def compactLegs(*legs: Any) -> None:
             attributes = vars(leg)
             if attributes.get("data") == b"":
                 del attributes["data"]
+        elif isinstance(leg, PlainUpstream):
+            leg.__dict__ = vars(leg).copy()
         else:
             compact(leg)
 
@@ -117,7 +122,10 @@ def startPipe(
     pipe.fromClient.inMessage = f.receivingFragment
     pipe.fromBackend.inMessage = up.receivingFragment
     leftovers = (f.data, up.data)
-    f.data = up.data = b""
+    f.data = b""
+    if leftovers[1]:
+        # (A plain leg's reads as its class's b"" once deleted.)
+        del up.data
     pipe.start()
     # What the pipe dropped or set back to its class default, the legs'
     # dictionaries drop, sized again for what is left: at most 21 entries

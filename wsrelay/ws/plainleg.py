@@ -229,8 +229,15 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         The backend accepted: what follows the head waits in C{data} for
         the pipe.
         """
-        self.data = self.data[end + 4 :]
-        self.websocket_protocol_in_use = chosen or None
+        rest = self.data[end + 4 :]
+        if rest:
+            self.data = rest
+        else:
+            # (Back to the class's b"" and None: stored, they would only
+            # be dropped again as the pipe starts, L{compactLegs}.)
+            del self.data
+        if chosen:
+            self.websocket_protocol_in_use = chosen
         self.state = OPEN
         self.opened.callback(self)
 
