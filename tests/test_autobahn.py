@@ -20,6 +20,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.compress import PerMessageDeflate, PerMessageDeflateOfferAccept
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -510,9 +511,26 @@ class LegInitTests(SynchronousTestCase):
         self.assertIs(vars(read[0])["is_open"], waiting)
         self.assertNotIn("is_open", vars(opened[0]))
         self.assertIs(opened[0].is_open, FIRED)
-        self.assertTrue(FIRED.called)
         closed[0].dropConnection(abort=True)
         self.assertNoResult(closed[0].is_open)
+
+    def test_firedShared(self) -> None:
+        """
+        What a callback on one open leg's C{is_open} (L{FIRED}, shared by
+        every leg) returns, raises or waits on reaches no other leg's: each
+        reader sees it fired with L{None}.
+        """
+        (leg, _), (other, _) = self.leanLeg(), self.leanLeg()
+        self.assertIs(leg.is_open, other.is_open)
+        self.assertEqual(
+            self.successResultOf(leg.is_open.addCallback(lambda _: "x")), "x"
+        )
+        self.failureResultOf(leg.is_open.addBoth(lambda _: 1 / 0), ZeroDivisionError)
+        waiting: Deferred[None] = Deferred()
+        leg.is_open.addCallback(lambda _: waiting)
+        self.assertIsNone(self.successResultOf(other.is_open))
+        leg.is_open.callback("again")
+        self.assertIsNone(self.successResultOf(FIRED))
 
     def connectedLeg(self) -> tuple[ShimLeg, StringTransport]:
         """

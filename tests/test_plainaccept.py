@@ -405,6 +405,24 @@ class HeldLegTests(SynchronousTestCase):
             else:
                 self.assertLessEqual(size, 464)
 
+    def test_openAfterClose(self) -> None:
+        """
+        A leg that opened reads its C{is_open} as fired after its
+        connection closed too, on both data paths and on both legs of the
+        message path, whether or not anything read it while it was open.
+        """
+        for route in ("data_path = passthrough\n", "data_path = message\n"):
+            network = Network(self, _passthrough(route))
+            client, _, _, session = network.openSession()
+            legs = [session.frontend]
+            if route.endswith("message\n"):
+                legs.append(session.upstream)
+            client.sendClose(1000)
+            network.flush()
+            for leg in legs:
+                self.assertEqual(leg.state, leg.STATE_CLOSED)
+                self.assertIsNone(self.successResultOf(leg.is_open))
+
     def test_plainUpstreamRightSized(self) -> None:
         """
         A plain upstream leg, once the pipe carries its connection, holds

@@ -361,6 +361,8 @@ class LegShims:
     #: Made when first read (L{LazyOpen}, L{LazyClosed},
     #: L{LazyTransportDetails}, L{LazyPeer}, L{LazyValidator}).
     is_open: Any = LazyOpen()
+    #: Whether the leg opened (its 101 sent or read; L{LazyOpen}).
+    upgraded = False
     is_closed: Any = LazyClosed()
     _transport_details: Any = LazyTransportDetails()
     peer: Any = LazyPeer()

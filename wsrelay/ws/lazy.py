@@ -17,7 +17,7 @@ from typing import Any
 import autobahn.websocket.protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 #: Autobahn's protocol module (its C{Utf8Validator}, as installed).
 _PROTOCOL: Any = autobahn.websocket.protocol
@@ -117,9 +117,15 @@ class LazyValidator:
 
 class Fired(Deferred[Any]):
     """
-    A L{Deferred} that has fired, and that firing again leaves as it is:
-    what an open leg's C{is_open} reads as when nothing made one
-    (L{LazyOpen}), which Autobahn still resolves as the leg opens.
+    A L{Deferred} that has fired with L{None}, that firing again leaves as
+    it is, and whose result no callback changes: what an open leg's
+    C{is_open} reads as when nothing made one (L{LazyOpen}), which
+    Autobahn still resolves as the leg opens, and an open upstream's
+    C{opened} once it let its own go.  One is shared by every leg of the
+    process (L{FIRED}), so each callback added to it runs on a L{Deferred}
+    of its own that has fired with L{None}: a callback that returns
+    another value, raises, or waits on another L{Deferred} (one that
+    chains two legs' opening) changes no other leg's.
     """
 
     def __init__(self) -> None:
@@ -130,6 +136,18 @@ class Fired(Deferred[Any]):
         """
         Nothing: fired already.
         """
+
+    def addCallbacks(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return succeed(None).addCallbacks(*args, **kwargs)
+
+    def addCallback(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return succeed(None).addCallback(*args, **kwargs)
+
+    def addErrback(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return succeed(None).addErrback(*args, **kwargs)
+
+    def addBoth(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return succeed(None).addBoth(*args, **kwargs)
 
 
 #: A L{Deferred} that has fired (L{Fired}): an open leg's C{is_open}
@@ -159,21 +177,23 @@ class LazyClosed:
         return closed
 
 
-#: Autobahn's states of an open leg, and of one closing (L{LazyOpen}).
+#: Autobahn's states of an open leg, of one closing, and of one closed
+#: (L{LazyOpen}).
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 
 class LazyOpen:
     """
     A leg's C{is_open} (Autobahn's L{Deferred}, resolved as the leg opens),
-    made when read before the leg opened, or after it closed (then it never
-    fires, as Autobahn's would not for a leg that never opened); while the
-    leg is open, L{FIRED}, which Autobahn's resolving leaves as it is.
-    Nothing in the relay waits on it: most legs never make one, which
-    spares each connection a L{Deferred} made and fired with nothing
-    waiting (L{wsrelay.ws.accept.PlainAccept.acceptPlain} fires it only if
-    it was made).
+    made when read before the leg opened, or once it closed without having
+    opened (then it never fires, as Autobahn's would not); once the leg
+    opened (its C{upgraded} is true), L{FIRED}, which Autobahn's resolving
+    leaves as it is.  Nothing in the relay waits on it: most legs never
+    make one, which spares each connection a L{Deferred} made and fired
+    with nothing waiting (L{wsrelay.ws.accept.PlainAccept.acceptPlain}
+    fires it only if it was made).
     """
 
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
@@ -182,7 +202,7 @@ class LazyOpen:
         # (Not through the leg's __dict__, which Python 3.11 makes when
         # asked for, slowing every later attribute access of the leg.)
         state = getattr(leg, "state", None)
-        if state == _OPEN or state == _CLOSING:
+        if state == _OPEN or state == _CLOSING or (state == _CLOSED and leg.upgraded):
             return FIRED
         opened: Deferred[Any] = Deferred()
         leg.is_open = opened

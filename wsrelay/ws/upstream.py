@@ -145,6 +145,7 @@ class UpstreamProtocol(ResponseReader, RelayLeg, WebSocketClientProtocol):  # ty
         self.data = self.data[end + 4 :]
         self.websocket_protocol_in_use = chosen or None
         self.state = OPEN
+        self.upgraded = True
         self.inside_message = False
         self.current_frame = None
         if self.version != self.websocket_version:  # type: ignore[attr-defined]
