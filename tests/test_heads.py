@@ -16,12 +16,9 @@ import hashlib
 import random
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsrelay.balancers import RoundRobin
-from wsrelay.config import BackendConfig, ProxyRouteConfig
-from wsrelay.health.monitor import HealthMonitor
+from tests.support.routes import proxyRoute
 from wsrelay.routing import (
     BadPath,
     Route,
@@ -438,20 +435,6 @@ class NormalizePathTests(SynchronousTestCase):
             self.assertEqual(normalizePath(path), expected, path)
 
 
-def _route(name: str, path: str, host: str | None) -> Route:
-    """
-    @return: A proxy route for C{path} on C{host} (L{None}: any host).
-    """
-    config = ProxyRouteConfig(
-        name=name,
-        path=path,
-        host=host,
-        backends=(BackendConfig.fromURL("ws://127.0.0.1:1/"),),
-    )
-    monitor = HealthMonitor(name, (), None, Clock(), 2, 2, 2, 3)
-    return Route(config, (), RoundRobin((), {}), monitor)
-
-
 def _oldMatch(
     routes: tuple[Route, ...], host: str | None, path: str
 ) -> tuple[Route, str] | None:
@@ -492,7 +475,7 @@ class RouteTableTests(SynchronousTestCase):
         table = RouteTable(())
         for i in range(3000):
             routes = tuple(
-                _route(f"r{j}", rng.choice(prefixes), rng.choice(hosts))
+                proxyRoute(f"r{j}", rng.choice(prefixes), rng.choice(hosts))
                 for j in range(rng.randrange(6))
             )
             if i % 2:
@@ -509,10 +492,10 @@ class RouteTableTests(SynchronousTestCase):
         The routes a reload replaces (L{RouteTable.install}) are let go at
         once, with nothing matched since: the table holds only the new.
         """
-        old = _route("old", "/", None)
+        old = proxyRoute("old", "/", None)
         table = RouteTable((old,))
         self.assertIs(table.match(None, "/x")[0], old)  # type: ignore[index]
-        new = _route("new", "/", None)
+        new = proxyRoute("new", "/", None)
         table.install((new,))
         self.assertFalse(_reaches(table, old))
         self.assertTrue(_reaches(table, new))

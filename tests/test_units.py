@@ -10,6 +10,7 @@ from twisted.plugins.wsrelay_balancers import first, roundRobin
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from tests.support.routes import proxyRoute
 from wsrelay.config import BackendConfig, ProxyRouteConfig
 from wsrelay.health.monitor import HealthMonitor
 from wsrelay.interfaces import IBalancer, IBalancerFactory
@@ -156,22 +157,12 @@ class RoutingTests(SynchronousTestCase):
         The longest prefix wins, and a host-specific route before others.
         """
 
-        def route(name: str, path: str, host: str | None = None) -> Route:
-            config = ProxyRouteConfig(
-                name=name,
-                path=path,
-                host=host,
-                backends=(BackendConfig.fromURL("ws://127.0.0.1:1/"),),
-            )
-            monitor = HealthMonitor(name, (), None, Clock(), 2, 2, 2, 3)
-            return Route(config, (), roundRobin.build((), {}), monitor)
-
         table = RouteTable(
             (
-                route("root", "/"),
-                route("a", "/a"),
-                route("ab", "/a/b"),
-                route("h", "/", "x"),
+                proxyRoute("root", "/"),
+                proxyRoute("a", "/a"),
+                proxyRoute("ab", "/a/b"),
+                proxyRoute("h", "/", "x"),
             )
         )
         found = table.match(None, "/a/b/c")
