@@ -68,12 +68,12 @@ class Keepalive:
 
     def start(self, pipe: Pipe) -> None:
         """
-        Start pinging, if C{ping_interval} is set.
+        Start pinging (a keepalive with a C{ping_interval}: L{Pipe.start}
+        starts no other).
         """
-        if self.interval > 0:
-            self._tick = partial(self._keepalive, pipe)
-            self._queue = queue = pipeDeadlines(pipe).queue(self.interval)
-            queue.add(self._tick)
+        self._tick = partial(self._keepalive, pipe)
+        self._queue = queue = pipeDeadlines(pipe).queue(self.interval)
+        queue.add(self._tick)
 
     def stop(self) -> None:
         """
@@ -171,6 +171,7 @@ class Pipe:
         up.dataPath = self.fromBackend
         keepalive = self.keepalive
         if keepalive.interval > 0:
+            # (Not the idle one every pipe without pings shares.)
             keepalive.start(self)
 
     def ponged(self, direction: Direction, payload: bytes) -> None:

@@ -31,6 +31,17 @@ from wsrelay.proxyprotocol import ProxyProtocolWrapper
 __all__ = ["DirectWriter", "directWrite", "sendNow", "tcpConnection"]
 
 
+def _underProxyHeader(transport: Any) -> Any:
+    """
+    @return: C{transport}, or for a haproxy: listener's connection the
+        transport under its PROXY protocol wrapper, which past its header
+        passes writes through unchanged.
+    """
+    if isinstance(transport, ProxyProtocolWrapper):
+        return transport.transport
+    return transport
+
+
 def tcpConnection(transport: Any) -> Connection | None:
     """
     @return: The plain TCP (or UNIX) connection that C{transport} is, or
@@ -38,10 +49,7 @@ def tcpConnection(transport: Any) -> Connection | None:
         for any other transport (TLS, a test's), which only Twisted's
         C{write} may write to.
     """
-    if isinstance(transport, ProxyProtocolWrapper):
-        # A haproxy: listener's connection: past its header, the wrapper
-        # passes writes through unchanged.
-        transport = transport.transport
+    transport = _underProxyHeader(transport)
     if isinstance(transport, Connection):
         return transport
     return None
@@ -54,8 +62,7 @@ def directWrite(transport: Any) -> Callable[[bytes], None]:
         wrapper over one, with nothing queued (a L{DirectWriter}'s
         C{write}), else through C{transport.write}.
     """
-    if isinstance(transport, ProxyProtocolWrapper):
-        transport = transport.transport
+    transport = _underProxyHeader(transport)
     if not isinstance(transport, Connection):
         # TLS, or a test's transport: Twisted's write only.
         write: Callable[[bytes], None] = transport.write
@@ -121,10 +128,7 @@ class DirectWriter:
         """
         Write to C{transport} from now on.
         """
-        if isinstance(transport, ProxyProtocolWrapper):
-            # A haproxy: listener's connection: past its header, the
-            # wrapper passes writes through unchanged.
-            transport = transport.transport
+        transport = _underProxyHeader(transport)
         if isinstance(transport, Connection):
             self.tcp = transport
             self.other = None
