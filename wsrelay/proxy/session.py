@@ -61,8 +61,6 @@ class ProxySession:
 
     @ivar backend: The backend of the current upstream.
     @ivar opener: Opens the upstreams.
-    @ivar closes: Relays the close handshake between the legs.
-    @ivar failover: Handles a backend that vanishes.
     """
 
     log = Logger()
@@ -77,6 +75,9 @@ class ProxySession:
     closedBy: str | None = None
     lastBackend: str | None = None
     pipe: Pipe | None = None
+    #: (L{closes} and L{failover}, once made.)
+    _closes: CloseRelay | None = None
+    _failover: Failover | None = None
 
     def __init__(
         self,
@@ -111,14 +112,41 @@ class ProxySession:
         self.opener = UpstreamOpener(
             route, frontend, upstreams, addresses, clock, config.handshakeTimeout
         )
-        #: The close handshake between the legs.
-        self.closes = CloseRelay()
-        #: What happens when the backend vanishes.
-        self.failover = Failover(self)
         self.startedAt = clock.seconds()
         self.peer = addresses.clientAddress(frontend)
         frontend.session = self
         frontend.listener = self
+
+    @property
+    def closes(self) -> CloseRelay:
+        """
+        Relays the close handshake between the legs: made when first
+        needed (most passthrough sessions close through their pipe and
+        never need one).
+        """
+        closes = self._closes
+        if closes is None:
+            closes = self._closes = CloseRelay()
+        return closes
+
+    @property
+    def failover(self) -> Failover:
+        """
+        Handles a backend that vanishes: made when first needed (most
+        sessions never lose their backend).
+        """
+        failover = self._failover
+        if failover is None:
+            failover = self._failover = Failover(self)
+        return failover
+
+    def _buffering(self) -> bool:
+        """
+        @return: Whether a failover's buffer holds the client's frames
+            (without making a L{Failover} to tell).
+        """
+        failover = self._failover
+        return failover is not None and failover.buffer is not None
 
     @property
     def done(self) -> Deferred[None]:
@@ -169,20 +197,35 @@ class ProxySession:
 
     def clientOpened(self) -> None:
         """
-        The client got its 101: data flows both ways now.
+        The client got its 101: data flows both ways now (L{pair}, and on
+        the passthrough data path L{_startPipe}, done here without the two
+        calls).
         """
-        self.openedAt = self._clock.seconds()
-        self.latency.observe(self.openedAt - self.startedAt)
-        passthrough = self.routeConfig.dataPath == "passthrough"
+        self.openedAt = now = self._clock.seconds()
+        self.latency.observe(now - self.startedAt)
+        config = self.route.config
+        passthrough = config.mode == "proxy" and config.dataPath == "passthrough"
+        up = self.upstream
+        assert up is not None
+        buffering = self._buffering()
         # (The pipe compacts the legs once, after it started.)
-        self.pair(compacting=not passthrough)
+        pairLegs(self.frontend, up, not buffering, not passthrough)
         if passthrough:
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
             # which Autobahn knows nothing of), and this runs inside the
             # handshakes' processing, with what came behind them still in
             # each leg's buffer.
-            self._startPipe()
+            up = self.upstream
+            closes = self._closes
+            if (
+                up is not None
+                and not buffering
+                and (closes is None or closes.waiting is None)
+            ):
+                startPipe(self, self.frontend, up)
+            else:
+                compactLegs(self.frontend, up)
         if self.config.idleTimeout > 0:
             self._idle = IdleTimer(
                 self._clock,
@@ -199,7 +242,7 @@ class ProxySession:
         up (L{pairLegs}, C{compacting} the legs or leaving it to the pipe).
         """
         assert self.upstream is not None
-        pairLegs(self.frontend, self.upstream, self.failover.buffer is None, compacting)
+        pairLegs(self.frontend, self.upstream, not self._buffering(), compacting)
 
     def closing(self) -> None:
         """A close frame goes to the client: Autobahn sends no more frames."""
@@ -210,10 +253,11 @@ class ProxySession:
         failover or a close handshake is under way.
         """
         up = self.upstream
+        closes = self._closes
         if (
             up is not None
-            and self.failover.buffer is None
-            and self.closes.waiting is None
+            and not self._buffering()
+            and (closes is None or closes.waiting is None)
         ):
             startPipe(self, self.frontend, up)
         else:
@@ -246,7 +290,7 @@ class ProxySession:
         """
         if (
             self.pipe is not None
-            or self.failover.buffer is not None
+            or self._buffering()
             or (leg is self.upstream and self.routeConfig.failover == "reconnect")
         ):
             return False
