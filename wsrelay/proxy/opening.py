@@ -304,8 +304,8 @@ class UpstreamOpener:
 
     def settled(self) -> None:
         """
-        The upstream L{start} is opening is open, or failed: there is
-        nothing left to cancel.
+        The upstream L{start} is opening failed, or is open (L{opened}
+        says so too): there is nothing left to cancel.
         """
         self._opening = None
 
@@ -348,8 +348,11 @@ class UpstreamOpener:
 
     def opened(self, backend: Backend) -> None:
         """
-        An upstream to C{backend} is the session's now: count it.
+        An upstream to C{backend} is the session's now: count it.  The
+        opening is over, with nothing left to cancel (as L{settled} says,
+        which a caller of L{start} need not call then).
         """
+        self._opening = None
         backend.connections += 1
         backend.totalConnections += 1
         listener = self._route.loadListener

@@ -185,7 +185,8 @@ class ProxySession:
 
     def attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
         """
-        Make C{up} the upstream of this session.
+        Make C{up} the upstream of this session (the opener has nothing
+        left to cancel: L{UpstreamOpener.opened}).
         """
         self.upstream = up
         self.backend = backend
@@ -437,10 +438,17 @@ def _plainOpened(
     """
     The upstream of C{session} is open: its client's leg answers the
     client (L{openPlain}), with what L{_answer} gives (made here: a call
-    fewer on every plain handshake).
+    fewer on every plain handshake); when the backend's 101 has no field
+    for the client, with the subprotocol alone, as Autobahn reads what its
+    C{onConnect} gives (no L{clientAnswer} to make an empty dictionary).
     """
-    session.opener.settled()
-    session.frontend.acceptPlain(clientAnswer(session.attach(*pair)), key)
+    up = session.attach(*pair)
+    answer: Any = (
+        clientAnswer(up)
+        if up.responseHeaders or up.extensionsAnswer
+        else up.websocket_protocol_in_use
+    )
+    session.frontend.acceptPlain(answer, key)
 
 
 def _answer(
@@ -449,7 +457,6 @@ def _answer(
     """
     @return: The client's answer, once the opened upstream is C{session}'s.
     """
-    session.opener.settled()
     return clientAnswer(session.attach(*pair))
 
 

@@ -356,7 +356,10 @@ class ResponseReader:
             # handshake alike, but for the accept value): read as that one.
             known = _SHAPES.get((data[:at], data[at + _ACCEPT_LENGTH : end]))
             if known is not None and (not known[1] or known[1] in self.offered):
-                self.responseHeaders = [*known[0]]
+                if known[0]:
+                    self.responseHeaders = [*known[0]]
+                # (Else left at the class's empty FORGOTTEN, which nothing
+                # adds to.)
                 self._open(end, known[1])
                 return True
         raw = data[:end]
