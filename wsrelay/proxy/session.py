@@ -13,7 +13,7 @@ sends meanwhile).
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
@@ -55,7 +55,48 @@ def sessionDone(session: ProxySession) -> Deferred[None]:
     return done
 
 
-class ProxySession:
+class SessionParts:
+    """
+    The parts of a L{ProxySession} that it makes only when first needed:
+    most sessions need neither (a passthrough session closes through its
+    pipe, and few lose their backend), and making both was some 4,000
+    instructions of every handshake.
+    """
+
+    #: (L{closes} and L{failover}, once made.)
+    _closes: CloseRelay | None = None
+    _failover: Failover | None = None
+
+    @property
+    def closes(self) -> CloseRelay:
+        """
+        Relays the close handshake between the legs.
+        """
+        closes = self._closes
+        if closes is None:
+            closes = self._closes = CloseRelay()
+        return closes
+
+    @property
+    def failover(self) -> Failover:
+        """
+        Handles a backend that vanishes.
+        """
+        failover = self._failover
+        if failover is None:
+            failover = self._failover = Failover(cast("ProxySession", self))
+        return failover
+
+    def _buffering(self) -> bool:
+        """
+        @return: Whether a failover's buffer holds the client's frames
+            (without making a L{Failover} to tell).
+        """
+        failover = self._failover
+        return failover is not None and failover.buffer is not None
+
+
+class ProxySession(SessionParts):
     """
     Pairs a L{FrontendProtocol} with an L{UpstreamProtocol}.
 
@@ -75,9 +116,6 @@ class ProxySession:
     closedBy: str | None = None
     lastBackend: str | None = None
     pipe: Pipe | None = None
-    #: (L{closes} and L{failover}, once made.)
-    _closes: CloseRelay | None = None
-    _failover: Failover | None = None
 
     def __init__(
         self,
@@ -116,37 +154,6 @@ class ProxySession:
         self.peer = addresses.clientAddress(frontend)
         frontend.session = self
         frontend.listener = self
-
-    @property
-    def closes(self) -> CloseRelay:
-        """
-        Relays the close handshake between the legs: made when first
-        needed (most passthrough sessions close through their pipe and
-        never need one).
-        """
-        closes = self._closes
-        if closes is None:
-            closes = self._closes = CloseRelay()
-        return closes
-
-    @property
-    def failover(self) -> Failover:
-        """
-        Handles a backend that vanishes: made when first needed (most
-        sessions never lose their backend).
-        """
-        failover = self._failover
-        if failover is None:
-            failover = self._failover = Failover(self)
-        return failover
-
-    def _buffering(self) -> bool:
-        """
-        @return: Whether a failover's buffer holds the client's frames
-            (without making a L{Failover} to tell).
-        """
-        failover = self._failover
-        return failover is not None and failover.buffer is not None
 
     @property
     def done(self) -> Deferred[None]:
@@ -198,9 +205,10 @@ class ProxySession:
 
     def clientOpened(self) -> None:
         """
-        The client got its 101: data flows both ways now (L{pair}, and on
-        the passthrough data path L{_startPipe}, done here without the two
-        calls).
+        The client got its 101: data flows both ways now (as L{pair}
+        does); on the passthrough data path, through the pipe
+        (L{startPipe}), unless a failover or a close handshake is under
+        way.
         """
         self.openedAt = now = self._clock.seconds()
         self.latency.observe(now - self.startedAt)
@@ -247,22 +255,6 @@ class ProxySession:
 
     def closing(self) -> None:
         """A close frame goes to the client: Autobahn sends no more frames."""
-
-    def _startPipe(self) -> None:
-        """
-        Switch to the passthrough data path (L{startPipe}), unless a
-        failover or a close handshake is under way.
-        """
-        up = self.upstream
-        closes = self._closes
-        if (
-            up is not None
-            and not self._buffering()
-            and (closes is None or closes.waiting is None)
-        ):
-            startPipe(self, self.frontend, up)
-        else:
-            compactLegs(self.frontend, up)
 
     # Closing.
 

@@ -260,12 +260,8 @@ class ResponseReader:
         raise NotImplementedError()
 
     def _expectedAccept(self) -> bytes:
-        """
-        @return: The C{Sec-WebSocket-Accept} value that is right for the
-            key this leg sent (C{websocket_key}).
-        """
-        # (binascii directly: base64.b64encode is a Python function
-        # around it.)
+        """@return: The accept value right for the key sent, C{websocket_key}."""
+        # (binascii: base64.b64encode is a Python function around it.)
         return b2a_base64(sha1(self.websocket_key + _WS_MAGIC).digest(), newline=False)
 
     def processHandshake(self) -> None:
@@ -356,10 +352,8 @@ class ResponseReader:
             # handshake alike, but for the accept value): read as that one.
             known = _SHAPES.get((data[:at], data[at + _ACCEPT_LENGTH : end]))
             if known is not None and (not known[1] or known[1] in self.offered):
-                if known[0]:
+                if known[0]:  # (Else left at the empty FORGOTTEN.)
                     self.responseHeaders = [*known[0]]
-                # (Else left at the class's empty FORGOTTEN, which nothing
-                # adds to.)
                 self._open(end, known[1])
                 return True
         raw = data[:end]
