@@ -335,7 +335,8 @@ class QuickRequestTests(SynchronousTestCase):
         """
         A client that sent the handshake's fields only, from an address
         the relay does not trust, gets the quick form, and the backend
-        gets the relay's forwarding fields after the handshake's.
+        gets the relay's forwarding fields after the handshake's, and the
+        client's key.
         """
         head = parseHead(
             b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n"
@@ -345,6 +346,8 @@ class QuickRequestTests(SynchronousTestCase):
         resource, backend, headers = _passthrough(head, "127.0.0.1", False)
         self.assertIsInstance(headers, RequestLines)
         self.assertEqual((headers.extensions, headers.plain), (NO_EXTENSIONS, True))
+        # The client's key, which the plain leg sends on.
+        self.assertEqual(headers.key, "AQIDBAUGBwgJCgsMDQ4PEA==")
         self.assertEqual(
             _sent(resource, backend, headers),
             b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9001\r\nUpgrade: websocket\r\n"

@@ -441,7 +441,7 @@ class HeldLegTests(SynchronousTestCase):
         self.assertEqual(
             {n for n, v in attributes.items() if defaults.get(n, self) is v}, set()
         )
-        for name in ("data", "websocket_protocol_in_use", "websocket_key"):
+        for name in ("data", "websocket_protocol_in_use", "requestKey"):
             self.assertNotIn(name, attributes)
         self.assertLessEqual(sys.getsizeof(attributes), sys.getsizeof(dict(attributes)))
 

@@ -10,23 +10,36 @@ import hashlib
 import os
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.memory import BACKEND_A, Network, RawClient, request
 from wsrelay.proxy.pairing import startPipe
 from wsrelay.ws._autobahn import FIRED
+from wsrelay.ws.accept import acceptKey
+from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.plainleg import CLOSED, KEYS, OPEN, KeyPool, PlainUpstream
 from wsrelay.ws.response import (
     END_TO_END,
     NO_EXTENSIONS,
+    KeyedLines,
     UpstreamError,
     UpstreamRefused,
 )
 
 _MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: A relay with a passthrough route to backend A.
+_CONFIG = (
+    "[relay]\nlisten = tcp:0\nping_interval = 0\n"
+    "[route:chat]\npath = /chat\ndata_path = passthrough\n"
+    f"backends = ws://{BACKEND_A[0]}:{BACKEND_A[1]}/base\n"
+)
 
 
 class _Listener:
@@ -84,7 +97,7 @@ class PlainUpstreamTests(SynchronousTestCase):
         """
         @return: A plain 101 for C{leg}'s key, with C{extra} header lines.
         """
-        digest = hashlib.sha1(leg.websocket_key + _MAGIC).digest()
+        digest = hashlib.sha1(leg.requestKey.encode() + _MAGIC).digest()
         return (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
@@ -103,7 +116,7 @@ class PlainUpstreamTests(SynchronousTestCase):
         head = transport.value()
         self.assertTrue(head.startswith(b"GET /chat?x=1 HTTP/1.1\r\n"), head)
         self.assertIn(b"\r\nHost: backend:8080\r\n", head)
-        self.assertIn(b"\r\nSec-WebSocket-Key: " + leg.websocket_key + b"\r\n", head)
+        self.assertIn(f"\r\nSec-WebSocket-Key: {leg.requestKey}\r\n".encode(), head)
         self.assertIn(b"\r\nX-Forwarded-For: 192.0.2.1\r\n", head)
         self.assertTrue(head.endswith(b"\r\n\r\n"))
         self.assertNoResult(opened)
@@ -152,7 +165,7 @@ class PlainUpstreamTests(SynchronousTestCase):
         the attempt and drops the connection.
         """
         leg, transport, opened = self.connect()
-        leg.websocket_key = b"c29tZSBvdGhlciBrZXkgISE="
+        leg.requestKey = "c29tZSBvdGhlciBrZXkgISE="
         leg.dataReceived(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: xxx\r\n\r\n"
@@ -173,7 +186,7 @@ class PlainUpstreamTests(SynchronousTestCase):
                 (b"s3pPLMBiTxaQ9kYGzzhZRbK+xOp=", False),
             ):
                 leg, transport, opened = self.connect()
-                leg.websocket_key = b"dGhlIHNhbXBsZSBub25jZQ=="
+                leg.requestKey = "dGhlIHNhbXBsZSBub25jZQ=="
                 leg.dataReceived(
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
@@ -398,7 +411,7 @@ class KeyPoolTests(SynchronousTestCase):
         A leg sends a key from L{KEYS}, and the next leg another one.
         """
         tests = PlainUpstreamTests()
-        keys = {tests.connect()[0].websocket_key for _ in range(300)}
+        keys = {tests.connect()[0].requestKey for _ in range(300)}
         self.assertEqual(len(keys), 300)
         self.assertTrue(all(len(base64.b64decode(k)) == 16 for k in keys))
 
@@ -430,3 +443,163 @@ class KeyPoolTests(SynchronousTestCase):
         self.assertEqual(len(child), 24)
         parents = {KEYS.newKey() for _ in range(KEYS.size // 16)}
         self.assertNotIn(child, parents)
+
+
+#: RFC 6455's example key (1.3), and its accept value.
+_RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+_RFC_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def _answer(accept: bytes, extra: bytes = b"") -> bytes:
+    """
+    @return: A plain 101 with C{accept} as its C{Sec-WebSocket-Accept}.
+    """
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+        + accept
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+    )
+
+
+class _WrongBackend(Protocol):
+    """
+    A backend that answers any request with a 101 whose accept value is
+    right for another key than the one it was sent.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Answer once the request is here.
+        """
+        if b"\r\n\r\n" in data:
+            other = base64.b64encode(
+                hashlib.sha1(b"c29tZSBvdGhlciBrZXkgISE=" + _MAGIC).digest()
+            )
+            self.transport.write(_answer(other))  # type: ignore[union-attr]
+
+
+class ForwardedKeyTests(SynchronousTestCase):
+    """
+    A plain leg given the client's key (L{KeyedLines}) sends it on to the
+    backend, and checks the backend's accept value against it: the value
+    the client's 101 carries (L{acceptKey}).
+    """
+
+    def connect(self, key: str | None) -> tuple[PlainUpstream, StringTransport]:
+        """
+        @return: A leg given C{key} with its request's lines, connected to
+            a transport in memory.
+        """
+        leg = PlainUpstream()
+        leg.__dict__.update(
+            requestHeaders=KeyedLines("X-A: 1\r\n", NO_EXTENSIONS, key),
+            opened=Deferred(),
+        )
+        transport = StringTransport()
+        leg.makeConnection(transport)
+        return leg, transport
+
+    def test_sent(self) -> None:
+        """
+        The request carries the client's key, once, and the leg opens on
+        the accept value that is right for it.
+        """
+        leg, transport = self.connect(_RFC_KEY)
+        head = transport.value()
+        self.assertEqual(head.count(b"Sec-WebSocket-Key: "), 1)
+        self.assertIn(f"\r\nSec-WebSocket-Key: {_RFC_KEY}\r\n".encode(), head)
+        self.assertIn(b"\r\nX-A: 1\r\n", head)
+        leg.dataReceived(_answer(_RFC_ACCEPT))
+        self.assertIs(self.successResultOf(leg.opened), leg)
+
+    def test_noKey(self) -> None:
+        """
+        Lines without the client's key: the leg sends a fresh key of its
+        own, and checks the answer against that one.
+        """
+        leg, transport = self.connect(None)
+        self.assertEqual(len(base64.b64decode(leg.requestKey)), 16)
+        self.assertNotEqual(leg.requestKey, _RFC_KEY)
+        self.assertIn(
+            f"Sec-WebSocket-Key: {leg.requestKey}\r\n".encode(), transport.value()
+        )
+        leg.dataReceived(_answer(_RFC_ACCEPT))
+        self.failureResultOf(leg.opened, UpstreamError)
+
+    def test_wrongAccept(self) -> None:
+        """
+        A 101 with the accept value of another key (a fresh one, as for a
+        backend that did not read the one sent) fails the attempt, on the
+        quick path (an ASCII head) and the general one (a head that is not),
+        after a head of the same shape with the right value opened (so that
+        the shape is known).
+        """
+        other = base64.b64encode(hashlib.sha1(KEYS.newKey() + _MAGIC).digest())
+        for extra in (b"", "X-Name: caf\u00e9\r\n".encode()):
+            leg, _ = self.connect(_RFC_KEY)
+            leg.dataReceived(_answer(_RFC_ACCEPT, extra))
+            self.successResultOf(leg.opened)
+            leg, transport = self.connect(_RFC_KEY)
+            leg.dataReceived(_answer(other, extra))
+            self.failureResultOf(leg.opened, UpstreamError)
+            self.assertEqual(leg.state, CLOSED)
+
+    def test_acceptKeyLast(self) -> None:
+        """
+        L{acceptKey} keeps its last answer, for that key only: over keys
+        asked in turn and again, each answer is the one for its key.
+        """
+        keys = [base64.b64encode(os.urandom(16)).decode() for _ in range(50)]
+        for key in [_RFC_KEY, *keys, *keys[::-1], _RFC_KEY, _RFC_KEY, ""]:
+            for _ in range(2):
+                self.assertEqual(
+                    acceptKey(key),
+                    base64.b64encode(
+                        hashlib.sha1(key.encode() + _MAGIC).digest()
+                    ).decode(),
+                )
+        self.assertEqual(acceptKey(_RFC_KEY), _RFC_ACCEPT.decode())
+
+    def test_relay(self) -> None:
+        """
+        Through the relay, the backend reads the client's key, and the
+        client's 101 carries the accept value the backend's did, whether
+        the client's leg answers the request itself or Autobahn does.
+        """
+        for plain in (True, False):
+            if not plain:
+                self.patch(
+                    FrontendProtocol, "answerPlain", lambda self, screened: False
+                )
+            network = Network(self, _CONFIG)
+            client = RawClient()
+            network.pair(network.frontend(), client).clientIO.write(request())
+            network.flush()
+            backend, _ = network.acceptUpstream()
+            network.flush()
+            self.assertEqual(backend.request.headers["sec-websocket-key"], _RFC_KEY)
+            self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "))
+            self.assertIn(
+                b"\r\nSec-WebSocket-Accept: " + _RFC_ACCEPT + b"\r\n", client.received
+            )
+
+    def test_relayWrongAccept(self) -> None:
+        """
+        Through the relay, a backend whose 101 has the accept value of
+        another key than the client's gets no connection through: the
+        client is answered 502.
+        """
+        network = Network(self, _CONFIG)
+        client = RawClient()
+        network.pair(network.frontend(), client).clientIO.write(request())
+        network.flush()
+        host, port, factory, *_ = network.reactor.tcpClients.pop(0)
+        network.reactor.connectors.pop(0)
+        address = IPv4Address("TCP", host, port)
+        network.pair(_WrongBackend(), factory.buildProtocol(address), address)
+        network.flush()
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 502 "), client.received)
+        self.assertEqual(network.relay.sessions, set())

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from wsrelay.routing import ConnectionInfo, joinPath
 from wsrelay.ws.handshake import RequestLines
+from wsrelay.ws.response import KeyedLines
 from wsrelay.ws.screening import Refused
 from wsrelay.ws.upstream import (
     END_TO_END,
@@ -198,14 +199,20 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
     @param forwarded: Its end-to-end and forwarding fields as lines.
     @return: A passthrough request's fields for C{head} as lines: those,
         and the client's C{Sec-WebSocket-Protocol} and
-        C{Sec-WebSocket-Extensions}, as L{upstreamRequest} lists them.
+        C{Sec-WebSocket-Extensions}, as L{upstreamRequest} lists them; and
+        the client's C{Sec-WebSocket-Key}, which the leg sends on
+        (L{KeyedLines}).
     """
     fields = head.fields
     protocols = fields.get("sec-websocket-protocol")
     if protocols:
         forwarded += f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n"
+    # The client's key goes on to the backend (KeyedLines); its request was
+    # checked, with one key (else the leg makes a key of its own).
+    keys = fields.get("sec-websocket-key")
+    key = keys[0].strip() if keys else None
     if "sec-websocket-extensions" not in fields:
-        return RequestLines(forwarded, NO_EXTENSIONS)
+        return KeyedLines(forwarded, NO_EXTENSIONS, key)
     # The offers as sent (names too), in order; the length first, which
     # most names fail.
     offers = "".join(
@@ -215,7 +222,7 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
             if len(n) == 24 and n.lower() == "sec-websocket-extensions"
         ]
     )
-    return RequestLines(forwarded + offers, END_TO_END)
+    return KeyedLines(forwarded + offers, END_TO_END, key)
 
 
 def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:
@@ -297,8 +304,8 @@ class UpstreamOpener:
 
     def settled(self) -> None:
         """
-        The upstream L{start} is opening is open, or failed: there is
-        nothing left to cancel.
+        The upstream L{start} is opening failed, or is open (L{opened}
+        says so too): there is nothing left to cancel.
         """
         self._opening = None
 
@@ -341,8 +348,11 @@ class UpstreamOpener:
 
     def opened(self, backend: Backend) -> None:
         """
-        An upstream to C{backend} is the session's now: count it.
+        An upstream to C{backend} is the session's now: count it.  The
+        opening is over, with nothing left to cancel (as L{settled} says,
+        which a caller of L{start} need not call then).
         """
+        self._opening = None
         backend.connections += 1
         backend.totalConnections += 1
         listener = self._route.loadListener

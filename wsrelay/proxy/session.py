@@ -13,7 +13,7 @@ sends meanwhile).
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
@@ -55,14 +55,53 @@ def sessionDone(session: ProxySession) -> Deferred[None]:
     return done
 
 
-class ProxySession:
+class SessionParts:
+    """
+    The parts of a L{ProxySession} that it makes only when first needed:
+    most sessions need neither (a passthrough session closes through its
+    pipe, and few lose their backend), and making both was some 4,000
+    instructions of every handshake.
+    """
+
+    #: (L{closes} and L{failover}, once made.)
+    _closes: CloseRelay | None = None
+    _failover: Failover | None = None
+
+    @property
+    def closes(self) -> CloseRelay:
+        """
+        Relays the close handshake between the legs.
+        """
+        closes = self._closes
+        if closes is None:
+            closes = self._closes = CloseRelay()
+        return closes
+
+    @property
+    def failover(self) -> Failover:
+        """
+        Handles a backend that vanishes.
+        """
+        failover = self._failover
+        if failover is None:
+            failover = self._failover = Failover(cast("ProxySession", self))
+        return failover
+
+    def _buffering(self) -> bool:
+        """
+        @return: Whether a failover's buffer holds the client's frames
+            (without making a L{Failover} to tell).
+        """
+        failover = self._failover
+        return failover is not None and failover.buffer is not None
+
+
+class ProxySession(SessionParts):
     """
     Pairs a L{FrontendProtocol} with an L{UpstreamProtocol}.
 
     @ivar backend: The backend of the current upstream.
     @ivar opener: Opens the upstreams.
-    @ivar closes: Relays the close handshake between the legs.
-    @ivar failover: Handles a backend that vanishes.
     """
 
     log = Logger()
@@ -111,10 +150,6 @@ class ProxySession:
         self.opener = UpstreamOpener(
             route, frontend, upstreams, addresses, clock, config.handshakeTimeout
         )
-        #: The close handshake between the legs.
-        self.closes = CloseRelay()
-        #: What happens when the backend vanishes.
-        self.failover = Failover(self)
         self.startedAt = clock.seconds()
         self.peer = addresses.clientAddress(frontend)
         frontend.session = self
@@ -157,7 +192,8 @@ class ProxySession:
 
     def attach(self, backend: Backend, up: UpstreamProtocol) -> UpstreamProtocol:
         """
-        Make C{up} the upstream of this session.
+        Make C{up} the upstream of this session (the opener has nothing
+        left to cancel: L{UpstreamOpener.opened}).
         """
         self.upstream = up
         self.backend = backend
@@ -169,20 +205,36 @@ class ProxySession:
 
     def clientOpened(self) -> None:
         """
-        The client got its 101: data flows both ways now.
+        The client got its 101: data flows both ways now (as L{pair}
+        does); on the passthrough data path, through the pipe
+        (L{startPipe}), unless a failover or a close handshake is under
+        way.
         """
-        self.openedAt = self._clock.seconds()
-        self.latency.observe(self.openedAt - self.startedAt)
-        passthrough = self.routeConfig.dataPath == "passthrough"
+        self.openedAt = now = self._clock.seconds()
+        self.latency.observe(now - self.startedAt)
+        config = self.route.config
+        passthrough = config.mode == "proxy" and config.dataPath == "passthrough"
+        up = self.upstream
+        assert up is not None
+        buffering = self._buffering()
         # (The pipe compacts the legs once, after it started.)
-        self.pair(compacting=not passthrough)
+        pairLegs(self.frontend, up, not buffering, not passthrough)
         if passthrough:
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
             # which Autobahn knows nothing of), and this runs inside the
             # handshakes' processing, with what came behind them still in
             # each leg's buffer.
-            self._startPipe()
+            up = self.upstream
+            closes = self._closes
+            if (
+                up is not None
+                and not buffering
+                and (closes is None or closes.waiting is None)
+            ):
+                startPipe(self, self.frontend, up)
+            else:
+                compactLegs(self.frontend, up)
         if self.config.idleTimeout > 0:
             self._idle = IdleTimer(
                 self._clock,
@@ -199,25 +251,10 @@ class ProxySession:
         up (L{pairLegs}, C{compacting} the legs or leaving it to the pipe).
         """
         assert self.upstream is not None
-        pairLegs(self.frontend, self.upstream, self.failover.buffer is None, compacting)
+        pairLegs(self.frontend, self.upstream, not self._buffering(), compacting)
 
     def closing(self) -> None:
         """A close frame goes to the client: Autobahn sends no more frames."""
-
-    def _startPipe(self) -> None:
-        """
-        Switch to the passthrough data path (L{startPipe}), unless a
-        failover or a close handshake is under way.
-        """
-        up = self.upstream
-        if (
-            up is not None
-            and self.failover.buffer is None
-            and self.closes.waiting is None
-        ):
-            startPipe(self, self.frontend, up)
-        else:
-            compactLegs(self.frontend, up)
 
     # Closing.
 
@@ -246,7 +283,7 @@ class ProxySession:
         """
         if (
             self.pipe is not None
-            or self.failover.buffer is not None
+            or self._buffering()
             or (leg is self.upstream and self.routeConfig.failover == "reconnect")
         ):
             return False
@@ -393,10 +430,17 @@ def _plainOpened(
     """
     The upstream of C{session} is open: its client's leg answers the
     client (L{openPlain}), with what L{_answer} gives (made here: a call
-    fewer on every plain handshake).
+    fewer on every plain handshake); when the backend's 101 has no field
+    for the client, with the subprotocol alone, as Autobahn reads what its
+    C{onConnect} gives (no L{clientAnswer} to make an empty dictionary).
     """
-    session.opener.settled()
-    session.frontend.acceptPlain(clientAnswer(session.attach(*pair)), key)
+    up = session.attach(*pair)
+    answer: Any = (
+        clientAnswer(up)
+        if up.responseHeaders or up.extensionsAnswer
+        else up.websocket_protocol_in_use
+    )
+    session.frontend.acceptPlain(answer, key)
 
 
 def _answer(
@@ -405,7 +449,6 @@ def _answer(
     """
     @return: The client's answer, once the opened upstream is C{session}'s.
     """
-    session.opener.settled()
     return clientAnswer(session.attach(*pair))
 
 

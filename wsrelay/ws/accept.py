@@ -117,11 +117,24 @@ def plainRequest(
     return key, protocols
 
 
+#: The last key L{acceptKey} was asked about, and its answer.
+_lastAccept: tuple[str | None, str] = (None, "")
+
+
 def acceptKey(key: str) -> str:
     """
-    @return: The C{Sec-WebSocket-Accept} for C{key}.
+    @return: The C{Sec-WebSocket-Accept} for C{key}.  The last answer is
+        kept: a passthrough leg sends the client's key on to the backend
+        and checks the backend's 101 with this (L{wsrelay.ws.plainleg}),
+        and the client's 101, which follows at once, needs the same value.
     """
-    return b2a_base64(sha1(key.encode() + WS_MAGIC).digest(), newline=False).decode()
+    global _lastAccept
+    last = _lastAccept
+    if key == last[0]:
+        return last[1]
+    accept = b2a_base64(sha1(key.encode() + WS_MAGIC).digest(), newline=False).decode()
+    _lastAccept = (key, accept)
+    return accept
 
 
 @functools.lru_cache(maxsize=16)

@@ -40,6 +40,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 
 from wsrelay.ws._autobahn import FIRED, letGo
+from wsrelay.ws.accept import acceptKey
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import RequestLines, buildRequest
 from wsrelay.ws.legs import LegProducer
@@ -131,7 +132,8 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
     requestHeaders: list[tuple[str, str]] | RequestLines = FORGOTTEN
     #: (Once the leg let it go: L{forgetHandshake}.)
     opened: Deferred[Any] = FIRED
-    websocket_key = b""
+    #: The C{Sec-WebSocket-Key} sent (L{connectionMade}).
+    requestKey = ""
     websocket_protocol_in_use: str | None = None
     state = CONNECTING
     data = b""
@@ -151,7 +153,7 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
     _directWrite: Any = None
 
     #: What only the opening handshake reads (L{forgetHandshake}).
-    _REQUEST = (*ResponseReader._REQUEST, "websocket_key")
+    _REQUEST = (*ResponseReader._REQUEST, "requestKey")
 
     #: What a leg whose connection is gone lets go of: the references by
     #: which it, its session and its data path refer to each other.
@@ -161,26 +163,29 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         """
         Send the client's request, rewritten for this backend, with no
         Nagle delay on the connection (as Autobahn's legs), at once when
-        nothing is queued.
+        nothing is queued.  Its C{Sec-WebSocket-Key} is the client's when
+        the request carries it (L{KeyedLines
+        <wsrelay.ws.response.KeyedLines>}), as a proxy that passes the
+        request through sends it: the backend's accept value is then the
+        one the client's 101 carries, worked out once (L{acceptKey}).
         """
         transport: Any = self.transport
         try:
             transport.setTcpNoDelay(True)
         except Exception:  # noqa: S110 - not a TCP socket (TLS, tests)
             pass
-        key = KEYS.newKey()
-        self.websocket_key = key
+        headers = self.requestHeaders
+        # The client's key, sent on (KeyedLines); else one of the leg's own.
+        key = getattr(headers, "key", None)
+        if key is None:
+            key = KEYS.newKey().decode()
+        self.requestKey = key
         # Sent at once on a plain TCP connection: through Twisted's write,
         # the request would wait a reactor turn for the socket to be
         # writable, at two more changes of its registration.  (Not through
         # L{writer}, made later: made now, it would cost the held leg's
         # dictionary a size up.)
-        sendNow(
-            transport,
-            buildRequest(
-                self.resource, self.hostHeader, key.decode(), self.requestHeaders
-            ),
-        )
+        sendNow(transport, buildRequest(self.resource, self.hostHeader, key, headers))
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -214,6 +219,14 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         transport: Any = self.transport
         if transport is not None:
             transport.abortConnection()
+
+    def _expectedAccept(self) -> bytes:
+        """
+        @return: The accept value that is right for the key sent, through
+            L{acceptKey}, which keeps it for the client's 101 when the key
+            is the client's.
+        """
+        return acceptKey(self.requestKey).encode()
 
     def notPlain(self) -> None:
         """

@@ -18,6 +18,7 @@ from wsrelay.ws.handshake import (
     NOT_FORWARDED,
     BadHead,
     Head,
+    RequestLines,
     endToEnd,
     parseHead,
     parseStatusLine,
@@ -91,6 +92,27 @@ class RequestHeaders(list[tuple[str, str]]):
         super().__init__(fields)
         self.extensions = extensions
         self.plain = plain
+
+
+class KeyedLines(RequestLines):
+    """
+    A passthrough request's fields as lines (L{RequestLines}), with the
+    client's C{Sec-WebSocket-Key}: the plain leg sends it on to the
+    backend, as nginx and HAProxy pass the request through, rather than a
+    key of its own (L{wsrelay.ws.plainleg.PlainUpstream.connectionMade}).
+    The right accept value for the backend's 101 is then the one the
+    client's 101 carries, worked out once for both
+    (L{wsrelay.ws.accept.acceptKey}).
+
+    @ivar key: The client's key (L{None}: the leg makes one).
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, lines: str, extensions: str, key: str | None) -> None:
+        self.lines = lines
+        self.extensions = extensions
+        self.key = key
 
 
 class UpstreamError(Exception):
@@ -173,8 +195,9 @@ class ResponseReader:
     """
     Reads the backend's answer to an upstream leg's request (a mixin).
 
-    The leg gives C{data} (the bytes received), C{websocket_key},
-    C{offered}, C{extensions} and C{opened}, and the hooks C{failHandshake}
+    The leg gives C{data} (the bytes received), C{websocket_key} (or its
+    own L{_expectedAccept}), C{offered}, C{extensions} and C{opened}, and
+    the hooks C{failHandshake}
     (the answer is not a valid handshake), C{abortHandshake} (drop the
     connection after a refusal), C{notPlain} (a 101 that
     L{_plainAccept} does not accept) and C{_open} (a plain 101).
@@ -235,6 +258,11 @@ class ResponseReader:
         subprotocol C{chosen} (or C{""}).
         """
         raise NotImplementedError()
+
+    def _expectedAccept(self) -> bytes:
+        """@return: The accept value right for the key sent, C{websocket_key}."""
+        # (binascii: base64.b64encode is a Python function around it.)
+        return b2a_base64(sha1(self.websocket_key + _WS_MAGIC).digest(), newline=False)
 
     def processHandshake(self) -> None:
         """
@@ -317,18 +345,15 @@ class ResponseReader:
         if self.extensions == RELAY_DEFLATE:
             return False
         data = self.data
-        # (binascii directly: base64.b64encode is a Python function
-        # around it.)
-        expected = b2a_base64(
-            sha1(self.websocket_key + _WS_MAGIC).digest(), newline=False
-        )
+        expected = self._expectedAccept()
         at = data.find(expected, 0, end)
         if at >= 0:
             # A head of a shape read before (most backends answer every
             # handshake alike, but for the accept value): read as that one.
             known = _SHAPES.get((data[:at], data[at + _ACCEPT_LENGTH : end]))
             if known is not None and (not known[1] or known[1] in self.offered):
-                self.responseHeaders = [*known[0]]
+                if known[0]:  # (Else left at the empty FORGOTTEN.)
+                    self.responseHeaders = [*known[0]]
                 self._open(end, known[1])
                 return True
         raw = data[:end]
@@ -421,8 +446,7 @@ class ResponseReader:
             or len(accept) != 1
         ):
             return False
-        digest = sha1(self.websocket_key + _WS_MAGIC).digest()
-        return accept[0].strip() == b2a_base64(digest, newline=False).decode()
+        return accept[0].strip() == self._expectedAccept().decode()
 
     def _keepExtensionsAnswer(self, head: Head, end: int) -> None:
         """
