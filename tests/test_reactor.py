@@ -183,8 +183,8 @@ class EventTests(Driving):
 
     def test_readInline(self) -> None:
         """
-        A read event alone is handled inline, not through
-        C{_doReadOrWrite}; a write event goes through it.
+        A read event alone, or a write event alone, is handled inline, not
+        through C{_doReadOrWrite}; an event of both goes through it.
         """
         reactor = self.newReactor()
         handled: list[int] = []
@@ -201,7 +201,12 @@ class EventTests(Driving):
         self.assertEqual((end.received, handled), ([b"hello"], []))
         end.startWriting()
         self.turn(reactor, lambda: end.writes > 0)
-        self.assertEqual(handled, [select.EPOLLOUT])
+        self.assertEqual((end.writes, handled), (1, []))
+        peer.send(b"again")
+        end.startWriting()
+        self.turn(reactor, lambda: end.writes > 1)
+        self.assertEqual(end.received, [b"hello", b"again"])
+        self.assertEqual(handled, [select.EPOLLIN | select.EPOLLOUT])
 
     def test_overriddenHandling(self) -> None:
         """

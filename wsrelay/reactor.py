@@ -21,10 +21,10 @@ legacy log call copies it (L{EventLogContext}).  A legacy message logged
 during an event still names the connection, and an exception raised by
 C{doRead} or C{doWrite} is still logged once, with the connection's prefix,
 and disconnects that descriptor with it as the reason: L{RelayReactor}
-handles each event as Twisted's C{_doReadOrWrite} does (a read alone, the
-most common, inline: a Python call less per event).  One raised while disconnecting (a
-protocol's C{connectionLost}) is logged and the loop goes on with the next
-event, as L{twisted.python.log.callWithLogger} did.
+handles each event as Twisted's C{_doReadOrWrite} does (a read or a write
+alone, nearly all, inline: a Python call less per event).  One raised
+while disconnecting (a protocol's C{connectionLost}) is logged and the loop
+goes on with the next event, as L{twisted.python.log.callWithLogger} did.
 
 C{twistd wsrelay} installs this reactor unless C{-r NAME} chose another
 (L{wsrelay.tap.installReactor}); C{twistd -r wsrelay} selects it for any
@@ -35,7 +35,7 @@ Importing this module needs epoll (Linux).
 from __future__ import annotations
 
 import sys
-from select import EPOLLIN
+from select import EPOLLIN, EPOLLOUT
 from threading import get_ident
 from typing import Any
 
@@ -125,7 +125,7 @@ class EventLogContext(dict[str, Any]):
 _eventLogContext = EventLogContext()
 
 #: Twisted's handling of one event (L{RelayReactor.doPoll} inlines it for
-#: a read alone).
+#: a read or a write alone).
 _doReadOrWrite = _PollLikeMixin._doReadOrWrite
 
 
@@ -148,10 +148,10 @@ class RelayReactor(EPollReactor):
         Wait at most C{timeout} seconds for ready descriptors and handle
         each: L{EPollReactor.doPoll}, without
         L{twisted.python.log.callWithLogger}, and with what Twisted's
-        C{_doReadOrWrite} does for an event that is a read alone (the most
-        common) inline, a Python call less per event.  Other events go to
-        C{_doReadOrWrite}, and all of them do when a subclass overrides
-        it.
+        C{_doReadOrWrite} does for an event that is a read or a write alone
+        (nearly all) inline, a Python call less per event.  Other events
+        go to C{_doReadOrWrite}, and all of them do when a subclass
+        overrides it.
 
         @param timeout: The longest wait in seconds; L{None} waits until a
             descriptor is ready.
@@ -164,8 +164,11 @@ class RelayReactor(EPollReactor):
             return
         selectables = self._selectables
         handle = self._doReadOrWrite
-        # (An event never equals -1: all go to _doReadOrWrite.)
-        readAlone = EPOLLIN if type(self)._doReadOrWrite is _doReadOrWrite else -1
+        if type(self)._doReadOrWrite is _doReadOrWrite:
+            readAlone, writeAlone = EPOLLIN, EPOLLOUT
+        else:
+            # (An event is never -1: all go to _doReadOrWrite.)
+            readAlone = writeAlone = -1
         handling = _handling
         handling.thread = get_ident()
         try:
@@ -175,17 +178,19 @@ class RelayReactor(EPollReactor):
                     continue
                 handling.selectable = selectable
                 try:
-                    if event != readAlone:
+                    if event != readAlone and event != writeAlone:
                         handle(selectable, fd, event)
                         continue
-                    # _doReadOrWrite's way with a read alone.
+                    # _doReadOrWrite's way with a read or a write alone.
+                    inRead = False
                     try:
                         if selectable.fileno() == -1:
                             why: Any = _NO_FILEDESC
-                            inRead = False
-                        else:
+                        elif event == readAlone:
                             why = selectable.doRead()
                             inRead = True
+                        else:
+                            why = selectable.doWrite()
                     except BaseException:
                         why = sys.exc_info()[1]
                         inRead = False
