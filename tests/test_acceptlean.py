@@ -13,26 +13,35 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import socket
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import main, reactor
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Port
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.support.leanclose import LeanCloseTests as LeanClosing
 from tests.support.relays import startRelay
 from tests.support.waiting import waitFor
 from wsrelay.listening import LeanTCP, ListeningSockets
 from wsrelay.proxyprotocol import listenerEndpoint
-from wsrelay.ws.accepting import LeanPort, LeanServer, LeanSocket, listenTCP
+from wsrelay.ws.accepting import (
+    LeanPort,
+    LeanServer,
+    LeanSocket,
+    listenTCP,
+    startWatching,
+)
 
 
 class _Peer(Protocol):
@@ -131,6 +140,28 @@ class LeanAcceptTests(_Loopback):
         client.transport.write(b"hello")  # type: ignore[union-attr]
         await waitFor(lambda: server.received == b"hello")
 
+    async def test_watchedDirectly(self) -> None:
+        """
+        The accepted transport is watched for reading, and not writing, as
+        the reactor's C{addReader} would have it, without a call to
+        C{addReader} (L{startWatching}).
+        """
+        added: list[Any] = []
+        addReader = reactor.addReader  # type: ignore[attr-defined]
+
+        def recording(reader: Any) -> None:
+            added.append(reader)
+            addReader(reader)
+
+        self.patch(reactor, "addReader", recording)
+        client, server = await self.connect()
+        transport: Any = server.transport
+        self.assertIn(transport, reactor.getReaders())  # type: ignore[attr-defined]
+        self.assertNotIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        self.assertNotIn(transport, added)
+        client.transport.write(b"read")  # type: ignore[union-attr]
+        await waitFor(lambda: server.received == b"read")
+
     async def test_fileDescriptorState(self) -> None:
         """
         The transport has every attribute Twisted's C{FileDescriptor.__init__}
@@ -218,6 +249,134 @@ class LeanAcceptTests(_Loopback):
             "Could not accept new connection (ECONNABORTED)",
             [e.get("log_format", "").format(**e) for e in events],
         )
+
+
+class StartWatchingTests(SynchronousTestCase):
+    """
+    L{startWatching} does only what the epoll reactor's C{addReader} or
+    C{addWriter} would, for a descriptor it does not know.
+    """
+
+    def epoll(self) -> Any:
+        """
+        @return: An epoll reactor of the test's own, closed at its end.
+        """
+        r: Any = EPollReactor()
+
+        def cleanUp() -> None:
+            for reader in r._internalReaders:
+                r.removeReader(reader)
+                reader.connectionLost(None)
+            r._poller.close()
+
+        self.addCleanup(cleanUp)
+        return r
+
+    def test_known(self) -> None:
+        """
+        A descriptor the reactor watches already is left to the caller
+        (Twisted's way changes its registration): nothing changes.
+        """
+        mine, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(mine.close)
+        r = self.epoll()
+        watched = FileDescriptor(reactor=r)
+        watched.fileno = mine.fileno  # type: ignore[method-assign]
+        r.addWriter(watched)
+        self.assertFalse(startWatching(watched, r, select.EPOLLIN))
+        self.assertEqual(
+            (watched in r.getReaders(), watched in r.getWriters()), (False, True)
+        )
+
+    def test_watches(self) -> None:
+        """
+        A new descriptor is watched for what it is asked: reading or
+        writing, and not the other.
+        """
+        mine, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(mine.close)
+        r = self.epoll()
+        for events, reading in [(select.EPOLLIN, True), (select.EPOLLOUT, False)]:
+            watched = FileDescriptor(reactor=r)
+            watched.fileno = mine.fileno  # type: ignore[method-assign]
+            self.assertTrue(startWatching(watched, r, events))
+            self.assertEqual(
+                (watched in r.getReaders(), watched in r.getWriters()),
+                (reading, not reading),
+            )
+            (r.removeReader if reading else r.removeWriter)(watched)
+
+    def test_otherReactor(self) -> None:
+        """
+        On a reactor other than epoll's it does nothing: the caller starts
+        reading or writing.
+        """
+        r = MemoryReactor()
+        watched = FileDescriptor(reactor=r)
+        self.assertFalse(startWatching(watched, r, select.EPOLLIN))
+
+
+class _Reading(Protocol):
+    """
+    Keeps what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+
+class _Resetting:
+    """
+    A socket whose C{recv} fails as a reset connection's does.
+    """
+
+    def recv(self, size: int) -> bytes:
+        raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+
+
+class LeanReadTests(SynchronousTestCase):
+    """
+    L{LeanServer.doRead} (L{LeanClose}'s, both legs') answers as Twisted's
+    C{Connection.doRead} does.
+    """
+
+    def reading(self, sock: Any) -> tuple[LeanServer, _Reading]:
+        """
+        @return: A transport (made without its port) reading C{sock}, and
+            its protocol.
+        """
+        transport = LeanServer.__new__(LeanServer)
+        protocol = _Reading()
+        transport.socket = sock
+        transport.protocol = protocol
+        return transport, protocol
+
+    def test_reads(self) -> None:
+        """
+        What is there reaches the protocol, and nothing is returned; with
+        nothing there, nothing is read; at the stream's end the connection
+        is done; when C{recv} fails, it is lost.
+        """
+        mine, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(mine.close)
+        mine.setblocking(False)
+        transport, protocol = self.reading(mine)
+        peer.send(b"head")
+        self.assertIsNone(transport.doRead())
+        self.assertEqual(protocol.received, [b"head"])
+        self.assertIsNone(transport.doRead())
+        self.assertEqual(protocol.received, [b"head"])
+        peer.close()
+        self.assertIs(transport.doRead(), main.CONNECTION_DONE)
+        transport, protocol = self.reading(_Resetting())
+        self.assertIs(transport.doRead(), main.CONNECTION_LOST)
+        self.assertEqual(protocol.received, [])
 
 
 class _FailingOnce:

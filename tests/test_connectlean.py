@@ -141,6 +141,36 @@ class LeanConnectTests(_Loopback):
         self.assertEqual((client.reading, client.writing), (True, False))
         await waitFor(lambda: self.accepted)
 
+    async def test_watchedDirectly(self) -> None:
+        """
+        While it connects the transport is watched for writing only, and
+        once connected for reading only, without a call to the reactor's
+        C{addWriter} or C{addReader} (L{startWatching}, then one change of
+        its registration).
+        """
+        added: list[Any] = []
+        for name in ("addReader", "addWriter"):
+            real = getattr(reactor, name)
+
+            def recording(selectable: Any, real: Any = real, name: str = name) -> None:
+                added.append((name, selectable))
+                real(selectable)
+
+            self.patch(reactor, name, recording)
+        client = _Client()
+        factory = _Factory(client)
+        connector: Any = self.endpoint().connectDirect(factory)
+        self.addCleanup(connector.disconnect)
+        transport: Any = connector.transport
+        r: Any = reactor
+        self.assertEqual(
+            (transport in r.getReaders(), transport in r.getWriters()), (False, True)
+        )
+        await waitFor(lambda: client.reading is not None)
+        self.assertEqual((client.reading, client.writing), (True, False))
+        self.assertEqual([a for a in added if a[1] is transport], [])
+        await waitFor(lambda: self.accepted)
+
     async def test_fileDescriptorState(self) -> None:
         """
         The transport has every attribute Twisted's C{FileDescriptor.__init__}

@@ -6,6 +6,7 @@ installing it unless C{-r} chose another.
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import threading
@@ -179,6 +180,52 @@ class EventTests(Driving):
         peer.send(b"hello")
         self.turn(reactor, lambda: bool(end.received))
         self.assertEqual((end.received, end.prefixes), ([b"hello"], 0))
+
+    def test_readInline(self) -> None:
+        """
+        A read event alone, or a write event alone, is handled inline, not
+        through C{_doReadOrWrite}; an event of both goes through it.
+        """
+        reactor = self.newReactor()
+        handled: list[int] = []
+        handle = reactor._doReadOrWrite
+
+        def recording(selectable: Any, fd: int, event: int) -> None:
+            handled.append(event)
+            handle(selectable, fd, event)
+
+        reactor._doReadOrWrite = recording
+        end, peer = self.pair(reactor)
+        peer.send(b"hello")
+        self.turn(reactor, lambda: bool(end.received))
+        self.assertEqual((end.received, handled), ([b"hello"], []))
+        end.startWriting()
+        self.turn(reactor, lambda: end.writes > 0)
+        self.assertEqual((end.writes, handled), (1, []))
+        peer.send(b"again")
+        end.startWriting()
+        self.turn(reactor, lambda: end.writes > 1)
+        self.assertEqual(end.received, [b"hello", b"again"])
+        self.assertEqual(handled, [select.EPOLLIN | select.EPOLLOUT])
+
+    def test_overriddenHandling(self) -> None:
+        """
+        A subclass that overrides C{_doReadOrWrite} handles every event
+        with it, reads alone too.
+        """
+        handled: list[int] = []
+
+        class Handling(RelayReactor):
+            def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
+                handled.append(event)
+                super()._doReadOrWrite(selectable, fd, event)
+
+        self.reactorType = Handling
+        reactor = self.newReactor()
+        end, peer = self.pair(reactor)
+        peer.send(b"hello")
+        self.turn(reactor, lambda: bool(end.received))
+        self.assertEqual((end.received, handled), ([b"hello"], [select.EPOLLIN]))
 
     def test_legacyLogDuringEvent(self) -> None:
         """

@@ -43,9 +43,11 @@ from __future__ import annotations
 import _socket
 import socket
 import sys
+from errno import EWOULDBLOCK
+from select import EPOLLIN
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import (
     ConnectionAborted,
@@ -55,6 +57,11 @@ from twisted.internet.error import (
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
 from twisted.python.failure import Failure
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - no epoll (not Linux)
+    EPollReactor = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -70,6 +77,7 @@ __all__ = [
     "LeanSocket",
     "adoptStreamPort",
     "listenTCP",
+    "startWatching",
 ]
 
 #: Why a connection closed by L{LeanClose.loseConnection} is lost: one
@@ -112,6 +120,26 @@ class LeanClose(tcp.Connection):
     transports, L{LeanServer} and L{wsrelay.ws.tcpclient}'s C{_IPClient},
     put it before Twisted's C{Server} or C{Client}.
     """
+
+    def doRead(self) -> Any:
+        """
+        Read what is there and give it to the protocol: Twisted's
+        C{Connection.doRead} with its C{_dataReceived} inline (a Python
+        call less per read).
+
+        @return: L{None}, or why the connection is lost: the end of the
+            stream, or the error C{recv} failed with.
+        """
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
 
     def loseConnection(self) -> None:
         """
@@ -215,6 +243,35 @@ def _closeBatch(reactor: Any) -> None:
             log.err(None, "Unhandled error losing a connection")
 
 
+def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
+    """
+    A new transport's socket, which the reactor does not watch yet, starts
+    being watched for reading (C{events} L{EPOLLIN}) or writing
+    (C{EPOLLOUT}): on Twisted's epoll reactor, what its C{addReader} or
+    C{addWriter} does, in one call instead of three (C{startReading},
+    C{addReader}, C{_add}).  (Its private C{_poller}, C{_reads},
+    C{_writes} and C{_selectables}, as C{_add} keeps them: a Twisted that
+    renames them fails every accept and connect, loudly, in
+    tests.test_acceptlean and tests.test_connectlean.)
+
+    @param transport: The new transport.
+    @param reactor: Its reactor.
+    @param events: C{EPOLLIN} or C{EPOLLOUT}.
+    @return: Whether it did; if not (another reactor, or a descriptor the
+        reactor knows already), the caller starts reading or writing as
+        Twisted does.
+    """
+    if EPollReactor is None or not isinstance(reactor, EPollReactor):
+        return False
+    fd = transport.fileno()
+    if fd in reactor._reads or fd in reactor._writes:
+        return False
+    reactor._poller.register(fd, events)
+    (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
+    reactor._selectables[fd] = transport
+    return True
+
+
 class LeanServer(LeanClose, tcp.Server):
     """
     Twisted's accepted TCP transport, with less work per connection (see
@@ -258,7 +315,8 @@ class LeanServer(LeanClose, tcp.Server):
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        self.startReading()
+        if not startWatching(self, reactor, EPOLLIN):
+            self.startReading()
         self.connected = 1
 
     def setTcpNoDelay(self, enabled: bool) -> None:

@@ -32,7 +32,7 @@ from twisted.internet.protocol import Protocol as PlaceHolder
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.ws.accepting import LeanClose, LeanSocket
+from wsrelay.ws.accepting import LeanClose, LeanSocket, startWatching
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -279,7 +279,8 @@ class _IPClient(LeanClose, tcp.Client):
             )
             return
         self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-        self.startWriting()
+        if not startWatching(self, self.reactor, select.EPOLLOUT):
+            self.startWriting()
 
     def _connectWritable(self) -> None:
         """
@@ -303,10 +304,10 @@ class _IPClient(LeanClose, tcp.Client):
 
     def _connectDone(self) -> None:
         """
-        Connected: what Twisted's C{_connectDone} does, with the endpoint's
-        address of an IPv4 host (made once, where Twisted makes one per
-        connection) and the log prefix made only when asked for
-        (L{logstr}).
+        Connected, and reading already (L{_waitToRead}): what Twisted's
+        C{_connectDone} does, with the endpoint's address of an IPv4 host
+        (made once, where Twisted makes one per connection) and the log
+        prefix made only when asked for (L{logstr}).
         """
         connector = self.connector
         endpoint = connector.endpoint
@@ -319,7 +320,7 @@ class _IPClient(LeanClose, tcp.Client):
             self.loseConnection()
             return
         self.protocol = protocol
-        self.startReading()
+        # (Reading already: _connectWritable's _waitToRead.)
         protocol.makeConnection(self)
 
     @property
@@ -398,8 +399,8 @@ def _waitToRead(transport: tcp.Client) -> None:
     """
     A connected transport that waited to write now waits to read, with
     one change of its registration on Twisted's epoll reactor (one
-    C{epoll_ctl}); on another reactor by stopping writing (Twisted's
-    C{_connectDone} then starts reading).  (The epoll reactor's private
+    C{epoll_ctl}); on another reactor by stopping writing and starting to
+    read, as Twisted's C{_connectDone} does.  (The epoll reactor's private
     C{_poller}, C{_reads} and C{_writes}, as its C{_add} and C{_remove}
     keep them: a Twisted that renames them fails every connect, loudly, in
     tests.test_connectlean.)
@@ -419,3 +420,4 @@ def _waitToRead(transport: tcp.Client) -> None:
             reactor._reads.add(fd)
             return
     transport.stopWriting()
+    transport.startReading()
