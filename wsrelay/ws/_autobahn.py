@@ -285,6 +285,7 @@ class LazyTransportDetails:
     A leg's C{_transport_details} (Autobahn's account of its transport),
     made as Autobahn's C{connectionMade} makes it, when first read; before
     the leg connected, empty details (as Autobahn's C{__init__} makes).
+    Making them sets the leg's C{detailsMade} (its class default false).
     """
 
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
@@ -296,6 +297,7 @@ class LazyTransportDetails:
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         details.peer = leg.__dict__.get("peer") or details.peer  # (setPeer's)
         leg.__dict__["_transport_details"] = details
+        leg.detailsMade = True
         return details
 
 
@@ -363,6 +365,13 @@ class LegShims:
     is_open: Any = LazyOpen()
     #: Whether the leg opened (its 101 sent or read; L{LazyOpen}).
     upgraded = False
+    #: Whether the leg has an C{is_open} of its own (L{LazyOpen}), and its
+    #: C{_transport_details} (L{LazyTransportDetails}): told by these flags,
+    #: not by asking for the leg's C{__dict__}, which Python 3.11 makes
+    #: then (an instance keeps its attributes without one until asked),
+    #: slowing every later attribute access of the leg.
+    openMade = False
+    detailsMade = False
     is_closed: Any = LazyClosed()
     _transport_details: Any = LazyTransportDetails()
     peer: Any = LazyPeer()
@@ -467,7 +476,7 @@ class LegShims:
         compressor = self._perMessageCompress  # type: ignore[attr-defined]
         if compressor is not None:
             self.compressor = compressor
-        if "_transport_details" in vars(self) or isTLS(self.transport):  # type: ignore[attr-defined]
+        if self.detailsMade or isTLS(self.transport):  # type: ignore[attr-defined]
             super()._onOpen()  # type: ignore[misc]
         else:
             self.onOpen()  # type: ignore[attr-defined]
@@ -550,6 +559,12 @@ def setPeer(protocol: Any, peer: str) -> None:
     header names), in its transport details too.
     """
     protocol.peer = peer
-    details = vars(protocol).get("_transport_details")
+    made = getattr(protocol, "detailsMade", None)
+    if made is None:
+        # Not a relay leg: Autobahn made its details as it connected.
+        details = vars(protocol).get("_transport_details")
+    else:
+        # (A leg tells it by its flag, not its __dict__: LegShims.openMade.)
+        details = protocol._transport_details if made else None
     if details is not None:
         details.peer = peer

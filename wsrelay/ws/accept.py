@@ -198,6 +198,8 @@ class PlainAccept:
     inside_message: bool
     current_frame: Any
     websocket_protocol_in_use: str | None
+    openMade: bool
+    is_open: Any
 
     if TYPE_CHECKING:
 
@@ -290,10 +292,11 @@ class PlainAccept:
         if self.trackedTimings:
             self.trackedTimings.track("onOpen")
         # Resolved first, so that the leg lets it go as it is paired; only
-        # if something made it (LazyOpen): it reads as fired from now on.
-        opened = self.__dict__.get("is_open")
-        if opened is not None:
-            opened.callback(None)
+        # if something made it (LazyOpen, which says so in openMade, not
+        # in a __dict__ that reading would make): it reads as fired from
+        # now on.
+        if self.openMade:
+            self.is_open.callback(None)
         self._onOpen()
         if self.state == OPEN and self.dataPath is None:
             # (Not when the session's pipe took the connection over.)
