@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.ws._autobahn import NONE_IN_USE, originAllowed
 from wsrelay.ws.legclosing import CLOSED, OPEN
+from wsrelay.ws.writes import sendNow
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -198,6 +199,9 @@ class PlainAccept:
     inside_message: bool
     current_frame: Any
     websocket_protocol_in_use: str | None
+    logOctets: bool
+    send_queue: Any
+    transport: Any
     openMade: bool
     is_open: Any
 
@@ -274,14 +278,19 @@ class PlainAccept:
         if protocol is not None:
             self.websocket_protocol_in_use = protocol
         factory = self.factory
-        self.sendData(
-            acceptResponse(
-                key,
-                protocol,
-                [*factory.headers.items(), *(headers or {}).items()],
-                factory.server,
-            )
+        response = acceptResponse(
+            key,
+            protocol,
+            [*factory.headers.items(), *(headers or {}).items()],
+            factory.server,
         )
+        if self.logOctets or self.send_queue:
+            self.sendData(response)
+        else:
+            # Written once, as sendData would write it (directWrite), but
+            # without making the leg's writer, which a pipe never uses
+            # (its directions write to the transports themselves).
+            sendNow(self.transport, response)
         self.state = OPEN
         # (As Autobahn's succeedHandshake sets them: nothing before the
         # 101 set them otherwise, and they read so as class defaults.)
