@@ -318,6 +318,9 @@ class LazyPeer:
         return peer
 
 
+#: Autobahn's state of a leg before it opened.
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+
 #: Whether a transport's class provides C{ISSLTransport}, by class.
 _TLS: dict[type, bool] = {}
 
@@ -384,6 +387,15 @@ class LegShims:
     #: nothing left to do.
     __init__ = object.__init__
 
+    #: Whether the leg is a server leg whose options are class attributes
+    #: (L{wsrelay.ws.legs.withOptions}, which sets this), with
+    #: C{TCP_NODELAY}, no timings tracked and no opening-handshake timer of
+    #: Autobahn's: all that L{connectionMade} then does is set the state
+    #: and count the connection, read from no other class attribute (on
+    #: Python 3.11 each such read of an instance is an unspecialized
+    #: lookup).
+    connectsLean = False
+
     def connectionMade(self) -> None:
         """
         Autobahn's Twisted C{connectionMade} (C{TCP_NODELAY}), without its
@@ -393,6 +405,15 @@ class LegShims:
         (L{_onOpen}).
         """
         transport: Any = self.transport  # type: ignore[attr-defined]
+        if self.connectsLean:
+            # What the rest would do for such a leg (_connectionMade).
+            try:
+                transport.setTcpNoDelay(True)
+            except Exception:  # noqa: S110 - as Autobahn: not a TCP socket
+                pass
+            self.state = _CONNECTING
+            self.factory.countConnections += 1  # type: ignore[attr-defined]
+            return
         try:
             transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
         except Exception:  # noqa: S110 - as Autobahn: not a TCP socket

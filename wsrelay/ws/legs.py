@@ -83,6 +83,14 @@ def withOptions(base: type[Any], factory: Any) -> type[Any]:
     # each new connection's _connectionMade (a hasattr, a getattr and a
     # tuple for its debug line, per option and leg) would copy nothing.
     options["CONFIG_ATTRS"] = ()
+    # A server leg with nothing else to set up as it connects takes the
+    # short way (LegShims.connectsLean).
+    options["connectsLean"] = bool(
+        factory.isServer
+        and options.get("tcpNoDelay", getattr(base, "tcpNoDelay", None)) is True
+        and not factory.trackTimings
+        and not factory.openHandshakeTimeout > 0
+    )
     return type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
 
