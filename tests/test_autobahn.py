@@ -405,13 +405,49 @@ class ConnectionMadeTests(SynchronousTestCase):
 
     def test_server(self) -> None:
         """
-        A client's leg (an Autobahn server protocol).
+        A client's leg (an Autobahn server protocol), which takes the short
+        way (L{LegShims.connectsLean}) with the relay's options.
         """
         factory = WebSocketServerFactory()
         factory.setProtocolOptions(openHandshakeTimeout=0)
         factory.protocol = withOptions(ShimLeg, factory)
+        self.assertTrue(factory.protocol.connectsLean)
         self.assertSetUpAsAutobahn(factory)
         self.assertEqual(factory.countConnections, 3)
+
+    def test_serverNotLean(self) -> None:
+        """
+        A client's leg whose options ask for more as it connects (timings
+        tracked, Autobahn's opening-handshake timer, no C{TCP_NODELAY})
+        does not take the short way, and is set up as Autobahn does.
+        """
+        for options in (
+            {"trackTimings": True},
+            {"openHandshakeTimeout": 5},
+            {"tcpNoDelay": False},
+        ):
+            factory = WebSocketServerFactory()
+            factory.setProtocolOptions(openHandshakeTimeout=0)
+            for name, value in options.items():
+                setattr(factory, name, value)
+            factory.protocol = withOptions(ShimLeg, factory)
+            self.assertFalse(factory.protocol.connectsLean, options)
+            self.assertSetUpAsAutobahn(factory)
+            self.assertEqual(factory.countConnections, 3)
+
+    def test_leanNoDelay(self) -> None:
+        """
+        A leg that takes the short way still asks its transport for
+        C{TCP_NODELAY}.
+        """
+        factory = WebSocketServerFactory()
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        factory.protocol = withOptions(ShimLeg, factory)
+        asked: list[bool] = []
+        transport = StringTransport()
+        transport.setTcpNoDelay = asked.append  # type: ignore[attr-defined]
+        factory.buildProtocol(None).makeConnection(transport)
+        self.assertEqual(asked, [True])
 
     def test_client(self) -> None:
         """

@@ -6,8 +6,10 @@ otherwise, with the same answers either way (issue 16).
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from typing import Any
+from unittest import skipUnless
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.task import Clock
@@ -327,6 +329,25 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertEqual(answers[0], answers[1])
 
 
+#: Whether L{_dictMade} can look (CPython 3.11's layout of an object whose
+#: class keeps its instances' attributes without a dictionary).
+_PROBES_DICT = sys.implementation.name == "cpython" and sys.version_info[:2] == (
+    3,
+    11,
+)
+
+
+def _dictMade(obj: object) -> bool:
+    """
+    @return: Whether CPython 3.11 made C{obj}'s C{__dict__}, found without
+        making it: the pointer three words before the object (its values
+        without a dictionary are four words before).
+    """
+    assert type(obj).__flags__ & (1 << 4)  # Py_TPFLAGS_MANAGED_DICT
+    size = ctypes.sizeof(ctypes.c_void_p)
+    return ctypes.c_void_p.from_address(id(obj) - 3 * size).value is not None
+
+
 class HeldLegTests(SynchronousTestCase):
     """
     What an open passthrough connection's legs no longer hold of their
@@ -373,6 +394,39 @@ class HeldLegTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(opened))
         self.assertNotIn("is_open", vars(session.frontend))
         self.assertIs(session.frontend.is_open, FIRED)
+
+    @skipUnless(_PROBES_DICT, "probes CPython 3.11's object layout")
+    def test_dictionaryNotMade(self) -> None:
+        """
+        Opening a plain client's leg, to its pipe, never asks for the
+        leg's C{__dict__} (CPython 3.11 keeps an instance's attributes
+        without one until then, and every later attribute access of the
+        leg is slower once it is made); asking for it makes it, as the
+        probe sees.  A leg whose C{is_open} and transport details were
+        read before its 101 still lets both go, with their flags.
+        """
+        network = Network(self, _passthrough())
+        _, _, _, session = network.openSession()
+        f = session.frontend
+        self.assertIsNotNone(session.pipe)
+        self.assertFalse(_dictMade(f))
+        vars(f)
+        self.assertTrue(_dictMade(f))
+
+        onConnect = FrontendProtocol.onConnect
+
+        def reading(leg: FrontendProtocol, *a: Any) -> Any:
+            leg.is_open  # noqa: B018 - made when read
+            leg._transport_details  # noqa: B018
+            return onConnect(leg, *a)
+
+        self.patch(FrontendProtocol, "onConnect", reading)
+        _, _, _, session = Network(self, _passthrough()).openSession()
+        f = session.frontend
+        self.assertIsNotNone(session.pipe)
+        for name in ("is_open", "openMade", "_transport_details", "detailsMade"):
+            self.assertNotIn(name, vars(f))
+        self.assertIs(f.is_open, FIRED)
 
     def test_plainLegNotRebuilt(self) -> None:
         """

@@ -488,11 +488,15 @@ def _stopAutobahnPings(leg: Any) -> None:
     Nothing starts them again (Autobahn does as a leg opens, and after a
     pong, which its parser no longer sees).  The timers are dropped from
     the leg's dictionary: they read as their class default, L{None}.
+    (Deleted, not popped from C{vars(leg)}: asked for, Python 3.11 makes
+    the dictionary an instance keeps its attributes in without, which
+    slows every later attribute access of the leg.)
     """
-    attributes = vars(leg)
-    call = attributes.pop("autoPingPendingCall", None)
+    call = getattr(leg, "autoPingPendingCall", None)
     if call is not None:
         call.cancel()
-    call = attributes.pop("autoPingTimeoutCall", None)
+        del leg.autoPingPendingCall
+    call = getattr(leg, "autoPingTimeoutCall", None)
     if call is not None:
         call.cancel()
+        del leg.autoPingTimeoutCall

@@ -285,6 +285,7 @@ class LazyTransportDetails:
     A leg's C{_transport_details} (Autobahn's account of its transport),
     made as Autobahn's C{connectionMade} makes it, when first read; before
     the leg connected, empty details (as Autobahn's C{__init__} makes).
+    Making them sets the leg's C{detailsMade} (its class default false).
     """
 
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
@@ -296,6 +297,7 @@ class LazyTransportDetails:
         details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
         details.peer = leg.__dict__.get("peer") or details.peer  # (setPeer's)
         leg.__dict__["_transport_details"] = details
+        leg.detailsMade = True
         return details
 
 
@@ -315,6 +317,9 @@ class LazyPeer:
         leg.__dict__["peer"] = peer
         return peer
 
+
+#: Autobahn's state of a leg before it opened.
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 #: Whether a transport's class provides C{ISSLTransport}, by class.
 _TLS: dict[type, bool] = {}
@@ -363,6 +368,13 @@ class LegShims:
     is_open: Any = LazyOpen()
     #: Whether the leg opened (its 101 sent or read; L{LazyOpen}).
     upgraded = False
+    #: Whether the leg has an C{is_open} of its own (L{LazyOpen}), and its
+    #: C{_transport_details} (L{LazyTransportDetails}): told by these flags,
+    #: not by asking for the leg's C{__dict__}, which Python 3.11 makes
+    #: then (an instance keeps its attributes without one until asked),
+    #: slowing every later attribute access of the leg.
+    openMade = False
+    detailsMade = False
     is_closed: Any = LazyClosed()
     _transport_details: Any = LazyTransportDetails()
     peer: Any = LazyPeer()
@@ -375,6 +387,15 @@ class LegShims:
     #: nothing left to do.
     __init__ = object.__init__
 
+    #: Whether the leg is a server leg whose options are class attributes
+    #: (L{wsrelay.ws.legs.withOptions}, which sets this), with
+    #: C{TCP_NODELAY}, no timings tracked and no opening-handshake timer of
+    #: Autobahn's: all that L{connectionMade} then does is set the state
+    #: and count the connection, read from no other class attribute (on
+    #: Python 3.11 each such read of an instance is an unspecialized
+    #: lookup).
+    connectsLean = False
+
     def connectionMade(self) -> None:
         """
         Autobahn's Twisted C{connectionMade} (C{TCP_NODELAY}), without its
@@ -384,6 +405,15 @@ class LegShims:
         (L{_onOpen}).
         """
         transport: Any = self.transport  # type: ignore[attr-defined]
+        if self.connectsLean:
+            # What the rest would do for such a leg (_connectionMade).
+            try:
+                transport.setTcpNoDelay(True)
+            except Exception:  # noqa: S110 - as Autobahn: not a TCP socket
+                pass
+            self.state = _CONNECTING
+            self.factory.countConnections += 1  # type: ignore[attr-defined]
+            return
         try:
             transport.setTcpNoDelay(self.tcpNoDelay)  # type: ignore[attr-defined]
         except Exception:  # noqa: S110 - as Autobahn: not a TCP socket
@@ -467,7 +497,7 @@ class LegShims:
         compressor = self._perMessageCompress  # type: ignore[attr-defined]
         if compressor is not None:
             self.compressor = compressor
-        if "_transport_details" in vars(self) or isTLS(self.transport):  # type: ignore[attr-defined]
+        if self.detailsMade or isTLS(self.transport):  # type: ignore[attr-defined]
             super()._onOpen()  # type: ignore[misc]
         else:
             self.onOpen()  # type: ignore[attr-defined]
@@ -550,6 +580,12 @@ def setPeer(protocol: Any, peer: str) -> None:
     header names), in its transport details too.
     """
     protocol.peer = peer
-    details = vars(protocol).get("_transport_details")
+    made = getattr(protocol, "detailsMade", None)
+    if made is None:
+        # Not a relay leg: Autobahn made its details as it connected.
+        details = vars(protocol).get("_transport_details")
+    else:
+        # (A leg tells it by its flag, not its __dict__: LegShims.openMade.)
+        details = protocol._transport_details if made else None
     if details is not None:
         details.peer = peer

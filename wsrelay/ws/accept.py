@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, cast
 from autobahn.websocket.types import ConnectionDeny
 from twisted.python.failure import Failure
 
-from wsrelay.ws._autobahn import NONE_IN_USE, originAllowed
+from wsrelay.ws._autobahn import NONE_IN_USE, isTLS, originAllowed
 from wsrelay.ws.legclosing import CLOSED, OPEN
+from wsrelay.ws.writes import sendNow
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -208,9 +209,13 @@ class PlainAccept:
     maxConnections: int
     trustXForwardedFor: int
     trackedTimings: Any
-    inside_message: bool
-    current_frame: Any
     websocket_protocol_in_use: str | None
+    logOctets: bool
+    send_queue: Any
+    transport: Any
+    openMade: bool
+    detailsMade: bool
+    is_open: Any
 
     if TYPE_CHECKING:
 
@@ -220,6 +225,7 @@ class PlainAccept:
         def sendData(self, data: bytes) -> None: ...
         def failHandshake(self, reason: str, code: int = 400) -> None: ...
         def _onOpen(self) -> None: ...
+        def onOpen(self) -> None: ...
         def startKeepalive(self) -> None: ...
         def consumeData(self) -> None: ...
 
@@ -285,29 +291,39 @@ class PlainAccept:
         if protocol is not None:
             self.websocket_protocol_in_use = protocol
         factory = self.factory
-        self.sendData(
-            acceptResponse(
-                key,
-                protocol,
-                [*factory.headers.items(), *(headers or {}).items()],
-                factory.server,
-            )
+        response = acceptResponse(
+            key,
+            protocol,
+            [*factory.headers.items(), *(headers or {}).items()],
+            factory.server,
         )
+        if self.logOctets or self.send_queue:
+            self.sendData(response)
+        else:
+            # Written once, as sendData would write it (directWrite), but
+            # without making the leg's writer, which a pipe never uses
+            # (its directions write to the transports themselves).
+            sendNow(self.transport, response)
         self.state = OPEN
-        # (As Autobahn's succeedHandshake sets them: nothing before the
-        # 101 set them otherwise, and they read so as class defaults.)
-        if self.inside_message:
-            self.inside_message = False
-        if self.current_frame is not None:
-            self.current_frame = None
+        # (Autobahn's succeedHandshake also resets inside_message and
+        # current_frame: no frame of this leg was parsed yet, its bytes
+        # went to its processHandshake only, and they read as their class
+        # defaults.)
         if self.trackedTimings:
             self.trackedTimings.track("onOpen")
         # Resolved first, so that the leg lets it go as it is paired; only
-        # if something made it (LazyOpen): it reads as fired from now on.
-        opened = self.__dict__.get("is_open")
-        if opened is not None:
-            opened.callback(None)
-        self._onOpen()
+        # if something made it (LazyOpen, which says so in openMade, not
+        # in a __dict__ that reading would make): it reads as fired from
+        # now on.
+        if self.openMade:
+            self.is_open.callback(None)
+        if self.detailsMade or isTLS(self.transport):
+            self._onOpen()
+        else:
+            # What LegShims._onOpen does for a plain leg whose transport
+            # details were never made, with no compressor to keep (the
+            # relay negotiated no extension).
+            self.onOpen()
         if self.state == OPEN and self.dataPath is None:
             # (Not when the session's pipe took the connection over.)
             self.startKeepalive()

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from wsrelay.accesslog import logRefused
 from wsrelay.deadlines import Deadlines
 from wsrelay.logs import ErrorBudget, LimitedLogger
-from wsrelay.ws._autobahn import isTLS
+from wsrelay.ws._autobahn import LegShims, isTLS
 from wsrelay.ws.accept import PlainAccept
 from wsrelay.ws.handshake import Head, buildResponse
 from wsrelay.ws.legclosing import OPEN
@@ -195,14 +195,14 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
         rounds to whole seconds (txaio's batched timer), so the relay keeps
         its own, on the relay's clock.
         """
-        super().connectionMade()
+        LegShims.connectionMade(self)
         factory = self.factory
         factory.admission.clientArrived(self)
         rateLimit = factory.config.maxMessagesPerSecond
         if rateLimit:
             self.rateLimit = rateLimit
             self.rateWindow = factory.clock.seconds()
-        queue = factory.deadlines.queue(factory.config.handshakeTimeout)
+        queue = factory.handshakes
         queue.add(self._handshakeTimedOut)
         self._handshakeCall = queue
 
@@ -514,6 +514,9 @@ class FrontendFactory(WebSocketServerFactory):
         Apply C{config} to connections made from now on.
         """
         self.config = config
+        #: The deadlines of the handshakes of clients that connect from now
+        #: on (C{handshake_timeout}).
+        self.handshakes = self.deadlines.queue(config.handshakeTimeout)
         self.setProtocolOptions(webStatus=False, versions=[13], **legOptions(config))
         self.protocol = withOptions(FrontendProtocol, self)
         # What Autobahn logs of a client's protocol errors (a refused

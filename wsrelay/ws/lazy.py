@@ -193,7 +193,8 @@ class LazyOpen:
     leaves as it is.  Nothing in the relay waits on it: most legs never
     make one, which spares each connection a L{Deferred} made and fired
     with nothing waiting (L{wsrelay.ws.accept.PlainAccept.acceptPlain}
-    fires it only if it was made).
+    fires it only if it was made).  Making one sets the leg's C{openMade}
+    (its class default false): that is how the leg knows it has its own.
     """
 
     def __get__(self, leg: Any, owner: type | None = None) -> Any:
@@ -206,4 +207,7 @@ class LazyOpen:
             return FIRED
         opened: Deferred[Any] = Deferred()
         leg.is_open = opened
+        # (What tells those that resolve or let go of it that it was made,
+        # without asking the leg's __dict__.)
+        leg.openMade = True
         return opened

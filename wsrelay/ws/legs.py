@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.ws import _autobahn
-from wsrelay.ws._autobahn import NO_QUEUE, compact, forgetOpened
+from wsrelay.ws._autobahn import NO_QUEUE, compact
 from wsrelay.ws.framing import compressFrame
 from wsrelay.ws.legclosing import CLOSED, OPEN, ClosingLeg
 from wsrelay.ws.writes import directWrite
@@ -83,6 +83,14 @@ def withOptions(base: type[Any], factory: Any) -> type[Any]:
     # each new connection's _connectionMade (a hasattr, a getattr and a
     # tuple for its debug line, per option and leg) would copy nothing.
     options["CONFIG_ATTRS"] = ()
+    # A server leg with nothing else to set up as it connects takes the
+    # short way (LegShims.connectsLean).
+    options["connectsLean"] = bool(
+        factory.isServer
+        and options.get("tcpNoDelay", getattr(base, "tcpNoDelay", None)) is True
+        and not factory.trackTimings
+        and not factory.openHandshakeTimeout > 0
+    )
     return type(base.__name__, (base,), {"__module__": base.__module__, **options})
 
 
@@ -288,6 +296,8 @@ class RelayLeg(LegProducer, ClosingLeg):
     #: The peer's host, once asked (a client's leg: L{wsrelay.admission.
     #: peerHost}).
     peerAddress: str | None = None
+    #: The request's parsed head, if the leg keeps one (a client's leg).
+    head: Any = None
 
     #: What a leg whose connection is gone lets go of (L{letGo}): the
     #: references by which it and its session, data path or channel refer
@@ -361,21 +371,31 @@ class RelayLeg(LegProducer, ClosingLeg):
         @param compacting: Whether to compact now (not when the caller
             compacts the leg later: a passthrough pipe, once it started).
         """
-        attributes = self.__dict__
-        if self.is_server and "http_headers" not in attributes:  # type: ignore[attr-defined]
+        if self.is_server and self.http_headers is None:  # type: ignore[attr-defined]
             # A client's leg whose request Autobahn never parsed (the relay
-            # answered it: PlainAccept) holds none of Autobahn's fields.
-            attributes.pop("peerAddress", None)
+            # answered it: PlainAccept) holds none of Autobahn's fields;
+            # nor its __dict__, unless something asked for it (Python 3.11
+            # makes one then, and every later attribute access of the leg
+            # is slower): what it set is deleted as such.
+            if self.peerAddress is not None:
+                del self.peerAddress
         else:
+            attributes = self.__dict__
             for name in self._HANDSHAKE_ONLY:
                 # (Each reads as its class default, None, once dropped.)
                 attributes.pop(name, None)
-        # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
-        # certificate) and never after, if made at all
-        # (LazyTransportDetails); 336 bytes a held connection.
-        attributes.pop("_transport_details", None)
-        forgetOpened(self, "is_open")
-        head = attributes.get("head")
+        if self.detailsMade:
+            # Read by Autobahn's _onOpen (a TLS leg's channel id and peer
+            # certificate) and never after, if made at all
+            # (LazyTransportDetails); 336 bytes a held connection.
+            del self._transport_details
+            del self.detailsMade
+        if self.openMade:
+            # Once it fired, it reads as FIRED (LazyOpen).
+            if self.is_open.called:
+                del self.is_open
+                del self.openMade
+        head = self.head
         if head is not None:
             # The request's fields by name, made while it was handled.
             vars(head).pop("fields", None)
