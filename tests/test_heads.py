@@ -51,6 +51,7 @@ from wsrelay.ws.response import (
     RELAY_DEFLATE,
     ResponseReader,
 )
+from wsrelay.ws.screening import _HOSTS, KEPT_HOST_LENGTH, KEPT_HOSTS, routedHost
 
 _MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -470,6 +471,42 @@ class KeptLinesTests(SynchronousTestCase):
             self.assertEqual(head.headers, ((f"X-{i}", str(i)),))
             self.assertLessEqual(len(_LINES), KEPT_LINES)
             self.assertLessEqual(len(_NAMES), KEPT_LINES)
+
+
+def _oldHost(value: str) -> str:
+    """
+    The host a route was matched on before L{routedHost}.
+    """
+    host = value.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return host
+
+
+class RoutedHostTests(SynchronousTestCase):
+    """
+    L{routedHost} gives the host that a route was matched on before it
+    remembered hosts.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random C{Host} values, each given twice (the second time
+        remembered), L{routedHost} gives what L{_oldHost} gives, and keeps
+        at most L{KEPT_HOSTS} values, none of L{KEPT_HOST_LENGTH} or more.
+        """
+        rng = random.Random(6455)
+        parts = ["a", "B", ".", ":", "80", "[", "]", "::1", " ", "\t", "\xc9"]
+        parts.append("x" * KEPT_HOST_LENGTH)
+        for _ in range(3 * KEPT_HOSTS):
+            value = "".join(rng.choice(parts) for _ in range(rng.randrange(6)))
+            expected = _oldHost(value)
+            self.assertEqual(routedHost(value), expected)
+            self.assertEqual(routedHost(value), expected)
+            self.assertLessEqual(len(_HOSTS), KEPT_HOSTS)
+        self.assertFalse([v for v in _HOSTS if len(v) >= KEPT_HOST_LENGTH])
 
 
 class NormalizePathTests(SynchronousTestCase):
