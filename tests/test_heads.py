@@ -29,7 +29,11 @@ from wsrelay.routing import (
 )
 from wsrelay.ws.accept import plainRequest
 from wsrelay.ws.handshake import (
+    _LINES,
+    _NAMES,
     FORWARDING,
+    KEPT_LENGTH,
+    KEPT_LINES,
     NOT_FORWARDED,
     BadHead,
     Head,
@@ -47,6 +51,7 @@ from wsrelay.ws.response import (
     RELAY_DEFLATE,
     ResponseReader,
 )
+from wsrelay.ws.screening import _HOSTS, KEPT_HOST_LENGTH, KEPT_HOSTS, routedHost
 
 _MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -345,13 +350,38 @@ def _randomHead(rng: random.Random) -> bytes:
     blanks, controls or non-ASCII characters, and now and then a line
     that is not a field.
     """
-    lines = [rng.choice(["GET / HTTP/1.1", "GET /a\x01 HTTP/1.1", "HTTP/1.1 101 Up"])]
+    lines = [
+        rng.choice(
+            [
+                "GET / HTTP/1.1",
+                "GET /a\x01 HTTP/1.1",
+                "GET /\t HTTP/1.1",
+                "HTTP/1.1 101 Up",
+            ]
+        )
+    ]
     for _ in range(rng.randrange(8)):
-        name = rng.choice(["Host", "host", "X-A", "Connection", "X_B", "Cookie", "A B"])
-        value = rng.choice(["h", "Upgrade, X-A", "x-a", "caf\xe9", "1\r2", "a\x00", ""])
+        name = rng.choice(
+            [
+                "Host",
+                "host",
+                "X-A",
+                "Connection",
+                "X_B",
+                "Cookie",
+                "A B",
+                "Sec-WebSocket-Key",
+            ]
+        )
+        value = rng.choice(
+            ["h", "Upgrade, X-A", "x-a", "caf\xe9", "1\r2", "a\x00", "", "\xa0", "a\tb"]
+        )
         lines.append(f"{name}:{_blank(rng)}{value}{_blank(rng)}")
     if rng.random() < 0.1:
-        lines.insert(rng.randrange(1, len(lines) + 1), rng.choice(["", " fold", "x"]))
+        lines.insert(
+            rng.randrange(1, len(lines) + 1),
+            rng.choice(["", " fold", "x", "Host", ":h"]),
+        )
     return "\r\n".join(lines).encode("latin-1")
 
 
@@ -376,11 +406,12 @@ class HeadTests(SynchronousTestCase):
 
     def test_random(self) -> None:
         """
-        On many random heads, L{parseHead} reads what L{readLines} reads
-        (or refuses what it refuses), the fields by name it made at once
-        are those L{Head.fields} makes, and L{endToEnd} drops what it
-        dropped before, as does L{endToEndLines}, which writes the rest as
-        lines.
+        On many random heads, read by L{parseHead} once and again (its
+        lines then remembered, L{readField}), L{parseHead} reads what
+        L{readLines} reads (or refuses what it refuses), the fields by name
+        it made at once are those L{Head.fields} makes, and L{endToEnd}
+        drops what it dropped before, as does L{endToEndLines}, which
+        writes the rest as lines.
         """
         rng = random.Random(6455)
         for _ in range(10000):
@@ -394,6 +425,7 @@ class HeadTests(SynchronousTestCase):
                 self.assertEqual(str(caught.exception), str(e))
                 continue
             head = parseHead(data)
+            self.assertEqual(parseHead(data), head)
             self.assertEqual(head, expected)
             self.assertEqual(hash(head), hash(expected))
             made = {k: v for k, v in vars(head).items() if k != "fields"}
@@ -408,6 +440,73 @@ class HeadTests(SynchronousTestCase):
                 endToEndLines(head, FORWARDING),
                 fieldLines(_oldEndToEnd(head, FORWARDING, False)),
             )
+
+
+class KeptLinesTests(SynchronousTestCase):
+    """
+    What L{readField} remembers of the lines it read.
+    """
+
+    def test_kept(self) -> None:
+        """
+        A short field line is remembered, a key's or a long one's is not,
+        and however many different lines come, at most L{KEPT_LINES} are
+        kept, as are names.
+        """
+        head = parseHead(
+            b"GET / HTTP/1.1\r\nHost: kept.example\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Long: "
+            + b"x"
+            * KEPT_LENGTH
+        )
+        self.assertEqual(head.fields["host"], ["kept.example"])
+        self.assertEqual(
+            _LINES["Host: kept.example"],
+            (("Host", "kept.example"), "host", "kept.example"),
+        )
+        self.assertNotIn("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", _LINES)
+        self.assertFalse([line for line in _LINES if line.startswith("X-Long")])
+        for i in range(3 * KEPT_LINES):
+            head = parseHead(b"GET / HTTP/1.1\r\nX-%d: %d" % (i, i))
+            self.assertEqual(head.headers, ((f"X-{i}", str(i)),))
+            self.assertLessEqual(len(_LINES), KEPT_LINES)
+            self.assertLessEqual(len(_NAMES), KEPT_LINES)
+
+
+def _oldHost(value: str) -> str:
+    """
+    The host a route was matched on before L{routedHost}.
+    """
+    host = value.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return host
+
+
+class RoutedHostTests(SynchronousTestCase):
+    """
+    L{routedHost} gives the host that a route was matched on before it
+    remembered hosts.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random C{Host} values, each given twice (the second time
+        remembered), L{routedHost} gives what L{_oldHost} gives, and keeps
+        at most L{KEPT_HOSTS} values, none of L{KEPT_HOST_LENGTH} or more.
+        """
+        rng = random.Random(6455)
+        parts = ["a", "B", ".", ":", "80", "[", "]", "::1", " ", "\t", "\xc9"]
+        parts.append("x" * KEPT_HOST_LENGTH)
+        for _ in range(3 * KEPT_HOSTS):
+            value = "".join(rng.choice(parts) for _ in range(rng.randrange(6)))
+            expected = _oldHost(value)
+            self.assertEqual(routedHost(value), expected)
+            self.assertEqual(routedHost(value), expected)
+            self.assertLessEqual(len(_HOSTS), KEPT_HOSTS)
+        self.assertFalse([v for v in _HOSTS if len(v) >= KEPT_HOST_LENGTH])
 
 
 class NormalizePathTests(SynchronousTestCase):

@@ -223,6 +223,59 @@ def quickFields(text: str, first: int) -> list[tuple[str, str]] | None:
 #: Makes a L{Head} without initializing it (L{parseHead}).
 _newHead = object.__new__
 
+#: How many field lines L{readField} remembers (it forgets them all when
+#: it has as many), and how long each may be.
+KEPT_LINES = 1024
+KEPT_LENGTH = 256
+
+#: The field lines L{readField} read before, by line: each one's field,
+#: its lower-case name and its value.  A relay's clients send the same
+#: lines again and again (C{Host}, C{Upgrade}, C{Connection}, their
+#: C{User-Agent}...), each read once.
+_LINES: dict[str, tuple[tuple[str, str], str, str]] = {}
+
+#: The field names L{readField} read before, each a token, by name as
+#: sent: their lower-case forms.  At most L{KEPT_LINES}, as for the lines.
+_NAMES: dict[str, str] = {}
+
+#: The field whose value is new in every request: its lines are not kept.
+_KEY_NAME = "sec-websocket-key"
+
+
+def readField(line: str) -> tuple[tuple[str, str], str, str] | None:
+    """
+    Read one header field line, as L{readLines} does when it takes it,
+    and remember it (L{_LINES}) when it is short and not a key, which is
+    new in every request.
+
+    @param line: The line, without CRLF.
+    @return: The field (its name as sent and its value without the blanks
+        around it), its lower-case name and its value; or L{None} when the
+        line is not a well-formed field (for L{readLines} to say why).
+    """
+    name, sep, value = line.partition(":")
+    if not sep:
+        return None
+    lname = _NAMES.get(name)
+    if lname is None:
+        if _TOKEN.fullmatch(name) is None:
+            return None
+        lname = name.lower()
+        if len(name) < KEPT_LENGTH:
+            if len(_NAMES) >= KEPT_LINES:
+                _NAMES.clear()
+            _NAMES[name] = lname
+    # (isprintable: no control at all, most values; a tab may be there.)
+    if not value.isprintable() and _CONTROL.search(value):
+        return None
+    value = value.strip(" \t")
+    entry = ((name, value), lname, value)
+    if len(line) < KEPT_LENGTH and lname != _KEY_NAME:
+        if len(_LINES) >= KEPT_LINES:
+            _LINES.clear()
+        _LINES[line] = entry
+    return entry
+
 
 def parseHead(data: bytes) -> Head:
     """
@@ -236,23 +289,37 @@ def parseHead(data: bytes) -> Head:
         text = data.decode("iso-8859-1")
     except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes all
         raise BadHead(str(e)) from e
-    first = text.find("\r\n")
-    if first < 0:
-        first = len(text)
-    fields = quickFields(text, first)
-    if fields is not None:
+    lines = text.split("\r\n")
+    startLine = lines[0]
+    if startLine.isprintable() or not _CONTROL.search(startLine):
+        # Each line read once by readField, then found (most heads): what
+        # readLines reads when every line is a field.
+        known = _LINES
+        headers = []
+        fields: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            entry = known.get(line)
+            if entry is None:
+                entry = readField(line)
+                if entry is None:
+                    # Something is wrong (or unusual, an empty line): line
+                    # by line, to say what.
+                    return readLines(text)
+            pair, lname, value = entry
+            headers.append(pair)
+            values = fields.get(lname)
+            if values is None:
+                fields[lname] = [value]
+            else:
+                values.append(value)
         # The Head that Head(startLine, headers) makes, its attributes
         # given at once, without the frozen dataclass's __init__ (a call of
         # object.__setattr__ per field); and since every reader of a
         # request head reads its fields by name, those made now, in the
         # same pass (see Head.fields).
         head = _newHead(Head)
-        head.__dict__.update(
-            startLine=text[:first], headers=tuple(fields), fields=byName(fields)
-        )
+        head.__dict__.update(startLine=startLine, headers=tuple(headers), fields=fields)
         return head
-    # Something is wrong (or unusual, an empty line): line by line, to say
-    # what.
     return readLines(text)
 
 

@@ -85,6 +85,46 @@ class Screened:
         self.headLength = headLength
 
 
+#: How many C{Host} values L{routedHost} remembers (it forgets them all
+#: when it has as many), and how long each may be.
+KEPT_HOSTS = 1024
+KEPT_HOST_LENGTH = 256
+
+#: The hosts L{routedHost} made, by C{Host} value as sent: a relay's
+#: clients name a few.
+_HOSTS: dict[str, str] = {}
+
+
+def hostOf(value: str) -> str:
+    """
+    @param value: A request's C{Host} field value, as sent (or C{""} for
+        none).
+    @return: The host a route is matched on: lower case, without the
+        blanks around it and without a port.
+    """
+    host = value.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return host
+
+
+def routedHost(value: str) -> str:
+    """
+    L{hostOf}, remembered for the short values it was given (at most
+    L{KEPT_HOSTS}).
+    """
+    host = _HOSTS.get(value)
+    if host is None:
+        host = hostOf(value)
+        if len(value) < KEPT_HOST_LENGTH:
+            if len(_HOSTS) >= KEPT_HOSTS:
+                _HOSTS.clear()
+            _HOSTS[value] = host
+    return host
+
+
 def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
     """
     @return: A 426 that names the upgrade the relay speaks, with
@@ -166,11 +206,7 @@ def screenRequest(
         )
     if path == "/healthz" and method in ("GET", "HEAD"):
         return Rejected(Refused(200, "OK", body=b"ok\n"), head)
-    host = hosts[0].strip().lower() if hosts else ""
-    if host.startswith("["):
-        host = host[: host.find("]") + 1]
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
+    host = routedHost(hosts[0]) if hosts else ""
     found = routes.match(host or None, path)
     if found is None:
         return Rejected(Refused(404, "Not Found"), head)
