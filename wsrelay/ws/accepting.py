@@ -41,10 +41,10 @@ That close is L{LeanClose}'s, which the upstream leg's transport
 from __future__ import annotations
 
 import _socket
+import select
 import socket
 import sys
 from errno import EWOULDBLOCK
-from select import EPOLLIN
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main, tcp
@@ -62,6 +62,11 @@ try:
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # pragma: no cover - no epoll (not Linux)
     EPollReactor = None  # type: ignore[assignment,misc]
+
+#: The event masks of L{startWatching} (epoll's; their values where the
+#: platform has no epoll, on which L{startWatching} falls back anyway).
+EPOLLIN: int = getattr(select, "EPOLLIN", 1)
+EPOLLOUT: int = getattr(select, "EPOLLOUT", 4)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (

@@ -9,7 +9,6 @@ what the transport and its caller use of Twisted's C{tcp.Connector}.
 
 from __future__ import annotations
 
-import select
 import socket
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
@@ -32,7 +31,13 @@ from twisted.internet.protocol import Protocol as PlaceHolder
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.ws.accepting import LeanClose, LeanSocket, startWatching
+from wsrelay.ws.accepting import (
+    EPOLLIN,
+    EPOLLOUT,
+    LeanClose,
+    LeanSocket,
+    startWatching,
+)
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -279,7 +284,7 @@ class _IPClient(LeanClose, tcp.Client):
             )
             return
         self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-        if not startWatching(self, self.reactor, select.EPOLLOUT):
+        if not startWatching(self, self.reactor, EPOLLOUT):
             self.startWriting()
 
     def _connectWritable(self) -> None:
@@ -415,7 +420,7 @@ def _waitToRead(transport: tcp.Client) -> None:
         and fd in reactor._writes
     ):
         if fd not in reactor._reads:
-            reactor._poller.modify(fd, select.EPOLLIN)
+            reactor._poller.modify(fd, EPOLLIN)
             reactor._writes.discard(fd)
             reactor._reads.add(fd)
             return
