@@ -401,6 +401,27 @@ class QuickRequestTests(SynchronousTestCase):
         admission.configure(_config())
         self.assertIsNotNone(admission.forwardedLines(frontend, head))
 
+    def test_trustedKey(self) -> None:
+        """
+        The general form of a passthrough request (a peer the relay
+        trusts) carries the client's key for the plain leg to send on, as
+        the quick form does; the message path's request does not (its leg
+        makes its own).
+        """
+        head = parseHead(
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key:  AQIDBAUGBwgJCgsMDQ4PEA== \r\n"
+            b"Sec-WebSocket-Version: 13"
+        )
+        frontend: Any = _Frontend(head, "10.1.2.3", _Transport(), False, "", "", False)
+        admission = Admission(Clock(), _config("10.0.0.0/8"), None, len, None, None)  # type: ignore[arg-type]
+        backend = Backend(_BACKEND)
+        _, headers = upstreamRequest(frontend, admission, "passthrough", backend)
+        self.assertNotIsInstance(headers, RequestLines)
+        self.assertEqual(headers.key, "AQIDBAUGBwgJCgsMDQ4PEA==")
+        _, headers = upstreamRequest(frontend, admission, "message", backend)
+        self.assertIsNone(headers.key)
+
 
 class BuildRequestTests(SynchronousTestCase):
     """

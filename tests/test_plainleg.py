@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -481,6 +482,27 @@ class _WrongBackend(Protocol):
             self.transport.write(_answer(other))  # type: ignore[union-attr]
 
 
+class _CookieBackend(Protocol):
+    """
+    A backend that accepts any request with fields of its own in its 101:
+    two C{Set-Cookie}s and an C{X-Backend}.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Answer once the request is here.
+        """
+        if b"\r\n\r\n" in data:
+            key = re.search(rb"Sec-WebSocket-Key: (\S+)\r\n", data, re.I)
+            assert key is not None
+            accept = base64.b64encode(hashlib.sha1(key.group(1) + _MAGIC).digest())
+            self.transport.write(  # type: ignore[union-attr]
+                _answer(
+                    accept, b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Backend: one\r\n"
+                )
+            )
+
+
 class ForwardedKeyTests(SynchronousTestCase):
     """
     A plain leg given the client's key (L{KeyedLines}) sends it on to the
@@ -584,6 +606,30 @@ class ForwardedKeyTests(SynchronousTestCase):
             self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "))
             self.assertIn(
                 b"\r\nSec-WebSocket-Accept: " + _RFC_ACCEPT + b"\r\n", client.received
+            )
+
+    def test_relayFields(self) -> None:
+        """
+        Through the relay, the fields of the backend's 101 reach the
+        client's, repeated ones each in turn: for the first 101 of its
+        shape, and for the next, which opens as the first did.
+        """
+        network = Network(self, _CONFIG)
+        for _ in range(2):
+            client = RawClient()
+            network.pair(network.frontend(), client).clientIO.write(request())
+            network.flush()
+            host, port, factory, *_ = network.reactor.tcpClients.pop(0)
+            network.reactor.connectors.pop(0)
+            address = IPv4Address("TCP", host, port)
+            network.pair(_CookieBackend(), factory.buildProtocol(address), address)
+            network.flush()
+            self.assertTrue(
+                client.received.startswith(b"HTTP/1.1 101 "), client.received
+            )
+            self.assertIn(
+                b"\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Backend: one\r\n",
+                client.received,
             )
 
     def test_relayWrongAccept(self) -> None:

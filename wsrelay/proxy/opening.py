@@ -175,6 +175,7 @@ def upstreamRequest(
         headers.append(("Sec-WebSocket-Protocol", protocols))
     if dataPath == "passthrough":
         headers.plain = True
+        headers.key = clientKey(head)
         offers = (
             [
                 (n, v)
@@ -193,6 +194,16 @@ def upstreamRequest(
     return resource, headers
 
 
+def clientKey(head: Head) -> str | None:
+    """
+    @return: The client's C{Sec-WebSocket-Key}, which a plain upstream leg
+        sends on to the backend, as a proxy that passes the request through
+        does (its request was checked: it has exactly one).
+    """
+    keys = head.fields.get("sec-websocket-key")
+    return keys[0].strip() if keys else None
+
+
 def passthroughLines(head: Head, forwarded: str) -> RequestLines:
     """
     @param head: The client's request.
@@ -207,10 +218,7 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
     protocols = fields.get("sec-websocket-protocol")
     if protocols:
         forwarded += f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n"
-    # The client's key goes on to the backend (KeyedLines); its request was
-    # checked, with one key (else the leg makes a key of its own).
-    keys = fields.get("sec-websocket-key")
-    key = keys[0].strip() if keys else None
+    key = clientKey(head)
     if "sec-websocket-extensions" not in fields:
         return KeyedLines(forwarded, NO_EXTENSIONS, key)
     # The offers as sent (names too), in order; the length first, which
@@ -289,8 +297,9 @@ class UpstreamOpener:
         self, avoid: Backend | None
     ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
         """
-        L{open}, for a caller whose first callbacks on the L{Deferred} call
-        L{settled} (one callback fewer on the handshake's path).
+        L{open}, for a caller that ends the opening itself, with no
+        callback of the opener's on the handshake's path: L{opened} ends
+        it once the upstream opened, L{settled} otherwise.
         """
         opening = self._opening = self._upstreams.open(
             self._route,

@@ -81,7 +81,12 @@ class RequestHeaders(list[tuple[str, str]]):
     @ivar extensions: L{NO_EXTENSIONS}, L{RELAY_DEFLATE} or L{END_TO_END}.
     @ivar plain: Whether the leg is a plain protocol rather than Autobahn's
         (the passthrough data path: L{wsrelay.ws.plainleg}).
+    @ivar key: On the passthrough data path, the client's
+        C{Sec-WebSocket-Key}, which the plain leg sends on, as with
+        L{KeyedLines}.
     """
+
+    key: str | None = None
 
     def __init__(
         self,
@@ -104,7 +109,8 @@ class KeyedLines(RequestLines):
     client's 101 carries, worked out once for both
     (L{wsrelay.ws.accept.acceptKey}).
 
-    @ivar key: The client's key (L{None}: the leg makes one).
+    @ivar key: The client's key (L{None}, as for a request with none:
+        the leg makes one).
     """
 
     __slots__ = ("key",)
