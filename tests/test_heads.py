@@ -34,6 +34,7 @@ from wsrelay.ws.handshake import (
     FORWARDING,
     KEPT_LENGTH,
     KEPT_LINES,
+    MOST_LINES,
     NOT_FORWARDED,
     BadHead,
     Head,
@@ -471,6 +472,38 @@ class KeptLinesTests(SynchronousTestCase):
             self.assertEqual(head.headers, ((f"X-{i}", str(i)),))
             self.assertLessEqual(len(_LINES), KEPT_LINES)
             self.assertLessEqual(len(_NAMES), KEPT_LINES)
+
+    def test_credentialsNotKept(self) -> None:
+        """
+        The lines of credentials (C{Authorization}, C{Proxy-Authorization},
+        C{Cookie}, C{Set-Cookie}) are read but not remembered, whatever the
+        case of their names.
+        """
+        lines = [
+            "Authorization: Basic dXNlcjpwYXNz",
+            "proxy-authorization: Bearer abc",
+            "COOKIE: session=1",
+            "Set-Cookie: a=1",
+        ]
+        head = parseHead(("GET / HTTP/1.1\r\n" + "\r\n".join(lines)).encode())
+        self.assertEqual(len(head.headers), 4)
+        self.assertEqual(head.fields["cookie"], ["session=1"])
+        for line in lines:
+            self.assertNotIn(line, _LINES)
+
+    def test_manyLines(self) -> None:
+        """
+        A head of more than L{MOST_LINES} lines is read as a shorter one
+        is, in one pass that remembers none of its lines; one of more
+        lines that is not well formed is still refused.
+        """
+        fields = [(f"X-Many-{i}", str(i)) for i in range(MOST_LINES + 1)]
+        text = "GET / HTTP/1.1\r\n" + "\r\n".join(f"{n}: {v}" for n, v in fields)
+        head = parseHead(text.encode())
+        self.assertEqual(head.headers, tuple(fields))
+        self.assertEqual(head.fields["x-many-3"], ["3"])
+        self.assertFalse([line for line in _LINES if line.startswith("X-Many-")])
+        self.assertRaises(BadHead, parseHead, text.encode() + b"\r\nno colon")
 
 
 def _oldHost(value: str) -> str:

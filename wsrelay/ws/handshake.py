@@ -238,15 +238,29 @@ _LINES: dict[str, tuple[tuple[str, str], str, str]] = {}
 #: sent: their lower-case forms.  At most L{KEPT_LINES}, as for the lines.
 _NAMES: dict[str, str] = {}
 
-#: The field whose value is new in every request: its lines are not kept.
-_KEY_NAME = "sec-websocket-key"
+#: The fields whose lines are not kept: the key, new in every request,
+#: and the credentials, which no request should leave behind.
+_NOT_KEPT = frozenset(
+    {
+        "sec-websocket-key",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    }
+)
+
+#: A head of more lines is read in one pass without L{readField}: a
+#: browser's has some 15, and a head of many lines, each new, would only
+#: empty the kept lines of every other client's.
+MOST_LINES = 64
 
 
 def readField(line: str) -> tuple[tuple[str, str], str, str] | None:
     """
     Read one header field line, as L{readLines} does when it takes it,
-    and remember it (L{_LINES}) when it is short and not a key, which is
-    new in every request.
+    and remember it (L{_LINES}) when it is short and not of a field in
+    L{_NOT_KEPT} (the key, new in every request, and credentials).
 
     @param line: The line, without CRLF.
     @return: The field (its name as sent and its value without the blanks
@@ -270,7 +284,7 @@ def readField(line: str) -> tuple[tuple[str, str], str, str] | None:
         return None
     value = value.strip(" \t")
     entry = ((name, value), lname, value)
-    if len(line) < KEPT_LENGTH and lname != _KEY_NAME:
+    if len(line) < KEPT_LENGTH and lname not in _NOT_KEPT:
         if len(_LINES) >= KEPT_LINES:
             _LINES.clear()
         _LINES[line] = entry
@@ -290,6 +304,8 @@ def parseHead(data: bytes) -> Head:
     except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes all
         raise BadHead(str(e)) from e
     lines = text.split("\r\n")
+    if len(lines) > MOST_LINES:
+        return _parseMany(text)
     startLine = lines[0]
     if startLine.isprintable() or not _CONTROL.search(startLine):
         # Each line read once by readField, then found (most heads): what
@@ -321,6 +337,24 @@ def parseHead(data: bytes) -> Head:
         head.__dict__.update(startLine=startLine, headers=tuple(headers), fields=fields)
         return head
     return readLines(text)
+
+
+def _parseMany(text: str) -> Head:
+    """
+    L{parseHead} for a head of more than L{MOST_LINES} lines: one pass of
+    L{quickFields} over the whole head, nothing kept.
+    """
+    first = text.find("\r\n")
+    fields = quickFields(text, first)
+    if fields is None:
+        # Something is wrong (or unusual, an empty line): line by line, to
+        # say what.
+        return readLines(text)
+    head = _newHead(Head)
+    head.__dict__.update(
+        startLine=text[:first], headers=tuple(fields), fields=byName(fields)
+    )
+    return head
 
 
 def readLines(text: str) -> Head:
