@@ -20,7 +20,7 @@ from txaio.testutil import replace_loop
 
 from tests.support.memory import BACKEND_A, Network, RawClient, request
 from wsrelay.ws import frontend
-from wsrelay.ws._autobahn import FIRED, classDefaults, sharedTrafficStats
+from wsrelay.ws._autobahn import FIRED, classDefaults, setPeer, sharedTrafficStats
 from wsrelay.ws.accept import acceptResponse, plainRequest
 from wsrelay.ws.frontend import FrontendProtocol
 from wsrelay.ws.handshake import parseHead
@@ -427,6 +427,28 @@ class HeldLegTests(SynchronousTestCase):
         for name in ("is_open", "openMade", "_transport_details", "detailsMade"):
             self.assertNotIn(name, vars(f))
         self.assertIs(f.is_open, FIRED)
+
+    @skipUnless(_PROBES_DICT, "probes CPython 3.11's object layout")
+    def test_peerWithoutDictionary(self) -> None:
+        """
+        A leg's C{peer}, read and then set to a PROXY protocol header's
+        source (as a C{haproxy:} listener does, L{setPeer}), is made and
+        kept without asking for the leg's C{__dict__}; with its transport
+        details made first, both take the header's source.
+        """
+        network = Network(self, _passthrough())
+        for details in (False, True):
+            leg = network.frontend()
+            leg.makeConnection(StringTransport())
+            if details:
+                leg._transport_details  # noqa: B018 - made when read
+            self.assertTrue(leg.peer.startswith("tcp"))
+            setPeer(leg, "tcp4:192.0.2.7:4000")
+            self.assertEqual(leg.peer, "tcp4:192.0.2.7:4000")
+            if details:
+                self.assertEqual(leg._transport_details.peer, "tcp4:192.0.2.7:4000")
+            else:
+                self.assertFalse(_dictMade(leg))
 
     def test_plainLegNotRebuilt(self) -> None:
         """

@@ -312,9 +312,17 @@ class LazyPeer:
             return self
         if leg.transport is None:
             return WebSocketProtocol.peer
-        details = leg.__dict__.get("_transport_details")
+        made = getattr(leg, "detailsMade", None)
+        if made is None:
+            # Not a relay leg: Autobahn made its details as it connected.
+            details = vars(leg).get("_transport_details")
+        else:
+            # (A leg tells it by its flag: asking for its __dict__ would
+            # make one, slowing every later attribute access.)
+            details = leg._transport_details if made else None
         peer = details.peer if details is not None else peer2str(leg.transport)
-        leg.__dict__["peer"] = peer
+        # (Stored as any attribute: this descriptor has no __set__.)
+        leg.peer = peer
         return peer
 
 
@@ -585,7 +593,7 @@ def setPeer(protocol: Any, peer: str) -> None:
         # Not a relay leg: Autobahn made its details as it connected.
         details = vars(protocol).get("_transport_details")
     else:
-        # (A leg tells it by its flag, not its __dict__: LegShims.openMade.)
+        # (A leg tells it by its flag, not its __dict__: LegShims.detailsMade.)
         details = protocol._transport_details if made else None
     if details is not None:
         details.peer = peer
