@@ -188,14 +188,7 @@ class PlainUpstreamTests(SynchronousTestCase):
             ):
                 leg, transport, opened = self.connect()
                 leg.requestKey = "dGhlIHNhbXBsZSBub25jZQ=="
-                leg.dataReceived(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                    + accept
-                    + b"\r\n"
-                    + extra
-                    + b"\r\n"
-                )
+                leg.dataReceived(_answer(accept, extra))
                 if works:
                     self.assertIs(self.successResultOf(opened), leg)
                 else:
@@ -503,6 +496,22 @@ class _CookieBackend(Protocol):
             )
 
 
+def _throughBackend(network: Network, backend: Protocol) -> RawClient:
+    """
+    @return: A client whose request went through the relay of C{network}
+        to C{backend}, and whatever the relay answered it.
+    """
+    client = RawClient()
+    network.pair(network.frontend(), client).clientIO.write(request())
+    network.flush()
+    host, port, factory, *_ = network.reactor.tcpClients.pop(0)
+    network.reactor.connectors.pop(0)
+    address = IPv4Address("TCP", host, port)
+    network.pair(backend, factory.buildProtocol(address), address)
+    network.flush()
+    return client
+
+
 class ForwardedKeyTests(SynchronousTestCase):
     """
     A plain leg given the client's key (L{KeyedLines}) sends it on to the
@@ -616,14 +625,7 @@ class ForwardedKeyTests(SynchronousTestCase):
         """
         network = Network(self, _CONFIG)
         for _ in range(2):
-            client = RawClient()
-            network.pair(network.frontend(), client).clientIO.write(request())
-            network.flush()
-            host, port, factory, *_ = network.reactor.tcpClients.pop(0)
-            network.reactor.connectors.pop(0)
-            address = IPv4Address("TCP", host, port)
-            network.pair(_CookieBackend(), factory.buildProtocol(address), address)
-            network.flush()
+            client = _throughBackend(network, _CookieBackend())
             self.assertTrue(
                 client.received.startswith(b"HTTP/1.1 101 "), client.received
             )
@@ -639,13 +641,6 @@ class ForwardedKeyTests(SynchronousTestCase):
         client is answered 502.
         """
         network = Network(self, _CONFIG)
-        client = RawClient()
-        network.pair(network.frontend(), client).clientIO.write(request())
-        network.flush()
-        host, port, factory, *_ = network.reactor.tcpClients.pop(0)
-        network.reactor.connectors.pop(0)
-        address = IPv4Address("TCP", host, port)
-        network.pair(_WrongBackend(), factory.buildProtocol(address), address)
-        network.flush()
+        client = _throughBackend(network, _WrongBackend())
         self.assertTrue(client.received.startswith(b"HTTP/1.1 502 "), client.received)
         self.assertEqual(network.relay.sessions, set())
