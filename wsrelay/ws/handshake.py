@@ -256,6 +256,25 @@ _NOT_KEPT = frozenset(
 MOST_LINES = 64
 
 
+def keep(
+    kept: dict[str, _T],
+    key: str,
+    value: _T,
+    most: int = KEPT_LINES,
+    length: int = KEPT_LENGTH,
+) -> None:
+    """
+    Remember C{value} by C{key} in C{kept}, a memo of what clients send
+    again and again: only a key shorter than C{length}, and at most
+    C{most} of them (all forgotten at once when there are as many), so
+    that no client can make it grow.
+    """
+    if len(key) < length:
+        if len(kept) >= most:
+            kept.clear()
+        kept[key] = value
+
+
 def readField(line: str) -> tuple[tuple[str, str], str, str] | None:
     """
     Read one header field line, as L{readLines} does when it takes it,
@@ -275,19 +294,14 @@ def readField(line: str) -> tuple[tuple[str, str], str, str] | None:
         if _TOKEN.fullmatch(name) is None:
             return None
         lname = name.lower()
-        if len(name) < KEPT_LENGTH:
-            if len(_NAMES) >= KEPT_LINES:
-                _NAMES.clear()
-            _NAMES[name] = lname
+        keep(_NAMES, name, lname)
     # (isprintable: no control at all, most values; a tab may be there.)
     if not value.isprintable() and _CONTROL.search(value):
         return None
     value = value.strip(" \t")
     entry = ((name, value), lname, value)
-    if len(line) < KEPT_LENGTH and lname not in _NOT_KEPT:
-        if len(_LINES) >= KEPT_LINES:
-            _LINES.clear()
-        _LINES[line] = entry
+    if lname not in _NOT_KEPT:
+        keep(_LINES, line, entry)
     return entry
 
 

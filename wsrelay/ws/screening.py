@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from autobahn.websocket.types import ConnectionDeny
 
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
-from wsrelay.ws.handshake import BadHead, parseHead
+from wsrelay.ws.handshake import BadHead, keep, parseHead
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route, RouteTable
@@ -118,10 +118,7 @@ def routedHost(value: str) -> str:
     host = _HOSTS.get(value)
     if host is None:
         host = hostOf(value)
-        if len(value) < KEPT_HOST_LENGTH:
-            if len(_HOSTS) >= KEPT_HOSTS:
-                _HOSTS.clear()
-            _HOSTS[value] = host
+        keep(_HOSTS, value, host, KEPT_HOSTS, KEPT_HOST_LENGTH)
     return host
 
 
