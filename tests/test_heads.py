@@ -28,12 +28,9 @@ from wsrelay.routing import (
     normalizeSegments,
 )
 from wsrelay.ws.accept import plainRequest
+from wsrelay.ws.fieldlines import _LINES, _NAMES, KEPT_LENGTH, KEPT_LINES
 from wsrelay.ws.handshake import (
-    _LINES,
-    _NAMES,
     FORWARDING,
-    KEPT_LENGTH,
-    KEPT_LINES,
     MOST_LINES,
     NOT_FORWARDED,
     BadHead,

@@ -24,11 +24,11 @@ from wsrelay.proxy.pairing import startPipe
 from wsrelay.ws._autobahn import FIRED
 from wsrelay.ws.accept import acceptKey
 from wsrelay.ws.frontend import FrontendProtocol
+from wsrelay.ws.handshake import RequestLines
 from wsrelay.ws.plainleg import CLOSED, KEYS, OPEN, KeyPool, PlainUpstream
 from wsrelay.ws.response import (
     END_TO_END,
     NO_EXTENSIONS,
-    KeyedLines,
     UpstreamError,
     UpstreamRefused,
 )
@@ -514,7 +514,7 @@ def _throughBackend(network: Network, backend: Protocol) -> RawClient:
 
 class ForwardedKeyTests(SynchronousTestCase):
     """
-    A plain leg given the client's key (L{KeyedLines}) sends it on to the
+    A plain leg given the client's key (L{RequestLines.key}) sends it on to the
     backend, and checks the backend's accept value against it: the value
     the client's 101 carries (L{acceptKey}).
     """
@@ -526,7 +526,7 @@ class ForwardedKeyTests(SynchronousTestCase):
         """
         leg = PlainUpstream()
         leg.__dict__.update(
-            requestHeaders=KeyedLines("X-A: 1\r\n", NO_EXTENSIONS, key),
+            requestHeaders=RequestLines("X-A: 1\r\n", NO_EXTENSIONS, key),
             opened=Deferred(),
         )
         transport = StringTransport()

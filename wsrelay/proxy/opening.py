@@ -16,7 +16,6 @@ from twisted.logger import Logger
 
 from wsrelay.routing import ConnectionInfo, joinPath
 from wsrelay.ws.handshake import RequestLines
-from wsrelay.ws.response import KeyedLines
 from wsrelay.ws.screening import Refused
 from wsrelay.ws.upstream import (
     END_TO_END,
@@ -212,7 +211,7 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
         and the client's C{Sec-WebSocket-Protocol} and
         C{Sec-WebSocket-Extensions}, as L{upstreamRequest} lists them; and
         the client's C{Sec-WebSocket-Key}, which the leg sends on
-        (L{KeyedLines}).
+        (L{RequestLines.key <RequestLines>}).
     """
     fields = head.fields
     protocols = fields.get("sec-websocket-protocol")
@@ -220,7 +219,7 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
         forwarded += f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n"
     key = clientKey(head)
     if "sec-websocket-extensions" not in fields:
-        return KeyedLines(forwarded, NO_EXTENSIONS, key)
+        return RequestLines(forwarded, NO_EXTENSIONS, key)
     # The offers as sent (names too), in order; the length first, which
     # most names fail.
     offers = "".join(
@@ -230,7 +229,7 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
             if len(n) == 24 and n.lower() == "sec-websocket-extensions"
         ]
     )
-    return KeyedLines(forwarded + offers, END_TO_END, key)
+    return RequestLines(forwarded + offers, END_TO_END, key)
 
 
 def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:

@@ -225,13 +225,8 @@ class ProxySession(SessionParts):
             # which Autobahn knows nothing of), and this runs inside the
             # handshakes' processing, with what came behind them still in
             # each leg's buffer.
-            up = self.upstream
             closes = self._closes
-            if (
-                up is not None
-                and not buffering
-                and (closes is None or closes.waiting is None)
-            ):
+            if not buffering and (closes is None or closes.waiting is None):
                 startPipe(self, self.frontend, up)
             else:
                 compactLegs(self.frontend, up)

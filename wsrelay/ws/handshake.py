@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Generic, TypeVar, overload
 
+from wsrelay.ws.fieldlines import _CONTROL, _LINES, _TOKEN, readField
+
 _T = TypeVar("_T")
 
 #: Hop-by-hop headers (RFC 9110, 7.6.1) and the handshake's own headers,
@@ -184,13 +186,6 @@ class Head:
         return {t.strip().lower() for t in ",".join(values).split(",") if t.strip()}
 
 
-#: A header field name (RFC 9110 5.1: a token).
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-#: Characters no start line or field value may hold: controls but tab.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
 #: One header field line, after the CRLF that starts it: its name, and its
 #: value without the blanks before it, up to the line's end, holding no
 #: control but tab.
@@ -223,86 +218,10 @@ def quickFields(text: str, first: int) -> list[tuple[str, str]] | None:
 #: Makes a L{Head} without initializing it (L{parseHead}).
 _newHead = object.__new__
 
-#: How many field lines L{readField} remembers (it forgets them all when
-#: it has as many), and how long each may be.
-KEPT_LINES = 1024
-KEPT_LENGTH = 256
-
-#: The field lines L{readField} read before, by line: each one's field,
-#: its lower-case name and its value.  A relay's clients send the same
-#: lines again and again (C{Host}, C{Upgrade}, C{Connection}, their
-#: C{User-Agent}...), each read once.
-_LINES: dict[str, tuple[tuple[str, str], str, str]] = {}
-
-#: The field names L{readField} read before, each a token, by name as
-#: sent: their lower-case forms.  At most L{KEPT_LINES}, as for the lines.
-_NAMES: dict[str, str] = {}
-
-#: The fields whose lines are not kept: the key, new in every request,
-#: and the credentials, which no request should leave behind.
-_NOT_KEPT = frozenset(
-    {
-        "sec-websocket-key",
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-    }
-)
-
 #: A head of more lines is read in one pass without L{readField}: a
 #: browser's has some 15, and a head of many lines, each new, would only
 #: empty the kept lines of every other client's.
 MOST_LINES = 64
-
-
-def keep(
-    kept: dict[str, _T],
-    key: str,
-    value: _T,
-    most: int = KEPT_LINES,
-    length: int = KEPT_LENGTH,
-) -> None:
-    """
-    Remember C{value} by C{key} in C{kept}, a memo of what clients send
-    again and again: only a key shorter than C{length}, and at most
-    C{most} of them (all forgotten at once when there are as many), so
-    that no client can make it grow.
-    """
-    if len(key) < length:
-        if len(kept) >= most:
-            kept.clear()
-        kept[key] = value
-
-
-def readField(line: str) -> tuple[tuple[str, str], str, str] | None:
-    """
-    Read one header field line, as L{readLines} does when it takes it,
-    and remember it (L{_LINES}) when it is short and not of a field in
-    L{_NOT_KEPT} (the key, new in every request, and credentials).
-
-    @param line: The line, without CRLF.
-    @return: The field (its name as sent and its value without the blanks
-        around it), its lower-case name and its value; or L{None} when the
-        line is not a well-formed field (for L{readLines} to say why).
-    """
-    name, sep, value = line.partition(":")
-    if not sep:
-        return None
-    lname = _NAMES.get(name)
-    if lname is None:
-        if _TOKEN.fullmatch(name) is None:
-            return None
-        lname = name.lower()
-        keep(_NAMES, name, lname)
-    # (isprintable: no control at all, most values; a tab may be there.)
-    if not value.isprintable() and _CONTROL.search(value):
-        return None
-    value = value.strip(" \t")
-    entry = ((name, value), lname, value)
-    if lname not in _NOT_KEPT:
-        keep(_LINES, line, entry)
-    return entry
 
 
 def parseHead(data: bytes) -> Head:
@@ -529,15 +448,22 @@ class RequestLines:
     @ivar extensions: L{wsrelay.ws.response.NO_EXTENSIONS}, or
         L{wsrelay.ws.response.END_TO_END} for lines with the client's
         extension offer.
+    @ivar key: The client's C{Sec-WebSocket-Key}, which the plain leg
+        sends on to the backend, as nginx and HAProxy pass the request
+        through, rather than a key of its own: the right accept value for
+        the backend's 101 is then the one the client's 101 carries, worked
+        out once for both (L{wsrelay.ws.accept.acceptKey}); L{None}, as for
+        a request with none, and the leg makes one.
     """
 
-    __slots__ = ("extensions", "lines")
+    __slots__ = ("extensions", "key", "lines")
 
     plain = True
 
-    def __init__(self, lines: str, extensions: str) -> None:
+    def __init__(self, lines: str, extensions: str, key: str | None = None) -> None:
         self.lines = lines
         self.extensions = extensions
+        self.key = key
 
 
 def buildRequest(

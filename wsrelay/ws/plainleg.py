@@ -164,8 +164,8 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         Send the client's request, rewritten for this backend, with no
         Nagle delay on the connection (as Autobahn's legs), at once when
         nothing is queued.  Its C{Sec-WebSocket-Key} is the client's when
-        the request carries it (L{KeyedLines
-        <wsrelay.ws.response.KeyedLines>}), as a proxy that passes the
+        the request carries it (L{RequestLines.key
+        <wsrelay.ws.handshake.RequestLines>}), as a proxy that passes the
         request through sends it: the backend's accept value is then the
         one the client's 101 carries, worked out once (L{acceptKey}).
         """
@@ -175,7 +175,7 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         except Exception:  # noqa: S110 - not a TCP socket (TLS, tests)
             pass
         headers = self.requestHeaders
-        # The client's key, sent on (KeyedLines); else one of the leg's own.
+        # The client's key, sent on (RequestLines.key); else one of the leg's own.
         key = getattr(headers, "key", None)
         if key is None:
             key = KEYS.newKey().decode()

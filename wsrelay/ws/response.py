@@ -18,7 +18,6 @@ from wsrelay.ws.handshake import (
     NOT_FORWARDED,
     BadHead,
     Head,
-    RequestLines,
     endToEnd,
     parseHead,
     parseStatusLine,
@@ -83,7 +82,7 @@ class RequestHeaders(list[tuple[str, str]]):
         (the passthrough data path: L{wsrelay.ws.plainleg}).
     @ivar key: On the passthrough data path, the client's
         C{Sec-WebSocket-Key}, which the plain leg sends on, as with
-        L{KeyedLines}.
+        a L{RequestLines<wsrelay.ws.handshake.RequestLines>}.
     """
 
     key: str | None = None
@@ -97,28 +96,6 @@ class RequestHeaders(list[tuple[str, str]]):
         super().__init__(fields)
         self.extensions = extensions
         self.plain = plain
-
-
-class KeyedLines(RequestLines):
-    """
-    A passthrough request's fields as lines (L{RequestLines}), with the
-    client's C{Sec-WebSocket-Key}: the plain leg sends it on to the
-    backend, as nginx and HAProxy pass the request through, rather than a
-    key of its own (L{wsrelay.ws.plainleg.PlainUpstream.connectionMade}).
-    The right accept value for the backend's 101 is then the one the
-    client's 101 carries, worked out once for both
-    (L{wsrelay.ws.accept.acceptKey}).
-
-    @ivar key: The client's key (L{None}, as for a request with none:
-        the leg makes one).
-    """
-
-    __slots__ = ("key",)
-
-    def __init__(self, lines: str, extensions: str, key: str | None) -> None:
-        self.lines = lines
-        self.extensions = extensions
-        self.key = key
 
 
 class UpstreamError(Exception):

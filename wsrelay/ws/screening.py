@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 from autobahn.websocket.types import ConnectionDeny
 
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
-from wsrelay.ws.handshake import BadHead, keep, parseHead
+from wsrelay.ws.fieldlines import keep
+from wsrelay.ws.handshake import BadHead, parseHead
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route, RouteTable
