@@ -96,6 +96,25 @@ def cpuSeconds(pids: Iterable[int]) -> float:
     return total
 
 
+def systemSeconds(pids: Iterable[int]) -> float:
+    """
+    System CPU seconds used so far by the given processes: the kernel's
+    share of L{cpuSeconds} (system calls, and the loopback TCP work that
+    runs in their context), from C{/proc/PID/stat}'s C{stime}, so in clock
+    ticks (10 ms): read it over a phase of a second or more.
+
+    @param pids: Process IDs; those that have exited count as zero.
+    @return: The sum, in seconds.
+    """
+    total = 0
+    for pid in pids:
+        fields = _statFields(pid)
+        if fields is not None:
+            # proc(5) field 15 (stime).
+            total += int(fields[12])
+    return total / CLOCK_TICKS
+
+
 def waitSeconds(pids: Iterable[int]) -> float:
     """
     Seconds the given processes have spent runnable but waiting for a CPU

@@ -145,6 +145,29 @@ def closeLine(cells: Sequence[Cell]) -> str | None:
     )
 
 
+def systemLine(cells: Sequence[Cell]) -> str | None:
+    """
+    How the storm's CPU per handshake splits between the kernel and the
+    proxy's own code: each proxy's system microseconds per handshake, of
+    its C{cpuPerOp}, and their share.  Where a proxy's gap to nginx is in
+    user time, it is the proxy's code, not the system calls.
+
+    @return: One line, or L{None} if no storm cell has the figure.
+    """
+    figures = [
+        f"{cell.target} {cell.systemPerOp:.0f} of {cell.cpuPerOp:.0f} "
+        f"({cell.systemPerOp / cell.cpuPerOp:.0%})"
+        for cell in cells
+        if cell.scenario == "storm" and cell.systemPerOp is not None and cell.cpuPerOp
+    ]
+    if not figures:
+        return None
+    return (
+        "storm open, proxy system µs per handshake, of its CPU per handshake "
+        "(/proc stime, in 10 ms ticks): " + ", ".join(figures)
+    )
+
+
 def table(cells: Sequence[Cell]) -> str:
     """
     The whole table in Markdown, followed by its numbered notes.
@@ -162,9 +185,9 @@ def table(cells: Sequence[Cell]) -> str:
         "\nwait % proxy/load: time the proxy, and the load-side processes summed, "
         "were ready to run but waited for a CPU held by other processes (schedstat)."
     )
-    close = closeLine(cells)
-    if close is not None:
-        lines.append("\n" + close)
+    for extra in (systemLine(cells), closeLine(cells)):
+        if extra is not None:
+            lines.append("\n" + extra)
     for note, number in marks.items():
         lines.append(f"\n[{number}] {note}")
     if any(c.loadPercent is not None and c.loadPercent >= SATURATED for c in cells):

@@ -16,7 +16,13 @@ from typing import Any
 
 from bench import targets
 from bench.control import Peer, PeerFailed
-from bench.procstat import cpuSeconds, processTree, residentBytes, waitSeconds
+from bench.procstat import (
+    cpuSeconds,
+    processTree,
+    residentBytes,
+    systemSeconds,
+    waitSeconds,
+)
 
 SCENARIOS = (
     "echo-small",
@@ -140,6 +146,8 @@ class Cell:
     @ivar cpuPerOp: The proxy's CPU microseconds per message, delivery or
         handshake.
     @ivar proxyCPU: The proxy's CPU seconds in one round (or storm).
+    @ivar systemPerOp: In the storm, the system (kernel) part of
+        C{cpuPerOp}, in microseconds per handshake.
     @ivar closeCPUPerConn: In the storm, the proxy's CPU microseconds per
         connection closed, over the close phase (after C{cpuPerOp}'s).
     @ivar sideCPU: The backend's or source's CPU seconds in one round.
@@ -162,6 +170,7 @@ class Cell:
     p99: float | None = None
     cpuPerOp: float | None = None
     proxyCPU: float | None = None
+    systemPerOp: float | None = None
     closeCPUPerConn: float | None = None
     sideCPU: float | None = None
     lost: int | None = None
@@ -606,6 +615,9 @@ class Bench:
             cell.memPerConn = median([r["memory"] / r["opened"] for r in runs])
             cell.cpuPerOp = median([r["proxyCPU"] / r["opened"] * 1e6 for r in runs])
             cell.proxyCPU = median([r["proxyCPU"] for r in runs])
+            cell.systemPerOp = median(
+                [r["proxySystem"] / r["opened"] * 1e6 for r in runs]
+            )
             cell.closeCPUPerConn = median(
                 [r["closeCPU"] / r["opened"] * 1e6 for r in runs]
             )
@@ -625,6 +637,7 @@ class Bench:
         time.sleep(0.2)
         pids = processTree(running.pids[0]) if running.pids else []
         memory, cpu = residentBytes(pids), cpuSeconds(pids)
+        system = systemSeconds(pids)
         waits = (waitSeconds(pids), waitSeconds([backend]), time.monotonic())
         storm = self.peer(
             "storm",
@@ -646,6 +659,7 @@ class Bench:
             result["memory"] = residentBytes(pids) - memory
             openCPU = cpuSeconds(pids)
             result["proxyCPU"] = openCPU - cpu
+            result["proxySystem"] = systemSeconds(pids) - system
             result["proxied"] = bool(pids)
             result["proxyWait"] = waitSeconds(pids) - waits[0]
             result["loadWait"] = waitSeconds([backend, storm.pid]) - waits[1]

@@ -181,6 +181,25 @@ class ReportTests(SynchronousTestCase):
         )
 
 
+    def test_systemFigure(self) -> None:
+        """
+        The storm's system CPU per handshake is a line under the table,
+        each target's with its CPU per handshake and the share; a target
+        without the figure is left out, and without any there is no line.
+        """
+        cells = [
+            Cell("storm", "nginx", rate=5000, unit="hs/s", cpuPerOp=140),
+            Cell("storm", "wsrelay", rate=2500, unit="hs/s", cpuPerOp=300),
+            Cell("storm", "direct", rate=9000, unit="hs/s"),
+        ]
+        self.assertNotIn("storm open", table(cells))
+        cells[0].systemPerOp, cells[1].systemPerOp = 112, 111
+        [line] = [x for x in table(cells).splitlines() if x.startswith("storm open")]
+        self.assertTrue(
+            line.endswith(": nginx 112 of 140 (80%), wsrelay 111 of 300 (37%)"), line
+        )
+
+
 class CommandLineTests(SynchronousTestCase):
     """
     The suite's options.
@@ -482,6 +501,8 @@ class SmokeTests(SynchronousTestCase):
         [only] = storm["rounds"]
         self.assertEqual((only["closed"], only["answered"]), (20, 20))
         self.assertGreater(storm["closeCPUPerConn"], 0)
+        # In 10 ms ticks, over 20 handshakes: present, not precise.
+        self.assertGreaterEqual(storm["systemPerOp"], 0)
 
     def test_twisted(self) -> None:
         """
