@@ -180,7 +180,6 @@ class ReportTests(SynchronousTestCase):
             [x.count("|") for x in without.splitlines() if x.startswith("|")],
         )
 
-
     def test_systemFigure(self) -> None:
         """
         The storm's system CPU per handshake is a line under the table,
