@@ -126,6 +126,11 @@ class LeanClose(tcp.Connection):
     put it before Twisted's C{Server} or C{Client}.
     """
 
+    #: The length of what Twisted's C{write} queued: none, until it
+    #: queues (a store and a dictionary entry less per connection than
+    #: C{FileDescriptor.__init__}'s, which the lean transports skip).
+    _tempDataLen = 0
+
     def doRead(self) -> Any:
         """
         Read what is there and give it to the protocol: Twisted's
@@ -310,7 +315,6 @@ class LeanServer(LeanClose, tcp.Server):
         """
         self.reactor = reactor
         self._tempDataBuffer: list[bytes] = []
-        self._tempDataLen = 0
         self.socket = sock
         self.fileno = sock.fileno
         self.protocol = protocol
@@ -319,7 +323,6 @@ class LeanServer(LeanClose, tcp.Server):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        self.hostname = client[0]
         if not startWatching(self, reactor, EPOLLIN):
             self.startReading()
         self.connected = 1
@@ -332,10 +335,26 @@ class LeanServer(LeanClose, tcp.Server):
         and every leg of the relay turns it on as it connects.
         """
         if enabled and self._noDelay is None and getattr(self.server, "noDelay", False):
-            self._noDelay = True
+            # (Not noted: None says as much, in no room of the instance's.)
             return
         super().setTcpNoDelay(enabled)
         self._noDelay = bool(enabled)
+
+    @property
+    def hostname(self) -> Any:
+        """
+        The client's host, as Twisted's C{Server} keeps it for its log
+        prefix (or what was set in its place): read from C{client} when
+        asked, rather than kept per connection.
+        """
+        hostname: Any = self.__dict__.get("_hostname")
+        if hostname is None:
+            hostname = self.client[0]
+        return hostname
+
+    @hostname.setter
+    def hostname(self, value: Any) -> None:
+        self.__dict__["_hostname"] = value
 
     def _protocolPrefix(self) -> str:
         """
@@ -434,6 +453,10 @@ class LeanPort(tcp.Port):
             accept = listening._accept
             family = self.addressFamily
             wanted = self.numberAccepts
+            factory: Any = self.factory
+            addressType = self._addressType
+            transport = self.transport
+            reactor = self.reactor
             accepted = 0
             while accepted < wanted:
                 try:
@@ -446,7 +469,19 @@ class LeanPort(tcp.Port):
                 accepted += 1
                 skt: Any = LeanSocket(family, socket.SOCK_STREAM, 0, fd)
                 skt.setblocking(False)
-                self._serve(skt, addr)
+                if len(addr) != 2:
+                    self._serve(skt, addr)
+                    continue
+                # (_serve for an IPv4 peer, inline.)
+                protocol = factory.buildProtocol(addressType("TCP", *addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                s = self.sessionno
+                self.sessionno = s + 1
+                protocol.makeConnection(
+                    transport(skt, protocol, addr, self, s, reactor)
+                )
             # Twisted's scaling of the accepts per readiness.
             if accepted == wanted:
                 self.numberAccepts = wanted + 20
