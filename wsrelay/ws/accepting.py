@@ -9,16 +9,14 @@ listeners keep Twisted's own.
 
 Per accepted connection Twisted's port makes a system call for each of
 C{accept4}, C{getsockname} and C{ioctl} (non-blocking), and its
-C{socket.accept} costs some 5 µs of Python converting the listening
-socket's family and type to enumerations.  L{LeanPort} accepts with
-C{socket._accept} (the same C{accept4}) and wraps the descriptor itself,
-about half the Python.  The other two calls stay: C{getsockname} is
-CPython's own check that a descriptor it wraps in a C{socket} object is
-one, and only C{accept4} with C{SOCK_NONBLOCK} would spare the C{ioctl},
-which CPython never passes; calling C{accept4} through C{ctypes} (as the
-C{ownsockets} benchmark target does) and reading the peer's address from
-its raw bytes measured slower than this, 9.2 against 6.0 µs a
-connection, since a C{socket} object is still needed.
+C{socket.accept} converts the family and type to enumerations.
+L{LeanPort} accepts with C{socket._accept} (the same C{accept4}) and
+wraps the descriptor itself, about half the Python.  The other two calls
+stay: C{getsockname} is CPython's own check, in the C{socket}
+constructor whatever its arguments, that a descriptor it wraps is a
+socket (wsrelay asks for no host address per connection), and only
+C{accept4} with C{SOCK_NONBLOCK} would spare the C{ioctl}, which CPython
+never passes (C{accept4} through C{ctypes}: 9.2 against 6.0 µs).
 
 L{LeanServer} formats Twisted's log prefix and C{repr} only when
 something reads them (with wsrelay's reactor, only a legacy log call made
@@ -63,8 +61,13 @@ try:
 except ImportError:  # pragma: no cover - no epoll (not Linux)
     EPollReactor = None  # type: ignore[assignment,misc]
 
-#: The event masks of L{startWatching} (epoll's; their values where the
-#: platform has no epoll, on which L{startWatching} falls back anyway).
+#: The reactors whose registrations both legs' transports make themselves
+#: (L{wsrelay.ws.tcpclient.startWatching}): Twisted's epoll reactor and its
+#: subclasses, or none on a platform without epoll.
+EPOLL_REACTOR: Any = (EPollReactor,) if EPollReactor is not None else ()
+
+#: The event masks of L{wsrelay.ws.tcpclient.startWatching} (epoll's; their
+#: values where the platform has no epoll, which it never watches with).
 EPOLLIN: int = getattr(select, "EPOLLIN", 1)
 EPOLLOUT: int = getattr(select, "EPOLLOUT", 4)
 
@@ -82,7 +85,6 @@ __all__ = [
     "LeanSocket",
     "adoptStreamPort",
     "listenTCP",
-    "startWatching",
 ]
 
 #: Why a connection closed by L{LeanClose.loseConnection} is lost: one
@@ -150,6 +152,19 @@ class LeanClose(tcp.Connection):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Register a producer, as Twisted's transport does: a streaming one
+        on a plain connection with none yet, in one call (Twisted's makes
+        two, C{ConnectionMixin}'s then C{FileDescriptor}'s); any other case
+        Twisted's way.
+        """
+        if not streaming or self.TLS or self.producer is not None or self.disconnected:
+            super().registerProducer(producer, streaming)
+            return
+        self.producer = producer
+        self.streamingProducer = streaming
 
     def loseConnection(self) -> None:
         """
@@ -253,35 +268,6 @@ def _closeBatch(reactor: Any) -> None:
             log.err(None, "Unhandled error losing a connection")
 
 
-def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
-    """
-    A new transport's socket, which the reactor does not watch yet, starts
-    being watched for reading (C{events} L{EPOLLIN}) or writing
-    (C{EPOLLOUT}): on Twisted's epoll reactor, what its C{addReader} or
-    C{addWriter} does, in one call instead of three (C{startReading},
-    C{addReader}, C{_add}).  (Its private C{_poller}, C{_reads},
-    C{_writes} and C{_selectables}, as C{_add} keeps them: a Twisted that
-    renames them fails every accept and connect, loudly, in
-    tests.test_acceptlean and tests.test_connectlean.)
-
-    @param transport: The new transport.
-    @param reactor: Its reactor.
-    @param events: C{EPOLLIN} or C{EPOLLOUT}.
-    @return: Whether it did; if not (another reactor, or a descriptor the
-        reactor knows already), the caller starts reading or writing as
-        Twisted does.
-    """
-    if EPollReactor is None or not isinstance(reactor, EPollReactor):
-        return False
-    fd = transport.fileno()
-    if fd in reactor._reads or fd in reactor._writes:
-        return False
-    reactor._poller.register(fd, events)
-    (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
-    reactor._selectables[fd] = transport
-    return True
-
-
 class LeanServer(LeanClose, tcp.Server):
     """
     Twisted's accepted TCP transport, with less work per connection (see
@@ -323,7 +309,17 @@ class LeanServer(LeanClose, tcp.Server):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        if not startWatching(self, reactor, EPOLLIN):
+        # (startWatching, inline: a new descriptor, watched for reading.)
+        fd = sock.fileno()
+        if (
+            isinstance(reactor, EPOLL_REACTOR)
+            and fd not in reactor._reads
+            and fd not in reactor._writes
+        ):
+            reactor._poller.register(fd, EPOLLIN)
+            reactor._reads.add(fd)
+            reactor._selectables[fd] = self
+        else:
             self.startReading()
         self.connected = 1
 

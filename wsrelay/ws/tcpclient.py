@@ -32,11 +32,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.ws.accepting import (
+    EPOLL_REACTOR,
     EPOLLIN,
     EPOLLOUT,
     LeanClose,
     LeanSocket,
-    startWatching,
 )
 
 try:
@@ -48,7 +48,15 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IProtocol
     from twisted.internet.protocol import ClientFactory
 
-__all__ = ["IPV4", "IPV6", "NAME", "Destination", "DirectConnector", "hostKind"]
+__all__ = [
+    "IPV4",
+    "IPV6",
+    "NAME",
+    "Destination",
+    "DirectConnector",
+    "hostKind",
+    "startWatching",
+]
 
 #: How a backend's host is reached (L{hostKind}): an IPv4 address, an IPv6
 #: address (with its scope looked up per connect, as Twisted does), or a
@@ -269,7 +277,17 @@ class _IPClient(LeanClose, tcp.Client):
                 )
                 return
             self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-            if not startWatching(self, reactor, EPOLLOUT):
+            # (startWatching, inline: a new descriptor, watched for writing.)
+            fd = skt.fileno()
+            if (
+                isinstance(reactor, EPOLL_REACTOR)
+                and fd not in reactor._reads
+                and fd not in reactor._writes
+            ):
+                reactor._poller.register(fd, EPOLLOUT)
+                reactor._writes.add(fd)
+                reactor._selectables[fd] = self
+            else:
                 self.startWriting()
         elif kind is IPV6:
             try:
@@ -484,3 +502,32 @@ def _waitToRead(transport: tcp.Client) -> None:
             return
     transport.stopWriting()
     transport.startReading()
+
+
+def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
+    """
+    A new transport's socket, which the reactor does not watch yet, starts
+    being watched for reading (C{events} L{EPOLLIN}) or writing
+    (C{EPOLLOUT}): on Twisted's epoll reactor, what its C{addReader} or
+    C{addWriter} does, in one call instead of three (C{startReading},
+    C{addReader}, C{_add}).  (Its private C{_poller}, C{_reads},
+    C{_writes} and C{_selectables}, as C{_add} keeps them: a Twisted that
+    renames them fails every accept and connect, loudly, in
+    tests.test_acceptlean and tests.test_connectlean.)
+
+    @param transport: The new transport.
+    @param reactor: Its reactor.
+    @param events: C{EPOLLIN} or C{EPOLLOUT}.
+    @return: Whether it did; if not (another reactor, or a descriptor the
+        reactor knows already), the caller starts reading or writing as
+        Twisted does.
+    """
+    if not isinstance(reactor, EPOLL_REACTOR):
+        return False
+    fd = transport.fileno()
+    if fd in reactor._reads or fd in reactor._writes:
+        return False
+    reactor._poller.register(fd, events)
+    (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
+    reactor._selectables[fd] = transport
+    return True
