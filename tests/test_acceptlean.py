@@ -40,8 +40,8 @@ from wsrelay.ws.accepting import (
     LeanServer,
     LeanSocket,
     listenTCP,
-    startWatching,
 )
+from wsrelay.ws.tcpclient import startWatching
 
 
 class _Peer(Protocol):
@@ -67,6 +67,24 @@ class _Peer(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.lost.callback([reason])
+
+
+class _Producer:
+    """
+    A producer that notes what it was asked.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resumeProducing")
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pauseProducing")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stopProducing")
 
 
 class _Loopback(TestCase):
@@ -225,6 +243,50 @@ class LeanAcceptTests(_Loopback):
         await server.lost
         self.assertEqual(transport.logPrefix(), "_Peer,0,127.0.0.1")
         self.assertEqual(repr(transport), f"<_Peer #0 on {number}>")
+
+    async def test_hostnameWhenAsked(self) -> None:
+        """
+        The transport's C{hostname} (Twisted's C{Server}'s, in its log
+        prefix) is the client's host, read when asked rather than kept;
+        one set in its place is kept and used.
+        """
+        client, server = await self.connect()
+        transport: Any = server.transport
+        self.assertNotIn("hostname", vars(transport))
+        self.assertNotIn("_tempDataLen", vars(transport))
+        self.assertEqual(transport.hostname, "127.0.0.1")
+        transport.hostname = "elsewhere"
+        self.assertEqual(transport.hostname, "elsewhere")
+        self.assertEqual(transport.logPrefix(), "_Peer,0,elsewhere")
+
+    async def test_registerProducer(self) -> None:
+        """
+        The transport registers a streaming producer as Twisted's does (in
+        one call): it is the producer, streaming; a second one is refused
+        with Twisted's C{RuntimeError}; a pull producer is resumed at
+        once (Twisted's way); one registered once the connection is gone
+        is stopped.
+        """
+        _, server = await self.connect()
+        transport: Any = server.transport
+        streaming, pull = _Producer(), _Producer()
+        transport.registerProducer(streaming, True)
+        self.assertEqual(
+            (transport.producer, transport.streamingProducer), (streaming, True)
+        )
+        self.assertRaises(RuntimeError, transport.registerProducer, pull, False)
+        transport.unregisterProducer()
+        transport.registerProducer(pull, False)
+        self.assertEqual(
+            (transport.producer, transport.streamingProducer, pull.calls),
+            (pull, False, ["resumeProducing"]),
+        )
+        transport.unregisterProducer()
+        transport.loseConnection()
+        await server.lost
+        late = _Producer()
+        transport.registerProducer(late, True)
+        self.assertEqual((transport.producer, late.calls), (None, ["stopProducing"]))
 
     async def test_erroredAccept(self) -> None:
         """

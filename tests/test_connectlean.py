@@ -25,6 +25,7 @@ from twisted.internet.error import (
     NoRouteError,
 )
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.tcp import Connection
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -185,6 +186,55 @@ class LeanConnectTests(_Loopback):
         self.assertTrue(vars(made))
         for name, value in vars(made).items():
             self.assertEqual(getattr(transport, name), value, name)
+        await waitFor(lambda: self.accepted)
+
+    async def test_noDelayFromTheStart(self) -> None:
+        """
+        The socket is made with C{TCP_NODELAY} on, before it connects:
+        once connected, the leg's C{setTcpNoDelay(True)} makes no system
+        call (Twisted's C{setTcpNoDelay} is not called), and turning it off
+        and on again still makes one call each.
+        """
+        calls: list[bool] = []
+        twisteds = Connection.setTcpNoDelay
+
+        def recording(transport: Any, enabled: bool) -> None:
+            calls.append(enabled)
+            twisteds(transport, enabled)
+
+        self.patch(Connection, "setTcpNoDelay", recording)
+        client = _Client()
+        connector: Any = self.endpoint().connectDirect(_Factory(client))
+        self.addCleanup(connector.disconnect)
+        transport: Any = connector.transport
+        self.assertTrue(transport.getTcpNoDelay())
+        await waitFor(lambda: client.reading is not None)
+        transport.setTcpNoDelay(True)
+        self.assertEqual(calls, [])
+        transport.setTcpNoDelay(False)
+        self.assertFalse(transport.getTcpNoDelay())
+        transport.setTcpNoDelay(True)
+        self.assertTrue(transport.getTcpNoDelay())
+        self.assertEqual(calls, [False, True])
+        await waitFor(lambda: self.accepted)
+
+    async def test_nothingUnread(self) -> None:
+        """
+        A connected transport to an IPv4 host keeps none of its own of
+        what Twisted's transport sets per connection and the lean path
+        never reads (the queued length, whether the host is a name, a
+        second copy of the socket's C{TCP_NODELAY}): each is its class's.
+        """
+        client = _Client()
+        self.connect(client)
+        await waitFor(lambda: client.reading is not None)
+        transport: Any = client.transport
+        own = vars(transport)
+        for name in ("_tempDataLen", "_requiresResolution", "_noDelay"):
+            self.assertNotIn(name, own)
+        self.assertEqual(
+            (transport._tempDataLen, transport._requiresResolution), (0, False)
+        )
         await waitFor(lambda: self.accepted)
 
     async def test_nonBlocking(self) -> None:

@@ -75,6 +75,18 @@ class NotTCPTests(SynchronousTestCase):
         write(b"past the header")
         self.assertEqual(transport.value(), b"past the header")
 
+    def test_sendNowWrapperOverOther(self) -> None:
+        """
+        L{sendNow} writes to a PROXY protocol wrapper over a transport that
+        is not a TCP connection with the wrapper's C{write}, which passes
+        the bytes on.
+        """
+        transport = StringTransport()
+        wrapper = ProxyProtocolWrapper.__new__(ProxyProtocolWrapper)
+        wrapper.transport = transport
+        sendNow(wrapper, b"head")
+        self.assertEqual(transport.value(), b"head")
+
     def test_sendNowOtherTransport(self) -> None:
         """
         L{sendNow} writes to a transport that is not a TCP connection with
@@ -175,6 +187,33 @@ class TCPTests(TestCase):
         while len(got) < 16:
             got += await inThread(peer.recv, 64)
         self.assertEqual(got, b"now,first,second")
+
+    async def test_sendNowUnderProxyHeader(self) -> None:
+        """
+        L{sendNow} looks through a PROXY protocol wrapper: the TCP
+        connection under it is sent to at once, with nothing queued.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert transport is not None
+        wrapper = ProxyProtocolWrapper.__new__(ProxyProtocolWrapper)
+        wrapper.transport = transport
+        sendNow(wrapper, b"past the header")
+        self.assertEqual(transport._tempDataBuffer, [])  # type: ignore[attr-defined]
+        self.assertEqual(await inThread(peer.recv, 64), b"past the header")
+
+    async def test_writerUnderProxyHeader(self) -> None:
+        """
+        A L{DirectWriter} given a PROXY protocol wrapper writes to the TCP
+        connection under it, as one given the connection does.
+        """
+        server, _ = await self.connect()
+        transport = server.transport
+        wrapper = ProxyProtocolWrapper.__new__(ProxyProtocolWrapper)
+        wrapper.transport = transport
+        for given in (wrapper, transport):
+            writer = DirectWriter(given)
+            self.assertEqual((writer.tcp, writer.other), (transport, None))
 
     async def test_queuedStaysInOrder(self) -> None:
         """

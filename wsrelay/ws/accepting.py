@@ -9,16 +9,14 @@ listeners keep Twisted's own.
 
 Per accepted connection Twisted's port makes a system call for each of
 C{accept4}, C{getsockname} and C{ioctl} (non-blocking), and its
-C{socket.accept} costs some 5 µs of Python converting the listening
-socket's family and type to enumerations.  L{LeanPort} accepts with
-C{socket._accept} (the same C{accept4}) and wraps the descriptor itself,
-about half the Python.  The other two calls stay: C{getsockname} is
-CPython's own check that a descriptor it wraps in a C{socket} object is
-one, and only C{accept4} with C{SOCK_NONBLOCK} would spare the C{ioctl},
-which CPython never passes; calling C{accept4} through C{ctypes} (as the
-C{ownsockets} benchmark target does) and reading the peer's address from
-its raw bytes measured slower than this, 9.2 against 6.0 µs a
-connection, since a C{socket} object is still needed.
+C{socket.accept} converts the family and type to enumerations.
+L{LeanPort} accepts with C{socket._accept} (the same C{accept4}) and
+wraps the descriptor itself, about half the Python.  The other two calls
+stay: C{getsockname} is CPython's own check, in the C{socket}
+constructor whatever its arguments, that a descriptor it wraps is a
+socket (wsrelay asks for no host address per connection), and only
+C{accept4} with C{SOCK_NONBLOCK} would spare the C{ioctl}, which CPython
+never passes (C{accept4} through C{ctypes}: 9.2 against 6.0 µs).
 
 L{LeanServer} formats Twisted's log prefix and C{repr} only when
 something reads them (with wsrelay's reactor, only a legacy log call made
@@ -63,8 +61,13 @@ try:
 except ImportError:  # pragma: no cover - no epoll (not Linux)
     EPollReactor = None  # type: ignore[assignment,misc]
 
-#: The event masks of L{startWatching} (epoll's; their values where the
-#: platform has no epoll, on which L{startWatching} falls back anyway).
+#: The reactors whose registrations both legs' transports make themselves
+#: (L{wsrelay.ws.tcpclient.startWatching}): Twisted's epoll reactor and its
+#: subclasses, or none on a platform without epoll.
+EPOLL_REACTOR: Any = (EPollReactor,) if EPollReactor is not None else ()
+
+#: The event masks of L{wsrelay.ws.tcpclient.startWatching} (epoll's; their
+#: values where the platform has no epoll, which it never watches with).
 EPOLLIN: int = getattr(select, "EPOLLIN", 1)
 EPOLLOUT: int = getattr(select, "EPOLLOUT", 4)
 
@@ -82,7 +85,6 @@ __all__ = [
     "LeanSocket",
     "adoptStreamPort",
     "listenTCP",
-    "startWatching",
 ]
 
 #: Why a connection closed by L{LeanClose.loseConnection} is lost: one
@@ -126,6 +128,11 @@ class LeanClose(tcp.Connection):
     put it before Twisted's C{Server} or C{Client}.
     """
 
+    #: The length of what Twisted's C{write} queued: none, until it
+    #: queues (a store and a dictionary entry less per connection than
+    #: C{FileDescriptor.__init__}'s, which the lean transports skip).
+    _tempDataLen = 0
+
     def doRead(self) -> Any:
         """
         Read what is there and give it to the protocol: Twisted's
@@ -145,6 +152,19 @@ class LeanClose(tcp.Connection):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Register a producer, as Twisted's transport does: a streaming one
+        on a plain connection with none yet, in one call (Twisted's makes
+        two, C{ConnectionMixin}'s then C{FileDescriptor}'s); any other case
+        Twisted's way.
+        """
+        if not streaming or self.TLS or self.producer is not None or self.disconnected:
+            super().registerProducer(producer, streaming)
+            return
+        self.producer = producer
+        self.streamingProducer = streaming
 
     def loseConnection(self) -> None:
         """
@@ -248,35 +268,6 @@ def _closeBatch(reactor: Any) -> None:
             log.err(None, "Unhandled error losing a connection")
 
 
-def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
-    """
-    A new transport's socket, which the reactor does not watch yet, starts
-    being watched for reading (C{events} L{EPOLLIN}) or writing
-    (C{EPOLLOUT}): on Twisted's epoll reactor, what its C{addReader} or
-    C{addWriter} does, in one call instead of three (C{startReading},
-    C{addReader}, C{_add}).  (Its private C{_poller}, C{_reads},
-    C{_writes} and C{_selectables}, as C{_add} keeps them: a Twisted that
-    renames them fails every accept and connect, loudly, in
-    tests.test_acceptlean and tests.test_connectlean.)
-
-    @param transport: The new transport.
-    @param reactor: Its reactor.
-    @param events: C{EPOLLIN} or C{EPOLLOUT}.
-    @return: Whether it did; if not (another reactor, or a descriptor the
-        reactor knows already), the caller starts reading or writing as
-        Twisted does.
-    """
-    if EPollReactor is None or not isinstance(reactor, EPollReactor):
-        return False
-    fd = transport.fileno()
-    if fd in reactor._reads or fd in reactor._writes:
-        return False
-    reactor._poller.register(fd, events)
-    (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
-    reactor._selectables[fd] = transport
-    return True
-
-
 class LeanServer(LeanClose, tcp.Server):
     """
     Twisted's accepted TCP transport, with less work per connection (see
@@ -310,7 +301,6 @@ class LeanServer(LeanClose, tcp.Server):
         """
         self.reactor = reactor
         self._tempDataBuffer: list[bytes] = []
-        self._tempDataLen = 0
         self.socket = sock
         self.fileno = sock.fileno
         self.protocol = protocol
@@ -319,8 +309,17 @@ class LeanServer(LeanClose, tcp.Server):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        self.hostname = client[0]
-        if not startWatching(self, reactor, EPOLLIN):
+        # (startWatching, inline: a new descriptor, watched for reading.)
+        fd = sock.fileno()
+        if (
+            isinstance(reactor, EPOLL_REACTOR)
+            and fd not in reactor._reads
+            and fd not in reactor._writes
+        ):
+            reactor._poller.register(fd, EPOLLIN)
+            reactor._reads.add(fd)
+            reactor._selectables[fd] = self
+        else:
             self.startReading()
         self.connected = 1
 
@@ -332,10 +331,26 @@ class LeanServer(LeanClose, tcp.Server):
         and every leg of the relay turns it on as it connects.
         """
         if enabled and self._noDelay is None and getattr(self.server, "noDelay", False):
-            self._noDelay = True
+            # (Not noted: None says as much, in no room of the instance's.)
             return
         super().setTcpNoDelay(enabled)
         self._noDelay = bool(enabled)
+
+    @property
+    def hostname(self) -> Any:
+        """
+        The client's host, as Twisted's C{Server} keeps it for its log
+        prefix (or what was set in its place): read from C{client} when
+        asked, rather than kept per connection.
+        """
+        hostname: Any = self.__dict__.get("_hostname")
+        if hostname is None:
+            hostname = self.client[0]
+        return hostname
+
+    @hostname.setter
+    def hostname(self, value: Any) -> None:
+        self.__dict__["_hostname"] = value
 
     def _protocolPrefix(self) -> str:
         """
@@ -434,6 +449,10 @@ class LeanPort(tcp.Port):
             accept = listening._accept
             family = self.addressFamily
             wanted = self.numberAccepts
+            factory: Any = self.factory
+            addressType = self._addressType
+            transport = self.transport
+            reactor = self.reactor
             accepted = 0
             while accepted < wanted:
                 try:
@@ -446,7 +465,19 @@ class LeanPort(tcp.Port):
                 accepted += 1
                 skt: Any = LeanSocket(family, socket.SOCK_STREAM, 0, fd)
                 skt.setblocking(False)
-                self._serve(skt, addr)
+                if len(addr) != 2:
+                    self._serve(skt, addr)
+                    continue
+                # (_serve for an IPv4 peer, inline.)
+                protocol = factory.buildProtocol(addressType("TCP", *addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                s = self.sessionno
+                self.sessionno = s + 1
+                protocol.makeConnection(
+                    transport(skt, protocol, addr, self, s, reactor)
+                )
             # Twisted's scaling of the accepts per readiness.
             if accepted == wanted:
                 self.numberAccepts = wanted + 20

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
-from socket import SO_ERROR, SOL_SOCKET
+from socket import IPPROTO_TCP, SO_ERROR, SOL_SOCKET, TCP_NODELAY
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import tcp
@@ -32,11 +32,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.ws.accepting import (
+    EPOLL_REACTOR,
     EPOLLIN,
     EPOLLOUT,
     LeanClose,
     LeanSocket,
-    startWatching,
 )
 
 try:
@@ -48,7 +48,15 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IProtocol
     from twisted.internet.protocol import ClientFactory
 
-__all__ = ["IPV4", "IPV6", "NAME", "Destination", "DirectConnector", "hostKind"]
+__all__ = [
+    "IPV4",
+    "IPV6",
+    "NAME",
+    "Destination",
+    "DirectConnector",
+    "hostKind",
+    "startWatching",
+]
 
 #: How a backend's host is reached (L{hostKind}): an IPv4 address, an IPv6
 #: address (with its scope looked up per connect, as Twisted does), or a
@@ -207,6 +215,15 @@ class _IPClient(LeanClose, tcp.Client):
         of nothing, and no turn of the reactor's in between.
     """
 
+    #: Whether C{TCP_NODELAY} is on: the socket is made with it (one
+    #: C{setsockopt} as it is made, rather than the same one in Twisted's
+    #: C{setTcpNoDelay} once connected); an instance's own after a
+    #: L{setTcpNoDelay} that changed it.
+    _noDelay = True
+    #: Whether the host is a name to look up (Twisted's), told per
+    #: connection only when it is.
+    _requiresResolution = False
+
     def __init__(self, connector: DirectConnector, reactor: Any) -> None:
         """
         What Twisted's C{_BaseTCPClient.__init__} and C{_finishInit} do
@@ -217,28 +234,61 @@ class _IPClient(LeanClose, tcp.Client):
         host, port, kind = endpoint.host, endpoint.port, endpoint.kind
         self.connector = connector
         self.addr = (host, port)
-        self._requiresResolution = kind is NAME
-        if kind is IPV6:
+        if kind is NAME:
+            self._requiresResolution = True
+        elif kind is IPV6:
             self.addr = tcp._resolveIPv6(host, port)
             self.addressFamily = socket.AF_INET6
             self._addressType = IPv6Address  # type: ignore[assignment]
         try:
-            skt = self.createInternetSocket()
+            if _NONBLOCKING:
+                # (createInternetSocket, inline.)
+                skt: Any = LeanSocket(
+                    self.addressFamily, self.socketType | _NONBLOCKING
+                )
+            else:
+                skt = self.createInternetSocket()
         except OSError as se:
             reactor.callLater(
                 0, self.failIfNotConnected, ConnectBindError(se.args[0], se.args[1])
             )
             return
+        try:
+            # (Twisted's setTcpNoDelay, as the socket is made: see _noDelay.)
+            skt.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not with TCP
+            self._noDelay = False
         # (FileDescriptor.__init__, inline.)
         self.reactor = reactor
         self._tempDataBuffer: list[bytes] = []
-        self._tempDataLen = 0
         self.socket = skt
         self.fileno = skt.fileno
         self.protocol = None  # type: ignore[assignment]
         if kind is IPV4:
-            self.realAddress = self.addr
-            self.doConnect()
+            # (doConnect, inline.)
+            self.realAddress = address = self.addr
+            try:
+                err = skt.connect_ex(address)
+            except OSError as e:
+                err = e.args[0]
+            if err and err != EISCONN and err not in _IN_PROGRESS:
+                reactor.callLater(
+                    0, self.failIfNotConnected, getConnectError((err, strerror(err)))
+                )
+                return
+            self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
+            # (startWatching, inline: a new descriptor, watched for writing.)
+            fd = skt.fileno()
+            if (
+                isinstance(reactor, EPOLL_REACTOR)
+                and fd not in reactor._reads
+                and fd not in reactor._writes
+            ):
+                reactor._poller.register(fd, EPOLLOUT)
+                reactor._writes.add(fd)
+                reactor._selectables[fd] = self
+            else:
+                self.startWriting()
         elif kind is IPV6:
             try:
                 self._setRealAddress(self.addr)
@@ -295,29 +345,43 @@ class _IPClient(LeanClose, tcp.Client):
         C{EPOLLERR} makes the reactor call L{connectionLost} instead, which
         asks the socket for its error; asking here too would be a system
         call for nothing.)
+
+        Connected, it waits to read (L{_waitToRead}, inline on Twisted's
+        epoll reactor), and does what Twisted's C{_connectDone} does, with
+        the endpoint's address of an IPv4 host (made once, where Twisted
+        makes one per connection), with the connector's C{buildProtocol}
+        inline, and with the log prefix made only when asked for
+        (L{logstr}): no Python call of its own between the reactor's event
+        and the factory's C{buildProtocol}.
         """
         if not hasattr(self, "connector"):
             return
-        if not isinstance(self.reactor, _PollLikeMixin):
+        reactor: Any = self.reactor
+        if not isinstance(reactor, _PollLikeMixin):
             err = self.socket.getsockopt(SOL_SOCKET, SO_ERROR)
             if err:
                 self.failIfNotConnected(getConnectError((err, strerror(err))))
                 return
         del self.doWrite, self.doRead
-        _waitToRead(self)
-        self._connectDone()
-
-    def _connectDone(self) -> None:
-        """
-        Connected, and reading already (L{_waitToRead}): what Twisted's
-        C{_connectDone} does, with the endpoint's address of an IPv4 host
-        (made once, where Twisted makes one per connection) and the log
-        prefix made only when asked for (L{logstr}).
-        """
+        fd = self.fileno()
+        if (
+            EPollReactor is not None
+            and isinstance(reactor, EPollReactor)
+            and fd in reactor._writes
+            and fd not in reactor._reads
+        ):
+            # (_waitToRead's one epoll_ctl.)
+            reactor._poller.modify(fd, EPOLLIN)
+            reactor._writes.discard(fd)
+            reactor._reads.add(fd)
+        else:
+            _waitToRead(self)
         connector = self.connector
         endpoint = connector.endpoint
         peer = endpoint.destination if endpoint.kind is IPV4 else self.getPeer()
-        protocol = connector.buildProtocol(peer)
+        # (DirectConnector.buildProtocol.)
+        connector.state = "connected"
+        protocol = connector.factory.buildProtocol(peer)
         self.connected = 1
         if protocol is None:
             # (Twisted's way with a factory that builds none.)
@@ -325,8 +389,20 @@ class _IPClient(LeanClose, tcp.Client):
             self.loseConnection()
             return
         self.protocol = protocol
-        # (Reading already: _connectWritable's _waitToRead.)
+        # (Reading already.)
         protocol.makeConnection(self)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Set C{TCP_NODELAY}, as Twisted's transport does, but with no system
+        call (nor Twisted's Python) to turn it on: the socket was made with
+        it (L{_noDelay}), since every leg of the relay turns it on as it
+        connects.
+        """
+        if enabled and self._noDelay:
+            return
+        super().setTcpNoDelay(enabled)
+        self._noDelay = bool(enabled)
 
     @property
     def logstr(self) -> str:
@@ -426,3 +502,32 @@ def _waitToRead(transport: tcp.Client) -> None:
             return
     transport.stopWriting()
     transport.startReading()
+
+
+def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
+    """
+    A new transport's socket, which the reactor does not watch yet, starts
+    being watched for reading (C{events} L{EPOLLIN}) or writing
+    (C{EPOLLOUT}): on Twisted's epoll reactor, what its C{addReader} or
+    C{addWriter} does, in one call instead of three (C{startReading},
+    C{addReader}, C{_add}).  (Its private C{_poller}, C{_reads},
+    C{_writes} and C{_selectables}, as C{_add} keeps them: a Twisted that
+    renames them fails every accept and connect, loudly, in
+    tests.test_acceptlean and tests.test_connectlean.)
+
+    @param transport: The new transport.
+    @param reactor: Its reactor.
+    @param events: C{EPOLLIN} or C{EPOLLOUT}.
+    @return: Whether it did; if not (another reactor, or a descriptor the
+        reactor knows already), the caller starts reading or writing as
+        Twisted does.
+    """
+    if not isinstance(reactor, EPOLL_REACTOR):
+        return False
+    fd = transport.fileno()
+    if fd in reactor._reads or fd in reactor._writes:
+        return False
+    reactor._poller.register(fd, events)
+    (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
+    reactor._selectables[fd] = transport
+    return True

@@ -62,7 +62,8 @@ def directWrite(transport: Any) -> Callable[[bytes], None]:
         wrapper over one, with nothing queued (a L{DirectWriter}'s
         C{write}), else through C{transport.write}.
     """
-    transport = _underProxyHeader(transport)
+    if not isinstance(transport, Connection):
+        transport = _underProxyHeader(transport)
     if not isinstance(transport, Connection):
         # TLS, or a test's transport: Twisted's write only.
         write: Callable[[bytes], None] = transport.write
@@ -77,8 +78,15 @@ def sendNow(transport: Any, data: bytes) -> None:
     request head), where keeping a function on the writer would cost the
     connection its memory.
     """
-    connection = tcpConnection(transport)
-    if connection is None:
+    # (tcpConnection, inline: a plain TCP connection, nearly always, with
+    # one check and no call.)
+    if isinstance(transport, Connection):
+        connection = transport
+    elif isinstance(transport, ProxyProtocolWrapper) and isinstance(
+        transport.transport, Connection
+    ):
+        connection = transport.transport
+    else:
         # TLS, or a test's transport.
         transport.write(data)
         return
@@ -128,6 +136,12 @@ class DirectWriter:
         """
         Write to C{transport} from now on.
         """
+        if isinstance(transport, Connection):
+            # (A plain TCP connection, nearly always: no call to look
+            # under a PROXY protocol wrapper.)
+            self.tcp = transport
+            self.other = None
+            return
         transport = _underProxyHeader(transport)
         if isinstance(transport, Connection):
             self.tcp = transport
