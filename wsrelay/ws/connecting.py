@@ -138,8 +138,9 @@ class _Attempt(ClientFactory):
         cancelled (L{None} then: a failure of the connect is not its to
         tell any more).
     @ivar protocol: The leg, once built, until the attempt is settled.
-    @ivar _setup: What the leg is given as it is built (the request, and
-        C{opened}).
+    @ivar _setup: What the leg is given as it is built: the request's
+        C{resource}, C{hostHeader}, C{requestHeaders}, C{offered} and
+        C{extensions}, and C{opened} (L{None} once given).
     @ivar _plain: Whether the protocol is a L{PlainUpstream} (else the
         factory's Autobahn leg).
     @ivar _direct: The connector of a direct connect (L{None} through an
@@ -157,7 +158,7 @@ class _Attempt(ClientFactory):
     _direct: IConnector | None = None
     _connecting: Deferred[IProtocol] | None = None
     _expired = False
-    _setup: dict[str, Any]
+    _setup: tuple[Any, ...] | None = None
     _then: Callable[..., object] | None = None
     _thenArgs: tuple[object, ...] = ()
 
@@ -182,9 +183,21 @@ class _Attempt(ClientFactory):
             p = cast("UpstreamProtocol", PlainUpstream())
         else:
             p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
-        p.__dict__.update(self._setup)
+        setup = self._setup
+        assert setup is not None
+        # One attribute at a time: asked for, the leg's __dict__ would be
+        # made (Python 3.11 keeps a new object's attributes without one),
+        # and every later attribute access of the leg would be slower.
+        (
+            p.resource,
+            p.hostHeader,
+            p.requestHeaders,
+            p.offered,
+            p.extensions,
+            p.opened,
+        ) = setup
         # The connector keeps this factory as long as the connection.
-        self._setup = {}
+        self._setup = None
         self.protocol = p
         return p
 
@@ -312,14 +325,14 @@ def connectUpstream(
     attempt = _Attempt(factory, getattr(headers, "plain", False), queue)
     opened: Deferred[UpstreamProtocol] = Deferred(attempt.cancel)
     attempt.opened = opened
-    attempt._setup = {
-        "resource": resource,
-        "hostHeader": hostHeader,
-        "requestHeaders": headers,
-        "offered": offered,
-        "opened": opened,
-        "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
-    }
+    attempt._setup = (
+        resource,
+        hostHeader,
+        headers,
+        offered,
+        getattr(headers, "extensions", NO_EXTENSIONS),
+        opened,
+    )
     if isinstance(endpoint, PlainTCPEndpoint):
         # The leg is the transport's protocol, with no endpoint between.
         attempt._direct = endpoint.connectDirect(attempt)

@@ -270,15 +270,35 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         Let the request's and the response's texts go once open, and
         C{opened} once fired (as L{forgetRequest} and
         L{wsrelay.ws._autobahn.forgetOpened} do, in one pass): each then
-        reads as its class default.
+        reads as its class default.  Deleted one at a time, not through
+        the leg's C{__dict__}, which asking for would make (see
+        L{wsrelay.ws.connecting._Attempt.buildProtocol}).
         """
-        attributes = self.__dict__
-        pop = attributes.pop
-        for name in self._REQUEST:
-            pop(name, None)
-        opened = attributes.get("opened")
-        if opened is not None and opened.called:
-            del attributes["opened"]
+        try:
+            # What L{connectUpstream <wsrelay.ws.connecting.connectUpstream>}
+            # and L{connectionMade} set on every leg.
+            del (
+                self.resource,
+                self.hostHeader,
+                self.requestHeaders,
+                self.offered,
+                self.extensions,
+                self.requestKey,
+            )
+        except AttributeError:
+            # A leg made otherwise (tests): whichever it holds.
+            for name in self._REQUEST:
+                try:
+                    delattr(self, name)
+                except AttributeError:
+                    pass
+        if self.responseHeaders is not FORGOTTEN:
+            # (Only a 101 with fields for the client sets them, each time
+            # a list of its own.)
+            del self.responseHeaders
+        opened = self.opened
+        if opened is not FIRED and opened.called:
+            del self.opened
 
     def closeWith(self, code: int, reason: bytes) -> None:
         """
