@@ -149,7 +149,9 @@ class Connector:
         offered: tuple[str, ...],
         avoid: Backend | None,
         deadline: float,
-    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        then: Callable[..., object] | None = None,
+        thenArgs: tuple[object, ...] = (),
+    ) -> Deferred[Any]:
         """
         L{openUpstream} as a L{Deferred}, the first candidate tried without
         a coroutine: most handshakes are done with it, and the coroutine's
@@ -157,16 +159,21 @@ class Connector:
         few percent of a proxied handshake's CPU.  Should it fail, the
         coroutine goes on as L{openUpstream} would have.
 
+        @param then: The caller's callback for both outcomes, with
+            C{thenArgs}: called by the first attempt's own callback, rather
+            than added after it (a link of the L{Deferred}'s fewer, on
+            every handshake).
         @return: A L{Deferred} firing with the backend and the open
-            upstream, or failing as L{openUpstream} raises; cancelling it
-            cancels the attempt under way (or the wait in the queue).
+            upstream, or failing as L{openUpstream} raises (with C{then},
+            with what C{then} makes of either); cancelling it cancels the
+            attempt under way (or the wait in the queue).
         """
         tried: list[Backend] = []
         attempts = _Attempts()
         backend = pickBackend(route, info, tried, avoid)
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
-            return Deferred.fromCoroutine(self._tryAll(*rest))
+            return _others(self, rest, then, thenArgs)
         # (No other Deferred in between: cancelling the one returned cancels
         # the attempt, or the rest once it waits for it, as Twisted passes a
         # cancel on to the Deferred a callback returned.  A module function
@@ -181,10 +188,10 @@ class Connector:
             deadline,
             attempts,
             _firstSettled,
-            (self, backend, rest),
+            (self, backend, rest, then, thenArgs),
         )
         if connecting is None:
-            return Deferred.fromCoroutine(self._tryAll(*rest))
+            return _others(self, rest, then, thenArgs)
         return connecting
 
     async def _tryAll(
@@ -429,6 +436,23 @@ def _settled(
     return None
 
 
+def _others(
+    connector: Connector,
+    rest: tuple[Any, ...],
+    then: Callable[..., object] | None,
+    thenArgs: tuple[object, ...],
+) -> Deferred[Any]:
+    """
+    The attempts of L{Connector.open} after its first (or instead of it),
+    through the coroutine L{Connector._tryAll} with C{rest}; C{then}, if
+    given, is called with the outcome.
+    """
+    others: Deferred[Any] = Deferred.fromCoroutine(connector._tryAll(*rest))
+    if then is not None:
+        others.addBoth(then, *thenArgs)
+    return others
+
+
 def _firstSettled(
     result: UpstreamProtocol | Failure,
     connector: Connector,
@@ -443,19 +467,24 @@ def _firstSettled(
         list[Backend],
         _Attempts,
     ],
-) -> tuple[Backend, UpstreamProtocol] | Failure | Deferred[Any]:
+    then: Callable[..., object] | None,
+    thenArgs: tuple[object, ...],
+) -> object:
     """
     The first attempt of L{Connector.open}, to C{backend}, is settled with
     C{result}.
 
     @param rest: L{Connector._tryAll}'s arguments, for the attempts after
         a failed first.
+    @param then: L{Connector.open}'s C{then}, with C{thenArgs}.
     @return: The backend and the open upstream; the failure to pass on
-        (L{_settled}); or the L{Deferred} of the other attempts.
+        (L{_settled}); or the L{Deferred} of the other attempts; with
+        C{then}, what C{then} makes of the first two.
     """
     up = _settled(result, connector, rest[0], backend, rest[7])
     if up is None:
-        return Deferred.fromCoroutine(connector._tryAll(*rest))
-    if isinstance(up, Failure):
-        return up
-    return backend, up
+        return _others(connector, rest, then, thenArgs)
+    outcome = up if isinstance(up, Failure) else (backend, up)
+    if then is None:
+        return outcome
+    return then(outcome, *thenArgs)
