@@ -407,7 +407,9 @@ def _settled(
     """
     backend.connecting -= 1
     if not isinstance(result, Failure):
-        route.monitor.succeeded(backend)
+        if backend.failuresInRow:
+            # (Only a run of failures has anything to end: Monitor.succeeded.)
+            route.monitor.succeeded(backend)
         return result
     route.queue.slotFreed()
     e = result.value
