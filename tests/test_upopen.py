@@ -9,11 +9,16 @@ only when it ends a run of failures.
 from __future__ import annotations
 
 from typing import Any
+from unittest import skipUnless
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.memory import BACKEND_A, BACKEND_B, Network
+from tests.test_plainaccept import _PROBES_DICT, _dictMade
 from wsrelay.routing import Backend
+from wsrelay.ws import connecting
+from wsrelay.ws._autobahn import FIRED
+from wsrelay.ws.plainleg import CLOSED, PlainUpstream
 
 
 def _config(more: str = "") -> str:
@@ -131,3 +136,41 @@ class PassiveSuccessTests(SynchronousTestCase):
         self.assertTrue(client.opened)
         self.assertEqual((heard, a.failuresInRow), ([a], 0))
         self.assertTrue(a.healthy)
+
+
+class HeldLegTests(SynchronousTestCase):
+    """
+    A plain upstream leg keeps its attributes without a C{__dict__} from
+    its making to the end of its connection.
+    """
+
+    @skipUnless(_PROBES_DICT, "probes CPython 3.11's object layout")
+    def test_closedWithoutDictionary(self) -> None:
+        """
+        Once its backend is gone, the leg has let go of its session, its
+        client's leg, its pipe's direction and its C{opened} (each reads as
+        its class default), and its C{__dict__} was never made.  (Through a
+        subclass of its own: see
+        L{tests.test_plainaccept.HeldLegTests.test_plainUpstreamRightSized}.)
+        """
+
+        class Fresh(PlainUpstream):
+            pass
+
+        self.patch(connecting, "PlainUpstream", Fresh)
+        network = Network(self, _config())
+        client = network.connectClient()
+        network.flush()
+        _, pump = network.acceptUpstream()
+        network.flush()
+        self.assertTrue(client.opened)
+        (session,) = network.relay.sessions
+        up = session.upstream
+        self.assertIsInstance(up, Fresh)
+        self.assertIsNotNone(up.dataPath)
+        network.vanish(pump)
+        network.flush()
+        self.assertEqual(up.state, CLOSED)
+        self.assertEqual((up.listener, up.target, up.dataPath), (None, None, None))
+        self.assertIs(up.opened, FIRED)
+        self.assertFalse(_dictMade(up))

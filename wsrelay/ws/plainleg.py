@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 
-from wsrelay.ws._autobahn import FIRED, letGo
+from wsrelay.ws._autobahn import FIRED
 from wsrelay.ws.accept import acceptKey
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import RequestLines, buildRequest
@@ -154,10 +154,6 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
 
     #: What only the opening handshake reads (L{forgetHandshake}).
     _REQUEST = (*ResponseReader._REQUEST, "requestKey")
-
-    #: What a leg whose connection is gone lets go of: the references by
-    #: which it, its session and its data path refer to each other.
-    _CYCLES = ("listener", "target", "dataPath", "opened")
 
     def connectionMade(self) -> None:
         """
@@ -330,4 +326,34 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
                 )
         elif self.listener is not None:
             self.listener.legClosed(self)
-        letGo(self, self._CYCLES)
+        # What letGo does, each reference deleted rather than popped from
+        # the leg's __dict__, which asking for would make (as the leg lets
+        # go of the handshake, forgetHandshake); none of these is stored at
+        # its class default.
+        if self.listener is not None:
+            del self.listener
+        if self.target is not None:
+            del self.target
+        if self.dataPath is not None:
+            del self.dataPath
+        if self.opened is not FIRED:
+            del self.opened
+        _dropConnector(self.transport)
+
+
+def _dropConnector(transport: Any) -> None:
+    """
+    The connection of C{transport} is gone: its client connector, if it
+    has one, lets go of it (the part of L{letGo
+    <wsrelay.ws._autobahn.letGo>} that does not ask for the leg's
+    C{__dict__}): the connector and its TCP transport refer to each other
+    for good, and the connector's factory holds the attempt.
+    """
+    for _ in range(2):
+        connector = getattr(transport, "connector", None)
+        if connector is not None:
+            if getattr(connector, "transport", None) is transport:
+                connector.transport = None
+            return
+        # TLS: the TCP transport is under the TLS protocol.
+        transport = getattr(transport, "transport", None)
