@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 from unittest import skipUnless
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.memory import BACKEND_A, BACKEND_B, Network
 from tests.test_plainaccept import _PROBES_DICT, _dictMade
+from wsrelay.proxy.opening import UpstreamOpener
 from wsrelay.routing import Backend
 from wsrelay.ws import connecting
 from wsrelay.ws._autobahn import FIRED
@@ -174,3 +176,72 @@ class HeldLegTests(SynchronousTestCase):
         self.assertEqual((up.listener, up.target, up.dataPath), (None, None, None))
         self.assertIs(up.opened, FIRED)
         self.assertFalse(_dictMade(up))
+
+
+class DirectSettleTests(SynchronousTestCase):
+    """
+    On a plain client's first attempt, the plain leg settles its attempt
+    itself as it opens (L{connecting._Attempt.legOpened}): the opening's
+    L{Deferred} does not fire then, but still fails and is cancelled as
+    ever.
+    """
+
+    def _keepOpenings(self) -> list[Deferred[Any]]:
+        """
+        @return: The L{Deferred}s L{UpstreamOpener.start} returns from now
+            on, as they are returned.
+        """
+        kept: list[Deferred[Any]] = []
+        start = UpstreamOpener.start
+
+        def keeping(opener: UpstreamOpener, *args: Any) -> Deferred[Any]:
+            d = start(opener, *args)
+            kept.append(d)
+            return d
+
+        self.patch(UpstreamOpener, "start", keeping)
+        return kept
+
+    def test_openedUnfired(self) -> None:
+        """
+        The client gets its 101 and its pipe while the opening's
+        L{Deferred} never fires; the leg holds neither it nor what settled
+        it.
+        """
+        openings = self._keepOpenings()
+        network = Network(self, _config())
+        client = network.connectClient()
+        network.flush()
+        network.acceptUpstream()
+        network.flush()
+        self.assertTrue(client.opened, client.raw)
+        (session,) = network.relay.sessions
+        self.assertIsNotNone(session.pipe)
+        (opening,) = openings
+        self.assertNoResult(opening)
+        up = session.upstream
+        self.assertIs(up.opened, FIRED)
+        self.assertIsNone(up._settle)
+
+    def test_timeoutStillFails(self) -> None:
+        """
+        An attempt whose backend never answers still times out: the
+        opening fails, and the client is refused with a 504.
+        """
+        openings = self._keepOpenings()
+        network = Network(
+            self,
+            "[relay]\nlisten = tcp:0\nping_interval = 0\nconnect_timeout = 2\n"
+            "handshake_timeout = 3\n"
+            "[route:chat]\npath = /chat\ndata_path = passthrough\n"
+            f"backends = ws://{BACKEND_A[0]}:{BACKEND_A[1]}/base\n",
+        )
+        client = network.connectClient()
+        network.flush()
+        network.advance(2.5)
+        network.flush()
+        self.assertFalse(client.opened)
+        self.assertTrue(b"".join(client.raw).startswith(b"HTTP/1.1 504 "), client.raw)
+        (opening,) = openings
+        self.assertIsNone(self.successResultOf(opening))
+        self.assertEqual(list(network.relay.sessions), [])

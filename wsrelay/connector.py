@@ -162,7 +162,11 @@ class Connector:
         @param then: The caller's callback for both outcomes, with
             C{thenArgs}: called by the first attempt's own callback, rather
             than added after it (a link of the L{Deferred}'s fewer, on
-            every handshake).
+            every handshake).  The caller adds nothing to the L{Deferred}
+            then: when a plain leg opens on the first attempt, C{then} is
+            called without the L{Deferred} firing at all
+            (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}'s
+            C{direct}).
         @return: A L{Deferred} firing with the backend and the open
             upstream, or failing as L{openUpstream} raises (with C{then},
             with what C{then} makes of either); cancelling it cancels the
@@ -189,6 +193,7 @@ class Connector:
             attempts,
             _firstSettled,
             (self, backend, rest, then, thenArgs),
+            then is not None,
         )
         if connecting is None:
             return _others(self, rest, then, thenArgs)
@@ -312,11 +317,13 @@ class Connector:
         attempts: _Attempts,
         then: Callable[..., object],
         thenArgs: tuple[object, ...],
+        direct: bool = False,
     ) -> Deferred[Any] | None:
         """
         Start an attempt's connect, its result for C{then} (L{_settled},
         L{_firstSettled}) with C{thenArgs}
-        (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}).
+        (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}, with
+        C{direct} when C{then} is all that waits for its success).
 
         @return: The connect's L{Deferred}, or L{None} when C{deadline}
             passed (C{attempts} says so).
@@ -339,6 +346,7 @@ class Connector:
                 min(self.connectTimeout, remaining),
                 then,
                 thenArgs,
+                direct,
             )
         except BaseException:
             backend.connecting -= 1

@@ -68,7 +68,8 @@ class Upstreams(Protocol):
 
         @param then: Called with the outcome (the backend and the open
             upstream, or the failure) and C{thenArgs}, as the L{Deferred}'s
-            first callback would be; it fires with what C{then} returns.
+            first callback would be; it fires with what C{then} returns, or
+            (on a success) may never fire: the caller only cancels it.
         """
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:

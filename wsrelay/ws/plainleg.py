@@ -151,6 +151,9 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
     remoteCloseCode: int | None = None
     wasClean = False
     _directWrite: Any = None
+    #: What settles the leg's attempt when it opens, instead of firing
+    #: C{opened} (L{wsrelay.ws.connecting._Attempt.legOpened}), or L{None}.
+    _settle: Callable[[PlainUpstream], None] | None = None
 
     #: What only the opening handshake reads (L{forgetHandshake}).
     _REQUEST = (*ResponseReader._REQUEST, "requestKey")
@@ -248,7 +251,15 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         if chosen:
             self.websocket_protocol_in_use = chosen
         self.state = OPEN
-        self.opened.callback(self)
+        settle = self._settle
+        if settle is None:
+            self.opened.callback(self)
+            return
+        # Nothing but the attempt's caller waits for C{opened} to succeed:
+        # the attempt settles with this leg itself, and C{opened} is let go
+        # unfired (it reads as FIRED from now on).
+        del self._settle, self.opened
+        settle(self)
 
     # What the session and the pipe use.
 
