@@ -160,17 +160,12 @@ class Connector:
         coroutine goes on as L{openUpstream} would have.
 
         @param then: The caller's callback for both outcomes, with
-            C{thenArgs}: called by the first attempt's own callback, rather
-            than added after it (a link of the L{Deferred}'s fewer, on
-            every handshake).  The caller adds nothing to the L{Deferred}
-            then: when a plain leg opens on the first attempt, C{then} is
-            called without the L{Deferred} firing at all
-            (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}'s
-            C{direct}).
+            C{thenArgs}, as L{Upstreams.open<wsrelay.roles.Upstreams.open>}
+            says (by the first attempt's own callback, or with no
+            L{Deferred} firing: C{connectUpstream}'s C{direct}).
         @return: A L{Deferred} firing with the backend and the open
-            upstream, or failing as L{openUpstream} raises (with C{then},
-            with what C{then} makes of either); cancelling it cancels the
-            attempt under way (or the wait in the queue).
+            upstream, or failing as L{openUpstream} raises; cancelling it
+            cancels the attempt under way (or the wait in the queue).
         """
         tried: list[Backend] = []
         attempts = _Attempts()
@@ -179,11 +174,9 @@ class Connector:
         if backend is None:
             return _others(self, rest, then, thenArgs)
         # (No other Deferred in between: cancelling the one returned cancels
-        # the attempt, or the rest once it waits for it, as Twisted passes a
-        # cancel on to the Deferred a callback returned.  A module function
-        # and its arguments rather than closures: nothing to make per
-        # handshake but the tuple; called by the attempt's own callback, not
-        # as a second one.)
+        # the attempt, or the rest once it waits for it.  A module function
+        # and its arguments, not closures, called by the attempt's own
+        # callback, not as a second one.)
         connecting = self._connect(
             route,
             backend,
@@ -321,9 +314,8 @@ class Connector:
     ) -> Deferred[Any] | None:
         """
         Start an attempt's connect, its result for C{then} (L{_settled},
-        L{_firstSettled}) with C{thenArgs}
-        (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}, with
-        C{direct} when C{then} is all that waits for its success).
+        L{_firstSettled}) with C{thenArgs}, and C{direct}
+        (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}).
 
         @return: The connect's L{Deferred}, or L{None} when C{deadline}
             passed (C{attempts} says so).
