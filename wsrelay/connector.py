@@ -149,7 +149,9 @@ class Connector:
         offered: tuple[str, ...],
         avoid: Backend | None,
         deadline: float,
-    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        then: Callable[..., object] | None = None,
+        thenArgs: tuple[object, ...] = (),
+    ) -> Deferred[Any]:
         """
         L{openUpstream} as a L{Deferred}, the first candidate tried without
         a coroutine: most handshakes are done with it, and the coroutine's
@@ -157,6 +159,10 @@ class Connector:
         few percent of a proxied handshake's CPU.  Should it fail, the
         coroutine goes on as L{openUpstream} would have.
 
+        @param then: The caller's callback for both outcomes, with
+            C{thenArgs}, as L{Upstreams.open<wsrelay.roles.Upstreams.open>}
+            says (by the first attempt's own callback, or with no
+            L{Deferred} firing: C{connectUpstream}'s C{direct}).
         @return: A L{Deferred} firing with the backend and the open
             upstream, or failing as L{openUpstream} raises; cancelling it
             cancels the attempt under way (or the wait in the queue).
@@ -166,13 +172,11 @@ class Connector:
         backend = pickBackend(route, info, tried, avoid)
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
-            return Deferred.fromCoroutine(self._tryAll(*rest))
+            return _others(self, rest, then, thenArgs)
         # (No other Deferred in between: cancelling the one returned cancels
-        # the attempt, or the rest once it waits for it, as Twisted passes a
-        # cancel on to the Deferred a callback returned.  A module function
-        # and its arguments rather than closures: nothing to make per
-        # handshake but the tuple; called by the attempt's own callback, not
-        # as a second one.)
+        # the attempt, or the rest once it waits for it.  A module function
+        # and its arguments, not closures, called by the attempt's own
+        # callback, not as a second one.)
         connecting = self._connect(
             route,
             backend,
@@ -181,10 +185,11 @@ class Connector:
             deadline,
             attempts,
             _firstSettled,
-            (self, backend, rest),
+            (self, backend, rest, then, thenArgs),
+            then is not None,
         )
         if connecting is None:
-            return Deferred.fromCoroutine(self._tryAll(*rest))
+            return _others(self, rest, then, thenArgs)
         return connecting
 
     async def _tryAll(
@@ -305,10 +310,11 @@ class Connector:
         attempts: _Attempts,
         then: Callable[..., object],
         thenArgs: tuple[object, ...],
+        direct: bool = False,
     ) -> Deferred[Any] | None:
         """
         Start an attempt's connect, its result for C{then} (L{_settled},
-        L{_firstSettled}) with C{thenArgs}
+        L{_firstSettled}) with C{thenArgs}, and C{direct}
         (L{connectUpstream<wsrelay.ws.connecting.connectUpstream>}).
 
         @return: The connect's L{Deferred}, or L{None} when C{deadline}
@@ -332,6 +338,7 @@ class Connector:
                 min(self.connectTimeout, remaining),
                 then,
                 thenArgs,
+                direct,
             )
         except BaseException:
             backend.connecting -= 1
@@ -400,7 +407,9 @@ def _settled(
     """
     backend.connecting -= 1
     if not isinstance(result, Failure):
-        route.monitor.succeeded(backend)
+        if backend.failuresInRow:
+            # (Only a run of failures has anything to end: Monitor.succeeded.)
+            route.monitor.succeeded(backend)
         return result
     route.queue.slotFreed()
     e = result.value
@@ -429,6 +438,23 @@ def _settled(
     return None
 
 
+def _others(
+    connector: Connector,
+    rest: tuple[Any, ...],
+    then: Callable[..., object] | None,
+    thenArgs: tuple[object, ...],
+) -> Deferred[Any]:
+    """
+    The attempts of L{Connector.open} after its first (or instead of it),
+    through the coroutine L{Connector._tryAll} with C{rest}; C{then}, if
+    given, is called with the outcome.
+    """
+    others: Deferred[Any] = Deferred.fromCoroutine(connector._tryAll(*rest))
+    if then is not None:
+        others.addBoth(then, *thenArgs)
+    return others
+
+
 def _firstSettled(
     result: UpstreamProtocol | Failure,
     connector: Connector,
@@ -443,19 +469,24 @@ def _firstSettled(
         list[Backend],
         _Attempts,
     ],
-) -> tuple[Backend, UpstreamProtocol] | Failure | Deferred[Any]:
+    then: Callable[..., object] | None,
+    thenArgs: tuple[object, ...],
+) -> object:
     """
     The first attempt of L{Connector.open}, to C{backend}, is settled with
     C{result}.
 
     @param rest: L{Connector._tryAll}'s arguments, for the attempts after
         a failed first.
+    @param then: L{Connector.open}'s C{then}, with C{thenArgs}.
     @return: The backend and the open upstream; the failure to pass on
-        (L{_settled}); or the L{Deferred} of the other attempts.
+        (L{_settled}); or the L{Deferred} of the other attempts; with
+        C{then}, what C{then} makes of the first two.
     """
     up = _settled(result, connector, rest[0], backend, rest[7])
     if up is None:
-        return Deferred.fromCoroutine(connector._tryAll(*rest))
-    if isinstance(up, Failure):
-        return up
-    return backend, up
+        return _others(connector, rest, then, thenArgs)
+    outcome = up if isinstance(up, Failure) else (backend, up)
+    if then is None:
+        return outcome
+    return then(outcome, *thenArgs)

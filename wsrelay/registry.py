@@ -223,6 +223,9 @@ class Sessions:
                 latency=self._latency.byRoute(route.name),
             )
         else:
+            name = route.name
+            # (The route's histogram, made by byRoute on its first session.)
+            latency = self._latency.routes.get(name) or self._latency.byRoute(name)
             session = ProxySession(
                 route,
                 frontend,
@@ -231,7 +234,7 @@ class Sessions:
                 addresses=self._admission,
                 clock=self._clock,
                 config=self.config,
-                latency=self._latency.byRoute(route.name),
+                latency=latency,
             )
         self._registry.sessions.add(session)
         if key is not None and isinstance(session, ProxySession):

@@ -15,7 +15,7 @@ without an import cycle.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -60,9 +60,16 @@ class Upstreams(Protocol):
         offered: tuple[str, ...],
         avoid: Backend | None,
         deadline: float,
-    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        then: Callable[..., object] | None = None,
+        thenArgs: tuple[object, ...] = (),
+    ) -> Deferred[Any]:
         """
         L{openUpstream} as a L{Deferred}: cancelling it stops opening.
+
+        @param then: Called with the outcome (the backend and the open
+            upstream, or the failure) and C{thenArgs}, as the L{Deferred}'s
+            first callback would be; it fires with what C{then} returns, or
+            (on a success) may never fire: the caller only cancels it.
         """
 
     def backendFailed(self, route: Route, backend: Backend, reason: str) -> None:

@@ -235,7 +235,9 @@ class Monitor(Protocol):
 
     def succeeded(self, backend: Backend) -> None:
         """
-        A connection to C{backend} opened.
+        A connection to C{backend} opened, while it had a run of failures
+        (C{failuresInRow}): the connector tells only then, not on every
+        connection.
         """
 
 
@@ -263,21 +265,18 @@ class Route:
     authorizer: IAuthorizer | None = None
     queue: RouteQueue = field(default_factory=RouteQueue, compare=False)
     loadListener: ILoadListener | None = field(init=False)
+    #: The route's name (its configuration's): read on every session, an
+    #: attribute rather than a property.
+    name: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.config.name)
         listener = ILoadListener(self.balancer, None)
         if listener is None and _hasLoadHooks(self.balancer):
             # A balancer written before ILoadListener existed, when IBalancer
             # itself had the hooks: still told, as it expects.
             listener = self.balancer
         object.__setattr__(self, "loadListener", listener)
-
-    @property
-    def name(self) -> str:
-        """
-        The route's name.
-        """
-        return self.config.name
 
     def stop(self) -> Deferred[None] | None:
         """

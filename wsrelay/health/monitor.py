@@ -152,6 +152,7 @@ class HealthMonitor:
     def succeeded(self, backend: Backend) -> None:
         """
         A real connection to C{backend} opened: its run of failures ends.
+        (The connector calls it only when there is a run to end.)
         """
         if backend.healthy:
             backend.failuresInRow = 0

@@ -26,6 +26,8 @@ from wsrelay.ws.upstream import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IReactorTime
     from twisted.python.failure import Failure
 
@@ -293,12 +295,19 @@ class UpstreamOpener:
         return self.start(avoid).addBoth(self._settled)
 
     def start(
-        self, avoid: Backend | None
-    ) -> Deferred[tuple[Backend, UpstreamProtocol]]:
+        self,
+        avoid: Backend | None,
+        then: Callable[..., object] | None = None,
+        thenArgs: tuple[object, ...] = (),
+    ) -> Deferred[Any]:
         """
         L{open}, for a caller that ends the opening itself, with no
         callback of the opener's on the handshake's path: L{opened} ends
         it once the upstream opened, L{settled} otherwise.
+
+        @param then: The caller's callback for either outcome, with
+            C{thenArgs}, called as the L{Deferred}'s first (L{Upstreams.open
+            <wsrelay.roles.Upstreams.open>}).
         """
         opening = self._opening = self._upstreams.open(
             self._route,
@@ -307,6 +316,8 @@ class UpstreamOpener:
             tuple(self._frontend.websocket_protocols),
             avoid,
             self._clock.seconds() + self._handshakeTimeout,
+            then,
+            thenArgs,
         )
         return opening
 

@@ -67,9 +67,10 @@ def compactLegs(*legs: Any) -> None:
     which a new dictionary would make larger (464 bytes) and slower to read
     and write.  Its one attribute at its default, the unparsed bytes the
     pipe took, is deleted.  A plain upstream leg (L{PlainUpstream}) stores
-    nothing at its class default once open: its dictionary, grown by the
-    handshake's fields and shrunk as it let them go, is only copied, which
-    sizes the copy for what is left.
+    nothing at its class default once open, and has no dictionary to size:
+    its attributes are kept in the values Python 3.11 makes with the object
+    (L{PlainUpstream.forgetHandshake}), which a dictionary made now would
+    only make larger and slower.
     """
     for leg in legs:
         if leg is None:
@@ -87,9 +88,7 @@ def compactLegs(*legs: Any) -> None:
                 except AttributeError:
                     # Not set on the leg: its class default.
                     pass
-        elif isinstance(leg, PlainUpstream):
-            leg.__dict__ = vars(leg).copy()
-        else:
+        elif not isinstance(leg, PlainUpstream):
             compact(leg)
 
 

@@ -396,15 +396,10 @@ def openPlain(session: ProxySession, key: str) -> None:
     the leg's C{acceptPlain} (with C{key}, the client's
     C{Sec-WebSocket-Key}) or C{denyPlain} is called where C{open}'s
     L{Deferred} would fire, without that L{Deferred} and the leg's callback
-    on it (most handshakes).  Neither is called when the opening is
-    cancelled.
+    on it (most handshakes), by the opening's own first callback
+    (L{_plainSettled}).  Neither is called when the opening is cancelled.
     """
-    session.opener.start(None).addCallbacks(
-        _plainOpened,
-        _plainFailed,
-        callbackArgs=(session, key),
-        errbackArgs=(session,),
-    )
+    session.opener.start(None, _plainSettled, (session, key))
 
 
 def _opened(
@@ -419,17 +414,26 @@ def _opened(
     result.callback(_answer(pair, session))
 
 
-def _plainOpened(
-    pair: tuple[Backend, UpstreamProtocol], session: ProxySession, key: str
+def _plainSettled(
+    result: tuple[Backend, UpstreamProtocol] | Failure,
+    session: ProxySession,
+    key: str,
 ) -> None:
     """
-    The upstream of C{session} is open: its client's leg answers the
-    client (L{openPlain}), with what L{_answer} gives (made here: a call
-    fewer on every plain handshake); when the backend's 101 has no field
-    for the client, with the subprotocol alone, as Autobahn reads what its
-    C{onConnect} gives (no L{clientAnswer} to make an empty dictionary).
+    The opening of C{session}'s upstream settled (L{openPlain}).  When
+    open, the upstream is the session's and its client's leg answers the
+    client with what L{_answer} gives (made here: a call fewer on every
+    plain handshake); when the backend's 101 has no field for the client,
+    with the subprotocol alone, as Autobahn reads what its C{onConnect}
+    gives (no L{clientAnswer} to make an empty dictionary).  Else the
+    client's leg refuses the client (L{_refusal}).
     """
-    up = session.attach(*pair)
+    if isinstance(result, Failure):
+        refusal = _refusal(result, session)
+        if refusal is not None:
+            session.frontend.denyPlain(Failure(refusal))
+        return
+    up = session.attach(*result)
     answer: Any = (
         clientAnswer(up)
         if up.responseHeaders or up.extensionsAnswer
@@ -455,16 +459,6 @@ def _openFailed(f: Failure, session: ProxySession, result: Deferred[Any]) -> Non
     refusal = _refusal(f, session)
     if refusal is not None:
         result.errback(refusal)
-
-
-def _plainFailed(f: Failure, session: ProxySession) -> None:
-    """
-    No upstream for C{session}: its client's leg refuses the client
-    (L{openPlain}, L{_refusal}).
-    """
-    refusal = _refusal(f, session)
-    if refusal is not None:
-        session.frontend.denyPlain(Failure(refusal))
 
 
 def _refusal(f: Failure, session: ProxySession) -> Refused | None:

@@ -138,8 +138,9 @@ class _Attempt(ClientFactory):
         cancelled (L{None} then: a failure of the connect is not its to
         tell any more).
     @ivar protocol: The leg, once built, until the attempt is settled.
-    @ivar _setup: What the leg is given as it is built (the request, and
-        C{opened}).
+    @ivar _setup: What the leg is given as it is built: the request's
+        C{resource}, C{hostHeader}, C{requestHeaders}, C{offered} and
+        C{extensions}, and C{opened} (L{None} once given).
     @ivar _plain: Whether the protocol is a L{PlainUpstream} (else the
         factory's Autobahn leg).
     @ivar _direct: The connector of a direct connect (L{None} through an
@@ -150,6 +151,9 @@ class _Attempt(ClientFactory):
     @ivar _expired: Whether the deadline passed.
     @ivar _then: The caller's first callback, called by L{settled} (with
         C{_thenArgs}), or L{None}.
+    @ivar _settlesDirectly: Whether nothing but C{_then} waits for
+        C{opened} to succeed, so that a plain leg settles the attempt itself
+        as it opens (L{legOpened}).
     """
 
     noisy = False
@@ -157,9 +161,10 @@ class _Attempt(ClientFactory):
     _direct: IConnector | None = None
     _connecting: Deferred[IProtocol] | None = None
     _expired = False
-    _setup: dict[str, Any]
+    _setup: tuple[Any, ...] | None = None
     _then: Callable[..., object] | None = None
     _thenArgs: tuple[object, ...] = ()
+    _settlesDirectly = False
 
     def __init__(
         self,
@@ -182,11 +187,37 @@ class _Attempt(ClientFactory):
             p = cast("UpstreamProtocol", PlainUpstream())
         else:
             p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
-        p.__dict__.update(self._setup)
+        setup = self._setup
+        assert setup is not None
+        # One attribute at a time: asked for, the leg's __dict__ would be
+        # made (Python 3.11 keeps a new object's attributes without one),
+        # and every later attribute access of the leg would be slower.
+        (
+            p.resource,
+            p.hostHeader,
+            p.requestHeaders,
+            p.offered,
+            p.extensions,
+            p.opened,
+        ) = setup
         # The connector keeps this factory as long as the connection.
-        self._setup = {}
+        self._setup = None
+        if self._settlesDirectly and self._plain:
+            p._settle = self.legOpened  # type: ignore[attr-defined]
         self.protocol = p
         return p
+
+    def legOpened(self, leg: UpstreamProtocol) -> None:
+        """
+        The plain leg opened, for a caller whose C{then} is all that waits
+        for C{opened} to succeed: the attempt is settled with the leg, as
+        C{opened}'s firing would settle it, without firing C{opened} (its
+        callback and L{Deferred._runCallbacks} once per handshake), which
+        the leg lets go of unfired.  Nothing is done when C{opened} is
+        being cancelled: its failure settles the attempt.
+        """
+        if self.opened is not None:
+            self.settled(leg)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         """
@@ -290,6 +321,7 @@ def connectUpstream(
     timeout: float,
     then: Callable[..., object] | None = None,
     thenArgs: tuple[object, ...] = (),
+    direct: bool = False,
 ) -> Deferred[Any]:
     """
     Connect to a backend and complete the opening handshake.
@@ -301,6 +333,11 @@ def connectUpstream(
     @param then: The caller's first callback on the L{Deferred}, with
         C{thenArgs}: called by the attempt's own, rather than added after
         it (a link of the L{Deferred}'s fewer, on every handshake).
+    @param direct: Whether C{then} is all that waits for the L{Deferred} to
+        succeed (nothing is added to it, nor does anything wait for it but
+        to cancel it): a plain leg then calls C{then} itself as it opens,
+        and the L{Deferred} never fires with it (L{_Attempt.legOpened}).
+        It fails, and is cancelled, as ever.
     @return: A L{Deferred} that fires with the open L{UpstreamProtocol},
         or fails with L{UpstreamError} (including a timeout after
         C{timeout} seconds, and L{UpstreamLocalError} when the relay is
@@ -312,14 +349,14 @@ def connectUpstream(
     attempt = _Attempt(factory, getattr(headers, "plain", False), queue)
     opened: Deferred[UpstreamProtocol] = Deferred(attempt.cancel)
     attempt.opened = opened
-    attempt._setup = {
-        "resource": resource,
-        "hostHeader": hostHeader,
-        "requestHeaders": headers,
-        "offered": offered,
-        "opened": opened,
-        "extensions": getattr(headers, "extensions", NO_EXTENSIONS),
-    }
+    attempt._setup = (
+        resource,
+        hostHeader,
+        headers,
+        offered,
+        getattr(headers, "extensions", NO_EXTENSIONS),
+        opened,
+    )
     if isinstance(endpoint, PlainTCPEndpoint):
         # The leg is the transport's protocol, with no endpoint between.
         attempt._direct = endpoint.connectDirect(attempt)
@@ -333,6 +370,8 @@ def connectUpstream(
     if then is not None:
         attempt._then = then
         attempt._thenArgs = thenArgs
+        if direct:
+            attempt._settlesDirectly = True
     opened.addBoth(attempt.settled)
     return opened
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 
-from wsrelay.ws._autobahn import FIRED, letGo
+from wsrelay.ws._autobahn import FIRED
 from wsrelay.ws.accept import acceptKey
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import RequestLines, buildRequest
@@ -151,13 +151,12 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
     remoteCloseCode: int | None = None
     wasClean = False
     _directWrite: Any = None
+    #: What settles the leg's attempt when it opens, instead of firing
+    #: C{opened} (L{wsrelay.ws.connecting._Attempt.legOpened}), or L{None}.
+    _settle: Callable[[PlainUpstream], None] | None = None
 
     #: What only the opening handshake reads (L{forgetHandshake}).
     _REQUEST = (*ResponseReader._REQUEST, "requestKey")
-
-    #: What a leg whose connection is gone lets go of: the references by
-    #: which it, its session and its data path refer to each other.
-    _CYCLES = ("listener", "target", "dataPath", "opened")
 
     def connectionMade(self) -> None:
         """
@@ -252,7 +251,15 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         if chosen:
             self.websocket_protocol_in_use = chosen
         self.state = OPEN
-        self.opened.callback(self)
+        settle = self._settle
+        if settle is None:
+            self.opened.callback(self)
+            return
+        # Nothing but the attempt's caller waits for C{opened} to succeed:
+        # the attempt settles with this leg itself, and C{opened} is let go
+        # unfired (it reads as FIRED from now on).
+        del self._settle, self.opened
+        settle(self)
 
     # What the session and the pipe use.
 
@@ -270,15 +277,35 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         Let the request's and the response's texts go once open, and
         C{opened} once fired (as L{forgetRequest} and
         L{wsrelay.ws._autobahn.forgetOpened} do, in one pass): each then
-        reads as its class default.
+        reads as its class default.  Deleted one at a time, not through
+        the leg's C{__dict__}, which asking for would make (see
+        L{wsrelay.ws.connecting._Attempt.buildProtocol}).
         """
-        attributes = self.__dict__
-        pop = attributes.pop
-        for name in self._REQUEST:
-            pop(name, None)
-        opened = attributes.get("opened")
-        if opened is not None and opened.called:
-            del attributes["opened"]
+        try:
+            # What L{connectUpstream <wsrelay.ws.connecting.connectUpstream>}
+            # and L{connectionMade} set on every leg.
+            del (
+                self.resource,
+                self.hostHeader,
+                self.requestHeaders,
+                self.offered,
+                self.extensions,
+                self.requestKey,
+            )
+        except AttributeError:
+            # A leg made otherwise (tests): whichever it holds.
+            for name in self._REQUEST:
+                try:
+                    delattr(self, name)
+                except AttributeError:
+                    pass
+        if self.responseHeaders is not FORGOTTEN:
+            # (Only a 101 with fields for the client sets them, each time
+            # a list of its own.)
+            del self.responseHeaders
+        opened = self.opened
+        if opened is not FIRED and opened.called:
+            del self.opened
 
     def closeWith(self, code: int, reason: bytes) -> None:
         """
@@ -310,4 +337,34 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
                 )
         elif self.listener is not None:
             self.listener.legClosed(self)
-        letGo(self, self._CYCLES)
+        # What letGo does, each reference deleted rather than popped from
+        # the leg's __dict__, which asking for would make (as the leg lets
+        # go of the handshake, forgetHandshake); none of these is stored at
+        # its class default.
+        if self.listener is not None:
+            del self.listener
+        if self.target is not None:
+            del self.target
+        if self.dataPath is not None:
+            del self.dataPath
+        if self.opened is not FIRED:
+            del self.opened
+        _dropConnector(self.transport)
+
+
+def _dropConnector(transport: Any) -> None:
+    """
+    The connection of C{transport} is gone: its client connector, if it
+    has one, lets go of it (the part of L{letGo
+    <wsrelay.ws._autobahn.letGo>} that does not ask for the leg's
+    C{__dict__}): the connector and its TCP transport refer to each other
+    for good, and the connector's factory holds the attempt.
+    """
+    for _ in range(2):
+        connector = getattr(transport, "connector", None)
+        if connector is not None:
+            if getattr(connector, "transport", None) is transport:
+                connector.transport = None
+            return
+        # TLS: the TCP transport is under the TLS protocol.
+        transport = getattr(transport, "transport", None)
