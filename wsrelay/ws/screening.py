@@ -67,6 +67,9 @@ class Screened:
     @ivar query: The query string, without C{?}, as sent.
     @ivar headLength: How many bytes of what the client sent the head
         takes, with the blank line that ends it.
+    @ivar plain: Whether its start line is C{GET}, HTTP/1.1 and in origin
+        form (not C{//}), and its C{Host} has no port or a numeric one:
+        what L{wsrelay.ws.accept.plainScreened} needs of what was screened.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Screened:
         path: str,
         query: str,
         headLength: int,
+        plain: bool = False,
     ) -> None:
         self.head = head
         self.route = route
@@ -84,6 +88,7 @@ class Screened:
         self.path = path
         self.query = query
         self.headLength = headLength
+        self.plain = plain
 
 
 #: How many C{Host} values L{routedHost} remembers (it forgets them all
@@ -91,9 +96,9 @@ class Screened:
 KEPT_HOSTS = 1024
 KEPT_HOST_LENGTH = 256
 
-#: The hosts L{routedHost} made, by C{Host} value as sent: a relay's
-#: clients name a few.
-_HOSTS: dict[str, str] = {}
+#: The hosts L{routedHost} made, by C{Host} value as sent, each with
+#: whether L{plainHost} takes the value: a relay's clients name a few.
+_HOSTS: dict[str, tuple[str, bool]] = {}
 
 
 def hostOf(value: str) -> str:
@@ -111,16 +116,36 @@ def hostOf(value: str) -> str:
     return host
 
 
+def plainHost(value: str) -> bool:
+    """
+    @param value: A C{Host} field's value, as sent.
+    @return: Whether Autobahn's server takes it as it stands: its port, if
+        it has one, numeric (L{wsrelay.ws.accept.plainRequest}).
+    """
+    host = value.strip()
+    if ":" in host and not host.endswith("]"):
+        port = host.rsplit(":", 1)[1].strip()
+        return port.isascii() and port.isdigit()
+    return True
+
+
+def hostEntry(value: str) -> tuple[str, bool]:
+    """
+    L{hostOf} and L{plainHost} of C{value}, remembered for the short values
+    they were given (at most L{KEPT_HOSTS}).
+    """
+    entry = _HOSTS.get(value)
+    if entry is None:
+        entry = (hostOf(value), plainHost(value))
+        keep(_HOSTS, value, entry, KEPT_HOSTS, KEPT_HOST_LENGTH)
+    return entry
+
+
 def routedHost(value: str) -> str:
     """
-    L{hostOf}, remembered for the short values it was given (at most
-    L{KEPT_HOSTS}).
+    L{hostOf}, remembered (L{hostEntry}).
     """
-    host = _HOSTS.get(value)
-    if host is None:
-        host = hostOf(value)
-        keep(_HOSTS, value, host, KEPT_HOSTS, KEPT_HOST_LENGTH)
-    return host
+    return hostEntry(value)[0]
 
 
 def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
@@ -204,7 +229,10 @@ def screenRequest(
         )
     if path == "/healthz" and method in ("GET", "HEAD"):
         return Rejected(Refused(200, "OK", body=b"ok\n"), head)
-    host = routedHost(hosts[0]) if hosts else ""
+    if hosts:
+        host, plainPort = hostEntry(hosts[0])
+    else:
+        host, plainPort = "", False
     found = routes.match(host or None, path)
     if found is None:
         return Rejected(Refused(404, "Not Found"), head)
@@ -221,4 +249,14 @@ def screenRequest(
             # RFC 6455 4.4: say which version the relay speaks.
             return Rejected(_upgradeRequired(("Sec-WebSocket-Version", "13")), head)
     route, remainder = found
-    return Screened(head, route, remainder, path, query, end + 4)
+    # (What the relay answers itself, wsrelay.ws.accept.plainScreened,
+    # needs: GET, HTTP/1.1, a target in origin form that Autobahn does not
+    # take for a host, a numeric port if any.)
+    plain = (
+        plainPort
+        and method == "GET"
+        and version == "HTTP/1.1"
+        and target[0] == "/"
+        and target[1:2] != "/"
+    )
+    return Screened(head, route, remainder, path, query, end + 4, plain)
