@@ -54,8 +54,11 @@ from wsrelay.ws.response import (
 )
 from wsrelay.ws.screening import (
     _HOSTS,
+    _STARTS,
     KEPT_HOST_LENGTH,
     KEPT_HOSTS,
+    KEPT_START_LENGTH,
+    KEPT_STARTS,
     Screened,
     routedHost,
     screenRequest,
@@ -823,3 +826,81 @@ class PlainScreenedTests(SynchronousTestCase):
             seen[expected is not None] += 1
         self.assertGreater(seen[True], 500)
         self.assertGreater(seen[False], 1000)
+
+
+def _screenedAs(result: object) -> object:
+    """
+    @return: What a client is answered for C{result} of L{screenRequest},
+        and what the leg keeps of it.
+    """
+    if isinstance(result, Screened):
+        return (
+            result.route.name,
+            result.remainder,
+            result.path,
+            result.query,
+            result.headLength,
+            result.plain,
+        )
+    refusal = result.refusal  # type: ignore[attr-defined]
+    return (refusal.code, refusal.body, refusal.headers)
+
+
+class KeptStartsTests(SynchronousTestCase):
+    """
+    What L{screenRequest} remembers of the start lines it read
+    (L{wsrelay.ws.screening.readStart}).
+    """
+
+    def test_random(self) -> None:
+        """
+        On many requests of random start lines (well-formed or not, with
+        a query or not, paths that climb above C{/} or hold C{%2F}, long
+        ones), a line screened again, when remembered, is answered as the
+        first time, and as with nothing remembered; what is remembered
+        stays within L{KEPT_STARTS} lines, each shorter than
+        L{KEPT_START_LENGTH}, none with a query, and many lines were
+        remembered.
+        """
+        _STARTS.clear()
+        self.addCleanup(_STARTS.clear)
+        rng = random.Random(6455 + 18)
+        routes = RouteTable((proxyRoute("any", "/", None),))
+        rest = "Host: h\r\nUpgrade: websocket\r\n\r\n"
+        found = 0
+        for _ in range(3 * KEPT_STARTS):
+            method = rng.choice(["GET", "GET", "POST", "get"])
+            target = rng.choice(
+                [
+                    "/chat",
+                    "/",
+                    "//chat",
+                    "/a/../..",
+                    "/a%2fb",
+                    "/a#f",
+                    "/caf\xe9",
+                    "http://h/x",
+                    "h/x",
+                    "/x?token=1",
+                    "/healthz",
+                    "/a/./b",
+                    "/a b",
+                    "/" + "x" * KEPT_START_LENGTH,
+                    f"/r{rng.randrange(2000)}",
+                ]
+            )
+            version = rng.choice(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2"])
+            line = f"{method} {target} {version}"
+            data = f"{line}\r\n{rest}".encode("latin-1")
+            first = _screenedAs(screenRequest(data, 8192, routes))
+            found += line in _STARTS
+            self.assertEqual(_screenedAs(screenRequest(data, 8192, routes)), first)
+            kept = dict(_STARTS)
+            _STARTS.clear()
+            self.assertEqual(_screenedAs(screenRequest(data, 8192, routes)), first)
+            _STARTS.clear()
+            _STARTS.update(kept)
+            self.assertLessEqual(len(_STARTS), KEPT_STARTS)
+        self.assertFalse([k for k in _STARTS if len(k) >= KEPT_START_LENGTH])
+        self.assertFalse([k for k in _STARTS if "?" in k])
+        self.assertGreater(found, 1000)

@@ -148,6 +148,58 @@ def routedHost(value: str) -> str:
     return hostEntry(value)[0]
 
 
+#: How many start lines L{screenRequest} remembers what L{readStart} read
+#: of (it forgets them all when it has as many), and how long each may be.
+KEPT_STARTS = 1024
+KEPT_START_LENGTH = 256
+
+#: What L{readStart} read of start lines, by line: only of lines whose
+#: target has no query (which may hold a credential) and a path that
+#: L{normalizePath} takes.  A relay's clients ask for a few paths.
+_STARTS: dict[str, tuple[str, str, str, str, str | None, bool]] = {}
+
+
+def readStart(line: str) -> tuple[str, str, str, str, str | None, bool]:
+    """
+    Read a request line.
+
+    @param line: The start line of a request head.
+    @return: Its method, its version, the path of its target as sent and
+        its query (without C{?}); the path normalized (L{normalizePath}),
+        or L{None} when it is refused (L{screenRequest} says why, after
+        what it checks first); and whether the line is plain for the relay
+        to answer (L{wsrelay.ws.accept.plainScreened}): C{GET}, HTTP/1.1,
+        a target in origin form that Autobahn does not take for a host (not
+        C{//}).
+    @raise ValueError: When it is not three parts, or its target is not
+        one (a fragment, a character that is not visible ASCII, an
+        absolute form without scheme or host).
+    """
+    method, target, version = line.split(" ")
+    if "#" in target or not (target.isascii() and target.isprintable()):
+        # A request target has no fragment, and only visible ASCII
+        # characters (RFC 9112 3.2, RFC 3986 2): a backend must not get
+        # raw bytes a client did not percent-encode.
+        raise ValueError(target)
+    if target.startswith("/"):
+        # Origin form; urlsplit would take "//x/y" for a host.
+        rawPath, _, query = target.partition("?")
+        originForm = target[1:2] != "/"
+    else:
+        parts = urlsplit(target)
+        if not (parts.scheme and parts.netloc):
+            raise ValueError(target)
+        rawPath, query = parts.path or "/", parts.query
+        originForm = False
+    try:
+        normalized: str | None = normalizePath(rawPath)
+    except BadPath:
+        # (PathAboveRoot among them.)
+        normalized = None
+    plain = originForm and method == "GET" and version == "HTTP/1.1"
+    return method, version, rawPath, query, normalized, plain
+
+
 def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
     """
     @return: A 426 that names the upgrade the relay speaks, with
@@ -181,22 +233,20 @@ def screenRequest(
         return Rejected(Refused(431, "Request Header Fields Too Large"))
     try:
         head = parseHead(data[:end])
-        method, target, version = head.startLine.split(" ")
-        if "#" in target or not (target.isascii() and target.isprintable()):
-            # A request target has no fragment, and only visible ASCII
-            # characters (RFC 9112 3.2, RFC 3986 2): a backend must not
-            # get raw bytes a client did not percent-encode.
-            raise ValueError(target)
-        if target.startswith("/"):
-            # Origin form; urlsplit would take "//x/y" for a host.
-            rawPath, _, query = target.partition("?")
-        else:
-            parts = urlsplit(target)
-            if not (parts.scheme and parts.netloc):
-                raise ValueError(target)
-            rawPath, query = parts.path or "/", parts.query
-    except (BadHead, ValueError):
+    except BadHead:
         return Rejected(Refused(400, "Bad Request"))
+    line = head.startLine
+    start = _STARTS.get(line)
+    if start is None:
+        try:
+            start = readStart(line)
+        except ValueError:
+            return Rejected(Refused(400, "Bad Request"))
+        if start[4] is not None and not start[3]:
+            # (A line whose target has no query, which may hold a
+            # credential, and whose path is well formed.)
+            keep(_STARTS, line, start, KEPT_STARTS, KEPT_START_LENGTH)
+    method, version, rawPath, query, normalized, originForm = start
     if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
         return Rejected(Refused(505, "HTTP Version Not Supported"), head)
     fields = head.fields
@@ -217,7 +267,7 @@ def screenRequest(
             head,
         )
     try:
-        path = normalizePath(rawPath)
+        path = normalized if normalized is not None else normalizePath(rawPath)
     except PathAboveRoot:
         return Rejected(
             Refused(400, "Bad Request", body=b"path climbs above /\n"), head
@@ -250,13 +300,6 @@ def screenRequest(
             return Rejected(_upgradeRequired(("Sec-WebSocket-Version", "13")), head)
     route, remainder = found
     # (What the relay answers itself, wsrelay.ws.accept.plainScreened,
-    # needs: GET, HTTP/1.1, a target in origin form that Autobahn does not
-    # take for a host, a numeric port if any.)
-    plain = (
-        plainPort
-        and method == "GET"
-        and version == "HTTP/1.1"
-        and target[0] == "/"
-        and target[1:2] != "/"
-    )
+    # needs: a numeric port if any, and a plain start line, readStart.)
+    plain = plainPort and originForm
     return Screened(head, route, remainder, path, query, end + 4, plain)
