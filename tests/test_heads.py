@@ -5,7 +5,8 @@ heads (L{wsrelay.ws.response.ResponseReader._quick101}, L{wsrelay.ws.
 handshake.parseHead}'s fields, L{wsrelay.ws.handshake.endToEnd} and
 L{wsrelay.ws.handshake.endToEndLines}, L{wsrelay.routing.normalizePath},
 L{wsrelay.routing.RouteTable.match}, the key check of
-L{wsrelay.ws.accept.plainRequest}).
+L{wsrelay.ws.accept.plainRequest}, and L{wsrelay.ws.accept.plainScreened}
+against it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import random
 from typing import Any
 
+from autobahn.util import wildcards2patterns
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.routes import proxyRoute
@@ -27,7 +29,8 @@ from wsrelay.routing import (
     normalizePath,
     normalizeSegments,
 )
-from wsrelay.ws.accept import plainRequest
+from wsrelay.ws._autobahn import originAllowed
+from wsrelay.ws.accept import plainRequest, plainScreened
 from wsrelay.ws.fieldlines import _LINES, _NAMES, KEPT_LENGTH, KEPT_LINES
 from wsrelay.ws.handshake import (
     FORWARDING,
@@ -49,7 +52,17 @@ from wsrelay.ws.response import (
     RELAY_DEFLATE,
     ResponseReader,
 )
-from wsrelay.ws.screening import _HOSTS, KEPT_HOST_LENGTH, KEPT_HOSTS, routedHost
+from wsrelay.ws.screening import (
+    _HOSTS,
+    _STARTS,
+    KEPT_HOST_LENGTH,
+    KEPT_HOSTS,
+    KEPT_START_LENGTH,
+    KEPT_STARTS,
+    Screened,
+    routedHost,
+    screenRequest,
+)
 
 _MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -693,3 +706,201 @@ class PlainKeyTests(SynchronousTestCase):
                 (stripped, []) if taken else None,
                 repr(key),
             )
+
+
+class _OriginFactory:
+    """
+    What L{originAllowed} reads of a server factory.
+    """
+
+    allowNullOrigin = True
+    isSecure = False
+    externalPort = None
+    port = 80
+
+
+class _OriginLeg:
+    """
+    What L{originAllowed} reads of a server leg: one allowed origin.
+    """
+
+    factory = _OriginFactory()
+    allowedOriginsPatterns = wildcards2patterns(["http://ok.example"])
+
+
+def _upgradeHead(rng: random.Random) -> bytes:
+    """
+    A random upgrade request, mostly one that the screening lets through:
+    start lines, C{Host} values and ports, versions, C{Connection},
+    subprotocol, C{Origin}, key and extension fields that Autobahn takes
+    or does not, each now and then repeated or left out.
+    """
+    lines = [
+        rng.choice(
+            [
+                "GET /chat HTTP/1.1",
+                "GET /chat HTTP/1.1",
+                "GET / HTTP/1.1",
+                "GET //chat HTTP/1.1",
+                "GET /a//b HTTP/1.1",
+                "GET http://h.example/chat HTTP/1.1",
+                "GET /chat HTTP/1.0",
+                "GET /chat HTTP/1.2",
+                "POST /chat HTTP/1.1",
+                "get /chat HTTP/1.1",
+                "GET /chat?x=1 HTTP/1.1",
+            ]
+        )
+    ]
+    choices = [
+        (
+            "Host",
+            [
+                "h.example",
+                "h.example:80",
+                "h.example:x",
+                "h.example:",
+                "[::1]",
+                "[::1]:8080",
+                "[::1]:p",
+                " h.example:80 ",
+                "a:b:c",
+                "h.example:\xb2",
+            ],
+            0.95,
+        ),
+        ("Host", ["h.example"], 0.05),
+        ("Upgrade", ["websocket", "WebSocket", "h2c, websocket"], 1),
+        (
+            "Connection",
+            ["Upgrade", "upgrade", "keep-alive, Upgrade", "close", " Upgrade "],
+            0.95,
+        ),
+        ("Connection", ["Upgrade", "x"], 0.05),
+        ("Sec-WebSocket-Version", ["13"], 0.9),
+        ("Sec-WebSocket-Version", ["13", "8"], 0.05),
+        ("Sec-WebSocket-Key", [_KEY.decode(), "short=="], 0.95),
+        ("Sec-WebSocket-Key", [_KEY.decode()], 0.05),
+        ("Sec-WebSocket-Protocol", ["chat", "chat, other", "chat, chat"], 0.2),
+        ("Sec-WebSocket-Protocol", ["x"], 0.05),
+        ("Origin", ["http://ok.example", "http://no.example", "null", "::"], 0.2),
+        ("Origin", ["http://ok.example"], 0.05),
+        ("Sec-WebSocket-Extensions", ["permessage-deflate"], 0.2),
+        ("Sec-WebSocket-Extensions", ["x"], 0.05),
+        ("X-A", ["1"], 0.3),
+    ]
+    for name, values, chance in choices:
+        if rng.random() < chance:
+            lines.append(f"{_case(rng, name)}:{_blank(rng)}{rng.choice(values)}")
+    fields = lines[1:]
+    rng.shuffle(fields)
+    return "\r\n".join([lines[0], *fields]).encode("latin-1") + b"\r\n\r\n"
+
+
+class PlainScreenedTests(SynchronousTestCase):
+    """
+    L{plainScreened}, which trusts what the screening checked, takes the
+    requests that L{plainRequest}, which checks it all, takes.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random upgrade requests that L{screenRequest} lets through,
+        L{plainScreened} gives what L{plainRequest} gives (the key and
+        the subprotocols, or L{None}), with the same judge of C{Origin};
+        and both kinds of answer came up many times.
+        """
+        rng = random.Random(6455 + 17)
+        routes = RouteTable((proxyRoute("any", "/", None),))
+        leg = _OriginLeg()
+        seen = {True: 0, False: 0}
+        for _ in range(20000):
+            data = _upgradeHead(rng)
+            screened = screenRequest(data, 8192, routes)
+            if not isinstance(screened, Screened):
+                continue
+            expected = plainRequest(
+                screened.head, lambda origin: originAllowed(leg, origin)
+            )
+            self.assertEqual(plainScreened(screened, leg), expected, data)
+            seen[expected is not None] += 1
+        self.assertGreater(seen[True], 500)
+        self.assertGreater(seen[False], 1000)
+
+
+def _screenedAs(result: object) -> object:
+    """
+    @return: What a client is answered for C{result} of L{screenRequest},
+        and what the leg keeps of it.
+    """
+    if isinstance(result, Screened):
+        return (
+            result.route.name,
+            result.remainder,
+            result.path,
+            result.query,
+            result.headLength,
+            result.plain,
+        )
+    refusal = result.refusal  # type: ignore[attr-defined]
+    return (refusal.code, refusal.body, refusal.headers)
+
+
+class KeptStartsTests(SynchronousTestCase):
+    """
+    What L{screenRequest} remembers of the start lines it read
+    (L{wsrelay.ws.screening.readStart}).
+    """
+
+    def test_random(self) -> None:
+        """
+        On many requests of random start lines (well-formed or not, with
+        a query or not, paths that climb above C{/} or hold C{%2F}, long
+        ones), a line screened again, when remembered, is answered as the
+        first time, and as with nothing remembered; what is remembered
+        stays within L{KEPT_STARTS} lines, each shorter than
+        L{KEPT_START_LENGTH}, none with a query, and many lines were
+        remembered.
+        """
+        _STARTS.clear()
+        self.addCleanup(_STARTS.clear)
+        rng = random.Random(6455 + 18)
+        routes = RouteTable((proxyRoute("any", "/", None),))
+        rest = "Host: h\r\nUpgrade: websocket\r\n\r\n"
+        found = 0
+        for _ in range(3 * KEPT_STARTS):
+            method = rng.choice(["GET", "GET", "POST", "get"])
+            target = rng.choice(
+                [
+                    "/chat",
+                    "/",
+                    "//chat",
+                    "/a/../..",
+                    "/a%2fb",
+                    "/a#f",
+                    "/caf\xe9",
+                    "http://h/x",
+                    "h/x",
+                    "/x?token=1",
+                    "/healthz",
+                    "/a/./b",
+                    "/a b",
+                    "/" + "x" * KEPT_START_LENGTH,
+                    f"/r{rng.randrange(2000)}",
+                ]
+            )
+            version = rng.choice(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2"])
+            line = f"{method} {target} {version}"
+            data = f"{line}\r\n{rest}".encode("latin-1")
+            first = _screenedAs(screenRequest(data, 8192, routes))
+            found += line in _STARTS
+            self.assertEqual(_screenedAs(screenRequest(data, 8192, routes)), first)
+            kept = dict(_STARTS)
+            _STARTS.clear()
+            self.assertEqual(_screenedAs(screenRequest(data, 8192, routes)), first)
+            _STARTS.clear()
+            _STARTS.update(kept)
+            self.assertLessEqual(len(_STARTS), KEPT_STARTS)
+        self.assertFalse([k for k in _STARTS if len(k) >= KEPT_START_LENGTH])
+        self.assertFalse([k for k in _STARTS if "?" in k])
+        self.assertGreater(found, 1000)

@@ -158,7 +158,8 @@ class Admission:
         C{accept} fails, which Twisted logs for every connection.
         """
         self.clientConnections += 1
-        if not self._descriptorsLeft(None):
+        # (Without an open-file limit, the default, nothing to count.)
+        if self.descriptors is not None and not self._descriptorsLeft(None):
             self.shortage.occurred("no descriptor left to answer new clients")
             assert frontend.transport is not None
             frontend.transport.abortConnection()
@@ -211,7 +212,9 @@ class Admission:
             return tooMany(
                 429, "Too Many Requests", b"too many connections from this address\n"
             )
-        if not self.admission.take():
+        admission = self.admission
+        # (A rate of 0, the default, allows everything: not asked.)
+        if admission.rate > 0 and not admission.take():
             return tooMany(
                 503, "Service Unavailable", b"too many new connections, retry shortly\n"
             )

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.ws._autobahn import NONE_IN_USE, isTLS, originAllowed
 from wsrelay.ws.legclosing import CLOSED, OPEN
+from wsrelay.ws.screening import plainHost
 from wsrelay.ws.writes import sendNow
 
 if TYPE_CHECKING:
@@ -58,7 +59,9 @@ def plainRequest(
     at most once each, at most one C{Origin}, which C{originAllowed}
     accepts, one valid C{Sec-WebSocket-Key}, and at most one
     C{Sec-WebSocket-Extensions} field.  (The screening checked the rest:
-    the syntax of the head, the C{Upgrade} field, no fragment.)
+    the syntax of the head, the C{Upgrade} field, no fragment.)  The leg
+    asks L{plainScreened}, which leaves out what the screening checked
+    too; this checks it all, as the reference that tests compare it with.
 
     @param head: The request's head.
     @param originAllowed: Says whether Autobahn accepts an C{Origin} value.
@@ -77,13 +80,45 @@ def plainRequest(
         return None
     fields = head.fields
     hosts = fields.get("host")
-    if hosts is None or len(hosts) != 1:
+    if hosts is None or len(hosts) != 1 or not plainHost(hosts[0]):
         return None
-    host = hosts[0].strip()
-    if ":" in host and not host.endswith("]"):
-        port = host.rsplit(":", 1)[1].strip()
-        if not (port.isascii() and port.isdigit()):
-            return None
+    if fields.get("sec-websocket-version") != ["13"]:
+        return None
+    return _plainFields(fields, originAllowed)
+
+
+def plainScreened(screened: Screened, protocol: Any) -> tuple[str, list[str]] | None:
+    """
+    L{plainRequest} for a request that L{wsrelay.ws.screening.screenRequest}
+    let through, without checking again what the screening checked: its
+    start line (C{screened.plain} says whether it is C{GET}, HTTP/1.1 and
+    in origin form), its one C{Host} (C{screened.plain} says whether its
+    port is numeric) and its C{Sec-WebSocket-Version} (C{13} if given).
+
+    @param protocol: Autobahn's server leg, whose C{originAllowed} judges
+        an C{Origin}.
+    @return: What L{plainRequest} gives for C{screened.head}.
+    """
+    if not screened.plain:
+        return None
+    fields = screened.head.fields
+    if "sec-websocket-version" not in fields:
+        return None
+    return _plainFields(fields, None, protocol)
+
+
+def _plainFields(
+    fields: dict[str, list[str]],
+    allowed: Callable[[str], bool] | None,
+    protocol: Any = None,
+) -> tuple[str, list[str]] | None:
+    """
+    The checks of L{plainRequest} on C{Connection}, the subprotocols, the
+    C{Origin}, the key and the extensions.
+
+    @param allowed: Says whether Autobahn accepts an C{Origin} value; or
+        L{None} for L{originAllowed} of C{protocol}.
+    """
     connection = fields.get("connection")
     if connection is None or not (
         # (Most requests: "Connection: Upgrade".)
@@ -94,8 +129,6 @@ def plainRequest(
         )
     ):
         return None
-    if fields.get("sec-websocket-version") != ["13"]:
-        return None
     offered = fields.get("sec-websocket-protocol")
     protocols: list[str] = []
     if offered is not None:
@@ -103,17 +136,22 @@ def plainRequest(
         if len(set(protocols)) != len(protocols):
             return None
     origins = fields.get("origin")
-    if origins is not None and (
-        len(origins) != 1 or not originAllowed(origins[0].strip())
-    ):
-        return None
+    if origins is not None:
+        if len(origins) != 1:
+            return None
+        origin = origins[0].strip()
+        if not (
+            allowed(origin) if allowed is not None else originAllowed(protocol, origin)
+        ):
+            return None
     keys = fields.get("sec-websocket-key")
     if keys is None or len(keys) != 1:
         return None
     key = keys[0].strip()
     if _KEY.fullmatch(key) is None:
         return None
-    if len(fields.get("sec-websocket-extensions", ())) > 1:
+    extensions = fields.get("sec-websocket-extensions")
+    if extensions is not None and len(extensions) > 1:
         return None
     return key, protocols
 
@@ -254,7 +292,7 @@ class PlainAccept:
             or self.factory.externalPort
         ):
             return False
-        plain = plainRequest(screened.head, lambda origin: originAllowed(self, origin))
+        plain = plainScreened(screened, self)
         if plain is None:
             return False
         key, protocols = plain

@@ -67,6 +67,9 @@ class Screened:
     @ivar query: The query string, without C{?}, as sent.
     @ivar headLength: How many bytes of what the client sent the head
         takes, with the blank line that ends it.
+    @ivar plain: Whether its start line is C{GET}, HTTP/1.1 and in origin
+        form (not C{//}), and its C{Host} has no port or a numeric one:
+        what L{wsrelay.ws.accept.plainScreened} needs of what was screened.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Screened:
         path: str,
         query: str,
         headLength: int,
+        plain: bool = False,
     ) -> None:
         self.head = head
         self.route = route
@@ -84,6 +88,7 @@ class Screened:
         self.path = path
         self.query = query
         self.headLength = headLength
+        self.plain = plain
 
 
 #: How many C{Host} values L{routedHost} remembers (it forgets them all
@@ -91,9 +96,9 @@ class Screened:
 KEPT_HOSTS = 1024
 KEPT_HOST_LENGTH = 256
 
-#: The hosts L{routedHost} made, by C{Host} value as sent: a relay's
-#: clients name a few.
-_HOSTS: dict[str, str] = {}
+#: The hosts L{routedHost} made, by C{Host} value as sent, each with
+#: whether L{plainHost} takes the value: a relay's clients name a few.
+_HOSTS: dict[str, tuple[str, bool]] = {}
 
 
 def hostOf(value: str) -> str:
@@ -111,16 +116,88 @@ def hostOf(value: str) -> str:
     return host
 
 
+def plainHost(value: str) -> bool:
+    """
+    @param value: A C{Host} field's value, as sent.
+    @return: Whether Autobahn's server takes it as it stands: its port, if
+        it has one, numeric (L{wsrelay.ws.accept.plainRequest}).
+    """
+    host = value.strip()
+    if ":" in host and not host.endswith("]"):
+        port = host.rsplit(":", 1)[1].strip()
+        return port.isascii() and port.isdigit()
+    return True
+
+
+def hostEntry(value: str) -> tuple[str, bool]:
+    """
+    L{hostOf} and L{plainHost} of C{value}, remembered for the short values
+    they were given (at most L{KEPT_HOSTS}).
+    """
+    entry = _HOSTS.get(value)
+    if entry is None:
+        entry = (hostOf(value), plainHost(value))
+        keep(_HOSTS, value, entry, KEPT_HOSTS, KEPT_HOST_LENGTH)
+    return entry
+
+
 def routedHost(value: str) -> str:
     """
-    L{hostOf}, remembered for the short values it was given (at most
-    L{KEPT_HOSTS}).
+    L{hostOf}, remembered (L{hostEntry}).
     """
-    host = _HOSTS.get(value)
-    if host is None:
-        host = hostOf(value)
-        keep(_HOSTS, value, host, KEPT_HOSTS, KEPT_HOST_LENGTH)
-    return host
+    return hostEntry(value)[0]
+
+
+#: How many start lines L{screenRequest} remembers what L{readStart} read
+#: of (it forgets them all when it has as many), and how long each may be.
+KEPT_STARTS = 1024
+KEPT_START_LENGTH = 256
+
+#: What L{readStart} read of start lines, by line: only of lines whose
+#: target has no query (which may hold a credential) and a path that
+#: L{normalizePath} takes.  A relay's clients ask for a few paths.
+_STARTS: dict[str, tuple[str, str, str, str, str | None, bool]] = {}
+
+
+def readStart(line: str) -> tuple[str, str, str, str, str | None, bool]:
+    """
+    Read a request line.
+
+    @param line: The start line of a request head.
+    @return: Its method, its version, the path of its target as sent and
+        its query (without C{?}); the path normalized (L{normalizePath}),
+        or L{None} when it is refused (L{screenRequest} says why, after
+        what it checks first); and whether the line is plain for the relay
+        to answer (L{wsrelay.ws.accept.plainScreened}): C{GET}, HTTP/1.1,
+        a target in origin form that Autobahn does not take for a host (not
+        C{//}).
+    @raise ValueError: When it is not three parts, or its target is not
+        one (a fragment, a character that is not visible ASCII, an
+        absolute form without scheme or host).
+    """
+    method, target, version = line.split(" ")
+    if "#" in target or not (target.isascii() and target.isprintable()):
+        # A request target has no fragment, and only visible ASCII
+        # characters (RFC 9112 3.2, RFC 3986 2): a backend must not get
+        # raw bytes a client did not percent-encode.
+        raise ValueError(target)
+    if target.startswith("/"):
+        # Origin form; urlsplit would take "//x/y" for a host.
+        rawPath, _, query = target.partition("?")
+        originForm = target[1:2] != "/"
+    else:
+        parts = urlsplit(target)
+        if not (parts.scheme and parts.netloc):
+            raise ValueError(target)
+        rawPath, query = parts.path or "/", parts.query
+        originForm = False
+    try:
+        normalized: str | None = normalizePath(rawPath)
+    except BadPath:
+        # (PathAboveRoot among them.)
+        normalized = None
+    plain = originForm and method == "GET" and version == "HTTP/1.1"
+    return method, version, rawPath, query, normalized, plain
 
 
 def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
@@ -156,22 +233,20 @@ def screenRequest(
         return Rejected(Refused(431, "Request Header Fields Too Large"))
     try:
         head = parseHead(data[:end])
-        method, target, version = head.startLine.split(" ")
-        if "#" in target or not (target.isascii() and target.isprintable()):
-            # A request target has no fragment, and only visible ASCII
-            # characters (RFC 9112 3.2, RFC 3986 2): a backend must not
-            # get raw bytes a client did not percent-encode.
-            raise ValueError(target)
-        if target.startswith("/"):
-            # Origin form; urlsplit would take "//x/y" for a host.
-            rawPath, _, query = target.partition("?")
-        else:
-            parts = urlsplit(target)
-            if not (parts.scheme and parts.netloc):
-                raise ValueError(target)
-            rawPath, query = parts.path or "/", parts.query
-    except (BadHead, ValueError):
+    except BadHead:
         return Rejected(Refused(400, "Bad Request"))
+    line = head.startLine
+    start = _STARTS.get(line)
+    if start is None:
+        try:
+            start = readStart(line)
+        except ValueError:
+            return Rejected(Refused(400, "Bad Request"))
+        if start[4] is not None and not start[3]:
+            # (A line whose target has no query, which may hold a
+            # credential, and whose path is well formed.)
+            keep(_STARTS, line, start, KEPT_STARTS, KEPT_START_LENGTH)
+    method, version, rawPath, query, normalized, originForm = start
     if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
         return Rejected(Refused(505, "HTTP Version Not Supported"), head)
     fields = head.fields
@@ -192,7 +267,7 @@ def screenRequest(
             head,
         )
     try:
-        path = normalizePath(rawPath)
+        path = normalized if normalized is not None else normalizePath(rawPath)
     except PathAboveRoot:
         return Rejected(
             Refused(400, "Bad Request", body=b"path climbs above /\n"), head
@@ -204,7 +279,10 @@ def screenRequest(
         )
     if path == "/healthz" and method in ("GET", "HEAD"):
         return Rejected(Refused(200, "OK", body=b"ok\n"), head)
-    host = routedHost(hosts[0]) if hosts else ""
+    if hosts:
+        host, plainPort = hostEntry(hosts[0])
+    else:
+        host, plainPort = "", False
     found = routes.match(host or None, path)
     if found is None:
         return Rejected(Refused(404, "Not Found"), head)
@@ -221,4 +299,7 @@ def screenRequest(
             # RFC 6455 4.4: say which version the relay speaks.
             return Rejected(_upgradeRequired(("Sec-WebSocket-Version", "13")), head)
     route, remainder = found
-    return Screened(head, route, remainder, path, query, end + 4)
+    # (What the relay answers itself, wsrelay.ws.accept.plainScreened,
+    # needs: a numeric port if any, and a plain start line, readStart.)
+    plain = plainPort and originForm
+    return Screened(head, route, remainder, path, query, end + 4, plain)
