@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 from unittest import skipUnless
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import NotConnectingError
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.memory import BACKEND_A, BACKEND_B, Network
+from tests.support.memory import BACKEND_A, BACKEND_B, RELAY_ADDRESS, Network
 from tests.test_plainaccept import _PROBES_DICT, _dictMade
 from wsrelay.proxy.opening import UpstreamOpener
 from wsrelay.routing import Backend
@@ -245,3 +247,40 @@ class DirectSettleTests(SynchronousTestCase):
         (opening,) = openings
         self.assertIsNone(self.successResultOf(opening))
         self.assertEqual(list(network.relay.sessions), [])
+
+    def test_faultBeforeAttach(self) -> None:
+        """
+        A fault in the connector's own bookkeeping as the first attempt's
+        leg opens does not leave the client unanswered: it gets a 500, the
+        opened upstream is closed, the session ends, and a later timeout or
+        cancel of the settled attempt does not reach Twisted's connector
+        (which raises once it is connected).
+        """
+        network = Network(self, _config())
+        route = network.relay.routes.routes[0]
+        route.backends[0].failuresInRow = 1
+
+        def broken(backend: Backend) -> None:
+            raise RuntimeError("monitor broke")
+
+        self.patch(route.monitor, "succeeded", broken)
+        client = network.connectClient()
+        network.flush()
+        host, port, factory, connector = network._nextConnect()
+
+        def stopConnecting() -> None:
+            raise NotConnectingError("we're not trying to connect")
+
+        connector.stopConnecting = stopConnecting
+        address = IPv4Address("TCP", host, port)
+        upstream = factory.buildProtocol(address)
+        backend = network.backends[(host, port)].buildProtocol(RELAY_ADDRESS)
+        network.pair(backend, upstream, address, RELAY_ADDRESS)
+        network.flush()
+        self.assertTrue(b"".join(client.raw).startswith(b"HTTP/1.1 500 "), client.raw)
+        self.assertEqual(upstream.state, CLOSED)
+        self.assertEqual(list(network.relay.sessions), [])
+        network.advance(60)
+        network.flush()
+        self.assertEqual(list(network.relay.sessions), [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

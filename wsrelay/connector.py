@@ -31,7 +31,7 @@ from wsrelay.ws.upstream import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IReactorTime, ITCPTransport
 
     from wsrelay.config import RelayConfig
     from wsrelay.descriptors import Shortage
@@ -483,7 +483,15 @@ def _firstSettled(
         (L{_settled}); or the L{Deferred} of the other attempts; with
         C{then}, what C{then} makes of the first two.
     """
-    up = _settled(result, connector, rest[0], backend, rest[7])
+    try:
+        up = _settled(result, connector, rest[0], backend, rest[7])
+    except Exception:
+        # A fault in the relay's own bookkeeping: the caller still gets an
+        # outcome (its client a 500), as the Deferred's errback used to
+        # give it, and an upstream that opened is not left behind.
+        up = Failure()
+        if not isinstance(result, Failure):
+            cast("ITCPTransport", result.transport).abortConnection()
     if up is None:
         return _others(connector, rest, then, thenArgs)
     outcome = up if isinstance(up, Failure) else (backend, up)

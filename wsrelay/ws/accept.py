@@ -102,6 +102,9 @@ def plainScreened(screened: Screened, protocol: Any) -> tuple[str, list[str]] | 
     if not screened.plain:
         return None
     fields = screened.head.fields
+    # (The screening refuses a version other than one "13" and a second
+    # Host: should it ever let them through, this must check them again,
+    # as PlainScreenedTests would show.)
     if "sec-websocket-version" not in fields:
         return None
     return _plainFields(fields, None, protocol)

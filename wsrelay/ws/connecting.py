@@ -244,6 +244,11 @@ class _Attempt(ClientFactory):
         """
         C{opened} is being cancelled: close whatever was opened.
         """
+        if self.opened is None:
+            # Settled already (a leg that opened settles its attempt
+            # without firing C{opened}, L{legOpened}): nothing is
+            # connecting any more, and Twisted's connector would raise.
+            return
         # (Stopping the connect fails it: not for this attempt to tell, as
         # C{opened} fails by itself.)
         self.opened = None

@@ -242,9 +242,10 @@ def screenRequest(
             start = readStart(line)
         except ValueError:
             return Rejected(Refused(400, "Bad Request"))
-        if start[4] is not None and not start[3]:
-            # (A line whose target has no query, which may hold a
-            # credential, and whose path is well formed.)
+        if start[4] is not None and "?" not in line and "://" not in line:
+            # (A line whose path is well formed, and whose target has no
+            # query and no absolute form, either of which may hold a
+            # credential: "?token=", "http://user:password@".)
             keep(_STARTS, line, start, KEPT_STARTS, KEPT_START_LENGTH)
     method, version, rawPath, query, normalized, originForm = start
     if version != "HTTP/1.1" and not version.startswith("HTTP/1."):
