@@ -6,7 +6,6 @@ otherwise, with the same answers either way (issue 16).
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from typing import Any
 from unittest import skipUnless
@@ -19,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txaio.testutil import replace_loop
 
 from tests.support.memory import BACKEND_A, Network, RawClient, request
+from tests.support.objects import PROBES_DICT, dictMade
 from wsrelay.ws import connecting, frontend
 from wsrelay.ws._autobahn import FIRED, classDefaults, setPeer, sharedTrafficStats
 from wsrelay.ws.accept import acceptResponse, plainRequest
@@ -329,25 +329,8 @@ class PlainOpenTests(SynchronousTestCase):
         self.assertEqual(answers[0], answers[1])
 
 
-#: Whether L{_dictMade} can look (CPython 3.11's layout of an object whose
+#: Whether L{dictMade} can look (CPython 3.11's layout of an object whose
 #: class keeps its instances' attributes without a dictionary).
-_PROBES_DICT = sys.implementation.name == "cpython" and sys.version_info[:2] == (
-    3,
-    11,
-)
-
-
-def _dictMade(obj: object) -> bool:
-    """
-    @return: Whether CPython 3.11 made C{obj}'s C{__dict__}, found without
-        making it: the pointer three words before the object (its values
-        without a dictionary are four words before).
-    """
-    assert type(obj).__flags__ & (1 << 4)  # Py_TPFLAGS_MANAGED_DICT
-    size = ctypes.sizeof(ctypes.c_void_p)
-    return ctypes.c_void_p.from_address(id(obj) - 3 * size).value is not None
-
-
 class HeldLegTests(SynchronousTestCase):
     """
     What an open passthrough connection's legs no longer hold of their
@@ -395,7 +378,7 @@ class HeldLegTests(SynchronousTestCase):
         self.assertNotIn("is_open", vars(session.frontend))
         self.assertIs(session.frontend.is_open, FIRED)
 
-    @skipUnless(_PROBES_DICT, "probes CPython 3.11's object layout")
+    @skipUnless(PROBES_DICT, "probes CPython 3.11's object layout")
     def test_dictionaryNotMade(self) -> None:
         """
         Opening a plain client's leg, to its pipe, never asks for the
@@ -409,9 +392,9 @@ class HeldLegTests(SynchronousTestCase):
         _, _, _, session = network.openSession()
         f = session.frontend
         self.assertIsNotNone(session.pipe)
-        self.assertFalse(_dictMade(f))
+        self.assertFalse(dictMade(f))
         vars(f)
-        self.assertTrue(_dictMade(f))
+        self.assertTrue(dictMade(f))
 
         onConnect = FrontendProtocol.onConnect
 
@@ -428,7 +411,7 @@ class HeldLegTests(SynchronousTestCase):
             self.assertNotIn(name, vars(f))
         self.assertIs(f.is_open, FIRED)
 
-    @skipUnless(_PROBES_DICT, "probes CPython 3.11's object layout")
+    @skipUnless(PROBES_DICT, "probes CPython 3.11's object layout")
     def test_peerWithoutDictionary(self) -> None:
         """
         A leg's C{peer}, read and then set to a PROXY protocol header's
@@ -448,7 +431,7 @@ class HeldLegTests(SynchronousTestCase):
             if details:
                 self.assertEqual(leg._transport_details.peer, "tcp4:192.0.2.7:4000")
             else:
-                self.assertFalse(_dictMade(leg))
+                self.assertFalse(dictMade(leg))
 
     def test_plainLegNotRebuilt(self) -> None:
         """
@@ -499,7 +482,7 @@ class HeldLegTests(SynchronousTestCase):
                 self.assertEqual(leg.state, leg.STATE_CLOSED)
                 self.assertIsNone(self.successResultOf(leg.is_open))
 
-    @skipUnless(_PROBES_DICT, "probes CPython 3.11's object layout")
+    @skipUnless(PROBES_DICT, "probes CPython 3.11's object layout")
     def test_plainUpstreamRightSized(self) -> None:
         """
         A plain upstream leg, once the pipe carries its connection, holds
@@ -523,10 +506,10 @@ class HeldLegTests(SynchronousTestCase):
         self.assertIsNotNone(session.pipe)
         up = session.upstream
         self.assertIsInstance(up, Fresh)
-        self.assertFalse(_dictMade(up))
+        self.assertFalse(dictMade(up))
         defaults = classDefaults(type(up))
         attributes = vars(up)
-        self.assertTrue(_dictMade(up))
+        self.assertTrue(dictMade(up))
         self.assertEqual(
             {n for n, v in attributes.items() if defaults.get(n, self) is v}, set()
         )

@@ -17,7 +17,7 @@ from twisted.internet.error import NotConnectingError
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.memory import BACKEND_A, BACKEND_B, RELAY_ADDRESS, Network
-from tests.test_plainaccept import _PROBES_DICT, _dictMade
+from tests.support.objects import PROBES_DICT, dictMade
 from wsrelay.proxy.opening import UpstreamOpener
 from wsrelay.routing import Backend
 from wsrelay.ws import connecting
@@ -148,7 +148,7 @@ class HeldLegTests(SynchronousTestCase):
     its making to the end of its connection.
     """
 
-    @skipUnless(_PROBES_DICT, "probes CPython 3.11's object layout")
+    @skipUnless(PROBES_DICT, "probes CPython 3.11's object layout")
     def test_closedWithoutDictionary(self) -> None:
         """
         Once its backend is gone, the leg has let go of its session, its
@@ -177,7 +177,7 @@ class HeldLegTests(SynchronousTestCase):
         self.assertEqual(up.state, CLOSED)
         self.assertEqual((up.listener, up.target, up.dataPath), (None, None, None))
         self.assertIs(up.opened, FIRED)
-        self.assertFalse(_dictMade(up))
+        self.assertFalse(dictMade(up))
 
 
 class DirectSettleTests(SynchronousTestCase):
