@@ -41,7 +41,7 @@ from wsrelay.ws.accepting import (
     LeanSocket,
     listenTCP,
 )
-from wsrelay.ws.tcpclient import startWatching
+from wsrelay.ws.watching import startWatching
 
 
 class _Peer(Protocol):

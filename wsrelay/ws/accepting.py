@@ -39,7 +39,6 @@ That close is L{LeanClose}'s, which the upstream leg's transport
 from __future__ import annotations
 
 import _socket
-import select
 import socket
 import sys
 from errno import EWOULDBLOCK
@@ -56,20 +55,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
 from twisted.python.failure import Failure
 
-try:
-    from twisted.internet.epollreactor import EPollReactor
-except ImportError:  # pragma: no cover - no epoll (not Linux)
-    EPollReactor = None  # type: ignore[assignment,misc]
-
-#: The reactors whose registrations both legs' transports make themselves
-#: (L{wsrelay.ws.tcpclient.startWatching}): Twisted's epoll reactor and its
-#: subclasses, or none on a platform without epoll.
-EPOLL_REACTOR: Any = (EPollReactor,) if EPollReactor is not None else ()
-
-#: The event masks of L{wsrelay.ws.tcpclient.startWatching} (epoll's; their
-#: values where the platform has no epoll, which it never watches with).
-EPOLLIN: int = getattr(select, "EPOLLIN", 1)
-EPOLLOUT: int = getattr(select, "EPOLLOUT", 4)
+from wsrelay.ws.watching import EPOLLIN, startWatching
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -309,17 +295,7 @@ class LeanServer(LeanClose, tcp.Server):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        # (startWatching, inline: a new descriptor, watched for reading.)
-        fd = sock.fileno()
-        if (
-            isinstance(reactor, EPOLL_REACTOR)
-            and fd not in reactor._reads
-            and fd not in reactor._writes
-        ):
-            reactor._poller.register(fd, EPOLLIN)
-            reactor._reads.add(fd)
-            reactor._selectables[fd] = self
-        else:
+        if not startWatching(self, reactor, EPOLLIN):
             self.startReading()
         self.connected = 1
 

@@ -31,18 +31,8 @@ from twisted.internet.protocol import Protocol as PlaceHolder
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsrelay.ws.accepting import (
-    EPOLL_REACTOR,
-    EPOLLIN,
-    EPOLLOUT,
-    LeanClose,
-    LeanSocket,
-)
-
-try:
-    from twisted.internet.epollreactor import EPollReactor
-except ImportError:  # pragma: no cover - no epoll (not Linux)
-    EPollReactor = None  # type: ignore[assignment,misc]
+from wsrelay.ws.accepting import LeanClose, LeanSocket
+from wsrelay.ws.watching import EPOLL_REACTOR, EPOLLIN, EPOLLOUT, startWatching
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IProtocol
@@ -277,17 +267,7 @@ class _IPClient(LeanClose, tcp.Client):
                 )
                 return
             self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-            # (startWatching, inline: a new descriptor, watched for writing.)
-            fd = skt.fileno()
-            if (
-                isinstance(reactor, EPOLL_REACTOR)
-                and fd not in reactor._reads
-                and fd not in reactor._writes
-            ):
-                reactor._poller.register(fd, EPOLLOUT)
-                reactor._writes.add(fd)
-                reactor._selectables[fd] = self
-            else:
+            if not startWatching(self, reactor, EPOLLOUT):
                 self.startWriting()
         elif kind is IPV6:
             try:
@@ -346,11 +326,11 @@ class _IPClient(LeanClose, tcp.Client):
         asks the socket for its error; asking here too would be a system
         call for nothing.)
 
-        Connected, it waits to read (L{_waitToRead}, inline on Twisted's
-        epoll reactor), and does what Twisted's C{_connectDone} does, with
-        the endpoint's address of an IPv4 host (made once, where Twisted
-        makes one per connection), with the connector's C{buildProtocol}
-        inline, and with the log prefix made only when asked for
+        Connected, it waits to read (L{_waitToRead}), and does what
+        Twisted's C{_connectDone} does, with the endpoint's address of an
+        IPv4 host (made once, where Twisted makes one per connection), with
+        the connector's C{buildProtocol} inline, and with the log prefix
+        made only when asked for
         (L{logstr}): no Python call of its own between the reactor's event
         and the factory's C{buildProtocol}.
         """
@@ -363,19 +343,7 @@ class _IPClient(LeanClose, tcp.Client):
                 self.failIfNotConnected(getConnectError((err, strerror(err))))
                 return
         del self.doWrite, self.doRead
-        fd = self.fileno()
-        if (
-            EPollReactor is not None
-            and isinstance(reactor, EPollReactor)
-            and fd in reactor._writes
-            and fd not in reactor._reads
-        ):
-            # (_waitToRead's one epoll_ctl.)
-            reactor._poller.modify(fd, EPOLLIN)
-            reactor._writes.discard(fd)
-            reactor._reads.add(fd)
-        else:
-            _waitToRead(self)
+        _waitToRead(self)
         connector = self.connector
         endpoint = connector.endpoint
         peer = endpoint.destination if endpoint.kind is IPV4 else self.getPeer()
@@ -490,11 +458,7 @@ def _waitToRead(transport: tcp.Client) -> None:
     """
     reactor: Any = transport.reactor
     fd = transport.fileno()
-    if (
-        EPollReactor is not None
-        and isinstance(reactor, EPollReactor)
-        and fd in reactor._writes
-    ):
+    if isinstance(reactor, EPOLL_REACTOR) and fd in reactor._writes:
         if fd not in reactor._reads:
             reactor._poller.modify(fd, EPOLLIN)
             reactor._writes.discard(fd)
@@ -502,32 +466,3 @@ def _waitToRead(transport: tcp.Client) -> None:
             return
     transport.stopWriting()
     transport.startReading()
-
-
-def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
-    """
-    A new transport's socket, which the reactor does not watch yet, starts
-    being watched for reading (C{events} L{EPOLLIN}) or writing
-    (C{EPOLLOUT}): on Twisted's epoll reactor, what its C{addReader} or
-    C{addWriter} does, in one call instead of three (C{startReading},
-    C{addReader}, C{_add}).  (Its private C{_poller}, C{_reads},
-    C{_writes} and C{_selectables}, as C{_add} keeps them: a Twisted that
-    renames them fails every accept and connect, loudly, in
-    tests.test_acceptlean and tests.test_connectlean.)
-
-    @param transport: The new transport.
-    @param reactor: Its reactor.
-    @param events: C{EPOLLIN} or C{EPOLLOUT}.
-    @return: Whether it did; if not (another reactor, or a descriptor the
-        reactor knows already), the caller starts reading or writing as
-        Twisted does.
-    """
-    if not isinstance(reactor, EPOLL_REACTOR):
-        return False
-    fd = transport.fileno()
-    if fd in reactor._reads or fd in reactor._writes:
-        return False
-    reactor._poller.register(fd, events)
-    (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
-    reactor._selectables[fd] = transport
-    return True

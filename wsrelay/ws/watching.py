@@ -1,0 +1,58 @@
+"""
+How the relay's own transports (L{wsrelay.ws.accepting},
+L{wsrelay.ws.tcpclient}) get their sockets watched by Twisted's epoll
+reactor: in one call as each socket is made, instead of the three of
+C{startReading}, C{addReader} and C{_add}.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import TYPE_CHECKING, Any
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - no epoll (not Linux)
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+if TYPE_CHECKING:
+    from twisted.internet import tcp
+
+#: The reactors whose registrations both legs' transports make themselves
+#: (L{startWatching}): Twisted's epoll reactor and its subclasses, or none
+#: on a platform without epoll.
+EPOLL_REACTOR: Any = (EPollReactor,) if EPollReactor is not None else ()
+
+#: The event masks of L{startWatching} (epoll's; their values where the
+#: platform has no epoll, which it never watches with).
+EPOLLIN: int = getattr(select, "EPOLLIN", 1)
+EPOLLOUT: int = getattr(select, "EPOLLOUT", 4)
+
+
+def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
+    """
+    A new transport's socket, which the reactor does not watch yet, starts
+    being watched for reading (C{events} L{EPOLLIN}) or writing
+    (C{EPOLLOUT}): on Twisted's epoll reactor, what its C{addReader} or
+    C{addWriter} does, in one call instead of three (C{startReading},
+    C{addReader}, C{_add}).  (Its private C{_poller}, C{_reads},
+    C{_writes} and C{_selectables}, as C{_add} keeps them: a Twisted that
+    renames them fails every accept and connect, loudly, in
+    tests.test_acceptlean and tests.test_connectlean.)
+
+    @param transport: The new transport.
+    @param reactor: Its reactor.
+    @param events: C{EPOLLIN} or C{EPOLLOUT}.
+    @return: Whether it did; if not (another reactor, or a descriptor the
+        reactor knows already), the caller starts reading or writing as
+        Twisted does.
+    """
+    if not isinstance(reactor, EPOLL_REACTOR):
+        return False
+    fd = transport.fileno()
+    if fd in reactor._reads or fd in reactor._writes:
+        return False
+    reactor._poller.register(fd, events)
+    (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
+    reactor._selectables[fd] = transport
+    return True
