@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.support.leanclose import LeanCloseTests as LeanClosing
+from tests.support.nodelay import assertNoDelayKept
 from tests.support.relays import startRelay
 from tests.support.waiting import waitFor
 from wsrelay.listening import LeanTCP, ListeningSockets
@@ -210,15 +211,7 @@ class LeanAcceptTests(_Loopback):
         listening = self.port.socket
         self.assertTrue(listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         client, server = await self.connect()
-        transport: Any = server.transport
-        self.assertTrue(transport.getTcpNoDelay())
-        transport.setTcpNoDelay(True)
-        self.assertEqual(calls, [])
-        transport.setTcpNoDelay(False)
-        self.assertFalse(transport.getTcpNoDelay())
-        transport.setTcpNoDelay(True)
-        self.assertTrue(transport.getTcpNoDelay())
-        self.assertEqual(calls, [False, True])
+        assertNoDelayKept(self, server.transport, calls)
 
     async def test_addresses(self) -> None:
         """

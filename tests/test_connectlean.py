@@ -31,6 +31,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.backends import listenRecording, plainEndpoint
 from tests.support.leanclose import LeanCloseTests as LeanClosing
+from tests.support.nodelay import assertNoDelayKept
 from tests.support.waiting import waitFor
 from wsrelay.ws.accepting import LeanSocket
 from wsrelay.ws.connecting import PlainTCPEndpoint
@@ -209,13 +210,7 @@ class LeanConnectTests(_Loopback):
         transport: Any = connector.transport
         self.assertTrue(transport.getTcpNoDelay())
         await waitFor(lambda: client.reading is not None)
-        transport.setTcpNoDelay(True)
-        self.assertEqual(calls, [])
-        transport.setTcpNoDelay(False)
-        self.assertFalse(transport.getTcpNoDelay())
-        transport.setTcpNoDelay(True)
-        self.assertTrue(transport.getTcpNoDelay())
-        self.assertEqual(calls, [False, True])
+        assertNoDelayKept(self, transport, calls)
         await waitFor(lambda: self.accepted)
 
     async def test_nothingUnread(self) -> None:

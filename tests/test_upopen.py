@@ -39,6 +39,24 @@ def _config(more: str = "") -> str:
     )
 
 
+def _opened(case: SynchronousTestCase) -> Any:
+    """
+    Open a plain client through the passthrough route to the first
+    backend that accepts it.
+
+    @return: Its session, which has its pipe.
+    """
+    network = Network(case, _config())
+    client = network.connectClient()
+    network.flush()
+    network.acceptUpstream()
+    network.flush()
+    case.assertTrue(client.opened, client.raw)
+    (session,) = network.relay.sessions
+    case.assertIsNotNone(session.pipe)
+    return session
+
+
 class PlainOpenTests(SynchronousTestCase):
     """
     A plain client's session opens (or is refused) through the opening's
@@ -50,14 +68,7 @@ class PlainOpenTests(SynchronousTestCase):
         The first backend accepts: the client gets its 101 and the session
         its pipe, to that backend.
         """
-        network = Network(self, _config())
-        client = network.connectClient()
-        network.flush()
-        network.acceptUpstream()
-        network.flush()
-        self.assertTrue(client.opened, client.raw)
-        (session,) = network.relay.sessions
-        self.assertIsNotNone(session.pipe)
+        session = _opened(self)
         self.assertEqual(session.lastBackend, "a")
 
     def test_laterAttempt(self) -> None:
@@ -211,14 +222,7 @@ class DirectSettleTests(SynchronousTestCase):
         it.
         """
         openings = self._keepOpenings()
-        network = Network(self, _config())
-        client = network.connectClient()
-        network.flush()
-        network.acceptUpstream()
-        network.flush()
-        self.assertTrue(client.opened, client.raw)
-        (session,) = network.relay.sessions
-        self.assertIsNotNone(session.pipe)
+        session = _opened(self)
         (opening,) = openings
         self.assertNoResult(opening)
         up = session.upstream
