@@ -96,29 +96,30 @@ def letGo(protocol: Any, cycles: tuple[str, ...], client: bool = True) -> None:
     """
     A leg's connection is gone: drop its attributes C{cycles}, the
     references by which it, its session and its data path refer to each
-    other, and the reference of Twisted's client connector to its TCP
-    transport (they refer to each other for good, and the connector's
-    factory holds the attempt: once the connection is lost the connector
-    no longer uses its transport), so that a closed connection's objects
-    are freed by reference counting.
+    other, and its connector's reference to its transport
+    (L{dropConnector}), so that reference counting frees them.
 
-    @param client: Whether the leg connected out (an upstream leg), so
-        that its transport may have a connector.  An accepted connection
-        (the client's leg) has none, and is not searched for one: four
-        failed attribute lookups.
+    @param client: Whether the leg connected out (else it has no connector).
     """
     attributes = protocol.__dict__
     for name in cycles:
         attributes.pop(name, None)
     if not client:
         return
-    transport = protocol.transport
+    dropConnector(protocol.transport)
+
+
+def dropConnector(transport: Any) -> None:
+    """
+    The connection of C{transport} is gone: its client connector, if any,
+    which refers to it for good, lets go of it (and so of the attempt).
+    """
     for _ in range(2):
         connector = getattr(transport, "connector", None)
         if connector is not None:
             if getattr(connector, "transport", None) is transport:
                 connector.transport = None
-            break
+            return
         # TLS: the TCP transport is under the TLS protocol.
         transport = getattr(transport, "transport", None)
 

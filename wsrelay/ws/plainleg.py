@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 
-from wsrelay.ws._autobahn import FIRED
+from wsrelay.ws._autobahn import FIRED, dropConnector
 from wsrelay.ws.accept import acceptKey
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import RequestLines, buildRequest
@@ -349,22 +349,4 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
             del self.dataPath
         if self.opened is not FIRED:
             del self.opened
-        _dropConnector(self.transport)
-
-
-def _dropConnector(transport: Any) -> None:
-    """
-    The connection of C{transport} is gone: its client connector, if it
-    has one, lets go of it (the part of L{letGo
-    <wsrelay.ws._autobahn.letGo>} that does not ask for the leg's
-    C{__dict__}): the connector and its TCP transport refer to each other
-    for good, and the connector's factory holds the attempt.
-    """
-    for _ in range(2):
-        connector = getattr(transport, "connector", None)
-        if connector is not None:
-            if getattr(connector, "transport", None) is transport:
-                connector.transport = None
-            return
-        # TLS: the TCP transport is under the TLS protocol.
-        transport = getattr(transport, "transport", None)
+        dropConnector(self.transport)
