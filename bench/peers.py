@@ -56,7 +56,7 @@ from picows import (
     ws_create_server,
 )
 
-from bench.procstat import cpuSeconds, waitSeconds
+from bench.procstat import cpuSeconds, systemSeconds, waitSeconds
 
 HEADER = 32
 """
@@ -618,6 +618,7 @@ async def echoLoad(options: argparse.Namespace) -> None:
             waitSeconds(proxy),
             waitSeconds(load),
             time.perf_counter(),
+            systemSeconds(proxy),
         )
         await asyncio.sleep(options.duration)
         end = (
@@ -627,6 +628,7 @@ async def echoLoad(options: argparse.Namespace) -> None:
             waitSeconds(proxy),
             waitSeconds(load),
             time.perf_counter(),
+            systemSeconds(proxy),
         )
         latencies = sorted(stats.latencies)
         rounds.append(
@@ -634,6 +636,7 @@ async def echoLoad(options: argparse.Namespace) -> None:
                 "messages": stats.messages,
                 "seconds": end[5] - start[5],
                 "proxyCPU": end[0] - start[0],
+                "proxySystem": end[6] - start[6],
                 "sideCPU": end[1] - start[1],
                 "loadCPU": end[2] - start[2],
                 "proxyWait": end[3] - start[3],

@@ -145,27 +145,47 @@ def closeLine(cells: Sequence[Cell]) -> str | None:
     )
 
 
-def systemLine(cells: Sequence[Cell]) -> str | None:
+def systemLines(cells: Sequence[Cell]) -> list[str]:
     """
-    How the storm's CPU per handshake splits between the kernel and the
-    proxy's own code: each proxy's system microseconds per handshake, of
-    its C{cpuPerOp}, and their share.  Where a proxy's gap to nginx is in
-    user time, it is the proxy's code, not the system calls.
+    How each scenario's CPU per operation splits between the kernel and the
+    proxy's own code: each proxy's system microseconds per message,
+    delivery or handshake, of its C{cpuPerOp}, and their share.  Where a
+    proxy's gap to nginx is in user time, it is the proxy's code, not the
+    system calls; where its system time alone reaches nginx's whole CPU,
+    the gap is the kernel's.
 
-    @return: One line, or L{None} if no storm cell has the figure.
+    @return: One line per scenario that has the figure, in the cells'
+        order.
     """
-    figures = [
-        f"{cell.target} {cell.systemPerOp:.0f} of {cell.cpuPerOp:.0f} "
-        f"({cell.systemPerOp / cell.cpuPerOp:.0%})"
-        for cell in cells
-        if cell.scenario == "storm" and cell.systemPerOp is not None and cell.cpuPerOp
-    ]
-    if not figures:
-        return None
-    return (
-        "storm open, proxy system µs per handshake, of its CPU per handshake "
-        "(/proc stime, in 10 ms ticks): " + ", ".join(figures)
-    )
+    byScenario: dict[str, list[str]] = {}
+    for cell in cells:
+        if cell.systemPerOp is not None and cell.cpuPerOp:
+            byScenario.setdefault(cell.scenario, []).append(
+                f"{cell.target} {_systemFigure(cell.systemPerOp)} of "
+                f"{_systemFigure(cell.cpuPerOp)} "
+                f"({cell.systemPerOp / cell.cpuPerOp:.0%})"
+            )
+    lines = []
+    for scenario, figures in byScenario.items():
+        op = _OPS.get(scenario.split("-")[0], "operation")
+        phase = f"{scenario} open" if scenario == "storm" else scenario
+        lines.append(
+            f"{phase}, proxy system µs per {op}, of its CPU per {op} "
+            "(/proc stime, in 10 ms ticks): " + ", ".join(figures)
+        )
+    return lines
+
+
+#: What one operation of a scenario is, by the scenario's first word.
+_OPS = {"echo": "message", "fanout": "delivery", "storm": "handshake"}
+
+
+def _systemFigure(value: float) -> str:
+    """
+    A microsecond figure with three significant digits at most (fan-out's
+    are under one).
+    """
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def table(cells: Sequence[Cell]) -> str:
@@ -185,7 +205,7 @@ def table(cells: Sequence[Cell]) -> str:
         "\nwait % proxy/load: time the proxy, and the load-side processes summed, "
         "were ready to run but waited for a CPU held by other processes (schedstat)."
     )
-    for extra in (systemLine(cells), closeLine(cells)):
+    for extra in (*systemLines(cells), closeLine(cells)):
         if extra is not None:
             lines.append("\n" + extra)
     for note, number in marks.items():

@@ -146,8 +146,8 @@ class Cell:
     @ivar cpuPerOp: The proxy's CPU microseconds per message, delivery or
         handshake.
     @ivar proxyCPU: The proxy's CPU seconds in one round (or storm).
-    @ivar systemPerOp: In the storm, the system (kernel) part of
-        C{cpuPerOp}, in microseconds per handshake.
+    @ivar systemPerOp: The system (kernel) part of C{cpuPerOp}: its
+        microseconds per message, delivery or handshake.
     @ivar closeCPUPerConn: In the storm, the proxy's CPU microseconds per
         connection closed, over the close phase (after C{cpuPerOp}'s).
     @ivar sideCPU: The backend's or source's CPU seconds in one round.
@@ -373,6 +373,13 @@ class Bench:
                 [r["proxyCPU"] / r["messages"] * 1e6 for r in rounds if r["messages"]]
             )
             cell.proxyCPU = median([r["proxyCPU"] for r in rounds])
+            cell.systemPerOp = median(
+                [
+                    r["proxySystem"] / r["messages"] * 1e6
+                    for r in rounds
+                    if r["messages"]
+                ]
+            )
         cell.sideCPU = median([r["sideCPU"] for r in rounds])
         cell.loadPercent = median(
             [(r["loadCPU"] + r["sideCPU"]) / r["seconds"] * 100 for r in rounds]
@@ -494,6 +501,7 @@ class Bench:
                     cpuSeconds([source.pid]),
                     waitSeconds(running.pids),
                     waitSeconds(load),
+                    systemSeconds(running.pids),
                 )
                 sent = source.request(
                     {
@@ -520,6 +528,7 @@ class Bench:
                     cpuSeconds([source.pid]),
                     waitSeconds(running.pids),
                     waitSeconds(load),
+                    systemSeconds(running.pids),
                 )
                 span = max(got["last"], sent["end"]) - sent["start"]
                 rounds.append(
@@ -528,6 +537,7 @@ class Bench:
                         **{f"clients.{k}": v for k, v in got.items()},
                         "upstreams": upstreams,
                         "proxyCPU": after[0] - before[0],
+                        "proxySystem": after[4] - before[4],
                         "sideCPU": after[1] - before[1],
                         "proxyWait": after[2] - before[2],
                         "loadWait": after[3] - before[3],
@@ -557,6 +567,13 @@ class Bench:
             cell.cpuPerOp = median(
                 [
                     r["proxyCPU"] / r["clients.frames"] * 1e6
+                    for r in rounds
+                    if r["clients.frames"]
+                ]
+            )
+            cell.systemPerOp = median(
+                [
+                    r["proxySystem"] / r["clients.frames"] * 1e6
                     for r in rounds
                     if r["clients.frames"]
                 ]
