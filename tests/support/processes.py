@@ -17,13 +17,16 @@ from tests.support.waiting import TIMEOUT, pollUntil
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
-def twistd(*args: str, jsonLogs: bool = False) -> list[str]:
+def twistd(*args: str, jsonLogs: bool = False, reactor: str | None = None) -> list[str]:
     """
     @param jsonLogs: Whether to log JSON lines (C{wsrelay.logs.jsonStdout}).
+    @param reactor: The reactor (C{twistd -r NAME}), or L{None} for
+        C{twistd wsrelay}'s own.
     @return: The command line of C{twistd wsrelay} in the foreground.
     """
     logger = ["--logger=wsrelay.logs.jsonStdout"] if jsonLogs else []
-    return [TWISTD, "--pidfile=", "-n", *logger, "wsrelay", *args]
+    chosen = [] if reactor is None else ["-r", reactor]
+    return [TWISTD, "--pidfile=", "-n", *logger, *chosen, "wsrelay", *args]
 
 
 def alive(pid: int) -> bool:
@@ -73,16 +76,24 @@ def killRelay(process: subprocess.Popen[bytes], path: str, timeout: float) -> No
 
 class JSONRelay:
     """
-    One C{twistd wsrelay} process with JSON logs written to C{logPath},
-    killed (with its workers) at the end of the test.
+    One C{twistd wsrelay} process with JSON logs written to C{logPath}, on
+    C{reactor} (C{twistd -r}) when given, killed (with its workers) at the
+    end of the test.
     """
 
-    def __init__(self, testCase: Any, config: str, logPath: str, *args: str) -> None:
+    def __init__(
+        self,
+        testCase: Any,
+        config: str,
+        logPath: str,
+        *args: str,
+        reactor: str | None = None,
+    ) -> None:
         self.logPath = logPath
         self._log = open(logPath, "w")
         testCase.addCleanup(self._log.close)
         self.process = subprocess.Popen(
-            twistd("--config", config, *args, jsonLogs=True),
+            twistd("--config", config, *args, jsonLogs=True, reactor=reactor),
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
