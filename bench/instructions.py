@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.control import Peer
+from bench.control import ROOT, Peer
 from bench.openchain import STEPS
 from bench.targets import wsrelayConfig
 
@@ -139,7 +139,10 @@ def relay(connections: int) -> dict[str, int]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            # This tree's wsrelay, not the one the virtualenv installed
+            # (an editable install of another checkout, when a worktree
+            # borrows a virtualenv).
+            env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)},
         )
         _waitFor(lambda: _listening(port), "the relay to listen", 300)
         control = ["callgrind_control"]
