@@ -237,6 +237,21 @@ class LeanAcceptTests(_Loopback):
         self.assertEqual(transport.logPrefix(), "_Peer,0,127.0.0.1")
         self.assertEqual(repr(transport), f"<_Peer #0 on {number}>")
 
+    async def test_peerAsTwistedMakesIt(self) -> None:
+        """
+        The address the factory is given for an IPv4 client, made without
+        L{IPv4Address}'s C{__init__}, is what that C{__init__} makes: the
+        same class, the same attributes in the same order, the same hash
+        and C{repr}.
+        """
+        client, server = await self.connect()
+        mine = client.transport.getHost()  # type: ignore[union-attr]
+        made = IPv4Address("TCP", mine.host, mine.port)
+        self.assertIs(type(server.address), IPv4Address)
+        self.assertEqual(list(vars(server.address).items()), list(vars(made).items()))
+        self.assertEqual(hash(server.address), hash(made))
+        self.assertEqual(repr(server.address), repr(made))
+
     async def test_hostnameWhenAsked(self) -> None:
         """
         The transport's C{hostname} (Twisted's C{Server}'s, in its log
