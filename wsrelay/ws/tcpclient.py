@@ -265,7 +265,18 @@ class _IPClient(LeanClose, tcp.Client):
                 )
                 return
             self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-            if not startWatching(self, reactor, EPOLLOUT):
+            # (startWatching(self, reactor, EPOLLOUT), inline: a Python call
+            # less per connect.)
+            fd = skt.fileno()
+            if (
+                isinstance(reactor, EPOLL_REACTOR)
+                and fd not in reactor._reads
+                and fd not in reactor._writes
+            ):
+                reactor._poller.register(fd, EPOLLOUT)
+                reactor._writes.add(fd)
+                reactor._selectables[fd] = self
+            else:
                 self.startWriting()
         elif kind is IPV6:
             try:
