@@ -450,7 +450,9 @@ class _IPClient(LeanClose, tcp.Client):
         protocol = self._loseLean(reason)
         if protocol is None:
             return
-        self.__dict__["_protocolName"] = protocol.__class__.__name__
+        # (Set as an attribute, not through the __dict__, which asking for
+        # would make.)
+        self._protocolName = protocol.__class__.__name__
         protocol.connectionLost(reason)
         # (Neither refers to the other once gone: a factory that keeps its
         # protocol, which keeps this transport, is no cycle.)
