@@ -181,14 +181,40 @@ class LeanClose(tcp.Connection):
             super().loseConnection()
             return
         self.disconnecting = 1
-        self.stopReading()
-        self.stopWriting()
+        self._stopWatching(self.socket)
         reactor: Any = self.reactor
         batch = _closing.get(reactor)
         if batch is None:
             batch = _closing[reactor] = []
             reactor.callLater(0, _closeBatch, reactor)
         batch.append(self)
+
+    def _stopWatching(self, skt: Any) -> None:
+        """
+        Stop reading and writing: on Twisted's epoll reactor, what its
+        C{removeReader} and C{removeWriter} do, in this call instead of
+        six (C{stopReading}, C{removeReader}, C{_remove}; the same to stop
+        writing), with one C{epoll_ctl} (Twisted makes two for a socket
+        watched both ways); else, or with the socket closed already,
+        Twisted's way.  (The reactor's private C{_poller}, C{_reads},
+        C{_writes} and C{_selectables}, as L{startWatching
+        <wsrelay.ws.watching.startWatching>} keeps them.)
+
+        @param skt: The transport's socket.
+        """
+        reactor: Any = self.reactor
+        fd = skt.fileno()
+        if fd != -1 and isinstance(reactor, EPOLL_REACTOR):
+            reads = reactor._reads
+            writes = reactor._writes
+            if fd in reads or fd in writes:
+                reactor._poller.unregister(fd)
+                reads.discard(fd)
+                writes.discard(fd)
+                del reactor._selectables[fd]
+            return
+        self.stopReading()
+        self.stopWriting()
 
     def _closeNow(self) -> None:
         """
@@ -229,25 +255,7 @@ class LeanClose(tcp.Connection):
         if producer is not None:
             producer.stopProducing()
             self.producer = None
-        # Stop reading and writing: on Twisted's epoll reactor, what its
-        # removeReader and removeWriter do, in this call instead of six
-        # (stopReading, removeReader, _remove; the same to stop writing),
-        # with one epoll_ctl (Twisted makes two for a socket watched both
-        # ways); else Twisted's way.  (The reactor's private _poller,
-        # _reads, _writes and _selectables, as startWatching keeps them.)
-        reactor: Any = self.reactor
-        fd = skt.fileno()
-        if fd != -1 and isinstance(reactor, EPOLL_REACTOR):
-            reads = reactor._reads
-            writes = reactor._writes
-            if fd in reads or fd in writes:
-                reactor._poller.unregister(fd)
-                reads.discard(fd)
-                writes.discard(fd)
-                del reactor._selectables[fd]
-        else:
-            self.stopReading()
-            self.stopWriting()
+        self._stopWatching(skt)
         self._closeSocket(not issubclass(reason.type, ConnectionAborted))  # type: ignore[arg-type]
         protocol = self.protocol
         del self.protocol, self.socket, self.fileno
