@@ -245,7 +245,7 @@ class LeanAcceptTests(_Loopback):
         and C{repr}.
         """
         client, server = await self.connect()
-        mine = client.transport.getHost()  # type: ignore[union-attr]
+        mine: Any = client.transport.getHost()  # type: ignore[union-attr]
         made = IPv4Address("TCP", mine.host, mine.port)
         self.assertIs(type(server.address), IPv4Address)
         self.assertEqual(list(vars(server.address).items()), list(vars(made).items()))
