@@ -237,6 +237,21 @@ class LeanAcceptTests(_Loopback):
         self.assertEqual(transport.logPrefix(), "_Peer,0,127.0.0.1")
         self.assertEqual(repr(transport), f"<_Peer #0 on {number}>")
 
+    async def test_peerAsTwistedMakesIt(self) -> None:
+        """
+        The address the factory is given for an IPv4 client, made without
+        L{IPv4Address}'s C{__init__}, is what that C{__init__} makes: the
+        same class, the same attributes in the same order, the same hash
+        and C{repr}.
+        """
+        client, server = await self.connect()
+        mine: Any = client.transport.getHost()  # type: ignore[union-attr]
+        made = IPv4Address("TCP", mine.host, mine.port)
+        self.assertIs(type(server.address), IPv4Address)
+        self.assertEqual(list(vars(server.address).items()), list(vars(made).items()))
+        self.assertEqual(hash(server.address), hash(made))
+        self.assertEqual(repr(server.address), repr(made))
+
     async def test_hostnameWhenAsked(self) -> None:
         """
         The transport's C{hostname} (Twisted's C{Server}'s, in its log
@@ -371,6 +386,67 @@ class StartWatchingTests(SynchronousTestCase):
         r = MemoryReactor()
         watched = FileDescriptor(reactor=r)
         self.assertFalse(startWatching(watched, r, select.EPOLLIN))
+
+
+class LeanLossTests(SynchronousTestCase):
+    """
+    A lost lean transport leaves the epoll reactor as Twisted's
+    C{stopReading} and C{stopWriting} would leave it.
+    """
+
+    def transport(self) -> tuple[Any, LeanServer, socket.socket]:
+        """
+        @return: An epoll reactor of the test's own, a L{LeanServer} (made
+            without its port) watched by it for reading, and the other end
+            of its socket.
+        """
+        r: Any = StartWatchingTests.epoll(self)  # type: ignore[arg-type]
+        mine, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(mine.close)
+        mine.setblocking(False)
+        transport = LeanServer(mine, _Reading(), ("127.0.0.1", 1), None, 0, r)  # type: ignore[arg-type]
+        return r, transport, peer
+
+    def assertForgotten(self, r: Any, transport: LeanServer, fd: int) -> None:
+        """
+        The reactor watches the transport no more, in none of its tables.
+        """
+        self.assertNotIn(transport, r.getReaders())
+        self.assertNotIn(transport, r.getWriters())
+        self.assertNotIn(fd, r._reads)
+        self.assertNotIn(fd, r._writes)
+        self.assertNotIn(fd, r._selectables)
+
+    def test_watchedBothWays(self) -> None:
+        """
+        A transport watched for reading and writing is forgotten, and its
+        socket closed, when its connection is lost.
+        """
+        r, transport, peer = self.transport()
+        fd = transport.fileno()
+        transport.startWriting()
+        self.assertIn(transport, r.getWriters())
+        transport.connectionLost(Failure(main.CONNECTION_DONE))
+        self.assertForgotten(r, transport, fd)
+        self.assertEqual(peer.recv(10), b"")
+
+    def test_socketClosedAlready(self) -> None:
+        """
+        A transport whose socket was closed behind its back (its descriptor
+        reads as -1) is forgotten Twisted's way, through C{stopReading}:
+        the reactor finds it among what it watches, forgets it, and fails
+        to unregister the closed descriptor (Twisted's failure, as before
+        the lean removal).
+        """
+        r, transport, peer = self.transport()
+        fd = transport.fileno()
+        transport.socket.close()
+        error = self.assertRaises(
+            OSError, transport.connectionLost, Failure(main.CONNECTION_DONE)
+        )
+        self.assertEqual(error.errno, errno.EBADF)
+        self.assertNotIn(fd, r._selectables)
 
 
 class _Reading(Protocol):

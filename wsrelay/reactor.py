@@ -173,28 +173,41 @@ class RelayReactor(EPollReactor):
         handling.thread = get_ident()
         try:
             for fd, event in ready:
-                selectable = selectables.get(fd)
-                if selectable is None:
+                try:
+                    selectable = selectables[fd]
+                except KeyError:
                     continue
                 handling.selectable = selectable
                 try:
-                    if event != readAlone and event != writeAlone:
+                    # _doReadOrWrite's way with a read or a write alone: a
+                    # read that needs nothing more goes on at once.
+                    if event == readAlone:
+                        try:
+                            if selectable.fileno() == -1:
+                                why: Any = _NO_FILEDESC
+                                inRead = False
+                            else:
+                                why = selectable.doRead()
+                                if not why:
+                                    continue
+                                inRead = True
+                        except BaseException:
+                            why = sys.exc_info()[1]
+                            inRead = False
+                            log.err()
+                    elif event == writeAlone:
+                        inRead = False
+                        try:
+                            if selectable.fileno() == -1:
+                                why = _NO_FILEDESC
+                            else:
+                                why = selectable.doWrite()
+                        except BaseException:
+                            why = sys.exc_info()[1]
+                            log.err()
+                    else:
                         handle(selectable, fd, event)
                         continue
-                    # _doReadOrWrite's way with a read or a write alone.
-                    inRead = False
-                    try:
-                        if selectable.fileno() == -1:
-                            why: Any = _NO_FILEDESC
-                        elif event == readAlone:
-                            why = selectable.doRead()
-                            inRead = True
-                        else:
-                            why = selectable.doWrite()
-                    except BaseException:
-                        why = sys.exc_info()[1]
-                        inRead = False
-                        log.err()
                     if why:
                         self._disconnectSelectable(selectable, why, inRead)
                 except KeyboardInterrupt:

@@ -45,7 +45,7 @@ from errno import EWOULDBLOCK
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main, tcp
-from twisted.internet.address import IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import (
     ConnectionAborted,
     ConnectionDone,
@@ -55,7 +55,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from wsrelay.ws.watching import EPOLLIN, startWatching
+from wsrelay.ws.watching import EPOLL_REACTOR, EPOLLIN
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -80,6 +80,10 @@ _DONE = Failure(ConnectionDone())
 #: The flags of C{getnameinfo} that Twisted's port reads an IPv6 peer's
 #: address with (its scope, if any, by number).
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+
+
+#: Makes an instance without calling its C{__init__}.
+_newObject = object.__new__
 
 
 #: Whether accepted TCP sockets inherit C{TCP_NODELAY} from their listening
@@ -177,14 +181,40 @@ class LeanClose(tcp.Connection):
             super().loseConnection()
             return
         self.disconnecting = 1
-        self.stopReading()
-        self.stopWriting()
+        self._stopWatching(self.socket)
         reactor: Any = self.reactor
         batch = _closing.get(reactor)
         if batch is None:
             batch = _closing[reactor] = []
             reactor.callLater(0, _closeBatch, reactor)
         batch.append(self)
+
+    def _stopWatching(self, skt: Any) -> None:
+        """
+        Stop reading and writing: on Twisted's epoll reactor, what its
+        C{removeReader} and C{removeWriter} do, in this call instead of
+        six (C{stopReading}, C{removeReader}, C{_remove}; the same to stop
+        writing), with one C{epoll_ctl} (Twisted makes two for a socket
+        watched both ways); else, or with the socket closed already,
+        Twisted's way.  (The reactor's private C{_poller}, C{_reads},
+        C{_writes} and C{_selectables}, as L{startWatching
+        <wsrelay.ws.watching.startWatching>} keeps them.)
+
+        @param skt: The transport's socket.
+        """
+        reactor: Any = self.reactor
+        fd = skt.fileno()
+        if fd != -1 and isinstance(reactor, EPOLL_REACTOR):
+            reads = reactor._reads
+            writes = reactor._writes
+            if fd in reads or fd in writes:
+                reactor._poller.unregister(fd)
+                reads.discard(fd)
+                writes.discard(fd)
+                del reactor._selectables[fd]
+            return
+        self.stopReading()
+        self.stopWriting()
 
     def _closeNow(self) -> None:
         """
@@ -215,7 +245,9 @@ class LeanClose(tcp.Connection):
         @param reason: Why the connection was lost.
         @return: The protocol, or L{None}.
         """
-        if not hasattr(self, "socket"):
+        try:
+            skt = self.socket
+        except AttributeError:
             return None
         self.disconnected = 1
         self.connected = 0
@@ -223,8 +255,7 @@ class LeanClose(tcp.Connection):
         if producer is not None:
             producer.stopProducing()
             self.producer = None
-        self.stopReading()
-        self.stopWriting()
+        self._stopWatching(skt)
         self._closeSocket(not issubclass(reason.type, ConnectionAborted))  # type: ignore[arg-type]
         protocol = self.protocol
         del self.protocol, self.socket, self.fileno
@@ -265,6 +296,8 @@ class LeanServer(LeanClose, tcp.Server):
     """
 
     _prefix: str | None = None
+    #: The log prefix set in place of Twisted's (L{logstr}), if any.
+    _logstr: str | None = None
     #: Whether C{TCP_NODELAY} is known to be on: L{None} until set here,
     #: when it is what the socket inherited from its port
     #: (L{LeanPort.noDelay}).
@@ -295,7 +328,18 @@ class LeanServer(LeanClose, tcp.Server):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        if not startWatching(self, reactor, EPOLLIN):
+        # (startWatching(self, reactor, EPOLLIN), inline: a Python call less
+        # per connection.)
+        fd = sock.fileno()
+        if (
+            isinstance(reactor, EPOLL_REACTOR)
+            and fd not in reactor._reads
+            and fd not in reactor._writes
+        ):
+            reactor._poller.register(fd, EPOLLIN)
+            reactor._reads.add(fd)
+            reactor._selectables[fd] = self
+        else:
             self.startReading()
         self.connected = 1
 
@@ -345,14 +389,14 @@ class LeanServer(LeanClose, tcp.Server):
         C{Server} makes it: the protocol's prefix, the session number and
         the client's host (or what was set in its place).
         """
-        logstr: str | None = self.__dict__.get("_logstr")
+        logstr = self._logstr
         if logstr is None:
             logstr = f"{self._protocolPrefix()},{self.sessionno},{self.hostname}"
         return logstr
 
     @logstr.setter
     def logstr(self, value: str) -> None:
-        self.__dict__["_logstr"] = value
+        self._logstr = value
 
     def __repr__(self) -> str:
         """
@@ -377,11 +421,17 @@ class LeanServer(LeanClose, tcp.Server):
         protocol's log prefix and name for messages about the connection
         after it.
         """
-        attributes = self.__dict__
-        protocol = attributes.get("protocol")
-        if protocol is not None and "_logstr" not in attributes:
-            self._protocolPrefix()
-            attributes["_protocolName"] = protocol.__class__.__name__
+        if self._logstr is None:
+            # (Read and set as attributes, not through the __dict__, which
+            # asking for would make.)
+            try:
+                protocol = self.protocol
+            except AttributeError:
+                # Lost already.
+                protocol = None
+            if protocol is not None:
+                self._protocolPrefix()
+                self._protocolName = protocol.__class__.__name__
         protocol = self._loseLean(reason)
         if protocol is not None:
             protocol.connectionLost(reason)
@@ -445,7 +495,16 @@ class LeanPort(tcp.Port):
                     self._serve(skt, addr)
                     continue
                 # (_serve for an IPv4 peer, inline.)
-                protocol = factory.buildProtocol(addressType("TCP", *addr))
+                if addressType is IPv4Address:
+                    # IPv4Address("TCP", *addr), without its generated
+                    # __init__'s call of the validator of "TCP" (a third of
+                    # its cost): the same attributes, set in its order.
+                    peer: Any = _newObject(IPv4Address)
+                    peer.type = "TCP"
+                    peer.host, peer.port = addr
+                else:
+                    peer = addressType("TCP", *addr)
+                protocol = factory.buildProtocol(peer)
                 if protocol is None:
                     skt.close()
                     continue

@@ -223,7 +223,7 @@ class _IPClient(LeanClose, tcp.Client):
         endpoint = connector.endpoint
         host, port, kind = endpoint.host, endpoint.port, endpoint.kind
         self.connector = connector
-        self.addr = (host, port)
+        self.addr = addr = (host, port)
         if kind is NAME:
             self._requiresResolution = True
         elif kind is IPV6:
@@ -232,10 +232,8 @@ class _IPClient(LeanClose, tcp.Client):
             self._addressType = IPv6Address  # type: ignore[assignment]
         try:
             if _NONBLOCKING:
-                # (createInternetSocket, inline.)
-                skt: Any = LeanSocket(
-                    self.addressFamily, self.socketType | _NONBLOCKING
-                )
+                # (createInternetSocket, inline: a stream, as socketType.)
+                skt: Any = LeanSocket(self.addressFamily, _STREAM_NONBLOCKING)
             else:
                 skt = self.createInternetSocket()
         except OSError as se:
@@ -256,9 +254,9 @@ class _IPClient(LeanClose, tcp.Client):
         self.protocol = None  # type: ignore[assignment]
         if kind is IPV4:
             # (doConnect, inline.)
-            self.realAddress = address = self.addr
+            self.realAddress = addr
             try:
-                err = skt.connect_ex(address)
+                err = skt.connect_ex(addr)
             except OSError as e:
                 err = e.args[0]
             if err and err != EISCONN and err not in _IN_PROGRESS:
@@ -267,7 +265,18 @@ class _IPClient(LeanClose, tcp.Client):
                 )
                 return
             self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-            if not startWatching(self, reactor, EPOLLOUT):
+            # (startWatching(self, reactor, EPOLLOUT), inline: a Python call
+            # less per connect.)
+            fd = skt.fileno()
+            if (
+                isinstance(reactor, EPOLL_REACTOR)
+                and fd not in reactor._reads
+                and fd not in reactor._writes
+            ):
+                reactor._poller.register(fd, EPOLLOUT)
+                reactor._writes.add(fd)
+                reactor._selectables[fd] = self
+            else:
                 self.startWriting()
         elif kind is IPV6:
             try:
@@ -326,7 +335,7 @@ class _IPClient(LeanClose, tcp.Client):
         asks the socket for its error; asking here too would be a system
         call for nothing.)
 
-        Connected, it waits to read (L{_waitToRead}), and does what
+        Connected, it waits to read, and does what
         Twisted's C{_connectDone} does, with the endpoint's address of an
         IPv4 host (made once, where Twisted makes one per connection), with
         the connector's C{buildProtocol} inline, and with the log prefix
@@ -334,7 +343,9 @@ class _IPClient(LeanClose, tcp.Client):
         (L{logstr}): no Python call of its own between the reactor's event
         and the factory's C{buildProtocol}.
         """
-        if not hasattr(self, "connector"):
+        try:
+            connector = self.connector
+        except AttributeError:
             return
         reactor: Any = self.reactor
         if not isinstance(reactor, _PollLikeMixin):
@@ -343,8 +354,24 @@ class _IPClient(LeanClose, tcp.Client):
                 self.failIfNotConnected(getConnectError((err, strerror(err))))
                 return
         del self.doWrite, self.doRead
-        _waitToRead(self)
-        connector = self.connector
+        # Wait to read instead of to write: with one change of the
+        # registration on Twisted's epoll reactor (one epoll_ctl), else as
+        # Twisted's _connectDone does, by stopping writing and starting to
+        # read.  (The epoll reactor's private _poller, _reads and _writes,
+        # as its _add and _remove keep them: a Twisted that renames them
+        # fails every connect, loudly, in tests.test_connectlean.)
+        fd = self.fileno()
+        if (
+            isinstance(reactor, EPOLL_REACTOR)
+            and fd in reactor._writes
+            and fd not in reactor._reads
+        ):
+            reactor._poller.modify(fd, EPOLLIN)
+            reactor._writes.discard(fd)
+            reactor._reads.add(fd)
+        else:
+            self.stopWriting()
+            self.startReading()
         endpoint = connector.endpoint
         peer = endpoint.destination if endpoint.kind is IPV4 else self.getPeer()
         # (DirectConnector.buildProtocol.)
@@ -423,7 +450,9 @@ class _IPClient(LeanClose, tcp.Client):
         protocol = self._loseLean(reason)
         if protocol is None:
             return
-        self.__dict__["_protocolName"] = protocol.__class__.__name__
+        # (Set as an attribute, not through the __dict__, which asking for
+        # would make.)
+        self._protocolName = protocol.__class__.__name__
         protocol.connectionLost(reason)
         # (Neither refers to the other once gone: a factory that keeps its
         # protocol, which keeps this transport, is no cycle.)
@@ -440,29 +469,8 @@ _NONBLOCKING = (
     else 0
 )
 
+#: The type of a connect's socket, made non-blocking (L{_NONBLOCKING}).
+_STREAM_NONBLOCKING = socket.SOCK_STREAM | _NONBLOCKING
+
 #: A non-blocking connect's results that say it goes on.
 _IN_PROGRESS = frozenset([EINPROGRESS, EWOULDBLOCK, EALREADY])
-
-
-def _waitToRead(transport: tcp.Client) -> None:
-    """
-    A connected transport that waited to write now waits to read, with
-    one change of its registration on Twisted's epoll reactor (one
-    C{epoll_ctl}); on another reactor by stopping writing and starting to
-    read, as Twisted's C{_connectDone} does.  (The epoll reactor's private
-    C{_poller}, C{_reads} and C{_writes}, as its C{_add} and C{_remove}
-    keep them: a Twisted that renames them fails every connect, loudly, in
-    tests.test_connectlean.)
-
-    @param transport: Registered for writing only.
-    """
-    reactor: Any = transport.reactor
-    fd = transport.fileno()
-    if isinstance(reactor, EPOLL_REACTOR) and fd in reactor._writes:
-        if fd not in reactor._reads:
-            reactor._poller.modify(fd, EPOLLIN)
-            reactor._writes.discard(fd)
-            reactor._reads.add(fd)
-            return
-    transport.stopWriting()
-    transport.startReading()
