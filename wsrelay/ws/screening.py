@@ -75,8 +75,17 @@ class Screened:
     @ivar key: With a C{shape}, the request's C{Sec-WebSocket-Key}.
     """
 
-    shape: HeadShape | None = None
-    key: str | None = None
+    __slots__ = (
+        "head",
+        "headLength",
+        "key",
+        "path",
+        "plain",
+        "query",
+        "remainder",
+        "route",
+        "shape",
+    )
 
     def __init__(
         self,
@@ -87,6 +96,8 @@ class Screened:
         query: str,
         headLength: int,
         plain: bool = False,
+        shape: HeadShape | None = None,
+        key: str | None = None,
     ) -> None:
         self.head = head
         self.route = route
@@ -95,6 +106,8 @@ class Screened:
         self.query = query
         self.headLength = headLength
         self.plain = plain
+        self.shape = shape
+        self.key = key
 
 
 #: How many C{Host} values L{routedHost} remembers (it forgets them all
@@ -230,7 +243,7 @@ KEPT_HEAD_LENGTH = 1024
 _KEY_LINE = b"\r\nSec-WebSocket-Key: "
 _KEY_VALUE = re.compile(rb"[A-Za-z0-9+/]{22}==")
 
-#: Makes a L{Head} or a L{Screened} without initializing it.
+#: Makes a L{Head} without initializing it.
 _new = object.__new__
 
 
@@ -377,19 +390,17 @@ def screenRequest(
         headers=(*shape.before, ("Sec-WebSocket-Key", key), *shape.after),
         fields=fields,
     )
-    screened = _new(Screened)
-    screened.__dict__.update(
-        head=head,
-        route=shape.route,
-        remainder=shape.remainder,
-        path=shape.path,
-        query=shape.query,
-        headLength=shape.headLength,
-        plain=shape.plain,
-        shape=shape,
-        key=key,
+    return Screened(
+        head,
+        shape.route,
+        shape.remainder,
+        shape.path,
+        shape.query,
+        shape.headLength,
+        shape.plain,
+        shape,
+        key,
     )
-    return screened
 
 
 def screenHead(data: bytes, end: int, routes: RouteTable) -> Screened | Rejected:
