@@ -188,7 +188,11 @@ class Admission:
         origins = route.config.allowedOrigins
         if origins and not originAllowed(frontend.head, origins):
             return Refused(403, "Forbidden", body=b"origin not allowed\n")
-        address = self.clientAddress(frontend)
+        if self._trusted:
+            address = self.clientAddress(frontend)
+        else:
+            # (clientAddress without trusted_proxies, inline.)
+            address = frontend.peerAddress or peerHost(frontend)
         if config.handshakeRatePerIp > 0:
             bucket = self._buckets.get(address)
             if bucket is None:
