@@ -18,10 +18,15 @@ import random
 from typing import Any
 
 from autobahn.util import wildcards2patterns
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.routes import proxyRoute
+from tests.test_forwarding_quick import _BACKEND, _config, _Frontend, _Transport
+from wsrelay.admission import Admission
+from wsrelay.proxy.opening import upstreamRequest
 from wsrelay.routing import (
+    Backend,
     BadPath,
     Route,
     RouteTable,
@@ -964,17 +969,36 @@ def _shapedHead(rng: random.Random) -> bytes:
     return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + rest
 
 
+#: What L{_screening} asks to write upstream requests.
+_ADMISSION = Admission(Clock(), _config(), None, len, None, None)  # type: ignore[arg-type]
+_UPSTREAM = Backend(_BACKEND)
+
+
 def _screening(result: object, leg: object) -> object:
     """
     @return: What a client is answered for C{result} of L{screenRequest}
-        (L{_screenedAs}), the request's head as the leg keeps it, and what
-        L{plainScreened} makes of it.
+        (L{_screenedAs}), the request's head as the leg keeps it, what
+        L{plainScreened} makes of it, and the passthrough request written
+        for it (twice: the second time, as the first for a head kept).
     """
     head = getattr(result, "head", None)
+    request = None
+    if isinstance(result, Screened):
+        frontend: Any = _Frontend(
+            result.head, "192.0.2.7", _Transport(), False, result.remainder, "", False
+        )
+        request = [
+            (resource, lines.lines, lines.extensions, lines.key)  # type: ignore[union-attr]
+            for resource, lines in [
+                upstreamRequest(frontend, _ADMISSION, "passthrough", _UPSTREAM)
+                for _ in range(2)
+            ]
+        ]
     return (
         _screenedAs(result),
         None if head is None else (head.startLine, head.headers, head.fields),
         plainScreened(result, leg) if isinstance(result, Screened) else None,
+        request,
     )
 
 
@@ -987,12 +1011,13 @@ class HeadShapeTests(SynchronousTestCase):
     def test_random(self) -> None:
         """
         On many random requests, each screened again with another key
-        (well formed or not), the screening, the head and what
-        L{plainScreened} makes of them are what they are with nothing
-        remembered (L{screenHead}), and what L{plainRequest} makes of the
-        head; many were screened as a shape remembered, and a route table
-        remembers at most L{KEPT_HEADS} heads, each shorter than
-        L{KEPT_HEAD_LENGTH}, none with a credential or a query.
+        (well formed or not), the screening, the head, what
+        L{plainScreened} makes of them and the passthrough request written
+        for them are what they are with nothing remembered (L{screenHead}),
+        and what L{plainRequest} makes of the head; many were screened as
+        a shape remembered, and a route table remembers at most
+        L{KEPT_HEADS} heads, each shorter than L{KEPT_HEAD_LENGTH}, none
+        with a credential or a query.
         """
         rng = random.Random(6455 + 19)
         routes = RouteTable((proxyRoute("any", "/", None),))

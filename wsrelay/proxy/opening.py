@@ -222,24 +222,35 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
         (L{RequestLines.key <RequestLines>}).
     """
     fields = head.fields
-    protocols = fields.get("sec-websocket-protocol")
-    if protocols:
-        forwarded += f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n"
     # (clientKey, inline.)
     keys = fields.get("sec-websocket-key")
     key = keys[0].strip() if keys else None
-    if "sec-websocket-extensions" not in fields:
-        return RequestLines(forwarded, NO_EXTENSIONS, key)
-    # The offers as sent (names too), in order; the length first, which
-    # most names fail.
-    offers = "".join(
-        [
-            f"{n}: {v}\r\n"
-            for (n, v) in head.headers
-            if len(n) == 24 and n.lower() == "sec-websocket-extensions"
-        ]
-    )
-    return RequestLines(forwarded + offers, END_TO_END, key)
+    # What the head says but for its key, the same for every head of its
+    # shape (written once for them, Head.parts).
+    parts = head.parts
+    written = None if parts is None else parts.passthrough
+    if written is None:
+        protocols = fields.get("sec-websocket-protocol")
+        lines = (
+            f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n" if protocols else ""
+        )
+        if "sec-websocket-extensions" not in fields:
+            written = (lines, NO_EXTENSIONS)
+        else:
+            # The offers as sent (names too), in order; the length first,
+            # which most names fail.
+            lines += "".join(
+                [
+                    f"{n}: {v}\r\n"
+                    for (n, v) in head.headers
+                    if len(n) == 24 and n.lower() == "sec-websocket-extensions"
+                ]
+            )
+            written = (lines, END_TO_END)
+        if parts is not None:
+            parts.passthrough = written
+    lines, extensions = written
+    return RequestLines(forwarded + lines if lines else forwarded, extensions, key)
 
 
 def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:

@@ -16,7 +16,7 @@ from autobahn.websocket.types import ConnectionDeny
 
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
 from wsrelay.ws.fieldlines import CREDENTIALS, keep
-from wsrelay.ws.handshake import BadHead, Head, parseHead
+from wsrelay.ws.handshake import BadHead, Head, HeadParts, parseHead
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route, RouteTable
@@ -268,6 +268,9 @@ class HeadShape:
     @ivar fields: Its fields by lower-case name (L{Head.fields}).
     @ivar answer: What L{wsrelay.ws.accept.plainScreened} made of it
         (L{wsrelay.ws.accept.shapeAnswer}), or L{NOT_ASKED}.
+    @ivar parts: What the relay writes of every head of this shape
+        (L{Head.parts}: not the shape, which holds the routes, and which
+        a head kept for a connection's life must not keep).
     """
 
     __slots__ = (
@@ -276,6 +279,7 @@ class HeadShape:
         "before",
         "fields",
         "headLength",
+        "parts",
         "path",
         "plain",
         "query",
@@ -305,6 +309,7 @@ class HeadShape:
         self.headLength = screened.headLength
         self.plain = screened.plain
         self.answer: object = NOT_ASKED
+        self.parts = HeadParts()
 
 
 #: What L{HeadShape.answer} is before it is asked.
@@ -389,6 +394,7 @@ def screenRequest(
         startLine=shape.startLine,
         headers=(*shape.before, ("Sec-WebSocket-Key", key), *shape.after),
         fields=fields,
+        parts=shape.parts,
     )
     return Screened(
         head,
