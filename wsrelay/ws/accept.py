@@ -370,21 +370,29 @@ class PlainAccept:
             return
         # What the session answers, read as Autobahn reads what its
         # onConnect gives.
-        protocol, headers = res, cast("dict[str, Any]", {})
+        protocol, headers = res, cast("dict[str, Any] | None", None)
         if isinstance(res, tuple):
             protocol = res[0] if res else None
-            headers = res[1] if len(res) > 1 else {}
+            headers = res[1] if len(res) > 1 else None
         if protocol is not None and protocol not in self.websocket_protocols:
             raise ValueError(f"subprotocol {protocol!r} was not offered")
         if protocol is not None:
             self.websocket_protocol_in_use = protocol
         factory = self.factory
-        response = acceptResponse(
-            key,
-            protocol,
-            [*factory.headers.items(), *(headers or {}).items()],
-            factory.server,
-        )
+        if protocol is None and not headers and not factory.headers:
+            # acceptResponse's 101 with no field but the accept value (most
+            # handshakes), inline.
+            response = (
+                f"{_startOf101(factory.server)}\r\n"
+                f"Sec-WebSocket-Accept: {acceptKey(key)}\r\n\r\n"
+            ).encode()
+        else:
+            response = acceptResponse(
+                key,
+                protocol,
+                [*factory.headers.items(), *(headers or {}).items()],
+                factory.server,
+            )
         if self.logOctets or self.send_queue:
             self.sendData(response)
         else:
