@@ -18,10 +18,15 @@ import random
 from typing import Any
 
 from autobahn.util import wildcards2patterns
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.routes import proxyRoute
+from tests.test_forwarding_quick import _BACKEND, _config, _Frontend, _Transport
+from wsrelay.admission import Admission
+from wsrelay.proxy.opening import upstreamRequest
 from wsrelay.routing import (
+    Backend,
     BadPath,
     Route,
     RouteTable,
@@ -55,12 +60,15 @@ from wsrelay.ws.response import (
 from wsrelay.ws.screening import (
     _HOSTS,
     _STARTS,
+    KEPT_HEAD_LENGTH,
+    KEPT_HEADS,
     KEPT_HOST_LENGTH,
     KEPT_HOSTS,
     KEPT_START_LENGTH,
     KEPT_STARTS,
     Screened,
     routedHost,
+    screenHead,
     screenRequest,
 )
 
@@ -906,3 +914,164 @@ class KeptStartsTests(SynchronousTestCase):
         self.assertFalse([k for k in _STARTS if len(k) >= KEPT_START_LENGTH])
         self.assertFalse([k for k in _STARTS if "?" in k or "://" in k])
         self.assertGreater(found, 1000)
+
+
+#: Keys for L{HeadShapeTests}: well formed, and not (too short, too long,
+#: a character out of base64's alphabet, no C{==}, a blank, a control).
+_ODD_KEYS = [
+    "dGhlIHNhbXBsZSBub25jZQ=",
+    "dGhlIHNhbXBsZSBub25jZQ===",
+    "dGhlIHNhbXBsZSBub25jZ-==",
+    "dGhlIHNhbXBsZSBub25jZQAA",
+    "dGhlIHNhbXBsZSBub25j Q==",
+    "dGhlIHNhbXBsZSBub25j\x01Q==",
+    "dGhlIHNhbXBsZSBub25jZQ==\t",
+    "",
+]
+
+
+def _randomKey(rng: random.Random) -> str:
+    if rng.random() < 0.1:
+        return rng.choice(_ODD_KEYS)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
+    return "".join(rng.choice(alphabet) for _ in range(22)) + "=="
+
+
+def _shapedHead(rng: random.Random) -> bytes:
+    """
+    A random upgrade request (L{_upgradeHead}), its key line often as most
+    clients write it, now and then with a credential, a query, a field
+    that is no key but looks like one, or another key line.
+    """
+    data = _upgradeHead(rng)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    extra = []
+    if rng.random() < 0.8:
+        extra.append(f"Sec-WebSocket-Key: {_KEY.decode()}")
+    for field, chance in [
+        ("Cookie: a=b", 0.05),
+        ("Authorization: Basic eDp5", 0.05),
+        ("X-Sec-WebSocket-Key: " + _KEY.decode(), 0.05),
+        ("sec-websocket-key: " + _KEY.decode(), 0.05),
+        ("Sec-WebSocket-Key:  " + _KEY.decode(), 0.05),
+        ("Sec-WebSocket-Key: " + _KEY.decode() + " ", 0.05),
+    ]:
+        if rng.random() < chance:
+            extra.append(field)
+    lines[1:] = [
+        line for line in lines[1:] if not line.lower().startswith("sec-websocket-key")
+    ]
+    for line in extra:
+        lines.insert(rng.randrange(1, len(lines) + 1), line)
+    if rng.random() < 0.05:
+        lines[0] = lines[0].replace("/chat ", "/chat?token=x ")
+    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + rest
+
+
+#: What L{_screening} asks to write upstream requests.
+_ADMISSION = Admission(Clock(), _config(), None, len, None, None)  # type: ignore[arg-type]
+_UPSTREAM = Backend(_BACKEND)
+
+
+def _screening(result: object, leg: object) -> object:
+    """
+    @return: What a client is answered for C{result} of L{screenRequest}
+        (L{_screenedAs}), the request's head as the leg keeps it, what
+        L{plainScreened} makes of it, and the passthrough request written
+        for it (twice: the second time, as the first for a head kept).
+    """
+    head = getattr(result, "head", None)
+    request = None
+    if isinstance(result, Screened):
+        frontend: Any = _Frontend(
+            result.head, "192.0.2.7", _Transport(), False, result.remainder, "", False
+        )
+        request = [
+            (resource, lines.lines, lines.extensions, lines.key)  # type: ignore[union-attr]
+            for resource, lines in [
+                upstreamRequest(frontend, _ADMISSION, "passthrough", _UPSTREAM)
+                for _ in range(2)
+            ]
+        ]
+    return (
+        _screenedAs(result),
+        None if head is None else (head.startLine, head.headers, head.fields),
+        plainScreened(result, leg) if isinstance(result, Screened) else None,
+        request,
+    )
+
+
+class HeadShapeTests(SynchronousTestCase):
+    """
+    A head screened before but for its key (L{wsrelay.ws.screening.
+    HeadShape}) is screened as with nothing remembered.
+    """
+
+    def test_random(self) -> None:
+        """
+        On many random requests, each screened again with another key
+        (well formed or not), the screening, the head, what
+        L{plainScreened} makes of them and the passthrough request written
+        for them are what they are with nothing remembered (L{screenHead}),
+        and what L{plainRequest} makes of the head; many were screened as
+        a shape remembered, and a route table remembers at most
+        L{KEPT_HEADS} heads, each shorter than L{KEPT_HEAD_LENGTH}, none
+        with a credential or a query.
+        """
+        rng = random.Random(6455 + 19)
+        routes = RouteTable((proxyRoute("any", "/", None),))
+        leg = _OriginLeg()
+        hits = 0
+        for _ in range(20000):
+            data = _shapedHead(rng)
+            for _ in range(2):
+                key = _randomKey(rng).encode("latin-1")
+                data = data.replace(_KEY, key) if key else data
+                end = data.find(b"\r\n\r\n")
+                alone = _screening(screenHead(data, end, routes), leg)
+                result = screenRequest(data, 8192, routes)
+                hits += getattr(result, "shape", None) is not None
+                self.assertEqual(_screening(result, leg), alone, data)
+                if isinstance(result, Screened):
+                    expected = plainRequest(
+                        result.head, lambda origin: originAllowed(leg, origin)
+                    )
+                    self.assertEqual(plainScreened(result, leg), expected, data)
+                data = data.replace(key, _KEY) if key else data
+            self.assertLessEqual(len(routes.shapes), KEPT_HEADS)
+        self.assertGreater(hits, 2000)
+        self.assertFalse([k for k in routes.shapes if len(k) >= KEPT_HEAD_LENGTH])
+        for unkeyed in routes.shapes:
+            lowered = unkeyed.lower()
+            self.assertNotIn(b"cookie:", lowered)
+            self.assertNotIn(b"authorization:", lowered)
+            self.assertNotIn(b"?", unkeyed.split(b"\r\n", 1)[0])
+
+    def test_routesChanged(self) -> None:
+        """
+        A head remembered is screened against the routes in force: those a
+        reload installs (which forget what was remembered), or those set.
+        """
+        data = (
+            b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + _KEY + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        first = proxyRoute("first", "/", None)
+        routes = RouteTable((first,))
+        self.assertIs(screenRequest(data, 8192, routes).route, first)  # type: ignore[union-attr]
+        again = screenRequest(data, 8192, routes)
+        self.assertIsNot(again.shape, None)  # type: ignore[union-attr]
+        self.assertIs(again.route, first)  # type: ignore[union-attr]
+        second = proxyRoute("second", "/", None)
+        routes.install((second,))
+        self.assertEqual(routes.shapes, {})
+        self.assertIs(screenRequest(data, 8192, routes).route, second)  # type: ignore[union-attr]
+        third = proxyRoute("third", "/chat", None)
+        routes.routes = (third,)
+        result = screenRequest(data, 8192, routes)
+        self.assertIs(result.shape, None)  # type: ignore[union-attr]
+        self.assertIs(result.route, third)  # type: ignore[union-attr]
+        routes.routes = (proxyRoute("other", "/other", None),)
+        self.assertEqual(screenRequest(data, 8192, routes).refusal.code, 404)  # type: ignore[union-attr]

@@ -188,7 +188,11 @@ class Admission:
         origins = route.config.allowedOrigins
         if origins and not originAllowed(frontend.head, origins):
             return Refused(403, "Forbidden", body=b"origin not allowed\n")
-        address = self.clientAddress(frontend)
+        if self._trusted:
+            address = self.clientAddress(frontend)
+        else:
+            # (clientAddress without trusted_proxies, inline.)
+            address = frontend.peerAddress or peerHost(frontend)
         if config.handshakeRatePerIp > 0:
             bucket = self._buckets.get(address)
             if bucket is None:
@@ -347,23 +351,34 @@ class Admission:
             and not withoutAddress(frontend.transport)
         ):
             return None
-        fields = head.fields
-        if fields.keys() <= _ALL_UNTRUSTED:
-            # (A client that sent the handshake's fields only.)
-            kept = ""
-        else:
-            kept = endToEndLines(head, _UNTRUSTED)
+        # What the head says, the same for every head of its shape (written
+        # once for them, Head.parts).
+        parts = head.parts
+        written = None if parts is None else parts.forwarding
+        if written is None:
+            fields = head.fields
+            if fields.keys() <= _ALL_UNTRUSTED:
+                # (A client that sent the handshake's fields only.)
+                kept = ""
+            else:
+                kept = endToEndLines(head, _UNTRUSTED)
+            hosts = fields.get("host")
+            host = ", ".join(hosts) if hosts else None
+            if host:
+                written = (
+                    kept,
+                    f"X-Forwarded-Host: {host}\r\n",
+                    f";host={quotedString(host)}",
+                )
+            else:
+                written = (kept, "", "")
+            if parts is not None:
+                parts.forwarding = written
+        kept, hostLine, hostParameter = written
         proto = "https" if frontend.secure else "http"
         node = forwardedNode(peer)
-        hosts = fields.get("host")
-        host = ", ".join(hosts) if hosts else None
-        if host:
-            return (
-                f"{kept}X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: {proto}\r\n"
-                f"X-Forwarded-Host: {host}\r\nX-Real-IP: {peer}\r\n"
-                f"Forwarded: for={node};proto={proto};host={quotedString(host)}\r\n"
-            )
         return (
             f"{kept}X-Forwarded-For: {peer}\r\nX-Forwarded-Proto: {proto}\r\n"
-            f"X-Real-IP: {peer}\r\nForwarded: for={node};proto={proto}\r\n"
+            f"{hostLine}X-Real-IP: {peer}\r\n"
+            f"Forwarded: for={node};proto={proto}{hostParameter}\r\n"
         )

@@ -455,6 +455,12 @@ class RouteTable:
     _ranked: tuple[tuple[Route, ...], list[tuple[str | None, str, Route]]] | None = (
         field(default=None, init=False, repr=False, compare=False)
     )
+    #: The heads screened against these routes that clients send again
+    #: but for their key (L{wsrelay.ws.screening.HeadShape}, by the head
+    #: without its key), emptied when the routes change (L{install}).
+    shapes: dict[bytes, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def install(self, routes: tuple[Route, ...]) -> None:
         """
@@ -465,6 +471,7 @@ class RouteTable:
         """
         self.routes = routes
         self._ranked = (routes, byRank(routes))
+        self.shapes = {}
 
     def match(self, host: str | None, path: str) -> tuple[Route, str] | None:
         """

@@ -65,6 +65,12 @@ def connectionInfo(
     )
 
 
+#: Make an object without initializing it, and set an attribute of a frozen
+#: one (L{UpstreamOpener.start}).
+_new = object.__new__
+_setattr = object.__setattr__
+
+
 class LazyConnectionInfo(ConnectionInfo):
     """
     A L{ConnectionInfo} whose fields are read from the client's leg only
@@ -216,22 +222,35 @@ def passthroughLines(head: Head, forwarded: str) -> RequestLines:
         (L{RequestLines.key <RequestLines>}).
     """
     fields = head.fields
-    protocols = fields.get("sec-websocket-protocol")
-    if protocols:
-        forwarded += f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n"
-    key = clientKey(head)
-    if "sec-websocket-extensions" not in fields:
-        return RequestLines(forwarded, NO_EXTENSIONS, key)
-    # The offers as sent (names too), in order; the length first, which
-    # most names fail.
-    offers = "".join(
-        [
-            f"{n}: {v}\r\n"
-            for (n, v) in head.headers
-            if len(n) == 24 and n.lower() == "sec-websocket-extensions"
-        ]
-    )
-    return RequestLines(forwarded + offers, END_TO_END, key)
+    # (clientKey, inline.)
+    keys = fields.get("sec-websocket-key")
+    key = keys[0].strip() if keys else None
+    # What the head says but for its key, the same for every head of its
+    # shape (written once for them, Head.parts).
+    parts = head.parts
+    written = None if parts is None else parts.passthrough
+    if written is None:
+        protocols = fields.get("sec-websocket-protocol")
+        lines = (
+            f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n" if protocols else ""
+        )
+        if "sec-websocket-extensions" not in fields:
+            written = (lines, NO_EXTENSIONS)
+        else:
+            # The offers as sent (names too), in order; the length first,
+            # which most names fail.
+            lines += "".join(
+                [
+                    f"{n}: {v}\r\n"
+                    for (n, v) in head.headers
+                    if len(n) == 24 and n.lower() == "sec-websocket-extensions"
+                ]
+            )
+            written = (lines, END_TO_END)
+        if parts is not None:
+            parts.passthrough = written
+    lines, extensions = written
+    return RequestLines(forwarded + lines if lines else forwarded, extensions, key)
 
 
 def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]]:
@@ -309,9 +328,12 @@ class UpstreamOpener:
             C{thenArgs}, called as the L{Deferred}'s first (L{Upstreams.open
             <wsrelay.roles.Upstreams.open>}).
         """
+        # (LazyConnectionInfo.of, inline.)
+        info = _new(LazyConnectionInfo)
+        _setattr(info, "_source", (self._frontend, self._addresses))
         opening = self._opening = self._upstreams.open(
             self._route,
-            LazyConnectionInfo.of(self._frontend, self._addresses),
+            info,
             self.request,
             tuple(self._frontend.websocket_protocols),
             avoid,
@@ -348,7 +370,28 @@ class UpstreamOpener:
             (L{upstreamRequest}).
         """
         config = self._route.config
-        dataPath = config.dataPath if config.mode == "proxy" else "message"
+        if config.mode != "proxy":
+            return upstreamRequest(self._frontend, self._addresses, "message", backend)
+        dataPath = config.dataPath
+        if dataPath == "passthrough":
+            # What upstreamRequest does for a passthrough request whose
+            # fields the addresses write as lines (most handshakes), inline;
+            # with target's for a path and a backend's URL with no query.
+            f = self._frontend
+            head = f.head
+            assert head is not None
+            quick = getattr(self._addresses, "forwardedLines", None)
+            lines = quick(f, head) if quick is not None else None
+            if lines is not None:
+                url = backend.config
+                remainder = f.remainder
+                if f.query or url.query:
+                    resource = target(backend, f)
+                elif remainder:
+                    resource = joinPath(url.path, remainder)
+                else:
+                    resource = url.path or "/"
+                return resource, passthroughLines(head, lines)
         return upstreamRequest(self._frontend, self._addresses, dataPath, backend)
 
     def refusal(self, f: Failure) -> Refused:

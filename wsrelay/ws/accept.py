@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from wsrelay.ws._autobahn import NONE_IN_USE, isTLS, originAllowed
 from wsrelay.ws.legclosing import CLOSED, OPEN
-from wsrelay.ws.screening import plainHost
+from wsrelay.ws.screening import NOT_ASKED, plainHost
 from wsrelay.ws.writes import sendNow
 
 if TYPE_CHECKING:
@@ -101,6 +101,19 @@ def plainScreened(screened: Screened, protocol: Any) -> tuple[str, list[str]] | 
     """
     if not screened.plain:
         return None
+    shape = screened.shape
+    if shape is not None:
+        # A head screened before but for its key, which the screening
+        # found well formed: answered as then, with this key (unless an
+        # Origin is to be judged).
+        answer = shape.answer
+        if answer is NOT_ASKED:
+            answer = shape.answer = shapeAnswer(shape.fields)
+        if answer is None:
+            return None
+        if answer is not ASK:
+            assert screened.key is not None
+            return screened.key, [*cast("tuple[str, ...]", answer)]
     fields = screened.head.fields
     # (The screening refuses a version other than one "13" and a second
     # Host: should it ever let them through, this must check them again,
@@ -108,6 +121,31 @@ def plainScreened(screened: Screened, protocol: Any) -> tuple[str, list[str]] | 
     if "sec-websocket-version" not in fields:
         return None
     return _plainFields(fields, None, protocol)
+
+
+#: A L{HeadShape.answer <wsrelay.ws.screening.HeadShape>} that says that
+#: L{plainScreened} must judge each request's C{Origin}.
+ASK = object()
+
+
+def shapeAnswer(fields: dict[str, list[str]]) -> tuple[str, ...] | object | None:
+    """
+    What L{plainScreened} makes of every plain screened request of the
+    same head but for its key, given that its key is well formed (as
+    L{wsrelay.ws.screening.HeadShape} says).
+
+    @param fields: The fields of one such request.
+    @return: The subprotocols offered, when L{plainScreened} answers with
+        the key and them; L{None} when it answers L{None}; or L{ASK}, for
+        a request with an C{Origin}, which the leg judges.
+    """
+    if "origin" in fields:
+        return ASK
+    if "sec-websocket-version" not in fields:
+        return None
+    # (No Origin: no judge is asked.)
+    plain = _plainFields(fields, None)
+    return None if plain is None else tuple(plain[1])
 
 
 def _plainFields(
@@ -295,10 +333,19 @@ class PlainAccept:
             or self.factory.externalPort
         ):
             return False
-        plain = plainScreened(screened, self)
-        if plain is None:
+        shape = screened.shape
+        answer = NOT_ASKED if shape is None else shape.answer
+        if answer is NOT_ASKED or answer is ASK or not screened.plain:
+            plain = plainScreened(screened, self)
+            if plain is None:
+                return False
+            key, protocols = plain
+        elif answer is None:
             return False
-        key, protocols = plain
+        else:
+            # (plainScreened's answer for a head screened before, inline.)
+            assert screened.key is not None
+            key, protocols = screened.key, [*cast("tuple[str, ...]", answer)]
         self.data = self.data[screened.headLength :]
         if protocols:
             self.websocket_protocols = protocols
@@ -323,21 +370,29 @@ class PlainAccept:
             return
         # What the session answers, read as Autobahn reads what its
         # onConnect gives.
-        protocol, headers = res, cast("dict[str, Any]", {})
+        protocol, headers = res, cast("dict[str, Any] | None", None)
         if isinstance(res, tuple):
             protocol = res[0] if res else None
-            headers = res[1] if len(res) > 1 else {}
+            headers = res[1] if len(res) > 1 else None
         if protocol is not None and protocol not in self.websocket_protocols:
             raise ValueError(f"subprotocol {protocol!r} was not offered")
         if protocol is not None:
             self.websocket_protocol_in_use = protocol
         factory = self.factory
-        response = acceptResponse(
-            key,
-            protocol,
-            [*factory.headers.items(), *(headers or {}).items()],
-            factory.server,
-        )
+        if protocol is None and not headers and not factory.headers:
+            # acceptResponse's 101 with no field but the accept value (most
+            # handshakes), inline.
+            response = (
+                f"{_startOf101(factory.server)}\r\n"
+                f"Sec-WebSocket-Accept: {acceptKey(key)}\r\n\r\n"
+            ).encode()
+        else:
+            response = acceptResponse(
+                key,
+                protocol,
+                [*factory.headers.items(), *(headers or {}).items()],
+                factory.server,
+            )
         if self.logOctets or self.send_queue:
             self.sendData(response)
         else:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from typing import TypeVar
 
-__all__ = ["KEPT_LENGTH", "KEPT_LINES", "keep", "readField"]
+__all__ = ["CREDENTIALS", "KEPT_LENGTH", "KEPT_LINES", "keep", "readField"]
 
 _T = TypeVar("_T")
+_K = TypeVar("_K", str, bytes)
 
 #: A header field name (RFC 9110 5.1: a token).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -36,11 +37,10 @@ _LINES: dict[str, tuple[tuple[str, str], str, str]] = {}
 #: sent: their lower-case forms.  At most L{KEPT_LINES}, as for the lines.
 _NAMES: dict[str, str] = {}
 
-#: The fields whose lines are not kept: the key, new in every request,
-#: and the credentials, which no request should leave behind.
-_NOT_KEPT = frozenset(
+#: The fields of credentials, which no request should leave behind in a
+#: memo of what clients send.
+CREDENTIALS = frozenset(
     {
-        "sec-websocket-key",
         "authorization",
         "proxy-authorization",
         "cookie",
@@ -48,10 +48,14 @@ _NOT_KEPT = frozenset(
     }
 )
 
+#: The fields whose lines are not kept: the key, new in every request,
+#: and the credentials.
+_NOT_KEPT = CREDENTIALS | {"sec-websocket-key"}
+
 
 def keep(
-    kept: dict[str, _T],
-    key: str,
+    kept: dict[_K, _T],
+    key: _K,
     value: _T,
     most: int = KEPT_LINES,
     length: int = KEPT_LENGTH,

@@ -367,7 +367,11 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
             client's C{Sec-WebSocket-Key}, from L{answerPlain
             <wsrelay.ws.accept.PlainAccept.answerPlain>}).
         """
-        self._stopHandshakeClock()
+        # (_stopHandshakeClock, inline.)
+        queue = self._handshakeCall
+        if queue is not None:
+            del self._handshakeCall
+            queue.cancel(self._handshakeTimedOut)
         assert self.route is not None
         return self.factory.sessions.openSession(self, self.route, key)
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from wsrelay.ws.fieldlines import _CONTROL, _LINES, _TOKEN, readField
 
@@ -142,6 +142,27 @@ def byName(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return fields
 
 
+class HeadParts:
+    """
+    What the relay writes of every request head of one shape (the same
+    head but for its key, L{wsrelay.ws.screening.HeadShape}), written for
+    the first and shared by all (L{Head.parts}): strings only.
+
+    @ivar forwarding: What L{wsrelay.admission.Admission.forwardedLines}
+        writes of the head (its end-to-end lines, its C{X-Forwarded-Host}
+        line and C{Forwarded} parameter), or L{None} until written.
+    @ivar passthrough: What L{wsrelay.proxy.opening.passthroughLines}
+        writes of it (its subprotocol and extension lines, and how the
+        upstream leg treats extensions), or L{None} until written.
+    """
+
+    __slots__ = ("forwarding", "passthrough")
+
+    def __init__(self) -> None:
+        self.forwarding: tuple[str, str, str] | None = None
+        self.passthrough: tuple[str, str] | None = None
+
+
 @dataclass(frozen=True)
 class Head:
     """
@@ -149,10 +170,15 @@ class Head:
 
     @ivar startLine: The request line or the status line, without CRLF.
     @ivar headers: The header fields in the order received, names as sent.
+    @ivar parts: The L{HeadParts} of a request head screened as one seen
+        before but for its key (L{wsrelay.ws.screening.HeadShape}), else
+        L{None}.
     """
 
     startLine: str
     headers: tuple[tuple[str, str], ...]
+    #: (Not a field: set in the instance's dictionary, or this default.)
+    parts: ClassVar[HeadParts | None] = None
 
     @MadeOnce
     def fields(self) -> dict[str, list[str]]:

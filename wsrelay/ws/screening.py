@@ -8,18 +8,18 @@ upgrade itself (426, also for a WebSocket version other than 13).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionDeny
 
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
-from wsrelay.ws.fieldlines import keep
-from wsrelay.ws.handshake import BadHead, parseHead
+from wsrelay.ws.fieldlines import CREDENTIALS, keep
+from wsrelay.ws.handshake import BadHead, Head, HeadParts, parseHead
 
 if TYPE_CHECKING:
     from wsrelay.routing import Route, RouteTable
-    from wsrelay.ws.handshake import Head
 
 
 class Refused(ConnectionDeny):
@@ -70,7 +70,22 @@ class Screened:
     @ivar plain: Whether its start line is C{GET}, HTTP/1.1 and in origin
         form (not C{//}), and its C{Host} has no port or a numeric one:
         what L{wsrelay.ws.accept.plainScreened} needs of what was screened.
+    @ivar shape: The L{HeadShape} the request was screened as, when it was
+        one seen before (else L{None}).
+    @ivar key: With a C{shape}, the request's C{Sec-WebSocket-Key}.
     """
+
+    __slots__ = (
+        "head",
+        "headLength",
+        "key",
+        "path",
+        "plain",
+        "query",
+        "remainder",
+        "route",
+        "shape",
+    )
 
     def __init__(
         self,
@@ -81,6 +96,8 @@ class Screened:
         query: str,
         headLength: int,
         plain: bool = False,
+        shape: HeadShape | None = None,
+        key: str | None = None,
     ) -> None:
         self.head = head
         self.route = route
@@ -89,6 +106,8 @@ class Screened:
         self.query = query
         self.headLength = headLength
         self.plain = plain
+        self.shape = shape
+        self.key = key
 
 
 #: How many C{Host} values L{routedHost} remembers (it forgets them all
@@ -212,11 +231,112 @@ def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
     )
 
 
+#: How many heads a route table remembers the screening of
+#: (L{HeadShape}: it forgets them all when it has as many), and how long
+#: each may be, without its key.
+KEPT_HEADS = 256
+KEPT_HEAD_LENGTH = 1024
+
+#: Where the key starts in a head whose key line is written as most
+#: clients write it, and the key itself (16 bytes in base64, as
+#: L{wsrelay.ws.accept.plainRequest} takes it) with the end of its line.
+_KEY_LINE = b"\r\nSec-WebSocket-Key: "
+_KEY_VALUE = re.compile(rb"[A-Za-z0-9+/]{22}==\r\n")
+
+#: Makes a L{Head} without initializing it.
+_new = object.__new__
+
+
+class HeadShape:
+    """
+    What L{screenRequest} made of a head that clients send again but for
+    their C{Sec-WebSocket-Key} (a relay's clients send the same head again
+    and again, each with a new key): the head without its key, and how it
+    was screened, against which routes.  A head of the same bytes but for
+    a key of the same form (L{_KEY_LINE}, L{_KEY_VALUE}) is screened the
+    same: only its head's key differs.
+
+    Only a head that was routed (L{Screened}) is remembered, and only when
+    it holds one key, no credential (L{CREDENTIALS}: no C{Cookie} nor
+    C{Authorization}) and a start line without a query or an absolute
+    form, either of which may carry one.
+
+    @ivar routes: The routes it was screened against.
+    @ivar startLine: Its start line.
+    @ivar before: Its fields before the key's.
+    @ivar after: Its fields after the key's.
+    @ivar fields: Its fields by lower-case name (L{Head.fields}).
+    @ivar answer: What L{wsrelay.ws.accept.plainScreened} made of it
+        (L{wsrelay.ws.accept.shapeAnswer}), or L{NOT_ASKED}.
+    @ivar parts: What the relay writes of every head of this shape
+        (L{Head.parts}: not the shape, which holds the routes, and which
+        a head kept for a connection's life must not keep).
+    """
+
+    __slots__ = (
+        "after",
+        "answer",
+        "before",
+        "fields",
+        "headLength",
+        "parts",
+        "path",
+        "plain",
+        "query",
+        "remainder",
+        "route",
+        "routes",
+        "startLine",
+    )
+
+    def __init__(self, routes: tuple[Route, ...], screened: Screened, at: int) -> None:
+        """
+        @param screened: The head's screening.
+        @param at: Where its key field is among its fields.
+        """
+        head = screened.head
+        headers = head.headers
+        self.routes = routes
+        self.startLine = head.startLine
+        self.before = headers[:at]
+        self.after = headers[at + 1 :]
+        # (Its own dictionary: the first head's is that head's.)
+        self.fields = dict(head.fields)
+        self.route = screened.route
+        self.remainder = screened.remainder
+        self.path = screened.path
+        self.query = screened.query
+        self.headLength = screened.headLength
+        self.plain = screened.plain
+        self.answer: object = NOT_ASKED
+        self.parts = HeadParts()
+
+
+#: What L{HeadShape.answer} is before it is asked.
+NOT_ASKED = object()
+
+
+def _keyAt(head: Head) -> int | None:
+    """
+    @return: Where the one C{Sec-WebSocket-Key} field of C{head} is among
+        its fields, when it may be remembered as a L{HeadShape}: it has no
+        other key and no credential field.
+    """
+    fields = head.fields
+    if len(fields["sec-websocket-key"]) != 1 or not CREDENTIALS.isdisjoint(fields):
+        return None
+    for at, (name, _) in enumerate(head.headers):
+        if name == "Sec-WebSocket-Key":
+            return at
+    return None  # pragma: no cover - the key line found is this field
+
+
 def screenRequest(
     data: bytes, maxHeaderSize: int, routes: RouteTable
 ) -> Screened | Rejected | None:
     """
-    Screen the request at the start of C{data}.
+    Screen the request at the start of C{data}: as L{screenHead} does, or
+    for a head screened before but for its key (L{HeadShape}), as then.
 
     @param data: What the client sent so far.
     @param maxHeaderSize: The most bytes its head may take (431 beyond).
@@ -231,6 +351,69 @@ def screenRequest(
         return None
     if end + 4 > maxHeaderSize:
         return Rejected(Refused(431, "Request Header Fields Too Large"))
+    at = data.find(_KEY_LINE, 0, end)
+    if at < 0:
+        return screenHead(data, end, routes)
+    start = at + 21
+    # (The line ends after the key, within the head: none of the key's
+    # characters is CR, so the head's blank line does not start inside.)
+    if _KEY_VALUE.match(data, start) is None:
+        return screenHead(data, end, routes)
+    stop = start + 24
+    unkeyed = data[:start] + data[stop:end]
+    shapes = routes.shapes
+    shape: HeadShape | None = shapes.get(unkeyed)
+    if shape is None or shape.routes is not routes.routes:
+        screened = screenHead(data, end, routes)
+        if (
+            type(screened) is Screened
+            and len(unkeyed) < KEPT_HEAD_LENGTH
+            and "?" not in screened.head.startLine
+            and "://" not in screened.head.startLine
+        ):
+            keyAt = _keyAt(screened.head)
+            if keyAt is not None:
+                keep(
+                    shapes,
+                    unkeyed,
+                    HeadShape(routes.routes, screened, keyAt),
+                    KEPT_HEADS,
+                    KEPT_HEAD_LENGTH,
+                )
+        return screened
+    # The head seen before, with this key: its fields (the key's as the
+    # line-by-line reading makes it, a value with no blank to strip) and
+    # its screening, as screenHead would make them.
+    key = data[start:stop].decode("ascii")
+    fields = shape.fields.copy()
+    fields["sec-websocket-key"] = [key]
+    head = _new(Head)
+    head.__dict__.update(
+        startLine=shape.startLine,
+        headers=(*shape.before, ("Sec-WebSocket-Key", key), *shape.after),
+        fields=fields,
+        parts=shape.parts,
+    )
+    return Screened(
+        head,
+        shape.route,
+        shape.remainder,
+        shape.path,
+        shape.query,
+        shape.headLength,
+        shape.plain,
+        shape,
+        key,
+    )
+
+
+def screenHead(data: bytes, end: int, routes: RouteTable) -> Screened | Rejected:
+    """
+    Screen the request at the start of C{data}, whose head ends at C{end}
+    (where its blank line starts), within the size limit.
+
+    @return: The routed request, or the relay's own answer to it.
+    """
     try:
         head = parseHead(data[:end])
     except BadHead:
