@@ -483,18 +483,33 @@ def _firstSettled(
         (L{_settled}); or the L{Deferred} of the other attempts; with
         C{then}, what C{then} makes of the first two.
     """
-    try:
-        up = _settled(result, connector, rest[0], backend, rest[7])
-    except Exception:
-        # A fault in the relay's own bookkeeping: the caller still gets an
-        # outcome (its client a 500), as the Deferred's errback used to
-        # give it, and an upstream that opened is not left behind.
-        up = Failure()
-        if not isinstance(result, Failure):
+    outcome: object
+    if isinstance(result, Failure):
+        try:
+            up = _settled(result, connector, rest[0], backend, rest[7])
+        except Exception:
+            # A fault in the relay's own bookkeeping: the caller still gets
+            # an outcome (its client a 500), as the Deferred's errback used
+            # to give it.
+            up = Failure()
+        if up is None:
+            return _others(connector, rest, then, thenArgs)
+        # (A failure: the backend's refusal, or what is not expected.)
+        outcome = up
+    else:
+        try:
+            # (L{_settled}'s way with an open upstream, inline: a call and
+            # a check fewer on every handshake.)
+            backend.connecting -= 1
+            if backend.failuresInRow:
+                # (Only a run of failures has anything to end.)
+                rest[0].monitor.succeeded(backend)
+            outcome = (backend, result)
+        except Exception:
+            # The same fault: and an upstream that opened is not left
+            # behind.
+            outcome = Failure()
             cast("ITCPTransport", result.transport).abortConnection()
-    if up is None:
-        return _others(connector, rest, then, thenArgs)
-    outcome = up if isinstance(up, Failure) else (backend, up)
     if then is None:
         return outcome
     return then(outcome, *thenArgs)
