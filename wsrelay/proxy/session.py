@@ -216,7 +216,9 @@ class ProxySession(SessionParts):
         passthrough = config.mode == "proxy" and config.dataPath == "passthrough"
         up = self.upstream
         assert up is not None
-        buffering = self._buffering()
+        # (L{_buffering}, inline: most sessions never made a failover.)
+        failover = self._failover
+        buffering = failover is not None and failover.buffer is not None
         # (The pipe compacts the legs once, after it started.)
         pairLegs(self.frontend, up, not buffering, not passthrough)
         if passthrough:
