@@ -173,24 +173,36 @@ class Connector:
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
             return _others(self, rest, then, thenArgs)
-        # (No other Deferred in between: cancelling the one returned cancels
-        # the attempt, or the rest once it waits for it.  A module function
-        # and its arguments, not closures, called by the attempt's own
-        # callback, not as a second one.)
-        connecting = self._connect(
-            route,
-            backend,
-            request,
-            offered,
-            deadline,
-            attempts,
-            _firstSettled,
-            (self, backend, rest, then, thenArgs),
-            then is not None,
-        )
-        if connecting is None:
+        # (L{_connect}, inline: a call of ten arguments fewer on every
+        # handshake.)
+        remaining = deadline - self.clock.seconds()
+        if remaining <= 0:
+            attempts.timedOut = attempts.stop = True
             return _others(self, rest, then, thenArgs)
-        return connecting
+        resource, headers = request(backend)
+        backend.connecting += 1
+        try:
+            # (No other Deferred in between: cancelling the one returned
+            # cancels the attempt, or the rest once it waits for it.  A
+            # module function and its arguments, not closures, called by
+            # the attempt's own callback, not as a second one.)
+            return connectUpstream(
+                self.deadlines,
+                backend.endpoint,
+                backend.factory,
+                resource,
+                backend.hostHeader(),
+                headers,
+                offered,
+                min(self.connectTimeout, remaining),
+                _firstSettled,
+                (self, backend, rest, then, thenArgs),
+                then is not None,
+            )
+        except BaseException:
+            backend.connecting -= 1
+            route.queue.slotFreed()
+            raise
 
     async def _tryAll(
         self,
@@ -384,7 +396,8 @@ def pickBackend(
     if not candidates:
         return None
     # One of the candidates, as IBalancer.pick promises.
-    backend = cast("Backend | None", route.balancer.pick(candidates, info))
+    # (Typed for mypy without typing.cast, a Python call.)
+    backend: Backend | None = route.balancer.pick(candidates, info)
     if backend is not None:
         tried.append(backend)
     return backend

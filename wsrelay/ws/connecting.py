@@ -177,12 +177,14 @@ class _Attempt(ClientFactory):
         """
         Make the protocol and give it the request.
         """
+        # (Typed for mypy without typing.cast, a Python call.)
+        p: UpstreamProtocol
         if self._plain:
             # Passthrough: a plain leg, which has what that data path reads
             # of an upstream leg (wsrelay.ws.plainleg).
-            p = cast("UpstreamProtocol", PlainUpstream())
+            p = PlainUpstream()  # type: ignore[assignment]
         else:
-            p = cast("UpstreamProtocol", self._factory.buildProtocol(addr))
+            p = self._factory.buildProtocol(addr)
         setup = self._setup
         assert setup is not None
         # One attribute at a time: asked for, the leg's __dict__ would be
