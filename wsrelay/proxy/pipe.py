@@ -156,9 +156,20 @@ class Pipe:
         self.session = session
         self.frontend = frontend
         self.upstream = upstream
-        self.fromClient, self.fromBackend = directions(
-            self, frontend, upstream, config.maxFrameSize or maxMessage, maxMessage
-        )
+        maxFrame = config.maxFrameSize or maxMessage
+        if upstream.extensionsAnswer:
+            self.fromClient, self.fromBackend = directions(
+                self, frontend, upstream, maxFrame, maxMessage
+            )
+        else:
+            # (No extension, as most connections: L{directions}' default
+            # rules, without its call and its tuple.)
+            self.fromClient = Direction(
+                self, frontend, upstream, True, maxFrame, maxMessage
+            )
+            self.fromBackend = Direction(
+                self, upstream, frontend, False, maxFrame, maxMessage
+            )
         if config.pingInterval > 0:
             self.keepalive = Keepalive(config.pingInterval, config.pingTimeout)
 
