@@ -219,8 +219,17 @@ class ProxySession(SessionParts):
         # (L{_buffering}, inline: most sessions never made a failover.)
         failover = self._failover
         buffering = failover is not None and failover.buffer is not None
-        # (The pipe compacts the legs once, after it started.)
-        pairLegs(self.frontend, up, not buffering, not passthrough)
+        f = self.frontend
+        # (L{pairLegs}, inline: a call fewer on every handshake.  The pipe
+        # compacts the legs once, after it started.)
+        f.forgetHandshake(not passthrough)
+        up.forgetHandshake(not passthrough)
+        if not buffering:
+            f.target = up
+        # Both legs are connected once paired.  Each leg is the producer of
+        # what the other's transport writes (LegProducer).
+        f.transport.registerProducer(up, True)
+        up.transport.registerProducer(f, True)
         if passthrough:
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
@@ -229,9 +238,9 @@ class ProxySession(SessionParts):
             # each leg's buffer.
             closes = self._closes
             if not buffering and (closes is None or closes.waiting is None):
-                startPipe(self, self.frontend, up)
+                startPipe(self, f, up)
             else:
-                compactLegs(self.frontend, up)
+                compactLegs(f, up)
         if self.config.idleTimeout > 0:
             self._idle = IdleTimer(
                 self._clock,
