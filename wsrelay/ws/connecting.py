@@ -184,7 +184,7 @@ class _Attempt(ClientFactory):
             # of an upstream leg (wsrelay.ws.plainleg).
             p = PlainUpstream()  # type: ignore[assignment]
         else:
-            p = self._factory.buildProtocol(addr)
+            p = self._factory.buildProtocol(addr)  # type: ignore[assignment]
         setup = self._setup
         assert setup is not None
         # One attribute at a time: asked for, the leg's __dict__ would be
