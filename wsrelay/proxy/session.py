@@ -444,7 +444,14 @@ def _plainSettled(
         if refusal is not None:
             session.frontend.denyPlain(Failure(refusal))
         return
-    up = session.attach(*result)
+    # (L{ProxySession.attach}, inline: a call fewer on every handshake.)
+    backend, up = result
+    session.upstream = up
+    session.backend = backend
+    session.lastBackend = backend.name
+    up.listener = session
+    up.target = session.frontend
+    session.opener.opened(backend)
     answer: Any = (
         clientAnswer(up)
         if up.responseHeaders or up.extensionsAnswer
