@@ -235,7 +235,8 @@ class Direction(DirectWriter):
         self.expected: bytes | None = None
         self.pingDue = False
         self.stopped = False
-        self.rated = masked and bool(getattr(source, "rateLimit", 0))
+        # (not not: bool() without its call.)
+        self.rated = masked and not not getattr(source, "rateLimit", 0)
         if self.rated:
             self.rateAction = pipe.session.config.messageRateAction
         self.dropping = False
