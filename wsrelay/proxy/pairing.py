@@ -126,18 +126,39 @@ def startPipe(
     # (Deleted, not popped from vars(f): see compactLegs.)
     if f.head is not None:
         del f.head
-    pipe.fromClient.inMessage = f.receivingFragment
-    pipe.fromBackend.inMessage = up.receivingFragment
+    # (A direction starts outside a message: stored only if not.)
+    if f.receivingFragment:
+        pipe.fromClient.inMessage = True
+    if up.receivingFragment:
+        pipe.fromBackend.inMessage = True
     leftovers = (f.data, up.data)
-    f.data = b""
+    # What compactLegs does for a client's leg the relay answered itself
+    # and a plain upstream leg, now and inline (the common case): the
+    # client's leg's bytes, taken by the pipe, read as its class's b"";
+    # nothing to do for the plain leg.
+    lean = (
+        isinstance(f, PlainAccept)
+        and f.websocket_extensions_in_use is NONE_IN_USE
+        and isinstance(up, PlainUpstream)
+    )
+    if lean:
+        try:
+            del f.data
+        except AttributeError:
+            # Not set on the leg: its class default.
+            pass
+    else:
+        f.data = b""
     if leftovers[1]:
         # (A plain leg's reads as its class's b"" once deleted.)
         del up.data
     pipe.start()
-    # What the pipe dropped or set back to its class default, the legs'
-    # dictionaries drop, sized again for what is left: at most 21 entries
-    # (some 470 bytes, against 832 as paired; tests/test_plainaccept.py).
-    compactLegs(f, up)
+    if not lean:
+        # What the pipe dropped or set back to its class default, the
+        # legs' dictionaries drop, sized again for what is left: at most
+        # 21 entries (some 470 bytes, against 832 as paired;
+        # tests/test_plainaccept.py).
+        compactLegs(f, up)
     if leftovers[0]:
         pipe.fromClient.dataReceived(leftovers[0])
     if leftovers[1]:

@@ -216,9 +216,20 @@ class ProxySession(SessionParts):
         passthrough = config.mode == "proxy" and config.dataPath == "passthrough"
         up = self.upstream
         assert up is not None
-        buffering = self._buffering()
-        # (The pipe compacts the legs once, after it started.)
-        pairLegs(self.frontend, up, not buffering, not passthrough)
+        # (L{_buffering}, inline: most sessions never made a failover.)
+        failover = self._failover
+        buffering = failover is not None and failover.buffer is not None
+        f = self.frontend
+        # (L{pairLegs}, inline: a call fewer on every handshake.  The pipe
+        # compacts the legs once, after it started.)
+        f.forgetHandshake(not passthrough)
+        up.forgetHandshake(not passthrough)
+        if not buffering:
+            f.target = up
+        # Both legs are connected once paired.  Each leg is the producer of
+        # what the other's transport writes (LegProducer).
+        f.transport.registerProducer(up, True)
+        up.transport.registerProducer(f, True)
         if passthrough:
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
@@ -227,9 +238,9 @@ class ProxySession(SessionParts):
             # each leg's buffer.
             closes = self._closes
             if not buffering and (closes is None or closes.waiting is None):
-                startPipe(self, self.frontend, up)
+                startPipe(self, f, up)
             else:
-                compactLegs(self.frontend, up)
+                compactLegs(f, up)
         if self.config.idleTimeout > 0:
             self._idle = IdleTimer(
                 self._clock,
@@ -433,7 +444,14 @@ def _plainSettled(
         if refusal is not None:
             session.frontend.denyPlain(Failure(refusal))
         return
-    up = session.attach(*result)
+    # (L{ProxySession.attach}, inline: a call fewer on every handshake.)
+    backend, up = result
+    session.upstream = up
+    session.backend = backend
+    session.lastBackend = backend.name
+    up.listener = session
+    up.target = session.frontend
+    session.opener.opened(backend)
     answer: Any = (
         clientAnswer(up)
         if up.responseHeaders or up.extensionsAnswer
