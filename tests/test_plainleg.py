@@ -504,8 +504,14 @@ class _WrongBackend(Protocol):
 class _CookieBackend(Protocol):
     """
     A backend that accepts any request with fields of its own in its 101:
-    two C{Set-Cookie}s and an C{X-Backend}.
+    by default two C{Set-Cookie}s and an C{X-Backend}.
     """
+
+    def __init__(
+        self,
+        fields: bytes = b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Backend: one\r\n",
+    ) -> None:
+        self.fields = fields
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -516,9 +522,7 @@ class _CookieBackend(Protocol):
             assert key is not None
             accept = base64.b64encode(hashlib.sha1(key.group(1) + _MAGIC).digest())
             self.transport.write(  # type: ignore[union-attr]
-                _answer(
-                    accept, b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Backend: one\r\n"
-                )
+                _answer(accept, self.fields)
             )
 
 
@@ -659,6 +663,26 @@ class ForwardedKeyTests(SynchronousTestCase):
                 b"\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Backend: one\r\n",
                 client.received,
             )
+
+    def test_relayUTF8Field(self) -> None:
+        """
+        A field of the backend's 101 whose value is UTF-8 reaches the
+        client's 101 byte for byte, whether the relay answers the client
+        itself or through Autobahn's handshake.
+        """
+        field = "X-Name: café ✓\r\n".encode()
+        for plain in (True, False):
+            if not plain:
+                self.patch(
+                    FrontendProtocol, "answerPlain", lambda self, screened: False
+                )
+            network = Network(self, _CONFIG)
+            for _ in range(2):
+                client = _throughBackend(network, _CookieBackend(field))
+                self.assertTrue(
+                    client.received.startswith(b"HTTP/1.1 101 "), client.received
+                )
+                self.assertIn(b"\r\n" + field, client.received, plain)
 
     def test_relayWrongAccept(self) -> None:
         """

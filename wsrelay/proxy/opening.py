@@ -262,6 +262,12 @@ def clientAnswer(up: UpstreamProtocol) -> tuple[str | None, dict[str, list[str]]
     """
     headers: dict[str, list[str]] = {}
     for name, value in up.responseHeaders:
+        if not value.isascii():
+            # Read as ISO-8859-1, a character per byte (parseHead); the 101
+            # is written in UTF-8, as Autobahn writes it.  The backend's
+            # head was checked to be UTF-8 (ResponseReader), so this gives
+            # the client the backend's bytes.
+            value = value.encode("iso-8859-1").decode("utf-8")
         headers.setdefault(name, []).append(value)
     if up.extensionsAnswer:
         # Passthrough: the backend's answer to the client's offer.
