@@ -265,18 +265,7 @@ class _IPClient(LeanClose, tcp.Client):
                 )
                 return
             self.doWrite = self.doRead = self._connectWritable  # type: ignore[method-assign]
-            # (startWatching(self, reactor, EPOLLOUT), inline: a Python call
-            # less per connect.)
-            fd = skt.fileno()
-            if (
-                isinstance(reactor, EPOLL_REACTOR)
-                and fd not in reactor._reads
-                and fd not in reactor._writes
-            ):
-                reactor._poller.register(fd, EPOLLOUT)
-                reactor._writes.add(fd)
-                reactor._selectables[fd] = self
-            else:
+            if not startWatching(self, reactor, EPOLLOUT):
                 self.startWriting()
         elif kind is IPV6:
             try:
