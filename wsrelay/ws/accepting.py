@@ -55,7 +55,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from wsrelay.ws.watching import EPOLL_REACTOR, EPOLLIN
+from wsrelay.ws.watching import EPOLLIN, startWatching
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -328,18 +328,7 @@ class LeanServer(LeanClose, tcp.Server):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        # (startWatching(self, reactor, EPOLLIN), inline: a Python call less
-        # per connection.)
-        fd = sock.fileno()
-        if (
-            isinstance(reactor, EPOLL_REACTOR)
-            and fd not in reactor._reads
-            and fd not in reactor._writes
-        ):
-            reactor._poller.register(fd, EPOLLIN)
-            reactor._reads.add(fd)
-            reactor._selectables[fd] = self
-        else:
+        if not startWatching(self, reactor, EPOLLIN):
             self.startReading()
         self.connected = 1
 
