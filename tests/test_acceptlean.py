@@ -431,13 +431,45 @@ class LeanLossTests(SynchronousTestCase):
         self.assertForgotten(r, transport, fd)
         self.assertEqual(peer.recv(10), b"")
 
+    def test_readingOnly(self) -> None:
+        """
+        A transport watched for reading only, as every accepted connection
+        is, is forgotten, and its socket closed, when its connection is
+        lost.
+        """
+        r, transport, peer = self.transport()
+        fd = transport.fileno()
+        transport.connectionLost(Failure(main.CONNECTION_DONE))
+        self.assertForgotten(r, transport, fd)
+        self.assertEqual(peer.recv(10), b"")
+
+    def test_descriptorClosedBehindItsBack(self) -> None:
+        """
+        A transport watched for reading whose descriptor was closed with
+        C{os.close} (its socket still answers the number) fails to
+        unregister it as Twisted's C{_remove} fails, having forgotten the
+        transport first: the reactor holds on to no lost connection.
+        """
+        r, transport, peer = self.transport()
+        fd = transport.fileno()
+        os.close(fd)
+        try:
+            error = self.assertRaises(
+                OSError, transport.connectionLost, Failure(main.CONNECTION_DONE)
+            )
+            self.assertEqual(error.errno, errno.EBADF)
+            self.assertNotIn(fd, r._selectables)
+        finally:
+            transport.socket.detach()
+
     def test_socketClosedAlready(self) -> None:
         """
         A transport whose socket was closed behind its back (its descriptor
-        reads as -1) is forgotten Twisted's way, through C{stopReading}:
-        the reactor finds it among what it watches, forgets it, and fails
-        to unregister the closed descriptor (Twisted's failure, as before
-        the lean removal).
+        reads as -1) falls back to Twisted's way, C{stopReading}: the
+        reactor forgets it from its selectables, and fails to unregister
+        the closed descriptor (Twisted's failure, as before the lean
+        removal; its descriptor stays among the reactor's reads, as
+        Twisted leaves it).
         """
         r, transport, peer = self.transport()
         fd = transport.fileno()

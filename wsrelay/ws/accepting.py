@@ -55,7 +55,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from wsrelay.ws.watching import EPOLLIN, startWatching
+from wsrelay.ws.watching import EPOLL_REACTOR, EPOLLIN, startWatching
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -207,11 +207,20 @@ class LeanClose(tcp.Connection):
         if fd != -1 and isinstance(reactor, EPOLL_REACTOR):
             reads = reactor._reads
             writes = reactor._writes
-            if fd in reads or fd in writes:
+            # In the order of Twisted's _remove, so that a failed
+            # unregister (a descriptor closed behind the socket's back)
+            # leaves the tables as Twisted's would: watched one way, the
+            # transport is forgotten first; both ways, nothing changes.
+            if fd in reads and fd in writes:
                 reactor._poller.unregister(fd)
-                reads.discard(fd)
-                writes.discard(fd)
                 del reactor._selectables[fd]
+            elif fd in reads or fd in writes:
+                del reactor._selectables[fd]
+                reactor._poller.unregister(fd)
+            else:
+                return
+            reads.discard(fd)
+            writes.discard(fd)
             return
         self.stopReading()
         self.stopWriting()

@@ -343,24 +343,7 @@ class _IPClient(LeanClose, tcp.Client):
                 self.failIfNotConnected(getConnectError((err, strerror(err))))
                 return
         del self.doWrite, self.doRead
-        # Wait to read instead of to write: with one change of the
-        # registration on Twisted's epoll reactor (one epoll_ctl), else as
-        # Twisted's _connectDone does, by stopping writing and starting to
-        # read.  (The epoll reactor's private _poller, _reads and _writes,
-        # as its _add and _remove keep them: a Twisted that renames them
-        # fails every connect, loudly, in tests.test_connectlean.)
-        fd = self.fileno()
-        if (
-            isinstance(reactor, EPOLL_REACTOR)
-            and fd in reactor._writes
-            and fd not in reactor._reads
-        ):
-            reactor._poller.modify(fd, EPOLLIN)
-            reactor._writes.discard(fd)
-            reactor._reads.add(fd)
-        else:
-            self.stopWriting()
-            self.startReading()
+        _waitToRead(self)
         endpoint = connector.endpoint
         peer = endpoint.destination if endpoint.kind is IPV4 else self.getPeer()
         # (DirectConnector.buildProtocol.)
@@ -463,3 +446,27 @@ _STREAM_NONBLOCKING = socket.SOCK_STREAM | _NONBLOCKING
 
 #: A non-blocking connect's results that say it goes on.
 _IN_PROGRESS = frozenset([EINPROGRESS, EWOULDBLOCK, EALREADY])
+
+
+def _waitToRead(transport: tcp.Client) -> None:
+    """
+    A connected transport that waited to write now waits to read, with
+    one change of its registration on Twisted's epoll reactor (one
+    C{epoll_ctl}); on another reactor by stopping writing and starting to
+    read, as Twisted's C{_connectDone} does.  (The epoll reactor's private
+    C{_poller}, C{_reads} and C{_writes}, as its C{_add} and C{_remove}
+    keep them: a Twisted that renames them fails every connect, loudly, in
+    tests.test_connectlean.)
+
+    @param transport: Registered for writing only.
+    """
+    reactor: Any = transport.reactor
+    fd = transport.fileno()
+    if isinstance(reactor, EPOLL_REACTOR) and fd in reactor._writes:
+        if fd not in reactor._reads:
+            reactor._poller.modify(fd, EPOLLIN)
+            reactor._writes.discard(fd)
+            reactor._reads.add(fd)
+            return
+    transport.stopWriting()
+    transport.startReading()
