@@ -60,12 +60,16 @@ from wsrelay.ws.response import (
 from wsrelay.ws.screening import (
     _HOSTS,
     _STARTS,
+    KEPT_HEAD_FIELDS,
     KEPT_HEAD_LENGTH,
     KEPT_HEADS,
     KEPT_HOST_LENGTH,
     KEPT_HOSTS,
     KEPT_START_LENGTH,
     KEPT_STARTS,
+    SEEN_ONCE,
+    SKIPPED_HEADS,
+    HeadShape,
     Screened,
     routedHost,
     screenHead,
@@ -1025,7 +1029,7 @@ class HeadShapeTests(SynchronousTestCase):
         hits = 0
         for _ in range(20000):
             data = _shapedHead(rng)
-            for _ in range(2):
+            for _ in range(3):
                 key = _randomKey(rng).encode("latin-1")
                 data = data.replace(_KEY, key) if key else data
                 end = data.find(b"\r\n\r\n")
@@ -1048,6 +1052,72 @@ class HeadShapeTests(SynchronousTestCase):
             self.assertNotIn(b"authorization:", lowered)
             self.assertNotIn(b"?", unkeyed.split(b"\r\n", 1)[0])
 
+    def test_keptOnlyWhenSeenAgain(self) -> None:
+        """
+        A head is made a shape only when it comes again: seen once, the
+        memo holds no more than that it was seen; and one with more than
+        L{KEPT_HEAD_FIELDS} fields or a line of L{KEPT_LENGTH} characters
+        or more (a long token in a subprotocol, say) is not kept at all,
+        however often it comes.
+        """
+
+        def head(extra: bytes) -> bytes:
+            return (
+                b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: " + _KEY + b"\r\n"
+                b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+            )
+
+        routes = RouteTable((proxyRoute("any", "/", None),))
+        token = b"Sec-WebSocket-Protocol: bearer." + b"t" * 230 + b"\r\n"
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(KEPT_HEAD_FIELDS))
+        for extra in (token, many):
+            for _ in range(3):
+                self.assertIs(screenRequest(head(extra), 8192, routes).shape, None)  # type: ignore[union-attr]
+        self.assertEqual(routes.shapes, {})
+        short = head(b"Sec-WebSocket-Protocol: bearer." + b"t" * 200 + b"\r\n")
+        screenRequest(short, 8192, routes)
+        self.assertIs(routes.shapes[short[:-4].replace(_KEY, b"")], SEEN_ONCE)
+        screenRequest(short, 8192, routes)
+        self.assertIsInstance(routes.shapes[short[:-4].replace(_KEY, b"")], HeadShape)
+
+    def test_skippedWhenNotSentAgain(self) -> None:
+        """
+        After L{KEPT_HEADS} heads in a row that the memo did not hold
+        (each with a field of its own), the next L{SKIPPED_HEADS} are
+        screened without it, as L{screenHead} screens them, even one it
+        holds; then it is looked at again.  A head it holds ends a run of
+        misses.
+        """
+
+        def head(extra: bytes) -> bytes:
+            return (
+                b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: " + _KEY + b"\r\n"
+                b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+            )
+
+        routes = RouteTable((proxyRoute("any", "/", None),))
+        kept = head(b"")
+        for _ in range(3):
+            screenRequest(kept, 8192, routes)
+        self.assertEqual(routes.shapeMisses, 0)
+        for i in range(KEPT_HEADS - 1):
+            screenRequest(head(b"X-Id: %d\r\n" % i), 8192, routes)
+        self.assertEqual(routes.shapesSkipped, 0)
+        self.assertIsNot(screenRequest(kept, 8192, routes).shape, None)  # type: ignore[union-attr]
+        for i in range(KEPT_HEADS):
+            screenRequest(head(b"X-Id: %d\r\n" % -i), 8192, routes)
+        self.assertEqual(routes.shapesSkipped, SKIPPED_HEADS)
+        for _ in range(SKIPPED_HEADS):
+            result = screenRequest(kept, 8192, routes)
+            self.assertIs(result.shape, None)  # type: ignore[union-attr]
+            self.assertEqual(result.route.name, "any")  # type: ignore[union-attr]
+        # (Forgotten as the heads of their own filled the memo: seen again.)
+        for _ in range(2):
+            screenRequest(kept, 8192, routes)
+        self.assertIsNot(screenRequest(kept, 8192, routes).shape, None)  # type: ignore[union-attr]
+
     def test_routesChanged(self) -> None:
         """
         A head remembered is screened against the routes in force: those a
@@ -1060,7 +1130,9 @@ class HeadShapeTests(SynchronousTestCase):
         )
         first = proxyRoute("first", "/", None)
         routes = RouteTable((first,))
-        self.assertIs(screenRequest(data, 8192, routes).route, first)  # type: ignore[union-attr]
+        for _ in range(2):
+            # (Seen once, then made a shape.)
+            self.assertIs(screenRequest(data, 8192, routes).route, first)  # type: ignore[union-attr]
         again = screenRequest(data, 8192, routes)
         self.assertIsNot(again.shape, None)  # type: ignore[union-attr]
         self.assertIs(again.route, first)  # type: ignore[union-attr]

@@ -461,6 +461,11 @@ class RouteTable:
     shapes: dict[bytes, Any] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    #: Heads in a row that L{shapes} did not hold, and how many heads are
+    #: still to be screened without looking there (the screening's, see
+    #: L{wsrelay.ws.screening.screenRequest}).
+    shapeMisses: int = field(default=0, init=False, repr=False, compare=False)
+    shapesSkipped: int = field(default=0, init=False, repr=False, compare=False)
 
     def install(self, routes: tuple[Route, ...]) -> None:
         """

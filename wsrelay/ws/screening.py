@@ -9,13 +9,13 @@ upgrade itself (426, also for a WebSocket version other than 13).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from autobahn.websocket.types import ConnectionDeny
 
 from wsrelay.routing import BadPath, PathAboveRoot, normalizePath
-from wsrelay.ws.fieldlines import CREDENTIALS, keep
+from wsrelay.ws.fieldlines import CREDENTIALS, KEPT_LENGTH, keep
 from wsrelay.ws.handshake import BadHead, Head, HeadParts, parseHead
 
 if TYPE_CHECKING:
@@ -232,10 +232,25 @@ def _upgradeRequired(*headers: tuple[str, str]) -> Refused:
 
 
 #: How many heads a route table remembers the screening of
-#: (L{HeadShape}: it forgets them all when it has as many), and how long
-#: each may be, without its key.
+#: (L{HeadShape}: it forgets them all when it has as many), how long each
+#: may be, without its key, and how many fields it may have.  Each of its
+#: lines is shorter than L{KEPT_LENGTH}, as the memo of lines keeps them
+#: (a long value, a token say, is not kept).
 KEPT_HEADS = 256
 KEPT_HEAD_LENGTH = 1024
+KEPT_HEAD_FIELDS = 32
+
+#: After as many heads in a row that the memo of heads did not hold
+#: (L{KEPT_HEADS}: a memo filled with heads sent once, or heads it does
+#: not keep), the next L{SKIPPED_HEADS} are screened without looking
+#: there: where clients do not send the same heads again, looking would
+#: cost each head more than the memo saves.
+SKIPPED_HEADS = 4096
+
+#: What the memo of heads holds for a head seen once: only a head seen
+#: again is made a L{HeadShape}, so that heads sent once (a field of a
+#: request's own, a trace identifier) cost no shape each.
+SEEN_ONCE: Any = None
 
 #: Where the key starts in a head whose key line is written as most
 #: clients write it, and the key itself (16 bytes in base64, as
@@ -245,6 +260,9 @@ _KEY_VALUE = re.compile(rb"[A-Za-z0-9+/]{22}==\r\n")
 
 #: Makes a L{Head} without initializing it.
 _new = object.__new__
+
+#: What the memo of heads gives for a head it does not hold.
+_UNSEEN: Any = object()
 
 
 class HeadShape:
@@ -300,7 +318,9 @@ class HeadShape:
         self.startLine = head.startLine
         self.before = headers[:at]
         self.after = headers[at + 1 :]
-        # (Its own dictionary: the first head's is that head's.)
+        # (Its own dictionary: the first head's is that head's; it holds
+        # the first head's key, which each head screened as this one
+        # replaces in its own copy.)
         self.fields = dict(head.fields)
         self.route = screened.route
         self.remainder = screened.remainder
@@ -320,15 +340,25 @@ def _keyAt(head: Head) -> int | None:
     """
     @return: Where the one C{Sec-WebSocket-Key} field of C{head} is among
         its fields, when it may be remembered as a L{HeadShape}: it has no
-        other key and no credential field.
+        other key, no credential field, at most L{KEPT_HEAD_FIELDS} fields
+        and no line of L{KEPT_LENGTH} characters or more.
     """
     fields = head.fields
-    if len(fields["sec-websocket-key"]) != 1 or not CREDENTIALS.isdisjoint(fields):
+    headers = head.headers
+    if (
+        len(fields["sec-websocket-key"]) != 1
+        or not CREDENTIALS.isdisjoint(fields)
+        or len(headers) > KEPT_HEAD_FIELDS
+        or len(head.startLine) >= KEPT_LENGTH
+    ):
         return None
-    for at, (name, _) in enumerate(head.headers):
+    found = None
+    for at, (name, value) in enumerate(headers):
+        if len(name) + len(value) + 2 >= KEPT_LENGTH:
+            return None
         if name == "Sec-WebSocket-Key":
-            return at
-    return None  # pragma: no cover - the key line found is this field
+            found = at
+    return found
 
 
 def screenRequest(
@@ -351,6 +381,9 @@ def screenRequest(
         return None
     if end + 4 > maxHeaderSize:
         return Rejected(Refused(431, "Request Header Fields Too Large"))
+    if routes.shapesSkipped:
+        routes.shapesSkipped -= 1
+        return screenHead(data, end, routes)
     at = data.find(_KEY_LINE, 0, end)
     if at < 0:
         return screenHead(data, end, routes)
@@ -362,8 +395,13 @@ def screenRequest(
     stop = start + 24
     unkeyed = data[:start] + data[stop:end]
     shapes = routes.shapes
-    shape: HeadShape | None = shapes.get(unkeyed)
-    if shape is None or shape.routes is not routes.routes:
+    # (A HeadShape, SEEN_ONCE or _UNSEEN.)
+    shape: Any = shapes.get(unkeyed, _UNSEEN)
+    if shape is _UNSEEN or shape is SEEN_ONCE or shape.routes is not routes.routes:
+        routes.shapeMisses += 1
+        if routes.shapeMisses >= KEPT_HEADS:
+            routes.shapeMisses = 0
+            routes.shapesSkipped = SKIPPED_HEADS
         screened = screenHead(data, end, routes)
         if (
             type(screened) is Screened
@@ -376,11 +414,14 @@ def screenRequest(
                 keep(
                     shapes,
                     unkeyed,
-                    HeadShape(routes.routes, screened, keyAt),
+                    SEEN_ONCE
+                    if shape is _UNSEEN
+                    else HeadShape(routes.routes, screened, keyAt),
                     KEPT_HEADS,
                     KEPT_HEAD_LENGTH,
                 )
         return screened
+    routes.shapeMisses = 0
     # The head seen before, with this key: its fields (the key's as the
     # line-by-line reading makes it, a value with no blank to strip) and
     # its screening, as screenHead would make them.
