@@ -21,7 +21,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.memory import BACKEND_A, Network, RawClient, request
 from wsrelay.proxy.pairing import startPipe
-from wsrelay.ws import plainleg
 from wsrelay.ws._autobahn import FIRED
 from wsrelay.ws.accept import acceptKey
 from wsrelay.ws.frontend import FrontendProtocol
@@ -33,7 +32,6 @@ from wsrelay.ws.response import (
     UpstreamError,
     UpstreamRefused,
 )
-from wsrelay.ws.tcpclient import _IPClient
 
 _MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -303,30 +301,6 @@ class PlainUpstreamTests(SynchronousTestCase):
         self.assertIs(leg.writer(), write)
         write(b"frame")
         self.assertEqual(transport.value(), b"frame")
-
-    def test_noDelay(self) -> None:
-        """
-        The leg turns C{TCP_NODELAY} on as it connects, through its
-        transport's C{setTcpNoDelay}, but for the relay's own TCP transport
-        (L{_IPClient}) whose socket was made with it on, which it leaves
-        alone; one whose making could not turn it on is still asked.
-        """
-        sent: list[bytes] = []
-        self.patch(plainleg, "sendNow", lambda transport, data: sent.append(data))
-        for noDelay, asked in ((True, []), (False, [True])):
-            calls: list[bool] = []
-            transport: Any = _IPClient.__new__(_IPClient)
-            transport._noDelay = noDelay
-            transport.setTcpNoDelay = calls.append
-            leg = PlainUpstream()
-            leg.makeConnection(transport)
-            self.assertEqual(calls, asked)
-        other = StringTransport()
-        calls = []
-        other.setTcpNoDelay = calls.append  # type: ignore[method-assign]
-        PlainUpstream().makeConnection(other)
-        self.assertEqual(calls, [True])
-        self.assertEqual(len(sent), 3)
 
 
 class _Leg:

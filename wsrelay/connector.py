@@ -167,17 +167,9 @@ class Connector:
             upstream, or failing as L{openUpstream} raises; cancelling it
             cancels the attempt under way (or the wait in the queue).
         """
-        # (L{pickBackend} with nothing tried yet, inline: a call fewer on
-        # every handshake.)
-        candidates = route.candidates()
-        if avoid is not None and len(candidates) > 1 and avoid in candidates:
-            candidates.remove(avoid)
-        backend: Backend | None = None
-        if candidates:
-            # One of the candidates, as IBalancer.pick promises.
-            backend = route.balancer.pick(candidates, info)  # type: ignore[assignment]
-        tried: list[Backend] = [] if backend is None else [backend]
+        tried: list[Backend] = []
         attempts = _Attempts()
+        backend = pickBackend(route, info, tried, avoid)
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
             return _others(self, rest, then, thenArgs)

@@ -23,10 +23,7 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.tcp import Connection
-
 from wsrelay.proxy.inflate import InflateCounter, agreedSenders, unmask
-from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.ws.framing import CLOSE, PING, PONG, controlFrame
 from wsrelay.ws.legclosing import sendableCloseCode
 from wsrelay.ws.writes import DirectWriter
@@ -202,20 +199,7 @@ class Direction(DirectWriter):
         deflate: bool = False,
         counter: InflateCounter | None = None,
     ) -> None:
-        # (L{DirectWriter.writeTo}, inline: one call fewer for each of a
-        # connection's two directions.)
-        transport = sink.transport
-        if not isinstance(transport, Connection):
-            if isinstance(transport, ProxyProtocolWrapper):
-                transport = transport.transport
-            if not isinstance(transport, Connection):
-                # TLS, or a test's transport: its own write.
-                self.tcp = None
-                self.other = transport
-                transport = None
-        if transport is not None:
-            self.tcp = transport
-            self.other = None
+        self.writeTo(sink.transport)
         self.pipe: PipeEvents | None = pipe
         self.rsvRefused = rsvRefused
         self.deflate = deflate
@@ -235,8 +219,7 @@ class Direction(DirectWriter):
         self.expected: bytes | None = None
         self.pingDue = False
         self.stopped = False
-        # (not not: bool() without its call.)
-        self.rated = masked and not not getattr(source, "rateLimit", 0)
+        self.rated = masked and bool(getattr(source, "rateLimit", 0))
         if self.rated:
             self.rateAction = pipe.session.config.messageRateAction
         self.dropping = False

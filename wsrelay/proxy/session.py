@@ -219,17 +219,8 @@ class ProxySession(SessionParts):
         # (L{_buffering}, inline: most sessions never made a failover.)
         failover = self._failover
         buffering = failover is not None and failover.buffer is not None
-        f = self.frontend
-        # (L{pairLegs}, inline: a call fewer on every handshake.  The pipe
-        # compacts the legs once, after it started.)
-        f.forgetHandshake(not passthrough)
-        up.forgetHandshake(not passthrough)
-        if not buffering:
-            f.target = up
-        # Both legs are connected once paired.  Each leg is the producer of
-        # what the other's transport writes (LegProducer).
-        f.transport.registerProducer(up, True)
-        up.transport.registerProducer(f, True)
+        # (The pipe compacts the legs once, after it started.)
+        pairLegs(self.frontend, up, not buffering, not passthrough)
         if passthrough:
             # Now, before Autobahn parses a byte after either 101: frames
             # may be compressed (permessage-deflate negotiated end to end,
@@ -238,9 +229,9 @@ class ProxySession(SessionParts):
             # each leg's buffer.
             closes = self._closes
             if not buffering and (closes is None or closes.waiting is None):
-                startPipe(self, f, up)
+                startPipe(self, self.frontend, up)
             else:
-                compactLegs(f, up)
+                compactLegs(self.frontend, up)
         if self.config.idleTimeout > 0:
             self._idle = IdleTimer(
                 self._clock,
@@ -444,14 +435,7 @@ def _plainSettled(
         if refusal is not None:
             session.frontend.denyPlain(Failure(refusal))
         return
-    # (L{ProxySession.attach}, inline: a call fewer on every handshake.)
-    backend, up = result
-    session.upstream = up
-    session.backend = backend
-    session.lastBackend = backend.name
-    up.listener = session
-    up.target = session.frontend
-    session.opener.opened(backend)
+    up = session.attach(*result)
     answer: Any = (
         clientAnswer(up)
         if up.responseHeaders or up.extensionsAnswer

@@ -378,15 +378,8 @@ def connectUpstream(
         opened,
     )
     if isinstance(endpoint, PlainTCPEndpoint):
-        # The leg is the transport's protocol, with no endpoint between
-        # (PlainTCPEndpoint.connectDirect, inline: a call fewer).
-        reactor: Any = endpoint.reactor
-        if isinstance(reactor, PosixReactorBase):
-            attempt._direct = DirectConnector(endpoint, attempt, reactor)
-        else:
-            attempt._direct = reactor.connectTCP(
-                endpoint.host, endpoint.port, attempt, timeout=None
-            )
+        # The leg is the transport's protocol, with no endpoint between.
+        attempt._direct = endpoint.connectDirect(attempt)
     else:
         connecting = attempt._connecting = endpoint.connect(attempt)
         connecting.addCallbacks(_dropResult, attempt.connectFailed)

@@ -45,7 +45,6 @@ from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.handshake import RequestLines, buildRequest
 from wsrelay.ws.legs import LegProducer
 from wsrelay.ws.response import FORGOTTEN, ResponseReader, UpstreamError
-from wsrelay.ws.tcpclient import _IPClient
 from wsrelay.ws.writes import directWrite, sendNow
 
 if TYPE_CHECKING:
@@ -170,13 +169,10 @@ class PlainUpstream(ResponseReader, LegProducer, Protocol):
         one the client's 101 carries, worked out once (L{acceptKey}).
         """
         transport: Any = self.transport
-        # The relay's own TCP transport made its socket with TCP_NODELAY on
-        # (_IPClient._noDelay): its setTcpNoDelay would do nothing.
-        if transport.__class__ is not _IPClient or not transport._noDelay:
-            try:
-                transport.setTcpNoDelay(True)
-            except Exception:  # noqa: S110 - not a TCP socket (TLS, tests)
-                pass
+        try:
+            transport.setTcpNoDelay(True)
+        except Exception:  # noqa: S110 - not a TCP socket (TLS, tests)
+            pass
         headers = self.requestHeaders
         # The client's key, sent on (RequestLines.key); else one of the leg's own.
         key = getattr(headers, "key", None)
