@@ -1006,6 +1006,18 @@ def _screening(result: object, leg: object) -> object:
     )
 
 
+def _keyedHead(extra: bytes) -> bytes:
+    """
+    @return: An upgrade request for C{/chat} with the key L{_KEY} and the
+        field lines C{extra}.
+    """
+    return (
+        b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + _KEY + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+    )
+
+
 class HeadShapeTests(SynchronousTestCase):
     """
     A head screened before but for its key (L{wsrelay.ws.screening.
@@ -1061,21 +1073,15 @@ class HeadShapeTests(SynchronousTestCase):
         however often it comes.
         """
 
-        def head(extra: bytes) -> bytes:
-            return (
-                b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: " + _KEY + b"\r\n"
-                b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
-            )
-
         routes = RouteTable((proxyRoute("any", "/", None),))
         token = b"Sec-WebSocket-Protocol: bearer." + b"t" * 230 + b"\r\n"
         many = b"".join(b"X-%d: 1\r\n" % i for i in range(KEPT_HEAD_FIELDS))
         for extra in (token, many):
             for _ in range(3):
-                self.assertIs(screenRequest(head(extra), 8192, routes).shape, None)  # type: ignore[union-attr]
+                result = screenRequest(_keyedHead(extra), 8192, routes)
+                self.assertIs(result.shape, None)  # type: ignore[union-attr]
         self.assertEqual(routes.shapes, {})
-        short = head(b"Sec-WebSocket-Protocol: bearer." + b"t" * 200 + b"\r\n")
+        short = _keyedHead(b"Sec-WebSocket-Protocol: bearer." + b"t" * 200 + b"\r\n")
         screenRequest(short, 8192, routes)
         self.assertIs(routes.shapes[short[:-4].replace(_KEY, b"")], SEEN_ONCE)
         screenRequest(short, 8192, routes)
@@ -1090,24 +1096,17 @@ class HeadShapeTests(SynchronousTestCase):
         misses.
         """
 
-        def head(extra: bytes) -> bytes:
-            return (
-                b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: " + _KEY + b"\r\n"
-                b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
-            )
-
         routes = RouteTable((proxyRoute("any", "/", None),))
-        kept = head(b"")
+        kept = _keyedHead(b"")
         for _ in range(3):
             screenRequest(kept, 8192, routes)
         self.assertEqual(routes.shapeMisses, 0)
         for i in range(KEPT_HEADS - 1):
-            screenRequest(head(b"X-Id: %d\r\n" % i), 8192, routes)
+            screenRequest(_keyedHead(b"X-Id: %d\r\n" % i), 8192, routes)
         self.assertEqual(routes.shapesSkipped, 0)
         self.assertIsNot(screenRequest(kept, 8192, routes).shape, None)  # type: ignore[union-attr]
         for i in range(KEPT_HEADS):
-            screenRequest(head(b"X-Id: %d\r\n" % -i), 8192, routes)
+            screenRequest(_keyedHead(b"X-Id: %d\r\n" % -i), 8192, routes)
         self.assertEqual(routes.shapesSkipped, SKIPPED_HEADS)
         for _ in range(SKIPPED_HEADS):
             result = screenRequest(kept, 8192, routes)

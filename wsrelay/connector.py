@@ -173,36 +173,24 @@ class Connector:
         rest = (route, info, request, offered, avoid, deadline, tried, attempts)
         if backend is None:
             return _others(self, rest, then, thenArgs)
-        # (L{_connect}, inline: a call of ten arguments fewer on every
-        # handshake.)
-        remaining = deadline - self.clock.seconds()
-        if remaining <= 0:
-            attempts.timedOut = attempts.stop = True
+        # (No other Deferred in between: cancelling the one returned cancels
+        # the attempt, or the rest once it waits for it.  A module function
+        # and its arguments, not closures, called by the attempt's own
+        # callback, not as a second one.)
+        connecting = self._connect(
+            route,
+            backend,
+            request,
+            offered,
+            deadline,
+            attempts,
+            _firstSettled,
+            (self, backend, rest, then, thenArgs),
+            then is not None,
+        )
+        if connecting is None:
             return _others(self, rest, then, thenArgs)
-        resource, headers = request(backend)
-        backend.connecting += 1
-        try:
-            # (No other Deferred in between: cancelling the one returned
-            # cancels the attempt, or the rest once it waits for it.  A
-            # module function and its arguments, not closures, called by
-            # the attempt's own callback, not as a second one.)
-            return connectUpstream(
-                self.deadlines,
-                backend.endpoint,
-                backend.factory,
-                resource,
-                backend.hostHeader(),
-                headers,
-                offered,
-                min(self.connectTimeout, remaining),
-                _firstSettled,
-                (self, backend, rest, then, thenArgs),
-                then is not None,
-            )
-        except BaseException:
-            backend.connecting -= 1
-            route.queue.slotFreed()
-            raise
+        return connecting
 
     async def _tryAll(
         self,

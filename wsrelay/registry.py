@@ -148,25 +148,7 @@ class Sessions:
         """
         authorizer = route.authorizer
         if authorizer is None:
-            if key is None or route.config.mode == "fanout":
-                return self._open(frontend, route, None, key)
-            # What _open does for a proxy route's plain request (most
-            # handshakes), inline.
-            name = route.name
-            latency = self._latency.routes.get(name) or self._latency.byRoute(name)
-            session = ProxySession(
-                route,
-                frontend,
-                upstreams=self._upstreams,
-                registry=self._registry,
-                addresses=self._admission,
-                clock=self._clock,
-                config=self.config,
-                latency=latency,
-            )
-            self._registry.sessions.add(session)
-            openPlain(session, key)
-            return None
+            return self._open(frontend, route, None, key)
         assert frontend.head is not None
         method = frontend.head.startLine.split(" ", 1)[0]
         request = authRequest(
