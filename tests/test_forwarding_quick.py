@@ -22,39 +22,18 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.forwarding import _BACKEND, _config, _Frontend, _Transport
 from wsrelay.admission import Admission, peerHost
 from wsrelay.auth.gate import withHeaders
-from wsrelay.config.reader import parseConfig
-from wsrelay.config.values import RelayConfig
 from wsrelay.proxy.opening import upstreamRequest
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.routing import Backend, joinPath
 from wsrelay.ws.accepting import LeanServer
-from wsrelay.ws.handshake import Head, RequestLines, buildRequest, parseHead
+from wsrelay.ws.handshake import RequestLines, buildRequest, parseHead
 from wsrelay.ws.response import END_TO_END, NO_EXTENSIONS, RequestHeaders
 
 #: The key of every request built here.
 _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-
-_CONFIG = """\
-[relay]
-listen = tcp:0:interface=127.0.0.1
-{trusted}
-
-[route:echo]
-path = /
-mode = proxy
-backends = ws://127.0.0.1:9001/
-"""
-
-
-def _config(trusted: str = "") -> RelayConfig:
-    """
-    @param trusted: The C{trusted_proxies} value, none if empty.
-    @return: A relay's configuration with one passthrough route.
-    """
-    line = f"trusted_proxies = {trusted}" if trusted else ""
-    return parseConfig(_CONFIG.format(trusted=line), "t.ini")
 
 
 def _oldBuildRequest(
@@ -84,39 +63,6 @@ def _oldTarget(backend: Backend, frontend: Any) -> str:
     if query:
         resource += "?" + query
     return resource
-
-
-class _Transport:
-    """
-    A client's transport that is neither TLS nor the PROXY protocol.
-    """
-
-
-class _Frontend:
-    """
-    What an upstream request reads of a client's leg.
-    """
-
-    def __init__(
-        self,
-        head: Head,
-        peer: str,
-        transport: object,
-        secure: bool,
-        remainder: str,
-        query: str,
-        deflate: bool,
-    ) -> None:
-        self.head = head
-        self.peerAddress = peer
-        self.transport = transport
-        self.secure = secure
-        self.remainder = remainder
-        self.query = query
-        self._deflate = deflate
-
-    def relaysDeflate(self) -> bool:
-        return self._deflate
 
 
 class _General:
@@ -241,10 +187,6 @@ def _client(rng: random.Random) -> _Frontend:
         rng.choice(["", "", "q=1", "a=1&b=\xe9"]),
         rng.random() < 0.5,
     )
-
-
-#: The backend of L{_CONFIG}.
-_BACKEND = _config().routes[0].backends[0]
 
 
 def _backend(rng: random.Random) -> Backend:

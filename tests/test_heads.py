@@ -21,8 +21,8 @@ from autobahn.util import wildcards2patterns
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.forwarding import _BACKEND, _config, _Frontend, _Transport
 from tests.support.routes import proxyRoute
-from tests.test_forwarding_quick import _BACKEND, _config, _Frontend, _Transport
 from wsrelay.admission import Admission
 from wsrelay.proxy.opening import upstreamRequest
 from wsrelay.routing import (

@@ -19,6 +19,7 @@ finished, and both sides are closed with 1009 (L{Pipe.tooBig}).
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -29,7 +30,6 @@ from wsrelay.proxy.direction import PING_PREFIX, Direction, directions
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legclosing import failureClose
-from wsrelay.ws.plainleg import PlainUpstream
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,12 +71,9 @@ class Keepalive:
         Start pinging (a keepalive with a C{ping_interval}: L{Pipe.start}
         starts no other).
         """
-        # (The pipe's bound method, which calls this keepalive's
-        # L{_keepalive}, its own: a bound method is made at a tenth of the
-        # cost of a partial, and is smaller.)
-        self._tick = tick = pipe.keepaliveTick
+        self._tick = partial(self._keepalive, pipe)
         self._queue = queue = pipeDeadlines(pipe).queue(self.interval)
-        queue.add(tick)
+        queue.add(self._tick)
 
     def stop(self) -> None:
         """
@@ -156,20 +153,9 @@ class Pipe:
         self.session = session
         self.frontend = frontend
         self.upstream = upstream
-        maxFrame = config.maxFrameSize or maxMessage
-        if upstream.extensionsAnswer:
-            self.fromClient, self.fromBackend = directions(
-                self, frontend, upstream, maxFrame, maxMessage
-            )
-        else:
-            # (No extension, as most connections: L{directions}' default
-            # rules, without its call and its tuple.)
-            self.fromClient = Direction(
-                self, frontend, upstream, True, maxFrame, maxMessage
-            )
-            self.fromBackend = Direction(
-                self, upstream, frontend, False, maxFrame, maxMessage
-            )
+        self.fromClient, self.fromBackend = directions(
+            self, frontend, upstream, config.maxFrameSize or maxMessage, maxMessage
+        )
         if config.pingInterval > 0:
             self.keepalive = Keepalive(config.pingInterval, config.pingTimeout)
 
@@ -180,22 +166,13 @@ class Pipe:
         """
         f, up = self.frontend, self.upstream
         _stopAutobahnPings(f)
-        if not isinstance(up, PlainUpstream):
-            # (A plain leg has no pings of Autobahn's to stop.)
-            _stopAutobahnPings(up)
+        _stopAutobahnPings(up)
         f.dataPath = self.fromClient
         up.dataPath = self.fromBackend
         keepalive = self.keepalive
         if keepalive.interval > 0:
             # (Not the idle one every pipe without pings shares.)
             keepalive.start(self)
-
-    def keepaliveTick(self) -> None:
-        """
-        The keepalive's tick (L{Keepalive.start}: the keepalive is this
-        pipe's).
-        """
-        self.keepalive._keepalive(self)
 
     def ponged(self, direction: Direction, payload: bytes) -> None:
         """

@@ -55,7 +55,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from wsrelay.ws.watching import EPOLL_REACTOR, EPOLLIN, startWatching
+from wsrelay.ws.watching import EPOLLIN, startWatching, stopWatching
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -181,49 +181,13 @@ class LeanClose(tcp.Connection):
             super().loseConnection()
             return
         self.disconnecting = 1
-        self._stopWatching(self.socket)
+        stopWatching(self, self.socket)
         reactor: Any = self.reactor
         batch = _closing.get(reactor)
         if batch is None:
             batch = _closing[reactor] = []
             reactor.callLater(0, _closeBatch, reactor)
         batch.append(self)
-
-    def _stopWatching(self, skt: Any) -> None:
-        """
-        Stop reading and writing: on Twisted's epoll reactor, what its
-        C{removeReader} and C{removeWriter} do, in this call instead of
-        six (C{stopReading}, C{removeReader}, C{_remove}; the same to stop
-        writing), with one C{epoll_ctl} (Twisted makes two for a socket
-        watched both ways); else, or with the socket closed already,
-        Twisted's way.  (The reactor's private C{_poller}, C{_reads},
-        C{_writes} and C{_selectables}, as L{startWatching
-        <wsrelay.ws.watching.startWatching>} keeps them.)
-
-        @param skt: The transport's socket.
-        """
-        reactor: Any = self.reactor
-        fd = skt.fileno()
-        if fd != -1 and isinstance(reactor, EPOLL_REACTOR):
-            reads = reactor._reads
-            writes = reactor._writes
-            # In the order of Twisted's _remove, so that a failed
-            # unregister (a descriptor closed behind the socket's back)
-            # leaves the tables as Twisted's would: watched one way, the
-            # transport is forgotten first; both ways, nothing changes.
-            if fd in reads and fd in writes:
-                reactor._poller.unregister(fd)
-                del reactor._selectables[fd]
-            elif fd in reads or fd in writes:
-                del reactor._selectables[fd]
-                reactor._poller.unregister(fd)
-            else:
-                return
-            reads.discard(fd)
-            writes.discard(fd)
-            return
-        self.stopReading()
-        self.stopWriting()
 
     def _closeNow(self) -> None:
         """
@@ -264,7 +228,7 @@ class LeanClose(tcp.Connection):
         if producer is not None:
             producer.stopProducing()
             self.producer = None
-        self._stopWatching(skt)
+        stopWatching(self, skt)
         self._closeSocket(not issubclass(reason.type, ConnectionAborted))  # type: ignore[arg-type]
         protocol = self.protocol
         del self.protocol, self.socket, self.fileno

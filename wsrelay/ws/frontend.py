@@ -367,11 +367,7 @@ class FrontendProtocol(PlainAccept, ClientDeflate, RelayLeg, WebSocketServerProt
             client's C{Sec-WebSocket-Key}, from L{answerPlain
             <wsrelay.ws.accept.PlainAccept.answerPlain>}).
         """
-        # (_stopHandshakeClock, inline.)
-        queue = self._handshakeCall
-        if queue is not None:
-            del self._handshakeCall
-            queue.cancel(self._handshakeTimedOut)
+        self._stopHandshakeClock()
         assert self.route is not None
         return self.factory.sessions.openSession(self, self.route, key)
 

@@ -56,3 +56,41 @@ def startWatching(transport: tcp.Connection, reactor: Any, events: int) -> bool:
     (reactor._reads if events == EPOLLIN else reactor._writes).add(fd)
     reactor._selectables[fd] = transport
     return True
+
+
+def stopWatching(transport: Any, skt: Any) -> None:
+    """
+    A transport's socket stops being watched for reading and writing: on
+    Twisted's epoll reactor, what its C{removeReader} and
+    C{removeWriter} do, in this call instead of six (C{stopReading},
+    C{removeReader}, C{_remove}; the same to stop writing), with one
+    C{epoll_ctl} (Twisted makes two for a socket watched both ways);
+    else, or with the socket closed already, Twisted's way.  (The
+    reactor's private tables, as L{startWatching} keeps them.)
+
+    @param transport: The relay's own transport (L{wsrelay.ws.accepting}
+        or L{wsrelay.ws.tcpclient}).
+    @param skt: Its socket.
+    """
+    reactor: Any = transport.reactor
+    fd = skt.fileno()
+    if fd != -1 and isinstance(reactor, EPOLL_REACTOR):
+        reads = reactor._reads
+        writes = reactor._writes
+        # In the order of Twisted's _remove, so that a failed unregister
+        # (a descriptor closed behind the socket's back) leaves the tables
+        # as Twisted's would: watched one way, the transport is forgotten
+        # first; both ways, nothing changes.
+        if fd in reads and fd in writes:
+            reactor._poller.unregister(fd)
+            del reactor._selectables[fd]
+        elif fd in reads or fd in writes:
+            del reactor._selectables[fd]
+            reactor._poller.unregister(fd)
+        else:
+            return
+        reads.discard(fd)
+        writes.discard(fd)
+        return
+    transport.stopReading()
+    transport.stopWriting()
