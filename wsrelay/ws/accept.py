@@ -333,19 +333,10 @@ class PlainAccept:
             or self.factory.externalPort
         ):
             return False
-        shape = screened.shape
-        answer = NOT_ASKED if shape is None else shape.answer
-        if answer is NOT_ASKED or answer is ASK or not screened.plain:
-            plain = plainScreened(screened, self)
-            if plain is None:
-                return False
-            key, protocols = plain
-        elif answer is None:
+        plain = plainScreened(screened, self)
+        if plain is None:
             return False
-        else:
-            # (plainScreened's answer for a head screened before, inline.)
-            assert screened.key is not None
-            key, protocols = screened.key, [*cast("tuple[str, ...]", answer)]
+        key, protocols = plain
         self.data = self.data[screened.headLength :]
         if protocols:
             self.websocket_protocols = protocols
