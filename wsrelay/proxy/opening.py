@@ -65,12 +65,6 @@ def connectionInfo(
     )
 
 
-#: Make an object without initializing it, and set an attribute of a frozen
-#: one (L{UpstreamOpener.start}).
-_new = object.__new__
-_setattr = object.__setattr__
-
-
 class LazyConnectionInfo(ConnectionInfo):
     """
     A L{ConnectionInfo} whose fields are read from the client's leg only
@@ -334,12 +328,9 @@ class UpstreamOpener:
             C{thenArgs}, called as the L{Deferred}'s first (L{Upstreams.open
             <wsrelay.roles.Upstreams.open>}).
         """
-        # (LazyConnectionInfo.of, inline.)
-        info = _new(LazyConnectionInfo)
-        _setattr(info, "_source", (self._frontend, self._addresses))
         opening = self._opening = self._upstreams.open(
             self._route,
-            info,
+            LazyConnectionInfo.of(self._frontend, self._addresses),
             self.request,
             tuple(self._frontend.websocket_protocols),
             avoid,
@@ -376,28 +367,7 @@ class UpstreamOpener:
             (L{upstreamRequest}).
         """
         config = self._route.config
-        if config.mode != "proxy":
-            return upstreamRequest(self._frontend, self._addresses, "message", backend)
-        dataPath = config.dataPath
-        if dataPath == "passthrough":
-            # What upstreamRequest does for a passthrough request whose
-            # fields the addresses write as lines (most handshakes), inline;
-            # with target's for a path and a backend's URL with no query.
-            f = self._frontend
-            head = f.head
-            assert head is not None
-            quick = getattr(self._addresses, "forwardedLines", None)
-            lines = quick(f, head) if quick is not None else None
-            if lines is not None:
-                url = backend.config
-                remainder = f.remainder
-                if f.query or url.query:
-                    resource = target(backend, f)
-                elif remainder:
-                    resource = joinPath(url.path, remainder)
-                else:
-                    resource = url.path or "/"
-                return resource, passthroughLines(head, lines)
+        dataPath = config.dataPath if config.mode == "proxy" else "message"
         return upstreamRequest(self._frontend, self._addresses, dataPath, backend)
 
     def refusal(self, f: Failure) -> Refused:
