@@ -151,6 +151,30 @@ def _cpuModel() -> str:
     return platform.processor() or "unknown"
 
 
+def interpreter(maps: str = "/proc/self/maps") -> str:
+    """
+    The Python that runs the relay (the suite's own, whose virtualenv the
+    targets run from): its version, its real path, and whether it runs on
+    a shared C{libpython}.  Builds of one version differ in speed: Debian's
+    C{/usr/bin/python3.11} is linked statically and built with profile
+    guided optimization, a pyenv build by default neither, and the relay's
+    Python runs slower on the latter (BENCHMARKS.md, the eleventh
+    session).
+
+    @param maps: The process's memory map, where a shared C{libpython}
+        shows.
+    """
+    try:
+        with open(maps) as f:
+            shared = "libpython" in f.read()
+    except OSError:
+        linking = "libpython unknown"
+    else:
+        linking = "libpython shared" if shared else "libpython static"
+    path = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    return f"Python {platform.python_version()} ({path}, {linking})"
+
+
 def _revision() -> str:
     """
     The checkout's commit, marked when the work tree has changes.
@@ -202,7 +226,7 @@ def header(p: Preset, pinned: bool, stormConnections: int) -> list[str]:
     return [
         f"wsrelay benchmark, preset {preset}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"machine: {os.cpu_count()} CPUs ({_cpuModel()}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}",
+        f"{interpreter()}",
         f"versions: nginx {v['nginx']}, HAProxy {v['haproxy']}, "
         f"Twisted {v['twisted']}, Autobahn {v['autobahn']} (NVX {v['NVX']}), "
         f"picows {v['picows']}, uvloop {v['uvloop']}; wsrelay at {_revision()}",

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import procstat, targets
 from bench.report import table
-from bench.run import chosenPreset, header, parseArguments
-from bench.scenarios import Cell
+from bench.run import chosenPreset, header, interpreter, parseArguments
+from bench.scenarios import PRESETS, Cell
 from tests.support.benchsmoke import ROOT, needPicows, smoke
 from wsrelay.config import parseConfig
 
@@ -257,6 +259,26 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("500 handshakes in flight", lines)
         p = chosenPreset(parseArguments(["--fanout-tick", "5"]))
         self.assertEqual(p.heavyTick, 0.005)
+
+    def test_interpreter(self) -> None:
+        """
+        The header names the Python that runs the relay, and says whether
+        it runs on a shared C{libpython} (a pyenv build) or not (Debian's
+        C{/usr/bin/python3.11}): builds of one version differ in speed.
+        """
+        maps = FilePath(self.mktemp())
+        maps.setContent(b"7f00-7f01 r-xp 0 08:01 1 /usr/lib/libpython3.11.so.1.0\n")
+        described = interpreter(maps.path)
+        self.assertIn(f"Python {platform.python_version()} (", described)
+        self.assertIn(
+            os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+            described,
+        )
+        self.assertTrue(described.endswith(", libpython shared)"), described)
+        maps.setContent(b"7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n")
+        self.assertTrue(interpreter(maps.path).endswith(", libpython static)"))
+        self.assertTrue(interpreter(self.mktemp()).endswith(", libpython unknown)"))
+        self.assertIn(interpreter(), "\n".join(header(PRESETS["quick"], True, 10)))
 
     def test_reactor(self) -> None:
         """
