@@ -16,7 +16,7 @@ calls are in neither):
     counted, and the close is not.
 
     .venv/bin/python -m bench.instructions openchain [--stops head,open]
-    .venv/bin/python -m bench.instructions relay [--connections 600]
+    .venv/bin/python -m bench.instructions relay [--connections 600] [--keep]
 
 Each C{openchain} step takes about a minute, C{relay} about two (the
 relay starts slowly under valgrind).  Needs valgrind (Debian's
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,11 +110,15 @@ def _listening(port: int) -> bool:
     return True
 
 
-def relay(connections: int) -> dict[str, int]:
+def relay(connections: int, keep: bool = False) -> dict[str, int | str]:
     """
+    @param keep: Keep the work folder, with callgrind's dump of the storm
+        (for C{callgrind_annotate}), rather than remove it.
+
     @return: The whole relay's instructions over a storm of C{connections}
         (C{instructions}), the connections opened (C{opened}), and the
-        instructions per handshake (C{perHandshake}).
+        instructions per handshake (C{perHandshake}); with C{keep}, the
+        work folder too (C{folder}).
     """
     work = Path(tempfile.mkdtemp(prefix="wsrelay-instructions-"))
     backend = Peer("hold-server", [], work, ())
@@ -179,7 +184,16 @@ def relay(connections: int) -> dict[str, int]:
             process.send_signal(signal.SIGTERM)
             process.wait(120)
         backend.close(30)
-    return {"instructions": total, "opened": opened, "perHandshake": total // opened}
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    counted: dict[str, int | str] = {
+        "instructions": total,
+        "opened": opened,
+        "perHandshake": total // opened,
+    }
+    if keep:
+        counted["folder"] = str(work)
+    return counted
 
 
 def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
@@ -191,6 +205,11 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         help=f"openchain: the steps to count up to (of {', '.join(STEPS)})",
     )
     parser.add_argument("--connections", type=int, default=600, help="relay: the storm")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="relay: keep the work folder, with callgrind's dump",
+    )
     return parser.parse_args(argv)
 
 
@@ -200,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for stop, count in openchain(options.stops.split(",")).items():
             print(f"{stop}: {count:,} instructions per connection")
     else:
-        result = relay(options.connections)
+        result = relay(options.connections, options.keep)
         print(json.dumps(result))
 
 
