@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import ssl
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -129,11 +129,22 @@ class Stream:
     def stop(self) -> None:
         """
         Stop opening connections, and wait for those under way.
+
+        Each connection bounds its own steps (its handshake, its echo and
+        its close handshake, L{TIMEOUT} each) and records what went wrong
+        in L{failures}; the wait for all of them is longer than that, so
+        a slow connection is reported as what it is, not as this wait's
+        timeout.
+
+        @raise AssertionError: If some are still under way even so.
         """
         self._stop.set()
         self._thread.join(TIMEOUT)
-        for future in self._futures:
-            future.result(TIMEOUT * 2)
+        if self._thread.is_alive():
+            raise AssertionError(f"the stream did not stop within {TIMEOUT}s")
+        _, pending = wait(self._futures, TIMEOUT * 6)
+        if pending:
+            raise AssertionError(f"{len(pending)} connections still under way")
         self._pool.shutdown()
 
 
