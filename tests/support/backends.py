@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.sync.server import ServerConnection, serve
 
-from tests.support.waiting import TIMEOUT, Changes
+from tests.support.waiting import CLOSING, TIMEOUT, Changes
 from wsrelay.ws.connecting import PlainTCPEndpoint
 
 _P = TypeVar("_P", bound=Protocol)
@@ -183,13 +183,14 @@ class Backend:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
-    def whenClosed(self, count: int = 1) -> Deferred[None]:
+    def whenClosed(self, count: int = 1, timeout: float = CLOSING) -> Deferred[None]:
         """
         @return: A L{Deferred} that fires once C{count} close frames are
             in L{closes} (a connection's is recorded when its handler is
-            done), failing after L{TIMEOUT} seconds.
+            done, once its TCP connection ended), failing after C{timeout}
+            seconds.
         """
-        return self._changes.until(lambda: len(self.closes) >= count)
+        return self._changes.until(lambda: len(self.closes) >= count, timeout)
 
     def stop(self) -> None:
         """

@@ -6,6 +6,7 @@ thread, and raw sockets that send a handshake of their own.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.waiting import TIMEOUT
+from tests.support.waiting import CLOSING, TIMEOUT
 
 
 def closedPort() -> int:
@@ -28,15 +29,26 @@ def closedPort() -> int:
     return int(port)
 
 
-def closeOf(c: Any) -> tuple[int | None, str | None]:
+def closeOf(c: Any, timeout: float = CLOSING) -> tuple[int | None, str | None]:
     """
-    Wait for the relay to close C{c} and say with what.
+    Wait for the relay to close C{c} and say with what; what arrives
+    meanwhile is dropped.
+
+    One deadline bounds the whole wait (not each message: a stream of them
+    would put it off forever), C{timeout} seconds from now.  C{c}'s
+    reading thread records the close frame before it ends the connection,
+    which is what ends the wait: the frame is read after that.
+
+    @raise AssertionError: If C{c} is still open then.
     """
+    deadline = time.monotonic() + timeout
     try:
         while True:
-            c.recv(TIMEOUT)
+            c.recv(max(deadline - time.monotonic(), 0))
     except ConnectionClosed:
         pass
+    except TimeoutError:
+        raise AssertionError(f"not closed within {timeout:g}s") from None
     rcvd = c.protocol.close_rcvd
     return (rcvd.code, rcvd.reason) if rcvd else (None, None)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import ssl
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -68,8 +68,14 @@ class Stream:
     """
 
     def __init__(self, url: str, context: ssl.SSLContext | None = None) -> None:
+        """
+        @param context: The clients' TLS context, for a C{wss:} URL: its
+            sockets become L{CertificateKeepingSocket}s.
+        """
         self._url = url
         self._context = context
+        if context is not None:
+            context.sslsocket_class = CertificateKeepingSocket
         self.done = 0
         self.goingAway = 0
         self.failures: list[str] = []
@@ -123,19 +129,59 @@ class Stream:
     def stop(self) -> None:
         """
         Stop opening connections, and wait for those under way.
+
+        Each connection bounds its own steps (its handshake, its echo and
+        its close handshake, L{TIMEOUT} each) and records what went wrong
+        in L{failures}; the wait for all of them is longer than that, so
+        a slow connection is reported as what it is, not as this wait's
+        timeout.
+
+        @raise AssertionError: If some are still under way even so.
         """
         self._stop.set()
         self._thread.join(TIMEOUT)
-        for future in self._futures:
-            future.result(TIMEOUT * 2)
+        if self._thread.is_alive():
+            raise AssertionError(f"the stream did not stop within {TIMEOUT}s")
+        _, pending = wait(self._futures, TIMEOUT * 6)
+        if pending:
+            raise AssertionError(f"{len(pending)} connections still under way")
         self._pool.shutdown()
 
 
+class CertificateKeepingSocket(ssl.SSLSocket):
+    """
+    A client's TLS socket that keeps the server's certificate as its
+    handshake ends.
+
+    A C{websockets} client's reading thread closes its socket as soon as
+    the server closes the connection (the old relay closing its clients
+    with 1001 as it stops), and a closed L{ssl.SSLSocket} no longer has
+    the certificate (C{getpeercert} then raises L{AttributeError}): read
+    after the echo, it would turn a connection that succeeded into a
+    failure whenever that close came in between.
+
+    @ivar peerCertificate: The server's certificate (DER), once the
+        handshake is done.
+    """
+
+    peerCertificate: bytes | None = None
+
+    def do_handshake(self, block: bool = False) -> None:
+        """
+        Do the handshake and keep the certificate it brought.
+        """
+        super().do_handshake(block)
+        self.peerCertificate = self.getpeercert(binary_form=True)
+
+
 def _peerCertificate(c: ClientConnection) -> bytes | None:
-    transport = c.socket
-    if isinstance(transport, ssl.SSLSocket):
-        return transport.getpeercert(binary_form=True)
-    return None
+    """
+    @return: The certificate the server of C{c} presented (kept by
+        L{CertificateKeepingSocket}, so even once C{c} is closed), or
+        L{None} over plain TCP.
+    """
+    certificate: bytes | None = getattr(c.socket, "peerCertificate", None)
+    return certificate
 
 
 def held(url: str, count: int, context: ssl.SSLContext | None = None) -> list[Any]:

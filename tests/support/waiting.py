@@ -24,6 +24,14 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 #: Seconds a test waits for anything: a connection, a reply, a condition.
 TIMEOUT = 10
 
+#: Seconds a test waits for a connection to end: a relay may hold one
+#: side's close until the other side answered its own or its
+#: C{close_timeout} (5 s by default) ran out, and then wait that long
+#: again for the TCP connection to end; several times that, so that a
+#: loaded machine does not fail a test that a timer of the relay's would
+#: have passed.
+CLOSING = TIMEOUT * 3
+
 #: The first interval between two polls, in seconds.
 FIRST_POLL = 0.001
 
