@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from bench.scenarios import Cell
+from bench.scenarios import Cell, median
 
 SATURATED = 90.0
 """
@@ -216,3 +216,45 @@ def table(cells: Sequence[Cell]) -> str:
             "generators may limit this row's rate."
         )
     return "\n".join(lines)
+
+
+def repeatLines(passes: Sequence[Sequence[Cell]]) -> list[str]:
+    """
+    Over repeated passes of the same scenarios and targets (C{--repeat}),
+    each target's ratios to nginx in the same pass, for the rate and the
+    proxy's CPU per operation: their median and range.  One pass's ratio
+    moves with nginx's own figure from pass to pass (the storm's rate by a
+    third within an hour on the shared machine), so a target is judged on
+    the median.
+
+    @param passes: Each pass's cells, in the order they ran.
+    @return: One line per scenario and target but nginx, or none for a
+        single pass.
+    """
+    if len(passes) < 2:
+        return []
+    ratios: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for cells in passes:
+        byKey = {(c.scenario, c.target): c for c in cells}
+        for cell in cells:
+            nginx = byKey.get((cell.scenario, "nginx"))
+            if cell.target == "nginx" or nginx is None:
+                continue
+            rates, cpus = ratios.setdefault((cell.scenario, cell.target), ([], []))
+            if cell.rate is not None and nginx.rate:
+                rates.append(cell.rate / nginx.rate)
+            if cell.cpuPerOp is not None and nginx.cpuPerOp:
+                cpus.append(cell.cpuPerOp / nginx.cpuPerOp)
+    lines = [
+        f"over {len(passes)} passes, ratios to nginx in the same pass, median (range):"
+    ]
+    for (scenario, target), (rates, cpus) in ratios.items():
+        figures = [
+            f"{what} {median(values):.2f}× ({min(values):.2f}–{max(values):.2f}, "
+            f"{len(values)} passes)"
+            for what, values in (("rate", rates), ("proxy µs/op", cpus))
+            if values
+        ]
+        if figures:
+            lines.append(f"{scenario}, {target}: " + "; ".join(figures))
+    return lines

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import targets
 from bench.control import ROOT
-from bench.report import table
+from bench.report import repeatLines, table
 from bench.scenarios import PRESETS, SCENARIOS, Bench, Cell, Preset
 
 PROXY_CPU = 1
@@ -126,6 +126,14 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.set_defaults(preset="full")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the chosen scenarios and targets N times over, each pass "
+        "its own table, then each target's ratios to nginx over the passes",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the folder of configs and logs"
     )
     parser.add_argument(
@@ -134,7 +142,10 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         help="record py-spy flame graphs of the wsrelay, twisted and ownsockets "
         "targets into DIR (py-spy slows the relay a little; pip install py-spy)",
     )
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    if options.repeat < 1:
+        parser.error("--repeat: N must be 1 or more")
+    return options
 
 
 def _cpuModel() -> str:
@@ -340,21 +351,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, flush=True)
     print(flush=True)
 
-    cells: list[Cell] = []
+    passes: list[list[Cell]] = []
     started = time.monotonic()
     startLoad = _loadAverage()
     try:
-        for scenario in chosenScenarios:
-            for target in chosenTargets:
-                t0 = time.monotonic()
-                cell = bench.run(scenario, target)
-                cells.append(cell)
-                print(
-                    f"  {scenario:<13} {target:<8} {time.monotonic() - t0:5.1f} s  "
-                    + (cell.note or ""),
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for _ in range(options.repeat):
+            cells: list[Cell] = []
+            passes.append(cells)
+            for scenario in chosenScenarios:
+                for target in chosenTargets:
+                    t0 = time.monotonic()
+                    cell = bench.run(scenario, target)
+                    cells.append(cell)
+                    print(
+                        f"  {scenario:<13} {target:<8} {time.monotonic() - t0:5.1f} s  "
+                        + (cell.note or ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         if options.keep:
             print(f"configs and logs kept in {work}", file=sys.stderr)
@@ -362,7 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     elapsed = time.monotonic() - started
-    print(table(cells))
+    for number, cells in enumerate(passes, 1):
+        if len(passes) > 1:
+            print(f"\npass {number} of {len(passes)}:\n")
+        print(table(cells))
+    for line in repeatLines(passes):
+        print(f"\n{line}" if line.startswith("over ") else line)
     for note in notes:
         print(f"\nnote: {note}")
     print(
@@ -372,11 +391,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.json:
         Path(options.json).write_text(
             json.dumps(
-                {"header": lines, "notes": notes, "cells": [asdict(c) for c in cells]},
+                {
+                    "header": lines,
+                    "notes": notes,
+                    "cells": [
+                        {**asdict(c), "pass": number}
+                        for number, cells in enumerate(passes, 1)
+                        for c in cells
+                    ],
+                },
                 indent=1,
             )
         )
-    return 1 if any(c.failed for c in cells) else 0
+    return 1 if any(c.failed for cells in passes for c in cells) else 0
 
 
 if __name__ == "__main__":
