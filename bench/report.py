@@ -228,8 +228,8 @@ def repeatLines(passes: Sequence[Sequence[Cell]]) -> list[str]:
     the median.
 
     @param passes: Each pass's cells, in the order they ran.
-    @return: One line per scenario and target but nginx, or none for a
-        single pass.
+    @return: A title, then one line per scenario and target but nginx
+        with a ratio; nothing for a single pass, or without nginx.
     """
     if len(passes) < 2:
         return []
@@ -245,9 +245,7 @@ def repeatLines(passes: Sequence[Sequence[Cell]]) -> list[str]:
                 rates.append(cell.rate / nginx.rate)
             if cell.cpuPerOp is not None and nginx.cpuPerOp:
                 cpus.append(cell.cpuPerOp / nginx.cpuPerOp)
-    lines = [
-        f"over {len(passes)} passes, ratios to nginx in the same pass, median (range):"
-    ]
+    lines = []
     for (scenario, target), (rates, cpus) in ratios.items():
         figures = [
             f"{what} {median(values):.2f}× ({min(values):.2f}–{max(values):.2f}, "
@@ -257,4 +255,9 @@ def repeatLines(passes: Sequence[Sequence[Cell]]) -> list[str]:
         ]
         if figures:
             lines.append(f"{scenario}, {target}: " + "; ".join(figures))
-    return lines
+    if not lines:
+        return []
+    return [
+        f"over {len(passes)} passes, ratios to nginx in the same pass, median (range):",
+        *lines,
+    ]

@@ -380,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(passes) > 1:
             print(f"\npass {number} of {len(passes)}:\n")
         print(table(cells))
-    for line in repeatLines(passes):
-        print(f"\n{line}" if line.startswith("over ") else line)
+    summary = repeatLines(passes)
+    if summary:
+        print("\n" + "\n".join(summary))
     for note in notes:
         print(f"\nnote: {note}")
     print(

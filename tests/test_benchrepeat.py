@@ -43,6 +43,13 @@ class RepeatTests(SynchronousTestCase):
         """
         self.assertEqual(repeatLines([storm(5000, 4000)]), [])
 
+    def test_withoutNginx(self) -> None:
+        """
+        Passes without nginx have no ratios, and no summary.
+        """
+        direct = [Cell("storm", "direct", rate=6000, unit="hs/s")]
+        self.assertEqual(repeatLines([direct, direct]), [])
+
     def test_medians(self) -> None:
         """
         Each target's ratio to nginx is taken within a pass, then its
