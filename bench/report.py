@@ -145,6 +145,55 @@ def closeLine(cells: Sequence[Cell]) -> str | None:
     )
 
 
+def stormRunLine(cells: Sequence[Cell]) -> str | None:
+    """
+    The storm's rate judged run by run: each target's rate in a run over
+    nginx's in the run of the same number (the runs are interleaved, see
+    L{bench.scenarios.Bench.storms}), their median and range.  nginx's rate
+    is the load side's speed more than its own, and that moves between
+    runs; a ratio within a run does not move with it.
+
+    @return: One line, or L{None} without nginx or with fewer than two
+        runs to pair.
+    """
+    storms = [c for c in cells if c.scenario == "storm"]
+    nginx = next((c for c in storms if c.target == "nginx"), None)
+    if nginx is None:
+        return None
+    nginxRates = _runRates(nginx)
+    figures = []
+    for cell in storms:
+        rates = _runRates(cell) if cell is not nginx else {}
+        ratios = [
+            rate / nginxRates[number]
+            for number, rate in rates.items()
+            if nginxRates.get(number)
+        ]
+        if len(ratios) > 1:
+            figures.append(
+                f"{cell.target} {median(ratios):.2f}× "
+                f"({min(ratios):.2f}–{max(ratios):.2f}, {len(ratios)} runs)"
+            )
+    if not figures:
+        return None
+    return (
+        "storm rate, each run's over nginx's run of the same number (the runs "
+        "interleaved), median (range): " + ", ".join(figures)
+    )
+
+
+def _runRates(cell: Cell) -> dict[int, float]:
+    """
+    @return: A storm cell's rates by the number of their run, for the runs
+        that have both.
+    """
+    return {
+        r["run"]: r["opened"] / r["seconds"]
+        for r in cell.rounds
+        if "run" in r and r.get("seconds")
+    }
+
+
 def systemLines(cells: Sequence[Cell]) -> list[str]:
     """
     How each scenario's CPU per operation splits between the kernel and the
@@ -205,7 +254,7 @@ def table(cells: Sequence[Cell]) -> str:
         "\nwait % proxy/load: time the proxy, and the load-side processes summed, "
         "were ready to run but waited for a CPU held by other processes (schedstat)."
     )
-    for extra in (*systemLines(cells), closeLine(cells)):
+    for extra in (stormRunLine(cells), *systemLines(cells), closeLine(cells)):
         if extra is not None:
             lines.append("\n" + extra)
     for note, number in marks.items():

@@ -258,7 +258,7 @@ def header(p: Preset, pinned: bool, stormConnections: int) -> list[str]:
         + f"; {p.fanoutRounds} rounds of {p.fanoutDuration:g} s, lost = not "
         f"arrived {p.drain:g} s after the source's last send",
         f"storm: {stormConnections} connections, {p.stormConcurrency} handshakes "
-        f"in flight, {p.stormRuns} runs",
+        f"in flight, {p.stormRuns} runs of each target, interleaved across them",
         "figures are medians over rounds or runs (of two runs, their mean); "
         "(N×) = ratio to nginx; op = echoed message, delivery or handshake",
     ]
@@ -284,6 +284,24 @@ def _raiseFileLimit() -> int:
     if soft == resource.RLIM_INFINITY or soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def _progress(scenario: str, target: str, seconds: float, note: str | None) -> None:
+    """
+    Say on standard error that a scenario has run against a target.
+    """
+    print(
+        f"  {scenario:<13} {target:<8} {seconds:5.1f} s  " + (note or ""),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _stormRan(target: str, run: int, seconds: float) -> None:
+    """
+    Say on standard error that one of the storm's runs is done.
+    """
+    _progress("storm", target, seconds, f"run {run}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -359,16 +377,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells: list[Cell] = []
             passes.append(cells)
             for scenario in chosenScenarios:
+                if scenario == "storm":
+                    cells.extend(bench.storms(chosenTargets, _stormRan))
+                    continue
                 for target in chosenTargets:
                     t0 = time.monotonic()
                     cell = bench.run(scenario, target)
                     cells.append(cell)
-                    print(
-                        f"  {scenario:<13} {target:<8} {time.monotonic() - t0:5.1f} s  "
-                        + (cell.note or ""),
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    _progress(scenario, target, time.monotonic() - t0, cell.note)
     finally:
         if options.keep:
             print(f"configs and logs kept in {work}", file=sys.stderr)

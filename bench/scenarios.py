@@ -94,9 +94,10 @@ PRESETS = {
     # The storm and fanout-heavy shapes are issue 16's: 2000 connections with
     # 50 handshakes in flight, and 500 subscribers at 2000 messages/s (a
     # million deliveries a second offered) with the source writing each 1 ms
-    # tick's messages at once.  Storm runs restart the target: two keep the
-    # suite under 10 minutes.
-    "full": Preset("full", 1.0, 3, 3.0, 3, 3.0, 2.0, 2),
+    # tick's messages at once.  The storm's five runs per target are
+    # interleaved across the targets (Bench.storms), and each restarts its
+    # target.
+    "full": Preset("full", 1.0, 3, 3.0, 3, 3.0, 2.0, 5),
     "quick": Preset(
         "quick",
         0.5,
@@ -599,28 +600,82 @@ class Bench:
 
     def storm(self, target: str) -> Cell:
         """
-        C{storm}: open many connections through the target as fast as a
+        C{storm} against one target (L{storms}).
+        """
+        [cell] = self.storms([target])
+        return cell
+
+    def storms(
+        self,
+        chosen: Sequence[str],
+        ran: Callable[[str, int, float], None] | None = None,
+    ) -> list[Cell]:
+        """
+        C{storm}: open many connections through each target as fast as a
         window of handshakes in flight allows, and hold them.  Each run
         starts a fresh target, so its resident memory before the storm is
         its idle size.  Then the storm's client closes them all, each with
         a closing handshake (L{bench.rawws.storm}): the proxy's CPU over
         that phase, per connection, is C{closeCPUPerConn}.
+
+        The runs are interleaved: the first of every target, then the
+        second of every target, and so on.  The load side's speed, which
+        sets the rate of a fast proxy such as nginx, moves by a third
+        within an hour on a shared machine; interleaved, a target's run
+        and nginx's of the same number see the same machine, and each
+        run's dictionary keeps its number (C{"run"}) to be compared by
+        (L{bench.report.stormRunLine}).
+
+        @param chosen: The targets, in the table's order.
+        @param ran: Called after each run with the target, the run's
+            number and the seconds it took.
+        @return: One cell per target, in C{chosen}'s order.
         """
-        p = self.preset
-        n = self.stormConnections
-        runs = []
-        for _ in range(p.stormRuns):
-            backend = self.peer("hold-server")
-            try:
-                port = backend.read(30)["port"]
-                running = self.start("storm", target, port, False, n + 64)
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in chosen}
+        ended: dict[str, Cell] = {}
+        for number in range(1, self.preset.stormRuns + 1):
+            for target in chosen:
+                if target in ended:
+                    continue
+                t0 = time.monotonic()
                 try:
-                    runs.append(self._stormOnce(running, n, backend.pid))
-                finally:
-                    running.stop()
+                    result = self._stormRun(target)
+                except targets.TargetUnavailable as e:
+                    ended[target] = Cell("storm", target, note=str(e))
+                except (targets.TargetFailed, PeerFailed) as e:
+                    ended[target] = Cell(
+                        "storm", target, note=f"error: {e}", failed=True
+                    )
+                else:
+                    result["run"] = number
+                    runs[target].append(result)
+                if ran is not None:
+                    ran(target, number, time.monotonic() - t0)
+        return [ended.get(t) or self._stormCell(t, runs[t]) for t in chosen]
+
+    def _stormRun(self, target: str) -> dict[str, Any]:
+        """
+        One storm through a freshly started target and backend.
+        """
+        backend = self.peer("hold-server")
+        try:
+            port = backend.read(30)["port"]
+            running = self.start(
+                "storm", target, port, False, self.stormConnections + 64
+            )
+            try:
+                return self._stormOnce(running, self.stormConnections, backend.pid)
             finally:
-                backend.close()
-        cell = Cell("", target, unit="hs/s", rounds=runs)
+                running.stop()
+        finally:
+            backend.close()
+
+    def _stormCell(self, target: str, runs: list[dict[str, Any]]) -> Cell:
+        """
+        One target's storm figures: medians over its runs.
+        """
+        n = self.stormConnections
+        cell = Cell("storm", target, unit="hs/s", rounds=runs)
         cell.rate = median([r["opened"] / r["seconds"] for r in runs])
         if any(r["failed"] for r in runs):
             cell.note = (
