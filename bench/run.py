@@ -259,7 +259,7 @@ def header(p: Preset, pinned: bool, stormConnections: int) -> list[str]:
         f"arrived {p.drain:g} s after the source's last send",
         f"storm: {stormConnections} connections, {p.stormConcurrency} handshakes "
         f"in flight, {p.stormRuns} runs of each target, interleaved across them",
-        "figures are medians over rounds or runs (of two runs, their mean); "
+        "figures are medians over rounds or runs; "
         "(N×) = ratio to nginx; op = echoed message, delivery or handshake",
     ]
 

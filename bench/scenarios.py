@@ -290,7 +290,7 @@ class Bench:
             "echo-deflate": lambda t: self.echo(t, large=False, deflate=True),
             "fanout-light": lambda t: self.fanout(t, heavy=False),
             "fanout-heavy": lambda t: self.fanout(t, heavy=True),
-            "storm": self.storm,
+            "storm": lambda t: self.storms([t])[0],
         }
         try:
             cell = runners[scenario](target)
@@ -596,13 +596,6 @@ class Bench:
                 f"the source sent {sent} of {scheduled} scheduled messages "
                 f"({sent / scheduled:.0%}): it could not keep up"
             )
-        return cell
-
-    def storm(self, target: str) -> Cell:
-        """
-        C{storm} against one target (L{storms}).
-        """
-        [cell] = self.storms([target])
         return cell
 
     def storms(
