@@ -128,7 +128,7 @@ pytest: $(VENV)/.stamp-test
 check: $(VENV)/.stamp-test
 	$(PYTHON) -m pytest -p no:cacheprovider -q -m check
 
-# The benchmark suite of bench/ (under 10 minutes; BENCH_ARGS=--quick for
+# The benchmark suite of bench/ (about 11 minutes; BENCH_ARGS=--quick for
 # about 2, --help for the rest). It needs Debian's nginx and haproxy,
 # installed here when missing (through sudo unless root), and picows and
 # uvloop in the venv for its load generators. The stamp keeps a repeated
