@@ -297,11 +297,11 @@ def _progress(scenario: str, target: str, seconds: float, note: str | None) -> N
     )
 
 
-def _stormRan(target: str, run: int, seconds: float) -> None:
+def _stormRan(target: str, run: int, seconds: float, note: str | None) -> None:
     """
     Say on standard error that one of the storm's runs is done.
     """
-    _progress("storm", target, seconds, f"run {run}")
+    _progress("storm", target, seconds, f"run {run}  {note or ''}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -601,7 +601,7 @@ class Bench:
     def storms(
         self,
         chosen: Sequence[str],
-        ran: Callable[[str, int, float], None] | None = None,
+        ran: Callable[[str, int, float, str | None], None] | None = None,
     ) -> list[Cell]:
         """
         C{storm}: open many connections through each target as fast as a
@@ -615,13 +615,14 @@ class Bench:
         second of every target, and so on.  The load side's speed, which
         sets the rate of a fast proxy such as nginx, moves by a third
         within an hour on a shared machine; interleaved, a target's run
-        and nginx's of the same number see the same machine, and each
-        run's dictionary keeps its number (C{"run"}) to be compared by
-        (L{bench.report.stormRunLine}).
+        and nginx's of the same number see the same machine.  Each run's
+        dictionary keeps its number (C{"run"}), by which
+        L{bench.report.stormRunLine} pairs the runs.
 
         @param chosen: The targets, in the table's order.
         @param ran: Called after each run with the target, the run's
-            number and the seconds it took.
+            number, the seconds it took, and why it gave no figures (or
+            L{None}).
         @return: One cell per target, in C{chosen}'s order.
         """
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in chosen}
@@ -631,19 +632,20 @@ class Bench:
                 if target in ended:
                     continue
                 t0 = time.monotonic()
+                note = None
                 try:
                     result = self._stormRun(target)
                 except targets.TargetUnavailable as e:
-                    ended[target] = Cell("storm", target, note=str(e))
+                    note = str(e)
+                    ended[target] = Cell("storm", target, note=note)
                 except (targets.TargetFailed, PeerFailed) as e:
-                    ended[target] = Cell(
-                        "storm", target, note=f"error: {e}", failed=True
-                    )
+                    note = f"error: {e}"
+                    ended[target] = Cell("storm", target, note=note, failed=True)
                 else:
                     result["run"] = number
                     runs[target].append(result)
                 if ran is not None:
-                    ran(target, number, time.monotonic() - t0)
+                    ran(target, number, time.monotonic() - t0, note)
         return [ended.get(t) or self._stormCell(t, runs[t]) for t in chosen]
 
     def _stormRun(self, target: str) -> dict[str, Any]:

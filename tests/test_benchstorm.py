@@ -144,7 +144,7 @@ class InterleavedTests(SynchronousTestCase):
         order: list[tuple[str, int]] = []
         chosen = ["direct", "haproxy", "twisted", "nginx"]
         cells = self.bench(Staged, 3).storms(
-            chosen, lambda target, number, seconds: order.append((target, number))
+            chosen, lambda target, number, seconds, note: order.append((target, number))
         )
         self.assertEqual(
             order,
@@ -180,7 +180,7 @@ class InterleavedTests(SynchronousTestCase):
         order: list[tuple[str, int]] = []
         cells = bench.storms(
             ["direct", "wsrelay"],
-            lambda target, number, seconds: order.append((target, number)),
+            lambda target, number, seconds, note: order.append((target, number)),
         )
         self.assertEqual(
             order, [("direct", 1), ("wsrelay", 1), ("direct", 2), ("wsrelay", 2)]
