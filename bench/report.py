@@ -163,17 +163,15 @@ def stormRunLine(cells: Sequence[Cell]) -> str | None:
     nginxRates = _runRates(nginx)
     figures = []
     for cell in storms:
-        rates = _runRates(cell) if cell is not nginx else {}
+        if cell is nginx:
+            continue
         ratios = [
             rate / nginxRates[number]
-            for number, rate in rates.items()
+            for number, rate in _runRates(cell).items()
             if nginxRates.get(number)
         ]
         if len(ratios) > 1:
-            figures.append(
-                f"{cell.target} {median(ratios):.2f}× "
-                f"({min(ratios):.2f}–{max(ratios):.2f}, {len(ratios)} runs)"
-            )
+            figures.append(f"{cell.target} {_spread(ratios, 'runs')}")
     if not figures:
         return None
     return (
@@ -185,7 +183,7 @@ def stormRunLine(cells: Sequence[Cell]) -> str | None:
 def _runRates(cell: Cell) -> dict[int, float]:
     """
     @return: A storm cell's rates by the number of their run, for the runs
-        that have both.
+        that have a number and a duration.
     """
     return {
         r["run"]: r["opened"] / r["seconds"]
@@ -297,8 +295,7 @@ def repeatLines(passes: Sequence[Sequence[Cell]]) -> list[str]:
     lines = []
     for (scenario, target), (rates, cpus) in ratios.items():
         figures = [
-            f"{what} {median(values):.2f}× ({min(values):.2f}–{max(values):.2f}, "
-            f"{len(values)} passes)"
+            f"{what} {_spread(values, 'passes')}"
             for what, values in (("rate", rates), ("proxy µs/op", cpus))
             if values
         ]
@@ -310,3 +307,14 @@ def repeatLines(passes: Sequence[Sequence[Cell]]) -> list[str]:
         f"over {len(passes)} passes, ratios to nginx in the same pass, median (range):",
         *lines,
     ]
+
+
+def _spread(ratios: Sequence[float], of: str) -> str:
+    """
+    @return: Ratios as their median and range, and how many there are of
+        C{of} (runs, passes): C{0.80× (0.50–1.00, 3 passes)}.
+    """
+    return (
+        f"{median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}, "
+        f"{len(ratios)} {of})"
+    )

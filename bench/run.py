@@ -301,7 +301,7 @@ def _stormRan(target: str, run: int, seconds: float, note: str | None) -> None:
     """
     Say on standard error that one of the storm's runs is done.
     """
-    _progress("storm", target, seconds, f"run {run}  {note or ''}")
+    _progress("storm", target, seconds, f"run {run}" + (f"  {note}" if note else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
