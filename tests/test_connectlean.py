@@ -9,6 +9,7 @@ turn (L{wsrelay.ws.accepting.LeanClose}), on loopback sockets.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import os
@@ -145,7 +146,8 @@ class LeanConnectTests(_Loopback):
 
     async def test_watchedDirectly(self) -> None:
         """
-        While it connects the transport is watched for writing only, and
+        Until its connect starts (the turn's batch) the transport is not
+        watched; while it connects it is watched for writing only, and
         once connected for reading only, without a call to the reactor's
         C{addWriter} or C{addReader} (L{startWatching}, then one change of
         its registration).
@@ -166,9 +168,18 @@ class LeanConnectTests(_Loopback):
         transport: Any = connector.transport
         r: Any = reactor
         self.assertEqual(
-            (transport in r.getReaders(), transport in r.getWriters()), (False, True)
+            (transport in r.getReaders(), transport in r.getWriters()), (False, False)
         )
+        watched: list[tuple[bool, bool]] = []
+        started = transport._connectNow
+
+        def connectNow() -> None:
+            started()
+            watched.append((transport in r.getReaders(), transport in r.getWriters()))
+
+        transport._connectNow = connectNow
         await waitFor(lambda: client.reading is not None)
+        self.assertEqual(watched, [(False, True)])
         self.assertEqual((client.reading, client.writing), (True, False))
         self.assertEqual([a for a in added if a[1] is transport], [])
         await waitFor(lambda: self.accepted)
@@ -276,11 +287,25 @@ class LeanConnectTests(_Loopback):
         """
         client = _Client()
         factory = _Factory(client)
-        connector = self.endpoint().connectDirect(factory)
+        connector: Any = self.endpoint().connectDirect(factory)
+        transport = connector.transport
+        started: list[bool] = []
+        connectNow = transport._connectNow
+
+        def recording() -> None:
+            started.append(hasattr(transport, "socket"))
+            connectNow()
+
+        transport._connectNow = recording
         connector.stopConnecting()
         [reason] = await factory.failed
         self.assertEqual(type(reason.value).__name__, "UserError")
+        # The turn's batch of connects comes to it, and skips it: its
+        # socket is closed already.
+        await waitFor(lambda: started)
+        self.assertEqual(started, [False])
         self.assertIsNone(client.reading)
+        self.assertEqual(self.accepted, [])
 
     async def test_requestSentAtOnce(self) -> None:
         """
@@ -330,27 +355,39 @@ class _AskRecording:
 class DirectConnectorTests(_Loopback):
     """
     The connector of C{PlainTCPEndpoint.connectDirect} (C{_DirectConnector})
-    on loopback: it connects at once, reports a failure later, and lets go
-    of a closed connection's transport.
+    on loopback: it connects with the turn's other connects, reports a
+    failure later, and lets go of a closed connection's transport.
     """
 
-    def test_connectsAtOnce(self) -> None:
+    async def test_connectsWithTheTurn(self) -> None:
         """
-        The connect starts in C{connectDirect} itself, with no timed call
-        (Twisted's transport waits for one): the transport already waits
-        for its socket to be writable when the call returns.
+        The connects asked for in one reactor turn start together, in the
+        order asked, from one timed call (Twisted's transport takes one
+        each): when C{connectDirect} returns, the transport has no
+        connection yet (nor is it watched), and once the call ran the
+        backend accepts the connections in that order.
         """
         r: Any = reactor
         before = set(r.getDelayedCalls())
-        factory = _Factory(_Client())
-        connector = self.endpoint().connectDirect(factory)
-        self.addCleanup(
-            lambda: connector.state == "connecting" and connector.stopConnecting()
-        )
-        assert isinstance(connector, DirectConnector)
-        self.assertEqual(set(r.getDelayedCalls()) - before, set())
-        self.assertIn(connector.transport, r.getWriters())
-        self.assertEqual(connector.state, "connecting")
+        clients = [_Client() for _ in range(3)]
+        connectors: list[Any] = [
+            self.endpoint().connectDirect(_Factory(c)) for c in clients
+        ]
+        for connector in connectors:
+            self.addCleanup(connector.disconnect)
+            assert isinstance(connector, DirectConnector)
+            self.assertEqual(connector.state, "connecting")
+            transport = connector.transport
+            self.assertNotIn(transport, r.getWriters())
+            with self.assertRaises(OSError) as raised:
+                transport.socket.getpeername()
+            self.assertEqual(raised.exception.errno, errno.ENOTCONN)
+        self.assertEqual(len(set(r.getDelayedCalls()) - before), 1)
+        await waitFor(lambda: len(self.accepted) == 3)
+        await waitFor(lambda: all(c.reading is not None for c in clients))
+        ours = [c.transport.getHost().port for c in clients]  # type: ignore[union-attr]
+        theirs = [b.transport.getPeer().port for b in self.accepted]  # type: ignore[attr-defined]
+        self.assertEqual(theirs, ours)
 
     async def test_failureLater(self) -> None:
         """
