@@ -42,6 +42,7 @@ import _socket
 import socket
 import sys
 from errno import EWOULDBLOCK
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main, tcp
@@ -55,7 +56,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from wsrelay.ws.watching import EPOLLIN, startWatching, stopWatching
+from wsrelay.ws.watching import EPOLLIN, TurnBatch, startWatching, stopWatching
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -163,7 +164,7 @@ class LeanClose(tcp.Connection):
         producer that Twisted would wait for), without waiting to write:
         stop reading, and lose the connection from the reactor's next
         round of timed calls (L{_closeNow}), in one timed call with the
-        others closed in the same round (L{_closeBatch}).
+        others closed in the same round (L{_closing}).
         """
         if (
             self.dataBuffer
@@ -182,12 +183,7 @@ class LeanClose(tcp.Connection):
             return
         self.disconnecting = 1
         stopWatching(self, self.socket)
-        reactor: Any = self.reactor
-        batch = _closing.get(reactor)
-        if batch is None:
-            batch = _closing[reactor] = []
-            reactor.callLater(0, _closeBatch, reactor)
-        batch.append(self)
+        _closing.add(self.reactor, self)
 
     def _closeNow(self) -> None:
         """
@@ -235,27 +231,13 @@ class LeanClose(tcp.Connection):
         return protocol
 
 
-#: The connections that L{LeanClose.loseConnection} closes in each
-#: reactor's next round of timed calls, in the order they were closed.
-_closing: dict[Any, list[LeanClose]] = {}
-
-
-def _closeBatch(reactor: Any) -> None:
-    """
-    Lose the connections that L{LeanClose.loseConnection} closed since the
-    last round of C{reactor}'s timed calls (L{LeanClose._closeNow}): one
-    timed call for all of them, rather than one each.  A connection closed
-    meanwhile (from a C{connectionLost} here) waits for the next round, as
-    with a timed call of its own.  One that raises is logged, as the
-    reactor logs a timed call that raises, and the others are still lost.
-
-    @param reactor: Whose connections.
-    """
-    for transport in _closing.pop(reactor):
-        try:
-            transport._closeNow()
-        except BaseException:
-            log.err(None, "Unhandled error losing a connection")
+#: The connections that L{LeanClose.loseConnection} closes, lost in their
+#: reactor's next round of timed calls (L{LeanClose._closeNow}), in the
+#: order they were closed: one timed call for all of them, rather than one
+#: each.
+_closing: TurnBatch[LeanClose] = TurnBatch(
+    methodcaller("_closeNow"), "Unhandled error losing a connection"
+)
 
 
 class LeanServer(LeanClose, tcp.Server):

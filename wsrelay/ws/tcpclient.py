@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
+from operator import methodcaller
 from os import strerror
 from socket import IPPROTO_TCP, SO_ERROR, SOL_SOCKET, TCP_NODELAY
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -28,12 +29,17 @@ from twisted.internet.error import (
 from twisted.internet.interfaces import IConnector
 from twisted.internet.posixbase import _PollLikeMixin
 from twisted.internet.protocol import Protocol as PlaceHolder
-from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsrelay.ws.accepting import LeanClose, LeanSocket
-from wsrelay.ws.watching import EPOLL_REACTOR, EPOLLIN, EPOLLOUT, startWatching
+from wsrelay.ws.watching import (
+    EPOLL_REACTOR,
+    EPOLLIN,
+    EPOLLOUT,
+    TurnBatch,
+    startWatching,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IProtocol
@@ -187,7 +193,7 @@ class _IPClient(LeanClose, tcp.Client):
 
       - It connects from the reactor's next round of timed calls, as
         Twisted's transport does, but in one timed call with every other
-        connect asked for in the same turn (L{_connectBatch}, which says
+        connect asked for in the same turn (L{_connecting}, which says
         why), to an IP address with no name lookup nor the fired
         L{Deferred} that Twisted's C{resolveAddress} calls back through;
         what it learns at once of a failure it reports from there.
@@ -257,7 +263,7 @@ class _IPClient(LeanClose, tcp.Client):
         if kind is IPV4:
             # (doConnect, with the address known: no resolution.)
             self.realAddress = addr
-            _connectSoon(self, reactor)
+            _connecting.add(reactor, self)
         elif kind is IPV6:
             try:
                 self._setRealAddress(self.addr)
@@ -283,17 +289,17 @@ class _IPClient(LeanClose, tcp.Client):
     def doConnect(self) -> None:
         """
         Start the connect with the others of this reactor turn, from the
-        reactor's next round of timed calls (L{_connectBatch}); Twisted's
+        reactor's next round of timed calls (L{_connecting}); Twisted's
         transport calls this once an IPv6 address or a name is resolved.
         """
         if not hasattr(self, "connector"):
             # (Twisted: the attempt failed before this call.)
             return
-        _connectSoon(self, self.reactor)
+        _connecting.add(self.reactor, self)
 
     def _connectNow(self) -> None:
         """
-        Start the connect (L{_connectBatch}), unless the attempt was
+        Start the connect (L{_connecting}), unless the attempt was
         stopped or failed meanwhile: at once connected, or failed, or
         waiting for the socket to be writable (L{_connectWritable}; also
         when connected at once, so that the protocol never connects inside
@@ -433,52 +439,25 @@ class _IPClient(LeanClose, tcp.Client):
         connector.connectionLost(reason)
 
 
-#: The connects that L{_IPClient}s asked for in each reactor's current
-#: turn, in order, which L{_connectBatch} starts in its next round of timed
-#: calls.
-_connecting: dict[Any, list[_IPClient]] = {}
-
-
-def _connectSoon(transport: _IPClient, reactor: Any) -> None:
-    """
-    Have C{transport}'s connect started with the others asked for in this
-    reactor turn (L{_connectBatch}): one C{callLater(0)} a turn for all.
-    """
-    batch = _connecting.get(reactor)
-    if batch is None:
-        batch = _connecting[reactor] = []
-        reactor.callLater(0, _connectBatch, reactor)
-    batch.append(transport)
-
-
-def _connectBatch(reactor: Any) -> None:
-    """
-    Start the connects asked for since the last round of C{reactor}'s
-    timed calls (L{_IPClient._connectNow}), one after the other.
-
-    A connect completes a loopback (or same-host) backend's TCP handshake
-    inside the call, which wakes the backend's process, and waking a
-    process that sleeps costs the waker far more than one that is awake
-    already: made as each client's head was read, between the rest of
-    each head's work, nearly every connect of a connection storm woke the
-    backend anew; made back to back at the end of the turn, the first
-    wakes it and the rest find it awake.  In the benchmark's storm that
-    took some 10 µs off the relay's CPU per handshake (of 77) and 8 off
-    the backend's (BENCHMARKS.md, the thirteenth session).  A connect
-    waits for no more than the rest of the turn's ready events.
-
-    A connect asked for meanwhile (a failover's, from a failure here)
-    waits for the next round, as with a timed call of its own.  One that
-    raises is logged, as the reactor logs a timed call that raises, and
-    the others are still started.
-
-    @param reactor: Whose connects.
-    """
-    for transport in _connecting.pop(reactor):
-        try:
-            transport._connectNow()
-        except BaseException:
-            log.err(None, "Unhandled error starting a connect")
+#: The connects that L{_IPClient}s ask for, started together in their
+#: reactor's next round of timed calls (L{_IPClient._connectNow}), in the
+#: order asked for: one C{callLater(0)} a turn for all of them.
+#:
+#: A connect completes a loopback (or same-host) backend's TCP handshake
+#: inside the call, which wakes the backend's process, and waking a
+#: process that sleeps costs the waker far more than one that is awake
+#: already: made as each client's head was read, between the rest of each
+#: head's work, nearly every connect of a connection storm woke the
+#: backend anew; made back to back at the end of the turn, the first wakes
+#: it and the rest find it awake.  In the benchmark's storm that took some
+#: 10 µs off the relay's CPU per handshake (of 77) and 8 off the
+#: backend's (BENCHMARKS.md, the thirteenth session).  A connect waits for
+#: no more than the rest of the turn's ready events.  One asked for
+#: meanwhile (a failover's, after a failure there) waits for the next
+#: round.
+_connecting: TurnBatch[_IPClient] = TurnBatch(
+    methodcaller("_connectNow"), "Unhandled error starting a connect"
+)
 
 
 #: The socket type flags that make a socket non-blocking as it is created

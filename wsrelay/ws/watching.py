@@ -2,13 +2,17 @@
 How the relay's own transports (L{wsrelay.ws.accepting},
 L{wsrelay.ws.tcpclient}) get their sockets watched by Twisted's epoll
 reactor: in one call as each socket is made, instead of the three of
-C{startReading}, C{addReader} and C{_add}.
+C{startReading}, C{addReader} and C{_add}; and what they do once a
+reactor turn for all their connections (L{TurnBatch}).
 """
 
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from twisted.python import log
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -94,3 +98,53 @@ def stopWatching(transport: Any, skt: Any) -> None:
         return
     transport.stopReading()
     transport.stopWriting()
+
+
+_T = TypeVar("_T")
+
+
+class TurnBatch(Generic[_T]):
+    """
+    Work that the relay's transports do for all the connections of a
+    reactor turn at once: what is added during a turn is handed, in the
+    order added, to the batch's function from one C{callLater(0)}, the
+    reactor's next round of timed calls, rather than from a timed call
+    each.  What is added meanwhile (from the function) waits for the next
+    round, as with a timed call of its own.  A call that raises is logged,
+    as the reactor logs a timed call that raises, and the others are still
+    made.
+    """
+
+    __slots__ = ("_pending", "_run", "_why")
+
+    def __init__(self, run: Callable[[_T], object], why: str) -> None:
+        """
+        @param run: Called with each item, in its round.
+        @param why: The log's message when a call raises.
+        """
+        self._pending: dict[Any, list[_T]] = {}
+        self._run = run
+        self._why = why
+
+    def add(self, reactor: Any, item: _T) -> None:
+        """
+        Have C{item} handed to the function in C{reactor}'s next round of
+        timed calls.
+        """
+        batch = self._pending.get(reactor)
+        if batch is None:
+            batch = self._pending[reactor] = []
+            reactor.callLater(0, self._runBatch, reactor)
+        batch.append(item)
+
+    def _runBatch(self, reactor: Any) -> None:
+        """
+        Hand what was added for C{reactor} since its last round to the
+        function.
+        """
+        run = self._run
+        for item in self._pending.pop(reactor):
+            try:
+                run(item)
+            except BaseException:
+                log.err(None, self._why)
