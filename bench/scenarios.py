@@ -151,7 +151,8 @@ class Cell:
         microseconds per message, delivery or handshake.
     @ivar closeCPUPerConn: In the storm, the proxy's CPU microseconds per
         connection closed, over the close phase (after C{cpuPerOp}'s).
-    @ivar sideCPU: The backend's or source's CPU seconds in one round.
+    @ivar sideCPU: The backend's or source's CPU seconds in one round (a
+        storm's: in one run's open phase).
     @ivar lost: Fan-out deliveries that did not arrive in time.
     @ivar expected: Fan-out deliveries due.
     @ivar memPerConn: The proxy's resident bytes per held connection.
@@ -678,6 +679,8 @@ class Bench:
                 + "; ".join(runs[0]["errors"])
             )
         cell.loadPercent = median([r["loadCPU"] / r["seconds"] * 100 for r in runs])
+        if all("sideCPU" in r for r in runs):
+            cell.sideCPU = median([r["sideCPU"] for r in runs])
         if runs[0]["proxied"]:
             cell.memPerConn = median([r["memory"] / r["opened"] for r in runs])
             cell.cpuPerOp = median([r["proxyCPU"] / r["opened"] * 1e6 for r in runs])
@@ -704,7 +707,7 @@ class Bench:
         time.sleep(0.2)
         pids = processTree(running.pids[0]) if running.pids else []
         memory, cpu = residentBytes(pids), cpuSeconds(pids)
-        system = systemSeconds(pids)
+        system, side = systemSeconds(pids), cpuSeconds([backend])
         waits = (waitSeconds(pids), waitSeconds([backend]), time.monotonic())
         storm = self.peer(
             "storm",
@@ -727,6 +730,7 @@ class Bench:
             openCPU = cpuSeconds(pids)
             result["proxyCPU"] = openCPU - cpu
             result["proxySystem"] = systemSeconds(pids) - system
+            result["sideCPU"] = cpuSeconds([backend]) - side
             result["proxied"] = bool(pids)
             result["proxyWait"] = waitSeconds(pids) - waits[0]
             result["loadWait"] = waitSeconds([backend, storm.pid]) - waits[1]

@@ -163,12 +163,30 @@ class InterleavedTests(SynchronousTestCase):
         direct, haproxy, twisted, nginx = cells
         self.assertEqual([r["run"] for r in direct.rounds], [1, 2, 3])
         self.assertEqual(direct.rate, 2000)
+        # Staged runs carry no backend figure: the cell has none either.
+        self.assertIsNone(direct.sideCPU)
         self.assertEqual(
             (haproxy.note, haproxy.failed), ("n/a (haproxy not installed)", False)
         )
         self.assertEqual(
             (twisted.note, twisted.failed), ("error: twisted exited with 1", True)
         )
+
+    def test_backendCPU(self) -> None:
+        """
+        A storm cell's backend CPU (the table's C{backend/source CPU s}) is
+        the median of its runs' figures for the backend over the open
+        phase.
+        """
+        backend = iter([0.03, 0.01, 0.02])
+
+        class Measured(Staged):
+            def _stormRun(self, target: str) -> dict[str, Any]:
+                return {**super()._stormRun(target), "sideCPU": next(backend)}
+
+        [direct] = self.bench(Measured, 3).storms(["direct"])
+        self.assertEqual(direct.sideCPU, 0.02)
+        self.assertIn("| 0.02 |", table([direct]))
 
     def test_real(self) -> None:
         """
@@ -189,4 +207,6 @@ class InterleavedTests(SynchronousTestCase):
             self.assertIsNone(cell.note, cell.target)
             self.assertEqual([r["run"] for r in cell.rounds], [1, 2])
             self.assertEqual([r["opened"] for r in cell.rounds], [20, 20])
+            # The backend worked for every target's handshakes.
+            self.assertGreater(cell.sideCPU or 0, 0, cell.target)
         self.assertGreater(cells[1].cpuPerOp or 0, 0)
