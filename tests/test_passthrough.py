@@ -15,15 +15,17 @@ from twisted.internet.tcp import Connection
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, client, inThread, startBackend, startRelay
-from tests.support.clients import closeOf
+from tests.support.clients import closeOf, rawRequest
 from tests.support.passthrough import PipeLeg, PipeSession, openedPassthrough
 from tests.support.scanning import Leg, Recorder, feed, frame
+from tests.support.wire import connectRaw, frameBytes, startRawBackend
 from wsrelay.proxy.direction import PING_PREFIX, Direction
 from wsrelay.proxy.pipe import Keepalive, Pipe
+from wsrelay.ws import accept
 from wsrelay.ws.framing import closeFrame
 from wsrelay.ws.legs import RelayLeg
 from wsrelay.ws.plainleg import PlainUpstream
-from wsrelay.ws.writes import DirectWriter
+from wsrelay.ws.writes import DirectWriter, sendWithTurn
 
 
 def scanner(
@@ -516,6 +518,40 @@ class SessionTests(TestCase):
         self.assertEqual(await inThread(run), payloads)
         self.assertEqual(relay.routes.routes[0].backends[0].sentMessages, 5)
 
+    async def test_backendSpeaksFirst(self) -> None:
+        """
+        A message that the backend sends in the same TCP write as its 101
+        reaches the client after the relay's 101, whole: the 101 waits for
+        the end of the reactor's turn (L{wsrelay.ws.writes.sendWithTurn},
+        which this handshake took), and the pipe's first write, in that
+        same turn, goes behind it.
+        """
+        raw = startRawBackend(self, None, frameBytes(1, b"first", mask=False))
+        relay, port = await startRelay(
+            self,
+            "[relay]\n[route:r]\npath = /\ndata_path = passthrough\n"
+            f"backends = {raw.url}\n",
+        )
+        took: list[bytes] = []
+
+        def recording(transport: object, data: bytes) -> None:
+            took.append(data)
+            sendWithTurn(transport, data)
+
+        self.patch(accept, "sendWithTurn", recording)
+
+        def run() -> tuple[bytes, bytes]:
+            wire = connectRaw(port, rawRequest(port, "/"))
+            with wire.sock:
+                head = wire.head()
+                return head, wire.frame().payload
+
+        head, first = await inThread(run)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        self.assertEqual(first, b"first")
+        self.assertEqual(len(took), 1)
+        self.assertTrue(took[0].startswith(b"HTTP/1.1 101 "))
+
     async def test_pipeInPlace(self) -> None:
         """
         The open session's data path is the pipe: each leg's C{dataPath} is
@@ -558,7 +594,8 @@ class SessionTests(TestCase):
             self.assertFalse(hasattr(direction, "__dict__"))
             self.assertIs(type(direction).write, DirectWriter.write)
         # Neither leg wrote on the message path: the upstream sent its
-        # request, and the client's leg its 101, once (writes.sendNow).
+        # request, and the client's leg its 101, once (writes.sendNow and
+        # writes.sendWithTurn).
         for leg in (session.upstream, session.frontend):
             self.assertNotIn("_directWrite", vars(leg))
         # (Its own keepalive only with pings, as here.)

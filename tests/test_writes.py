@@ -11,6 +11,7 @@ import struct
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import StringTransport
@@ -18,8 +19,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TIMEOUT, inThread
+from tests.support.waiting import waitFor
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
-from wsrelay.ws.writes import DirectWriter, directWrite, sendNow
+from wsrelay.ws import writes
+from wsrelay.ws.writes import DirectWriter, directWrite, sendNow, sendWithTurn
 
 #: The attributes of Twisted's TCP connection that L{directWrite} and
 #: L{wsrelay.fanout.pending.Pending.flush} read.
@@ -86,6 +89,19 @@ class NotTCPTests(SynchronousTestCase):
         wrapper.transport = transport
         sendNow(wrapper, b"head")
         self.assertEqual(transport.value(), b"head")
+
+    def test_sendWithTurnOtherTransport(self) -> None:
+        """
+        L{sendWithTurn} writes to a transport that is not a TCP connection
+        (TLS, a test's), or a PROXY protocol wrapper over one, with its
+        C{write}, at once.
+        """
+        transport = StringTransport()
+        wrapper = ProxyProtocolWrapper.__new__(ProxyProtocolWrapper)
+        wrapper.transport = transport
+        sendWithTurn(transport, b"head,")
+        sendWithTurn(wrapper, b"again")
+        self.assertEqual(transport.value(), b"head,again")
 
     def test_sendNowOtherTransport(self) -> None:
         """
@@ -187,6 +203,106 @@ class TCPTests(TestCase):
         while len(got) < 16:
             got += await inThread(peer.recv, 64)
         self.assertEqual(got, b"now,first,second")
+
+    async def test_sendWithTurn(self) -> None:
+        """
+        L{sendWithTurn} sends at the end of the reactor's turn, not before
+        the call returns, and without registering the connection for
+        writing meanwhile (which would cost an C{epoll_ctl} each way); the
+        peer then gets the bytes, and Twisted's buffers are empty again.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert isinstance(transport, Connection)
+        sendWithTurn(transport, b"at the turn's end")
+        self.assertEqual(transport._tempDataBuffer, [b"at the turn's end"])
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual(await inThread(peer.recv, 64), b"at the turn's end")
+        self.assertEqual((transport._tempDataBuffer, transport.dataBuffer), ([], b""))
+        self.assertNotIn(transport, reactor.getWriters())
+
+    async def test_sendWithTurnGoesFirst(self) -> None:
+        """
+        What is written to the connection after L{sendWithTurn} in the same
+        turn, by any of the relay's writers or Twisted's C{write}, reaches
+        the peer after it: a backend's first message, read with its 101,
+        never overtakes the client's 101.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert isinstance(transport, Connection)
+        sendWithTurn(transport, b"101,")
+        directWrite(transport)(b"first,")
+        sendNow(transport, b"second,")
+        DirectWriter(transport).write(b"third,")
+        transport.write(b"fourth")
+        expected = b"101,first,second,third,fourth"
+        got = b""
+        while len(got) < len(expected):
+            got += await inThread(peer.recv, 64)
+        self.assertEqual(got, expected)
+        await waitFor(lambda: transport not in reactor.getWriters())
+        self.assertEqual((transport._tempDataBuffer, transport.dataBuffer), ([], b""))
+
+    async def test_sendWithTurnThenClose(self) -> None:
+        """
+        A connection closed in the same turn (C{loseConnection}) sends
+        what L{sendWithTurn} was given, then ends.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert transport is not None
+        sendWithTurn(transport, b"last words")
+        transport.loseConnection()
+
+        def readAll() -> bytes:
+            got = b""
+            while chunk := peer.recv(64):
+                got += chunk
+            return got
+
+        self.assertEqual(await inThread(readAll), b"last words")
+        await server.lost
+
+    async def test_sendWithTurnPartial(self) -> None:
+        """
+        What the socket does not take at the turn's end is queued with
+        Twisted's C{write}, and the peer gets everything in order.
+        """
+        server, peer = await self.connect(sendBuffer=4096)
+        transport = server.transport
+        assert transport is not None
+        data = b"".join(struct.pack("!I", i) for i in range(1 << 18))
+        sendWithTurn(transport, data)
+
+        def readAll() -> bytes:
+            got = bytearray()
+            while len(got) < len(data):
+                chunk = peer.recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+            return bytes(got)
+
+        self.assertEqual(await inThread(readAll), data)
+
+    async def test_sendWithTurnLost(self) -> None:
+        """
+        A connection lost before the turn's end is sent nothing, and its
+        write logs no error; one lost already is given nothing to queue.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert isinstance(transport, Connection)
+        sendWithTurn(transport, b"never sent")
+        # As the reactor loses a connection whose peer is gone.
+        transport.connectionLost(Failure(ConnectionDone()))
+        await server.lost
+        await waitFor(lambda: not writes._turnWrites._pending)
+        self.assertEqual(await inThread(peer.recv, 64), b"")
+        sendWithTurn(transport, b"too late")
+        self.assertEqual(transport._tempDataBuffer, [b"never sent"])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     async def test_sendNowUnderProxyHeader(self) -> None:
         """

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from wsrelay.ws._autobahn import NONE_IN_USE, isTLS, originAllowed
 from wsrelay.ws.legclosing import CLOSED, OPEN
 from wsrelay.ws.screening import NOT_ASKED, plainHost
-from wsrelay.ws.writes import sendNow
+from wsrelay.ws.writes import sendWithTurn
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -389,8 +389,10 @@ class PlainAccept:
         else:
             # Written once, as sendData would write it (directWrite), but
             # without making the leg's writer, which a pipe never uses
-            # (its directions write to the transports themselves).
-            sendNow(self.transport, response)
+            # (its directions write to the transports themselves); with
+            # the other 101s of the turn, and before anything the pipe
+            # writes to the client (sendWithTurn).
+            sendWithTurn(self.transport, response)
         self.state = OPEN
         # (Autobahn's succeedHandshake also resets inside_message and
         # current_frame: no frame of this leg was parsed yet, its bytes

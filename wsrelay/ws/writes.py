@@ -17,6 +17,10 @@ transport's state needs no check: a closed connection's socket is closed
 for a connection that is gone), a half-closed one fails with C{EPIPE} the
 same way, and a disconnecting one still sends what it is given before it
 closes, as Twisted's C{write} would.
+
+L{sendWithTurn} writes a handshake's 101 at the end of the reactor's turn
+instead, with the turn's others, from Twisted's own queue of the
+connection, where anything written behind it waits.
 """
 
 from __future__ import annotations
@@ -27,8 +31,15 @@ from typing import Any
 from twisted.internet.tcp import Connection
 
 from wsrelay.proxyprotocol import ProxyProtocolWrapper
+from wsrelay.ws.watching import TurnBatch
 
-__all__ = ["DirectWriter", "directWrite", "sendNow", "tcpConnection"]
+__all__ = [
+    "DirectWriter",
+    "directWrite",
+    "sendNow",
+    "sendWithTurn",
+    "tcpConnection",
+]
 
 
 def _underProxyHeader(transport: Any) -> Any:
@@ -101,6 +112,84 @@ def sendNow(transport: Any, data: bytes) -> None:
         sent = 0
     if sent != len(data):
         connection.write(data[sent:])
+
+
+def sendWithTurn(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport} at the end of the reactor's turn, with
+    the other writes of the turn (L{TurnBatch}), rather than now: for a
+    handshake's 101, which wakes the client.  Sent one by one as the relay
+    reads its backends' answers, some 30 microseconds of Python apart, the
+    101s woke a client that had gone back to sleep each time; sent
+    together, the first wakes it and the rest find it awake, which the
+    client's CPU and the relay's both show (BENCHMARKS.md, the fourteenth
+    session).
+
+    Until then the bytes wait in Twisted's own queue of the connection,
+    unregistered for writing, so that whatever is written to it meanwhile
+    goes behind them: Twisted's C{write}, C{loseConnection} and the
+    relay's writers (L{DirectWriter}, L{sendNow}) all see something
+    queued and leave the order to Twisted, which then sends the lot.
+    Only the writes at once of a fan-out flush (L{wsrelay.fanout.direct})
+    would not see them, which is why the fan-out's handshakes never come
+    here.  A connection lost meanwhile drops them, as Twisted does.
+    """
+    # (tcpConnection, inline, as in sendNow.)
+    if isinstance(transport, Connection):
+        connection = transport
+    elif isinstance(transport, ProxyProtocolWrapper) and isinstance(
+        transport.transport, Connection
+    ):
+        connection = transport.transport
+    else:
+        # TLS, or a test's transport.
+        transport.write(data)
+        return
+    if connection._tempDataBuffer or connection.dataBuffer or not connection.connected:
+        # Behind what is queued; or dropped, for a connection lost.
+        connection.write(data)
+        return
+    # (Not counted in _tempDataLen, which a held connection of the relay
+    # keeps at its class's default: a 101 is far below the bufferSize at
+    # which Twisted pauses a producer, and Twisted's doWrite zeroes it.)
+    connection._tempDataBuffer.append(data)
+    _turnWrites.add(connection.reactor, connection)
+
+
+def _sendQueued(connection: Connection) -> None:
+    """
+    At the end of the turn, send what L{sendWithTurn} queued for
+    C{connection}, and whatever was queued behind it, unless Twisted has
+    it in hand already (it moved it to C{dataBuffer} to write, which
+    leaves the rest to it) or the connection is gone.  What the socket
+    does not take is queued again with Twisted's C{write}; a registration
+    for writing that a C{write} or C{loseConnection} made meanwhile finds
+    nothing left, and Twisted's next C{doWrite} then unregisters (and
+    closes, if closing), as it does for a buffer it emptied itself.
+    """
+    if not connection.connected or connection.dataBuffer:
+        return
+    queued = connection._tempDataBuffer
+    if not queued:
+        return
+    data = queued[0] if len(queued) == 1 else b"".join(queued)
+    queued.clear()
+    if connection._tempDataLen:
+        # What Twisted's write counted behind it.
+        connection._tempDataLen = 0
+    try:
+        sent = connection.socket.send(data)
+    except (OSError, AttributeError):
+        # Full, or failed as Twisted's write will find.
+        sent = 0
+    if sent != len(data):
+        connection.write(data[sent:])
+
+
+#: The writes of L{sendWithTurn}, made at the end of each turn.
+_turnWrites: TurnBatch[Connection] = TurnBatch(
+    _sendQueued, "Unhandled error writing to a connection"
+)
 
 
 class DirectWriter:
