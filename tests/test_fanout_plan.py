@@ -1,7 +1,7 @@
 """
 How a fan-out channel plans its writes (L{wsrelay.fanout.direct}) and
-writes to many descriptors in one loop in C
-(L{wsrelay.fanout.pending.writeAll}): over socket pairs, and over a
+writes to many sockets in one loop in C
+(L{wsrelay.fanout.pending.sendAll}): over socket pairs, and over a
 relay's real loopback clients whose sockets fill, that leave during a
 write, or whose descriptor's number another socket took.
 """
@@ -28,7 +28,7 @@ from tests.support.waiting import waitFor
 from wsrelay.fanout import FanoutSession
 from wsrelay.fanout.channel import Channel
 from wsrelay.fanout.direct import Members, Plan
-from wsrelay.fanout.pending import writeAll
+from wsrelay.fanout.pending import sendAll
 from wsrelay.ws.framing import frame
 
 
@@ -46,26 +46,25 @@ def socketPair(test: SynchronousTestCase) -> tuple[socket.socket, socket.socket]
     return ours, peer
 
 
-class WriteAllTests(SynchronousTestCase):
+class SendAllTests(SynchronousTestCase):
     """
-    L{writeAll} writes one chunk to many descriptors and says what each
-    write took.
+    L{sendAll} sends one chunk on many sockets and says what each send
+    took.
     """
 
     def test_all(self) -> None:
         """
-        Each descriptor gets the whole chunk, and each write says so.
+        Each socket gets the whole chunk, and each send says so.
         """
         pairs = [socketPair(self) for _ in range(3)]
-        results = writeAll([ours.fileno() for ours, _ in pairs], b"chunk")
+        results = sendAll([ours for ours, _ in pairs], b"chunk")
         self.assertEqual(results, [5, 5, 5])
         self.assertEqual([unread(peer) for _, peer in pairs], [b"chunk"] * 3)
 
     def test_failedGoesOn(self) -> None:
         """
-        A write that fails (a full socket, a closed descriptor) counts as
-        having taken nothing, and the writes go on with the next
-        descriptors.
+        A send that fails (a full socket, a closed one) counts as having
+        taken nothing, and the sends go on with the next sockets.
         """
         pairs = [socketPair(self) for _ in range(4)]
         full = pairs[1][0]
@@ -73,10 +72,9 @@ class WriteAllTests(SynchronousTestCase):
             while True:
                 full.send(b"x" * 4096)
         gone, _ = socket.socketpair()
-        goneFd = gone.fileno()
         gone.close()
-        fds = [pairs[0][0].fileno(), full.fileno(), goneFd, pairs[3][0].fileno()]
-        self.assertEqual(writeAll(fds, b"chunk"), [5, 0, 0, 5])
+        sockets = [pairs[0][0], full, gone, pairs[3][0]]
+        self.assertEqual(sendAll(sockets, b"chunk"), [5, 0, 0, 5])
         self.assertEqual(unread(pairs[0][1]), b"chunk")
         self.assertEqual(unread(pairs[3][1]), b"chunk")
 
@@ -86,7 +84,7 @@ class WriteAllTests(SynchronousTestCase):
         """
         (ours, peer), (other, otherPeer) = socketPair(self), socketPair(self)
         chunk = b"y" * (1 << 20)
-        first, second = writeAll([ours.fileno(), other.fileno()], chunk)
+        first, second = sendAll([ours, other], chunk)
         self.assertGreater(first, 0)
         self.assertLess(first, len(chunk))
         self.assertEqual(len(unread(peer)), first)
@@ -95,10 +93,11 @@ class WriteAllTests(SynchronousTestCase):
 
 class FakeConnection:
     """
-    What a plan reads of a member's TCP connection.
+    What a plan reads of a member's TCP connection; its socket, a name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
         self.connected = 1
         self._tempDataBuffer: list[bytes] = []
         self.dataBuffer = b""
@@ -106,12 +105,13 @@ class FakeConnection:
 
 class FakeMember:
     """
-    A member with a descriptor (or none) and a connection.
+    A member with a descriptor (or none) and a connection, whose socket
+    is named C{"s"} and the descriptor (C{"s3"}).
     """
 
     def __init__(self, descriptor: int | None) -> None:
         self.descriptor = descriptor
-        self.tcp = FakeConnection()
+        self.tcp = FakeConnection(f"s{descriptor}")
 
 
 class PlanTests(SynchronousTestCase):
@@ -130,7 +130,7 @@ class PlanTests(SynchronousTestCase):
         members[1].tcp._tempDataBuffer.append(b"waiting")
         members[3].tcp.connected = 0
         plan = Plan(members)
-        self.assertEqual(plan.descriptors, [3, 7])
+        self.assertEqual(plan.sockets, ["s3", "s7"])
         self.assertEqual(plan.connections, [members[0].tcp, members[4].tcp])
         self.assertEqual(plan.direct, [members[0], members[4]])
         self.assertEqual(plan.diverted, [members[1], members[3]])
@@ -144,16 +144,16 @@ class PlanTests(SynchronousTestCase):
         """
         members = [FakeMember(n) for n in (3, 4, 5)]
         plan = Plan(members)
-        descriptors = plan.descriptors
+        sockets = plan.sockets
         members[1].tcp.dataBuffer = b"rest"
         plan.update()
-        self.assertEqual((plan.descriptors, plan.diverted), ([3, 5], [members[1]]))
-        self.assertEqual(descriptors, [3, 4, 5])
+        self.assertEqual((plan.sockets, plan.diverted), (["s3", "s5"], [members[1]]))
+        self.assertEqual(sockets, ["s3", "s4", "s5"])
         plan.update()
         self.assertEqual(plan.diverted, [members[1]])
         members[1].tcp.dataBuffer = b""
         plan.update()
-        self.assertEqual((plan.descriptors, plan.diverted), ([3, 5, 4], []))
+        self.assertEqual((plan.sockets, plan.diverted), (["s3", "s5", "s4"], []))
         self.assertEqual(plan.direct, [members[0], members[2], members[1]])
 
     def test_reactorWriters(self) -> None:
@@ -165,13 +165,13 @@ class PlanTests(SynchronousTestCase):
         members = [FakeMember(n) for n in (3, 4, 5, 6)]
         members[0].tcp.dataBuffer = b"not read"
         plan = Plan(members, set())
-        self.assertEqual(plan.descriptors, [3, 4, 5, 6])
+        self.assertEqual(plan.sockets, ["s3", "s4", "s5", "s6"])
         members[3].tcp.connected = 0
         plan.update({members[1].tcp})
-        self.assertEqual(plan.descriptors, [3, 5])
+        self.assertEqual(plan.sockets, ["s3", "s5"])
         self.assertEqual(plan.diverted, [members[1], members[3]])
         plan.update(set())
-        self.assertEqual(plan.descriptors, [3, 5, 4])
+        self.assertEqual(plan.sockets, ["s3", "s5", "s4"])
         self.assertEqual(plan.diverted, [members[3]])
 
     def test_changesDropPlan(self) -> None:
@@ -245,7 +245,7 @@ class PlannedWritesTests(TestCase):
         channel.deliver([(2, big, None)])
         channel.flush()
         self.assertEqual(self.plan(channel).diverted, [session])
-        self.assertEqual(self.plan(channel).descriptors, [])
+        self.assertEqual(self.plan(channel).sockets, [])
         self.assertGreater(len(tcp.dataBuffer) + tcp._tempDataLen, 0)
         for n in range(1, 4):
             channel.deliver([(1, b"%d" % n, None)])
@@ -328,7 +328,8 @@ class PlannedWritesTests(TestCase):
         channel.deliver([(1, b"first", None)])
         channel.flush()
         plan = self.plan(channel)
-        self.assertEqual(plan.descriptors, [session.descriptor])
+        assert session.tcp is not None
+        self.assertEqual(plan.sockets, [session.tcp.socket])
         peer = await reuseDescriptor(self, channel, client, session)
         dict.__setitem__(channel.members, session, None)
         channel.members.plan = plan

@@ -42,7 +42,7 @@ def usable(tcp: Any, writing: set[Any] | None = None) -> bool:
         are read.
 
     @return: Whether C{tcp}, a member's TCP connection, may be written to
-        at once: it is connected (its descriptor is still its socket's)
+        at once: it is connected (its socket still open)
         and Twisted queues nothing for it (which must go first).
     """
     if not tcp.connected:
@@ -73,7 +73,7 @@ class Plan:
     The lists are never changed in place, only replaced (a flush iterates
     those it read while members may change).
 
-    @ivar descriptors: The descriptors of the members written at once.
+    @ivar sockets: The sockets of the members written at once.
     @ivar connections: Their TCP connections, in the same order.
     @ivar direct: Those members, in the same order.
     @ivar diverted: Members that may be written at once but whose
@@ -84,30 +84,30 @@ class Plan:
         TLS, a resume window's stand-ins): written by their C{send}.
     """
 
-    __slots__ = ("connections", "descriptors", "direct", "diverted", "others")
+    __slots__ = ("connections", "direct", "diverted", "others", "sockets")
 
     def __init__(self, members: Iterable[Any], writing: set[Any] | None = None) -> None:
         """
         @param members: The channel's members, each with a C{descriptor}
-            (L{None} when it is not to be written at once) and a C{tcp}.
+            (L{None} when it is not to be written at once) and a C{tcp},
+            whose C{socket} is written to.
         @param writing: As L{usable}'s.
         """
-        descriptors: list[int] = []
+        sockets: list[Any] = []
         connections: list[Any] = []
         direct: list[Any] = []
         self.diverted: list[Any] = []
         self.others: list[Any] = []
         for member in members:
-            fd = member.descriptor
-            if fd is None:
+            if member.descriptor is None:
                 self.others.append(member)
             elif usable(member.tcp, writing):
-                descriptors.append(fd)
+                sockets.append(member.tcp.socket)
                 connections.append(member.tcp)
                 direct.append(member)
             else:
                 self.diverted.append(member)
-        self.descriptors = descriptors
+        self.sockets = sockets
         self.connections = connections
         self.direct = direct
 
@@ -138,7 +138,7 @@ class Plan:
         keep = [True] * len(self.direct)
         for i in out:
             keep[i] = False
-        self.descriptors = list(compress(self.descriptors, keep))
+        self.sockets = list(compress(self.sockets, keep))
         self.connections = list(compress(self.connections, keep))
         self.direct = list(compress(self.direct, keep))
 
@@ -156,7 +156,7 @@ class Plan:
         if not back:
             return
         self.diverted = stay
-        self.descriptors = self.descriptors + [m.descriptor for m in back]
+        self.sockets = self.sockets + [m.tcp.socket for m in back]
         self.connections = self.connections + [m.tcp for m in back]
         self.direct = self.direct + back
 

@@ -9,7 +9,7 @@ rates a client gets one C{send} for many reads from the source.
 
 from __future__ import annotations
 
-import os
+import socket
 from collections.abc import Callable, Iterable
 from itertools import compress, islice, repeat
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from wsrelay.config import FanoutRouteConfig
 
-__all__ = ["Pending", "PendingChannel", "writeAll"]
+__all__ = ["Pending", "PendingChannel", "sendAll"]
 
 
 class _Window(Protocol):
@@ -104,8 +104,8 @@ class Pending:
         The per-delivery path: the members that may be written at once
         (L{wsrelay.fanout.direct.Plan}, kept by the channel's members
         between flushes) whose TCP connections are connected with nothing
-        queued get the bytes straight from C{os.write} on their sockets'
-        descriptors, in one loop that runs in C (L{writeAll}); the rest of
+        queued get the bytes straight from C{send} on their sockets, in
+        one loop that runs in C (L{sendAll}); the rest of
         a partial write, or all of one that failed (full, or an error
         Twisted then meets), goes to the connection's C{write}, which
         queues it in order and pauses the member when too much waits, and
@@ -114,10 +114,9 @@ class Pending:
         written by its own C{send} (paused, being closed, TLS, a stand-in
         of the resume window).
 
-        Each connection is checked as connected right before the writes:
-        a descriptor's number is the connection's only until Twisted
-        closes its socket (which it does after marking it lost), and then
-        the next socket may get it.
+        Each connection is checked as connected right before the writes,
+        so that one lost meanwhile is written by Twisted's C{write}, which
+        drops the bytes, as for any connection that is gone.
         """
         call, self._call = self._call, None
         if call is not None and call.active():
@@ -145,9 +144,9 @@ class Pending:
         # never changed, and these are the ones of this flush.
         diverted = plan.diverted
         others = plan.others
-        if plan.descriptors:
+        if plan.sockets:
             size = len(chunk)
-            results = writeAll(plan.descriptors, chunk)
+            results = sendAll(plan.sockets, chunk)
             if results.count(size) != len(results):
                 short = list(compress(range(len(results)), map(size.__ne__, results)))
                 connections = plan.connections
@@ -166,24 +165,37 @@ class Pending:
             member.send(chunk, count)
 
 
-def writeAll(descriptors: list[int], chunk: bytes) -> list[int]:
-    """
-    Write C{chunk} to each of C{descriptors}, in a loop that runs in C.
+#: C{send} of the sockets of the relay's transports (Python's, and
+#: L{wsrelay.ws.accepting.LeanSocket}, which skips C{socket.socket}'s
+#: Python C{__init__}): the C method both share.
+_send = socket.socket.send
 
-    @return: What each write took, in order: C{0} for one that failed
+
+def sendAll(sockets: list[socket.socket], chunk: bytes) -> list[int]:
+    """
+    Send C{chunk} on each of C{sockets}, in a loop that runs in C.
+
+    C{send} rather than C{os.write} on their descriptors: the kernel's
+    C{write} goes through its file layer first (C{vfs_write}, the file
+    position's lock), which took about a tenth of the relay's CPU per
+    delivery in the fan-out benchmark (BENCHMARKS.md, the fourteenth
+    session).  A socket closed meanwhile fails its C{send}, where a
+    descriptor's number could by then be another socket's.
+
+    @return: What each send took, in order: C{0} for one that failed
         (C{list.extend} keeps what it appended before the failure, so the
-        failed write is the one after them, and the writes go on from the
+        failed send is the one after them, and the sends go on from the
         next).
     """
     results: list[int] = []
-    rest: Iterable[int] = descriptors
+    rest: Iterable[socket.socket] = sockets
     while True:
         try:
-            results.extend(map(os.write, rest, repeat(chunk)))
+            results.extend(map(_send, rest, repeat(chunk)))
         except OSError:
             # Full (BlockingIOError), or an error that Twisted then meets
             # on its own write.
             results.append(0)
-            rest = islice(descriptors, len(results), None)
+            rest = islice(sockets, len(results), None)
         else:
             return results
