@@ -24,9 +24,18 @@ from wsrelay.proxyprotocol import ProxyProtocolWrapper
 from wsrelay.ws import writes
 from wsrelay.ws.writes import DirectWriter, directWrite, sendNow, sendWithTurn
 
-#: The attributes of Twisted's TCP connection that L{directWrite} and
-#: L{wsrelay.fanout.pending.Pending.flush} read.
-TCP_ATTRIBUTES = ("_tempDataBuffer", "dataBuffer", "connected", "socket", "write")
+#: The attributes of Twisted's TCP connection that L{directWrite},
+#: L{sendWithTurn} and L{wsrelay.fanout.pending.Pending.flush} read.
+TCP_ATTRIBUTES = (
+    "_tempDataBuffer",
+    "_tempDataLen",
+    "_aborting",
+    "dataBuffer",
+    "connected",
+    "reactor",
+    "socket",
+    "write",
+)
 
 
 class Server(Protocol):
@@ -263,6 +272,29 @@ class TCPTests(TestCase):
 
         self.assertEqual(await inThread(readAll), b"last words")
         await server.lost
+
+    async def test_sendWithTurnAborted(self) -> None:
+        """
+        A connection aborted in the same turn is sent nothing of what
+        L{sendWithTurn} was given: an abort drops what is queued.
+        """
+        server, peer = await self.connect()
+        transport = server.transport
+        assert isinstance(transport, Connection)
+        sendWithTurn(transport, b"dropped")
+        transport.abortConnection()
+        await server.lost
+
+        def readAll() -> bytes:
+            got = b""
+            try:
+                while chunk := peer.recv(64):
+                    got += chunk
+            except ConnectionResetError:
+                pass
+            return got
+
+        self.assertEqual(await inThread(readAll), b"")
 
     async def test_sendWithTurnPartial(self) -> None:
         """

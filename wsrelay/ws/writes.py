@@ -161,13 +161,14 @@ def _sendQueued(connection: Connection) -> None:
     At the end of the turn, send what L{sendWithTurn} queued for
     C{connection}, and whatever was queued behind it, unless Twisted has
     it in hand already (it moved it to C{dataBuffer} to write, which
-    leaves the rest to it) or the connection is gone.  What the socket
+    leaves the rest to it), the connection is gone or it is being aborted
+    (which drops what it queued, as Twisted's C{abortConnection} says).  What the socket
     does not take is queued again with Twisted's C{write}; a registration
     for writing that a C{write} or C{loseConnection} made meanwhile finds
     nothing left, and Twisted's next C{doWrite} then unregisters (and
     closes, if closing), as it does for a buffer it emptied itself.
     """
-    if not connection.connected or connection.dataBuffer:
+    if not connection.connected or connection.dataBuffer or connection._aborting:
         return
     queued = connection._tempDataBuffer
     if not queued:
