@@ -32,6 +32,7 @@ TCP_ATTRIBUTES = (
     "_aborting",
     "dataBuffer",
     "connected",
+    "disconnecting",
     "reactor",
     "socket",
     "write",

@@ -15,6 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 
 from tests.support.waiting import waitFor
+from wsrelay.ws.writes import sendWithTurn
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase
@@ -90,6 +91,38 @@ class LeanCloseTests(_Base):
         [reason] = await peer.lost
         self.assertIs(type(reason.value), ConnectionDone)
         self.assertEqual(peer.received, b"late")
+        [reason] = await closing.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_sentWithTurnAfter(self) -> None:
+        """
+        What L{sendWithTurn} is given after C{loseConnection}, in the same
+        turn, still goes out before the end of the stream, and the
+        connection is lost then: whichever of the turn's closes and
+        writes comes first.
+        """
+        closing, peer = await self.ends()
+        transport: Any = closing.transport
+        transport.loseConnection()
+        sendWithTurn(transport, b"late")
+        [reason] = await peer.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertEqual(peer.received, b"late")
+        [reason] = await closing.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+
+    async def test_sentWithTurnBefore(self) -> None:
+        """
+        What L{sendWithTurn} was given before C{loseConnection}, in the
+        same turn, goes out, then the end of the stream.
+        """
+        closing, peer = await self.ends()
+        transport: Any = closing.transport
+        sendWithTurn(transport, b"first")
+        transport.loseConnection()
+        [reason] = await peer.lost
+        self.assertIs(type(reason.value), ConnectionDone)
+        self.assertEqual(peer.received, b"first")
         [reason] = await closing.lost
         self.assertIs(type(reason.value), ConnectionDone)
 

@@ -145,8 +145,17 @@ def sendWithTurn(transport: Any, data: bytes) -> None:
         # TLS, or a test's transport.
         transport.write(data)
         return
-    if connection._tempDataBuffer or connection.dataBuffer or not connection.connected:
-        # Behind what is queued; or dropped, for a connection lost.
+    if (
+        connection._tempDataBuffer
+        or connection.dataBuffer
+        or connection.disconnecting
+        or not connection.connected
+    ):
+        # Behind what is queued; or before the end of a connection being
+        # closed (the relay's transports close one with nothing queued
+        # from the turn's end too, and only a write Twisted registered
+        # for keeps it open until it is sent); or dropped, for a
+        # connection lost.
         connection.write(data)
         return
     # (Not counted in _tempDataLen, which a held connection of the relay
