@@ -39,6 +39,20 @@ TCP_ATTRIBUTES = (
 )
 
 
+def readUpTo(peer: socket.socket, size: int) -> bytes:
+    """
+    Read from C{peer}, blocking, until C{size} bytes came or the stream
+    ended.
+    """
+    got = bytearray()
+    while len(got) < size:
+        chunk = peer.recv(1 << 16)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
 class Server(Protocol):
     """
     The relay's end of a loopback connection: tells when it is made and
@@ -265,13 +279,8 @@ class TCPTests(TestCase):
         sendWithTurn(transport, b"last words")
         transport.loseConnection()
 
-        def readAll() -> bytes:
-            got = b""
-            while chunk := peer.recv(64):
-                got += chunk
-            return got
-
-        self.assertEqual(await inThread(readAll), b"last words")
+        # (Up to the end of the stream.)
+        self.assertEqual(await inThread(readUpTo, peer, 1 << 20), b"last words")
         await server.lost
 
     async def test_sendWithTurnAborted(self) -> None:
@@ -308,16 +317,7 @@ class TCPTests(TestCase):
         data = b"".join(struct.pack("!I", i) for i in range(1 << 18))
         sendWithTurn(transport, data)
 
-        def readAll() -> bytes:
-            got = bytearray()
-            while len(got) < len(data):
-                chunk = peer.recv(1 << 16)
-                if not chunk:
-                    break
-                got += chunk
-            return bytes(got)
-
-        self.assertEqual(await inThread(readAll), data)
+        self.assertEqual(await inThread(readUpTo, peer, len(data)), data)
 
     async def test_sendWithTurnLost(self) -> None:
         """
@@ -401,16 +401,7 @@ class TCPTests(TestCase):
         self.assertGreater(queued, 0)
         self.assertLess(queued, len(data))
 
-        def readAll() -> bytes:
-            got = bytearray()
-            while len(got) < len(data):
-                chunk = peer.recv(1 << 16)
-                if not chunk:
-                    break
-                got += chunk
-            return bytes(got)
-
-        self.assertEqual(await inThread(readAll), data)
+        self.assertEqual(await inThread(readUpTo, peer, len(data)), data)
 
     async def test_sendError(self) -> None:
         """
@@ -444,13 +435,8 @@ class TCPTests(TestCase):
         transport.loseConnection()
         write(b"last words")
 
-        def readAll() -> bytes:
-            got = b""
-            while chunk := peer.recv(64):
-                got += chunk
-            return got
-
-        self.assertEqual(await inThread(readAll), b"last words")
+        # (Up to the end of the stream.)
+        self.assertEqual(await inThread(readUpTo, peer, 1 << 20), b"last words")
         await server.lost
 
     async def test_lost(self) -> None:

@@ -60,9 +60,13 @@ def tcpConnection(transport: Any) -> Connection | None:
         for any other transport (TLS, a test's), which only Twisted's
         C{write} may write to.
     """
-    transport = _underProxyHeader(transport)
+    # (A plain TCP connection, nearly always: one check and no call.)
     if isinstance(transport, Connection):
         return transport
+    if isinstance(transport, ProxyProtocolWrapper) and isinstance(
+        transport.transport, Connection
+    ):
+        return transport.transport
     return None
 
 
@@ -89,21 +93,22 @@ def sendNow(transport: Any, data: bytes) -> None:
     request head), where keeping a function on the writer would cost the
     connection its memory.
     """
-    # (tcpConnection, inline: a plain TCP connection, nearly always, with
-    # one check and no call.)
-    if isinstance(transport, Connection):
-        connection = transport
-    elif isinstance(transport, ProxyProtocolWrapper) and isinstance(
-        transport.transport, Connection
-    ):
-        connection = transport.transport
-    else:
+    connection = tcpConnection(transport)
+    if connection is None:
         # TLS, or a test's transport.
         transport.write(data)
         return
     if connection._tempDataBuffer or connection.dataBuffer:
         connection.write(data)
         return
+    _send(connection, data)
+
+
+def _send(connection: Connection, data: bytes) -> None:
+    """
+    Send C{data} on C{connection}, which has nothing queued, and queue
+    with Twisted's C{write} what the socket does not take.
+    """
     try:
         sent = connection.socket.send(data)
     except (OSError, AttributeError):
@@ -134,14 +139,8 @@ def sendWithTurn(transport: Any, data: bytes) -> None:
     would not see them, which is why the fan-out's handshakes never come
     here.  A connection lost meanwhile drops them, as Twisted does.
     """
-    # (tcpConnection, inline, as in sendNow.)
-    if isinstance(transport, Connection):
-        connection = transport
-    elif isinstance(transport, ProxyProtocolWrapper) and isinstance(
-        transport.transport, Connection
-    ):
-        connection = transport.transport
-    else:
+    connection = tcpConnection(transport)
+    if connection is None:
         # TLS, or a test's transport.
         transport.write(data)
         return
@@ -187,13 +186,7 @@ def _sendQueued(connection: Connection) -> None:
     if connection._tempDataLen:
         # What Twisted's write counted behind it.
         connection._tempDataLen = 0
-    try:
-        sent = connection.socket.send(data)
-    except (OSError, AttributeError):
-        # Full, or failed as Twisted's write will find.
-        sent = 0
-    if sent != len(data):
-        connection.write(data[sent:])
+    _send(connection, data)
 
 
 #: The writes of L{sendWithTurn}, made at the end of each turn.
