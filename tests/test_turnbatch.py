@@ -79,6 +79,26 @@ class TurnBatchTests(SynchronousTestCase):
         [failure] = self.flushLoggedErrors(ValueError)
         self.assertEqual(failure.value.args, ("bad",))
 
+    def test_cancelledRoundMadeAgain(self) -> None:
+        """
+        A round whose timed call was cancelled (as trial's clean-up
+        cancels the timed calls a test leaves) is made from a new timed
+        call when something is next added, with what it held first.
+        """
+        self.batch.add(self.clock, "held")
+        [call] = self.clock.getDelayedCalls()
+        call.cancel()
+        self.clock.advance(0)
+        self.assertEqual(self.ran, [])
+        self.batch.add(self.clock, "next")
+        [again] = self.clock.getDelayedCalls()
+        self.clock.advance(0)
+        self.assertEqual(self.ran, ["held", "next"])
+        self.batch.add(self.clock, "after")
+        self.clock.advance(0)
+        self.assertEqual(self.ran, ["held", "next", "after"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_reactorsApart(self) -> None:
         """
         Each reactor's items are handed over in its own rounds.

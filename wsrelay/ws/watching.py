@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - no epoll (not Linux)
 
 if TYPE_CHECKING:
     from twisted.internet import tcp
+    from twisted.internet.interfaces import IDelayedCall
 
 #: The reactors whose registrations both legs' transports make themselves
 #: (L{startWatching}): Twisted's epoll reactor and its subclasses, or none
@@ -112,7 +113,9 @@ class TurnBatch(Generic[_T]):
     each.  What is added meanwhile (from the function) waits for the next
     round, as with a timed call of its own.  A call that raises is logged,
     as the reactor logs a timed call that raises, and the others are still
-    made.
+    made.  A round whose timed call was cancelled (as trial cancels the
+    timed calls a test leaves behind) is made from a new one, with what
+    it held, when something is next added.
     """
 
     __slots__ = ("_pending", "_run", "_why")
@@ -122,7 +125,7 @@ class TurnBatch(Generic[_T]):
         @param run: Called with each item, in its round.
         @param why: The log's message when a call raises.
         """
-        self._pending: dict[Any, list[_T]] = {}
+        self._pending: dict[Any, _Round[_T]] = {}
         self._run = run
         self._why = why
 
@@ -133,8 +136,11 @@ class TurnBatch(Generic[_T]):
         """
         batch = self._pending.get(reactor)
         if batch is None:
-            batch = self._pending[reactor] = []
-            reactor.callLater(0, self._runBatch, reactor)
+            batch = self._pending[reactor] = _Round()
+            batch.call = reactor.callLater(0, self._runBatch, reactor)
+        elif not batch.call.active():
+            # Cancelled: nothing else would ever hand its items over.
+            batch.call = reactor.callLater(0, self._runBatch, reactor)
         batch.append(item)
 
     def _runBatch(self, reactor: Any) -> None:
@@ -148,3 +154,14 @@ class TurnBatch(Generic[_T]):
                 run(item)
             except BaseException:
                 log.err(None, self._why)
+
+
+class _Round(list[_T]):
+    """
+    The items of one round of a L{TurnBatch}, and the timed call that
+    hands them over.
+    """
+
+    __slots__ = ("call",)
+
+    call: IDelayedCall
