@@ -25,6 +25,7 @@ from wsrelay.config import loadConfig, parseConfig
 from wsrelay.proxy.session import ProxySession
 from wsrelay.service import RelayService
 from wsrelay.ws.legclosing import OPEN
+from wsrelay.ws.writes import tcpConnection
 
 
 def buffered(transport: Any) -> int:
@@ -43,13 +44,18 @@ def paused(transport: Any) -> bool:
 
 async def openSession(relay: RelayService) -> ProxySession:
     """
-    Wait for the relay's one proxy session to have its upstream open.
+    Wait for the relay's one proxy session to have its upstream open, and
+    its client its 101 (which a passthrough route's client leg writes at
+    the end of the reactor's turn, L{wsrelay.ws.writes.sendWithTurn}).
     """
 
     def session() -> ProxySession | None:
         for s in relay.sessions:
             if isinstance(s, ProxySession) and s.upstream is not None:
-                if s.upstream.state == OPEN:
+                tcp = tcpConnection(s.frontend.transport)
+                if s.upstream.state == OPEN and (
+                    tcp is None or not (tcp._tempDataBuffer or tcp.dataBuffer)
+                ):
                     return s
         return None
 
