@@ -132,12 +132,16 @@ def sendWithTurn(transport: Any, data: bytes) -> None:
 
     Until then the bytes wait in Twisted's own queue of the connection,
     unregistered for writing, so that whatever is written to it meanwhile
-    goes behind them: Twisted's C{write}, C{loseConnection} and the
-    relay's writers (L{DirectWriter}, L{sendNow}) all see something
-    queued and leave the order to Twisted, which then sends the lot.
-    Only the writes at once of a fan-out flush (L{wsrelay.fanout.direct})
-    would not see them, which is why the fan-out's handshakes never come
-    here.  A connection lost meanwhile drops them, as Twisted does.
+    goes behind them: Twisted's C{write} appends behind them (and its
+    C{loseConnection} waits for its C{doWrite}, which sends the lot), and
+    the relay's writers (L{DirectWriter}, L{sendNow}) see something
+    queued and leave the order to Twisted's C{write}.  Only the writes at
+    once of a fan-out flush (L{wsrelay.fanout.direct}) would not see
+    them, which is why the fan-out's handshakes never come here.  A
+    connection lost meanwhile drops them, as Twisted does: a client whose
+    end of the stream is read in the same turn as its backend's 101 (one
+    that closed its side right after its request) gets no 101, where it
+    got one before it lost the connection anyway.
     """
     connection = tcpConnection(transport)
     if connection is None:
