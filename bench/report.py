@@ -145,6 +145,36 @@ def closeLine(cells: Sequence[Cell]) -> str | None:
     )
 
 
+def clientLine(cells: Sequence[Cell]) -> str | None:
+    """
+    The storm client's CPU per handshake over the open phase, median of
+    the runs, with its ratio to its CPU in front of nginx: the table's
+    C{load CPU %} gives it only as a share of the wall clock.  What a
+    proxy makes its client spend (each write that wakes it, for one) is
+    part of what the proxy costs, as its backend's CPU is.
+
+    @return: One line, or L{None} if no storm cell has the figure.
+    """
+    figures: dict[str, float] = {}
+    for cell in cells:
+        if cell.scenario != "storm":
+            continue
+        per = [
+            r["loadCPU"] / r["opened"] * 1e6
+            for r in cell.rounds
+            if r.get("opened") and "loadCPU" in r
+        ]
+        if per:
+            figures[cell.target] = median(per)
+    if not figures:
+        return None
+    base = figures.get("nginx")
+    return "storm open, the storm client's µs per handshake: " + ", ".join(
+        f"{target} " + _figure(value, None if target == "nginx" else base)
+        for target, value in figures.items()
+    )
+
+
 def stormRunLine(cells: Sequence[Cell]) -> str | None:
     """
     The storm's rate judged run by run: each target's rate in a run over
@@ -252,7 +282,8 @@ def table(cells: Sequence[Cell]) -> str:
         "\nwait % proxy/load: time the proxy, and the load-side processes summed, "
         "were ready to run but waited for a CPU held by other processes (schedstat)."
     )
-    for extra in (stormRunLine(cells), *systemLines(cells), closeLine(cells)):
+    extras = (stormRunLine(cells), *systemLines(cells), clientLine(cells))
+    for extra in (*extras, closeLine(cells)):
         if extra is not None:
             lines.append("\n" + extra)
     for note, number in marks.items():

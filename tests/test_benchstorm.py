@@ -1,7 +1,8 @@
 """
 Tests for the benchmark's storm: its runs interleaved across the targets
-(L{bench.scenarios.Bench.storms}), and each target's rate judged against
-nginx's run by run (L{bench.report.stormRunLine}).
+(L{bench.scenarios.Bench.storms}), each target's rate judged against
+nginx's run by run (L{bench.report.stormRunLine}), and the storm client's
+CPU per handshake (L{bench.report.clientLine}).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import targets
-from bench.report import stormRunLine, table
+from bench.report import clientLine, stormRunLine, table
 from bench.scenarios import PRESETS, Bench, Cell
 from tests.support.benchsmoke import needPicows
 
@@ -91,6 +92,40 @@ class RunLineTests(SynchronousTestCase):
         """
         cells = [storm("nginx", 5000, 5000), storm("wsrelay", 4000, 4500)]
         self.assertIn("\nstorm rate, each run's over nginx's", table(cells))
+
+
+class ClientLineTests(SynchronousTestCase):
+    """
+    L{clientLine} gives the storm client's CPU per handshake in front of
+    each target.
+    """
+
+    def test_perHandshake(self) -> None:
+        """
+        Each target's figure is the median over its runs of the client's
+        CPU over the open phase per connection opened, with its ratio to
+        the figure in front of nginx; a run without the figure (or that
+        opened nothing) adds none, and the table prints the line.
+        """
+        nginx = storm("nginx", 1000, 1000, 1000)
+        for r, cpu in zip(nginx.rounds, (0.050, 0.040, 0.045), strict=True):
+            r["loadCPU"] = cpu
+        wsrelay = storm("wsrelay", 1000, 1000, 1000)
+        wsrelay.rounds[0]["loadCPU"] = 0.036
+        wsrelay.rounds[1]["loadCPU"] = 0.040
+        wsrelay.rounds.append({"run": 4, "opened": 0, "seconds": 1, "loadCPU": 1})
+        line = (
+            "storm open, the storm client's µs per handshake: nginx 45.0, "
+            "wsrelay 38.0 (0.84×)"
+        )
+        self.assertEqual(clientLine([nginx, wsrelay]), line)
+        self.assertIn("\n" + line, table([nginx, wsrelay]))
+
+    def test_none(self) -> None:
+        """
+        Without the figure in any storm run there is no line.
+        """
+        self.assertIsNone(clientLine([storm("nginx", 1000), storm("wsrelay", 900)]))
 
 
 class Staged(Bench):
